@@ -1,0 +1,25 @@
+module github.com/meetpoint/meetpoint
+
+go 1.26
+
+require (
+	github.com/VictoriaMetrics/metrics v1.35.1
+	github.com/bytedance/sonic v1.15.5
+	github.com/cloudwego/netpoll v0.7.2
+	github.com/gobwas/ws v1.5.0
+	github.com/valyala/bytebufferpool v1.0.0
+	golang.org/x/sys v0.22.0
+)
+
+require (
+	github.com/bytedance/gopkg v0.1.3 // indirect
+	github.com/bytedance/sonic/loader v0.5.3 // indirect
+	github.com/cloudwego/base64x v0.1.6 // indirect
+	github.com/cloudwego/gopkg v0.1.4 // indirect
+	github.com/gobwas/httphead v0.1.0 // indirect
+	github.com/klauspost/cpuid/v2 v2.2.9 // indirect
+	github.com/twitchyliquid64/golang-asm v0.15.1 // indirect
+	github.com/valyala/fastrand v1.1.0 // indirect
+	github.com/valyala/histogram v1.2.0 // indirect
+	golang.org/x/arch v0.0.0-20210923205945-b76863e36670 // indirect
+)

@@ -1,0 +1,2 @@
+// Package pool holds the relay's reusable buffers and pipes.
+package pool

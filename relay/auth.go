@@ -1,0 +1,58 @@
+package relay
+
+import (
+	"context"
+	"net"
+)
+
+// AuthResult is the outcome of an authentication, named as nymea's
+// AuthenticationError enum so it goes on the wire unchanged.
+type AuthResult int
+
+// The AuthenticationError values, in nymea's order.
+const (
+	AuthNoError AuthResult = iota
+	AuthUnknown
+	AuthTimeout
+	AuthAborted
+	AuthFailed
+	AuthProxyError
+)
+
+var authResultNames = [...]string{
+	"AuthenticationErrorNoError",
+	"AuthenticationErrorUnknown",
+	"AuthenticationErrorTimeout",
+	"AuthenticationErrorAborted",
+	"AuthenticationErrorAuthenticationFailed",
+	"AuthenticationErrorProxyError",
+}
+
+// String returns the wire name, e.g. "AuthenticationErrorNoError".
+func (r AuthResult) String() string {
+	if r < 0 || int(r) >= len(authResultNames) {
+		return "AuthenticationErrorUnknown"
+	}
+	return authResultNames[r]
+}
+
+// AuthResultNames lists every AuthenticationError value in order (for Introspect).
+func AuthResultNames() []string { return authResultNames[:] }
+
+// AuthRequest is what an Authenticator sees of a client.
+type AuthRequest struct {
+	Token string   // the secret; never log it
+	UUID  string   // client uuid as sent
+	Name  string   // client name as sent
+	Peer  net.Addr // remote address
+}
+
+// Authenticator decides whether a token is valid.
+//
+// Authenticate must not block the caller for long: an implementation that
+// needs I/O starts it and calls done later, from any goroutine. done must be
+// called at most once; calls after ctx is done are ignored by the relay, which
+// has already answered AuthenticationErrorTimeout.
+type Authenticator interface {
+	Authenticate(ctx context.Context, req AuthRequest, done func(AuthResult))
+}

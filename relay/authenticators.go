@@ -1,0 +1,283 @@
+package relay
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Reloader is implemented by authenticators that read files; the server calls
+// Reload on SIGHUP. On error the authenticator keeps its previous state.
+type Reloader interface {
+	Reload() error
+}
+
+var (
+	_ Authenticator = Dummy{}
+	_ Authenticator = (*FileAuth)(nil)
+	_ Authenticator = (*HMACAuth)(nil)
+	_ Reloader      = (*FileAuth)(nil)
+	_ Reloader      = (*HMACAuth)(nil)
+)
+
+// ParseAuth builds an Authenticator from a command-line spec:
+//
+//	dummy          accept every token (Dummy)
+//	file:PATH      tokens listed in PATH (FileAuth)
+//	hmac:KEYFILE   HMAC tokens signed with the key in KEYFILE (HMACAuth)
+func ParseAuth(spec string) (Authenticator, error) {
+	kind, path, _ := strings.Cut(spec, ":")
+	var (
+		a   Authenticator
+		err error
+	)
+	switch {
+	case spec == "dummy":
+		return Dummy{}, nil
+	case kind == "file" && path != "":
+		a, err = NewFileAuth(path)
+	case kind == "hmac" && path != "":
+		a, err = NewHMACAuth(path)
+	default:
+		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\" or \"hmac:KEYFILE\"", spec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("auth spec %q: %w", spec, err)
+	}
+	return a, nil
+}
+
+// Dummy accepts every token. It is for tests and trusted networks only.
+type Dummy struct{}
+
+// Authenticate calls done(AuthNoError) before returning.
+func (Dummy) Authenticate(_ context.Context, _ AuthRequest, done func(AuthResult)) {
+	done(AuthNoError)
+}
+
+// FileAuth accepts the tokens listed in a file, one per line. Surrounding
+// whitespace is trimmed; blank lines and lines whose first non-blank
+// character is '#' are ignored (so a token cannot start with '#'). An empty
+// file is valid and rejects every token.
+//
+// Only SHA-256 digests of the tokens are kept in memory. Authenticate may run
+// concurrently with Reload.
+type FileAuth struct {
+	path   string
+	tokens atomic.Pointer[tokenSet]
+}
+
+// tokenSet maps the SHA-256 digest of each token to itself. It is never
+// modified once built.
+type tokenSet map[[sha256.Size]byte][sha256.Size]byte
+
+// NewFileAuth reads the token file at path.
+func NewFileAuth(path string) (*FileAuth, error) {
+	a := &FileAuth{path: path}
+	if err := a.Reload(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Reload re-reads the token file. On error the previous tokens stay in use.
+func (a *FileAuth) Reload() error {
+	data, err := os.ReadFile(a.path)
+	if err != nil {
+		return fmt.Errorf("token file: %w", err)
+	}
+	set := tokenSet{}
+	for line := range strings.Lines(string(data)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		h := sha256.Sum256([]byte(line))
+		set[h] = h
+	}
+	a.tokens.Store(&set)
+	return nil
+}
+
+// Len returns the number of distinct tokens loaded.
+func (a *FileAuth) Len() int { return len(*a.tokens.Load()) }
+
+// Authenticate calls done before returning: AuthNoError if req.Token is in
+// the file, AuthFailed otherwise.
+func (a *FileAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+	if a.valid(req.Token) {
+		done(AuthNoError)
+	} else {
+		done(AuthFailed)
+	}
+}
+
+// valid looks the token up by its digest, so the time taken depends on the
+// digest and not on the token's bytes, then confirms in constant time.
+func (a *FileAuth) valid(token string) bool {
+	h := sha256.Sum256([]byte(token))
+	want, ok := (*a.tokens.Load())[h]
+	return ok && subtle.ConstantTimeCompare(want[:], h[:]) == 1
+}
+
+// MaxHMACTTL is the longest lifetime of an HMAC token, and the default of
+// HMACAuth.MaxTTL.
+const MaxHMACTTL = 5 * time.Minute
+
+// MinHMACKeyLen is the least number of key bytes LoadHMACKey and MintHMAC
+// accept.
+const MinHMACKeyLen = 32
+
+// HMACAuth accepts short-lived tokens signed with a shared key, keeping no
+// per-token state. A token is
+//
+//	ID.EXPIRY.MAC
+//
+// where ID matches [A-Za-z0-9_-]{1,64}, EXPIRY is the expiry time in decimal
+// Unix seconds and MAC is the unpadded base64url encoding (RFC 4648 §5) of
+// HMAC-SHA256(key, "ID.EXPIRY"), computed over the exact ID and EXPIRY text
+// of the token. A token is valid iff it is well-formed, its MAC matches and
+// now < EXPIRY <= now + MaxTTL: a token that claims to live longer than
+// MaxTTL is rejected even if correctly signed. MintHMAC makes tokens.
+//
+// The key file holds the key hex-encoded (for example the output of
+// "openssl rand -hex 32"); surrounding whitespace is ignored and at least
+// MinHMACKeyLen bytes of key are required. Authenticate may run concurrently
+// with Reload.
+type HMACAuth struct {
+	// MaxTTL bounds how far in the future a token's expiry may be. Zero
+	// means MaxHMACTTL. Set it before the first Authenticate.
+	MaxTTL time.Duration
+
+	path string
+	key  atomic.Pointer[[]byte]
+	now  func() time.Time // time.Now; replaced by tests
+}
+
+// NewHMACAuth reads the key file at keyPath.
+func NewHMACAuth(keyPath string) (*HMACAuth, error) {
+	a := &HMACAuth{path: keyPath, now: time.Now}
+	if err := a.Reload(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Reload re-reads the key file. On error the previous key stays in use.
+func (a *HMACAuth) Reload() error {
+	key, err := LoadHMACKey(a.path)
+	if err != nil {
+		return err
+	}
+	a.key.Store(&key)
+	return nil
+}
+
+// LoadHMACKey reads a hex-encoded key of at least MinHMACKeyLen bytes from
+// path, ignoring surrounding whitespace.
+func LoadHMACKey(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("hmac key: %w", err)
+	}
+	// hex errors quote the offending byte, which is key material: not wrapped.
+	key, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("hmac key %s: not hex-encoded", path)
+	}
+	if len(key) < MinHMACKeyLen {
+		return nil, fmt.Errorf("hmac key %s: %d bytes, want at least %d", path, len(key), MinHMACKeyLen)
+	}
+	return key, nil
+}
+
+// MintHMAC returns a token for id, signed with key, that expires ttl after
+// now, rounded down to the second (see HMACAuth for the format). ttl must be
+// positive and at most MaxHMACTTL.
+func MintHMAC(key []byte, id string, ttl time.Duration, now time.Time) (string, error) {
+	if len(key) < MinHMACKeyLen {
+		return "", fmt.Errorf("hmac key: %d bytes, want at least %d", len(key), MinHMACKeyLen)
+	}
+	if !validHMACID(id) {
+		return "", fmt.Errorf("hmac token id %q: want 1 to 64 of [A-Za-z0-9_-]", id)
+	}
+	if ttl <= 0 || ttl > MaxHMACTTL {
+		return "", fmt.Errorf("hmac token ttl %v: want more than 0 and at most %v", ttl, MaxHMACTTL)
+	}
+	payload := id + "." + strconv.FormatInt(now.Add(ttl).Unix(), 10)
+	return payload + "." + hmacSign(key, payload), nil
+}
+
+// Authenticate calls done before returning: AuthNoError if req.Token is a
+// valid token, AuthFailed otherwise.
+func (a *HMACAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+	if a.valid(req.Token, a.now()) {
+		done(AuthNoError)
+	} else {
+		done(AuthFailed)
+	}
+}
+
+// valid reports whether token is valid at now.
+func (a *HMACAuth) valid(token string, now time.Time) bool {
+	id, rest, ok1 := strings.Cut(token, ".")
+	expiry, mac, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || !validHMACID(id) || !isDigits(expiry) {
+		return false
+	}
+	if !hmac.Equal([]byte(mac), []byte(hmacSign(*a.key.Load(), id+"."+expiry))) {
+		return false
+	}
+	exp, err := strconv.ParseInt(expiry, 10, 64)
+	if err != nil {
+		return false
+	}
+	maxTTL := a.MaxTTL
+	if maxTTL <= 0 {
+		maxTTL = MaxHMACTTL
+	}
+	return now.Unix() < exp && exp <= now.Add(maxTTL).Unix()
+}
+
+// hmacSign returns base64url(HMAC-SHA256(key, payload)) without padding.
+func hmacSign(key []byte, payload string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(payload))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// validHMACID reports whether id matches [A-Za-z0-9_-]{1,64}.
+func validHMACID(id string) bool {
+	if len(id) < 1 || len(id) > 64 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// isDigits reports whether s is 1 to 19 ASCII digits (any int64 second).
+func isDigits(s string) bool {
+	if len(s) < 1 || len(s) > 19 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,102 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Config is the complete configuration of a relay Server. The zero value is
+// not usable; start from DefaultConfig and override fields.
+type Config struct {
+	// Listen holds the addresses to listen on ("127.0.0.1:8443", "[::1]:8443").
+	// Every address serves every transport (WebSocket and raw TCP JSON-RPC).
+	Listen []string
+	// Name is returned by RemoteProxy.Hello.
+	Name string
+	// Auth decides whether a token is valid. Required.
+	Auth Authenticator
+
+	// InactiveTimeout bounds the time from connect until a successful
+	// Authenticate (nymea's inactiveTimeout).
+	InactiveTimeout time.Duration
+	// AloneTimeout bounds the time an authenticated client waits for its partner.
+	AloneTimeout time.Duration
+	// AuthTimeout bounds the authenticator; when it fires the client gets
+	// AuthenticationErrorTimeout.
+	AuthTimeout time.Duration
+	// RPCTimeout bounds any asynchronous JSON-RPC call; when it fires the client
+	// gets "Command timed out" and is closed.
+	RPCTimeout time.Duration
+	// WriteStallTimeout closes a tunnel whose receiver has accepted no byte
+	// for this long while data is waiting for it.
+	WriteStallTimeout time.Duration
+	// MaxBuffer is the most bytes buffered by the relay per tunnel direction.
+	// When it is full the relay stops reading the sender so that TCP flow
+	// control pushes back.
+	MaxBuffer int
+	// MaxPreAuth is the most bytes of unparsed JSON-RPC accepted before a
+	// tunnel exists (nymea: 10 KiB).
+	MaxPreAuth int
+	// MaxHeader is the most bytes of an HTTP request head.
+	MaxHeader int
+	// Loops is the number of netpoll event loops and forwarding loops.
+	// 0 means one per CPU.
+	Loops int
+	// Logger receives the relay's logs. nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults documented in docs/protocol.md.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            []string{"127.0.0.1:8443"},
+		Name:              "meetpoint",
+		InactiveTimeout:   8 * time.Second,
+		AloneTimeout:      8 * time.Second,
+		AuthTimeout:       8 * time.Second,
+		RPCTimeout:        10 * time.Second,
+		WriteStallTimeout: 10 * time.Second,
+		MaxBuffer:         64 << 10,
+		MaxPreAuth:        10 << 10,
+		MaxHeader:         8 << 10,
+	}
+}
+
+// Validate reports the first invalid field, naming it.
+func (c *Config) Validate() error {
+	if len(c.Listen) == 0 {
+		return errors.New("listen: at least one address is required")
+	}
+	if c.Auth == nil {
+		return errors.New("auth: an authenticator is required")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"inactive-timeout", c.InactiveTimeout},
+		{"alone-timeout", c.AloneTimeout},
+		{"auth-timeout", c.AuthTimeout},
+		{"rpc-timeout", c.RPCTimeout},
+		{"write-stall-timeout", c.WriteStallTimeout},
+	} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
+		}
+	}
+	if c.MaxBuffer < 4096 {
+		return fmt.Errorf("max-buffer: must be at least 4096, got %d", c.MaxBuffer)
+	}
+	if c.MaxPreAuth < 1024 {
+		return fmt.Errorf("max-preauth: must be at least 1024, got %d", c.MaxPreAuth)
+	}
+	if c.MaxHeader < 1024 {
+		return fmt.Errorf("max-header: must be at least 1024, got %d", c.MaxHeader)
+	}
+	if c.Loops < 0 {
+		return fmt.Errorf("loops: must not be negative, got %d", c.Loops)
+	}
+	return nil
+}

@@ -1,0 +1,284 @@
+package relay
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// state is where a connection is on its way to a tunnel.
+type state uint32
+
+const (
+	stSniff   state = iota // waiting for the first bytes
+	stHTTP                 // reading an HTTP request head
+	stRPC                  // JSON-RPC, not authenticated
+	stAuthing              // Authenticate in flight
+	stWaiting              // authenticated, in the registry, waiting for a partner
+	stClaimed              // paired: being handed to a forwarder
+	stClosed               // done
+)
+
+// conn is a connection while it lives on netpoll (everything before the
+// tunnel). It costs ~700 B plus netpoll's 4 KiB input page.
+//
+// Locking: mu guards every field below it and every write to nc. nc.Close is
+// never called with mu held (netpoll may run close callbacks synchronously,
+// and they take mu): functions that decide to close set closing, and unlock
+// issues the Close.
+type conn struct {
+	s    *Server
+	nc   netpoll.Connection
+	fd   int
+	peer net.Addr
+
+	// st is read without mu by Claim (CAS stWaiting → stClaimed); every other
+	// transition happens under mu.
+	st atomic.Uint32
+	// cbDone is set by the close callback, which runs once.
+	cbDone atomic.Bool
+
+	mu          sync.Mutex
+	closing     bool // Close must be issued by unlock
+	closeIssued bool
+	reason      Reason // why we closed; ReasonPeerClosed if the peer did
+
+	ws       bool
+	counted  bool // counted in connections_active
+	dec      handshake.Decoder
+	midFrame bool      // a WebSocket frame (or header) is partially read
+	ctrlOp   ws.OpCode // control frame being assembled
+	ctrl     []byte    // its payload (≤ 125 B)
+	in       []byte    // unparsed bytes: HTTP head or TCP JSON (≤ limits)
+	msg      []byte    // WebSocket text message being assembled (≤ MaxPreAuth)
+	out      []byte    // scratch for replies
+
+	timer     *time.Timer // inactive, then alone timeout
+	authTimer *time.Timer
+	rpcTimer  *time.Timer
+	authID    int
+	authStart *AuthRequest // set by rpc, started by onRequest after unlock
+	authNonce string
+	notifID   int
+
+	uuid, name string
+	key        PairKey
+	joined     time.Time
+	dataLate   bool    // bytes arrived after Authenticate
+	tun        *tunnel // set when claimed and paired
+}
+
+type connKey struct{}
+
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	c := &conn{s: s, nc: nc, peer: nc.RemoteAddr()}
+	if f, ok := nc.(interface{ Fd() int }); ok {
+		c.fd = f.Fd()
+	}
+	c.dec.MaxFrame = int64(s.cfg.MaxPreAuth)
+	if !s.track(c, true) {
+		nc.Close()
+		return context.Background()
+	}
+	_ = nc.AddCloseCallback(c.onNetpollClose)
+	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
+	return context.WithValue(context.Background(), connKey{}, c)
+}
+
+// onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
+// arrive, and must consume all of them (netpoll calls it again while
+// anything is left unread).
+func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
+	c, _ := ctx.Value(connKey{}).(*conn)
+	r := nc.Reader()
+	if c == nil {
+		_ = r.Skip(r.Len())
+		return nc.Close()
+	}
+	c.mu.Lock()
+	p, err := r.Next(r.Len())
+	if err == nil {
+		c.consume(p)
+	}
+	_ = r.Release()
+	start := c.authStart
+	c.authStart = nil
+	c.unlock()
+	if start != nil {
+		c.startAuth(start)
+	}
+	return nil
+}
+
+// unlock releases mu and issues the Close decided under it, once.
+func (c *conn) unlock() {
+	doClose := c.closing && !c.closeIssued
+	if doClose {
+		c.closeIssued = true
+	}
+	c.mu.Unlock()
+	if doClose {
+		c.nc.Close()
+	}
+}
+
+// consume routes freshly read bytes to the current stage. p is only valid
+// during the call. Called with mu held.
+func (c *conn) consume(p []byte) {
+	switch state(c.st.Load()) {
+	case stClosed:
+		return
+	case stClaimed:
+		c.dataLate = true
+		return
+	}
+	switch {
+	case c.ws:
+		c.consumeWS(p)
+	case c.counted: // raw TCP JSON-RPC
+		c.consumeJSON(p)
+	default:
+		c.sniff(p)
+	}
+}
+
+// fail ends the connection for reason. For WebSocket clients a close frame
+// with code and text goes first. Called with mu held.
+func (c *conn) fail(reason Reason, code ws.StatusCode, text string) {
+	if state(c.st.Load()) == stClosed {
+		return
+	}
+	if c.ws && code != 0 {
+		c.write(handshake.AppendClose(c.out[:0], code, text))
+	}
+	c.closeNow(reason)
+}
+
+// closeNow marks the connection closed without writing anything.
+func (c *conn) closeNow(reason Reason) {
+	prev := state(c.st.Swap(uint32(stClosed)))
+	if prev == stClosed {
+		return
+	}
+	if prev == stWaiting {
+		c.s.reg.Leave(c.key, c)
+	}
+	c.reason = reason
+	c.closing = true
+	c.stopTimers()
+}
+
+func (c *conn) stopTimers() {
+	for _, t := range []*time.Timer{c.timer, c.authTimer, c.rpcTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// write sends b now. netpoll writes directly and waits (bounded by its write
+// timeout) only if the socket buffer is full. Called with mu held.
+func (c *conn) write(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	w := c.nc.Writer()
+	if _, err := w.WriteBinary(b); err == nil {
+		err = w.Flush()
+		if err == nil {
+			return
+		}
+	}
+	c.closeNow(ReasonIOError)
+}
+
+// writeMsg sends one JSON-RPC message: a TEXT frame on WebSocket, the bytes
+// as they are on TCP. Called with mu held.
+func (c *conn) writeMsg(msg []byte) {
+	if c.ws {
+		c.write(handshake.AppendFrame(make([]byte, 0, len(msg)+10), ws.OpText, true, msg))
+		return
+	}
+	c.write(msg)
+}
+
+func (c *conn) onInactive() {
+	c.mu.Lock()
+	switch state(c.st.Load()) {
+	case stSniff, stHTTP, stRPC, stAuthing:
+		c.s.log.Debug("inactive timeout", "peer", c.peer.String())
+		c.fail(ReasonInactiveTimeout, ws.StatusPolicyViolation, "Inactive timeout")
+	}
+	c.unlock()
+}
+
+func (c *conn) onAlone() {
+	c.mu.Lock()
+	if c.st.CompareAndSwap(uint32(stWaiting), uint32(stRPC)) {
+		// st is no longer stWaiting: Leave ourselves, then close.
+		c.s.reg.Leave(c.key, c)
+		c.fail(ReasonAloneTimeout, ws.StatusPolicyViolation, "No partner arrived")
+	}
+	c.unlock()
+}
+
+func (c *conn) shutdown() {
+	c.mu.Lock()
+	c.fail(ReasonShutdown, ws.StatusGoingAway, "Server shutting down")
+	c.unlock()
+}
+
+// Claim implements Joiner.
+func (c *conn) Claim() bool { return c.st.CompareAndSwap(uint32(stWaiting), uint32(stClaimed)) }
+
+// UUID implements Joiner.
+func (c *conn) UUID() string { return c.uuid }
+
+// onNetpollClose runs once netpoll has let go of the socket (after it stopped
+// polling it, before it closes the descriptor). A claimed connection is handed
+// to its tunnel here; any other is finished.
+func (c *conn) onNetpollClose(nc netpoll.Connection) error {
+	if !c.cbDone.CompareAndSwap(false, true) {
+		return nil
+	}
+	c.mu.Lock()
+	c.closing, c.closeIssued = true, true
+	c.stopTimers()
+	t := c.tun
+	if state(c.st.Load()) == stClaimed && t != nil {
+		_, inMsg := c.dec.InMessage()
+		late := c.dataLate || c.midFrame || inMsg || nc.Reader().Len() > 0
+		c.mu.Unlock()
+		c.s.track(c, false)
+		t.ready(c, late)
+		return nil
+	}
+	prev := state(c.st.Swap(uint32(stClosed)))
+	if prev == stWaiting {
+		c.s.reg.Leave(c.key, c)
+	}
+	reason := c.reason
+	c.mu.Unlock()
+	c.s.track(c, false)
+	c.s.stats.closes[reason].Inc()
+	c.uncount()
+	return nil
+}
+
+func (c *conn) uncount() {
+	if !c.counted {
+		return
+	}
+	if c.ws {
+		c.s.stats.connsWS.Dec()
+	} else {
+		c.s.stats.connsTCP.Dec()
+	}
+}

@@ -1,0 +1,737 @@
+package relay
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/pool"
+)
+
+// A paired tunnel leaves netpoll: netpoll reads eagerly into its own buffers
+// and cannot stop reading a fast sender, so neither splice(2) nor bounded
+// buffering would be possible there. Each forwarder is one goroutine on its
+// own edge-triggered epoll set; it owns every tunnel it was given, so tunnel
+// state needs no locks once forwarding starts.
+//
+// Per direction at most one 64 KiB chunk (buffered path) or one 64 KiB pipe
+// (splice path) holds data, and only while data is in flight: the relay reads
+// a sender only when everything for its receiver has been written, so a slow
+// receiver stops the sender through TCP flow control. An idle tunnel holds
+// neither: its cost is the tunnel struct and two epoll entries.
+
+// wsSlack is the room kept before the read position in a chunk so that
+// rewritten WebSocket headers (server headers are never longer than the
+// client's, but one may have been split across reads) never overtake
+// unread input.
+const wsSlack = 14
+
+// ctrlHigh bounds control frames queued toward an endpoint (pongs): above it
+// the relay stops reading that endpoint's pings.
+const ctrlHigh = 1024
+
+// tunnel is a forwarding pair. Fields below mu are used during set-up, from
+// netpoll goroutines; everything else belongs to the forwarder's goroutine
+// once it started the tunnel.
+type tunnel struct {
+	s      *Server
+	f      *forwarder
+	key    PairKey
+	owner  Joiner // the registry entry's first member, for Leave
+	joined time.Time
+
+	mu     sync.Mutex
+	nready int    // sides handed over (0..2)
+	bad    Reason // set with badSet when set-up must be abandoned
+	badSet bool
+
+	a, b   endpoint
+	splice bool // both ends plain TCP: forward with splice(2)
+	start  time.Time
+
+	closing bool   // no more reads; finish once everything queued is written
+	reason  Reason // why closing (counted for the side that caused it)
+	dead    bool   // torn down
+	queued  bool   // in the forwarder's again list
+}
+
+// endpoint is one socket of a tunnel. "Outbound" state is what waits to be
+// written to this endpoint; "inbound" state decodes what it sends.
+type endpoint struct {
+	t    *tunnel
+	peer *endpoint
+	fd   int
+	ws   bool
+	rx   *metrics.Counter // bytes read from this endpoint
+
+	readable, writable bool // edge-triggered readiness latches
+	eof                bool
+
+	// Outbound. Invariant: buf != nil iff out is non-empty or about to be
+	// filled; pipe != nil only on splice tunnels.
+	buf        *[]byte
+	out        []byte
+	pipe       *pool.Pipe
+	ctrl       []byte // control frames and notifications, sent at a frame boundary
+	midFrame   bool   // the data stream toward this endpoint is inside a WebSocket frame
+	closeSent  bool   // a close frame toward this endpoint is queued
+	stallSince int64  // unix ns since writes were refused with data pending; 0 if not
+
+	// Inbound WebSocket state.
+	dec    handshake.Decoder
+	ctrlOp ws.OpCode
+	ctrlIn []byte
+}
+
+func newTunnel(a, b *conn) *tunnel {
+	t := &tunnel{s: a.s, key: b.key, owner: a, joined: b.joined}
+	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp}
+	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn}
+	t.a.dec.MaxFrame, t.b.dec.MaxFrame = 0, 0 // frames are streamed, never held whole
+	t.a.ctrl = established(a, b)
+	t.b.ctrl = established(b, a)
+	t.splice = !a.ws && !b.ws
+	return t
+}
+
+// established is the TunnelEstablished notification telling c about p: the
+// relay's last JSON-RPC message to c.
+func established(c, p *conn) []byte {
+	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
+		handshake.Str("name", p.name), handshake.Str("uuid", p.uuid))
+	c.notifID++
+	if c.ws {
+		return handshake.AppendFrame(nil, ws.OpText, true, msg)
+	}
+	return msg
+}
+
+func (t *tunnel) side(c *conn) *endpoint {
+	if c == t.owner {
+		return &t.a
+	}
+	return &t.b
+}
+
+// ready is called by a side's netpoll close callback: it takes its own
+// descriptor for the socket (netpoll closes the original right after) and,
+// when both sides are in, gives the tunnel to a forwarder. late reports
+// bytes that arrived after Authenticate, which ends the tunnel.
+func (t *tunnel) ready(c *conn, late bool) {
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	t.mu.Lock()
+	ep := t.side(c)
+	if err == nil {
+		ep.fd = fd
+	}
+	switch {
+	case err != nil && !t.badSet:
+		t.bad, t.badSet = ReasonIOError, true
+	case late && !t.badSet:
+		t.bad, t.badSet = ReasonDataBeforeTunnel, true
+	}
+	t.nready++
+	done := t.nready == 2
+	t.mu.Unlock()
+	if !done {
+		return
+	}
+	if t.badSet {
+		t.s.log.Debug("tunnel set-up abandoned", "reason", t.bad.String())
+		for _, ep := range []*endpoint{&t.a, &t.b} {
+			if ep.fd >= 0 {
+				unix.Close(ep.fd)
+			}
+		}
+		t.s.reg.Leave(t.key, t.owner)
+		t.s.stats.closes[t.bad].Inc()
+		t.s.stats.closes[ReasonPartnerClosed].Inc()
+		t.a.uncount(t.s)
+		t.b.uncount(t.s)
+		return
+	}
+	t.f = t.s.pickForwarder(t.a.fd)
+	t.f.add(t)
+}
+
+func (ep *endpoint) uncount(s *Server) {
+	if ep.ws {
+		s.stats.connsWS.Dec()
+	} else {
+		s.stats.connsTCP.Dec()
+	}
+}
+
+// forwarder is one forwarding loop.
+type forwarder struct {
+	s          *Server
+	epfd, evfd int
+	stopping   atomic.Bool
+	done       chan struct{}
+
+	mu    sync.Mutex
+	queue []*tunnel // handed over, not yet started
+	quit  bool
+
+	// Owned by the loop goroutine.
+	eps     map[int32]*endpoint
+	stalled map[*endpoint]struct{}
+	again   []*tunnel // tunnels that stopped for fairness, not for lack of work
+	spare   []*tunnel
+}
+
+func newForwarder(s *Server) (*forwarder, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	return &forwarder{
+		s: s, epfd: epfd, evfd: evfd, done: make(chan struct{}),
+		eps: make(map[int32]*endpoint), stalled: make(map[*endpoint]struct{}),
+	}, nil
+}
+
+func (f *forwarder) add(t *tunnel) {
+	f.mu.Lock()
+	if f.quit {
+		f.mu.Unlock()
+		for _, ep := range []*endpoint{&t.a, &t.b} {
+			unix.Close(ep.fd)
+			ep.uncount(f.s)
+		}
+		t.s.stats.closes[ReasonShutdown].Add(2)
+		return
+	}
+	f.queue = append(f.queue, t)
+	f.mu.Unlock()
+	f.wake()
+}
+
+func (f *forwarder) wake() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(f.evfd, one[:])
+}
+
+// stop ends the loop, closing every tunnel, and waits for it.
+func (f *forwarder) stop() {
+	f.stopping.Store(true)
+	f.wake()
+	select {
+	case <-f.done:
+	case <-time.After(5 * time.Second):
+		f.s.log.Error("forwarder did not stop in 5s")
+	}
+}
+
+func (f *forwarder) scanInterval() int {
+	d := f.s.cfg.WriteStallTimeout / 4
+	if d > time.Second {
+		d = time.Second
+	}
+	if d < 10*time.Millisecond {
+		d = 10 * time.Millisecond
+	}
+	return int(d / time.Millisecond)
+}
+
+func (f *forwarder) run() {
+	defer close(f.done)
+	events := make([]unix.EpollEvent, 256)
+	lastScan := time.Now()
+	for {
+		timeout := -1
+		switch {
+		case len(f.again) > 0:
+			timeout = 0
+		case len(f.stalled) > 0:
+			timeout = f.scanInterval()
+		}
+		n, err := unix.EpollWait(f.epfd, events, timeout)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			f.s.log.Error("epoll_wait", "err", err)
+			n = 0
+		}
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			if ev.Fd == int32(f.evfd) {
+				var b [8]byte
+				_, _ = unix.Read(f.evfd, b[:])
+				f.takeQueue()
+				continue
+			}
+			ep := f.eps[ev.Fd]
+			if ep == nil {
+				continue
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				ep.readable = true
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				ep.writable = true
+			}
+			f.service(ep.t)
+		}
+		cur := f.again
+		f.again, f.spare = f.spare[:0], cur
+		for _, t := range cur {
+			t.queued = false
+			f.service(t)
+		}
+		if f.stopping.Load() {
+			f.shutdown()
+			return
+		}
+		if len(f.stalled) > 0 && time.Since(lastScan) >= time.Duration(f.scanInterval())*time.Millisecond {
+			lastScan = time.Now()
+			f.scanStalls(lastScan.UnixNano())
+		}
+	}
+}
+
+func (f *forwarder) takeQueue() {
+	f.mu.Lock()
+	q := f.queue
+	f.queue = nil
+	f.mu.Unlock()
+	for _, t := range q {
+		f.startTunnel(t)
+	}
+}
+
+func (f *forwarder) startTunnel(t *tunnel) {
+	t.start = time.Now()
+	f.s.stats.tunnelsActive.Inc()
+	f.s.stats.tunnelsTotal.Inc()
+	f.s.stats.pairLatency.UpdateDuration(t.joined)
+	for _, ep := range []*endpoint{&t.a, &t.b} {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(ep.fd)}
+		if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, ep.fd, &ev); err != nil {
+			f.s.log.Error("epoll add", "err", err)
+			f.teardown(t, ReasonIOError)
+			return
+		}
+		f.eps[int32(ep.fd)] = ep
+		ep.readable, ep.writable = true, true
+	}
+	f.s.log.Debug("tunnel established", "splice", t.splice, "wsA", t.a.ws, "wsB", t.b.ws)
+	f.service(t)
+}
+
+// service moves data both ways until nothing moves, or until it has had its
+// share of the loop (then it is revisited after other ready sockets).
+func (f *forwarder) service(t *tunnel) {
+	if t.dead {
+		return
+	}
+	for range 16 {
+		p1 := f.pump(&t.a, &t.b)
+		if t.dead {
+			return
+		}
+		p2 := f.pump(&t.b, &t.a)
+		if t.dead {
+			return
+		}
+		if !p1 && !p2 {
+			if t.closing && t.a.idle() && t.b.idle() {
+				f.teardown(t, t.reason)
+			}
+			return
+		}
+	}
+	if !t.queued {
+		t.queued = true
+		f.again = append(f.again, t)
+	}
+}
+
+// idle reports that nothing waits to be written to ep.
+func (ep *endpoint) idle() bool {
+	return len(ep.out) == 0 && len(ep.ctrl) == 0 && (ep.pipe == nil || ep.pipe.N == 0)
+}
+
+// pump writes what waits for dst and, if that is all written, reads once
+// from src. It reports whether anything moved.
+func (f *forwarder) pump(src, dst *endpoint) bool {
+	moved, empty := f.flush(dst)
+	if !empty || src.t.dead {
+		return moved
+	}
+	t := src.t
+	if t.closing || src.eof || !src.readable || len(src.ctrl) > ctrlHigh {
+		return moved
+	}
+	if !f.fill(src, dst) {
+		return moved
+	}
+	if !t.dead {
+		f.flush(dst)
+	}
+	return true
+}
+
+// flush writes what waits for dst. empty reports that no data (as opposed to
+// control frames waiting for a frame boundary) is pending.
+func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
+	t := dst.t
+	if p := dst.pipe; p != nil {
+		for p.N > 0 {
+			if !dst.writable {
+				return moved, false
+			}
+			n, err := unix.Splice(p.R, nil, dst.fd, nil, p.N, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			if n > 0 {
+				p.N -= int(n)
+				moved = true
+				f.s.stats.splicedBytes.Add(int(n))
+				f.progressed(dst)
+			}
+			if err == unix.EAGAIN {
+				dst.writable = false
+				f.stall(dst)
+				return moved, false
+			}
+			if err != nil || n == 0 {
+				f.ioError(dst, err)
+				return moved, false
+			}
+		}
+		if !dst.peer.readable || t.closing {
+			pool.PutPipe(p)
+			dst.pipe = nil
+		}
+	}
+	for {
+		for len(dst.out) > 0 {
+			if !dst.writable {
+				return moved, false
+			}
+			n, err := unix.Write(dst.fd, dst.out)
+			if n > 0 {
+				dst.out = dst.out[n:]
+				moved = true
+				f.s.stats.bufferedBytes.Add(n)
+				f.progressed(dst)
+			}
+			if err == unix.EAGAIN {
+				dst.writable = false
+				f.stall(dst)
+				return moved, false
+			}
+			if err != nil {
+				f.ioError(dst, err)
+				return moved, false
+			}
+		}
+		if len(dst.ctrl) == 0 {
+			break
+		}
+		if dst.midFrame {
+			if t.closing { // the frame will never be finished: no close frame
+				dst.ctrl = dst.ctrl[:0]
+			}
+			break
+		}
+		// Control frames go out through the chunk like data, in order.
+		if dst.buf == nil {
+			dst.buf = pool.GetChunk()
+		}
+		n := copy(*dst.buf, dst.ctrl)
+		dst.out = (*dst.buf)[:n]
+		dst.ctrl = append(dst.ctrl[:0], dst.ctrl[n:]...)
+	}
+	if dst.buf != nil {
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+	}
+	return moved, true
+}
+
+// fill reads once from src into what waits for dst. It reports whether
+// anything happened (bytes read or the stream ended).
+func (f *forwarder) fill(src, dst *endpoint) bool {
+	t := src.t
+	if t.splice {
+		if dst.pipe == nil {
+			p, err := pool.GetPipe()
+			if err != nil {
+				f.s.log.Error("pipe", "err", err)
+				f.teardown(t, ReasonIOError)
+				return false
+			}
+			dst.pipe = p
+		}
+		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, pool.ChunkSize, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		switch {
+		case n > 0:
+			dst.pipe.N += int(n)
+			src.rx.Add(int(n))
+			return true
+		case err == unix.EAGAIN:
+			src.readable = false
+			if dst.pipe.N == 0 {
+				pool.PutPipe(dst.pipe)
+				dst.pipe = nil
+			}
+			return false
+		default: // 0: EOF; or a reset
+			f.ended(src)
+			return true
+		}
+	}
+	if dst.buf == nil {
+		dst.buf = pool.GetChunk()
+	}
+	b := *dst.buf
+	limit := min(len(b), wsSlack+f.s.cfg.MaxBuffer)
+	n, err := unix.Read(src.fd, b[wsSlack:limit])
+	switch {
+	case n > 0:
+	case err == unix.EAGAIN:
+		src.readable = false
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+		return false
+	default:
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+		f.ended(src)
+		return true
+	}
+	src.rx.Add(n)
+	if !src.ws {
+		if !dst.ws {
+			dst.out = b[wsSlack : wsSlack+n]
+			return true
+		}
+		// Raw TCP bytes become one BINARY frame: the relay never emits a TEXT
+		// frame it has not validated.
+		h := ws.Header{Fin: true, OpCode: ws.OpBinary, Length: int64(n)}
+		start := wsSlack - ws.HeaderSize(h)
+		handshake.AppendHeader(b[start:start], h)
+		dst.out = b[start : wsSlack+n]
+		return true
+	}
+	w, err := f.deframe(src, dst, b, n)
+	dst.out = b[:w]
+	if err != nil {
+		f.wsError(src, err)
+	}
+	return true
+}
+
+// deframe decodes n bytes read from WebSocket endpoint src (at b[wsSlack:])
+// and writes what dst must receive to the front of b, in place: payloads
+// only for a TCP dst, frames re-headed unmasked with the same opcode and FIN
+// for a WebSocket dst. Control frames are answered by the relay. It returns
+// the number of output bytes.
+func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
+	data := b[wsSlack : wsSlack+n]
+	w := 0
+	for len(data) > 0 && !src.t.closing {
+		fr, m, err := src.dec.Decode(data)
+		if err != nil {
+			return w, err
+		}
+		data = data[m:]
+		switch fr.Kind {
+		case handshake.FragNone:
+			if m == 0 {
+				return w, nil
+			}
+		case handshake.FragHeader:
+			op := fr.Header.OpCode
+			if op.IsControl() {
+				src.ctrlOp = op
+				src.ctrlIn = src.ctrlIn[:0]
+				if fr.FrameEnd {
+					f.control(src)
+				}
+				continue
+			}
+			if dst.ws {
+				h := ws.Header{Fin: fr.Header.Fin, OpCode: op, Length: fr.Header.Length}
+				w = len(handshake.AppendHeader(b[:w], h))
+				dst.midFrame = !fr.FrameEnd
+			}
+		case handshake.FragPayload:
+			if fr.Header.OpCode.IsControl() {
+				src.ctrlIn = append(src.ctrlIn, fr.Data...)
+				if fr.FrameEnd {
+					f.control(src)
+				}
+				continue
+			}
+			w += copy(b[w:], fr.Data)
+			if fr.FrameEnd && dst.ws {
+				dst.midFrame = false
+			}
+		}
+	}
+	return w, nil
+}
+
+// control acts on a complete control frame from ep: ping → pong with the same
+// payload, close → close reply and the tunnel ends.
+func (f *forwarder) control(ep *endpoint) {
+	switch ep.ctrlOp {
+	case ws.OpPing:
+		ep.ctrl = handshake.AppendFrame(ep.ctrl, ws.OpPong, true, ep.ctrlIn)
+	case ws.OpClose:
+		if err := handshake.CheckClosePayload(ep.ctrlIn); err != nil {
+			f.wsError(ep, err)
+			return
+		}
+		code := ws.StatusNormalClosure
+		if len(ep.ctrlIn) >= 2 {
+			code = ws.StatusCode(uint16(ep.ctrlIn[0])<<8 | uint16(ep.ctrlIn[1]))
+		}
+		ep.ctrl = handshake.AppendClose(ep.ctrl, code, "")
+		ep.closeSent = true
+		ep.eof = true
+		f.startClose(ep.t, ReasonPeerClosed)
+	}
+}
+
+// wsError answers a WebSocket protocol violation by ep with the close code it
+// carries and ends the tunnel.
+func (f *forwarder) wsError(ep *endpoint, err error) {
+	code, text := ws.StatusProtocolError, "protocol error"
+	var ce *handshake.CloseError
+	if errors.As(err, &ce) {
+		code, text = ce.Code, ce.Reason
+	}
+	f.s.log.Debug("websocket protocol error in tunnel", "err", err)
+	if !ep.closeSent {
+		ep.ctrl = handshake.AppendClose(ep.ctrl, code, text)
+		ep.closeSent = true
+	}
+	ep.eof = true
+	f.startClose(ep.t, ReasonWebSocket)
+}
+
+// ended handles the end of what ep sends (EOF or reset).
+func (f *forwarder) ended(ep *endpoint) {
+	ep.eof = true
+	ep.closeSent = true // the socket is going: nothing more is sent to it
+	ep.ctrl = ep.ctrl[:0]
+	f.startClose(ep.t, ReasonPeerClosed)
+}
+
+// startClose stops reading both sides; what is queued is still delivered,
+// then the tunnel is torn down. A WebSocket partner gets a close frame.
+func (f *forwarder) startClose(t *tunnel, reason Reason) {
+	if t.closing {
+		return
+	}
+	t.closing, t.reason = true, reason
+	for _, ep := range []*endpoint{&t.a, &t.b} {
+		if ep.ws && !ep.closeSent {
+			ep.ctrl = handshake.AppendClose(ep.ctrl, ws.StatusNormalClosure, "partner closed")
+			ep.closeSent = true
+		}
+	}
+}
+
+func (f *forwarder) ioError(ep *endpoint, err error) {
+	f.s.log.Debug("tunnel write failed", "err", err)
+	f.teardown(ep.t, ReasonPeerClosed)
+}
+
+func (f *forwarder) stall(ep *endpoint) {
+	if ep.stallSince == 0 {
+		ep.stallSince = time.Now().UnixNano()
+		f.stalled[ep] = struct{}{}
+	}
+}
+
+func (f *forwarder) progressed(ep *endpoint) {
+	if ep.stallSince != 0 {
+		ep.stallSince = 0
+		delete(f.stalled, ep)
+	}
+}
+
+func (f *forwarder) scanStalls(now int64) {
+	limit := int64(f.s.cfg.WriteStallTimeout)
+	for ep := range f.stalled {
+		if now-ep.stallSince >= limit && !ep.t.dead {
+			f.s.log.Debug("write stall", "stalled_for", time.Duration(now-ep.stallSince))
+			f.teardown(ep.t, ReasonWriteStall)
+		}
+	}
+}
+
+// teardown closes both sockets and releases everything the tunnel holds.
+func (f *forwarder) teardown(t *tunnel, reason Reason) {
+	if t.dead {
+		return
+	}
+	t.dead = true
+	for _, ep := range []*endpoint{&t.a, &t.b} {
+		delete(f.stalled, ep)
+		if ep.fd >= 0 {
+			delete(f.eps, int32(ep.fd))
+			unix.Close(ep.fd)
+		}
+		if ep.buf != nil {
+			pool.PutChunk(ep.buf)
+			ep.buf, ep.out = nil, nil
+		}
+		if ep.pipe != nil {
+			pool.PutPipe(ep.pipe)
+			ep.pipe = nil
+		}
+		ep.uncount(f.s)
+	}
+	f.s.reg.Leave(t.key, t.owner)
+	st := f.s.stats
+	if !t.start.IsZero() {
+		st.tunnelsActive.Dec()
+	}
+	st.closes[reason].Inc()
+	st.closes[ReasonPartnerClosed].Inc()
+	f.s.log.Debug("tunnel closed", "reason", reason.String(), "duration", time.Since(t.start))
+}
+
+// shutdown closes every tunnel: WebSocket ends get a best-effort 1001 close.
+func (f *forwarder) shutdown() {
+	f.mu.Lock()
+	f.quit = true
+	q := f.queue
+	f.queue = nil
+	f.mu.Unlock()
+	for _, t := range q {
+		f.startTunnel(t)
+	}
+	for _, ep := range f.eps {
+		if ep.t.dead {
+			continue
+		}
+		for _, e := range []*endpoint{&ep.t.a, &ep.t.b} {
+			if e.ws && !e.closeSent && !e.midFrame && len(e.out) == 0 {
+				_, _ = unix.Write(e.fd, handshake.AppendClose(nil, ws.StatusGoingAway, "server shutting down"))
+			}
+		}
+		f.teardown(ep.t, ReasonShutdown)
+	}
+	unix.Close(f.epfd)
+	unix.Close(f.evfd)
+}

@@ -1,0 +1,115 @@
+package relay
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Reason names why a connection or tunnel was closed. Every close has one,
+// and every reason has a counter (meetpoint_closes_total{reason="..."}).
+type Reason uint8
+
+// The close reasons.
+const (
+	ReasonPeerClosed       Reason = iota // the client closed its end (FIN, RST or WebSocket close)
+	ReasonPartnerClosed                  // the other side of the tunnel went away
+	ReasonSniff                          // first bytes are no protocol we speak
+	ReasonHTTP                           // bad or oversized HTTP request, or a plain HTTP request served
+	ReasonWebSocket                      // WebSocket protocol violation
+	ReasonRPC                            // JSON-RPC error (bad JSON, unknown method, bad params)
+	ReasonPreAuthLimit                   // more than MaxPreAuth unparsed bytes before the tunnel
+	ReasonAuthFailed                     // authenticator said no
+	ReasonAuthTimeout                    // authenticator too slow
+	ReasonRPCTimeout                     // asynchronous call exceeded RPCTimeout
+	ReasonInactiveTimeout                // not authenticated within InactiveTimeout
+	ReasonAloneTimeout                   // no partner within AloneTimeout
+	ReasonDataBeforeTunnel               // data after Authenticate, before TunnelEstablished
+	ReasonTunnelExists                   // third client for a (token, nonce) already paired
+	ReasonDuplicateUUID                  // both sides presented the same uuid
+	ReasonWriteStall                     // receiver accepted nothing for WriteStallTimeout
+	ReasonIOError                        // socket error
+	ReasonShutdown                       // server closing
+	reasonCount
+)
+
+var reasonNames = [reasonCount]string{
+	"peer_closed", "partner_closed", "sniff", "http", "websocket", "rpc",
+	"preauth_limit", "auth_failed", "auth_timeout", "rpc_timeout",
+	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
+	"duplicate_uuid", "write_stall", "io_error", "shutdown",
+}
+
+// String returns the reason's metric label.
+func (r Reason) String() string {
+	if r < reasonCount {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// stats are the server's counters. All are live: they move as events happen,
+// not when connections close.
+type stats struct {
+	set *metrics.Set
+
+	connsTCP, connsWS *metrics.Counter // active pre-tunnel and tunnel connections, by transport (inc/dec)
+	tunnelsActive     *metrics.Counter
+	tunnelsTotal      *metrics.Counter
+	bytesUp, bytesDn  *metrics.Counter // a→b (first to arrive → second) and b→a
+	splicedBytes      *metrics.Counter
+	bufferedBytes     *metrics.Counter
+	authOK, authFail  *metrics.Counter
+	authTimeout       *metrics.Counter
+	pairLatency       *metrics.Histogram
+	closes            [reasonCount]*metrics.Counter
+}
+
+func newStats() *stats {
+	s := &stats{set: metrics.NewSet()}
+	s.connsTCP = s.set.NewCounter(`meetpoint_connections_active{transport="tcp"}`)
+	s.connsWS = s.set.NewCounter(`meetpoint_connections_active{transport="websocket"}`)
+	s.tunnelsActive = s.set.NewCounter(`meetpoint_tunnels_active`)
+	s.tunnelsTotal = s.set.NewCounter(`meetpoint_tunnels_total`)
+	s.bytesUp = s.set.NewCounter(`meetpoint_tunnel_bytes_total{direction="a_to_b"}`)
+	s.bytesDn = s.set.NewCounter(`meetpoint_tunnel_bytes_total{direction="b_to_a"}`)
+	s.splicedBytes = s.set.NewCounter(`meetpoint_forwarded_bytes_total{path="splice"}`)
+	s.bufferedBytes = s.set.NewCounter(`meetpoint_forwarded_bytes_total{path="buffered"}`)
+	s.authOK = s.set.NewCounter(`meetpoint_auth_total{result="ok"}`)
+	s.authFail = s.set.NewCounter(`meetpoint_auth_total{result="failed"}`)
+	s.authTimeout = s.set.NewCounter(`meetpoint_auth_total{result="timeout"}`)
+	s.pairLatency = s.set.NewHistogram(`meetpoint_pairing_seconds`)
+	for r := Reason(0); r < reasonCount; r++ {
+		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
+	}
+	return s
+}
+
+// WriteMetrics writes the server's metrics in Prometheus text format.
+func (s *Server) WriteMetrics(w io.Writer) { s.stats.set.WritePrometheus(w) }
+
+// Stats is a snapshot of the server's main counters.
+type Stats struct {
+	ConnectionsTCP, ConnectionsWS uint64 // active connections by transport
+	TunnelsActive, TunnelsTotal   uint64
+	SplicedBytes, BufferedBytes   uint64 // bytes forwarded by splice(2) and through buffers
+	Closes                        map[string]uint64
+}
+
+// Stats returns a snapshot of the counters. Cost: one small map allocation.
+func (s *Server) Stats() Stats {
+	st := s.stats
+	out := Stats{
+		ConnectionsTCP: st.connsTCP.Get(), ConnectionsWS: st.connsWS.Get(),
+		TunnelsActive: st.tunnelsActive.Get(), TunnelsTotal: st.tunnelsTotal.Get(),
+		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),
+		Closes: make(map[string]uint64, reasonCount),
+	}
+	for r := Reason(0); r < reasonCount; r++ {
+		if v := st.closes[r].Get(); v > 0 {
+			out.Closes[r.String()] = v
+		}
+	}
+	return out
+}

@@ -1,0 +1,166 @@
+package relay
+
+import (
+	"hash/maphash"
+	"sync"
+)
+
+// PairKey identifies a rendezvous: clients presenting the same token and the
+// same nonce meet. A client with a nonce never meets one without (nymea pairs
+// on the nonce alone, which lets different tokens meet; we do not).
+type PairKey struct {
+	Token string
+	Nonce string
+}
+
+// Joiner is the registry's view of a client waiting for its partner.
+type Joiner interface {
+	// Claim atomically takes a waiting client out of the waiting state. It
+	// returns false when the client is already gone (closed or timed out), in
+	// which case the registry forgets it.
+	Claim() bool
+	// UUID is the client's uuid as sent in Authenticate.
+	UUID() string
+}
+
+// JoinResult says what Join did.
+type JoinResult uint8
+
+// The outcomes of Join.
+const (
+	// JoinWaiting: the caller is now the waiting client of its key.
+	JoinWaiting JoinResult = iota
+	// JoinPaired: the returned partner was waiting and has been claimed; the
+	// key is now held by an active tunnel until Leave.
+	JoinPaired
+	// JoinFull: a tunnel already exists for this key; the caller is refused.
+	JoinFull
+	// JoinDuplicateUUID: the waiting client has the caller's uuid; both
+	// must be closed (the partner has been claimed and the key is free).
+	JoinDuplicateUUID
+)
+
+// Registry pairs clients. The in-memory implementation is ShardedRegistry; a
+// cluster-wide one can replace it.
+type Registry interface {
+	// Join registers j under k, or pairs it with the client already waiting.
+	Join(k PairKey, j Joiner) (JoinResult, Joiner)
+	// Leave forgets k if it is held by j (waiting) or by the tunnel j belongs
+	// to (active, j being either side).
+	Leave(k PairKey, j Joiner)
+	// Len reports the number of keys held (waiting clients plus tunnels).
+	Len() int
+}
+
+const shardCount = 64
+
+// ShardedRegistry is a Registry of 64 independently locked maps, so that
+// pairing never takes a global lock. Memory: one map entry (~100 B) per key.
+type ShardedRegistry struct {
+	seed   maphash.Seed
+	shards [shardCount]shard
+}
+
+type shard struct {
+	mu sync.Mutex
+	// m holds, per key, either the waiting client (b == nil) or both sides of
+	// an active tunnel. Invariant: an entry exists iff its key is waiting or
+	// paired.
+	m map[PairKey]entry
+	_ [40]byte // keep shards on separate cache lines
+}
+
+type entry struct {
+	a, b Joiner
+}
+
+// NewShardedRegistry returns an empty registry.
+func NewShardedRegistry() *ShardedRegistry {
+	r := &ShardedRegistry{seed: maphash.MakeSeed()}
+	for i := range r.shards {
+		r.shards[i].m = make(map[PairKey]entry)
+	}
+	return r
+}
+
+func (r *ShardedRegistry) shard(k PairKey) *shard {
+	var h maphash.Hash
+	h.SetSeed(r.seed)
+	h.WriteString(k.Token)
+	h.WriteByte(0)
+	h.WriteString(k.Nonce)
+	return &r.shards[h.Sum64()%shardCount]
+}
+
+// Join implements Registry.
+func (r *ShardedRegistry) Join(k PairKey, j Joiner) (JoinResult, Joiner) {
+	s := r.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[k]
+	switch {
+	case !ok:
+		s.m[k] = entry{a: j}
+		return JoinWaiting, nil
+	case e.b != nil:
+		return JoinFull, nil
+	case !e.a.Claim():
+		// The waiting client left without telling us yet: take its place.
+		s.m[k] = entry{a: j}
+		return JoinWaiting, nil
+	case e.a.UUID() == j.UUID():
+		delete(s.m, k)
+		return JoinDuplicateUUID, e.a
+	default:
+		s.m[k] = entry{a: e.a, b: j}
+		return JoinPaired, e.a
+	}
+}
+
+// Leave implements Registry.
+func (r *ShardedRegistry) Leave(k PairKey, j Joiner) {
+	s := r.shard(k)
+	s.mu.Lock()
+	if e, ok := s.m[k]; ok && (e.a == j || e.b == j) {
+		delete(s.m, k)
+	}
+	s.mu.Unlock()
+}
+
+// Len implements Registry.
+func (r *ShardedRegistry) Len() int {
+	n := 0
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// pairUp hands a (waiting, claimed) and b (just authenticated) to a new
+// tunnel. Both are closed on netpoll; their close callbacks call
+// tunnel.ready, and the second one starts forwarding. Called with b.mu held;
+// unlocks it.
+func pairUp(a, b *conn) {
+	t := newTunnel(a, b)
+	b.tun = t
+	b.closing = true
+	a.mu.Lock()
+	if a.cbDone.Load() {
+		// a went away between Claim and now; its callback saw no tunnel.
+		a.mu.Unlock()
+		b.s.reg.Leave(b.key, a)
+		b.tun = nil
+		b.st.Store(uint32(stRPC))
+		b.closing = false
+		b.fail(ReasonPartnerClosed, 1001, "Partner left")
+		b.unlock()
+		return
+	}
+	a.tun = t
+	a.closing = true
+	a.unlock()
+	b.unlock()
+}

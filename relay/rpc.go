@@ -1,0 +1,141 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// APIVersion is the legacy API version reported by RemoteProxy.Hello.
+const APIVersion = "0.2"
+
+// Version is the relay's version, set at build time by cmd/meetpoint.
+var Version = "dev"
+
+// handle runs one JSON-RPC request received before the tunnel. Called with
+// mu held.
+func (c *conn) handle(obj []byte) {
+	req, rerr := handshake.ParseRequest(obj)
+	if rerr != nil {
+		c.rpcFail(rerr.ID, rerr.Text)
+		return
+	}
+	switch req.Method {
+	case "RemoteProxy.Hello":
+		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID,
+			handshake.Str("apiVersion", APIVersion),
+			handshake.Str("name", c.s.cfg.Name),
+			handshake.Str("server", "meetpoint"),
+			handshake.Str("version", Version)))
+	case "RemoteProxy.Introspect":
+		c.writeMsg(handshake.AppendSuccessRaw(c.out[:0], req.ID, handshake.Introspect()))
+	case "Authentication.Authenticate":
+		c.authenticate(req)
+	default:
+		// TunnelProxy.* is listed by Introspect but served by the TunnelProxy
+		// engine; until a connection registers there, it is a legacy client.
+		c.rpcFail(req.ID, "No such method")
+	}
+}
+
+// rpcFail answers a JSON-RPC error and closes, as nymea does after any
+// JSON-RPC-layer error.
+func (c *conn) rpcFail(id int, text string) {
+	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
+	c.writeMsg(handshake.AppendError(c.out[:0], id, text))
+	c.fail(ReasonRPC, ws.StatusPolicyViolation, "JSON-RPC error")
+}
+
+// authenticate records the request; onRequest starts the authenticator once
+// mu is released (an authenticator may call back synchronously).
+func (c *conn) authenticate(req handshake.Request) {
+	c.uuid = param(&req, "uuid")
+	c.name = param(&req, "name")
+	c.key = PairKey{Token: param(&req, "token"), Nonce: param(&req, "nonce")}
+	c.authID = req.ID
+	c.st.Store(uint32(stAuthing))
+	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer}
+	c.authTimer = time.AfterFunc(c.s.cfg.AuthTimeout, func() { c.onAuthResult(AuthTimeout) })
+	c.rpcTimer = time.AfterFunc(c.s.cfg.RPCTimeout, c.onRPCTimeout)
+}
+
+func (c *conn) startAuth(req *AuthRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.AuthTimeout)
+	c.s.cfg.Auth.Authenticate(ctx, *req, func(r AuthResult) {
+		cancel()
+		c.onAuthResult(r)
+	})
+}
+
+func (c *conn) onRPCTimeout() {
+	c.mu.Lock()
+	if state(c.st.Load()) == stAuthing {
+		c.rpcFail(c.authID, "Command timed out")
+	}
+	c.unlock()
+}
+
+// onAuthResult answers Authenticate and, on success, joins the registry:
+// either waiting for a partner or completing a pair.
+func (c *conn) onAuthResult(r AuthResult) {
+	c.mu.Lock()
+	if state(c.st.Load()) != stAuthing {
+		c.unlock() // late answer after a timeout or close: ignored
+		return
+	}
+	c.authTimer.Stop()
+	c.rpcTimer.Stop()
+	c.writeMsg(handshake.AppendSuccess(c.out[:0], c.authID,
+		handshake.Str("authenticationError", r.String())))
+	switch r {
+	case AuthNoError:
+		c.s.stats.authOK.Inc()
+	case AuthTimeout:
+		c.s.stats.authTimeout.Inc()
+		c.fail(ReasonAuthTimeout, ws.StatusPolicyViolation, "Authentication timed out")
+		c.unlock()
+		return
+	default:
+		c.s.stats.authFail.Inc()
+		c.fail(ReasonAuthFailed, ws.StatusPolicyViolation, "Authentication failed")
+		c.unlock()
+		return
+	}
+	if state(c.st.Load()) == stClosed { // the reply could not be written
+		c.unlock()
+		return
+	}
+	c.timer.Stop()
+	c.joined = time.Now()
+	c.st.Store(uint32(stWaiting))
+	res, partner := c.s.reg.Join(c.key, c)
+	switch res {
+	case JoinWaiting:
+		c.timer = time.AfterFunc(c.s.cfg.AloneTimeout, c.onAlone)
+		c.unlock()
+	case JoinFull:
+		c.st.Store(uint32(stRPC)) // not in the registry
+		c.fail(ReasonTunnelExists, ws.StatusPolicyViolation, "Tunnel already exists")
+		c.unlock()
+	case JoinDuplicateUUID:
+		c.st.Store(uint32(stRPC))
+		c.fail(ReasonDuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
+		c.unlock()
+		p := partner.(*conn)
+		p.mu.Lock()
+		p.st.Store(uint32(stRPC)) // claimed, but no tunnel: close it
+		p.fail(ReasonDuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
+		p.unlock()
+	case JoinPaired:
+		c.st.Store(uint32(stClaimed))
+		pairUp(partner.(*conn), c) // unlocks c
+	}
+}
+
+func param(req *handshake.Request, key string) string {
+	v, _ := req.Param(key)
+	return v
+}

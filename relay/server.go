@@ -1,0 +1,186 @@
+// Package relay is meetpoint's engine: it accepts connections on netpoll
+// event loops, walks each through sniff → handshake → rpc → pair, and hands
+// paired sockets to forwarding loops that move bytes with splice(2) or pooled
+// buffers.
+//
+// Goroutines: a fixed number of netpoll pollers and forwarding loops. A
+// connection holds a goroutine only while netpoll runs its handler for bytes
+// that just arrived; an idle connection, paired or not, holds none.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+)
+
+// Server is a meetpoint relay. Create it with NewServer, then Start it.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	reg   Registry
+	stats *stats
+	fwd   []*forwarder
+
+	mu        sync.Mutex
+	listeners []netpoll.Listener
+	loops     []netpoll.EventLoop
+	closed    bool
+	// conns holds every connection still on netpoll (before handoff), so
+	// Close can end them.
+	conns map[*conn]struct{}
+}
+
+// NewServer validates cfg and prepares a server. It does not listen yet.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Loops == 0 {
+		cfg.Loops = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		reg:   NewShardedRegistry(),
+		stats: newStats(),
+		conns: make(map[*conn]struct{}),
+	}
+	return s, nil
+}
+
+var netpollInit sync.Once
+
+// Start binds every listen address and starts serving. It returns an error,
+// having closed what it opened, if any address cannot be bound.
+func (s *Server) Start() error {
+	netpollInit.Do(func() {
+		// netpoll's pollers are process-wide; size them once.
+		_ = netpoll.SetNumLoops(s.cfg.Loops)
+	})
+	var lns []netpoll.Listener
+	for _, addr := range s.cfg.Listen {
+		ln, err := netpoll.CreateListener("tcp", addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
+	}
+	fwd := make([]*forwarder, s.cfg.Loops)
+	for i := range fwd {
+		f, err := newForwarder(s)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			for _, f := range fwd[:i] {
+				f.stop()
+			}
+			return fmt.Errorf("forwarder: %w", err)
+		}
+		fwd[i] = f
+	}
+	s.fwd = fwd
+	for _, f := range fwd {
+		go f.run()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range lns {
+		evl, err := netpoll.NewEventLoop(s.onRequest,
+			netpoll.WithOnPrepare(s.onPrepare),
+			netpoll.WithWriteTimeout(5*time.Second),
+		)
+		if err != nil {
+			return err
+		}
+		s.listeners = append(s.listeners, ln)
+		s.loops = append(s.loops, evl)
+		go func() {
+			if err := evl.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("serve", "addr", ln.Addr().String(), "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// Addrs returns the bound listen addresses (useful with port 0).
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]net.Addr, len(s.listeners))
+	for i, ln := range s.listeners {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// Reload re-reads whatever the authenticator reads from disk (token file,
+// HMAC key). On error the old state stays in force.
+func (s *Server) Reload() error {
+	if r, ok := s.cfg.Auth.(Reloader); ok {
+		return r.Reload()
+	}
+	return nil
+}
+
+// Close stops listening and closes every connection and tunnel.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	loops := s.loops
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, evl := range loops {
+		_ = evl.Shutdown(ctx)
+	}
+	for _, c := range conns {
+		c.shutdown()
+	}
+	for _, f := range s.fwd {
+		f.stop()
+	}
+	return nil
+}
+
+func (s *Server) track(c *conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closed {
+			return false
+		}
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	return true
+}
+
+// pickForwarder spreads tunnels over forwarding loops.
+func (s *Server) pickForwarder(fd int) *forwarder {
+	return s.fwd[fd%len(s.fwd)]
+}
