@@ -34,10 +34,12 @@ const (
 // and they take mu): functions that decide to close set closing, and unlock
 // issues the Close.
 type conn struct {
-	s    *Server
-	nc   netpoll.Connection
-	fd   int
-	peer net.Addr
+	s       *Server
+	nc      netpoll.Connection
+	fd      int
+	peer    net.Addr
+	id      uint64    // set by track
+	created time.Time // accept time
 
 	// st is read without mu by Claim (CAS stWaiting → stClaimed); every other
 	// transition happens under mu.
@@ -78,7 +80,7 @@ type conn struct {
 type connKey struct{}
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	c := &conn{s: s, nc: nc, peer: nc.RemoteAddr()}
+	c := &conn{s: s, nc: nc, peer: nc.RemoteAddr(), created: time.Now()}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
 	}

@@ -55,6 +55,10 @@ type tunnel struct {
 	splice bool // both ends plain TCP: forward with splice(2)
 	start  time.Time
 
+	id           uint64     // set by trackTunnel
+	infoA, infoB ClientInfo // for monitors, fixed at set-up
+	ab, ba       atomic.Uint64 // bytes read from a and from b (read by monitors)
+
 	closing bool   // no more reads; finish once everything queued is written
 	reason  Reason // why closing (counted for the side that caused it)
 	dead    bool   // torn down
@@ -68,7 +72,8 @@ type endpoint struct {
 	peer *endpoint
 	fd   int
 	ws   bool
-	rx   *metrics.Counter // bytes read from this endpoint
+	rx   *metrics.Counter // bytes read from this endpoint, all tunnels
+	rxT  *atomic.Uint64   // bytes read from this endpoint, this tunnel
 
 	readable, writable bool // edge-triggered readiness latches
 	eof                bool
@@ -93,7 +98,10 @@ func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, owner: a, joined: b.joined}
 	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp}
 	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn}
+	t.a.rxT, t.b.rxT = &t.ab, &t.ba
 	t.a.dec.MaxFrame, t.b.dec.MaxFrame = 0, 0 // frames are streamed, never held whole
+	t.infoA, t.infoB = a.infoLocked(), b.infoLocked()
+	t.infoA.Tunnel, t.infoB.Tunnel = true, true
 	t.a.ctrl = established(a, b)
 	t.b.ctrl = established(b, a)
 	t.splice = !a.ws && !b.ws
@@ -330,7 +338,9 @@ func (f *forwarder) startTunnel(t *tunnel) {
 		f.eps[int32(ep.fd)] = ep
 		ep.readable, ep.writable = true, true
 	}
-	f.s.log.Debug("tunnel established", "splice", t.splice, "wsA", t.a.ws, "wsB", t.b.ws)
+	f.s.trackTunnel(t, true)
+	f.s.log.Info("tunnel established", "tunnel", t.id, "token", t.infoA.TokenHash,
+		"a", t.infoA.Address, "b", t.infoB.Address, "splice", t.splice)
 	f.service(t)
 }
 
@@ -483,6 +493,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		case n > 0:
 			dst.pipe.N += int(n)
 			src.rx.Add(int(n))
+			src.rxT.Add(uint64(n))
 			return true
 		case err == unix.EAGAIN:
 			src.readable = false
@@ -516,6 +527,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		return true
 	}
 	src.rx.Add(n)
+	src.rxT.Add(uint64(n))
 	if !src.ws {
 		if !dst.ws {
 			dst.out = b[wsSlack : wsSlack+n]
@@ -708,7 +720,11 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 	}
 	st.closes[reason].Inc()
 	st.closes[ReasonPartnerClosed].Inc()
-	f.s.log.Debug("tunnel closed", "reason", reason.String(), "duration", time.Since(t.start))
+	if !t.start.IsZero() {
+		f.s.trackTunnel(t, false)
+		f.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.infoA.TokenHash, "reason", reason.String(),
+			"duration", time.Since(t.start).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
+	}
 }
 
 // shutdown closes every tunnel: WebSocket ends get a best-effort 1001 close.

@@ -1,12 +1,8 @@
 package relay
 
 import (
-	"strconv"
-
 	"github.com/meetpoint/meetpoint/handshake"
 )
-
-const notRelayBody = "meetpoint relay: connect with a WebSocket or a raw TCP JSON-RPC client\n"
 
 // httpHead waits for a complete HTTP request head (at most MaxHeader bytes),
 // then upgrades it to WebSocket or answers a plain HTTP request. Called with
@@ -41,10 +37,10 @@ func (c *conn) httpHead() {
 	}
 }
 
-// plainHTTP answers a request that is not a WebSocket upgrade and closes.
+// plainHTTP answers a request that is not a WebSocket upgrade (see
+// httpResponse) and closes.
 func (c *conn) plainHTTP(head []byte) {
-	c.write([]byte("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
-		strconv.Itoa(len(notRelayBody)) + "\r\n\r\n" + notRelayBody))
+	c.write(c.s.httpResponse(head))
 	c.closeNow(ReasonHTTP)
 }
 

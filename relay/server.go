@@ -33,9 +33,13 @@ type Server struct {
 	listeners []netpoll.Listener
 	loops     []netpoll.EventLoop
 	closed    bool
+	draining  bool
 	// conns holds every connection still on netpoll (before handoff), so
-	// Close can end them.
+	// Close can end them and Snapshot can list them.
 	conns map[*conn]struct{}
+	// tunnels holds every tunnel a forwarder has started and not torn down.
+	tunnels map[*tunnel]struct{}
+	nextID  uint64
 }
 
 // NewServer validates cfg and prepares a server. It does not listen yet.
@@ -54,7 +58,8 @@ func NewServer(cfg Config) (*Server, error) {
 		log:   cfg.Logger,
 		reg:   NewShardedRegistry(),
 		stats: newStats(),
-		conns: make(map[*conn]struct{}),
+		conns:   make(map[*conn]struct{}),
+		tunnels: make(map[*tunnel]struct{}),
 	}
 	return s, nil
 }
@@ -152,13 +157,13 @@ func (s *Server) Close() error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, evl := range loops {
 		_ = evl.Shutdown(ctx)
-	}
-	for _, c := range conns {
-		c.shutdown()
 	}
 	for _, f := range s.fwd {
 		f.stop()
@@ -170,9 +175,11 @@ func (s *Server) track(c *conn, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if add {
-		if s.closed {
+		if s.closed || s.draining {
 			return false
 		}
+		s.nextID++
+		c.id = s.nextID
 		s.conns[c] = struct{}{}
 	} else {
 		delete(s.conns, c)
@@ -183,4 +190,58 @@ func (s *Server) track(c *conn, add bool) bool {
 // pickForwarder spreads tunnels over forwarding loops.
 func (s *Server) pickForwarder(fd int) *forwarder {
 	return s.fwd[fd%len(s.fwd)]
+}
+
+func (s *Server) trackTunnel(t *tunnel, add bool) {
+	s.mu.Lock()
+	if add {
+		s.nextID++
+		t.id = s.nextID
+		s.tunnels[t] = struct{}{}
+	} else {
+		delete(s.tunnels, t)
+	}
+	s.mu.Unlock()
+}
+
+// Ready reports whether the server accepts new clients (false while
+// draining or closed).
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.closed && !s.draining && len(s.listeners) > 0
+}
+
+// Shutdown drains the server: it stops accepting, closes clients that have
+// no tunnel yet, waits until every tunnel has ended or ctx is done, and then
+// closes what is left. It returns ctx.Err() if tunnels had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	lns := s.listeners
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, c := range conns {
+		c.shutdown()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for s.stats.tunnelsActive.Get() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			break wait
+		case <-tick.C:
+		}
+	}
+	s.Close()
+	return err
 }

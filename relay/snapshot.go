@@ -1,0 +1,102 @@
+package relay
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"sort"
+	"time"
+)
+
+// ClientInfo describes one connection for monitors.
+type ClientInfo struct {
+	ID            uint64    `json:"id"`
+	Address       string    `json:"address"`
+	Transport     string    `json:"transport"` // "tcp", "websocket" or "" before sniffing
+	Connected     time.Time `json:"connected"`
+	Authenticated bool      `json:"authenticated"`
+	Tunnel        bool      `json:"tunnelConnected"`
+	Name          string    `json:"name"`
+	UUID          string    `json:"uuid"`
+	TokenHash     string    `json:"tokenHash,omitempty"` // TokenHash of the token; never the token
+	RxBytes       uint64    `json:"rxDataCount"`
+	TxBytes       uint64    `json:"txDataCount"`
+}
+
+// TunnelInfo describes one active tunnel.
+type TunnelInfo struct {
+	ID      uint64     `json:"id"`
+	Started time.Time  `json:"started"`
+	Splice  bool       `json:"splice"`
+	A, B    ClientInfo `json:"-"`
+	// BytesAB counts bytes read from A (sent toward B), BytesBA the reverse.
+	BytesAB uint64 `json:"bytesAtoB"`
+	BytesBA uint64 `json:"bytesBtoA"`
+}
+
+// Snapshot is a consistent-enough view of the server for monitors: each
+// entry is read under its own lock, counters are live.
+type Snapshot struct {
+	Name    string       `json:"serverName"`
+	Clients []ClientInfo `json:"clients"` // connections without a tunnel
+	Tunnels []TunnelInfo `json:"tunnels"`
+}
+
+// TokenHash returns a short, non-reversible tag of a token for logs and
+// monitors: the first 8 hex digits of its SHA-256.
+func TokenHash(token string) string {
+	if token == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:4])
+}
+
+// Snapshot lists connections and tunnels. Cost: O(connections + tunnels),
+// allocating the result.
+func (s *Server) Snapshot() Snapshot {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	tuns := make([]*tunnel, 0, len(s.tunnels))
+	for t := range s.tunnels {
+		tuns = append(tuns, t)
+	}
+	s.mu.Unlock()
+	snap := Snapshot{Name: s.cfg.Name, Clients: make([]ClientInfo, 0, len(conns)), Tunnels: make([]TunnelInfo, 0, len(tuns))}
+	for _, c := range conns {
+		snap.Clients = append(snap.Clients, c.info())
+	}
+	for _, t := range tuns {
+		ti := TunnelInfo{ID: t.id, Started: t.start, Splice: t.splice, A: t.infoA, B: t.infoB,
+			BytesAB: t.ab.Load(), BytesBA: t.ba.Load()}
+		ti.A.RxBytes, ti.A.TxBytes = ti.BytesAB, ti.BytesBA
+		ti.B.RxBytes, ti.B.TxBytes = ti.BytesBA, ti.BytesAB
+		snap.Tunnels = append(snap.Tunnels, ti)
+	}
+	sort.Slice(snap.Clients, func(i, j int) bool { return snap.Clients[i].ID < snap.Clients[j].ID })
+	sort.Slice(snap.Tunnels, func(i, j int) bool { return snap.Tunnels[i].ID < snap.Tunnels[j].ID })
+	return snap
+}
+
+func (c *conn) info() ClientInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.infoLocked()
+}
+
+// infoLocked is info with mu held.
+func (c *conn) infoLocked() ClientInfo {
+	ci := ClientInfo{ID: c.id, Address: c.peer.String(), Connected: c.created, Name: c.name, UUID: c.uuid,
+		TokenHash: TokenHash(c.key.Token)}
+	switch {
+	case c.ws:
+		ci.Transport = "websocket"
+	case c.counted:
+		ci.Transport = "tcp"
+	}
+	st := state(c.st.Load())
+	ci.Authenticated = st == stWaiting || st == stClaimed
+	return ci
+}
