@@ -55,8 +55,8 @@ type tunnel struct {
 	splice bool // both ends plain TCP: forward with splice(2)
 	start  time.Time
 
-	id           uint64     // set by trackTunnel
-	infoA, infoB ClientInfo // for monitors, fixed at set-up
+	id           uint64        // set by trackTunnel
+	infoA, infoB ClientInfo    // for monitors, fixed at set-up
 	ab, ba       atomic.Uint64 // bytes read from a and from b (read by monitors)
 
 	closing bool   // no more reads; finish once everything queued is written

@@ -43,4 +43,3 @@ func (c *conn) plainHTTP(head []byte) {
 	c.write(c.s.httpResponse(head))
 	c.closeNow(ReasonHTTP)
 }
-

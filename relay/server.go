@@ -54,10 +54,10 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		reg:   NewShardedRegistry(),
-		stats: newStats(),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		reg:     NewShardedRegistry(),
+		stats:   newStats(),
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
 	}
