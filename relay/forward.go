@@ -410,7 +410,6 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 			if n > 0 {
 				p.N -= int(n)
 				moved = true
-				f.s.stats.splicedBytes.Add(int(n))
 				f.progressed(dst)
 			}
 			if err == unix.EAGAIN {
@@ -437,7 +436,6 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 			if n > 0 {
 				dst.out = dst.out[n:]
 				moved = true
-				f.s.stats.bufferedBytes.Add(n)
 				f.progressed(dst)
 			}
 			if err == unix.EAGAIN {
@@ -492,6 +490,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		switch {
 		case n > 0:
 			dst.pipe.N += int(n)
+			f.s.stats.splicedBytes.Add(int(n))
 			src.rx.Add(int(n))
 			src.rxT.Add(uint64(n))
 			return true
@@ -526,6 +525,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		f.ended(src)
 		return true
 	}
+	f.s.stats.bufferedBytes.Add(n)
 	src.rx.Add(n)
 	src.rxT.Add(uint64(n))
 	if !src.ws {
