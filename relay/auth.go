@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 )
 
@@ -45,6 +46,9 @@ type AuthRequest struct {
 	UUID  string   // client uuid as sent
 	Name  string   // client name as sent
 	Peer  net.Addr // remote address
+	// ClientCert is the verified TLS client certificate, when the client
+	// presented one (for per-identity rules).
+	ClientCert *x509.Certificate
 }
 
 // Authenticator decides whether a token is valid.

@@ -46,7 +46,30 @@ type Config struct {
 	Loops int
 	// Logger receives the relay's logs. nil means slog.Default().
 	Logger *slog.Logger
+
+	// TLSCert and TLSKey are PEM files (the certificate file may hold the
+	// whole chain). With them, TLS is served on every listen address beside
+	// plaintext; they are reloaded on SIGHUP (Server.Reload) and when the
+	// files change.
+	TLSCert, TLSKey string
+	// TLSSelfSigned serves TLS with a certificate generated at start-up when
+	// no TLSCert is given.
+	TLSSelfSigned bool
+	// TLSClientCA, a PEM bundle, and TLSClientFingerprints, a file of SHA-256
+	// certificate fingerprints in hex (one per line), restrict TLS clients to
+	// those presenting a certificate signed by the CA or listed.
+	TLSClientCA, TLSClientFingerprints string
+	// TLSOnly refuses plaintext clients.
+	TLSOnly bool
+	// TLSHandshakeTimeout bounds the TLS handshake.
+	TLSHandshakeTimeout time.Duration
+	// TLSWatchInterval is how often the certificate files are checked for
+	// changes.
+	TLSWatchInterval time.Duration
 }
+
+// TLSEnabled reports whether TLS is configured.
+func (c *Config) TLSEnabled() bool { return c.TLSCert != "" || c.TLSSelfSigned }
 
 // DefaultConfig returns the defaults documented in docs/protocol.md.
 func DefaultConfig() Config {
@@ -61,6 +84,9 @@ func DefaultConfig() Config {
 		MaxBuffer:         64 << 10,
 		MaxPreAuth:        10 << 10,
 		MaxHeader:         8 << 10,
+
+		TLSHandshakeTimeout: 5 * time.Second,
+		TLSWatchInterval:    2 * time.Second,
 	}
 }
 
@@ -94,6 +120,18 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxHeader < 1024 {
 		return fmt.Errorf("max-header: must be at least 1024, got %d", c.MaxHeader)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls-cert/tls-key: both or neither must be given")
+	}
+	if c.TLSOnly && !c.TLSEnabled() {
+		return errors.New("tls-only: needs tls-cert and tls-key (or a self-signed certificate)")
+	}
+	if (c.TLSClientCA != "" || c.TLSClientFingerprints != "") && !c.TLSEnabled() {
+		return errors.New("tls-client-ca/tls-client-fingerprints: need TLS")
+	}
+	if c.TLSEnabled() && c.TLSHandshakeTimeout <= 0 {
+		return fmt.Errorf("tls-handshake-timeout: must be positive, got %v", c.TLSHandshakeTimeout)
 	}
 	if c.Loops < 0 {
 		return fmt.Errorf("loops: must not be negative, got %d", c.Loops)

@@ -29,14 +29,13 @@ const (
 // conn is a connection while it lives on netpoll (everything before the
 // tunnel). It costs ~700 B plus netpoll's 4 KiB input page.
 //
-// Locking: mu guards every field below it and every write to nc. nc.Close is
-// never called with mu held (netpoll may run close callbacks synchronously,
-// and they take mu): functions that decide to close set closing, and unlock
-// issues the Close.
+// Locking: mu guards every field below it and every write to tr. tr.close
+// is never called with mu held (netpoll may run close callbacks
+// synchronously, and they take mu): functions that decide to close set
+// closing, and unlock issues the close.
 type conn struct {
 	s       *Server
-	nc      netpoll.Connection
-	fd      int
+	tr      transport
 	peer    net.Addr
 	id      uint64    // set by track
 	created time.Time // accept time
@@ -74,24 +73,38 @@ type conn struct {
 	key        PairKey
 	joined     time.Time
 	dataLate   bool    // bytes arrived after Authenticate
+	toTLS      bool    // sniffed a TLS ClientHello: released starts the handshake
 	tun        *tunnel // set when claimed and paired
 }
 
 type connKey struct{}
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	c := &conn{s: s, nc: nc, peer: nc.RemoteAddr(), created: time.Now()}
+	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
-		c.fd = f.Fd()
+		tr.fd = f.Fd()
 	}
-	c.dec.MaxFrame = int64(s.cfg.MaxPreAuth)
-	if !s.track(c, true) {
+	c := s.newConn(tr, nc.RemoteAddr())
+	if c == nil {
 		nc.Close()
 		return context.Background()
 	}
-	_ = nc.AddCloseCallback(c.onNetpollClose)
-	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
+	_ = nc.AddCloseCallback(func(nc netpoll.Connection) error {
+		c.released(nc.Reader().Len() > 0)
+		return nil
+	})
 	return context.WithValue(context.Background(), connKey{}, c)
+}
+
+// newConn creates and tracks a connection; nil if the server is closing.
+func (s *Server) newConn(tr transport, peer net.Addr) *conn {
+	c := &conn{s: s, tr: tr, peer: peer, created: time.Now()}
+	c.dec.MaxFrame = int64(s.cfg.MaxPreAuth)
+	if !s.track(c, true) {
+		return nil
+	}
+	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
+	return c
 }
 
 // onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
@@ -127,7 +140,7 @@ func (c *conn) unlock() {
 	}
 	c.mu.Unlock()
 	if doClose {
-		c.nc.Close()
+		c.tr.close()
 	}
 }
 
@@ -188,17 +201,12 @@ func (c *conn) stopTimers() {
 // write sends b now. netpoll writes directly and waits (bounded by its write
 // timeout) only if the socket buffer is full. Called with mu held.
 func (c *conn) write(b []byte) {
-	if len(b) == 0 {
+	if len(b) == 0 || state(c.st.Load()) == stClosed {
 		return
 	}
-	w := c.nc.Writer()
-	if _, err := w.WriteBinary(b); err == nil {
-		err = w.Flush()
-		if err == nil {
-			return
-		}
+	if err := c.tr.write(b); err != nil {
+		c.closeNow(ReasonIOError)
 	}
-	c.closeNow(ReasonIOError)
 }
 
 // writeMsg sends one JSON-RPC message: a TEXT frame on WebSocket, the bytes
@@ -243,12 +251,13 @@ func (c *conn) Claim() bool { return c.st.CompareAndSwap(uint32(stWaiting), uint
 // UUID implements Joiner.
 func (c *conn) UUID() string { return c.uuid }
 
-// onNetpollClose runs once netpoll has let go of the socket (after it stopped
-// polling it, before it closes the descriptor). A claimed connection is handed
-// to its tunnel here; any other is finished.
-func (c *conn) onNetpollClose(nc netpoll.Connection) error {
+// released runs once the transport has let go of the socket (netpoll: after
+// it stopped polling it, before it closes the descriptor). A claimed
+// connection is handed to its tunnel here; any other is finished. unread
+// reports bytes the transport still held.
+func (c *conn) released(unread bool) {
 	if !c.cbDone.CompareAndSwap(false, true) {
-		return nil
+		return
 	}
 	c.mu.Lock()
 	c.closing, c.closeIssued = true, true
@@ -256,11 +265,23 @@ func (c *conn) onNetpollClose(nc netpoll.Connection) error {
 	t := c.tun
 	if state(c.st.Load()) == stClaimed && t != nil {
 		_, inMsg := c.dec.InMessage()
-		late := c.dataLate || c.midFrame || inMsg || nc.Reader().Len() > 0
+		late := c.dataLate || c.midFrame || inMsg || unread
 		c.mu.Unlock()
 		c.s.track(c, false)
 		t.ready(c, late)
-		return nil
+		return
+	}
+	if c.toTLS {
+		prefix := c.in
+		c.mu.Unlock()
+		c.s.track(c, false)
+		s, err := c.tr.detach()
+		if err != nil {
+			c.s.stats.closes[ReasonIOError].Inc()
+			return
+		}
+		go c.s.startTLS(s.Fd(), prefix, c.peer)
+		return
 	}
 	prev := state(c.st.Swap(uint32(stClosed)))
 	if prev == stWaiting {
@@ -268,10 +289,10 @@ func (c *conn) onNetpollClose(nc netpoll.Connection) error {
 	}
 	reason := c.reason
 	c.mu.Unlock()
+	c.tr.discard()
 	c.s.track(c, false)
 	c.s.stats.closes[reason].Inc()
 	c.uncount()
-	return nil
 }
 
 func (c *conn) uncount() {

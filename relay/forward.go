@@ -70,7 +70,8 @@ type tunnel struct {
 type endpoint struct {
 	t    *tunnel
 	peer *endpoint
-	fd   int
+	sock sock // nil until handed over
+	fd   int  // sock's descriptor
 	ws   bool
 	rx   *metrics.Counter // bytes read from this endpoint, all tunnels
 	rxT  *atomic.Uint64   // bytes read from this endpoint, this tunnel
@@ -104,7 +105,9 @@ func newTunnel(a, b *conn) *tunnel {
 	t.infoA.Tunnel, t.infoB.Tunnel = true, true
 	t.a.ctrl = established(a, b)
 	t.b.ctrl = established(b, a)
-	t.splice = !a.ws && !b.ws
+	_, tlsA := a.tr.(*tlsTransport)
+	_, tlsB := b.tr.(*tlsTransport)
+	t.splice = !a.ws && !b.ws && !tlsA && !tlsB
 	return t
 }
 
@@ -132,11 +135,11 @@ func (t *tunnel) side(c *conn) *endpoint {
 // when both sides are in, gives the tunnel to a forwarder. late reports
 // bytes that arrived after Authenticate, which ends the tunnel.
 func (t *tunnel) ready(c *conn, late bool) {
-	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	s, err := c.tr.detach()
 	t.mu.Lock()
 	ep := t.side(c)
 	if err == nil {
-		ep.fd = fd
+		ep.sock, ep.fd = s, s.Fd()
 	}
 	switch {
 	case err != nil && !t.badSet:
@@ -153,8 +156,8 @@ func (t *tunnel) ready(c *conn, late bool) {
 	if t.badSet {
 		t.s.log.Debug("tunnel set-up abandoned", "reason", t.bad.String())
 		for _, ep := range []*endpoint{&t.a, &t.b} {
-			if ep.fd >= 0 {
-				unix.Close(ep.fd)
+			if ep.sock != nil {
+				ep.sock.Close()
 			}
 		}
 		t.s.reg.Leave(t.key, t.owner)
@@ -184,11 +187,12 @@ type forwarder struct {
 	done       chan struct{}
 
 	mu    sync.Mutex
-	queue []*tunnel // handed over, not yet started
+	queue []func() // work for the loop goroutine (new tunnels, TLS connections)
 	quit  bool
 
 	// Owned by the loop goroutine.
-	eps     map[int32]*endpoint
+	eps     map[int32]pollee
+	scratch []byte // TLS plaintext before a tunnel exists
 	stalled map[*endpoint]struct{}
 	again   []*tunnel // tunnels that stopped for fairness, not for lack of work
 	spare   []*tunnel
@@ -212,24 +216,39 @@ func newForwarder(s *Server) (*forwarder, error) {
 	}
 	return &forwarder{
 		s: s, epfd: epfd, evfd: evfd, done: make(chan struct{}),
-		eps: make(map[int32]*endpoint), stalled: make(map[*endpoint]struct{}),
+		eps: make(map[int32]pollee), stalled: make(map[*endpoint]struct{}),
 	}, nil
 }
 
-func (f *forwarder) add(t *tunnel) {
+// pollee is what a forwarder's epoll set holds: a tunnel endpoint or a TLS
+// connection that has no tunnel yet.
+type pollee interface {
+	event(f *forwarder, events uint32)
+}
+
+// do runs fn on the loop goroutine. It reports false, not running fn, once
+// the forwarder has stopped.
+func (f *forwarder) do(fn func()) bool {
 	f.mu.Lock()
 	if f.quit {
 		f.mu.Unlock()
-		for _, ep := range []*endpoint{&t.a, &t.b} {
-			unix.Close(ep.fd)
-			ep.uncount(f.s)
-		}
-		t.s.stats.closes[ReasonShutdown].Add(2)
-		return
+		return false
 	}
-	f.queue = append(f.queue, t)
+	f.queue = append(f.queue, fn)
 	f.mu.Unlock()
 	f.wake()
+	return true
+}
+
+func (f *forwarder) add(t *tunnel) {
+	if f.do(func() { f.startTunnel(t) }) {
+		return
+	}
+	for _, ep := range []*endpoint{&t.a, &t.b} {
+		ep.sock.Close()
+		ep.uncount(f.s)
+	}
+	t.s.stats.closes[ReasonShutdown].Add(2)
 }
 
 func (f *forwarder) wake() {
@@ -284,17 +303,9 @@ func (f *forwarder) run() {
 				f.takeQueue()
 				continue
 			}
-			ep := f.eps[ev.Fd]
-			if ep == nil {
-				continue
+			if p := f.eps[ev.Fd]; p != nil {
+				p.event(f, ev.Events)
 			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				ep.readable = true
-			}
-			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				ep.writable = true
-			}
-			f.service(ep.t)
 		}
 		cur := f.again
 		f.again, f.spare = f.spare[:0], cur
@@ -318,9 +329,36 @@ func (f *forwarder) takeQueue() {
 	q := f.queue
 	f.queue = nil
 	f.mu.Unlock()
-	for _, t := range q {
-		f.startTunnel(t)
+	for _, fn := range q {
+		fn()
 	}
+}
+
+// event implements pollee.
+func (ep *endpoint) event(f *forwarder, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ep.readable = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ep.writable = true
+	}
+	f.service(ep.t)
+}
+
+// register adds fd to the epoll set, edge-triggered for reads and writes.
+func (f *forwarder) register(fd int, p pollee) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return err
+	}
+	f.eps[int32(fd)] = p
+	return nil
+}
+
+// unregister removes fd from the epoll set (the descriptor stays open).
+func (f *forwarder) unregister(fd int) {
+	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	delete(f.eps, int32(fd))
 }
 
 func (f *forwarder) startTunnel(t *tunnel) {
@@ -329,13 +367,11 @@ func (f *forwarder) startTunnel(t *tunnel) {
 	f.s.stats.tunnelsTotal.Inc()
 	f.s.stats.pairLatency.UpdateDuration(t.joined)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(ep.fd)}
-		if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, ep.fd, &ev); err != nil {
+		if err := f.register(ep.fd, ep); err != nil {
 			f.s.log.Error("epoll add", "err", err)
 			f.teardown(t, ReasonIOError)
 			return
 		}
-		f.eps[int32(ep.fd)] = ep
 		ep.readable, ep.writable = true, true
 	}
 	f.s.trackTunnel(t, true)
@@ -432,7 +468,7 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 			if !dst.writable {
 				return moved, false
 			}
-			n, err := unix.Write(dst.fd, dst.out)
+			n, err := dst.sock.Write(dst.out)
 			if n > 0 {
 				dst.out = dst.out[n:]
 				moved = true
@@ -447,6 +483,15 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 				f.ioError(dst, err)
 				return moved, false
 			}
+		}
+		if err := dst.sock.Flush(); err != nil {
+			if err == unix.EAGAIN {
+				dst.writable = false
+				f.stall(dst)
+			} else {
+				f.ioError(dst, err)
+			}
+			return moved, false
 		}
 		if len(dst.ctrl) == 0 {
 			break
@@ -511,7 +556,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 	}
 	b := *dst.buf
 	limit := min(len(b), wsSlack+f.s.cfg.MaxBuffer)
-	n, err := unix.Read(src.fd, b[wsSlack:limit])
+	n, err := src.sock.Read(b[wsSlack:limit])
 	switch {
 	case n > 0:
 	case err == unix.EAGAIN:
@@ -699,9 +744,9 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 	t.dead = true
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		delete(f.stalled, ep)
-		if ep.fd >= 0 {
+		if ep.sock != nil {
 			delete(f.eps, int32(ep.fd))
-			unix.Close(ep.fd)
+			ep.sock.Close()
 		}
 		if ep.buf != nil {
 			pool.PutChunk(ep.buf)
@@ -734,16 +779,22 @@ func (f *forwarder) shutdown() {
 	q := f.queue
 	f.queue = nil
 	f.mu.Unlock()
-	for _, t := range q {
-		f.startTunnel(t)
+	for _, fn := range q {
+		fn()
 	}
-	for _, ep := range f.eps {
+	for _, p := range f.eps {
+		ep, ok := p.(*endpoint)
+		if !ok {
+			p.(*tlsTransport).shutdown(f)
+			continue
+		}
 		if ep.t.dead {
 			continue
 		}
 		for _, e := range []*endpoint{&ep.t.a, &ep.t.b} {
 			if e.ws && !e.closeSent && !e.midFrame && len(e.out) == 0 {
-				_, _ = unix.Write(e.fd, handshake.AppendClose(nil, ws.StatusGoingAway, "server shutting down"))
+				_, _ = e.sock.Write(handshake.AppendClose(nil, ws.StatusGoingAway, "server shutting down"))
+				_ = e.sock.Flush()
 			}
 		}
 		f.teardown(ep.t, ReasonShutdown)

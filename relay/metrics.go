@@ -31,6 +31,7 @@ const (
 	ReasonWriteStall                     // receiver accepted nothing for WriteStallTimeout
 	ReasonIOError                        // socket error
 	ReasonShutdown                       // server closing
+	ReasonTLS                            // TLS handshake failed, timed out, or TLS refused/required
 	reasonCount
 )
 
@@ -38,7 +39,7 @@ var reasonNames = [reasonCount]string{
 	"peer_closed", "partner_closed", "sniff", "http", "websocket", "rpc",
 	"preauth_limit", "auth_failed", "auth_timeout", "rpc_timeout",
 	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
-	"duplicate_uuid", "write_stall", "io_error", "shutdown",
+	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 }
 
 // String returns the reason's metric label.
@@ -63,6 +64,8 @@ type stats struct {
 	authOK, authFail  *metrics.Counter
 	authTimeout       *metrics.Counter
 	pairLatency       *metrics.Histogram
+	tlsStarted        *metrics.Counter // TLS handshakes begun
+	tlsOK, tlsFailed  *metrics.Counter
 	closes            [reasonCount]*metrics.Counter
 }
 
@@ -80,6 +83,9 @@ func newStats() *stats {
 	s.authFail = s.set.NewCounter(`meetpoint_auth_total{result="failed"}`)
 	s.authTimeout = s.set.NewCounter(`meetpoint_auth_total{result="timeout"}`)
 	s.pairLatency = s.set.NewHistogram(`meetpoint_pairing_seconds`)
+	s.tlsStarted = s.set.NewCounter(`meetpoint_tls_handshakes_started_total`)
+	s.tlsOK = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="ok"}`)
+	s.tlsFailed = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="failed"}`)
 	for r := Reason(0); r < reasonCount; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}

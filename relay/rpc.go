@@ -58,6 +58,9 @@ func (c *conn) authenticate(req handshake.Request) {
 	c.authID = req.ID
 	c.st.Store(uint32(stAuthing))
 	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer}
+	if tr, ok := c.tr.(*tlsTransport); ok && len(tr.state.PeerCertificates) > 0 {
+		c.authStart.ClientCert = tr.state.PeerCertificates[0]
+	}
 	c.authTimer = time.AfterFunc(c.s.cfg.AuthTimeout, func() { c.onAuthResult(AuthTimeout) })
 	c.rpcTimer = time.AfterFunc(c.s.cfg.RPCTimeout, c.onRPCTimeout)
 }

@@ -28,6 +28,7 @@ type Server struct {
 	reg   Registry
 	stats *stats
 	fwd   []*forwarder
+	tls   *tlsConfigState // nil without TLS
 
 	mu        sync.Mutex
 	listeners []netpoll.Listener
@@ -61,6 +62,11 @@ func NewServer(cfg Config) (*Server, error) {
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
 	}
+	ts, err := newTLSState(s)
+	if err != nil {
+		return nil, err
+	}
+	s.tls = ts
 	return s, nil
 }
 
@@ -102,6 +108,9 @@ func (s *Server) Start() error {
 	for _, f := range fwd {
 		go f.run()
 	}
+	if s.tls != nil && s.cfg.TLSCert != "" {
+		go s.tls.watch(s.cfg.TLSWatchInterval)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ln := range lns {
@@ -134,13 +143,18 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
-// Reload re-reads whatever the authenticator reads from disk (token file,
-// HMAC key). On error the old state stays in force.
+// Reload re-reads what the server reads from disk: the authenticator's
+// token file or HMAC key and the TLS certificate. On error the old state
+// stays in force and the errors are returned.
 func (s *Server) Reload() error {
+	var errs []error
 	if r, ok := s.cfg.Auth.(Reloader); ok {
-		return r.Reload()
+		errs = append(errs, r.Reload())
 	}
-	return nil
+	if s.tls != nil && s.cfg.TLSCert != "" {
+		errs = append(errs, s.tls.load())
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops listening and closes every connection and tunnel.
@@ -151,6 +165,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.tls != nil {
+		close(s.tls.stop)
+	}
 	loops := s.loops
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {

@@ -12,9 +12,25 @@ import (
 func (c *conn) sniff(p []byte) {
 	c.in = append(c.in, p...)
 	if state(c.st.Load()) == stSniff {
-		switch handshake.Sniff(c.in) {
-		case handshake.KindNeedMore:
+		kind := handshake.Sniff(c.in)
+		_, inTLS := c.tr.(*tlsTransport)
+		switch {
+		case kind == handshake.KindNeedMore:
 			return
+		case kind == handshake.KindTLS && !inTLS && c.s.tls != nil:
+			c.toTLS = true
+			c.closeNow(ReasonTLS) // released hands the socket to startTLS
+			return
+		case kind == handshake.KindTLS:
+			c.s.log.Debug("refused TLS client: TLS not configured", "peer", c.peer.String())
+			c.closeNow(ReasonTLS)
+			return
+		case kind != handshake.KindUnknown && !inTLS && c.s.cfg.TLSOnly:
+			c.s.log.Debug("refused plaintext client: TLS only", "peer", c.peer.String())
+			c.closeNow(ReasonTLS)
+			return
+		}
+		switch kind {
 		case handshake.KindJSON:
 			c.counted = true
 			c.s.stats.connsTCP.Inc()
@@ -25,10 +41,6 @@ func (c *conn) sniff(p []byte) {
 			return
 		case handshake.KindHTTP:
 			c.st.Store(uint32(stHTTP))
-		case handshake.KindTLS:
-			c.s.log.Debug("refused TLS client: TLS not configured", "peer", c.peer.String())
-			c.closeNow(ReasonSniff)
-			return
 		default:
 			c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
 			c.closeNow(ReasonSniff)

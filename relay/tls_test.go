@@ -1,0 +1,356 @@
+package relay
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// tlsFiles writes a fresh self-signed server certificate and returns the
+// paths and the certificate.
+func tlsFiles(t *testing.T, dir string) (certPath, keyPath string, cert tls.Certificate) {
+	t.Helper()
+	cert, err := SelfSignedCert([]string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := WriteSelfSigned(cert, certPath, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	return certPath, keyPath, cert
+}
+
+// clientTLS trusts exactly cert.
+func clientTLS(cert tls.Certificate) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+}
+
+func startTLSServer(t *testing.T, mutate func(*Config)) (*Server, tls.Certificate, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cp, kp, cert := tlsFiles(t, dir)
+	s := startServer(t, func(c *Config) {
+		c.TLSCert, c.TLSKey = cp, kp
+		c.TLSHandshakeTimeout = 500 * time.Millisecond
+		c.TLSWatchInterval = 50 * time.Millisecond
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	return s, cert, dir
+}
+
+func dialPair(t *testing.T, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		tun *client.Tunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		tun, err := client.Dial(ctx, a)
+		ch <- res{tun, err}
+	}()
+	tb, err := client.Dial(ctx, b)
+	r := <-ch
+	if err != nil || r.err != nil {
+		t.Fatalf("dial: %v / %v", r.err, err)
+	}
+	t.Cleanup(func() { r.tun.Close(); tb.Close() })
+	return r.tun, tb
+}
+
+// exchange sends n random bytes each way at once and checks them.
+func exchange(t *testing.T, a, b io.ReadWriter, n int) {
+	t.Helper()
+	send := func(w io.Writer, p []byte, done chan<- error) {
+		for len(p) > 0 {
+			k := min(len(p), 32<<10)
+			if _, err := w.Write(p[:k]); err != nil {
+				done <- err
+				return
+			}
+			p = p[k:]
+		}
+		done <- nil
+	}
+	pa, pb := make([]byte, n), make([]byte, n)
+	rand.Read(pa)
+	rand.Read(pb)
+	errs := make(chan error, 2)
+	go send(a, pa, errs)
+	go send(b, pb, errs)
+	ga, gb := make([]byte, n), make([]byte, n)
+	if _, err := io.ReadFull(b, ga); err != nil {
+		t.Fatalf("read at b: %v", err)
+	}
+	if _, err := io.ReadFull(a, gb); err != nil {
+		t.Fatalf("read at a: %v", err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sha256.Sum256(ga) != sha256.Sum256(pa) || sha256.Sum256(gb) != sha256.Sum256(pb) {
+		t.Fatal("digest mismatch")
+	}
+}
+
+// TestTLSSamePort: wss://, tls://, ws:// and tcp:// on one port, paired in
+// every mix, moving 1 MiB each way.
+func TestTLSSamePort(t *testing.T) {
+	s, cert, _ := startTLSServer(t, nil)
+	addr := s.Addrs()[0].String()
+	conf := clientTLS(cert)
+	urls := map[string]string{"wss": "wss://" + addr + "/", "tls": "tls://" + addr, "ws": "ws://" + addr + "/", "tcp": "tcp://" + addr}
+	for _, c := range [][2]string{{"tls", "tls"}, {"wss", "wss"}, {"tls", "tcp"}, {"wss", "tcp"}, {"tls", "ws"}, {"wss", "tls"}} {
+		t.Run(c[0]+"-"+c[1], func(t *testing.T) {
+			tok := "tok-" + c[0] + c[1]
+			a, b := dialPair(t, client.Options{URL: urls[c[0]], Token: tok, TLSConfig: conf, Name: "a"},
+				client.Options{URL: urls[c[1]], Token: tok, TLSConfig: conf, Name: "b"})
+			exchange(t, a, b, 1<<20)
+		})
+	}
+	if st := s.Stats(); st.SplicedBytes != 0 {
+		t.Fatalf("TLS tunnels must not splice, spliced %d", st.SplicedBytes)
+	}
+}
+
+func TestTLSMessagesKeepOpcode(t *testing.T) {
+	s, cert, _ := startTLSServer(t, nil)
+	u := "wss://" + s.Addrs()[0].String() + "/"
+	a, b := dialPair(t, client.Options{URL: u, Token: "op", TLSConfig: clientTLS(cert)},
+		client.Options{URL: u, Token: "op", TLSConfig: clientTLS(cert)})
+	if err := a.WriteMessage(ws.OpText, []byte("héllo")); err != nil {
+		t.Fatal(err)
+	}
+	op, p, err := b.ReadMessage()
+	if err != nil || op != ws.OpText || string(p) != "héllo" {
+		t.Fatalf("got %v %q %v", op, p, err)
+	}
+}
+
+func TestTLSOnlyRefusesPlaintext(t *testing.T) {
+	s, cert, _ := startTLSServer(t, func(c *Config) { c.TLSOnly = true })
+	addr := s.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := client.Hello(ctx, client.Options{URL: "tcp://" + addr}); err == nil {
+		t.Fatal("plaintext Hello answered on a TLS-only relay")
+	}
+	res, err := client.Hello(ctx, client.Options{URL: "tls://" + addr, TLSConfig: clientTLS(cert)})
+	if err != nil || res["name"] != "meetpoint" {
+		t.Fatalf("TLS Hello: %v %v", res, err)
+	}
+}
+
+func TestTLSHandshakeDeadline(t *testing.T) {
+	s, _, _ := startTLSServer(t, nil)
+	c, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A ClientHello record header, then silence (slowloris).
+	if _, err := c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("expected close, got %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed after %v, handshake timeout is 500ms", d)
+	}
+	waitFor(t, func() bool { return s.Stats().Closes["tls"] >= 1 }, "tls close counted")
+}
+
+func TestTLSGarbageAfterClientHello(t *testing.T) {
+	s, _, _ := startTLSServer(t, nil)
+	c, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	junk := make([]byte, 600)
+	rand.Read(junk)
+	_, _ = c.Write(append([]byte{0x16, 0x03, 0x01, 0x02, 0x00}, junk...))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.ReadAll(c) // an alert, then close; must not hang
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection still open")
+	}
+	// The relay still serves.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := client.Hello(ctx, client.Options{URL: "tcp://" + s.Addrs()[0].String()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// clientCert makes a CA and a client certificate it signed.
+func clientCert(t *testing.T) (ca *x509.Certificate, caPEM []byte, leaf tls.Certificate) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caT, caT, &caKey.PublicKey, caKey)
+	ca, _ = x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	lt := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "device-42"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, _ := x509.CreateCertificate(rand.Reader, lt, ca, &key.PublicKey, caKey)
+	parsed, _ := x509.ParseCertificate(der)
+	return ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: parsed}
+}
+
+// identityAuth records the client certificate the authenticator saw.
+type identityAuth struct{ seen chan string }
+
+func (a identityAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+	name := ""
+	if req.ClientCert != nil {
+		name = req.ClientCert.Subject.CommonName
+	}
+	a.seen <- name
+	done(AuthNoError)
+}
+
+func TestTLSClientCertificates(t *testing.T) {
+	_, caPEM, leaf := clientCert(t)
+	_, _, stranger := clientCert(t) // signed by another CA
+	dir := t.TempDir()
+	caPath := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caPath, caPEM, 0o644)
+	fpPath := filepath.Join(dir, "fps")
+	sum := sha256.Sum256(stranger.Certificate[0])
+	os.WriteFile(fpPath, []byte("# allowed\n"+hex.EncodeToString(sum[:])+"\n"), 0o644)
+	seen := make(chan string, 4)
+	s, cert, _ := startTLSServer(t, func(c *Config) {
+		c.TLSClientCA = caPath
+		c.Auth = identityAuth{seen}
+	})
+	u := "tls://" + s.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// No certificate: refused.
+	if _, err := client.Hello(ctx, client.Options{URL: u, TLSConfig: clientTLS(cert)}); err == nil {
+		t.Fatal("client without certificate admitted")
+	}
+	// Signed by the CA: admitted, identity visible to the authenticator.
+	conf := clientTLS(cert)
+	conf.Certificates = []tls.Certificate{leaf}
+	a, b := dialPair(t, client.Options{URL: u, Token: "id", TLSConfig: conf}, client.Options{URL: u, Token: "id", TLSConfig: conf})
+	exchange(t, a, b, 1000)
+	if got := <-seen; got != "device-42" {
+		t.Fatalf("authenticator saw identity %q", got)
+	}
+	// Another CA's certificate: refused unless its fingerprint is listed.
+	conf2 := clientTLS(cert)
+	conf2.Certificates = []tls.Certificate{stranger}
+	if _, err := client.Hello(ctx, client.Options{URL: u, TLSConfig: conf2}); err == nil {
+		t.Fatal("certificate from another CA admitted")
+	}
+	s2, cert2, _ := startTLSServer(t, func(c *Config) { c.TLSClientFingerprints = fpPath })
+	conf3 := clientTLS(cert2)
+	conf3.Certificates = []tls.Certificate{stranger}
+	if _, err := client.Hello(ctx, client.Options{URL: "tls://" + s2.Addrs()[0].String(), TLSConfig: conf3}); err != nil {
+		t.Fatalf("listed fingerprint refused: %v", err)
+	}
+	conf4 := clientTLS(cert2)
+	conf4.Certificates = []tls.Certificate{leaf}
+	if _, err := client.Hello(ctx, client.Options{URL: "tls://" + s2.Addrs()[0].String(), TLSConfig: conf4}); err == nil {
+		t.Fatal("unlisted fingerprint admitted")
+	}
+}
+
+func peerCert(t *testing.T, addr string) []byte {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].Raw
+}
+
+// TestTLSReload: new certificate files are picked up without dropping a
+// live tunnel; a broken new certificate keeps the old one.
+func TestTLSReload(t *testing.T) {
+	s, cert, dir := startTLSServer(t, nil)
+	addr := s.Addrs()[0].String()
+	u := "tls://" + addr
+	a, b := dialPair(t, client.Options{URL: u, Token: "r", TLSConfig: clientTLS(cert)}, client.Options{URL: u, Token: "r", TLSConfig: clientTLS(cert)})
+	exchange(t, a, b, 1000)
+
+	cert2, _ := SelfSignedCert([]string{"127.0.0.1"})
+	if err := WriteSelfSigned(cert2, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	future := time.Now().Add(2 * time.Second)
+	os.Chtimes(filepath.Join(dir, "cert.pem"), future, future)
+	waitFor(t, func() bool { return string(peerCert(t, addr)) == string(cert2.Certificate[0]) }, "new certificate served")
+	exchange(t, a, b, 1000) // the live tunnel survived
+
+	os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("garbage"), 0o644)
+	future = future.Add(2 * time.Second)
+	os.Chtimes(filepath.Join(dir, "cert.pem"), future, future)
+	time.Sleep(300 * time.Millisecond)
+	if err := s.Reload(); err == nil {
+		t.Fatal("Reload accepted a broken certificate")
+	}
+	if string(peerCert(t, addr)) != string(cert2.Certificate[0]) {
+		t.Fatal("broken certificate replaced the good one")
+	}
+}
+
+// TestTLSIdleTunnelsHoldNoGoroutine: 200 idle TLS tunnels, no goroutines.
+func TestTLSIdleTunnelsHoldNoGoroutine(t *testing.T) {
+	s, cert, _ := startTLSServer(t, nil)
+	u := "tls://" + s.Addrs()[0].String()
+	runtime.GC()
+	base := runtime.NumGoroutine()
+	var tuns []*client.Tunnel
+	for i := range 200 {
+		tok := "idle" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		a, b := dialPair(t, client.Options{URL: u, Token: tok, TLSConfig: clientTLS(cert)}, client.Options{URL: u, Token: tok, TLSConfig: clientTLS(cert)})
+		tuns = append(tuns, a, b)
+	}
+	waitFor(t, func() bool { return s.Stats().TunnelsActive == 200 }, "200 tunnels")
+	time.Sleep(100 * time.Millisecond)
+	// The test's own client connections hold goroutines only when reading;
+	// crypto/tls on the client side holds none while idle.
+	if n := runtime.NumGoroutine(); n > base+20 {
+		t.Fatalf("goroutines grew from %d to %d with 200 idle TLS tunnels", base, n)
+	}
+	exchange(t, tuns[0], tuns[1], 1000)
+}
