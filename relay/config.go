@@ -41,6 +41,11 @@ type Config struct {
 	MaxPreAuth int
 	// MaxHeader is the most bytes of an HTTP request head.
 	MaxHeader int
+	// HandshakeTimeout bounds the time from connect until the transport is
+	// known (first bytes sniffed, HTTP head complete): slowloris defence.
+	HandshakeTimeout time.Duration
+	// Limits are the abuse limits.
+	Limits Limits
 	// Loops is the number of netpoll event loops and forwarding loops.
 	// 0 means one per CPU.
 	Loops int
@@ -84,6 +89,8 @@ func DefaultConfig() Config {
 		MaxBuffer:         64 << 10,
 		MaxPreAuth:        10 << 10,
 		MaxHeader:         8 << 10,
+		HandshakeTimeout:  5 * time.Second,
+		Limits:            DefaultLimits(),
 
 		TLSHandshakeTimeout: 5 * time.Second,
 		TLSWatchInterval:    2 * time.Second,
@@ -107,6 +114,7 @@ func (c *Config) Validate() error {
 		{"auth-timeout", c.AuthTimeout},
 		{"rpc-timeout", c.RPCTimeout},
 		{"write-stall-timeout", c.WriteStallTimeout},
+		{"handshake-timeout", c.HandshakeTimeout},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
@@ -132,6 +140,21 @@ func (c *Config) Validate() error {
 	}
 	if c.TLSEnabled() && c.TLSHandshakeTimeout <= 0 {
 		return fmt.Errorf("tls-handshake-timeout: must be positive, got %v", c.TLSHandshakeTimeout)
+	}
+	l := &c.Limits
+	switch {
+	case l.MaxConns < 0:
+		return fmt.Errorf("max-conns: must not be negative, got %d", l.MaxConns)
+	case l.MaxConnsPerIP < 0:
+		return fmt.Errorf("max-conns-per-ip: must not be negative, got %d", l.MaxConnsPerIP)
+	case l.ConnRatePerIP < 0:
+		return fmt.Errorf("conn-rate-per-ip: must not be negative, got %v", l.ConnRatePerIP)
+	case l.AuthFailuresPerIP < 0:
+		return fmt.Errorf("auth-failures-per-ip: must not be negative, got %d", l.AuthFailuresPerIP)
+	case l.AuthFailuresPerIP > 0 && l.BanTime <= 0:
+		return fmt.Errorf("ban-time: must be positive when auth-failures-per-ip is set, got %v", l.BanTime)
+	case l.TunnelRate < 0:
+		return fmt.Errorf("tunnel-rate: must not be negative, got %d", l.TunnelRate)
 	}
 	if c.Loops < 0 {
 		return fmt.Errorf("loops: must not be negative, got %d", c.Loops)

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ type conn struct {
 	peer    net.Addr
 	id      uint64    // set by track
 	created time.Time // accept time
+	adm     *admission
 
 	// st is read without mu by Claim (CAS stWaiting → stClaimed); every other
 	// transition happens under mu.
@@ -62,6 +64,7 @@ type conn struct {
 	out      []byte    // scratch for replies
 
 	timer     *time.Timer // inactive, then alone timeout
+	hsTimer   *time.Timer // handshake timeout
 	authTimer *time.Timer
 	rpcTimer  *time.Timer
 	authID    int
@@ -80,12 +83,19 @@ type conn struct {
 type connKey struct{}
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	adm, r := s.admit(nc.RemoteAddr())
+	if adm == nil {
+		s.stats.closes[r].Inc()
+		nc.Close()
+		return context.Background()
+	}
 	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		tr.fd = f.Fd()
 	}
-	c := s.newConn(tr, nc.RemoteAddr())
+	c := s.newConn(tr, nc.RemoteAddr(), adm)
 	if c == nil {
+		adm.release()
 		nc.Close()
 		return context.Background()
 	}
@@ -97,14 +107,52 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 }
 
 // newConn creates and tracks a connection; nil if the server is closing.
-func (s *Server) newConn(tr transport, peer net.Addr) *conn {
-	c := &conn{s: s, tr: tr, peer: peer, created: time.Now()}
+func (s *Server) newConn(tr transport, peer net.Addr, adm *admission) *conn {
+	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), adm: adm}
 	c.dec.MaxFrame = int64(s.cfg.MaxPreAuth)
 	if !s.track(c, true) {
 		return nil
 	}
 	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
+	c.hsTimer = time.AfterFunc(s.cfg.HandshakeTimeout, c.onHandshakeTimeout)
 	return c
+}
+
+// admission is a connection's place under the limits; release gives it
+// back once, when the socket is finally closed.
+type admission struct {
+	l    *limiter
+	ip   netip.Addr
+	done atomic.Bool
+}
+
+func (s *Server) admit(peer net.Addr) (*admission, Reason) {
+	ip := addrOf(peer)
+	if r := s.lim.admit(ip); r != reasonCount {
+		if r == ReasonBanned || r == ReasonLimitRate {
+			s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
+		} else {
+			s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
+		}
+		return nil, r
+	}
+	return &admission{l: s.lim, ip: ip}, reasonCount
+}
+
+func (a *admission) release() {
+	if a != nil && a.done.CompareAndSwap(false, true) {
+		a.l.release(a.ip)
+	}
+}
+
+func (c *conn) onHandshakeTimeout() {
+	c.mu.Lock()
+	switch state(c.st.Load()) {
+	case stSniff, stHTTP:
+		c.s.log.Debug("handshake timeout", "peer", c.peer.String())
+		c.closeNow(ReasonHandshakeTimeout)
+	}
+	c.unlock()
 }
 
 // onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
@@ -191,7 +239,7 @@ func (c *conn) closeNow(reason Reason) {
 }
 
 func (c *conn) stopTimers() {
-	for _, t := range []*time.Timer{c.timer, c.authTimer, c.rpcTimer} {
+	for _, t := range []*time.Timer{c.timer, c.hsTimer, c.authTimer, c.rpcTimer} {
 		if t != nil {
 			t.Stop()
 		}
@@ -277,10 +325,11 @@ func (c *conn) released(unread bool) {
 		c.s.track(c, false)
 		s, err := c.tr.detach()
 		if err != nil {
+			c.adm.release()
 			c.s.stats.closes[ReasonIOError].Inc()
 			return
 		}
-		go c.s.startTLS(s.Fd(), prefix, c.peer)
+		go c.s.startTLS(s.Fd(), prefix, c.peer, c.adm)
 		return
 	}
 	prev := state(c.st.Swap(uint32(stClosed)))
@@ -290,6 +339,7 @@ func (c *conn) released(unread bool) {
 	reason := c.reason
 	c.mu.Unlock()
 	c.tr.discard()
+	c.adm.release()
 	c.s.track(c, false)
 	c.s.stats.closes[reason].Inc()
 	c.uncount()

@@ -75,6 +75,9 @@ type endpoint struct {
 	ws   bool
 	rx   *metrics.Counter // bytes read from this endpoint, all tunnels
 	rxT  *atomic.Uint64   // bytes read from this endpoint, this tunnel
+	adm  *admission       // released when the socket closes
+	bkt  bucket           // TunnelRate bucket for reads from this endpoint
+	quota int             // most bytes the next read may take (0: no limit)
 
 	readable, writable bool // edge-triggered readiness latches
 	eof                bool
@@ -97,8 +100,8 @@ type endpoint struct {
 
 func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, owner: a, joined: b.joined}
-	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp}
-	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn}
+	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp, adm: a.adm}
+	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn, adm: b.adm}
 	t.a.rxT, t.b.rxT = &t.ab, &t.ba
 	t.a.dec.MaxFrame, t.b.dec.MaxFrame = 0, 0 // frames are streamed, never held whole
 	t.infoA, t.infoB = a.infoLocked(), b.infoLocked()
@@ -172,6 +175,7 @@ func (t *tunnel) ready(c *conn, late bool) {
 }
 
 func (ep *endpoint) uncount(s *Server) {
+	ep.adm.release()
 	if ep.ws {
 		s.stats.connsWS.Dec()
 	} else {
@@ -194,8 +198,9 @@ type forwarder struct {
 	eps     map[int32]pollee
 	scratch []byte // TLS plaintext before a tunnel exists
 	stalled map[*endpoint]struct{}
-	again   []*tunnel // tunnels that stopped for fairness, not for lack of work
-	spare   []*tunnel
+	again     []*tunnel // tunnels that stopped for fairness, not for lack of work
+	spare     []*tunnel
+	throttled []throttle // tunnels waiting for TunnelRate tokens
 }
 
 func newForwarder(s *Server) (*forwarder, error) {
@@ -290,6 +295,9 @@ func (f *forwarder) run() {
 		case len(f.stalled) > 0:
 			timeout = f.scanInterval()
 		}
+		if len(f.throttled) > 0 {
+			timeout = f.throttleTimeout(timeout)
+		}
 		n, err := unix.EpollWait(f.epfd, events, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			f.s.log.Error("epoll_wait", "err", err)
@@ -306,6 +314,9 @@ func (f *forwarder) run() {
 			if p := f.eps[ev.Fd]; p != nil {
 				p.event(f, ev.Events)
 			}
+		}
+		if len(f.throttled) > 0 {
+			f.resumeThrottled()
 		}
 		cur := f.again
 		f.again, f.spare = f.spare[:0], cur
@@ -421,8 +432,16 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 		return moved
 	}
 	t := src.t
-	if t.closing || src.eof || !src.readable || len(src.ctrl) > ctrlHigh {
+	if t.closing || src.eof || !src.readable || len(src.ctrl) > ctrlHigh || src.quota < 0 {
 		return moved
+	}
+	if rate := f.s.cfg.Limits.TunnelRate; rate > 0 {
+		n, wait := src.bkt.allow(rate, time.Now(), pool.ChunkSize)
+		if n == 0 {
+			f.throttle(src, wait)
+			return moved
+		}
+		src.quota = n
 	}
 	if !f.fill(src, dst) {
 		return moved
@@ -531,9 +550,14 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 			}
 			dst.pipe = p
 		}
-		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, pool.ChunkSize, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		want := pool.ChunkSize
+		if src.quota > 0 {
+			want = min(want, src.quota)
+		}
+		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case n > 0:
+			src.bkt.take(int(n))
 			dst.pipe.N += int(n)
 			f.s.stats.splicedBytes.Add(int(n))
 			src.rx.Add(int(n))
@@ -556,9 +580,13 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 	}
 	b := *dst.buf
 	limit := min(len(b), wsSlack+f.s.cfg.MaxBuffer)
+	if src.quota > 0 {
+		limit = min(limit, wsSlack+src.quota)
+	}
 	n, err := src.sock.Read(b[wsSlack:limit])
 	switch {
 	case n > 0:
+		src.bkt.take(n)
 	case err == unix.EAGAIN:
 		src.readable = false
 		pool.PutChunk(dst.buf)
@@ -801,4 +829,50 @@ func (f *forwarder) shutdown() {
 	}
 	unix.Close(f.epfd)
 	unix.Close(f.evfd)
+}
+
+// throttle is a tunnel direction waiting for TunnelRate tokens.
+type throttle struct {
+	ep *endpoint
+	at time.Time
+}
+
+// throttle parks ep's reads until its bucket has tokens again.
+func (f *forwarder) throttle(ep *endpoint, wait time.Duration) {
+	ep.quota = -1
+	f.s.stats.throttled.Inc()
+	f.throttled = append(f.throttled, throttle{ep, time.Now().Add(wait)})
+}
+
+func (f *forwarder) throttleTimeout(timeout int) int {
+	soonest := time.Until(f.throttled[0].at)
+	for _, th := range f.throttled[1:] {
+		soonest = min(soonest, time.Until(th.at))
+	}
+	ms := max(int(soonest/time.Millisecond), 1)
+	if timeout < 0 || ms < timeout {
+		return ms
+	}
+	return timeout
+}
+
+func (f *forwarder) resumeThrottled() {
+	now := time.Now()
+	kept := f.throttled[:0]
+	var due []*endpoint
+	for _, th := range f.throttled {
+		if th.ep.t.dead {
+			continue
+		}
+		if now.Before(th.at) {
+			kept = append(kept, th)
+			continue
+		}
+		th.ep.quota = 0
+		due = append(due, th.ep)
+	}
+	f.throttled = kept
+	for _, ep := range due {
+		f.service(ep.t)
+	}
 }

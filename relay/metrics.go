@@ -32,6 +32,11 @@ const (
 	ReasonIOError                        // socket error
 	ReasonShutdown                       // server closing
 	ReasonTLS                            // TLS handshake failed, timed out, or TLS refused/required
+	ReasonLimitConns                     // MaxConns reached
+	ReasonLimitConnsPerIP                // MaxConnsPerIP reached for the source address
+	ReasonLimitRate                      // ConnRatePerIP exceeded
+	ReasonBanned                         // source address banned after failed authentications
+	ReasonHandshakeTimeout               // sniff / HTTP head not complete within HandshakeTimeout
 	reasonCount
 )
 
@@ -40,6 +45,7 @@ var reasonNames = [reasonCount]string{
 	"preauth_limit", "auth_failed", "auth_timeout", "rpc_timeout",
 	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
+	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 }
 
 // String returns the reason's metric label.
@@ -66,6 +72,8 @@ type stats struct {
 	pairLatency       *metrics.Histogram
 	tlsStarted        *metrics.Counter // TLS handshakes begun
 	tlsOK, tlsFailed  *metrics.Counter
+	throttled         *metrics.Counter // reads delayed by TunnelRate
+	bans              *metrics.Counter // addresses banned
 	closes            [reasonCount]*metrics.Counter
 }
 
@@ -86,6 +94,8 @@ func newStats() *stats {
 	s.tlsStarted = s.set.NewCounter(`meetpoint_tls_handshakes_started_total`)
 	s.tlsOK = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="ok"}`)
 	s.tlsFailed = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="failed"}`)
+	s.throttled = s.set.NewCounter(`meetpoint_tunnel_throttled_total`)
+	s.bans = s.set.NewCounter(`meetpoint_bans_total`)
 	for r := Reason(0); r < reasonCount; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}

@@ -91,19 +91,29 @@ func (c *conn) onAuthResult(r AuthResult) {
 	}
 	c.authTimer.Stop()
 	c.rpcTimer.Stop()
-	c.writeMsg(handshake.AppendSuccess(c.out[:0], c.authID,
-		handshake.Str("authenticationError", r.String())))
+	// Count (and ban) before replying, so a client that reconnects on the
+	// reply already meets the ban.
 	switch r {
 	case AuthNoError:
 		c.s.stats.authOK.Inc()
 	case AuthTimeout:
 		c.s.stats.authTimeout.Inc()
-		c.fail(ReasonAuthTimeout, ws.StatusPolicyViolation, "Authentication timed out")
-		c.unlock()
-		return
 	default:
 		c.s.stats.authFail.Inc()
-		c.fail(ReasonAuthFailed, ws.StatusPolicyViolation, "Authentication failed")
+		if c.s.lim.authFailed(c.adm.ip) {
+			c.s.stats.bans.Inc()
+			c.s.log.Warn("address banned after failed authentications", "ip", c.adm.ip.String(),
+				"for", c.s.cfg.Limits.BanTime)
+		}
+	}
+	c.writeMsg(handshake.AppendSuccess(c.out[:0], c.authID,
+		handshake.Str("authenticationError", r.String())))
+	if r != AuthNoError {
+		reason, text := ReasonAuthFailed, "Authentication failed"
+		if r == AuthTimeout {
+			reason, text = ReasonAuthTimeout, "Authentication timed out"
+		}
+		c.fail(reason, ws.StatusPolicyViolation, text)
 		c.unlock()
 		return
 	}

@@ -29,6 +29,8 @@ type Server struct {
 	stats *stats
 	fwd   []*forwarder
 	tls   *tlsConfigState // nil without TLS
+	lim   *limiter
+	quit  chan struct{} // closed by Close
 
 	mu        sync.Mutex
 	listeners []netpoll.Listener
@@ -61,6 +63,8 @@ func NewServer(cfg Config) (*Server, error) {
 		stats:   newStats(),
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
+		lim:     newLimiter(cfg.Limits),
+		quit:    make(chan struct{}),
 	}
 	ts, err := newTLSState(s)
 	if err != nil {
@@ -111,6 +115,7 @@ func (s *Server) Start() error {
 	if s.tls != nil && s.cfg.TLSCert != "" {
 		go s.tls.watch(s.cfg.TLSWatchInterval)
 	}
+	go s.janitor()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ln := range lns {
@@ -165,6 +170,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.quit)
 	if s.tls != nil {
 		close(s.tls.stop)
 	}
@@ -261,4 +267,18 @@ wait:
 	}
 	s.Close()
 	return err
+}
+
+// janitor forgets idle per-address limiter state.
+func (s *Server) janitor() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			s.lim.sweep()
+		}
+	}
 }

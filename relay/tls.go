@@ -505,12 +505,13 @@ func (t *tlsTransport) shutdown(f *forwarder) {
 
 // startTLS runs the handshake for a connection that left netpoll, then
 // gives the session to a forwarding loop as a new conn.
-func (s *Server) startTLS(fd int, prefix []byte, peer net.Addr) {
+func (s *Server) startTLS(fd int, prefix []byte, peer net.Addr, adm *admission) {
 	s.stats.tlsStarted.Inc()
 	file := os.NewFile(uintptr(fd), "tls")
 	hs, err := net.FileConn(file)
 	file.Close()
 	if err != nil {
+		adm.release()
 		s.stats.tlsFailed.Inc()
 		s.stats.closes[ReasonTLS].Inc()
 		return
@@ -532,6 +533,7 @@ func (s *Server) startTLS(fd int, prefix []byte, peer net.Addr) {
 		if ad.fd >= 0 {
 			unix.Close(ad.fd)
 		}
+		adm.release()
 		return
 	}
 	s.stats.tlsOK.Inc()
@@ -539,9 +541,10 @@ func (s *Server) startTLS(fd int, prefix []byte, peer net.Addr) {
 	tsock := &tlsSock{tc: tc, ad: ad}
 	f := s.pickForwarder(ad.fd)
 	tr := &tlsTransport{f: f, s: tsock, state: tc.ConnectionState()}
-	c := s.newConn(tr, peer)
+	c := s.newConn(tr, peer, adm)
 	if c == nil {
 		tsock.Close()
+		adm.release()
 		return
 	}
 	tr.c = c
