@@ -68,16 +68,16 @@ type tunnel struct {
 // endpoint is one socket of a tunnel. "Outbound" state is what waits to be
 // written to this endpoint; "inbound" state decodes what it sends.
 type endpoint struct {
-	t    *tunnel
-	peer *endpoint
-	sock sock // nil until handed over
-	fd   int  // sock's descriptor
-	ws   bool
-	rx   *metrics.Counter // bytes read from this endpoint, all tunnels
-	rxT  *atomic.Uint64   // bytes read from this endpoint, this tunnel
-	adm  *admission       // released when the socket closes
-	bkt  bucket           // TunnelRate bucket for reads from this endpoint
-	quota int             // most bytes the next read may take (0: no limit)
+	t     *tunnel
+	peer  *endpoint
+	sock  sock // nil until handed over
+	fd    int  // sock's descriptor
+	ws    bool
+	rx    *metrics.Counter // bytes read from this endpoint, all tunnels
+	rxT   *atomic.Uint64   // bytes read from this endpoint, this tunnel
+	adm   *admission       // released when the socket closes
+	bkt   bucket           // TunnelRate bucket for reads from this endpoint
+	quota int              // most bytes the next read may take (0: no limit)
 
 	readable, writable bool // edge-triggered readiness latches
 	eof                bool
@@ -195,9 +195,9 @@ type forwarder struct {
 	quit  bool
 
 	// Owned by the loop goroutine.
-	eps     map[int32]pollee
-	scratch []byte // TLS plaintext before a tunnel exists
-	stalled map[*endpoint]struct{}
+	eps       map[int32]pollee
+	scratch   []byte // TLS plaintext before a tunnel exists
+	stalled   map[*endpoint]struct{}
 	again     []*tunnel // tunnels that stopped for fairness, not for lack of work
 	spare     []*tunnel
 	throttled []throttle // tunnels waiting for TunnelRate tokens
