@@ -46,6 +46,12 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Limits are the abuse limits.
 	Limits Limits
+	// TPServerTimeout closes a registered TunnelProxy server silent this
+	// long (its client pings every 30 s).
+	TPServerTimeout time.Duration
+	// TPClientBuffer is the most bytes waiting for one TunnelProxy client;
+	// beyond it that client is disconnected (never the server).
+	TPClientBuffer int
 	// Loops is the number of netpoll event loops and forwarding loops.
 	// 0 means one per CPU.
 	Loops int
@@ -91,6 +97,8 @@ func DefaultConfig() Config {
 		MaxHeader:         8 << 10,
 		HandshakeTimeout:  5 * time.Second,
 		Limits:            DefaultLimits(),
+		TPServerTimeout:   60 * time.Second,
+		TPClientBuffer:    1 << 20,
 
 		TLSHandshakeTimeout: 5 * time.Second,
 		TLSWatchInterval:    2 * time.Second,
@@ -115,6 +123,7 @@ func (c *Config) Validate() error {
 		{"rpc-timeout", c.RPCTimeout},
 		{"write-stall-timeout", c.WriteStallTimeout},
 		{"handshake-timeout", c.HandshakeTimeout},
+		{"tp-server-timeout", c.TPServerTimeout},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
@@ -125,6 +134,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPreAuth < 1024 {
 		return fmt.Errorf("max-preauth: must be at least 1024, got %d", c.MaxPreAuth)
+	}
+	if c.TPClientBuffer < 64<<10 {
+		return fmt.Errorf("tp-client-buffer: must be at least 65536, got %d", c.TPClientBuffer)
 	}
 	if c.MaxHeader < 1024 {
 		return fmt.Errorf("max-header: must be at least 1024, got %d", c.MaxHeader)

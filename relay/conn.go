@@ -75,9 +75,10 @@ type conn struct {
 	uuid, name string
 	key        PairKey
 	joined     time.Time
-	dataLate   bool    // bytes arrived after Authenticate
-	toTLS      bool    // sniffed a TLS ClientHello: released starts the handshake
-	tun        *tunnel // set when claimed and paired
+	dataLate   bool   // more bytes arrived after the claim than late may hold
+	late       []byte // raw bytes that arrived after the claim (≤ MaxPreAuth)
+	toTLS      bool   // sniffed a TLS ClientHello: released starts the handshake
+	target     target // where a claimed connection goes (tunnel, TunnelProxy hub)
 }
 
 type connKey struct{}
@@ -100,7 +101,14 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		return context.Background()
 	}
 	_ = nc.AddCloseCallback(func(nc netpoll.Connection) error {
-		c.released(nc.Reader().Len() > 0)
+		var left []byte
+		r := nc.Reader()
+		if n := r.Len(); n > 0 {
+			if p, err := r.Next(n); err == nil {
+				left = append(left, p...)
+			}
+		}
+		c.released(left)
 		return nil
 	})
 	return context.WithValue(context.Background(), connKey{}, c)
@@ -113,8 +121,10 @@ func (s *Server) newConn(tr transport, peer net.Addr, adm *admission) *conn {
 	if !s.track(c, true) {
 		return nil
 	}
+	c.mu.Lock() // the timers' callbacks take mu: they must see both fields
 	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
 	c.hsTimer = time.AfterFunc(s.cfg.HandshakeTimeout, c.onHandshakeTimeout)
+	c.mu.Unlock()
 	return c
 }
 
@@ -199,7 +209,7 @@ func (c *conn) consume(p []byte) {
 	case stClosed:
 		return
 	case stClaimed:
-		c.dataLate = true
+		c.stash(p)
 		return
 	}
 	switch {
@@ -210,6 +220,24 @@ func (c *conn) consume(p []byte) {
 	default:
 		c.sniff(p)
 	}
+}
+
+// stash keeps bytes that arrived after the connection was claimed: a
+// TunnelProxy endpoint gets them as its first input, a legacy tunnel
+// refuses them (data before TunnelEstablished). Called with mu held.
+func (c *conn) stash(p []byte) {
+	if len(c.late)+len(p) > c.s.cfg.MaxPreAuth {
+		c.dataLate = true
+		return
+	}
+	c.late = append(c.late, p...)
+}
+
+// target receives a claimed connection once its transport let go of it.
+type target interface {
+	// ready is called once, without c.mu held; c.late holds what arrived
+	// after the claim.
+	ready(c *conn)
 }
 
 // fail ends the connection for reason. For WebSocket clients a close frame
@@ -301,22 +329,21 @@ func (c *conn) UUID() string { return c.uuid }
 
 // released runs once the transport has let go of the socket (netpoll: after
 // it stopped polling it, before it closes the descriptor). A claimed
-// connection is handed to its tunnel here; any other is finished. unread
-// reports bytes the transport still held.
-func (c *conn) released(unread bool) {
+// connection is handed to its target here; any other is finished. left is
+// what the transport had read and nobody consumed.
+func (c *conn) released(left []byte) {
 	if !c.cbDone.CompareAndSwap(false, true) {
 		return
 	}
 	c.mu.Lock()
 	c.closing, c.closeIssued = true, true
 	c.stopTimers()
-	t := c.tun
+	t := c.target
 	if state(c.st.Load()) == stClaimed && t != nil {
-		_, inMsg := c.dec.InMessage()
-		late := c.dataLate || c.midFrame || inMsg || unread
+		c.stash(left)
 		c.mu.Unlock()
 		c.s.track(c, false)
-		t.ready(c, late)
+		t.ready(c)
 		return
 	}
 	if c.toTLS {

@@ -133,11 +133,12 @@ func (t *tunnel) side(c *conn) *endpoint {
 	return &t.b
 }
 
-// ready is called by a side's netpoll close callback: it takes its own
-// descriptor for the socket (netpoll closes the original right after) and,
-// when both sides are in, gives the tunnel to a forwarder. late reports
-// bytes that arrived after Authenticate, which ends the tunnel.
-func (t *tunnel) ready(c *conn, late bool) {
+// ready implements target: called when a side's transport let go of it, it
+// takes the socket over and, when both sides are in, gives the tunnel to a
+// forwarder. Bytes that arrived after Authenticate end the tunnel.
+func (t *tunnel) ready(c *conn) {
+	_, inMsg := c.dec.InMessage()
+	late := c.dataLate || c.midFrame || inMsg || len(c.late) > 0
 	s, err := c.tr.detach()
 	t.mu.Lock()
 	ep := t.side(c)
@@ -174,9 +175,13 @@ func (t *tunnel) ready(c *conn, late bool) {
 	t.f.add(t)
 }
 
-func (ep *endpoint) uncount(s *Server) {
-	ep.adm.release()
-	if ep.ws {
+func (ep *endpoint) uncount(s *Server) { s.connGone(ep.ws, ep.adm) }
+
+// connGone accounts for a handed-over connection's socket being closed: its
+// place under the limits and in connections_active.
+func (s *Server) connGone(ws bool, adm *admission) {
+	adm.release()
+	if ws {
 		s.stats.connsWS.Dec()
 	} else {
 		s.stats.connsTCP.Dec()
@@ -198,9 +203,10 @@ type forwarder struct {
 	eps       map[int32]pollee
 	scratch   []byte // TLS plaintext before a tunnel exists
 	stalled   map[*endpoint]struct{}
-	again     []*tunnel // tunnels that stopped for fairness, not for lack of work
-	spare     []*tunnel
-	throttled []throttle // tunnels waiting for TunnelRate tokens
+	again     []resumer // stopped for fairness, not for lack of work
+	spare     []resumer
+	hubs      map[*hub]struct{} // TunnelProxy hubs on this loop
+	throttled []throttle        // tunnels waiting for TunnelRate tokens
 }
 
 func newForwarder(s *Server) (*forwarder, error) {
@@ -221,8 +227,19 @@ func newForwarder(s *Server) (*forwarder, error) {
 	}
 	return &forwarder{
 		s: s, epfd: epfd, evfd: evfd, done: make(chan struct{}),
-		eps: make(map[int32]pollee), stalled: make(map[*endpoint]struct{}),
+		eps: make(map[int32]pollee), stalled: make(map[*endpoint]struct{}), hubs: make(map[*hub]struct{}),
 	}, nil
+}
+
+// resumer is work that stopped for fairness and continues on the next turn.
+type resumer interface {
+	resume(f *forwarder)
+}
+
+// resume implements resumer.
+func (t *tunnel) resume(f *forwarder) {
+	t.queued = false
+	f.service(t)
 }
 
 // pollee is what a forwarder's epoll set holds: a tunnel endpoint or a TLS
@@ -294,6 +311,8 @@ func (f *forwarder) run() {
 			timeout = 0
 		case len(f.stalled) > 0:
 			timeout = f.scanInterval()
+		case len(f.hubs) > 0:
+			timeout = 1000
 		}
 		if len(f.throttled) > 0 {
 			timeout = f.throttleTimeout(timeout)
@@ -320,17 +339,17 @@ func (f *forwarder) run() {
 		}
 		cur := f.again
 		f.again, f.spare = f.spare[:0], cur
-		for _, t := range cur {
-			t.queued = false
-			f.service(t)
+		for _, r := range cur {
+			r.resume(f)
 		}
 		if f.stopping.Load() {
 			f.shutdown()
 			return
 		}
-		if len(f.stalled) > 0 && time.Since(lastScan) >= time.Duration(f.scanInterval())*time.Millisecond {
+		if (len(f.stalled) > 0 || len(f.hubs) > 0) && time.Since(lastScan) >= time.Duration(f.scanInterval())*time.Millisecond {
 			lastScan = time.Now()
 			f.scanStalls(lastScan.UnixNano())
+			f.scanHubs(lastScan)
 		}
 	}
 }
@@ -810,10 +829,15 @@ func (f *forwarder) shutdown() {
 	for _, fn := range q {
 		fn()
 	}
+	for h := range f.hubs {
+		h.close(ReasonShutdown)
+	}
 	for _, p := range f.eps {
 		ep, ok := p.(*endpoint)
 		if !ok {
-			p.(*tlsTransport).shutdown(f)
+			if tt, ok := p.(*tlsTransport); ok {
+				tt.shutdown(f)
+			}
 			continue
 		}
 		if ep.t.dead {

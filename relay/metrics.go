@@ -74,6 +74,9 @@ type stats struct {
 	tlsOK, tlsFailed  *metrics.Counter
 	throttled         *metrics.Counter // reads delayed by TunnelRate
 	bans              *metrics.Counter // addresses banned
+	tpServers         *metrics.Counter // TunnelProxy servers registered (gauge)
+	tpClients         *metrics.Counter // TunnelProxy clients connected (gauge)
+	tpBytes           *metrics.Counter // TunnelProxy bytes read from servers and clients
 	closes            [reasonCount]*metrics.Counter
 }
 
@@ -96,6 +99,9 @@ func newStats() *stats {
 	s.tlsFailed = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="failed"}`)
 	s.throttled = s.set.NewCounter(`meetpoint_tunnel_throttled_total`)
 	s.bans = s.set.NewCounter(`meetpoint_bans_total`)
+	s.tpServers = s.set.NewCounter(`meetpoint_tunnelproxy_servers_active`)
+	s.tpClients = s.set.NewCounter(`meetpoint_tunnelproxy_clients_active`)
+	s.tpBytes = s.set.NewCounter(`meetpoint_tunnelproxy_bytes_total`)
 	for r := Reason(0); r < reasonCount; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}
@@ -128,4 +134,33 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	return out
+}
+
+// WritePrometheus writes everything /metrics serves: the server's metrics
+// (WriteMetrics), meetpoint_ready (1 while accepting new clients, 0 while
+// draining or closed), meetpoint_build_info{version} and the process and Go
+// runtime metrics (process_*, go_*).
+func (s *Server) WritePrometheus(w io.Writer) {
+	s.WriteMetrics(w)
+	ready := 0
+	if s.Ready() {
+		ready = 1
+	}
+	fmt.Fprintf(w, "meetpoint_ready %d\n", ready)
+	fmt.Fprintf(w, "meetpoint_build_info{version=%q} 1\n", Version)
+	metrics.WriteProcessMetrics(w)
+}
+
+// trafficTotal is the number of tunnel bytes relayed since start, both
+// directions.
+func (st *stats) trafficTotal() uint64 { return st.bytesUp.Get() + st.bytesDn.Get() }
+
+// closesTotal is the number of connections that have ended, whatever the
+// reason.
+func (st *stats) closesTotal() uint64 {
+	var n uint64
+	for _, c := range st.closes {
+		n += c.Get()
+	}
+	return n
 }

@@ -145,21 +145,21 @@ func (r *ShardedRegistry) Len() int {
 // unlocks it.
 func pairUp(a, b *conn) {
 	t := newTunnel(a, b)
-	b.tun = t
+	b.target = t
 	b.closing = true
 	a.mu.Lock()
 	if a.cbDone.Load() {
 		// a went away between Claim and now; its callback saw no tunnel.
 		a.mu.Unlock()
 		b.s.reg.Leave(b.key, a)
-		b.tun = nil
+		b.target = nil
 		b.st.Store(uint32(stRPC))
 		b.closing = false
 		b.fail(ReasonPartnerClosed, 1001, "Partner left")
 		b.unlock()
 		return
 	}
-	a.tun = t
+	a.target = t
 	a.closing = true
 	a.unlock()
 	b.unlock()

@@ -25,20 +25,72 @@ func (c *conn) handle(obj []byte) {
 	}
 	switch req.Method {
 	case "RemoteProxy.Hello":
-		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID,
-			handshake.Str("apiVersion", APIVersion),
-			handshake.Str("name", c.s.cfg.Name),
-			handshake.Str("server", "meetpoint"),
-			handshake.Str("version", Version)))
+		c.writeMsg(helloReply(c.s, req.ID))
 	case "RemoteProxy.Introspect":
 		c.writeMsg(handshake.AppendSuccessRaw(c.out[:0], req.ID, handshake.Introspect()))
 	case "Authentication.Authenticate":
 		c.authenticate(req)
+	case "TunnelProxy.RegisterServer":
+		c.registerServer(&req)
+	case "TunnelProxy.RegisterClient":
+		c.registerClient(&req)
+	case "TunnelProxy.Ping":
+		ts, _ := req.Uint("timestamp")
+		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID, handshake.Int("timestamp", int64(ts))))
+	case "TunnelProxy.DisconnectClient": // only a registered server may
+		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID,
+			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNotRegistered.String())))
 	default:
-		// TunnelProxy.* is listed by Introspect but served by the TunnelProxy
-		// engine; until a connection registers there, it is a legacy client.
 		c.rpcFail(req.ID, "No such method")
 	}
+}
+
+// tpRefuse answers a TunnelProxy registration with an error value and
+// closes.
+func (c *conn) tpRefuse(id int, e handshake.TunnelProxyError) {
+	c.s.log.Debug("tunnelproxy registration refused", "peer", c.peer.String(), "error", e.String())
+	c.writeMsg(handshake.AppendSuccess(c.out[:0], id, handshake.Str("tunnelProxyError", e.String())))
+	c.fail(ReasonRPC, ws.StatusPolicyViolation, e.String())
+}
+
+// registerServer makes this connection a TunnelProxy server: it leaves
+// netpoll for a hub on a forwarding loop, which sends the reply.
+func (c *conn) registerServer(req *handshake.Request) {
+	uuid, ok := handshake.ParseUUID(param(req, "serverUuid"))
+	if !ok {
+		c.tpRefuse(req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		return
+	}
+	h := c.s.tp.addServer(c.s, uuid, param(req, "serverName"))
+	if h == nil {
+		c.tpRefuse(req.ID, handshake.TunnelProxyErrorAlreadyRegistered)
+		return
+	}
+	c.uuid, c.name = uuid, param(req, "serverName")
+	c.timer.Stop()
+	c.st.Store(uint32(stClaimed))
+	c.target = hubServer{h: h, replyID: req.ID}
+	c.closing = true
+}
+
+// registerClient attaches this connection to a registered server's hub.
+func (c *conn) registerClient(req *handshake.Request) {
+	cu, ok1 := handshake.ParseUUID(param(req, "clientUuid"))
+	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
+	if !ok1 || !ok2 {
+		c.tpRefuse(req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		return
+	}
+	h, res := c.s.tp.addClient(cu, su)
+	if h == nil {
+		c.tpRefuse(req.ID, res)
+		return
+	}
+	c.uuid, c.name = cu, param(req, "clientName")
+	c.timer.Stop()
+	c.st.Store(uint32(stClaimed))
+	c.target = hubClient{h: h, replyID: req.ID, uuid: cu, name: c.name}
+	c.closing = true
 }
 
 // rpcFail answers a JSON-RPC error and closes, as nymea does after any

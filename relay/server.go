@@ -30,6 +30,7 @@ type Server struct {
 	fwd   []*forwarder
 	tls   *tlsConfigState // nil without TLS
 	lim   *limiter
+	tp    *tpRegistry
 	quit  chan struct{} // closed by Close
 
 	mu        sync.Mutex
@@ -64,6 +65,7 @@ func NewServer(cfg Config) (*Server, error) {
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
 		lim:     newLimiter(cfg.Limits),
+		tp:      newTPRegistry(),
 		quit:    make(chan struct{}),
 	}
 	ts, err := newTLSState(s)

@@ -68,6 +68,10 @@ func (c *conn) consumeJSON(p []byte) {
 		case stRPC:
 		case stClosed:
 			return
+		case stClaimed:
+			c.stash(buf)
+			c.in = c.in[:0]
+			return
 		default:
 			c.dataBeforeTunnel()
 			return
@@ -150,6 +154,10 @@ func (c *conn) consumeWS(p []byte) {
 			msg := c.msg
 			c.msg = c.msg[:0]
 			c.handle(msg)
+			if state(c.st.Load()) == stClaimed {
+				c.stash(p) // the rest is for the TunnelProxy endpoint
+				return
+			}
 		}
 	}
 }

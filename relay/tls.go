@@ -430,7 +430,7 @@ func (t *tlsTransport) write(b []byte) error {
 // close removes the connection from its loop, then releases it.
 func (t *tlsTransport) close() {
 	if !t.f.do(func() { t.drop(t.f) }) {
-		t.c.released(false)
+		t.c.released(nil)
 	}
 }
 
@@ -440,7 +440,7 @@ func (t *tlsTransport) drop(f *forwarder) {
 	}
 	t.dropped = true
 	f.unregister(t.s.Fd())
-	t.c.released(false)
+	t.c.released(nil)
 }
 
 func (t *tlsTransport) detach() (sock, error) { return t.s, nil }
@@ -488,7 +488,7 @@ func (t *tlsTransport) fail(r Reason) {
 	c := t.c
 	c.mu.Lock()
 	if state(c.st.Load()) == stClaimed {
-		c.dataLate = true // ends the tunnel at set-up
+		c.dataLate = true // the peer is gone: the target sees a failed set-up
 	}
 	c.closeNow(r)
 	c.unlock()

@@ -1,0 +1,126 @@
+package handshake
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+func FuzzSniff(f *testing.F) {
+	for _, s := range []string{"", "{", " \n{", "GET ", "GE", "GX", "\x16\x03\x01", "\x16\x03\x09", "OPTIONS"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		k := Sniff(p)
+		if k > KindUnknown {
+			t.Fatalf("Sniff(%q) = %v", p, k)
+		}
+		// A decided kind does not change with more bytes, and NeedMore
+		// becomes decided or stays NeedMore on a prefix.
+		for i := range p {
+			pk := Sniff(p[:i])
+			if pk != KindNeedMore && pk != k {
+				t.Fatalf("Sniff(%q) = %v but Sniff(%q) = %v", p[:i], pk, p, k)
+			}
+		}
+	})
+}
+
+func FuzzUpgrade(f *testing.F) {
+	f.Add([]byte(goodHead))
+	f.Add([]byte(strings.Replace(goodHead, "13", "8", 1)))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.0\r\n\r\n"))
+	f.Add([]byte(goodHead[:30]))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		orig := bytes.Clone(head)
+		out, ok, err := Upgrade(nil, head)
+		if ok != (err == nil) {
+			t.Fatalf("ok=%v err=%v", ok, err)
+		}
+		if ok && !bytes.HasPrefix(out, []byte("HTTP/1.1 101")) {
+			t.Fatalf("ok but response %q", out)
+		}
+		if !ok && (!bytes.HasPrefix(out, []byte("HTTP/1.1 ")) || bytes.HasPrefix(out, []byte("HTTP/1.1 101"))) {
+			t.Fatalf("failed but response %q", out)
+		}
+		if !bytes.Equal(head, orig) {
+			t.Fatal("Upgrade modified head")
+		}
+		IsUpgradeRequest(head)
+		RequestLine(head)
+		if n := HeadEnd(head); n < 0 || n > len(head) {
+			t.Fatalf("HeadEnd = %d", n)
+		}
+	})
+}
+
+func FuzzDecoder(f *testing.F) {
+	f.Add(cframe(ws.OpText, true, "héllo"), 3, false, int64(0))
+	f.Add(cat(cframe(ws.OpText, false, "a\xe2"), cframe(ws.OpPing, true, "p"), cframe(ws.OpContinuation, true, "\x82\xac")), 9, false, int64(0))
+	f.Add(cframe(ws.OpBinary, true, strings.Repeat("x", 300)), 100, false, int64(200))
+	f.Add(AppendFrame(nil, ws.OpBinary, true, make([]byte, 70000)), 5, true, int64(0))
+	f.Add(AppendClose(nil, ws.StatusNormalClosure, "bye"), 1, true, int64(0))
+	f.Add([]byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0}, 4, true, int64(0))
+	f.Fuzz(func(t *testing.T, p []byte, split int, client bool, maxFrame int64) {
+		d := Decoder{Client: client, MaxFrame: maxFrame}
+		split = int(uint(split) % uint(len(p)+1))
+		var left int64 // payload bytes still declared for the current frame
+		for _, chunk := range [][]byte{p[:split], p[split:]} {
+			for {
+				f, n, err := d.Decode(chunk)
+				if n < 0 || n > len(chunk) {
+					t.Fatalf("n = %d for %d bytes", n, len(chunk))
+				}
+				if err != nil {
+					if _, ok := err.(*CloseError); !ok || n != 0 {
+						t.Fatalf("err %v (%T), n %d", err, err, n)
+					}
+					return
+				}
+				if f.Kind == FragNone && n != len(chunk) {
+					t.Fatalf("FragNone consumed %d of %d bytes", n, len(chunk))
+				}
+				switch f.Kind {
+				case FragHeader:
+					if left != 0 {
+						t.Fatalf("header with %d payload bytes pending", left)
+					}
+					left = f.Header.Length
+				case FragPayload:
+					left -= int64(len(f.Data))
+					if left < 0 || len(f.Data) == 0 {
+						t.Fatalf("payload chunk of %d bytes, left %d", len(f.Data), left)
+					}
+				}
+				if f.FrameEnd && left != 0 {
+					t.Fatalf("FrameEnd with %d bytes left", left)
+				}
+				chunk = chunk[n:]
+				if len(chunk) == 0 {
+					break
+				}
+			}
+		}
+	})
+}
+
+func FuzzUTF8(f *testing.F) {
+	for _, s := range []string{"", "abc", "€", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\xaf", "😀x"} {
+		f.Add([]byte(s), 1)
+	}
+	f.Fuzz(func(t *testing.T, p []byte, cut int) {
+		if cut < 0 || cut > len(p) {
+			cut = len(p) / 2
+		}
+		var v UTF8
+		ok := v.Feed(p[:cut])
+		ok = v.Feed(p[cut:]) && ok
+		if got, want := ok && v.Complete(), utf8.Valid(p); got != want {
+			t.Fatalf("UTF8(%q, cut %d) = %v, utf8.Valid = %v", p, cut, got, want)
+		}
+	})
+}

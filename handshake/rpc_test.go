@@ -1,0 +1,485 @@
+package handshake
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseRequestErrors(t *testing.T) {
+	tests := []struct {
+		in   string
+		id   int
+		text string
+	}{
+		{`{"id":1,"method":"RemoteProxy.Hello"`, -1, "Failed to parse JSON data: "},
+		{`{"id":1,,}`, -1, "Failed to parse JSON data: "},
+		{`{"method":"RemoteProxy.Hello"}`, -1, "Error parsing command. Missing 'id'"},
+		{`{"id":"abc","method":"RemoteProxy.Hello"}`, -1, "Error parsing command. Missing 'id'"},
+		{`{"id":null,"method":"RemoteProxy.Hello"}`, -1, "Error parsing command. Missing 'id'"},
+		{`{"id":1.5,"method":"RemoteProxy.Hello"}`, -1, "Error parsing command. Missing 'id'"},
+		{`[1,2]`, -1, "Error parsing command. Missing 'id'"},
+		{`{"id":3}`, 3, "Error parsing method. Got: ''', Expected: 'Namespace.method'"},
+		{`{"id":3,"method":"RemoteProxyHello"}`, 3, "Error parsing method. Got: 'RemoteProxyHello'', Expected: 'Namespace.method'"},
+		{`{"id":3,"method":"A.B.C"}`, 3, "Error parsing method. Got: 'A.B.C'', Expected: 'Namespace.method'"},
+		{`{"id":4,"method":"Foo.Hello"}`, 4, "No such namespace"},
+		{`{"id":4,"method":".Hello"}`, 4, "No such namespace"},
+		{`{"id":5,"method":"RemoteProxy.Bye"}`, 5, "No such method"},
+		{`{"id":5,"method":"RemoteProxy.Ping"}`, 5, "No such method"},
+		{`{"id":6,"method":"Authentication.Authenticate"}`, 6, "Invalid params: Missing key name"},
+		{`{"id":6,"method":"Authentication.Authenticate","params":{"name":"n","token":"t"}}`, 6, "Invalid params: Missing key uuid"},
+		{`{"id":6,"method":"Authentication.Authenticate","params":{"name":"n","uuid":"u"}}`, 6, "Invalid params: Missing key token"},
+		{`{"id":6,"method":"Authentication.Authenticate","params":{"name":"n","token":"t","uuid":"u","zzz":1,"extra":2}}`, 6, "Invalid params: Forbidden key extra"},
+		{`{"id":6,"method":"Authentication.Authenticate","params":{"name":1,"token":"t","uuid":"u"}}`, 6, "Invalid params: Invalid value type for key name"},
+		{`{"id":6,"method":"Authentication.Authenticate","params":{"name":"n","nonce":null,"token":"t","uuid":"u"}}`, 6, "Invalid params: Invalid value type for key nonce"},
+		{`{"id":7,"method":"RemoteProxy.Hello","params":{"x":1}}`, 7, "Invalid params: Forbidden key x"},
+		{`{"id":8,"method":"TunnelProxy.RegisterServer","params":{"serverUuid":"x"}}`, 8, "Invalid params: Missing key serverName"},
+		{`{"id":8,"method":"TunnelProxy.RegisterClient","params":{"clientName":"c","serverUuid":"x"}}`, 8, "Invalid params: Missing key clientUuid"},
+		{`{"id":9,"method":"TunnelProxy.Ping","params":{"timestamp":-1}}`, 9, "Invalid params: Invalid value type for key timestamp"},
+		{`{"id":9,"method":"TunnelProxy.Ping","params":{"timestamp":1.5}}`, 9, "Invalid params: Invalid value type for key timestamp"},
+		{`{"id":9,"method":"TunnelProxy.Ping","params":{"timestamp":"5"}}`, 9, "Invalid params: Invalid value type for key timestamp"},
+		{`{"id":9,"method":"TunnelProxy.Ping"}`, 9, "Invalid params: Missing key timestamp"},
+		{`{"id":10,"method":"TunnelProxy.DisconnectClient","params":{"socketAddress":true}}`, 10, "Invalid params: Invalid value type for key socketAddress"},
+	}
+	for _, tt := range tests {
+		_, err := ParseRequest([]byte(tt.in))
+		if err == nil {
+			t.Errorf("%s: no error, want %q", tt.in, tt.text)
+			continue
+		}
+		if err.ID != tt.id {
+			t.Errorf("%s: id %d, want %d", tt.in, err.ID, tt.id)
+		}
+		if strings.HasSuffix(tt.text, ": ") {
+			if !strings.HasPrefix(err.Text, tt.text) || len(err.Text) == len(tt.text) || strings.Contains(err.Text, "\n") {
+				t.Errorf("%s: text %q, want %q + one-line detail", tt.in, err.Text, tt.text)
+			}
+		} else if err.Text != tt.text {
+			t.Errorf("%s: text %q, want %q", tt.in, err.Text, tt.text)
+		}
+		if err.Error() != err.Text {
+			t.Errorf("Error() = %q", err.Error())
+		}
+	}
+}
+
+func TestParseRequestOK(t *testing.T) {
+	tests := []struct {
+		in     string
+		id     int
+		method string
+		params map[string]string
+	}{
+		{`{"id":7,"method":"RemoteProxy.Hello"}`, 7, "RemoteProxy.Hello", nil},
+		{`{"id":"7","method":"RemoteProxy.Hello"}`, 7, "RemoteProxy.Hello", nil},
+		{`{"id":" 12 ","method":"RemoteProxy.Introspect","params":{}}`, 12, "RemoteProxy.Introspect", nil},
+		{`{"id":7.0,"method":"RemoteProxy.Hello","params":null}`, 7, "RemoteProxy.Hello", nil},
+		{`{"id":-3,"method":"RemoteProxy.Hello","params":[1]}`, -3, "RemoteProxy.Hello", nil},
+		{`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n\"}{","token":"t"}}`, 1, "Authentication.Authenticate",
+			map[string]string{"uuid": "u", "name": "n\"}{", "token": "t"}},
+		{`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"t","nonce":"\u00e9x"}}`, 1, "Authentication.Authenticate",
+			map[string]string{"uuid": "u", "name": "n", "token": "t", "nonce": "éx"}},
+		{`{"id":2,"method":"TunnelProxy.RegisterServer","params":{"serverName":"s","serverUuid":"{6BA7B810-9DAD-11D1-80B4-00C04FD430C8}"}}`, 2, "TunnelProxy.RegisterServer",
+			map[string]string{"serverName": "s", "serverUuid": "{6BA7B810-9DAD-11D1-80B4-00C04FD430C8}"}},
+		// Invalid uuids are not RPC errors: the caller answers InvalidUuid.
+		{`{"id":2,"method":"TunnelProxy.RegisterServer","params":{"serverName":"s","serverUuid":null}}`, 2, "TunnelProxy.RegisterServer",
+			map[string]string{"serverName": "s", "serverUuid": ""}},
+		{`{"id":2,"method":"TunnelProxy.RegisterServer","params":{"serverName":"s","serverUuid":"foo"}}`, 2, "TunnelProxy.RegisterServer",
+			map[string]string{"serverName": "s", "serverUuid": "foo"}},
+		{`{"id":3,"method":"TunnelProxy.RegisterClient","params":{"clientName":"c","clientUuid":"a","serverUuid":"b"}}`, 3, "TunnelProxy.RegisterClient",
+			map[string]string{"clientName": "c", "clientUuid": "a", "serverUuid": "b"}},
+		{`{"id":4,"method":"TunnelProxy.DisconnectClient","params":{"socketAddress":65534}}`, 4, "TunnelProxy.DisconnectClient",
+			map[string]string{"socketAddress": "65534"}},
+		{`{"id":5,"method":"TunnelProxy.Ping","params":{"timestamp":1700000000000}}`, 5, "TunnelProxy.Ping",
+			map[string]string{"timestamp": "1700000000000"}},
+		{`{"id":5,"method":"TunnelProxy.Ping","params":{"timestamp":1.7e12}}`, 5, "TunnelProxy.Ping",
+			map[string]string{"timestamp": "1700000000000"}},
+	}
+	for _, tt := range tests {
+		buf := []byte(tt.in)
+		req, err := ParseRequest(buf)
+		if err != nil {
+			t.Errorf("%s: %v", tt.in, err.Text)
+			continue
+		}
+		// Strings must not alias the input buffer.
+		for i := range buf {
+			buf[i] = 'X'
+		}
+		ns, name, _ := strings.Cut(tt.method, ".")
+		if req.ID != tt.id || req.Method != tt.method || req.Namespace != ns || req.Name != name {
+			t.Errorf("%s: got %d %q %q %q", tt.in, req.ID, req.Method, req.Namespace, req.Name)
+		}
+		got := map[string]string{}
+		for _, p := range req.Params() {
+			got[p.Key] = p.Value
+			if v, ok := req.Param(p.Key); !ok || v != p.Value {
+				t.Errorf("Param(%q) = %q, %v", p.Key, v, ok)
+			}
+		}
+		if len(got) == 0 {
+			got = nil
+		}
+		if !reflect.DeepEqual(got, tt.params) {
+			t.Errorf("%s: params %v, want %v", tt.in, got, tt.params)
+		}
+	}
+}
+
+func TestRequestAccessors(t *testing.T) {
+	req, err := ParseRequest([]byte(`{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":18446744073709551615}}`))
+	if err != nil {
+		t.Fatal(err.Text)
+	}
+	if v, ok := req.Uint("timestamp"); !ok || v != 18446744073709551615 {
+		t.Errorf("Uint = %d, %v", v, ok)
+	}
+	if _, ok := req.Uint("nope"); ok {
+		t.Error("Uint of absent key reported present")
+	}
+	if _, ok := req.Param("nope"); ok {
+		t.Error("Param of absent key reported present")
+	}
+	req, _ = ParseRequest([]byte(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"t"}}`))
+	if _, ok := req.Param("nonce"); ok {
+		t.Error("absent optional nonce reported present")
+	}
+	req, _ = ParseRequest([]byte(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"t","nonce":""}}`))
+	if v, ok := req.Param("nonce"); !ok || v != "" {
+		t.Error("empty nonce not reported present")
+	}
+}
+
+func TestParseUUID(t *testing.T) {
+	const c = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+	for _, s := range []string{c, "{" + c + "}", strings.ToUpper(c), "{" + strings.ToUpper(c) + "}"} {
+		got, ok := ParseUUID(s)
+		if !ok || got != c {
+			t.Errorf("ParseUUID(%q) = %q, %v", s, got, ok)
+		}
+	}
+	for _, s := range []string{"", "foo", "{" + c, c + "}", "(" + c + ")", strings.ReplaceAll(c, "-", ""),
+		"6ba7b810-9dad-11d1-80b4-00c04fd430cg", "6ba7b810x9dad-11d1-80b4-00c04fd430c8", "{{" + c + "}}"} {
+		if got, ok := ParseUUID(s); ok {
+			t.Errorf("ParseUUID(%q) = %q, true", s, got)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { ParseUUID("{" + c + "}") }); n != 0 {
+		t.Errorf("ParseUUID allocates %v times", n)
+	}
+}
+
+// collect feeds stream to NextObject in the given chunk sizes and returns
+// every object found.
+func collect(t *testing.T, stream string, chunk int) []string {
+	t.Helper()
+	var buf []byte
+	var out []string
+	for off := 0; off < len(stream); off += chunk {
+		buf = append(buf, stream[off:min(off+chunk, len(stream))]...)
+		for {
+			obj, n, err := NextObject(buf)
+			if err != nil {
+				t.Fatalf("chunk %d: %v", chunk, err)
+			}
+			if n > len(buf) {
+				t.Fatalf("n %d > len %d", n, len(buf))
+			}
+			buf = buf[n:]
+			if obj == nil {
+				break
+			}
+			out = append(out, string(obj))
+		}
+	}
+	if len(bytes.TrimSpace(buf)) != 0 {
+		t.Fatalf("chunk %d: leftover %q", chunk, buf)
+	}
+	return out
+}
+
+func TestNextObjectStream(t *testing.T) {
+	objs := []string{
+		`{"id":1,"method":"RemoteProxy.Hello"}`,
+		`{"id":2,"method":"Authentication.Authenticate","params":{"name":"a}b{c","token":"x\"}{\\","uuid":"\\\"{"}}`,
+		`{"a":[{"b":[]},{}],"c":"]\u005d}"}`,
+		`{}`,
+	}
+	stream := "\r\n " + objs[0] + objs[1] + "\n" + objs[2] + "\t \n\n" + objs[3] + "\n"
+	for chunk := 1; chunk <= len(stream); chunk++ {
+		got := collect(t, stream, chunk)
+		if !reflect.DeepEqual(got, objs) {
+			t.Fatalf("chunk %d: got %q", chunk, got)
+		}
+	}
+}
+
+func TestNextObjectTwoInOneBuffer(t *testing.T) {
+	p := []byte(`{"id":1}` + "\n" + `{"id":2}` + "\n")
+	obj, n, err := NextObject(p)
+	if err != nil || string(obj) != `{"id":1}` || n != 8 {
+		t.Fatalf("first: %q %d %v", obj, n, err)
+	}
+	obj, n2, err := NextObject(p[n:])
+	if err != nil || string(obj) != `{"id":2}` || n2 != 9 {
+		t.Fatalf("second: %q %d %v", obj, n2, err)
+	}
+	obj, n3, err := NextObject(p[n+n2:])
+	if err != nil || obj != nil || n3 != 1 {
+		t.Fatalf("rest: %q %d %v", obj, n3, err)
+	}
+}
+
+func TestNextObjectNeedMore(t *testing.T) {
+	for _, s := range []string{"", "  \n", `{`, ` {"a":"}`, `{"a":"\"}`, `{"a":[`, `{"a":{"b":1}`} {
+		obj, n, err := NextObject([]byte(s))
+		if obj != nil || err != nil {
+			t.Errorf("%q: %q %v, want need more", s, obj, err)
+		}
+		if want := len(s) - len(strings.TrimLeft(s, " \t\r\n")); n != want {
+			t.Errorf("%q: n %d, want %d", s, n, want)
+		}
+	}
+}
+
+func TestNextObjectErrors(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, MaxDepth) + "1" + strings.Repeat("}", MaxDepth)
+	if obj, _, err := NextObject([]byte(deep)); err != nil || string(obj) != deep {
+		t.Fatalf("depth %d rejected: %v", MaxDepth, err)
+	}
+	tooDeep := strings.Repeat(`{"a":`, MaxDepth) + "[" // incomplete, yet already too deep
+	arrDeep := "{" + `"a":` + strings.Repeat("[", MaxDepth)
+	for _, s := range []string{
+		"x", "  [1]", `"a"`, "}", "\x00{}",
+		tooDeep, arrDeep,
+		`{"a":[}`, `{]`,
+		`{"a":1,}`, `{"a" 1}`, `{a:1}`, "{\"a\":\"\x01\"}", `{"a":tru}`,
+	} {
+		obj, _, err := NextObject([]byte(s))
+		if err == nil {
+			t.Errorf("%q: no error (obj %q)", s, obj)
+			continue
+		}
+		re, ok := err.(*RPCError)
+		if !ok || re.ID != -1 || !strings.HasPrefix(re.Text, "Failed to parse JSON data: ") {
+			t.Errorf("%q: err %#v", s, err)
+		}
+	}
+}
+
+func TestNextObjectNoAlloc(t *testing.T) {
+	p := []byte(` {"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5}}` + "\n")
+	if n := testing.AllocsPerRun(100, func() { NextObject(p) }); n != 0 {
+		t.Errorf("NextObject allocates %v times", n)
+	}
+}
+
+var nasty = []string{
+	"",
+	"plain",
+	`quote " and backslash \ and slash /`,
+	"controls \x00\x01\x07\b\f\n\r\t\x1f\x7f",
+	"non-ASCII: é ü 日本語 🎉",
+	"line seps \u2028 \u2029",
+	"invalid utf8 \xff\xfe and truncated \xe6\x97",
+	`</script>&<>`,
+}
+
+// validUTF8 replaces each invalid byte with U+FFFD, as encoding/json does.
+func validUTF8(s string) string { return string([]rune(s)) }
+
+func TestAppendError(t *testing.T) {
+	for _, s := range nasty {
+		out := AppendError([]byte("prefix"), -1, s)
+		if !bytes.HasPrefix(out, []byte("prefix")) || !bytes.HasSuffix(out, []byte("}\n")) {
+			t.Fatalf("framing: %q", out)
+		}
+		out = out[len("prefix"):]
+		var v struct {
+			Error  string `json:"error"`
+			ID     int    `json:"id"`
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		if v.Error != validUTF8(s) || v.ID != -1 || v.Status != "error" {
+			t.Errorf("%q round-trips to %+v", s, v)
+		}
+	}
+	if got := string(AppendError(nil, 3, "No such method")); got != `{"error":"No such method","id":3,"status":"error"}`+"\n" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestAppendSuccess(t *testing.T) {
+	for _, s := range nasty {
+		out := AppendSuccess(nil, 42, Str("a"+s, s), Int("int", -1<<63), Bool("t", true), Bool("f", false), Raw("raw", []byte(`{"x":[1,"y"]}`)))
+		if !bytes.HasSuffix(out, []byte("}\n")) || bytes.Count(out, []byte("\n")) != 1 {
+			t.Fatalf("framing: %q", out)
+		}
+		var v map[string]any
+		d := json.NewDecoder(bytes.NewReader(out))
+		d.UseNumber()
+		if err := d.Decode(&v); err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		valid := validUTF8(s)
+		want := map[string]any{
+			"id":     json.Number("42"),
+			"status": "success",
+			"params": map[string]any{
+				"a" + valid: valid,
+				"int":       json.Number("-9223372036854775808"),
+				"t":         true,
+				"f":         false,
+				"raw":       map[string]any{"x": []any{json.Number("1"), "y"}},
+			},
+		}
+		if !reflect.DeepEqual(v, want) {
+			t.Errorf("%q:\n got %v\nwant %v", out, v, want)
+		}
+	}
+	want := `{"id":1,"params":{"slipEnabled":true,"tunnelProxyError":"TunnelProxyErrorNoError"},"status":"success"}` + "\n"
+	if got := string(AppendSuccess(nil, 1, Bool("slipEnabled", true), Str("tunnelProxyError", TunnelProxyErrorNoError.String()))); got != want {
+		t.Errorf("got %q", got)
+	}
+	if got := string(AppendSuccess(nil, 0)); got != `{"id":0,"params":{},"status":"success"}`+"\n" {
+		t.Errorf("empty params: %q", got)
+	}
+	if got := string(AppendSuccessRaw(nil, 5, []byte(`{"a":1}`))); got != `{"id":5,"params":{"a":1},"status":"success"}`+"\n" {
+		t.Errorf("raw: %q", got)
+	}
+}
+
+func TestAppendNotification(t *testing.T) {
+	for _, s := range nasty {
+		out := AppendNotification(nil, 0, "RemoteProxy.TunnelEstablished", Str("name", s), Str("uuid", "u"))
+		if !bytes.HasSuffix(out, []byte("}\n")) {
+			t.Fatalf("framing: %q", out)
+		}
+		var v struct {
+			ID           int               `json:"id"`
+			Notification string            `json:"notification"`
+			Params       map[string]string `json:"params"`
+		}
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		if v.ID != 0 || v.Notification != "RemoteProxy.TunnelEstablished" ||
+			!reflect.DeepEqual(v.Params, map[string]string{"name": validUTF8(s), "uuid": "u"}) {
+			t.Errorf("%q round-trips to %+v", s, v)
+		}
+	}
+	want := `{"id":3,"notification":"TunnelProxy.ClientDisconnected","params":{"socketAddress":7}}` + "\n"
+	if got := string(AppendNotification(nil, 3, "TunnelProxy.ClientDisconnected", Int("socketAddress", 7))); got != want {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestAppendNoAlloc(t *testing.T) {
+	buf := make([]byte, 0, 4096)
+	raw := []byte(`{"a":1}`)
+	n := testing.AllocsPerRun(100, func() {
+		b := AppendError(buf[:0], 1, "Invalid params: Missing key \"x\"\n")
+		b = AppendSuccess(b, 2, Str("tunnelProxyError", "TunnelProxyErrorNoError"), Bool("slipEnabled", true), Int("timestamp", 123), Raw("r", raw))
+		b = AppendSuccessRaw(b, 3, raw)
+		_ = AppendNotification(b, 4, "TunnelProxy.ClientConnected", Str("clientName", "é\x01"), Int("socketAddress", 1))
+	})
+	if n != 0 {
+		t.Errorf("encoders allocate %v times", n)
+	}
+}
+
+func TestEnumNames(t *testing.T) {
+	if TunnelProxyErrorInvalidUuid.String() != "TunnelProxyErrorInvalidUuid" ||
+		TunnelProxyErrorUnknownSocketAddress.String() != "TunnelProxyErrorUnknownSocketAddress" ||
+		AuthenticationErrorNoError.String() != "AuthenticationErrorNoError" ||
+		AuthenticationErrorProxyError.String() != "AuthenticationErrorProxyError" {
+		t.Error("enum names")
+	}
+}
+
+func TestIntrospect(t *testing.T) {
+	b := Introspect()
+	if !json.Valid(b) {
+		t.Fatalf("invalid JSON: %s", b)
+	}
+	var v struct {
+		Methods map[string]struct {
+			Description string            `json:"description"`
+			Params      map[string]string `json:"params"`
+			Returns     map[string]string `json:"returns"`
+		} `json:"methods"`
+		Notifications map[string]struct {
+			Description string            `json:"description"`
+			Params      map[string]string `json:"params"`
+		} `json:"notifications"`
+		Types map[string][]string `json:"types"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	wantMethods := map[string]map[string]string{
+		"RemoteProxy.Hello":            {},
+		"RemoteProxy.Introspect":       {},
+		"Authentication.Authenticate":  {"uuid": "String", "name": "String", "token": "String", "o:nonce": "String"},
+		"TunnelProxy.RegisterServer":   {"serverName": "String", "serverUuid": "Uuid"},
+		"TunnelProxy.RegisterClient":   {"clientName": "String", "clientUuid": "Uuid", "serverUuid": "Uuid"},
+		"TunnelProxy.DisconnectClient": {"socketAddress": "UInt"},
+		"TunnelProxy.Ping":             {"timestamp": "UInt"},
+	}
+	if len(v.Methods) != len(wantMethods) {
+		t.Errorf("%d methods, want %d", len(v.Methods), len(wantMethods))
+	}
+	for name, params := range wantMethods {
+		m, ok := v.Methods[name]
+		if !ok {
+			t.Errorf("method %s missing", name)
+			continue
+		}
+		if m.Description == "" || len(m.Returns) == 0 || !reflect.DeepEqual(m.Params, params) {
+			t.Errorf("method %s: %+v", name, m)
+		}
+		// Every introspected method parses.
+		if _, err := ParseRequest([]byte(`{"id":1,"method":"` + name + `","params":{}}`)); err != nil &&
+			(err.Text == "No such method" || err.Text == "No such namespace") {
+			t.Errorf("method %s: %s", name, err.Text)
+		}
+	}
+	if v.Methods["TunnelProxy.RegisterServer"].Returns["tunnelProxyError"] != "$ref:TunnelProxyError" {
+		t.Error("RegisterServer returns")
+	}
+	wantNotif := map[string]map[string]string{
+		"RemoteProxy.TunnelEstablished":  {"name": "String", "uuid": "String"},
+		"TunnelProxy.ClientConnected":    {"clientName": "String", "clientUuid": "Uuid", "clientPeerAddress": "String", "socketAddress": "UInt"},
+		"TunnelProxy.ClientDisconnected": {"socketAddress": "UInt"},
+	}
+	if len(v.Notifications) != len(wantNotif) {
+		t.Errorf("%d notifications", len(v.Notifications))
+	}
+	for name, params := range wantNotif {
+		if !reflect.DeepEqual(v.Notifications[name].Params, params) {
+			t.Errorf("notification %s: %+v", name, v.Notifications[name])
+		}
+	}
+	wantTypes := map[string][]string{
+		"BasicType": {"Uuid", "String", "Int", "UInt", "Double", "Bool", "Variant", "Object"},
+		"AuthenticationError": {"AuthenticationErrorNoError", "AuthenticationErrorUnknown", "AuthenticationErrorTimeout",
+			"AuthenticationErrorAborted", "AuthenticationErrorAuthenticationFailed", "AuthenticationErrorProxyError"},
+		"TunnelProxyError": {"TunnelProxyErrorNoError", "TunnelProxyErrorInvalidUuid", "TunnelProxyErrorInternalServerError",
+			"TunnelProxyErrorServerNotFound", "TunnelProxyErrorForbiddenCall", "TunnelProxyErrorAlreadyRegistered",
+			"TunnelProxyErrorNotRegistered", "TunnelProxyErrorUnknownSocketAddress"},
+	}
+	if !reflect.DeepEqual(v.Types, wantTypes) {
+		t.Errorf("types %v", v.Types)
+	}
+	if &Introspect()[0] != &b[0] {
+		t.Error("Introspect not computed once")
+	}
+	if n := testing.AllocsPerRun(10, func() { Introspect() }); n != 0 {
+		t.Errorf("Introspect allocates %v times", n)
+	}
+}

@@ -1,0 +1,514 @@
+package relay
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The monitor socket (ServeMonitor) speaks three request dialects on one
+// unix socket:
+//
+//   - nymea 1.8 (push): a client that sends nothing gets the full statistics
+//     as indented JSON followed by "\n", at once and then every second, until
+//     it disconnects. Shape: serverName, serverVersion, apiVersion,
+//     proxyStatistic{clientCount, tunnelCount, troughput, total{totalClientCount,
+//     totalTunnelCount, totalTraffic}, clients[...], tunnels[...]},
+//     tunnelProxyStatistic{...}.
+//   - nymea 1.13 (request/response): the client sends
+//     {"method":"refresh","params":{"printAll":bool}} (params optional) and
+//     gets one compact JSON line: serverName, serverVersion, apiVersion,
+//     tunnelProxyStatistic{totalClientCount, serverConnectionsCount,
+//     clientConnectionsCount, transports{}, troughput, tunnelConnections[...]}.
+//   - meetpoint: {"method":"meetpoint.status"} gets one compact JSON line, a
+//     MonitorStatus (what `meetpoint monitor` shows).
+//
+// Telling them apart: a client that sends a request within MonitorDetectWindow
+// of connecting is a request/response client and never gets a push; one that
+// stays silent is a 1.8 client and is pushed to. A push client that sends a
+// valid request later is switched to request/response. An unparsable request
+// or an unknown method closes the connection (as nymea 1.13 does).
+
+// MonitorDetectWindow is how long a new monitor client has to send its first
+// request before it is treated as a nymea 1.8 push client. nymea 1.13's
+// monitor sends "refresh" as soon as it is connected; nymea 1.8 pushed on its
+// once-a-second tick, so a first push this late is within its own behaviour.
+const MonitorDetectWindow = 250 * time.Millisecond
+
+const (
+	monitorPushInterval = time.Second
+	monitorWriteTimeout = 5 * time.Second
+	monitorMaxRequest   = 64 << 10
+)
+
+// MonitorStatus is the answer to {"method":"meetpoint.status"}.
+type MonitorStatus struct {
+	Name    string    `json:"serverName"`
+	Version string    `json:"serverVersion"`
+	Time    time.Time `json:"time"`
+	Ready   bool      `json:"ready"`
+	Stats   Stats     `json:"stats"`
+	// TrafficTotal counts tunnel bytes relayed since start (both directions);
+	// Throughput is the rate over the last second, in bytes per second.
+	TrafficTotal uint64 `json:"trafficTotal"`
+	Throughput   uint64 `json:"throughput"`
+	// AuthOK, AuthFailed and AuthTimeout count Authenticate outcomes.
+	AuthOK      uint64          `json:"authOk"`
+	AuthFailed  uint64          `json:"authFailed"`
+	AuthTimeout uint64          `json:"authTimeout"`
+	Clients     []ClientInfo    `json:"clients"`
+	Tunnels     []MonitorTunnel `json:"tunnels"`
+}
+
+// MonitorTunnel is a tunnel as MonitorStatus lists it.
+type MonitorTunnel struct {
+	ID      uint64     `json:"id"`
+	Started time.Time  `json:"started"`
+	Splice  bool       `json:"splice"`
+	A       ClientInfo `json:"a"`
+	B       ClientInfo `json:"b"`
+	BytesAB uint64     `json:"bytesAtoB"`
+	BytesBA uint64     `json:"bytesBtoA"`
+}
+
+// monitorServer serves one monitor socket.
+type monitorServer struct {
+	s    *Server
+	ln   *net.UnixListener
+	path string
+	done chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+
+	rmu      sync.Mutex
+	lastAt   time.Time
+	lastSum  uint64
+	lastRate uint64
+}
+
+// ServeMonitor listens on a unix socket at path and serves monitor clients
+// (see MonitorDetectWindow for the dialects) until the returned Closer is
+// closed or the server is closed. A stale socket file left by a crashed
+// process is replaced; a socket another process still answers on, or a path
+// that is not a socket, is an error. The socket is created mode 0660.
+//
+// Each monitor client holds two goroutines: monitors are operators, not
+// tunnels.
+func (s *Server) ServeMonitor(path string) (io.Closer, error) {
+	if path == "" {
+		return nil, errors.New("monitor: empty socket path")
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("monitor: %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("monitor: %s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("monitor: removing stale socket: %w", err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
+	m := &monitorServer{s: s, ln: ln, path: path, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}
+	m.lastAt, m.lastSum = time.Now(), s.stats.trafficTotal()
+	m.wg.Add(2)
+	go m.accept()
+	go m.sample()
+	return m, nil
+}
+
+// Close stops listening, disconnects every monitor client and removes the
+// socket file. It waits for the monitor's goroutines to end.
+func (m *monitorServer) Close() error {
+	m.once.Do(func() {
+		close(m.done)
+		m.ln.Close()
+		m.mu.Lock()
+		for c := range m.conns {
+			c.Close()
+		}
+		m.mu.Unlock()
+	})
+	m.wg.Wait()
+	return nil
+}
+
+func (m *monitorServer) accept() {
+	defer m.wg.Done()
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			m.s.log.Warn("monitor accept", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		m.mu.Lock()
+		select {
+		case <-m.done:
+			m.mu.Unlock()
+			c.Close()
+			return
+		default:
+		}
+		m.conns[c] = struct{}{}
+		m.wg.Add(1)
+		m.mu.Unlock()
+		go m.serve(c)
+	}
+}
+
+// sample updates the throughput once a second and ends the monitor when the
+// server is closed.
+func (m *monitorServer) sample() {
+	defer m.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.s.quit:
+			go m.Close()
+			return
+		case now := <-t.C:
+			sum := m.s.stats.trafficTotal()
+			m.rmu.Lock()
+			if d := now.Sub(m.lastAt); d > 0 {
+				m.lastRate = uint64(float64(sum-m.lastSum) / d.Seconds())
+			}
+			m.lastAt, m.lastSum = now, sum
+			m.rmu.Unlock()
+		}
+	}
+}
+
+// throughput is the tunnel byte rate over the last second, in bytes/s.
+func (m *monitorServer) throughput() uint64 {
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
+	return m.lastRate
+}
+
+// monitorRequest is a parsed request line.
+type monitorRequest struct {
+	Method string `json:"method"`
+	Params struct {
+		PrintAll bool `json:"printAll"`
+	} `json:"params"`
+}
+
+func (m *monitorServer) serve(c net.Conn) {
+	defer func() {
+		m.mu.Lock()
+		delete(m.conns, c)
+		m.mu.Unlock()
+		c.Close()
+		m.wg.Done()
+	}()
+	reqs := make(chan monitorRequest)
+	readerDone := make(chan error, 1)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() { readerDone <- readMonitorRequests(c, reqs, quit) }()
+
+	detect := time.NewTimer(MonitorDetectWindow)
+	defer detect.Stop()
+	var tick <-chan time.Time
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	requested := false
+	for {
+		select {
+		case <-m.done:
+			return
+		case req := <-reqs:
+			requested = true
+			detect.Stop()
+			if ticker != nil {
+				ticker.Stop()
+				ticker, tick = nil, nil
+			}
+			var out []byte
+			switch req.Method {
+			case "refresh":
+				out, _ = json.Marshal(m.nymea113(req.Params.PrintAll))
+			case "meetpoint.status":
+				out, _ = json.Marshal(m.status())
+			default:
+				return
+			}
+			if m.write(c, append(out, '\n')) != nil {
+				return
+			}
+		case err := <-readerDone:
+			readerDone = nil
+			// A bad request ends the connection. EOF ends a request/response
+			// client; a push client may have shut its write side only
+			// (`socat - UNIX-CONNECT:... </dev/null`), so it keeps getting
+			// pushes until a write fails.
+			if err != io.EOF || requested {
+				return
+			}
+		case <-detect.C:
+			if requested {
+				continue
+			}
+			if m.push(c) != nil {
+				return
+			}
+			ticker = time.NewTicker(monitorPushInterval)
+			tick = ticker.C
+		case <-tick:
+			if m.push(c) != nil {
+				return
+			}
+		}
+	}
+}
+
+func (m *monitorServer) push(c net.Conn) error {
+	out, _ := json.MarshalIndent(m.nymea18(), "", "    ")
+	return m.write(c, append(out, '\n'))
+}
+
+func (m *monitorServer) write(c net.Conn, b []byte) error {
+	_ = c.SetWriteDeadline(time.Now().Add(monitorWriteTimeout))
+	_, err := c.Write(b)
+	return err
+}
+
+// readMonitorRequests reads JSON objects (newline-separated or not) from r
+// and sends them on reqs. It returns io.EOF at the end of input, or the
+// error that ended it (an unparsable or oversized request).
+func readMonitorRequests(r io.Reader, reqs chan<- monitorRequest, done <-chan struct{}) error {
+	br := bufio.NewReader(r)
+	var obj []byte
+	depth, inStr, esc := 0, false, false
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
+			if err == io.EOF && (depth > 0 || len(obj) > 0) {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if depth == 0 {
+			switch b {
+			case ' ', '\t', '\r', '\n':
+				continue
+			case '{':
+			default:
+				return fmt.Errorf("monitor: request is not a JSON object")
+			}
+		}
+		obj = append(obj, b)
+		if len(obj) > monitorMaxRequest {
+			return errors.New("monitor: request too large")
+		}
+		switch {
+		case inStr && esc:
+			esc = false
+		case inStr && b == '\\':
+			esc = true
+		case inStr && b == '"':
+			inStr = false
+		case inStr:
+		case b == '"':
+			inStr = true
+		case b == '{' || b == '[':
+			depth++
+		case b == '}' || b == ']':
+			depth--
+		}
+		if depth > 0 {
+			continue
+		}
+		var req monitorRequest
+		if err := json.Unmarshal(obj, &req); err != nil {
+			return fmt.Errorf("monitor: %w", err)
+		}
+		obj = obj[:0]
+		select {
+		case reqs <- req:
+		case <-done:
+			return io.EOF
+		}
+	}
+}
+
+// status builds the meetpoint dialect's answer.
+func (m *monitorServer) status() MonitorStatus {
+	s := m.s
+	snap := s.Snapshot()
+	st := MonitorStatus{
+		Name: snap.Name, Version: Version, Time: time.Now(), Ready: s.Ready(), Stats: s.Stats(),
+		TrafficTotal: s.stats.trafficTotal(), Throughput: m.throughput(),
+		AuthOK: s.stats.authOK.Get(), AuthFailed: s.stats.authFail.Get(), AuthTimeout: s.stats.authTimeout.Get(),
+		Clients: snap.Clients, Tunnels: make([]MonitorTunnel, len(snap.Tunnels)),
+	}
+	for i, t := range snap.Tunnels {
+		st.Tunnels[i] = MonitorTunnel{ID: t.ID, Started: t.Started, Splice: t.Splice, A: t.A, B: t.B,
+			BytesAB: t.BytesAB, BytesBA: t.BytesBA}
+	}
+	return st
+}
+
+// nymea18 builds the nymea 1.8 push document. Every connection is a client
+// (those in tunnels too, with tunnelConnected true); tunnels name their two
+// clients by id. nymea's ids are uuids; ours are the connection numbers, as
+// strings. userName (from nymea's AWS authenticator) is always empty; the
+// extra tokenHash tells which token a client used without revealing it.
+func (m *monitorServer) nymea18() map[string]any {
+	s := m.s
+	snap := s.Snapshot()
+	clients := make([]any, 0, len(snap.Clients)+2*len(snap.Tunnels))
+	for _, c := range snap.Clients {
+		clients = append(clients, nymea18Client(c))
+	}
+	tunnels := make([]any, 0, len(snap.Tunnels))
+	for _, t := range snap.Tunnels {
+		clients = append(clients, nymea18Client(t.A), nymea18Client(t.B))
+		tunnels = append(tunnels, map[string]any{
+			"clientOne": strconv.FormatUint(t.A.ID, 10),
+			"clientTwo": strconv.FormatUint(t.B.ID, 10),
+			"timestamp": t.Started.Unix(),
+		})
+	}
+	conns := len(snap.Clients) + 2*len(snap.Tunnels)
+	return map[string]any{
+		"serverName":    snap.Name,
+		"serverVersion": Version,
+		"apiVersion":    APIVersion,
+		"proxyStatistic": map[string]any{
+			"clientCount": conns,
+			"tunnelCount": len(snap.Tunnels),
+			"troughput":   m.throughput(),
+			"total": map[string]any{
+				// Every connection ever accepted: those that ended plus
+				// those still open.
+				"totalClientCount": s.stats.closesTotal() + uint64(conns),
+				"totalTunnelCount": s.stats.tunnelsTotal.Get(),
+				"totalTraffic":     s.stats.trafficTotal(),
+			},
+			"clients": clients,
+			"tunnels": tunnels,
+		},
+		"tunnelProxyStatistic": m.tunnelProxyStatistic(snap, true),
+	}
+}
+
+func nymea18Client(c ClientInfo) map[string]any {
+	return map[string]any{
+		"id":              strconv.FormatUint(c.ID, 10),
+		"address":         c.Address,
+		"timestamp":       c.Connected.Unix(),
+		"authenticated":   c.Authenticated || c.Tunnel,
+		"tunnelConnected": c.Tunnel,
+		"name":            c.Name,
+		"userName":        "",
+		"uuid":            c.UUID,
+		"rxDataCount":     c.RxBytes,
+		"txDataCount":     c.TxBytes,
+		"tokenHash":       c.TokenHash,
+		"transport":       c.Transport,
+	}
+}
+
+// nymea113 builds the nymea 1.13 refresh answer.
+func (m *monitorServer) nymea113(printAll bool) map[string]any {
+	snap := m.s.Snapshot()
+	return map[string]any{
+		"serverName":           snap.Name,
+		"serverVersion":        Version,
+		"apiVersion":           APIVersion,
+		"tunnelProxyStatistic": m.tunnelProxyStatistic(snap, printAll),
+	}
+}
+
+// tunnelProxyStatistic maps meetpoint onto nymea's TunnelProxy model: each
+// tunnel is a "server connection" (the side that arrived first) with one
+// "client connection" (the other side). Authenticated clients still waiting
+// for their partner are server connections without clients, listed only
+// with printAll (as nymea lists idle servers only then).
+func (m *monitorServer) tunnelProxyStatistic(snap Snapshot, printAll bool) map[string]any {
+	transports := map[string]any{"tcp": 0, "websocket": 0}
+	count := func(tr string) {
+		if tr != "" {
+			transports[tr] = transports[tr].(int) + 1
+		}
+	}
+	waiting := 0
+	conns := make([]any, 0, len(snap.Tunnels))
+	for _, c := range snap.Clients {
+		count(c.Transport)
+		if !c.Authenticated {
+			continue
+		}
+		waiting++
+		if printAll {
+			e := nymea113Entry(c, "serverUuid")
+			e["clientConnections"] = []any{}
+			conns = append(conns, e)
+		}
+	}
+	for _, t := range snap.Tunnels {
+		count(t.A.Transport)
+		count(t.B.Transport)
+		e := nymea113Entry(t.A, "serverUuid")
+		e["clientConnections"] = []any{nymea113Entry(t.B, "clientUuid")}
+		conns = append(conns, e)
+	}
+	return map[string]any{
+		"totalClientCount":       len(snap.Clients) + 2*len(snap.Tunnels),
+		"serverConnectionsCount": waiting + len(snap.Tunnels),
+		"clientConnectionsCount": len(snap.Tunnels),
+		"transports":             transports,
+		"troughput":              m.throughput(),
+		"tunnelConnections":      conns,
+	}
+}
+
+func nymea113Entry(c ClientInfo, uuidKey string) map[string]any {
+	return map[string]any{
+		"id":          strconv.FormatUint(c.ID, 10),
+		"address":     c.Address,
+		"timestamp":   c.Connected.Unix(),
+		"name":        c.Name,
+		uuidKey:       c.UUID,
+		"rxDataCount": c.RxBytes,
+		"txDataCount": c.TxBytes,
+	}
+}

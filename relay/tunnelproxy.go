@@ -1,0 +1,758 @@
+package relay
+
+import (
+	"hash/maphash"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/pool"
+)
+
+// TunnelProxy API (nymea 1.x): a device registers once as a server
+// (TunnelProxy.RegisterServer) and any number of clients reach it
+// (TunnelProxy.RegisterClient). The server connection then carries SLIP
+// frames [addr][payload]: address 0 is JSON-RPC between the relay and the
+// server, 1..0xFFFE are clients.
+//
+// A server and all its clients form a hub that lives on one forwarding loop,
+// so the hub needs no locks. Backpressure policy:
+//   - client → server: a client is read only while less than tpServerHigh
+//     bytes wait for the server; a slow server slows every client fairly
+//     through TCP flow control.
+//   - server → client: the server's stream cannot be paused for one client
+//     without stalling the others, so each client may have at most
+//     TPClientBuffer bytes waiting; beyond that that client (never the
+//     server) is disconnected and the server gets ClientDisconnected.
+
+const (
+	// tpMaxClients is the number of client addresses (1..0xFFFE).
+	tpMaxClients = 0xFFFE
+	// tpServerHigh bounds bytes waiting for the server before clients are
+	// no longer read.
+	tpServerHigh = 256 << 10
+	// tpClientRead is the most read from a client at once.
+	tpClientRead = 16 << 10
+)
+
+// tpRegistry holds TunnelProxy registrations: every uuid in use, as server or
+// client, and the hubs by server uuid.
+type tpRegistry struct {
+	mu    sync.Mutex
+	uuids map[string]bool
+	hubs  map[string]*hub
+	seed  maphash.Seed
+}
+
+func newTPRegistry() *tpRegistry {
+	return &tpRegistry{uuids: make(map[string]bool), hubs: make(map[string]*hub), seed: maphash.MakeSeed()}
+}
+
+// addServer registers a hub for uuid; nil if the uuid is in use.
+func (r *tpRegistry) addServer(s *Server, uuid, name string) *hub {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.uuids[uuid] {
+		return nil
+	}
+	r.uuids[uuid] = true
+	h := &hub{s: s, uuid: uuid, name: name, clients: make(map[uint16]*tpEnd), next: 1}
+	h.f = s.fwd[maphash.String(r.seed, uuid)%uint64(len(s.fwd))]
+	r.hubs[uuid] = h
+	return h
+}
+
+// addClient reserves a client uuid for hub serverUUID.
+func (r *tpRegistry) addClient(clientUUID, serverUUID string) (*hub, handshake.TunnelProxyError) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.hubs[serverUUID]
+	switch {
+	case h == nil:
+		return nil, handshake.TunnelProxyErrorServerNotFound
+	case r.uuids[clientUUID]:
+		return nil, handshake.TunnelProxyErrorAlreadyRegistered
+	case h.nclients.Load() >= tpMaxClients:
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	r.uuids[clientUUID] = true
+	h.nclients.Add(1)
+	return h, handshake.TunnelProxyErrorNoError
+}
+
+func (r *tpRegistry) release(uuid string) {
+	r.mu.Lock()
+	delete(r.uuids, uuid)
+	r.mu.Unlock()
+}
+
+func (r *tpRegistry) removeHub(h *hub) {
+	r.mu.Lock()
+	if r.hubs[h.uuid] == h {
+		delete(r.hubs, h.uuid)
+		delete(r.uuids, h.uuid)
+	}
+	r.mu.Unlock()
+}
+
+// hub is a registered server with its clients. Fields below nclients belong
+// to the forwarder goroutine.
+type hub struct {
+	s          *Server
+	f          *forwarder
+	uuid, name string
+	nclients   atomic.Int32 // clients registered, including not yet started
+
+	started, dead bool
+	srv           *tpEnd
+	clients       map[uint16]*tpEnd
+	next          uint16   // next address to try
+	pending       []*tpEnd // clients handed over before the server started
+	waiting       []*tpEnd // readable clients held back by tpServerHigh
+	slip          handshake.SLIPDecoder
+	lastRx        time.Time // server's last byte (dead-server timeout)
+	notifID       int
+	frame         []byte // scratch for one SLIP frame
+}
+
+// tpEnd is a server or client socket of a hub.
+type tpEnd struct {
+	h      *hub
+	sock   sock
+	fd     int
+	ws     bool
+	server bool
+	addr   uint16 // clients: socket address
+	uuid   string
+	name   string
+	peer   string
+	adm    *admission
+
+	readable, writable bool
+	closing            bool // no more reads; close once out is written
+	waiting            bool // in h.waiting
+	queued             bool // in the forwarder's again list
+	out                *bytebufferpool.ByteBuffer
+	off                int   // written part of out
+	stallSince         int64 // unix ns since writes were refused with data pending
+
+	dec    handshake.Decoder // inbound WebSocket state
+	ctrlOp ws.OpCode
+	ctrlIn []byte
+	in     []byte // bytes that arrived before the hand-over
+}
+
+// hubServer and hubClient are the handoff targets of a registering server
+// or client connection.
+type hubServer struct {
+	h       *hub
+	replyID int
+}
+
+type hubClient struct {
+	h       *hub
+	replyID int
+	uuid    string
+	name    string
+}
+
+func newTPEnd(h *hub, c *conn) (*tpEnd, error) {
+	s, err := c.tr.detach()
+	if err != nil {
+		return nil, err
+	}
+	e := &tpEnd{h: h, sock: s, fd: s.Fd(), ws: c.ws, dec: c.dec, peer: hostOf(c.peer), adm: c.adm,
+		in: c.late, readable: true, writable: true}
+	e.dec.MaxFrame = 0
+	return e, nil
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.String()
+}
+
+// ready implements target for a registering server.
+func (t hubServer) ready(c *conn) {
+	h := t.h
+	e, err := newTPEnd(h, c)
+	if err != nil || c.dataLate {
+		if e != nil {
+			e.sock.Close()
+		}
+		c.s.connGone(c.ws, c.adm)
+		h.s.tp.removeHub(h)
+		h.f.do(func() { h.close(ReasonIOError) })
+		return
+	}
+	e.server, e.uuid, e.name = true, h.uuid, h.name
+	reply := handshake.AppendSuccess(nil, t.replyID,
+		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()),
+		handshake.Bool("slipEnabled", true))
+	if !h.f.do(func() { h.start(e, reply) }) {
+		e.sock.Close()
+		c.s.connGone(c.ws, c.adm)
+		h.s.tp.removeHub(h)
+	}
+}
+
+// ready implements target for a registering client.
+func (t hubClient) ready(c *conn) {
+	h := t.h
+	e, err := newTPEnd(h, c)
+	if err != nil || c.dataLate {
+		if e != nil {
+			e.sock.Close()
+		}
+		c.s.connGone(c.ws, c.adm)
+		h.s.tp.release(t.uuid)
+		h.nclients.Add(-1)
+		return
+	}
+	e.uuid, e.name = t.uuid, t.name
+	reply := handshake.AppendSuccess(nil, t.replyID,
+		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
+	if !h.f.do(func() { h.addClient(e, reply) }) {
+		h.dropClient(e, false, ReasonShutdown)
+	}
+}
+
+// start puts the server on the loop; clients that came first are added.
+func (h *hub) start(e *tpEnd, reply []byte) {
+	if h.dead {
+		e.sock.Close()
+		h.s.connGone(e.ws, e.adm)
+		return
+	}
+	h.started, h.srv, h.lastRx = true, e, time.Now()
+	if err := h.f.register(e.fd, e); err != nil {
+		h.close(ReasonIOError)
+		return
+	}
+	h.f.hubs[h] = struct{}{}
+	h.s.stats.tpServers.Inc()
+	h.s.log.Info("tunnelproxy server registered", "server", h.uuid, "name", h.name, "peer", e.peer)
+	h.sendPlain(e, reply)
+	for _, c := range h.pending {
+		h.addClient(c, nil)
+	}
+	h.pending = nil
+	h.readServer()
+	h.flush(e)
+}
+
+// addClient gives a client its address, tells the server, and starts
+// reading it. reply is the RegisterClient answer (nil if already queued).
+func (h *hub) addClient(e *tpEnd, reply []byte) {
+	if h.dead {
+		h.dropClient(e, false, ReasonPartnerClosed)
+		return
+	}
+	if reply != nil {
+		h.sendPlain(e, reply)
+	}
+	if !h.started {
+		h.pending = append(h.pending, e)
+		return
+	}
+	for h.clients[h.next] != nil || h.next == 0 || h.next == 0xFFFF {
+		h.next++
+	}
+	e.addr = h.next
+	h.next++
+	h.clients[e.addr] = e
+	if err := h.f.register(e.fd, e); err != nil {
+		h.dropClient(e, false, ReasonIOError)
+		return
+	}
+	h.s.stats.tpClients.Inc()
+	h.notify("TunnelProxy.ClientConnected",
+		handshake.Str("clientName", e.name), handshake.Str("clientUuid", e.uuid),
+		handshake.Str("clientPeerAddress", e.peer), handshake.Int("socketAddress", int64(e.addr)))
+	h.flush(h.srv)
+	h.readClient(e)
+	h.flush(e)
+	h.flush(h.srv)
+}
+
+// event implements pollee.
+func (e *tpEnd) event(f *forwarder, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		e.readable = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		e.writable = true
+	}
+	h := e.h
+	if h.dead {
+		return
+	}
+	h.flush(e)
+	if e.server {
+		h.readServer()
+	} else {
+		h.readClient(e)
+		h.flush(h.srv)
+	}
+	h.wakeWaiting()
+}
+
+// pending reports bytes waiting to be written to e.
+func (e *tpEnd) pending() int {
+	if e.out == nil {
+		return 0
+	}
+	return len(e.out.B) - e.off
+}
+
+// flush writes what waits for e.
+func (h *hub) flush(e *tpEnd) {
+	if e == nil || h.dead {
+		return
+	}
+	for e.pending() > 0 && e.writable {
+		n, err := e.sock.Write(e.out.B[e.off:])
+		if n > 0 {
+			e.off += n
+			e.stallSince = 0
+		}
+		if err == unix.EAGAIN {
+			e.writable = false
+			break
+		}
+		if err != nil {
+			h.endGone(e, ReasonPeerClosed)
+			return
+		}
+	}
+	if e.pending() == 0 {
+		if err := e.sock.Flush(); err == unix.EAGAIN {
+			e.writable = false
+		} else if err != nil {
+			h.endGone(e, ReasonPeerClosed)
+			return
+		}
+		if e.out != nil {
+			pool.Put(e.out)
+			e.out, e.off = nil, 0
+		}
+		if e.closing {
+			h.endGone(e, ReasonPeerClosed)
+		}
+		return
+	}
+	if e.stallSince == 0 {
+		e.stallSince = time.Now().UnixNano()
+	}
+}
+
+func (e *tpEnd) buf() *bytebufferpool.ByteBuffer {
+	if e.out == nil {
+		e.out = pool.Get()
+	}
+	return e.out
+}
+
+// sendPlain queues one JSON-RPC message outside SLIP (the registration
+// reply): a TEXT frame on WebSocket.
+func (h *hub) sendPlain(e *tpEnd, msg []byte) {
+	b := e.buf()
+	if e.ws {
+		b.B = handshake.AppendFrame(b.B, ws.OpText, true, msg)
+	} else {
+		b.B = append(b.B, msg...)
+	}
+}
+
+// sendSLIP queues one SLIP frame for the server (inside a BINARY frame on
+// WebSocket).
+func (h *hub) sendSLIP(addr uint16, payload []byte) {
+	e := h.srv
+	b := e.buf()
+	if e.ws {
+		h.frame = handshake.AppendSLIP(h.frame[:0], addr, payload)
+		b.B = handshake.AppendFrame(b.B, ws.OpBinary, true, h.frame)
+	} else {
+		b.B = handshake.AppendSLIP(b.B, addr, payload)
+	}
+}
+
+// notify sends a notification to the server on address 0.
+func (h *hub) notify(name string, params ...handshake.Field) {
+	msg := handshake.AppendNotification(nil, h.notifID, name, params...)
+	h.notifID++
+	h.sendSLIP(0, msg)
+}
+
+// readServer reads the server and routes its SLIP frames.
+func (h *hub) readServer() {
+	e := h.srv
+	for round := 0; e.readable && !e.closing && !h.dead && e.pending() < tpServerHigh; round++ {
+		if round == 16 { // fairness: let other sockets of this loop run
+			h.f.revisit(e)
+			return
+		}
+		var data []byte
+		if len(e.in) > 0 {
+			data, e.in = e.in, nil
+		} else {
+			chunk := pool.GetChunk()
+			n, err := e.sock.Read(*chunk)
+			if n <= 0 {
+				pool.PutChunk(chunk)
+				if err != unix.EAGAIN {
+					h.close(ReasonPeerClosed)
+					return
+				}
+				e.readable = false
+				break
+			}
+			h.lastRx = time.Now()
+			h.s.stats.tpBytes.Add(n)
+			data = h.deframe(e, (*chunk)[:n])
+			h.feedServer(data)
+			pool.PutChunk(chunk)
+			continue
+		}
+		h.lastRx = time.Now()
+		h.feedServer(h.deframe(e, data))
+	}
+	h.flush(e)
+}
+
+// feedServer decodes SLIP from the server and delivers each frame.
+func (h *hub) feedServer(data []byte) {
+	if h.dead || len(data) == 0 {
+		return
+	}
+	err := h.slip.Feed(data, func(addr uint16, payload []byte) error {
+		if addr == 0 {
+			h.serverRPC(payload)
+			return nil
+		}
+		c := h.clients[addr]
+		if c == nil || c.closing {
+			return nil // the client just left; ClientDisconnected is on its way
+		}
+		h.sendData(c, payload)
+		return nil
+	})
+	if err != nil {
+		h.s.log.Debug("tunnelproxy server sent an oversized SLIP frame", "server", h.uuid)
+		h.close(ReasonWebSocket)
+		return
+	}
+	for _, c := range h.clients {
+		if c.pending() > 0 {
+			h.flush(c)
+		}
+	}
+}
+
+// sendData queues payload for client c, disconnecting c when it would
+// exceed its buffer bound.
+func (h *hub) sendData(c *tpEnd, payload []byte) {
+	if c.pending()+len(payload) > h.s.cfg.TPClientBuffer {
+		h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
+		h.dropClient(c, true, ReasonWriteStall)
+		return
+	}
+	b := c.buf()
+	if c.ws {
+		b.B = handshake.AppendFrame(b.B, ws.OpBinary, true, payload)
+	} else {
+		b.B = append(b.B, payload...)
+	}
+}
+
+// serverRPC answers a JSON-RPC request the server sent on address 0.
+func (h *hub) serverRPC(obj []byte) {
+	req, rerr := handshake.ParseRequest(obj)
+	if rerr != nil {
+		h.sendSLIP(0, handshake.AppendError(nil, rerr.ID, rerr.Text))
+		h.srv.closing = true
+		return
+	}
+	var reply []byte
+	switch req.Method {
+	case "TunnelProxy.Ping":
+		ts, _ := req.Uint("timestamp")
+		reply = handshake.AppendSuccess(nil, req.ID, handshake.Int("timestamp", int64(ts)))
+	case "TunnelProxy.DisconnectClient":
+		addr, _ := req.Uint("socketAddress")
+		res := handshake.TunnelProxyErrorUnknownSocketAddress
+		if c := h.clients[uint16(addr)]; addr <= 0xFFFF && c != nil {
+			res = handshake.TunnelProxyErrorNoError
+			defer h.dropClient(c, true, ReasonPartnerClosed)
+		}
+		reply = handshake.AppendSuccess(nil, req.ID, handshake.Str("tunnelProxyError", res.String()))
+	case "RemoteProxy.Hello":
+		reply = helloReply(h.s, req.ID)
+	case "RemoteProxy.Introspect":
+		reply = handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect())
+	case "TunnelProxy.RegisterServer", "TunnelProxy.RegisterClient":
+		reply = handshake.AppendSuccess(nil, req.ID,
+			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorAlreadyRegistered.String()))
+	default:
+		h.sendSLIP(0, handshake.AppendError(nil, req.ID, "Method not allowed on a registered server"))
+		h.srv.closing = true
+		return
+	}
+	h.sendSLIP(0, reply)
+}
+
+// readClient reads client c while the server has room.
+func (h *hub) readClient(c *tpEnd) {
+	for c.readable && !c.closing && !h.dead {
+		if h.srv.pending() >= tpServerHigh {
+			if !c.waiting {
+				c.waiting = true
+				h.waiting = append(h.waiting, c)
+			}
+			return
+		}
+		var data []byte
+		if len(c.in) > 0 {
+			data, c.in = c.in, nil
+			data = h.deframe(c, data)
+		} else {
+			chunk := pool.GetChunk()
+			n, err := c.sock.Read((*chunk)[:tpClientRead])
+			if n <= 0 {
+				pool.PutChunk(chunk)
+				if err == unix.EAGAIN {
+					c.readable = false
+				} else {
+					h.dropClient(c, true, ReasonPeerClosed)
+				}
+				return
+			}
+			h.s.stats.tpBytes.Add(n)
+			data = h.deframe(c, (*chunk)[:n])
+			if len(data) > 0 && !c.closing {
+				h.sendSLIP(c.addr, data)
+			}
+			pool.PutChunk(chunk)
+			continue
+		}
+		if len(data) > 0 && !c.closing {
+			h.sendSLIP(c.addr, data)
+		}
+	}
+}
+
+// wakeWaiting reads clients held back once the server has room again.
+func (h *hub) wakeWaiting() {
+	if h.dead || len(h.waiting) == 0 || h.srv.pending() >= tpServerHigh {
+		return
+	}
+	w := h.waiting
+	h.waiting = nil
+	for _, c := range w {
+		c.waiting = false
+		if h.clients[c.addr] == c {
+			h.readClient(c)
+		}
+	}
+	h.flush(h.srv)
+}
+
+// deframe turns WebSocket input from e into payload bytes in place (control
+// frames answered); plain TCP input is returned as is.
+func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
+	if !e.ws {
+		return buf
+	}
+	in, w := buf, 0
+	for len(in) > 0 && !e.closing {
+		fr, m, err := e.dec.Decode(in)
+		if err != nil {
+			h.wsViolation(e, err)
+			break
+		}
+		in = in[m:]
+		switch fr.Kind {
+		case handshake.FragNone:
+			if m == 0 {
+				return buf[:w]
+			}
+		case handshake.FragHeader:
+			if fr.Header.OpCode.IsControl() {
+				e.ctrlOp, e.ctrlIn = fr.Header.OpCode, e.ctrlIn[:0]
+				if fr.FrameEnd {
+					h.control(e)
+				}
+			}
+		case handshake.FragPayload:
+			if fr.Header.OpCode.IsControl() {
+				e.ctrlIn = append(e.ctrlIn, fr.Data...)
+				if fr.FrameEnd {
+					h.control(e)
+				}
+				continue
+			}
+			w += copy(buf[w:], fr.Data) // output never overtakes input
+		}
+	}
+	return buf[:w]
+}
+
+// control answers a WebSocket control frame from e.
+func (h *hub) control(e *tpEnd) {
+	switch e.ctrlOp {
+	case ws.OpPing:
+		b := e.buf()
+		b.B = handshake.AppendFrame(b.B, ws.OpPong, true, e.ctrlIn)
+	case ws.OpClose:
+		if err := handshake.CheckClosePayload(e.ctrlIn); err != nil {
+			h.wsViolation(e, err)
+			return
+		}
+		code := ws.StatusNormalClosure
+		if len(e.ctrlIn) >= 2 {
+			code = ws.StatusCode(uint16(e.ctrlIn[0])<<8 | uint16(e.ctrlIn[1]))
+		}
+		b := e.buf()
+		b.B = handshake.AppendClose(b.B, code, "")
+		e.closing = true
+	}
+}
+
+func (h *hub) wsViolation(e *tpEnd, err error) {
+	code, text := ws.StatusProtocolError, "protocol error"
+	if ce, ok := err.(*handshake.CloseError); ok {
+		code, text = ce.Code, ce.Reason
+	}
+	b := e.buf()
+	b.B = handshake.AppendClose(b.B, code, text)
+	e.closing = true
+}
+
+// endGone ends e after its socket failed or its close was written.
+func (h *hub) endGone(e *tpEnd, r Reason) {
+	if e.server {
+		h.close(r)
+	} else {
+		h.dropClient(e, true, r)
+	}
+}
+
+// dropClient closes client c; notify tells the server ClientDisconnected.
+func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
+	if h.clients[c.addr] == c && c.addr != 0 {
+		delete(h.clients, c.addr)
+		h.f.unregister(c.fd)
+		h.s.stats.tpClients.Dec()
+		if notify && !h.dead {
+			h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
+			h.flush(h.srv)
+		}
+	}
+	if c.sock == nil {
+		return
+	}
+	if c.ws && c.pending() == 0 && !c.closing {
+		_, _ = c.sock.Write(handshake.AppendClose(nil, ws.StatusGoingAway, "tunnel closed"))
+		_ = c.sock.Flush()
+	}
+	c.sock.Close()
+	c.sock = nil
+	c.closing = true
+	if c.out != nil {
+		pool.Put(c.out)
+		c.out = nil
+	}
+	h.s.connGone(c.ws, c.adm)
+	h.s.tp.release(c.uuid)
+	h.nclients.Add(-1)
+	h.s.stats.closes[r].Inc()
+}
+
+// close ends the hub: every client is closed, then the server.
+func (h *hub) close(r Reason) {
+	if h.dead {
+		return
+	}
+	h.dead = true
+	h.s.tp.removeHub(h)
+	for _, c := range h.clients {
+		h.dropClient(c, false, ReasonPartnerClosed)
+	}
+	for _, c := range h.pending {
+		h.dropClient(c, false, ReasonPartnerClosed)
+	}
+	h.pending, h.waiting = nil, nil
+	if e := h.srv; e != nil && e.sock != nil {
+		delete(h.f.hubs, h)
+		h.f.unregister(e.fd)
+		if e.pending() > 0 && e.writable {
+			_, _ = e.sock.Write(e.out.B[e.off:])
+			_ = e.sock.Flush()
+		}
+		e.sock.Close()
+		e.sock = nil
+		if e.out != nil {
+			pool.Put(e.out)
+			e.out = nil
+		}
+		h.s.connGone(e.ws, e.adm)
+		h.s.stats.tpServers.Dec()
+		h.s.stats.closes[r].Inc()
+		h.s.log.Info("tunnelproxy server left", "server", h.uuid, "reason", r.String())
+	}
+}
+
+// scanHubs enforces the dead-server timeout and write stalls.
+func (f *forwarder) scanHubs(now time.Time) {
+	stall := int64(f.s.cfg.WriteStallTimeout)
+	for h := range f.hubs {
+		if now.Sub(h.lastRx) > f.s.cfg.TPServerTimeout {
+			h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)
+			h.close(ReasonInactiveTimeout)
+			continue
+		}
+		if e := h.srv; e.stallSince != 0 && now.UnixNano()-e.stallSince > stall {
+			h.close(ReasonWriteStall)
+			continue
+		}
+		for _, c := range h.clients {
+			if c.stallSince != 0 && now.UnixNano()-c.stallSince > stall {
+				h.dropClient(c, true, ReasonWriteStall)
+			}
+		}
+	}
+}
+
+// resume implements resumer: the server stopped reading for fairness.
+func (e *tpEnd) resume(f *forwarder) {
+	e.queued = false
+	if !e.h.dead {
+		e.h.readServer()
+		e.h.wakeWaiting()
+	}
+}
+
+// revisit queues e to be read again after other sockets of the loop.
+func (f *forwarder) revisit(e *tpEnd) {
+	if !e.queued {
+		e.queued = true
+		f.again = append(f.again, e)
+	}
+}
+
+// helloReply is RemoteProxy.Hello's answer.
+func helloReply(s *Server, id int) []byte {
+	return handshake.AppendSuccess(nil, id,
+		handshake.Str("apiVersion", APIVersion),
+		handshake.Str("name", s.cfg.Name),
+		handshake.Str("server", "meetpoint"),
+		handshake.Str("version", Version))
+}
