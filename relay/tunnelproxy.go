@@ -491,7 +491,10 @@ func (h *hub) serverRPC(obj []byte) {
 		res := handshake.TunnelProxyErrorUnknownSocketAddress
 		if c := h.clients[uint16(addr)]; addr <= 0xFFFF && c != nil {
 			res = handshake.TunnelProxyErrorNoError
-			defer h.dropClient(c, true, ReasonPartnerClosed)
+			// What the server sent before still reaches the client; flush
+			// closes it once written (or the stall timeout does).
+			c.closing = true
+			defer h.flush(c)
 		}
 		reply = handshake.AppendSuccess(nil, req.ID, handshake.Str("tunnelProxyError", res.String()))
 	case "RemoteProxy.Hello":
@@ -659,7 +662,10 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
 	if c.sock == nil {
 		return
 	}
-	if c.ws && c.pending() == 0 && !c.closing {
+	if c.pending() > 0 && c.writable { // best effort: the socket is going
+		_, _ = c.sock.Write(c.out.B[c.off:])
+		_ = c.sock.Flush()
+	} else if c.ws && !c.closing {
 		_, _ = c.sock.Write(handshake.AppendClose(nil, ws.StatusGoingAway, "tunnel closed"))
 		_ = c.sock.Flush()
 	}

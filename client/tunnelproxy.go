@@ -1,0 +1,438 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// TPOptions configure the TunnelProxy API (nymea 1.x): RegisterTPServer
+// makes this program the device, DialTPClient reaches a device.
+type TPOptions struct {
+	// URL of the relay: ws://, wss://, tcp:// or tls://.
+	URL string
+	// UUID of this server or client; empty means a random one.
+	UUID string
+	// Name of this server or client.
+	Name string
+	// ServerUUID is the device to reach (DialTPClient only).
+	ServerUUID string
+	// Timeout bounds connecting and registering (default 30s).
+	Timeout time.Duration
+	// PingInterval is how often a server pings the relay (default 30s; the
+	// relay drops servers silent for 60s).
+	PingInterval time.Duration
+	// TLSConfig is used for wss:// and tls://.
+	TLSConfig *tls.Config
+	// Verbose, if set, receives the JSON-RPC exchange of the registration.
+	Verbose io.Writer
+}
+
+func (o TPOptions) options() Options {
+	return Options{URL: o.URL, Timeout: o.Timeout, Verbose: o.Verbose, TLSConfig: o.TLSConfig}
+}
+
+// TPError is a TunnelProxy reply carrying a tunnelProxyError other than
+// TunnelProxyErrorNoError.
+type TPError struct{ Value string }
+
+func (e *TPError) Error() string { return "tunnelproxy: " + e.Value }
+
+func tpResult(m map[string]any) error {
+	params, err := replyParams(m)
+	if err != nil {
+		return err
+	}
+	v, _ := params["tunnelProxyError"].(string)
+	if v != "TunnelProxyErrorNoError" {
+		return &TPError{Value: v}
+	}
+	return nil
+}
+
+// DialTPClient registers as a client of device o.ServerUUID and returns the
+// stream to it. Errors: *TPError (e.g. TunnelProxyErrorServerNotFound),
+// *RPCError, ErrTimeout.
+func DialTPClient(ctx context.Context, o TPOptions) (*Tunnel, error) {
+	uuid := o.UUID
+	if uuid == "" {
+		uuid = NewUUID()
+	}
+	var tun *Tunnel
+	err := withTimeout(ctx, o.options(), func(r *Raw) error {
+		m, err := r.Call(1, "TunnelProxy.RegisterClient", map[string]any{
+			"clientName": o.Name, "clientUuid": uuid, "serverUuid": o.ServerUUID})
+		if err != nil {
+			return fmt.Errorf("register client: %w", err)
+		}
+		if err := tpResult(m); err != nil {
+			return err
+		}
+		tun = &Tunnel{r: r, peerUUID: o.ServerUUID}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	tun.r.verbose = nil
+	return tun, nil
+}
+
+// TPServer is a registered TunnelProxy server (a device): clients reaching
+// it arrive through Accept, each as a TPConn multiplexed over one relay
+// connection with SLIP framing.
+type TPServer struct {
+	r      *Raw
+	accept chan *TPConn
+	done   chan struct{}
+
+	mu     sync.Mutex
+	conns  map[uint16]*TPConn
+	err    error // why the server connection ended
+	nextID int
+}
+
+// RegisterTPServer registers o.UUID as a server and starts serving.
+func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
+	uuid := o.UUID
+	if uuid == "" {
+		uuid = NewUUID()
+	}
+	var r *Raw
+	err := withTimeout(ctx, o.options(), func(raw *Raw) error {
+		m, err := raw.Call(1, "TunnelProxy.RegisterServer", map[string]any{"serverName": o.Name, "serverUuid": uuid})
+		if err != nil {
+			return fmt.Errorf("register server: %w", err)
+		}
+		if err := tpResult(m); err != nil {
+			return err
+		}
+		r = raw
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.verbose = nil
+	s := &TPServer{r: r, accept: make(chan *TPConn, 64), done: make(chan struct{}),
+		conns: make(map[uint16]*TPConn), nextID: 100}
+	go s.readLoop()
+	every := o.PingInterval
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	go s.pingLoop(every)
+	return s, nil
+}
+
+// Accept returns the next client, or the error that ended the server.
+func (s *TPServer) Accept() (*TPConn, error) {
+	select {
+	case c := <-s.accept:
+		return c, nil
+	case <-s.done:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return nil, s.err
+	}
+}
+
+// Close unregisters the server (the relay closes its clients).
+func (s *TPServer) Close() error {
+	s.fail(net.ErrClosed)
+	return s.r.Close()
+}
+
+func (s *TPServer) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.done)
+	for _, c := range s.conns {
+		c.end()
+	}
+}
+
+// send writes one SLIP frame to the relay.
+func (s *TPServer) send(addr uint16, payload []byte) error {
+	frame := handshake.AppendSLIP(nil, addr, payload)
+	if s.r.isWS {
+		return s.r.writeFrame(ws.OpBinary, frame)
+	}
+	s.r.wmu.Lock()
+	defer s.r.wmu.Unlock()
+	_, err := s.r.conn.Write(frame)
+	return err
+}
+
+func (s *TPServer) call(method string, params map[string]any) error {
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	s.mu.Unlock()
+	b, _ := json.Marshal(map[string]any{"id": id, "method": method, "params": params})
+	return s.send(0, append(b, '\n'))
+}
+
+func (s *TPServer) pingLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			if err := s.call("TunnelProxy.Ping", map[string]any{"timestamp": time.Now().Unix()}); err != nil {
+				s.fail(err)
+				return
+			}
+		}
+	}
+}
+
+func (s *TPServer) readLoop() {
+	var dec handshake.SLIPDecoder
+	buf := make([]byte, 32<<10)
+	for {
+		var data []byte
+		if s.r.isWS {
+			_, msg, err := s.r.readMessage()
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			data = msg
+		} else {
+			n, err := s.r.br.Read(buf)
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			data = buf[:n]
+		}
+		if err := dec.Feed(data, s.frame); err != nil {
+			s.fail(err)
+			return
+		}
+	}
+}
+
+// frame handles one SLIP frame from the relay.
+func (s *TPServer) frame(addr uint16, payload []byte) error {
+	if addr != 0 {
+		s.mu.Lock()
+		c := s.conns[addr]
+		s.mu.Unlock()
+		if c != nil {
+			c.deliver(payload)
+		}
+		return nil
+	}
+	var m struct {
+		Notification string         `json:"notification"`
+		Params       map[string]any `json:"params"`
+	}
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return nil // a reply we do not wait for, or noise
+	}
+	p := m.Params
+	switch m.Notification {
+	case "TunnelProxy.ClientConnected":
+		a, _ := p["socketAddress"].(float64)
+		c := &TPConn{s: s, addr: uint16(a), data: make(chan []byte, 256), closed: make(chan struct{})}
+		c.Name, _ = p["clientName"].(string)
+		c.UUID, _ = p["clientUuid"].(string)
+		c.PeerAddress, _ = p["clientPeerAddress"].(string)
+		s.mu.Lock()
+		s.conns[c.addr] = c
+		s.mu.Unlock()
+		select {
+		case s.accept <- c:
+		case <-s.done:
+		}
+	case "TunnelProxy.ClientDisconnected":
+		a, _ := p["socketAddress"].(float64)
+		s.mu.Lock()
+		c := s.conns[uint16(a)]
+		delete(s.conns, uint16(a))
+		s.mu.Unlock()
+		if c != nil {
+			c.end()
+		}
+	}
+	return nil
+}
+
+// TPConn is one client of a TPServer. It implements net.Conn; deadlines are
+// not supported (the methods return nil and have no effect).
+type TPConn struct {
+	// Name, UUID and PeerAddress come from TunnelProxy.ClientConnected.
+	Name, UUID, PeerAddress string
+
+	s       *TPServer
+	addr    uint16
+	data    chan []byte
+	pending []byte
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func (c *TPConn) deliver(p []byte) {
+	b := append([]byte(nil), p...)
+	select {
+	case c.data <- b:
+	case <-c.closed:
+	}
+}
+
+func (c *TPConn) end() { c.once.Do(func() { close(c.closed) }) }
+
+// Read reads what the client sent; io.EOF once it is gone.
+func (c *TPConn) Read(p []byte) (int, error) {
+	for len(c.pending) == 0 {
+		select {
+		case b := <-c.data:
+			c.pending = b
+		case <-c.closed:
+			select {
+			case b := <-c.data:
+				c.pending = b
+			default:
+				return 0, io.EOF
+			}
+		}
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// Write sends p to the client (in SLIP frames of at most 32 KiB).
+func (c *TPConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.closed:
+		return 0, net.ErrClosed
+	default:
+	}
+	written := 0
+	for len(p) > 0 {
+		k := min(len(p), 32<<10)
+		if err := c.s.send(c.addr, p[:k]); err != nil {
+			return written, err
+		}
+		written += k
+		p = p[k:]
+	}
+	return written, nil
+}
+
+// Close asks the relay to disconnect this client.
+func (c *TPConn) Close() error {
+	select {
+	case <-c.closed:
+		return nil
+	default:
+	}
+	c.end()
+	c.s.mu.Lock()
+	delete(c.s.conns, c.addr)
+	c.s.mu.Unlock()
+	return c.s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
+}
+
+// SocketAddress is the client's address on the server connection.
+func (c *TPConn) SocketAddress() uint16 { return c.addr }
+
+type tpAddr string
+
+func (a tpAddr) Network() string { return "tunnelproxy" }
+func (a tpAddr) String() string  { return string(a) }
+
+// LocalAddr returns the client's socket address on the relay connection.
+func (c *TPConn) LocalAddr() net.Addr { return tpAddr(strconv.Itoa(int(c.addr))) }
+
+// RemoteAddr returns the client's address as the relay saw it.
+func (c *TPConn) RemoteAddr() net.Addr { return tpAddr(c.PeerAddress) }
+
+// SetDeadline is not supported; it returns nil.
+func (c *TPConn) SetDeadline(time.Time) error { return nil }
+
+// SetReadDeadline is not supported; it returns nil.
+func (c *TPConn) SetReadDeadline(time.Time) error { return nil }
+
+// SetWriteDeadline is not supported; it returns nil.
+func (c *TPConn) SetWriteDeadline(time.Time) error { return nil }
+
+// Bridge serves the TunnelProxy server by connecting every client to
+// localAddr (e.g. a device's web UI on 127.0.0.1:80) and copying both ways.
+// It returns when the server connection ends.
+func (s *TPServer) Bridge(localAddr string) error {
+	for {
+		c, err := s.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			local, err := net.DialTimeout("tcp", localAddr, 10*time.Second)
+			if err != nil {
+				c.Close()
+				return
+			}
+			pipe(c, local)
+		}()
+	}
+}
+
+// ServeTPClients accepts local connections on ln (e.g. from a browser) and
+// carries each to the device o.ServerUUID as its own TunnelProxy client. It
+// returns when ln is closed.
+func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
+	for {
+		local, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			opts := o
+			opts.UUID = ""
+			tun, err := DialTPClient(ctx, opts)
+			if err != nil {
+				local.Close()
+				return
+			}
+			pipe(tun, local)
+		}()
+	}
+}
+
+// pipe copies both ways and closes both ends when either side is done.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	a.Close()
+	b.Close()
+	<-done
+}
