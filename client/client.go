@@ -1,0 +1,215 @@
+// Package client connects to a meetpoint (or nymea-remoteproxy) relay with
+// the legacy API: it authenticates, waits for the partner and then moves
+// tunnel bytes over WebSocket or raw TCP.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// DefaultTimeout bounds Dial when Options.Timeout is zero.
+const DefaultTimeout = 30 * time.Second
+
+// ErrTimeout is returned by Dial and Hello when Options.Timeout passes.
+var ErrTimeout = errors.New("timed out")
+
+// Options configure Dial.
+type Options struct {
+	// URL is ws://host:port/path or tcp://host:port; wss:// and tls:// use TLSConfig.
+	URL string
+	// Token is the authentication token; it is never printed.
+	Token string
+	// Nonce is optional; clients with the same token and nonce meet.
+	Nonce string
+	// UUID identifies this client; empty means a random version 4 uuid.
+	UUID string
+	// Name is this client's name, shown to the partner.
+	Name string
+	// Timeout bounds connect, authentication and pairing together
+	// (DefaultTimeout when zero).
+	Timeout time.Duration
+	// Verbose, if set, receives every JSON-RPC message sent ("> ...") and
+	// received ("< ..."), with the token replaced by "***".
+	Verbose io.Writer
+	// TLSConfig is used for wss:// and tls:// (nil means defaults).
+	TLSConfig *tls.Config
+}
+
+// AuthError is returned by Dial when the server answers Authenticate with an
+// authenticationError other than AuthenticationErrorNoError.
+type AuthError struct {
+	Result string // e.g. "AuthenticationErrorAuthenticationFailed"
+}
+
+// Error returns "authentication failed: <Result>".
+func (e *AuthError) Error() string { return "authentication failed: " + e.Result }
+
+// RPCError is a JSON-RPC error reply ({"error":...,"status":"error"}).
+type RPCError struct {
+	Text string
+}
+
+// Error returns "json-rpc error: <Text>".
+func (e *RPCError) Error() string { return "json-rpc error: " + e.Text }
+
+// Dial connects, authenticates and waits for the partner.
+//
+// Errors: *AuthError for a non-NoError authenticationError, *RPCError for a
+// JSON-RPC error, ErrTimeout when Options.Timeout passes, other errors
+// wrapped with the step that failed ("connect: ...", "authenticate: ...",
+// "wait for partner: ...").
+func Dial(ctx context.Context, o Options) (*Tunnel, error) {
+	uuid := o.UUID
+	if uuid == "" {
+		uuid = NewUUID()
+	}
+	var tun *Tunnel
+	err := withTimeout(ctx, o, func(r *Raw) error {
+		params := map[string]any{"uuid": uuid, "name": o.Name, "token": o.Token}
+		if o.Nonce != "" {
+			params["nonce"] = o.Nonce
+		}
+		reply, err := r.Call(1, "Authentication.Authenticate", params)
+		if err != nil {
+			return fmt.Errorf("authenticate: %w", err)
+		}
+		res, err := replyParams(reply)
+		if err != nil {
+			return fmt.Errorf("authenticate: %w", err)
+		}
+		result, _ := res["authenticationError"].(string)
+		if result == "" {
+			return errors.New("authenticate: reply without authenticationError")
+		}
+		if result != "AuthenticationErrorNoError" {
+			return &AuthError{Result: result}
+		}
+		for {
+			p, err := r.Recv()
+			if err != nil {
+				return fmt.Errorf("wait for partner: %w", err)
+			}
+			m, err := decodeObject(p)
+			if err != nil {
+				return fmt.Errorf("wait for partner: %w", err)
+			}
+			if m["status"] == "error" {
+				return rpcError(m)
+			}
+			if m["notification"] != "RemoteProxy.TunnelEstablished" {
+				continue
+			}
+			peer, _ := m["params"].(map[string]any)
+			name, _ := peer["name"].(string)
+			id, _ := peer["uuid"].(string)
+			tun = &Tunnel{r: r, peerName: name, peerUUID: id}
+			return nil
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	tun.r.verbose = nil
+	return tun, nil
+}
+
+// Hello performs RemoteProxy.Hello on a fresh connection and returns the
+// reply's params. It uses URL, Timeout, Verbose and TLSConfig of o.
+func Hello(ctx context.Context, o Options) (map[string]any, error) {
+	var params map[string]any
+	err := withTimeout(ctx, o, func(r *Raw) error {
+		defer r.Close()
+		reply, err := r.Call(1, "RemoteProxy.Hello", nil)
+		if err != nil {
+			return fmt.Errorf("hello: %w", err)
+		}
+		params, err = replyParams(reply)
+		if err != nil {
+			return fmt.Errorf("hello: %w", err)
+		}
+		return nil
+	})
+	return params, err
+}
+
+// NewUUID returns a random version 4 uuid in its canonical text form.
+func NewUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// withTimeout connects and runs fn under o.Timeout. On success the
+// connection is left open with no deadline; on failure it is closed and a
+// timeout is reported as ErrTimeout.
+func withTimeout(ctx context.Context, o Options, fn func(r *Raw) error) error {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
+	defer cancel()
+
+	fail := func(err error) error {
+		if cause := context.Cause(ctx); cause != nil {
+			if errors.Is(cause, ErrTimeout) {
+				return ErrTimeout
+			}
+			var ae *AuthError
+			var re *RPCError
+			if !errors.As(err, &ae) && !errors.As(err, &re) {
+				return fmt.Errorf("%w (%v)", cause, err)
+			}
+		}
+		return err
+	}
+
+	r, err := DialRaw(ctx, o.URL, o.TLSConfig)
+	if err != nil {
+		return fail(fmt.Errorf("connect: %w", err))
+	}
+	r.verbose, r.secret = o.Verbose, o.Token
+	stop := context.AfterFunc(ctx, func() { r.conn.SetDeadline(time.Unix(1, 0)) })
+	err = fn(r)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		r.Close()
+		return fail(err)
+	}
+	r.conn.SetDeadline(time.Time{})
+	return nil
+}
+
+// replyParams returns the params of a success reply or an *RPCError.
+func replyParams(m map[string]any) (map[string]any, error) {
+	if m["status"] == "error" {
+		return nil, rpcError(m)
+	}
+	if m["status"] != "success" {
+		return nil, fmt.Errorf("unexpected reply status %v", m["status"])
+	}
+	params, _ := m["params"].(map[string]any)
+	if params == nil {
+		params = map[string]any{}
+	}
+	return params, nil
+}
+
+// rpcError turns an error reply into *RPCError.
+func rpcError(m map[string]any) error {
+	text, ok := m["error"].(string)
+	if !ok {
+		text = fmt.Sprint(m["error"])
+	}
+	return &RPCError{Text: text}
+}

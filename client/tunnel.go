@@ -1,0 +1,151 @@
+package client
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// Tunnel is an established tunnel. It implements net.Conn.
+//
+// Over WebSocket, Write sends one binary message per call and Read returns
+// message payloads as a byte stream; a close frame with code 1000, 1001 or
+// none, or the connection's end, reads as io.EOF, any other close code as
+// *CloseError. After a read deadline expires in the middle of a WebSocket
+// frame the tunnel must be closed.
+//
+// One goroutine may read (Read, ReadMessage) while others write.
+type Tunnel struct {
+	r         *Raw
+	peerName  string
+	peerUUID  string
+	pending   []byte    // unread rest of the last WebSocket message
+	pendingOp ws.OpCode // its opcode
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// PeerName returns the partner's name from RemoteProxy.TunnelEstablished.
+func (t *Tunnel) PeerName() string { return t.peerName }
+
+// PeerUUID returns the partner's uuid from RemoteProxy.TunnelEstablished.
+func (t *Tunnel) PeerUUID() string { return t.peerUUID }
+
+// IsWebSocket reports whether the tunnel runs over WebSocket.
+func (t *Tunnel) IsWebSocket() bool { return t.r.isWS }
+
+// Read reads tunnel bytes.
+func (t *Tunnel) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if !t.r.isWS {
+		if err := t.r.dropNewline(); err != nil {
+			return 0, err
+		}
+		return t.r.br.Read(p)
+	}
+	for len(t.pending) == 0 {
+		op, msg, err := t.readMessage()
+		if err != nil {
+			return 0, err
+		}
+		t.pending, t.pendingOp = msg, op
+	}
+	n := copy(p, t.pending)
+	t.pending = t.pending[n:]
+	return n, nil
+}
+
+// ReadMessage returns the next WebSocket message with its opcode (the unread
+// rest of a message partly consumed by Read first). Over TCP it returns
+// whatever bytes arrived, as ws.OpBinary.
+func (t *Tunnel) ReadMessage() (ws.OpCode, []byte, error) {
+	if !t.r.isWS {
+		buf := make([]byte, 32<<10)
+		n, err := t.Read(buf)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ws.OpBinary, buf[:n], nil
+	}
+	if len(t.pending) > 0 {
+		p := t.pending
+		t.pending = nil
+		return t.pendingOp, p, nil
+	}
+	return t.readMessage()
+}
+
+// readMessage reads one WebSocket message, mapping a normal close to io.EOF.
+func (t *Tunnel) readMessage() (ws.OpCode, []byte, error) {
+	op, msg, err := t.r.readMessage()
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		switch ce.Code {
+		case 0, ws.StatusNormalClosure, ws.StatusGoingAway, ws.StatusNoStatusRcvd:
+			return 0, nil, io.EOF
+		}
+	}
+	return op, msg, err
+}
+
+// Write sends p: over WebSocket as one binary message, over TCP as-is.
+func (t *Tunnel) Write(p []byte) (int, error) {
+	var err error
+	if t.r.isWS {
+		err = t.r.writeFrame(ws.OpBinary, p)
+	} else {
+		err = t.r.Send(p)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// WriteMessage sends one WebSocket message with opcode op. Over TCP only
+// ws.OpBinary is accepted and p is written as-is.
+func (t *Tunnel) WriteMessage(op ws.OpCode, p []byte) error {
+	if !t.r.isWS {
+		if op != ws.OpBinary {
+			return errors.New("WriteMessage: only binary messages over TCP")
+		}
+		return t.r.Send(p)
+	}
+	return t.r.writeFrame(op, p)
+}
+
+// Close sends a WebSocket close frame (1000) when the tunnel runs over
+// WebSocket, then closes the connection.
+func (t *Tunnel) Close() error {
+	t.closeOnce.Do(func() {
+		if t.r.isWS {
+			t.r.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = t.r.writeFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
+		}
+		t.closeErr = t.r.conn.Close()
+	})
+	return t.closeErr
+}
+
+// LocalAddr returns the local network address.
+func (t *Tunnel) LocalAddr() net.Addr { return t.r.conn.LocalAddr() }
+
+// RemoteAddr returns the relay's network address.
+func (t *Tunnel) RemoteAddr() net.Addr { return t.r.conn.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines of the connection.
+func (t *Tunnel) SetDeadline(d time.Time) error { return t.r.conn.SetDeadline(d) }
+
+// SetReadDeadline sets the read deadline of the connection.
+func (t *Tunnel) SetReadDeadline(d time.Time) error { return t.r.conn.SetReadDeadline(d) }
+
+// SetWriteDeadline sets the write deadline of the connection.
+func (t *Tunnel) SetWriteDeadline(d time.Time) error { return t.r.conn.SetWriteDeadline(d) }
+
+var _ net.Conn = (*Tunnel)(nil)

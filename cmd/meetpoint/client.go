@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// clientSettings is what the client flags fill in.
+type clientSettings struct {
+	opts    client.Options
+	verbose bool
+	hello   bool
+
+	// TLS
+	caFile      string
+	fingerprint string
+	insecure    bool
+
+	// TunnelProxy API
+	serve      string // register as a server and bridge clients to this address
+	serverUUID string // the server's uuid (with --serve: ours)
+	listen     string // client side: carry each local connection as a client
+}
+
+// clientFlags declares the client flags.
+func clientFlags() (*flag.FlagSet, *clientSettings) {
+	v := &clientSettings{}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "meetpoint"
+	}
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	fs.StringVar(&v.opts.URL, "url", "", "relay `URL`: ws://host:port/path, wss://..., tcp://host:port or tls://host:port")
+	fs.StringVar(&v.opts.Token, "token", "", "authentication token")
+	fs.StringVar(&v.opts.Nonce, "nonce", "", "nonce; clients with the same token and nonce meet")
+	fs.StringVar(&v.opts.UUID, "uuid", "", "client uuid (default random)")
+	fs.StringVar(&v.opts.Name, "name", host, "client name shown to the partner")
+	fs.DurationVar(&v.opts.Timeout, "timeout", client.DefaultTimeout, "time allowed to connect, authenticate and meet the partner")
+	fs.BoolVar(&v.verbose, "verbose", false, "print the JSON-RPC exchange to stderr (token masked)")
+	fs.BoolVar(&v.hello, "hello", false, "call RemoteProxy.Hello, print the reply's params and exit")
+	fs.StringVar(&v.caFile, "ca", "", "trust the relay certificate(s) in this PEM `FILE` (wss://, tls://)")
+	fs.StringVar(&v.fingerprint, "fingerprint", "", "accept only a relay certificate with this SHA-256 (hex), e.g. a self-signed one")
+	fs.BoolVar(&v.insecure, "insecure", false, "do not verify the relay's certificate (testing only)")
+	fs.StringVar(&v.serve, "serve", "", "TunnelProxy: register as a server and connect each client to this local `ADDR` (e.g. 127.0.0.1:80)")
+	fs.StringVar(&v.serverUUID, "server-uuid", "", "TunnelProxy: the server's `UUID` (to reach it, or with --serve our own; default random)")
+	fs.StringVar(&v.listen, "listen", "", "TunnelProxy client: accept local connections on `ADDR` and carry each to --server-uuid")
+	return fs, v
+}
+
+// runClient connects to a partner and copies stdin to the tunnel and the
+// tunnel to stdout until the partner closes.
+func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs, v := clientFlags()
+	if code := parseFlags(fs, args, stdout, stderr); code >= 0 {
+		return code
+	}
+	if v.opts.URL == "" {
+		fmt.Fprintln(stderr, "meetpoint client: --url is required")
+		return 2
+	}
+	if v.opts.Timeout <= 0 {
+		fmt.Fprintln(stderr, "meetpoint client: --timeout must be positive")
+		return 2
+	}
+	if v.verbose {
+		v.opts.Verbose = stderr
+	}
+	tlsConf, err := clientTLS(v.caFile, v.fingerprint, v.insecure)
+	if err != nil {
+		fmt.Fprintf(stderr, "meetpoint client: %v\n", err)
+		return 2
+	}
+	v.opts.TLSConfig = tlsConf
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if v.serve != "" || v.serverUUID != "" {
+		return runTunnelProxy(ctx, v, stdin, stdout, stderr)
+	}
+
+	if v.hello {
+		params, err := client.Hello(ctx, v.opts)
+		if err != nil {
+			return clientFail(stderr, err, v.opts.Timeout)
+		}
+		b, _ := json.MarshalIndent(params, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+
+	tun, err := client.Dial(ctx, v.opts)
+	if err != nil {
+		return clientFail(stderr, err, v.opts.Timeout)
+	}
+	defer tun.Close()
+	if v.verbose {
+		fmt.Fprintf(stderr, "meetpoint: tunnel established with %q (%s)\n", tun.PeerName(), tun.PeerUUID())
+	}
+	interrupted := context.AfterFunc(ctx, func() { tun.Close() })
+	defer interrupted()
+
+	// stdin EOF does not end the session: the partner decides when it ends.
+	go io.Copy(tun, stdin)
+	_, err = io.Copy(stdout, tun)
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintln(stderr, "meetpoint: interrupted")
+		return 130
+	case err != nil:
+		fmt.Fprintf(stderr, "meetpoint: partner lost: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// clientFail prints one line for a failed connection and returns 1.
+func clientFail(stderr io.Writer, err error, timeout time.Duration) int {
+	var ae *client.AuthError
+	switch {
+	case errors.Is(err, client.ErrTimeout):
+		fmt.Fprintf(stderr, "meetpoint: timed out waiting for partner after %v\n", timeout)
+	case errors.As(err, &ae):
+		fmt.Fprintf(stderr, "meetpoint: authentication failed: %s\n", ae.Result)
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(stderr, "meetpoint: interrupted")
+		return 130
+	default:
+		fmt.Fprintf(stderr, "meetpoint: %v\n", err)
+	}
+	return 1
+}

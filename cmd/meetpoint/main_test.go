@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+func TestParseServeDefaults(t *testing.T) {
+	var stderr bytes.Buffer
+	cfg, code := parseServe(nil, io.Discard, io.Discard, &stderr)
+	if code != -1 {
+		t.Fatalf("code %d: %s", code, stderr.String())
+	}
+	if _, ok := cfg.Auth.(relay.Dummy); !ok || cfg.Logger == nil {
+		t.Fatalf("auth %T, logger %v", cfg.Auth, cfg.Logger)
+	}
+	want := relay.DefaultConfig()
+	cfg.Auth, cfg.Logger = nil, nil
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseServeFlags(t *testing.T) {
+	args := []string{
+		"--listen", "127.0.0.1:9001", "--listen", "[::1]:9002",
+		"--inactive-timeout", "1s", "--alone-timeout", "2s", "--auth-timeout", "3s",
+		"--rpc-timeout", "4s", "--write-stall-timeout", "5s", "--max-buffer", "8192",
+		"--name", "relay-x", "--loops", "3", "--log-level", "debug",
+	}
+	var stderr bytes.Buffer
+	cfg, code := parseServe(args, io.Discard, io.Discard, &stderr)
+	if code != -1 {
+		t.Fatalf("code %d: %s", code, stderr.String())
+	}
+	want := relay.DefaultConfig()
+	want.Listen = []string{"127.0.0.1:9001", "[::1]:9002"}
+	want.InactiveTimeout, want.AloneTimeout, want.AuthTimeout = time.Second, 2*time.Second, 3*time.Second
+	want.RPCTimeout, want.WriteStallTimeout = 4*time.Second, 5*time.Second
+	want.MaxBuffer, want.Name, want.Loops = 8192, "relay-x", 3
+	if !cfg.Logger.Enabled(context.Background(), -4) {
+		t.Fatal("debug level not enabled")
+	}
+	cfg.Auth, cfg.Logger = nil, nil
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseServeAuthFile(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("gen-key: %d", code)
+	}
+	cfg, code := parseServe([]string{"--auth", "hmac:" + key}, io.Discard, io.Discard, io.Discard)
+	if _, ok := cfg.Auth.(*relay.HMACAuth); code != -1 || !ok {
+		t.Fatalf("code %d, auth %T", code, cfg.Auth)
+	}
+}
+
+func TestParseServeErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--inactive-timeout", "abc"}, "inactive-timeout"},
+		{[]string{"--alone-timeout", "0s"}, "alone-timeout"},
+		{[]string{"--max-buffer", "10"}, "max-buffer"},
+		{[]string{"--loops", "-1"}, "loops"},
+		{[]string{"--auth", "bogus"}, "auth"},
+		{[]string{"--auth", "file:/nonexistent/tokens"}, "auth"},
+		{[]string{"--listen", "no-port"}, "listen"},
+		{[]string{"--log-level", "loud"}, "log-level"},
+		{[]string{"--nope"}, "nope"},
+		{[]string{"extra"}, "extra"},
+	} {
+		var stderr bytes.Buffer
+		_, code := parseServe(tc.args, io.Discard, io.Discard, &stderr)
+		line := stderr.String()
+		if code != 2 || !strings.Contains(line, tc.want) || strings.Count(line, "\n") != 1 {
+			t.Errorf("%v: code %d, stderr %q", tc.args, code, line)
+		}
+	}
+	var stderr bytes.Buffer
+	if code := run([]string{"serve", "--rpc-timeout", "soon"}, nil, io.Discard, &stderr); code != 2 {
+		t.Fatalf("run serve with bad duration: %d %q", code, stderr.String())
+	}
+}
+
+func TestRunMisc(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(nil, nil, &out, &errb); code != 2 || !strings.Contains(errb.String(), "usage") {
+		t.Fatalf("no args: %d %q", code, errb.String())
+	}
+	if code := run([]string{"frob"}, nil, &out, &errb); code != 2 {
+		t.Fatalf("unknown: %d", code)
+	}
+	out.Reset()
+	if code := run([]string{"version"}, nil, &out, &errb); code != 0 || out.String() != "meetpoint dev\n" {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+	for _, args := range [][]string{{"help"}, {"help", "serve"}, {"help", "client"}, {"help", "token"}, {"serve", "-h"}} {
+		out.Reset()
+		if code := run(args, nil, &out, &errb); code != 0 || out.Len() == 0 {
+			t.Fatalf("%v: %d", args, code)
+		}
+	}
+}
+
+func TestToken(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("gen-key: %d", code)
+	}
+	st, err := os.Stat(key)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", st, err)
+	}
+	data, _ := os.ReadFile(key)
+	if len(strings.TrimSpace(string(data))) != 64 {
+		t.Fatalf("key %d chars", len(data))
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, &errb); code != 1 {
+		t.Fatalf("gen-key over an existing file: %d", code)
+	}
+	var out bytes.Buffer
+	if code := run([]string{"token", "--key", key, "--ttl", "1m", "--id", "dev-1"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("mint: %d %s", code, errb.String())
+	}
+	if tok := strings.TrimSpace(out.String()); !strings.HasPrefix(tok, "dev-1.") || strings.Count(tok, ".") != 2 {
+		t.Fatalf("token %q", tok)
+	}
+	if code := run([]string{"token", "--key", key, "--ttl", "xyz"}, nil, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("bad ttl: %d", code)
+	}
+	if code := run([]string{"token"}, nil, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("no key: %d", code)
+	}
+}
+
+// fakeRelay answers one Authenticate per connection over raw TCP: token
+// "bad" fails, "alone" never gets a partner, anything else gets a tunnel
+// whose partner sends "hi\n" and closes.
+func fakeRelay(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				var req struct {
+					ID     int               `json:"id"`
+					Params map[string]string `json:"params"`
+				}
+				if json.NewDecoder(br).Decode(&req) != nil {
+					return
+				}
+				reply := func(res string) string {
+					return `{"id":` + itoa(req.ID) + `,"params":{"authenticationError":"` + res + `"},"status":"success"}` + "\n"
+				}
+				switch req.Params["token"] {
+				case "bad":
+					io.WriteString(c, reply("AuthenticationErrorAuthenticationFailed"))
+				case "alone":
+					io.WriteString(c, reply("AuthenticationErrorNoError"))
+					io.Copy(io.Discard, br)
+				default:
+					io.WriteString(c, reply("AuthenticationErrorNoError")+
+						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\nhi\n")
+				}
+			}()
+		}
+	}()
+	return "tcp://" + ln.Addr().String()
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestClientCommand(t *testing.T) {
+	url := fakeRelay(t)
+	var out, errb bytes.Buffer
+	code := run([]string{"client", "--url", url, "--token", "good", "--verbose"}, strings.NewReader("x"), &out, &errb)
+	if code != 0 || out.String() != "hi\n" || strings.Contains(errb.String(), "good") {
+		t.Fatalf("ok: %d %q %q", code, out.String(), errb.String())
+	}
+	errb.Reset()
+	code = run([]string{"client", "--url", url, "--token", "bad"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || errb.String() != "meetpoint: authentication failed: AuthenticationErrorAuthenticationFailed\n" {
+		t.Fatalf("bad: %d %q", code, errb.String())
+	}
+	errb.Reset()
+	code = run([]string{"client", "--url", url, "--token", "alone", "--timeout", "200ms"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || errb.String() != "meetpoint: timed out waiting for partner after 200ms\n" {
+		t.Fatalf("alone: %d %q", code, errb.String())
+	}
+	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "0s"}} {
+		errb.Reset()
+		if code := run(args, strings.NewReader(""), io.Discard, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 {
+			t.Fatalf("%v: %d %q", args, code, errb.String())
+		}
+	}
+}
+
+// TestServeEndToEnd runs the real relay with two clients.
+func TestServeEndToEnd(t *testing.T) {
+	cfg, code := parseServe([]string{"--listen", "127.0.0.1:0", "--log-level", "error"}, io.Discard, io.Discard, io.Discard)
+	if code != -1 {
+		t.Fatalf("parse: %d", code)
+	}
+	srv, err := relay.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	addr := srv.Addrs()[0].String()
+	ctx := context.Background()
+	type res struct {
+		tun *client.Tunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		tun, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/", Token: "t", Nonce: "n", Name: "a", Timeout: 5 * time.Second})
+		ch <- res{tun, err}
+	}()
+	b, err := client.Dial(ctx, client.Options{URL: "tcp://" + addr, Token: "t", Nonce: "n", Name: "b", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	a := r.tun
+	defer a.Close()
+	if a.PeerName() != "b" || b.PeerName() != "a" {
+		t.Fatalf("peers %q %q", a.PeerName(), b.PeerName())
+	}
+	a.Write([]byte("ping"))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "ping" {
+		t.Fatalf("b read %q %v", got, err)
+	}
+	b.Write([]byte("pong"))
+	if _, err := io.ReadFull(a, got); err != nil || string(got) != "pong" {
+		t.Fatalf("a read %q %v", got, err)
+	}
+}
