@@ -43,10 +43,10 @@ type tunnel struct {
 	s      *Server
 	f      *forwarder
 	key    PairKey
-	owner  Joiner // the registry entry's first member, for Leave
 	joined time.Time
 
 	mu     sync.Mutex
+	ca, cb *conn  // the two connections until both are handed over (then nil, so they can be freed)
 	nready int    // sides handed over (0..2)
 	bad    Reason // set with badSet when set-up must be abandoned
 	badSet bool
@@ -99,7 +99,7 @@ type endpoint struct {
 }
 
 func newTunnel(a, b *conn) *tunnel {
-	t := &tunnel{s: a.s, key: b.key, owner: a, joined: b.joined}
+	t := &tunnel{s: a.s, key: b.key, joined: b.joined, ca: a, cb: b}
 	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp, adm: a.adm}
 	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn, adm: b.adm}
 	t.a.rxT, t.b.rxT = &t.ab, &t.ba
@@ -126,12 +126,19 @@ func established(c, p *conn) []byte {
 	return msg
 }
 
+// side is c's endpoint. Called with mu held.
 func (t *tunnel) side(c *conn) *endpoint {
-	if c == t.owner {
+	if c == t.ca {
 		return &t.a
 	}
 	return &t.b
 }
+
+// Claim implements Joiner: a tunnel is never waiting.
+func (t *tunnel) Claim() bool { return false }
+
+// UUID implements Joiner.
+func (t *tunnel) UUID() string { return "" }
 
 // ready implements target: called when a side's transport let go of it, it
 // takes the socket over and, when both sides are in, gives the tunnel to a
@@ -153,6 +160,9 @@ func (t *tunnel) ready(c *conn) {
 	}
 	t.nready++
 	done := t.nready == 2
+	if done {
+		t.ca, t.cb = nil, nil
+	}
 	t.mu.Unlock()
 	if !done {
 		return
@@ -164,7 +174,7 @@ func (t *tunnel) ready(c *conn) {
 				ep.sock.Close()
 			}
 		}
-		t.s.reg.Leave(t.key, t.owner)
+		t.s.reg.Leave(t.key, t)
 		t.s.stats.closes[t.bad].Inc()
 		t.s.stats.closes[ReasonPartnerClosed].Inc()
 		t.a.uncount(t.s)
@@ -546,7 +556,11 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 		}
 		n := copy(*dst.buf, dst.ctrl)
 		dst.out = (*dst.buf)[:n]
-		dst.ctrl = append(dst.ctrl[:0], dst.ctrl[n:]...)
+		if n == len(dst.ctrl) {
+			dst.ctrl = nil // an idle tunnel keeps no buffer
+		} else {
+			dst.ctrl = append(dst.ctrl[:0], dst.ctrl[n:]...)
+		}
 	}
 	if dst.buf != nil {
 		pool.PutChunk(dst.buf)
@@ -805,7 +819,7 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 		}
 		ep.uncount(f.s)
 	}
-	f.s.reg.Leave(t.key, t.owner)
+	f.s.reg.Leave(t.key, t)
 	st := f.s.stats
 	if !t.start.IsZero() {
 		st.tunnelsActive.Dec()

@@ -45,8 +45,11 @@ const (
 type Registry interface {
 	// Join registers j under k, or pairs it with the client already waiting.
 	Join(k PairKey, j Joiner) (JoinResult, Joiner)
-	// Leave forgets k if it is held by j (waiting) or by the tunnel j belongs
-	// to (active, j being either side).
+	// Paired records that the pair under k became tunnel t: t replaces the
+	// two clients, so the registry no longer keeps them alive.
+	Paired(k PairKey, t Joiner)
+	// Leave forgets k if it is held by j (a waiting client, either client of
+	// a pair, or the tunnel they became).
 	Leave(k PairKey, j Joiner)
 	// Len reports the number of keys held (waiting clients plus tunnels).
 	Len() int
@@ -117,6 +120,16 @@ func (r *ShardedRegistry) Join(k PairKey, j Joiner) (JoinResult, Joiner) {
 	}
 }
 
+// Paired implements Registry.
+func (r *ShardedRegistry) Paired(k PairKey, t Joiner) {
+	s := r.shard(k)
+	s.mu.Lock()
+	if e, ok := s.m[k]; ok && e.b != nil {
+		s.m[k] = entry{a: t, b: t}
+	}
+	s.mu.Unlock()
+}
+
 // Leave implements Registry.
 func (r *ShardedRegistry) Leave(k PairKey, j Joiner) {
 	s := r.shard(k)
@@ -145,13 +158,14 @@ func (r *ShardedRegistry) Len() int {
 // unlocks it.
 func pairUp(a, b *conn) {
 	t := newTunnel(a, b)
+	b.s.reg.Paired(b.key, t)
 	b.target = t
 	b.closing = true
 	a.mu.Lock()
 	if a.cbDone.Load() {
 		// a went away between Claim and now; its callback saw no tunnel.
 		a.mu.Unlock()
-		b.s.reg.Leave(b.key, a)
+		b.s.reg.Leave(b.key, t)
 		b.target = nil
 		b.st.Store(uint32(stRPC))
 		b.closing = false
