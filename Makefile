@@ -6,15 +6,18 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 60s
 ARGS     ?=
+TLS      ?=
 
 .PHONY: build run test bench bench-full bench-deps lint fuzz release test-arm64 clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
 
-## run: a relay on 127.0.0.1:8443 with the dummy authenticator (ARGS adds flags)
+## run: a relay on 127.0.0.1:8443 with the dummy authenticator (ARGS adds
+## flags; TLS=1 serves TLS too, with a generated self-signed certificate
+## whose SHA-256 fingerprint is printed)
 run: build
-	./$(BIN) serve --listen 127.0.0.1:8443 --auth dummy $(ARGS)
+	./$(BIN) serve --listen 127.0.0.1:8443 --auth dummy $(if $(TLS),--tls) $(ARGS)
 
 ## test: the whole suite with the race detector (well under 10 minutes)
 test:
