@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
+	"sync"
 	"time"
 )
 
@@ -34,11 +35,34 @@ type TunnelInfo struct {
 }
 
 // Snapshot is a consistent-enough view of the server for monitors: each
-// entry is read under its own lock, counters are live.
+// entry is read under its own lock (TunnelProxy hubs on their loop),
+// counters are live.
 type Snapshot struct {
 	Name    string       `json:"serverName"`
 	Clients []ClientInfo `json:"clients"` // connections without a tunnel
 	Tunnels []TunnelInfo `json:"tunnels"`
+	// TunnelProxy servers with their clients.
+	TPServers []TPServerInfo `json:"tunnelProxyServers"`
+}
+
+// TPServerInfo describes a registered TunnelProxy server.
+type TPServerInfo struct {
+	UUID    string         `json:"uuid"`
+	Name    string         `json:"name"`
+	Address string         `json:"address"`
+	RxBytes uint64         `json:"rxDataCount"` // bytes read from the server
+	TxBytes uint64         `json:"txDataCount"` // bytes written to the server
+	Clients []TPClientInfo `json:"clients"`
+}
+
+// TPClientInfo describes one client of a TunnelProxy server.
+type TPClientInfo struct {
+	SocketAddress uint16 `json:"socketAddress"`
+	UUID          string `json:"uuid"`
+	Name          string `json:"name"`
+	Address       string `json:"address"`
+	RxBytes       uint64 `json:"rxDataCount"`
+	TxBytes       uint64 `json:"txDataCount"`
 }
 
 // TokenHash returns a short, non-reversible tag of a token for logs and
@@ -75,6 +99,7 @@ func (s *Server) Snapshot() Snapshot {
 		ti.B.RxBytes, ti.B.TxBytes = ti.BytesBA, ti.BytesAB
 		snap.Tunnels = append(snap.Tunnels, ti)
 	}
+	snap.TPServers = s.tpSnapshot()
 	sort.Slice(snap.Clients, func(i, j int) bool { return snap.Clients[i].ID < snap.Clients[j].ID })
 	sort.Slice(snap.Tunnels, func(i, j int) bool { return snap.Tunnels[i].ID < snap.Tunnels[j].ID })
 	return snap
@@ -99,4 +124,50 @@ func (c *conn) infoLocked() ClientInfo {
 	st := state(c.st.Load())
 	ci.Authenticated = st == stWaiting || st == stClaimed
 	return ci
+}
+
+// tpSnapshot asks every forwarding loop to describe its hubs (they own
+// them) and waits up to a second for the answers.
+func (s *Server) tpSnapshot() []TPServerInfo {
+	var mu sync.Mutex
+	var out []TPServerInfo
+	var wg sync.WaitGroup
+	for _, f := range s.fwd {
+		wg.Add(1)
+		if !f.do(func() {
+			defer wg.Done()
+			var part []TPServerInfo
+			for h := range f.hubs {
+				part = append(part, h.info())
+			}
+			mu.Lock()
+			out = append(out, part...)
+			mu.Unlock()
+		}) {
+			wg.Done()
+		}
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	res := append([]TPServerInfo(nil), out...)
+	sort.Slice(res, func(i, j int) bool { return res[i].UUID < res[j].UUID })
+	return res
+}
+
+// info describes the hub. Loop goroutine only.
+func (h *hub) info() TPServerInfo {
+	e := h.srv
+	hi := TPServerInfo{UUID: h.uuid, Name: h.name, Address: e.peer, RxBytes: e.rx, TxBytes: e.tx}
+	for _, c := range h.clients {
+		hi.Clients = append(hi.Clients, TPClientInfo{SocketAddress: c.addr, UUID: c.uuid, Name: c.name,
+			Address: c.peer, RxBytes: c.rx, TxBytes: c.tx})
+	}
+	sort.Slice(hi.Clients, func(i, j int) bool { return hi.Clients[i].SocketAddress < hi.Clients[j].SocketAddress })
+	return hi
 }

@@ -139,8 +139,9 @@ type tpEnd struct {
 	waiting            bool // in h.waiting
 	queued             bool // in the forwarder's again list
 	out                *bytebufferpool.ByteBuffer
-	off                int   // written part of out
-	stallSince         int64 // unix ns since writes were refused with data pending
+	off                int    // written part of out
+	rx, tx             uint64 // bytes read from / written to this socket
+	stallSince         int64  // unix ns since writes were refused with data pending
 
 	dec    handshake.Decoder // inbound WebSocket state
 	ctrlOp ws.OpCode
@@ -322,6 +323,7 @@ func (h *hub) flush(e *tpEnd) {
 		n, err := e.sock.Write(e.out.B[e.off:])
 		if n > 0 {
 			e.off += n
+			e.tx += uint64(n)
 			e.stallSince = 0
 		}
 		if err == unix.EAGAIN {
@@ -416,6 +418,7 @@ func (h *hub) readServer() {
 				break
 			}
 			h.lastRx = time.Now()
+			e.rx += uint64(n)
 			h.s.stats.tpBytes.Add(n)
 			data = h.deframe(e, (*chunk)[:n])
 			h.feedServer(data)
@@ -538,6 +541,7 @@ func (h *hub) readClient(c *tpEnd) {
 				}
 				return
 			}
+			c.rx += uint64(n)
 			h.s.stats.tpBytes.Add(n)
 			data = h.deframe(c, (*chunk)[:n])
 			if len(data) > 0 && !c.closing {

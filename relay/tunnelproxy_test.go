@@ -542,3 +542,21 @@ func TestTPThousandClients(t *testing.T) {
 		t.Fatalf("tunnelproxy clients gauge %d", got)
 	}
 }
+
+func TestTPSnapshot(t *testing.T) {
+	s := startServer(t, nil)
+	su, cu := newTestUUID(), newTestUUID()
+	srv := registerServer(t, s, su, false)
+	cli := registerClient(t, s, cu, su, false)
+	srv.nextRPC()
+	cli.sendRaw(ws.OpBinary, []byte("12345"))
+	srv.next()
+	waitFor(t, func() bool {
+		snap := s.Snapshot()
+		return len(snap.TPServers) == 1 && len(snap.TPServers[0].Clients) == 1 && snap.TPServers[0].Clients[0].RxBytes == 5
+	}, "snapshot lists the server and its client with live counters")
+	snap := s.Snapshot()
+	if sv := snap.TPServers[0]; sv.UUID != su || sv.Clients[0].UUID != cu || sv.Clients[0].SocketAddress != 1 {
+		t.Fatalf("snapshot %+v", sv)
+	}
+}
