@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"crypto/tls"
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
@@ -35,13 +36,22 @@ func dialRawTunnel(addr, token, nonce, name string, setup func(*net.TCPConn)) (*
 	if setup != nil {
 		setup(tc)
 	}
+	var rw net.Conn = tc
+	if os.Getenv(clientsTLSEnv) != "" { // measuring TLS tunnels (see runClients)
+		tlsc := tls.Client(tc, &tls.Config{InsecureSkipVerify: true})
+		if err := tlsc.Handshake(); err != nil {
+			tc.Close()
+			return nil, err
+		}
+		rw = tlsc
+	}
 	req := fmt.Sprintf(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s","nonce":"%s"}}`+"\n",
 		newTestUUID(), name, token, nonce)
-	if _, err := tc.Write([]byte(req)); err != nil {
+	if _, err := rw.Write([]byte(req)); err != nil {
 		tc.Close()
 		return nil, err
 	}
-	br := bufio.NewReader(tc)
+	br := bufio.NewReader(rw)
 	for {
 		_ = tc.SetReadDeadline(time.Now().Add(30 * time.Second))
 		line, err := br.ReadBytes('\n')
@@ -170,6 +180,10 @@ func waitFor(t testing.TB, cond func() bool, what string) {
 // the clients of the goroutine test live in a subprocess so the relay's
 // process holds only its own descriptors.
 const clientsEnv = "MEETPOINT_TEST_CLIENTS"
+
+// clientsTLSEnv makes those clients speak TLS (for memory measurements of
+// TLS tunnels: docs/BENCHMARKS.md).
+const clientsTLSEnv = "MEETPOINT_TEST_CLIENTS_TLS"
 
 // runClients opens tunnels, alone-waiting clients and silent connections
 // against addr, prints "ready" and holds them until stdin closes.
