@@ -169,12 +169,14 @@ func (t *tunnel) ready(c *conn) {
 	}
 	if t.badSet {
 		t.s.log.Debug("tunnel set-up abandoned", "reason", t.bad.String())
+		// Free the key before the sockets close: a client that sees its
+		// connection end may come back at once.
+		t.s.reg.Leave(t.key, t)
 		for _, ep := range []*endpoint{&t.a, &t.b} {
 			if ep.sock != nil {
 				ep.sock.Close()
 			}
 		}
-		t.s.reg.Leave(t.key, t)
 		t.s.stats.closes[t.bad].Inc()
 		t.s.stats.closes[ReasonPartnerClosed].Inc()
 		t.a.uncount(t.s)
@@ -267,8 +269,8 @@ func (f *forwarder) do(fn func()) bool {
 		return false
 	}
 	f.queue = append(f.queue, fn)
+	f.wake() // under mu: shutdown closes evfd only after setting quit under mu
 	f.mu.Unlock()
-	f.wake()
 	return true
 }
 
@@ -291,7 +293,11 @@ func (f *forwarder) wake() {
 // stop ends the loop, closing every tunnel, and waits for it.
 func (f *forwarder) stop() {
 	f.stopping.Store(true)
-	f.wake()
+	f.mu.Lock()
+	if !f.quit {
+		f.wake()
+	}
+	f.mu.Unlock()
 	select {
 	case <-f.done:
 	case <-time.After(5 * time.Second):
@@ -760,6 +766,9 @@ func (f *forwarder) startClose(t *tunnel, reason Reason) {
 		return
 	}
 	t.closing, t.reason = true, reason
+	// The key is free from now on: a WebSocket client may read its close
+	// frame and come back before the sockets are closed.
+	f.s.reg.Leave(t.key, t)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		if ep.ws && !ep.closeSent {
 			ep.ctrl = handshake.AppendClose(ep.ctrl, ws.StatusNormalClosure, "partner closed")
@@ -803,6 +812,9 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 		return
 	}
 	t.dead = true
+	// Free the key before the sockets close: a client that sees its tunnel
+	// end may pair again at once.
+	f.s.reg.Leave(t.key, t)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		delete(f.stalled, ep)
 		if ep.sock != nil {
@@ -819,7 +831,6 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 		}
 		ep.uncount(f.s)
 	}
-	f.s.reg.Leave(t.key, t)
 	st := f.s.stats
 	if !t.start.IsZero() {
 		st.tunnelsActive.Dec()

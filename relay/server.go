@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,8 +83,11 @@ var netpollInit sync.Once
 // having closed what it opened, if any address cannot be bound.
 func (s *Server) Start() error {
 	netpollInit.Do(func() {
-		// netpoll's pollers are process-wide; size them once.
+		// netpoll's pollers are process-wide; size them once. Its own log
+		// lines (e.g. a failed detach of a connection refused before it was
+		// registered, which is harmless) go to our log at debug level.
 		_ = netpoll.SetNumLoops(s.cfg.Loops)
+		netpoll.SetLoggerOutput(debugWriter{s.log})
 	})
 	var lns []netpoll.Listener
 	for _, addr := range s.cfg.Listen {
@@ -283,4 +287,12 @@ func (s *Server) janitor() {
 			s.lim.sweep()
 		}
 	}
+}
+
+// debugWriter turns a library's log lines into debug records.
+type debugWriter struct{ log *slog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug("netpoll", "msg", strings.TrimSpace(string(p)))
+	return len(p), nil
 }
