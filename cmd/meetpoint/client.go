@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ type clientSettings struct {
 	serve      string // register as a server and bridge clients to this address
 	serverUUID string // the server's uuid (with --serve: ours)
 	listen     string // client side: carry each local connection as a client
+	closeOnEOF bool
 }
 
 // clientFlags declares the client flags.
@@ -48,6 +50,7 @@ func clientFlags() (*flag.FlagSet, *clientSettings) {
 	fs.DurationVar(&v.opts.Timeout, "timeout", client.DefaultTimeout, "time allowed to connect, authenticate and meet the partner")
 	fs.BoolVar(&v.verbose, "verbose", false, "print the JSON-RPC exchange to stderr (token masked)")
 	fs.BoolVar(&v.hello, "hello", false, "call RemoteProxy.Hello, print the reply's params and exit")
+	fs.BoolVar(&v.closeOnEOF, "close-on-eof", false, "close the tunnel when stdin ends (default: wait for the partner, like nc)")
 	fs.StringVar(&v.caFile, "ca", "", "trust the relay certificate(s) in this PEM `FILE` (wss://, tls://)")
 	fs.StringVar(&v.fingerprint, "fingerprint", "", "accept only a relay certificate with this SHA-256 (hex), e.g. a self-signed one")
 	fs.BoolVar(&v.insecure, "insecure", false, "do not verify the relay's certificate (testing only)")
@@ -108,18 +111,32 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	interrupted := context.AfterFunc(ctx, func() { tun.Close() })
 	defer interrupted()
 
-	// stdin EOF does not end the session: the partner decides when it ends.
-	go io.Copy(tun, stdin)
+	// By default stdin's end does not end the session (the partner decides,
+	// as with nc); --close-on-eof closes the tunnel once stdin is sent.
+	var stdinDone atomic.Bool
+	go func() {
+		if _, err := io.Copy(tun, stdin); err == nil {
+			stdinDone.Store(true)
+			if v.closeOnEOF {
+				tun.Close()
+			}
+		}
+	}()
 	_, err = io.Copy(stdout, tun)
 	switch {
 	case ctx.Err() != nil:
 		fmt.Fprintln(stderr, "meetpoint: interrupted")
 		return 130
+	case v.closeOnEOF && stdinDone.Load():
+		return 0 // we closed it
 	case err != nil:
 		fmt.Fprintf(stderr, "meetpoint: partner lost: %v\n", err)
 		return 1
+	case !stdinDone.Load():
+		fmt.Fprintln(stderr, "meetpoint: partner closed the tunnel")
+		return 1
 	}
-	return 0
+	return 0 // we had said everything; the partner finished
 }
 
 // clientFail prints one line for a failed connection and returns 1.

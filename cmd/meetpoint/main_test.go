@@ -183,12 +183,19 @@ func fakeRelay(t *testing.T) string {
 				switch req.Params["token"] {
 				case "bad":
 					io.WriteString(c, reply("AuthenticationErrorAuthenticationFailed"))
+				case "leave": // the partner arrives and leaves at once
+					io.WriteString(c, reply("AuthenticationErrorNoError")+
+						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\n")
 				case "alone":
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
 					io.Copy(io.Discard, br)
 				default:
 					io.WriteString(c, reply("AuthenticationErrorNoError")+
 						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\nhi\n")
+					// Read what the client sends before closing, so the close
+					// is a FIN, not a reset for unread data.
+					c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+					io.Copy(io.Discard, br)
 				}
 			}()
 		}
@@ -197,6 +204,17 @@ func fakeRelay(t *testing.T) string {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestClientPartnerLoss(t *testing.T) {
+	url := fakeRelay(t)
+	stdin, w := io.Pipe() // stdin stays open: we still had things to say
+	defer w.Close()
+	var errb bytes.Buffer
+	code := run([]string{"client", "--url", url, "--token", "leave"}, stdin, io.Discard, &errb)
+	if code != 1 || errb.String() != "meetpoint: partner closed the tunnel\n" {
+		t.Fatalf("partner loss: %d %q", code, errb.String())
+	}
+}
 
 func TestClientCommand(t *testing.T) {
 	url := fakeRelay(t)
