@@ -287,6 +287,9 @@ func (a *nbConn) Read(p []byte) (int, error) {
 	if len(a.prefix) > 0 {
 		n := copy(p, a.prefix)
 		a.prefix = a.prefix[n:]
+		if len(a.prefix) == 0 {
+			a.prefix = nil // don't pin the sniffed ClientHello for the session's life
+		}
 		return n, nil
 	}
 	if a.hs != nil {
