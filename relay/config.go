@@ -63,6 +63,9 @@ type Config struct {
 	// plaintext; they are reloaded on SIGHUP (Server.Reload) and when the
 	// files change.
 	TLSCert, TLSKey string
+	// TLSChain is an optional PEM file of intermediate certificates sent
+	// after TLSCert's (nymea's [SSL] certificateChain).
+	TLSChain string
 	// TLSSelfSigned serves TLS with a certificate generated at start-up when
 	// no TLSCert is given.
 	TLSSelfSigned bool

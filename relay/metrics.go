@@ -151,9 +151,11 @@ func (s *Server) WritePrometheus(w io.Writer) {
 	metrics.WriteProcessMetrics(w)
 }
 
-// trafficTotal is the number of tunnel bytes relayed since start, both
-// directions.
-func (st *stats) trafficTotal() uint64 { return st.bytesUp.Get() + st.bytesDn.Get() }
+// trafficTotal is the number of bytes relayed since start: legacy tunnels
+// (both directions) and TunnelProxy.
+func (st *stats) trafficTotal() uint64 {
+	return st.bytesUp.Get() + st.bytesDn.Get() + st.tpBytes.Get()
+}
 
 // closesTotal is the number of connections that have ended, whatever the
 // reason.

@@ -28,6 +28,8 @@ import (
 //     gets one compact JSON line: serverName, serverVersion, apiVersion,
 //     tunnelProxyStatistic{totalClientCount, serverConnectionsCount,
 //     clientConnectionsCount, transports{}, troughput, tunnelConnections[...]}.
+//     tunnelConnections lists the TunnelProxy servers with their clients,
+//     and legacy tunnels as a server with one client (tunnelProxyStatistic).
 //   - meetpoint: {"method":"meetpoint.status"} gets one compact JSON line, a
 //     MonitorStatus (what `meetpoint monitor` shows).
 //
@@ -66,6 +68,8 @@ type MonitorStatus struct {
 	AuthTimeout uint64          `json:"authTimeout"`
 	Clients     []ClientInfo    `json:"clients"`
 	Tunnels     []MonitorTunnel `json:"tunnels"`
+	// TPServers are the TunnelProxy servers with their clients.
+	TPServers []TPServerInfo `json:"tunnelProxyServers"`
 }
 
 // MonitorTunnel is a tunnel as MonitorStatus lists it.
@@ -377,7 +381,10 @@ func (m *monitorServer) status() MonitorStatus {
 		Name: snap.Name, Version: Version, Time: time.Now(), Ready: s.Ready(), Stats: s.Stats(),
 		TrafficTotal: s.stats.trafficTotal(), Throughput: m.throughput(),
 		AuthOK: s.stats.authOK.Get(), AuthFailed: s.stats.authFail.Get(), AuthTimeout: s.stats.authTimeout.Get(),
-		Clients: snap.Clients, Tunnels: make([]MonitorTunnel, len(snap.Tunnels)),
+		Clients: snap.Clients, Tunnels: make([]MonitorTunnel, len(snap.Tunnels)), TPServers: snap.TPServers,
+	}
+	if st.TPServers == nil {
+		st.TPServers = []TPServerInfo{}
 	}
 	for i, t := range snap.Tunnels {
 		st.Tunnels[i] = MonitorTunnel{ID: t.ID, Started: t.Started, Splice: t.Splice, A: t.A, B: t.B,
@@ -458,22 +465,38 @@ func (m *monitorServer) nymea113(printAll bool) map[string]any {
 	}
 }
 
-// tunnelProxyStatistic maps meetpoint onto nymea's TunnelProxy model: each
-// tunnel is a "server connection" (the side that arrived first) with one
-// "client connection" (the other side). Authenticated clients still waiting
-// for their partner are server connections without clients, listed only
-// with printAll (as nymea lists idle servers only then).
+// tunnelProxyStatistic is nymea's TunnelProxy statistic. TunnelProxy
+// servers are listed as they are, each with its clients (servers without
+// clients only with printAll, as in nymea). Legacy tunnels are mapped onto
+// the same model: the side that arrived first is a "server connection" with
+// the other side as its one "client connection"; authenticated legacy
+// clients still waiting for their partner are server connections without
+// clients (printAll only). Connection ids are meetpoint's connection numbers;
+// TunnelProxy entries, which have none, use the uuid (servers) and
+// uuid/socketAddress (clients).
 func (m *monitorServer) tunnelProxyStatistic(snap Snapshot, printAll bool) map[string]any {
-	transports := map[string]any{"tcp": 0, "websocket": 0}
-	count := func(tr string) {
-		if tr != "" {
-			transports[tr] = transports[tr].(int) + 1
-		}
-	}
+	st := m.s.Stats()
 	waiting := 0
-	conns := make([]any, 0, len(snap.Tunnels))
+	conns := make([]any, 0, len(snap.Tunnels)+len(snap.TPServers))
+	tpClients := 0
+	for _, hs := range snap.TPServers {
+		tpClients += len(hs.Clients)
+		if !printAll && len(hs.Clients) == 0 {
+			continue
+		}
+		cl := make([]any, 0, len(hs.Clients))
+		for _, c := range hs.Clients {
+			cl = append(cl, map[string]any{
+				"id": fmt.Sprintf("%s/%d", hs.UUID, c.SocketAddress), "address": c.Address, "timestamp": 0,
+				"name": c.Name, "clientUuid": c.UUID, "rxDataCount": c.RxBytes, "txDataCount": c.TxBytes,
+			})
+		}
+		conns = append(conns, map[string]any{
+			"id": hs.UUID, "address": hs.Address, "timestamp": 0, "name": hs.Name, "serverUuid": hs.UUID,
+			"rxDataCount": hs.RxBytes, "txDataCount": hs.TxBytes, "clientConnections": cl,
+		})
+	}
 	for _, c := range snap.Clients {
-		count(c.Transport)
 		if !c.Authenticated {
 			continue
 		}
@@ -485,17 +508,15 @@ func (m *monitorServer) tunnelProxyStatistic(snap Snapshot, printAll bool) map[s
 		}
 	}
 	for _, t := range snap.Tunnels {
-		count(t.A.Transport)
-		count(t.B.Transport)
 		e := nymea113Entry(t.A, "serverUuid")
 		e["clientConnections"] = []any{nymea113Entry(t.B, "clientUuid")}
 		conns = append(conns, e)
 	}
 	return map[string]any{
-		"totalClientCount":       len(snap.Clients) + 2*len(snap.Tunnels),
-		"serverConnectionsCount": waiting + len(snap.Tunnels),
-		"clientConnectionsCount": len(snap.Tunnels),
-		"transports":             transports,
+		"totalClientCount":       st.ConnectionsTCP + st.ConnectionsWS,
+		"serverConnectionsCount": len(snap.TPServers) + waiting + len(snap.Tunnels),
+		"clientConnectionsCount": tpClients + len(snap.Tunnels),
+		"transports":             map[string]any{"tcp": st.ConnectionsTCP, "websocket": st.ConnectionsWS},
 		"troughput":              m.throughput(),
 		"tunnelConnections":      conns,
 	}

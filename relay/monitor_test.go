@@ -3,7 +3,9 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meetpoint/meetpoint/client"
 )
 
 func startMonitor(t *testing.T, s *Server) string {
@@ -425,5 +429,71 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 			t.Fatal("monitor socket still there after the server closed")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TunnelProxy servers and their clients are listed by the 1.13 refresh.
+func TestMonitorTunnelProxy(t *testing.T) {
+	s := startServer(t, nil)
+	path := startMonitor(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	su, cu := client.NewUUID(), client.NewUUID()
+	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: tcpURL(s), UUID: su, Name: "device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	idle, err := client.RegisterTPServer(ctx, client.TPOptions{URL: wsURL(s), UUID: client.NewUUID(), Name: "idle"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	cl, err := client.DialTPClient(ctx, client.TPOptions{URL: wsURL(s), UUID: cu, ServerUUID: su, Name: "browser"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	conn, err := dev.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 18)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatal(err)
+	}
+
+	c := dialMonitor(t, path)
+	r := bufio.NewReader(c)
+	ask := func(printAll bool) nymea113Doc {
+		t.Helper()
+		fmt.Fprintf(c, `{"method":"refresh","params":{"printAll":%v}}`+"\n", printAll)
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc nymea113Doc
+		if err := json.Unmarshal(line, &doc); err != nil {
+			t.Fatal(err)
+		}
+		return doc
+	}
+	doc := ask(false)
+	st := doc.Stat
+	if st.ServerConnectionsCount != 2 || st.ClientConnectionsCount != 1 || len(st.TunnelConnections) != 1 {
+		t.Fatalf("statistic: %+v", st)
+	}
+	sv := st.TunnelConnections[0]
+	if sv.ServerUUID != su || sv.Name != "device" || len(sv.ClientConnections) != 1 {
+		t.Fatalf("server: %+v", sv)
+	}
+	if cc := sv.ClientConnections[0]; cc.ClientUUID != cu || cc.Name != "browser" || cc.RxDataCount < 18 {
+		t.Fatalf("client: %+v", cc)
+	}
+	if all := ask(true); len(all.Stat.TunnelConnections) != 2 {
+		t.Fatalf("printAll: %d entries, want 2", len(all.Stat.TunnelConnections))
 	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -143,18 +144,34 @@ func TestOpsMetricsFollowTunnels(t *testing.T) {
 	}
 
 	// Counters are live: bytes show up while the tunnel is still open.
+	// Which client is "a" (the first to arrive) is a race, so the test only
+	// knows that one direction carries what tunnel a sent (1000 bytes, raw
+	// TCP) and the other what b sent (300 bytes in one WebSocket frame: 308
+	// bytes read from the socket, frame header included).
 	ab, ba := `meetpoint_tunnel_bytes_total{direction="a_to_b"}`, `meetpoint_tunnel_bytes_total{direction="b_to_a"}`
 	opsEcho(t, a, b, strings.Repeat("x", 1000))
 	opsEcho(t, b, a, strings.Repeat("y", 300))
-	waitMetric(t, s, ab, m1[ab]+1000)
-	// b is a WebSocket client: the counter counts bytes read from its socket,
-	// frame headers included (8 bytes for a masked 300-byte frame).
-	waitMetric(t, s, ba, m1[ba]+308)
+	var fromA string
+	deadline := time.Now().Add(5 * time.Second)
+	for fromA == "" {
+		m := opsMetrics(t, s)
+		dab, dba := m[ab]-m1[ab], m[ba]-m1[ba]
+		switch {
+		case dab == 1000 && dba == 308:
+			fromA = ab
+		case dab == 308 && dba == 1000:
+			fromA = ba
+		case time.Now().After(deadline):
+			t.Fatalf("bytes moved by %v and %v, want 1000 and 308", dab, dba)
+		default:
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	if m2 := opsMetrics(t, s); m2[`meetpoint_tunnels_active`] != 1 {
 		t.Fatalf("tunnels_active = %v while the tunnel is open", m2[`meetpoint_tunnels_active`])
 	}
 	opsEcho(t, a, b, strings.Repeat("z", 5000))
-	waitMetric(t, s, ab, m1[ab]+6000)
+	waitMetric(t, s, fromA, m1[fromA]+6000)
 
 	a.Close()
 	b.Close()
@@ -361,5 +378,25 @@ func TestOpsDrainTimeoutCutsTunnel(t *testing.T) {
 		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			t.Fatal("tunnel not closed after the drain timeout (read timed out)")
 		}
+	}
+}
+
+// The operational endpoints answer over TLS too (the same port, https://).
+func TestOpsHTTPOverTLS(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.TLSSelfSigned = true })
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.Addrs()[0].String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /readyz HTTP/1.1\r\nHost: relay\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "ready\n" {
+		t.Fatalf("https /readyz: %d %q", resp.StatusCode, body)
 	}
 }

@@ -242,8 +242,8 @@ func (s *Server) Ready() bool {
 }
 
 // Shutdown drains the server: it stops accepting, closes clients that have
-// no tunnel yet, waits until every tunnel has ended or ctx is done, and then
-// closes what is left. It returns ctx.Err() if tunnels had to be cut.
+// no tunnel yet, waits until every tunnel and every TunnelProxy client
+// session has ended or ctx is done, and then closes what is left. It returns ctx.Err() if tunnels had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -263,7 +263,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer tick.Stop()
 	var err error
 wait:
-	for s.stats.tunnelsActive.Get() > 0 {
+	for s.stats.tunnelsActive.Get() > 0 || s.stats.tpClients.Get() > 0 {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()

@@ -162,6 +162,22 @@ func (ts *tlsConfigState) load() error {
 	if err != nil {
 		return fmt.Errorf("tls-cert/tls-key: %w", err)
 	}
+	if cfg.TLSChain != "" {
+		chain, err := os.ReadFile(cfg.TLSChain)
+		if err != nil {
+			return fmt.Errorf("tls-chain: %w", err)
+		}
+		n := 0
+		for block, rest := pem.Decode(chain); block != nil; block, rest = pem.Decode(rest) {
+			if block.Type == "CERTIFICATE" {
+				cert.Certificate = append(cert.Certificate, block.Bytes)
+				n++
+			}
+		}
+		if n == 0 {
+			return fmt.Errorf("tls-chain: no certificate in %s", cfg.TLSChain)
+		}
+	}
 	if cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
 		return fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
 	}
@@ -174,7 +190,10 @@ func (ts *tlsConfigState) load() error {
 
 func (ts *tlsConfigState) filesModTime() time.Time {
 	var latest time.Time
-	for _, p := range []string{ts.s.cfg.TLSCert, ts.s.cfg.TLSKey} {
+	for _, p := range []string{ts.s.cfg.TLSCert, ts.s.cfg.TLSKey, ts.s.cfg.TLSChain} {
+		if p == "" {
+			continue
+		}
 		if st, err := os.Stat(p); err == nil && st.ModTime().After(latest) {
 			latest = st.ModTime()
 		}

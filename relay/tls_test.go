@@ -354,3 +354,26 @@ func TestTLSIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	}
 	exchange(t, tuns[0], tuns[1], 1000)
 }
+
+// TestTLSChainFile: intermediates from TLSChain follow the leaf.
+func TestTLSChainFile(t *testing.T) {
+	dir := t.TempDir()
+	cp, kp, _ := tlsFiles(t, dir)
+	inter, _ := SelfSignedCert([]string{"intermediate.example"})
+	chain := filepath.Join(dir, "chain.pem")
+	os.WriteFile(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Certificate[0]}), 0o644)
+	s := startServer(t, func(c *Config) { c.TLSCert, c.TLSKey, c.TLSChain = cp, kp, chain })
+	c, err := tls.Dial("tcp", s.Addrs()[0].String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) != 2 || string(certs[1].Raw) != string(inter.Certificate[0]) {
+		t.Fatalf("served %d certificates", len(certs))
+	}
+	os.WriteFile(chain, []byte("nothing"), 0o644)
+	if err := s.Reload(); err == nil {
+		t.Fatal("a chain file without certificates was accepted")
+	}
+}

@@ -4,6 +4,8 @@
 //	meetpoint serve   [flags]   run the relay
 //	meetpoint client  [flags]   connect to a partner, like nc
 //	meetpoint token   [flags]   mint an HMAC token or generate a key
+//	meetpoint monitor [flags]   live view of a running relay
+//	meetpoint bench   <scenario> [flags]   benchmark a relay against reference peers
 //	meetpoint version           print the version
 //	meetpoint help [command]    show usage
 package main
@@ -25,6 +27,8 @@ commands:
   serve     run the relay
   client    connect to a partner through a relay (stdin/stdout, like nc)
   token     mint an HMAC token (--key, --ttl, --id) or write a new key (--gen-key)
+  monitor   live view of a running relay (--socket PATH, the relay's --monitor)
+  bench     benchmark a relay side by side with reference peers (quick, full, or one scenario)
   version   print the version
   help      show usage; "meetpoint help <command>" lists its flags
 `
@@ -47,6 +51,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runClient(rest, stdin, stdout, stderr)
 	case "token":
 		return runToken(rest, stdout, stderr)
+	case "monitor":
+		return runMonitor(rest, stdout, stderr)
+	case "bench":
+		return benchMain(rest)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "meetpoint", version)
 		return 0
@@ -72,6 +80,10 @@ func runHelp(args []string, stdout, stderr io.Writer) int {
 		fs, _ = clientFlags()
 	case "token":
 		fs, _ = tokenFlags()
+	case "monitor":
+		fs, _ = monitorFlags()
+	case "bench":
+		return benchMain([]string{"-h"})
 	case "version", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
 )
@@ -42,6 +46,15 @@ type serveSettings struct {
 	logLevel string
 	exempt   listFlag // --limit-exempt prefixes
 	tls      bool     // --tls: serve TLS, self-signed if no certificate is given
+
+	// Operations (config.go, monitor.go).
+	logFormat   string
+	adminListen string
+	monitor     string
+	drain       time.Duration
+	config      string
+	nymeaConfig string
+	printConfig bool
 }
 
 // serveFlags declares the serve flags over settings starting from
@@ -66,6 +79,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.tls, "tls", false, "serve TLS on every listen address; without --tls-cert a self-signed certificate is generated and its fingerprint logged")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate (chain) PEM `FILE`")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key PEM `FILE`")
+	fs.StringVar(&c.TLSChain, "tls-chain", "", "intermediate certificates PEM `FILE`, sent after --tls-cert's")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "", "admit only TLS clients with a certificate signed by this CA bundle `FILE`")
 	fs.StringVar(&c.TLSClientFingerprints, "tls-client-fingerprints", "", "admit only TLS clients whose certificate SHA-256 is listed in `FILE` (or signed by --tls-client-ca)")
 	fs.BoolVar(&c.TLSOnly, "tls-only", false, "refuse plaintext clients")
@@ -82,23 +96,74 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.Var(&o.exempt, "limit-exempt", "`CIDR` exempt from per-address limits, repeatable (default 127.0.0.0/8 and ::1; \"none\" for none)")
 	fs.DurationVar(&c.TPServerTimeout, "tp-server-timeout", c.TPServerTimeout, "close a TunnelProxy server silent this long")
 	fs.IntVar(&c.TPClientBuffer, "tp-client-buffer", c.TPClientBuffer, "bytes waiting for one TunnelProxy client before it is disconnected")
+
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.adminListen, "admin-listen", "", "also serve /metrics, /healthz, /readyz and /debug/pprof/ on this `ADDR` (keep it private)")
+	fs.StringVar(&o.monitor, "monitor", "", "serve the monitor (nymea 1.8 and 1.13 dialects, meetpoint monitor) on this unix socket `PATH`")
+	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, how long tunnels may go on before they are closed")
+	fs.StringVar(&o.config, "config", "", "read settings from this TOML `FILE` (keys are these flag names; flags override it)")
+	fs.StringVar(&o.nymeaConfig, "nymea-config", "", "read settings from a nymea-remoteproxy configuration `FILE` (e.g. /etc/nymea/nymea-remoteproxy.conf)")
+	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration as TOML and exit")
 	return fs, v
+}
+
+// serveOptions is what serve runs: the relay's Config and the operational
+// settings around it.
+type serveOptions struct {
+	cfg         relay.Config
+	adminListen string
+	monitor     string
+	drain       time.Duration
+	warnings    []string // from --nymea-config
 }
 
 // parseServe turns serve's arguments into a validated relay.Config. Logs go
 // to logOut. It returns the exit status to use when serve must stop (see
 // parseFlags), or -1.
 func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, int) {
+	o, code := parseServeOptions(args, logOut, stdout, stderr)
+	return o.cfg, code
+}
+
+// parseServeOptions parses serve's flags and configuration files
+// (precedence: flags, --config, --nymea-config, defaults) and validates the
+// result. Every error is one line on stderr naming the setting, with exit
+// status 2. --print-config prints the configuration and returns 0.
+func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOptions, int) {
+	fail := func(format string, a ...any) (serveOptions, int) {
+		fmt.Fprintf(stderr, "meetpoint serve: "+format+"\n", a...)
+		return serveOptions{}, 2
+	}
 	fs, v := serveFlags()
 	if code := parseFlags(fs, args, stdout, stderr); code >= 0 {
-		return relay.Config{}, code
+		return serveOptions{}, code
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	var warnings []string
+	var ss []setting
+	if v.nymeaConfig != "" {
+		ns, warn, err := readNymeaConfig(v.nymeaConfig, fs)
+		if err != nil {
+			return fail("%v", err)
+		}
+		ss, warnings = append(ss, ns...), warn
+	}
+	if v.config != "" {
+		ts, err := readTOMLConfig(v.config, fs)
+		if err != nil {
+			return fail("%v", err)
+		}
+		ss = append(ss, ts...)
+	}
+	if err := applySettings(fs, explicit, ss); err != nil {
+		return fail("%v", err)
 	}
 	cfg := v.cfg
 	cfg.Listen = v.listen.vals
 	for _, addr := range cfg.Listen {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			fmt.Fprintf(stderr, "meetpoint serve: listen: %v\n", err)
-			return relay.Config{}, 2
+			return fail("listen: %v", err)
 		}
 	}
 	if v.exempt.set {
@@ -109,8 +174,7 @@ func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, 
 			}
 			pfx, err := netip.ParsePrefix(p)
 			if err != nil {
-				fmt.Fprintf(stderr, "meetpoint serve: limit-exempt: %v\n", err)
-				return relay.Config{}, 2
+				return fail("limit-exempt: %v", err)
 			}
 			cfg.Limits.Exempt = append(cfg.Limits.Exempt, pfx)
 		}
@@ -120,62 +184,171 @@ func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, 
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(v.logLevel)); err != nil {
-		fmt.Fprintf(stderr, "meetpoint serve: log-level: %q: want debug, info, warn or error\n", v.logLevel)
-		return relay.Config{}, 2
+		return fail("log-level: %q: want debug, info, warn or error", v.logLevel)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	hopts := &slog.HandlerOptions{Level: level}
+	switch v.logFormat {
+	case "text":
+		cfg.Logger = slog.New(slog.NewTextHandler(logOut, hopts))
+	case "json":
+		cfg.Logger = slog.New(slog.NewJSONHandler(logOut, hopts))
+	default:
+		return fail("log-format: %q: want text or json", v.logFormat)
+	}
+	if v.drain <= 0 {
+		return fail("drain-timeout: must be positive, got %v", v.drain)
+	}
+	if v.adminListen != "" {
+		if _, _, err := net.SplitHostPort(v.adminListen); err != nil {
+			return fail("admin-listen: %v", err)
+		}
+	}
 	auth, err := relay.ParseAuth(v.auth)
 	if err != nil {
-		fmt.Fprintf(stderr, "meetpoint serve: auth: %v\n", err)
-		return relay.Config{}, 2
+		return fail("auth: %v", err)
 	}
 	cfg.Auth = auth
 	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
-		return relay.Config{}, 2
+		return fail("%v", err)
 	}
-	return cfg, -1
+	if v.printConfig {
+		if err := writeConfig(stdout, fs); err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: print-config: %v\n", err)
+			return serveOptions{}, 1
+		}
+		return serveOptions{}, 0
+	}
+	return serveOptions{cfg: cfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain, warnings: warnings}, -1
 }
 
 // runServe runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
-// authenticator's files.
+// authenticator's files and the TLS certificate.
 func runServe(args []string, stdout, stderr io.Writer) int {
-	cfg, code := parseServe(args, stderr, stdout, stderr)
+	o, code := parseServeOptions(args, stderr, stdout, stderr)
 	if code >= 0 {
 		return code
 	}
-	log := cfg.Logger
-	srv, err := relay.NewServer(cfg)
+	relay.Version = version // Hello, the monitor and meetpoint_build_info
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	return serveUntilSignal(o, sigs, stderr, nil)
+}
+
+// serveStarted is told what serveUntilSignal started (tests use it).
+type serveStarted struct {
+	srv   *relay.Server
+	admin net.Addr // nil without --admin-listen
+}
+
+// serveUntilSignal starts the relay (with its monitor socket and admin
+// listener) and handles signals: SIGHUP reloads; SIGTERM or SIGINT drains
+// (readyz false, no new clients, tunnels get the drain timeout to end, the
+// rest are closed) and returns 0; a second SIGTERM/SIGINT during the drain
+// closes everything at once. Start-up failures return 1.
+func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, started func(serveStarted)) int {
+	log := o.cfg.Logger
+	for _, w := range o.warnings {
+		log.Warn("nymea-config: " + w)
+	}
+	srv, err := relay.NewServer(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1
 	}
-	addrs := make([]string, 0, len(cfg.Listen))
+	var mon io.Closer
+	if o.monitor != "" {
+		if mon, err = srv.ServeMonitor(o.monitor); err != nil {
+			srv.Close()
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 1
+		}
+		defer mon.Close()
+	}
+	var admin *http.Server
+	var adminAddr net.Addr
+	if o.adminListen != "" {
+		ln, err := net.Listen("tcp", o.adminListen)
+		if err != nil {
+			if mon != nil {
+				mon.Close()
+			}
+			srv.Close()
+			fmt.Fprintf(stderr, "meetpoint serve: admin-listen: %v\n", err)
+			return 1
+		}
+		adminAddr = ln.Addr()
+		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go func() {
+			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener", "err", err)
+			}
+		}()
+		defer admin.Close()
+	}
+	addrs := make([]string, 0, len(o.cfg.Listen))
 	for _, a := range srv.Addrs() {
 		addrs = append(addrs, a.String())
 	}
-	log.Info("listening", "addrs", addrs, "name", cfg.Name, "version", version)
+	attrs := []any{"addrs", addrs, "name", o.cfg.Name, "version", version, "tls", o.cfg.TLSEnabled()}
+	if adminAddr != nil {
+		attrs = append(attrs, "admin", adminAddr.String())
+	}
+	if o.monitor != "" {
+		attrs = append(attrs, "monitor", o.monitor)
+	}
+	log.Info("listening", attrs...)
+	if started != nil {
+		started(serveStarted{srv: srv, admin: adminAddr})
+	}
+	var stopSig os.Signal
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if err := srv.Reload(); err != nil {
-				log.Error("reload failed", "err", err)
+				log.Error("reload failed, keeping the previous state", "err", err)
 			} else {
 				log.Info("reloaded")
 			}
 			continue
 		}
-		log.Info("shutting down", "signal", sig.String())
-		if err := srv.Close(); err != nil {
-			log.Error("close", "err", err)
-		}
-		return 0
+		stopSig = sig
+		break
 	}
-	return 0
+	sigName := "closed channel"
+	if stopSig != nil {
+		sigName = stopSig.String()
+	}
+	log.Info("draining: no new clients; waiting for tunnels to end", "signal", sigName,
+		"tunnels", srv.Stats().TunnelsActive, "drain_timeout", o.drain.String())
+	ctx, cancel := context.WithTimeout(context.Background(), o.drain)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- srv.Shutdown(ctx) }()
+	for {
+		select {
+		case err := <-done:
+			waited := time.Since(start).Round(time.Millisecond).String()
+			if err != nil {
+				log.Info("drain timeout passed: closed the remaining tunnels", "waited", waited)
+			} else {
+				log.Info("drained: every tunnel ended", "waited", waited)
+			}
+			return 0
+		case sig, ok := <-sigs:
+			if !ok {
+				sigs = nil
+				continue
+			}
+			if sig == syscall.SIGHUP {
+				continue
+			}
+			log.Info("second signal: closing every tunnel now", "signal", sig.String())
+			cancel()
+		}
+	}
 }

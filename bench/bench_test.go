@@ -1,0 +1,188 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as a child ("bench _child ROLE ...").
+func TestMain(m *testing.M) {
+	if os.Getenv(ChildEnv) == "1" && len(os.Args) > 3 && os.Args[1] == "bench" && os.Args[2] == "_child" {
+		os.Exit(ChildMain(os.Args[3:]))
+	}
+	os.Exit(m.Run())
+}
+
+func tiny(t *testing.T, scenario string) Options {
+	t.Helper()
+	o := Tiny()
+	o.Scenarios = []string{scenario}
+	o.Preset = scenario
+	o.Out = t.TempDir()
+	o.Plot = true
+	o.ChildCommand = func(args []string) (*exec.Cmd, error) {
+		return exec.Command(os.Args[0], append([]string{"bench", "_child"}, args...)...), nil
+	}
+	return o
+}
+
+// runTiny runs one scenario at tiny scale and checks the files it writes.
+func runTiny(t *testing.T, o Options) (*Report, *Table) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab := rep.Table(o.Scenarios[0])
+	if tab == nil {
+		t.Fatalf("no %s table", o.Scenarios[0])
+	}
+	js, err := os.ReadFile(filepath.Join(rep.Dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatalf("results.json: %v", err)
+	}
+	if len(back.Tables) != 1 || len(back.Tables[0].Rows) != len(tab.Rows) {
+		t.Fatalf("results.json holds %d tables", len(back.Tables))
+	}
+	md, err := os.ReadFile(filepath.Join(rep.Dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "| peer |") {
+		t.Fatalf("report.md has no table:\n%s", md)
+	}
+	return rep, tab
+}
+
+// wantRows checks that every expected label has a row in the markdown.
+func wantRows(t *testing.T, tab *Table, labels ...string) {
+	t.Helper()
+	md := tab.Markdown()
+	for _, l := range labels {
+		if !strings.Contains(md, "| "+l+" |") {
+			t.Errorf("%s table has no %q row:\n%s", tab.Scenario, l, md)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(md), "\n")
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "| ") && !strings.HasPrefix(l, "| peer") {
+			n++
+			if c := strings.Count(l, "|"); c != len(tab.Params)+len(tab.Columns)+2 {
+				t.Errorf("row %q has %d cells", l, c-1)
+			}
+		}
+	}
+	if n != len(tab.Rows) {
+		t.Errorf("markdown has %d rows, table %d", n, len(tab.Rows))
+	}
+}
+
+// refPeers returns the reference peers installed here.
+func refPeers() []string {
+	out := []string{"direct"}
+	for _, p := range []string{"haproxy", "socat"} {
+		if _, err := exec.LookPath(p); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestSetup(t *testing.T) {
+	_, tab := runTiny(t, tiny(t, "setup"))
+	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws")...)
+	for _, r := range tab.Rows {
+		if r.Values["tunnels"] < 1 || r.Values["p50"] <= 0 {
+			t.Errorf("%s: %v", r.Peer, r.Values)
+		}
+		if r.Peer != "direct" && r.Values["x_direct"] <= 0 {
+			t.Errorf("%s: no ratio vs direct", r.Peer)
+		}
+	}
+}
+
+func TestThroughput(t *testing.T) {
+	rep, tab := runTiny(t, tiny(t, "throughput"))
+	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws", "meetpoint mixed")...)
+	if want := (len(refPeers()) + 3) * 2 * 2; len(tab.Rows) != want {
+		t.Errorf("%d rows, want %d", len(tab.Rows), want)
+	}
+	for _, r := range tab.Rows {
+		if r.Values["mbps"] <= 0 {
+			t.Errorf("%s %v: no throughput", r.Peer, r.Params)
+		}
+	}
+	for _, f := range []string{"throughput-k1.svg", "throughput-k2.svg"} {
+		b, err := os.ReadFile(filepath.Join(rep.Dir, f))
+		if err != nil || !strings.HasPrefix(string(b), "<svg") {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if len(rep.Targets) == 0 {
+		t.Error("no targets evaluated")
+	}
+}
+
+func TestLatency(t *testing.T) {
+	rep, tab := runTiny(t, tiny(t, "latency"))
+	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws")...)
+	for _, r := range tab.Rows {
+		if r.Values["p50"] <= 0 || r.Values["p99"] < r.Values["p50"] || len(r.CDF) == 0 {
+			t.Errorf("%s %v: %v", r.Peer, r.Params, r.Values)
+		}
+	}
+	for _, f := range []string{"latency-cdf-idle.svg", "latency-cdf-busy.svg"} {
+		if _, err := os.Stat(filepath.Join(rep.Dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestChurn(t *testing.T) {
+	o := tiny(t, "churn")
+	_, tab := runTiny(t, o)
+	wantRows(t, tab, "meetpoint tcp", "meetpoint ws")
+	for _, r := range tab.Rows {
+		if r.Values["tunnels"] < 1 || r.Values["rss1"] <= 0 || r.Values["fd1"] <= 0 {
+			t.Errorf("%s: %v", r.Peer, r.Values)
+		}
+	}
+}
+
+func TestIdle(t *testing.T) {
+	o := tiny(t, "idle")
+	_, tab := runTiny(t, o)
+	if len(tab.Rows) != 3 {
+		t.Fatalf("%d rows, want 2 steps and a slope:\n%s", len(tab.Rows), tab.Markdown())
+	}
+	wantRows(t, tab, "meetpoint tcp")
+	for _, r := range tab.Rows[:2] {
+		v := r.Values
+		if v["workers"] < 2 || v["verified"] < 1 || v["verify_failed"] != 0 || v["rss1"] <= 0 {
+			t.Errorf("%v: %v", r.Params, v)
+		}
+	}
+	if !strings.Contains(tab.Markdown(), "1M tunnels") {
+		t.Error("no extrapolation note")
+	}
+}
+
+func TestSVG(t *testing.T) {
+	s := lineChart("t", "x", "y", []tick{{0, "a"}, {1, "b"}}, true, []series{{"s", [][2]float64{{0, 1}, {1, 100}}}})
+	if !strings.HasPrefix(s, "<svg") || !strings.Contains(s, "<polyline") {
+		t.Fatal(s)
+	}
+}

@@ -1,0 +1,174 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// newHist returns a latency histogram in nanoseconds: 100 ns to 60 s with
+// three significant figures.
+func newHist() *hdrhistogram.Histogram {
+	return hdrhistogram.New(100, int64(60*time.Second), 3)
+}
+
+// record adds d to h, clamped to its range.
+func record(h *hdrhistogram.Histogram, d time.Duration) {
+	v := int64(d)
+	if v < 100 {
+		v = 100
+	}
+	if v > h.HighestTrackableValue() {
+		v = h.HighestTrackableValue()
+	}
+	_ = h.RecordValue(v)
+}
+
+// us returns the value at percentile p (0..100) of a nanosecond histogram
+// in microseconds.
+func us(h *hdrhistogram.Histogram, p float64) float64 {
+	return float64(h.ValueAtPercentile(p)) / 1e3
+}
+
+// cdf returns (µs, percentile) points of h for plotting and the JSON file.
+func cdf(h *hdrhistogram.Histogram) [][2]float64 {
+	var out [][2]float64
+	for _, b := range h.CumulativeDistributionWithTicks(5) {
+		out = append(out, [2]float64{float64(b.ValueAt) / 1e3, b.Quantile})
+		if b.Quantile >= 100 {
+			break
+		}
+	}
+	return out
+}
+
+// procStatus reads a field of /proc/PID/status in its natural unit (kB for
+// Vm*, a count for Threads). It returns -1 when it cannot.
+func procStatus(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, field+":") {
+			continue
+		}
+		f := strings.Fields(line[len(field)+1:])
+		if len(f) == 0 {
+			return -1
+		}
+		v, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return -1
+		}
+		return v
+	}
+	return -1
+}
+
+// rssBytes returns the resident set size of pid in bytes (VmRSS), -1 if unknown.
+func rssBytes(pid int) int64 {
+	v := procStatus(pid, "VmRSS")
+	if v < 0 {
+		return -1
+	}
+	return v * 1024
+}
+
+// fdCount returns the number of open descriptors of pid, -1 if unknown.
+func fdCount(pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitListening dials addr until it accepts or timeout passes.
+func waitListening(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not listening after %v: %w", addr, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// progress is the live status line on stderr: it rewrites itself (\r)
+// five times a second until stopped.
+type progress struct {
+	w    io.Writer
+	mu   sync.Mutex
+	stop chan struct{}
+	done chan struct{}
+}
+
+// startProgress shows label followed by status() on w until the returned
+// function is called. w nil shows nothing.
+func startProgress(w io.Writer, label string, status func() string) func() {
+	if w == nil {
+		return func() {}
+	}
+	p := &progress{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+	start := time.Now()
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			fmt.Fprintf(w, "\r\033[K%s  %s  [%.1fs]", label, status(), time.Since(start).Seconds())
+			select {
+			case <-p.stop:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(p.stop)
+			<-p.done
+		})
+	}
+}
+
+// human formats a byte count as B, KiB or MiB.
+func human(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	default:
+		return fmt.Sprintf("%d B", n)
+	}
+}

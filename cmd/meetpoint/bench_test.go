@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBenchUsageAndBadFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "usage: meetpoint bench"},
+		{[]string{"nope"}, 2, "unknown scenario"},
+		{[]string{"setup", "--sizes", "x"}, 2, "sizes"},
+		{[]string{"idle", "--per-worker", "20000"}, 2, "per-worker"},
+		{[]string{"setup", "--transports", "udp"}, 2, "transports"},
+		{[]string{"setup", "--relay-pid", "1"}, 2, "relay-pid needs relay-url"},
+		{[]string{"setup", "extra"}, 2, "unexpected argument"},
+	} {
+		var out, errb bytes.Buffer
+		if code := runBench(c.args, &out, &errb); code != c.code || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("%v: code %d, stderr %q", c.args, code, errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := runBench([]string{"-h"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "-relay-url") {
+		t.Errorf("-h: %d %q", code, out.String())
+	}
+}
+
+func TestBenchThroughputCLI(t *testing.T) {
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	code := runBench([]string{"throughput", "--peers", "direct,meetpoint", "--transports", "tcp", "--sizes", "1024",
+		"--parallel", "1", "--duration", "100ms", "--out", dir, "--plot"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("code %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "| meetpoint tcp | 1 KiB | 1 |") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	runs, _ := filepath.Glob(filepath.Join(dir, "*-throughput", "results.json"))
+	if len(runs) != 1 {
+		t.Fatalf("results.json: %v", runs)
+	}
+	b, err := os.ReadFile(runs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Tables []struct{ Rows []json.RawMessage }
+	}
+	if err := json.Unmarshal(b, &rep); err != nil || len(rep.Tables) != 1 || len(rep.Tables[0].Rows) != 2 {
+		t.Fatalf("results.json: %v %s", err, b)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(runs[0]), "throughput-k1.svg")); err != nil {
+		t.Fatal(err)
+	}
+}

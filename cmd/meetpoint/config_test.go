@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// printConfig runs serve --print-config with args and decodes the output.
+func printConfig(t *testing.T, args ...string) (map[string]any, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(append([]string{"serve"}, append(args, "--print-config")...), nil, &out, &errb)
+	if code != 0 {
+		t.Fatalf("serve %v --print-config: exit %d: %s", args, code, errb.String())
+	}
+	var m map[string]any
+	if _, err := toml.Decode(out.String(), &m); err != nil {
+		t.Fatalf("print-config output is not TOML: %v\n%s", err, out.String())
+	}
+	return m, out.String()
+}
+
+func TestNymeaConfigFixture(t *testing.T) {
+	fs, _ := serveFlags()
+	ss, warn, err := readNymeaConfig("testdata/nymea-remoteproxy.conf", fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, s := range ss {
+		got[s.flag] = s.values
+	}
+	want := map[string][]string{
+		"name":             {"remoteproxy.example.com"},
+		"monitor":          {"/tmp/nymea-remoteproxy-monitor.sock"},
+		"inactive-timeout": {"5s"},
+		"alone-timeout":    {"12s"},
+		"auth-timeout":     {"8s"},
+		"rpc-timeout":      {"10s"},
+		"tls-cert":         {"/etc/letsencrypt/live/remoteproxy.example.com/cert.pem"},
+		"tls-key":          {"/etc/letsencrypt/live/remoteproxy.example.com/privkey.pem"},
+		"listen":           {"0.0.0.0:443", "0.0.0.0:80", "0.0.0.0:2212", "0.0.0.0:2213"},
+	}
+	if fs.Lookup("tls-chain") != nil {
+		want["tls-chain"] = []string{"/etc/letsencrypt/live/remoteproxy.example.com/chain.pem"}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("settings:\n got %v\nwant %v", got, want)
+	}
+	joined := strings.Join(warn, "\n")
+	for _, w := range []string{"[AWS]", "[UnixSocketServer]", "logFile"} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("no warning about %s in %q", w, joined)
+		}
+	}
+
+	// Through serve: the effective configuration carries it all.
+	m, _ := printConfig(t, "--nymea-config", "testdata/nymea-remoteproxy.conf")
+	if m["name"] != "remoteproxy.example.com" || m["inactive-timeout"] != "5s" || m["alone-timeout"] != "12s" ||
+		m["monitor"] != "/tmp/nymea-remoteproxy-monitor.sock" ||
+		m["tls-cert"] != "/etc/letsencrypt/live/remoteproxy.example.com/cert.pem" {
+		t.Fatalf("effective configuration: %v", m)
+	}
+	if l, _ := m["listen"].([]any); len(l) != 4 || l[0] != "0.0.0.0:443" {
+		t.Fatalf("listen: %v", m["listen"])
+	}
+
+	// nymea 1.13's shipped file: TLS off, the TunnelProxy ports only.
+	m, _ = printConfig(t, "--nymea-config", "testdata/nymea-remoteproxy-1.13.conf")
+	if l, _ := m["listen"].([]any); len(l) != 2 || l[0] != "127.0.0.1:2212" || l[1] != "127.0.0.1:2213" {
+		t.Fatalf("1.13 listen: %v", m["listen"])
+	}
+	if m["tls-cert"] != "" || m["name"] != "nymea-remoteproxy" || m["inactive-timeout"] != "8s" {
+		t.Fatalf("1.13: %v", m)
+	}
+}
+
+func TestNymeaConfigDefaultsAndQuirks(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.conf")
+	os.WriteFile(path, []byte("\ufeff# comment\n[ProxyServer]\nname = \"quoted name\"\n\n[SSL]\nenabled=false\n"), 0o644)
+	fs, _ := serveFlags()
+	ss, _, err := readNymeaConfig(path, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, s := range ss {
+		got[s.flag] = s.values
+	}
+	// No server section: nymea 1.x's legacy defaults.
+	if !reflect.DeepEqual(got["listen"], []string{"127.0.0.1:1212", "127.0.0.1:1213"}) || got["name"][0] != "quoted name" {
+		t.Fatalf("settings %v", got)
+	}
+	if _, ok := got["tls-cert"]; ok {
+		t.Fatal("TLS taken over although disabled")
+	}
+}
+
+func TestTOMLConfigAndFlagOverride(t *testing.T) {
+	m, _ := printConfig(t, "--config", "testdata/meetpoint.toml", "--name", "from-flag", "--alone-timeout", "3s")
+	for k, want := range map[string]any{
+		"name":             "from-flag", // flag beats file
+		"alone-timeout":    "3s",        // flag beats file
+		"inactive-timeout": "6s",        // file beats default
+		"max-buffer":       int64(131072),
+		"log-format":       "json",
+		"log-level":        "warn",
+		"drain-timeout":    "45s",
+		"auth-timeout":     "8s", // default
+	} {
+		if m[k] != want {
+			t.Errorf("%s = %#v, want %#v", k, m[k], want)
+		}
+	}
+	if l, _ := m["limit-exempt"].([]any); len(l) != 2 || l[0] != "10.0.0.0/8" {
+		t.Errorf("limit-exempt (from a [limit] table) = %v", m["limit-exempt"])
+	}
+	if _, ok := m["config"]; ok {
+		t.Error("print-config lists config")
+	}
+
+	// The file beats the nymea file; flags beat both.
+	m, _ = printConfig(t, "--nymea-config", "testdata/nymea-remoteproxy.conf", "--config", "testdata/meetpoint.toml",
+		"--listen", "127.0.0.1:7777")
+	if m["name"] != "relay-eu-1" || m["inactive-timeout"] != "6s" || m["alone-timeout"] != "20s" || m["rpc-timeout"] != "10s" {
+		t.Fatalf("layered: %v", m)
+	}
+	if l, _ := m["listen"].([]any); len(l) != 1 || l[0] != "127.0.0.1:7777" {
+		t.Fatalf("listen: %v", m["listen"])
+	}
+
+	// What --print-config prints, --config reads back to the same thing.
+	_, text := printConfig(t, "--config", "testdata/meetpoint.toml", "--name", "round-trip", "--tunnel-rate", "1000")
+	path := filepath.Join(t.TempDir(), "printed.toml")
+	os.WriteFile(path, []byte(text), 0o644)
+	_, again := printConfig(t, "--config", path)
+	if again != text {
+		t.Fatalf("round trip differs:\n%s\n---\n%s", text, again)
+	}
+
+	// The parsed relay.Config reflects the file.
+	cfg, code := parseServe([]string{"--config", "testdata/meetpoint.toml"}, io.Discard, io.Discard, io.Discard)
+	if code != -1 || cfg.Name != "relay-eu-1" || cfg.InactiveTimeout != 6*time.Second || cfg.MaxBuffer != 131072 ||
+		len(cfg.Limits.Exempt) != 2 {
+		t.Fatalf("cfg %+v code %d", cfg, code)
+	}
+}
+
+func TestBadConfigExit2(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o644)
+		return p
+	}
+	for _, tc := range []struct {
+		args []string
+		want []string // all in the one error line
+	}{
+		{[]string{"--config", write("a.toml", "inactive-timeout = \"soon\"\n")}, []string{"a.toml", "inactive-timeout", `"soon"`, "duration"}},
+		{[]string{"--config", write("b.toml", "inactive-timeout = 8\n")}, []string{"inactive-timeout", "duration"}},
+		{[]string{"--config", write("c.toml", "no-such-key = 1\n")}, []string{"no-such-key", "unknown setting"}},
+		{[]string{"--config", write("d.toml", "name = [\"a\", \"b\"]\n")}, []string{"name", "one value"}},
+		{[]string{"--config", write("e.toml", "name = \"x\"\nname = \"y\"\n")}, []string{"e.toml", "line 2"}},
+		{[]string{"--config", write("f.toml", "max-buffer = 10\n")}, []string{"max-buffer", "4096"}},
+		{[]string{"--config", write("g.toml", "max-buffer = \"big\"\n")}, []string{"max-buffer", "integer"}},
+		{[]string{"--config", write("h.toml", "config = \"x.toml\"\n")}, []string{"config", "unknown setting"}},
+		{[]string{"--config", write("i.toml", "log-format = \"xml\"\n")}, []string{"log-format", "xml"}},
+		{[]string{"--config", write("j.toml", "drain-timeout = \"0s\"\n")}, []string{"drain-timeout"}},
+		{[]string{"--config", filepath.Join(dir, "missing.toml")}, []string{"config", "missing.toml"}},
+		{[]string{"--nymea-config", write("k.conf", "[ProxyServer]\ninactiveTimeout=abc\n")}, []string{"[ProxyServer] inactiveTimeout", "milliseconds"}},
+		{[]string{"--nymea-config", write("l.conf", "[TcpServer]\nport=99999\n")}, []string{"[TcpServer] port", "99999"}},
+		{[]string{"--nymea-config", write("m.conf", "[SSL]\nenabled=maybe\n")}, []string{"[SSL] enabled"}},
+		{[]string{"--nymea-config", write("n.conf", "[SSL]\nenabled=true\ncertificate=\n")}, []string{"[SSL] certificate"}},
+		{[]string{"--nymea-config", write("o.conf", "[ProxyServer\n")}, []string{"o.conf:1"}},
+		{[]string{"--nymea-config", filepath.Join(dir, "missing.conf")}, []string{"nymea-config", "missing.conf"}},
+		{[]string{"--log-format", "xml"}, []string{"log-format"}},
+		{[]string{"--admin-listen", "nope"}, []string{"admin-listen"}},
+	} {
+		var out, errb bytes.Buffer
+		code := run(append([]string{"serve"}, tc.args...), nil, &out, &errb)
+		line := errb.String()
+		if code != 2 || strings.Count(line, "\n") != 1 || !strings.HasPrefix(line, "meetpoint serve: ") {
+			t.Errorf("%v: exit %d, stderr %q", tc.args, code, line)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(line, w) {
+				t.Errorf("%v: %q lacks %q", tc.args, line, w)
+			}
+		}
+	}
+}

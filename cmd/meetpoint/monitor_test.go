@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gdamore/tcell/v2"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+func TestMonitorCommandJSON(t *testing.T) {
+	mon := filepath.Join(t.TempDir(), "mon.sock")
+	ts := startServe(t, "--monitor", mon, "--name", "mon-cmd", "--log-level", "error")
+	a, b := pairTunnel(t, ts.addr(), "monitor-json")
+	echo(t, a, b, strings.Repeat("m", 1000))
+
+	var out, errb bytes.Buffer
+	if code := runMonitor([]string{"--socket", mon, "--json"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var st relay.MonitorStatus
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if st.Name != "mon-cmd" || len(st.Tunnels) != 1 || st.Tunnels[0].BytesAB+st.Tunnels[0].BytesBA < 1000 || !st.Ready {
+		t.Fatalf("status %s", out.String())
+	}
+
+	errb.Reset()
+	if code := runMonitor([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "--json"}, &out, &errb); code != 1 ||
+		strings.Count(errb.String(), "\n") != 1 {
+		t.Fatalf("missing socket: %d %q", code, errb.String())
+	}
+	if code := runMonitor([]string{"--interval", "1ms"}, &out, &errb); code != 2 {
+		t.Fatalf("bad interval: %d", code)
+	}
+	out.Reset()
+	if code := runMonitor([]string{"-h"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "-socket") {
+		t.Fatalf("monitor -h: %d %q", code, out.String())
+	}
+}
+
+// snapScreen records the rows of a simulation screen each time the view
+// shows it (in the view's goroutine: the simulation screen's cells are not
+// safe to read from another).
+type snapScreen struct {
+	tcell.SimulationScreen
+	mu   sync.Mutex
+	rows []string
+}
+
+func newSnapScreen(t *testing.T, w, h int) *snapScreen {
+	sim := tcell.NewSimulationScreen("UTF-8")
+	if err := sim.Init(); err != nil {
+		t.Fatal(err)
+	}
+	sim.SetSize(w, h)
+	t.Cleanup(sim.Fini)
+	return &snapScreen{SimulationScreen: sim}
+}
+
+func (s *snapScreen) Show() {
+	s.SimulationScreen.Show()
+	rows := screenText(s.SimulationScreen)
+	s.mu.Lock()
+	s.rows = rows
+	s.mu.Unlock()
+}
+
+func (s *snapScreen) text() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.rows...)
+}
+
+// screenText returns the simulation screen's rows.
+func screenText(s tcell.SimulationScreen) []string {
+	cells, w, h := s.GetContents()
+	rows := make([]string, h)
+	for y := 0; y < h; y++ {
+		var sb strings.Builder
+		for x := 0; x < w; x++ {
+			r := cells[y*w+x].Runes
+			if len(r) == 0 {
+				sb.WriteByte(' ')
+			} else {
+				sb.WriteString(string(r))
+			}
+		}
+		rows[y] = strings.TrimRight(sb.String(), " ")
+	}
+	return rows
+}
+
+func TestMonitorTerminalView(t *testing.T) {
+	mon := filepath.Join(t.TempDir(), "mon.sock")
+	ts := startServe(t, "--monitor", mon, "--name", "tui", "--log-level", "error")
+	a, b := pairTunnel(t, ts.addr(), "monitor-tui")
+	_, _ = pairTunnel(t, ts.addr(), "monitor-tui-idle")
+	mc, err := dialMonitor(mon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Close()
+
+	screen := newSnapScreen(t, 120, 30)
+	var fetches atomic.Int32
+	fetch := func() (relay.MonitorStatus, error) {
+		fetches.Add(1)
+		return mc.fetch()
+	}
+	done := make(chan error, 1)
+	go func() { done <- monitorUI(screen, fetch, 150*time.Millisecond, 0) }()
+
+	// Traffic on one tunnel makes it the busiest: it is listed first.
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := a.Write(bytes.Repeat([]byte("x"), 4096)); err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	defer close(stop)
+
+	var rows []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(100 * time.Millisecond)
+		rows = screen.text()
+		text := strings.Join(rows, "\n")
+		if fetches.Load() >= 3 && strings.Contains(text, "tunnels 2 active") && tableFirstBusy(rows) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("screen never showed the busy tunnel first:\n%s", text)
+		}
+	}
+	t.Logf("screen:\n%s", strings.Join(rows, "\n"))
+	if !strings.HasPrefix(rows[0], "meetpoint tui") || !strings.Contains(rows[len(rows)-1], "q: quit") {
+		t.Fatalf("header/footer:\n%s", strings.Join(rows, "\n"))
+	}
+
+	screen.InjectKey(tcell.KeyRune, 'q', tcell.ModNone)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("q did not quit")
+	}
+}
+
+// tableFirstBusy reports whether the first tunnel row shows a non-zero rate.
+func tableFirstBusy(rows []string) bool {
+	for i, r := range rows {
+		if strings.HasPrefix(r, "TUNNEL") && i+1 < len(rows) {
+			f := strings.Fields(rows[i+1])
+			return len(f) > 3 && f[2] != "0" && strings.HasSuffix(f[3], "/s") && f[2]+" "+f[3] != "0 B/s"
+		}
+	}
+	return false
+}
+
+func TestMonitorViewErrorsAndKeys(t *testing.T) {
+	screen := newSnapScreen(t, 80, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- monitorUI(screen, func() (relay.MonitorStatus, error) {
+			return relay.MonitorStatus{}, errors.New("relay gone")
+		}, 100*time.Millisecond, 0)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(strings.Join(screen.text(), "\n"), "relay gone") {
+		if time.Now().After(deadline) {
+			t.Fatal("error not shown")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	screen.InjectKey(tcell.KeyEscape, 0, tcell.ModNone)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Esc did not quit")
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for in, want := range map[float64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536 * 1024: "1.5 MiB"} {
+		if got := humanBytes(in); got != want {
+			t.Errorf("humanBytes(%v) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// lockedBuffer is a goroutine-safe log sink.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// testServe runs serveUntilSignal with a signal channel the test feeds.
+type testServe struct {
+	started serveStarted
+	sigs    chan os.Signal
+	done    chan int
+	logs    *lockedBuffer
+	stderr  *lockedBuffer
+}
+
+func startServe(t *testing.T, args ...string) *testServe {
+	t.Helper()
+	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), ts.logs, io.Discard, ts.stderr)
+	if code != -1 {
+		t.Fatalf("parse: %d %s", code, ts.stderr.String())
+	}
+	started := make(chan serveStarted, 1)
+	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { started <- s }) }()
+	select {
+	case ts.started = <-started:
+	case code := <-ts.done:
+		t.Fatalf("serve exited %d: %s", code, ts.stderr.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	t.Cleanup(func() {
+		select {
+		case ts.sigs <- syscall.SIGTERM:
+		default:
+		}
+		select {
+		case ts.sigs <- syscall.SIGINT:
+		default:
+		}
+		select {
+		case <-ts.done:
+		case <-time.After(10 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	return ts
+}
+
+func (ts *testServe) addr() string { return ts.started.srv.Addrs()[0].String() }
+
+func (ts *testServe) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case code := <-ts.done:
+		ts.done <- code // for Cleanup
+		return code
+	case <-time.After(within):
+		t.Fatalf("serve still running after %v", within)
+		return -1
+	}
+}
+
+func adminGet(t *testing.T, ts *testServe, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + ts.started.admin.String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func pairTunnel(t *testing.T, addr, token string) (*client.Tunnel, *client.Tunnel) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		tun *client.Tunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		tun, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/", Token: token, Name: "a"})
+		ch <- res{tun, err}
+	}()
+	b, err := client.Dial(ctx, client.Options{URL: "tcp://" + addr, Token: token, Name: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.tun.Close(); b.Close() })
+	return r.tun, b
+}
+
+func echo(t *testing.T, from, to *client.Tunnel, msg string) {
+	t.Helper()
+	if _, err := from.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	_ = to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(to, buf); err != nil || string(buf) != msg {
+		t.Fatalf("read %q %v, want %q", buf, err, msg)
+	}
+}
+
+// SIGTERM drains: readyz turns 503, the tunnel keeps working, and serve
+// returns 0 as soon as the tunnel ends by itself. Logs are JSON, one line
+// per tunnel event, with no token in them.
+func TestServeDrainOnSIGTERM(t *testing.T) {
+	mon := filepath.Join(t.TempDir(), "mon.sock")
+	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "20s",
+		"--log-format", "json", "--log-level", "info")
+	const token = "very-secret-token-4711"
+	a, b := pairTunnel(t, ts.addr(), token)
+	echo(t, a, b, "hello")
+
+	if code, body := adminGet(t, ts, "/readyz"); code != 200 || body != "ready\n" {
+		t.Fatalf("readyz: %d %q", code, body)
+	}
+	if code, body := adminGet(t, ts, "/metrics"); code != 200 || !strings.Contains(body, "meetpoint_tunnels_active 1\n") {
+		t.Fatalf("metrics: %d", code)
+	}
+	if code, _ := adminGet(t, ts, "/debug/pprof/"); code != 200 {
+		t.Fatalf("pprof on the admin listener: %d", code)
+	}
+	if _, err := os.Stat(mon); err != nil {
+		t.Fatalf("monitor socket: %v", err)
+	}
+
+	start := time.Now()
+	ts.sigs <- syscall.SIGTERM
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := adminGet(t, ts, "/readyz")
+		if code == 503 && body == "draining\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz while draining: %d %q", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 5; i++ {
+		echo(t, a, b, "still here")
+		echo(t, b, a, "me too")
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case code := <-ts.done:
+		t.Fatalf("serve returned %d while a tunnel was open", code)
+	default:
+	}
+	a.Close()
+	if code := ts.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("drain took %v though the tunnel ended", el)
+	}
+	if _, err := os.Stat(mon); !os.IsNotExist(err) {
+		t.Fatalf("monitor socket left behind: %v", err)
+	}
+
+	logs := ts.logs.String()
+	if strings.Contains(logs, token) {
+		t.Fatal("the token was logged")
+	}
+	var msgs []string
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		msgs = append(msgs, m["msg"].(string))
+	}
+	all := strings.Join(msgs, "|")
+	for _, want := range []string{"listening", "tunnel established", "draining", "tunnel closed", "drained"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no %q log line in %v", want, msgs)
+		}
+	}
+}
+
+// A tunnel that outlives the drain timeout is closed when it passes, not
+// before.
+func TestServeDrainTimeout(t *testing.T) {
+	ts := startServe(t, "--drain-timeout", "600ms", "--log-level", "error")
+	a, b := pairTunnel(t, ts.addr(), "drain-timeout")
+	start := time.Now()
+	ts.sigs <- syscall.SIGTERM
+	for time.Since(start) < 400*time.Millisecond {
+		echo(t, a, b, "ping")
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code := ts.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if el := time.Since(start); el < 600*time.Millisecond {
+		t.Fatalf("returned after %v, before the drain timeout", el)
+	}
+	_ = a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := a.Read(make([]byte, 8)); err == nil {
+		t.Fatal("tunnel still open after the drain")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("tunnel not closed after the drain")
+	}
+}
+
+// A second SIGTERM/SIGINT during the drain closes everything at once.
+func TestServeSecondSignalCuts(t *testing.T) {
+	ts := startServe(t, "--drain-timeout", "1m", "--log-level", "error")
+	pairTunnel(t, ts.addr(), "second-signal")
+	ts.sigs <- syscall.SIGTERM
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case code := <-ts.done:
+		t.Fatalf("returned %d during the drain", code)
+	default:
+	}
+	ts.sigs <- syscall.SIGINT
+	if code := ts.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// SIGHUP re-reads the token file.
+func TestServeSIGHUPReloadsTokens(t *testing.T) {
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(tokens, []byte("alpha\n"), 0o600)
+	ts := startServe(t, "--auth", "file:"+tokens, "--log-level", "info")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := client.Dial(ctx, client.Options{URL: "tcp://" + ts.addr(), Token: "beta"})
+	var ae *client.AuthError
+	if !errors.As(err, &ae) {
+		t.Fatalf("beta before reload: %v, want an authentication error", err)
+	}
+	os.WriteFile(tokens, []byte("alpha\nbeta\n"), 0o600)
+	ts.sigs <- syscall.SIGHUP
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(ts.logs.String(), "reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload logged: %s", ts.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a, b := pairTunnel(t, ts.addr(), "beta")
+	echo(t, a, b, "reloaded")
+
+	// A broken file keeps the old tokens and logs the error.
+	os.Remove(tokens)
+	ts.sigs <- syscall.SIGHUP
+	deadline = time.Now().Add(5 * time.Second)
+	for !strings.Contains(ts.logs.String(), "reload failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload failure logged: %s", ts.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a2, b2 := pairTunnel(t, ts.addr(), "alpha")
+	echo(t, a2, b2, "kept")
+}
+
+func TestServeStartFailures(t *testing.T) {
+	dir := t.TempDir()
+	notSock := filepath.Join(dir, "file")
+	os.WriteFile(notSock, nil, 0o600)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, args := range [][]string{
+		{"--monitor", notSock},
+		{"--admin-listen", busy.Addr().String()},
+		{"--listen", busy.Addr().String()},
+	} {
+		var stderr lockedBuffer
+		o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0", "--log-level", "error"}, args...), io.Discard, io.Discard, &stderr)
+		if code != -1 {
+			t.Fatalf("%v: parse %d %s", args, code, stderr.String())
+		}
+		if code := serveUntilSignal(o, make(chan os.Signal), &stderr, nil); code != 1 || strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr.String())
+		}
+	}
+}
