@@ -742,7 +742,11 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 	if errors.As(err, &ce) {
 		code, text = ce.Code, ce.Reason
 	}
-	f.s.log.Debug("websocket protocol error in tunnel", "err", err)
+	info := &ep.t.infoA
+	if ep == &ep.t.b {
+		info = &ep.t.infoB
+	}
+	f.s.log.Debug("websocket protocol error in tunnel", "tunnel", ep.t.id, "peer", info.Address, "err", err)
 	if !ep.closeSent {
 		ep.ctrl = handshake.AppendClose(ep.ctrl, code, text)
 		ep.closeSent = true

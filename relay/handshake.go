@@ -9,11 +9,13 @@ import (
 // mu held.
 func (c *conn) httpHead() {
 	end := handshake.HeadEnd(c.in)
+	if (end == 0 && len(c.in) > c.s.cfg.MaxHeader) || end > c.s.cfg.MaxHeader {
+		c.s.log.Debug("HTTP head too large", "peer", c.peer.String(), "bytes", max(end, len(c.in)))
+		c.write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+		c.closeNow(ReasonHTTP)
+		return
+	}
 	if end == 0 {
-		if len(c.in) > c.s.cfg.MaxHeader {
-			c.write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
-			c.closeNow(ReasonHTTP)
-		}
 		return
 	}
 	head, rest := c.in[:end], c.in[end:]

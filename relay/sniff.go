@@ -78,7 +78,8 @@ func (c *conn) consumeJSON(p []byte) {
 		}
 		obj, n, err := handshake.NextObject(buf)
 		if err != nil {
-			c.rpcFail(-1, "Failed to parse JSON data: "+err.Error())
+			// NextObject's errors already read "Failed to parse JSON data: ...".
+			c.rpcFail(-1, err.Error())
 			return
 		}
 		if obj == nil {
@@ -127,6 +128,7 @@ func (c *conn) consumeWS(p []byte) {
 			case op.IsControl():
 				c.ctrlOp, c.ctrl = op, c.ctrl[:0]
 			case op == ws.OpBinary:
+				c.s.log.Debug("binary message before the tunnel", "peer", c.peer.String())
 				c.fail(ReasonWebSocket, ws.StatusInternalServerError, "Binary message not expected.")
 				return
 			case state(c.st.Load()) != stRPC:
@@ -139,6 +141,7 @@ func (c *conn) consumeWS(p []byte) {
 				c.ctrl = append(c.ctrl, f.Data...)
 			} else {
 				if len(c.msg)+len(f.Data) > c.s.cfg.MaxPreAuth {
+					c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(c.msg)+len(f.Data))
 					c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Message too big")
 					return
 				}
