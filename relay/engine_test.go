@@ -2,9 +2,9 @@ package relay
 
 import (
 	"bufio"
-	"crypto/tls"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
