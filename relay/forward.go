@@ -470,7 +470,7 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 	if t.closing || src.eof || !src.readable || len(src.ctrl) > ctrlHigh || src.quota < 0 {
 		return moved
 	}
-	if rate := f.s.cfg.Limits.TunnelRate; rate > 0 {
+	if rate := f.s.tunnelRate.Load(); rate > 0 {
 		n, wait := src.bkt.allow(rate, time.Now(), pool.ChunkSize)
 		if n == 0 {
 			f.throttle(src, wait)

@@ -80,6 +80,7 @@ func addrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+// exempt reports whether ip is exempt. Called with mu held.
 func (l *limiter) exempt(ip netip.Addr) bool {
 	for _, p := range l.lim.Exempt {
 		if p.Contains(ip) {
@@ -141,11 +142,11 @@ func (l *limiter) release(ip netip.Addr) {
 // authFailed records a failed authentication; it reports whether the
 // address is now banned.
 func (l *limiter) authFailed(ip netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.lim.AuthFailuresPerIP <= 0 || l.exempt(ip) {
 		return false
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	now := l.now()
 	st := l.ips[ip]
 	if st == nil {
@@ -202,3 +203,30 @@ func (b *bucket) allow(rate int64, now time.Time, want int) (int, time.Duration)
 }
 
 func (b *bucket) take(n int) { b.tokens -= float64(n) }
+
+// setLimits replaces the limits (SIGHUP); counts and bans are kept.
+func (l *limiter) setLimits(lim Limits) {
+	l.mu.Lock()
+	l.lim = lim
+	l.mu.Unlock()
+}
+
+// banTime is the current ban duration.
+func (l *limiter) banTime() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lim.BanTime
+}
+
+// SetLimits replaces the server's abuse limits while it runs (e.g. on
+// SIGHUP). Connections already admitted stay; new ones meet the new limits.
+func (s *Server) SetLimits(lim Limits) error {
+	c := s.cfg
+	c.Limits = lim
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	s.lim.setLimits(lim)
+	s.tunnelRate.Store(lim.TunnelRate)
+	return nil
+}

@@ -212,3 +212,29 @@ func TestLimiterUnit(t *testing.T) {
 		t.Fatal("idle address not swept")
 	}
 }
+
+// TestSetLimits: limits change while the server runs.
+func TestSetLimits(t *testing.T) {
+	s := startServer(t, noExempt)
+	addr := s.Addrs()[0].String()
+	a, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	waitFor(t, func() bool { return len(s.Snapshot().Clients) == 1 }, "first connection tracked")
+	lim := s.cfg.Limits
+	lim.MaxConnsPerIP = 1
+	if err := s.SetLimits(lim); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := net.Dial("tcp", addr)
+	defer b.Close()
+	if !closedSoon(b, 2*time.Second) {
+		t.Fatal("new limit not applied")
+	}
+	lim.MaxConnsPerIP = -1
+	if err := s.SetLimits(lim); err == nil {
+		t.Fatal("invalid limits accepted")
+	}
+}

@@ -155,7 +155,7 @@ func (c *conn) onAuthResult(r AuthResult) {
 		if c.s.lim.authFailed(c.adm.ip) {
 			c.s.stats.bans.Inc()
 			c.s.log.Warn("address banned after failed authentications", "ip", c.adm.ip.String(),
-				"for", c.s.cfg.Limits.BanTime)
+				"for", c.s.lim.banTime())
 		}
 	}
 	c.writeMsg(handshake.AppendSuccess(c.out[:0], c.authID,

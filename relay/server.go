@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -31,6 +32,8 @@ type Server struct {
 	fwd   []*forwarder
 	tls   *tlsConfigState // nil without TLS
 	lim   *limiter
+	// tunnelRate is Limits.TunnelRate, changeable while running.
+	tunnelRate atomic.Int64
 	tp    *tpRegistry
 	quit  chan struct{} // closed by Close
 
@@ -69,6 +72,7 @@ func NewServer(cfg Config) (*Server, error) {
 		tp:      newTPRegistry(),
 		quit:    make(chan struct{}),
 	}
+	s.tunnelRate.Store(cfg.Limits.TunnelRate)
 	ts, err := newTLSState(s)
 	if err != nil {
 		return nil, err

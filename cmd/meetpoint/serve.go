@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -115,6 +116,9 @@ type serveOptions struct {
 	monitor     string
 	drain       time.Duration
 	warnings    []string // from --nymea-config
+	// limits re-reads the command line and config files for SIGHUP; nil
+	// means limits are not reloaded.
+	limits func() (relay.Limits, error)
 }
 
 // parseServe turns serve's arguments into a validated relay.Config. Logs go
@@ -221,6 +225,19 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 	return serveOptions{cfg: cfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain, warnings: warnings}, -1
 }
 
+// limitsReloader re-reads serve's command line and config files and
+// returns the limits they now give (for SIGHUP).
+func limitsReloader(args []string) func() (relay.Limits, error) {
+	return func() (relay.Limits, error) {
+		var errb bytes.Buffer
+		again, code := parseServeOptions(args, io.Discard, io.Discard, &errb)
+		if code >= 0 {
+			return relay.Limits{}, errors.New(strings.TrimSpace(errb.String()))
+		}
+		return again.cfg.Limits, nil
+	}
+}
+
 // runServe runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
 // authenticator's files and the TLS certificate.
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -229,6 +246,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	relay.Version = version // Hello, the monitor and meetpoint_build_info
+	o.limits = limitsReloader(args)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -308,10 +326,18 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	var stopSig os.Signal
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if err := srv.Reload(); err != nil {
+			err := srv.Reload()
+			if o.limits != nil {
+				lim, lerr := o.limits()
+				if lerr == nil {
+					lerr = srv.SetLimits(lim)
+				}
+				err = errors.Join(err, lerr)
+			}
+			if err != nil {
 				log.Error("reload failed, keeping the previous state", "err", err)
 			} else {
-				log.Info("reloaded")
+				log.Info("reloaded: authenticator, certificate, limits")
 			}
 			continue
 		}

@@ -324,3 +324,29 @@ func TestServeStartFailures(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitsReloadFromConfig: SIGHUP's limits come from the config file as
+// it is now; a broken file is an error, not new limits.
+func TestLimitsReloadFromConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meetpoint.toml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("max-conns = 5\n")
+	reload := limitsReloader([]string{"--config", path, "--listen", "127.0.0.1:0"})
+	lim, err := reload()
+	if err != nil || lim.MaxConns != 5 {
+		t.Fatalf("first read: %+v %v", lim, err)
+	}
+	write("max-conns = 7\n")
+	if lim, err = reload(); err != nil || lim.MaxConns != 7 {
+		t.Fatalf("after edit: %+v %v", lim, err)
+	}
+	write("max-conns = \"many\"\n")
+	if _, err = reload(); err == nil {
+		t.Fatal("a broken config gave limits")
+	}
+}
