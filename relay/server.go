@@ -34,8 +34,8 @@ type Server struct {
 	lim   *limiter
 	// tunnelRate is Limits.TunnelRate, changeable while running.
 	tunnelRate atomic.Int64
-	tp    *tpRegistry
-	quit  chan struct{} // closed by Close
+	tp         *tpRegistry
+	quit       chan struct{} // closed by Close
 
 	mu        sync.Mutex
 	listeners []netpoll.Listener
