@@ -31,9 +31,11 @@ import (
 //     TPClientBuffer bytes waiting; beyond that that client (never the
 //     server) is disconnected and the server gets ClientDisconnected.
 
+// tpMaxClients is the most clients one server may have: every address but
+// 0 and 0xFFFF (a variable so tests can lower it).
+var tpMaxClients int32 = 0xFFFE
+
 const (
-	// tpMaxClients is the number of client addresses (1..0xFFFE).
-	tpMaxClients = 0xFFFE
 	// tpServerHigh bounds bytes waiting for the server before clients are
 	// no longer read.
 	tpServerHigh = 256 << 10
@@ -44,6 +46,7 @@ const (
 // tpRegistry holds TunnelProxy registrations: every uuid in use, as server or
 // client, and the hubs by server uuid.
 type tpRegistry struct {
+	max   int32 // clients per server (tpMaxClients when created)
 	mu    sync.Mutex
 	uuids map[string]bool
 	hubs  map[string]*hub
@@ -51,7 +54,7 @@ type tpRegistry struct {
 }
 
 func newTPRegistry() *tpRegistry {
-	return &tpRegistry{uuids: make(map[string]bool), hubs: make(map[string]*hub), seed: maphash.MakeSeed()}
+	return &tpRegistry{max: tpMaxClients, uuids: make(map[string]bool), hubs: make(map[string]*hub), seed: maphash.MakeSeed()}
 }
 
 // addServer registers a hub for uuid; nil if the uuid is in use.
@@ -78,7 +81,7 @@ func (r *tpRegistry) addClient(clientUUID, serverUUID string) (*hub, handshake.T
 		return nil, handshake.TunnelProxyErrorServerNotFound
 	case r.uuids[clientUUID]:
 		return nil, handshake.TunnelProxyErrorAlreadyRegistered
-	case h.nclients.Load() >= tpMaxClients:
+	case h.nclients.Load() >= r.max:
 		return nil, handshake.TunnelProxyErrorInternalServerError
 	}
 	r.uuids[clientUUID] = true
@@ -264,11 +267,7 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 		h.pending = append(h.pending, e)
 		return
 	}
-	for h.clients[h.next] != nil || h.next == 0 || h.next == 0xFFFF {
-		h.next++
-	}
-	e.addr = h.next
-	h.next++
+	e.addr = h.allocAddr()
 	h.clients[e.addr] = e
 	if err := h.f.register(e.fd, e); err != nil {
 		h.dropClient(e, false, ReasonIOError)
@@ -282,6 +281,18 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 	h.readClient(e)
 	h.flush(e)
 	h.flush(h.srv)
+}
+
+// allocAddr returns the next free client address, going round from 1 and
+// skipping 0, 0xFFFF and addresses in use. The registry keeps a hub below
+// tpMaxClients, so one is always free.
+func (h *hub) allocAddr() uint16 {
+	for h.clients[h.next] != nil || h.next == 0 || h.next == 0xFFFF {
+		h.next++
+	}
+	a := h.next
+	h.next++
+	return a
 }
 
 // event implements pollee.

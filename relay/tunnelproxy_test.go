@@ -560,3 +560,41 @@ func TestTPSnapshot(t *testing.T) {
 		t.Fatalf("snapshot %+v", sv)
 	}
 }
+
+func TestTPAddressAllocation(t *testing.T) {
+	h := &hub{clients: make(map[uint16]*tpEnd), next: 1}
+	if a := h.allocAddr(); a != 1 {
+		t.Fatalf("first address %d", a)
+	}
+	h.clients[2] = &tpEnd{}
+	if a := h.allocAddr(); a != 3 {
+		t.Fatalf("address in use not skipped: %d", a)
+	}
+	h.next = 0xFFFE
+	h.clients[1] = &tpEnd{}
+	// 0xFFFE, then round past 0xFFFF and 0, skipping 1 and 2 (in use).
+	if a, b := h.allocAddr(), h.allocAddr(); a != 0xFFFE || b != 3 {
+		t.Fatalf("wrap-around gave %#x, %d", a, b)
+	}
+}
+
+func TestTPServerFull(t *testing.T) {
+	old := tpMaxClients
+	tpMaxClients = 2
+	defer func() { tpMaxClients = old }()
+	s := startServer(t, nil)
+	su := newTestUUID()
+	registerServer(t, s, su, false)
+	registerClient(t, s, newTestUUID(), su, false)
+	c2 := registerClient(t, s, newTestUUID(), su, false)
+	p := tpDial(t, s, false)
+	m := p.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": newTestUUID(), "serverUuid": su})
+	if tpErr(m) != "TunnelProxyErrorInternalServerError" {
+		t.Fatalf("client beyond the maximum: %v", m)
+	}
+	c2.c.Close() // a place frees up
+	waitFor(t, func() bool {
+		q := tpDial(t, s, false)
+		return tpErr(q.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": newTestUUID(), "serverUuid": su})) == "TunnelProxyErrorNoError"
+	}, "a client is admitted once another left")
+}
