@@ -4,13 +4,15 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // AuthResult is the outcome of an authentication, named as nymea's
 // AuthenticationError enum so it goes on the wire unchanged.
 type AuthResult int
 
-// The AuthenticationError values, in nymea's order.
+// The AuthenticationError values, in nymea's order (handshake.AuthenticationError).
 const (
 	AuthNoError AuthResult = iota
 	AuthUnknown
@@ -20,25 +22,22 @@ const (
 	AuthProxyError
 )
 
-var authResultNames = [...]string{
-	"AuthenticationErrorNoError",
-	"AuthenticationErrorUnknown",
-	"AuthenticationErrorTimeout",
-	"AuthenticationErrorAborted",
-	"AuthenticationErrorAuthenticationFailed",
-	"AuthenticationErrorProxyError",
-}
-
 // String returns the wire name, e.g. "AuthenticationErrorNoError".
 func (r AuthResult) String() string {
-	if r < 0 || int(r) >= len(authResultNames) {
-		return "AuthenticationErrorUnknown"
+	if r < AuthNoError || r > AuthProxyError {
+		r = AuthUnknown
 	}
-	return authResultNames[r]
+	return handshake.AuthenticationError(r).String()
 }
 
-// AuthResultNames lists every AuthenticationError value in order (for Introspect).
-func AuthResultNames() []string { return authResultNames[:] }
+// AuthResultNames lists every AuthenticationError value in order.
+func AuthResultNames() []string {
+	names := make([]string, AuthProxyError+1)
+	for i := range names {
+		names[i] = AuthResult(i).String()
+	}
+	return names
+}
 
 // AuthRequest is what an Authenticator sees of a client.
 type AuthRequest struct {

@@ -104,12 +104,7 @@ func (l *limiter) admit(ip netip.Addr) Reason {
 		return reasonCount
 	}
 	now := l.now()
-	st := l.ips[ip]
-	if st == nil {
-		st = &ipState{tokens: 2 * l.lim.ConnRatePerIP, refilled: now}
-		l.ips[ip] = st
-	}
-	st.lastSeen = now
+	st := l.state(ip, now)
 	if now.Before(st.bannedTill) {
 		return ReasonBanned
 	}
@@ -127,6 +122,18 @@ func (l *limiter) admit(ip netip.Addr) Reason {
 	st.conns++
 	l.total++
 	return reasonCount
+}
+
+// state is ip's record, created with a full rate bucket; it is marked seen
+// at now. Called with mu held.
+func (l *limiter) state(ip netip.Addr, now time.Time) *ipState {
+	st := l.ips[ip]
+	if st == nil {
+		st = &ipState{tokens: 2 * l.lim.ConnRatePerIP, refilled: now}
+		l.ips[ip] = st
+	}
+	st.lastSeen = now
+	return st
 }
 
 func (l *limiter) release(ip netip.Addr) {
@@ -148,12 +155,7 @@ func (l *limiter) authFailed(ip netip.Addr) bool {
 		return false
 	}
 	now := l.now()
-	st := l.ips[ip]
-	if st == nil {
-		st = &ipState{tokens: 2 * l.lim.ConnRatePerIP, refilled: now}
-		l.ips[ip] = st
-	}
-	st.lastSeen = now
+	st := l.state(ip, now)
 	if now.Sub(st.failsSince) > time.Minute {
 		st.fails, st.failsSince = 0, now
 	}

@@ -166,15 +166,22 @@ type hubClient struct {
 	name    string
 }
 
-func newTPEnd(h *hub, c *conn) (*tpEnd, error) {
+// takeOver takes c's socket for hub h. On failure (or if the connection
+// broke during the hand-over) the socket is closed and accounted for, and
+// the caller undoes its registration.
+func takeOver(h *hub, c *conn) (*tpEnd, bool) {
 	s, err := c.tr.detach()
-	if err != nil {
-		return nil, err
+	if err != nil || c.dataLate {
+		if s != nil {
+			s.Close()
+		}
+		c.s.connGone(c.ws, c.adm)
+		return nil, false
 	}
 	e := &tpEnd{h: h, sock: s, fd: s.Fd(), ws: c.ws, dec: c.dec, peer: hostOf(c.peer), adm: c.adm,
 		in: c.late, readable: true, writable: true}
 	e.dec.MaxFrame = 0
-	return e, nil
+	return e, true
 }
 
 func hostOf(a net.Addr) string {
@@ -187,12 +194,8 @@ func hostOf(a net.Addr) string {
 // ready implements target for a registering server.
 func (t hubServer) ready(c *conn) {
 	h := t.h
-	e, err := newTPEnd(h, c)
-	if err != nil || c.dataLate {
-		if e != nil {
-			e.sock.Close()
-		}
-		c.s.connGone(c.ws, c.adm)
+	e, ok := takeOver(h, c)
+	if !ok {
 		h.s.tp.removeHub(h)
 		h.f.do(func() { h.close(ReasonIOError) })
 		return
@@ -211,12 +214,8 @@ func (t hubServer) ready(c *conn) {
 // ready implements target for a registering client.
 func (t hubClient) ready(c *conn) {
 	h := t.h
-	e, err := newTPEnd(h, c)
-	if err != nil || c.dataLate {
-		if e != nil {
-			e.sock.Close()
-		}
-		c.s.connGone(c.ws, c.adm)
+	e, ok := takeOver(h, c)
+	if !ok {
 		h.s.tp.release(t.uuid)
 		h.nclients.Add(-1)
 		return
