@@ -150,6 +150,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		return nil, err
 	}
 	defer env.Close()
+	env.dir = dir
 	var failed []string
 	for _, s := range opt.Scenarios {
 		if ctx.Err() != nil {

@@ -246,6 +246,22 @@ func childRelay(args []string) error {
 			}
 			prof = p
 			fmt.Println("ok")
+		case "heap":
+			if len(f) < 2 {
+				fmt.Println("error heap PATH")
+				continue
+			}
+			runtime.GC()
+			p, err := os.Create(f[1])
+			if err == nil {
+				err = pprof.WriteHeapProfile(p)
+				p.Close()
+			}
+			if err != nil {
+				fmt.Printf("error %v\n", err)
+				continue
+			}
+			fmt.Println("ok")
 		case "profile-stop":
 			if prof != nil {
 				pprof.StopCPUProfile()

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -153,6 +154,12 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 			g += x
 		}
 		goroutines = float64(g)
+	}
+	if o.CPUProfile && e.dir != "" && rels[0].c != nil {
+		path, _ := filepath.Abs(filepath.Join(e.dir, fmt.Sprintf("heap-idle-%d.pprof", n)))
+		if _, err := rels[0].c.call("heap "+path, "ok", time.Minute); err != nil {
+			e.note("heap profile: %v", err)
+		}
 	}
 	rss1gc := rss(true)
 	verified, failed := 0, 0

@@ -71,6 +71,7 @@ type Env struct {
 	rr       atomic.Uint64
 	nonce    atomic.Uint64
 	runID    string
+	dir      string // results folder of the run, or ""
 	notes    []string
 	mu       sync.Mutex
 	cache    map[string]*Peer // started reference peers (nil: skipped)

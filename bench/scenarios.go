@@ -401,12 +401,17 @@ func runChurn(ctx context.Context, e *Env) (*Table, error) {
 		el := time.Since(start)
 		time.Sleep(2 * time.Second)
 		r1 := e.resources(p)
-		t.add(p.Label(), map[string]string{}, map[string]float64{
+		row := t.add(p.Label(), map[string]string{}, map[string]float64{
 			"tunnels": float64(count.Load()), "rate": float64(count.Load()) / el.Seconds(),
 			"rss0": float64(r0.rss) / (1 << 20), "rss1": float64(r1.rss) / (1 << 20),
 			"fd0": float64(r0.fds), "fd1": float64(r1.fds),
 			"g0": float64(r0.goroutines), "g1": float64(r1.goroutines), "errors": float64(errs.Load()),
 		})
+		for k, v := range row.Values {
+			if v < 0 { // unknown (no pid, or /proc not readable)
+				delete(row.Values, k)
+			}
+		}
 	}
 	return t, nil
 }

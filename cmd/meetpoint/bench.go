@@ -201,4 +201,3 @@ func parseInts(s string) ([]int, error) {
 	}
 	return out, nil
 }
-
