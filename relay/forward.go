@@ -76,7 +76,7 @@ type endpoint struct {
 	rx    *metrics.Counter // bytes read from this endpoint, all tunnels
 	rxT   *atomic.Uint64   // bytes read from this endpoint, this tunnel
 	adm   *admission       // released when the socket closes
-	bkt   bucket           // TunnelRate bucket for reads from this endpoint
+	bkt   *bucket          // TunnelRate bucket for reads from this endpoint (nil until a rate applies)
 	quota int              // most bytes the next read may take (0: no limit)
 
 	readable, writable bool // edge-triggered readiness latches
@@ -92,18 +92,31 @@ type endpoint struct {
 	closeSent  bool   // a close frame toward this endpoint is queued
 	stallSince int64  // unix ns since writes were refused with data pending; 0 if not
 
-	// Inbound WebSocket state.
+	in *wsIn // inbound WebSocket state; nil on plain TCP endpoints
+}
+
+// wsIn is what decoding a WebSocket endpoint's input needs. Kept apart so
+// that idle TCP tunnels stay small.
+type wsIn struct {
 	dec    handshake.Decoder
-	ctrlOp ws.OpCode
-	ctrlIn []byte
+	ctrlOp ws.OpCode // control frame being assembled
+	ctrlIn []byte    // its payload (≤ 125 B)
+}
+
+func newWSIn(c *conn) *wsIn {
+	if !c.ws {
+		return nil
+	}
+	w := &wsIn{dec: c.dec}
+	w.dec.MaxFrame = 0 // frames are streamed, never held whole
+	return w
 }
 
 func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, joined: b.joined, ca: a, cb: b}
-	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, dec: a.dec, rx: a.s.stats.bytesUp, adm: a.adm}
-	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, dec: b.dec, rx: a.s.stats.bytesDn, adm: b.adm}
+	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, in: newWSIn(a), rx: a.s.stats.bytesUp, adm: a.adm}
+	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, in: newWSIn(b), rx: a.s.stats.bytesDn, adm: b.adm}
 	t.a.rxT, t.b.rxT = &t.ab, &t.ba
-	t.a.dec.MaxFrame, t.b.dec.MaxFrame = 0, 0 // frames are streamed, never held whole
 	t.infoA, t.infoB = a.infoLocked(), b.infoLocked()
 	t.infoA.Tunnel, t.infoB.Tunnel = true, true
 	t.a.ctrl = established(a, b)
@@ -471,6 +484,9 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 		return moved
 	}
 	if rate := f.s.tunnelRate.Load(); rate > 0 {
+		if src.bkt == nil {
+			src.bkt = &bucket{}
+		}
 		n, wait := src.bkt.allow(rate, time.Now(), pool.ChunkSize)
 		if n == 0 {
 			f.throttle(src, wait)
@@ -596,7 +612,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case n > 0:
-			src.bkt.take(int(n))
+			src.bkt.take(int(n)) // nil-safe
 			dst.pipe.N += int(n)
 			f.s.stats.splicedBytes.Add(int(n))
 			src.rx.Add(int(n))
@@ -670,7 +686,7 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 	data := b[wsSlack : wsSlack+n]
 	w := 0
 	for len(data) > 0 && !src.t.closing {
-		fr, m, err := src.dec.Decode(data)
+		fr, m, err := src.in.dec.Decode(data)
 		if err != nil {
 			return w, err
 		}
@@ -683,8 +699,8 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 		case handshake.FragHeader:
 			op := fr.Header.OpCode
 			if op.IsControl() {
-				src.ctrlOp = op
-				src.ctrlIn = src.ctrlIn[:0]
+				src.in.ctrlOp = op
+				src.in.ctrlIn = src.in.ctrlIn[:0]
 				if fr.FrameEnd {
 					f.control(src)
 				}
@@ -697,7 +713,7 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 			}
 		case handshake.FragPayload:
 			if fr.Header.OpCode.IsControl() {
-				src.ctrlIn = append(src.ctrlIn, fr.Data...)
+				src.in.ctrlIn = append(src.in.ctrlIn, fr.Data...)
 				if fr.FrameEnd {
 					f.control(src)
 				}
@@ -715,17 +731,18 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 // control acts on a complete control frame from ep: ping → pong with the same
 // payload, close → close reply and the tunnel ends.
 func (f *forwarder) control(ep *endpoint) {
-	switch ep.ctrlOp {
+	in := ep.in
+	switch in.ctrlOp {
 	case ws.OpPing:
-		ep.ctrl = handshake.AppendFrame(ep.ctrl, ws.OpPong, true, ep.ctrlIn)
+		ep.ctrl = handshake.AppendFrame(ep.ctrl, ws.OpPong, true, in.ctrlIn)
 	case ws.OpClose:
-		if err := handshake.CheckClosePayload(ep.ctrlIn); err != nil {
+		if err := handshake.CheckClosePayload(in.ctrlIn); err != nil {
 			f.wsError(ep, err)
 			return
 		}
 		code := ws.StatusNormalClosure
-		if len(ep.ctrlIn) >= 2 {
-			code = ws.StatusCode(uint16(ep.ctrlIn[0])<<8 | uint16(ep.ctrlIn[1]))
+		if len(in.ctrlIn) >= 2 {
+			code = ws.StatusCode(uint16(in.ctrlIn[0])<<8 | uint16(in.ctrlIn[1]))
 		}
 		ep.ctrl = handshake.AppendClose(ep.ctrl, code, "")
 		ep.closeSent = true

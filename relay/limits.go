@@ -204,7 +204,12 @@ func (b *bucket) allow(rate int64, now time.Time, want int) (int, time.Duration)
 	return min(want, int(b.tokens)), 0
 }
 
-func (b *bucket) take(n int) { b.tokens -= float64(n) }
+// take spends n tokens; a nil bucket (no rate) takes nothing.
+func (b *bucket) take(n int) {
+	if b != nil {
+		b.tokens -= float64(n)
+	}
+}
 
 // setLimits replaces the limits (SIGHUP); counts and bans are kept.
 func (l *limiter) setLimits(lim Limits) {
