@@ -36,33 +36,64 @@ const wsSlack = 14
 // the relay stops reading that endpoint's pings.
 const ctrlHigh = 1024
 
-// tunnel is a forwarding pair. Fields below mu are used during set-up, from
-// netpoll goroutines; everything else belongs to the forwarder's goroutine
-// once it started the tunnel.
+// tunnel is a forwarding pair. setup is used while the two sides are handed
+// over, from netpoll goroutines; everything else belongs to the forwarder's
+// goroutine once it started the tunnel. Kept small: it is most of an idle
+// tunnel's memory.
 type tunnel struct {
 	s      *Server
 	f      *forwarder
 	key    PairKey
-	joined time.Time
-
-	mu     sync.Mutex
-	ca, cb *conn  // the two connections until both are handed over (then nil, so they can be freed)
-	nready int    // sides handed over (0..2)
-	bad    Reason // set with badSet when set-up must be abandoned
-	badSet bool
+	joined int64 // unix ns when the second client authenticated
+	setup  *tunnelSetup
 
 	a, b   endpoint
-	splice bool // both ends plain TCP: forward with splice(2)
-	start  time.Time
+	splice bool  // both ends plain TCP: forward with splice(2)
+	start  int64 // unix ns when forwarding started; 0 before
 
 	id           uint64        // set by trackTunnel
-	infoA, infoB ClientInfo    // for monitors, fixed at set-up
+	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
+	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from a and from b (read by monitors)
 
 	closing bool   // no more reads; finish once everything queued is written
 	reason  Reason // why closing (counted for the side that caused it)
 	dead    bool   // torn down
 	queued  bool   // in the forwarder's again list
+}
+
+// tunnelSetup is the hand-over state, dropped once both sides are in.
+type tunnelSetup struct {
+	mu     sync.Mutex
+	ca, cb *conn  // the two connections (dropped with setup, so they can be freed)
+	nready int    // sides handed over (0..2)
+	bad    Reason // set with badSet when set-up must be abandoned
+	badSet bool
+}
+
+// peerInfo is what monitors and logs show of one side of a tunnel.
+type peerInfo struct {
+	id        uint64
+	address   string
+	name      string
+	uuid      string
+	connected int64 // unix ns
+	ws        bool
+}
+
+func peerInfoOf(c *conn) peerInfo {
+	return peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
+		connected: c.created.UnixNano(), ws: c.ws}
+}
+
+// clientInfo expands p for a snapshot.
+func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
+	tr := "tcp"
+	if p.ws {
+		tr = "websocket"
+	}
+	return ClientInfo{ID: p.id, Address: p.address, Transport: tr, Connected: time.Unix(0, p.connected),
+		Authenticated: true, Tunnel: true, Name: p.name, UUID: p.uuid, TokenHash: tokenHash, RxBytes: rx, TxBytes: tx}
 }
 
 // endpoint is one socket of a tunnel. "Outbound" state is what waits to be
@@ -113,12 +144,11 @@ func newWSIn(c *conn) *wsIn {
 }
 
 func newTunnel(a, b *conn) *tunnel {
-	t := &tunnel{s: a.s, key: b.key, joined: b.joined, ca: a, cb: b}
+	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
 	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, in: newWSIn(a), rx: a.s.stats.bytesUp, adm: a.adm}
 	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, in: newWSIn(b), rx: a.s.stats.bytesDn, adm: b.adm}
 	t.a.rxT, t.b.rxT = &t.ab, &t.ba
-	t.infoA, t.infoB = a.infoLocked(), b.infoLocked()
-	t.infoA.Tunnel, t.infoB.Tunnel = true, true
+	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
 	t.a.ctrl = established(a, b)
 	t.b.ctrl = established(b, a)
 	_, tlsA := a.tr.(*tlsTransport)
@@ -139,9 +169,9 @@ func established(c, p *conn) []byte {
 	return msg
 }
 
-// side is c's endpoint. Called with mu held.
-func (t *tunnel) side(c *conn) *endpoint {
-	if c == t.ca {
+// side is c's endpoint.
+func (t *tunnel) side(su *tunnelSetup, c *conn) *endpoint {
+	if c == su.ca {
 		return &t.a
 	}
 	return &t.b
@@ -160,28 +190,27 @@ func (t *tunnel) ready(c *conn) {
 	_, inMsg := c.dec.InMessage()
 	late := c.dataLate || c.midFrame || inMsg || len(c.late) > 0
 	s, err := c.tr.detach()
-	t.mu.Lock()
-	ep := t.side(c)
+	su := t.setup // set until the second side is in; both sides read it before either clears it
+	su.mu.Lock()
+	ep := t.side(su, c)
 	if err == nil {
 		ep.sock, ep.fd = s, s.Fd()
 	}
 	switch {
-	case err != nil && !t.badSet:
-		t.bad, t.badSet = ReasonIOError, true
-	case late && !t.badSet:
-		t.bad, t.badSet = ReasonDataBeforeTunnel, true
+	case err != nil && !su.badSet:
+		su.bad, su.badSet = ReasonIOError, true
+	case late && !su.badSet:
+		su.bad, su.badSet = ReasonDataBeforeTunnel, true
 	}
-	t.nready++
-	done := t.nready == 2
-	if done {
-		t.ca, t.cb = nil, nil
-	}
-	t.mu.Unlock()
+	su.nready++
+	done := su.nready == 2
+	su.mu.Unlock()
 	if !done {
 		return
 	}
-	if t.badSet {
-		t.s.log.Debug("tunnel set-up abandoned", "reason", t.bad.String())
+	t.setup = nil // frees the conns and netpoll's objects behind them
+	if su.badSet {
+		t.s.log.Debug("tunnel set-up abandoned", "reason", su.bad.String())
 		// Free the key before the sockets close: a client that sees its
 		// connection end may come back at once.
 		t.s.reg.Leave(t.key, t)
@@ -190,7 +219,7 @@ func (t *tunnel) ready(c *conn) {
 				ep.sock.Close()
 			}
 		}
-		t.s.stats.closes[t.bad].Inc()
+		t.s.stats.closes[su.bad].Inc()
 		t.s.stats.closes[ReasonPartnerClosed].Inc()
 		t.a.uncount(t.s)
 		t.b.uncount(t.s)
@@ -421,10 +450,11 @@ func (f *forwarder) unregister(fd int) {
 }
 
 func (f *forwarder) startTunnel(t *tunnel) {
-	t.start = time.Now()
+	now := time.Now()
+	t.start = now.UnixNano()
 	f.s.stats.tunnelsActive.Inc()
 	f.s.stats.tunnelsTotal.Inc()
-	f.s.stats.pairLatency.UpdateDuration(t.joined)
+	f.s.stats.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		if err := f.register(ep.fd, ep); err != nil {
 			f.s.log.Error("epoll add", "err", err)
@@ -434,8 +464,8 @@ func (f *forwarder) startTunnel(t *tunnel) {
 		ep.readable, ep.writable = true, true
 	}
 	f.s.trackTunnel(t, true)
-	f.s.log.Info("tunnel established", "tunnel", t.id, "token", t.infoA.TokenHash,
-		"a", t.infoA.Address, "b", t.infoB.Address, "splice", t.splice)
+	f.s.log.Info("tunnel established", "tunnel", t.id, "token", t.tokenHash,
+		"a", t.infoA.address, "b", t.infoB.address, "splice", t.splice)
 	f.service(t)
 }
 
@@ -763,7 +793,7 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 	if ep == &ep.t.b {
 		info = &ep.t.infoB
 	}
-	f.s.log.Debug("websocket protocol error in tunnel", "tunnel", ep.t.id, "peer", info.Address, "err", err)
+	f.s.log.Debug("websocket protocol error in tunnel", "tunnel", ep.t.id, "peer", info.address, "err", err)
 	if !ep.closeSent {
 		ep.ctrl = handshake.AppendClose(ep.ctrl, code, text)
 		ep.closeSent = true
@@ -853,15 +883,15 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 		ep.uncount(f.s)
 	}
 	st := f.s.stats
-	if !t.start.IsZero() {
+	if t.start != 0 {
 		st.tunnelsActive.Dec()
 	}
 	st.closes[reason].Inc()
 	st.closes[ReasonPartnerClosed].Inc()
-	if !t.start.IsZero() {
+	if t.start != 0 {
 		f.s.trackTunnel(t, false)
-		f.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.infoA.TokenHash, "reason", reason.String(),
-			"duration", time.Since(t.start).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
+		f.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", reason.String(),
+			"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
 	}
 }
 

@@ -93,10 +93,10 @@ func (s *Server) Snapshot() Snapshot {
 		snap.Clients = append(snap.Clients, c.info())
 	}
 	for _, t := range tuns {
-		ti := TunnelInfo{ID: t.id, Started: t.start, Splice: t.splice, A: t.infoA, B: t.infoB,
-			BytesAB: t.ab.Load(), BytesBA: t.ba.Load()}
-		ti.A.RxBytes, ti.A.TxBytes = ti.BytesAB, ti.BytesBA
-		ti.B.RxBytes, ti.B.TxBytes = ti.BytesBA, ti.BytesAB
+		ab, ba := t.ab.Load(), t.ba.Load()
+		ti := TunnelInfo{ID: t.id, Started: time.Unix(0, t.start), Splice: t.splice,
+			A: t.infoA.clientInfo(t.tokenHash, ab, ba), B: t.infoB.clientInfo(t.tokenHash, ba, ab),
+			BytesAB: ab, BytesBA: ba}
 		snap.Tunnels = append(snap.Tunnels, ti)
 	}
 	snap.TPServers = s.tpSnapshot()
