@@ -375,6 +375,24 @@ func relayURLFor(host, transport string) string {
 	return "tcp://" + host
 }
 
+// sourceSeq spreads client connections to a loopback relay over the source
+// addresses 127.0.0.1-127.0.0.8, so that many tunnels do not exhaust one
+// address's ports.
+var sourceSeq atomic.Uint32
+
+// sourceFor picks the next source address for a connection to host, or nil
+// when host is not IPv4 loopback.
+func sourceFor(host string) net.IP {
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		return nil
+	}
+	if ip := net.ParseIP(h); ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+		return nil
+	}
+	return net.IPv4(127, 0, 0, byte(1+sourceSeq.Add(1)%8))
+}
+
 // dialPair dials two clients that meet on nonce.
 func dialPair(ctx context.Context, host, ta, tb, nonce string) (End, End, error) {
 	type res struct {
@@ -383,10 +401,10 @@ func dialPair(ctx context.Context, host, ta, tb, nonce string) (End, End, error)
 	}
 	ch := make(chan res, 1)
 	go func() {
-		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second})
+		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second, LocalIP: sourceFor(host)})
 		ch <- res{t, err}
 	}()
-	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(host, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second})
+	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(host, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second, LocalIP: sourceFor(host)})
 	r := <-ch
 	if errA != nil || r.err != nil {
 		if a != nil {

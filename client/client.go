@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 )
 
@@ -39,6 +40,9 @@ type Options struct {
 	Verbose io.Writer
 	// TLSConfig is used for wss:// and tls:// (nil means defaults).
 	TLSConfig *tls.Config
+	// LocalIP, if set, is the address to connect from (e.g. one of several
+	// 127.0.0.x to spread many connections over more source addresses).
+	LocalIP net.IP
 }
 
 // AuthError is returned by Dial when the server answers Authenticate with an
@@ -172,7 +176,7 @@ func withTimeout(ctx context.Context, o Options, fn func(r *Raw) error) error {
 		return err
 	}
 
-	r, err := DialRaw(ctx, o.URL, o.TLSConfig)
+	r, err := dialRaw(ctx, o.URL, o.TLSConfig, o.LocalIP)
 	if err != nil {
 		return fail(fmt.Errorf("connect: %w", err))
 	}

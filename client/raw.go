@@ -54,13 +54,22 @@ type Raw struct {
 // for wss:// and tls:// (nil means defaults with the URL's host as server
 // name). For WebSocket the upgrade is done before DialRaw returns.
 func DialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config) (*Raw, error) {
+	return dialRaw(ctx, rawURL, tlsConf, nil)
+}
+
+// dialRaw is DialRaw from a chosen local IP (nil: the kernel's choice).
+func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.IP) (*Raw, error) {
+	var nd net.Dialer
+	if local != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: local}
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	switch u.Scheme {
 	case "ws", "wss":
-		d := ws.Dialer{TLSConfig: tlsConf}
+		d := ws.Dialer{TLSConfig: tlsConf, NetDial: nd.DialContext}
 		conn, br, _, err := d.Dial(ctx, rawURL)
 		if err != nil {
 			return nil, err
@@ -73,8 +82,7 @@ func DialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config) (*Raw, err
 		if u.Port() == "" {
 			return nil, fmt.Errorf("url %q: port required", rawURL)
 		}
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		conn, err := nd.DialContext(ctx, "tcp", u.Host)
 		if err != nil {
 			return nil, err
 		}

@@ -1,8 +1,14 @@
 package relay
 
 import (
+	"context"
 	"io"
+	"net"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
 )
 
 func TestSmokeTCP(t *testing.T) {
@@ -34,5 +40,25 @@ func TestSmokeTCP(t *testing.T) {
 				t.Fatalf("got %q", buf)
 			}
 		})
+	}
+}
+
+// TestClientSourceAddress: client.Options.LocalIP picks the source address
+// (the bench harness spreads connections over 127.0.0.x with it).
+func TestClientSourceAddress(t *testing.T) {
+	s := startServer(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go client.Dial(ctx, client.Options{URL: tcpURL(s), Token: "src", LocalIP: net.IPv4(127, 0, 0, 7)})
+	b, err := client.Dial(ctx, client.Options{URL: wsURL(s), Token: "src", LocalIP: net.IPv4(127, 0, 0, 9)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	waitFor(t, func() bool { return len(s.Snapshot().Tunnels) == 1 }, "tunnel")
+	tu := s.Snapshot().Tunnels[0]
+	got := tu.A.Address + " " + tu.B.Address
+	if !strings.Contains(got, "127.0.0.7:") || !strings.Contains(got, "127.0.0.9:") {
+		t.Fatalf("peer addresses %s", got)
 	}
 }
