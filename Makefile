@@ -22,6 +22,7 @@ run: build
 ## test: the whole suite with the race detector (well under 10 minutes)
 test:
 	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
 
 ## bench: the quick benchmark suite (< 3 minutes); bench-full: the long one
 bench: build

@@ -270,6 +270,9 @@ func TestNextObjectErrors(t *testing.T) {
 }
 
 func TestNextObjectNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not stable under -race (sync.Pool drops items); checked without -race")
+	}
 	p := []byte(` {"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5}}` + "\n")
 	if n := testing.AllocsPerRun(100, func() { NextObject(p) }); n != 0 {
 		t.Errorf("NextObject allocates %v times", n)
