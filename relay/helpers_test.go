@@ -45,6 +45,14 @@ func tcpURL(s *Server) string { return "tcp://" + s.Addrs()[0].String() }
 // returns both tunnels.
 func pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *client.Tunnel) {
 	t.Helper()
+	return dialPair(t, client.Options{URL: urlA, Token: token, Nonce: nonce, Name: "alice"},
+		client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
+}
+
+// dialPair dials a and b concurrently and returns both tunnels, closed at
+// the end of the test; it fails the test if either dial fails.
+func dialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	type res struct {
@@ -53,17 +61,20 @@ func pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *clien
 	}
 	ch := make(chan res, 1)
 	go func() {
-		tun, err := client.Dial(ctx, client.Options{URL: urlA, Token: token, Nonce: nonce, Name: "alice"})
+		tun, err := client.Dial(ctx, a)
 		ch <- res{tun, err}
 	}()
-	b, err := client.Dial(ctx, client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
-	if err != nil {
-		t.Fatalf("dial b: %v", err)
+	tb, err := client.Dial(ctx, b)
+	ra := <-ch
+	if ra.err != nil || err != nil {
+		if ra.tun != nil {
+			ra.tun.Close()
+		}
+		if tb != nil {
+			tb.Close()
+		}
+		t.Fatalf("dial pair: a: %v, b: %v", ra.err, err)
 	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("dial a: %v", r.err)
-	}
-	t.Cleanup(func() { r.tun.Close(); b.Close() })
-	return r.tun, b
+	t.Cleanup(func() { ra.tun.Close(); tb.Close() })
+	return ra.tun, tb
 }

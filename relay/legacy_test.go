@@ -252,30 +252,7 @@ func lgExpectAlone(t testing.TB, r *client.Raw, since time.Time, atLeast time.Du
 // lgDialPair dials a and b concurrently and returns both tunnels.
 func lgDialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	type res struct {
-		tun *client.Tunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		tun, err := client.Dial(ctx, a)
-		ch <- res{tun, err}
-	}()
-	tb, err := client.Dial(ctx, b)
-	ra := <-ch
-	if ra.err != nil || err != nil {
-		if ra.tun != nil {
-			ra.tun.Close()
-		}
-		if tb != nil {
-			tb.Close()
-		}
-		t.Fatalf("dial pair: a: %v, b: %v", ra.err, err)
-	}
-	t.Cleanup(func() { ra.tun.Close(); tb.Close() })
-	return ra.tun, tb
+	return dialPair(t, a, b)
 }
 
 // lgExchange sends a distinct message each way and checks it arrives.

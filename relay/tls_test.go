@@ -62,28 +62,6 @@ func startTLSServer(t *testing.T, mutate func(*Config)) (*Server, tls.Certificat
 	return s, cert, dir
 }
 
-func dialPair(t *testing.T, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type res struct {
-		tun *client.Tunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		tun, err := client.Dial(ctx, a)
-		ch <- res{tun, err}
-	}()
-	tb, err := client.Dial(ctx, b)
-	r := <-ch
-	if err != nil || r.err != nil {
-		t.Fatalf("dial: %v / %v", r.err, err)
-	}
-	t.Cleanup(func() { r.tun.Close(); tb.Close() })
-	return r.tun, tb
-}
-
 // exchange sends n random bytes each way at once and checks them.
 func exchange(t *testing.T, a, b io.ReadWriter, n int) {
 	t.Helper()
