@@ -65,28 +65,41 @@ func tpResult(m map[string]any) error {
 // stream to it. Errors: *TPError (e.g. TunnelProxyErrorServerNotFound),
 // *RPCError, ErrTimeout.
 func DialTPClient(ctx context.Context, o TPOptions) (*Tunnel, error) {
-	uuid := o.UUID
-	if uuid == "" {
-		uuid = NewUUID()
+	r, err := tpRegister(ctx, o, "TunnelProxy.RegisterClient", map[string]any{
+		"clientName": o.Name, "clientUuid": orNewUUID(o.UUID), "serverUuid": o.ServerUUID})
+	if err != nil {
+		return nil, err
 	}
-	var tun *Tunnel
-	err := withTimeout(ctx, o.options(), func(r *Raw) error {
-		m, err := r.Call(1, "TunnelProxy.RegisterClient", map[string]any{
-			"clientName": o.Name, "clientUuid": uuid, "serverUuid": o.ServerUUID})
+	return &Tunnel{r: r, peerUUID: o.ServerUUID}, nil
+}
+
+// tpRegister connects and makes one TunnelProxy registration call; on
+// success the connection is handed back for the stream that follows.
+func tpRegister(ctx context.Context, o TPOptions, method string, params map[string]any) (*Raw, error) {
+	var r *Raw
+	err := withTimeout(ctx, o.options(), func(raw *Raw) error {
+		m, err := raw.Call(1, method, params)
 		if err != nil {
-			return fmt.Errorf("register client: %w", err)
+			return fmt.Errorf("%s: %w", method, err)
 		}
 		if err := tpResult(m); err != nil {
 			return err
 		}
-		tun = &Tunnel{r: r, peerUUID: o.ServerUUID}
+		r = raw
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	tun.r.verbose = nil
-	return tun, nil
+	r.verbose = nil
+	return r, nil
+}
+
+func orNewUUID(u string) string {
+	if u == "" {
+		return NewUUID()
+	}
+	return u
 }
 
 // TPServer is a registered TunnelProxy server (a device): clients reaching
@@ -105,26 +118,11 @@ type TPServer struct {
 
 // RegisterTPServer registers o.UUID as a server and starts serving.
 func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
-	uuid := o.UUID
-	if uuid == "" {
-		uuid = NewUUID()
-	}
-	var r *Raw
-	err := withTimeout(ctx, o.options(), func(raw *Raw) error {
-		m, err := raw.Call(1, "TunnelProxy.RegisterServer", map[string]any{"serverName": o.Name, "serverUuid": uuid})
-		if err != nil {
-			return fmt.Errorf("register server: %w", err)
-		}
-		if err := tpResult(m); err != nil {
-			return err
-		}
-		r = raw
-		return nil
-	})
+	r, err := tpRegister(ctx, o, "TunnelProxy.RegisterServer", map[string]any{
+		"serverName": o.Name, "serverUuid": orNewUUID(o.UUID)})
 	if err != nil {
 		return nil, err
 	}
-	r.verbose = nil
 	s := &TPServer{r: r, accept: make(chan *TPConn, 64), done: make(chan struct{}),
 		conns: make(map[uint16]*TPConn), nextID: 100}
 	go s.readLoop()

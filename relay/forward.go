@@ -784,11 +784,7 @@ func (f *forwarder) control(ep *endpoint) {
 // wsError answers a WebSocket protocol violation by ep with the close code it
 // carries and ends the tunnel.
 func (f *forwarder) wsError(ep *endpoint, err error) {
-	code, text := ws.StatusProtocolError, "protocol error"
-	var ce *handshake.CloseError
-	if errors.As(err, &ce) {
-		code, text = ce.Code, ce.Reason
-	}
+	code, text := closeCodeOf(err)
 	info := &ep.t.infoA
 	if ep == &ep.t.b {
 		info = &ep.t.infoB

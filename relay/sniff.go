@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"errors"
+
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
@@ -186,11 +188,18 @@ func (c *conn) control() {
 // wsFail closes with the code a decoder error carries.
 func (c *conn) wsFail(err error) {
 	c.s.log.Debug("websocket protocol error", "peer", c.peer.String(), "err", err)
-	if ce, ok := err.(*handshake.CloseError); ok {
-		c.fail(ReasonWebSocket, ce.Code, ce.Reason)
-		return
+	code, text := closeCodeOf(err)
+	c.fail(ReasonWebSocket, code, text)
+}
+
+// closeCodeOf is the WebSocket close code and reason for a decoder error:
+// the code a *handshake.CloseError carries, else 1002.
+func closeCodeOf(err error) (ws.StatusCode, string) {
+	var ce *handshake.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code, ce.Reason
 	}
-	c.fail(ReasonWebSocket, ws.StatusProtocolError, "protocol error")
+	return ws.StatusProtocolError, "protocol error"
 }
 
 // dataBeforeTunnel closes a client that sent data after Authenticate and

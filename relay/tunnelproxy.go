@@ -644,10 +644,7 @@ func (h *hub) control(e *tpEnd) {
 }
 
 func (h *hub) wsViolation(e *tpEnd, err error) {
-	code, text := ws.StatusProtocolError, "protocol error"
-	if ce, ok := err.(*handshake.CloseError); ok {
-		code, text = ce.Code, ce.Reason
-	}
+	code, text := closeCodeOf(err)
 	b := e.buf()
 	b.B = handshake.AppendClose(b.B, code, text)
 	e.closing = true
