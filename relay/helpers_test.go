@@ -2,9 +2,9 @@ package relay
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +22,15 @@ func startServer(t testing.TB, mutate func(*Config)) *Server {
 	if os.Getenv("MEETPOINT_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	} else {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		// Keep the relay's recent debug log and show it if the test fails,
+		// so a failure seen once (e.g. in CI) explains itself.
+		tail := &logTail{}
+		cfg.Logger = slog.New(slog.NewTextHandler(tail, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("relay log (last %d KiB):\n%s", logTailMax>>10, tail.String())
+			}
+		})
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -36,6 +44,31 @@ func startServer(t testing.TB, mutate func(*Config)) *Server {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// logTailMax bounds what a logTail keeps.
+const logTailMax = 32 << 10
+
+// logTail keeps the last logTailMax bytes written to it.
+type logTail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (l *logTail) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.buf = append(l.buf, p...)
+	if len(l.buf) > 2*logTailMax { // compact now and then, not per line
+		l.buf = append(l.buf[:0], l.buf[len(l.buf)-logTailMax:]...)
+	}
+	l.mu.Unlock()
+	return len(p), nil
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.buf[max(0, len(l.buf)-logTailMax):])
 }
 
 func wsURL(s *Server) string  { return "ws://" + s.Addrs()[0].String() + "/" }

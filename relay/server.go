@@ -95,7 +95,7 @@ func (s *Server) Start() error {
 	})
 	var lns []netpoll.Listener
 	for _, addr := range s.cfg.Listen {
-		ln, err := netpoll.CreateListener("tcp", addr)
+		ln, err := listen(addr)
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
