@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
+	"golang.org/x/sys/unix"
 )
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
@@ -111,8 +112,9 @@ func (s *Server) Start() error {
 			for _, l := range lns {
 				l.Close()
 			}
-			for _, f := range fwd[:i] {
-				f.stop()
+			for _, f := range fwd[:i] { // not running yet: just free them
+				unix.Close(f.epfd)
+				unix.Close(f.evfd)
 			}
 			return fmt.Errorf("forwarder: %w", err)
 		}
