@@ -16,17 +16,23 @@ import (
 // descriptor and then closes the *os.File that holds the same number, and
 // it closes again when called twice. Between those closes another goroutine
 // may have been given that number (an accepted socket, a descriptor dup'ed
-// for a tunnel), which the second close then destroys. This listener owns
-// one descriptor and closes it exactly once; Accept never touches a
-// descriptor after Close.
+// for a tunnel), which the second close then destroys.
+//
+// netpoll also keeps using the number after our Close: its server detaches
+// the listener from its poller with epoll_ctl(DEL, number) when it shuts
+// down, which may be well after a drain closed the socket, and removes from
+// that poller whatever socket reused the number in between (that connection
+// then never sees its bytes). So Close puts an inert eventfd in the
+// socket's place (dup3), keeping the number occupied, and release frees it
+// once netpoll is done with the listener.
 type listener struct {
 	addr net.Addr
 
 	// mu is held shared by Accept and exclusively by Close, so that a
 	// descriptor number is never used after it has been closed.
 	mu     sync.RWMutex
-	fd     int // non-blocking, close-on-exec; -1 once closed
-	closed bool
+	fd     int  // the socket; after Close its placeholder; -1 once released
+	closed bool // the socket is closed (fd may still hold the placeholder)
 }
 
 // listen binds addr ("host:port", IPv4 or IPv6 literal) and returns a
@@ -57,17 +63,24 @@ func listen(addr string) (*listener, error) {
 	return &listener{addr: gl.Addr(), fd: fd}, nil
 }
 
-// Fd implements netpoll.Listener: the descriptor netpoll polls.
+// Fd implements netpoll.Listener: the descriptor netpoll polls, or -1
+// once closed (an event loop started after Close then fails to register it
+// instead of polling the placeholder).
 func (l *listener) Fd() int {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
+	if l.closed {
+		return -1
+	}
 	return l.fd
 }
 
 // Addr implements net.Listener.
 func (l *listener) Addr() net.Addr { return l.addr }
 
-// Close implements net.Listener; calls after the first do nothing.
+// Close implements net.Listener: it closes the socket (new connections
+// are refused from then on) but keeps its descriptor number occupied by a
+// placeholder until release. Calls after the first do nothing.
 func (l *listener) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -75,21 +88,45 @@ func (l *listener) Close() error {
 		return nil
 	}
 	l.closed = true
-	err := unix.Close(l.fd)
+	ph, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err == nil {
+		err = unix.Dup3(ph, l.fd, unix.O_CLOEXEC) // closes the socket
+		unix.Close(ph)
+		if err == nil {
+			return nil
+		}
+	}
+	// No placeholder to be had: free the number now.
+	err = unix.Close(l.fd)
 	l.fd = -1
 	return err
 }
 
+// release closes the listener if need be and frees its descriptor number.
+// Call it once netpoll has stopped using the listener (its event loop shut
+// down). Calls after the first do nothing.
+func (l *listener) release() {
+	l.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fd >= 0 {
+		unix.Close(l.fd)
+		l.fd = -1
+	}
+}
+
 // Accept implements net.Listener for netpoll's accept loop: it returns one
 // connection, or (nil, nil) when none is pending (netpoll's convention for
-// EAGAIN), or net.ErrClosed after Close. The returned connection's
+// EAGAIN). After Close it also returns (nil, nil): a poller that picked up
+// an event just before the close then does nothing (given an error, netpoll
+// would epoll_ctl the old number). The returned connection's
 // descriptor belongs to netpoll from then on. Cost: accept4 and one
 // setsockopt (TCP_NODELAY, which netpoll sets only on its own type).
 func (l *listener) Accept() (net.Conn, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
-		return nil, net.ErrClosed
+		return nil, nil
 	}
 	for {
 		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)

@@ -39,7 +39,7 @@ type Server struct {
 	quit       chan struct{} // closed by Close
 
 	mu        sync.Mutex
-	listeners []netpoll.Listener
+	listeners []*listener
 	loops     []netpoll.EventLoop
 	closed    bool
 	draining  bool
@@ -94,12 +94,12 @@ func (s *Server) Start() error {
 		_ = netpoll.SetNumLoops(s.cfg.Loops)
 		netpoll.SetLoggerOutput(debugWriter{s.log})
 	})
-	var lns []netpoll.Listener
+	var lns []*listener
 	for _, addr := range s.cfg.Listen {
 		ln, err := listen(addr)
 		if err != nil {
 			for _, l := range lns {
-				l.Close()
+				l.release()
 			}
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
@@ -110,7 +110,7 @@ func (s *Server) Start() error {
 		f, err := newForwarder(s)
 		if err != nil {
 			for _, l := range lns {
-				l.Close()
+				l.release()
 			}
 			for _, f := range fwd[:i] { // not running yet: just free them
 				unix.Close(f.epfd)
@@ -141,7 +141,9 @@ func (s *Server) Start() error {
 		s.listeners = append(s.listeners, ln)
 		s.loops = append(s.loops, evl)
 		go func() {
-			if err := evl.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+			// An error after Close (the loop started late, found the
+			// listener closed) is expected.
+			if err := evl.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && ln.Fd() >= 0 {
 				s.log.Error("serve", "addr", ln.Addr().String(), "err", err)
 			}
 		}()
@@ -186,7 +188,7 @@ func (s *Server) Close() error {
 	if s.tls != nil {
 		close(s.tls.stop)
 	}
-	loops := s.loops
+	loops, lns := s.loops, s.listeners
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -202,6 +204,9 @@ func (s *Server) Close() error {
 	}
 	for _, f := range s.fwd {
 		f.stop()
+	}
+	for _, ln := range lns { // netpoll is done with them: free their numbers
+		ln.release()
 	}
 	return nil
 }
