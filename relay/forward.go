@@ -923,6 +923,12 @@ func (f *forwarder) shutdown() {
 		}
 		f.teardown(ep.t, ReasonShutdown)
 	}
+	f.closeFds()
+}
+
+// closeFds frees the loop's epoll set and wake-up eventfd: at the end of
+// shutdown, or for a forwarder whose loop never ran.
+func (f *forwarder) closeFds() {
 	unix.Close(f.epfd)
 	unix.Close(f.evfd)
 }

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
-	"golang.org/x/sys/unix"
 )
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
@@ -113,8 +112,7 @@ func (s *Server) Start() error {
 				l.release()
 			}
 			for _, f := range fwd[:i] { // not running yet: just free them
-				unix.Close(f.epfd)
-				unix.Close(f.evfd)
+				f.closeFds()
 			}
 			return fmt.Errorf("forwarder: %w", err)
 		}
