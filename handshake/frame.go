@@ -276,11 +276,17 @@ func (d *Decoder) InMessage() (ws.OpCode, bool) {
 	return d.msgOp, d.inMsg
 }
 
+// InFrame reports whether a frame is partly received: part of its header
+// is buffered, or its payload has not all arrived. It does not allocate.
+func (d *Decoder) InFrame() bool { return d.nhdr > 0 || d.left > 0 }
+
 // CheckClosePayload checks the whole payload of a received close frame: it
 // must be empty or hold a valid close code (1000-1003, 1007-1011,
 // 3000-4999; else 1002) followed by a UTF-8 reason (else 1007). A 1-byte
-// payload is a 1002 violation. It returns nil or a *CloseError and does not
-// allocate.
+// payload is a 1002 violation. The code and reason are read and checked by
+// gobwas/ws (ParseCloseFrameDataUnsafe, CheckCloseFrameData); codes of
+// 5000 and above, which it lets through, are refused too (RFC 6455 defines
+// none). It returns nil or a *CloseError and does not allocate.
 func CheckClosePayload(p []byte) error {
 	if len(p) == 0 {
 		return nil
@@ -288,13 +294,12 @@ func CheckClosePayload(p []byte) error {
 	if len(p) == 1 {
 		return errCloseLen
 	}
-	switch code := binary.BigEndian.Uint16(p); {
-	case 1000 <= code && code <= 1003, 1007 <= code && code <= 1011, 3000 <= code && code <= 4999:
-	default:
-		return errCloseCode
-	}
-	if !utf8.Valid(p[2:]) {
+	code, reason := ws.ParseCloseFrameDataUnsafe(p)
+	switch err := ws.CheckCloseFrameData(code, reason); {
+	case err == ws.ErrProtocolInvalidUTF8:
 		return errCloseReasonUTF
+	case err != nil, code >= 5000:
+		return errCloseCode
 	}
 	return nil
 }

@@ -75,8 +75,13 @@ type Config struct {
 	TLSClientCA, TLSClientFingerprints string
 	// TLSOnly refuses plaintext clients.
 	TLSOnly bool
-	// TLSHandshakeTimeout bounds the TLS handshake.
+	// TLSHandshakeTimeout bounds the TLS handshake, counted from accept
+	// (time spent waiting for a handshake slot included).
 	TLSHandshakeTimeout time.Duration
+	// MaxTLSHandshakes bounds TLS handshakes running at once (each needs a
+	// goroutine); up to four times as many more wait for a slot, and
+	// beyond that new TLS clients are refused (limit_tls_handshakes).
+	MaxTLSHandshakes int
 	// TLSWatchInterval is how often the certificate files are checked for
 	// changes.
 	TLSWatchInterval time.Duration
@@ -104,6 +109,7 @@ func DefaultConfig() Config {
 		TPClientBuffer:    1 << 20,
 
 		TLSHandshakeTimeout: 5 * time.Second,
+		MaxTLSHandshakes:    256,
 		TLSWatchInterval:    2 * time.Second,
 	}
 }
@@ -156,6 +162,9 @@ func (c *Config) Validate() error {
 	if c.TLSEnabled() && c.TLSHandshakeTimeout <= 0 {
 		return fmt.Errorf("tls-handshake-timeout: must be positive, got %v", c.TLSHandshakeTimeout)
 	}
+	if c.TLSEnabled() && c.MaxTLSHandshakes <= 0 {
+		return fmt.Errorf("max-tls-handshakes: must be positive, got %d", c.MaxTLSHandshakes)
+	}
 	l := &c.Limits
 	switch {
 	case l.MaxConns < 0:
@@ -170,6 +179,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("ban-time: must be positive when auth-failures-per-ip is set, got %v", l.BanTime)
 	case l.TunnelRate < 0:
 		return fmt.Errorf("tunnel-rate: must not be negative, got %d", l.TunnelRate)
+	case l.IPv6Prefix < 0 || l.IPv6Prefix > 128:
+		return fmt.Errorf("ipv6-prefix: must be between 0 and 128, got %d", l.IPv6Prefix)
 	}
 	if c.Loops < 0 {
 		return fmt.Errorf("loops: must not be negative, got %d", c.Loops)

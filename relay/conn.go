@@ -10,11 +10,27 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
-
-	"github.com/meetpoint/meetpoint/handshake"
 )
 
-// state is where a connection is on its way to a tunnel.
+// state is where a connection is on its way to a tunnel:
+//
+//	sniff ─► http ─► rpc ─► authing ─► waiting ─► claimed ══► target.ready
+//	  │               │                              ▲
+//	  │               └──── (TunnelProxy register) ──┤
+//	  └──────────────── (TLS ClientHello) ───────────┘
+//
+//	any state but claimed ─► closing ─► done (the ticket ends)
+//
+// A connection is claimed by its partner (a CAS from waiting, inside the
+// registry, without the connection's lock) or by itself (a TunnelProxy
+// registration, a TLS hand-over). The hand-over rule, which every path
+// keeps: once a connection is claimed, its target receives it exactly
+// once, through ready, whether its set-up succeeded or failed — a claimed
+// connection never goes to closing. Failures after the claim (the client
+// hung up, sent data too early, the server is shutting down) are recorded
+// in failure and delivered with it. So a partner always gets either
+// TunnelEstablished and a pipe or a close with a counted reason, and no
+// descriptor, registry key or ticket is ever left behind.
 type state uint32
 
 const (
@@ -23,80 +39,101 @@ const (
 	stRPC                  // JSON-RPC, not authenticated
 	stAuthing              // Authenticate in flight
 	stWaiting              // authenticated, in the registry, waiting for a partner
-	stClaimed              // paired: being handed to a forwarder
-	stClosed               // done
+	stClaimed              // given to a target; the transport is letting go of the socket
+	stClosing              // ending; the transport is letting go of the socket
+	stDone                 // released: the socket belongs to its next owner, or is closed
 )
 
-// conn is a connection while it lives on netpoll (everything before the
-// tunnel). It costs ~700 B plus netpoll's 4 KiB input page.
+// release is how far the transport's letting go has got.
+type release uint8
+
+const (
+	relNone   release = iota // the transport holds the socket
+	relWanted                // decided under mu: unlock asks the transport
+	relAsked                 // the transport was asked; released follows
+)
+
+// conn is a connection before its tunnel, on netpoll (plain sockets) or on
+// a forwarding loop (TLS). It costs ~600 B plus netpoll's 4 KiB input page.
 //
-// Locking: mu guards every field below it and every write to tr. tr.close
-// is never called with mu held (netpoll may run close callbacks
-// synchronously, and they take mu): functions that decide to close set
-// closing, and unlock issues the close.
+// Locking: mu guards every field below it and every write to tr.
+// tr.release is never called with mu held (netpoll may run the close
+// callback synchronously, and it takes mu): code decides under mu
+// (wantRelease) and unlock asks the transport. Lock order when two
+// connections meet: the completing side's mu, then the registry shard
+// (Join), released, then the waiting side's mu; a waiting connection never
+// takes another connection's lock.
 type conn struct {
 	s       *Server
 	tr      transport
+	tk      *ticket
 	peer    net.Addr
 	id      uint64    // set by track
 	created time.Time // accept time
-	adm     *admission
 
-	// st is read without mu by Claim (CAS stWaiting → stClaimed); every other
-	// transition happens under mu.
+	// st is the state. A partner claims a waiting connection with a CAS
+	// (stWaiting → stClaimed) without mu; every other transition happens
+	// under mu.
 	st atomic.Uint32
-	// cbDone is set by the close callback, which runs once.
-	cbDone atomic.Bool
 
-	mu          sync.Mutex
-	closing     bool // Close must be issued by unlock
-	closeIssued bool
-	reason      Reason // why we closed; ReasonPeerClosed if the peer did
-
-	ws       bool
-	counted  bool // counted in connections_active
-	dec      handshake.Decoder
-	midFrame bool      // a WebSocket frame (or header) is partially read
-	ctrlOp   ws.OpCode // control frame being assembled
-	ctrl     []byte    // its payload (≤ 125 B)
-	in       []byte    // unparsed bytes: HTTP head or TCP JSON (≤ limits)
-	msg      []byte    // WebSocket text message being assembled (≤ MaxPreAuth)
-	out      []byte    // scratch for replies
+	mu      sync.Mutex
+	rel     release
+	gone    bool   // released while claimed but before a target was set (pairUp delivers)
+	sk      sock   // the socket, detached for the target when released while claimed
+	reason  Reason // closing: why; claimed: why the set-up failed, if failed
+	failed  bool   // claimed: the set-up failed (reason says why)
+	linger  bool   // closing: let the client read what we sent before the socket closes
+	skipNL  bool   // claimed by a raw-TCP registration: drop the request's newline
+	ws      *wsStream
+	out     ctrlQueue // replies not yet written; kept for the target once claimed
+	in      []byte    // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
+	msg     []byte    // WebSocket text message being assembled (≤ MaxPreAuth)
+	late    []byte    // claimed: input that arrived after the claim (≤ MaxPreAuth)
+	lateMsg bool      // claimed: a WebSocket data frame arrived after the claim
 
 	timer     *time.Timer // inactive, then alone timeout
 	hsTimer   *time.Timer // handshake timeout
 	authTimer *time.Timer
 	rpcTimer  *time.Timer
 	authID    int
-	authStart *AuthRequest // set by rpc, started by onRequest after unlock
-	authNonce string
+	authStart *AuthRequest // set by rpc, started by unlock
 	notifID   int
 
-	uuid, name string
-	key        PairKey
-	joined     time.Time
-	dataLate   bool   // more bytes arrived after the claim than late may hold
-	late       []byte // raw bytes that arrived after the claim (≤ MaxPreAuth)
-	toTLS      bool   // sniffed a TLS ClientHello: released starts the handshake
-	target     target // where a claimed connection goes (tunnel, TunnelProxy hub)
+	uuid, name  string
+	key         PairKey
+	joined      time.Time
+	established []byte // claimed by pairing: this side's TunnelEstablished
+	target      target // where a claimed connection goes
+}
+
+// target receives a claimed connection once its transport has let go of
+// it. ready is called exactly once per claimed connection, without c.mu
+// held; c is then frozen: c.sk is the socket (nil if detaching failed),
+// c.failed and c.reason say whether the set-up failed, c.out holds what
+// the relay still owes the client, c.late what the client sent after the
+// claim. ready owns the socket and the ticket from then on.
+type target interface {
+	ready(c *conn)
 }
 
 type connKey struct{}
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	adm, r := s.admit(nc.RemoteAddr())
-	if adm == nil {
+	s.stats.accepted.Inc()
+	key, r := s.admit(nc.RemoteAddr())
+	if r != reasonCount {
 		s.stats.closes[r].Inc()
 		nc.Close()
 		return context.Background()
 	}
+	tk := s.newTicket(key)
 	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		tr.fd = f.Fd()
 	}
-	c := s.newConn(tr, nc.RemoteAddr(), adm)
+	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {
-		adm.release()
+		tk.end(ReasonShutdown)
 		nc.Close()
 		return context.Background()
 	}
@@ -105,7 +142,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		r := nc.Reader()
 		if n := r.Len(); n > 0 {
 			if p, err := r.Next(n); err == nil {
-				left = append(left, p...)
+				left = p
 			}
 		}
 		c.released(left)
@@ -115,9 +152,8 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 }
 
 // newConn creates and tracks a connection; nil if the server is closing.
-func (s *Server) newConn(tr transport, peer net.Addr, adm *admission) *conn {
-	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), adm: adm}
-	c.dec.MaxFrame = int64(s.cfg.MaxPreAuth)
+func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
+	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), tk: tk}
 	if !s.track(c, true) {
 		return nil
 	}
@@ -128,41 +164,20 @@ func (s *Server) newConn(tr transport, peer net.Addr, adm *admission) *conn {
 	return c
 }
 
-// admission is a connection's place under the limits; release gives it
-// back once, when the socket is finally closed.
-type admission struct {
-	l    *limiter
-	ip   netip.Addr
-	done atomic.Bool
-}
-
-func (s *Server) admit(peer net.Addr) (*admission, Reason) {
+// admit places a new connection under the limits: its limiter key, or the
+// refusal reason (reasonCount when admitted).
+func (s *Server) admit(peer net.Addr) (key netip.Addr, r Reason) {
 	ip := addrOf(peer)
-	if r := s.lim.admit(ip); r != reasonCount {
-		if r == ReasonBanned || r == ReasonLimitRate {
-			s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
-		} else {
-			s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
-		}
-		return nil, r
+	key, r = s.lim.admit(ip)
+	if r == reasonCount {
+		return key, r
 	}
-	return &admission{l: s.lim, ip: ip}, reasonCount
-}
-
-func (a *admission) release() {
-	if a != nil && a.done.CompareAndSwap(false, true) {
-		a.l.release(a.ip)
+	if r == ReasonBanned || r == ReasonLimitRate {
+		s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
+	} else {
+		s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
 	}
-}
-
-func (c *conn) onHandshakeTimeout() {
-	c.mu.Lock()
-	switch state(c.st.Load()) {
-	case stSniff, stHTTP:
-		c.s.log.Debug("handshake timeout", "peer", c.peer.String())
-		c.closeNow(ReasonHandshakeTimeout)
-	}
-	c.unlock()
+	return key, r
 }
 
 // onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
@@ -176,94 +191,171 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		return nc.Close()
 	}
 	c.mu.Lock()
-	p, err := r.Next(r.Len())
-	if err == nil {
+	n := r.Len()
+	over := n > c.s.inputBudget()
+	if over {
+		n = c.s.inputBudget()
+	}
+	if p, err := r.Next(n); err == nil {
 		c.consume(p)
 	}
-	_ = r.Release()
-	start := c.authStart
-	c.authStart = nil
-	c.unlock()
-	if start != nil {
-		c.startAuth(start)
+	if over {
+		// netpoll reads eagerly and without bound: a client whose unread
+		// input outgrows what any stage before the tunnel accepts is
+		// flooding, and is cut off before netpoll holds more of it. What
+		// fits the budget was read first, so a client that merely sent
+		// something too big hears why (e.g. a 1009 close).
+		_ = r.Skip(r.Len())
+		c.s.log.Debug("input before the tunnel over budget", "peer", c.peer.String())
+		c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Input over budget")
 	}
+	_ = r.Release()
+	c.unlock()
 	return nil
 }
 
-// unlock releases mu and issues the Close decided under it, once.
-func (c *conn) unlock() {
-	doClose := c.closing && !c.closeIssued
-	if doClose {
-		c.closeIssued = true
-	}
-	c.mu.Unlock()
-	if doClose {
-		c.tr.close()
-	}
-}
+// inputBudget is the most input a connection may have waiting on netpoll
+// before its tunnel: a WebSocket client's whole HTTP head and first
+// message, with room for frame headers and pings, twice over.
+func (s *Server) inputBudget() int { return 2*(s.cfg.MaxHeader+s.cfg.MaxPreAuth) + 4<<10 }
 
 // consume routes freshly read bytes to the current stage. p is only valid
-// during the call. Called with mu held.
+// during the call; every stage copies what it keeps, within its budget.
+// Called with mu held.
 func (c *conn) consume(p []byte) {
-	switch state(c.st.Load()) {
-	case stClosed:
-		return
-	case stClaimed:
-		c.stash(p)
-		return
-	}
-	switch {
-	case c.ws:
+	switch st := state(c.st.Load()); {
+	case st >= stClosing:
+		return // ending: nothing more is read
+	case c.ws != nil:
 		c.consumeWS(p)
-	case c.counted: // raw TCP JSON-RPC
-		c.consumeJSON(p)
-	default:
+	case st == stSniff:
 		c.sniff(p)
+	case st == stHTTP:
+		c.httpHead(p)
+	default:
+		c.consumeJSON(p)
 	}
 }
 
-// stash keeps bytes that arrived after the connection was claimed: a
-// TunnelProxy endpoint gets them as its first input, a legacy tunnel
-// refuses them (data before TunnelEstablished). Called with mu held.
-func (c *conn) stash(p []byte) {
-	if len(c.late)+len(p) > c.s.cfg.MaxPreAuth {
-		c.dataLate = true
+// unlock writes what the relay owes the client, releases mu, then asks the
+// transport to let go and starts an authenticator if the stage decided so.
+func (c *conn) unlock() {
+	c.flush()
+	rel := c.rel == relWanted
+	if rel {
+		c.rel = relAsked
+	}
+	start := c.authStart
+	c.authStart = nil
+	c.mu.Unlock()
+	if rel {
+		c.tr.release()
+	}
+	if start != nil {
+		c.startAuth(start)
+	}
+}
+
+// flush writes the queued replies without blocking. A client that has not
+// read what it was sent so far that the socket refuses more is closed as
+// slow_reader: the relay never buffers for it. A claimed connection keeps
+// its queue for the target. Called with mu held.
+func (c *conn) flush() {
+	if c.out.len() == 0 {
 		return
 	}
-	c.late = append(c.late, p...)
+	switch state(c.st.Load()) {
+	case stClaimed, stDone:
+		return
+	}
+	n, err := c.tr.write(c.out.b)
+	c.out.consumed(n)
+	switch {
+	case err != nil:
+		c.out.take()
+		c.linger = false
+		c.close(ReasonIOError)
+	case c.out.len() > 0:
+		c.s.log.Debug("client does not read its replies", "peer", c.peer.String())
+		c.out.take()
+		c.linger = false
+		c.close(ReasonSlowReader)
+	}
 }
 
-// target receives a claimed connection once its transport let go of it.
-type target interface {
-	// ready is called once, without c.mu held; c.late holds what arrived
-	// after the claim.
-	ready(c *conn)
+// send queues one JSON-RPC message: a TEXT frame on WebSocket, the bytes as
+// they are on raw TCP. Called with mu held.
+func (c *conn) send(msg []byte) {
+	if c.out.len()+len(msg) > ctrlMax/2 {
+		c.flush() // a batch of requests with large replies: write as we go
+	}
+	ok := false
+	if c.ws != nil {
+		ok = c.out.pushFrame(ws.OpText, msg)
+	} else {
+		ok = c.out.push(msg)
+	}
+	if !ok {
+		c.out.take()
+		c.close(ReasonSlowReader)
+	}
 }
 
-// fail ends the connection for reason. For WebSocket clients a close frame
-// with code and text goes first. Called with mu held.
+// close ends the connection for r; the first reason wins. A claimed
+// connection is not closed: it is marked failed and its target learns why.
+// Called with mu held; unlock asks the transport to let go.
+func (c *conn) close(r Reason) {
+	for {
+		switch st := state(c.st.Load()); st {
+		case stClaimed:
+			c.setFailed(r)
+			return
+		case stClosing, stDone:
+			return
+		case stWaiting:
+			if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
+				continue // claimed by a partner just now
+			}
+			c.s.reg.Leave(c.key, c)
+		default:
+			c.st.Store(uint32(stClosing))
+		}
+		c.reason = r
+		c.stopTimers()
+		c.wantRelease()
+		return
+	}
+}
+
+// setFailed records why a claimed connection's set-up failed (the first
+// reason wins) and makes sure its transport lets go.
+func (c *conn) setFailed(r Reason) {
+	if !c.failed {
+		c.failed, c.reason = true, r
+	}
+	c.wantRelease()
+}
+
+// wantRelease decides that the transport must let go of the socket.
+func (c *conn) wantRelease() {
+	if c.rel == relNone {
+		c.rel = relWanted
+	}
+}
+
+// fail ends the connection for reason, gracefully: a WebSocket client gets
+// a close frame with code and text first, and the socket lingers until the
+// client has read what it was sent. Called with mu held.
 func (c *conn) fail(reason Reason, code ws.StatusCode, text string) {
-	if state(c.st.Load()) == stClosed {
+	if st := state(c.st.Load()); st >= stClaimed {
+		c.close(reason) // claimed: the target answers the client
 		return
 	}
-	if c.ws && code != 0 {
-		c.write(handshake.AppendClose(c.out[:0], code, text))
+	if c.ws != nil && code != 0 {
+		c.ws.sendClose(&c.out, code, text)
 	}
-	c.closeNow(reason)
-}
-
-// closeNow marks the connection closed without writing anything.
-func (c *conn) closeNow(reason Reason) {
-	prev := state(c.st.Swap(uint32(stClosed)))
-	if prev == stClosed {
-		return
-	}
-	if prev == stWaiting {
-		c.s.reg.Leave(c.key, c)
-	}
-	c.reason = reason
-	c.closing = true
-	c.stopTimers()
+	c.linger = true
+	c.close(reason)
 }
 
 func (c *conn) stopTimers() {
@@ -274,25 +366,14 @@ func (c *conn) stopTimers() {
 	}
 }
 
-// write sends b now. netpoll writes directly and waits (bounded by its write
-// timeout) only if the socket buffer is full. Called with mu held.
-func (c *conn) write(b []byte) {
-	if len(b) == 0 || state(c.st.Load()) == stClosed {
-		return
+func (c *conn) onHandshakeTimeout() {
+	c.mu.Lock()
+	switch state(c.st.Load()) {
+	case stSniff, stHTTP:
+		c.s.log.Debug("handshake timeout", "peer", c.peer.String())
+		c.close(ReasonHandshakeTimeout)
 	}
-	if err := c.tr.write(b); err != nil {
-		c.closeNow(ReasonIOError)
-	}
-}
-
-// writeMsg sends one JSON-RPC message: a TEXT frame on WebSocket, the bytes
-// as they are on TCP. Called with mu held.
-func (c *conn) writeMsg(msg []byte) {
-	if c.ws {
-		c.write(handshake.AppendFrame(make([]byte, 0, len(msg)+10), ws.OpText, true, msg))
-		return
-	}
-	c.write(msg)
+	c.unlock()
 }
 
 func (c *conn) onInactive() {
@@ -307,9 +388,8 @@ func (c *conn) onInactive() {
 
 func (c *conn) onAlone() {
 	c.mu.Lock()
-	if c.st.CompareAndSwap(uint32(stWaiting), uint32(stRPC)) {
-		// st is no longer stWaiting: Leave ourselves, then close.
-		c.s.reg.Leave(c.key, c)
+	if state(c.st.Load()) == stWaiting {
+		c.s.log.Debug("alone timeout", "peer", c.peer.String())
 		c.fail(ReasonAloneTimeout, ws.StatusPolicyViolation, "No partner arrived")
 	}
 	c.unlock()
@@ -329,56 +409,59 @@ func (c *conn) UUID() string { return c.uuid }
 
 // released runs once the transport has let go of the socket (netpoll: after
 // it stopped polling it, before it closes the descriptor). A claimed
-// connection is handed to its target here; any other is finished. left is
-// what the transport had read and nobody consumed.
+// connection's socket is detached and the connection handed to its
+// target; any other is finished: closed at once, or passed to a
+// forwarding loop to linger. left is what the transport had read and
+// nobody consumed.
 func (c *conn) released(left []byte) {
-	if !c.cbDone.CompareAndSwap(false, true) {
-		return
-	}
 	c.mu.Lock()
-	c.closing, c.closeIssued = true, true
 	c.stopTimers()
-	t := c.target
-	if state(c.st.Load()) == stClaimed && t != nil {
-		c.stash(left)
-		c.mu.Unlock()
-		c.s.track(c, false)
-		t.ready(c)
-		return
-	}
-	if c.toTLS {
-		prefix := c.in
-		c.mu.Unlock()
-		c.s.track(c, false)
-		s, err := c.tr.detach()
-		if err != nil {
-			c.adm.release()
-			c.s.stats.closes[ReasonIOError].Inc()
-			return
+	spontaneous := c.rel == relNone // the peer hung up (or the socket failed)
+	c.rel = relAsked
+	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now
+		if c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
+			c.s.reg.Leave(c.key, c)
+			c.reason = ReasonPeerClosed
 		}
-		go c.s.startTLS(s.Fd(), prefix, c.peer, c.adm)
+	}
+	if state(c.st.Load()) == stClaimed {
+		if len(left) > 0 {
+			c.consume(left) // pings answered for the target, data recorded as late
+		}
+		if spontaneous {
+			c.setFailed(ReasonPeerClosed)
+		}
+		sk, err := c.tr.detach()
+		if err != nil {
+			c.setFailed(ReasonIOError)
+		}
+		c.sk = sk
+		t := c.target
+		c.gone = t == nil
+		c.mu.Unlock()
+		c.s.track(c, false)
+		if t != nil {
+			t.ready(c)
+		}
 		return
 	}
-	prev := state(c.st.Swap(uint32(stClosed)))
-	if prev == stWaiting {
-		c.s.reg.Leave(c.key, c)
+	if st := state(c.st.Load()); st != stClosing && st != stDone {
+		c.reason = ReasonPeerClosed
 	}
-	reason := c.reason
+	c.st.Store(uint32(stDone))
+	reason, linger := c.reason, c.linger && !spontaneous
 	c.mu.Unlock()
-	c.tr.discard()
-	c.adm.release()
 	c.s.track(c, false)
-	c.s.stats.closes[reason].Inc()
-	c.uncount()
-}
-
-func (c *conn) uncount() {
-	if !c.counted {
+	if !linger {
+		c.tr.discard()
+		c.tk.end(reason)
 		return
 	}
-	if c.ws {
-		c.s.stats.connsWS.Dec()
-	} else {
-		c.s.stats.connsTCP.Dec()
+	sk, err := c.tr.detach()
+	if err != nil {
+		c.tr.discard()
+		c.tk.end(reason)
+		return
 	}
+	c.s.goodbye(sk, nil, true, c.tk, reason)
 }

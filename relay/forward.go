@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/pool"
@@ -32,10 +32,6 @@ import (
 // unread input.
 const wsSlack = 14
 
-// ctrlHigh bounds control frames queued toward an endpoint (pongs): above it
-// the relay stops reading that endpoint's pings.
-const ctrlHigh = 1024
-
 // tunnel is a forwarding pair. setup is used while the two sides are handed
 // over, from netpoll goroutines; everything else belongs to the forwarder's
 // goroutine once it started the tunnel. Kept small: it is most of an idle
@@ -56,19 +52,18 @@ type tunnel struct {
 	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from a and from b (read by monitors)
 
-	closing bool   // no more reads; finish once everything queued is written
-	reason  Reason // why closing (counted for the side that caused it)
-	dead    bool   // torn down
-	queued  bool   // in the forwarder's again list
+	closing bool      // no more reads; finish once everything queued is written
+	reason  Reason    // why closing: counted for culprit, the other side gets partner_closed
+	culprit *endpoint // the side whose client (or socket) ended the tunnel; nil: neither
+	dead    bool      // torn down
+	queued  bool      // in the forwarder's again list
 }
 
 // tunnelSetup is the hand-over state, dropped once both sides are in.
 type tunnelSetup struct {
 	mu     sync.Mutex
-	ca, cb *conn  // the two connections (dropped with setup, so they can be freed)
-	nready int    // sides handed over (0..2)
-	bad    Reason // set with badSet when set-up must be abandoned
-	badSet bool
+	ca, cb *conn // the two connections (dropped with setup, so they can be freed)
+	nready int   // sides handed over (0..2)
 }
 
 // peerInfo is what monitors and logs show of one side of a tunnel.
@@ -83,7 +78,7 @@ type peerInfo struct {
 
 func peerInfoOf(c *conn) peerInfo {
 	return peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
-		connected: c.created.UnixNano(), ws: c.ws}
+		connected: c.created.UnixNano(), ws: c.ws != nil}
 }
 
 // clientInfo expands p for a snapshot.
@@ -103,57 +98,41 @@ type endpoint struct {
 	peer  *endpoint
 	sock  sock // nil until handed over
 	fd    int  // sock's descriptor
-	ws    bool
+	tk    *ticket
 	rx    *metrics.Counter // bytes read from this endpoint, all tunnels
 	rxT   *atomic.Uint64   // bytes read from this endpoint, this tunnel
-	adm   *admission       // released when the socket closes
-	bkt   *bucket          // TunnelRate bucket for reads from this endpoint (nil until a rate applies)
-	quota int              // most bytes the next read may take (0: no limit)
+	bkt   *rate.Limiter    // TunnelRate bucket for reads from this endpoint (nil until a rate applies)
+	quota int              // most bytes the next read may take (0: no limit; -1: throttled)
 
 	readable, writable bool // edge-triggered readiness latches
-	eof                bool
+	eof                bool // nothing more is read from this endpoint
+	broken             bool // its socket failed or its client is gone: close without lingering
 
 	// Outbound. Invariant: buf != nil iff out is non-empty or about to be
 	// filled; pipe != nil only on splice tunnels.
 	buf        *[]byte
 	out        []byte
 	pipe       *pool.Pipe
-	ctrl       []byte // control frames and notifications, sent at a frame boundary
-	midFrame   bool   // the data stream toward this endpoint is inside a WebSocket frame
-	closeSent  bool   // a close frame toward this endpoint is queued
-	stallSince int64  // unix ns since writes were refused with data pending; 0 if not
+	ctrl       ctrlQueue // relay messages and control frames, sent at a frame boundary
+	midFrame   bool      // the data stream toward this endpoint is inside a WebSocket frame
+	stallSince int64     // unix ns since writes were refused with data pending; 0 if not
 
-	in *wsIn // inbound WebSocket state; nil on plain TCP endpoints
+	ws *wsStream // inbound WebSocket state; nil on plain TCP endpoints
 }
 
-// wsIn is what decoding a WebSocket endpoint's input needs. Kept apart so
-// that idle TCP tunnels stay small.
-type wsIn struct {
-	dec    handshake.Decoder
-	ctrlOp ws.OpCode // control frame being assembled
-	ctrlIn []byte    // its payload (≤ 125 B)
-}
-
-func newWSIn(c *conn) *wsIn {
-	if !c.ws {
-		return nil
-	}
-	w := &wsIn{dec: c.dec}
-	w.dec.MaxFrame = 0 // frames are streamed, never held whole
-	return w
-}
-
+// newTunnel builds the tunnel of a (waiting) and b (completing). Called
+// with both connections' locks held.
 func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
-	t.a = endpoint{t: t, peer: &t.b, fd: -1, ws: a.ws, in: newWSIn(a), rx: a.s.stats.bytesUp, adm: a.adm}
-	t.b = endpoint{t: t, peer: &t.a, fd: -1, ws: b.ws, in: newWSIn(b), rx: a.s.stats.bytesDn, adm: b.adm}
+	t.a = endpoint{t: t, peer: &t.b, fd: -1, rx: a.s.stats.bytesUp}
+	t.b = endpoint{t: t, peer: &t.a, fd: -1, rx: a.s.stats.bytesDn}
 	t.a.rxT, t.b.rxT = &t.ab, &t.ba
 	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
-	t.a.ctrl = established(a, b)
-	t.b.ctrl = established(b, a)
+	a.established = established(a, b)
+	b.established = established(b, a)
 	_, tlsA := a.tr.(*tlsTransport)
 	_, tlsB := b.tr.(*tlsTransport)
-	t.splice = !a.ws && !b.ws && !tlsA && !tlsB
+	t.splice = a.ws == nil && b.ws == nil && !tlsA && !tlsB
 	return t
 }
 
@@ -163,18 +142,10 @@ func established(c, p *conn) []byte {
 	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
 		handshake.Str("name", p.name), handshake.Str("uuid", p.uuid))
 	c.notifID++
-	if c.ws {
+	if c.ws != nil {
 		return handshake.AppendFrame(nil, ws.OpText, true, msg)
 	}
 	return msg
-}
-
-// side is c's endpoint.
-func (t *tunnel) side(su *tunnelSetup, c *conn) *endpoint {
-	if c == su.ca {
-		return &t.a
-	}
-	return &t.b
 }
 
 // Claim implements Joiner: a tunnel is never waiting.
@@ -183,25 +154,13 @@ func (t *tunnel) Claim() bool { return false }
 // UUID implements Joiner.
 func (t *tunnel) UUID() string { return "" }
 
-// ready implements target: called when a side's transport let go of it, it
-// takes the socket over and, when both sides are in, gives the tunnel to a
-// forwarder. Bytes that arrived after Authenticate end the tunnel.
+// ready implements target. The second side in decides: if either side's
+// set-up failed, or a client sent data before it could have seen
+// TunnelEstablished, the tunnel is abandoned (each side told why, or that
+// its partner left); otherwise it goes to a forwarder.
 func (t *tunnel) ready(c *conn) {
-	_, inMsg := c.dec.InMessage()
-	late := c.dataLate || c.midFrame || inMsg || len(c.late) > 0
-	s, err := c.tr.detach()
 	su := t.setup // set until the second side is in; both sides read it before either clears it
 	su.mu.Lock()
-	ep := t.side(su, c)
-	if err == nil {
-		ep.sock, ep.fd = s, s.Fd()
-	}
-	switch {
-	case err != nil && !su.badSet:
-		su.bad, su.badSet = ReasonIOError, true
-	case late && !su.badSet:
-		su.bad, su.badSet = ReasonDataBeforeTunnel, true
-	}
 	su.nready++
 	done := su.nready == 2
 	su.mu.Unlock()
@@ -209,37 +168,54 @@ func (t *tunnel) ready(c *conn) {
 		return
 	}
 	t.setup = nil // frees the conns and netpoll's objects behind them
-	if su.badSet {
-		t.s.log.Debug("tunnel set-up abandoned", "reason", su.bad.String())
-		// Free the key before the sockets close: a client that sees its
-		// connection end may come back at once.
-		t.s.reg.Leave(t.key, t)
-		for _, ep := range []*endpoint{&t.a, &t.b} {
-			if ep.sock != nil {
-				ep.sock.Close()
-			}
+	a, b := su.ca, su.cb
+	for _, c := range []*conn{a, b} {
+		if !c.failed && c.sentEarly() {
+			c.failed, c.reason = true, ReasonDataBeforeTunnel
 		}
-		t.s.stats.closes[su.bad].Inc()
-		t.s.stats.closes[ReasonPartnerClosed].Inc()
-		t.a.uncount(t.s)
-		t.b.uncount(t.s)
+	}
+	if a.failed || b.failed {
+		t.abandon(a, b)
 		return
 	}
+	t.a.init(a)
+	t.b.init(b)
 	t.f = t.s.pickForwarder(t.a.fd)
 	t.f.add(t)
 }
 
-func (ep *endpoint) uncount(s *Server) { s.connGone(ep.ws, ep.adm) }
-
-// connGone accounts for a handed-over connection's socket being closed: its
-// place under the limits and in connections_active.
-func (s *Server) connGone(ws bool, adm *admission) {
-	adm.release()
-	if ws {
-		s.stats.connsWS.Dec()
-	} else {
-		s.stats.connsTCP.Dec()
+// sentEarly reports whether a claimed legacy client sent data (anything
+// but whitespace between JSON-RPC messages) before TunnelEstablished.
+func (c *conn) sentEarly() bool {
+	if c.lateMsg || (c.ws != nil && c.ws.inMessage()) {
+		return true
 	}
+	return len(trimSpace(c.late)) > 0
+}
+
+// abandon ends a tunnel whose set-up failed: the key is freed first (a
+// client that sees its connection end may come back at once), then a side
+// that failed ends with its own reason and the other is told its partner
+// left.
+func (t *tunnel) abandon(a, b *conn) {
+	reason := a.reason
+	if !a.failed {
+		reason = b.reason
+	}
+	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", reason.String())
+	t.s.reg.Leave(t.key, t)
+	for _, c := range []*conn{a, b} {
+		t.s.dismiss(c, ReasonPartnerClosed, ws.StatusGoingAway, "Partner left")
+	}
+}
+
+// init takes the socket and the stream state over from the connection.
+func (ep *endpoint) init(c *conn) {
+	ep.sock, ep.fd, ep.tk, ep.ws = c.sk, c.sk.Fd(), c.tk, c.ws
+	if ep.ws != nil {
+		ep.ws.dec.MaxFrame = 0 // frames are streamed, never held whole
+	}
+	ep.ctrl.b = append(c.established, c.out.take()...) // then pongs owed since the claim
 }
 
 // forwarder is one forwarding loop.
@@ -255,12 +231,13 @@ type forwarder struct {
 
 	// Owned by the loop goroutine.
 	eps       map[int32]pollee
-	scratch   []byte // TLS plaintext before a tunnel exists
+	scratch   []byte // TLS plaintext before a tunnel exists; input discarded while lingering
 	stalled   map[*endpoint]struct{}
 	again     []resumer // stopped for fairness, not for lack of work
 	spare     []resumer
-	hubs      map[*hub]struct{} // TunnelProxy hubs on this loop
-	throttled []throttle        // tunnels waiting for TunnelRate tokens
+	hubs      map[*hub]struct{}      // TunnelProxy hubs on this loop
+	throttled []throttle             // tunnels waiting for TunnelRate tokens
+	lingering map[*lingerer]struct{} // sockets closing gracefully
 }
 
 func newForwarder(s *Server) (*forwarder, error) {
@@ -282,6 +259,7 @@ func newForwarder(s *Server) (*forwarder, error) {
 	return &forwarder{
 		s: s, epfd: epfd, evfd: evfd, done: make(chan struct{}),
 		eps: make(map[int32]pollee), stalled: make(map[*endpoint]struct{}), hubs: make(map[*hub]struct{}),
+		lingering: make(map[*lingerer]struct{}),
 	}, nil
 }
 
@@ -296,8 +274,9 @@ func (t *tunnel) resume(f *forwarder) {
 	f.service(t)
 }
 
-// pollee is what a forwarder's epoll set holds: a tunnel endpoint or a TLS
-// connection that has no tunnel yet.
+// pollee is what a forwarder's epoll set holds: a tunnel endpoint, a
+// TunnelProxy end, a TLS connection that has no tunnel yet, a lingering
+// socket.
 type pollee interface {
 	event(f *forwarder, events uint32)
 }
@@ -322,9 +301,8 @@ func (f *forwarder) add(t *tunnel) {
 	}
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		ep.sock.Close()
-		ep.uncount(f.s)
+		ep.tk.end(ReasonShutdown)
 	}
-	t.s.stats.closes[ReasonShutdown].Add(2)
 }
 
 func (f *forwarder) wake() {
@@ -347,15 +325,13 @@ func (f *forwarder) stop() {
 	}
 }
 
-func (f *forwarder) scanInterval() int {
+func (f *forwarder) scanInterval() time.Duration {
 	d := f.s.cfg.WriteStallTimeout / 4
-	if d > time.Second {
-		d = time.Second
+	d = min(d, time.Second)
+	if len(f.lingering) > 0 {
+		d = min(d, lingerTimeout/4)
 	}
-	if d < 10*time.Millisecond {
-		d = 10 * time.Millisecond
-	}
-	return int(d / time.Millisecond)
+	return max(d, 10*time.Millisecond)
 }
 
 func (f *forwarder) run() {
@@ -367,8 +343,8 @@ func (f *forwarder) run() {
 		switch {
 		case len(f.again) > 0:
 			timeout = 0
-		case len(f.stalled) > 0:
-			timeout = f.scanInterval()
+		case len(f.stalled) > 0 || len(f.lingering) > 0:
+			timeout = int(f.scanInterval() / time.Millisecond)
 		case len(f.hubs) > 0:
 			timeout = 1000
 		}
@@ -376,7 +352,7 @@ func (f *forwarder) run() {
 			timeout = f.throttleTimeout(timeout)
 		}
 		n, err := unix.EpollWait(f.epfd, events, timeout)
-		if err != nil && !errors.Is(err, unix.EINTR) {
+		if err != nil && err != unix.EINTR {
 			f.s.log.Error("epoll_wait", "err", err)
 			n = 0
 		}
@@ -404,10 +380,12 @@ func (f *forwarder) run() {
 			f.shutdown()
 			return
 		}
-		if (len(f.stalled) > 0 || len(f.hubs) > 0) && time.Since(lastScan) >= time.Duration(f.scanInterval())*time.Millisecond {
-			lastScan = time.Now()
-			f.scanStalls(lastScan.UnixNano())
-			f.scanHubs(lastScan)
+		busy := len(f.stalled) > 0 || len(f.hubs) > 0 || len(f.lingering) > 0
+		if now := time.Now(); busy && now.Sub(lastScan) >= f.scanInterval() {
+			lastScan = now
+			f.scanStalls(now.UnixNano())
+			f.scanHubs(now)
+			f.scanLingering(now)
 		}
 	}
 }
@@ -455,15 +433,17 @@ func (f *forwarder) startTunnel(t *tunnel) {
 	f.s.stats.tunnelsActive.Inc()
 	f.s.stats.tunnelsTotal.Inc()
 	f.s.stats.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
+	f.s.trackTunnel(t, true)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		if err := f.register(ep.fd, ep); err != nil {
 			f.s.log.Error("epoll add", "err", err)
-			f.teardown(t, ReasonIOError)
+			ep.broken = true
+			f.startClose(t, ep, ReasonIOError)
+			f.teardown(t)
 			return
 		}
 		ep.readable, ep.writable = true, true
 	}
-	f.s.trackTunnel(t, true)
 	f.s.log.Info("tunnel established", "tunnel", t.id, "token", t.tokenHash,
 		"a", t.infoA.address, "b", t.infoB.address, "splice", t.splice)
 	f.service(t)
@@ -486,7 +466,7 @@ func (f *forwarder) service(t *tunnel) {
 		}
 		if !p1 && !p2 {
 			if t.closing && t.a.idle() && t.b.idle() {
-				f.teardown(t, t.reason)
+				f.teardown(t)
 			}
 			return
 		}
@@ -497,9 +477,10 @@ func (f *forwarder) service(t *tunnel) {
 	}
 }
 
-// idle reports that nothing waits to be written to ep.
+// idle reports that nothing waits to be written to ep (or that nothing
+// can be: its socket is gone).
 func (ep *endpoint) idle() bool {
-	return len(ep.out) == 0 && len(ep.ctrl) == 0 && (ep.pipe == nil || ep.pipe.N == 0)
+	return ep.broken || len(ep.out) == 0 && ep.ctrl.len() == 0 && (ep.pipe == nil || ep.pipe.N == 0)
 }
 
 // pump writes what waits for dst and, if that is all written, reads once
@@ -510,19 +491,21 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 		return moved
 	}
 	t := src.t
-	if t.closing || src.eof || !src.readable || len(src.ctrl) > ctrlHigh || src.quota < 0 {
+	if t.closing || src.eof || !src.readable || src.ctrl.len() > ctrlSoft || src.quota < 0 {
 		return moved
 	}
 	if rate := f.s.tunnelRate.Load(); rate > 0 {
 		if src.bkt == nil {
-			src.bkt = &bucket{}
+			src.bkt = tunnelBucket(rate)
 		}
-		n, wait := src.bkt.allow(rate, time.Now(), pool.ChunkSize)
+		n, wait := allowRead(src.bkt, rate, time.Now(), pool.ChunkSize)
 		if n == 0 {
 			f.throttle(src, wait)
 			return moved
 		}
 		src.quota = n
+	} else {
+		src.bkt, src.quota = nil, 0
 	}
 	if !f.fill(src, dst) {
 		return moved
@@ -537,6 +520,9 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 // control frames waiting for a frame boundary) is pending.
 func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 	t := dst.t
+	if dst.broken {
+		return false, true
+	}
 	if p := dst.pipe; p != nil {
 		for p.N > 0 {
 			if !dst.writable {
@@ -554,7 +540,7 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 				return moved, false
 			}
 			if err != nil || n == 0 {
-				f.ioError(dst, err)
+				f.writeFailed(dst, err)
 				return moved, false
 			}
 		}
@@ -580,7 +566,7 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 				return moved, false
 			}
 			if err != nil {
-				f.ioError(dst, err)
+				f.writeFailed(dst, err)
 				return moved, false
 			}
 		}
@@ -589,16 +575,16 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 				dst.writable = false
 				f.stall(dst)
 			} else {
-				f.ioError(dst, err)
+				f.writeFailed(dst, err)
 			}
 			return moved, false
 		}
-		if len(dst.ctrl) == 0 {
+		if dst.ctrl.len() == 0 {
 			break
 		}
 		if dst.midFrame {
 			if t.closing { // the frame will never be finished: no close frame
-				dst.ctrl = dst.ctrl[:0]
+				dst.ctrl.take()
 			}
 			break
 		}
@@ -606,13 +592,9 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 		if dst.buf == nil {
 			dst.buf = pool.GetChunk()
 		}
-		n := copy(*dst.buf, dst.ctrl)
+		n := copy(*dst.buf, dst.ctrl.b)
 		dst.out = (*dst.buf)[:n]
-		if n == len(dst.ctrl) {
-			dst.ctrl = nil // an idle tunnel keeps no buffer
-		} else {
-			dst.ctrl = append(dst.ctrl[:0], dst.ctrl[n:]...)
-		}
+		dst.ctrl.consumed(n) // an idle tunnel keeps no buffer
 	}
 	if dst.buf != nil {
 		pool.PutChunk(dst.buf)
@@ -630,7 +612,8 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 			p, err := pool.GetPipe()
 			if err != nil {
 				f.s.log.Error("pipe", "err", err)
-				f.teardown(t, ReasonIOError)
+				f.startClose(t, nil, ReasonIOError)
+				f.teardown(t)
 				return false
 			}
 			dst.pipe = p
@@ -642,7 +625,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case n > 0:
-			src.bkt.take(int(n)) // nil-safe
+			spend(src.bkt, time.Now(), int(n))
 			dst.pipe.N += int(n)
 			f.s.stats.splicedBytes.Add(int(n))
 			src.rx.Add(int(n))
@@ -671,7 +654,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 	n, err := src.sock.Read(b[wsSlack:limit])
 	switch {
 	case n > 0:
-		src.bkt.take(n)
+		spend(src.bkt, time.Now(), n)
 	case err == unix.EAGAIN:
 		src.readable = false
 		pool.PutChunk(dst.buf)
@@ -686,8 +669,8 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 	f.s.stats.bufferedBytes.Add(n)
 	src.rx.Add(n)
 	src.rxT.Add(uint64(n))
-	if !src.ws {
-		if !dst.ws {
+	if src.ws == nil {
+		if dst.ws == nil {
 			dst.out = b[wsSlack : wsSlack+n]
 			return true
 		}
@@ -710,47 +693,37 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 // deframe decodes n bytes read from WebSocket endpoint src (at b[wsSlack:])
 // and writes what dst must receive to the front of b, in place: payloads
 // only for a TCP dst, frames re-headed unmasked with the same opcode and FIN
-// for a WebSocket dst. Control frames are answered by the relay. It returns
-// the number of output bytes.
+// for a WebSocket dst. Control frames are answered by src's wsStream. It
+// returns the number of output bytes.
 func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 	data := b[wsSlack : wsSlack+n]
 	w := 0
 	for len(data) > 0 && !src.t.closing {
-		fr, m, err := src.in.dec.Decode(data)
+		ev, fr, m, err := src.ws.step(data, &src.ctrl)
 		if err != nil {
 			return w, err
 		}
 		data = data[m:]
+		switch ev {
+		case wsMore:
+			return w, nil
+		case wsClose:
+			src.eof = true
+			f.startClose(src.t, src, ReasonPeerClosed)
+			return w, nil
+		case wsControl:
+			continue
+		}
 		switch fr.Kind {
-		case handshake.FragNone:
-			if m == 0 {
-				return w, nil
-			}
 		case handshake.FragHeader:
-			op := fr.Header.OpCode
-			if op.IsControl() {
-				src.in.ctrlOp = op
-				src.in.ctrlIn = src.in.ctrlIn[:0]
-				if fr.FrameEnd {
-					f.control(src)
-				}
-				continue
-			}
-			if dst.ws {
-				h := ws.Header{Fin: fr.Header.Fin, OpCode: op, Length: fr.Header.Length}
+			if dst.ws != nil {
+				h := ws.Header{Fin: fr.Header.Fin, OpCode: fr.Header.OpCode, Length: fr.Header.Length}
 				w = len(handshake.AppendHeader(b[:w], h))
 				dst.midFrame = !fr.FrameEnd
 			}
 		case handshake.FragPayload:
-			if fr.Header.OpCode.IsControl() {
-				src.in.ctrlIn = append(src.in.ctrlIn, fr.Data...)
-				if fr.FrameEnd {
-					f.control(src)
-				}
-				continue
-			}
 			w += copy(b[w:], fr.Data)
-			if fr.FrameEnd && dst.ws {
+			if fr.FrameEnd && dst.ws != nil {
 				dst.midFrame = false
 			}
 		}
@@ -758,75 +731,58 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 	return w, nil
 }
 
-// control acts on a complete control frame from ep: ping → pong with the same
-// payload, close → close reply and the tunnel ends.
-func (f *forwarder) control(ep *endpoint) {
-	in := ep.in
-	switch in.ctrlOp {
-	case ws.OpPing:
-		ep.ctrl = handshake.AppendFrame(ep.ctrl, ws.OpPong, true, in.ctrlIn)
-	case ws.OpClose:
-		if err := handshake.CheckClosePayload(in.ctrlIn); err != nil {
-			f.wsError(ep, err)
-			return
-		}
-		code := ws.StatusNormalClosure
-		if len(in.ctrlIn) >= 2 {
-			code = ws.StatusCode(uint16(in.ctrlIn[0])<<8 | uint16(in.ctrlIn[1]))
-		}
-		ep.ctrl = handshake.AppendClose(ep.ctrl, code, "")
-		ep.closeSent = true
-		ep.eof = true
-		f.startClose(ep.t, ReasonPeerClosed)
-	}
-}
-
-// wsError answers a WebSocket protocol violation by ep with the close code it
-// carries and ends the tunnel.
+// wsError answers a WebSocket protocol violation by ep (or a ping flood
+// past its budget) with the close code it carries and ends the tunnel.
 func (f *forwarder) wsError(ep *endpoint, err error) {
-	code, text := closeCodeOf(err)
 	info := &ep.t.infoA
 	if ep == &ep.t.b {
 		info = &ep.t.infoB
 	}
 	f.s.log.Debug("websocket protocol error in tunnel", "tunnel", ep.t.id, "peer", info.address, "err", err)
-	if !ep.closeSent {
-		ep.ctrl = handshake.AppendClose(ep.ctrl, code, text)
-		ep.closeSent = true
-	}
 	ep.eof = true
-	f.startClose(ep.t, ReasonWebSocket)
+	if err == errCtrlFull {
+		ep.broken = true
+		f.startClose(ep.t, ep, ReasonSlowReader)
+		return
+	}
+	code, text := closeCodeOf(err)
+	ep.ws.sendClose(&ep.ctrl, code, text)
+	f.startClose(ep.t, ep, ReasonWebSocket)
 }
 
-// ended handles the end of what ep sends (EOF or reset).
+// ended handles the end of what ep sends (EOF or reset): its client is
+// gone, so nothing more is sent to it.
 func (f *forwarder) ended(ep *endpoint) {
-	ep.eof = true
-	ep.closeSent = true // the socket is going: nothing more is sent to it
-	ep.ctrl = ep.ctrl[:0]
-	f.startClose(ep.t, ReasonPeerClosed)
+	ep.eof, ep.broken = true, true
+	ep.ctrl.take()
+	f.startClose(ep.t, ep, ReasonPeerClosed)
 }
 
 // startClose stops reading both sides; what is queued is still delivered,
 // then the tunnel is torn down. A WebSocket partner gets a close frame.
-func (f *forwarder) startClose(t *tunnel, reason Reason) {
+// culprit (nil for none) is the side that ended the tunnel: it is counted
+// under reason, the other side under partner_closed.
+func (f *forwarder) startClose(t *tunnel, culprit *endpoint, reason Reason) {
 	if t.closing {
 		return
 	}
-	t.closing, t.reason = true, reason
+	t.closing, t.reason, t.culprit = true, reason, culprit
 	// The key is free from now on: a WebSocket client may read its close
 	// frame and come back before the sockets are closed.
 	f.s.reg.Leave(t.key, t)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
-		if ep.ws && !ep.closeSent {
-			ep.ctrl = handshake.AppendClose(ep.ctrl, ws.StatusNormalClosure, "partner closed")
-			ep.closeSent = true
+		if ep.ws != nil && !ep.broken {
+			ep.ws.sendClose(&ep.ctrl, ws.StatusNormalClosure, "partner closed")
 		}
 	}
 }
 
-func (f *forwarder) ioError(ep *endpoint, err error) {
+// writeFailed ends the tunnel after a write to dst failed.
+func (f *forwarder) writeFailed(dst *endpoint, err error) {
 	f.s.log.Debug("tunnel write failed", "err", err)
-	f.teardown(ep.t, ReasonPeerClosed)
+	dst.broken = true
+	f.startClose(dst.t, dst, ReasonIOError)
+	f.teardown(dst.t)
 }
 
 func (f *forwarder) stall(ep *endpoint) {
@@ -848,26 +804,26 @@ func (f *forwarder) scanStalls(now int64) {
 	for ep := range f.stalled {
 		if now-ep.stallSince >= limit && !ep.t.dead {
 			f.s.log.Debug("write stall", "stalled_for", time.Duration(now-ep.stallSince))
-			f.teardown(ep.t, ReasonWriteStall)
+			ep.broken = true // it reads nothing: no lingering
+			f.startClose(ep.t, ep, ReasonWriteStall)
+			f.teardown(ep.t)
 		}
 	}
 }
 
-// teardown closes both sockets and releases everything the tunnel holds.
-func (f *forwarder) teardown(t *tunnel, reason Reason) {
+// teardown releases everything the tunnel holds and lets go of both
+// sockets: a side whose client is gone (or misbehaved) is closed at once,
+// the other lingers until its client has read its last bytes.
+func (f *forwarder) teardown(t *tunnel) {
 	if t.dead {
 		return
 	}
 	t.dead = true
-	// Free the key before the sockets close: a client that sees its tunnel
-	// end may pair again at once.
-	f.s.reg.Leave(t.key, t)
+	if !t.closing {
+		f.startClose(t, nil, ReasonShutdown)
+	}
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		delete(f.stalled, ep)
-		if ep.sock != nil {
-			delete(f.eps, int32(ep.fd))
-			ep.sock.Close()
-		}
 		if ep.buf != nil {
 			pool.PutChunk(ep.buf)
 			ep.buf, ep.out = nil, nil
@@ -876,17 +832,23 @@ func (f *forwarder) teardown(t *tunnel, reason Reason) {
 			pool.PutPipe(ep.pipe)
 			ep.pipe = nil
 		}
-		ep.uncount(f.s)
+		r := ReasonPartnerClosed
+		if t.culprit == ep || t.culprit == nil {
+			r = t.reason
+		}
+		if ep.sock == nil {
+			ep.tk.end(r)
+			continue
+		}
+		f.unregister(ep.fd)
+		f.goodbye(ep.sock, ep.ctrl.take(), !ep.broken, ep.tk, r)
+		ep.sock = nil
 	}
 	st := f.s.stats
 	if t.start != 0 {
 		st.tunnelsActive.Dec()
-	}
-	st.closes[reason].Inc()
-	st.closes[ReasonPartnerClosed].Inc()
-	if t.start != 0 {
 		f.s.trackTunnel(t, false)
-		f.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", reason.String(),
+		f.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", t.reason.String(),
 			"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
 	}
 }
@@ -905,23 +867,29 @@ func (f *forwarder) shutdown() {
 		h.close(ReasonShutdown)
 	}
 	for _, p := range f.eps {
-		ep, ok := p.(*endpoint)
-		if !ok {
-			if tt, ok := p.(*tlsTransport); ok {
-				tt.shutdown(f)
+		switch p := p.(type) {
+		case *tlsTransport:
+			p.shutdown(f)
+		case *endpoint:
+			t := p.t
+			if t.dead {
+				continue
 			}
-			continue
-		}
-		if ep.t.dead {
-			continue
-		}
-		for _, e := range []*endpoint{&ep.t.a, &ep.t.b} {
-			if e.ws && !e.closeSent && !e.midFrame && len(e.out) == 0 {
-				_, _ = e.sock.Write(handshake.AppendClose(nil, ws.StatusGoingAway, "server shutting down"))
-				_ = e.sock.Flush()
+			for _, e := range []*endpoint{&t.a, &t.b} {
+				if e.ws != nil && !e.midFrame && len(e.out) == 0 {
+					e.ws.closeSent = false // replace "partner closed" if it was queued
+					e.ctrl.take()
+					e.ws.sendClose(&e.ctrl, ws.StatusGoingAway, "server shutting down")
+				}
 			}
+			if !t.closing {
+				f.startClose(t, nil, ReasonShutdown)
+			}
+			f.teardown(t)
 		}
-		f.teardown(ep.t, ReasonShutdown)
+	}
+	for l := range f.lingering {
+		l.finish(f)
 	}
 	f.closeFds()
 }

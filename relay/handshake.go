@@ -4,15 +4,21 @@ import (
 	"github.com/meetpoint/meetpoint/handshake"
 )
 
-// httpHead waits for a complete HTTP request head (at most MaxHeader bytes),
-// then upgrades it to WebSocket or answers a plain HTTP request. Called with
-// mu held.
-func (c *conn) httpHead() {
+// httpHead gathers an HTTP request head (at most MaxHeader bytes), then
+// upgrades it to WebSocket or answers a plain HTTP request. Bytes after
+// the head (frames a client sent right behind its upgrade request) go to
+// the WebSocket stage. Called with mu held.
+func (c *conn) httpHead(p []byte) {
+	limit := c.s.cfg.MaxHeader
+	take := min(len(p), max(0, limit+1-len(c.in)))
+	c.in = append(c.in, p[:take]...)
+	p = p[take:]
 	end := handshake.HeadEnd(c.in)
-	if (end == 0 && len(c.in) > c.s.cfg.MaxHeader) || end > c.s.cfg.MaxHeader {
+	if (end == 0 && len(c.in) > limit) || end > limit {
 		c.s.log.Debug("HTTP head too large", "peer", c.peer.String(), "bytes", max(end, len(c.in)))
-		c.write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
-		c.closeNow(ReasonHTTP)
+		c.sendRaw([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+		c.linger = true
+		c.close(ReasonPreAuthLimit)
 		return
 	}
 	if end == 0 {
@@ -23,25 +29,37 @@ func (c *conn) httpHead() {
 		c.plainHTTP(head)
 		return
 	}
-	out, ok, err := handshake.Upgrade(c.out[:0], head)
-	c.write(out)
+	out, ok, err := handshake.Upgrade(nil, head)
+	c.sendRaw(out)
 	if !ok {
 		c.s.log.Debug("websocket upgrade refused", "peer", c.peer.String(), "err", err)
-		c.closeNow(ReasonHTTP)
+		c.linger = true
+		c.close(ReasonHTTP)
 		return
 	}
-	c.ws, c.counted = true, true
-	c.s.stats.connsWS.Inc()
+	c.ws = &wsStream{}
+	c.ws.dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
+	c.tk.setKind(kindWS)
 	c.st.Store(uint32(stRPC))
 	c.in = nil
-	if len(rest) > 0 {
-		c.consumeWS(rest)
+	c.consumeWS(rest)
+	if len(p) > 0 {
+		c.consume(p)
+	}
+}
+
+// sendRaw queues bytes for the client as they are (an HTTP response).
+// Called with mu held.
+func (c *conn) sendRaw(b []byte) {
+	if !c.out.push(b) {
+		c.close(ReasonSlowReader)
 	}
 }
 
 // plainHTTP answers a request that is not a WebSocket upgrade (see
 // httpResponse) and closes.
 func (c *conn) plainHTTP(head []byte) {
-	c.write(c.s.httpResponse(head))
-	c.closeNow(ReasonHTTP)
+	c.sendRaw(c.s.httpResponse(head))
+	c.linger = true
+	c.close(ReasonHTTP)
 }

@@ -61,7 +61,7 @@ func (s *Server) httpResponse(head []byte) []byte {
 // clients, 503 with the reason otherwise.
 func (s *Server) readyz() (int, []byte) {
 	s.mu.Lock()
-	closed, draining, listening := s.closed, s.draining, len(s.listeners) > 0
+	closed, draining, listening := s.closed, s.draining.Load(), len(s.listeners) > 0
 	s.mu.Unlock()
 	switch {
 	case draining:

@@ -5,20 +5,28 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
-// Limits are the abuse limits. A zero field disables that limit. Every
-// refusal is counted under meetpoint_closes_total with its reason.
+// Limits are the abuse limits. A zero field disables that limit (except
+// IPv6Prefix, where 0 means the default). Every refusal is counted under
+// meetpoint_closes_total with its reason.
 type Limits struct {
 	// MaxConns bounds open connections (before and in tunnels) in total.
+	// The default is derived from the process's descriptor limit
+	// (DefaultMaxConns).
 	MaxConns int
-	// MaxConnsPerIP bounds open connections from one source address.
+	// MaxConnsPerIP bounds open connections from one source address (for
+	// IPv6: from one IPv6Prefix).
 	MaxConnsPerIP int
 	// ConnRatePerIP bounds new connections per second from one source
-	// address (token bucket, burst of twice the rate).
+	// address or IPv6 prefix (token bucket, burst of twice the rate).
 	ConnRatePerIP float64
 	// AuthFailuresPerIP is how many failed authentications one source
-	// address may have within a minute; one more bans it for BanTime.
+	// address (or IPv6 prefix) may have within a minute; one more bans it
+	// for BanTime.
 	AuthFailuresPerIP int
 	// BanTime is how long a banned address is refused.
 	BanTime time.Duration
@@ -26,7 +34,12 @@ type Limits struct {
 	// by delaying reads (TCP flow control slows the sender; nothing is
 	// dropped).
 	TunnelRate int64
-	// Exempt addresses are not subject to the per-IP limits (default:
+	// IPv6Prefix is the prefix length under which IPv6 clients share their
+	// per-address state: one host usually owns a whole /64, so keying by
+	// the full address would let it escape every per-address limit. 0 means
+	// 64; 128 keys by the full address.
+	IPv6Prefix int
+	// Exempt addresses are not subject to the per-address limits (default:
 	// loopback, where a local proxy or the bench harness connects from).
 	Exempt []netip.Prefix
 }
@@ -34,31 +47,51 @@ type Limits struct {
 // DefaultLimits are sane limits for a public relay.
 func DefaultLimits() Limits {
 	return Limits{
+		MaxConns:          DefaultMaxConns(),
 		MaxConnsPerIP:     10000,
 		ConnRatePerIP:     1000,
 		AuthFailuresPerIP: 30,
 		BanTime:           10 * time.Minute,
+		IPv6Prefix:        64,
 		Exempt:            []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 	}
 }
 
-// limiter enforces the per-IP and total connection limits.
+// fdHeadroom is how many descriptors DefaultMaxConns leaves for everything
+// that is not a connection: listeners, epoll sets, the splice pipe pool,
+// files, the admin and monitor sockets.
+const fdHeadroom = 256
+
+// DefaultMaxConns derives a connection limit from the process's open-files
+// limit (RLIMIT_NOFILE, which Go raises to the hard limit at start): 80% of
+// what is left after fdHeadroom, because a connection holds one descriptor
+// and a busy spliced tunnel borrows a pipe (two more) per direction. With
+// no readable limit it is 10000; it is never below 64.
+func DefaultMaxConns() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY {
+		return 10000
+	}
+	n := (int64(rl.Cur) - fdHeadroom) * 4 / 5
+	return int(max(n, 64))
+}
+
+// limiter enforces the per-address and total connection limits.
 type limiter struct {
-	lim Limits
 	now func() time.Time
 
 	mu    sync.Mutex
+	lim   Limits
 	total int
-	ips   map[netip.Addr]*ipState
+	ips   map[netip.Addr]*ipState // by limiter key (address or IPv6 prefix)
 }
 
-// ipState is one source address's history. Kept until idle for a minute so
-// that disconnecting does not reset the rate bucket.
+// ipState is one source address's (or IPv6 prefix's) history. Kept until
+// idle for a minute so that disconnecting does not reset the rate bucket.
 type ipState struct {
 	conns      int
-	tokens     float64 // connection rate bucket
-	refilled   time.Time
-	fails      int // failed authentications in the current minute
+	rate       *rate.Limiter // connection rate bucket; nil without ConnRatePerIP
+	fails      int           // failed authentications in the current minute
 	failsSince time.Time
 	bannedTill time.Time
 	lastSeen   time.Time
@@ -80,8 +113,27 @@ func addrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+// key is ip's limiter key: IPv4 addresses as they are, IPv6 addresses cut
+// to IPv6Prefix bits (zone dropped: a link-local /64 is one link's).
+// Called with mu held.
+func (l *limiter) key(ip netip.Addr) netip.Addr {
+	if !ip.Is6() {
+		return ip
+	}
+	bits := l.lim.IPv6Prefix
+	if bits <= 0 || bits > 128 {
+		bits = 64
+	}
+	p, err := ip.WithZone("").Prefix(bits)
+	if err != nil {
+		return ip
+	}
+	return p.Addr()
+}
+
 // exempt reports whether ip is exempt. Called with mu held.
 func (l *limiter) exempt(ip netip.Addr) bool {
+	ip = ip.WithZone("")
 	for _, p := range l.lim.Exempt {
 		if p.Contains(ip) {
 			return true
@@ -90,64 +142,64 @@ func (l *limiter) exempt(ip netip.Addr) bool {
 	return false
 }
 
-// admit decides on a new connection from ip; on success the caller must call
-// release when the connection ends. It returns the refusal reason, or
-// reasonCount when admitted.
-func (l *limiter) admit(ip netip.Addr) Reason {
+// admit decides on a new connection from ip. On success it returns the
+// limiter key the connection is counted under (release it when the
+// connection ends) and reasonCount; otherwise the refusal reason.
+func (l *limiter) admit(ip netip.Addr) (netip.Addr, Reason) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
-		return ReasonLimitConns
+		return netip.Addr{}, ReasonLimitConns
 	}
 	if l.exempt(ip) {
 		l.total++
-		return reasonCount
+		return netip.Addr{}, reasonCount // the zero key: no per-address state
 	}
+	k := l.key(ip)
 	now := l.now()
-	st := l.state(ip, now)
+	st := l.state(k, now)
 	if now.Before(st.bannedTill) {
-		return ReasonBanned
+		return netip.Addr{}, ReasonBanned
 	}
 	if l.lim.MaxConnsPerIP > 0 && st.conns >= l.lim.MaxConnsPerIP {
-		return ReasonLimitConnsPerIP
+		return netip.Addr{}, ReasonLimitConnsPerIP
 	}
-	if r := l.lim.ConnRatePerIP; r > 0 {
-		st.tokens = min(2*r, st.tokens+now.Sub(st.refilled).Seconds()*r)
-		st.refilled = now
-		if st.tokens < 1 {
-			return ReasonLimitRate
-		}
-		st.tokens--
+	if st.rate != nil && !st.rate.AllowN(now, 1) {
+		return netip.Addr{}, ReasonLimitRate
 	}
 	st.conns++
 	l.total++
-	return reasonCount
+	return k, reasonCount
 }
 
-// state is ip's record, created with a full rate bucket; it is marked seen
-// at now. Called with mu held.
-func (l *limiter) state(ip netip.Addr, now time.Time) *ipState {
-	st := l.ips[ip]
+// state is key's record, created with a full rate bucket; it is marked
+// seen at now. Called with mu held.
+func (l *limiter) state(key netip.Addr, now time.Time) *ipState {
+	st := l.ips[key]
 	if st == nil {
-		st = &ipState{tokens: 2 * l.lim.ConnRatePerIP, refilled: now}
-		l.ips[ip] = st
+		st = &ipState{}
+		if r := l.lim.ConnRatePerIP; r > 0 {
+			st.rate = rate.NewLimiter(rate.Limit(r), max(int(2*r), 1))
+		}
+		l.ips[key] = st
 	}
 	st.lastSeen = now
 	return st
 }
 
-func (l *limiter) release(ip netip.Addr) {
+// release gives back a connection admitted under key.
+func (l *limiter) release(key netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	if st := l.ips[ip]; st != nil && st.conns > 0 {
+	if st := l.ips[key]; key.IsValid() && st != nil && st.conns > 0 {
 		st.conns--
 		st.lastSeen = l.now()
 	}
 }
 
-// authFailed records a failed authentication; it reports whether the
-// address is now banned.
+// authFailed records a failed authentication from ip; it reports whether
+// the address (or its IPv6 prefix) is now banned.
 func (l *limiter) authFailed(ip netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -155,7 +207,7 @@ func (l *limiter) authFailed(ip netip.Addr) bool {
 		return false
 	}
 	now := l.now()
-	st := l.state(ip, now)
+	st := l.state(l.key(ip), now)
 	if now.Sub(st.failsSince) > time.Minute {
 		st.fails, st.failsSince = 0, now
 	}
@@ -180,42 +232,23 @@ func (l *limiter) sweep() {
 	}
 }
 
-// bucket is a token bucket for TunnelRate: it delays reads.
-type bucket struct {
-	tokens   float64
-	refilled time.Time
-}
-
-// bucketQuantum is the least a throttled read waits for, so that a
-// rate-limited tunnel makes few large reads rather than many tiny ones.
-const bucketQuantum = 4 << 10
-
-// allow returns how many bytes may be read now, or 0 and how long to wait.
-func (b *bucket) allow(rate int64, now time.Time, want int) (int, time.Duration) {
-	burst := float64(max(rate/4, 16<<10))
-	if b.refilled.IsZero() {
-		b.tokens, b.refilled = burst, now
-	}
-	b.tokens = min(burst, b.tokens+now.Sub(b.refilled).Seconds()*float64(rate))
-	b.refilled = now
-	if need := float64(min(want, bucketQuantum)); b.tokens < need {
-		return 0, time.Duration((need - b.tokens) / float64(rate) * float64(time.Second))
-	}
-	return min(want, int(b.tokens)), 0
-}
-
-// take spends n tokens; a nil bucket (no rate) takes nothing.
-func (b *bucket) take(n int) {
-	if b != nil {
-		b.tokens -= float64(n)
-	}
-}
-
-// setLimits replaces the limits (SIGHUP); counts and bans are kept.
+// setLimits replaces the limits (SIGHUP); counts and bans are kept, rate
+// buckets follow the new rate.
 func (l *limiter) setLimits(lim Limits) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.lim = lim
-	l.mu.Unlock()
+	for _, st := range l.ips {
+		switch r := lim.ConnRatePerIP; {
+		case r <= 0:
+			st.rate = nil
+		case st.rate == nil:
+			st.rate = rate.NewLimiter(rate.Limit(r), max(int(2*r), 1))
+		default:
+			st.rate.SetLimit(rate.Limit(r))
+			st.rate.SetBurst(max(int(2*r), 1))
+		}
+	}
 }
 
 // banTime is the current ban duration.
@@ -236,4 +269,40 @@ func (s *Server) SetLimits(lim Limits) error {
 	s.lim.setLimits(lim)
 	s.tunnelRate.Store(lim.TunnelRate)
 	return nil
+}
+
+// tunnelBucket is a TunnelRate bucket for reads from one tunnel endpoint:
+// reads are delayed, never dropped. Burst: a quarter second of the rate,
+// at least 16 KiB.
+func tunnelBucket(bytesPerSec int64) *rate.Limiter {
+	return rate.NewLimiter(rate.Limit(bytesPerSec), int(max(bytesPerSec/4, 16<<10)))
+}
+
+// bucketQuantum is the least a throttled read waits for, so that a
+// rate-limited tunnel makes few large reads rather than many tiny ones.
+const bucketQuantum = 4 << 10
+
+// allowRead returns how many bytes (at most want) a read from a bucketed
+// endpoint may take now, or 0 and how long to wait. It keeps the bucket's
+// rate in step with the server's current TunnelRate.
+func allowRead(b *rate.Limiter, bytesPerSec int64, now time.Time, want int) (int, time.Duration) {
+	if b.Limit() != rate.Limit(bytesPerSec) {
+		b.SetLimitAt(now, rate.Limit(bytesPerSec))
+		b.SetBurstAt(now, int(max(bytesPerSec/4, 16<<10)))
+	}
+	avail := int(b.TokensAt(now))
+	need := min(want, bucketQuantum)
+	if avail < need {
+		wait := time.Duration(float64(need-avail) / float64(bytesPerSec) * float64(time.Second))
+		return 0, max(wait, time.Millisecond)
+	}
+	return min(want, avail), 0
+}
+
+// spend takes n tokens from b after a read of n bytes (b may be nil: no
+// rate applies).
+func spend(b *rate.Limiter, now time.Time, n int) {
+	if b != nil && n > 0 {
+		b.ReserveN(now, min(n, b.Burst()))
+	}
 }

@@ -7,36 +7,40 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 )
 
-// Reason names why a connection or tunnel was closed. Every close has one,
-// and every reason has a counter (meetpoint_closes_total{reason="..."}).
+// Reason names why a connection ended. Every accepted socket ends exactly
+// once, with one reason, counted once (meetpoint_closes_total{reason}); the
+// only place that counts is ticket.end, so once every connection is gone the
+// sum of closes equals meetpoint_connections_accepted_total.
 type Reason uint8
 
 // The close reasons.
 const (
 	ReasonPeerClosed       Reason = iota // the client closed its end (FIN, RST or WebSocket close)
-	ReasonPartnerClosed                  // the other side of the tunnel went away
+	ReasonPartnerClosed                  // the other side of the tunnel, or the TunnelProxy server, went away
 	ReasonSniff                          // first bytes are no protocol we speak
 	ReasonHTTP                           // bad or oversized HTTP request, or a plain HTTP request served
 	ReasonWebSocket                      // WebSocket protocol violation
-	ReasonRPC                            // JSON-RPC error (bad JSON, unknown method, bad params)
-	ReasonPreAuthLimit                   // more than MaxPreAuth unparsed bytes before the tunnel
+	ReasonRPC                            // JSON-RPC error (bad JSON, unknown method, bad params) or a refused TunnelProxy registration
+	ReasonPreAuthLimit                   // input before the tunnel over its budget (MaxHeader, MaxPreAuth)
 	ReasonAuthFailed                     // authenticator said no
 	ReasonAuthTimeout                    // authenticator too slow
 	ReasonRPCTimeout                     // asynchronous call exceeded RPCTimeout
-	ReasonInactiveTimeout                // not authenticated within InactiveTimeout
+	ReasonInactiveTimeout                // not authenticated within InactiveTimeout (TunnelProxy server: silent for TPServerTimeout)
 	ReasonAloneTimeout                   // no partner within AloneTimeout
 	ReasonDataBeforeTunnel               // data after Authenticate, before TunnelEstablished
 	ReasonTunnelExists                   // third client for a (token, nonce) already paired
 	ReasonDuplicateUUID                  // both sides presented the same uuid
 	ReasonWriteStall                     // receiver accepted nothing for WriteStallTimeout
-	ReasonIOError                        // socket error
+	ReasonIOError                        // a write or a system call on the socket failed
 	ReasonShutdown                       // server closing
 	ReasonTLS                            // TLS handshake failed, timed out, or TLS refused/required
 	ReasonLimitConns                     // MaxConns reached
-	ReasonLimitConnsPerIP                // MaxConnsPerIP reached for the source address
+	ReasonLimitConnsPerIP                // MaxConnsPerIP reached for the source address (or IPv6 prefix)
 	ReasonLimitRate                      // ConnRatePerIP exceeded
 	ReasonBanned                         // source address banned after failed authentications
 	ReasonHandshakeTimeout               // sniff / HTTP head not complete within HandshakeTimeout
+	ReasonSlowReader                     // output the client does not read exceeded its budget (replies, control frames, TunnelProxy backlog)
+	ReasonLimitTLS                       // MaxTLSHandshakes busy and its queue full, or queued past the handshake deadline
 	reasonCount
 )
 
@@ -46,6 +50,7 @@ var reasonNames = [reasonCount]string{
 	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
+	"slow_reader", "limit_tls_handshakes",
 }
 
 // String returns the reason's metric label.
@@ -77,6 +82,8 @@ type stats struct {
 	tpServers         *metrics.Counter // TunnelProxy servers registered (gauge)
 	tpClients         *metrics.Counter // TunnelProxy clients connected (gauge)
 	tpBytes           *metrics.Counter // TunnelProxy bytes read from servers and clients
+	accepted          *metrics.Counter // sockets accepted (admitted or refused)
+	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
 	closes            [reasonCount]*metrics.Counter
 }
 
@@ -102,6 +109,8 @@ func newStats() *stats {
 	s.tpServers = s.set.NewCounter(`meetpoint_tunnelproxy_servers_active`)
 	s.tpClients = s.set.NewCounter(`meetpoint_tunnelproxy_clients_active`)
 	s.tpBytes = s.set.NewCounter(`meetpoint_tunnelproxy_bytes_total`)
+	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
+	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
 	for r := Reason(0); r < reasonCount; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}
@@ -113,6 +122,7 @@ func (s *Server) WriteMetrics(w io.Writer) { s.stats.set.WritePrometheus(w) }
 
 // Stats is a snapshot of the server's main counters.
 type Stats struct {
+	Accepted                      uint64 // sockets accepted since start (admitted or refused)
 	ConnectionsTCP, ConnectionsWS uint64 // active connections by transport
 	TunnelsActive, TunnelsTotal   uint64
 	SplicedBytes, BufferedBytes   uint64 // bytes forwarded by splice(2) and through buffers
@@ -123,6 +133,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := s.stats
 	out := Stats{
+		Accepted:       st.accepted.Get(),
 		ConnectionsTCP: st.connsTCP.Get(), ConnectionsWS: st.connsWS.Get(),
 		TunnelsActive: st.tunnelsActive.Get(), TunnelsTotal: st.tunnelsTotal.Get(),
 		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),

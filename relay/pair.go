@@ -3,6 +3,8 @@ package relay
 import (
 	"hash/maphash"
 	"sync"
+
+	"github.com/gobwas/ws"
 )
 
 // PairKey identifies a rendezvous: clients presenting the same token and the
@@ -152,29 +154,66 @@ func (r *ShardedRegistry) Len() int {
 	return n
 }
 
-// pairUp hands a (waiting, claimed) and b (just authenticated) to a new
-// tunnel. Both are closed on netpoll; their close callbacks call
-// tunnel.ready, and the second one starts forwarding. Called with b.mu held;
-// unlocks it.
-func pairUp(a, b *conn) {
-	t := newTunnel(a, b)
-	b.s.reg.Paired(b.key, t)
-	b.target = t
-	b.closing = true
+// pairUp makes a tunnel of a (the waiting client, claimed by b's Join) and
+// b (just authenticated, its state already stClaimed). Both locks are held
+// while the tunnel is built: b's by the caller, then a's (lock order:
+// completing side, then waiting side), so nothing a receives meanwhile —
+// pings, data, its hang-up — can interleave with reading its state. Both
+// transports are then asked to let go; each released calls t.ready. If a
+// was already released (gone: its client hung up between the claim and
+// now), the caller calls t.ready(a) after unlocking b.
+func pairUp(a, b *conn) (t *tunnel, gone bool) {
 	a.mu.Lock()
-	if a.cbDone.Load() {
-		// a went away between Claim and now; its callback saw no tunnel.
-		a.mu.Unlock()
-		b.s.reg.Leave(b.key, t)
-		b.target = nil
-		b.st.Store(uint32(stRPC))
-		b.closing = false
-		b.fail(ReasonPartnerClosed, 1001, "Partner left")
-		b.unlock()
+	t = newTunnel(a, b)
+	b.s.reg.Paired(b.key, t)
+	a.target, b.target = t, t
+	b.wantRelease()
+	a.wantRelease()
+	gone = a.gone
+	a.unlock()
+	return t, gone
+}
+
+// refusal is the target of a claimed client that will get no tunnel (its
+// partner presented the same uuid): it is told why and closed.
+type refusal struct {
+	reason Reason
+	text   string
+}
+
+// ready implements target.
+func (r refusal) ready(c *conn) {
+	c.s.dismiss(c, r.reason, ws.StatusPolicyViolation, r.text)
+}
+
+// dismiss ends a claimed connection that got no target of its own (or
+// whose target gave up on it): what the relay still owed the client, then
+// a close frame on WebSocket, then a lingering close. A connection whose
+// set-up failed ends with its own reason, any other with r.
+func (s *Server) dismiss(c *conn, r Reason, code ws.StatusCode, text string) {
+	if c.sk == nil {
+		c.tk.end(c.reason)
 		return
 	}
-	a.target = t
-	a.closing = true
-	a.unlock()
-	b.unlock()
+	if c.failed {
+		r = c.reason
+		if r == ReasonPeerClosed || r == ReasonIOError || r == ReasonSlowReader || r == ReasonPreAuthLimit {
+			c.sk.Close() // the client is gone or misbehaving: nothing more to say
+			c.tk.end(r)
+			return
+		}
+		switch r {
+		case ReasonDataBeforeTunnel:
+			code, text = ws.StatusPolicyViolation, "Data before tunnel established"
+		case ReasonShutdown:
+			code, text = ws.StatusGoingAway, "Server shutting down"
+		}
+	}
+	final := c.out.take()
+	if c.ws != nil {
+		q := ctrlQueue{b: final}
+		c.ws.sendClose(&q, code, text)
+		final = q.b
+	}
+	s.goodbye(c.sk, final, true, c.tk, r)
 }

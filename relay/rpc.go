@@ -25,9 +25,9 @@ func (c *conn) handle(obj []byte) {
 	}
 	switch req.Method {
 	case "RemoteProxy.Hello":
-		c.writeMsg(helloReply(c.s, req.ID))
+		c.send(helloReply(c.s, req.ID))
 	case "RemoteProxy.Introspect":
-		c.writeMsg(handshake.AppendSuccessRaw(c.out[:0], req.ID, handshake.Introspect()))
+		c.send(handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect()))
 	case "Authentication.Authenticate":
 		c.authenticate(req)
 	case "TunnelProxy.RegisterServer":
@@ -36,9 +36,9 @@ func (c *conn) handle(obj []byte) {
 		c.registerClient(&req)
 	case "TunnelProxy.Ping":
 		ts, _ := req.Uint("timestamp")
-		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID, handshake.Int("timestamp", int64(ts))))
+		c.send(handshake.AppendSuccess(nil, req.ID, handshake.Int("timestamp", int64(ts))))
 	case "TunnelProxy.DisconnectClient": // only a registered server may
-		c.writeMsg(handshake.AppendSuccess(c.out[:0], req.ID,
+		c.send(handshake.AppendSuccess(nil, req.ID,
 			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNotRegistered.String())))
 	default:
 		c.rpcFail(req.ID, "No such method")
@@ -49,12 +49,23 @@ func (c *conn) handle(obj []byte) {
 // closes.
 func (c *conn) tpRefuse(id int, e handshake.TunnelProxyError) {
 	c.s.log.Debug("tunnelproxy registration refused", "peer", c.peer.String(), "error", e.String())
-	c.writeMsg(handshake.AppendSuccess(c.out[:0], id, handshake.Str("tunnelProxyError", e.String())))
+	c.send(handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String())))
 	c.fail(ReasonRPC, ws.StatusPolicyViolation, e.String())
 }
 
+// claimFor hands the connection to t: it leaves its transport, and t gets
+// it (with the bytes that follow the request) once the transport has let
+// go. Called with mu held.
+func (c *conn) claimFor(t target) {
+	c.stopTimers()
+	c.st.Store(uint32(stClaimed))
+	c.target = t
+	c.skipNL = c.ws == nil
+	c.wantRelease()
+}
+
 // registerServer makes this connection a TunnelProxy server: it leaves
-// netpoll for a hub on a forwarding loop, which sends the reply.
+// its transport for a hub on a forwarding loop, which sends the reply.
 func (c *conn) registerServer(req *handshake.Request) {
 	uuid, ok := handshake.ParseUUID(param(req, "serverUuid"))
 	if !ok {
@@ -67,10 +78,7 @@ func (c *conn) registerServer(req *handshake.Request) {
 		return
 	}
 	c.uuid, c.name = uuid, param(req, "serverName")
-	c.timer.Stop()
-	c.st.Store(uint32(stClaimed))
-	c.target = hubServer{h: h, replyID: req.ID}
-	c.closing = true
+	c.claimFor(hubServer{h: h, replyID: req.ID})
 }
 
 // registerClient attaches this connection to a registered server's hub.
@@ -87,21 +95,22 @@ func (c *conn) registerClient(req *handshake.Request) {
 		return
 	}
 	c.uuid, c.name = cu, param(req, "clientName")
-	c.timer.Stop()
-	c.st.Store(uint32(stClaimed))
-	c.target = hubClient{h: h, replyID: req.ID, uuid: cu, name: c.name}
-	c.closing = true
+	c.claimFor(hubClient{h: h, replyID: req.ID, uuid: cu, name: c.name})
 }
 
 // rpcFail answers a JSON-RPC error and closes, as nymea does after any
 // JSON-RPC-layer error.
 func (c *conn) rpcFail(id int, text string) {
-	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
-	c.writeMsg(handshake.AppendError(c.out[:0], id, text))
-	c.fail(ReasonRPC, ws.StatusPolicyViolation, "JSON-RPC error")
+	c.rpcFailFor(ReasonRPC, id, text)
 }
 
-// authenticate records the request; onRequest starts the authenticator once
+func (c *conn) rpcFailFor(r Reason, id int, text string) {
+	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
+	c.send(handshake.AppendError(nil, id, text))
+	c.fail(r, ws.StatusPolicyViolation, "JSON-RPC error")
+}
+
+// authenticate records the request; unlock starts the authenticator once
 // mu is released (an authenticator may call back synchronously).
 func (c *conn) authenticate(req handshake.Request) {
 	c.uuid = param(&req, "uuid")
@@ -128,7 +137,7 @@ func (c *conn) startAuth(req *AuthRequest) {
 func (c *conn) onRPCTimeout() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stAuthing {
-		c.rpcFail(c.authID, "Command timed out")
+		c.rpcFailFor(ReasonRPCTimeout, c.authID, "Command timed out")
 	}
 	c.unlock()
 }
@@ -152,13 +161,13 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.s.stats.authTimeout.Inc()
 	default:
 		c.s.stats.authFail.Inc()
-		if c.s.lim.authFailed(c.adm.ip) {
+		if c.s.lim.authFailed(addrOf(c.peer)) {
 			c.s.stats.bans.Inc()
-			c.s.log.Warn("address banned after failed authentications", "ip", c.adm.ip.String(),
+			c.s.log.Warn("address banned after failed authentications", "ip", addrOf(c.peer).String(),
 				"for", c.s.lim.banTime())
 		}
 	}
-	c.writeMsg(handshake.AppendSuccess(c.out[:0], c.authID,
+	c.send(handshake.AppendSuccess(nil, c.authID,
 		handshake.Str("authenticationError", r.String())))
 	if r != AuthNoError {
 		reason, text := ReasonAuthFailed, "Authentication failed"
@@ -169,7 +178,10 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.unlock()
 		return
 	}
-	if state(c.st.Load()) == stClosed { // the reply could not be written
+	// The reply goes out before the client can be paired: a partner's
+	// TunnelEstablished must never overtake it.
+	c.flush()
+	if state(c.st.Load()) != stAuthing { // the reply could not be written
 		c.unlock()
 		return
 	}
@@ -189,14 +201,24 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.st.Store(uint32(stRPC))
 		c.fail(ReasonDuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
 		c.unlock()
+		// The partner was claimed for us: its target is the refusal.
 		p := partner.(*conn)
 		p.mu.Lock()
-		p.st.Store(uint32(stRPC)) // claimed, but no tunnel: close it
-		p.fail(ReasonDuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
+		p.target = refusal{ReasonDuplicateUUID, "Duplicated client UUID."}
+		p.wantRelease()
+		gone := p.gone
 		p.unlock()
+		if gone {
+			p.target.ready(p)
+		}
 	case JoinPaired:
 		c.st.Store(uint32(stClaimed))
-		pairUp(partner.(*conn), c) // unlocks c
+		p := partner.(*conn)
+		t, gone := pairUp(p, c)
+		c.unlock()
+		if gone {
+			t.ready(p)
+		}
 	}
 }
 

@@ -25,25 +25,28 @@ import (
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	reg   Registry
-	stats *stats
-	fwd   []*forwarder
-	tls   *tlsConfigState // nil without TLS
-	lim   *limiter
+	cfg     Config
+	log     *slog.Logger
+	reg     Registry
+	stats   *stats
+	fwd     []*forwarder
+	tls     *tlsConfigState // nil without TLS
+	tlsGate *tlsGate
+	lim     *limiter
+	live    *liveSet // every socket the server holds (tickets not ended)
 	// tunnelRate is Limits.TunnelRate, changeable while running.
 	tunnelRate atomic.Int64
 	tp         *tpRegistry
 	quit       chan struct{} // closed by Close
+	draining   atomic.Bool   // Shutdown has begun
 
 	mu        sync.Mutex
 	listeners []*listener
 	loops     []netpoll.EventLoop
+	started   bool
 	closed    bool
-	draining  bool
-	// conns holds every connection still on netpoll (before handoff), so
-	// Close can end them and Snapshot can list them.
+	// conns holds every connection still on its transport (before the
+	// hand-over), so Close can end them and Snapshot can list them.
 	conns map[*conn]struct{}
 	// tunnels holds every tunnel a forwarder has started and not torn down.
 	tunnels map[*tunnel]struct{}
@@ -69,9 +72,11 @@ func NewServer(cfg Config) (*Server, error) {
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
 		lim:     newLimiter(cfg.Limits),
+		live:    newLiveSet(),
 		tp:      newTPRegistry(),
 		quit:    make(chan struct{}),
 	}
+	s.tlsGate = &tlsGate{s: s, max: cfg.MaxTLSHandshakes}
 	s.tunnelRate.Store(cfg.Limits.TunnelRate)
 	ts, err := newTLSState(s)
 	if err != nil {
@@ -83,9 +88,19 @@ func NewServer(cfg Config) (*Server, error) {
 
 var netpollInit sync.Once
 
-// Start binds every listen address and starts serving. It returns an error,
-// having closed what it opened, if any address cannot be bound.
-func (s *Server) Start() error {
+// newEventLoop is netpoll.NewEventLoop (a variable so a test can make it
+// fail).
+var newEventLoop = netpoll.NewEventLoop
+
+// Start binds every listen address and starts serving. On any failure it
+// returns the error having undone everything it did: no listener stays
+// bound, no goroutine runs. A server starts once.
+func (s *Server) Start() (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.closed {
+		return errors.New("relay: server already started")
+	}
 	netpollInit.Do(func() {
 		// netpoll's pollers are process-wide; size them once. Its own log
 		// lines (e.g. a failed detach of a connection refused before it was
@@ -93,32 +108,49 @@ func (s *Server) Start() error {
 		_ = netpoll.SetNumLoops(s.cfg.Loops)
 		netpoll.SetLoggerOutput(debugWriter{s.log})
 	})
-	var lns []*listener
+	var (
+		lns   []*listener
+		fwd   []*forwarder
+		loops []netpoll.EventLoop
+	)
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, l := range lns {
+			l.release()
+		}
+		for _, f := range fwd { // not running yet: just free them
+			f.closeFds()
+		}
+	}()
 	for _, addr := range s.cfg.Listen {
 		ln, err := listen(addr)
 		if err != nil {
-			for _, l := range lns {
-				l.release()
-			}
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
 	}
-	fwd := make([]*forwarder, s.cfg.Loops)
-	for i := range fwd {
+	for range s.cfg.Loops {
 		f, err := newForwarder(s)
 		if err != nil {
-			for _, l := range lns {
-				l.release()
-			}
-			for _, f := range fwd[:i] { // not running yet: just free them
-				f.closeFds()
-			}
 			return fmt.Errorf("forwarder: %w", err)
 		}
-		fwd[i] = f
+		fwd = append(fwd, f)
 	}
-	s.fwd = fwd
+	for range lns {
+		evl, err := newEventLoop(s.onRequest,
+			netpoll.WithOnPrepare(s.onPrepare),
+			netpoll.WithWriteTimeout(5*time.Second),
+		)
+		if err != nil {
+			return fmt.Errorf("event loop: %w", err)
+		}
+		loops = append(loops, evl)
+	}
+	// Everything is in place: from here on nothing fails.
+	s.started = true
+	s.fwd, s.listeners, s.loops = fwd, lns, loops
 	for _, f := range fwd {
 		go f.run()
 	}
@@ -126,18 +158,8 @@ func (s *Server) Start() error {
 		go s.tls.watch(s.cfg.TLSWatchInterval)
 	}
 	go s.janitor()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ln := range lns {
-		evl, err := netpoll.NewEventLoop(s.onRequest,
-			netpoll.WithOnPrepare(s.onPrepare),
-			netpoll.WithWriteTimeout(5*time.Second),
-		)
-		if err != nil {
-			return err
-		}
-		s.listeners = append(s.listeners, ln)
-		s.loops = append(s.loops, evl)
+	for i, ln := range lns {
+		evl := loops[i]
 		go func() {
 			// An error after Close (the loop started late, found the
 			// listener closed) is expected.
@@ -174,7 +196,7 @@ func (s *Server) Reload() error {
 	return errors.Join(errs...)
 }
 
-// Close stops listening and closes every connection and tunnel.
+// Close stops listening and closes every connection and tunnel at once.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -213,7 +235,7 @@ func (s *Server) track(c *conn, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if add {
-		if s.closed || s.draining {
+		if s.closed || s.draining.Load() {
 			return false
 		}
 		s.nextID++
@@ -247,15 +269,21 @@ func (s *Server) trackTunnel(t *tunnel, add bool) {
 func (s *Server) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return !s.closed && !s.draining && len(s.listeners) > 0
+	return !s.closed && !s.draining.Load() && len(s.listeners) > 0
 }
 
+// drainingNow reports whether Shutdown has begun.
+func (s *Server) drainingNow() bool { return s.draining.Load() }
+
 // Shutdown drains the server: it stops accepting, closes clients that have
-// no tunnel yet, waits until every tunnel and every TunnelProxy client
-// session has ended or ctx is done, and then closes what is left. It returns ctx.Err() if tunnels had to be cut.
+// no tunnel yet and TunnelProxy servers that have no client, then waits
+// until every socket the server holds is gone (tunnels ending, TunnelProxy
+// clients leaving; a server whose last client leaves is closed) or ctx is
+// done, and then closes what is left. It returns ctx.Err() if
+// connections had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.draining = true
+	s.draining.Store(true)
 	lns := s.listeners
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -268,17 +296,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.shutdown()
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
+	for _, f := range s.fwd {
+		f.do(func() {
+			for h := range f.hubs {
+				if h.nclients.Load() == 0 {
+					h.close(ReasonShutdown)
+				}
+			}
+		})
+	}
 	var err error
-wait:
-	for s.stats.tunnelsActive.Get() > 0 || s.stats.tpClients.Get() > 0 {
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-			break wait
-		case <-tick.C:
-		}
+	select {
+	case <-s.live.wait():
+	case <-ctx.Done():
+		err = ctx.Err()
 	}
 	s.Close()
 	return err

@@ -115,10 +115,10 @@ func (c *conn) info() ClientInfo {
 func (c *conn) infoLocked() ClientInfo {
 	ci := ClientInfo{ID: c.id, Address: c.peer.String(), Connected: c.created, Name: c.name, UUID: c.uuid,
 		TokenHash: TokenHash(c.key.Token)}
-	switch {
-	case c.ws:
+	switch transportKind(c.tk.kind.Load()) {
+	case kindWS:
 		ci.Transport = "websocket"
-	case c.counted:
+	case kindTCP:
 		ci.Transport = "tcp"
 	}
 	st := state(c.st.Load())

@@ -1,82 +1,117 @@
 package relay
 
 import (
-	"errors"
-
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
 )
 
+// sniffMax is the most first bytes the sniffer needs to decide ("OPTIONS "
+// and "CONNECT " are the longest prefixes it matches).
+const sniffMax = 8
+
+// tlsPrefixMax bounds the bytes sniffed before a TLS handshake starts: one
+// TLS record (the ClientHello) with its header.
+const tlsPrefixMax = 16<<10 + 5
+
 // sniff decides from the first bytes which protocol the client speaks: '{'
 // is raw-TCP JSON-RPC, an HTTP request line is WebSocket (or plain HTTP),
-// 0x16 0x03 is TLS. Called with mu held.
+// 0x16 0x03 is TLS. Whitespace before a '{' is dropped, never buffered, and
+// at most sniffMax bytes are kept while undecided. Called with mu held.
 func (c *conn) sniff(p []byte) {
-	c.in = append(c.in, p...)
-	if state(c.st.Load()) == stSniff {
-		kind := handshake.Sniff(c.in)
-		_, inTLS := c.tr.(*tlsTransport)
-		switch {
-		case kind == handshake.KindNeedMore:
-			return
-		case kind == handshake.KindTLS && !inTLS && c.s.tls != nil:
-			c.toTLS = true
-			c.closeNow(ReasonTLS) // released hands the socket to startTLS
-			return
-		case kind == handshake.KindTLS:
-			c.s.log.Debug("refused TLS client: TLS not configured", "peer", c.peer.String())
-			c.closeNow(ReasonTLS)
-			return
-		case kind != handshake.KindUnknown && !inTLS && c.s.cfg.TLSOnly:
-			c.s.log.Debug("refused plaintext client: TLS only", "peer", c.peer.String())
-			c.closeNow(ReasonTLS)
-			return
-		}
-		switch kind {
-		case handshake.KindJSON:
-			c.counted = true
-			c.s.stats.connsTCP.Inc()
-			c.st.Store(uint32(stRPC))
-			buf := c.in
-			c.in = nil
-			c.consumeJSON(buf)
-			return
-		case handshake.KindHTTP:
-			c.st.Store(uint32(stHTTP))
-		default:
-			c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
-			c.closeNow(ReasonSniff)
+	if len(c.in) == 0 {
+		p = trimSpace(p)
+		if len(p) == 0 {
 			return
 		}
 	}
-	c.httpHead()
+	n := min(len(p), sniffMax-len(c.in))
+	c.in = append(c.in, p[:n]...)
+	p = p[n:]
+	kind := handshake.Sniff(c.in)
+	_, inTLS := c.tr.(*tlsTransport)
+	switch {
+	case kind == handshake.KindNeedMore:
+		return // len(c.in) < sniffMax, so p is empty
+	case kind == handshake.KindTLS && !inTLS && c.s.tls != nil:
+		c.toTLS(p)
+		return
+	case kind == handshake.KindTLS:
+		c.s.log.Debug("refused TLS client: TLS not configured", "peer", c.peer.String())
+		c.close(ReasonTLS)
+		return
+	case kind != handshake.KindUnknown && !inTLS && c.s.cfg.TLSOnly:
+		c.s.log.Debug("refused plaintext client: TLS only", "peer", c.peer.String())
+		c.close(ReasonTLS)
+		return
+	}
+	switch kind {
+	case handshake.KindJSON:
+		c.tk.setKind(kindTCP)
+		c.st.Store(uint32(stRPC))
+		first := c.in
+		c.in = nil
+		c.consumeJSON(first)
+		if len(p) > 0 {
+			c.consume(p)
+		}
+	case handshake.KindHTTP:
+		c.st.Store(uint32(stHTTP))
+		c.httpHead(p)
+	default:
+		c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
+		c.close(ReasonSniff)
+	}
 }
 
-// consumeJSON feeds raw-TCP bytes to the JSON-RPC stage: complete objects are
-// handled, a partial one is kept (at most MaxPreAuth bytes). Called with mu
-// held.
-func (c *conn) consumeJSON(p []byte) {
-	buf := p
-	if len(c.in) > 0 {
-		c.in = append(c.in, p...)
-		buf = c.in
+// toTLS claims the connection for a TLS handshake: the socket leaves
+// netpoll and the sniffed bytes (the start of the ClientHello) go with it.
+// Called with mu held.
+func (c *conn) toTLS(p []byte) {
+	if len(c.in)+len(p) > tlsPrefixMax {
+		c.close(ReasonTLS)
+		return
 	}
+	c.late = append(c.in, p...)
+	c.in = nil
+	c.stopTimers()
+	c.st.Store(uint32(stClaimed))
+	c.target = tlsHandoff{}
+	c.wantRelease()
+}
+
+// consumeJSON feeds raw-TCP bytes to the JSON-RPC stage: complete objects
+// are handled; a partial one is kept, at most MaxPreAuth bytes of it. A
+// large p is never copied whole: complete objects are parsed where they
+// are. Called with mu held.
+func (c *conn) consumeJSON(p []byte) {
 	for {
-		buf = trimSpace(buf)
-		if len(buf) == 0 {
-			break
+		if len(c.in) == 0 {
+			p = trimSpace(p)
+		}
+		if len(p) == 0 && len(c.in) == 0 {
+			return
 		}
 		switch state(c.st.Load()) {
 		case stRPC:
-		case stClosed:
-			return
 		case stClaimed:
-			c.stash(buf)
-			c.in = c.in[:0]
+			c.stashLate(c.in)
+			c.stashLate(p)
+			c.in = nil
 			return
-		default:
+		case stAuthing, stWaiting:
 			c.dataBeforeTunnel()
 			return
+		default:
+			return
+		}
+		buf, inBuf := p, len(c.in) > 0
+		if inBuf {
+			take := min(len(p), c.s.cfg.MaxPreAuth+1-len(c.in))
+			c.in = append(c.in, p[:take]...)
+			p, buf = p[take:], c.in
+		} else {
+			p = nil
 		}
 		obj, n, err := handshake.NextObject(buf)
 		if err != nil {
@@ -84,18 +119,40 @@ func (c *conn) consumeJSON(p []byte) {
 			c.rpcFail(-1, err.Error())
 			return
 		}
-		if obj == nil {
-			break
+		if obj == nil { // incomplete, and p is used up (or buf is over the limit)
+			if len(buf) > c.s.cfg.MaxPreAuth {
+				c.s.log.Debug("pre-auth buffer limit", "peer", c.peer.String(), "bytes", len(buf))
+				c.close(ReasonPreAuthLimit)
+				return
+			}
+			if !inBuf {
+				c.in = append(c.in[:0], buf...)
+			}
+			return
 		}
 		c.handle(obj)
-		buf = buf[n:]
+		rest := buf[n:]
+		if !c.skipNL {
+			rest = trimSpace(rest) // whitespace between messages is no data
+		}
+		if inBuf {
+			c.in = c.in[:copy(c.in, rest)]
+		} else {
+			p = rest
+		}
+		if c.skipNL && state(c.st.Load()) == stClaimed {
+			c.skipNL = false
+			if len(c.in) > 0 && c.in[0] == '\n' {
+				c.in = c.in[:copy(c.in, c.in[1:])]
+			} else if len(c.in) == 0 && len(p) > 0 && p[0] == '\n' {
+				p = p[1:]
+			}
+			c.stashLate(c.in)
+			c.stashLate(p)
+			c.in = nil
+			return
+		}
 	}
-	if len(buf) > c.s.cfg.MaxPreAuth {
-		c.s.log.Debug("pre-auth buffer limit", "peer", c.peer.String(), "bytes", len(buf))
-		c.closeNow(ReasonPreAuthLimit)
-		return
-	}
-	c.in = append(c.in[:0], buf...) // buf may alias c.in: append copies forward safely
 }
 
 func trimSpace(p []byte) []byte {
@@ -105,83 +162,86 @@ func trimSpace(p []byte) []byte {
 	return p
 }
 
-// consumeWS decodes WebSocket frames before the tunnel: TEXT messages are
-// JSON-RPC, pings are answered, a close is answered and ends the connection,
-// BINARY closes with 1011 as nymea does. Called with mu held.
+// stashLate keeps input that arrived after the connection was claimed, for
+// its target: a TunnelProxy end takes it as its first data, a legacy
+// tunnel refuses it (data before TunnelEstablished). Over MaxPreAuth the
+// set-up fails. Called with mu held.
+func (c *conn) stashLate(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if len(c.late)+len(p) > c.s.cfg.MaxPreAuth {
+		c.setFailed(ReasonPreAuthLimit)
+		return
+	}
+	c.late = append(c.late, p...)
+}
+
+// consumeWS decodes WebSocket frames before the tunnel with the
+// connection's wsStream: control frames are answered at any stage (a ping
+// never breaks a pairing), a close frame is answered and ends the
+// connection, data goes to wsData. Called with mu held.
 func (c *conn) consumeWS(p []byte) {
-	for len(p) > 0 && state(c.st.Load()) != stClosed {
-		f, n, err := c.dec.Decode(p)
+	for len(p) > 0 && state(c.st.Load()) < stClosing {
+		ev, frag, n, err := c.ws.step(p, &c.out)
+		if err == errCtrlFull {
+			c.close(ReasonSlowReader)
+			return
+		}
 		if err != nil {
 			c.wsFail(err)
 			return
 		}
 		p = p[n:]
-		switch f.Kind {
-		case handshake.FragNone:
-			if n == 0 {
-				return
-			}
-			c.midFrame = true // part of a header is buffered in dec
-			continue
-		case handshake.FragHeader:
-			c.midFrame = !f.FrameEnd
-			op := f.Header.OpCode
-			switch {
-			case op.IsControl():
-				c.ctrlOp, c.ctrl = op, c.ctrl[:0]
-			case op == ws.OpBinary:
-				c.s.log.Debug("binary message before the tunnel", "peer", c.peer.String())
-				c.fail(ReasonWebSocket, ws.StatusInternalServerError, "Binary message not expected.")
-				return
-			case state(c.st.Load()) != stRPC:
-				c.dataBeforeTunnel()
-				return
-			}
-		case handshake.FragPayload:
-			c.midFrame = !f.FrameEnd
-			if f.Header.OpCode.IsControl() {
-				c.ctrl = append(c.ctrl, f.Data...)
-			} else {
-				if len(c.msg)+len(f.Data) > c.s.cfg.MaxPreAuth {
-					c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(c.msg)+len(f.Data))
-					c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Message too big")
-					return
-				}
-				c.msg = append(c.msg, f.Data...)
-			}
-		}
-		if !f.FrameEnd {
-			continue
-		}
-		if f.Header.OpCode.IsControl() {
-			c.control()
-		} else if f.MessageEnd {
-			msg := c.msg
-			c.msg = c.msg[:0]
-			c.handle(msg)
-			if state(c.st.Load()) == stClaimed {
-				c.stash(p) // the rest is for the TunnelProxy endpoint
-				return
-			}
+		switch ev {
+		case wsMore:
+			return
+		case wsClose:
+			c.linger = true
+			c.close(ReasonPeerClosed)
+			return
+		case wsData:
+			c.wsData(frag)
 		}
 	}
 }
 
-// control answers a complete control frame received before the tunnel.
-func (c *conn) control() {
-	switch c.ctrlOp {
-	case ws.OpPing:
-		c.write(handshake.AppendFrame(c.out[:0], ws.OpPong, true, c.ctrl))
-	case ws.OpClose:
-		if err := handshake.CheckClosePayload(c.ctrl); err != nil {
-			c.wsFail(err)
+// wsData handles one data fragment before the tunnel: TEXT messages are
+// JSON-RPC; BINARY closes with 1011 as nymea does; after Authenticate any
+// data is refused; after the claim it is kept for the target.
+func (c *conn) wsData(f handshake.Fragment) {
+	switch state(c.st.Load()) {
+	case stClaimed:
+		c.lateMsg = true
+		if f.Kind == handshake.FragPayload {
+			c.stashLate(f.Data)
+		}
+		return
+	case stRPC:
+	default:
+		c.dataBeforeTunnel()
+		return
+	}
+	if f.Kind == handshake.FragHeader && f.Header.OpCode == ws.OpBinary {
+		c.s.log.Debug("binary message before the tunnel", "peer", c.peer.String())
+		c.fail(ReasonWebSocket, ws.StatusInternalServerError, "Binary message not expected.")
+		return
+	}
+	if f.Kind == handshake.FragPayload {
+		if len(c.msg)+len(f.Data) > c.s.cfg.MaxPreAuth {
+			c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(c.msg)+len(f.Data))
+			c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Message too big")
 			return
 		}
-		code := ws.StatusNormalClosure
-		if len(c.ctrl) >= 2 {
-			code = ws.StatusCode(uint16(c.ctrl[0])<<8 | uint16(c.ctrl[1]))
+		c.msg = append(c.msg, f.Data...)
+	}
+	if f.MessageEnd {
+		msg := c.msg
+		c.msg = c.msg[:0]
+		c.handle(msg)
+		if len(c.msg) == 0 && cap(c.msg) > 1<<10 {
+			c.msg = nil // don't keep a large message buffer on a waiting client
 		}
-		c.fail(ReasonPeerClosed, code, "")
 	}
 }
 
@@ -190,16 +250,6 @@ func (c *conn) wsFail(err error) {
 	c.s.log.Debug("websocket protocol error", "peer", c.peer.String(), "err", err)
 	code, text := closeCodeOf(err)
 	c.fail(ReasonWebSocket, code, text)
-}
-
-// closeCodeOf is the WebSocket close code and reason for a decoder error:
-// the code a *handshake.CloseError carries, else 1002.
-func closeCodeOf(err error) (ws.StatusCode, string) {
-	var ce *handshake.CloseError
-	if errors.As(err, &ce) {
-		return ce.Code, ce.Reason
-	}
-	return ws.StatusProtocolError, "protocol error"
 }
 
 // dataBeforeTunnel closes a client that sent data after Authenticate and

@@ -52,31 +52,52 @@ func (s plainSock) Write(p []byte) (int, error) {
 // plain sockets, a forwarding loop for TLS sessions. When it lets go of the
 // socket it calls conn.released exactly once, never with conn.mu held.
 type transport interface {
-	// write sends b entirely or fails. Called with conn.mu held.
-	write(b []byte) error
-	// close starts releasing the connection.
-	close()
-	// detach hands the socket over for forwarding (after released).
+	// write sends a prefix of b now, without blocking, and returns its
+	// length: a short count means the client is not reading. Called with
+	// conn.mu held.
+	write(b []byte) (int, error)
+	// release asks the transport to let go of the socket; conn.released
+	// follows, possibly before release returns. Never called with conn.mu
+	// held.
+	release()
+	// detach takes the socket over from the transport. Only inside
+	// conn.released.
 	detach() (sock, error)
-	// discard disposes of the socket when it is not handed over.
+	// discard disposes of the socket when it is not taken over.
 	discard()
 }
 
-// netpollTransport is a connection on netpoll.
+// netpollTransport is a connection on netpoll. netpoll reads it; the relay
+// writes it directly and without blocking (netpoll's writer would wait,
+// up to its write timeout, on a client that does not read), so netpoll
+// never holds output of ours.
 type netpollTransport struct {
 	nc netpoll.Connection
 	fd int
 }
 
-func (t *netpollTransport) write(b []byte) error {
-	w := t.nc.Writer()
-	if _, err := w.WriteBinary(b); err != nil {
-		return err
+func (t *netpollTransport) write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := unix.Write(t.fd, b[n:])
+		if m > 0 {
+			n += m
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return n, nil
+		case err != nil:
+			return n, err
+		case m == 0:
+			return n, nil
+		}
 	}
-	return w.Flush()
+	return n, nil
 }
 
-func (t *netpollTransport) close() { t.nc.Close() }
+func (t *netpollTransport) release() { t.nc.Close() }
 
 // detach takes a descriptor of our own: netpoll closes its own right after
 // the close callback that calls this.

@@ -120,22 +120,26 @@ type hub struct {
 	waiting       []*tpEnd // readable clients held back by tpServerHigh
 	slip          handshake.SLIPDecoder
 	lastRx        time.Time // server's last byte (dead-server timeout)
+	srvReason     Reason    // why the server is closing once its output is written
 	notifID       int
 	frame         []byte // scratch for one SLIP frame
 }
+
+// tpClientPause is how much may wait for a client before the relay stops
+// reading what that client sends (its pings and data) until it catches up.
+const tpClientPause = 64 << 10
 
 // tpEnd is a server or client socket of a hub.
 type tpEnd struct {
 	h      *hub
 	sock   sock
 	fd     int
-	ws     bool
+	tk     *ticket
 	server bool
 	addr   uint16 // clients: socket address
 	uuid   string
 	name   string
 	peer   string
-	adm    *admission
 
 	readable, writable bool
 	closing            bool // no more reads; close once out is written
@@ -146,14 +150,13 @@ type tpEnd struct {
 	rx, tx             uint64 // bytes read from / written to this socket
 	stallSince         int64  // unix ns since writes were refused with data pending
 
-	dec    handshake.Decoder // inbound WebSocket state
-	ctrlOp ws.OpCode
-	ctrlIn []byte
-	in     []byte // bytes that arrived before the hand-over
+	ws   *wsStream // inbound WebSocket state; nil on raw TCP
+	ctrl ctrlQueue // control replies, moved into out after each read
+	in   []byte    // bytes that arrived before the hand-over
 }
 
-// hubServer and hubClient are the handoff targets of a registering server
-// or client connection.
+// hubServer and hubClient are the hand-over targets of a registering
+// server or client connection.
 type hubServer struct {
 	h       *hub
 	replyID int
@@ -166,22 +169,21 @@ type hubClient struct {
 	name    string
 }
 
-// takeOver takes c's socket for hub h. On failure (or if the connection
-// broke during the hand-over) the socket is closed and accounted for, and
-// the caller undoes its registration.
-func takeOver(h *hub, c *conn) (*tpEnd, bool) {
-	s, err := c.tr.detach()
-	if err != nil || c.dataLate {
-		if s != nil {
-			s.Close()
-		}
-		c.s.connGone(c.ws, c.adm)
-		return nil, false
+// takeOver takes c's socket for hub h; nil if the connection's set-up
+// failed (the caller then undoes its registration and dismisses c).
+func takeOver(h *hub, c *conn) *tpEnd {
+	if c.failed || c.sk == nil {
+		return nil
 	}
-	e := &tpEnd{h: h, sock: s, fd: s.Fd(), ws: c.ws, dec: c.dec, peer: hostOf(c.peer), adm: c.adm,
+	e := &tpEnd{h: h, sock: c.sk, fd: c.sk.Fd(), ws: c.ws, tk: c.tk, peer: hostOf(c.peer),
 		in: c.late, readable: true, writable: true}
-	e.dec.MaxFrame = 0
-	return e, true
+	if e.ws != nil {
+		e.ws.dec.MaxFrame = 0
+	}
+	if q := c.out.take(); len(q) > 0 { // pongs owed since the registration
+		e.buf().B = append(e.buf().B, q...)
+	}
+	return e
 }
 
 func hostOf(a net.Addr) string {
@@ -194,10 +196,11 @@ func hostOf(a net.Addr) string {
 // ready implements target for a registering server.
 func (t hubServer) ready(c *conn) {
 	h := t.h
-	e, ok := takeOver(h, c)
-	if !ok {
+	e := takeOver(h, c)
+	if e == nil {
 		h.s.tp.removeHub(h)
-		h.f.do(func() { h.close(ReasonIOError) })
+		h.f.do(func() { h.close(ReasonPartnerClosed) }) // clients that came meanwhile
+		c.s.dismiss(c, c.reason, 0, "")
 		return
 	}
 	e.server, e.uuid, e.name = true, h.uuid, h.name
@@ -205,34 +208,38 @@ func (t hubServer) ready(c *conn) {
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()),
 		handshake.Bool("slipEnabled", true))
 	if !h.f.do(func() { h.start(e, reply) }) {
-		e.sock.Close()
-		c.s.connGone(c.ws, c.adm)
 		h.s.tp.removeHub(h)
+		e.sock.Close()
+		e.tk.end(ReasonShutdown)
 	}
 }
 
 // ready implements target for a registering client.
 func (t hubClient) ready(c *conn) {
 	h := t.h
-	e, ok := takeOver(h, c)
-	if !ok {
+	e := takeOver(h, c)
+	if e == nil {
 		h.s.tp.release(t.uuid)
 		h.nclients.Add(-1)
+		c.s.dismiss(c, c.reason, 0, "")
 		return
 	}
 	e.uuid, e.name = t.uuid, t.name
 	reply := handshake.AppendSuccess(nil, t.replyID,
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
 	if !h.f.do(func() { h.addClient(e, reply) }) {
-		h.dropClient(e, false, ReasonShutdown)
+		// The loop has stopped: the hub's map is not ours to touch.
+		h.s.tp.release(e.uuid)
+		h.nclients.Add(-1)
+		e.sock.Close()
+		e.tk.end(ReasonShutdown)
 	}
 }
 
 // start puts the server on the loop; clients that came first are added.
 func (h *hub) start(e *tpEnd, reply []byte) {
 	if h.dead {
-		e.sock.Close()
-		h.s.connGone(e.ws, e.adm)
+		h.f.goodbye(e.sock, nil, true, e.tk, ReasonShutdown)
 		return
 	}
 	h.started, h.srv, h.lastRx = true, e, time.Now()
@@ -326,7 +333,7 @@ func (e *tpEnd) pending() int {
 
 // flush writes what waits for e.
 func (h *hub) flush(e *tpEnd) {
-	if e == nil || h.dead {
+	if e == nil || h.dead || e.sock == nil {
 		return
 	}
 	for e.pending() > 0 && e.writable {
@@ -341,7 +348,7 @@ func (h *hub) flush(e *tpEnd) {
 			break
 		}
 		if err != nil {
-			h.endGone(e, ReasonPeerClosed)
+			h.endGone(e, ReasonIOError)
 			return
 		}
 	}
@@ -349,7 +356,7 @@ func (h *hub) flush(e *tpEnd) {
 		if err := e.sock.Flush(); err == unix.EAGAIN {
 			e.writable = false
 		} else if err != nil {
-			h.endGone(e, ReasonPeerClosed)
+			h.endGone(e, ReasonIOError)
 			return
 		}
 		if e.out != nil {
@@ -357,7 +364,7 @@ func (h *hub) flush(e *tpEnd) {
 			e.out, e.off = nil, 0
 		}
 		if e.closing {
-			h.endGone(e, ReasonPeerClosed)
+			h.endDone(e)
 		}
 		return
 	}
@@ -377,7 +384,7 @@ func (e *tpEnd) buf() *bytebufferpool.ByteBuffer {
 // reply): a TEXT frame on WebSocket.
 func (h *hub) sendPlain(e *tpEnd, msg []byte) {
 	b := e.buf()
-	if e.ws {
+	if e.ws != nil {
 		b.B = handshake.AppendFrame(b.B, ws.OpText, true, msg)
 	} else {
 		b.B = append(b.B, msg...)
@@ -389,7 +396,7 @@ func (h *hub) sendPlain(e *tpEnd, msg []byte) {
 func (h *hub) sendSLIP(addr uint16, payload []byte) {
 	e := h.srv
 	b := e.buf()
-	if e.ws {
+	if e.ws != nil {
 		h.frame = handshake.AppendSLIP(h.frame[:0], addr, payload)
 		b.B = handshake.AppendFrame(b.B, ws.OpBinary, true, h.frame)
 	} else {
@@ -415,28 +422,27 @@ func (h *hub) readServer() {
 		var data []byte
 		if len(e.in) > 0 {
 			data, e.in = e.in, nil
-		} else {
-			chunk := pool.GetChunk()
-			n, err := e.sock.Read(*chunk)
-			if n <= 0 {
-				pool.PutChunk(chunk)
-				if err != unix.EAGAIN {
-					h.close(ReasonPeerClosed)
-					return
-				}
-				e.readable = false
-				break
-			}
 			h.lastRx = time.Now()
-			e.rx += uint64(n)
-			h.s.stats.tpBytes.Add(n)
-			data = h.deframe(e, (*chunk)[:n])
-			h.feedServer(data)
-			pool.PutChunk(chunk)
+			h.feedServer(h.deframe(e, data))
 			continue
 		}
+		chunk := pool.GetChunk()
+		n, err := e.sock.Read(*chunk)
+		if n <= 0 {
+			pool.PutChunk(chunk)
+			if err != unix.EAGAIN {
+				h.close(ReasonPeerClosed)
+				return
+			}
+			e.readable = false
+			break
+		}
 		h.lastRx = time.Now()
-		h.feedServer(h.deframe(e, data))
+		e.rx += uint64(n)
+		h.s.stats.tpBytes.Add(n)
+		data = h.deframe(e, (*chunk)[:n])
+		h.feedServer(data)
+		pool.PutChunk(chunk)
 	}
 	h.flush(e)
 }
@@ -475,11 +481,11 @@ func (h *hub) feedServer(data []byte) {
 func (h *hub) sendData(c *tpEnd, payload []byte) {
 	if c.pending()+len(payload) > h.s.cfg.TPClientBuffer {
 		h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
-		h.dropClient(c, true, ReasonWriteStall)
+		h.dropClient(c, true, ReasonSlowReader)
 		return
 	}
 	b := c.buf()
-	if c.ws {
+	if c.ws != nil {
 		b.B = handshake.AppendFrame(b.B, ws.OpBinary, true, payload)
 	} else {
 		b.B = append(b.B, payload...)
@@ -491,7 +497,7 @@ func (h *hub) serverRPC(obj []byte) {
 	req, rerr := handshake.ParseRequest(obj)
 	if rerr != nil {
 		h.sendSLIP(0, handshake.AppendError(nil, rerr.ID, rerr.Text))
-		h.srv.closing = true
+		h.closeServer(ReasonRPC)
 		return
 	}
 	var reply []byte
@@ -519,15 +525,23 @@ func (h *hub) serverRPC(obj []byte) {
 			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorAlreadyRegistered.String()))
 	default:
 		h.sendSLIP(0, handshake.AppendError(nil, req.ID, "Method not allowed on a registered server"))
-		h.srv.closing = true
+		h.closeServer(ReasonRPC)
 		return
 	}
 	h.sendSLIP(0, reply)
 }
 
-// readClient reads client c while the server has room.
+// closeServer ends the hub for reason once what the server is owed is
+// written.
+func (h *hub) closeServer(r Reason) {
+	h.srv.closing = true
+	h.srvReason = r
+}
+
+// readClient reads client c while the server has room and c itself reads
+// what it is sent.
 func (h *hub) readClient(c *tpEnd) {
-	for c.readable && !c.closing && !h.dead {
+	for c.readable && !c.closing && !h.dead && c.pending() < tpClientPause {
 		if h.srv.pending() >= tpServerHigh {
 			if !c.waiting {
 				c.waiting = true
@@ -539,30 +553,29 @@ func (h *hub) readClient(c *tpEnd) {
 		if len(c.in) > 0 {
 			data, c.in = c.in, nil
 			data = h.deframe(c, data)
-		} else {
-			chunk := pool.GetChunk()
-			n, err := c.sock.Read((*chunk)[:tpClientRead])
-			if n <= 0 {
-				pool.PutChunk(chunk)
-				if err == unix.EAGAIN {
-					c.readable = false
-				} else {
-					h.dropClient(c, true, ReasonPeerClosed)
-				}
-				return
-			}
-			c.rx += uint64(n)
-			h.s.stats.tpBytes.Add(n)
-			data = h.deframe(c, (*chunk)[:n])
 			if len(data) > 0 && !c.closing {
 				h.sendSLIP(c.addr, data)
 			}
-			pool.PutChunk(chunk)
 			continue
 		}
+		chunk := pool.GetChunk()
+		n, err := c.sock.Read((*chunk)[:tpClientRead])
+		if n <= 0 {
+			pool.PutChunk(chunk)
+			if err == unix.EAGAIN {
+				c.readable = false
+			} else {
+				h.dropClient(c, true, ReasonPeerClosed)
+			}
+			return
+		}
+		c.rx += uint64(n)
+		h.s.stats.tpBytes.Add(n)
+		data = h.deframe(c, (*chunk)[:n])
 		if len(data) > 0 && !c.closing {
 			h.sendSLIP(c.addr, data)
 		}
+		pool.PutChunk(chunk)
 	}
 }
 
@@ -583,74 +596,67 @@ func (h *hub) wakeWaiting() {
 }
 
 // deframe turns WebSocket input from e into payload bytes in place (control
-// frames answered); plain TCP input is returned as is.
+// frames answered by e's wsStream); plain TCP input is returned as is.
 func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
-	if !e.ws {
+	if e.ws == nil {
 		return buf
 	}
 	in, w := buf, 0
 	for len(in) > 0 && !e.closing {
-		fr, m, err := e.dec.Decode(in)
+		ev, fr, m, err := e.ws.step(in, &e.ctrl)
+		if err == errCtrlFull || (err == nil && e.pending()+e.ctrl.len() > h.endBudget(e)) {
+			h.s.log.Debug("tunnelproxy end does not read its control frames", "peer", e.peer)
+			e.ctrl.take()
+			h.endOver(e)
+			return buf[:w]
+		}
 		if err != nil {
-			h.wsViolation(e, err)
+			code, text := closeCodeOf(err)
+			e.ws.sendClose(&e.ctrl, code, text)
+			e.closing = true
+			if e.server {
+				h.srvReason = ReasonWebSocket
+			}
 			break
 		}
 		in = in[m:]
-		switch fr.Kind {
-		case handshake.FragNone:
-			if m == 0 {
-				return buf[:w]
-			}
-		case handshake.FragHeader:
-			if fr.Header.OpCode.IsControl() {
-				e.ctrlOp, e.ctrlIn = fr.Header.OpCode, e.ctrlIn[:0]
-				if fr.FrameEnd {
-					h.control(e)
-				}
-			}
-		case handshake.FragPayload:
-			if fr.Header.OpCode.IsControl() {
-				e.ctrlIn = append(e.ctrlIn, fr.Data...)
-				if fr.FrameEnd {
-					h.control(e)
-				}
-				continue
-			}
+		if ev == wsMore {
+			break
+		}
+		if ev == wsClose {
+			e.closing = true
+			break
+		}
+		if ev == wsData && fr.Kind == handshake.FragPayload {
 			w += copy(buf[w:], fr.Data) // output never overtakes input
 		}
+	}
+	if e.ctrl.len() > 0 {
+		b := e.buf()
+		b.B = append(b.B, e.ctrl.take()...)
 	}
 	return buf[:w]
 }
 
-// control answers a WebSocket control frame from e.
-func (h *hub) control(e *tpEnd) {
-	switch e.ctrlOp {
-	case ws.OpPing:
-		b := e.buf()
-		b.B = handshake.AppendFrame(b.B, ws.OpPong, true, e.ctrlIn)
-	case ws.OpClose:
-		if err := handshake.CheckClosePayload(e.ctrlIn); err != nil {
-			h.wsViolation(e, err)
-			return
-		}
-		code := ws.StatusNormalClosure
-		if len(e.ctrlIn) >= 2 {
-			code = ws.StatusCode(uint16(e.ctrlIn[0])<<8 | uint16(e.ctrlIn[1]))
-		}
-		b := e.buf()
-		b.B = handshake.AppendClose(b.B, code, "")
-		e.closing = true
+// endBudget is the most that may wait for e before it counts as not
+// reading: the server's high mark, or a client's buffer.
+func (h *hub) endBudget(e *tpEnd) int {
+	if e.server {
+		return tpServerHigh + ctrlMax
+	}
+	return h.s.cfg.TPClientBuffer
+}
+
+// endOver ends e as a slow reader.
+func (h *hub) endOver(e *tpEnd) {
+	if e.server {
+		h.close(ReasonSlowReader)
+	} else {
+		h.dropClient(e, true, ReasonSlowReader)
 	}
 }
 
-func (h *hub) wsViolation(e *tpEnd, err error) {
-	code, text := closeCodeOf(err)
-	b := e.buf()
-	b.B = handshake.AppendClose(b.B, code, text)
-	e.closing = true
-}
-
-// endGone ends e after its socket failed or its close was written.
+// endGone ends e after its socket failed.
 func (h *hub) endGone(e *tpEnd, r Reason) {
 	if e.server {
 		h.close(r)
@@ -659,11 +665,29 @@ func (h *hub) endGone(e *tpEnd, r Reason) {
 	}
 }
 
-// dropClient closes client c; notify tells the server ClientDisconnected.
+// endDone ends e once everything it was owed, ending with a close, has
+// been written: a client asked to leave (DisconnectClient, its close
+// frame, a protocol error), or the server after an error reply.
+func (h *hub) endDone(e *tpEnd) {
+	if e.server {
+		h.close(h.srvReason)
+		return
+	}
+	r := ReasonPartnerClosed // DisconnectClient: the server ended it
+	if e.ws != nil && e.ws.closeRecv {
+		r = ReasonPeerClosed
+	} else if e.ws != nil && e.ws.closeSent {
+		r = ReasonWebSocket
+	}
+	h.dropClient(e, true, r)
+}
+
+// dropClient ends client c for r; notify tells the server
+// ClientDisconnected. What c is still owed goes out first, then (on
+// WebSocket) a close frame, and the socket lingers unless it failed.
 func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
-		h.f.unregister(c.fd)
 		h.s.stats.tpClients.Dec()
 		if notify && !h.dead {
 			h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
@@ -673,24 +697,35 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
 	if c.sock == nil {
 		return
 	}
-	if c.pending() > 0 && c.writable { // best effort: the socket is going
-		_, _ = c.sock.Write(c.out.B[c.off:])
-		_ = c.sock.Flush()
-	} else if c.ws && !c.closing {
-		_, _ = c.sock.Write(handshake.AppendClose(nil, ws.StatusGoingAway, "tunnel closed"))
-		_ = c.sock.Flush()
+	if _, ok := h.f.eps[int32(c.fd)]; ok {
+		h.f.unregister(c.fd)
 	}
-	c.sock.Close()
-	c.sock = nil
-	c.closing = true
-	if c.out != nil {
-		pool.Put(c.out)
-		c.out = nil
-	}
-	h.s.connGone(c.ws, c.adm)
+	h.release(c, r)
 	h.s.tp.release(c.uuid)
 	h.nclients.Add(-1)
-	h.s.stats.closes[r].Inc()
+	if h.s.drainingNow() && h.nclients.Load() == 0 && !h.dead {
+		h.close(ReasonShutdown) // draining: the server's last client left
+	}
+}
+
+// release lets go of e's socket: the rest of its output, a close frame on
+// WebSocket (unless it failed), then a lingering close.
+func (h *hub) release(e *tpEnd, r Reason) {
+	var final []byte
+	if e.out != nil {
+		final = append(final, e.out.B[e.off:]...)
+		pool.Put(e.out)
+		e.out, e.off = nil, 0
+	}
+	broken := r == ReasonPeerClosed || r == ReasonIOError || r == ReasonSlowReader || r == ReasonWriteStall
+	if e.ws != nil && !broken {
+		q := ctrlQueue{b: final}
+		e.ws.sendClose(&q, ws.StatusGoingAway, "tunnel closed")
+		final = q.b
+	}
+	h.f.goodbye(e.sock, final, !broken, e.tk, r)
+	e.sock = nil
+	e.closing = true
 }
 
 // close ends the hub: every client is closed, then the server.
@@ -710,19 +745,8 @@ func (h *hub) close(r Reason) {
 	if e := h.srv; e != nil && e.sock != nil {
 		delete(h.f.hubs, h)
 		h.f.unregister(e.fd)
-		if e.pending() > 0 && e.writable {
-			_, _ = e.sock.Write(e.out.B[e.off:])
-			_ = e.sock.Flush()
-		}
-		e.sock.Close()
-		e.sock = nil
-		if e.out != nil {
-			pool.Put(e.out)
-			e.out = nil
-		}
-		h.s.connGone(e.ws, e.adm)
+		h.release(e, r)
 		h.s.stats.tpServers.Dec()
-		h.s.stats.closes[r].Inc()
 		h.s.log.Info("tunnelproxy server left", "server", h.uuid, "reason", r.String())
 	}
 }

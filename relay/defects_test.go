@@ -1,0 +1,396 @@
+package relay
+
+// Tests for the defects the core review found (issue "Hardening the core").
+// Each one failed against the code before the fix.
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// dfAuth authenticates r on token and waits for the reply.
+func dfAuth(t testing.TB, r *client.Raw, token, name string) error {
+	t.Helper()
+	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	m, err := r.Call(1, "Authentication.Authenticate", map[string]any{
+		"uuid": newTestUUID(), "name": name, "token": token})
+	if err != nil {
+		return err
+	}
+	p, _ := m["params"].(map[string]any)
+	if p["authenticationError"] != "AuthenticationErrorNoError" {
+		return fmt.Errorf("auth: %v", m)
+	}
+	_ = r.SetDeadline(time.Time{})
+	return nil
+}
+
+// dfWaitIdle waits until the server holds no registry key and no
+// connection (pre-tunnel or tunnel), i.e. nothing is stuck.
+func dfWaitIdle(t testing.TB, s *Server, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		keys, live := s.reg.Len(), s.liveConns()
+		if keys == 0 && live == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not idle after %v: %d registry keys, %d live connections", d, keys, live)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// dfFreshPair proves a token is not stuck: two new clients pair on it and
+// exchange a byte.
+func dfFreshPair(t testing.TB, s *Server, token string) {
+	t.Helper()
+	a, b := pair(t, tcpURL(s), tcpURL(s), token, "")
+	if _, err := a.Write([]byte{42}); err != nil {
+		t.Fatal(err)
+	}
+	var one [1]byte
+	_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := b.Read(one[:]); err != nil || one[0] != 42 {
+		t.Fatalf("fresh pair on %q: read %v %v", token, one, err)
+	}
+	a.Close()
+	b.Close()
+}
+
+// TestDefectClaimedTLSHangsUp: a waiting TLS client that hangs up just as
+// its partner arrives must not leave the partner, its descriptor or the
+// registry key behind (defect 1).
+func TestDefectClaimedTLSHangsUp(t *testing.T) {
+	s, cert, _ := startTLSServer(t, func(c *Config) { c.AloneTimeout = 30 * time.Second })
+	conf := clientTLS(cert)
+	url := "tls://" + s.Addrs()[0].String()
+	const rounds = 100
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range rounds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			token := fmt.Sprintf("d1-%d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			a, err := client.DialRaw(ctx, url, conf)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := dfAuth(t, a, token, "a"); err != nil {
+				t.Error(err)
+				a.Close()
+				return
+			}
+			b, err := client.DialRaw(ctx, url, conf)
+			if err != nil {
+				t.Error(err)
+				a.Close()
+				return
+			}
+			defer b.Close()
+			go func() {
+				time.Sleep(time.Duration(i%7) * 100 * time.Microsecond)
+				a.Close()
+			}()
+			// B is either paired (then sees its partner leave), or waiting
+			// alone because A's hang-up was seen first: then a third
+			// client C must pair with it.
+			_, _ = b.Call(1, "Authentication.Authenticate", map[string]any{
+				"uuid": newTestUUID(), "name": "b", "token": token})
+			_ = b.SetDeadline(time.Now().Add(time.Second))
+			for {
+				_, err := b.Recv()
+				if err == nil {
+					continue
+				}
+				if !lgIsTimeout(err) {
+					return // closed: paired and then left, or refused
+				}
+				c, err := client.Dial(ctx, client.Options{URL: tcpURL(s), Token: token, Name: "c"})
+				if err != nil {
+					t.Errorf("%s: B got no tunnel and no close, and C cannot pair with it: %v", token, err)
+					return
+				}
+				c.Close()
+				return
+			}
+		}()
+	}
+	wg.Wait()
+	dfWaitIdle(t, s, 5*time.Second)
+	dfFreshPair(t, s, "d1-0")
+}
+
+// TestDefectPingsWhilePairing: a waiting WebSocket client that pings while
+// its partner arrives is paired normally (defect 2: a data race on its
+// decoder, and ~10% of such pairings aborted as data_before_tunnel).
+func TestDefectPingsWhilePairing(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.AloneTimeout = 30 * time.Second })
+	const rounds = 100
+	var failed atomic.Int32
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range rounds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			token := fmt.Sprintf("d2-%d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			a, err := client.DialRaw(ctx, wsURL(s), nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer a.Close()
+			if err := dfAuth(t, a, token, "a"); err != nil {
+				t.Error(err)
+				return
+			}
+			stop := make(chan struct{})
+			pinged := make(chan struct{})
+			go func() {
+				defer close(pinged)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if a.SendFrame(ws.OpPing, []byte("keepalive")) != nil {
+						return
+					}
+					time.Sleep(50 * time.Microsecond)
+				}
+			}()
+			b, err := client.Dial(ctx, client.Options{URL: tcpURL(s), Token: token, Name: "b"})
+			if err != nil {
+				close(stop)
+				failed.Add(1)
+				t.Errorf("%s: partner not paired: %v", token, err)
+				return
+			}
+			defer b.Close()
+			// A must see TunnelEstablished, then B's data.
+			_ = a.SetDeadline(time.Now().Add(5 * time.Second))
+			m, err := a.Recv()
+			close(stop)
+			<-pinged
+			if err != nil {
+				failed.Add(1)
+				t.Errorf("%s: waiting side: %v", token, err)
+				return
+			}
+			if !contains(m, "RemoteProxy.TunnelEstablished") {
+				t.Errorf("%s: waiting side got %s", token, m)
+			}
+			if _, err := b.Write([]byte("hello\n")); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d pairings broken by pings", n, rounds)
+	}
+	dfWaitIdle(t, s, 5*time.Second)
+}
+
+func contains(b []byte, sub string) bool { return len(b) >= len(sub) && stringIndex(string(b), sub) >= 0 }
+
+func stringIndex(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// rssNow is this process's resident set size.
+func rssNow(t testing.TB) int64 { return rssBytes(t, os.Getpid()) }
+
+// dfFlood writes chunk to c as fast as it can for d (or until the relay
+// closes c) and returns the relay's RSS growth meanwhile, measured at its
+// peak.
+func dfFlood(t testing.TB, c net.Conn, chunk []byte, d time.Duration) int64 {
+	t.Helper()
+	runtime.GC()
+	base := rssNow(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, err := c.Write(chunk); err != nil && !lgIsTimeout(err) {
+				return
+			}
+		}
+	}()
+	var peak int64
+	for {
+		select {
+		case <-done:
+			if r := rssNow(t) - base; r > peak {
+				peak = r
+			}
+			return peak
+		case <-time.After(20 * time.Millisecond):
+			if r := rssNow(t) - base; r > peak {
+				peak = r
+			}
+		}
+	}
+}
+
+// floodBound is the most the relay's RSS may grow while one connection
+// floods it with input that never completes a stage.
+const floodBound = 32 << 20
+
+// TestDefectWhitespaceFlood: input the sniffer answers "need more" to
+// (whitespace) must not be buffered without bound (defect 3).
+func TestDefectWhitespaceFlood(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.HandshakeTimeout = 30 * time.Second; c.InactiveTimeout = 30 * time.Second })
+	c, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	spaces := make([]byte, 64<<10)
+	for i := range spaces {
+		spaces[i] = ' '
+	}
+	if grew := dfFlood(t, c, spaces, 1500*time.Millisecond); grew > floodBound {
+		t.Fatalf("relay RSS grew %d MiB under a whitespace flood (bound %d MiB)", grew>>20, floodBound>>20)
+	}
+}
+
+// TestDefectNbConnWrite: the TLS adapter's Write honours io.Writer: n is
+// the number of bytes accepted (defect 5).
+func TestDefectNbConnWrite(t *testing.T) {
+	a, b, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeFd(b)
+	nb := &nbConn{fd: a}
+	defer nb.Close()
+	p := []byte("hello, world")
+	n, err := nb.Write(p)
+	if err != nil || n != len(p) {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(p))
+	}
+}
+
+
+// dfPings is a run of masked WebSocket pings with 125-byte payloads.
+func dfPings(n int) []byte {
+	payload := make([]byte, 125)
+	var out []byte
+	for range n {
+		out = append(out, hoF(ws.OpPing, true, payload)...)
+	}
+	return out
+}
+
+// TestDefectTPPongFlood: a TunnelProxy client that pings and never reads
+// must not grow the relay's memory (defect 4: its pong queue had no cap).
+func TestDefectTPPongFlood(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.WriteStallTimeout = 30 * time.Second })
+	srv := tpDial(t, s, false)
+	su := newTestUUID()
+	if e := tpErr(srv.call("TunnelProxy.RegisterServer", map[string]any{"serverName": "s", "serverUuid": su})); e != "TunnelProxyErrorNoError" {
+		t.Fatal(e)
+	}
+	srv.startReader(true)
+	cl := tpDial(t, s, true)
+	if e := tpErr(cl.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "c", "clientUuid": newTestUUID(), "serverUuid": su})); e != "TunnelProxyErrorNoError" {
+		t.Fatal(e)
+	}
+	_ = cl.c.(*net.TCPConn).SetReadBuffer(4 << 10) // and never read
+	if grew := dfFlood(t, cl.c, dfPings(512), 2*time.Second); grew > floodBound {
+		t.Fatalf("relay RSS grew %d MiB under a TunnelProxy ping flood (bound %d MiB)", grew>>20, floodBound>>20)
+	}
+}
+
+// TestFloodsBounded: floods that never finish a stage keep the relay's
+// memory bounded: each is cut off by its stage's budget or timeout, and
+// the relay never holds more than floodBound for it.
+func TestFloodsBounded(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.HandshakeTimeout = 30 * time.Second
+		c.InactiveTimeout = 30 * time.Second
+		c.AloneTimeout = 30 * time.Second
+	})
+	unterminated := []byte(`{"id":1,"method":"RemoteProxy.Hello","params":{"x":"`)
+	endless := []byte("GET / HTTP/1.1\r\nHost: x\r\n")
+	filler := make([]byte, 64<<10)
+	for i := range filler {
+		filler[i] = 'a'
+	}
+	cases := []struct {
+		name  string
+		setup func(t *testing.T) net.Conn
+		chunk []byte
+	}{
+		{"unterminated JSON string", func(t *testing.T) net.Conn {
+			c := hoDialTCP(t, s)
+			hoWrite(c, unterminated)
+			return c
+		}, filler},
+		{"endless HTTP header", func(t *testing.T) net.Conn {
+			c := hoDialTCP(t, s)
+			hoWrite(c, endless)
+			return c
+		}, []byte("X-Filler: " + string(filler[:1000]) + "\r\n")},
+		{"pings before authentication, never reading", func(t *testing.T) net.Conn {
+			w := hoDialWS(t, s)
+			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+			return w.c
+		}, dfPings(512)},
+		{"pings while waiting, never reading", func(t *testing.T) net.Conn {
+			w := hoDialWS(t, s)
+			w.authenticate("flood-wait", "w")
+			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+			return w.c
+		}, dfPings(512)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.setup(t)
+			defer c.Close()
+			if grew := dfFlood(t, c, tc.chunk, 1500*time.Millisecond); grew > floodBound {
+				t.Fatalf("relay RSS grew %d MiB (bound %d MiB)", grew>>20, floodBound>>20)
+			}
+		})
+	}
+}
+
+func socketPair() (int, int, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	return fds[0], fds[1], err
+}
+
+func closeFd(fd int) { unix.Close(fd) }
