@@ -217,7 +217,9 @@ func TestDefectPingsWhilePairing(t *testing.T) {
 	dfWaitIdle(t, s, 5*time.Second)
 }
 
-func contains(b []byte, sub string) bool { return len(b) >= len(sub) && stringIndex(string(b), sub) >= 0 }
+func contains(b []byte, sub string) bool {
+	return len(b) >= len(sub) && stringIndex(string(b), sub) >= 0
+}
 
 func stringIndex(s, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {
@@ -303,7 +305,6 @@ func TestDefectNbConnWrite(t *testing.T) {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(p))
 	}
 }
-
 
 // dfPings is a run of masked WebSocket pings with 125-byte payloads.
 func dfPings(n int) []byte {

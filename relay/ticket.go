@@ -66,7 +66,10 @@ func (tk *ticket) end(r Reason) {
 }
 
 // active is the connections_active gauge of a transport.
-func (st *stats) active(k transportKind) interface{ Inc(); Dec() } {
+func (st *stats) active(k transportKind) interface {
+	Inc()
+	Dec()
+} {
 	if k == kindWS {
 		return st.connsWS
 	}
