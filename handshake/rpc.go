@@ -5,7 +5,9 @@ package handshake
 // exact error texts, and allocation-free response encoders.
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"math"
 	"slices"
 	"strconv"
@@ -13,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/bytedance/sonic"
+	"github.com/bytedance/sonic/ast"
+	"github.com/bytedance/sonic/decoder"
 )
 
 // MaxDepth is the deepest nesting of objects and arrays that NextObject
@@ -22,25 +26,32 @@ const MaxDepth = 64
 // parseErrPrefix starts the text of every invalid-JSON error.
 const parseErrPrefix = "Failed to parse JSON data: "
 
-// NextObject returns the first complete top-level JSON object in p.
+// NextObject frames a raw-TCP JSON-RPC stream: it returns the first
+// complete top-level object in p (its brackets and strings balanced),
+// without validating its content — ParseRequest does that, in the one
+// parse the message gets.
 //
 // Unlike nymea, which splits raw TCP streams on "}\n{", it scans for the
 // object's end while tracking strings, escapes and nesting, after skipping
-// leading whitespace (space, tab, CR, LF). obj aliases p; n counts the bytes
-// consumed, leading whitespace included, and is meaningful in every case
-// where err == nil: the caller drops p[:n].
+// leading whitespace (space, tab, CR, LF). Where nymea would end a message
+// that is not complete — the input so far ends in "}" or "}\n" (nymea
+// parses its buffer whenever it ends so), or a string holds a raw line
+// feed (nymea splits there, and JSON forbids it) — the message is
+// malformed and NextObject reports it as nymea does ("unterminated
+// string", "unterminated object"), so the client gets the error reply and
+// a close instead of a wait. obj aliases p; n counts the bytes consumed,
+// leading whitespace included, and is meaningful in every case where
+// err == nil: the caller drops p[:n].
 //
-//   - obj != nil: obj is a complete, valid JSON object.
+//   - obj != nil: obj is one delimited object, '{' to its '}'.
 //   - obj == nil, err == nil: more input is needed (n counts only the
 //     leading whitespace).
 //   - err != nil: protocol error. err is always an *RPCError with ID -1 and
 //     a "Failed to parse JSON data: ..." text, so the caller can answer it
 //     with AppendError and close. Causes: p starts with something other than
 //     whitespace or '{', brackets that do not match, nesting deeper than
-//     MaxDepth, or an object whose content is not valid JSON.
+//     MaxDepth, or an unfinished message where nymea's framing ends one.
 //
-// The finished object is checked with encoding/json's Valid, which is
-// allocation-free and strict (sonic.Valid accepts bad escapes such as "\0").
 // It does not allocate except when it returns an error. Each call rescans p
 // from the start, so feeding a message in k chunks costs O(k·len); callers
 // bound the unparsed buffer (nymea: 10 KiB) anyway.
@@ -62,6 +73,8 @@ func NextObject(p []byte) (obj []byte, n int, err error) {
 		c := p[i]
 		if inString {
 			switch {
+			case c == '\n':
+				return nil, 0, parseError("unterminated string")
 			case escaped:
 				escaped = false
 			case c == '\\':
@@ -86,15 +99,27 @@ func NextObject(p []byte) (obj []byte, n int, err error) {
 			}
 			depth--
 			if depth == 0 {
-				obj = p[start : i+1]
-				if !json.Valid(obj) {
-					return nil, 0, invalidJSON(obj)
-				}
-				return obj, i + 1, nil
+				return p[start : i+1], i + 1, nil
 			}
 		}
 	}
+	if endsLikeNymea(p[start:]) {
+		if inString {
+			return nil, 0, parseError("unterminated string")
+		}
+		if stack[depth-1] == ']' {
+			return nil, 0, parseError("unterminated array")
+		}
+		return nil, 0, parseError("unterminated object")
+	}
 	return nil, start, nil
+}
+
+// endsLikeNymea reports whether nymea would parse p as a whole message
+// now: its buffer ends in "}" or "}\n".
+func endsLikeNymea(p []byte) bool {
+	p = bytes.TrimSuffix(p, []byte("\n"))
+	return len(p) > 0 && p[len(p)-1] == '}'
 }
 
 func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
@@ -256,14 +281,25 @@ var methods = func() []methodSpec {
 // as encoding/json does.
 var decodeAPI = sonic.Config{UseNumber: true, CopyString: true, ValidateString: true}.Froze()
 
-// ParseRequest parses one JSON object (as returned by NextObject) and
-// validates it against the method table, producing nymea's error texts:
+// wireRequest is a request as it is on the wire, decoded in one pass: sonic
+// validates the whole object (what it skips included) while filling it.
+// id and method are read leniently, as nymea's QVariant conversions do;
+// params stays a lazily parsed node, walked once against the template.
+type wireRequest struct {
+	ID     any      `json:"id"`
+	Method any      `json:"method"`
+	Params ast.Node `json:"params"`
+}
+
+// ParseRequest parses one JSON object (a WebSocket message, or what
+// NextObject delimited) and validates it against the method table,
+// producing nymea's error texts:
 //
 //   - invalid JSON: "Failed to parse JSON data: <sonic's message>", id -1
-//   - id absent or not an integer (7, 7.0 and "7" are accepted):
-//     "Error parsing command. Missing 'id'", id -1
+//   - id absent or not an integer (7, 7.0 and "7" are accepted), or valid
+//     JSON that is not an object: "Error parsing command. Missing 'id'", id -1
 //   - method absent or not exactly two dot-separated parts:
-//     "Error parsing method. Got: '<m>”, Expected: 'Namespace.method'"
+//     "Error parsing method. Got: '<m>'', Expected: 'Namespace.method'"
 //     (the doubled quote is nymea's)
 //   - "No such namespace", "No such method"
 //   - "Invalid params: Missing key <k>", "Invalid params: Forbidden key <k>",
@@ -279,22 +315,26 @@ var decodeAPI = sonic.Config{UseNumber: true, CopyString: true, ValidateString: 
 // RPC error): check it with ParseUUID. A null uuid is kept as "" and
 // therefore invalid, never missing.
 //
-// Cost: sonic decodes the whole object into maps; the allocations are
-// proportional to the input. The returned Request itself holds its params
-// inline (no extra allocation).
+// Cost: one sonic pass over obj into a wireRequest (the id and method as
+// small values, params as a node), then one walk over params; allocations
+// are the copied strings and the node's index, proportional to the input.
+// The returned Request holds its params inline.
 func ParseRequest(obj []byte) (Request, *RPCError) {
 	var req Request
-	var doc any
-	if err := decodeAPI.Unmarshal(obj, &doc); err != nil {
+	var w wireRequest
+	if err := decodeAPI.Unmarshal(obj, &w); err != nil {
+		var mismatch *decoder.MismatchTypeError
+		if errors.As(err, &mismatch) { // valid JSON, but not an object
+			return req, &RPCError{ID: -1, Text: "Error parsing command. Missing 'id'"}
+		}
 		return req, parseError(errorDetail(err))
 	}
-	m, _ := doc.(map[string]any)
-	id, ok := lenientID(m["id"])
+	id, ok := lenientID(w.ID)
 	if !ok {
 		return req, &RPCError{ID: -1, Text: "Error parsing command. Missing 'id'"}
 	}
 	req.ID = id
-	method := qtString(m["method"])
+	method := qtString(w.Method)
 	ns, name, ok := strings.Cut(method, ".")
 	if !ok || strings.Contains(name, ".") {
 		return req, &RPCError{ID: id, Text: "Error parsing method. Got: '" + method + "'', Expected: 'Namespace.method'"}
@@ -318,30 +358,43 @@ func ParseRequest(obj []byte) (Request, *RPCError) {
 	}
 	req.Method, req.Namespace, req.Name = spec.full, spec.namespace, spec.name
 
-	params, _ := m["params"].(map[string]any)
-	for _, ps := range spec.params {
-		v, present := params[ps.key]
-		if !present {
+	// One walk over params: each key is matched to the template or noted
+	// as forbidden.
+	var given [maxParams]*ast.Node
+	var forbidden string
+	if w.Params.TypeSafe() == ast.V_OBJECT {
+		err := w.Params.ForEach(func(p ast.Sequence, n *ast.Node) bool {
+			for i, ps := range spec.params {
+				if ps.key == *p.Key {
+					given[i] = n
+					return true
+				}
+			}
+			if forbidden == "" || *p.Key < forbidden {
+				forbidden = *p.Key
+			}
+			return true
+		})
+		if err != nil {
+			return req, parseError(errorDetail(err))
+		}
+	}
+	for i, ps := range spec.params {
+		if given[i] == nil {
 			if ps.optional {
 				continue
 			}
 			return req, &RPCError{ID: id, Text: "Invalid params: Missing key " + ps.key}
 		}
-		text, ok := paramText(ps.typ, v)
+		text, ok := paramText(ps.typ, given[i])
 		if !ok {
 			return req, &RPCError{ID: id, Text: "Invalid params: Invalid value type for key " + ps.key}
 		}
 		req.params[req.n] = Param{Key: ps.key, Value: text}
 		req.n++
 	}
-	if len(params) > req.n {
-		var forbidden []string
-		for k := range params {
-			if !slices.ContainsFunc(spec.params, func(ps paramSpec) bool { return ps.key == k }) {
-				forbidden = append(forbidden, k)
-			}
-		}
-		return req, &RPCError{ID: id, Text: "Invalid params: Forbidden key " + slices.Min(forbidden)}
+	if forbidden != "" {
+		return req, &RPCError{ID: id, Text: "Invalid params: Forbidden key " + forbidden}
 	}
 	return req, nil
 }
@@ -384,27 +437,39 @@ func qtString(v any) string {
 	return ""
 }
 
-// paramText checks v against typ and returns its text form (see Param).
-func paramText(typ paramType, v any) (string, bool) {
-	switch typ {
+// paramText checks the value n against typ and returns its text form (see
+// Param).
+func paramText(typ paramType, n *ast.Node) (string, bool) {
+	switch t := n.TypeSafe(); typ {
 	case typeString:
-		s, ok := v.(string)
-		return s, ok
-	case typeUuid:
-		s, _ := v.(string)
-		return s, true
-	case typeBool:
-		b, ok := v.(bool)
-		return strconv.FormatBool(b), ok
-	case typeUInt:
-		n, ok := v.(json.Number)
-		if !ok {
+		if t != ast.V_STRING {
 			return "", false
 		}
-		if u, err := strconv.ParseUint(string(n), 10, 64); err == nil {
+		s, err := n.String()
+		return s, err == nil
+	case typeUuid:
+		if t != ast.V_STRING {
+			return "", true
+		}
+		s, err := n.String()
+		return s, err == nil
+	case typeBool:
+		if t != ast.V_TRUE && t != ast.V_FALSE {
+			return "", false
+		}
+		return strconv.FormatBool(t == ast.V_TRUE), true
+	case typeUInt:
+		if t != ast.V_NUMBER {
+			return "", false
+		}
+		raw, err := n.Raw()
+		if err != nil {
+			return "", false
+		}
+		if u, err := strconv.ParseUint(raw, 10, 64); err == nil {
 			return strconv.FormatUint(u, 10), true
 		}
-		f, err := strconv.ParseFloat(string(n), 64)
+		f, err := strconv.ParseFloat(raw, 64)
 		if err != nil || f < 0 || f != math.Trunc(f) || f > 1<<53 {
 			return "", false
 		}
@@ -416,16 +481,6 @@ func paramText(typ paramType, v any) (string, bool) {
 // parseError builds the invalid-JSON RPCError.
 func parseError(detail string) *RPCError {
 	return &RPCError{ID: -1, Text: parseErrPrefix + detail}
-}
-
-// invalidJSON runs the decoder over obj to get its error message.
-func invalidJSON(obj []byte) *RPCError {
-	var doc any
-	err := decodeAPI.Unmarshal(obj, &doc)
-	if err == nil { // the validator and the decoder disagree
-		return parseError("invalid JSON")
-	}
-	return parseError(errorDetail(err))
 }
 
 // errorDetail shortens a sonic error to its first line (sonic quotes its

@@ -46,8 +46,11 @@ func FuzzNextObject(f *testing.F) {
 			if obj == nil {
 				return
 			}
-			if !json.Valid(obj) || obj[0] != '{' {
-				t.Fatalf("invalid object %q", obj)
+			if obj[0] != '{' || obj[len(obj)-1] != '}' {
+				t.Fatalf("not a delimited object %q", obj)
+			}
+			if _, err := ParseRequest(obj); err == nil && !json.Valid(obj) {
+				t.Fatalf("ParseRequest accepted invalid JSON %q", obj)
 			}
 			if n < len(obj) {
 				t.Fatalf("n %d < len(obj) %d", n, len(obj))

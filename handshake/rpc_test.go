@@ -208,10 +208,57 @@ func TestNextObjectStream(t *testing.T) {
 		`{}`,
 	}
 	stream := "\r\n " + objs[0] + objs[1] + "\n" + objs[2] + "\t \n\n" + objs[3] + "\n"
+	ends := map[int]bool{} // where an object ends in stream
+	for off, i := 0, 0; i < len(objs); i++ {
+		off += strings.Index(stream[off:], objs[i]) + len(objs[i])
+		ends[off] = true
+	}
+	tested := 0
 	for chunk := 1; chunk <= len(stream); chunk++ {
+		// A read that ends right after a '}' inside a message ends the
+		// message by nymea's framing (TestNextObjectNymeaFraming): skip
+		// those cuts here.
+		cutInside := false
+		for b := chunk; b < len(stream); b += chunk {
+			if stream[b-1] == '}' && !ends[b] {
+				cutInside = true
+			}
+		}
+		if cutInside {
+			continue
+		}
+		tested++
 		got := collect(t, stream, chunk)
 		if !reflect.DeepEqual(got, objs) {
 			t.Fatalf("chunk %d: got %q", chunk, got)
+		}
+	}
+	if tested < 20 {
+		t.Fatalf("only %d chunk sizes tested", tested)
+	}
+}
+
+// TestNextObjectNymeaFraming: where nymea's framing ends a message that
+// is not complete — the input so far ends in "}" or "}\n", or a string
+// holds a raw line feed — the message is malformed: the client gets
+// nymea's error at once instead of waiting for the inactive timeout.
+func TestNextObjectNymeaFraming(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"id":42, "method":"RemoteProx}` + "\n", "Failed to parse JSON data: unterminated string"},
+		{`{"id":42, "method":"RemoteProx}`, "Failed to parse JSON data: unterminated string"},
+		{`{"id":42, "method":"Remote` + "\n" + `Proxy.Hello"}`, "Failed to parse JSON data: unterminated string"},
+		{`{"id":1,"params":{"a":1}` + "\n", "Failed to parse JSON data: unterminated object"},
+		{`{"id":1,"params":[{"a":1}`, "Failed to parse JSON data: unterminated array"},
+	} {
+		obj, _, err := NextObject([]byte(tc.in))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: obj %q err %v, want %q", tc.in, obj, err, tc.want)
+		}
+	}
+	// Anything else unfinished waits for more input.
+	for _, in := range []string{`{"id":1,"params":{"a":1}` + "\n\n", `{"id":1,"params":{"a":"}x`, `{"id":1,"method":"A.B"`} {
+		if obj, _, err := NextObject([]byte(in)); obj != nil || err != nil {
+			t.Errorf("%q: obj %q err %v, want need more", in, obj, err)
 		}
 	}
 }
@@ -233,7 +280,7 @@ func TestNextObjectTwoInOneBuffer(t *testing.T) {
 }
 
 func TestNextObjectNeedMore(t *testing.T) {
-	for _, s := range []string{"", "  \n", `{`, ` {"a":"}`, `{"a":"\"}`, `{"a":[`, `{"a":{"b":1}`} {
+	for _, s := range []string{"", "  \n", `{`, ` {"a":"}x`, `{"a":"\"}x`, `{"a":[`, `{"a":{"b":1}x`} {
 		obj, n, err := NextObject([]byte(s))
 		if obj != nil || err != nil {
 			t.Errorf("%q: %q %v, want need more", s, obj, err)
@@ -255,7 +302,6 @@ func TestNextObjectErrors(t *testing.T) {
 		"x", "  [1]", `"a"`, "}", "\x00{}",
 		tooDeep, arrDeep,
 		`{"a":[}`, `{]`,
-		`{"a":1,}`, `{"a" 1}`, `{a:1}`, "{\"a\":\"\x01\"}", `{"a":tru}`,
 	} {
 		obj, _, err := NextObject([]byte(s))
 		if err == nil {
@@ -484,5 +530,25 @@ func TestIntrospect(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(10, func() { Introspect() }); n != 0 {
 		t.Errorf("Introspect allocates %v times", n)
+	}
+}
+
+// TestParseRequestInvalidContent: NextObject only delimits; the content is
+// validated by ParseRequest's single parse.
+func TestParseRequestInvalidContent(t *testing.T) {
+	for _, s := range []string{
+		`{"a":1,}`, `{"a" 1}`, `{a:1}`, "{\"a\":\"\x01\"}", `{"a":tru}`,
+		`{"id":1,"method":"RemoteProxy.Hello","x":"\0"}`,
+		`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"t","junk":[1,}}`,
+	} {
+		_, err := ParseRequest([]byte(s))
+		if err == nil || err.ID != -1 || !strings.HasPrefix(err.Text, "Failed to parse JSON data: ") {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{`[1,2]`, `"x"`, `5`} {
+		if _, err := ParseRequest([]byte(s)); err == nil || err.Text != "Error parsing command. Missing 'id'" {
+			t.Errorf("%q: %v", s, err)
+		}
 	}
 }

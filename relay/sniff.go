@@ -49,12 +49,7 @@ func (c *conn) sniff(p []byte) {
 	case handshake.KindJSON:
 		c.tk.setKind(kindTCP)
 		c.st.Store(uint32(stRPC))
-		first := c.in
-		c.in = nil
-		c.consumeJSON(first)
-		if len(p) > 0 {
-			c.consume(p)
-		}
+		c.consumeJSON(p) // c.in, the sniffed bytes, is the message's start
 	case handshake.KindHTTP:
 		c.st.Store(uint32(stHTTP))
 		c.httpHead(p)
