@@ -299,7 +299,7 @@ type wireRequest struct {
 //   - id absent or not an integer (7, 7.0 and "7" are accepted), or valid
 //     JSON that is not an object: "Error parsing command. Missing 'id'", id -1
 //   - method absent or not exactly two dot-separated parts:
-//     "Error parsing method. Got: '<m>'', Expected: 'Namespace.method'"
+//     "Error parsing method. Got: '<m>”, Expected: 'Namespace.method'"
 //     (the doubled quote is nymea's)
 //   - "No such namespace", "No such method"
 //   - "Invalid params: Missing key <k>", "Invalid params: Forbidden key <k>",
