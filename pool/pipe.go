@@ -76,3 +76,4 @@ func IdlePipes() int {
 	defer pipes.mu.Unlock()
 	return len(pipes.idle)
 }
+

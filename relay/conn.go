@@ -78,6 +78,7 @@ type conn struct {
 
 	mu      sync.Mutex
 	rel     release
+	frozen  bool   // released: the connection belongs to its target or is gone; nothing changes it
 	gone    bool   // released while claimed but before a target was set (pairUp delivers)
 	sk      sock   // the socket, detached for the target when released while claimed
 	reason  Reason // closing: why; claimed: why the set-up failed, if failed
@@ -226,6 +227,8 @@ func (c *conn) consume(p []byte) {
 	switch st := state(c.st.Load()); {
 	case st >= stClosing:
 		return // ending: nothing more is read
+	case st == stClaimed && c.ws == nil:
+		c.stashLate(p) // raw, as it came: the target decides what it is
 	case c.ws != nil:
 		c.consumeWS(p)
 	case st == stSniff:
@@ -261,7 +264,7 @@ func (c *conn) unlock() {
 // slow_reader: the relay never buffers for it. A claimed connection keeps
 // its queue for the target. Called with mu held.
 func (c *conn) flush() {
-	if c.out.len() == 0 {
+	if c.frozen || c.out.len() == 0 {
 		return
 	}
 	switch state(c.st.Load()) {
@@ -305,6 +308,9 @@ func (c *conn) send(msg []byte) {
 // connection is not closed: it is marked failed and its target learns why.
 // Called with mu held; unlock asks the transport to let go.
 func (c *conn) close(r Reason) {
+	if c.frozen {
+		return
+	}
 	for {
 		switch st := state(c.st.Load()); st {
 		case stClaimed:
@@ -347,6 +353,9 @@ func (c *conn) wantRelease() {
 // a close frame with code and text first, and the socket lingers until the
 // client has read what it was sent. Called with mu held.
 func (c *conn) fail(reason Reason, code ws.StatusCode, text string) {
+	if c.frozen {
+		return
+	}
 	if st := state(c.st.Load()); st >= stClaimed {
 		c.close(reason) // claimed: the target answers the client
 		return
@@ -438,6 +447,7 @@ func (c *conn) released(left []byte) {
 		c.sk = sk
 		t := c.target
 		c.gone = t == nil
+		c.frozen = true
 		c.mu.Unlock()
 		c.s.track(c, false)
 		if t != nil {
@@ -450,6 +460,7 @@ func (c *conn) released(left []byte) {
 	}
 	c.st.Store(uint32(stDone))
 	reason, linger := c.reason, c.linger && !spontaneous
+	c.frozen = true
 	c.mu.Unlock()
 	c.s.track(c, false)
 	if !linger {

@@ -20,7 +20,7 @@ func startServer(t testing.TB, mutate func(*Config)) *Server {
 	cfg.Auth = Dummy{}
 	cfg.Loops = 2
 	if os.Getenv("MEETPOINT_TEST_LOG") != "" {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = testLogger()
 	} else {
 		// Keep the relay's recent debug log and show it if the test fails,
 		// so a failure seen once (e.g. in CI) explains itself.
@@ -111,3 +111,11 @@ func dialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel
 	t.Cleanup(func() { ra.tun.Close(); tb.Close() })
 	return ra.tun, tb
 }
+
+// testLogger logs everything to stderr (MEETPOINT_TEST_LOG=1).
+func testLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// discardLogger drops every record.
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

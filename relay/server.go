@@ -94,7 +94,8 @@ var newEventLoop = netpoll.NewEventLoop
 
 // Start binds every listen address and starts serving. On any failure it
 // returns the error having undone everything it did: no listener stays
-// bound, no goroutine runs. A server starts once.
+// bound, no goroutine runs, and Start may be tried again. A server that
+// started (or was closed) does not start again.
 func (s *Server) Start() (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

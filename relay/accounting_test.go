@@ -1,0 +1,365 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// acAuth answers by token: "bad" fails, "hang" never answers, anything
+// else passes.
+type acAuth struct{}
+
+func (acAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+	switch req.Token {
+	case "bad":
+		done(AuthFailed)
+	case "hang":
+	default:
+		done(AuthNoError)
+	}
+}
+
+// acCase drives clients that must end with a given reason.
+type acCase struct {
+	name string
+	want Reason // at least one close must be counted under it
+	run  func(t *testing.T, s *Server)
+}
+
+// acTCP dials the server's first address.
+func acTCP(t *testing.T, s *Server) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", s.Addrs()[0].String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// acSendWait writes b and waits (up to 5 s) for the server to close c.
+func acSendWait(t *testing.T, c net.Conn, b []byte) {
+	t.Helper()
+	if len(b) > 0 {
+		hoWrite(c, b)
+	}
+	hoReadToClose(t, c, 5*time.Second)
+	c.Close() // as a client does on EOF: the relay's lingering close ends
+}
+
+const acAuthReq = `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"n","token":"%s"}}` + "\n"
+
+// acAuthed dials raw TCP and authenticates on token.
+func acAuthed(t *testing.T, s *Server, token, uuid string) net.Conn {
+	t.Helper()
+	c := acTCP(t, s)
+	hoWrite(c, fmt.Appendf(nil, acAuthReq, uuid, token))
+	return c
+}
+
+// acRun runs the cases against s and checks, once every connection is
+// gone, that each case's reason was counted and that the closes sum to
+// the accepted connections.
+func acRun(t *testing.T, s *Server, cases []acCase, seen map[Reason]bool) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.stats.closes[tc.want].Get()
+			tc.run(t, s)
+			waitFor(t, func() bool { return s.stats.closes[tc.want].Get() > before },
+				fmt.Sprintf("a close counted as %s", tc.want))
+			seen[tc.want] = true
+		})
+	}
+	acBalanced(t, s)
+}
+
+// acBalanced waits until the server holds no socket and checks that
+// sum(closes) == accepted.
+func acBalanced(t *testing.T, s *Server) {
+	t.Helper()
+	waitFor(t, func() bool { return s.liveConns() == 0 }, "every connection gone")
+	st := s.Stats()
+	var sum uint64
+	for _, n := range st.Closes {
+		sum += n
+	}
+	if sum != st.Accepted {
+		t.Fatalf("closes sum to %d, accepted %d: %v", sum, st.Accepted, st.Closes)
+	}
+	if st.ConnectionsTCP != 0 || st.ConnectionsWS != 0 {
+		t.Fatalf("connections_active: tcp %d ws %d with nothing connected", st.ConnectionsTCP, st.ConnectionsWS)
+	}
+}
+
+// TestCloseAccounting drives good and bad clients of every kind and
+// asserts that every close reason in the enum is reachable and counted,
+// and that once every connection is gone the closes sum to the accepted
+// connections: no close is lost or counted twice.
+func TestCloseAccounting(t *testing.T) {
+	seen := map[Reason]bool{}
+	s, cert, _ := startTLSServer(t, func(c *Config) {
+		c.Auth = acAuth{}
+		c.AuthTimeout = 300 * time.Millisecond
+		c.RPCTimeout = 5 * time.Second
+		c.HandshakeTimeout = 300 * time.Millisecond
+		c.InactiveTimeout = 600 * time.Millisecond
+		c.AloneTimeout = 300 * time.Millisecond
+		c.WriteStallTimeout = 300 * time.Millisecond
+	})
+	conf := clientTLS(cert)
+	pairOn := func(t *testing.T, urlA, urlB, token string) (*client.Tunnel, *client.Tunnel) {
+		return dialPair(t, client.Options{URL: urlA, Token: token, Name: "a", TLSConfig: conf},
+			client.Options{URL: urlB, Token: token, Name: "b", TLSConfig: conf})
+	}
+	exchangeAndClose := func(t *testing.T, a, b *client.Tunnel) {
+		if _, err := a.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := b.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		a.Close()
+		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}
+	addr := s.Addrs()[0].String()
+	main := []acCase{
+		{"tcp pair: the closing side", ReasonPeerClosed, func(t *testing.T, s *Server) {
+			a, b := pairOn(t, tcpURL(s), tcpURL(s), "ac-tcp")
+			exchangeAndClose(t, a, b)
+		}},
+		{"ws-tls pair: its partner", ReasonPartnerClosed, func(t *testing.T, s *Server) {
+			a, b := pairOn(t, "wss://"+addr+"/", "tls://"+addr, "ac-mixed")
+			exchangeAndClose(t, a, b)
+		}},
+		{"unknown protocol", ReasonSniff, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte("XYZ\r\n"))
+		}},
+		{"plain HTTP request", ReasonHTTP, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+		}},
+		{"unmasked frame", ReasonWebSocket, func(t *testing.T, s *Server) {
+			w := hoDialWS(t, s)
+			w.write(hoFrame(0x81, true, -1, []byte("{}")))
+			w.expectClose(5*time.Second, true)
+		}},
+		{"unknown method", ReasonRPC, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"No.Such"}`+"\n"))
+		}},
+		{"oversized message", ReasonPreAuthLimit, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"x":"`+strings.Repeat("a", 12<<10)))
+		}},
+		{"authentication refused", ReasonAuthFailed, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
+		}},
+		{"authenticator too slow", ReasonAuthTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
+		}},
+		{"never authenticates", ReasonInactiveTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
+		}},
+		{"never speaks", ReasonHandshakeTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), nil)
+		}},
+		{"no partner", ReasonAloneTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "ac-alone", newTestUUID()), nil)
+		}},
+		{"data before the tunnel", ReasonDataBeforeTunnel, func(t *testing.T, s *Server) {
+			c := acAuthed(t, s, "ac-early", newTestUUID())
+			acSendWait(t, c, []byte("early data"))
+		}},
+		{"third client", ReasonTunnelExists, func(t *testing.T, s *Server) {
+			a, b := pairOn(t, tcpURL(s), tcpURL(s), "ac-three")
+			defer a.Close()
+			defer b.Close()
+			acSendWait(t, acAuthed(t, s, "ac-three", newTestUUID()), nil)
+		}},
+		{"same uuid twice", ReasonDuplicateUUID, func(t *testing.T, s *Server) {
+			u := newTestUUID()
+			a := acAuthed(t, s, "ac-dup", u)
+			time.Sleep(50 * time.Millisecond)
+			b := acAuthed(t, s, "ac-dup", u)
+			hoReadToClose(t, a, 5*time.Second)
+			hoReadToClose(t, b, 5*time.Second)
+		}},
+		{"receiver never reads", ReasonWriteStall, func(t *testing.T, s *Server) {
+			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
+			sender, receiver := rawPair(t, addr, "ac-stall", nil, small)
+			go func() {
+				chunk := make([]byte, 64<<10)
+				for {
+					_ = sender.SetWriteDeadline(time.Now().Add(3 * time.Second))
+					if _, err := sender.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			hoReadToClose(t, sender, 5*time.Second)
+			receiver.Close()
+		}},
+		{"receiver resets while data waits for it", ReasonIOError, func(t *testing.T, s *Server) {
+			// The sender waits first (the tunnel's a side), so that when the
+			// receiver's reset is seen the relay's next act is a write to it.
+			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
+			type res struct {
+				c   *rawTunnel
+				err error
+			}
+			ch := make(chan res, 1)
+			go func() {
+				c, err := dialRawTunnel(addr, "ac-reset", "", "sender", nil)
+				ch <- res{c, err}
+			}()
+			waitFor(t, func() bool { return s.reg.Len() == 1 }, "sender waiting")
+			receiver, err := dialRawTunnel(addr, "ac-reset", "", "receiver", small)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			sender := r.c
+			defer sender.Close()
+			go func() { // keep data waiting in the relay for the receiver
+				chunk := make([]byte, 64<<10)
+				for {
+					_ = sender.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					if _, err := sender.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			time.Sleep(200 * time.Millisecond) // every buffer on the way full
+			_ = receiver.SetLinger(0)
+			receiver.Close() // RST
+			hoReadToClose(t, sender, 5*time.Second)
+		}},
+		{"bad TLS handshake", ReasonTLS, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), append([]byte{0x16, 0x03, 0x01, 0x00, 0x05}, "junk!"...))
+		}},
+		{"replies never read", ReasonSlowReader, func(t *testing.T, s *Server) {
+			c := acTCP(t, s)
+			_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
+			req := []byte(`{"id":1,"method":"RemoteProxy.Introspect"}` + "\n")
+			// Small batches (well inside the input budget), each earning
+			// 360 KB of replies that are never read.
+			batch := []byte(strings.Repeat(string(req), 100))
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range 200 {
+					_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+					if _, err := c.Write(batch); err != nil {
+						return
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}()
+			<-done
+		}},
+	}
+	acRun(t, s, main, seen)
+
+	// The RPC timeout: an authenticator slower than RPCTimeout.
+	rs := startServer(t, func(c *Config) {
+		c.Auth = acAuth{}
+		c.RPCTimeout = 200 * time.Millisecond
+		c.AuthTimeout = 5 * time.Second
+	})
+	acRun(t, rs, []acCase{{"call outlives RPCTimeout", ReasonRPCTimeout, func(t *testing.T, s *Server) {
+		acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
+	}}}, seen)
+
+	// Admission limits, each on a server of its own.
+	limited := func(t *testing.T, mutate func(*Config)) *Server {
+		return startServer(t, func(c *Config) {
+			noExempt(c)
+			c.Auth = acAuth{}
+			mutate(c)
+		})
+	}
+	hold := func(t *testing.T, s *Server, n int) {
+		for range n {
+			acTCP(t, s)
+		}
+		waitFor(t, func() bool { return len(s.Snapshot().Clients) == n }, "connections held")
+	}
+	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConns = 1 }), []acCase{{"over MaxConns", ReasonLimitConns, func(t *testing.T, s *Server) {
+		hold(t, s, 1)
+		acSendWait(t, acTCP(t, s), nil)
+	}}}, seen)
+	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConnsPerIP = 1 }), []acCase{{"over MaxConnsPerIP", ReasonLimitConnsPerIP, func(t *testing.T, s *Server) {
+		hold(t, s, 1)
+		acSendWait(t, acTCP(t, s), nil)
+	}}}, seen)
+	acRun(t, limited(t, func(c *Config) { c.Limits.ConnRatePerIP = 1 }), []acCase{{"over ConnRatePerIP", ReasonLimitRate, func(t *testing.T, s *Server) {
+		for range 3 {
+			c := acTCP(t, s)
+			c.Close()
+		}
+	}}}, seen)
+	acRun(t, limited(t, func(c *Config) { c.Limits.AuthFailuresPerIP = 1 }), []acCase{{"banned", ReasonBanned, func(t *testing.T, s *Server) {
+		for range 2 {
+			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
+		}
+		acSendWait(t, acTCP(t, s), nil)
+	}}}, seen)
+
+	// The TLS gate: one handshake at a time, four waiting; a stalled
+	// handshake holds the slot until its deadline.
+	gs, _, _ := startTLSServer(t, func(c *Config) {
+		c.MaxTLSHandshakes = 1
+		c.TLSHandshakeTimeout = 500 * time.Millisecond
+	})
+	acRun(t, gs, []acCase{{"TLS gate full", ReasonLimitTLS, func(t *testing.T, s *Server) {
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				acSendWait(t, acTCP(t, s), []byte{0x16, 0x03, 0x01}) // a ClientHello that never comes
+			}()
+		}
+		wg.Wait()
+		// A real handshake still works once the gate is free.
+		tc, err := tls.Dial("tcp", s.Addrs()[0].String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("handshake after the storm: %v", err)
+		}
+		tc.Close()
+	}}}, seen)
+
+	// Shutdown, on a server of its own (it ends the server).
+	ss := startServer(t, func(c *Config) { c.AloneTimeout = time.Minute })
+	waiting := acAuthed(t, ss, "ac-shut", newTestUUID())
+	waitFor(t, func() bool { return ss.reg.Len() == 1 }, "client waiting")
+	ss.Close()
+	hoReadToClose(t, waiting, 5*time.Second)
+	if ss.stats.closes[ReasonShutdown].Get() != 1 {
+		t.Errorf("shutdown counted %d times for one waiting client", ss.stats.closes[ReasonShutdown].Get())
+	}
+	acBalanced(t, ss)
+	seen[ReasonShutdown] = true
+
+	for r := Reason(0); r < reasonCount; r++ {
+		if !seen[r] {
+			t.Errorf("close reason %s is not exercised (reachable, or remove it)", r)
+		}
+	}
+}

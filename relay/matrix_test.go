@@ -1,0 +1,633 @@
+package relay
+
+// The race matrix: for each transport pair and each step on the way to a
+// tunnel, one side pings, sends data, half-closes or closes — at the exact
+// moments a pair is formed included — and the relay must leave no registry
+// key, descriptor, goroutine or ticket behind and count the right reasons.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/pool"
+)
+
+// mxConn is a hand-driven client: raw TCP, TLS, WebSocket or WebSocket
+// over TLS, stopped and acted on at any step.
+type mxConn struct {
+	// skipUpgradeRequest: the request was already sent (split by the
+	// test); upgrade only reads the response.
+	skipUpgradeRequest bool
+	raw                *net.TCPConn
+	c                  net.Conn // raw, or the TLS session over it
+	br                 *bufio.Reader
+	ws                 bool
+	done               bool // the server ended the connection
+}
+
+// mxDial connects and, for tls/wss, completes the TLS handshake.
+func mxDial(addr, kind string, conf *tls.Config) (*mxConn, error) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	m := &mxConn{raw: nc.(*net.TCPConn), c: nc, ws: kind == "ws" || kind == "wss"}
+	if kind == "tls" || kind == "wss" {
+		tc := tls.Client(nc, conf)
+		_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		_ = tc.SetDeadline(time.Time{})
+		m.c = tc
+	}
+	m.br = bufio.NewReader(m.c)
+	return m, nil
+}
+
+const mxUpgrade = "GET /mx HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+
+// upgrade performs the WebSocket opening handshake (ws and wss).
+func (m *mxConn) upgrade() error {
+	if !m.ws {
+		return nil
+	}
+	if !m.skipUpgradeRequest {
+		if _, err := m.c.Write([]byte(mxUpgrade)); err != nil {
+			return err
+		}
+	}
+	_ = m.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer m.c.SetReadDeadline(time.Time{})
+	for {
+		line, err := m.br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line == "\r\n" {
+			return nil
+		}
+	}
+}
+
+func (m *mxConn) write(b []byte) error {
+	_ = m.c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	_, err := m.c.Write(b)
+	return err
+}
+
+// send sends one message: a masked TEXT frame on WebSocket.
+func (m *mxConn) send(p []byte) error {
+	if m.ws {
+		return m.write(hoF(ws.OpText, true, p))
+	}
+	return m.write(p)
+}
+
+func (m *mxConn) ping() error { return m.write(hoF(ws.OpPing, true, []byte("mx"))) }
+
+// recv returns the next message (WebSocket: a data frame's payload, pongs
+// skipped; TCP: a line), or an error once the server ended the connection.
+func (m *mxConn) recv(d time.Duration) ([]byte, error) {
+	_ = m.c.SetReadDeadline(time.Now().Add(d))
+	if !m.ws {
+		line, err := m.br.ReadBytes('\n')
+		if err != nil && len(line) > 0 && !isTimeout(err) {
+			return line, nil
+		}
+		return line, m.ended(err)
+	}
+	for {
+		h, err := ws.ReadHeader(m.br)
+		if err != nil {
+			return nil, m.ended(err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(m.br, p); err != nil {
+			return nil, m.ended(err)
+		}
+		switch h.OpCode {
+		case ws.OpPong:
+			continue
+		case ws.OpClose:
+			_ = m.write(hoF(ws.OpClose, true, p)) // complete the handshake
+			m.done = true
+			return nil, io.EOF
+		}
+		return p, nil
+	}
+}
+
+func (m *mxConn) ended(err error) error {
+	if err != nil && !isTimeout(err) {
+		m.done = true
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// halfClose ends what this client sends (FIN; close_notify on TLS) and
+// keeps reading.
+func (m *mxConn) halfClose() {
+	if tc, ok := m.c.(*tls.Conn); ok {
+		_ = tc.CloseWrite()
+		return
+	}
+	_ = m.raw.CloseWrite()
+}
+
+func (m *mxConn) close() { m.c.Close() }
+
+func mxAuth(token, name string) []byte {
+	return fmt.Appendf(nil, `{"id":2,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`+"\n",
+		newTestUUID(), name, token)
+}
+
+// authed reads until the Authenticate reply (true if NoError).
+func (m *mxConn) authed() bool {
+	for {
+		p, err := m.recv(5 * time.Second)
+		if err != nil {
+			return false
+		}
+		if bytes.Contains(p, []byte("authenticationError")) {
+			return bytes.Contains(p, []byte("NoError"))
+		}
+	}
+}
+
+// tunnel reads until TunnelEstablished (true) or the end.
+func (m *mxConn) tunnel(d time.Duration) bool {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		p, err := m.recv(time.Until(end))
+		if err != nil {
+			return false
+		}
+		if bytes.Contains(p, []byte("RemoteProxy.TunnelEstablished")) {
+			return true
+		}
+	}
+	return false
+}
+
+// mxStep is where on the way to a tunnel the actor acts.
+type mxStep int
+
+const (
+	mxSniff     mxStep = iota // first byte sent
+	mxHead                    // half of the HTTP upgrade request sent (WebSocket only)
+	mxBeforeAut               // transport up, Hello answered
+	mxAuthing                 // Authenticate sent, reply not read
+	mxWaiting                 // authenticated, no partner yet
+	mxClaim                   // the partner's Authenticate races the act
+	mxHandover                // the completing side acts right after its Authenticate
+	mxFirstByte               // in the tunnel, right after the first forwarded byte
+	mxSteps
+)
+
+var mxStepNames = [...]string{"sniff", "http-head", "before-auth", "authing", "waiting", "at-claim", "hand-over", "first-byte"}
+
+type mxAction int
+
+const (
+	mxPing mxAction = iota
+	mxData
+	mxHalfClose
+	mxClose
+	mxActions
+)
+
+var mxActionNames = [...]string{"ping", "data", "half-close", "close"}
+
+func (m *mxConn) act(a mxAction) {
+	switch a {
+	case mxPing:
+		_ = m.ping()
+	case mxData:
+		_ = m.send([]byte("early data\n"))
+	case mxHalfClose:
+		m.halfClose()
+	case mxClose:
+		m.close()
+	}
+}
+
+// mxCell is one transport pair, step and action, run reps times.
+type mxCell struct {
+	kindA, kindB string // the waiting side and the completing side
+	step         mxStep
+	action       mxAction
+	reps         int
+}
+
+func (c mxCell) name() string {
+	return fmt.Sprintf("%s-%s/%s/%s", c.kindA, c.kindB, mxStepNames[c.step], mxActionNames[c.action])
+}
+
+// valid reports whether the cell makes sense: pings are WebSocket frames,
+// and only a WebSocket client has an HTTP head.
+func (c mxCell) valid() bool {
+	actor := c.kindA
+	if c.step == mxHandover {
+		actor = c.kindB
+	}
+	isWS := actor == "ws" || actor == "wss"
+	switch {
+	case c.action == mxPing && (!isWS || c.step < mxBeforeAut):
+		return false
+	case c.step == mxHead && !isWS:
+		return false
+	}
+	return true
+}
+
+// racy reports whether the act races the relay's own work (the hand-over).
+func (c mxCell) racy() bool {
+	return c.step == mxClaim || c.step == mxHandover || c.step == mxFirstByte
+}
+
+// mxOutcome is what one repetition saw.
+type mxOutcome struct {
+	paired  bool // both sides got TunnelEstablished
+	flowed  bool // data went both ways afterwards
+	problem string
+}
+
+// run plays one repetition: A goes to the step (acting unless the actor
+// is B), B follows, and both are driven to their end.
+func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (out mxOutcome) {
+	addr := s.Addrs()[0].String()
+	a, err := mxDial(addr, c.kindA, conf)
+	if err != nil {
+		return mxOutcome{problem: "dial A: " + err.Error()}
+	}
+	defer a.close()
+	// After a ping or data the actor goes on as a client would (the relay
+	// has its say); after a half-close or close it stops.
+	actedA := false
+	actA := func() { a.act(c.action); actedA = c.action == mxHalfClose || c.action == mxClose }
+	first := []byte{'{'}
+	if a.ws {
+		first = []byte{'G'}
+	}
+	switch c.step {
+	case mxSniff:
+		_ = a.write(first)
+		actA()
+		if !actedA { // the rest of what A had started
+			if a.ws {
+				_ = a.write([]byte(mxUpgrade[1:]))
+			} else {
+				_ = a.write([]byte(`"id":0,"method":"RemoteProxy.Hello"}` + "\n"))
+			}
+		}
+	case mxHead:
+		_ = a.write([]byte(mxUpgrade[:len(mxUpgrade)/2]))
+		actA()
+		if !actedA {
+			_ = a.write([]byte(mxUpgrade[len(mxUpgrade)/2:]))
+		}
+	}
+	if !actedA {
+		if c.step <= mxHead {
+			a.skipUpgradeRequest = true
+		}
+		if err := a.upgrade(); err != nil {
+			if c.action == mxData {
+				return out // the relay refused the garbage: fine
+			}
+			return mxOutcome{problem: "upgrade A: " + err.Error()}
+		}
+		_ = a.send([]byte(`{"id":1,"method":"RemoteProxy.Hello"}` + "\n"))
+		if _, err := a.recv(5 * time.Second); err != nil && c.action != mxData {
+			return mxOutcome{problem: "hello A: " + err.Error()}
+		}
+		if c.step == mxBeforeAut {
+			actA()
+		}
+	}
+	if !actedA {
+		_ = a.send(mxAuth(token, "a"))
+		if c.step == mxAuthing {
+			actA()
+		} else if !a.authed() && c.action != mxData {
+			return mxOutcome{problem: "authenticate A refused"}
+		}
+		if c.step == mxWaiting {
+			actA()
+		}
+	}
+	// B arrives.
+	b, err := mxDial(addr, c.kindB, conf)
+	if err != nil {
+		return mxOutcome{problem: "dial B: " + err.Error()}
+	}
+	defer b.close()
+	if err := b.upgrade(); err != nil {
+		return mxOutcome{problem: "upgrade B: " + err.Error()}
+	}
+	switch c.step {
+	case mxClaim:
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(rng.IntN(400)) * time.Microsecond)
+			actA()
+		}()
+		_ = b.send(mxAuth(token, "b"))
+		wg.Wait()
+	case mxHandover:
+		_ = b.send(mxAuth(token, "b"))
+		time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
+		b.act(c.action)
+	default:
+		_ = b.send(mxAuth(token, "b"))
+	}
+	// Drive both to the end. Cells that must pair wait long; the others
+	// close a client left alone themselves rather than wait for the
+	// relay's alone timeout.
+	wait := 600 * time.Millisecond
+	if c.action == mxPing || c.step == mxFirstByte {
+		wait = 4 * time.Second
+	}
+	gotA := !a.done && a.tunnel(wait)
+	gotB := !b.done && b.tunnel(wait)
+	out.paired = gotA && gotB
+	if c.step == mxFirstByte && out.paired {
+		actor, other := a, b
+		if rng.IntN(2) == 1 {
+			actor, other = b, a
+		}
+		_ = actor.send([]byte("1\n"))
+		actor.act(c.action)
+		if c.action == mxPing || c.action == mxData {
+			if p, err := other.recv(3 * time.Second); err != nil || len(p) == 0 {
+				out.problem = fmt.Sprintf("first byte not forwarded: %v", err)
+			}
+		}
+	}
+	if out.paired && (c.action == mxPing || (c.step == mxFirstByte && c.action == mxData)) {
+		_ = a.send([]byte("from a\n"))
+		_ = b.send([]byte("from b\n"))
+		pa, ea := a.recv(3 * time.Second)
+		pb, eb := b.recv(3 * time.Second)
+		out.flowed = ea == nil && eb == nil && len(pa) > 0 && len(pb) > 0
+	}
+	a.close()
+	b.close()
+	return out
+}
+
+// TestRaceMatrix runs every cell (racy ones many times, concurrently, on
+// a server of their own) and checks after each: every connection ended
+// and was counted (closes sum to accepted), no registry key is left, the
+// counted reasons are ones the cell can produce, pings never broke a
+// pairing; and at the end descriptors and goroutines are back to where
+// they were.
+func TestRaceMatrix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("race matrix: thousands of connections")
+	}
+	kinds := [][2]string{{"tcp", "tcp"}, {"ws", "ws"}, {"tls", "tls"}, {"wss", "wss"}, {"tcp", "wss"}, {"ws", "tls"}}
+	reps := func(c mxCell) int {
+		switch {
+		case !c.racy():
+			return 3
+		case strings.HasPrefix(c.kindA, "t") && c.kindA == c.kindB && c.kindA == "tcp", c.kindA == "ws" && c.kindB == "ws":
+			return 100
+		default:
+			return 50 // TLS handshakes under -race cost the most
+		}
+	}
+	var cells []mxCell
+	for _, k := range kinds {
+		for st := mxStep(0); st < mxSteps; st++ {
+			for ac := mxAction(0); ac < mxActions; ac++ {
+				c := mxCell{kindA: k[0], kindB: k[1], step: st, action: ac}
+				if c.valid() {
+					c.reps = reps(c)
+					cells = append(cells, c)
+				}
+			}
+		}
+	}
+	dir := t.TempDir()
+	cp, kp, cert := tlsFiles(t, dir)
+	conf := clientTLS(cert)
+	warm := mxServer(t, cp, kp) // netpoll's process-wide pollers start with the first server
+	mxFreshPair(warm, "warm-up")
+	warm.Close()
+	runtime.GC()
+	baseG, baseFD := runtime.NumGoroutine(), mxFDs(t)
+	total := 0
+	var pingBroken atomic.Int32
+	for _, c := range cells {
+		total += c.reps
+	}
+	sem := make(chan struct{}, 4) // cells in parallel
+	var wg sync.WaitGroup
+	for i, c := range cells {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s := mxServer(t, cp, kp)
+			defer s.Close()
+			var cwg sync.WaitGroup
+			csem := make(chan struct{}, 8)
+			problems := make(chan string, c.reps)
+			var paired atomic.Int32
+			for r := range c.reps {
+				csem <- struct{}{}
+				cwg.Add(1)
+				go func() {
+					defer cwg.Done()
+					defer func() { <-csem }()
+					rng := rand.New(rand.NewPCG(uint64(i), uint64(r)))
+					out := c.run(s, conf, fmt.Sprintf("mx-%d-%d", i, r), rng)
+					if out.paired {
+						paired.Add(1)
+					}
+					if out.problem != "" {
+						problems <- out.problem
+					}
+					if c.action == mxPing && !(out.paired && out.flowed) {
+						pingBroken.Add(1)
+						problems <- fmt.Sprintf("a ping broke the pairing (paired %v, data flowed %v)", out.paired, out.flowed)
+					}
+				}()
+			}
+			cwg.Wait()
+			close(problems)
+			for p := range problems {
+				t.Errorf("%s: %s", c.name(), p)
+				break
+			}
+			if msg := mxSettled(s, c); msg != "" {
+				t.Errorf("%s: %s", c.name(), msg)
+			} else if msg := mxFreshPair(s, fmt.Sprintf("mx-%d-0", i)); msg != "" {
+				t.Errorf("%s: token used again: %s", c.name(), msg)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d cells, %d repetitions", len(cells), total)
+	runtime.GC()
+	lcGoroutines(t, baseG)
+	deadline := time.Now().Add(5 * time.Second)
+	for mxFDs(t) > baseFD && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := mxFDs(t); n > baseFD {
+		var open []string
+		ents, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range ents {
+			l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+			open = append(open, e.Name()+"->"+l)
+		}
+		t.Errorf("%d descriptors open after the matrix, %d before (idle splice pipes not counted): %v", n, baseFD, open)
+	}
+}
+
+// mxFDs counts this process's descriptors, less the idle splice pipes the
+// pool keeps for reuse.
+func mxFDs(t *testing.T) int { return lkFDs(t) - 2*pool.IdlePipes() }
+
+// mxServer starts a cell's server: TLS on the port, short timeouts so a
+// client left alone ends quickly.
+func mxServer(t *testing.T, certFile, keyFile string) *Server {
+	cfg := DefaultConfig()
+	cfg.Listen = []string{"127.0.0.1:0"}
+	cfg.Auth = Dummy{}
+	cfg.Loops = 2
+	cfg.TLSCert, cfg.TLSKey = certFile, keyFile
+	cfg.AloneTimeout = 2 * time.Second
+	cfg.HandshakeTimeout = 2 * time.Second
+	cfg.InactiveTimeout = 3 * time.Second
+	cfg.TLSHandshakeTimeout = 2 * time.Second
+	if os.Getenv("MEETPOINT_TEST_LOG") != "" {
+		cfg.Logger = testLogger()
+	} else {
+		cfg.Logger = discardLogger()
+	}
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// mxSettled waits until the cell's server holds nothing, then checks the
+// books: closes sum to accepted, no key left, and only reasons the cell
+// can produce were counted.
+func mxSettled(s *Server, c mxCell) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for (s.liveConns() > 0 || s.reg.Len() > 0) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.liveConns(); n > 0 {
+		return fmt.Sprintf("%d connections never ended", n)
+	}
+	if n := s.reg.Len(); n > 0 {
+		return fmt.Sprintf("%d registry keys stuck", n)
+	}
+	st := s.Stats()
+	var sum uint64
+	for _, n := range st.Closes {
+		sum += n
+	}
+	if sum != st.Accepted {
+		return fmt.Sprintf("closes sum to %d, accepted %d: %v", sum, st.Accepted, st.Closes)
+	}
+	allowed := mxAllowed(c)
+	for name, n := range st.Closes {
+		if !allowed[name] {
+			return fmt.Sprintf("%d closes counted as %s, which this cell cannot cause (%v)", n, name, st.Closes)
+		}
+	}
+	return ""
+}
+
+// mxAllowed is the set of close reasons a cell may produce.
+func mxAllowed(c mxCell) map[string]bool {
+	ok := map[string]bool{"peer_closed": true, "partner_closed": true, "alone_timeout": true}
+	switch c.action {
+	case mxData:
+		ok["data_before_tunnel"] = true
+		switch c.step {
+		case mxSniff:
+			ok["sniff"] = true
+			ok["rpc"] = true
+		case mxHead:
+			ok["http"] = true
+		case mxBeforeAut:
+			ok["rpc"] = true
+		}
+	case mxHalfClose, mxClose:
+		if c.step == mxSniff || c.step == mxHead {
+			ok["handshake_timeout"] = true
+		}
+	}
+	if c.action == mxClose {
+		ok["io_error"] = true // a write to the client that just left
+	}
+	if c.action == mxData && c.step == mxSniff {
+		ok["inactive_timeout"] = true // "{early data": an object that never ends
+	}
+	if c.step == mxSniff && (c.kindA == "tls" || c.kindA == "wss") {
+		ok["tls"] = true // a ClientHello cut short
+	}
+	return ok
+}
+
+// mxFreshPair pairs two new TCP clients on a token the cell used: no key
+// may be stuck on it.
+func mxFreshPair(s *Server, token string) string {
+	addr := s.Addrs()[0].String()
+	ch := make(chan error, 1)
+	go func() {
+		c, err := dialRawTunnel(addr, token, "", "x", nil)
+		if err == nil {
+			c.Close()
+		}
+		ch <- err
+	}()
+	c, err := dialRawTunnel(addr, token, "", "y", nil)
+	if err == nil {
+		c.Close()
+	}
+	if err2 := <-ch; err == nil {
+		err = err2
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return ""
+}
