@@ -76,4 +76,3 @@ func IdlePipes() int {
 	defer pipes.mu.Unlock()
 	return len(pipes.idle)
 }
-
