@@ -34,9 +34,16 @@ bench-full: build
 bench-deps:
 	apt-get update && apt-get install -y haproxy socat
 
-lint:
+## lint: gofmt, go vet and staticcheck (installed into ./bin/tools if missing)
+STATICCHECK := bin/tools/staticcheck
+
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
 
 ## fuzz: every fuzz target for FUZZTIME each (default 60s)
 fuzz:

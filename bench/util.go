@@ -125,7 +125,6 @@ func waitListening(addr string, timeout time.Duration) error {
 // five times a second until stopped.
 type progress struct {
 	w    io.Writer
-	mu   sync.Mutex
 	stop chan struct{}
 	done chan struct{}
 }

@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -193,20 +194,18 @@ type fakeWS struct {
 }
 
 func (w *fakeWS) recv() ([]byte, error) {
-	for {
-		msg, op, err := wsutil.ReadClientData(struct {
-			io.Reader
-			io.Writer
-		}{w.br, w.c})
-		if err != nil {
-			return nil, err
-		}
-		if op == ws.OpBinary {
-			w.closeWith(1011, "Binary message not expected.")
-			return nil, io.EOF
-		}
-		return msg, nil
+	msg, op, err := wsutil.ReadClientData(struct {
+		io.Reader
+		io.Writer
+	}{w.br, w.c})
+	if err != nil {
+		return nil, err
 	}
+	if op == ws.OpBinary {
+		w.closeWith(1011, "Binary message not expected.")
+		return nil, io.EOF
+	}
+	return msg, nil
 }
 
 func (w *fakeWS) send(data []byte, msgs ...any) error {
@@ -239,7 +238,7 @@ func (w *fakeWS) echo(token string) {
 		wsutil.WriteServerMessage(w.c, ws.OpPing, []byte("pp"))
 	}
 	for {
-		f, err := ws.ReadFrame(w.br)
+		f, err := readFrame(w.br)
 		if err != nil {
 			return
 		}
@@ -259,3 +258,20 @@ func (w *fakeWS) echo(token string) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// readFrame reads one frame, refusing payloads over 1 MiB (ws.ReadFrame
+// would trust the declared length).
+func readFrame(r io.Reader) (ws.Frame, error) {
+	h, err := ws.ReadHeader(r)
+	if err != nil {
+		return ws.Frame{}, err
+	}
+	if h.Length > 1<<20 {
+		return ws.Frame{}, fmt.Errorf("frame of %d bytes", h.Length)
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return ws.Frame{}, err
+	}
+	return ws.Frame{Header: h, Payload: p}, nil
+}

@@ -2,12 +2,15 @@ package relay
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/client"
 )
 
@@ -119,3 +122,23 @@ func testLogger() *slog.Logger {
 
 // discardLogger drops every record.
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// readFrame reads one frame, refusing payloads over 64 MiB (ws.ReadFrame
+// would trust the declared length).
+func readFrame(r io.Reader) (ws.Frame, error) {
+	h, err := ws.ReadHeader(r)
+	if err != nil {
+		return ws.Frame{}, err
+	}
+	if h.Length > 64<<20 {
+		return ws.Frame{}, fmt.Errorf("frame of %d bytes", h.Length)
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return ws.Frame{}, err
+	}
+	return ws.Frame{Header: h, Payload: p}, nil
+}

@@ -227,18 +227,6 @@ func lgWaiting(t testing.TB, url, token, nonce, uuid, name string) *client.Raw {
 	return r
 }
 
-// lgExpectTunnel reads the TunnelEstablished notification and returns its
-// params.
-func lgExpectTunnel(t testing.TB, r *client.Raw) map[string]any {
-	t.Helper()
-	m := lgRecv(t, r)
-	if m["notification"] != "RemoteProxy.TunnelEstablished" {
-		t.Fatalf("want TunnelEstablished, got %v", m)
-	}
-	p, _ := m["params"].(map[string]any)
-	return p
-}
-
 // lgExpectAlone asserts that a waiting client gets no tunnel and is closed
 // by the alone timeout (after at least min since since).
 func lgExpectAlone(t testing.TB, r *client.Raw, since time.Time, atLeast time.Duration) {
@@ -324,7 +312,7 @@ func (w *lgWS) send(op ws.OpCode, fin bool, p []byte) {
 func (w *lgWS) read() ws.Frame {
 	w.t.Helper()
 	_ = w.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	f, err := ws.ReadFrame(w.br)
+	f, err := readFrame(w.br)
 	if err != nil {
 		w.t.Fatalf("ws read: %v", err)
 	}
@@ -1043,12 +1031,12 @@ func TestLegacyDisconnectPropagation(t *testing.T) {
 		w1.conn.Close()
 		// w2 gets a close frame (or the connection's end), then EOF.
 		_ = w2.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		f, err := ws.ReadFrame(w2.br)
+		f, err := readFrame(w2.br)
 		if err == nil {
 			if f.Header.OpCode != ws.OpClose {
 				t.Fatalf("got op %v %q, want close", f.Header.OpCode, f.Payload)
 			}
-			_, err = ws.ReadFrame(w2.br)
+			_, err = readFrame(w2.br)
 		}
 		if !lgIsClosed(err) {
 			t.Fatalf("want EOF, got %v", err)

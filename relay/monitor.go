@@ -387,8 +387,7 @@ func (m *monitorServer) status() MonitorStatus {
 		st.TPServers = []TPServerInfo{}
 	}
 	for i, t := range snap.Tunnels {
-		st.Tunnels[i] = MonitorTunnel{ID: t.ID, Started: t.Started, Splice: t.Splice, A: t.A, B: t.B,
-			BytesAB: t.BytesAB, BytesBA: t.BytesBA}
+		st.Tunnels[i] = MonitorTunnel(t)
 	}
 	return st
 }

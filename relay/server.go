@@ -106,8 +106,7 @@ func (s *Server) Start() (err error) {
 		// netpoll's pollers are process-wide; size them once. Its own log
 		// lines (e.g. a failed detach of a connection refused before it was
 		// registered, which is harmless) go to our log at debug level.
-		_ = netpoll.SetNumLoops(s.cfg.Loops)
-		netpoll.SetLoggerOutput(debugWriter{s.log})
+		_ = netpoll.Configure(netpoll.Config{PollerNum: s.cfg.Loops, LoggerOutput: debugWriter{s.log}})
 	})
 	var (
 		lns   []*listener

@@ -46,9 +46,6 @@ func (tk *ticket) setKind(k transportKind) {
 	tk.s.stats.active(k).Inc()
 }
 
-// isWS reports whether the socket speaks WebSocket.
-func (tk *ticket) isWS() bool { return transportKind(tk.kind.Load()) == kindWS }
-
 // end accounts for the socket being closed: the close is counted under r,
 // the limiter slot and the transport gauge are given back, and the live
 // set shrinks. Only the first call does anything.
