@@ -10,6 +10,7 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // state is where a connection is on its way to a tunnel:
@@ -85,12 +86,12 @@ type conn struct {
 	failed  bool   // claimed: the set-up failed (reason says why)
 	linger  bool   // closing: let the client read what we sent before the socket closes
 	skipNL  bool   // claimed by a raw-TCP registration: drop the request's newline
-	ws      *wsStream
-	out     ctrlQueue // replies not yet written; kept for the target once claimed
-	in      []byte    // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
-	msg     []byte    // WebSocket text message being assembled (≤ MaxPreAuth)
-	late    []byte    // claimed: input that arrived after the claim (≤ MaxPreAuth)
-	lateMsg bool      // claimed: a WebSocket data frame arrived after the claim
+	ws      *handshake.Stream
+	out     handshake.Queue // replies not yet written; kept for the target once claimed
+	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
+	msg     []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
+	late    []byte          // claimed: input that arrived after the claim (≤ MaxPreAuth)
+	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
 
 	timer     *time.Timer // inactive, then alone timeout
 	hsTimer   *time.Timer // handshake timeout
@@ -264,23 +265,23 @@ func (c *conn) unlock() {
 // slow_reader: the relay never buffers for it. A claimed connection keeps
 // its queue for the target. Called with mu held.
 func (c *conn) flush() {
-	if c.frozen || c.out.len() == 0 {
+	if c.frozen || c.out.Len() == 0 {
 		return
 	}
 	switch state(c.st.Load()) {
 	case stClaimed, stDone:
 		return
 	}
-	n, err := c.tr.write(c.out.b)
-	c.out.consumed(n)
+	n, err := c.tr.write(c.out.B)
+	c.out.Consumed(n)
 	switch {
 	case err != nil:
-		c.out.take()
+		c.out.Take()
 		c.linger = false
 		c.close(ReasonIOError)
-	case c.out.len() > 0:
+	case c.out.Len() > 0:
 		c.s.log.Debug("client does not read its replies", "peer", c.peer.String())
-		c.out.take()
+		c.out.Take()
 		c.linger = false
 		c.close(ReasonSlowReader)
 	}
@@ -289,17 +290,17 @@ func (c *conn) flush() {
 // send queues one JSON-RPC message: a TEXT frame on WebSocket, the bytes as
 // they are on raw TCP. Called with mu held.
 func (c *conn) send(msg []byte) {
-	if c.out.len()+len(msg) > ctrlMax/2 {
+	if c.out.Len()+len(msg) > handshake.QueueMax/2 {
 		c.flush() // a batch of requests with large replies: write as we go
 	}
 	ok := false
 	if c.ws != nil {
-		ok = c.out.pushFrame(ws.OpText, msg)
+		ok = c.out.PushFrame(ws.OpText, msg)
 	} else {
-		ok = c.out.push(msg)
+		ok = c.out.Push(msg)
 	}
 	if !ok {
-		c.out.take()
+		c.out.Take()
 		c.close(ReasonSlowReader)
 	}
 }
@@ -361,7 +362,7 @@ func (c *conn) fail(reason Reason, code ws.StatusCode, text string) {
 		return
 	}
 	if c.ws != nil && code != 0 {
-		c.ws.sendClose(&c.out, code, text)
+		c.ws.SendClose(&c.out, code, text)
 	}
 	c.linger = true
 	c.close(reason)

@@ -26,6 +26,10 @@ import (
 // receiver stops the sender through TCP flow control. An idle tunnel holds
 // neither: its cost is the tunnel struct and two epoll entries.
 
+// ctrlSoft is the control queue length above which a tunnel stops reading a
+// client's input until the queue drains (backpressure on ping floods).
+const ctrlSoft = 1 << 10
+
 // wsSlack is the room kept before the read position in a chunk so that
 // rewritten WebSocket headers (server headers are never longer than the
 // client's, but one may have been split across reads) never overtake
@@ -113,11 +117,11 @@ type endpoint struct {
 	buf        *[]byte
 	out        []byte
 	pipe       *pool.Pipe
-	ctrl       ctrlQueue // relay messages and control frames, sent at a frame boundary
-	midFrame   bool      // the data stream toward this endpoint is inside a WebSocket frame
-	stallSince int64     // unix ns since writes were refused with data pending; 0 if not
+	ctrl       handshake.Queue // relay messages and control frames, sent at a frame boundary
+	midFrame   bool            // the data stream toward this endpoint is inside a WebSocket frame
+	stallSince int64           // unix ns since writes were refused with data pending; 0 if not
 
-	ws *wsStream // inbound WebSocket state; nil on plain TCP endpoints
+	ws *handshake.Stream // inbound WebSocket state; nil on plain TCP endpoints
 }
 
 // newTunnel builds the tunnel of a (waiting) and b (completing). Called
@@ -187,7 +191,7 @@ func (t *tunnel) ready(c *conn) {
 // sentEarly reports whether a claimed legacy client sent data (anything
 // but whitespace between JSON-RPC messages) before TunnelEstablished.
 func (c *conn) sentEarly() bool {
-	if c.lateMsg || (c.ws != nil && c.ws.inMessage()) {
+	if c.lateMsg || (c.ws != nil && c.ws.InMessage()) {
 		return true
 	}
 	return len(trimSpace(c.late)) > 0
@@ -213,9 +217,9 @@ func (t *tunnel) abandon(a, b *conn) {
 func (ep *endpoint) init(c *conn) {
 	ep.sock, ep.fd, ep.tk, ep.ws = c.sk, c.sk.Fd(), c.tk, c.ws
 	if ep.ws != nil {
-		ep.ws.dec.MaxFrame = 0 // frames are streamed, never held whole
+		ep.ws.Dec.MaxFrame = 0 // frames are streamed, never held whole
 	}
-	ep.ctrl.b = append(c.established, c.out.take()...) // then pongs owed since the claim
+	ep.ctrl.B = append(c.established, c.out.Take()...) // then pongs owed since the claim
 }
 
 // forwarder is one forwarding loop.
@@ -480,7 +484,7 @@ func (f *forwarder) service(t *tunnel) {
 // idle reports that nothing waits to be written to ep (or that nothing
 // can be: its socket is gone).
 func (ep *endpoint) idle() bool {
-	return ep.broken || len(ep.out) == 0 && ep.ctrl.len() == 0 && (ep.pipe == nil || ep.pipe.N == 0)
+	return ep.broken || len(ep.out) == 0 && ep.ctrl.Len() == 0 && (ep.pipe == nil || ep.pipe.N == 0)
 }
 
 // pump writes what waits for dst and, if that is all written, reads once
@@ -491,7 +495,7 @@ func (f *forwarder) pump(src, dst *endpoint) bool {
 		return moved
 	}
 	t := src.t
-	if t.closing || src.eof || !src.readable || src.ctrl.len() > ctrlSoft || src.quota < 0 {
+	if t.closing || src.eof || !src.readable || src.ctrl.Len() > ctrlSoft || src.quota < 0 {
 		return moved
 	}
 	if rate := f.s.tunnelRate.Load(); rate > 0 {
@@ -579,12 +583,12 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 			}
 			return moved, false
 		}
-		if dst.ctrl.len() == 0 {
+		if dst.ctrl.Len() == 0 {
 			break
 		}
 		if dst.midFrame {
 			if t.closing { // the frame will never be finished: no close frame
-				dst.ctrl.take()
+				dst.ctrl.Take()
 			}
 			break
 		}
@@ -592,9 +596,9 @@ func (f *forwarder) flush(dst *endpoint) (moved, empty bool) {
 		if dst.buf == nil {
 			dst.buf = pool.GetChunk()
 		}
-		n := copy(*dst.buf, dst.ctrl.b)
+		n := copy(*dst.buf, dst.ctrl.B)
 		dst.out = (*dst.buf)[:n]
-		dst.ctrl.consumed(n) // an idle tunnel keeps no buffer
+		dst.ctrl.Consumed(n) // an idle tunnel keeps no buffer
 	}
 	if dst.buf != nil {
 		pool.PutChunk(dst.buf)
@@ -699,19 +703,19 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 	data := b[wsSlack : wsSlack+n]
 	w := 0
 	for len(data) > 0 && !src.t.closing {
-		ev, fr, m, err := src.ws.step(data, &src.ctrl)
+		ev, fr, m, err := src.ws.Step(data, &src.ctrl)
 		if err != nil {
 			return w, err
 		}
 		data = data[m:]
 		switch ev {
-		case wsMore:
+		case handshake.EventMore:
 			return w, nil
-		case wsClose:
+		case handshake.EventClose:
 			src.eof = true
 			f.startClose(src.t, src, ReasonPeerClosed)
 			return w, nil
-		case wsControl:
+		case handshake.EventControl:
 			continue
 		}
 		switch fr.Kind {
@@ -740,13 +744,13 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 	}
 	f.s.log.Debug("websocket protocol error in tunnel", "tunnel", ep.t.id, "peer", info.address, "err", err)
 	ep.eof = true
-	if err == errCtrlFull {
+	if err == handshake.ErrQueueFull {
 		ep.broken = true
 		f.startClose(ep.t, ep, ReasonSlowReader)
 		return
 	}
-	code, text := closeCodeOf(err)
-	ep.ws.sendClose(&ep.ctrl, code, text)
+	code, text := handshake.CloseCodeOf(err)
+	ep.ws.SendClose(&ep.ctrl, code, text)
 	f.startClose(ep.t, ep, ReasonWebSocket)
 }
 
@@ -754,7 +758,7 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 // gone, so nothing more is sent to it.
 func (f *forwarder) ended(ep *endpoint) {
 	ep.eof, ep.broken = true, true
-	ep.ctrl.take()
+	ep.ctrl.Take()
 	f.startClose(ep.t, ep, ReasonPeerClosed)
 }
 
@@ -772,7 +776,7 @@ func (f *forwarder) startClose(t *tunnel, culprit *endpoint, reason Reason) {
 	f.s.reg.Leave(t.key, t)
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		if ep.ws != nil && !ep.broken {
-			ep.ws.sendClose(&ep.ctrl, ws.StatusNormalClosure, "partner closed")
+			ep.ws.SendClose(&ep.ctrl, ws.StatusNormalClosure, "partner closed")
 		}
 	}
 }
@@ -841,7 +845,7 @@ func (f *forwarder) teardown(t *tunnel) {
 			continue
 		}
 		f.unregister(ep.fd)
-		f.goodbye(ep.sock, ep.ctrl.take(), !ep.broken, ep.tk, r)
+		f.goodbye(ep.sock, ep.ctrl.Take(), !ep.broken, ep.tk, r)
 		ep.sock = nil
 	}
 	st := f.s.stats
@@ -877,9 +881,9 @@ func (f *forwarder) shutdown() {
 			}
 			for _, e := range []*endpoint{&t.a, &t.b} {
 				if e.ws != nil && !e.midFrame && len(e.out) == 0 {
-					e.ws.closeSent = false // replace "partner closed" if it was queued
-					e.ctrl.take()
-					e.ws.sendClose(&e.ctrl, ws.StatusGoingAway, "server shutting down")
+					e.ws.CloseSent = false // replace "partner closed" if it was queued
+					e.ctrl.Take()
+					e.ws.SendClose(&e.ctrl, ws.StatusGoingAway, "server shutting down")
 				}
 			}
 			if !t.closing {

@@ -37,8 +37,8 @@ func (c *conn) httpHead(p []byte) {
 		c.close(ReasonHTTP)
 		return
 	}
-	c.ws = &wsStream{}
-	c.ws.dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
+	c.ws = &handshake.Stream{}
+	c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
 	c.tk.setKind(kindWS)
 	c.st.Store(uint32(stRPC))
 	c.in = nil
@@ -51,7 +51,7 @@ func (c *conn) httpHead(p []byte) {
 // sendRaw queues bytes for the client as they are (an HTTP response).
 // Called with mu held.
 func (c *conn) sendRaw(b []byte) {
-	if !c.out.push(b) {
+	if !c.out.Push(b) {
 		c.close(ReasonSlowReader)
 	}
 }

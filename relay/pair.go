@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/gobwas/ws"
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // PairKey identifies a rendezvous: clients presenting the same token and the
@@ -209,11 +210,11 @@ func (s *Server) dismiss(c *conn, r Reason, code ws.StatusCode, text string) {
 			code, text = ws.StatusGoingAway, "Server shutting down"
 		}
 	}
-	final := c.out.take()
+	final := c.out.Take()
 	if c.ws != nil {
-		q := ctrlQueue{b: final}
-		c.ws.sendClose(&q, code, text)
-		final = q.b
+		q := handshake.Queue{B: final}
+		c.ws.SendClose(&q, code, text)
+		final = q.B
 	}
 	s.goodbye(c.sk, final, true, c.tk, r)
 }

@@ -175,11 +175,11 @@ func (c *conn) stashLate(p []byte) {
 // consumeWS decodes WebSocket frames before the tunnel with the
 // connection's wsStream: control frames are answered at any stage (a ping
 // never breaks a pairing), a close frame is answered and ends the
-// connection, data goes to wsData. Called with mu held.
+// connection, data goes to handshake.EventData. Called with mu held.
 func (c *conn) consumeWS(p []byte) {
 	for len(p) > 0 && state(c.st.Load()) < stClosing {
-		ev, frag, n, err := c.ws.step(p, &c.out)
-		if err == errCtrlFull {
+		ev, frag, n, err := c.ws.Step(p, &c.out)
+		if err == handshake.ErrQueueFull {
 			c.close(ReasonSlowReader)
 			return
 		}
@@ -189,13 +189,13 @@ func (c *conn) consumeWS(p []byte) {
 		}
 		p = p[n:]
 		switch ev {
-		case wsMore:
+		case handshake.EventMore:
 			return
-		case wsClose:
+		case handshake.EventClose:
 			c.linger = true
 			c.close(ReasonPeerClosed)
 			return
-		case wsData:
+		case handshake.EventData:
 			c.wsData(frag)
 		}
 	}
@@ -243,7 +243,7 @@ func (c *conn) wsData(f handshake.Fragment) {
 // wsFail closes with the code a decoder error carries.
 func (c *conn) wsFail(err error) {
 	c.s.log.Debug("websocket protocol error", "peer", c.peer.String(), "err", err)
-	code, text := closeCodeOf(err)
+	code, text := handshake.CloseCodeOf(err)
 	c.fail(ReasonWebSocket, code, text)
 }
 

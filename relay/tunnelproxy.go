@@ -150,9 +150,9 @@ type tpEnd struct {
 	rx, tx             uint64 // bytes read from / written to this socket
 	stallSince         int64  // unix ns since writes were refused with data pending
 
-	ws   *wsStream // inbound WebSocket state; nil on raw TCP
-	ctrl ctrlQueue // control replies, moved into out after each read
-	in   []byte    // bytes that arrived before the hand-over
+	ws   *handshake.Stream // inbound WebSocket state; nil on raw TCP
+	ctrl handshake.Queue   // control replies, moved into out after each read
+	in   []byte            // bytes that arrived before the hand-over
 }
 
 // hubServer and hubClient are the hand-over targets of a registering
@@ -178,9 +178,9 @@ func takeOver(h *hub, c *conn) *tpEnd {
 	e := &tpEnd{h: h, sock: c.sk, fd: c.sk.Fd(), ws: c.ws, tk: c.tk, peer: hostOf(c.peer),
 		in: c.late, readable: true, writable: true}
 	if e.ws != nil {
-		e.ws.dec.MaxFrame = 0
+		e.ws.Dec.MaxFrame = 0
 	}
-	if q := c.out.take(); len(q) > 0 { // pongs owed since the registration
+	if q := c.out.Take(); len(q) > 0 { // pongs owed since the registration
 		e.buf().B = append(e.buf().B, q...)
 	}
 	return e
@@ -603,16 +603,16 @@ func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 	}
 	in, w := buf, 0
 	for len(in) > 0 && !e.closing {
-		ev, fr, m, err := e.ws.step(in, &e.ctrl)
-		if err == errCtrlFull || (err == nil && e.pending()+e.ctrl.len() > h.endBudget(e)) {
+		ev, fr, m, err := e.ws.Step(in, &e.ctrl)
+		if err == handshake.ErrQueueFull || (err == nil && e.pending()+e.ctrl.Len() > h.endBudget(e)) {
 			h.s.log.Debug("tunnelproxy end does not read its control frames", "peer", e.peer)
-			e.ctrl.take()
+			e.ctrl.Take()
 			h.endOver(e)
 			return buf[:w]
 		}
 		if err != nil {
-			code, text := closeCodeOf(err)
-			e.ws.sendClose(&e.ctrl, code, text)
+			code, text := handshake.CloseCodeOf(err)
+			e.ws.SendClose(&e.ctrl, code, text)
 			e.closing = true
 			if e.server {
 				h.srvReason = ReasonWebSocket
@@ -620,20 +620,20 @@ func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 			break
 		}
 		in = in[m:]
-		if ev == wsMore {
+		if ev == handshake.EventMore {
 			break
 		}
-		if ev == wsClose {
+		if ev == handshake.EventClose {
 			e.closing = true
 			break
 		}
-		if ev == wsData && fr.Kind == handshake.FragPayload {
+		if ev == handshake.EventData && fr.Kind == handshake.FragPayload {
 			w += copy(buf[w:], fr.Data) // output never overtakes input
 		}
 	}
-	if e.ctrl.len() > 0 {
+	if e.ctrl.Len() > 0 {
 		b := e.buf()
-		b.B = append(b.B, e.ctrl.take()...)
+		b.B = append(b.B, e.ctrl.Take()...)
 	}
 	return buf[:w]
 }
@@ -642,7 +642,7 @@ func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 // reading: the server's high mark, or a client's buffer.
 func (h *hub) endBudget(e *tpEnd) int {
 	if e.server {
-		return tpServerHigh + ctrlMax
+		return tpServerHigh + handshake.QueueMax
 	}
 	return h.s.cfg.TPClientBuffer
 }
@@ -674,9 +674,9 @@ func (h *hub) endDone(e *tpEnd) {
 		return
 	}
 	r := ReasonPartnerClosed // DisconnectClient: the server ended it
-	if e.ws != nil && e.ws.closeRecv {
+	if e.ws != nil && e.ws.CloseRecv {
 		r = ReasonPeerClosed
-	} else if e.ws != nil && e.ws.closeSent {
+	} else if e.ws != nil && e.ws.CloseSent {
 		r = ReasonWebSocket
 	}
 	h.dropClient(e, true, r)
@@ -719,9 +719,9 @@ func (h *hub) release(e *tpEnd, r Reason) {
 	}
 	broken := r == ReasonPeerClosed || r == ReasonIOError || r == ReasonSlowReader || r == ReasonWriteStall
 	if e.ws != nil && !broken {
-		q := ctrlQueue{b: final}
-		e.ws.sendClose(&q, ws.StatusGoingAway, "tunnel closed")
-		final = q.b
+		q := handshake.Queue{B: final}
+		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
+		final = q.B
 	}
 	h.f.goodbye(e.sock, final, !broken, e.tk, r)
 	e.sock = nil
