@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // acAuth answers by token: "bad" fails, "hang" never answers, anything
@@ -30,7 +31,7 @@ func (acAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthRes
 // acCase drives clients that must end with a given reason.
 type acCase struct {
 	name string
-	want Reason // at least one close must be counted under it
+	want reason.Reason // at least one close must be counted under it
 	run  func(t *testing.T, s *Server)
 }
 
@@ -68,7 +69,7 @@ func acAuthed(t *testing.T, s *Server, token, uuid string) net.Conn {
 // acRun runs the cases against s and checks, once every connection is
 // gone, that each case's reason was counted and that the closes sum to
 // the accepted connections.
-func acRun(t *testing.T, s *Server, cases []acCase, seen map[Reason]bool) {
+func acRun(t *testing.T, s *Server, cases []acCase, seen map[reason.Reason]bool) {
 	t.Helper()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,7 +106,7 @@ func acBalanced(t *testing.T, s *Server) {
 // and that once every connection is gone the closes sum to the accepted
 // connections: no close is lost or counted twice.
 func TestCloseAccounting(t *testing.T) {
-	seen := map[Reason]bool{}
+	seen := map[reason.Reason]bool{}
 	s, cert, _ := startTLSServer(t, func(c *Config) {
 		c.Auth = acAuth{}
 		c.AuthTimeout = 300 * time.Millisecond
@@ -139,57 +140,57 @@ func TestCloseAccounting(t *testing.T) {
 	}
 	addr := s.Addrs()[0].String()
 	main := []acCase{
-		{"tcp pair: the closing side", ReasonPeerClosed, func(t *testing.T, s *Server) {
+		{"tcp pair: the closing side", reason.PeerClosed, func(t *testing.T, s *Server) {
 			a, b := pairOn(t, tcpURL(s), tcpURL(s), "ac-tcp")
 			exchangeAndClose(t, a, b)
 		}},
-		{"ws-tls pair: its partner", ReasonPartnerClosed, func(t *testing.T, s *Server) {
+		{"ws-tls pair: its partner", reason.PartnerClosed, func(t *testing.T, s *Server) {
 			a, b := pairOn(t, "wss://"+addr+"/", "tls://"+addr, "ac-mixed")
 			exchangeAndClose(t, a, b)
 		}},
-		{"unknown protocol", ReasonSniff, func(t *testing.T, s *Server) {
+		{"unknown protocol", reason.Sniff, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte("XYZ\r\n"))
 		}},
-		{"plain HTTP request", ReasonHTTP, func(t *testing.T, s *Server) {
+		{"plain HTTP request", reason.HTTP, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
 		}},
-		{"unmasked frame", ReasonWebSocket, func(t *testing.T, s *Server) {
+		{"unmasked frame", reason.WebSocket, func(t *testing.T, s *Server) {
 			w := hoDialWS(t, s)
 			w.write(hoFrame(0x81, true, -1, []byte("{}")))
 			w.expectClose(5*time.Second, true)
 		}},
-		{"unknown method", ReasonRPC, func(t *testing.T, s *Server) {
+		{"unknown method", reason.RPC, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"No.Such"}`+"\n"))
 		}},
-		{"oversized message", ReasonPreAuthLimit, func(t *testing.T, s *Server) {
+		{"oversized message", reason.PreAuthLimit, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"x":"`+strings.Repeat("a", 12<<10)))
 		}},
-		{"authentication refused", ReasonAuthFailed, func(t *testing.T, s *Server) {
+		{"authentication refused", reason.AuthFailed, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
 		}},
-		{"authenticator too slow", ReasonAuthTimeout, func(t *testing.T, s *Server) {
+		{"authenticator too slow", reason.AuthTimeout, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
 		}},
-		{"never authenticates", ReasonInactiveTimeout, func(t *testing.T, s *Server) {
+		{"never authenticates", reason.InactiveTimeout, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
 		}},
-		{"never speaks", ReasonHandshakeTimeout, func(t *testing.T, s *Server) {
+		{"never speaks", reason.HandshakeTimeout, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), nil)
 		}},
-		{"no partner", ReasonAloneTimeout, func(t *testing.T, s *Server) {
+		{"no partner", reason.AloneTimeout, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "ac-alone", newTestUUID()), nil)
 		}},
-		{"data before the tunnel", ReasonDataBeforeTunnel, func(t *testing.T, s *Server) {
+		{"data before the tunnel", reason.DataBeforeTunnel, func(t *testing.T, s *Server) {
 			c := acAuthed(t, s, "ac-early", newTestUUID())
 			acSendWait(t, c, []byte("early data"))
 		}},
-		{"third client", ReasonTunnelExists, func(t *testing.T, s *Server) {
+		{"third client", reason.TunnelExists, func(t *testing.T, s *Server) {
 			a, b := pairOn(t, tcpURL(s), tcpURL(s), "ac-three")
 			defer a.Close()
 			defer b.Close()
 			acSendWait(t, acAuthed(t, s, "ac-three", newTestUUID()), nil)
 		}},
-		{"same uuid twice", ReasonDuplicateUUID, func(t *testing.T, s *Server) {
+		{"same uuid twice", reason.DuplicateUUID, func(t *testing.T, s *Server) {
 			u := newTestUUID()
 			a := acAuthed(t, s, "ac-dup", u)
 			time.Sleep(50 * time.Millisecond)
@@ -197,7 +198,7 @@ func TestCloseAccounting(t *testing.T) {
 			hoReadToClose(t, a, 5*time.Second)
 			hoReadToClose(t, b, 5*time.Second)
 		}},
-		{"receiver never reads", ReasonWriteStall, func(t *testing.T, s *Server) {
+		{"receiver never reads", reason.WriteStall, func(t *testing.T, s *Server) {
 			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
 			sender, receiver := rawPair(t, addr, "ac-stall", nil, small)
 			go func() {
@@ -212,7 +213,7 @@ func TestCloseAccounting(t *testing.T) {
 			hoReadToClose(t, sender, 5*time.Second)
 			receiver.Close()
 		}},
-		{"receiver resets while data waits for it", ReasonIOError, func(t *testing.T, s *Server) {
+		{"receiver resets while data waits for it", reason.IOError, func(t *testing.T, s *Server) {
 			// The sender waits first (the tunnel's a side), so that when the
 			// receiver's reset is seen the relay's next act is a write to it.
 			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
@@ -250,10 +251,10 @@ func TestCloseAccounting(t *testing.T) {
 			receiver.Close() // RST
 			hoReadToClose(t, sender, 5*time.Second)
 		}},
-		{"bad TLS handshake", ReasonTLS, func(t *testing.T, s *Server) {
+		{"bad TLS handshake", reason.TLS, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), append([]byte{0x16, 0x03, 0x01, 0x00, 0x05}, "junk!"...))
 		}},
-		{"replies never read", ReasonSlowReader, func(t *testing.T, s *Server) {
+		{"replies never read", reason.SlowReader, func(t *testing.T, s *Server) {
 			c := acTCP(t, s)
 			_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
 			req := []byte(`{"id":1,"method":"RemoteProxy.Introspect"}` + "\n")
@@ -282,7 +283,7 @@ func TestCloseAccounting(t *testing.T) {
 		c.RPCTimeout = 200 * time.Millisecond
 		c.AuthTimeout = 5 * time.Second
 	})
-	acRun(t, rs, []acCase{{"call outlives RPCTimeout", ReasonRPCTimeout, func(t *testing.T, s *Server) {
+	acRun(t, rs, []acCase{{"call outlives RPCTimeout", reason.RPCTimeout, func(t *testing.T, s *Server) {
 		acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
 	}}}, seen)
 
@@ -300,21 +301,21 @@ func TestCloseAccounting(t *testing.T) {
 		}
 		waitFor(t, func() bool { return len(s.Snapshot().Clients) == n }, "connections held")
 	}
-	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConns = 1 }), []acCase{{"over MaxConns", ReasonLimitConns, func(t *testing.T, s *Server) {
+	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConns = 1 }), []acCase{{"over MaxConns", reason.LimitConns, func(t *testing.T, s *Server) {
 		hold(t, s, 1)
 		acSendWait(t, acTCP(t, s), nil)
 	}}}, seen)
-	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConnsPerIP = 1 }), []acCase{{"over MaxConnsPerIP", ReasonLimitConnsPerIP, func(t *testing.T, s *Server) {
+	acRun(t, limited(t, func(c *Config) { c.Limits.MaxConnsPerIP = 1 }), []acCase{{"over MaxConnsPerIP", reason.LimitConnsPerIP, func(t *testing.T, s *Server) {
 		hold(t, s, 1)
 		acSendWait(t, acTCP(t, s), nil)
 	}}}, seen)
-	acRun(t, limited(t, func(c *Config) { c.Limits.ConnRatePerIP = 1 }), []acCase{{"over ConnRatePerIP", ReasonLimitRate, func(t *testing.T, s *Server) {
+	acRun(t, limited(t, func(c *Config) { c.Limits.ConnRatePerIP = 1 }), []acCase{{"over ConnRatePerIP", reason.LimitRate, func(t *testing.T, s *Server) {
 		for range 3 {
 			c := acTCP(t, s)
 			c.Close()
 		}
 	}}}, seen)
-	acRun(t, limited(t, func(c *Config) { c.Limits.AuthFailuresPerIP = 1 }), []acCase{{"banned", ReasonBanned, func(t *testing.T, s *Server) {
+	acRun(t, limited(t, func(c *Config) { c.Limits.AuthFailuresPerIP = 1 }), []acCase{{"banned", reason.Banned, func(t *testing.T, s *Server) {
 		for range 2 {
 			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
 		}
@@ -327,7 +328,7 @@ func TestCloseAccounting(t *testing.T) {
 		c.MaxTLSHandshakes = 1
 		c.TLSHandshakeTimeout = 500 * time.Millisecond
 	})
-	acRun(t, gs, []acCase{{"TLS gate full", ReasonLimitTLS, func(t *testing.T, s *Server) {
+	acRun(t, gs, []acCase{{"TLS gate full", reason.LimitTLS, func(t *testing.T, s *Server) {
 		var wg sync.WaitGroup
 		for range 8 {
 			wg.Add(1)
@@ -351,13 +352,13 @@ func TestCloseAccounting(t *testing.T) {
 	waitFor(t, func() bool { return ss.reg.Len() == 1 }, "client waiting")
 	ss.Close()
 	hoReadToClose(t, waiting, 5*time.Second)
-	if ss.stats.closes[ReasonShutdown].Get() != 1 {
-		t.Errorf("shutdown counted %d times for one waiting client", ss.stats.closes[ReasonShutdown].Get())
+	if ss.stats.closes[reason.Shutdown].Get() != 1 {
+		t.Errorf("shutdown counted %d times for one waiting client", ss.stats.closes[reason.Shutdown].Get())
 	}
 	acBalanced(t, ss)
-	seen[ReasonShutdown] = true
+	seen[reason.Shutdown] = true
 
-	for r := Reason(0); r < reasonCount; r++ {
+	for r := reason.Reason(0); r < reason.Count; r++ {
 		if !seen[r] {
 			t.Errorf("close reason %s is not exercised (reachable, or remove it)", r)
 		}

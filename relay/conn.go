@@ -11,6 +11,7 @@ import (
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // state is where a connection is on its way to a tunnel:
@@ -79,13 +80,13 @@ type conn struct {
 
 	mu      sync.Mutex
 	rel     release
-	frozen  bool   // released: the connection belongs to its target or is gone; nothing changes it
-	gone    bool   // released while claimed but before a target was set (pairUp delivers)
-	sk      sock   // the socket, detached for the target when released while claimed
-	reason  Reason // closing: why; claimed: why the set-up failed, if failed
-	failed  bool   // claimed: the set-up failed (reason says why)
-	linger  bool   // closing: let the client read what we sent before the socket closes
-	skipNL  bool   // claimed by a raw-TCP registration: drop the request's newline
+	frozen  bool          // released: the connection belongs to its target or is gone; nothing changes it
+	gone    bool          // released while claimed but before a target was set (pairUp delivers)
+	sk      sock          // the socket, detached for the target when released while claimed
+	reason  reason.Reason // closing: why; claimed: why the set-up failed, if failed
+	failed  bool          // claimed: the set-up failed (reason says why)
+	linger  bool          // closing: let the client read what we sent before the socket closes
+	skipNL  bool          // claimed by a raw-TCP registration: drop the request's newline
 	ws      *handshake.Stream
 	out     handshake.Queue // replies not yet written; kept for the target once claimed
 	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
@@ -123,7 +124,7 @@ type connKey struct{}
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	s.stats.accepted.Inc()
 	key, r := s.admit(nc.RemoteAddr())
-	if r != reasonCount {
+	if r != reason.Count {
 		s.stats.closes[r].Inc()
 		nc.Close()
 		return context.Background()
@@ -135,7 +136,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	}
 	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {
-		tk.end(ReasonShutdown)
+		tk.End(reason.Shutdown)
 		nc.Close()
 		return context.Background()
 	}
@@ -167,14 +168,14 @@ func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
 }
 
 // admit places a new connection under the limits: its limiter key, or the
-// refusal reason (reasonCount when admitted).
-func (s *Server) admit(peer net.Addr) (key netip.Addr, r Reason) {
+// refusal reason (reason.Count when admitted).
+func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason) {
 	ip := addrOf(peer)
 	key, r = s.lim.admit(ip)
-	if r == reasonCount {
+	if r == reason.Count {
 		return key, r
 	}
-	if r == ReasonBanned || r == ReasonLimitRate {
+	if r == reason.Banned || r == reason.LimitRate {
 		s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
 	} else {
 		s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
@@ -209,7 +210,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		// something too big hears why (e.g. a 1009 close).
 		_ = r.Skip(r.Len())
 		c.s.log.Debug("input before the tunnel over budget", "peer", c.peer.String())
-		c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Input over budget")
+		c.fail(reason.PreAuthLimit, ws.StatusMessageTooBig, "Input over budget")
 	}
 	_ = r.Release()
 	c.unlock()
@@ -278,12 +279,12 @@ func (c *conn) flush() {
 	case err != nil:
 		c.out.Take()
 		c.linger = false
-		c.close(ReasonIOError)
+		c.close(reason.IOError)
 	case c.out.Len() > 0:
 		c.s.log.Debug("client does not read its replies", "peer", c.peer.String())
 		c.out.Take()
 		c.linger = false
-		c.close(ReasonSlowReader)
+		c.close(reason.SlowReader)
 	}
 }
 
@@ -301,14 +302,14 @@ func (c *conn) send(msg []byte) {
 	}
 	if !ok {
 		c.out.Take()
-		c.close(ReasonSlowReader)
+		c.close(reason.SlowReader)
 	}
 }
 
 // close ends the connection for r; the first reason wins. A claimed
 // connection is not closed: it is marked failed and its target learns why.
 // Called with mu held; unlock asks the transport to let go.
-func (c *conn) close(r Reason) {
+func (c *conn) close(r reason.Reason) {
 	if c.frozen {
 		return
 	}
@@ -336,7 +337,7 @@ func (c *conn) close(r Reason) {
 
 // setFailed records why a claimed connection's set-up failed (the first
 // reason wins) and makes sure its transport lets go.
-func (c *conn) setFailed(r Reason) {
+func (c *conn) setFailed(r reason.Reason) {
 	if !c.failed {
 		c.failed, c.reason = true, r
 	}
@@ -353,7 +354,7 @@ func (c *conn) wantRelease() {
 // fail ends the connection for reason, gracefully: a WebSocket client gets
 // a close frame with code and text first, and the socket lingers until the
 // client has read what it was sent. Called with mu held.
-func (c *conn) fail(reason Reason, code ws.StatusCode, text string) {
+func (c *conn) fail(reason reason.Reason, code ws.StatusCode, text string) {
 	if c.frozen {
 		return
 	}
@@ -381,7 +382,7 @@ func (c *conn) onHandshakeTimeout() {
 	switch state(c.st.Load()) {
 	case stSniff, stHTTP:
 		c.s.log.Debug("handshake timeout", "peer", c.peer.String())
-		c.close(ReasonHandshakeTimeout)
+		c.close(reason.HandshakeTimeout)
 	}
 	c.unlock()
 }
@@ -391,7 +392,7 @@ func (c *conn) onInactive() {
 	switch state(c.st.Load()) {
 	case stSniff, stHTTP, stRPC, stAuthing:
 		c.s.log.Debug("inactive timeout", "peer", c.peer.String())
-		c.fail(ReasonInactiveTimeout, ws.StatusPolicyViolation, "Inactive timeout")
+		c.fail(reason.InactiveTimeout, ws.StatusPolicyViolation, "Inactive timeout")
 	}
 	c.unlock()
 }
@@ -400,14 +401,14 @@ func (c *conn) onAlone() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stWaiting {
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
-		c.fail(ReasonAloneTimeout, ws.StatusPolicyViolation, "No partner arrived")
+		c.fail(reason.AloneTimeout, ws.StatusPolicyViolation, "No partner arrived")
 	}
 	c.unlock()
 }
 
 func (c *conn) shutdown() {
 	c.mu.Lock()
-	c.fail(ReasonShutdown, ws.StatusGoingAway, "Server shutting down")
+	c.fail(reason.Shutdown, ws.StatusGoingAway, "Server shutting down")
 	c.unlock()
 }
 
@@ -431,7 +432,7 @@ func (c *conn) released(left []byte) {
 	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now
 		if c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
 			c.s.reg.Leave(c.key, c)
-			c.reason = ReasonPeerClosed
+			c.reason = reason.PeerClosed
 		}
 	}
 	if state(c.st.Load()) == stClaimed {
@@ -439,11 +440,11 @@ func (c *conn) released(left []byte) {
 			c.consume(left) // pings answered for the target, data recorded as late
 		}
 		if spontaneous {
-			c.setFailed(ReasonPeerClosed)
+			c.setFailed(reason.PeerClosed)
 		}
 		sk, err := c.tr.detach()
 		if err != nil {
-			c.setFailed(ReasonIOError)
+			c.setFailed(reason.IOError)
 		}
 		c.sk = sk
 		t := c.target
@@ -457,7 +458,7 @@ func (c *conn) released(left []byte) {
 		return
 	}
 	if st := state(c.st.Load()); st != stClosing && st != stDone {
-		c.reason = ReasonPeerClosed
+		c.reason = reason.PeerClosed
 	}
 	c.st.Store(uint32(stDone))
 	reason, linger := c.reason, c.linger && !spontaneous
@@ -466,13 +467,13 @@ func (c *conn) released(left []byte) {
 	c.s.track(c, false)
 	if !linger {
 		c.tr.discard()
-		c.tk.end(reason)
+		c.tk.End(reason)
 		return
 	}
 	sk, err := c.tr.detach()
 	if err != nil {
 		c.tr.discard()
-		c.tk.end(reason)
+		c.tk.End(reason)
 		return
 	}
 	c.s.goodbye(sk, nil, true, c.tk, reason)

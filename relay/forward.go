@@ -12,6 +12,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/pool"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // A paired tunnel leaves netpoll: netpoll reads eagerly into its own buffers
@@ -56,11 +57,11 @@ type tunnel struct {
 	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from a and from b (read by monitors)
 
-	closing bool      // no more reads; finish once everything queued is written
-	reason  Reason    // why closing: counted for culprit, the other side gets partner_closed
-	culprit *endpoint // the side whose client (or socket) ended the tunnel; nil: neither
-	dead    bool      // torn down
-	queued  bool      // in the forwarder's again list
+	closing bool          // no more reads; finish once everything queued is written
+	reason  reason.Reason // why closing: counted for culprit, the other side gets partner_closed
+	culprit *endpoint     // the side whose client (or socket) ended the tunnel; nil: neither
+	dead    bool          // torn down
+	queued  bool          // in the forwarder's again list
 }
 
 // tunnelSetup is the hand-over state, dropped once both sides are in.
@@ -175,7 +176,7 @@ func (t *tunnel) ready(c *conn) {
 	a, b := su.ca, su.cb
 	for _, c := range []*conn{a, b} {
 		if !c.failed && c.sentEarly() {
-			c.failed, c.reason = true, ReasonDataBeforeTunnel
+			c.failed, c.reason = true, reason.DataBeforeTunnel
 		}
 	}
 	if a.failed || b.failed {
@@ -202,14 +203,14 @@ func (c *conn) sentEarly() bool {
 // that failed ends with its own reason and the other is told its partner
 // left.
 func (t *tunnel) abandon(a, b *conn) {
-	reason := a.reason
+	why := a.reason
 	if !a.failed {
-		reason = b.reason
+		why = b.reason
 	}
-	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", reason.String())
+	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
 	t.s.reg.Leave(t.key, t)
 	for _, c := range []*conn{a, b} {
-		t.s.dismiss(c, ReasonPartnerClosed, ws.StatusGoingAway, "Partner left")
+		t.s.dismiss(c, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
 	}
 }
 
@@ -305,7 +306,7 @@ func (f *forwarder) add(t *tunnel) {
 	}
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		ep.sock.Close()
-		ep.tk.end(ReasonShutdown)
+		ep.tk.End(reason.Shutdown)
 	}
 }
 
@@ -442,7 +443,7 @@ func (f *forwarder) startTunnel(t *tunnel) {
 		if err := f.register(ep.fd, ep); err != nil {
 			f.s.log.Error("epoll add", "err", err)
 			ep.broken = true
-			f.startClose(t, ep, ReasonIOError)
+			f.startClose(t, ep, reason.IOError)
 			f.teardown(t)
 			return
 		}
@@ -616,7 +617,7 @@ func (f *forwarder) fill(src, dst *endpoint) bool {
 			p, err := pool.GetPipe()
 			if err != nil {
 				f.s.log.Error("pipe", "err", err)
-				f.startClose(t, nil, ReasonIOError)
+				f.startClose(t, nil, reason.IOError)
 				f.teardown(t)
 				return false
 			}
@@ -713,7 +714,7 @@ func (f *forwarder) deframe(src, dst *endpoint, b []byte, n int) (int, error) {
 			return w, nil
 		case handshake.EventClose:
 			src.eof = true
-			f.startClose(src.t, src, ReasonPeerClosed)
+			f.startClose(src.t, src, reason.PeerClosed)
 			return w, nil
 		case handshake.EventControl:
 			continue
@@ -746,12 +747,12 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 	ep.eof = true
 	if err == handshake.ErrQueueFull {
 		ep.broken = true
-		f.startClose(ep.t, ep, ReasonSlowReader)
+		f.startClose(ep.t, ep, reason.SlowReader)
 		return
 	}
 	code, text := handshake.CloseCodeOf(err)
 	ep.ws.SendClose(&ep.ctrl, code, text)
-	f.startClose(ep.t, ep, ReasonWebSocket)
+	f.startClose(ep.t, ep, reason.WebSocket)
 }
 
 // ended handles the end of what ep sends (EOF or reset): its client is
@@ -759,14 +760,14 @@ func (f *forwarder) wsError(ep *endpoint, err error) {
 func (f *forwarder) ended(ep *endpoint) {
 	ep.eof, ep.broken = true, true
 	ep.ctrl.Take()
-	f.startClose(ep.t, ep, ReasonPeerClosed)
+	f.startClose(ep.t, ep, reason.PeerClosed)
 }
 
 // startClose stops reading both sides; what is queued is still delivered,
 // then the tunnel is torn down. A WebSocket partner gets a close frame.
 // culprit (nil for none) is the side that ended the tunnel: it is counted
 // under reason, the other side under partner_closed.
-func (f *forwarder) startClose(t *tunnel, culprit *endpoint, reason Reason) {
+func (f *forwarder) startClose(t *tunnel, culprit *endpoint, reason reason.Reason) {
 	if t.closing {
 		return
 	}
@@ -785,7 +786,7 @@ func (f *forwarder) startClose(t *tunnel, culprit *endpoint, reason Reason) {
 func (f *forwarder) writeFailed(dst *endpoint, err error) {
 	f.s.log.Debug("tunnel write failed", "err", err)
 	dst.broken = true
-	f.startClose(dst.t, dst, ReasonIOError)
+	f.startClose(dst.t, dst, reason.IOError)
 	f.teardown(dst.t)
 }
 
@@ -809,7 +810,7 @@ func (f *forwarder) scanStalls(now int64) {
 		if now-ep.stallSince >= limit && !ep.t.dead {
 			f.s.log.Debug("write stall", "stalled_for", time.Duration(now-ep.stallSince))
 			ep.broken = true // it reads nothing: no lingering
-			f.startClose(ep.t, ep, ReasonWriteStall)
+			f.startClose(ep.t, ep, reason.WriteStall)
 			f.teardown(ep.t)
 		}
 	}
@@ -824,7 +825,7 @@ func (f *forwarder) teardown(t *tunnel) {
 	}
 	t.dead = true
 	if !t.closing {
-		f.startClose(t, nil, ReasonShutdown)
+		f.startClose(t, nil, reason.Shutdown)
 	}
 	for _, ep := range []*endpoint{&t.a, &t.b} {
 		delete(f.stalled, ep)
@@ -836,12 +837,12 @@ func (f *forwarder) teardown(t *tunnel) {
 			pool.PutPipe(ep.pipe)
 			ep.pipe = nil
 		}
-		r := ReasonPartnerClosed
+		r := reason.PartnerClosed
 		if t.culprit == ep || t.culprit == nil {
 			r = t.reason
 		}
 		if ep.sock == nil {
-			ep.tk.end(r)
+			ep.tk.End(r)
 			continue
 		}
 		f.unregister(ep.fd)
@@ -868,7 +869,7 @@ func (f *forwarder) shutdown() {
 		fn()
 	}
 	for h := range f.hubs {
-		h.close(ReasonShutdown)
+		h.close(reason.Shutdown)
 	}
 	for _, p := range f.eps {
 		switch p := p.(type) {
@@ -887,7 +888,7 @@ func (f *forwarder) shutdown() {
 				}
 			}
 			if !t.closing {
-				f.startClose(t, nil, ReasonShutdown)
+				f.startClose(t, nil, reason.Shutdown)
 			}
 			f.teardown(t)
 		}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // httpHead gathers an HTTP request head (at most MaxHeader bytes), then
@@ -18,7 +19,7 @@ func (c *conn) httpHead(p []byte) {
 		c.s.log.Debug("HTTP head too large", "peer", c.peer.String(), "bytes", max(end, len(c.in)))
 		c.sendRaw([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
 		c.linger = true
-		c.close(ReasonPreAuthLimit)
+		c.close(reason.PreAuthLimit)
 		return
 	}
 	if end == 0 {
@@ -34,7 +35,7 @@ func (c *conn) httpHead(p []byte) {
 	if !ok {
 		c.s.log.Debug("websocket upgrade refused", "peer", c.peer.String(), "err", err)
 		c.linger = true
-		c.close(ReasonHTTP)
+		c.close(reason.HTTP)
 		return
 	}
 	c.ws = &handshake.Stream{}
@@ -52,7 +53,7 @@ func (c *conn) httpHead(p []byte) {
 // Called with mu held.
 func (c *conn) sendRaw(b []byte) {
 	if !c.out.Push(b) {
-		c.close(ReasonSlowReader)
+		c.close(reason.SlowReader)
 	}
 }
 
@@ -61,5 +62,5 @@ func (c *conn) sendRaw(b []byte) {
 func (c *conn) plainHTTP(head []byte) {
 	c.sendRaw(c.s.httpResponse(head))
 	c.linger = true
-	c.close(ReasonHTTP)
+	c.close(reason.HTTP)
 }

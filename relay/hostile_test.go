@@ -1014,9 +1014,9 @@ func TestHostileLogLines(t *testing.T) {
 		{name: "websocket frame too big", ws: true, send: hoFrame(0x81, false, 1<<20, nil), want: "websocket protocol error"},
 		{name: "websocket message too big in fragments", ws: true, send: append(hoF(ws.OpText, false, bytes.Repeat([]byte(" "), 6<<10)),
 			hoF(ws.OpContinuation, true, bytes.Repeat([]byte(" "), 6<<10))...), want: "",
-			bug: "no log line when fragments add up to more than MaxPreAuth (relay/sniff.go consumeWS: c.fail(ReasonPreAuthLimit, 1009) without a log call)"},
+			bug: "no log line when fragments add up to more than MaxPreAuth (relay/sniff.go consumeWS: c.fail(reason.PreAuthLimit, 1009) without a log call)"},
 		{name: "websocket binary before auth", ws: true, send: hoF(ws.OpBinary, true, []byte{1}), want: "",
-			bug: "no log line for a BINARY message before the tunnel (relay/sniff.go consumeWS: c.fail(ReasonWebSocket, 1011) without a log call)"},
+			bug: "no log line for a BINARY message before the tunnel (relay/sniff.go consumeWS: c.fail(reason.WebSocket, 1011) without a log call)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meetpoint/meetpoint/relay/reason"
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
@@ -144,32 +145,32 @@ func (l *limiter) exempt(ip netip.Addr) bool {
 
 // admit decides on a new connection from ip. On success it returns the
 // limiter key the connection is counted under (release it when the
-// connection ends) and reasonCount; otherwise the refusal reason.
-func (l *limiter) admit(ip netip.Addr) (netip.Addr, Reason) {
+// connection ends) and reason.Count; otherwise the refusal reason.
+func (l *limiter) admit(ip netip.Addr) (netip.Addr, reason.Reason) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
-		return netip.Addr{}, ReasonLimitConns
+		return netip.Addr{}, reason.LimitConns
 	}
 	if l.exempt(ip) {
 		l.total++
-		return netip.Addr{}, reasonCount // the zero key: no per-address state
+		return netip.Addr{}, reason.Count // the zero key: no per-address state
 	}
 	k := l.key(ip)
 	now := l.now()
 	st := l.state(k, now)
 	if now.Before(st.bannedTill) {
-		return netip.Addr{}, ReasonBanned
+		return netip.Addr{}, reason.Banned
 	}
 	if l.lim.MaxConnsPerIP > 0 && st.conns >= l.lim.MaxConnsPerIP {
-		return netip.Addr{}, ReasonLimitConnsPerIP
+		return netip.Addr{}, reason.LimitConnsPerIP
 	}
 	if st.rate != nil && !st.rate.AllowN(now, 1) {
-		return netip.Addr{}, ReasonLimitRate
+		return netip.Addr{}, reason.LimitRate
 	}
 	st.conns++
 	l.total++
-	return k, reasonCount
+	return k, reason.Count
 }
 
 // state is key's record, created with a full rate bucket; it is marked

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // closedSoon reports whether the server closes c within d.
@@ -184,28 +185,28 @@ func TestLimiterUnit(t *testing.T) {
 	l := newLimiter(Limits{MaxConnsPerIP: 2, ConnRatePerIP: 1, AuthFailuresPerIP: 1, BanTime: time.Minute})
 	l.now = func() time.Time { return now }
 	ip := netip.MustParseAddr("192.0.2.1")
-	admit := func() Reason { _, r := l.admit(ip); return r }
+	admit := func() reason.Reason { _, r := l.admit(ip); return r }
 	for range 2 {
-		if r := admit(); r != reasonCount {
+		if r := admit(); r != reason.Count {
 			t.Fatalf("burst of 2 refused: %v", r)
 		}
 	}
-	if r := admit(); r != ReasonLimitConnsPerIP {
+	if r := admit(); r != reason.LimitConnsPerIP {
 		t.Fatalf("3rd: %v", r)
 	}
 	l.release(ip)
-	if r := admit(); r != ReasonLimitRate {
+	if r := admit(); r != reason.LimitRate {
 		t.Fatalf("rate: %v", r)
 	}
 	now = now.Add(2 * time.Second)
-	if r := admit(); r != reasonCount {
+	if r := admit(); r != reason.Count {
 		t.Fatalf("after refill: %v", r)
 	}
 	if l.authFailed(ip) || !l.authFailed(ip) {
 		t.Fatal("ban after the 2nd failure within a minute")
 	}
 	now = now.Add(30 * time.Second)
-	if r := admit(); r != ReasonBanned {
+	if r := admit(); r != reason.Banned {
 		t.Fatalf("banned: %v", r)
 	}
 	now = now.Add(31 * time.Second)
@@ -228,31 +229,31 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	other := netip.MustParseAddr("2001:db8:1:3::1")
 	ka, r1 := l.admit(a)
 	kb, r2 := l.admit(b)
-	if r1 != reasonCount || r2 != reasonCount || ka != kb {
+	if r1 != reason.Count || r2 != reason.Count || ka != kb {
 		t.Fatalf("first two from one /64: %v %v, keys %v %v", r1, r2, ka, kb)
 	}
-	if _, r := l.admit(netip.MustParseAddr("2001:db8:1:2:1234::77")); r != ReasonLimitConnsPerIP {
+	if _, r := l.admit(netip.MustParseAddr("2001:db8:1:2:1234::77")); r != reason.LimitConnsPerIP {
 		t.Fatalf("third address of the same /64: %v, want limit_conns_per_ip", r)
 	}
-	if _, r := l.admit(other); r != reasonCount {
+	if _, r := l.admit(other); r != reason.Count {
 		t.Fatalf("another /64: %v", r)
 	}
 	l.release(ka)
-	if _, r := l.admit(netip.MustParseAddr("2001:db8:1:2::42")); r != reasonCount {
+	if _, r := l.admit(netip.MustParseAddr("2001:db8:1:2::42")); r != reason.Count {
 		t.Fatalf("after a release: %v", r)
 	}
 	ll := newLimiter(Limits{MaxConnsPerIP: 1, IPv6Prefix: 128})
-	if _, r := ll.admit(a); r != reasonCount {
+	if _, r := ll.admit(a); r != reason.Count {
 		t.Fatal(r)
 	}
-	if _, r := ll.admit(b); r != reasonCount {
+	if _, r := ll.admit(b); r != reason.Count {
 		t.Fatalf("prefix 128 keys by address: %v", r)
 	}
 	zl := newLimiter(Limits{MaxConnsPerIP: 1})
-	if _, r := zl.admit(netip.MustParseAddr("fe80::1%eth0")); r != reasonCount {
+	if _, r := zl.admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.Count {
 		t.Fatal(r)
 	}
-	if _, r := zl.admit(netip.MustParseAddr("fe80::2%eth1")); r != ReasonLimitConnsPerIP {
+	if _, r := zl.admit(netip.MustParseAddr("fe80::2%eth1")); r != reason.LimitConnsPerIP {
 		t.Fatalf("link-local /64, other zone: %v", r)
 	}
 	v4 := newLimiter(Limits{MaxConnsPerIP: 1})

@@ -3,6 +3,7 @@ package relay
 import (
 	"time"
 
+	"github.com/meetpoint/meetpoint/relay/reason"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,16 +20,16 @@ const lingerTimeout = time.Second
 // would make the kernel send a reset, which can destroy the last reply
 // before the client reads it (and a browser reports a WebSocket closed
 // that way as unclean). The ticket ends with r when the socket is closed.
-func (s *Server) goodbye(sk sock, final []byte, linger bool, tk *ticket, r Reason) {
+func (s *Server) goodbye(sk sock, final []byte, linger bool, tk *ticket, r reason.Reason) {
 	f := s.pickForwarder(sk.Fd())
 	if !f.do(func() { f.goodbye(sk, final, linger, tk, r) }) {
 		sk.Close()
-		tk.end(r)
+		tk.End(r)
 	}
 }
 
 // goodbye is Server.goodbye on the loop goroutine.
-func (f *forwarder) goodbye(sk sock, final []byte, linger bool, tk *ticket, r Reason) {
+func (f *forwarder) goodbye(sk sock, final []byte, linger bool, tk *ticket, r reason.Reason) {
 	for len(final) > 0 {
 		n, err := sk.Write(final)
 		final = final[n:]
@@ -39,7 +40,7 @@ func (f *forwarder) goodbye(sk sock, final []byte, linger bool, tk *ticket, r Re
 	flushed := sk.Flush() == nil && len(final) == 0
 	if !linger || !flushed || f.stopping.Load() {
 		sk.Close()
-		tk.end(r)
+		tk.End(r)
 		return
 	}
 	l := &lingerer{sk: sk, tk: tk, r: r, until: time.Now().Add(lingerTimeout)}
@@ -59,7 +60,7 @@ func (f *forwarder) goodbye(sk sock, final []byte, linger bool, tk *ticket, r Re
 type lingerer struct {
 	sk    sock
 	tk    *ticket
-	r     Reason
+	r     reason.Reason
 	until time.Time
 }
 
@@ -90,7 +91,7 @@ func (l *lingerer) finish(f *forwarder) {
 		delete(f.eps, int32(l.sk.Fd())) // closing the descriptor removes it from the epoll set
 	}
 	l.sk.Close()
-	l.tk.end(l.r)
+	l.tk.End(l.r)
 }
 
 // scanLingering closes sockets whose client did not close in time.

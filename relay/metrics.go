@@ -5,61 +5,8 @@ import (
 	"io"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
-
-// Reason names why a connection ended. Every accepted socket ends exactly
-// once, with one reason, counted once (meetpoint_closes_total{reason}); the
-// only place that counts is ticket.end, so once every connection is gone the
-// sum of closes equals meetpoint_connections_accepted_total.
-type Reason uint8
-
-// The close reasons.
-const (
-	ReasonPeerClosed       Reason = iota // the client closed its end (FIN, RST or WebSocket close)
-	ReasonPartnerClosed                  // the other side of the tunnel, or the TunnelProxy server, went away
-	ReasonSniff                          // first bytes are no protocol we speak
-	ReasonHTTP                           // bad or oversized HTTP request, or a plain HTTP request served
-	ReasonWebSocket                      // WebSocket protocol violation
-	ReasonRPC                            // JSON-RPC error (bad JSON, unknown method, bad params) or a refused TunnelProxy registration
-	ReasonPreAuthLimit                   // input before the tunnel over its budget (MaxHeader, MaxPreAuth)
-	ReasonAuthFailed                     // authenticator said no
-	ReasonAuthTimeout                    // authenticator too slow
-	ReasonRPCTimeout                     // asynchronous call exceeded RPCTimeout
-	ReasonInactiveTimeout                // not authenticated within InactiveTimeout (TunnelProxy server: silent for TPServerTimeout)
-	ReasonAloneTimeout                   // no partner within AloneTimeout
-	ReasonDataBeforeTunnel               // data after Authenticate, before TunnelEstablished
-	ReasonTunnelExists                   // third client for a (token, nonce) already paired
-	ReasonDuplicateUUID                  // both sides presented the same uuid
-	ReasonWriteStall                     // receiver accepted nothing for WriteStallTimeout
-	ReasonIOError                        // a write or a system call on the socket failed
-	ReasonShutdown                       // server closing
-	ReasonTLS                            // TLS handshake failed, timed out, or TLS refused/required
-	ReasonLimitConns                     // MaxConns reached
-	ReasonLimitConnsPerIP                // MaxConnsPerIP reached for the source address (or IPv6 prefix)
-	ReasonLimitRate                      // ConnRatePerIP exceeded
-	ReasonBanned                         // source address banned after failed authentications
-	ReasonHandshakeTimeout               // sniff / HTTP head not complete within HandshakeTimeout
-	ReasonSlowReader                     // output the client does not read exceeded its budget (replies, control frames, TunnelProxy backlog)
-	ReasonLimitTLS                       // MaxTLSHandshakes busy and its queue full, or queued past the handshake deadline
-	reasonCount
-)
-
-var reasonNames = [reasonCount]string{
-	"peer_closed", "partner_closed", "sniff", "http", "websocket", "rpc",
-	"preauth_limit", "auth_failed", "auth_timeout", "rpc_timeout",
-	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
-	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
-	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
-	"slow_reader", "limit_tls_handshakes",
-}
-
-// String returns the reason's metric label.
-func (r Reason) String() string {
-	if r < reasonCount {
-		return reasonNames[r]
-	}
-	return "unknown"
-}
 
 // stats are the server's counters. All are live: they move as events happen,
 // not when connections close.
@@ -84,7 +31,7 @@ type stats struct {
 	tpBytes           *metrics.Counter // TunnelProxy bytes read from servers and clients
 	accepted          *metrics.Counter // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
-	closes            [reasonCount]*metrics.Counter
+	closes            [reason.Count]*metrics.Counter
 }
 
 func newStats() *stats {
@@ -111,7 +58,7 @@ func newStats() *stats {
 	s.tpBytes = s.set.NewCounter(`meetpoint_tunnelproxy_bytes_total`)
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
-	for r := Reason(0); r < reasonCount; r++ {
+	for r := reason.Reason(0); r < reason.Count; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}
 	return s
@@ -137,9 +84,9 @@ func (s *Server) Stats() Stats {
 		ConnectionsTCP: st.connsTCP.Get(), ConnectionsWS: st.connsWS.Get(),
 		TunnelsActive: st.tunnelsActive.Get(), TunnelsTotal: st.tunnelsTotal.Get(),
 		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),
-		Closes: make(map[string]uint64, reasonCount),
+		Closes: make(map[string]uint64, reason.Count),
 	}
-	for r := Reason(0); r < reasonCount; r++ {
+	for r := reason.Reason(0); r < reason.Count; r++ {
 		if v := st.closes[r].Get(); v > 0 {
 			out.Closes[r.String()] = v
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // PairKey identifies a rendezvous: clients presenting the same token and the
@@ -178,7 +179,7 @@ func pairUp(a, b *conn) (t *tunnel, gone bool) {
 // refusal is the target of a claimed client that will get no tunnel (its
 // partner presented the same uuid): it is told why and closed.
 type refusal struct {
-	reason Reason
+	reason reason.Reason
 	text   string
 }
 
@@ -191,22 +192,22 @@ func (r refusal) ready(c *conn) {
 // whose target gave up on it): what the relay still owed the client, then
 // a close frame on WebSocket, then a lingering close. A connection whose
 // set-up failed ends with its own reason, any other with r.
-func (s *Server) dismiss(c *conn, r Reason, code ws.StatusCode, text string) {
+func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text string) {
 	if c.sk == nil {
-		c.tk.end(c.reason)
+		c.tk.End(c.reason)
 		return
 	}
 	if c.failed {
 		r = c.reason
-		if r == ReasonPeerClosed || r == ReasonIOError || r == ReasonSlowReader || r == ReasonPreAuthLimit {
+		if r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.PreAuthLimit {
 			c.sk.Close() // the client is gone or misbehaving: nothing more to say
-			c.tk.end(r)
+			c.tk.End(r)
 			return
 		}
 		switch r {
-		case ReasonDataBeforeTunnel:
+		case reason.DataBeforeTunnel:
 			code, text = ws.StatusPolicyViolation, "Data before tunnel established"
-		case ReasonShutdown:
+		case reason.Shutdown:
 			code, text = ws.StatusGoingAway, "Server shutting down"
 		}
 	}

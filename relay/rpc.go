@@ -7,6 +7,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // APIVersion is the legacy API version reported by RemoteProxy.Hello.
@@ -50,7 +51,7 @@ func (c *conn) handle(obj []byte) {
 func (c *conn) tpRefuse(id int, e handshake.TunnelProxyError) {
 	c.s.log.Debug("tunnelproxy registration refused", "peer", c.peer.String(), "error", e.String())
 	c.send(handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String())))
-	c.fail(ReasonRPC, ws.StatusPolicyViolation, e.String())
+	c.fail(reason.RPC, ws.StatusPolicyViolation, e.String())
 }
 
 // claimFor hands the connection to t: it leaves its transport, and t gets
@@ -101,10 +102,10 @@ func (c *conn) registerClient(req *handshake.Request) {
 // rpcFail answers a JSON-RPC error and closes, as nymea does after any
 // JSON-RPC-layer error.
 func (c *conn) rpcFail(id int, text string) {
-	c.rpcFailFor(ReasonRPC, id, text)
+	c.rpcFailFor(reason.RPC, id, text)
 }
 
-func (c *conn) rpcFailFor(r Reason, id int, text string) {
+func (c *conn) rpcFailFor(r reason.Reason, id int, text string) {
 	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
 	c.send(handshake.AppendError(nil, id, text))
 	c.fail(r, ws.StatusPolicyViolation, "JSON-RPC error")
@@ -137,7 +138,7 @@ func (c *conn) startAuth(req *AuthRequest) {
 func (c *conn) onRPCTimeout() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stAuthing {
-		c.rpcFailFor(ReasonRPCTimeout, c.authID, "Command timed out")
+		c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
 	}
 	c.unlock()
 }
@@ -170,11 +171,11 @@ func (c *conn) onAuthResult(r AuthResult) {
 	c.send(handshake.AppendSuccess(nil, c.authID,
 		handshake.Str("authenticationError", r.String())))
 	if r != AuthNoError {
-		reason, text := ReasonAuthFailed, "Authentication failed"
+		why, text := reason.AuthFailed, "Authentication failed"
 		if r == AuthTimeout {
-			reason, text = ReasonAuthTimeout, "Authentication timed out"
+			why, text = reason.AuthTimeout, "Authentication timed out"
 		}
-		c.fail(reason, ws.StatusPolicyViolation, text)
+		c.fail(why, ws.StatusPolicyViolation, text)
 		c.unlock()
 		return
 	}
@@ -195,16 +196,16 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.unlock()
 	case JoinFull:
 		c.st.Store(uint32(stRPC)) // not in the registry
-		c.fail(ReasonTunnelExists, ws.StatusPolicyViolation, "Tunnel already exists")
+		c.fail(reason.TunnelExists, ws.StatusPolicyViolation, "Tunnel already exists")
 		c.unlock()
 	case JoinDuplicateUUID:
 		c.st.Store(uint32(stRPC))
-		c.fail(ReasonDuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
+		c.fail(reason.DuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
 		c.unlock()
 		// The partner was claimed for us: its target is the refusal.
 		p := partner.(*conn)
 		p.mu.Lock()
-		p.target = refusal{ReasonDuplicateUUID, "Duplicated client UUID."}
+		p.target = refusal{reason.DuplicateUUID, "Duplicated client UUID."}
 		p.wantRelease()
 		gone := p.gone
 		p.unlock()

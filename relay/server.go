@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
@@ -300,7 +301,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		f.do(func() {
 			for h := range f.hubs {
 				if h.nclients.Load() == 0 {
-					h.close(ReasonShutdown)
+					h.close(reason.Shutdown)
 				}
 			}
 		})

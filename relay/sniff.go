@@ -4,6 +4,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // sniffMax is the most first bytes the sniffer needs to decide ("OPTIONS "
@@ -38,11 +39,11 @@ func (c *conn) sniff(p []byte) {
 		return
 	case kind == handshake.KindTLS:
 		c.s.log.Debug("refused TLS client: TLS not configured", "peer", c.peer.String())
-		c.close(ReasonTLS)
+		c.close(reason.TLS)
 		return
 	case kind != handshake.KindUnknown && !inTLS && c.s.cfg.TLSOnly:
 		c.s.log.Debug("refused plaintext client: TLS only", "peer", c.peer.String())
-		c.close(ReasonTLS)
+		c.close(reason.TLS)
 		return
 	}
 	switch kind {
@@ -55,7 +56,7 @@ func (c *conn) sniff(p []byte) {
 		c.httpHead(p)
 	default:
 		c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
-		c.close(ReasonSniff)
+		c.close(reason.Sniff)
 	}
 }
 
@@ -64,7 +65,7 @@ func (c *conn) sniff(p []byte) {
 // Called with mu held.
 func (c *conn) toTLS(p []byte) {
 	if len(c.in)+len(p) > tlsPrefixMax {
-		c.close(ReasonTLS)
+		c.close(reason.TLS)
 		return
 	}
 	c.late = append(c.in, p...)
@@ -117,7 +118,7 @@ func (c *conn) consumeJSON(p []byte) {
 		if obj == nil { // incomplete, and p is used up (or buf is over the limit)
 			if len(buf) > c.s.cfg.MaxPreAuth {
 				c.s.log.Debug("pre-auth buffer limit", "peer", c.peer.String(), "bytes", len(buf))
-				c.close(ReasonPreAuthLimit)
+				c.close(reason.PreAuthLimit)
 				return
 			}
 			if !inBuf {
@@ -166,7 +167,7 @@ func (c *conn) stashLate(p []byte) {
 		return
 	}
 	if len(c.late)+len(p) > c.s.cfg.MaxPreAuth {
-		c.setFailed(ReasonPreAuthLimit)
+		c.setFailed(reason.PreAuthLimit)
 		return
 	}
 	c.late = append(c.late, p...)
@@ -180,7 +181,7 @@ func (c *conn) consumeWS(p []byte) {
 	for len(p) > 0 && state(c.st.Load()) < stClosing {
 		ev, frag, n, err := c.ws.Step(p, &c.out)
 		if err == handshake.ErrQueueFull {
-			c.close(ReasonSlowReader)
+			c.close(reason.SlowReader)
 			return
 		}
 		if err != nil {
@@ -193,7 +194,7 @@ func (c *conn) consumeWS(p []byte) {
 			return
 		case handshake.EventClose:
 			c.linger = true
-			c.close(ReasonPeerClosed)
+			c.close(reason.PeerClosed)
 			return
 		case handshake.EventData:
 			c.wsData(frag)
@@ -219,13 +220,13 @@ func (c *conn) wsData(f handshake.Fragment) {
 	}
 	if f.Kind == handshake.FragHeader && f.Header.OpCode == ws.OpBinary {
 		c.s.log.Debug("binary message before the tunnel", "peer", c.peer.String())
-		c.fail(ReasonWebSocket, ws.StatusInternalServerError, "Binary message not expected.")
+		c.fail(reason.WebSocket, ws.StatusInternalServerError, "Binary message not expected.")
 		return
 	}
 	if f.Kind == handshake.FragPayload {
 		if len(c.msg)+len(f.Data) > c.s.cfg.MaxPreAuth {
 			c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(c.msg)+len(f.Data))
-			c.fail(ReasonPreAuthLimit, ws.StatusMessageTooBig, "Message too big")
+			c.fail(reason.PreAuthLimit, ws.StatusMessageTooBig, "Message too big")
 			return
 		}
 		c.msg = append(c.msg, f.Data...)
@@ -244,12 +245,12 @@ func (c *conn) wsData(f handshake.Fragment) {
 func (c *conn) wsFail(err error) {
 	c.s.log.Debug("websocket protocol error", "peer", c.peer.String(), "err", err)
 	code, text := handshake.CloseCodeOf(err)
-	c.fail(ReasonWebSocket, code, text)
+	c.fail(reason.WebSocket, code, text)
 }
 
 // dataBeforeTunnel closes a client that sent data after Authenticate and
 // before TunnelEstablished.
 func (c *conn) dataBeforeTunnel() {
 	c.s.log.Debug("data before tunnel", "peer", c.peer.String())
-	c.fail(ReasonDataBeforeTunnel, ws.StatusPolicyViolation, "Data before tunnel established")
+	c.fail(reason.DataBeforeTunnel, ws.StatusPolicyViolation, "Data before tunnel established")
 }

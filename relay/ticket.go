@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // A ticket is one accepted socket's membership of the server, from accept
@@ -49,7 +51,7 @@ func (tk *ticket) setKind(k transportKind) {
 // end accounts for the socket being closed: the close is counted under r,
 // the limiter slot and the transport gauge are given back, and the live
 // set shrinks. Only the first call does anything.
-func (tk *ticket) end(r Reason) {
+func (tk *ticket) End(r reason.Reason) {
 	if tk == nil || !tk.done.CompareAndSwap(false, true) {
 		return
 	}

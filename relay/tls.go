@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meetpoint/meetpoint/relay/reason"
 	"golang.org/x/sys/unix"
 )
 
@@ -241,7 +242,7 @@ func (t *tlsTransport) discard()              { t.s.Close() }
 func (t *tlsTransport) event(f *forwarder, events uint32) {
 	if events&unix.EPOLLOUT != 0 {
 		if err := t.s.Flush(); err != nil && err != unix.EAGAIN {
-			t.fail(ReasonIOError)
+			t.fail(reason.IOError)
 			return
 		}
 	}
@@ -264,7 +265,7 @@ func (t *tlsTransport) readAll(f *forwarder) {
 			continue
 		}
 		if err != unix.EAGAIN {
-			t.fail(ReasonPeerClosed)
+			t.fail(reason.PeerClosed)
 		}
 		return
 	}
@@ -272,7 +273,7 @@ func (t *tlsTransport) readAll(f *forwarder) {
 
 // fail ends the connection after its socket failed or its client left; a
 // claimed connection's target learns it (conn.close).
-func (t *tlsTransport) fail(r Reason) {
+func (t *tlsTransport) fail(r reason.Reason) {
 	c := t.c
 	c.mu.Lock()
 	c.close(r)
@@ -283,7 +284,7 @@ func (t *tlsTransport) fail(r Reason) {
 func (t *tlsTransport) shutdown(f *forwarder) {
 	c := t.c
 	c.mu.Lock()
-	c.fail(ReasonShutdown, 1001, "Server shutting down")
+	c.fail(reason.Shutdown, 1001, "Server shutting down")
 	c.flush()
 	c.rel = relAsked
 	c.mu.Unlock()
@@ -300,7 +301,7 @@ func (tlsHandoff) ready(c *conn) {
 		if c.sk != nil {
 			c.sk.Close()
 		}
-		c.tk.end(c.reason)
+		c.tk.End(c.reason)
 		return
 	}
 	c.s.tlsGate.submit(tlsJob{fd: c.sk.Fd(), prefix: c.late, peer: c.peer, tk: c.tk, at: c.created})
@@ -349,7 +350,7 @@ func (g *tlsGate) submit(j tlsJob) {
 
 func (g *tlsGate) refuse(j tlsJob) {
 	unix.Close(j.fd)
-	j.tk.end(ReasonLimitTLS)
+	j.tk.End(reason.LimitTLS)
 }
 
 // run handshakes j, then whatever waits, until the queue is empty.
@@ -387,7 +388,7 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	file.Close()
 	if err != nil {
 		s.stats.tlsFailed.Inc()
-		j.tk.end(ReasonTLS)
+		j.tk.End(reason.TLS)
 		return
 	}
 	ad := &nbConn{prefix: j.prefix, hs: hs, fd: -1}
@@ -407,7 +408,7 @@ func (s *Server) handshakeTLS(j tlsJob) {
 		if ad.fd >= 0 {
 			unix.Close(ad.fd)
 		}
-		j.tk.end(ReasonTLS)
+		j.tk.End(reason.TLS)
 		return
 	}
 	s.stats.tlsOK.Inc()
@@ -418,20 +419,20 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	c := s.newConn(tr, j.peer, j.tk)
 	if c == nil {
 		tsock.Close()
-		j.tk.end(ReasonShutdown)
+		j.tk.End(reason.Shutdown)
 		return
 	}
 	c.created = j.at
 	tr.c = c
 	if !f.do(func() {
 		if err := f.register(ad.fd, tr); err != nil {
-			tr.fail(ReasonIOError)
+			tr.fail(reason.IOError)
 			return
 		}
 		tr.readAll(f) // the handshake may have read application data already
 	}) {
 		c.mu.Lock()
-		c.close(ReasonShutdown)
+		c.close(reason.Shutdown)
 		c.rel = relAsked
 		c.mu.Unlock()
 		c.released(nil)

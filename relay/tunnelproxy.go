@@ -13,6 +13,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/pool"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // TunnelProxy API (nymea 1.x): a device registers once as a server
@@ -119,8 +120,8 @@ type hub struct {
 	pending       []*tpEnd // clients handed over before the server started
 	waiting       []*tpEnd // readable clients held back by tpServerHigh
 	slip          handshake.SLIPDecoder
-	lastRx        time.Time // server's last byte (dead-server timeout)
-	srvReason     Reason    // why the server is closing once its output is written
+	lastRx        time.Time     // server's last byte (dead-server timeout)
+	srvReason     reason.Reason // why the server is closing once its output is written
 	notifID       int
 	frame         []byte // scratch for one SLIP frame
 }
@@ -199,7 +200,7 @@ func (t hubServer) ready(c *conn) {
 	e := takeOver(h, c)
 	if e == nil {
 		h.s.tp.removeHub(h)
-		h.f.do(func() { h.close(ReasonPartnerClosed) }) // clients that came meanwhile
+		h.f.do(func() { h.close(reason.PartnerClosed) }) // clients that came meanwhile
 		c.s.dismiss(c, c.reason, 0, "")
 		return
 	}
@@ -210,7 +211,7 @@ func (t hubServer) ready(c *conn) {
 	if !h.f.do(func() { h.start(e, reply) }) {
 		h.s.tp.removeHub(h)
 		e.sock.Close()
-		e.tk.end(ReasonShutdown)
+		e.tk.End(reason.Shutdown)
 	}
 }
 
@@ -232,19 +233,19 @@ func (t hubClient) ready(c *conn) {
 		h.s.tp.release(e.uuid)
 		h.nclients.Add(-1)
 		e.sock.Close()
-		e.tk.end(ReasonShutdown)
+		e.tk.End(reason.Shutdown)
 	}
 }
 
 // start puts the server on the loop; clients that came first are added.
 func (h *hub) start(e *tpEnd, reply []byte) {
 	if h.dead {
-		h.f.goodbye(e.sock, nil, true, e.tk, ReasonShutdown)
+		h.f.goodbye(e.sock, nil, true, e.tk, reason.Shutdown)
 		return
 	}
 	h.started, h.srv, h.lastRx = true, e, time.Now()
 	if err := h.f.register(e.fd, e); err != nil {
-		h.close(ReasonIOError)
+		h.close(reason.IOError)
 		return
 	}
 	h.f.hubs[h] = struct{}{}
@@ -263,7 +264,7 @@ func (h *hub) start(e *tpEnd, reply []byte) {
 // reading it. reply is the RegisterClient answer (nil if already queued).
 func (h *hub) addClient(e *tpEnd, reply []byte) {
 	if h.dead {
-		h.dropClient(e, false, ReasonPartnerClosed)
+		h.dropClient(e, false, reason.PartnerClosed)
 		return
 	}
 	if reply != nil {
@@ -276,7 +277,7 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 	e.addr = h.allocAddr()
 	h.clients[e.addr] = e
 	if err := h.f.register(e.fd, e); err != nil {
-		h.dropClient(e, false, ReasonIOError)
+		h.dropClient(e, false, reason.IOError)
 		return
 	}
 	h.s.stats.tpClients.Inc()
@@ -348,7 +349,7 @@ func (h *hub) flush(e *tpEnd) {
 			break
 		}
 		if err != nil {
-			h.endGone(e, ReasonIOError)
+			h.endGone(e, reason.IOError)
 			return
 		}
 	}
@@ -356,7 +357,7 @@ func (h *hub) flush(e *tpEnd) {
 		if err := e.sock.Flush(); err == unix.EAGAIN {
 			e.writable = false
 		} else if err != nil {
-			h.endGone(e, ReasonIOError)
+			h.endGone(e, reason.IOError)
 			return
 		}
 		if e.out != nil {
@@ -431,7 +432,7 @@ func (h *hub) readServer() {
 		if n <= 0 {
 			pool.PutChunk(chunk)
 			if err != unix.EAGAIN {
-				h.close(ReasonPeerClosed)
+				h.close(reason.PeerClosed)
 				return
 			}
 			e.readable = false
@@ -466,7 +467,7 @@ func (h *hub) feedServer(data []byte) {
 	})
 	if err != nil {
 		h.s.log.Debug("tunnelproxy server sent an oversized SLIP frame", "server", h.uuid)
-		h.close(ReasonWebSocket)
+		h.close(reason.WebSocket)
 		return
 	}
 	for _, c := range h.clients {
@@ -481,7 +482,7 @@ func (h *hub) feedServer(data []byte) {
 func (h *hub) sendData(c *tpEnd, payload []byte) {
 	if c.pending()+len(payload) > h.s.cfg.TPClientBuffer {
 		h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
-		h.dropClient(c, true, ReasonSlowReader)
+		h.dropClient(c, true, reason.SlowReader)
 		return
 	}
 	b := c.buf()
@@ -497,7 +498,7 @@ func (h *hub) serverRPC(obj []byte) {
 	req, rerr := handshake.ParseRequest(obj)
 	if rerr != nil {
 		h.sendSLIP(0, handshake.AppendError(nil, rerr.ID, rerr.Text))
-		h.closeServer(ReasonRPC)
+		h.closeServer(reason.RPC)
 		return
 	}
 	var reply []byte
@@ -525,7 +526,7 @@ func (h *hub) serverRPC(obj []byte) {
 			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorAlreadyRegistered.String()))
 	default:
 		h.sendSLIP(0, handshake.AppendError(nil, req.ID, "Method not allowed on a registered server"))
-		h.closeServer(ReasonRPC)
+		h.closeServer(reason.RPC)
 		return
 	}
 	h.sendSLIP(0, reply)
@@ -533,7 +534,7 @@ func (h *hub) serverRPC(obj []byte) {
 
 // closeServer ends the hub for reason once what the server is owed is
 // written.
-func (h *hub) closeServer(r Reason) {
+func (h *hub) closeServer(r reason.Reason) {
 	h.srv.closing = true
 	h.srvReason = r
 }
@@ -565,7 +566,7 @@ func (h *hub) readClient(c *tpEnd) {
 			if err == unix.EAGAIN {
 				c.readable = false
 			} else {
-				h.dropClient(c, true, ReasonPeerClosed)
+				h.dropClient(c, true, reason.PeerClosed)
 			}
 			return
 		}
@@ -615,7 +616,7 @@ func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 			e.ws.SendClose(&e.ctrl, code, text)
 			e.closing = true
 			if e.server {
-				h.srvReason = ReasonWebSocket
+				h.srvReason = reason.WebSocket
 			}
 			break
 		}
@@ -650,14 +651,14 @@ func (h *hub) endBudget(e *tpEnd) int {
 // endOver ends e as a slow reader.
 func (h *hub) endOver(e *tpEnd) {
 	if e.server {
-		h.close(ReasonSlowReader)
+		h.close(reason.SlowReader)
 	} else {
-		h.dropClient(e, true, ReasonSlowReader)
+		h.dropClient(e, true, reason.SlowReader)
 	}
 }
 
 // endGone ends e after its socket failed.
-func (h *hub) endGone(e *tpEnd, r Reason) {
+func (h *hub) endGone(e *tpEnd, r reason.Reason) {
 	if e.server {
 		h.close(r)
 	} else {
@@ -673,11 +674,11 @@ func (h *hub) endDone(e *tpEnd) {
 		h.close(h.srvReason)
 		return
 	}
-	r := ReasonPartnerClosed // DisconnectClient: the server ended it
+	r := reason.PartnerClosed // DisconnectClient: the server ended it
 	if e.ws != nil && e.ws.CloseRecv {
-		r = ReasonPeerClosed
+		r = reason.PeerClosed
 	} else if e.ws != nil && e.ws.CloseSent {
-		r = ReasonWebSocket
+		r = reason.WebSocket
 	}
 	h.dropClient(e, true, r)
 }
@@ -685,7 +686,7 @@ func (h *hub) endDone(e *tpEnd) {
 // dropClient ends client c for r; notify tells the server
 // ClientDisconnected. What c is still owed goes out first, then (on
 // WebSocket) a close frame, and the socket lingers unless it failed.
-func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
+func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
 		h.s.stats.tpClients.Dec()
@@ -704,20 +705,20 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r Reason) {
 	h.s.tp.release(c.uuid)
 	h.nclients.Add(-1)
 	if h.s.drainingNow() && h.nclients.Load() == 0 && !h.dead {
-		h.close(ReasonShutdown) // draining: the server's last client left
+		h.close(reason.Shutdown) // draining: the server's last client left
 	}
 }
 
 // release lets go of e's socket: the rest of its output, a close frame on
 // WebSocket (unless it failed), then a lingering close.
-func (h *hub) release(e *tpEnd, r Reason) {
+func (h *hub) release(e *tpEnd, r reason.Reason) {
 	var final []byte
 	if e.out != nil {
 		final = append(final, e.out.B[e.off:]...)
 		pool.Put(e.out)
 		e.out, e.off = nil, 0
 	}
-	broken := r == ReasonPeerClosed || r == ReasonIOError || r == ReasonSlowReader || r == ReasonWriteStall
+	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall
 	if e.ws != nil && !broken {
 		q := handshake.Queue{B: final}
 		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
@@ -729,17 +730,17 @@ func (h *hub) release(e *tpEnd, r Reason) {
 }
 
 // close ends the hub: every client is closed, then the server.
-func (h *hub) close(r Reason) {
+func (h *hub) close(r reason.Reason) {
 	if h.dead {
 		return
 	}
 	h.dead = true
 	h.s.tp.removeHub(h)
 	for _, c := range h.clients {
-		h.dropClient(c, false, ReasonPartnerClosed)
+		h.dropClient(c, false, reason.PartnerClosed)
 	}
 	for _, c := range h.pending {
-		h.dropClient(c, false, ReasonPartnerClosed)
+		h.dropClient(c, false, reason.PartnerClosed)
 	}
 	h.pending, h.waiting = nil, nil
 	if e := h.srv; e != nil && e.sock != nil {
@@ -757,16 +758,16 @@ func (f *forwarder) scanHubs(now time.Time) {
 	for h := range f.hubs {
 		if now.Sub(h.lastRx) > f.s.cfg.TPServerTimeout {
 			h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)
-			h.close(ReasonInactiveTimeout)
+			h.close(reason.InactiveTimeout)
 			continue
 		}
 		if e := h.srv; e.stallSince != 0 && now.UnixNano()-e.stallSince > stall {
-			h.close(ReasonWriteStall)
+			h.close(reason.WriteStall)
 			continue
 		}
 		for _, c := range h.clients {
 			if c.stallSince != 0 && now.UnixNano()-c.stallSince > stall {
-				h.dropClient(c, true, ReasonWriteStall)
+				h.dropClient(c, true, reason.WriteStall)
 			}
 		}
 	}
