@@ -20,6 +20,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
 )
 
 // End is one end of a tunnel: a *client.Tunnel for meetpoint, a TCP
@@ -101,7 +102,7 @@ func newEnv(opt *Options) (*Env, error) {
 func relayConfig(listen []string) relay.Config {
 	cfg := relay.DefaultConfig()
 	cfg.Listen = listen
-	cfg.Auth = relay.Dummy{}
+	cfg.Auth = auth.Dummy{}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.Limits.MaxConnsPerIP = 0
 	cfg.Limits.ConnRatePerIP = 0

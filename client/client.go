@@ -217,3 +217,30 @@ func rpcError(m map[string]any) error {
 	}
 	return &RPCError{Text: text}
 }
+
+// DialPair dials both ends of one tunnel at once (a and b normally share a
+// token) and returns them paired; on error neither is left open. Handy for
+// tests, benchmarks and local demos.
+func DialPair(ctx context.Context, a, b Options) (*Tunnel, *Tunnel, error) {
+	type res struct {
+		tun *Tunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		tun, err := Dial(ctx, a)
+		ch <- res{tun, err}
+	}()
+	tb, errB := Dial(ctx, b)
+	ra := <-ch
+	if ra.err == nil && errB == nil {
+		return ra.tun, tb, nil
+	}
+	if ra.tun != nil {
+		ra.tun.Close()
+	}
+	if tb != nil {
+		tb.Close()
+	}
+	return nil, nil, fmt.Errorf("dial pair: a: %v, b: %v", ra.err, errB)
+}

@@ -16,6 +16,10 @@ const (
 	KindHTTP
 	// KindTLS is a TLS handshake record: 0x16 0x03 0x00..0x04.
 	KindTLS
+	// KindSTUN is a STUN/TURN message over TCP (RFC 5389): the two top
+	// bits of the first byte clear and the magic cookie 0x2112A442 at
+	// bytes 4 to 7.
+	KindSTUN
 	// KindUnknown is anything else; more bytes will not change it.
 	KindUnknown
 )
@@ -31,6 +35,8 @@ func (k Kind) String() string {
 		return "HTTP"
 	case KindTLS:
 		return "TLS"
+	case KindSTUN:
+		return "STUN"
 	case KindUnknown:
 		return "Unknown"
 	}
@@ -42,14 +48,31 @@ var httpMethods = [...]string{
 	"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE ",
 }
 
+// stunCookie is STUN's magic cookie, at bytes 4 to 7 of every message.
+var stunCookie = [4]byte{0x21, 0x12, 0xA4, 0x42}
+
 // Sniff reports what kind of protocol the connection prefix p starts with.
-// It decides from as few bytes as possible and returns KindNeedMore only
-// while p could still become a known kind ("GE" is NeedMore, "GX" Unknown).
-// Leading ASCII whitespace is allowed before a JSON '{' only.
-// Sniff does not allocate.
+// It decides from as few bytes as possible (8 at most) and returns
+// KindNeedMore only while p could still become a known kind ("GE" is
+// NeedMore, "GX" Unknown). Leading ASCII whitespace is allowed before a
+// JSON '{' only. Sniff does not allocate.
 func Sniff(p []byte) Kind {
 	if len(p) == 0 {
 		return KindNeedMore
+	}
+	if p[0] < 0x40 && p[0] != 0x16 && !isSniffSpace(p[0]) { // a STUN message type
+		if len(p) < 8 {
+			for i := 4; i < len(p); i++ {
+				if p[i] != stunCookie[i-4] {
+					return KindUnknown
+				}
+			}
+			return KindNeedMore
+		}
+		if [4]byte(p[4:8]) == stunCookie {
+			return KindSTUN
+		}
+		return KindUnknown
 	}
 	if p[0] == 0x16 {
 		switch {

@@ -42,8 +42,14 @@ func TestSniff(t *testing.T) {
 		{"\x16\x03\x04", KindTLS},
 		{"\x16\x03\x05", KindUnknown},
 		{"\x16\x02", KindUnknown},
-		{"\x15\x03\x01", KindUnknown},
-		{"\x00", KindUnknown},
+		{"\x15\x03\x01", KindNeedMore}, // could be a STUN message header
+		{"\x15\x03\x01\x00\x21\x12\xa4\x43", KindUnknown},
+		{"\x00", KindNeedMore},
+		{"\x00\x01\x00\x00\x21\x12", KindNeedMore},
+		{"\x00\x01\x00\x00\x21\x12\xa4\x42", KindSTUN},         // Binding request
+		{"\x00\x03\x00\x08\x21\x12\xa4\x42\x01\x02", KindSTUN}, // Allocate
+		{"\x00\x01\x00\x00\x21\x13", KindUnknown},
+		{"\x40\x00\x00\x00\x21\x12\xa4\x42", KindUnknown}, // top bits set: a TURN ChannelData frame, not a message
 		{"[", KindUnknown},
 		{"SSH-2.0", KindUnknown},
 	}

@@ -149,3 +149,30 @@ func RequestLine(head []byte) (method, path []byte, ok bool) {
 	}
 	return method, path, true
 }
+
+// SubprotocolListed reports whether head's Sec-WebSocket-Protocol header
+// (a comma-separated list, possibly repeated) names proto, compared
+// exactly as RFC 6455 asks. It does not allocate.
+func SubprotocolListed(head []byte, proto string) bool {
+	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
+	for len(lines) > 0 {
+		var line []byte
+		line, lines, _ = bytes.Cut(lines, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break
+		}
+		k, v, found := bytes.Cut(line, []byte(":"))
+		if !found || !bytes.EqualFold(bytes.TrimSpace(k), []byte("Sec-WebSocket-Protocol")) {
+			continue
+		}
+		for v != nil {
+			var tok []byte
+			tok, v, _ = bytes.Cut(v, []byte(","))
+			if string(bytes.TrimSpace(tok)) == proto {
+				return true
+			}
+		}
+	}
+	return false
+}

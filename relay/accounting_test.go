@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -152,7 +153,7 @@ func TestCloseAccounting(t *testing.T) {
 			acSendWait(t, acTCP(t, s), []byte("XYZ\r\n"))
 		}},
 		{"plain HTTP request", reason.HTTP, func(t *testing.T, s *Server) {
-			acSendWait(t, acTCP(t, s), []byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+			acSendWait(t, acTCP(t, s), []byte("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
 		}},
 		{"unmasked frame", reason.WebSocket, func(t *testing.T, s *Server) {
 			w := hoDialWS(t, s)
@@ -320,6 +321,20 @@ func TestCloseAccounting(t *testing.T) {
 			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
 		}
 		acSendWait(t, acTCP(t, s), nil)
+	}}}, seen)
+
+	// HTTP connections handed to net/http, bounded.
+	acRun(t, limited(t, func(c *Config) { c.HTTPMaxConns = 1 }), []acCase{{"over HTTPMaxConns", reason.LimitHTTP, func(t *testing.T, s *Server) {
+		held := acTCP(t, s) // a keep-alive connection net/http holds
+		hoWrite(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+		waitFor(t, func() bool { return s.stats.httpConns.Get() == 1 }, "one HTTP connection handed off")
+		c := acTCP(t, s)
+		hoWrite(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
+		if got := hoReadToClose(t, c, 5*time.Second); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
+			t.Fatalf("second HTTP connection got %q, want a 503", got)
+		}
+		c.Close()
+		held.Close()
 	}}}, seen)
 
 	// The TLS gate: one handshake at a time, four waiting; a stalled

@@ -50,7 +50,15 @@ type AuthRequest struct {
 	ClientCert *x509.Certificate
 }
 
-// Authenticator decides whether a token is valid.
+// Reloader is implemented by authenticators that read files; the server
+// calls Reload on SIGHUP. On error the authenticator keeps its previous
+// state.
+type Reloader interface {
+	Reload() error
+}
+
+// Authenticator decides whether a token is valid (implementations: package
+// relay/auth).
 //
 // Authenticate must not block the caller for long: an implementation that
 // needs I/O starts it and calls done later, from any goroutine. done must be

@@ -1,10 +1,13 @@
 package relay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay/limits"
 )
 
 // Config is the complete configuration of a relay Server. The zero value is
@@ -45,34 +48,28 @@ type Config struct {
 	// known (first bytes sniffed, HTTP head complete): slowloris defence.
 	HandshakeTimeout time.Duration
 	// Limits are the abuse limits.
-	Limits Limits
-	// TPServerTimeout closes a registered TunnelProxy server silent this
-	// long (its client pings every 30 s).
-	TPServerTimeout time.Duration
-	// TPClientBuffer is the most bytes waiting for one TunnelProxy client;
-	// beyond it that client is disconnected (never the server).
-	TPClientBuffer int
+	Limits limits.Limits
+	// HTTPMaxConns bounds the HTTP connections handed to net/http at once
+	// (every HTTP request on the relay port that is not a relay
+	// WebSocket); beyond it new ones get 503.
+	HTTPMaxConns int
+	// HTTPReadHeaderTimeout and HTTPIdleTimeout are net/http's
+	// ReadHeaderTimeout (for requests after the first on a connection)
+	// and IdleTimeout.
+	HTTPReadHeaderTimeout, HTTPIdleTimeout time.Duration
+	// HTTPMaxBody bounds a request body (larger bodies fail with 413).
+	HTTPMaxBody int64
 	// Loops is the number of netpoll event loops and forwarding loops.
 	// 0 means one per CPU.
 	Loops int
 	// Logger receives the relay's logs. nil means slog.Default().
 	Logger *slog.Logger
 
-	// TLSCert and TLSKey are PEM files (the certificate file may hold the
-	// whole chain). With them, TLS is served on every listen address beside
-	// plaintext; they are reloaded on SIGHUP (Server.Reload) and when the
-	// files change.
-	TLSCert, TLSKey string
-	// TLSChain is an optional PEM file of intermediate certificates sent
-	// after TLSCert's (nymea's [SSL] certificateChain).
-	TLSChain string
-	// TLSSelfSigned serves TLS with a certificate generated at start-up when
-	// no TLSCert is given.
-	TLSSelfSigned bool
-	// TLSClientCA, a PEM bundle, and TLSClientFingerprints, a file of SHA-256
-	// certificate fingerprints in hex (one per line), restrict TLS clients to
-	// those presenting a certificate signed by the CA or listed.
-	TLSClientCA, TLSClientFingerprints string
+	// TLS, if set, serves TLS on every listen address beside plaintext
+	// (a first byte of 0x16 means TLS); package certs builds it. The
+	// engine reads it for each handshake, so a GetCertificate callback can
+	// swap certificates while the server runs.
+	TLS *tls.Config
 	// TLSOnly refuses plaintext clients.
 	TLSOnly bool
 	// TLSHandshakeTimeout bounds the TLS handshake, counted from accept
@@ -82,13 +79,10 @@ type Config struct {
 	// goroutine); up to four times as many more wait for a slot, and
 	// beyond that new TLS clients are refused (limit_tls_handshakes).
 	MaxTLSHandshakes int
-	// TLSWatchInterval is how often the certificate files are checked for
-	// changes.
-	TLSWatchInterval time.Duration
 }
 
 // TLSEnabled reports whether TLS is configured.
-func (c *Config) TLSEnabled() bool { return c.TLSCert != "" || c.TLSSelfSigned }
+func (c *Config) TLSEnabled() bool { return c.TLS != nil }
 
 // DefaultConfig returns the defaults documented in docs/protocol.md.
 func DefaultConfig() Config {
@@ -104,14 +98,25 @@ func DefaultConfig() Config {
 		MaxPreAuth:        10 << 10,
 		MaxHeader:         8 << 10,
 		HandshakeTimeout:  5 * time.Second,
-		Limits:            DefaultLimits(),
-		TPServerTimeout:   60 * time.Second,
-		TPClientBuffer:    1 << 20,
+		Limits:            limits.DefaultLimits(),
+
+		HTTPMaxConns:          1024,
+		HTTPReadHeaderTimeout: 5 * time.Second,
+		HTTPIdleTimeout:       60 * time.Second,
+		HTTPMaxBody:           1 << 20,
 
 		TLSHandshakeTimeout: 5 * time.Second,
 		MaxTLSHandshakes:    256,
-		TLSWatchInterval:    2 * time.Second,
 	}
+}
+
+// LoopbackConfig is DefaultConfig serving one free port on 127.0.0.1
+// (Server.Addrs tells which after Start) with authenticator a and two
+// loops: the relay tests, benchmarks and local demos start.
+func LoopbackConfig(a Authenticator) Config {
+	c := DefaultConfig()
+	c.Listen, c.Auth, c.Loops = []string{"127.0.0.1:0"}, a, 2
+	return c
 }
 
 // Validate reports the first invalid field, naming it.
@@ -132,7 +137,8 @@ func (c *Config) Validate() error {
 		{"rpc-timeout", c.RPCTimeout},
 		{"write-stall-timeout", c.WriteStallTimeout},
 		{"handshake-timeout", c.HandshakeTimeout},
-		{"tp-server-timeout", c.TPServerTimeout},
+		{"http-read-header-timeout", c.HTTPReadHeaderTimeout},
+		{"http-idle-timeout", c.HTTPIdleTimeout},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
@@ -144,20 +150,17 @@ func (c *Config) Validate() error {
 	if c.MaxPreAuth < 1024 {
 		return fmt.Errorf("max-preauth: must be at least 1024, got %d", c.MaxPreAuth)
 	}
-	if c.TPClientBuffer < 64<<10 {
-		return fmt.Errorf("tp-client-buffer: must be at least 65536, got %d", c.TPClientBuffer)
+	if c.HTTPMaxConns <= 0 {
+		return fmt.Errorf("http-max-conns: must be positive, got %d", c.HTTPMaxConns)
+	}
+	if c.HTTPMaxBody <= 0 {
+		return fmt.Errorf("http-max-body: must be positive, got %d", c.HTTPMaxBody)
 	}
 	if c.MaxHeader < 1024 {
 		return fmt.Errorf("max-header: must be at least 1024, got %d", c.MaxHeader)
 	}
-	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return errors.New("tls-cert/tls-key: both or neither must be given")
-	}
 	if c.TLSOnly && !c.TLSEnabled() {
 		return errors.New("tls-only: needs tls-cert and tls-key (or a self-signed certificate)")
-	}
-	if (c.TLSClientCA != "" || c.TLSClientFingerprints != "") && !c.TLSEnabled() {
-		return errors.New("tls-client-ca/tls-client-fingerprints: need TLS")
 	}
 	if c.TLSEnabled() && c.TLSHandshakeTimeout <= 0 {
 		return fmt.Errorf("tls-handshake-timeout: must be positive, got %v", c.TLSHandshakeTimeout)

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 var cfTokens atomic.Uint64
@@ -739,7 +739,7 @@ func TestConformance9Streaming(t *testing.T) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	base := ms.HeapAlloc
-	rssBefore := rssBytes(t, os.Getpid())
+	rssBefore := testutil.RSS(t)
 	var peak atomic.Uint64
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
@@ -814,7 +814,7 @@ func TestConformance9Streaming(t *testing.T) {
 		t.Fatalf("received %d bytes in %d frames, digest differs or short", n, frames)
 	}
 	grow := int64(peak.Load()) - int64(base)
-	rssAfter := rssBytes(t, os.Getpid())
+	rssAfter := testutil.RSS(t)
 	t.Logf("16 MiB in %d frames: heap peak +%d KiB, RSS %+d KiB", frames, grow>>10, (rssAfter-rssBefore)>>10)
 	if grow > 8<<20 {
 		t.Fatalf("heap grew by %d MiB while a 16 MiB message passed: the relay is holding it", grow>>20)

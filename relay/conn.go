@@ -11,6 +11,8 @@ import (
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/limits"
+	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
@@ -82,7 +84,7 @@ type conn struct {
 	rel     release
 	frozen  bool          // released: the connection belongs to its target or is gone; nothing changes it
 	gone    bool          // released while claimed but before a target was set (pairUp delivers)
-	sk      sock          // the socket, detached for the target when released while claimed
+	sk      loop.Sock     // the socket, detached for the target when released while claimed
 	reason  reason.Reason // closing: why; claimed: why the set-up failed, if failed
 	failed  bool          // claimed: the set-up failed (reason says why)
 	linger  bool          // closing: let the client read what we sent before the socket closes
@@ -91,7 +93,8 @@ type conn struct {
 	out     handshake.Queue // replies not yet written; kept for the target once claimed
 	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
 	msg     []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
-	late    []byte          // claimed: input that arrived after the claim (≤ MaxPreAuth)
+	late    []byte          // claimed: input that arrived after the claim (≤ lateLimit)
+	lateMax int             // bound on late when not MaxPreAuth (a hand-off to net/http)
 	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
 
 	timer     *time.Timer // inactive, then alone timeout
@@ -170,8 +173,8 @@ func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
 // admit places a new connection under the limits: its limiter key, or the
 // refusal reason (reason.Count when admitted).
 func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason) {
-	ip := addrOf(peer)
-	key, r = s.lim.admit(ip)
+	ip := limits.AddrOf(peer)
+	key, r = s.lim.Admit(ip)
 	if r == reason.Count {
 		return key, r
 	}
@@ -194,10 +197,13 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		return nc.Close()
 	}
 	c.mu.Lock()
-	n := r.Len()
-	over := n > c.s.inputBudget()
+	n, budget := r.Len(), c.s.inputBudget()
+	if c.lateMax > 0 {
+		budget = c.lateMax
+	}
+	over := n > budget
 	if over {
-		n = c.s.inputBudget()
+		n = budget
 	}
 	if p, err := r.Next(n); err == nil {
 		c.consume(p)

@@ -7,17 +7,15 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
-	"golang.org/x/sys/unix"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // dfAuth authenticates r on token and waits for the reply.
@@ -230,47 +228,6 @@ func stringIndex(s, sub string) int {
 	return -1
 }
 
-// rssNow is this process's resident set size.
-func rssNow(t testing.TB) int64 { return rssBytes(t, os.Getpid()) }
-
-// dfFlood writes chunk to c as fast as it can for d (or until the relay
-// closes c) and returns the relay's RSS growth meanwhile, measured at its
-// peak.
-func dfFlood(t testing.TB, c net.Conn, chunk []byte, d time.Duration) int64 {
-	t.Helper()
-	runtime.GC()
-	base := rssNow(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		end := time.Now().Add(d)
-		for time.Now().Before(end) {
-			_ = c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
-			if _, err := c.Write(chunk); err != nil && !lgIsTimeout(err) {
-				return
-			}
-		}
-	}()
-	var peak int64
-	for {
-		select {
-		case <-done:
-			if r := rssNow(t) - base; r > peak {
-				peak = r
-			}
-			return peak
-		case <-time.After(20 * time.Millisecond):
-			if r := rssNow(t) - base; r > peak {
-				peak = r
-			}
-		}
-	}
-}
-
-// floodBound is the most the relay's RSS may grow while one connection
-// floods it with input that never completes a stage.
-const floodBound = 32 << 20
-
 // TestDefectWhitespaceFlood: input the sniffer answers "need more" to
 // (whitespace) must not be buffered without bound (defect 3).
 func TestDefectWhitespaceFlood(t *testing.T) {
@@ -284,61 +241,14 @@ func TestDefectWhitespaceFlood(t *testing.T) {
 	for i := range spaces {
 		spaces[i] = ' '
 	}
-	if grew := dfFlood(t, c, spaces, 1500*time.Millisecond); grew > floodBound {
-		t.Fatalf("relay RSS grew %d MiB under a whitespace flood (bound %d MiB)", grew>>20, floodBound>>20)
-	}
-}
-
-// TestDefectNbConnWrite: the TLS adapter's Write honours io.Writer: n is
-// the number of bytes accepted (defect 5).
-func TestDefectNbConnWrite(t *testing.T) {
-	a, b, err := socketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeFd(b)
-	nb := &nbConn{fd: a}
-	defer nb.Close()
-	p := []byte("hello, world")
-	n, err := nb.Write(p)
-	if err != nil || n != len(p) {
-		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(p))
-	}
-}
-
-// dfPings is a run of masked WebSocket pings with 125-byte payloads.
-func dfPings(n int) []byte {
-	payload := make([]byte, 125)
-	var out []byte
-	for range n {
-		out = append(out, hoF(ws.OpPing, true, payload)...)
-	}
-	return out
-}
-
-// TestDefectTPPongFlood: a TunnelProxy client that pings and never reads
-// must not grow the relay's memory (defect 4: its pong queue had no cap).
-func TestDefectTPPongFlood(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.WriteStallTimeout = 30 * time.Second })
-	srv := tpDial(t, s, false)
-	su := newTestUUID()
-	if e := tpErr(srv.call("TunnelProxy.RegisterServer", map[string]any{"serverName": "s", "serverUuid": su})); e != "TunnelProxyErrorNoError" {
-		t.Fatal(e)
-	}
-	srv.startReader(true)
-	cl := tpDial(t, s, true)
-	if e := tpErr(cl.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "c", "clientUuid": newTestUUID(), "serverUuid": su})); e != "TunnelProxyErrorNoError" {
-		t.Fatal(e)
-	}
-	_ = cl.c.(*net.TCPConn).SetReadBuffer(4 << 10) // and never read
-	if grew := dfFlood(t, cl.c, dfPings(512), 2*time.Second); grew > floodBound {
-		t.Fatalf("relay RSS grew %d MiB under a TunnelProxy ping flood (bound %d MiB)", grew>>20, floodBound>>20)
+	if grew := testutil.Flood(t, c, spaces, 1500*time.Millisecond); grew > testutil.FloodBound {
+		t.Fatalf("relay RSS grew %d MiB under a whitespace flood (bound %d MiB)", grew>>20, testutil.FloodBound>>20)
 	}
 }
 
 // TestFloodsBounded: floods that never finish a stage keep the relay's
 // memory bounded: each is cut off by its stage's budget or timeout, and
-// the relay never holds more than floodBound for it.
+// the relay never holds more than testutil.FloodBound for it.
 func TestFloodsBounded(t *testing.T) {
 	s := startServer(t, func(c *Config) {
 		c.HandshakeTimeout = 30 * time.Second
@@ -370,28 +280,21 @@ func TestFloodsBounded(t *testing.T) {
 			w := hoDialWS(t, s)
 			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
 			return w.c
-		}, dfPings(512)},
+		}, testutil.Pings(512)},
 		{"pings while waiting, never reading", func(t *testing.T) net.Conn {
 			w := hoDialWS(t, s)
 			w.authenticate("flood-wait", "w")
 			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
 			return w.c
-		}, dfPings(512)},
+		}, testutil.Pings(512)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.setup(t)
 			defer c.Close()
-			if grew := dfFlood(t, c, tc.chunk, 1500*time.Millisecond); grew > floodBound {
-				t.Fatalf("relay RSS grew %d MiB (bound %d MiB)", grew>>20, floodBound>>20)
+			if grew := testutil.Flood(t, c, tc.chunk, 1500*time.Millisecond); grew > testutil.FloodBound {
+				t.Fatalf("relay RSS grew %d MiB (bound %d MiB)", grew>>20, testutil.FloodBound>>20)
 			}
 		})
 	}
 }
-
-func socketPair() (int, int, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
-	return fds[0], fds[1], err
-}
-
-func closeFd(fd int) { unix.Close(fd) }

@@ -13,10 +13,11 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // rawTunnel is a minimal raw-TCP legacy client: it authenticates and waits
@@ -101,23 +102,6 @@ func rawPair(t testing.TB, addr, token string, setupA, setupB func(*net.TCPConn)
 	return r.c, b
 }
 
-func rssBytes(t testing.TB, pid int) int64 {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			f := strings.Fields(line)
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
-
 // TestBackpressure: a sender blasting into a receiver that never reads must
 // be stopped by TCP flow control, not buffered by the relay; after
 // WriteStallTimeout the tunnel is closed.
@@ -129,7 +113,7 @@ func TestBackpressure(t *testing.T) {
 	_ = receiver // never reads
 
 	runtime.GC()
-	before := rssBytes(t, os.Getpid())
+	before := testutil.RSS(t)
 	chunk := make([]byte, 64<<10)
 	var sent int64
 	deadline := time.Now().Add(1 * time.Second)
@@ -141,7 +125,7 @@ func TestBackpressure(t *testing.T) {
 			break
 		}
 	}
-	after := rssBytes(t, os.Getpid())
+	after := testutil.RSS(t)
 	t.Logf("sender got %d KiB into the path before blocking; RSS delta %d KiB", sent>>10, (after-before)>>10)
 	// Socket buffers on both sides (auto-tuned up to a few MiB on loopback)
 	// plus the relay's 64 KiB: a relay that kept reading would take it all.
@@ -164,16 +148,6 @@ func TestBackpressure(t *testing.T) {
 		}
 	}
 	waitFor(t, func() bool { return s.Stats().Closes["write_stall"] >= 1 }, "write_stall counted")
-}
-
-func waitFor(t testing.TB, cond func() bool, what string) {
-	t.Helper()
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for: %s", what)
 }
 
 // clientsEnv makes the test binary act as a client fleet (see TestMain):

@@ -26,8 +26,8 @@ func (c *conn) httpHead(p []byte) {
 		return
 	}
 	head, rest := c.in[:end], c.in[end:]
-	if !handshake.IsUpgradeRequest(head) {
-		c.plainHTTP(head)
+	if !handshake.IsUpgradeRequest(head) || c.s.subprotocolOf(head) {
+		c.toHandoff(handoffHTTP, p)
 		return
 	}
 	out, ok, err := handshake.Upgrade(nil, head)
@@ -57,10 +57,33 @@ func (c *conn) sendRaw(b []byte) {
 	}
 }
 
-// plainHTTP answers a request that is not a WebSocket upgrade (see
-// httpResponse) and closes.
-func (c *conn) plainHTTP(head []byte) {
-	c.sendRaw(c.s.httpResponse(head))
-	c.linger = true
-	c.close(reason.HTTP)
+// httpLateMax bounds what a connection bound for net/http may send before
+// its hand-off completes (the start of a request body).
+const httpLateMax = 256 << 10
+
+// toHandoff claims the connection for a hand-off listener (net/http, the
+// STUN listener): everything read so far and p go with it. Called with mu
+// held.
+func (c *conn) toHandoff(kind int, p []byte) {
+	if c.s.handoffs[kind] == nil {
+		c.close(reason.Sniff)
+		return
+	}
+	c.tk.setKind(kindHTTP)
+	c.late = append(c.in, p...)
+	c.in = nil
+	c.lateMax = httpLateMax
+	c.claimFor(httpHandoff{kind})
+	c.skipNL = false
+}
+
+// subprotocolOf reports whether an upgrade request names a subprotocol a
+// subsystem registered (it then goes to net/http, not to the relay).
+func (s *Server) subprotocolOf(head []byte) bool {
+	for p := range s.subprotocols {
+		if handshake.SubprotocolListed(head, p) {
+			return true
+		}
+	}
+	return false
 }

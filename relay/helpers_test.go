@@ -4,74 +4,39 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
-// startServer starts a relay on a free loopback port with the dummy
-// authenticator; mutate may change the config first.
+// acceptAll accepts every token (the relay's own tests cannot use package
+// auth, which imports relay).
+type acceptAll struct{}
+
+func (acceptAll) Authenticate(_ context.Context, _ AuthRequest, done func(AuthResult)) {
+	done(AuthNoError)
+}
+
+// startServer starts a relay on a free loopback port that accepts every
+// token; mutate may change the config first.
 func startServer(t testing.TB, mutate func(*Config)) *Server {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Listen = []string{"127.0.0.1:0"}
-	cfg.Auth = Dummy{}
-	cfg.Loops = 2
-	if os.Getenv("MEETPOINT_TEST_LOG") != "" {
-		cfg.Logger = testLogger()
-	} else {
-		// Keep the relay's recent debug log and show it if the test fails,
-		// so a failure seen once (e.g. in CI) explains itself.
-		tail := &logTail{}
-		cfg.Logger = slog.New(slog.NewTextHandler(tail, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("relay log (last %d KiB):\n%s", logTailMax>>10, tail.String())
-			}
-		})
-	}
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	s, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		err = s.Start()
 	}
-	if err := s.Start(); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-// logTailMax bounds what a logTail keeps.
-const logTailMax = 32 << 10
-
-// logTail keeps the last logTailMax bytes written to it.
-type logTail struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (l *logTail) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.buf = append(l.buf, p...)
-	if len(l.buf) > 2*logTailMax { // compact now and then, not per line
-		l.buf = append(l.buf[:0], l.buf[len(l.buf)-logTailMax:]...)
-	}
-	l.mu.Unlock()
-	return len(p), nil
-}
-
-func (l *logTail) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.buf[max(0, len(l.buf)-logTailMax):])
 }
 
 func wsURL(s *Server) string  { return "ws://" + s.Addrs()[0].String() + "/" }
@@ -85,43 +50,17 @@ func pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *clien
 		client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
 }
 
-// dialPair dials a and b concurrently and returns both tunnels, closed at
-// the end of the test; it fails the test if either dial fails.
+// dialPair dials a and b concurrently (testutil.DialPair).
 func dialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type res struct {
-		tun *client.Tunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		tun, err := client.Dial(ctx, a)
-		ch <- res{tun, err}
-	}()
-	tb, err := client.Dial(ctx, b)
-	ra := <-ch
-	if ra.err != nil || err != nil {
-		if ra.tun != nil {
-			ra.tun.Close()
-		}
-		if tb != nil {
-			tb.Close()
-		}
-		t.Fatalf("dial pair: a: %v, b: %v", ra.err, err)
-	}
-	t.Cleanup(func() { ra.tun.Close(); tb.Close() })
-	return ra.tun, tb
+	return testutil.DialPair(t, a, b)
 }
 
-// testLogger logs everything to stderr (MEETPOINT_TEST_LOG=1).
-func testLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// waitFor polls cond for up to 5 s (testutil.WaitFor).
+func waitFor(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	testutil.WaitFor(t, cond, what)
 }
-
-// discardLogger drops every record.
-func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // readFrame reads one frame, refusing payloads over 64 MiB (ws.ReadFrame
 // would trust the declared length).

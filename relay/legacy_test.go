@@ -1081,27 +1081,7 @@ func TestLegacyRepairAfterTunnelClose(t *testing.T) {
 func lgTryPair(urlA, urlB, token string) (*client.Tunnel, *client.Tunnel, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	type res struct {
-		tun *client.Tunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		tun, err := client.Dial(ctx, client.Options{URL: urlA, Token: token, Name: "a"})
-		ch <- res{tun, err}
-	}()
-	b, err := client.Dial(ctx, client.Options{URL: urlB, Token: token, Name: "b"})
-	r := <-ch
-	if err != nil || r.err != nil {
-		if b != nil {
-			b.Close()
-		}
-		if r.tun != nil {
-			r.tun.Close()
-		}
-		return nil, nil, fmt.Errorf("a: %v, b: %v", r.err, err)
-	}
-	return r.tun, b, nil
+	return client.DialPair(ctx, client.Options{URL: urlA, Token: token, Name: "a"}, client.Options{URL: urlB, Token: token, Name: "b"})
 }
 
 // ---------------------------------------------------------------------------

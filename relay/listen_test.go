@@ -11,75 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestListenerClosesOnce: once closed, a listener keeps its old descriptor
-// number occupied (netpoll still epoll_ctl's that number when its loop shuts
-// down: had it been reused, another connection would silently stop being
-// polled) until release, and never touches the number after release (netpoll's
-// own listener closes it a second time, destroying whatever socket got the
-// number: a flaky "both ends EOF" in busy processes).
-func TestListenerClosesOnce(t *testing.T) {
-	l, err := listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := l.Fd()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
-		t.Fatal("dial after Close succeeded: the socket still listens")
-	}
-	if fd := l.Fd(); fd != -1 {
-		t.Fatalf("Fd after Close = %d, want -1", fd)
-	}
-	if c, err := l.Accept(); c != nil || err != nil {
-		t.Fatalf("Accept after Close = %v, %v; want nil, nil", c, err)
-	}
-	var held []int
-	defer func() {
-		for _, fd := range held {
-			unix.Close(fd)
-		}
-	}()
-	grab := func() int { // the lowest free number, held until the test ends
-		fd, err := unix.Dup(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, fd)
-		return fd
-	}
-	for range 64 {
-		if grab() == old {
-			t.Fatalf("descriptor %d handed out again while the closed listener still reserves it", old)
-		}
-	}
-	if _, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE); err != unix.ENOTSOCK {
-		t.Fatalf("descriptor %d after Close: SO_TYPE err %v, want ENOTSOCK (the placeholder)", old, err)
-	}
-
-	l.release()
-	// Take the freed number back: the kernel hands out the lowest free
-	// one, so open descriptors until we get it (other goroutines may race).
-	victim := -1
-	for range 64 {
-		if fd := grab(); fd == old {
-			victim = fd
-			break
-		}
-	}
-	if victim < 0 {
-		t.Skip("could not get the freed descriptor number back")
-	}
-	if err := l.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	l.release()
-	if _, err := unix.FcntlInt(uintptr(victim), unix.F_GETFD, 0); err != nil {
-		t.Fatalf("descriptor %d, reused after release, was closed by the listener: %v", victim, err)
-	}
-}
-
 // TestDrainKeepsListenerNumber: a connection that another server accepts
 // while this one drains keeps being served after the drain ends. The drain
 // closes the listening socket at once, but netpoll detaches the listener's
@@ -184,41 +115,4 @@ func rawHello(fd, id int) error {
 		return fmt.Errorf("reply %q", got)
 	}
 	return nil
-}
-
-// TestListenerAccept: Accept reports (nil, nil) when nothing is pending,
-// then the peer's address for IPv4 and IPv6.
-func TestListenerAccept(t *testing.T) {
-	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-		l, err := listen(addr)
-		if err != nil {
-			if addr[0] == '[' {
-				t.Logf("no IPv6 loopback: %v", err)
-				continue
-			}
-			t.Fatal(err)
-		}
-		if c, err := l.Accept(); c != nil || err != nil {
-			t.Fatalf("%s: Accept with nothing pending = %v, %v", addr, c, err)
-		}
-		d, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c net.Conn
-		for deadline := time.Now().Add(5 * time.Second); c == nil && err == nil && time.Now().Before(deadline); {
-			if c, err = l.Accept(); c == nil && err == nil {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		if c == nil {
-			t.Fatalf("%s: no connection accepted: %v", addr, err)
-		}
-		if got, want := c.RemoteAddr().String(), d.LocalAddr().String(); got != want {
-			t.Errorf("%s: RemoteAddr = %s, want %s", addr, got, want)
-		}
-		unix.Close(c.(*acceptedConn).Fd())
-		d.Close()
-		l.Close()
-	}
 }

@@ -25,6 +25,8 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/pool"
+	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // mxConn is a hand-driven client: raw TCP, TLS, WebSocket or WebSocket
@@ -437,7 +439,8 @@ func TestRaceMatrix(t *testing.T) {
 	dir := t.TempDir()
 	cp, kp, cert := tlsFiles(t, dir)
 	conf := clientTLS(cert)
-	warm := mxServer(t, cp, kp) // netpoll's process-wide pollers start with the first server
+	srvTLS := tlsStore(t, certs.Config{Cert: cp, Key: kp}).TLSConfig()
+	warm := mxServer(t, srvTLS) // netpoll's process-wide pollers start with the first server
 	mxFreshPair(warm, "warm-up")
 	warm.Close()
 	runtime.GC()
@@ -455,7 +458,7 @@ func TestRaceMatrix(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			s := mxServer(t, cp, kp)
+			s := mxServer(t, srvTLS)
 			defer s.Close()
 			var cwg sync.WaitGroup
 			csem := make(chan struct{}, 8)
@@ -519,20 +522,20 @@ func mxFDs(t *testing.T) int { return lkFDs(t) - 2*pool.IdlePipes() }
 
 // mxServer starts a cell's server: TLS on the port, short timeouts so a
 // client left alone ends quickly.
-func mxServer(t *testing.T, certFile, keyFile string) *Server {
+func mxServer(t *testing.T, conf *tls.Config) *Server {
 	cfg := DefaultConfig()
 	cfg.Listen = []string{"127.0.0.1:0"}
-	cfg.Auth = Dummy{}
+	cfg.Auth = acceptAll{}
 	cfg.Loops = 2
-	cfg.TLSCert, cfg.TLSKey = certFile, keyFile
+	cfg.TLS = conf
 	cfg.AloneTimeout = 2 * time.Second
 	cfg.HandshakeTimeout = 2 * time.Second
 	cfg.InactiveTimeout = 3 * time.Second
 	cfg.TLSHandshakeTimeout = 2 * time.Second
 	if os.Getenv("MEETPOINT_TEST_LOG") != "" {
-		cfg.Logger = testLogger()
+		cfg.Logger = testutil.Logger(t)
 	} else {
-		cfg.Logger = discardLogger()
+		cfg.Logger = testutil.Discard()
 	}
 	s, err := NewServer(cfg)
 	if err != nil {

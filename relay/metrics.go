@@ -14,6 +14,7 @@ type stats struct {
 	set *metrics.Set
 
 	connsTCP, connsWS *metrics.Counter // active pre-tunnel and tunnel connections, by transport (inc/dec)
+	connsHTTP         *metrics.Counter // active connections handed to net/http
 	tunnelsActive     *metrics.Counter
 	tunnelsTotal      *metrics.Counter
 	bytesUp, bytesDn  *metrics.Counter // a→b (first to arrive → second) and b→a
@@ -26,9 +27,8 @@ type stats struct {
 	tlsOK, tlsFailed  *metrics.Counter
 	throttled         *metrics.Counter // reads delayed by TunnelRate
 	bans              *metrics.Counter // addresses banned
-	tpServers         *metrics.Counter // TunnelProxy servers registered (gauge)
-	tpClients         *metrics.Counter // TunnelProxy clients connected (gauge)
-	tpBytes           *metrics.Counter // TunnelProxy bytes read from servers and clients
+	httpConns         *metrics.Counter // connections handed to net/http
+	httpRequests      *metrics.Counter // requests net/http served
 	accepted          *metrics.Counter // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
 	closes            [reason.Count]*metrics.Counter
@@ -38,6 +38,7 @@ func newStats() *stats {
 	s := &stats{set: metrics.NewSet()}
 	s.connsTCP = s.set.NewCounter(`meetpoint_connections_active{transport="tcp"}`)
 	s.connsWS = s.set.NewCounter(`meetpoint_connections_active{transport="websocket"}`)
+	s.connsHTTP = s.set.NewCounter(`meetpoint_connections_active{transport="http"}`)
 	s.tunnelsActive = s.set.NewCounter(`meetpoint_tunnels_active`)
 	s.tunnelsTotal = s.set.NewCounter(`meetpoint_tunnels_total`)
 	s.bytesUp = s.set.NewCounter(`meetpoint_tunnel_bytes_total{direction="a_to_b"}`)
@@ -53,9 +54,8 @@ func newStats() *stats {
 	s.tlsFailed = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="failed"}`)
 	s.throttled = s.set.NewCounter(`meetpoint_tunnel_throttled_total`)
 	s.bans = s.set.NewCounter(`meetpoint_bans_total`)
-	s.tpServers = s.set.NewCounter(`meetpoint_tunnelproxy_servers_active`)
-	s.tpClients = s.set.NewCounter(`meetpoint_tunnelproxy_clients_active`)
-	s.tpBytes = s.set.NewCounter(`meetpoint_tunnelproxy_bytes_total`)
+	s.httpConns = s.set.NewCounter(`meetpoint_http_connections_total`)
+	s.httpRequests = s.set.NewCounter(`meetpoint_http_requests_total`)
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
 	for r := reason.Reason(0); r < reason.Count; r++ {
@@ -64,8 +64,14 @@ func newStats() *stats {
 	return s
 }
 
-// WriteMetrics writes the server's metrics in Prometheus text format.
-func (s *Server) WriteMetrics(w io.Writer) { s.stats.set.WritePrometheus(w) }
+// WriteMetrics writes the engine's metrics and every reporter's in
+// Prometheus text format.
+func (s *Server) WriteMetrics(w io.Writer) {
+	s.stats.set.WritePrometheus(w)
+	for _, r := range s.reporters {
+		r.WriteMetrics(w)
+	}
+}
 
 // Stats is a snapshot of the server's main counters.
 type Stats struct {
@@ -73,7 +79,12 @@ type Stats struct {
 	ConnectionsTCP, ConnectionsWS uint64 // active connections by transport
 	TunnelsActive, TunnelsTotal   uint64
 	SplicedBytes, BufferedBytes   uint64 // bytes forwarded by splice(2) and through buffers
-	Closes                        map[string]uint64
+	// Traffic is every byte relayed since start: tunnels (both ways) and
+	// what the reporters (TunnelProxy) relayed.
+	Traffic                         uint64
+	AuthOK, AuthFailed, AuthTimeout uint64
+	Closes                          map[string]uint64
+	ClosesTotal                     uint64 // connections that have ended, whatever the reason
 }
 
 // Stats returns a snapshot of the counters. Cost: one small map allocation.
@@ -84,17 +95,30 @@ func (s *Server) Stats() Stats {
 		ConnectionsTCP: st.connsTCP.Get(), ConnectionsWS: st.connsWS.Get(),
 		TunnelsActive: st.tunnelsActive.Get(), TunnelsTotal: st.tunnelsTotal.Get(),
 		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),
+		Traffic: s.Traffic(),
+		AuthOK:  st.authOK.Get(), AuthFailed: st.authFail.Get(), AuthTimeout: st.authTimeout.Get(),
 		Closes: make(map[string]uint64, reason.Count),
 	}
 	for r := reason.Reason(0); r < reason.Count; r++ {
 		if v := st.closes[r].Get(); v > 0 {
 			out.Closes[r.String()] = v
+			out.ClosesTotal += v
 		}
 	}
 	return out
 }
 
-// WritePrometheus writes everything /metrics serves: the server's metrics
+// Traffic is the number of bytes relayed since start: tunnels (both
+// directions) and every reporter's (TunnelProxy).
+func (s *Server) Traffic() uint64 {
+	n := s.stats.bytesUp.Get() + s.stats.bytesDn.Get()
+	for _, r := range s.reporters {
+		n += r.Traffic()
+	}
+	return n
+}
+
+// WritePrometheus writes everything /metrics serves: the metrics
 // (WriteMetrics), meetpoint_ready (1 while accepting new clients, 0 while
 // draining or closed), meetpoint_build_info{version} and the process and Go
 // runtime metrics (process_*, go_*).
@@ -107,20 +131,4 @@ func (s *Server) WritePrometheus(w io.Writer) {
 	fmt.Fprintf(w, "meetpoint_ready %d\n", ready)
 	fmt.Fprintf(w, "meetpoint_build_info{version=%q} 1\n", Version)
 	metrics.WriteProcessMetrics(w)
-}
-
-// trafficTotal is the number of bytes relayed since start: legacy tunnels
-// (both directions) and TunnelProxy.
-func (st *stats) trafficTotal() uint64 {
-	return st.bytesUp.Get() + st.bytesDn.Get() + st.tpBytes.Get()
-}
-
-// closesTotal is the number of connections that have ended, whatever the
-// reason.
-func (st *stats) closesTotal() uint64 {
-	var n uint64
-	for _, c := range st.closes {
-		n += c.Get()
-	}
-	return n
 }

@@ -2,11 +2,13 @@ package relay
 
 import (
 	"context"
+	"crypto/x509"
 	"time"
 
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
@@ -26,32 +28,19 @@ func (c *conn) handle(obj []byte) {
 	}
 	switch req.Method {
 	case "RemoteProxy.Hello":
-		c.send(helloReply(c.s, req.ID))
+		c.send(c.s.HelloReply(req.ID))
 	case "RemoteProxy.Introspect":
 		c.send(handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect()))
 	case "Authentication.Authenticate":
 		c.authenticate(req)
-	case "TunnelProxy.RegisterServer":
-		c.registerServer(&req)
-	case "TunnelProxy.RegisterClient":
-		c.registerClient(&req)
-	case "TunnelProxy.Ping":
-		ts, _ := req.Uint("timestamp")
-		c.send(handshake.AppendSuccess(nil, req.ID, handshake.Int("timestamp", int64(ts))))
-	case "TunnelProxy.DisconnectClient": // only a registered server may
-		c.send(handshake.AppendSuccess(nil, req.ID,
-			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNotRegistered.String())))
 	default:
-		c.rpcFail(req.ID, "No such method")
+		h := c.s.methods[req.Method]
+		if h == nil {
+			c.rpcFail(req.ID, "No such method")
+			return
+		}
+		h(Conn{c}, &req)
 	}
-}
-
-// tpRefuse answers a TunnelProxy registration with an error value and
-// closes.
-func (c *conn) tpRefuse(id int, e handshake.TunnelProxyError) {
-	c.s.log.Debug("tunnelproxy registration refused", "peer", c.peer.String(), "error", e.String())
-	c.send(handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String())))
-	c.fail(reason.RPC, ws.StatusPolicyViolation, e.String())
 }
 
 // claimFor hands the connection to t: it leaves its transport, and t gets
@@ -65,38 +54,12 @@ func (c *conn) claimFor(t target) {
 	c.wantRelease()
 }
 
-// registerServer makes this connection a TunnelProxy server: it leaves
-// its transport for a hub on a forwarding loop, which sends the reply.
-func (c *conn) registerServer(req *handshake.Request) {
-	uuid, ok := handshake.ParseUUID(param(req, "serverUuid"))
-	if !ok {
-		c.tpRefuse(req.ID, handshake.TunnelProxyErrorInvalidUuid)
-		return
+// clientCert is the verified TLS client certificate, if any.
+func (c *conn) clientCert() *x509.Certificate {
+	if tr, ok := c.tr.(*tlsTransport); ok && len(tr.state.PeerCertificates) > 0 {
+		return tr.state.PeerCertificates[0]
 	}
-	h := c.s.tp.addServer(c.s, uuid, param(req, "serverName"))
-	if h == nil {
-		c.tpRefuse(req.ID, handshake.TunnelProxyErrorAlreadyRegistered)
-		return
-	}
-	c.uuid, c.name = uuid, param(req, "serverName")
-	c.claimFor(hubServer{h: h, replyID: req.ID})
-}
-
-// registerClient attaches this connection to a registered server's hub.
-func (c *conn) registerClient(req *handshake.Request) {
-	cu, ok1 := handshake.ParseUUID(param(req, "clientUuid"))
-	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
-	if !ok1 || !ok2 {
-		c.tpRefuse(req.ID, handshake.TunnelProxyErrorInvalidUuid)
-		return
-	}
-	h, res := c.s.tp.addClient(cu, su)
-	if h == nil {
-		c.tpRefuse(req.ID, res)
-		return
-	}
-	c.uuid, c.name = cu, param(req, "clientName")
-	c.claimFor(hubClient{h: h, replyID: req.ID, uuid: cu, name: c.name})
+	return nil
 }
 
 // rpcFail answers a JSON-RPC error and closes, as nymea does after any
@@ -120,9 +83,7 @@ func (c *conn) authenticate(req handshake.Request) {
 	c.authID = req.ID
 	c.st.Store(uint32(stAuthing))
 	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer}
-	if tr, ok := c.tr.(*tlsTransport); ok && len(tr.state.PeerCertificates) > 0 {
-		c.authStart.ClientCert = tr.state.PeerCertificates[0]
-	}
+	c.authStart.ClientCert = c.clientCert()
 	c.authTimer = time.AfterFunc(c.s.cfg.AuthTimeout, func() { c.onAuthResult(AuthTimeout) })
 	c.rpcTimer = time.AfterFunc(c.s.cfg.RPCTimeout, c.onRPCTimeout)
 }
@@ -162,10 +123,10 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.s.stats.authTimeout.Inc()
 	default:
 		c.s.stats.authFail.Inc()
-		if c.s.lim.authFailed(addrOf(c.peer)) {
+		if c.s.lim.AuthFailed(limits.AddrOf(c.peer)) {
 			c.s.stats.bans.Inc()
-			c.s.log.Warn("address banned after failed authentications", "ip", addrOf(c.peer).String(),
-				"for", c.s.lim.banTime())
+			c.s.log.Warn("address banned after failed authentications", "ip", limits.AddrOf(c.peer).String(),
+				"for", c.s.lim.BanTime())
 		}
 	}
 	c.send(handshake.AppendSuccess(nil, c.authID,

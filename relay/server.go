@@ -10,10 +10,13 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -21,7 +24,10 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/meetpoint/meetpoint/relay/limits"
+	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
+	"golang.org/x/sys/unix"
 )
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
@@ -30,20 +36,30 @@ type Server struct {
 	log     *slog.Logger
 	reg     Registry
 	stats   *stats
-	fwd     []*forwarder
-	tls     *tlsConfigState // nil without TLS
-	tlsGate *tlsGate
-	lim     *limiter
+	loops   []*loop.Loop       // the data plane: tunnels, TLS sessions, TunnelProxy hubs
+	tlsGate *loop.Gate[tlsJob] // bounds TLS handshakes in flight
+	lim     *limits.Limiter
 	live    *liveSet // every socket the server holds (tickets not ended)
 	// tunnelRate is Limits.TunnelRate, changeable while running.
 	tunnelRate atomic.Int64
-	tp         *tpRegistry
 	quit       chan struct{} // closed by Close
-	draining   atomic.Bool   // Shutdown has begun
+	seed       maphash.Seed  // for Loop
+
+	// Registered by subsystems before Start.
+	methods      map[string]MethodHandler
+	reporters    []Reporter
+	drainHooks   []func()
+	mux          *http.ServeMux
+	subprotocols map[string]http.Handler
+	handoffs     [handoffKinds]*loop.Handoff // nil: that kind is not served
+	httpSrv      *http.Server
+	h2mu         sync.Mutex
+	h2conns      map[*tls.Conn]*loop.HandedConn // HTTP/2 connections handed to net/http
+	draining     atomic.Bool                    // Shutdown has begun
 
 	mu        sync.Mutex
-	listeners []*listener
-	loops     []netpoll.EventLoop
+	listeners []*loop.Listener
+	evls      []netpoll.EventLoop // netpoll's event loops, one per listener
 	started   bool
 	closed    bool
 	// conns holds every connection still on its transport (before the
@@ -72,18 +88,24 @@ func NewServer(cfg Config) (*Server, error) {
 		stats:   newStats(),
 		conns:   make(map[*conn]struct{}),
 		tunnels: make(map[*tunnel]struct{}),
-		lim:     newLimiter(cfg.Limits),
+		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),
-		tp:      newTPRegistry(),
 		quit:    make(chan struct{}),
+		seed:    maphash.MakeSeed(),
+		methods: make(map[string]MethodHandler),
+		mux:     http.NewServeMux(),
+		h2conns: make(map[*tls.Conn]*loop.HandedConn),
+
+		subprotocols: make(map[string]http.Handler),
 	}
-	s.tlsGate = &tlsGate{s: s, max: cfg.MaxTLSHandshakes}
+	s.tlsGate = &loop.Gate[tlsJob]{Max: cfg.MaxTLSHandshakes, Run: s.handshakeTLS, Queued: s.stats.tlsQueued,
+		Deadline: func(j tlsJob) time.Time { return j.at.Add(s.cfg.TLSHandshakeTimeout) },
+		Refuse: func(j tlsJob) {
+			s.log.Debug("TLS handshake refused: too many at once", "peer", j.peer.String())
+			unix.Close(j.fd)
+			j.tk.End(reason.LimitTLS)
+		}}
 	s.tunnelRate.Store(cfg.Limits.TunnelRate)
-	ts, err := newTLSState(s)
-	if err != nil {
-		return nil, err
-	}
-	s.tls = ts
 	return s, nil
 }
 
@@ -110,34 +132,36 @@ func (s *Server) Start() (err error) {
 		_ = netpoll.Configure(netpoll.Config{PollerNum: s.cfg.Loops, LoggerOutput: debugWriter{s.log}})
 	})
 	var (
-		lns   []*listener
-		fwd   []*forwarder
-		loops []netpoll.EventLoop
+		lns   []*loop.Listener
+		loops []*loop.Loop
+		evls  []netpoll.EventLoop
 	)
 	defer func() {
 		if err == nil {
 			return
 		}
 		for _, l := range lns {
-			l.release()
+			l.Release()
 		}
-		for _, f := range fwd { // not running yet: just free them
-			f.closeFds()
+		for _, l := range loops { // not running yet: just free them
+			l.Close()
 		}
 	}()
 	for _, addr := range s.cfg.Listen {
-		ln, err := listen(addr)
+		ln, err := loop.Listen(addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
 	}
+	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
+		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}
 	for range s.cfg.Loops {
-		f, err := newForwarder(s)
+		l, err := loop.New(lcfg)
 		if err != nil {
-			return fmt.Errorf("forwarder: %w", err)
+			return fmt.Errorf("loop: %w", err)
 		}
-		fwd = append(fwd, f)
+		loops = append(loops, l)
 	}
 	for range lns {
 		evl, err := newEventLoop(s.onRequest,
@@ -147,20 +171,18 @@ func (s *Server) Start() (err error) {
 		if err != nil {
 			return fmt.Errorf("event loop: %w", err)
 		}
-		loops = append(loops, evl)
+		evls = append(evls, evl)
 	}
 	// Everything is in place: from here on nothing fails.
 	s.started = true
-	s.fwd, s.listeners, s.loops = fwd, lns, loops
-	for _, f := range fwd {
-		go f.run()
-	}
-	if s.tls != nil && s.cfg.TLSCert != "" {
-		go s.tls.watch(s.cfg.TLSWatchInterval)
+	s.loops, s.listeners, s.evls = loops, lns, evls
+	for _, l := range loops {
+		go l.Run()
 	}
 	go s.janitor()
+	s.startHTTP()
 	for i, ln := range lns {
-		evl := loops[i]
+		evl := evls[i]
 		go func() {
 			// An error after Close (the loop started late, found the
 			// listener closed) is expected.
@@ -191,9 +213,6 @@ func (s *Server) Reload() error {
 	if r, ok := s.cfg.Auth.(Reloader); ok {
 		errs = append(errs, r.Reload())
 	}
-	if s.tls != nil && s.cfg.TLSCert != "" {
-		errs = append(errs, s.tls.load())
-	}
 	return errors.Join(errs...)
 }
 
@@ -206,10 +225,7 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	close(s.quit)
-	if s.tls != nil {
-		close(s.tls.stop)
-	}
-	loops, lns := s.loops, s.listeners
+	evls, lns := s.evls, s.listeners
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -220,14 +236,22 @@ func (s *Server) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for _, evl := range loops {
+	for _, evl := range evls {
 		_ = evl.Shutdown(ctx)
 	}
-	for _, f := range s.fwd {
-		f.stop()
+	for _, l := range s.loops {
+		l.Stop()
 	}
 	for _, ln := range lns { // netpoll is done with them: free their numbers
-		ln.release()
+		ln.Release()
+	}
+	if s.httpSrv != nil {
+		s.httpSrv.Close()
+	}
+	for _, h := range s.handoffs {
+		if h != nil {
+			h.Close()
+		}
 	}
 	return nil
 }
@@ -248,9 +272,15 @@ func (s *Server) track(c *conn, add bool) bool {
 	return true
 }
 
-// pickForwarder spreads tunnels over forwarding loops.
-func (s *Server) pickForwarder(fd int) *forwarder {
-	return s.fwd[fd%len(s.fwd)]
+// pickLoop spreads sockets over the loops.
+func (s *Server) pickLoop(fd int) *loop.Loop {
+	return s.loops[fd%len(s.loops)]
+}
+
+// goodbye lets go of a socket the server owns, from any goroutine, on the
+// loop its descriptor maps to (loop.Loop.Goodbye).
+func (s *Server) goodbye(sk loop.Sock, final []byte, linger bool, tk *ticket, r reason.Reason) {
+	s.pickLoop(sk.Fd()).GoodbyeFrom(sk, final, linger, tk, r)
 }
 
 func (s *Server) trackTunnel(t *tunnel, add bool) {
@@ -273,9 +303,6 @@ func (s *Server) Ready() bool {
 	return !s.closed && !s.draining.Load() && len(s.listeners) > 0
 }
 
-// drainingNow reports whether Shutdown has begun.
-func (s *Server) drainingNow() bool { return s.draining.Load() }
-
 // Shutdown drains the server: it stops accepting, closes clients that have
 // no tunnel yet and TunnelProxy servers that have no client, then waits
 // until every socket the server holds is gone (tunnels ending, TunnelProxy
@@ -297,14 +324,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.shutdown()
 	}
-	for _, f := range s.fwd {
-		f.do(func() {
-			for h := range f.hubs {
-				if h.nclients.Load() == 0 {
-					h.close(reason.Shutdown)
-				}
-			}
-		})
+	for _, fn := range s.drainHooks {
+		fn()
 	}
 	var err error
 	select {
@@ -325,7 +346,7 @@ func (s *Server) janitor() {
 		case <-s.quit:
 			return
 		case <-t.C:
-			s.lim.sweep()
+			s.lim.Sweep()
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
-	"sync"
 	"time"
 )
 
@@ -94,12 +93,14 @@ func (s *Server) Snapshot() Snapshot {
 	}
 	for _, t := range tuns {
 		ab, ba := t.ab.Load(), t.ba.Load()
-		ti := TunnelInfo{ID: t.id, Started: time.Unix(0, t.start), Splice: t.splice,
+		ti := TunnelInfo{ID: t.id, Started: time.Unix(0, t.start), Splice: t.pair.Splice,
 			A: t.infoA.clientInfo(t.tokenHash, ab, ba), B: t.infoB.clientInfo(t.tokenHash, ba, ab),
 			BytesAB: ab, BytesBA: ba}
 		snap.Tunnels = append(snap.Tunnels, ti)
 	}
-	snap.TPServers = s.tpSnapshot()
+	for _, r := range s.reporters {
+		r.Report(&snap)
+	}
 	sort.Slice(snap.Clients, func(i, j int) bool { return snap.Clients[i].ID < snap.Clients[j].ID })
 	sort.Slice(snap.Tunnels, func(i, j int) bool { return snap.Tunnels[i].ID < snap.Tunnels[j].ID })
 	return snap
@@ -124,50 +125,4 @@ func (c *conn) infoLocked() ClientInfo {
 	st := state(c.st.Load())
 	ci.Authenticated = st == stWaiting || st == stClaimed
 	return ci
-}
-
-// tpSnapshot asks every forwarding loop to describe its hubs (they own
-// them) and waits up to a second for the answers.
-func (s *Server) tpSnapshot() []TPServerInfo {
-	var mu sync.Mutex
-	var out []TPServerInfo
-	var wg sync.WaitGroup
-	for _, f := range s.fwd {
-		wg.Add(1)
-		if !f.do(func() {
-			defer wg.Done()
-			var part []TPServerInfo
-			for h := range f.hubs {
-				part = append(part, h.info())
-			}
-			mu.Lock()
-			out = append(out, part...)
-			mu.Unlock()
-		}) {
-			wg.Done()
-		}
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(time.Second):
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	res := append([]TPServerInfo(nil), out...)
-	sort.Slice(res, func(i, j int) bool { return res[i].UUID < res[j].UUID })
-	return res
-}
-
-// info describes the hub. Loop goroutine only.
-func (h *hub) info() TPServerInfo {
-	e := h.srv
-	hi := TPServerInfo{UUID: h.uuid, Name: h.name, Address: e.peer, RxBytes: e.rx, TxBytes: e.tx}
-	for _, c := range h.clients {
-		hi.Clients = append(hi.Clients, TPClientInfo{SocketAddress: c.addr, UUID: c.uuid, Name: c.name,
-			Address: c.peer, RxBytes: c.rx, TxBytes: c.tx})
-	}
-	sort.Slice(hi.Clients, func(i, j int) bool { return hi.Clients[i].SocketAddress < hi.Clients[j].SocketAddress })
-	return hi
 }

@@ -34,7 +34,7 @@ func (c *conn) sniff(p []byte) {
 	switch {
 	case kind == handshake.KindNeedMore:
 		return // len(c.in) < sniffMax, so p is empty
-	case kind == handshake.KindTLS && !inTLS && c.s.tls != nil:
+	case kind == handshake.KindTLS && !inTLS && c.s.cfg.TLS != nil:
 		c.toTLS(p)
 		return
 	case kind == handshake.KindTLS:
@@ -54,6 +54,8 @@ func (c *conn) sniff(p []byte) {
 	case handshake.KindHTTP:
 		c.st.Store(uint32(stHTTP))
 		c.httpHead(p)
+	case handshake.KindSTUN:
+		c.toHandoff(handoffSTUN, p)
 	default:
 		c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
 		c.close(reason.Sniff)
@@ -151,6 +153,14 @@ func (c *conn) consumeJSON(p []byte) {
 	}
 }
 
+// lateLimit bounds what a claimed connection may stash for its target.
+func (c *conn) lateLimit() int {
+	if c.lateMax > 0 {
+		return c.lateMax
+	}
+	return c.s.cfg.MaxPreAuth
+}
+
 func trimSpace(p []byte) []byte {
 	for len(p) > 0 && (p[0] == ' ' || p[0] == '\n' || p[0] == '\r' || p[0] == '\t') {
 		p = p[1:]
@@ -166,7 +176,7 @@ func (c *conn) stashLate(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	if len(c.late)+len(p) > c.s.cfg.MaxPreAuth {
+	if max := c.lateLimit(); len(c.late)+len(p) > max {
 		c.setFailed(reason.PreAuthLimit)
 		return
 	}

@@ -1,52 +1,11 @@
 package relay
 
 import (
-	"io"
-
 	"github.com/cloudwego/netpoll"
 	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/loop"
 )
-
-// sock is how a forwarding loop reads and writes one end of a tunnel: a
-// plain non-blocking socket, or a TLS session over one. Read and Write return
-// unix.EAGAIN when they would block and io.EOF at the end of the stream.
-type sock interface {
-	Read(p []byte) (int, error)
-	// Write accepts a prefix of p (possibly buffering it, bounded, as TLS
-	// records) and returns its length.
-	Write(p []byte) (int, error)
-	// Flush writes whatever Write buffered; unix.EAGAIN if some remains.
-	Flush() error
-	Close() error
-	Fd() int
-}
-
-// plainSock is a non-blocking socket descriptor owned by the relay.
-type plainSock int
-
-func (s plainSock) Fd() int      { return int(s) }
-func (s plainSock) Close() error { return unix.Close(int(s)) }
-func (s plainSock) Flush() error { return nil }
-
-func (s plainSock) Read(p []byte) (int, error) {
-	n, err := unix.Read(int(s), p)
-	switch {
-	case n > 0:
-		return n, nil
-	case err != nil:
-		return 0, err
-	default:
-		return 0, io.EOF
-	}
-}
-
-func (s plainSock) Write(p []byte) (int, error) {
-	n, err := unix.Write(int(s), p)
-	if n < 0 {
-		n = 0
-	}
-	return n, err
-}
 
 // transport carries a connection before its tunnel exists: netpoll for
 // plain sockets, a forwarding loop for TLS sessions. When it lets go of the
@@ -62,7 +21,7 @@ type transport interface {
 	release()
 	// detach takes the socket over from the transport. Only inside
 	// conn.released.
-	detach() (sock, error)
+	detach() (loop.Sock, error)
 	// discard disposes of the socket when it is not taken over.
 	discard()
 }
@@ -101,12 +60,12 @@ func (t *netpollTransport) release() { t.nc.Close() }
 
 // detach takes a descriptor of our own: netpoll closes its own right after
 // the close callback that calls this.
-func (t *netpollTransport) detach() (sock, error) {
+func (t *netpollTransport) detach() (loop.Sock, error) {
 	fd, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	return plainSock(fd), nil
+	return loop.PlainSock(fd), nil
 }
 
 func (t *netpollTransport) discard() {} // netpoll closes the descriptor

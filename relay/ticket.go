@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
@@ -32,6 +33,7 @@ const (
 	kindNone transportKind = iota // not sniffed yet
 	kindTCP                       // raw TCP JSON-RPC
 	kindWS                        // WebSocket
+	kindHTTP                      // handed to net/http (or another library)
 )
 
 // newTicket admits a socket; the caller has counted it accepted.
@@ -60,17 +62,17 @@ func (tk *ticket) End(r reason.Reason) {
 	if k := transportKind(tk.kind.Load()); k != kindNone {
 		st.active(k).Dec()
 	}
-	tk.s.lim.release(tk.key)
+	tk.s.lim.Release(tk.key)
 	tk.s.live.done()
 }
 
 // active is the connections_active gauge of a transport.
-func (st *stats) active(k transportKind) interface {
-	Inc()
-	Dec()
-} {
-	if k == kindWS {
+func (st *stats) active(k transportKind) *metrics.Counter {
+	switch k {
+	case kindWS:
 		return st.connsWS
+	case kindHTTP:
+		return st.connsHTTP
 	}
 	return st.connsTCP
 }

@@ -23,18 +23,20 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // tlsFiles writes a fresh self-signed server certificate and returns the
 // paths and the certificate.
 func tlsFiles(t *testing.T, dir string) (certPath, keyPath string, cert tls.Certificate) {
 	t.Helper()
-	cert, err := SelfSignedCert([]string{"localhost", "127.0.0.1"})
+	cert, err := certs.SelfSignedCert([]string{"localhost", "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := WriteSelfSigned(cert, certPath, keyPath); err != nil {
+	if err := certs.WriteSelfSigned(cert, certPath, keyPath); err != nil {
 		t.Fatal(err)
 	}
 	return certPath, keyPath, cert
@@ -47,19 +49,45 @@ func clientTLS(cert tls.Certificate) *tls.Config {
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }
 
+// tlsStore serves the material tc names (the certificate files are
+// watched every 50 ms).
+func tlsStore(t *testing.T, tc certs.Config) *certs.Store {
+	t.Helper()
+	tc.WatchInterval = 50 * time.Millisecond
+	st, err := certs.New(tc, testutil.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
+}
+
+// startTLSServer starts a relay serving TLS (and plaintext) with a fresh
+// self-signed certificate in a temporary directory.
 func startTLSServer(t *testing.T, mutate func(*Config)) (*Server, tls.Certificate, string) {
+	s, cert, dir, _ := startTLSServerWith(t, nil, mutate)
+	return s, cert, dir
+}
+
+// startTLSServerWith is startTLSServer with the TLS section changed by
+// tcMutate first; it also returns the certificate store.
+func startTLSServerWith(t *testing.T, tcMutate func(*certs.Config), mutate func(*Config)) (*Server, tls.Certificate, string, *certs.Store) {
 	t.Helper()
 	dir := t.TempDir()
 	cp, kp, cert := tlsFiles(t, dir)
+	tc := certs.Config{Cert: cp, Key: kp}
+	if tcMutate != nil {
+		tcMutate(&tc)
+	}
+	st := tlsStore(t, tc)
 	s := startServer(t, func(c *Config) {
-		c.TLSCert, c.TLSKey = cp, kp
+		c.TLS = st.TLSConfig()
 		c.TLSHandshakeTimeout = 500 * time.Millisecond
-		c.TLSWatchInterval = 50 * time.Millisecond
 		if mutate != nil {
 			mutate(c)
 		}
 	})
-	return s, cert, dir
+	return s, cert, dir, st
 }
 
 // exchange sends n random bytes each way at once and checks them.
@@ -233,10 +261,8 @@ func TestTLSClientCertificates(t *testing.T) {
 	sum := sha256.Sum256(stranger.Certificate[0])
 	os.WriteFile(fpPath, []byte("# allowed\n"+hex.EncodeToString(sum[:])+"\n"), 0o644)
 	seen := make(chan string, 4)
-	s, cert, _ := startTLSServer(t, func(c *Config) {
-		c.TLSClientCA = caPath
-		c.Auth = identityAuth{seen}
-	})
+	s, cert, _, _ := startTLSServerWith(t, func(tc *certs.Config) { tc.ClientCA = caPath },
+		func(c *Config) { c.Auth = identityAuth{seen} })
 	u := "tls://" + s.Addrs()[0].String()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -258,7 +284,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	if _, err := client.Hello(ctx, client.Options{URL: u, TLSConfig: conf2}); err == nil {
 		t.Fatal("certificate from another CA admitted")
 	}
-	s2, cert2, _ := startTLSServer(t, func(c *Config) { c.TLSClientFingerprints = fpPath })
+	s2, cert2, _, _ := startTLSServerWith(t, func(tc *certs.Config) { tc.ClientFingerprints = fpPath }, nil)
 	conf3 := clientTLS(cert2)
 	conf3.Certificates = []tls.Certificate{stranger}
 	if _, err := client.Hello(ctx, client.Options{URL: "tls://" + s2.Addrs()[0].String(), TLSConfig: conf3}); err != nil {
@@ -284,14 +310,14 @@ func peerCert(t *testing.T, addr string) []byte {
 // TestTLSReload: new certificate files are picked up without dropping a
 // live tunnel; a broken new certificate keeps the old one.
 func TestTLSReload(t *testing.T) {
-	s, cert, dir := startTLSServer(t, nil)
+	s, cert, dir, store := startTLSServerWith(t, nil, nil)
 	addr := s.Addrs()[0].String()
 	u := "tls://" + addr
 	a, b := dialPair(t, client.Options{URL: u, Token: "r", TLSConfig: clientTLS(cert)}, client.Options{URL: u, Token: "r", TLSConfig: clientTLS(cert)})
 	exchange(t, a, b, 1000)
 
-	cert2, _ := SelfSignedCert([]string{"127.0.0.1"})
-	if err := WriteSelfSigned(cert2, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")); err != nil {
+	cert2, _ := certs.SelfSignedCert([]string{"127.0.0.1"})
+	if err := certs.WriteSelfSigned(cert2, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")); err != nil {
 		t.Fatal(err)
 	}
 	future := time.Now().Add(2 * time.Second)
@@ -303,7 +329,7 @@ func TestTLSReload(t *testing.T) {
 	future = future.Add(2 * time.Second)
 	os.Chtimes(filepath.Join(dir, "cert.pem"), future, future)
 	time.Sleep(300 * time.Millisecond)
-	if err := s.Reload(); err == nil {
+	if err := store.Reload(); err == nil {
 		t.Fatal("Reload accepted a broken certificate")
 	}
 	if string(peerCert(t, addr)) != string(cert2.Certificate[0]) {
@@ -343,21 +369,22 @@ func TestTLSIdleTunnelsHoldNoGoroutine(t *testing.T) {
 func TestTLSChainFile(t *testing.T) {
 	dir := t.TempDir()
 	cp, kp, _ := tlsFiles(t, dir)
-	inter, _ := SelfSignedCert([]string{"intermediate.example"})
+	inter, _ := certs.SelfSignedCert([]string{"intermediate.example"})
 	chain := filepath.Join(dir, "chain.pem")
 	os.WriteFile(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Certificate[0]}), 0o644)
-	s := startServer(t, func(c *Config) { c.TLSCert, c.TLSKey, c.TLSChain = cp, kp, chain })
+	store := tlsStore(t, certs.Config{Cert: cp, Key: kp, Chain: chain})
+	s := startServer(t, func(c *Config) { c.TLS = store.TLSConfig() })
 	c, err := tls.Dial("tcp", s.Addrs()[0].String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	certs := c.ConnectionState().PeerCertificates
-	if len(certs) != 2 || string(certs[1].Raw) != string(inter.Certificate[0]) {
-		t.Fatalf("served %d certificates", len(certs))
+	served := c.ConnectionState().PeerCertificates
+	if len(served) != 2 || string(served[1].Raw) != string(inter.Certificate[0]) {
+		t.Fatalf("served %d certificates", len(served))
 	}
 	os.WriteFile(chain, []byte("nothing"), 0o644)
-	if err := s.Reload(); err == nil {
+	if err := store.Reload(); err == nil {
 		t.Fatal("a chain file without certificates was accepted")
 	}
 }

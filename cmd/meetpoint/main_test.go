@@ -16,6 +16,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
 )
 
 func TestParseServeDefaults(t *testing.T) {
@@ -24,7 +25,7 @@ func TestParseServeDefaults(t *testing.T) {
 	if code != -1 {
 		t.Fatalf("code %d: %s", code, stderr.String())
 	}
-	if _, ok := cfg.Auth.(relay.Dummy); !ok || cfg.Logger == nil {
+	if _, ok := cfg.Auth.(auth.Dummy); !ok || cfg.Logger == nil {
 		t.Fatalf("auth %T, logger %v", cfg.Auth, cfg.Logger)
 	}
 	want := relay.DefaultConfig()
@@ -66,7 +67,7 @@ func TestParseServeAuthFile(t *testing.T) {
 		t.Fatalf("gen-key: %d", code)
 	}
 	cfg, code := parseServe([]string{"--auth", "hmac:" + key}, io.Discard, io.Discard, io.Discard)
-	if _, ok := cfg.Auth.(*relay.HMACAuth); code != -1 || !ok {
+	if _, ok := cfg.Auth.(*auth.HMACAuth); code != -1 || !ok {
 		t.Fatalf("code %d, auth %T", code, cfg.Auth)
 	}
 }

@@ -13,8 +13,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
-
-	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/ops"
 )
 
 // defaultMonitorSocket is where the systemd unit puts the monitor socket.
@@ -112,8 +111,8 @@ func (m *monitorConn) fetchRaw() ([]byte, error) {
 	return line, nil
 }
 
-func (m *monitorConn) fetch() (relay.MonitorStatus, error) {
-	var st relay.MonitorStatus
+func (m *monitorConn) fetch() (ops.MonitorStatus, error) {
+	var st ops.MonitorStatus
 	line, err := m.fetchRaw()
 	if err != nil {
 		return st, err
@@ -126,7 +125,7 @@ func (m *monitorConn) fetch() (relay.MonitorStatus, error) {
 
 // monitorUI runs the terminal view on screen until q (or Esc, Ctrl-C) is
 // pressed, fetching a status every interval.
-func monitorUI(screen tcell.Screen, fetch func() (relay.MonitorStatus, error), interval time.Duration, rows int) error {
+func monitorUI(screen tcell.Screen, fetch func() (ops.MonitorStatus, error), interval time.Duration, rows int) error {
 	view := &monitorView{rows: rows, interval: interval}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -167,7 +166,7 @@ func monitorUI(screen tcell.Screen, fetch func() (relay.MonitorStatus, error), i
 type monitorView struct {
 	rows     int
 	interval time.Duration
-	cur      relay.MonitorStatus
+	cur      ops.MonitorStatus
 	err      error
 	at       time.Time
 	prev     map[string]uint64 // row key → bytes both ways at the last update
@@ -186,7 +185,7 @@ type monitorRow struct {
 	a, b    string
 }
 
-func monitorRows(st relay.MonitorStatus) []monitorRow {
+func monitorRows(st ops.MonitorStatus) []monitorRow {
 	rows := make([]monitorRow, 0, len(st.Tunnels)+len(st.TPServers))
 	for _, t := range st.Tunnels {
 		path := "buffer"
@@ -211,7 +210,7 @@ func monitorRows(st relay.MonitorStatus) []monitorRow {
 	return rows
 }
 
-func (v *monitorView) update(st relay.MonitorStatus, err error, now time.Time) {
+func (v *monitorView) update(st ops.MonitorStatus, err error, now time.Time) {
 	v.err = err
 	if err != nil {
 		return

@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
-
-	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/ops"
 )
 
 func TestMonitorCommandJSON(t *testing.T) {
@@ -26,7 +25,7 @@ func TestMonitorCommandJSON(t *testing.T) {
 	if code := runMonitor([]string{"--socket", mon, "--json"}, &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	var st relay.MonitorStatus
+	var st ops.MonitorStatus
 	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
@@ -113,7 +112,7 @@ func TestMonitorTerminalView(t *testing.T) {
 
 	screen := newSnapScreen(t, 120, 30)
 	var fetches atomic.Int32
-	fetch := func() (relay.MonitorStatus, error) {
+	fetch := func() (ops.MonitorStatus, error) {
 		fetches.Add(1)
 		return mc.fetch()
 	}
@@ -185,8 +184,8 @@ func TestMonitorViewErrorsAndKeys(t *testing.T) {
 	screen := newSnapScreen(t, 80, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- monitorUI(screen, func() (relay.MonitorStatus, error) {
-			return relay.MonitorStatus{}, errors.New("relay gone")
+		done <- monitorUI(screen, func() (ops.MonitorStatus, error) {
+			return ops.MonitorStatus{}, errors.New("relay gone")
 		}, 100*time.Millisecond, 0)
 	}()
 	deadline := time.Now().Add(5 * time.Second)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,11 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
+	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/limits"
+	"github.com/meetpoint/meetpoint/relay/ops"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
 
 // listFlag is a repeatable string flag; the first Set replaces the default.
@@ -42,6 +48,8 @@ func (l *listFlag) Set(v string) error {
 // that need converting before they go into it.
 type serveSettings struct {
 	cfg      relay.Config
+	tlsCfg   certs.Config       // the TLS section
+	tpCfg    tunnelproxy.Config // the TunnelProxy section
 	listen   listFlag
 	auth     string
 	logLevel string
@@ -61,8 +69,8 @@ type serveSettings struct {
 // serveFlags declares the serve flags over settings starting from
 // relay.DefaultConfig().
 func serveFlags() (*flag.FlagSet, *serveSettings) {
-	v := &serveSettings{cfg: relay.DefaultConfig()}
-	c, o := &v.cfg, v
+	v := &serveSettings{cfg: relay.DefaultConfig(), tpCfg: tunnelproxy.DefaultConfig()}
+	c, o, tc, tp := &v.cfg, v, &v.tlsCfg, &v.tpCfg
 	o.listen.vals = c.Listen
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.Var(&o.listen, "listen", "address to listen on, repeatable (`ADDR`: host:port, [::1]:8443)")
@@ -78,11 +86,12 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 
 	fs.BoolVar(&o.tls, "tls", false, "serve TLS on every listen address; without --tls-cert a self-signed certificate is generated and its fingerprint logged")
-	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate (chain) PEM `FILE`")
-	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key PEM `FILE`")
-	fs.StringVar(&c.TLSChain, "tls-chain", "", "intermediate certificates PEM `FILE`, sent after --tls-cert's")
-	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "", "admit only TLS clients with a certificate signed by this CA bundle `FILE`")
-	fs.StringVar(&c.TLSClientFingerprints, "tls-client-fingerprints", "", "admit only TLS clients whose certificate SHA-256 is listed in `FILE` (or signed by --tls-client-ca)")
+	fs.StringVar(&tc.Cert, "tls-cert", "", "TLS certificate (chain) PEM `FILE`")
+	fs.StringVar(&tc.Key, "tls-key", "", "TLS private key PEM `FILE`")
+	fs.StringVar(&tc.Chain, "tls-chain", "", "intermediate certificates PEM `FILE`, sent after --tls-cert's")
+	fs.StringVar(&tc.ClientCA, "tls-client-ca", "", "admit only TLS clients with a certificate signed by this CA bundle `FILE`")
+	fs.StringVar(&tc.ClientFingerprints, "tls-client-fingerprints", "", "admit only TLS clients whose certificate SHA-256 is listed in `FILE` (or signed by --tls-client-ca)")
+	fs.StringVar(&tc.DataDir, "data-dir", "", "keep state here: the generated self-signed certificate (so pinned clients survive a restart)")
 	fs.BoolVar(&c.TLSOnly, "tls-only", false, "refuse plaintext clients")
 	fs.DurationVar(&c.TLSHandshakeTimeout, "tls-handshake-timeout", c.TLSHandshakeTimeout, "TLS handshake deadline, counted from accept")
 	fs.IntVar(&c.MaxTLSHandshakes, "max-tls-handshakes", c.MaxTLSHandshakes, "TLS handshakes at once; 4x as many more wait, beyond that TLS clients are refused")
@@ -97,8 +106,11 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&c.Limits.BanTime, "ban-time", c.Limits.BanTime, "how long a banned address is refused")
 	fs.Int64Var(&c.Limits.TunnelRate, "tunnel-rate", c.Limits.TunnelRate, "bytes per second per tunnel direction (0: no limit)")
 	fs.Var(&o.exempt, "limit-exempt", "`CIDR` exempt from per-address limits, repeatable (default 127.0.0.0/8 and ::1; \"none\" for none)")
-	fs.DurationVar(&c.TPServerTimeout, "tp-server-timeout", c.TPServerTimeout, "close a TunnelProxy server silent this long")
-	fs.IntVar(&c.TPClientBuffer, "tp-client-buffer", c.TPClientBuffer, "bytes waiting for one TunnelProxy client before it is disconnected")
+	fs.DurationVar(&tp.ServerTimeout, "tp-server-timeout", tp.ServerTimeout, "close a TunnelProxy server silent this long")
+	fs.IntVar(&tp.ClientBuffer, "tp-client-buffer", tp.ClientBuffer, "bytes waiting for one TunnelProxy client before it is disconnected")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "HTTP connections (API, /metrics) served at once on the relay port; more get 503")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "close an idle keep-alive HTTP connection after this long")
+	fs.Int64Var(&c.HTTPMaxBody, "http-max-body", c.HTTPMaxBody, "largest HTTP request body on the relay port (bytes)")
 
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.adminListen, "admin-listen", "", "also serve /metrics, /healthz, /readyz and /debug/pprof/ on this `ADDR` (keep it private)")
@@ -114,13 +126,15 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 // settings around it.
 type serveOptions struct {
 	cfg         relay.Config
+	tlsCfg      certs.Config       // TLS; cfg.TLS is a placeholder until serving starts
+	tpCfg       tunnelproxy.Config // the TunnelProxy API
 	adminListen string
 	monitor     string
 	drain       time.Duration
 	warnings    []string // from --nymea-config
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
-	limits func() (relay.Limits, error)
+	limits func() (limits.Limits, error)
 }
 
 // parseServe turns serve's arguments into a validated relay.Config. Logs go
@@ -185,8 +199,17 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 			cfg.Limits.Exempt = append(cfg.Limits.Exempt, pfx)
 		}
 	}
-	if v.tls && cfg.TLSCert == "" {
-		cfg.TLSSelfSigned = true
+	tlsCfg := v.tlsCfg
+	if v.tls && tlsCfg.Cert == "" {
+		tlsCfg.SelfSigned = true
+	}
+	if err := tlsCfg.Validate(); err != nil {
+		return fail("%v", err)
+	}
+	if tlsCfg.Enabled() {
+		// The store (certificate files, a self-signed certificate) is made
+		// when serving starts; its config takes this placeholder's place.
+		cfg.TLS = &tls.Config{}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(v.logLevel)); err != nil {
@@ -209,12 +232,17 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 			return fail("admin-listen: %v", err)
 		}
 	}
-	auth, err := relay.ParseAuth(v.auth)
+	a, err := auth.ParseAuth(v.auth)
 	if err != nil {
 		return fail("auth: %v", err)
 	}
-	cfg.Auth = auth
+	cfg.Auth = a
 	if err := cfg.Validate(); err != nil {
+		return fail("%v", err)
+	}
+	tpCfg := v.tpCfg
+	tpCfg.WriteStallTimeout = cfg.WriteStallTimeout
+	if err := tpCfg.Validate(); err != nil {
 		return fail("%v", err)
 	}
 	if v.printConfig {
@@ -224,17 +252,17 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 		}
 		return serveOptions{}, 0
 	}
-	return serveOptions{cfg: cfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain, warnings: warnings}, -1
+	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain, warnings: warnings}, -1
 }
 
 // limitsReloader re-reads serve's command line and config files and
 // returns the limits they now give (for SIGHUP).
-func limitsReloader(args []string) func() (relay.Limits, error) {
-	return func() (relay.Limits, error) {
+func limitsReloader(args []string) func() (limits.Limits, error) {
+	return func() (limits.Limits, error) {
 		var errb bytes.Buffer
 		again, code := parseServeOptions(args, io.Discard, io.Discard, &errb)
 		if code >= 0 {
-			return relay.Limits{}, errors.New(strings.TrimSpace(errb.String()))
+			return limits.Limits{}, errors.New(strings.TrimSpace(errb.String()))
 		}
 		return again.cfg.Limits, nil
 	}
@@ -271,18 +299,33 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	for _, w := range o.warnings {
 		log.Warn("nymea-config: " + w)
 	}
+	store, err := certs.New(o.tlsCfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+		return 2
+	}
+	if store != nil {
+		defer store.Close()
+		o.cfg.TLS = store.TLSConfig()
+	}
 	srv, err := relay.NewServer(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
 	}
+	// The subsystems, each on the engine's interfaces.
+	if _, err := tunnelproxy.New(srv, o.tpCfg); err != nil {
+		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+		return 2
+	}
+	ops.Register(srv)
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1
 	}
 	var mon io.Closer
 	if o.monitor != "" {
-		if mon, err = srv.ServeMonitor(o.monitor); err != nil {
+		if mon, err = ops.ServeMonitor(srv, o.monitor); err != nil {
 			srv.Close()
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 			return 1
@@ -302,7 +345,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 1
 		}
 		adminAddr = ln.Addr()
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		admin = &http.Server{Handler: ops.AdminHandler(srv), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go func() {
 			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener", "err", err)
@@ -329,6 +372,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			err := srv.Reload()
+			if store != nil {
+				err = errors.Join(err, store.Reload())
+			}
 			if o.limits != nil {
 				lim, lerr := o.limits()
 				if lerr == nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // lockedBuffer is a goroutine-safe log sink.
@@ -107,27 +108,8 @@ func adminGet(t *testing.T, ts *testServe, path string) (int, string) {
 
 func pairTunnel(t *testing.T, addr, token string) (*client.Tunnel, *client.Tunnel) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type res struct {
-		tun *client.Tunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		tun, err := client.Dial(ctx, client.Options{URL: "ws://" + addr + "/", Token: token, Name: "a"})
-		ch <- res{tun, err}
-	}()
-	b, err := client.Dial(ctx, client.Options{URL: "tcp://" + addr, Token: token, Name: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { r.tun.Close(); b.Close() })
-	return r.tun, b
+	return relaytest.DialPair(t, client.Options{URL: "ws://" + addr + "/", Token: token, Name: "a"},
+		client.Options{URL: "tcp://" + addr, Token: token, Name: "b"})
 }
 
 func echo(t *testing.T, from, to *client.Tunnel, msg string) {

@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
 )
 
 // tokenSettings is what the token flags fill in.
@@ -48,12 +48,12 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "meetpoint token: --key or --gen-key is required")
 		return 2
 	}
-	key, err := relay.LoadHMACKey(v.key)
+	key, err := auth.LoadHMACKey(v.key)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
 		return 1
 	}
-	tok, err := relay.MintHMAC(key, v.id, v.ttl, time.Now())
+	tok, err := auth.MintHMAC(key, v.id, v.ttl, time.Now())
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
 		return 2

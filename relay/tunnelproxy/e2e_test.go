@@ -1,4 +1,4 @@
-package relay
+package tunnelproxy
 
 import (
 	"context"
@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // TestTPRemoteWebUI: a device's web UI reached with a plain HTTP client
 // through the relay — the device bridges TunnelProxy clients to its local
 // HTTP server, the user's side turns local connections into clients.
 func TestTPRemoteWebUI(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	ui := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "device UI at "+r.URL.Path)
 	}))
@@ -25,7 +26,7 @@ func TestTPRemoteWebUI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, scheme := range []string{"tcp://", "ws://"} {
-		su := newTestUUID()
+		su := client.NewUUID()
 		dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: scheme + s.Addrs()[0].String(), UUID: su, Name: "device"})
 		if err != nil {
 			t.Fatal(err)
@@ -52,7 +53,7 @@ func TestTPRemoteWebUI(t *testing.T) {
 		dev.Close()
 	}
 	// ServerNotFound is a clear error.
-	_, err := client.DialTPClient(ctx, client.TPOptions{URL: tcpURL(s), ServerUUID: newTestUUID()})
+	_, err := client.DialTPClient(ctx, client.TPOptions{URL: relaytest.TCPURL(s), ServerUUID: client.NewUUID()})
 	var te *client.TPError
 	if err == nil || !asTPError(err, &te) || te.Value != "TunnelProxyErrorServerNotFound" {
 		t.Fatalf("want ServerNotFound, got %v", err)

@@ -1,4 +1,4 @@
-package relay
+package ops
 
 import (
 	"bufio"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // opsGet sends one plain HTTP/1.1 request over a bare TCP connection to the
@@ -43,7 +45,7 @@ func opsGet(t testing.TB, addr, method, path string) (int, http.Header, string) 
 }
 
 // opsMetrics scrapes /metrics on the relay port into name{labels} → value.
-func opsMetrics(t testing.TB, s *Server) map[string]float64 {
+func opsMetrics(t testing.TB, s *relay.Server) map[string]float64 {
 	t.Helper()
 	code, h, body := opsGet(t, s.Addrs()[0].String(), "GET", "/metrics")
 	if code != 200 {
@@ -92,7 +94,7 @@ func opsEcho(t testing.TB, from, to *client.Tunnel, msg string) {
 }
 
 // waitMetric polls /metrics until name has value want.
-func waitMetric(t testing.TB, s *Server, name string, want float64) map[string]float64 {
+func waitMetric(t testing.TB, s *relay.Server, name string, want float64) map[string]float64 {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -108,7 +110,7 @@ func waitMetric(t testing.TB, s *Server, name string, want float64) map[string]f
 }
 
 func TestOpsMetricsFollowTunnels(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	m0 := opsMetrics(t, s)
 	for _, name := range []string{
 		`meetpoint_tunnels_active`, `meetpoint_tunnels_total`,
@@ -127,7 +129,7 @@ func TestOpsMetricsFollowTunnels(t *testing.T) {
 		t.Fatalf("fresh server: tunnels_active %v ready %v", m0[`meetpoint_tunnels_active`], m0[`meetpoint_ready`])
 	}
 
-	a, b := pair(t, tcpURL(s), wsURL(s), "ops-metrics", "")
+	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.WSURL(s), "ops-metrics", "")
 	m1 := waitMetric(t, s, `meetpoint_tunnels_active`, 1)
 	if m1[`meetpoint_tunnels_total`] != m0[`meetpoint_tunnels_total`]+1 {
 		t.Fatalf("tunnels_total %v → %v", m0[`meetpoint_tunnels_total`], m1[`meetpoint_tunnels_total`])
@@ -185,7 +187,7 @@ func TestOpsMetricsFollowTunnels(t *testing.T) {
 }
 
 func TestOpsHTTPEndpoints(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	addr := s.Addrs()[0].String()
 	for _, c := range []struct {
 		method, path string
@@ -195,7 +197,7 @@ func TestOpsHTTPEndpoints(t *testing.T) {
 		{"GET", "/healthz", 200, "ok"},
 		{"GET", "/readyz", 200, "ready"},
 		{"GET", "/readyz?verbose=1", 200, "ready"},
-		{"GET", "/", 404, "meetpoint relay"},
+		{"GET", "/", 200, "<!doctype html>"}, // the status page
 		{"GET", "/nope", 404, "meetpoint relay"},
 		{"GET", "/debug/pprof/", 404, "meetpoint relay"}, // pprof only on the admin listener
 		{"POST", "/metrics", 405, "method not allowed"},
@@ -212,13 +214,13 @@ func TestOpsHTTPEndpoints(t *testing.T) {
 		t.Errorf("HEAD /metrics: %d %q %v", code, body, h)
 	}
 	// The relay still works after serving HTTP.
-	a, b := pair(t, tcpURL(s), tcpURL(s), "ops-http", "")
+	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.TCPURL(s), "ops-http", "")
 	opsEcho(t, a, b, "still relaying")
 }
 
 func TestOpsAdminHandler(t *testing.T) {
-	s := startServer(t, nil)
-	hs := httptest.NewServer(s.AdminHandler())
+	s := server(t, nil)
+	hs := httptest.NewServer(AdminHandler(s))
 	defer hs.Close()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(hs.URL + path)
@@ -261,10 +263,10 @@ func TestOpsAdminHandler(t *testing.T) {
 // A tunnel keeps forwarding while Shutdown waits; readyz says draining;
 // Shutdown returns as soon as the last tunnel ends by itself.
 func TestOpsDrainTunnelEndsByItself(t *testing.T) {
-	s := startServer(t, nil)
-	hs := httptest.NewServer(s.AdminHandler())
+	s := server(t, nil)
+	hs := httptest.NewServer(AdminHandler(s))
 	defer hs.Close()
-	a, b := pair(t, tcpURL(s), wsURL(s), "ops-drain-early", "")
+	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.WSURL(s), "ops-drain-early", "")
 	opsEcho(t, a, b, "before")
 
 	done := make(chan error, 1)
@@ -301,7 +303,7 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 	}
 	// New clients are refused: the listener is closed.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if tun, err := client.Dial(ctx, client.Options{URL: tcpURL(s), Token: "ops-drain-late"}); err == nil {
+	if tun, err := client.Dial(ctx, client.Options{URL: relaytest.TCPURL(s), Token: "ops-drain-late"}); err == nil {
 		tun.Close()
 		t.Fatal("a new client got through while draining")
 	}
@@ -334,9 +336,9 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 // A tunnel that does not end is not cut before the drain timeout, and is
 // closed when it passes.
 func TestOpsDrainTimeoutCutsTunnel(t *testing.T) {
-	s := startServer(t, nil)
-	a, b := pair(t, tcpURL(s), tcpURL(s), "ops-drain-cut", "")
-	ws1, ws2 := pair(t, wsURL(s), wsURL(s), "ops-drain-cut-ws", "")
+	s := server(t, nil)
+	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.TCPURL(s), "ops-drain-cut", "")
+	ws1, ws2 := relaytest.Pair(t, relaytest.WSURL(s), relaytest.WSURL(s), "ops-drain-cut-ws", "")
 	const drain = 700 * time.Millisecond
 	done := make(chan error, 1)
 	start := time.Now()
@@ -383,7 +385,8 @@ func TestOpsDrainTimeoutCutsTunnel(t *testing.T) {
 
 // The operational endpoints answer over TLS too (the same port, https://).
 func TestOpsHTTPOverTLS(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.TLSSelfSigned = true })
+	store, _ := relaytest.TLS(t)
+	s := server(t, func(c *relay.Config) { c.TLS = store.TLSConfig() })
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.Addrs()[0].String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,9 @@
-package relay
+// Package certs holds a relay's TLS material: the server certificate
+// (files reloaded on change and on Reload, or a self-signed one generated
+// and, with a data directory, kept across restarts) and the client
+// certificate policy (a CA bundle and/or SHA-256 fingerprints). It hands
+// the engine a *tls.Config.
+package certs
 
 import (
 	"crypto/ecdsa"
@@ -12,19 +17,59 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// tlsConfigState holds the server certificate (reloadable) and client
-// certificate policy.
-type tlsConfigState struct {
-	s        *Server
+// Config is the TLS section of a relay's configuration.
+type Config struct {
+	// Cert and Key are PEM files (the certificate file may hold the whole
+	// chain), reloaded on Reload and when the files change.
+	Cert, Key string
+	// Chain is an optional PEM file of intermediate certificates sent
+	// after Cert's (nymea's [SSL] certificateChain).
+	Chain string
+	// SelfSigned serves TLS with a generated self-signed certificate when
+	// no Cert is given; with DataDir it is kept there and reused.
+	SelfSigned bool
+	// DataDir, if set, holds the self-signed certificate across restarts
+	// (selfsigned-cert.pem, selfsigned-key.pem), so pinned clients keep
+	// working.
+	DataDir string
+	// ClientCA, a PEM bundle, and ClientFingerprints, a file of SHA-256
+	// certificate fingerprints in hex (one per line), restrict clients to
+	// those presenting a certificate signed by the CA or listed.
+	ClientCA, ClientFingerprints string
+	// WatchInterval is how often the certificate files are checked for
+	// changes (0: 2 s).
+	WatchInterval time.Duration
+}
+
+// Enabled reports whether TLS is configured.
+func (c *Config) Enabled() bool { return c.Cert != "" || c.SelfSigned }
+
+// Validate reports the first invalid field, naming its flag.
+func (c *Config) Validate() error {
+	if (c.Cert == "") != (c.Key == "") {
+		return errors.New("tls-cert/tls-key: both or neither must be given")
+	}
+	if (c.ClientCA != "" || c.ClientFingerprints != "") && !c.Enabled() {
+		return errors.New("tls-client-ca/tls-client-fingerprints: need TLS")
+	}
+	return nil
+}
+
+// Store is the TLS material in force. Safe for concurrent use.
+type Store struct {
+	cfg      Config
+	log      *slog.Logger
 	cert     atomic.Pointer[tls.Certificate]
 	clientCA *x509.CertPool
 	fps      map[[32]byte]bool // allowed client certificate SHA-256 fingerprints
@@ -33,38 +78,50 @@ type tlsConfigState struct {
 	mu      sync.Mutex
 	modTime time.Time // of the cert and key files when last loaded
 	stop    chan struct{}
+	closed  bool
 }
 
-func newTLSState(s *Server) (*tlsConfigState, error) {
-	cfg := &s.cfg
-	ts := &tlsConfigState{s: s, stop: make(chan struct{})}
+// New loads the material cfg names (or generates a self-signed
+// certificate) and starts watching the certificate files. It returns nil
+// and no error when cfg enables no TLS.
+func New(cfg Config, log *slog.Logger) (*Store, error) {
+	if !cfg.Enabled() {
+		return nil, nil
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.WatchInterval <= 0 {
+		cfg.WatchInterval = 2 * time.Second
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	ts := &Store{cfg: cfg, log: log, stop: make(chan struct{})}
 	switch {
-	case cfg.TLSCert != "":
+	case cfg.Cert != "":
 		if err := ts.load(); err != nil {
 			return nil, err
 		}
-	case cfg.TLSSelfSigned:
-		cert, err := SelfSignedCert([]string{"localhost", "127.0.0.1", "::1"})
+	default:
+		cert, err := ts.selfSigned()
 		if err != nil {
 			return nil, err
 		}
 		ts.cert.Store(&cert)
-		s.log.Info("TLS with a generated self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]))
-	default:
-		return nil, nil
 	}
-	if cfg.TLSClientCA != "" {
-		pemData, err := os.ReadFile(cfg.TLSClientCA)
+	if cfg.ClientCA != "" {
+		pemData, err := os.ReadFile(cfg.ClientCA)
 		if err != nil {
 			return nil, fmt.Errorf("tls-client-ca: %w", err)
 		}
 		ts.clientCA = x509.NewCertPool()
 		if !ts.clientCA.AppendCertsFromPEM(pemData) {
-			return nil, fmt.Errorf("tls-client-ca: no certificate in %s", cfg.TLSClientCA)
+			return nil, fmt.Errorf("tls-client-ca: no certificate in %s", cfg.ClientCA)
 		}
 	}
-	if cfg.TLSClientFingerprints != "" {
-		fps, err := loadFingerprints(cfg.TLSClientFingerprints)
+	if cfg.ClientFingerprints != "" {
+		fps, err := loadFingerprints(cfg.ClientFingerprints)
 		if err != nil {
 			return nil, fmt.Errorf("tls-client-fingerprints: %w", err)
 		}
@@ -77,7 +134,9 @@ func newTLSState(s *Server) (*tlsConfigState, error) {
 			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305,
 		},
-		NextProtos: []string{"http/1.1"},
+		// h2 for HTTP API clients (the relay hands those to net/http);
+		// WebSocket and raw clients negotiate http/1.1 or nothing.
+		NextProtos: []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return ts.cert.Load(), nil
 		},
@@ -86,12 +145,67 @@ func newTLSState(s *Server) (*tlsConfigState, error) {
 		ts.conf.ClientAuth = tls.RequireAnyClientCert
 		ts.conf.VerifyPeerCertificate = ts.verifyClient
 	}
+	if cfg.Cert != "" {
+		go ts.watch(cfg.WatchInterval)
+	}
 	return ts, nil
+}
+
+// TLSConfig is the server configuration to hand the engine.
+func (ts *Store) TLSConfig() *tls.Config { return ts.conf }
+
+// Fingerprint is the SHA-256 of the certificate in force, in hex.
+func (ts *Store) Fingerprint() string { return CertFingerprint(ts.cert.Load().Certificate[0]) }
+
+// Reload re-reads the certificate files (SIGHUP); on error the current
+// certificate stays. A self-signed store has nothing to reload.
+func (ts *Store) Reload() error {
+	if ts.cfg.Cert == "" {
+		return nil
+	}
+	return ts.load()
+}
+
+// Close stops watching the files.
+func (ts *Store) Close() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if !ts.closed {
+		ts.closed = true
+		close(ts.stop)
+	}
+}
+
+// selfSigned generates the self-signed certificate, or reuses the one kept
+// in DataDir.
+func (ts *Store) selfSigned() (tls.Certificate, error) {
+	var certPath, keyPath string
+	if d := ts.cfg.DataDir; d != "" {
+		certPath, keyPath = filepath.Join(d, "selfsigned-cert.pem"), filepath.Join(d, "selfsigned-key.pem")
+		if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter) {
+			ts.log.Info("TLS with the kept self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
+			return cert, nil
+		}
+	}
+	cert, err := SelfSignedCert([]string{"localhost", "127.0.0.1", "::1"})
+	if err != nil {
+		return cert, err
+	}
+	if certPath != "" {
+		if err := os.MkdirAll(ts.cfg.DataDir, 0o700); err != nil {
+			return cert, fmt.Errorf("data-dir: %w", err)
+		}
+		if err := WriteSelfSigned(cert, certPath, keyPath); err != nil {
+			return cert, fmt.Errorf("data-dir: %w", err)
+		}
+	}
+	ts.log.Info("TLS with a generated self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
+	return cert, nil
 }
 
 // verifyClient admits a client certificate signed by the client CA or whose
 // SHA-256 fingerprint is listed.
-func (ts *tlsConfigState) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
+func (ts *Store) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 	if len(raw) == 0 {
 		return errors.New("client certificate required")
 	}
@@ -140,14 +254,14 @@ func loadFingerprints(path string) (map[[32]byte]bool, error) {
 }
 
 // load reads the certificate chain and key; on error the current ones stay.
-func (ts *tlsConfigState) load() error {
-	cfg := &ts.s.cfg
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+func (ts *Store) load() error {
+	cfg := &ts.cfg
+	cert, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
 	if err != nil {
 		return fmt.Errorf("tls-cert/tls-key: %w", err)
 	}
-	if cfg.TLSChain != "" {
-		chain, err := os.ReadFile(cfg.TLSChain)
+	if cfg.Chain != "" {
+		chain, err := os.ReadFile(cfg.Chain)
 		if err != nil {
 			return fmt.Errorf("tls-chain: %w", err)
 		}
@@ -159,7 +273,7 @@ func (ts *tlsConfigState) load() error {
 			}
 		}
 		if n == 0 {
-			return fmt.Errorf("tls-chain: no certificate in %s", cfg.TLSChain)
+			return fmt.Errorf("tls-chain: no certificate in %s", cfg.Chain)
 		}
 	}
 	if cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
@@ -172,9 +286,9 @@ func (ts *tlsConfigState) load() error {
 	return nil
 }
 
-func (ts *tlsConfigState) filesModTime() time.Time {
+func (ts *Store) filesModTime() time.Time {
 	var latest time.Time
-	for _, p := range []string{ts.s.cfg.TLSCert, ts.s.cfg.TLSKey, ts.s.cfg.TLSChain} {
+	for _, p := range []string{ts.cfg.Cert, ts.cfg.Key, ts.cfg.Chain} {
 		if p == "" {
 			continue
 		}
@@ -186,7 +300,7 @@ func (ts *tlsConfigState) filesModTime() time.Time {
 }
 
 // watch reloads the certificate when its files change.
-func (ts *tlsConfigState) watch(every time.Duration) {
+func (ts *Store) watch(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -202,13 +316,13 @@ func (ts *tlsConfigState) watch(every time.Duration) {
 			continue
 		}
 		if err := ts.load(); err != nil {
-			ts.s.log.Error("certificate changed but cannot be loaded; keeping the old one", "err", err)
+			ts.log.Error("certificate changed but cannot be loaded; keeping the old one", "err", err)
 			ts.mu.Lock()
 			ts.modTime = ts.filesModTime() // don't retry until the files change again
 			ts.mu.Unlock()
 			continue
 		}
-		ts.s.log.Info("certificate reloaded", "sha256", CertFingerprint(ts.cert.Load().Certificate[0]))
+		ts.log.Info("certificate reloaded", "sha256", CertFingerprint(ts.cert.Load().Certificate[0]))
 	}
 }
 

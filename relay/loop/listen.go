@@ -1,4 +1,4 @@
-package relay
+package loop
 
 import (
 	"errors"
@@ -10,7 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// listener is the listening socket handed to netpoll's event loop.
+// Listener is a listening socket for netpoll's event loop (it implements
+// netpoll.Listener and net.Listener).
 //
 // We do not use netpoll.CreateListener: its Close issues close(2) on the
 // descriptor and then closes the *os.File that holds the same number, and
@@ -23,9 +24,9 @@ import (
 // down, which may be well after a drain closed the socket, and removes from
 // that poller whatever socket reused the number in between (that connection
 // then never sees its bytes). So Close puts an inert eventfd in the
-// socket's place (dup3), keeping the number occupied, and release frees it
+// socket's place (dup3), keeping the number occupied, and Release frees it
 // once netpoll is done with the listener.
-type listener struct {
+type Listener struct {
 	addr net.Addr
 
 	// mu is held shared by Accept and exclusively by Close, so that a
@@ -35,9 +36,9 @@ type listener struct {
 	closed bool // the socket is closed (fd may still hold the placeholder)
 }
 
-// listen binds addr ("host:port", IPv4 or IPv6 literal) and returns a
-// listener owning a non-blocking descriptor for it.
-func listen(addr string) (*listener, error) {
+// Listen binds addr ("host:port", IPv4 or IPv6 literal) and returns a
+// Listener owning a non-blocking descriptor for it.
+func Listen(addr string) (*Listener, error) {
 	gl, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -60,13 +61,13 @@ func listen(addr string) (*listener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &listener{addr: gl.Addr(), fd: fd}, nil
+	return &Listener{addr: gl.Addr(), fd: fd}, nil
 }
 
 // Fd implements netpoll.Listener: the descriptor netpoll polls, or -1
 // once closed (an event loop started after Close then fails to register it
 // instead of polling the placeholder).
-func (l *listener) Fd() int {
+func (l *Listener) Fd() int {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -76,12 +77,12 @@ func (l *listener) Fd() int {
 }
 
 // Addr implements net.Listener.
-func (l *listener) Addr() net.Addr { return l.addr }
+func (l *Listener) Addr() net.Addr { return l.addr }
 
 // Close implements net.Listener: it closes the socket (new connections
 // are refused from then on) but keeps its descriptor number occupied by a
-// placeholder until release. Calls after the first do nothing.
-func (l *listener) Close() error {
+// placeholder until Release. Calls after the first do nothing.
+func (l *Listener) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -102,10 +103,10 @@ func (l *listener) Close() error {
 	return err
 }
 
-// release closes the listener if need be and frees its descriptor number.
+// Release closes the listener if need be and frees its descriptor number.
 // Call it once netpoll has stopped using the listener (its event loop shut
 // down). Calls after the first do nothing.
-func (l *listener) release() {
+func (l *Listener) Release() {
 	l.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -122,7 +123,7 @@ func (l *listener) release() {
 // would epoll_ctl the old number). The returned connection's
 // descriptor belongs to netpoll from then on. Cost: accept4 and one
 // setsockopt (TCP_NODELAY, which netpoll sets only on its own type).
-func (l *listener) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {

@@ -1,4 +1,4 @@
-package relay
+package tunnelproxy
 
 import (
 	"bufio"
@@ -17,7 +17,10 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // tpConn is a test peer speaking the TunnelProxy API over TCP or WebSocket.
@@ -31,7 +34,7 @@ type tpConn struct {
 	errc chan error
 }
 
-func tpDial(t testing.TB, s *Server, overWS bool) *tpConn {
+func tpDial(t testing.TB, s *relay.Server, overWS bool) *tpConn {
 	t.Helper()
 	addr := s.Addrs()[0].String()
 	p := &tpConn{t: t, ws: overWS}
@@ -205,7 +208,7 @@ func (p *tpConn) closedSoon() bool {
 	}
 }
 
-func registerServer(t testing.TB, s *Server, uuid string, overWS bool) *tpConn {
+func registerServer(t testing.TB, s *relay.Server, uuid string, overWS bool) *tpConn {
 	t.Helper()
 	p := tpDial(t, s, overWS)
 	m := p.call("TunnelProxy.RegisterServer", map[string]any{"serverName": "dev", "serverUuid": uuid})
@@ -217,7 +220,7 @@ func registerServer(t testing.TB, s *Server, uuid string, overWS bool) *tpConn {
 	return p
 }
 
-func registerClient(t testing.TB, s *Server, clientUUID, serverUUID string, overWS bool) *tpConn {
+func registerClient(t testing.TB, s *relay.Server, clientUUID, serverUUID string, overWS bool) *tpConn {
 	t.Helper()
 	p := tpDial(t, s, overWS)
 	m := p.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "ui", "clientUuid": clientUUID, "serverUuid": serverUUID})
@@ -229,11 +232,11 @@ func registerClient(t testing.TB, s *Server, clientUUID, serverUUID string, over
 }
 
 func TestTPRegisterServerUUIDs(t *testing.T) {
-	s := startServer(t, nil)
-	u := newTestUUID()
+	s := server(t, nil)
+	u := client.NewUUID()
 	registerServer(t, s, "{"+strings.ToUpper(u)+"}", false)
-	registerServer(t, s, newTestUUID(), true)
-	for _, bad := range []any{nil, "foo", "", "{" + newTestUUID()} {
+	registerServer(t, s, client.NewUUID(), true)
+	for _, bad := range []any{nil, "foo", "", "{" + client.NewUUID()} {
 		p := tpDial(t, s, false)
 		m := p.call("TunnelProxy.RegisterServer", map[string]any{"serverName": "x", "serverUuid": bad})
 		if tpErr(m) != "TunnelProxyErrorInvalidUuid" {
@@ -246,15 +249,15 @@ func TestTPRegisterServerUUIDs(t *testing.T) {
 }
 
 func TestTPRegisterClientErrors(t *testing.T) {
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil)
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
-	registerClient(t, s, newTestUUID(), "{"+su+"}", false) // braces accepted
+	registerClient(t, s, client.NewUUID(), "{"+su+"}", false) // braces accepted
 	if m := srv.nextRPC(); m["notification"] != "TunnelProxy.ClientConnected" {
 		t.Fatalf("got %v", m)
 	}
 	cases := map[string][2]any{
-		"TunnelProxyErrorServerNotFound": {newTestUUID(), newTestUUID()},
+		"TunnelProxyErrorServerNotFound": {client.NewUUID(), client.NewUUID()},
 		"TunnelProxyErrorInvalidUuid":    {"nope", su},
 	}
 	for want, c := range cases {
@@ -267,8 +270,8 @@ func TestTPRegisterClientErrors(t *testing.T) {
 }
 
 func TestTPDuplicatesAndCrossRegistration(t *testing.T) {
-	s := startServer(t, nil)
-	su, cu := newTestUUID(), newTestUUID()
+	s := server(t, nil)
+	su, cu := client.NewUUID(), client.NewUUID()
 	registerServer(t, s, su, false)
 	registerClient(t, s, cu, su, false)
 	check := func(method string, params map[string]any) {
@@ -293,8 +296,8 @@ func TestTPDataClientConnectedDisconnected(t *testing.T) {
 		srvWS, cliWS bool
 	}{{"tcp-tcp", false, false}, {"ws-ws", true, true}, {"ws-server-tcp-client", true, false}, {"tcp-server-ws-client", false, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startServer(t, nil)
-			su, cu := newTestUUID(), newTestUUID()
+			s := server(t, nil)
+			su, cu := client.NewUUID(), client.NewUUID()
 			srv := registerServer(t, s, su, tc.srvWS)
 			cli := registerClient(t, s, cu, su, tc.cliWS)
 			m := srv.nextRPC()
@@ -337,12 +340,12 @@ func TestTPDataClientConnectedDisconnected(t *testing.T) {
 }
 
 func TestTPServerStopDropsClients(t *testing.T) {
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil)
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
 	var clis []*tpConn
 	for range 3 {
-		clis = append(clis, registerClient(t, s, newTestUUID(), su, false))
+		clis = append(clis, registerClient(t, s, client.NewUUID(), su, false))
 	}
 	srv.c.Close()
 	for _, c := range clis {
@@ -355,11 +358,11 @@ func TestTPServerStopDropsClients(t *testing.T) {
 }
 
 func TestTPDisconnectClientAndPing(t *testing.T) {
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil)
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
-	a := registerClient(t, s, newTestUUID(), su, false)
-	b := registerClient(t, s, newTestUUID(), su, false)
+	a := registerClient(t, s, client.NewUUID(), su, false)
+	b := registerClient(t, s, client.NewUUID(), su, false)
 	srv.nextRPC()
 	srv.nextRPC()
 	srv.sendSLIP(0, []byte(`{"id":7,"method":"TunnelProxy.DisconnectClient","params":{"socketAddress":1}}`+"\n"))
@@ -394,12 +397,12 @@ func TestTPDisconnectClientAndPing(t *testing.T) {
 }
 
 func TestTPServerSilenceTimeout(t *testing.T) {
-	s := startServer(t, func(c *Config) {
-		c.TPServerTimeout = 600 * time.Millisecond
+	s := server(t, nil, func(c *Config) {
+		c.ServerTimeout = 600 * time.Millisecond
 		c.WriteStallTimeout = 200 * time.Millisecond
 	})
-	quiet := registerServer(t, s, newTestUUID(), false)
-	pinger := registerServer(t, s, newTestUUID(), false)
+	quiet := registerServer(t, s, client.NewUUID(), false)
+	pinger := registerServer(t, s, client.NewUUID(), false)
 	stop := make(chan struct{})
 	go func() {
 		for i := 0; ; i++ {
@@ -425,10 +428,10 @@ func TestTPServerSilenceTimeout(t *testing.T) {
 }
 
 func TestTPBadEscapeFromServer(t *testing.T) {
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil)
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
-	cli := registerClient(t, s, newTestUUID(), su, false)
+	cli := registerClient(t, s, client.NewUUID(), su, false)
 	srv.nextRPC()
 	srv.sendRaw(0, []byte{0x00, 0x01, 'b', 'a', 'd', 0xDB, 'q', 0xC0})
 	srv.sendSLIP(1, []byte("good"))
@@ -442,15 +445,15 @@ func TestTPBadEscapeFromServer(t *testing.T) {
 // disconnected once its buffer bound is exceeded; the server and the other
 // clients carry on.
 func TestTPSlowClientDisconnectedNotServer(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.TPClientBuffer = 64 << 10 })
-	su := newTestUUID()
+	s := server(t, nil, func(c *Config) { c.ClientBuffer = 64 << 10 })
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
 	slow := tpDial(t, s, false)
 	slow.c.(*net.TCPConn).SetReadBuffer(16 << 10)
-	if m := slow.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "slow", "clientUuid": newTestUUID(), "serverUuid": su}); tpErr(m) != "TunnelProxyErrorNoError" {
+	if m := slow.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "slow", "clientUuid": client.NewUUID(), "serverUuid": su}); tpErr(m) != "TunnelProxyErrorNoError" {
 		t.Fatal(m)
 	}
-	fast := registerClient(t, s, newTestUUID(), su, false)
+	fast := registerClient(t, s, client.NewUUID(), su, false)
 	srv.nextRPC()
 	srv.nextRPC()
 	chunk := make([]byte, 32<<10)
@@ -480,8 +483,8 @@ func TestTPSlowClientDisconnectedNotServer(t *testing.T) {
 // client gets back exactly its own bytes.
 func TestTPThousandClients(t *testing.T) {
 	const n = 1000
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil)
+	su := client.NewUUID()
 	srv := registerServer(t, s, su, false)
 	// The server echoes each frame back to its sender, reversed.
 	go func() {
@@ -500,7 +503,7 @@ func TestTPThousandClients(t *testing.T) {
 	}()
 	clis := make([]*tpConn, n)
 	for i := range clis {
-		clis[i] = registerClient(t, s, newTestUUID(), su, i%4 == 0)
+		clis[i] = registerClient(t, s, client.NewUUID(), su, i%4 == 0)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -538,20 +541,20 @@ func TestTPThousandClients(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got := s.stats.tpClients.Get(); got != n {
+	if got := serviceOf(s).m.clients.Get(); got != n {
 		t.Fatalf("tunnelproxy clients gauge %d", got)
 	}
 }
 
 func TestTPSnapshot(t *testing.T) {
-	s := startServer(t, nil)
-	su, cu := newTestUUID(), newTestUUID()
+	s := server(t, nil)
+	su, cu := client.NewUUID(), client.NewUUID()
 	srv := registerServer(t, s, su, false)
 	cli := registerClient(t, s, cu, su, false)
 	srv.nextRPC()
 	cli.sendRaw(ws.OpBinary, []byte("12345"))
 	srv.next()
-	waitFor(t, func() bool {
+	relaytest.WaitFor(t, func() bool {
 		snap := s.Snapshot()
 		return len(snap.TPServers) == 1 && len(snap.TPServers[0].Clients) == 1 && snap.TPServers[0].Clients[0].RxBytes == 5
 	}, "snapshot lists the server and its client with live counters")
@@ -579,22 +582,19 @@ func TestTPAddressAllocation(t *testing.T) {
 }
 
 func TestTPServerFull(t *testing.T) {
-	old := tpMaxClients
-	tpMaxClients = 2
-	defer func() { tpMaxClients = old }()
-	s := startServer(t, nil)
-	su := newTestUUID()
+	s := server(t, nil, func(c *Config) { c.MaxClients = 2 })
+	su := client.NewUUID()
 	registerServer(t, s, su, false)
-	registerClient(t, s, newTestUUID(), su, false)
-	c2 := registerClient(t, s, newTestUUID(), su, false)
+	registerClient(t, s, client.NewUUID(), su, false)
+	c2 := registerClient(t, s, client.NewUUID(), su, false)
 	p := tpDial(t, s, false)
-	m := p.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": newTestUUID(), "serverUuid": su})
+	m := p.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": client.NewUUID(), "serverUuid": su})
 	if tpErr(m) != "TunnelProxyErrorInternalServerError" {
 		t.Fatalf("client beyond the maximum: %v", m)
 	}
 	c2.c.Close() // a place frees up
-	waitFor(t, func() bool {
+	relaytest.WaitFor(t, func() bool {
 		q := tpDial(t, s, false)
-		return tpErr(q.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": newTestUUID(), "serverUuid": su})) == "TunnelProxyErrorNoError"
+		return tpErr(q.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": client.NewUUID(), "serverUuid": su})) == "TunnelProxyErrorNoError"
 	}, "a client is admitted once another left")
 }

@@ -1,4 +1,4 @@
-package relay
+package ops
 
 import (
 	"bufio"
@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
 )
 
 // The monitor socket (ServeMonitor) speaks three request dialects on one
@@ -53,39 +55,39 @@ const (
 
 // MonitorStatus is the answer to {"method":"meetpoint.status"}.
 type MonitorStatus struct {
-	Name    string    `json:"serverName"`
-	Version string    `json:"serverVersion"`
-	Time    time.Time `json:"time"`
-	Ready   bool      `json:"ready"`
-	Stats   Stats     `json:"stats"`
+	Name    string      `json:"serverName"`
+	Version string      `json:"serverVersion"`
+	Time    time.Time   `json:"time"`
+	Ready   bool        `json:"ready"`
+	Stats   relay.Stats `json:"stats"`
 	// TrafficTotal counts tunnel bytes relayed since start (both directions);
 	// Throughput is the rate over the last second, in bytes per second.
 	TrafficTotal uint64 `json:"trafficTotal"`
 	Throughput   uint64 `json:"throughput"`
 	// AuthOK, AuthFailed and AuthTimeout count Authenticate outcomes.
-	AuthOK      uint64          `json:"authOk"`
-	AuthFailed  uint64          `json:"authFailed"`
-	AuthTimeout uint64          `json:"authTimeout"`
-	Clients     []ClientInfo    `json:"clients"`
-	Tunnels     []MonitorTunnel `json:"tunnels"`
+	AuthOK      uint64             `json:"authOk"`
+	AuthFailed  uint64             `json:"authFailed"`
+	AuthTimeout uint64             `json:"authTimeout"`
+	Clients     []relay.ClientInfo `json:"clients"`
+	Tunnels     []MonitorTunnel    `json:"tunnels"`
 	// TPServers are the TunnelProxy servers with their clients.
-	TPServers []TPServerInfo `json:"tunnelProxyServers"`
+	TPServers []relay.TPServerInfo `json:"tunnelProxyServers"`
 }
 
 // MonitorTunnel is a tunnel as MonitorStatus lists it.
 type MonitorTunnel struct {
-	ID      uint64     `json:"id"`
-	Started time.Time  `json:"started"`
-	Splice  bool       `json:"splice"`
-	A       ClientInfo `json:"a"`
-	B       ClientInfo `json:"b"`
-	BytesAB uint64     `json:"bytesAtoB"`
-	BytesBA uint64     `json:"bytesBtoA"`
+	ID      uint64           `json:"id"`
+	Started time.Time        `json:"started"`
+	Splice  bool             `json:"splice"`
+	A       relay.ClientInfo `json:"a"`
+	B       relay.ClientInfo `json:"b"`
+	BytesAB uint64           `json:"bytesAtoB"`
+	BytesBA uint64           `json:"bytesBtoA"`
 }
 
 // monitorServer serves one monitor socket.
 type monitorServer struct {
-	s    *Server
+	s    *relay.Server
 	ln   *net.UnixListener
 	path string
 	done chan struct{}
@@ -109,7 +111,7 @@ type monitorServer struct {
 //
 // Each monitor client holds two goroutines: monitors are operators, not
 // tunnels.
-func (s *Server) ServeMonitor(path string) (io.Closer, error) {
+func ServeMonitor(s *relay.Server, path string) (io.Closer, error) {
 	if path == "" {
 		return nil, errors.New("monitor: empty socket path")
 	}
@@ -135,7 +137,7 @@ func (s *Server) ServeMonitor(path string) (io.Closer, error) {
 		return nil, fmt.Errorf("monitor: %w", err)
 	}
 	m := &monitorServer{s: s, ln: ln, path: path, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}
-	m.lastAt, m.lastSum = time.Now(), s.stats.trafficTotal()
+	m.lastAt, m.lastSum = time.Now(), s.Traffic()
 	m.wg.Add(2)
 	go m.accept()
 	go m.sample()
@@ -171,7 +173,7 @@ func (m *monitorServer) accept() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			m.s.log.Warn("monitor accept", "err", err)
+			m.s.Logger().Warn("monitor accept", "err", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
@@ -200,11 +202,11 @@ func (m *monitorServer) sample() {
 		select {
 		case <-m.done:
 			return
-		case <-m.s.quit:
+		case <-m.s.Done():
 			go m.Close()
 			return
 		case now := <-t.C:
-			sum := m.s.stats.trafficTotal()
+			sum := m.s.Traffic()
 			m.rmu.Lock()
 			if d := now.Sub(m.lastAt); d > 0 {
 				m.lastRate = uint64(float64(sum-m.lastSum) / d.Seconds())
@@ -376,15 +378,15 @@ func readMonitorRequests(r io.Reader, reqs chan<- monitorRequest, done <-chan st
 // status builds the meetpoint dialect's answer.
 func (m *monitorServer) status() MonitorStatus {
 	s := m.s
-	snap := s.Snapshot()
+	snap, stats := s.Snapshot(), s.Stats()
 	st := MonitorStatus{
-		Name: snap.Name, Version: Version, Time: time.Now(), Ready: s.Ready(), Stats: s.Stats(),
-		TrafficTotal: s.stats.trafficTotal(), Throughput: m.throughput(),
-		AuthOK: s.stats.authOK.Get(), AuthFailed: s.stats.authFail.Get(), AuthTimeout: s.stats.authTimeout.Get(),
+		Name: snap.Name, Version: relay.Version, Time: time.Now(), Ready: s.Ready(), Stats: stats,
+		TrafficTotal: stats.Traffic, Throughput: m.throughput(),
+		AuthOK: stats.AuthOK, AuthFailed: stats.AuthFailed, AuthTimeout: stats.AuthTimeout,
 		Clients: snap.Clients, Tunnels: make([]MonitorTunnel, len(snap.Tunnels)), TPServers: snap.TPServers,
 	}
 	if st.TPServers == nil {
-		st.TPServers = []TPServerInfo{}
+		st.TPServers = []relay.TPServerInfo{}
 	}
 	for i, t := range snap.Tunnels {
 		st.Tunnels[i] = MonitorTunnel(t)
@@ -399,7 +401,7 @@ func (m *monitorServer) status() MonitorStatus {
 // extra tokenHash tells which token a client used without revealing it.
 func (m *monitorServer) nymea18() map[string]any {
 	s := m.s
-	snap := s.Snapshot()
+	snap, st := s.Snapshot(), s.Stats()
 	clients := make([]any, 0, len(snap.Clients)+2*len(snap.Tunnels))
 	for _, c := range snap.Clients {
 		clients = append(clients, nymea18Client(c))
@@ -416,8 +418,8 @@ func (m *monitorServer) nymea18() map[string]any {
 	conns := len(snap.Clients) + 2*len(snap.Tunnels)
 	return map[string]any{
 		"serverName":    snap.Name,
-		"serverVersion": Version,
-		"apiVersion":    APIVersion,
+		"serverVersion": relay.Version,
+		"apiVersion":    relay.APIVersion,
 		"proxyStatistic": map[string]any{
 			"clientCount": conns,
 			"tunnelCount": len(snap.Tunnels),
@@ -425,9 +427,9 @@ func (m *monitorServer) nymea18() map[string]any {
 			"total": map[string]any{
 				// Every connection ever accepted: those that ended plus
 				// those still open.
-				"totalClientCount": s.stats.closesTotal() + uint64(conns),
-				"totalTunnelCount": s.stats.tunnelsTotal.Get(),
-				"totalTraffic":     s.stats.trafficTotal(),
+				"totalClientCount": st.ClosesTotal + uint64(conns),
+				"totalTunnelCount": st.TunnelsTotal,
+				"totalTraffic":     s.Traffic(),
 			},
 			"clients": clients,
 			"tunnels": tunnels,
@@ -436,7 +438,7 @@ func (m *monitorServer) nymea18() map[string]any {
 	}
 }
 
-func nymea18Client(c ClientInfo) map[string]any {
+func nymea18Client(c relay.ClientInfo) map[string]any {
 	return map[string]any{
 		"id":              strconv.FormatUint(c.ID, 10),
 		"address":         c.Address,
@@ -458,8 +460,8 @@ func (m *monitorServer) nymea113(printAll bool) map[string]any {
 	snap := m.s.Snapshot()
 	return map[string]any{
 		"serverName":           snap.Name,
-		"serverVersion":        Version,
-		"apiVersion":           APIVersion,
+		"serverVersion":        relay.Version,
+		"apiVersion":           relay.APIVersion,
 		"tunnelProxyStatistic": m.tunnelProxyStatistic(snap, printAll),
 	}
 }
@@ -473,7 +475,7 @@ func (m *monitorServer) nymea113(printAll bool) map[string]any {
 // clients (printAll only). Connection ids are meetpoint's connection numbers;
 // TunnelProxy entries, which have none, use the uuid (servers) and
 // uuid/socketAddress (clients).
-func (m *monitorServer) tunnelProxyStatistic(snap Snapshot, printAll bool) map[string]any {
+func (m *monitorServer) tunnelProxyStatistic(snap relay.Snapshot, printAll bool) map[string]any {
 	st := m.s.Stats()
 	waiting := 0
 	conns := make([]any, 0, len(snap.Tunnels)+len(snap.TPServers))
@@ -521,7 +523,7 @@ func (m *monitorServer) tunnelProxyStatistic(snap Snapshot, printAll bool) map[s
 	}
 }
 
-func nymea113Entry(c ClientInfo, uuidKey string) map[string]any {
+func nymea113Entry(c relay.ClientInfo, uuidKey string) map[string]any {
 	return map[string]any{
 		"id":          strconv.FormatUint(c.ID, 10),
 		"address":     c.Address,

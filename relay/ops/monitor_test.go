@@ -1,11 +1,9 @@
-package relay
+package ops
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -14,13 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
-func startMonitor(t *testing.T, s *Server) string {
+func startMonitor(t *testing.T, s *relay.Server) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "monitor.sock")
-	cl, err := s.ServeMonitor(path)
+	cl, err := ServeMonitor(s, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,9 +119,9 @@ func readPush(t *testing.T, dec *json.Decoder) nymea18Doc {
 }
 
 func TestMonitorNymea18Push(t *testing.T) {
-	s := startServer(t, func(c *Config) { c.Name = "mon-test" })
+	s := server(t, func(c *relay.Config) { c.Name = "mon-test" })
 	path := startMonitor(t, s)
-	a, b := pair(t, tcpURL(s), wsURL(s), "mon-push", "")
+	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.WSURL(s), "mon-push", "")
 	opsEcho(t, a, b, strings.Repeat("a", 1234))
 	opsEcho(t, b, a, strings.Repeat("b", 10))
 
@@ -197,9 +196,9 @@ func TestMonitorNymea18Push(t *testing.T) {
 }
 
 func TestMonitorNymea113Refresh(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	path := startMonitor(t, s)
-	a, b := pair(t, wsURL(s), tcpURL(s), "mon-refresh", "n1")
+	a, b := relaytest.Pair(t, relaytest.WSURL(s), relaytest.TCPURL(s), "mon-refresh", "n1")
 	opsEcho(t, a, b, "hello over ws")
 	opsEcho(t, b, a, strings.Repeat("r", 4096))
 
@@ -294,7 +293,7 @@ func TestMonitorNymea113Refresh(t *testing.T) {
 		ms.AuthOK < 3 {
 		t.Fatalf("status: %s", line)
 	}
-	if ms.Tunnels[0].A.TokenHash != TokenHash("mon-refresh") || strings.Contains(string(line), `"mon-refresh"`) {
+	if ms.Tunnels[0].A.TokenHash != relay.TokenHash("mon-refresh") || strings.Contains(string(line), `"mon-refresh"`) {
 		t.Fatalf("token hash / token leak: %s", line)
 	}
 
@@ -313,7 +312,7 @@ func TestMonitorNymea113Refresh(t *testing.T) {
 }
 
 // waitingClient authenticates one client that stays alone.
-func waitingClient(t *testing.T, s *Server, token string) net.Conn {
+func waitingClient(t *testing.T, s *relay.Server, token string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", s.Addrs()[0].String())
 	if err != nil {
@@ -331,7 +330,7 @@ func waitingClient(t *testing.T, s *Server, token string) net.Conn {
 // A client that sends nothing at first but asks later is switched to
 // request/response; a half-closed silent client keeps getting pushes.
 func TestMonitorLateRequestAndHalfClose(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	path := startMonitor(t, s)
 	c := dialMonitor(t, path)
 	dec := json.NewDecoder(c)
@@ -368,13 +367,13 @@ func TestMonitorLateRequestAndHalfClose(t *testing.T) {
 }
 
 func TestMonitorSocketLifecycle(t *testing.T) {
-	s := startServer(t, nil)
+	s := server(t, nil)
 	dir := t.TempDir()
 
 	// A regular file is never removed.
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, []byte("x"), 0o600)
-	if _, err := s.ServeMonitor(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := ServeMonitor(s, file); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("regular file: %v", err)
 	}
 
@@ -389,7 +388,7 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("stale socket not left behind: %v", err)
 	}
-	cl, err := s.ServeMonitor(path)
+	cl, err := ServeMonitor(s, path)
 	if err != nil {
 		t.Fatalf("stale socket: %v", err)
 	}
@@ -398,7 +397,7 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 		t.Fatalf("socket mode: %v %v", fi, err)
 	}
 	// A live one is not stolen.
-	if _, err := s.ServeMonitor(path); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := ServeMonitor(s, path); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("live socket: %v", err)
 	}
 	// Close disconnects clients and removes the socket.
@@ -416,7 +415,7 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 
 	// Closing the server ends the monitor too.
 	path2 := filepath.Join(dir, "mon2.sock")
-	if _, err := s.ServeMonitor(path2); err != nil {
+	if _, err := ServeMonitor(s, path2); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -429,71 +428,5 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 			t.Fatal("monitor socket still there after the server closed")
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// TunnelProxy servers and their clients are listed by the 1.13 refresh.
-func TestMonitorTunnelProxy(t *testing.T) {
-	s := startServer(t, nil)
-	path := startMonitor(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	su, cu := client.NewUUID(), client.NewUUID()
-	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: tcpURL(s), UUID: su, Name: "device"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	idle, err := client.RegisterTPServer(ctx, client.TPOptions{URL: wsURL(s), UUID: client.NewUUID(), Name: "idle"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	cl, err := client.DialTPClient(ctx, client.TPOptions{URL: wsURL(s), UUID: cu, ServerUUID: su, Name: "browser"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	conn, err := dev.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 18)
-	if _, err := io.ReadFull(conn, buf); err != nil {
-		t.Fatal(err)
-	}
-
-	c := dialMonitor(t, path)
-	r := bufio.NewReader(c)
-	ask := func(printAll bool) nymea113Doc {
-		t.Helper()
-		fmt.Fprintf(c, `{"method":"refresh","params":{"printAll":%v}}`+"\n", printAll)
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc nymea113Doc
-		if err := json.Unmarshal(line, &doc); err != nil {
-			t.Fatal(err)
-		}
-		return doc
-	}
-	doc := ask(false)
-	st := doc.Stat
-	if st.ServerConnectionsCount != 2 || st.ClientConnectionsCount != 1 || len(st.TunnelConnections) != 1 {
-		t.Fatalf("statistic: %+v", st)
-	}
-	sv := st.TunnelConnections[0]
-	if sv.ServerUUID != su || sv.Name != "device" || len(sv.ClientConnections) != 1 {
-		t.Fatalf("server: %+v", sv)
-	}
-	if cc := sv.ClientConnections[0]; cc.ClientUUID != cu || cc.Name != "browser" || cc.RxDataCount < 18 {
-		t.Fatalf("client: %+v", cc)
-	}
-	if all := ask(true); len(all.Stat.TunnelConnections) != 2 {
-		t.Fatalf("printAll: %d entries, want 2", len(all.Stat.TunnelConnections))
 	}
 }

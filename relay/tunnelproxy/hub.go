@@ -1,9 +1,7 @@
-package relay
+package tunnelproxy
 
 import (
-	"hash/maphash"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,103 +11,16 @@ import (
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/pool"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
-// TunnelProxy API (nymea 1.x): a device registers once as a server
-// (TunnelProxy.RegisterServer) and any number of clients reach it
-// (TunnelProxy.RegisterClient). The server connection then carries SLIP
-// frames [addr][payload]: address 0 is JSON-RPC between the relay and the
-// server, 1..0xFFFE are clients.
-//
-// A server and all its clients form a hub that lives on one forwarding loop,
-// so the hub needs no locks. Backpressure policy:
-//   - client → server: a client is read only while less than tpServerHigh
-//     bytes wait for the server; a slow server slows every client fairly
-//     through TCP flow control.
-//   - server → client: the server's stream cannot be paused for one client
-//     without stalling the others, so each client may have at most
-//     TPClientBuffer bytes waiting; beyond that that client (never the
-//     server) is disconnected and the server gets ClientDisconnected.
-
-// tpMaxClients is the most clients one server may have: every address but
-// 0 and 0xFFFF (a variable so tests can lower it).
-var tpMaxClients int32 = 0xFFFE
-
-const (
-	// tpServerHigh bounds bytes waiting for the server before clients are
-	// no longer read.
-	tpServerHigh = 256 << 10
-	// tpClientRead is the most read from a client at once.
-	tpClientRead = 16 << 10
-)
-
-// tpRegistry holds TunnelProxy registrations: every uuid in use, as server or
-// client, and the hubs by server uuid.
-type tpRegistry struct {
-	max   int32 // clients per server (tpMaxClients when created)
-	mu    sync.Mutex
-	uuids map[string]bool
-	hubs  map[string]*hub
-	seed  maphash.Seed
-}
-
-func newTPRegistry() *tpRegistry {
-	return &tpRegistry{max: tpMaxClients, uuids: make(map[string]bool), hubs: make(map[string]*hub), seed: maphash.MakeSeed()}
-}
-
-// addServer registers a hub for uuid; nil if the uuid is in use.
-func (r *tpRegistry) addServer(s *Server, uuid, name string) *hub {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.uuids[uuid] {
-		return nil
-	}
-	r.uuids[uuid] = true
-	h := &hub{s: s, uuid: uuid, name: name, clients: make(map[uint16]*tpEnd), next: 1}
-	h.f = s.fwd[maphash.String(r.seed, uuid)%uint64(len(s.fwd))]
-	r.hubs[uuid] = h
-	return h
-}
-
-// addClient reserves a client uuid for hub serverUUID.
-func (r *tpRegistry) addClient(clientUUID, serverUUID string) (*hub, handshake.TunnelProxyError) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	h := r.hubs[serverUUID]
-	switch {
-	case h == nil:
-		return nil, handshake.TunnelProxyErrorServerNotFound
-	case r.uuids[clientUUID]:
-		return nil, handshake.TunnelProxyErrorAlreadyRegistered
-	case h.nclients.Load() >= r.max:
-		return nil, handshake.TunnelProxyErrorInternalServerError
-	}
-	r.uuids[clientUUID] = true
-	h.nclients.Add(1)
-	return h, handshake.TunnelProxyErrorNoError
-}
-
-func (r *tpRegistry) release(uuid string) {
-	r.mu.Lock()
-	delete(r.uuids, uuid)
-	r.mu.Unlock()
-}
-
-func (r *tpRegistry) removeHub(h *hub) {
-	r.mu.Lock()
-	if r.hubs[h.uuid] == h {
-		delete(r.hubs, h.uuid)
-		delete(r.uuids, h.uuid)
-	}
-	r.mu.Unlock()
-}
-
 // hub is a registered server with its clients. Fields below nclients belong
-// to the forwarder goroutine.
+// to the loop goroutine.
 type hub struct {
-	s          *Server
-	f          *forwarder
+	s          *Service
+	l          *loop.Loop
 	uuid, name string
 	nclients   atomic.Int32 // clients registered, including not yet started
 
@@ -118,7 +29,7 @@ type hub struct {
 	clients       map[uint16]*tpEnd
 	next          uint16   // next address to try
 	pending       []*tpEnd // clients handed over before the server started
-	waiting       []*tpEnd // readable clients held back by tpServerHigh
+	waiting       []*tpEnd // readable clients held back by serverHigh
 	slip          handshake.SLIPDecoder
 	lastRx        time.Time     // server's last byte (dead-server timeout)
 	srvReason     reason.Reason // why the server is closing once its output is written
@@ -126,16 +37,16 @@ type hub struct {
 	frame         []byte // scratch for one SLIP frame
 }
 
-// tpClientPause is how much may wait for a client before the relay stops
+// clientPause is how much may wait for a client before the relay stops
 // reading what that client sends (its pings and data) until it catches up.
-const tpClientPause = 64 << 10
+const clientPause = 64 << 10
 
 // tpEnd is a server or client socket of a hub.
 type tpEnd struct {
 	h      *hub
-	sock   sock
+	sock   loop.Sock
 	fd     int
-	tk     *ticket
+	tk     reason.Ender
 	server bool
 	addr   uint16 // clients: socket address
 	uuid   string
@@ -145,7 +56,7 @@ type tpEnd struct {
 	readable, writable bool
 	closing            bool // no more reads; close once out is written
 	waiting            bool // in h.waiting
-	queued             bool // in the forwarder's again list
+	queued             bool // in the loop's again list
 	out                *bytebufferpool.ByteBuffer
 	off                int    // written part of out
 	rx, tx             uint64 // bytes read from / written to this socket
@@ -170,19 +81,20 @@ type hubClient struct {
 	name    string
 }
 
-// takeOver takes c's socket for hub h; nil if the connection's set-up
-// failed (the caller then undoes its registration and dismisses c).
-func takeOver(h *hub, c *conn) *tpEnd {
-	if c.failed || c.sk == nil {
+// takeOver takes the handed-over socket for hub h; nil if the
+// connection's set-up failed (the caller then undoes its registration and
+// dismisses it).
+func takeOver(h *hub, ho *relay.Handover) *tpEnd {
+	if ho.Failed || ho.Sock == nil {
 		return nil
 	}
-	e := &tpEnd{h: h, sock: c.sk, fd: c.sk.Fd(), ws: c.ws, tk: c.tk, peer: hostOf(c.peer),
-		in: c.late, readable: true, writable: true}
+	e := &tpEnd{h: h, sock: ho.Sock, fd: ho.Sock.Fd(), ws: ho.WS, tk: ho.Ticket, peer: hostOf(ho.Peer),
+		in: ho.Late, readable: true, writable: true}
 	if e.ws != nil {
 		e.ws.Dec.MaxFrame = 0
 	}
-	if q := c.out.Take(); len(q) > 0 { // pongs owed since the registration
-		e.buf().B = append(e.buf().B, q...)
+	if len(ho.Out) > 0 { // pongs owed since the registration
+		e.buf().B = append(e.buf().B, ho.Out...)
 	}
 	return e
 }
@@ -194,43 +106,43 @@ func hostOf(a net.Addr) string {
 	return a.String()
 }
 
-// ready implements target for a registering server.
-func (t hubServer) ready(c *conn) {
+// Ready implements relay.Target for a registering server.
+func (t hubServer) Ready(ho *relay.Handover) {
 	h := t.h
-	e := takeOver(h, c)
+	e := takeOver(h, ho)
 	if e == nil {
-		h.s.tp.removeHub(h)
-		h.f.do(func() { h.close(reason.PartnerClosed) }) // clients that came meanwhile
-		c.s.dismiss(c, c.reason, 0, "")
+		h.s.reg.removeHub(h)
+		h.l.Do(func() { h.close(reason.PartnerClosed) }) // clients that came meanwhile
+		h.s.srv.Dismiss(ho, ho.Reason, 0, "")
 		return
 	}
 	e.server, e.uuid, e.name = true, h.uuid, h.name
 	reply := handshake.AppendSuccess(nil, t.replyID,
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()),
 		handshake.Bool("slipEnabled", true))
-	if !h.f.do(func() { h.start(e, reply) }) {
-		h.s.tp.removeHub(h)
+	if !h.l.Do(func() { h.start(e, reply) }) {
+		h.s.reg.removeHub(h)
 		e.sock.Close()
 		e.tk.End(reason.Shutdown)
 	}
 }
 
-// ready implements target for a registering client.
-func (t hubClient) ready(c *conn) {
+// Ready implements relay.Target for a registering client.
+func (t hubClient) Ready(ho *relay.Handover) {
 	h := t.h
-	e := takeOver(h, c)
+	e := takeOver(h, ho)
 	if e == nil {
-		h.s.tp.release(t.uuid)
+		h.s.reg.release(t.uuid)
 		h.nclients.Add(-1)
-		c.s.dismiss(c, c.reason, 0, "")
+		h.s.srv.Dismiss(ho, ho.Reason, 0, "")
 		return
 	}
 	e.uuid, e.name = t.uuid, t.name
 	reply := handshake.AppendSuccess(nil, t.replyID,
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
-	if !h.f.do(func() { h.addClient(e, reply) }) {
+	if !h.l.Do(func() { h.addClient(e, reply) }) {
 		// The loop has stopped: the hub's map is not ours to touch.
-		h.s.tp.release(e.uuid)
+		h.s.reg.release(e.uuid)
 		h.nclients.Add(-1)
 		e.sock.Close()
 		e.tk.End(reason.Shutdown)
@@ -240,16 +152,16 @@ func (t hubClient) ready(c *conn) {
 // start puts the server on the loop; clients that came first are added.
 func (h *hub) start(e *tpEnd, reply []byte) {
 	if h.dead {
-		h.f.goodbye(e.sock, nil, true, e.tk, reason.Shutdown)
+		h.l.Goodbye(e.sock, nil, true, e.tk, reason.Shutdown)
 		return
 	}
 	h.started, h.srv, h.lastRx = true, e, time.Now()
-	if err := h.f.register(e.fd, e); err != nil {
+	if err := h.l.Register(e.fd, e); err != nil {
 		h.close(reason.IOError)
 		return
 	}
-	h.f.hubs[h] = struct{}{}
-	h.s.stats.tpServers.Inc()
+	h.l.Watch(h, time.Second)
+	h.s.m.servers.Inc()
 	h.s.log.Info("tunnelproxy server registered", "server", h.uuid, "name", h.name, "peer", e.peer)
 	h.sendPlain(e, reply)
 	for _, c := range h.pending {
@@ -276,11 +188,11 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 	}
 	e.addr = h.allocAddr()
 	h.clients[e.addr] = e
-	if err := h.f.register(e.fd, e); err != nil {
+	if err := h.l.Register(e.fd, e); err != nil {
 		h.dropClient(e, false, reason.IOError)
 		return
 	}
-	h.s.stats.tpClients.Inc()
+	h.s.m.clients.Inc()
 	h.notify("TunnelProxy.ClientConnected",
 		handshake.Str("clientName", e.name), handshake.Str("clientUuid", e.uuid),
 		handshake.Str("clientPeerAddress", e.peer), handshake.Int("socketAddress", int64(e.addr)))
@@ -302,8 +214,8 @@ func (h *hub) allocAddr() uint16 {
 	return a
 }
 
-// event implements pollee.
-func (e *tpEnd) event(f *forwarder, events uint32) {
+// Event implements loop.Pollee.
+func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		e.readable = true
 	}
@@ -415,9 +327,9 @@ func (h *hub) notify(name string, params ...handshake.Field) {
 // readServer reads the server and routes its SLIP frames.
 func (h *hub) readServer() {
 	e := h.srv
-	for round := 0; e.readable && !e.closing && !h.dead && e.pending() < tpServerHigh; round++ {
+	for round := 0; e.readable && !e.closing && !h.dead && e.pending() < serverHigh; round++ {
 		if round == 16 { // fairness: let other sockets of this loop run
-			h.f.revisit(e)
+			h.revisit(e)
 			return
 		}
 		var data []byte
@@ -440,7 +352,7 @@ func (h *hub) readServer() {
 		}
 		h.lastRx = time.Now()
 		e.rx += uint64(n)
-		h.s.stats.tpBytes.Add(n)
+		h.s.m.bytes.Add(n)
 		data = h.deframe(e, (*chunk)[:n])
 		h.feedServer(data)
 		pool.PutChunk(chunk)
@@ -480,8 +392,9 @@ func (h *hub) feedServer(data []byte) {
 // sendData queues payload for client c, disconnecting c when it would
 // exceed its buffer bound.
 func (h *hub) sendData(c *tpEnd, payload []byte) {
-	if c.pending()+len(payload) > h.s.cfg.TPClientBuffer {
+	if c.pending()+len(payload) > h.s.cfg.ClientBuffer {
 		h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
+		h.s.m.dropSlow.Inc()
 		h.dropClient(c, true, reason.SlowReader)
 		return
 	}
@@ -518,7 +431,7 @@ func (h *hub) serverRPC(obj []byte) {
 		}
 		reply = handshake.AppendSuccess(nil, req.ID, handshake.Str("tunnelProxyError", res.String()))
 	case "RemoteProxy.Hello":
-		reply = helloReply(h.s, req.ID)
+		reply = h.s.srv.HelloReply(req.ID)
 	case "RemoteProxy.Introspect":
 		reply = handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect())
 	case "TunnelProxy.RegisterServer", "TunnelProxy.RegisterClient":
@@ -542,8 +455,8 @@ func (h *hub) closeServer(r reason.Reason) {
 // readClient reads client c while the server has room and c itself reads
 // what it is sent.
 func (h *hub) readClient(c *tpEnd) {
-	for c.readable && !c.closing && !h.dead && c.pending() < tpClientPause {
-		if h.srv.pending() >= tpServerHigh {
+	for c.readable && !c.closing && !h.dead && c.pending() < clientPause {
+		if h.srv.pending() >= serverHigh {
 			if !c.waiting {
 				c.waiting = true
 				h.waiting = append(h.waiting, c)
@@ -560,7 +473,7 @@ func (h *hub) readClient(c *tpEnd) {
 			continue
 		}
 		chunk := pool.GetChunk()
-		n, err := c.sock.Read((*chunk)[:tpClientRead])
+		n, err := c.sock.Read((*chunk)[:clientRead])
 		if n <= 0 {
 			pool.PutChunk(chunk)
 			if err == unix.EAGAIN {
@@ -571,7 +484,7 @@ func (h *hub) readClient(c *tpEnd) {
 			return
 		}
 		c.rx += uint64(n)
-		h.s.stats.tpBytes.Add(n)
+		h.s.m.bytes.Add(n)
 		data = h.deframe(c, (*chunk)[:n])
 		if len(data) > 0 && !c.closing {
 			h.sendSLIP(c.addr, data)
@@ -582,7 +495,7 @@ func (h *hub) readClient(c *tpEnd) {
 
 // wakeWaiting reads clients held back once the server has room again.
 func (h *hub) wakeWaiting() {
-	if h.dead || len(h.waiting) == 0 || h.srv.pending() >= tpServerHigh {
+	if h.dead || len(h.waiting) == 0 || h.srv.pending() >= serverHigh {
 		return
 	}
 	w := h.waiting
@@ -643,9 +556,9 @@ func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 // reading: the server's high mark, or a client's buffer.
 func (h *hub) endBudget(e *tpEnd) int {
 	if e.server {
-		return tpServerHigh + handshake.QueueMax
+		return serverHigh + handshake.QueueMax
 	}
-	return h.s.cfg.TPClientBuffer
+	return h.s.cfg.ClientBuffer
 }
 
 // endOver ends e as a slow reader.
@@ -689,7 +602,7 @@ func (h *hub) endDone(e *tpEnd) {
 func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
-		h.s.stats.tpClients.Dec()
+		h.s.m.clients.Dec()
 		if notify && !h.dead {
 			h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
 			h.flush(h.srv)
@@ -698,13 +611,13 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if c.sock == nil {
 		return
 	}
-	if _, ok := h.f.eps[int32(c.fd)]; ok {
-		h.f.unregister(c.fd)
+	if h.l.Registered(c.fd) {
+		h.l.Unregister(c.fd)
 	}
 	h.release(c, r)
-	h.s.tp.release(c.uuid)
+	h.s.reg.release(c.uuid)
 	h.nclients.Add(-1)
-	if h.s.drainingNow() && h.nclients.Load() == 0 && !h.dead {
+	if h.s.srv.Draining() && h.nclients.Load() == 0 && !h.dead {
 		h.close(reason.Shutdown) // draining: the server's last client left
 	}
 }
@@ -724,7 +637,7 @@ func (h *hub) release(e *tpEnd, r reason.Reason) {
 		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
 		final = q.B
 	}
-	h.f.goodbye(e.sock, final, !broken, e.tk, r)
+	h.l.Goodbye(e.sock, final, !broken, e.tk, r)
 	e.sock = nil
 	e.closing = true
 }
@@ -735,7 +648,7 @@ func (h *hub) close(r reason.Reason) {
 		return
 	}
 	h.dead = true
-	h.s.tp.removeHub(h)
+	h.s.reg.removeHub(h)
 	for _, c := range h.clients {
 		h.dropClient(c, false, reason.PartnerClosed)
 	}
@@ -744,37 +657,38 @@ func (h *hub) close(r reason.Reason) {
 	}
 	h.pending, h.waiting = nil, nil
 	if e := h.srv; e != nil && e.sock != nil {
-		delete(h.f.hubs, h)
-		h.f.unregister(e.fd)
+		h.l.Unregister(e.fd)
 		h.release(e, r)
-		h.s.stats.tpServers.Dec()
+		h.s.m.servers.Dec()
 		h.s.log.Info("tunnelproxy server left", "server", h.uuid, "reason", r.String())
 	}
 }
 
-// scanHubs enforces the dead-server timeout and write stalls.
-func (f *forwarder) scanHubs(now time.Time) {
-	stall := int64(f.s.cfg.WriteStallTimeout)
-	for h := range f.hubs {
-		if now.Sub(h.lastRx) > f.s.cfg.TPServerTimeout {
-			h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)
-			h.close(reason.InactiveTimeout)
-			continue
-		}
-		if e := h.srv; e.stallSince != 0 && now.UnixNano()-e.stallSince > stall {
-			h.close(reason.WriteStall)
-			continue
-		}
-		for _, c := range h.clients {
-			if c.stallSince != 0 && now.UnixNano()-c.stallSince > stall {
-				h.dropClient(c, true, reason.WriteStall)
-			}
+// Scan implements loop.Scanner: the dead-server timeout and write stalls.
+func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
+	if h.dead {
+		return -1
+	}
+	stall := int64(h.s.cfg.WriteStallTimeout)
+	if now.Sub(h.lastRx) > h.s.cfg.ServerTimeout {
+		h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)
+		h.close(reason.InactiveTimeout)
+		return -1
+	}
+	if e := h.srv; e.stallSince != 0 && now.UnixNano()-e.stallSince > stall {
+		h.close(reason.WriteStall)
+		return -1
+	}
+	for _, c := range h.clients {
+		if c.stallSince != 0 && now.UnixNano()-c.stallSince > stall {
+			h.dropClient(c, true, reason.WriteStall)
 		}
 	}
+	return time.Second
 }
 
-// resume implements resumer: the server stopped reading for fairness.
-func (e *tpEnd) resume(f *forwarder) {
+// Resume implements loop.Resumer: the server stopped reading for fairness.
+func (e *tpEnd) Resume(_ *loop.Loop) {
 	e.queued = false
 	if !e.h.dead {
 		e.h.readServer()
@@ -782,19 +696,21 @@ func (e *tpEnd) resume(f *forwarder) {
 	}
 }
 
-// revisit queues e to be read again after other sockets of the loop.
-func (f *forwarder) revisit(e *tpEnd) {
-	if !e.queued {
-		e.queued = true
-		f.again = append(f.again, e)
+// Stop implements loop.Stopper: the loop is stopping.
+func (e *tpEnd) Stop(_ *loop.Loop) {
+	h := e.h
+	if e.server {
+		h.close(reason.Shutdown)
+	} else if !h.dead {
+		h.dropClient(e, false, reason.Shutdown)
 	}
 }
 
-// helloReply is RemoteProxy.Hello's answer.
-func helloReply(s *Server, id int) []byte {
-	return handshake.AppendSuccess(nil, id,
-		handshake.Str("apiVersion", APIVersion),
-		handshake.Str("name", s.cfg.Name),
-		handshake.Str("server", "meetpoint"),
-		handshake.Str("version", Version))
+// revisit queues the server to be read again after other sockets of the
+// loop.
+func (h *hub) revisit(e *tpEnd) {
+	if !e.queued {
+		e.queued = true
+		h.l.Again(e)
+	}
 }

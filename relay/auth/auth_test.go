@@ -1,4 +1,4 @@
-package relay
+package auth
 
 import (
 	"context"
@@ -13,17 +13,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
 )
 
 // authenticate runs a.Authenticate and returns the result, failing unless
 // done was called exactly once before Authenticate returned.
-func authenticate(t *testing.T, a Authenticator, token string) AuthResult {
+func authenticate(t *testing.T, a relay.Authenticator, token string) relay.AuthResult {
 	t.Helper()
 	var (
-		res   AuthResult
+		res   relay.AuthResult
 		calls int
 	)
-	a.Authenticate(context.Background(), AuthRequest{Token: token, UUID: "u", Name: "n"}, func(r AuthResult) {
+	a.Authenticate(context.Background(), relay.AuthRequest{Token: token, UUID: "u", Name: "n"}, func(r relay.AuthResult) {
 		res = r
 		calls++
 	})
@@ -33,7 +35,7 @@ func authenticate(t *testing.T, a Authenticator, token string) AuthResult {
 	return res
 }
 
-func expect(t *testing.T, a Authenticator, token string, want AuthResult) {
+func expect(t *testing.T, a relay.Authenticator, token string, want relay.AuthResult) {
 	t.Helper()
 	if got := authenticate(t, a, token); got != want {
 		t.Errorf("token %q: got %v, want %v", token, got, want)
@@ -49,7 +51,7 @@ func writeFile(t *testing.T, path, content string) {
 
 func TestDummy(t *testing.T) {
 	for _, tok := range []string{"", "anything", "\x00"} {
-		expect(t, Dummy{}, tok, AuthNoError)
+		expect(t, Dummy{}, tok, relay.AuthNoError)
 	}
 }
 
@@ -64,10 +66,10 @@ func TestFileAuth(t *testing.T) {
 		t.Errorf("Len = %d, want 3", n)
 	}
 	for _, tok := range []string{"alpha", "beta2", "delta"} {
-		expect(t, a, tok, AuthNoError)
+		expect(t, a, tok, relay.AuthNoError)
 	}
 	for _, tok := range []string{"", "beta", "# beta", "gamma", "#gamma", "alph", "alphaa", "ALPHA", "beta2\r", " alpha"} {
-		expect(t, a, tok, AuthFailed)
+		expect(t, a, tok, relay.AuthFailed)
 	}
 }
 
@@ -81,8 +83,8 @@ func TestFileAuthEmpty(t *testing.T) {
 	if n := a.Len(); n != 0 {
 		t.Errorf("Len = %d, want 0", n)
 	}
-	expect(t, a, "", AuthFailed)
-	expect(t, a, "# nobody", AuthFailed)
+	expect(t, a, "", relay.AuthFailed)
+	expect(t, a, "# nobody", relay.AuthFailed)
 }
 
 func TestFileAuthMissing(t *testing.T) {
@@ -102,9 +104,9 @@ func TestFileAuthReload(t *testing.T) {
 	if err := a.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, a, "old1", AuthFailed)
-	expect(t, a, "old2", AuthNoError)
-	expect(t, a, "new1", AuthNoError)
+	expect(t, a, "old1", relay.AuthFailed)
+	expect(t, a, "old2", relay.AuthNoError)
+	expect(t, a, "new1", relay.AuthNoError)
 	if n := a.Len(); n != 2 {
 		t.Errorf("Len = %d, want 2", n)
 	}
@@ -115,8 +117,8 @@ func TestFileAuthReload(t *testing.T) {
 	if err := a.Reload(); err == nil {
 		t.Fatal("Reload of a missing file succeeded")
 	}
-	expect(t, a, "old2", AuthNoError)
-	expect(t, a, "new1", AuthNoError)
+	expect(t, a, "old2", relay.AuthNoError)
+	expect(t, a, "new1", relay.AuthNoError)
 	if n := a.Len(); n != 2 {
 		t.Errorf("Len = %d after failed reload, want 2", n)
 	}
@@ -133,8 +135,8 @@ func TestFileAuthConcurrentReload(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for range 200 {
-				expect(t, a, "stay", AuthNoError)
-				expect(t, a, "never", AuthFailed)
+				expect(t, a, "stay", relay.AuthNoError)
+				expect(t, a, "never", relay.AuthFailed)
 			}
 		})
 	}
@@ -231,13 +233,13 @@ func TestHMACAuthValid(t *testing.T) {
 	now := t0
 	a := newHMAC(t, &now)
 	tok := mint(t, "client-7", time.Minute)
-	expect(t, a, tok, AuthNoError)
+	expect(t, a, tok, relay.AuthNoError)
 	now = t0.Add(59*time.Second + 999*time.Millisecond)
-	expect(t, a, tok, AuthNoError)
+	expect(t, a, tok, relay.AuthNoError)
 
 	now = t0
-	expect(t, a, mint(t, "c", MaxHMACTTL), AuthNoError)
-	expect(t, a, mint(t, "c", time.Second), AuthNoError)
+	expect(t, a, mint(t, "c", MaxHMACTTL), relay.AuthNoError)
+	expect(t, a, mint(t, "c", time.Second), relay.AuthNoError)
 }
 
 func TestHMACAuthExpired(t *testing.T) {
@@ -246,7 +248,7 @@ func TestHMACAuthExpired(t *testing.T) {
 	tok := mint(t, "c", time.Minute)
 	for _, d := range []time.Duration{time.Minute, time.Minute + 500*time.Millisecond, time.Hour} {
 		now = t0.Add(d)
-		expect(t, a, tok, AuthFailed)
+		expect(t, a, tok, relay.AuthFailed)
 	}
 }
 
@@ -255,17 +257,17 @@ func TestHMACAuthTooFar(t *testing.T) {
 	a := newHMAC(t, &now)
 	far := strconv.FormatInt(t0.Add(MaxHMACTTL).Unix()+1, 10)
 	tok := sign(testKey, "c", far)
-	expect(t, a, tok, AuthFailed)
-	expect(t, a, sign(testKey, "c", "9223372036854775807"), AuthFailed)
+	expect(t, a, tok, relay.AuthFailed)
+	expect(t, a, sign(testKey, "c", "9223372036854775807"), relay.AuthFailed)
 	now = t0.Add(time.Second) // the same token is within reach a second later
-	expect(t, a, tok, AuthNoError)
+	expect(t, a, tok, relay.AuthNoError)
 
 	now = t0
 	a.MaxTTL = time.Minute
 	tok = mint(t, "c", 2*time.Minute)
-	expect(t, a, tok, AuthFailed)
+	expect(t, a, tok, relay.AuthFailed)
 	now = t0.Add(time.Minute)
-	expect(t, a, tok, AuthNoError)
+	expect(t, a, tok, relay.AuthNoError)
 }
 
 func TestHMACAuthTampered(t *testing.T) {
@@ -296,11 +298,11 @@ func TestHMACAuthTampered(t *testing.T) {
 		"expiry zero":  id + ".0" + expiry + "." + mac,
 		"other key":    sign(otherKey, id, expiry),
 	} {
-		if got := authenticate(t, a, bad); got != AuthFailed {
-			t.Errorf("%s: %q got %v, want AuthFailed", name, bad, got)
+		if got := authenticate(t, a, bad); got != relay.AuthFailed {
+			t.Errorf("%s: %q got %v, want relay.AuthFailed", name, bad, got)
 		}
 	}
-	expect(t, a, tok, AuthNoError)
+	expect(t, a, tok, relay.AuthNoError)
 }
 
 func mustDecode(t *testing.T, mac string) []byte {
@@ -339,11 +341,11 @@ func TestHMACAuthMalformed(t *testing.T) {
 		sign(testKey, "c", "-1"),
 		sign(testKey, "c", "99999999999999999999"),
 	} {
-		expect(t, a, bad, AuthFailed)
+		expect(t, a, bad, relay.AuthFailed)
 	}
 	// The same syntax checks pass for a well-formed signed token.
-	expect(t, a, sign(testKey, strings.Repeat("a", 64), exp), AuthNoError)
-	expect(t, a, sign(testKey, "c", "0"+exp), AuthNoError) // leading zero: signed as is
+	expect(t, a, sign(testKey, strings.Repeat("a", 64), exp), relay.AuthNoError)
+	expect(t, a, sign(testKey, "c", "0"+exp), relay.AuthNoError) // leading zero: signed as is
 }
 
 func TestLoadHMACKey(t *testing.T) {
@@ -394,28 +396,28 @@ func TestHMACAuthReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expect(t, a, oldTok, AuthNoError)
-	expect(t, a, newTok, AuthFailed)
+	expect(t, a, oldTok, relay.AuthNoError)
+	expect(t, a, newTok, relay.AuthFailed)
 
 	writeFile(t, path, hex.EncodeToString(newKey))
 	if err := a.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, a, oldTok, AuthFailed)
-	expect(t, a, newTok, AuthNoError)
+	expect(t, a, oldTok, relay.AuthFailed)
+	expect(t, a, newTok, relay.AuthNoError)
 
 	writeFile(t, path, "short")
 	if err := a.Reload(); err == nil {
 		t.Fatal("Reload of a bad key succeeded")
 	}
-	expect(t, a, newTok, AuthNoError)
+	expect(t, a, newTok, relay.AuthNoError)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Reload(); err == nil {
 		t.Fatal("Reload of a missing key succeeded")
 	}
-	expect(t, a, newTok, AuthNoError)
+	expect(t, a, newTok, relay.AuthNoError)
 }
 
 func TestParseAuth(t *testing.T) {
@@ -432,14 +434,14 @@ func TestParseAuth(t *testing.T) {
 	if _, ok := a.(*FileAuth); err != nil || !ok {
 		t.Errorf("file: %T, %v", a, err)
 	}
-	if _, ok := a.(Reloader); !ok {
+	if _, ok := a.(relay.Reloader); !ok {
 		t.Error("FileAuth is not a Reloader")
 	}
 	a, err = ParseAuth("hmac:" + key)
 	if _, ok := a.(*HMACAuth); err != nil || !ok {
 		t.Errorf("hmac: %T, %v", a, err)
 	}
-	if _, ok := a.(Reloader); !ok {
+	if _, ok := a.(relay.Reloader); !ok {
 		t.Error("HMACAuth is not a Reloader")
 	}
 

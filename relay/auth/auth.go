@@ -1,4 +1,7 @@
-package relay
+// Package auth holds meetpoint's authenticators: what decides whether a
+// client's token is valid. The engine (package relay) sees only the
+// relay.Authenticator interface; cmd/meetpoint builds one from --auth.
+package auth
 
 import (
 	"context"
@@ -13,20 +16,16 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
 )
 
-// Reloader is implemented by authenticators that read files; the server calls
-// Reload on SIGHUP. On error the authenticator keeps its previous state.
-type Reloader interface {
-	Reload() error
-}
-
 var (
-	_ Authenticator = Dummy{}
-	_ Authenticator = (*FileAuth)(nil)
-	_ Authenticator = (*HMACAuth)(nil)
-	_ Reloader      = (*FileAuth)(nil)
-	_ Reloader      = (*HMACAuth)(nil)
+	_ relay.Authenticator = Dummy{}
+	_ relay.Authenticator = (*FileAuth)(nil)
+	_ relay.Authenticator = (*HMACAuth)(nil)
+	_ relay.Reloader      = (*FileAuth)(nil)
+	_ relay.Reloader      = (*HMACAuth)(nil)
 )
 
 // ParseAuth builds an Authenticator from a command-line spec:
@@ -34,10 +33,10 @@ var (
 //	dummy          accept every token (Dummy)
 //	file:PATH      tokens listed in PATH (FileAuth)
 //	hmac:KEYFILE   HMAC tokens signed with the key in KEYFILE (HMACAuth)
-func ParseAuth(spec string) (Authenticator, error) {
+func ParseAuth(spec string) (relay.Authenticator, error) {
 	kind, path, _ := strings.Cut(spec, ":")
 	var (
-		a   Authenticator
+		a   relay.Authenticator
 		err error
 	)
 	switch {
@@ -59,9 +58,9 @@ func ParseAuth(spec string) (Authenticator, error) {
 // Dummy accepts every token. It is for tests and trusted networks only.
 type Dummy struct{}
 
-// Authenticate calls done(AuthNoError) before returning.
-func (Dummy) Authenticate(_ context.Context, _ AuthRequest, done func(AuthResult)) {
-	done(AuthNoError)
+// Authenticate calls done(relay.AuthNoError) before returning.
+func (Dummy) Authenticate(_ context.Context, _ relay.AuthRequest, done func(relay.AuthResult)) {
+	done(relay.AuthNoError)
 }
 
 // FileAuth accepts the tokens listed in a file, one per line. Surrounding
@@ -111,13 +110,13 @@ func (a *FileAuth) Reload() error {
 // Len returns the number of distinct tokens loaded.
 func (a *FileAuth) Len() int { return len(*a.tokens.Load()) }
 
-// Authenticate calls done before returning: AuthNoError if req.Token is in
-// the file, AuthFailed otherwise.
-func (a *FileAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+// Authenticate calls done before returning: relay.AuthNoError if req.Token is in
+// the file, relay.AuthFailed otherwise.
+func (a *FileAuth) Authenticate(_ context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
 	if a.valid(req.Token) {
-		done(AuthNoError)
+		done(relay.AuthNoError)
 	} else {
-		done(AuthFailed)
+		done(relay.AuthFailed)
 	}
 }
 
@@ -217,13 +216,13 @@ func MintHMAC(key []byte, id string, ttl time.Duration, now time.Time) (string, 
 	return payload + "." + hmacSign(key, payload), nil
 }
 
-// Authenticate calls done before returning: AuthNoError if req.Token is a
-// valid token, AuthFailed otherwise.
-func (a *HMACAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+// Authenticate calls done before returning: relay.AuthNoError if req.Token is a
+// valid token, relay.AuthFailed otherwise.
+func (a *HMACAuth) Authenticate(_ context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
 	if a.valid(req.Token, a.now()) {
-		done(AuthNoError)
+		done(relay.AuthNoError)
 	} else {
-		done(AuthFailed)
+		done(relay.AuthFailed)
 	}
 }
 

@@ -1,0 +1,173 @@
+package relay
+
+import (
+	"crypto/x509"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"net"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// What subsystems (TunnelProxy, monitors, the HTTP routes) build on. The
+// engine never imports them: they register with a Server before Start,
+// and cmd/meetpoint wires them together.
+
+// Conn is a connection before its tunnel as a JSON-RPC method handler sees
+// it. Handlers run with the connection's lock held, on a netpoll or loop
+// goroutine: they must not block, and c is valid only during the call.
+type Conn struct{ c *conn }
+
+// MethodHandler answers one JSON-RPC method before the tunnel.
+type MethodHandler func(c Conn, req *handshake.Request)
+
+// HandleMethod routes JSON-RPC method (e.g. "TunnelProxy.RegisterServer")
+// to h; the method must be in handshake's method table (Introspect lists
+// it, ParseRequest validates its params). Call it before Start.
+func (s *Server) HandleMethod(method string, h MethodHandler) { s.methods[method] = h }
+
+// Reply queues one JSON-RPC message for the client (a TEXT frame on
+// WebSocket, as is on raw TCP).
+func (c Conn) Reply(msg []byte) { c.c.send(msg) }
+
+// Refuse ends the connection gracefully for r: a WebSocket client gets a
+// close frame with code and text after what it was sent.
+func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.fail(r, code, text) }
+
+// Claim hands the connection to t: it leaves its transport once this
+// message is handled, and t receives it (with the bytes that follow the
+// request) — always, even if the client hangs up meanwhile. uuid and name
+// are what monitors show of it.
+func (c Conn) Claim(t Target, uuid, name string) {
+	c.c.uuid, c.c.name = uuid, name
+	c.c.claimFor(exported{t})
+}
+
+// Peer is the client's address.
+func (c Conn) Peer() net.Addr { return c.c.peer }
+
+// WebSocket reports whether the client speaks WebSocket (else raw TCP).
+func (c Conn) WebSocket() bool { return c.c.ws != nil }
+
+// ClientCert is the client's verified TLS certificate, if it presented one.
+func (c Conn) ClientCert() *x509.Certificate { return c.c.clientCert() }
+
+// Target receives a claimed connection.
+type Target interface {
+	// Ready is called once, on some goroutine of the relay, when the
+	// connection's transport has let go of it. The target owns h from then
+	// on: it must end h.Ticket exactly once, when the socket closes.
+	Ready(h *Handover)
+}
+
+// Handover is a claimed connection as its Target receives it.
+type Handover struct {
+	// Sock is the socket; nil if taking it over failed (Failed is then set).
+	Sock loop.Sock
+	// WS is the client's WebSocket stream state, nil on raw TCP.
+	WS *handshake.Stream
+	// Late is what the client sent after the claim: raw on TCP, payload
+	// on WebSocket.
+	Late []byte
+	// Out is what the relay still owes the client (pongs queued since the
+	// claim), to be sent first.
+	Out []byte
+	// Ticket accounts for the socket: end it, once, with the reason the
+	// socket closed.
+	Ticket reason.Ender
+	// Peer is the client's address.
+	Peer net.Addr
+	// Failed reports that the set-up failed (the client hung up, the server
+	// is shutting down, ...): Reason says why, and the target gives the
+	// connection back with Dismiss.
+	Failed bool
+	Reason reason.Reason
+
+	c *conn
+}
+
+// exported adapts a subsystem's Target to the engine's internal one.
+type exported struct{ t Target }
+
+func (e exported) ready(c *conn) {
+	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.late, Out: c.out.Take(), Ticket: c.tk,
+		Peer: c.peer, Failed: c.failed, Reason: c.reason, c: c})
+}
+
+// Dismiss ends a handover its target does not keep (its set-up failed, or
+// the subsystem refuses it after all): the client gets what it is owed,
+// then a close frame on WebSocket, then a graceful close; the ticket ends
+// with the set-up's own reason or else r.
+func (s *Server) Dismiss(h *Handover, r reason.Reason, code ws.StatusCode, text string) {
+	h.c.out.B = h.Out
+	s.dismiss(h.c, r, code, text)
+}
+
+// Loop returns the loop a key maps to (a subsystem keeps related sockets
+// on one loop, so that they share a goroutine and need no locks).
+func (s *Server) Loop(key string) *loop.Loop {
+	return s.loops[maphash.String(s.seed, key)%uint64(len(s.loops))]
+}
+
+// Reporter is a subsystem's part of the relay's observability: it adds
+// itself to snapshots (monitors), to the traffic total and to /metrics.
+type Reporter interface {
+	// Report adds the subsystem's part to snap. It may block briefly (it
+	// typically asks its loops).
+	Report(snap *Snapshot)
+	// Traffic is the bytes it relayed since start.
+	Traffic() uint64
+	// WriteMetrics writes its metrics in Prometheus text format.
+	WriteMetrics(w io.Writer)
+}
+
+// AddReporter registers r. Call it before Start.
+func (s *Server) AddReporter(r Reporter) { s.reporters = append(s.reporters, r) }
+
+// OnDrain registers fn, run once when Shutdown begins (e.g. to let go of
+// registrations that carry no user session). Call it before Start.
+func (s *Server) OnDrain(fn func()) { s.drainHooks = append(s.drainHooks, fn) }
+
+// Draining reports whether Shutdown has begun: subsystems end sessions as
+// soon as they may (the drain waits on every socket the server holds).
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// HelloReply is RemoteProxy.Hello's answer to request id.
+func (s *Server) HelloReply(id int) []byte {
+	return handshake.AppendSuccess(nil, id,
+		handshake.Str("apiVersion", APIVersion),
+		handshake.Str("name", s.cfg.Name),
+		handshake.Str("server", "meetpoint"),
+		handshake.Str("version", Version))
+}
+
+// Logger is the server's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Done is closed once the server is closed.
+func (s *Server) Done() <-chan struct{} { return s.quit }
+
+// Readiness reports whether the server accepts new clients and, if not,
+// why: "draining", "closed" or "starting".
+func (s *Server) Readiness() (ready bool, state string) {
+	s.mu.Lock()
+	closed, listening := s.closed, len(s.listeners) > 0
+	s.mu.Unlock()
+	switch {
+	case s.draining.Load():
+		return false, "draining"
+	case closed:
+		return false, "closed"
+	case !listening:
+		return false, "starting"
+	}
+	return true, "ready"
+}
+
+// Name is the server's name (RemoteProxy.Hello).
+func (s *Server) Name() string { return s.cfg.Name }

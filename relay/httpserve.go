@@ -1,0 +1,215 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// One port, every protocol: after the sniffer (and TLS) a connection that
+// is not the relay's own — an HTTP request that is not a relay WebSocket
+// upgrade, a WebSocket upgrade naming a subprotocol a subsystem
+// registered, HTTP/2 negotiated by ALPN, a STUN message — leaves the
+// engine through a hand-off listener, with the bytes already read and its
+// TLS state, to a library that serves net.Conns: net/http for HTTP, a
+// TURN server for STUN. Those connections get a goroutine each (API
+// traffic is not the idle-scale path) and are bounded: HTTPMaxConns at
+// once, header and body sizes, read-header and idle timeouts.
+
+// HTTP kinds of hand-off.
+const (
+	handoffHTTP = iota // net/http: HTTP/1.1 and HTTP/2, subsystems' WebSockets
+	handoffSTUN        // STUN/TURN over TCP
+	handoffKinds
+)
+
+// Handle registers an HTTP handler for pattern on the relay's port (as
+// http.ServeMux patterns: "GET /metrics", "/v1/"). Every HTTP request that
+// is not a relay WebSocket upgrade is served by these handlers, over
+// plaintext, TLS and HTTP/2.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// HandleWebSocket routes WebSocket upgrades naming subprotocol in
+// Sec-WebSocket-Protocol to h (through net/http: h performs the upgrade,
+// e.g. a WAMP router's) instead of the relay. Call it before Start.
+func (s *Server) HandleWebSocket(subprotocol string, h http.Handler) {
+	s.subprotocols[subprotocol] = h
+}
+
+// STUNListener returns the listener through which STUN/TURN connections
+// sniffed on the relay's port are handed over (serve it with a TURN
+// server). Without one, such connections are refused as unknown. Call it
+// before Start.
+func (s *Server) STUNListener() net.Listener {
+	if s.handoffs[handoffSTUN] == nil {
+		s.handoffs[handoffSTUN] = loop.NewHandoff(s.handoffAddr())
+	}
+	return s.handoffs[handoffSTUN]
+}
+
+func (s *Server) handoffAddr() net.Addr {
+	if len(s.cfg.Listen) > 0 {
+		if a, err := net.ResolveTCPAddr("tcp", s.cfg.Listen[0]); err == nil {
+			return a
+		}
+	}
+	return &net.TCPAddr{}
+}
+
+// startHTTP starts the net/http server on the HTTP hand-off listener.
+func (s *Server) startHTTP() {
+	h := loop.NewHandoff(s.handoffAddr())
+	s.handoffs[handoffHTTP] = h
+	s.httpSrv = &http.Server{
+		Handler:           s.httpRoot(),
+		ReadHeaderTimeout: s.cfg.HTTPReadHeaderTimeout,
+		IdleTimeout:       s.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeader,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if hc, ok := c.(*loop.HandedConn); ok && hc.State != nil {
+				return context.WithValue(ctx, tlsStateKey{}, hc.State)
+			}
+			return ctx
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				if tc, ok := c.(*tls.Conn); ok { // HTTP/2 conns are handed over unwrapped
+					s.h2Closed(tc)
+				}
+			}
+		},
+	}
+	s.httpSrv.Protocols = new(http.Protocols)
+	s.httpSrv.Protocols.SetHTTP1(true)
+	s.httpSrv.Protocols.SetHTTP2(true)
+	go func() {
+		if err := s.httpSrv.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("http", "err", err)
+		}
+	}()
+}
+
+type tlsStateKey struct{}
+
+// httpRoot is the handler of every handed-off HTTP connection: the TLS
+// state of wrapped connections goes into r.TLS, upgrades naming a
+// registered subprotocol go to its handler, bodies are bounded, the rest
+// to the mux.
+func (s *Server) httpRoot() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.stats.httpRequests.Inc()
+		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
+			r.TLS = st
+		}
+		if r.Header.Get("Upgrade") != "" {
+			for _, p := range r.Header.Values("Sec-WebSocket-Protocol") {
+				for _, name := range splitTokens(p) {
+					if h := s.subprotocols[name]; h != nil {
+						h.ServeHTTP(w, r)
+						return
+					}
+				}
+			}
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// httpHandoff is the target of a connection whose request goes to
+// net/http (or, for kind handoffSTUN, to the STUN listener).
+type httpHandoff struct{ kind int }
+
+// ready implements target.
+func (t httpHandoff) ready(c *conn) {
+	s := c.s
+	switch {
+	case c.failed || c.sk == nil || s.handoffs[t.kind] == nil:
+		s.dismiss(c, reason.HTTP, 0, "")
+	case !s.handOver(t.kind, c.sk, c.late, c.peer, c.tk):
+		s.log.Debug("HTTP connection refused: too many", "peer", c.peer.String())
+		c.out.B = append(c.out.B[:0], "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
+		s.dismiss(c, reason.LimitHTTP, 0, "")
+	}
+}
+
+// handOver turns sk into a blocking net.Conn on Go's poller and delivers
+// it, reading prefix first, to the kind's listener. It reports false,
+// leaving sk to the caller, when HTTPMaxConns connections are handed off
+// already; otherwise sk and tk are taken care of.
+func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, tk *ticket) bool {
+	h := s.handoffs[kind]
+	if h.Active.Load() >= int64(s.cfg.HTTPMaxConns) {
+		return false
+	}
+	nc, state, err := loop.Blocking(sk)
+	if err != nil {
+		tk.End(reason.IOError)
+		return true
+	}
+	s.stats.httpConns.Inc()
+	hc := h.Hand(nc, prefix, state, tk)
+	var out net.Conn = hc
+	if kind == handoffHTTP && state != nil && state.NegotiatedProtocol == "h2" {
+		// HTTP/2: net/http must see the *tls.Conn itself to serve it; its
+		// ticket ends when net/http reports it closed.
+		tc := nc.(*tls.Conn)
+		s.h2mu.Lock()
+		s.h2conns[tc] = hc
+		s.h2mu.Unlock()
+		out = tc
+	}
+	if !h.Deliver(out, s.cfg.HTTPReadHeaderTimeout) {
+		out.Close()
+		s.h2Closed(out)
+	}
+	return true
+}
+
+// h2Closed ends the ticket of an HTTP/2 connection net/http closed.
+func (s *Server) h2Closed(nc net.Conn) {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return
+	}
+	s.h2mu.Lock()
+	hc := s.h2conns[tc]
+	delete(s.h2conns, tc)
+	s.h2mu.Unlock()
+	if hc != nil {
+		hc.Close()
+	}
+}
+
+// splitTokens splits a comma-separated header value.
+func splitTokens(v string) []string {
+	var out []string
+	for len(v) > 0 {
+		i := 0
+		for i < len(v) && v[i] != ',' {
+			i++
+		}
+		tok := v[:i]
+		for len(tok) > 0 && (tok[0] == ' ' || tok[0] == '\t') {
+			tok = tok[1:]
+		}
+		for len(tok) > 0 && (tok[len(tok)-1] == ' ' || tok[len(tok)-1] == '\t') {
+			tok = tok[:len(tok)-1]
+		}
+		if tok != "" {
+			out = append(out, tok)
+		}
+		if i == len(v) {
+			break
+		}
+		v = v[i+1:]
+	}
+	return out
+}

@@ -1,0 +1,109 @@
+package limits
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+func TestLimiterUnit(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := New(Limits{MaxConnsPerIP: 2, ConnRatePerIP: 1, AuthFailuresPerIP: 1, BanTime: time.Minute})
+	l.now = func() time.Time { return now }
+	ip := netip.MustParseAddr("192.0.2.1")
+	admit := func() reason.Reason { _, r := l.Admit(ip); return r }
+	for range 2 {
+		if r := admit(); r != reason.Count {
+			t.Fatalf("burst of 2 refused: %v", r)
+		}
+	}
+	if r := admit(); r != reason.LimitConnsPerIP {
+		t.Fatalf("3rd: %v", r)
+	}
+	l.Release(ip)
+	if r := admit(); r != reason.LimitRate {
+		t.Fatalf("rate: %v", r)
+	}
+	now = now.Add(2 * time.Second)
+	if r := admit(); r != reason.Count {
+		t.Fatalf("after refill: %v", r)
+	}
+	if l.AuthFailed(ip) || !l.AuthFailed(ip) {
+		t.Fatal("ban after the 2nd failure within a minute")
+	}
+	now = now.Add(30 * time.Second)
+	if r := admit(); r != reason.Banned {
+		t.Fatalf("banned: %v", r)
+	}
+	now = now.Add(31 * time.Second)
+	l.Release(ip)
+	l.Release(ip)
+	now = now.Add(2 * time.Minute)
+	l.Sweep()
+	if len(l.ips) != 0 {
+		t.Fatal("idle address not swept")
+	}
+}
+
+// TestLimiterIPv6Prefix: IPv6 clients share per-address state by /64 (a
+// host owns its /64, so the full address would escape every limit); the
+// prefix length is configurable, zones are ignored.
+func TestLimiterIPv6Prefix(t *testing.T) {
+	l := New(Limits{MaxConnsPerIP: 2})
+	a := netip.MustParseAddr("2001:db8:1:2::1")
+	b := netip.MustParseAddr("2001:db8:1:2:ffff::9")
+	other := netip.MustParseAddr("2001:db8:1:3::1")
+	ka, r1 := l.Admit(a)
+	kb, r2 := l.Admit(b)
+	if r1 != reason.Count || r2 != reason.Count || ka != kb {
+		t.Fatalf("first two from one /64: %v %v, keys %v %v", r1, r2, ka, kb)
+	}
+	if _, r := l.Admit(netip.MustParseAddr("2001:db8:1:2:1234::77")); r != reason.LimitConnsPerIP {
+		t.Fatalf("third address of the same /64: %v, want limit_conns_per_ip", r)
+	}
+	if _, r := l.Admit(other); r != reason.Count {
+		t.Fatalf("another /64: %v", r)
+	}
+	l.Release(ka)
+	if _, r := l.Admit(netip.MustParseAddr("2001:db8:1:2::42")); r != reason.Count {
+		t.Fatalf("after a release: %v", r)
+	}
+	ll := New(Limits{MaxConnsPerIP: 1, IPv6Prefix: 128})
+	if _, r := ll.Admit(a); r != reason.Count {
+		t.Fatal(r)
+	}
+	if _, r := ll.Admit(b); r != reason.Count {
+		t.Fatalf("prefix 128 keys by address: %v", r)
+	}
+	zl := New(Limits{MaxConnsPerIP: 1})
+	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.Count {
+		t.Fatal(r)
+	}
+	if _, r := zl.Admit(netip.MustParseAddr("fe80::2%eth1")); r != reason.LimitConnsPerIP {
+		t.Fatalf("link-local /64, other zone: %v", r)
+	}
+	v4 := New(Limits{MaxConnsPerIP: 1})
+	if k, _ := v4.Admit(netip.MustParseAddr("192.0.2.7")); k != netip.MustParseAddr("192.0.2.7") {
+		t.Fatalf("IPv4 key %v", k)
+	}
+}
+
+// TestDefaultMaxConns: the default connection limit follows the
+// descriptor limit, with headroom.
+func TestDefaultMaxConns(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Skip(err)
+	}
+	got := DefaultMaxConns()
+	if got <= 0 || uint64(got) >= rl.Cur {
+		t.Fatalf("DefaultMaxConns() = %d with RLIMIT_NOFILE %d", got, rl.Cur)
+	}
+	if DefaultLimits().MaxConns != got {
+		t.Fatal("DefaultLimits does not use DefaultMaxConns")
+	}
+}

@@ -1,0 +1,100 @@
+package loop
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// LingerTimeout bounds a graceful close: how long a loop waits, after its
+// last bytes and a FIN, for the client to close its side.
+const LingerTimeout = time.Second
+
+// Goodbye is how a socket the loop's owner holds is let go of (loop
+// goroutine only): final (what is still owed to the client: the rest of a
+// reply, a WebSocket close frame) is written without blocking, then the
+// socket is closed at once or, with linger, once the client has read it —
+// the write side is shut (FIN) and the loop reads and discards until the
+// client closes (EOF) or LingerTimeout passes. Closing with unread input
+// at once would make the kernel send a reset, which can destroy the last
+// reply before the client reads it (and a browser reports a WebSocket
+// closed that way as unclean). end learns r when the socket is closed.
+func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r reason.Reason) {
+	for len(final) > 0 {
+		n, err := sk.Write(final)
+		final = final[n:]
+		if err != nil || n == 0 {
+			break
+		}
+	}
+	flushed := sk.Flush() == nil && len(final) == 0
+	if !linger || !flushed || l.Stopping() {
+		sk.Close()
+		end.End(r)
+		return
+	}
+	g := &lingerer{sk: sk, end: end, r: r, until: time.Now().Add(LingerTimeout)}
+	_ = unix.Shutdown(sk.Fd(), unix.SHUT_WR)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sk.Fd(), &ev); err != nil {
+		g.finish(l)
+		return
+	}
+	l.eps[int32(sk.Fd())] = g
+	l.lingering[g] = struct{}{}
+	g.Event(l, unix.EPOLLIN) // the client may have closed already
+}
+
+// GoodbyeFrom is Goodbye from any goroutine; if the loop has stopped the
+// socket is closed at once.
+func (l *Loop) GoodbyeFrom(sk Sock, final []byte, linger bool, end reason.Ender, r reason.Reason) {
+	if !l.Do(func() { l.Goodbye(sk, final, linger, end, r) }) {
+		sk.Close()
+		end.End(r)
+	}
+}
+
+// lingerer is a socket closing gracefully: its input is read and thrown
+// away until EOF. It holds no buffer (reads go to the loop's scratch).
+type lingerer struct {
+	sk    Sock
+	end   reason.Ender
+	r     reason.Reason
+	until time.Time
+}
+
+// Event implements Pollee.
+func (g *lingerer) Event(l *Loop, events uint32) {
+	buf := l.Scratch()
+	for {
+		n, err := unix.Read(g.sk.Fd(), buf) // raw bytes, TLS or not: all discarded
+		if n > 0 || err == unix.EINTR {
+			continue
+		}
+		if err != unix.EAGAIN { // EOF or an error: done
+			g.finish(l)
+		}
+		return
+	}
+}
+
+// finish closes the socket and tells its owner.
+func (g *lingerer) finish(l *Loop) {
+	if _, ok := l.lingering[g]; ok {
+		delete(l.lingering, g)
+		delete(l.eps, int32(g.sk.Fd())) // closing the descriptor removes it from the epoll set
+	}
+	g.sk.Close()
+	g.end.End(g.r)
+}
+
+// scanLingering closes sockets whose client did not close in time.
+func (l *Loop) scanLingering(now time.Time) {
+	for g := range l.lingering {
+		if now.After(g.until) {
+			g.finish(l)
+		}
+	}
+}

@@ -1,0 +1,348 @@
+// Package loop is meetpoint's data plane: event loops that own sockets.
+//
+// A Loop is one goroutine on its own edge-triggered epoll set. Everything
+// registered with it — the two ends of a forwarding Pair, a TunnelProxy
+// hub's sockets, a TLS session before its tunnel, a socket closing
+// gracefully — belongs to that goroutine, so its state needs no locks;
+// other goroutines reach it only through Do. An idle socket costs an epoll
+// entry and whatever its owner keeps, never a goroutine.
+//
+// The package knows sockets, bytes and WebSocket frames, not the relay's
+// protocols: the engine (package relay) and its subsystems put their own
+// state on top.
+package loop
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/sys/unix"
+)
+
+// Pollee is what a Loop's epoll set holds for a descriptor.
+type Pollee interface {
+	// Event is called on the loop goroutine with the epoll events of the
+	// descriptor it was registered for.
+	Event(l *Loop, events uint32)
+}
+
+// Resumer is work that stopped to let other sockets run (fairness) and
+// continues on the next turn of the loop.
+type Resumer interface {
+	Resume(l *Loop)
+}
+
+// Stopper is implemented by pollees that must be ended when their loop
+// stops (Stop is called on the loop goroutine, once).
+type Stopper interface {
+	Stop(l *Loop)
+}
+
+// Scanner is periodic work of a Loop's owner (timeouts, stalls).
+type Scanner interface {
+	// Scan runs on the loop goroutine and returns how long until it should
+	// run again; a negative duration means not until Watch is called anew.
+	Scan(l *Loop, now time.Time) time.Duration
+}
+
+// Config is how a Loop forwards pairs; one value is shared by the loops of
+// a server.
+type Config struct {
+	// Log receives the loop's logs.
+	Log *slog.Logger
+	// MaxBuffer is the most bytes buffered per pair direction.
+	MaxBuffer int
+	// WriteStallTimeout ends a pair whose receiver accepts nothing this
+	// long while data waits for it.
+	WriteStallTimeout time.Duration
+	// Rate, if set, bounds each pair direction to that many bytes per
+	// second (0: no bound); it may change while the loop runs.
+	Rate *atomic.Int64
+	// Spliced, Buffered and Throttled count bytes forwarded with
+	// splice(2), bytes forwarded through buffers, and reads delayed by
+	// Rate. Nil counters are replaced by throwaway ones.
+	Spliced, Buffered, Throttled *metrics.Counter
+}
+
+// Loop is one event loop. Create it with New, run it with Run on a
+// goroutine of its own, end it with Stop.
+type Loop struct {
+	cfg        Config
+	log        *slog.Logger
+	epfd, evfd int
+	stopping   atomic.Bool
+	done       chan struct{}
+
+	mu    sync.Mutex
+	queue []func() // work for the loop goroutine
+	quit  bool     // set once the loop has stopped taking work
+
+	// Owned by the loop goroutine.
+	eps       map[int32]Pollee
+	scratch   []byte
+	again     []Resumer
+	spare     []Resumer
+	scanners  map[Scanner]time.Time // next run
+	stalled   map[*End]struct{}
+	throttled []throttle
+	lingering map[*lingerer]struct{}
+}
+
+// New creates a loop (an epoll set and a wake-up eventfd). It does not run
+// it.
+func New(cfg Config) (*Loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Rate == nil {
+		cfg.Rate = new(atomic.Int64)
+	}
+	for _, c := range []**metrics.Counter{&cfg.Spliced, &cfg.Buffered, &cfg.Throttled} {
+		if *c == nil {
+			*c = metrics.NewSet().NewCounter("unused")
+		}
+	}
+	return &Loop{
+		cfg: cfg, log: cfg.Log, epfd: epfd, evfd: evfd, done: make(chan struct{}),
+		eps: make(map[int32]Pollee), scanners: make(map[Scanner]time.Time),
+		stalled: make(map[*End]struct{}), lingering: make(map[*lingerer]struct{}),
+	}, nil
+}
+
+// Close frees a loop that never ran. A loop that ran frees itself when
+// it stops.
+func (l *Loop) Close() {
+	unix.Close(l.epfd)
+	unix.Close(l.evfd)
+}
+
+// Do runs fn on the loop goroutine. It reports false, not running fn, once
+// the loop has stopped taking work.
+func (l *Loop) Do(fn func()) bool {
+	l.mu.Lock()
+	if l.quit {
+		l.mu.Unlock()
+		return false
+	}
+	l.queue = append(l.queue, fn)
+	l.wake() // under mu: the loop closes evfd only after setting quit under mu
+	l.mu.Unlock()
+	return true
+}
+
+func (l *Loop) wake() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(l.evfd, one[:])
+}
+
+// Stopping reports whether the loop is stopping: sockets it lets go of are
+// closed at once, without lingering.
+func (l *Loop) Stopping() bool { return l.stopping.Load() }
+
+// Stop ends the loop, closing everything it owns, and waits for it (5 s at
+// most).
+func (l *Loop) Stop() {
+	l.stopping.Store(true)
+	l.mu.Lock()
+	if !l.quit {
+		l.wake()
+	}
+	l.mu.Unlock()
+	select {
+	case <-l.done:
+	case <-time.After(5 * time.Second):
+		l.log.Error("loop did not stop in 5s")
+	}
+}
+
+// Register adds fd to the epoll set, edge-triggered for reads and writes;
+// p gets its events.
+func (l *Loop) Register(fd int, p Pollee) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return err
+	}
+	l.eps[int32(fd)] = p
+	return nil
+}
+
+// Registered reports whether fd is in the epoll set.
+func (l *Loop) Registered(fd int) bool {
+	_, ok := l.eps[int32(fd)]
+	return ok
+}
+
+// Unregister removes fd from the epoll set (the descriptor stays open).
+func (l *Loop) Unregister(fd int) {
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	delete(l.eps, int32(fd))
+}
+
+// Again queues r to continue after the other ready sockets of this turn.
+func (l *Loop) Again(r Resumer) { l.again = append(l.again, r) }
+
+// Watch runs s after d (and then as s asks). Loop goroutine only.
+func (l *Loop) Watch(s Scanner, d time.Duration) {
+	at := time.Now().Add(d)
+	if cur, ok := l.scanners[s]; !ok || at.Before(cur) {
+		l.scanners[s] = at
+	}
+}
+
+// Scratch is a 16 KiB buffer for reads whose bytes are used at once
+// (decrypted TLS before a tunnel, input discarded while lingering). Loop
+// goroutine only.
+func (l *Loop) Scratch() []byte {
+	if l.scratch == nil {
+		l.scratch = make([]byte, 16<<10)
+	}
+	return l.scratch
+}
+
+// Log is the loop's logger.
+func (l *Loop) Log() *slog.Logger { return l.log }
+
+// Run is the loop goroutine: it returns once Stop was called and
+// everything the loop owned is closed.
+func (l *Loop) Run() {
+	defer close(l.done)
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(l.epfd, events, l.timeout())
+		if err != nil && err != unix.EINTR {
+			l.log.Error("epoll_wait", "err", err)
+			n = 0
+		}
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			if ev.Fd == int32(l.evfd) {
+				var b [8]byte
+				_, _ = unix.Read(l.evfd, b[:])
+				l.takeQueue()
+				continue
+			}
+			if p := l.eps[ev.Fd]; p != nil {
+				p.Event(l, ev.Events)
+			}
+		}
+		cur := l.again
+		l.again, l.spare = l.spare[:0], cur
+		for _, r := range cur {
+			r.Resume(l)
+		}
+		if l.stopping.Load() {
+			l.shutdown()
+			return
+		}
+		l.scan(time.Now())
+	}
+}
+
+// timeout is how long epoll_wait may sleep: until the next scanner,
+// stall check, throttled read or linger deadline.
+func (l *Loop) timeout() int {
+	if len(l.again) > 0 {
+		return 0
+	}
+	var next time.Time
+	for _, at := range l.scanners {
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	if len(l.stalled) > 0 || len(l.lingering) > 0 {
+		if at := time.Now().Add(l.checkInterval()); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	for _, th := range l.throttled {
+		if next.IsZero() || th.at.Before(next) {
+			next = th.at
+		}
+	}
+	if next.IsZero() {
+		return -1
+	}
+	return max(int(time.Until(next)/time.Millisecond), 1)
+}
+
+// checkInterval is how often write stalls and lingering closes are
+// checked.
+func (l *Loop) checkInterval() time.Duration {
+	d := min(l.cfg.WriteStallTimeout/4, time.Second)
+	if len(l.lingering) > 0 {
+		d = min(d, LingerTimeout/4)
+	}
+	return max(d, 10*time.Millisecond)
+}
+
+// scan runs what is due: throttled reads, stall and linger deadlines,
+// owners' scanners.
+func (l *Loop) scan(now time.Time) {
+	if len(l.throttled) > 0 {
+		l.resumeThrottled(now)
+	}
+	l.scanStalls(now)
+	l.scanLingering(now)
+	for s, at := range l.scanners {
+		if now.Before(at) {
+			continue
+		}
+		if d := s.Scan(l, now); d >= 0 {
+			l.scanners[s] = now.Add(d)
+		} else {
+			delete(l.scanners, s)
+		}
+	}
+}
+
+func (l *Loop) takeQueue() {
+	l.mu.Lock()
+	q := l.queue
+	l.queue = nil
+	l.mu.Unlock()
+	for _, fn := range q {
+		fn()
+	}
+}
+
+// shutdown runs the queued work, stops every pollee that is a Stopper
+// (pairs close, WebSocket ends getting a best-effort 1001 close; owners
+// end what they keep), closes lingering sockets and frees the loop.
+func (l *Loop) shutdown() {
+	l.mu.Lock()
+	l.quit = true
+	q := l.queue
+	l.queue = nil
+	l.mu.Unlock()
+	for _, fn := range q {
+		fn()
+	}
+	for _, p := range l.eps {
+		if s, ok := p.(Stopper); ok {
+			s.Stop(l)
+		}
+	}
+	for g := range l.lingering {
+		g.finish(l)
+	}
+	l.Close()
+}

@@ -1,0 +1,631 @@
+package loop
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/pool"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// A Pair is two sockets forwarding to each other, owned by one loop.
+//
+// Per direction at most one 64 KiB chunk (buffered) or one 64 KiB pipe
+// (splice, both ends plain TCP) holds data, and only while data is in
+// flight: a sender is read only when everything for its receiver has been
+// written, so a slow receiver stops the sender through TCP flow control.
+// An idle pair holds neither: its cost is the Pair and two epoll entries.
+// WebSocket ends are re-framed in place (the relay's headers are never
+// longer than the client's masked ones), their control frames answered by
+// their Stream; a receiver that accepts nothing for WriteStallTimeout ends
+// the pair. Fairness: a busy pair is served at most 16 chunks per turn.
+type Pair struct {
+	A, B End
+	// Splice forwards with splice(2); only when both ends are plain TCP.
+	Splice bool
+	// Owner is told about the pair's end.
+	Owner PairOwner
+
+	closing bool          // no more reads; finish once everything queued is written
+	why     reason.Reason // why closing: counted for culprit, the other end gets partner_closed
+	culprit *End          // the end whose client (or socket) ended the pair; nil: neither
+	dead    bool          // torn down
+	queued  bool          // in the loop's again list
+}
+
+// PairOwner is told about a pair's end, on the loop goroutine.
+type PairOwner interface {
+	// PairClosing: the pair stops reading, for r. What names the pair (a
+	// registry key) can be freed now: a client that reads its close may
+	// come back before the sockets are closed.
+	PairClosing(p *Pair, r reason.Reason)
+	// PairDone: both sockets were let go of; each End's Ender ends as its
+	// socket closes.
+	PairDone(p *Pair, r reason.Reason)
+}
+
+// End is one socket of a Pair. Fill the exported fields, then StartPair.
+type End struct {
+	Sock Sock
+	// WS is the end's inbound WebSocket state, nil on raw TCP.
+	WS *handshake.Stream
+	// Ctrl holds relay messages and control frames for this end, sent
+	// before any data and then at frame boundaries.
+	Ctrl handshake.Queue
+	// Ender is told when the socket closes, with the end's reason.
+	Ender reason.Ender
+	// RX and RXT count bytes read from this end (all pairs, this pair).
+	RX  *metrics.Counter
+	RXT *atomic.Uint64
+	// Peer names the client in logs.
+	Peer string
+
+	p     *Pair
+	peer  *End
+	fd    int
+	bkt   *rate.Limiter // Rate bucket for reads from this end (nil while no rate applies)
+	quota int           // most bytes the next read may take (0: no limit; -1: throttled)
+
+	readable, writable bool // edge-triggered readiness latches
+	eof                bool // nothing more is read from this end
+	broken             bool // its socket failed or its client is gone: close without lingering
+
+	// Outbound. Invariant: buf != nil iff out is non-empty or about to be
+	// filled; pipe != nil only on splice pairs.
+	buf        *[]byte
+	out        []byte
+	pipe       *pool.Pipe
+	midFrame   bool  // the data stream toward this end is inside a WebSocket frame
+	stallSince int64 // unix ns since writes were refused with data pending; 0 if not
+}
+
+// ctrlSoft is the control queue length above which an end's input is not
+// read until the queue drains (backpressure on ping floods).
+const ctrlSoft = 1 << 10
+
+// wsSlack is the room kept before the read position in a chunk so that
+// rewritten WebSocket headers (the relay's are never longer than the
+// client's, but one may have been split across reads) never overtake
+// unread input.
+const wsSlack = 14
+
+// StartPair registers both ends and starts forwarding (loop goroutine
+// only). Whatever happens, the pair's owner hears PairDone eventually.
+func (l *Loop) StartPair(p *Pair) {
+	p.A.p, p.B.p = p, p
+	p.A.peer, p.B.peer = &p.B, &p.A
+	for _, e := range []*End{&p.A, &p.B} {
+		e.fd = e.Sock.Fd()
+		if e.WS != nil {
+			e.WS.Dec.MaxFrame = 0 // frames are streamed, never held whole
+		}
+	}
+	for _, e := range []*End{&p.A, &p.B} {
+		if err := l.Register(e.fd, e); err != nil {
+			l.log.Error("epoll add", "err", err)
+			e.broken = true
+			l.startClose(p, e, reason.IOError)
+			l.teardown(p)
+			return
+		}
+		e.readable, e.writable = true, true
+	}
+	l.service(p)
+}
+
+// Event implements Pollee.
+func (e *End) Event(l *Loop, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		e.readable = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		e.writable = true
+	}
+	l.service(e.p)
+}
+
+// Resume implements Resumer.
+func (p *Pair) Resume(l *Loop) {
+	p.queued = false
+	l.service(p)
+}
+
+// Stop implements Stopper: the loop is stopping.
+func (e *End) Stop(l *Loop) {
+	if !e.p.dead {
+		e.p.shutdown(l)
+	}
+}
+
+// service moves data both ways until nothing moves, or until it has had its
+// share of the loop (then it is revisited after other ready sockets).
+func (l *Loop) service(p *Pair) {
+	if p.dead {
+		return
+	}
+	for range 16 {
+		m1 := l.pump(&p.A, &p.B)
+		if p.dead {
+			return
+		}
+		m2 := l.pump(&p.B, &p.A)
+		if p.dead {
+			return
+		}
+		if !m1 && !m2 {
+			if p.closing && p.A.idle() && p.B.idle() {
+				l.teardown(p)
+			}
+			return
+		}
+	}
+	if !p.queued {
+		p.queued = true
+		l.Again(p)
+	}
+}
+
+// idle reports that nothing waits to be written to e (or that nothing can
+// be: its socket is gone).
+func (e *End) idle() bool {
+	return e.broken || len(e.out) == 0 && e.Ctrl.Len() == 0 && (e.pipe == nil || e.pipe.N == 0)
+}
+
+// pump writes what waits for dst and, if that is all written, reads once
+// from src. It reports whether anything moved.
+func (l *Loop) pump(src, dst *End) bool {
+	moved, empty := l.flush(dst)
+	if !empty || src.p.dead {
+		return moved
+	}
+	p := src.p
+	if p.closing || src.eof || !src.readable || src.Ctrl.Len() > ctrlSoft || src.quota < 0 {
+		return moved
+	}
+	if bps := l.cfg.Rate.Load(); bps > 0 {
+		if src.bkt == nil {
+			src.bkt = newBucket(bps)
+		}
+		n, wait := allowRead(src.bkt, bps, time.Now(), pool.ChunkSize)
+		if n == 0 {
+			l.throttle(src, wait)
+			return moved
+		}
+		src.quota = n
+	} else {
+		src.bkt, src.quota = nil, 0
+	}
+	if !l.fill(src, dst) {
+		return moved
+	}
+	if !p.dead {
+		l.flush(dst)
+	}
+	return true
+}
+
+// flush writes what waits for dst. empty reports that no data (as opposed to
+// control frames waiting for a frame boundary) is pending.
+func (l *Loop) flush(dst *End) (moved, empty bool) {
+	p := dst.p
+	if dst.broken {
+		return false, true
+	}
+	if pp := dst.pipe; pp != nil {
+		for pp.N > 0 {
+			if !dst.writable {
+				return moved, false
+			}
+			n, err := unix.Splice(pp.R, nil, dst.fd, nil, pp.N, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			if n > 0 {
+				pp.N -= int(n)
+				moved = true
+				l.progressed(dst)
+			}
+			if err == unix.EAGAIN {
+				dst.writable = false
+				l.stall(dst)
+				return moved, false
+			}
+			if err != nil || n == 0 {
+				l.writeFailed(dst, err)
+				return moved, false
+			}
+		}
+		if !dst.peer.readable || p.closing {
+			pool.PutPipe(pp)
+			dst.pipe = nil
+		}
+	}
+	for {
+		for len(dst.out) > 0 {
+			if !dst.writable {
+				return moved, false
+			}
+			n, err := dst.Sock.Write(dst.out)
+			if n > 0 {
+				dst.out = dst.out[n:]
+				moved = true
+				l.progressed(dst)
+			}
+			if err == unix.EAGAIN {
+				dst.writable = false
+				l.stall(dst)
+				return moved, false
+			}
+			if err != nil {
+				l.writeFailed(dst, err)
+				return moved, false
+			}
+		}
+		if err := dst.Sock.Flush(); err != nil {
+			if err == unix.EAGAIN {
+				dst.writable = false
+				l.stall(dst)
+			} else {
+				l.writeFailed(dst, err)
+			}
+			return moved, false
+		}
+		if dst.Ctrl.Len() == 0 {
+			break
+		}
+		if dst.midFrame {
+			if p.closing { // the frame will never be finished: no close frame
+				dst.Ctrl.Take()
+			}
+			break
+		}
+		// Control frames go out through the chunk like data, in order.
+		if dst.buf == nil {
+			dst.buf = pool.GetChunk()
+		}
+		n := copy(*dst.buf, dst.Ctrl.B)
+		dst.out = (*dst.buf)[:n]
+		dst.Ctrl.Consumed(n) // an idle pair keeps no buffer
+	}
+	if dst.buf != nil {
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+	}
+	return moved, true
+}
+
+// fill reads once from src into what waits for dst. It reports whether
+// anything happened (bytes read or the stream ended).
+func (l *Loop) fill(src, dst *End) bool {
+	p := src.p
+	if p.Splice {
+		if dst.pipe == nil {
+			pp, err := pool.GetPipe()
+			if err != nil {
+				l.log.Error("pipe", "err", err)
+				l.startClose(p, nil, reason.IOError)
+				l.teardown(p)
+				return false
+			}
+			dst.pipe = pp
+		}
+		want := pool.ChunkSize
+		if src.quota > 0 {
+			want = min(want, src.quota)
+		}
+		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		switch {
+		case n > 0:
+			spend(src.bkt, time.Now(), int(n))
+			dst.pipe.N += int(n)
+			l.cfg.Spliced.Add(int(n))
+			src.count(int(n))
+			return true
+		case err == unix.EAGAIN:
+			src.readable = false
+			if dst.pipe.N == 0 {
+				pool.PutPipe(dst.pipe)
+				dst.pipe = nil
+			}
+			return false
+		default: // 0: EOF; or a reset
+			l.ended(src)
+			return true
+		}
+	}
+	if dst.buf == nil {
+		dst.buf = pool.GetChunk()
+	}
+	b := *dst.buf
+	limit := min(len(b), wsSlack+l.cfg.MaxBuffer)
+	if src.quota > 0 {
+		limit = min(limit, wsSlack+src.quota)
+	}
+	n, err := src.Sock.Read(b[wsSlack:limit])
+	switch {
+	case n > 0:
+		spend(src.bkt, time.Now(), n)
+	case err == unix.EAGAIN:
+		src.readable = false
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+		return false
+	default:
+		pool.PutChunk(dst.buf)
+		dst.buf, dst.out = nil, nil
+		l.ended(src)
+		return true
+	}
+	l.cfg.Buffered.Add(n)
+	src.count(n)
+	if src.WS == nil {
+		if dst.WS == nil {
+			dst.out = b[wsSlack : wsSlack+n]
+			return true
+		}
+		// Raw TCP bytes become one BINARY frame: the relay never emits a TEXT
+		// frame it has not validated.
+		h := ws.Header{Fin: true, OpCode: ws.OpBinary, Length: int64(n)}
+		start := wsSlack - ws.HeaderSize(h)
+		handshake.AppendHeader(b[start:start], h)
+		dst.out = b[start : wsSlack+n]
+		return true
+	}
+	w, err := l.deframe(src, dst, b, n)
+	dst.out = b[:w]
+	if err != nil {
+		l.wsError(src, err)
+	}
+	return true
+}
+
+func (e *End) count(n int) {
+	if e.RX != nil {
+		e.RX.Add(n)
+	}
+	if e.RXT != nil {
+		e.RXT.Add(uint64(n))
+	}
+}
+
+// deframe decodes n bytes read from WebSocket end src (at b[wsSlack:])
+// and writes what dst must receive to the front of b, in place: payloads
+// only for a TCP dst, frames re-headed unmasked with the same opcode and FIN
+// for a WebSocket dst. Control frames are answered by src's Stream. It
+// returns the number of output bytes.
+func (l *Loop) deframe(src, dst *End, b []byte, n int) (int, error) {
+	data := b[wsSlack : wsSlack+n]
+	w := 0
+	for len(data) > 0 && !src.p.closing {
+		ev, fr, m, err := src.WS.Step(data, &src.Ctrl)
+		if err != nil {
+			return w, err
+		}
+		data = data[m:]
+		switch ev {
+		case handshake.EventMore:
+			return w, nil
+		case handshake.EventClose:
+			src.eof = true
+			l.startClose(src.p, src, reason.PeerClosed)
+			return w, nil
+		case handshake.EventControl:
+			continue
+		}
+		switch fr.Kind {
+		case handshake.FragHeader:
+			if dst.WS != nil {
+				h := ws.Header{Fin: fr.Header.Fin, OpCode: fr.Header.OpCode, Length: fr.Header.Length}
+				w = len(handshake.AppendHeader(b[:w], h))
+				dst.midFrame = !fr.FrameEnd
+			}
+		case handshake.FragPayload:
+			w += copy(b[w:], fr.Data)
+			if fr.FrameEnd && dst.WS != nil {
+				dst.midFrame = false
+			}
+		}
+	}
+	return w, nil
+}
+
+// wsError answers a WebSocket protocol violation by e (or a ping flood
+// past its budget) with the close code it carries and ends the pair.
+func (l *Loop) wsError(e *End, err error) {
+	l.log.Debug("websocket protocol error in tunnel", "peer", e.Peer, "err", err)
+	e.eof = true
+	if err == handshake.ErrQueueFull {
+		e.broken = true
+		l.startClose(e.p, e, reason.SlowReader)
+		return
+	}
+	code, text := handshake.CloseCodeOf(err)
+	e.WS.SendClose(&e.Ctrl, code, text)
+	l.startClose(e.p, e, reason.WebSocket)
+}
+
+// ended handles the end of what e sends (EOF or reset): its client is
+// gone, so nothing more is sent to it.
+func (l *Loop) ended(e *End) {
+	e.eof, e.broken = true, true
+	e.Ctrl.Take()
+	l.startClose(e.p, e, reason.PeerClosed)
+}
+
+// startClose stops reading both ends; what is queued is still delivered,
+// then the pair is torn down. A WebSocket end gets a close frame. culprit
+// (nil for none) is the end that ended the pair: it is counted under r,
+// the other end under partner_closed.
+func (l *Loop) startClose(p *Pair, culprit *End, r reason.Reason) {
+	if p.closing {
+		return
+	}
+	p.closing, p.why, p.culprit = true, r, culprit
+	if p.Owner != nil {
+		p.Owner.PairClosing(p, r)
+	}
+	for _, e := range []*End{&p.A, &p.B} {
+		if e.WS != nil && !e.broken {
+			e.WS.SendClose(&e.Ctrl, ws.StatusNormalClosure, "partner closed")
+		}
+	}
+}
+
+// writeFailed ends the pair after a write to dst failed.
+func (l *Loop) writeFailed(dst *End, err error) {
+	l.log.Debug("pair write failed", "err", err)
+	dst.broken = true
+	l.startClose(dst.p, dst, reason.IOError)
+	l.teardown(dst.p)
+}
+
+func (l *Loop) stall(e *End) {
+	if e.stallSince == 0 {
+		e.stallSince = time.Now().UnixNano()
+		l.stalled[e] = struct{}{}
+	}
+}
+
+func (l *Loop) progressed(e *End) {
+	if e.stallSince != 0 {
+		e.stallSince = 0
+		delete(l.stalled, e)
+	}
+}
+
+func (l *Loop) scanStalls(now time.Time) {
+	limit := int64(l.cfg.WriteStallTimeout)
+	for e := range l.stalled {
+		if now.UnixNano()-e.stallSince >= limit && !e.p.dead {
+			l.log.Debug("write stall", "stalled_for", time.Duration(now.UnixNano()-e.stallSince))
+			e.broken = true // it reads nothing: no lingering
+			l.startClose(e.p, e, reason.WriteStall)
+			l.teardown(e.p)
+		}
+	}
+}
+
+// teardown releases everything the pair holds and lets go of both
+// sockets: an end whose client is gone (or misbehaved) is closed at once,
+// the other lingers until its client has read its last bytes.
+func (l *Loop) teardown(p *Pair) {
+	if p.dead {
+		return
+	}
+	p.dead = true
+	if !p.closing {
+		l.startClose(p, nil, reason.Shutdown)
+	}
+	for _, e := range []*End{&p.A, &p.B} {
+		delete(l.stalled, e)
+		if e.buf != nil {
+			pool.PutChunk(e.buf)
+			e.buf, e.out = nil, nil
+		}
+		if e.pipe != nil {
+			pool.PutPipe(e.pipe)
+			e.pipe = nil
+		}
+		r := reason.PartnerClosed
+		if p.culprit == e || p.culprit == nil {
+			r = p.why
+		}
+		if e.Sock == nil {
+			e.Ender.End(r)
+			continue
+		}
+		l.Unregister(e.fd)
+		l.Goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.Ender, r)
+		e.Sock = nil
+	}
+	if p.Owner != nil {
+		p.Owner.PairDone(p, p.why)
+	}
+}
+
+// shutdown ends the pair as the loop stops: WebSocket ends that are not
+// inside a frame get a 1001 close.
+func (p *Pair) shutdown(l *Loop) {
+	for _, e := range []*End{&p.A, &p.B} {
+		if e.WS != nil && !e.midFrame && len(e.out) == 0 {
+			e.WS.CloseSent = false // replace "partner closed" if it was queued
+			e.Ctrl.Take()
+			e.WS.SendClose(&e.Ctrl, ws.StatusGoingAway, "server shutting down")
+		}
+	}
+	if !p.closing {
+		l.startClose(p, nil, reason.Shutdown)
+	}
+	l.teardown(p)
+}
+
+// throttle is a pair direction waiting for Rate tokens.
+type throttle struct {
+	e  *End
+	at time.Time
+}
+
+// throttle parks e's reads until its bucket has tokens again.
+func (l *Loop) throttle(e *End, wait time.Duration) {
+	e.quota = -1
+	l.cfg.Throttled.Inc()
+	l.throttled = append(l.throttled, throttle{e, time.Now().Add(wait)})
+}
+
+func (l *Loop) resumeThrottled(now time.Time) {
+	kept := l.throttled[:0]
+	var due []*End
+	for _, th := range l.throttled {
+		if th.e.p.dead {
+			continue
+		}
+		if now.Before(th.at) {
+			kept = append(kept, th)
+			continue
+		}
+		th.e.quota = 0
+		due = append(due, th.e)
+	}
+	l.throttled = kept
+	for _, e := range due {
+		l.service(e.p)
+	}
+}
+
+// newBucket is a Rate bucket for reads from one end: reads are delayed,
+// never dropped. Burst: a quarter second of the rate, at least 16 KiB.
+func newBucket(bytesPerSec int64) *rate.Limiter {
+	return rate.NewLimiter(rate.Limit(bytesPerSec), int(max(bytesPerSec/4, 16<<10)))
+}
+
+// bucketQuantum is the least a throttled read waits for, so that a
+// rate-limited pair makes few large reads rather than many tiny ones.
+const bucketQuantum = 4 << 10
+
+// allowRead returns how many bytes (at most want) a read from a bucketed
+// end may take now, or 0 and how long to wait. It keeps the bucket's rate
+// in step with the current Rate.
+func allowRead(b *rate.Limiter, bytesPerSec int64, now time.Time, want int) (int, time.Duration) {
+	if b.Limit() != rate.Limit(bytesPerSec) {
+		b.SetLimitAt(now, rate.Limit(bytesPerSec))
+		b.SetBurstAt(now, int(max(bytesPerSec/4, 16<<10)))
+	}
+	avail := int(b.TokensAt(now))
+	need := min(want, bucketQuantum)
+	if avail < need {
+		wait := time.Duration(float64(need-avail) / float64(bytesPerSec) * float64(time.Second))
+		return 0, max(wait, time.Millisecond)
+	}
+	return min(want, avail), 0
+}
+
+// spend takes n tokens from b after a read of n bytes (b may be nil: no
+// rate applies).
+func spend(b *rate.Limiter, now time.Time, n int) {
+	if b != nil && n > 0 {
+		b.ReserveN(now, min(n, b.Burst()))
+	}
+}

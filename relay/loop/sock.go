@@ -1,0 +1,61 @@
+package loop
+
+import (
+	"io"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sock is how a loop reads and writes one socket: a plain non-blocking
+// descriptor, or a TLS session over one. Read and Write return unix.EAGAIN
+// when they would block and io.EOF at the end of the stream.
+type Sock interface {
+	Read(p []byte) (int, error)
+	// Write accepts a prefix of p (possibly buffering it, bounded, as TLS
+	// records) and returns its length.
+	Write(p []byte) (int, error)
+	// Flush writes whatever Write buffered; unix.EAGAIN if some remains.
+	Flush() error
+	Close() error
+	Fd() int
+}
+
+// PlainSock is a non-blocking socket descriptor owned by its holder.
+type PlainSock int
+
+// Fd implements Sock.
+func (s PlainSock) Fd() int { return int(s) }
+
+// Close implements Sock.
+func (s PlainSock) Close() error { return unix.Close(int(s)) }
+
+// Flush implements Sock: nothing is buffered.
+func (s PlainSock) Flush() error { return nil }
+
+// Read implements Sock.
+func (s PlainSock) Read(p []byte) (int, error) {
+	n, err := unix.Read(int(s), p)
+	switch {
+	case n > 0:
+		return n, nil
+	case err != nil:
+		return 0, err
+	default:
+		return 0, io.EOF
+	}
+}
+
+// Write implements Sock.
+func (s PlainSock) Write(p []byte) (int, error) {
+	n, err := unix.Write(int(s), p)
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// Dup returns a close-on-exec duplicate of fd (so that a socket can
+// outlive the library that owns fd).
+func Dup(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+}

@@ -1,0 +1,290 @@
+package loop
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TLS sessions are served from loops: the handshake runs on a goroutine
+// blocking on Go's poller (crypto/tls cannot resume a handshake
+// interrupted by "would block"); afterwards a loop drives the session over
+// the raw non-blocking descriptor through an adapter whose "no bytes now"
+// is a temporary net.Error, which crypto/tls does not treat as fatal when
+// reading. Writes are accepted whole into the adapter's bounded pending
+// buffer and flushed on EPOLLOUT. A session can be switched back to
+// blocking I/O (Blocking) for a library that wants a net.Conn.
+
+// errWouldBlock is the adapter's "no bytes now".
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// MaxTLSPending bounds ciphertext waiting for a client that does not read:
+// past it a write fails with ErrTLSPending.
+const MaxTLSPending = 64 << 10
+
+// ErrTLSPending: the client has not read MaxTLSPending of ciphertext.
+var ErrTLSPending = errors.New("tls: client not reading")
+
+// nbConn is the net.Conn under a tls.Conn: blocking on Go's poller while
+// hs is set (the handshake, or after Blocking), otherwise the raw
+// non-blocking descriptor.
+type nbConn struct {
+	prefix        []byte   // bytes sniffed before the handshake started
+	hs            net.Conn // blocking phase; nil while a loop drives the session
+	fd            int
+	local, remote net.Addr
+
+	mu      sync.Mutex // guards pending: tls writes come from any goroutine
+	pending []byte
+}
+
+func (a *nbConn) Read(p []byte) (int, error) {
+	if len(a.prefix) > 0 {
+		n := copy(p, a.prefix)
+		a.prefix = a.prefix[n:]
+		if len(a.prefix) == 0 {
+			a.prefix = nil // don't pin the sniffed ClientHello for the session's life
+		}
+		return n, nil
+	}
+	if a.hs != nil {
+		return a.hs.Read(p)
+	}
+	n, err := unix.Read(a.fd, p)
+	switch {
+	case n > 0:
+		return n, nil
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, err
+	default:
+		return 0, io.EOF
+	}
+}
+
+// Write writes p now as far as the socket takes it and keeps the rest
+// pending (flushed on EPOLLOUT): it accepts all of p or fails, as
+// io.Writer requires of a short count. It fails once more than
+// MaxTLSPending would be pending.
+func (a *nbConn) Write(p []byte) (int, error) {
+	if a.hs != nil {
+		return a.hs.Write(p)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	total := len(p)
+	if len(a.pending) == 0 {
+		for len(p) > 0 {
+			n, err := unix.Write(a.fd, p)
+			if n > 0 {
+				p = p[n:]
+			}
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN || n <= 0 {
+				break
+			}
+			if err != nil {
+				return total - len(p), err
+			}
+		}
+	}
+	if len(p) == 0 {
+		return total, nil
+	}
+	if len(a.pending)+len(p) > MaxTLSPending {
+		return total - len(p), ErrTLSPending
+	}
+	a.pending = append(a.pending, p...)
+	return total, nil
+}
+
+// flush writes pending ciphertext; unix.EAGAIN if some remains.
+func (a *nbConn) flush() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(a.pending) > 0 {
+		n, err := unix.Write(a.fd, a.pending)
+		if n > 0 {
+			a.pending = a.pending[:copy(a.pending, a.pending[n:])]
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if cap(a.pending) > 16<<10 {
+		a.pending = nil // don't keep a big buffer on an idle connection
+	}
+	return nil
+}
+
+func (a *nbConn) Close() error {
+	if a.hs != nil {
+		a.hs.Close()
+	}
+	return unix.Close(a.fd)
+}
+func (a *nbConn) LocalAddr() net.Addr                { return a.local }
+func (a *nbConn) RemoteAddr() net.Addr               { return a.remote }
+func (a *nbConn) SetDeadline(t time.Time) error      { return a.deadline(t) }
+func (a *nbConn) SetReadDeadline(t time.Time) error  { return a.deadline(t) }
+func (a *nbConn) SetWriteDeadline(t time.Time) error { return a.deadline(t) }
+func (a *nbConn) deadline(t time.Time) error {
+	if a.hs != nil {
+		return a.hs.SetDeadline(t)
+	}
+	return nil
+}
+
+// TLSSession is a server-side TLS session over one socket, a Sock for the
+// loops once its handshake is done.
+type TLSSession struct {
+	tc *tls.Conn
+	ad *nbConn
+}
+
+// HandshakeTLS runs the server handshake on fd (which it takes over:
+// closed on failure) until deadline, reading prefix (the bytes a sniffer
+// already read) first. It blocks the calling goroutine.
+func HandshakeTLS(fd int, prefix []byte, conf *tls.Config, deadline time.Time, remote net.Addr) (*TLSSession, error) {
+	file := os.NewFile(uintptr(fd), "tls")
+	hs, err := net.FileConn(file) // dups the descriptor
+	file.Close()
+	if err != nil {
+		return nil, err
+	}
+	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, local: hs.LocalAddr(), remote: remote}
+	tc := tls.Server(ad, conf)
+	// The socket's deadline bounds the handshake (HandshakeContext would
+	// close the conn from another goroutine when its context ends).
+	_ = hs.SetDeadline(deadline)
+	err = tc.Handshake()
+	if err == nil {
+		ad.fd, err = fdOf(hs)
+	}
+	hs.Close()
+	ad.hs = nil
+	if err == nil {
+		err = unix.SetNonblock(ad.fd, true)
+	}
+	if err != nil {
+		if ad.fd >= 0 {
+			unix.Close(ad.fd)
+		}
+		return nil, err
+	}
+	return &TLSSession{tc: tc, ad: ad}, nil
+}
+
+// fdOf keeps a descriptor of our own for the socket behind Go's conn.
+func fdOf(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("tls: not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = Dup(int(s)) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
+}
+
+// State is the session's TLS state (client certificates, ALPN).
+func (s *TLSSession) State() tls.ConnectionState { return s.tc.ConnectionState() }
+
+// Fd implements Sock.
+func (s *TLSSession) Fd() int { return s.ad.fd }
+
+// Read implements Sock: decrypted bytes, unix.EAGAIN when none are ready.
+func (s *TLSSession) Read(p []byte) (int, error) {
+	for {
+		n, err := s.tc.Read(p)
+		switch {
+		case n > 0:
+			return n, nil
+		case err == nil: // a record without application data
+			continue
+		case errors.Is(err, errWouldBlock):
+			return 0, unix.EAGAIN
+		default:
+			return 0, err
+		}
+	}
+}
+
+// Write implements Sock: it encrypts at most one record's worth of p and
+// refuses (EAGAIN) while earlier ciphertext is still pending, so at most
+// one record plus the adapter's bound is buffered.
+func (s *TLSSession) Write(p []byte) (int, error) {
+	if err := s.ad.flush(); err != nil {
+		return 0, err
+	}
+	if len(p) > 16<<10 {
+		p = p[:16<<10]
+	}
+	return s.tc.Write(p)
+}
+
+// WriteAll encrypts all of b as one write (one record up to 16 KiB),
+// keeping what the socket does not take now pending; it fails with
+// ErrTLSPending once more than MaxTLSPending would be pending. Safe from
+// any goroutine.
+func (s *TLSSession) WriteAll(b []byte) (int, error) { return s.tc.Write(b) }
+
+// Flush implements Sock.
+func (s *TLSSession) Flush() error { return s.ad.flush() }
+
+// Close implements Sock. No close_notify is sent (it could block).
+func (s *TLSSession) Close() error {
+	_ = s.tc.SetWriteDeadline(time.Now())
+	return s.ad.Close()
+}
+
+// Blocking switches the session back to blocking I/O on Go's poller and
+// returns it as a *tls.Conn, for a library that serves net.Conns
+// (net/http). The loop must no longer hold the descriptor; pending
+// ciphertext is written first. Closing the returned conn closes the
+// socket.
+func (s *TLSSession) Blocking() (*tls.Conn, error) {
+	if err := unix.SetNonblock(s.ad.fd, false); err != nil {
+		return nil, err
+	}
+	if err := s.ad.flush(); err != nil {
+		return nil, err
+	}
+	fd, err := Dup(s.ad.fd)
+	if err != nil {
+		return nil, err
+	}
+	file := os.NewFile(uintptr(fd), "tls")
+	hs, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		return nil, err
+	}
+	_ = unix.SetNonblock(s.ad.fd, true)
+	s.ad.hs = hs
+	return s.tc, nil
+}

@@ -1,0 +1,101 @@
+// Package relaytest starts real relays on loopback for the tests of the
+// packages built on the engine (subsystems, the command).
+package relaytest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
+	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+)
+
+// New prepares a relay on a free loopback port with the dummy
+// authenticator and two loops; mutate may change the config first.
+// Register subsystems on it, then Start it.
+func New(t testing.TB, mutate func(*relay.Config)) *relay.Server {
+	t.Helper()
+	cfg := relay.LoopbackConfig(auth.Dummy{})
+	cfg.Logger = testutil.Logger(t)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	s, err := relay.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Start starts s, failing the test if it cannot.
+func Start(t testing.TB, s *relay.Server) *relay.Server {
+	t.Helper()
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Server is New then Start.
+func Server(t testing.TB, mutate func(*relay.Config)) *relay.Server {
+	t.Helper()
+	return Start(t, New(t, mutate))
+}
+
+// Addr is s's first listen address.
+func Addr(s *relay.Server) string { return s.Addrs()[0].String() }
+
+// WSURL and TCPURL are the client URLs of s.
+func WSURL(s *relay.Server) string  { return "ws://" + Addr(s) + "/" }
+func TCPURL(s *relay.Server) string { return "tcp://" + Addr(s) }
+
+// TLS makes a self-signed certificate for 127.0.0.1 in a temporary
+// directory and returns a store serving it and a client config trusting
+// exactly it.
+func TLS(t testing.TB) (*certs.Store, *tls.Config) {
+	t.Helper()
+	cert, err := certs.SelfSignedCert([]string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cp, kp := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := certs.WriteSelfSigned(cert, cp, kp); err != nil {
+		t.Fatal(err)
+	}
+	st, err := certs.New(certs.Config{Cert: cp, Key: kp, WatchInterval: 50 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	return st, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+}
+
+// WaitFor polls cond every 10 ms for up to 5 s and fails with what.
+func WaitFor(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	testutil.WaitFor(t, cond, what)
+}
+
+// DialPair dials a and b concurrently and returns both tunnels, closed at
+// the end of the test; it fails the test if either dial fails.
+func DialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
+	t.Helper()
+	return testutil.DialPair(t, a, b)
+}
+
+// Pair dials two clients with the same token (and nonce).
+func Pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *client.Tunnel) {
+	t.Helper()
+	return DialPair(t, client.Options{URL: urlA, Token: token, Nonce: nonce, Name: "alice"},
+		client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
+}

@@ -1,0 +1,194 @@
+package relay
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// A paired tunnel leaves netpoll: netpoll reads eagerly into its own buffers
+// and cannot stop reading a fast sender, so neither splice(2) nor bounded
+// buffering would be possible there. The tunnel's two sockets become a
+// loop.Pair on one of the server's loops, which forwards them (splice
+// between plain TCP ends, one pooled chunk per direction otherwise); the
+// tunnel itself keeps what the relay knows of it: its key, its clients,
+// its counters. Kept small: it is most of an idle tunnel's memory.
+type tunnel struct {
+	s      *Server
+	key    PairKey
+	joined int64 // unix ns when the second client authenticated
+	setup  *tunnelSetup
+	pair   loop.Pair // A is the waiting client, B the completing one
+	start  int64     // unix ns when forwarding started; 0 before
+
+	id           uint64        // set by trackTunnel
+	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
+	tokenHash    string        // TokenHash of the key's token
+	ab, ba       atomic.Uint64 // bytes read from A and from B (read by monitors)
+}
+
+// tunnelSetup is the hand-over state, dropped once both sides are in.
+type tunnelSetup struct {
+	mu     sync.Mutex
+	ca, cb *conn // the two connections (dropped with setup, so they can be freed)
+	nready int   // sides handed over (0..2)
+}
+
+// peerInfo is what monitors and logs show of one side of a tunnel.
+type peerInfo struct {
+	id        uint64
+	address   string
+	name      string
+	uuid      string
+	connected int64 // unix ns
+	ws        bool
+}
+
+func peerInfoOf(c *conn) peerInfo {
+	return peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
+		connected: c.created.UnixNano(), ws: c.ws != nil}
+}
+
+// clientInfo expands p for a snapshot.
+func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
+	tr := "tcp"
+	if p.ws {
+		tr = "websocket"
+	}
+	return ClientInfo{ID: p.id, Address: p.address, Transport: tr, Connected: time.Unix(0, p.connected),
+		Authenticated: true, Tunnel: true, Name: p.name, UUID: p.uuid, TokenHash: tokenHash, RxBytes: rx, TxBytes: tx}
+}
+
+// newTunnel builds the tunnel of a (waiting) and b (completing). Called
+// with both connections' locks held.
+func newTunnel(a, b *conn) *tunnel {
+	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
+	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
+	a.established = established(a, b)
+	b.established = established(b, a)
+	_, tlsA := a.tr.(*tlsTransport)
+	_, tlsB := b.tr.(*tlsTransport)
+	t.pair.Splice = a.ws == nil && b.ws == nil && !tlsA && !tlsB
+	t.pair.Owner = t
+	return t
+}
+
+// established is the TunnelEstablished notification telling c about p: the
+// relay's last JSON-RPC message to c.
+func established(c, p *conn) []byte {
+	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
+		handshake.Str("name", p.name), handshake.Str("uuid", p.uuid))
+	c.notifID++
+	if c.ws != nil {
+		return handshake.AppendFrame(nil, ws.OpText, true, msg)
+	}
+	return msg
+}
+
+// Claim implements Joiner: a tunnel is never waiting.
+func (t *tunnel) Claim() bool { return false }
+
+// UUID implements Joiner.
+func (t *tunnel) UUID() string { return "" }
+
+// ready implements target. The second side in decides: if either side's
+// set-up failed, or a client sent data before it could have seen
+// TunnelEstablished, the tunnel is abandoned (each side told why, or that
+// its partner left); otherwise it goes to a loop.
+func (t *tunnel) ready(c *conn) {
+	su := t.setup // set until the second side is in; both sides read it before either clears it
+	su.mu.Lock()
+	su.nready++
+	done := su.nready == 2
+	su.mu.Unlock()
+	if !done {
+		return
+	}
+	t.setup = nil // frees the conns and netpoll's objects behind them
+	a, b := su.ca, su.cb
+	for _, c := range []*conn{a, b} {
+		if !c.failed && c.sentEarly() {
+			c.failed, c.reason = true, reason.DataBeforeTunnel
+		}
+	}
+	if a.failed || b.failed {
+		t.abandon(a, b)
+		return
+	}
+	t.end(&t.pair.A, a, t.s.stats.bytesUp, &t.ab)
+	t.end(&t.pair.B, b, t.s.stats.bytesDn, &t.ba)
+	t.pair.A.Peer, t.pair.B.Peer = t.infoA.address, t.infoB.address
+	l := t.s.pickLoop(a.sk.Fd())
+	if !l.Do(func() { t.startOn(l) }) {
+		for _, e := range []*loop.End{&t.pair.A, &t.pair.B} {
+			e.Sock.Close()
+			e.Ender.End(reason.Shutdown)
+		}
+	}
+}
+
+// end fills a pair end from the connection: its socket, its stream state
+// and what the relay owes it (TunnelEstablished, then pongs owed since the
+// claim).
+func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint64) {
+	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
+	e.Ctrl.B = append(c.established, c.out.Take()...)
+}
+
+// startOn starts forwarding on l (the loop goroutine).
+func (t *tunnel) startOn(l *loop.Loop) {
+	t.start = time.Now().UnixNano()
+	st := t.s.stats
+	st.tunnelsActive.Inc()
+	st.tunnelsTotal.Inc()
+	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
+	t.s.trackTunnel(t, true)
+	t.s.log.Info("tunnel established", "tunnel", t.id, "token", t.tokenHash,
+		"a", t.infoA.address, "b", t.infoB.address, "splice", t.pair.Splice)
+	l.StartPair(&t.pair)
+}
+
+// PairClosing implements loop.PairOwner: the key is free from now on (a
+// WebSocket client may read its close frame and come back before the
+// sockets are closed).
+func (t *tunnel) PairClosing(_ *loop.Pair, _ reason.Reason) { t.s.reg.Leave(t.key, t) }
+
+// PairDone implements loop.PairOwner.
+func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
+	t.s.stats.tunnelsActive.Dec()
+	t.s.trackTunnel(t, false)
+	t.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
+		"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
+}
+
+// sentEarly reports whether a claimed legacy client sent data (anything
+// but whitespace between JSON-RPC messages) before TunnelEstablished.
+func (c *conn) sentEarly() bool {
+	if c.lateMsg || (c.ws != nil && c.ws.InMessage()) {
+		return true
+	}
+	return len(trimSpace(c.late)) > 0
+}
+
+// abandon ends a tunnel whose set-up failed: the key is freed first (a
+// client that sees its connection end may come back at once), then a side
+// that failed ends with its own reason and the other is told its partner
+// left.
+func (t *tunnel) abandon(a, b *conn) {
+	why := a.reason
+	if !a.failed {
+		why = b.reason
+	}
+	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
+	t.s.reg.Leave(t.key, t)
+	for _, c := range []*conn{a, b} {
+		t.s.dismiss(c, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
+	}
+}

@@ -1,0 +1,104 @@
+package tunnelproxy
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// live is the number of sockets s holds: every accepted one not yet
+// ended (its books balance once it is 0).
+func live(s *relay.Server) uint64 {
+	st := s.Stats()
+	return st.Accepted - st.ClosesTotal
+}
+
+// TestPongFloodBounded: a TunnelProxy client that pings and never reads
+// must not grow the relay's memory (its pong queue once had no cap).
+func TestPongFloodBounded(t *testing.T) {
+	s := server(t, nil, func(c *Config) { c.WriteStallTimeout = 30 * time.Second })
+	su := client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	cl := tpDial(t, s, true) // registered by hand: no reader
+	if e := tpErr(cl.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "c", "clientUuid": client.NewUUID(), "serverUuid": su})); e != "TunnelProxyErrorNoError" {
+		t.Fatal(e)
+	}
+	srv.nextRPC()                                  // ClientConnected
+	_ = cl.c.(*net.TCPConn).SetReadBuffer(4 << 10) // and never read
+	if grew := testutil.Flood(t, cl.c, testutil.Pings(512), 2*time.Second); grew > testutil.FloodBound {
+		t.Fatalf("relay RSS grew %d MiB under a TunnelProxy ping flood (bound %d MiB)", grew>>20, testutil.FloodBound>>20)
+	}
+}
+
+// TestDrainWithTunnelProxy: Shutdown returns when the last session ends,
+// waiting on the connections themselves: a server with no client is let
+// go at once, one with a client holds the drain until the client leaves,
+// and is then closed.
+func TestDrainWithTunnelProxy(t *testing.T) {
+	s := server(t, nil)
+	registerServer(t, s, client.NewUUID(), false) // idle
+	su := client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	cl := registerClient(t, s, client.NewUUID(), su, false)
+	srv.nextRPC()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	relaytest.WaitFor(t, func() bool { return live(s) == 2 }, "the idle server let go, the busy one and its client kept")
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while a client session was open", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	cl.c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last client left")
+	}
+	if n := live(s); n != 0 {
+		t.Fatalf("%d connections live after the drain", n)
+	}
+}
+
+// TestRegistrationRacesClose: clients registering while the server
+// closes (a netpoll goroutine once dropped a client from the hub's map,
+// which only the loop goroutine may touch). Under -race; every connection
+// must end accounted.
+func TestRegistrationRacesClose(t *testing.T) {
+	for round := range 15 {
+		s := server(t, nil)
+		su := client.NewUUID()
+		registerServer(t, s, su, round%2 == 0)
+		var wg sync.WaitGroup
+		for i := range 12 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				defer cancel()
+				c, err := client.DialTPClient(ctx, client.TPOptions{URL: []string{relaytest.TCPURL(s), relaytest.WSURL(s)}[i%2], ServerUUID: su})
+				if err == nil {
+					c.Close()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * time.Millisecond)
+		s.Close()
+		wg.Wait()
+		relaytest.WaitFor(t, func() bool { return live(s) == 0 }, "every connection accounted after Close")
+	}
+}

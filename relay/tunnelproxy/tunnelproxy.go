@@ -1,0 +1,320 @@
+// Package tunnelproxy serves nymea's TunnelProxy API (nymea 1.x) on a
+// meetpoint relay: a device registers once as a server
+// (TunnelProxy.RegisterServer) and any number of clients reach it
+// (TunnelProxy.RegisterClient). The server connection then carries SLIP
+// frames [addr][payload]: address 0 is JSON-RPC between the relay and the
+// server, 1..0xFFFE are clients.
+//
+// A server and all its clients form a hub that lives on one of the relay's
+// loops, so the hub needs no locks. Backpressure policy:
+//   - client → server: a client is read only while less than serverHigh
+//     bytes wait for the server; a slow server slows every client fairly
+//     through TCP flow control.
+//   - server → client: the server's stream cannot be paused for one client
+//     without stalling the others, so each client may have at most
+//     Config.ClientBuffer bytes waiting; beyond that that client (never the
+//     server) is disconnected and the server gets ClientDisconnected.
+package tunnelproxy
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// Config is the TunnelProxy section of a relay's configuration.
+type Config struct {
+	// ServerTimeout closes a registered server silent this long (its
+	// client pings every 30 s).
+	ServerTimeout time.Duration
+	// ClientBuffer is the most bytes waiting for one client; beyond it
+	// that client is disconnected (never the server).
+	ClientBuffer int
+	// WriteStallTimeout closes a server or client that accepts nothing
+	// this long while data waits for it.
+	WriteStallTimeout time.Duration
+	// MaxClients is the most clients one server may have (0: every
+	// address but 0 and 0xFFFF, 65534).
+	MaxClients int
+}
+
+// DefaultConfig is nymea's behaviour: a 60 s dead-server timeout, and the
+// relay's 10 s write-stall timeout.
+func DefaultConfig() Config {
+	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, WriteStallTimeout: 10 * time.Second}
+}
+
+// Validate reports the first invalid field, naming its flag.
+func (c *Config) Validate() error {
+	switch {
+	case c.ServerTimeout <= 0:
+		return fmt.Errorf("tp-server-timeout: must be positive, got %v", c.ServerTimeout)
+	case c.ClientBuffer < 64<<10:
+		return fmt.Errorf("tp-client-buffer: must be at least 65536, got %d", c.ClientBuffer)
+	case c.WriteStallTimeout <= 0:
+		return fmt.Errorf("write-stall-timeout: must be positive, got %v", c.WriteStallTimeout)
+	case c.MaxClients < 0 || c.MaxClients > 0xFFFE:
+		return fmt.Errorf("tp-max-clients: must be between 0 and 65534, got %d", c.MaxClients)
+	}
+	return nil
+}
+
+const (
+	// serverHigh bounds bytes waiting for the server before clients are
+	// no longer read.
+	serverHigh = 256 << 10
+	// clientRead is the most read from a client at once.
+	clientRead = 16 << 10
+)
+
+// Service is the TunnelProxy API on one relay.
+type Service struct {
+	srv *relay.Server
+	cfg Config
+	log *slog.Logger
+	reg *registry
+	m   tpMetrics
+}
+
+// tpMetrics are the service's counters.
+type tpMetrics struct {
+	set                    *metrics.Set
+	servers, clients       *metrics.Counter // gauges
+	bytes                  *metrics.Counter // read from servers and clients
+	registered, refused    *metrics.Counter
+	clientsTotal, dropSlow *metrics.Counter
+}
+
+// New serves the TunnelProxy API on srv: it registers the TunnelProxy
+// methods, its report and its drain behaviour. Call it before srv.Start.
+func New(srv *relay.Server, cfg Config) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxClients == 0 {
+		cfg.MaxClients = 0xFFFE
+	}
+	s := &Service{srv: srv, cfg: cfg, log: srv.Logger(), reg: newRegistry(int32(cfg.MaxClients))}
+	set := metrics.NewSet()
+	s.m = tpMetrics{set: set,
+		servers:      set.NewCounter(`meetpoint_tunnelproxy_servers_active`),
+		clients:      set.NewCounter(`meetpoint_tunnelproxy_clients_active`),
+		bytes:        set.NewCounter(`meetpoint_tunnelproxy_bytes_total`),
+		registered:   set.NewCounter(`meetpoint_tunnelproxy_registrations_total{result="ok"}`),
+		refused:      set.NewCounter(`meetpoint_tunnelproxy_registrations_total{result="refused"}`),
+		clientsTotal: set.NewCounter(`meetpoint_tunnelproxy_clients_total`),
+		dropSlow:     set.NewCounter(`meetpoint_tunnelproxy_clients_dropped_total{reason="slow"}`),
+	}
+	srv.HandleMethod("TunnelProxy.RegisterServer", s.registerServer)
+	srv.HandleMethod("TunnelProxy.RegisterClient", s.registerClient)
+	srv.HandleMethod("TunnelProxy.Ping", s.ping)
+	srv.HandleMethod("TunnelProxy.DisconnectClient", s.disconnectUnregistered)
+	srv.AddReporter(s)
+	srv.OnDrain(s.drain)
+	return s, nil
+}
+
+// registry holds TunnelProxy registrations: every uuid in use, as server or
+// client, and the hubs by server uuid.
+type registry struct {
+	max   int32 // clients per server
+	mu    sync.Mutex
+	uuids map[string]bool
+	hubs  map[string]*hub
+}
+
+func newRegistry(max int32) *registry {
+	return &registry{max: max, uuids: make(map[string]bool), hubs: make(map[string]*hub)}
+}
+
+// addServer registers a hub for uuid; nil if the uuid is in use.
+func (r *registry) addServer(s *Service, uuid, name string) *hub {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.uuids[uuid] {
+		return nil
+	}
+	r.uuids[uuid] = true
+	h := &hub{s: s, uuid: uuid, name: name, clients: make(map[uint16]*tpEnd), next: 1, l: s.srv.Loop(uuid)}
+	r.hubs[uuid] = h
+	return h
+}
+
+// addClient reserves a client uuid for hub serverUUID.
+func (r *registry) addClient(clientUUID, serverUUID string) (*hub, handshake.TunnelProxyError) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.hubs[serverUUID]
+	switch {
+	case h == nil:
+		return nil, handshake.TunnelProxyErrorServerNotFound
+	case r.uuids[clientUUID]:
+		return nil, handshake.TunnelProxyErrorAlreadyRegistered
+	case h.nclients.Load() >= r.max:
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	r.uuids[clientUUID] = true
+	h.nclients.Add(1)
+	return h, handshake.TunnelProxyErrorNoError
+}
+
+func (r *registry) release(uuid string) {
+	r.mu.Lock()
+	delete(r.uuids, uuid)
+	r.mu.Unlock()
+}
+
+func (r *registry) removeHub(h *hub) {
+	r.mu.Lock()
+	if r.hubs[h.uuid] == h {
+		delete(r.hubs, h.uuid)
+		delete(r.uuids, h.uuid)
+	}
+	r.mu.Unlock()
+}
+
+// all is every hub registered now.
+func (r *registry) all() []*hub {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := make([]*hub, 0, len(r.hubs))
+	for _, h := range r.hubs {
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// refuse answers a registration with an error value and closes.
+func (s *Service) refuse(c relay.Conn, id int, e handshake.TunnelProxyError) {
+	s.log.Debug("tunnelproxy registration refused", "peer", c.Peer().String(), "error", e.String())
+	s.m.refused.Inc()
+	c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String())))
+	c.Refuse(reason.RPC, ws.StatusPolicyViolation, e.String())
+}
+
+// registerServer makes the connection a TunnelProxy server: it leaves the
+// engine for a hub on a loop, which sends the reply.
+func (s *Service) registerServer(c relay.Conn, req *handshake.Request) {
+	uuid, ok := handshake.ParseUUID(param(req, "serverUuid"))
+	if !ok {
+		s.refuse(c, req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		return
+	}
+	name := param(req, "serverName")
+	h := s.reg.addServer(s, uuid, name)
+	if h == nil {
+		s.refuse(c, req.ID, handshake.TunnelProxyErrorAlreadyRegistered)
+		return
+	}
+	s.m.registered.Inc()
+	c.Claim(hubServer{h: h, replyID: req.ID}, uuid, name)
+}
+
+// registerClient attaches the connection to a registered server's hub.
+func (s *Service) registerClient(c relay.Conn, req *handshake.Request) {
+	cu, ok1 := handshake.ParseUUID(param(req, "clientUuid"))
+	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
+	if !ok1 || !ok2 {
+		s.refuse(c, req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		return
+	}
+	h, res := s.reg.addClient(cu, su)
+	if h == nil {
+		s.refuse(c, req.ID, res)
+		return
+	}
+	s.m.registered.Inc()
+	name := param(req, "clientName")
+	c.Claim(hubClient{h: h, replyID: req.ID, uuid: cu, name: name}, cu, name)
+}
+
+// ping answers TunnelProxy.Ping before a registration.
+func (s *Service) ping(c relay.Conn, req *handshake.Request) {
+	ts, _ := req.Uint("timestamp")
+	c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Int("timestamp", int64(ts))))
+}
+
+// disconnectUnregistered answers DisconnectClient from a connection that
+// is no registered server.
+func (s *Service) disconnectUnregistered(c relay.Conn, req *handshake.Request) {
+	c.Reply(handshake.AppendSuccess(nil, req.ID,
+		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNotRegistered.String())))
+}
+
+func param(req *handshake.Request, key string) string {
+	v, _ := req.Param(key)
+	return v
+}
+
+// drain closes servers that have no client: they carry no user session
+// (a server whose last client leaves during the drain closes then).
+func (s *Service) drain() {
+	for _, h := range s.reg.all() {
+		h.l.Do(func() {
+			if h.nclients.Load() == 0 {
+				h.close(reason.Shutdown)
+			}
+		})
+	}
+}
+
+// Report implements relay.Reporter: each hub is described by its loop
+// (which owns it); a loop that does not answer within a second is left
+// out.
+func (s *Service) Report(snap *relay.Snapshot) {
+	hubs := s.reg.all()
+	out := make(chan relay.TPServerInfo, len(hubs))
+	var n atomic.Int32
+	for _, h := range hubs {
+		if h.l.Do(func() {
+			if h.started && !h.dead {
+				out <- h.info()
+			} else {
+				out <- relay.TPServerInfo{}
+			}
+		}) {
+			n.Add(1)
+		}
+	}
+	timeout := time.After(time.Second)
+	for range n.Load() {
+		select {
+		case hi := <-out:
+			if hi.UUID != "" {
+				snap.TPServers = append(snap.TPServers, hi)
+			}
+		case <-timeout:
+			return
+		}
+	}
+	sort.Slice(snap.TPServers, func(i, j int) bool { return snap.TPServers[i].UUID < snap.TPServers[j].UUID })
+}
+
+// Traffic implements relay.Reporter.
+func (s *Service) Traffic() uint64 { return s.m.bytes.Get() }
+
+// WriteMetrics implements relay.Reporter.
+func (s *Service) WriteMetrics(w io.Writer) { s.m.set.WritePrometheus(w) }
+
+// info describes the hub. Loop goroutine only.
+func (h *hub) info() relay.TPServerInfo {
+	e := h.srv
+	hi := relay.TPServerInfo{UUID: h.uuid, Name: h.name, Address: e.peer, RxBytes: e.rx, TxBytes: e.tx}
+	for _, c := range h.clients {
+		hi.Clients = append(hi.Clients, relay.TPClientInfo{SocketAddress: c.addr, UUID: c.uuid, Name: c.name,
+			Address: c.peer, RxBytes: c.rx, TxBytes: c.tx})
+	}
+	sort.Slice(hi.Clients, func(i, j int) bool { return hi.Clients[i].SocketAddress < hi.Clients[j].SocketAddress })
+	return hi
+}
