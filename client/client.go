@@ -43,6 +43,12 @@ type Options struct {
 	// LocalIP, if set, is the address to connect from (e.g. one of several
 	// 127.0.0.x to spread many connections over more source addresses).
 	LocalIP net.IP
+	// Binary makes Tunnel.Write send BINARY WebSocket messages only. By
+	// default a tunnel over WebSocket sends TEXT messages while what it is
+	// given is valid UTF-8 (cut at character boundaries) and BINARY from
+	// the first byte that cannot be UTF-8 on: nymea's server refuses
+	// binary messages (1011), nymea's clients only listen for text.
+	Binary bool
 }
 
 // AuthError is returned by Dial when the server answers Authenticate with an
@@ -113,6 +119,7 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 			name, _ := peer["name"].(string)
 			id, _ := peer["uuid"].(string)
 			tun = &Tunnel{r: r, peerName: name, peerUUID: id}
+			tun.text.Binary = o.Binary
 			return nil
 		}
 	})

@@ -114,17 +114,39 @@ func TestWSOpcodes(t *testing.T) {
 		}
 	}
 	// Read as a stream across messages, then the rest through ReadMessage.
+	// Write sends TEXT messages while the data is valid UTF-8.
 	tun.Write([]byte("abcd"))
 	tun.Write([]byte("ef"))
 	b := make([]byte, 3)
 	io.ReadFull(tun, b)
 	op, rest, err := tun.ReadMessage()
-	if string(b) != "abc" || op != ws.OpBinary || string(rest) != "d" || err != nil {
+	if string(b) != "abc" || op != ws.OpText || string(rest) != "d" || err != nil {
 		t.Fatalf("stream: %q then %v %q %v", b, op, rest, err)
 	}
 	b = make([]byte, 2)
 	if _, err := io.ReadFull(tun, b); err != nil || string(b) != "ef" {
 		t.Fatalf("stream: %q %v", b, err)
+	}
+	// Bytes that cannot be UTF-8: BINARY, and the stream stays binary.
+	tun.Write([]byte{0x00, 0xC0, 0xDB, 0xFF})
+	if op, p, err := tun.ReadMessage(); err != nil || op != ws.OpBinary || string(p) != "\x00\xc0\xdb\xff" {
+		t.Fatalf("binary write: %v %q %v", op, p, err)
+	}
+	tun.Write([]byte("text"))
+	if op, p, err := tun.ReadMessage(); err != nil || op != ws.OpBinary || string(p) != "text" {
+		t.Fatalf("after binary: %v %q %v", op, p, err)
+	}
+	// Options.Binary: BINARY only.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	bt, err := Dial(ctx, Options{URL: f.wsURL(), Token: "ok", Binary: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bt.Close()
+	bt.Write([]byte("text"))
+	if op, p, err := bt.ReadMessage(); err != nil || op != ws.OpBinary || string(p) != "text" {
+		t.Fatalf("Binary option: %v %q %v", op, p, err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // Tunnel is an established tunnel. It implements net.Conn.
@@ -25,6 +26,9 @@ type Tunnel struct {
 	peerUUID  string
 	pending   []byte    // unread rest of the last WebSocket message
 	pendingOp ws.OpCode // its opcode
+	text      handshake.TextFramer
+	wbuf      []byte // scratch for Write's frames
+	wmu       sync.Mutex
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -94,16 +98,25 @@ func (t *Tunnel) readMessage() (ws.OpCode, []byte, error) {
 	return op, msg, err
 }
 
-// Write sends p: over WebSocket as one binary message, over TCP as-is.
+// Write sends p: over TCP as-is; over WebSocket as one message, TEXT
+// while the stream written so far is valid UTF-8 (the end of a character
+// cut by p's end goes with the next Write), BINARY from the first byte
+// that cannot be UTF-8 on, or BINARY only with Options.Binary.
 func (t *Tunnel) Write(p []byte) (int, error) {
-	var err error
-	if t.r.isWS {
-		err = t.r.writeFrame(ws.OpBinary, p)
-	} else {
-		err = t.r.Send(p)
+	if !t.r.isWS {
+		if err := t.r.Send(p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
-	if err != nil {
-		return 0, err
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	t.wbuf = append(append(t.wbuf[:0], 0, 0, 0), p...)
+	op, s, e := t.text.Next(t.wbuf, 3, len(t.wbuf))
+	if e > s || op == ws.OpBinary {
+		if err := t.r.writeFrame(op, t.wbuf[s:e]); err != nil {
+			return 0, err
+		}
 	}
 	return len(p), nil
 }
@@ -125,6 +138,11 @@ func (t *Tunnel) WriteMessage(op ws.OpCode, p []byte) error {
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
 		if t.r.isWS {
+			t.wmu.Lock()
+			if rest := t.text.Flush(); len(rest) > 0 { // the end of a cut character
+				_ = t.r.writeFrame(ws.OpBinary, rest)
+			}
+			t.wmu.Unlock()
 			t.r.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_ = t.r.writeFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
 		}

@@ -37,6 +37,9 @@ type TPOptions struct {
 	TLSConfig *tls.Config
 	// Verbose, if set, receives the JSON-RPC exchange of the registration.
 	Verbose io.Writer
+	// Binary: a client's Tunnel sends BINARY WebSocket messages only
+	// (see Options.Binary).
+	Binary bool
 }
 
 func (o TPOptions) options() Options {
@@ -70,7 +73,9 @@ func DialTPClient(ctx context.Context, o TPOptions) (*Tunnel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tunnel{r: r, peerUUID: o.ServerUUID}, nil
+	tun := &Tunnel{r: r, peerUUID: o.ServerUUID}
+	tun.text.Binary = o.Binary
+	return tun, nil
 }
 
 // tpRegister connects and makes one TunnelProxy registration call; on

@@ -39,6 +39,17 @@ type Config struct {
 	// When it is full the relay stops reading the sender so that TCP flow
 	// control pushes back.
 	MaxBuffer int
+	// WSBinaryOnly sends what raw TCP peers write to a WebSocket client in
+	// BINARY frames only. By default it goes in TEXT frames while the
+	// stream is valid UTF-8 (cut at character boundaries) — nymea's
+	// clients listen for text messages only — and in BINARY frames from
+	// the first byte that cannot be UTF-8 on.
+	WSBinaryOnly bool
+	// TCPSettle holds a raw TCP client's first tunnel bytes until this
+	// long after its TunnelEstablished was written, so that a client that
+	// parses its whole receive buffer as one JSON message (nymea's client
+	// library) reads the notification alone. 0 turns it off.
+	TCPSettle time.Duration
 	// MaxPreAuth is the most bytes of unparsed JSON-RPC accepted before a
 	// tunnel exists (nymea: 10 KiB).
 	MaxPreAuth int
@@ -95,6 +106,7 @@ func DefaultConfig() Config {
 		RPCTimeout:        10 * time.Second,
 		WriteStallTimeout: 10 * time.Second,
 		MaxBuffer:         64 << 10,
+		TCPSettle:         2 * time.Millisecond,
 		MaxPreAuth:        10 << 10,
 		MaxHeader:         8 << 10,
 		HandshakeTimeout:  5 * time.Second,
@@ -143,6 +155,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
 		}
+	}
+	if c.TCPSettle < 0 || c.TCPSettle > time.Second {
+		return fmt.Errorf("tcp-settle: must be between 0 and 1s, got %v", c.TCPSettle)
 	}
 	if c.MaxBuffer < 4096 {
 		return fmt.Errorf("max-buffer: must be at least 4096, got %d", c.MaxBuffer)

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -337,13 +338,47 @@ func TestDataWebSocketToTCP(t *testing.T) {
 	if n, err := b.Read(make([]byte, 16)); n > 0 || !lgIsTimeout(err) {
 		t.Fatalf("extra bytes: %d, %v", n, err)
 	}
-	// And TCP bytes reach the WebSocket side as BINARY messages.
+	// And TCP bytes reach the WebSocket side as TEXT messages while the
+	// stream is valid UTF-8 (nymea's clients only listen for text)...
 	if _, err := b.Write([]byte("from tcp\n")); err != nil {
 		t.Fatal(err)
 	}
 	op, p, err := a.ReadMessage()
-	if err != nil || op != ws.OpBinary || string(p) != "from tcp\n" {
-		t.Fatalf("ws side got op %v %q, %v; want binary %q", op, p, err, "from tcp\n")
+	if err != nil || op != ws.OpText || string(p) != "from tcp\n" {
+		t.Fatalf("ws side got op %v %q, %v; want text %q", op, p, err, "from tcp\n")
+	}
+	// ...a character split across TCP segments arrives whole...
+	for _, part := range [][]byte{[]byte("caf\xc3"), []byte("\xa9 \xe2\x9c"), []byte("\x93\n")} {
+		if _, err := b.Write(part); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // separate segments
+	}
+	var got2 []byte
+	for len(got2) < len("café ✓\n") {
+		op, p, err := a.ReadMessage()
+		if err != nil || op != ws.OpText || !utf8.Valid(p) {
+			t.Fatalf("split character: op %v %q %v", op, p, err)
+		}
+		got2 = append(got2, p...)
+	}
+	if string(got2) != "café ✓\n" {
+		t.Fatalf("split characters: %q", got2)
+	}
+	// ...and from the first byte that cannot be UTF-8 on, BINARY, binary
+	// safe: 00 C0 DB FF arrive unchanged.
+	bin := []byte{0x00, 0xC0, 0xDB, 0xFF}
+	if _, err := b.Write(bin); err != nil {
+		t.Fatal(err)
+	}
+	if op, p, err := a.ReadMessage(); err != nil || op != ws.OpBinary || !bytes.Equal(p, bin) {
+		t.Fatalf("binary bytes: op %v %x %v", op, p, err)
+	}
+	if _, err := b.Write([]byte("text again")); err != nil {
+		t.Fatal(err)
+	}
+	if op, p, err := a.ReadMessage(); err != nil || op != ws.OpBinary || string(p) != "text again" {
+		t.Fatalf("after binary the stream stays binary: op %v %q %v", op, p, err)
 	}
 	if s.Stats().BufferedBytes == 0 {
 		t.Errorf("BufferedBytes = 0 after WebSocket traffic")

@@ -140,6 +140,10 @@ func (t *tunnel) ready(c *conn) {
 func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint64) {
 	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
 	e.Ctrl.B = append(c.established, c.out.Take()...)
+	e.Text.Binary = t.s.cfg.WSBinaryOnly
+	if c.ws == nil {
+		e.Settle = t.s.cfg.TCPSettle
+	}
 }
 
 // startOn starts forwarding on l (the loop goroutine).

@@ -65,6 +65,15 @@ type End struct {
 	RXT *atomic.Uint64
 	// Peer names the client in logs.
 	Peer string
+	// Text frames what a raw TCP peer sends toward this WebSocket end
+	// (TEXT while the stream is valid UTF-8, BINARY from the first byte
+	// that is not; set Text.Binary for BINARY only).
+	Text handshake.TextFramer
+	// Settle, on a raw TCP end, holds the peer's first bytes until this
+	// long after the end's relay messages (TunnelEstablished) were
+	// written, so that a client parsing its socket's whole buffer as one
+	// JSON message (nymea's) reads the notification alone.
+	Settle time.Duration
 
 	p     *Pair
 	peer  *End
@@ -83,6 +92,7 @@ type End struct {
 	pipe       *pool.Pipe
 	midFrame   bool  // the data stream toward this end is inside a WebSocket frame
 	stallSince int64 // unix ns since writes were refused with data pending; 0 if not
+	settled    int64 // with Settle: unix ns after which data may follow the relay's messages; 0: not yet started
 }
 
 // ctrlSoft is the control queue length above which an end's input is not
@@ -187,6 +197,17 @@ func (l *Loop) pump(src, dst *End) bool {
 	p := src.p
 	if p.closing || src.eof || !src.readable || src.Ctrl.Len() > ctrlSoft || src.quota < 0 {
 		return moved
+	}
+	if dst.Settle > 0 { // until the first data has followed the relay's messages
+		now := time.Now().UnixNano()
+		if dst.settled == 0 { // they just went out: start the wait
+			dst.settled = now + int64(dst.Settle)
+		}
+		if now < dst.settled {
+			l.hold(src, time.Duration(dst.settled-now))
+			return moved
+		}
+		dst.Settle = 0 // settled: never checked again
 	}
 	if bps := l.cfg.Rate.Load(); bps > 0 {
 		if src.bkt == nil {
@@ -366,12 +387,18 @@ func (l *Loop) fill(src, dst *End) bool {
 			dst.out = b[wsSlack : wsSlack+n]
 			return true
 		}
-		// Raw TCP bytes become one BINARY frame: the relay never emits a TEXT
-		// frame it has not validated.
-		h := ws.Header{Fin: true, OpCode: ws.OpBinary, Length: int64(n)}
-		start := wsSlack - ws.HeaderSize(h)
+		// Raw TCP bytes become one frame: TEXT while the stream is valid
+		// UTF-8 (cut at a character boundary), BINARY otherwise — the
+		// relay never emits a TEXT frame it has not validated.
+		op, s, e := dst.Text.Next(b, wsSlack, wsSlack+n)
+		if e == s && op == ws.OpText {
+			dst.out = nil // all carried: the end of a character is still to come
+			return true
+		}
+		h := ws.Header{Fin: true, OpCode: op, Length: int64(e - s)}
+		start := s - ws.HeaderSize(h)
 		handshake.AppendHeader(b[start:start], h)
-		dst.out = b[start : wsSlack+n]
+		dst.out = b[start:e]
 		return true
 	}
 	w, err := l.deframe(src, dst, b, n)
@@ -448,10 +475,14 @@ func (l *Loop) wsError(e *End, err error) {
 }
 
 // ended handles the end of what e sends (EOF or reset): its client is
-// gone, so nothing more is sent to it.
+// gone, so nothing more is sent to it; a WebSocket peer still gets the
+// bytes of a character e's stream stopped in the middle of (BINARY).
 func (l *Loop) ended(e *End) {
 	e.eof, e.broken = true, true
 	e.Ctrl.Take()
+	if rest := e.peer.Text.Flush(); len(rest) > 0 && e.peer.WS != nil {
+		e.peer.Ctrl.PushFrame(ws.OpBinary, rest)
+	}
 	l.startClose(e.p, e, reason.PeerClosed)
 }
 
@@ -570,8 +601,13 @@ type throttle struct {
 
 // throttle parks e's reads until its bucket has tokens again.
 func (l *Loop) throttle(e *End, wait time.Duration) {
-	e.quota = -1
 	l.cfg.Throttled.Inc()
+	l.hold(e, wait)
+}
+
+// hold parks e's reads for wait.
+func (l *Loop) hold(e *End, wait time.Duration) {
+	e.quota = -1
 	l.throttled = append(l.throttled, throttle{e, time.Now().Add(wait)})
 }
 

@@ -62,9 +62,10 @@ type tpEnd struct {
 	rx, tx             uint64 // bytes read from / written to this socket
 	stallSince         int64  // unix ns since writes were refused with data pending
 
-	ws   *handshake.Stream // inbound WebSocket state; nil on raw TCP
-	ctrl handshake.Queue   // control replies, moved into out after each read
-	in   []byte            // bytes that arrived before the hand-over
+	ws   *handshake.Stream    // inbound WebSocket state; nil on raw TCP
+	ctrl handshake.Queue      // control replies, moved into out after each read
+	text handshake.TextFramer // a WebSocket client's data: TEXT while valid UTF-8
+	in   []byte               // bytes that arrived before the hand-over
 }
 
 // hubServer and hubClient are the hand-over targets of a registering
@@ -399,10 +400,16 @@ func (h *hub) sendData(c *tpEnd, payload []byte) {
 		return
 	}
 	b := c.buf()
-	if c.ws != nil {
-		b.B = handshake.AppendFrame(b.B, ws.OpBinary, true, payload)
-	} else {
+	if c.ws == nil {
 		b.B = append(b.B, payload...)
+		return
+	}
+	// TEXT while the server's stream to c is valid UTF-8 (nymea's client
+	// library listens for text messages only), BINARY from the first byte
+	// that is not.
+	h.frame = append(append(h.frame[:0], 0, 0, 0), payload...)
+	if op, s, e := c.text.Next(h.frame, 3, len(h.frame)); e > s || op == ws.OpBinary {
+		b.B = handshake.AppendFrame(b.B, op, true, h.frame[s:e])
 	}
 }
 
@@ -630,6 +637,9 @@ func (h *hub) release(e *tpEnd, r reason.Reason) {
 		final = append(final, e.out.B[e.off:]...)
 		pool.Put(e.out)
 		e.out, e.off = nil, 0
+	}
+	if rest := e.text.Flush(); len(rest) > 0 && e.ws != nil {
+		final = handshake.AppendFrame(final, ws.OpBinary, true, rest) // the end of a cut character
 	}
 	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall
 	if e.ws != nil && !broken {

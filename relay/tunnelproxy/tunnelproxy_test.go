@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
@@ -138,7 +139,7 @@ func (p *tpConn) startReader(slip bool) {
 					close(p.msgs)
 					return
 				}
-				if op != ws.OpBinary {
+				if slip && op != ws.OpBinary {
 					p.errc <- fmt.Errorf("got %v frame after registration", op)
 				}
 				data = b
@@ -597,4 +598,40 @@ func TestTPServerFull(t *testing.T) {
 		q := tpDial(t, s, false)
 		return tpErr(q.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "x", "clientUuid": client.NewUUID(), "serverUuid": su})) == "TunnelProxyErrorNoError"
 	}, "a client is admitted once another left")
+}
+
+// TestTPClientTextFrames: a WebSocket client gets the server's bytes in
+// TEXT frames while they are valid UTF-8 (nymea's client library listens
+// for text messages only), in BINARY frames from the first byte that
+// cannot be UTF-8 on; bytes arrive unchanged either way.
+func TestTPClientTextFrames(t *testing.T) {
+	s := server(t, nil)
+	su := client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	cli := tpDial(t, s, true)
+	if e := tpErr(cli.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "c", "clientUuid": client.NewUUID(), "serverUuid": su})); e != "TunnelProxyErrorNoError" {
+		t.Fatal(e)
+	}
+	addr := uint16(1)
+	srv.nextRPC() // ClientConnected
+	for _, part := range [][]byte{[]byte("hé"), []byte("llo \xe2"), []byte("\x9c\x93")} {
+		srv.sendSLIP(addr, part)
+	}
+	var text []byte
+	for len(text) < len("héllo ✓") {
+		_ = cli.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, op, err := wsutil.ReadServerData(cli.rw())
+		if err != nil || op != ws.OpText || !utf8.Valid(b) {
+			t.Fatalf("text data: op %v %q %v", op, b, err)
+		}
+		text = append(text, b...)
+	}
+	if string(text) != "héllo ✓" {
+		t.Fatalf("got %q", text)
+	}
+	bin := []byte{0x00, 0xC0, 0xDB, 0xFF}
+	srv.sendSLIP(addr, bin)
+	if b, op, err := wsutil.ReadServerData(cli.rw()); err != nil || op != ws.OpBinary || !bytes.Equal(b, bin) {
+		t.Fatalf("binary data: op %v %x %v", op, b, err)
+	}
 }
