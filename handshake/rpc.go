@@ -501,7 +501,9 @@ func errorDetail(err error) string {
 // ParseUUID accepts a UUID in the 8-4-4-4-12 hex form, with or without
 // surrounding braces and in any letter case, and returns its canonical
 // form: lowercase, without braces ("6ba7b810-9dad-11d1-80b4-00c04fd430c8").
-// It allocates only when s is not already canonical.
+// The nil UUID (all zeros) is not ok: nymea treats it as no uuid at all and
+// answers TunnelProxyErrorInvalidUuid. It allocates only when s is not
+// already canonical.
 func ParseUUID(s string) (canonical string, ok bool) {
 	if len(s) == 38 && s[0] == '{' && s[37] == '}' {
 		s = s[1:37]
@@ -509,7 +511,7 @@ func ParseUUID(s string) (canonical string, ok bool) {
 	if len(s) != 36 {
 		return "", false
 	}
-	lower := true
+	lower, zero := true, true
 	for i := 0; i < 36; i++ {
 		c := s[i]
 		switch i {
@@ -519,6 +521,7 @@ func ParseUUID(s string) (canonical string, ok bool) {
 			}
 			continue
 		}
+		zero = zero && c == '0'
 		switch {
 		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
 		case 'A' <= c && c <= 'F':
@@ -526,6 +529,9 @@ func ParseUUID(s string) (canonical string, ok bool) {
 		default:
 			return "", false
 		}
+	}
+	if zero {
+		return "", false
 	}
 	if lower {
 		return s, true

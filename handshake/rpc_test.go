@@ -161,6 +161,7 @@ func TestParseUUID(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"", "foo", "{" + c, c + "}", "(" + c + ")", strings.ReplaceAll(c, "-", ""),
+		"00000000-0000-0000-0000-000000000000", "{00000000-0000-0000-0000-000000000000}", // nil: nymea's InvalidUuid
 		"6ba7b810-9dad-11d1-80b4-00c04fd430cg", "6ba7b810x9dad-11d1-80b4-00c04fd430c8", "{{" + c + "}}"} {
 		if got, ok := ParseUUID(s); ok {
 			t.Errorf("ParseUUID(%q) = %q, true", s, got)

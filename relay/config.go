@@ -79,7 +79,8 @@ type Config struct {
 	// TLS, if set, serves TLS on every listen address beside plaintext
 	// (a first byte of 0x16 means TLS); package certs builds it. The
 	// engine reads it for each handshake, so a GetCertificate callback can
-	// swap certificates while the server runs.
+	// swap certificates while the server runs. NewServer works on a clone
+	// with DynamicRecordSizingDisabled set, so each reply is one record.
 	TLS *tls.Config
 	// TLSOnly refuses plaintext clients.
 	TLSOnly bool

@@ -129,6 +129,8 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	ts.conf = &tls.Config{
 		MinVersion: tls.VersionTLS12,
+		// One record per write: a reply arrives whole (see relay.NewServer).
+		DynamicRecordSizingDisabled: true,
 		CipherSuites: []uint16{ // TLS 1.2: forward secrecy and AEAD only (1.3 suites are fixed)
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,

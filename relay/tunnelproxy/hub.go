@@ -118,9 +118,9 @@ func (t hubServer) Ready(ho *relay.Handover) {
 		return
 	}
 	e.server, e.uuid, e.name = true, h.uuid, h.name
-	reply := handshake.AppendSuccess(nil, t.replyID,
-		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()),
-		handshake.Bool("slipEnabled", true))
+	reply := handshake.AppendSuccess(nil, t.replyID, // keys sorted, as nymea's
+		handshake.Bool("slipEnabled", true),
+		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
 	if !h.l.Do(func() { h.start(e, reply) }) {
 		h.s.reg.removeHub(h)
 		e.sock.Close()
@@ -442,8 +442,12 @@ func (h *hub) serverRPC(obj []byte) {
 	case "RemoteProxy.Introspect":
 		reply = handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect())
 	case "TunnelProxy.RegisterServer", "TunnelProxy.RegisterClient":
-		reply = handshake.AppendSuccess(nil, req.ID,
-			handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorAlreadyRegistered.String()))
+		// As nymea: the error, then the connection ends (the server is
+		// confused about its state; its clients go with it).
+		h.sendSLIP(0, refusal(req.ID, req.Method == "TunnelProxy.RegisterServer",
+			handshake.TunnelProxyErrorAlreadyRegistered))
+		h.closeServer(reason.RPC)
+		return
 	default:
 		h.sendSLIP(0, handshake.AppendError(nil, req.ID, "Method not allowed on a registered server"))
 		h.closeServer(reason.RPC)

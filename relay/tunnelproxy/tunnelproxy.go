@@ -196,11 +196,22 @@ func (r *registry) all() []*hub {
 }
 
 // refuse answers a registration with an error value and closes.
-func (s *Service) refuse(c relay.Conn, id int, e handshake.TunnelProxyError) {
+func (s *Service) refuse(c relay.Conn, id int, server bool, e handshake.TunnelProxyError) {
 	s.log.Debug("tunnelproxy registration refused", "peer", c.Peer().String(), "error", e.String())
 	s.m.refused.Inc()
-	c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String())))
+	c.Reply(refusal(id, server, e))
 	c.Refuse(reason.RPC, ws.StatusPolicyViolation, e.String())
+}
+
+// refusal is the reply to a registration that failed with e. A
+// RegisterServer reply always carries slipEnabled (false here), as
+// nymea's does: its clients and tests look for the key.
+func refusal(id int, server bool, e handshake.TunnelProxyError) []byte {
+	if server {
+		return handshake.AppendSuccess(nil, id, handshake.Bool("slipEnabled", false),
+			handshake.Str("tunnelProxyError", e.String()))
+	}
+	return handshake.AppendSuccess(nil, id, handshake.Str("tunnelProxyError", e.String()))
 }
 
 // registerServer makes the connection a TunnelProxy server: it leaves the
@@ -208,13 +219,13 @@ func (s *Service) refuse(c relay.Conn, id int, e handshake.TunnelProxyError) {
 func (s *Service) registerServer(c relay.Conn, req *handshake.Request) {
 	uuid, ok := handshake.ParseUUID(param(req, "serverUuid"))
 	if !ok {
-		s.refuse(c, req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		s.refuse(c, req.ID, true, handshake.TunnelProxyErrorInvalidUuid)
 		return
 	}
 	name := param(req, "serverName")
 	h := s.reg.addServer(s, uuid, name)
 	if h == nil {
-		s.refuse(c, req.ID, handshake.TunnelProxyErrorAlreadyRegistered)
+		s.refuse(c, req.ID, true, handshake.TunnelProxyErrorAlreadyRegistered)
 		return
 	}
 	s.m.registered.Inc()
@@ -226,12 +237,12 @@ func (s *Service) registerClient(c relay.Conn, req *handshake.Request) {
 	cu, ok1 := handshake.ParseUUID(param(req, "clientUuid"))
 	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
 	if !ok1 || !ok2 {
-		s.refuse(c, req.ID, handshake.TunnelProxyErrorInvalidUuid)
+		s.refuse(c, req.ID, false, handshake.TunnelProxyErrorInvalidUuid)
 		return
 	}
 	h, res := s.reg.addClient(cu, su)
 	if h == nil {
-		s.refuse(c, req.ID, res)
+		s.refuse(c, req.ID, false, res)
 		return
 	}
 	s.m.registered.Inc()

@@ -1,0 +1,260 @@
+package relay
+
+// Byte-exact tests of the places where nymea's real clients broke against
+// meetpoint (issue 11). Each speaks the bytes a nymea peer sends and checks
+// the bytes it gets back, not a decoded view of them.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// wireDial opens a raw TCP connection with a 5 s deadline.
+func wireDial(t *testing.T, s *Server) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// wireLine reads up to and including the next '\n'.
+func wireLine(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v (got %q)", err, line)
+	}
+	return line
+}
+
+// wireAuth is the Authenticate request nymea's client library sends, and
+// the reply nymea's server gives it.
+func wireAuth(id int, name, uuid, token string) (req, reply string) {
+	n := string(rune('0' + id))
+	return `{"id":` + n + `,"method":"Authentication.Authenticate","params":{"name":"` + name + `","nonce":"","token":"` + token + `","uuid":"` + uuid + `"}}` + "\n",
+		`{"id":` + n + `,"params":{"authenticationError":"AuthenticationErrorNoError"},"status":"success"}` + "\n"
+}
+
+// wireEstablished is the notification a client gets when its partner is
+// name/uuid.
+func wireEstablished(name, uuid string) string {
+	return `{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"` + name + `","uuid":"` + uuid + `"}}` + "\n"
+}
+
+// Item 1: bytes from a TCP peer reach a WebSocket peer as TEXT frames
+// (0x81) while they are valid UTF-8, BINARY (0x82) from the first byte
+// that is not.
+func TestWireTCPToWebSocketIsText(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	uA, uB := client.NewUUID(), client.NewUUID()
+
+	w := lgDialWS(t, s)
+	req, reply := wireAuth(1, "ws", uA, "wire-text")
+	w.send(ws.OpText, true, []byte(req))
+	if f := w.read(); f.Header.OpCode != ws.OpText || string(f.Payload) != reply {
+		t.Fatalf("ws auth reply: op %v %q", f.Header.OpCode, f.Payload)
+	}
+
+	c := wireDial(t, s)
+	br := bufio.NewReader(c)
+	req, reply = wireAuth(2, "tcp", uB, "wire-text")
+	io.WriteString(c, req)
+	if got := wireLine(t, br); got != reply {
+		t.Fatalf("tcp auth reply %q, want %q", got, reply)
+	}
+	if got := wireLine(t, br); got != wireEstablished("ws", uA) {
+		t.Fatalf("tcp side: %q", got)
+	}
+	if f := w.read(); f.Header.OpCode != ws.OpText || string(f.Payload) != wireEstablished("tcp", uB) {
+		t.Fatalf("ws TunnelEstablished: op %v %q", f.Header.OpCode, f.Payload)
+	}
+
+	io.WriteString(c, "hi\n")
+	raw := make([]byte, 5)
+	if _, err := io.ReadFull(w.br, raw); err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x81, 0x03, 'h', 'i', '\n'}; !bytes.Equal(raw, want) {
+		t.Fatalf("ws side got % x, want % x", raw, want)
+	}
+	c.Write([]byte{0x00, 0xC0, 0xDB, 0xFF})
+	raw = make([]byte, 6)
+	if _, err := io.ReadFull(w.br, raw); err != nil {
+		t.Fatal(err)
+	}
+	// 00 is valid UTF-8 but C0 never is: the frame that carries it is
+	// BINARY, and so is every frame after it.
+	if want := []byte{0x82, 0x04, 0x00, 0xC0, 0xDB, 0xFF}; !bytes.Equal(raw, want) {
+		t.Fatalf("ws side got % x, want % x", raw, want)
+	}
+}
+
+// Item 7: an unterminated JSON string over raw TCP gets nymea's error reply
+// at once and a close, not a wait for the inactive timeout.
+func TestWireUnterminatedStringTCP(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, func(c *Config) { c.InactiveTimeout = 30 * time.Second })
+	c := wireDial(t, s)
+	start := time.Now()
+	io.WriteString(c, `{"id":42, "method":"RemoteProx}`+"\n")
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read: %v (got %q)", err, got)
+	}
+	want := `{"error":"Failed to parse JSON data: unterminated string","id":-1,"status":"error"}` + "\n"
+	if string(got) != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v: waited for a timeout", d)
+	}
+}
+
+// Item 6: a reply leaves in one TLS record, however large (Go's dynamic
+// record sizing would split Introspect into ~1 KiB records first).
+func TestWireTLSReplyInOneRecord(t *testing.T) {
+	t.Parallel()
+	s, cert, _ := startTLSServer(t, nil)
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		raw, err := net.Dial("tcp", s.Addrs()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+		rc := &recordCounter{Conn: raw}
+		conf := clientTLS(cert)
+		conf.MinVersion, conf.MaxVersion = v, v
+		tc := tls.Client(rc, conf)
+		br := bufio.NewReader(tc)
+		// A first exchange takes the handshake and TLS 1.3's session
+		// tickets off the wire.
+		io.WriteString(tc, `{"id":1,"method":"RemoteProxy.Hello"}`+"\n")
+		wireLine(t, br)
+		rc.reset()
+		io.WriteString(tc, `{"id":2,"method":"RemoteProxy.Introspect"}`+"\n")
+		line := wireLine(t, br)
+		want := string(handshake.AppendSuccessRaw(nil, 2, handshake.Introspect()))
+		if line != want {
+			t.Fatalf("Introspect reply differs: %d bytes, want %d", len(line), len(want))
+		}
+		if n, sizes := rc.records(); n != 1 {
+			t.Fatalf("TLS %x: Introspect (%d bytes) came in %d records %v, want 1", v, len(line), n, sizes)
+		}
+	}
+}
+
+// recordCounter counts the TLS records the server sends, following record
+// headers across reads.
+type recordCounter struct {
+	net.Conn
+	mu    sync.Mutex
+	hdr   []byte // partial record header
+	skip  int    // body bytes of the current record still to come
+	sizes []int
+}
+
+func (r *recordCounter) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for b := p[:n]; len(b) > 0; {
+		if r.skip > 0 {
+			k := min(r.skip, len(b))
+			r.skip -= k
+			b = b[k:]
+			continue
+		}
+		k := min(5-len(r.hdr), len(b))
+		r.hdr = append(r.hdr, b[:k]...)
+		b = b[k:]
+		if len(r.hdr) == 5 {
+			r.skip = int(r.hdr[3])<<8 | int(r.hdr[4])
+			r.sizes = append(r.sizes, r.skip)
+			r.hdr = r.hdr[:0]
+		}
+	}
+	return n, err
+}
+
+func (r *recordCounter) reset() {
+	r.mu.Lock()
+	r.sizes = nil
+	r.mu.Unlock()
+}
+
+func (r *recordCounter) records() (int, []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sizes), append([]int(nil), r.sizes...)
+}
+
+// Item 8: on raw TCP, TunnelEstablished is alone in what a client reads
+// even when its partner writes at once: nymea's client library parses a
+// buffer only when it ends in "}\n", so notification and data in one read
+// stall the pairing. The partner's first bytes are held for TCPSettle.
+func TestWireTunnelEstablishedAlone(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		settle time.Duration
+		alone  bool
+	}{{300 * time.Millisecond, true}, {0, false}} {
+		s := startServer(t, func(c *Config) { c.TCPSettle = tc.settle })
+		uA, uB := client.NewUUID(), client.NewUUID()
+		a := wireDial(t, s)
+		abr := bufio.NewReader(a)
+		req, reply := wireAuth(1, "a", uA, "wire-settle")
+		io.WriteString(a, req)
+		if got := wireLine(t, abr); got != reply {
+			t.Fatalf("a auth reply %q", got)
+		}
+		b := wireDial(t, s)
+		bbr := bufio.NewReader(b)
+		req, reply = wireAuth(1, "b", uB, "wire-settle")
+		io.WriteString(b, req)
+		if got := wireLine(t, bbr); got != reply {
+			t.Fatalf("b auth reply %q", got)
+		}
+		if got := wireLine(t, bbr); got != wireEstablished("a", uA) {
+			t.Fatalf("b: %q", got)
+		}
+		io.WriteString(b, "first bytes\n") // at once, as nymea's server side does
+		time.Sleep(50 * time.Millisecond)  // a slow reader: both would be waiting
+		buf := make([]byte, 4096)
+		n, err := a.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := wireEstablished("b", uB)
+		if tc.alone {
+			if string(buf[:n]) != want {
+				t.Fatalf("settle %v: first read %q, want the notification alone", tc.settle, buf[:n])
+			}
+			n, err = io.ReadFull(a, buf[:len("first bytes\n")])
+			if err != nil || string(buf[:n]) != "first bytes\n" {
+				t.Fatalf("data after settle: %q %v", buf[:n], err)
+			}
+		} else if !strings.HasPrefix(string(buf[:n]), want) || n == len(want) {
+			// Without the settle window the bytes do meet in one read: the
+			// window is what keeps them apart.
+			t.Fatalf("settle 0: first read %q; want notification and data together", buf[:n])
+		}
+	}
+}
