@@ -1,5 +1,6 @@
 # meetpoint — see README.md. Every target installs nothing system-wide except
-# bench-deps (apt packages for the reference peers).
+# bench-deps and interop (apt packages for the reference peers; interop only
+# when they are missing).
 GO       ?= go
 BIN      := bin/meetpoint
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -8,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test bench bench-full bench-deps lint fuzz release test-arm64 clean
+.PHONY: build run test interop bench bench-full bench-deps lint fuzz release test-arm64 clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -23,6 +24,14 @@ run: build
 test:
 	$(GO) test -race -count=1 -timeout 8m ./...
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
+
+## interop: nymea-remoteproxy 1.8.4's and 1.13.0's real clients against
+## meetpoint and against nymea's own servers (docs/interop.md). Builds the
+## peers from ../shared/peers once into ~/.cache/meetpoint-interop (about
+## 10 minutes on 2 cores; installs Qt 5 with apt-get if missing), then runs
+## in under a minute. ARGS: e.g. -only tp/
+interop:
+	scripts/interop.sh $(ARGS)
 
 ## bench: the quick benchmark suite (< 3 minutes); bench-full: the long one
 bench: build

@@ -50,7 +50,8 @@ type Raw struct {
 	secret  string    // masked in verbose output
 }
 
-// DialRaw connects to url (ws://, wss://, tcp:// or tls://). tlsConf is used
+// DialRaw connects to url (ws://, wss://, tcp:// or tls://; ssl://, nymea's
+// name, is tls://). tlsConf is used
 // for wss:// and tls:// (nil means defaults with the URL's host as server
 // name). For WebSocket the upgrade is done before DialRaw returns.
 func DialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config) (*Raw, error) {
@@ -78,7 +79,7 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 			br = bufio.NewReaderSize(conn, 32<<10)
 		}
 		return &Raw{conn: conn, br: br, isWS: true}, nil
-	case "tcp", "tls":
+	case "tcp", "tls", "ssl": // ssl:// is nymea's name for tls://
 		if u.Port() == "" {
 			return nil, fmt.Errorf("url %q: port required", rawURL)
 		}
@@ -86,7 +87,7 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 		if err != nil {
 			return nil, err
 		}
-		if u.Scheme == "tls" {
+		if u.Scheme != "tcp" {
 			conf := tlsConf
 			if conf == nil {
 				conf = &tls.Config{}

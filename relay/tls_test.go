@@ -133,8 +133,9 @@ func TestTLSSamePort(t *testing.T) {
 	s, cert, _ := startTLSServer(t, nil)
 	addr := s.Addrs()[0].String()
 	conf := clientTLS(cert)
-	urls := map[string]string{"wss": "wss://" + addr + "/", "tls": "tls://" + addr, "ws": "ws://" + addr + "/", "tcp": "tcp://" + addr}
-	for _, c := range [][2]string{{"tls", "tls"}, {"wss", "wss"}, {"tls", "tcp"}, {"wss", "tcp"}, {"tls", "ws"}, {"wss", "tls"}} {
+	urls := map[string]string{"wss": "wss://" + addr + "/", "tls": "tls://" + addr, "ws": "ws://" + addr + "/", "tcp": "tcp://" + addr,
+		"ssl": "ssl://" + addr} // nymea's name for tls://
+	for _, c := range [][2]string{{"tls", "tls"}, {"wss", "wss"}, {"tls", "tcp"}, {"wss", "tcp"}, {"tls", "ws"}, {"wss", "tls"}, {"ssl", "ws"}} {
 		t.Run(c[0]+"-"+c[1], func(t *testing.T) {
 			tok := "tok-" + c[0] + c[1]
 			a, b := dialPair(t, client.Options{URL: urls[c[0]], Token: tok, TLSConfig: conf, Name: "a"},

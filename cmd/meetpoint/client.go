@@ -42,7 +42,7 @@ func clientFlags() (*flag.FlagSet, *clientSettings) {
 		host = "meetpoint"
 	}
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
-	fs.StringVar(&v.opts.URL, "url", "", "relay `URL`: ws://host:port/path, wss://..., tcp://host:port or tls://host:port")
+	fs.StringVar(&v.opts.URL, "url", "", "relay `URL`: ws://host:port/path, wss://..., tcp://host:port or tls://host:port (ssl:// as nymea)")
 	fs.StringVar(&v.opts.Token, "token", "", "authentication token")
 	fs.StringVar(&v.opts.Nonce, "nonce", "", "nonce; clients with the same token and nonce meet")
 	fs.StringVar(&v.opts.UUID, "uuid", "", "client uuid (default random)")

@@ -244,6 +244,7 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 	}
 	tpCfg := v.tpCfg
 	tpCfg.WriteStallTimeout = cfg.WriteStallTimeout
+	tpCfg.Settle = cfg.TCPSettle
 	if err := tpCfg.Validate(); err != nil {
 		return fail("%v", err)
 	}

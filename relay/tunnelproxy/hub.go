@@ -55,6 +55,7 @@ type tpEnd struct {
 
 	readable, writable bool
 	closing            bool // no more reads; close once out is written
+	joining            bool // client in h.clients whose server does not know it yet (settle window)
 	waiting            bool // in h.waiting
 	queued             bool // in the loop's again list
 	out                *bytebufferpool.ByteBuffer
@@ -189,6 +190,35 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 	}
 	e.addr = h.allocAddr()
 	h.clients[e.addr] = e
+	if d := h.s.cfg.Settle; d > 0 && e.ws == nil {
+		// The reply goes now; the server hears of the client (and so can
+		// send it data) only after the settle window. The client is not
+		// read meanwhile: its bytes wait in the kernel.
+		e.joining = true
+		h.flush(e)
+		h.l.Watch(settler{h, e}, d)
+		return
+	}
+	h.join(e)
+}
+
+// settler ends a client's settle window.
+type settler struct {
+	h *hub
+	e *tpEnd
+}
+
+// Scan implements loop.Scanner.
+func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
+	if h := s.h; !h.dead && h.clients[s.e.addr] == s.e && s.e.joining {
+		s.e.joining = false
+		h.join(s.e)
+	}
+	return -1
+}
+
+// join starts reading client e and tells the server about it.
+func (h *hub) join(e *tpEnd) {
 	if err := h.l.Register(e.fd, e); err != nil {
 		h.dropClient(e, false, reason.IOError)
 		return
@@ -372,8 +402,8 @@ func (h *hub) feedServer(data []byte) {
 			return nil
 		}
 		c := h.clients[addr]
-		if c == nil || c.closing {
-			return nil // the client just left; ClientDisconnected is on its way
+		if c == nil || c.closing || c.joining {
+			return nil // the client just left (ClientDisconnected is on its way) or is not announced yet
 		}
 		h.sendData(c, payload)
 		return nil
@@ -613,7 +643,11 @@ func (h *hub) endDone(e *tpEnd) {
 func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
-		h.s.m.clients.Dec()
+		if c.joining { // never announced, never counted
+			notify = false
+		} else {
+			h.s.m.clients.Dec()
+		}
 		if notify && !h.dead {
 			h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
 			h.flush(h.srv)

@@ -47,12 +47,19 @@ type Config struct {
 	// MaxClients is the most clients one server may have (0: every
 	// address but 0 and 0xFFFF, 65534).
 	MaxClients int
+	// Settle delays a raw TCP (or TLS) client's ClientConnected to its
+	// server until this long after the client's RegisterClient reply was
+	// written, so no server data can share a read with the reply: nymea's
+	// client library parses a read only if it ends in "}\n" and stalls
+	// otherwise. 0 turns it off. serve sets it from --tcp-settle.
+	Settle time.Duration
 }
 
 // DefaultConfig is nymea's behaviour: a 60 s dead-server timeout, and the
-// relay's 10 s write-stall timeout.
+// relay's 10 s write-stall timeout and 2 ms settle window.
 func DefaultConfig() Config {
-	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, WriteStallTimeout: 10 * time.Second}
+	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, WriteStallTimeout: 10 * time.Second,
+		Settle: 2 * time.Millisecond}
 }
 
 // Validate reports the first invalid field, naming its flag.
@@ -66,6 +73,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("write-stall-timeout: must be positive, got %v", c.WriteStallTimeout)
 	case c.MaxClients < 0 || c.MaxClients > 0xFFFE:
 		return fmt.Errorf("tp-max-clients: must be between 0 and 65534, got %d", c.MaxClients)
+	case c.Settle < 0 || c.Settle > time.Second:
+		return fmt.Errorf("tcp-settle: must be between 0 and 1s, got %v", c.Settle)
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay"
@@ -109,5 +111,67 @@ func TestWireSecondRegistrationCloses(t *testing.T) {
 			// And the uuid is free again.
 			registerServer(t, s, su, false)
 		})
+	}
+}
+
+// Issue 11 #8 on TunnelProxy: a raw TCP client reads its RegisterClient
+// reply alone even when its server answers ClientConnected with data at
+// once (nymea's client library stalls when reply and data share a read).
+// The client is announced to the server only after Settle.
+func TestWireRegisterClientReplyAlone(t *testing.T) {
+	for _, tc := range []struct {
+		settle time.Duration
+		alone  bool
+	}{{300 * time.Millisecond, true}, {0, false}} {
+		s := server(t, nil, func(c *Config) { c.Settle = tc.settle })
+		su, cu := client.NewUUID(), client.NewUUID()
+		srv := registerServer(t, s, su, false)
+		// The server greets each client as soon as it hears of it.
+		go func() {
+			for {
+				f, ok := <-srv.msgs
+				if !ok {
+					return
+				}
+				if f[0] == 0 && f[1] == 0 && bytes.Contains(f, []byte("ClientConnected")) {
+					var addr uint16
+					if i := bytes.Index(f, []byte(`"socketAddress":`)); i > 0 {
+						for _, d := range f[i+len(`"socketAddress":`):] {
+							if d < '0' || d > '9' {
+								break
+							}
+							addr = addr*10 + uint16(d-'0')
+						}
+					}
+					srv.sendRaw(ws.OpBinary, handshake.AppendSLIP(nil, addr, []byte("greeting\n")))
+				}
+			}
+		}()
+		c, err := net.Dial("tcp", s.Addrs()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, wireRegisterClient(cu, su))
+		time.Sleep(50 * time.Millisecond) // a slow reader: whatever was sent is waiting
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply := `{"id":1,"params":{"tunnelProxyError":"TunnelProxyErrorNoError"},"status":"success"}` + "\n"
+		if tc.alone {
+			if string(buf[:n]) != reply {
+				t.Fatalf("settle %v: first read %q, want the reply alone", tc.settle, buf[:n])
+			}
+			if n, err = io.ReadFull(c, buf[:len("greeting\n")]); err != nil || string(buf[:n]) != "greeting\n" {
+				t.Fatalf("greeting after the settle window: %q %v", buf[:n], err)
+			}
+		} else if string(buf[:n]) != reply+"greeting\n" {
+			// Without the window reply and data meet in one read: the window
+			// is what keeps them apart.
+			t.Fatalf("settle 0: first read %q; want reply and greeting together", buf[:n])
+		}
 	}
 }
