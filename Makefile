@@ -14,21 +14,25 @@ TLS      ?=
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
 
-## run: a relay on 127.0.0.1:8443 with the dummy authenticator (ARGS adds
-## flags; TLS=1 serves TLS too, with a generated self-signed certificate
-## whose SHA-256 fingerprint is printed)
+## run: a relay on 127.0.0.1:8443 with the dummy authenticator, and a
+## 2-minute --alone-timeout so a human has time to start the second client
+## (ARGS adds or overrides flags, --listen included; TLS=1 serves TLS too,
+## with a self-signed certificate kept in .meetpoint/ whose SHA-256
+## fingerprint is printed)
 run: build
-	./$(BIN) serve --listen 127.0.0.1:8443 --auth dummy $(if $(TLS),--tls) $(ARGS)
+	./$(BIN) serve --auth dummy --alone-timeout 2m $(if $(TLS),--tls --data-dir .meetpoint) $(ARGS)
 
 ## test: the whole suite with the race detector (well under 10 minutes)
 test:
+	@command -v $(or $(CC),cc) >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
+		{ echo "make test: -race needs cgo and a C compiler; install one (e.g. apt-get install gcc)" >&2; exit 1; }
 	$(GO) test -race -count=1 -timeout 8m ./...
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
 
 ## interop: nymea-remoteproxy 1.8.4's and 1.13.0's real clients against
 ## meetpoint and against nymea's own servers (docs/interop.md). Builds the
 ## peers from ../shared/peers once into ~/.cache/meetpoint-interop (about
-## 10 minutes on 2 cores; installs Qt 5 with apt-get if missing), then runs
+## 4 minutes on 2 cores; installs Qt 5 with apt-get if missing), then runs
 ## in under a minute. ARGS: e.g. -only tp/
 interop:
 	scripts/interop.sh $(ARGS)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -49,7 +50,28 @@ type Options struct {
 	// the first byte that cannot be UTF-8 on: nymea's server refuses
 	// binary messages (1011), nymea's clients only listen for text.
 	Binary bool
+	// Waiting, if set, is called once authenticated, when Dial starts to
+	// wait for the partner (a CLI says "waiting for a partner…").
+	Waiting func()
 }
+
+// NoPartnerError is returned by Dial when the relay ends the connection
+// while the client waits for its partner: almost always the relay's alone
+// timeout (--alone-timeout, 8 s by default), after which a lone client is
+// closed.
+type NoPartnerError struct {
+	Waited time.Duration // from the Authenticate reply to the close
+	Err    error         // how the connection ended
+}
+
+// Error says how long the client waited and why it likely ended.
+func (e *NoPartnerError) Error() string {
+	return fmt.Sprintf("no partner arrived within %v: the relay closed the connection (its --alone-timeout, 8s by default): %v",
+		e.Waited.Round(100*time.Millisecond), e.Err)
+}
+
+// Unwrap returns how the connection ended.
+func (e *NoPartnerError) Unwrap() error { return e.Err }
 
 // AuthError is returned by Dial when the server answers Authenticate with an
 // authenticationError other than AuthenticationErrorNoError.
@@ -71,9 +93,10 @@ func (e *RPCError) Error() string { return "json-rpc error: " + e.Text }
 // Dial connects, authenticates and waits for the partner.
 //
 // Errors: *AuthError for a non-NoError authenticationError, *RPCError for a
-// JSON-RPC error, ErrTimeout when Options.Timeout passes, other errors
-// wrapped with the step that failed ("connect: ...", "authenticate: ...",
-// "wait for partner: ...").
+// JSON-RPC error, ErrTimeout when Options.Timeout passes, *NoPartnerError
+// when the relay closes while we wait for the partner, other errors wrapped
+// with the step that failed ("connect: ...", "authenticate: ...", "wait for
+// partner: ...").
 func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 	uuid := o.UUID
 	if uuid == "" {
@@ -100,9 +123,16 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 		if result != "AuthenticationErrorNoError" {
 			return &AuthError{Result: result}
 		}
+		if o.Waiting != nil {
+			o.Waiting()
+		}
+		since := time.Now()
 		for {
 			p, err := r.Recv()
 			if err != nil {
+				if ctx.Err() == nil && isClosed(err) {
+					return &NoPartnerError{Waited: time.Since(since), Err: err}
+				}
 				return fmt.Errorf("wait for partner: %w", err)
 			}
 			m, err := decodeObject(p)
@@ -250,4 +280,12 @@ func DialPair(ctx context.Context, a, b Options) (*Tunnel, *Tunnel, error) {
 		tb.Close()
 	}
 	return nil, nil, fmt.Errorf("dial pair: a: %v, b: %v", ra.err, errB)
+}
+
+// isClosed reports whether err means the relay ended the connection (a
+// close, an EOF or a reset) rather than a local timeout or failure.
+func isClosed(err error) bool {
+	var ce *CloseError
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ce) ||
+		errors.Is(err, syscall.ECONNRESET)
 }

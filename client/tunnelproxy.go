@@ -40,6 +40,10 @@ type TPOptions struct {
 	// Binary: a client's Tunnel sends BINARY WebSocket messages only
 	// (see Options.Binary).
 	Binary bool
+	// Refused, if set, is told of each local connection ServeTPClients
+	// could not carry (the relay refused or was unreachable); the local
+	// connection is closed either way.
+	Refused func(local net.Addr, err error)
 }
 
 func (o TPOptions) options() Options {
@@ -417,6 +421,9 @@ func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
 			opts.UUID = ""
 			tun, err := DialTPClient(ctx, opts)
 			if err != nil {
+				if o.Refused != nil && ctx.Err() == nil {
+					o.Refused(local.RemoteAddr(), err)
+				}
 				local.Close()
 				return
 			}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // clientSettings is what the client flags fill in.
@@ -37,16 +40,16 @@ type clientSettings struct {
 // clientFlags declares the client flags.
 func clientFlags() (*flag.FlagSet, *clientSettings) {
 	v := &clientSettings{}
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "meetpoint"
+	name := "meetpoint-client"
+	if host, err := os.Hostname(); err == nil && host != "" {
+		name += "@" + host
 	}
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	fs.StringVar(&v.opts.URL, "url", "", "relay `URL`: ws://host:port/path, wss://..., tcp://host:port or tls://host:port (ssl:// as nymea)")
 	fs.StringVar(&v.opts.Token, "token", "", "authentication token")
 	fs.StringVar(&v.opts.Nonce, "nonce", "", "nonce; clients with the same token and nonce meet")
 	fs.StringVar(&v.opts.UUID, "uuid", "", "client uuid (default random)")
-	fs.StringVar(&v.opts.Name, "name", host, "client name shown to the partner")
+	fs.StringVar(&v.opts.Name, "name", name, "client name shown to the partner")
 	fs.DurationVar(&v.opts.Timeout, "timeout", client.DefaultTimeout, "time allowed to connect, authenticate and meet the partner")
 	fs.BoolVar(&v.verbose, "verbose", false, "print the JSON-RPC exchange to stderr (token masked)")
 	fs.BoolVar(&v.hello, "hello", false, "call RemoteProxy.Hello, print the reply's params and exit")
@@ -68,8 +71,24 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return code
 	}
 	if v.opts.URL == "" {
-		fmt.Fprintln(stderr, "meetpoint client: --url is required")
+		fmt.Fprintln(stderr, "meetpoint client: --url is required (e.g. --url tcp://127.0.0.1:8443)")
 		return 2
+	}
+	secure, err := checkURL(v.opts.URL)
+	if err != nil {
+		fmt.Fprintf(stderr, "meetpoint client: %v\n", err)
+		return 2
+	}
+	if !secure && v.fingerprint != "" {
+		// A pin that silently pins nothing would be worse than none.
+		fmt.Fprintf(stderr, "meetpoint client: --fingerprint needs a TLS URL (wss:// or tls://), not %s\n", v.opts.URL)
+		return 2
+	}
+	if v.serverUUID != "" {
+		if _, ok := handshake.ParseUUID(v.serverUUID); !ok {
+			fmt.Fprintf(stderr, "meetpoint client: --server-uuid %q is not a UUID (e.g. 6ba7b810-9dad-11d1-80b4-00c04fd430c8)\n", v.serverUUID)
+			return 2
+		}
 	}
 	if v.opts.Timeout <= 0 {
 		fmt.Fprintln(stderr, "meetpoint client: --timeout must be positive")
@@ -100,14 +119,13 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	v.opts.Waiting = func() { fmt.Fprintln(stderr, "meetpoint: authenticated; waiting for a partner…") }
 	tun, err := client.Dial(ctx, v.opts)
 	if err != nil {
 		return clientFail(stderr, err, v.opts.Timeout)
 	}
 	defer tun.Close()
-	if v.verbose {
-		fmt.Fprintf(stderr, "meetpoint: tunnel established with %q (%s)\n", tun.PeerName(), tun.PeerUUID())
-	}
+	fmt.Fprintf(stderr, "meetpoint: tunnel established with %q (%s)\n", tun.PeerName(), tun.PeerUUID())
 	interrupted := context.AfterFunc(ctx, func() { tun.Close() })
 	defer interrupted()
 
@@ -142,16 +160,46 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // clientFail prints one line for a failed connection and returns 1.
 func clientFail(stderr io.Writer, err error, timeout time.Duration) int {
 	var ae *client.AuthError
+	var np *client.NoPartnerError
+	var ua x509.UnknownAuthorityError
 	switch {
 	case errors.Is(err, client.ErrTimeout):
-		fmt.Fprintf(stderr, "meetpoint: timed out waiting for partner after %v\n", timeout)
+		fmt.Fprintf(stderr, "meetpoint: timed out waiting for partner after %v (--timeout)\n", timeout)
+	case errors.As(err, &np):
+		fmt.Fprintf(stderr, "meetpoint: %v\n", np)
 	case errors.As(err, &ae):
 		fmt.Fprintf(stderr, "meetpoint: authentication failed: %s\n", ae.Result)
 	case errors.Is(err, context.Canceled):
 		fmt.Fprintln(stderr, "meetpoint: interrupted")
 		return 130
+	case errors.As(err, &ua):
+		fmt.Fprintf(stderr, "meetpoint: %v\n  (a relay with a self-signed certificate? pin it with --fingerprint SHA256 —\n   the relay logs it at start — or trust its certificate with --ca FILE)\n", err)
 	default:
 		fmt.Fprintf(stderr, "meetpoint: %v\n", err)
 	}
 	return 1
+}
+
+// checkURL accepts the relay URL forms the client dials and reports
+// whether it is TLS; the error says what a valid URL looks like.
+func checkURL(raw string) (secure bool, err error) {
+	u, perr := url.Parse(raw)
+	bad := func() (bool, error) {
+		return false, fmt.Errorf("--url %q: want ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, tcp://HOST:PORT or tls://HOST:PORT (ssl:// as nymea), e.g. tcp://127.0.0.1:8443", raw)
+	}
+	if perr != nil || u.Host == "" {
+		return bad()
+	}
+	switch u.Scheme {
+	case "ws":
+		return false, nil
+	case "wss":
+		return true, nil
+	case "tcp", "tls", "ssl":
+		if u.Port() == "" {
+			return bad()
+		}
+		return u.Scheme != "tcp", nil
+	}
+	return bad()
 }

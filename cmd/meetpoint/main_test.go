@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/auth"
+	"github.com/meetpoint/meetpoint/relay/certs"
 )
 
 func TestParseServeDefaults(t *testing.T) {
@@ -63,8 +65,9 @@ func TestParseServeFlags(t *testing.T) {
 
 func TestParseServeAuthFile(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "key")
-	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
-		t.Fatalf("gen-key: %d", code)
+	var said bytes.Buffer
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, &said); code != 0 || !strings.Contains(said.String(), "wrote a new key to "+key) {
+		t.Fatalf("gen-key: %d %q", code, said.String())
 	}
 	cfg, code := parseServe([]string{"--auth", "hmac:" + key}, io.Discard, io.Discard, io.Discard)
 	if _, ok := cfg.Auth.(*auth.HMACAuth); code != -1 || !ok {
@@ -123,8 +126,9 @@ func TestRunMisc(t *testing.T) {
 
 func TestToken(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "key")
-	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
-		t.Fatalf("gen-key: %d", code)
+	var said bytes.Buffer
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, &said); code != 0 || !strings.Contains(said.String(), "wrote a new key to "+key) {
+		t.Fatalf("gen-key: %d %q", code, said.String())
 	}
 	st, err := os.Stat(key)
 	if err != nil || st.Mode().Perm() != 0o600 {
@@ -190,6 +194,8 @@ func fakeRelay(t *testing.T) string {
 				case "alone":
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
 					io.Copy(io.Discard, br)
+				case "lonely": // the relay's alone timeout, at once
+					io.WriteString(c, reply("AuthenticationErrorNoError"))
 				default:
 					io.WriteString(c, reply("AuthenticationErrorNoError")+
 						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\nhi\n")
@@ -212,7 +218,8 @@ func TestClientPartnerLoss(t *testing.T) {
 	defer w.Close()
 	var errb bytes.Buffer
 	code := run([]string{"client", "--url", url, "--token", "leave"}, stdin, io.Discard, &errb)
-	if code != 1 || errb.String() != "meetpoint: partner closed the tunnel\n" {
+	want := "meetpoint: authenticated; waiting for a partner…\nmeetpoint: tunnel established with \"p\" (u)\nmeetpoint: partner closed the tunnel\n"
+	if code != 1 || errb.String() != want {
 		t.Fatalf("partner loss: %d %q", code, errb.String())
 	}
 }
@@ -231,8 +238,32 @@ func TestClientCommand(t *testing.T) {
 	}
 	errb.Reset()
 	code = run([]string{"client", "--url", url, "--token", "alone", "--timeout", "200ms"}, strings.NewReader(""), io.Discard, &errb)
-	if code != 1 || errb.String() != "meetpoint: timed out waiting for partner after 200ms\n" {
+	if code != 1 || errb.String() != "meetpoint: authenticated; waiting for a partner…\nmeetpoint: timed out waiting for partner after 200ms (--timeout)\n" {
 		t.Fatalf("alone: %d %q", code, errb.String())
+	}
+	// The relay closing a lone client says why it likely did.
+	errb.Reset()
+	code = run([]string{"client", "--url", url, "--token", "lonely"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "meetpoint: no partner arrived within ") ||
+		!strings.Contains(errb.String(), "the relay closed the connection (its --alone-timeout, 8s by default)") {
+		t.Fatalf("lonely: %d %q", code, errb.String())
+	}
+	// Bad URLs and flags that cannot apply are usage errors (2) that say
+	// what is wanted.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"client", "--url", "127.0.0.1:8443", "--token", "x"}, "want ws://HOST:PORT/PATH"},
+		{[]string{"client", "--url", "http://127.0.0.1:8443", "--token", "x"}, "e.g. tcp://127.0.0.1:8443"},
+		{[]string{"client", "--url", "tcp://127.0.0.1", "--token", "x"}, "want ws://"},
+		{[]string{"client", "--url", url, "--token", "x", "--fingerprint", strings.Repeat("ab", 32)}, "--fingerprint needs a TLS URL"},
+		{[]string{"client", "--url", url, "--server-uuid", "dev-1"}, `--server-uuid "dev-1" is not a UUID (e.g. `},
+	} {
+		errb.Reset()
+		if code := run(tc.args, strings.NewReader(""), io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v: %d %q, want 2 and %q", tc.args, code, errb.String(), tc.want)
+		}
 	}
 	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "0s"}} {
 		errb.Reset()
@@ -289,5 +320,34 @@ func TestServeEndToEnd(t *testing.T) {
 	b.Write([]byte("pong"))
 	if _, err := io.ReadFull(a, got); err != nil || string(got) != "pong" {
 		t.Fatalf("a read %q %v", got, err)
+	}
+}
+
+// An unpinned self-signed relay gets a hint, not just Go's x509 error.
+func TestClientUnknownAuthorityHint(t *testing.T) {
+	cert, err := certs.SelfSignedCert([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	var errb bytes.Buffer
+	code := run([]string{"client", "--url", "tls://" + ln.Addr().String(), "--token", "x", "--timeout", "5s"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "x509: certificate signed by unknown authority") ||
+		!strings.Contains(errb.String(), "pin it with --fingerprint") {
+		t.Fatalf("%d %q", code, errb.String())
 	}
 }

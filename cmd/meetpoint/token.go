@@ -42,6 +42,8 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
 			return 1
 		}
+		fmt.Fprintf(stderr, "meetpoint token: wrote a new key to %s (mode 0600); serve with --auth hmac:%s, mint with --key %s\n",
+			v.genKey, v.genKey, v.genKey)
 		return 0
 	}
 	if v.key == "" {

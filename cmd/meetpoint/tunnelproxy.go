@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/meetpoint/meetpoint/client"
 )
@@ -90,6 +91,17 @@ func runTunnelProxy(ctx context.Context, v *clientSettings, stdin io.Reader, std
 		}
 		context.AfterFunc(ctx, func() { ln.Close() })
 		fmt.Fprintf(stderr, "meetpoint: carrying connections to %s to TunnelProxy server %s\n", ln.Addr(), v.serverUUID)
+		var mu sync.Mutex
+		o.Refused = func(local net.Addr, err error) {
+			var te *client.TPError
+			hint := ""
+			if errors.As(err, &te) && te.Value == "TunnelProxyErrorServerNotFound" {
+				hint = " (no server is registered with that uuid: start it with --serve first)"
+			}
+			mu.Lock()
+			fmt.Fprintf(stderr, "meetpoint: connection from %s refused: %v%s\n", local, err, hint)
+			mu.Unlock()
+		}
 		if err := client.ServeTPClients(ctx, ln, o); err != nil {
 			fmt.Fprintf(stderr, "meetpoint: %v\n", err)
 			return 1

@@ -2,6 +2,7 @@ package tunnelproxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -73,4 +74,38 @@ func asTPError(err error, te **client.TPError) bool {
 		err = u.Unwrap()
 	}
 	return false
+}
+
+// TestTPServeClientsReportsRefusals: a local connection to an unknown
+// server is closed and reported (the CLI prints one line for each).
+func TestTPServeClientsReportsRefusals(t *testing.T) {
+	s := server(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	refused := make(chan error, 1)
+	go client.ServeTPClients(ctx, ln, client.TPOptions{URL: "tcp://" + s.Addrs()[0].String(), ServerUUID: client.NewUUID(),
+		Refused: func(_ net.Addr, err error) { refused <- err }})
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case err := <-refused:
+		var te *client.TPError
+		if !errors.As(err, &te) || te.Value != "TunnelProxyErrorServerNotFound" {
+			t.Fatalf("refusal %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no refusal reported")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("local connection kept: %d %v", n, err)
+	}
 }
