@@ -107,7 +107,7 @@ func DefaultConfig() Config {
 		RPCTimeout:        10 * time.Second,
 		WriteStallTimeout: 10 * time.Second,
 		MaxBuffer:         64 << 10,
-		TCPSettle:         2 * time.Millisecond,
+		TCPSettle:         10 * time.Millisecond,
 		MaxPreAuth:        10 << 10,
 		MaxHeader:         8 << 10,
 		HandshakeTimeout:  5 * time.Second,

@@ -432,6 +432,10 @@ func (c *conn) UUID() string { return c.uuid }
 // nobody consumed.
 func (c *conn) released(left []byte) {
 	c.mu.Lock()
+	if c.rel == relNone && c.rescue(left) { // netpoll hung up on a live socket
+		c.unlock()
+		return
+	}
 	c.stopTimers()
 	spontaneous := c.rel == relNone // the peer hung up (or the socket failed)
 	c.rel = relAsked

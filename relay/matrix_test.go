@@ -447,6 +447,7 @@ func TestRaceMatrix(t *testing.T) {
 	baseG, baseFD := runtime.NumGoroutine(), mxFDs(t)
 	total := 0
 	var pingBroken atomic.Int32
+	var rescued atomic.Uint64 // live sockets netpoll hung up on (rescue.go)
 	for _, c := range cells {
 		total += c.reps
 	}
@@ -490,6 +491,7 @@ func TestRaceMatrix(t *testing.T) {
 				t.Errorf("%s: %s", c.name(), p)
 				break
 			}
+			rescued.Add(s.Stats().Rescued)
 			if msg := mxSettled(s, c); msg != "" {
 				t.Errorf("%s: %s", c.name(), msg)
 			} else if msg := mxFreshPair(s, fmt.Sprintf("mx-%d-0", i)); msg != "" {
@@ -498,7 +500,7 @@ func TestRaceMatrix(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d cells, %d repetitions", len(cells), total)
+	t.Logf("%d cells, %d repetitions, %d connections rescued from a spurious netpoll hang-up", len(cells), total, rescued.Load())
 	runtime.GC()
 	lcGoroutines(t, baseG)
 	deadline := time.Now().Add(5 * time.Second)

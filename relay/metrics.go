@@ -31,6 +31,7 @@ type stats struct {
 	httpRequests      *metrics.Counter // requests net/http served
 	accepted          *metrics.Counter // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
+	rescued           *metrics.Counter // live sockets netpoll hung up on, moved to a loop (rescue.go)
 	closes            [reason.Count]*metrics.Counter
 }
 
@@ -58,6 +59,7 @@ func newStats() *stats {
 	s.httpRequests = s.set.NewCounter(`meetpoint_http_requests_total`)
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
+	s.rescued = s.set.NewCounter(`meetpoint_netpoll_rescued_total`)
 	for r := reason.Reason(0); r < reason.Count; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}
@@ -85,6 +87,9 @@ type Stats struct {
 	AuthOK, AuthFailed, AuthTimeout uint64
 	Closes                          map[string]uint64
 	ClosesTotal                     uint64 // connections that have ended, whatever the reason
+	// Rescued counts live connections netpoll reported hung up, which the
+	// relay moved to a forwarding loop instead (rescue.go).
+	Rescued uint64
 }
 
 // Stats returns a snapshot of the counters. Cost: one small map allocation.
@@ -97,7 +102,8 @@ func (s *Server) Stats() Stats {
 		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),
 		Traffic: s.Traffic(),
 		AuthOK:  st.authOK.Get(), AuthFailed: st.authFail.Get(), AuthTimeout: st.authTimeout.Get(),
-		Closes: make(map[string]uint64, reason.Count),
+		Closes:  make(map[string]uint64, reason.Count),
+		Rescued: st.rescued.Get(),
 	}
 	for r := reason.Reason(0); r < reason.Count; r++ {
 		if v := st.closes[r].Get(); v > 0 {

@@ -35,10 +35,15 @@ type netpollTransport struct {
 	fd int
 }
 
-func (t *netpollTransport) write(b []byte) (int, error) {
+func (t *netpollTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
+
+// writeNow writes a prefix of b to the non-blocking socket fd: all of it,
+// or as much as the socket takes now (a short count, nil error), or an
+// error.
+func writeNow(fd int, b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
-		m, err := unix.Write(t.fd, b[n:])
+		m, err := unix.Write(fd, b[n:])
 		if m > 0 {
 			n += m
 		}

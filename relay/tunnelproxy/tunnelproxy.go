@@ -56,10 +56,10 @@ type Config struct {
 }
 
 // DefaultConfig is nymea's behaviour: a 60 s dead-server timeout, and the
-// relay's 10 s write-stall timeout and 2 ms settle window.
+// relay's 10 s write-stall timeout and 10 ms settle window.
 func DefaultConfig() Config {
 	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, WriteStallTimeout: 10 * time.Second,
-		Settle: 2 * time.Millisecond}
+		Settle: 10 * time.Millisecond}
 }
 
 // Validate reports the first invalid field, naming its flag.

@@ -1,0 +1,142 @@
+package relay
+
+import (
+	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
+	"golang.org/x/sys/unix"
+)
+
+// A hang-up netpoll reports is checked before it is believed.
+//
+// netpoll's race-detector build (poll_default_linux_race.go) finds the
+// connection an epoll event belongs to by its descriptor number, so an
+// event still queued for a socket that was just closed can reach the new
+// connection that reuses its number: a healthy client is "hung up" on
+// (seen in TestRaceMatrix, about one connection in 70,000, the event an
+// EPOLLRDHUP with nothing to read). The normal build keys events by
+// pointer and is not affected, but the relay does not depend on it: when
+// netpoll lets go of a connection before its tunnel without being asked,
+// the relay peeks at the socket, and one that is still open moves to a
+// forwarding loop (plainTransport) and goes on where it was. Counted in
+// meetpoint_netpoll_rescued_total.
+
+// rescue moves c to a forwarding loop if its socket is in fact alive. It
+// is called in released, with c.mu held, for a connection netpoll closed
+// on its own whose transport is still netpoll's; left is what netpoll had
+// read. It reports whether c lives on (the caller then returns at once).
+func (c *conn) rescue(left []byte) bool {
+	nt, ok := c.tr.(*netpollTransport)
+	if !ok || nt.fd < 0 {
+		return false
+	}
+	switch state(c.st.Load()) {
+	case stSniff, stHTTP, stRPC, stAuthing, stWaiting:
+	default:
+		return false
+	}
+	var b [1]byte
+	n, _, err := unix.Recvfrom(nt.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if n <= 0 && err != unix.EAGAIN {
+		return false // EOF or an error: the hang-up is real
+	}
+	fd, err := unix.FcntlInt(uintptr(nt.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	l := c.s.pickLoop(fd)
+	pt := &plainTransport{l: l, fd: fd, c: c}
+	c.tr = pt
+	c.s.stats.rescued.Inc()
+	if len(left) > 0 {
+		c.consume(left)
+	}
+	if !l.Do(func() {
+		if err := l.Register(fd, pt); err != nil {
+			pt.fail(reason.IOError)
+			return
+		}
+		pt.readAll(l)
+	}) {
+		c.close(reason.Shutdown) // the loop has stopped: the server is closing
+	}
+	return true
+}
+
+// plainTransport is a plaintext connection before its tunnel on a
+// forwarding loop's epoll set instead of netpoll's (a rescued one): read by
+// loop l, written from any goroutine holding the conn's lock. It owns fd.
+type plainTransport struct {
+	l       *loop.Loop
+	fd      int
+	c       *conn
+	dropped bool // loop-owned: removed from the epoll set
+}
+
+// write sends a prefix of b now (see netpollTransport.write).
+func (t *plainTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
+
+// release removes the connection from its loop, then releases it.
+func (t *plainTransport) release() {
+	if !t.l.Do(func() { t.drop(t.l) }) {
+		t.c.released(nil)
+	}
+}
+
+func (t *plainTransport) drop(l *loop.Loop) {
+	if t.dropped {
+		return
+	}
+	t.dropped = true
+	l.Unregister(t.fd)
+	t.c.released(nil)
+}
+
+func (t *plainTransport) detach() (loop.Sock, error) { return loop.PlainSock(t.fd), nil }
+func (t *plainTransport) discard()                   { unix.Close(t.fd) }
+
+// Event implements loop.Pollee.
+func (t *plainTransport) Event(l *loop.Loop, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		t.readAll(l)
+	}
+}
+
+func (t *plainTransport) readAll(l *loop.Loop) {
+	buf := l.Scratch()
+	for !t.dropped {
+		n, err := unix.Read(t.fd, buf)
+		if n > 0 {
+			c := t.c
+			c.mu.Lock()
+			c.consume(buf[:n])
+			c.unlock()
+			continue
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != unix.EAGAIN {
+			t.fail(reason.PeerClosed)
+		}
+		return
+	}
+}
+
+func (t *plainTransport) fail(r reason.Reason) {
+	c := t.c
+	c.mu.Lock()
+	c.close(r)
+	c.unlock()
+}
+
+// Stop implements loop.Stopper: the loop is stopping; the connection lets
+// go at once.
+func (t *plainTransport) Stop(l *loop.Loop) {
+	c := t.c
+	c.mu.Lock()
+	c.fail(reason.Shutdown, 1001, "Server shutting down")
+	c.flush()
+	c.rel = relAsked
+	c.mu.Unlock()
+	t.drop(l)
+}
