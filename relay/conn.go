@@ -449,7 +449,7 @@ func (c *conn) released(left []byte) {
 		if len(left) > 0 {
 			c.consume(left) // pings answered for the target, data recorded as late
 		}
-		if spontaneous {
+		if spontaneous && !c.aliveOnNetpoll() {
 			c.setFailed(reason.PeerClosed)
 		}
 		sk, err := c.tr.detach()

@@ -34,10 +34,8 @@ func (c *conn) rescue(left []byte) bool {
 	default:
 		return false
 	}
-	var b [1]byte
-	n, _, err := unix.Recvfrom(nt.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	if n <= 0 && err != unix.EAGAIN {
-		return false // EOF or an error: the hang-up is real
+	if !alive(nt.fd) {
+		return false // the hang-up is real
 	}
 	fd, err := unix.FcntlInt(uintptr(nt.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -60,6 +58,22 @@ func (c *conn) rescue(left []byte) bool {
 		c.close(reason.Shutdown) // the loop has stopped: the server is closing
 	}
 	return true
+}
+
+// aliveOnNetpoll reports whether a claimed connection that netpoll let go
+// of on its own still has a live socket: its hand-over then goes on (the
+// socket is taken over anyway).
+func (c *conn) aliveOnNetpoll() bool {
+	nt, ok := c.tr.(*netpollTransport)
+	return ok && nt.fd >= 0 && alive(nt.fd)
+}
+
+// alive reports whether socket fd is open at the other end as far as the
+// kernel knows: something to read, or nothing yet (not EOF, not an error).
+func alive(fd int) bool {
+	var b [1]byte
+	n, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return n > 0 || err == unix.EAGAIN
 }
 
 // plainTransport is a plaintext connection before its tunnel on a
