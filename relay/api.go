@@ -87,6 +87,9 @@ type Handover struct {
 	// connection back with Dismiss.
 	Failed bool
 	Reason reason.Reason
+	// Hello reports that the client called RemoteProxy.Hello first, as
+	// nymea's client library always does (see Config.TCPSettle).
+	Hello bool
 
 	c *conn
 }
@@ -96,7 +99,7 @@ type exported struct{ t Target }
 
 func (e exported) ready(c *conn) {
 	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.late, Out: c.out.Take(), Ticket: c.tk,
-		Peer: c.peer, Failed: c.failed, Reason: c.reason, c: c})
+		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, c: c})
 }
 
 // Dismiss ends a handover its target does not keep (its set-up failed, or

@@ -45,10 +45,12 @@ type Config struct {
 	// clients listen for text messages only — and in BINARY frames from
 	// the first byte that cannot be UTF-8 on.
 	WSBinaryOnly bool
-	// TCPSettle holds a raw TCP client's first tunnel bytes until this
-	// long after its TunnelEstablished was written, so that a client that
-	// parses its whole receive buffer as one JSON message (nymea's client
-	// library) reads the notification alone. 0 turns it off.
+	// TCPSettle holds the partner's first tunnel bytes to a raw TCP (or
+	// TLS) client until this long after its TunnelEstablished was written,
+	// so that a client that parses its whole receive buffer as one JSON
+	// message (nymea's client library) reads the notification alone. It
+	// applies to clients that called RemoteProxy.Hello first, which
+	// nymea's library always does; others pay nothing. 0 turns it off.
 	TCPSettle time.Duration
 	// MaxPreAuth is the most bytes of unparsed JSON-RPC accepted before a
 	// tunnel exists (nymea: 10 KiB).

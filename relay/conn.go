@@ -89,6 +89,7 @@ type conn struct {
 	failed  bool          // claimed: the set-up failed (reason says why)
 	linger  bool          // closing: let the client read what we sent before the socket closes
 	skipNL  bool          // claimed by a raw-TCP registration: drop the request's newline
+	hello   bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
 	ws      *handshake.Stream
 	out     handshake.Queue // replies not yet written; kept for the target once claimed
 	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)

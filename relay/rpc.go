@@ -28,6 +28,7 @@ func (c *conn) handle(obj []byte) {
 	}
 	switch req.Method {
 	case "RemoteProxy.Hello":
+		c.hello = true
 		c.send(c.s.HelloReply(req.ID))
 	case "RemoteProxy.Introspect":
 		c.send(handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect()))

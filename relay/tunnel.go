@@ -141,7 +141,7 @@ func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint
 	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
 	e.Ctrl.B = append(c.established, c.out.Take()...)
 	e.Text.Binary = t.s.cfg.WSBinaryOnly
-	if c.ws == nil {
+	if c.ws == nil && c.hello {
 		e.Settle = t.s.cfg.TCPSettle
 	}
 }

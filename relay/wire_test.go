@@ -209,17 +209,25 @@ func (r *recordCounter) records() (int, []int) {
 // Item 8: on raw TCP, TunnelEstablished is alone in what a client reads
 // even when its partner writes at once: nymea's client library parses a
 // buffer only when it ends in "}\n", so notification and data in one read
-// stall the pairing. The partner's first bytes are held for TCPSettle.
+// stall the pairing. The partner's first bytes are held for TCPSettle for
+// a client that said Hello first, as nymea's library always does.
 func TestWireTunnelEstablishedAlone(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		settle time.Duration
+		hello  bool
 		alone  bool
-	}{{300 * time.Millisecond, true}, {0, false}} {
+	}{{300 * time.Millisecond, true, true}, {0, true, false}, {300 * time.Millisecond, false, false}} {
 		s := startServer(t, func(c *Config) { c.TCPSettle = tc.settle })
 		uA, uB := client.NewUUID(), client.NewUUID()
 		a := wireDial(t, s)
 		abr := bufio.NewReader(a)
+		if tc.hello {
+			io.WriteString(a, `{"id":0,"method":"RemoteProxy.Hello"}`+"\n")
+			if got := wireLine(t, abr); !strings.Contains(got, `"apiVersion"`) {
+				t.Fatalf("hello: %q", got)
+			}
+		}
 		req, reply := wireAuth(1, "a", uA, "wire-settle")
 		io.WriteString(a, req)
 		if got := wireLine(t, abr); got != reply {
@@ -245,7 +253,7 @@ func TestWireTunnelEstablishedAlone(t *testing.T) {
 		want := wireEstablished("b", uB)
 		if tc.alone {
 			if string(buf[:n]) != want {
-				t.Fatalf("settle %v: first read %q, want the notification alone", tc.settle, buf[:n])
+				t.Fatalf("settle %v, hello %v: first read %q, want the notification alone", tc.settle, tc.hello, buf[:n])
 			}
 			n, err = io.ReadFull(a, buf[:len("first bytes\n")])
 			if err != nil || string(buf[:n]) != "first bytes\n" {
@@ -253,8 +261,9 @@ func TestWireTunnelEstablishedAlone(t *testing.T) {
 			}
 		} else if !strings.HasPrefix(string(buf[:n]), want) || n == len(want) {
 			// Without the settle window the bytes do meet in one read: the
-			// window is what keeps them apart.
-			t.Fatalf("settle 0: first read %q; want notification and data together", buf[:n])
+			// window is what keeps them apart (and a client that did not say
+			// Hello first does not wait for it).
+			t.Fatalf("settle %v, hello %v: first read %q; want notification and data together", tc.settle, tc.hello, buf[:n])
 		}
 	}
 }

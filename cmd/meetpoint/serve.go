@@ -82,7 +82,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&c.WriteStallTimeout, "write-stall-timeout", c.WriteStallTimeout, "close a tunnel whose receiver accepts nothing for this long")
 	fs.IntVar(&c.MaxBuffer, "max-buffer", c.MaxBuffer, "bytes buffered per tunnel direction")
 	fs.BoolVar(&c.WSBinaryOnly, "ws-binary", c.WSBinaryOnly, "send raw TCP peers' bytes to WebSocket clients in BINARY frames only (default: TEXT while valid UTF-8, as nymea's clients need)")
-	fs.DurationVar(&c.TCPSettle, "tcp-settle", c.TCPSettle, "hold a raw TCP client's first tunnel bytes this long after TunnelEstablished (nymea's client parses its whole buffer as one message; 0: off)")
+	fs.DurationVar(&c.TCPSettle, "tcp-settle", c.TCPSettle, "for raw TCP/TLS clients that call RemoteProxy.Hello first (nymea's library): hold their first tunnel bytes this long after TunnelEstablished or the RegisterClient reply (nymea's client parses its whole buffer as one message; 0: off)")
 	fs.StringVar(&c.Name, "name", c.Name, "server name returned by RemoteProxy.Hello")
 	fs.IntVar(&c.Loops, "loops", c.Loops, "event loops (0: one per CPU)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -67,6 +67,9 @@ type tpEnd struct {
 	ctrl handshake.Queue      // control replies, moved into out after each read
 	text handshake.TextFramer // a WebSocket client's data: TEXT while valid UTF-8
 	in   []byte               // bytes that arrived before the hand-over
+	// hello: the client called RemoteProxy.Hello before registering, as
+	// nymea's client library does: it gets the settle window.
+	hello bool
 }
 
 // hubServer and hubClient are the hand-over targets of a registering
@@ -91,7 +94,7 @@ func takeOver(h *hub, ho *relay.Handover) *tpEnd {
 		return nil
 	}
 	e := &tpEnd{h: h, sock: ho.Sock, fd: ho.Sock.Fd(), ws: ho.WS, tk: ho.Ticket, peer: hostOf(ho.Peer),
-		in: ho.Late, readable: true, writable: true}
+		in: ho.Late, readable: true, writable: true, hello: ho.Hello}
 	if e.ws != nil {
 		e.ws.Dec.MaxFrame = 0
 	}
@@ -190,7 +193,7 @@ func (h *hub) addClient(e *tpEnd, reply []byte) {
 	}
 	e.addr = h.allocAddr()
 	h.clients[e.addr] = e
-	if d := h.s.cfg.Settle; d > 0 && e.ws == nil {
+	if d := h.s.cfg.Settle; d > 0 && e.ws == nil && e.hello {
 		// The reply goes now; the server hears of the client (and so can
 		// send it data) only after the settle window. The client is not
 		// read meanwhile: its bytes wait in the kernel.

@@ -51,7 +51,9 @@ type Config struct {
 	// server until this long after the client's RegisterClient reply was
 	// written, so no server data can share a read with the reply: nymea's
 	// client library parses a read only if it ends in "}\n" and stalls
-	// otherwise. 0 turns it off. serve sets it from --tcp-settle.
+	// otherwise. It applies to clients that called RemoteProxy.Hello
+	// first, as nymea's library always does. 0 turns it off. serve sets it
+	// from --tcp-settle.
 	Settle time.Duration
 }
 

@@ -117,12 +117,14 @@ func TestWireSecondRegistrationCloses(t *testing.T) {
 // Issue 11 #8 on TunnelProxy: a raw TCP client reads its RegisterClient
 // reply alone even when its server answers ClientConnected with data at
 // once (nymea's client library stalls when reply and data share a read).
-// The client is announced to the server only after Settle.
+// The client is announced to the server only after Settle, if it said
+// Hello first as nymea's library does.
 func TestWireRegisterClientReplyAlone(t *testing.T) {
 	for _, tc := range []struct {
 		settle time.Duration
+		hello  bool
 		alone  bool
-	}{{300 * time.Millisecond, true}, {0, false}} {
+	}{{300 * time.Millisecond, true, true}, {0, true, false}, {300 * time.Millisecond, false, false}} {
 		s := server(t, nil, func(c *Config) { c.Settle = tc.settle })
 		su, cu := client.NewUUID(), client.NewUUID()
 		srv := registerServer(t, s, su, false)
@@ -153,6 +155,14 @@ func TestWireRegisterClientReplyAlone(t *testing.T) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		hello := ""
+		if tc.hello {
+			io.WriteString(c, `{"id":0,"method":"RemoteProxy.Hello"}`+"\n")
+			br := bufio.NewReader(c)
+			if hello, err = br.ReadString('\n'); err != nil || br.Buffered() > 0 {
+				t.Fatalf("hello: %q %v", hello, err)
+			}
+		}
 		io.WriteString(c, wireRegisterClient(cu, su))
 		time.Sleep(50 * time.Millisecond) // a slow reader: whatever was sent is waiting
 		buf := make([]byte, 4096)
@@ -171,7 +181,7 @@ func TestWireRegisterClientReplyAlone(t *testing.T) {
 		} else if string(buf[:n]) != reply+"greeting\n" {
 			// Without the window reply and data meet in one read: the window
 			// is what keeps them apart.
-			t.Fatalf("settle 0: first read %q; want reply and greeting together", buf[:n])
+			t.Fatalf("settle %v, hello %v: first read %q; want reply and greeting together", tc.settle, tc.hello, buf[:n])
 		}
 	}
 }
