@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
@@ -100,5 +102,47 @@ func TestRegistrationRacesClose(t *testing.T) {
 		s.Close()
 		wg.Wait()
 		relaytest.WaitFor(t, func() bool { return live(s) == 0 }, "every connection accounted after Close")
+	}
+}
+
+// TestClientControlAnsweredAtOnce: a WebSocket client's ping and close are
+// answered when they arrive, not at the hub's next event (once they waited
+// for the server's next ping, 30 s).
+func TestClientControlAnsweredAtOnce(t *testing.T) {
+	s := server(t, nil)
+	su := client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	cl := tpDial(t, s, true)
+	if e := tpErr(cl.call("TunnelProxy.RegisterClient", map[string]any{"clientName": "c", "clientUuid": client.NewUUID(), "serverUuid": su})); e != "TunnelProxyErrorNoError" {
+		t.Fatal(e)
+	}
+	srv.nextRPC() // ClientConnected
+	expect := func(op ws.OpCode) ws.Frame {
+		t.Helper()
+		_ = cl.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		f, err := ws.ReadFrame(cl.br)
+		if err != nil {
+			t.Fatalf("waiting for %v: %v", op, err)
+		}
+		if f.Header.OpCode != op {
+			t.Fatalf("got %v, want %v", f.Header.OpCode, op)
+		}
+		return f
+	}
+	if err := ws.WriteFrame(cl.c, ws.MaskFrameInPlace(ws.NewPingFrame([]byte("p1")))); err != nil {
+		t.Fatal(err)
+	}
+	if f := expect(ws.OpPong); string(f.Payload) != "p1" {
+		t.Fatalf("pong payload %q", f.Payload)
+	}
+	if err := ws.WriteFrame(cl.c, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))); err != nil {
+		t.Fatal(err)
+	}
+	expect(ws.OpClose)
+	if _, err := cl.br.ReadByte(); err == nil {
+		t.Fatal("the relay did not close the connection after the close handshake")
+	}
+	if m := srv.nextRPC(); m["notification"] != "TunnelProxy.ClientDisconnected" {
+		t.Fatalf("server heard %v", m)
 	}
 }

@@ -265,6 +265,7 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 		h.readServer()
 	} else {
 		h.readClient(e)
+		h.flush(e) // its pongs and close echo, and its end once closing
 		h.flush(h.srv)
 	}
 	h.wakeWaiting()
@@ -548,6 +549,7 @@ func (h *hub) wakeWaiting() {
 		c.waiting = false
 		if h.clients[c.addr] == c {
 			h.readClient(c)
+			h.flush(c)
 		}
 	}
 	h.flush(h.srv)

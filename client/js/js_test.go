@@ -1,0 +1,113 @@
+package meetpointjs_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	meetpointjs "github.com/meetpoint/meetpoint/client/js"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+)
+
+// refuseBad accepts every token except those starting with "bad-".
+type refuseBad struct{}
+
+func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if strings.HasPrefix(r.Token, "bad-") {
+		done(relay.AuthFailed)
+		return
+	}
+	done(relay.AuthNoError)
+}
+
+// node finds Node.js ≥ 20.10 (for its WebSocket); tests skip without it
+// unless MEETPOINT_REQUIRE_NODE is set (CI sets it).
+func node(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("MEETPOINT_REQUIRE_NODE") != "" {
+			t.Fatal("node not found and MEETPOINT_REQUIRE_NODE is set (apt-get install nodejs)")
+		}
+		t.Skip("node not found: apt-get install nodejs to run the JavaScript client's tests")
+	}
+	return path
+}
+
+// TestNodeSuite runs client/js/test with Node's test runner against a real
+// relay (1 s alone timeout, tokens "bad-…" refused), with a TunnelProxy
+// echo server registered on it.
+func TestNodeSuite(t *testing.T) {
+	nodeBin := node(t)
+	s := relaytest.New(t, func(c *relay.Config) {
+		c.Auth = refuseBad{}
+		c.AloneTimeout = time.Second
+	})
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	serverUUID := client.NewUUID()
+	srv, err := client.RegisterTPServer(ctx, client.TPOptions{URL: relaytest.WSURL(s), Name: "echo", UUID: serverUUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		for {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		}
+	}()
+	args := []string{"--experimental-websocket", "--test", "--test-reporter=spec"}
+	if p := os.Getenv("MEETPOINT_JS_TESTS"); p != "" { // a name pattern, to run some
+		args = append(args, "--test-name-pattern="+p)
+	}
+	cmd := exec.CommandContext(ctx, nodeBin, append(args, "test/")...)
+	cmd.Env = append(os.Environ(),
+		"MEETPOINT_WS="+relaytest.WSURL(s),
+		"MEETPOINT_TCP="+relaytest.Addr(s),
+		"MEETPOINT_TP_SERVER="+serverUUID,
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatalf("node --test: %v", err)
+	}
+	// The runner must have run the suite, not zero tests.
+	if m := regexp.MustCompile(`(?m)^ℹ pass (\d+)`).FindStringSubmatch(out.String()); m == nil || m[1] == "0" {
+		t.Fatalf("node ran no passing test")
+	}
+}
+
+// TestVersionTied checks the module's VERSION against package.json, so a
+// release bumps both.
+func TestVersionTied(t *testing.T) {
+	var pkg struct{ Version string }
+	if err := json.Unmarshal(meetpointjs.PackageJSON, &pkg); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(meetpointjs.Module, []byte(`export const VERSION = "`+pkg.Version+`";`)) {
+		t.Fatalf("meetpoint.js VERSION is not package.json's %q", pkg.Version)
+	}
+	if len(meetpointjs.Types) == 0 {
+		t.Fatal("no type declarations embedded")
+	}
+}

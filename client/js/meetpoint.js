@@ -1,0 +1,309 @@
+// meetpoint.js — a dependency-free browser (and Node ≥ 22) client for a
+// meetpoint relay, and for nymea-remoteproxy servers speaking the same
+// protocol. One function per role:
+//
+//   pair(opts)  — the legacy API: two clients presenting the same token
+//                 (and nonce) are paired; resolves with a Tunnel once the
+//                 relay says TunnelEstablished.
+//   reach(opts) — the TunnelProxy API: a client of a registered server
+//                 uuid; resolves with a Tunnel to that server.
+//
+// A Tunnel sends strings, ArrayBuffers, typed arrays and Blobs; between two
+// WebSocket clients each message arrives as sent (text stays text, binary
+// stays binary). From a raw TCP partner bytes arrive as text while they are
+// valid UTF-8 and as ArrayBuffers after that (see docs/protocol.md): use
+// bytes(data) to get a Uint8Array either way.
+//
+// Errors are MeetpointError with a stable `code`:
+//   auth_failed      the relay refused the token (AuthenticationErrorAuthenticationFailed)
+//   auth_error       the relay could not decide (timeout, proxy error; authenticationError says which)
+//   no_partner       nobody else presented the token within the relay's alone timeout
+//   tunnel_exists    a tunnel for this token and nonce is already established
+//   duplicate_uuid   the partner presented the same uuid
+//   server_not_found (reach) no server registered with that uuid
+//   tunnelproxy      (reach) any other TunnelProxy refusal (tunnelProxyError says which)
+//   partner_left     the tunnel ended because the other side left
+//   server_shutdown  the relay is shutting down
+//   protocol         the relay answered a JSON-RPC error or broke the protocol
+//   timeout          opts.timeout passed before the tunnel was established
+//   network          the WebSocket could not connect or closed without a reason
+//   closed           the tunnel was closed by this side
+
+/** The version of this client (the release it belongs to). */
+export const VERSION = "0.2.0";
+
+/** An error of the relay or of the connection, with a stable `code`. */
+export class MeetpointError extends Error {
+  constructor(code, message, extra) {
+    super(message);
+    this.name = "MeetpointError";
+    this.code = code;
+    if (extra) Object.assign(this, extra);
+  }
+}
+
+const NO_ERROR = "AuthenticationErrorNoError";
+const TP_NO_ERROR = "TunnelProxyErrorNoError";
+
+function randomUUID() {
+  if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID();
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+const encoder = new TextEncoder();
+
+/** bytes returns a message's payload as a Uint8Array (text as UTF-8). */
+export function bytes(data) {
+  if (typeof data === "string") return encoder.encode(data);
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError("bytes: a string, ArrayBuffer or typed array is needed");
+}
+
+// closeError maps a close frame before or after the tunnel to an error.
+function closeError(ev, established) {
+  const why = ev.reason || "";
+  if (established) {
+    if (why === "partner closed") return new MeetpointError("partner_left", "the partner left the tunnel", { closeCode: ev.code });
+  } else {
+    if (why === "No partner arrived")
+      return new MeetpointError("no_partner", "no partner presented the token within the relay's alone timeout", { closeCode: ev.code });
+    if (why === "Tunnel already exists")
+      return new MeetpointError("tunnel_exists", "a tunnel for this token and nonce is already established", { closeCode: ev.code });
+    if (why === "Duplicated client UUID.")
+      return new MeetpointError("duplicate_uuid", "the partner presented the same uuid", { closeCode: ev.code });
+  }
+  if (ev.code === 1001) return new MeetpointError("server_shutdown", "the relay is shutting down", { closeCode: ev.code });
+  if (ev.code === 1006 || (!why && ev.code !== 1000))
+    return new MeetpointError("network", `the connection to the relay was lost (close ${ev.code})`, { closeCode: ev.code });
+  if (established && ev.code === 1000) return new MeetpointError("partner_left", why || "the tunnel ended", { closeCode: ev.code });
+  return new MeetpointError("protocol", `the relay closed the connection: ${ev.code} ${why}`.trim(), { closeCode: ev.code });
+}
+
+/**
+ * A Tunnel is an established connection to the partner. It is an
+ * EventTarget: "message" events carry `data` (a string or an ArrayBuffer),
+ * one "close" event carries `detail` {code, reason, wasClean, error}.
+ */
+export class Tunnel extends EventTarget {
+  #ws;
+  #closedResolve;
+  #closing = false;
+  #queue = []; // messages that arrived before the first "message" listener
+  #listening = false;
+  #onmessage = null;
+
+  /** @internal Use pair() or reach(). */
+  constructor(ws, peer) {
+    super();
+    this.#ws = ws;
+    /** The partner: {name, uuid} (for reach(): the server uuid). */
+    this.peer = peer;
+    /** Resolves once with {code, reason, wasClean, error} when the tunnel ends. */
+    this.closed = new Promise((res) => (this.#closedResolve = res));
+    ws.onmessage = (ev) => this.#deliver(ev.data);
+    ws.onclose = (ev) => {
+      const error = this.#closing ? new MeetpointError("closed", "closed by this side") : closeError(ev, true);
+      const detail = { code: ev.code, reason: ev.reason, wasClean: ev.wasClean, error };
+      this.#closedResolve(detail);
+      this.dispatchEvent(new CustomEvent("close", { detail }));
+    };
+    ws.onerror = null;
+  }
+
+  // Until somebody listens for "message", messages are kept (the partner
+  // may send the moment the tunnel exists, before the caller's await
+  // resumes), then delivered in order.
+  #deliver(data) {
+    if (!this.#listening) this.#queue.push(data);
+    else this.dispatchEvent(new MessageEvent("message", { data }));
+  }
+
+  #listen() {
+    if (this.#listening) return;
+    this.#listening = true;
+    const q = this.#queue;
+    this.#queue = [];
+    queueMicrotask(() => q.forEach((d) => this.dispatchEvent(new MessageEvent("message", { data: d }))));
+  }
+
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (type === "message") this.#listen();
+  }
+
+  /** The "message" handler property, like WebSocket's. */
+  get onmessage() {
+    return this.#onmessage;
+  }
+  set onmessage(fn) {
+    if (this.#onmessage) super.removeEventListener("message", this.#onmessage);
+    this.#onmessage = fn;
+    if (fn) this.addEventListener("message", fn);
+  }
+
+  /** Sends one message: a string (TEXT), or binary data (BINARY). */
+  send(data) {
+    if (this.#ws.readyState !== 1) throw new MeetpointError("closed", "the tunnel is closed");
+    this.#ws.send(data);
+  }
+
+  /** Bytes queued by send() and not yet handed to the network. */
+  get bufferedAmount() {
+    return this.#ws.bufferedAmount;
+  }
+
+  /**
+   * Resolves when bufferedAmount is at most lowWater: await it before the
+   * next send() to keep memory bounded when the partner reads slowly.
+   * WebSocket has no drain event, so this polls every `interval` ms.
+   */
+  drained(lowWater = 0, interval = 10) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.#ws.readyState !== 1) return reject(new MeetpointError("closed", "the tunnel is closed"));
+        if (this.#ws.bufferedAmount <= lowWater) return resolve();
+        setTimeout(check, interval);
+      };
+      check();
+    });
+  }
+
+  /** Ends the tunnel (the partner sees "partner_left"). */
+  close(code = 1000, reason = "") {
+    this.#closing = true;
+    this.#ws.close(code, reason);
+    return this.closed;
+  }
+}
+
+// open connects a WebSocket and runs the JSON-RPC steps: Hello (optional),
+// then `request`, then waits for `done(msg)` to return a peer.
+function open(opts, request, onReply) {
+  const WS = opts.WebSocket || globalThis.WebSocket;
+  if (!WS) throw new MeetpointError("network", "no WebSocket implementation (pass opts.WebSocket)");
+  if (!opts.url || !/^wss?:\/\//.test(opts.url))
+    throw new TypeError(`url must be ws://HOST:PORT/ or wss://HOST:PORT/, got ${JSON.stringify(opts.url)}`);
+  return new Promise((resolve, reject) => {
+    const ws = new WS(opts.url);
+    ws.binaryType = "arraybuffer";
+    let nextId = 0, settled = false;
+    const timer = opts.timeout > 0 ? setTimeout(() => fail(new MeetpointError("timeout", `no tunnel within ${opts.timeout} ms`)), opts.timeout) : null;
+    const fail = (err) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try { ws.close(); } catch (_) { /* already closed */ }
+      reject(err);
+    };
+    const call = (method, params) => {
+      const msg = { id: nextId++, method };
+      if (params) msg.params = params;
+      ws.send(JSON.stringify(msg) + "\n");
+      return msg.id;
+    };
+    let helloId = -1, reqId = -1, opened = false;
+    ws.onopen = () => {
+      opened = true;
+      if (opts.hello !== false) helloId = call("RemoteProxy.Hello");
+      else reqId = call(request.method, request.params);
+    };
+    // A connection that fails gets "error" (and, in browsers, "close" with
+    // 1006; some runtimes send no close): either way it is network.
+    ws.onerror = () => {
+      if (!opened) fail(new MeetpointError("network", `could not connect to the relay at ${opts.url}`));
+    };
+    ws.onclose = (ev) => fail(closeError(ev, false));
+    ws.onmessage = (ev) => {
+      if (settled) return;
+      let msg;
+      try {
+        if (typeof ev.data !== "string") throw new Error("binary message before the tunnel");
+        msg = JSON.parse(ev.data);
+      } catch (e) {
+        return fail(new MeetpointError("protocol", `unexpected message from the relay: ${e.message}`));
+      }
+      if (msg.status === "error") return fail(new MeetpointError("protocol", `relay: ${msg.error}`));
+      if (helloId >= 0 && msg.id === helloId && msg.notification === undefined) {
+        helloId = -1;
+        if (opts.onHello) opts.onHello(msg.params || {});
+        reqId = call(request.method, request.params);
+        return;
+      }
+      const out = onReply(msg, msg.id === reqId && msg.notification === undefined);
+      if (out instanceof Error) return fail(out);
+      if (out) {
+        settled = true;
+        clearTimeout(timer);
+        resolve(new Tunnel(ws, out));
+      }
+    };
+  });
+}
+
+/**
+ * pair connects to the relay at opts.url and pairs with the other client
+ * presenting the same token (and nonce).
+ *
+ * opts: {url, token, nonce?, name?, uuid?, hello? (default true),
+ *        timeout? (ms, 0 = none: the relay's alone timeout still applies),
+ *        onWaiting?() (authenticated, waiting for the partner),
+ *        onHello?(info), WebSocket? (constructor, for runtimes without one)}
+ * @returns {Promise<Tunnel>} with tunnel.peer = {name, uuid} of the partner
+ */
+export function pair(opts) {
+  if (!opts || typeof opts.token !== "string" || opts.token === "") throw new TypeError("pair: opts.token is required");
+  const params = {
+    uuid: opts.uuid || randomUUID(),
+    name: opts.name || "meetpoint.js",
+    token: opts.token,
+  };
+  if (opts.nonce) params.nonce = opts.nonce;
+  return open(opts, { method: "Authentication.Authenticate", params }, (msg, isReply) => {
+    if (isReply) {
+      const e = msg.params && msg.params.authenticationError;
+      if (e !== NO_ERROR) {
+        if (e === "AuthenticationErrorAuthenticationFailed")
+          return new MeetpointError("auth_failed", "the relay refused the token", { authenticationError: e });
+        return new MeetpointError("auth_error", `the relay could not check the token (${e})`, { authenticationError: e });
+      }
+      if (opts.onWaiting) opts.onWaiting();
+      return null;
+    }
+    if (msg.notification === "RemoteProxy.TunnelEstablished") {
+      const p = msg.params || {};
+      return { name: p.name, uuid: p.uuid };
+    }
+    return null;
+  });
+}
+
+/**
+ * reach connects to the relay at opts.url as a TunnelProxy client of the
+ * server registered with opts.serverUuid.
+ *
+ * opts: {url, serverUuid, name?, uuid?, hello? (default true), timeout?,
+ *        WebSocket?}
+ * @returns {Promise<Tunnel>} with tunnel.peer = {uuid: serverUuid}
+ */
+export function reach(opts) {
+  if (!opts || typeof opts.serverUuid !== "string" || opts.serverUuid === "") throw new TypeError("reach: opts.serverUuid is required");
+  const params = {
+    clientName: opts.name || "meetpoint.js",
+    clientUuid: opts.uuid || randomUUID(),
+    serverUuid: opts.serverUuid,
+  };
+  return open(opts, { method: "TunnelProxy.RegisterClient", params }, (msg, isReply) => {
+    if (!isReply) return null;
+    const e = msg.params && msg.params.tunnelProxyError;
+    if (e === TP_NO_ERROR) return { uuid: opts.serverUuid };
+    if (e === "TunnelProxyErrorServerNotFound")
+      return new MeetpointError("server_not_found", `no server is registered with uuid ${opts.serverUuid}`, { tunnelProxyError: e });
+    return new MeetpointError("tunnelproxy", `the relay refused the client (${e})`, { tunnelProxyError: e });
+  });
+}
