@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -174,3 +175,7 @@ func (s *Server) Readiness() (ready bool, state string) {
 
 // Name is the server's name (RemoteProxy.Hello).
 func (s *Server) Name() string { return s.cfg.Name }
+
+// AloneTimeout is how long an authenticated client may wait for its
+// partner (what a client should tell its user while it waits).
+func (s *Server) AloneTimeout() time.Duration { return s.cfg.AloneTimeout }

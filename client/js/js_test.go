@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -34,12 +35,24 @@ func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(
 // unless MEETPOINT_REQUIRE_NODE is set (CI sets it).
 func node(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: the Node suite is skipped")
+	}
 	path, err := exec.LookPath("node")
 	if err != nil {
 		if os.Getenv("MEETPOINT_REQUIRE_NODE") != "" {
 			t.Fatal("node not found and MEETPOINT_REQUIRE_NODE is set (apt-get install nodejs)")
 		}
 		t.Skip("node not found: apt-get install nodejs to run the JavaScript client's tests")
+	}
+	out, err := exec.Command(path, "--version").Output()
+	var major, minor int
+	if _, serr := fmt.Sscanf(string(out), "v%d.%d", &major, &minor); err != nil || serr != nil || major < 20 || (major == 20 && minor < 10) {
+		msg := fmt.Sprintf("node %s is too old: the tests need Node ≥ 20.10 (its WebSocket)", strings.TrimSpace(string(out)))
+		if os.Getenv("MEETPOINT_REQUIRE_NODE") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
 	}
 	return path
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+	"github.com/meetpoint/meetpoint/relay/web"
 )
 
 // listFlag is a repeatable string flag; the first Set replaces the default.
@@ -322,6 +323,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		return 2
 	}
 	ops.Register(srv)
+	web.Register(srv)
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1

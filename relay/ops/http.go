@@ -1,16 +1,15 @@
 // Package ops is the operator's side of a relay: the HTTP endpoints on the
-// relay's port (/metrics, /healthz, /readyz and a status page at /), the
+// relay's port (/metrics, /healthz, /readyz; the page at / is package
+// relay/web's), the
 // same plus the runtime profiler for a separate admin listener, and the
 // monitor unix socket (nymea 1.8 and 1.13 dialects, meetpoint monitor).
 package ops
 
 import (
 	"bytes"
-	"html/template"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
-	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
 )
@@ -26,18 +25,15 @@ const (
 //	GET /metrics  Prometheus text (relay.Server.WritePrometheus)
 //	GET /healthz  200 "ok": the process is alive and serving
 //	GET /readyz   200 "ready", or 503 with why ("draining" once Shutdown has begun)
-//	GET /         a small status page (what the relay is, its counters)
 //	anything else 404 with a line saying what the port is for
 //
 // HEAD is answered like GET without the body; other methods get 405. The
 // profiler is never served here: it lives on the admin listener only
 // (AdminHandler).
 func Register(s *relay.Server) {
-	start := time.Now()
 	s.Handle("/metrics", metricsHandler(s))
 	s.Handle("/healthz", healthz())
 	s.Handle("/readyz", readyz(s))
-	s.Handle("/{$}", statusPage(s, start))
 	s.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeText(w, r, 404, []byte(notRelayBody))
 	}))
@@ -101,48 +97,6 @@ func readyz(s *relay.Server) http.Handler {
 			status = 503
 		}
 		writeText(w, r, status, []byte(state+"\n"))
-	})
-}
-
-var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{.Name}} — meetpoint relay</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}
-td{padding:.1em 1em .1em 0}code{background:#f4f4f4;padding:.1em .3em}</style></head>
-<body><h1>{{.Name}}</h1>
-<p>A <a href="https://github.com/meetpoint/meetpoint">meetpoint</a> rendezvous relay: two clients that
-present the same token meet here and exchange bytes (WebSocket, raw TCP JSON-RPC, TLS; nymea-remoteproxy compatible).</p>
-<table id="status">
-<tr><td>status</td><td id="ready">{{.State}}</td></tr>
-<tr><td>tunnels</td><td id="tunnels">{{.Stats.TunnelsActive}}</td></tr>
-<tr><td>connections</td><td id="connections">{{.Conns}}</td></tr>
-<tr><td>tunnels since start</td><td>{{.Stats.TunnelsTotal}}</td></tr>
-<tr><td>uptime</td><td id="uptime">{{.Uptime}}</td></tr>
-<tr><td>version</td><td>{{.Version}}</td></tr>
-</table>
-<p>Operators: <a href="/metrics">/metrics</a>, <a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a>.</p>
-</body></html>
-`))
-
-func statusPage(s *relay.Server, start time.Time) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !getOrHead(w, r) {
-			return
-		}
-		st := s.Stats()
-		_, state := s.Readiness()
-		var buf bytes.Buffer
-		_ = statusTmpl.Execute(&buf, map[string]any{
-			"Name": s.Name(), "State": state, "Stats": st, "Version": relay.Version,
-			"Conns":  st.ConnectionsTCP + st.ConnectionsWS,
-			"Uptime": time.Since(start).Round(time.Second).String(),
-		})
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
-		if r.Method != http.MethodHead {
-			_, _ = w.Write(buf.Bytes())
-		}
 	})
 }
 

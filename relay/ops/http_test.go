@@ -197,7 +197,7 @@ func TestOpsHTTPEndpoints(t *testing.T) {
 		{"GET", "/healthz", 200, "ok"},
 		{"GET", "/readyz", 200, "ready"},
 		{"GET", "/readyz?verbose=1", 200, "ready"},
-		{"GET", "/", 200, "<!doctype html>"}, // the status page
+		{"GET", "/", 404, "meetpoint relay"}, // the page is relay/web's, not registered here
 		{"GET", "/nope", 404, "meetpoint relay"},
 		{"GET", "/debug/pprof/", 404, "meetpoint relay"}, // pprof only on the admin listener
 		{"POST", "/metrics", 405, "method not allowed"},

@@ -1,0 +1,379 @@
+package web_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	meetpointjs "github.com/meetpoint/meetpoint/client/js"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/ops"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/web"
+)
+
+// relayWithPage starts a relay serving the page (and ops' endpoints), over
+// TLS when withTLS; it returns the server and the page's base URL.
+func relayWithPage(t *testing.T, withTLS bool) (*relay.Server, string) {
+	t.Helper()
+	var store interface{ TLSConfig() *tls.Config }
+	if withTLS {
+		st, _ := relaytest.TLS(t)
+		store = st
+	}
+	s := relaytest.New(t, func(c *relay.Config) {
+		c.AloneTimeout = 20 * time.Second
+		if store != nil {
+			c.TLS = store.TLSConfig()
+		}
+	})
+	ops.Register(s)
+	web.Register(s)
+	relaytest.Start(t, s)
+	scheme := "http://"
+	if withTLS {
+		scheme = "https://"
+	}
+	return s, scheme + relaytest.Addr(s)
+}
+
+func TestStatusAndFiles(t *testing.T) {
+	s, base := relayWithPage(t, false)
+	get := func(path string) (*http.Response, []byte) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	resp, b := get("/")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Type"), "text/html") ||
+		!bytes.Contains(b, []byte(`id="try"`)) || !bytes.Contains(b, []byte(`<h1 id="name">`+s.Name())) {
+		t.Fatalf("/: %d %s\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+	}
+	resp, b = get("/meetpoint.js")
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") || !bytes.Equal(b, meetpointjs.Module) {
+		t.Fatalf("/meetpoint.js: %d %s, %d bytes", resp.StatusCode, resp.Header.Get("Content-Type"), len(b))
+	}
+	if resp, b = get("/meetpoint.d.ts"); resp.StatusCode != 200 || !bytes.Equal(b, meetpointjs.Types) {
+		t.Fatalf("/meetpoint.d.ts: %d", resp.StatusCode)
+	}
+	for _, p := range []string{"/page/app.js", "/page/style.css"} {
+		if resp, b = get(p); resp.StatusCode != 200 || len(b) == 0 {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	a, bb := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.WSURL(s), "status-json", "")
+	defer a.Close()
+	defer bb.Close()
+	resp, b = get("/status.json")
+	var st web.Status
+	if err := json.Unmarshal(b, &st); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/status.json: %d %v %s", resp.StatusCode, err, b)
+	}
+	if st.State != "ready" || st.Tunnels != 1 || st.Connections != 2 || st.AloneTimeout != 20 || st.Name != s.Name() {
+		t.Fatalf("/status.json: %+v", st)
+	}
+	if resp, _ = get("/nothing-here"); resp.StatusCode != 404 {
+		t.Fatalf("/nothing-here: %d", resp.StatusCode)
+	}
+}
+
+// chromium finds a Chromium or Chrome binary; tests skip without one unless
+// MEETPOINT_REQUIRE_BROWSER is set (CI sets it).
+func chromium(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: browser tests skipped")
+	}
+	if p := os.Getenv("MEETPOINT_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("MEETPOINT_REQUIRE_BROWSER") != "" {
+		t.Fatal("no chromium found and MEETPOINT_REQUIRE_BROWSER is set (apt-get install chromium)")
+	}
+	t.Skip("no chromium found: apt-get install chromium to run the browser tests")
+	return ""
+}
+
+// browser starts a headless Chromium for the test; tabs are new contexts
+// derived from the returned one.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.Flag("ignore-certificate-errors", true), // the test's self-signed certificate
+		chromedp.WindowSize(1000, 1400),
+	)
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	if err := chromedp.Do(ctx); err != nil { // starts the browser (no timeout here: it would stop the browser)
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// tab opens a new tab in browser b.
+func tab(t *testing.T, b context.Context) context.Context {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(b)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("opening a tab: %v", err)
+	}
+	return ctx
+}
+
+// stepTimeout bounds each group of browser steps.
+const stepTimeout = 30 * time.Second
+
+// run runs steps in tab ctx, failing the test with what on error.
+func run(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// value runs one action that returns a value.
+func value[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return v
+}
+
+// awaitJS evaluates an async expression and returns its result.
+func awaitJS[T any](expr string) chromedp.Action[T] {
+	return chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise)
+}
+
+// poll waits until expr is truthy in the page.
+func poll(expr string) chromedp.Action[chromedp.Void] {
+	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(10*time.Second))
+}
+
+// TestPageTwoTabs: the "try it" panel, as a person uses it, over HTTP and
+// HTTPS: two tabs pair on a token, one sends a message, the other a
+// dropped file (several chunks of binary), the status shows the tunnel,
+// one leaves and the other sees why — with a clean WebSocket close.
+func TestPageTwoTabs(t *testing.T) {
+	for _, withTLS := range []bool{false, true} {
+		name := map[bool]string{false: "http", true: "https"}[withTLS]
+		t.Run(name, func(t *testing.T) {
+			_, base := relayWithPage(t, withTLS)
+			b := browser(t)
+			token := "page-test-" + name
+			a, c := tab(t, b), tab(t, b)
+			run(t, a, "tab A pairs",
+				chromedp.Navigate(base+"/#token="+token),
+				chromedp.WaitVisible(chromedp.ID("pair")),
+				chromedp.Click(chromedp.ID("pair")),
+				chromedp.WaitVisible(`//p[@id="state" and contains(., "waiting for a partner")]`),
+			)
+			run(t, c, "tab B pairs",
+				chromedp.Navigate(base+"/#token="+token),
+				chromedp.WaitVisible(chromedp.ID("pair")),
+				chromedp.Click(chromedp.ID("pair")),
+				chromedp.WaitVisible(`//p[@id="state" and contains(., "paired with")]`),
+			)
+			run(t, a, "tab A sees the pairing", chromedp.WaitVisible(`//p[@id="state" and contains(., "paired with")]`))
+
+			run(t, a, "tab A sends a message",
+				chromedp.SendKeys(chromedp.ID("message"), "hello from A ✓"),
+				chromedp.Click(chromedp.ID("send")),
+			)
+			run(t, c, "tab B receives it", chromedp.WaitVisible(`//ol[@id="log"]/li[contains(., "them: hello from A ✓")]`))
+
+			file := make([]byte, 300<<10+17) // five chunks and a bit
+			_, _ = rand.Read(file)
+			path := filepath.Join(t.TempDir(), "dropped.bin")
+			if err := os.WriteFile(path, file, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			run(t, c, "tab B sends a file", chromedp.SetUploadFiles(chromedp.ID("file"), []string{path}))
+			run(t, a, "tab A receives the file", chromedp.WaitVisible(chromedp.CSS("a.received-file")))
+			got := value(t, a, "tab A reads the file", awaitJS[string](`(async () => {
+					const a = document.querySelector("a.received-file");
+					const b = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
+					let s = ""; for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode(...b.subarray(i, i + 8192));
+					return btoa(s);
+				})()`))
+			if dec, _ := base64.StdEncoding.DecodeString(got); !bytes.Equal(dec, file) {
+				t.Fatalf("the file arrived as %d bytes, not the %d sent (or differs)", len(dec), len(file))
+			}
+			run(t, c, "tab B shows it sent", chromedp.WaitVisible(chromedp.CSS("li.sent-file")))
+
+			// The status refreshes itself (every 2 s) and shows the tunnel.
+			run(t, a, "the status shows the tunnel", chromedp.WaitVisible(`//td[@id="tunnels" and text()="1"]`))
+			checkScreenshot(t, a, name)
+
+			run(t, c, "tab B leaves", chromedp.Click(chromedp.ID("leave")))
+			run(t, a, "tab A sees the partner leave", chromedp.WaitVisible(`//p[@id="state" and @data-code="partner_left"]`))
+			clean := value(t, a, "tab A's close", chromedp.AttributeValue(chromedp.ID("state"), "data-clean")).Value
+			if clean != "true" {
+				t.Errorf("tab A: the relay's close was not clean (wasClean=%s): the close handshake must complete", clean)
+			}
+			run(t, c, "tab B sees itself leave", chromedp.WaitVisible(`//p[@id="state" and @data-code]`))
+			code := value(t, c, "tab B's close", chromedp.AttributeValue(chromedp.ID("state"), "data-code")).Value
+			if code != "closed" {
+				t.Errorf("tab B: state code %q, want closed", code)
+			}
+		})
+	}
+}
+
+// checkScreenshot photographs the page and each element a visitor must
+// see: each must be rendered (a non-empty area with more than one colour).
+// With MEETPOINT_SCREENSHOTS=DIR the full page is kept there as NAME.png.
+func checkScreenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	full := value(t, ctx, "screenshot", chromedp.FullScreenshot(100))
+	if dir := os.Getenv("MEETPOINT_SCREENSHOTS"); dir != "" {
+		_ = os.MkdirAll(dir, 0o755)
+		_ = os.WriteFile(filepath.Join(dir, "page-"+name+".png"), full, 0o644)
+	}
+	if w, h := rendered(t, full, "the page"); w < 600 || h < 600 {
+		t.Fatalf("the page screenshot is %dx%d", w, h)
+	}
+	for _, sel := range []string{"#name", "#about", "#status", "#try", "#token", "#pair", "#state", "#message", "#drop", "#log", "#use"} {
+		rendered(t, value(t, ctx, "screenshot of "+sel, chromedp.Screenshot(chromedp.CSS(sel))), sel)
+	}
+}
+
+// rendered decodes a PNG screenshot and fails unless it shows something.
+func rendered(t *testing.T, b []byte, what string) (int, int) {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("%s: screenshot is not a PNG: %v", what, err)
+	}
+	r := img.Bounds()
+	if r.Dx() < 4 || r.Dy() < 4 {
+		t.Fatalf("%s: rendered %dx%d", what, r.Dx(), r.Dy())
+	}
+	if colours(img) < 2 {
+		t.Fatalf("%s: rendered as one flat colour", what)
+	}
+	return r.Dx(), r.Dy()
+}
+
+func colours(img image.Image) int {
+	seen := map[[4]uint32]bool{}
+	r := img.Bounds()
+	for y := r.Min.Y; y < r.Max.Y; y += 2 {
+		for x := r.Min.X; x < r.Max.X; x += 2 {
+			cr, cg, cb, ca := img.At(x, y).RGBA()
+			seen[[4]uint32{cr, cg, cb, ca}] = true
+			if len(seen) > 1 {
+				return len(seen)
+			}
+		}
+	}
+	return len(seen)
+}
+
+// TestJSClientInChromium: meetpoint.js as served by the relay, in two real
+// browser tabs: they pair, exchange text and binary both ways, one closes
+// and the other sees the reason, cleanly.
+func TestJSClientInChromium(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	b := browser(t)
+	a, c := tab(t, b), tab(t, b)
+	for _, x := range []context.Context{a, c} {
+		run(t, x, "open the page", chromedp.Navigate(base+"/"), chromedp.WaitReady(chromedp.CSS("body")))
+	}
+	pairJS := func(name string) string {
+		return fmt.Sprintf(`(async () => {
+			const m = await import("/meetpoint.js");
+			window.got = [];
+			window.t = await m.pair({ url: "ws://" + location.host + "/", token: "chromium-js", name: %q });
+			window.t.onmessage = (ev) => window.got.push(typeof ev.data === "string" ? "text:" + ev.data : "binary:" + Array.from(new Uint8Array(ev.data)).join(","));
+			window.t.addEventListener("close", (ev) => { window.end = { code: ev.detail.error.code, wasClean: ev.detail.wasClean, closeCode: ev.detail.code }; });
+			return window.t.peer.name;
+		})()`, name)
+	}
+	type res struct {
+		peer string
+		err  error
+	}
+	resA := make(chan res, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(a, stepTimeout)
+		defer cancel()
+		p, err := chromedp.Run(ctx, awaitJS[string](pairJS("tab-a")))
+		resA <- res{p, err}
+	}()
+	peerOfC := value(t, c, "tab C pairs", awaitJS[string](pairJS("tab-c")))
+	ra := <-resA
+	if ra.err != nil {
+		t.Fatalf("tab A pairs: %v", ra.err)
+	}
+	peerOfA := ra.peer
+	if peerOfA != "tab-c" || peerOfC != "tab-a" {
+		t.Fatalf("peers: A sees %q, C sees %q", peerOfA, peerOfC)
+	}
+	value(t, a, "A sends", chromedp.Evaluate[bool](`window.t.send("from A"); window.t.send(new Uint8Array([0, 255, 128])); true`))
+	value(t, c, "C sends", chromedp.Evaluate[bool](`window.t.send("from C"); window.t.send(new Uint8Array([1, 2, 3]).buffer); true`))
+	wait := func(ctx context.Context, want []string) {
+		t.Helper()
+		run(t, ctx, "receive", poll(`window.got.length >= 2`))
+		got := value(t, ctx, "read what arrived", chromedp.Evaluate[[]string](`window.got`))
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Fatalf("received %q, want %q", got, want)
+		}
+	}
+	wait(a, []string{"text:from C", "binary:1,2,3"})
+	wait(c, []string{"text:from A", "binary:0,255,128"})
+
+	type endInfo struct {
+		Code      string `json:"code"`
+		WasClean  bool   `json:"wasClean"`
+		CloseCode int    `json:"closeCode"`
+	}
+	// C keeps sending while A leaves: what C sent after the end is unread
+	// by the relay, and closing a socket with unread input sends a reset
+	// that makes the browser call the close unclean — unless the relay
+	// lingers, reading until C's close reply.
+	value(t, c, "C sends and sends", chromedp.Evaluate[bool](`window.flood = setInterval(() => { try { for (let i = 0; i < 8; i++) window.t.send("x".repeat(4096)); } catch (_) {} }, 1); true`))
+	time.Sleep(50 * time.Millisecond)
+	value(t, a, "A closes", chromedp.Evaluate[bool](`window.t.close(); true`))
+	run(t, c, "C sees why", poll(`window.end`))
+	end := value(t, c, "C's end", chromedp.Evaluate[endInfo](`window.end`))
+	if end.Code != "partner_left" || !end.WasClean || end.CloseCode != 1000 {
+		t.Fatalf("C's end: %+v, want partner_left, clean, 1000", end)
+	}
+}
