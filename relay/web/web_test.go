@@ -126,7 +126,7 @@ func browser(t *testing.T) context.Context {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium(t)),
-		chromedp.NoSandbox, // CI runs as root
+		chromedp.NoSandbox,                               // CI runs as root
 		chromedp.Flag("ignore-certificate-errors", true), // the test's self-signed certificate
 		chromedp.WindowSize(1000, 1400),
 	)
