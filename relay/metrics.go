@@ -67,7 +67,8 @@ func newStats() *stats {
 }
 
 // WriteMetrics writes the engine's metrics and every reporter's in
-// Prometheus text format.
+// Prometheus text format (with bare # HELP lines once WritePrometheus has
+// run: the metrics library's metadata switch is process-wide).
 func (s *Server) WriteMetrics(w io.Writer) {
 	s.stats.set.WritePrometheus(w)
 	for _, r := range s.reporters {
@@ -127,14 +128,18 @@ func (s *Server) Traffic() uint64 {
 // WritePrometheus writes everything /metrics serves: the metrics
 // (WriteMetrics), meetpoint_ready (1 while accepting new clients, 0 while
 // draining or closed), meetpoint_build_info{version} and the process and Go
-// runtime metrics (process_*, go_*).
+// runtime metrics (process_*, go_*), each family with # HELP and # TYPE
+// (MetricDoc). Cost: the text is built in a buffer, then copied once.
 func (s *Server) WritePrometheus(w io.Writer) {
-	s.WriteMetrics(w)
-	ready := 0
-	if s.Ready() {
-		ready = 1
-	}
-	fmt.Fprintf(w, "meetpoint_ready %d\n", ready)
-	fmt.Fprintf(w, "meetpoint_build_info{version=%q} 1\n", Version)
-	metrics.WriteProcessMetrics(w)
+	enableMetadata()
+	writeDocumented(w, s.documented(), func(w io.Writer) {
+		s.WriteMetrics(w)
+		ready := uint64(0)
+		if s.Ready() {
+			ready = 1
+		}
+		metrics.WriteGaugeUint64(w, "meetpoint_ready", ready)
+		metrics.WriteGaugeUint64(w, fmt.Sprintf("meetpoint_build_info{version=%q}", Version), 1)
+		metrics.WriteProcessMetrics(w)
+	})
 }

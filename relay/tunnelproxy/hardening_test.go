@@ -1,8 +1,10 @@
 package tunnelproxy
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -144,5 +146,23 @@ func TestClientControlAnsweredAtOnce(t *testing.T) {
 	}
 	if m := srv.nextRPC(); m["notification"] != "TunnelProxy.ClientDisconnected" {
 		t.Fatalf("server heard %v", m)
+	}
+}
+
+// TestMetricDocs: the TunnelProxy families on /metrics carry help text and
+// the right type (the *_active ones go down: gauges).
+func TestMetricDocs(t *testing.T) {
+	s := server(t, nil)
+	var buf bytes.Buffer
+	s.WritePrometheus(&buf)
+	for fam, d := range tpDocs {
+		for _, want := range []string{"# HELP " + fam + " " + d.Help + "\n", "# TYPE " + fam + " " + d.Type + "\n"} {
+			if !strings.Contains(buf.String(), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+		if strings.HasSuffix(fam, "_active") != (d.Type == "gauge") {
+			t.Errorf("%s: type %s", fam, d.Type)
+		}
 	}
 }

@@ -326,6 +326,18 @@ func (s *Service) Report(snap *relay.Snapshot) {
 // Traffic implements relay.Reporter.
 func (s *Service) Traffic() uint64 { return s.m.bytes.Get() }
 
+// MetricDocs implements relay.MetricDocumenter.
+func (s *Service) MetricDocs() map[string]relay.MetricDoc { return tpDocs }
+
+var tpDocs = map[string]relay.MetricDoc{
+	"meetpoint_tunnelproxy_servers_active":        {Type: "gauge", Help: "TunnelProxy servers registered now."},
+	"meetpoint_tunnelproxy_clients_active":        {Type: "gauge", Help: "TunnelProxy clients connected to a server now."},
+	"meetpoint_tunnelproxy_bytes_total":           {Type: "counter", Help: "Bytes relayed between TunnelProxy clients and servers, both ways."},
+	"meetpoint_tunnelproxy_registrations_total":   {Type: "counter", Help: "TunnelProxy registrations (servers and clients), by result."},
+	"meetpoint_tunnelproxy_clients_total":         {Type: "counter", Help: "TunnelProxy clients connected since start."},
+	"meetpoint_tunnelproxy_clients_dropped_total": {Type: "counter", Help: "TunnelProxy clients disconnected by the relay, by reason (slow: fell too far behind the server)."},
+}
+
 // WriteMetrics implements relay.Reporter.
 func (s *Service) WriteMetrics(w io.Writer) { s.m.set.WritePrometheus(w) }
 

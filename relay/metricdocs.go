@@ -1,0 +1,94 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// MetricDoc documents one metric family on /metrics: its # TYPE (counter,
+// gauge, histogram, summary) and its # HELP text.
+type MetricDoc struct{ Type, Help string }
+
+// MetricDocumenter is implemented by a Reporter that documents its metric
+// families (family name → doc).
+type MetricDocumenter interface {
+	MetricDocs() map[string]MetricDoc
+}
+
+// engineDocs documents the engine's families. Several "active" values are
+// metrics.Counters moved both ways, so their TYPE is gauge.
+var engineDocs = map[string]MetricDoc{
+	"meetpoint_connections_active":           {"gauge", "Connections open now, by transport (tcp and websocket: relay connections, pre-tunnel and in tunnels; http: handed to net/http)."},
+	"meetpoint_connections_accepted_total":   {"counter", "Sockets accepted, admitted or refused."},
+	"meetpoint_tunnels_active":               {"gauge", "Tunnels established now."},
+	"meetpoint_tunnels_total":                {"counter", "Tunnels established since start."},
+	"meetpoint_tunnel_bytes_total":           {"counter", "Bytes relayed through tunnels, by direction (a = the first client to arrive)."},
+	"meetpoint_forwarded_bytes_total":        {"counter", "Bytes forwarded, by path: splice(2) for TCP↔TCP, buffered otherwise."},
+	"meetpoint_auth_total":                   {"counter", "Authentication results."},
+	"meetpoint_pairing_seconds":              {"histogram", "Time from a client's successful Authenticate to its TunnelEstablished (VictoriaMetrics vmrange buckets)."},
+	"meetpoint_tls_handshakes_started_total": {"counter", "TLS handshakes begun."},
+	"meetpoint_tls_handshakes_total":         {"counter", "TLS handshakes finished, by result."},
+	"meetpoint_tls_handshakes_queued":        {"gauge", "TLS handshakes waiting for a handshake slot."},
+	"meetpoint_tunnel_throttled_total":       {"counter", "Tunnel reads delayed by the per-tunnel rate limit."},
+	"meetpoint_bans_total":                   {"counter", "Addresses banned for repeated failures."},
+	"meetpoint_http_connections_total":       {"counter", "Connections handed to net/http."},
+	"meetpoint_http_requests_total":          {"counter", "HTTP requests served on the relay port."},
+	"meetpoint_netpoll_rescued_total":        {"counter", "Live connections netpoll reported hung up, moved to a forwarding loop instead."},
+	"meetpoint_closes_total":                 {"counter", "Connections ended, by reason (every close has exactly one)."},
+	"meetpoint_ready":                        {"gauge", "1 while the relay accepts new clients, 0 while starting, draining or closed."},
+	"meetpoint_build_info":                   {"gauge", "Always 1; the version label is the build's."},
+}
+
+var exposeMetadata sync.Once
+
+// writeDocumented writes what fill writes, with each family's # HELP text
+// and # TYPE taken from docs where the metrics library left them blank or
+// generic. fill's output must carry metadata lines (metrics.ExposeMetadata).
+func writeDocumented(w io.Writer, docs []map[string]MetricDoc, fill func(io.Writer)) {
+	var buf bytes.Buffer
+	fill(&buf)
+	doc := func(fam string) (MetricDoc, bool) {
+		for _, m := range docs {
+			if d, ok := m[fam]; ok {
+				return d, true
+			}
+		}
+		return MetricDoc{}, false
+	}
+	bw := bufio.NewWriter(w)
+	for line := range strings.Lines(buf.String()) {
+		switch {
+		case strings.HasPrefix(line, "# HELP "):
+			fam := strings.TrimSpace(line[len("# HELP "):])
+			if d, ok := doc(fam); ok && !strings.Contains(fam, " ") {
+				line = "# HELP " + fam + " " + d.Help + "\n"
+			}
+		case strings.HasPrefix(line, "# TYPE "):
+			if f := strings.Fields(line); len(f) == 4 {
+				if d, ok := doc(f[2]); ok && d.Type != "" {
+					line = "# TYPE " + f[2] + " " + d.Type + "\n"
+				}
+			}
+		}
+		_, _ = bw.WriteString(line)
+	}
+	_ = bw.Flush()
+}
+
+// documented lists the metric docs of the engine and of every reporter.
+func (s *Server) documented() []map[string]MetricDoc {
+	docs := []map[string]MetricDoc{engineDocs}
+	for _, r := range s.reporters {
+		if d, ok := r.(MetricDocumenter); ok {
+			docs = append(docs, d.MetricDocs())
+		}
+	}
+	return docs
+}
+
+func enableMetadata() { exposeMetadata.Do(func() { metrics.ExposeMetadata(true) }) }
