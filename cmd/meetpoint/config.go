@@ -172,11 +172,18 @@ func valueHint(f *flag.Flag, err error) string {
 }
 
 // writeConfig prints the effective configuration of fs as TOML that
-// --config reads back.
-func writeConfig(w io.Writer, fs *flag.FlagSet) error {
+// --config reads back, after warnings (what a --nymea-config migration
+// dropped or defaulted) as comments.
+func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 	var buf bytes.Buffer
 	buf.WriteString("# meetpoint serve: effective configuration (meetpoint serve --print-config).\n")
 	buf.WriteString("# Use it as --config FILE; command-line flags override it.\n")
+	if len(warnings) > 0 {
+		buf.WriteString("#\n# Migrated from nymea-remoteproxy's configuration; check these:\n")
+		for _, wn := range warnings {
+			fmt.Fprintf(&buf, "# WARNING: %s\n", wn)
+		}
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if err != nil || fileOnly[f.Name] {
@@ -186,6 +193,9 @@ func writeConfig(w io.Writer, fs *flag.FlagSet) error {
 		switch val := f.Value.(type) {
 		case *listFlag:
 			v = append([]string{}, val.vals...)
+			if !val.set && len(val.vals) == 0 && val.def != nil {
+				v = append([]string{}, val.def...) // what applies, not an empty list
+			}
 		case flag.Getter:
 			switch g := val.Get().(type) {
 			case time.Duration:

@@ -200,3 +200,55 @@ func TestBadConfigExit2(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintConfigMigrationWarnings: --nymea-config with --print-config says
+// what the migration dropped or defaulted, in the output (as comments, so
+// it still reads back) and on stderr.
+func TestPrintConfigMigrationWarnings(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"serve", "--nymea-config", "testdata/nymea-remoteproxy.conf", "--print-config"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, w := range []string{"[AWS] ignored", `auth is "dummy": every token is accepted`, "logFile"} {
+		if !strings.Contains(out.String(), "# WARNING: ") || !strings.Contains(out.String(), w) {
+			t.Errorf("print-config output lacks a warning about %q", w)
+		}
+		if !strings.Contains(errb.String(), w) {
+			t.Errorf("stderr lacks a warning about %q", w)
+		}
+	}
+	// No [SSL]: plaintext, said so.
+	path := filepath.Join(t.TempDir(), "n.conf")
+	os.WriteFile(path, []byte("[ProxyServer]\nname=x\n"), 0o644)
+	_, text := printConfig(t, "--nymea-config", path)
+	if !strings.Contains(text, "# WARNING: no [SSL] section") {
+		t.Errorf("no warning about plaintext:\n%s", text)
+	}
+	// An explicit authenticator: no dummy warning.
+	_, text = printConfig(t, "--nymea-config", path, "--auth", "file:/dev/null")
+	if strings.Contains(text, `auth is "dummy"`) {
+		t.Errorf("dummy warning although auth is set:\n%s", text)
+	}
+	// Without a migration, no warnings.
+	if _, text = printConfig(t); strings.Contains(text, "WARNING") {
+		t.Errorf("warnings without --nymea-config:\n%s", text)
+	}
+}
+
+// TestPrintConfigShowsEffectiveDefaults: limit-exempt shows the loopback
+// default that applies, not an empty list, and reads back to it; "none"
+// is shown as set.
+func TestPrintConfigShowsEffectiveDefaults(t *testing.T) {
+	m, text := printConfig(t)
+	if got, _ := m["limit-exempt"].([]any); len(got) != 2 || got[0] != "127.0.0.0/8" || got[1] != "::1/128" {
+		t.Fatalf("limit-exempt = %v", m["limit-exempt"])
+	}
+	path := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(path, []byte(text), 0o644)
+	if m2, _ := printConfig(t, "--config", path); !reflect.DeepEqual(m2["limit-exempt"], m["limit-exempt"]) {
+		t.Fatalf("read back: %v", m2["limit-exempt"])
+	}
+	if m, _ = printConfig(t, "--limit-exempt", "none"); !reflect.DeepEqual(m["limit-exempt"], []any{"none"}) {
+		t.Fatalf("limit-exempt none: %v", m["limit-exempt"])
+	}
+}

@@ -31,6 +31,7 @@ import (
 type listFlag struct {
 	vals []string
 	set  bool
+	def  []string // the effective default when not set, for --print-config (when vals is empty)
 }
 
 // String returns the addresses joined by commas.
@@ -108,6 +109,9 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.IntVar(&c.Limits.AuthFailuresPerIP, "auth-failures-per-ip", c.Limits.AuthFailuresPerIP, "failed authentications per minute before an address is banned (0: never)")
 	fs.DurationVar(&c.Limits.BanTime, "ban-time", c.Limits.BanTime, "how long a banned address is refused")
 	fs.Int64Var(&c.Limits.TunnelRate, "tunnel-rate", c.Limits.TunnelRate, "bytes per second per tunnel direction (0: no limit)")
+	for _, p := range o.cfg.Limits.Exempt {
+		o.exempt.def = append(o.exempt.def, p.String())
+	}
 	fs.Var(&o.exempt, "limit-exempt", "`CIDR` exempt from per-address limits, repeatable (default 127.0.0.0/8 and ::1; \"none\" for none)")
 	fs.DurationVar(&tp.ServerTimeout, "tp-server-timeout", tp.ServerTimeout, "close a TunnelProxy server silent this long")
 	fs.IntVar(&tp.ClientBuffer, "tp-client-buffer", tp.ClientBuffer, "bytes waiting for one TunnelProxy client before it is disconnected")
@@ -249,8 +253,14 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 	if err := tpCfg.Validate(); err != nil {
 		return fail("%v", err)
 	}
+	if v.nymeaConfig != "" && v.auth == "dummy" {
+		warnings = append(warnings, `auth is "dummy": every token is accepted (nymea authenticated through [AWS], which has no equivalent); set auth = "file:PATH" or "hmac:KEYFILE"`)
+	}
 	if v.printConfig {
-		if err := writeConfig(stdout, fs); err != nil {
+		for _, w := range warnings { // on stderr too: stdout may go to a file
+			fmt.Fprintf(stderr, "meetpoint serve: nymea-config: %s\n", w)
+		}
+		if err := writeConfig(stdout, fs, warnings); err != nil {
 			fmt.Fprintf(stderr, "meetpoint serve: print-config: %v\n", err)
 			return serveOptions{}, 1
 		}
