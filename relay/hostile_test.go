@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -1058,4 +1059,42 @@ func TestHostileLogLines(t *testing.T) {
 			t.Logf("NOTE: the line names neither the tunnel nor the peer: %s", line)
 		}
 	})
+}
+
+// TestPermessageDeflateDeclined: every browser offers permessage-deflate;
+// the relay declines it (docs/protocol.md says why): the 101 carries no
+// Sec-WebSocket-Extensions, and a frame compressed anyway (RSV1) is a
+// protocol error.
+func TestPermessageDeflateDeclined(t *testing.T) {
+	s := hoServer(t, nil)
+	c := hoDialTCP(t, s)
+	hoWrite(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("Sec-WebSocket-Extensions") != "" {
+		t.Fatalf("upgrade answered %d with extensions %q", resp.StatusCode, resp.Header.Get("Sec-WebSocket-Extensions"))
+	}
+	f := ws.NewTextFrame([]byte(`{"id":1,"method":"RemoteProxy.Hello"}`))
+	f.Header.Rsv = ws.Rsv(true, false, false)
+	if err := ws.WriteFrame(c, ws.MaskFrameInPlace(f)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		fr, err := ws.ReadFrame(br)
+		if err != nil {
+			t.Fatalf("no close frame: %v", err)
+		}
+		if fr.Header.OpCode == ws.OpClose {
+			if code, _ := ws.ParseCloseFrameData(fr.Payload); code != ws.StatusProtocolError {
+				t.Fatalf("close %d, want 1002", code)
+			}
+			return
+		}
+	}
 }
