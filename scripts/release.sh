@@ -2,7 +2,9 @@
 # Cross-compiles meetpoint for linux/amd64 and linux/arm64 into dist/:
 #   dist/meetpoint-linux-amd64, dist/meetpoint-linux-arm64,
 #   dist/meetpoint-<version>-linux-<arch>.tar.gz (binary, unit, sysctl file,
-#   operations guide) and dist/SHA256SUMS.
+#   operations guide), dist/meetpoint-js-<version>.tgz (the JavaScript
+#   client as an npm package: `npm publish dist/meetpoint-js-<version>.tgz`)
+#   and dist/SHA256SUMS.
 # Static binaries (CGO_ENABLED=0): no libc dependency, run on any distro.
 # Usage: VERSION=v1.2.3 scripts/release.sh   (make release does this)
 set -euo pipefail
@@ -30,6 +32,22 @@ for arch in $ARCHES; do
 	tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$DIST/$pkg.tar.gz" "$pkg"
 	rm -rf "$stage"
 done
-(cd "$DIST" && sha256sum meetpoint-linux-* meetpoint-*.tar.gz > SHA256SUMS)
+# The npm package: client/js with the release's version in package.json and
+# in meetpoint.js (VERSION), in npm pack's layout (package/…). A version that
+# is not semver (a commit hash, "dev") keeps package.json's.
+jsver=${VERSION#v}
+if ! [[ $jsver =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]]; then
+	jsver=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' client/js/package.json)
+fi
+stage=$(mktemp -d)
+mkdir -p "$stage/package"
+cp client/js/meetpoint.js client/js/meetpoint.d.ts client/js/README.md "$stage/package/"
+sed "s/^  \"version\": \".*\",$/  \"version\": \"$jsver\",/" client/js/package.json > "$stage/package/package.json"
+sed -i "s/^export const VERSION = \".*\";$/export const VERSION = \"$jsver\";/" "$stage/package/meetpoint.js"
+grep -q "\"version\": \"$jsver\"" "$stage/package/package.json" && grep -q "VERSION = \"$jsver\"" "$stage/package/meetpoint.js" ||
+	{ echo "release: could not stamp version $jsver into the npm package" >&2; exit 1; }
+tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$DIST/meetpoint-js-$jsver.tgz" package
+rm -rf "$stage"
+(cd "$DIST" && sha256sum meetpoint-linux-* meetpoint-*.tar.gz meetpoint-js-*.tgz > SHA256SUMS)
 echo "== $DIST:"
 ls -l "$DIST"

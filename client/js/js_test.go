@@ -124,3 +124,30 @@ func TestVersionTied(t *testing.T) {
 		t.Fatal("no type declarations embedded")
 	}
 }
+
+// TestNPMPackage: npm accepts the package and ships exactly the module,
+// its types, the README and the manifest (not the Go files or tests).
+func TestNPMPackage(t *testing.T) {
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Skip("npm not found")
+	}
+	out, err := exec.Command(npm, "pack", "--dry-run", "--json", "--ignore-scripts").Output()
+	if err != nil {
+		t.Fatalf("npm pack: %v", err)
+	}
+	var packs []struct {
+		Name, Version string
+		Files         []struct{ Path string }
+	}
+	if err := json.Unmarshal(out, &packs); err != nil || len(packs) != 1 {
+		t.Fatalf("npm pack --json: %v %s", err, out)
+	}
+	var files []string
+	for _, f := range packs[0].Files {
+		files = append(files, f.Path)
+	}
+	if got := strings.Join(files, " "); got != "README.md meetpoint.d.ts meetpoint.js package.json" || packs[0].Name != "meetpoint" {
+		t.Fatalf("npm package %s@%s ships %s", packs[0].Name, packs[0].Version, got)
+	}
+}
