@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,7 @@ func TestNPMPackage(t *testing.T) {
 	for _, f := range packs[0].Files {
 		files = append(files, f.Path)
 	}
+	sort.Strings(files)
 	if got := strings.Join(files, " "); got != "README.md meetpoint.d.ts meetpoint.js package.json" || packs[0].Name != "meetpoint" {
 		t.Fatalf("npm package %s@%s ships %s", packs[0].Name, packs[0].Version, got)
 	}
