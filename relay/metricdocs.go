@@ -30,7 +30,7 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_tunnel_bytes_total":           {"counter", "Bytes relayed through tunnels, by direction (a = the first client to arrive)."},
 	"meetpoint_forwarded_bytes_total":        {"counter", "Bytes forwarded, by path: splice(2) for TCP↔TCP, buffered otherwise."},
 	"meetpoint_auth_total":                   {"counter", "Authentication results."},
-	"meetpoint_pairing_seconds":              {"histogram", "Time from a client's successful Authenticate to its TunnelEstablished (VictoriaMetrics vmrange buckets)."},
+	"meetpoint_pairing_seconds":              {"histogram", "Time a client waited in the registry for its partner (VictoriaMetrics vmrange buckets)."},
 	"meetpoint_tls_handshakes_started_total": {"counter", "TLS handshakes begun."},
 	"meetpoint_tls_handshakes_total":         {"counter", "TLS handshakes finished, by result."},
 	"meetpoint_tls_handshakes_queued":        {"gauge", "TLS handshakes waiting for a handshake slot."},

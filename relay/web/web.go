@@ -73,8 +73,9 @@ func Register(s *relay.Server) {
 		b, _ := json.Marshal(status())
 		serve(w, r, "application/json", "no-store", append(b, '\n'))
 	}))
-	s.Handle("GET /meetpoint.js", static("text/javascript; charset=utf-8", meetpointjs.Module))
-	s.Handle("GET /meetpoint.d.ts", static("application/typescript; charset=utf-8", meetpointjs.Types))
+	// Any page may import the client (module scripts are fetched with CORS).
+	s.Handle("GET /meetpoint.js", anyOrigin(static("text/javascript; charset=utf-8", meetpointjs.Module)))
+	s.Handle("GET /meetpoint.d.ts", anyOrigin(static("application/typescript; charset=utf-8", meetpointjs.Types)))
 	sub, _ := fs.Sub(pageFS, "page")
 	for _, f := range []struct{ name, typ string }{{"app.js", "text/javascript; charset=utf-8"}, {"style.css", "text/css; charset=utf-8"}} {
 		b, err := fs.ReadFile(sub, f.name)
@@ -83,6 +84,14 @@ func Register(s *relay.Server) {
 		}
 		s.Handle("GET /page/"+f.name, static(f.typ, b))
 	}
+}
+
+// anyOrigin lets pages of any origin read what h serves.
+func anyOrigin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		h.ServeHTTP(w, r)
+	})
 }
 
 // static serves an embedded file: it changes only with the binary, so it

@@ -12,6 +12,7 @@ import (
 	"image/png"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,4 +377,36 @@ func TestJSClientInChromium(t *testing.T) {
 	if end.Code != "partner_left" || !end.WasClean || end.CloseCode != 1000 {
 		t.Fatalf("C's end: %+v, want partner_left, clean, 1000", end)
 	}
+}
+
+// TestModuleFromAnotherOrigin: a page served elsewhere imports the client
+// from the relay (module scripts need CORS) and pairs through it.
+func TestModuleFromAnotherOrigin(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprintf(w, `<!doctype html><script type="module">
+			import { pair, VERSION } from %q;
+			const url = %q;
+			const [a, b] = await Promise.all([pair({ url, token: "cross-origin" }), pair({ url, token: "cross-origin" })]);
+			b.onmessage = (ev) => { document.title = VERSION + " " + ev.data; };
+			a.send("over the relay");
+		</script>`, base+"/meetpoint.js", "ws"+strings.TrimPrefix(base, "http")+"/")
+	}))
+	defer page.Close()
+	b := browser(t)
+	x := tab(t, b)
+	run(t, x, "the other origin's page pairs", chromedp.Navigate(page.URL), poll(`document.title.endsWith("over the relay")`))
+	want := value(t, x, "title", chromedp.Evaluate[string](`document.title`))
+	if !strings.HasPrefix(want, string(versionOf(t))+" ") {
+		t.Fatalf("title %q", want)
+	}
+}
+
+func versionOf(t *testing.T) string {
+	var pkg struct{ Version string }
+	if err := json.Unmarshal(meetpointjs.PackageJSON, &pkg); err != nil {
+		t.Fatal(err)
+	}
+	return pkg.Version
 }
