@@ -1086,7 +1086,7 @@ func TestPermessageDeflateDeclined(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		fr, err := ws.ReadFrame(br)
+		fr, err := readFrame(br)
 		if err != nil {
 			t.Fatalf("no close frame: %v", err)
 		}

@@ -122,7 +122,7 @@ func TestClientControlAnsweredAtOnce(t *testing.T) {
 	expect := func(op ws.OpCode) ws.Frame {
 		t.Helper()
 		_ = cl.c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		f, err := ws.ReadFrame(cl.br)
+		f, err := testutil.ReadFrame(cl.br)
 		if err != nil {
 			t.Fatalf("waiting for %v: %v", op, err)
 		}
