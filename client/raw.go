@@ -58,18 +58,57 @@ func DialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config) (*Raw, err
 	return dialRaw(ctx, rawURL, tlsConf, nil)
 }
 
+// ParseURL is url.Parse, also accepting an IPv6 zone written plainly
+// (tcp://[fe80::1%eth0]:8443) besides RFC 6874's escaped form
+// (ws://[fe80::1%25eth0]:8443/).
+func ParseURL(raw string) (*url.URL, error) {
+	return url.Parse(escapeZone(raw))
+}
+
+// escapeZone writes the zone of a bracketed IPv6 host as %25zone.
+func escapeZone(raw string) string {
+	i, j := strings.IndexByte(raw, '['), strings.IndexByte(raw, ']')
+	if i < 0 || j < i {
+		return raw
+	}
+	host := raw[i+1 : j]
+	k := strings.IndexByte(host, '%')
+	if k < 0 || strings.HasPrefix(host[k:], "%25") {
+		return raw
+	}
+	return raw[:i+1] + host[:k] + "%25" + host[k+1:] + raw[j:]
+}
+
+// serverName is the name to verify a relay's certificate against: the
+// URL's host without an IPv6 zone (a certificate names fe80::1, never
+// fe80::1%eth0).
+func serverName(conf *tls.Config, u *url.URL) *tls.Config {
+	if conf == nil {
+		conf = &tls.Config{}
+	}
+	if conf.ServerName == "" {
+		conf = conf.Clone()
+		conf.ServerName, _, _ = strings.Cut(u.Hostname(), "%")
+	}
+	return conf
+}
+
 // dialRaw is DialRaw from a chosen local IP (nil: the kernel's choice).
 func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.IP) (*Raw, error) {
 	var nd net.Dialer
 	if local != nil {
 		nd.LocalAddr = &net.TCPAddr{IP: local}
 	}
+	rawURL = escapeZone(rawURL)
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	switch u.Scheme {
 	case "ws", "wss":
+		if u.Scheme == "wss" {
+			tlsConf = serverName(tlsConf, u)
+		}
 		d := ws.Dialer{TLSConfig: tlsConf, NetDial: nd.DialContext}
 		conn, br, _, err := d.Dial(ctx, rawURL)
 		if err != nil {
@@ -88,15 +127,7 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 			return nil, err
 		}
 		if u.Scheme != "tcp" {
-			conf := tlsConf
-			if conf == nil {
-				conf = &tls.Config{}
-			}
-			if conf.ServerName == "" {
-				conf = conf.Clone()
-				conf.ServerName = u.Hostname()
-			}
-			tc := tls.Client(conn, conf)
+			tc := tls.Client(conn, serverName(tlsConf, u))
 			if err := tc.HandshakeContext(ctx); err != nil {
 				conn.Close()
 				return nil, fmt.Errorf("tls handshake: %w", err)

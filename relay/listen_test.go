@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,4 +117,34 @@ func rawHello(fd, id int) error {
 		return fmt.Errorf("reply %q", got)
 	}
 	return nil
+}
+
+// TestDualStackListen: --listen [::]:PORT serves IPv4 and IPv6 clients on
+// one socket (IPv4 peers appear as themselves, not as ::ffff: mapped).
+func TestDualStackListen(t *testing.T) {
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skip("no IPv6 on this machine")
+	} else {
+		ln.Close()
+	}
+	s := startServer(t, func(c *Config) { c.Listen = []string{"[::]:0"} })
+	_, port, _ := net.SplitHostPort(s.Addrs()[0].String())
+	a, b := pair(t, "tcp://127.0.0.1:"+port, "ws://[::1]:"+port+"/", "dual-stack", "")
+	defer a.Close()
+	defer b.Close()
+	if _, err := a.Write([]byte("v4 to v6")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "v4 to v6" {
+		t.Fatalf("%q %v", buf, err)
+	}
+	snap := s.Snapshot()
+	for _, tun := range snap.Tunnels {
+		for _, c := range []string{tun.A.Address, tun.B.Address} {
+			if strings.HasPrefix(c, "[::ffff:") {
+				t.Errorf("IPv4 peer shown mapped: %s", c)
+			}
+		}
+	}
 }

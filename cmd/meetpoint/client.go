@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -29,6 +28,8 @@ type clientSettings struct {
 	caFile      string
 	fingerprint string
 	insecure    bool
+	certFile    string // client certificate (relays with --tls-client-ca / --tls-client-fingerprints)
+	keyFile     string
 
 	// TunnelProxy API
 	serve      string // register as a server and bridge clients to this address
@@ -57,6 +58,8 @@ func clientFlags() (*flag.FlagSet, *clientSettings) {
 	fs.StringVar(&v.caFile, "ca", "", "trust the relay certificate(s) in this PEM `FILE` (wss://, tls://)")
 	fs.StringVar(&v.fingerprint, "fingerprint", "", "accept only a relay certificate with this SHA-256 (hex), e.g. a self-signed one")
 	fs.BoolVar(&v.insecure, "insecure", false, "do not verify the relay's certificate (testing only)")
+	fs.StringVar(&v.certFile, "cert", "", "present this client certificate (PEM `FILE`, with --key) to a relay that requires one")
+	fs.StringVar(&v.keyFile, "key", "", "the client certificate's private key (PEM `FILE`)")
 	fs.StringVar(&v.serve, "serve", "", "TunnelProxy: register as a server and connect each client to this local `ADDR` (e.g. 127.0.0.1:80)")
 	fs.StringVar(&v.serverUUID, "server-uuid", "", "TunnelProxy: the server's `UUID` (to reach it, or with --serve our own; default random)")
 	fs.StringVar(&v.listen, "listen", "", "TunnelProxy client: accept local connections on `ADDR` and carry each to --server-uuid")
@@ -97,7 +100,7 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if v.verbose {
 		v.opts.Verbose = stderr
 	}
-	tlsConf, err := clientTLS(v.caFile, v.fingerprint, v.insecure)
+	tlsConf, err := clientTLS(v.caFile, v.fingerprint, v.insecure, v.certFile, v.keyFile)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint client: %v\n", err)
 		return 2
@@ -183,7 +186,7 @@ func clientFail(stderr io.Writer, err error, timeout time.Duration) int {
 // checkURL accepts the relay URL forms the client dials and reports
 // whether it is TLS; the error says what a valid URL looks like.
 func checkURL(raw string) (secure bool, err error) {
-	u, perr := url.Parse(raw)
+	u, perr := client.ParseURL(raw)
 	bad := func() (bool, error) {
 		return false, fmt.Errorf("--url %q: want ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, tcp://HOST:PORT or tls://HOST:PORT (ssl:// as nymea), e.g. tcp://127.0.0.1:8443", raw)
 	}

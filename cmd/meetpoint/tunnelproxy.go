@@ -19,11 +19,21 @@ import (
 
 // clientTLS builds the TLS configuration for wss:// and tls:// from --ca,
 // --fingerprint and --insecure; nil means the system roots.
-func clientTLS(caFile, fingerprint string, insecure bool) (*tls.Config, error) {
-	if caFile == "" && fingerprint == "" && !insecure {
+func clientTLS(caFile, fingerprint string, insecure bool, certFile, keyFile string) (*tls.Config, error) {
+	if caFile == "" && fingerprint == "" && !insecure && certFile == "" {
 		return nil, nil
 	}
 	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
 	if caFile != "" {
 		pemData, err := os.ReadFile(caFile)
 		if err != nil {

@@ -109,12 +109,16 @@ func New(l Limits) *Limiter {
 	return &Limiter{lim: l, now: time.Now, ips: make(map[netip.Addr]*ipState)}
 }
 
-// AddrOf is the IP address of a, unmapped (IPv4-in-IPv6 as IPv4); zero if
-// a has none.
+// AddrOf is the IP address of a, unmapped (IPv4-in-IPv6 as IPv4), with
+// its zone (the interface of a link-local address); zero if a has none.
 func AddrOf(a net.Addr) netip.Addr {
 	if ta, ok := a.(*net.TCPAddr); ok {
 		ip, _ := netip.AddrFromSlice(ta.IP)
-		return ip.Unmap()
+		ip = ip.Unmap()
+		if ta.Zone != "" && ip.Is6() {
+			ip = ip.WithZone(ta.Zone)
+		}
+		return ip
 	}
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
@@ -123,11 +127,16 @@ func AddrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// key is ip's limiter key: IPv4 addresses as they are, IPv6 addresses cut
-// to IPv6Prefix bits (zone dropped: a link-local /64 is one link's).
-// Called with mu held.
+// key is ip's limiter key: IPv4 addresses as they are, global IPv6
+// addresses cut to IPv6Prefix bits, link-local IPv6 addresses whole with
+// their zone — every host on every link has an fe80::/64 address, so the
+// prefix says nothing there; the same address on two interfaces is two
+// hosts. Called with mu held.
 func (l *Limiter) key(ip netip.Addr) netip.Addr {
 	if !ip.Is6() {
+		return ip
+	}
+	if ip.IsLinkLocalUnicast() {
 		return ip
 	}
 	bits := l.lim.IPv6Prefix

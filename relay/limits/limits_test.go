@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -51,7 +52,8 @@ func TestLimiterUnit(t *testing.T) {
 
 // TestLimiterIPv6Prefix: IPv6 clients share per-address state by /64 (a
 // host owns its /64, so the full address would escape every limit); the
-// prefix length is configurable, zones are ignored.
+// prefix length is configurable; link-local addresses are keyed whole,
+// with their zone.
 func TestLimiterIPv6Prefix(t *testing.T) {
 	l := New(Limits{MaxConnsPerIP: 2})
 	a := netip.MustParseAddr("2001:db8:1:2::1")
@@ -79,12 +81,26 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	if _, r := ll.Admit(b); r != reason.Count {
 		t.Fatalf("prefix 128 keys by address: %v", r)
 	}
+	// Link-local: every host on every link is in fe80::/64, so each
+	// address counts on its own, and per interface (zone).
 	zl := New(Limits{MaxConnsPerIP: 1})
 	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.Count {
 		t.Fatal(r)
 	}
-	if _, r := zl.Admit(netip.MustParseAddr("fe80::2%eth1")); r != reason.LimitConnsPerIP {
-		t.Fatalf("link-local /64, other zone: %v", r)
+	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.LimitConnsPerIP {
+		t.Fatalf("the same link-local host again: %v, want limit_conns_per_ip", r)
+	}
+	if _, r := zl.Admit(netip.MustParseAddr("fe80::2%eth0")); r != reason.Count {
+		t.Fatalf("another host on the link: %v", r)
+	}
+	if k, r := zl.Admit(netip.MustParseAddr("fe80::1%eth1")); r != reason.Count || k.Zone() != "eth1" {
+		t.Fatalf("the same address on another link: %v key %v", r, k)
+	}
+	ex := New(Limits{MaxConnsPerIP: 1, Exempt: []netip.Prefix{netip.MustParsePrefix("fe80::/10")}})
+	for range 3 {
+		if _, r := ex.Admit(netip.MustParseAddr("fe80::9%eth0")); r != reason.Count {
+			t.Fatalf("an exempt link-local prefix with a zone: %v", r)
+		}
 	}
 	v4 := New(Limits{MaxConnsPerIP: 1})
 	if k, _ := v4.Admit(netip.MustParseAddr("192.0.2.7")); k != netip.MustParseAddr("192.0.2.7") {
@@ -105,5 +121,16 @@ func TestDefaultMaxConns(t *testing.T) {
 	}
 	if DefaultLimits().MaxConns != got {
 		t.Fatal("DefaultLimits does not use DefaultMaxConns")
+	}
+}
+
+// TestAddrOfKeepsZone: the zone of a link-local peer survives into the key.
+func TestAddrOfKeepsZone(t *testing.T) {
+	a := AddrOf(&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 1, Zone: "veth0"})
+	if a != netip.MustParseAddr("fe80::1%veth0") {
+		t.Fatalf("AddrOf = %v", a)
+	}
+	if a := AddrOf(&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1"), Port: 1}); a != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("mapped: %v", a)
 	}
 }
