@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -45,8 +46,15 @@ func repeatable(f *flag.Flag) bool {
 }
 
 // readTOMLConfig reads a TOML configuration file into settings for fs.
-func readTOMLConfig(path string, fs *flag.FlagSet) ([]setting, error) {
-	data, err := os.ReadFile(path)
+func readTOMLConfig(path string, fs *flag.FlagSet, stdin *stdinConfig) ([]setting, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = stdin.read()
+		path = "(stdin)"
+	} else {
+		data, err = os.ReadFile(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -223,8 +231,37 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 	return err
 }
 
+// maxStdinConfig bounds a configuration read from stdin.
+const maxStdinConfig = 1 << 20
+
+// stdinConfig is `--config -`: the configuration on standard input (a
+// parent process writes it into a pipe and closes it), read once and kept
+// for SIGHUP's re-parse.
+type stdinConfig struct {
+	r    io.Reader
+	once sync.Once
+	data []byte
+	err  error
+}
+
+func (s *stdinConfig) read() ([]byte, error) {
+	if s == nil || s.r == nil {
+		return nil, errors.New("--config -: no standard input")
+	}
+	s.once.Do(func() {
+		s.data, s.err = io.ReadAll(io.LimitReader(s.r, maxStdinConfig+1))
+		if s.err == nil && len(s.data) > maxStdinConfig {
+			s.data, s.err = nil, fmt.Errorf("--config -: more than %d bytes on stdin", maxStdinConfig)
+		}
+	})
+	return s.data, s.err
+}
+
 // secretFlag names flags whose values must not be printed.
 func secretFlag(name string) bool {
+	if configOnly[name] {
+		return true
+	}
 	for _, s := range []string{"token", "secret", "password"} {
 		if strings.Contains(name, s) {
 			return true

@@ -46,7 +46,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return runServe(rest, stdout, stderr)
+		return runServe(rest, stdin, stdout, stderr)
 	case "client":
 		return runClient(rest, stdin, stdout, stderr)
 	case "token":

@@ -66,6 +66,9 @@ type serveSettings struct {
 	config      string
 	nymeaConfig string
 	printConfig bool
+
+	// Secrets given inline, from a configuration file only (configOnly).
+	certPEM, keyPEM, hmacKey string
 }
 
 // serveFlags declares the serve flags over settings starting from
@@ -126,8 +129,17 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.config, "config", "", "read settings from this TOML `FILE` (keys are these flag names; flags override it)")
 	fs.StringVar(&o.nymeaConfig, "nymea-config", "", "read settings from a nymea-remoteproxy configuration `FILE` (e.g. /etc/nymea/nymea-remoteproxy.conf)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration as TOML and exit")
+	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
+	fs.StringVar(&o.keyPEM, "tls-key-pem", "", "the TLS private key itself, PEM (configuration file only; never printed)")
+	fs.StringVar(&o.hmacKey, "hmac-key", "", "the HMAC token key itself, hex, with auth = \"hmac\" (configuration file only; never printed)")
 	return fs, v
 }
+
+// configOnly names the settings that carry key material: they are read
+// from a configuration file (--config FILE, or --config - from a pipe)
+// and refused on the command line, where every user of the machine could
+// read them in the process list.
+var configOnly = map[string]bool{"tls-cert-pem": true, "tls-key-pem": true, "hmac-key": true}
 
 // serveOptions is what serve runs: the relay's Config and the operational
 // settings around it.
@@ -148,7 +160,7 @@ type serveOptions struct {
 // to logOut. It returns the exit status to use when serve must stop (see
 // parseFlags), or -1.
 func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, int) {
-	o, code := parseServeOptions(args, logOut, stdout, stderr)
+	o, code := parseServeOptions(args, nil, logOut, stdout, stderr)
 	return o.cfg, code
 }
 
@@ -156,7 +168,10 @@ func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, 
 // (precedence: flags, --config, --nymea-config, defaults) and validates the
 // result. Every error is one line on stderr naming the setting, with exit
 // status 2. --print-config prints the configuration and returns 0.
-func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOptions, int) {
+//
+// stdin supplies `--config -` (nil: none); it is read once, so a SIGHUP
+// re-parse sees the same configuration.
+func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr io.Writer) (serveOptions, int) {
 	fail := func(format string, a ...any) (serveOptions, int) {
 		fmt.Fprintf(stderr, "meetpoint serve: "+format+"\n", a...)
 		return serveOptions{}, 2
@@ -167,6 +182,11 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 	}
 	explicit := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	for name := range configOnly {
+		if explicit[name] {
+			return fail("--%s: key material is read from a configuration file only (--config FILE, or --config - on stdin), never from the command line", name)
+		}
+	}
 	var warnings []string
 	var ss []setting
 	if v.nymeaConfig != "" {
@@ -177,7 +197,7 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 		ss, warnings = append(ss, ns...), warn
 	}
 	if v.config != "" {
-		ts, err := readTOMLConfig(v.config, fs)
+		ts, err := readTOMLConfig(v.config, fs, stdin)
 		if err != nil {
 			return fail("%v", err)
 		}
@@ -207,7 +227,11 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 		}
 	}
 	tlsCfg := v.tlsCfg
-	if v.tls && tlsCfg.Cert == "" {
+	tlsCfg.CertPEM, tlsCfg.KeyPEM = []byte(v.certPEM), []byte(v.keyPEM)
+	if len(tlsCfg.CertPEM) == 0 {
+		tlsCfg.CertPEM, tlsCfg.KeyPEM = nil, nil
+	}
+	if v.tls && tlsCfg.Cert == "" && len(tlsCfg.CertPEM) == 0 {
 		tlsCfg.SelfSigned = true
 	}
 	if err := tlsCfg.Validate(); err != nil {
@@ -239,7 +263,18 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 			return fail("admin-listen: %v", err)
 		}
 	}
-	a, err := auth.ParseAuth(v.auth)
+	var a relay.Authenticator
+	var err error
+	switch {
+	case v.hmacKey != "" && v.auth != "hmac":
+		return fail(`hmac-key: needs auth = "hmac" (the key is given inline instead of hmac:KEYFILE)`)
+	case v.hmacKey != "":
+		a, err = auth.NewHMACAuthKey(v.hmacKey)
+	case v.auth == "hmac":
+		return fail(`auth: "hmac" without a key file needs hmac-key in the configuration (or use hmac:KEYFILE)`)
+	default:
+		a, err = auth.ParseAuth(v.auth)
+	}
 	if err != nil {
 		return fail("auth: %v", err)
 	}
@@ -271,10 +306,10 @@ func parseServeOptions(args []string, logOut, stdout, stderr io.Writer) (serveOp
 
 // limitsReloader re-reads serve's command line and config files and
 // returns the limits they now give (for SIGHUP).
-func limitsReloader(args []string) func() (limits.Limits, error) {
+func limitsReloader(args []string, stdin *stdinConfig) func() (limits.Limits, error) {
 	return func() (limits.Limits, error) {
 		var errb bytes.Buffer
-		again, code := parseServeOptions(args, io.Discard, io.Discard, &errb)
+		again, code := parseServeOptions(args, stdin, io.Discard, io.Discard, &errb)
 		if code >= 0 {
 			return limits.Limits{}, errors.New(strings.TrimSpace(errb.String()))
 		}
@@ -284,13 +319,14 @@ func limitsReloader(args []string) func() (limits.Limits, error) {
 
 // runServe runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
 // authenticator's files and the TLS certificate.
-func runServe(args []string, stdout, stderr io.Writer) int {
-	o, code := parseServeOptions(args, stderr, stdout, stderr)
+func runServe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	in := &stdinConfig{r: stdin}
+	o, code := parseServeOptions(args, in, stderr, stdout, stderr)
 	if code >= 0 {
 		return code
 	}
 	relay.Version = version // Hello, the monitor and meetpoint_build_info
-	o.limits = limitsReloader(args)
+	o.limits = limitsReloader(args, in)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)

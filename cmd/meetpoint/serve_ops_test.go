@@ -49,8 +49,14 @@ type testServe struct {
 
 func startServe(t *testing.T, args ...string) *testServe {
 	t.Helper()
+	return startServeWith(t, nil, args...)
+}
+
+// startServeWith is startServe with stdin for `--config -`.
+func startServeWith(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
+	t.Helper()
 	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{}}
-	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), ts.logs, io.Discard, ts.stderr)
+	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), stdin, ts.logs, io.Discard, ts.stderr)
 	if code != -1 {
 		t.Fatalf("parse: %d %s", code, ts.stderr.String())
 	}
@@ -297,7 +303,7 @@ func TestServeStartFailures(t *testing.T) {
 		{"--listen", busy.Addr().String()},
 	} {
 		var stderr lockedBuffer
-		o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0", "--log-level", "error"}, args...), io.Discard, io.Discard, &stderr)
+		o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0", "--log-level", "error"}, args...), nil, io.Discard, io.Discard, &stderr)
 		if code != -1 {
 			t.Fatalf("%v: parse %d %s", args, code, stderr.String())
 		}
@@ -318,7 +324,7 @@ func TestLimitsReloadFromConfig(t *testing.T) {
 		}
 	}
 	write("max-conns = 5\n")
-	reload := limitsReloader([]string{"--config", path, "--listen", "127.0.0.1:0"})
+	reload := limitsReloader([]string{"--config", path, "--listen", "127.0.0.1:0"}, nil)
 	lim, err := reload()
 	if err != nil || lim.MaxConns != 5 {
 		t.Fatalf("first read: %+v %v", lim, err)

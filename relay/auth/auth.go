@@ -171,8 +171,24 @@ func NewHMACAuth(keyPath string) (*HMACAuth, error) {
 	return a, nil
 }
 
-// Reload re-reads the key file. On error the previous key stays in use.
+// NewHMACAuthKey uses key (hex-encoded, as in a key file) given inline,
+// e.g. from a configuration read on stdin; Reload keeps it.
+func NewHMACAuthKey(hexKey string) (*HMACAuth, error) {
+	key, err := ParseHMACKey(hexKey, "(inline)")
+	if err != nil {
+		return nil, err
+	}
+	a := &HMACAuth{now: time.Now}
+	a.key.Store(&key)
+	return a, nil
+}
+
+// Reload re-reads the key file (an inline key stays). On error the
+// previous key stays in use.
 func (a *HMACAuth) Reload() error {
+	if a.path == "" {
+		return nil
+	}
 	key, err := LoadHMACKey(a.path)
 	if err != nil {
 		return err
@@ -188,13 +204,20 @@ func LoadHMACKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hmac key: %w", err)
 	}
+	return ParseHMACKey(string(data), path)
+}
+
+// ParseHMACKey decodes a hex-encoded key of at least MinHMACKeyLen bytes
+// (surrounding whitespace ignored); where names it in errors, which never
+// quote key material.
+func ParseHMACKey(text, where string) ([]byte, error) {
 	// hex errors quote the offending byte, which is key material: not wrapped.
-	key, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	key, err := hex.DecodeString(strings.TrimSpace(text))
 	if err != nil {
-		return nil, fmt.Errorf("hmac key %s: not hex-encoded", path)
+		return nil, fmt.Errorf("hmac key %s: not hex-encoded", where)
 	}
 	if len(key) < MinHMACKeyLen {
-		return nil, fmt.Errorf("hmac key %s: %d bytes, want at least %d", path, len(key), MinHMACKeyLen)
+		return nil, fmt.Errorf("hmac key %s: %d bytes, want at least %d", where, len(key), MinHMACKeyLen)
 	}
 	return key, nil
 }

@@ -33,6 +33,10 @@ type Config struct {
 	// Cert and Key are PEM files (the certificate file may hold the whole
 	// chain), reloaded on Reload and when the files change.
 	Cert, Key string
+	// CertPEM and KeyPEM are the certificate (chain) and key themselves,
+	// PEM-encoded, instead of files: for a configuration passed on stdin,
+	// so the key never sits in a file. They are not reloaded.
+	CertPEM, KeyPEM []byte
 	// Chain is an optional PEM file of intermediate certificates sent
 	// after Cert's (nymea's [SSL] certificateChain).
 	Chain string
@@ -53,12 +57,18 @@ type Config struct {
 }
 
 // Enabled reports whether TLS is configured.
-func (c *Config) Enabled() bool { return c.Cert != "" || c.SelfSigned }
+func (c *Config) Enabled() bool { return c.Cert != "" || len(c.CertPEM) > 0 || c.SelfSigned }
 
 // Validate reports the first invalid field, naming its flag.
 func (c *Config) Validate() error {
 	if (c.Cert == "") != (c.Key == "") {
 		return errors.New("tls-cert/tls-key: both or neither must be given")
+	}
+	if (len(c.CertPEM) == 0) != (len(c.KeyPEM) == 0) {
+		return errors.New("tls-cert-pem/tls-key-pem: both or neither must be given")
+	}
+	if len(c.CertPEM) > 0 && c.Cert != "" {
+		return errors.New("tls-cert-pem and tls-cert: one or the other")
 	}
 	if (c.ClientCA != "" || c.ClientFingerprints != "") && !c.Enabled() {
 		return errors.New("tls-client-ca/tls-client-fingerprints: need TLS")
@@ -99,7 +109,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	ts := &Store{cfg: cfg, log: log, stop: make(chan struct{})}
 	switch {
-	case cfg.Cert != "":
+	case cfg.Cert != "" || len(cfg.CertPEM) > 0:
 		if err := ts.load(); err != nil {
 			return nil, err
 		}
@@ -258,8 +268,13 @@ func loadFingerprints(path string) (map[[32]byte]bool, error) {
 // load reads the certificate chain and key; on error the current ones stay.
 func (ts *Store) load() error {
 	cfg := &ts.cfg
-	cert, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
-	if err != nil {
+	var cert tls.Certificate
+	var err error
+	if len(cfg.CertPEM) > 0 {
+		if cert, err = tls.X509KeyPair(cfg.CertPEM, cfg.KeyPEM); err != nil {
+			return fmt.Errorf("tls-cert-pem/tls-key-pem: %w", err)
+		}
+	} else if cert, err = tls.LoadX509KeyPair(cfg.Cert, cfg.Key); err != nil {
 		return fmt.Errorf("tls-cert/tls-key: %w", err)
 	}
 	if cfg.Chain != "" {
