@@ -80,23 +80,24 @@ type conn struct {
 	// under mu.
 	st atomic.Uint32
 
-	mu      sync.Mutex
-	rel     release
-	frozen  bool          // released: the connection belongs to its target or is gone; nothing changes it
-	gone    bool          // released while claimed but before a target was set (pairUp delivers)
-	sk      loop.Sock     // the socket, detached for the target when released while claimed
-	reason  reason.Reason // closing: why; claimed: why the set-up failed, if failed
-	failed  bool          // claimed: the set-up failed (reason says why)
-	linger  bool          // closing: let the client read what we sent before the socket closes
-	skipNL  bool          // claimed by a raw-TCP registration: drop the request's newline
-	hello   bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
-	ws      *handshake.Stream
-	out     handshake.Queue // replies not yet written; kept for the target once claimed
-	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
-	msg     []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
-	late    []byte          // claimed: input that arrived after the claim (≤ lateLimit)
-	lateMax int             // bound on late when not MaxPreAuth (a hand-off to net/http)
-	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
+	mu        sync.Mutex
+	rel       release
+	frozen    bool          // released: the connection belongs to its target or is gone; nothing changes it
+	gone      bool          // released while claimed but before a target was set (pairUp delivers)
+	sk        loop.Sock     // the socket, detached for the target when released while claimed
+	reason    reason.Reason // closing: why; claimed: why the set-up failed, if failed
+	failed    bool          // claimed: the set-up failed (reason says why)
+	linger    bool          // closing: let the client read what we sent before the socket closes
+	skipNL    bool          // claimed by a raw-TCP registration: drop the request's newline
+	hello     bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
+	ws        *handshake.Stream
+	out       handshake.Queue // replies not yet written; kept for the target once claimed
+	in        []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
+	msg       []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
+	late      []byte          // claimed: input that arrived after the claim (≤ lateLimit)
+	lateMax   int             // bound on late when not MaxPreAuth (a hand-off to net/http)
+	lateMsg   bool            // claimed: a WebSocket data frame arrived after the claim
+	streaming bool            // claimed for a hand-off with bytes flowing behind the request head (a body)
 
 	timer     *time.Timer // inactive, then alone timeout
 	hsTimer   *time.Timer // handshake timeout
@@ -108,6 +109,7 @@ type conn struct {
 
 	uuid, name  string
 	key         PairKey
+	authed      bool // the authenticator accepted key.Token
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes
@@ -147,6 +149,12 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	_ = nc.AddCloseCallback(func(nc netpoll.Connection) error {
 		var left []byte
 		r := nc.Reader()
+		c.mu.Lock()
+		streaming := c.streaming && state(c.st.Load()) == stClaimed
+		c.mu.Unlock()
+		if streaming {
+			settleReader(r)
+		}
 		if n := r.Len(); n > 0 {
 			if p, err := r.Next(n); err == nil {
 				left = p
@@ -198,18 +206,20 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		return nc.Close()
 	}
 	c.mu.Lock()
-	n, budget := r.Len(), c.s.inputBudget()
-	if c.lateMax > 0 {
-		budget = c.lateMax
-	}
-	over := n > budget
-	if over {
-		n = budget
-	}
-	if p, err := r.Next(n); err == nil {
+	n := r.Len()
+	take := min(n, c.readBudget())
+	if p, err := r.Next(take); err == nil {
 		c.consume(p)
 	}
-	if over {
+	if rest := n - take; rest > 0 && take+rest <= c.readBudget() {
+		// What was read decided a hand-off to net/http, whose budget is a
+		// whole request body (httpLateMax): the rest is that body.
+		if p, err := r.Next(rest); err == nil {
+			c.consume(p)
+		}
+		take = n
+	}
+	if over := take < n; over {
 		// netpoll reads eagerly and without bound: a client whose unread
 		// input outgrows what any stage before the tunnel accepts is
 		// flooding, and is cut off before netpoll holds more of it. What
@@ -222,6 +232,35 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	_ = r.Release()
 	c.unlock()
 	return nil
+}
+
+// settleReader waits until netpoll's read buffer for a closed connection
+// holds still. netpoll detaches a connection from its poller without
+// waiting for a read the poller is in the middle of, so bytes the client
+// sent right up to the hand-off may land in the buffer after the close
+// callback began — and would be lost with it (seen: a request body cut
+// short, "malformed chunked encoding"). Only hand-offs with bytes flowing
+// wait: at least 2 ms, until two 1 ms looks see no growth, at most 50 ms.
+func settleReader(r netpoll.Reader) {
+	deadline := time.Now().Add(50 * time.Millisecond)
+	last, still := r.Len(), 0
+	for still < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		if n := r.Len(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+}
+
+// readBudget is the most input c may have consumed from netpoll so far:
+// the pre-tunnel budget, or a hand-off's (lateMax). Called with mu held.
+func (c *conn) readBudget() int {
+	if c.lateMax > 0 {
+		return c.lateMax
+	}
+	return c.s.inputBudget()
 }
 
 // inputBudget is the most input a connection may have waiting on netpoll

@@ -299,3 +299,40 @@ func TestDispatchHTTPBounds(t *testing.T) {
 	hoReadToClose(t, h2, 5*time.Second)
 	waitFor(t, func() bool { return s.stats.connsHTTP.Get() == 0 && s.liveConns() == 0 }, "every HTTP connection ended and accounted")
 }
+
+// TestDispatchStreamedBody: a request body that streams in at once after
+// the head (here 8 MiB, as fast as loopback goes) reaches net/http whole,
+// over plaintext and TLS: what arrives while the connection is being
+// handed over is neither dropped nor a reason to cut it off.
+func TestDispatchStreamedBody(t *testing.T) {
+	s, conf, _ := dpServer(t, func(c *Config) { c.HTTPMaxBody = 16 << 20 })
+	addr := s.Addrs()[0].String()
+	for _, secure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", secure), func(t *testing.T) {
+			url := "http://" + addr + "/echo"
+			tr := &http.Transport{}
+			if secure {
+				url = "https://" + addr + "/echo"
+				tr.TLSClientConfig = conf
+			}
+			const size = 8 << 20
+			for range 3 {
+				resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Post(url, "application/octet-stream",
+					io.LimitReader(zeros{}, size))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if want := fmt.Sprintf("body=%d", size); !strings.Contains(string(b), want) {
+					t.Fatalf("%d %q, want %s", resp.StatusCode, b, want)
+				}
+				tr.CloseIdleConnections() // a fresh connection (and hand-off) each time
+			}
+		})
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

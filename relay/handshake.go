@@ -27,6 +27,7 @@ func (c *conn) httpHead(p []byte) {
 	}
 	head, rest := c.in[:end], c.in[end:]
 	if !handshake.IsUpgradeRequest(head) || c.s.subprotocolOf(head) {
+		c.streaming = len(rest) > 0 || len(p) > 0 // a body follows the head
 		c.toHandoff(handoffHTTP, p)
 		return
 	}
@@ -58,8 +59,14 @@ func (c *conn) sendRaw(b []byte) {
 }
 
 // httpLateMax bounds what a connection bound for net/http may send before
-// its hand-off completes (the start of a request body).
-const httpLateMax = 256 << 10
+// its hand-off completes — a request body streams in right behind its
+// head, as fast as the network goes: room for one whole request of the
+// largest allowed body (HTTPMaxBody), at least 256 KiB. A TLS connection
+// stops being read once claimed (its rest stays in the socket); netpoll
+// reads eagerly until the socket is detached, so plaintext needs the room.
+func (s *Server) httpLateMax() int {
+	return max(256<<10, s.cfg.MaxHeader+int(min(s.cfg.HTTPMaxBody, 1<<30))+64<<10)
+}
 
 // toHandoff claims the connection for a hand-off listener (net/http, the
 // STUN listener): everything read so far and p go with it. Called with mu
@@ -72,7 +79,7 @@ func (c *conn) toHandoff(kind int, p []byte) {
 	c.tk.setKind(kindHTTP)
 	c.late = append(c.in, p...)
 	c.in = nil
-	c.lateMax = httpLateMax
+	c.lateMax = c.s.httpLateMax()
 	c.claimFor(httpHandoff{kind})
 	c.skipNL = false
 }

@@ -181,6 +181,9 @@ func (c *conn) stashLate(p []byte) {
 		return
 	}
 	c.late = append(c.late, p...)
+	if c.lateMax > 0 {
+		c.streaming = true
+	}
 }
 
 // consumeWS decodes WebSocket frames before the tunnel with the

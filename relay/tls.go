@@ -79,9 +79,17 @@ func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
 func (t *tlsTransport) readAll(l *loop.Loop) {
 	buf := l.Scratch()
 	for !t.dropped {
+		c := t.c
+		c.mu.Lock()
+		handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
+		c.mu.Unlock()
+		if handing {
+			// Bound for net/http: what follows (a request body) stays in
+			// the socket and the TLS connection, which go along whole.
+			return
+		}
 		n, err := t.s.Read(buf)
 		if n > 0 {
-			c := t.c
 			c.mu.Lock()
 			c.consume(buf[:n])
 			c.unlock()
