@@ -20,6 +20,10 @@ type Config struct {
 	Name string
 	// Auth decides whether a token is valid. Required.
 	Auth Authenticator
+	// Access, if set, decides what each identity may do (pair, register
+	// or reach TunnelProxy servers, HTTP paths): deny unless a rule allows
+	// (package relay/access). Nil allows everything.
+	Access Access
 
 	// InactiveTimeout bounds the time from connect until a successful
 	// Authenticate (nymea's inactiveTimeout).

@@ -118,6 +118,11 @@ func (s *Server) httpRoot() http.Handler {
 				}
 			}
 		}
+		if s.cfg.Access != nil && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
+			s.stats.httpDenied.Inc()
+			http.Error(w, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client", http.StatusForbidden)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
 		s.mux.ServeHTTP(w, r)
 	})

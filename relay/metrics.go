@@ -29,6 +29,7 @@ type stats struct {
 	bans              *metrics.Counter // addresses banned
 	httpConns         *metrics.Counter // connections handed to net/http
 	httpRequests      *metrics.Counter // requests net/http served
+	httpDenied        *metrics.Counter // requests refused by the access rules
 	accepted          *metrics.Counter // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
 	rescued           *metrics.Counter // live sockets netpoll hung up on, moved to a loop (rescue.go)
@@ -57,6 +58,7 @@ func newStats() *stats {
 	s.bans = s.set.NewCounter(`meetpoint_bans_total`)
 	s.httpConns = s.set.NewCounter(`meetpoint_http_connections_total`)
 	s.httpRequests = s.set.NewCounter(`meetpoint_http_requests_total`)
+	s.httpDenied = s.set.NewCounter(`meetpoint_http_denied_total`)
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
 	s.rescued = s.set.NewCounter(`meetpoint_netpoll_rescued_total`)

@@ -130,9 +130,9 @@ func (c *conn) onAuthResult(r AuthResult) {
 				"for", c.s.lim.BanTime())
 		}
 	}
-	c.send(handshake.AppendSuccess(nil, c.authID,
-		handshake.Str("authenticationError", r.String())))
 	if r != AuthNoError {
+		c.send(handshake.AppendSuccess(nil, c.authID,
+			handshake.Str("authenticationError", r.String())))
 		why, text := reason.AuthFailed, "Authentication failed"
 		if r == AuthTimeout {
 			why, text = reason.AuthTimeout, "Authentication timed out"
@@ -141,6 +141,18 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.unlock()
 		return
 	}
+	c.authed = true
+	if c.s.cfg.Access != nil && !c.s.Allow(c.identity(), ActionPair, c.key.Nonce) {
+		// The token is good but this identity may not pair here: the
+		// same answer as a bad token, counted apart (no ban).
+		c.send(handshake.AppendSuccess(nil, c.authID,
+			handshake.Str("authenticationError", AuthFailed.String())))
+		c.fail(reason.AccessDenied, ws.StatusPolicyViolation, "Access denied")
+		c.unlock()
+		return
+	}
+	c.send(handshake.AppendSuccess(nil, c.authID,
+		handshake.Str("authenticationError", r.String())))
 	// The reply goes out before the client can be paired: a partner's
 	// TunnelEstablished must never overtake it.
 	c.flush()

@@ -213,11 +213,14 @@ func (s *Server) Addrs() []net.Addr {
 }
 
 // Reload re-reads what the server reads from disk: the authenticator's
-// token file or HMAC key and the TLS certificate. On error the old state
+// token file or HMAC key and the access rules. On error the old state
 // stays in force and the errors are returned.
 func (s *Server) Reload() error {
 	var errs []error
 	if r, ok := s.cfg.Auth.(Reloader); ok {
+		errs = append(errs, r.Reload())
+	}
+	if r, ok := s.cfg.Access.(Reloader); ok {
 		errs = append(errs, r.Reload())
 	}
 	return errors.Join(errs...)

@@ -18,6 +18,7 @@ type ClientInfo struct {
 	Name          string    `json:"name"`
 	UUID          string    `json:"uuid"`
 	TokenHash     string    `json:"tokenHash,omitempty"` // TokenHash of the token; never the token
+	Identity      string    `json:"identity,omitempty"`  // Identity.String(), once authenticated
 	RxBytes       uint64    `json:"rxDataCount"`
 	TxBytes       uint64    `json:"txDataCount"`
 }

@@ -49,11 +49,12 @@ type peerInfo struct {
 	uuid      string
 	connected int64 // unix ns
 	ws        bool
+	identity  string
 }
 
 func peerInfoOf(c *conn) peerInfo {
 	return peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
-		connected: c.created.UnixNano(), ws: c.ws != nil}
+		connected: c.created.UnixNano(), ws: c.ws != nil, identity: c.identity().String()}
 }
 
 // clientInfo expands p for a snapshot.
@@ -63,7 +64,8 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 		tr = "websocket"
 	}
 	return ClientInfo{ID: p.id, Address: p.address, Transport: tr, Connected: time.Unix(0, p.connected),
-		Authenticated: true, Tunnel: true, Name: p.name, UUID: p.uuid, TokenHash: tokenHash, RxBytes: rx, TxBytes: tx}
+		Authenticated: true, Tunnel: true, Name: p.name, UUID: p.uuid, TokenHash: tokenHash, RxBytes: rx, TxBytes: tx,
+		Identity: p.identity}
 }
 
 // newTunnel builds the tunnel of a (waiting) and b (completing). Called
@@ -155,7 +157,8 @@ func (t *tunnel) startOn(l *loop.Loop) {
 	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
 	t.s.trackTunnel(t, true)
 	t.s.log.Info("tunnel established", "tunnel", t.id, "token", t.tokenHash,
-		"a", t.infoA.address, "b", t.infoB.address, "splice", t.pair.Splice)
+		"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
+		"splice", t.pair.Splice)
 	l.StartPair(&t.pair)
 }
 

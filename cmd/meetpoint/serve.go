@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/access"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/ops"
+	"github.com/meetpoint/meetpoint/relay/routes"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 	"github.com/meetpoint/meetpoint/relay/web"
 )
@@ -66,6 +68,10 @@ type serveSettings struct {
 	config      string
 	nymeaConfig string
 	printConfig bool
+
+	access     string   // --access rules file
+	routes     listFlag // --route PREFIX=URL
+	routeIDHdr string
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string
@@ -129,6 +135,9 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.config, "config", "", "read settings from this TOML `FILE` (keys are these flag names; flags override it)")
 	fs.StringVar(&o.nymeaConfig, "nymea-config", "", "read settings from a nymea-remoteproxy configuration `FILE` (e.g. /etc/nymea/nymea-remoteproxy.conf)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration as TOML and exit")
+	fs.StringVar(&o.access, "access", "", "access rules `FILE` (TOML): what each identity may do; once given, everything not allowed is denied (docs/security.md); reloaded on SIGHUP")
+	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
+	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
 	fs.StringVar(&o.keyPEM, "tls-key-pem", "", "the TLS private key itself, PEM (configuration file only; never printed)")
 	fs.StringVar(&o.hmacKey, "hmac-key", "", "the HMAC token key itself, hex, with auth = \"hmac\" (configuration file only; never printed)")
@@ -151,6 +160,7 @@ type serveOptions struct {
 	monitor     string
 	drain       time.Duration
 	warnings    []string // from --nymea-config
+	routes      routes.Config
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -279,6 +289,22 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return fail("auth: %v", err)
 	}
 	cfg.Auth = a
+	if v.access != "" {
+		pol, err := access.Load(v.access)
+		if err != nil {
+			return fail("%v", err)
+		}
+		cfg.Access = pol
+	}
+	var rcfg routes.Config
+	for _, spec := range v.routes.vals {
+		rt, err := routes.Parse(spec)
+		if err != nil {
+			return fail("%v", err)
+		}
+		rcfg.Routes = append(rcfg.Routes, rt)
+	}
+	rcfg.IdentityHeader = v.routeIDHdr
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
 	}
@@ -301,7 +327,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 		return serveOptions{}, 0
 	}
-	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain, warnings: warnings}, -1
+	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
+		warnings: warnings, routes: rcfg}, -1
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -370,6 +397,10 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	}
 	ops.Register(srv)
 	web.Register(srv)
+	if err := routes.Register(srv, o.routes); err != nil {
+		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+		return 2
+	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1

@@ -26,7 +26,8 @@ func tokenFlags() (*flag.FlagSet, *tokenSettings) {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.StringVar(&v.key, "key", "", "hex HMAC key `FILE` to sign with")
 	fs.DurationVar(&v.ttl, "ttl", 30*time.Second, "token lifetime")
-	fs.StringVar(&v.id, "id", "meetpoint", "token id (1 to 64 of A-Z a-z 0-9 _ -)")
+	fs.StringVar(&v.id, "id", "meetpoint", "token id (1 to 64 of A-Z a-z 0-9 _ -): the token's subject, the identity access rules see")
+	fs.StringVar(&v.id, "subject", "meetpoint", "the same as --id")
 	fs.StringVar(&v.genKey, "gen-key", "", "write a new random 32-byte hex key to `FILE` (mode 0600, must not exist) and exit")
 	return fs, v
 }

@@ -171,6 +171,13 @@ func NewHMACAuth(keyPath string) (*HMACAuth, error) {
 	return a, nil
 }
 
+// Subject implements relay.Subjecter: an HMAC token's subject is its id
+// (the part before the first dot; the signature covers it).
+func (a *HMACAuth) Subject(token string) string {
+	id, _, _ := strings.Cut(token, ".")
+	return id
+}
+
 // NewHMACAuthKey uses key (hex-encoded, as in a key file) given inline,
 // e.g. from a configuration read on stdin; Reload keeps it.
 func NewHMACAuthKey(hexKey string) (*HMACAuth, error) {

@@ -39,6 +39,7 @@ const (
 	SlowReader                     // output the client does not read exceeded its budget (replies, control frames, TunnelProxy backlog)
 	LimitTLS                       // MaxTLSHandshakes busy and its queue full, or queued past the handshake deadline
 	LimitHTTP                      // HTTPMaxConns HTTP connections handed to net/http already
+	AccessDenied                   // the access rules do not let this identity do what it asked
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -49,7 +50,7 @@ var names = [Count]string{
 	"inactive_timeout", "alone_timeout", "data_before_tunnel", "tunnel_exists",
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
-	"slow_reader", "limit_tls_handshakes", "limit_http",
+	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".

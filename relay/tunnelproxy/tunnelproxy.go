@@ -214,6 +214,14 @@ func (s *Service) refuse(c relay.Conn, id int, server bool, e handshake.TunnelPr
 	c.Refuse(reason.RPC, ws.StatusPolicyViolation, e.String())
 }
 
+// forbid answers a registration the access rules refuse: ForbiddenCall,
+// then a close counted as access_denied.
+func (s *Service) forbid(c relay.Conn, id int, server bool) {
+	s.m.refused.Inc()
+	c.Reply(refusal(id, server, handshake.TunnelProxyErrorForbiddenCall))
+	c.Refuse(reason.AccessDenied, ws.StatusPolicyViolation, handshake.TunnelProxyErrorForbiddenCall.String())
+}
+
 // refusal is the reply to a registration that failed with e. A
 // RegisterServer reply always carries slipEnabled (false here), as
 // nymea's does: its clients and tests look for the key.
@@ -233,6 +241,10 @@ func (s *Service) registerServer(c relay.Conn, req *handshake.Request) {
 		s.refuse(c, req.ID, true, handshake.TunnelProxyErrorInvalidUuid)
 		return
 	}
+	if !s.srv.Allow(c.Identity(), relay.ActionTPRegister, uuid) {
+		s.forbid(c, req.ID, true)
+		return
+	}
 	name := param(req, "serverName")
 	h := s.reg.addServer(s, uuid, name)
 	if h == nil {
@@ -249,6 +261,10 @@ func (s *Service) registerClient(c relay.Conn, req *handshake.Request) {
 	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
 	if !ok1 || !ok2 {
 		s.refuse(c, req.ID, false, handshake.TunnelProxyErrorInvalidUuid)
+		return
+	}
+	if !s.srv.Allow(c.Identity(), relay.ActionTPReach, su) {
+		s.forbid(c, req.ID, false)
 		return
 	}
 	h, res := s.reg.addClient(cu, su)

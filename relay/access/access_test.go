@@ -1,0 +1,181 @@
+package access
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// pki makes a CA, a certificate it signed and a self-signed one (a
+// friend's device), and writes the CA to dir/ca.pem.
+func pki(t *testing.T, dir string) (home, friend *x509.Certificate) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "home CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caT, caT, &caKey.PublicKey, caKey)
+	ca, _ := x509.ParseCertificate(caDER)
+	os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600)
+	leaf := func(cn string, parent *x509.Certificate, key *ecdsa.PrivateKey) *x509.Certificate {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		if parent == nil {
+			parent, key = tmpl, k
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}
+	return leaf("laptop", ca, caKey), leaf("friend-phone", nil, nil)
+}
+
+// The worked example of docs/security.md.
+const example = `
+[[rule]]
+name = "own devices"
+ca = "CA"
+allow = ["*"]
+
+[[rule]]
+name = "friend"
+fingerprint = ["FP"]
+deny = ["http:/shared/private/*"]
+allow = ["tunnelproxy-reach:6ba7b810-9dad-11d1-80b4-00c04fd430c8", "http:/shared/*"]
+
+[[rule]]
+name = "guests"
+token-subject = ["guest-*"]
+allow = ["pair:guest-*"]
+
+[[rule]]
+name = "the page"
+anonymous = true
+allow = ["http:/", "http:/page/*", "http:/meetpoint.js", "http:/status.json"]
+`
+
+func TestDecide(t *testing.T) {
+	dir := t.TempDir()
+	home, friend := pki(t, dir)
+	fid := relay.IdentityOf(friend, "")
+	src := strings.NewReplacer("CA", filepath.Join(dir, "ca.pem"), "FP", fid.Fingerprint).Replace(example)
+	rules, err := Parse([]byte(src), "example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{}
+	p.rules.Store(&rules)
+	homeID, guest, anon := relay.IdentityOf(home, ""), relay.IdentityOf(nil, "guest-42"), relay.IdentityOf(nil, "")
+	other := relay.IdentityOf(nil, "bob")
+	// The friend's certificate is self-signed: not the home CA's.
+	homeWithGuestToken := relay.IdentityOf(home, "guest-1")
+	const server = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+	for _, c := range []struct {
+		name           string
+		id             relay.Identity
+		action, target string
+		ok             bool
+		rule           string
+	}{
+		{"own device pairs anywhere", homeID, relay.ActionPair, "", true, "own devices"},
+		{"own device registers a server", homeID, relay.ActionTPRegister, server, true, "own devices"},
+		{"own device reads a private path", homeID, relay.ActionHTTP, "/shared/private/x", true, "own devices"},
+		{"own device with a guest token is still an own device", homeWithGuestToken, relay.ActionHTTP, "/db/", true, "own devices"},
+		{"friend reaches the shared server", fid, relay.ActionTPReach, server, true, "friend"},
+		{"friend reaches another server", fid, relay.ActionTPReach, "7a7a7a7a-0000-4000-8000-000000000001", false, "default"},
+		{"friend registers a server", fid, relay.ActionTPRegister, server, false, "default"},
+		{"friend reads the shared prefix", fid, relay.ActionHTTP, "/shared/photos/1.jpg", true, "friend"},
+		{"friend is denied the private part first", fid, relay.ActionHTTP, "/shared/private/diary", false, "friend"},
+		{"friend outside the prefix", fid, relay.ActionHTTP, "/db/", false, "default"},
+		{"friend may not pair", fid, relay.ActionPair, "", false, "default"},
+		{"guest pairs on a guest nonce", guest, relay.ActionPair, "guest-room", true, "guests"},
+		{"guest on another nonce", guest, relay.ActionPair, "family", false, "default"},
+		{"guest without a nonce", guest, relay.ActionPair, "", false, "default"},
+		{"another token subject", other, relay.ActionPair, "guest-room", false, "default"},
+		{"anonymous sees the page", anon, relay.ActionHTTP, "/", true, "the page"},
+		{"anonymous loads the client", anon, relay.ActionHTTP, "/meetpoint.js", true, "the page"},
+		{"anonymous may not scrape metrics", anon, relay.ActionHTTP, "/metrics", false, "default"},
+		{"anonymous may not pair", anon, relay.ActionPair, "guest-room", false, "default"},
+	} {
+		ok, rule := p.Allow(&c.id, c.action, c.target)
+		if ok != c.ok || rule != c.rule {
+			t.Errorf("%s: %v by %q, want %v by %q", c.name, ok, rule, c.ok, c.rule)
+		}
+	}
+}
+
+func TestMatch(t *testing.T) {
+	for _, c := range []struct {
+		p, s string
+		ok   bool
+	}{
+		{"*", "", true}, {"*", "/a/b", true}, {"/shared/*", "/shared/", true}, {"/shared/*", "/shared", false},
+		{"/a/*/c", "/a/b/x/c", true}, {"guest-?", "guest-1", true}, {"guest-?", "guest-12", false},
+		{"abc", "abc", true}, {"abc", "abd", false}, {"a*b*c", "axxbyyc", true}, {"a*b*c", "axxbyy", false},
+		{"", "", true}, {"", "x", false}, {"**", "x", true},
+	} {
+		if got := Match(c.p, c.s); got != c.ok {
+			t.Errorf("Match(%q, %q) = %v", c.p, c.s, got)
+		}
+	}
+}
+
+// TestParseErrors: every mistake is named with its line.
+func TestParseErrors(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{"[[rule]]\nname = \"x\"\nany = true\nallow = [\"pear:*\"]\n", `x.toml:4: rule "x": allow: "pear:*": unknown action "pear"`},
+		{"[[rule]]\nname = \"a\"\nany = true\nallow = [\"*\"]\n\n[[rule]]\nname = \"b\"\nfingerprint = [\"zz\"]\nallow = [\"*\"]\n", `x.toml:8: rule "b": fingerprint "zz"`},
+		{"[[rule]]\nname = \"n\"\nallow = [\"*\"]\n", `x.toml:2: rule "n": says nobody it is for`},
+		{"[[rule]]\nname = \"n\"\nany = true\n", `rule "n": allows and denies nothing`},
+		{"[[rule]]\nname = \"n\"\nany = true\nallow = [\"*\"]\ncolour = \"red\"\n", `x.toml:5: unknown key "colour"`},
+		{"[[rule]]\nname = \"n\"\nany = true\nallow = [\"*\"\n", `x.toml:`},
+		{"", `no [[rule]]`},
+		{"[[rule]]\nname = \"n\"\nca = \"/nonexistent/ca.pem\"\nallow = [\"*\"]\n", `x.toml:3: rule "n": ca: open /nonexistent/ca.pem`},
+		{"[[rule]]\nname = \"q\\\"uote\"\nany = true\nallow = [\"*\"]\n", `no quotes`},
+	} {
+		_, err := Parse([]byte(c.src), "x.toml")
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Parse(%q): %v, want …%s…", c.src, err, c.want)
+		}
+	}
+}
+
+// TestReloadKeepsRulesOnError: a broken file on reload leaves the rules in
+// force; a good one replaces them.
+func TestReloadKeepsRulesOnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.toml")
+	os.WriteFile(path, []byte("[[rule]]\nname = \"all\"\nany = true\nallow = [\"*\"]\n"), 0o600)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon := relay.IdentityOf(nil, "")
+	os.WriteFile(path, []byte("[[rule]]\nname = \"broken\"\n"), 0o600)
+	if err := p.Reload(); err == nil {
+		t.Fatal("a broken file reloaded")
+	}
+	if ok, _ := p.Allow(&anon, relay.ActionPair, ""); !ok {
+		t.Fatal("the old rules were dropped")
+	}
+	os.WriteFile(path, []byte("[[rule]]\nname = \"none\"\nany = true\ndeny = [\"*\"]\n"), 0o600)
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, rule := p.Allow(&anon, relay.ActionPair, ""); ok || rule != "none" {
+		t.Fatalf("after reload: %v %q", ok, rule)
+	}
+}

@@ -1,0 +1,359 @@
+package access_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/access"
+	"github.com/meetpoint/meetpoint/relay/auth"
+	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/ops"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/routes"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+	"github.com/meetpoint/meetpoint/relay/web"
+)
+
+// keyPair makes a client certificate for cn, signed by parent (nil:
+// self-signed), as a tls.Certificate.
+func keyPair(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool) (tls.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	if isCA {
+		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
+	} else {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, k
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, k
+}
+
+const sharedServer = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+
+// world is a relay with access rules, TLS requiring client certificates
+// (the home CA's, or the friend's listed fingerprint) and plaintext for
+// anonymous clients, TunnelProxy, the page and routes to a local service.
+type world struct {
+	s                  *relay.Server
+	home, friend       *tls.Config // client TLS configs with their certificates
+	anonymousTLS       *tls.Config
+	hmacKey            []byte
+	upstream           *httptest.Server
+	upstreamSawHeaders chan http.Header
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	dir := t.TempDir()
+	caCert, caKey := keyPair(t, "home CA", nil, nil, true)
+	os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Certificate[0]}), 0o600)
+	homeCert, _ := keyPair(t, "laptop", caCert.Leaf, caKey, false)
+	friendCert, _ := keyPair(t, "friend-phone", nil, nil, false)
+	friendFP := relay.IdentityOf(friendCert.Leaf, "").Fingerprint
+	os.WriteFile(filepath.Join(dir, "fps"), []byte(friendFP+"\n"), 0o600)
+
+	rules := fmt.Sprintf(`
+[[rule]]
+name = "own devices"
+ca = %q
+allow = ["*"]
+
+[[rule]]
+name = "friend"
+fingerprint = [%q]
+deny = ["http:/shared/private/*"]
+allow = ["tunnelproxy-reach:%s", "http:/shared/*"]
+
+[[rule]]
+name = "guests"
+token-subject = ["guest-*"]
+allow = ["pair:guest-*"]
+
+[[rule]]
+name = "the page"
+anonymous = true
+allow = ["http:/", "http:/page/*", "http:/meetpoint.js"]
+`, filepath.Join(dir, "ca.pem"), friendFP, sharedServer)
+	rulesPath := filepath.Join(dir, "access.toml")
+	os.WriteFile(rulesPath, []byte(rules), 0o600)
+	pol, err := access.Load(rulesPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, _ := certs.SelfSignedCert([]string{"127.0.0.1"})
+	cp, kp := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	certs.WriteSelfSigned(serverCert, cp, kp)
+	st, err := certs.New(certs.Config{Cert: cp, Key: kp, ClientCA: filepath.Join(dir, "ca.pem"), ClientFingerprints: filepath.Join(dir, "fps")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	w := &world{hmacKey: make([]byte, 32), upstreamSawHeaders: make(chan http.Header, 16)}
+	rand.Read(w.hmacKey)
+	hm, _ := auth.NewHMACAuthKey(fmt.Sprintf("%x", w.hmacKey))
+	roots := x509.NewCertPool()
+	roots.AddCert(serverCert.Leaf)
+	base := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	w.home, w.friend, w.anonymousTLS = base.Clone(), base.Clone(), base.Clone()
+	w.home.Certificates = []tls.Certificate{homeCert}
+	w.friend.Certificates = []tls.Certificate{friendCert}
+
+	// The local service behind the routes: echoes, and streams.
+	w.upstream = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		select {
+		case w.upstreamSawHeaders <- r.Header.Clone():
+		default:
+		}
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/upload"):
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(rw, "received %d bytes", n)
+		case strings.HasSuffix(r.URL.Path, "/stream"):
+			fl := rw.(http.Flusher)
+			fmt.Fprint(rw, "first\n")
+			fl.Flush()
+			<-r.Context().Done() // the client closes once it saw "first": proof it was not buffered
+		default:
+			fmt.Fprintf(rw, "upstream %s", r.URL.Path)
+		}
+	}))
+	t.Cleanup(w.upstream.Close)
+	s := relaytest.New(t, func(c *relay.Config) {
+		c.Auth = hm
+		c.Access = pol
+		c.TLS = st.TLSConfig()
+		c.HTTPMaxBody = 64 << 20
+	})
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	ops.Register(s)
+	web.Register(s)
+	up, _ := routes.Parse("/db/=strip:" + w.upstream.URL + "/")
+	sh, _ := routes.Parse("/shared/=" + w.upstream.URL + "/")
+	if err := routes.Register(s, routes.Config{Routes: []routes.Route{up, sh}, IdentityHeader: "X-Meetpoint-Identity"}); err != nil {
+		t.Fatal(err)
+	}
+	w.s = relaytest.Start(t, s)
+	return w
+}
+
+func (w *world) tlsURL() string { return "tls://" + relaytest.Addr(w.s) }
+
+// TestAccessLegacyPairing: only identities a rule allows may pair; a
+// refused one hears AuthenticationFailed and is counted as access_denied.
+func TestAccessLegacyPairing(t *testing.T) {
+	w := newWorld(t)
+	token := func(subject string) string {
+		tok, err := auth.MintHMAC(w.hmacKey, subject, time.Minute, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g := token("guest-7")
+	a, b, err := client.DialPair(ctx, client.Options{URL: relaytest.TCPURL(w.s), Token: g, Nonce: "guest-room"},
+		client.Options{URL: relaytest.WSURL(w.s), Token: g, Nonce: "guest-room"})
+	if err != nil {
+		t.Fatalf("guests on a guest nonce: %v", err)
+	}
+	a.Close()
+	b.Close()
+	for _, c := range []struct {
+		name string
+		o    client.Options
+	}{
+		{"a guest on another nonce", client.Options{URL: relaytest.TCPURL(w.s), Token: g, Nonce: "family"}},
+		{"another subject", client.Options{URL: relaytest.WSURL(w.s), Token: token("bob"), Nonce: "guest-room"}},
+		{"a friend's certificate with a guest nonce", client.Options{URL: w.tlsURL(), Token: token("x"), Nonce: "guest-room", TLSConfig: w.friend}},
+	} {
+		_, err := client.Dial(ctx, c.o)
+		var ae *client.AuthError
+		if !errorsAs(err, &ae) || ae.Result != "AuthenticationErrorAuthenticationFailed" {
+			t.Errorf("%s: %v, want AuthenticationFailed", c.name, err)
+		}
+	}
+	// An own device pairs on any nonce, over TLS with its certificate.
+	a, b, err = client.DialPair(ctx, client.Options{URL: w.tlsURL(), Token: token("laptop"), TLSConfig: w.home},
+		client.Options{URL: w.tlsURL(), Token: token("laptop"), TLSConfig: w.home, Name: "b"})
+	if err != nil {
+		t.Fatalf("own devices: %v", err)
+	}
+	a.Close()
+	b.Close()
+	relaytest.WaitFor(t, func() bool { return w.s.Stats().Closes["access_denied"] == 3 }, "3 closes counted as access_denied")
+}
+
+// TestAccessTunnelProxy: registering and reaching servers follows the
+// rules; a refusal is TunnelProxyErrorForbiddenCall.
+func TestAccessTunnelProxy(t *testing.T) {
+	w := newWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.RegisterTPServer(ctx, client.TPOptions{URL: w.tlsURL(), UUID: sharedServer, TLSConfig: w.friend}); !forbidden(err) {
+		t.Fatalf("the friend registers a server: %v, want ForbiddenCall", err)
+	}
+	if _, err := client.RegisterTPServer(ctx, client.TPOptions{URL: relaytest.TCPURL(w.s), UUID: sharedServer}); !forbidden(err) {
+		t.Fatalf("anonymous registers a server: %v, want ForbiddenCall", err)
+	}
+	srv, err := client.RegisterTPServer(ctx, client.TPOptions{URL: w.tlsURL(), UUID: sharedServer, TLSConfig: w.home})
+	if err != nil {
+		t.Fatalf("an own device registers: %v", err)
+	}
+	defer srv.Close()
+	other := "7a7a7a7a-0000-4000-8000-000000000001"
+	osrv, err := client.RegisterTPServer(ctx, client.TPOptions{URL: w.tlsURL(), UUID: other, TLSConfig: w.home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer osrv.Close()
+	go func() {
+		c, err := srv.Accept()
+		if err == nil {
+			io.Copy(c, c)
+		}
+	}()
+	cl, err := client.DialTPClient(ctx, client.TPOptions{URL: w.tlsURL(), ServerUUID: sharedServer, TLSConfig: w.friend})
+	if err != nil {
+		t.Fatalf("the friend reaches the shared server: %v", err)
+	}
+	cl.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(cl, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+	cl.Close()
+	if _, err := client.DialTPClient(ctx, client.TPOptions{URL: w.tlsURL(), ServerUUID: other, TLSConfig: w.friend}); !forbidden(err) {
+		t.Fatalf("the friend reaches another server: %v, want ForbiddenCall", err)
+	}
+}
+
+func forbidden(err error) bool {
+	var te *client.TPError
+	return errorsAs(err, &te) && te.Value == "TunnelProxyErrorForbiddenCall"
+}
+
+// TestAccessHTTPAndRoutes: every HTTP request is checked by path and
+// identity; routes reach the local service with the real identity in the
+// configured header (a client's forged one dropped), stream both ways,
+// and a denied path gets 403 without reaching it.
+func TestAccessHTTPAndRoutes(t *testing.T) {
+	w := newWorld(t)
+	hc := func(conf *tls.Config) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: conf}, Timeout: 10 * time.Second}
+	}
+	https := "https://" + relaytest.Addr(w.s)
+	plain := "http://" + relaytest.Addr(w.s)
+	get := func(c *http.Client, url string, hdr map[string]string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, c := range []struct {
+		name   string
+		c      *http.Client
+		url    string
+		status int
+		body   string
+	}{
+		{"own device, a route (prefix stripped)", hc(w.home), https + "/db/_all_dbs", 200, "upstream /_all_dbs"},
+		{"own device, metrics", hc(w.home), https + "/metrics", 200, "# HELP"},
+		{"friend, the shared prefix", hc(w.friend), https + "/shared/photo.jpg", 200, "upstream /shared/photo.jpg"},
+		{"friend, the private part", hc(w.friend), https + "/shared/private/diary", 403, "403 forbidden"},
+		{"friend, another route", hc(w.friend), https + "/db/_all_dbs", 403, "403 forbidden"},
+		{"anonymous, the page", http.DefaultClient, plain + "/", 200, "<!doctype html>"},
+		{"anonymous, metrics", http.DefaultClient, plain + "/metrics", 403, "403 forbidden"},
+		{"anonymous, a route", http.DefaultClient, plain + "/db/x", 403, "403 forbidden"},
+	} {
+		if status, body := get(c.c, c.url, nil); status != c.status || !strings.HasPrefix(body, c.body) {
+			t.Errorf("%s: %d %.60q, want %d %q…", c.name, status, body, c.status, c.body)
+		}
+	}
+	// The identity header: set by the relay, never the client's.
+	for len(w.upstreamSawHeaders) > 0 {
+		<-w.upstreamSawHeaders
+	}
+	get(hc(w.friend), https+"/shared/x", map[string]string{"X-Meetpoint-Identity": "cert:CN=admin"})
+	if h := <-w.upstreamSawHeaders; !strings.HasPrefix(h.Get("X-Meetpoint-Identity"), "cert:CN=friend-phone (sha256:") || len(h.Values("X-Meetpoint-Identity")) != 1 {
+		t.Fatalf("upstream saw identity %q", h.Values("X-Meetpoint-Identity"))
+	}
+	// A streaming request body (8 MiB in pieces) and a streaming response.
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for range 128 {
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	resp, err := hc(w.friend).Post(https+"/shared/upload", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != fmt.Sprintf("received %d bytes", 128*64<<10) {
+		t.Fatalf("upload: %d %q", resp.StatusCode, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", https+"/shared/stream", nil)
+	resp, err = hc(w.friend).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("streamed response: %q %v (held back by the proxy?)", line, err)
+	}
+	cancel()
+	resp.Body.Close()
+	if n := w.s.Stats().Closes; n == nil {
+		t.Fatal("no stats")
+	}
+}
+
+func errorsAs[T any](err error, target *T) bool { return err != nil && errors.As(err, target) }

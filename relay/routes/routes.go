@@ -1,0 +1,99 @@
+// Package routes reverse-proxies HTTP requests on the relay's port to
+// local services (meetpoint serve --route /prefix/=http://127.0.0.1:5984/),
+// so that the relay is the one port a device exposes in front of its
+// database or web UI. The access rules (relay.Config.Access, action http)
+// apply to every request before it gets here; the client's identity goes
+// upstream in a header only when IdentityHeader is set, and that header
+// is always removed from what the client sent.
+package routes
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// Route sends requests under Prefix to Target.
+type Route struct {
+	// Prefix is a path prefix ending in "/" (e.g. "/db/"); the request
+	// path keeps it unless StripPrefix.
+	Prefix string
+	// Target is the upstream base URL, http:// or https://.
+	Target *url.URL
+	// StripPrefix removes Prefix from the path sent upstream (keeping the
+	// leading "/").
+	StripPrefix bool
+}
+
+// Parse reads a route flag: PREFIX=URL, with "strip:" before the URL to
+// strip the prefix (e.g. "/db/=strip:http://127.0.0.1:5984/").
+func Parse(spec string) (Route, error) {
+	prefix, target, ok := strings.Cut(spec, "=")
+	if !ok || !strings.HasPrefix(prefix, "/") || !strings.HasSuffix(prefix, "/") {
+		return Route{}, fmt.Errorf("route %q: want /PREFIX/=http://HOST:PORT/ (the prefix starts and ends with /)", spec)
+	}
+	r := Route{Prefix: prefix}
+	if t, ok := strings.CutPrefix(target, "strip:"); ok {
+		r.StripPrefix, target = true, t
+	}
+	u, err := url.Parse(target)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return Route{}, fmt.Errorf("route %q: the target must be an http:// or https:// URL", spec)
+	}
+	r.Target = u
+	return r, nil
+}
+
+// Config is the routes section.
+type Config struct {
+	Routes []Route
+	// IdentityHeader, if set, carries the client's identity upstream
+	// (relay.Identity.String(), e.g. "cert:CN=laptop (sha256:…)").
+	IdentityHeader string
+}
+
+// Register serves cfg's routes on s's port. Call it before s.Start.
+func Register(s *relay.Server, cfg Config) error {
+	seen := map[string]bool{}
+	for _, rt := range cfg.Routes {
+		if seen[rt.Prefix] {
+			return fmt.Errorf("route %s: given twice", rt.Prefix)
+		}
+		seen[rt.Prefix] = true
+		s.Handle(rt.Prefix, proxy(s, rt, cfg.IdentityHeader))
+	}
+	return nil
+}
+
+func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
+	target := rt.Target
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			if rt.StripPrefix {
+				pr.Out.URL.Path = "/" + strings.TrimPrefix(pr.In.URL.Path, rt.Prefix)
+				pr.Out.URL.RawPath = ""
+			}
+			pr.SetURL(target) // joins target's path with the request's
+			pr.SetXForwarded()
+			if idHeader != "" {
+				pr.Out.Header.Del(idHeader) // never the client's own copy
+				pr.Out.Header.Set(idHeader, relay.IdentityOfRequest(pr.In).String())
+			}
+		},
+		FlushInterval: -1, // stream: server-sent events, long polls, large downloads
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.Logger().Warn("route upstream failed", "prefix", rt.Prefix, "target", target.Redacted(), "err", err)
+			status := http.StatusBadGateway
+			if errors.Is(err, http.ErrHandlerTimeout) {
+				status = http.StatusGatewayTimeout
+			}
+			http.Error(w, fmt.Sprintf("%d: the service behind %s is not answering", status, rt.Prefix), status)
+		},
+	}
+	return rp
+}
