@@ -34,6 +34,18 @@ const (
 	IdentityAnonymous = "anonymous"
 )
 
+// identityKinds are the kinds, in the order of stats.identities.
+var identityKinds = [3]string{IdentityCert, IdentityToken, IdentityAnonymous}
+
+func identityKindIndex(kind string) int {
+	for i, k := range identityKinds {
+		if k == kind {
+			return i
+		}
+	}
+	return 2
+}
+
 // String is the identity as logs and monitors show it: "cert:SUBJECT
 // (sha256:abcd1234…)", "token:SUBJECT" or "anonymous".
 func (id Identity) String() string {

@@ -40,6 +40,7 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_http_requests_total":          {"counter", "HTTP requests served on the relay port."},
 	"meetpoint_http_denied_total":            {"counter", "HTTP requests on the relay port refused (403) by the access rules."},
 	"meetpoint_access_total":                 {"counter", "Access rule decisions, by rule, action and result (bounded by the rules file)."},
+	"meetpoint_authenticated_total":          {"counter", "Clients authenticated, by the kind of their identity (cert, token, anonymous)."},
 	"meetpoint_netpoll_rescued_total":        {"counter", "Live connections netpoll reported hung up, moved to a forwarding loop instead."},
 	"meetpoint_closes_total":                 {"counter", "Connections ended, by reason (every close has exactly one)."},
 	"meetpoint_ready":                        {"gauge", "1 while the relay accepts new clients, 0 while starting, draining or closed."},

@@ -25,14 +25,15 @@ type stats struct {
 	pairLatency       *metrics.Histogram
 	tlsStarted        *metrics.Counter // TLS handshakes begun
 	tlsOK, tlsFailed  *metrics.Counter
-	throttled         *metrics.Counter // reads delayed by TunnelRate
-	bans              *metrics.Counter // addresses banned
-	httpConns         *metrics.Counter // connections handed to net/http
-	httpRequests      *metrics.Counter // requests net/http served
-	httpDenied        *metrics.Counter // requests refused by the access rules
-	accepted          *metrics.Counter // sockets accepted (admitted or refused)
-	tlsQueued         *metrics.Counter // TLS handshakes waiting for a slot (gauge)
-	rescued           *metrics.Counter // live sockets netpoll hung up on, moved to a loop (rescue.go)
+	throttled         *metrics.Counter    // reads delayed by TunnelRate
+	bans              *metrics.Counter    // addresses banned
+	httpConns         *metrics.Counter    // connections handed to net/http
+	httpRequests      *metrics.Counter    // requests net/http served
+	httpDenied        *metrics.Counter    // requests refused by the access rules
+	identities        [3]*metrics.Counter // authenticated clients by identity kind (identityKinds)
+	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
+	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
+	rescued           *metrics.Counter    // live sockets netpoll hung up on, moved to a loop (rescue.go)
 	closes            [reason.Count]*metrics.Counter
 }
 
@@ -59,6 +60,9 @@ func newStats() *stats {
 	s.httpConns = s.set.NewCounter(`meetpoint_http_connections_total`)
 	s.httpRequests = s.set.NewCounter(`meetpoint_http_requests_total`)
 	s.httpDenied = s.set.NewCounter(`meetpoint_http_denied_total`)
+	for i, k := range identityKinds {
+		s.identities[i] = s.set.NewCounter(fmt.Sprintf(`meetpoint_authenticated_total{identity=%q}`, k))
+	}
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
 	s.rescued = s.set.NewCounter(`meetpoint_netpoll_rescued_total`)

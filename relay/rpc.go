@@ -142,7 +142,9 @@ func (c *conn) onAuthResult(r AuthResult) {
 		return
 	}
 	c.authed = true
-	if c.s.cfg.Access != nil && !c.s.Allow(c.identity(), ActionPair, c.key.Nonce) {
+	id := c.identity()
+	c.s.stats.identities[identityKindIndex(id.Kind)].Inc()
+	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, c.key.Nonce) {
 		// The token is good but this identity may not pair here: the
 		// same answer as a bad token, counted apart (no ban).
 		c.send(handshake.AppendSuccess(nil, c.authID,

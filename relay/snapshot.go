@@ -125,5 +125,8 @@ func (c *conn) infoLocked() ClientInfo {
 	}
 	st := state(c.st.Load())
 	ci.Authenticated = st == stWaiting || st == stClaimed
+	if c.authed {
+		ci.Identity = c.identity().String()
+	}
 	return ci
 }

@@ -211,8 +211,23 @@ func TestAccessLegacyPairing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("own devices: %v", err)
 	}
+	var shown []string
+	for _, tun := range w.s.Snapshot().Tunnels {
+		shown = append(shown, tun.A.Identity, tun.B.Identity)
+	}
+	if len(shown) != 2 || !strings.HasPrefix(shown[0], "cert:CN=laptop (sha256:") {
+		t.Errorf("the monitor shows identities %q", shown)
+	}
 	a.Close()
 	b.Close()
+	var m strings.Builder
+	w.s.WritePrometheus(&m)
+	for _, want := range []string{`meetpoint_authenticated_total{identity="cert"} 3`, `meetpoint_authenticated_total{identity="token"} 4`,
+		`meetpoint_access_total{rule="guests",action="pair",result="allow"} 2`, `meetpoint_access_total{rule="default",action="pair",result="deny"} 3`} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	relaytest.WaitFor(t, func() bool { return w.s.Stats().Closes["access_denied"] == 3 }, "3 closes counted as access_denied")
 }
 
