@@ -323,6 +323,12 @@ func TestCloseAccounting(t *testing.T) {
 		acSendWait(t, acTCP(t, s), nil)
 	}}}, seen)
 
+	// Access rules: a good token on a nonce the identity may not pair on.
+	acRun(t, limited(t, func(c *Config) { c.Access = nonceOnly("open-") }), []acCase{{"access denied", reason.AccessDenied, func(t *testing.T, s *Server) {
+		c := acTCP(t, s)
+		acSendWait(t, c, []byte(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"`+newTestUUID()+`","name":"n","token":"ac-access","nonce":"closed-room"}}`+"\n"))
+	}}}, seen)
+
 	// HTTP connections handed to net/http, bounded.
 	acRun(t, limited(t, func(c *Config) { c.HTTPMaxConns = 1 }), []acCase{{"over HTTPMaxConns", reason.LimitHTTP, func(t *testing.T, s *Server) {
 		held := acTCP(t, s) // a keep-alive connection net/http holds
@@ -378,4 +384,15 @@ func TestCloseAccounting(t *testing.T) {
 			t.Errorf("close reason %s is not exercised (reachable, or remove it)", r)
 		}
 	}
+}
+
+// nonceOnly is an Access policy letting anyone pair on nonces starting
+// with prefix, and nothing else.
+type nonceOnly string
+
+func (p nonceOnly) Allow(_ *Identity, action, target string) (bool, string) {
+	if action == ActionPair && strings.HasPrefix(target, string(p)) {
+		return true, "open"
+	}
+	return false, "default"
 }
