@@ -48,6 +48,13 @@ type AuthRequest struct {
 	// ClientCert is the verified TLS client certificate, when the client
 	// presented one (for per-identity rules).
 	ClientCert *x509.Certificate
+	// Nonce is the client's nonce ("" without).
+	Nonce string
+	// SetSubject, if the authenticator learns who the client is (a
+	// webhook's identity, a one-time token's user), records it before
+	// done(AuthNoError); it becomes the connection's token identity. Safe
+	// from any goroutine; nil in requests the engine did not make.
+	SetSubject func(subject string)
 }
 
 // Reloader is implemented by authenticators that read files; the server

@@ -109,7 +109,8 @@ type conn struct {
 
 	uuid, name  string
 	key         PairKey
-	authed      bool // the authenticator accepted key.Token
+	authed      bool                   // the authenticator accepted key.Token
+	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes

@@ -127,7 +127,9 @@ func (s *Server) Allow(id Identity, action, target string) bool {
 func (c *conn) identity() Identity {
 	sub := ""
 	if c.authed {
-		if sj, ok := c.s.cfg.Auth.(Subjecter); ok {
+		if p := c.subject.Load(); p != nil {
+			sub = *p
+		} else if sj, ok := c.s.cfg.Auth.(Subjecter); ok {
 			sub = sj.Subject(c.key.Token)
 		}
 	}

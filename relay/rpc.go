@@ -83,7 +83,8 @@ func (c *conn) authenticate(req handshake.Request) {
 	c.key = PairKey{Token: param(&req, "token"), Nonce: param(&req, "nonce")}
 	c.authID = req.ID
 	c.st.Store(uint32(stAuthing))
-	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer}
+	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer, Nonce: c.key.Nonce,
+		SetSubject: func(s string) { c.subject.Store(&s) }}
 	c.authStart.ClientCert = c.clientCert()
 	c.authTimer = time.AfterFunc(c.s.cfg.AuthTimeout, func() { c.onAuthResult(AuthTimeout) })
 	c.rpcTimer = time.AfterFunc(c.s.cfg.RPCTimeout, c.onRPCTimeout)

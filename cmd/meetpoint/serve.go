@@ -85,7 +85,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	o.listen.vals = c.Listen
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.Var(&o.listen, "listen", "address to listen on, repeatable (`ADDR`: host:port, [::1]:8443)")
-	fs.StringVar(&o.auth, "auth", "dummy", "authenticator: dummy, file:PATH or hmac:KEYFILE")
+	fs.StringVar(&o.auth, "auth", "dummy", "authenticator: dummy, file:PATH, hmac:KEYFILE (or hmac with hmac-key in the configuration) or webhook:URL")
 	fs.DurationVar(&c.InactiveTimeout, "inactive-timeout", c.InactiveTimeout, "time from connect to successful authentication")
 	fs.DurationVar(&c.AloneTimeout, "alone-timeout", c.AloneTimeout, "time an authenticated client waits for its partner")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "time allowed to the authenticator")

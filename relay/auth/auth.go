@@ -33,6 +33,7 @@ var (
 //	dummy          accept every token (Dummy)
 //	file:PATH      tokens listed in PATH (FileAuth)
 //	hmac:KEYFILE   HMAC tokens signed with the key in KEYFILE (HMACAuth)
+//	webhook:URL    ask an HTTP service (Webhook)
 func ParseAuth(spec string) (relay.Authenticator, error) {
 	kind, path, _ := strings.Cut(spec, ":")
 	var (
@@ -46,8 +47,10 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 		a, err = NewFileAuth(path)
 	case kind == "hmac" && path != "":
 		a, err = NewHMACAuth(path)
+	case kind == "webhook" && path != "":
+		a, err = NewWebhook(path)
 	default:
-		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\" or \"hmac:KEYFILE\"", spec)
+		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\" or \"webhook:URL\"", spec)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("auth spec %q: %w", spec, err)
