@@ -72,6 +72,7 @@ type serveSettings struct {
 	access     string   // --access rules file
 	routes     listFlag // --route PREFIX=URL
 	routeIDHdr string
+	adminKey   string // --admin-key-file: POST /v1/tokens
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string
@@ -137,6 +138,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration as TOML and exit")
 	fs.StringVar(&o.access, "access", "", "access rules `FILE` (TOML): what each identity may do; once given, everything not allowed is denied (docs/security.md); reloaded on SIGHUP")
 	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
+	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
 	fs.StringVar(&o.keyPEM, "tls-key-pem", "", "the TLS private key itself, PEM (configuration file only; never printed)")
@@ -161,6 +163,7 @@ type serveOptions struct {
 	drain       time.Duration
 	warnings    []string // from --nymea-config
 	routes      routes.Config
+	adminKey    string // POST /v1/tokens, with a one-time authenticator
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -289,6 +292,17 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return fail("auth: %v", err)
 	}
 	cfg.Auth = a
+	var adminKey string
+	if v.adminKey != "" {
+		if _, ok := a.(*auth.OneTime); !ok {
+			return fail(`admin-key-file: POST /v1/tokens mints one-time tokens: needs auth = "onetime" or "redis://…"`)
+		}
+		b, err := auth.LoadHMACKey(v.adminKey) // the same hex key format
+		if err != nil {
+			return fail("admin-key-file: %v", err)
+		}
+		adminKey = fmt.Sprintf("%x", b)
+	}
 	if v.access != "" {
 		pol, err := access.Load(v.access)
 		if err != nil {
@@ -328,7 +342,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey}, -1
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -397,6 +411,12 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	}
 	ops.Register(srv)
 	web.Register(srv)
+	if ot, ok := o.cfg.Auth.(*auth.OneTime); ok {
+		srv.AddReporter(ot)
+		if o.adminKey != "" {
+			srv.Handle("POST /v1/tokens", auth.MintHandler(ot, o.adminKey))
+		}
+	}
 	if err := routes.Register(srv, o.routes); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
@@ -18,6 +19,8 @@ type tokenSettings struct {
 	ttl    time.Duration
 	id     string
 	genKey string
+	redis  string
+	user   string
 }
 
 // tokenFlags declares the token flags.
@@ -28,6 +31,8 @@ func tokenFlags() (*flag.FlagSet, *tokenSettings) {
 	fs.DurationVar(&v.ttl, "ttl", 30*time.Second, "token lifetime")
 	fs.StringVar(&v.id, "id", "meetpoint", "token id (1 to 64 of A-Z a-z 0-9 _ -): the token's subject, the identity access rules see")
 	fs.StringVar(&v.id, "subject", "meetpoint", "the same as --id")
+	fs.StringVar(&v.redis, "redis", "", "mint a one-time token into this Redis (`URL` as for serve --auth redis://…) for --user, good for --ttl")
+	fs.StringVar(&v.user, "user", "", "the one-time token's user (its identity on the relay)")
 	fs.StringVar(&v.genKey, "gen-key", "", "write a new random 32-byte hex key to `FILE` (mode 0600, must not exist) and exit")
 	return fs, v
 }
@@ -47,8 +52,25 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			v.genKey, v.genKey, v.genKey)
 		return 0
 	}
+	if v.redis != "" {
+		store, _, err := auth.ParseRedisAuth(v.redis)
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
+			return 2
+		}
+		defer store.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tok, _, err := auth.Mint(ctx, store, v.user, v.ttl)
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, tok)
+		return 0
+	}
 	if v.key == "" {
-		fmt.Fprintln(stderr, "meetpoint token: --key or --gen-key is required")
+		fmt.Fprintln(stderr, "meetpoint token: --key, --redis or --gen-key is required")
 		return 2
 	}
 	key, err := auth.LoadHMACKey(v.key)

@@ -34,7 +34,19 @@ var (
 //	file:PATH      tokens listed in PATH (FileAuth)
 //	hmac:KEYFILE   HMAC tokens signed with the key in KEYFILE (HMACAuth)
 //	webhook:URL    ask an HTTP service (Webhook)
+//	onetime        one-time tokens from an in-process store (OneTime, MemStore)
+//	redis://…      one-time tokens from Redis (OneTime, RedisStore; rediss:// for TLS)
 func ParseAuth(spec string) (relay.Authenticator, error) {
+	if strings.HasPrefix(spec, "redis://") || strings.HasPrefix(spec, "rediss://") {
+		store, maxAge, err := ParseRedisAuth(spec)
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
+		return NewOneTime(store, maxAge), nil
+	}
+	if spec == "onetime" {
+		return NewOneTime(NewMemStore(), 0), nil
+	}
 	kind, path, _ := strings.Cut(spec, ":")
 	var (
 		a   relay.Authenticator
@@ -50,7 +62,7 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 	case kind == "webhook" && path != "":
 		a, err = NewWebhook(path)
 	default:
-		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\" or \"webhook:URL\"", spec)
+		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\", \"webhook:URL\", \"onetime\" or \"redis://HOST:PORT/DB\"", spec)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("auth spec %q: %w", spec, err)

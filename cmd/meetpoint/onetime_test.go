@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+)
+
+// pairOnce pairs two clients on token at the relay ts serves and returns
+// the partner identities the monitor shows.
+func pairOnce(t *testing.T, ts *testServe, token string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b, err := client.DialPair(ctx, client.Options{URL: "tcp://" + ts.addr(), Token: token, Name: "a"},
+		client.Options{URL: "ws://" + ts.addr() + "/", Token: token, Name: "b"})
+	if err != nil {
+		t.Fatalf("pairing on a fresh one-time token: %v", err)
+	}
+	defer a.Close()
+	defer b.Close()
+	var ids []string
+	for _, tun := range ts.started.srv.Snapshot().Tunnels {
+		ids = append(ids, tun.A.Identity, tun.B.Identity)
+	}
+	return ids
+}
+
+func refused(t *testing.T, ts *testServe, token string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := client.Dial(ctx, client.Options{URL: "tcp://" + ts.addr(), Token: token})
+	var ae *client.AuthError
+	if !errors.As(err, &ae) || ae.Result != "AuthenticationErrorAuthenticationFailed" {
+		t.Fatalf("a used one-time token: %v, want AuthenticationFailed", err)
+	}
+}
+
+// TestOneTimeTokensMintedOverHTTP: --auth onetime (no Redis) with
+// --admin-key-file: a backend mints with POST /v1/tokens, both ends of one
+// tunnel pair with it as that user, and it never works again.
+func TestOneTimeTokensMintedOverHTTP(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "admin.key")
+	if code := run([]string{"token", "--gen-key", keyFile}, nil, &bytes.Buffer{}, &bytes.Buffer{}); code != 0 {
+		t.Fatal("gen-key")
+	}
+	key, _ := os.ReadFile(keyFile)
+	ts := startServe(t, "--auth", "onetime", "--admin-key-file", keyFile)
+	mint := func(auth, body string) (int, map[string]any) {
+		req, _ := http.NewRequest("POST", "http://"+ts.addr()+"/v1/tokens", strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	if code, _ := mint("", `{"user":"alice"}`); code != 401 {
+		t.Fatalf("no key: %d", code)
+	}
+	if code, _ := mint("00"+strings.TrimSpace(string(key))[2:], `{"user":"alice"}`); code != 401 {
+		t.Fatalf("a wrong key: %d", code)
+	}
+	if code, _ := mint(strings.TrimSpace(string(key)), `{"ttl":"20s"}`); code != 400 {
+		t.Fatalf("no user: %d", code)
+	}
+	code, m := mint(strings.TrimSpace(string(key)), `{"user":"alice","ttl":"20s"}`)
+	tok, _ := m["token"].(string)
+	if code != 201 || tok == "" || m["expires"] == nil {
+		t.Fatalf("mint: %d %v", code, m)
+	}
+	if ids := pairOnce(t, ts, tok); len(ids) != 2 || ids[0] != "token:alice" || ids[1] != "token:alice" {
+		t.Fatalf("identities %v", ids)
+	}
+	refused(t, ts, tok)
+}
+
+// TestOneTimeTokensInRedis: serve --auth redis://…, mint with `meetpoint
+// token --redis … --user …` (or any backend's redis-cli SET).
+func TestOneTimeTokensInRedis(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
+			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set")
+		}
+		t.Skip("no redis-server (apt-get install redis-server)")
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	rs := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := rs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rs.Process.Kill(); _ = rs.Wait() }()
+	url := "redis://127.0.0.1:" + strconv.Itoa(port) + "/0?prefix=tok:"
+	var tok string
+	for i := 0; ; i++ {
+		var out, errb bytes.Buffer
+		if run([]string{"token", "--redis", url, "--user", "frank", "--ttl", "20s"}, nil, &out, &errb) == 0 {
+			tok = strings.TrimSpace(out.String())
+			break
+		}
+		if i > 100 {
+			t.Fatalf("token --redis: %s", errb.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ts := startServe(t, "--auth", url)
+	if ids := pairOnce(t, ts, tok); len(ids) != 2 || ids[0] != "token:frank" {
+		t.Fatalf("identities %v", ids)
+	}
+	refused(t, ts, tok)
+}

@@ -1,0 +1,62 @@
+package auth
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// MintHandler serves POST /v1/tokens on the relay's port for backends that
+// do not speak Redis: with "Authorization: Bearer ADMINKEY" and a body
+// {"user": "alice", "ttl": "20s"} (ttl optional: the authenticator's max
+// age) it mints a one-time token into o's store and answers 201
+// {"token": T, "expires": UNIX_SECONDS}. A wrong or missing key is 401,
+// a bad body 400, the store failing 503. The key is compared in constant
+// time; tokens are never logged.
+func MintHandler(o *OneTime, adminKey string) http.Handler {
+	want := []byte("Bearer " + strings.TrimSpace(adminKey))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reply := func(status int, v any) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(v)
+		}
+		if got := []byte(r.Header.Get("Authorization")); subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
+			reply(http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required (Authorization: Bearer KEY)"})
+			return
+		}
+		var req struct {
+			User string `json:"user"`
+			TTL  string `json:"ttl"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			reply(http.StatusBadRequest, map[string]string{"error": "body: want {\"user\": NAME, \"ttl\": \"20s\"}"})
+			return
+		}
+		ttl := o.MaxAge()
+		if req.TTL != "" {
+			d, err := time.ParseDuration(req.TTL)
+			if err != nil {
+				reply(http.StatusBadRequest, map[string]string{"error": "ttl: want a duration such as \"20s\""})
+				return
+			}
+			ttl = d
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		tok, exp, err := Mint(ctx, o.Store(), req.User, ttl)
+		switch {
+		case err != nil && (req.User == "" || len(req.User) > 256 || ttl <= 0 || ttl > time.Hour):
+			reply(http.StatusBadRequest, map[string]string{"error": err.Error()})
+		case err != nil:
+			reply(http.StatusServiceUnavailable, map[string]string{"error": "the token store is unavailable"})
+		default:
+			reply(http.StatusCreated, map[string]any{"token": tok, "expires": exp.Unix()})
+		}
+	})
+}

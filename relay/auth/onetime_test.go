@@ -1,0 +1,211 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// ends authenticates n ends with token and nonce at once.
+func ends(t *testing.T, o *OneTime, token, nonce string, n int) []relay.AuthResult {
+	t.Helper()
+	out := make([]relay.AuthResult, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], _ = ask1(t, o, token, nonce)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func ask1(t *testing.T, o *OneTime, token, nonce string) (relay.AuthResult, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res := make(chan relay.AuthResult, 1)
+	var subject string
+	var mu sync.Mutex
+	o.Authenticate(ctx, relay.AuthRequest{Token: token, Nonce: nonce, SetSubject: func(s string) { mu.Lock(); subject = s; mu.Unlock() }},
+		func(r relay.AuthResult) { res <- r })
+	r := <-res
+	mu.Lock()
+	defer mu.Unlock()
+	return r, subject
+}
+
+func count(rs []relay.AuthResult, want relay.AuthResult) int {
+	n := 0
+	for _, r := range rs {
+		if r == want {
+			n++
+		}
+	}
+	return n
+}
+
+// TestOneTimeSemantics: both ends of one tunnel, never a third, never a
+// replay, never after expiry; the web-app time format read exactly.
+func TestOneTimeSemantics(t *testing.T) {
+	store := NewMemStore()
+	o := NewOneTime(store, 0)
+	ctx := context.Background()
+	tok, _, err := Mint(ctx, store, "alice", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ends(t, o, tok, "room", 3) // two ends and a third, at once
+	if count(rs, relay.AuthNoError) != 2 || count(rs, relay.AuthFailed) != 1 {
+		t.Fatalf("three ends at once: %v, want two accepted", rs)
+	}
+	if r, _ := ask1(t, o, tok, "room"); r != relay.AuthFailed {
+		t.Fatalf("a replay after the tunnel: %v", r)
+	}
+	tok2, _, _ := Mint(ctx, store, "bob", 20*time.Second)
+	if r, s := ask1(t, o, tok2, "a"); r != relay.AuthNoError || s != "bob" {
+		t.Fatalf("first end: %v %q", r, s)
+	}
+	if r, _ := ask1(t, o, tok2, "b"); r != relay.AuthFailed {
+		t.Fatalf("a second end on another nonce (another tunnel): %v", r)
+	}
+	if r, _ := ask1(t, o, "never-minted", ""); r != relay.AuthFailed {
+		t.Fatalf("unknown: %v", r)
+	}
+
+	// The web-app format: day:month:year:hour:minute:second, UTC.
+	minted := time.Date(2026, 12, 1, 10, 31, 5, 0, time.UTC)
+	put := func(tok, val string) { store.Put(ctx, tok, []byte(val), time.Hour) }
+	for _, c := range []struct {
+		name, val string
+		age       time.Duration
+		want      relay.AuthResult
+	}{
+		{"19 s old", `{"user":"u","time":"01:12:2026:10:31:05"}`, 19 * time.Second, relay.AuthNoError},
+		{"21 s old", `{"user":"u","time":"01:12:2026:10:31:05"}`, 21 * time.Second, relay.AuthFailed},
+		{"month and day not swapped", `{"user":"u","time":"12:01:2026:10:31:05"}`, 19 * time.Second, relay.AuthFailed},
+		{"exp in the future", fmt.Sprintf(`{"user":"u","exp":%d}`, minted.Add(time.Minute).Unix()), 30 * time.Second, relay.AuthNoError},
+		{"exp passed", fmt.Sprintf(`{"user":"u","exp":%d}`, minted.Unix()), time.Second, relay.AuthFailed},
+		{"from the future", `{"user":"u","time":"01:12:2026:10:32:05"}`, 0, relay.AuthFailed},
+		{"no user", `{"time":"01:12:2026:10:31:05"}`, time.Second, relay.AuthFailed},
+		{"both time and exp", fmt.Sprintf(`{"user":"u","time":"01:12:2026:10:31:05","exp":%d}`, minted.Unix()+60), time.Second, relay.AuthFailed},
+		{"not JSON", `alice`, time.Second, relay.AuthFailed},
+		{"bad time", `{"user":"u","time":"2026-12-01T10:31:05Z"}`, time.Second, relay.AuthFailed},
+	} {
+		o.now = func() time.Time { return minted.Add(c.age) }
+		tok := "fmt-" + c.name
+		put(tok, c.val)
+		if r, _ := ask1(t, o, tok, ""); r != c.want {
+			t.Errorf("%s: %v, want %v", c.name, r, c.want)
+		}
+	}
+	// The second end after the token expired.
+	o.now = func() time.Time { return minted.Add(10 * time.Second) }
+	put("late-partner", `{"user":"u","time":"01:12:2026:10:31:05"}`)
+	if r, _ := ask1(t, o, "late-partner", "n"); r != relay.AuthNoError {
+		t.Fatal(r)
+	}
+	o.now = func() time.Time { return minted.Add(25 * time.Second) }
+	if r, _ := ask1(t, o, "late-partner", "n"); r != relay.AuthFailed {
+		t.Fatalf("a second end after expiry: %v", r)
+	}
+	for _, res := range []string{"ok", "partner", "unknown", "expired", "replayed", "malformed"} {
+		if o.results[res].Get() == 0 {
+			t.Errorf("result %s never counted", res)
+		}
+	}
+}
+
+// redisServer starts a throw-away redis-server on a free loopback port;
+// the test skips without one unless MEETPOINT_REQUIRE_REDIS is set (CI).
+func redisServer(t *testing.T, port int) (addr string, stop func()) {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
+			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set (apt-get install redis-server)")
+		}
+		t.Skip("no redis-server: apt-get install redis-server to run the Redis tests")
+	}
+	if port == 0 {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	addr = "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop = func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	t.Cleanup(stop)
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr, stop
+		}
+		if i > 100 {
+			t.Fatal("redis-server did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestOneTimeRedis: tokens minted into Redis under a prefix, consumed
+// with GETDEL; Redis down is AuthenticationErrorProxyError, and it
+// recovers by itself when Redis is back.
+func TestOneTimeRedis(t *testing.T) {
+	addr, stop := redisServer(t, 0)
+	store, maxAge, err := ParseRedisAuth("redis://" + addr + "/0?prefix=mp:&max-age=15s")
+	if err != nil || maxAge != 15*time.Second {
+		t.Fatal(err, maxAge)
+	}
+	defer store.Close()
+	o := NewOneTime(store, maxAge)
+	ctx := context.Background()
+	tok, _, err := Mint(ctx, store, "carol", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := store.rdb.Exists(ctx, "mp:"+tok).Result(); n != 1 {
+		t.Fatal("the token is not under its prefix")
+	}
+	rs := ends(t, o, tok, "", 2)
+	if count(rs, relay.AuthNoError) != 2 {
+		t.Fatalf("both ends: %v", rs)
+	}
+	if n, _ := store.rdb.Exists(ctx, "mp:"+tok).Result(); n != 0 {
+		t.Fatal("the token is still in Redis after use")
+	}
+	// A backend minting with redis-cli in the web-app format.
+	now := time.Now().UTC().Format("02:01:2006:15:04:05")
+	store.rdb.Set(ctx, "mp:from-django", fmt.Sprintf(`{"user": "dave", "time": %q}`, now), 20*time.Second)
+	if r, s := ask1(t, o, "from-django", ""); r != relay.AuthNoError || s != "dave" {
+		t.Fatalf("web-app token: %v %q", r, s)
+	}
+	stop()
+	if r, _ := ask1(t, o, "anything", ""); r != relay.AuthProxyError {
+		t.Fatalf("Redis down: %v, want ProxyError", r)
+	}
+	port, _ := strconv.Atoi(addr[len("127.0.0.1:"):])
+	redisServer(t, port)
+	tok, _, err = Mint(ctx, store, "erin", 20*time.Second)
+	if err != nil {
+		t.Fatalf("mint after Redis came back: %v", err)
+	}
+	if r, _ := ask1(t, o, tok, ""); r != relay.AuthNoError {
+		t.Fatalf("after Redis came back: %v", r)
+	}
+	if o.results["store_error"].Get() == 0 {
+		t.Fatal("store errors not counted")
+	}
+}
