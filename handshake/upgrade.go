@@ -118,6 +118,11 @@ func IsUpgradeRequest(head []byte) bool {
 	return false
 }
 
+// HeaderValue returns the trimmed value of the first header field of head
+// called name (compared case-insensitively), as a slice of head. It does
+// not allocate.
+func HeaderValue(head []byte, name string) (value []byte, ok bool) { return headValue(head, name) }
+
 // headValue returns the trimmed value of the first header field of head
 // called name (compared case-insensitively).
 func headValue(head []byte, name string) (value []byte, ok bool) {

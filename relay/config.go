@@ -20,6 +20,11 @@ type Config struct {
 	Name string
 	// Auth decides whether a token is valid. Required.
 	Auth Authenticator
+	// AllowedOrigins, if set, lists the Origin values (e.g.
+	// "https://app.example") whose pages may open relay WebSockets; "*"
+	// allows any. Requests without an Origin (not from a browser) always
+	// may. Empty: any origin.
+	AllowedOrigins []string
 	// Access, if set, decides what each identity may do (pair, register
 	// or reach TunnelProxy servers, HTTP paths): deny unless a rule allows
 	// (package relay/access). Nil allows everything.

@@ -110,6 +110,7 @@ type conn struct {
 	uuid, name  string
 	key         PairKey
 	authed      bool                   // the authenticator accepted key.Token
+	upgrade     []byte                 // a URL-token upgrade's 101 response, sent once the token is good
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished

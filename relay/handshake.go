@@ -1,6 +1,10 @@
 package relay
 
 import (
+	"bytes"
+	"net/url"
+	"strings"
+
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -31,17 +35,34 @@ func (c *conn) httpHead(p []byte) {
 		c.toHandoff(handoffHTTP, p)
 		return
 	}
+	if !c.s.originAllowed(head) {
+		c.s.log.Debug("websocket upgrade refused: origin not allowed", "peer", c.peer.String())
+		c.sendRaw([]byte("HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 30\r\n\r\nthis Origin may not connect.\r\n"))
+		c.linger = true
+		c.close(reason.HTTP)
+		return
+	}
 	out, ok, err := handshake.Upgrade(nil, head)
-	c.sendRaw(out)
 	if !ok {
+		c.sendRaw(out)
 		c.s.log.Debug("websocket upgrade refused", "peer", c.peer.String(), "err", err)
 		c.linger = true
 		c.close(reason.HTTP)
 		return
 	}
+	c.tk.setKind(kindWS)
+	if q, ok := urlToken(head); ok {
+		// A token in the URL (browsers cannot set headers on a
+		// WebSocket): authenticate before the upgrade; the 101 goes out
+		// only once the token is good, else a 401 and no WebSocket.
+		c.in = nil
+		c.upgrade = out
+		c.authenticateParams(-1, q.Get("uuid"), q.Get("name"), q.Get("token"), q.Get("nonce"))
+		return
+	}
+	c.sendRaw(out)
 	c.ws = &handshake.Stream{}
 	c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
-	c.tk.setKind(kindWS)
 	c.st.Store(uint32(stRPC))
 	c.in = nil
 	c.consumeWS(rest)
@@ -49,6 +70,48 @@ func (c *conn) httpHead(p []byte) {
 		c.consume(p)
 	}
 }
+
+// urlToken reads the token parameters of a WebSocket upgrade's URL:
+// token (or ws_token), nonce, name, uuid. ok is false without a token.
+func urlToken(head []byte) (url.Values, bool) {
+	_, path, ok := handshake.RequestLine(head)
+	if !ok {
+		return nil, false
+	}
+	_, query, found := bytes.Cut(path, []byte("?"))
+	if !found {
+		return nil, false
+	}
+	q, err := url.ParseQuery(string(query))
+	if err != nil {
+		return nil, false
+	}
+	if q.Get("token") == "" && q.Get("ws_token") != "" {
+		q.Set("token", q.Get("ws_token"))
+	}
+	return q, q.Get("token") != ""
+}
+
+// originAllowed applies AllowedOrigins to a relay WebSocket upgrade: a
+// request without an Origin header (not a browser) always passes.
+func (s *Server) originAllowed(head []byte) bool {
+	if len(s.cfg.AllowedOrigins) == 0 {
+		return true
+	}
+	o, ok := handshake.HeaderValue(head, "Origin")
+	if !ok {
+		return true
+	}
+	for _, a := range s.cfg.AllowedOrigins {
+		if a == "*" || strings.EqualFold(a, string(o)) {
+			return true
+		}
+	}
+	return false
+}
+
+// unauthorized answers a URL-token upgrade whose token was refused.
+const unauthorized = "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\r\nthe relay refused the token in the URL.\n"
 
 // sendRaw queues bytes for the client as they are (an HTTP response).
 // Called with mu held.

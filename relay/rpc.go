@@ -78,10 +78,15 @@ func (c *conn) rpcFailFor(r reason.Reason, id int, text string) {
 // authenticate records the request; unlock starts the authenticator once
 // mu is released (an authenticator may call back synchronously).
 func (c *conn) authenticate(req handshake.Request) {
-	c.uuid = param(&req, "uuid")
-	c.name = param(&req, "name")
-	c.key = PairKey{Token: param(&req, "token"), Nonce: param(&req, "nonce")}
-	c.authID = req.ID
+	c.authenticateParams(req.ID, param(&req, "uuid"), param(&req, "name"), param(&req, "token"), param(&req, "nonce"))
+}
+
+// authenticateParams starts authentication (Authenticate's id, or -1 for
+// a token in the WebSocket URL). Called with mu held.
+func (c *conn) authenticateParams(id int, uuid, name, token, nonce string) {
+	c.uuid, c.name = uuid, name
+	c.key = PairKey{Token: token, Nonce: nonce}
+	c.authID = id
 	c.st.Store(uint32(stAuthing))
 	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer, Nonce: c.key.Nonce,
 		SetSubject: func(s string) { c.subject.Store(&s) }}
@@ -101,9 +106,29 @@ func (c *conn) startAuth(req *AuthRequest) {
 func (c *conn) onRPCTimeout() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stAuthing {
-		c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
+		if c.upgrade != nil {
+			c.refuseAuth(AuthTimeout, reason.RPCTimeout, "")
+		} else {
+			c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
+		}
 	}
 	c.unlock()
+}
+
+// refuseAuth answers a refused authentication and closes: the
+// Authenticate reply with r and a close, or, for a token in the WebSocket
+// URL, an HTTP 401 (no WebSocket ever existed). Called with mu held.
+func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
+	if c.upgrade != nil {
+		c.upgrade = nil
+		c.sendRaw([]byte(unauthorized))
+		c.linger = true
+		c.close(why)
+		return
+	}
+	c.send(handshake.AppendSuccess(nil, c.authID,
+		handshake.Str("authenticationError", r.String())))
+	c.fail(why, ws.StatusPolicyViolation, text)
 }
 
 // onAuthResult answers Authenticate and, on success, joins the registry:
@@ -132,13 +157,11 @@ func (c *conn) onAuthResult(r AuthResult) {
 		}
 	}
 	if r != AuthNoError {
-		c.send(handshake.AppendSuccess(nil, c.authID,
-			handshake.Str("authenticationError", r.String())))
 		why, text := reason.AuthFailed, "Authentication failed"
 		if r == AuthTimeout {
 			why, text = reason.AuthTimeout, "Authentication timed out"
 		}
-		c.fail(why, ws.StatusPolicyViolation, text)
+		c.refuseAuth(r, why, text)
 		c.unlock()
 		return
 	}
@@ -148,14 +171,20 @@ func (c *conn) onAuthResult(r AuthResult) {
 	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, c.key.Nonce) {
 		// The token is good but this identity may not pair here: the
 		// same answer as a bad token, counted apart (no ban).
-		c.send(handshake.AppendSuccess(nil, c.authID,
-			handshake.Str("authenticationError", AuthFailed.String())))
-		c.fail(reason.AccessDenied, ws.StatusPolicyViolation, "Access denied")
+		c.refuseAuth(AuthFailed, reason.AccessDenied, "Access denied")
 		c.unlock()
 		return
 	}
-	c.send(handshake.AppendSuccess(nil, c.authID,
-		handshake.Str("authenticationError", r.String())))
+	if c.upgrade != nil {
+		// A token in the URL: now the WebSocket exists.
+		c.sendRaw(c.upgrade)
+		c.upgrade = nil
+		c.ws = &handshake.Stream{}
+		c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
+	} else {
+		c.send(handshake.AppendSuccess(nil, c.authID,
+			handshake.Str("authenticationError", r.String())))
+	}
 	// The reply goes out before the client can be paired: a partner's
 	// TunnelEstablished must never overtake it.
 	c.flush()

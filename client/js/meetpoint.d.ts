@@ -85,6 +85,8 @@ export interface PairOptions extends CommonOptions {
   nonce?: string;
   /** Called once the token is accepted and the relay waits for the partner. */
   onWaiting?: () => void;
+  /** Put token, nonce, name and uuid in the WebSocket URL (authenticated by the upgrade) instead of JSON-RPC. */
+  urlToken?: boolean;
 }
 
 /** Options of reach(). */

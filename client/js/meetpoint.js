@@ -190,7 +190,7 @@ function open(opts, request, onReply) {
   if (!opts.url || !/^wss?:\/\//.test(opts.url))
     throw new TypeError(`url must be ws://HOST:PORT/ or wss://HOST:PORT/, got ${JSON.stringify(opts.url)}`);
   return new Promise((resolve, reject) => {
-    const ws = new WS(opts.url);
+    const ws = new WS(request.inURL ? withParams(opts.url, request.params) : opts.url);
     ws.binaryType = "arraybuffer";
     let nextId = 0, settled = false;
     const timer = opts.timeout > 0 ? setTimeout(() => fail(new MeetpointError("timeout", `no tunnel within ${opts.timeout} ms`)), opts.timeout) : null;
@@ -210,13 +210,23 @@ function open(opts, request, onReply) {
     let helloId = -1, reqId = -1, opened = false;
     ws.onopen = () => {
       opened = true;
-      if (opts.hello !== false) helloId = call("RemoteProxy.Hello");
+      if (request.inURL) {
+        // Authenticated by the upgrade itself: the relay only says
+        // TunnelEstablished now.
+        const out = onReply({ params: { authenticationError: NO_ERROR } }, true);
+        if (out instanceof Error) fail(out);
+      } else if (opts.hello !== false) helloId = call("RemoteProxy.Hello");
       else reqId = call(request.method, request.params);
     };
     // A connection that fails gets "error" (and, in browsers, "close" with
-    // 1006; some runtimes send no close): either way it is network.
+    // 1006; some runtimes send no close): either way it is network. With a
+    // token in the URL a refused token is an HTTP 401, which browsers do
+    // not show: the message says so.
     ws.onerror = () => {
-      if (!opened) fail(new MeetpointError("network", `could not connect to the relay at ${opts.url}`));
+      if (!opened)
+        fail(new MeetpointError("network", request.inURL
+          ? `the relay at ${opts.url} refused the connection (a refused token in the URL is answered with HTTP 401, which a browser does not report)`
+          : `could not connect to the relay at ${opts.url}`));
     };
     ws.onclose = (ev) => fail(closeError(ev, false));
     ws.onmessage = (ev) => {
@@ -246,11 +256,21 @@ function open(opts, request, onReply) {
   });
 }
 
+// withParams adds the pairing parameters to a relay URL (urlToken).
+function withParams(url, params) {
+  const u = new URL(url);
+  for (const [k, v] of Object.entries(params)) u.searchParams.set(k, v);
+  return u.toString();
+}
+
 /**
  * pair connects to the relay at opts.url and pairs with the other client
  * presenting the same token (and nonce).
  *
  * opts: {url, token, nonce?, name?, uuid?, hello? (default true),
+ *        urlToken? (send token, nonce, name and uuid in the WebSocket URL
+ *        instead of JSON-RPC: one round trip less; a browser cannot tell a
+ *        refused token from a network error then),
  *        timeout? (ms, 0 = none: the relay's alone timeout still applies),
  *        onWaiting?() (authenticated, waiting for the partner),
  *        onHello?(info), WebSocket? (constructor, for runtimes without one)}
@@ -264,7 +284,7 @@ export function pair(opts) {
     token: opts.token,
   };
   if (opts.nonce) params.nonce = opts.nonce;
-  return open(opts, { method: "Authentication.Authenticate", params }, (msg, isReply) => {
+  return open(opts, { method: "Authentication.Authenticate", params, inURL: !!opts.urlToken }, (msg, isReply) => {
     if (isReply) {
       const e = msg.params && msg.params.authenticationError;
       if (e !== NO_ERROR) {

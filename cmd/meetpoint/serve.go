@@ -71,6 +71,7 @@ type serveSettings struct {
 
 	access     string   // --access rules file
 	routes     listFlag // --route PREFIX=URL
+	origins    listFlag // --allowed-origins
 	routeIDHdr string
 	adminKey   string // --admin-key-file: POST /v1/tokens
 
@@ -137,6 +138,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.nymeaConfig, "nymea-config", "", "read settings from a nymea-remoteproxy configuration `FILE` (e.g. /etc/nymea/nymea-remoteproxy.conf)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the effective configuration as TOML and exit")
 	fs.StringVar(&o.access, "access", "", "access rules `FILE` (TOML): what each identity may do; once given, everything not allowed is denied (docs/security.md); reloaded on SIGHUP")
+	fs.Var(&o.origins, "allowed-origins", "`ORIGIN` whose pages may open relay WebSockets, repeatable (e.g. https://app.example; default: any; clients without an Origin header, i.e. not browsers, always may)")
 	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
 	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
@@ -319,6 +321,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		rcfg.Routes = append(rcfg.Routes, rt)
 	}
 	rcfg.IdentityHeader = v.routeIDHdr
+	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
 	}

@@ -39,6 +39,7 @@ func relayWithPage(t *testing.T, withTLS bool) (*relay.Server, string) {
 		store = st
 	}
 	s := relaytest.New(t, func(c *relay.Config) {
+		c.Auth = refuseBad{}
 		c.AloneTimeout = 20 * time.Second
 		if store != nil {
 			c.TLS = store.TLSConfig()
@@ -52,6 +53,17 @@ func relayWithPage(t *testing.T, withTLS bool) (*relay.Server, string) {
 		scheme = "https://"
 	}
 	return s, scheme + relaytest.Addr(s)
+}
+
+// refuseBad accepts every token except those starting with "bad-".
+type refuseBad struct{}
+
+func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if strings.HasPrefix(r.Token, "bad-") {
+		done(relay.AuthFailed)
+		return
+	}
+	done(relay.AuthNoError)
 }
 
 func TestStatusAndFiles(t *testing.T) {
@@ -409,4 +421,48 @@ func versionOf(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return pkg.Version
+}
+
+// TestURLTokenInChromium: a browser tab authenticates with the token in
+// the WebSocket URL (a browser cannot set headers) and pairs with another
+// tab speaking JSON-RPC; a refused token never opens a WebSocket.
+func TestURLTokenInChromium(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	b := browser(t)
+	a, c := tab(t, b), tab(t, b)
+	for _, x := range []context.Context{a, c} {
+		run(t, x, "open the page", chromedp.Navigate(base+"/"), chromedp.WaitReady(chromedp.CSS("body")))
+	}
+	js := func(urlToken bool, name string) string {
+		return fmt.Sprintf(`(async () => {
+			const m = await import("/meetpoint.js");
+			window.t = await m.pair({ url: "ws://" + location.host + "/", token: "chromium-url", name: %q, urlToken: %v });
+			return window.t.peer.name;
+		})()`, name, urlToken)
+	}
+	type res struct {
+		peer string
+		err  error
+	}
+	ra := make(chan res, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(a, stepTimeout)
+		defer cancel()
+		p, err := chromedp.Run(ctx, awaitJS[string](js(true, "in-url")))
+		ra <- res{p, err}
+	}()
+	if peer := value(t, c, "the JSON-RPC tab pairs", awaitJS[string](js(false, "rpc"))); peer != "in-url" {
+		t.Fatalf("the JSON-RPC tab paired with %q", peer)
+	}
+	if r := <-ra; r.err != nil || r.peer != "rpc" {
+		t.Fatalf("the URL-token tab: %q %v", r.peer, r.err)
+	}
+	code := value(t, a, "a refused URL token", awaitJS[string](`(async () => {
+		const m = await import("/meetpoint.js");
+		try { await m.pair({ url: "ws://" + location.host + "/", token: "bad-token", urlToken: true }); return "paired?!"; }
+		catch (e) { return e.code; }
+	})()`))
+	if code != "network" {
+		t.Fatalf("a refused URL token in the browser: %q", code)
+	}
 }

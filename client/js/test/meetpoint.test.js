@@ -211,3 +211,20 @@ test("VERSION is the package's version", async () => {
   const pkg = JSON.parse(await readFile(new URL("../package.json", import.meta.url)));
   assert.equal(VERSION, pkg.version);
 });
+
+test("urlToken: the token in the WebSocket URL pairs with a JSON-RPC client; a refused one fails", async () => {
+  const tk = token();
+  let waited = false;
+  const [a, b] = await Promise.all([
+    pair({ url: WS, token: tk, nonce: "u", name: "in-url", urlToken: true, onWaiting: () => (waited = true) }),
+    pair({ url: WS, token: tk, nonce: "u", name: "rpc" }),
+  ]);
+  assert.equal(a.peer.name, "rpc");
+  assert.equal(b.peer.name, "in-url");
+  assert.ok(waited);
+  const got = next(b);
+  a.send("via the URL");
+  assert.equal(await got, "via the URL");
+  a.close();
+  await rejectsWith(pair({ url: WS, token: "bad-" + tk, urlToken: true }), "network");
+});
