@@ -73,7 +73,7 @@ func (e TunnelProxyError) String() string {
 	return tunnelProxyErrorNames[TunnelProxyErrorInternalServerError]
 }
 
-var basicTypeNames = []string{"Uuid", "String", "Int", "UInt", "Double", "Bool", "Variant", "Object"}
+var basicTypeNames = []string{"Uuid", "String", "StringList", "Int", "UInt", "Double", "Bool", "Variant", "Object"}
 
 // notificationSpec describes one notification for introspection.
 type notificationSpec struct {
@@ -91,6 +91,9 @@ var notifications = []notificationSpec{
 	{"TunnelProxy.ClientDisconnected",
 		"Emitted to a registered server whenever one of its clients disconnects.",
 		map[string]string{"socketAddress": "UInt"}},
+	{"Events.Event",
+		"Emitted to a subscribed connection for each event published on one of its channels (meetpoint).",
+		map[string]string{"channel": "String", "data": "Variant"}},
 }
 
 // introspection is built once, on first use.

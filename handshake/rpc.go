@@ -198,6 +198,7 @@ const (
 	typeUuid
 	typeUInt
 	typeBool
+	typeStringList // a JSON array of strings without commas; Param gives them joined by ","
 )
 
 // String returns the nymea BasicType name ("String", "Uuid", "UInt", "Bool").
@@ -211,6 +212,8 @@ func (t paramType) String() string {
 		return "UInt"
 	case typeBool:
 		return "Bool"
+	case typeStringList:
+		return "StringList"
 	}
 	return "Variant"
 }
@@ -264,6 +267,10 @@ var methods = func() []methodSpec {
 			description: "Disconnect the client with the given socket address. Only a registered server may call this.",
 			params:      []paramSpec{{"socketAddress", typeUInt, false}},
 			returns:     []returnSpec{{"tunnelProxyError", "$ref:TunnelProxyError"}}},
+		{namespace: "Events", name: "Subscribe",
+			description: "Subscribe this idle connection to event channels (meetpoint): the relay then sends Events.Event notifications for them and nothing else. The token is checked by the relay's authenticator; the access rules decide which channels the identity may join. The connection must not send anything but WebSocket control frames afterwards.",
+			params:      []paramSpec{{"token", typeString, false}, {"channels", typeStringList, false}},
+			returns:     []returnSpec{{"authenticationError", "$ref:AuthenticationError"}, {"channels", "StringList"}}},
 		{namespace: "TunnelProxy", name: "Ping",
 			description: "Keep the connection alive. The server answers with the given timestamp.",
 			params:      []paramSpec{{"timestamp", typeUInt, false}},
@@ -458,6 +465,29 @@ func paramText(typ paramType, n *ast.Node) (string, bool) {
 			return "", false
 		}
 		return strconv.FormatBool(t == ast.V_TRUE), true
+	case typeStringList:
+		if t != ast.V_ARRAY {
+			return "", false
+		}
+		items, err := n.ArrayUseNode()
+		if err != nil || len(items) == 0 || len(items) > 64 {
+			return "", false
+		}
+		var b strings.Builder
+		for i := range items {
+			if items[i].TypeSafe() != ast.V_STRING {
+				return "", false
+			}
+			s, err := items[i].String()
+			if err != nil || s == "" || strings.ContainsRune(s, ',') {
+				return "", false
+			}
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(s)
+		}
+		return b.String(), true
 	case typeUInt:
 		if t != ast.V_NUMBER {
 			return "", false

@@ -482,6 +482,7 @@ func TestIntrospect(t *testing.T) {
 		"TunnelProxy.RegisterClient":   {"clientName": "String", "clientUuid": "Uuid", "serverUuid": "Uuid"},
 		"TunnelProxy.DisconnectClient": {"socketAddress": "UInt"},
 		"TunnelProxy.Ping":             {"timestamp": "UInt"},
+		"Events.Subscribe":             {"token": "String", "channels": "StringList"},
 	}
 	if len(v.Methods) != len(wantMethods) {
 		t.Errorf("%d methods, want %d", len(v.Methods), len(wantMethods))
@@ -508,6 +509,7 @@ func TestIntrospect(t *testing.T) {
 		"RemoteProxy.TunnelEstablished":  {"name": "String", "uuid": "String"},
 		"TunnelProxy.ClientConnected":    {"clientName": "String", "clientUuid": "Uuid", "clientPeerAddress": "String", "socketAddress": "UInt"},
 		"TunnelProxy.ClientDisconnected": {"socketAddress": "UInt"},
+		"Events.Event":                   {"channel": "String", "data": "Variant"},
 	}
 	if len(v.Notifications) != len(wantNotif) {
 		t.Errorf("%d notifications", len(v.Notifications))
@@ -518,7 +520,7 @@ func TestIntrospect(t *testing.T) {
 		}
 	}
 	wantTypes := map[string][]string{
-		"BasicType": {"Uuid", "String", "Int", "UInt", "Double", "Bool", "Variant", "Object"},
+		"BasicType": {"Uuid", "String", "StringList", "Int", "UInt", "Double", "Bool", "Variant", "Object"},
 		"AuthenticationError": {"AuthenticationErrorNoError", "AuthenticationErrorUnknown", "AuthenticationErrorTimeout",
 			"AuthenticationErrorAborted", "AuthenticationErrorAuthenticationFailed", "AuthenticationErrorProxyError"},
 		"TunnelProxyError": {"TunnelProxyErrorNoError", "TunnelProxyErrorInvalidUuid", "TunnelProxyErrorInternalServerError",
@@ -552,6 +554,40 @@ func TestParseRequestInvalidContent(t *testing.T) {
 	for _, s := range []string{`[1,2]`, `"x"`, `5`} {
 		if _, err := ParseRequest([]byte(s)); err == nil || err.Text != "Error parsing command. Missing 'id'" {
 			t.Errorf("%q: %v", s, err)
+		}
+	}
+}
+
+// TestStringListParam: Events.Subscribe's channels are an array of
+// non-empty strings without commas (1 to 64), given joined by ",".
+func TestStringListParam(t *testing.T) {
+	for _, c := range []struct {
+		channels string
+		want     string
+		ok       bool
+	}{
+		{`["a"]`, "a", true},
+		{`["device-7","all"]`, "device-7,all", true},
+		{`[]`, "", false},
+		{`"a,b"`, "", false},
+		{`["a",1]`, "", false},
+		{`["a,b"]`, "", false},
+		{`[""]`, "", false},
+		{`null`, "", false},
+	} {
+		req, err := ParseRequest([]byte(`{"id":3,"method":"Events.Subscribe","params":{"token":"t","channels":` + c.channels + `}}`))
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v", c.channels, err)
+			continue
+		}
+		if err != nil {
+			if err.Text != "Invalid params: Invalid value type for key channels" {
+				t.Errorf("%s: %q", c.channels, err.Text)
+			}
+			continue
+		}
+		if got, _ := req.Param("channels"); got != c.want {
+			t.Errorf("%s: %q", c.channels, got)
 		}
 	}
 }

@@ -43,6 +43,7 @@ const (
 	stRPC                  // JSON-RPC, not authenticated
 	stAuthing              // Authenticate in flight
 	stWaiting              // authenticated, in the registry, waiting for a partner
+	stSubscribed           // an event subscriber (Conn.Subscribe): idle, receiving notifications
 	stClaimed              // given to a target; the transport is letting go of the socket
 	stClosing              // ending; the transport is letting go of the socket
 	stDone                 // released: the socket belongs to its next owner, or is closed
@@ -111,6 +112,9 @@ type conn struct {
 	key         PairKey
 	authed      bool                   // the authenticator accepted key.Token
 	upgrade     []byte                 // a URL-token upgrade's 101 response, sent once the token is good
+	onEnd       func()                 // a subscriber's: called once when the connection ends
+	moving      bool                   // a subscriber leaving netpoll for a loop (released moves it)
+	authThen    func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
@@ -478,6 +482,13 @@ func (c *conn) released(left []byte) {
 		c.unlock()
 		return
 	}
+	if c.moving && state(c.st.Load()) == stSubscribed {
+		c.moving = false
+		if nt, ok := c.tr.(*netpollTransport); ok && c.toLoop(nt, left) {
+			c.unlock()
+			return
+		}
+	}
 	c.stopTimers()
 	spontaneous := c.rel == relNone // the peer hung up (or the socket failed)
 	c.rel = relAsked
@@ -515,7 +526,12 @@ func (c *conn) released(left []byte) {
 	c.st.Store(uint32(stDone))
 	reason, linger := c.reason, c.linger && !spontaneous
 	c.frozen = true
+	onEnd := c.onEnd
+	c.onEnd = nil
 	c.mu.Unlock()
+	if onEnd != nil {
+		onEnd()
+	}
 	c.s.track(c, false)
 	if !linger {
 		c.tr.discard()

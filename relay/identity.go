@@ -94,6 +94,7 @@ const (
 	ActionTPRegister = "tunnelproxy-register" // TunnelProxy.RegisterServer; target: the server uuid
 	ActionTPReach    = "tunnelproxy-reach"    // TunnelProxy.RegisterClient; target: the server uuid
 	ActionHTTP       = "http"                 // an HTTP request on the relay port; target: the path
+	ActionEvents     = "events"               // Events.Subscribe; target: each channel
 )
 
 // Access decides what an identity may do (package relay/access implements

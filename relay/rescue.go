@@ -30,13 +30,25 @@ func (c *conn) rescue(left []byte) bool {
 		return false
 	}
 	switch state(c.st.Load()) {
-	case stSniff, stHTTP, stRPC, stAuthing, stWaiting:
+	case stSniff, stHTTP, stRPC, stAuthing, stWaiting, stSubscribed:
 	default:
 		return false
 	}
 	if !alive(nt.fd) {
 		return false // the hang-up is real
 	}
+	if !c.toLoop(nt, left) {
+		return false
+	}
+	c.s.stats.rescued.Inc()
+	return true
+}
+
+// toLoop moves c from netpoll (which is letting go of it) to a forwarding
+// loop's epoll set, as a plainTransport: for a rescued connection, and for
+// a subscriber, which idles there for a fraction of what a netpoll
+// connection with its buffers costs. Called in released, mu held.
+func (c *conn) toLoop(nt *netpollTransport, left []byte) bool {
 	fd, err := unix.FcntlInt(uintptr(nt.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return false
@@ -44,7 +56,7 @@ func (c *conn) rescue(left []byte) bool {
 	l := c.s.pickLoop(fd)
 	pt := &plainTransport{l: l, fd: fd, c: c}
 	c.tr = pt
-	c.s.stats.rescued.Inc()
+	c.rel = relNone
 	if len(left) > 0 {
 		c.consume(left)
 	}

@@ -156,6 +156,14 @@ func (c *conn) onAuthResult(r AuthResult) {
 				"for", c.s.lim.BanTime())
 		}
 	}
+	if then := c.authThen; then != nil {
+		c.authThen = nil
+		c.authed = r == AuthNoError
+		c.st.Store(uint32(stRPC))
+		then(Conn{c}, r)
+		c.unlock()
+		return
+	}
 	if r != AuthNoError {
 		why, text := reason.AuthFailed, "Authentication failed"
 		if r == AuthTimeout {

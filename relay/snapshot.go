@@ -124,7 +124,7 @@ func (c *conn) infoLocked() ClientInfo {
 		ci.Transport = "tcp"
 	}
 	st := state(c.st.Load())
-	ci.Authenticated = st == stWaiting || st == stClaimed
+	ci.Authenticated = st == stWaiting || st == stClaimed || st == stSubscribed
 	if c.authed {
 		ci.Identity = c.identity().String()
 	}

@@ -100,6 +100,9 @@ func (c *conn) consumeJSON(p []byte) {
 		case stAuthing, stWaiting:
 			c.dataBeforeTunnel()
 			return
+		case stSubscribed:
+			c.subscriberSpoke()
+			return
 		default:
 			return
 		}
@@ -227,6 +230,9 @@ func (c *conn) wsData(f handshake.Fragment) {
 		}
 		return
 	case stRPC:
+	case stSubscribed:
+		c.subscriberSpoke()
+		return
 	default:
 		c.dataBeforeTunnel()
 		return

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -129,4 +130,67 @@ func TestOneTimeTokensInRedis(t *testing.T) {
 		t.Fatalf("identities %v", ids)
 	}
 	refused(t, ts, tok)
+}
+
+// TestConnectEventDemo is docs/events.md's use case end to end, on one
+// relay with no Redis: a device holds an idle subscription to its
+// channel; the backend mints a one-time token and publishes "connect with
+// it"; the device opens the tunnel with it and the user's client pairs.
+func TestConnectEventDemo(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "admin.key")
+	run([]string{"token", "--gen-key", keyFile}, nil, &bytes.Buffer{}, &bytes.Buffer{})
+	keyb, _ := os.ReadFile(keyFile)
+	key := strings.TrimSpace(string(keyb))
+	ts := startServe(t, "--auth", "onetime", "--events", "--admin-key-file", keyFile)
+	api := func(path, body string) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+ts.addr()+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode/100 != 2 {
+			t.Fatalf("POST %s: %v %v", path, resp, err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return m
+	}
+	// The device subscribes (with a one-time token of its own).
+	sub := api("/v1/tokens", `{"user":"device-7"}`)["token"].(string)
+	dev, err := net.Dial("tcp", ts.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	dev.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + sub + `","channels":["device-7"]}}` + "\n"))
+	br := bufio.NewReader(dev)
+	_ = dev.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, _ := br.ReadString('\n'); !strings.Contains(line, "AuthenticationErrorNoError") {
+		t.Fatalf("subscribe: %q", line)
+	}
+	// The backend: a token for the tunnel, and the event.
+	tok := api("/v1/tokens", `{"user":"alice"}`)["token"].(string)
+	api("/v1/events/device-7", `{"connect":{"token":"`+tok+`","nonce":"session-1"}}`)
+	line, err := br.ReadString('\n')
+	var ev struct {
+		Notification string
+		Params       struct {
+			Channel string
+			Data    struct{ Connect struct{ Token, Nonce string } }
+		}
+	}
+	if err != nil || json.Unmarshal([]byte(line), &ev) != nil || ev.Notification != "Events.Event" || ev.Params.Data.Connect.Token != tok {
+		t.Fatalf("the device got %q %v", line, err)
+	}
+	// The device and the user's client meet on it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := ev.Params.Data.Connect
+	a, b, err := client.DialPair(ctx, client.Options{URL: "tcp://" + ts.addr(), Token: c.Token, Nonce: c.Nonce, Name: "device-7"},
+		client.Options{URL: "ws://" + ts.addr() + "/", Token: c.Token, Nonce: c.Nonce, Name: "alice's browser"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
 }

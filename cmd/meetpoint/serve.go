@@ -22,6 +22,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/access"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/events"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/routes"
@@ -73,7 +74,9 @@ type serveSettings struct {
 	routes     listFlag // --route PREFIX=URL
 	origins    listFlag // --allowed-origins
 	routeIDHdr string
-	adminKey   string // --admin-key-file: POST /v1/tokens
+	adminKey   string // --admin-key-file: POST /v1/tokens, POST /v1/events
+	events     bool   // --events
+	eventsURL  string // --events-redis
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string
@@ -141,6 +144,8 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.Var(&o.origins, "allowed-origins", "`ORIGIN` whose pages may open relay WebSockets, repeatable (e.g. https://app.example; default: any; clients without an Origin header, i.e. not browsers, always may)")
 	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
 	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
+	fs.BoolVar(&o.events, "events", false, "serve Events.Subscribe: idle connections receive events published with POST /v1/events/{channel} (needs --admin-key-file) or into Redis (--events-redis)")
+	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB); implies --events")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
 	fs.StringVar(&o.keyPEM, "tls-key-pem", "", "the TLS private key itself, PEM (configuration file only; never printed)")
@@ -165,7 +170,8 @@ type serveOptions struct {
 	drain       time.Duration
 	warnings    []string // from --nymea-config
 	routes      routes.Config
-	adminKey    string // POST /v1/tokens, with a one-time authenticator
+	adminKey    string // POST /v1/tokens (one-time authenticator), POST /v1/events
+	events      *events.Config
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -296,8 +302,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	cfg.Auth = a
 	var adminKey string
 	if v.adminKey != "" {
-		if _, ok := a.(*auth.OneTime); !ok {
-			return fail(`admin-key-file: POST /v1/tokens mints one-time tokens: needs auth = "onetime" or "redis://…"`)
+		if _, ok := a.(*auth.OneTime); !ok && !v.events && v.eventsURL == "" {
+			return fail(`admin-key-file: the admin key serves POST /v1/tokens (auth = "onetime" or "redis://…") and POST /v1/events (events): neither is on`)
 		}
 		b, err := auth.LoadHMACKey(v.adminKey) // the same hex key format
 		if err != nil {
@@ -321,6 +327,10 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		rcfg.Routes = append(rcfg.Routes, rt)
 	}
 	rcfg.IdentityHeader = v.routeIDHdr
+	var evCfg *events.Config
+	if v.events || v.eventsURL != "" {
+		evCfg = &events.Config{Redis: v.eventsURL, AdminKey: adminKey}
+	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
@@ -345,7 +355,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg}, -1
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -419,6 +429,14 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		if o.adminKey != "" {
 			srv.Handle("POST /v1/tokens", auth.MintHandler(ot, o.adminKey))
 		}
+	}
+	if o.events != nil {
+		ev, err := events.New(srv, *o.events)
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+		defer ev.Close()
 	}
 	if err := routes.Register(srv, o.routes); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)

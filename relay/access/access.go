@@ -19,7 +19,7 @@
 // anonymous = true, any = true. What: entries "ACTION:PATTERN", "ACTION"
 // (any target) or "*" (everything), ACTION one of pair (target: the
 // nonce), tunnelproxy-register and tunnelproxy-reach (the server uuid,
-// lower case, no braces), http (the request path). Patterns: * is any run
+// lower case, no braces), http (the request path), events (a channel). Patterns: * is any run
 // of characters (slashes included), ? any one, the rest literal.
 //
 // The first rule that is for the identity and names the action and target
@@ -44,7 +44,8 @@ import (
 )
 
 // Actions rules may name.
-var actions = map[string]bool{relay.ActionPair: true, relay.ActionTPRegister: true, relay.ActionTPReach: true, relay.ActionHTTP: true}
+var actions = map[string]bool{relay.ActionPair: true, relay.ActionTPRegister: true, relay.ActionTPReach: true, relay.ActionHTTP: true,
+	relay.ActionEvents: true}
 
 // Policy is a loaded rules file; it implements relay.Access and
 // relay.Reloader. Safe for concurrent use.
@@ -243,7 +244,7 @@ func entries(list []string) ([]entry, error) {
 			pat = "*"
 		}
 		if !actions[a] {
-			return nil, fmt.Errorf("%q: unknown action %q (pair, tunnelproxy-register, tunnelproxy-reach, http, or * for all)", s, a)
+			return nil, fmt.Errorf("%q: unknown action %q (pair, tunnelproxy-register, tunnelproxy-reach, http, events, or * for all)", s, a)
 		}
 		if a == relay.ActionTPRegister || a == relay.ActionTPReach {
 			pat = strings.ToLower(strings.Trim(pat, "{}"))

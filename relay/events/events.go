@@ -1,0 +1,339 @@
+// Package events pushes events to idle connections, across every relay of
+// a fleet. A client subscribes on its connection:
+//
+//	{"id":1,"method":"Events.Subscribe","params":{"token":"T","channels":["device-7"]}}
+//
+// the relay's authenticator checks the token, the access rules (action
+// events) decide which channels the identity may join, and the connection
+// then only receives
+//
+//	{"id":N,"notification":"Events.Event","params":{"channel":"device-7","data":{...}}}
+//
+// for each event published on its channels. A subscriber costs what a
+// connection waiting for its partner costs: no goroutine, a few KiB.
+//
+// Publishing: POST /v1/events/{channel} on any relay's port (bearer admin
+// key; the body is the event's JSON data), or PUBLISH on Redis channel
+// Prefix+channel. With Redis every relay subscribes once (PSUBSCRIBE
+// Prefix*) and fans out to its own subscribers; without, events reach the
+// subscribers of the relay they were posted to. Delivery is at most once,
+// in order per publisher. A subscriber that does not read its events is
+// disconnected once handshake.QueueMax of them wait (counted as dropped).
+package events
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// Config is the events section.
+type Config struct {
+	// Redis, if set (redis://HOST:PORT/DB), carries events between relays.
+	Redis string
+	// Prefix is the Redis channel prefix (default "meetpoint:events:").
+	Prefix string
+	// AdminKey, if set, lets backends publish with POST /v1/events/{channel}
+	// ("Authorization: Bearer AdminKey").
+	AdminKey string
+	// MaxEvent bounds an event's data (default 64 KiB).
+	MaxEvent int
+}
+
+// Service is the events subsystem of one relay.
+type Service struct {
+	srv    *relay.Server
+	cfg    Config
+	seed   maphash.Seed
+	shards [64]shard
+	rdb    *redis.Client
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+
+	subscribers atomic.Int64
+	set         *metrics.Set
+	delivered   *metrics.Counter
+	dropped     *metrics.Counter
+	published   *metrics.Counter
+	refused     *metrics.Counter
+}
+
+type shard struct {
+	mu   sync.Mutex
+	subs map[string]map[*relay.Subscriber]struct{} // channel → subscribers
+}
+
+// New serves the events API on srv; call before srv.Start, and Close
+// after the relay closes.
+func New(srv *relay.Server, cfg Config) (*Service, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "meetpoint:events:"
+	}
+	if cfg.MaxEvent <= 0 {
+		cfg.MaxEvent = 64 << 10
+	}
+	s := &Service{srv: srv, cfg: cfg, seed: maphash.MakeSeed(), set: metrics.NewSet()}
+	for i := range s.shards {
+		s.shards[i].subs = map[string]map[*relay.Subscriber]struct{}{}
+	}
+	s.set.NewGauge(`meetpoint_events_subscribers`, func() float64 { return float64(s.subscribers.Load()) })
+	s.delivered = s.set.NewCounter(`meetpoint_events_delivered_total`)
+	s.dropped = s.set.NewCounter(`meetpoint_events_dropped_total`)
+	s.published = s.set.NewCounter(`meetpoint_events_published_total`)
+	s.refused = s.set.NewCounter(`meetpoint_events_subscriptions_refused_total`)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	if cfg.Redis != "" {
+		opt, err := redis.ParseURL(cfg.Redis)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("events redis URL: %v", err)
+		}
+		s.rdb = redis.NewClient(opt)
+		s.wg.Add(1)
+		go s.listen(ctx)
+	}
+	srv.HandleMethod("Events.Subscribe", s.subscribe)
+	if cfg.AdminKey != "" {
+		srv.Handle("POST /v1/events/{channel}", http.HandlerFunc(s.publishHTTP))
+	}
+	srv.AddReporter(s)
+	srv.OnDrain(s.closeAll)
+	return s, nil
+}
+
+// Close stops listening to Redis and closes every subscriber.
+func (s *Service) Close() error {
+	s.stop()
+	if s.rdb != nil {
+		s.rdb.Close()
+	}
+	s.wg.Wait()
+	s.closeAll()
+	return nil
+}
+
+func (s *Service) shard(channel string) *shard {
+	return &s.shards[maphash.String(s.seed, channel)%uint64(len(s.shards))]
+}
+
+// subscribe answers Events.Subscribe.
+func (s *Service) subscribe(c relay.Conn, req *handshake.Request) {
+	token, _ := req.Param("token")
+	list, _ := req.Param("channels")
+	channels := strings.Split(list, ",")
+	id := req.ID
+	c.Authenticate(id, token, func(c relay.Conn, r relay.AuthResult) {
+		if r != relay.AuthNoError {
+			s.refused.Inc()
+			c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", r.String())))
+			c.Refuse(reason.AuthFailed, ws.StatusPolicyViolation, "Authentication failed")
+			return
+		}
+		who := c.Identity()
+		for _, ch := range channels {
+			if !s.srv.Allow(who, relay.ActionEvents, ch) {
+				s.refused.Inc()
+				c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthFailed.String())))
+				c.Refuse(reason.AccessDenied, ws.StatusPolicyViolation, "Channel not allowed: "+ch)
+				return
+			}
+		}
+		js, _ := json.Marshal(channels)
+		c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthNoError.String()),
+			handshake.Raw("channels", js)))
+		var sub *relay.Subscriber
+		sub = c.Subscribe(func() { s.remove(sub, channels) })
+		s.subscribers.Add(1)
+		for _, ch := range channels {
+			sh := s.shard(ch)
+			sh.mu.Lock()
+			m := sh.subs[ch]
+			if m == nil {
+				m = map[*relay.Subscriber]struct{}{}
+				sh.subs[ch] = m
+			}
+			m[sub] = struct{}{}
+			sh.mu.Unlock()
+		}
+	})
+}
+
+// remove forgets a subscriber that ended.
+func (s *Service) remove(sub *relay.Subscriber, channels []string) {
+	s.subscribers.Add(-1)
+	for _, ch := range channels {
+		sh := s.shard(ch)
+		sh.mu.Lock()
+		if m := sh.subs[ch]; m != nil {
+			delete(m, sub)
+			if len(m) == 0 {
+				delete(sh.subs, ch)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Deliver sends data (JSON) as an event on channel to this relay's
+// subscribers and returns how many it reached.
+func (s *Service) Deliver(channel string, data []byte) int {
+	sh := s.shard(channel)
+	sh.mu.Lock()
+	subs := make([]*relay.Subscriber, 0, len(sh.subs[channel]))
+	for sub := range sh.subs[channel] {
+		subs = append(subs, sub)
+	}
+	sh.mu.Unlock()
+	n := 0
+	for _, sub := range subs {
+		if sub.Notify("Events.Event", handshake.Str("channel", channel), handshake.Raw("data", data)) {
+			n++
+		} else {
+			s.dropped.Inc() // ended, or too slow and now disconnected
+		}
+	}
+	s.delivered.Add(n)
+	return n
+}
+
+// Publish sends an event to every relay's subscribers of channel: through
+// Redis when configured, else to this relay's.
+func (s *Service) Publish(ctx context.Context, channel string, data []byte) error {
+	if !json.Valid(data) {
+		return errors.New("event data must be JSON")
+	}
+	s.published.Inc()
+	if s.rdb != nil {
+		return s.rdb.Publish(ctx, s.cfg.Prefix+channel, data).Err()
+	}
+	s.Deliver(channel, data)
+	return nil
+}
+
+// listen is the node's one Redis subscription; it re-subscribes after an
+// outage by itself (go-redis).
+func (s *Service) listen(ctx context.Context) {
+	defer s.wg.Done()
+	ps := s.rdb.PSubscribe(ctx, s.cfg.Prefix+"*")
+	defer ps.Close()
+	ch := ps.Channel(redis.WithChannelSize(4096))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-ch:
+			if !ok {
+				return
+			}
+			if json.Valid([]byte(m.Payload)) {
+				s.Deliver(strings.TrimPrefix(m.Channel, s.cfg.Prefix), []byte(m.Payload))
+			}
+		}
+	}
+}
+
+// Ready waits until the node's Redis subscription is in place (tests and
+// start-up checks); without Redis it returns at once.
+func (s *Service) Ready(ctx context.Context) error {
+	if s.rdb == nil {
+		return nil
+	}
+	for {
+		n, err := s.rdb.PubSubNumPat(ctx).Result()
+		if err == nil && n > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// publishHTTP is POST /v1/events/{channel}.
+func (s *Service) publishHTTP(w http.ResponseWriter, r *http.Request) {
+	reply := func(status int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	want := []byte("Bearer " + s.cfg.AdminKey)
+	if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
+		reply(http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required"})
+		return
+	}
+	channel := r.PathValue("channel")
+	if channel == "" || strings.ContainsRune(channel, ',') {
+		reply(http.StatusBadRequest, map[string]string{"error": "bad channel name"})
+		return
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, int64(s.cfg.MaxEvent)+1))
+	if err != nil || len(data) > s.cfg.MaxEvent || !json.Valid(bytes.TrimSpace(data)) {
+		reply(http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("the body must be JSON of at most %d bytes", s.cfg.MaxEvent)})
+		return
+	}
+	if err := s.Publish(r.Context(), channel, bytes.TrimSpace(data)); err != nil {
+		reply(http.StatusServiceUnavailable, map[string]string{"error": "the broker is unavailable"})
+		return
+	}
+	reply(http.StatusAccepted, map[string]string{"channel": channel})
+}
+
+// closeAll ends every subscription (drain: subscribers hold no session).
+func (s *Service) closeAll() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		var subs []*relay.Subscriber
+		for _, m := range sh.subs {
+			for sub := range m {
+				subs = append(subs, sub)
+			}
+		}
+		sh.mu.Unlock()
+		for _, sub := range subs {
+			sub.Close(reason.Shutdown, ws.StatusGoingAway, "Server shutting down")
+		}
+	}
+}
+
+// Report implements relay.Reporter.
+func (s *Service) Report(*relay.Snapshot) {}
+
+// Traffic implements relay.Reporter.
+func (s *Service) Traffic() uint64 { return 0 }
+
+// WriteMetrics implements relay.Reporter.
+func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
+
+// MetricDocs implements relay.MetricDocumenter.
+func (s *Service) MetricDocs() map[string]relay.MetricDoc {
+	return map[string]relay.MetricDoc{
+		"meetpoint_events_subscribers":                 {Type: "gauge", Help: "Connections subscribed to events on this relay."},
+		"meetpoint_events_delivered_total":             {Type: "counter", Help: "Events delivered to subscribers of this relay."},
+		"meetpoint_events_dropped_total":               {Type: "counter", Help: "Events not delivered: the subscriber had ended or did not read (and was disconnected)."},
+		"meetpoint_events_published_total":             {Type: "counter", Help: "Events published through this relay (HTTP)."},
+		"meetpoint_events_subscriptions_refused_total": {Type: "counter", Help: "Events.Subscribe refused: bad token or a channel the access rules do not allow."},
+	}
+}

@@ -1,0 +1,251 @@
+package events_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/events"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// redisServer starts a throw-away redis-server; skip without one unless
+// MEETPOINT_REQUIRE_REDIS is set (CI).
+func redisServer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
+			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set")
+		}
+		t.Skip("no redis-server (apt-get install redis-server)")
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatal("redis-server did not start")
+	return ""
+}
+
+// onlyChannels lets every identity join channels starting with "dev-" or
+// "all", and nothing else (the events action only).
+type onlyChannels struct{}
+
+func (onlyChannels) Allow(_ *relay.Identity, action, target string) (bool, string) {
+	if action != relay.ActionEvents {
+		return true, "others"
+	}
+	return strings.HasPrefix(target, "dev-") || target == "all", "channels"
+}
+
+// node is one relay of the fleet, with events over Redis.
+func node(t *testing.T, redisAddr string) (*relay.Server, *events.Service) {
+	t.Helper()
+	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
+	ev, err := events.New(s, events.Config{Redis: "redis://" + redisAddr + "/0", AdminKey: "admin-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ev.Close() })
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ev.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s, ev
+}
+
+// sub is a subscriber over WebSocket or raw TCP.
+type sub struct {
+	c  net.Conn
+	br *bufio.Reader
+	ws bool
+}
+
+func subscribe(t testing.TB, addr string, overWS bool, channels ...string) (*sub, map[string]any) {
+	t.Helper()
+	var s sub
+	var err error
+	if overWS {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.c, s.br, _, err = ws.Dial(ctx, "ws://"+addr+"/")
+		s.ws = true
+	} else {
+		s.c, err = net.Dial("tcp", addr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.br == nil {
+		s.br = bufio.NewReader(s.c)
+	}
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "Events.Subscribe", "params": map[string]any{"token": "t", "channels": channels}})
+	if overWS {
+		err = wsutil.WriteClientText(s.c, req)
+	} else {
+		_, err = s.c.Write(append(req, '\n'))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &s, s.next(t)
+}
+
+func (s *sub) next(t testing.TB) map[string]any {
+	t.Helper()
+	_ = s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var line []byte
+	var err error
+	if s.ws {
+		line, err = wsutil.ReadServerText(struct {
+			io.Reader
+			io.Writer
+		}{s.br, s.c})
+	} else {
+		line, err = s.br.ReadBytes('\n')
+	}
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatalf("%v: %q", err, line)
+	}
+	return m
+}
+
+func eventOf(m map[string]any) (channel string, data any) {
+	p, _ := m["params"].(map[string]any)
+	if m["notification"] != "Events.Event" {
+		return "", nil
+	}
+	c, _ := p["channel"].(string)
+	return c, p["data"]
+}
+
+// TestEventsAcrossNodes: subscribers on two relays sharing a Redis get
+// every event of their channels once, in order, published by HTTP on
+// either node or straight into Redis; a channel the rules refuse is
+// refused; a subscriber that never reads is cut off, the others go on.
+func TestEventsAcrossNodes(t *testing.T) {
+	raddr := redisServer(t)
+	a, _ := node(t, raddr)
+	b, _ := node(t, raddr)
+	var subs []*sub
+	for i := range 40 {
+		addr := relaytest.Addr(a)
+		if i%2 == 1 {
+			addr = relaytest.Addr(b)
+		}
+		s, reply := subscribe(t, addr, i%4 < 2, "dev-7", "all")
+		if p, _ := reply["params"].(map[string]any); p["authenticationError"] != "AuthenticationErrorNoError" {
+			t.Fatalf("subscribe: %v", reply)
+		}
+		subs = append(subs, s)
+	}
+	other, _ := subscribe(t, relaytest.Addr(a), true, "dev-8")
+	if _, r := subscribe(t, relaytest.Addr(b), false, "secret"); r["params"].(map[string]any)["authenticationError"] != "AuthenticationErrorAuthenticationFailed" {
+		t.Fatalf("a refused channel: %v", r)
+	}
+	post := func(s *relay.Server, channel, key, body string) int {
+		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(s)+"/v1/events/"+channel, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(a, "dev-7", "wrong", `{}`); code != 401 {
+		t.Fatalf("wrong admin key: %d", code)
+	}
+	if code := post(a, "dev-7", "admin-secret", `not json`); code != 400 {
+		t.Fatalf("not JSON: %d", code)
+	}
+	for i := range 5 {
+		if code := post([]*relay.Server{a, b}[i%2], "dev-7", "admin-secret", fmt.Sprintf(`{"n":%d}`, i)); code != 202 {
+			t.Fatalf("publish: %d", code)
+		}
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	defer rdb.Close()
+	if err := rdb.Publish(context.Background(), "meetpoint:events:all", `{"connect":{"token":"T","nonce":"N"}}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		for n := range 5 {
+			ch, data := eventOf(s.next(t))
+			if d, _ := data.(map[string]any); ch != "dev-7" || d["n"] != float64(n) {
+				t.Fatalf("subscriber %d event %d: %s %v", i, n, ch, data)
+			}
+		}
+		if ch, data := eventOf(s.next(t)); ch != "all" || data.(map[string]any)["connect"] == nil {
+			t.Fatalf("subscriber %d: the Redis event: %s %v", i, ch, data)
+		}
+	}
+	_ = other.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := other.br.ReadByte(); err == nil {
+		t.Fatal("a subscriber of dev-8 got dev-7's or all's events")
+	}
+	// A subscriber that never reads: cut off once its queue is full; the
+	// rest still get every event.
+	slow, _ := subscribe(t, relaytest.Addr(a), false, "dev-9")
+	_ = slow.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	fast, _ := subscribe(t, relaytest.Addr(b), false, "dev-9")
+	big := `{"pad":"` + strings.Repeat("x", 32<<10) + `"}` // 600 of them: more than the kernel's socket buffers hold
+	var got atomic.Int32
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range 600 {
+			fast.next(t)
+			got.Add(1)
+		}
+	}()
+	for range 600 {
+		post(a, "dev-9", "admin-secret", big)
+	}
+	wg.Wait()
+	relaytest.WaitFor(t, func() bool { return a.Stats().Closes["slow_reader"] >= 1 }, "the slow subscriber disconnected (slow_reader)")
+	if got.Load() != 600 {
+		t.Fatalf("the reading subscriber got %d of 600", got.Load())
+	}
+	runtime.KeepAlive(subs) // an unreferenced net.Conn is closed by its finalizer
+	runtime.KeepAlive(other)
+	runtime.KeepAlive(slow)
+}

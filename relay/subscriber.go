@@ -1,0 +1,81 @@
+package relay
+
+import (
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// Subscriber is a connection turned into an event subscriber: it stays
+// where it is (idle on netpoll, no goroutine, a pre-tunnel connection's
+// cost) and is sent notifications from any goroutine. WebSocket pings are
+// still answered; anything else it sends closes it.
+type Subscriber struct{ c *conn }
+
+// Subscribe turns the connection into a subscriber once its reply is
+// queued: it leaves the pairing stages and their timeouts, and onEnd is
+// called once, from any goroutine, when the connection ends for whatever
+// reason. Call it from a MethodHandler.
+func (c Conn) Subscribe(onEnd func()) *Subscriber {
+	cc := c.c
+	cc.stopTimers()
+	cc.onEnd = onEnd
+	cc.st.Store(uint32(stSubscribed))
+	if _, ok := cc.tr.(*netpollTransport); ok {
+		// Idle on a loop, not netpoll: a netpoll connection keeps its
+		// buffers (~10 KiB); a loop's socket costs a map entry.
+		cc.moving = true
+		cc.wantRelease()
+	}
+	return &Subscriber{c: cc}
+}
+
+// Notify queues the notification name(params) for the subscriber and
+// writes what it can at once. It reports false if the subscriber has
+// ended — or ends now because it does not read what it is sent (its
+// queue, handshake.QueueMax, is full: closed as slow_reader, counted).
+// Cost: one notification built; a write when the socket takes it.
+func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
+	c := s.c
+	c.mu.Lock()
+	if state(c.st.Load()) != stSubscribed {
+		c.mu.Unlock()
+		return false
+	}
+	id := c.notifID
+	c.notifID++
+	c.send(handshake.AppendNotification(nil, id, name, params...))
+	ok := state(c.st.Load()) == stSubscribed
+	c.unlock()
+	return ok
+}
+
+// Close ends the subscription: a WebSocket subscriber gets a close frame
+// with text (1001 "going away" for a relay shutting down is the caller's
+// choice of code).
+func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
+	c := s.c
+	c.mu.Lock()
+	if state(c.st.Load()) == stSubscribed {
+		c.fail(r, code, text)
+	}
+	c.unlock()
+}
+
+// Authenticate checks token with the relay's authenticator on behalf of a
+// subsystem's method (id is the request's, for the timeout's error
+// reply); then runs with the answer, the connection's lock held, once —
+// after a timeout too (AuthTimeout). Failures are counted and banned as
+// Authenticate's are; then replies and refuses (Conn.Refuse) or goes on.
+func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
+	cc := c.c
+	cc.authenticateParams(id, "", "", token, "")
+	cc.authThen = then
+}
+
+// subscriberSpoke closes a subscriber that sent data: subscribers only
+// listen. Called with mu held.
+func (c *conn) subscriberSpoke() {
+	c.fail(reason.RPC, ws.StatusPolicyViolation, "Subscribers only listen")
+}
