@@ -38,15 +38,15 @@ import (
 type state uint32
 
 const (
-	stSniff   state = iota // waiting for the first bytes
-	stHTTP                 // reading an HTTP request head
-	stRPC                  // JSON-RPC, not authenticated
-	stAuthing              // Authenticate in flight
-	stWaiting              // authenticated, in the registry, waiting for a partner
-	stSubscribed           // an event subscriber (Conn.Subscribe): idle, receiving notifications
-	stClaimed              // given to a target; the transport is letting go of the socket
-	stClosing              // ending; the transport is letting go of the socket
-	stDone                 // released: the socket belongs to its next owner, or is closed
+	stSniff      state = iota // waiting for the first bytes
+	stHTTP                    // reading an HTTP request head
+	stRPC                     // JSON-RPC, not authenticated
+	stAuthing                 // Authenticate in flight
+	stWaiting                 // authenticated, in the registry, waiting for a partner
+	stSubscribed              // an event subscriber (Conn.Subscribe): idle, receiving notifications
+	stClaimed                 // given to a target; the transport is letting go of the socket
+	stClosing                 // ending; the transport is letting go of the socket
+	stDone                    // released: the socket belongs to its next owner, or is closed
 )
 
 // release is how far the transport's letting go has got.

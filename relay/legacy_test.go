@@ -442,7 +442,7 @@ func TestLegacyIntrospect(t *testing.T) {
 				"AuthenticationErrorTimeout", "AuthenticationErrorAborted",
 				"AuthenticationErrorAuthenticationFailed", "AuthenticationErrorProxyError",
 			})
-			checkList("BasicType", []string{"Uuid", "String", "Int", "UInt", "Double", "Bool", "Variant", "Object"})
+			checkList("BasicType", []string{"Uuid", "String", "StringList", "Int", "UInt", "Double", "Bool", "Variant", "Object"})
 		})
 	}
 }

@@ -150,4 +150,4 @@ type partnerConn struct {
 }
 
 func (p *partnerConn) Read(b []byte) (int, error) { return p.br.Read(b) }
-func (p *partnerConn) PeerName() string            { return p.peer }
+func (p *partnerConn) PeerName() string           { return p.peer }
