@@ -20,6 +20,7 @@ type Subscriber struct{ c *conn }
 func (c Conn) Subscribe(onEnd func()) *Subscriber {
 	cc := c.c
 	cc.stopTimers()
+	cc.timer, cc.hsTimer, cc.authTimer, cc.rpcTimer = nil, nil, nil, nil // idle for hours: let them go
 	cc.onEnd = onEnd
 	cc.st.Store(uint32(stSubscribed))
 	if _, ok := cc.tr.(*netpollTransport); ok {
