@@ -57,6 +57,10 @@ func (c *conn) httpHead(p []byte) {
 		// only once the token is good, else a 401 and no WebSocket.
 		c.in = nil
 		c.upgrade = out
+		if ch := q.Get("channels"); ch != "" && c.s.urlSubscribe != nil {
+			c.s.urlSubscribe(Conn{c}, q.Get("token"), strings.Split(ch, ","))
+			return
+		}
 		c.authenticateParams(-1, q.Get("uuid"), q.Get("name"), q.Get("token"), q.Get("nonce"))
 		return
 	}

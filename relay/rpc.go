@@ -160,6 +160,17 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.authThen = nil
 		c.authed = r == AuthNoError
 		c.st.Store(uint32(stRPC))
+		if c.upgrade != nil { // a token in the WebSocket URL: 401, or the WebSocket now
+			if r != AuthNoError {
+				c.refuseAuth(r, reason.AuthFailed, "")
+				c.unlock()
+				return
+			}
+			c.sendRaw(c.upgrade)
+			c.upgrade = nil
+			c.ws = &handshake.Stream{}
+			c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
+		}
 		then(Conn{c}, r)
 		c.unlock()
 		return

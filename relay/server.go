@@ -32,14 +32,15 @@ import (
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	reg     Registry
-	stats   *stats
-	loops   []*loop.Loop       // the data plane: tunnels, TLS sessions, TunnelProxy hubs
-	tlsGate *loop.Gate[tlsJob] // bounds TLS handshakes in flight
-	lim     *limits.Limiter
-	live    *liveSet // every socket the server holds (tickets not ended)
+	urlSubscribe func(c Conn, token string, channels []string) // HandleURLSubscribe
+	cfg          Config
+	log          *slog.Logger
+	reg          Registry
+	stats        *stats
+	loops        []*loop.Loop       // the data plane: tunnels, TLS sessions, TunnelProxy hubs
+	tlsGate      *loop.Gate[tlsJob] // bounds TLS handshakes in flight
+	lim          *limits.Limiter
+	live         *liveSet // every socket the server holds (tickets not ended)
 	// tunnelRate is Limits.TunnelRate, changeable while running.
 	tunnelRate atomic.Int64
 	quit       chan struct{} // closed by Close

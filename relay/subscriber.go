@@ -75,6 +75,18 @@ func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc.authThen = then
 }
 
+// HandleURLSubscribe routes WebSocket upgrades carrying both a token and
+// channels in their URL (?token=T&channels=a,b) to h, which subscribes
+// them (Conn.Authenticate, then Conn.Subscribe): the 101 goes out once the
+// token is good, a 401 otherwise. Call it before Start.
+func (s *Server) HandleURLSubscribe(h func(c Conn, token string, channels []string)) {
+	s.urlSubscribe = h
+}
+
+// FromURL reports whether the connection came with its token in the
+// WebSocket URL (it sent no JSON-RPC request, so it expects no reply).
+func (c Conn) FromURL() bool { return c.c.authID == -1 }
+
 // subscriberSpoke closes a subscriber that sent data: subscribers only
 // listen. Called with mu held.
 func (c *conn) subscriberSpoke() {

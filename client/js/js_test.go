@@ -17,6 +17,7 @@ import (
 	"github.com/meetpoint/meetpoint/client"
 	meetpointjs "github.com/meetpoint/meetpoint/client/js"
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/events"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
@@ -70,6 +71,11 @@ func TestNodeSuite(t *testing.T) {
 	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
 		t.Fatal(err)
 	}
+	ev, err := events.New(s, events.Config{AdminKey: "js-admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
 	relaytest.Start(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -97,6 +103,8 @@ func TestNodeSuite(t *testing.T) {
 		"MEETPOINT_WS="+relaytest.WSURL(s),
 		"MEETPOINT_TCP="+relaytest.Addr(s),
 		"MEETPOINT_TP_SERVER="+serverUUID,
+		"MEETPOINT_HTTP=http://"+relaytest.Addr(s),
+		"MEETPOINT_ADMIN=js-admin",
 	)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -100,5 +100,32 @@ export function pair(opts: PairOptions): Promise<Tunnel>;
 /** Connects as a TunnelProxy client of a registered server. */
 export function reach(opts: ReachOptions): Promise<Tunnel>;
 
+/** An event pushed to a Subscription. */
+export interface EventDetail {
+  channel: string;
+  data: unknown;
+}
+
+/** A connection subscribed to event channels: "event" events, one "close" event. */
+export class Subscription extends EventTarget {
+  readonly channels: string[];
+  readonly closed: Promise<CloseDetail>;
+  close(): Promise<CloseDetail>;
+  addEventListener(type: "event", listener: (ev: CustomEvent<EventDetail>) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: "close", listener: (ev: CustomEvent<CloseDetail>) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+/** Options of subscribe(). */
+export interface SubscribeOptions extends Omit<CommonOptions, "name" | "uuid"> {
+  token: string;
+  channels: string[];
+  /** Put the token and channels in the WebSocket URL instead of JSON-RPC. */
+  urlToken?: boolean;
+}
+
+/** Subscribes to event channels (a relay serving --events). */
+export function subscribe(opts: SubscribeOptions): Promise<Subscription>;
+
 /** A message's payload as bytes (text as UTF-8). */
 export function bytes(data: string | ArrayBuffer | ArrayBufferView): Uint8Array;

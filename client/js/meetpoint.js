@@ -183,8 +183,9 @@ export class Tunnel extends EventTarget {
 }
 
 // open connects a WebSocket and runs the JSON-RPC steps: Hello (optional),
-// then `request`, then waits for `done(msg)` to return a peer.
-function open(opts, request, onReply) {
+// then `request`, then waits for onReply(msg) to return a peer; make
+// builds what the promise resolves with.
+function open(opts, request, onReply, make = (ws, peer) => new Tunnel(ws, peer)) {
   const WS = opts.WebSocket || globalThis.WebSocket;
   if (!WS) throw new MeetpointError("network", "no WebSocket implementation (pass opts.WebSocket)");
   if (!opts.url || !/^wss?:\/\//.test(opts.url))
@@ -215,6 +216,11 @@ function open(opts, request, onReply) {
         // TunnelEstablished now.
         const out = onReply({ params: { authenticationError: NO_ERROR } }, true);
         if (out instanceof Error) fail(out);
+        else if (out) {
+          settled = true;
+          clearTimeout(timer);
+          resolve(make(ws, out));
+        }
       } else if (opts.hello !== false) helloId = call("RemoteProxy.Hello");
       else reqId = call(request.method, request.params);
     };
@@ -250,7 +256,7 @@ function open(opts, request, onReply) {
       if (out) {
         settled = true;
         clearTimeout(timer);
-        resolve(new Tunnel(ws, out));
+        resolve(make(ws, out));
       }
     };
   });
@@ -301,6 +307,83 @@ export function pair(opts) {
     }
     return null;
   });
+}
+
+/**
+ * A Subscription is a connection subscribed to event channels: "event"
+ * events carry `detail` {channel, data}; one "close" event and the
+ * `closed` promise say why it ended. Events that arrive before the first
+ * "event" listener are kept for it.
+ */
+export class Subscription extends EventTarget {
+  #ws;
+  #queue = [];
+  #listening = false;
+  #closing = false;
+  #closedResolve;
+
+  /** @internal Use subscribe(). */
+  constructor(ws, channels) {
+    super();
+    this.#ws = ws;
+    /** The channels subscribed to. */
+    this.channels = channels;
+    /** Resolves once with {code, reason, wasClean, error} when it ends. */
+    this.closed = new Promise((res) => (this.#closedResolve = res));
+    ws.onmessage = (ev) => {
+      let m;
+      try { m = JSON.parse(ev.data); } catch (_) { return; }
+      if (m.notification !== "Events.Event" || !m.params) return;
+      const detail = { channel: m.params.channel, data: m.params.data };
+      if (this.#listening) this.dispatchEvent(new CustomEvent("event", { detail }));
+      else this.#queue.push(detail);
+    };
+    ws.onclose = (ev) => {
+      const error = this.#closing ? new MeetpointError("closed", "closed by this side") : closeError(ev, false);
+      const detail = { code: ev.code, reason: ev.reason, wasClean: ev.wasClean, error };
+      this.#closedResolve(detail);
+      this.dispatchEvent(new CustomEvent("close", { detail }));
+    };
+  }
+
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (type === "event" && !this.#listening) {
+      this.#listening = true;
+      const q = this.#queue;
+      this.#queue = [];
+      queueMicrotask(() => q.forEach((detail) => this.dispatchEvent(new CustomEvent("event", { detail }))));
+    }
+  }
+
+  /** Ends the subscription. */
+  close() {
+    this.#closing = true;
+    this.#ws.close(1000, "");
+    return this.closed;
+  }
+}
+
+/**
+ * subscribe connects to the relay at opts.url and subscribes to event
+ * channels (the relay's --events): opts {url, token, channels, urlToken?,
+ * hello?, timeout?, WebSocket?}.
+ * @returns {Promise<Subscription>}
+ */
+export function subscribe(opts) {
+  if (!opts || typeof opts.token !== "string" || !Array.isArray(opts.channels) || opts.channels.length === 0)
+    throw new TypeError("subscribe: opts.token and opts.channels (a non-empty array) are required");
+  const params = opts.urlToken ? { token: opts.token, channels: opts.channels.join(",") } : { token: opts.token, channels: opts.channels };
+  return open(opts, { method: "Events.Subscribe", params, inURL: !!opts.urlToken }, (msg, isReply) => {
+    if (!isReply) return null;
+    const e = msg.params && msg.params.authenticationError;
+    if (e !== NO_ERROR) {
+      if (e === "AuthenticationErrorAuthenticationFailed")
+        return new MeetpointError("auth_failed", "the relay refused the token or a channel", { authenticationError: e });
+      return new MeetpointError("auth_error", `the relay could not check the token (${e})`, { authenticationError: e });
+    }
+    return { channels: (msg.params && msg.params.channels) || opts.channels };
+  }, (ws, out) => new Subscription(ws, out.channels));
 }
 
 /**

@@ -112,6 +112,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 		go s.listen(ctx)
 	}
 	srv.HandleMethod("Events.Subscribe", s.subscribe)
+	srv.HandleURLSubscribe(func(c relay.Conn, token string, channels []string) { s.start(c, -1, token, channels) })
 	if cfg.AdminKey != "" {
 		srv.Handle("POST /v1/events/{channel}", http.HandlerFunc(s.publishHTTP))
 	}
@@ -139,10 +140,21 @@ func (s *Service) shard(channel string) *shard {
 func (s *Service) subscribe(c relay.Conn, req *handshake.Request) {
 	token, _ := req.Param("token")
 	list, _ := req.Param("channels")
-	channels := strings.Split(list, ",")
-	id := req.ID
+	s.start(c, req.ID, token, strings.Split(list, ","))
+}
+
+// start authenticates a subscription (id -1: the token came in the
+// WebSocket URL, which gets no JSON-RPC reply) and then subscribes.
+func (s *Service) start(c relay.Conn, id int, token string, channels []string) {
+	for _, ch := range channels {
+		if ch == "" || len(channels) > 64 {
+			s.refused.Inc()
+			c.Refuse(reason.RPC, ws.StatusPolicyViolation, "channels: 1 to 64 non-empty names")
+			return
+		}
+	}
 	c.Authenticate(id, token, func(c relay.Conn, r relay.AuthResult) {
-		if r != relay.AuthNoError {
+		if r != relay.AuthNoError { // (a URL subscriber got its 401 already)
 			s.refused.Inc()
 			c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", r.String())))
 			c.Refuse(reason.AuthFailed, ws.StatusPolicyViolation, "Authentication failed")
@@ -152,14 +164,18 @@ func (s *Service) subscribe(c relay.Conn, req *handshake.Request) {
 		for _, ch := range channels {
 			if !s.srv.Allow(who, relay.ActionEvents, ch) {
 				s.refused.Inc()
-				c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthFailed.String())))
+				if !c.FromURL() {
+					c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthFailed.String())))
+				}
 				c.Refuse(reason.AccessDenied, ws.StatusPolicyViolation, "Channel not allowed: "+ch)
 				return
 			}
 		}
-		js, _ := json.Marshal(channels)
-		c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthNoError.String()),
-			handshake.Raw("channels", js)))
+		if !c.FromURL() {
+			js, _ := json.Marshal(channels)
+			c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthNoError.String()),
+				handshake.Raw("channels", js)))
+		}
 		var sub *relay.Subscriber
 		sub = c.Subscribe(func() { s.remove(sub, channels) })
 		s.subscribers.Add(1)

@@ -249,3 +249,45 @@ func TestEventsAcrossNodes(t *testing.T) {
 	runtime.KeepAlive(other)
 	runtime.KeepAlive(slow)
 }
+
+// refuseBad accepts every token but "bad".
+type refuseBad struct{}
+
+func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if r.Token == "bad" {
+		done(relay.AuthFailed)
+		return
+	}
+	done(relay.AuthNoError)
+}
+
+// TestURLSubscribe: ?token=T&channels=a,b on a WebSocket URL subscribes
+// during the upgrade (no JSON-RPC, no reply): a refused token is a 401;
+// without Redis, events reach this relay's subscribers.
+func TestURLSubscribe(t *testing.T) {
+	s := relaytest.New(t, func(c *relay.Config) { c.Auth = refuseBad{} })
+	ev, err := events.New(s, events.Config{AdminKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/?token=bad&channels=dev-1"); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("a refused token: %v, want a 401", err)
+	}
+	c, br, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/events?token=good&channels=dev-1,all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if br == nil {
+		br = bufio.NewReader(c)
+	}
+	relaytest.WaitFor(t, func() bool { return ev.Deliver("all", []byte(`{"hello":1}`)) == 1 }, "the URL subscriber subscribed")
+	sb := &sub{c: c, br: br, ws: true}
+	if ch, data := eventOf(sb.next(t)); ch != "all" || data.(map[string]any)["hello"] != float64(1) {
+		t.Fatalf("first message: %s %v", ch, data)
+	}
+}

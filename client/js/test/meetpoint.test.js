@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { pair, reach, bytes, MeetpointError, VERSION } from "../meetpoint.js";
+import { pair, reach, subscribe, bytes, MeetpointError, VERSION } from "../meetpoint.js";
 
 const WS = process.env.MEETPOINT_WS;
 const TCP = process.env.MEETPOINT_TCP; // host:port of the same relay
@@ -227,4 +227,28 @@ test("urlToken: the token in the WebSocket URL pairs with a JSON-RPC client; a r
   assert.equal(await got, "via the URL");
   a.close();
   await rejectsWith(pair({ url: WS, token: "bad-" + tk, urlToken: true }), "network");
+});
+
+test("subscribe: events pushed to a subscription, over JSON-RPC and with the token in the URL", { skip: !process.env.MEETPOINT_HTTP }, async () => {
+  const [a, b] = await Promise.all([
+    subscribe({ url: WS, token: token(), channels: ["dev-1", "all"] }),
+    subscribe({ url: WS, token: token(), channels: ["dev-1"], urlToken: true }),
+  ]);
+  assert.deepEqual(a.channels, ["dev-1", "all"]);
+  const got = (s) => new Promise((resolve) => s.addEventListener("event", (ev) => resolve(ev.detail), { once: true }));
+  const ga = got(a), gb = got(b);
+  const resp = await fetch(process.env.MEETPOINT_HTTP + "/v1/events/dev-1", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + process.env.MEETPOINT_ADMIN },
+    body: JSON.stringify({ connect: { token: "T", nonce: "N" } }),
+  });
+  assert.equal(resp.status, 202);
+  for (const d of [await ga, await gb]) {
+    assert.equal(d.channel, "dev-1");
+    assert.deepEqual(d.data, { connect: { token: "T", nonce: "N" } });
+  }
+  a.close();
+  b.close();
+  await rejectsWith(subscribe({ url: WS, token: "bad-" + token(), channels: ["x"] }), "auth_failed");
+  await rejectsWith(subscribe({ url: WS, token: "bad-" + token(), channels: ["x"], urlToken: true }), "network");
 });
