@@ -291,3 +291,72 @@ func TestURLSubscribe(t *testing.T) {
 		t.Fatalf("first message: %s %v", ch, data)
 	}
 }
+
+// startRedisOn starts redis-server on addr's port and returns its stop.
+func startRedisOn(t *testing.T, port int) func() {
+	t.Helper()
+	bin, _ := exec.LookPath("redis-server")
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	t.Cleanup(stop)
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			c.Close()
+			return stop
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatal("redis-server did not start")
+	return nil
+}
+
+// TestEventsRedisOutage: with Redis down, publishing answers 503 and
+// subscribers stay connected; once Redis is back the relay's subscription
+// resumes by itself and events flow again.
+func TestEventsRedisOutage(t *testing.T) {
+	raddr := redisServer(t) // skips without redis-server
+	port, _ := strconv.Atoi(raddr[strings.LastIndexByte(raddr, ':')+1:])
+	a, ev := node(t, raddr)
+	s, _ := subscribe(t, relaytest.Addr(a), false, "dev-1")
+	post := func() int {
+		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/dev-1", strings.NewReader(`{"x":1}`))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Stop the first redis-server (SHUTDOWN NOSAVE), then restart one on
+	// the same port.
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	_ = rdb.ShutdownNoSave(context.Background()).Err()
+	rdb.Close()
+	relaytest.WaitFor(t, func() bool {
+		c, err := net.Dial("tcp", raddr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, "Redis down")
+	if code := post(); code != 503 {
+		t.Fatalf("publishing with Redis down: %d, want 503", code)
+	}
+	startRedisOn(t, port)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ev.Ready(ctx); err != nil {
+		t.Fatalf("the subscription did not resume: %v", err)
+	}
+	if code := post(); code != 202 {
+		t.Fatalf("publishing after Redis came back: %d", code)
+	}
+	if ch, _ := eventOf(s.next(t)); ch != "dev-1" {
+		t.Fatalf("after the outage: %q", ch)
+	}
+	runtime.KeepAlive(s)
+}
