@@ -37,6 +37,9 @@ func Parse(spec string) (Route, error) {
 	if !ok || !strings.HasPrefix(prefix, "/") || !strings.HasSuffix(prefix, "/") {
 		return Route{}, fmt.Errorf("route %q: want /PREFIX/=http://HOST:PORT/ (the prefix starts and ends with /)", spec)
 	}
+	if prefix == "/" {
+		return Route{}, fmt.Errorf("route %q: a route for / would hide the relay's own page and endpoints: give a prefix (/app/=…)", spec)
+	}
 	r := Route{Prefix: prefix}
 	if t, ok := strings.CutPrefix(target, "strip:"); ok {
 		r.StripPrefix, target = true, t
@@ -57,8 +60,14 @@ type Config struct {
 	IdentityHeader string
 }
 
-// Register serves cfg's routes on s's port. Call it before s.Start.
-func Register(s *relay.Server, cfg Config) error {
+// Register serves cfg's routes on s's port. Call it before s.Start. A
+// prefix another subsystem already serves is an error, not a panic.
+func Register(s *relay.Server, cfg Config) (err error) {
+	defer func() {
+		if p := recover(); p != nil { // net/http's ServeMux panics on a conflicting pattern
+			err = fmt.Errorf("route: %v", p)
+		}
+	}()
 	seen := map[string]bool{}
 	for _, rt := range cfg.Routes {
 		if seen[rt.Prefix] {
