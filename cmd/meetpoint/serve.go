@@ -508,7 +508,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			if err != nil {
 				log.Error("reload failed, keeping the previous state", "err", err)
 			} else {
-				log.Info("reloaded: authenticator, certificate, limits")
+				log.Info("reloaded: authenticator, access rules, certificate, limits")
 			}
 			continue
 		}
