@@ -116,7 +116,7 @@ func (s *Server) Allow(id Identity, action, target string) bool {
 	result := "allow"
 	if !ok {
 		result = "deny"
-		s.log.Info("access denied", "identity", id.String(), "action", action, "target", target, "rule", rule)
+		s.log.Debug("access denied", "identity", id.String(), "action", action, "target", target, "rule", rule) // counted; Debug: scanners must not flood the log
 	}
 	// Bounded: rules × actions × 2, from the operator's rules file.
 	s.stats.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_access_total{rule=%q,action=%q,result=%q}`, rule, action, result)).Inc()
