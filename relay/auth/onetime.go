@@ -3,7 +3,6 @@ package auth
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -26,13 +25,27 @@ var (
 	_ relay.Reporter      = (*OneTime)(nil)
 )
 
-// TokenStore holds one-time tokens: Take returns a token's value and
-// deletes it in one atomic step, so a token is handed out at most once
-// however many relays ask.
+// TokenStore holds one-time tokens. Take is one atomic step however many
+// relays share the store: the first end of a token takes it (TakeFirst,
+// the token now marked taken for its nonce with one partner left), the
+// one other end presenting it with the same nonce is TakePartner — on any
+// relay — and everything after that, or with another nonce, TakeReplayed.
+// value is the token's value as minted (for its user and age).
 type TokenStore interface {
-	Take(ctx context.Context, token string) (value []byte, found bool, err error)
+	Take(ctx context.Context, token, nonce string) (value []byte, res TakeResult, err error)
 	Put(ctx context.Context, token string, value []byte, ttl time.Duration) error
 }
+
+// TakeResult is what TokenStore.Take found.
+type TakeResult int
+
+// Take results.
+const (
+	TakeUnknown  TakeResult = iota // no such token (never minted, or expired in the store)
+	TakeFirst                      // the token's first end
+	TakePartner                    // its one partner: same nonce
+	TakeReplayed                   // used up, or another nonce
+)
 
 // DefaultMaxAge is how long a one-time token minted with a "time" is good.
 const DefaultMaxAge = 20 * time.Second
@@ -49,30 +62,17 @@ const DefaultMaxAge = 20 * time.Second
 // Unknown, expired, replayed or malformed tokens are AuthenticationFailed
 // (each counted under meetpoint_onetime_total{result}); the store failing
 // (Redis down) is AuthenticationErrorProxyError, and the next request
-// tries again. Tokens are never logged: only their SHA-256 is kept, for
-// as long as they are valid.
+// tries again. The store decides first end, partner or replay in one
+// atomic step, so the two ends may reach different relays sharing a
+// Redis. Tokens are never logged, and a relay keeps none in memory
+// (MemStore excepted, which is the store).
 type OneTime struct {
 	store  TokenStore
 	maxAge time.Duration
 	now    func() time.Time
 
-	mu   sync.Mutex
-	seen map[[32]byte]*taken // consumed tokens until they expire: the second end, replays
-
 	set     *metrics.Set
 	results map[string]*metrics.Counter
-}
-
-// taken is a token some end presented: ready is closed once the store
-// answered; then, if it was good, left is 1 while the second end may
-// still come. Fields other than ready are guarded by OneTime.mu.
-type taken struct {
-	ready       chan struct{}
-	good        bool
-	result      relay.AuthResult // the first end's answer when not good
-	user, nonce string
-	left        int
-	until       time.Time
 }
 
 // oneTimeResults are the counted outcomes.
@@ -84,8 +84,7 @@ func NewOneTime(store TokenStore, maxAge time.Duration) *OneTime {
 	if maxAge <= 0 {
 		maxAge = DefaultMaxAge
 	}
-	o := &OneTime{store: store, maxAge: maxAge, now: time.Now, seen: map[[32]byte]*taken{},
-		set: metrics.NewSet(), results: map[string]*metrics.Counter{}}
+	o := &OneTime{store: store, maxAge: maxAge, now: time.Now, set: metrics.NewSet(), results: map[string]*metrics.Counter{}}
 	for _, r := range oneTimeResults {
 		o.results[r] = o.set.NewCounter(fmt.Sprintf(`meetpoint_onetime_total{result=%q}`, r))
 	}
@@ -98,107 +97,40 @@ func (o *OneTime) Store() TokenStore { return o.store }
 // MaxAge is how long a minted token is good.
 func (o *OneTime) MaxAge() time.Duration { return o.maxAge }
 
-// Authenticate implements relay.Authenticator. The first end of a
-// token takes it from the store; an end that presents it while that is
-// under way waits for the answer (both ends usually arrive together).
+// Authenticate implements relay.Authenticator: one atomic Take in the
+// store (which decides first end, partner or replay, also across relays),
+// then the token's age.
 func (o *OneTime) Authenticate(ctx context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
-	key := sha256.Sum256([]byte(req.Token))
-	o.mu.Lock()
-	t := o.seen[key]
-	first := t == nil
-	if first {
-		o.sweep()
-		t = &taken{ready: make(chan struct{}), nonce: req.Nonce}
-		o.seen[key] = t
-	}
-	o.mu.Unlock()
-	if first {
-		go func() { done(o.take(ctx, key, t, req)) }()
-		return
-	}
 	go func() {
-		select {
-		case <-t.ready:
-			done(o.second(key, t, req))
-		case <-ctx.Done():
-			done(relay.AuthTimeout)
+		val, res, err := o.store.Take(ctx, req.Token, req.Nonce)
+		switch {
+		case err != nil:
+			o.count("store_error")
+			done(relay.AuthProxyError)
+			return
+		case res == TakeUnknown:
+			o.count("unknown")
+			done(relay.AuthFailed)
+			return
+		case res == TakeReplayed:
+			o.count("replayed")
+			done(relay.AuthFailed)
+			return
 		}
+		user, _, why := o.parse(val)
+		if why != "" {
+			o.count(why)
+			done(relay.AuthFailed)
+			return
+		}
+		if res == TakePartner {
+			o.count("partner")
+		} else {
+			o.count("ok")
+		}
+		setSubject(req, user)
+		done(relay.AuthNoError)
 	}()
-}
-
-// take consumes the token from the store for its first end.
-func (o *OneTime) take(ctx context.Context, key [32]byte, t *taken, req relay.AuthRequest) relay.AuthResult {
-	val, found, err := o.store.Take(ctx, req.Token)
-	var user, why string
-	var until time.Time
-	res := relay.AuthNoError
-	switch {
-	case err != nil:
-		why, res = "store_error", relay.AuthProxyError
-	case !found:
-		why, res = "unknown", relay.AuthFailed
-	default:
-		if user, until, why = o.parse(val); why != "" {
-			res = relay.AuthFailed
-		}
-	}
-	o.mu.Lock()
-	if res == relay.AuthNoError {
-		t.good, t.user, t.until, t.left = true, user, until, 1
-	} else {
-		t.result = res
-		delete(o.seen, key) // nothing was consumed (or nothing is left): a later try asks the store again
-	}
-	close(t.ready)
-	o.mu.Unlock()
-	if res != relay.AuthNoError {
-		o.count(why)
-		return res
-	}
-	o.count("ok")
-	setSubject(req, user)
-	return relay.AuthNoError
-}
-
-// second answers an end presenting a token another end took: the
-// tunnel's partner (same nonce, once, before expiry), or a replay.
-func (o *OneTime) second(key [32]byte, t *taken, req relay.AuthRequest) relay.AuthResult {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	switch {
-	case !t.good:
-		o.count("unknown")
-		if t.result == relay.AuthProxyError {
-			return relay.AuthProxyError
-		}
-		return relay.AuthFailed
-	case !o.now().Before(t.until):
-		delete(o.seen, key)
-		o.count("expired")
-		return relay.AuthFailed
-	case t.left == 0 || t.nonce != req.Nonce:
-		o.count("replayed")
-		return relay.AuthFailed
-	}
-	t.left--
-	o.count("partner")
-	setSubject(req, t.user)
-	return relay.AuthNoError
-}
-
-// sweep drops expired entries (called with mu held, for each new token:
-// the map holds at most the tokens presented within one token lifetime).
-func (o *OneTime) sweep() {
-	now := o.now()
-	for k, t := range o.seen {
-		select {
-		case <-t.ready:
-			if t.good && !now.Before(t.until) {
-				delete(o.seen, k)
-			}
-		default: // its store lookup is under way
-		}
-	}
 }
 
 // tokenTimeLayout is the web-app "time" form: day:month:year:hour:minute:second.
@@ -278,30 +210,40 @@ func Mint(ctx context.Context, store TokenStore, user string, ttl time.Duration)
 // single-node deployments). Expired tokens are dropped as new ones come.
 type MemStore struct {
 	mu     sync.Mutex
-	tokens map[string]memToken
+	tokens map[string]*memToken
 }
 
 type memToken struct {
 	val   []byte
 	until time.Time
+	taken bool   // its first end came
+	nonce string // the first end's
+	left  int    // partners still admitted (1, then 0)
 }
 
 // MaxMemTokens bounds a MemStore.
 const MaxMemTokens = 1 << 20
 
 // NewMemStore returns an empty store.
-func NewMemStore() *MemStore { return &MemStore{tokens: map[string]memToken{}} }
+func NewMemStore() *MemStore { return &MemStore{tokens: map[string]*memToken{}} }
 
 // Take implements TokenStore.
-func (m *MemStore) Take(_ context.Context, token string) ([]byte, bool, error) {
+func (m *MemStore) Take(_ context.Context, token, nonce string) ([]byte, TakeResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t, ok := m.tokens[token]
-	delete(m.tokens, token)
-	if !ok || !time.Now().Before(t.until) {
-		return nil, false, nil
+	switch {
+	case !ok || !time.Now().Before(t.until):
+		delete(m.tokens, token)
+		return nil, TakeUnknown, nil
+	case !t.taken:
+		t.taken, t.nonce, t.left = true, nonce, 1
+		return t.val, TakeFirst, nil
+	case t.left == 1 && t.nonce == nonce:
+		t.left = 0
+		return t.val, TakePartner, nil
 	}
-	return t.val, true, nil
+	return nil, TakeReplayed, nil
 }
 
 // Put implements TokenStore.
@@ -319,12 +261,15 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 			return errors.New("one-time token store full")
 		}
 	}
-	m.tokens[token] = memToken{val: append([]byte(nil), value...), until: now.Add(ttl)}
+	m.tokens[token] = &memToken{val: append([]byte(nil), value...), until: now.Add(ttl)}
 	return nil
 }
 
-// RedisStore keeps one-time tokens in Redis under Prefix+token; Take is
-// GETDEL (Redis ≥ 6.2), so exactly one relay of a fleet gets a token.
+// RedisStore keeps one-time tokens in Redis under Prefix+token. Take is
+// one Lua script (Redis ≥ 6.0): the first end replaces the value with a
+// marker "\x00mp|LEFT|NONCELEN|NONCE" + value under the same TTL, the
+// partner turns LEFT to 0, so any relay of a fleet admits exactly the two
+// ends of one tunnel.
 type RedisStore struct {
 	rdb    *redis.Client
 	prefix string
@@ -355,16 +300,51 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	return &RedisStore{rdb: redis.NewClient(opt), prefix: prefix}, maxAge, nil
 }
 
+// takeScript is RedisStore.Take: {0} unknown, {1, value} first,
+// {2, value} partner, {3} replayed.
+var takeScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local p = '\0mp|'
+if string.sub(v, 1, 4) ~= p then
+  redis.call('SET', KEYS[1], p .. '1|' .. string.len(ARGV[1]) .. '|' .. ARGV[1] .. v, 'KEEPTTL')
+  return {1, v}
+end
+local left, nlen, tail = string.match(string.sub(v, 5), '^(%d)|(%d+)|(.*)$')
+if not left then return {3} end
+local nonce = string.sub(tail, 1, tonumber(nlen))
+local orig = string.sub(tail, tonumber(nlen) + 1)
+if left == '1' and nonce == ARGV[1] then
+  redis.call('SET', KEYS[1], p .. '0|' .. nlen .. '|' .. nonce .. orig, 'KEEPTTL')
+  return {2, orig}
+end
+return {3}
+`)
+
 // Take implements TokenStore.
-func (r *RedisStore) Take(ctx context.Context, token string) ([]byte, bool, error) {
-	v, err := r.rdb.GetDel(ctx, r.prefix+token).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, false, nil
-	}
+func (r *RedisStore) Take(ctx context.Context, token, nonce string) ([]byte, TakeResult, error) {
+	out, err := takeScript.Run(ctx, r.rdb, []string{r.prefix + token}, nonce).Slice()
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
-	return v, true, nil
+	if len(out) == 0 {
+		return nil, 0, errors.New("one-time token script: empty answer")
+	}
+	code, _ := out[0].(int64)
+	var val []byte
+	if len(out) > 1 {
+		s, _ := out[1].(string)
+		val = []byte(s)
+	}
+	switch code {
+	case 1:
+		return val, TakeFirst, nil
+	case 2:
+		return val, TakePartner, nil
+	case 3:
+		return nil, TakeReplayed, nil
+	}
+	return nil, TakeUnknown, nil
 }
 
 // Put implements TokenStore.
