@@ -161,7 +161,7 @@ func redisServer(t *testing.T, port int) (addr string, stop func()) {
 }
 
 // TestOneTimeRedis: tokens minted into Redis under a prefix, consumed
-// with GETDEL; Redis down is AuthenticationErrorProxyError, and it
+// in one atomic take (a Lua script); Redis down is AuthenticationErrorProxyError, and it
 // recovers by itself when Redis is back.
 func TestOneTimeRedis(t *testing.T) {
 	addr, stop := redisServer(t, 0)
