@@ -54,7 +54,7 @@ func (c *conn) toLoop(nt *netpollTransport, left []byte) bool {
 		return false
 	}
 	l := c.s.pickLoop(fd)
-	pt := &plainTransport{l: l, fd: fd, c: c}
+	pt := &plainTransport{l: l, fd: fd, sk: loop.PlainSock(fd), c: c}
 	c.tr = pt
 	c.rel = relNone
 	if len(left) > 0 {
@@ -94,6 +94,7 @@ func alive(fd int) bool {
 type plainTransport struct {
 	l       *loop.Loop
 	fd      int
+	sk      loop.Sock // fd, as a Sock (made once: converting per read would allocate)
 	c       *conn
 	dropped bool // loop-owned: removed from the epoll set
 }
@@ -127,12 +128,33 @@ func (t *plainTransport) Event(l *loop.Loop, events uint32) {
 	}
 }
 
-func (t *plainTransport) readAll(l *loop.Loop) {
-	buf := l.Scratch()
-	for !t.dropped {
-		n, err := unix.Read(t.fd, buf)
+func (t *plainTransport) readAll(l *loop.Loop) { t.c.readFrom(t.sk, l.Scratch(), &t.dropped) }
+
+func (t *plainTransport) fail(r reason.Reason) { t.c.ended(r) }
+
+// Stop implements loop.Stopper: the loop is stopping; the connection lets
+// go at once.
+func (t *plainTransport) Stop(l *loop.Loop) {
+	t.c.stopping()
+	t.drop(l)
+}
+
+// readFrom feeds c's stages from sk, a socket on a forwarding loop
+// (plainTransport, tlsTransport), until it would block; it stops early
+// once dropped, or once c is claimed for a hand-off to net/http — what
+// follows (a request body) then stays in the socket, which goes along
+// whole. A socket that ended (EOF, an error) ends c as peer_closed. Loop
+// goroutine only.
+func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool) {
+	for !*dropped {
+		c.mu.Lock()
+		handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
+		c.mu.Unlock()
+		if handing {
+			return
+		}
+		n, err := sk.Read(buf)
 		if n > 0 {
-			c := t.c
 			c.mu.Lock()
 			c.consume(buf[:n])
 			c.unlock()
@@ -142,27 +164,26 @@ func (t *plainTransport) readAll(l *loop.Loop) {
 			continue
 		}
 		if err != unix.EAGAIN {
-			t.fail(reason.PeerClosed)
+			c.ended(reason.PeerClosed)
 		}
 		return
 	}
 }
 
-func (t *plainTransport) fail(r reason.Reason) {
-	c := t.c
+// ended ends c after its socket on a loop failed or its client left; a
+// claimed connection's target learns it (conn.close).
+func (c *conn) ended(r reason.Reason) {
 	c.mu.Lock()
 	c.close(r)
 	c.unlock()
 }
 
-// Stop implements loop.Stopper: the loop is stopping; the connection lets
-// go at once.
-func (t *plainTransport) Stop(l *loop.Loop) {
-	c := t.c
+// stopping ends c at once as its loop stops: a WebSocket client still gets
+// its close frame if the socket takes it. The transport drops it next.
+func (c *conn) stopping() {
 	c.mu.Lock()
 	c.fail(reason.Shutdown, 1001, "Server shutting down")
 	c.flush()
 	c.rel = relAsked
 	c.mu.Unlock()
-	t.drop(l)
 }

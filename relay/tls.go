@@ -76,50 +76,16 @@ func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
 	}
 }
 
-func (t *tlsTransport) readAll(l *loop.Loop) {
-	buf := l.Scratch()
-	for !t.dropped {
-		c := t.c
-		c.mu.Lock()
-		handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
-		c.mu.Unlock()
-		if handing {
-			// Bound for net/http: what follows (a request body) stays in
-			// the socket and the TLS connection, which go along whole.
-			return
-		}
-		n, err := t.s.Read(buf)
-		if n > 0 {
-			c.mu.Lock()
-			c.consume(buf[:n])
-			c.unlock()
-			continue
-		}
-		if err != unix.EAGAIN {
-			t.fail(reason.PeerClosed)
-		}
-		return
-	}
-}
+// readAll decrypts what arrived into the conn's stages (conn.readFrom).
+func (t *tlsTransport) readAll(l *loop.Loop) { t.c.readFrom(t.s, l.Scratch(), &t.dropped) }
 
-// fail ends the connection after its socket failed or its client left; a
-// claimed connection's target learns it (conn.close).
-func (t *tlsTransport) fail(r reason.Reason) {
-	c := t.c
-	c.mu.Lock()
-	c.close(r)
-	c.unlock()
-}
+// fail ends the connection after its socket failed or its client left.
+func (t *tlsTransport) fail(r reason.Reason) { t.c.ended(r) }
 
 // Stop implements loop.Stopper: the loop is stopping; the connection lets
 // go at once.
 func (t *tlsTransport) Stop(l *loop.Loop) {
-	c := t.c
-	c.mu.Lock()
-	c.fail(reason.Shutdown, 1001, "Server shutting down")
-	c.flush()
-	c.rel = relAsked
-	c.mu.Unlock()
+	t.c.stopping()
 	t.drop(l)
 }
 
