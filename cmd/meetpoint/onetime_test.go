@@ -9,14 +9,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // pairOnce pairs two clients on token at the relay ts serves and returns
@@ -97,22 +96,7 @@ func TestOneTimeTokensMintedOverHTTP(t *testing.T) {
 // TestOneTimeTokensInRedis: serve --auth redis://…, mint with `meetpoint
 // token --redis … --user …` (or any backend's redis-cli SET).
 func TestOneTimeTokensInRedis(t *testing.T) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
-			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set")
-		}
-		t.Skip("no redis-server (apt-get install redis-server)")
-	}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	rs := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := rs.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = rs.Process.Kill(); _ = rs.Wait() }()
-	url := "redis://127.0.0.1:" + strconv.Itoa(port) + "/0?prefix=tok:"
+	url := "redis://" + relaytest.Redis(t) + "/0?prefix=tok:"
 	var tok string
 	for i := 0; ; i++ {
 		var out, errb bytes.Buffer

@@ -3,15 +3,13 @@ package auth
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // ends authenticates n ends with token and nonce at once.
@@ -125,46 +123,11 @@ func TestOneTimeSemantics(t *testing.T) {
 	}
 }
 
-// redisServer starts a throw-away redis-server on a free loopback port;
-// the test skips without one unless MEETPOINT_REQUIRE_REDIS is set (CI).
-func redisServer(t *testing.T, port int) (addr string, stop func()) {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
-			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set (apt-get install redis-server)")
-		}
-		t.Skip("no redis-server: apt-get install redis-server to run the Redis tests")
-	}
-	if port == 0 {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
-	addr = "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop = func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
-	t.Cleanup(stop)
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr, stop
-		}
-		if i > 100 {
-			t.Fatal("redis-server did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestOneTimeRedis: tokens minted into Redis under a prefix, consumed
 // in one atomic take (a Lua script); Redis down is AuthenticationErrorProxyError, and it
 // recovers by itself when Redis is back.
 func TestOneTimeRedis(t *testing.T) {
-	addr, stop := redisServer(t, 0)
+	addr, stop := testutil.Redis(t, 0)
 	store, maxAge, err := ParseRedisAuth("redis://" + addr + "/0?prefix=mp:&max-age=15s")
 	if err != nil || maxAge != 15*time.Second {
 		t.Fatal(err, maxAge)
@@ -209,7 +172,7 @@ func TestOneTimeRedis(t *testing.T) {
 		t.Fatalf("Redis down: %v, want ProxyError", r)
 	}
 	port, _ := strconv.Atoi(addr[len("127.0.0.1:"):])
-	redisServer(t, port)
+	testutil.Redis(t, port)
 	tok, _, err = Mint(ctx, store, "erin", 20*time.Second)
 	if err != nil {
 		t.Fatalf("mint after Redis came back: %v", err)

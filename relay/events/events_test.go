@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -24,39 +22,9 @@ import (
 
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/events"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
-
-// redisServer starts a throw-away redis-server; skip without one unless
-// MEETPOINT_REQUIRE_REDIS is set (CI).
-func redisServer(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
-			t.Fatal("no redis-server and MEETPOINT_REQUIRE_REDIS is set")
-		}
-		t.Skip("no redis-server (apt-get install redis-server)")
-	}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatal("redis-server did not start")
-	return ""
-}
 
 // onlyChannels lets every identity join channels starting with "dev-" or
 // "all", and nothing else (the events action only).
@@ -161,7 +129,7 @@ func eventOf(m map[string]any) (channel string, data any) {
 // either node or straight into Redis; a channel the rules refuse is
 // refused; a subscriber that never reads is cut off, the others go on.
 func TestEventsAcrossNodes(t *testing.T) {
-	raddr := redisServer(t)
+	raddr := relaytest.Redis(t)
 	a, _ := node(t, raddr)
 	b, _ := node(t, raddr)
 	var subs []*sub
@@ -183,7 +151,7 @@ func TestEventsAcrossNodes(t *testing.T) {
 	post := func(s *relay.Server, channel, key, body string) int {
 		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(s)+"/v1/events/"+channel, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := httpClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -292,39 +260,18 @@ func TestURLSubscribe(t *testing.T) {
 	}
 }
 
-// startRedisOn starts redis-server on addr's port and returns its stop.
-func startRedisOn(t *testing.T, port int) func() {
-	t.Helper()
-	bin, _ := exec.LookPath("redis-server")
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
-	t.Cleanup(stop)
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
-			c.Close()
-			return stop
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatal("redis-server did not start")
-	return nil
-}
-
 // TestEventsRedisOutage: with Redis down, publishing answers 503 and
 // subscribers stay connected; once Redis is back the relay's subscription
 // resumes by itself and events flow again.
 func TestEventsRedisOutage(t *testing.T) {
-	raddr := redisServer(t) // skips without redis-server
+	raddr, _ := testutil.Redis(t, 0)
 	port, _ := strconv.Atoi(raddr[strings.LastIndexByte(raddr, ':')+1:])
 	a, ev := node(t, raddr)
 	s, _ := subscribe(t, relaytest.Addr(a), false, "dev-1")
 	post := func() int {
 		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/dev-1", strings.NewReader(`{"x":1}`))
 		req.Header.Set("Authorization", "Bearer admin-secret")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := httpClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,7 +293,7 @@ func TestEventsRedisOutage(t *testing.T) {
 	if code := post(); code != 503 {
 		t.Fatalf("publishing with Redis down: %d, want 503", code)
 	}
-	startRedisOn(t, port)
+	testutil.Redis(t, port)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := ev.Ready(ctx); err != nil {
@@ -360,3 +307,7 @@ func TestEventsRedisOutage(t *testing.T) {
 	}
 	runtime.KeepAlive(s)
 }
+
+// httpClient bounds every publish the tests make: a relay that stops
+// answering fails the test in seconds instead of hanging the suite.
+var httpClient = &http.Client{Timeout: 15 * time.Second}

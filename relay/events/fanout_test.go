@@ -107,7 +107,7 @@ func TestEventsFanOut10k(t *testing.T) {
 	if v, _ := strconv.Atoi(os.Getenv("MEETPOINT_EVENTS_N")); v > 0 {
 		n = v
 	}
-	raddr := redisServer(t)
+	raddr := relaytest.Redis(t)
 	a, _ := node(t, raddr)
 	b, _ := node(t, raddr)
 	debug.FreeOSMemory()
@@ -172,7 +172,7 @@ func TestEventsFanOut10k(t *testing.T) {
 	for i := range events - 1 {
 		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/all", strings.NewReader(fmt.Sprintf(`{"seq":%d}`, i)))
 		req.Header.Set("Authorization", "Bearer admin-secret")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := httpClient.Do(req)
 		if err != nil || resp.StatusCode != 202 {
 			t.Fatalf("publish: %v %v", resp, err)
 		}

@@ -99,3 +99,12 @@ func Pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *clien
 	return DialPair(t, client.Options{URL: urlA, Token: token, Nonce: nonce, Name: "alice"},
 		client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
 }
+
+// Redis starts a throw-away redis-server for the test and returns its
+// address (the test skips without redis-server, unless
+// MEETPOINT_REQUIRE_REDIS is set).
+func Redis(t testing.TB) string {
+	t.Helper()
+	addr, _ := testutil.Redis(t, 0)
+	return addr
+}
