@@ -22,17 +22,6 @@ import (
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
 
-// refuseBad accepts every token except those starting with "bad-".
-type refuseBad struct{}
-
-func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
-	if strings.HasPrefix(r.Token, "bad-") {
-		done(relay.AuthFailed)
-		return
-	}
-	done(relay.AuthNoError)
-}
-
 // node finds Node.js ≥ 20.10 (for its WebSocket); tests skip without it
 // unless MEETPOINT_REQUIRE_NODE is set (CI sets it).
 func node(t *testing.T) string {
@@ -65,7 +54,7 @@ func node(t *testing.T) string {
 func TestNodeSuite(t *testing.T) {
 	nodeBin := node(t)
 	s := relaytest.New(t, func(c *relay.Config) {
-		c.Auth = refuseBad{}
+		c.Auth = relaytest.RefuseBad{}
 		c.AloneTimeout = time.Second
 	})
 	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {

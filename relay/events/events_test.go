@@ -218,22 +218,11 @@ func TestEventsAcrossNodes(t *testing.T) {
 	runtime.KeepAlive(slow)
 }
 
-// refuseBad accepts every token but "bad".
-type refuseBad struct{}
-
-func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
-	if r.Token == "bad" {
-		done(relay.AuthFailed)
-		return
-	}
-	done(relay.AuthNoError)
-}
-
 // TestURLSubscribe: ?token=T&channels=a,b on a WebSocket URL subscribes
 // during the upgrade (no JSON-RPC, no reply): a refused token is a 401;
 // without Redis, events reach this relay's subscribers.
 func TestURLSubscribe(t *testing.T) {
-	s := relaytest.New(t, func(c *relay.Config) { c.Auth = refuseBad{} })
+	s := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{} })
 	ev, err := events.New(s, events.Config{AdminKey: "k"})
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,11 @@
 package relaytest
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,4 +109,17 @@ func Redis(t testing.TB) string {
 	t.Helper()
 	addr, _ := testutil.Redis(t, 0)
 	return addr
+}
+
+// RefuseBad accepts every token except those starting with "bad"
+// (AuthenticationFailed): a relay on which tests can be refused on purpose.
+type RefuseBad struct{}
+
+// Authenticate implements relay.Authenticator.
+func (RefuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if strings.HasPrefix(r.Token, "bad") {
+		done(relay.AuthFailed)
+		return
+	}
+	done(relay.AuthNoError)
 }

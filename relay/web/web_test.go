@@ -39,7 +39,7 @@ func relayWithPage(t *testing.T, withTLS bool) (*relay.Server, string) {
 		store = st
 	}
 	s := relaytest.New(t, func(c *relay.Config) {
-		c.Auth = refuseBad{}
+		c.Auth = relaytest.RefuseBad{}
 		c.AloneTimeout = 20 * time.Second
 		if store != nil {
 			c.TLS = store.TLSConfig()
@@ -53,17 +53,6 @@ func relayWithPage(t *testing.T, withTLS bool) (*relay.Server, string) {
 		scheme = "https://"
 	}
 	return s, scheme + relaytest.Addr(s)
-}
-
-// refuseBad accepts every token except those starting with "bad-".
-type refuseBad struct{}
-
-func (refuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
-	if strings.HasPrefix(r.Token, "bad-") {
-		done(relay.AuthFailed)
-		return
-	}
-	done(relay.AuthNoError)
 }
 
 func TestStatusAndFiles(t *testing.T) {
