@@ -2,15 +2,8 @@ package main
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // TestHelperMain is not a test: with MEETPOINT_HELPER_MAIN set, the test
@@ -111,9 +106,11 @@ func TestLinkLocalNamespaces(t *testing.T) {
 	relayAddr := rns.linkLocal(t)
 	cns.linkLocal(t)
 	dir := t.TempDir()
-	ca, caKey := writeCA(t, dir)
-	writeLeaf(t, dir, "server", ca, caKey, []net.IP{net.ParseIP(relayAddr)}, x509.ExtKeyUsageServerAuth)
-	writeLeaf(t, dir, "client", ca, caKey, nil, x509.ExtKeyUsageClientAuth)
+	ca := relaytest.Cert(t, "meetpoint test CA", nil, true)
+	relaytest.WriteCert(t, ca, filepath.Join(dir, "ca.pem"), "")
+	relaytest.WriteCert(t, relaytest.Cert(t, "server", &ca, false, net.ParseIP(relayAddr)),
+		filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"))
+	relaytest.WriteCert(t, relaytest.Cert(t, "client", &ca, false), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
 
 	start := func(args ...string) {
 		t.Helper()
@@ -220,41 +217,4 @@ type testWriter struct {
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Logf("%s: %s", w.name, strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-func writeCA(t *testing.T, dir string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "meetpoint test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, filepath.Join(dir, "ca.pem"), "CERTIFICATE", der)
-	ca, _ := x509.ParseCertificate(der)
-	return ca, key
-}
-
-func writeLeaf(t *testing.T, dir, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, ips []net.IP, usage x509.ExtKeyUsage) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: ips,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der)
-	kb, _ := x509.MarshalECPrivateKey(key)
-	writePEM(t, filepath.Join(dir, name+"-key.pem"), "EC PRIVATE KEY", kb)
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

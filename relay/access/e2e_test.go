@@ -3,17 +3,12 @@ package access_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,30 +29,6 @@ import (
 	"github.com/meetpoint/meetpoint/relay/web"
 )
 
-// keyPair makes a client certificate for cn, signed by parent (nil:
-// self-signed), as a tls.Certificate.
-func keyPair(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool) (tls.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	if isCA {
-		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, k
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, k
-}
-
 const sharedServer = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 
 // world is a relay with access rules, TLS requiring client certificates
@@ -75,10 +46,10 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	dir := t.TempDir()
-	caCert, caKey := keyPair(t, "home CA", nil, nil, true)
-	os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Certificate[0]}), 0o600)
-	homeCert, _ := keyPair(t, "laptop", caCert.Leaf, caKey, false)
-	friendCert, _ := keyPair(t, "friend-phone", nil, nil, false)
+	caCert := relaytest.Cert(t, "home CA", nil, true)
+	relaytest.WriteCert(t, caCert, filepath.Join(dir, "ca.pem"), "")
+	homeCert := relaytest.Cert(t, "laptop", &caCert, false)
+	friendCert := relaytest.Cert(t, "friend-phone", nil, false)
 	friendFP := relay.IdentityOf(friendCert.Leaf, "").Fingerprint
 	os.WriteFile(filepath.Join(dir, "fps"), []byte(friendFP+"\n"), 0o600)
 

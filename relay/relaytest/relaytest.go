@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -122,4 +123,17 @@ func (RefuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(
 		return
 	}
 	done(relay.AuthNoError)
+}
+
+// Cert makes a test certificate (see testutil.Cert: a CA, or a leaf for
+// client and server authentication), signed by parent (nil: self-signed).
+func Cert(t testing.TB, cn string, parent *tls.Certificate, isCA bool, ips ...net.IP) tls.Certificate {
+	t.Helper()
+	return testutil.Cert(t, cn, parent, isCA, ips...)
+}
+
+// WriteCert writes c's certificate and (keyPath not empty) key as PEM.
+func WriteCert(t testing.TB, c tls.Certificate, certPath, keyPath string) {
+	t.Helper()
+	testutil.WriteCert(t, c, certPath, keyPath)
 }
