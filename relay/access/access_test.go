@@ -44,12 +44,18 @@ anonymous = true
 allow = ["http:/", "http:/page/*", "http:/meetpoint.js", "http:/status.json"]
 `
 
+// WorkedExample is the example with the home CA's file and the friend's
+// fingerprint filled in (exported to the end-to-end tests, which run the
+// same rules over each protocol).
+func WorkedExample(caFile, friendFingerprint string) string {
+	return strings.NewReplacer("CA", caFile, "FP", friendFingerprint).Replace(example)
+}
+
 func TestDecide(t *testing.T) {
 	dir := t.TempDir()
 	home, friend := pki(t, dir)
 	fid := relay.IdentityOf(friend, "")
-	src := strings.NewReplacer("CA", filepath.Join(dir, "ca.pem"), "FP", fid.Fingerprint).Replace(example)
-	rules, err := Parse([]byte(src), "example.toml")
+	rules, err := Parse([]byte(WorkedExample(filepath.Join(dir, "ca.pem"), fid.Fingerprint)), "example.toml")
 	if err != nil {
 		t.Fatal(err)
 	}

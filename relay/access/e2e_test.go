@@ -53,28 +53,7 @@ func newWorld(t *testing.T) *world {
 	friendFP := relay.IdentityOf(friendCert.Leaf, "").Fingerprint
 	os.WriteFile(filepath.Join(dir, "fps"), []byte(friendFP+"\n"), 0o600)
 
-	rules := fmt.Sprintf(`
-[[rule]]
-name = "own devices"
-ca = %q
-allow = ["*"]
-
-[[rule]]
-name = "friend"
-fingerprint = [%q]
-deny = ["http:/shared/private/*"]
-allow = ["tunnelproxy-reach:%s", "http:/shared/*"]
-
-[[rule]]
-name = "guests"
-token-subject = ["guest-*"]
-allow = ["pair:guest-*"]
-
-[[rule]]
-name = "the page"
-anonymous = true
-allow = ["http:/", "http:/page/*", "http:/meetpoint.js"]
-`, filepath.Join(dir, "ca.pem"), friendFP, sharedServer)
+	rules := access.WorkedExample(filepath.Join(dir, "ca.pem"), friendFP) // docs/security.md's, as TestDecide runs it
 	rulesPath := filepath.Join(dir, "access.toml")
 	os.WriteFile(rulesPath, []byte(rules), 0o600)
 	pol, err := access.Load(rulesPath)
