@@ -64,15 +64,21 @@ func (c *conn) httpHead(p []byte) {
 		c.authenticateParams(-1, q.Get("uuid"), q.Get("name"), q.Get("token"), q.Get("nonce"))
 		return
 	}
-	c.sendRaw(out)
-	c.ws = &handshake.Stream{}
-	c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
+	c.startWebSocket(out)
 	c.st.Store(uint32(stRPC))
 	c.in = nil
 	c.consumeWS(rest)
 	if len(p) > 0 {
 		c.consume(p)
 	}
+}
+
+// startWebSocket sends the upgrade's 101 and makes c a WebSocket
+// connection from then on. Called with mu held.
+func (c *conn) startWebSocket(upgrade []byte) {
+	c.sendRaw(upgrade)
+	c.ws = &handshake.Stream{}
+	c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
 }
 
 // urlToken reads the token parameters of a WebSocket upgrade's URL:

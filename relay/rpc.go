@@ -166,10 +166,8 @@ func (c *conn) onAuthResult(r AuthResult) {
 				c.unlock()
 				return
 			}
-			c.sendRaw(c.upgrade)
+			c.startWebSocket(c.upgrade)
 			c.upgrade = nil
-			c.ws = &handshake.Stream{}
-			c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
 		}
 		then(Conn{c}, r)
 		c.unlock()
@@ -196,10 +194,8 @@ func (c *conn) onAuthResult(r AuthResult) {
 	}
 	if c.upgrade != nil {
 		// A token in the URL: now the WebSocket exists.
-		c.sendRaw(c.upgrade)
+		c.startWebSocket(c.upgrade)
 		c.upgrade = nil
-		c.ws = &handshake.Stream{}
-		c.ws.Dec.MaxFrame = int64(c.s.cfg.MaxPreAuth)
 	} else {
 		c.send(handshake.AppendSuccess(nil, c.authID,
 			handshake.Str("authenticationError", r.String())))
