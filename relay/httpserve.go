@@ -2,11 +2,14 @@ package relay
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -217,4 +220,28 @@ func splitTokens(v string) []string {
 		v = v[i+1:]
 	}
 	return out
+}
+
+// WriteJSON answers an HTTP API request on the relay's port: status, and
+// v as JSON, never cached.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// RequireBearer serves h only to requests that carry "Authorization:
+// Bearer KEY" (compared in constant time; surrounding spaces of key
+// ignored); the others get 401 with a JSON error.
+func RequireBearer(key string, h http.Handler) http.Handler {
+	want := []byte("Bearer " + strings.TrimSpace(key))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
+			WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required (Authorization: Bearer KEY)"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

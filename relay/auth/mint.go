@@ -2,11 +2,11 @@ package auth
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
 )
 
 // MintHandler serves POST /v1/tokens on the relay's port for backends that
@@ -17,19 +17,8 @@ import (
 // a bad body 400, the store failing 503. The key is compared in constant
 // time; tokens are never logged.
 func MintHandler(o *OneTime, adminKey string) http.Handler {
-	want := []byte("Bearer " + strings.TrimSpace(adminKey))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reply := func(status int, v any) {
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Cache-Control", "no-store")
-			w.WriteHeader(status)
-			_ = json.NewEncoder(w).Encode(v)
-		}
-		if got := []byte(r.Header.Get("Authorization")); subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
-			reply(http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required (Authorization: Bearer KEY)"})
-			return
-		}
+	return relay.RequireBearer(adminKey, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reply := func(status int, v any) { relay.WriteJSON(w, status, v) }
 		var req struct {
 			User string `json:"user"`
 			TTL  string `json:"ttl"`
@@ -58,5 +47,5 @@ func MintHandler(o *OneTime, adminKey string) http.Handler {
 		default:
 			reply(http.StatusCreated, map[string]any{"token": tok, "expires": exp.Unix()})
 		}
-	})
+	}))
 }

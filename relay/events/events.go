@@ -24,7 +24,6 @@ package events
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,7 +113,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	srv.HandleMethod("Events.Subscribe", s.subscribe)
 	srv.HandleURLSubscribe(func(c relay.Conn, token string, channels []string) { s.start(c, -1, token, channels) })
 	if cfg.AdminKey != "" {
-		srv.Handle("POST /v1/events/{channel}", http.HandlerFunc(s.publishHTTP))
+		srv.Handle("POST /v1/events/{channel}", relay.RequireBearer(cfg.AdminKey, http.HandlerFunc(s.publishHTTP)))
 	}
 	srv.AddReporter(s)
 	srv.OnDrain(s.closeAll)
@@ -286,19 +285,9 @@ func (s *Service) Ready(ctx context.Context) error {
 	}
 }
 
-// publishHTTP is POST /v1/events/{channel}.
+// publishHTTP is POST /v1/events/{channel} (behind the admin key).
 func (s *Service) publishHTTP(w http.ResponseWriter, r *http.Request) {
-	reply := func(status int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(v)
-	}
-	want := []byte("Bearer " + s.cfg.AdminKey)
-	if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
-		reply(http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required"})
-		return
-	}
+	reply := func(status int, v any) { relay.WriteJSON(w, status, v) }
 	channel := r.PathValue("channel")
 	if channel == "" || strings.ContainsRune(channel, ',') {
 		reply(http.StatusBadRequest, map[string]string{"error": "bad channel name"})
