@@ -100,6 +100,9 @@ var notifications = []notificationSpec{
 var introspection = sync.OnceValue(func() []byte {
 	ms := make(map[string]any, len(methods))
 	for _, m := range methods {
+		if m.hidden {
+			continue
+		}
 		params := make(map[string]string, len(m.params))
 		for _, p := range m.params {
 			params[p.templateKey()] = p.typ.String()

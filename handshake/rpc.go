@@ -150,7 +150,7 @@ type Param struct {
 }
 
 // maxParams is the largest params template in the method table.
-const maxParams = 4
+const maxParams = 8
 
 // Params returns the params that were present, in template order. The
 // slice aliases r; it does not allocate.
@@ -238,6 +238,7 @@ type methodSpec struct {
 	description           string
 	params                []paramSpec // sorted by templateKey, like a QVariantMap
 	returns               []returnSpec
+	hidden                bool // between relays only: parsed, never introspected
 }
 
 type returnSpec struct{ key, typ string }
@@ -271,6 +272,12 @@ var methods = func() []methodSpec {
 			description: "Subscribe this idle connection to event channels (meetpoint): the relay then sends Events.Event notifications for them and nothing else. The token is checked by the relay's authenticator; the access rules decide which channels the identity may join. The connection must not send anything but WebSocket control frames afterwards.",
 			params:      []paramSpec{{"token", typeString, false}, {"channels", typeStringList, false}},
 			returns:     []returnSpec{{"authenticationError", "$ref:AuthenticationError"}, {"channels", "StringList"}}},
+		{namespace: "Mesh", name: "Join", hidden: true,
+			description: "Between the relays of a fleet (meetpoint): the request's signature (a MAC with the fleet's mesh key) says that another node authenticated a client with this token, nonce, uuid and name; this node pairs it with the client waiting here and the connection becomes that client's end of the tunnel.",
+			params: []paramSpec{{"node", typeString, false}, {"time", typeUInt, false}, {"mac", typeString, false},
+				{"token", typeString, false}, {"nonce", typeString, true}, {"uuid", typeString, false}, {"name", typeString, false},
+				{"identity", typeString, true}},
+			returns: []returnSpec{}},
 		{namespace: "TunnelProxy", name: "Ping",
 			description: "Keep the connection alive. The server answers with the given timestamp.",
 			params:      []paramSpec{{"timestamp", typeUInt, false}},
@@ -641,6 +648,20 @@ func AppendSuccessRaw(dst []byte, id int, params []byte) []byte {
 	dst = append(dst, `,"params":`...)
 	dst = append(dst, params...)
 	return append(dst, ",\"status\":\"success\"}\n"...)
+}
+
+// AppendRequest appends the request {"id":id,"method":method,"params":{...}}
+// and a newline to dst (what a client, or a relay calling another relay,
+// sends). Fields are written in the order given. It allocates only to grow
+// dst.
+func AppendRequest(dst []byte, id int, method string, params ...Field) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = strconv.AppendInt(dst, int64(id), 10)
+	dst = append(dst, `,"method":`...)
+	dst = appendString(dst, method)
+	dst = append(dst, `,"params":`...)
+	dst = appendFields(dst, params)
+	return append(dst, "}\n"...)
 }
 
 // AppendNotification appends the notification

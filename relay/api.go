@@ -173,6 +173,29 @@ func (s *Server) Readiness() (ready bool, state string) {
 	return true, "ready"
 }
 
+// AddReadiness registers a subsystem's part of readiness: a part that is
+// not ready does not make the server unready (its relay still serves),
+// but /readyz names it, and /readyz?strict=1 fails on it. Call it before
+// Start.
+func (s *Server) AddReadiness(name string, check func() (ok bool, detail string)) {
+	s.readiness = append(s.readiness, readinessCheck{name, check})
+}
+
+type readinessCheck struct {
+	name  string
+	check func() (bool, string)
+}
+
+// ReadinessParts reports each registered part's readiness, in
+// registration order.
+func (s *Server) ReadinessParts() (names []string, ok []bool, details []string) {
+	for _, r := range s.readiness {
+		good, d := r.check()
+		names, ok, details = append(names, r.name), append(ok, good), append(details, d)
+	}
+	return names, ok, details
+}
+
 // Name is the server's name (RemoteProxy.Hello).
 func (s *Server) Name() string { return s.cfg.Name }
 

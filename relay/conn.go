@@ -42,6 +42,7 @@ const (
 	stHTTP                    // reading an HTTP request head
 	stRPC                     // JSON-RPC, not authenticated
 	stAuthing                 // Authenticate in flight
+	stPlacing                 // authenticated, the fleet deciding where it pairs (Fleet.Place in flight)
 	stWaiting                 // authenticated, in the registry, waiting for a partner
 	stSubscribed              // an event subscriber (Conn.Subscribe): idle, receiving notifications
 	stClaimed                 // given to a target; the transport is letting go of the socket
@@ -116,6 +117,7 @@ type conn struct {
 	moving      bool                   // a subscriber leaving netpoll for a loop (released moves it)
 	authThen    func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
+	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes
@@ -376,7 +378,7 @@ func (c *conn) close(r reason.Reason) {
 			if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
 				continue // claimed by a partner just now
 			}
-			c.s.reg.Leave(c.key, c)
+			c.leave()
 		default:
 			c.st.Store(uint32(stClosing))
 		}
@@ -494,7 +496,7 @@ func (c *conn) released(left []byte) {
 	c.rel = relAsked
 	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now
 		if c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
-			c.s.reg.Leave(c.key, c)
+			c.leave()
 			c.reason = reason.PeerClosed
 		}
 	}

@@ -27,6 +27,8 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_connections_accepted_total":   {"counter", "Sockets accepted, admitted or refused."},
 	"meetpoint_tunnels_active":               {"gauge", "Tunnels established now."},
 	"meetpoint_tunnels_total":                {"counter", "Tunnels established since start."},
+	"meetpoint_cross_node_pairs_total":       {"counter", "Cross-node tunnel set-ups in a fleet: dialled (this node's client, partner elsewhere) and owner (a mesh link paired with a client waiting here)."},
+	"meetpoint_mesh_refused_total":           {"counter", "Mesh requests refused for a missing, bad or stale signature."},
 	"meetpoint_tunnel_bytes_total":           {"counter", "Bytes relayed through tunnels, by direction (a = the first client to arrive)."},
 	"meetpoint_forwarded_bytes_total":        {"counter", "Bytes forwarded, by path: splice(2) for TCP↔TCP, buffered otherwise."},
 	"meetpoint_auth_total":                   {"counter", "Authentication results."},

@@ -34,6 +34,9 @@ type stats struct {
 	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
 	rescued           *metrics.Counter    // live sockets netpoll hung up on, moved to a loop (rescue.go)
+	meshOut           *metrics.Counter    // clients tunnelled to a partner on another node
+	meshIn            *metrics.Counter    // mesh links paired with a client waiting here
+	meshBad           *metrics.Counter    // mesh requests refused for their signature
 	closes            [reason.Count]*metrics.Counter
 }
 
@@ -66,6 +69,9 @@ func newStats() *stats {
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
 	s.rescued = s.set.NewCounter(`meetpoint_netpoll_rescued_total`)
+	s.meshOut = s.set.NewCounter(`meetpoint_cross_node_pairs_total{side="dialled"}`)
+	s.meshIn = s.set.NewCounter(`meetpoint_cross_node_pairs_total{side="owner"}`)
+	s.meshBad = s.set.NewCounter(`meetpoint_mesh_refused_total`)
 	for r := reason.Reason(0); r < reason.Count; r++ {
 		s.closes[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_closes_total{reason=%q}`, r.String()))
 	}

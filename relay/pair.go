@@ -42,6 +42,9 @@ const (
 	// JoinDuplicateUUID: the waiting client has the caller's uuid; both
 	// must be closed (the partner has been claimed and the key is free).
 	JoinDuplicateUUID
+	// JoinAbsent: JoinExisting found nobody under the key; the caller was
+	// not registered.
+	JoinAbsent
 )
 
 // Registry pairs clients. The in-memory implementation is ShardedRegistry; a
@@ -49,6 +52,10 @@ const (
 type Registry interface {
 	// Join registers j under k, or pairs it with the client already waiting.
 	Join(k PairKey, j Joiner) (JoinResult, Joiner)
+	// JoinExisting is Join for a key the registry already holds (a client
+	// waiting, or a tunnel); for any other key it registers nothing and
+	// answers JoinAbsent. A fleet places the keys this node does not hold.
+	JoinExisting(k PairKey, j Joiner) (JoinResult, Joiner)
 	// Paired records that the pair under k became tunnel t: t replaces the
 	// two clients, so the registry no longer keeps them alive.
 	Paired(k PairKey, t Joiner)
@@ -101,18 +108,33 @@ func (r *ShardedRegistry) shard(k PairKey) *shard {
 
 // Join implements Registry.
 func (r *ShardedRegistry) Join(k PairKey, j Joiner) (JoinResult, Joiner) {
+	return r.join(k, j, false)
+}
+
+// JoinExisting implements Registry.
+func (r *ShardedRegistry) JoinExisting(k PairKey, j Joiner) (JoinResult, Joiner) {
+	return r.join(k, j, true)
+}
+
+func (r *ShardedRegistry) join(k PairKey, j Joiner, existing bool) (JoinResult, Joiner) {
 	s := r.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.m[k]
 	switch {
+	case !ok && existing:
+		return JoinAbsent, nil
 	case !ok:
 		s.m[k] = entry{a: j}
 		return JoinWaiting, nil
 	case e.b != nil:
 		return JoinFull, nil
 	case !e.a.Claim():
-		// The waiting client left without telling us yet: take its place.
+		// The waiting client left without telling us yet.
+		if existing {
+			delete(s.m, k)
+			return JoinAbsent, nil
+		}
 		s.m[k] = entry{a: j}
 		return JoinWaiting, nil
 	case e.a.UUID() == j.UUID():
@@ -167,6 +189,8 @@ func (r *ShardedRegistry) Len() int {
 func pairUp(a, b *conn) (t *tunnel, gone bool) {
 	a.mu.Lock()
 	t = newTunnel(a, b)
+	t.leases = [2]Lease{a.lease, b.lease} // the tunnel holds the key now
+	a.lease, b.lease = nil, nil
 	b.s.reg.Paired(b.key, t)
 	a.target, b.target = t, t
 	b.wantRelease()

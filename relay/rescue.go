@@ -30,7 +30,7 @@ func (c *conn) rescue(left []byte) bool {
 		return false
 	}
 	switch state(c.st.Load()) {
-	case stSniff, stHTTP, stRPC, stAuthing, stWaiting, stSubscribed:
+	case stSniff, stHTTP, stRPC, stAuthing, stPlacing, stWaiting, stSubscribed:
 	default:
 		return false
 	}

@@ -210,37 +210,28 @@ func (c *conn) onAuthResult(r AuthResult) {
 	c.timer.Stop()
 	c.joined = time.Now()
 	c.st.Store(uint32(stWaiting))
+	if c.s.fleet != nil {
+		// In a fleet, the local registry answers only for keys it holds;
+		// any other key is placed first.
+		res, partner := c.s.reg.JoinExisting(c.key, c)
+		if res == JoinAbsent {
+			c.place()
+			c.unlock()
+			return
+		}
+		c.finishJoin(res, partner)
+		return
+	}
 	res, partner := c.s.reg.Join(c.key, c)
-	switch res {
-	case JoinWaiting:
-		c.timer = time.AfterFunc(c.s.cfg.AloneTimeout, c.onAlone)
-		c.unlock()
-	case JoinFull:
-		c.st.Store(uint32(stRPC)) // not in the registry
-		c.fail(reason.TunnelExists, ws.StatusPolicyViolation, "Tunnel already exists")
-		c.unlock()
-	case JoinDuplicateUUID:
-		c.st.Store(uint32(stRPC))
-		c.fail(reason.DuplicateUUID, ws.StatusPolicyViolation, "Duplicated client UUID.")
-		c.unlock()
-		// The partner was claimed for us: its target is the refusal.
-		p := partner.(*conn)
-		p.mu.Lock()
-		p.target = refusal{reason.DuplicateUUID, "Duplicated client UUID."}
-		p.wantRelease()
-		gone := p.gone
-		p.unlock()
-		if gone {
-			p.target.ready(p)
-		}
-	case JoinPaired:
-		c.st.Store(uint32(stClaimed))
-		p := partner.(*conn)
-		t, gone := pairUp(p, c)
-		c.unlock()
-		if gone {
-			t.ready(p)
-		}
+	c.finishJoin(res, partner)
+}
+
+// finishJoin acts on the registry's answer and unlocks.
+func (c *conn) finishJoin(res JoinResult, partner Joiner) {
+	after := c.joinedAs(res, partner, -1)
+	c.unlock()
+	if after != nil {
+		after()
 	}
 }
 

@@ -36,6 +36,7 @@ type Server struct {
 	cfg          Config
 	log          *slog.Logger
 	reg          Registry
+	fleet        Fleet // nil: one node (SetFleet)
 	stats        *stats
 	loops        []*loop.Loop       // the data plane: tunnels, TLS sessions, TunnelProxy hubs
 	tlsGate      *loop.Gate[tlsJob] // bounds TLS handshakes in flight
@@ -50,6 +51,7 @@ type Server struct {
 	methods      map[string]MethodHandler
 	reporters    []Reporter
 	drainHooks   []func()
+	readiness    []readinessCheck
 	mux          *http.ServeMux
 	subprotocols map[string]http.Handler
 	handoffs     [handoffKinds]*loop.Handoff // nil: that kind is not served

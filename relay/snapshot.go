@@ -43,6 +43,26 @@ type Snapshot struct {
 	Tunnels []TunnelInfo `json:"tunnels"`
 	// TunnelProxy servers with their clients.
 	TPServers []TPServerInfo `json:"tunnelProxyServers"`
+	// Fleet is the node's fleet (nil on a single node).
+	Fleet *FleetInfo `json:"fleet,omitempty"`
+}
+
+// FleetInfo describes the fleet a node belongs to.
+type FleetInfo struct {
+	Node      string      `json:"node"`
+	Advertise string      `json:"advertise"`
+	Available bool        `json:"available"` // the fleet's store answers
+	Nodes     []FleetNode `json:"nodes"`
+	MeshLinks uint64      `json:"meshLinks"` // mesh links this node dialled that carry a tunnel
+}
+
+// FleetNode is one node of the fleet's node set.
+type FleetNode struct {
+	ID      string    `json:"id"`
+	Addr    string    `json:"addr"`
+	Started time.Time `json:"started"`
+	Seen    time.Time `json:"seen"`
+	Tunnels uint64    `json:"tunnels"`
 }
 
 // TPServerInfo describes a registered TunnelProxy server.
@@ -124,7 +144,7 @@ func (c *conn) infoLocked() ClientInfo {
 		ci.Transport = "tcp"
 	}
 	st := state(c.st.Load())
-	ci.Authenticated = st == stWaiting || st == stClaimed || st == stSubscribed
+	ci.Authenticated = st == stPlacing || st == stWaiting || st == stClaimed || st == stSubscribed
 	if c.authed {
 		ci.Identity = c.identity().String()
 	}

@@ -97,7 +97,7 @@ func (c *conn) consumeJSON(p []byte) {
 			c.stashLate(p)
 			c.in = nil
 			return
-		case stAuthing, stWaiting:
+		case stAuthing, stPlacing, stWaiting:
 			c.dataBeforeTunnel()
 			return
 		case stSubscribed:

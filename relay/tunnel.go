@@ -32,6 +32,12 @@ type tunnel struct {
 	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
 	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from A and from B (read by monitors)
+	// link, set: B is a mesh link to the node where the partner is (the
+	// tunnel has one conn, A).
+	link *MeshLink
+	// leases are the fleet's holds on key (nil without a fleet), released
+	// once when the key is freed.
+	leases [2]Lease
 }
 
 // tunnelSetup is the hand-over state, dropped once both sides are in.
@@ -108,13 +114,17 @@ func (t *tunnel) ready(c *conn) {
 	su := t.setup // set until the second side is in; both sides read it before either clears it
 	su.mu.Lock()
 	su.nready++
-	done := su.nready == 2
+	done := su.nready == 2 || t.link != nil
 	su.mu.Unlock()
 	if !done {
 		return
 	}
 	t.setup = nil // frees the conns and netpoll's objects behind them
 	a, b := su.ca, su.cb
+	if t.link != nil {
+		t.readyLinked(a)
+		return
+	}
 	for _, c := range []*conn{a, b} {
 		if !c.failed && c.sentEarly() {
 			c.failed, c.reason = true, reason.DataBeforeTunnel
@@ -127,7 +137,12 @@ func (t *tunnel) ready(c *conn) {
 	t.end(&t.pair.A, a, t.s.stats.bytesUp, &t.ab)
 	t.end(&t.pair.B, b, t.s.stats.bytesDn, &t.ba)
 	t.pair.A.Peer, t.pair.B.Peer = t.infoA.address, t.infoB.address
-	l := t.s.pickLoop(a.sk.Fd())
+	t.start0(a.sk.Fd())
+}
+
+// start0 hands the filled pair to the loop of fd.
+func (t *tunnel) start0(fd int) {
+	l := t.s.pickLoop(fd)
 	if !l.Do(func() { t.startOn(l) }) {
 		for _, e := range []*loop.End{&t.pair.A, &t.pair.B} {
 			e.Sock.Close()
@@ -165,7 +180,18 @@ func (t *tunnel) startOn(l *loop.Loop) {
 // PairClosing implements loop.PairOwner: the key is free from now on (a
 // WebSocket client may read its close frame and come back before the
 // sockets are closed).
-func (t *tunnel) PairClosing(_ *loop.Pair, _ reason.Reason) { t.s.reg.Leave(t.key, t) }
+func (t *tunnel) PairClosing(_ *loop.Pair, _ reason.Reason) { t.leave() }
+
+// leave frees the tunnel's key, here and in the fleet.
+func (t *tunnel) leave() {
+	t.s.reg.Leave(t.key, t)
+	for i, l := range t.leases {
+		if l != nil {
+			l.Release()
+			t.leases[i] = nil
+		}
+	}
+}
 
 // PairDone implements loop.PairOwner.
 func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
@@ -194,7 +220,7 @@ func (t *tunnel) abandon(a, b *conn) {
 		why = b.reason
 	}
 	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
-	t.s.reg.Leave(t.key, t)
+	t.leave()
 	for _, c := range []*conn{a, b} {
 		t.s.dismiss(c, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
 	}

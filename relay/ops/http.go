@@ -24,7 +24,9 @@ const (
 //
 //	GET /metrics  Prometheus text (relay.Server.WritePrometheus)
 //	GET /healthz  200 "ok": the process is alive and serving
-//	GET /readyz   200 "ready", or 503 with why ("draining" once Shutdown has begun)
+//	GET /readyz   200 "ready", or 503 with why ("draining" once Shutdown has begun),
+//	              then a line per subsystem part ("fleet: ready"); with ?strict=1
+//	              a part that is not ready makes it 503 too
 //	anything else 404 with a line saying what the port is for
 //
 // HEAD is answered like GET without the body; other methods get 405. The
@@ -92,11 +94,19 @@ func readyz(s *relay.Server) http.Handler {
 			return
 		}
 		ok, state := s.Readiness()
+		body := state + "\n"
+		names, good, details := s.ReadinessParts()
+		for i := range names {
+			body += names[i] + ": " + details[i] + "\n"
+			if !good[i] && r.URL.Query().Get("strict") == "1" {
+				ok = false
+			}
+		}
 		status := 200
 		if !ok {
 			status = 503
 		}
-		writeText(w, r, status, []byte(state+"\n"))
+		writeText(w, r, status, []byte(body))
 	})
 }
 

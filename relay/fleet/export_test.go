@@ -1,0 +1,18 @@
+package fleet
+
+import "github.com/meetpoint/meetpoint/relay"
+
+// Held is how many keys f holds or is placing.
+func Held(f *Fleet) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.held)
+}
+
+// HeldKey reports whether f holds the key of (token, nonce).
+func HeldKey(f *Fleet, token, nonce string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.held[f.pairKey(relay.PairKey{Token: token, Nonce: nonce})]
+	return h != nil && h.state == held
+}

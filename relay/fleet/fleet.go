@@ -1,0 +1,436 @@
+// Package fleet lets any number of relays behind a balancer pair any two
+// clients: the two ends of a (token, nonce) pair may land on different
+// nodes. Redis (one server, Cluster or Sentinel) holds who owns each key
+// and the node set; the bytes go one hop over a node-to-node mesh link on
+// the relay port itself. See docs/fleet.md for the design.
+//
+// Who owns a pair: the node where its first client arrived. That node
+// claims the key in Redis (an atomic script) for a lease, renewed while the
+// client waits or its tunnel lives, released when the key is free. A
+// client arriving on another node finds the owner there, dials the
+// owner's advertised address and sends Mesh.Join, signed with the mesh
+// key; the owner pairs the link with its waiting client, exactly as if the
+// client had arrived there, and the dialling node tunnels its client to the
+// link. Every single-node rule (a third client, a duplicate uuid, partner
+// loss) is the owner's registry's, so it holds fleet-wide.
+//
+// Costs: one Redis round trip per client whose key this node does not
+// hold (the claim script); none for a partner meeting on the same node;
+// one (asynchronous) to release; renewals in pipelined batches, one
+// command per held key per LeaseTTL/3. A dead node's keys expire with
+// their lease; its node entry with its heartbeat.
+package fleet
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// Config is a node's part of a fleet (meetpoint serve --fleet ...).
+type Config struct {
+	// Redis is the fleet's store (ParseURL).
+	Redis redis.UniversalClient
+	// NodeID names this node; unique in the fleet (default: the host name).
+	NodeID string
+	// Advertise is where other nodes reach this one: HOST:PORT of a relay
+	// listener. Empty: the server's first listen address, an unspecified
+	// host (0.0.0.0, ::) replaced by this host's first non-loopback
+	// address.
+	Advertise string
+	// MeshKey signs mesh requests (meetpoint token --gen-key); every node
+	// of a fleet has the same one. At least 16 bytes.
+	MeshKey []byte
+	// Prefix starts every key the fleet writes (default "meetpoint:").
+	Prefix string
+	// LeaseTTL is how long a key outlives its node (default 30s); renewed
+	// every LeaseTTL/3.
+	LeaseTTL time.Duration
+	// Heartbeat is how often the node announces itself (default 2s); a
+	// node missing three heartbeats is dead to the others.
+	Heartbeat time.Duration
+	// MaxPlacing bounds placements in flight (default 4096); beyond it a
+	// client is refused with the fleet reason.
+	MaxPlacing int
+	// Logger logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Fleet is one node's membership of a fleet: a relay.Fleet (placing
+// clients), the Mesh.Join handler, the node set and its metrics.
+type Fleet struct {
+	cfg      Config
+	rdb      redis.UniversalClient
+	srv      *relay.Server
+	log      *slog.Logger
+	instance string // random per process: tells a restarted node from its old self
+	started  time.Time
+	slots    chan struct{} // placements in flight
+
+	// up is whether the last store operation worked: cross-node pairing
+	// needs it; pairs meeting on this node do not.
+	up atomic.Bool
+
+	mu sync.Mutex
+	// held is every key this node holds or is placing, by pair key name.
+	// Invariant: a key is in Redis with this node's value only while its
+	// entry is here (held or releasing), so a node never releases a key it
+	// (or another node) took since.
+	held map[string]*hold
+	// nodes is the node set as last read (id → info).
+	nodes map[string]NodeInfo
+
+	stop chan struct{}
+	done sync.WaitGroup
+
+	set       *metrics.Set
+	placed    [nOutcomes]*metrics.Counter
+	leaseLost *metrics.Counter
+	storeErrs *metrics.Counter
+	linksOpen *metrics.Counter
+}
+
+// NodeInfo is one node of the set, as its heartbeat describes it.
+type NodeInfo struct {
+	ID        string    `json:"id"`
+	Addr      string    `json:"addr"`
+	Instance  string    `json:"instance"`
+	Started   time.Time `json:"started"`
+	Seen      time.Time `json:"seen"`
+	Tunnels   uint64    `json:"tunnels"`
+	Held      int       `json:"held"`
+	Available bool      `json:"available"` // its store was reachable at its last heartbeat
+}
+
+// outcome is how a placement ended (meetpoint_fleet_placements_total).
+type outcome uint8
+
+const (
+	outNew      outcome = iota // this node took the key
+	outLocal                   // the key was already held here (a partner placing too)
+	outTakeover                // the owner was dead or had nobody waiting: taken over
+	outRemote                  // the partner was on another node: a mesh link
+	outRefused                 // a fleet-wide rule refused the client (third client, duplicate uuid)
+	outDegraded                // the store was unreachable: paired here only
+	outFailed                  // the owner could not be reached, or too many placements
+	nOutcomes
+)
+
+var outcomeNames = [nOutcomes]string{"new", "local", "takeover", "remote", "refused", "degraded", "failed"}
+
+// New joins srv to the fleet described by cfg: it registers Mesh.Join,
+// the placement hook and the fleet's metrics on srv. Call it before
+// srv.Start, then Start.
+func New(cfg Config, srv *relay.Server) (*Fleet, error) {
+	if cfg.Redis == nil {
+		return nil, errors.New("fleet: no Redis client")
+	}
+	if len(cfg.MeshKey) < 16 {
+		return nil, errors.New("fleet: the mesh key must be at least 16 bytes (meetpoint token --gen-key)")
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("fleet: a node id is required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "meetpoint:"
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 30 * time.Second
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 2 * time.Second
+	}
+	if cfg.MaxPlacing <= 0 {
+		cfg.MaxPlacing = 4096
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var inst [8]byte
+	_, _ = rand.Read(inst[:])
+	f := &Fleet{cfg: cfg, rdb: cfg.Redis, srv: srv, log: cfg.Logger, instance: hex.EncodeToString(inst[:]),
+		started: time.Now(), slots: make(chan struct{}, cfg.MaxPlacing), held: make(map[string]*hold),
+		nodes: make(map[string]NodeInfo), stop: make(chan struct{}), set: metrics.NewSet()}
+	for i := range f.placed {
+		f.placed[i] = f.set.NewCounter(fmt.Sprintf(`meetpoint_fleet_placements_total{outcome=%q}`, outcomeNames[i]))
+	}
+	f.leaseLost = f.set.NewCounter(`meetpoint_fleet_leases_lost_total`)
+	f.storeErrs = f.set.NewCounter(`meetpoint_fleet_store_errors_total`)
+	f.linksOpen = f.set.NewCounter(`meetpoint_mesh_links_active`)
+	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
+	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
+	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
+	srv.HandleMethod("Mesh.Join", f.handleJoin)
+	srv.SetFleet(f)
+	srv.AddReporter(f)
+	srv.AddReadiness("fleet", f.ready)
+	return f, nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Start checks the store, announces the node and starts its heartbeat and
+// lease renewal. It fails if the store cannot be reached or another live
+// process announces the same node id.
+func (f *Fleet) Start(ctx context.Context) error {
+	if f.cfg.Advertise == "" {
+		addrs := f.srv.Addrs()
+		if len(addrs) == 0 {
+			return errors.New("fleet: start the server first, or give an advertised address")
+		}
+		f.cfg.Advertise = advertised(addrs[0])
+	}
+	for _, s := range []*redis.Script{claimScript, takeoverScript, releaseScript, renewScript} {
+		if err := s.Load(ctx, f.rdb).Err(); err != nil {
+			return fmt.Errorf("fleet: store: %v", err)
+		}
+	}
+	key := f.nodeKey(f.cfg.NodeID)
+	v, err := f.rdb.Get(ctx, key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+	case err != nil:
+		return fmt.Errorf("fleet: store: %v", err)
+	default:
+		var other NodeInfo
+		if json.Unmarshal([]byte(v), &other) == nil && other.Instance != f.instance {
+			return fmt.Errorf("fleet: node id %q is in use by a live node at %s (last seen %s); give each node its own --node-id",
+				f.cfg.NodeID, other.Addr, other.Seen.Format(time.RFC3339))
+		}
+	}
+	f.heartbeat(ctx)
+	f.done.Add(1)
+	go f.run()
+	f.log.Info("fleet joined", "node", f.cfg.NodeID, "advertise", f.cfg.Advertise, "nodes", len(f.Nodes()))
+	return nil
+}
+
+// Close stops the heartbeat, releases every key this node holds and takes
+// the node out of the set. The tunnels themselves end with the server.
+func (f *Fleet) Close() error {
+	select {
+	case <-f.stop:
+		return nil
+	default:
+	}
+	close(f.stop)
+	f.done.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	f.mu.Lock()
+	var keys, vals []string
+	for k, h := range f.held {
+		if h.published {
+			keys, vals = append(keys, k), append(vals, h.value)
+		}
+	}
+	f.mu.Unlock()
+	pipe := f.rdb.Pipeline()
+	for i := range keys {
+		releaseScript.Eval(ctx, pipe, []string{keys[i]}, vals[i])
+	}
+	pipe.Del(ctx, f.nodeKey(f.cfg.NodeID))
+	pipe.SRem(ctx, f.setKey(), f.cfg.NodeID)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// advertised is where other nodes can reach a listener on a.
+func advertised(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ifs, err := net.InterfaceAddrs(); err == nil {
+			for _, ia := range ifs {
+				if n, ok := ia.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+					host = n.IP.String()
+					break
+				}
+			}
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (f *Fleet) nodeKey(id string) string { return f.cfg.Prefix + "{nodes}:node:" + id }
+func (f *Fleet) setKey() string           { return f.cfg.Prefix + "{nodes}:set" }
+
+// pairKey is the Redis key of a pairing key: a MAC of the token and nonce
+// under the mesh key, so the store never holds a token.
+func (f *Fleet) pairKey(k relay.PairKey) string {
+	m := hmac.New(sha256.New, f.cfg.MeshKey)
+	io.WriteString(m, "meetpoint pair\x00")
+	io.WriteString(m, k.Token)
+	m.Write([]byte{0})
+	io.WriteString(m, k.Nonce)
+	return f.cfg.Prefix + "pair:" + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+func (f *Fleet) run() {
+	defer f.done.Done()
+	hb := time.NewTicker(f.cfg.Heartbeat)
+	renew := time.NewTicker(f.cfg.LeaseTTL / 3)
+	defer hb.Stop()
+	defer renew.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-hb.C:
+			ctx, cancel := context.WithTimeout(context.Background(), f.cfg.Heartbeat)
+			f.heartbeat(ctx)
+			cancel()
+		case <-renew.C:
+			ctx, cancel := context.WithTimeout(context.Background(), f.cfg.LeaseTTL/3)
+			f.renew(ctx)
+			cancel()
+		}
+	}
+}
+
+// heartbeat announces the node, reads the node set and, if the store has
+// just come back, publishes the keys held while it was away.
+func (f *Fleet) heartbeat(ctx context.Context) {
+	f.mu.Lock()
+	held := len(f.held)
+	f.mu.Unlock()
+	me := NodeInfo{ID: f.cfg.NodeID, Addr: f.cfg.Advertise, Instance: f.instance, Started: f.started,
+		Seen: time.Now(), Held: held, Available: true}
+	me.Tunnels = f.srv.Stats().TunnelsActive
+	b, _ := json.Marshal(me)
+	pipe := f.rdb.Pipeline()
+	pipe.Set(ctx, f.nodeKey(me.ID), b, 3*f.cfg.Heartbeat)
+	pipe.SAdd(ctx, f.setKey(), me.ID)
+	members := pipe.SMembers(ctx, f.setKey())
+	if _, err := pipe.Exec(ctx); err != nil {
+		f.storeDown(err)
+		return
+	}
+	ids := members.Val()
+	nodes := make(map[string]NodeInfo, len(ids))
+	if len(ids) > 0 {
+		keys := make([]string, len(ids))
+		for i, id := range ids {
+			keys[i] = f.nodeKey(id)
+		}
+		vals, err := f.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			f.storeDown(err)
+			return
+		}
+		var gone []any
+		for i, v := range vals {
+			s, ok := v.(string)
+			var n NodeInfo
+			if !ok || json.Unmarshal([]byte(s), &n) != nil {
+				gone = append(gone, ids[i])
+				continue
+			}
+			nodes[n.ID] = n
+		}
+		if len(gone) > 0 {
+			f.rdb.SRem(ctx, f.setKey(), gone...)
+		}
+	}
+	wasUp := f.up.Swap(true)
+	f.mu.Lock()
+	f.nodes = nodes
+	f.mu.Unlock()
+	if !wasUp {
+		f.log.Info("fleet store reachable", "node", f.cfg.NodeID, "nodes", len(nodes))
+		f.publishPending(ctx)
+	}
+}
+
+// storeDown records a failed store operation.
+func (f *Fleet) storeDown(err error) {
+	f.storeErrs.Inc()
+	if f.up.Swap(false) {
+		f.log.Warn("fleet store unreachable: pairing only clients that meet on this node", "node", f.cfg.NodeID, "error", err)
+	}
+}
+
+// alive reports whether node id heartbeats, as last read.
+func (f *Fleet) alive(id string) bool {
+	f.mu.Lock()
+	n, ok := f.nodes[id]
+	f.mu.Unlock()
+	return ok && time.Since(n.Seen) < 3*f.cfg.Heartbeat
+}
+
+// Nodes is the node set as last read, sorted by id.
+func (f *Fleet) Nodes() []NodeInfo {
+	f.mu.Lock()
+	out := make([]NodeInfo, 0, len(f.nodes))
+	for _, n := range f.nodes {
+		out = append(out, n)
+	}
+	f.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Available reports whether the store answered the last operation.
+func (f *Fleet) Available() bool { return f.up.Load() }
+
+// ready is the fleet's readiness (relay.Server.AddReadiness).
+func (f *Fleet) ready() (bool, string) {
+	if f.up.Load() {
+		return true, "ready"
+	}
+	return false, "store unreachable: cross-node pairing refused, clients meeting on this node still paired"
+}
+
+// Report implements relay.Reporter.
+func (f *Fleet) Report(snap *relay.Snapshot) {
+	snap.Fleet = &relay.FleetInfo{Node: f.cfg.NodeID, Advertise: f.cfg.Advertise, Available: f.up.Load()}
+	for _, n := range f.Nodes() {
+		snap.Fleet.Nodes = append(snap.Fleet.Nodes, relay.FleetNode{ID: n.ID, Addr: n.Addr, Started: n.Started,
+			Seen: n.Seen, Tunnels: n.Tunnels})
+	}
+	snap.Fleet.MeshLinks = f.linksOpen.Get()
+}
+
+// Traffic implements relay.Reporter: the bytes are the engine's tunnels'.
+func (f *Fleet) Traffic() uint64 { return 0 }
+
+// WriteMetrics implements relay.Reporter.
+func (f *Fleet) WriteMetrics(w io.Writer) { f.set.WritePrometheus(w) }
+
+// MetricDocs implements relay.MetricDocumenter.
+func (f *Fleet) MetricDocs() map[string]relay.MetricDoc {
+	return map[string]relay.MetricDoc{
+		"meetpoint_fleet_placements_total":  {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
+		"meetpoint_fleet_leases_lost_total": {Type: "counter", Help: "Held keys found taken by another node at renewal."},
+		"meetpoint_fleet_store_errors_total": {Type: "counter", Help: "Failed operations on the fleet's Redis."},
+		"meetpoint_mesh_links_active":        {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
+		"meetpoint_fleet_available":          {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
+		"meetpoint_fleet_nodes":              {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating)."},
+		"meetpoint_fleet_keys_held":          {Type: "gauge", Help: "Pairing keys this node holds in the fleet (waiting clients and tunnels)."},
+	}
+}

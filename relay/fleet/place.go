@@ -1,0 +1,296 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// hold is this node's hold on one pairing key: a relay.Lease shared by
+// every local client of the key (refs).
+type hold struct {
+	f     *Fleet
+	key   string // the Redis key
+	value string // "NODE GEN ADDR", what Redis holds while this node owns the key
+	// Guarded by f.mu.
+	state     holdState
+	refs      int           // placements that carry it (state held)
+	published bool          // in Redis; false: taken while the store was unreachable
+	wait      chan struct{} // placing, releasing: closed when that ends
+}
+
+type holdState uint8
+
+const (
+	placing   holdState = iota // the store is being asked; local partners wait
+	held                       // this node owns the key
+	releasing                  // the store is being told; a new placement waits
+)
+
+// Place implements relay.Fleet. Placements of one key on one node are
+// serialised (a second local client waits for the first one's answer and
+// then shares its lease), so the store sees one claim per key per node.
+func (f *Fleet) Place(ctx context.Context, p relay.Placing) relay.Placement {
+	select {
+	case f.slots <- struct{}{}:
+		defer func() { <-f.slots }()
+	default:
+		f.placed[outFailed].Inc()
+		f.log.Warn("fleet: too many placements in flight", "max", f.cfg.MaxPlacing)
+		return relay.Placement{Refuse: reason.Fleet}
+	}
+	key := f.pairKey(p.Key)
+	for range 4 {
+		f.mu.Lock()
+		if h := f.held[key]; h != nil {
+			if h.state == held {
+				h.refs++
+				f.mu.Unlock()
+				f.placed[outLocal].Inc()
+				return relay.Placement{Lease: h}
+			}
+			w := h.wait
+			f.mu.Unlock()
+			select {
+			case <-w:
+				continue
+			case <-ctx.Done():
+				f.placed[outFailed].Inc()
+				return relay.Placement{Refuse: reason.Fleet}
+			}
+		}
+		h := &hold{f: f, key: key, value: f.newValue(), state: placing, wait: make(chan struct{})}
+		f.held[key] = h
+		f.mu.Unlock()
+		if pl, again := f.placeNew(ctx, h, p); !again {
+			return pl
+		}
+	}
+	f.placed[outFailed].Inc()
+	return relay.Placement{Refuse: reason.Fleet}
+}
+
+// newValue is a fresh lease value for this node.
+func (f *Fleet) newValue() string {
+	var g [8]byte
+	_, _ = rand.Read(g[:])
+	return f.cfg.NodeID + " " + hex.EncodeToString(g[:]) + " " + f.cfg.Advertise
+}
+
+// placeNew asks the store about a key this node does not hold (h is its
+// placing entry). again: the key changed hands meanwhile, start over.
+func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl relay.Placement, again bool) {
+	finish := func(keep, published bool) {
+		f.mu.Lock()
+		if keep {
+			h.state, h.refs, h.published = held, 1, published
+		} else if f.held[h.key] == h {
+			delete(f.held, h.key)
+		}
+		close(h.wait)
+		f.mu.Unlock()
+	}
+	ttl := f.cfg.LeaseTTL.Milliseconds()
+	res, err := claimScript.Run(ctx, f.rdb, []string{h.key}, h.value, ttl).Slice()
+	if err != nil || len(res) == 0 {
+		// The store is away: the client may still meet its partner here.
+		f.storeDown(err)
+		finish(true, false)
+		f.placed[outDegraded].Inc()
+		return relay.Placement{Lease: h}, false
+	}
+	if n, _ := res[0].(int64); n == 1 {
+		finish(true, true)
+		f.placed[outNew].Inc()
+		return relay.Placement{Lease: h}, false
+	}
+	owner, _ := res[1].(string)
+	node, addr := parseValue(owner)
+	if node == f.cfg.NodeID || !f.aliveNow(ctx, node) {
+		// This node's own leftover (a release that never reached the
+		// store) or a dead node's: take it over.
+		return f.takeover(ctx, h, owner, finish)
+	}
+	link, code, err := f.dial(ctx, addr, node, p)
+	switch {
+	case err != nil:
+		finish(false, false)
+		f.placed[outFailed].Inc()
+		f.log.Warn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
+		return relay.Placement{Refuse: reason.Fleet}, false
+	case link != nil:
+		finish(false, false)
+		f.placed[outRemote].Inc()
+		return relay.Placement{Link: link}, false
+	case code == relay.MeshNotWaiting:
+		// The owner's client left (its release is on its way): the key is
+		// this node's now.
+		return f.takeover(ctx, h, owner, finish)
+	case code == relay.MeshTunnelExists:
+		finish(false, false)
+		f.placed[outRefused].Inc()
+		return relay.Placement{Refuse: reason.TunnelExists}, false
+	case code == relay.MeshDuplicateUUID:
+		finish(false, false)
+		f.placed[outRefused].Inc()
+		return relay.Placement{Refuse: reason.DuplicateUUID}, false
+	}
+	finish(false, false)
+	f.placed[outFailed].Inc()
+	f.log.Warn("fleet: owner node refused the mesh request", "node", node, "answer", code)
+	return relay.Placement{Refuse: reason.Fleet}, false
+}
+
+// takeover replaces old (a stale owner's value) with h's.
+func (f *Fleet) takeover(ctx context.Context, h *hold, old string, finish func(keep, published bool)) (relay.Placement, bool) {
+	n, err := takeoverScript.Run(ctx, f.rdb, []string{h.key}, old, h.value, f.cfg.LeaseTTL.Milliseconds()).Int()
+	switch {
+	case err != nil:
+		f.storeDown(err)
+		finish(true, false)
+		f.placed[outDegraded].Inc()
+		return relay.Placement{Lease: h}, false
+	case n == 1:
+		finish(true, true)
+		f.placed[outTakeover].Inc()
+		return relay.Placement{Lease: h}, false
+	}
+	finish(false, false)
+	return relay.Placement{}, true
+}
+
+// parseValue splits a lease value into its node and mesh address.
+func parseValue(v string) (node, addr string) {
+	f := strings.Fields(v)
+	if len(f) != 3 {
+		return "", ""
+	}
+	return f[0], f[2]
+}
+
+// aliveNow reports whether node heartbeats: from the node set as last
+// read, or, for a node not in it (it may have joined since), from the
+// store.
+func (f *Fleet) aliveNow(ctx context.Context, node string) bool {
+	if node == "" {
+		return false
+	}
+	if f.alive(node) {
+		return true
+	}
+	n, err := f.rdb.Exists(ctx, f.nodeKey(node)).Result()
+	return err == nil && n == 1
+}
+
+// Release implements relay.Lease: the last local client of the key gone,
+// the store is told (off the caller's goroutine); a placement of the same
+// key meanwhile waits for it.
+func (h *hold) Release() {
+	f := h.f
+	f.mu.Lock()
+	h.refs--
+	if h.refs > 0 {
+		f.mu.Unlock()
+		return
+	}
+	if !h.published {
+		delete(f.held, h.key)
+		f.mu.Unlock()
+		return
+	}
+	h.state, h.wait = releasing, make(chan struct{})
+	f.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// On failure the key expires with its lease; until then a client
+		// of the key elsewhere finds this node, which has nobody waiting,
+		// and takes it over.
+		if err := releaseScript.Run(ctx, f.rdb, []string{h.key}, h.value).Err(); err != nil {
+			f.storeDown(err)
+		}
+		cancel()
+		f.mu.Lock()
+		if f.held[h.key] == h {
+			delete(f.held, h.key)
+		}
+		close(h.wait)
+		f.mu.Unlock()
+	}()
+}
+
+// renewBatch is how many renewals go in one pipeline.
+const renewBatch = 512
+
+// renew extends every key this node holds, in pipelined batches.
+func (f *Fleet) renew(ctx context.Context) {
+	f.mu.Lock()
+	hs := make([]*hold, 0, len(f.held))
+	for _, h := range f.held {
+		if h.state == held && h.published {
+			hs = append(hs, h)
+		}
+	}
+	f.mu.Unlock()
+	ttl := f.cfg.LeaseTTL.Milliseconds()
+	for len(hs) > 0 {
+		batch := hs[:min(len(hs), renewBatch)]
+		hs = hs[len(batch):]
+		pipe := f.rdb.Pipeline()
+		for _, h := range batch {
+			renewScript.Eval(ctx, pipe, []string{h.key}, h.value, ttl) // EVAL: a pipeline cannot fall back from EVALSHA
+		}
+		cmds, err := pipe.Exec(ctx)
+		if err != nil && len(cmds) == 0 {
+			f.storeDown(err)
+			return
+		}
+		for i, c := range cmds {
+			if n, err := c.(interface{ Int() (int, error) }).Int(); err == nil && n == 0 {
+				f.leaseLost.Inc()
+				f.log.Debug("fleet: a held key was taken by another node", "key", batch[i].key)
+			} else if err != nil {
+				f.storeDown(err)
+				return
+			}
+		}
+	}
+}
+
+// publishPending claims in the store the keys taken while it was away.
+func (f *Fleet) publishPending(ctx context.Context) {
+	f.mu.Lock()
+	var hs []*hold
+	for _, h := range f.held {
+		if h.state == held && !h.published {
+			hs = append(hs, h)
+		}
+	}
+	f.mu.Unlock()
+	for _, h := range hs {
+		res, err := claimScript.Run(ctx, f.rdb, []string{h.key}, h.value, f.cfg.LeaseTTL.Milliseconds()).Slice()
+		if err != nil || len(res) == 0 {
+			f.storeDown(err)
+			return
+		}
+		if n, _ := res[0].(int64); n == 1 {
+			f.mu.Lock()
+			kept := f.held[h.key] == h && h.state == held
+			if kept {
+				h.published = true
+			}
+			f.mu.Unlock()
+			if !kept { // its clients left meanwhile
+				releaseScript.Run(ctx, f.rdb, []string{h.key}, h.value)
+			}
+			continue
+		}
+		// Another node took the key during the outage: both keep their
+		// own clients; they meet nobody across the split.
+		f.leaseLost.Inc()
+	}
+}

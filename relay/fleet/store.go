@@ -1,0 +1,106 @@
+package fleet
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ParseURL reads --fleet into a Redis client:
+//
+//	redis://[USER:PASSWORD@]HOST:PORT/DB        one server (rediss:// for TLS)
+//	redis+cluster://HOST:PORT?addr=HOST2:PORT2  Redis Cluster, seed nodes
+//	redis+sentinel://HOST:PORT?master_name=M&addr=HOST2:PORT2
+//	                                            a Sentinel-managed primary
+//
+// (rediss+cluster://, rediss+sentinel:// for TLS). Other query parameters
+// are go-redis options in snake case (dial_timeout=2s, pool_size=20).
+// Every key the fleet writes is single-key (scripts included) so that a
+// Cluster spreads them; the node set shares one hash slot ({nodes}).
+func ParseURL(spec string) (redis.UniversalClient, error) {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("fleet URL: %v", err)
+	}
+	base, mode, _ := strings.Cut(u.Scheme, "+")
+	if base != "redis" && base != "rediss" {
+		return nil, fmt.Errorf("fleet URL %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", redact(u))
+	}
+	u.Scheme = base
+	plain := u.String()
+	timeouts := func(d, r, w *time.Duration) {
+		for _, p := range []*time.Duration{d, r, w} {
+			if *p == 0 {
+				*p = 2 * time.Second
+			}
+		}
+	}
+	switch mode {
+	case "":
+		opt, err := redis.ParseURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("fleet URL: %v", err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewClient(opt), nil
+	case "cluster":
+		opt, err := redis.ParseClusterURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("fleet URL: %v", err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewClusterClient(opt), nil
+	case "sentinel":
+		opt, err := redis.ParseFailoverURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("fleet URL: %v", err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewFailoverClient(opt), nil
+	}
+	return nil, fmt.Errorf("fleet URL %q: unknown mode %q (cluster or sentinel)", redact(u), mode)
+}
+
+// redact is u without its password, for error messages.
+func redact(u *url.URL) string { return u.Redacted() }
+
+// The scripts. Each touches one key, so it runs on any deployment, and is
+// atomic: two nodes racing for a key are ordered by Redis.
+//
+// A pair key's value is "NODE GEN ADDR": the owner node, the lease's
+// generation (random, so a node releases only its own lease, never one it
+// or another node took since) and the owner's mesh address.
+var (
+	// claimScript takes KEYS[1] for ARGV[1] (ttl ARGV[2] ms) if nobody
+	// holds it: {1} taken, or {0, value} held by value.
+	claimScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+return {0, v}
+`)
+	// takeoverScript replaces ARGV[1] (a dead or stale owner's value) by
+	// ARGV[2]: 1 done, 0 someone changed it meanwhile. An absent key is
+	// taken too.
+	takeoverScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+`)
+	// releaseScript deletes KEYS[1] if it still holds ARGV[1].
+	releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1].
+	renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`)
+)

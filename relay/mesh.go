@@ -1,0 +1,301 @@
+package relay
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// The engine's side of a fleet of relays (package relay/fleet is the
+// other side). Without a Fleet nothing here runs: the local registry pairs
+// every client.
+//
+// With one, an authenticated client whose key the local registry does not
+// hold is placed first (Fleet.Place, off every lock, on a goroutine of its
+// own): either it pairs here (the fleet now holds the key for this node
+// until the Lease is released), or its partner waits on another node and
+// the fleet has already opened a mesh link to that node, which paired the
+// partner with the link (Conn.JoinMesh there); the client is then
+// tunnelled to the link, one hop: client → this node → owner → partner. A
+// client whose key the local registry holds pairs (or is refused) at once,
+// without asking the fleet.
+
+// Fleet places pairing keys across a fleet of relays.
+type Fleet interface {
+	// Place decides where the client described by p pairs. It may block
+	// (it asks the fleet's store and may dial another node); ctx bounds it.
+	Place(ctx context.Context, p Placing) Placement
+}
+
+// Placing is a client the fleet is asked to place.
+type Placing struct {
+	Key        PairKey
+	UUID, Name string
+	// Identity is the client's identity as logs show it.
+	Identity string
+}
+
+// Placement is where a client pairs. Exactly one field is set.
+type Placement struct {
+	// Lease: the client pairs on this node; the fleet holds its key for
+	// this node until Release (called once the key is free again).
+	Lease Lease
+	// Link: the partner waits on another node, already paired with this
+	// mesh link; the client is tunnelled to it.
+	Link *MeshLink
+	// Refuse: the client is refused, for this reason (TunnelExists,
+	// DuplicateUUID: the fleet-wide rules; Fleet: the key could not be
+	// placed).
+	Refuse reason.Reason
+}
+
+// Lease is a fleet's hold on a pairing key for this node.
+type Lease interface {
+	// Release frees the key fleet-wide. Called once per Placement that
+	// carried the lease; it must not block.
+	Release()
+}
+
+// MeshLink is a node-to-node connection that has become the far end of a
+// client's tunnel: the owner node paired it with the waiting partner and
+// sent TunnelEstablished over it.
+type MeshLink struct {
+	// Fd is the link's socket: non-blocking, plain TCP, owned by the
+	// engine from now on (it closes it).
+	Fd int
+	// Node and Addr name the owner node (logs, monitors).
+	Node, Addr string
+	// Name and UUID are the partner's, for the client's TunnelEstablished.
+	Name, UUID string
+	// Identity is the partner's identity as the owner logs it.
+	Identity string
+	// Ender is told when the link's socket closes (the fleet counts it).
+	Ender reason.Ender
+}
+
+// SetFleet makes the server pair across the fleet f. Call it before Start.
+func (s *Server) SetFleet(f Fleet) { s.fleet = f }
+
+// placeTimeout bounds a placement: the store's round trips and, for a
+// remote owner, dialling it and its answer.
+const placeTimeout = 5 * time.Second
+
+// place asks the fleet where c pairs. Called with mu held, c authenticated
+// and its reply flushed; the answer comes back through placed.
+func (c *conn) place() {
+	c.st.Store(uint32(stPlacing))
+	p := Placing{Key: c.key, UUID: c.uuid, Name: c.name, Identity: c.identity().String()}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
+		pl := c.s.fleet.Place(ctx, p)
+		cancel()
+		c.placed(pl)
+	}()
+}
+
+// placed acts on the fleet's answer for c.
+func (c *conn) placed(pl Placement) {
+	c.mu.Lock()
+	if state(c.st.Load()) != stPlacing { // the client left meanwhile
+		c.unlock()
+		if pl.Lease != nil {
+			pl.Lease.Release()
+		}
+		if pl.Link != nil {
+			closeLink(pl.Link, reason.PartnerClosed)
+		}
+		return
+	}
+	switch {
+	case pl.Lease != nil:
+		c.lease = pl.Lease
+		c.st.Store(uint32(stWaiting))
+		res, partner := c.s.reg.Join(c.key, c)
+		after := c.joinedAs(res, partner, -1)
+		c.unlock()
+		if after != nil {
+			after()
+		}
+	case pl.Link != nil:
+		c.s.stats.meshOut.Inc()
+		t := newMeshTunnel(c, pl.Link)
+		c.stopTimers()
+		c.st.Store(uint32(stClaimed))
+		c.target = t
+		c.wantRelease()
+		c.unlock()
+	default:
+		c.st.Store(uint32(stRPC))
+		c.fail(pl.Refuse, ws.StatusPolicyViolation, refusalText(pl.Refuse))
+		c.unlock()
+	}
+}
+
+// refusalText is what a client refused for r is told.
+func refusalText(r reason.Reason) string {
+	switch r {
+	case reason.TunnelExists:
+		return "Tunnel already exists"
+	case reason.DuplicateUUID:
+		return "Duplicated client UUID."
+	}
+	return "Relay fleet unavailable"
+}
+
+// joinedAs acts on a registry answer for c (state stWaiting, mu held).
+// id >= 0 is a Mesh.Join request's id: its refusals are answered with an
+// error the requesting node reads. What it returns, if anything, must run
+// once c's lock is released (it delivers a partner to its target).
+func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
+	refuse := func(r reason.Reason, code string) {
+		c.st.Store(uint32(stRPC)) // not in the registry
+		c.releaseLease()
+		if id >= 0 {
+			c.send(handshake.AppendError(nil, id, code))
+		}
+		c.fail(r, ws.StatusPolicyViolation, refusalText(r))
+	}
+	switch res {
+	case JoinWaiting:
+		c.timer = time.AfterFunc(c.s.cfg.AloneTimeout, c.onAlone)
+	case JoinAbsent:
+		refuse(reason.Mesh, MeshNotWaiting)
+	case JoinFull:
+		refuse(reason.TunnelExists, MeshTunnelExists)
+	case JoinDuplicateUUID:
+		refuse(reason.DuplicateUUID, MeshDuplicateUUID)
+		// The partner was claimed for us: its target is the refusal (lock
+		// order: the completing side, then the waiting one).
+		p := partner.(*conn)
+		p.mu.Lock()
+		p.releaseLease()
+		p.target = refusal{reason.DuplicateUUID, "Duplicated client UUID."}
+		p.wantRelease()
+		gone := p.gone
+		p.unlock()
+		if gone {
+			return func() { p.target.ready(p) }
+		}
+	case JoinPaired:
+		c.st.Store(uint32(stClaimed))
+		p := partner.(*conn)
+		if t, gone := pairUp(p, c); gone {
+			return func() { t.ready(p) }
+		}
+	}
+	return nil
+}
+
+// The errors a Mesh.Join is refused with (the requesting node maps them
+// back to its client's refusal).
+const (
+	MeshNotWaiting    = "not_waiting"   // nobody waits here under that key (any more)
+	MeshTunnelExists  = "tunnel_exists" // the key's tunnel exists: a third client
+	MeshDuplicateUUID = "duplicate_uuid"
+	MeshBadRequest    = "bad_request" // unsigned, badly signed or too old
+)
+
+// releaseLease gives back c's hold on its key in the fleet, if any.
+// Called with mu held, or on a frozen connection.
+func (c *conn) releaseLease() {
+	if c.lease != nil {
+		c.lease.Release()
+		c.lease = nil
+	}
+}
+
+// leave takes c out of the registry (it was waiting) and the fleet.
+func (c *conn) leave() {
+	c.s.reg.Leave(c.key, c)
+	c.releaseLease()
+}
+
+// JoinMesh pairs this connection, a mesh link from another node that
+// authenticated a client, with the client waiting here under k: the
+// connection becomes that client's end of the tunnel (uuid, name and
+// identity are the client's). Refusals are answered as JSON-RPC errors
+// with request id and close the link: MeshNotWaiting, MeshTunnelExists,
+// MeshDuplicateUUID. Call it from the Mesh.Join handler only, once the
+// request's signature has been checked.
+func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity string) {
+	cc := c.c
+	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
+	cc.subject.Store(&identity)
+	cc.s.stats.meshIn.Inc()
+	if cc.timer != nil {
+		cc.timer.Stop()
+	}
+	cc.joined = time.Now()
+	cc.st.Store(uint32(stWaiting))
+	res, partner := cc.s.reg.JoinExisting(k, cc)
+	if after := cc.joinedAs(res, partner, id); after != nil {
+		go after() // handlers run under the lock; the partner is delivered without it
+	}
+}
+
+// RefuseMesh answers a Mesh.Join that cannot be trusted and closes.
+func (c Conn) RefuseMesh(id int) {
+	c.c.s.stats.meshBad.Inc()
+	c.c.send(handshake.AppendError(nil, id, MeshBadRequest))
+	c.c.fail(reason.Mesh, 0, "")
+}
+
+// newMeshTunnel builds the tunnel of c (authenticated here) and a mesh
+// link to the node where its partner is. Called with c's lock held.
+func newMeshTunnel(c *conn, l *MeshLink) *tunnel {
+	t := &tunnel{s: c.s, key: c.key, joined: c.joined.UnixNano(), setup: &tunnelSetup{ca: c}, link: l}
+	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(c.key.Token)
+	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
+		connected: time.Now().UnixNano(), identity: l.Identity}
+	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
+		handshake.Str("name", l.Name), handshake.Str("uuid", l.UUID))
+	c.notifID++
+	if c.ws != nil {
+		msg = handshake.AppendFrame(nil, ws.OpText, true, msg)
+	}
+	c.established = msg
+	_, isTLS := c.tr.(*tlsTransport)
+	t.pair.Splice = c.ws == nil && !isTLS
+	t.pair.Owner = t
+	return t
+}
+
+// linkEnd fills the pair's B end with the mesh link.
+func (t *tunnel) linkEnd(e *loop.End, rx *atomic.Uint64) {
+	l := t.link
+	e.Sock, e.Ender, e.RX, e.RXT = loop.PlainSock(l.Fd), l.Ender, t.s.stats.bytesDn, rx
+}
+
+// closeLink closes a link nobody will use.
+func closeLink(l *MeshLink, r reason.Reason) {
+	loop.PlainSock(l.Fd).Close()
+	if l.Ender != nil {
+		l.Ender.End(r)
+	}
+}
+
+// readyLinked is ready for a tunnel whose B end is a mesh link: a client
+// whose set-up failed (or that sent data before TunnelEstablished) is
+// dismissed and the link closed, which ends the partner's side on the
+// owner node; otherwise both go to a loop.
+func (t *tunnel) readyLinked(a *conn) {
+	if !a.failed && a.sentEarly() {
+		a.failed, a.reason = true, reason.DataBeforeTunnel
+	}
+	if a.failed {
+		t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", a.reason.String())
+		closeLink(t.link, reason.PartnerClosed)
+		t.s.dismiss(a, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
+		return
+	}
+	t.end(&t.pair.A, a, t.s.stats.bytesUp, &t.ab)
+	t.linkEnd(&t.pair.B, &t.ba)
+	t.pair.A.Peer, t.pair.B.Peer = t.infoA.address, t.infoB.address
+	t.start0(a.sk.Fd())
+}
