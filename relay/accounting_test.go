@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
@@ -367,6 +369,36 @@ func TestCloseAccounting(t *testing.T) {
 		tc.Close()
 	}}}, seen)
 
+	// A fleet that cannot place a client; a mesh request for a key nobody
+	// waits under.
+	fcfg := LoopbackConfig(acceptAll{})
+	fcfg.Logger = testutil.Logger(t)
+	fs, err := NewServer(fcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.SetFleet(refusingFleet{})
+	fs.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
+		c.JoinMesh(req.ID, PairKey{Token: "nobody-here"}, "u", "n", "via test", MeshNotWaiting)
+	})
+	if err := fs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Close() })
+	acRun(t, fs, []acCase{
+		{"fleet cannot place", reason.Fleet, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "ac-fleet", newTestUUID()), nil)
+		}},
+		{"mesh join, nobody waiting", reason.Mesh, func(t *testing.T, s *Server) {
+			c := acTCP(t, s)
+			hoWrite(c, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"x","time":1,"mac":"00","token":"t","uuid":"u","name":"n"}}`+"\n"))
+			if got := hoReadToClose(t, c, 5*time.Second); !bytes.Contains(got, []byte(`"error":"not_waiting"`)) {
+				t.Errorf("mesh refusal: got %q", got)
+			}
+			c.Close()
+		}},
+	}, seen)
+
 	// Shutdown, on a server of its own (it ends the server).
 	ss := startServer(t, func(c *Config) { c.AloneTimeout = time.Minute })
 	waiting := acAuthed(t, ss, "ac-shut", newTestUUID())
@@ -385,6 +417,11 @@ func TestCloseAccounting(t *testing.T) {
 		}
 	}
 }
+
+// refusingFleet places nobody.
+type refusingFleet struct{}
+
+func (refusingFleet) Place(context.Context, Placing) Placement { return Placement{Refuse: reason.Fleet} }
 
 // nonceOnly is an Access policy letting anyone pair on nonces starting
 // with prefix, and nothing else.

@@ -118,6 +118,7 @@ type conn struct {
 	authThen    func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
+	absent      string                 // a mesh link's answer when nobody waits under its key
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes

@@ -165,7 +165,7 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 	case JoinWaiting:
 		c.timer = time.AfterFunc(c.s.cfg.AloneTimeout, c.onAlone)
 	case JoinAbsent:
-		refuse(reason.Mesh, MeshNotWaiting)
+		refuse(reason.Mesh, c.absent)
 	case JoinFull:
 		refuse(reason.TunnelExists, MeshTunnelExists)
 	case JoinDuplicateUUID:
@@ -199,6 +199,9 @@ const (
 	MeshTunnelExists  = "tunnel_exists" // the key's tunnel exists: a third client
 	MeshDuplicateUUID = "duplicate_uuid"
 	MeshBadRequest    = "bad_request" // unsigned, badly signed or too old
+	// MeshRetry: nobody waits under the key yet, but this node holds it
+	// (its client is joining, or its release is on its way): ask again.
+	MeshRetry = "retry"
 )
 
 // releaseLease gives back c's hold on its key in the fleet, if any.
@@ -220,10 +223,11 @@ func (c *conn) leave() {
 // authenticated a client, with the client waiting here under k: the
 // connection becomes that client's end of the tunnel (uuid, name and
 // identity are the client's). Refusals are answered as JSON-RPC errors
-// with request id and close the link: MeshNotWaiting, MeshTunnelExists,
-// MeshDuplicateUUID. Call it from the Mesh.Join handler only, once the
-// request's signature has been checked.
-func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity string) {
+// with request id and close the link: absent (MeshNotWaiting or
+// MeshRetry) when nobody waits, MeshTunnelExists, MeshDuplicateUUID. Call
+// it from the Mesh.Join handler only, once the request's signature has
+// been checked.
+func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity, absent string) {
 	cc := c.c
 	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
 	cc.subject.Store(&identity)
@@ -234,6 +238,7 @@ func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity string) {
 	cc.joined = time.Now()
 	cc.st.Store(uint32(stWaiting))
 	res, partner := cc.s.reg.JoinExisting(k, cc)
+	cc.absent = absent
 	if after := cc.joinedAs(res, partner, id); after != nil {
 		go after() // handlers run under the lock; the partner is delivered without it
 	}

@@ -16,3 +16,14 @@ func HeldKey(f *Fleet, token, nonce string) bool {
 	h := f.held[f.pairKey(relay.PairKey{Token: token, Nonce: nonce})]
 	return h != nil && h.state == held
 }
+
+// Ready is f's readiness.
+func Ready(f *Fleet) (bool, string) { return f.ready() }
+
+// Kill stops f's heartbeat without releasing anything, as a killed
+// process leaves the store.
+func Kill(f *Fleet) {
+	close(f.stop)
+	f.done.Wait()
+	f.rdb.Close() // releases from now on fail, as they never happen after SIGKILL
+}

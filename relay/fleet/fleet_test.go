@@ -243,3 +243,157 @@ func pairAcross(t testing.TB, a, b *node, token string) (*client.Tunnel, *client
 	}
 	return ta, tb
 }
+
+// TestConcurrentArrivals: both halves of 1000 pairs arrive at the same
+// moment on two different nodes (chosen per pair among three): every pair
+// is tunnelled to its own partner, none is lost or paired twice.
+func TestConcurrentArrivals(t *testing.T) {
+	n := 1000
+	if testing.Short() {
+		n = 200
+	}
+	nodes := startFleet(t, redisAddr(t), 3, func(c *relay.Config) { c.AloneTimeout = 20 * time.Second })
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			na, nb := nodes[i%3], nodes[(i+1+i/3%2)%3]
+			tok := fmt.Sprintf("race-%d", i)
+			a, b, err := client.DialPair(context.Background(),
+				client.Options{URL: url(na.s, i%2 == 0), Token: tok, Name: "a" + tok, Timeout: 15 * time.Second},
+				client.Options{URL: url(nb.s, i%4 == 1), Token: tok, Name: "b" + tok, Timeout: 15 * time.Second})
+			if err == nil {
+				defer a.Close()
+				defer b.Close()
+				if a.PeerName() != "b"+tok || b.PeerName() != "a"+tok {
+					err = fmt.Errorf("paired with the wrong partner: %q and %q", a.PeerName(), b.PeerName())
+				} else {
+					err = echo(a, b, tok)
+				}
+			}
+			if err != nil {
+				mu.Lock()
+				failures = append(failures, fmt.Sprintf("pair %d (%s→%s): %v", i, na.id, nb.id, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d pairs failed, e.g. %v", len(failures), n, failures[:min(5, len(failures))])
+	}
+	var tunnels, remote float64
+	for _, nd := range nodes {
+		tunnels += metric(t, nd.s, "meetpoint_tunnels_total")
+		remote += metric(t, nd.s, `meetpoint_cross_node_pairs_total{side="dialled"}`)
+	}
+	// A cross-node pair is a tunnel on each of its two nodes.
+	if tunnels != float64(n)+remote || remote == 0 {
+		t.Errorf("%v tunnels for %d pairs, %v of them across nodes", tunnels, n, remote)
+	}
+	t.Logf("%d pairs, %v across nodes", n, remote)
+}
+
+// echo sends tok from a to b and back.
+func echo(a, b *client.Tunnel, tok string) error {
+	for _, d := range [][2]*client.Tunnel{{a, b}, {b, a}} {
+		if _, err := d[0].Write([]byte(tok)); err != nil {
+			return err
+		}
+		got := make([]byte, len(tok))
+		_ = d[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(d[1], got); err != nil {
+			return err
+		}
+		if string(got) != tok {
+			return fmt.Errorf("got %q, want %q: crossed tunnels", got, tok)
+		}
+	}
+	return nil
+}
+
+// TestAloneOwnerThenAnotherNode: the first client times out alone on its
+// node; the key is released, so a later pair of the same token meets on
+// other nodes.
+func TestAloneOwnerThenAnotherNode(t *testing.T) {
+	nodes := startFleet(t, redisAddr(t), 3, func(c *relay.Config) { c.AloneTimeout = 300 * time.Millisecond })
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	if _, err := dial(t, client.Options{URL: url(a.s, false), Token: "alone"}); err == nil {
+		t.Fatal("a lone client was paired")
+	}
+	relaytest.WaitFor(t, func() bool { return fleet.Held(a.f) == 0 }, "the lone client's key released")
+	ta, tb := pairAcross(t, b, c, "alone")
+	exchange(t, ta, tb, 1000)
+}
+
+// TestStoreOutage: with Redis stopped, a node still pairs clients that
+// meet on it, says so on /readyz and in a metric, refuses nothing it can
+// pair; when Redis is back it recovers by itself and pairs across nodes
+// again.
+func TestStoreOutage(t *testing.T) {
+	addr, stop := testutil.Redis(t, 0)
+	nodes := startFleet(t, addr, 2, nil)
+	a, b := nodes[0], nodes[1]
+	stop()
+	relaytest.WaitFor(t, func() bool { return !a.f.Available() && !b.f.Available() }, "both nodes see the store gone")
+	if metric(t, a.s, "meetpoint_fleet_available") != 0 {
+		t.Error("meetpoint_fleet_available is not 0 during the outage")
+	}
+	ok, detail := fleet.Ready(a.f)
+	if ok || !strings.Contains(detail, "cross-node") {
+		t.Errorf("readiness during the outage: %v %q", ok, detail)
+	}
+	// Same-node pairs still work.
+	ta, tb := pairAcross(t, a, a, "outage-local")
+	exchange(t, ta, tb, 1000)
+
+	// Redis back on the same port: the nodes recover by themselves.
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	var p int
+	fmt.Sscan(port, &p)
+	testutil.Redis(t, p)
+	relaytest.WaitFor(t, func() bool { return a.f.Available() && b.f.Available() }, "both nodes see the store back")
+	tc, td := pairAcross(t, a, b, "outage-after")
+	exchange(t, tc, td, 1000)
+}
+
+// TestNodeDeath: a node stops abruptly while tunnels run through the
+// others: only its tunnels end; a key it held expires with its lease, so
+// a client of that token elsewhere is not paired to a ghost but waits and
+// pairs with the next arrival.
+func TestNodeDeath(t *testing.T) {
+	nodes := startFleet(t, redisAddr(t), 3, nil)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	survivor1, survivor2 := pairAcross(t, b, c, "death-survives")
+	doomed1, doomed2 := pairAcross(t, a, b, "death-doomed")
+	// A client waits on a for a partner that arrives after a's death.
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := dial(t, client.Options{URL: url(a.s, false), Token: "death-ghost", Timeout: 10 * time.Second})
+		waitErr <- err
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "death-ghost", "") }, "a client waiting on the doomed node")
+	fleet.Kill(a.f) // no release, no goodbye: as SIGKILL leaves the store
+	a.s.Close()
+	if err := <-waitErr; err == nil {
+		t.Fatal("the doomed node's waiting client was paired")
+	}
+	for _, tu := range []*client.Tunnel{doomed1, doomed2} {
+		_ = tu.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := tu.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Errorf("a tunnel through the dead node lives on: %v", err)
+		}
+	}
+	exchange(t, survivor1, survivor2, 10_000)
+	// The ghost's key: its owner is gone from the node set, so the next
+	// client takes it over instead of dialling a dead node.
+	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "the dead node leaves the node set")
+	te, tf := pairAcross(t, b, c, "death-ghost")
+	exchange(t, te, tf, 10)
+}

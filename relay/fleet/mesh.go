@@ -65,8 +65,14 @@ func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
 		c.RefuseMesh(req.ID)
 		return
 	}
-	c.JoinMesh(req.ID, relay.PairKey{Token: p("token"), Nonce: p("nonce")}, p("uuid"), p("name"),
-		"via "+p("node")+" ("+p("identity")+")")
+	k := relay.PairKey{Token: p("token"), Nonce: p("nonce")}
+	absent := relay.MeshNotWaiting
+	f.mu.Lock()
+	if f.held[f.pairKey(k)] != nil {
+		absent = relay.MeshRetry // its client is joining, or the key being released
+	}
+	f.mu.Unlock()
+	c.JoinMesh(req.ID, k, p("uuid"), p("name"), "via "+p("node")+" ("+p("identity")+")", absent)
 }
 
 // dial opens the mesh link to the owner at addr for the client p. It

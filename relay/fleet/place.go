@@ -117,6 +117,15 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		return f.takeover(ctx, h, owner, finish)
 	}
 	link, code, err := f.dial(ctx, addr, node, p)
+	for wait := time.Millisecond; err == nil && code == relay.MeshRetry; wait = min(2*wait, 50*time.Millisecond) {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			err = ctx.Err()
+			continue
+		}
+		link, code, err = f.dial(ctx, addr, node, p)
+	}
 	switch {
 	case err != nil:
 		finish(false, false)
