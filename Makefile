@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test interop bench bench-full bench-deps lint fuzz release test-arm64 clean
+.PHONY: build run test interop bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -71,6 +71,11 @@ release:
 
 test-arm64:
 	./scripts/test-arm64.sh
+
+## fleet-demo: redis-server + 3 nodes + HAProxy (TCP, round-robin) and two
+## clients pairing through it (docs/fleet.md); needs redis-server, haproxy
+fleet-demo: build
+	./scripts/fleet-demo.sh
 
 clean:
 	rm -rf bin dist results

@@ -23,6 +23,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/events"
+	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/routes"
@@ -77,6 +78,10 @@ type serveSettings struct {
 	adminKey   string // --admin-key-file: POST /v1/tokens, POST /v1/events
 	events     bool   // --events
 	eventsURL  string // --events-redis
+	fleetURL   string // --fleet
+	nodeID     string // --node-id
+	advertise  string // --advertise
+	meshKey    string // --mesh-key-file
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string
@@ -146,6 +151,10 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
 	fs.BoolVar(&o.events, "events", false, "serve Events.Subscribe: idle connections receive events published with POST /v1/events/{channel} (needs --admin-key-file) or into Redis (--events-redis)")
 	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB); implies --events")
+	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
+	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
+	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
+	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
 	fs.StringVar(&o.keyPEM, "tls-key-pem", "", "the TLS private key itself, PEM (configuration file only; never printed)")
@@ -172,6 +181,7 @@ type serveOptions struct {
 	routes      routes.Config
 	adminKey    string // POST /v1/tokens (one-time authenticator), POST /v1/events
 	events      *events.Config
+	fleet       *fleetOptions // nil: a single node
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -331,6 +341,37 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	if v.events || v.eventsURL != "" {
 		evCfg = &events.Config{Redis: v.eventsURL, AdminKey: adminKey}
 	}
+	var fl *fleetOptions
+	switch {
+	case v.fleetURL == "" && (v.meshKey != "" || v.nodeID != "" || v.advertise != ""):
+		return fail("node-id, advertise and mesh-key-file need --fleet")
+	case v.fleetURL != "":
+		if v.meshKey == "" {
+			return fail("fleet: --mesh-key-file is required (write one with meetpoint token --gen-key and give every node the same)")
+		}
+		key, err := auth.LoadHMACKey(v.meshKey)
+		if err != nil {
+			return fail("mesh-key-file: %v", err)
+		}
+		if _, err := fleet.ParseURL(v.fleetURL); err != nil {
+			return fail("%v", err)
+		}
+		if cfg.TLSOnly {
+			return fail("fleet: the mesh link between nodes is plain TCP on the relay port, which --tls-only refuses")
+		}
+		id := v.nodeID
+		if id == "" {
+			if id, err = os.Hostname(); err != nil || id == "" {
+				return fail("node-id: no host name to default to: give --node-id")
+			}
+		}
+		if v.advertise != "" {
+			if _, _, err := net.SplitHostPort(v.advertise); err != nil {
+				return fail("advertise %q: want HOST:PORT", v.advertise)
+			}
+		}
+		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key}
+	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
@@ -355,7 +396,13 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl}, -1
+}
+
+// fleetOptions is --fleet with its companions.
+type fleetOptions struct {
+	url, nodeID, advertise string
+	key                    []byte
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -442,9 +489,33 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
 	}
+	var fl *fleet.Fleet
+	if o.fleet != nil {
+		rdb, err := fleet.ParseURL(o.fleet.url)
+		if err == nil {
+			fl, err = fleet.New(fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
+				MeshKey: o.fleet.key, Logger: log}, srv)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+		defer rdb.Close()
+	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1
+	}
+	if fl != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := fl.Start(ctx)
+		cancel()
+		if err != nil {
+			srv.Close()
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 1
+		}
+		defer fl.Close()
 	}
 	var mon io.Closer
 	if o.monitor != "" {
