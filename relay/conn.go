@@ -119,6 +119,7 @@ type conn struct {
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
 	absent      string                 // a mesh link's answer when nobody waits under its key
+	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes

@@ -229,7 +229,7 @@ func (c *conn) leave() {
 // been checked.
 func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity, absent string) {
 	cc := c.c
-	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
+	cc.uuid, cc.name, cc.key, cc.authed, cc.mesh = uuid, name, k, true, true
 	cc.subject.Store(&identity)
 	cc.s.stats.meshIn.Inc()
 	if cc.timer != nil {

@@ -59,8 +59,14 @@ type peerInfo struct {
 }
 
 func peerInfoOf(c *conn) peerInfo {
-	return peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
-		connected: c.created.UnixNano(), ws: c.ws != nil, identity: c.identity().String()}
+	p := peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
+		connected: c.created.UnixNano(), ws: c.ws != nil}
+	if c.mesh {
+		p.identity = *c.subject.Load() // "via NODE (IDENTITY)"
+	} else {
+		p.identity = c.identity().String()
+	}
+	return p
 }
 
 // clientInfo expands p for a snapshot.

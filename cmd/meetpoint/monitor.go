@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
+	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/ops"
 )
 
@@ -175,6 +176,27 @@ type monitorView struct {
 }
 
 // monitorRow is one line of the busiest list: a tunnel or a TunnelProxy
+
+// fleetLine is the monitor's line about the node's fleet.
+func fleetLine(fl *relay.FleetInfo, tunnels []ops.MonitorTunnel) string {
+	store := "store ok"
+	if !fl.Available {
+		store = "STORE UNREACHABLE (cross-node pairing refused)"
+	}
+	cross := 0
+	for _, t := range tunnels {
+		if strings.HasPrefix(t.B.Address, "mesh ") || strings.HasPrefix(t.B.Identity, "via ") {
+			cross++
+		}
+	}
+	nodes := make([]string, 0, len(fl.Nodes))
+	for _, n := range fl.Nodes {
+		nodes = append(nodes, fmt.Sprintf("%s(%d)", n.ID, n.Tunnels))
+	}
+	return fmt.Sprintf("fleet node %s, %s   nodes %d: %s   cross-node tunnels %d, mesh links %d",
+		fl.Node, store, len(fl.Nodes), strings.Join(nodes, " "), cross, fl.MeshLinks)
+}
+
 // server with its clients.
 type monitorRow struct {
 	key     string
@@ -262,6 +284,9 @@ func (v *monitorView) lines(height int) []string {
 		len(st.TPServers), tpClients, humanBytes(float64(st.Throughput)), humanBytes(float64(st.TrafficTotal)),
 		humanBytes(float64(s.SplicedBytes)), humanBytes(float64(s.BufferedBytes)))
 	add("auth ok %d, failed %d, timed out %d   closes: %s", st.AuthOK, st.AuthFailed, st.AuthTimeout, topCloses(s.Closes, 4))
+	if fl := st.Fleet; fl != nil {
+		add("%s", fleetLine(fl, st.Tunnels))
+	}
 	add("")
 	add("%-9s %-7s %-11s %-10s %-6s  %-26s %-26s", "TUNNEL", "AGE", "RATE", "TOTAL", "PATH", "A (first)", "B")
 	rows := monitorRows(st)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
+	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/ops"
 )
 
@@ -208,5 +209,28 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(in); got != want {
 			t.Errorf("humanBytes(%v) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestMonitorFleetLine: the monitor names the node set, the store's state
+// and the cross-node tunnels (a B end that is a mesh link, on the dialling
+// node, or a mesh link's client, on the owner).
+func TestMonitorFleetLine(t *testing.T) {
+	fl := &relay.FleetInfo{Node: "relay-a", Available: true, MeshLinks: 1,
+		Nodes: []relay.FleetNode{{ID: "relay-a", Tunnels: 2}, {ID: "relay-b", Tunnels: 1}}}
+	tunnels := []ops.MonitorTunnel{
+		{B: relay.ClientInfo{Address: "mesh relay-b 10.0.0.12:443"}},
+		{B: relay.ClientInfo{Address: "10.0.0.12:51000", Identity: "via relay-b (anonymous)"}},
+		{B: relay.ClientInfo{Address: "192.0.2.7:4000", Identity: "anonymous"}},
+	}
+	got := fleetLine(fl, tunnels)
+	for _, want := range []string{"fleet node relay-a", "store ok", "nodes 2: relay-a(2) relay-b(1)", "cross-node tunnels 2", "mesh links 1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("fleet line %q lacks %q", got, want)
+		}
+	}
+	fl.Available = false
+	if got := fleetLine(fl, nil); !strings.Contains(got, "STORE UNREACHABLE") {
+		t.Errorf("an unreachable store is not shown: %q", got)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
@@ -396,4 +397,54 @@ func TestNodeDeath(t *testing.T) {
 	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "the dead node leaves the node set")
 	te, tf := pairAcross(t, b, c, "death-ghost")
 	exchange(t, te, tf, 10)
+}
+
+// TestCrossNodeTLSAndOneTime: nodes with TLS and one-time tokens in the
+// same Redis. A wss:// client and a tls:// client on two nodes pair on
+// one minted token (both of its ends, across nodes); a third client with
+// that token is refused, on any node, and so is a later pair.
+func TestCrossNodeTLSAndOneTime(t *testing.T) {
+	addr := redisAddr(t)
+	store, clientTLS := relaytest.TLS(t)
+	tokens, _, err := auth.ParseRedisAuth("redis://" + addr + "/0?prefix=ot:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tokens.Close() })
+	nodes := startFleet(t, addr, 3, func(c *relay.Config) {
+		c.TLS = store.TLSConfig()
+		c.Auth = auth.NewOneTime(tokens, 20*time.Second)
+	})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	tok, _, err := auth.Mint(context.Background(), tokens, "alice", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: "wss://" + relaytest.Addr(a.s) + "/", Token: tok, TLSConfig: clientTLS, Name: "web"})
+		if err != nil {
+			t.Error(err)
+		}
+		first <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, tok, "") }, "the first end waiting on node a")
+	tb, err := dial(t, client.Options{URL: "tls://" + relaytest.Addr(b.s), Token: tok, TLSConfig: clientTLS, Name: "device"})
+	if err != nil {
+		t.Fatalf("the token's second end on another node: %v", err)
+	}
+	ta := <-first
+	if ta == nil {
+		t.FailNow()
+	}
+	if ta.PeerName() != "device" || tb.PeerName() != "web" {
+		t.Errorf("partners: %q, %q", ta.PeerName(), tb.PeerName())
+	}
+	exchange(t, ta, tb, 100_000)
+	for _, nd := range []*node{c, a} {
+		var ae *client.AuthError
+		if _, err := dial(t, client.Options{URL: url(nd.s, false), Token: tok}); !errors.As(err, &ae) {
+			t.Errorf("a third end of a one-time token on %s: %v, want an authentication error", nd.id, err)
+		}
+	}
 }

@@ -72,6 +72,9 @@ type MonitorStatus struct {
 	Tunnels     []MonitorTunnel    `json:"tunnels"`
 	// TPServers are the TunnelProxy servers with their clients.
 	TPServers []relay.TPServerInfo `json:"tunnelProxyServers"`
+	// Fleet is the node's fleet: its node set, whether its store answers,
+	// its mesh links (absent on a single node).
+	Fleet *relay.FleetInfo `json:"fleet,omitempty"`
 }
 
 // MonitorTunnel is a tunnel as MonitorStatus lists it.
@@ -384,6 +387,7 @@ func (m *monitorServer) status() MonitorStatus {
 		TrafficTotal: stats.Traffic, Throughput: m.throughput(),
 		AuthOK: stats.AuthOK, AuthFailed: stats.AuthFailed, AuthTimeout: stats.AuthTimeout,
 		Clients: snap.Clients, Tunnels: make([]MonitorTunnel, len(snap.Tunnels)), TPServers: snap.TPServers,
+		Fleet: snap.Fleet,
 	}
 	if st.TPServers == nil {
 		st.TPServers = []relay.TPServerInfo{}
