@@ -421,7 +421,9 @@ func TestCloseAccounting(t *testing.T) {
 // refusingFleet places nobody.
 type refusingFleet struct{}
 
-func (refusingFleet) Place(context.Context, Placing) Placement { return Placement{Refuse: reason.Fleet} }
+func (refusingFleet) Place(context.Context, Placing) Placement {
+	return Placement{Refuse: reason.Fleet}
+}
 
 // nonceOnly is an Access policy letting anyone pair on nonces starting
 // with prefix, and nothing else.

@@ -190,4 +190,3 @@ func (l *linkEnder) End(reason.Reason) {
 		l.f.linksOpen.Dec()
 	}
 }
-
