@@ -63,6 +63,16 @@ var tunnelProxyErrorNames = [...]string{
 	"TunnelProxyErrorUnknownSocketAddress",
 }
 
+// ParseTunnelProxyError is the value named s (as String gives it).
+func ParseTunnelProxyError(s string) (TunnelProxyError, bool) {
+	for i, n := range tunnelProxyErrorNames {
+		if n == s {
+			return TunnelProxyError(i), true
+		}
+	}
+	return TunnelProxyErrorInternalServerError, false
+}
+
 // String returns the wire name, e.g. "TunnelProxyErrorInvalidUuid". It does
 // not allocate; an out-of-range value gives
 // "TunnelProxyErrorInternalServerError".

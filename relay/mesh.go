@@ -124,7 +124,7 @@ func (c *conn) placed(pl Placement) {
 		}
 	case pl.Link != nil:
 		c.s.stats.meshOut.Inc()
-		t := newMeshTunnel(c, pl.Link)
+		t := newMeshTunnel(c, pl.Link, nil)
 		c.stopTimers()
 		c.st.Store(uint32(stClaimed))
 		c.target = t
@@ -229,8 +229,8 @@ func (c *conn) leave() {
 // been checked.
 func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity, absent string) {
 	cc := c.c
-	cc.uuid, cc.name, cc.key, cc.authed, cc.mesh = uuid, name, k, true, true
-	cc.subject.Store(&identity)
+	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
+	c.MarkMesh(identity)
 	cc.s.stats.meshIn.Inc()
 	if cc.timer != nil {
 		cc.timer.Stop()
@@ -244,6 +244,29 @@ func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity, absent string) {
 	}
 }
 
+// Bridge makes a tunnel of a handed-over connection and a mesh link (a
+// TunnelProxy client whose server is on another node): first, a JSON-RPC
+// message (framed here on WebSocket), goes to the client before any data.
+// The tunnel owns h and the link from then on; a handover whose set-up
+// failed, or whose client sent data before first, is dismissed and the
+// link closed.
+func (s *Server) Bridge(h *Handover, l *MeshLink, first []byte) {
+	c := h.c
+	c.out.B = h.Out
+	t := newMeshTunnel(c, l, first)
+	s.stats.meshOut.Inc()
+	t.readyLinked(c)
+}
+
+// MarkMesh records that this connection is a mesh link from another node
+// whose request (signature checked) speaks for a client there with
+// identity: monitors and logs show it as "via NODE (IDENTITY)". Call it
+// from a Mesh.* handler only.
+func (c Conn) MarkMesh(identity string) {
+	c.c.mesh = true
+	c.c.subject.Store(&identity)
+}
+
 // RefuseMesh answers a Mesh.Join that cannot be trusted and closes.
 func (c Conn) RefuseMesh(id int) {
 	c.c.s.stats.meshBad.Inc()
@@ -252,15 +275,20 @@ func (c Conn) RefuseMesh(id int) {
 }
 
 // newMeshTunnel builds the tunnel of c (authenticated here) and a mesh
-// link to the node where its partner is. Called with c's lock held.
-func newMeshTunnel(c *conn, l *MeshLink) *tunnel {
+// link to the node where its partner is; first (nil: TunnelEstablished
+// naming the partner) is the relay's last message to c. Called with c's
+// lock held, or on a released connection.
+func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 	t := &tunnel{s: c.s, key: c.key, joined: c.joined.UnixNano(), setup: &tunnelSetup{ca: c}, link: l}
 	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(c.key.Token)
 	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
 		connected: time.Now().UnixNano(), identity: l.Identity}
-	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
-		handshake.Str("name", l.Name), handshake.Str("uuid", l.UUID))
-	c.notifID++
+	msg := first
+	if msg == nil {
+		msg = handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
+			handshake.Str("name", l.Name), handshake.Str("uuid", l.UUID))
+		c.notifID++
+	}
 	if c.ws != nil {
 		msg = handshake.AppendFrame(nil, ws.OpText, true, msg)
 	}

@@ -465,7 +465,8 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		return 2
 	}
 	// The subsystems, each on the engine's interfaces.
-	if _, err := tunnelproxy.New(srv, o.tpCfg); err != nil {
+	tp, err := tunnelproxy.New(srv, o.tpCfg)
+	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
 	}
@@ -494,7 +495,10 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		rdb, err := fleet.ParseURL(o.fleet.url)
 		if err == nil {
 			fl, err = fleet.New(fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-				MeshKey: o.fleet.key, Logger: log}, srv)
+				MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}, srv)
+		}
+		if fl != nil {
+			tp.SetDirectory(fl)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)

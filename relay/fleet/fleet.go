@@ -71,6 +71,9 @@ type Config struct {
 	MaxPlacing int
 	// Logger logs; default slog.Default().
 	Logger *slog.Logger
+	// Reach, if set, serves Mesh.Reach: another node's TunnelProxy client
+	// for a server registered here (tunnelproxy.Service.RegisterMeshClient).
+	Reach relay.MethodHandler
 }
 
 // Fleet is one node's membership of a fleet: a relay.Fleet (placing
@@ -179,6 +182,9 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
 	quietRedis.Do(func() { redis.SetLogger(redisLog{cfg.Logger}) })
 	srv.HandleMethod("Mesh.Join", f.handleJoin)
+	if cfg.Reach != nil {
+		srv.HandleMethod("Mesh.Reach", f.handleReach)
+	}
 	srv.SetFleet(f)
 	srv.AddReporter(f)
 	srv.AddReadiness("fleet", f.ready)

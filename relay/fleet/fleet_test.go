@@ -18,6 +18,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
 
 var meshKey = []byte("0123456789abcdef0123456789abcdef")
@@ -446,5 +447,99 @@ func TestCrossNodeTLSAndOneTime(t *testing.T) {
 		if _, err := dial(t, client.Options{URL: url(nd.s, false), Token: tok}); !errors.As(err, &ae) {
 			t.Errorf("a third end of a one-time token on %s: %v, want an authentication error", nd.id, err)
 		}
+	}
+}
+
+// TestTunnelProxyAcrossNodes: a TunnelProxy server registered on one node
+// is reachable by clients on the others (raw TCP and WebSocket), its uuid
+// is refused as AlreadyRegistered on another node, and an unknown server
+// is ServerNotFound everywhere.
+func TestTunnelProxyAcrossNodes(t *testing.T) {
+	addr := redisAddr(t)
+	nodes := make([]*node, 3)
+	for i := range nodes {
+		s := relaytest.New(t, nil)
+		tp, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+		t.Cleanup(func() { rdb.Close() })
+		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: fmt.Sprintf("tp-%d", i), MeshKey: meshKey,
+			Heartbeat: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t), Reach: tp.RegisterMeshClient}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp.SetDirectory(f)
+		relaytest.Start(t, s)
+		if err := f.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		nodes[i] = &node{id: fmt.Sprintf("tp-%d", i), s: s, f: f}
+	}
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	serverUUID := "44444444-4444-4444-8444-444444444444"
+	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	// The same uuid on another node.
+	if _, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(b.s, true), UUID: serverUUID, Name: "twin", Timeout: 5 * time.Second}); err == nil ||
+		!strings.Contains(err.Error(), "AlreadyRegistered") {
+		t.Errorf("a duplicate server uuid on another node: %v, want AlreadyRegistered", err)
+	}
+	for i, nd := range []*node{b, c} {
+		cl, err := client.DialTPClient(context.Background(), client.TPOptions{URL: url(nd.s, i == 1), UUID: fmt.Sprintf("5555555%d-5555-4555-8555-555555555555", i),
+			Name: "app", ServerUUID: serverUUID, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("client on %s: %v", nd.id, err)
+		}
+		defer cl.Close()
+		conn, err := acceptWithin(srv, 5*time.Second)
+		if err != nil {
+			t.Fatalf("server did not see the client from %s: %v", nd.id, err)
+		}
+		msg := []byte(fmt.Sprintf("hello through %s", nd.id))
+		if _, err := cl.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("server read %q, %v", got, err)
+		}
+		if _, err := conn.Write([]byte("pong")); err != nil {
+			t.Fatal(err)
+		}
+		back := make([]byte, 4)
+		_ = cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(cl, back); err != nil || string(back) != "pong" {
+			t.Fatalf("client read %q, %v", back, err)
+		}
+		if metric(t, nd.s, "meetpoint_tunnelproxy_remote_clients_total") != 1 {
+			t.Errorf("the client on %s was not bridged to the server's node", nd.id)
+		}
+	}
+	if _, err := client.DialTPClient(context.Background(), client.TPOptions{URL: url(c.s, false), UUID: "66666666-6666-4666-8666-666666666666",
+		Name: "app", ServerUUID: "77777777-7777-4777-8777-777777777777", Timeout: 5 * time.Second}); err == nil || !strings.Contains(err.Error(), "ServerNotFound") {
+		t.Errorf("an unknown server: %v, want ServerNotFound", err)
+	}
+}
+
+// acceptWithin is srv.Accept with a deadline.
+func acceptWithin(srv *client.TPServer, d time.Duration) (*client.TPConn, error) {
+	type res struct {
+		c   *client.TPConn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := srv.Accept(); ch <- res{c, err} }()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-time.After(d):
+		return nil, errors.New("no client within the deadline")
 	}
 }

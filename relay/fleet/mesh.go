@@ -42,29 +42,50 @@ const maxSkew = 30 * time.Second
 // maxAnswer bounds the owner's answer line.
 const maxAnswer = 4 << 10
 
-// sign is the MAC of a mesh request's params.
-func (f *Fleet) sign(node string, t int64, token, nonce, uuid, name, identity string) []byte {
+// sign is the MAC of a mesh request: its method, node, time and fields.
+func (f *Fleet) sign(method, node string, t int64, fields ...string) []byte {
 	m := hmac.New(sha256.New, f.cfg.MeshKey)
-	for _, s := range []string{"meetpoint mesh v1", node, strconv.FormatInt(t, 10), token, nonce, uuid, name, identity} {
+	for _, s := range append([]string{"meetpoint mesh v1", method, node, strconv.FormatInt(t, 10)}, fields...) {
 		m.Write([]byte(s))
 		m.Write([]byte{0})
 	}
 	return m.Sum(nil)
 }
 
-// handleJoin is the owner's side: Mesh.Join, registered on the server.
-func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
+// verify checks a mesh request's signature over fields (in order) and
+// its age; a request that fails is refused and logged.
+func (f *Fleet) verify(c relay.Conn, req *handshake.Request, fields ...string) bool {
 	p := func(k string) string { v, _ := req.Param(k); return v }
 	t, _ := req.Uint("time")
 	mac, err := hex.DecodeString(p("mac"))
 	skew := time.Since(time.Unix(int64(t), 0))
+	vals := make([]string, len(fields))
+	for i, k := range fields {
+		vals[i] = p(k)
+	}
 	if err != nil || c.WebSocket() || skew > maxSkew || skew < -maxSkew ||
-		!hmac.Equal(mac, f.sign(p("node"), int64(t), p("token"), p("nonce"), p("uuid"), p("name"), p("identity"))) {
+		!hmac.Equal(mac, f.sign(req.Method, p("node"), int64(t), vals...)) {
 		f.log.Warn("fleet: mesh request refused (bad signature, clock skew or WebSocket)", "peer", c.Peer().String(),
 			"node", p("node"), "skew", skew.Round(time.Second))
 		c.RefuseMesh(req.ID)
+		return false
+	}
+	return true
+}
+
+// joinFields and reachFields are what Mesh.Join's and Mesh.Reach's
+// signatures cover, besides the method, node and time.
+var (
+	joinFields  = []string{"token", "nonce", "uuid", "name", "identity"}
+	reachFields = []string{"serverUuid", "clientUuid", "clientName", "identity"}
+)
+
+// handleJoin is the owner's side: Mesh.Join, registered on the server.
+func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
+	if !f.verify(c, req, joinFields...) {
 		return
 	}
+	p := func(k string) string { v, _ := req.Param(k); return v }
 	k := relay.PairKey{Token: p("token"), Nonce: p("nonce")}
 	absent := relay.MeshNotWaiting
 	f.mu.Lock()
@@ -79,30 +100,17 @@ func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
 // returns the link (the owner paired it), or the owner's refusal code, or
 // an error (the owner could not be reached or answered nonsense).
 func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*relay.MeshLink, string, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, "", err
-	}
-	tc := nc.(*net.TCPConn)
-	defer tc.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = tc.SetDeadline(dl)
-	}
-	_ = tc.SetNoDelay(true)
 	now := time.Now().Unix()
-	mac := f.sign(f.cfg.NodeID, now, p.Key.Token, p.Key.Nonce, p.UUID, p.Name, p.Identity)
+	mac := f.sign("Mesh.Join", f.cfg.NodeID, now, p.Key.Token, p.Key.Nonce, p.UUID, p.Name, p.Identity)
 	req := handshake.AppendRequest(nil, 1, "Mesh.Join",
 		handshake.Str("identity", p.Identity), handshake.Str("mac", hex.EncodeToString(mac)),
 		handshake.Str("name", p.Name), handshake.Str("node", f.cfg.NodeID), handshake.Str("nonce", p.Key.Nonce),
 		handshake.Int("time", now), handshake.Str("token", p.Key.Token), handshake.Str("uuid", p.UUID))
-	if _, err := tc.Write(req); err != nil {
+	tc, line, err := f.request(ctx, addr, req)
+	if err != nil {
 		return nil, "", err
 	}
-	line, err := readLine(tc)
-	if err != nil {
-		return nil, "", fmt.Errorf("mesh answer: %w", err)
-	}
+	defer tc.Close()
 	var ans struct {
 		Notification string `json:"notification"`
 		Error        string `json:"error"`
@@ -120,17 +128,52 @@ func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*
 	case ans.Notification != "RemoteProxy.TunnelEstablished":
 		return nil, "", fmt.Errorf("mesh answer: unexpected %q", line)
 	}
-	rc, err := tc.SyscallConn()
+	link, err := f.link(tc, node, addr)
 	if err != nil {
 		return nil, "", err
 	}
+	link.Name, link.UUID = ans.Params.Name, ans.Params.UUID
+	return link, "", nil
+}
+
+// request dials addr, sends one request and reads the answer's line; the
+// caller closes the connection.
+func (f *Fleet) request(ctx context.Context, addr string, req []byte) (*net.TCPConn, []byte, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := nc.(*net.TCPConn)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = tc.SetDeadline(dl)
+	}
+	_ = tc.SetNoDelay(true)
+	if _, err := tc.Write(req); err != nil {
+		tc.Close()
+		return nil, nil, err
+	}
+	line, err := readLine(tc)
+	if err != nil {
+		tc.Close()
+		return nil, nil, fmt.Errorf("mesh answer: %w", err)
+	}
+	return tc, line, nil
+}
+
+// link turns an answered mesh connection into a relay.MeshLink on a
+// descriptor of its own (tc is closed by the caller).
+func (f *Fleet) link(tc *net.TCPConn, node, addr string) (*relay.MeshLink, error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	fd, derr := -1, error(nil)
 	if err := rc.Control(func(s uintptr) { fd, derr = loop.Dup(int(s)) }); err != nil || derr != nil {
-		return nil, "", errors.Join(err, derr)
+		return nil, errors.Join(err, derr)
 	}
 	f.linksOpen.Inc()
-	return &relay.MeshLink{Fd: fd, Node: node, Addr: addr, Name: ans.Params.Name, UUID: ans.Params.UUID,
-		Identity: "via " + node, Ender: &linkEnder{f: f}}, "", nil
+	return &relay.MeshLink{Fd: fd, Node: node, Addr: addr, Identity: "via " + node, Ender: &linkEnder{f: f}}, nil
 }
 
 // readLine reads the owner's answer up to and including its newline and

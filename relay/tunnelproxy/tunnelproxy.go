@@ -96,6 +96,7 @@ type Service struct {
 	log *slog.Logger
 	reg *registry
 	m   tpMetrics
+	dir Directory // nil: this node only
 }
 
 // tpMetrics are the service's counters.
@@ -105,6 +106,7 @@ type tpMetrics struct {
 	bytes                  *metrics.Counter // read from servers and clients
 	registered, refused    *metrics.Counter
 	clientsTotal, dropSlow *metrics.Counter
+	remote                 *metrics.Counter // clients bridged to a server on another node
 }
 
 // New serves the TunnelProxy API on srv: it registers the TunnelProxy
@@ -126,6 +128,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 		refused:      set.NewCounter(`meetpoint_tunnelproxy_registrations_total{result="refused"}`),
 		clientsTotal: set.NewCounter(`meetpoint_tunnelproxy_clients_total`),
 		dropSlow:     set.NewCounter(`meetpoint_tunnelproxy_clients_dropped_total{reason="slow"}`),
+		remote:       set.NewCounter(`meetpoint_tunnelproxy_remote_clients_total`),
 	}
 	srv.HandleMethod("TunnelProxy.RegisterServer", s.registerServer)
 	srv.HandleMethod("TunnelProxy.RegisterClient", s.registerClient)
@@ -143,10 +146,12 @@ type registry struct {
 	mu    sync.Mutex
 	uuids map[string]bool
 	hubs  map[string]*hub
+	// leases are the directory's holds on server uuids (with a Directory).
+	leases map[*hub]relay.Lease
 }
 
 func newRegistry(max int32) *registry {
-	return &registry{max: max, uuids: make(map[string]bool), hubs: make(map[string]*hub)}
+	return &registry{max: max, uuids: make(map[string]bool), hubs: make(map[string]*hub), leases: make(map[*hub]relay.Lease)}
 }
 
 // addServer registers a hub for uuid; nil if the uuid is in use.
@@ -192,7 +197,26 @@ func (r *registry) removeHub(h *hub) {
 		delete(r.hubs, h.uuid)
 		delete(r.uuids, h.uuid)
 	}
+	lease := r.leases[h]
+	delete(r.leases, h)
 	r.mu.Unlock()
+	if lease != nil {
+		lease.Release()
+	}
+}
+
+// setLease records the directory's hold on h's uuid (released with h; at
+// once if h is already gone).
+func (r *registry) setLease(h *hub, l relay.Lease) {
+	r.mu.Lock()
+	live := r.hubs[h.uuid] == h
+	if live {
+		r.leases[h] = l
+	}
+	r.mu.Unlock()
+	if !live {
+		l.Release()
+	}
 }
 
 // all is every hub registered now.
@@ -251,29 +275,43 @@ func (s *Service) registerServer(c relay.Conn, req *handshake.Request) {
 		s.refuse(c, req.ID, true, handshake.TunnelProxyErrorAlreadyRegistered)
 		return
 	}
+	if s.dir != nil {
+		c.Claim(dirServer{hubServer{h: h, replyID: req.ID}}, uuid, name)
+		return
+	}
 	s.m.registered.Inc()
 	c.Claim(hubServer{h: h, replyID: req.ID}, uuid, name)
 }
 
 // registerClient attaches the connection to a registered server's hub.
 func (s *Service) registerClient(c relay.Conn, req *handshake.Request) {
+	s.registerClientAs(c, req, false)
+}
+
+// registerClientAs is registerClient; mesh: the request comes from another
+// node, for its client (no access check here, and never forwarded again).
+func (s *Service) registerClientAs(c relay.Conn, req *handshake.Request, mesh bool) {
 	cu, ok1 := handshake.ParseUUID(param(req, "clientUuid"))
 	su, ok2 := handshake.ParseUUID(param(req, "serverUuid"))
 	if !ok1 || !ok2 {
 		s.refuse(c, req.ID, false, handshake.TunnelProxyErrorInvalidUuid)
 		return
 	}
-	if !s.srv.Allow(c.Identity(), relay.ActionTPReach, su) {
+	if !mesh && !s.srv.Allow(c.Identity(), relay.ActionTPReach, su) {
 		s.forbid(c, req.ID, false)
 		return
 	}
 	h, res := s.reg.addClient(cu, su)
+	name := param(req, "clientName")
+	if h == nil && res == handshake.TunnelProxyErrorServerNotFound && s.dir != nil && !mesh {
+		c.Claim(dirClient{s: s, replyID: req.ID, server: su, uuid: cu, name: name, identity: c.Identity().String()}, cu, name)
+		return
+	}
 	if h == nil {
 		s.refuse(c, req.ID, false, res)
 		return
 	}
 	s.m.registered.Inc()
-	name := param(req, "clientName")
 	c.Claim(hubClient{h: h, replyID: req.ID, uuid: cu, name: name}, cu, name)
 }
 
@@ -351,6 +389,7 @@ var tpDocs = map[string]relay.MetricDoc{
 	"meetpoint_tunnelproxy_bytes_total":           {Type: "counter", Help: "Bytes relayed between TunnelProxy clients and servers, both ways."},
 	"meetpoint_tunnelproxy_registrations_total":   {Type: "counter", Help: "TunnelProxy registrations (servers and clients), by result."},
 	"meetpoint_tunnelproxy_clients_total":         {Type: "counter", Help: "TunnelProxy clients connected since start."},
+	"meetpoint_tunnelproxy_remote_clients_total":  {Type: "counter", Help: "TunnelProxy clients of this node bridged to their server on another node of the fleet."},
 	"meetpoint_tunnelproxy_clients_dropped_total": {Type: "counter", Help: "TunnelProxy clients disconnected by the relay, by reason (slow: fell too far behind the server)."},
 }
 

@@ -1,0 +1,135 @@
+package fleet
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// The TunnelProxy directory (tunnelproxy.Directory, wired by
+// cmd/meetpoint): a registered server's uuid is a key of the store held
+// by its node like a pairing key (same lease, renewal and release), so a
+// uuid is registered once fleet-wide and a client on any node finds the
+// node to reach it through.
+
+func (f *Fleet) tpKey(uuid string) string { return f.cfg.Prefix + "tp:" + uuid }
+
+// Register implements tunnelproxy.Directory. With the store unreachable
+// the server is registered here only (clients on this node reach it).
+func (f *Fleet) Register(ctx context.Context, uuid string) (relay.Lease, bool) {
+	key := f.tpKey(uuid)
+	for range 4 {
+		f.mu.Lock()
+		if h := f.held[key]; h != nil {
+			w := h.wait
+			f.mu.Unlock()
+			if h.state == held || w == nil {
+				return nil, false // registered here already (the local registry refuses first)
+			}
+			select {
+			case <-w:
+				continue
+			case <-ctx.Done():
+				return nil, false
+			}
+		}
+		h := &hold{f: f, key: key, value: f.newValue(), state: placing, wait: make(chan struct{})}
+		f.held[key] = h
+		f.mu.Unlock()
+		finish := func(keep, published bool) {
+			f.mu.Lock()
+			if keep {
+				h.state, h.refs, h.published = held, 1, published
+			} else if f.held[key] == h {
+				delete(f.held, key)
+			}
+			close(h.wait)
+			f.mu.Unlock()
+		}
+		res, err := claimScript.Run(ctx, f.rdb, []string{key}, h.value, f.cfg.LeaseTTL.Milliseconds()).Slice()
+		if err != nil || len(res) == 0 {
+			f.storeDown(err)
+			finish(true, false)
+			return h, true
+		}
+		if n, _ := res[0].(int64); n == 1 {
+			finish(true, true)
+			return h, true
+		}
+		owner, _ := res[1].(string)
+		node, _ := parseValue(owner)
+		if node != f.cfg.NodeID && f.aliveNow(ctx, node) {
+			finish(false, false)
+			return nil, false // AlreadyRegistered: a live node has it
+		}
+		if _, again := f.takeover(ctx, h, owner, finish); !again {
+			return h, true
+		}
+	}
+	return nil, false
+}
+
+// Reach implements tunnelproxy.Directory.
+func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, identity string) (*relay.MeshLink, handshake.TunnelProxyError) {
+	owner, err := f.rdb.Get(ctx, f.tpKey(serverUUID)).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, handshake.TunnelProxyErrorServerNotFound
+	case err != nil:
+		f.storeDown(err)
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	node, addr := parseValue(owner)
+	if node == f.cfg.NodeID || !f.aliveNow(ctx, node) {
+		return nil, handshake.TunnelProxyErrorServerNotFound // a stale registration
+	}
+	now := time.Now().Unix()
+	mac := f.sign("Mesh.Reach", f.cfg.NodeID, now, serverUUID, clientUUID, clientName, identity)
+	req := handshake.AppendRequest(nil, 1, "Mesh.Reach",
+		handshake.Str("clientName", clientName), handshake.Str("clientUuid", clientUUID),
+		handshake.Str("identity", identity), handshake.Str("mac", hex.EncodeToString(mac)),
+		handshake.Str("node", f.cfg.NodeID), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
+	tc, line, err := f.request(ctx, addr, req)
+	if err != nil {
+		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	defer tc.Close()
+	var ans struct {
+		Params struct {
+			Error string `json:"tunnelProxyError"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(line, &ans) != nil {
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	if e, _ := handshake.ParseTunnelProxyError(ans.Params.Error); e != handshake.TunnelProxyErrorNoError {
+		return nil, e
+	}
+	link, err := f.link(tc, node, addr)
+	if err != nil {
+		return nil, handshake.TunnelProxyErrorInternalServerError
+	}
+	f.placed[outRemote].Inc()
+	return link, handshake.TunnelProxyErrorNoError
+}
+
+// handleReach is the server's node's side: Mesh.Reach, a RegisterClient
+// for another node's client, handed to the TunnelProxy service
+// (Config.Reach).
+func (f *Fleet) handleReach(c relay.Conn, req *handshake.Request) {
+	if !f.verify(c, req, reachFields...) {
+		return
+	}
+	node, _ := req.Param("node")
+	id, _ := req.Param("identity")
+	c.MarkMesh("via " + node + " (" + id + ")")
+	f.cfg.Reach(c, req)
+}
