@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"errors"
+	"syscall"
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
@@ -127,6 +129,12 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		link, code, err = f.dial(ctx, addr, node, p)
 	}
 	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		// Nothing listens at the owner's address: its process is gone
+		// (its heartbeat has not expired yet), and its waiting client
+		// with it. The key is this node's now.
+		f.log.Info("fleet: owner node refuses connections: taking its key over", "node", node, "addr", addr)
+		return f.takeover(ctx, h, owner, finish)
 	case err != nil:
 		finish(false, false)
 		f.placed[outFailed].Inc()

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// fleetNode is a `meetpoint serve --fleet` process.
+type fleetNode struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+// startFleetNode runs meetpoint serve as a process joined to the fleet on
+// redisAddr.
+func startFleetNode(t *testing.T, redisAddr, id, keyFile string) *fleetNode {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMain$", "--", "serve", "--listen", addr,
+		"--fleet", "redis://"+redisAddr+"/0", "--node-id", id, "--mesh-key-file", keyFile, "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "MEETPOINT_HELPER_MAIN=1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	relaytest.WaitFor(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, id+" listening")
+	return &fleetNode{addr: addr, cmd: cmd}
+}
+
+// TestFleetProcessKilled: three `meetpoint serve --fleet` processes; one is
+// killed with SIGKILL while tunnels run through the others. Only its own
+// tunnels end; a key it held (a client waiting there) is not a ghost: once
+// its heartbeat has expired, the token pairs on the survivors.
+func TestFleetProcessKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: starts three relay processes and waits for a heartbeat to expire")
+	}
+	redis := relaytest.Redis(t)
+	key := filepath.Join(t.TempDir(), "mesh.key")
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatal("gen-key failed")
+	}
+	a := startFleetNode(t, redis, "kill-a", key)
+	b := startFleetNode(t, redis, "kill-b", key)
+	c := startFleetNode(t, redis, "kill-c", key)
+	time.Sleep(2500 * time.Millisecond) // one heartbeat: every node sees the others
+
+	pair := func(x, y *fleetNode, token string) (*client.Tunnel, *client.Tunnel) {
+		t.Helper()
+		first := make(chan *client.Tunnel, 1)
+		go func() {
+			tu, err := client.Dial(context.Background(), client.Options{URL: "tcp://" + x.addr, Token: token, Timeout: 10 * time.Second})
+			if err != nil {
+				t.Error(err)
+			}
+			first <- tu
+		}()
+		time.Sleep(200 * time.Millisecond) // the first end waits on x
+		ty, err := client.Dial(context.Background(), client.Options{URL: "tcp://" + y.addr, Token: token, Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("%s: %v", token, err)
+		}
+		tx := <-first
+		if tx == nil {
+			t.FailNow()
+		}
+		t.Cleanup(func() { tx.Close(); ty.Close() })
+		return tx, ty
+	}
+	roundTrip := func(x, y *client.Tunnel, what string) {
+		t.Helper()
+		if _, err := x.Write([]byte(what)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(what))
+		_ = y.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(y, got); err != nil || string(got) != what {
+			t.Fatalf("%s: read %q, %v", what, got, err)
+		}
+	}
+	s1, s2 := pair(b, c, "kill-survives")
+	d1, d2 := pair(a, b, "kill-doomed")
+	roundTrip(d1, d2, "before")
+	ghost := make(chan error, 1)
+	go func() {
+		_, err := client.Dial(context.Background(), client.Options{URL: "tcp://" + a.addr, Token: "kill-ghost", Timeout: 20 * time.Second})
+		ghost <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // kill-ghost is held by a now
+
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Wait()
+	_ = d2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := d2.Read(make([]byte, 1)); err == nil {
+		t.Error("the tunnel through the killed node lives on")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Error("the killed node's partner was not told (read timed out)")
+	}
+	if err := <-ghost; err == nil {
+		t.Error("the killed node's waiting client was paired")
+	}
+	roundTrip(s1, s2, "survivor a→b")
+	roundTrip(s2, s1, "survivor b→a")
+	// kill-ghost is still in Redis, owned by the dead node: the next
+	// client finds nothing listening there and takes the key over.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		x, y, err := client.DialPair(context.Background(),
+			client.Options{URL: "tcp://" + b.addr, Token: "kill-ghost", Timeout: 5 * time.Second},
+			client.Options{URL: "tcp://" + c.addr, Token: "kill-ghost", Timeout: 5 * time.Second})
+		if err == nil {
+			roundTrip(x, y, "after the death")
+			x.Close()
+			y.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead node's key never freed: %v", err)
+		}
+		t.Logf("the dead node's key is not free yet: %v", err)
+		time.Sleep(time.Second)
+	}
+}
