@@ -2,11 +2,11 @@ package fleet
 
 import (
 	"context"
-	"errors"
-	"syscall"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
