@@ -41,6 +41,10 @@ type Options struct {
 	SpawnRelay bool   // run the relay as a separate process instead of in process
 	CPUProfile bool   // write a CPU profile of the relay per scenario
 
+	// Fleet, set, adds the fleet peers: two relays joined to this Redis
+	// (URL, or "local" for a redis-server of the run's own).
+	Fleet string
+
 	Transports []string      // meetpoint transports: tcp, ws, mixed
 	Duration   time.Duration // per throughput and setup measurement
 

@@ -43,16 +43,24 @@ type Peer struct {
 
 // Label is the row name: "meetpoint tcp", "haproxy", ...
 func (p *Peer) Label() string {
-	if p.Name == "meetpoint" {
+	switch p.Name {
+	case "meetpoint":
 		return "meetpoint " + p.Transport
+	case "fleet-same":
+		return "fleet same-node " + p.Transport
+	case "fleet-cross":
+		return "fleet cross-node " + p.Transport
 	}
 	return p.Name
 }
 
 // Pair opens one tunnel and returns its two ends.
 func (p *Peer) Pair(ctx context.Context) (a, b End, err error) {
-	if p.Name == "meetpoint" {
+	switch p.Name {
+	case "meetpoint":
 		return p.env.meetpointPair(ctx, p.Transport)
+	case "fleet-same", "fleet-cross":
+		return p.env.fleetPair(ctx, p.Transport, p.Name == "fleet-cross")
 	}
 	return p.env.back.pair(ctx, p.front)
 }
@@ -76,6 +84,7 @@ type Env struct {
 	notes    []string
 	mu       sync.Mutex
 	cache    map[string]*Peer // started reference peers (nil: skipped)
+	fleet    *fleetEnv        // --fleet: two relays on one Redis, or nil
 }
 
 // newEnv starts the backend listener, the relay and the reference peers.
@@ -93,6 +102,12 @@ func newEnv(opt *Options) (*Env, error) {
 	if err := e.startRelay(); err != nil {
 		e.Close()
 		return nil, err
+	}
+	if opt.Fleet != "" {
+		if err := e.startFleet(); err != nil {
+			e.Close()
+			return nil, err
+		}
 	}
 	return e, nil
 }
@@ -190,6 +205,12 @@ func (e *Env) Peers(transports ...string) []*Peer {
 	if want("meetpoint") {
 		for _, t := range transports {
 			out = append(out, &Peer{Name: "meetpoint", Transport: t, PID: e.RelayPID, env: e})
+		}
+	}
+	if e.fleet != nil && want("fleet") {
+		for _, t := range transports {
+			out = append(out, &Peer{Name: "fleet-same", Transport: t, PID: os.Getpid(), env: e},
+				&Peer{Name: "fleet-cross", Transport: t, PID: os.Getpid(), env: e})
 		}
 	}
 	return out
@@ -340,6 +361,9 @@ func (e *Env) Close() {
 	if e.Relay != nil {
 		e.Relay.Close()
 	}
+	if e.fleet != nil {
+		e.fleet.close()
+	}
 	if e.child != nil {
 		e.child.close()
 	}
@@ -396,6 +420,13 @@ func sourceFor(host string) net.IP {
 
 // dialPair dials two clients that meet on nonce.
 func dialPair(ctx context.Context, host, ta, tb, nonce string) (End, End, error) {
+	return dialPairOn(ctx, host, host, ta, tb, nonce)
+}
+
+// dialPairOn dials a (transport ta) on hostA and b on hostB, meeting on
+// nonce: b first, so that with a fleet b's node owns the pair.
+func dialPairOn(ctx context.Context, hostA, hostB, ta, tb, nonce string) (End, End, error) {
+	host := hostB
 	type res struct {
 		t   *client.Tunnel
 		err error
@@ -405,7 +436,7 @@ func dialPair(ctx context.Context, host, ta, tb, nonce string) (End, End, error)
 		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second, LocalIP: sourceFor(host)})
 		ch <- res{t, err}
 	}()
-	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(host, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second, LocalIP: sourceFor(host)})
+	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(hostA, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second, LocalIP: sourceFor(hostA)})
 	r := <-ch
 	if errA != nil || r.err != nil {
 		if a != nil {

@@ -362,9 +362,9 @@ type resources struct {
 func (e *Env) resources(p *Peer) resources {
 	r := resources{rss: rssBytes(p.PID), fds: fdCount(p.PID), goroutines: -1}
 	switch {
-	case p.Name != "meetpoint":
+	case p.Name != "meetpoint" && p.Name != "fleet-same" && p.Name != "fleet-cross":
 		r.goroutines = int(procStatus(p.PID, "Threads"))
-	case e.Relay != nil:
+	case e.Relay != nil || e.fleet != nil:
 		r.goroutines = runtime.NumGoroutine()
 	case e.child != nil:
 		if g, _, err := e.child.relayStats(); err == nil {

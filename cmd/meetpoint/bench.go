@@ -119,9 +119,10 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	fs.Bool("full", false, "use the full suite's sizes for a single scenario")
 	out := fs.String("out", "", "results `DIR`: report.md and results.json (and SVGs with --plot) go into DIR/<time>-<scenario>/")
 	plot := fs.Bool("plot", false, "write SVG charts (latency CDF, throughput by message size) into the results folder")
-	peers := fs.String("peers", "", "comma-separated peers to run: direct,haproxy,socat,meetpoint (default all)")
+	peers := fs.String("peers", "", "comma-separated peers to run: direct,haproxy,socat,meetpoint,fleet (default all)")
 	relayURL := fs.String("relay-url", "", "benchmark this external relay (tcp://host:port or ws://host:port/; comma-separated for several listeners) instead of starting one")
 	relayPID := fs.Int("relay-pid", 0, "pid of the external relay, for RSS, fds and threads")
+	fleetURL := fs.String("fleet", "", "also measure a fleet of two relays on this Redis (`URL` redis://HOST:PORT/DB, or local: start a redis-server): rows fleet same-node and fleet cross-node (docs/fleet.md)")
 	spawn := fs.Bool("spawn-relay", false, "run the relay as a separate process (default: in this process)")
 	prof := fs.Bool("cpuprofile", false, "write a CPU profile of the relay per scenario (cpu-<scenario>.pprof) into the results folder")
 	transports := fs.String("transports", strings.Join(opt.Transports, ","), "meetpoint transports: tcp,ws,mixed")
@@ -142,6 +143,7 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	apply := func(o *bench.Options) error {
 		var err error
 		o.Out, o.Plot, o.RelayURL, o.RelayPID, o.SpawnRelay, o.CPUProfile = *out, *plot, *relayURL, *relayPID, *spawn, *prof
+		o.Fleet = *fleetURL
 		if *peers != "" {
 			o.Peers = strings.Split(*peers, ",")
 		}
