@@ -66,9 +66,10 @@ type Lease interface {
 // client's tunnel: the owner node paired it with the waiting partner and
 // sent TunnelEstablished over it.
 type MeshLink struct {
-	// Fd is the link's socket: non-blocking, plain TCP, owned by the
+	// Sock is the link's socket: a non-blocking plain TCP socket
+	// (loop.PlainSock) or a TLS session (loop.ClientTLS), owned by the
 	// engine from now on (it closes it).
-	Fd int
+	Sock loop.Sock
 	// Node and Addr name the owner node (logs, monitors).
 	Node, Addr string
 	// Name and UUID are the partner's, for the client's TunnelEstablished.
@@ -294,7 +295,8 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 	}
 	c.established = msg
 	_, isTLS := c.tr.(*tlsTransport)
-	t.pair.Splice = c.ws == nil && !isTLS
+	_, plainLink := l.Sock.(loop.PlainSock)
+	t.pair.Splice = c.ws == nil && !isTLS && plainLink
 	t.pair.Owner = t
 	return t
 }
@@ -302,12 +304,12 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 // linkEnd fills the pair's B end with the mesh link.
 func (t *tunnel) linkEnd(e *loop.End, rx *atomic.Uint64) {
 	l := t.link
-	e.Sock, e.Ender, e.RX, e.RXT = loop.PlainSock(l.Fd), l.Ender, t.s.stats.bytesDn, rx
+	e.Sock, e.Ender, e.RX, e.RXT = l.Sock, l.Ender, t.s.stats.bytesDn, rx
 }
 
 // closeLink closes a link nobody will use.
 func closeLink(l *MeshLink, r reason.Reason) {
-	loop.PlainSock(l.Fd).Close()
+	l.Sock.Close()
 	if l.Ender != nil {
 		l.Ender.End(r)
 	}

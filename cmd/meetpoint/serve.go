@@ -356,9 +356,6 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		if _, err := fleet.ParseURL(v.fleetURL); err != nil {
 			return fail("%v", err)
 		}
-		if cfg.TLSOnly {
-			return fail("fleet: the mesh link between nodes is plain TCP on the relay port, which --tls-only refuses")
-		}
 		id := v.nodeID
 		if id == "" {
 			if id, err = os.Hostname(); err != nil || id == "" {
@@ -494,8 +491,12 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	if o.fleet != nil {
 		rdb, err := fleet.ParseURL(o.fleet.url)
 		if err == nil {
-			fl, err = fleet.New(fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-				MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}, srv)
+			fc := fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
+				MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
+			if store != nil {
+				fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
+			}
+			fl, err = fleet.New(fc, srv)
 		}
 		if fl != nil {
 			tp.SetDirectory(fl)

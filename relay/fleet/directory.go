@@ -96,29 +96,26 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 		handshake.Str("clientName", clientName), handshake.Str("clientUuid", clientUUID),
 		handshake.Str("identity", identity), handshake.Str("mac", hex.EncodeToString(mac)),
 		handshake.Str("node", f.cfg.NodeID), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
-	tc, line, err := f.request(ctx, addr, req)
+	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
 		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)
 		return nil, handshake.TunnelProxyErrorInternalServerError
 	}
-	defer tc.Close()
 	var ans struct {
 		Params struct {
 			Error string `json:"tunnelProxyError"`
 		} `json:"params"`
 	}
 	if json.Unmarshal(line, &ans) != nil {
+		sock.Close()
 		return nil, handshake.TunnelProxyErrorInternalServerError
 	}
 	if e, _ := handshake.ParseTunnelProxyError(ans.Params.Error); e != handshake.TunnelProxyErrorNoError {
+		sock.Close()
 		return nil, e
 	}
-	link, err := f.link(tc, node, addr)
-	if err != nil {
-		return nil, handshake.TunnelProxyErrorInternalServerError
-	}
 	f.placed[outRemote].Inc()
-	return link, handshake.TunnelProxyErrorNoError
+	return f.link(sock, node, addr), handshake.TunnelProxyErrorNoError
 }
 
 // handleReach is the server's node's side: Mesh.Reach, a RegisterClient

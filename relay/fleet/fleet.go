@@ -71,6 +71,11 @@ type Config struct {
 	MaxPlacing int
 	// Logger logs; default slog.Default().
 	Logger *slog.Logger
+	// CertFingerprint, set when the relay serves TLS, is the SHA-256
+	// (hex) of its current certificate: announced in the heartbeat, so
+	// that other nodes open their mesh links to this one over TLS, pinned
+	// to it. Nil: mesh links to this node are plain TCP.
+	CertFingerprint func() string
 	// Reach, if set, serves Mesh.Reach: another node's TunnelProxy client
 	// for a server registered here (tunnelproxy.Service.RegisterMeshClient).
 	Reach relay.MethodHandler
@@ -120,6 +125,7 @@ type NodeInfo struct {
 	Tunnels   uint64    `json:"tunnels"`
 	Held      int       `json:"held"`
 	Available bool      `json:"available"` // its store was reachable at its last heartbeat
+	Cert      string    `json:"cert,omitempty"` // SHA-256 of its TLS certificate: mesh links to it use TLS
 }
 
 // outcome is how a placement ended (meetpoint_fleet_placements_total).
@@ -338,6 +344,9 @@ func (f *Fleet) heartbeat(ctx context.Context) {
 	f.mu.Unlock()
 	me := NodeInfo{ID: f.cfg.NodeID, Addr: f.cfg.Advertise, Instance: f.instance, Started: f.started,
 		Seen: time.Now(), Held: held, Available: true}
+	if f.cfg.CertFingerprint != nil {
+		me.Cert = f.cfg.CertFingerprint()
+	}
 	me.Tunnels = f.srv.Stats().TunnelsActive
 	b, _ := json.Marshal(me)
 	pipe := f.rdb.Pipeline()

@@ -32,6 +32,11 @@ type node struct {
 
 // startNode starts a relay joined to the fleet on redisAddr.
 func startNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config)) *node {
+	return startNodeWith(t, redisAddr, id, mutate, nil)
+}
+
+// startNodeWith is startNode with the fleet's config changed by fmutate.
+func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config), fmutate func(*fleet.Config)) *node {
 	t.Helper()
 	s := relaytest.New(t, mutate)
 	rdb, err := fleet.ParseURL("redis://" + redisAddr + "/0")
@@ -39,8 +44,12 @@ func startNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config)) *
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: id, MeshKey: meshKey, Heartbeat: 200 * time.Millisecond,
-		LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t)}, s)
+	fc := fleet.Config{Redis: rdb, NodeID: id, MeshKey: meshKey, Heartbeat: 200 * time.Millisecond,
+		LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t)}
+	if fmutate != nil {
+		fmutate(&fc)
+	}
+	f, err := fleet.New(fc, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -541,5 +550,57 @@ func acceptWithin(srv *client.TPServer, d time.Duration) (*client.TPConn, error)
 		return r.c, r.err
 	case <-time.After(d):
 		return nil, errors.New("no client within the deadline")
+	}
+}
+
+// TestMeshOverTLS: nodes whose relays serve TLS only announce their
+// certificate, and the mesh links between them are TLS sessions pinned to
+// it; a plain client pairs with a TLS client across them.
+func TestMeshOverTLS(t *testing.T) {
+	addr := redisAddr(t)
+	store, clientTLS := relaytest.TLS(t)
+	var nodes []*node
+	for _, id := range []string{"tls-a", "tls-b"} {
+		nodes = append(nodes, startNodeWith(t, addr, id, func(c *relay.Config) { c.TLS, c.TLSOnly = store.TLSConfig(), true },
+			func(fc *fleet.Config) { fc.CertFingerprint = store.Fingerprint }))
+	}
+	relaytest.WaitFor(t, func() bool { return len(nodes[0].f.Nodes()) == 2 && len(nodes[1].f.Nodes()) == 2 }, "both nodes see each other")
+	a, b := nodes[0], nodes[1]
+	first := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: "tls://" + relaytest.Addr(a.s), Token: "mesh-tls", TLSConfig: clientTLS, Name: "one"})
+		if err != nil {
+			t.Error(err)
+		}
+		first <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "mesh-tls", "") }, "the first end waiting on tls-a")
+	tb, err := dial(t, client.Options{URL: "wss://" + relaytest.Addr(b.s) + "/", Token: "mesh-tls", TLSConfig: clientTLS, Name: "two"})
+	if err != nil {
+		t.Fatalf("cross-node pair between TLS-only nodes: %v", err)
+	}
+	ta := <-first
+	if ta == nil {
+		t.FailNow()
+	}
+	exchange(t, ta, tb, 300_000)
+	if metric(t, a.s, `meetpoint_tls_handshakes_total{result="ok"}`) < 2 {
+		t.Error("the owner did not take the mesh link over TLS")
+	}
+
+	// A node announcing another certificate than it serves is refused.
+	other, _ := relaytest.TLS(t)
+	c := startNodeWith(t, addr, "tls-liar", func(c *relay.Config) { c.TLS, c.TLSOnly = store.TLSConfig(), true },
+		func(fc *fleet.Config) { fc.CertFingerprint = other.Fingerprint })
+	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 3 }, "the liar in the node set")
+	go func() {
+		_, _ = dial(t, client.Options{URL: "tls://" + relaytest.Addr(c.s), Token: "mesh-liar", TLSConfig: clientTLS, Timeout: 3 * time.Second})
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(c.f, "mesh-liar", "") }, "a client waiting on the liar")
+	if _, err := dial(t, client.Options{URL: "tls://" + relaytest.Addr(b.s), Token: "mesh-liar", TLSConfig: clientTLS, Timeout: 3 * time.Second}); err == nil {
+		t.Fatal("paired through a node whose certificate is not the one it announces")
+	}
+	if metric(t, b.s, `meetpoint_fleet_placements_total{outcome="failed"}`) < 1 {
+		t.Error("the pinning failure was not counted as a failed placement")
 	}
 }

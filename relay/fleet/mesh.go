@@ -3,6 +3,8 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"io"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -106,11 +108,10 @@ func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*
 		handshake.Str("identity", p.Identity), handshake.Str("mac", hex.EncodeToString(mac)),
 		handshake.Str("name", p.Name), handshake.Str("node", f.cfg.NodeID), handshake.Str("nonce", p.Key.Nonce),
 		handshake.Int("time", now), handshake.Str("token", p.Key.Token), handshake.Str("uuid", p.UUID))
-	tc, line, err := f.request(ctx, addr, req)
+	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
 		return nil, "", err
 	}
-	defer tc.Close()
 	var ans struct {
 		Notification string `json:"notification"`
 		Error        string `json:"error"`
@@ -119,61 +120,143 @@ func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*
 			UUID string `json:"uuid"`
 		} `json:"params"`
 	}
-	if err := json.Unmarshal(line, &ans); err != nil {
-		return nil, "", fmt.Errorf("mesh answer: %v", err)
-	}
+	err = json.Unmarshal(line, &ans)
 	switch {
+	case err != nil:
+		err = fmt.Errorf("mesh answer: %v", err)
 	case ans.Error != "":
+		sock.Close()
 		return nil, ans.Error, nil
 	case ans.Notification != "RemoteProxy.TunnelEstablished":
-		return nil, "", fmt.Errorf("mesh answer: unexpected %q", line)
+		err = fmt.Errorf("mesh answer: unexpected %q", line)
 	}
-	link, err := f.link(tc, node, addr)
 	if err != nil {
+		sock.Close()
 		return nil, "", err
 	}
+	link := f.link(sock, node, addr)
 	link.Name, link.UUID = ans.Params.Name, ans.Params.UUID
 	return link, "", nil
 }
 
-// request dials addr, sends one request and reads the answer's line; the
-// caller closes the connection.
-func (f *Fleet) request(ctx context.Context, addr string, req []byte) (*net.TCPConn, []byte, error) {
+// request dials the mesh address of node, sends one request and reads
+// the answer's line without reading past it: over TLS, pinned to the
+// certificate the node announces, if it announces one (its relay serves
+// TLS), else plain TCP. The returned socket is the caller's to close, or
+// to make a link of.
+func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loop.Sock, []byte, error) {
+	pin, err := f.certOf(ctx, node)
+	if err != nil {
+		return nil, nil, err
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
 	tc := nc.(*net.TCPConn)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = tc.SetDeadline(dl)
+	defer tc.Close()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(5 * time.Second)
 	}
+	_ = tc.SetDeadline(deadline)
 	_ = tc.SetNoDelay(true)
-	if _, err := tc.Write(req); err != nil {
-		tc.Close()
+	if pin == "" {
+		if _, err := tc.Write(req); err != nil {
+			return nil, nil, err
+		}
+		line, err := readLine(tc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("mesh answer: %w", err)
+		}
+		fd, err := dupOf(tc)
+		if err != nil {
+			return nil, nil, err
+		}
+		return loop.PlainSock(fd), line, nil
+	}
+	fd, err := dupOf(tc)
+	if err != nil {
 		return nil, nil, err
 	}
-	line, err := readLine(tc)
-	if err != nil {
-		tc.Close()
-		return nil, nil, fmt.Errorf("mesh answer: %w", err)
+	_ = tc.SetDeadline(time.Time{})
+	conf := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The node's certificate may be self-signed: it is pinned to the
+		// SHA-256 the node announces in the store (which the fleet trusts).
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || certFingerprint(cs.PeerCertificates[0].Raw) != pin {
+				return fmt.Errorf("mesh: node %s's certificate is not the one it announces", node)
+			}
+			return nil
+		},
 	}
-	return tc, line, nil
+	var line []byte
+	sess, err := loop.ClientTLS(fd, conf, deadline, tc.RemoteAddr(), func(c *tls.Conn) error {
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		var one [1]byte
+		for len(line) < maxAnswer { // one byte at a time from what TLS decrypted: nothing past the line is taken
+			if _, err := io.ReadFull(c, one[:]); err != nil {
+				return fmt.Errorf("mesh answer: %w", err)
+			}
+			if one[0] == '\n' {
+				return nil
+			}
+			line = append(line, one[0])
+		}
+		return errors.New("mesh answer: too long")
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return sess, line, nil
 }
 
-// link turns an answered mesh connection into a relay.MeshLink on a
-// descriptor of its own (tc is closed by the caller).
-func (f *Fleet) link(tc *net.TCPConn, node, addr string) (*relay.MeshLink, error) {
+// certOf is the certificate fingerprint node announces ("" : none, plain
+// TCP), from the node set or, for a node not in it yet, the store.
+func (f *Fleet) certOf(ctx context.Context, node string) (string, error) {
+	f.mu.Lock()
+	n, ok := f.nodes[node]
+	f.mu.Unlock()
+	if ok {
+		return n.Cert, nil
+	}
+	v, err := f.rdb.Get(ctx, f.nodeKey(node)).Result()
+	if err != nil {
+		return "", fmt.Errorf("mesh: node %s: %v", node, err)
+	}
+	if err := json.Unmarshal([]byte(v), &n); err != nil {
+		return "", fmt.Errorf("mesh: node %s: %v", node, err)
+	}
+	return n.Cert, nil
+}
+
+func certFingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// dupOf is a descriptor of our own for tc's socket.
+func dupOf(tc *net.TCPConn) (int, error) {
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, err
+		return -1, err
 	}
 	fd, derr := -1, error(nil)
 	if err := rc.Control(func(s uintptr) { fd, derr = loop.Dup(int(s)) }); err != nil || derr != nil {
-		return nil, errors.Join(err, derr)
+		return -1, errors.Join(err, derr)
 	}
+	return fd, nil
+}
+
+// link makes a relay.MeshLink of an answered mesh socket.
+func (f *Fleet) link(sock loop.Sock, node, addr string) *relay.MeshLink {
 	f.linksOpen.Inc()
-	return &relay.MeshLink{Fd: fd, Node: node, Addr: addr, Identity: "via " + node, Ender: &linkEnder{f: f}}, nil
+	return &relay.MeshLink{Sock: sock, Node: node, Addr: addr, Identity: "via " + node, Ender: &linkEnder{f: f}}
 }
 
 // readLine reads the owner's answer up to and including its newline and

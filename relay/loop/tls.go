@@ -154,8 +154,8 @@ func (a *nbConn) deadline(t time.Time) error {
 	return nil
 }
 
-// TLSSession is a server-side TLS session over one socket, a Sock for the
-// loops once its handshake is done.
+// TLSSession is a TLS session over one socket (the relay's side, or a
+// mesh link's client side), a Sock for the loops once its handshake is done.
 type TLSSession struct {
 	tc *tls.Conn
 	ad *nbConn
@@ -165,6 +165,19 @@ type TLSSession struct {
 // closed on failure) until deadline, reading prefix (the bytes a sniffer
 // already read) first. It blocks the calling goroutine.
 func HandshakeTLS(fd int, prefix []byte, conf *tls.Config, deadline time.Time, remote net.Addr) (*TLSSession, error) {
+	return handshakeTLS(fd, prefix, func(c net.Conn) *tls.Conn { return tls.Server(c, conf) }, deadline, remote, nil)
+}
+
+// ClientTLS runs a client handshake on fd (taken over: closed on failure)
+// until deadline, then then (nil: nothing) on the blocking connection —
+// e.g. a request and its answer read without reading past it (what the
+// TLS layer has decrypted beyond is kept for the session). It blocks the
+// calling goroutine.
+func ClientTLS(fd int, conf *tls.Config, deadline time.Time, remote net.Addr, then func(*tls.Conn) error) (*TLSSession, error) {
+	return handshakeTLS(fd, nil, func(c net.Conn) *tls.Conn { return tls.Client(c, conf) }, deadline, remote, then)
+}
+
+func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline time.Time, remote net.Addr, then func(*tls.Conn) error) (*TLSSession, error) {
 	file := os.NewFile(uintptr(fd), "tls")
 	hs, err := net.FileConn(file) // dups the descriptor
 	file.Close()
@@ -172,11 +185,14 @@ func HandshakeTLS(fd int, prefix []byte, conf *tls.Config, deadline time.Time, r
 		return nil, err
 	}
 	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, local: hs.LocalAddr(), remote: remote}
-	tc := tls.Server(ad, conf)
+	tc := mk(ad)
 	// The socket's deadline bounds the handshake (HandshakeContext would
 	// close the conn from another goroutine when its context ends).
 	_ = hs.SetDeadline(deadline)
 	err = tc.Handshake()
+	if err == nil && then != nil {
+		err = then(tc)
+	}
 	if err == nil {
 		ad.fd, err = fdOf(hs)
 	}
