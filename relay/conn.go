@@ -18,10 +18,12 @@ import (
 
 // state is where a connection is on its way to a tunnel:
 //
-//	sniff ─► http ─► rpc ─► authing ─► waiting ─► claimed ══► target.ready
-//	  │               │                              ▲
-//	  │               └──── (TunnelProxy register) ──┤
-//	  └──────────────── (TLS ClientHello) ───────────┘
+//	sniff ─► http ─► rpc ─► authing ─► placing ─► waiting ─► claimed ══► target.ready
+//	  │               │                  └─ (fleet: partner elsewhere) ─┤
+//	  │               └──── (TunnelProxy register) ─────────────────────┤
+//	  └──────────────── (TLS ClientHello) ──────────────────────────────┘
+//
+//	(placing only with a Fleet, for a key the local registry does not hold)
 //
 //	any state but claimed ─► closing ─► done (the ticket ends)
 //

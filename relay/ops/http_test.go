@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -479,5 +480,32 @@ func TestMetricsMetadata(t *testing.T) {
 		if typeOf[fam] == "" {
 			t.Errorf("no %s", fam)
 		}
+	}
+}
+
+// TestReadyzParts: a subsystem's readiness part is named on /readyz; one
+// that is not ready leaves the relay ready (it still serves) unless the
+// balancer asks ?strict=1.
+func TestReadyzParts(t *testing.T) {
+	var partOK atomic.Bool
+	s := relaytest.New(t, nil)
+	s.AddReadiness("fleet", func() (bool, string) {
+		if partOK.Load() {
+			return true, "ready"
+		}
+		return false, "store unreachable"
+	})
+	Register(s)
+	relaytest.Start(t, s)
+	addr := relaytest.Addr(s)
+	if code, _, body := opsGet(t, addr, "GET", "/readyz"); code != 200 || body != "ready\nfleet: store unreachable\n" {
+		t.Errorf("/readyz with a part down: %d %q", code, body)
+	}
+	if code, _, _ := opsGet(t, addr, "GET", "/readyz?strict=1"); code != 503 {
+		t.Errorf("/readyz?strict=1 with a part down: %d, want 503", code)
+	}
+	partOK.Store(true)
+	if code, _, body := opsGet(t, addr, "GET", "/readyz?strict=1"); code != 200 || body != "ready\nfleet: ready\n" {
+		t.Errorf("/readyz?strict=1 with every part up: %d %q", code, body)
 	}
 }
