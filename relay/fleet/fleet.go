@@ -124,7 +124,7 @@ type NodeInfo struct {
 	Seen      time.Time `json:"seen"`
 	Tunnels   uint64    `json:"tunnels"`
 	Held      int       `json:"held"`
-	Available bool      `json:"available"` // its store was reachable at its last heartbeat
+	Available bool      `json:"available"`      // its store was reachable at its last heartbeat
 	Cert      string    `json:"cert,omitempty"` // SHA-256 of its TLS certificate: mesh links to it use TLS
 }
 
@@ -401,12 +401,14 @@ func (f *Fleet) storeDown(err error) {
 	}
 }
 
-// alive reports whether node id heartbeats, as last read.
+// alive reports whether node id heartbeats, as last read: its heartbeat
+// key existed then (it expires 3 heartbeats after the last one; no clock
+// of another node is compared with ours).
 func (f *Fleet) alive(id string) bool {
 	f.mu.Lock()
-	n, ok := f.nodes[id]
+	_, ok := f.nodes[id]
 	f.mu.Unlock()
-	return ok && time.Since(n.Seen) < 3*f.cfg.Heartbeat
+	return ok
 }
 
 // Nodes is the node set as last read, sorted by id.
