@@ -232,6 +232,56 @@ func metric(t testing.TB, s *relay.Server, name string) float64 {
 	return 0
 }
 
+// TestDataBeforeTunnelAcrossNodes: a client that sends data after its
+// Authenticate reply, before TunnelEstablished, is closed by its own node
+// (data_before_tunnel) whether its placement is still in flight or its
+// mesh link already paired, and its partner waiting on the owner node
+// learns that its partner left instead of keeping a half tunnel.
+func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
+	nodes := startFleet(t, redisAddr(t), 2, nil)
+	a, b := nodes[0], nodes[1]
+	first := make(chan error, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "early"})
+		if err == nil {
+			_ = tu.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = tu.Read(make([]byte, 1))
+			if isTimeout(err) {
+				err = errors.New("still open")
+			} else {
+				err = nil // the tunnel ended: partner left
+			}
+		}
+		first <- err
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "early", "") }, "the first client waiting on node a")
+	c, err := net.Dial("tcp", relaytest.Addr(b.s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u-early","name":"n","token":"early"}}`+"\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply := make([]byte, 512)
+	n, err := c.Read(reply) // the Authenticate reply
+	if err != nil || !bytes.Contains(reply[:n], []byte("AuthenticationErrorNoError")) {
+		t.Fatalf("authenticate: %q %v", reply[:n], err)
+	}
+	if bytes.Contains(reply[:n], []byte("TunnelEstablished")) {
+		t.Skip("paired before the early data could be sent: nothing to test this time")
+	}
+	fmt.Fprint(c, "EARLY DATA")
+	got, _ := io.ReadAll(c)
+	if bytes.Contains(got, []byte("TunnelEstablished")) {
+		t.Errorf("the early sender was paired: %q", got)
+	}
+	relaytest.WaitFor(t, func() bool { return metric(t, b.s, `meetpoint_closes_total{reason="data_before_tunnel"}`) == 1 },
+		"the early sender closed as data_before_tunnel on its node")
+	if err := <-first; err != nil {
+		t.Errorf("the waiting partner on the owner: %v", err)
+	}
+}
+
 // pairAcross pairs two raw-TCP clients of token on a (first) and b.
 func pairAcross(t testing.TB, a, b *node, token string) (*client.Tunnel, *client.Tunnel) {
 	t.Helper()
@@ -351,6 +401,7 @@ func TestStoreOutage(t *testing.T) {
 	addr, stop := testutil.Redis(t, 0)
 	nodes := startFleet(t, addr, 2, nil)
 	a, b := nodes[0], nodes[1]
+	running1, running2 := pairAcross(t, a, b, "outage-running")
 	stop()
 	relaytest.WaitFor(t, func() bool { return !a.f.Available() && !b.f.Available() }, "both nodes see the store gone")
 	if metric(t, a.s, "meetpoint_fleet_available") != 0 {
@@ -360,6 +411,8 @@ func TestStoreOutage(t *testing.T) {
 	if ok || !strings.Contains(detail, "cross-node") {
 		t.Errorf("readiness during the outage: %v %q", ok, detail)
 	}
+	// A cross-node tunnel made before the outage goes on.
+	exchange(t, running1, running2, 10_000)
 	// Same-node pairs still work.
 	ta, tb := pairAcross(t, a, a, "outage-local")
 	exchange(t, ta, tb, 1000)
