@@ -138,6 +138,9 @@ func (c *conn) consumeJSON(p []byte) {
 		}
 		if inBuf {
 			c.in = c.in[:copy(c.in, rest)]
+			if len(c.in) == 0 {
+				c.in = nil // an idle connection (a subscriber, a waiting client) keeps no buffer
+			}
 		} else {
 			p = rest
 		}

@@ -101,6 +101,9 @@ func rss() int64 {
 // without -short, 1,000 with it).
 func TestEventsFanOut10k(t *testing.T) {
 	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("MEETPOINT_SUBSCRIBERS")); err == nil && v > 0 && v <= 18000 {
+		n = v // for a slope over two sizes (docs/BENCHMARKS.md)
+	}
 	if testing.Short() {
 		n = 1000
 	}
@@ -167,8 +170,9 @@ func TestEventsFanOut10k(t *testing.T) {
 		f.Close()
 	}
 	runtime.ReadMemStats(&ms)
-	t.Logf("per subscriber: RSS +%.1f KiB, Go heap in use +%.1f KiB (both relays in this process; %d subscribers, %d goroutines)",
-		float64(rss()-before)/1024/float64(n), float64(int64(ms.HeapInuse)-int64(heapBefore))/1024/float64(n), n, runtime.NumGoroutine())
+	t.Logf("per subscriber: RSS +%.1f KiB, Go heap in use +%.1f KiB (both relays in this process; %d subscribers, %d goroutines; RSS +%d KiB, heap +%d KiB in all)",
+		float64(rss()-before)/1024/float64(n), float64(int64(ms.HeapInuse)-int64(heapBefore))/1024/float64(n), n, runtime.NumGoroutine(),
+		(rss()-before)/1024, (int64(ms.HeapInuse)-int64(heapBefore))/1024)
 	for i := range events - 1 {
 		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/all", strings.NewReader(fmt.Sprintf(`{"seq":%d}`, i)))
 		req.Header.Set("Authorization", "Bearer admin-secret")
