@@ -121,6 +121,7 @@ type conn struct {
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
 	absent      string                 // a mesh link's answer when nobody waits under its key
+	degraded    bool                   // waiting while the fleet's store is unreachable: only a partner on this node can pair
 	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
@@ -459,7 +460,11 @@ func (c *conn) onAlone() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stWaiting {
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
-		c.fail(reason.AloneTimeout, ws.StatusPolicyViolation, "No partner arrived")
+		text := "No partner arrived"
+		if c.degraded {
+			text = "No partner arrived (relay fleet store unreachable: only partners on this relay could pair)"
+		}
+		c.fail(reason.AloneTimeout, ws.StatusPolicyViolation, text)
 	}
 	c.unlock()
 }

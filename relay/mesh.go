@@ -53,6 +53,10 @@ type Placement struct {
 	// DuplicateUUID: the fleet-wide rules; Fleet: the key could not be
 	// placed).
 	Refuse reason.Reason
+	// Degraded, with Lease: the fleet's store was unreachable, so only a
+	// partner arriving on this node can pair (the client is told so if
+	// none arrives).
+	Degraded bool
 }
 
 // Lease is a fleet's hold on a pairing key for this node.
@@ -115,7 +119,7 @@ func (c *conn) placed(pl Placement) {
 	}
 	switch {
 	case pl.Lease != nil:
-		c.lease = pl.Lease
+		c.lease, c.degraded = pl.Lease, pl.Degraded
 		c.st.Store(uint32(stWaiting))
 		res, partner := c.s.reg.Join(c.key, c)
 		after := c.joinedAs(res, partner, -1)

@@ -399,7 +399,7 @@ func TestAloneOwnerThenAnotherNode(t *testing.T) {
 // again.
 func TestStoreOutage(t *testing.T) {
 	addr, stop := testutil.Redis(t, 0)
-	nodes := startFleet(t, addr, 2, nil)
+	nodes := startFleet(t, addr, 2, func(c *relay.Config) { c.AloneTimeout = time.Second })
 	a, b := nodes[0], nodes[1]
 	running1, running2 := pairAcross(t, a, b, "outage-running")
 	stop()
@@ -413,6 +413,10 @@ func TestStoreOutage(t *testing.T) {
 	}
 	// A cross-node tunnel made before the outage goes on.
 	exchange(t, running1, running2, 10_000)
+	// A client left alone is told why its partner could not be found.
+	if _, err := dial(t, client.Options{URL: url(b.s, true), Token: "outage-alone"}); err == nil || !strings.Contains(err.Error(), "store unreachable") {
+		t.Errorf("a lone client during the outage: %v, want the close to say the fleet store is unreachable", err)
+	}
 	// Same-node pairs still work.
 	ta, tb := pairAcross(t, a, a, "outage-local")
 	exchange(t, ta, tb, 1000)

@@ -104,7 +104,7 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		f.storeDown(err)
 		finish(true, false)
 		f.placed[outDegraded].Inc()
-		return relay.Placement{Lease: h}, false
+		return relay.Placement{Lease: h, Degraded: true}, false
 	}
 	if n, _ := res[0].(int64); n == 1 {
 		finish(true, true)
@@ -171,7 +171,7 @@ func (f *Fleet) takeover(ctx context.Context, h *hold, old string, finish func(k
 		f.storeDown(err)
 		finish(true, false)
 		f.placed[outDegraded].Inc()
-		return relay.Placement{Lease: h}, false
+		return relay.Placement{Lease: h, Degraded: true}, false
 	case n == 1:
 		finish(true, true)
 		f.placed[outTakeover].Inc()
