@@ -17,10 +17,10 @@ build:
 ## run: a relay on 127.0.0.1:8443 with the dummy authenticator, and a
 ## 2-minute --alone-timeout so a human has time to start the second client
 ## (ARGS adds or overrides flags, --listen included; TLS=1 serves TLS too,
-## with a self-signed certificate kept in .meetpoint/ whose SHA-256
-## fingerprint is printed)
+## with a self-signed certificate whose SHA-256 fingerprint is printed).
+## State (the groups API's groups, that certificate) is kept in .meetpoint/.
 run: build
-	./$(BIN) serve --auth dummy --alone-timeout 2m $(if $(TLS),--tls --data-dir .meetpoint) $(ARGS)
+	./$(BIN) serve --auth dummy --alone-timeout 2m --data-dir .meetpoint $(if $(TLS),--tls) $(ARGS)
 
 ## test: the whole suite with the race detector (well under 10 minutes)
 test:

@@ -22,6 +22,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/access"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/disco"
 	"github.com/meetpoint/meetpoint/relay/events"
 	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/limits"
@@ -78,7 +79,12 @@ type serveSettings struct {
 	adminKey   string // --admin-key-file: POST /v1/tokens, POST /v1/events
 	events     bool   // --events
 	eventsURL  string // --events-redis
-	fleetURL   string // --fleet
+	groups     bool          // --groups
+	groupTTL   time.Duration // --group-ttl
+	groupMax   time.Duration // --group-max-ttl
+	apps       string        // --apps
+	appsOnly   bool          // --apps-only
+	fleetURL   string        // --fleet
 	nodeID     string // --node-id
 	advertise  string // --advertise
 	meshKey    string // --mesh-key-file
@@ -151,6 +157,11 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
 	fs.BoolVar(&o.events, "events", false, "serve Events.Subscribe: idle connections receive events published with POST /v1/events/{channel} (needs --admin-key-file) or into Redis (--events-redis)")
 	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB); implies --events")
+	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
+	fs.DurationVar(&o.groupTTL, "group-ttl", 5*time.Minute, "a group's life without an update (PATCH refreshes it)")
+	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")
+	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API: lines \"APP_ID KEY\"; their groups need their key")
+	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API: refuse applications not in --apps")
 	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
@@ -182,6 +193,7 @@ type serveOptions struct {
 	adminKey    string // POST /v1/tokens (one-time authenticator), POST /v1/events
 	events      *events.Config
 	fleet       *fleetOptions // nil: a single node
+	groups      *disco.Config // nil: no groups API
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -369,6 +381,22 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key}
 	}
+	var gcfg *disco.Config
+	if v.groups {
+		gcfg = &disco.Config{DataDir: v.tlsCfg.DataDir, TTL: v.groupTTL, MaxTTL: v.groupMax, AppsOnly: v.appsOnly}
+		if v.groupTTL <= 0 || v.groupMax < v.groupTTL {
+			return fail("group-ttl must be positive and at most group-max-ttl (%v, %v)", v.groupTTL, v.groupMax)
+		}
+		if v.apps != "" {
+			apps, err := disco.LoadApps(v.apps)
+			if err != nil {
+				return fail("apps: %v", err)
+			}
+			gcfg.Apps = apps
+		}
+	} else if v.apps != "" || v.appsOnly {
+		return fail("apps and apps-only need the groups API (--groups)")
+	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
@@ -393,7 +421,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg}, -1
 }
 
 // fleetOptions is --fleet with its companions.
@@ -482,6 +510,14 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 2
 		}
 		defer ev.Close()
+	}
+	if o.groups != nil {
+		gs, err := disco.New(srv, *o.groups)
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+		defer gs.Close()
 	}
 	if err := routes.Register(srv, o.routes); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)

@@ -338,3 +338,34 @@ func TestLimitsReloadFromConfig(t *testing.T) {
 		t.Fatal("a broken config gave limits")
 	}
 }
+
+// TestServeGroupsPersist: serve answers the groups API on its port by
+// default and keeps the groups under --data-dir across a restart.
+func TestServeGroupsPersist(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServe(t, "--data-dir", dir, "--drain-timeout", "100ms")
+	resp, err := http.Post("http://"+ts.addr()+"/group", "application/json", strings.NewReader(`{"AppID":"chat","Name":"kept"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("POST /group: %d %s", resp.StatusCode, body)
+	}
+	id := strings.Trim(strings.TrimSpace(string(body)), `"`)
+	ts.sigs <- syscall.SIGTERM
+	if code := ts.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	again := startServe(t, "--data-dir", dir)
+	resp, err = http.Get("http://" + again.addr() + "/groups/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"kept"`) {
+		t.Fatalf("after a restart: %d %s", resp.StatusCode, body)
+	}
+}

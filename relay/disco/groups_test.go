@@ -1,0 +1,264 @@
+package disco
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time     { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// start serves the groups API on a fresh relay.
+func start(t *testing.T, cfg Config) (*Service, string, *relay.Server) {
+	t.Helper()
+	srv := relaytest.New(t, nil)
+	s, err := New(srv, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	return s, "http://" + relaytest.Addr(srv), srv
+}
+
+// do sends one request; hdr are header pairs.
+func do(t *testing.T, method, url, body string, hdr ...string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+const babbleGroup = `{"Name":"office","AppID":"chat","PubKey":"0X04AB","Peers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}],"GenesisPeers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}]}`
+
+// TestGroupsDiscoWire: the routes and the JSON as Disco's clients expect
+// them, with owner secrets guarding update and delete.
+func TestGroupsDiscoWire(t *testing.T) {
+	_, base, _ := start(t, Config{})
+	code, h, body := do(t, "POST", base+"/group", babbleGroup)
+	var id string
+	if code != 201 || json.Unmarshal([]byte(body), &id) != nil || len(id) != 36 {
+		t.Fatalf("POST /group: %d %q (want 201 and the new id as a JSON string)", code, body)
+	}
+	secret := h.Get(SecretHeader)
+	if len(secret) < 32 {
+		t.Fatalf("no owner secret in %s: %q", SecretHeader, secret)
+	}
+	code, _, body = do(t, "GET", base+"/groups?app-id=chat", "")
+	var all map[string]map[string]any
+	if code != 200 || json.Unmarshal([]byte(body), &all) != nil || len(all) != 1 {
+		t.Fatalf("GET /groups?app-id=chat: %d %q", code, body)
+	}
+	g := all[id]
+	for _, k := range []string{"ID", "Name", "AppID", "PubKey", "LastUpdated", "Peers", "GenesisPeers"} {
+		if _, ok := g[k]; !ok {
+			t.Errorf("group JSON lacks Disco's key %s: %v", k, g)
+		}
+	}
+	peer := g["Peers"].([]any)[0].(map[string]any)
+	for _, k := range []string{"NetAddr", "PubKeyHex", "Moniker"} {
+		if _, ok := peer[k]; !ok {
+			t.Errorf("peer JSON lacks %s: %v", k, peer)
+		}
+	}
+	if code, _, body := do(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, `"Moniker":"alice"`) {
+		t.Errorf("GET /groups/{id}: %d %q", code, body)
+	}
+	upd := strings.Replace(babbleGroup, `"office"`, `"office 2"`, 1)
+	if code, _, _ := do(t, "PATCH", base+"/groups/"+id, upd); code != 403 {
+		t.Errorf("PATCH without the owner secret: %d, want 403", code)
+	}
+	if code, _, body := do(t, "PATCH", base+"/groups/"+id, upd, SecretHeader, secret); code != 200 || !strings.Contains(body, `"office 2"`) {
+		t.Errorf("PATCH with the owner secret: %d %q", code, body)
+	}
+	// Create-or-replace with a given id: only its owner replaces it.
+	withID := strings.Replace(babbleGroup, `{"Name"`, `{"ID":"`+id+`","Name"`, 1)
+	if code, _, _ := do(t, "POST", base+"/group", withID); code != 409 {
+		t.Errorf("POST over another's group: %d, want 409", code)
+	}
+	if code, _, _ := do(t, "POST", base+"/group", withID, SecretHeader, secret); code != 201 {
+		t.Errorf("POST replacing one's own group: %d, want 201", code)
+	}
+	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", SecretHeader, "wrong"); code != 403 {
+		t.Errorf("DELETE with a wrong secret: %d, want 403", code)
+	}
+	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", SecretHeader, secret); code != 200 {
+		t.Errorf("DELETE with the owner secret: %d", code)
+	}
+	if code, _, body := do(t, "GET", base+"/groups/"+id, ""); code != 404 || !strings.Contains(body, `"error"`) {
+		t.Errorf("GET a deleted group: %d %q, want 404 with a JSON error", code, body)
+	}
+}
+
+// TestGroupsErrorsAndBounds: real status codes where Disco answers 200 or
+// 500, each counted.
+func TestGroupsErrorsAndBounds(t *testing.T) {
+	s, base, srv := start(t, Config{MaxBody: 2048, MaxGroups: 2, MaxPeers: 2})
+	for _, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"Name":`, 400},
+		{`{"Name":"no app"}`, 400},
+		{`{"AppID":"a","TTL":-1}`, 400},
+		{`{"AppID":"a","Peers":[{},{},{}]}`, 413},
+		{`{"AppID":"a","Name":"` + strings.Repeat("x", 4096) + `"}`, 413},
+	} {
+		if code, _, body := do(t, "POST", base+"/group", c.body); code != c.want || !strings.Contains(body, `"error"`) {
+			t.Errorf("POST %.40q: %d %q, want %d with a JSON error", c.body, code, body, c.want)
+		}
+	}
+	for i := range 2 {
+		if code, _, _ := do(t, "POST", base+"/group", fmt.Sprintf(`{"AppID":"a","Name":"g%d"}`, i)); code != 201 {
+			t.Fatalf("group %d: %d", i, code)
+		}
+	}
+	if code, _, _ := do(t, "POST", base+"/group", `{"AppID":"a","Name":"one too many"}`); code != 429 {
+		t.Errorf("over MaxGroups: %d, want 429", code)
+	}
+	if n := len(s.ids()); n != 2 {
+		t.Errorf("%d groups stored, want 2", n)
+	}
+	var m bytes.Buffer
+	srv.WritePrometheus(&m)
+	for _, want := range []string{`meetpoint_groups_rejected_total{reason="bad_request"} 3`, `meetpoint_groups_rejected_total{reason="too_large"} 2`,
+		`meetpoint_groups_rejected_total{reason="limit"} 1`, "meetpoint_groups 2"} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// TestGroupsRealms: a registered application's groups are reached only
+// with its key; with AppsOnly, unregistered applications are refused.
+func TestGroupsRealms(t *testing.T) {
+	key := "chat-key-0123456789abcdef"
+	_, base, _ := start(t, Config{Apps: map[string]string{"chat": key}})
+	if code, _, _ := do(t, "POST", base+"/group", babbleGroup); code != 401 {
+		t.Errorf("a registered app's group without its key: %d, want 401", code)
+	}
+	code, _, body := do(t, "POST", base+"/group", babbleGroup, "Authorization", "Bearer "+key)
+	var id string
+	if code != 201 || json.Unmarshal([]byte(body), &id) != nil {
+		t.Fatalf("with the key: %d %q", code, body)
+	}
+	if code, _, _ := do(t, "GET", base+"/groups?app-id=chat", ""); code != 401 {
+		t.Errorf("listing a registered app without its key: %d, want 401", code)
+	}
+	if code, _, body := do(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "Bearer "+key); code != 200 || !strings.Contains(body, id) {
+		t.Errorf("listing with the key: %d %q", code, body)
+	}
+	if code, _, body := do(t, "GET", base+"/groups", ""); code != 200 || strings.Contains(body, id) {
+		t.Errorf("the open listing shows a registered app's group: %d %q", code, body)
+	}
+	if code, _, _ := do(t, "GET", base+"/groups/"+id, ""); code != 401 {
+		t.Errorf("reading a registered app's group without its key: %d, want 401", code)
+	}
+	// The app key updates and deletes any of its groups.
+	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", "Authorization", "Bearer "+key); code != 200 {
+		t.Errorf("DELETE with the app key: %d", code)
+	}
+	_, base2, _ := start(t, Config{Apps: map[string]string{"chat": key}, AppsOnly: true})
+	if code, _, _ := do(t, "POST", base2+"/group", `{"AppID":"stranger"}`); code != 403 {
+		t.Errorf("an unregistered app with AppsOnly: %d, want 403", code)
+	}
+}
+
+// TestGroupsTTLAndPersistence: groups expire after their TTL (the
+// default, or their own, bounded), PATCH refreshes it, and groups survive
+// a restart with their remaining TTL.
+func TestGroupsTTLAndPersistence(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	cfg := Config{DataDir: dir, TTL: time.Minute, MaxTTL: time.Hour, SweepEvery: 10 * time.Millisecond, nowForTests: clk.now}
+	s, base, srv := start(t, cfg)
+	create := func(body string) (string, string) {
+		code, h, b := do(t, "POST", base+"/group", body)
+		var id string
+		if code != 201 || json.Unmarshal([]byte(b), &id) != nil {
+			t.Fatalf("POST %s: %d %q", body, code, b)
+		}
+		return id, h.Get(SecretHeader)
+	}
+	short, shortSecret := create(`{"AppID":"a","Name":"default ttl"}`)
+	long, _ := create(`{"AppID":"a","Name":"own ttl","TTL":1800}`)
+	if code, _, _ := do(t, "POST", base+"/group", `{"AppID":"a","TTL":7200}`); code != 400 {
+		t.Errorf("a TTL over MaxTTL: %d, want 400", code)
+	}
+	clk.add(50 * time.Second)
+	if code, _, _ := do(t, "PATCH", base+"/groups/"+short, `{"AppID":"a","Name":"refreshed"}`, SecretHeader, shortSecret); code != 200 {
+		t.Fatalf("PATCH: %d", code)
+	}
+	clk.add(50 * time.Second) // 100 s after creation, 50 s after the refresh
+	relaytest.WaitFor(t, func() bool { return len(s.ids()) == 2 }, "nothing swept yet")
+	if code, _, _ := do(t, "GET", base+"/groups/"+short, ""); code != 200 {
+		t.Errorf("the refreshed group expired: %d", code)
+	}
+	clk.add(20 * time.Second)
+	relaytest.WaitFor(t, func() bool { return len(s.ids()) == 1 }, "the default-TTL group swept")
+
+	// Restart on the same data dir.
+	srv.Close()
+	s.Close()
+	clk.add(10 * time.Minute) // 30 min TTL: 20 min left
+	s2, base2, _ := start(t, cfg)
+	if code, _, body := do(t, "GET", base2+"/groups/"+long, ""); code != 200 || !strings.Contains(body, "own ttl") {
+		t.Fatalf("after a restart: %d %q", code, body)
+	}
+	clk.add(21 * time.Minute)
+	relaytest.WaitFor(t, func() bool { return len(s2.ids()) == 0 }, "the restored group expires with its remaining TTL")
+	if code, _, _ := do(t, "GET", base2+"/groups/"+long, ""); code != 404 {
+		t.Errorf("expired group after restart: %d, want 404", code)
+	}
+}
+
+// TestLoadApps: the apps file's format and its errors.
+func TestLoadApps(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := dir + "/apps"
+		if err := writeFile(p, s); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	apps, err := LoadApps(write("# apps\nchat 0123456789abcdef0123\n\nboard fedcba9876543210fedc\n"))
+	if err != nil || len(apps) != 2 || apps["chat"] != "0123456789abcdef0123" {
+		t.Fatalf("%v %v", apps, err)
+	}
+	for _, bad := range []string{"chat\n", "chat short\n", "a 0123456789abcdef\na 0123456789abcdef\n"} {
+		if _, err := LoadApps(write(bad)); err == nil || !strings.Contains(err.Error(), "apps:") {
+			t.Errorf("%q: %v, want an error naming the file and line", bad, err)
+		}
+	}
+}
+
+func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
