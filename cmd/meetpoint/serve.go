@@ -76,18 +76,18 @@ type serveSettings struct {
 	routes     listFlag // --route PREFIX=URL
 	origins    listFlag // --allowed-origins
 	routeIDHdr string
-	adminKey   string // --admin-key-file: POST /v1/tokens, POST /v1/events
-	events     bool   // --events
-	eventsURL  string // --events-redis
+	adminKey   string        // --admin-key-file: POST /v1/tokens, POST /v1/events
+	events     bool          // --events
+	eventsURL  string        // --events-redis
 	groups     bool          // --groups
 	groupTTL   time.Duration // --group-ttl
 	groupMax   time.Duration // --group-max-ttl
 	apps       string        // --apps
 	appsOnly   bool          // --apps-only
 	fleetURL   string        // --fleet
-	nodeID     string // --node-id
-	advertise  string // --advertise
-	meshKey    string // --mesh-key-file
+	nodeID     string        // --node-id
+	advertise  string        // --advertise
+	meshKey    string        // --mesh-key-file
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string

@@ -70,12 +70,12 @@ type Config struct {
 	AppsOnly bool
 	// Bounds: request body bytes (default 64 KiB), groups per application
 	// (default 1000), peers per group (each list; default 256).
-	MaxBody      int64
-	MaxGroups    int
-	MaxPeers     int
-	SweepEvery   time.Duration // expiry sweep period (default 1 s)
-	sweepBatch   int
-	nowForTests  func() time.Time
+	MaxBody     int64
+	MaxGroups   int
+	MaxPeers    int
+	SweepEvery  time.Duration // expiry sweep period (default 1 s)
+	sweepBatch  int
+	nowForTests func() time.Time
 }
 
 // SecretHeader carries a group's owner secret: returned when the group is
