@@ -120,7 +120,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&tc.Chain, "tls-chain", "", "intermediate certificates PEM `FILE`, sent after --tls-cert's")
 	fs.StringVar(&tc.ClientCA, "tls-client-ca", "", "admit only TLS clients with a certificate signed by this CA bundle `FILE`")
 	fs.StringVar(&tc.ClientFingerprints, "tls-client-fingerprints", "", "admit only TLS clients whose certificate SHA-256 is listed in `FILE` (or signed by --tls-client-ca)")
-	fs.StringVar(&tc.DataDir, "data-dir", "", "keep state here: the generated self-signed certificate (so pinned clients survive a restart)")
+	fs.StringVar(&tc.DataDir, "data-dir", "", "keep state here: the generated self-signed certificate (so pinned clients survive a restart) and the groups API's groups")
 	fs.BoolVar(&c.TLSOnly, "tls-only", false, "refuse plaintext clients")
 	fs.DurationVar(&c.TLSHandshakeTimeout, "tls-handshake-timeout", c.TLSHandshakeTimeout, "TLS handshake deadline, counted from accept")
 	fs.IntVar(&c.MaxTLSHandshakes, "max-tls-handshakes", c.MaxTLSHandshakes, "TLS handshakes at once; 4x as many more wait, beyond that TLS clients are refused")
