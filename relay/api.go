@@ -1,11 +1,13 @@
 package relay
 
 import (
+	"context"
 	"crypto/x509"
 	"hash/maphash"
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -202,3 +204,27 @@ func (s *Server) Name() string { return s.cfg.Name }
 // AloneTimeout is how long an authenticated client may wait for its
 // partner (what a client should tell its user while it waits).
 func (s *Server) AloneTimeout() time.Duration { return s.cfg.AloneTimeout }
+
+// CheckToken runs the configured authenticator on token for an HTTP API
+// (e.g. TURN credentials): it blocks until the answer or ctx ends (then
+// AuthTimeout). The identity is the token's subject, with the request's
+// client certificate if any (cert may be nil).
+func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, cert *x509.Certificate) (AuthResult, Identity) {
+	var subject atomic.Pointer[string]
+	req := AuthRequest{Token: token, Peer: peer, ClientCert: cert, SetSubject: func(v string) { subject.Store(&v) }}
+	res := make(chan AuthResult, 1)
+	s.cfg.Auth.Authenticate(ctx, req, func(r AuthResult) { res <- r })
+	var r AuthResult
+	select {
+	case r = <-res:
+	case <-ctx.Done():
+		return AuthTimeout, Identity{}
+	}
+	sub := ""
+	if p := subject.Load(); p != nil {
+		sub = *p
+	} else if sj, ok := s.cfg.Auth.(Subjecter); ok && r == AuthNoError {
+		sub = sj.Subject(token)
+	}
+	return r, IdentityOf(cert, sub)
+}

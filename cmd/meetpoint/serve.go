@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +32,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/routes"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+	"github.com/meetpoint/meetpoint/relay/turn"
 	"github.com/meetpoint/meetpoint/relay/web"
 )
 
@@ -84,6 +88,12 @@ type serveSettings struct {
 	groupMax   time.Duration // --group-max-ttl
 	apps       string        // --apps
 	appsOnly   bool          // --apps-only
+	turnOn     bool          // --turn
+	turnListen string        // --turn-listen
+	turnSecret string        // --turn-secret-file
+	turnIP     string        // --turn-relay-ip
+	turnPorts  string        // --turn-ports
+	turnPerUsr int           // --turn-max-per-user
 	fleetURL   string        // --fleet
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
@@ -162,6 +172,12 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")
 	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API: lines \"APP_ID KEY\"; their groups need their key")
 	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API: refuse applications not in --apps")
+	fs.BoolVar(&o.turnOn, "turn", false, "serve TURN and STUN on UDP at the relay's port number (docs/discovery.md); credentials from GET /v1/turn/credentials")
+	fs.StringVar(&o.turnListen, "turn-listen", "", "TURN's UDP `ADDR` (default: the first --listen address)")
+	fs.StringVar(&o.turnSecret, "turn-secret-file", "", "the TURN REST shared secret `FILE` (coturn's static-auth-secret); without it a random one is made at start (credentials only from this relay)")
+	fs.StringVar(&o.turnIP, "turn-relay-ip", "", "the public `IP` relayed candidates carry (default: TURN's listen address)")
+	fs.StringVar(&o.turnPorts, "turn-ports", "49152-65535", "relay port range `MIN-MAX`")
+	fs.IntVar(&o.turnPerUsr, "turn-max-per-user", 10, "TURN allocations one user may hold at once")
 	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
@@ -194,6 +210,7 @@ type serveOptions struct {
 	events      *events.Config
 	fleet       *fleetOptions // nil: a single node
 	groups      *disco.Config // nil: no groups API
+	turn        *turn.Config  // nil: no TURN
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
 	limits func() (limits.Limits, error)
@@ -397,6 +414,35 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	} else if v.apps != "" || v.appsOnly {
 		return fail("apps and apps-only need the groups API (--groups)")
 	}
+	var tcfg *turn.Config
+	if v.turnOn {
+		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr}
+		if v.turnSecret != "" {
+			sec, err := turn.LoadSecret(v.turnSecret)
+			if err != nil {
+				return fail("turn-secret-file: %v", err)
+			}
+			tcfg.Secret = sec
+		} else {
+			b := make([]byte, 24)
+			_, _ = rand.Read(b)
+			tcfg.Secret = []byte(hex.EncodeToString(b))
+		}
+		if v.turnIP != "" {
+			if tcfg.RelayIP = net.ParseIP(v.turnIP); tcfg.RelayIP == nil {
+				return fail("turn-relay-ip %q: not an IP address", v.turnIP)
+			}
+		}
+		lo, hi, ok := strings.Cut(v.turnPorts, "-")
+		a, err1 := strconv.ParseUint(lo, 10, 16)
+		b, err2 := strconv.ParseUint(hi, 10, 16)
+		if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
+			return fail("turn-ports %q: want MIN-MAX, e.g. 49152-65535", v.turnPorts)
+		}
+		tcfg.PortMin, tcfg.PortMax = uint16(a), uint16(b)
+	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" {
+		return fail("turn-listen, turn-secret-file and turn-relay-ip need --turn")
+	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {
 		return fail("%v", err)
@@ -421,7 +467,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, turn: tcfg}, -1
 }
 
 // fleetOptions is --fleet with its companions.
@@ -519,6 +565,13 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		}
 		defer gs.Close()
 	}
+	var ts *turn.Service
+	if o.turn != nil {
+		if ts, err = turn.New(srv, *o.turn); err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+	}
 	if err := routes.Register(srv, o.routes); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
@@ -546,6 +599,14 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 1
+	}
+	if ts != nil {
+		if err := ts.Start(); err != nil {
+			srv.Close()
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 1
+		}
+		defer ts.Close()
 	}
 	if fl != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -369,3 +369,27 @@ func TestServeGroupsPersist(t *testing.T) {
 		t.Fatalf("after a restart: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestServeTURN: --turn serves TURN on UDP at the relay's port number and
+// credentials on the relay port; bad TURN flags are refused.
+func TestServeTURN(t *testing.T) {
+	ts := startServe(t, "--turn", "--turn-ports", "41000-41100")
+	req, _ := http.NewRequest("GET", "http://"+ts.addr()+"/v1/turn/credentials", nil)
+	req.Header.Set("Authorization", "Bearer any-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	_, port, _ := net.SplitHostPort(ts.addr())
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"turn:127.0.0.1:`+port+`?transport=udp"`) {
+		t.Fatalf("credentials: %d %s", resp.StatusCode, body)
+	}
+	for _, args := range [][]string{{"--turn", "--turn-ports", "9-1"}, {"--turn-listen", "127.0.0.1:0"}, {"--turn", "--turn-relay-ip", "nope"}} {
+		var stderr bytes.Buffer
+		if _, code := parseServeOptions(args, nil, io.Discard, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "turn") {
+			t.Errorf("%v: exit %d, %q", args, code, stderr.String())
+		}
+	}
+}

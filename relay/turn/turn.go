@@ -1,0 +1,302 @@
+// Package turn serves TURN and STUN (RFC 8656, RFC 8489) with pion/turn
+// v5 on UDP at the relay's port number (or --turn-listen), with the TURN
+// REST credentials coturn uses: a username "EXPIRY:USER" and the password
+// base64(HMAC-SHA1(secret, username)). GET /v1/turn/credentials on the
+// relay port hands an authenticated client (the relay's authenticator
+// decides on its bearer token) a time-limited pair and the ICE server URLs.
+// Allocations per user are bounded; every allocation and refusal is
+// counted. docs/discovery.md describes it.
+package turn
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha1" //nolint:gosec // the TURN REST scheme is HMAC-SHA1 (coturn's, RFC 8489 long-term credentials)
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/pion/logging"
+	pturn "github.com/pion/turn/v5"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// Config is the TURN section of a relay's configuration.
+type Config struct {
+	// Listen is the UDP address (default: the relay's first listen
+	// address, same port).
+	Listen string
+	// Secret is the shared secret of the TURN REST scheme (coturn's
+	// static-auth-secret); at least 16 bytes.
+	Secret []byte
+	// Realm is the TURN realm (default "meetpoint").
+	Realm string
+	// RelayIP is the address relayed candidates carry (default: Listen's
+	// IP, 127.0.0.1 when that is unspecified): the relay's public address.
+	RelayIP net.IP
+	// PortMin..PortMax is the relay port range (default 49152–65535).
+	PortMin, PortMax uint16
+	// MaxPerUser bounds a user's allocations at once (default 10).
+	MaxPerUser int
+	// CredentialTTL is the life of handed-out credentials (default 1 h).
+	CredentialTTL time.Duration
+	// Logger logs; default the relay's.
+	Logger *slog.Logger
+}
+
+// LoadSecret reads a --turn-secret-file (the secret, whitespace trimmed).
+func LoadSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) < 16 {
+		return nil, fmt.Errorf("%s: the TURN secret must be at least 16 characters", path)
+	}
+	return []byte(s), nil
+}
+
+// Service is TURN on one relay.
+type Service struct {
+	cfg Config
+	srv *relay.Server
+	log *slog.Logger
+	ts  *pturn.Server
+	pc  net.PacketConn
+
+	mu     sync.Mutex
+	perUsr map[string]int // allocations by user
+
+	set                         *metrics.Set
+	allocs, allocsTotal, quotas *metrics.Counter
+	authFail, creds             *metrics.Counter
+}
+
+// New registers GET /v1/turn/credentials on srv; Start listens once the
+// relay does. Call it before srv.Start.
+func New(srv *relay.Server, cfg Config) (*Service, error) {
+	if len(cfg.Secret) < 16 {
+		return nil, errors.New("turn: the secret must be at least 16 bytes (--turn-secret-file)")
+	}
+	if cfg.Realm == "" {
+		cfg.Realm = "meetpoint"
+	}
+	if cfg.PortMin == 0 && cfg.PortMax == 0 {
+		cfg.PortMin, cfg.PortMax = 49152, 65535
+	}
+	if cfg.PortMin > cfg.PortMax {
+		return nil, fmt.Errorf("turn: port range %d-%d is empty", cfg.PortMin, cfg.PortMax)
+	}
+	if cfg.MaxPerUser <= 0 {
+		cfg.MaxPerUser = 10
+	}
+	if cfg.CredentialTTL <= 0 {
+		cfg.CredentialTTL = time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = srv.Logger()
+	}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), set: metrics.NewSet()}
+	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
+	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
+	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
+	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
+	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
+	srv.Handle("GET /v1/turn/credentials", http.HandlerFunc(s.credentials))
+	srv.AddReporter(s)
+	return s, nil
+}
+
+// Start listens on UDP and serves TURN.
+func (s *Service) Start() error {
+	addr := s.cfg.Listen
+	if addr == "" {
+		as := s.srv.Addrs()
+		if len(as) == 0 {
+			return errors.New("turn: start the relay first, or give --turn-listen")
+		}
+		addr = as[0].String()
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("turn: %v", err)
+	}
+	relayIP := s.cfg.RelayIP
+	if relayIP == nil {
+		relayIP = pc.LocalAddr().(*net.UDPAddr).IP
+		if relayIP.IsUnspecified() {
+			relayIP = net.IPv4(127, 0, 0, 1)
+		}
+	}
+	bindIP := pc.LocalAddr().(*net.UDPAddr).IP.String()
+	lf := logging.NewDefaultLoggerFactory()
+	lf.Writer = io.Discard // pion logs every refused request; the relay counts them
+	rest := pturn.LongTermTURNRESTAuthHandler(string(s.cfg.Secret), lf.NewLogger("turn"))
+	ts, err := pturn.NewServer(pturn.ServerConfig{
+		Realm:         s.cfg.Realm,
+		LoggerFactory: lf,
+		AuthHandler: func(ra *pturn.RequestAttributes) (string, []byte, bool) {
+			user, key, ok := rest(ra)
+			if !ok { // a malformed or expired username (a wrong password fails later: OnAuth)
+				s.authFail.Inc()
+			}
+			return user, key, ok
+		},
+		QuotaHandler: func(user, _ string, _ net.Addr) bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.perUsr[user] >= s.cfg.MaxPerUser {
+				s.quotas.Inc()
+				return false
+			}
+			return true
+		},
+		EventHandler: pturn.EventHandler{
+			OnAuth: func(_, _ net.Addr, _, _, _, _ string, ok bool) {
+				if !ok { // a wrong password
+					s.authFail.Inc()
+				}
+			},
+			OnAllocationCreated: func(_, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
+				s.mu.Lock()
+				s.perUsr[user]++
+				s.mu.Unlock()
+				s.allocs.Inc()
+				s.allocsTotal.Inc()
+			},
+			OnAllocationDeleted: func(_, _ net.Addr, _, user, _ string) {
+				s.mu.Lock()
+				if s.perUsr[user]--; s.perUsr[user] <= 0 {
+					delete(s.perUsr, user)
+				}
+				s.mu.Unlock()
+				s.allocs.Dec()
+			},
+		},
+		PacketConnConfigs: []pturn.PacketConnConfig{{
+			PacketConn: pc,
+			RelayAddressGenerator: &pturn.RelayAddressGeneratorPortRange{
+				RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax,
+			},
+		}},
+	})
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("turn: %v", err)
+	}
+	s.ts, s.pc = ts, pc
+	s.log.Info("turn listening", "udp", pc.LocalAddr().String(), "relay_ip", relayIP.String(),
+		"ports", fmt.Sprintf("%d-%d", s.cfg.PortMin, s.cfg.PortMax))
+	return nil
+}
+
+// Addr is the UDP address TURN listens on (nil before Start).
+func (s *Service) Addr() net.Addr {
+	if s.pc == nil {
+		return nil
+	}
+	return s.pc.LocalAddr()
+}
+
+// Close stops TURN (every allocation ends).
+func (s *Service) Close() error {
+	if s.ts == nil {
+		return nil
+	}
+	return s.ts.Close()
+}
+
+// Credentials mints a TURN REST pair for user, valid for ttl.
+func Credentials(secret []byte, user string, ttl time.Duration, now time.Time) (username, password string) {
+	username = strconv.FormatInt(now.Add(ttl).Unix(), 10) + ":" + user
+	m := hmac.New(sha1.New, secret)
+	m.Write([]byte(username))
+	return username, base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+// credentials is GET /v1/turn/credentials: Authorization: Bearer TOKEN,
+// checked by the relay's authenticator (the access rules' "http" action
+// already applied to the path); 200 {"username","password","ttl","uris"}.
+func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
+	token := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+	if token == "" || token == r.Header.Get("Authorization") {
+		s.authFail.Inc()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint turn"`)
+		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a relay token is required (Authorization: Bearer TOKEN)"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	var peer net.Addr
+	if ap, err := net.ResolveTCPAddr("tcp", r.RemoteAddr); err == nil {
+		peer = ap
+	}
+	id := relay.IdentityOfRequest(r)
+	res, tid := s.srv.CheckToken(ctx, token, peer, id.Cert)
+	if res != relay.AuthNoError {
+		s.authFail.Inc()
+		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "token refused: " + res.String()})
+		return
+	}
+	user := tid.Subject
+	if user == "" {
+		user = "anonymous"
+	}
+	user = strings.ReplaceAll(user, ":", "_") // the username's separator
+	username, password := Credentials(s.cfg.Secret, user, s.cfg.CredentialTTL, time.Now())
+	s.creds.Inc()
+	relay.WriteJSON(w, http.StatusOK, map[string]any{
+		"username": username, "password": password, "ttl": int64(s.cfg.CredentialTTL / time.Second),
+		"uris": s.uris(r),
+	})
+}
+
+// uris are the ICE server URLs a client uses.
+func (s *Service) uris(r *http.Request) []string {
+	host := s.cfg.RelayIP.String()
+	if s.cfg.RelayIP == nil {
+		h, _, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			h = r.Host
+		}
+		host = h
+	}
+	port := "3478"
+	if a := s.Addr(); a != nil {
+		port = strconv.Itoa(a.(*net.UDPAddr).Port)
+	}
+	hp := net.JoinHostPort(strings.Trim(host, "[]"), port)
+	return []string{"turn:" + hp + "?transport=udp", "stun:" + hp}
+}
+
+// Report implements relay.Reporter.
+func (s *Service) Report(*relay.Snapshot) {}
+
+// Traffic implements relay.Reporter (relayed UDP is pion's; not counted in
+// the tunnels' traffic).
+func (s *Service) Traffic() uint64 { return 0 }
+
+// WriteMetrics implements relay.Reporter.
+func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
+
+// MetricDocs implements relay.MetricDocumenter.
+func (s *Service) MetricDocs() map[string]relay.MetricDoc {
+	return map[string]relay.MetricDoc{
+		"meetpoint_turn_allocations_active": {Type: "gauge", Help: "TURN allocations now."},
+		"meetpoint_turn_allocations_total":  {Type: "counter", Help: "TURN allocations made since start."},
+		"meetpoint_turn_refused_total":      {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
+		"meetpoint_turn_credentials_total":  {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
+	}
+}

@@ -1,0 +1,171 @@
+package turn
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/logging"
+	pturn "github.com/pion/turn/v5"
+
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+var secret = []byte("turn-test-secret-0123456789")
+
+// start serves TURN beside a relay that refuses tokens starting with "bad".
+func start(t *testing.T, cfg Config) (*Service, *relay.Server) {
+	t.Helper()
+	srv := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{} })
+	cfg.Secret, cfg.Listen = secret, "127.0.0.1:0"
+	s, err := New(srv, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, srv
+}
+
+type creds struct {
+	Username, Password string
+	TTL                int64
+	URIs               []string `json:"uris"`
+}
+
+func getCreds(t *testing.T, srv *relay.Server, token string) (int, creds) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+relaytest.Addr(srv)+"/v1/turn/credentials", nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c creds
+	_ = json.NewDecoder(resp.Body).Decode(&c)
+	return resp.StatusCode, c
+}
+
+// client is a pion TURN client of s with the given credentials.
+func client(t *testing.T, s *Service, user, pass string) *pturn.Client {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pturn.NewClient(&pturn.ClientConfig{STUNServerAddr: s.Addr().String(), TURNServerAddr: s.Addr().String(),
+		Conn: conn, Username: user, Password: pass, Realm: "meetpoint", LoggerFactory: logging.NewDefaultLoggerFactory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); conn.Close() })
+	return c
+}
+
+// TestTURNRelaysWithRESTCredentials: credentials from the relay port (the
+// relay's authenticator decides on the bearer token) allocate on the
+// relay's TURN; two allocations relay datagrams to each other; STUN
+// binding is answered on the same socket.
+func TestTURNRelaysWithRESTCredentials(t *testing.T) {
+	s, srv := start(t, Config{PortMin: 40000, PortMax: 40100})
+	if code, _ := getCreds(t, srv, ""); code != 401 {
+		t.Errorf("credentials without a token: %d, want 401", code)
+	}
+	if code, _ := getCreds(t, srv, "bad-token"); code != 401 {
+		t.Errorf("credentials for a refused token: %d, want 401", code)
+	}
+	code, cr := getCreds(t, srv, "good-token")
+	if code != 200 || !strings.HasSuffix(cr.Username, ":anonymous") || cr.TTL != 3600 || len(cr.URIs) != 2 ||
+		!strings.HasPrefix(cr.URIs[0], "turn:") || !strings.Contains(cr.URIs[0], "transport=udp") {
+		t.Fatalf("credentials: %d %+v", code, cr)
+	}
+	a, b := client(t, s, cr.Username, cr.Password), client(t, s, cr.Username, cr.Password)
+	mapped, err := a.SendBindingRequest()
+	if err != nil || !strings.HasPrefix(mapped.String(), "127.0.0.1:") {
+		t.Fatalf("STUN binding: %v %v", mapped, err)
+	}
+	ra, err := a.Allocate()
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	defer ra.Close()
+	rb, err := b.Allocate()
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	defer rb.Close()
+	if p := ra.LocalAddr().(*net.UDPAddr).Port; p < 40000 || p > 40100 {
+		t.Errorf("relayed port %d outside the range", p)
+	}
+	msg := []byte("through meetpoint's TURN")
+	// Each side writes first: pion's client creates the permission.
+	if _, err := rb.WriteTo([]byte("hi"), ra.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1500)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := ra.WriteTo(msg, rb.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		_ = rb.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, from, err := rb.ReadFrom(buf)
+		if err == nil && bytes.Equal(buf[:n], msg) && from.String() == ra.LocalAddr().String() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the relayed datagram never arrived: %v", err)
+		}
+	}
+	if s.allocs.Get() != 2 || s.allocsTotal.Get() != 2 {
+		t.Errorf("allocations counted %d active, %d total; want 2, 2", s.allocs.Get(), s.allocsTotal.Get())
+	}
+}
+
+// TestTURNRefusals: bad and expired credentials are refused, and a user
+// at the quota cannot allocate more.
+func TestTURNRefusals(t *testing.T) {
+	s, _ := start(t, Config{MaxPerUser: 1})
+	user, pass := Credentials(secret, "alice", time.Minute, time.Now())
+	if _, err := client(t, s, user, "wrong").Allocate(); err == nil {
+		t.Error("allocated with a wrong password")
+	}
+	old, oldPass := Credentials(secret, "alice", -time.Minute, time.Now())
+	if _, err := client(t, s, old, oldPass).Allocate(); err == nil {
+		t.Error("allocated with expired credentials")
+	}
+	first, err := client(t, s, user, pass).Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := client(t, s, user, pass).Allocate(); err == nil {
+		t.Error("a second allocation over the per-user quota")
+	}
+	if s.quotas.Get() != 1 || s.authFail.Get() < 2 {
+		t.Errorf("refusals counted: quota %d, auth %d", s.quotas.Get(), s.authFail.Get())
+	}
+}
+
+// TestCredentialsFormat: coturn's TURN REST scheme, byte for byte.
+func TestCredentialsFormat(t *testing.T) {
+	u, p := Credentials([]byte("north"), "bob", time.Hour, time.Unix(1_700_000_000, 0))
+	// echo -n 1700003600:bob | openssl dgst -sha1 -hmac north -binary | base64
+	if u != "1700003600:bob" || p != "v0IYSihM8PccX7hQh0Fbh4kDdk8=" {
+		t.Errorf("%s %s", u, p)
+	}
+}
