@@ -142,7 +142,7 @@ func TestCrossNodePairs(t *testing.T) {
 				}
 				first <- tu
 			}()
-			relaytest.WaitFor(t, func() bool { return a.s.Snapshot().Clients != nil && len(a.s.Snapshot().Clients) == 1 }, "first client waiting")
+			relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, tok, "") }, "first client waiting (its key held by its node)")
 			tb, err := dial(t, client.Options{URL: url(b.s, mix[1]), Token: tok, Name: "second", UUID: "22222222-2222-4222-8222-222222222222"})
 			if err != nil {
 				t.Fatal(err)
