@@ -1,5 +1,7 @@
 // Package turn serves TURN and STUN (RFC 8656, RFC 8489) with pion/turn
-// v5 on UDP at the relay's port number (or --turn-listen), with the TURN
+// v5 on UDP at the relay's port number (or --turn-listen) and over TCP and
+// TLS on the relay's port itself (the dispatch table hands STUN-looking
+// connections over), with the TURN
 // REST credentials coturn uses: a username "EXPIRY:USER" and the password
 // base64(HMAC-SHA1(secret, username)). GET /v1/turn/credentials on the
 // relay port hands an authenticated client (the relay's authenticator
@@ -75,6 +77,7 @@ type Service struct {
 	log *slog.Logger
 	ts  *pturn.Server
 	pc  net.PacketConn
+	tcp net.Listener // TURN over TCP and TLS, handed over by the relay's dispatch table
 
 	mu     sync.Mutex
 	perUsr map[string]int // allocations by user
@@ -114,6 +117,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
+	s.tcp = srv.STUNListener() // STUN/TURN sniffed on the relay port (TCP, and TLS once unwrapped)
 	srv.Handle("GET /v1/turn/credentials", http.HandlerFunc(s.credentials))
 	srv.AddReporter(s)
 	return s, nil
@@ -141,6 +145,9 @@ func (s *Service) Start() error {
 		}
 	}
 	bindIP := pc.LocalAddr().(*net.UDPAddr).IP.String()
+	relays := func() pturn.RelayAddressGenerator {
+		return &pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}
+	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.Writer = io.Discard // pion logs every refused request; the relay counts them
 	rest := pturn.LongTermTURNRESTAuthHandler(string(s.cfg.Secret), lf.NewLogger("turn"))
@@ -185,12 +192,8 @@ func (s *Service) Start() error {
 				s.allocs.Dec()
 			},
 		},
-		PacketConnConfigs: []pturn.PacketConnConfig{{
-			PacketConn: pc,
-			RelayAddressGenerator: &pturn.RelayAddressGeneratorPortRange{
-				RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax,
-			},
-		}},
+		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays()}},
+		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays()}},
 	})
 	if err != nil {
 		pc.Close()
@@ -278,7 +281,22 @@ func (s *Service) uris(r *http.Request) []string {
 		port = strconv.Itoa(a.(*net.UDPAddr).Port)
 	}
 	hp := net.JoinHostPort(strings.Trim(host, "[]"), port)
-	return []string{"turn:" + hp + "?transport=udp", "stun:" + hp}
+	uris := []string{"turn:" + hp + "?transport=udp", "turn:" + s.relayHostPort(r, host) + "?transport=tcp"}
+	if r.TLS != nil { // the relay serves TLS on its port: TURN over TLS too
+		uris = append(uris, "turns:"+s.relayHostPort(r, host)+"?transport=tcp")
+	}
+	return append(uris, "stun:"+hp)
+}
+
+// relayHostPort is where TURN over TCP is: the relay port itself.
+func (s *Service) relayHostPort(r *http.Request, host string) string {
+	port := "443"
+	if as := s.srv.Addrs(); len(as) > 0 {
+		if _, p, err := net.SplitHostPort(as[0].String()); err == nil {
+			port = p
+		}
+	}
+	return net.JoinHostPort(strings.Trim(host, "[]"), port)
 }
 
 // Report implements relay.Reporter.

@@ -2,6 +2,7 @@ package turn
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -20,8 +21,17 @@ var secret = []byte("turn-test-secret-0123456789")
 
 // start serves TURN beside a relay that refuses tokens starting with "bad".
 func start(t *testing.T, cfg Config) (*Service, *relay.Server) {
+	return startWith(t, cfg, nil)
+}
+
+func startWith(t *testing.T, cfg Config, mutate func(*relay.Config)) (*Service, *relay.Server) {
 	t.Helper()
-	srv := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{} })
+	srv := relaytest.New(t, func(c *relay.Config) {
+		c.Auth = relaytest.RefuseBad{}
+		if mutate != nil {
+			mutate(c)
+		}
+	})
 	cfg.Secret, cfg.Listen = secret, "127.0.0.1:0"
 	s, err := New(srv, cfg)
 	if err != nil {
@@ -89,7 +99,7 @@ func TestTURNRelaysWithRESTCredentials(t *testing.T) {
 		t.Errorf("credentials for a refused token: %d, want 401", code)
 	}
 	code, cr := getCreds(t, srv, "good-token")
-	if code != 200 || !strings.HasSuffix(cr.Username, ":anonymous") || cr.TTL != 3600 || len(cr.URIs) != 2 ||
+	if code != 200 || !strings.HasSuffix(cr.Username, ":anonymous") || cr.TTL != 3600 || len(cr.URIs) != 3 || !strings.HasSuffix(cr.URIs[1], "?transport=tcp") ||
 		!strings.HasPrefix(cr.URIs[0], "turn:") || !strings.Contains(cr.URIs[0], "transport=udp") {
 		t.Fatalf("credentials: %d %+v", code, cr)
 	}
@@ -167,5 +177,74 @@ func TestCredentialsFormat(t *testing.T) {
 	// echo -n 1700003600:bob | openssl dgst -sha1 -hmac north -binary | base64
 	if u != "1700003600:bob" || p != "v0IYSihM8PccX7hQh0Fbh4kDdk8=" {
 		t.Errorf("%s %s", u, p)
+	}
+}
+
+// TestTURNOverTCPOnTheRelayPort: a TURN client over TCP, and over TLS, to
+// the relay's own port (the dispatch table's STUN branch, after TLS is
+// unwrapped) allocates and relays.
+func TestTURNOverTCPOnTheRelayPort(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) {
+		s, srv := start(t, Config{})
+		tc, err := net.Dial("tcp", relaytest.Addr(srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		turnOverStream(t, s, srv, tc)
+	})
+	t.Run("tls", func(t *testing.T) {
+		store, clientTLS := relaytest.TLS(t)
+		s, srv := startWith(t, Config{}, func(c *relay.Config) { c.TLS = store.TLSConfig() })
+		tc, err := tls.Dial("tcp", relaytest.Addr(srv), clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		turnOverStream(t, s, srv, tc)
+	})
+}
+
+// turnOverStream allocates over tc and relays a datagram to a UDP peer.
+func turnOverStream(t *testing.T, s *Service, srv *relay.Server, tc net.Conn) {
+	t.Helper()
+	user, pass := Credentials(secret, "stream-user", time.Minute, time.Now())
+	defer tc.Close()
+	c, err := pturn.NewClient(&pturn.ClientConfig{STUNServerAddr: relaytest.Addr(srv), TURNServerAddr: relaytest.Addr(srv),
+		Conn: pturn.NewSTUNConn(tc), Username: user, Password: pass, Realm: "meetpoint", LoggerFactory: logging.NewDefaultLoggerFactory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := c.Allocate()
+	if err != nil {
+		t.Fatalf("allocate over TCP on the relay port: %v", err)
+	}
+	defer relayed.Close()
+	// A plain UDP peer exchanges datagrams with the allocation.
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	msg := []byte("tcp-carried")
+	buf := make([]byte, 1500)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := relayed.WriteTo(msg, peer.LocalAddr()); err != nil { // creates the permission
+			t.Fatal(err)
+		}
+		_ = peer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, from, err := peer.ReadFrom(buf)
+		if err == nil && bytes.Equal(buf[:n], msg) && from.String() == relayed.LocalAddr().String() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no datagram from the allocation: %v", err)
+		}
+	}
+	if s.allocsTotal.Get() != 1 {
+		t.Errorf("allocations over TCP counted %d", s.allocsTotal.Get())
 	}
 }
