@@ -35,7 +35,7 @@ REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
 pids+=($!)
 wait_port "$REDIS"
-"$MP" token --gen-key "$dir/mesh.key" >/dev/null
+"$MP" token --gen-key "$dir/mesh.key" >/dev/null 2>&1 || { echo "fleet-demo: meetpoint token --gen-key failed" >&2; exit 1; }
 
 PORTS=()
 for n in a b c; do
