@@ -84,7 +84,7 @@ grep -q "hello from bob" "$dir/out-a" || ok=0
 grep -q "hello from alice" "$dir/out-b" || ok=0
 echo "alice (raw TCP) received: $(cat "$dir/out-a")"
 echo "bob (WebSocket) received: $(cat "$dir/out-b")"
-cross=$(grep -l 'b="mesh ' "$dir"/relay-*.log 2>/dev/null | xargs -r -n1 basename | tr '\n' ' ')
+cross=$(grep -l 'b="mesh ' "$dir"/relay-*.log 2>/dev/null | xargs -r -n1 basename -s .log | tr '\n' ' ')
 [ -n "$cross" ] && echo "the pair crossed nodes: the mesh link was dialled by ${cross% }"
 if [ "$ok" = 1 ]; then
   echo "fleet-demo: OK — two clients paired through HAProxy in front of three nodes"
