@@ -170,12 +170,10 @@ func TestAccessLegacyPairing(t *testing.T) {
 	}
 	a.Close()
 	b.Close()
-	var m strings.Builder
-	w.s.WritePrometheus(&m)
-	for _, want := range []string{`meetpoint_authenticated_total{identity="cert"} 3`, `meetpoint_authenticated_total{identity="token"} 4`,
-		`meetpoint_access_total{rule="guests",action="pair",result="allow"} 2`, `meetpoint_access_total{rule="default",action="pair",result="deny"} 3`} {
-		if !strings.Contains(m.String(), want) {
-			t.Errorf("/metrics lacks %s", want)
+	for name, want := range map[string]float64{`meetpoint_authenticated_total{identity="cert"}`: 3, `meetpoint_authenticated_total{identity="token"}`: 4,
+		`meetpoint_access_total{rule="guests",action="pair",result="allow"}`: 2, `meetpoint_access_total{rule="default",action="pair",result="deny"}`: 3} {
+		if got := relaytest.Metric(t, w.s, name); got != want {
+			t.Errorf("/metrics: %s %v, want %v", name, got, want)
 		}
 	}
 	relaytest.WaitFor(t, func() bool { return w.s.Stats().Closes["access_denied"] == 3 }, "3 closes counted as access_denied")

@@ -1,7 +1,6 @@
 package disco
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -147,12 +146,10 @@ func TestGroupsErrorsAndBounds(t *testing.T) {
 	if n := len(s.ids()); n != 2 {
 		t.Errorf("%d groups stored, want 2", n)
 	}
-	var m bytes.Buffer
-	srv.WritePrometheus(&m)
-	for _, want := range []string{`meetpoint_groups_rejected_total{reason="bad_request"} 3`, `meetpoint_groups_rejected_total{reason="too_large"} 2`,
-		`meetpoint_groups_rejected_total{reason="limit"} 1`, "meetpoint_groups 2"} {
-		if !strings.Contains(m.String(), want) {
-			t.Errorf("/metrics lacks %q", want)
+	for name, want := range map[string]float64{`meetpoint_groups_rejected_total{reason="bad_request"}`: 3,
+		`meetpoint_groups_rejected_total{reason="too_large"}`: 2, `meetpoint_groups_rejected_total{reason="limit"}`: 1, "meetpoint_groups": 2} {
+		if got := relaytest.Metric(t, srv, name); got != want {
+			t.Errorf("/metrics: %s %v, want %v", name, got, want)
 		}
 	}
 }

@@ -148,17 +148,7 @@ func TestEventsFanOut10k(t *testing.T) {
 	if l := readLine(); l != "ready" {
 		t.Fatalf("subscribers: %q", l)
 	}
-	subs := func(s *relay.Server) int64 {
-		var m strings.Builder
-		s.WritePrometheus(&m)
-		for _, l := range strings.Split(m.String(), "\n") {
-			if v, ok := strings.CutPrefix(l, "meetpoint_events_subscribers "); ok {
-				x, _ := strconv.ParseFloat(v, 64)
-				return int64(x)
-			}
-		}
-		return -1
-	}
+	subs := func(s *relay.Server) int64 { return int64(relaytest.Metric(t, s, "meetpoint_events_subscribers")) }
 	if sa, sb := subs(a), subs(b); sa+sb != int64(n) || sa == 0 || sb == 0 {
 		t.Fatalf("subscribers: %d + %d, want %d over both", sa, sb, n)
 	}
@@ -190,17 +180,7 @@ func TestEventsFanOut10k(t *testing.T) {
 	if l := readLine(); l != fmt.Sprintf("got %d", n*events) {
 		t.Fatalf("deliveries: %q, want got %d", l, n*events)
 	}
-	delivered := func(s *relay.Server) float64 {
-		var m strings.Builder
-		s.WritePrometheus(&m)
-		for _, l := range strings.Split(m.String(), "\n") {
-			if v, ok := strings.CutPrefix(l, "meetpoint_events_delivered_total "); ok {
-				x, _ := strconv.ParseFloat(v, 64)
-				return x
-			}
-		}
-		return -1
-	}
+	delivered := func(s *relay.Server) float64 { return relaytest.Metric(t, s, "meetpoint_events_delivered_total") }
 	// Counted once a fan-out loop ends, which may be just after the last
 	// subscriber read its event.
 	relaytest.WaitFor(t, func() bool { return delivered(a)+delivered(b) == float64(n*events) }, "delivered_total to add up")

@@ -155,7 +155,7 @@ func TestCrossNodePairs(t *testing.T) {
 				ta.PeerUUID() != "22222222-2222-4222-8222-222222222222" {
 				t.Errorf("TunnelEstablished: a sees %q %q, b sees %q %q", ta.PeerName(), ta.PeerUUID(), tb.PeerName(), tb.PeerUUID())
 			}
-			if metric(t, b.s, `meetpoint_cross_node_pairs_total{side="dialled"}`) < 1 || metric(t, a.s, `meetpoint_cross_node_pairs_total{side="owner"}`) < 1 {
+			if relaytest.Metric(t, b.s, `meetpoint_cross_node_pairs_total{side="dialled"}`) < 1 || relaytest.Metric(t, a.s, `meetpoint_cross_node_pairs_total{side="owner"}`) < 1 {
 				t.Fatal("the pair did not go through the mesh")
 			}
 			exchange(t, ta, tb, 200_000)
@@ -196,7 +196,7 @@ func TestFleetRules(t *testing.T) {
 		if _, err := dial(t, client.Options{URL: url(c.s, false), Token: "rule-third"}); err == nil {
 			t.Fatal("third client on a third node paired")
 		}
-		relaytest.WaitFor(t, func() bool { return metric(t, c.s, `meetpoint_closes_total{reason="tunnel_exists"}`) == 1 },
+		relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, c.s, `meetpoint_closes_total{reason="tunnel_exists"}`) == 1 },
 			"the third client refused as tunnel_exists on its node")
 		exchange(t, ta, tb, 10)
 	})
@@ -215,21 +215,6 @@ func TestFleetRules(t *testing.T) {
 			t.Fatal("the waiting client with the duplicate uuid was paired")
 		}
 	})
-}
-
-// metric reads one sample of s's /metrics.
-func metric(t testing.TB, s *relay.Server, name string) float64 {
-	t.Helper()
-	var b bytes.Buffer
-	s.WritePrometheus(&b)
-	for _, l := range strings.Split(b.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			var f float64
-			fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
 }
 
 // TestDataBeforeTunnelAcrossNodes: a client that sends data after its
@@ -275,7 +260,7 @@ func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
 	if bytes.Contains(got, []byte("TunnelEstablished")) {
 		t.Errorf("the early sender was paired: %q", got)
 	}
-	relaytest.WaitFor(t, func() bool { return metric(t, b.s, `meetpoint_closes_total{reason="data_before_tunnel"}`) == 1 },
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, b.s, `meetpoint_closes_total{reason="data_before_tunnel"}`) == 1 },
 		"the early sender closed as data_before_tunnel on its node")
 	if err := <-first; err != nil {
 		t.Errorf("the waiting partner on the owner: %v", err)
@@ -351,8 +336,8 @@ func TestConcurrentArrivals(t *testing.T) {
 	}
 	var tunnels, remote float64
 	for _, nd := range nodes {
-		tunnels += metric(t, nd.s, "meetpoint_tunnels_total")
-		remote += metric(t, nd.s, `meetpoint_cross_node_pairs_total{side="dialled"}`)
+		tunnels += relaytest.Metric(t, nd.s, "meetpoint_tunnels_total")
+		remote += relaytest.Metric(t, nd.s, `meetpoint_cross_node_pairs_total{side="dialled"}`)
 	}
 	// A cross-node pair is a tunnel on each of its two nodes.
 	if tunnels != float64(n)+remote || remote == 0 {
@@ -404,7 +389,7 @@ func TestStoreOutage(t *testing.T) {
 	running1, running2 := pairAcross(t, a, b, "outage-running")
 	stop()
 	relaytest.WaitFor(t, func() bool { return !a.f.Available() && !b.f.Available() }, "both nodes see the store gone")
-	if metric(t, a.s, "meetpoint_fleet_available") != 0 {
+	if relaytest.Metric(t, a.s, "meetpoint_fleet_available") != 0 {
 		t.Error("meetpoint_fleet_available is not 0 during the outage")
 	}
 	ok, detail := fleet.Ready(a.f)
@@ -584,7 +569,7 @@ func TestTunnelProxyAcrossNodes(t *testing.T) {
 		if _, err := io.ReadFull(cl, back); err != nil || string(back) != "pong" {
 			t.Fatalf("client read %q, %v", back, err)
 		}
-		if metric(t, nd.s, "meetpoint_tunnelproxy_remote_clients_total") != 1 {
+		if relaytest.Metric(t, nd.s, "meetpoint_tunnelproxy_remote_clients_total") != 1 {
 			t.Errorf("the client on %s was not bridged to the server's node", nd.id)
 		}
 	}
@@ -641,7 +626,7 @@ func TestMeshOverTLS(t *testing.T) {
 		t.FailNow()
 	}
 	exchange(t, ta, tb, 300_000)
-	if metric(t, a.s, `meetpoint_tls_handshakes_total{result="ok"}`) < 2 {
+	if relaytest.Metric(t, a.s, `meetpoint_tls_handshakes_total{result="ok"}`) < 2 {
 		t.Error("the owner did not take the mesh link over TLS")
 	}
 
@@ -657,7 +642,7 @@ func TestMeshOverTLS(t *testing.T) {
 	if _, err := dial(t, client.Options{URL: "tls://" + relaytest.Addr(b.s), Token: "mesh-liar", TLSConfig: clientTLS, Timeout: 3 * time.Second}); err == nil {
 		t.Fatal("paired through a node whose certificate is not the one it announces")
 	}
-	if metric(t, b.s, `meetpoint_fleet_placements_total{outcome="failed"}`) < 1 {
+	if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="failed"}`) < 1 {
 		t.Error("the pinning failure was not counted as a failed placement")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"strconv"
 	"testing"
 	"time"
 
@@ -136,4 +137,23 @@ func Cert(t testing.TB, cn string, parent *tls.Certificate, isCA bool, ips ...ne
 func WriteCert(t testing.TB, c tls.Certificate, certPath, keyPath string) {
 	t.Helper()
 	testutil.WriteCert(t, c, certPath, keyPath)
+}
+
+// Metric is the value of one sample of s's /metrics (name with its labels,
+// e.g. `meetpoint_closes_total{reason="tunnel_exists"}`), or -1 if s does
+// not export it.
+func Metric(t testing.TB, s *relay.Server, name string) float64 {
+	t.Helper()
+	var b strings.Builder
+	s.WritePrometheus(&b)
+	for _, l := range strings.Split(b.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %q", name, v)
+			}
+			return f
+		}
+	}
+	return -1
 }
