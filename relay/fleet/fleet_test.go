@@ -260,7 +260,9 @@ func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
 	if bytes.Contains(got, []byte("TunnelEstablished")) {
 		t.Errorf("the early sender was paired: %q", got)
 	}
-	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, b.s, `meetpoint_closes_total{reason="data_before_tunnel"}`) == 1 },
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, b.s, `meetpoint_closes_total{reason="data_before_tunnel"}`) == 1
+	},
 		"the early sender closed as data_before_tunnel on its node")
 	if err := <-first; err != nil {
 		t.Errorf("the waiting partner on the owner: %v", err)

@@ -8,8 +8,8 @@ import (
 	"crypto/x509"
 	"net"
 	"path/filepath"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
