@@ -288,16 +288,11 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(c.key.Token)
 	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
 		connected: time.Now().UnixNano(), identity: l.Identity}
-	msg := first
-	if msg == nil {
-		msg = handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
-			handshake.Str("name", l.Name), handshake.Str("uuid", l.UUID))
-		c.notifID++
+	if first == nil {
+		c.established = established(c, l.Name, l.UUID)
+	} else {
+		c.established = c.framed(first)
 	}
-	if c.ws != nil {
-		msg = handshake.AppendFrame(nil, ws.OpText, true, msg)
-	}
-	c.established = msg
 	_, isTLS := c.tr.(*tlsTransport)
 	_, plainLink := l.Sock.(loop.PlainSock)
 	t.pair.Splice = c.ws == nil && !isTLS && plainLink

@@ -85,8 +85,8 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
 	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
-	a.established = established(a, b)
-	b.established = established(b, a)
+	a.established = established(a, b.name, b.uuid)
+	b.established = established(b, a.name, a.uuid)
 	_, tlsA := a.tr.(*tlsTransport)
 	_, tlsB := b.tr.(*tlsTransport)
 	t.pair.Splice = a.ws == nil && b.ws == nil && !tlsA && !tlsB
@@ -94,12 +94,18 @@ func newTunnel(a, b *conn) *tunnel {
 	return t
 }
 
-// established is the TunnelEstablished notification telling c about p: the
-// relay's last JSON-RPC message to c.
-func established(c, p *conn) []byte {
+// established is the TunnelEstablished notification telling c that its
+// partner is name (uuid): the relay's last JSON-RPC message to c.
+func established(c *conn, name, uuid string) []byte {
 	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
-		handshake.Str("name", p.name), handshake.Str("uuid", p.uuid))
+		handshake.Str("name", name), handshake.Str("uuid", uuid))
 	c.notifID++
+	return c.framed(msg)
+}
+
+// framed is msg as c's transport carries a relay message: a TEXT frame on
+// WebSocket, as is on raw TCP.
+func (c *conn) framed(msg []byte) []byte {
 	if c.ws != nil {
 		return handshake.AppendFrame(nil, ws.OpText, true, msg)
 	}
