@@ -43,33 +43,17 @@ func (f *Fleet) Register(ctx context.Context, uuid string) (relay.Lease, bool) {
 		h := &hold{f: f, key: key, value: f.newValue(), state: placing, wait: make(chan struct{})}
 		f.held[key] = h
 		f.mu.Unlock()
-		finish := func(keep, published bool) {
-			f.mu.Lock()
-			if keep {
-				h.state, h.refs, h.published = held, 1, published
-			} else if f.held[key] == h {
-				delete(f.held, key)
-			}
-			close(h.wait)
-			f.mu.Unlock()
-		}
-		res, err := claimScript.Run(ctx, f.rdb, []string{key}, h.value, f.cfg.LeaseTTL.Milliseconds()).Slice()
-		if err != nil || len(res) == 0 {
-			f.storeDown(err)
-			finish(true, false)
+		taken, owner, err := f.claim(ctx, h)
+		if err != nil || taken {
+			h.finish(true, err == nil) // the store away: registered here only
 			return h, true
 		}
-		if n, _ := res[0].(int64); n == 1 {
-			finish(true, true)
-			return h, true
-		}
-		owner, _ := res[1].(string)
 		node, _ := parseValue(owner)
 		if node != f.cfg.NodeID && f.aliveNow(ctx, node) {
-			finish(false, false)
+			h.finish(false, false)
 			return nil, false // AlreadyRegistered: a live node has it
 		}
-		if _, again := f.takeover(ctx, h, owner, finish); !again {
+		if _, again := f.takeover(ctx, h, owner); !again {
 			return h, true
 		}
 	}

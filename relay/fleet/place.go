@@ -87,36 +87,23 @@ func (f *Fleet) newValue() string {
 // placeNew asks the store about a key this node does not hold (h is its
 // placing entry). again: the key changed hands meanwhile, start over.
 func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl relay.Placement, again bool) {
-	finish := func(keep, published bool) {
-		f.mu.Lock()
-		if keep {
-			h.state, h.refs, h.published = held, 1, published
-		} else if f.held[h.key] == h {
-			delete(f.held, h.key)
-		}
-		close(h.wait)
-		f.mu.Unlock()
-	}
-	ttl := f.cfg.LeaseTTL.Milliseconds()
-	res, err := claimScript.Run(ctx, f.rdb, []string{h.key}, h.value, ttl).Slice()
-	if err != nil || len(res) == 0 {
+	taken, owner, err := f.claim(ctx, h)
+	switch {
+	case err != nil:
 		// The store is away: the client may still meet its partner here.
-		f.storeDown(err)
-		finish(true, false)
+		h.finish(true, false)
 		f.placed[outDegraded].Inc()
 		return relay.Placement{Lease: h, Degraded: true}, false
-	}
-	if n, _ := res[0].(int64); n == 1 {
-		finish(true, true)
+	case taken:
+		h.finish(true, true)
 		f.placed[outNew].Inc()
 		return relay.Placement{Lease: h}, false
 	}
-	owner, _ := res[1].(string)
 	node, addr := parseValue(owner)
 	if node == f.cfg.NodeID || !f.aliveNow(ctx, node) {
 		// This node's own leftover (a release that never reached the
 		// store) or a dead node's: take it over.
-		return f.takeover(ctx, h, owner, finish)
+		return f.takeover(ctx, h, owner)
 	}
 	link, code, err := f.dial(ctx, addr, node, p)
 	for wait := time.Millisecond; err == nil && code == relay.MeshRetry; wait = min(2*wait, 50*time.Millisecond) {
@@ -134,50 +121,82 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		// (its heartbeat has not expired yet), and its waiting client
 		// with it. The key is this node's now.
 		f.log.Info("fleet: owner node refuses connections: taking its key over", "node", node, "addr", addr)
-		return f.takeover(ctx, h, owner, finish)
+		return f.takeover(ctx, h, owner)
 	case err != nil:
-		finish(false, false)
+		h.finish(false, false)
 		f.placed[outFailed].Inc()
 		f.log.Warn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
 		return relay.Placement{Refuse: reason.Fleet}, false
 	case link != nil:
-		finish(false, false)
+		h.finish(false, false)
 		f.placed[outRemote].Inc()
 		return relay.Placement{Link: link}, false
 	case code == relay.MeshNotWaiting:
 		// The owner's client left (its release is on its way): the key is
 		// this node's now.
-		return f.takeover(ctx, h, owner, finish)
+		return f.takeover(ctx, h, owner)
 	case code == relay.MeshTunnelExists:
-		finish(false, false)
+		h.finish(false, false)
 		f.placed[outRefused].Inc()
 		return relay.Placement{Refuse: reason.TunnelExists}, false
 	case code == relay.MeshDuplicateUUID:
-		finish(false, false)
+		h.finish(false, false)
 		f.placed[outRefused].Inc()
 		return relay.Placement{Refuse: reason.DuplicateUUID}, false
 	}
-	finish(false, false)
+	h.finish(false, false)
 	f.placed[outFailed].Inc()
 	f.log.Warn("fleet: owner node refused the mesh request", "node", node, "answer", code)
 	return relay.Placement{Refuse: reason.Fleet}, false
 }
 
-// takeover replaces old (a stale owner's value) with h's.
-func (f *Fleet) takeover(ctx context.Context, h *hold, old string, finish func(keep, published bool)) (relay.Placement, bool) {
+// claim asks the store for h's key: taken (it is this node's now, under
+// h's value), or held by owner; err: the store is away (recorded).
+func (f *Fleet) claim(ctx context.Context, h *hold) (taken bool, owner string, err error) {
+	res, err := claimScript.Run(ctx, f.rdb, []string{h.key}, h.value, f.cfg.LeaseTTL.Milliseconds()).Slice()
+	if err == nil && len(res) == 0 {
+		err = errors.New("claim script: empty answer")
+	}
+	if err != nil {
+		f.storeDown(err)
+		return false, "", err
+	}
+	if n, _ := res[0].(int64); n == 1 {
+		return true, "", nil
+	}
+	owner, _ = res[1].(string)
+	return false, owner, nil
+}
+
+// finish settles a placing hold: kept (held by this node; published: in
+// the store) or dropped; placements waiting on it go on.
+func (h *hold) finish(keep, published bool) {
+	f := h.f
+	f.mu.Lock()
+	if keep {
+		h.state, h.refs, h.published = held, 1, published
+	} else if f.held[h.key] == h {
+		delete(f.held, h.key)
+	}
+	close(h.wait)
+	f.mu.Unlock()
+}
+
+// takeover replaces old (a stale owner's value) with h's and settles h.
+func (f *Fleet) takeover(ctx context.Context, h *hold, old string) (relay.Placement, bool) {
 	n, err := takeoverScript.Run(ctx, f.rdb, []string{h.key}, old, h.value, f.cfg.LeaseTTL.Milliseconds()).Int()
 	switch {
 	case err != nil:
 		f.storeDown(err)
-		finish(true, false)
+		h.finish(true, false)
 		f.placed[outDegraded].Inc()
 		return relay.Placement{Lease: h, Degraded: true}, false
 	case n == 1:
-		finish(true, true)
+		h.finish(true, true)
 		f.placed[outTakeover].Inc()
 		return relay.Placement{Lease: h}, false
 	}
-	finish(false, false)
+	h.finish(false, false)
 	return relay.Placement{}, true
 }
 
@@ -289,12 +308,11 @@ func (f *Fleet) publishPending(ctx context.Context) {
 	}
 	f.mu.Unlock()
 	for _, h := range hs {
-		res, err := claimScript.Run(ctx, f.rdb, []string{h.key}, h.value, f.cfg.LeaseTTL.Milliseconds()).Slice()
-		if err != nil || len(res) == 0 {
-			f.storeDown(err)
+		taken, _, err := f.claim(ctx, h)
+		if err != nil {
 			return
 		}
-		if n, _ := res[0].(int64); n == 1 {
+		if taken {
 			f.mu.Lock()
 			kept := f.held[h.key] == h && h.state == held
 			if kept {
