@@ -221,10 +221,8 @@ func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, ce
 		return AuthTimeout, Identity{}
 	}
 	sub := ""
-	if p := subject.Load(); p != nil {
-		sub = *p
-	} else if sj, ok := s.cfg.Auth.(Subjecter); ok && r == AuthNoError {
-		sub = sj.Subject(token)
+	if r == AuthNoError {
+		sub = s.tokenSubject(&subject, token)
 	}
 	return r, IdentityOf(cert, sub)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 )
 
 // Identity is who a connection is, from the strongest source present: a
@@ -128,13 +129,21 @@ func (s *Server) Allow(id Identity, action, target string) bool {
 func (c *conn) identity() Identity {
 	sub := ""
 	if c.authed {
-		if p := c.subject.Load(); p != nil {
-			sub = *p
-		} else if sj, ok := c.s.cfg.Auth.(Subjecter); ok {
-			sub = sj.Subject(c.key.Token)
-		}
+		sub = c.s.tokenSubject(&c.subject, c.key.Token)
 	}
 	return IdentityOf(c.clientCert(), sub)
+}
+
+// tokenSubject is who an accepted token names: what the authenticator
+// said (set, through AuthRequest.SetSubject), else its Subjecter's answer.
+func (s *Server) tokenSubject(set *atomic.Pointer[string], token string) string {
+	if p := set.Load(); p != nil {
+		return *p
+	}
+	if sj, ok := s.cfg.Auth.(Subjecter); ok {
+		return sj.Subject(token)
+	}
+	return ""
 }
 
 // Identity is the connection's identity (see Identity).
