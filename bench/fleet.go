@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
@@ -109,11 +109,12 @@ func (e *Env) startRedis() (string, error) {
 	return "", errors.New("fleet local: redis-server did not start")
 }
 
+// redactURL is u without its password, for the report.
 func redactURL(u string) string {
-	if i, j := strings.Index(u, "://"), strings.LastIndex(u, "@"); i >= 0 && j > i {
-		return u[:i+3] + "…@" + u[j+1:]
+	if pu, err := url.Parse(u); err == nil {
+		return pu.Redacted()
 	}
-	return u
+	return "(unparsable URL)"
 }
 
 // fleetPair opens one tunnel through the fleet: both ends on node A

@@ -27,7 +27,7 @@ func ParseURL(spec string) (redis.UniversalClient, error) {
 	}
 	base, mode, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
-		return nil, fmt.Errorf("fleet URL %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", redact(u))
+		return nil, fmt.Errorf("fleet URL %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", u.Redacted())
 	}
 	u.Scheme = base
 	plain := u.String()
@@ -61,11 +61,8 @@ func ParseURL(spec string) (redis.UniversalClient, error) {
 		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
 		return redis.NewFailoverClient(opt), nil
 	}
-	return nil, fmt.Errorf("fleet URL %q: unknown mode %q (cluster or sentinel)", redact(u), mode)
+	return nil, fmt.Errorf("fleet URL %q: unknown mode %q (cluster or sentinel)", u.Redacted(), mode)
 }
-
-// redact is u without its password, for error messages.
-func redact(u *url.URL) string { return u.Redacted() }
 
 // The scripts. Each touches one key, so it runs on any deployment, and is
 // atomic: two nodes racing for a key are ordered by Redis.

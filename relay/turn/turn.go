@@ -276,27 +276,22 @@ func (s *Service) uris(r *http.Request) []string {
 		}
 		host = h
 	}
-	port := "3478"
+	host = strings.Trim(host, "[]")
+	udpPort, tcpPort := "3478", "443" // TURN's UDP port; the relay's own, for TURN over TCP and TLS
 	if a := s.Addr(); a != nil {
-		port = strconv.Itoa(a.(*net.UDPAddr).Port)
+		udpPort = strconv.Itoa(a.(*net.UDPAddr).Port)
 	}
-	hp := net.JoinHostPort(strings.Trim(host, "[]"), port)
-	uris := []string{"turn:" + hp + "?transport=udp", "turn:" + s.relayHostPort(r, host) + "?transport=tcp"}
-	if r.TLS != nil { // the relay serves TLS on its port: TURN over TLS too
-		uris = append(uris, "turns:"+s.relayHostPort(r, host)+"?transport=tcp")
-	}
-	return append(uris, "stun:"+hp)
-}
-
-// relayHostPort is where TURN over TCP is: the relay port itself.
-func (s *Service) relayHostPort(r *http.Request, host string) string {
-	port := "443"
 	if as := s.srv.Addrs(); len(as) > 0 {
 		if _, p, err := net.SplitHostPort(as[0].String()); err == nil {
-			port = p
+			tcpPort = p
 		}
 	}
-	return net.JoinHostPort(strings.Trim(host, "[]"), port)
+	udp, tcp := net.JoinHostPort(host, udpPort), net.JoinHostPort(host, tcpPort)
+	uris := []string{"turn:" + udp + "?transport=udp", "turn:" + tcp + "?transport=tcp"}
+	if r.TLS != nil { // the relay serves TLS on its port: TURN over TLS too
+		uris = append(uris, "turns:"+tcp+"?transport=tcp")
+	}
+	return append(uris, "stun:"+udp)
 }
 
 // Report implements relay.Reporter.
