@@ -126,21 +126,7 @@ func TestTURNRelaysWithRESTCredentials(t *testing.T) {
 	if _, err := rb.WriteTo([]byte("hi"), ra.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1500)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := ra.WriteTo(msg, rb.LocalAddr()); err != nil {
-			t.Fatal(err)
-		}
-		_ = rb.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		n, from, err := rb.ReadFrom(buf)
-		if err == nil && bytes.Equal(buf[:n], msg) && from.String() == ra.LocalAddr().String() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the relayed datagram never arrived: %v", err)
-		}
-	}
+	relays(t, ra, rb, msg)
 	if s.allocs.Get() != 2 || s.allocsTotal.Get() != 2 {
 		t.Errorf("allocations counted %d active, %d total; want 2, 2", s.allocs.Get(), s.allocsTotal.Get())
 	}
@@ -228,23 +214,29 @@ func turnOverStream(t *testing.T, s *Service, srv *relay.Server, tc net.Conn) {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	msg := []byte("tcp-carried")
+	relays(t, relayed, peer, []byte("tcp-carried")) // the write creates the permission
+	if s.allocsTotal.Get() != 1 {
+		t.Errorf("allocations over TCP counted %d", s.allocsTotal.Get())
+	}
+}
+
+// relays sends msg from one packet conn to another until it arrives (UDP
+// may drop; 5 s at most), and checks it comes from the sender's address.
+func relays(t *testing.T, from, to net.PacketConn, msg []byte) {
+	t.Helper()
 	buf := make([]byte, 1500)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := relayed.WriteTo(msg, peer.LocalAddr()); err != nil { // creates the permission
+		if _, err := from.WriteTo(msg, to.LocalAddr()); err != nil {
 			t.Fatal(err)
 		}
-		_ = peer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		n, from, err := peer.ReadFrom(buf)
-		if err == nil && bytes.Equal(buf[:n], msg) && from.String() == relayed.LocalAddr().String() {
-			break
+		_ = to.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, src, err := to.ReadFrom(buf)
+		if err == nil && bytes.Equal(buf[:n], msg) && src.String() == from.LocalAddr().String() {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no datagram from the allocation: %v", err)
+			t.Fatalf("no datagram from %s to %s: %v", from.LocalAddr(), to.LocalAddr(), err)
 		}
-	}
-	if s.allocsTotal.Get() != 1 {
-		t.Errorf("allocations over TCP counted %d", s.allocsTotal.Get())
 	}
 }
