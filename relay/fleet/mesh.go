@@ -170,13 +170,13 @@ func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loo
 		if err != nil {
 			return nil, nil, fmt.Errorf("mesh answer: %w", err)
 		}
-		fd, err := dupOf(tc)
+		fd, err := loop.DupConn(tc)
 		if err != nil {
 			return nil, nil, err
 		}
 		return loop.PlainSock(fd), line, nil
 	}
-	fd, err := dupOf(tc)
+	fd, err := loop.DupConn(tc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -238,19 +238,6 @@ func (f *Fleet) certOf(ctx context.Context, node string) (string, error) {
 func certFingerprint(der []byte) string {
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:])
-}
-
-// dupOf is a descriptor of our own for tc's socket.
-func dupOf(tc *net.TCPConn) (int, error) {
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = loop.Dup(int(s)) }); err != nil || derr != nil {
-		return -1, errors.Join(err, derr)
-	}
-	return fd, nil
 }
 
 // link makes a relay.MeshLink of an answered mesh socket.

@@ -1,7 +1,10 @@
 package loop
 
 import (
+	"errors"
 	"io"
+	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,4 +61,22 @@ func (s PlainSock) Write(p []byte) (int, error) {
 // outlive the library that owns fd).
 func Dup(fd int) (int, error) {
 	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+}
+
+// DupConn keeps a close-on-exec descriptor of our own for the socket
+// behind Go's conn (which may then be closed: the socket lives on).
+func DupConn(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("loop: not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = Dup(int(s)) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -194,7 +193,7 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 		err = then(tc)
 	}
 	if err == nil {
-		ad.fd, err = fdOf(hs)
+		ad.fd, err = DupConn(hs)
 	}
 	hs.Close()
 	ad.hs = nil
@@ -208,23 +207,6 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 		return nil, err
 	}
 	return &TLSSession{tc: tc, ad: ad}, nil
-}
-
-// fdOf keeps a descriptor of our own for the socket behind Go's conn.
-func fdOf(c net.Conn) (int, error) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return -1, errors.New("tls: not a socket")
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = Dup(int(s)) }); err != nil {
-		return -1, err
-	}
-	return fd, derr
 }
 
 // State is the session's TLS state (client certificates, ALPN).
