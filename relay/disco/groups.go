@@ -18,10 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -86,9 +86,7 @@ const SecretHeader = "X-Group-Secret"
 type Service struct {
 	cfg Config
 	db  *bolt.DB // nil: memory only
-	log interface {
-		Warn(string, ...any)
-	}
+	log *slog.Logger
 
 	mu     sync.Mutex
 	groups map[string]*record // by id
@@ -596,16 +594,4 @@ func LoadApps(path string) (map[string]string, error) {
 		apps[f[0]] = f[1]
 	}
 	return apps, nil
-}
-
-// ids returns the stored group ids, sorted (tests).
-func (s *Service) ids() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.groups))
-	for id := range s.groups {
-		out = append(out, id)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -259,3 +260,15 @@ func TestLoadApps(t *testing.T) {
 }
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
+
+// ids returns the stored group ids, sorted (tests).
+func (s *Service) ids() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.groups))
+	for id := range s.groups {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
