@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/access"
 	"github.com/meetpoint/meetpoint/relay/auth"
@@ -33,6 +35,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay/routes"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 	"github.com/meetpoint/meetpoint/relay/turn"
+	"github.com/meetpoint/meetpoint/relay/wamp"
 	"github.com/meetpoint/meetpoint/relay/web"
 )
 
@@ -88,6 +91,8 @@ type serveSettings struct {
 	groupMax   time.Duration // --group-max-ttl
 	apps       string        // --apps
 	appsOnly   bool          // --apps-only
+	signalOn   bool          // --signal
+	sigRealm   string        // --signal-realm
 	turnOn     bool          // --turn
 	turnListen string        // --turn-listen
 	turnSecret string        // --turn-secret-file
@@ -170,8 +175,10 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
 	fs.DurationVar(&o.groupTTL, "group-ttl", 5*time.Minute, "a group's life without an update (PATCH refreshes it)")
 	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")
-	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API: lines \"APP_ID KEY\"; their groups need their key")
-	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API: refuse applications not in --apps")
+	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API and signalling: lines \"APP_ID KEY\"; their groups and their realm need their key")
+	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API and signalling: refuse applications (realms) not in --apps")
+	fs.BoolVar(&o.signalOn, "signal", true, "serve WAMP v2 (wamp.2.json WebSockets) for WebRTC signalling as Babble does it (docs/discovery.md); with --fleet, calls reach other nodes")
+	fs.StringVar(&o.sigRealm, "signal-realm", "main", "the signalling router's open `REALM` (a registered application's realm needs its key, WAMP ticket authentication)")
 	fs.BoolVar(&o.turnOn, "turn", false, "serve TURN and STUN on UDP at the relay's port number (docs/discovery.md); credentials from GET /v1/turn/credentials")
 	fs.StringVar(&o.turnListen, "turn-listen", "", "TURN's UDP `ADDR` (default: the first --listen address)")
 	fs.StringVar(&o.turnSecret, "turn-secret-file", "", "the TURN REST shared secret `FILE` (coturn's static-auth-secret); without it a random one is made at start (credentials only from this relay)")
@@ -210,6 +217,7 @@ type serveOptions struct {
 	events      *events.Config
 	fleet       *fleetOptions // nil: a single node
 	groups      *disco.Config // nil: no groups API
+	signal      *wamp.Config  // nil: no WAMP router
 	turn        *turn.Config  // nil: no TURN
 	// limits re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
@@ -398,21 +406,29 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key}
 	}
+	var apps map[string]string
+	if v.apps != "" {
+		a, err := disco.LoadApps(v.apps)
+		if err != nil {
+			return fail("apps: %v", err)
+		}
+		apps = a
+	}
+	if (v.apps != "" || v.appsOnly) && !v.groups && !v.signalOn {
+		return fail("apps and apps-only need the groups API (--groups) or signalling (--signal)")
+	}
 	var gcfg *disco.Config
 	if v.groups {
-		gcfg = &disco.Config{DataDir: v.tlsCfg.DataDir, TTL: v.groupTTL, MaxTTL: v.groupMax, AppsOnly: v.appsOnly}
+		gcfg = &disco.Config{DataDir: v.tlsCfg.DataDir, TTL: v.groupTTL, MaxTTL: v.groupMax, AppsOnly: v.appsOnly, Apps: apps}
 		if v.groupTTL <= 0 || v.groupMax < v.groupTTL {
 			return fail("group-ttl must be positive and at most group-max-ttl (%v, %v)", v.groupTTL, v.groupMax)
 		}
-		if v.apps != "" {
-			apps, err := disco.LoadApps(v.apps)
-			if err != nil {
-				return fail("apps: %v", err)
-			}
-			gcfg.Apps = apps
-		}
-	} else if v.apps != "" || v.appsOnly {
-		return fail("apps and apps-only need the groups API (--groups)")
+	}
+	var scfg *wamp.Config
+	if v.signalOn {
+		scfg = &wamp.Config{Realm: v.sigRealm, Apps: apps, AppsOnly: v.appsOnly}
+	} else if v.sigRealm != "main" {
+		return fail("signal-realm needs --signal")
 	}
 	var tcfg *turn.Config
 	if v.turnOn {
@@ -467,7 +483,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, turn: tcfg}, -1
+		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg}, -1
 }
 
 // fleetOptions is --fleet with its companions.
@@ -577,8 +593,10 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		return 2
 	}
 	var fl *fleet.Fleet
+	var fleetRedis redis.UniversalClient
 	if o.fleet != nil {
 		rdb, err := fleet.ParseURL(o.fleet.url)
+		fleetRedis = rdb
 		if err == nil {
 			fc := fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
 				MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
@@ -595,6 +613,18 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 2
 		}
 		defer rdb.Close()
+	}
+	if o.signal != nil {
+		sc := *o.signal
+		if fleetRedis != nil {
+			sc.Redis, sc.NodeID = fleetRedis, o.fleet.nodeID // calls and events reach every node
+		}
+		sr, err := wamp.New(srv, sc)
+		if err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+		defer sr.Close()
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)

@@ -1,0 +1,283 @@
+package wamp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+)
+
+// Across a fleet: a registration is claimed in Redis (key
+// meetpoint:wamp:proc:REALM:PROC = the owning node, with a TTL the owner
+// renews), so a procedure is registered once fleet-wide. A CALL for a
+// procedure registered elsewhere is published on the owner's channel
+// (meetpoint:wamp:node:NODE) and its answer on the caller's node's; an
+// EVENT is published on meetpoint:wamp:events for every node's
+// subscribers. A node that dies leaves its claims to expire (procTTL);
+// calls to it meanwhile time out. While Redis is unreachable the router
+// works node-locally and re-claims its registrations when it returns.
+
+const (
+	procTTL      = 30 * time.Second
+	renewEvery   = 10 * time.Second
+	keyPrefix    = "meetpoint:wamp:proc:"
+	nodeChannel  = "meetpoint:wamp:node:"
+	eventChannel = "meetpoint:wamp:events"
+)
+
+// releaseScript deletes a claim only if this node holds it.
+var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// renewScript extends this node's claim, or makes it again where it
+// lapsed (after an outage); another node's claim is left alone.
+var renewScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
+if v == ARGV[1] or v == false then return redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) end
+return 0`)
+
+// fleetLink carries the router's registrations, calls and events through
+// Redis.
+type fleetLink struct {
+	r      *Router
+	rdb    redis.UniversalClient
+	node   string
+	ps     *redis.PubSub
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+
+	mu   sync.Mutex
+	mine map[string]bool // claims this node holds, by key; guarded by mu
+
+	forwarded map[string]*metrics.Counter // meetpoint_signal_forwarded_total{result}
+}
+
+// wire is one message between nodes.
+type wire struct {
+	K         string          `json:"k"` // "call", "answer", "event"
+	From      string          `json:"from,omitempty"`
+	ID        uint64          `json:"id,omitempty"`
+	Realm     string          `json:"realm,omitempty"`
+	Proc      string          `json:"proc,omitempty"`
+	Topic     string          `json:"topic,omitempty"`
+	Pub       uint64          `json:"pub,omitempty"`
+	TimeoutMs int64           `json:"timeout_ms,omitempty"`
+	Err       string          `json:"err,omitempty"`
+	Details   json.RawMessage `json:"details,omitempty"`
+	Args      json.RawMessage `json:"args,omitempty"`
+	Kwargs    json.RawMessage `json:"kwargs,omitempty"`
+}
+
+func newFleetLink(r *Router) (*fleetLink, error) {
+	f := &fleetLink{r: r, rdb: r.cfg.Redis, node: r.cfg.NodeID, mine: map[string]bool{},
+		forwarded: map[string]*metrics.Counter{}}
+	for _, res := range []string{"ok", "error", "no_procedure", "timeout", "canceled"} {
+		f.forwarded[res] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_forwarded_total{result=%q}`, res))
+	}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	f.ps = f.rdb.Subscribe(f.ctx, nodeChannel+f.node, eventChannel)
+	ctx, cancel := context.WithTimeout(f.ctx, 5*time.Second)
+	defer cancel()
+	if _, err := f.ps.Receive(ctx); err != nil {
+		f.ps.Close()
+		f.cancel()
+		return nil, fmt.Errorf("signal: subscribing in the fleet's Redis: %v", err)
+	}
+	f.done.Add(2)
+	go f.receive()
+	go f.renew()
+	return f, nil
+}
+
+func (f *fleetLink) close() {
+	f.mu.Lock()
+	keys := make([]string, 0, len(f.mine))
+	for k := range f.mine {
+		keys = append(keys, k)
+	}
+	f.mine = map[string]bool{}
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, k := range keys {
+		releaseScript.Run(ctx, f.rdb, []string{k}, f.node)
+	}
+	f.cancel()
+	f.ps.Close()
+	f.done.Wait()
+}
+
+func procKey(realm, proc string) string { return keyPrefix + realm + ":" + proc }
+
+func (f *fleetLink) op() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(f.ctx, 2*time.Second)
+}
+
+// claim registers proc fleet-wide for this node; an error names the node
+// that has it. With Redis unreachable the claim is node-local until the
+// renewer makes it.
+func (f *fleetLink) claim(realm, proc string) error {
+	key := procKey(realm, proc)
+	ctx, cancel := f.op()
+	defer cancel()
+	ok, err := f.rdb.SetNX(ctx, key, f.node, procTTL).Result()
+	if err == nil && !ok {
+		owner, gerr := f.rdb.Get(ctx, key).Result()
+		if gerr == nil && owner != f.node {
+			return fmt.Errorf("procedure %s is registered on node %s", proc, owner)
+		}
+	}
+	if err != nil {
+		f.r.log.Warn("signal: fleet store unreachable; registration is local until it returns", "err", err)
+	}
+	f.mu.Lock()
+	f.mine[key] = true
+	f.mu.Unlock()
+	return nil
+}
+
+// release gives up this node's claim of proc.
+func (f *fleetLink) release(realm, proc string) {
+	key := procKey(realm, proc)
+	f.mu.Lock()
+	delete(f.mine, key)
+	f.mu.Unlock()
+	ctx, cancel := f.op()
+	defer cancel()
+	releaseScript.Run(ctx, f.rdb, []string{key}, f.node)
+}
+
+// renew keeps this node's claims alive.
+func (f *fleetLink) renew() {
+	defer f.done.Done()
+	t := time.NewTicker(renewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		}
+		f.mu.Lock()
+		keys := make([]string, 0, len(f.mine))
+		for k := range f.mine {
+			keys = append(keys, k)
+		}
+		f.mu.Unlock()
+		for _, k := range keys {
+			ctx, cancel := f.op()
+			renewScript.Run(ctx, f.rdb, []string{k}, f.node, procTTL.Milliseconds())
+			cancel()
+		}
+	}
+}
+
+// forward sends a CALL to the node that registered proc; false if no
+// other node has it (the caller then gets no_such_procedure).
+func (f *fleetLink) forward(s *session, req uint64, realm, proc string, timeout time.Duration, args, kwargs json.RawMessage) bool {
+	ctx, cancel := f.op()
+	defer cancel()
+	owner, err := f.rdb.Get(ctx, procKey(realm, proc)).Result()
+	if err != nil || owner == f.node {
+		return false
+	}
+	r := f.r
+	c := &call{inv: r.newID(), caller: s, req: req}
+	r.mu.Lock()
+	if s.calling == nil { // the session ended meanwhile
+		r.mu.Unlock()
+		return true
+	}
+	r.outbound[c.inv] = c
+	s.calling[c] = true
+	c.timer = time.AfterFunc(timeout, func() { f.settleOutbound(c.inv, routerError("timeout"), "timeout") })
+	r.mu.Unlock()
+	b, _ := json.Marshal(wire{K: "call", From: f.node, ID: c.inv, Realm: realm, Proc: proc,
+		TimeoutMs: timeout.Milliseconds(), Args: args, Kwargs: kwargs})
+	if n, err := f.rdb.Publish(ctx, nodeChannel+owner, b).Result(); err != nil || n == 0 {
+		f.settleOutbound(c.inv, routerError("no_procedure"), "no_procedure") // its node is gone
+	}
+	return true
+}
+
+// settleOutbound ends a forwarded call with a, for its caller here.
+func (f *fleetLink) settleOutbound(id uint64, a *answer, result string) {
+	r := f.r
+	r.mu.Lock()
+	c := r.outbound[id]
+	if c == nil {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.outbound, id)
+	delete(c.caller.calling, c)
+	c.timer.Stop()
+	c.caller.send(a.message(c.req))
+	r.mu.Unlock()
+	if ctr := f.forwarded[result]; ctr != nil {
+		ctr.Inc()
+	}
+}
+
+// answer sends a call's end to the caller's node.
+func (f *fleetLink) answer(node string, id uint64, a *answer) {
+	b, _ := json.Marshal(wire{K: "answer", ID: id, Err: a.err, Details: a.details, Args: a.args, Kwargs: a.kwargs})
+	ctx, cancel := f.op()
+	defer cancel()
+	f.rdb.Publish(ctx, nodeChannel+node, b)
+}
+
+// publish carries an EVENT to the other nodes' subscribers.
+func (f *fleetLink) publish(realm, topic string, pub uint64, args, kwargs json.RawMessage) {
+	b, _ := json.Marshal(wire{K: "event", From: f.node, Realm: realm, Topic: topic, Pub: pub, Args: args, Kwargs: kwargs})
+	ctx, cancel := f.op()
+	defer cancel()
+	f.rdb.Publish(ctx, eventChannel, b)
+}
+
+// receive handles what other nodes send this one.
+func (f *fleetLink) receive() {
+	defer f.done.Done()
+	r := f.r
+	for m := range f.ps.Channel() {
+		var w wire
+		if json.Unmarshal([]byte(m.Payload), &w) != nil {
+			continue
+		}
+		switch w.K {
+		case "call":
+			timeout := r.cfg.CallTimeout
+			if d := time.Duration(w.TimeoutMs) * time.Millisecond; d > 0 && d < timeout {
+				timeout = d
+			}
+			r.mu.Lock()
+			var reg *registration
+			if rm := r.realms[w.Realm]; rm != nil {
+				reg = rm.procs[w.Proc]
+			}
+			if reg != nil {
+				r.invoke(reg, &call{from: w.From, req: w.ID}, timeout, w.Args, w.Kwargs)
+			}
+			r.mu.Unlock()
+			if reg == nil {
+				f.answer(w.From, w.ID, routerError("no_procedure"))
+			}
+		case "answer":
+			result := "ok"
+			if w.Err != "" {
+				result = "error"
+				if w.Err == errNoSuchProcedure {
+					result = "no_procedure"
+				}
+			}
+			f.settleOutbound(w.ID, &answer{err: w.Err, details: w.Details, args: w.Args, kwargs: w.Kwargs}, result)
+		case "event":
+			if w.From != f.node {
+				r.deliver(w.Realm, w.Topic, w.Pub, nil, w.Args, w.Kwargs)
+			}
+		}
+	}
+}

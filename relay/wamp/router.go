@@ -1,0 +1,990 @@
+// Package wamp is a WAMP v2 router on the relay's port (JSON over
+// WebSocket, subprotocol wamp.2.json), for WebRTC signalling as Babble
+// does it: each node REGISTERs a procedure named after its public key, a
+// peer CALLs it with [caller-pubkey, offer] and gets [answer] back.
+//
+// It is the WAMP basic profile — sessions in realms, a dealer (REGISTER,
+// CALL, INVOCATION, YIELD, ERROR, CANCEL, call timeouts) and a broker
+// (SUBSCRIBE, PUBLISH, EVENT) — with meetpoint's rules: realms are
+// applications (a registered application's realm needs its key, WAMP
+// "ticket" authentication; the open realm, "main" by default, needs
+// none), every per-session quantity is bounded (registrations,
+// subscriptions, calls in flight, message size, messages queued for a
+// slow reader), and with a fleet (Config.Redis) a CALL reaches a
+// procedure registered on another node and an EVENT every node's
+// subscribers.
+//
+// Costs: one goroutine reads and one writes each session (signalling
+// sessions are few and short-lived next to tunnels); all routing state is
+// under one mutex, held for map operations only, never across I/O.
+//
+// Why not a library: the WAMP router github.com/gammazero/nexus/v3 (what
+// Babble's own client uses) is not served by this project's module proxy,
+// nor is any other Go WAMP router; the basic profile is small, and
+// interoperability is proven against autobahn-js, the reference client
+// (docs/discovery.md).
+package wamp
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
+
+// Subprotocol is the WebSocket subprotocol the router serves.
+const Subprotocol = "wamp.2.json"
+
+// Config is the signalling router's part of a relay's configuration.
+type Config struct {
+	// Realm is the open realm: anyone may join it (default "main").
+	Realm string
+	// Apps are the registered applications (app id → key, as the groups
+	// API's): realm APP needs WAMP ticket authentication with the key.
+	Apps map[string]string
+	// AppsOnly refuses realms that are neither Realm nor a registered
+	// application (otherwise any realm is open).
+	AppsOnly bool
+	// Bounds, per session: registrations and subscriptions (default 64
+	// each), calls in flight (default 64), message bytes (default 64 KiB),
+	// messages queued for writing before the session is closed as too slow
+	// (default 256).
+	MaxRegistrations, MaxSubscriptions, MaxPending int
+	MaxMessage, MaxQueue                           int
+	// CallTimeout ends a call whose callee has not answered (default 30 s;
+	// a CALL's own timeout option may shorten it).
+	CallTimeout time.Duration
+	// HelloTimeout bounds the time from upgrade to WELCOME (default 10 s).
+	HelloTimeout time.Duration
+	// PingEvery is how often the router pings each session; one silent for
+	// three periods is closed (default 30 s).
+	PingEvery time.Duration
+	// Redis, when set (a fleet), carries registrations, calls and events
+	// between the nodes sharing it; NodeID names this node there.
+	Redis  redis.UniversalClient
+	NodeID string
+}
+
+// Router is the WAMP router on one relay.
+type Router struct {
+	cfg   Config
+	log   *slog.Logger
+	fleet *fleetLink // nil: this node alone
+
+	mu       sync.Mutex
+	realms   map[string]*realm // guarded by mu; a realm lives while it has sessions
+	calls    map[uint64]*call  // guarded by mu; invocations in flight here, by invocation id
+	outbound map[uint64]*call  // guarded by mu; calls sent to another node, by their fleet id
+	sessions map[*session]bool // guarded by mu
+	closing  bool              // guarded by mu
+	ids      atomic.Uint64     // router-scope ids
+	wg       sync.WaitGroup    // session goroutines
+	set      *metrics.Set      //
+	closed   map[string]*metrics.Counter
+	results  map[string]*metrics.Counter
+}
+
+// realm is one realm's routing state (guarded by Router.mu).
+type realm struct {
+	name   string
+	procs  map[string]*registration
+	topics map[string]*topic
+	n      int // sessions
+}
+
+type registration struct {
+	id   uint64
+	proc string
+	s    *session
+}
+
+type topic struct {
+	id   uint64
+	uri  string
+	subs map[*session]bool
+}
+
+// call is one call in flight. At the callee's node it is in Router.calls
+// (callee set); at a caller's node that forwarded it to another node it
+// is in Router.outbound (callee nil).
+type call struct {
+	inv    uint64   // invocation id (callee side) or fleet id (outbound)
+	callee *session // nil for an outbound call
+	caller *session // nil for a caller on another node
+	req    uint64   // the caller's CALL request id, or the remote caller's fleet id
+	from   string   // the remote caller's node
+	timer  *time.Timer
+}
+
+// Close reasons (meetpoint_signal_closed_total{reason}) and call results
+// (meetpoint_signal_calls_total{result}).
+var (
+	closeReasons = []string{"goodbye", "gone", "protocol", "realm", "auth", "slow", "too_large", "timeout", "shutdown"}
+	callResults  = []string{"ok", "error", "no_procedure", "timeout", "canceled", "callee_lost", "limit"}
+)
+
+// New serves WAMP on srv's port (WebSocket upgrades naming wamp.2.json).
+// Call it before srv.Start; Close it before srv.Close.
+func New(srv *relay.Server, cfg Config) (*Router, error) {
+	if cfg.Realm == "" {
+		cfg.Realm = "main"
+	}
+	if !validURI(cfg.Realm) {
+		return nil, fmt.Errorf("signal-realm %q: not a WAMP URI", cfg.Realm)
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&cfg.MaxRegistrations, 64)
+	def(&cfg.MaxSubscriptions, 64)
+	def(&cfg.MaxPending, 64)
+	def(&cfg.MaxMessage, 64<<10)
+	def(&cfg.MaxQueue, 256)
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 30 * time.Second
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = 10 * time.Second
+	}
+	if cfg.PingEvery <= 0 {
+		cfg.PingEvery = 30 * time.Second
+	}
+	r := &Router{cfg: cfg, log: srv.Logger(), realms: map[string]*realm{}, calls: map[uint64]*call{},
+		outbound: map[uint64]*call{}, sessions: map[*session]bool{}, set: metrics.NewSet(),
+		closed: map[string]*metrics.Counter{}, results: map[string]*metrics.Counter{}}
+	for _, c := range closeReasons {
+		r.closed[c] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_closed_total{reason=%q}`, c))
+	}
+	for _, c := range callResults {
+		r.results[c] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_calls_total{result=%q}`, c))
+	}
+	r.set.NewGauge(`meetpoint_signal_sessions`, func() float64 { r.mu.Lock(); defer r.mu.Unlock(); return float64(len(r.sessions)) })
+	r.set.NewGauge(`meetpoint_signal_registrations`, func() float64 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		n := 0
+		for _, rm := range r.realms {
+			n += len(rm.procs)
+		}
+		return float64(n)
+	})
+	if cfg.Redis != nil {
+		if cfg.NodeID == "" {
+			return nil, fmt.Errorf("signal: a fleet needs a node id")
+		}
+		fl, err := newFleetLink(r)
+		if err != nil {
+			return nil, err
+		}
+		r.fleet = fl
+	}
+	srv.HandleWebSocket(Subprotocol, r)
+	srv.AddReporter(r)
+	return r, nil
+}
+
+// Close says GOODBYE (wamp.close.system_shutdown) to every session and
+// waits for them to end.
+func (r *Router) Close() error {
+	r.mu.Lock()
+	r.closing = true
+	for s := range r.sessions {
+		s.finish(encode(mGoodbye, details, closeShutdown), "shutdown")
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	if r.fleet != nil {
+		r.fleet.close()
+	}
+	return nil
+}
+
+// newID is a router-scope id.
+func (r *Router) newID() uint64 { return r.ids.Add(1) }
+
+// ServeHTTP upgrades a WebSocket naming wamp.2.json and serves the
+// session on it until it ends.
+func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	up := ws.HTTPUpgrader{Protocol: func(p string) bool { return p == Subprotocol }}
+	conn, _, _, err := up.Upgrade(req, w)
+	if err != nil {
+		return // the upgrader answered 400
+	}
+	s := &session{r: r, conn: conn, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}),
+		regs: map[uint64]*registration{}, subs: map[uint64]*topic{}, invocations: map[uint64]*call{},
+		calling: map[*call]bool{}}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s.id = binary.BigEndian.Uint64(b[:])%maxID + 1 // global scope: random
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		conn.Close()
+		return
+	}
+	r.sessions[s] = true
+	r.wg.Add(1)
+	r.mu.Unlock()
+	defer r.wg.Done()
+	go s.writer()
+	s.reader()
+	// The writer ends once it has written a last message (ABORT,
+	// GOODBYE) queued with finish, or at once if the connection failed.
+	select {
+	case <-s.writerDone():
+	case <-time.After(2 * time.Second):
+	}
+	r.leave(s)
+	<-s.writerDone()
+}
+
+// session is one client's WAMP session.
+type session struct {
+	id   uint64
+	r    *Router
+	conn net.Conn
+	out  chan []byte // bounded: MaxQueue messages, then the session is closed
+	done chan struct{}
+	once sync.Once
+	wmu  sync.Mutex // serialises writes: the writer's and control-frame replies
+	quit chan struct{}
+
+	// Set once, by the reader, before WELCOME; read by others after.
+	realm     *realm
+	key       string // the realm's app key while a CHALLENGE is out
+	realmName string // the realm asked for while a CHALLENGE is out
+	reason    atomic.Value
+
+	// Guarded by Router.mu.
+	regs        map[uint64]*registration
+	subs        map[uint64]*topic
+	invocations map[uint64]*call // calls to this session (callee), by invocation id
+	calling     map[*call]bool   // calls this session made, in flight
+	left        bool
+}
+
+// send queues msg for the writer without blocking; a session that lets
+// MaxQueue messages pile up is closed as too slow. Safe under Router.mu.
+func (s *session) send(msg []byte) {
+	if msg == nil {
+		return
+	}
+	select {
+	case <-s.done:
+	case s.out <- msg:
+		if len(s.out) > s.r.cfg.MaxQueue {
+			s.stop("slow")
+		}
+	default:
+		s.stop("slow")
+	}
+}
+
+// finish queues msg as the session's last and ends it after writing it.
+func (s *session) finish(msg []byte, why string) {
+	s.reason.CompareAndSwap(nil, why)
+	select {
+	case s.out <- msg:
+	default:
+	}
+	select {
+	case s.out <- nil: // the writer closes after what is queued
+	default:
+		s.stop(why)
+	}
+}
+
+// stop ends the session now: the connection closes, the reader returns.
+func (s *session) stop(why string) {
+	s.reason.CompareAndSwap(nil, why)
+	s.once.Do(func() { close(s.done); s.conn.Close() })
+}
+
+func (s *session) writerDone() chan struct{} {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.quit == nil {
+		s.quit = make(chan struct{})
+	}
+	return s.quit
+}
+
+// writer writes queued messages and pings; it ends with the session.
+func (s *session) writer() {
+	q := s.writerDone()
+	defer close(q)
+	ping := time.NewTicker(s.r.cfg.PingEvery)
+	defer ping.Stop()
+	write := func(op ws.OpCode, p []byte) bool {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		return wsutil.WriteServerMessage(s.conn, op, p) == nil
+	}
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-ping.C:
+			if !write(ws.OpPing, nil) {
+				s.stop("gone")
+				return
+			}
+		case msg := <-s.out:
+			if msg == nil {
+				write(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
+				s.stop("goodbye")
+				return
+			}
+			if !write(ws.OpText, msg) {
+				s.stop("gone")
+				return
+			}
+		}
+	}
+}
+
+// lockedWriter lets wsutil's control-frame handler answer pings and close
+// frames without interleaving with the writer.
+type lockedWriter struct{ s *session }
+
+func (l lockedWriter) Read(p []byte) (int, error) { return l.s.conn.Read(p) }
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.s.wmu.Lock()
+	defer l.s.wmu.Unlock()
+	_ = l.s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return l.s.conn.Write(p)
+}
+
+// reader reads and handles messages until the session ends.
+func (s *session) reader() {
+	max := int64(s.r.cfg.MaxMessage)
+	ctl := wsutil.ControlFrameHandler(lockedWriter{s}, ws.StateServerSide)
+	rd := &wsutil.Reader{Source: s.conn, State: ws.StateServerSide, CheckUTF8: true,
+		MaxFrameSize: max, MaxMessageSize: max, OnIntermediate: ctl}
+	_ = s.conn.SetReadDeadline(time.Now().Add(s.r.cfg.HelloTimeout))
+	for {
+		hdr, err := rd.NextFrame()
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		if s.realm != nil {
+			_ = s.conn.SetReadDeadline(time.Now().Add(3 * s.r.cfg.PingEvery))
+		}
+		if hdr.OpCode.IsControl() {
+			if err := ctl(hdr, rd); err != nil {
+				s.stop("goodbye") // a close frame (answered), or a broken one
+				return
+			}
+			continue
+		}
+		if hdr.OpCode != ws.OpText {
+			s.finish(encode(mAbort, map[string]any{"message": "wamp.2.json carries text frames"}, errProtocolViolation), "protocol")
+			return
+		}
+		msg, err := io.ReadAll(rd)
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		if !s.handle(msg) {
+			return
+		}
+	}
+}
+
+func (s *session) readFailed(err error) {
+	switch {
+	case err == wsutil.ErrFrameTooLarge || err == wsutil.ErrMessageTooLarge:
+		s.finish(encode(mAbort, map[string]any{"message": fmt.Sprintf("a message is at most %d bytes", s.r.cfg.MaxMessage)}, errProtocolViolation), "too_large")
+	case isTimeout(err) && s.realm == nil:
+		s.finish(encode(mAbort, map[string]any{"message": "no HELLO in time"}, errProtocolViolation), "timeout")
+	case isTimeout(err):
+		s.stop("timeout")
+	default:
+		s.stop("gone")
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// abort refuses the session: ABORT, then close. It returns false (the
+// reader stops).
+func (s *session) abort(uri, why, text string) bool {
+	s.finish(encode(mAbort, map[string]any{"message": text}, uri), why)
+	return false
+}
+
+// handle handles one message; false ends the session.
+func (s *session) handle(b []byte) bool {
+	m, err := Parse(b)
+	if err != nil {
+		return s.abort(errProtocolViolation, "protocol", err.Error())
+	}
+	if s.realm == nil {
+		return s.establish(m)
+	}
+	switch m.Type {
+	case mGoodbye:
+		s.finish(encode(mGoodbye, details, closeGoodbyeAndOut), "goodbye")
+		return false
+	case mRegister:
+		return s.register(m)
+	case mUnregister:
+		return s.unregister(m)
+	case mCall:
+		return s.call(m)
+	case mCancel:
+		return s.cancel(m)
+	case mYield:
+		return s.yield(m)
+	case mError:
+		return s.calleeError(m)
+	case mSubscribe:
+		return s.subscribe(m)
+	case mUnsubscribe:
+		return s.unsubscribe(m)
+	case mPublish:
+		return s.publish(m)
+	}
+	return s.abort(errProtocolViolation, "protocol", fmt.Sprintf("message type %d is not expected from a client in a session", m.Type))
+}
+
+// establish handles HELLO and AUTHENTICATE: the realm's admission.
+func (s *session) establish(m Message) bool {
+	cfg := &s.r.cfg
+	switch {
+	case m.Type == mHello && s.key == "":
+		name, err := m.URI(0)
+		if err != nil {
+			return s.abort(errInvalidURI, "protocol", "HELLO: the realm is not a URI")
+		}
+		d, err := m.Dict(1)
+		if err != nil {
+			return s.abort(errProtocolViolation, "protocol", err.Error())
+		}
+		if key, ok := cfg.Apps[name]; ok {
+			var methods []string
+			_ = json.Unmarshal(d["authmethods"], &methods)
+			for _, am := range methods {
+				if am == "ticket" {
+					s.key = key
+					s.realmName = name
+					s.send(encode(mChallenge, "ticket", details))
+					return true
+				}
+			}
+			return s.abort(errNotAuthorized, "auth", fmt.Sprintf("realm %s needs ticket authentication with its application's key", name))
+		}
+		if name != cfg.Realm && cfg.AppsOnly {
+			return s.abort(errNoSuchRealm, "realm", fmt.Sprintf("no realm %s", name))
+		}
+		return s.welcome(name, "anonymous", "anonymous")
+	case m.Type == mAuthenticate && s.key != "":
+		var sig string
+		if json.Unmarshal(m.Fields[0], &sig) != nil || subtle.ConstantTimeCompare([]byte(sig), []byte(s.key)) != 1 {
+			return s.abort(errAuthFailed, "auth", "wrong ticket for this realm")
+		}
+		return s.welcome(s.realmName, "ticket", "app")
+	}
+	return s.abort(errProtocolViolation, "protocol", fmt.Sprintf("message type %d before the session is established", m.Type))
+}
+
+// welcome joins the realm and says WELCOME.
+func (s *session) welcome(name, method, role string) bool {
+	r := s.r
+	r.mu.Lock()
+	rm := r.realms[name]
+	if rm == nil {
+		rm = &realm{name: name, procs: map[string]*registration{}, topics: map[string]*topic{}}
+		r.realms[name] = rm
+	}
+	rm.n++
+	s.realm = rm
+	s.key = ""
+	r.mu.Unlock()
+	_ = s.conn.SetReadDeadline(time.Now().Add(3 * r.cfg.PingEvery))
+	s.send(encode(mWelcome, s.id, map[string]any{
+		"realm": name, "authid": fmt.Sprint(s.id), "authrole": role, "authmethod": method,
+		"roles": map[string]any{
+			"dealer": map[string]any{"features": map[string]bool{"call_timeout": true, "call_canceling": true}},
+			"broker": map[string]any{"features": map[string]bool{"publisher_exclusion": true}},
+		},
+	}))
+	return true
+}
+
+// fail answers a request with ERROR.
+func (s *session) fail(reqType int, req uint64, uri, text string) {
+	s.send(encode(mError, reqType, req, map[string]any{"message": text}, uri))
+}
+
+// request is the request id at field 0, or a protocol violation.
+func (s *session) request(m Message) (uint64, bool) {
+	id, err := m.ID(0)
+	if err != nil {
+		s.abort(errProtocolViolation, "protocol", err.Error())
+		return 0, false
+	}
+	return id, true
+}
+
+func (s *session) register(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	proc, err := m.URI(2)
+	if err != nil {
+		s.fail(mRegister, req, errInvalidURI, err.Error())
+		return true
+	}
+	r := s.r
+	r.mu.Lock()
+	switch {
+	case len(s.regs) >= r.cfg.MaxRegistrations:
+		r.mu.Unlock()
+		s.fail(mRegister, req, errLimit, fmt.Sprintf("a session registers at most %d procedures", r.cfg.MaxRegistrations))
+		return true
+	case s.realm.procs[proc] != nil:
+		r.mu.Unlock()
+		s.fail(mRegister, req, errProcedureExists, "procedure "+proc+" is registered")
+		return true
+	}
+	reg := &registration{id: r.newID(), proc: proc, s: s}
+	s.realm.procs[proc] = reg // held while the fleet is asked
+	s.regs[reg.id] = reg
+	r.mu.Unlock()
+	if r.fleet != nil {
+		if err := r.fleet.claim(s.realm.name, proc); err != nil {
+			r.mu.Lock()
+			r.dropRegistration(reg)
+			r.mu.Unlock()
+			s.fail(mRegister, req, errProcedureExists, err.Error())
+			return true
+		}
+	}
+	s.send(encode(mRegistered, req, reg.id))
+	return true
+}
+
+// dropRegistration removes reg (under r.mu); the caller releases it in
+// the fleet.
+func (r *Router) dropRegistration(reg *registration) {
+	if reg.s.realm.procs[reg.proc] == reg {
+		delete(reg.s.realm.procs, reg.proc)
+	}
+	delete(reg.s.regs, reg.id)
+}
+
+func (s *session) unregister(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	id, err := m.ID(1)
+	r := s.r
+	r.mu.Lock()
+	reg := s.regs[id]
+	if err != nil || reg == nil {
+		r.mu.Unlock()
+		s.fail(mUnregister, req, errNoSuchRegistration, "no such registration")
+		return true
+	}
+	r.dropRegistration(reg)
+	r.mu.Unlock()
+	if r.fleet != nil {
+		r.fleet.release(s.realm.name, reg.proc)
+	}
+	s.send(encode(mUnregistered, req))
+	return true
+}
+
+// timeoutOf is the call's timeout: the router's, or the CALL's own option
+// (milliseconds) when shorter.
+func (r *Router) timeoutOf(opts map[string]json.RawMessage) time.Duration {
+	d := r.cfg.CallTimeout
+	var ms int64
+	if json.Unmarshal(opts["timeout"], &ms) == nil && ms > 0 && time.Duration(ms)*time.Millisecond < d {
+		d = time.Duration(ms) * time.Millisecond
+	}
+	return d
+}
+
+func (s *session) call(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	opts, err1 := m.Dict(1)
+	proc, err2 := m.URI(2)
+	args, kwargs, err3 := m.Payload(3)
+	for _, err := range []error{err1, err2, err3} {
+		if err != nil {
+			s.fail(mCall, req, errProtocolViolation, err.Error())
+			return true
+		}
+	}
+	r := s.r
+	timeout := r.timeoutOf(opts)
+	r.mu.Lock()
+	if len(s.calling) >= r.cfg.MaxPending {
+		r.mu.Unlock()
+		r.results["limit"].Inc()
+		s.fail(mCall, req, errLimit, fmt.Sprintf("a session has at most %d calls in flight", r.cfg.MaxPending))
+		return true
+	}
+	if reg := s.realm.procs[proc]; reg != nil {
+		r.invoke(reg, &call{caller: s, req: req}, timeout, args, kwargs)
+		r.mu.Unlock()
+		return true
+	}
+	r.mu.Unlock()
+	if r.fleet != nil && r.fleet.forward(s, req, s.realm.name, proc, timeout, args, kwargs) {
+		return true
+	}
+	r.results["no_procedure"].Inc()
+	s.fail(mCall, req, errNoSuchProcedure, "no procedure "+proc+" is registered")
+	return true
+}
+
+// invoke sends c to reg's session as an INVOCATION (under r.mu).
+func (r *Router) invoke(reg *registration, c *call, timeout time.Duration, args, kwargs json.RawMessage) {
+	c.inv, c.callee = r.newID(), reg.s
+	r.calls[c.inv] = c
+	reg.s.invocations[c.inv] = c
+	if c.caller != nil {
+		c.caller.calling[c] = true
+	}
+	c.timer = time.AfterFunc(timeout, func() { r.settle(c.inv, "timeout", nil) })
+	reg.s.send(encode(mInvocation, c.inv, reg.id, details, args, kwargs))
+}
+
+// answer is how a call ended: a RESULT's or an ERROR's elements after
+// the request id.
+type answer struct {
+	err     string          // "" for a result
+	details json.RawMessage // the callee's Details (errors)
+	args    json.RawMessage
+	kwargs  json.RawMessage
+}
+
+// settle ends invocation inv with a (nil: the router's error for result)
+// and delivers it to the caller, here or on its node.
+func (r *Router) settle(inv uint64, result string, a *answer) {
+	r.mu.Lock()
+	c := r.calls[inv]
+	if c == nil {
+		r.mu.Unlock()
+		return // settled already (a late YIELD after a timeout)
+	}
+	delete(r.calls, inv)
+	delete(c.callee.invocations, inv)
+	c.timer.Stop()
+	if a == nil {
+		a = routerError(result)
+	}
+	if c.caller != nil {
+		delete(c.caller.calling, c)
+		c.caller.send(a.message(c.req))
+	}
+	r.mu.Unlock()
+	r.results[result].Inc()
+	if c.caller == nil && r.fleet != nil {
+		r.fleet.answer(c.from, c.req, a)
+	}
+}
+
+// routerError is the router's answer for a call that did not complete.
+func routerError(result string) *answer {
+	uri := map[string]string{"timeout": errTimeout, "canceled": errCanceled, "callee_lost": errCanceled,
+		"no_procedure": errNoSuchProcedure}[result]
+	d, _ := json.Marshal(map[string]string{"message": "call ended: " + result})
+	return &answer{err: uri, details: d}
+}
+
+// message is the caller's RESULT or ERROR for its request req.
+func (a *answer) message(req uint64) []byte {
+	if a.err == "" {
+		return encode(mResult, req, details, a.args, a.kwargs)
+	}
+	d := a.details
+	if d == nil {
+		d = json.RawMessage("{}")
+	}
+	return encode(mError, mCall, req, d, a.err, a.args, a.kwargs)
+}
+
+func (s *session) yield(m Message) bool {
+	inv, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	args, kwargs, err := m.Payload(2)
+	if err != nil {
+		return s.abort(errProtocolViolation, "protocol", err.Error())
+	}
+	if s.owns(inv) {
+		s.r.settle(inv, "ok", &answer{args: args, kwargs: kwargs})
+	}
+	return true
+}
+
+// owns: invocation inv was sent to this session.
+func (s *session) owns(inv uint64) bool {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	return s.invocations[inv] != nil
+}
+
+// calleeError handles ERROR: only a callee's answer to an INVOCATION is
+// routed; errors about other messages are dropped.
+func (s *session) calleeError(m Message) bool {
+	t, err := m.Int(0)
+	if err != nil || t != mInvocation {
+		return true
+	}
+	inv, err1 := m.ID(1)
+	d, err2 := m.Dict(2)
+	uri, err3 := m.URI(3)
+	args, kwargs, err4 := m.Payload(4)
+	for _, err := range []error{err1, err2, err3, err4} {
+		if err != nil {
+			return s.abort(errProtocolViolation, "protocol", err.Error())
+		}
+	}
+	if s.owns(inv) {
+		raw, _ := json.Marshal(d)
+		s.r.settle(inv, "error", &answer{err: uri, details: raw, args: args, kwargs: kwargs})
+	}
+	return true
+}
+
+// cancel answers CANCEL: the caller gets wamp.error.canceled now; the
+// callee's late answer is dropped.
+func (s *session) cancel(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	r := s.r
+	r.mu.Lock()
+	var found *call
+	for c := range s.calling {
+		if c.req == req {
+			found = c
+		}
+	}
+	r.mu.Unlock()
+	if found == nil {
+		return true
+	}
+	if found.callee != nil {
+		r.settle(found.inv, "canceled", nil)
+	} else if r.fleet != nil {
+		r.fleet.settleOutbound(found.inv, routerError("canceled"), "canceled")
+	}
+	return true
+}
+
+func (s *session) subscribe(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	uri, err := m.URI(2)
+	if err != nil {
+		s.fail(mSubscribe, req, errInvalidURI, err.Error())
+		return true
+	}
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	tp := s.realm.topics[uri]
+	if tp != nil && tp.subs[s] {
+		s.send(encode(mSubscribed, req, tp.id))
+		return true
+	}
+	if len(s.subs) >= r.cfg.MaxSubscriptions {
+		s.fail(mSubscribe, req, errLimit, fmt.Sprintf("a session subscribes to at most %d topics", r.cfg.MaxSubscriptions))
+		return true
+	}
+	if tp == nil {
+		tp = &topic{id: r.newID(), uri: uri, subs: map[*session]bool{}}
+		s.realm.topics[uri] = tp
+	}
+	tp.subs[s] = true
+	s.subs[tp.id] = tp
+	s.send(encode(mSubscribed, req, tp.id))
+	return true
+}
+
+func (s *session) unsubscribe(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	id, _ := m.ID(1)
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	tp := s.subs[id]
+	if tp == nil {
+		s.fail(mUnsubscribe, req, errNoSuchSubscription, "no such subscription")
+		return true
+	}
+	r.dropSubscription(s, tp)
+	s.send(encode(mUnsubscribed, req))
+	return true
+}
+
+// dropSubscription (under r.mu).
+func (r *Router) dropSubscription(s *session, tp *topic) {
+	delete(tp.subs, s)
+	delete(s.subs, tp.id)
+	if len(tp.subs) == 0 {
+		delete(s.realm.topics, tp.uri)
+	}
+}
+
+func (s *session) publish(m Message) bool {
+	req, ok := s.request(m)
+	if !ok {
+		return false
+	}
+	opts, err1 := m.Dict(1)
+	uri, err2 := m.URI(2)
+	args, kwargs, err3 := m.Payload(3)
+	for _, err := range []error{err1, err2, err3} {
+		if err != nil {
+			s.fail(mPublish, req, errProtocolViolation, err.Error())
+			return true
+		}
+	}
+	var ack bool
+	excludeMe := true
+	_ = json.Unmarshal(opts["acknowledge"], &ack)
+	if v, ok := opts["exclude_me"]; ok {
+		_ = json.Unmarshal(v, &excludeMe)
+	}
+	r := s.r
+	pub := r.newID()
+	var skip *session
+	if excludeMe {
+		skip = s
+	}
+	r.deliver(s.realm.name, uri, pub, skip, args, kwargs)
+	if r.fleet != nil {
+		r.fleet.publish(s.realm.name, uri, pub, args, kwargs)
+	}
+	if ack {
+		s.send(encode(mPublished, req, pub))
+	}
+	return true
+}
+
+// deliver sends EVENT to this node's subscribers of topic uri in realm
+// name, but skip.
+func (r *Router) deliver(name, uri string, pub uint64, skip *session, args, kwargs json.RawMessage) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rm := r.realms[name]
+	if rm == nil || rm.topics[uri] == nil {
+		return
+	}
+	tp := rm.topics[uri]
+	for sub := range tp.subs {
+		if sub != skip {
+			sub.send(encode(mEvent, tp.id, pub, details, args, kwargs))
+		}
+	}
+}
+
+// leave removes an ended session's state: its registrations (released in
+// the fleet), subscriptions, and calls — a caller waiting on it gets
+// wamp.error.canceled, its own calls are forgotten.
+func (r *Router) leave(s *session) {
+	s.stop("gone")
+	r.mu.Lock()
+	delete(r.sessions, s)
+	var procs []string
+	var lost []uint64
+	if s.realm != nil {
+		for _, reg := range s.regs {
+			r.dropRegistration(reg)
+			procs = append(procs, reg.proc)
+		}
+		for _, tp := range s.subs {
+			r.dropSubscription(s, tp)
+		}
+		for inv := range s.invocations {
+			lost = append(lost, inv)
+		}
+		for c := range s.calling {
+			if c.callee != nil {
+				delete(r.calls, c.inv)
+				delete(c.callee.invocations, c.inv)
+			} else {
+				delete(r.outbound, c.inv)
+			}
+			c.timer.Stop()
+		}
+		s.calling = nil
+		if s.realm.n--; s.realm.n == 0 {
+			delete(r.realms, s.realm.name)
+		}
+	}
+	r.mu.Unlock()
+	for _, inv := range lost {
+		r.settle(inv, "callee_lost", nil)
+	}
+	if r.fleet != nil {
+		for _, p := range procs {
+			r.fleet.release(s.realm.name, p)
+		}
+	}
+	why, _ := s.reason.Load().(string)
+	if c := r.closed[why]; c != nil {
+		c.Inc()
+	}
+}
+
+// Report implements relay.Reporter.
+func (r *Router) Report(*relay.Snapshot) {}
+
+// Traffic implements relay.Reporter.
+func (r *Router) Traffic() uint64 { return 0 }
+
+// WriteMetrics implements relay.Reporter.
+func (r *Router) WriteMetrics(w io.Writer) { r.set.WritePrometheus(w) }
+
+// MetricDocs implements relay.MetricDocumenter.
+func (r *Router) MetricDocs() map[string]relay.MetricDoc {
+	return map[string]relay.MetricDoc{
+		"meetpoint_signal_sessions":      {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
+		"meetpoint_signal_registrations": {Type: "gauge", Help: "WAMP procedures registered on this relay."},
+		"meetpoint_signal_closed_total":  {Type: "counter", Help: "WAMP sessions ended, by reason."},
+		"meetpoint_signal_calls_total":   {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
+	}
+}

@@ -1,0 +1,527 @@
+package wamp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// start serves the router on a fresh relay.
+func start(t *testing.T, cfg Config) (*Router, *relay.Server) {
+	t.Helper()
+	srv := relaytest.New(t, nil)
+	r, err := New(srv, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { r.Close(); srv.Close() })
+	return r, srv
+}
+
+// peer is a minimal WAMP client for the tests (the interop proof against
+// an independent client is the Chromium test with autobahn-js).
+type peer struct {
+	t *testing.T
+	c net.Conn
+}
+
+func dial(t *testing.T, srv *relay.Server) *peer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, _, err := ws.Dialer{Protocols: []string{Subprotocol}}.Dial(ctx, relaytest.WSURL(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &peer{t: t, c: c}
+}
+
+func (p *peer) send(v ...any) {
+	p.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.raw(b)
+}
+
+func (p *peer) raw(b []byte) {
+	p.t.Helper()
+	if err := wsutil.WriteClientText(p.c, b); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv reads the next message; it fails the test on a timeout or a
+// closed connection.
+func (p *peer) recv() Message {
+	p.t.Helper()
+	m, err := p.next(5 * time.Second)
+	if err != nil {
+		p.t.Fatalf("reading a WAMP message: %v", err)
+	}
+	return m
+}
+
+func (p *peer) next(d time.Duration) (Message, error) {
+	_ = p.c.SetReadDeadline(time.Now().Add(d))
+	b, err := wsutil.ReadServerText(p.c)
+	if err != nil {
+		return Message{}, err
+	}
+	return Parse(b)
+}
+
+// expect reads a message of type want and returns it.
+func (p *peer) expect(want int) Message {
+	p.t.Helper()
+	m := p.recv()
+	if m.Type != want {
+		p.t.Fatalf("got message type %d %s, want %d", m.Type, fields(m), want)
+	}
+	return m
+}
+
+// closed: the router ends the connection (within 5 s) after what it sent.
+func (p *peer) closed() {
+	p.t.Helper()
+	for {
+		if _, err := p.next(5 * time.Second); err != nil {
+			if isTimeout(err) {
+				p.t.Fatal("the router did not close the connection")
+			}
+			return
+		}
+	}
+}
+
+func fields(m Message) string {
+	var b []string
+	for _, f := range m.Fields {
+		b = append(b, string(f))
+	}
+	return "[" + strings.Join(b, ",") + "]"
+}
+
+func str(t *testing.T, m Message, i int) string {
+	t.Helper()
+	var s string
+	if i >= len(m.Fields) || json.Unmarshal(m.Fields[i], &s) != nil {
+		t.Fatalf("element %d of %s is not a string", i+1, fields(m))
+	}
+	return s
+}
+
+func id(t *testing.T, m Message, i int) uint64 {
+	t.Helper()
+	v, err := m.ID(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// join says HELLO to realm and expects WELCOME.
+func (p *peer) join(realm string) uint64 {
+	p.t.Helper()
+	p.send(mHello, realm, map[string]any{"roles": map[string]any{"caller": map[string]any{}, "callee": map[string]any{}}})
+	w := p.expect(mWelcome)
+	return id(p.t, w, 0)
+}
+
+func (p *peer) register(req int, proc string) uint64 {
+	p.t.Helper()
+	p.send(mRegister, req, map[string]any{}, proc)
+	m := p.expect(mRegistered)
+	if got := id(p.t, m, 0); got != uint64(req) {
+		p.t.Fatalf("REGISTERED for request %d, want %d", got, req)
+	}
+	return id(p.t, m, 1)
+}
+
+// expectError reads an ERROR for (reqType, req) and returns its URI.
+func (p *peer) expectError(reqType, req int) string {
+	p.t.Helper()
+	m := p.expect(mError)
+	if t, _ := m.Int(0); t != reqType {
+		p.t.Fatalf("ERROR about message type %d, want %d: %s", t, reqType, fields(m))
+	}
+	if got := id(p.t, m, 1); got != uint64(req) {
+		p.t.Fatalf("ERROR for request %d, want %d", got, req)
+	}
+	return str(p.t, m, 3)
+}
+
+const (
+	alice = "0X04A11CE0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+	bob   = "0X04B0B00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+)
+
+// TestBabbleSignalling is Babble's WebRTC signalling exchange: the
+// answerer registers a procedure named after its public key; the offerer
+// calls it with [its pubkey, the offer as JSON text] and gets [the answer
+// as JSON text]; a failure comes back as io.babble.processing_offer.
+func TestBabbleSignalling(t *testing.T) {
+	_, srv := start(t, Config{})
+	b := dial(t, srv)
+	b.join("main")
+	regID := b.register(1, bob)
+
+	a := dial(t, srv)
+	a.join("main")
+	offer := `{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}`
+	a.send(mCall, 7, map[string]any{}, bob, []any{alice, offer})
+
+	inv := b.expect(mInvocation)
+	if got := id(t, inv, 1); got != regID {
+		t.Fatalf("INVOCATION names registration %d, want %d", got, regID)
+	}
+	var args []string
+	if err := json.Unmarshal(inv.Fields[3], &args); err != nil || len(args) != 2 || args[0] != alice || args[1] != offer {
+		t.Fatalf("INVOCATION arguments %s, want [alice, offer] unchanged", inv.Fields[3])
+	}
+	answer := `{"type":"answer","sdp":"v=0\r\n"}`
+	b.send(mYield, id(t, inv, 0), map[string]any{}, []any{answer})
+
+	res := a.expect(mResult)
+	if got := id(t, res, 0); got != 7 {
+		t.Fatalf("RESULT for request %d, want 7", got)
+	}
+	if err := json.Unmarshal(res.Fields[2], &args); err != nil || len(args) != 1 || args[0] != answer {
+		t.Fatalf("RESULT arguments %s, want [answer]", res.Fields[2])
+	}
+
+	// The answerer fails: its error URI and arguments reach the caller.
+	a.send(mCall, 8, map[string]any{}, bob, []any{alice, offer})
+	inv = b.expect(mInvocation)
+	b.send(mError, mInvocation, id(t, inv, 0), map[string]any{}, "io.babble.processing_offer", []any{"bad SDP"})
+	if uri := a.expectError(mCall, 8); uri != "io.babble.processing_offer" {
+		t.Fatalf("caller got error %q, want io.babble.processing_offer", uri)
+	}
+
+	// Nobody registered alice: no_such_procedure. Bob again: exists.
+	a.send(mCall, 9, map[string]any{}, alice, []any{bob, offer})
+	if uri := a.expectError(mCall, 9); uri != errNoSuchProcedure {
+		t.Fatalf("got %q, want %s", uri, errNoSuchProcedure)
+	}
+	a.send(mRegister, 10, map[string]any{}, bob)
+	if uri := a.expectError(mRegister, 10); uri != errProcedureExists {
+		t.Fatalf("got %q, want %s", uri, errProcedureExists)
+	}
+
+	// A realm is a namespace: bob is not registered in realm "other".
+	o := dial(t, srv)
+	o.join("other")
+	o.send(mCall, 1, map[string]any{}, bob, []any{alice, offer})
+	if uri := o.expectError(mCall, 1); uri != errNoSuchProcedure {
+		t.Fatalf("another realm reached bob: %q", uri)
+	}
+
+	// UNREGISTER, then the procedure is gone; GOODBYE is answered.
+	b.send(mUnregister, 2, regID)
+	b.expect(mUnregistered)
+	a.send(mCall, 11, map[string]any{}, bob, []any{alice, offer})
+	if uri := a.expectError(mCall, 11); uri != errNoSuchProcedure {
+		t.Fatalf("after UNREGISTER: %q", uri)
+	}
+	a.send(mGoodbye, map[string]any{}, closeNormal)
+	if g := a.expect(mGoodbye); str(t, g, 1) != closeGoodbyeAndOut {
+		t.Fatalf("GOODBYE answered with %s", fields(g))
+	}
+	a.closed()
+}
+
+// TestRealms: a registered application's realm needs ticket
+// authentication with its key; with AppsOnly other realms are refused.
+func TestRealms(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	r, srv := start(t, Config{Apps: map[string]string{"chat": key}, AppsOnly: true})
+
+	p := dial(t, srv)
+	p.send(mHello, "chat", map[string]any{})
+	if m := p.expect(mAbort); str(t, m, 1) != errNotAuthorized {
+		t.Fatalf("no authmethods: %s", fields(m))
+	}
+	p.closed()
+
+	p = dial(t, srv)
+	p.send(mHello, "chat", map[string]any{"authmethods": []string{"ticket"}})
+	if m := p.expect(mChallenge); str(t, m, 0) != "ticket" {
+		t.Fatalf("CHALLENGE %s", fields(m))
+	}
+	p.send(mAuthenticate, "wrong-key-wrong-key", map[string]any{})
+	if m := p.expect(mAbort); str(t, m, 1) != errAuthFailed {
+		t.Fatalf("wrong ticket: %s", fields(m))
+	}
+	p.closed()
+
+	p = dial(t, srv)
+	p.send(mHello, "chat", map[string]any{"authmethods": []string{"wampcra", "ticket"}})
+	p.expect(mChallenge)
+	p.send(mAuthenticate, key, map[string]any{})
+	w := p.expect(mWelcome)
+	d, _ := w.Dict(1)
+	if string(d["authmethod"]) != `"ticket"` || string(d["authrole"]) != `"app"` {
+		t.Fatalf("WELCOME details %s", w.Fields[1])
+	}
+
+	p = dial(t, srv)
+	p.send(mHello, "elsewhere", map[string]any{})
+	if m := p.expect(mAbort); str(t, m, 1) != errNoSuchRealm {
+		t.Fatalf("unregistered realm with AppsOnly: %s", fields(m))
+	}
+	dial(t, srv).join("main") // the open realm stays open
+
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="auth"}`) == 2 &&
+			relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="realm"}`) == 1
+	}, "closes counted by reason")
+	_ = r
+}
+
+// TestBadInput: garbage, messages out of order, an oversized message and
+// a silent client each get a clear ABORT and a closed connection.
+func TestBadInput(t *testing.T) {
+	_, srv := start(t, Config{MaxMessage: 1024, HelloTimeout: 300 * time.Millisecond})
+	for _, tc := range []struct{ name, msg string }{
+		{"not JSON", `{"hello"`},
+		{"not an array", `{"type":1}`},
+		{"short HELLO", `[1,"main"]`},
+		{"CALL before HELLO", `[48,1,{},"x"]`},
+		{"realm not a URI", `[1,"has space",{}]`},
+	} {
+		p := dial(t, srv)
+		p.raw([]byte(tc.msg))
+		if m := p.expect(mAbort); len(m.Fields) != 2 {
+			t.Fatalf("%s: ABORT %s", tc.name, fields(m))
+		}
+		p.closed()
+	}
+	// Inside a session: an unknown message type, a bad request id.
+	for _, msg := range []string{`[99]`, `[64,"x",{},"p"]`, `[2,1,{}]`} {
+		p := dial(t, srv)
+		p.join("main")
+		p.raw([]byte(msg))
+		if m := p.expect(mAbort); str(t, m, 1) != errProtocolViolation {
+			t.Fatalf("%s: %s", msg, fields(m))
+		}
+		p.closed()
+	}
+	p := dial(t, srv)
+	p.join("main")
+	p.raw([]byte(`[16,1,{},"t",["` + strings.Repeat("x", 2000) + `"]]`))
+	if m := p.expect(mAbort); !strings.Contains(string(m.Fields[0]), "1024") {
+		t.Fatalf("oversized: %s", fields(m))
+	}
+	p.closed()
+	// A binary frame: wamp.2.json is text.
+	p = dial(t, srv)
+	p.join("main")
+	_ = wsutil.WriteClientBinary(p.c, []byte(`[6,{},"x"]`))
+	p.expect(mAbort)
+	p.closed()
+	// Silence: no HELLO within HelloTimeout.
+	p = dial(t, srv)
+	p.expect(mAbort)
+	p.closed()
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="timeout"}`) == 1 &&
+			relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="too_large"}`) == 1 &&
+			relaytest.Metric(t, srv, `meetpoint_signal_sessions`) == 0
+	}, "every bad session ended and counted")
+}
+
+// TestCallBounds: calls in flight and registrations per session are
+// bounded; a call times out (its own timeout option); a callee that
+// leaves fails its callers' calls; a late YIELD is dropped.
+func TestCallBounds(t *testing.T) {
+	_, srv := start(t, Config{MaxPending: 2, MaxRegistrations: 2, CallTimeout: 5 * time.Second})
+	b := dial(t, srv)
+	b.join("main")
+	b.register(1, "p1")
+	b.register(2, "p2")
+	b.send(mRegister, 3, map[string]any{}, "p3")
+	if uri := b.expectError(mRegister, 3); uri != errLimit {
+		t.Fatalf("third registration: %q", uri)
+	}
+
+	a := dial(t, srv)
+	a.join("main")
+	a.send(mCall, 1, map[string]any{}, "p1", []any{1})
+	a.send(mCall, 2, map[string]any{}, "p1", []any{2})
+	a.send(mCall, 3, map[string]any{}, "p1", []any{3})
+	if uri := a.expectError(mCall, 3); uri != errLimit {
+		t.Fatalf("third call in flight: %q", uri)
+	}
+	inv1 := b.expect(mInvocation)
+	b.expect(mInvocation)
+	b.send(mYield, id(t, inv1, 0), map[string]any{}, []any{"one"})
+	a.expect(mResult)
+
+	// Its own timeout option: 200 ms.
+	a.send(mCall, 4, map[string]any{"timeout": 200}, "p2")
+	inv4 := b.expect(mInvocation)
+	start := time.Now()
+	if uri := a.expectError(mCall, 4); uri != errTimeout {
+		t.Fatalf("timed-out call: %q", uri)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("the 200 ms timeout took %v", d)
+	}
+	b.send(mYield, id(t, inv4, 0), map[string]any{}, []any{"late"}) // dropped
+
+	// The callee leaves: the call still open (request 2) fails.
+	b.c.Close()
+	if uri := a.expectError(mCall, 2); uri != errCanceled {
+		t.Fatalf("callee gone: %q", uri)
+	}
+	a.send(mCall, 5, map[string]any{}, "p1")
+	if uri := a.expectError(mCall, 5); uri != errNoSuchProcedure {
+		t.Fatalf("after the callee left: %q", uri)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="timeout"}`); n != 1 {
+		t.Fatalf("timeouts counted %v, want 1", n)
+	}
+}
+
+// TestPubSub: EVENT reaches subscribers but (by default) not the
+// publisher; acknowledge gets PUBLISHED.
+func TestPubSub(t *testing.T) {
+	_, srv := start(t, Config{})
+	s1, s2 := dial(t, srv), dial(t, srv)
+	s1.join("main")
+	s2.join("main")
+	s1.send(mSubscribe, 1, map[string]any{}, "io.babble.peers")
+	sub := id(t, s1.expect(mSubscribed), 1)
+	s2.send(mSubscribe, 1, map[string]any{}, "io.babble.peers")
+	if got := id(t, s2.expect(mSubscribed), 1); got != sub {
+		t.Fatalf("one topic, two subscription ids: %d %d", sub, got)
+	}
+	s2.send(mPublish, 2, map[string]any{"acknowledge": true}, "io.babble.peers", []any{"hello"}, map[string]any{"n": 1})
+	s2.expect(mPublished)
+	ev := s1.expect(mEvent)
+	if id(t, ev, 0) != sub || string(ev.Fields[3]) != `["hello"]` || string(ev.Fields[4]) != `{"n":1}` {
+		t.Fatalf("EVENT %s", fields(ev))
+	}
+	if m, err := s2.next(300 * time.Millisecond); err == nil {
+		t.Fatalf("the publisher got its own event: %s", fields(m))
+	}
+	s1.send(mUnsubscribe, 3, sub)
+	s1.expect(mUnsubscribed)
+	s1.send(mUnsubscribe, 4, sub)
+	if uri := s1.expectError(mUnsubscribe, 4); uri != errNoSuchSubscription {
+		t.Fatalf("second UNSUBSCRIBE: %q", uri)
+	}
+}
+
+// TestSlowReader: a session that never reads while events pile up for it
+// is closed once MaxQueue messages wait: the router's memory for it is
+// bounded, and the others go on.
+func TestSlowReader(t *testing.T) {
+	_, srv := start(t, Config{MaxQueue: 16})
+	slow := dial(t, srv)
+	slow.join("main")
+	slow.send(mSubscribe, 1, map[string]any{}, "t")
+	slow.expect(mSubscribed)
+	pub := dial(t, srv)
+	pub.join("main")
+	big := strings.Repeat("x", 60<<10)
+	for i := 0; i < 2000; i++ { // 120 MB offered; the slow one reads nothing
+		pub.send(mPublish, i+1, map[string]any{}, "t", []any{big})
+		if relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`) == 1 {
+			break
+		}
+	}
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`) == 1
+	}, "the slow reader closed")
+	pub.send(mPublish, 1, map[string]any{"acknowledge": true}, "t")
+	pub.expect(mPublished) // the publisher is fine
+}
+
+// TestShutdown: Close says GOODBYE system_shutdown to every session.
+func TestShutdown(t *testing.T) {
+	r, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	go r.Close()
+	if g := p.expect(mGoodbye); str(t, g, 1) != closeShutdown {
+		t.Fatalf("GOODBYE %s", fields(g))
+	}
+	p.closed()
+}
+
+// TestFleetCall: two relays sharing one Redis: a procedure registered on
+// one is called from the other (and answered, errors too), registered
+// only once fleet-wide, released when its session leaves; events reach
+// the other node's subscribers.
+func TestFleetCall(t *testing.T) {
+	addr := relaytest.Redis(t)
+	node := func(name string) *relay.Server {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		_, srv := start(t, Config{Redis: rdb, NodeID: name})
+		return srv
+	}
+	n1, n2 := node("n1"), node("n2")
+	b := dial(t, n1)
+	b.join("main")
+	b.register(1, bob)
+	a := dial(t, n2)
+	a.join("main")
+	a.send(mRegister, 1, map[string]any{}, bob)
+	if uri := a.expectError(mRegister, 1); uri != errProcedureExists {
+		t.Fatalf("registered twice in the fleet: %q", uri)
+	}
+	for i := 2; i < 5; i++ {
+		a.send(mCall, i, map[string]any{}, bob, []any{alice, fmt.Sprintf("offer %d", i)})
+		inv := b.expect(mInvocation)
+		if string(inv.Fields[3]) != fmt.Sprintf(`[%q,"offer %d"]`, alice, i) {
+			t.Fatalf("INVOCATION across nodes: %s", fields(inv))
+		}
+		if i == 4 {
+			b.send(mError, mInvocation, id(t, inv, 0), map[string]any{}, "io.babble.processing_offer")
+			if uri := a.expectError(mCall, i); uri != "io.babble.processing_offer" {
+				t.Fatalf("error across nodes: %q", uri)
+			}
+			continue
+		}
+		b.send(mYield, id(t, inv, 0), map[string]any{}, []any{fmt.Sprintf("answer %d", i)})
+		res := a.expect(mResult)
+		if id(t, res, 0) != uint64(i) || string(res.Fields[2]) != fmt.Sprintf(`["answer %d"]`, i) {
+			t.Fatalf("RESULT across nodes: %s", fields(res))
+		}
+	}
+	// Events: a subscriber on n1, a publisher on n2.
+	b.send(mSubscribe, 5, map[string]any{}, "io.babble.peers")
+	b.expect(mSubscribed)
+	a.send(mPublish, 6, map[string]any{}, "io.babble.peers", []any{"joined"})
+	if ev := b.expect(mEvent); string(ev.Fields[3]) != `["joined"]` {
+		t.Fatalf("EVENT across nodes: %s", fields(ev))
+	}
+	// bob's session leaves n1: the claim goes, and n2's session may
+	// register the name.
+	b.c.Close()
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, n1, "meetpoint_signal_sessions") == 0 }, "bob's session ended")
+	a.send(mCall, 7, map[string]any{}, bob)
+	if uri := a.expectError(mCall, 7); uri != errNoSuchProcedure {
+		t.Fatalf("after bob left: %q", uri)
+	}
+	a.register(8, bob)
+	if n := relaytest.Metric(t, n2, `meetpoint_signal_forwarded_total{result="ok"}`); n != 2 {
+		t.Fatalf("forwarded calls counted %v, want 2", n)
+	}
+}
