@@ -1,0 +1,277 @@
+package wamp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// Client is a small WAMP caller and callee (what Babble's WebRTC
+// transport needs from its router: register a procedure, call another
+// peer's), for Go programs and tests. It is not a full WAMP client: no
+// pub/sub, no progressive results. One goroutine reads; calls may be made
+// from any goroutine.
+type Client struct {
+	conn net.Conn
+	wmu  sync.Mutex
+
+	mu      sync.Mutex
+	next    uint64
+	waiting map[uint64]chan Message // request id → its answer
+	procs   map[uint64]Handler      // registration id → handler
+	err     error                   // why the session ended
+	done    chan struct{}
+}
+
+// Handler answers an invocation of a registered procedure with its
+// Arguments, or an error (a *CallError keeps its URI; any other error is
+// sent as wamp.error.runtime_error).
+type Handler func(args []json.RawMessage) ([]any, error)
+
+// CallError is a WAMP ERROR: its URI and Arguments.
+type CallError struct {
+	URI  string
+	Args []json.RawMessage
+}
+
+func (e *CallError) Error() string { return "wamp: " + e.URI }
+
+// ErrClosed is returned once the session has ended.
+var ErrClosed = errors.New("wamp: session closed")
+
+// Dial opens a WebSocket (wamp.2.json) to url (ws:// or wss://) and joins
+// realm; a non-empty ticket answers the router's ticket challenge (a
+// registered application's realm).
+func Dial(ctx context.Context, url, realm, ticket string) (*Client, error) {
+	conn, _, _, err := ws.Dialer{Protocols: []string{Subprotocol}}.Dial(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{conn: conn, waiting: map[uint64]chan Message{}, procs: map[uint64]Handler{}, done: make(chan struct{})}
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	hello := map[string]any{"roles": map[string]any{"caller": map[string]any{}, "callee": map[string]any{}}}
+	if ticket != "" {
+		hello["authmethods"] = []string{"ticket"}
+	}
+	if err := c.write(encode(mHello, realm, hello)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	for {
+		m, err := c.read()
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		switch m.Type {
+		case mChallenge:
+			if err := c.write(encode(mAuthenticate, ticket, details)); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			continue
+		case mWelcome:
+			_ = conn.SetDeadline(time.Time{})
+			go c.loop()
+			return c, nil
+		case mAbort:
+			conn.Close()
+			uri := ""
+			if len(m.Fields) > 1 {
+				_ = json.Unmarshal(m.Fields[1], &uri)
+			}
+			return nil, &CallError{URI: uri}
+		}
+		conn.Close()
+		return nil, fmt.Errorf("wamp: message type %d before WELCOME", m.Type)
+	}
+}
+
+func (c *Client) write(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return wsutil.WriteClientText(c.conn, b)
+}
+
+func (c *Client) read() (Message, error) {
+	for {
+		b, op, err := wsutil.ReadServerData(c.conn)
+		if err != nil {
+			return Message{}, err
+		}
+		if op == ws.OpText {
+			return Parse(b)
+		}
+	}
+}
+
+// Close says GOODBYE and closes the connection.
+func (c *Client) Close() error {
+	_ = c.write(encode(mGoodbye, details, closeNormal))
+	return c.conn.Close()
+}
+
+// Done is closed when the session ends.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// loop dispatches what the router sends.
+func (c *Client) loop() {
+	var err error
+	defer func() {
+		c.mu.Lock()
+		c.err = err
+		for _, ch := range c.waiting {
+			close(ch)
+		}
+		c.waiting = nil
+		c.mu.Unlock()
+		close(c.done)
+		c.conn.Close()
+	}()
+	for {
+		var m Message
+		if m, err = c.read(); err != nil {
+			return
+		}
+		switch m.Type {
+		case mInvocation:
+			go c.invoked(m)
+		case mRegistered, mUnregistered, mResult, mError:
+			at := 0
+			if m.Type == mError {
+				at = 1
+			}
+			req, _ := m.ID(at)
+			c.mu.Lock()
+			ch := c.waiting[req]
+			delete(c.waiting, req)
+			c.mu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+		case mGoodbye, mAbort:
+			err = ErrClosed
+			return
+		}
+	}
+}
+
+// invoked runs a handler and YIELDs (or ERRORs) its answer.
+func (c *Client) invoked(m Message) {
+	inv, _ := m.ID(0)
+	reg, _ := m.ID(1)
+	c.mu.Lock()
+	h := c.procs[reg]
+	c.mu.Unlock()
+	var args []json.RawMessage
+	if len(m.Fields) > 3 {
+		_ = json.Unmarshal(m.Fields[3], &args)
+	}
+	if h == nil {
+		_ = c.write(encode(mError, mInvocation, inv, details, errNoSuchProcedure))
+		return
+	}
+	res, err := h(args)
+	if err != nil {
+		var ce *CallError
+		if errors.As(err, &ce) {
+			var payload json.RawMessage // nil: no Arguments
+			if ce.Args != nil {
+				payload, _ = json.Marshal(ce.Args)
+			}
+			_ = c.write(encode(mError, mInvocation, inv, map[string]any{"message": err.Error()}, ce.URI, payload))
+			return
+		}
+		_ = c.write(encode(mError, mInvocation, inv, map[string]any{}, "wamp.error.runtime_error", []any{err.Error()}))
+		return
+	}
+	if res == nil {
+		res = []any{}
+	}
+	_ = c.write(encode(mYield, inv, details, res))
+}
+
+// request sends a message built with its request id and waits for the
+// answer.
+func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Message, error) {
+	c.mu.Lock()
+	if c.waiting == nil {
+		c.mu.Unlock()
+		return Message{}, ErrClosed
+	}
+	c.next++
+	req := c.next
+	ch := make(chan Message, 1)
+	c.waiting[req] = ch
+	c.mu.Unlock()
+	if err := c.write(build(req)); err != nil {
+		return Message{}, err
+	}
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			return Message{}, ErrClosed
+		}
+		if m.Type == mError {
+			e := &CallError{}
+			if len(m.Fields) > 3 {
+				_ = json.Unmarshal(m.Fields[3], &e.URI)
+			}
+			if len(m.Fields) > 4 {
+				_ = json.Unmarshal(m.Fields[4], &e.Args)
+			}
+			return Message{}, e
+		}
+		return m, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.waiting, req)
+		c.mu.Unlock()
+		return Message{}, ctx.Err()
+	}
+}
+
+// Register registers proc with handler h.
+func (c *Client) Register(ctx context.Context, proc string, h Handler) error {
+	m, err := c.request(ctx, func(req uint64) []byte { return encode(mRegister, req, details, proc) })
+	if err != nil {
+		return err
+	}
+	reg, err := m.ID(1)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.procs[reg] = h
+	c.mu.Unlock()
+	return nil
+}
+
+// Call calls proc with args and returns the result's Arguments.
+func (c *Client) Call(ctx context.Context, proc string, args ...any) ([]json.RawMessage, error) {
+	opts := map[string]any{}
+	if d, ok := ctx.Deadline(); ok {
+		opts["timeout"] = max(time.Until(d).Milliseconds(), 1)
+	}
+	if args == nil {
+		args = []any{}
+	}
+	m, err := c.request(ctx, func(req uint64) []byte { return encode(mCall, req, opts, proc, args) })
+	if err != nil {
+		return nil, err
+	}
+	var res []json.RawMessage
+	if len(m.Fields) > 2 {
+		_ = json.Unmarshal(m.Fields[2], &res)
+	}
+	return res, nil
+}
