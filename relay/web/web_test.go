@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -100,47 +99,8 @@ func TestStatusAndFiles(t *testing.T) {
 	}
 }
 
-// chromium finds a Chromium or Chrome binary; tests skip without one unless
-// MEETPOINT_REQUIRE_BROWSER is set (CI sets it).
-func chromium(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: browser tests skipped")
-	}
-	if p := os.Getenv("MEETPOINT_CHROMIUM"); p != "" {
-		return p
-	}
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("MEETPOINT_REQUIRE_BROWSER") != "" {
-		t.Fatal("no chromium found and MEETPOINT_REQUIRE_BROWSER is set (apt-get install chromium)")
-	}
-	t.Skip("no chromium found: apt-get install chromium to run the browser tests")
-	return ""
-}
-
-// browser starts a headless Chromium for the test; tabs are new contexts
-// derived from the returned one.
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)),
-		chromedp.NoSandbox,                               // CI runs as root
-		chromedp.Flag("ignore-certificate-errors", true), // the test's self-signed certificate
-		chromedp.WindowSize(1000, 1400),
-	)
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancel)
-	ctx, cancel2 := chromedp.NewContext(actx)
-	t.Cleanup(cancel2)
-	if err := chromedp.Do(ctx); err != nil { // starts the browser (no timeout here: it would stop the browser)
-		t.Fatalf("starting chromium: %v", err)
-	}
-	return ctx
-}
+// browser starts a headless Chromium for the test.
+func browser(t *testing.T) context.Context { return relaytest.Browser(t) }
 
 // tab opens a new tab in browser b.
 func tab(t *testing.T, b context.Context) context.Context {
