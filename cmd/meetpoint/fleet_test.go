@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/wamp"
 )
 
 // fleetNode is a `meetpoint serve --fleet` process.
@@ -143,5 +145,54 @@ func TestFleetProcessKilled(t *testing.T) {
 		}
 		t.Logf("the dead node's key is not free yet: %v", err)
 		time.Sleep(time.Second)
+	}
+}
+
+// TestFleetDiscovery: two `meetpoint serve --fleet` processes on one
+// Redis serve one set of groups and one signalling router: a group
+// created on one is read on the other, and a procedure registered on one
+// answers a call made on the other.
+func TestFleetDiscovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: starts two relay processes")
+	}
+	redis := relaytest.Redis(t)
+	key := filepath.Join(t.TempDir(), "mesh.key")
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatal("gen-key failed")
+	}
+	a := startFleetNode(t, redis, "disc-a", key)
+	b := startFleetNode(t, redis, "disc-b", key)
+	var id string
+	httpJSON(t, "POST", "http://"+a.addr+"/group", `{"AppID":"chat","Name":"fleet-wide"}`, 201, &id)
+	var g struct{ Name string }
+	httpJSON(t, "GET", "http://"+b.addr+"/groups/"+id, "", 200, &g)
+	if g.Name != "fleet-wide" {
+		t.Fatalf("node b reads %+v", g)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	callee, err := wamp.Dial(ctx, "ws://"+a.addr+"/", "main", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer callee.Close()
+	if err := callee.Register(ctx, "0X04A11CE", func(args []json.RawMessage) ([]any, error) {
+		return []any{"answer to " + string(args[0])}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	caller, err := wamp.Dial(ctx, "ws://"+b.addr+"/", "main", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Close()
+	res, err := caller.Call(ctx, "0X04A11CE", "0X04B0B", `{"type":"offer"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || string(res[0]) != `"answer to \"0X04B0B\""` {
+		t.Fatalf("a call across nodes returned %s", res)
 	}
 }

@@ -573,8 +573,20 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		}
 		defer ev.Close()
 	}
+	// A fleet's nodes share one Redis: the pairing registry, the groups
+	// and the signalling router's registrations live there.
+	var fleetRedis redis.UniversalClient
+	if o.fleet != nil {
+		if fleetRedis, err = fleet.ParseURL(o.fleet.url); err != nil {
+			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			return 2
+		}
+		defer fleetRedis.Close()
+	}
 	if o.groups != nil {
-		gs, err := disco.New(srv, *o.groups)
+		gc := *o.groups
+		gc.Redis = fleetRedis // nil: this node's own, under --data-dir
+		gs, err := disco.New(srv, gc)
 		if err != nil {
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 			return 2
@@ -593,26 +605,17 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		return 2
 	}
 	var fl *fleet.Fleet
-	var fleetRedis redis.UniversalClient
 	if o.fleet != nil {
-		rdb, err := fleet.ParseURL(o.fleet.url)
-		fleetRedis = rdb
-		if err == nil {
-			fc := fleet.Config{Redis: rdb, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-				MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
-			if store != nil {
-				fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
-			}
-			fl, err = fleet.New(fc, srv)
+		fc := fleet.Config{Redis: fleetRedis, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
+			MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
+		if store != nil {
+			fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
 		}
-		if fl != nil {
-			tp.SetDirectory(fl)
-		}
-		if err != nil {
+		if fl, err = fleet.New(fc, srv); err != nil {
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 			return 2
 		}
-		defer rdb.Close()
+		tp.SetDirectory(fl)
 	}
 	if o.signal != nil {
 		sc := *o.signal

@@ -27,9 +27,10 @@ func FuzzGroupBody(f *testing.F) {
 		if w.Code != 201 && (w.Code < 400 || !strings.Contains(w.Body.String(), `"error"`)) {
 			t.Fatalf("POST %q: %d %q", body, w.Code, w.Body.String())
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for id, r := range s.groups {
+		st := s.st.(*localStore)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		for id, r := range st.groups {
 			if r.Group.AppID == "" || r.Group.ID != id {
 				t.Fatalf("stored %+v under %q", r.Group, id)
 			}

@@ -21,13 +21,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	bolt "go.etcd.io/bbolt"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/meetpoint/meetpoint/relay"
 )
@@ -74,6 +73,11 @@ type Config struct {
 	MaxGroups   int
 	MaxPeers    int
 	SweepEvery  time.Duration // expiry sweep period (default 1 s)
+	// Redis, when set (a fleet), keeps the groups instead of DataDir, with
+	// Redis's own expiry, so every node serves the same set; Prefix starts
+	// its keys (default "meetpoint:").
+	Redis       redis.UniversalClient
+	Prefix      string
 	sweepBatch  int
 	nowForTests func() time.Time
 }
@@ -85,12 +89,8 @@ const SecretHeader = "X-Group-Secret"
 // Service is the groups API on one relay.
 type Service struct {
 	cfg Config
-	db  *bolt.DB // nil: memory only
+	st  store
 	log *slog.Logger
-
-	mu     sync.Mutex
-	groups map[string]*record // by id
-	perApp map[string]int     // groups per app id
 
 	set      *metrics.Set
 	rejected map[string]*metrics.Counter
@@ -103,12 +103,11 @@ type record struct {
 	Group   Group
 	Expires int64  // unix ms
 	Secret  string // SHA-256 of the owner secret, hex
+	raw     string // as stored in Redis: what a compare-and-set compares
 }
 
-var bucket = []byte("groups")
-
 // rejection reasons (meetpoint_groups_rejected_total{reason}).
-var rejections = []string{"bad_request", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "limit"}
+var rejections = []string{"bad_request", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "limit", "unavailable"}
 
 // New serves the groups API on srv: POST /group, GET /groups,
 // GET/PATCH/DELETE /groups/{id}. Call it before srv.Start; Close it after.
@@ -140,17 +139,23 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.nowForTests == nil {
 		cfg.nowForTests = time.Now
 	}
-	s := &Service{cfg: cfg, log: srv.Logger(), groups: make(map[string]*record), perApp: make(map[string]int),
-		set: metrics.NewSet(), rejected: make(map[string]*metrics.Counter), stop: make(chan struct{})}
+	s := &Service{cfg: cfg, log: srv.Logger(), set: metrics.NewSet(), rejected: make(map[string]*metrics.Counter), stop: make(chan struct{})}
 	for _, r := range rejections {
 		s.rejected[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_groups_rejected_total{reason=%q}`, r))
 	}
-	s.set.NewGauge(`meetpoint_groups`, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.groups)) })
-	if cfg.DataDir != "" {
-		if err := s.open(); err != nil {
+	if cfg.Redis != nil {
+		if cfg.Prefix == "" {
+			cfg.Prefix = "meetpoint:"
+		}
+		s.st = &redisStore{rdb: cfg.Redis, prefix: cfg.Prefix}
+	} else {
+		st, err := openLocal(cfg.DataDir, s.now(), cfg.sweepBatch, s.log)
+		if err != nil {
 			return nil, err
 		}
+		s.st = st
 	}
+	s.set.NewGauge(`meetpoint_groups`, func() float64 { return float64(s.st.count()) })
 	srv.Handle("POST /group", http.HandlerFunc(s.create))
 	srv.Handle("GET /groups", http.HandlerFunc(s.list))
 	srv.Handle("GET /groups/{id}", http.HandlerFunc(s.get))
@@ -162,52 +167,6 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// open loads the groups that have not expired from DataDir/groups.db.
-func (s *Service) open() error {
-	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("groups: data dir: %v", err)
-	}
-	db, err := bolt.Open(filepath.Join(s.cfg.DataDir, "groups.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return fmt.Errorf("groups: %s: %v (is another relay using this --data-dir?)", filepath.Join(s.cfg.DataDir, "groups.db"), err)
-	}
-	now := s.now().UnixMilli()
-	var expired [][]byte
-	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var r record
-			if json.Unmarshal(v, &r) != nil || r.Expires <= now {
-				expired = append(expired, append([]byte(nil), k...))
-				return nil
-			}
-			s.groups[r.Group.ID] = &r
-			s.perApp[r.Group.AppID]++
-			return nil
-		})
-	})
-	if err == nil && len(expired) > 0 {
-		err = db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucket)
-			for _, k := range expired {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	if err != nil {
-		db.Close()
-		return fmt.Errorf("groups: %v", err)
-	}
-	s.db = db
-	return nil
-}
-
 // Close stops the sweeper and closes the store.
 func (s *Service) Close() error {
 	select {
@@ -217,34 +176,12 @@ func (s *Service) Close() error {
 	}
 	close(s.stop)
 	s.done.Wait()
-	if s.db != nil {
-		return s.db.Close()
-	}
-	return nil
+	return s.st.close()
 }
 
 func (s *Service) now() time.Time { return s.cfg.nowForTests() }
 
-// save writes r (nil: deletes id) to the store.
-func (s *Service) save(id string, r *record) error {
-	if s.db == nil {
-		return nil
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if r == nil {
-			return b.Delete([]byte(id))
-		}
-		v, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), v)
-	})
-}
-
-// sweeper deletes expired groups, a batch at a time (no global pause:
-// the lock is released between batches).
+// sweeper has the store delete expired groups.
 func (s *Service) sweeper() {
 	defer s.done.Done()
 	t := time.NewTicker(s.cfg.SweepEvery)
@@ -259,37 +196,7 @@ func (s *Service) sweeper() {
 	}
 }
 
-func (s *Service) sweep() {
-	now := s.now().UnixMilli()
-	s.mu.Lock()
-	ids := make([]string, 0, len(s.groups))
-	for id := range s.groups {
-		ids = append(ids, id)
-	}
-	s.mu.Unlock()
-	for len(ids) > 0 {
-		batch := ids[:min(len(ids), s.cfg.sweepBatch)]
-		ids = ids[len(batch):]
-		var gone []string
-		s.mu.Lock()
-		for _, id := range batch {
-			if r := s.groups[id]; r != nil && r.Expires <= now {
-				delete(s.groups, id)
-				s.perApp[r.Group.AppID]--
-				if s.perApp[r.Group.AppID] <= 0 {
-					delete(s.perApp, r.Group.AppID)
-				}
-				gone = append(gone, id)
-			}
-		}
-		s.mu.Unlock()
-		for _, id := range gone {
-			if err := s.save(id, nil); err != nil {
-				s.log.Warn("groups: deleting an expired group", "id", id, "err", err)
-			}
-		}
-	}
-}
+func (s *Service) sweep() { s.st.sweep(s.now()) }
 
 // fail answers an error with its status and a JSON body, counted.
 func (s *Service) fail(w http.ResponseWriter, status int, why, text string) {
@@ -298,6 +205,12 @@ func (s *Service) fail(w http.ResponseWriter, status int, why, text string) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint groups"`)
 	}
 	relay.WriteJSON(w, status, map[string]string{"error": text})
+}
+
+// unavailable answers 503: the store failed (the fleet's Redis).
+func (s *Service) unavailable(w http.ResponseWriter, err error) {
+	s.log.Warn("groups: store", "err", err)
+	s.fail(w, http.StatusServiceUnavailable, "unavailable", "the groups store is unavailable; try again")
 }
 
 // appAccess checks the request against app's realm: ok, or the answer
@@ -390,36 +303,37 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	g.LastUpdated = now.Unix()
-	s.mu.Lock()
-	old := s.groups[g.ID]
-	var secret string
+	old, err := s.st.get(g.ID)
+	if err != nil {
+		s.unavailable(w, err)
+		return
+	}
+	live := old != nil && old.Expires > now.UnixMilli() // an expired one is replaced as if absent
 	switch {
-	case old != nil && !s.owner(r, old, keyed):
-		s.mu.Unlock()
+	case live && !s.owner(r, old, keyed):
 		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" exists: its owner secret ("+SecretHeader+") or its application's key replaces it")
 		return
-	case old != nil && old.Group.AppID != g.AppID:
-		s.mu.Unlock()
+	case live && old.Group.AppID != g.AppID:
 		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" belongs to another application")
-		return
-	case old == nil && s.perApp[g.AppID] >= s.cfg.MaxGroups:
-		s.mu.Unlock()
-		s.fail(w, http.StatusTooManyRequests, "limit", fmt.Sprintf("application %s has %d groups, the most allowed", g.AppID, s.cfg.MaxGroups))
 		return
 	}
 	rec := &record{Group: g, Expires: now.Add(s.ttlOf(&g)).UnixMilli()}
-	if old != nil {
+	var secret string
+	if live {
 		rec.Secret = old.Secret
 	} else {
 		secret = newSecret()
 		rec.Secret = secretHash(secret)
-		s.perApp[g.AppID]++
 	}
-	s.groups[g.ID] = rec
-	err := s.save(g.ID, rec)
-	s.mu.Unlock()
-	if err != nil {
-		relay.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": "storing the group: " + err.Error()})
+	switch err := s.st.put(rec, old, s.cfg.MaxGroups, now); {
+	case err == errLimit:
+		s.fail(w, http.StatusTooManyRequests, "limit", fmt.Sprintf("application %s has %d groups, the most allowed", g.AppID, s.cfg.MaxGroups))
+		return
+	case err == errChanged:
+		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" changed meanwhile: try again")
+		return
+	case err != nil:
+		s.unavailable(w, err)
 		return
 	}
 	if secret != "" {
@@ -438,28 +352,28 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	now := s.now().UnixMilli()
+	recs, err := s.st.list(app, s.now())
+	if err != nil {
+		s.unavailable(w, err)
+		return
+	}
 	out := map[string]Group{}
-	s.mu.Lock()
-	for id, rec := range s.groups {
-		if rec.Expires <= now {
-			continue
-		}
-		_, registered := s.cfg.Apps[rec.Group.AppID]
-		if (app != "" && rec.Group.AppID == app) || (app == "" && !registered) {
-			out[id] = rec.Group
+	for _, rec := range recs {
+		if _, registered := s.cfg.Apps[rec.Group.AppID]; app != "" || !registered {
+			out[rec.Group.ID] = rec.Group
 		}
 	}
-	s.mu.Unlock()
 	relay.WriteJSON(w, http.StatusOK, out)
 }
 
 // lookup finds the group of the request's {id}, with its realm checked.
 func (s *Service) lookup(w http.ResponseWriter, r *http.Request) (rec *record, keyed, ok bool) {
 	id := r.PathValue("id")
-	s.mu.Lock()
-	rec = s.groups[id]
-	s.mu.Unlock()
+	rec, err := s.st.get(id)
+	if err != nil {
+		s.unavailable(w, err)
+		return nil, false, false
+	}
 	if rec == nil || rec.Expires <= s.now().UnixMilli() {
 		s.fail(w, http.StatusNotFound, "not_found", "no group "+id)
 		return nil, false, false
@@ -498,17 +412,12 @@ func (s *Service) update(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	g.ID, g.LastUpdated = rec.Group.ID, now.Unix()
 	nrec := &record{Group: g, Expires: now.Add(s.ttlOf(&g)).UnixMilli(), Secret: rec.Secret}
-	s.mu.Lock()
-	if s.groups[g.ID] != rec { // changed or deleted meanwhile
-		s.mu.Unlock()
+	switch err := s.st.put(nrec, rec, s.cfg.MaxGroups, now); {
+	case err == errChanged:
 		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" changed meanwhile: read it again")
 		return
-	}
-	s.groups[g.ID] = nrec
-	err := s.save(g.ID, nrec)
-	s.mu.Unlock()
-	if err != nil {
-		relay.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": "storing the group: " + err.Error()})
+	case err != nil:
+		s.unavailable(w, err)
 		return
 	}
 	relay.WriteJSON(w, http.StatusOK, g)
@@ -524,19 +433,15 @@ func (s *Service) remove(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusForbidden, "forbidden", "deleting a group needs its owner secret ("+SecretHeader+") or its application's key")
 		return
 	}
-	id := rec.Group.ID
-	s.mu.Lock()
-	if s.groups[id] == rec {
-		delete(s.groups, id)
-		s.perApp[rec.Group.AppID]--
-	}
-	err := s.save(id, nil)
-	s.mu.Unlock()
-	if err != nil {
-		relay.WriteJSON(w, http.StatusInternalServerError, map[string]string{"error": "deleting the group: " + err.Error()})
+	switch err := s.st.del(rec); {
+	case err == errChanged:
+		s.fail(w, http.StatusConflict, "conflict", "group "+rec.Group.ID+" changed meanwhile: read it again")
+		return
+	case err != nil:
+		s.unavailable(w, err)
 		return
 	}
-	relay.WriteJSON(w, http.StatusOK, id)
+	relay.WriteJSON(w, http.StatusOK, rec.Group.ID)
 }
 
 func newID() string {

@@ -263,10 +263,11 @@ func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
 
 // ids returns the stored group ids, sorted (tests).
 func (s *Service) ids() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.groups))
-	for id := range s.groups {
+	st := s.st.(*localStore)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	out := make([]string, 0, len(st.groups))
+	for id := range st.groups {
 		out = append(out, id)
 	}
 	sort.Strings(out)

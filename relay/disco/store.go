@@ -1,0 +1,216 @@
+package disco
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// store keeps the groups. Writes are compare-and-set against the record
+// the handler read, so two requests racing on one group cannot both win.
+type store interface {
+	// get is id's live record; nil if there is none (or it expired).
+	get(id string) (*record, error)
+	// put stores rec in place of old (nil: id must be absent), refusing
+	// with errChanged if the stored record is no longer old, and with
+	// errLimit if a new group would exceed maxGroups for its app.
+	put(rec, old *record, maxGroups int, now time.Time) error
+	// del deletes old's group if it is still old.
+	del(old *record) error
+	// list is the live records of app, or of every app when app is "".
+	list(app string, now time.Time) ([]*record, error)
+	// count is how many groups are stored.
+	count() int
+	// sweep removes expired groups (a store without native expiry).
+	sweep(now time.Time)
+	close() error
+}
+
+var (
+	errChanged = errors.New("the group changed meanwhile")
+	errLimit   = errors.New("the application has the most groups allowed")
+)
+
+// localStore is one relay's: a map, persisted in bbolt under DataDir
+// when one is set.
+type localStore struct {
+	db    *bolt.DB // nil: memory only
+	log   *slog.Logger
+	batch int
+
+	mu     sync.Mutex
+	groups map[string]*record // by id; guarded by mu
+	perApp map[string]int     // groups per app id; guarded by mu
+}
+
+var bucket = []byte("groups")
+
+// openLocal loads the groups that have not expired from dir/groups.db
+// ("" : memory only).
+func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localStore, error) {
+	s := &localStore{log: log, batch: batch, groups: map[string]*record{}, perApp: map[string]int{}}
+	if dir == "" {
+		return s, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("groups: data dir: %v", err)
+	}
+	path := filepath.Join(dir, "groups.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("groups: %s: %v (is another relay using this --data-dir?)", path, err)
+	}
+	ms := now.UnixMilli()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		var expired [][]byte
+		err = b.ForEach(func(k, v []byte) error {
+			var r record
+			if json.Unmarshal(v, &r) != nil || r.Expires <= ms {
+				expired = append(expired, append([]byte(nil), k...))
+				return nil
+			}
+			s.groups[r.Group.ID] = &r
+			s.perApp[r.Group.AppID]++
+			return nil
+		})
+		for _, k := range expired {
+			if err == nil {
+				err = b.Delete(k)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("groups: %v", err)
+	}
+	s.db = db
+	return s, nil
+}
+
+func (s *localStore) close() error {
+	if s.db != nil {
+		return s.db.Close()
+	}
+	return nil
+}
+
+// save writes r (nil: deletes id) to bbolt.
+func (s *localStore) save(id string, r *record) error {
+	if s.db == nil {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if r == nil {
+			return b.Delete([]byte(id))
+		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), v)
+	})
+}
+
+func (s *localStore) get(id string) (*record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.groups[id], nil // expiry is the caller's check (sweeps lag)
+}
+
+func (s *localStore) put(rec, old *record, maxGroups int, _ time.Time) error {
+	id := rec.Group.ID
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.groups[id] != old {
+		return errChanged
+	}
+	if old == nil {
+		if s.perApp[rec.Group.AppID] >= maxGroups {
+			return errLimit
+		}
+		s.perApp[rec.Group.AppID]++
+	}
+	s.groups[id] = rec
+	return s.save(id, rec)
+}
+
+func (s *localStore) del(old *record) error {
+	id := old.Group.ID
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.groups[id] != old {
+		return errChanged
+	}
+	s.drop(id, old)
+	return s.save(id, nil)
+}
+
+// drop forgets id (under mu).
+func (s *localStore) drop(id string, r *record) {
+	delete(s.groups, id)
+	if s.perApp[r.Group.AppID]--; s.perApp[r.Group.AppID] <= 0 {
+		delete(s.perApp, r.Group.AppID)
+	}
+}
+
+func (s *localStore) list(app string, now time.Time) ([]*record, error) {
+	ms := now.UnixMilli()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*record
+	for _, r := range s.groups {
+		if r.Expires > ms && (app == "" || r.Group.AppID == app) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (s *localStore) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.groups)
+}
+
+// sweep deletes expired groups a batch at a time (no global pause: the
+// lock is released between batches).
+func (s *localStore) sweep(now time.Time) {
+	ms := now.UnixMilli()
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.groups))
+	for id := range s.groups {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), s.batch)]
+		ids = ids[len(batch):]
+		var gone []string
+		s.mu.Lock()
+		for _, id := range batch {
+			if r := s.groups[id]; r != nil && r.Expires <= ms {
+				s.drop(id, r)
+				gone = append(gone, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range gone {
+			if err := s.save(id, nil); err != nil {
+				s.log.Warn("groups: deleting an expired group", "id", id, "err", err)
+			}
+		}
+	}
+}

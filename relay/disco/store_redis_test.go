@@ -1,0 +1,134 @@
+package disco
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// TestGroupsFleet: two relays sharing one Redis serve one set of groups:
+// created on one, read, listed, updated and deleted on the other, with the
+// per-app bound counted fleet-wide and expiry left to Redis.
+func TestGroupsFleet(t *testing.T) {
+	addr := relaytest.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	cfg := Config{Redis: rdb, MaxGroups: 2, Prefix: "t1:"}
+	_, u1, _ := start(t, cfg)
+	_, u2, srv2 := start(t, cfg)
+
+	code, hdr, body := do(t, "POST", u1+"/group", babbleGroup)
+	if code != 201 {
+		t.Fatalf("POST on node 1: %d %s", code, body)
+	}
+	var id string
+	_ = json.Unmarshal([]byte(body), &id)
+	secret := hdr.Get(SecretHeader)
+	if code, body = get(t, u2+"/groups/"+id); code != 200 || !strings.Contains(body, `"office"`) {
+		t.Fatalf("GET on node 2: %d %s", code, body)
+	}
+	if code, body = get(t, u2+"/groups?app-id=chat"); code != 200 || !strings.Contains(body, id) {
+		t.Fatalf("list on node 2: %d %s", code, body)
+	}
+	// Node 2 updates it with the owner secret; node 1 sees the change.
+	upd := strings.Replace(babbleGroup, `"office"`, `"moved"`, 1)
+	if code, _, body = do(t, "PATCH", u2+"/groups/"+id, upd); code != 403 {
+		t.Fatalf("PATCH without the secret: %d %s", code, body)
+	}
+	if code, _, body = do(t, "PATCH", u2+"/groups/"+id, upd, SecretHeader, secret); code != 200 {
+		t.Fatalf("PATCH on node 2: %d %s", code, body)
+	}
+	if _, body = get(t, u1+"/groups/"+id); !strings.Contains(body, `"moved"`) {
+		t.Fatalf("node 1 after node 2's PATCH: %s", body)
+	}
+	// The bound is the fleet's: one more on node 2 fits, a third does not.
+	if code, _, body = do(t, "POST", u2+"/group", babbleGroup); code != 201 {
+		t.Fatalf("second group: %d %s", code, body)
+	}
+	if code, _, body = do(t, "POST", u1+"/group", babbleGroup); code != 429 {
+		t.Fatalf("third group of an app bounded to 2: %d %s", code, body)
+	}
+	if n := relaytest.Metric(t, srv2, "meetpoint_groups"); n != 2 {
+		t.Fatalf("meetpoint_groups %v, want the fleet's 2", n)
+	}
+	// Delete on node 1; gone on node 2.
+	if code, _, body = do(t, "DELETE", u1+"/groups/"+id, "", SecretHeader, secret); code != 200 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if code, _ = get(t, u2+"/groups/"+id); code != 404 {
+		t.Fatalf("GET after DELETE on the other node: %d", code)
+	}
+	// Redis expires a group with its TTL.
+	short := strings.Replace(babbleGroup, `{"Name"`, `{"TTL":1,"Name"`, 1)
+	code, _, body = do(t, "POST", u1+"/group", short)
+	if code != 201 {
+		t.Fatalf("POST with TTL 1: %d %s", code, body)
+	}
+	_ = json.Unmarshal([]byte(body), &id)
+	if ttl := rdb.PTTL(t.Context(), "t1:{groups}:g:"+id).Val(); ttl <= 0 || ttl > time.Second {
+		t.Fatalf("the group's key expires in %v, want within its 1 s TTL", ttl)
+	}
+	relaytest.WaitFor(t, func() bool { c, _ := get(t, u2+"/groups/"+id); return c == 404 }, "the 1 s group expired")
+}
+
+// TestGroupsFleetCompareAndSet: a write based on a record that changed
+// meanwhile is refused, in Redis as in memory.
+func TestGroupsFleetCompareAndSet(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: relaytest.Redis(t)})
+	t.Cleanup(func() { rdb.Close() })
+	now := time.Now()
+	for name, st := range map[string]store{"redis": &redisStore{rdb: rdb, prefix: "cas:"}, "local": &localStore{groups: map[string]*record{}, perApp: map[string]int{}}} {
+		rec := func(name string) *record {
+			return &record{Group: Group{ID: "g1", AppID: "chat", Name: name}, Expires: now.Add(time.Minute).UnixMilli()}
+		}
+		if err := st.put(rec("a"), nil, 10, now); err != nil {
+			t.Fatalf("%s: create: %v", name, err)
+		}
+		if err := st.put(rec("again"), nil, 10, now); err != errChanged {
+			t.Fatalf("%s: second create of one id: %v", name, err)
+		}
+		read, _ := st.get("g1")
+		stale, _ := st.get("g1")
+		if err := st.put(rec("b"), read, 10, now); err != nil {
+			t.Fatalf("%s: update: %v", name, err)
+		}
+		if err := st.put(rec("c"), stale, 10, now); err != errChanged {
+			t.Fatalf("%s: update from a stale read: %v", name, err)
+		}
+		if err := st.del(stale); err != errChanged {
+			t.Fatalf("%s: delete from a stale read: %v", name, err)
+		}
+		if cur, _ := st.get("g1"); cur == nil || cur.Group.Name != "b" {
+			t.Fatalf("%s: stored %+v, want b", name, cur)
+		}
+	}
+}
+
+// TestGroupsFleetRedisDown: with the store unreachable the API answers
+// 503 with a JSON error, counted, and recovers with it.
+func TestGroupsFleetRedisDown(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	_, u, srv := start(t, Config{Redis: rdb})
+	if code, _, body := do(t, "POST", u+"/group", babbleGroup); code != 503 || !strings.Contains(body, `"error"`) {
+		t.Fatalf("POST with Redis down: %d %s", code, body)
+	}
+	if code, _ := get(t, u+"/groups/x"); code != 503 {
+		t.Fatalf("GET with Redis down: %d", code)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_groups_rejected_total{reason="unavailable"}`); n != 2 {
+		t.Fatalf("unavailable counted %v, want 2", n)
+	}
+}
+
+// get is a GET returning status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	code, _, body := do(t, "GET", url, "")
+	return code, body
+}
