@@ -99,6 +99,7 @@ type serveSettings struct {
 	turnIP     string        // --turn-relay-ip
 	turnPorts  string        // --turn-ports
 	turnPerUsr int           // --turn-max-per-user
+	turnRate   int64         // --turn-max-rate
 	fleetURL   string        // --fleet
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
@@ -169,7 +170,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.access, "access", "", "access rules `FILE` (TOML): what each identity may do; once given, everything not allowed is denied (docs/security.md); reloaded on SIGHUP")
 	fs.Var(&o.origins, "allowed-origins", "`ORIGIN` whose pages may open relay WebSockets, repeatable (e.g. https://app.example; default: any; clients without an Origin header, i.e. not browsers, always may)")
 	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
-	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://)")
+	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://), publish events, and list TURN allocations (GET /v1/turn/allocations)")
 	fs.BoolVar(&o.events, "events", false, "serve Events.Subscribe: idle connections receive events published with POST /v1/events/{channel} (needs --admin-key-file) or into Redis (--events-redis)")
 	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB); implies --events")
 	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
@@ -185,6 +186,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.turnIP, "turn-relay-ip", "", "the public `IP` relayed candidates carry (default: TURN's listen address)")
 	fs.StringVar(&o.turnPorts, "turn-ports", "49152-65535", "relay port range `MIN-MAX`")
 	fs.IntVar(&o.turnPerUsr, "turn-max-per-user", 10, "TURN allocations one user may hold at once")
+	fs.Int64Var(&o.turnRate, "turn-max-rate", 0, "bytes per second one TURN allocation may relay each way (0: unbounded); datagrams over it are dropped and counted")
 	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
@@ -432,7 +434,10 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var tcfg *turn.Config
 	if v.turnOn {
-		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr}
+		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr, MaxRate: v.turnRate, AdminKey: adminKey}
+		if v.turnRate < 0 {
+			return fail("turn-max-rate %d: want bytes per second, 0 for unbounded", v.turnRate)
+		}
 		if v.turnSecret != "" {
 			sec, err := turn.LoadSecret(v.turnSecret)
 			if err != nil {

@@ -69,10 +69,10 @@ type Config struct {
 	AppsOnly bool
 	// Bounds: request body bytes (default 64 KiB), groups per application
 	// (default 1000), peers per group (each list; default 256).
-	MaxBody     int64
-	MaxGroups   int
-	MaxPeers    int
-	SweepEvery  time.Duration // expiry sweep period (default 1 s)
+	MaxBody    int64
+	MaxGroups  int
+	MaxPeers   int
+	SweepEvery time.Duration // expiry sweep period (default 1 s)
 	// Redis, when set (a fleet), keeps the groups instead of DataDir, with
 	// Redis's own expiry, so every node serves the same set; Prefix starts
 	// its keys (default "meetpoint:").

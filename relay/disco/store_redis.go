@@ -25,7 +25,7 @@ type redisStore struct {
 	prefix string
 }
 
-func (s *redisStore) key(id string) string    { return s.prefix + "{groups}:g:" + id }
+func (s *redisStore) key(id string) string     { return s.prefix + "{groups}:g:" + id }
 func (s *redisStore) appKey(app string) string { return s.prefix + "{groups}:app:" + app }
 func (s *redisStore) appsKey() string          { return s.prefix + "{groups}:apps" }
 
@@ -179,4 +179,4 @@ func (s *redisStore) count() int {
 }
 
 func (s *redisStore) sweep(time.Time) {} // Redis expires the groups itself
-func (s *redisStore) close() error     { return nil }
+func (s *redisStore) close() error    { return nil }

@@ -53,6 +53,12 @@ type Config struct {
 	MaxPerUser int
 	// CredentialTTL is the life of handed-out credentials (default 1 h).
 	CredentialTTL time.Duration
+	// MaxRate bounds each allocation's relayed bytes per second, each way
+	// (0: unbounded); datagrams over it are dropped and counted.
+	MaxRate int64
+	// AdminKey, when set, serves GET /v1/turn/allocations (each
+	// allocation's counters) to Authorization: Bearer AdminKey.
+	AdminKey string
 	// Logger logs; default the relay's.
 	Logger *slog.Logger
 }
@@ -80,11 +86,14 @@ type Service struct {
 	tcp net.Listener // TURN over TCP and TLS, handed over by the relay's dispatch table
 
 	mu     sync.Mutex
-	perUsr map[string]int // allocations by user
+	perUsr map[string]int       // allocations by user; guarded by mu
+	live   map[*allocation]bool // relay sockets open; guarded by mu
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
 	authFail, creds             *metrics.Counter
+	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
+	rxPkts, txPkts, dropped     *metrics.Counter
 }
 
 // New registers GET /v1/turn/credentials on srv; Start listens once the
@@ -111,12 +120,25 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), live: map[*allocation]bool{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
+	s.rxBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="from_peers"}`)
+	s.txBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="to_peers"}`)
+	s.rxPkts = s.set.NewCounter(`meetpoint_turn_relayed_packets_total{dir="from_peers"}`)
+	s.txPkts = s.set.NewCounter(`meetpoint_turn_relayed_packets_total{dir="to_peers"}`)
+	s.dropped = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="rate"}`)
+	if cfg.MaxRate < 0 {
+		return nil, fmt.Errorf("turn: max rate %d is negative", cfg.MaxRate)
+	}
+	if cfg.AdminKey != "" {
+		srv.Handle("GET /v1/turn/allocations", relay.RequireBearer(cfg.AdminKey, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			relay.WriteJSON(w, http.StatusOK, s.Allocations())
+		})))
+	}
 	s.tcp = srv.STUNListener() // STUN/TURN sniffed on the relay port (TCP, and TLS once unwrapped)
 	srv.Handle("GET /v1/turn/credentials", http.HandlerFunc(s.credentials))
 	srv.AddReporter(s)
@@ -146,7 +168,7 @@ func (s *Service) Start() error {
 	}
 	bindIP := pc.LocalAddr().(*net.UDPAddr).IP.String()
 	relays := func() pturn.RelayAddressGenerator {
-		return &pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}
+		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s}
 	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.Writer = io.Discard // pion logs every refused request; the relay counts them
@@ -307,9 +329,12 @@ func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
 // MetricDocs implements relay.MetricDocumenter.
 func (s *Service) MetricDocs() map[string]relay.MetricDoc {
 	return map[string]relay.MetricDoc{
-		"meetpoint_turn_allocations_active": {Type: "gauge", Help: "TURN allocations now."},
-		"meetpoint_turn_allocations_total":  {Type: "counter", Help: "TURN allocations made since start."},
-		"meetpoint_turn_refused_total":      {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
-		"meetpoint_turn_credentials_total":  {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
+		"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
+		"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
+		"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
+		"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
+		"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
+		"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
+		"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate)."},
 	}
 }

@@ -240,3 +240,73 @@ func relays(t *testing.T, from, to net.PacketConn, msg []byte) {
 		}
 	}
 }
+
+// TestTURNRateAndAllocations: with a rate per allocation, datagrams over
+// it are dropped and counted; each allocation's counters are listed by
+// GET /v1/turn/allocations (admin key only) and summed in the metrics.
+func TestTURNRateAndAllocations(t *testing.T) {
+	const admin = "turn-admin-key-0123456789"
+	s, srv := start(t, Config{MaxRate: 20000, AdminKey: admin})
+	user, pass := Credentials(secret, "carol", time.Minute, time.Now())
+	ra, err := client(t, s, user, pass).Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ra.Close()
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	chunk := bytes.Repeat([]byte{7}, 1000)
+	for i := 0; i < 200; i++ { // 200 KB at once: the 64 KiB burst and 20 KB/s pass
+		if _, err := ra.WriteTo(chunk, peer.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	buf := make([]byte, 2000)
+	for {
+		_ = peer.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, _, err := peer.ReadFrom(buf); err != nil {
+			break
+		}
+		got++
+	}
+	if got < 20 || got > 120 {
+		t.Fatalf("the peer received %d of 200 datagrams through a 20 KB/s allocation, want the burst and the rate (about 66-100)", got)
+	}
+	get := func(key string) (int, []AllocationInfo) {
+		req, _ := http.NewRequest("GET", "http://"+relaytest.Addr(srv)+"/v1/turn/allocations", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out []AllocationInfo
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, _ := get("not-the-key"); code != 401 {
+		t.Fatalf("allocations without the admin key: %d", code)
+	}
+	code, list := get(admin)
+	if code != 200 || len(list) != 1 {
+		t.Fatalf("allocations: %d %+v", code, list)
+	}
+	a := list[0]
+	// (Datagrams may also be lost before TURN reads them: loopback UDP
+	// buffers overflow too, so dropped + relayed <= 200.)
+	if a.User != "carol" || a.TxPackets != uint64(got) || a.TxBytes != uint64(got*1000) || a.Dropped == 0 || a.TxPackets+a.Dropped > 200 {
+		t.Fatalf("allocation %+v; the peer got %d datagrams", a, got)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_dropped_total{reason="rate"}`); n != float64(a.Dropped) {
+		t.Fatalf("dropped counted %v, want %d", n, a.Dropped)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_relayed_packets_total{dir="to_peers"}`); n != float64(got) {
+		t.Fatalf("relayed counted %v, want %d", n, got)
+	}
+	ra.Close()
+	relaytest.WaitFor(t, func() bool { _, l := get(admin); return len(l) == 0 }, "the allocation gone from the list")
+}

@@ -1,0 +1,135 @@
+package turn
+
+import (
+	"net"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	pturn "github.com/pion/turn/v5"
+	"golang.org/x/time/rate"
+)
+
+// Each allocation's relay socket (the UDP port peers send to) is wrapped:
+// its datagrams and bytes are counted each way, and with a rate set
+// (Config.MaxRate) each direction is held to it by a token bucket —
+// datagrams over the rate are dropped, as a congested path would, and
+// counted. The counts are the allocation's metrics: GET
+// /v1/turn/allocations lists them (with the admin key); the families
+// meetpoint_turn_relayed_* sum them.
+
+// meteredGenerator hands pion metered relay sockets.
+type meteredGenerator struct {
+	pturn.RelayAddressGenerator
+	s *Service
+}
+
+func (g meteredGenerator) AllocatePacketConn(c pturn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	pc, addr, err := g.RelayAddressGenerator.AllocatePacketConn(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return g.s.meter(pc, c.UserID, addr), addr, nil
+}
+
+// allocation is one relay socket's counters.
+type allocation struct {
+	net.PacketConn
+	s                *Service
+	user             string
+	relay            string
+	since            time.Time
+	in, out          *rate.Limiter // nil: no rate limit
+	rxBytes, txBytes atomic.Uint64 // from peers; to peers
+	rxPkts, txPkts   atomic.Uint64
+	dropped          atomic.Uint64 // over the rate, either way
+	closed           atomic.Bool
+}
+
+func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocation {
+	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), since: time.Now()}
+	if r := s.cfg.MaxRate; r > 0 {
+		burst := max(int(r/4), 64<<10) // a datagram always fits
+		a.in, a.out = rate.NewLimiter(rate.Limit(r), burst), rate.NewLimiter(rate.Limit(r), burst)
+	}
+	s.mu.Lock()
+	s.live[a] = true
+	s.mu.Unlock()
+	return a
+}
+
+// ReadFrom reads the next datagram from a peer within the rate.
+func (a *allocation) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, from, err := a.PacketConn.ReadFrom(p)
+		if err != nil {
+			return n, from, err
+		}
+		if a.in != nil && !a.in.AllowN(time.Now(), n) {
+			a.dropped.Add(1)
+			a.s.dropped.Inc()
+			continue
+		}
+		a.rxBytes.Add(uint64(n))
+		a.rxPkts.Add(1)
+		a.s.rxBytes.Add(n)
+		a.s.rxPkts.Inc()
+		return n, from, nil
+	}
+}
+
+// WriteTo sends a datagram to a peer within the rate (over it, it is
+// dropped and reported sent, as the network would).
+func (a *allocation) WriteTo(p []byte, to net.Addr) (int, error) {
+	if a.out != nil && !a.out.AllowN(time.Now(), len(p)) {
+		a.dropped.Add(1)
+		a.s.dropped.Inc()
+		return len(p), nil
+	}
+	n, err := a.PacketConn.WriteTo(p, to)
+	if err == nil {
+		a.txBytes.Add(uint64(n))
+		a.txPkts.Add(1)
+		a.s.txBytes.Add(n)
+		a.s.txPkts.Inc()
+	}
+	return n, err
+}
+
+func (a *allocation) Close() error {
+	if a.closed.CompareAndSwap(false, true) {
+		a.s.mu.Lock()
+		delete(a.s.live, a)
+		a.s.mu.Unlock()
+	}
+	return a.PacketConn.Close()
+}
+
+// AllocationInfo is one allocation as GET /v1/turn/allocations lists it.
+type AllocationInfo struct {
+	User      string `json:"user"`
+	Relay     string `json:"relay"` // the relayed address peers send to
+	Seconds   int64  `json:"seconds"`
+	RxBytes   uint64 `json:"rx_bytes"` // from peers
+	TxBytes   uint64 `json:"tx_bytes"` // to peers
+	RxPackets uint64 `json:"rx_packets"`
+	TxPackets uint64 `json:"tx_packets"`
+	Dropped   uint64 `json:"dropped"` // over the rate limit
+}
+
+// Allocations lists the live allocations, longest-lived first.
+func (s *Service) Allocations() []AllocationInfo {
+	s.mu.Lock()
+	out := make([]AllocationInfo, 0, len(s.live))
+	for a := range s.live {
+		out = append(out, AllocationInfo{User: a.user, Relay: a.relay, Seconds: int64(time.Since(a.since) / time.Second),
+			RxBytes: a.rxBytes.Load(), TxBytes: a.txBytes.Load(), RxPackets: a.rxPkts.Load(), TxPackets: a.txPkts.Load(),
+			Dropped: a.dropped.Load()})
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Seconds > out[j].Seconds || (out[i].Seconds == out[j].Seconds && out[i].Relay < out[j].Relay)
+	})
+	return out
+}
+
