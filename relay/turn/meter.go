@@ -132,4 +132,3 @@ func (s *Service) Allocations() []AllocationInfo {
 	})
 	return out
 }
-
