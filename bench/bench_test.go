@@ -186,3 +186,21 @@ func TestSVG(t *testing.T) {
 		t.Fatal(s)
 	}
 }
+
+// TestTURN: the turn scenario measures meetpoint's TURN (a child process)
+// beside the direct path, and beside coturn where turnserver is installed
+// (required where MEETPOINT_REQUIRE_COTURN is set, as in CI).
+func TestTURN(t *testing.T) {
+	o := tiny(t, "turn")
+	_, tab := runTiny(t, o)
+	labels := []string{"direct", "meetpoint"}
+	if _, err := exec.LookPath("turnserver"); err == nil || os.Getenv("MEETPOINT_REQUIRE_COTURN") != "" {
+		labels = append(labels, "coturn")
+	}
+	wantRows(t, tab, labels...)
+	for _, r := range tab.Rows {
+		if r.Params["offered"] == "10000/s" && (r.Values["pps"] < 1000 || (r.Peer != "direct" && r.Values["allocs"] <= 0)) {
+			t.Errorf("%s at 10000/s: %v", r.Peer, r.Values)
+		}
+	}
+}

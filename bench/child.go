@@ -185,6 +185,8 @@ func ChildMain(args []string) int {
 		err = childRelay(args[1:])
 	case "idle":
 		err = childIdle(args[1:])
+	case "turn":
+		err = childTURN(args[1:])
 	default:
 		err = fmt.Errorf("unknown role %q", args[0])
 	}

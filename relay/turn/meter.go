@@ -47,6 +47,7 @@ type allocation struct {
 }
 
 func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocation {
+	bigBuffers(pc)
 	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), since: time.Now()}
 	if r := s.cfg.MaxRate; r > 0 {
 		burst := max(int(r/4), 64<<10) // a datagram always fits
@@ -131,4 +132,15 @@ func (s *Service) Allocations() []AllocationInfo {
 		return out[i].Seconds > out[j].Seconds || (out[i].Seconds == out[j].Seconds && out[i].Relay < out[j].Relay)
 	})
 	return out
+}
+
+// bigBuffers asks for 4 MiB socket buffers each way (the kernel caps them
+// at net.core.rmem_max / wmem_max): a burst of datagrams then waits in the
+// kernel instead of being lost while pion's one reader per socket is busy.
+// Measured in docs/BENCHMARKS.md#turn.
+func bigBuffers(pc net.PacketConn) {
+	if uc, ok := pc.(*net.UDPConn); ok {
+		_ = uc.SetReadBuffer(4 << 20)
+		_ = uc.SetWriteBuffer(4 << 20)
+	}
 }

@@ -159,6 +159,7 @@ func (s *Service) Start() error {
 	if err != nil {
 		return fmt.Errorf("turn: %v", err)
 	}
+	bigBuffers(pc)
 	relayIP := s.cfg.RelayIP
 	if relayIP == nil {
 		relayIP = pc.LocalAddr().(*net.UDPAddr).IP
