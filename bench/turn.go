@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -41,7 +43,11 @@ type turnServer struct {
 
 // startMeetpointTURN runs meetpoint's TURN in a child process.
 func (e *Env) startMeetpointTURN() (*turnServer, error) {
-	c, err := startChild(e.opt, "turn", "--ports", "42000-42999")
+	args := []string{"turn", "--ports", "42000-42999"}
+	if e.opt.CPUProfile && e.dir != "" { // the whole scenario's profile of meetpoint's TURN
+		args = append(args, "--cpuprofile", filepath.Join(e.dir, "cpu-turn-meetpoint.pprof"))
+	}
+	c, err := startChild(e.opt, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -318,6 +324,7 @@ func firstLine(s string) string {
 func childTURN(args []string) error {
 	fs := flag.NewFlagSet("turn", flag.ContinueOnError)
 	ports := fs.String("ports", "42000-42999", "relay port range")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here until stdin closes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -341,6 +348,17 @@ func childTURN(args []string) error {
 		return err
 	}
 	defer ts.Close()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Printf("addrs %s\n", ts.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
