@@ -18,10 +18,10 @@ build:
 ## 2-minute --alone-timeout so a human has time to start the second client
 ## (ARGS adds or overrides flags, --listen included; TLS=1 serves TLS too,
 ## with a self-signed certificate whose SHA-256 fingerprint is printed).
-## State (the groups API's groups, that certificate) is kept in .meetpoint/;
+## State (the groups API's groups, that certificate) is kept in ./data/;
 ## TURN answers on UDP at the same port (credentials: GET /v1/turn/credentials).
 run: build
-	./$(BIN) serve --auth dummy --alone-timeout 2m --data-dir .meetpoint --turn $(if $(TLS),--tls) $(ARGS)
+	./$(BIN) serve --auth dummy --alone-timeout 2m --data-dir data --turn $(if $(TLS),--tls) $(ARGS)
 
 ## test: the whole suite with the race detector (well under 10 minutes)
 test:

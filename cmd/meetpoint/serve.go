@@ -434,7 +434,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var tcfg *turn.Config
 	if v.turnOn {
-		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr, MaxRate: v.turnRate, AdminKey: adminKey}
+		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr, MaxRate: v.turnRate, AdminKey: adminKey, Apps: apps}
 		if v.turnRate < 0 {
 			return fail("turn-max-rate %d: want bytes per second, 0 for unbounded", v.turnRate)
 		}

@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha1" //nolint:gosec // the TURN REST scheme is HMAC-SHA1 (coturn's, RFC 8489 long-term credentials)
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -56,6 +57,10 @@ type Config struct {
 	// MaxRate bounds each allocation's relayed bytes per second, each way
 	// (0: unbounded); datagrams over it are dropped and counted.
 	MaxRate int64
+	// Apps are the registered applications (app id → key, --apps): an
+	// app's key is accepted as a bearer token for credentials too, with
+	// the app id as the TURN user.
+	Apps map[string]string
 	// AdminKey, when set, serves GET /v1/turn/allocations (each
 	// allocation's counters) to Authorization: Bearer AdminKey.
 	AdminKey string
@@ -253,14 +258,18 @@ func Credentials(secret []byte, user string, ttl time.Duration, now time.Time) (
 }
 
 // credentials is GET /v1/turn/credentials: Authorization: Bearer TOKEN,
-// checked by the relay's authenticator (the access rules' "http" action
-// already applied to the path); 200 {"username","password","ttl","uris"}.
+// checked by the relay's authenticator, or a registered application's key
+// (the access rules' "http" action already applied to the path); 200 {"username","password","ttl","uris"}.
 func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
 	token := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
 	if token == "" || token == r.Header.Get("Authorization") {
 		s.authFail.Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint turn"`)
 		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a relay token is required (Authorization: Bearer TOKEN)"})
+		return
+	}
+	if app, ok := s.appOf(token); ok {
+		s.issue(w, r, app)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -280,6 +289,22 @@ func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
 	if user == "" {
 		user = "anonymous"
 	}
+	s.issue(w, r, user)
+}
+
+// appOf finds the registered application whose key token is; every key
+// is compared, in constant time, so timing tells nothing of which.
+func (s *Service) appOf(token string) (app string, ok bool) {
+	for id, key := range s.cfg.Apps {
+		if subtle.ConstantTimeCompare([]byte(token), []byte(key)) == 1 {
+			app, ok = id, true
+		}
+	}
+	return app, ok
+}
+
+// issue answers a credential pair for user.
+func (s *Service) issue(w http.ResponseWriter, r *http.Request, user string) {
 	user = strings.ReplaceAll(user, ":", "_") // the username's separator
 	username, password := Credentials(s.cfg.Secret, user, s.cfg.CredentialTTL, time.Now())
 	s.creds.Inc()

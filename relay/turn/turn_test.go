@@ -310,3 +310,21 @@ func TestTURNRateAndAllocations(t *testing.T) {
 	ra.Close()
 	relaytest.WaitFor(t, func() bool { _, l := get(admin); return len(l) == 0 }, "the allocation gone from the list")
 }
+
+// TestCredentialsForAppKey: a registered application's key is a bearer
+// token for credentials too (the relay's authenticator would refuse this
+// one: it starts with "bad"), with the app id as the TURN user.
+func TestCredentialsForAppKey(t *testing.T) {
+	const key = "bad-looking-but-the-app-key-0123"
+	s, srv := start(t, Config{Apps: map[string]string{"chat": key, "other": "another-app-key-0123456"}})
+	code, cr := getCreds(t, srv, key)
+	if code != 200 || !strings.HasSuffix(cr.Username, ":chat") {
+		t.Fatalf("credentials for an app key: %d %+v", code, cr)
+	}
+	if _, err := client(t, s, cr.Username, cr.Password).Allocate(); err != nil {
+		t.Fatalf("allocating with them: %v", err)
+	}
+	if code, _ := getCreds(t, srv, "bad-not-an-app-key-0123456"); code != 401 {
+		t.Fatalf("a refused token that is no app key: %d", code)
+	}
+}
