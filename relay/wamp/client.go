@@ -2,6 +2,7 @@ package wamp
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,7 +51,13 @@ var ErrClosed = errors.New("wamp: session closed")
 // realm; a non-empty ticket answers the router's ticket challenge (a
 // registered application's realm).
 func Dial(ctx context.Context, url, realm, ticket string) (*Client, error) {
-	conn, _, _, err := ws.Dialer{Protocols: []string{Subprotocol}}.Dial(ctx, url)
+	return DialTLS(ctx, url, realm, ticket, nil)
+}
+
+// DialTLS is Dial with the TLS configuration for a wss:// URL (nil: the
+// system's roots).
+func DialTLS(ctx context.Context, url, realm, ticket string, conf *tls.Config) (*Client, error) {
+	conn, _, _, err := ws.Dialer{Protocols: []string{Subprotocol}, TLSConfig: conf}.Dial(ctx, url)
 	if err != nil {
 		return nil, err
 	}

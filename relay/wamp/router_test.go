@@ -3,6 +3,7 @@ package wamp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -523,5 +524,56 @@ func TestFleetCall(t *testing.T) {
 	a.register(8, bob)
 	if n := relaytest.Metric(t, n2, `meetpoint_signal_forwarded_total{result="ok"}`); n != 2 {
 		t.Fatalf("forwarded calls counted %v, want 2", n)
+	}
+}
+
+// TestClientOverTLS: the Go client over wss:// on a TLS relay port (the
+// dispatch table unwraps TLS, then hands the wamp.2.json upgrade to the
+// router), in an application's realm with its ticket: register, call,
+// an error URI carried back, and a wrong ticket refused.
+func TestClientOverTLS(t *testing.T) {
+	store, conf := relaytest.TLS(t)
+	srv := relaytest.New(t, func(c *relay.Config) { c.TLS = store.TLSConfig() })
+	const key = "chat-key-0123456789abcdef"
+	r, err := New(srv, Config{Apps: map[string]string{"chat": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { r.Close(); srv.Close() })
+	url := "wss://" + relaytest.Addr(srv) + "/"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := DialTLS(ctx, url, "chat", "wrong-ticket-wrong-ticket", conf); err == nil || !strings.Contains(err.Error(), errAuthFailed) {
+		t.Fatalf("wrong ticket: %v", err)
+	}
+	callee, err := DialTLS(ctx, url, "chat", key, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer callee.Close()
+	if err := callee.Register(ctx, bob, func(args []json.RawMessage) ([]any, error) {
+		if len(args) != 2 {
+			return nil, &CallError{URI: "io.babble.processing_offer"}
+		}
+		return []any{"answer"}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	caller, err := DialTLS(ctx, url, "chat", key, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Close()
+	res, err := caller.Call(ctx, bob, alice, "offer")
+	if err != nil || len(res) != 1 || string(res[0]) != `"answer"` {
+		t.Fatalf("call: %s %v", res, err)
+	}
+	var ce *CallError
+	if _, err := caller.Call(ctx, bob, "only one argument"); !errors.As(err, &ce) || ce.URI != "io.babble.processing_offer" {
+		t.Fatalf("a callee's error: %v", err)
+	}
+	if err := caller.Register(ctx, bob, nil); !errors.As(err, &ce) || ce.URI != errProcedureExists {
+		t.Fatalf("registering a taken name: %v", err)
 	}
 }
