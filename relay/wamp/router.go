@@ -268,16 +268,15 @@ type session struct {
 
 	// Set once, by the reader, before WELCOME; read by others after.
 	realm     *realm
-	key       string // the realm's app key while a CHALLENGE is out
-	realmName string // the realm asked for while a CHALLENGE is out
-	reason    atomic.Value
+	key       string       // the realm's app key while a CHALLENGE is out
+	realmName string       // the realm asked for while a CHALLENGE is out
+	reason    atomic.Value // why it ended: a closeReasons entry, set once
 
 	// Guarded by Router.mu.
 	regs        map[uint64]*registration
 	subs        map[uint64]*topic
 	invocations map[uint64]*call // calls to this session (callee), by invocation id
-	calling     map[*call]bool   // calls this session made, in flight
-	left        bool
+	calling     map[*call]bool   // calls this session made, in flight; nil once it has left
 }
 
 // send queues msg for the writer without blocking; a session that lets
