@@ -197,6 +197,8 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 	}
 	srv.HandleWebSocket(Subprotocol, r)
 	srv.AddReporter(r)
+	r.log.Info("signalling: WAMP router", "subprotocol", Subprotocol, "open_realm", cfg.Realm,
+		"app_realms", len(cfg.Apps), "fleet", cfg.Redis != nil)
 	return r, nil
 }
 

@@ -577,3 +577,58 @@ func TestClientOverTLS(t *testing.T) {
 		t.Fatalf("registering a taken name: %v", err)
 	}
 }
+
+// TestChurn: sessions register, call each other, and leave while calls
+// are in flight, concurrently (under -race in make test). Every call
+// ends with a result or an error, and once all have left the router
+// holds nothing: no session, realm, registration or call.
+func TestChurn(t *testing.T) {
+	r, srv := start(t, Config{CallTimeout: 2 * time.Second})
+	url := relaytest.WSURL(srv)
+	const n, calls = 12, 40
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			errs <- func() error {
+				c, err := Dial(ctx, url, "main", "")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if err := c.Register(ctx, fmt.Sprintf("p%d", i), func(args []json.RawMessage) ([]any, error) {
+					if i%3 == 0 {
+						return nil, &CallError{URI: "io.babble.processing_offer"}
+					}
+					return []any{i}, nil
+				}); err != nil {
+					return err
+				}
+				for k := 0; k < calls; k++ {
+					if i%4 == 1 && k == calls/2 {
+						return nil // leaves with callers of p<i> possibly in flight
+					}
+					cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+					_, err := c.Call(cctx, fmt.Sprintf("p%d", (i+k)%n), i, k)
+					ccancel()
+					var ce *CallError
+					if err != nil && !errors.As(err, &ce) {
+						return fmt.Errorf("call %d from %d: %v", k, i, err)
+					}
+				}
+				return nil
+			}()
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	relaytest.WaitFor(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.sessions) == 0 && len(r.realms) == 0 && len(r.calls) == 0 && len(r.outbound) == 0
+	}, "the router empty after every session left")
+}
