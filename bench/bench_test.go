@@ -192,7 +192,8 @@ func TestSVG(t *testing.T) {
 // (required where MEETPOINT_REQUIRE_COTURN is set, as in CI).
 func TestTURN(t *testing.T) {
 	o := tiny(t, "turn")
-	_, tab := runTiny(t, o)
+	rep, tab := runTiny(t, o)
+	t.Logf("notes: %q", rep.Notes)
 	labels := []string{"direct", "meetpoint"}
 	if _, err := exec.LookPath("turnserver"); err == nil || os.Getenv("MEETPOINT_REQUIRE_COTURN") != "" {
 		labels = append(labels, "coturn")

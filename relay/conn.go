@@ -102,6 +102,7 @@ type conn struct {
 	lateMax   int             // bound on late when not MaxPreAuth (a hand-off to net/http)
 	lateMsg   bool            // claimed: a WebSocket data frame arrived after the claim
 	streaming bool            // claimed for a hand-off with bytes flowing behind the request head (a body)
+	got       int             // bytes netpoll has handed to onRequest (kept or skipped): what a hand-over checks the kernel against
 
 	timer     *time.Timer // inactive, then alone timeout
 	hsTimer   *time.Timer // handshake timeout
@@ -149,9 +150,9 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		return context.Background()
 	}
 	tk := s.newTicket(key)
-	tr := &netpollTransport{nc: nc, fd: -1}
+	tr := &netpollTransport{nc: nc, fd: -1, nfd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
-		tr.fd = f.Fd()
+		tr.fd, tr.nfd = f.Fd(), f.Fd()
 	}
 	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {
@@ -163,10 +164,15 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		var left []byte
 		r := nc.Reader()
 		c.mu.Lock()
-		streaming := c.streaming && state(c.st.Load()) == stClaimed
+		claimed := state(c.st.Load()) == stClaimed
+		streaming := c.streaming && claimed
+		detached, got := tr.detaching, c.got
+		if claimed && detached { // a hand-off to net/http or STUN: bytes stream in behind the head
+			tr.takeOver() // netpoll reads no more of the socket
+		}
 		c.mu.Unlock()
-		if streaming {
-			settleReader(r)
+		if streaming && !(detached && tr.drained(r, got)) {
+			settleReader(r) // no TCP counters to ask: wait for the buffer to hold still
 		}
 		if n := r.Len(); n > 0 {
 			if p, err := r.Next(n); err == nil {
@@ -174,6 +180,9 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 			}
 		}
 		c.released(left)
+		if detached {
+			tr.closeLater()
+		}
 		return nil
 	})
 	return context.WithValue(context.Background(), connKey{}, c)
@@ -220,6 +229,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	}
 	c.mu.Lock()
 	n := r.Len()
+	c.got += n
 	take := min(n, c.readBudget())
 	if p, err := r.Next(take); err == nil {
 		c.consume(p)

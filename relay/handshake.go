@@ -31,7 +31,7 @@ func (c *conn) httpHead(p []byte) {
 	}
 	head, rest := c.in[:end], c.in[end:]
 	if !handshake.IsUpgradeRequest(head) || c.s.subprotocolOf(head) {
-		c.streaming = len(rest) > 0 || len(p) > 0 // a body follows the head
+		c.streaming = len(rest) > 0 || len(p) > 0 || hasBody(head) // a body follows the head
 		c.toHandoff(handoffHTTP, p)
 		return
 	}
@@ -120,6 +120,15 @@ func (s *Server) originAllowed(head []byte) bool {
 	return false
 }
 
+// hasBody reports whether an HTTP request head announces a body.
+func hasBody(head []byte) bool {
+	if v, ok := handshake.HeaderValue(head, "Content-Length"); ok {
+		return strings.TrimSpace(string(v)) != "0"
+	}
+	_, chunked := handshake.HeaderValue(head, "Transfer-Encoding")
+	return chunked
+}
+
 // unauthorized answers a URL-token upgrade whose token was refused.
 const unauthorized = "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\r\nthe relay refused the token in the URL.\n"
 
@@ -150,6 +159,9 @@ func (c *conn) toHandoff(kind int, p []byte) {
 		return
 	}
 	c.tk.setKind(kindHTTP)
+	if nt, ok := c.tr.(*netpollTransport); ok {
+		nt.detaching = true // its body streams in: netpoll's number stays inert a while (nfdGrace)
+	}
 	c.late = append(c.in, p...)
 	c.in = nil
 	c.lateMax = c.s.httpLateMax()

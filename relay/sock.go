@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"time"
+
 	"github.com/cloudwego/netpoll"
 	"golang.org/x/sys/unix"
 
@@ -33,6 +35,58 @@ type transport interface {
 type netpollTransport struct {
 	nc netpoll.Connection
 	fd int
+	// taken: fd is a descriptor of our own (takeOver), netpoll's number
+	// (nfd) holds an inert eventfd. Set in the close callback only.
+	taken bool
+	nfd   int
+	// detaching: release detaches the connection from netpoll instead of
+	// closing it, so netpoll leaves nfd open; the close callback closes
+	// it, nfdGrace later. Set with conn.mu held before release.
+	detaching bool
+}
+
+// nfdGrace is how long netpoll's number stays an inert eventfd after a
+// detaching hand-over. netpoll's poller may still be on an event of the
+// epoll batch that was returned before the detach (its detach does not
+// wait for one in progress), and reads the number it knew; were the
+// number closed and reused at once — by the very next accept or hand-off
+// — that late read would take another socket's bytes into a dead buffer.
+// Kept inert that long, the read gets EAGAIN.
+const nfdGrace = time.Second
+
+// takeOver makes the socket unreadable to netpoll before it is handed
+// over, instead of trusting timing: netpoll detaches a connection from
+// its poller before the close callback, but a read its poller already
+// dispatched from the last epoll batch can still happen, and land in
+// netpoll's buffer after the callback took what it held — the client's
+// next bytes lost with that buffer (seen under CPU starvation in the
+// events suite: a POST body 4,406 bytes short, its handler waiting for
+// them). So the callback takes a descriptor of its own and puts an inert
+// eventfd over netpoll's number: a read not yet begun gets EAGAIN from
+// the eventfd, and the socket's bytes wait in the kernel for the new
+// owner; drained waits for one already begun. Cost: three syscalls per
+// hand-over.
+func (t *netpollTransport) takeOver() bool {
+	if t.taken || t.fd < 0 {
+		return t.taken
+	}
+	own, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	ph, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(own)
+		return false
+	}
+	err = unix.Dup3(ph, t.fd, unix.O_CLOEXEC) // netpoll closes the eventfd, not the socket
+	unix.Close(ph)
+	if err != nil {
+		unix.Close(own)
+		return false
+	}
+	t.nfd, t.fd, t.taken = t.fd, own, true
+	return true
 }
 
 func (t *netpollTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
@@ -61,11 +115,62 @@ func writeNow(fd int, b []byte) (int, error) {
 	return n, nil
 }
 
-func (t *netpollTransport) release() { t.nc.Close() }
+func (t *netpollTransport) release() {
+	if d, ok := t.nc.(interface{ Detach() error }); ok && t.detaching {
+		_ = d.Detach()
+		return
+	}
+	t.nc.Close()
+}
 
-// detach takes a descriptor of our own: netpoll closes its own right after
-// the close callback that calls this.
+// drained waits, after takeOver, until netpoll holds every byte it took
+// from the socket, and reports whether it could tell. The kernel counts
+// the bytes it received (TCP_INFO) and those still queued (FIONREAD):
+// received − queued is what was read from the socket, all of it by
+// netpoll before takeOver; got (handed to onRequest) plus r.Len() (still
+// in netpoll's buffer) must reach it. A read in flight is counted once
+// its goroutine runs again; 2 s at most (then the hand-over goes on with
+// what there is).
+func (t *netpollTransport) drained(r netpoll.Reader, got int) bool {
+	if !t.taken {
+		return false
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		q1, err1 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
+		info, err2 := unix.GetsockoptTCPInfo(t.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		q2, err3 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return false
+		}
+		if q1 == q2 && int64(info.Bytes_received)-int64(q1) <= int64(got+r.Len()) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// closeLater closes a detached connection's number (netpoll leaves it
+// open) nfdGrace from now, at the end of its close callback: the inert
+// eventfd after takeOver, or else the socket, whose new owner took a
+// descriptor of its own in conn.released.
+func (t *netpollTransport) closeLater() {
+	if nfd := t.nfd; nfd >= 0 {
+		time.AfterFunc(nfdGrace, func() { unix.Close(nfd) })
+	}
+}
+
+// detach takes a descriptor of our own (the one takeOver took, or a new
+// dup): netpoll closes its own right after the close callback that calls
+// this.
 func (t *netpollTransport) detach() (loop.Sock, error) {
+	if t.taken {
+		t.taken = false // ours now belongs to the caller
+		return loop.PlainSock(t.fd), nil
+	}
 	fd, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -73,4 +178,11 @@ func (t *netpollTransport) detach() (loop.Sock, error) {
 	return loop.PlainSock(fd), nil
 }
 
-func (t *netpollTransport) discard() {} // netpoll closes the descriptor
+// discard closes the descriptor takeOver took, if it was not detached;
+// netpoll closes its own.
+func (t *netpollTransport) discard() {
+	if t.taken {
+		t.taken = false
+		unix.Close(t.fd)
+	}
+}
