@@ -150,9 +150,9 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		return context.Background()
 	}
 	tk := s.newTicket(key)
-	tr := &netpollTransport{nc: nc, fd: -1, nfd: -1}
+	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
-		tr.fd, tr.nfd = f.Fd(), f.Fd()
+		tr.fd = f.Fd()
 	}
 	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {
@@ -166,12 +166,12 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		c.mu.Lock()
 		claimed := state(c.st.Load()) == stClaimed
 		streaming := c.streaming && claimed
-		detached, got := tr.detaching, c.got
-		if claimed && detached { // a hand-off to net/http or STUN: bytes stream in behind the head
+		handoff, got := claimed && tr.handoff, c.got
+		if handoff { // to net/http or STUN: bytes stream in behind the head
 			tr.takeOver() // netpoll reads no more of the socket
 		}
 		c.mu.Unlock()
-		if streaming && !(detached && tr.drained(r, got)) {
+		if streaming && !(handoff && tr.drained(r, got)) {
 			settleReader(r) // no TCP counters to ask: wait for the buffer to hold still
 		}
 		if n := r.Len(); n > 0 {
@@ -180,9 +180,6 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 			}
 		}
 		c.released(left)
-		if detached {
-			tr.closeLater()
-		}
 		return nil
 	})
 	return context.WithValue(context.Background(), connKey{}, c)

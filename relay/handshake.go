@@ -160,7 +160,7 @@ func (c *conn) toHandoff(kind int, p []byte) {
 	}
 	c.tk.setKind(kindHTTP)
 	if nt, ok := c.tr.(*netpollTransport); ok {
-		nt.detaching = true // its body streams in: netpoll's number stays inert a while (nfdGrace)
+		nt.handoff = true // its body streams in: the close callback takes the socket over
 	}
 	c.late = append(c.in, p...)
 	c.in = nil

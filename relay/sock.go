@@ -36,23 +36,13 @@ type netpollTransport struct {
 	nc netpoll.Connection
 	fd int
 	// taken: fd is a descriptor of our own (takeOver), netpoll's number
-	// (nfd) holds an inert eventfd. Set in the close callback only.
+	// holds an inert eventfd. Set in the close callback only.
 	taken bool
-	nfd   int
-	// detaching: release detaches the connection from netpoll instead of
-	// closing it, so netpoll leaves nfd open; the close callback closes
-	// it, nfdGrace later. Set with conn.mu held before release.
-	detaching bool
+	// handoff: claimed for a hand-off to net/http or STUN, where bytes
+	// stream in behind the head; the close callback takes the socket over
+	// (takeOver, drained). Set with conn.mu held before release.
+	handoff bool
 }
-
-// nfdGrace is how long netpoll's number stays an inert eventfd after a
-// detaching hand-over. netpoll's poller may still be on an event of the
-// epoll batch that was returned before the detach (its detach does not
-// wait for one in progress), and reads the number it knew; were the
-// number closed and reused at once — by the very next accept or hand-off
-// — that late read would take another socket's bytes into a dead buffer.
-// Kept inert that long, the read gets EAGAIN.
-const nfdGrace = time.Second
 
 // takeOver makes the socket unreadable to netpoll before it is handed
 // over, instead of trusting timing: netpoll detaches a connection from
@@ -85,7 +75,7 @@ func (t *netpollTransport) takeOver() bool {
 		unix.Close(own)
 		return false
 	}
-	t.nfd, t.fd, t.taken = t.fd, own, true
+	t.fd, t.taken = own, true
 	return true
 }
 
@@ -115,13 +105,7 @@ func writeNow(fd int, b []byte) (int, error) {
 	return n, nil
 }
 
-func (t *netpollTransport) release() {
-	if d, ok := t.nc.(interface{ Detach() error }); ok && t.detaching {
-		_ = d.Detach()
-		return
-	}
-	t.nc.Close()
-}
+func (t *netpollTransport) release() { t.nc.Close() }
 
 // drained waits, after takeOver, until netpoll holds every byte it took
 // from the socket, and reports whether it could tell. The kernel counts
@@ -150,16 +134,6 @@ func (t *netpollTransport) drained(r netpoll.Reader, got int) bool {
 			return true
 		}
 		time.Sleep(200 * time.Microsecond)
-	}
-}
-
-// closeLater closes a detached connection's number (netpoll leaves it
-// open) nfdGrace from now, at the end of its close callback: the inert
-// eventfd after takeOver, or else the socket, whose new owner took a
-// descriptor of its own in conn.released.
-func (t *netpollTransport) closeLater() {
-	if nfd := t.nfd; nfd >= 0 {
-		time.AfterFunc(nfdGrace, func() { unix.Close(nfd) })
 	}
 }
 
