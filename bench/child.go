@@ -148,15 +148,25 @@ func (c *child) close() {
 	}
 }
 
-// spawnRelay starts a relay child listening on nAddrs loopback addresses.
-func spawnRelay(opt *Options, nAddrs int, extra string) (*child, error) {
-	c, err := startChild(opt, "relay", "--listen", strings.Join(relayListen(nAddrs), ","))
+// startServingChild starts a child that serves (a relay, TURN) and waits
+// for the "addrs" line it prints once it listens.
+func startServingChild(opt *Options, args ...string) (*child, string, error) {
+	c, err := startChild(opt, args...)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	addrs, err := c.expect("addrs ", 20*time.Second)
 	if err != nil {
 		c.close()
+		return nil, "", err
+	}
+	return c, addrs, nil
+}
+
+// spawnRelay starts a relay child listening on nAddrs loopback addresses.
+func spawnRelay(opt *Options, nAddrs int, extra string) (*child, error) {
+	c, addrs, err := startServingChild(opt, "relay", "--listen", strings.Join(relayListen(nAddrs), ","))
+	if err != nil {
 		return nil, fmt.Errorf("spawn relay: %w", err)
 	}
 	c.addrs = strings.Split(addrs, ",")

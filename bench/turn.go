@@ -48,13 +48,8 @@ func (e *Env) startMeetpointTURN() (*turnServer, error) {
 	if e.opt.CPUProfile && e.dir != "" { // the whole scenario's profile of meetpoint's TURN
 		args = append(args, "--cpuprofile", filepath.Join(e.dir, "cpu-turn-meetpoint.pprof"))
 	}
-	c, err := startChild(e.opt, args...)
+	c, addr, err := startServingChild(e.opt, args...)
 	if err != nil {
-		return nil, err
-	}
-	addr, err := c.expect("addrs ", 20*time.Second)
-	if err != nil {
-		c.close()
 		return nil, fmt.Errorf("meetpoint turn: %w", err)
 	}
 	return &turnServer{name: "meetpoint", addr: addr, pid: c.cmd.Process.Pid, stop: c.close}, nil
@@ -277,7 +272,8 @@ func runTURN(ctx context.Context, e *Env) (*Table, error) {
 	} else {
 		defer c.stop()
 		out, _ := exec.Command("turnserver", "--version").CombinedOutput()
-		e.note("coturn: turnserver %s", firstLine(string(out)))
+		version, _, _ := strings.Cut(string(out), "\n")
+		e.note("coturn: turnserver %s", version)
 		servers = append(servers, c)
 	}
 	for _, s := range servers {
@@ -311,15 +307,6 @@ func runTURN(ctx context.Context, e *Env) (*Table, error) {
 		}
 	}
 	return t, nil
-}
-
-func firstLine(s string) string {
-	for i, c := range s {
-		if c == '\n' {
-			return s[:i]
-		}
-	}
-	return s
 }
 
 // childTURN runs meetpoint's TURN (beside a relay, as serve --turn does)

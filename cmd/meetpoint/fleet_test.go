@@ -51,6 +51,17 @@ func startFleetNode(t *testing.T, redisAddr, id, keyFile string) *fleetNode {
 	return &fleetNode{addr: addr, cmd: cmd}
 }
 
+// meshKey writes a fleet mesh key (meetpoint token --gen-key) and returns
+// its file.
+func meshKey(t *testing.T) string {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "mesh.key")
+	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatal("gen-key failed")
+	}
+	return key
+}
+
 // TestFleetProcessKilled: three `meetpoint serve --fleet` processes; one is
 // killed with SIGKILL while tunnels run through the others. Only its own
 // tunnels end; a key it held (a client waiting there) is not a ghost: once
@@ -60,10 +71,7 @@ func TestFleetProcessKilled(t *testing.T) {
 		t.Skip("-short: starts three relay processes and waits for a heartbeat to expire")
 	}
 	redis := relaytest.Redis(t)
-	key := filepath.Join(t.TempDir(), "mesh.key")
-	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
-		t.Fatal("gen-key failed")
-	}
+	key := meshKey(t)
 	a := startFleetNode(t, redis, "kill-a", key)
 	b := startFleetNode(t, redis, "kill-b", key)
 	c := startFleetNode(t, redis, "kill-c", key)
@@ -157,10 +165,7 @@ func TestFleetDiscovery(t *testing.T) {
 		t.Skip("-short: starts two relay processes")
 	}
 	redis := relaytest.Redis(t)
-	key := filepath.Join(t.TempDir(), "mesh.key")
-	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, io.Discard); code != 0 {
-		t.Fatal("gen-key failed")
-	}
+	key := meshKey(t)
 	a := startFleetNode(t, redis, "disc-a", key)
 	b := startFleetNode(t, redis, "disc-b", key)
 	var id string

@@ -229,7 +229,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return // the upgrader answered 400
 	}
-	s := &session{r: r, conn: conn, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}),
+	s := &session{r: r, conn: conn, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
 		regs: map[uint64]*registration{}, subs: map[uint64]*topic{}, invocations: map[uint64]*call{},
 		calling: map[*call]bool{}}
 	var b [8]byte
@@ -250,11 +250,11 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The writer ends once it has written a last message (ABORT,
 	// GOODBYE) queued with finish, or at once if the connection failed.
 	select {
-	case <-s.writerDone():
+	case <-s.quit:
 	case <-time.After(2 * time.Second):
 	}
 	r.leave(s)
-	<-s.writerDone()
+	<-s.quit
 }
 
 // session is one client's WAMP session.
@@ -265,8 +265,8 @@ type session struct {
 	out  chan []byte // bounded: MaxQueue messages, then the session is closed
 	done chan struct{}
 	once sync.Once
-	wmu  sync.Mutex // serialises writes: the writer's and control-frame replies
-	quit chan struct{}
+	wmu  sync.Mutex    // serialises writes: the writer's and control-frame replies
+	quit chan struct{} // closed when the writer has ended
 
 	// Set once, by the reader, before WELCOME; read by others after.
 	realm     *realm
@@ -318,19 +318,9 @@ func (s *session) stop(why string) {
 	s.once.Do(func() { close(s.done); s.conn.Close() })
 }
 
-func (s *session) writerDone() chan struct{} {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.quit == nil {
-		s.quit = make(chan struct{})
-	}
-	return s.quit
-}
-
 // writer writes queued messages and pings; it ends with the session.
 func (s *session) writer() {
-	q := s.writerDone()
-	defer close(q)
+	defer close(s.quit)
 	ping := time.NewTicker(s.r.cfg.PingEvery)
 	defer ping.Stop()
 	write := func(op ws.OpCode, p []byte) bool {
