@@ -166,8 +166,8 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		c.mu.Lock()
 		claimed := state(c.st.Load()) == stClaimed
 		streaming := c.streaming && claimed
-		handoff, got := claimed && tr.handoff, c.got
-		if handoff { // to net/http or STUN: bytes stream in behind the head
+		handoff, got := claimed && c.lateMax > 0, c.got // claimed for net/http or STUN (toHandoff)
+		if handoff {                                    // to net/http or STUN: bytes stream in behind the head
 			tr.takeOver() // netpoll reads no more of the socket
 		}
 		c.mu.Unlock()

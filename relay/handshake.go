@@ -159,9 +159,6 @@ func (c *conn) toHandoff(kind int, p []byte) {
 		return
 	}
 	c.tk.setKind(kindHTTP)
-	if nt, ok := c.tr.(*netpollTransport); ok {
-		nt.handoff = true // its body streams in: the close callback takes the socket over
-	}
 	c.late = append(c.in, p...)
 	c.in = nil
 	c.lateMax = c.s.httpLateMax()

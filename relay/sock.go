@@ -38,10 +38,6 @@ type netpollTransport struct {
 	// taken: fd is a descriptor of our own (takeOver), netpoll's number
 	// holds an inert eventfd. Set in the close callback only.
 	taken bool
-	// handoff: claimed for a hand-off to net/http or STUN, where bytes
-	// stream in behind the head; the close callback takes the socket over
-	// (takeOver, drained). Set with conn.mu held before release.
-	handoff bool
 }
 
 // takeOver makes the socket unreadable to netpoll before it is handed
