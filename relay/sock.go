@@ -110,7 +110,9 @@ func (t *netpollTransport) release() { t.nc.Close() }
 // netpoll before takeOver; got (handed to onRequest) plus r.Len() (still
 // in netpoll's buffer) must reach it. A read in flight is counted once
 // its goroutine runs again; 2 s at most (then the hand-over goes on with
-// what there is).
+// what there is). False when the counters cannot be had or are not
+// believable (fewer bytes received than netpoll handed over): the caller
+// then falls back to waiting for netpoll's buffer to hold still.
 func (t *netpollTransport) drained(r netpoll.Reader, got int) bool {
 	if !t.taken {
 		return false
@@ -120,7 +122,10 @@ func (t *netpollTransport) drained(r netpoll.Reader, got int) bool {
 		q1, err1 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
 		info, err2 := unix.GetsockoptTCPInfo(t.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		q2, err3 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
-		if err1 != nil || err2 != nil || err3 != nil {
+		if err1 != nil || err2 != nil || err3 != nil || int64(info.Bytes_received) < int64(got) {
+			// No counters, or none to trust: a kernel before 4.1, or an
+			// emulator (qemu-user copies 4 bytes of TCP_INFO, leaving
+			// bytes received 0 below what netpoll has already handed over).
 			return false
 		}
 		if q1 == q2 && int64(info.Bytes_received)-int64(q1) <= int64(got+r.Len()) {
