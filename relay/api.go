@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"hash/maphash"
-	"io"
 	"log/slog"
 	"net"
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
@@ -120,20 +120,27 @@ func (s *Server) Loop(key string) *loop.Loop {
 	return s.loops[maphash.String(s.seed, key)%uint64(len(s.loops))]
 }
 
-// Reporter is a subsystem's part of the relay's observability: it adds
-// itself to snapshots (monitors), to the traffic total and to /metrics.
+// Reporter is a subsystem's part of the monitors' view: it adds itself to
+// snapshots and to the traffic total. (Its metrics go to /metrics through
+// AddMetrics.)
 type Reporter interface {
 	// Report adds the subsystem's part to snap. It may block briefly (it
 	// typically asks its loops).
 	Report(snap *Snapshot)
 	// Traffic is the bytes it relayed since start.
 	Traffic() uint64
-	// WriteMetrics writes its metrics in Prometheus text format.
-	WriteMetrics(w io.Writer)
 }
 
 // AddReporter registers r. Call it before Start.
 func (s *Server) AddReporter(r Reporter) { s.reporters = append(s.reporters, r) }
+
+// AddMetrics puts a subsystem's metric set on /metrics, each family's
+// # HELP and # TYPE taken from docs (family name → doc). Call it before
+// Start.
+func (s *Server) AddMetrics(set *metrics.Set, docs map[string]MetricDoc) {
+	s.metricSets = append(s.metricSets, set)
+	s.metricDocs = append(s.metricDocs, docs)
+}
 
 // OnDrain registers fn, run once when Shutdown begins (e.g. to let go of
 // registrations that carry no user session). Call it before Start.

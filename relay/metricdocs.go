@@ -14,12 +14,6 @@ import (
 // gauge, histogram, summary) and its # HELP text.
 type MetricDoc struct{ Type, Help string }
 
-// MetricDocumenter is implemented by a Reporter that documents its metric
-// families (family name → doc).
-type MetricDocumenter interface {
-	MetricDocs() map[string]MetricDoc
-}
-
 // engineDocs documents the engine's families. Several "active" values are
 // metrics.Counters moved both ways, so their TYPE is gauge.
 var engineDocs = map[string]MetricDoc{
@@ -83,17 +77,6 @@ func writeDocumented(w io.Writer, docs []map[string]MetricDoc, fill func(io.Writ
 		_, _ = bw.WriteString(line)
 	}
 	_ = bw.Flush()
-}
-
-// documented lists the metric docs of the engine and of every reporter.
-func (s *Server) documented() []map[string]MetricDoc {
-	docs := []map[string]MetricDoc{engineDocs}
-	for _, r := range s.reporters {
-		if d, ok := r.(MetricDocumenter); ok {
-			docs = append(docs, d.MetricDocs())
-		}
-	}
-	return docs
 }
 
 func enableMetadata() { exposeMetadata.Do(func() { metrics.ExposeMetadata(true) }) }

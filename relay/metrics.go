@@ -78,13 +78,14 @@ func newStats() *stats {
 	return s
 }
 
-// WriteMetrics writes the engine's metrics and every reporter's in
-// Prometheus text format (with bare # HELP lines once WritePrometheus has
-// run: the metrics library's metadata switch is process-wide).
+// WriteMetrics writes the engine's metrics and every subsystem's
+// (AddMetrics) in Prometheus text format (with bare # HELP lines once
+// WritePrometheus has run: the metrics library's metadata switch is
+// process-wide).
 func (s *Server) WriteMetrics(w io.Writer) {
 	s.stats.set.WritePrometheus(w)
-	for _, r := range s.reporters {
-		r.WriteMetrics(w)
+	for _, set := range s.metricSets {
+		set.WritePrometheus(w)
 	}
 }
 
@@ -144,7 +145,7 @@ func (s *Server) Traffic() uint64 {
 // (MetricDoc). Cost: the text is built in a buffer, then copied once.
 func (s *Server) WritePrometheus(w io.Writer) {
 	enableMetadata()
-	writeDocumented(w, s.documented(), func(w io.Writer) {
+	writeDocumented(w, append([]map[string]MetricDoc{engineDocs}, s.metricDocs...), func(w io.Writer) {
 		s.WriteMetrics(w)
 		ready := uint64(0)
 		if s.Ready() {

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/cloudwego/netpoll"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
@@ -50,6 +51,8 @@ type Server struct {
 	// Registered by subsystems before Start.
 	methods      map[string]MethodHandler
 	reporters    []Reporter
+	metricSets   []*metrics.Set         // AddMetrics: a subsystem's families...
+	metricDocs   []map[string]MetricDoc // ...and their docs
 	drainHooks   []func()
 	readiness    []readinessCheck
 	mux          *http.ServeMux

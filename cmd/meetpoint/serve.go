@@ -565,7 +565,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	ops.Register(srv)
 	web.Register(srv)
 	if ot, ok := o.cfg.Auth.(*auth.OneTime); ok {
-		srv.AddReporter(ot)
+		srv.AddMetrics(ot.Metrics())
 		if o.adminKey != "" {
 			srv.Handle("POST /v1/tokens", auth.MintHandler(ot, o.adminKey))
 		}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"strconv"
 	"strings"
@@ -20,10 +19,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay"
 )
 
-var (
-	_ relay.Authenticator = (*OneTime)(nil)
-	_ relay.Reporter      = (*OneTime)(nil)
-)
+var _ relay.Authenticator = (*OneTime)(nil)
 
 // TokenStore holds one-time tokens. Take is one atomic step however many
 // relays share the store: the first end of a token takes it (TakeFirst,
@@ -168,19 +164,10 @@ func (o *OneTime) parse(val []byte) (user string, until time.Time, why string) {
 
 func (o *OneTime) count(result string) { o.results[result].Inc() }
 
-// Report implements relay.Reporter (one-time tokens add nothing to a
-// snapshot).
-func (o *OneTime) Report(*relay.Snapshot) {}
-
-// Traffic implements relay.Reporter.
-func (o *OneTime) Traffic() uint64 { return 0 }
-
-// WriteMetrics implements relay.Reporter.
-func (o *OneTime) WriteMetrics(w io.Writer) { o.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (o *OneTime) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{"meetpoint_onetime_total": {Type: "counter",
+// Metrics is what relay.Server.AddMetrics takes: the one-time checks'
+// metric set and its docs.
+func (o *OneTime) Metrics() (*metrics.Set, map[string]relay.MetricDoc) {
+	return o.set, map[string]relay.MetricDoc{"meetpoint_onetime_total": {Type: "counter",
 		Help: "One-time token checks by result: ok (first end), partner (second end), unknown, expired, replayed, malformed, store_error (the store unreachable)."}}
 }
 

@@ -161,7 +161,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	srv.Handle("GET /groups/{id}", http.HandlerFunc(s.get))
 	srv.Handle("PATCH /groups/{id}", http.HandlerFunc(s.update))
 	srv.Handle("DELETE /groups/{id}", http.HandlerFunc(s.remove))
-	srv.AddReporter(s)
+	srv.AddMetrics(s.set, groupDocs)
 	s.done.Add(1)
 	go s.sweeper()
 	return s, nil
@@ -459,21 +459,10 @@ func newSecret() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Report implements relay.Reporter.
-func (s *Service) Report(*relay.Snapshot) {}
-
-// Traffic implements relay.Reporter.
-func (s *Service) Traffic() uint64 { return 0 }
-
-// WriteMetrics implements relay.Reporter.
-func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (s *Service) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{
-		"meetpoint_groups":                {Type: "gauge", Help: "Groups advertised on this relay (the groups API)."},
-		"meetpoint_groups_rejected_total": {Type: "counter", Help: "Groups API requests refused, by reason."},
-	}
+// groupDocs documents the groups API's metric families.
+var groupDocs = map[string]relay.MetricDoc{
+	"meetpoint_groups":                {Type: "gauge", Help: "Groups advertised on this relay (the groups API)."},
+	"meetpoint_groups_rejected_total": {Type: "counter", Help: "Groups API requests refused, by reason."},
 }
 
 // LoadApps reads an apps file: one "APP_ID KEY" per line; blank lines and

@@ -115,7 +115,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.AdminKey != "" {
 		srv.Handle("POST /v1/events/{channel}", relay.RequireBearer(cfg.AdminKey, http.HandlerFunc(s.publishHTTP)))
 	}
-	srv.AddReporter(s)
+	srv.AddMetrics(s.set, eventDocs)
 	srv.OnDrain(s.closeAll)
 	return s, nil
 }
@@ -323,22 +323,11 @@ func (s *Service) closeAll() {
 	}
 }
 
-// Report implements relay.Reporter.
-func (s *Service) Report(*relay.Snapshot) {}
-
-// Traffic implements relay.Reporter.
-func (s *Service) Traffic() uint64 { return 0 }
-
-// WriteMetrics implements relay.Reporter.
-func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (s *Service) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{
-		"meetpoint_events_subscribers":                 {Type: "gauge", Help: "Connections subscribed to events on this relay."},
-		"meetpoint_events_delivered_total":             {Type: "counter", Help: "Events delivered to subscribers of this relay."},
-		"meetpoint_events_dropped_total":               {Type: "counter", Help: "Events not delivered: the subscriber had ended or did not read (and was disconnected)."},
-		"meetpoint_events_published_total":             {Type: "counter", Help: "Events published through this relay (HTTP)."},
-		"meetpoint_events_subscriptions_refused_total": {Type: "counter", Help: "Events.Subscribe refused: bad token or a channel the access rules do not allow."},
-	}
+// eventDocs documents the events' metric families.
+var eventDocs = map[string]relay.MetricDoc{
+	"meetpoint_events_subscribers":                 {Type: "gauge", Help: "Connections subscribed to events on this relay."},
+	"meetpoint_events_delivered_total":             {Type: "counter", Help: "Events delivered to subscribers of this relay."},
+	"meetpoint_events_dropped_total":               {Type: "counter", Help: "Events not delivered: the subscriber had ended or did not read (and was disconnected)."},
+	"meetpoint_events_published_total":             {Type: "counter", Help: "Events published through this relay (HTTP)."},
+	"meetpoint_events_subscriptions_refused_total": {Type: "counter", Help: "Events.Subscribe refused: bad token or a channel the access rules do not allow."},
 }

@@ -193,6 +193,7 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	}
 	srv.SetFleet(f)
 	srv.AddReporter(f)
+	srv.AddMetrics(f.set, fleetDocs)
 	srv.AddReadiness("fleet", f.ready)
 	return f, nil
 }
@@ -447,18 +448,13 @@ func (f *Fleet) Report(snap *relay.Snapshot) {
 // Traffic implements relay.Reporter: the bytes are the engine's tunnels'.
 func (f *Fleet) Traffic() uint64 { return 0 }
 
-// WriteMetrics implements relay.Reporter.
-func (f *Fleet) WriteMetrics(w io.Writer) { f.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (f *Fleet) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{
-		"meetpoint_fleet_placements_total":   {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
-		"meetpoint_fleet_leases_lost_total":  {Type: "counter", Help: "Held keys found taken by another node at renewal."},
-		"meetpoint_fleet_store_errors_total": {Type: "counter", Help: "Failed operations on the fleet's Redis."},
-		"meetpoint_mesh_links_active":        {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
-		"meetpoint_fleet_available":          {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
-		"meetpoint_fleet_nodes":              {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating)."},
-		"meetpoint_fleet_keys_held":          {Type: "gauge", Help: "Pairing keys this node holds in the fleet (waiting clients and tunnels)."},
-	}
+// fleetDocs documents the fleet's metric families.
+var fleetDocs = map[string]relay.MetricDoc{
+	"meetpoint_fleet_placements_total":   {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
+	"meetpoint_fleet_leases_lost_total":  {Type: "counter", Help: "Held keys found taken by another node at renewal."},
+	"meetpoint_fleet_store_errors_total": {Type: "counter", Help: "Failed operations on the fleet's Redis."},
+	"meetpoint_mesh_links_active":        {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
+	"meetpoint_fleet_available":          {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
+	"meetpoint_fleet_nodes":              {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating)."},
+	"meetpoint_fleet_keys_held":          {Type: "gauge", Help: "Pairing keys this node holds in the fleet (waiting clients and tunnels)."},
 }

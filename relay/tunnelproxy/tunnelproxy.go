@@ -18,7 +18,6 @@ package tunnelproxy
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
 	"sync"
@@ -135,6 +134,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	srv.HandleMethod("TunnelProxy.Ping", s.ping)
 	srv.HandleMethod("TunnelProxy.DisconnectClient", s.disconnectUnregistered)
 	srv.AddReporter(s)
+	srv.AddMetrics(set, tpDocs)
 	srv.OnDrain(s.drain)
 	return s, nil
 }
@@ -380,9 +380,6 @@ func (s *Service) Report(snap *relay.Snapshot) {
 // Traffic implements relay.Reporter.
 func (s *Service) Traffic() uint64 { return s.m.bytes.Get() }
 
-// MetricDocs implements relay.MetricDocumenter.
-func (s *Service) MetricDocs() map[string]relay.MetricDoc { return tpDocs }
-
 var tpDocs = map[string]relay.MetricDoc{
 	"meetpoint_tunnelproxy_servers_active":        {Type: "gauge", Help: "TunnelProxy servers registered now."},
 	"meetpoint_tunnelproxy_clients_active":        {Type: "gauge", Help: "TunnelProxy clients connected to a server now."},
@@ -392,9 +389,6 @@ var tpDocs = map[string]relay.MetricDoc{
 	"meetpoint_tunnelproxy_remote_clients_total":  {Type: "counter", Help: "TunnelProxy clients of this node bridged to their server on another node of the fleet."},
 	"meetpoint_tunnelproxy_clients_dropped_total": {Type: "counter", Help: "TunnelProxy clients disconnected by the relay, by reason (slow: fell too far behind the server)."},
 }
-
-// WriteMetrics implements relay.Reporter.
-func (s *Service) WriteMetrics(w io.Writer) { s.m.set.WritePrometheus(w) }
 
 // info describes the hub. Loop goroutine only.
 func (h *hub) info() relay.TPServerInfo {

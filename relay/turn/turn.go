@@ -146,7 +146,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	}
 	s.tcp = srv.STUNListener() // STUN/TURN sniffed on the relay port (TCP, and TLS once unwrapped)
 	srv.Handle("GET /v1/turn/credentials", http.HandlerFunc(s.credentials))
-	srv.AddReporter(s)
+	srv.AddMetrics(s.set, turnDocs)
 	return s, nil
 }
 
@@ -342,25 +342,14 @@ func (s *Service) uris(r *http.Request) []string {
 	return append(uris, "stun:"+udp)
 }
 
-// Report implements relay.Reporter.
-func (s *Service) Report(*relay.Snapshot) {}
-
-// Traffic implements relay.Reporter (relayed UDP is pion's; not counted in
-// the tunnels' traffic).
-func (s *Service) Traffic() uint64 { return 0 }
-
-// WriteMetrics implements relay.Reporter.
-func (s *Service) WriteMetrics(w io.Writer) { s.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (s *Service) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{
-		"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
-		"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-		"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
-		"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
-		"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
-		"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
-		"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate)."},
-	}
+// turnDocs documents TURN's metric families (relayed UDP is counted
+// here, not in the tunnels' traffic).
+var turnDocs = map[string]relay.MetricDoc{
+	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
+	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
+	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
+	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
+	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
+	"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate)."},
 }

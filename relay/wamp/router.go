@@ -196,7 +196,7 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 		r.fleet = fl
 	}
 	srv.HandleWebSocket(Subprotocol, r)
-	srv.AddReporter(r)
+	srv.AddMetrics(r.set, signalDocs)
 	r.log.Info("signalling: WAMP router", "subprotocol", Subprotocol, "open_realm", cfg.Realm,
 		"app_realms", len(cfg.Apps), "fleet", cfg.Redis != nil)
 	return r, nil
@@ -961,21 +961,10 @@ func (r *Router) leave(s *session) {
 	}
 }
 
-// Report implements relay.Reporter.
-func (r *Router) Report(*relay.Snapshot) {}
-
-// Traffic implements relay.Reporter.
-func (r *Router) Traffic() uint64 { return 0 }
-
-// WriteMetrics implements relay.Reporter.
-func (r *Router) WriteMetrics(w io.Writer) { r.set.WritePrometheus(w) }
-
-// MetricDocs implements relay.MetricDocumenter.
-func (r *Router) MetricDocs() map[string]relay.MetricDoc {
-	return map[string]relay.MetricDoc{
-		"meetpoint_signal_sessions":      {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
-		"meetpoint_signal_registrations": {Type: "gauge", Help: "WAMP procedures registered on this relay."},
-		"meetpoint_signal_closed_total":  {Type: "counter", Help: "WAMP sessions ended, by reason."},
-		"meetpoint_signal_calls_total":   {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
-	}
+// signalDocs documents the signalling router's metric families.
+var signalDocs = map[string]relay.MetricDoc{
+	"meetpoint_signal_sessions":      {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
+	"meetpoint_signal_registrations": {Type: "gauge", Help: "WAMP procedures registered on this relay."},
+	"meetpoint_signal_closed_total":  {Type: "counter", Help: "WAMP sessions ended, by reason."},
+	"meetpoint_signal_calls_total":   {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
 }
