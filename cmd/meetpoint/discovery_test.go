@@ -5,14 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pion/webrtc/v4"
 
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 	"github.com/meetpoint/meetpoint/relay/wamp"
 )
 
@@ -20,24 +19,12 @@ import (
 // into out (nil: none); it fails the test unless the status is want.
 func httpJSON(t *testing.T, method, url, body string, want int, out any, hdr ...string) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != want {
-		t.Fatalf("%s %s: %d %s, want %d", method, url, resp.StatusCode, b, want)
+	code, _, b := relaytest.HTTP(t, method, url, body, hdr...)
+	if code != want {
+		t.Fatalf("%s %s: %d %s, want %d", method, url, code, b, want)
 	}
 	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
+		if err := json.Unmarshal([]byte(b), out); err != nil {
 			t.Fatalf("%s %s: %v in %s", method, url, err, b)
 		}
 	}

@@ -3,8 +3,6 @@ package disco
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -38,32 +36,13 @@ func start(t *testing.T, cfg Config) (*Service, string, *relay.Server) {
 	return s, "http://" + relaytest.Addr(srv), srv
 }
 
-// do sends one request; hdr are header pairs.
-func do(t *testing.T, method, url, body string, hdr ...string) (int, http.Header, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(b)
-}
-
 const babbleGroup = `{"Name":"office","AppID":"chat","PubKey":"0X04AB","Peers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}],"GenesisPeers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}]}`
 
 // TestGroupsDiscoWire: the routes and the JSON as Disco's clients expect
 // them, with owner secrets guarding update and delete.
 func TestGroupsDiscoWire(t *testing.T) {
 	_, base, _ := start(t, Config{})
-	code, h, body := do(t, "POST", base+"/group", babbleGroup)
+	code, h, body := relaytest.HTTP(t, "POST", base+"/group", babbleGroup)
 	var id string
 	if code != 201 || json.Unmarshal([]byte(body), &id) != nil || len(id) != 36 {
 		t.Fatalf("POST /group: %d %q (want 201 and the new id as a JSON string)", code, body)
@@ -72,7 +51,7 @@ func TestGroupsDiscoWire(t *testing.T) {
 	if len(secret) < 32 {
 		t.Fatalf("no owner secret in %s: %q", SecretHeader, secret)
 	}
-	code, _, body = do(t, "GET", base+"/groups?app-id=chat", "")
+	code, _, body = relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", "")
 	var all map[string]map[string]any
 	if code != 200 || json.Unmarshal([]byte(body), &all) != nil || len(all) != 1 {
 		t.Fatalf("GET /groups?app-id=chat: %d %q", code, body)
@@ -89,31 +68,31 @@ func TestGroupsDiscoWire(t *testing.T) {
 			t.Errorf("peer JSON lacks %s: %v", k, peer)
 		}
 	}
-	if code, _, body := do(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, `"Moniker":"alice"`) {
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, `"Moniker":"alice"`) {
 		t.Errorf("GET /groups/{id}: %d %q", code, body)
 	}
 	upd := strings.Replace(babbleGroup, `"office"`, `"office 2"`, 1)
-	if code, _, _ := do(t, "PATCH", base+"/groups/"+id, upd); code != 403 {
+	if code, _, _ := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, upd); code != 403 {
 		t.Errorf("PATCH without the owner secret: %d, want 403", code)
 	}
-	if code, _, body := do(t, "PATCH", base+"/groups/"+id, upd, SecretHeader, secret); code != 200 || !strings.Contains(body, `"office 2"`) {
+	if code, _, body := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, upd, SecretHeader, secret); code != 200 || !strings.Contains(body, `"office 2"`) {
 		t.Errorf("PATCH with the owner secret: %d %q", code, body)
 	}
 	// Create-or-replace with a given id: only its owner replaces it.
 	withID := strings.Replace(babbleGroup, `{"Name"`, `{"ID":"`+id+`","Name"`, 1)
-	if code, _, _ := do(t, "POST", base+"/group", withID); code != 409 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", withID); code != 409 {
 		t.Errorf("POST over another's group: %d, want 409", code)
 	}
-	if code, _, _ := do(t, "POST", base+"/group", withID, SecretHeader, secret); code != 201 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", withID, SecretHeader, secret); code != 201 {
 		t.Errorf("POST replacing one's own group: %d, want 201", code)
 	}
-	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", SecretHeader, "wrong"); code != 403 {
+	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, "", SecretHeader, "wrong"); code != 403 {
 		t.Errorf("DELETE with a wrong secret: %d, want 403", code)
 	}
-	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", SecretHeader, secret); code != 200 {
+	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, "", SecretHeader, secret); code != 200 {
 		t.Errorf("DELETE with the owner secret: %d", code)
 	}
-	if code, _, body := do(t, "GET", base+"/groups/"+id, ""); code != 404 || !strings.Contains(body, `"error"`) {
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 404 || !strings.Contains(body, `"error"`) {
 		t.Errorf("GET a deleted group: %d %q, want 404 with a JSON error", code, body)
 	}
 }
@@ -132,16 +111,16 @@ func TestGroupsErrorsAndBounds(t *testing.T) {
 		{`{"AppID":"a","Peers":[{},{},{}]}`, 413},
 		{`{"AppID":"a","Name":"` + strings.Repeat("x", 4096) + `"}`, 413},
 	} {
-		if code, _, body := do(t, "POST", base+"/group", c.body); code != c.want || !strings.Contains(body, `"error"`) {
+		if code, _, body := relaytest.HTTP(t, "POST", base+"/group", c.body); code != c.want || !strings.Contains(body, `"error"`) {
 			t.Errorf("POST %.40q: %d %q, want %d with a JSON error", c.body, code, body, c.want)
 		}
 	}
 	for i := range 2 {
-		if code, _, _ := do(t, "POST", base+"/group", fmt.Sprintf(`{"AppID":"a","Name":"g%d"}`, i)); code != 201 {
+		if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", fmt.Sprintf(`{"AppID":"a","Name":"g%d"}`, i)); code != 201 {
 			t.Fatalf("group %d: %d", i, code)
 		}
 	}
-	if code, _, _ := do(t, "POST", base+"/group", `{"AppID":"a","Name":"one too many"}`); code != 429 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","Name":"one too many"}`); code != 429 {
 		t.Errorf("over MaxGroups: %d, want 429", code)
 	}
 	if n := len(s.ids()); n != 2 {
@@ -160,32 +139,32 @@ func TestGroupsErrorsAndBounds(t *testing.T) {
 func TestGroupsRealms(t *testing.T) {
 	key := "chat-key-0123456789abcdef"
 	_, base, _ := start(t, Config{Apps: map[string]string{"chat": key}})
-	if code, _, _ := do(t, "POST", base+"/group", babbleGroup); code != 401 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", babbleGroup); code != 401 {
 		t.Errorf("a registered app's group without its key: %d, want 401", code)
 	}
-	code, _, body := do(t, "POST", base+"/group", babbleGroup, "Authorization", "Bearer "+key)
+	code, _, body := relaytest.HTTP(t, "POST", base+"/group", babbleGroup, "Authorization", "Bearer "+key)
 	var id string
 	if code != 201 || json.Unmarshal([]byte(body), &id) != nil {
 		t.Fatalf("with the key: %d %q", code, body)
 	}
-	if code, _, _ := do(t, "GET", base+"/groups?app-id=chat", ""); code != 401 {
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", ""); code != 401 {
 		t.Errorf("listing a registered app without its key: %d, want 401", code)
 	}
-	if code, _, body := do(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "Bearer "+key); code != 200 || !strings.Contains(body, id) {
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "Bearer "+key); code != 200 || !strings.Contains(body, id) {
 		t.Errorf("listing with the key: %d %q", code, body)
 	}
-	if code, _, body := do(t, "GET", base+"/groups", ""); code != 200 || strings.Contains(body, id) {
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups", ""); code != 200 || strings.Contains(body, id) {
 		t.Errorf("the open listing shows a registered app's group: %d %q", code, body)
 	}
-	if code, _, _ := do(t, "GET", base+"/groups/"+id, ""); code != 401 {
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 401 {
 		t.Errorf("reading a registered app's group without its key: %d, want 401", code)
 	}
 	// The app key updates and deletes any of its groups.
-	if code, _, _ := do(t, "DELETE", base+"/groups/"+id, "", "Authorization", "Bearer "+key); code != 200 {
+	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, "", "Authorization", "Bearer "+key); code != 200 {
 		t.Errorf("DELETE with the app key: %d", code)
 	}
 	_, base2, _ := start(t, Config{Apps: map[string]string{"chat": key}, AppsOnly: true})
-	if code, _, _ := do(t, "POST", base2+"/group", `{"AppID":"stranger"}`); code != 403 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base2+"/group", `{"AppID":"stranger"}`); code != 403 {
 		t.Errorf("an unregistered app with AppsOnly: %d, want 403", code)
 	}
 }
@@ -199,7 +178,7 @@ func TestGroupsTTLAndPersistence(t *testing.T) {
 	cfg := Config{DataDir: dir, TTL: time.Minute, MaxTTL: time.Hour, SweepEvery: 10 * time.Millisecond, nowForTests: clk.now}
 	s, base, srv := start(t, cfg)
 	create := func(body string) (string, string) {
-		code, h, b := do(t, "POST", base+"/group", body)
+		code, h, b := relaytest.HTTP(t, "POST", base+"/group", body)
 		var id string
 		if code != 201 || json.Unmarshal([]byte(b), &id) != nil {
 			t.Fatalf("POST %s: %d %q", body, code, b)
@@ -208,16 +187,16 @@ func TestGroupsTTLAndPersistence(t *testing.T) {
 	}
 	short, shortSecret := create(`{"AppID":"a","Name":"default ttl"}`)
 	long, _ := create(`{"AppID":"a","Name":"own ttl","TTL":1800}`)
-	if code, _, _ := do(t, "POST", base+"/group", `{"AppID":"a","TTL":7200}`); code != 400 {
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","TTL":7200}`); code != 400 {
 		t.Errorf("a TTL over MaxTTL: %d, want 400", code)
 	}
 	clk.add(50 * time.Second)
-	if code, _, _ := do(t, "PATCH", base+"/groups/"+short, `{"AppID":"a","Name":"refreshed"}`, SecretHeader, shortSecret); code != 200 {
+	if code, _, _ := relaytest.HTTP(t, "PATCH", base+"/groups/"+short, `{"AppID":"a","Name":"refreshed"}`, SecretHeader, shortSecret); code != 200 {
 		t.Fatalf("PATCH: %d", code)
 	}
 	clk.add(50 * time.Second) // 100 s after creation, 50 s after the refresh
 	relaytest.WaitFor(t, func() bool { return len(s.ids()) == 2 }, "nothing swept yet")
-	if code, _, _ := do(t, "GET", base+"/groups/"+short, ""); code != 200 {
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups/"+short, ""); code != 200 {
 		t.Errorf("the refreshed group expired: %d", code)
 	}
 	clk.add(20 * time.Second)
@@ -228,12 +207,12 @@ func TestGroupsTTLAndPersistence(t *testing.T) {
 	s.Close()
 	clk.add(10 * time.Minute) // 30 min TTL: 20 min left
 	s2, base2, _ := start(t, cfg)
-	if code, _, body := do(t, "GET", base2+"/groups/"+long, ""); code != 200 || !strings.Contains(body, "own ttl") {
+	if code, _, body := relaytest.HTTP(t, "GET", base2+"/groups/"+long, ""); code != 200 || !strings.Contains(body, "own ttl") {
 		t.Fatalf("after a restart: %d %q", code, body)
 	}
 	clk.add(21 * time.Minute)
 	relaytest.WaitFor(t, func() bool { return len(s2.ids()) == 0 }, "the restored group expires with its remaining TTL")
-	if code, _, _ := do(t, "GET", base2+"/groups/"+long, ""); code != 404 {
+	if code, _, _ := relaytest.HTTP(t, "GET", base2+"/groups/"+long, ""); code != 404 {
 		t.Errorf("expired group after restart: %d, want 404", code)
 	}
 }

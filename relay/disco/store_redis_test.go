@@ -22,7 +22,7 @@ func TestGroupsFleet(t *testing.T) {
 	_, u1, _ := start(t, cfg)
 	_, u2, srv2 := start(t, cfg)
 
-	code, hdr, body := do(t, "POST", u1+"/group", babbleGroup)
+	code, hdr, body := relaytest.HTTP(t, "POST", u1+"/group", babbleGroup)
 	if code != 201 {
 		t.Fatalf("POST on node 1: %d %s", code, body)
 	}
@@ -37,27 +37,27 @@ func TestGroupsFleet(t *testing.T) {
 	}
 	// Node 2 updates it with the owner secret; node 1 sees the change.
 	upd := strings.Replace(babbleGroup, `"office"`, `"moved"`, 1)
-	if code, _, body = do(t, "PATCH", u2+"/groups/"+id, upd); code != 403 {
+	if code, _, body = relaytest.HTTP(t, "PATCH", u2+"/groups/"+id, upd); code != 403 {
 		t.Fatalf("PATCH without the secret: %d %s", code, body)
 	}
-	if code, _, body = do(t, "PATCH", u2+"/groups/"+id, upd, SecretHeader, secret); code != 200 {
+	if code, _, body = relaytest.HTTP(t, "PATCH", u2+"/groups/"+id, upd, SecretHeader, secret); code != 200 {
 		t.Fatalf("PATCH on node 2: %d %s", code, body)
 	}
 	if _, body = get(t, u1+"/groups/"+id); !strings.Contains(body, `"moved"`) {
 		t.Fatalf("node 1 after node 2's PATCH: %s", body)
 	}
 	// The bound is the fleet's: one more on node 2 fits, a third does not.
-	if code, _, body = do(t, "POST", u2+"/group", babbleGroup); code != 201 {
+	if code, _, body = relaytest.HTTP(t, "POST", u2+"/group", babbleGroup); code != 201 {
 		t.Fatalf("second group: %d %s", code, body)
 	}
-	if code, _, body = do(t, "POST", u1+"/group", babbleGroup); code != 429 {
+	if code, _, body = relaytest.HTTP(t, "POST", u1+"/group", babbleGroup); code != 429 {
 		t.Fatalf("third group of an app bounded to 2: %d %s", code, body)
 	}
 	if n := relaytest.Metric(t, srv2, "meetpoint_groups"); n != 2 {
 		t.Fatalf("meetpoint_groups %v, want the fleet's 2", n)
 	}
 	// Delete on node 1; gone on node 2.
-	if code, _, body = do(t, "DELETE", u1+"/groups/"+id, "", SecretHeader, secret); code != 200 {
+	if code, _, body = relaytest.HTTP(t, "DELETE", u1+"/groups/"+id, "", SecretHeader, secret); code != 200 {
 		t.Fatalf("DELETE: %d %s", code, body)
 	}
 	if code, _ = get(t, u2+"/groups/"+id); code != 404 {
@@ -65,7 +65,7 @@ func TestGroupsFleet(t *testing.T) {
 	}
 	// Redis expires a group with its TTL.
 	short := strings.Replace(babbleGroup, `{"Name"`, `{"TTL":1,"Name"`, 1)
-	code, _, body = do(t, "POST", u1+"/group", short)
+	code, _, body = relaytest.HTTP(t, "POST", u1+"/group", short)
 	if code != 201 {
 		t.Fatalf("POST with TTL 1: %d %s", code, body)
 	}
@@ -115,7 +115,7 @@ func TestGroupsFleetRedisDown(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { rdb.Close() })
 	_, u, srv := start(t, Config{Redis: rdb})
-	if code, _, body := do(t, "POST", u+"/group", babbleGroup); code != 503 || !strings.Contains(body, `"error"`) {
+	if code, _, body := relaytest.HTTP(t, "POST", u+"/group", babbleGroup); code != 503 || !strings.Contains(body, `"error"`) {
 		t.Fatalf("POST with Redis down: %d %s", code, body)
 	}
 	if code, _ := get(t, u+"/groups/x"); code != 503 {
@@ -129,6 +129,6 @@ func TestGroupsFleetRedisDown(t *testing.T) {
 // get is a GET returning status and body.
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	code, _, body := do(t, "GET", url, "")
+	code, _, body := relaytest.HTTP(t, "GET", url, "")
 	return code, body
 }

@@ -1,0 +1,32 @@
+package relaytest
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// HTTP sends one request (hdr: header name, value pairs) and returns the
+// answer's status, header and body; it fails t if the request cannot be
+// made.
+func HTTP(t testing.TB, method, url, body string, hdr ...string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", method, url, err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
