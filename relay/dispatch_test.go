@@ -138,8 +138,9 @@ func TestDispatchEveryBranch(t *testing.T) {
 					t.Fatalf("relay via %s: %v %v", u, p, err)
 				}
 			}
-			// A subsystem's WebSocket subprotocol.
-			d := ws.Dialer{Protocols: []string{"echo.test"}, TLSConfig: tc}
+			// A subsystem's WebSocket subprotocol, named second in the
+			// client's list ("x.unknown, echo.test").
+			d := ws.Dialer{Protocols: []string{"x.unknown", "echo.test"}, TLSConfig: tc}
 			c, _, hs, err := d.Dial(ctx, "ws"+scheme+"://"+addr+"/signal")
 			if err != nil {
 				t.Fatalf("subprotocol upgrade: %v", err)

@@ -113,8 +113,8 @@ func (s *Server) httpRoot() http.Handler {
 		}
 		if r.Header.Get("Upgrade") != "" {
 			for _, p := range r.Header.Values("Sec-WebSocket-Protocol") {
-				for _, name := range splitTokens(p) {
-					if h := s.subprotocols[name]; h != nil {
+				for name := range strings.SplitSeq(p, ",") {
+					if h := s.subprotocols[strings.TrimSpace(name)]; h != nil {
 						h.ServeHTTP(w, r)
 						return
 					}
@@ -194,32 +194,6 @@ func (s *Server) h2Closed(nc net.Conn) {
 	if hc != nil {
 		hc.Close()
 	}
-}
-
-// splitTokens splits a comma-separated header value.
-func splitTokens(v string) []string {
-	var out []string
-	for len(v) > 0 {
-		i := 0
-		for i < len(v) && v[i] != ',' {
-			i++
-		}
-		tok := v[:i]
-		for len(tok) > 0 && (tok[0] == ' ' || tok[0] == '\t') {
-			tok = tok[1:]
-		}
-		for len(tok) > 0 && (tok[len(tok)-1] == ' ' || tok[len(tok)-1] == '\t') {
-			tok = tok[:len(tok)-1]
-		}
-		if tok != "" {
-			out = append(out, tok)
-		}
-		if i == len(v) {
-			break
-		}
-		v = v[i+1:]
-	}
-	return out
 }
 
 // WriteJSON answers an HTTP API request on the relay's port: status, and
