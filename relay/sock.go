@@ -50,8 +50,11 @@ type netpollTransport struct {
 // them). So the callback takes a descriptor of its own and puts an inert
 // eventfd over netpoll's number: a read not yet begun gets EAGAIN from
 // the eventfd, and the socket's bytes wait in the kernel for the new
-// owner; drained waits for one already begun. Cost: three syscalls per
-// hand-over.
+// owner; drained waits for one already begun. netpoll's own close
+// callback runs after this one: it waits for a read in progress on the
+// operator and refuses later ones (FDOperator.unused) before it closes its
+// number — the eventfd by then — so no read of netpoll's reaches a number
+// reused by another socket. Cost: three syscalls per hand-over.
 func (t *netpollTransport) takeOver() bool {
 	if t.taken || t.fd < 0 {
 		return t.taken
