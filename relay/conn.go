@@ -172,7 +172,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		}
 		c.mu.Unlock()
 		if streaming && !(handoff && tr.drained(r, got)) {
-			settleReader(r) // no TCP counters to ask: wait for the buffer to hold still
+			settleReader(r) // no TCP counters to believe: wait for the buffer to hold still
 		}
 		if n := r.Len(); n > 0 {
 			if p, err := r.Next(n); err == nil {
