@@ -51,8 +51,8 @@ type Server struct {
 	// Registered by subsystems before Start.
 	methods      map[string]MethodHandler
 	reporters    []Reporter
-	metricSets   []*metrics.Set         // AddMetrics: a subsystem's families...
-	metricDocs   []map[string]MetricDoc // ...and their docs
+	metricSets   []*metrics.Set         // AddMetrics: subsystems' metric sets,
+	metricDocs   []map[string]MetricDoc // and their families' docs
 	drainHooks   []func()
 	readiness    []readinessCheck
 	mux          *http.ServeMux
