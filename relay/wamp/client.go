@@ -93,9 +93,7 @@ func DialTLS(ctx context.Context, url, realm, ticket string, conf *tls.Config) (
 		case mAbort:
 			conn.Close()
 			uri := ""
-			if len(m.Fields) > 1 {
-				_ = json.Unmarshal(m.Fields[1], &uri)
-			}
+			m.decode(1, &uri)
 			return nil, &CallError{URI: uri}
 		}
 		conn.Close()
@@ -180,9 +178,7 @@ func (c *Client) invoked(m Message) {
 	h := c.procs[reg]
 	c.mu.Unlock()
 	var args []json.RawMessage
-	if len(m.Fields) > 3 {
-		_ = json.Unmarshal(m.Fields[3], &args)
-	}
+	m.decode(3, &args)
 	if h == nil {
 		_ = c.write(encode(mError, mInvocation, inv, details, errNoSuchProcedure))
 		return
@@ -230,12 +226,8 @@ func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Me
 		}
 		if m.Type == mError {
 			e := &CallError{}
-			if len(m.Fields) > 3 {
-				_ = json.Unmarshal(m.Fields[3], &e.URI)
-			}
-			if len(m.Fields) > 4 {
-				_ = json.Unmarshal(m.Fields[4], &e.Args)
-			}
+			m.decode(3, &e.URI)
+			m.decode(4, &e.Args)
 			return Message{}, e
 		}
 		return m, nil
@@ -277,8 +269,6 @@ func (c *Client) Call(ctx context.Context, proc string, args ...any) ([]json.Raw
 		return nil, err
 	}
 	var res []json.RawMessage
-	if len(m.Fields) > 2 {
-		_ = json.Unmarshal(m.Fields[2], &res)
-	}
+	m.decode(2, &res)
 	return res, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,10 +96,7 @@ func newFleetLink(r *Router) (*fleetLink, error) {
 
 func (f *fleetLink) close() {
 	f.mu.Lock()
-	keys := make([]string, 0, len(f.mine))
-	for k := range f.mine {
-		keys = append(keys, k)
-	}
+	keys := slices.Collect(maps.Keys(f.mine))
 	f.mine = map[string]bool{}
 	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -162,10 +161,7 @@ func (f *fleetLink) renew() {
 		case <-t.C:
 		}
 		f.mu.Lock()
-		keys := make([]string, 0, len(f.mine))
-		for k := range f.mine {
-			keys = append(keys, k)
-		}
+		keys := slices.Collect(maps.Keys(f.mine))
 		f.mu.Unlock()
 		for _, k := range keys {
 			ctx, cancel := f.op()
@@ -249,10 +245,7 @@ func (f *fleetLink) receive() {
 		}
 		switch w.K {
 		case "call":
-			timeout := r.cfg.CallTimeout
-			if d := time.Duration(w.TimeoutMs) * time.Millisecond; d > 0 && d < timeout {
-				timeout = d
-			}
+			timeout := r.callTimeout(w.TimeoutMs)
 			r.mu.Lock()
 			var reg *registration
 			if rm := r.realms[w.Realm]; rm != nil {

@@ -26,6 +26,7 @@
 package wamp
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
@@ -49,6 +50,9 @@ import (
 
 // Subprotocol is the WebSocket subprotocol the router serves.
 const Subprotocol = "wamp.2.json"
+
+// DefaultRealm is the open realm when Config.Realm is empty (Babble's).
+const DefaultRealm = "main"
 
 // Config is the signalling router's part of a relay's configuration.
 type Config struct {
@@ -142,7 +146,7 @@ var (
 // Call it before srv.Start; Close it before srv.Close.
 func New(srv *relay.Server, cfg Config) (*Router, error) {
 	if cfg.Realm == "" {
-		cfg.Realm = "main"
+		cfg.Realm = DefaultRealm
 	}
 	if !validURI(cfg.Realm) {
 		return nil, fmt.Errorf("signal-realm %q: not a WAMP URI", cfg.Realm)
@@ -388,7 +392,7 @@ func (s *session) reader() {
 			continue
 		}
 		if hdr.OpCode != ws.OpText {
-			s.finish(encode(mAbort, map[string]any{"message": "wamp.2.json carries text frames"}, errProtocolViolation), "protocol")
+			s.abort(errProtocolViolation, "protocol", "wamp.2.json carries text frames")
 			return
 		}
 		msg, err := io.ReadAll(rd)
@@ -405,9 +409,9 @@ func (s *session) reader() {
 func (s *session) readFailed(err error) {
 	switch {
 	case err == wsutil.ErrFrameTooLarge || err == wsutil.ErrMessageTooLarge:
-		s.finish(encode(mAbort, map[string]any{"message": fmt.Sprintf("a message is at most %d bytes", s.r.cfg.MaxMessage)}, errProtocolViolation), "too_large")
+		s.abort(errProtocolViolation, "too_large", fmt.Sprintf("a message is at most %d bytes", s.r.cfg.MaxMessage))
 	case isTimeout(err) && s.realm == nil:
-		s.finish(encode(mAbort, map[string]any{"message": "no HELLO in time"}, errProtocolViolation), "timeout")
+		s.abort(errProtocolViolation, "timeout", "no HELLO in time")
 	case isTimeout(err):
 		s.stop("timeout")
 	default:
@@ -615,12 +619,18 @@ func (s *session) unregister(m Message) bool {
 // timeoutOf is the call's timeout: the router's, or the CALL's own option
 // (milliseconds) when shorter.
 func (r *Router) timeoutOf(opts map[string]json.RawMessage) time.Duration {
-	d := r.cfg.CallTimeout
 	var ms int64
-	if json.Unmarshal(opts["timeout"], &ms) == nil && ms > 0 && time.Duration(ms)*time.Millisecond < d {
-		d = time.Duration(ms) * time.Millisecond
+	_ = json.Unmarshal(opts["timeout"], &ms)
+	return r.callTimeout(ms)
+}
+
+// callTimeout is the router's call timeout, or ms milliseconds when that
+// is positive and shorter.
+func (r *Router) callTimeout(ms int64) time.Duration {
+	if d := time.Duration(ms) * time.Millisecond; ms > 0 && d < r.cfg.CallTimeout {
+		return d
 	}
-	return d
+	return r.cfg.CallTimeout
 }
 
 func (s *session) call(m Message) bool {
@@ -631,11 +641,9 @@ func (s *session) call(m Message) bool {
 	opts, err1 := m.Dict(1)
 	proc, err2 := m.URI(2)
 	args, kwargs, err3 := m.Payload(3)
-	for _, err := range []error{err1, err2, err3} {
-		if err != nil {
-			s.fail(mCall, req, errProtocolViolation, err.Error())
-			return true
-		}
+	if err := cmp.Or(err1, err2, err3); err != nil {
+		s.fail(mCall, req, errProtocolViolation, err.Error())
+		return true
 	}
 	r := s.r
 	timeout := r.timeoutOf(opts)
@@ -760,10 +768,8 @@ func (s *session) calleeError(m Message) bool {
 	d, err2 := m.Dict(2)
 	uri, err3 := m.URI(3)
 	args, kwargs, err4 := m.Payload(4)
-	for _, err := range []error{err1, err2, err3, err4} {
-		if err != nil {
-			return s.abort(errProtocolViolation, "protocol", err.Error())
-		}
+	if err := cmp.Or(err1, err2, err3, err4); err != nil {
+		return s.abort(errProtocolViolation, "protocol", err.Error())
 	}
 	if s.owns(inv) {
 		raw, _ := json.Marshal(d)
@@ -867,11 +873,9 @@ func (s *session) publish(m Message) bool {
 	opts, err1 := m.Dict(1)
 	uri, err2 := m.URI(2)
 	args, kwargs, err3 := m.Payload(3)
-	for _, err := range []error{err1, err2, err3} {
-		if err != nil {
-			s.fail(mPublish, req, errProtocolViolation, err.Error())
-			return true
-		}
+	if err := cmp.Or(err1, err2, err3); err != nil {
+		s.fail(mPublish, req, errProtocolViolation, err.Error())
+		return true
 	}
 	var ack bool
 	excludeMe := true
@@ -905,9 +909,10 @@ func (r *Router) deliver(name, uri string, pub uint64, skip *session, args, kwar
 		return
 	}
 	tp := rm.topics[uri]
+	ev := encode(mEvent, tp.id, pub, details, args, kwargs) // the same bytes for every subscriber
 	for sub := range tp.subs {
 		if sub != skip {
-			sub.send(encode(mEvent, tp.id, pub, details, args, kwargs))
+			sub.send(ev)
 		}
 	}
 }

@@ -113,6 +113,14 @@ func validURI(v string) bool {
 	return v != "" && len(v) <= maxURI && !strings.ContainsAny(v, " \t\r\n#")
 }
 
+// decode unmarshals field i into v where the message has it (an optional
+// element; one that does not decode leaves v as it was).
+func (m Message) decode(i int, v any) {
+	if i < len(m.Fields) {
+		_ = json.Unmarshal(m.Fields[i], v)
+	}
+}
+
 // Dict is field i as a JSON object, its values still encoded.
 func (m Message) Dict(i int) (map[string]json.RawMessage, error) {
 	var v map[string]json.RawMessage
