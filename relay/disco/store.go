@@ -106,21 +106,31 @@ func (s *localStore) close() error {
 	return nil
 }
 
-// save writes r (nil: deletes id) to bbolt.
+// save writes r to bbolt.
 func (s *localStore) save(id string, r *record) error {
 	if s.db == nil {
 		return nil
 	}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), v) })
+}
+
+// forget deletes ids from bbolt, in one transaction (one sync to disk).
+func (s *localStore) forget(ids ...string) error {
+	if s.db == nil || len(ids) == 0 {
+		return nil
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
-		if r == nil {
-			return b.Delete([]byte(id))
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
 		}
-		v, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), v)
+		return nil
 	})
 }
 
@@ -155,7 +165,7 @@ func (s *localStore) del(old *record) error {
 		return errChanged
 	}
 	s.drop(id, old)
-	return s.save(id, nil)
+	return s.forget(id)
 }
 
 // drop forgets id (under mu).
@@ -207,10 +217,8 @@ func (s *localStore) sweep(now time.Time) {
 			}
 		}
 		s.mu.Unlock()
-		for _, id := range gone {
-			if err := s.save(id, nil); err != nil {
-				s.log.Warn("groups: deleting an expired group", "id", id, "err", err)
-			}
+		if err := s.forget(gone...); err != nil {
+			s.log.Warn("groups: deleting expired groups", "groups", len(gone), "err", err)
 		}
 	}
 }

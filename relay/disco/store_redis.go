@@ -59,6 +59,9 @@ redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", ARGV[2])
 if redis.call("ZCARD", KEYS[1]) == 0 then redis.call("SREM", KEYS[2], ARGV[1]) end
 return 0`)
 
+// unreachable wraps a failed Redis operation (the handler answers 503).
+func unreachable(err error) error { return fmt.Errorf("groups: the fleet's Redis: %v", err) }
+
 func decode(v string) (*record, error) {
 	var r record
 	if err := json.Unmarshal([]byte(v), &r); err != nil {
@@ -76,7 +79,7 @@ func (s *redisStore) get(id string) (*record, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("groups: the fleet's Redis: %v", err)
+		return nil, unreachable(err)
 	}
 	return decode(v)
 }
@@ -97,7 +100,7 @@ func (s *redisStore) put(rec, old *record, maxGroups int, now time.Time) error {
 		prev, string(b), rec.Expires, g.ID, now.UnixMilli(), maxGroups, g.AppID).Text()
 	switch {
 	case err != nil:
-		return fmt.Errorf("groups: the fleet's Redis: %v", err)
+		return unreachable(err)
 	case res == "changed":
 		return errChanged
 	case res == "limit":
@@ -112,7 +115,7 @@ func (s *redisStore) del(old *record) error {
 	defer cancel()
 	res, err := delScript.Run(ctx, s.rdb, []string{s.key(old.Group.ID), s.appKey(old.Group.AppID)}, old.raw, old.Group.ID).Text()
 	if err != nil {
-		return fmt.Errorf("groups: the fleet's Redis: %v", err)
+		return unreachable(err)
 	}
 	if res == "changed" {
 		return errChanged
@@ -127,7 +130,7 @@ func (s *redisStore) list(app string, now time.Time) ([]*record, error) {
 	if app == "" {
 		var err error
 		if apps, err = s.rdb.SMembers(ctx, s.appsKey()).Result(); err != nil {
-			return nil, fmt.Errorf("groups: the fleet's Redis: %v", err)
+			return nil, unreachable(err)
 		}
 	}
 	ms := strconv.FormatInt(now.UnixMilli(), 10)
@@ -135,7 +138,7 @@ func (s *redisStore) list(app string, now time.Time) ([]*record, error) {
 	for _, a := range apps {
 		ids, err := s.rdb.ZRangeByScore(ctx, s.appKey(a), &redis.ZRangeBy{Min: "(" + ms, Max: "+inf"}).Result()
 		if err != nil {
-			return nil, fmt.Errorf("groups: the fleet's Redis: %v", err)
+			return nil, unreachable(err)
 		}
 		if len(ids) == 0 {
 			tidyScript.Run(ctx, s.rdb, []string{s.appKey(a), s.appsKey()}, a, ms)
@@ -147,7 +150,7 @@ func (s *redisStore) list(app string, now time.Time) ([]*record, error) {
 		}
 		vals, err := s.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
-			return nil, fmt.Errorf("groups: the fleet's Redis: %v", err)
+			return nil, unreachable(err)
 		}
 		for _, v := range vals {
 			if str, ok := v.(string); ok {
