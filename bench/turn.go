@@ -144,8 +144,8 @@ func allocRate(ctx context.Context, server string, n, conc int) (float64, int64)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ctx.Err() == nil && next.Add(1) <= int64(n) {
-				c, err := turnClient(server, fmt.Sprintf("bench%d", next.Load()%8)) // 8 users: under the per-user quota
+			for i := next.Add(1); ctx.Err() == nil && i <= int64(n); i = next.Add(1) {
+				c, err := turnClient(server, fmt.Sprintf("bench%d", i%8)) // 8 users: under the per-user quota
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -318,9 +318,9 @@ func childTURN(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var lo, hi uint16
-	if _, err := fmt.Sscanf(*ports, "%d-%d", &lo, &hi); err != nil {
-		return fmt.Errorf("--ports %q: %v", *ports, err)
+	lo, hi, err := turn.ParsePorts(*ports)
+	if err != nil {
+		return err
 	}
 	srv, err := relay.NewServer(relayConfig([]string{"127.0.0.1:0"}))
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -179,7 +178,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API and signalling: lines \"APP_ID KEY\"; their groups and their realm need their key")
 	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API and signalling: refuse applications (realms) not in --apps")
 	fs.BoolVar(&o.signalOn, "signal", true, "serve WAMP v2 (wamp.2.json WebSockets) for WebRTC signalling as Babble does it (docs/discovery.md); with --fleet, calls reach other nodes")
-	fs.StringVar(&o.sigRealm, "signal-realm", "main", "the signalling router's open `REALM` (a registered application's realm needs its key, WAMP ticket authentication)")
+	fs.StringVar(&o.sigRealm, "signal-realm", wamp.DefaultRealm, "the signalling router's open `REALM` (a registered application's realm needs its key, WAMP ticket authentication)")
 	fs.BoolVar(&o.turnOn, "turn", false, "serve TURN and STUN on UDP at the relay's port number (docs/discovery.md); credentials from GET /v1/turn/credentials")
 	fs.StringVar(&o.turnListen, "turn-listen", "", "TURN's UDP `ADDR` (default: the first --listen address)")
 	fs.StringVar(&o.turnSecret, "turn-secret-file", "", "the TURN REST shared secret `FILE` (coturn's static-auth-secret); without it a random one is made at start (credentials only from this relay)")
@@ -429,7 +428,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	var scfg *wamp.Config
 	if v.signalOn {
 		scfg = &wamp.Config{Realm: v.sigRealm, Apps: apps, AppsOnly: v.appsOnly}
-	} else if v.sigRealm != "main" {
+	} else if v.sigRealm != wamp.DefaultRealm {
 		return fail("signal-realm needs --signal")
 	}
 	var tcfg *turn.Config
@@ -454,13 +453,11 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 				return fail("turn-relay-ip %q: not an IP address", v.turnIP)
 			}
 		}
-		lo, hi, ok := strings.Cut(v.turnPorts, "-")
-		a, err1 := strconv.ParseUint(lo, 10, 16)
-		b, err2 := strconv.ParseUint(hi, 10, 16)
-		if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
-			return fail("turn-ports %q: want MIN-MAX, e.g. 49152-65535", v.turnPorts)
+		lo, hi, err := turn.ParsePorts(v.turnPorts)
+		if err != nil {
+			return fail("turn-ports: %v", err)
 		}
-		tcfg.PortMin, tcfg.PortMax = uint16(a), uint16(b)
+		tcfg.PortMin, tcfg.PortMax = lo, hi
 	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" {
 		return fail("turn-listen, turn-secret-file and turn-relay-ip need --turn")
 	}

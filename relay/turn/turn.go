@@ -68,6 +68,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// ParsePorts reads a relay port range "MIN-MAX" (--turn-ports), 1 ≤ MIN ≤
+// MAX ≤ 65535.
+func ParsePorts(v string) (lo, hi uint16, err error) {
+	a, b, ok := strings.Cut(v, "-")
+	x, err1 := strconv.ParseUint(a, 10, 16)
+	y, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil || x == 0 || x > y {
+		return 0, 0, fmt.Errorf("port range %q: want MIN-MAX, e.g. 49152-65535", v)
+	}
+	return uint16(x), uint16(y), nil
+}
+
 // LoadSecret reads a --turn-secret-file (the secret, whitespace trimmed).
 func LoadSecret(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)

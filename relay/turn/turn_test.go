@@ -328,3 +328,15 @@ func TestCredentialsForAppKey(t *testing.T) {
 		t.Fatalf("a refused token that is no app key: %d", code)
 	}
 }
+
+// TestParsePorts: --turn-ports is MIN-MAX with 1 ≤ MIN ≤ MAX ≤ 65535.
+func TestParsePorts(t *testing.T) {
+	if lo, hi, err := ParsePorts("42000-42999"); err != nil || lo != 42000 || hi != 42999 {
+		t.Fatalf("42000-42999: %d %d %v", lo, hi, err)
+	}
+	for _, v := range []string{"", "42000", "0-10", "9-1", "1-70000", "a-b", "-5", "5-"} {
+		if _, _, err := ParsePorts(v); err == nil {
+			t.Errorf("%q accepted", v)
+		}
+	}
+}
