@@ -511,7 +511,7 @@ func (h *hub) serverRPC(obj []byte) {
 	case "RemoteProxy.Hello":
 		reply = h.s.srv.HelloReply(req.ID)
 	case "RemoteProxy.Introspect":
-		reply = handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect())
+		reply = h.s.srv.IntrospectReply(req.ID)
 	case "TunnelProxy.RegisterServer", "TunnelProxy.RegisterClient":
 		// As nymea: the error, then the connection ends (the server is
 		// confused about its state; its clients go with it).
