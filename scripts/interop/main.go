@@ -329,6 +329,8 @@ func main() {
 		}
 	}
 	if bad > 0 {
+		env.stop() // os.Exit skips the deferred calls: the servers run in process groups of their own
+		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 }
