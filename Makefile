@@ -30,11 +30,12 @@ test:
 	$(GO) test -race -count=1 -timeout 8m ./...
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
 
-## interop: nymea-remoteproxy 1.8.4's and 1.13.0's real clients against
-## meetpoint and against nymea's own servers (docs/interop.md). Builds the
-## peers from ../shared/peers once into ~/.cache/meetpoint-interop (about
-## 4 minutes on 2 cores; installs Qt 5 with apt-get if missing), then runs
-## in under a minute. ARGS: e.g. -only tp/
+## interop: nymea-remoteproxy 1.8.4's and 1.13.0's real clients and
+## nymea's own QtTest suites against meetpoint and against nymea's own
+## servers (docs/interop.md). Builds the peers and their suites from
+## ../shared/peers once into ~/.cache/meetpoint-interop (tens of minutes on
+## 2 cores; installs Qt 5 with apt-get if missing), then runs in about 4
+## minutes. ARGS: e.g. -only tp/ -suites=false
 interop:
 	scripts/interop.sh $(ARGS)
 

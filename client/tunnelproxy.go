@@ -213,6 +213,18 @@ func (s *TPServer) pingLoop(every time.Duration) {
 
 func (s *TPServer) readLoop() {
 	var dec handshake.SLIPDecoder
+	var rpc handshake.SLIPHold // JSON-RPC from the relay, at most 64 KiB
+	piece := func(addr uint16, data []byte, ev handshake.SLIPEvent) error {
+		if addr == 0 {
+			msg, err := rpc.Add(data, ev)
+			if msg != nil {
+				s.rpc(msg)
+			}
+			return err
+		}
+		s.data(addr, data, ev)
+		return nil
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		var data []byte
@@ -231,30 +243,36 @@ func (s *TPServer) readLoop() {
 			}
 			data = buf[:n]
 		}
-		if err := dec.Feed(data, s.frame); err != nil {
+		if err := dec.Feed(data, piece); err != nil {
 			s.fail(err)
 			return
 		}
 	}
 }
 
-// frame handles one SLIP frame from the relay.
-func (s *TPServer) frame(addr uint16, payload []byte) error {
-	if addr != 0 {
-		s.mu.Lock()
-		c := s.conns[addr]
-		s.mu.Unlock()
-		if c != nil {
-			c.deliver(payload)
-		}
-		return nil
+// data hands a piece of a client's SLIP frame to its TPConn as it
+// arrives: frames are not reassembled, whatever their size.
+func (s *TPServer) data(addr uint16, p []byte, ev handshake.SLIPEvent) {
+	s.mu.Lock()
+	c := s.conns[addr]
+	s.mu.Unlock()
+	switch {
+	case c == nil:
+	case ev == handshake.SLIPAbort: // a malformed frame, partly delivered: the stream has a hole
+		_ = c.Close()
+	case len(p) > 0:
+		c.deliver(p)
 	}
+}
+
+// rpc handles one JSON-RPC message from the relay (address 0).
+func (s *TPServer) rpc(payload []byte) {
 	var m struct {
 		Notification string         `json:"notification"`
 		Params       map[string]any `json:"params"`
 	}
 	if err := json.Unmarshal(payload, &m); err != nil {
-		return nil // a reply we do not wait for, or noise
+		return // a reply we do not wait for, or noise
 	}
 	p := m.Params
 	switch m.Notification {
@@ -281,7 +299,6 @@ func (s *TPServer) frame(addr uint16, payload []byte) error {
 			c.end()
 		}
 	}
-	return nil
 }
 
 // TPConn is one client of a TPServer. It implements net.Conn; deadlines are

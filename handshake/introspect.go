@@ -1,9 +1,6 @@
 package handshake
 
-import (
-	"encoding/json"
-	"sync"
-)
+import "encoding/json"
 
 // AuthenticationError is the authenticationError value of an
 // Authentication.Authenticate reply.
@@ -89,28 +86,43 @@ var basicTypeNames = []string{"Uuid", "String", "StringList", "Int", "UInt", "Do
 type notificationSpec struct {
 	name, description string
 	params            map[string]string
+	by                string // the method after which it is sent: listed with it
 }
 
 var notifications = []notificationSpec{
 	{"RemoteProxy.TunnelEstablished",
 		"Emitted once the tunnel to the other client is up. This is the server's last message; everything after it is the other client's data.",
-		map[string]string{"name": "String", "uuid": "String"}},
+		map[string]string{"name": "String", "uuid": "String"}, "Authentication.Authenticate"},
 	{"TunnelProxy.ClientConnected",
 		"Emitted to a registered server whenever a client connects to it.",
-		map[string]string{"clientName": "String", "clientUuid": "Uuid", "clientPeerAddress": "String", "socketAddress": "UInt"}},
+		map[string]string{"clientName": "String", "clientUuid": "Uuid", "clientPeerAddress": "String", "socketAddress": "UInt"},
+		"TunnelProxy.RegisterServer"},
 	{"TunnelProxy.ClientDisconnected",
 		"Emitted to a registered server whenever one of its clients disconnects.",
-		map[string]string{"socketAddress": "UInt"}},
+		map[string]string{"socketAddress": "UInt"}, "TunnelProxy.RegisterServer"},
 	{"Events.Event",
 		"Emitted to a subscribed connection for each event published on one of its channels (meetpoint).",
-		map[string]string{"channel": "String", "data": "Variant"}},
+		map[string]string{"channel": "String", "data": "Variant"}, "Events.Subscribe"},
 }
 
-// introspection is built once, on first use.
-var introspection = sync.OnceValue(func() []byte {
+// MaxIntrospect bounds the whole RemoteProxy.Introspect reply (envelope
+// and newline included) in every configuration: nymea's Qt clients read
+// the reply in one piece and Qt delivers a TLS socket's data in pieces of
+// 4,096 bytes (a 4,249-byte reply failed their getIntrospect).
+const MaxIntrospect = 4000
+
+// IntrospectFor returns the params object of the RemoteProxy.Introspect
+// reply of a relay that serves the methods served says it does:
+// {"methods":{...},"notifications":{...},"types":{...}}, compact, keys
+// sorted like nymea's, no trailing newline. Only methods of the method
+// table that served accepts are listed (never those between relays), and
+// a notification only with the method it follows. Send it with
+// AppendSuccessRaw(dst, id, IntrospectFor(served)); the reply stays under
+// MaxIntrospect bytes whatever served accepts.
+func IntrospectFor(served func(method string) bool) []byte {
 	ms := make(map[string]any, len(methods))
 	for _, m := range methods {
-		if m.hidden {
+		if m.hidden || !served(m.full) {
 			continue
 		}
 		params := make(map[string]string, len(m.params))
@@ -125,7 +137,9 @@ var introspection = sync.OnceValue(func() []byte {
 	}
 	ns := make(map[string]any, len(notifications))
 	for _, n := range notifications {
-		ns[n.name] = map[string]any{"description": n.description, "params": n.params}
+		if ms[n.by] != nil {
+			ns[n.name] = map[string]any{"description": n.description, "params": n.params}
+		}
 	}
 	types := map[string][]string{
 		"BasicType":           basicTypeNames,
@@ -138,13 +152,4 @@ var introspection = sync.OnceValue(func() []byte {
 		panic("handshake: introspection: " + err.Error())
 	}
 	return b
-})
-
-// Introspect returns the params object of the RemoteProxy.Introspect reply:
-// {"methods":{...},"notifications":{...},"types":{...}}, compact, keys
-// sorted like nymea's, no trailing newline. Send it with
-// AppendSuccessRaw(dst, id, Introspect()).
-//
-// It is computed once; later calls return the same slice without
-// allocating. The caller must not modify it.
-func Introspect() []byte { return introspection() }
+}

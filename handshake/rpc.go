@@ -243,7 +243,8 @@ type methodSpec struct {
 
 type returnSpec struct{ key, typ string }
 
-// methods is the method table: exactly the methods meetpoint answers.
+// methods is the method table: every method meetpoint can answer
+// (IntrospectFor lists those one relay serves).
 var methods = func() []methodSpec {
 	m := []methodSpec{
 		{namespace: "RemoteProxy", name: "Hello",
@@ -253,7 +254,7 @@ var methods = func() []methodSpec {
 			description: "Introspect this API.",
 			returns:     []returnSpec{{"methods", "Object"}, {"notifications", "Object"}, {"types", "Object"}}},
 		{namespace: "Authentication", name: "Authenticate",
-			description: "Authenticate this connection. The returned AuthenticationError informs about the result. If the authentication was not successful, the server will close the connection immediately after sending the error response. The given id should be a unique id the other tunnel client can understand. Once the authentication was successful, you can wait for the RemoteProxy.TunnelEstablished notification. If you send any data before getting this notification, the server will close the connection. If the tunnel client does not show up within 10 seconds, the server will close the connection.",
+			description: "Authenticate this connection. The AuthenticationError tells the result; on failure the connection is closed after the reply. Then wait for RemoteProxy.TunnelEstablished: data sent before it closes the connection, and so does a partner that does not come within the alone timeout.",
 			params:      []paramSpec{{"uuid", typeString, false}, {"name", typeString, false}, {"token", typeString, false}, {"nonce", typeString, true}},
 			returns:     []returnSpec{{"authenticationError", "$ref:AuthenticationError"}}},
 		{namespace: "TunnelProxy", name: "RegisterServer",
@@ -269,7 +270,7 @@ var methods = func() []methodSpec {
 			params:      []paramSpec{{"socketAddress", typeUInt, false}},
 			returns:     []returnSpec{{"tunnelProxyError", "$ref:TunnelProxyError"}}},
 		{namespace: "Events", name: "Subscribe",
-			description: "Subscribe this idle connection to event channels (meetpoint): the relay then sends Events.Event notifications for them and nothing else. The token is checked by the relay's authenticator; the access rules decide which channels the identity may join. The connection must not send anything but WebSocket control frames afterwards.",
+			description: "Subscribe this idle connection to event channels (meetpoint): Events.Event notifications follow for them. The token is checked like Authenticate's; the access rules decide the channels. Send nothing else afterwards.",
 			params:      []paramSpec{{"token", typeString, false}, {"channels", typeStringList, false}},
 			returns:     []returnSpec{{"authenticationError", "$ref:AuthenticationError"}, {"channels", "StringList"}}},
 		{namespace: "Mesh", name: "Join", hidden: true,

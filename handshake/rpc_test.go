@@ -3,7 +3,9 @@ package handshake
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -455,7 +457,7 @@ func TestEnumNames(t *testing.T) {
 }
 
 func TestIntrospect(t *testing.T) {
-	b := Introspect()
+	b := IntrospectFor(func(string) bool { return true })
 	if !json.Valid(b) {
 		t.Fatalf("invalid JSON: %s", b)
 	}
@@ -530,12 +532,55 @@ func TestIntrospect(t *testing.T) {
 	if !reflect.DeepEqual(v.Types, wantTypes) {
 		t.Errorf("types %v", v.Types)
 	}
-	if &Introspect()[0] != &b[0] {
-		t.Error("Introspect not computed once")
+}
+
+// TestIntrospectListsOnlyServed: a relay lists the methods it serves and
+// the notifications that follow them, and in every configuration the
+// whole reply stays under MaxIntrospect: nymea's Qt clients read it in one
+// piece, and Qt delivers TLS data 4,096 bytes at a time.
+func TestIntrospectListsOnlyServed(t *testing.T) {
+	var optional []string // what a relay may or may not serve
+	for _, m := range methods {
+		optional = append(optional, m.full) // hidden ones too: never listed
 	}
-	if n := testing.AllocsPerRun(10, func() { Introspect() }); n != 0 {
-		t.Errorf("Introspect allocates %v times", n)
+	for set := 0; set < 1<<len(optional); set++ {
+		served := map[string]bool{}
+		for i, m := range optional {
+			if set&(1<<i) != 0 {
+				served[m] = true
+			}
+		}
+		b := IntrospectFor(func(m string) bool { return served[m] })
+		if reply := AppendSuccessRaw(nil, math.MaxInt64, b); len(reply) > MaxIntrospect {
+			t.Fatalf("serving %v: the Introspect reply is %d bytes, over %d", keysOf(served), len(reply), MaxIntrospect)
+		}
+		var v struct {
+			Methods       map[string]any `json:"methods"`
+			Notifications map[string]any `json:"notifications"`
+		}
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range methods {
+			if _, listed := v.Methods[m.full]; listed != (served[m.full] && !m.hidden) {
+				t.Fatalf("serving %v: %s listed %v", keysOf(served), m.full, listed)
+			}
+		}
+		for _, n := range notifications {
+			if _, listed := v.Notifications[n.name]; listed != served[n.by] {
+				t.Fatalf("serving %v: notification %s listed %v", keysOf(served), n.name, listed)
+			}
+		}
 	}
+}
+
+func keysOf(m map[string]bool) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }
 
 // TestParseRequestInvalidContent: NextObject only delimits; the content is

@@ -159,6 +159,13 @@ func (s *Server) HelloReply(id int) []byte {
 		handshake.Str("version", Version))
 }
 
+// IntrospectReply is the RemoteProxy.Introspect reply to request id: the
+// methods this relay serves (its own and those its subsystems registered
+// with HandleMethod), described once on first use, after Start.
+func (s *Server) IntrospectReply(id int) []byte {
+	return handshake.AppendSuccessRaw(nil, id, s.introspection())
+}
+
 // Logger is the server's logger.
 func (s *Server) Logger() *slog.Logger { return s.log }
 

@@ -31,7 +31,7 @@ func (c *conn) handle(obj []byte) {
 		c.hello = true
 		c.send(c.s.HelloReply(req.ID))
 	case "RemoteProxy.Introspect":
-		c.send(handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect()))
+		c.send(c.s.IntrospectReply(req.ID))
 	case "Authentication.Authenticate":
 		c.authenticate(req)
 	default:

@@ -25,6 +25,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/cloudwego/netpoll"
+	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -74,6 +75,10 @@ type Server struct {
 	// tunnels holds every tunnel a forwarder has started and not torn down.
 	tunnels map[*tunnel]struct{}
 	nextID  uint64
+
+	// introspection is the Introspect reply's params, built once from
+	// methods.
+	introspection func() []byte
 }
 
 // NewServer validates cfg and prepares a server. It does not listen yet.
@@ -119,6 +124,15 @@ func NewServer(cfg Config) (*Server, error) {
 			j.tk.End(reason.LimitTLS)
 		}}
 	s.tunnelRate.Store(cfg.Limits.TunnelRate)
+	s.introspection = sync.OnceValue(func() []byte {
+		return handshake.IntrospectFor(func(m string) bool {
+			switch m {
+			case "RemoteProxy.Hello", "RemoteProxy.Introspect", "Authentication.Authenticate": // handle answers these
+				return true
+			}
+			return s.methods[m] != nil
+		})
+	})
 	return s, nil
 }
 

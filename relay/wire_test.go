@@ -151,9 +151,13 @@ func TestWireTLSReplyInOneRecord(t *testing.T) {
 		rc.reset()
 		io.WriteString(tc, `{"id":2,"method":"RemoteProxy.Introspect"}`+"\n")
 		line := wireLine(t, br)
-		want := string(handshake.AppendSuccessRaw(nil, 2, handshake.Introspect()))
+		want := string(s.IntrospectReply(2))
 		if line != want {
 			t.Fatalf("Introspect reply differs: %d bytes, want %d", len(line), len(want))
+		}
+		// Only what this relay serves: no subsystem registered a method.
+		if len(line) > handshake.MaxIntrospect || strings.Contains(line, "TunnelProxy.") || strings.Contains(line, "Events.") {
+			t.Fatalf("Introspect of a relay without subsystems (%d bytes): %s", len(line), line)
 		}
 		if n, sizes := rc.records(); n != 1 {
 			t.Fatalf("TLS %x: Introspect (%d bytes) came in %d records %v, want 1", v, len(line), n, sizes)

@@ -5,11 +5,13 @@
 #      (default ../shared/peers) into $MEETPOINT_INTEROP_CACHE (default
 #      ~/.cache/meetpoint-interop) and builds them there (qmake, without
 #      nymea's tests and monitor) — reused while the archive is unchanged;
-#   2. builds scripts/interop/probe (our small driver of nymea's client
-#      library) against each;
+#   2. builds nymea's own QtTest suites of each, patched in the cache to
+#      test an external server (build_tests), and scripts/interop/probe (our
+#      small driver of nymea's client library) against each;
 #   3. builds meetpoint and runs scripts/interop: one PASS/FAIL line per cell
-#      and target, a Markdown matrix in results/interop-<time>.md, and exit
-#      status 1 when meetpoint fails a cell that nymea's own server passes.
+#      and target, one SUITE line per QtTest suite, a Markdown matrix in
+#      results/interop-<time>.md, and exit status 1 on a verdict against
+#      meetpoint (docs/interop.md).
 #
 # Needs Qt 5 (qtbase5-dev qt5-qmake libqt5websockets5-dev), g++ and
 # dpkg-parsechangelog; they are installed with apt-get (sudo unless root) if
@@ -60,6 +62,55 @@ build_nymea() {
 	echo "$sum" >"$dir/.meetpoint-build"
 }
 
+# build_tests VERSION: nymea's own QtTest suites (tests/ of that tree),
+# pointed at an external server: every URL the tests take from their
+# in-process engine, or from their fixed wss:// and ssl:// URLs, goes
+# through meetpointExternal(), which reads MEETPOINT_URL_<port> (the port
+# the engine would have used) and falls back to nymea's own. Checks of the
+# server's own identity (its server name, version and API version against
+# nymea's) become MEETPOINT_IDENTITY: a difference is printed as a QWARN
+# line and the row goes on (scripts/interop reports it). The tests'
+# sources are patched in the cache only; nothing of them is in this
+# repository.
+tests_patch=2 # bump when the patch below changes
+build_tests() {
+	local v=$1 dir="$cache/nymea-remoteproxy-$1" tgz="$peers/nymea-remoteproxy-$1.tar.gz"
+	local sum
+	sum=$( (cat "$dir/.meetpoint-build"; echo "patch $tests_patch") | sha256sum | cut -c1-64)
+	if [ "$(cat "$dir/tests/.meetpoint-build" 2>/dev/null)" = "$sum" ]; then
+		return
+	fi
+	echo "interop: building nymea-remoteproxy $v's test suites (once; log in $cache/build-tests-$v.log)"
+	rm -rf "$dir/tests"
+	tar -xzf "$tgz" -C "$cache" "nymea-remoteproxy-$v/tests"
+	local h="$dir/tests/testbase/basetest.h"
+	sed -i 's|^#include <QSslConfiguration>$|#include <QSslConfiguration>\
+#include <QUrl>\
+\
+// meetpoint interop: the server under test is external.\
+static inline QUrl meetpointExternal(const QUrl \&url) {\
+    const QByteArray v = qgetenv(QByteArray("MEETPOINT_URL_") + QByteArray::number(url.port()));\
+    return v.isEmpty() ? url : QUrl(QString::fromUtf8(v));\
+}\
+#define MEETPOINT_IDENTITY(actual, expected) do { const QString a_ = (actual), e_ = (expected); \\\
+    if (a_ != e_) qWarning("MEETPOINT-IDENTITY %s: \\"%s\\" where nymea says \\"%s\\"", #actual, qPrintable(a_), qPrintable(e_)); } while (0)|' "$h"
+	sed -i 's|= QUrl("\([a-z]*://127\.0\.0\.1:[0-9]*\)");|= meetpointExternal(QUrl("\1"));|' "$h"
+	local ids='\(SERVER_NAME_STRING\|SERVER_VERSION_STRING\|API_VERSION_STRING\)'
+	find "$dir/tests" -name '*.cpp' -exec sed -i \
+		-e 's|Engine::instance()->\([A-Za-z]*\)()->serverUrl()|meetpointExternal(Engine::instance()->\1()->serverUrl())|g' \
+		-e "s#QCOMPARE(\\(.*\\), QString($ids));#MEETPOINT_IDENTITY(\\1, QString(\\2));#" \
+		-e "s#QVERIFY(\\(.*\\) == $ids);#MEETPOINT_IDENTITY(\\1, QString(\\2));#" {} +
+	if ! grep -q meetpointExternal "$h" || ! grep -rq MEETPOINT_IDENTITY "$dir/tests"/test-*/*.cpp; then
+		echo "interop: patching nymea-remoteproxy $v's tests failed" >&2
+		exit 2
+	fi
+	if ! (cd "$dir/tests" && qmake && make -j"$jobs") >"$cache/build-tests-$v.log" 2>&1; then
+		tail -40 "$cache/build-tests-$v.log" >&2
+		exit 2
+	fi
+	echo "$sum" >"$dir/tests/.meetpoint-build"
+}
+
 # build_probe VERSION: scripts/interop/probe against that nymea tree.
 build_probe() {
 	local v=$1 dir="$cache/probe-$1"
@@ -78,6 +129,8 @@ build_probe() {
 
 build_nymea 1.8.4
 build_nymea 1.13.0
+build_tests 1.8.4
+build_tests 1.13.0
 build_probe 1.8.4
 build_probe 1.13.0
 go build -o "$cache/bin/meetpoint" ./cmd/meetpoint

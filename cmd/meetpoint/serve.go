@@ -157,7 +157,8 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	}
 	fs.Var(&o.exempt, "limit-exempt", "`CIDR` exempt from per-address limits, repeatable (default 127.0.0.0/8 and ::1; \"none\" for none)")
 	fs.DurationVar(&tp.ServerTimeout, "tp-server-timeout", tp.ServerTimeout, "close a TunnelProxy server silent this long")
-	fs.IntVar(&tp.ClientBuffer, "tp-client-buffer", tp.ClientBuffer, "bytes waiting for one TunnelProxy client before it is disconnected")
+	fs.IntVar(&tp.ClientBuffer, "tp-client-buffer", tp.ClientBuffer, "bytes waiting for one TunnelProxy client at which its server is no longer read until the client catches up")
+	fs.IntVar(&tp.MaxMessage, "tp-max-message", tp.MaxMessage, "largest JSON-RPC message a TunnelProxy server may send the relay (its data frames may be any size)")
 	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "HTTP connections (API, /metrics) served at once on the relay port; more get 503")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "close an idle keep-alive HTTP connection after this long")
 	fs.Int64Var(&c.HTTPMaxBody, "http-max-body", c.HTTPMaxBody, "largest HTTP request body on the relay port (bytes)")

@@ -31,8 +31,10 @@ type hub struct {
 	pending       []*tpEnd // clients handed over before the server started
 	waiting       []*tpEnd // readable clients held back by serverHigh
 	slip          handshake.SLIPDecoder
-	lastRx        time.Time     // server's last byte (dead-server timeout)
-	srvReason     reason.Reason // why the server is closing once its output is written
+	rpc           handshake.SLIPHold // the server's JSON-RPC message on address 0 being reassembled
+	held          int                // clients whose backlog reached ClientBuffer: the server is not read meanwhile
+	lastRx        time.Time          // server's last byte (dead-server timeout)
+	srvReason     reason.Reason      // why the server is closing once its output is written
 	notifID       int
 	frame         []byte // scratch for one SLIP frame
 }
@@ -62,6 +64,7 @@ type tpEnd struct {
 	off                int    // written part of out
 	rx, tx             uint64 // bytes read from / written to this socket
 	stallSince         int64  // unix ns since writes were refused with data pending
+	heldSince          int64  // clients: unix ns since its backlog holds the server up (0: it does not)
 
 	ws   *handshake.Stream    // inbound WebSocket state; nil on raw TCP
 	ctrl handshake.Queue      // control replies, moved into out after each read
@@ -284,6 +287,9 @@ func (h *hub) flush(e *tpEnd) {
 	if e == nil || h.dead || e.sock == nil {
 		return
 	}
+	if e.heldSince != 0 {
+		defer h.hold(e) // what it took may end its hold on the server
+	}
 	for e.pending() > 0 && e.writable {
 		n, err := e.sock.Write(e.out.B[e.off:])
 		if n > 0 {
@@ -362,7 +368,7 @@ func (h *hub) notify(name string, params ...handshake.Field) {
 // readServer reads the server and routes its SLIP frames.
 func (h *hub) readServer() {
 	e := h.srv
-	for round := 0; e.readable && !e.closing && !h.dead && e.pending() < serverHigh; round++ {
+	for round := 0; e.readable && !e.closing && !h.dead && e.pending() < serverHigh && h.held == 0; round++ {
 		if round == 16 { // fairness: let other sockets of this loop run
 			h.revisit(e)
 			return
@@ -400,21 +406,11 @@ func (h *hub) feedServer(data []byte) {
 	if h.dead || len(data) == 0 {
 		return
 	}
-	err := h.slip.Feed(data, func(addr uint16, payload []byte) error {
-		if addr == 0 {
-			h.serverRPC(payload)
-			return nil
-		}
-		c := h.clients[addr]
-		if c == nil || c.closing || c.joining {
-			return nil // the client just left (ClientDisconnected is on its way) or is not announced yet
-		}
-		h.sendData(c, payload)
-		return nil
-	})
+	err := h.slip.Feed(data, h.serverPiece)
 	if err != nil {
-		h.s.log.Debug("tunnelproxy server sent an oversized SLIP frame", "server", h.uuid)
-		h.close(reason.WebSocket)
+		h.s.log.Debug("tunnelproxy server sent an oversized JSON-RPC message", "server", h.uuid,
+			"limit", h.s.cfg.MaxMessage, "reason", reason.RPC.String())
+		h.close(reason.RPC)
 		return
 	}
 	for _, c := range h.clients {
@@ -424,15 +420,41 @@ func (h *hub) feedServer(data []byte) {
 	}
 }
 
-// sendData queues payload for client c, disconnecting c when it would
-// exceed its buffer bound.
+// serverPiece takes what the SLIP decoder has of a frame from the server:
+// JSON-RPC on address 0 is reassembled (up to MaxMessage); a client's data
+// goes on to the client as it arrives, whatever the frame's size.
+func (h *hub) serverPiece(addr uint16, data []byte, ev handshake.SLIPEvent) error {
+	if addr == 0 {
+		msg, err := h.rpc.Add(data, ev)
+		if msg != nil && !h.dead {
+			h.serverRPC(msg)
+		}
+		return err
+	}
+	c := h.clients[addr]
+	switch {
+	case c == nil || c.closing || c.joining:
+		// The client just left (ClientDisconnected is on its way) or is
+		// not announced yet.
+	case ev == handshake.SLIPAbort:
+		// Part of the frame went out before its bad escape: c's stream
+		// has a hole, so c goes (as if the server had disconnected it).
+		h.s.log.Debug("tunnelproxy server sent a malformed SLIP frame: client disconnected", "server", h.uuid, "address", addr)
+		h.dropClient(c, true, reason.PartnerClosed)
+	default:
+		h.sendData(c, data)
+	}
+	return nil
+}
+
+// sendData queues payload for client c. A backlog that reaches
+// ClientBuffer holds the server up (it is not read) until c has taken half
+// of it; Scan disconnects a client that holds it up too long.
 func (h *hub) sendData(c *tpEnd, payload []byte) {
-	if c.pending()+len(payload) > h.s.cfg.ClientBuffer {
-		h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
-		h.s.m.dropSlow.Inc()
-		h.dropClient(c, true, reason.SlowReader)
+	if len(payload) == 0 {
 		return
 	}
+	defer h.hold(c)
 	b := c.buf()
 	if c.ws == nil {
 		b.B = append(b.B, payload...)
@@ -444,6 +466,21 @@ func (h *hub) sendData(c *tpEnd, payload []byte) {
 	h.frame = append(append(h.frame[:0], 0, 0, 0), payload...)
 	if op, s, e := c.text.Next(h.frame, 3, len(h.frame)); e > s || op == ws.OpBinary {
 		b.B = handshake.AppendFrame(b.B, op, true, h.frame[s:e])
+	}
+}
+
+// hold starts or ends c's hold on the server by its backlog.
+func (h *hub) hold(c *tpEnd) {
+	switch n := c.pending(); {
+	case c.heldSince == 0 && n >= h.s.cfg.ClientBuffer && h.clients[c.addr] == c:
+		c.heldSince = time.Now().UnixNano()
+		h.held++
+	case c.heldSince != 0 && (n <= h.s.cfg.ClientBuffer/2 || h.clients[c.addr] != c):
+		c.heldSince = 0
+		h.held--
+		if h.held == 0 && h.srv != nil && !h.dead {
+			h.revisit(h.srv) // read the server again, after this event
+		}
 	}
 }
 
@@ -474,7 +511,7 @@ func (h *hub) serverRPC(obj []byte) {
 	case "RemoteProxy.Hello":
 		reply = h.s.srv.HelloReply(req.ID)
 	case "RemoteProxy.Introspect":
-		reply = handshake.AppendSuccessRaw(nil, req.ID, handshake.Introspect())
+		reply = h.s.srv.IntrospectReply(req.ID)
 	case "TunnelProxy.RegisterServer", "TunnelProxy.RegisterClient":
 		// As nymea: the error, then the connection ends (the server is
 		// confused about its state; its clients go with it).
@@ -538,21 +575,27 @@ func (h *hub) readClient(c *tpEnd) {
 	}
 }
 
-// wakeWaiting reads clients held back once the server has room again.
+// wakeWaiting reads clients held back once the server has room again. It
+// goes on while the server takes everything at once: no write of it fails
+// then, so no writable event would come to wake the clients that filled it
+// again.
 func (h *hub) wakeWaiting() {
-	if h.dead || len(h.waiting) == 0 || h.srv.pending() >= serverHigh {
-		return
-	}
-	w := h.waiting
-	h.waiting = nil
-	for _, c := range w {
-		c.waiting = false
-		if h.clients[c.addr] == c {
-			h.readClient(c)
-			h.flush(c)
+	for round := 0; !h.dead && len(h.waiting) > 0 && h.srv.pending() < serverHigh; round++ {
+		if round == 16 { // fairness: Resume goes on after other sockets of this loop
+			h.revisit(h.srv)
+			return
 		}
+		w := h.waiting
+		h.waiting = nil
+		for _, c := range w {
+			c.waiting = false
+			if h.clients[c.addr] == c {
+				h.readClient(c)
+				h.flush(c)
+			}
+		}
+		h.flush(h.srv)
 	}
-	h.flush(h.srv)
 }
 
 // deframe turns WebSocket input from e into payload bytes in place (control
@@ -648,6 +691,7 @@ func (h *hub) endDone(e *tpEnd) {
 func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
+		h.hold(c)      // a client that leaves holds the server up no more
 		if c.joining { // never announced, never counted
 			notify = false
 		} else {
@@ -723,6 +767,9 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 		return -1
 	}
 	stall := int64(h.s.cfg.WriteStallTimeout)
+	if h.held > 0 {
+		h.lastRx = now // the server's silence is ours: it is not read
+	}
 	if now.Sub(h.lastRx) > h.s.cfg.ServerTimeout {
 		h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)
 		h.close(reason.InactiveTimeout)
@@ -733,8 +780,15 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 		return -1
 	}
 	for _, c := range h.clients {
-		if c.stallSince != 0 && now.UnixNano()-c.stallSince > stall {
+		switch {
+		case c.stallSince != 0 && now.UnixNano()-c.stallSince > stall:
 			h.dropClient(c, true, reason.WriteStall)
+		case c.heldSince != 0 && now.UnixNano()-c.heldSince > stall:
+			// It reads, but so slowly that it has held the server (and so
+			// its other clients) up for the whole stall timeout.
+			h.s.log.Debug("tunnelproxy client too slow: disconnected", "server", h.uuid, "address", c.addr)
+			h.s.m.dropSlow.Inc()
+			h.dropClient(c, true, reason.SlowReader)
 		}
 	}
 	return time.Second

@@ -10,10 +10,13 @@
 //   - client → server: a client is read only while less than serverHigh
 //     bytes wait for the server; a slow server slows every client fairly
 //     through TCP flow control.
-//   - server → client: the server's stream cannot be paused for one client
-//     without stalling the others, so each client may have at most
-//     Config.ClientBuffer bytes waiting; beyond that that client (never the
-//     server) is disconnected and the server gets ClientDisconnected.
+//   - server → client: the server's data is forwarded as it arrives,
+//     whatever the size of its SLIP frames (only JSON-RPC on address 0 is
+//     held whole, up to Config.MaxMessage). A client whose backlog reaches
+//     Config.ClientBuffer holds the server up: the server is not read (TCP
+//     flow control slows it) until that client has taken half of it. A
+//     client that holds it up for WriteStallTimeout is disconnected (never
+//     the server), and the server gets ClientDisconnected.
 package tunnelproxy
 
 import (
@@ -37,9 +40,16 @@ type Config struct {
 	// ServerTimeout closes a registered server silent this long (its
 	// client pings every 30 s).
 	ServerTimeout time.Duration
-	// ClientBuffer is the most bytes waiting for one client; beyond it
-	// that client is disconnected (never the server).
+	// ClientBuffer is the backlog of one client at which the relay stops
+	// reading its server until the client has taken half of it; a client
+	// that keeps the server stopped for WriteStallTimeout is disconnected
+	// (never the server).
 	ClientBuffer int
+	// MaxMessage bounds a JSON-RPC message a server sends on address 0,
+	// the only SLIP frames the relay must hold whole (data frames are
+	// forwarded as they arrive, whatever their size); a server that sends
+	// a bigger one is closed.
+	MaxMessage int
 	// WriteStallTimeout closes a server or client that accepts nothing
 	// this long while data waits for it.
 	WriteStallTimeout time.Duration
@@ -59,8 +69,8 @@ type Config struct {
 // DefaultConfig is nymea's behaviour: a 60 s dead-server timeout, and the
 // relay's 10 s write-stall timeout and 10 ms settle window.
 func DefaultConfig() Config {
-	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, WriteStallTimeout: 10 * time.Second,
-		Settle: 10 * time.Millisecond}
+	return Config{ServerTimeout: 60 * time.Second, ClientBuffer: 1 << 20, MaxMessage: 64 << 10,
+		WriteStallTimeout: 10 * time.Second, Settle: 10 * time.Millisecond}
 }
 
 // Validate reports the first invalid field, naming its flag.
@@ -70,6 +80,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("tp-server-timeout: must be positive, got %v", c.ServerTimeout)
 	case c.ClientBuffer < 64<<10:
 		return fmt.Errorf("tp-client-buffer: must be at least 65536, got %d", c.ClientBuffer)
+	case c.MaxMessage < 1024:
+		return fmt.Errorf("tp-max-message: must be at least 1024, got %d", c.MaxMessage)
 	case c.WriteStallTimeout <= 0:
 		return fmt.Errorf("write-stall-timeout: must be positive, got %v", c.WriteStallTimeout)
 	case c.MaxClients < 0 || c.MaxClients > 0xFFFE:
@@ -162,7 +174,8 @@ func (r *registry) addServer(s *Service, uuid, name string) *hub {
 		return nil
 	}
 	r.uuids[uuid] = true
-	h := &hub{s: s, uuid: uuid, name: name, clients: make(map[uint16]*tpEnd), next: 1, l: s.srv.Loop(uuid)}
+	h := &hub{s: s, uuid: uuid, name: name, clients: make(map[uint16]*tpEnd), next: 1, l: s.srv.Loop(uuid),
+		rpc: handshake.SLIPHold{Max: s.cfg.MaxMessage}}
 	r.hubs[uuid] = h
 	return h
 }
@@ -387,7 +400,7 @@ var tpDocs = map[string]relay.MetricDoc{
 	"meetpoint_tunnelproxy_registrations_total":   {Type: "counter", Help: "TunnelProxy registrations (servers and clients), by result."},
 	"meetpoint_tunnelproxy_clients_total":         {Type: "counter", Help: "TunnelProxy clients connected since start."},
 	"meetpoint_tunnelproxy_remote_clients_total":  {Type: "counter", Help: "TunnelProxy clients of this node bridged to their server on another node of the fleet."},
-	"meetpoint_tunnelproxy_clients_dropped_total": {Type: "counter", Help: "TunnelProxy clients disconnected by the relay, by reason (slow: fell too far behind the server)."},
+	"meetpoint_tunnelproxy_clients_dropped_total": {Type: "counter", Help: "TunnelProxy clients disconnected by the relay, by reason (slow: held its server up, by a full backlog, for the write-stall timeout)."},
 }
 
 // info describes the hub. Loop goroutine only.

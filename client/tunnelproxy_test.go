@@ -1,0 +1,75 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"math/rand"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// TestTPServerTakesHugeFrames: a relay may send a client's data to the
+// server as one SLIP frame of any size (nymea's server forwards each read
+// of the client as one frame): a registered TPServer passes a 1 MiB frame,
+// which arrives in many reads, to its TPConn whole. (The decoder once
+// stopped at 64 KiB with "slip: frame too big" and dropped the server.)
+func TestTPServerTakesHugeFrames(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	want := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(want)
+	go func() { // the relay
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := bufio.NewReader(c).ReadBytes('\n'); err != nil { // RegisterServer
+			return
+		}
+		io.WriteString(c, `{"id":1,"params":{"slipEnabled":true,"tunnelProxyError":"TunnelProxyErrorNoError"},"status":"success"}`+"\n")
+		stream := handshake.AppendSLIP(nil, 0, []byte(`{"id":0,"notification":"TunnelProxy.ClientConnected","params":{"clientName":"big","clientPeerAddress":"127.0.0.1","clientUuid":"`+NewUUID()+`","socketAddress":5}}`+"\n"))
+		stream = handshake.AppendSLIP(stream, 5, want)
+		for len(stream) > 0 { // in pieces, as a network delivers them
+			n := min(len(stream), 4096)
+			if _, err := c.Write(stream[:n]); err != nil {
+				return
+			}
+			stream = stream[n:]
+		}
+		io.Copy(io.Discard, c)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := RegisterTPServer(ctx, TPOptions{URL: "tcp://" + ln.Addr().String(), Name: "device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	conn, err := s.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(conn, got); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("reading the client's 1 MiB: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out reading the client's 1 MiB frame")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the client's bytes differ")
+	}
+}
