@@ -84,8 +84,15 @@ func TLS(t testing.TB) (*certs.Store, *tls.Config) {
 	return st, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }
 
-// WaitFor polls cond every 10 ms for up to 5 s and fails with what.
-func WaitFor(t testing.TB, cond func() bool, what string) {
+// Patience is how long a test waits for what should happen at once
+// (testutil.Patience: 20 s, for -race on a loaded machine).
+const Patience = testutil.Patience
+
+// WaitFor polls cond every 10 ms until it holds, for up to Patience, and
+// then fails the test naming what; cond is a func() bool, or a func() error
+// returning nil once it holds, whose last error the failure prints
+// (testutil.WaitFor).
+func WaitFor[C func() bool | func() error](t testing.TB, cond C, what string) {
 	t.Helper()
 	testutil.WaitFor(t, cond, what)
 }
