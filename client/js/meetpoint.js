@@ -71,7 +71,7 @@ function closeError(ev, established) {
   if (established) {
     if (why === "partner closed") return new MeetpointError("partner_left", "the partner left the tunnel", { closeCode: ev.code });
   } else {
-    if (why === "No partner arrived")
+    if (why.startsWith("No partner arrived"))
       return new MeetpointError("no_partner", "no partner presented the token within the relay's alone timeout", { closeCode: ev.code });
     if (why === "Tunnel already exists")
       return new MeetpointError("tunnel_exists", "a tunnel for this token and nonce is already established", { closeCode: ev.code });
