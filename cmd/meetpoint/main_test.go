@@ -194,8 +194,11 @@ func fakeRelay(t *testing.T) string {
 				case "alone":
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
 					io.Copy(io.Discard, br)
-				case "lonely": // the relay's alone timeout, at once
+				case "lonely": // the connection ends without a reason
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
+				case "third": // the relay says why
+					io.WriteString(c, reply("AuthenticationErrorNoError")+
+						`{"id":0,"notification":"RemoteProxy.Closing","params":{"reason":"tunnel_exists","message":"Tunnel already exists"}}`+"\n")
 				default:
 					io.WriteString(c, reply("AuthenticationErrorNoError")+
 						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\nhi\n")
@@ -238,14 +241,21 @@ func TestClientCommand(t *testing.T) {
 	}
 	errb.Reset()
 	code = run([]string{"client", "--url", url, "--token", "alone", "--timeout", "200ms"}, strings.NewReader(""), io.Discard, &errb)
-	if code != 1 || errb.String() != "meetpoint: authenticated; waiting for a partner…\nmeetpoint: timed out waiting for partner after 200ms (--timeout)\n" {
+	if code != 1 || errb.String() != "meetpoint: authenticated; waiting for a partner…\n"+
+		"meetpoint: this client gave up: no partner within 200ms (--timeout; without it the client waits as long as the relay does)\n" {
 		t.Fatalf("alone: %d %q", code, errb.String())
 	}
-	// The relay closing a lone client says why it likely did.
+	// The relay ending the wait: its reason, or that it gave none (and no
+	// blame on a timeout).
+	errb.Reset()
+	code = run([]string{"client", "--url", url, "--token", "third"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || !strings.HasSuffix(errb.String(), ": Tunnel already exists\n") {
+		t.Fatalf("third: %d %q", code, errb.String())
+	}
 	errb.Reset()
 	code = run([]string{"client", "--url", url, "--token", "lonely"}, strings.NewReader(""), io.Discard, &errb)
-	if code != 1 || !strings.Contains(errb.String(), "meetpoint: no partner arrived within ") ||
-		!strings.Contains(errb.String(), "the relay closed the connection (its --alone-timeout, 8s by default)") {
+	if code != 1 || !strings.Contains(errb.String(), "meetpoint: the connection to the relay ended after ") ||
+		!strings.Contains(errb.String(), "without a reason") || strings.Contains(errb.String(), "alone-timeout") {
 		t.Fatalf("lonely: %d %q", code, errb.String())
 	}
 	// Bad URLs and flags that cannot apply are usage errors (2) that say
@@ -265,7 +275,7 @@ func TestClientCommand(t *testing.T) {
 			t.Errorf("%v: %d %q, want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
 	}
-	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "0s"}} {
+	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "-1s"}} {
 		errb.Reset()
 		if code := run(args, strings.NewReader(""), io.Discard, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 {
 			t.Fatalf("%v: %d %q", args, code, errb.String())
