@@ -40,11 +40,12 @@ func (l *lockedBuffer) String() string {
 
 // testServe runs serveUntilSignal with a signal channel the test feeds.
 type testServe struct {
-	started serveStarted
-	sigs    chan os.Signal
-	done    chan int
-	logs    *lockedBuffer
-	stderr  *lockedBuffer
+	started   serveStarted
+	startedCh chan serveStarted
+	sigs      chan os.Signal
+	done      chan int
+	logs      *lockedBuffer
+	stderr    *lockedBuffer
 }
 
 func startServe(t *testing.T, args ...string) *testServe {
@@ -55,20 +56,22 @@ func startServe(t *testing.T, args ...string) *testServe {
 // startServeWith is startServe with stdin for `--config -`.
 func startServeWith(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
 	t.Helper()
-	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	ts := launchServe(t, stdin, args...)
+	ts.waitStarted(t)
+	return ts
+}
+
+// launchServe parses args and runs serve without waiting for it to start
+// (waitStarted does); it is stopped at the end of the test.
+func launchServe(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
+	t.Helper()
+	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{},
+		startedCh: make(chan serveStarted, 1)}
 	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), stdin, ts.logs, io.Discard, ts.stderr)
 	if code != -1 {
 		t.Fatalf("parse: %d %s", code, ts.stderr.String())
 	}
-	started := make(chan serveStarted, 1)
-	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { started <- s }) }()
-	select {
-	case ts.started = <-started:
-	case code := <-ts.done:
-		t.Fatalf("serve exited %d: %s", code, ts.stderr.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not start")
-	}
+	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { ts.startedCh <- s }) }()
 	t.Cleanup(func() {
 		select {
 		case ts.sigs <- syscall.SIGTERM:
@@ -80,11 +83,24 @@ func startServeWith(t *testing.T, stdin *stdinConfig, args ...string) *testServe
 		}
 		select {
 		case <-ts.done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(relaytest.Patience):
 			t.Error("serve did not stop")
 		}
 	})
 	return ts
+}
+
+// waitStarted waits until serve listens, failing if it exits first.
+func (ts *testServe) waitStarted(t *testing.T) {
+	t.Helper()
+	select {
+	case ts.started = <-ts.startedCh:
+	case code := <-ts.done:
+		ts.done <- code // for Cleanup
+		t.Fatalf("serve exited %d: %s", code, ts.stderr.String())
+	case <-time.After(relaytest.Patience):
+		t.Fatal("serve did not start")
+	}
 }
 
 func (ts *testServe) addr() string { return ts.started.srv.Addrs()[0].String() }

@@ -120,6 +120,26 @@ func Redis(t testing.TB) string {
 	return addr
 }
 
+// RedisOn is Redis on 127.0.0.1:port: a test starts the store where a
+// relay already expects it. It returns the address and a function that
+// stops it (also run at cleanup).
+func RedisOn(t testing.TB, port int) (addr string, stop func()) {
+	t.Helper()
+	return testutil.Redis(t, port)
+}
+
+// FreePort returns a loopback TCP port nothing listened on a moment ago
+// (for a service a test starts later, where a relay already expects it).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 // RefuseBad accepts every token except those starting with "bad"
 // (AuthenticationFailed): a relay on which tests can be refused on purpose.
 type RefuseBad struct{}
