@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 func TestParseServeDefaults(t *testing.T) {
@@ -130,6 +132,11 @@ func TestToken(t *testing.T) {
 	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, &said); code != 0 || !strings.Contains(said.String(), "wrote a new key to "+key) {
 		t.Fatalf("gen-key: %d %q", code, said.String())
 	}
+	for _, use := range []string{"--auth hmac:" + key, "--admin-key-file " + key, "--mesh-key-file " + key} {
+		if !strings.Contains(said.String(), use) {
+			t.Errorf("gen-key does not mention %q: %q", use, said.String())
+		}
+	}
 	st, err := os.Stat(key)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", st, err)
@@ -154,6 +161,13 @@ func TestToken(t *testing.T) {
 	}
 	if code := run([]string{"token"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("no key: %d", code)
+	}
+	// A Redis that does not answer: one line saying so, not go-redis's retries.
+	errb.Reset()
+	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", relaytest.FreePort(t))
+	if code := run([]string{"token", "--redis", dead, "--user", "u"}, nil, io.Discard, &errb); code != 1 ||
+		strings.Count(errb.String(), "\n") != 1 || !strings.Contains(errb.String(), "unreachable") {
+		t.Errorf("token --redis on a dead Redis: %d %q", code, errb.String())
 	}
 }
 
