@@ -11,12 +11,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,8 +168,26 @@ func TestTLSOnlyRefusesPlaintext(t *testing.T) {
 	addr := s.Addrs()[0].String()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := client.Hello(ctx, client.Options{URL: "tcp://" + addr}); err == nil {
-		t.Fatal("plaintext Hello answered on a TLS-only relay")
+	// Each plaintext client is told why, in its own protocol.
+	_, err := client.Hello(ctx, client.Options{URL: "tcp://" + addr})
+	var re *client.RPCError
+	if !errors.As(err, &re) || re.Text != tlsOnlyText {
+		t.Fatalf("plaintext Hello on a TLS-only relay: %v, want the JSON-RPC error %q", err, tlsOnlyText)
+	}
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hoWrite(c, []byte(req))
+		got := string(hoReadToClose(t, c, testutil.Patience))
+		c.Close()
+		if !strings.HasPrefix(got, "HTTP/1.1 426 Upgrade Required\r\n") || !strings.HasSuffix(got, "\r\n\r\n"+tlsOnlyText+"\n") {
+			t.Errorf("plaintext HTTP on a TLS-only relay: %q", got)
+		}
 	}
 	res, err := client.Hello(ctx, client.Options{URL: "tls://" + addr, TLSConfig: clientTLS(cert)})
 	if err != nil || res["name"] != "meetpoint" {
