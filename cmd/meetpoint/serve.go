@@ -576,6 +576,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	for _, w := range o.warnings {
 		log.Warn("nymea-config: " + w)
 	}
+	if (o.tlsCfg.ClientCA != "" || o.tlsCfg.ClientFingerprints != "") && !o.cfg.TLSOnly {
+		log.Warn("client certificates are required on TLS connections only: plaintext clients (ws://, tcp://) connect without one; add --tls-only to require them of every client")
+	}
 	store, err := certs.New(o.tlsCfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)

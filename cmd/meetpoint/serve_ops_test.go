@@ -433,3 +433,21 @@ func TestServeMetricsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestServeClientCAWarning: client certificates required while plaintext
+// stays open is said at start; with --tls-only it is not.
+func TestServeClientCAWarning(t *testing.T) {
+	dir := t.TempDir()
+	ca := relaytest.Cert(t, "test CA", nil, true)
+	caFile := filepath.Join(dir, "ca.pem")
+	relaytest.WriteCert(t, ca, caFile, "")
+	const warning = "client certificates are required on TLS connections only"
+	open := startServe(t, "--tls", "--data-dir", dir, "--tls-client-ca", caFile)
+	if !strings.Contains(open.logs.String(), warning) {
+		t.Errorf("no warning with plaintext open:\n%s", open.logs.String())
+	}
+	only := startServe(t, "--tls", "--data-dir", t.TempDir(), "--tls-client-ca", caFile, "--tls-only")
+	if strings.Contains(only.logs.String(), warning) {
+		t.Errorf("a warning with --tls-only:\n%s", only.logs.String())
+	}
+}
