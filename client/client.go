@@ -25,6 +25,9 @@ var ErrTimeout = errors.New("timed out")
 // Options configure Dial.
 type Options struct {
 	// URL is ws://host:port/path or tcp://host:port; wss:// and tls:// use TLSConfig.
+	// A WebSocket URL may carry the token itself (?token=T&nonce=N, the
+	// relay checks it during the upgrade): then Token and Nonce are not
+	// sent and no Authenticate is made.
 	URL string
 	// Token is the authentication token; it is never printed.
 	Token string
@@ -147,25 +150,15 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 		uuid = NewUUID()
 	}
 	var tun *Tunnel
+	inURL := URLHasToken(o.URL)
+	if inURL {
+		o.URL = withIdentity(o.URL, uuid, o.Name)
+	}
 	err := withTimeout(ctx, o, func(r *Raw, untimed func()) error {
-		params := map[string]any{"uuid": uuid, "name": o.Name, "token": o.Token}
-		if o.Nonce != "" {
-			params["nonce"] = o.Nonce
-		}
-		reply, err := r.Call(1, "Authentication.Authenticate", params)
-		if err != nil {
-			return fmt.Errorf("authenticate: %w", err)
-		}
-		res, err := replyParams(reply)
-		if err != nil {
-			return fmt.Errorf("authenticate: %w", err)
-		}
-		result, _ := res["authenticationError"].(string)
-		if result == "" {
-			return errors.New("authenticate: reply without authenticationError")
-		}
-		if result != "AuthenticationErrorNoError" {
-			return &AuthError{Result: result}
+		if !inURL { // else the upgrade authenticated us
+			if err := authenticate(r, uuid, o); err != nil {
+				return err
+			}
 		}
 		if o.Waiting != nil {
 			o.Waiting()
@@ -210,6 +203,58 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 	}
 	tun.r.verbose = nil
 	return tun, nil
+}
+
+// authenticate calls Authentication.Authenticate with o's token.
+func authenticate(r *Raw, uuid string, o Options) error {
+	params := map[string]any{"uuid": uuid, "name": o.Name, "token": o.Token}
+	if o.Nonce != "" {
+		params["nonce"] = o.Nonce
+	}
+	reply, err := r.Call(1, "Authentication.Authenticate", params)
+	if err != nil {
+		return fmt.Errorf("authenticate: %w", err)
+	}
+	res, err := replyParams(reply)
+	if err != nil {
+		return fmt.Errorf("authenticate: %w", err)
+	}
+	result, _ := res["authenticationError"].(string)
+	if result == "" {
+		return errors.New("authenticate: reply without authenticationError")
+	}
+	if result != "AuthenticationErrorNoError" {
+		return &AuthError{Result: result}
+	}
+	return nil
+}
+
+// URLHasToken reports whether rawURL is a WebSocket URL carrying a token
+// (?token= or ?ws_token=), which the relay checks during the upgrade.
+func URLHasToken(rawURL string) bool {
+	u, err := ParseURL(rawURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return false
+	}
+	q := u.Query()
+	return q.Has("token") || q.Has("ws_token")
+}
+
+// withIdentity adds uuid and name to a URL carrying a token, where it has
+// none of its own (the relay reads them from the URL then).
+func withIdentity(rawURL, uuid, name string) string {
+	u, err := ParseURL(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	q := u.Query()
+	for k, v := range map[string]string{"uuid": uuid, "name": name} {
+		if !q.Has(k) && v != "" {
+			q.Set(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // Hello performs RemoteProxy.Hello on a fresh connection and returns the

@@ -174,6 +174,9 @@ func TestTLSOnlyRefusesPlaintext(t *testing.T) {
 	if !errors.As(err, &re) || re.Text != tlsOnlyText {
 		t.Fatalf("plaintext Hello on a TLS-only relay: %v, want the JSON-RPC error %q", err, tlsOnlyText)
 	}
+	if _, err := client.Hello(ctx, client.Options{URL: "ws://" + addr + "/"}); err == nil || !strings.Contains(err.Error(), "426: "+tlsOnlyText) {
+		t.Fatalf("plaintext WebSocket Hello on a TLS-only relay: %v, want the 426 and its text", err)
+	}
 	for _, req := range []string{
 		"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
 		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",

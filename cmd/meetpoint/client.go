@@ -113,6 +113,18 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if v.serve != "" || v.serverUUID != "" {
 		return runTunnelProxy(ctx, v, stdin, stdout, stderr)
 	}
+	if !v.hello {
+		switch inURL := client.URLHasToken(v.opts.URL); {
+		case inURL && v.opts.Token != "":
+			fmt.Fprintln(stderr, "meetpoint client: a token in --url and --token: give one")
+			return 2
+		case !inURL && v.opts.Token == "":
+			// An empty token would pair with anyone's empty token on a
+			// relay that accepts every token (--auth dummy).
+			fmt.Fprintln(stderr, "meetpoint client: --token is required (or ?token= in a ws:// or wss:// --url)")
+			return 2
+		}
+	}
 
 	if v.hello {
 		params, err := client.Hello(ctx, v.opts)
@@ -212,6 +224,9 @@ func checkURL(raw string) (secure bool, err error) {
 	case "tcp", "tls", "ssl":
 		if u.Port() == "" {
 			return bad()
+		}
+		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return false, fmt.Errorf("--url %q: a %s:// URL is HOST:PORT only, no path or query (the token goes in --token; a token in the URL needs ws:// or wss://)", raw, u.Scheme)
 		}
 		return u.Scheme != "tcp", nil
 	}

@@ -283,6 +283,10 @@ func TestClientCommand(t *testing.T) {
 		{[]string{"client", "--url", "tcp://127.0.0.1", "--token", "x"}, "want ws://"},
 		{[]string{"client", "--url", url, "--token", "x", "--fingerprint", strings.Repeat("ab", 32)}, "--fingerprint needs a TLS URL"},
 		{[]string{"client", "--url", url, "--server-uuid", "dev-1"}, `--server-uuid "dev-1" is not a UUID (e.g. `},
+		{[]string{"client", "--url", url + "/path", "--token", "x"}, "is HOST:PORT only, no path or query"},
+		{[]string{"client", "--url", url + "?token=x"}, "is HOST:PORT only, no path or query"},
+		{[]string{"client", "--url", url}, "--token is required"},
+		{[]string{"client", "--url", "ws://127.0.0.1:1/?token=x", "--token", "y"}, "a token in --url and --token"},
 	} {
 		errb.Reset()
 		if code := run(tc.args, strings.NewReader(""), io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
