@@ -31,7 +31,6 @@ type Dependency struct {
 	mu      sync.Mutex
 	down    bool
 	since   time.Time // when the outage began
-	last    string    // the last failure
 	probing bool      // the probe loop runs
 }
 
@@ -92,27 +91,24 @@ func (d *Dependency) Report(err error) {
 	d.mu.Lock()
 	switch {
 	case err == nil && !d.down, err != nil && d.down:
-		if err != nil {
-			d.last = err.Error()
-		}
 		d.mu.Unlock()
 		return
 	case err != nil:
-		d.down, d.since, d.last = true, time.Now(), err.Error()
+		d.down, d.since = true, time.Now()
 		start := !d.probing
 		d.probing = true
-		d.mu.Unlock()
 		d.outages.Inc()
 		d.s.log.Warn(d.what+" unreachable: requests that need it fail until it answers", "dependency", d.name, "err", err.Error())
+		d.mu.Unlock()
 		if start {
 			go d.probeLoop()
 		}
 		return
 	}
-	down := time.Since(d.since).Round(time.Millisecond)
 	d.down = false
+	// Logged before anyone can see it up: one line per outage, in order.
+	d.s.log.Info(d.what+" reachable again", "dependency", d.name, "down_for", time.Since(d.since).Round(time.Millisecond).String())
 	d.mu.Unlock()
-	d.s.log.Info(d.what+" reachable again", "dependency", d.name, "down_for", down.String())
 }
 
 // probeLoop probes while the dependency is down and the server runs.
@@ -154,5 +150,6 @@ func (d *Dependency) readiness() (bool, string) {
 	if !d.down {
 		return true, "ok"
 	}
-	return false, fmt.Sprintf("unreachable since %s: %s", d.since.UTC().Format(time.RFC3339), d.last)
+	// Why is in the log: /readyz answers anyone, so it names no address.
+	return false, fmt.Sprintf("unreachable since %s", d.since.UTC().Format(time.RFC3339))
 }

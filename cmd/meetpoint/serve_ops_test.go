@@ -451,3 +451,27 @@ func TestServeClientCAWarning(t *testing.T) {
 		t.Errorf("a warning with --tls-only:\n%s", only.logs.String())
 	}
 }
+
+// TestServeHealthUnderAccess: with access rules that allow an anonymous
+// client nothing, /healthz and /readyz still answer it on the relay port
+// (a load balancer checks them anonymously); the rest is refused.
+func TestServeHealthUnderAccess(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "access.toml")
+	if err := os.WriteFile(rules, []byte("[[rule]]\nname = \"own\"\nfingerprint = [\""+strings.Repeat("ab", 32)+"\"]\nallow = [\"*\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServe(t, "--access", rules)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/status.json": 403, "/metrics": 403} {
+		for _, method := range []string{"GET", "HEAD"} {
+			req, _ := http.NewRequest(method, "http://"+ts.addr()+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("%s %s: %d, want %d", method, path, resp.StatusCode, want)
+			}
+		}
+	}
+}
