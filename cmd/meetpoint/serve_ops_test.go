@@ -475,3 +475,43 @@ func TestServeHealthUnderAccess(t *testing.T) {
 		}
 	}
 }
+
+// TestServeAPIErrorsAreJSON: a path of the relay's JSON APIs answered by
+// nobody, or with a method it is not served with, gets a JSON error with
+// the right status (404, 405 with Allow), not the relay port's text page.
+func TestServeAPIErrorsAreJSON(t *testing.T) {
+	ts := startServe(t)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"PATCH", "/group", 405, "POST"},
+		{"PUT", "/groups/abc", 405, "GET, PATCH, DELETE"},
+		{"GET", "/v1/turn/allocations", 404, ""}, // no --turn
+		{"POST", "/v1/tokens", 404, ""},          // no one-time tokens
+		{"GET", "/v1/nothing", 404, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+ts.addr()+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e struct{ Error string }
+		if resp.StatusCode != tc.status || resp.Header.Get("Allow") != tc.allow || resp.Header.Get("Content-Type") != "application/json" ||
+			json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, tc.path) {
+			t.Errorf("%s %s: %d Allow %q %s %q; want %d, Allow %q and a JSON error naming the path", tc.method, tc.path,
+				resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"), body, tc.status, tc.allow)
+		}
+	}
+	resp, err := http.Get("http://" + ts.addr() + "/no/such/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Errorf("a page path: %d %s, want the text 404", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
