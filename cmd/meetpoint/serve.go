@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -475,7 +476,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return fail("%v", err)
 	}
 	if v.nymeaConfig != "" && v.auth == "dummy" {
-		warnings = append(warnings, `auth is "dummy": every token is accepted (nymea authenticated through [AWS], which has no equivalent); set auth = "file:PATH" or "hmac:KEYFILE"`)
+		warnings = append(warnings, `auth is "dummy": every token is accepted (nymea authenticated through [AWS], its Lambda authorizer); set auth = "webhook:URL" (the same question asked of your own HTTP service, docs/auth.md), "file:PATH" or "hmac:KEYFILE"`)
 	}
 	if v.printConfig {
 		for _, w := range warnings { // on stderr too: stdout may go to a file
@@ -489,6 +490,23 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
 		warnings: warnings, reqStore: v.reqStore, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg}, -1
+}
+
+// oneLine writes err (several joined, each perhaps already saying the
+// other: the token file read by the authenticator and again by the
+// limits' re-parse) as one line that says each thing once.
+func oneLine(err error) string {
+	var kept []string
+	for l := range strings.Lines(err.Error()) {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "meetpoint serve: "))
+		switch {
+		case l == "", slices.ContainsFunc(kept, func(k string) bool { return strings.Contains(k, l) }):
+			continue
+		}
+		kept = slices.DeleteFunc(kept, func(k string) bool { return strings.Contains(l, k) })
+		kept = append(kept, l)
+	}
+	return strings.Join(kept, "; ")
 }
 
 // The wait between two tries of a fleet's store at start: storeRetry,
@@ -773,7 +791,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 				err = errors.Join(err, lerr)
 			}
 			if err != nil {
-				log.Error("reload failed, keeping the previous state", "err", err)
+				log.Error("reload failed, keeping the previous state", "err", oneLine(err))
 			} else {
 				log.Info("reloaded: authenticator, access rules, certificate, limits")
 			}

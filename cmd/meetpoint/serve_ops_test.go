@@ -67,10 +67,12 @@ func launchServe(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
 	t.Helper()
 	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{},
 		startedCh: make(chan serveStarted, 1)}
-	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), stdin, ts.logs, io.Discard, ts.stderr)
+	args = append([]string{"--listen", "127.0.0.1:0"}, args...)
+	o, code := parseServeOptions(args, stdin, ts.logs, io.Discard, ts.stderr)
 	if code != -1 {
 		t.Fatalf("parse: %d %s", code, ts.stderr.String())
 	}
+	o.limits = limitsReloader(args, stdin) // as runServe does
 	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { ts.startedCh <- s }) }()
 	t.Cleanup(func() {
 		select {
@@ -280,7 +282,7 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	}
 	os.WriteFile(tokens, []byte("alpha\nbeta\n"), 0o600)
 	ts.sigs <- syscall.SIGHUP
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for !strings.Contains(ts.logs.String(), "reloaded") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reload logged: %s", ts.logs.String())
@@ -293,7 +295,7 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	// A broken file keeps the old tokens and logs the error.
 	os.Remove(tokens)
 	ts.sigs <- syscall.SIGHUP
-	deadline = time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(relaytest.Patience)
 	for !strings.Contains(ts.logs.String(), "reload failed") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reload failure logged: %s", ts.logs.String())
@@ -302,6 +304,17 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	}
 	a2, b2 := pairTunnel(t, ts.addr(), "alpha")
 	echo(t, a2, b2, "kept")
+	// One line, saying it once (the token file is read by the
+	// authenticator and again by the limits' re-parse).
+	var failed string
+	for l := range strings.Lines(ts.logs.String()) {
+		if strings.Contains(l, "reload failed") {
+			failed = l
+		}
+	}
+	if strings.Count(failed, "no such file") != 1 || strings.Contains(failed, `\n`) || strings.Contains(failed, "meetpoint serve:") {
+		t.Errorf("reload failure line: %q, want the error once, on one line", failed)
+	}
 }
 
 func TestServeStartFailures(t *testing.T) {
