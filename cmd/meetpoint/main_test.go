@@ -84,6 +84,7 @@ func TestParseServeErrors(t *testing.T) {
 	}{
 		{[]string{"--inactive-timeout", "abc"}, "inactive-timeout"},
 		{[]string{"--alone-timeout", "0s"}, "alone-timeout"},
+		{[]string{"--listen", "[fe80::1]:8443"}, "a link-local address needs its interface as a zone, e.g. [fe80::1%eth0]:PORT"},
 		{[]string{"--max-buffer", "10"}, "max-buffer"},
 		{[]string{"--loops", "-1"}, "loops"},
 		{[]string{"--auth", "bogus"}, "auth"},

@@ -282,8 +282,13 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	cfg := v.cfg
 	cfg.Listen = v.listen.vals
 	for _, addr := range cfg.Listen {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return fail("listen: %v", err)
+		}
+		// The kernel's answer would be "invalid argument".
+		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil && ip.IsLinkLocalUnicast() {
+			return fail("listen %s: a link-local address needs its interface as a zone, e.g. [%s%%eth0]:PORT", addr, host)
 		}
 	}
 	if v.exempt.set {
