@@ -88,16 +88,16 @@ func lgServer(t testing.TB, mutate func(*Config)) *Server {
 	})
 }
 
-// lgDial opens a JSON-RPC connection with a 5 s deadline.
+// lgDial opens a JSON-RPC connection with a testutil.Patience deadline.
 func lgDial(t testing.TB, url string) *client.Raw {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
 	r, err := client.DialRaw(ctx, url, nil)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
-	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
 	t.Cleanup(func() { r.Close() })
 	return r
 }
@@ -115,7 +115,7 @@ func lgDecode(t testing.TB, p []byte) map[string]any {
 // lgRecv returns the next JSON message, decoded.
 func lgRecv(t testing.TB, r *client.Raw) map[string]any {
 	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
 	p, err := r.Recv()
 	if err != nil {
 		t.Fatalf("recv: %v", err)
@@ -126,7 +126,7 @@ func lgRecv(t testing.TB, r *client.Raw) map[string]any {
 // lgSend sends a raw JSON-RPC payload.
 func lgSend(t testing.TB, r *client.Raw, p string) {
 	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
 	if err := r.Send([]byte(p)); err != nil {
 		t.Fatalf("send: %v", err)
 	}
@@ -201,7 +201,7 @@ func lgExpectOpen(t testing.TB, r *client.Raw, d time.Duration) {
 	case !lgIsTimeout(err):
 		t.Fatalf("expected silence, got %v", err)
 	}
-	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
 }
 
 func lgAuthParams(token, nonce, uuid, name string) map[string]any {
@@ -216,7 +216,7 @@ func lgAuthParams(token, nonce, uuid, name string) map[string]any {
 // authenticationError of the (success) reply.
 func lgAuthenticate(t testing.TB, r *client.Raw, params map[string]any) string {
 	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
 	m, err := r.Call(11, "Authentication.Authenticate", params)
 	if err != nil {
 		t.Fatalf("authenticate: %v", err)
@@ -306,24 +306,14 @@ type lgWS struct {
 
 func lgDialWS(t testing.TB, s *Server) *lgWS {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, br, _, err := ws.Dial(ctx, wsURL(s))
-	if err != nil {
-		t.Fatalf("ws dial: %v", err)
-	}
-	if br == nil {
-		br = bufio.NewReader(conn)
-	}
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	return &lgWS{t: t, conn: conn, br: br}
+	h := hoDialWS(t, s) // one WebSocket dialer for the hand-driven clients
+	return &lgWS{t: t, conn: h.c, br: h.br}
 }
 
 // send writes one masked frame.
 func (w *lgWS) send(op ws.OpCode, fin bool, p []byte) {
 	w.t.Helper()
-	_ = w.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = w.conn.SetWriteDeadline(time.Now().Add(testutil.Patience))
 	if err := ws.WriteFrame(w.conn, ws.MaskFrame(ws.NewFrame(op, fin, p))); err != nil {
 		w.t.Fatalf("ws write: %v", err)
 	}
@@ -332,7 +322,7 @@ func (w *lgWS) send(op ws.OpCode, fin bool, p []byte) {
 // read returns the next frame from the server, which must be unmasked.
 func (w *lgWS) read() ws.Frame {
 	w.t.Helper()
-	_ = w.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = w.conn.SetReadDeadline(time.Now().Add(testutil.Patience))
 	f, err := readFrame(w.br)
 	if err != nil {
 		w.t.Fatalf("ws read: %v", err)

@@ -19,16 +19,17 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
-// wireDial opens a raw TCP connection with a 5 s deadline.
+// wireDial opens a raw TCP connection with a testutil.Patience deadline.
 func wireDial(t *testing.T, s *Server) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", s.Addrs()[0].String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(testutil.Patience))
 	t.Cleanup(func() { c.Close() })
 	return c
 }
