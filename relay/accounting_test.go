@@ -79,8 +79,12 @@ func acRun(t *testing.T, s *Server, cases []acCase, seen map[reason.Reason]bool)
 		t.Run(tc.name, func(t *testing.T) {
 			before := s.stats.closes[tc.want].Get()
 			tc.run(t, s)
-			waitFor(t, func() bool { return s.stats.closes[tc.want].Get() > before },
-				fmt.Sprintf("a close counted as %s", tc.want))
+			waitFor(t, func() error {
+				if s.stats.closes[tc.want].Get() > before {
+					return nil
+				}
+				return fmt.Errorf("closes so far %v", s.Stats().Closes)
+			}, fmt.Sprintf("a close counted as %s", tc.want))
 			seen[tc.want] = true
 		})
 	}
@@ -91,7 +95,12 @@ func acRun(t *testing.T, s *Server, cases []acCase, seen map[reason.Reason]bool)
 // sum(closes) == accepted.
 func acBalanced(t *testing.T, s *Server) {
 	t.Helper()
-	waitFor(t, func() bool { return s.liveConns() == 0 }, "every connection gone")
+	waitFor(t, func() error {
+		if n := s.liveConns(); n > 0 {
+			return fmt.Errorf("%d connections still held", n)
+		}
+		return nil
+	}, "every connection gone")
 	st := s.Stats()
 	var sum uint64
 	for _, n := range st.Closes {
