@@ -273,11 +273,13 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Out of reach: Shutdown returning at all says the tunnel's end
+		// ended it.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for s.Ready() {
 		if time.Now().After(deadline) {
 			t.Fatal("still ready after Shutdown began")
@@ -326,11 +328,8 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Shutdown: %v, want nil (the tunnel ended by itself)", err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the last tunnel ended")
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Shutdown took %v", d)
+	case <-time.After(relaytest.Patience):
+		t.Fatalf("Shutdown did not return after the last tunnel ended (%v after it began)", time.Since(start))
 	}
 }
 
