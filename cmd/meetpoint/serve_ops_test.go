@@ -153,7 +153,9 @@ func echo(t *testing.T, from, to *client.Tunnel, msg string) {
 // per tunnel event, with no token in them.
 func TestServeDrainOnSIGTERM(t *testing.T) {
 	mon := filepath.Join(t.TempDir(), "mon.sock")
-	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "20s",
+	// The drain timeout is out of reach: serve returning at all says the
+	// tunnel's end ended the drain.
+	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "1h",
 		"--log-format", "json", "--log-level", "info")
 	const token = "very-secret-token-4711"
 	a, b := pairTunnel(t, ts.addr(), token)
@@ -196,11 +198,8 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 	default:
 	}
 	a.Close()
-	if code := ts.wait(t, 5*time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	if el := time.Since(start); el > 10*time.Second {
-		t.Fatalf("drain took %v though the tunnel ended", el)
+	if code := ts.wait(t, relaytest.Patience); code != 0 {
+		t.Fatalf("exit %d (%v into the drain)", code, time.Since(start))
 	}
 	if _, err := os.Stat(mon); !os.IsNotExist(err) {
 		t.Fatalf("monitor socket left behind: %v", err)
@@ -229,7 +228,7 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 // A tunnel that outlives the drain timeout is closed when it passes, not
 // before.
 func TestServeDrainTimeout(t *testing.T) {
-	ts := startServe(t, "--drain-timeout", "600ms", "--log-level", "error")
+	ts := startServe(t, "--drain-timeout", "2s", "--log-level", "error")
 	a, b := pairTunnel(t, ts.addr(), "drain-timeout")
 	start := time.Now()
 	ts.sigs <- syscall.SIGTERM
@@ -237,10 +236,10 @@ func TestServeDrainTimeout(t *testing.T) {
 		echo(t, a, b, "ping")
 		time.Sleep(20 * time.Millisecond)
 	}
-	if code := ts.wait(t, 10*time.Second); code != 0 {
+	if code := ts.wait(t, relaytest.Patience); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if el := time.Since(start); el < 600*time.Millisecond {
+	if el := time.Since(start); el < 2*time.Second {
 		t.Fatalf("returned after %v, before the drain timeout", el)
 	}
 	_ = a.SetReadDeadline(time.Now().Add(5 * time.Second))
