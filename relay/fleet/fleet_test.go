@@ -370,7 +370,15 @@ func echo(a, b *client.Tunnel, tok string) error {
 // node; the key is released, so a later pair of the same token meets on
 // other nodes.
 func TestAloneOwnerThenAnotherNode(t *testing.T) {
-	nodes := startFleet(t, redisAddr(t), 3, func(c *relay.Config) { c.AloneTimeout = 300 * time.Millisecond })
+	// Only node a sends a lone client away soon: b and c, which pair
+	// across the mesh afterwards, keep a timeout pairing never races under
+	// load.
+	first := true
+	nodes := startFleet(t, redisAddr(t), 3, func(c *relay.Config) {
+		if first {
+			c.AloneTimeout, first = 300*time.Millisecond, false
+		}
+	})
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	if _, err := dial(t, client.Options{URL: url(a.s, false), Token: "alone"}); err == nil {
 		t.Fatal("a lone client was paired")
@@ -386,7 +394,9 @@ func TestAloneOwnerThenAnotherNode(t *testing.T) {
 // again.
 func TestStoreOutage(t *testing.T) {
 	addr, stop := testutil.Redis(t, 0)
-	nodes := startFleet(t, addr, 2, func(c *relay.Config) { c.AloneTimeout = time.Second })
+	// Short enough for the lone client below, long enough for the
+	// cross-node pairs under load.
+	nodes := startFleet(t, addr, 2, func(c *relay.Config) { c.AloneTimeout = 3 * time.Second })
 	a, b := nodes[0], nodes[1]
 	running1, running2 := pairAcross(t, a, b, "outage-running")
 	stop()
