@@ -49,13 +49,13 @@ func node(t *testing.T) string {
 }
 
 // TestNodeSuite runs client/js/test with Node's test runner against a real
-// relay (1 s alone timeout, tokens "bad-…" refused), with a TunnelProxy
+// relay (3 s alone timeout, tokens "bad-…" refused), with a TunnelProxy
 // echo server registered on it.
 func TestNodeSuite(t *testing.T) {
 	nodeBin := node(t)
 	s := relaytest.New(t, func(c *relay.Config) {
 		c.Auth = relaytest.RefuseBad{}
-		c.AloneTimeout = time.Second
+		c.AloneTimeout = 3 * time.Second // the no_partner test waits it out; pairs must never race it
 	})
 	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
 		t.Fatal(err)
