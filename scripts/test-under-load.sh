@@ -23,16 +23,22 @@ if ! command -v stress-ng >/dev/null 2>&1; then
 	}
 fi
 mkdir -p results
+set -m # each background job in a process group of its own: stopped whole
 stress-ng --cpu "$hogs" --quiet &
 hog=$!
-trap 'kill "$hog" 2>/dev/null; wait "$hog" 2>/dev/null' EXIT INT TERM
+run=""
+trap 'kill "$hog" 2>/dev/null; wait "$hog" 2>/dev/null' EXIT
+trap '[ -n "$run" ] && kill -- -"$run" 2>/dev/null; exit 130' INT TERM
 echo "== $hogs CPU hogs (stress-ng, pid $hog) on $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 summary=() failed=0
 for i in $(seq 1 "$runs"); do
 	log=results/test-under-load-$i.log
 	start=$(date +%s)
-	${MAKE:-make} --no-print-directory test >"$log" 2>&1
+	${MAKE:-make} --no-print-directory test >"$log" 2>&1 &
+	run=$!
+	wait "$run"
 	rc=$?
+	run=""
 	took=$(($(date +%s) - start))
 	if [ $rc -eq 0 ]; then res=ok; else res=FAIL; failed=$((failed + 1)); fi
 	line="run $i/$runs: $res in ${took}s (load $(cut -d' ' -f1-3 /proc/loadavg); $log)"
