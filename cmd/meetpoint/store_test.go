@@ -59,7 +59,7 @@ func TestServeDeadStore(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port := relaytest.FreePort(t)
-			ts := startServe(t, append(tc.args(port), "--log-format", "json", "--admin-listen", "127.0.0.1:0")...)
+			ts := startServe(t, append(tc.args(port), "--log-format", "json", "--log-level", "debug", "--admin-listen", "127.0.0.1:0")...)
 			if tc.auth {
 				for range 3 {
 					_, err := client.Dial(context.Background(), client.Options{URL: "tcp://" + ts.addr(), Token: "t", Timeout: relaytest.Patience})
@@ -87,6 +87,11 @@ func TestServeDeadStore(t *testing.T) {
 				if !json.Valid([]byte(l)) {
 					t.Errorf("a log line that is not JSON: %q", l)
 				}
+			}
+			// go-redis's own lines (a failed dial each) come through the
+			// relay's log, at debug, not on stderr in go-redis's format.
+			if strings.HasSuffix(tc.name, "_redis") && !strings.Contains(logs, `"level":"DEBUG","msg":"redis: `) {
+				t.Errorf("no go-redis line in the relay's log:\n%s", logs)
 			}
 			if n := strings.Count(logs, "unreachable: requests that need it fail"); n != 1 {
 				t.Errorf("%d outage lines, want 1:\n%s", n, logs)
