@@ -44,7 +44,10 @@ func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	fc := fleet.Config{Redis: rdb, NodeID: id, MeshKey: meshKey, Heartbeat: 200 * time.Millisecond,
+	// The heartbeat bounds each store round trip: 200 ms was short enough
+	// for a loaded machine's Redis to miss it, and the node then paired
+	// locally only (store "unreachable"), failing cross-node pairs.
+	fc := fleet.Config{Redis: rdb, NodeID: id, MeshKey: meshKey, Heartbeat: testHeartbeat,
 		LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t)}
 	if fmutate != nil {
 		fmutate(&fc)
@@ -60,6 +63,10 @@ func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config
 	t.Cleanup(func() { f.Close() })
 	return &node{id: id, s: s, f: f}
 }
+
+// testHeartbeat is the fleet tests' heartbeat: quicker than the default
+// (2 s) so that departures show soon, slow enough for a loaded Redis.
+const testHeartbeat = time.Second
 
 // startFleet starts n nodes on one Redis and waits until each sees all.
 func startFleet(t testing.TB, redisAddr string, n int, mutate func(*relay.Config)) []*node {
@@ -529,7 +536,7 @@ func TestTunnelProxyAcrossNodes(t *testing.T) {
 		rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
 		t.Cleanup(func() { rdb.Close() })
 		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: fmt.Sprintf("tp-%d", i), MeshKey: meshKey,
-			Heartbeat: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t), Reach: tp.RegisterMeshClient}, s)
+			Heartbeat: testHeartbeat, LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t), Reach: tp.RegisterMeshClient}, s)
 		if err != nil {
 			t.Fatal(err)
 		}
