@@ -391,9 +391,13 @@ func TestCallBounds(t *testing.T) {
 	if uri := a.expectError(mCall, 5); uri != errNoSuchProcedure {
 		t.Fatalf("after the callee left: %q", uri)
 	}
-	if n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="timeout"}`); n != 1 {
-		t.Fatalf("timeouts counted %v, want 1", n)
-	}
+	// Counted once the error is sent: wait for it.
+	relaytest.WaitFor(t, func() error {
+		if n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="timeout"}`); n != 1 {
+			return fmt.Errorf("timeouts counted %v", n)
+		}
+		return nil
+	}, "the timed-out call counted once")
 }
 
 // TestPubSub: EVENT reaches subscribers but (by default) not the
