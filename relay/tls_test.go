@@ -377,7 +377,7 @@ func TestTLSIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	// The test's own client connections hold goroutines only when reading;
 	// crypto/tls on the client side holds none while idle. Handshake and
 	// netpoll handler goroutines retire shortly after the last pairing.
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(testutil.Patience)
 	n := runtime.NumGoroutine()
 	for n > base+20 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

@@ -176,7 +176,7 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 
 	start := time.Now()
 	ts.sigs <- syscall.SIGTERM
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		code, body := adminGet(t, ts, "/readyz")
 		if code == 503 && body == "draining\n" {

@@ -97,7 +97,7 @@ func opsEcho(t testing.TB, from, to *client.Tunnel, msg string) {
 // waitMetric polls /metrics until name has value want.
 func waitMetric(t testing.TB, s *relay.Server, name string, want float64) map[string]float64 {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		m := opsMetrics(t, s)
 		if m[name] == want {
@@ -155,7 +155,7 @@ func TestOpsMetricsFollowTunnels(t *testing.T) {
 	opsEcho(t, a, b, strings.Repeat("x", 1000))
 	opsEcho(t, b, a, strings.Repeat("y", 300))
 	var fromA string
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for fromA == "" {
 		m := opsMetrics(t, s)
 		dab, dba := m[ab]-m1[ab], m[ba]-m1[ba]
