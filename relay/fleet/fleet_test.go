@@ -121,8 +121,8 @@ func exchange(t testing.TB, a, b *client.Tunnel, n int) {
 }
 
 func dial(t testing.TB, o client.Options) (*client.Tunnel, error) {
-	if o.Timeout == 0 {
-		o.Timeout = 5 * time.Second
+	if o.Timeout == 0 { // a lone client waits for the relay to close it
+		o.Timeout, o.WaitRelay = relaytest.Patience, true
 	}
 	tu, err := client.Dial(context.Background(), o)
 	if err == nil {
