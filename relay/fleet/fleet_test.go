@@ -112,7 +112,7 @@ func exchange(t testing.TB, a, b *client.Tunnel, n int) {
 		want []byte
 	}{{b, msgA}, {a, msgB}} {
 		got := make([]byte, len(c.want))
-		_ = c.r.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = c.r.SetReadDeadline(time.Now().Add(relaytest.Patience))
 		if _, err := io.ReadFull(c.r, got); err != nil || !bytes.Equal(got, c.want) {
 			t.Fatalf("tunnel lost data: %v (%d bytes)", err, len(got))
 		}
@@ -174,7 +174,7 @@ func TestCrossNodePairs(t *testing.T) {
 			}
 			// Partner loss crosses the mesh: closing one end ends the other.
 			ta.Close()
-			_ = tb.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_ = tb.SetReadDeadline(time.Now().Add(relaytest.Patience))
 			if _, err := tb.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 				t.Fatalf("partner's close did not cross the mesh: %v", err)
 			}
@@ -236,7 +236,7 @@ func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
 	go func() {
 		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "early"})
 		if err == nil {
-			_ = tu.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_ = tu.SetReadDeadline(time.Now().Add(relaytest.Patience))
 			_, err = tu.Read(make([]byte, 1))
 			if isTimeout(err) {
 				err = errors.New("still open")
@@ -253,7 +253,7 @@ func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
 	}
 	defer c.Close()
 	fmt.Fprintf(c, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u-early","name":"n","token":"early"}}`+"\n")
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
 	reply := make([]byte, 512)
 	n, err := c.Read(reply) // the Authenticate reply
 	if err != nil || !bytes.Contains(reply[:n], []byte("AuthenticationErrorNoError")) {
@@ -263,6 +263,7 @@ func TestDataBeforeTunnelAcrossNodes(t *testing.T) {
 		t.Skip("paired before the early data could be sent: nothing to test this time")
 	}
 	fmt.Fprint(c, "EARLY DATA")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second)) // a close, or a live tunnel after it
 	got, err := io.ReadAll(c)
 	if bytes.Contains(got, []byte("TunnelEstablished")) {
 		if isTimeout(err) {
@@ -367,7 +368,7 @@ func echo(a, b *client.Tunnel, tok string) error {
 			return err
 		}
 		got := make([]byte, len(tok))
-		_ = d[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = d[1].SetReadDeadline(time.Now().Add(relaytest.Patience))
 		if _, err := io.ReadFull(d[1], got); err != nil {
 			return err
 		}
@@ -462,7 +463,7 @@ func TestNodeDeath(t *testing.T) {
 		t.Fatal("the doomed node's waiting client was paired")
 	}
 	for _, tu := range []*client.Tunnel{doomed1, doomed2} {
-		_ = tu.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = tu.SetReadDeadline(time.Now().Add(relaytest.Patience))
 		if _, err := tu.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 			t.Errorf("a tunnel through the dead node lives on: %v", err)
 		}
