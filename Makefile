@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test interop bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test test-under-load interop bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -23,12 +23,19 @@ build:
 run: build
 	./$(BIN) serve --auth dummy --alone-timeout 2m --data-dir data --turn $(if $(TLS),--tls) $(ARGS)
 
-## test: the whole suite with the race detector (well under 10 minutes)
+## test: the whole suite with the race detector (about 5 minutes), ending
+## with one line per group of skipped tests and why (scripts/gotest)
 test:
 	@command -v $(or $(CC),cc) >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
 		{ echo "make test: -race needs cgo and a C compiler; install one (e.g. apt-get install gcc)" >&2; exit 1; }
-	$(GO) test -race -count=1 -timeout 8m ./...
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
+	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
+
+## test-under-load: make test while stress-ng keeps 4 CPU hogs running,
+## RUNS times in a row (default 1); installs stress-ng if missing
+RUNS ?= 1
+test-under-load:
+	scripts/test-under-load.sh $(RUNS)
 
 ## interop: nymea-remoteproxy 1.8.4's and 1.13.0's real clients and
 ## nymea's own QtTest suites against meetpoint and against nymea's own

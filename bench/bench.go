@@ -184,7 +184,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 			failed = append(failed, fmt.Sprintf("%s: %v", s, err))
 			env.note("scenario %s failed: %v", s, err)
 			if opt.Stderr != nil {
-				fmt.Fprintf(opt.Stderr, "\r\033[Kscenario %s failed: %v\n", s, err)
+				fmt.Fprintf(opt.Stderr, "%sscenario %s failed: %v\n", lineStart(opt.Stderr), s, err)
 			}
 			continue
 		}

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,5 +205,43 @@ func TestTURN(t *testing.T) {
 		if r.Params["offered"] == "10000/s" && (r.Values["pps"] < 1000 || (r.Peer != "direct" && r.Values["allocs"] <= 0)) {
 			t.Errorf("%s at 10000/s: %v", r.Peer, r.Values)
 		}
+	}
+}
+
+// TestTargetUnreachable: a target the baseline without a relay misses on
+// this machine reads "n/a" and says why, not "no".
+func TestTargetUnreachable(t *testing.T) {
+	setup := &Table{Scenario: "setup"}
+	setup.add("direct", nil, map[string]float64{"rate": 9000})
+	setup.add("meetpoint tcp", nil, map[string]float64{"rate": 4000})
+	r := &Report{Tables: []*Table{setup}}
+	r.Targets = targets(r)
+	if len(r.Targets) != 1 || r.Targets[0].Meets || !strings.Contains(r.Targets[0].Unreachable, "9000/s") {
+		t.Fatalf("targets %+v", r.Targets)
+	}
+	if md := r.TargetsMarkdown(); !strings.Contains(md, "| n/a: direct TCP, with no relay, makes 9000/s on this machine |") {
+		t.Errorf("targets table:\n%s", md)
+	}
+	setup.Rows[0].Values["rate"] = 50000 // reachable here: a miss is a miss
+	if tg := targets(r)[0]; tg.Unreachable != "" || !strings.Contains((&Report{Targets: []Target{tg}}).TargetsMarkdown(), "| no |") {
+		t.Errorf("a reachable target missed: %+v", tg)
+	}
+}
+
+// TestProgressPiped: piped (not a terminal), the progress line writes no
+// carriage returns or escape sequences.
+func TestProgressPiped(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	stop := startProgress(w, "label", func() string { return "status" })
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	fmt.Fprintf(w, "%snote\n", lineStart(w))
+	w.Close()
+	if got, _ := io.ReadAll(r); string(got) != "note\n" {
+		t.Errorf("progress and a note to a pipe wrote %q", got)
 	}
 }

@@ -327,7 +327,7 @@ func (e *Env) skip(name, why string) {
 	msg := fmt.Sprintf("%s: skipped: %s", name, why)
 	e.notes = append(e.notes, msg)
 	if e.opt.Stderr != nil {
-		fmt.Fprintf(e.opt.Stderr, "\r\033[Knote: %s\n", msg)
+		fmt.Fprintf(e.opt.Stderr, "%snote: %s\n", lineStart(e.opt.Stderr), msg)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
 )
 
 // newHist returns a latency histogram in nanoseconds: 100 ns to 60 s with
@@ -122,7 +123,8 @@ func waitListening(addr string, timeout time.Duration) error {
 }
 
 // progress is the live status line on stderr: it rewrites itself (\r)
-// five times a second until stopped.
+// five times a second until stopped, on a terminal only (piped to a file
+// or a CI log it would be a line of control characters).
 type progress struct {
 	w    io.Writer
 	stop chan struct{}
@@ -132,7 +134,7 @@ type progress struct {
 // startProgress shows label followed by status() on w until the returned
 // function is called. w nil shows nothing.
 func startProgress(w io.Writer, label string, status func() string) func() {
-	if w == nil {
+	if w == nil || !isTerminal(w) {
 		return func() {}
 	}
 	p := &progress{w: w, stop: make(chan struct{}), done: make(chan struct{})}
@@ -158,6 +160,25 @@ func startProgress(w io.Writer, label string, status func() string) func() {
 			<-p.done
 		})
 	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// lineStart is what starts a line of its own on w: on a terminal it
+// clears what the progress line left there.
+func lineStart(w io.Writer) string {
+	if isTerminal(w) {
+		return "\r\033[K"
+	}
+	return ""
 }
 
 // human formats a byte count as B, KiB or MiB.

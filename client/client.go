@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -24,6 +25,9 @@ var ErrTimeout = errors.New("timed out")
 // Options configure Dial.
 type Options struct {
 	// URL is ws://host:port/path or tcp://host:port; wss:// and tls:// use TLSConfig.
+	// A WebSocket URL may carry the token itself (?token=T&nonce=N, the
+	// relay checks it during the upgrade): then Token and Nonce are not
+	// sent and no Authenticate is made.
 	URL string
 	// Token is the authentication token; it is never printed.
 	Token string
@@ -36,6 +40,10 @@ type Options struct {
 	// Timeout bounds connect, authentication and pairing together
 	// (DefaultTimeout when zero).
 	Timeout time.Duration
+	// WaitRelay lets Dial wait for the partner as long as the relay keeps
+	// the client (its alone timeout: 8 s by default, `make run` 2 minutes);
+	// Timeout then bounds connecting and authenticating only.
+	WaitRelay bool
 	// Verbose, if set, receives every JSON-RPC message sent ("> ...") and
 	// received ("< ..."), with the token replaced by "***".
 	Verbose io.Writer
@@ -56,22 +64,61 @@ type Options struct {
 }
 
 // NoPartnerError is returned by Dial when the relay ends the connection
-// while the client waits for its partner: almost always the relay's alone
-// timeout (--alone-timeout, 8 s by default), after which a lone client is
-// closed.
+// while the client waits for its partner. The relay says why (a
+// RemoteProxy.Closing notification over raw TCP, the close frame's text
+// over WebSocket): most often its alone timeout (--alone-timeout, 8 s by
+// default) passed; a third client for a tunnel that exists, the same uuid
+// on both sides, or the relay shutting down are the others. Without a
+// reason the connection just ended: the relay stopped, or something in
+// between (a balancer) cut it.
 type NoPartnerError struct {
-	Waited time.Duration // from the Authenticate reply to the close
-	Err    error         // how the connection ended
+	Waited  time.Duration // from the Authenticate reply to the close
+	Reason  string        // the relay's reason as its metrics name it ("alone_timeout", "tunnel_exists", "duplicate_uuid", "shutdown", …), or "" when it gave none
+	Message string        // the relay's own words, e.g. "No partner arrived within 8s", or ""
+	Err     error         // how the connection ended
 }
 
-// Error says how long the client waited and why it likely ended.
+// Error says who ended the wait, and why as far as the relay said.
 func (e *NoPartnerError) Error() string {
-	return fmt.Sprintf("no partner arrived within %v: the relay closed the connection (its --alone-timeout, 8s by default): %v",
-		e.Waited.Round(100*time.Millisecond), e.Err)
+	waited := e.Waited.Round(100 * time.Millisecond)
+	switch {
+	case e.Reason == "alone_timeout":
+		return fmt.Sprintf("the relay gave up waiting for a partner: %s (its --alone-timeout)", e.Message)
+	case e.Message != "":
+		return fmt.Sprintf("the relay closed the connection after %v: %s", waited, e.Message)
+	}
+	return fmt.Sprintf("the connection to the relay ended after %v without a reason (the relay stopped, or something in between cut it): %v",
+		waited, e.Err)
 }
 
 // Unwrap returns how the connection ended.
 func (e *NoPartnerError) Unwrap() error { return e.Err }
+
+// noPartner makes the NoPartnerError for a connection that ended with err
+// after note (the RemoteProxy.Closing notification's params, or nil).
+func noPartner(waited time.Duration, note map[string]any, err error) *NoPartnerError {
+	e := &NoPartnerError{Waited: waited, Err: err}
+	if note != nil {
+		e.Reason, _ = note["reason"].(string)
+		e.Message, _ = note["message"].(string)
+		return e
+	}
+	var ce *CloseError
+	if errors.As(err, &ce) && ce.Reason != "" { // WebSocket: the close frame's text
+		e.Message = ce.Reason
+		switch {
+		case strings.HasPrefix(ce.Reason, "No partner arrived"):
+			e.Reason = "alone_timeout"
+		case ce.Reason == "Tunnel already exists":
+			e.Reason = "tunnel_exists"
+		case ce.Reason == "Duplicated client UUID.":
+			e.Reason = "duplicate_uuid"
+		case ce.Code == 1001:
+			e.Reason = "shutdown"
+		}
+	}
+	return e
+}
 
 // AuthError is returned by Dial when the server answers Authenticate with an
 // authenticationError other than AuthenticationErrorNoError.
@@ -103,35 +150,29 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 		uuid = NewUUID()
 	}
 	var tun *Tunnel
-	err := withTimeout(ctx, o, func(r *Raw) error {
-		params := map[string]any{"uuid": uuid, "name": o.Name, "token": o.Token}
-		if o.Nonce != "" {
-			params["nonce"] = o.Nonce
-		}
-		reply, err := r.Call(1, "Authentication.Authenticate", params)
-		if err != nil {
-			return fmt.Errorf("authenticate: %w", err)
-		}
-		res, err := replyParams(reply)
-		if err != nil {
-			return fmt.Errorf("authenticate: %w", err)
-		}
-		result, _ := res["authenticationError"].(string)
-		if result == "" {
-			return errors.New("authenticate: reply without authenticationError")
-		}
-		if result != "AuthenticationErrorNoError" {
-			return &AuthError{Result: result}
+	inURL := URLHasToken(o.URL)
+	if inURL {
+		o.URL = withIdentity(o.URL, uuid, o.Name)
+	}
+	err := withTimeout(ctx, o, func(r *Raw, untimed func()) error {
+		if !inURL { // else the upgrade authenticated us
+			if err := authenticate(r, uuid, o); err != nil {
+				return err
+			}
 		}
 		if o.Waiting != nil {
 			o.Waiting()
 		}
+		if o.WaitRelay {
+			untimed()
+		}
 		since := time.Now()
+		var closing map[string]any // the relay's RemoteProxy.Closing, if it said why
 		for {
 			p, err := r.Recv()
 			if err != nil {
 				if ctx.Err() == nil && isClosed(err) {
-					return &NoPartnerError{Waited: time.Since(since), Err: err}
+					return noPartner(time.Since(since), closing, err)
 				}
 				return fmt.Errorf("wait for partner: %w", err)
 			}
@@ -141,6 +182,10 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 			}
 			if m["status"] == "error" {
 				return rpcError(m)
+			}
+			if m["notification"] == "RemoteProxy.Closing" {
+				closing, _ = m["params"].(map[string]any)
+				continue
 			}
 			if m["notification"] != "RemoteProxy.TunnelEstablished" {
 				continue
@@ -160,11 +205,63 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 	return tun, nil
 }
 
+// authenticate calls Authentication.Authenticate with o's token.
+func authenticate(r *Raw, uuid string, o Options) error {
+	params := map[string]any{"uuid": uuid, "name": o.Name, "token": o.Token}
+	if o.Nonce != "" {
+		params["nonce"] = o.Nonce
+	}
+	reply, err := r.Call(1, "Authentication.Authenticate", params)
+	if err != nil {
+		return fmt.Errorf("authenticate: %w", err)
+	}
+	res, err := replyParams(reply)
+	if err != nil {
+		return fmt.Errorf("authenticate: %w", err)
+	}
+	result, _ := res["authenticationError"].(string)
+	if result == "" {
+		return errors.New("authenticate: reply without authenticationError")
+	}
+	if result != "AuthenticationErrorNoError" {
+		return &AuthError{Result: result}
+	}
+	return nil
+}
+
+// URLHasToken reports whether rawURL is a WebSocket URL carrying a token
+// (?token= or ?ws_token=), which the relay checks during the upgrade.
+func URLHasToken(rawURL string) bool {
+	u, err := ParseURL(rawURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return false
+	}
+	q := u.Query()
+	return q.Has("token") || q.Has("ws_token")
+}
+
+// withIdentity adds uuid and name to a URL carrying a token, where it has
+// none of its own (the relay reads them from the URL then).
+func withIdentity(rawURL, uuid, name string) string {
+	u, err := ParseURL(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	q := u.Query()
+	for k, v := range map[string]string{"uuid": uuid, "name": name} {
+		if !q.Has(k) && v != "" {
+			q.Set(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // Hello performs RemoteProxy.Hello on a fresh connection and returns the
 // reply's params. It uses URL, Timeout, Verbose and TLSConfig of o.
 func Hello(ctx context.Context, o Options) (map[string]any, error) {
 	var params map[string]any
-	err := withTimeout(ctx, o, func(r *Raw) error {
+	err := withTimeout(ctx, o, func(r *Raw, _ func()) error {
 		defer r.Close()
 		reply, err := r.Call(1, "RemoteProxy.Hello", nil)
 		if err != nil {
@@ -190,17 +287,19 @@ func NewUUID() string {
 
 // withTimeout connects and runs fn under o.Timeout. On success the
 // connection is left open with no deadline; on failure it is closed and a
-// timeout is reported as ErrTimeout.
-func withTimeout(ctx context.Context, o Options, fn func(r *Raw) error) error {
+// timeout is reported as ErrTimeout. fn may call untimed to lift the
+// timeout from then on (ctx still cancels).
+func withTimeout(ctx context.Context, o Options, fn func(r *Raw, untimed func()) error) error {
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
+	tctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
 	defer cancel()
+	cur := tctx // the context that ends fn now
 
 	fail := func(err error) error {
-		if cause := context.Cause(ctx); cause != nil {
+		if cause := context.Cause(cur); cause != nil {
 			if errors.Is(cause, ErrTimeout) {
 				return ErrTimeout
 			}
@@ -213,15 +312,21 @@ func withTimeout(ctx context.Context, o Options, fn func(r *Raw) error) error {
 		return err
 	}
 
-	r, err := dialRaw(ctx, o.URL, o.TLSConfig, o.LocalIP)
+	r, err := dialRaw(tctx, o.URL, o.TLSConfig, o.LocalIP)
 	if err != nil {
 		return fail(fmt.Errorf("connect: %w", err))
 	}
 	r.verbose, r.secret = o.Verbose, o.Token
-	stop := context.AfterFunc(ctx, func() { r.conn.SetDeadline(time.Unix(1, 0)) })
-	err = fn(r)
+	interrupt := func() { r.conn.SetDeadline(time.Unix(1, 0)) }
+	stop := context.AfterFunc(tctx, interrupt)
+	untimed := func() {
+		if stop() { // not ended yet: from now on only ctx ends fn
+			cur, stop = ctx, context.AfterFunc(ctx, interrupt)
+		}
+	}
+	err = fn(r, untimed)
 	if !stop() && err == nil {
-		err = ctx.Err()
+		err = cur.Err()
 	}
 	if err != nil {
 		r.Close()

@@ -24,14 +24,19 @@ const fakeName = `fake "{}" \ }`
 //	"rpcerr"  JSON-RPC error, then close
 //	"bad"     AuthenticationErrorAuthenticationFailed, then close
 //	"alone"   NoError, then no partner ever
+//	"closing" NoError, then the relay's reason (RemoteProxy.Closing on
+//	          TCP, a close frame on WebSocket) and a close
+//	"silent"  NoError, then a close without a reason
+//	"late"    NoError, then TunnelEstablished once fake.establish is closed
 //	"ok..."   NoError, TunnelEstablished, then echo; variants:
 //	"ok-eager" tunnel data "early" in the same write as the JSON (TCP)
 //	"ok-ping"  a ping "pp"; the pong is answered with text "got pong pp" (WS)
 //	"ok-bye"   data "bye", then a normal close
 //	"ok-abort" a close frame 1011 (WS)
 type fake struct {
-	ln    net.Listener
-	split bool // TCP: write in 3-byte pieces
+	ln        net.Listener
+	split     bool          // TCP: write in 3-byte pieces
+	establish chan struct{} // "late": closed when the partner may arrive
 }
 
 func startFake(t *testing.T, split bool) *fake {
@@ -40,7 +45,7 @@ func startFake(t *testing.T, split bool) *fake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fake{ln: ln, split: split}
+	f := &fake{ln: ln, split: split, establish: make(chan struct{})}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -121,6 +126,24 @@ func (f *fake) serve(c net.Conn) {
 			case token == "alone":
 				fc.send(nil, auth("AuthenticationErrorNoError"))
 				io.Copy(io.Discard, br)
+				return
+			case token == "closing":
+				fc.send(nil, auth("AuthenticationErrorNoError"))
+				if _, isWS := fc.(*fakeWS); isWS {
+					fc.closeWith(ws.StatusPolicyViolation, "No partner arrived within 8s")
+					return
+				}
+				fc.send(nil, map[string]any{"id": 0, "notification": "RemoteProxy.Closing",
+					"params": map[string]any{"reason": "alone_timeout", "message": "No partner arrived within 8s"}})
+				return
+			case token == "silent":
+				fc.send(nil, auth("AuthenticationErrorNoError"))
+				return
+			case token == "late":
+				fc.send(nil, auth("AuthenticationErrorNoError"))
+				<-f.establish
+				fc.send(nil, established)
+				fc.echo(token)
 				return
 			case token == "ok-eager":
 				fc.send([]byte("early"), auth("AuthenticationErrorNoError"), established)

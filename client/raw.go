@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -109,9 +110,18 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 		if u.Scheme == "wss" {
 			tlsConf = serverName(tlsConf, u)
 		}
-		d := ws.Dialer{TLSConfig: tlsConf, NetDial: nd.DialContext}
+		var said []byte // the relay's words when it refuses the upgrade
+		d := ws.Dialer{TLSConfig: tlsConf, NetDial: nd.DialContext,
+			OnStatusError: func(_ int, _ []byte, resp io.Reader) {
+				if r, err := http.ReadResponse(bufio.NewReader(resp), nil); err == nil && r.ContentLength > 0 {
+					said, _ = io.ReadAll(io.LimitReader(r.Body, min(r.ContentLength, 512)))
+				}
+			}}
 		conn, br, _, err := d.Dial(ctx, rawURL)
 		if err != nil {
+			if line := strings.TrimSpace(string(said)); line != "" {
+				return nil, fmt.Errorf("%w: %s", err, line)
+			}
 			return nil, err
 		}
 		if br == nil {

@@ -86,7 +86,7 @@ func DialTPClient(ctx context.Context, o TPOptions) (*Tunnel, error) {
 // success the connection is handed back for the stream that follows.
 func tpRegister(ctx context.Context, o TPOptions, method string, params map[string]any) (*Raw, error) {
 	var r *Raw
-	err := withTimeout(ctx, o.options(), func(raw *Raw) error {
+	err := withTimeout(ctx, o.options(), func(raw *Raw, _ func()) error {
 		m, err := raw.Call(1, method, params)
 		if err != nil {
 			return fmt.Errorf("%s: %w", method, err)

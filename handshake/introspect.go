@@ -91,7 +91,7 @@ type notificationSpec struct {
 
 var notifications = []notificationSpec{
 	{"RemoteProxy.TunnelEstablished",
-		"Emitted once the tunnel to the other client is up. This is the server's last message; everything after it is the other client's data.",
+		"Emitted once the tunnel is up: the server's last message; all after it is the other client's data.",
 		map[string]string{"name": "String", "uuid": "String"}, "Authentication.Authenticate"},
 	{"TunnelProxy.ClientConnected",
 		"Emitted to a registered server whenever a client connects to it.",
@@ -100,6 +100,9 @@ var notifications = []notificationSpec{
 	{"TunnelProxy.ClientDisconnected",
 		"Emitted to a registered server whenever one of its clients disconnects.",
 		map[string]string{"socketAddress": "UInt"}, "TunnelProxy.RegisterServer"},
+	{"RemoteProxy.Closing",
+		"Emitted to a raw-TCP client before it is closed without a tunnel (meetpoint): reason, e.g. alone_timeout, and why in words.",
+		map[string]string{"reason": "String", "message": "String"}, "Authentication.Authenticate"},
 	{"Events.Event",
 		"Emitted to a subscribed connection for each event published on one of its channels (meetpoint).",
 		map[string]string{"channel": "String", "data": "Variant"}, "Events.Subscribe"},

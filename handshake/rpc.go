@@ -248,7 +248,7 @@ type returnSpec struct{ key, typ string }
 var methods = func() []methodSpec {
 	m := []methodSpec{
 		{namespace: "RemoteProxy", name: "Hello",
-			description: "Once connected to this server, a client can get information about the server by saying Hello. The response informs the client about this proxy server.",
+			description: "Information about this proxy server.",
 			returns:     []returnSpec{{"apiVersion", "String"}, {"name", "String"}, {"server", "String"}, {"version", "String"}}},
 		{namespace: "RemoteProxy", name: "Introspect",
 			description: "Introspect this API.",

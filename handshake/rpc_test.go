@@ -512,6 +512,7 @@ func TestIntrospect(t *testing.T) {
 		"TunnelProxy.ClientConnected":    {"clientName": "String", "clientUuid": "Uuid", "clientPeerAddress": "String", "socketAddress": "UInt"},
 		"TunnelProxy.ClientDisconnected": {"socketAddress": "UInt"},
 		"Events.Event":                   {"channel": "String", "data": "Variant"},
+		"RemoteProxy.Closing":            {"reason": "String", "message": "String"},
 	}
 	if len(v.Notifications) != len(wantNotif) {
 		t.Errorf("%d notifications", len(v.Notifications))

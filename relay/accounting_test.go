@@ -49,13 +49,14 @@ func acTCP(t *testing.T, s *Server) net.Conn {
 	return c
 }
 
-// acSendWait writes b and waits (up to 5 s) for the server to close c.
+// acSendWait writes b and waits (up to testutil.Patience) for the server
+// to close c.
 func acSendWait(t *testing.T, c net.Conn, b []byte) {
 	t.Helper()
 	if len(b) > 0 {
 		hoWrite(c, b)
 	}
-	hoReadToClose(t, c, 5*time.Second)
+	hoReadToClose(t, c, testutil.Patience)
 	c.Close() // as a client does on EOF: the relay's lingering close ends
 }
 
@@ -78,8 +79,12 @@ func acRun(t *testing.T, s *Server, cases []acCase, seen map[reason.Reason]bool)
 		t.Run(tc.name, func(t *testing.T) {
 			before := s.stats.closes[tc.want].Get()
 			tc.run(t, s)
-			waitFor(t, func() bool { return s.stats.closes[tc.want].Get() > before },
-				fmt.Sprintf("a close counted as %s", tc.want))
+			waitFor(t, func() error {
+				if s.stats.closes[tc.want].Get() > before {
+					return nil
+				}
+				return fmt.Errorf("closes so far %v", s.Stats().Closes)
+			}, fmt.Sprintf("a close counted as %s", tc.want))
 			seen[tc.want] = true
 		})
 	}
@@ -90,7 +95,12 @@ func acRun(t *testing.T, s *Server, cases []acCase, seen map[reason.Reason]bool)
 // sum(closes) == accepted.
 func acBalanced(t *testing.T, s *Server) {
 	t.Helper()
-	waitFor(t, func() bool { return s.liveConns() == 0 }, "every connection gone")
+	waitFor(t, func() error {
+		if n := s.liveConns(); n > 0 {
+			return fmt.Errorf("%d connections still held", n)
+		}
+		return nil
+	}, "every connection gone")
 	st := s.Stats()
 	var sum uint64
 	for _, n := range st.Closes {
@@ -110,15 +120,10 @@ func acBalanced(t *testing.T, s *Server) {
 // connections: no close is lost or counted twice.
 func TestCloseAccounting(t *testing.T) {
 	seen := map[reason.Reason]bool{}
-	s, cert, _ := startTLSServer(t, func(c *Config) {
-		c.Auth = acAuth{}
-		c.AuthTimeout = 300 * time.Millisecond
-		c.RPCTimeout = 5 * time.Second
-		c.HandshakeTimeout = 300 * time.Millisecond
-		c.InactiveTimeout = 600 * time.Millisecond
-		c.AloneTimeout = 300 * time.Millisecond
-		c.WriteStallTimeout = 300 * time.Millisecond
-	})
+	// The main server keeps the default timeouts, so that pairing under
+	// load never races one; each timeout is reached on a server of its
+	// own where only it is short (below).
+	s, cert, _ := startTLSServer(t, func(c *Config) { c.Auth = acAuth{} })
 	conf := clientTLS(cert)
 	pairOn := func(t *testing.T, urlA, urlB, token string) (*client.Tunnel, *client.Tunnel) {
 		return dialPair(t, client.Options{URL: urlA, Token: token, Name: "a", TLSConfig: conf},
@@ -129,12 +134,12 @@ func TestCloseAccounting(t *testing.T) {
 			t.Fatal(err)
 		}
 		buf := make([]byte, 4)
-		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = b.SetReadDeadline(time.Now().Add(testutil.Patience))
 		if _, err := b.Read(buf); err != nil {
 			t.Fatal(err)
 		}
 		a.Close()
-		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = b.SetReadDeadline(time.Now().Add(testutil.Patience))
 		for {
 			if _, err := b.Read(buf); err != nil {
 				return
@@ -171,18 +176,6 @@ func TestCloseAccounting(t *testing.T) {
 		{"authentication refused", reason.AuthFailed, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
 		}},
-		{"authenticator too slow", reason.AuthTimeout, func(t *testing.T, s *Server) {
-			acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
-		}},
-		{"never authenticates", reason.InactiveTimeout, func(t *testing.T, s *Server) {
-			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
-		}},
-		{"never speaks", reason.HandshakeTimeout, func(t *testing.T, s *Server) {
-			acSendWait(t, acTCP(t, s), nil)
-		}},
-		{"no partner", reason.AloneTimeout, func(t *testing.T, s *Server) {
-			acSendWait(t, acAuthed(t, s, "ac-alone", newTestUUID()), nil)
-		}},
 		{"data before the tunnel", reason.DataBeforeTunnel, func(t *testing.T, s *Server) {
 			c := acAuthed(t, s, "ac-early", newTestUUID())
 			acSendWait(t, c, []byte("early data"))
@@ -198,23 +191,8 @@ func TestCloseAccounting(t *testing.T) {
 			a := acAuthed(t, s, "ac-dup", u)
 			time.Sleep(50 * time.Millisecond)
 			b := acAuthed(t, s, "ac-dup", u)
-			hoReadToClose(t, a, 5*time.Second)
-			hoReadToClose(t, b, 5*time.Second)
-		}},
-		{"receiver never reads", reason.WriteStall, func(t *testing.T, s *Server) {
-			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
-			sender, receiver := rawPair(t, addr, "ac-stall", nil, small)
-			go func() {
-				chunk := make([]byte, 64<<10)
-				for {
-					_ = sender.SetWriteDeadline(time.Now().Add(3 * time.Second))
-					if _, err := sender.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
-			hoReadToClose(t, sender, 5*time.Second)
-			receiver.Close()
+			hoReadToClose(t, a, testutil.Patience)
+			hoReadToClose(t, b, testutil.Patience)
 		}},
 		{"receiver resets while data waits for it", reason.IOError, func(t *testing.T, s *Server) {
 			// The sender waits first (the tunnel's a side), so that when the
@@ -252,7 +230,7 @@ func TestCloseAccounting(t *testing.T) {
 			time.Sleep(200 * time.Millisecond) // every buffer on the way full
 			_ = receiver.SetLinger(0)
 			receiver.Close() // RST
-			hoReadToClose(t, sender, 5*time.Second)
+			hoReadToClose(t, sender, testutil.Patience)
 		}},
 		{"bad TLS handshake", reason.TLS, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), append([]byte{0x16, 0x03, 0x01, 0x00, 0x05}, "junk!"...))
@@ -279,6 +257,51 @@ func TestCloseAccounting(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}}}, seen)
+
+	// The timeouts, each on a server where only it is short.
+	timed := func(mutate func(*Config)) *Server {
+		return startServer(t, func(c *Config) {
+			c.Auth = acAuth{}
+			mutate(c)
+		})
+	}
+	acRun(t, timed(func(c *Config) { c.AuthTimeout = 300 * time.Millisecond }), []acCase{
+		{"authenticator too slow", reason.AuthTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "hang", newTestUUID()), nil)
+		}},
+	}, seen)
+	acRun(t, timed(func(c *Config) { c.InactiveTimeout = 600 * time.Millisecond }), []acCase{
+		{"never authenticates", reason.InactiveTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
+		}},
+	}, seen)
+	acRun(t, timed(func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond }), []acCase{
+		{"never speaks", reason.HandshakeTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acTCP(t, s), nil)
+		}},
+	}, seen)
+	acRun(t, timed(func(c *Config) { c.AloneTimeout = 300 * time.Millisecond }), []acCase{
+		{"no partner", reason.AloneTimeout, func(t *testing.T, s *Server) {
+			acSendWait(t, acAuthed(t, s, "ac-alone", newTestUUID()), nil)
+		}},
+	}, seen)
+	acRun(t, timed(func(c *Config) { c.WriteStallTimeout = 300 * time.Millisecond }), []acCase{
+		{"receiver never reads", reason.WriteStall, func(t *testing.T, s *Server) {
+			small := func(c *net.TCPConn) { _ = c.SetReadBuffer(16 << 10) }
+			sender, receiver := rawPair(t, s.Addrs()[0].String(), "ac-stall", nil, small)
+			go func() {
+				chunk := make([]byte, 64<<10)
+				for {
+					_ = sender.SetWriteDeadline(time.Now().Add(3 * time.Second))
+					if _, err := sender.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			hoReadToClose(t, sender, testutil.Patience)
+			receiver.Close()
+		}},
+	}, seen)
 
 	// The RPC timeout: an authenticator slower than RPCTimeout.
 	rs := startServer(t, func(c *Config) {
@@ -338,7 +361,7 @@ func TestCloseAccounting(t *testing.T) {
 		waitFor(t, func() bool { return s.stats.httpConns.Get() == 1 }, "one HTTP connection handed off")
 		c := acTCP(t, s)
 		hoWrite(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
-		if got := hoReadToClose(t, c, 5*time.Second); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
+		if got := hoReadToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
 			t.Fatalf("second HTTP connection got %q, want a 503", got)
 		}
 		c.Close()
@@ -347,9 +370,10 @@ func TestCloseAccounting(t *testing.T) {
 
 	// The TLS gate: one handshake at a time, four waiting; a stalled
 	// handshake holds the slot until its deadline.
+	// (long enough for the real handshake at the end under load).
 	gs, _, _ := startTLSServer(t, func(c *Config) {
 		c.MaxTLSHandshakes = 1
-		c.TLSHandshakeTimeout = 500 * time.Millisecond
+		c.TLSHandshakeTimeout = 3 * time.Second
 	})
 	acRun(t, gs, []acCase{{"TLS gate full", reason.LimitTLS, func(t *testing.T, s *Server) {
 		var wg sync.WaitGroup
@@ -392,7 +416,7 @@ func TestCloseAccounting(t *testing.T) {
 		{"mesh join, nobody waiting", reason.Mesh, func(t *testing.T, s *Server) {
 			c := acTCP(t, s)
 			hoWrite(c, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"x","time":1,"mac":"00","token":"t","uuid":"u","name":"n"}}`+"\n"))
-			if got := hoReadToClose(t, c, 5*time.Second); !bytes.Contains(got, []byte(`"error":"not_waiting"`)) {
+			if got := hoReadToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte(`"error":"not_waiting"`)) {
 				t.Errorf("mesh refusal: got %q", got)
 			}
 			c.Close()

@@ -6,6 +6,9 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -239,4 +242,18 @@ func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, ce
 		sub = s.tokenSubject(&subject, token)
 	}
 	return r, IdentityOf(cert, sub)
+}
+
+// MethodsAt returns the HTTP methods a handler is registered for at path
+// (Handle), catch-all "/" patterns aside: the Allow header of a 405 when
+// a request's method is not one of them. Nil means nothing serves path.
+func (s *Server) MethodsAt(path string) []string {
+	var ms []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		r := &http.Request{Method: m, URL: &url.URL{Path: path}, Host: "relay"}
+		if _, pattern := s.mux.Handler(r); pattern != "" && !strings.HasSuffix(pattern, " /") && pattern != "/" {
+			ms = append(ms, m)
+		}
+	}
+	return ms
 }

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -430,9 +431,27 @@ func (c *conn) fail(reason reason.Reason, code ws.StatusCode, text string) {
 	}
 	if c.ws != nil && code != 0 {
 		c.ws.SendClose(&c.out, code, text)
+	} else if note := c.closingNote(reason, text); note != nil {
+		c.send(note)
 	}
 	c.linger = true
 	c.close(reason)
+}
+
+// closingNote is the RemoteProxy.Closing notification telling a raw-TCP
+// client that authenticated for a tunnel, and has no close frame to read
+// a reason from, why the relay ends its connection before the tunnel
+// (its alone timeout, a third client, the same uuid twice, shutdown, …):
+// {"reason": the metric label, "message": text}. nil for any other
+// connection (WebSocket, TunnelProxy, mesh links, before Authenticate).
+func (c *conn) closingNote(r reason.Reason, text string) []byte {
+	if c.ws != nil || c.joined.IsZero() || c.mesh || text == "" {
+		return nil
+	}
+	id := c.notifID
+	c.notifID++
+	return handshake.AppendNotification(nil, id, "RemoteProxy.Closing",
+		handshake.Str("reason", r.String()), handshake.Str("message", text))
 }
 
 func (c *conn) stopTimers() {
@@ -467,9 +486,9 @@ func (c *conn) onAlone() {
 	c.mu.Lock()
 	if state(c.st.Load()) == stWaiting {
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
-		text := "No partner arrived"
+		text := fmt.Sprintf("No partner arrived within %v", c.s.cfg.AloneTimeout)
 		if c.degraded {
-			text = "No partner arrived (relay fleet store unreachable: only partners on this relay could pair)"
+			text += " (relay fleet store unreachable: only partners on this relay could pair)"
 		}
 		c.fail(reason.AloneTimeout, ws.StatusPolicyViolation, text)
 	}

@@ -236,7 +236,9 @@ func TestDispatchHTTPBounds(t *testing.T) {
 		c.HTTPMaxConns = 2
 		c.HTTPMaxBody = 1000
 		c.HTTPReadHeaderTimeout = 300 * time.Millisecond
-		c.HTTPIdleTimeout = 400 * time.Millisecond
+		// Long enough for two idle connections to still be held when the
+		// third comes, however loaded the machine.
+		c.HTTPIdleTimeout = 3 * time.Second
 	})
 	get := func(c net.Conn, br *bufio.Reader, req string) (*http.Response, string) {
 		t.Helper()
@@ -284,20 +286,16 @@ func TestDispatchHTTPBounds(t *testing.T) {
 	before := s.stats.closes[reason.LimitHTTP].Get()
 	h3 := dpDial(t, s, nil)
 	io.WriteString(h3, "GET /echo HTTP/1.1\r\nHost: r\r\n\r\n")
-	if got := hoReadToClose(t, h3, 5*time.Second); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
+	if got := hoReadToClose(t, h3, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
 		t.Fatalf("third connection: %q", got)
 	}
 	waitFor(t, func() bool { return s.stats.closes[reason.LimitHTTP].Get() == before+1 }, "limit_http counted")
 	// Idle keep-alive connections are closed after HTTPIdleTimeout.
-	start := time.Now()
-	hoReadToClose(t, h1, 5*time.Second)
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("idle connection closed after %v", d)
-	}
+	hoReadToClose(t, h1, testutil.Patience) // nothing else would close it
 	// A second request whose head never completes: closed after
 	// HTTPReadHeaderTimeout.
 	io.WriteString(h2, "GET /echo HTTP/1.1\r\nHost: r\r\n")
-	hoReadToClose(t, h2, 5*time.Second)
+	hoReadToClose(t, h2, testutil.Patience)
 	waitFor(t, func() bool { return s.stats.connsHTTP.Get() == 0 && s.liveConns() == 0 }, "every HTTP connection ended and accounted")
 }
 

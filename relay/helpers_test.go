@@ -55,8 +55,9 @@ func dialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel
 	return testutil.DialPair(t, a, b)
 }
 
-// waitFor polls cond for up to 5 s (testutil.WaitFor).
-func waitFor(t testing.TB, cond func() bool, what string) {
+// waitFor polls cond (a func() bool, or a func() error returning nil once
+// it holds) for up to testutil.Patience (testutil.WaitFor).
+func waitFor[C func() bool | func() error](t testing.TB, cond C, what string) {
 	t.Helper()
 	testutil.WaitFor(t, cond, what)
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // ---------------------------------------------------------------------------
@@ -77,7 +78,7 @@ func hoIsClosed(err error) bool {
 
 func hoDialTCP(t testing.TB, s *Server) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", hoAddr(s), 5*time.Second)
+	c, err := net.DialTimeout("tcp", hoAddr(s), testutil.Patience)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func hoReadToClose(t testing.TB, c net.Conn, d time.Duration) []byte {
 // hoWrite writes b, ignoring errors caused by the server having closed
 // already (the point of most tests).
 func hoWrite(c net.Conn, b []byte) {
-	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetWriteDeadline(time.Now().Add(testutil.Patience))
 	_, _ = c.Write(b)
 }
 
@@ -120,7 +121,7 @@ type hoWS struct {
 
 func hoDialWS(t testing.TB, s *Server) *hoWS {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
 	c, br, _, err := ws.Dialer{}.Dial(ctx, wsURL(s))
 	if err != nil {
@@ -239,7 +240,7 @@ func (w *hoWS) expectClose(d time.Duration, frameOptional bool) hoClose {
 // expectCode asserts that the server closes with a close frame of code.
 func (w *hoWS) expectCode(code ws.StatusCode) hoClose {
 	w.t.Helper()
-	res := w.expectClose(5*time.Second, false)
+	res := w.expectClose(testutil.Patience, false)
 	if res.code != code {
 		w.t.Fatalf("close code %d (%q), want %d", res.code, res.reason, code)
 	}
@@ -250,7 +251,7 @@ func (w *hoWS) expectCode(code ws.StatusCode) hoClose {
 func (w *hoWS) readJSON() map[string]any {
 	w.t.Helper()
 	for {
-		h, p, err := w.readFrame(5 * time.Second)
+		h, p, err := w.readFrame(testutil.Patience)
 		if err != nil {
 			w.t.Fatalf("read JSON: %v", err)
 		}

@@ -121,7 +121,7 @@ func (s *Server) httpRoot() http.Handler {
 				}
 			}
 		}
-		if s.cfg.Access != nil && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
+		if s.cfg.Access != nil && !healthCheck(r) && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
 			s.stats.httpDenied.Inc()
 			http.Error(w, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client", http.StatusForbidden)
 			return
@@ -129,6 +129,13 @@ func (s *Server) httpRoot() http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
 		s.mux.ServeHTTP(w, r)
 	})
+}
+
+// healthCheck reports whether r is a load balancer's health check (GET or
+// HEAD /healthz, /readyz): it answers every client, whatever the access
+// rules say, and tells nothing but the relay's state.
+func healthCheck(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.URL.Path == "/healthz" || r.URL.Path == "/readyz")
 }
 
 // httpHandoff is the target of a connection whose request goes to

@@ -40,6 +40,8 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_netpoll_rescued_total":        {"counter", "Live connections netpoll reported hung up, moved to a forwarding loop instead."},
 	"meetpoint_closes_total":                 {"counter", "Connections ended, by reason (every close has exactly one)."},
 	"meetpoint_ready":                        {"gauge", "1 while the relay accepts new clients, 0 while starting, draining or closed."},
+	"meetpoint_dependency_up":                {"gauge", "1 while an outside service the relay relies on (by name: auth_redis, auth_webhook, events_redis) answered last, 0 while it is unreachable."},
+	"meetpoint_dependency_outages_total":     {"counter", "Outages of an outside service the relay relies on, by name: each began with a failed request or probe."},
 	"meetpoint_build_info":                   {"gauge", "Always 1; the version label is the build's."},
 }
 

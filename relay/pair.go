@@ -240,6 +240,8 @@ func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text stri
 		q := handshake.Queue{B: final}
 		c.ws.SendClose(&q, code, text)
 		final = q.B
+	} else {
+		final = append(final, c.closingNote(r, text)...)
 	}
 	s.goodbye(c.sk, final, true, c.tk, r)
 }

@@ -56,6 +56,7 @@ type Server struct {
 	metricDocs   []map[string]MetricDoc // and their families' docs
 	drainHooks   []func()
 	readiness    []readinessCheck
+	deps         []*Dependency // AddDependency
 	mux          *http.ServeMux
 	subprotocols map[string]http.Handler
 	handoffs     [handoffKinds]*loop.Handoff // nil: that kind is not served

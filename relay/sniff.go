@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"fmt"
+
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
@@ -43,7 +45,7 @@ func (c *conn) sniff(p []byte) {
 		return
 	case kind != handshake.KindUnknown && !inTLS && c.s.cfg.TLSOnly:
 		c.s.log.Debug("refused plaintext client: TLS only", "peer", c.peer.String())
-		c.close(reason.TLS)
+		c.refusePlaintext(kind)
 		return
 	}
 	switch kind {
@@ -60,6 +62,29 @@ func (c *conn) sniff(p []byte) {
 		c.s.log.Debug("refused client: unknown protocol", "peer", c.peer.String())
 		c.close(reason.Sniff)
 	}
+}
+
+// tlsOnlyText is what a plaintext client of a TLS-only relay is told.
+const tlsOnlyText = "this relay accepts TLS only: connect with tls:// (raw TCP), wss:// or https://"
+
+// tlsOnlyHTTP answers a plaintext HTTP request (a WebSocket upgrade or
+// not) on a TLS-only relay.
+var tlsOnlyHTTP = fmt.Sprintf("HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.2, HTTP/1.1\r\nConnection: close\r\n"+
+	"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s\n", len(tlsOnlyText)+1, tlsOnlyText)
+
+// refusePlaintext tells a plaintext client of a TLS-only relay why it is
+// closed, in the protocol it speaks: a JSON-RPC error (raw TCP), a 426
+// with a line of text (HTTP: WebSocket clients and browsers); then a
+// lingering close (reason TLS). Called with mu held.
+func (c *conn) refusePlaintext(kind handshake.Kind) {
+	switch kind {
+	case handshake.KindJSON:
+		c.sendRaw(handshake.AppendError(nil, -1, tlsOnlyText))
+	case handshake.KindHTTP:
+		c.sendRaw([]byte(tlsOnlyHTTP))
+	}
+	c.linger = true
+	c.close(reason.TLS)
 }
 
 // toTLS claims the connection for a TLS handshake: the socket leaves

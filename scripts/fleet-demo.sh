@@ -2,8 +2,8 @@
 # fleet-demo: redis-server, three meetpoint nodes and HAProxy in TCP mode
 # (round-robin) in front of them, then two `meetpoint client`s that pair
 # through the balancer — on different nodes, whatever HAProxy chose — and
-# exchange a line each way. Everything on loopback, in a temporary
-# directory, stopped on exit. Needs redis-server and haproxy
+# exchange a line each way, then end (about 5 seconds, progress on the
+# way). Everything on loopback, in a temporary directory, stopped on exit. Needs redis-server and haproxy
 # (apt-get install redis-server haproxy); builds bin/meetpoint if missing.
 #
 #   scripts/fleet-demo.sh          # or: make fleet-demo
@@ -31,12 +31,17 @@ wait_port() { # wait until 127.0.0.1:$1 accepts
   echo "fleet-demo: nothing listens on port $1 (logs in $dir)" >&2; exit 1
 }
 
+start=$(date +%s)
+step() { echo "fleet-demo [$(($(date +%s) - start))s]: $*"; }
+
+step "starting redis-server"
 REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
 pids+=($!)
 wait_port "$REDIS"
 "$MP" token --gen-key "$dir/mesh.key" >/dev/null 2>&1 || { echo "fleet-demo: meetpoint token --gen-key failed" >&2; exit 1; }
 
+step "starting three meetpoint nodes on it"
 PORTS=()
 for n in a b c; do
   p=$(free_port)
@@ -47,6 +52,7 @@ for n in a b c; do
 done
 for p in "${PORTS[@]}"; do wait_port "$p"; done
 
+step "starting HAProxy (TCP, round-robin) in front of them"
 LB=$(free_port)
 cat >"$dir/haproxy.cfg" <<CFG
 global
@@ -72,12 +78,20 @@ sleep 0.3 # the nodes see each other after a heartbeat
 
 echo "fleet: redis 127.0.0.1:$REDIS, nodes on ${PORTS[*]}, HAProxy round-robin on 127.0.0.1:$LB"
 token=demo-$RANDOM$RANDOM
-( sleep 1; echo "hello from alice"; sleep 2 ) | "$MP" client --url tcp://127.0.0.1:"$LB" --token "$token" --name alice >"$dir/out-a" 2>"$dir/err-a" &
+# Each client says its line once paired and closes the tunnel when its
+# input ends (--close-on-eof); without that both would wait for the other
+# to close, until HAProxy's idle timeout cut them a minute later.
+step "alice (raw TCP) and bob (WebSocket) connect through HAProxy with one token"
+( sleep 1; echo "hello from alice"; sleep 2 ) | "$MP" client --url tcp://127.0.0.1:"$LB" --token "$token" --name alice --close-on-eof >"$dir/out-a" 2>"$dir/err-a" &
 pa=$!
 sleep 0.3
-( sleep 1; echo "hello from bob"; sleep 2 ) | "$MP" client --url ws://127.0.0.1:"$LB"/ --token "$token" --name bob >"$dir/out-b" 2>"$dir/err-b" &
+( sleep 1; echo "hello from bob"; sleep 2 ) | "$MP" client --url ws://127.0.0.1:"$LB"/ --token "$token" --name bob --close-on-eof >"$dir/out-b" 2>"$dir/err-b" &
 pb=$!
+( sleep 20; kill "$pa" "$pb" 2>/dev/null ) & # never longer than this
+watchdog=$!
 wait "$pa" "$pb" || true
+kill "$watchdog" 2>/dev/null || true
+step "both clients ended"
 
 ok=1
 grep -q "hello from bob" "$dir/out-a" || ok=0

@@ -49,13 +49,13 @@ func node(t *testing.T) string {
 }
 
 // TestNodeSuite runs client/js/test with Node's test runner against a real
-// relay (1 s alone timeout, tokens "bad-…" refused), with a TunnelProxy
+// relay (3 s alone timeout, tokens "bad-…" refused), with a TunnelProxy
 // echo server registered on it.
 func TestNodeSuite(t *testing.T) {
 	nodeBin := node(t)
 	s := relaytest.New(t, func(c *relay.Config) {
 		c.Auth = relaytest.RefuseBad{}
-		c.AloneTimeout = time.Second
+		c.AloneTimeout = 3 * time.Second // the no_partner test waits it out; pairs must never race it
 	})
 	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
 		t.Fatal(err)
@@ -108,6 +108,35 @@ func TestNodeSuite(t *testing.T) {
 	}
 }
 
+// TestNodeWebSocketFlag: imported by a Node without a WebSocket (Node 20
+// and 21 without --experimental-websocket), the module says so at once,
+// with the flag to use; with it, or on Node 22+, it says nothing.
+func TestNodeWebSocketFlag(t *testing.T) {
+	nodeBin := node(t)
+	script := `const m = await import("./meetpoint.js");
+try { await m.pair({url: "ws://127.0.0.1:1/", token: "t"}); } catch (e) { console.log("pair: " + e.message); }`
+	run := func(flags ...string) string {
+		out, err := exec.Command(nodeBin, append(flags, "--input-type=module", "-e", script)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("node %v: %v\n%s", flags, err, out)
+		}
+		return string(out)
+	}
+	const hint = "run it with --experimental-websocket"
+	without := run()
+	if v, _ := exec.Command(nodeBin, "-p", "typeof WebSocket").Output(); strings.TrimSpace(string(v)) == "undefined" {
+		if !strings.Contains(without, "meetpoint: Node ") || !strings.Contains(without, hint) ||
+			!strings.Contains(without, "pair: Node ") {
+			t.Errorf("a Node without WebSocket: the import and pair() should say %q:\n%s", hint, without)
+		}
+	} else if strings.Contains(without, hint) {
+		t.Errorf("a Node with a WebSocket got the hint:\n%s", without)
+	}
+	if with := run("--experimental-websocket"); strings.Contains(with, hint) {
+		t.Errorf("--experimental-websocket still got the hint:\n%s", with)
+	}
+}
+
 // TestVersionTied checks the module's VERSION against package.json, so a
 // release bumps both.
 func TestVersionTied(t *testing.T) {
@@ -148,5 +177,21 @@ func TestNPMPackage(t *testing.T) {
 	sort.Strings(files)
 	if got := strings.Join(files, " "); got != "README.md meetpoint.d.ts meetpoint.js package.json" || packs[0].Name != "meetpoint" {
 		t.Fatalf("npm package %s@%s ships %s", packs[0].Name, packs[0].Version, got)
+	}
+	// The README's install from a clone, offline, and an import of it.
+	here, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := t.TempDir()
+	install := exec.Command(npm, "install", "--offline", "--no-audit", "--no-fund", here)
+	install.Dir = app
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("npm install %s: %v\n%s", here, err, out)
+	}
+	imp := exec.Command(node(t), "--experimental-websocket", "--input-type=module", "-e", `console.log((await import("meetpoint")).VERSION)`)
+	imp.Dir = app
+	if out, err := imp.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != packs[0].Version {
+		t.Fatalf("import the installed package: %v %q", err, out)
 	}
 }

@@ -42,6 +42,14 @@ export class MeetpointError extends Error {
   }
 }
 
+// Node 20 and 21 have a WebSocket only behind a flag: say so once, when
+// the module is imported, rather than at the first pair().
+const nodeVersion = globalThis.process?.versions?.node;
+const noWebSocket = nodeVersion && typeof globalThis.WebSocket === "undefined"
+  ? `Node ${nodeVersion} has no WebSocket: run it with --experimental-websocket (Node 20.10+), use Node 22 or later, or pass opts.WebSocket`
+  : "";
+if (noWebSocket) console.warn("meetpoint: " + noWebSocket);
+
 const NO_ERROR = "AuthenticationErrorNoError";
 const TP_NO_ERROR = "TunnelProxyErrorNoError";
 
@@ -71,7 +79,7 @@ function closeError(ev, established) {
   if (established) {
     if (why === "partner closed") return new MeetpointError("partner_left", "the partner left the tunnel", { closeCode: ev.code });
   } else {
-    if (why === "No partner arrived")
+    if (why.startsWith("No partner arrived"))
       return new MeetpointError("no_partner", "no partner presented the token within the relay's alone timeout", { closeCode: ev.code });
     if (why === "Tunnel already exists")
       return new MeetpointError("tunnel_exists", "a tunnel for this token and nonce is already established", { closeCode: ev.code });
@@ -187,7 +195,7 @@ export class Tunnel extends EventTarget {
 // builds what the promise resolves with.
 function open(opts, request, onReply, make = (ws, peer) => new Tunnel(ws, peer)) {
   const WS = opts.WebSocket || globalThis.WebSocket;
-  if (!WS) throw new MeetpointError("network", "no WebSocket implementation (pass opts.WebSocket)");
+  if (!WS) throw new MeetpointError("network", noWebSocket || "no WebSocket implementation (pass opts.WebSocket)");
   if (!opts.url || !/^wss?:\/\//.test(opts.url))
     throw new TypeError(`url must be ws://HOST:PORT/ or wss://HOST:PORT/, got ${JSON.stringify(opts.url)}`);
   return new Promise((resolve, reject) => {

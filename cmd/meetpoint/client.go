@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
@@ -51,7 +50,7 @@ func clientFlags() (*flag.FlagSet, *clientSettings) {
 	fs.StringVar(&v.opts.Nonce, "nonce", "", "nonce; clients with the same token and nonce meet")
 	fs.StringVar(&v.opts.UUID, "uuid", "", "client uuid (default random)")
 	fs.StringVar(&v.opts.Name, "name", name, "client name shown to the partner")
-	fs.DurationVar(&v.opts.Timeout, "timeout", client.DefaultTimeout, "time allowed to connect, authenticate and meet the partner")
+	fs.DurationVar(&v.opts.Timeout, "timeout", 0, "give up when no partner has come within this `DURATION` of starting (default: wait as long as the relay keeps us, its --alone-timeout; connecting and authenticating get 30s)")
 	fs.BoolVar(&v.verbose, "verbose", false, "print the JSON-RPC exchange to stderr (token masked)")
 	fs.BoolVar(&v.hello, "hello", false, "call RemoteProxy.Hello, print the reply's params and exit")
 	fs.BoolVar(&v.closeOnEOF, "close-on-eof", false, "close the tunnel when stdin ends (default: wait for the partner, like nc)")
@@ -93,9 +92,12 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	if v.opts.Timeout <= 0 {
-		fmt.Fprintln(stderr, "meetpoint client: --timeout must be positive")
+	if v.opts.Timeout < 0 {
+		fmt.Fprintln(stderr, "meetpoint client: --timeout must be positive (or 0: wait as long as the relay does)")
 		return 2
+	}
+	if v.opts.Timeout == 0 { // the relay's alone timeout decides how long we wait
+		v.opts.Timeout, v.opts.WaitRelay = client.DefaultTimeout, true
 	}
 	if v.verbose {
 		v.opts.Verbose = stderr
@@ -111,21 +113,37 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if v.serve != "" || v.serverUUID != "" {
 		return runTunnelProxy(ctx, v, stdin, stdout, stderr)
 	}
+	if !v.hello {
+		switch inURL := client.URLHasToken(v.opts.URL); {
+		case inURL && v.opts.Token != "":
+			fmt.Fprintln(stderr, "meetpoint client: a token in --url and --token: give one")
+			return 2
+		case !inURL && v.opts.Token == "":
+			// An empty token would pair with anyone's empty token on a
+			// relay that accepts every token (--auth dummy).
+			fmt.Fprintln(stderr, "meetpoint client: --token is required (or ?token= in a ws:// or wss:// --url)")
+			return 2
+		}
+	}
 
 	if v.hello {
 		params, err := client.Hello(ctx, v.opts)
 		if err != nil {
-			return clientFail(stderr, err, v.opts.Timeout)
+			return clientFail(stderr, err, v.opts, false)
 		}
 		b, _ := json.MarshalIndent(params, "", "  ")
 		fmt.Fprintf(stdout, "%s\n", b)
 		return 0
 	}
 
-	v.opts.Waiting = func() { fmt.Fprintln(stderr, "meetpoint: authenticated; waiting for a partner…") }
+	waiting := false
+	v.opts.Waiting = func() {
+		waiting = true
+		fmt.Fprintln(stderr, "meetpoint: authenticated; waiting for a partner…")
+	}
 	tun, err := client.Dial(ctx, v.opts)
 	if err != nil {
-		return clientFail(stderr, err, v.opts.Timeout)
+		return clientFail(stderr, err, v.opts, waiting)
 	}
 	defer tun.Close()
 	fmt.Fprintf(stderr, "meetpoint: tunnel established with %q (%s)\n", tun.PeerName(), tun.PeerUUID())
@@ -160,14 +178,19 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return 0 // we had said everything; the partner finished
 }
 
-// clientFail prints one line for a failed connection and returns 1.
-func clientFail(stderr io.Writer, err error, timeout time.Duration) int {
+// clientFail prints one line for a failed connection and returns 1; it
+// says which side gave up: this client (--timeout) or the relay.
+// waiting is whether the client had authenticated and waited for its
+// partner.
+func clientFail(stderr io.Writer, err error, o client.Options, waiting bool) int {
 	var ae *client.AuthError
 	var np *client.NoPartnerError
 	var ua x509.UnknownAuthorityError
 	switch {
+	case errors.Is(err, client.ErrTimeout) && waiting:
+		fmt.Fprintf(stderr, "meetpoint: this client gave up: no partner within %v (--timeout; without it the client waits as long as the relay does)\n", o.Timeout)
 	case errors.Is(err, client.ErrTimeout):
-		fmt.Fprintf(stderr, "meetpoint: timed out waiting for partner after %v (--timeout)\n", timeout)
+		fmt.Fprintf(stderr, "meetpoint: timed out after %v connecting to the relay and authenticating (--timeout)\n", o.Timeout)
 	case errors.As(err, &np):
 		fmt.Fprintf(stderr, "meetpoint: %v\n", np)
 	case errors.As(err, &ae):
@@ -201,6 +224,9 @@ func checkURL(raw string) (secure bool, err error) {
 	case "tcp", "tls", "ssl":
 		if u.Port() == "" {
 			return bad()
+		}
+		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return false, fmt.Errorf("--url %q: a %s:// URL is HOST:PORT only, no path or query (the token goes in --token; a token in the URL needs ws:// or wss://)", raw, u.Scheme)
 		}
 		return u.Scheme != "tcp", nil
 	}

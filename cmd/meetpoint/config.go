@@ -415,7 +415,7 @@ func readNymeaConfig(path string, fs *flag.FlagSet) ([]setting, []string, error)
 		}
 	}
 	if ini.has("AWS") {
-		warn = append(warn, "[AWS] ignored: meetpoint has no AWS Lambda authenticator; choose one with auth (file:PATH or hmac:KEYFILE)")
+		warn = append(warn, "[AWS] ignored: meetpoint asks no AWS Lambda; choose an authenticator with auth: webhook:URL (your own HTTP service answers the same question), file:PATH or hmac:KEYFILE")
 	}
 	return ss, warn, nil
 }

@@ -209,7 +209,7 @@ func TestPrintConfigMigrationWarnings(t *testing.T) {
 	if code := run([]string{"serve", "--nymea-config", "testdata/nymea-remoteproxy.conf", "--print-config"}, nil, &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	for _, w := range []string{"[AWS] ignored", `auth is "dummy": every token is accepted`, "logFile"} {
+	for _, w := range []string{"[AWS] ignored", `auth is "dummy": every token is accepted`, `set auth = "webhook:URL"`, "logFile"} {
 		if !strings.Contains(out.String(), "# WARNING: ") || !strings.Contains(out.String(), w) {
 			t.Errorf("print-config output lacks a warning about %q", w)
 		}

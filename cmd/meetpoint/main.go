@@ -3,7 +3,7 @@
 //
 //	meetpoint serve   [flags]   run the relay
 //	meetpoint client  [flags]   connect to a partner, like nc
-//	meetpoint token   [flags]   mint an HMAC token or generate a key
+//	meetpoint token   [flags]   mint an HMAC or one-time token, or generate a key
 //	meetpoint monitor [flags]   live view of a running relay
 //	meetpoint bench   <scenario> [flags]   benchmark a relay against reference peers
 //	meetpoint version           print the version
@@ -26,7 +26,10 @@ const usage = `usage: meetpoint <command> [flags]
 commands:
   serve     run the relay
   client    connect to a partner through a relay (stdin/stdout, like nc)
-  token     mint an HMAC token (--key, --ttl, --id) or write a new key (--gen-key)
+  token     mint a token: HMAC (--key FILE, --ttl, --id) or one-time into Redis
+            (--redis URL, --user, --ttl); or write a new key (--gen-key FILE) for
+            HMAC tokens (--auth hmac:), the admin API (--admin-key-file) or a
+            fleet's mesh (--mesh-key-file)
   monitor   live view of a running relay (--socket PATH, the relay's --monitor)
   bench     benchmark a relay side by side with reference peers (quick, full, or one scenario)
   version   print the version

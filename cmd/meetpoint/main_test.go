@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 func TestParseServeDefaults(t *testing.T) {
@@ -82,6 +84,7 @@ func TestParseServeErrors(t *testing.T) {
 	}{
 		{[]string{"--inactive-timeout", "abc"}, "inactive-timeout"},
 		{[]string{"--alone-timeout", "0s"}, "alone-timeout"},
+		{[]string{"--listen", "[fe80::1]:8443"}, "a link-local address needs its interface as a zone, e.g. [fe80::1%eth0]:PORT"},
 		{[]string{"--max-buffer", "10"}, "max-buffer"},
 		{[]string{"--loops", "-1"}, "loops"},
 		{[]string{"--auth", "bogus"}, "auth"},
@@ -130,6 +133,11 @@ func TestToken(t *testing.T) {
 	if code := run([]string{"token", "--gen-key", key}, nil, io.Discard, &said); code != 0 || !strings.Contains(said.String(), "wrote a new key to "+key) {
 		t.Fatalf("gen-key: %d %q", code, said.String())
 	}
+	for _, use := range []string{"--auth hmac:" + key, "--admin-key-file " + key, "--mesh-key-file " + key} {
+		if !strings.Contains(said.String(), use) {
+			t.Errorf("gen-key does not mention %q: %q", use, said.String())
+		}
+	}
 	st, err := os.Stat(key)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", st, err)
@@ -154,6 +162,13 @@ func TestToken(t *testing.T) {
 	}
 	if code := run([]string{"token"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("no key: %d", code)
+	}
+	// A Redis that does not answer: one line saying so, not go-redis's retries.
+	errb.Reset()
+	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", relaytest.FreePort(t))
+	if code := run([]string{"token", "--redis", dead, "--user", "u"}, nil, io.Discard, &errb); code != 1 ||
+		strings.Count(errb.String(), "\n") != 1 || !strings.Contains(errb.String(), "unreachable") {
+		t.Errorf("token --redis on a dead Redis: %d %q", code, errb.String())
 	}
 }
 
@@ -194,8 +209,11 @@ func fakeRelay(t *testing.T) string {
 				case "alone":
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
 					io.Copy(io.Discard, br)
-				case "lonely": // the relay's alone timeout, at once
+				case "lonely": // the connection ends without a reason
 					io.WriteString(c, reply("AuthenticationErrorNoError"))
+				case "third": // the relay says why
+					io.WriteString(c, reply("AuthenticationErrorNoError")+
+						`{"id":0,"notification":"RemoteProxy.Closing","params":{"reason":"tunnel_exists","message":"Tunnel already exists"}}`+"\n")
 				default:
 					io.WriteString(c, reply("AuthenticationErrorNoError")+
 						`{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"p","uuid":"u"}}`+"\nhi\n")
@@ -238,14 +256,21 @@ func TestClientCommand(t *testing.T) {
 	}
 	errb.Reset()
 	code = run([]string{"client", "--url", url, "--token", "alone", "--timeout", "200ms"}, strings.NewReader(""), io.Discard, &errb)
-	if code != 1 || errb.String() != "meetpoint: authenticated; waiting for a partner…\nmeetpoint: timed out waiting for partner after 200ms (--timeout)\n" {
+	if code != 1 || errb.String() != "meetpoint: authenticated; waiting for a partner…\n"+
+		"meetpoint: this client gave up: no partner within 200ms (--timeout; without it the client waits as long as the relay does)\n" {
 		t.Fatalf("alone: %d %q", code, errb.String())
 	}
-	// The relay closing a lone client says why it likely did.
+	// The relay ending the wait: its reason, or that it gave none (and no
+	// blame on a timeout).
+	errb.Reset()
+	code = run([]string{"client", "--url", url, "--token", "third"}, strings.NewReader(""), io.Discard, &errb)
+	if code != 1 || !strings.HasSuffix(errb.String(), ": Tunnel already exists\n") {
+		t.Fatalf("third: %d %q", code, errb.String())
+	}
 	errb.Reset()
 	code = run([]string{"client", "--url", url, "--token", "lonely"}, strings.NewReader(""), io.Discard, &errb)
-	if code != 1 || !strings.Contains(errb.String(), "meetpoint: no partner arrived within ") ||
-		!strings.Contains(errb.String(), "the relay closed the connection (its --alone-timeout, 8s by default)") {
+	if code != 1 || !strings.Contains(errb.String(), "meetpoint: the connection to the relay ended after ") ||
+		!strings.Contains(errb.String(), "without a reason") || strings.Contains(errb.String(), "alone-timeout") {
 		t.Fatalf("lonely: %d %q", code, errb.String())
 	}
 	// Bad URLs and flags that cannot apply are usage errors (2) that say
@@ -259,13 +284,17 @@ func TestClientCommand(t *testing.T) {
 		{[]string{"client", "--url", "tcp://127.0.0.1", "--token", "x"}, "want ws://"},
 		{[]string{"client", "--url", url, "--token", "x", "--fingerprint", strings.Repeat("ab", 32)}, "--fingerprint needs a TLS URL"},
 		{[]string{"client", "--url", url, "--server-uuid", "dev-1"}, `--server-uuid "dev-1" is not a UUID (e.g. `},
+		{[]string{"client", "--url", url + "/path", "--token", "x"}, "is HOST:PORT only, no path or query"},
+		{[]string{"client", "--url", url + "?token=x"}, "is HOST:PORT only, no path or query"},
+		{[]string{"client", "--url", url}, "--token is required"},
+		{[]string{"client", "--url", "ws://127.0.0.1:1/?token=x", "--token", "y"}, "a token in --url and --token"},
 	} {
 		errb.Reset()
 		if code := run(tc.args, strings.NewReader(""), io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v: %d %q, want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
 	}
-	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "0s"}} {
+	for _, args := range [][]string{{"client"}, {"client", "--url", url, "--timeout", "abc"}, {"client", "--url", url, "--timeout", "-1s"}} {
 		errb.Reset()
 		if code := run(args, strings.NewReader(""), io.Discard, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 {
 			t.Fatalf("%v: %d %q", args, code, errb.String())

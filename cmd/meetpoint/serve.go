@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -106,6 +107,7 @@ type serveSettings struct {
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
 	meshKey    string        // --mesh-key-file
+	reqStore   bool          // --require-store
 
 	// Secrets given inline, from a configuration file only (configOnly).
 	certPEM, keyPEM, hmacKey string
@@ -196,6 +198,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
+	fs.BoolVar(&o.reqStore, "require-store", false, "refuse to start (exit 1, so that a supervisor retries) while an outside service the relay relies on does not answer: --auth redis://… or webhook:…, --events-redis; without it the relay starts with a warning and reports the service on /readyz")
 	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
@@ -220,6 +223,7 @@ type serveOptions struct {
 	monitor     string
 	drain       time.Duration
 	warnings    []string // from --nymea-config
+	reqStore    bool     // --require-store
 	routes      routes.Config
 	adminKey    string // POST /v1/tokens (one-time authenticator), POST /v1/events
 	events      *events.Config
@@ -285,8 +289,13 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	cfg := v.cfg
 	cfg.Listen = v.listen.vals
 	for _, addr := range cfg.Listen {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return fail("listen: %v", err)
+		}
+		// The kernel's answer would be "invalid argument".
+		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil && ip.IsLinkLocalUnicast() {
+			return fail("listen %s: a link-local address needs its interface as a zone, e.g. [%s%%eth0]:PORT", addr, host)
 		}
 	}
 	if v.exempt.set {
@@ -493,7 +502,7 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return fail("%v", err)
 	}
 	if v.nymeaConfig != "" && v.auth == "dummy" {
-		warnings = append(warnings, `auth is "dummy": every token is accepted (nymea authenticated through [AWS], which has no equivalent); set auth = "file:PATH" or "hmac:KEYFILE"`)
+		warnings = append(warnings, `auth is "dummy": every token is accepted (nymea authenticated through [AWS], its Lambda authorizer); set auth = "webhook:URL" (the same question asked of your own HTTP service, docs/auth.md), "file:PATH" or "hmac:KEYFILE"`)
 	}
 	if v.printConfig {
 		for _, w := range warnings { // on stderr too: stdout may go to a file
@@ -506,7 +515,57 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg}, -1
+		warnings: warnings, reqStore: v.reqStore, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg}, -1
+}
+
+// oneLine writes err (several joined, each perhaps already saying the
+// other: the token file read by the authenticator and again by the
+// limits' re-parse) as one line that says each thing once.
+func oneLine(err error) string {
+	var kept []string
+	for l := range strings.Lines(err.Error()) {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "meetpoint serve: "))
+		switch {
+		case l == "", slices.ContainsFunc(kept, func(k string) bool { return strings.Contains(k, l) }):
+			continue
+		}
+		kept = slices.DeleteFunc(kept, func(k string) bool { return strings.Contains(l, k) })
+		kept = append(kept, l)
+	}
+	return strings.Join(kept, "; ")
+}
+
+// The wait between two tries of a fleet's store at start: storeRetry,
+// doubling up to storeRetryMax.
+var storeRetry, storeRetryMax = time.Second, 30 * time.Second
+
+// waitStore pings a fleet's Redis until it answers: a node that boots
+// before its store waits for it, logging each failed try, instead of
+// exiting. SIGTERM or SIGINT meanwhile ends the wait (false).
+func waitStore(rdb redis.UniversalClient, log *slog.Logger, sigs <-chan os.Signal) bool {
+	wait := storeRetry
+	for try := 1; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			if try > 1 {
+				log.Info("fleet store reachable: joining the fleet", "tries", try)
+			}
+			return true
+		}
+		log.Warn("fleet store unreachable: waiting for it before joining the fleet", "err", err.Error(),
+			"try", try, "retry_in", wait.String())
+		select {
+		case sig := <-sigs:
+			if sig != syscall.SIGHUP {
+				log.Info("stopped while waiting for the fleet store", "signal", sig.String())
+				return false
+			}
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, storeRetryMax)
+	}
 }
 
 // fleetOptions is --fleet with its companions.
@@ -557,8 +616,12 @@ type serveStarted struct {
 // closes everything at once. Start-up failures return 1.
 func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, started func(serveStarted)) int {
 	log := o.cfg.Logger
+	quietRedis(log)
 	for _, w := range o.warnings {
 		log.Warn("nymea-config: " + w)
+	}
+	if (o.tlsCfg.ClientCA != "" || o.tlsCfg.ClientFingerprints != "") && !o.cfg.TLSOnly {
+		log.Warn("client certificates are required on TLS connections only: plaintext clients (ws://, tcp://) connect without one; add --tls-only to require them of every client")
 	}
 	store, err := certs.New(o.tlsCfg, log)
 	if err != nil {
@@ -582,11 +645,19 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	}
 	ops.Register(srv)
 	web.Register(srv)
-	if ot, ok := o.cfg.Auth.(*auth.OneTime); ok {
-		srv.AddMetrics(ot.Metrics())
+	// Outside services the authenticator relies on: their outages on
+	// /readyz, in metrics, one log line each (relay.Dependency).
+	switch a := o.cfg.Auth.(type) {
+	case *auth.OneTime:
+		srv.AddMetrics(a.Metrics())
 		if o.adminKey != "" {
-			srv.Handle("POST /v1/tokens", auth.MintHandler(ot, o.adminKey))
+			srv.Handle("POST /v1/tokens", auth.MintHandler(a, o.adminKey))
 		}
+		if rs, ok := a.Store().(*auth.RedisStore); ok {
+			a.Watch(srv.AddDependency("auth_redis", "the one-time token store ("+rs.String()+")", rs.Ping))
+		}
+	case *auth.Webhook:
+		a.Watch(srv.AddDependency("auth_webhook", "the authentication webhook ("+a.String()+")", a.Probe))
 	}
 	if o.events != nil {
 		ev, err := events.New(srv, *o.events)
@@ -605,6 +676,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 2
 		}
 		defer fleetRedis.Close()
+		if !waitStore(fleetRedis, log, sigs) {
+			return 0 // stopped while waiting
+		}
 	}
 	if o.groups != nil {
 		gc := *o.groups
@@ -651,6 +725,14 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 2
 		}
 		defer sr.Close()
+	}
+	checkCtx, checked := context.WithTimeout(context.Background(), 5*time.Second)
+	err = srv.CheckDependencies(checkCtx) // each one down is logged, once
+	checked()
+	if err != nil && o.reqStore {
+		srv.Close()
+		fmt.Fprintf(stderr, "meetpoint serve: %v (--require-store: not starting without it)\n", err)
+		return 1
 	}
 	if err := srv.Start(); err != nil {
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
@@ -735,7 +817,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 				err = errors.Join(err, lerr)
 			}
 			if err != nil {
-				log.Error("reload failed, keeping the previous state", "err", err)
+				log.Error("reload failed, keeping the previous state", "err", oneLine(err))
 			} else {
 				log.Info("reloaded: authenticator, access rules, certificate, limits")
 			}

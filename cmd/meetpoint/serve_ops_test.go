@@ -40,11 +40,12 @@ func (l *lockedBuffer) String() string {
 
 // testServe runs serveUntilSignal with a signal channel the test feeds.
 type testServe struct {
-	started serveStarted
-	sigs    chan os.Signal
-	done    chan int
-	logs    *lockedBuffer
-	stderr  *lockedBuffer
+	started   serveStarted
+	startedCh chan serveStarted
+	sigs      chan os.Signal
+	done      chan int
+	logs      *lockedBuffer
+	stderr    *lockedBuffer
 }
 
 func startServe(t *testing.T, args ...string) *testServe {
@@ -55,20 +56,24 @@ func startServe(t *testing.T, args ...string) *testServe {
 // startServeWith is startServe with stdin for `--config -`.
 func startServeWith(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
 	t.Helper()
-	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{}}
-	o, code := parseServeOptions(append([]string{"--listen", "127.0.0.1:0"}, args...), stdin, ts.logs, io.Discard, ts.stderr)
+	ts := launchServe(t, stdin, args...)
+	ts.waitStarted(t)
+	return ts
+}
+
+// launchServe parses args and runs serve without waiting for it to start
+// (waitStarted does); it is stopped at the end of the test.
+func launchServe(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
+	t.Helper()
+	ts := &testServe{sigs: make(chan os.Signal, 4), done: make(chan int, 1), logs: &lockedBuffer{}, stderr: &lockedBuffer{},
+		startedCh: make(chan serveStarted, 1)}
+	args = append([]string{"--listen", "127.0.0.1:0"}, args...)
+	o, code := parseServeOptions(args, stdin, ts.logs, io.Discard, ts.stderr)
 	if code != -1 {
 		t.Fatalf("parse: %d %s", code, ts.stderr.String())
 	}
-	started := make(chan serveStarted, 1)
-	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { started <- s }) }()
-	select {
-	case ts.started = <-started:
-	case code := <-ts.done:
-		t.Fatalf("serve exited %d: %s", code, ts.stderr.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not start")
-	}
+	o.limits = limitsReloader(args, stdin) // as runServe does
+	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { ts.startedCh <- s }) }()
 	t.Cleanup(func() {
 		select {
 		case ts.sigs <- syscall.SIGTERM:
@@ -80,11 +85,24 @@ func startServeWith(t *testing.T, stdin *stdinConfig, args ...string) *testServe
 		}
 		select {
 		case <-ts.done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(relaytest.Patience):
 			t.Error("serve did not stop")
 		}
 	})
 	return ts
+}
+
+// waitStarted waits until serve listens, failing if it exits first.
+func (ts *testServe) waitStarted(t *testing.T) {
+	t.Helper()
+	select {
+	case ts.started = <-ts.startedCh:
+	case code := <-ts.done:
+		ts.done <- code // for Cleanup
+		t.Fatalf("serve exited %d: %s", code, ts.stderr.String())
+	case <-time.After(relaytest.Patience):
+		t.Fatal("serve did not start")
+	}
 }
 
 func (ts *testServe) addr() string { return ts.started.srv.Addrs()[0].String() }
@@ -135,7 +153,9 @@ func echo(t *testing.T, from, to *client.Tunnel, msg string) {
 // per tunnel event, with no token in them.
 func TestServeDrainOnSIGTERM(t *testing.T) {
 	mon := filepath.Join(t.TempDir(), "mon.sock")
-	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "20s",
+	// The drain timeout is out of reach: serve returning at all says the
+	// tunnel's end ended the drain.
+	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "1h",
 		"--log-format", "json", "--log-level", "info")
 	const token = "very-secret-token-4711"
 	a, b := pairTunnel(t, ts.addr(), token)
@@ -156,7 +176,7 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 
 	start := time.Now()
 	ts.sigs <- syscall.SIGTERM
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		code, body := adminGet(t, ts, "/readyz")
 		if code == 503 && body == "draining\n" {
@@ -178,11 +198,8 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 	default:
 	}
 	a.Close()
-	if code := ts.wait(t, 5*time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	if el := time.Since(start); el > 10*time.Second {
-		t.Fatalf("drain took %v though the tunnel ended", el)
+	if code := ts.wait(t, relaytest.Patience); code != 0 {
+		t.Fatalf("exit %d (%v into the drain)", code, time.Since(start))
 	}
 	if _, err := os.Stat(mon); !os.IsNotExist(err) {
 		t.Fatalf("monitor socket left behind: %v", err)
@@ -211,7 +228,7 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 // A tunnel that outlives the drain timeout is closed when it passes, not
 // before.
 func TestServeDrainTimeout(t *testing.T) {
-	ts := startServe(t, "--drain-timeout", "600ms", "--log-level", "error")
+	ts := startServe(t, "--drain-timeout", "2s", "--log-level", "error")
 	a, b := pairTunnel(t, ts.addr(), "drain-timeout")
 	start := time.Now()
 	ts.sigs <- syscall.SIGTERM
@@ -219,10 +236,10 @@ func TestServeDrainTimeout(t *testing.T) {
 		echo(t, a, b, "ping")
 		time.Sleep(20 * time.Millisecond)
 	}
-	if code := ts.wait(t, 10*time.Second); code != 0 {
+	if code := ts.wait(t, relaytest.Patience); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if el := time.Since(start); el < 600*time.Millisecond {
+	if el := time.Since(start); el < 2*time.Second {
 		t.Fatalf("returned after %v, before the drain timeout", el)
 	}
 	_ = a.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -264,7 +281,7 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	}
 	os.WriteFile(tokens, []byte("alpha\nbeta\n"), 0o600)
 	ts.sigs <- syscall.SIGHUP
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for !strings.Contains(ts.logs.String(), "reloaded") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reload logged: %s", ts.logs.String())
@@ -277,7 +294,7 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	// A broken file keeps the old tokens and logs the error.
 	os.Remove(tokens)
 	ts.sigs <- syscall.SIGHUP
-	deadline = time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(relaytest.Patience)
 	for !strings.Contains(ts.logs.String(), "reload failed") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reload failure logged: %s", ts.logs.String())
@@ -286,6 +303,17 @@ func TestServeSIGHUPReloadsTokens(t *testing.T) {
 	}
 	a2, b2 := pairTunnel(t, ts.addr(), "alpha")
 	echo(t, a2, b2, "kept")
+	// One line, saying it once (the token file is read by the
+	// authenticator and again by the limits' re-parse).
+	var failed string
+	for l := range strings.Lines(ts.logs.String()) {
+		if strings.Contains(l, "reload failed") {
+			failed = l
+		}
+	}
+	if strings.Count(failed, "no such file") != 1 || strings.Contains(failed, `\n`) || strings.Contains(failed, "meetpoint serve:") {
+		t.Errorf("reload failure line: %q, want the error once, on one line", failed)
+	}
 }
 
 func TestServeStartFailures(t *testing.T) {
@@ -415,5 +443,87 @@ func TestServeMetricsDocumented(t *testing.T) {
 		if typeOf[fam] == "" {
 			t.Errorf("no %s on /metrics", fam)
 		}
+	}
+}
+
+// TestServeClientCAWarning: client certificates required while plaintext
+// stays open is said at start; with --tls-only it is not.
+func TestServeClientCAWarning(t *testing.T) {
+	dir := t.TempDir()
+	ca := relaytest.Cert(t, "test CA", nil, true)
+	caFile := filepath.Join(dir, "ca.pem")
+	relaytest.WriteCert(t, ca, caFile, "")
+	const warning = "client certificates are required on TLS connections only"
+	open := startServe(t, "--tls", "--data-dir", dir, "--tls-client-ca", caFile)
+	if !strings.Contains(open.logs.String(), warning) {
+		t.Errorf("no warning with plaintext open:\n%s", open.logs.String())
+	}
+	only := startServe(t, "--tls", "--data-dir", t.TempDir(), "--tls-client-ca", caFile, "--tls-only")
+	if strings.Contains(only.logs.String(), warning) {
+		t.Errorf("a warning with --tls-only:\n%s", only.logs.String())
+	}
+}
+
+// TestServeHealthUnderAccess: with access rules that allow an anonymous
+// client nothing, /healthz and /readyz still answer it on the relay port
+// (a load balancer checks them anonymously); the rest is refused.
+func TestServeHealthUnderAccess(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "access.toml")
+	if err := os.WriteFile(rules, []byte("[[rule]]\nname = \"own\"\nfingerprint = [\""+strings.Repeat("ab", 32)+"\"]\nallow = [\"*\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServe(t, "--access", rules)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/status.json": 403, "/metrics": 403} {
+		for _, method := range []string{"GET", "HEAD"} {
+			req, _ := http.NewRequest(method, "http://"+ts.addr()+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("%s %s: %d, want %d", method, path, resp.StatusCode, want)
+			}
+		}
+	}
+}
+
+// TestServeAPIErrorsAreJSON: a path of the relay's JSON APIs answered by
+// nobody, or with a method it is not served with, gets a JSON error with
+// the right status (404, 405 with Allow), not the relay port's text page.
+func TestServeAPIErrorsAreJSON(t *testing.T) {
+	ts := startServe(t)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"PATCH", "/group", 405, "POST"},
+		{"PUT", "/groups/abc", 405, "GET, PATCH, DELETE"},
+		{"GET", "/v1/turn/allocations", 404, ""}, // no --turn
+		{"POST", "/v1/tokens", 404, ""},          // no one-time tokens
+		{"GET", "/v1/nothing", 404, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+ts.addr()+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e struct{ Error string }
+		if resp.StatusCode != tc.status || resp.Header.Get("Allow") != tc.allow || resp.Header.Get("Content-Type") != "application/json" ||
+			json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, tc.path) {
+			t.Errorf("%s %s: %d Allow %q %s %q; want %d, Allow %q and a JSON error naming the path", tc.method, tc.path,
+				resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"), body, tc.status, tc.allow)
+		}
+	}
+	resp, err := http.Get("http://" + ts.addr() + "/no/such/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Errorf("a page path: %d %s, want the text 404", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"time"
 
@@ -48,8 +49,8 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
 			return 1
 		}
-		fmt.Fprintf(stderr, "meetpoint token: wrote a new key to %s (mode 0600); serve with --auth hmac:%s, mint with --key %s\n",
-			v.genKey, v.genKey, v.genKey)
+		fmt.Fprintf(stderr, "meetpoint token: wrote a new key to %[1]s (mode 0600); use it as an HMAC token key (serve --auth hmac:%[1]s, mint with token --key %[1]s), "+
+			"an admin key (--admin-key-file %[1]s) or a fleet's mesh key (--mesh-key-file %[1]s, the same file on every node)\n", v.genKey)
 		return 0
 	}
 	if v.redis != "" {
@@ -59,10 +60,14 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		defer store.Close()
+		quietRedis(slog.New(slog.DiscardHandler)) // its retries would print a line each
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		tok, _, err := auth.Mint(ctx, store, v.user, v.ttl)
 		if err != nil {
+			if pe := store.Ping(ctx); pe != nil {
+				err = fmt.Errorf("%s unreachable: %v", store, pe)
+			}
 			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)
 			return 1
 		}

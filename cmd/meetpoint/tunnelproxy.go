@@ -138,5 +138,5 @@ func tpFail(stderr io.Writer, err error, v *clientSettings) int {
 		fmt.Fprintf(stderr, "meetpoint: tunnelproxy: %s\n", te.Value)
 		return 1
 	}
-	return clientFail(stderr, err, v.opts.Timeout)
+	return clientFail(stderr, err, v.opts, false)
 }

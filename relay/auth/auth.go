@@ -40,7 +40,7 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 	if strings.HasPrefix(spec, "redis://") || strings.HasPrefix(spec, "rediss://") {
 		store, maxAge, err := ParseRedisAuth(spec)
 		if err != nil {
-			return nil, fmt.Errorf("auth: %w", err)
+			return nil, err // the caller names the setting
 		}
 		return NewOneTime(store, maxAge), nil
 	}
@@ -62,10 +62,10 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 	case kind == "webhook" && path != "":
 		a, err = NewWebhook(path)
 	default:
-		return nil, fmt.Errorf("auth spec %q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\", \"webhook:URL\", \"onetime\" or \"redis://HOST:PORT/DB\"", spec)
+		return nil, fmt.Errorf("%q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\", \"webhook:URL\", \"onetime\" or \"redis://HOST:PORT/DB\"", spec)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("auth spec %q: %w", spec, err)
+		return nil, fmt.Errorf("%q: %w", spec, err)
 	}
 	return a, nil
 }

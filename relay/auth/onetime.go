@@ -69,6 +69,7 @@ type OneTime struct {
 
 	set     *metrics.Set
 	results map[string]*metrics.Counter
+	dep     *relay.Dependency // the store's health (Watch), or nil
 }
 
 // oneTimeResults are the counted outcomes.
@@ -87,6 +88,11 @@ func NewOneTime(store TokenStore, maxAge time.Duration) *OneTime {
 	return o
 }
 
+// Watch makes o report to d whether its store answered each Take (d
+// tracks the store's outages: relay.Server.AddDependency). Call it before
+// the relay starts.
+func (o *OneTime) Watch(d *relay.Dependency) { o.dep = d }
+
 // Store is the token store (for minting next to the relay).
 func (o *OneTime) Store() TokenStore { return o.store }
 
@@ -99,6 +105,9 @@ func (o *OneTime) MaxAge() time.Duration { return o.maxAge }
 func (o *OneTime) Authenticate(ctx context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
 	go func() {
 		val, res, err := o.store.Take(ctx, req.Token, req.Nonce)
+		if o.dep != nil && ctx.Err() == nil {
+			o.dep.Report(err)
+		}
 		switch {
 		case err != nil:
 			o.count("store_error")
@@ -341,3 +350,9 @@ func (r *RedisStore) Put(ctx context.Context, token string, value []byte, ttl ti
 
 // Close closes the connections to Redis.
 func (r *RedisStore) Close() error { return r.rdb.Close() }
+
+// Ping checks that Redis answers.
+func (r *RedisStore) Ping(ctx context.Context) error { return r.rdb.Ping(ctx).Err() }
+
+// String names the store for people: its address, never its password.
+func (r *RedisStore) String() string { return "redis://" + r.rdb.Options().Addr }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -45,6 +46,8 @@ type Webhook struct {
 
 	mu    sync.Mutex
 	cache map[[32]byte]cached
+
+	dep *relay.Dependency // the service's health (Watch), or nil
 }
 
 type cached struct {
@@ -105,6 +108,40 @@ func (w *Webhook) Authenticate(ctx context.Context, req relay.AuthRequest, done 
 	}()
 }
 
+// Watch makes w report to d whether the service answered each request (d
+// tracks its outages: relay.Server.AddDependency). Call it before the relay
+// starts.
+func (w *Webhook) Watch(d *relay.Dependency) { w.dep = d }
+
+func (w *Webhook) report(err error) {
+	if w.dep != nil {
+		w.dep.Report(err)
+	}
+}
+
+// Probe checks that the service accepts connections (a TCP connection to
+// its host; no request is made, so no token is checked).
+func (w *Webhook) Probe(ctx context.Context) error {
+	u, _ := url.Parse(w.url)
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// String is the service's URL without its query (for people, in logs).
+func (w *Webhook) String() string {
+	u, _ := url.Parse(w.url)
+	u.RawQuery, u.Fragment = "", ""
+	return u.String()
+}
+
 func setSubject(req relay.AuthRequest, s string) {
 	if req.SetSubject != nil && s != "" {
 		req.SetSubject(s)
@@ -135,8 +172,10 @@ func (w *Webhook) ask(ctx context.Context, req relay.AuthRequest) (string, relay
 		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 			return "", relay.AuthTimeout
 		}
+		w.report(err)
 		return "", relay.AuthProxyError
 	}
+	w.report(nil) // it answered, whatever it said
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxWebhookAnswer))
 	if err != nil {

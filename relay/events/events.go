@@ -64,6 +64,7 @@ type Service struct {
 	seed   maphash.Seed
 	shards [64]shard
 	rdb    *redis.Client
+	dep    *relay.Dependency // rdb's health: /readyz, metrics, one log line per outage
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -107,6 +108,8 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("events redis URL: %v", err)
 		}
 		s.rdb = redis.NewClient(opt)
+		s.dep = srv.AddDependency("events_redis", "the events' Redis ("+opt.Addr+")",
+			func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() })
 		s.wg.Add(1)
 		go s.listen(ctx)
 	}
@@ -238,7 +241,11 @@ func (s *Service) Publish(ctx context.Context, channel string, data []byte) erro
 	}
 	s.published.Inc()
 	if s.rdb != nil {
-		return s.rdb.Publish(ctx, s.cfg.Prefix+channel, data).Err()
+		err := s.rdb.Publish(ctx, s.cfg.Prefix+channel, data).Err()
+		if ctx.Err() == nil {
+			s.dep.Report(err)
+		}
+		return err
 	}
 	s.Deliver(channel, data)
 	return nil

@@ -186,7 +186,6 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
 	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
-	quietRedis.Do(func() { redis.SetLogger(redisLog{cfg.Logger}) })
 	srv.HandleMethod("Mesh.Join", f.handleJoin)
 	if cfg.Reach != nil {
 		srv.HandleMethod("Mesh.Reach", f.handleReach)
@@ -196,16 +195,6 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	srv.AddMetrics(f.set, fleetDocs)
 	srv.AddReadiness("fleet", f.ready)
 	return f, nil
-}
-
-// quietRedis routes go-redis's own log (a line per failed dial while the
-// store is away) to Debug: the fleet logs the outage once, and counts it.
-var quietRedis sync.Once
-
-type redisLog struct{ l *slog.Logger }
-
-func (r redisLog) Printf(_ context.Context, format string, v ...any) {
-	r.l.Debug("redis: " + fmt.Sprintf(format, v...))
 }
 
 func b2f(b bool) float64 {

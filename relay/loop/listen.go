@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,7 +62,22 @@ func Listen(addr string) (*Listener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &Listener{addr: gl.Addr(), fd: fd}, nil
+	return &Listener{addr: withZone(gl.Addr(), addr), fd: fd}, nil
+}
+
+// withZone is a, with the IPv6 zone of the address it was asked for
+// ("[fe80::1%eth0]:8443") where the kernel's answer has none, so that
+// logs and clients see an address they can dial.
+func withZone(a net.Addr, asked string) net.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	host, _, err := net.SplitHostPort(asked)
+	_, zone, hasZone := strings.Cut(host, "%")
+	if !ok || err != nil || !hasZone || ta.Zone != "" {
+		return a
+	}
+	c := *ta
+	c.Zone = zone
+	return &c
 }
 
 // Fd implements netpoll.Listener: the descriptor netpoll polls, or -1

@@ -113,3 +113,29 @@ func TestListenerAccept(t *testing.T) {
 		l.Close()
 	}
 }
+
+// TestListenKeepsZone: a listener on an IPv6 link-local address reports
+// the zone it was bound with ([fe80::…%eth0]:port), so logs and clients
+// get an address they can dial.
+func TestListenKeepsZone(t *testing.T) {
+	ifs, _ := net.Interfaces()
+	for _, ifi := range ifs {
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.To4() != nil || !ipn.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			l, err := Listen("[" + ipn.IP.String() + "%" + ifi.Name + "]:0")
+			if err != nil {
+				t.Skipf("cannot listen on %s%%%s: %v", ipn.IP, ifi.Name, err)
+			}
+			defer l.Close()
+			if ta := l.Addr().(*net.TCPAddr); ta.Zone != ifi.Name {
+				t.Fatalf("listener address %s, want zone %s", ta, ifi.Name)
+			}
+			return
+		}
+	}
+	t.Skip("no IPv6 link-local address on this machine")
+}

@@ -7,9 +7,11 @@ package ops
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"strings"
 
 	"github.com/meetpoint/meetpoint/relay"
 )
@@ -27,6 +29,8 @@ const (
 //	GET /readyz   200 "ready", or 503 with why ("draining" once Shutdown has begun),
 //	              then a line per subsystem part ("fleet: ready"); with ?strict=1
 //	              a part that is not ready makes it 503 too
+//	a path served with other methods: 405 with Allow (a JSON error under the APIs)
+//	an unknown path under the JSON APIs (/v1/…, /group, /groups…): 404, JSON
 //	anything else 404 with a line saying what the port is for
 //
 // HEAD is answered like GET without the body; other methods get 405. The
@@ -37,8 +41,30 @@ func Register(s *relay.Server) {
 	s.Handle("/healthz", healthz())
 	s.Handle("/readyz", readyz(s))
 	s.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if allow := s.MethodsAt(r.URL.Path); len(allow) > 0 { // served, not with this method
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			msg := fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))
+			if apiPath(r.URL.Path) {
+				relay.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": msg})
+			} else {
+				writeText(w, r, http.StatusMethodNotAllowed, []byte(msg+"\n"))
+			}
+			return
+		}
+		if apiPath(r.URL.Path) {
+			relay.WriteJSON(w, http.StatusNotFound, map[string]string{
+				"error": fmt.Sprintf("%s %s: not served by this relay (see its --help for the APIs and the flags that turn them on)", r.Method, r.URL.Path)})
+			return
+		}
 		writeText(w, r, 404, []byte(notRelayBody))
 	}))
+}
+
+// apiPath reports whether path is under one of the relay's JSON APIs
+// (/v1/…, the groups API), whose errors are JSON whatever the path.
+func apiPath(path string) bool {
+	return strings.HasPrefix(path, "/v1/") || path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") ||
+		strings.HasPrefix(path, "/group/")
 }
 
 // notRelayBody answers paths nobody serves on the relay port.

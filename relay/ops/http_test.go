@@ -97,7 +97,7 @@ func opsEcho(t testing.TB, from, to *client.Tunnel, msg string) {
 // waitMetric polls /metrics until name has value want.
 func waitMetric(t testing.TB, s *relay.Server, name string, want float64) map[string]float64 {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		m := opsMetrics(t, s)
 		if m[name] == want {
@@ -155,7 +155,7 @@ func TestOpsMetricsFollowTunnels(t *testing.T) {
 	opsEcho(t, a, b, strings.Repeat("x", 1000))
 	opsEcho(t, b, a, strings.Repeat("y", 300))
 	var fromA string
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for fromA == "" {
 		m := opsMetrics(t, s)
 		dab, dba := m[ab]-m1[ab], m[ba]-m1[ba]
@@ -273,11 +273,13 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Out of reach: Shutdown returning at all says the tunnel's end
+		// ended it.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for s.Ready() {
 		if time.Now().After(deadline) {
 			t.Fatal("still ready after Shutdown began")
@@ -326,11 +328,8 @@ func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Shutdown: %v, want nil (the tunnel ended by itself)", err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the last tunnel ended")
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Shutdown took %v", d)
+	case <-time.After(relaytest.Patience):
+		t.Fatalf("Shutdown did not return after the last tunnel ended (%v after it began)", time.Since(start))
 	}
 }
 

@@ -183,7 +183,7 @@ func TestMonitorNymea18Push(t *testing.T) {
 	// Closed tunnels leave the list.
 	a.Close()
 	b.Close()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		d := readPush(t, dec)
 		if d.ProxyStatistic.TunnelCount == 0 {
@@ -258,7 +258,7 @@ func TestMonitorNymea113Refresh(t *testing.T) {
 	// only then). params may be left out.
 	w := waitingClient(t, s, "mon-refresh-alone")
 	defer w.Close()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		all := refresh(`{"method":"refresh","params":{"printAll":true}}`)
 		if all.Stat.ServerConnectionsCount == 2 {
@@ -337,7 +337,7 @@ func TestMonitorLateRequestAndHalfClose(t *testing.T) {
 	readPush(t, dec)
 	io.WriteString(c, `{"method":"refresh","params":{"printAll":true}}`+"\n")
 	// Drain whatever push raced with the request, then expect the answer.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		var m map[string]any
 		if err := dec.Decode(&m); err != nil {
@@ -419,7 +419,7 @@ func TestMonitorSocketLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		if _, err := os.Lstat(path2); os.IsNotExist(err) {
 			break

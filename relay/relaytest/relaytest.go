@@ -84,8 +84,15 @@ func TLS(t testing.TB) (*certs.Store, *tls.Config) {
 	return st, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }
 
-// WaitFor polls cond every 10 ms for up to 5 s and fails with what.
-func WaitFor(t testing.TB, cond func() bool, what string) {
+// Patience is how long a test waits for what should happen at once
+// (testutil.Patience: 20 s, for -race on a loaded machine).
+const Patience = testutil.Patience
+
+// WaitFor polls cond every 10 ms until it holds, for up to Patience, and
+// then fails the test naming what; cond is a func() bool, or a func() error
+// returning nil once it holds, whose last error the failure prints
+// (testutil.WaitFor).
+func WaitFor[C func() bool | func() error](t testing.TB, cond C, what string) {
 	t.Helper()
 	testutil.WaitFor(t, cond, what)
 }
@@ -111,6 +118,26 @@ func Redis(t testing.TB) string {
 	t.Helper()
 	addr, _ := testutil.Redis(t, 0)
 	return addr
+}
+
+// RedisOn is Redis on 127.0.0.1:port: a test starts the store where a
+// relay already expects it. It returns the address and a function that
+// stops it (also run at cleanup).
+func RedisOn(t testing.TB, port int) (addr string, stop func()) {
+	t.Helper()
+	return testutil.Redis(t, port)
+}
+
+// FreePort returns a loopback TCP port nothing listened on a moment ago
+// (for a service a test starts later, where a relay already expects it).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // RefuseBad accepts every token except those starting with "bad"

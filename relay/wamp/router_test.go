@@ -349,7 +349,9 @@ func TestBadInput(t *testing.T) {
 // bounded; a call times out (its own timeout option); a callee that
 // leaves fails its callers' calls; a late YIELD is dropped.
 func TestCallBounds(t *testing.T) {
-	_, srv := start(t, Config{MaxPending: 2, MaxRegistrations: 2, CallTimeout: 5 * time.Second})
+	// The router's own call timeout is out of reach: a call that times
+	// out did so by its own option.
+	_, srv := start(t, Config{MaxPending: 2, MaxRegistrations: 2, CallTimeout: time.Hour})
 	b := dial(t, srv)
 	b.join("main")
 	b.register(1, "p1")
@@ -375,12 +377,8 @@ func TestCallBounds(t *testing.T) {
 	// Its own timeout option: 200 ms.
 	a.send(mCall, 4, map[string]any{"timeout": 200}, "p2")
 	inv4 := b.expect(mInvocation)
-	start := time.Now()
 	if uri := a.expectError(mCall, 4); uri != errTimeout {
 		t.Fatalf("timed-out call: %q", uri)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("the 200 ms timeout took %v", d)
 	}
 	b.send(mYield, id(t, inv4, 0), map[string]any{}, []any{"late"}) // dropped
 
@@ -393,9 +391,13 @@ func TestCallBounds(t *testing.T) {
 	if uri := a.expectError(mCall, 5); uri != errNoSuchProcedure {
 		t.Fatalf("after the callee left: %q", uri)
 	}
-	if n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="timeout"}`); n != 1 {
-		t.Fatalf("timeouts counted %v, want 1", n)
-	}
+	// Counted once the error is sent: wait for it.
+	relaytest.WaitFor(t, func() error {
+		if n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="timeout"}`); n != 1 {
+			return fmt.Errorf("timeouts counted %v", n)
+		}
+		return nil
+	}, "the timed-out call counted once")
 }
 
 // TestPubSub: EVENT reaches subscribers but (by default) not the

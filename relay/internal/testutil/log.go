@@ -7,6 +7,7 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"sync"
@@ -61,17 +62,47 @@ func (l *Tail) String() string {
 	return string(l.buf[max(0, len(l.buf)-Max):])
 }
 
-// WaitFor polls cond every 10 ms for up to 5 s (under -race and a loaded
-// CI machine things take longer than they should) and fails with what.
-func WaitFor(t testing.TB, cond func() bool, what string) {
+// Patience is how long a test waits for what should happen at once: under
+// -race on a loaded 2-core machine "at once" can take seconds. A passing
+// test never waits it out; a failing one says what it waited for.
+const Patience = 20 * time.Second
+
+// WaitFor polls cond every 10 ms until it holds, for up to Patience, and
+// then fails the test naming what it waited for. cond is a func() bool, or
+// a func() error that returns nil once the condition holds: then the
+// failure also prints the last error it returned (nats' checkFor), e.g.
+// "timed out waiting for: the close counted (last: closes 3, want 4)".
+func WaitFor[C func() bool | func() error](t testing.TB, cond C, what string) {
 	t.Helper()
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if cond() {
+	check := func() error {
+		if holds, ok := any(cond).(func() bool); ok {
+			if holds() {
+				return nil
+			}
+			return errNotYet
+		}
+		return any(cond).(func() error)()
+	}
+	var last error
+	for end := time.Now().Add(patience); ; time.Sleep(10 * time.Millisecond) {
+		if last = check(); last == nil {
 			return
 		}
+		if time.Now().After(end) {
+			break
+		}
 	}
-	t.Fatalf("timed out waiting for: %s", what)
+	if last == errNotYet {
+		t.Fatalf("timed out after %v waiting for: %s", patience, what)
+	}
+	t.Fatalf("timed out after %v waiting for: %s (last: %v)", patience, what, last)
 }
+
+// patience is Patience, shortened by WaitFor's own test.
+var patience = Patience
+
+// errNotYet is a func() bool condition's "not yet".
+var errNotYet = errors.New("not yet")
 
 // DialPair dials a and b concurrently and returns both tunnels, closed at
 // the end of the test; it fails the test if either dial fails.

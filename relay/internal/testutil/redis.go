@@ -55,7 +55,7 @@ func startRedis(t testing.TB, bin string, port int) (addr string, stop func(), o
 	go func() { _ = cmd.Wait(); close(exited) }()
 	stop = func() { _ = cmd.Process.Kill(); <-exited }
 	t.Cleanup(stop)
-	for range 200 {
+	for end := time.Now().Add(Patience); time.Now().Before(end); {
 		select {
 		case <-exited:
 			return "", nil, false
