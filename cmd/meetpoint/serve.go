@@ -88,6 +88,7 @@ type serveSettings struct {
 	groups     bool          // --groups
 	groupTTL   time.Duration // --group-ttl
 	groupMax   time.Duration // --group-max-ttl
+	grp        disco.Config  // --groups-owner-secrets, --groups-max*, --groups-create-rate
 	apps       string        // --apps
 	appsOnly   bool          // --apps-only
 	signalOn   bool          // --signal
@@ -175,6 +176,11 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
 	fs.DurationVar(&o.groupTTL, "group-ttl", 5*time.Minute, "a group's life without an update (PATCH refreshes it)")
 	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")
+	fs.BoolVar(&o.grp.OwnerSecrets, "groups-owner-secrets", false, "an unregistered application's groups are replaced, updated and deleted only with the owner secret their creation returned (default: by anyone, as in Disco, which Disco's and Babble's clients need)")
+	fs.IntVar(&o.grp.MaxTotal, "groups-max", 10000, "groups kept in all; beyond, unregistered applications' new groups get 503")
+	fs.Int64Var(&o.grp.MaxBytes, "groups-max-bytes", 32<<20, "bytes of groups kept in all; beyond, unregistered applications' groups get 503")
+	fs.IntVar(&o.grp.MaxGroups, "groups-max-per-app", 1000, "groups one application may have")
+	fs.Float64Var(&o.grp.CreateRate, "groups-create-rate", 30, "new groups per minute from one client address (a refresh is not a creation)")
 	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API and signalling: lines \"APP_ID KEY\"; their groups and their realm need their key")
 	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API and signalling: refuse applications (realms) not in --apps")
 	fs.BoolVar(&o.signalOn, "signal", true, "serve WAMP v2 (wamp.2.json WebSockets) for WebRTC signalling as Babble does it (docs/discovery.md); with --fleet, calls reach other nodes")
@@ -420,9 +426,14 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var gcfg *disco.Config
 	if v.groups {
-		gcfg = &disco.Config{DataDir: v.tlsCfg.DataDir, TTL: v.groupTTL, MaxTTL: v.groupMax, AppsOnly: v.appsOnly, Apps: apps}
+		g := v.grp
+		g.DataDir, g.TTL, g.MaxTTL, g.AppsOnly, g.Apps = v.tlsCfg.DataDir, v.groupTTL, v.groupMax, v.appsOnly, apps
+		gcfg = &g
 		if v.groupTTL <= 0 || v.groupMax < v.groupTTL {
 			return fail("group-ttl must be positive and at most group-max-ttl (%v, %v)", v.groupTTL, v.groupMax)
+		}
+		if g.MaxTotal <= 0 || g.MaxBytes <= 0 || g.MaxGroups <= 0 || g.CreateRate <= 0 {
+			return fail("groups-max, groups-max-bytes, groups-max-per-app and groups-create-rate must be positive")
 		}
 	}
 	var scfg *wamp.Config
