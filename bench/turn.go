@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -326,7 +327,10 @@ func childTURN(args []string) error {
 	if err != nil {
 		return err
 	}
-	ts, err := turn.New(srv, turn.Config{Secret: []byte(turnSecret), PortMin: lo, PortMax: hi, MaxPerUser: 1000})
+	// The peers are plain sockets on loopback, which the peer policy
+	// refuses by default: allowed here, as coturn's --allow-loopback-peers.
+	ts, err := turn.New(srv, turn.Config{Secret: []byte(turnSecret), PortMin: lo, PortMax: hi, MaxPerUser: 1000,
+		AllowPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	if err != nil {
 		return err
 	}

@@ -100,6 +100,9 @@ type serveSettings struct {
 	turnPorts  string        // --turn-ports
 	turnPerUsr int           // --turn-max-per-user
 	turnRate   int64         // --turn-max-rate
+	turnAllow  listFlag      // --turn-allow-peer
+	turnDeny   listFlag      // --turn-deny-peer
+	turnTCP    bool          // --turn-tcp
 	fleetURL   string        // --fleet
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
@@ -192,6 +195,9 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.turnPorts, "turn-ports", "49152-65535", "relay port range `MIN-MAX`")
 	fs.IntVar(&o.turnPerUsr, "turn-max-per-user", 10, "TURN allocations one user may hold at once")
 	fs.Int64Var(&o.turnRate, "turn-max-rate", 0, "bytes per second one TURN allocation may relay each way (0: unbounded); datagrams over it are dropped and counted")
+	fs.Var(&o.turnAllow, "turn-allow-peer", "`CIDR` TURN allocations may reach although the default policy refuses it (loopback, private, link-local, … and the relay host's own addresses are refused by default), repeatable")
+	fs.Var(&o.turnDeny, "turn-deny-peer", "`CIDR` TURN allocations may never reach (wins over --turn-allow-peer), repeatable")
+	fs.BoolVar(&o.turnTCP, "turn-tcp", false, "allow RFC 6062 TCP allocations (TURN clients dialling TCP peers); off, they are refused")
 	fs.StringVar(&o.fleetURL, "fleet", "", "join a fleet of relays sharing this Redis (`URL` redis://HOST:PORT/DB, rediss://, redis+cluster://, redis+sentinel://): clients pair whichever node each lands on (docs/fleet.md); needs --mesh-key-file")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
@@ -469,8 +475,22 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 			return fail("turn-ports: %v", err)
 		}
 		tcfg.PortMin, tcfg.PortMax = lo, hi
-	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" {
-		return fail("turn-listen, turn-secret-file and turn-relay-ip need --turn")
+		for _, l := range []struct {
+			name string
+			vals []string
+			to   *[]netip.Prefix
+		}{{"turn-allow-peer", v.turnAllow.vals, &tcfg.AllowPeers}, {"turn-deny-peer", v.turnDeny.vals, &tcfg.DenyPeers}} {
+			for _, s := range l.vals {
+				p, err := turn.ParsePeerPrefix(s)
+				if err != nil {
+					return fail("%s: %v", l.name, err)
+				}
+				*l.to = append(*l.to, p)
+			}
+		}
+		tcfg.TCPAllocations = v.turnTCP
+	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" || len(v.turnAllow.vals) > 0 || len(v.turnDeny.vals) > 0 || v.turnTCP {
+		return fail("turn-listen, turn-secret-file, turn-relay-ip, turn-allow-peer, turn-deny-peer and turn-tcp need --turn")
 	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {

@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"errors"
 	"net"
 	"sort"
 	"sync/atomic"
@@ -32,12 +33,43 @@ func (g meteredGenerator) AllocatePacketConn(c pturn.AllocateListenerConfig) (ne
 	return g.s.meter(pc, c.UserID, addr), addr, nil
 }
 
+// errTCPOff refuses an RFC 6062 TCP allocation without --turn-tcp (pion
+// answers 508).
+var errTCPOff = errors.New("turn: TCP allocations are off (--turn-tcp)")
+
+// AllocateListener makes a TCP allocation's relay listener, if TCP
+// allocations are on.
+func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
+	if !g.s.cfg.TCPAllocations {
+		g.s.tcpRefused.Inc()
+		return nil, nil, errTCPOff
+	}
+	return g.RelayAddressGenerator.AllocateListener(c)
+}
+
+// AllocateConn dials a TCP allocation's peer (a Connect request, whose
+// peer address the permission handler already judged); the relay IP
+// itself is refused here (TURN to TURN is offered over UDP only) unless
+// --turn-allow-peer names it.
+func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, error) {
+	v := g.s.peers.judge(ipOf(c.RemoteAddr).Addr())
+	if v.relays {
+		v = verdict{class: "peer_own"}
+	}
+	if !v.ok {
+		g.s.peerRefused[v.class].Inc()
+		return nil, errors.New("turn: peer refused (" + v.class + ")")
+	}
+	return g.RelayAddressGenerator.AllocateConn(c)
+}
+
 // allocation is one relay socket's counters.
 type allocation struct {
 	net.PacketConn
 	s                *Service
 	user             string
 	relay            string
+	relayAddr        net.Addr // its port is in Service.livePorts while open
 	since            time.Time
 	in, out          *rate.Limiter // nil: no rate limit
 	rxBytes, txBytes atomic.Uint64 // from peers; to peers
@@ -48,7 +80,7 @@ type allocation struct {
 
 func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocation {
 	bigBuffers(pc)
-	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), since: time.Now()}
+	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), relayAddr: addr, since: time.Now()}
 	if r := s.cfg.MaxRate; r > 0 {
 		burst := max(int(r/4), 64<<10) // a datagram always fits
 		a.in, a.out = rate.NewLimiter(rate.Limit(r), burst), rate.NewLimiter(rate.Limit(r), burst)
@@ -56,6 +88,7 @@ func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocati
 	s.mu.Lock()
 	s.live[a] = true
 	s.mu.Unlock()
+	s.portOpened(addr, 1)
 	return a
 }
 
@@ -65,6 +98,9 @@ func (a *allocation) ReadFrom(p []byte) (int, net.Addr, error) {
 		n, from, err := a.PacketConn.ReadFrom(p)
 		if err != nil {
 			return n, from, err
+		}
+		if !a.s.relayPortOK(from) {
+			continue
 		}
 		if a.in != nil && !a.in.AllowN(time.Now(), n) {
 			a.dropped.Add(1)
@@ -82,6 +118,9 @@ func (a *allocation) ReadFrom(p []byte) (int, net.Addr, error) {
 // WriteTo sends a datagram to a peer within the rate (over it, it is
 // dropped and reported sent, as the network would).
 func (a *allocation) WriteTo(p []byte, to net.Addr) (int, error) {
+	if !a.s.relayPortOK(to) {
+		return len(p), nil // dropped and counted, as the rate does
+	}
 	if a.out != nil && !a.out.AllowN(time.Now(), len(p)) {
 		a.dropped.Add(1)
 		a.s.dropped.Inc()
@@ -102,6 +141,7 @@ func (a *allocation) Close() error {
 		a.s.mu.Lock()
 		delete(a.s.live, a)
 		a.s.mu.Unlock()
+		a.s.portOpened(a.relayAddr, -1)
 	}
 	return a.PacketConn.Close()
 }

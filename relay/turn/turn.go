@@ -22,10 +22,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -64,6 +66,16 @@ type Config struct {
 	// AdminKey, when set, serves GET /v1/turn/allocations (each
 	// allocation's counters) to Authorization: Bearer AdminKey.
 	AdminKey string
+	// AllowPeers are peer ranges allocations may reach although the
+	// default policy refuses them (--turn-allow-peer): a private network
+	// the relay is meant to serve, or loopback in a test. See peer.go.
+	AllowPeers []netip.Prefix
+	// DenyPeers are peer ranges refused in any case (--turn-deny-peer);
+	// they win over AllowPeers.
+	DenyPeers []netip.Prefix
+	// TCPAllocations allows RFC 6062 TCP allocations (--turn-tcp); off, an
+	// Allocate for TCP is refused (508) and counted.
+	TCPAllocations bool
 	// Logger logs; default the relay's.
 	Logger *slog.Logger
 }
@@ -102,6 +114,11 @@ type Service struct {
 	pc  net.PacketConn
 	tcp net.Listener // TURN over TCP and TLS, handed over by the relay's dispatch table
 
+	peers *peerPolicy // which peers allocations may reach; set by Start
+	// livePorts counts the open UDP relay sockets by port − PortMin: the
+	// relay IP's ports peers may reach (TURN to TURN). Static length.
+	livePorts []atomic.Int32
+
 	mu     sync.Mutex
 	perUsr map[string]int       // allocations by user; guarded by mu
 	live   map[*allocation]bool // relay sockets open; guarded by mu
@@ -111,6 +128,8 @@ type Service struct {
 	authFail, creds             *metrics.Counter
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
+	droppedPort, tcpRefused     *metrics.Counter
+	peerRefused                 map[string]*metrics.Counter // by class; static after New
 }
 
 // New registers GET /v1/turn/credentials on srv; Start listens once the
@@ -148,6 +167,13 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.rxPkts = s.set.NewCounter(`meetpoint_turn_relayed_packets_total{dir="from_peers"}`)
 	s.txPkts = s.set.NewCounter(`meetpoint_turn_relayed_packets_total{dir="to_peers"}`)
 	s.dropped = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="rate"}`)
+	s.droppedPort = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="peer_port"}`)
+	s.tcpRefused = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_allocation"}`)
+	s.peerRefused = map[string]*metrics.Counter{}
+	for _, class := range append([]string{"denied", "own"}, peerClassNames()...) {
+		s.peerRefused["peer_"+class] = s.set.NewCounter(`meetpoint_turn_refused_total{reason="peer_` + class + `"}`)
+	}
+	s.livePorts = make([]atomic.Int32, int(cfg.PortMax)-int(cfg.PortMin)+1)
 	if cfg.MaxRate < 0 {
 		return nil, fmt.Errorf("turn: max rate %d is negative", cfg.MaxRate)
 	}
@@ -185,8 +211,23 @@ func (s *Service) Start() error {
 		}
 	}
 	bindIP := pc.LocalAddr().(*net.UDPAddr).IP.String()
+	relayAddr, _ := netip.AddrFromSlice(relayIP)
+	var own []netip.Addr
+	for _, a := range append(s.srv.Addrs(), pc.LocalAddr()) {
+		own = append(own, ipOf(a).Addr())
+	}
+	s.peers = newPeerPolicy(s.cfg.AllowPeers, s.cfg.DenyPeers, relayAddr, own...)
 	relays := func() pturn.RelayAddressGenerator {
 		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s}
+	}
+	permit := func(client net.Addr, peer net.IP) bool {
+		ip, _ := netip.AddrFromSlice(peer)
+		v := s.peers.judge(ip)
+		if !v.ok {
+			s.peerRefused[v.class].Inc()
+			s.log.Debug("turn peer refused", "client", client.String(), "peer", ip.String(), "reason", v.class)
+		}
+		return v.ok
 	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.Writer = io.Discard // pion logs every refused request; the relay counts them
@@ -232,8 +273,8 @@ func (s *Service) Start() error {
 				s.allocs.Dec()
 			},
 		},
-		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays()}},
-		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays()}},
+		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays(), PermissionHandler: permit}},
+		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays(), PermissionHandler: permit}},
 	})
 	if err != nil {
 		pc.Close()
@@ -359,9 +400,9 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit)."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit; tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
-	"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate)."},
+	"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate; peer_port: to or from the relay IP at a port that is no allocation's)."},
 }

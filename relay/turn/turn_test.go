@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,10 @@ import (
 )
 
 var secret = []byte("turn-test-secret-0123456789")
+
+// loopbackPeers lets allocations reach plain sockets on loopback, which
+// the peer policy refuses by default (peer_test.go tests the policy).
+var loopbackPeers = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 
 // start serves TURN beside a relay that refuses tokens starting with "bad".
 func start(t *testing.T, cfg Config) (*Service, *relay.Server) {
@@ -171,7 +176,7 @@ func TestCredentialsFormat(t *testing.T) {
 // unwrapped) allocates and relays.
 func TestTURNOverTCPOnTheRelayPort(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) {
-		s, srv := start(t, Config{})
+		s, srv := start(t, Config{AllowPeers: loopbackPeers})
 		tc, err := net.Dial("tcp", relaytest.Addr(srv))
 		if err != nil {
 			t.Fatal(err)
@@ -180,7 +185,7 @@ func TestTURNOverTCPOnTheRelayPort(t *testing.T) {
 	})
 	t.Run("tls", func(t *testing.T) {
 		store, clientTLS := relaytest.TLS(t)
-		s, srv := startWith(t, Config{}, func(c *relay.Config) { c.TLS = store.TLSConfig() })
+		s, srv := startWith(t, Config{AllowPeers: loopbackPeers}, func(c *relay.Config) { c.TLS = store.TLSConfig() })
 		tc, err := tls.Dial("tcp", relaytest.Addr(srv), clientTLS)
 		if err != nil {
 			t.Fatal(err)
@@ -246,7 +251,7 @@ func relays(t *testing.T, from, to net.PacketConn, msg []byte) {
 // GET /v1/turn/allocations (admin key only) and summed in the metrics.
 func TestTURNRateAndAllocations(t *testing.T) {
 	const admin = "turn-admin-key-0123456789"
-	s, srv := start(t, Config{MaxRate: 20000, AdminKey: admin})
+	s, srv := start(t, Config{MaxRate: 20000, AdminKey: admin, AllowPeers: loopbackPeers})
 	user, pass := Credentials(secret, "carol", time.Minute, time.Now())
 	ra, err := client(t, s, user, pass).Allocate()
 	if err != nil {

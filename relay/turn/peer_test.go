@@ -1,0 +1,326 @@
+package turn
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/logging"
+	pturn "github.com/pion/turn/v5"
+
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// TestPeerJudge: the default policy refuses every special-purpose range,
+// in its mapped and NAT64 forms too, and the host's own addresses; the
+// relay IP is admitted (port by port); --turn-allow-peer opens a range,
+// --turn-deny-peer closes one whatever allows it.
+func TestPeerJudge(t *testing.T) {
+	relayIP := netip.MustParseAddr("198.51.100.7") // a documentation address: refused unless it is the relay IP
+	p := newPeerPolicy(nil, nil, relayIP, netip.MustParseAddr("8.8.4.4"))
+	for _, c := range []struct{ ip, class string }{
+		{"127.0.0.1", "peer_loopback"}, {"127.1.2.3", "peer_loopback"}, {"::1", "peer_loopback"},
+		{"::ffff:127.0.0.1", "peer_loopback"}, {"64:ff9b::7f00:1", "peer_loopback"},
+		{"0.0.0.0", "peer_unspecified"}, {"::", "peer_unspecified"}, {"0.1.2.3", "peer_unspecified"},
+		{"10.0.0.1", "peer_private"}, {"172.16.5.4", "peer_private"}, {"172.31.255.255", "peer_private"},
+		{"192.168.1.1", "peer_private"}, {"::ffff:192.168.1.1", "peer_private"}, {"fd00::1", "peer_private"}, {"fc12::1", "peer_private"},
+		{"100.64.0.1", "peer_shared"}, {"100.127.255.254", "peer_shared"},
+		{"169.254.169.254", "peer_link_local"}, {"fe80::1", "peer_link_local"}, {"fe80::1%eth0", "peer_link_local"},
+		{"224.0.0.1", "peer_multicast"}, {"239.1.1.1", "peer_multicast"}, {"ff02::1", "peer_multicast"},
+		{"255.255.255.255", "peer_reserved"}, {"240.0.0.1", "peer_reserved"}, {"::7f00:1", "peer_reserved"},
+		{"192.0.2.1", "peer_reserved"}, {"2001:db8::1", "peer_reserved"}, {"64:ff9b:1::1", "peer_reserved"},
+		{"8.8.4.4", "peer_own"}, // a listen address of the relay
+	} {
+		v := p.judge(netip.MustParseAddr(c.ip))
+		if v.ok || v.class != c.class {
+			t.Errorf("%s: %+v, want refused as %s", c.ip, v, c.class)
+		}
+	}
+	for _, ip := range []string{"8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1", "64:ff9b::101:101", "172.32.0.1", "100.128.0.1", "11.0.0.1"} {
+		if v := p.judge(netip.MustParseAddr(ip)); !v.ok || v.relays {
+			t.Errorf("%s (public): %+v, want allowed", ip, v)
+		}
+	}
+	if v := p.judge(relayIP); !v.ok || !v.relays {
+		t.Errorf("the relay IP: %+v, want allowed port by port", v)
+	}
+	if v := p.judge(netip.MustParseAddr("::ffff:198.51.100.7")); !v.ok || !v.relays {
+		t.Errorf("the relay IP, mapped: %+v", v)
+	}
+	ten := netip.MustParsePrefix("10.0.0.0/8")
+	p = newPeerPolicy([]netip.Prefix{ten, netip.MustParsePrefix("127.0.0.1/32")}, []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, relayIP)
+	if v := p.judge(netip.MustParseAddr("10.1.2.3")); !v.ok {
+		t.Errorf("10.1.2.3 with --turn-allow-peer 10.0.0.0/8: %+v", v)
+	}
+	if v := p.judge(netip.MustParseAddr("::ffff:10.1.2.3")); !v.ok {
+		t.Errorf("::ffff:10.1.2.3 with --turn-allow-peer 10.0.0.0/8: %+v", v)
+	}
+	if v := p.judge(netip.MustParseAddr("10.9.2.3")); v.ok || v.class != "peer_denied" {
+		t.Errorf("10.9.2.3 with --turn-deny-peer 10.9.0.0/16: %+v", v)
+	}
+	if v := p.judge(netip.MustParseAddr("127.0.0.2")); v.ok {
+		t.Errorf("127.0.0.2 with only 127.0.0.1 allowed: %+v", v)
+	}
+	p = newPeerPolicy(nil, []netip.Prefix{netip.MustParsePrefix("8.8.0.0/16")}, relayIP)
+	if v := p.judge(netip.MustParseAddr("8.8.8.8")); v.ok || v.class != "peer_denied" {
+		t.Errorf("8.8.8.8 with --turn-deny-peer 8.8.0.0/16: %+v", v)
+	}
+}
+
+// TestParsePeerPrefix: a prefix or one address; mapped IPv4 prefixes are
+// IPv4 prefixes; anything else is an error.
+func TestParsePeerPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.0/8": "10.0.0.0/8", "10.1.2.3/8": "10.0.0.0/8", "127.0.0.1": "127.0.0.1/32", "fd00::/8": "fd00::/8",
+		"::1": "::1/128", "::ffff:10.0.0.0/104": "10.0.0.0/8", " 192.168.0.0/16 ": "192.168.0.0/16", "::ffff:1.2.3.4": "1.2.3.4/32",
+	} {
+		p, err := ParsePeerPrefix(in)
+		if err != nil || p.String() != want {
+			t.Errorf("%q: %v %v, want %s", in, p, err, want)
+		}
+	}
+	for _, in := range []string{"", "10.0.0.0/33", "host.example", "10.0.0/8", "::ffff:0.0.0.0/64", "fe80::1%eth0"} {
+		if _, err := ParsePeerPrefix(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+// FuzzParsePeerPrefix: no panic; what is accepted is a masked prefix
+// that parses back to itself.
+func FuzzParsePeerPrefix(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8", "::ffff:10.0.0.0/104", "127.0.0.1", "fe80::/10", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePeerPrefix(s)
+		if err != nil {
+			return
+		}
+		if p != p.Masked() || p.Addr().Is4In6() {
+			t.Fatalf("%q → %v: not a masked, unmapped prefix", s, p)
+		}
+		if q, err := ParsePeerPrefix(p.String()); err != nil || q != p {
+			t.Fatalf("%q → %v → %v %v", s, p, q, err)
+		}
+	})
+}
+
+// services are what an attacker wants to reach through TURN on the
+// relay's host: a UDP echo (a DNS resolver, a metrics agent) and an HTTP
+// server (the admin listener, pprof) on loopback. They count what they
+// receive.
+type services struct {
+	udp  net.PacketConn
+	http net.Listener
+	got  atomic.Int64 // datagrams and connections received
+}
+
+func startServices(t *testing.T, ip string) *services {
+	t.Helper()
+	s := &services{}
+	var err error
+	if s.udp, err = net.ListenPacket("udp", net.JoinHostPort(ip, "0")); err != nil {
+		t.Fatal(err)
+	}
+	if s.http, err = net.Listen("tcp", net.JoinHostPort(ip, "0")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.udp.Close(); s.http.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := s.udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			s.got.Add(1)
+			_, _ = s.udp.WriteTo(buf[:n], from)
+		}
+	}()
+	go func() {
+		_ = http.Serve(s.http, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			s.got.Add(1)
+			_, _ = w.Write([]byte("secret"))
+		}))
+	}()
+	return s
+}
+
+// tryUDP asks a permission for to and sends datagrams to it for a while;
+// it reports the permission's error and whether an echo came back.
+func tryUDP(t *testing.T, c *pturn.Client, relayed net.PacketConn, to net.Addr) (permErr error, echoed bool) {
+	t.Helper()
+	if permErr = c.CreatePermission(to); permErr != nil {
+		return permErr, false
+	}
+	buf := make([]byte, 1500)
+	for range 5 {
+		_, _ = relayed.WriteTo([]byte("ssrf"), to)
+		_ = relayed.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, _, err := relayed.ReadFrom(buf); err == nil && string(buf[:n]) == "ssrf" {
+			return nil, true
+		}
+	}
+	return nil, false
+}
+
+// TestTURNPeerPolicy: an allocation cannot reach the relay host's own
+// services. With the relay IP on another address, loopback is refused at
+// the permission (403, counted); a permission for the relay IP itself is
+// granted (TURN to TURN), but only other allocations' relay ports are
+// reachable there; TCP allocations are refused without TCPAllocations,
+// and with it a Connect to loopback or to the relay IP is refused; only
+// --turn-allow-peer opens loopback.
+func TestTURNPeerPolicy(t *testing.T) {
+	svc := startServices(t, "127.0.0.1")
+	user, pass := Credentials(secret, "mallory", time.Minute, time.Now())
+
+	t.Run("loopback-refused", func(t *testing.T) {
+		s, srv := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), TCPAllocations: true})
+		c := client(t, s, user, pass)
+		relayed, err := c.Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer relayed.Close()
+		// (NAT64 forms need an IPv6 allocation: TestPeerJudge has them.)
+		for _, to := range []string{"127.0.0.1", "::ffff:127.0.0.1", "10.1.2.3", "169.254.169.254", "0.0.0.0"} {
+			addr := &net.UDPAddr{IP: net.ParseIP(to), Port: svc.udp.LocalAddr().(*net.UDPAddr).Port}
+			if err, echoed := tryUDP(t, c, relayed, addr); err == nil || echoed {
+				t.Errorf("peer %s: permission error %v, echoed %v; want refused", to, err, echoed)
+			}
+		}
+		if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="peer_loopback"}`); n != 2 {
+			t.Errorf("peer_loopback refusals counted %v, want 2", n)
+		}
+		for _, class := range []string{"private", "link_local", "unspecified"} {
+			if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="peer_`+class+`"}`); n != 1 {
+				t.Errorf("peer_%s refusals counted %v, want 1", class, n)
+			}
+		}
+		// TCP (RFC 6062) over a TCP control connection: Connect to the
+		// HTTP server on loopback is refused before any dial.
+		tcpAlloc := tcpClient(t, s, relaytest.Addr(srv), user, pass)
+		if _, err := tcpAlloc.Dial("tcp", svc.http.Addr().String()); err == nil {
+			t.Error("a TCP allocation connected to an HTTP server on loopback")
+		}
+		if _, err := tcpAlloc.Dial("tcp", "127.0.0.9:"+portOf(svc.http.Addr())); err == nil {
+			t.Error("a TCP allocation connected to the relay IP")
+		}
+		if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="peer_own"}`); n != 1 {
+			t.Errorf("peer_own refusals counted %v, want 1 (the Connect to the relay IP)", n)
+		}
+	})
+
+	t.Run("relay-ip-ports", func(t *testing.T) {
+		// The relay IP is 127.0.0.1 (the listen address): a permission for
+		// it is granted, the echo server's port is not an allocation's.
+		s, srv := start(t, Config{})
+		c := client(t, s, user, pass)
+		relayed, err := c.Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer relayed.Close()
+		if err, echoed := tryUDP(t, c, relayed, svc.udp.LocalAddr()); err != nil || echoed {
+			t.Errorf("the relay IP's echo port: permission error %v, echoed %v; want granted and nothing through", err, echoed)
+		}
+		if n := relaytest.Metric(t, srv, `meetpoint_turn_dropped_total{reason="peer_port"}`); n < 1 {
+			t.Errorf("datagrams to the relay IP's non-relay port counted dropped %v", n)
+		}
+		// TURN to TURN: another allocation's relay address works.
+		other, err := client(t, s, user, pass).Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		if _, err := other.WriteTo([]byte("hi"), relayed.LocalAddr()); err != nil { // its permission
+			t.Fatal(err)
+		}
+		relays(t, relayed, other, []byte("turn-to-turn"))
+		// No TCP allocations without TCPAllocations.
+		tc, err := net.Dial("tcp", relaytest.Addr(srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		tcl := newStreamClient(t, relaytest.Addr(srv), tc, user, pass)
+		if _, err := tcl.AllocateTCP(); err == nil {
+			t.Error("a TCP allocation without TCPAllocations")
+		}
+		if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="tcp_allocation"}`); n != 1 {
+			t.Errorf("tcp_allocation refusals counted %v, want 1", n)
+		}
+	})
+
+	t.Run("allow-and-deny", func(t *testing.T) {
+		s, _ := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), AllowPeers: loopbackPeers,
+			DenyPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
+		c := client(t, s, user, pass)
+		relayed, err := c.Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer relayed.Close()
+		if err, echoed := tryUDP(t, c, relayed, svc.udp.LocalAddr()); err != nil || !echoed {
+			t.Errorf("127.0.0.1 with --turn-allow-peer 127.0.0.0/8: permission error %v, echoed %v", err, echoed)
+		}
+		if err, _ := tryUDP(t, c, relayed, &net.UDPAddr{IP: net.ParseIP("127.0.0.2"), Port: 9}); err == nil {
+			t.Error("127.0.0.2 with --turn-deny-peer 127.0.0.2: granted")
+		}
+	})
+	if svc.got.Load() != 1 { // only the allowed echo
+		t.Errorf("the host's services were reached %d times, want 1 (the one allowed)", svc.got.Load())
+	}
+}
+
+func portOf(a net.Addr) string {
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}
+
+// newStreamClient is a pion TURN client over a TCP control connection.
+func newStreamClient(t *testing.T, addr string, tc net.Conn, user, pass string) *pturn.Client {
+	t.Helper()
+	c, err := pturn.NewClient(&pturn.ClientConfig{STUNServerAddr: addr, TURNServerAddr: addr,
+		Conn: pturn.NewSTUNConn(tc), Username: user, Password: pass, Realm: "meetpoint", LoggerFactory: logging.NewDefaultLoggerFactory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tcpAllocation is what a TCP allocation can do that the test uses.
+type tcpAllocation interface {
+	Dial(network, addr string) (net.Conn, error)
+}
+
+// tcpClient makes an RFC 6062 TCP allocation over a TCP control
+// connection to the relay port.
+func tcpClient(t *testing.T, s *Service, addr, user, pass string) tcpAllocation {
+	t.Helper()
+	tc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	a, err := newStreamClient(t, addr, tc, user, pass).AllocateTCP()
+	if err != nil {
+		if errors.Is(err, errTCPOff) || strings.Contains(err.Error(), "508") {
+			t.Fatalf("TCP allocations are on, yet: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
