@@ -267,7 +267,11 @@ func (s *Service) sweeper() {
 
 func (s *Service) sweep() { s.st.sweep(s.now()) }
 
-// fail answers an error with its status and a JSON body, counted.
+// fail answers an error with its status and a JSON body, counted: an
+// object {"error": text}, or text as a JSON string in the answer to GET
+// /groups/{id} (oneGroup) — Disco's client decodes whatever that answers
+// into a group, and only a body that is not an object makes it report the
+// error instead of an empty group.
 func (s *Service) fail(w http.ResponseWriter, status int, why, text string) {
 	s.rejected[why].Inc()
 	switch status {
@@ -276,17 +280,15 @@ func (s *Service) fail(w http.ResponseWriter, status int, why, text string) {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "60")
 	}
-	relay.WriteJSON(w, status, map[string]string{"error": text})
+	var body any = map[string]string{"error": text}
+	if _, ok := w.(oneGroup); ok {
+		body = text
+	}
+	relay.WriteJSON(w, status, body)
 }
 
-// notFound answers 404 for a missing group, counted. Its body is the
-// message as a JSON string, not an object: Disco's client decodes any
-// answer into a group, and only a body that is not an object makes it
-// report the error instead of an empty group.
-func (s *Service) notFound(w http.ResponseWriter, id string) {
-	s.rejected["not_found"].Inc()
-	relay.WriteJSON(w, http.StatusNotFound, "no group "+id)
-}
+// oneGroup is the answer to GET /groups/{id}: its errors are JSON strings.
+type oneGroup struct{ http.ResponseWriter }
 
 // unavailable answers 503: the store failed (the fleet's Redis).
 func (s *Service) unavailable(w http.ResponseWriter, err error) {
@@ -587,7 +589,7 @@ func (s *Service) lookup(w http.ResponseWriter, r *http.Request) (rec *record, k
 		return nil, false, false
 	}
 	if rec == nil || rec.Expires <= s.now().UnixMilli() || (scope != "" && rec.Group.AppID != scope) {
-		s.notFound(w, id)
+		s.fail(w, http.StatusNotFound, "not_found", "no group "+id)
 		return nil, false, false
 	}
 	keyed, ok = s.appAccess(w, r, rec.Group.AppID, scope)
@@ -596,7 +598,7 @@ func (s *Service) lookup(w http.ResponseWriter, r *http.Request) (rec *record, k
 
 // get is GET /groups/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
-	if rec, _, ok := s.lookup(w, r); ok {
+	if rec, _, ok := s.lookup(oneGroup{w}, r); ok {
 		relay.WriteJSON(w, http.StatusOK, rec.Group)
 	}
 }
