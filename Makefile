@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test interop bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test interop interop-disco babble-demo bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -37,6 +37,15 @@ test:
 ## in under a minute. ARGS: e.g. -only tp/
 interop:
 	scripts/interop.sh $(ARGS)
+
+## interop-disco: Disco's own client, Babble's WAMP client and two of
+## Babble's WebRTC transports (through TURN, relay-only) against meetpoint
+## and against Disco's own server (docs/discovery.md). Unpacks Disco from
+## ../shared/peers into ~/.cache/meetpoint-disco; its own Go module in
+## interop/disco; a network namespace with loopback only (unshare). ARGS:
+## go test flags, e.g. ARGS=-test.run=TestSetGroup
+interop-disco:
+	ARGS='$(ARGS)' scripts/interop-disco.sh
 
 ## bench: the quick benchmark suite (< 3 minutes); bench-full: the long one
 bench: build
