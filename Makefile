@@ -47,6 +47,12 @@ interop:
 interop-disco:
 	ARGS='$(ARGS)' scripts/interop-disco.sh
 
+## babble-demo: two real Babble nodes (built from the module proxy) in
+## network namespaces reach consensus through meetpoint as their signalling
+## and TURN server, relayed only (docs/discovery.md); needs root
+babble-demo:
+	scripts/babble-demo.sh
+
 ## bench: the quick benchmark suite (< 3 minutes); bench-full: the long one
 bench: build
 	./$(BIN) bench quick --out results

@@ -1,3 +1,5 @@
+//go:build linux
+
 package interop
 
 import (
@@ -20,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,6 +178,7 @@ func startMeetpoint(t *testing.T) *target {
 		"--turn", "--turn-user", iceUser, "--turn-password-file", pass, "--apps", apps,
 		"--group-ttl", groupTTL.String(), "--drain-timeout", "100ms", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // a killed test leaves no relay behind
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

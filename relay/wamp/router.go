@@ -18,10 +18,12 @@
 // sessions are few and short-lived next to tunnels); all routing state is
 // under one mutex, held for map operations only, never across I/O.
 //
-// Why not a library: the WAMP router github.com/gammazero/nexus/v3 (what
-// Babble's own client uses) is not served by this project's module proxy,
-// nor is any other Go WAMP router; the basic profile is small, and
-// interoperability is proven against autobahn-js, the reference client
+// Why not a library: the router of github.com/gammazero/nexus/v3 (what
+// Babble's client is built on; v3.3.0 is the newest the module proxy
+// serves) routes calls within one process only, with no hook to reach a
+// callee on another node, and bounds nothing per session but its outbound
+// queue; interoperability is proven against nexus's client (Babble's, in
+// make interop-disco) and autobahn-js, the reference client
 // (docs/discovery.md).
 package wamp
 
