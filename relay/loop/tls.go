@@ -141,8 +141,9 @@ func (a *nbConn) Close() error {
 	}
 	return unix.Close(a.fd)
 }
-func (a *nbConn) LocalAddr() net.Addr                { return a.local }
-func (a *nbConn) RemoteAddr() net.Addr               { return a.remote }
+func (a *nbConn) LocalAddr() net.Addr  { return a.local }
+func (a *nbConn) RemoteAddr() net.Addr { return a.remote }
+
 // Deadlines apply to the blocking phase, each to its own direction: a
 // writer's deadline must not end a reader waiting on an idle connection
 // (a WebSocket session handed to net/http that writes with a deadline and
