@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test test-under-load interop bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test test-under-load interop interop-disco babble-demo bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -45,6 +45,21 @@ test-under-load:
 ## minutes. ARGS: e.g. -only tp/ -suites=false
 interop:
 	scripts/interop.sh $(ARGS)
+
+## interop-disco: Disco's own client, Babble's WAMP client and two of
+## Babble's WebRTC transports (through TURN, relay-only) against meetpoint
+## and against Disco's own server (docs/discovery.md). Unpacks Disco from
+## ../shared/peers into ~/.cache/meetpoint-disco; its own Go module in
+## interop/disco; a network namespace with loopback only (unshare). ARGS:
+## go test flags, e.g. ARGS=-test.run=TestSetGroup
+interop-disco:
+	ARGS='$(ARGS)' scripts/interop-disco.sh
+
+## babble-demo: two real Babble nodes (built from the module proxy) in
+## network namespaces reach consensus through meetpoint as their signalling
+## and TURN server, relayed only (docs/discovery.md); needs root
+babble-demo:
+	scripts/babble-demo.sh
 
 ## bench: the quick benchmark suite (< 3 minutes); bench-full: the long one
 bench: build

@@ -216,7 +216,7 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 		default:
 			v = f.Value.String()
 		}
-		if secretFlag(f.Name) && f.Value.String() != "" {
+		if _, isBool := v.(bool); secretFlag(f.Name) && f.Value.String() != "" && !isBool { // a switch carries no secret
 			v = "(redacted)"
 		}
 		_, usage := flag.UnquoteUsage(f)

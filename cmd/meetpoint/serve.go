@@ -89,6 +89,7 @@ type serveSettings struct {
 	groups     bool          // --groups
 	groupTTL   time.Duration // --group-ttl
 	groupMax   time.Duration // --group-max-ttl
+	grp        disco.Config  // --groups-owner-secrets, --groups-max*, --groups-create-rate
 	apps       string        // --apps
 	appsOnly   bool          // --apps-only
 	signalOn   bool          // --signal
@@ -99,6 +100,10 @@ type serveSettings struct {
 	turnIP     string        // --turn-relay-ip
 	turnPorts  string        // --turn-ports
 	turnPerUsr int           // --turn-max-per-user
+	turnShared int           // --turn-max-per-shared
+	turnPerIP  int           // --turn-max-per-address
+	turnUser   string        // --turn-user
+	turnPass   string        // --turn-password-file
 	turnRate   int64         // --turn-max-rate
 	turnAllow  listFlag      // --turn-allow-peer
 	turnDeny   listFlag      // --turn-deny-peer
@@ -181,6 +186,11 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
 	fs.DurationVar(&o.groupTTL, "group-ttl", 5*time.Minute, "a group's life without an update (PATCH refreshes it)")
 	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")
+	fs.BoolVar(&o.grp.OwnerSecrets, "groups-owner-secrets", false, "an unregistered application's groups are replaced, updated and deleted only with the owner secret their creation returned (default: by anyone, as in Disco, which Disco's and Babble's clients need)")
+	fs.IntVar(&o.grp.MaxTotal, "groups-max", 10000, "groups kept in all; beyond, unregistered applications' new groups get 503")
+	fs.Int64Var(&o.grp.MaxBytes, "groups-max-bytes", 32<<20, "bytes of groups kept in all; beyond, unregistered applications' groups get 503")
+	fs.IntVar(&o.grp.MaxGroups, "groups-max-per-app", 1000, "groups one application may have")
+	fs.Float64Var(&o.grp.CreateRate, "groups-create-rate", 30, "new groups per minute from one client address (a refresh is not a creation)")
 	fs.StringVar(&o.apps, "apps", "", "registered applications `FILE` for the groups API and signalling: lines \"APP_ID KEY\"; their groups and their realm need their key")
 	fs.BoolVar(&o.appsOnly, "apps-only", false, "groups API and signalling: refuse applications (realms) not in --apps")
 	fs.BoolVar(&o.signalOn, "signal", true, "serve WAMP v2 (wamp.2.json WebSockets) for WebRTC signalling as Babble does it (docs/discovery.md); with --fleet, calls reach other nodes")
@@ -190,7 +200,11 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.turnSecret, "turn-secret-file", "", "the TURN REST shared secret `FILE` (coturn's static-auth-secret); without it a random one is made at start (credentials only from this relay)")
 	fs.StringVar(&o.turnIP, "turn-relay-ip", "", "the public `IP` relayed candidates carry (default: TURN's listen address)")
 	fs.StringVar(&o.turnPorts, "turn-ports", "49152-65535", "relay port range `MIN-MAX`")
-	fs.IntVar(&o.turnPerUsr, "turn-max-per-user", 10, "TURN allocations one user may hold at once")
+	fs.IntVar(&o.turnPerUsr, "turn-max-per-user", 10, "TURN allocations one user (a token's subject) may hold at once")
+	fs.IntVar(&o.turnShared, "turn-max-per-shared", 4096, "TURN allocations a shared credential may hold at once: --turn-user, an application's key, tokens without a subject (default: a Babble group of 32 nodes)")
+	fs.IntVar(&o.turnPerIP, "turn-max-per-address", 256, "TURN allocations one client address may hold at once, whatever its credentials")
+	fs.StringVar(&o.turnUser, "turn-user", "", "a static TURN user `NAME` (long-term credentials, as Disco's --ice-username and Babble's; password from --turn-password-file)")
+	fs.StringVar(&o.turnPass, "turn-password-file", "", "the --turn-user's password `FILE` (at least 8 characters)")
 	fs.Int64Var(&o.turnRate, "turn-max-rate", 0, "bytes per second one TURN allocation may relay each way (0: unbounded); datagrams over it are dropped and counted")
 	fs.Var(&o.turnAllow, "turn-allow-peer", "`CIDR` TURN allocations may reach although the default policy refuses it (loopback, private, link-local, … and the relay host's own addresses are refused by default), repeatable")
 	fs.Var(&o.turnDeny, "turn-deny-peer", "`CIDR` TURN allocations may never reach (wins over --turn-allow-peer), repeatable")
@@ -436,9 +450,14 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var gcfg *disco.Config
 	if v.groups {
-		gcfg = &disco.Config{DataDir: v.tlsCfg.DataDir, TTL: v.groupTTL, MaxTTL: v.groupMax, AppsOnly: v.appsOnly, Apps: apps}
+		g := v.grp
+		g.DataDir, g.TTL, g.MaxTTL, g.AppsOnly, g.Apps = v.tlsCfg.DataDir, v.groupTTL, v.groupMax, v.appsOnly, apps
+		gcfg = &g
 		if v.groupTTL <= 0 || v.groupMax < v.groupTTL {
 			return fail("group-ttl must be positive and at most group-max-ttl (%v, %v)", v.groupTTL, v.groupMax)
+		}
+		if g.MaxTotal <= 0 || g.MaxBytes <= 0 || g.MaxGroups <= 0 || g.CreateRate <= 0 {
+			return fail("groups-max, groups-max-bytes, groups-max-per-app and groups-create-rate must be positive")
 		}
 	}
 	var scfg *wamp.Config
@@ -449,7 +468,24 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var tcfg *turn.Config
 	if v.turnOn {
-		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr, MaxRate: v.turnRate, AdminKey: adminKey, Apps: apps}
+		tcfg = &turn.Config{Listen: v.turnListen, MaxPerUser: v.turnPerUsr, MaxPerShared: v.turnShared, MaxPerAddress: v.turnPerIP,
+			MaxRate: v.turnRate, AdminKey: adminKey, Apps: apps}
+		if v.turnPerUsr <= 0 || v.turnShared <= 0 || v.turnPerIP <= 0 {
+			return fail("turn-max-per-user, turn-max-per-shared and turn-max-per-address must be positive")
+		}
+		if (v.turnUser == "") != (v.turnPass == "") {
+			return fail("turn-user and turn-password-file go together")
+		}
+		if v.turnUser != "" {
+			if strings.Contains(v.turnUser, ":") {
+				return fail("turn-user %q: no ':' in a static user's name (TURN REST usernames have one)", v.turnUser)
+			}
+			pass, err := turn.LoadPassword(v.turnPass)
+			if err != nil {
+				return fail("turn-password-file: %v", err)
+			}
+			tcfg.User, tcfg.Password = v.turnUser, pass
+		}
 		if v.turnRate < 0 {
 			return fail("turn-max-rate %d: want bytes per second, 0 for unbounded", v.turnRate)
 		}
@@ -488,8 +524,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 			}
 		}
 		tcfg.TCPAllocations = v.turnTCP
-	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" || len(v.turnAllow.vals) > 0 || len(v.turnDeny.vals) > 0 || v.turnTCP {
-		return fail("turn-listen, turn-secret-file, turn-relay-ip, turn-allow-peer, turn-deny-peer and turn-tcp need --turn")
+	} else if v.turnListen != "" || v.turnSecret != "" || v.turnIP != "" || len(v.turnAllow.vals) > 0 || len(v.turnDeny.vals) > 0 || v.turnTCP || v.turnUser != "" {
+		return fail("turn-listen, turn-secret-file, turn-relay-ip, turn-allow-peer, turn-deny-peer, turn-tcp and turn-user need --turn")
 	}
 	cfg.AllowedOrigins = v.origins.vals
 	if err := cfg.Validate(); err != nil {

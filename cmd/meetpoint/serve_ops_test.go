@@ -422,6 +422,40 @@ func TestServeTURN(t *testing.T) {
 	}
 }
 
+// TestServeStaticTURNUserAndGroupsFlags: --turn-user takes its password
+// from --turn-password-file, the quotas and the groups API's bounds and
+// owner secrets reach their subsystems, and bad values are refused.
+func TestServeStaticTURNUserAndGroupsFlags(t *testing.T) {
+	pass := filepath.Join(t.TempDir(), "pass")
+	if err := os.WriteFile(pass, []byte("static-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, code := parseServeOptions([]string{"--turn", "--turn-user", "babble", "--turn-password-file", pass, "--turn-max-per-address", "7",
+		"--turn-max-per-shared", "70", "--groups-owner-secrets", "--groups-max", "5", "--groups-max-bytes", "5000", "--groups-create-rate", "2"},
+		nil, io.Discard, io.Discard, io.Discard)
+	switch {
+	case code != -1:
+		t.Fatalf("exit %d", code)
+	case o.turn.User != "babble" || o.turn.Password != "static-password" || o.turn.MaxPerAddress != 7 || o.turn.MaxPerShared != 70:
+		t.Fatalf("turn config %+v", o.turn)
+	case !o.groups.OwnerSecrets || o.groups.MaxTotal != 5 || o.groups.MaxBytes != 5000 || o.groups.CreateRate != 2 || o.groups.MaxGroups != 1000:
+		t.Fatalf("groups config %+v", o.groups)
+	}
+	for _, args := range [][]string{
+		{"--turn", "--turn-user", "babble"},
+		{"--turn", "--turn-user", "a:b", "--turn-password-file", pass},
+		{"--turn-user", "babble", "--turn-password-file", pass},
+		{"--turn", "--turn-max-per-address", "0"},
+		{"--groups-max", "0"},
+		{"--groups-create-rate", "-1"},
+	} {
+		var stderr bytes.Buffer
+		if _, code := parseServeOptions(args, nil, io.Discard, io.Discard, &stderr); code != 2 || stderr.Len() == 0 {
+			t.Errorf("%v: exit %d, %q; want 2 and a message", args, code, stderr.String())
+		}
+	}
+}
+
 // TestServeMetricsDocumented: with every subsystem the command wires
 // (one-time tokens, events, groups, signalling, TunnelProxy, TURN), each
 // one's families are on /metrics, and every family has # HELP and # TYPE

@@ -1,6 +1,9 @@
 package disco
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -34,6 +37,43 @@ func FuzzGroupBody(f *testing.F) {
 			if r.Group.AppID == "" || r.Group.ID != id {
 				t.Fatalf("stored %+v under %q", r.Group, id)
 			}
+		}
+	})
+}
+
+// FuzzGroupsListQuery: any query to GET /groups (limit, after, app-id)
+// answers 200 with a JSON object of at most the page's groups or an error
+// with a JSON body, never a panic; a Link names a next page only when
+// there is one.
+func FuzzGroupsListQuery(f *testing.F) {
+	for _, q := range []string{"", "limit=2", "limit=0", "limit=1001", "after=zzz", "app-id=a&limit=1&after=", "limit=-1&after=%00", "app-id=chat"} {
+		f.Add(q)
+	}
+	s, err := New(relaytest.New(f, nil), Config{Apps: map[string]string{"chat": "chat-key-0123456789abcdef"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { s.Close() })
+	for i := range 5 {
+		w := httptest.NewRecorder()
+		s.create(w, httptest.NewRequest("POST", "/group", strings.NewReader(fmt.Sprintf(`{"AppID":"a","Name":"g%d"}`, i))))
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		r, err := http.NewRequest("GET", "/groups?"+q, nil)
+		if err != nil {
+			return
+		}
+		w := httptest.NewRecorder()
+		s.list(w, r)
+		var page map[string]any
+		switch {
+		case w.Code == 200 && json.Unmarshal(w.Body.Bytes(), &page) == nil && len(page) <= MaxPageSize:
+			if w.Header().Get("Link") != "" && len(page) == 0 {
+				t.Fatalf("%q: a Link after an empty page", q)
+			}
+		case w.Code >= 400 && strings.Contains(w.Body.String(), `"error"`):
+		default:
+			t.Fatalf("%q: %d %q", q, w.Code, w.Body.String())
 		}
 	})
 }

@@ -1,12 +1,17 @@
 // Package disco serves a groups API compatible with Disco's
 // (mosaicnetworks/disco, the discovery server for Babble groups) on the
 // relay's port: applications advertise groups of peers, find them, update
-// and delete them. Unlike Disco it has realms (registered applications
-// whose groups only their key reaches), owner secrets (only a group's
-// creator or its application updates or deletes it), per-group TTLs, and
-// persistence across restarts (bbolt under the data directory). Errors get
-// real status codes with a JSON body. docs/discovery.md lists the routes
-// and every difference from Disco.
+// and delete them. By default an unregistered application's groups behave
+// as Disco's clients need (anyone updates, replaces or deletes them);
+// beyond Disco it has realms (registered applications whose groups only
+// their key reaches, as a bearer token or in an /app/KEY/ URL that
+// unmodified clients can be given), optional owner secrets (only a
+// group's creator or its application updates or deletes it), per-group
+// TTLs, persistence across restarts (bbolt under the data directory), and
+// bounds on everything an anonymous client can make grow: groups per
+// application and in all, their bytes, creations per address, and the
+// size of a listing (paged). Errors get real status codes. docs/discovery.md
+// lists the routes and every difference from Disco.
 package disco
 
 import (
@@ -19,8 +24,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +38,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/limits"
 )
 
 // Peer is one peer of a group, as Disco spells it.
@@ -67,11 +77,33 @@ type Config struct {
 	// AppsOnly refuses groups of unregistered applications (otherwise they
 	// are open, as in Disco).
 	AppsOnly bool
+	// OwnerSecrets guards an unregistered application's groups with owner
+	// secrets: replacing, updating or deleting one needs the secret its
+	// creation returned. Off (the default), anyone may, as in Disco — what
+	// Disco's and Babble's clients need. A registered application's groups
+	// always need its key.
+	OwnerSecrets bool
 	// Bounds: request body bytes (default 64 KiB), groups per application
 	// (default 1000), peers per group (each list; default 256).
-	MaxBody    int64
-	MaxGroups  int
-	MaxPeers   int
+	MaxBody   int64
+	MaxGroups int
+	MaxPeers  int
+	// MaxTotal and MaxBytes bound all the groups together, in number
+	// (default 10000) and in stored bytes (default 32 MiB): a group of an
+	// unregistered application over them is refused (503). A registered
+	// application's groups are bounded by MaxGroups only.
+	MaxTotal int
+	MaxBytes int64
+	// CreateRate bounds new groups per minute from one client address
+	// (IPv6 by prefix; addresses exempt from the relay's per-address limits
+	// are exempt), in bursts of as many (default 30; refreshing an existing
+	// group is not a creation).
+	CreateRate float64
+	// PageSize is a listing's default number of groups (default 100; a
+	// request may ask for up to MaxPageSize, 1000); PageBytes bounds a
+	// page's bytes (default 1 MiB; a page holds at least one group).
+	PageSize   int
+	PageBytes  int
 	SweepEvery time.Duration // expiry sweep period (default 1 s)
 	// Redis, when set (a fleet), keeps the groups instead of DataDir, with
 	// Redis's own expiry, so every node serves the same set; Prefix starts
@@ -86,11 +118,16 @@ type Config struct {
 // created, required (or the app key) to replace, update or delete it.
 const SecretHeader = "X-Group-Secret"
 
+// MaxPageSize is the most groups one listing answers.
+const MaxPageSize = 1000
+
 // Service is the groups API on one relay.
 type Service struct {
-	cfg Config
-	st  store
-	log *slog.Logger
+	cfg   Config
+	st    store
+	log   *slog.Logger
+	srv   *relay.Server
+	rates *limits.Rates // creations per client address
 
 	set      *metrics.Set
 	rejected map[string]*metrics.Counter
@@ -104,13 +141,23 @@ type record struct {
 	Expires int64  // unix ms
 	Secret  string // SHA-256 of the owner secret, hex
 	raw     string // as stored in Redis: what a compare-and-set compares
+	size    int64  // bytes of its stored JSON
+}
+
+// bounds are what a put may not exceed: groups of the app, groups in
+// all and their stored bytes (0: unbounded).
+type bounds struct {
+	perApp, total int
+	bytes         int64
 }
 
 // rejection reasons (meetpoint_groups_rejected_total{reason}).
-var rejections = []string{"bad_request", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "limit", "unavailable"}
+var rejections = []string{"bad_request", "unauthorized", "forbidden", "not_found", "conflict", "too_large", "limit", "full", "rate", "unavailable"}
 
 // New serves the groups API on srv: POST /group, GET /groups,
-// GET/PATCH/DELETE /groups/{id}. Call it before srv.Start; Close it after.
+// GET/PATCH/DELETE /groups/{id}, and the same under /app/{key}/ for a
+// registered application's clients that cannot send its key in a header.
+// Call it before srv.Start; Close it after.
 func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.TTL <= 0 {
 		cfg.TTL = 5 * time.Minute
@@ -130,6 +177,24 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.MaxPeers <= 0 {
 		cfg.MaxPeers = 256
 	}
+	if cfg.MaxTotal <= 0 {
+		cfg.MaxTotal = 10000
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 32 << 20
+	}
+	if cfg.CreateRate <= 0 {
+		cfg.CreateRate = 30
+	}
+	if cfg.PageSize <= 0 {
+		cfg.PageSize = 100
+	}
+	if cfg.PageSize > MaxPageSize {
+		return nil, fmt.Errorf("groups: page size %d is over %d", cfg.PageSize, MaxPageSize)
+	}
+	if cfg.PageBytes <= 0 {
+		cfg.PageBytes = 1 << 20
+	}
 	if cfg.SweepEvery <= 0 {
 		cfg.SweepEvery = time.Second
 	}
@@ -139,7 +204,8 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.nowForTests == nil {
 		cfg.nowForTests = time.Now
 	}
-	s := &Service{cfg: cfg, log: srv.Logger(), set: metrics.NewSet(), rejected: make(map[string]*metrics.Counter), stop: make(chan struct{})}
+	s := &Service{cfg: cfg, log: srv.Logger(), srv: srv, set: metrics.NewSet(), rejected: make(map[string]*metrics.Counter), stop: make(chan struct{}),
+		rates: limits.NewRates(cfg.CreateRate/60, int(math.Ceil(cfg.CreateRate)))}
 	for _, r := range rejections {
 		s.rejected[r] = s.set.NewCounter(fmt.Sprintf(`meetpoint_groups_rejected_total{reason=%q}`, r))
 	}
@@ -155,12 +221,15 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 		}
 		s.st = st
 	}
-	s.set.NewGauge(`meetpoint_groups`, func() float64 { return float64(s.st.count()) })
-	srv.Handle("POST /group", http.HandlerFunc(s.create))
-	srv.Handle("GET /groups", http.HandlerFunc(s.list))
-	srv.Handle("GET /groups/{id}", http.HandlerFunc(s.get))
-	srv.Handle("PATCH /groups/{id}", http.HandlerFunc(s.update))
-	srv.Handle("DELETE /groups/{id}", http.HandlerFunc(s.remove))
+	s.set.NewGauge(`meetpoint_groups`, func() float64 { n, _ := s.st.count(); return float64(n) })
+	s.set.NewGauge(`meetpoint_groups_bytes`, func() float64 { _, b := s.st.count(); return float64(b) })
+	for _, p := range []string{"", "/app/{key}"} {
+		srv.Handle("POST "+p+"/group", http.HandlerFunc(s.create))
+		srv.Handle("GET "+p+"/groups", http.HandlerFunc(s.list))
+		srv.Handle("GET "+p+"/groups/{id}", http.HandlerFunc(s.get))
+		srv.Handle("PATCH "+p+"/groups/{id}", http.HandlerFunc(s.update))
+		srv.Handle("DELETE "+p+"/groups/{id}", http.HandlerFunc(s.remove))
+	}
 	srv.AddMetrics(s.set, groupDocs)
 	s.done.Add(1)
 	go s.sweeper()
@@ -198,14 +267,28 @@ func (s *Service) sweeper() {
 
 func (s *Service) sweep() { s.st.sweep(s.now()) }
 
-// fail answers an error with its status and a JSON body, counted.
+// fail answers an error with its status and a JSON body, counted: an
+// object {"error": text}, or text as a JSON string in the answer to GET
+// /groups/{id} (oneGroup) — Disco's client decodes whatever that answers
+// into a group, and only a body that is not an object makes it report the
+// error instead of an empty group.
 func (s *Service) fail(w http.ResponseWriter, status int, why, text string) {
 	s.rejected[why].Inc()
-	if status == http.StatusUnauthorized {
+	switch status {
+	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint groups"`)
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "60")
 	}
-	relay.WriteJSON(w, status, map[string]string{"error": text})
+	var body any = map[string]string{"error": text}
+	if _, ok := w.(oneGroup); ok {
+		body = text
+	}
+	relay.WriteJSON(w, status, body)
 }
+
+// oneGroup is the answer to GET /groups/{id}: its errors are JSON strings.
+type oneGroup struct{ http.ResponseWriter }
 
 // unavailable answers 503: the store failed (the fleet's Redis).
 func (s *Service) unavailable(w http.ResponseWriter, err error) {
@@ -213,27 +296,47 @@ func (s *Service) unavailable(w http.ResponseWriter, err error) {
 	s.fail(w, http.StatusServiceUnavailable, "unavailable", "the groups store is unavailable; try again")
 }
 
+// scope is the application an /app/{key}/ route confines the request to:
+// the registered application whose key the path carries ("" on the
+// plain routes). An unknown key is answered 401.
+func (s *Service) scope(w http.ResponseWriter, r *http.Request) (app string, ok bool) {
+	key := r.PathValue("key")
+	if key == "" {
+		return "", true
+	}
+	if app, ok = relay.MatchKey(s.cfg.Apps, key); !ok {
+		s.fail(w, http.StatusUnauthorized, "unauthorized", "no application has the key in this URL")
+	}
+	return app, ok
+}
+
 // appAccess checks the request against app's realm: ok, or the answer
-// already written. keyed reports that the app's key was presented.
-func (s *Service) appAccess(w http.ResponseWriter, r *http.Request, app string) (keyed, ok bool) {
+// already written. keyed reports that the app's key was presented (in
+// the request's /app/{key}/ URL, scope, or as a bearer token).
+func (s *Service) appAccess(w http.ResponseWriter, r *http.Request, app, scope string) (keyed, ok bool) {
 	key, registered := s.cfg.Apps[app]
-	if !registered {
-		if s.cfg.AppsOnly {
-			s.fail(w, http.StatusForbidden, "forbidden", "application "+app+" is not registered on this relay")
-			return false, false
-		}
+	switch {
+	case scope != "":
+		return scope == app, scope == app // the callers keep a scoped request to its app
+	case !registered && s.cfg.AppsOnly:
+		s.fail(w, http.StatusForbidden, "forbidden", "application "+app+" is not registered on this relay")
+		return false, false
+	case !registered:
 		return false, true
 	}
 	got := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
 	if subtle.ConstantTimeCompare([]byte(got), []byte(key)) != 1 {
-		s.fail(w, http.StatusUnauthorized, "unauthorized", "application "+app+" is registered: its key is required (Authorization: Bearer KEY)")
+		s.fail(w, http.StatusUnauthorized, "unauthorized", "application "+app+" is registered: its key is required (Authorization: Bearer KEY, or the /app/KEY/ URL)")
 		return false, false
 	}
 	return true, true
 }
 
-// readGroup decodes a request body into a group, within the bounds.
-func (s *Service) readGroup(w http.ResponseWriter, r *http.Request) (Group, bool) {
+// readGroup decodes a request body into a group, within the bounds; with
+// scope (a scoped request's application, or the group's that PATCH
+// replaces) the group belongs to it: AppID defaults to it and may not
+// differ.
+func (s *Service) readGroup(w http.ResponseWriter, r *http.Request, scope string) (Group, bool) {
 	var g Group
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	var tooBig *http.MaxBytesError
@@ -249,9 +352,15 @@ func (s *Service) readGroup(w http.ResponseWriter, r *http.Request) (Group, bool
 		s.fail(w, http.StatusBadRequest, "bad_request", "bad JSON: "+err.Error())
 		return g, false
 	}
+	if g.AppID == "" {
+		g.AppID = scope
+	}
 	switch {
 	case g.AppID == "":
 		s.fail(w, http.StatusBadRequest, "bad_request", "AppID is required")
+		return g, false
+	case scope != "" && g.AppID != scope:
+		s.fail(w, http.StatusForbidden, "forbidden", "this request is application "+scope+"'s: the group's AppID cannot be "+g.AppID)
 		return g, false
 	case len(g.Peers) > s.cfg.MaxPeers || len(g.GenesisPeers) > s.cfg.MaxPeers:
 		s.fail(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("at most %d peers per list", s.cfg.MaxPeers))
@@ -276,25 +385,41 @@ func secretHash(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// owner reports whether the request may change rec: the app's key, or the
-// group's owner secret.
-func (s *Service) owner(r *http.Request, rec *record, keyed bool) bool {
-	if keyed {
-		return true
+// mayChange reports whether the request may replace, update or delete
+// rec: the app's key; anyone, for an unregistered app's group without
+// OwnerSecrets (as in Disco); else the group's owner secret.
+func (s *Service) mayChange(r *http.Request, rec *record, keyed bool) bool {
+	if keyed || !s.cfg.OwnerSecrets {
+		return true // a registered app's group was reached with its key (appAccess)
 	}
 	got := r.Header.Get(SecretHeader)
 	return got != "" && subtle.ConstantTimeCompare([]byte(secretHash(got)), []byte(rec.Secret)) == 1
 }
 
+// mayCreate spends one of the client address's creations.
+func (s *Service) mayCreate(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return true // not an IP client (tests' recorders)
+	}
+	key, exempt := s.srv.ClientKey(ap.Addr())
+	return exempt || s.rates.Allow(key, time.Now())
+}
+
 // create is POST /group: 201 with the id as a JSON string (and the owner
-// secret in X-Group-Secret for a new group); an existing id is replaced by
-// its owner only.
+// secret in X-Group-Secret for a new group); an existing id is replaced
+// and refreshed (with OwnerSecrets, by its owner only), as Disco's
+// clients re-POST a group to update it and as a heartbeat.
 func (s *Service) create(w http.ResponseWriter, r *http.Request) {
-	g, ok := s.readGroup(w, r)
+	scope, ok := s.scope(w, r)
 	if !ok {
 		return
 	}
-	keyed, ok := s.appAccess(w, r, g.AppID)
+	g, ok := s.readGroup(w, r, scope)
+	if !ok {
+		return
+	}
+	keyed, ok := s.appAccess(w, r, g.AppID, scope)
 	if !ok {
 		return
 	}
@@ -310,11 +435,14 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	}
 	live := old != nil && old.Expires > now.UnixMilli() // an expired one is replaced as if absent
 	switch {
-	case live && !s.owner(r, old, keyed):
-		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" exists: its owner secret ("+SecretHeader+") or its application's key replaces it")
-		return
 	case live && old.Group.AppID != g.AppID:
 		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" belongs to another application")
+		return
+	case live && !s.mayChange(r, old, keyed):
+		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" exists: its owner secret ("+SecretHeader+") or its application's key replaces it")
+		return
+	case !live && !s.mayCreate(r):
+		s.fail(w, http.StatusTooManyRequests, "rate", fmt.Sprintf("this address created %g groups in the last minute, the most allowed", s.cfg.CreateRate))
 		return
 	}
 	rec := &record{Group: g, Expires: now.Add(s.ttlOf(&g)).UnixMilli()}
@@ -325,15 +453,7 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 		secret = newSecret()
 		rec.Secret = secretHash(secret)
 	}
-	switch err := s.st.put(rec, old, s.cfg.MaxGroups, now); {
-	case err == errLimit:
-		s.fail(w, http.StatusTooManyRequests, "limit", fmt.Sprintf("application %s has %d groups, the most allowed", g.AppID, s.cfg.MaxGroups))
-		return
-	case err == errChanged:
-		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" changed meanwhile: try again")
-		return
-	case err != nil:
-		s.unavailable(w, err)
+	if !s.put(w, rec, old, keyed, now) {
 		return
 	}
 	if secret != "" {
@@ -342,85 +462,173 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	relay.WriteJSON(w, http.StatusCreated, g.ID)
 }
 
-// list is GET /groups[?app-id=A]: an object id → group. Without app-id,
-// the groups of unregistered applications (a registered one's need its
-// app-id and key).
+// put stores rec in place of old within the bounds (a registered app's,
+// reached with its key, only within its own), or answers why not.
+func (s *Service) put(w http.ResponseWriter, rec, old *record, keyed bool, now time.Time) bool {
+	b := bounds{perApp: s.cfg.MaxGroups, total: s.cfg.MaxTotal, bytes: s.cfg.MaxBytes}
+	if keyed {
+		b.total, b.bytes = 0, 0
+	}
+	id := rec.Group.ID
+	switch err := s.st.put(rec, old, b, now); {
+	case err == errLimit:
+		s.fail(w, http.StatusTooManyRequests, "limit", fmt.Sprintf("application %s has %d groups, the most allowed", rec.Group.AppID, s.cfg.MaxGroups))
+	case err == errFull:
+		s.fail(w, http.StatusServiceUnavailable, "full", fmt.Sprintf("the relay holds the most groups it keeps (%d groups, %d bytes); try again when some expire", s.cfg.MaxTotal, s.cfg.MaxBytes))
+	case err == errChanged:
+		s.fail(w, http.StatusConflict, "conflict", "group "+id+" changed meanwhile: read it again")
+	case err != nil:
+		s.unavailable(w, err)
+	default:
+		return true
+	}
+	return false
+}
+
+// list is GET /groups[?app-id=A][&limit=N][&after=ID]: an object id →
+// group, one page of them in id order — at most limit groups (default
+// PageSize, up to MaxPageSize) and about PageBytes; a Link header (rel
+// "next") names the next page. Without app-id, the groups of
+// unregistered applications (a registered one's need its app-id and key,
+// or its /app/{key}/ URL).
 func (s *Service) list(w http.ResponseWriter, r *http.Request) {
-	app := r.URL.Query().Get("app-id")
-	if app != "" {
-		if _, ok := s.appAccess(w, r, app); !ok {
+	scope, ok := s.scope(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	app := q.Get("app-id")
+	switch {
+	case scope != "" && app != "" && app != scope:
+		s.fail(w, http.StatusForbidden, "forbidden", "the key in this URL is application "+scope+"'s, not "+app+"'s")
+		return
+	case scope != "":
+		app = scope
+	case app != "":
+		if _, ok := s.appAccess(w, r, app, ""); !ok {
 			return
 		}
 	}
-	recs, err := s.st.list(app, s.now())
+	limit := s.cfg.PageSize
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxPageSize {
+			s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit must be between 1 and %d", MaxPageSize))
+			return
+		}
+		limit = n
+	}
+	now := s.now()
+	ids, err := s.st.ids(app, now)
 	if err != nil {
 		s.unavailable(w, err)
 		return
 	}
-	out := map[string]Group{}
-	for _, rec := range recs {
-		if _, registered := s.cfg.Apps[rec.Group.AppID]; app != "" || !registered {
-			out[rec.Group.ID] = rec.Group
-		}
+	slices.Sort(ids)
+	after := q.Get("after")
+	i, found := slices.BinarySearch(ids, after)
+	if found {
+		i++
+	}
+	out, last, full := s.page(ids[i:], app == "", limit, now)
+	if out == nil {
+		s.unavailable(w, errors.New("reading a page of groups"))
+		return
+	}
+	if full {
+		q.Set("after", last)
+		q.Set("limit", strconv.Itoa(limit))
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 	}
 	relay.WriteJSON(w, http.StatusOK, out)
 }
 
+// page reads the groups of ids (sorted) into one page: at most limit
+// groups and PageBytes (at least one group); open leaves out registered
+// applications' groups. full reports that more remain after last. A
+// store failure returns a nil page.
+func (s *Service) page(ids []string, open bool, limit int, now time.Time) (out map[string]Group, last string, full bool) {
+	out = map[string]Group{}
+	var bytes int64
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), limit)]
+		ids = ids[len(chunk):]
+		recs, err := s.st.getMany(chunk)
+		if err != nil {
+			s.log.Warn("groups: store", "err", err)
+			return nil, "", false
+		}
+		for _, rec := range recs {
+			if rec == nil || rec.Expires <= now.UnixMilli() {
+				continue
+			}
+			if _, registered := s.cfg.Apps[rec.Group.AppID]; open && registered {
+				continue
+			}
+			if len(out) == limit || (len(out) > 0 && bytes+rec.size > int64(s.cfg.PageBytes)) {
+				return out, last, true
+			}
+			out[rec.Group.ID] = rec.Group
+			bytes += rec.size
+			last = rec.Group.ID
+		}
+	}
+	return out, last, false
+}
+
 // lookup finds the group of the request's {id}, with its realm checked.
 func (s *Service) lookup(w http.ResponseWriter, r *http.Request) (rec *record, keyed, ok bool) {
+	scope, ok := s.scope(w, r)
+	if !ok {
+		return nil, false, false
+	}
 	id := r.PathValue("id")
 	rec, err := s.st.get(id)
 	if err != nil {
 		s.unavailable(w, err)
 		return nil, false, false
 	}
-	if rec == nil || rec.Expires <= s.now().UnixMilli() {
+	if rec == nil || rec.Expires <= s.now().UnixMilli() || (scope != "" && rec.Group.AppID != scope) {
 		s.fail(w, http.StatusNotFound, "not_found", "no group "+id)
 		return nil, false, false
 	}
-	keyed, ok = s.appAccess(w, r, rec.Group.AppID)
+	keyed, ok = s.appAccess(w, r, rec.Group.AppID, scope)
 	return rec, keyed, ok
 }
 
 // get is GET /groups/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
-	if rec, _, ok := s.lookup(w, r); ok {
+	if rec, _, ok := s.lookup(oneGroup{w}, r); ok {
 		relay.WriteJSON(w, http.StatusOK, rec.Group)
 	}
 }
 
 // update is PATCH /groups/{id}: the body replaces the group (its id and
 // app stay) and refreshes its TTL, as Disco's heartbeat does. 200 with the
-// group.
+// id as a JSON string, as Disco answers.
 func (s *Service) update(w http.ResponseWriter, r *http.Request) {
 	rec, keyed, ok := s.lookup(w, r)
 	if !ok {
 		return
 	}
-	g, ok := s.readGroup(w, r)
+	g, ok := s.readGroup(w, r, rec.Group.AppID)
 	if !ok {
 		return
 	}
-	if !s.owner(r, rec, keyed) {
+	if !s.mayChange(r, rec, keyed) {
 		s.fail(w, http.StatusForbidden, "forbidden", "updating a group needs its owner secret ("+SecretHeader+") or its application's key")
 		return
 	}
-	if g.AppID != rec.Group.AppID || (g.ID != "" && g.ID != rec.Group.ID) {
+	if g.ID != "" && g.ID != rec.Group.ID {
 		s.fail(w, http.StatusBadRequest, "bad_request", "a group's ID and AppID cannot change")
 		return
 	}
 	now := s.now()
 	g.ID, g.LastUpdated = rec.Group.ID, now.Unix()
 	nrec := &record{Group: g, Expires: now.Add(s.ttlOf(&g)).UnixMilli(), Secret: rec.Secret}
-	switch err := s.st.put(nrec, rec, s.cfg.MaxGroups, now); {
-	case err == errChanged:
-		s.fail(w, http.StatusConflict, "conflict", "group "+g.ID+" changed meanwhile: read it again")
-		return
-	case err != nil:
-		s.unavailable(w, err)
-		return
+	if s.put(w, nrec, rec, keyed, now) {
+		relay.WriteJSON(w, http.StatusOK, g.ID)
 	}
-	relay.WriteJSON(w, http.StatusOK, g)
 }
 
 // remove is DELETE /groups/{id}: 200 with the id.
@@ -429,7 +637,7 @@ func (s *Service) remove(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.owner(r, rec, keyed) {
+	if !s.mayChange(r, rec, keyed) {
 		s.fail(w, http.StatusForbidden, "forbidden", "deleting a group needs its owner secret ("+SecretHeader+") or its application's key")
 		return
 	}
@@ -461,8 +669,9 @@ func newSecret() string {
 
 // groupDocs documents the groups API's metric families.
 var groupDocs = map[string]relay.MetricDoc{
-	"meetpoint_groups":                {Type: "gauge", Help: "Groups advertised on this relay (the groups API)."},
-	"meetpoint_groups_rejected_total": {Type: "counter", Help: "Groups API requests refused, by reason."},
+	"meetpoint_groups":                {Type: "gauge", Help: "Groups advertised on this relay (the groups API; the fleet's, with a fleet)."},
+	"meetpoint_groups_bytes":          {Type: "gauge", Help: "Bytes of the stored groups (bounded by --groups-max-bytes)."},
+	"meetpoint_groups_rejected_total": {Type: "counter", Help: "Groups API requests refused, by reason (full: the relay's bounds on all groups; rate: an address's creations per minute; limit: an application's groups)."},
 }
 
 // LoadApps reads an apps file: one "APP_ID KEY" per line; blank lines and

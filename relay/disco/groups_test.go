@@ -39,9 +39,9 @@ func start(t *testing.T, cfg Config) (*Service, string, *relay.Server) {
 const babbleGroup = `{"Name":"office","AppID":"chat","PubKey":"0X04AB","Peers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}],"GenesisPeers":[{"NetAddr":"0X04AB","PubKeyHex":"0X04AB","Moniker":"alice"}]}`
 
 // TestGroupsDiscoWire: the routes and the JSON as Disco's clients expect
-// them, with owner secrets guarding update and delete.
+// them, with owner secrets (OwnerSecrets) guarding update and delete.
 func TestGroupsDiscoWire(t *testing.T) {
-	_, base, _ := start(t, Config{})
+	_, base, _ := start(t, Config{OwnerSecrets: true})
 	code, h, body := relaytest.HTTP(t, "POST", base+"/group", babbleGroup)
 	var id string
 	if code != 201 || json.Unmarshal([]byte(body), &id) != nil || len(id) != 36 {
@@ -75,8 +75,8 @@ func TestGroupsDiscoWire(t *testing.T) {
 	if code, _, _ := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, upd); code != 403 {
 		t.Errorf("PATCH without the owner secret: %d, want 403", code)
 	}
-	if code, _, body := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, upd, SecretHeader, secret); code != 200 || !strings.Contains(body, `"office 2"`) {
-		t.Errorf("PATCH with the owner secret: %d %q", code, body)
+	if code, _, body := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, upd, SecretHeader, secret); code != 200 || body != `"`+id+`"`+"\n" {
+		t.Errorf("PATCH with the owner secret: %d %q, want 200 and the id as a JSON string (as Disco answers)", code, body)
 	}
 	// Create-or-replace with a given id: only its owner replaces it.
 	withID := strings.Replace(babbleGroup, `{"Name"`, `{"ID":"`+id+`","Name"`, 1)
@@ -92,8 +92,206 @@ func TestGroupsDiscoWire(t *testing.T) {
 	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, "", SecretHeader, secret); code != 200 {
 		t.Errorf("DELETE with the owner secret: %d", code)
 	}
-	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 404 || !strings.Contains(body, `"error"`) {
-		t.Errorf("GET a deleted group: %d %q, want 404 with a JSON error", code, body)
+	var msg string
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 404 || json.Unmarshal([]byte(body), &msg) != nil {
+		t.Errorf("GET a deleted group: %d %q, want 404 with the message as a JSON string", code, body)
+	}
+}
+
+// create POSTs a group and returns its id.
+func create(t *testing.T, base, body string, hdr ...string) string {
+	t.Helper()
+	code, _, b := relaytest.HTTP(t, "POST", base+"/group", body, hdr...)
+	var id string
+	if code != 201 || json.Unmarshal([]byte(b), &id) != nil {
+		t.Fatalf("POST %.60s: %d %q", body, code, b)
+	}
+	return id
+}
+
+// TestGroupsDiscoCompat: by default an unregistered application's groups
+// behave as Disco's clients need: a re-POST with the group's ID replaces
+// and refreshes it (Disco's update, and babble-android's heartbeat),
+// PATCH and DELETE need no secret, PATCH answers the id, and a missing
+// group's 404 is not a JSON object (Disco's client would decode it into
+// an empty group and report no error).
+func TestGroupsDiscoCompat(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	s, base, _ := start(t, Config{TTL: time.Minute, SweepEvery: 10 * time.Millisecond, nowForTests: clk.now})
+	id := create(t, base, babbleGroup)
+	withID := strings.Replace(babbleGroup, `{"Name":"office"`, `{"ID":"`+id+`","Name":"renamed"`, 1)
+	for range 3 { // a heartbeat every 40 s outlives the 1-minute TTL
+		clk.add(40 * time.Second)
+		if got := create(t, base, withID); got != id {
+			t.Fatalf("re-POST with the ID answered %q, want %q", got, id)
+		}
+	}
+	if len(s.ids()) != 1 {
+		t.Fatalf("groups %v after re-POSTs of one ID, want one", s.ids())
+	}
+	code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, "")
+	var g Group
+	if code != 200 || json.Unmarshal([]byte(body), &g) != nil || g.Name != "renamed" || g.LastUpdated != clk.now().Unix() {
+		t.Fatalf("GET after the re-POSTs: %d %q, want the replaced group updated now", code, body)
+	}
+	if code, _, body := relaytest.HTTP(t, "PATCH", base+"/groups/"+id, babbleGroup); code != 200 || body != `"`+id+`"`+"\n" {
+		t.Errorf("PATCH without a secret: %d %q, want 200 and the id as a JSON string", code, body)
+	}
+	other := strings.Replace(withID, `"AppID":"chat"`, `"AppID":"other"`, 1)
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", other); code != 409 {
+		t.Errorf("re-POST of the ID under another application: %d, want 409", code)
+	}
+	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, ""); code != 200 {
+		t.Errorf("DELETE without a secret: %d, want 200", code)
+	}
+	code, _, body = relaytest.HTTP(t, "GET", base+"/groups/"+id, "")
+	var asGroup *Group
+	if code != 404 || json.Unmarshal([]byte(body), &asGroup) == nil {
+		t.Errorf("GET a missing group: %d %q, want 404 with a body that does not decode into a group", code, body)
+	}
+	if code, _, _ := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, ""); code != 404 {
+		t.Errorf("DELETE a missing group: %d, want 404", code)
+	}
+}
+
+// TestGroupsAppURL: a registered application's clients that cannot send
+// a header reach its groups with the key in the URL (/app/KEY/…), and
+// through it only that application's groups.
+func TestGroupsAppURL(t *testing.T) {
+	key, key2 := "chat-key-0123456789abcdef", "board-key-0123456789abcdef"
+	_, base, _ := start(t, Config{Apps: map[string]string{"chat": key, "board": key2}, AppsOnly: true})
+	app := base + "/app/" + key
+	id := create(t, app, babbleGroup)
+	noApp := create(t, app, `{"Name":"AppID from the URL"}`)
+	if code, _, _ := relaytest.HTTP(t, "POST", app+"/group", `{"AppID":"board"}`); code != 403 {
+		t.Errorf("another app's group through this app's URL: %d, want 403", code)
+	}
+	board := create(t, base+"/app/"+key2, `{"AppID":"board"}`)
+	if code, _, _ := relaytest.HTTP(t, "POST", base+"/app/wrong-key-0123456789/group", babbleGroup); code != 401 {
+		t.Errorf("an unknown key in the URL: %d, want 401", code)
+	}
+	var all map[string]Group
+	code, _, body := relaytest.HTTP(t, "GET", app+"/groups", "")
+	if code != 200 || json.Unmarshal([]byte(body), &all) != nil || len(all) != 2 || all[noApp].AppID != "chat" {
+		t.Fatalf("GET %s/groups: %d %q, want chat's two groups", "/app/KEY", code, body)
+	}
+	if code, _, _ := relaytest.HTTP(t, "GET", app+"/groups?app-id=board", ""); code != 403 {
+		t.Errorf("listing another app through this app's URL: %d, want 403", code)
+	}
+	if code, _, _ := relaytest.HTTP(t, "GET", app+"/groups/"+board, ""); code != 404 {
+		t.Errorf("another app's group through this app's URL: %d, want 404", code)
+	}
+	var asGroup *Group
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 401 || json.Unmarshal([]byte(body), &asGroup) == nil {
+		t.Errorf("the app's group without its key: %d %q, want 401 with a body that does not decode into a group", code, body)
+	}
+	if code, _, body := relaytest.HTTP(t, "PATCH", app+"/groups/"+id, `{"Name":"patched"}`); code != 200 || body != `"`+id+`"`+"\n" {
+		t.Errorf("PATCH through the URL: %d %q", code, body)
+	}
+	if code, _, _ := relaytest.HTTP(t, "DELETE", app+"/groups/"+id, ""); code != 200 {
+		t.Errorf("DELETE through the URL: %d", code)
+	}
+}
+
+// TestGroupsGrowthBounded: unregistered application ids are free to
+// invent, so what anonymous clients can store is bounded in all — groups
+// and bytes (503, reason full) — and per address in creations per minute
+// (429, reason rate); a listing is one bounded page with a Link to the
+// next. A registered application, reached with its key, still creates
+// its groups when the open ones fill the relay.
+func TestGroupsGrowthBounded(t *testing.T) {
+	key := "chat-key-0123456789abcdef"
+	srv := relaytest.New(t, func(c *relay.Config) { c.Limits.Exempt = nil }) // loopback counts as clients' addresses
+	s, err := New(srv, Config{Apps: map[string]string{"chat": key}, MaxTotal: 40, MaxBytes: 1 << 20, PageBytes: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	base := "http://" + relaytest.Addr(srv)
+	big := func(i int) string { // 62 KB, each of its own invented application
+		return fmt.Sprintf(`{"AppID":"app-%d","Name":"%s"}`, i, strings.Repeat("x", 62_000))
+	}
+
+	// One address creates 30 groups a minute (the default), then 429.
+	var first string
+	for i := range 31 {
+		code, _, body := relaytest.HTTPFrom(t, "127.0.0.2", "POST", base+"/group", fmt.Sprintf(`{"AppID":"small-%d"}`, i))
+		switch {
+		case i < 30 && code != 201:
+			t.Fatalf("creation %d from one address: %d %q", i, code, body)
+		case i == 30 && code != 429:
+			t.Fatalf("creation 31 within a minute from one address: %d %q, want 429", code, body)
+		case i == 0:
+			_ = json.Unmarshal([]byte(body), &first)
+		}
+	}
+	refresh := fmt.Sprintf(`{"ID":%q,"AppID":"small-0"}`, first)
+	if code, _, body := relaytest.HTTPFrom(t, "127.0.0.2", "POST", base+"/group", refresh); code != 201 {
+		t.Errorf("refreshing a group from an address out of creations: %d %q (a refresh is not a creation)", code, body)
+	}
+
+	// 62 KB groups from other addresses: the bytes bound (1 MiB) stops them.
+	stored := 0
+	for i := range 30 {
+		code, h, body := relaytest.HTTPFrom(t, fmt.Sprintf("127.0.1.%d", i%10+1), "POST", base+"/group", big(i))
+		if code == 503 {
+			if h.Get("Retry-After") == "" || !strings.Contains(body, `"error"`) {
+				t.Errorf("a full relay's answer: %d %v %q, want Retry-After and a JSON error", code, h, body)
+			}
+			break
+		}
+		if code != 201 {
+			t.Fatalf("62 KB group %d: %d %q", i, code, body)
+		}
+		stored++
+	}
+	if n := relaytest.Metric(t, srv, "meetpoint_groups_bytes"); stored == 0 || stored >= 30 || n > 1<<20 {
+		t.Fatalf("%d of 30 62 KB groups stored, %v bytes: want the 1 MiB bound to stop them", stored, n)
+	}
+	// The count bound (40): small groups fill what is left.
+	for i := 0; ; i++ {
+		code, _, body := relaytest.HTTPFrom(t, fmt.Sprintf("127.0.2.%d", i%20+1), "POST", base+"/group", fmt.Sprintf(`{"AppID":"fill-%d"}`, i))
+		if code == 503 {
+			break
+		}
+		if code != 201 || i > 40 {
+			t.Fatalf("filling up to 40 groups: group %d: %d %q", i, code, body)
+		}
+	}
+	if n := len(s.ids()); n != 40 {
+		t.Errorf("%d groups stored, want the bound, 40", n)
+	}
+	create(t, base, babbleGroup, "Authorization", "Bearer "+key) // a registered app still fits
+
+	// The open listing comes in pages of at most 256 KiB and 100 groups;
+	// following the Links reads every open group once.
+	seen := map[string]bool{}
+	next := base + "/groups"
+	for pages := 0; next != ""; pages++ {
+		code, h, body := relaytest.HTTP(t, "GET", next, "")
+		var page map[string]Group
+		if code != 200 || json.Unmarshal([]byte(body), &page) != nil || len(body) > 256<<10+64_000 || len(page) > 100 || pages > 40 {
+			t.Fatalf("page %d: %d, %d bytes, %d groups", pages, code, len(body), len(page))
+		}
+		for id := range page {
+			if seen[id] {
+				t.Fatalf("group %s on two pages", id)
+			}
+			seen[id] = true
+		}
+		next = ""
+		if l := h.Get("Link"); l != "" {
+			next = base + strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+		}
+	}
+	if len(seen) != 40 {
+		t.Errorf("the pages listed %d groups, want the 40 open ones", len(seen))
+	}
+	for reason, want := range map[string]float64{"rate": 1, "full": 2} {
+		if n := relaytest.Metric(t, srv, `meetpoint_groups_rejected_total{reason="`+reason+`"}`); n != want {
+			t.Errorf("rejected{reason=%q} %v, want %v", reason, n, want)
+		}
 	}
 }
 
@@ -177,21 +375,13 @@ func TestGroupsTTLAndPersistence(t *testing.T) {
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
 	cfg := Config{DataDir: dir, TTL: time.Minute, MaxTTL: time.Hour, SweepEvery: 10 * time.Millisecond, nowForTests: clk.now}
 	s, base, srv := start(t, cfg)
-	create := func(body string) (string, string) {
-		code, h, b := relaytest.HTTP(t, "POST", base+"/group", body)
-		var id string
-		if code != 201 || json.Unmarshal([]byte(b), &id) != nil {
-			t.Fatalf("POST %s: %d %q", body, code, b)
-		}
-		return id, h.Get(SecretHeader)
-	}
-	short, shortSecret := create(`{"AppID":"a","Name":"default ttl"}`)
-	long, _ := create(`{"AppID":"a","Name":"own ttl","TTL":1800}`)
+	short := create(t, base, `{"AppID":"a","Name":"default ttl"}`)
+	long := create(t, base, `{"AppID":"a","Name":"own ttl","TTL":1800}`)
 	if code, _, _ := relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","TTL":7200}`); code != 400 {
 		t.Errorf("a TTL over MaxTTL: %d, want 400", code)
 	}
 	clk.add(50 * time.Second)
-	if code, _, _ := relaytest.HTTP(t, "PATCH", base+"/groups/"+short, `{"AppID":"a","Name":"refreshed"}`, SecretHeader, shortSecret); code != 200 {
+	if code, _, _ := relaytest.HTTP(t, "PATCH", base+"/groups/"+short, `{"AppID":"a","Name":"refreshed"}`); code != 200 {
 		t.Fatalf("PATCH: %d", code)
 	}
 	clk.add(50 * time.Second) // 100 s after creation, 50 s after the refresh

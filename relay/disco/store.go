@@ -19,15 +19,21 @@ type store interface {
 	// get is id's live record; nil if there is none (or it expired).
 	get(id string) (*record, error)
 	// put stores rec in place of old (nil: id must be absent), refusing
-	// with errChanged if the stored record is no longer old, and with
-	// errLimit if a new group would exceed maxGroups for its app.
-	put(rec, old *record, maxGroups int, now time.Time) error
+	// with errChanged if the stored record is no longer old, with errLimit
+	// if a new group would exceed b.perApp for its app, and with errFull
+	// if a new group would exceed b.total or the stored bytes would grow
+	// over b.bytes (0: unbounded). It sets rec.size.
+	put(rec, old *record, b bounds, now time.Time) error
 	// del deletes old's group if it is still old.
 	del(old *record) error
-	// list is the live records of app, or of every app when app is "".
-	list(app string, now time.Time) ([]*record, error)
-	// count is how many groups are stored.
-	count() int
+	// ids are the ids of app's live groups, or of every app's when app
+	// is "" (in no order).
+	ids(app string, now time.Time) ([]string, error)
+	// getMany is the records of ids, in their order (nil where there is
+	// none).
+	getMany(ids []string) ([]*record, error)
+	// count is how many groups are stored, and their bytes.
+	count() (groups int, bytes int64)
 	// sweep removes expired groups (a store without native expiry).
 	sweep(now time.Time)
 	close() error
@@ -36,6 +42,7 @@ type store interface {
 var (
 	errChanged = errors.New("the group changed meanwhile")
 	errLimit   = errors.New("the application has the most groups allowed")
+	errFull    = errors.New("the relay holds the most groups it keeps")
 )
 
 // localStore is one relay's: a map, persisted in bbolt under DataDir
@@ -48,6 +55,7 @@ type localStore struct {
 	mu     sync.Mutex
 	groups map[string]*record // by id; guarded by mu
 	perApp map[string]int     // groups per app id; guarded by mu
+	bytes  int64              // the groups' stored bytes; guarded by mu
 }
 
 var bucket = []byte("groups")
@@ -80,8 +88,10 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 				expired = append(expired, append([]byte(nil), k...))
 				return nil
 			}
+			r.size = int64(len(v))
 			s.groups[r.Group.ID] = &r
 			s.perApp[r.Group.AppID]++
+			s.bytes += r.size
 			return nil
 		})
 		for _, k := range expired {
@@ -106,14 +116,10 @@ func (s *localStore) close() error {
 	return nil
 }
 
-// save writes r to bbolt.
-func (s *localStore) save(id string, r *record) error {
+// save writes r (its JSON, v) to bbolt.
+func (s *localStore) save(id string, v []byte) error {
 	if s.db == nil {
 		return nil
-	}
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
 	}
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), v) })
 }
@@ -140,21 +146,35 @@ func (s *localStore) get(id string) (*record, error) {
 	return s.groups[id], nil // expiry is the caller's check (sweeps lag)
 }
 
-func (s *localStore) put(rec, old *record, maxGroups int, _ time.Time) error {
+func (s *localStore) put(rec, old *record, b bounds, _ time.Time) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	rec.size = int64(len(v))
 	id := rec.Group.ID
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.groups[id] != old {
 		return errChanged
 	}
+	var was int64
+	if old != nil {
+		was = old.size
+	}
+	switch {
+	case old == nil && b.perApp > 0 && s.perApp[rec.Group.AppID] >= b.perApp:
+		return errLimit
+	case old == nil && b.total > 0 && len(s.groups) >= b.total,
+		b.bytes > 0 && rec.size > was && s.bytes-was+rec.size > b.bytes:
+		return errFull
+	}
 	if old == nil {
-		if s.perApp[rec.Group.AppID] >= maxGroups {
-			return errLimit
-		}
 		s.perApp[rec.Group.AppID]++
 	}
 	s.groups[id] = rec
-	return s.save(id, rec)
+	s.bytes += rec.size - was
+	return s.save(id, v)
 }
 
 func (s *localStore) del(old *record) error {
@@ -171,28 +191,39 @@ func (s *localStore) del(old *record) error {
 // drop forgets id (under mu).
 func (s *localStore) drop(id string, r *record) {
 	delete(s.groups, id)
+	s.bytes -= r.size
 	if s.perApp[r.Group.AppID]--; s.perApp[r.Group.AppID] <= 0 {
 		delete(s.perApp, r.Group.AppID)
 	}
 }
 
-func (s *localStore) list(app string, now time.Time) ([]*record, error) {
+func (s *localStore) ids(app string, now time.Time) ([]string, error) {
 	ms := now.UnixMilli()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*record
-	for _, r := range s.groups {
+	var out []string
+	for id, r := range s.groups {
 		if r.Expires > ms && (app == "" || r.Group.AppID == app) {
-			out = append(out, r)
+			out = append(out, id)
 		}
 	}
 	return out, nil
 }
 
-func (s *localStore) count() int {
+func (s *localStore) getMany(ids []string) ([]*record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.groups)
+	out := make([]*record, len(ids))
+	for i, id := range ids {
+		out[i] = s.groups[id]
+	}
+	return out, nil
+}
+
+func (s *localStore) count() (int, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.groups), s.bytes
 }
 
 // sweep deletes expired groups a batch at a time (no global pause: the

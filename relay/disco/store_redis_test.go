@@ -18,7 +18,7 @@ func TestGroupsFleet(t *testing.T) {
 	addr := relaytest.Redis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { rdb.Close() })
-	cfg := Config{Redis: rdb, MaxGroups: 2, Prefix: "t1:"}
+	cfg := Config{Redis: rdb, MaxGroups: 2, Prefix: "t1:", OwnerSecrets: true}
 	_, u1, _ := start(t, cfg)
 	_, u2, srv2 := start(t, cfg)
 
@@ -86,18 +86,18 @@ func TestGroupsFleetCompareAndSet(t *testing.T) {
 		rec := func(name string) *record {
 			return &record{Group: Group{ID: "g1", AppID: "chat", Name: name}, Expires: now.Add(time.Minute).UnixMilli()}
 		}
-		if err := st.put(rec("a"), nil, 10, now); err != nil {
+		if err := st.put(rec("a"), nil, bounds{perApp: 10}, now); err != nil {
 			t.Fatalf("%s: create: %v", name, err)
 		}
-		if err := st.put(rec("again"), nil, 10, now); err != errChanged {
+		if err := st.put(rec("again"), nil, bounds{perApp: 10}, now); err != errChanged {
 			t.Fatalf("%s: second create of one id: %v", name, err)
 		}
 		read, _ := st.get("g1")
 		stale, _ := st.get("g1")
-		if err := st.put(rec("b"), read, 10, now); err != nil {
+		if err := st.put(rec("b"), read, bounds{perApp: 10}, now); err != nil {
 			t.Fatalf("%s: update: %v", name, err)
 		}
-		if err := st.put(rec("c"), stale, 10, now); err != errChanged {
+		if err := st.put(rec("c"), stale, bounds{perApp: 10}, now); err != errChanged {
 			t.Fatalf("%s: update from a stale read: %v", name, err)
 		}
 		if err := st.del(stale); err != errChanged {
@@ -131,4 +131,53 @@ func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	code, _, body := relaytest.HTTP(t, "GET", url, "")
 	return code, body
+}
+
+// TestGroupsStoreBounds: both stores refuse past an app's bound (limit),
+// past the groups in all and past their bytes (full), let a group shrink
+// or be refreshed when full, and stop counting a group once it is
+// deleted or expired.
+func TestGroupsStoreBounds(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: relaytest.Redis(t)})
+	t.Cleanup(func() { rdb.Close() })
+	now := time.Now()
+	for name, st := range map[string]store{"redis": &redisStore{rdb: rdb, prefix: "bounds:"}, "local": &localStore{groups: map[string]*record{}, perApp: map[string]int{}, batch: 256}} {
+		rec := func(id, app string, size int, life time.Duration) *record {
+			return &record{Group: Group{ID: id, AppID: app, Name: strings.Repeat("x", size)}, Expires: now.Add(life).UnixMilli()}
+		}
+		b := bounds{perApp: 2, total: 3, bytes: 3000}
+		put := func(r, old *record, want error) {
+			t.Helper()
+			if err := st.put(r, old, b, now); err != want {
+				t.Fatalf("%s: put %s (%d bytes): %v, want %v", name, r.Group.ID, r.size, err, want)
+			}
+		}
+		a1 := rec("a1", "a", 100, time.Minute)
+		put(a1, nil, nil)
+		put(rec("a2", "a", 100, time.Minute), nil, nil)
+		put(rec("a3", "a", 100, time.Minute), nil, errLimit)
+		short := rec("b1", "b", 100, 50*time.Millisecond)
+		put(short, nil, nil)
+		put(rec("c1", "c", 100, time.Minute), nil, errFull) // three groups in all
+		put(rec("a1", "a", 2900, time.Minute), a1, errFull) // over 3000 bytes
+		small := rec("a1", "a", 10, time.Minute)
+		put(small, a1, nil) // shrinking always fits
+		if n, bytes := st.count(); n != 3 || bytes <= 0 || bytes > 3000 {
+			t.Fatalf("%s: count %d groups, %d bytes", name, n, bytes)
+		}
+		if err := st.del(small); err != nil {
+			t.Fatal(err)
+		}
+		put(rec("c1", "c", 100, time.Minute), nil, nil) // the deleted group's room
+		// b1 expires: the next write forgets it (Redis) or the sweep does.
+		now = now.Add(100 * time.Millisecond)
+		st.sweep(now)
+		put(rec("d1", "d", 100, time.Minute), nil, nil)
+		if ids, _ := st.ids("", now); len(ids) != 3 {
+			t.Fatalf("%s: live ids %v, want a2, c1, d1", name, ids)
+		}
+		if _, bytes := st.count(); bytes > 3000 {
+			t.Fatalf("%s: %d bytes counted after deletes and expiry", name, bytes)
+		}
+	}
 }

@@ -150,6 +150,15 @@ func (l *Limiter) key(ip netip.Addr) netip.Addr {
 	return p.Addr()
 }
 
+// Key is the key under which the per-address limits count ip (global
+// IPv6 addresses by their IPv6Prefix), and whether ip is exempt from them:
+// a subsystem that bounds something per address on its own counts by it.
+func (l *Limiter) Key(ip netip.Addr) (key netip.Addr, exempt bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.key(ip), l.exempt(ip)
+}
+
 // exempt reports whether ip is exempt. Called with mu held.
 func (l *Limiter) exempt(ip netip.Addr) bool {
 	ip = ip.WithZone("")

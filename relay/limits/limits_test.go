@@ -134,3 +134,30 @@ func TestAddrOfKeepsZone(t *testing.T) {
 		t.Fatalf("mapped: %v", a)
 	}
 }
+
+// TestRatesForgetFullBuckets: Rates bounds each key to its burst, then its
+// rate, and forgets buckets that have filled up again, so its memory
+// follows the addresses active within one refill.
+func TestRatesForgetFullBuckets(t *testing.T) {
+	r := NewRates(1, 2) // one a second, bursts of two
+	now := time.Unix(1_800_000_000, 0)
+	a := netip.MustParseAddr("192.0.2.1")
+	for i, want := range []bool{true, true, false} {
+		if got := r.Allow(a, now); got != want {
+			t.Fatalf("request %d at once: allowed %v, want a burst of 2, then refused", i+1, got)
+		}
+	}
+	if !r.Allow(a, now.Add(time.Second)) {
+		t.Fatal("refilled after a second")
+	}
+	for i := range 2000 {
+		r.Allow(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), now)
+	}
+	later := now.Add(10 * time.Second) // every bucket full again
+	for i := range 1024 {
+		r.Allow(a, later.Add(time.Duration(i)*time.Second))
+	}
+	if n := r.Len(); n > 1 {
+		t.Fatalf("%d buckets kept after every one refilled, want at most the active one", n)
+	}
+}

@@ -141,14 +141,25 @@ func (a *nbConn) Close() error {
 	}
 	return unix.Close(a.fd)
 }
-func (a *nbConn) LocalAddr() net.Addr                { return a.local }
-func (a *nbConn) RemoteAddr() net.Addr               { return a.remote }
-func (a *nbConn) SetDeadline(t time.Time) error      { return a.deadline(t) }
-func (a *nbConn) SetReadDeadline(t time.Time) error  { return a.deadline(t) }
-func (a *nbConn) SetWriteDeadline(t time.Time) error { return a.deadline(t) }
-func (a *nbConn) deadline(t time.Time) error {
+func (a *nbConn) LocalAddr() net.Addr  { return a.local }
+func (a *nbConn) RemoteAddr() net.Addr { return a.remote }
+
+// Deadlines apply to the blocking phase, each to its own direction: a
+// writer's deadline must not end a reader waiting on an idle connection
+// (a WebSocket session handed to net/http that writes with a deadline and
+// reads for minutes).
+func (a *nbConn) SetDeadline(t time.Time) error {
+	return a.deadline(func(c net.Conn) error { return c.SetDeadline(t) })
+}
+func (a *nbConn) SetReadDeadline(t time.Time) error {
+	return a.deadline(func(c net.Conn) error { return c.SetReadDeadline(t) })
+}
+func (a *nbConn) SetWriteDeadline(t time.Time) error {
+	return a.deadline(func(c net.Conn) error { return c.SetWriteDeadline(t) })
+}
+func (a *nbConn) deadline(set func(net.Conn) error) error {
 	if a.hs != nil {
-		return a.hs.SetDeadline(t)
+		return set(a.hs)
 	}
 	return nil
 }

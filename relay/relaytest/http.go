@@ -2,6 +2,7 @@ package relaytest
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,21 @@ import (
 // made.
 func HTTP(t testing.TB, method, url, body string, hdr ...string) (int, http.Header, string) {
 	t.Helper()
+	return do(t, http.DefaultClient, method, url, body, hdr...)
+}
+
+// HTTPFrom is HTTP from the local address ip (e.g. 127.0.0.2: another
+// client address on loopback, for per-address bounds).
+func HTTPFrom(t testing.TB, ip, method, url, body string, hdr ...string) (int, http.Header, string) {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	defer c.CloseIdleConnections()
+	return do(t, c, method, url, body, hdr...)
+}
+
+func do(t testing.TB, c *http.Client, method, url, body string, hdr ...string) (int, http.Header, string) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -19,7 +35,7 @@ func HTTP(t testing.TB, method, url, body string, hdr ...string) (int, http.Head
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha1" //nolint:gosec // the TURN REST scheme is HMAC-SHA1 (coturn's, RFC 8489 long-term credentials)
-	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -35,6 +34,7 @@ import (
 	pturn "github.com/pion/turn/v5"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/limits"
 )
 
 // Config is the TURN section of a relay's configuration.
@@ -52,8 +52,26 @@ type Config struct {
 	RelayIP net.IP
 	// PortMin..PortMax is the relay port range (default 49152–65535).
 	PortMin, PortMax uint16
-	// MaxPerUser bounds a user's allocations at once (default 10).
+	// MaxPerUser bounds the allocations one user — a token's own subject —
+	// holds at once (default 10).
 	MaxPerUser int
+	// MaxPerShared bounds the allocations one shared credential holds at
+	// once: the static User, a registered application (its key), and
+	// "anonymous" (tokens without a subject). Default 4096: a Babble group
+	// of 32 nodes sharing one static user holds up to 32 × 31 peers × 4
+	// connections (two pooled each way) = 3968.
+	MaxPerShared int
+	// MaxPerAddress bounds the allocations one client address (IPv6 by the
+	// relay's prefix; --limit-exempt addresses exempt) holds at once,
+	// whatever its credentials (default 256: one Babble node among 32, with
+	// room for reconnections), so one holder of a shared credential cannot
+	// take everyone's.
+	MaxPerAddress int
+	// User and Password are a static long-term credential (Disco's
+	// --ice-username/--ice-password, what Babble's --ice-username and
+	// --ice-password take for its lifetime), beside the TURN REST ones; ""
+	// for none. User has no ':' (a TURN REST username has one).
+	User, Password string
 	// CredentialTTL is the life of handed-out credentials (default 1 h).
 	CredentialTTL time.Duration
 	// MaxRate bounds each allocation's relayed bytes per second, each way
@@ -94,15 +112,26 @@ func ParsePorts(v string) (lo, hi uint16, err error) {
 
 // LoadSecret reads a --turn-secret-file (the secret, whitespace trimmed).
 func LoadSecret(path string) ([]byte, error) {
+	s, err := loadTrimmed(path, "the TURN secret", 16)
+	return []byte(s), err
+}
+
+// LoadPassword reads a --turn-password-file (the static user's password,
+// whitespace trimmed).
+func LoadPassword(path string) (string, error) {
+	return loadTrimmed(path, "the TURN password", 8)
+}
+
+func loadTrimmed(path, what string, least int) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	s := strings.TrimSpace(string(b))
-	if len(s) < 16 {
-		return nil, fmt.Errorf("%s: the TURN secret must be at least 16 characters", path)
+	if len(s) < least {
+		return "", fmt.Errorf("%s: %s must be at least %d characters", path, what, least)
 	}
-	return []byte(s), nil
+	return s, nil
 }
 
 // Service is TURN on one relay.
@@ -119,12 +148,14 @@ type Service struct {
 	// relay IP's ports peers may reach (TURN to TURN). Static length.
 	livePorts []atomic.Int32
 
-	mu     sync.Mutex
-	perUsr map[string]int       // allocations by user; guarded by mu
-	live   map[*allocation]bool // relay sockets open; guarded by mu
+	mu      sync.Mutex
+	perUsr  map[string]int       // allocations by user; guarded by mu
+	perAddr map[netip.Addr]int   // allocations by client address key; guarded by mu
+	live    map[*allocation]bool // relay sockets open; guarded by mu
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
+	addrQuotas                  *metrics.Counter
 	authFail, creds             *metrics.Counter
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
@@ -150,16 +181,26 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.MaxPerUser <= 0 {
 		cfg.MaxPerUser = 10
 	}
+	if cfg.MaxPerShared <= 0 {
+		cfg.MaxPerShared = 4096
+	}
+	if cfg.MaxPerAddress <= 0 {
+		cfg.MaxPerAddress = 256
+	}
+	if cfg.User != "" && (strings.Contains(cfg.User, ":") || len(cfg.Password) < 8) {
+		return nil, errors.New("turn: a static user has no ':' in its name (--turn-user) and a password of at least 8 characters (--turn-password-file)")
+	}
 	if cfg.CredentialTTL <= 0 {
 		cfg.CredentialTTL = time.Hour
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), live: map[*allocation]bool{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
+	s.addrQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_address"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
 	s.rxBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="from_peers"}`)
@@ -236,40 +277,29 @@ func (s *Service) Start() error {
 		Realm:         s.cfg.Realm,
 		LoggerFactory: lf,
 		AuthHandler: func(ra *pturn.RequestAttributes) (string, []byte, bool) {
+			if s.cfg.User != "" && ra.Username == s.cfg.User {
+				return s.cfg.User, pturn.GenerateAuthKey(s.cfg.User, ra.Realm, s.cfg.Password), true
+			}
 			user, key, ok := rest(ra)
 			if !ok { // a malformed or expired username (a wrong password fails later: OnAuth)
 				s.authFail.Inc()
 			}
 			return user, key, ok
 		},
-		QuotaHandler: func(user, _ string, _ net.Addr) bool {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.perUsr[user] >= s.cfg.MaxPerUser {
-				s.quotas.Inc()
-				return false
-			}
-			return true
-		},
+		QuotaHandler: s.quota,
 		EventHandler: pturn.EventHandler{
 			OnAuth: func(_, _ net.Addr, _, _, _, _ string, ok bool) {
 				if !ok { // a wrong password
 					s.authFail.Inc()
 				}
 			},
-			OnAllocationCreated: func(_, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
-				s.mu.Lock()
-				s.perUsr[user]++
-				s.mu.Unlock()
+			OnAllocationCreated: func(client, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
+				s.count(user, client, 1)
 				s.allocs.Inc()
 				s.allocsTotal.Inc()
 			},
-			OnAllocationDeleted: func(_, _ net.Addr, _, user, _ string) {
-				s.mu.Lock()
-				if s.perUsr[user]--; s.perUsr[user] <= 0 {
-					delete(s.perUsr, user)
-				}
-				s.mu.Unlock()
+			OnAllocationDeleted: func(client, _ net.Addr, _, user, _ string) {
+				s.count(user, client, -1)
 				s.allocs.Dec()
 			},
 		},
@@ -284,6 +314,57 @@ func (s *Service) Start() error {
 	s.log.Info("turn listening", "udp", pc.LocalAddr().String(), "relay_ip", relayIP.String(),
 		"ports", fmt.Sprintf("%d-%d", s.cfg.PortMin, s.cfg.PortMax))
 	return nil
+}
+
+// Anonymous is the TURN user of a token without a subject.
+const Anonymous = "anonymous"
+
+// limitOf is the most allocations user may hold at once: a shared
+// credential's bound (the static user, an application, anonymous) or one
+// user's.
+func (s *Service) limitOf(user string) int {
+	if _, app := s.cfg.Apps[user]; app || user == Anonymous || (s.cfg.User != "" && user == s.cfg.User) {
+		return s.cfg.MaxPerShared
+	}
+	return s.cfg.MaxPerUser
+}
+
+// addrKey is the key client's allocations are counted under, and whether
+// it is exempt from the per-address bound.
+func (s *Service) addrKey(client net.Addr) (netip.Addr, bool) {
+	return s.srv.ClientKey(limits.AddrOf(client))
+}
+
+// quota decides on a new allocation: its credential and its client
+// address each under their bound (pion's QuotaHandler).
+func (s *Service) quota(user, _ string, client net.Addr) bool {
+	key, exempt := s.addrKey(client)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.perUsr[user] >= s.limitOf(user):
+		s.quotas.Inc()
+		return false
+	case !exempt && s.perAddr[key] >= s.cfg.MaxPerAddress:
+		s.addrQuotas.Inc()
+		return false
+	}
+	return true
+}
+
+// count adds d to user's and client's allocations.
+func (s *Service) count(user string, client net.Addr, d int) {
+	key, exempt := s.addrKey(client)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUsr[user] += d; s.perUsr[user] <= 0 {
+		delete(s.perUsr, user)
+	}
+	if !exempt {
+		if s.perAddr[key] += d; s.perAddr[key] <= 0 {
+			delete(s.perAddr, key)
+		}
+	}
 }
 
 // Addr is the UDP address TURN listens on (nil before Start).
@@ -321,7 +402,7 @@ func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
 		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a relay token is required (Authorization: Bearer TOKEN)"})
 		return
 	}
-	if app, ok := s.appOf(token); ok {
+	if app, ok := relay.MatchKey(s.cfg.Apps, token); ok {
 		s.issue(w, r, app)
 		return
 	}
@@ -340,20 +421,9 @@ func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
 	}
 	user := tid.Subject
 	if user == "" {
-		user = "anonymous"
+		user = Anonymous
 	}
 	s.issue(w, r, user)
-}
-
-// appOf finds the registered application whose key token is; every key
-// is compared, in constant time, so timing tells nothing of which.
-func (s *Service) appOf(token string) (app string, ok bool) {
-	for id, key := range s.cfg.Apps {
-		if subtle.ConstantTimeCompare([]byte(token), []byte(key)) == 1 {
-			app, ok = id, true
-		}
-	}
-	return app, ok
 }
 
 // issue answers a credential pair for user.
@@ -400,7 +470,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a user's allocations at the limit; tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -75,7 +76,14 @@ func getCreds(t *testing.T, srv *relay.Server, token string) (int, creds) {
 // client is a pion TURN client of s with the given credentials.
 func client(t *testing.T, s *Service, user, pass string) *pturn.Client {
 	t.Helper()
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	return clientFrom(t, s, "127.0.0.1", user, pass)
+}
+
+// clientFrom is client from the local address ip (another client
+// address on loopback).
+func clientFrom(t *testing.T, s *Service, ip, user, pass string) *pturn.Client {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", ip+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +167,82 @@ func TestTURNRefusals(t *testing.T) {
 	}
 	if s.quotas.Get() != 1 || s.authFail.Get() < 2 {
 		t.Errorf("refusals counted: quota %d, auth %d", s.quotas.Get(), s.authFail.Get())
+	}
+}
+
+// TestTURNStaticUser: a static long-term user (--turn-user, as Disco's
+// --ice-username and Babble's) allocates with its password, for as long
+// as the relay runs (nothing in it expires); its allocations relay to
+// each other; a wrong password is refused.
+func TestTURNStaticUser(t *testing.T) {
+	s, _ := start(t, Config{User: "babble", Password: "static-password", AllowPeers: loopbackPeers})
+	if _, err := client(t, s, "babble", "wrong-password").Allocate(); err == nil {
+		t.Error("the static user allocated with a wrong password")
+	}
+	a, err := client(t, s, "babble", "static-password").Allocate()
+	if err != nil {
+		t.Fatalf("the static user: %v", err)
+	}
+	defer a.Close()
+	b, err := client(t, s, "babble", "static-password").Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.WriteTo([]byte("hi"), a.LocalAddr()); err != nil { // each side writes first: pion's client creates the permission
+		t.Fatal(err)
+	}
+	relays(t, a, b, []byte("from a"))
+	relays(t, b, a, []byte("from b"))
+	for _, bad := range []Config{{User: "a:b", Password: "static-password"}, {User: "babble", Password: "short"}} {
+		if _, err := New(relaytest.New(t, nil), Config{Secret: secret, User: bad.User, Password: bad.Password}); err == nil {
+			t.Errorf("static user %q with password %q accepted", bad.User, bad.Password)
+		}
+	}
+}
+
+// TestTURNQuotaPerAddress: allocations are counted per credential and
+// per client address. Every token without a subject shares the user
+// "anonymous" (and a Babble group one static user), so one holder at
+// one address stops at the address's bound and another address with the
+// same credential still allocates; a credential's own bound holds across
+// addresses.
+func TestTURNQuotaPerAddress(t *testing.T) {
+	s, srv := startWith(t, Config{MaxPerAddress: 3, MaxPerShared: 5, User: "babble", Password: "static-password"},
+		func(c *relay.Config) { c.Limits.Exempt = nil }) // loopback addresses count as clients'
+	_, cr := getCreds(t, srv, "any-token")
+	if !strings.HasSuffix(cr.Username, ":"+Anonymous) {
+		t.Fatalf("credentials %q, want the anonymous user", cr.Username)
+	}
+	for i, cred := range [][2]string{{cr.Username, cr.Password}, {"babble", "static-password"}} {
+		ip := func(host int) string { return fmt.Sprintf("127.0.%d.%d", i+1, host) } // each credential its own addresses
+		held := 0
+		for ; held < 10; held++ {
+			a, err := clientFrom(t, s, ip(2), cred[0], cred[1]).Allocate()
+			if err != nil {
+				break
+			}
+			defer a.Close()
+		}
+		if held != 3 {
+			t.Fatalf("%s from one address: %d allocations, want the address's bound, 3", cred[0], held)
+		}
+		a, err := clientFrom(t, s, ip(3), cred[0], cred[1]).Allocate()
+		if err != nil {
+			t.Fatalf("%s from another address while the first holds its bound: %v", cred[0], err)
+		}
+		defer a.Close()
+		b, err := clientFrom(t, s, ip(4), cred[0], cred[1]).Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if _, err := clientFrom(t, s, ip(5), cred[0], cred[1]).Allocate(); err == nil {
+			t.Errorf("%s: a sixth allocation over the shared credential's bound, 5", cred[0])
+		}
+	}
+	if s.addrQuotas.Get() != 2 || s.quotas.Get() != 2 {
+		t.Errorf("refusals counted: quota_address %d, quota %d; want 2 and 2", s.addrQuotas.Get(), s.quotas.Get())
 	}
 }
 

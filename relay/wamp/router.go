@@ -18,10 +18,12 @@
 // sessions are few and short-lived next to tunnels); all routing state is
 // under one mutex, held for map operations only, never across I/O.
 //
-// Why not a library: the WAMP router github.com/gammazero/nexus/v3 (what
-// Babble's own client uses) is not served by this project's module proxy,
-// nor is any other Go WAMP router; the basic profile is small, and
-// interoperability is proven against autobahn-js, the reference client
+// Why not a library: the router of github.com/gammazero/nexus/v3 (what
+// Babble's client is built on; v3.3.0 is the newest the module proxy
+// serves) routes calls within one process only, with no hook to reach a
+// callee on another node, and bounds nothing per session but its outbound
+// queue; interoperability is proven against nexus's client (Babble's, in
+// make interop-disco) and autobahn-js, the reference client
 // (docs/discovery.md).
 package wamp
 
@@ -36,6 +38,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,14 +229,26 @@ func (r *Router) Close() error {
 func (r *Router) newID() uint64 { return r.ids.Add(1) }
 
 // ServeHTTP upgrades a WebSocket naming wamp.2.json and serves the
-// session on it until it ends.
+// session on it until it ends. An upgrade to /app/KEY (for clients that
+// cannot authenticate, such as Babble's) admits the session to that
+// registered application's realm only; a key no application has is
+// answered 401 before the upgrade.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	var app string
+	if rest, ok := strings.CutPrefix(req.URL.Path, "/app/"); ok {
+		key, _, _ := strings.Cut(rest, "/")
+		if app, ok = relay.MatchKey(r.cfg.Apps, key); !ok {
+			r.closed["auth"].Inc()
+			relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "no application has the key in this URL"})
+			return
+		}
+	}
 	up := ws.HTTPUpgrader{Protocol: func(p string) bool { return p == Subprotocol }}
 	conn, _, _, err := up.Upgrade(req, w)
 	if err != nil {
 		return // the upgrader answered 400
 	}
-	s := &session{r: r, conn: conn, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
+	s := &session{r: r, conn: conn, app: app, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
 		regs: map[uint64]*registration{}, subs: map[uint64]*topic{}, invocations: map[uint64]*call{},
 		calling: map[*call]bool{}}
 	var b [8]byte
@@ -271,6 +286,8 @@ type session struct {
 	once sync.Once
 	wmu  sync.Mutex    // serialises writes: the writer's and control-frame replies
 	quit chan struct{} // closed when the writer has ended
+
+	app string // the application whose key the upgrade's URL carried: its realm only
 
 	// Set once, by the reader, before WELCOME; read by others after.
 	realm     *realm
@@ -478,6 +495,12 @@ func (s *session) establish(m Message) bool {
 		d, err := m.Dict(1)
 		if err != nil {
 			return s.abort(errProtocolViolation, "protocol", err.Error())
+		}
+		if s.app != "" { // the key came in the URL
+			if name != s.app {
+				return s.abort(errNotAuthorized, "auth", fmt.Sprintf("the key in this URL admits realm %s only", s.app))
+			}
+			return s.welcome(name, "ticket", "app")
 		}
 		if key, ok := cfg.Apps[name]; ok {
 			var methods []string

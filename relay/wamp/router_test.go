@@ -293,6 +293,45 @@ func TestRealms(t *testing.T) {
 	_ = r
 }
 
+// TestRealmByURLKey: a client that cannot authenticate (Babble's) is
+// admitted to a registered application's realm by the key in its URL
+// (/app/KEY), to that realm only; a key no application has is refused
+// before the upgrade.
+func TestRealmByURLKey(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	_, srv := start(t, Config{Apps: map[string]string{"chat": key}, AppsOnly: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url := relaytest.WSURL(srv) + "app/" + key
+	callee, err := Dial(ctx, url, "chat", "")
+	if err != nil {
+		t.Fatalf("joining the app's realm with the key in the URL: %v", err)
+	}
+	defer callee.Close()
+	if err := callee.Register(ctx, "0XCALLEE", func(args []json.RawMessage) ([]any, error) { return []any{"answer"}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	caller, err := Dial(ctx, url, "chat", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caller.Close()
+	if res, err := caller.Call(ctx, "0XCALLEE", "0XCALLER", "offer"); err != nil || len(res) != 1 || string(res[0]) != `"answer"` {
+		t.Fatalf("a call within the app's realm: %s %v", res, err)
+	}
+	if _, err := Dial(ctx, url, "main", ""); err == nil || !strings.Contains(err.Error(), errNotAuthorized) {
+		t.Errorf("another realm through the app's URL: %v, want %s", err, errNotAuthorized)
+	}
+	if _, err := Dial(ctx, relaytest.WSURL(srv)+"app/not-a-key-0123456789", "chat", ""); err == nil {
+		t.Error("an unknown key in the URL was admitted")
+	}
+	if code, _, _ := relaytest.HTTP(t, "GET", "http://"+relaytest.Addr(srv)+"/app/not-a-key-0123456789", "",
+		"Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==",
+		"Sec-WebSocket-Protocol", Subprotocol); code != 401 {
+		t.Errorf("an unknown key's upgrade: %d, want 401 before the upgrade", code)
+	}
+}
+
 // TestBadInput: garbage, messages out of order, an oversized message and
 // a silent client each get a clear ABORT and a closed connection.
 func TestBadInput(t *testing.T) {
