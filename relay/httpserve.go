@@ -102,7 +102,11 @@ func (s *Server) startHTTP() {
 type tlsStateKey struct{}
 
 // httpRoot is the handler of every handed-off HTTP connection: the TLS
-// state of wrapped connections goes into r.TLS, upgrades naming a
+// state of wrapped connections goes into r.TLS; the path is decoded and
+// cleaned once (cleanPath: a path it refuses is a 400) and everything
+// after decides on and forwards that path; the access rules apply to
+// every request but the health checks, WebSocket upgrades (a registered
+// subprotocol's included) pass AllowedOrigins, upgrades naming a
 // registered subprotocol go to its handler, bodies are bounded, the rest
 // to the mux.
 func (s *Server) httpRoot() http.Handler {
@@ -111,7 +115,24 @@ func (s *Server) httpRoot() http.Handler {
 		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
 			r.TLS = st
 		}
+		p, err := cleanPath(r.URL.EscapedPath())
+		if err != nil {
+			s.stats.httpBadPath.Inc()
+			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.URL.Path, r.URL.RawPath = p, ""
+		if s.cfg.Access != nil && !healthCheck(r) && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
+			s.stats.httpDenied.Inc()
+			http.Error(w, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client", http.StatusForbidden)
+			return
+		}
 		if r.Header.Get("Upgrade") != "" {
+			if !s.originAllowed(r.Header.Get("Origin")) {
+				s.stats.httpOrigin.Inc()
+				http.Error(w, "403 forbidden: this page's origin may not open WebSockets to the relay (--allowed-origins)", http.StatusForbidden)
+				return
+			}
 			for _, p := range r.Header.Values("Sec-WebSocket-Protocol") {
 				for name := range strings.SplitSeq(p, ",") {
 					if h := s.subprotocols[strings.TrimSpace(name)]; h != nil {
@@ -120,11 +141,6 @@ func (s *Server) httpRoot() http.Handler {
 					}
 				}
 			}
-		}
-		if s.cfg.Access != nil && !healthCheck(r) && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
-			s.stats.httpDenied.Inc()
-			http.Error(w, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client", http.StatusForbidden)
-			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
 		s.mux.ServeHTTP(w, r)

@@ -30,6 +30,8 @@ type stats struct {
 	httpConns         *metrics.Counter    // connections handed to net/http
 	httpRequests      *metrics.Counter    // requests net/http served
 	httpDenied        *metrics.Counter    // requests refused by the access rules
+	httpBadPath       *metrics.Counter    // requests refused for their path (cleanPath)
+	httpOrigin        *metrics.Counter    // net/http upgrades refused for their Origin
 	identities        [3]*metrics.Counter // authenticated clients by identity kind (identityKinds)
 	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
@@ -63,6 +65,8 @@ func newStats() *stats {
 	s.httpConns = s.set.NewCounter(`meetpoint_http_connections_total`)
 	s.httpRequests = s.set.NewCounter(`meetpoint_http_requests_total`)
 	s.httpDenied = s.set.NewCounter(`meetpoint_http_denied_total`)
+	s.httpBadPath = s.set.NewCounter(`meetpoint_http_bad_path_total`)
+	s.httpOrigin = s.set.NewCounter(`meetpoint_http_origin_refused_total`)
 	for i, k := range identityKinds {
 		s.identities[i] = s.set.NewCounter(fmt.Sprintf(`meetpoint_authenticated_total{identity=%q}`, k))
 	}

@@ -94,7 +94,7 @@ func newWorld(t *testing.T) *world {
 			fl.Flush()
 			<-r.Context().Done() // the client closes once it saw "first": proof it was not buffered
 		default:
-			fmt.Fprintf(rw, "upstream %s", r.URL.Path)
+			fmt.Fprintf(rw, "upstream %s", r.RequestURI) // as sent: what a file server would resolve
 		}
 	}))
 	t.Cleanup(w.upstream.Close)
@@ -316,6 +316,60 @@ func TestAccessHTTPAndRoutes(t *testing.T) {
 	resp.Body.Close()
 	if n := w.s.Stats().Closes; n == nil {
 		t.Fatal("no stats")
+	}
+}
+
+// TestAccessEncodedPaths: a rule decides on the decoded, cleaned path and
+// the route forwards exactly that path; encoded slashes, encoded dot
+// segments and double encoding are refused (400) before any rule, so
+// nothing reaches the upstream around a deny rule.
+func TestAccessEncodedPaths(t *testing.T) {
+	w := newWorld(t)
+	send := func(target string) (int, string) {
+		t.Helper()
+		c, err := tls.Dial("tcp", relaytest.Addr(w.s), w.friend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n", target)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", target, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, c := range []struct {
+		target string
+		status int
+		body   string
+	}{
+		{"/shared/.%2fprivate/x", 400, "400 bad request: an encoded slash"},
+		{"/shared/%2fprivate/x", 400, "400 bad request: an encoded slash"},
+		{"/shared/..%5cprivate/x", 400, "400 bad request: an encoded slash"},
+		{"/shared/%2e%2e/x", 400, "400 bad request: an encoded dot segment"},
+		{"/shared/%2E/private/x", 400, "400 bad request: an encoded dot segment"},
+		{"/shared/.%2e/db/x", 400, "400 bad request: an encoded dot segment"},
+		{"/shared/%252e%252e/x", 400, "400 bad request: a doubly encoded"},
+		{"/shared/%252fprivate/x", 400, "400 bad request: a doubly encoded"},
+		{"/shared/a%5c..%5cprivate", 400, "400 bad request: an encoded slash"},
+		{"/shared/a%00b", 400, "400 bad request: a backslash or control"},
+		{"/shared/./private/x", 403, "403 forbidden"},    // decided on /shared/private/x
+		{"/shared/a/../private/x", 403, "403 forbidden"}, // likewise
+		{"/shared/../db/x", 403, "403 forbidden"},        // decided on /db/x: not the friend's
+		{"/shared/a//b", 200, "upstream /shared/a/b"},    // forwarded as decided
+		{"/shared/sub/../photo.jpg", 200, "upstream /shared/photo.jpg"},
+		{"/shared/a%20b", 200, "upstream /shared/a%20b"}, // ordinary escapes pass
+		{"/shared/a%2eb", 200, "upstream /shared/a.b"},   // an encoded dot that is no segment
+	} {
+		if status, body := send(c.target); status != c.status || !strings.HasPrefix(body, c.body) {
+			t.Errorf("GET %s: %d %.70q, want %d %q…", c.target, status, body, c.status, c.body)
+		}
+	}
+	if n := relaytest.Metric(t, w.s, "meetpoint_http_bad_path_total"); n != 10 {
+		t.Errorf("meetpoint_http_bad_path_total %v, want 10", n)
 	}
 }
 

@@ -1,11 +1,13 @@
 package wamp
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -672,4 +674,64 @@ func TestChurn(t *testing.T) {
 		defer r.mu.Unlock()
 		return len(r.sessions) == 0 && len(r.realms) == 0 && len(r.calls) == 0 && len(r.outbound) == 0
 	}, "the router empty after every session left")
+}
+
+// pathRule is an access policy that allows HTTP on one path prefix only.
+type pathRule string
+
+func (p pathRule) Allow(_ *relay.Identity, action, target string) (bool, string) {
+	return action == relay.ActionHTTP && strings.HasPrefix(target, string(p)), "test"
+}
+
+// TestUpgradeChecks: a WAMP upgrade passes the same checks as every other
+// request on the relay port: --allowed-origins (a page from a refused
+// origin registers nothing) and the access rules on its path.
+func TestUpgradeChecks(t *testing.T) {
+	srv := relaytest.New(t, func(c *relay.Config) {
+		c.AllowedOrigins = []string{"https://good.example"}
+		c.Access = pathRule("/signal")
+	})
+	r, err := New(srv, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { r.Close(); srv.Close() })
+	upgrade := func(path, origin string) int {
+		t.Helper()
+		c, err := net.Dial("tcp", relaytest.Addr(srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		req := "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: " + Subprotocol + "\r\n"
+		if origin != "" {
+			req += "Origin: " + origin + "\r\n"
+		}
+		c.Write([]byte(req + "\r\n"))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("upgrade to %s: %v", path, err)
+		}
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		path, origin string
+		want         int
+	}{
+		{"/signal", "https://evil.example", 403},
+		{"/signal", "https://good.example", 101},
+		{"/signal", "", 101}, // not a browser
+		{"/other", "https://good.example", 403},
+		{"/signal/%2e%2e/other", "https://good.example", 400},
+		{"/signal/../other", "https://good.example", 403}, // decided on /other
+	} {
+		if got := upgrade(c.path, c.origin); got != c.want {
+			t.Errorf("upgrade to %s from origin %q: %d, want %d", c.path, c.origin, got, c.want)
+		}
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_http_origin_refused_total`); n != 1 {
+		t.Errorf("origin refusals counted %v, want 1", n)
+	}
 }
