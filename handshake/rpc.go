@@ -270,7 +270,7 @@ var methods = func() []methodSpec {
 			params:      []paramSpec{{"socketAddress", typeUInt, false}},
 			returns:     []returnSpec{{"tunnelProxyError", "$ref:TunnelProxyError"}}},
 		{namespace: "Events", name: "Subscribe",
-			description: "Subscribe this idle connection to event channels (meetpoint): Events.Event notifications follow for them. The token is checked like Authenticate's; the access rules decide the channels. Send nothing else afterwards.",
+			description: "Subscribe this idle connection to event channels (meetpoint): Events.Event notifications follow. The token is checked like Authenticate's; a channel must be the token's own subject or granted by an access rule. Send nothing else afterwards.",
 			params:      []paramSpec{{"token", typeString, false}, {"channels", typeStringList, false}},
 			returns:     []returnSpec{{"authenticationError", "$ref:AuthenticationError"}, {"channels", "StringList"}}},
 		{namespace: "Mesh", name: "Join", hidden: true,

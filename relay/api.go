@@ -38,11 +38,14 @@ type MethodHandler func(c Conn, req *handshake.Request)
 func (s *Server) HandleMethod(method string, h MethodHandler) { s.methods[method] = h }
 
 // Reply queues one JSON-RPC message for the client (a TEXT frame on
-// WebSocket, as is on raw TCP).
-func (c Conn) Reply(msg []byte) { c.c.send(msg) }
+// WebSocket, as is on raw TCP); a pending URL-token upgrade is accepted
+// first.
+func (c Conn) Reply(msg []byte) { c.c.acceptUpgrade(); c.c.send(msg) }
 
 // Refuse ends the connection gracefully for r: a WebSocket client gets a
-// close frame with code and text after what it was sent.
+// close frame with code and text after what it was sent; a URL-token
+// upgrade still pending gets an HTTP 403 (access_denied) or 400 with text
+// instead, and no WebSocket.
 func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.fail(r, code, text) }
 
 // Claim hands the connection to t: it leaves its transport once this

@@ -429,6 +429,10 @@ func (c *conn) fail(reason reason.Reason, code ws.StatusCode, text string) {
 		c.close(reason) // claimed: the target answers the client
 		return
 	}
+	if c.upgrade != nil {
+		c.refuseUpgrade(reason, text)
+		return
+	}
 	if c.ws != nil && code != 0 {
 		c.ws.SendClose(&c.out, code, text)
 	} else if note := c.closingNote(reason, text); note != nil {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"fmt"
 	"net/url"
 	"strings"
 
@@ -127,6 +128,31 @@ func hasBody(head []byte) bool {
 
 // unauthorized answers a URL-token upgrade whose token was refused.
 const unauthorized = "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\r\nthe relay refused the token in the URL.\n"
+
+// acceptUpgrade sends a pending URL-token upgrade's 101 (the token was
+// good and nothing refused the connection): the WebSocket exists from
+// now on. Nothing without one pending. Called with mu held.
+func (c *conn) acceptUpgrade() {
+	if c.upgrade != nil {
+		c.startWebSocket(c.upgrade)
+		c.upgrade = nil
+	}
+}
+
+// refuseUpgrade answers a pending URL-token upgrade that is refused after
+// its token was good (an access rule, a bad parameter) in HTTP — 403 for
+// access_denied, 400 otherwise — with text as the body: no WebSocket ever
+// existed. Called with mu held.
+func (c *conn) refuseUpgrade(r reason.Reason, text string) {
+	status := "400 Bad Request"
+	if r == reason.AccessDenied {
+		status = "403 Forbidden"
+	}
+	c.upgrade = nil
+	c.sendRaw(fmt.Appendf(nil, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", status, len(text)+1, text))
+	c.linger = true
+	c.close(r)
+}
 
 // sendRaw queues bytes for the client as they are (an HTTP response).
 // Called with mu held.

@@ -106,6 +106,12 @@ type Access interface {
 	Allow(id *Identity, action, target string) (ok bool, rule string)
 }
 
+// Granted is Allow for what is denied by default (events channels):
+// without an Access policy nothing is granted.
+func (s *Server) Granted(id Identity, action, target string) bool {
+	return s.cfg.Access != nil && s.Allow(id, action, target)
+}
+
 // Allow asks the configured Access policy whether id may do action on
 // target, counting the decision by rule (meetpoint_access_total) and
 // logging refusals. Without a policy everything is allowed.

@@ -160,16 +160,18 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.authThen = nil
 		c.authed = r == AuthNoError
 		c.st.Store(uint32(stRPC))
-		if c.upgrade != nil { // a token in the WebSocket URL: 401, or the WebSocket now
-			if r != AuthNoError {
-				c.refuseAuth(r, reason.AuthFailed, "")
-				c.unlock()
-				return
-			}
-			c.startWebSocket(c.upgrade)
-			c.upgrade = nil
+		if c.upgrade != nil && r != AuthNoError { // a token in the WebSocket URL: 401
+			c.refuseAuth(r, reason.AuthFailed, "")
+			c.unlock()
+			return
 		}
+		// A URL upgrade stays pending while then decides: a refusal is
+		// an HTTP answer (conn.fail), a Reply or Subscribe starts the
+		// WebSocket, and so does going on without either.
 		then(Conn{c}, r)
+		if st := state(c.st.Load()); st != stClosing && st != stDone {
+			c.acceptUpgrade()
+		}
 		c.unlock()
 		return
 	}

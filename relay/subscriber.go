@@ -19,6 +19,7 @@ type Subscriber struct{ c *conn }
 // reason. Call it from a MethodHandler.
 func (c Conn) Subscribe(onEnd func()) *Subscriber {
 	cc := c.c
+	cc.acceptUpgrade()
 	cc.stopTimers()
 	cc.timer, cc.hsTimer, cc.authTimer, cc.rpcTimer = nil, nil, nil, nil // idle for hours: let them go
 	cc.onEnd = onEnd

@@ -234,12 +234,12 @@ function open(opts, request, onReply, make = (ws, peer) => new Tunnel(ws, peer))
     };
     // A connection that fails gets "error" (and, in browsers, "close" with
     // 1006; some runtimes send no close): either way it is network. With a
-    // token in the URL a refused token is an HTTP 401, which browsers do
-    // not show: the message says so.
+    // token in the URL a refused token is an HTTP 401 (a refused channel a
+    // 403), which browsers do not show: the message says so.
     ws.onerror = () => {
       if (!opened)
         fail(new MeetpointError("network", request.inURL
-          ? `the relay at ${opts.url} refused the connection (a refused token in the URL is answered with HTTP 401, which a browser does not report)`
+          ? `the relay at ${opts.url} refused the connection (a refused token in the URL is answered with HTTP 401, a refused channel with 403, which a browser does not report)`
           : `could not connect to the relay at ${opts.url}`));
     };
     ws.onclose = (ev) => fail(closeError(ev, false));

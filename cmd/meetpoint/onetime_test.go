@@ -152,6 +152,19 @@ func TestConnectEventDemo(t *testing.T) {
 	if line, _ := br.ReadString('\n'); !strings.Contains(line, "AuthenticationErrorNoError") {
 		t.Fatalf("subscribe: %q", line)
 	}
+	// A stranger with a good token of its own may not listen on the
+	// device's channel (it would take the connect token and pair first).
+	stranger := api("/v1/tokens", `{"user":"mallory"}`)["token"].(string)
+	sc, err := net.Dial("tcp", ts.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	sc.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + stranger + `","channels":["device-7"]}}` + "\n"))
+	_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if line, _ := bufio.NewReader(sc).ReadString('\n'); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
+		t.Fatalf("a stranger subscribing to device-7: %q, want AuthenticationFailed", line)
+	}
 	// The backend: a token for the tunnel, and the event.
 	tok := api("/v1/tokens", `{"user":"alice"}`)["token"].(string)
 	api("/v1/events/device-7", `{"connect":{"token":"`+tok+`","nonce":"session-1"}}`)

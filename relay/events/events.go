@@ -164,7 +164,9 @@ func (s *Service) start(c relay.Conn, id int, token string, channels []string) {
 		}
 		who := c.Identity()
 		for _, ch := range channels {
-			if !s.srv.Allow(who, relay.ActionEvents, ch) {
+			// Deny by default: the channel named after the token's own
+			// subject, or one an access rule grants.
+			if ch != who.TokenSubject && !s.srv.Granted(who, relay.ActionEvents, ch) {
 				s.refused.Inc()
 				if !c.FromURL() {
 					c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", relay.AuthFailed.String())))

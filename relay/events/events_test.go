@@ -64,6 +64,12 @@ type sub struct {
 
 func subscribe(t testing.TB, addr string, overWS bool, channels ...string) (*sub, map[string]any) {
 	t.Helper()
+	return subscribeAs(t, addr, overWS, "t", channels...)
+}
+
+// subscribeAs is subscribe with token.
+func subscribeAs(t testing.TB, addr string, overWS bool, token string, channels ...string) (*sub, map[string]any) {
+	t.Helper()
 	var s sub
 	var err error
 	if overWS {
@@ -80,7 +86,7 @@ func subscribe(t testing.TB, addr string, overWS bool, channels ...string) (*sub
 	if s.br == nil {
 		s.br = bufio.NewReader(s.c)
 	}
-	req, _ := json.Marshal(map[string]any{"id": 1, "method": "Events.Subscribe", "params": map[string]any{"token": "t", "channels": channels}})
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "Events.Subscribe", "params": map[string]any{"token": token, "channels": channels}})
 	if overWS {
 		err = wsutil.WriteClientText(s.c, req)
 	} else {
@@ -222,7 +228,7 @@ func TestEventsAcrossNodes(t *testing.T) {
 // during the upgrade (no JSON-RPC, no reply): a refused token is a 401;
 // without Redis, events reach this relay's subscribers.
 func TestURLSubscribe(t *testing.T) {
-	s := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{} })
+	s := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{}; c.Access = onlyChannels{} })
 	ev, err := events.New(s, events.Config{AdminKey: "k"})
 	if err != nil {
 		t.Fatal(err)
@@ -233,6 +239,9 @@ func TestURLSubscribe(t *testing.T) {
 	defer cancel()
 	if _, _, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/?token=bad&channels=dev-1"); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("a refused token: %v, want a 401", err)
+	}
+	if _, _, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/?token=good&channels=dev-1,secret"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a channel the rules refuse: %v, want a 403 before the upgrade", err)
 	}
 	c, br, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/events?token=good&channels=dev-1,all")
 	if err != nil {
@@ -246,6 +255,80 @@ func TestURLSubscribe(t *testing.T) {
 	sb := &sub{c: c, br: br, ws: true}
 	if ch, data := eventOf(sb.next(t)); ch != "all" || data.(map[string]any)["hello"] != float64(1) {
 		t.Fatalf("first message: %s %v", ch, data)
+	}
+}
+
+// subjectAuth accepts every token; "sub:NAME" has the subject NAME, any
+// other token none (a file token's anonymous identity).
+type subjectAuth struct{}
+
+func (subjectAuth) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if name, ok := strings.CutPrefix(r.Token, "sub:"); ok {
+		r.SetSubject(name)
+	}
+	done(relay.AuthNoError)
+}
+
+// TestSubscribeDenyByDefault: without access rules a token subscribes to
+// the channel named after its own subject and to nothing else — a
+// stranger with a good token of its own cannot listen on device-7's
+// channel (and take the connect token published there), an anonymous
+// token listens nowhere; with rules, a channel they grant too.
+func TestSubscribeDenyByDefault(t *testing.T) {
+	for _, rules := range []bool{false, true} {
+		s := relaytest.New(t, func(c *relay.Config) {
+			c.Auth = subjectAuth{}
+			if rules {
+				c.Access = onlyChannels{}
+			}
+		})
+		ev, err := events.New(s, events.Config{AdminKey: "k"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ev.Close()
+		relaytest.Start(t, s)
+		addr := relaytest.Addr(s)
+		for _, c := range []struct {
+			token, channel string
+			ok             bool
+		}{
+			{"sub:device-7", "device-7", true},
+			{"sub:alice", "device-7", false},
+			{"sub:alice", "all", rules},
+			{"anonymous", "device-7", false},
+			{"anonymous", "dev-1", rules},
+			{"sub:dev-1", "dev-1", true},
+		} {
+			for _, overWS := range []bool{false, true} {
+				sb, reply := subscribeAs(t, addr, overWS, c.token, c.channel)
+				got := reply["params"].(map[string]any)["authenticationError"]
+				want := "AuthenticationErrorAuthenticationFailed"
+				if c.ok {
+					want = "AuthenticationErrorNoError"
+				}
+				if got != want {
+					t.Errorf("rules %v: %s on %s (ws %v): %v, want %s", rules, c.token, c.channel, overWS, got, want)
+				}
+				sb.c.Close()
+			}
+			code := 101
+			if !c.ok {
+				code = 403
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			conn, _, _, err := ws.Dial(ctx, "ws://"+addr+"/?token="+c.token+"&channels="+c.channel)
+			cancel()
+			if conn != nil {
+				conn.Close()
+			}
+			if (err == nil) != (code == 101) || (err != nil && !strings.Contains(err.Error(), "403")) {
+				t.Errorf("rules %v: %s on %s in the URL: %v, want %d", rules, c.token, c.channel, err, code)
+			}
+		}
+		relaytest.WaitFor(t, func() bool {
+			return s.Stats().Closes["access_denied"] >= 6
+		}, "the refusals counted as access_denied")
 	}
 }
 
