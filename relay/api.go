@@ -226,12 +226,13 @@ func (s *Server) Name() string { return s.cfg.Name }
 func (s *Server) AloneTimeout() time.Duration { return s.cfg.AloneTimeout }
 
 // CheckToken runs the configured authenticator on token for an HTTP API
-// (e.g. TURN credentials): it blocks until the answer or ctx ends (then
+// (e.g. TURN credentials; AuthRequest.Whole: a one-time token is spent
+// whole): it blocks until the answer or ctx ends (then
 // AuthTimeout). The identity is the token's subject, with the request's
 // client certificate if any (cert may be nil).
 func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, cert *x509.Certificate) (AuthResult, Identity) {
 	var subject atomic.Pointer[string]
-	req := AuthRequest{Token: token, Peer: peer, ClientCert: cert, SetSubject: func(v string) { subject.Store(&v) }}
+	req := AuthRequest{Token: token, Peer: peer, ClientCert: cert, Whole: true, SetSubject: func(v string) { subject.Store(&v) }}
 	res := make(chan AuthResult, 1)
 	s.cfg.Auth.Authenticate(ctx, req, func(r AuthResult) { res <- r })
 	var r AuthResult

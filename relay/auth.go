@@ -50,6 +50,10 @@ type AuthRequest struct {
 	ClientCert *x509.Certificate
 	// Nonce is the client's nonce ("" without).
 	Nonce string
+	// Whole is set when the token is not presented for one end of a
+	// tunnel (an events subscription, TURN credentials): an authenticator
+	// of single-use tokens spends it whole, leaving no partner's use.
+	Whole bool
 	// SetSubject, if the authenticator learns who the client is (a
 	// webhook's identity, a one-time token's user), records it before
 	// done(AuthNoError); it becomes the connection's token identity. Safe

@@ -70,9 +70,11 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 // reply); then runs with the answer, the connection's lock held, once —
 // after a timeout too (AuthTimeout). Failures are counted and banned as
 // Authenticate's are; then replies and refuses (Conn.Refuse) or goes on.
+// The token is spent whole (AuthRequest.Whole).
 func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc := c.c
 	cc.authenticateParams(id, "", "", token, "")
+	cc.authStart.Whole = true // not a tunnel's end: no partner's use left
 	cc.authThen = then
 }
 

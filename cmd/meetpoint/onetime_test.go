@@ -152,6 +152,18 @@ func TestConnectEventDemo(t *testing.T) {
 	if line, _ := br.ReadString('\n'); !strings.Contains(line, "AuthenticationErrorNoError") {
 		t.Fatalf("subscribe: %q", line)
 	}
+	// The device's token is spent whole by its subscription: a second
+	// subscription (the partner slot a tunnel would have) is refused.
+	again, err := net.Dial("tcp", ts.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	again.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + sub + `","channels":["device-7"]}}` + "\n"))
+	_ = again.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if line, _ := bufio.NewReader(again).ReadString('\n'); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
+		t.Fatalf("the device's token used for a second subscription: %q, want AuthenticationFailed", line)
+	}
 	// A stranger with a good token of its own may not listen on the
 	// device's channel (it would take the connect token and pair first).
 	stranger := api("/v1/tokens", `{"user":"mallory"}`)["token"].(string)

@@ -26,9 +26,12 @@ var _ relay.Authenticator = (*OneTime)(nil)
 // the token now marked taken for its nonce with one partner left), the
 // one other end presenting it with the same nonce is TakePartner — on any
 // relay — and everything after that, or with another nonce, TakeReplayed.
-// value is the token's value as minted (for its user and age).
+// A whole take (a token used outside a tunnel) leaves no partner: it is
+// TakeFirst once and then spent, and a token taken already is
+// TakeReplayed to it. value is the token's value as minted (for its user
+// and age).
 type TokenStore interface {
-	Take(ctx context.Context, token, nonce string) (value []byte, res TakeResult, err error)
+	Take(ctx context.Context, token, nonce string, whole bool) (value []byte, res TakeResult, err error)
 	Put(ctx context.Context, token string, value []byte, ttl time.Duration) error
 }
 
@@ -104,7 +107,7 @@ func (o *OneTime) MaxAge() time.Duration { return o.maxAge }
 // then the token's age.
 func (o *OneTime) Authenticate(ctx context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
 	go func() {
-		val, res, err := o.store.Take(ctx, req.Token, req.Nonce)
+		val, res, err := o.store.Take(ctx, req.Token, req.Nonce, req.Whole)
 		if o.dep != nil && ctx.Err() == nil {
 			o.dep.Report(err)
 		}
@@ -224,7 +227,7 @@ const MaxMemTokens = 1 << 20
 func NewMemStore() *MemStore { return &MemStore{tokens: map[string]*memToken{}} }
 
 // Take implements TokenStore.
-func (m *MemStore) Take(_ context.Context, token, nonce string) ([]byte, TakeResult, error) {
+func (m *MemStore) Take(_ context.Context, token, nonce string, whole bool) ([]byte, TakeResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t, ok := m.tokens[token]
@@ -234,8 +237,11 @@ func (m *MemStore) Take(_ context.Context, token, nonce string) ([]byte, TakeRes
 		return nil, TakeUnknown, nil
 	case !t.taken:
 		t.taken, t.nonce, t.left = true, nonce, 1
+		if whole {
+			t.left = 0
+		}
 		return t.val, TakeFirst, nil
-	case t.left == 1 && t.nonce == nonce:
+	case t.left == 1 && t.nonce == nonce && !whole:
 		t.left = 0
 		return t.val, TakePartner, nil
 	}
@@ -265,7 +271,7 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 // one Lua script (Redis ≥ 6.0): the first end replaces the value with a
 // marker "\x00mp|LEFT|NONCELEN|NONCE" + value under the same TTL, the
 // partner turns LEFT to 0, so any relay of a fleet admits exactly the two
-// ends of one tunnel.
+// ends of one tunnel (a whole take writes LEFT 0 at once).
 type RedisStore struct {
 	rdb    *redis.Client
 	prefix string
@@ -296,21 +302,23 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	return &RedisStore{rdb: redis.NewClient(opt), prefix: prefix}, maxAge, nil
 }
 
-// takeScript is RedisStore.Take: {0} unknown, {1, value} first,
-// {2, value} partner, {3} replayed.
+// takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take):
+// {0} unknown, {1, value} first, {2, value} partner, {3} replayed.
 var takeScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then return {0} end
 local p = '\0mp|'
 if string.sub(v, 1, 4) ~= p then
-  redis.call('SET', KEYS[1], p .. '1|' .. string.len(ARGV[1]) .. '|' .. ARGV[1] .. v, 'KEEPTTL')
+  local left = '1'
+  if ARGV[2] == '1' then left = '0' end
+  redis.call('SET', KEYS[1], p .. left .. '|' .. string.len(ARGV[1]) .. '|' .. ARGV[1] .. v, 'KEEPTTL')
   return {1, v}
 end
 local left, nlen, tail = string.match(string.sub(v, 5), '^(%d)|(%d+)|(.*)$')
 if not left then return {3} end
 local nonce = string.sub(tail, 1, tonumber(nlen))
 local orig = string.sub(tail, tonumber(nlen) + 1)
-if left == '1' and nonce == ARGV[1] then
+if left == '1' and nonce == ARGV[1] and ARGV[2] ~= '1' then
   redis.call('SET', KEYS[1], p .. '0|' .. nlen .. '|' .. nonce .. orig, 'KEEPTTL')
   return {2, orig}
 end
@@ -318,8 +326,12 @@ return {3}
 `)
 
 // Take implements TokenStore.
-func (r *RedisStore) Take(ctx context.Context, token, nonce string) ([]byte, TakeResult, error) {
-	out, err := takeScript.Run(ctx, r.rdb, []string{r.prefix + token}, nonce).Slice()
+func (r *RedisStore) Take(ctx context.Context, token, nonce string, whole bool) ([]byte, TakeResult, error) {
+	w := "0"
+	if whole {
+		w = "1"
+	}
+	out, err := takeScript.Run(ctx, r.rdb, []string{r.prefix + token}, nonce, w).Slice()
 	if err != nil {
 		return nil, 0, err
 	}

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -182,5 +183,65 @@ func TestOneTimeRedis(t *testing.T) {
 	}
 	if o.results["store_error"].Get() == 0 {
 		t.Fatal("store errors not counted")
+	}
+}
+
+// TestOneTimeWhole: a token used outside a tunnel (AuthRequest.Whole: an
+// events subscription, TURN credentials) is spent whole — no partner's use
+// is left for a second subscription or a tunnel end — and a token one
+// tunnel end took already is not good for a whole use; in memory and in
+// Redis alike.
+func TestOneTimeWhole(t *testing.T) {
+	stores := map[string]TokenStore{"memory": NewMemStore()}
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		addr, _ := testutil.Redis(t, 0)
+		rs, _, err := ParseRedisAuth("redis://" + addr + "/0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Close()
+		stores["redis"] = rs
+	}
+	for name, store := range stores {
+		o := NewOneTime(store, 0)
+		ask := func(tok, nonce string, whole bool) relay.AuthResult {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			res := make(chan relay.AuthResult, 1)
+			o.Authenticate(ctx, relay.AuthRequest{Token: tok, Nonce: nonce, Whole: whole, SetSubject: func(string) {}},
+				func(r relay.AuthResult) { res <- r })
+			return <-res
+		}
+		mint := func() string {
+			tok, _, err := Mint(context.Background(), store, "device-7", 20*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}
+		tok := mint()
+		for i, c := range []struct {
+			nonce string
+			whole bool
+			want  relay.AuthResult
+		}{
+			{"", true, relay.AuthNoError}, // a subscription
+			{"", true, relay.AuthFailed},  // a second one
+			{"", false, relay.AuthFailed}, // a tunnel end with no nonce: the partner slot is gone
+		} {
+			if r := ask(tok, c.nonce, c.whole); r != c.want {
+				t.Errorf("%s: use %d (whole %v): %v, want %v", name, i+1, c.whole, r, c.want)
+			}
+		}
+		tok = mint()
+		if r := ask(tok, "n", false); r != relay.AuthNoError {
+			t.Fatalf("%s: a tunnel's first end: %v", name, r)
+		}
+		if r := ask(tok, "n", true); r != relay.AuthFailed {
+			t.Errorf("%s: a whole use of a token a tunnel end took: %v, want AuthenticationFailed", name, r)
+		}
+		if r := ask(tok, "n", false); r != relay.AuthNoError {
+			t.Errorf("%s: the tunnel's partner after a refused whole use: %v", name, r)
+		}
 	}
 }
