@@ -29,7 +29,8 @@ var _ relay.Authenticator = (*Webhook)(nil)
 // accepts on a 2xx answer with {"allow": true, "identity": "alice"} (the
 // identity becomes the connection's token identity). A 2xx with allow
 // false, any other status, or a malformed body reject
-// (AuthenticationFailed); no answer within the relay's --auth-timeout is
+// (AuthenticationFailed; a redirect is never followed: it would send the
+// token elsewhere); no answer within the relay's --auth-timeout is
 // AuthenticationErrorTimeout; a transport error (the service down) is
 // AuthenticationErrorProxyError. Connections to the service are reused,
 // at most MaxInFlight requests run at once (more wait, within the auth
@@ -69,7 +70,10 @@ func NewWebhook(rawURL string) (*Webhook, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = MaxInFlight
-	return &Webhook{url: u.String(), client: &http.Client{Transport: tr}, slots: make(chan struct{}, MaxInFlight),
+	// Never follow a redirect: it would re-POST the client's token to
+	// wherever the answer points. A 3xx is an answer like any non-2xx.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Webhook{url: u.String(), client: &http.Client{Transport: tr, CheckRedirect: noRedirect}, slots: make(chan struct{}, MaxInFlight),
 		cache: map[[32]byte]cached{}}, nil
 }
 

@@ -163,3 +163,29 @@ func TestWebhookBoundedAndCached(t *testing.T) {
 		t.Error("ftp:// accepted")
 	}
 }
+
+// TestWebhookNoRedirect: a service answering with a redirect (307/308
+// keep the method and body) refuses the token; the relay never sends the
+// token to where the redirect points.
+func TestWebhookNoRedirect(t *testing.T) {
+	var leaked atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		leaked.Add(1)
+		rw.Write([]byte(`{"allow":true,"identity":"thief"}`))
+	}))
+	defer elsewhere.Close()
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		redirector := httptest.NewServer(http.RedirectHandler(elsewhere.URL+"/steal", code))
+		w, err := NewWebhook(redirector.URL + "/check")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := ask(t, w, "good-1", 5*time.Second); r != relay.AuthFailed {
+			t.Errorf("a %d answer: %v, want AuthenticationFailed", code, r)
+		}
+		redirector.Close()
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Fatalf("the token was sent %d times to where a redirect pointed", n)
+	}
+}
