@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 )
 
 // Across a fleet: a registration is claimed in Redis (key
-// meetpoint:wamp:proc:REALM:PROC = the owning node, with a TTL the owner
+// meetpoint:wamp:proc:LEN:REALM:PROC, procKey = the owning node, with a TTL the owner
 // renews), so a procedure is registered once fleet-wide. A CALL for a
 // procedure registered elsewhere is published on the owner's channel
 // (meetpoint:wamp:node:NODE) and its answer on the caller's node's; an
@@ -109,7 +110,13 @@ func (f *fleetLink) close() {
 	f.done.Wait()
 }
 
-func procKey(realm, proc string) string { return keyPrefix + realm + ":" + proc }
+// procKey is a procedure's claim key, meetpoint:wamp:proc:LEN:REALM:PROC
+// with LEN the realm's length in bytes: one key per (realm, procedure)
+// pair whatever colons either holds (realm "a:b" with "c" and realm "a"
+// with "b:c" are two keys).
+func procKey(realm, proc string) string {
+	return keyPrefix + strconv.Itoa(len(realm)) + ":" + realm + ":" + proc
+}
 
 func (f *fleetLink) op() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.ctx, 2*time.Second)

@@ -735,3 +735,17 @@ func TestUpgradeChecks(t *testing.T) {
 		t.Errorf("origin refusals counted %v, want 1", n)
 	}
 }
+
+// TestProcKeyUnambiguous: realms and procedures with colons never share a
+// claim key across the fleet.
+func TestProcKeyUnambiguous(t *testing.T) {
+	pairs := [][2]string{{"a:b", "c"}, {"a", "b:c"}, {"a", "b:c:"}, {"", "a:b:c"}, {"a:b:c", ""}, {"1:a", "b"}, {"1", "a:b"}}
+	seen := map[string][2]string{}
+	for _, p := range pairs {
+		k := procKey(p[0], p[1])
+		if q, dup := seen[k]; dup {
+			t.Errorf("realm %q proc %q and realm %q proc %q share the key %q", p[0], p[1], q[0], q[1], k)
+		}
+		seen[k] = p
+	}
+}
