@@ -69,10 +69,11 @@ type Config struct {
 	AppsOnly bool
 	// Bounds, per session: registrations and subscriptions (default 64
 	// each), calls in flight (default 64), message bytes (default 64 KiB),
-	// messages queued for writing before the session is closed as too slow
-	// (default 256).
+	// messages and bytes queued for writing before the session is closed
+	// as too slow (default 256 and 256 KiB; MaxQueueBytes is at least
+	// MaxMessage, so one message of any allowed size fits).
 	MaxRegistrations, MaxSubscriptions, MaxPending int
-	MaxMessage, MaxQueue                           int
+	MaxMessage, MaxQueue, MaxQueueBytes            int
 	// CallTimeout ends a call whose callee has not answered (default 30 s;
 	// a CALL's own timeout option may shorten it).
 	CallTimeout time.Duration
@@ -164,6 +165,8 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 	def(&cfg.MaxPending, 64)
 	def(&cfg.MaxMessage, 64<<10)
 	def(&cfg.MaxQueue, 256)
+	def(&cfg.MaxQueueBytes, 256<<10)
+	cfg.MaxQueueBytes = max(cfg.MaxQueueBytes, cfg.MaxMessage)
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 30 * time.Second
 	}
@@ -282,10 +285,13 @@ type session struct {
 	r    *Router
 	conn net.Conn
 	out  chan []byte // bounded: MaxQueue messages, then the session is closed
-	done chan struct{}
-	once sync.Once
-	wmu  sync.Mutex    // serialises writes: the writer's and control-frame replies
-	quit chan struct{} // closed when the writer has ended
+	// queued is the bytes in out (added by send, taken by the writer once
+	// written): past MaxQueueBytes the session is closed as too slow.
+	queued atomic.Int64
+	done   chan struct{}
+	once   sync.Once
+	wmu    sync.Mutex    // serialises writes: the writer's and control-frame replies
+	quit   chan struct{} // closed when the writer has ended
 
 	app string // the application whose key the upgrade's URL carried: its realm only
 
@@ -303,9 +309,14 @@ type session struct {
 }
 
 // send queues msg for the writer without blocking; a session that lets
-// MaxQueue messages pile up is closed as too slow. Safe under Router.mu.
+// MaxQueue messages or MaxQueueBytes bytes pile up is closed as too slow
+// (its queue is dropped with it). Safe under Router.mu.
 func (s *session) send(msg []byte) {
 	if msg == nil {
+		return
+	}
+	if s.queued.Add(int64(len(msg))) > int64(s.r.cfg.MaxQueueBytes) {
+		s.stop("slow")
 		return
 	}
 	select {
@@ -324,6 +335,7 @@ func (s *session) finish(msg []byte, why string) {
 	s.reason.CompareAndSwap(nil, why)
 	select {
 	case s.out <- msg:
+		s.queued.Add(int64(len(msg)))
 	default:
 	}
 	select {
@@ -365,7 +377,9 @@ func (s *session) writer() {
 				s.stop("goodbye")
 				return
 			}
-			if !write(ws.OpText, msg) {
+			ok := write(ws.OpText, msg)
+			s.queued.Add(-int64(len(msg)))
+			if !ok {
 				s.stop("gone")
 				return
 			}

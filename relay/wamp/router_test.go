@@ -749,3 +749,27 @@ func TestProcKeyUnambiguous(t *testing.T) {
 		seen[k] = p
 	}
 }
+
+// TestSlowReaderBytes: the write queue is bounded in bytes as well as in
+// messages: a subscriber that reads nothing is closed as slow once 256 KiB
+// (the default) wait for it beyond what its socket took, long before 256
+// large messages (16 MiB) could pile up.
+func TestSlowReaderBytes(t *testing.T) {
+	_, srv := start(t, Config{})
+	slow := dial(t, srv)
+	_ = slow.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	slow.join("main")
+	slow.send(mSubscribe, 1, map[string]any{}, "t")
+	slow.expect(mSubscribed)
+	pub := dial(t, srv)
+	pub.join("main")
+	big := strings.Repeat("x", 60<<10)
+	closed := func() bool { return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`) == 1 }
+	for i := 0; i < 240 && !closed(); i++ { // 14 MiB at most; acknowledged, so each is queued before the next
+		pub.send(mPublish, i+1, map[string]any{"acknowledge": true}, "t", []any{big})
+		pub.expect(mPublished)
+	}
+	if !closed() {
+		t.Fatal("240 events of 60 KiB were queued for a subscriber that reads nothing, and it was not closed as slow")
+	}
+}
