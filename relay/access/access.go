@@ -14,7 +14,8 @@
 //	deny = ["http:/shared/private/*"]
 //
 // Whom (all given must hold): ca (a PEM file or a list), fingerprint,
-// subject (patterns on the certificate subject, e.g. "CN=kitchen-*"),
+// subject (patterns on the certificate subject, e.g. "CN=kitchen-*";
+// only with ca: the patterns apply to certificates that CA signed),
 // token-subject (patterns on the token's subject: an HMAC token's id),
 // anonymous = true, any = true. What: entries "ACTION:PATTERN", "ACTION"
 // (any target) or "*" (everything), ACTION one of pair (target: the
@@ -215,6 +216,11 @@ func compile(fr fileRule, i int) (rule, string, error) {
 			r.fingerprints = map[string]bool{}
 		}
 		r.fingerprints[hex.EncodeToString(b)] = true
+	}
+	if r.subjects != nil && len(r.cas) == 0 {
+		// Whoever makes a certificate chooses its subject: a self-signed
+		// one admitted by fingerprint may say CN=kitchen-anything.
+		return r, "subject", errors.New("subject needs ca: a subject is only what a CA vouches for (a self-signed certificate admitted by fingerprint can carry any subject); name the CA whose certificates the patterns are for")
 	}
 	if len(r.cas) == 0 && r.fingerprints == nil && r.subjects == nil && r.tokenSubs == nil && !r.anonymous && !r.any {
 		return r, "name", errors.New("says nobody it is for: give ca, fingerprint, subject, token-subject, anonymous = true or any = true")

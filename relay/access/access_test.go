@@ -128,10 +128,49 @@ func TestParseErrors(t *testing.T) {
 		{"", `no [[rule]]`},
 		{"[[rule]]\nname = \"n\"\nca = \"/nonexistent/ca.pem\"\nallow = [\"*\"]\n", `x.toml:3: rule "n": ca: open /nonexistent/ca.pem`},
 		{"[[rule]]\nname = \"q\\\"uote\"\nany = true\nallow = [\"*\"]\n", `no quotes`},
+		{"[[rule]]\nname = \"kitchen\"\nsubject = [\"CN=kitchen-*\"]\nallow = [\"*\"]\n", `x.toml:3: rule "kitchen": subject needs ca`},
 	} {
 		_, err := Parse([]byte(c.src), "x.toml")
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Parse(%q): %v, want …%s…", c.src, err, c.want)
+		}
+	}
+}
+
+// TestSubjectOnlyFromCA: a subject rule matches certificates its CA
+// signed; a self-signed certificate admitted by fingerprint (here also
+// listed by a fingerprint rule below it) cannot claim the subject.
+func TestSubjectOnlyFromCA(t *testing.T) {
+	dir := t.TempDir()
+	ca := testutil.Cert(t, "home CA", nil, true)
+	testutil.WriteCert(t, ca, filepath.Join(dir, "ca.pem"), "")
+	kitchen := testutil.Cert(t, "kitchen-1", &ca, false).Leaf
+	evil := testutil.Cert(t, "kitchen-evil", nil, false).Leaf
+	evilID := relay.IdentityOf(evil, "")
+	rules, err := Parse([]byte(`
+[[rule]]
+name = "kitchens"
+ca = "`+filepath.Join(dir, "ca.pem")+`"
+subject = ["CN=kitchen-*"]
+allow = ["pair:kitchen"]
+
+[[rule]]
+name = "friend"
+fingerprint = ["`+evilID.Fingerprint+`"]
+allow = ["http:/shared/*"]
+`), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{}
+	p.rules.Store(&rules)
+	for _, c := range []struct {
+		cert *x509.Certificate
+		want bool
+	}{{kitchen, true}, {evil, false}} {
+		id := relay.IdentityOf(c.cert, "")
+		if ok, rule := p.Allow(&id, relay.ActionPair, "kitchen"); ok != c.want {
+			t.Errorf("%s pairing on kitchen: %v (rule %s), want %v", id.Subject, ok, rule, c.want)
 		}
 	}
 }
