@@ -128,16 +128,17 @@ func AddrOf(a net.Addr) netip.Addr {
 }
 
 // key is ip's limiter key: IPv4 addresses as they are, global IPv6
-// addresses cut to IPv6Prefix bits, link-local IPv6 addresses whole with
-// their zone — every host on every link has an fe80::/64 address, so the
-// prefix says nothing there; the same address on two interfaces is two
-// hosts. Called with mu held.
+// addresses cut to IPv6Prefix bits, link-local IPv6 addresses by their
+// interface (fe80:: with the zone) — a host on the link picks as many
+// fe80:: addresses as it likes, so one key per address would give it as
+// many limits and ban buckets; the link is the unit an operator can
+// name. Called with mu held.
 func (l *Limiter) key(ip netip.Addr) netip.Addr {
 	if !ip.Is6() {
 		return ip
 	}
 	if ip.IsLinkLocalUnicast() {
-		return ip
+		return linkLocal.WithZone(ip.Zone())
 	}
 	bits := l.lim.IPv6Prefix
 	if bits <= 0 || bits > 128 {
@@ -149,6 +150,10 @@ func (l *Limiter) key(ip netip.Addr) netip.Addr {
 	}
 	return p.Addr()
 }
+
+// linkLocal is the key of every link-local IPv6 address on one interface
+// (with that interface as its zone).
+var linkLocal = netip.MustParseAddr("fe80::")
 
 // Key is the key under which the per-address limits count ip (global
 // IPv6 addresses by their IPv6Prefix), and whether ip is exempt from them:

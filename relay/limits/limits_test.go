@@ -52,8 +52,8 @@ func TestLimiterUnit(t *testing.T) {
 
 // TestLimiterIPv6Prefix: IPv6 clients share per-address state by /64 (a
 // host owns its /64, so the full address would escape every limit); the
-// prefix length is configurable; link-local addresses are keyed whole,
-// with their zone.
+// prefix length is configurable; link-local addresses are keyed by their
+// interface (zone).
 func TestLimiterIPv6Prefix(t *testing.T) {
 	l := New(Limits{MaxConnsPerIP: 2})
 	a := netip.MustParseAddr("2001:db8:1:2::1")
@@ -81,8 +81,8 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	if _, r := ll.Admit(b); r != reason.Count {
 		t.Fatalf("prefix 128 keys by address: %v", r)
 	}
-	// Link-local: every host on every link is in fe80::/64, so each
-	// address counts on its own, and per interface (zone).
+	// Link-local: a host picks as many fe80:: addresses as it likes, so
+	// they count per interface (zone), all addresses on it together.
 	zl := New(Limits{MaxConnsPerIP: 1})
 	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.Count {
 		t.Fatal(r)
@@ -90,8 +90,18 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.LimitConnsPerIP {
 		t.Fatalf("the same link-local host again: %v, want limit_conns_per_ip", r)
 	}
-	if _, r := zl.Admit(netip.MustParseAddr("fe80::2%eth0")); r != reason.Count {
-		t.Fatalf("another host on the link: %v", r)
+	if _, r := zl.Admit(netip.MustParseAddr("fe80::2:3:4:5%eth0")); r != reason.LimitConnsPerIP {
+		t.Fatalf("another address on the same link: %v, want limit_conns_per_ip", r)
+	}
+	bl := New(Limits{AuthFailuresPerIP: 3, BanTime: time.Minute})
+	for i := range 4 {
+		bl.AuthFailed(netip.AddrFrom16([16]byte{0xfe, 0x80, 15: byte(i + 1)}).WithZone("eth0"))
+	}
+	if _, r := bl.Admit(netip.MustParseAddr("fe80::99%eth0")); r != reason.Banned {
+		t.Fatalf("failures from four link-local addresses on one link, then a fifth address: %v, want banned", r)
+	}
+	if _, r := bl.Admit(netip.MustParseAddr("fe80::99%eth1")); r != reason.Count {
+		t.Fatalf("another link after a ban on eth0: %v", r)
 	}
 	if k, r := zl.Admit(netip.MustParseAddr("fe80::1%eth1")); r != reason.Count || k.Zone() != "eth1" {
 		t.Fatalf("the same address on another link: %v key %v", r, k)
