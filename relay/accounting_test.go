@@ -368,6 +368,31 @@ func TestCloseAccounting(t *testing.T) {
 		held.Close()
 	}}}, seen)
 
+	acRun(t, limited(t, func(c *Config) { c.HTTPMaxConnsPerIP = 1 }), []acCase{{"over HTTPMaxConnsPerIP", reason.LimitHTTPPerIP, func(t *testing.T, s *Server) {
+		held := acTCP(t, s)
+		hoWrite(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+		waitFor(t, func() bool { return s.stats.httpConns.Get() == 1 }, "one HTTP connection handed off")
+		c := acTCP(t, s)
+		hoWrite(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
+		if got := hoReadToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 429")) {
+			t.Fatalf("second HTTP connection from the address got %q, want a 429", got)
+		}
+		c.Close()
+		held.Close()
+	}}}, seen)
+	ts, _, _ := startTLSServer(t, func(c *Config) {
+		noExempt(c)
+		c.MaxTLSHandshakesPerIP = 1
+		c.TLSHandshakeTimeout = time.Minute
+	})
+	acRun(t, ts, []acCase{{"over MaxTLSHandshakesPerIP", reason.LimitTLSPerIP, func(t *testing.T, s *Server) {
+		stalled := acTCP(t, s)
+		hoWrite(stalled, []byte{0x16, 0x03, 0x01}) // a ClientHello that never comes
+		waitFor(t, func() bool { return s.stats.tlsStarted.Get() == 1 }, "one stalled handshake")
+		acSendWait(t, acTCP(t, s), []byte{0x16, 0x03, 0x01})
+		stalled.Close()
+	}}}, seen)
+
 	// The TLS gate: one handshake at a time, four waiting; a stalled
 	// handshake holds the slot until its deadline.
 	// (long enough for the real handshake at the end under load).

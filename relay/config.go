@@ -75,6 +75,16 @@ type Config struct {
 	// (every HTTP request on the relay port that is not a relay
 	// WebSocket); beyond it new ones get 503.
 	HTTPMaxConns int
+	// HTTPMaxConnsPerIP bounds what one client address (or IPv6 prefix;
+	// Limits.Exempt addresses are not counted) holds of HTTPMaxConns, so
+	// that one address cannot take every slot; beyond it new ones get 429.
+	HTTPMaxConnsPerIP int
+	// HTTPBodyTimeout and HTTPMinBodyRate bound how slowly a request body
+	// may arrive: after HTTPBodyTimeout, at least HTTPMinBodyRate bytes a
+	// second on average since the body began, else the read fails and the
+	// connection closes (a silent body would hold its slot for good).
+	HTTPBodyTimeout time.Duration
+	HTTPMinBodyRate int64
 	// HTTPReadHeaderTimeout and HTTPIdleTimeout are net/http's
 	// ReadHeaderTimeout (for requests after the first on a connection)
 	// and IdleTimeout.
@@ -102,6 +112,11 @@ type Config struct {
 	// goroutine); up to four times as many more wait for a slot, and
 	// beyond that new TLS clients are refused (limit_tls_handshakes).
 	MaxTLSHandshakes int
+	// MaxTLSHandshakesPerIP bounds the handshakes one client address (or
+	// IPv6 prefix; Limits.Exempt addresses are not counted) has running
+	// or waiting at once (limit_tls_per_ip beyond it), so that one
+	// address cannot fill the gate for everyone.
+	MaxTLSHandshakesPerIP int
 }
 
 // TLSEnabled reports whether TLS is configured.
@@ -125,12 +140,17 @@ func DefaultConfig() Config {
 		Limits:            limits.DefaultLimits(),
 
 		HTTPMaxConns:          1024,
+		HTTPMaxConnsPerIP:     128,
+		HTTPBodyTimeout:       10 * time.Second,
+		HTTPMinBodyRate:       1024,
 		HTTPReadHeaderTimeout: 5 * time.Second,
 		HTTPIdleTimeout:       60 * time.Second,
 		HTTPMaxBody:           1 << 20,
 
 		TLSHandshakeTimeout: 5 * time.Second,
 		MaxTLSHandshakes:    256,
+
+		MaxTLSHandshakesPerIP: 64,
 	}
 }
 
@@ -163,6 +183,7 @@ func (c *Config) Validate() error {
 		{"handshake-timeout", c.HandshakeTimeout},
 		{"http-read-header-timeout", c.HTTPReadHeaderTimeout},
 		{"http-idle-timeout", c.HTTPIdleTimeout},
+		{"http-body-timeout", c.HTTPBodyTimeout},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
@@ -180,6 +201,12 @@ func (c *Config) Validate() error {
 	if c.HTTPMaxConns <= 0 {
 		return fmt.Errorf("http-max-conns: must be positive, got %d", c.HTTPMaxConns)
 	}
+	if c.HTTPMaxConnsPerIP <= 0 {
+		return fmt.Errorf("http-max-conns-per-ip: must be positive, got %d", c.HTTPMaxConnsPerIP)
+	}
+	if c.HTTPMinBodyRate <= 0 {
+		return fmt.Errorf("http-min-body-rate: must be positive, got %d", c.HTTPMinBodyRate)
+	}
 	if c.HTTPMaxBody <= 0 {
 		return fmt.Errorf("http-max-body: must be positive, got %d", c.HTTPMaxBody)
 	}
@@ -194,6 +221,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TLSEnabled() && c.MaxTLSHandshakes <= 0 {
 		return fmt.Errorf("max-tls-handshakes: must be positive, got %d", c.MaxTLSHandshakes)
+	}
+	if c.TLSEnabled() && c.MaxTLSHandshakesPerIP <= 0 {
+		return fmt.Errorf("max-tls-handshakes-per-ip: must be positive, got %d", c.MaxTLSHandshakesPerIP)
 	}
 	l := &c.Limits
 	switch {

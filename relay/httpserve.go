@@ -6,10 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -143,8 +146,48 @@ func (s *Server) httpRoot() http.Handler {
 			}
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
+		if r.Body != http.NoBody && r.ContentLength != 0 {
+			r.Body = &minRateBody{ReadCloser: r.Body, rc: http.NewResponseController(w), s: s}
+		}
 		s.mux.ServeHTTP(w, r)
 	})
+}
+
+// errSlowBody is what a handler reads from a request body that arrived
+// slower than HTTPMinBodyRate after HTTPBodyTimeout.
+var errSlowBody = errors.New("request body too slow (--http-min-body-rate)")
+
+// minRateBody is a request body that must keep arriving: each read's
+// deadline is the body's start plus HTTPBodyTimeout plus the time its
+// bytes so far take at HTTPMinBodyRate, so a client that sends a large
+// Content-Length and then little or nothing holds its connection for
+// seconds, not for good. Used by one handler goroutine at a time.
+type minRateBody struct {
+	io.ReadCloser
+	rc    *http.ResponseController
+	s     *Server
+	start time.Time
+	got   int64
+}
+
+// Read implements io.Reader.
+func (b *minRateBody) Read(p []byte) (int, error) {
+	cfg := &b.s.cfg
+	if b.start.IsZero() {
+		b.start = time.Now()
+	}
+	allowed := cfg.HTTPBodyTimeout + time.Duration(float64(b.got)/float64(cfg.HTTPMinBodyRate)*float64(time.Second))
+	_ = b.rc.SetReadDeadline(b.start.Add(allowed))
+	n, err := b.ReadCloser.Read(p)
+	b.got += int64(n)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.s.stats.httpSlowBody.Inc()
+		err = errSlowBody
+	case err == io.EOF:
+		_ = b.rc.SetReadDeadline(time.Time{}) // net/http's own deadlines from here
+	}
+	return n, err
 }
 
 // healthCheck reports whether r is a load balancer's health check (GET or
@@ -164,26 +207,39 @@ func (t httpHandoff) ready(c *conn) {
 	switch {
 	case c.failed || c.sk == nil || s.handoffs[t.kind] == nil:
 		s.dismiss(c, reason.HTTP, 0, "")
-	case !s.handOver(t.kind, c.sk, c.late, c.peer, c.tk):
-		s.log.Debug("HTTP connection refused: too many", "peer", c.peer.String())
-		c.out.B = append(c.out.B[:0], "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
-		s.dismiss(c, reason.LimitHTTP, 0, "")
+	default:
+		switch r := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); r {
+		case reason.LimitHTTP:
+			s.log.Debug("HTTP connection refused: too many", "peer", c.peer.String())
+			c.out.B = append(c.out.B[:0], "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
+			s.dismiss(c, r, 0, "")
+		case reason.LimitHTTPPerIP:
+			s.log.Debug("HTTP connection refused: too many from this address", "peer", c.peer.String())
+			c.out.B = append(c.out.B[:0], "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
+			s.dismiss(c, r, 0, "")
+		}
 	}
 }
 
 // handOver turns sk into a blocking net.Conn on Go's poller and delivers
-// it, reading prefix first, to the kind's listener. It reports false,
-// leaving sk to the caller, when HTTPMaxConns connections are handed off
-// already; otherwise sk and tk are taken care of.
-func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, tk *ticket) bool {
+// it, reading prefix first, to the kind's listener. It reports
+// reason.LimitHTTP when HTTPMaxConns connections are handed off already,
+// or reason.LimitHTTPPerIP when the client's address holds its
+// HTTPMaxConnsPerIP of them, leaving sk to the caller; otherwise
+// reason.Count, and sk and tk are taken care of.
+func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, tk *ticket) reason.Reason {
 	h := s.handoffs[kind]
 	if h.Active.Load() >= int64(s.cfg.HTTPMaxConns) {
-		return false
+		return reason.LimitHTTP
 	}
+	if !s.httpShares[kind].Take(tk.key, s.cfg.HTTPMaxConnsPerIP) {
+		return reason.LimitHTTPPerIP
+	}
+	tk.handed.Store(int32(kind) + 1) // given back when the ticket ends
 	nc, state, err := loop.Blocking(sk)
 	if err != nil {
 		tk.End(reason.IOError)
-		return true
+		return reason.Count
 	}
 	s.stats.httpConns.Inc()
 	hc := h.Hand(nc, prefix, state, tk)
@@ -201,7 +257,7 @@ func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, 
 		out.Close()
 		s.h2Closed(out)
 	}
-	return true
+	return reason.Count
 }
 
 // h2Closed ends the ticket of an HTTP/2 connection net/http closed.

@@ -1,15 +1,20 @@
 package relay
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // closedSoon reports whether the server closes c within d.
@@ -198,4 +203,125 @@ func TestSetLimits(t *testing.T) {
 	if err := s.SetLimits(lim); err == nil {
 		t.Fatal("invalid limits accepted")
 	}
+}
+
+// dialFrom dials the relay from the loopback address ip (another client
+// address: 127.0.0.2, …).
+func dialFrom(t *testing.T, s *Server, ip string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: testutil.Patience}
+	c, err := d.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// status sends one request on a fresh connection from ip and returns the
+// answer's status line ("" when the relay closed without one).
+func status(t *testing.T, s *Server, ip, req string) string {
+	t.Helper()
+	c := dialFrom(t, s, ip)
+	c.Write([]byte(req))
+	_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+// TestHTTPSlotsPerAddress: POST heads announcing large bodies that never
+// come, from one address, neither take every HTTP slot (the address holds
+// its share, HTTPMaxConnsPerIP; more get 429, and another address is
+// served) nor hold theirs for good (HTTPBodyTimeout and HTTPMinBodyRate
+// cut each, counted).
+func TestHTTPSlotsPerAddress(t *testing.T) {
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	noExempt(&cfg)
+	cfg.HTTPMaxConns, cfg.HTTPMaxConnsPerIP = 8, 3
+	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = time.Second, 1024
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("/upload", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestTimeout)
+			return
+		}
+		fmt.Fprintf(w, "%d bytes", n)
+	}))
+	s.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	const silent = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx"
+	var held []net.Conn
+	for range 3 {
+		c := dialFrom(t, s, "127.0.0.1")
+		c.Write([]byte(silent))
+		held = append(held, c)
+	}
+	waitFor(t, func() bool { return s.stats.httpConns.Get() == 3 }, "three silent bodies handed to net/http")
+	if got := status(t, s, "127.0.0.1", silent); !strings.HasPrefix(got, "HTTP/1.1 429") {
+		t.Errorf("a fourth from the same address: %q, want 429", got)
+	}
+	if got := status(t, s, "127.0.0.2", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); got != "HTTP/1.1 200 OK" {
+		t.Errorf("another address while the first holds its share: %q, want 200", got)
+	}
+	for i, c := range held {
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !strings.HasPrefix(line, "HTTP/1.1 408") {
+			t.Errorf("silent body %d: %q, want a 408 from the handler once the body is too slow", i, line)
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return s.stats.httpSlowBody.Get() == 3 }, "three slow bodies counted")
+	if got := status(t, s, "127.0.0.1", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); got != "HTTP/1.1 200 OK" {
+		t.Errorf("the first address once its connections are gone: %q, want 200", got)
+	}
+	// A body that keeps arriving faster than the minimum rate is fine,
+	// however long it takes in all.
+	c := dialFrom(t, s, "127.0.0.3")
+	c.Write([]byte("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 9000\r\n\r\n"))
+	for range 3 {
+		c.Write(make([]byte, 3000))        // each earns ~2.9 s at 1024 B/s
+		time.Sleep(500 * time.Millisecond) // 6 KB/s
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if line, _ := bufio.NewReader(c).ReadString('\n'); line != "HTTP/1.1 200 OK\r\n" {
+		t.Errorf("a body arriving at 6 KB/s for 1.5 s: %q, want 200", line)
+	}
+}
+
+// TestTLSHandshakesPerAddress: ClientHellos that never finish, from one
+// address, hold only its share of the TLS gate (MaxTLSHandshakesPerIP):
+// more from it are refused (limit_tls_per_ip) while another address's
+// handshake succeeds.
+func TestTLSHandshakesPerAddress(t *testing.T) {
+	s, _, _ := startTLSServer(t, func(c *Config) {
+		noExempt(c)
+		c.MaxTLSHandshakes, c.MaxTLSHandshakesPerIP = 4, 2
+		c.TLSHandshakeTimeout = time.Minute // the stalled ones hold their slots
+	})
+	for range 2 {
+		dialFrom(t, s, "127.0.0.1").Write([]byte{0x16, 0x03, 0x01}) // a ClientHello that never comes
+	}
+	waitFor(t, func() bool { return s.stats.tlsStarted.Get() == 2 }, "two stalled handshakes running")
+	extra := dialFrom(t, s, "127.0.0.1")
+	extra.Write([]byte{0x16, 0x03, 0x01})
+	if !closedSoon(extra, testutil.Patience) {
+		t.Fatal("a third stalled handshake from the same address was not refused")
+	}
+	waitFor(t, func() bool { return s.stats.closes[reason.LimitTLSPerIP].Get() == 1 }, "limit_tls_per_ip counted")
+	tc := tls.Client(dialFrom(t, s, "127.0.0.2"), &tls.Config{InsecureSkipVerify: true})
+	_ = tc.SetDeadline(time.Now().Add(testutil.Patience))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("another address's handshake while the first holds its share: %v", err)
+	}
+	tc.Close()
 }

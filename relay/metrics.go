@@ -32,6 +32,7 @@ type stats struct {
 	httpDenied        *metrics.Counter    // requests refused by the access rules
 	httpBadPath       *metrics.Counter    // requests refused for their path (cleanPath)
 	httpOrigin        *metrics.Counter    // net/http upgrades refused for their Origin
+	httpSlowBody      *metrics.Counter    // request bodies cut for arriving slower than HTTPMinBodyRate
 	identities        [3]*metrics.Counter // authenticated clients by identity kind (identityKinds)
 	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
@@ -67,6 +68,7 @@ func newStats() *stats {
 	s.httpDenied = s.set.NewCounter(`meetpoint_http_denied_total`)
 	s.httpBadPath = s.set.NewCounter(`meetpoint_http_bad_path_total`)
 	s.httpOrigin = s.set.NewCounter(`meetpoint_http_origin_refused_total`)
+	s.httpSlowBody = s.set.NewCounter(`meetpoint_http_slow_bodies_total`)
 	for i, k := range identityKinds {
 		s.identities[i] = s.set.NewCounter(fmt.Sprintf(`meetpoint_authenticated_total{identity=%q}`, k))
 	}

@@ -40,8 +40,10 @@ type Server struct {
 	reg          Registry
 	fleet        Fleet // nil: one node (SetFleet)
 	stats        *stats
-	loops        []*loop.Loop       // the data plane: tunnels, TLS sessions, TunnelProxy hubs
-	tlsGate      *loop.Gate[tlsJob] // bounds TLS handshakes in flight
+	loops        []*loop.Loop                // the data plane: tunnels, TLS sessions, TunnelProxy hubs
+	tlsGate      *loop.Gate[tlsJob]          // bounds TLS handshakes in flight
+	tlsShares    limits.Shares               // TLS handshakes in flight (running or waiting) per address key
+	httpShares   [handoffKinds]limits.Shares // handed-off connections per kind and address key
 	lim          *limits.Limiter
 	live         *liveSet // every socket the server holds (tickets not ended)
 	// tunnelRate is Limits.TunnelRate, changeable while running.
@@ -121,6 +123,7 @@ func NewServer(cfg Config) (*Server, error) {
 		Deadline: func(j tlsJob) time.Time { return j.at.Add(s.cfg.TLSHandshakeTimeout) },
 		Refuse: func(j tlsJob) {
 			s.log.Debug("TLS handshake refused: too many at once", "peer", j.peer.String())
+			s.tlsShares.Give(j.tk.key)
 			unix.Close(j.fd)
 			j.tk.End(reason.LimitTLS)
 		}}

@@ -24,6 +24,9 @@ type ticket struct {
 	key  netip.Addr    // limiter key: the address, or its IPv6 prefix
 	kind atomic.Uint32 // transportKind counted in connections_active
 	done atomic.Bool
+	// handed is 1 + the hand-off kind whose HTTPMaxConnsPerIP share the
+	// connection holds (handOver), given back by End; 0 for none.
+	handed atomic.Int32
 }
 
 // transportKind is what a connection was sniffed to speak.
@@ -63,6 +66,9 @@ func (tk *ticket) End(r reason.Reason) {
 		st.active(k).Dec()
 	}
 	tk.s.lim.Release(tk.key)
+	if k := tk.handed.Load(); k > 0 {
+		tk.s.httpShares[k-1].Give(tk.key)
+	}
 	tk.s.live.done()
 }
 

@@ -102,6 +102,13 @@ func (tlsHandoff) ready(c *conn) {
 		c.tk.End(c.reason)
 		return
 	}
+	if !c.s.tlsShares.Take(c.tk.key, c.s.cfg.MaxTLSHandshakesPerIP) {
+		// This address holds its share of the gate: the others' stays.
+		c.s.log.Debug("TLS handshake refused: too many at once from this address", "peer", c.peer.String())
+		c.sk.Close()
+		c.tk.End(reason.LimitTLSPerIP)
+		return
+	}
 	c.s.tlsGate.Submit(tlsJob{fd: c.sk.Fd(), prefix: c.late, peer: c.peer, tk: c.tk, at: c.created})
 }
 
@@ -119,6 +126,7 @@ type tlsJob struct {
 func (s *Server) handshakeTLS(j tlsJob) {
 	s.stats.tlsStarted.Inc()
 	sess, err := loop.HandshakeTLS(j.fd, j.prefix, s.cfg.TLS, j.at.Add(s.cfg.TLSHandshakeTimeout), j.peer)
+	s.tlsShares.Give(j.tk.key)
 	if err != nil {
 		s.log.Debug("TLS handshake failed", "peer", j.peer.String(), "err", err)
 		s.stats.tlsFailed.Inc()
@@ -128,9 +136,9 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	s.stats.tlsOK.Inc()
 	if sess.State().NegotiatedProtocol == "h2" { // HTTP/2 is API traffic: straight to net/http
 		j.tk.setKind(kindHTTP)
-		if !s.handOver(handoffHTTP, sess, nil, j.peer, j.tk) {
+		if r := s.handOver(handoffHTTP, sess, nil, j.peer, j.tk); r != reason.Count {
 			sess.Close()
-			j.tk.End(reason.LimitHTTP)
+			j.tk.End(r)
 		}
 		return
 	}

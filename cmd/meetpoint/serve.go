@@ -149,6 +149,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&c.TLSOnly, "tls-only", false, "refuse plaintext clients")
 	fs.DurationVar(&c.TLSHandshakeTimeout, "tls-handshake-timeout", c.TLSHandshakeTimeout, "TLS handshake deadline, counted from accept")
 	fs.IntVar(&c.MaxTLSHandshakes, "max-tls-handshakes", c.MaxTLSHandshakes, "TLS handshakes at once; 4x as many more wait, beyond that TLS clients are refused")
+	fs.IntVar(&c.MaxTLSHandshakesPerIP, "max-tls-handshakes-per-ip", c.MaxTLSHandshakesPerIP, "TLS handshakes one source address may have running or waiting at once")
 	fs.IntVar(&c.Limits.IPv6Prefix, "ipv6-prefix", c.Limits.IPv6Prefix, "IPv6 clients share per-address limits by this prefix length (128: by address)")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", c.HandshakeTimeout, "deadline for the first bytes and the HTTP head (slowloris)")
 	fs.IntVar(&c.MaxPreAuth, "max-preauth", c.MaxPreAuth, "bytes of JSON-RPC or WebSocket message accepted before a tunnel")
@@ -167,6 +168,9 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.IntVar(&tp.ClientBuffer, "tp-client-buffer", tp.ClientBuffer, "bytes waiting for one TunnelProxy client at which its server is no longer read until the client catches up")
 	fs.IntVar(&tp.MaxMessage, "tp-max-message", tp.MaxMessage, "largest JSON-RPC message a TunnelProxy server may send the relay (its data frames may be any size)")
 	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "HTTP connections (API, /metrics) served at once on the relay port; more get 503")
+	fs.IntVar(&c.HTTPMaxConnsPerIP, "http-max-conns-per-ip", c.HTTPMaxConnsPerIP, "of --http-max-conns, what one source address may hold; more get 429")
+	fs.DurationVar(&c.HTTPBodyTimeout, "http-body-timeout", c.HTTPBodyTimeout, "after this long a request body must average --http-min-body-rate")
+	fs.Int64Var(&c.HTTPMinBodyRate, "http-min-body-rate", c.HTTPMinBodyRate, "bytes per second a request body must average after --http-body-timeout, else the connection closes")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "close an idle keep-alive HTTP connection after this long")
 	fs.Int64Var(&c.HTTPMaxBody, "http-max-body", c.HTTPMaxBody, "largest HTTP request body on the relay port (bytes)")
 

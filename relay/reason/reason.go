@@ -42,6 +42,8 @@ const (
 	AccessDenied                   // the access rules do not let this identity do what it asked
 	Fleet                          // the fleet could not place the client (its store or the owner node unreachable)
 	Mesh                           // a node-to-node mesh request refused (bad signature, nobody waiting)
+	LimitHTTPPerIP                 // the source address (or IPv6 prefix) holds its HTTPMaxConnsPerIP share of HTTP connections
+	LimitTLSPerIP                  // the source address (or IPv6 prefix) holds its MaxTLSHandshakesPerIP share of TLS handshakes
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -53,7 +55,7 @@ var names = [Count]string{
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
-	"fleet", "mesh",
+	"fleet", "mesh", "limit_http_per_ip", "limit_tls_per_ip",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".
