@@ -150,7 +150,7 @@ type Param struct {
 }
 
 // maxParams is the largest params template in the method table.
-const maxParams = 8
+const maxParams = 9
 
 // Params returns the params that were present, in template order. The
 // slice aliases r; it does not allocate.
@@ -277,13 +277,13 @@ var methods = func() []methodSpec {
 			description: "Between the relays of a fleet (meetpoint): the request's signature (a MAC with the fleet's mesh key) says that another node authenticated a client with this token, nonce, uuid and name; this node pairs it with the client waiting here and the connection becomes that client's end of the tunnel.",
 			params: []paramSpec{{"node", typeString, false}, {"time", typeUInt, false}, {"mac", typeString, false},
 				{"token", typeString, false}, {"nonce", typeString, true}, {"uuid", typeString, false}, {"name", typeString, false},
-				{"identity", typeString, true}},
+				{"identity", typeString, true}, {"rid", typeString, true}},
 			returns: []returnSpec{}},
 		{namespace: "Mesh", name: "Reach", hidden: true,
 			description: "Between the relays of a fleet (meetpoint): TunnelProxy.RegisterClient for a client of another node (signed with the fleet's mesh key); the connection becomes that client's end.",
 			params: []paramSpec{{"node", typeString, false}, {"time", typeUInt, false}, {"mac", typeString, false},
 				{"clientName", typeString, false}, {"clientUuid", typeUuid, false}, {"serverUuid", typeUuid, false},
-				{"identity", typeString, true}},
+				{"identity", typeString, true}, {"rid", typeString, true}},
 			returns: []returnSpec{{"tunnelProxyError", "$ref:TunnelProxyError"}}},
 		{namespace: "TunnelProxy", name: "Ping",
 			description: "Keep the connection alive. The server answers with the given timestamp.",

@@ -637,3 +637,14 @@ func TestStringListParam(t *testing.T) {
 		}
 	}
 }
+
+// TestParamsFitTemplate: every method's params template fits a Request's
+// fixed params array (a ninth param on an eight-slot array made the
+// parser fail on every request of that method).
+func TestParamsFitTemplate(t *testing.T) {
+	for _, m := range methods {
+		if len(m.params) > maxParams {
+			t.Errorf("%s has %d params, more than maxParams (%d)", m.full, len(m.params), maxParams)
+		}
+	}
+}

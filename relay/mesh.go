@@ -272,9 +272,12 @@ func (c Conn) MarkMesh(identity string) {
 	c.c.subject.Store(&identity)
 }
 
-// RefuseMesh answers a Mesh.Join that cannot be trusted and closes.
+// RefuseMesh answers a mesh request that cannot be trusted (a bad
+// signature, a replay) and closes; it counts as a failed authentication
+// of the address, toward its ban.
 func (c Conn) RefuseMesh(id int) {
 	c.c.s.stats.meshBad.Inc()
+	c.c.s.failedFrom(c.c.peer)
 	c.c.send(handshake.AppendError(nil, id, MeshBadRequest))
 	c.c.fail(reason.Mesh, 0, "")
 }

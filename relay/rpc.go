@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/x509"
+	"net"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -115,6 +116,16 @@ func (c *conn) onRPCTimeout() {
 	c.unlock()
 }
 
+// failedFrom counts a failed authentication (a refused token, a forged
+// mesh request) against peer's address, banning it past
+// AuthFailuresPerIP a minute.
+func (s *Server) failedFrom(peer net.Addr) {
+	if ip := limits.AddrOf(peer); s.lim.AuthFailed(ip) {
+		s.stats.bans.Inc()
+		s.log.Warn("address banned after failed authentications", "ip", ip.String(), "for", s.lim.BanTime())
+	}
+}
+
 // refuseAuth answers a refused authentication and closes: the
 // Authenticate reply with r and a close, or, for a token in the WebSocket
 // URL, an HTTP 401 (no WebSocket ever existed). Called with mu held.
@@ -150,11 +161,7 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.s.stats.authTimeout.Inc()
 	default:
 		c.s.stats.authFail.Inc()
-		if c.s.lim.AuthFailed(limits.AddrOf(c.peer)) {
-			c.s.stats.bans.Inc()
-			c.s.log.Warn("address banned after failed authentications", "ip", limits.AddrOf(c.peer).String(),
-				"for", c.s.lim.BanTime())
-		}
+		c.s.failedFrom(c.peer)
 	}
 	if then := c.authThen; then != nil {
 		c.authThen = nil

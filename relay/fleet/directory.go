@@ -74,12 +74,12 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 	if node == f.cfg.NodeID || !f.aliveNow(ctx, node) {
 		return nil, handshake.TunnelProxyErrorServerNotFound // a stale registration
 	}
-	now := time.Now().Unix()
-	mac := f.sign("Mesh.Reach", f.cfg.NodeID, now, serverUUID, clientUUID, clientName, identity)
+	now, rid := time.Now().Unix(), newRequestID()
+	mac := f.sign("Mesh.Reach", f.cfg.NodeID, now, serverUUID, clientUUID, clientName, identity, rid)
 	req := handshake.AppendRequest(nil, 1, "Mesh.Reach",
 		handshake.Str("clientName", clientName), handshake.Str("clientUuid", clientUUID),
 		handshake.Str("identity", identity), handshake.Str("mac", hex.EncodeToString(mac)),
-		handshake.Str("node", f.cfg.NodeID), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
+		handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
 	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
 		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)

@@ -108,6 +108,9 @@ type Fleet struct {
 	stop chan struct{}
 	done sync.WaitGroup
 
+	replays    replayCache // mesh request signatures accepted, within their validity
+	refusalLog logEvery    // one line per period for refused mesh requests
+
 	set       *metrics.Set
 	placed    [nOutcomes]*metrics.Counter
 	leaseLost *metrics.Counter
@@ -176,7 +179,8 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	_, _ = rand.Read(inst[:])
 	f := &Fleet{cfg: cfg, rdb: cfg.Redis, srv: srv, log: cfg.Logger, instance: hex.EncodeToString(inst[:]),
 		started: time.Now(), slots: make(chan struct{}, cfg.MaxPlacing), held: make(map[string]*hold),
-		nodes: make(map[string]NodeInfo), stop: make(chan struct{}), set: metrics.NewSet()}
+		nodes: make(map[string]NodeInfo), stop: make(chan struct{}), set: metrics.NewSet(),
+		refusalLog: logEvery{period: 10 * time.Second}}
 	for i := range f.placed {
 		f.placed[i] = f.set.NewCounter(fmt.Sprintf(`meetpoint_fleet_placements_total{outcome=%q}`, outcomeNames[i]))
 	}

@@ -29,10 +29,13 @@ import (
 // JSON-RPC object) and sends one request,
 //
 //	{"id":1,"method":"Mesh.Join","params":{"node":N,"time":T,"mac":M,
-//	 "token":..,"nonce":..,"uuid":..,"name":..,"identity":..}}
+//	 "token":..,"nonce":..,"uuid":..,"name":..,"identity":..,"rid":R}}
 //
 // M is HMAC-SHA256(mesh key, every other param), hex; T (unix seconds)
-// must be within maxSkew of the owner's clock. The owner answers with
+// must be within maxSkew of the owner's clock; R is random, so each
+// request's signature is unique, and the owner accepts a signature once
+// (replayCache). A refused request counts as a failed authentication of
+// its address (toward a ban), and its log line is rate-limited. The owner answers with
 // TunnelEstablished (its waiting client's name and uuid) and the link is
 // the client's end of the tunnel from then on, or with a JSON-RPC error
 // (relay.MeshNotWaiting, ...) and a close.
@@ -54,21 +57,38 @@ func (f *Fleet) sign(method, node string, t int64, fields ...string) []byte {
 	return m.Sum(nil)
 }
 
-// verify checks a mesh request's signature over fields (in order) and
-// its age; a request that fails is refused and logged.
+// verify checks a mesh request's signature over fields (in order, and
+// its rid when it has one: nodes of earlier versions send none), its age
+// and that it was not accepted before; a request that fails is refused.
 func (f *Fleet) verify(c relay.Conn, req *handshake.Request, fields ...string) bool {
 	p := func(k string) string { v, _ := req.Param(k); return v }
 	t, _ := req.Uint("time")
 	mac, err := hex.DecodeString(p("mac"))
-	skew := time.Since(time.Unix(int64(t), 0))
+	sent := time.Unix(int64(t), 0)
+	skew := time.Since(sent)
+	if _, ok := req.Param("rid"); ok {
+		fields = append(fields[:len(fields):len(fields)], "rid")
+	}
 	vals := make([]string, len(fields))
 	for i, k := range fields {
 		vals[i] = p(k)
 	}
-	if err != nil || c.WebSocket() || skew > maxSkew || skew < -maxSkew ||
-		!hmac.Equal(mac, f.sign(req.Method, p("node"), int64(t), vals...)) {
-		f.log.Warn("fleet: mesh request refused (bad signature, clock skew or WebSocket)", "peer", c.Peer().String(),
-			"node", p("node"), "skew", skew.Round(time.Second))
+	why := ""
+	switch {
+	case err != nil || !hmac.Equal(mac, f.sign(req.Method, p("node"), int64(t), vals...)):
+		why = "bad signature"
+	case skew > maxSkew || skew < -maxSkew:
+		why = "clock skew"
+	case c.WebSocket():
+		why = "over WebSocket"
+	case !f.replays.first(mac, sent.Add(maxSkew), time.Now()):
+		why = "replayed"
+	}
+	if why != "" {
+		if ok, held := f.refusalLog.allow(time.Now()); ok {
+			f.log.Warn("fleet: mesh request refused (meetpoint_mesh_refused_total counts them all)", "why", why,
+				"peer", c.Peer().String(), "node", p("node"), "skew", skew.Round(time.Second), "not_logged_since_last", held)
+		}
 		c.RefuseMesh(req.ID)
 		return false
 	}
@@ -102,12 +122,12 @@ func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
 // returns the link (the owner paired it), or the owner's refusal code, or
 // an error (the owner could not be reached or answered nonsense).
 func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*relay.MeshLink, string, error) {
-	now := time.Now().Unix()
-	mac := f.sign("Mesh.Join", f.cfg.NodeID, now, p.Key.Token, p.Key.Nonce, p.UUID, p.Name, p.Identity)
+	now, rid := time.Now().Unix(), newRequestID()
+	mac := f.sign("Mesh.Join", f.cfg.NodeID, now, p.Key.Token, p.Key.Nonce, p.UUID, p.Name, p.Identity, rid)
 	req := handshake.AppendRequest(nil, 1, "Mesh.Join",
 		handshake.Str("identity", p.Identity), handshake.Str("mac", hex.EncodeToString(mac)),
 		handshake.Str("name", p.Name), handshake.Str("node", f.cfg.NodeID), handshake.Str("nonce", p.Key.Nonce),
-		handshake.Int("time", now), handshake.Str("token", p.Key.Token), handshake.Str("uuid", p.UUID))
+		handshake.Str("rid", rid), handshake.Int("time", now), handshake.Str("token", p.Key.Token), handshake.Str("uuid", p.UUID))
 	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
 		return nil, "", err
