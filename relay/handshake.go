@@ -140,13 +140,16 @@ func (c *conn) acceptUpgrade() {
 }
 
 // refuseUpgrade answers a pending URL-token upgrade that is refused after
-// its token was good (an access rule, a bad parameter) in HTTP — 403 for
-// access_denied, 400 otherwise — with text as the body: no WebSocket ever
-// existed. Called with mu held.
+// its token was good (an access rule, a bad parameter, shutdown) in HTTP
+// — 403 for access_denied, 503 for shutdown, 400 otherwise — with text as
+// the body: no WebSocket ever existed. Called with mu held.
 func (c *conn) refuseUpgrade(r reason.Reason, text string) {
 	status := "400 Bad Request"
-	if r == reason.AccessDenied {
+	switch r {
+	case reason.AccessDenied:
 		status = "403 Forbidden"
+	case reason.Shutdown:
+		status = "503 Service Unavailable"
 	}
 	c.upgrade = nil
 	c.sendRaw(fmt.Appendf(nil, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", status, len(text)+1, text))
