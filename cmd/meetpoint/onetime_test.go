@@ -139,42 +139,36 @@ func TestConnectEventDemo(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&m)
 		return m
 	}
+	// subscribe subscribes a new connection to device-7 with token and
+	// returns its reader and the reply line.
+	subscribe := func(token string) (*bufio.Reader, string) {
+		t.Helper()
+		c, err := net.Dial("tcp", ts.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + token + `","channels":["device-7"]}}` + "\n"))
+		br := bufio.NewReader(c)
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		line, _ := br.ReadString('\n')
+		return br, line
+	}
 	// The device subscribes (with a one-time token of its own).
 	sub := api("/v1/tokens", `{"user":"device-7"}`)["token"].(string)
-	dev, err := net.Dial("tcp", ts.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	dev.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + sub + `","channels":["device-7"]}}` + "\n"))
-	br := bufio.NewReader(dev)
-	_ = dev.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if line, _ := br.ReadString('\n'); !strings.Contains(line, "AuthenticationErrorNoError") {
+	br, line := subscribe(sub)
+	if !strings.Contains(line, "AuthenticationErrorNoError") {
 		t.Fatalf("subscribe: %q", line)
 	}
 	// The device's token is spent whole by its subscription: a second
 	// subscription (the partner slot a tunnel would have) is refused.
-	again, err := net.Dial("tcp", ts.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	again.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + sub + `","channels":["device-7"]}}` + "\n"))
-	_ = again.SetReadDeadline(time.Now().Add(relaytest.Patience))
-	if line, _ := bufio.NewReader(again).ReadString('\n'); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
+	if _, line := subscribe(sub); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
 		t.Fatalf("the device's token used for a second subscription: %q, want AuthenticationFailed", line)
 	}
 	// A stranger with a good token of its own may not listen on the
 	// device's channel (it would take the connect token and pair first).
 	stranger := api("/v1/tokens", `{"user":"mallory"}`)["token"].(string)
-	sc, err := net.Dial("tcp", ts.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	sc.Write([]byte(`{"id":1,"method":"Events.Subscribe","params":{"token":"` + stranger + `","channels":["device-7"]}}` + "\n"))
-	_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
-	if line, _ := bufio.NewReader(sc).ReadString('\n'); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
+	if _, line := subscribe(stranger); !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
 		t.Fatalf("a stranger subscribing to device-7: %q, want AuthenticationFailed", line)
 	}
 	// The backend: a token for the tunnel, and the event.
