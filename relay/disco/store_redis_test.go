@@ -152,15 +152,15 @@ func TestGroupsStoreBounds(t *testing.T) {
 				t.Fatalf("%s: put %s (%d bytes): %v, want %v", name, r.Group.ID, r.size, err, want)
 			}
 		}
-		a1 := rec("a1", "a", 100, time.Minute)
+		a1 := rec("a1", "a", 100, time.Hour)
 		put(a1, nil, nil)
-		put(rec("a2", "a", 100, time.Minute), nil, nil)
-		put(rec("a3", "a", 100, time.Minute), nil, errLimit)
-		short := rec("b1", "b", 100, 50*time.Millisecond)
+		put(rec("a2", "a", 100, time.Hour), nil, nil)
+		put(rec("a3", "a", 100, time.Hour), nil, errLimit)
+		short := rec("b1", "b", 100, time.Minute) // never expires in Redis while the test runs, however slow the machine
 		put(short, nil, nil)
-		put(rec("c1", "c", 100, time.Minute), nil, errFull) // three groups in all
-		put(rec("a1", "a", 2900, time.Minute), a1, errFull) // over 3000 bytes
-		small := rec("a1", "a", 10, time.Minute)
+		put(rec("c1", "c", 100, time.Hour), nil, errFull) // three groups in all
+		put(rec("a1", "a", 2900, time.Hour), a1, errFull) // over 3000 bytes
+		small := rec("a1", "a", 10, time.Hour)
 		put(small, a1, nil) // shrinking always fits
 		if n, bytes := st.count(); n != 3 || bytes <= 0 || bytes > 3000 {
 			t.Fatalf("%s: count %d groups, %d bytes", name, n, bytes)
@@ -168,11 +168,12 @@ func TestGroupsStoreBounds(t *testing.T) {
 		if err := st.del(small); err != nil {
 			t.Fatal(err)
 		}
-		put(rec("c1", "c", 100, time.Minute), nil, nil) // the deleted group's room
-		// b1 expires: the next write forgets it (Redis) or the sweep does.
-		now = now.Add(100 * time.Millisecond)
+		put(rec("c1", "c", 100, time.Hour), nil, nil) // the deleted group's room
+		// b1 expires (on the stores' clock, the now they are given): the
+		// next write forgets it (Redis) or the sweep does.
+		now = now.Add(2 * time.Minute)
 		st.sweep(now)
-		put(rec("d1", "d", 100, time.Minute), nil, nil)
+		put(rec("d1", "d", 100, time.Hour), nil, nil)
 		if ids, _ := st.ids("", now); len(ids) != 3 {
 			t.Fatalf("%s: live ids %v, want a2, c1, d1", name, ids)
 		}
