@@ -200,9 +200,16 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.send(handshake.AppendSuccess(nil, c.authID,
 			handshake.Str("authenticationError", r.String())))
 	}
-	// The reply goes out before the client can be paired: a partner's
-	// TunnelEstablished must never overtake it.
-	c.flush()
+	// The reply never follows TunnelEstablished: either it is written now,
+	// or it stays queued and goes out first — at unlock if the client
+	// waits, in the tunnel's first write (one write for both) if it
+	// completes a pair. Queued only where the client reads the two
+	// messages apart from one write: WebSocket frames, or a raw TCP client
+	// that did not say Hello (nymea's clients do, and parse what one read
+	// returns as one message). In a fleet it is written now.
+	if c.ws == nil && c.hello || c.s.fleet != nil {
+		c.flush()
+	}
 	if state(c.st.Load()) != stAuthing { // the reply could not be written
 		c.unlock()
 		return

@@ -22,6 +22,15 @@ const LingerTimeout = time.Second
 // reply before the client reads it (and a browser reports a WebSocket
 // closed that way as unclean). end learns r when the socket is closed.
 func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r reason.Reason) {
+	l.goodbye(sk, final, linger, false, end, r)
+}
+
+// goodbye is Goodbye; hungUp: the client's side is known to be closed
+// (epoll said EPOLLRDHUP or EPOLLHUP), so its input is read to the end at
+// once and the socket closed without shutdown(2) (which fails with
+// ENOTCONN on a socket the client reset) or an epoll entry; only input
+// still arriving sends it on to lingering.
+func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp bool, end reason.Ender, r reason.Reason) {
 	for len(final) > 0 {
 		n, err := sk.Write(final)
 		final = final[n:]
@@ -36,7 +45,13 @@ func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r r
 		return
 	}
 	g := &lingerer{sk: sk, end: end, r: r, until: time.Now().Add(LingerTimeout)}
-	_ = unix.Shutdown(sk.Fd(), unix.SHUT_WR)
+	if hungUp && g.drain(l) {
+		return
+	}
+	if unix.Shutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
+		g.finish(l)
+		return
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sk.Fd(), &ev); err != nil {
 		g.finish(l)
@@ -66,7 +81,11 @@ type lingerer struct {
 }
 
 // Event implements Pollee.
-func (g *lingerer) Event(l *Loop, events uint32) {
+func (g *lingerer) Event(l *Loop, events uint32) { g.drain(l) }
+
+// drain reads and discards what the client sent; at its end (EOF or an
+// error) it closes the socket and reports true.
+func (g *lingerer) drain(l *Loop) bool {
 	buf := l.Scratch()
 	for {
 		n, err := unix.Read(g.sk.Fd(), buf) // raw bytes, TLS or not: all discarded
@@ -75,8 +94,9 @@ func (g *lingerer) Event(l *Loop, events uint32) {
 		}
 		if err != unix.EAGAIN { // EOF or an error: done
 			g.finish(l)
+			return true
 		}
-		return
+		return false
 	}
 }
 

@@ -82,6 +82,7 @@ type End struct {
 	quota int           // most bytes the next read may take (0: no limit; -1: throttled)
 
 	readable, writable bool // edge-triggered readiness latches
+	hungUp             bool // epoll said the client closed its side (EPOLLRDHUP, EPOLLHUP)
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
 
@@ -124,7 +125,11 @@ func (l *Loop) StartPair(p *Pair) {
 			l.teardown(p)
 			return
 		}
-		e.readable, e.writable = true, true
+		// A plain socket's input waits in the kernel, and adding it to the
+		// (edge-triggered) epoll set reports it: no read is tried before
+		// that event. A TLS session may hold decrypted input already.
+		_, plain := e.Sock.(PlainSock)
+		e.readable, e.writable = !plain, true
 	}
 	l.service(p)
 }
@@ -136,6 +141,9 @@ func (e *End) Event(l *Loop, events uint32) {
 	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		e.writable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		e.hungUp = true
 	}
 	l.service(e.p)
 }
@@ -569,7 +577,7 @@ func (l *Loop) teardown(p *Pair) {
 			continue
 		}
 		l.Unregister(e.fd)
-		l.Goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.Ender, r)
+		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.hungUp, e.Ender, r)
 		e.Sock = nil
 	}
 	if p.Owner != nil {
