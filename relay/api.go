@@ -43,7 +43,7 @@ func (c Conn) Reply(msg []byte) { c.c.send(msg) }
 
 // Refuse ends the connection gracefully for r: a WebSocket client gets a
 // close frame with code and text after what it was sent.
-func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.fail(r, code, text) }
+func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.failWith(r, code, text) }
 
 // Claim hands the connection to t: it leaves its transport once this
 // message is handled, and t receives it (with the bytes that follow the

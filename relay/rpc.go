@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -72,7 +70,7 @@ func (c *conn) rpcFail(id int, text string) {
 func (c *conn) rpcFailFor(r reason.Reason, id int, text string) {
 	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
 	c.send(handshake.AppendError(nil, id, text))
-	c.fail(r, ws.StatusPolicyViolation, "JSON-RPC error")
+	c.fail(r, "")
 }
 
 // authenticate records the request; unlock starts the authenticator once
@@ -128,7 +126,7 @@ func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 	}
 	c.send(handshake.AppendSuccess(nil, c.authID,
 		handshake.Str("authenticationError", r.String())))
-	c.fail(why, ws.StatusPolicyViolation, text)
+	c.fail(why, text)
 }
 
 // onAuthResult answers Authenticate and, on success, joins the registry:
@@ -174,11 +172,11 @@ func (c *conn) onAuthResult(r AuthResult) {
 		return
 	}
 	if r != AuthNoError {
-		why, text := reason.AuthFailed, "Authentication failed"
+		why := reason.AuthFailed
 		if r == AuthTimeout {
-			why, text = reason.AuthTimeout, "Authentication timed out"
+			why = reason.AuthTimeout
 		}
-		c.refuseAuth(r, why, text)
+		c.refuseAuth(r, why, "")
 		c.unlock()
 		return
 	}
@@ -188,7 +186,7 @@ func (c *conn) onAuthResult(r AuthResult) {
 	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, c.key.Nonce) {
 		// The token is good but this identity may not pair here: the
 		// same answer as a bad token, counted apart (no ban).
-		c.refuseAuth(AuthFailed, reason.AccessDenied, "Access denied")
+		c.refuseAuth(AuthFailed, reason.AccessDenied, "")
 		c.unlock()
 		return
 	}

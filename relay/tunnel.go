@@ -28,7 +28,7 @@ type tunnel struct {
 	pair   loop.Pair // A is the waiting client, B the completing one
 	start  int64     // unix ns when forwarding started; 0 before
 
-	id           uint64        // set by trackTunnel
+	id           uint64        // set by registerTunnel
 	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
 	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from A and from B (read by monitors)
@@ -183,7 +183,7 @@ func (t *tunnel) startOn(l *loop.Loop) {
 	st.tunnelsActive.Inc()
 	st.tunnelsTotal.Inc()
 	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
-	t.s.trackTunnel(t, true)
+	t.s.registerTunnel(t)
 	t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash,
 		"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
 		"splice", t.pair.Splice)
@@ -209,7 +209,7 @@ func (t *tunnel) leave() {
 // PairDone implements loop.PairOwner.
 func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
 	t.s.stats.tunnelsActive.Dec()
-	t.s.trackTunnel(t, false)
+	t.s.unregisterTunnel(t)
 	t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
 		"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
 }
@@ -235,6 +235,6 @@ func (t *tunnel) abandon(a, b *conn) {
 	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
 	t.leave()
 	for _, c := range []*conn{a, b} {
-		t.s.dismiss(c, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
+		t.s.dismissFor(c, reason.PartnerClosed, "")
 	}
 }

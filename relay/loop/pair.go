@@ -586,13 +586,14 @@ func (l *Loop) teardown(p *Pair) {
 }
 
 // shutdown ends the pair as the loop stops: WebSocket ends that are not
-// inside a frame get a 1001 close.
+// inside a frame get a 1001 close ("Server shutting down", as the engine
+// says it).
 func (p *Pair) shutdown(l *Loop) {
 	for _, e := range []*End{&p.A, &p.B} {
 		if e.WS != nil && !e.midFrame && len(e.out) == 0 {
 			e.WS.CloseSent = false // replace "partner closed" if it was queued
 			e.Ctrl.Take()
-			e.WS.SendClose(&e.Ctrl, ws.StatusGoingAway, "server shutting down")
+			e.WS.SendClose(&e.Ctrl, ws.StatusGoingAway, "Server shutting down")
 		}
 	}
 	if !p.closing {
