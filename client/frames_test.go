@@ -32,12 +32,12 @@ func tcpPair(t *testing.T) (a, b net.Conn) {
 	return a, b
 }
 
-// TestTunnelFramesWithoutAllocating: over WebSocket, a tunnel's Write
+// TestTunnelFramesNoAlloc: over WebSocket, a tunnel's Write
 // masks into a reused buffer and Read unmasks straight into the caller's
 // buffer (a ping on the way answered from a fixed one): no allocation per
 // frame, where the client once cloned and re-framed every message. The
 // bytes arrive intact both ways.
-func TestTunnelFramesWithoutAllocating(t *testing.T) {
+func TestTunnelFramesNoAlloc(t *testing.T) {
 	a, b := tcpPair(t)
 	tun := &Tunnel{r: &Raw{conn: a, br: bufio.NewReaderSize(a, 64<<10), isWS: true}}
 	tun.text.Binary = true
