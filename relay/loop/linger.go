@@ -22,15 +22,17 @@ const LingerTimeout = time.Second
 // reply before the client reads it (and a browser reports a WebSocket
 // closed that way as unclean). end learns r when the socket is closed.
 func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r reason.Reason) {
-	l.goodbye(sk, final, linger, false, end, r)
+	l.goodbye(sk, final, linger, false, false, end, r)
 }
 
 // goodbye is Goodbye; hungUp: the client's side is known to be closed
 // (epoll said EPOLLRDHUP or EPOLLHUP), so its input is read to the end at
 // once and the socket closed without shutdown(2) (which fails with
 // ENOTCONN on a socket the client reset) or an epoll entry; only input
-// still arriving sends it on to lingering.
-func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp bool, end reason.Ender, r reason.Reason) {
+// still arriving sends it on to lingering. registered: the socket is in
+// this loop's epoll set (a pair's end): a lingering close keeps that
+// entry (one EPOLL_CTL_MOD instead of a DEL and an ADD).
+func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, end reason.Ender, r reason.Reason) {
 	for len(final) > 0 {
 		n, err := sk.Write(final)
 		final = final[n:]
@@ -39,6 +41,10 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp bool, end reason.En
 		}
 	}
 	flushed := sk.Flush() == nil && len(final) == 0
+	if registered && (!linger || !flushed || l.Stopping() || hungUp) {
+		l.Unregister(sk.Fd()) // closed now or soon: not kept for lingering
+		registered = false
+	}
 	if !linger || !flushed || l.Stopping() {
 		sk.Close()
 		end.End(r)
@@ -49,11 +55,21 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp bool, end reason.En
 		return
 	}
 	if unix.Shutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
+		if registered {
+			l.Unregister(sk.Fd())
+		}
 		g.finish(l)
 		return
 	}
+	op := unix.EPOLL_CTL_ADD
+	if registered {
+		op = unix.EPOLL_CTL_MOD
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sk.Fd(), &ev); err != nil {
+	if err := unix.EpollCtl(l.epfd, op, sk.Fd(), &ev); err != nil {
+		if registered {
+			l.Unregister(sk.Fd())
+		}
 		g.finish(l)
 		return
 	}

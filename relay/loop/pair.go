@@ -576,8 +576,7 @@ func (l *Loop) teardown(p *Pair) {
 			e.Ender.End(r)
 			continue
 		}
-		l.Unregister(e.fd)
-		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.hungUp, e.Ender, r)
+		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.hungUp, true, e.Ender, r)
 		e.Sock = nil
 	}
 	if p.Owner != nil {
