@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,11 +13,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // maxMessage bounds one received JSON message or WebSocket message.
@@ -49,7 +53,28 @@ type Raw struct {
 	skipNL  bool      // TCP: a '\n' ending the last JSON message may still come
 	verbose io.Writer // where Call and Recv print the exchange, or nil
 	secret  string    // masked in verbose output
+
+	in   wsIn   // the reader's place in the WebSocket stream
+	wbuf []byte // frames go out through it (under wmu), wsWriteChunk at most
 }
+
+// wsIn is the reading side's place in the WebSocket stream: payload is
+// read straight into the caller's buffer, control frames into ctrl.
+type wsIn struct {
+	hdr    bool      // a data frame's header was read; left bytes of its payload remain
+	left   int64     // payload bytes of the current data frame not yet read
+	mask   [4]byte   // the frame's mask, if masked
+	masked bool      //
+	pos    int       // mask offset of the next payload byte
+	fin    bool      // the current frame ends its message
+	op     ws.OpCode // the current message's opcode
+	inMsg  bool      // inside a message: more of it is to come
+	ctrl   [ws.MaxControlFramePayloadSize]byte
+}
+
+// wsWriteChunk is the most a frame write puts in one conn.Write: a longer
+// payload is masked and written in pieces through the same buffer.
+const wsWriteChunk = 32 << 10
 
 // DialRaw connects to url (ws://, wss://, tcp:// or tls://; ssl://, nymea's
 // name, is tls://). tlsConf is used
@@ -252,83 +277,194 @@ func (r *Raw) logf(dir, msg string) {
 	fmt.Fprintf(r.verbose, "%s %s\n", dir, msg)
 }
 
-// writeFrame sends one masked frame; p is not modified.
+// writeFrame sends one masked frame; p is not modified. Header and masked
+// payload are copied into r.wbuf and written from there, wsWriteChunk at a
+// time: once the buffer exists, nothing is allocated.
 func (r *Raw) writeFrame(op ws.OpCode, p []byte) error {
-	f := ws.MaskFrameInPlace(ws.NewFrame(op, true, bytes.Clone(p)))
-	b, err := ws.CompileFrame(f)
-	if err != nil {
-		return err
-	}
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	_, err = r.conn.Write(b)
-	return err
+	if r.wbuf == nil {
+		r.wbuf = make([]byte, 0, ws.MaxHeaderSize+wsWriteChunk)
+	}
+	h := ws.Header{Fin: true, OpCode: op, Length: int64(len(p)), Masked: true, Mask: ws.NewMask()}
+	b := handshake.AppendHeader(r.wbuf[:0], h)
+	pos := 0
+	for {
+		k := min(len(p), cap(b)-len(b))
+		b = append(b, p[:k]...)
+		ws.Cipher(b[len(b)-k:], h.Mask, pos)
+		pos += k
+		p = p[k:]
+		if _, err := r.conn.Write(b); err != nil {
+			return err
+		}
+		if len(p) == 0 {
+			return nil
+		}
+		b = b[:0]
+	}
 }
 
-// readMessage returns the next WebSocket data message, answering pings and
-// reassembling fragments. A close frame is answered and returned as
-// *CloseError; later calls return io.EOF.
-func (r *Raw) readMessage() (ws.OpCode, []byte, error) {
-	if r.closed {
-		return 0, nil, io.EOF
+// readHeader reads one frame header from the buffered reader without
+// allocating.
+func (r *Raw) readHeader() (ws.Header, error) {
+	b, err := r.br.Peek(2)
+	if err != nil {
+		return ws.Header{}, err
 	}
-	var op ws.OpCode
-	var msg []byte
-	started := false
+	n := 2
+	switch b[1] & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b[1]&0x80 != 0 {
+		n += 4
+	}
+	if b, err = r.br.Peek(n); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return ws.Header{}, err
+	}
+	h := ws.Header{Fin: b[0]&0x80 != 0, Rsv: b[0] >> 4 & 7, OpCode: ws.OpCode(b[0] & 0x0f), Masked: b[1]&0x80 != 0}
+	i := 2
+	switch l := b[1] & 0x7f; l {
+	case 126:
+		h.Length, i = int64(binary.BigEndian.Uint16(b[2:])), 4
+	case 127:
+		h.Length, i = int64(binary.BigEndian.Uint64(b[2:])), 10
+	default:
+		h.Length = int64(l)
+	}
+	if h.Masked {
+		copy(h.Mask[:], b[i:])
+	}
+	_, _ = r.br.Discard(n)
+	if h.Length < 0 {
+		return h, errors.New("websocket: frame length out of range")
+	}
+	return h, nil
+}
+
+// nextFrame reads frames until the header of a data frame: pings are
+// answered, pongs dropped, a close frame answered and returned as
+// *CloseError (later calls return io.EOF).
+func (r *Raw) nextFrame() error {
+	if r.closed {
+		return io.EOF
+	}
 	for {
-		h, err := ws.ReadHeader(r.br)
+		h, err := r.readHeader()
 		if err != nil {
-			if err == io.EOF && started {
+			if err == io.EOF && r.in.inMsg {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, nil, err
+			return err
 		}
-		if h.Length > maxMessage || int64(len(msg))+h.Length > maxMessage {
-			return 0, nil, fmt.Errorf("websocket message larger than %d bytes", maxMessage)
+		if h.OpCode.IsControl() {
+			if h.Length > ws.MaxControlFramePayloadSize || !h.Fin {
+				return errors.New("websocket: bad control frame")
+			}
+			p := r.in.ctrl[:h.Length]
+			if _, err := io.ReadFull(r.br, p); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+			if h.Masked {
+				ws.Cipher(p, h.Mask, 0)
+			}
+			switch h.OpCode {
+			case ws.OpPing:
+				if err := r.writeFrame(ws.OpPong, p); err != nil {
+					return err
+				}
+			case ws.OpClose:
+				r.closed = true
+				code, reason := ws.ParseCloseFrameData(p)
+				reply := []byte{}
+				if !code.Empty() {
+					reply = ws.NewCloseFrameBody(code, "")
+				}
+				_ = r.writeFrame(ws.OpClose, reply)
+				return &CloseError{Code: code, Reason: reason}
+			}
+			continue
 		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(r.br, p); err != nil {
-			if err == io.EOF {
+		switch {
+		case h.OpCode == ws.OpContinuation && !r.in.inMsg:
+			return errors.New("websocket: continuation frame without a message")
+		case h.OpCode != ws.OpContinuation && r.in.inMsg:
+			return errors.New("websocket: new message inside a fragmented one")
+		case h.OpCode != ws.OpContinuation:
+			r.in.op = h.OpCode
+		}
+		r.in.hdr, r.in.inMsg, r.in.fin = true, true, h.Fin
+		r.in.left, r.in.mask, r.in.masked, r.in.pos = h.Length, h.Mask, h.Masked, 0
+		return nil
+	}
+}
+
+// readData reads data message payload straight into p (nothing is
+// allocated): at a frame boundary it reads on to the next data frame's
+// header (nextFrame). end reports that the bytes end their message (whose
+// opcode is r.in.op).
+func (r *Raw) readData(p []byte) (n int, end bool, err error) {
+	if !r.in.hdr {
+		if err := r.nextFrame(); err != nil {
+			return 0, false, err
+		}
+	}
+	if k := min(int64(len(p)), r.in.left); k > 0 {
+		n, err = r.br.Read(p[:k])
+		if n == 0 {
+			if err == nil || err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, nil, err
+			return 0, false, err
 		}
-		if h.Masked {
-			ws.Cipher(p, h.Mask, 0)
+		if r.in.masked {
+			ws.Cipher(p[:n], r.in.mask, r.in.pos)
 		}
-		switch h.OpCode {
-		case ws.OpPing:
-			if err := r.writeFrame(ws.OpPong, p); err != nil {
+		r.in.pos += n
+		r.in.left -= int64(n)
+	}
+	if r.in.left == 0 {
+		r.in.hdr = false
+		if r.in.fin {
+			r.in.inMsg = false
+			return n, true, nil
+		}
+	}
+	return n, false, nil
+}
+
+// readMessage returns the next WebSocket data message (or the rest of the
+// one Tunnel.Read was in the middle of), answering pings and reassembling
+// fragments. A close frame is answered and returned as *CloseError; later
+// calls return io.EOF.
+func (r *Raw) readMessage() (ws.OpCode, []byte, error) {
+	msg := []byte{}
+	for {
+		if !r.in.hdr {
+			if err := r.nextFrame(); err != nil {
 				return 0, nil, err
 			}
-			continue
-		case ws.OpPong:
-			continue
-		case ws.OpClose:
-			r.closed = true
-			code, reason := ws.ParseCloseFrameData(p)
-			reply := []byte{}
-			if !code.Empty() {
-				reply = ws.NewCloseFrameBody(code, "")
-			}
-			_ = r.writeFrame(ws.OpClose, reply)
-			return 0, nil, &CloseError{Code: code, Reason: reason}
-		case ws.OpContinuation:
-			if !started {
-				return 0, nil, errors.New("websocket: continuation frame without a message")
-			}
-		default:
-			if started {
-				return 0, nil, errors.New("websocket: new message inside a fragmented one")
-			}
-			started, op = true, h.OpCode
 		}
-		msg = append(msg, p...)
-		if h.Fin {
-			if msg == nil {
-				msg = []byte{}
-			}
-			return op, msg, nil
+		if int64(len(msg))+r.in.left > maxMessage {
+			return 0, nil, fmt.Errorf("websocket message larger than %d bytes", maxMessage)
+		}
+		msg = slices.Grow(msg, int(r.in.left))
+		n, end, err := r.readData(msg[len(msg) : len(msg)+int(r.in.left)])
+		msg = msg[:len(msg)+n]
+		if err != nil {
+			return 0, nil, err
+		}
+		if end {
+			return r.in.op, msg, nil
 		}
 	}
 }

@@ -24,8 +24,6 @@ type Tunnel struct {
 	r         *Raw
 	peerName  string
 	peerUUID  string
-	pending   []byte    // unread rest of the last WebSocket message
-	pendingOp ws.OpCode // its opcode
 	text      handshake.TextFramer
 	wbuf      []byte // scratch for Write's frames
 	wmu       sync.Mutex
@@ -53,16 +51,15 @@ func (t *Tunnel) Read(p []byte) (int, error) {
 		}
 		return t.r.br.Read(p)
 	}
-	for len(t.pending) == 0 {
-		op, msg, err := t.readMessage()
-		if err != nil {
-			return 0, err
+	for { // payload straight into p; frames without any skipped
+		n, _, err := t.r.readData(p)
+		if n > 0 {
+			return n, nil
 		}
-		t.pending, t.pendingOp = msg, op
+		if err != nil {
+			return 0, normalClose(err)
+		}
 	}
-	n := copy(p, t.pending)
-	t.pending = t.pending[n:]
-	return n, nil
 }
 
 // ReadMessage returns the next WebSocket message with its opcode (the unread
@@ -77,25 +74,20 @@ func (t *Tunnel) ReadMessage() (ws.OpCode, []byte, error) {
 		}
 		return ws.OpBinary, buf[:n], nil
 	}
-	if len(t.pending) > 0 {
-		p := t.pending
-		t.pending = nil
-		return t.pendingOp, p, nil
-	}
-	return t.readMessage()
+	op, msg, err := t.r.readMessage()
+	return op, msg, normalClose(err)
 }
 
-// readMessage reads one WebSocket message, mapping a normal close to io.EOF.
-func (t *Tunnel) readMessage() (ws.OpCode, []byte, error) {
-	op, msg, err := t.r.readMessage()
+// normalClose maps a normal WebSocket close to io.EOF.
+func normalClose(err error) error {
 	var ce *CloseError
 	if errors.As(err, &ce) {
 		switch ce.Code {
 		case 0, ws.StatusNormalClosure, ws.StatusGoingAway, ws.StatusNoStatusRcvd:
-			return 0, nil, io.EOF
+			return io.EOF
 		}
 	}
-	return op, msg, err
+	return err
 }
 
 // Write sends p: over TCP as-is; over WebSocket as one message, TEXT

@@ -374,7 +374,10 @@ func AppendClose(dst []byte, code ws.StatusCode, reason string) []byte {
 
 // UTF8 is an incremental UTF-8 validator: a text may be fed in chunks split
 // anywhere, even inside a code point. The zero value is ready to use.
-// No method allocates.
+// No method allocates. A chunk is checked by unicode/utf8.Valid (eight
+// bytes of ASCII at a time) except for the at most three bytes of a code
+// point cut at either end, which go through a byte-wise state machine: the
+// carry between chunks is that state, four bytes.
 type UTF8 struct {
 	need   uint8 // continuation bytes still expected
 	lo, hi byte  // allowed range of the next continuation byte
@@ -387,39 +390,86 @@ func (v *UTF8) Feed(p []byte) bool {
 	if v.bad {
 		return false
 	}
-	for _, c := range p {
-		if v.need > 0 {
-			if c < v.lo || c > v.hi {
-				v.bad = true
-				return false
-			}
-			v.need--
-			v.lo, v.hi = 0x80, 0xbf
+	for v.need > 0 && len(p) > 0 { // the end of a code point the last chunk cut
+		if !v.step(p[0]) {
+			return false
+		}
+		p = p[1:]
+	}
+	whole := len(p) - cutTail(p)
+	if !utf8.Valid(p[:whole]) {
+		v.bad = true
+		return false
+	}
+	for _, c := range p[whole:] {
+		if !v.step(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// cutTail returns the length of the incomplete code point p ends with
+// (a lead byte and fewer continuation bytes than it announces), or 0.
+func cutTail(p []byte) int {
+	for i := 1; i <= min(len(p), utf8.UTFMax-1); i++ {
+		c := p[len(p)-i]
+		if c&0xc0 == 0x80 { // a continuation byte: look further back
 			continue
 		}
-		if c < 0x80 {
-			continue
+		if c >= 0xc0 && i < seqLen(c) {
+			return i
 		}
-		v.lo, v.hi = 0x80, 0xbf
-		switch {
-		case 0xc2 <= c && c <= 0xdf:
-			v.need = 1
-		case c == 0xe0:
-			v.need, v.lo = 2, 0xa0 // no overlong forms
-		case c == 0xed:
-			v.need, v.hi = 2, 0x9f // no surrogates
-		case 0xe1 <= c && c <= 0xef:
-			v.need = 2
-		case c == 0xf0:
-			v.need, v.lo = 3, 0x90 // no overlong forms
-		case 0xf1 <= c && c <= 0xf3:
-			v.need = 3
-		case c == 0xf4:
-			v.need, v.hi = 3, 0x8f // nothing above U+10FFFF
-		default:
+		return 0
+	}
+	return 0
+}
+
+// seqLen is the length of the sequence a lead byte c >= 0xc0 announces
+// (4 for bytes no sequence starts with: step rejects them).
+func seqLen(c byte) int {
+	switch {
+	case c < 0xe0:
+		return 2
+	case c < 0xf0:
+		return 3
+	}
+	return 4
+}
+
+// step advances the state machine by one byte.
+func (v *UTF8) step(c byte) bool {
+	if v.need > 0 {
+		if c < v.lo || c > v.hi {
 			v.bad = true
 			return false
 		}
+		v.need--
+		v.lo, v.hi = 0x80, 0xbf
+		return true
+	}
+	if c < 0x80 {
+		return true
+	}
+	v.lo, v.hi = 0x80, 0xbf
+	switch {
+	case 0xc2 <= c && c <= 0xdf:
+		v.need = 1
+	case c == 0xe0:
+		v.need, v.lo = 2, 0xa0 // no overlong forms
+	case c == 0xed:
+		v.need, v.hi = 2, 0x9f // no surrogates
+	case 0xe1 <= c && c <= 0xef:
+		v.need = 2
+	case c == 0xf0:
+		v.need, v.lo = 3, 0x90 // no overlong forms
+	case 0xf1 <= c && c <= 0xf3:
+		v.need = 3
+	case c == 0xf4:
+		v.need, v.hi = 3, 0x8f // nothing above U+10FFFF
+	default:
+		v.bad = true
+		return false
 	}
 	return true
 }

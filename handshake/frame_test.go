@@ -513,3 +513,20 @@ func validPrefix(p []byte) bool {
 	}
 	return false
 }
+
+// BenchmarkUTF8 feeds 16 KiB chunks of ASCII and of mixed text (one in
+// four code points multi-byte), as a relay's TEXT tunnel does.
+func BenchmarkUTF8(b *testing.B) {
+	for _, tc := range []struct{ name, unit string }{{"ascii", "json {\"a\": 1} "}, {"mixed", "añb€c😀d"}} {
+		p := []byte(strings.Repeat(tc.unit, 16<<10/len(tc.unit)))
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(p)))
+			var v UTF8
+			for b.Loop() {
+				if !v.Feed(p) {
+					b.Fatal("rejected")
+				}
+			}
+		})
+	}
+}

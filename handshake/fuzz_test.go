@@ -108,6 +108,58 @@ func FuzzDecoder(f *testing.F) {
 	})
 }
 
+// FuzzUTF8Splits checks the streaming validator against utf8.Valid with
+// the text cut at every position, two cuts at every pair of positions
+// for short texts, and fed byte by byte (where Feed must fail at exactly
+// the first byte no suffix can repair). The seeds put multi-byte code
+// points on each side of the eight-byte words utf8.Valid skips ASCII in.
+func FuzzUTF8Splits(f *testing.F) {
+	for _, s := range []string{"", "a", "€", "😀", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+		"\xc0\xaf", "\xe0\x9f\xbf", "\xf0\x8f\xbf\xbf", "\xf5\x80", "\x80", "abcdefg€hijklmn😀",
+		"abcdefgh\xe2\x82", "1234567\xf0\x9f\x98\x80", "ü1234567ü", "héllo wörld ✓ ✗ 中文 😀😀"} {
+		f.Add([]byte(s))
+		for pad := 1; pad < 8; pad++ {
+			f.Add([]byte(strings.Repeat("x", pad) + s))
+		}
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		want := utf8.Valid(p)
+		for cut := 0; cut <= len(p); cut++ {
+			var v UTF8
+			ok := v.Feed(p[:cut])
+			ok = v.Feed(p[cut:]) && ok
+			if got := ok && v.Complete(); got != want {
+				t.Fatalf("UTF8(%q, cut %d) = %v, utf8.Valid = %v", p, cut, got, want)
+			}
+		}
+		if len(p) <= 24 {
+			for i := 0; i <= len(p); i++ {
+				for j := i; j <= len(p); j++ {
+					var v UTF8
+					ok := v.Feed(p[:i])
+					ok = v.Feed(p[i:j]) && ok
+					ok = v.Feed(p[j:]) && ok
+					if got := ok && v.Complete(); got != want {
+						t.Fatalf("UTF8(%q, cuts %d %d) = %v, utf8.Valid = %v", p, i, j, got, want)
+					}
+				}
+			}
+		}
+		var v UTF8
+		for i := range p {
+			if ok := v.Feed(p[i : i+1]); ok != validPrefix(p[:i+1]) {
+				t.Fatalf("UTF8(%q): Feed of byte %d = %v", p, i, ok)
+			}
+			if v.bad {
+				break
+			}
+		}
+		if !v.bad && v.Complete() != want {
+			t.Fatalf("UTF8(%q) byte by byte: Complete = %v, utf8.Valid = %v", p, v.Complete(), want)
+		}
+	})
+}
+
 func FuzzUTF8(f *testing.F) {
 	for _, s := range []string{"", "abc", "€", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\xaf", "😀x"} {
 		f.Add([]byte(s), 1)

@@ -46,7 +46,7 @@ func (c Conn) Reply(msg []byte) { c.c.acceptUpgrade(); c.c.send(msg) }
 // close frame with code and text after what it was sent; a URL-token
 // upgrade still pending gets an HTTP 403 (access_denied) or 400 with text
 // instead, and no WebSocket.
-func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.fail(r, code, text) }
+func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.failWith(r, code, text) }
 
 // Claim hands the connection to t: it leaves its transport once this
 // message is handled, and t receives it (with the bytes that follow the

@@ -144,8 +144,8 @@ type connKey struct{}
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	s.stats.accepted.Inc()
-	key, r := s.admit(nc.RemoteAddr())
-	if r != reason.Count {
+	key, r, ok := s.admit(nc.RemoteAddr())
+	if !ok {
 		s.stats.closes[r].Inc()
 		nc.Close()
 		return context.Background()
@@ -189,7 +189,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 // newConn creates and tracks a connection; nil if the server is closing.
 func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
 	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), tk: tk}
-	if !s.track(c, true) {
+	if !s.register(c) {
 		return nil
 	}
 	c.mu.Lock() // the timers' callbacks take mu: they must see both fields
@@ -199,20 +199,20 @@ func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
 	return c
 }
 
-// admit places a new connection under the limits: its limiter key, or the
-// refusal reason (reason.Count when admitted).
-func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason) {
+// admit places a new connection under the limits: admitted (ok) with its
+// limiter key, or refused for r.
+func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason, ok bool) {
 	ip := limits.AddrOf(peer)
-	key, r = s.lim.Admit(ip)
-	if r == reason.Count {
-		return key, r
+	key, r, ok = s.lim.Admit(ip)
+	if ok {
+		return key, r, ok
 	}
 	if r == reason.Banned || r == reason.LimitRate {
 		s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
 	} else {
 		s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
 	}
-	return key, r
+	return key, r, false
 }
 
 // onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
@@ -248,7 +248,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		// something too big hears why (e.g. a 1009 close).
 		_ = r.Skip(r.Len())
 		c.s.log.Debug("input before the tunnel over budget", "peer", c.peer.String())
-		c.fail(reason.PreAuthLimit, ws.StatusMessageTooBig, "Input over budget")
+		c.fail(reason.PreAuthLimit, "")
 	}
 	_ = r.Release()
 	c.unlock()
@@ -421,7 +421,15 @@ func (c *conn) wantRelease() {
 // fail ends the connection for reason, gracefully: a WebSocket client gets
 // a close frame with code and text first, and the socket lingers until the
 // client has read what it was sent. Called with mu held.
-func (c *conn) fail(reason reason.Reason, code ws.StatusCode, text string) {
+func (c *conn) fail(r reason.Reason, text string) {
+	if text == "" {
+		text = closeText(r)
+	}
+	c.failWith(r, closeCode(r), text)
+}
+
+// failWith is fail with the close code given (0: no close frame).
+func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 	if c.frozen {
 		return
 	}
@@ -481,7 +489,7 @@ func (c *conn) onInactive() {
 	switch state(c.st.Load()) {
 	case stSniff, stHTTP, stRPC, stAuthing:
 		c.s.log.Debug("inactive timeout", "peer", c.peer.String())
-		c.fail(reason.InactiveTimeout, ws.StatusPolicyViolation, "Inactive timeout")
+		c.fail(reason.InactiveTimeout, "")
 	}
 	c.unlock()
 }
@@ -494,14 +502,14 @@ func (c *conn) onAlone() {
 		if c.degraded {
 			text += " (relay fleet store unreachable: only partners on this relay could pair)"
 		}
-		c.fail(reason.AloneTimeout, ws.StatusPolicyViolation, text)
+		c.fail(reason.AloneTimeout, text)
 	}
 	c.unlock()
 }
 
 func (c *conn) shutdown() {
 	c.mu.Lock()
-	c.fail(reason.Shutdown, ws.StatusGoingAway, "Server shutting down")
+	c.fail(reason.Shutdown, "")
 	c.unlock()
 }
 
@@ -555,7 +563,7 @@ func (c *conn) released(left []byte) {
 		c.gone = t == nil
 		c.frozen = true
 		c.mu.Unlock()
-		c.s.track(c, false)
+		c.s.unregister(c)
 		if t != nil {
 			t.ready(c)
 		}
@@ -573,7 +581,7 @@ func (c *conn) released(left []byte) {
 	if onEnd != nil {
 		onEnd()
 	}
-	c.s.track(c, false)
+	c.s.unregister(c)
 	if !linger {
 		c.tr.discard()
 		c.tk.End(reason)

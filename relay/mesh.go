@@ -5,8 +5,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -137,20 +135,9 @@ func (c *conn) placed(pl Placement) {
 		c.unlock()
 	default:
 		c.st.Store(uint32(stRPC))
-		c.fail(pl.Refuse, ws.StatusPolicyViolation, refusalText(pl.Refuse))
+		c.fail(pl.Refuse, "")
 		c.unlock()
 	}
-}
-
-// refusalText is what a client refused for r is told.
-func refusalText(r reason.Reason) string {
-	switch r {
-	case reason.TunnelExists:
-		return "Tunnel already exists"
-	case reason.DuplicateUUID:
-		return "Duplicated client UUID."
-	}
-	return "Relay fleet unavailable"
 }
 
 // joinedAs acts on a registry answer for c (state stWaiting, mu held).
@@ -164,7 +151,7 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 		if id >= 0 {
 			c.send(handshake.AppendError(nil, id, code))
 		}
-		c.fail(r, ws.StatusPolicyViolation, refusalText(r))
+		c.fail(r, "")
 	}
 	switch res {
 	case JoinWaiting:
@@ -279,7 +266,7 @@ func (c Conn) RefuseMesh(id int) {
 	c.c.s.stats.meshBad.Inc()
 	c.c.s.failedFrom(c.c.peer)
 	c.c.send(handshake.AppendError(nil, id, MeshBadRequest))
-	c.c.fail(reason.Mesh, 0, "")
+	c.c.failWith(reason.Mesh, 0, "")
 }
 
 // newMeshTunnel builds the tunnel of c (authenticated here) and a mesh
@@ -328,7 +315,7 @@ func (t *tunnel) readyLinked(a *conn) {
 	if a.failed {
 		t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", a.reason.String())
 		closeLink(t.link, reason.PartnerClosed)
-		t.s.dismiss(a, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
+		t.s.dismissFor(a, reason.PartnerClosed, "")
 		return
 	}
 	t.end(&t.pair.A, a, t.s.stats.bytesUp, &t.ab)

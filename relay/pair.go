@@ -209,13 +209,21 @@ type refusal struct {
 
 // ready implements target.
 func (r refusal) ready(c *conn) {
-	c.s.dismiss(c, r.reason, ws.StatusPolicyViolation, r.text)
+	c.s.dismissFor(c, r.reason, r.text)
 }
 
 // dismiss ends a claimed connection that got no target of its own (or
 // whose target gave up on it): what the relay still owed the client, then
 // a close frame on WebSocket, then a lingering close. A connection whose
 // set-up failed ends with its own reason, any other with r.
+func (s *Server) dismissFor(c *conn, r reason.Reason, text string) {
+	if text == "" {
+		text = closeText(r)
+	}
+	s.dismiss(c, r, closeCode(r), text)
+}
+
+// dismiss is dismissFor with the close code given.
 func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text string) {
 	if c.sk == nil {
 		c.tk.End(c.reason)
@@ -229,10 +237,8 @@ func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text stri
 			return
 		}
 		switch r {
-		case reason.DataBeforeTunnel:
-			code, text = ws.StatusPolicyViolation, "Data before tunnel established"
-		case reason.Shutdown:
-			code, text = ws.StatusGoingAway, "Server shutting down"
+		case reason.DataBeforeTunnel, reason.Shutdown:
+			code, text = closeCode(r), closeText(r)
 		}
 	}
 	final := c.out.Take()

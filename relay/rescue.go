@@ -182,7 +182,7 @@ func (c *conn) ended(r reason.Reason) {
 // its close frame if the socket takes it. The transport drops it next.
 func (c *conn) stopping() {
 	c.mu.Lock()
-	c.fail(reason.Shutdown, 1001, "Server shutting down")
+	c.fail(reason.Shutdown, "")
 	c.flush()
 	c.rel = relAsked
 	c.mu.Unlock()

@@ -6,8 +6,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -73,7 +71,7 @@ func (c *conn) rpcFail(id int, text string) {
 func (c *conn) rpcFailFor(r reason.Reason, id int, text string) {
 	c.s.log.Debug("json-rpc error", "peer", c.peer.String(), "error", text)
 	c.send(handshake.AppendError(nil, id, text))
-	c.fail(r, ws.StatusPolicyViolation, "JSON-RPC error")
+	c.fail(r, "")
 }
 
 // authenticate records the request; unlock starts the authenticator once
@@ -139,7 +137,7 @@ func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 	}
 	c.send(handshake.AppendSuccess(nil, c.authID,
 		handshake.Str("authenticationError", r.String())))
-	c.fail(why, ws.StatusPolicyViolation, text)
+	c.fail(why, text)
 }
 
 // onAuthResult answers Authenticate and, on success, joins the registry:
@@ -183,11 +181,11 @@ func (c *conn) onAuthResult(r AuthResult) {
 		return
 	}
 	if r != AuthNoError {
-		why, text := reason.AuthFailed, "Authentication failed"
+		why := reason.AuthFailed
 		if r == AuthTimeout {
-			why, text = reason.AuthTimeout, "Authentication timed out"
+			why = reason.AuthTimeout
 		}
-		c.refuseAuth(r, why, text)
+		c.refuseAuth(r, why, "")
 		c.unlock()
 		return
 	}
@@ -197,7 +195,7 @@ func (c *conn) onAuthResult(r AuthResult) {
 	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, c.key.Nonce) {
 		// The token is good but this identity may not pair here: the
 		// same answer as a bad token, counted apart (no ban).
-		c.refuseAuth(AuthFailed, reason.AccessDenied, "Access denied")
+		c.refuseAuth(AuthFailed, reason.AccessDenied, "")
 		c.unlock()
 		return
 	}
@@ -209,9 +207,16 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.send(handshake.AppendSuccess(nil, c.authID,
 			handshake.Str("authenticationError", r.String())))
 	}
-	// The reply goes out before the client can be paired: a partner's
-	// TunnelEstablished must never overtake it.
-	c.flush()
+	// The reply never follows TunnelEstablished: either it is written now,
+	// or it stays queued and goes out first — at unlock if the client
+	// waits, in the tunnel's first write (one write for both) if it
+	// completes a pair. Queued only where the client reads the two
+	// messages apart from one write: WebSocket frames, or a raw TCP client
+	// that did not say Hello (nymea's clients do, and parse what one read
+	// returns as one message). In a fleet it is written now.
+	if c.ws == nil && c.hello || c.s.fleet != nil {
+		c.flush()
+	}
 	if state(c.st.Load()) != stAuthing { // the reply could not be written
 		c.unlock()
 		return

@@ -290,20 +290,25 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) track(c *conn, add bool) bool {
+// register gives c its id and counts it among the server's connections;
+// false once the server is draining or closed (c is then refused).
+func (s *Server) register(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.closed || s.draining.Load() {
-			return false
-		}
-		s.nextID++
-		c.id = s.nextID
-		s.conns[c] = struct{}{}
-	} else {
-		delete(s.conns, c)
+	if s.closed || s.draining.Load() {
+		return false
 	}
+	s.nextID++
+	c.id = s.nextID
+	s.conns[c] = struct{}{}
 	return true
+}
+
+// unregister forgets c.
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 // pickLoop spreads sockets over the loops.
@@ -317,15 +322,19 @@ func (s *Server) goodbye(sk loop.Sock, final []byte, linger bool, tk *ticket, r 
 	s.pickLoop(sk.Fd()).GoodbyeFrom(sk, final, linger, tk, r)
 }
 
-func (s *Server) trackTunnel(t *tunnel, add bool) {
+// registerTunnel gives t its id and lists it (monitors, drain).
+func (s *Server) registerTunnel(t *tunnel) {
 	s.mu.Lock()
-	if add {
-		s.nextID++
-		t.id = s.nextID
-		s.tunnels[t] = struct{}{}
-	} else {
-		delete(s.tunnels, t)
-	}
+	s.nextID++
+	t.id = s.nextID
+	s.tunnels[t] = struct{}{}
+	s.mu.Unlock()
+}
+
+// unregisterTunnel forgets t.
+func (s *Server) unregisterTunnel(t *tunnel) {
+	s.mu.Lock()
+	delete(s.tunnels, t)
 	s.mu.Unlock()
 }
 

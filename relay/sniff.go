@@ -267,13 +267,13 @@ func (c *conn) wsData(f handshake.Fragment) {
 	}
 	if f.Kind == handshake.FragHeader && f.Header.OpCode == ws.OpBinary {
 		c.s.log.Debug("binary message before the tunnel", "peer", c.peer.String())
-		c.fail(reason.WebSocket, ws.StatusInternalServerError, "Binary message not expected.")
+		c.fail(reason.WebSocket, "Binary message not expected.")
 		return
 	}
 	if f.Kind == handshake.FragPayload {
 		if len(c.msg)+len(f.Data) > c.s.cfg.MaxPreAuth {
 			c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(c.msg)+len(f.Data))
-			c.fail(reason.PreAuthLimit, ws.StatusMessageTooBig, "Message too big")
+			c.fail(reason.PreAuthLimit, "Message too big")
 			return
 		}
 		c.msg = append(c.msg, f.Data...)
@@ -292,12 +292,12 @@ func (c *conn) wsData(f handshake.Fragment) {
 func (c *conn) wsFail(err error) {
 	c.s.log.Debug("websocket protocol error", "peer", c.peer.String(), "err", err)
 	code, text := handshake.CloseCodeOf(err)
-	c.fail(reason.WebSocket, code, text)
+	c.failWith(reason.WebSocket, code, text)
 }
 
 // dataBeforeTunnel closes a client that sent data after Authenticate and
 // before TunnelEstablished.
 func (c *conn) dataBeforeTunnel() {
 	c.s.log.Debug("data before tunnel", "peer", c.peer.String())
-	c.fail(reason.DataBeforeTunnel, ws.StatusPolicyViolation, "Data before tunnel established")
+	c.fail(reason.DataBeforeTunnel, "")
 }

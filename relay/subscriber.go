@@ -60,7 +60,7 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 	c := s.c
 	c.mu.Lock()
 	if state(c.st.Load()) == stSubscribed {
-		c.fail(r, code, text)
+		c.failWith(r, code, text)
 	}
 	c.unlock()
 }
@@ -93,5 +93,5 @@ func (c Conn) FromURL() bool { return c.c.authID == -1 }
 // subscriberSpoke closes a subscriber that sent data: subscribers only
 // listen. Called with mu held.
 func (c *conn) subscriberSpoke() {
-	c.fail(reason.RPC, ws.StatusPolicyViolation, "Subscribers only listen")
+	c.fail(reason.RPC, "Subscribers only listen")
 }

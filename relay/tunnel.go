@@ -28,7 +28,7 @@ type tunnel struct {
 	pair   loop.Pair // A is the waiting client, B the completing one
 	start  int64     // unix ns when forwarding started; 0 before
 
-	id           uint64        // set by trackTunnel
+	id           uint64        // set by registerTunnel
 	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
 	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from A and from B (read by monitors)
@@ -164,11 +164,12 @@ func (t *tunnel) start0(fd int) {
 }
 
 // end fills a pair end from the connection: its socket, its stream state
-// and what the relay owes it (TunnelEstablished, then pongs owed since the
-// claim).
+// and what the relay owes it (what is still queued — the Authenticate
+// reply of the side that completed the pair, pongs owed since the claim —
+// then TunnelEstablished), all of it in the pair's first write.
 func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint64) {
 	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
-	e.Ctrl.B = append(c.established, c.out.Take()...)
+	e.Ctrl.B = append(c.out.Take(), c.established...)
 	e.Text.Binary = t.s.cfg.WSBinaryOnly
 	if c.ws == nil && c.hello {
 		e.Settle = t.s.cfg.TCPSettle
@@ -182,8 +183,8 @@ func (t *tunnel) startOn(l *loop.Loop) {
 	st.tunnelsActive.Inc()
 	st.tunnelsTotal.Inc()
 	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
-	t.s.trackTunnel(t, true)
-	t.s.log.Info("tunnel established", "tunnel", t.id, "token", t.tokenHash,
+	t.s.registerTunnel(t)
+	t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash,
 		"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
 		"splice", t.pair.Splice)
 	l.StartPair(&t.pair)
@@ -208,8 +209,8 @@ func (t *tunnel) leave() {
 // PairDone implements loop.PairOwner.
 func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
 	t.s.stats.tunnelsActive.Dec()
-	t.s.trackTunnel(t, false)
-	t.s.log.Info("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
+	t.s.unregisterTunnel(t)
+	t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
 		"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
 }
 
@@ -234,6 +235,6 @@ func (t *tunnel) abandon(a, b *conn) {
 	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
 	t.leave()
 	for _, c := range []*conn{a, b} {
-		t.s.dismiss(c, reason.PartnerClosed, ws.StatusGoingAway, "Partner left")
+		t.s.dismissFor(c, reason.PartnerClosed, "")
 	}
 }

@@ -156,7 +156,7 @@ func TestServeDrainOnSIGTERM(t *testing.T) {
 	// The drain timeout is out of reach: serve returning at all says the
 	// tunnel's end ended the drain.
 	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--monitor", mon, "--drain-timeout", "1h",
-		"--log-format", "json", "--log-level", "info")
+		"--log-format", "json", "--log-level", "debug")
 	const token = "very-secret-token-4711"
 	a, b := pairTunnel(t, ts.addr(), token)
 	echo(t, a, b, "hello")

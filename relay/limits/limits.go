@@ -175,34 +175,34 @@ func (l *Limiter) exempt(ip netip.Addr) bool {
 	return false
 }
 
-// Admit decides on a new connection from ip. On success it returns the
+// Admit decides on a new connection from ip: admitted (ok), with the
 // limiter key the connection is counted under (release it when the
-// connection ends) and reason.Count; otherwise the refusal reason.
-func (l *Limiter) Admit(ip netip.Addr) (netip.Addr, reason.Reason) {
+// connection ends), or refused for r.
+func (l *Limiter) Admit(ip netip.Addr) (key netip.Addr, r reason.Reason, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.lim.MaxConns > 0 && l.total >= l.lim.MaxConns {
-		return netip.Addr{}, reason.LimitConns
+		return netip.Addr{}, reason.LimitConns, false
 	}
 	if l.exempt(ip) {
 		l.total++
-		return netip.Addr{}, reason.Count // the zero key: no per-address state
+		return netip.Addr{}, 0, true // the zero key: no per-address state
 	}
 	k := l.key(ip)
 	now := l.now()
 	st := l.state(k, now)
 	if now.Before(st.bannedTill) {
-		return netip.Addr{}, reason.Banned
+		return netip.Addr{}, reason.Banned, false
 	}
 	if l.lim.MaxConnsPerIP > 0 && st.conns >= l.lim.MaxConnsPerIP {
-		return netip.Addr{}, reason.LimitConnsPerIP
+		return netip.Addr{}, reason.LimitConnsPerIP, false
 	}
 	if st.rate != nil && !st.rate.AllowN(now, 1) {
-		return netip.Addr{}, reason.LimitRate
+		return netip.Addr{}, reason.LimitRate, false
 	}
 	st.conns++
 	l.total++
-	return k, reason.Count
+	return k, 0, true
 }
 
 // state is key's record, created with a full rate bucket; it is marked

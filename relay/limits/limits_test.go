@@ -11,33 +11,41 @@ import (
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
+// refusal is Admit's answer as a word: "admitted" or the refusal's name.
+func refusal(_ netip.Addr, r reason.Reason, ok bool) string {
+	if ok {
+		return "admitted"
+	}
+	return r.String()
+}
+
 func TestLimiterUnit(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l := New(Limits{MaxConnsPerIP: 2, ConnRatePerIP: 1, AuthFailuresPerIP: 1, BanTime: time.Minute})
 	l.now = func() time.Time { return now }
 	ip := netip.MustParseAddr("192.0.2.1")
-	admit := func() reason.Reason { _, r := l.Admit(ip); return r }
+	admit := func() string { return refusal(l.Admit(ip)) }
 	for range 2 {
-		if r := admit(); r != reason.Count {
+		if r := admit(); r != "admitted" {
 			t.Fatalf("burst of 2 refused: %v", r)
 		}
 	}
-	if r := admit(); r != reason.LimitConnsPerIP {
+	if r := admit(); r != reason.LimitConnsPerIP.String() {
 		t.Fatalf("3rd: %v", r)
 	}
 	l.Release(ip)
-	if r := admit(); r != reason.LimitRate {
+	if r := admit(); r != reason.LimitRate.String() {
 		t.Fatalf("rate: %v", r)
 	}
 	now = now.Add(2 * time.Second)
-	if r := admit(); r != reason.Count {
+	if r := admit(); r != "admitted" {
 		t.Fatalf("after refill: %v", r)
 	}
 	if l.AuthFailed(ip) || !l.AuthFailed(ip) {
 		t.Fatal("ban after the 2nd failure within a minute")
 	}
 	now = now.Add(30 * time.Second)
-	if r := admit(); r != reason.Banned {
+	if r := admit(); r != reason.Banned.String() {
 		t.Fatalf("banned: %v", r)
 	}
 	now = now.Add(31 * time.Second)
@@ -59,61 +67,61 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	a := netip.MustParseAddr("2001:db8:1:2::1")
 	b := netip.MustParseAddr("2001:db8:1:2:ffff::9")
 	other := netip.MustParseAddr("2001:db8:1:3::1")
-	ka, r1 := l.Admit(a)
-	kb, r2 := l.Admit(b)
-	if r1 != reason.Count || r2 != reason.Count || ka != kb {
-		t.Fatalf("first two from one /64: %v %v, keys %v %v", r1, r2, ka, kb)
+	ka, _, ok1 := l.Admit(a)
+	kb, _, ok2 := l.Admit(b)
+	if !ok1 || !ok2 || ka != kb {
+		t.Fatalf("first two from one /64: %v %v, keys %v %v", ok1, ok2, ka, kb)
 	}
-	if _, r := l.Admit(netip.MustParseAddr("2001:db8:1:2:1234::77")); r != reason.LimitConnsPerIP {
+	if r := refusal(l.Admit(netip.MustParseAddr("2001:db8:1:2:1234::77"))); r != reason.LimitConnsPerIP.String() {
 		t.Fatalf("third address of the same /64: %v, want limit_conns_per_ip", r)
 	}
-	if _, r := l.Admit(other); r != reason.Count {
+	if r := refusal(l.Admit(other)); r != "admitted" {
 		t.Fatalf("another /64: %v", r)
 	}
 	l.Release(ka)
-	if _, r := l.Admit(netip.MustParseAddr("2001:db8:1:2::42")); r != reason.Count {
+	if r := refusal(l.Admit(netip.MustParseAddr("2001:db8:1:2::42"))); r != "admitted" {
 		t.Fatalf("after a release: %v", r)
 	}
 	ll := New(Limits{MaxConnsPerIP: 1, IPv6Prefix: 128})
-	if _, r := ll.Admit(a); r != reason.Count {
+	if r := refusal(ll.Admit(a)); r != "admitted" {
 		t.Fatal(r)
 	}
-	if _, r := ll.Admit(b); r != reason.Count {
+	if r := refusal(ll.Admit(b)); r != "admitted" {
 		t.Fatalf("prefix 128 keys by address: %v", r)
 	}
 	// Link-local: a host picks as many fe80:: addresses as it likes, so
 	// they count per interface (zone), all addresses on it together.
 	zl := New(Limits{MaxConnsPerIP: 1})
-	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.Count {
+	if r := refusal(zl.Admit(netip.MustParseAddr("fe80::1%eth0"))); r != "admitted" {
 		t.Fatal(r)
 	}
-	if _, r := zl.Admit(netip.MustParseAddr("fe80::1%eth0")); r != reason.LimitConnsPerIP {
+	if r := refusal(zl.Admit(netip.MustParseAddr("fe80::1%eth0"))); r != reason.LimitConnsPerIP.String() {
 		t.Fatalf("the same link-local host again: %v, want limit_conns_per_ip", r)
 	}
-	if _, r := zl.Admit(netip.MustParseAddr("fe80::2:3:4:5%eth0")); r != reason.LimitConnsPerIP {
+	if r := refusal(zl.Admit(netip.MustParseAddr("fe80::2:3:4:5%eth0"))); r != reason.LimitConnsPerIP.String() {
 		t.Fatalf("another address on the same link: %v, want limit_conns_per_ip", r)
 	}
 	bl := New(Limits{AuthFailuresPerIP: 3, BanTime: time.Minute})
 	for i := range 4 {
 		bl.AuthFailed(netip.AddrFrom16([16]byte{0xfe, 0x80, 15: byte(i + 1)}).WithZone("eth0"))
 	}
-	if _, r := bl.Admit(netip.MustParseAddr("fe80::99%eth0")); r != reason.Banned {
+	if r := refusal(bl.Admit(netip.MustParseAddr("fe80::99%eth0"))); r != reason.Banned.String() {
 		t.Fatalf("failures from four link-local addresses on one link, then a fifth address: %v, want banned", r)
 	}
-	if _, r := bl.Admit(netip.MustParseAddr("fe80::99%eth1")); r != reason.Count {
+	if r := refusal(bl.Admit(netip.MustParseAddr("fe80::99%eth1"))); r != "admitted" {
 		t.Fatalf("another link after a ban on eth0: %v", r)
 	}
-	if k, r := zl.Admit(netip.MustParseAddr("fe80::1%eth1")); r != reason.Count || k.Zone() != "eth1" {
+	if k, r, ok := zl.Admit(netip.MustParseAddr("fe80::1%eth1")); !ok || k.Zone() != "eth1" {
 		t.Fatalf("the same address on another link: %v key %v", r, k)
 	}
 	ex := New(Limits{MaxConnsPerIP: 1, Exempt: []netip.Prefix{netip.MustParsePrefix("fe80::/10")}})
 	for range 3 {
-		if _, r := ex.Admit(netip.MustParseAddr("fe80::9%eth0")); r != reason.Count {
+		if r := refusal(ex.Admit(netip.MustParseAddr("fe80::9%eth0"))); r != "admitted" {
 			t.Fatalf("an exempt link-local prefix with a zone: %v", r)
 		}
 	}
 	v4 := New(Limits{MaxConnsPerIP: 1})
-	if k, _ := v4.Admit(netip.MustParseAddr("192.0.2.7")); k != netip.MustParseAddr("192.0.2.7") {
+	if k, _, _ := v4.Admit(netip.MustParseAddr("192.0.2.7")); k != netip.MustParseAddr("192.0.2.7") {
 		t.Fatalf("IPv4 key %v", k)
 	}
 }

@@ -22,6 +22,17 @@ const LingerTimeout = time.Second
 // reply before the client reads it (and a browser reports a WebSocket
 // closed that way as unclean). end learns r when the socket is closed.
 func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r reason.Reason) {
+	l.goodbye(sk, final, linger, false, false, end, r)
+}
+
+// goodbye is Goodbye; hungUp: the client's side is known to be closed
+// (epoll said EPOLLRDHUP or EPOLLHUP), so its input is read to the end at
+// once and the socket closed without shutdown(2) (which fails with
+// ENOTCONN on a socket the client reset) or an epoll entry; only input
+// still arriving sends it on to lingering. registered: the socket is in
+// this loop's epoll set (a pair's end): a lingering close keeps that
+// entry (one EPOLL_CTL_MOD instead of a DEL and an ADD).
+func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, end reason.Ender, r reason.Reason) {
 	for len(final) > 0 {
 		n, err := sk.Write(final)
 		final = final[n:]
@@ -30,15 +41,35 @@ func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r r
 		}
 	}
 	flushed := sk.Flush() == nil && len(final) == 0
+	if registered && (!linger || !flushed || l.Stopping() || hungUp) {
+		l.Unregister(sk.Fd()) // closed now or soon: not kept for lingering
+		registered = false
+	}
 	if !linger || !flushed || l.Stopping() {
 		sk.Close()
 		end.End(r)
 		return
 	}
 	g := &lingerer{sk: sk, end: end, r: r, until: time.Now().Add(LingerTimeout)}
-	_ = unix.Shutdown(sk.Fd(), unix.SHUT_WR)
+	if hungUp && g.drain(l) {
+		return
+	}
+	if unix.Shutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
+		if registered {
+			l.Unregister(sk.Fd())
+		}
+		g.finish(l)
+		return
+	}
+	op := unix.EPOLL_CTL_ADD
+	if registered {
+		op = unix.EPOLL_CTL_MOD
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sk.Fd(), &ev); err != nil {
+	if err := unix.EpollCtl(l.epfd, op, sk.Fd(), &ev); err != nil {
+		if registered {
+			l.Unregister(sk.Fd())
+		}
 		g.finish(l)
 		return
 	}
@@ -66,7 +97,11 @@ type lingerer struct {
 }
 
 // Event implements Pollee.
-func (g *lingerer) Event(l *Loop, events uint32) {
+func (g *lingerer) Event(l *Loop, events uint32) { g.drain(l) }
+
+// drain reads and discards what the client sent; at its end (EOF or an
+// error) it closes the socket and reports true.
+func (g *lingerer) drain(l *Loop) bool {
 	buf := l.Scratch()
 	for {
 		n, err := unix.Read(g.sk.Fd(), buf) // raw bytes, TLS or not: all discarded
@@ -75,8 +110,9 @@ func (g *lingerer) Event(l *Loop, events uint32) {
 		}
 		if err != unix.EAGAIN { // EOF or an error: done
 			g.finish(l)
+			return true
 		}
-		return
+		return false
 	}
 }
 

@@ -62,6 +62,12 @@ func Listen(addr string) (*Listener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
+	// Accepted sockets inherit TCP_NODELAY from the listening socket: set
+	// once here, not once per connection.
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
 	return &Listener{addr: withZone(gl.Addr(), addr), fd: fd}, nil
 }
 
@@ -137,8 +143,9 @@ func (l *Listener) Release() {
 // EAGAIN). After Close it also returns (nil, nil): a poller that picked up
 // an event just before the close then does nothing (given an error, netpoll
 // would epoll_ctl the old number). The returned connection's
-// descriptor belongs to netpoll from then on. Cost: accept4 and one
-// setsockopt (TCP_NODELAY, which netpoll sets only on its own type).
+// descriptor belongs to netpoll from then on. Cost: one accept4 (the
+// socket inherits the listener's TCP_NODELAY, which netpoll sets only on
+// its own type).
 func (l *Listener) Accept() (net.Conn, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -149,7 +156,6 @@ func (l *Listener) Accept() (net.Conn, error) {
 		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 			return &acceptedConn{fd: fd, local: l.addr, remote: tcpAddrOf(sa)}, nil
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 			continue

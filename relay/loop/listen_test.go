@@ -108,6 +108,10 @@ func TestListenerAccept(t *testing.T) {
 		if got, want := c.RemoteAddr().String(), d.LocalAddr().String(); got != want {
 			t.Errorf("%s: RemoteAddr = %s, want %s", addr, got, want)
 		}
+		// Set on the listener, inherited: no setsockopt per connection.
+		if v, err := unix.GetsockoptInt(c.(*acceptedConn).Fd(), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			t.Errorf("%s: accepted socket's TCP_NODELAY = %d, %v; want it set", addr, v, err)
+		}
 		unix.Close(c.(*acceptedConn).Fd())
 		d.Close()
 		l.Close()

@@ -82,6 +82,7 @@ type End struct {
 	quota int           // most bytes the next read may take (0: no limit; -1: throttled)
 
 	readable, writable bool // edge-triggered readiness latches
+	hungUp             bool // epoll said the client closed its side (EPOLLRDHUP, EPOLLHUP)
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
 
@@ -124,7 +125,11 @@ func (l *Loop) StartPair(p *Pair) {
 			l.teardown(p)
 			return
 		}
-		e.readable, e.writable = true, true
+		// A plain socket's input waits in the kernel, and adding it to the
+		// (edge-triggered) epoll set reports it: no read is tried before
+		// that event. A TLS session may hold decrypted input already.
+		_, plain := e.Sock.(PlainSock)
+		e.readable, e.writable = !plain, true
 	}
 	l.service(p)
 }
@@ -136,6 +141,9 @@ func (e *End) Event(l *Loop, events uint32) {
 	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		e.writable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		e.hungUp = true
 	}
 	l.service(e.p)
 }
@@ -568,8 +576,7 @@ func (l *Loop) teardown(p *Pair) {
 			e.Ender.End(r)
 			continue
 		}
-		l.Unregister(e.fd)
-		l.Goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.Ender, r)
+		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.hungUp, true, e.Ender, r)
 		e.Sock = nil
 	}
 	if p.Owner != nil {
@@ -578,13 +585,14 @@ func (l *Loop) teardown(p *Pair) {
 }
 
 // shutdown ends the pair as the loop stops: WebSocket ends that are not
-// inside a frame get a 1001 close.
+// inside a frame get a 1001 close ("Server shutting down", as the engine
+// says it).
 func (p *Pair) shutdown(l *Loop) {
 	for _, e := range []*End{&p.A, &p.B} {
 		if e.WS != nil && !e.midFrame && len(e.out) == 0 {
 			e.WS.CloseSent = false // replace "partner closed" if it was queued
 			e.Ctrl.Take()
-			e.WS.SendClose(&e.Ctrl, ws.StatusGoingAway, "server shutting down")
+			e.WS.SendClose(&e.Ctrl, ws.StatusGoingAway, "Server shutting down")
 		}
 	}
 	if !p.closing {

@@ -46,9 +46,23 @@ type nbConn struct {
 	fd            int
 	local, remote net.Addr
 
-	mu      sync.Mutex // guards pending: tls writes come from any goroutine
+	mu      sync.Mutex // guards pending, sealed, seal: tls writes come from any goroutine
 	pending []byte
+	// seal: records are gathered in pending (in sealed, a pooled buffer)
+	// and written together by the next flush (TLSSession.Write).
+	seal   bool
+	sealed *[]byte
 }
+
+// sealSlack is room for the records' overhead when up to MaxTLSPending of
+// plaintext is sealed at once: crypto/tls starts a connection with
+// records of about 1 KiB (its dynamic record sizing), 29 bytes of
+// overhead each at most.
+const sealSlack = 8 << 10
+
+// sealBufs are the buffers one TLSSession.Write seals its records into,
+// given back once they are written: an idle session keeps none.
+var sealBufs = sync.Pool{New: func() any { b := make([]byte, 0, MaxTLSPending+sealSlack); return &b }}
 
 func (a *nbConn) Read(p []byte) (int, error) {
 	if len(a.prefix) > 0 {
@@ -78,7 +92,8 @@ func (a *nbConn) Read(p []byte) (int, error) {
 // Write writes p now as far as the socket takes it and keeps the rest
 // pending (flushed on EPOLLOUT): it accepts all of p or fails, as
 // io.Writer requires of a short count. It fails once more than
-// MaxTLSPending would be pending.
+// MaxTLSPending would be pending (MaxTLSPending+sealSlack while sealing,
+// when nothing is written before the flush).
 func (a *nbConn) Write(p []byte) (int, error) {
 	if a.hs != nil {
 		return a.hs.Write(p)
@@ -86,7 +101,14 @@ func (a *nbConn) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	total := len(p)
-	if len(a.pending) == 0 {
+	limit := MaxTLSPending
+	if a.seal {
+		limit += sealSlack
+		if a.sealed == nil && len(a.pending) == 0 {
+			a.sealed = sealBufs.Get().(*[]byte)
+			a.pending = (*a.sealed)[:0]
+		}
+	} else if len(a.pending) == 0 {
 		for len(p) > 0 {
 			n, err := unix.Write(a.fd, p)
 			if n > 0 {
@@ -106,7 +128,7 @@ func (a *nbConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return total, nil
 	}
-	if len(a.pending)+len(p) > MaxTLSPending {
+	if len(a.pending)+len(p) > limit {
 		return total - len(p), ErrTLSPending
 	}
 	a.pending = append(a.pending, p...)
@@ -129,10 +151,21 @@ func (a *nbConn) flush() error {
 			return err
 		}
 	}
-	if cap(a.pending) > 16<<10 {
+	if a.sealed != nil {
+		*a.sealed = a.pending[:0]
+		sealBufs.Put(a.sealed)
+		a.sealed, a.pending = nil, nil
+	} else if cap(a.pending) > 16<<10 {
 		a.pending = nil // don't keep a big buffer on an idle connection
 	}
 	return nil
+}
+
+// sealing starts or ends gathering records in pending.
+func (a *nbConn) sealing(on bool) {
+	a.mu.Lock()
+	a.seal = on
+	a.mu.Unlock()
 }
 
 func (a *nbConn) Close() error {
@@ -226,34 +259,58 @@ func (s *TLSSession) State() tls.ConnectionState { return s.tc.ConnectionState()
 // Fd implements Sock.
 func (s *TLSSession) Fd() int { return s.ad.fd }
 
+// bulkRecord is the least a record holds for Read to expect more behind it.
+const bulkRecord = 1 << 10
+
 // Read implements Sock: decrypted bytes, unix.EAGAIN when none are ready.
+// crypto/tls returns one record's data per call; while records come in
+// bulk (1 KiB and more), Read goes on filling p, so that a chunk read is
+// written on as one chunk; after a small record (a message: most likely
+// nothing follows yet) it returns rather than try another read. An error
+// after some bytes is returned by the next call (crypto/tls keeps it).
 func (s *TLSSession) Read(p []byte) (int, error) {
-	for {
-		n, err := s.tc.Read(p)
+	n := 0
+	for n < len(p) {
+		m, err := s.tc.Read(p[n:])
+		n += m
 		switch {
+		case err == nil && m > 0 && m < bulkRecord:
+			return n, nil
+		case err == nil: // bulk data, or a record without application data
+			continue
 		case n > 0:
 			return n, nil
-		case err == nil: // a record without application data
-			continue
 		case errors.Is(err, errWouldBlock):
 			return 0, unix.EAGAIN
 		default:
 			return 0, err
 		}
 	}
+	return n, nil
 }
 
-// Write implements Sock: it encrypts at most one record's worth of p and
-// refuses (EAGAIN) while earlier ciphertext is still pending, so at most
-// one record plus the adapter's bound is buffered.
+// Write implements Sock: it seals up to MaxTLSPending of p — as many
+// records as that takes — and writes them with one write(2) (what the
+// socket does not take stays pending for Flush). It refuses (EAGAIN) while
+// earlier ciphertext is still pending, so at most one call's ciphertext is
+// buffered.
 func (s *TLSSession) Write(p []byte) (int, error) {
 	if err := s.ad.flush(); err != nil {
 		return 0, err
 	}
-	if len(p) > 16<<10 {
-		p = p[:16<<10]
+	if len(p) > MaxTLSPending {
+		p = p[:MaxTLSPending]
 	}
-	return s.tc.Write(p)
+	s.ad.sealing(true)
+	n, err := s.tc.Write(p)
+	s.ad.sealing(false)
+	if err != nil {
+		return n, err
+	}
+	if err := s.ad.flush(); err != nil && err != unix.EAGAIN {
+		return n, err
+	}
+	return n, nil
 }
 
 // WriteAll encrypts all of b as one write (one record up to 16 KiB),

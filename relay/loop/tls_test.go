@@ -1,12 +1,17 @@
 package loop
 
 import (
+	"bytes"
+	"crypto/tls"
+	"io"
 	"net"
 	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // TestNBConnWrite: the TLS adapter's Write honours io.Writer: n is the
@@ -66,5 +71,100 @@ func TestNBConnDeadlinesApart(t *testing.T) {
 	}
 	if _, err := nb.Write([]byte("x")); err == nil {
 		t.Fatal("a write past its deadline succeeded")
+	}
+}
+
+// TestTLSSessionSealsAChunkInOneWrite: one Read returns a 64 KiB burst
+// whole; one Write seals a whole 64 KiB
+// chunk (several records) and writes it with one write(2) — on loopback
+// with TCP_NODELAY the peer receives it in at most two segments (its MSS
+// is just under 64 KiB), where a write per 16 KiB record made four — and
+// keeps no buffer once written.
+func TestTLSSessionSealsAChunkInOneWrite(t *testing.T) {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+	defer cc.Close()
+	_ = cc.SetDeadline(time.Now().Add(testutil.Patience))
+	hs := make(chan error, 1)
+	go func() { hs <- cc.Handshake() }()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := DupConn(sc)
+	sc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := HandshakeTLS(fd, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, time.Now().Add(testutil.Patience), sc.RemoteAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := <-hs; err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	raw := nc.(*net.TCPConn)
+	segs := func() uint32 {
+		rc, _ := raw.SyscallConn()
+		var info *unix.TCPInfo
+		_ = rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Data_segs_in
+	}
+	// A first byte read through: whatever the handshake still sent
+	// (session tickets) has arrived before it.
+	if n, err := s.Write([]byte("x")); n != 1 || err != nil {
+		t.Fatalf("Write of 1 byte = %d, %v", n, err)
+	}
+	if _, err := io.ReadFull(cc, make([]byte, 1)); err != nil {
+		t.Fatalf("first byte: %v", err)
+	}
+	before := segs()
+	p := make([]byte, 64<<10)
+	for i := range p {
+		p[i] = byte(i * 7)
+	}
+	n, err := s.Write(p)
+	if err != nil || n != len(p) {
+		t.Fatalf("Write of 64 KiB = %d, %v; want all of it in one call", n, err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	if s.ad.pending != nil || s.ad.sealed != nil {
+		t.Errorf("a buffer kept after the write: %d bytes", cap(s.ad.pending))
+	}
+	got := make([]byte, len(p))
+	_ = cc.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := io.ReadFull(cc, got); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("the peer read %v, equal %v", err, bytes.Equal(got, p))
+	}
+	if d := segs() - before; d > 2 {
+		t.Errorf("64 KiB came in %d segments, want at most 2 (one write)", d)
+	}
+
+	// The other way, once all of it has arrived: one Read takes the four
+	// records whole.
+	if _, err := cc.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, func() bool {
+		q, err := unix.IoctlGetInt(s.Fd(), unix.SIOCINQ)
+		return err == nil && q > len(p)
+	}, "64 KiB of ciphertext in the relay's socket")
+	if n, err := s.Read(got); err != nil || n != len(p) || !bytes.Equal(got, p) {
+		t.Fatalf("Read = %d, %v; want all 64 KiB in one call", n, err)
 	}
 }

@@ -1,0 +1,159 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/handshake"
+)
+
+// tcpPair is a connected loopback TCP pair.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestTunnelFramesNoAlloc: over WebSocket, a tunnel's Write
+// masks into a reused buffer and Read unmasks straight into the caller's
+// buffer (a ping on the way answered from a fixed one): no allocation per
+// frame, where the client once cloned and re-framed every message. The
+// bytes arrive intact both ways.
+func TestTunnelFramesNoAlloc(t *testing.T) {
+	a, b := tcpPair(t)
+	tun := &Tunnel{r: &Raw{conn: a, br: bufio.NewReaderSize(a, 64<<10), isWS: true}}
+	tun.text.Binary = true
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB: written in pieces
+
+	// Write: the peer decodes what arrives.
+	got := make(chan []byte, 1)
+	go func() {
+		var out []byte
+		dec := handshake.Decoder{}
+		buf := make([]byte, 64<<10)
+		for len(out) < 102*len(msg) { // one Write, then AllocsPerRun's warm-up run and 100
+			n, err := b.Read(buf)
+			if err != nil {
+				break
+			}
+			for p := buf[:n]; len(p) > 0; {
+				f, m, err := dec.Decode(p)
+				if err != nil {
+					got <- nil
+					return
+				}
+				if f.Kind == handshake.FragPayload {
+					out = append(out, f.Data...)
+				}
+				p = p[m:]
+			}
+		}
+		got <- out
+	}()
+	if _, err := tun.Write(msg); err != nil { // the buffer is made once
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := tun.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Write of 64 KiB allocates %v times", n)
+	}
+	select {
+	case out := <-got:
+		if !bytes.Equal(out, bytes.Repeat(msg, 102)) {
+			t.Fatalf("the peer decoded %d bytes, not the %d written", len(out), 102*len(msg))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the peer did not get the frames")
+	}
+
+	// Read: frames of 1 KiB with a ping among them.
+	payload := bytes.Repeat([]byte("x"), 1<<10)
+	var stream []byte
+	for i := range 102 {
+		stream = handshake.AppendFrame(stream, ws.OpBinary, true, payload)
+		if i%10 == 0 {
+			stream = handshake.AppendFrame(stream, ws.OpPing, true, []byte("p"))
+		}
+	}
+	go func() { _, _ = b.Write(stream) }()
+	go func() { _, _ = io.Copy(io.Discard, b) }() // the pongs
+	buf := make([]byte, 1<<10)
+	read := func() {
+		if _, err := io.ReadFull(tun, buf); err != nil || !bytes.Equal(buf, payload) {
+			t.Fatalf("Read: %v", err)
+		}
+	}
+	read()
+	if n := testing.AllocsPerRun(100, read); n != 0 {
+		t.Errorf("Read of a 1 KiB frame allocates %v times", n)
+	}
+}
+
+// sinkConn takes what the client writes (pongs, close replies) and
+// nothing else.
+type sinkConn struct{ net.Conn }
+
+func (sinkConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// FuzzRawFrames feeds arbitrary bytes as the server's side of a
+// WebSocket to the client's frame reader, whole messages (readMessage)
+// and streamed (Tunnel.Read into a small buffer): an error or io.EOF, never
+// a panic, and the same payload bytes either way.
+func FuzzRawFrames(f *testing.F) {
+	for _, seed := range [][]byte{
+		handshake.AppendFrame(nil, ws.OpText, true, []byte("hello")),
+		append(handshake.AppendFrame(nil, ws.OpBinary, false, []byte("ab")), handshake.AppendFrame(nil, ws.OpContinuation, true, []byte("cd"))...),
+		append(handshake.AppendFrame(nil, ws.OpPing, true, []byte("p")), handshake.AppendFrame(nil, ws.OpBinary, true, nil)...),
+		handshake.AppendFrameMasked(nil, ws.OpText, true, []byte("masked"), [4]byte{1, 2, 3, 4}),
+		handshake.AppendClose(nil, ws.StatusGoingAway, "bye"),
+		{0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+		{0x82, 0x7e, 0x01},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		raw := &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}
+		var whole []byte
+		for range 1000 {
+			_, msg, err := raw.readMessage()
+			if err != nil {
+				break
+			}
+			whole = append(whole, msg...)
+		}
+		tun := &Tunnel{r: &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}}
+		var streamed []byte
+		buf := make([]byte, 3)
+		for range 100000 {
+			n, err := tun.Read(buf)
+			streamed = append(streamed, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		if !bytes.HasPrefix(streamed, whole) {
+			t.Fatalf("streamed %q, whole messages %q", streamed, whole)
+		}
+	})
+}

@@ -1,0 +1,90 @@
+package relay
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+)
+
+// dataSegsIn is how many data-carrying TCP segments c's socket received
+// (TCP_INFO): on loopback with TCP_NODELAY, one per write of the relay's.
+func dataSegsIn(t *testing.T, c net.Conn) uint32 {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	if err := rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || info == nil {
+		t.Fatalf("TCP_INFO: %v", err)
+	}
+	return info.Data_segs_in
+}
+
+// TestSetupOneWriteForReplyAndEstablished: the client that completes a
+// pair gets its Authenticate reply and TunnelEstablished in one write
+// (one TCP segment), on raw TCP and on WebSocket; a raw TCP client that
+// said Hello (nymea's, which parses each read as one message) still gets
+// them in two.
+func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
+	s := hoServer(t, nil)
+	auth := func(token, name string) string {
+		return fmt.Sprintf(`{"id":7,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`+"\n",
+			client.NewUUID(), name, token)
+	}
+	// readLines reads n newline-ended JSON messages from a raw TCP client.
+	readLines := func(br *bufio.Reader, c net.Conn, n int) []string {
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		var got []string
+		for range n {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %d messages, got %q: %v", n, got, err)
+			}
+			got = append(got, line)
+		}
+		return got
+	}
+	for _, hello := range []bool{false, true} {
+		a := hoDialTCP(t, s)
+		abr := bufio.NewReader(a)
+		hoWrite(a, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "a")))
+		readLines(abr, a, 1)
+		b := hoDialTCP(t, s)
+		bbr := bufio.NewReader(b)
+		want := uint32(1)
+		if hello {
+			hoWrite(b, []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
+			readLines(bbr, b, 1)
+			want = 2
+		}
+		before := dataSegsIn(t, b)
+		hoWrite(b, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "b")))
+		got := readLines(bbr, b, 2)
+		if !strings.Contains(got[0], "AuthenticationErrorNoError") || !strings.Contains(got[1], "TunnelEstablished") {
+			t.Fatalf("hello %v: completing client got %q", hello, got)
+		}
+		if n := dataSegsIn(t, b) - before; n != want {
+			t.Errorf("hello %v: the reply and TunnelEstablished came in %d segments, want %d", hello, n, want)
+		}
+	}
+
+	a := hoDialWS(t, s)
+	a.authenticate("seg-ws", "a")
+	b := hoDialWS(t, s)
+	before := dataSegsIn(t, b.c)
+	b.authenticate("seg-ws", "b")
+	b.waitTunnel()
+	if n := dataSegsIn(t, b.c) - before; n != 1 {
+		t.Errorf("websocket: the reply and TunnelEstablished came in %d segments, want 1", n)
+	}
+}
