@@ -90,7 +90,11 @@ type Fleet struct {
 	log      *slog.Logger
 	instance string // random per process: tells a restarted node from its old self
 	started  time.Time
-	slots    chan struct{} // placements in flight
+	keyCheck string // the mesh key's check value (keyCheck), announced in the heartbeat
+	// incarnation counts the processes that have started under this node
+	// id (an INCR at Start): a heartbeat never overwrites a later one's.
+	incarnation int64
+	slots       chan struct{} // placements in flight
 
 	// up is whether the last store operation worked: cross-node pairing
 	// needs it; pairs meeting on this node do not.
@@ -104,6 +108,10 @@ type Fleet struct {
 	held map[string]*hold
 	// nodes is the node set as last read (id → info).
 	nodes map[string]NodeInfo
+	// strangers are the node instances found announcing another mesh key
+	// (each logged and counted once).
+	strangers  map[string]bool
+	superseded bool // a later incarnation of this node id heartbeats: logged once
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -113,6 +121,7 @@ type Fleet struct {
 	leaseLost *metrics.Counter
 	storeErrs *metrics.Counter
 	linksOpen *metrics.Counter
+	keyWrong  *metrics.Counter
 }
 
 // NodeInfo is one node of the set, as its heartbeat describes it.
@@ -126,6 +135,20 @@ type NodeInfo struct {
 	Held      int       `json:"held"`
 	Available bool      `json:"available"`      // its store was reachable at its last heartbeat
 	Cert      string    `json:"cert,omitempty"` // SHA-256 of its TLS certificate: mesh links to it use TLS
+	// KeyCheck is a MAC of a fixed label under the node's mesh key (never
+	// the key): nodes whose values differ cannot pair with each other.
+	KeyCheck string `json:"keyCheck,omitempty"`
+	// Incarnation numbers the processes that have run as this node id.
+	Incarnation int64 `json:"inc,omitempty"`
+}
+
+// keyCheck is the check value of a mesh key: the first 8 bytes of an
+// HMAC-SHA256 of a fixed label, in hex. It tells two keys apart without
+// revealing either.
+func keyCheck(key []byte) string {
+	m := hmac.New(sha256.New, key)
+	io.WriteString(m, "meetpoint mesh key check v1")
+	return hex.EncodeToString(m.Sum(nil)[:8])
 }
 
 // outcome is how a placement ended (meetpoint_fleet_placements_total).
@@ -175,14 +198,16 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	var inst [8]byte
 	_, _ = rand.Read(inst[:])
 	f := &Fleet{cfg: cfg, rdb: cfg.Redis, srv: srv, log: cfg.Logger, instance: hex.EncodeToString(inst[:]),
-		started: time.Now(), slots: make(chan struct{}, cfg.MaxPlacing), held: make(map[string]*hold),
-		nodes: make(map[string]NodeInfo), stop: make(chan struct{}), set: metrics.NewSet()}
+		started: time.Now(), keyCheck: keyCheck(cfg.MeshKey), slots: make(chan struct{}, cfg.MaxPlacing),
+		held: make(map[string]*hold), nodes: make(map[string]NodeInfo), strangers: make(map[string]bool),
+		stop: make(chan struct{}), set: metrics.NewSet()}
 	for i := range f.placed {
 		f.placed[i] = f.set.NewCounter(fmt.Sprintf(`meetpoint_fleet_placements_total{outcome=%q}`, outcomeNames[i]))
 	}
 	f.leaseLost = f.set.NewCounter(`meetpoint_fleet_leases_lost_total`)
 	f.storeErrs = f.set.NewCounter(`meetpoint_fleet_store_errors_total`)
 	f.linksOpen = f.set.NewCounter(`meetpoint_mesh_links_active`)
+	f.keyWrong = f.set.NewCounter(`meetpoint_fleet_mesh_key_mismatch_total`)
 	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
 	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
@@ -215,22 +240,39 @@ func (f *Fleet) Start(ctx context.Context) error {
 		}
 		f.cfg.Advertise = advertised(addrs[0])
 	}
-	for _, s := range []*redis.Script{claimScript, takeoverScript, releaseScript, renewScript} {
+	for _, s := range []*redis.Script{claimScript, takeoverScript, releaseScript, renewScript, announceScript} {
 		if err := s.Load(ctx, f.rdb).Err(); err != nil {
 			return fmt.Errorf("fleet: store: %v", err)
 		}
 	}
-	key := f.nodeKey(f.cfg.NodeID)
-	v, err := f.rdb.Get(ctx, key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
+	inc, err := f.rdb.Incr(ctx, f.cfg.Prefix+"{nodes}:inc:"+f.cfg.NodeID).Result()
+	if err != nil {
 		return fmt.Errorf("fleet: store: %v", err)
-	default:
-		var other NodeInfo
-		if json.Unmarshal([]byte(v), &other) == nil && other.Instance != f.instance {
+	}
+	f.incarnation = inc
+	nodes, err := f.readNodes(ctx)
+	if err != nil {
+		return fmt.Errorf("fleet: store: %v", err)
+	}
+	if other, ok := nodes[f.cfg.NodeID]; ok && other.Instance != f.instance {
+		if other.Addr != f.cfg.Advertise {
 			return fmt.Errorf("fleet: node id %q is in use by a live node at %s (last seen %s); give each node its own --node-id",
 				f.cfg.NodeID, other.Addr, other.Seen.Format(time.RFC3339))
+		}
+		// Our own address: nothing else can listen there, so that record
+		// is a dead predecessor's (a crash, a kill -9). This incarnation
+		// takes it over; its keys are taken over as clients come.
+		f.log.Info("fleet: taking over this node id from its previous process at the same address",
+			"node", f.cfg.NodeID, "addr", other.Addr, "incarnation", inc)
+	}
+	for _, n := range nodes {
+		if n.KeyCheck != "" && n.KeyCheck != f.keyCheck {
+			// Announce ourselves once, so that the fleet's nodes log the
+			// refusal too, and stay out.
+			f.announce(ctx)
+			f.keyWrong.Inc()
+			return fmt.Errorf("fleet: node %s at %s uses another mesh key than this node (key check %s, ours %s): not joining; give every node the same --mesh-key-file",
+				n.ID, n.Addr, n.KeyCheck, f.keyCheck)
 		}
 	}
 	f.heartbeat(ctx)
@@ -329,49 +371,21 @@ func (f *Fleet) run() {
 // heartbeat announces the node, reads the node set and, if the store has
 // just come back, publishes the keys held while it was away.
 func (f *Fleet) heartbeat(ctx context.Context) {
-	f.mu.Lock()
-	held := len(f.held)
-	f.mu.Unlock()
-	me := NodeInfo{ID: f.cfg.NodeID, Addr: f.cfg.Advertise, Instance: f.instance, Started: f.started,
-		Seen: time.Now(), Held: held, Available: true}
-	if f.cfg.CertFingerprint != nil {
-		me.Cert = f.cfg.CertFingerprint()
+	if !f.announce(ctx) {
+		return
 	}
-	me.Tunnels = f.srv.Stats().TunnelsActive
-	b, _ := json.Marshal(me)
-	pipe := f.rdb.Pipeline()
-	pipe.Set(ctx, f.nodeKey(me.ID), b, 3*f.cfg.Heartbeat)
-	pipe.SAdd(ctx, f.setKey(), me.ID)
-	members := pipe.SMembers(ctx, f.setKey())
-	if _, err := pipe.Exec(ctx); err != nil {
+	all, err := f.readNodes(ctx)
+	if err != nil {
 		f.storeDown(err)
 		return
 	}
-	ids := members.Val()
-	nodes := make(map[string]NodeInfo, len(ids))
-	if len(ids) > 0 {
-		keys := make([]string, len(ids))
-		for i, id := range ids {
-			keys[i] = f.nodeKey(id)
+	nodes := make(map[string]NodeInfo, len(all))
+	for id, n := range all {
+		if n.KeyCheck != "" && n.KeyCheck != f.keyCheck {
+			f.stranger(n)
+			continue
 		}
-		vals, err := f.rdb.MGet(ctx, keys...).Result()
-		if err != nil {
-			f.storeDown(err)
-			return
-		}
-		var gone []any
-		for i, v := range vals {
-			s, ok := v.(string)
-			var n NodeInfo
-			if !ok || json.Unmarshal([]byte(s), &n) != nil {
-				gone = append(gone, ids[i])
-				continue
-			}
-			nodes[n.ID] = n
-		}
-		if len(gone) > 0 {
-			f.rdb.SRem(ctx, f.setKey(), gone...)
-		}
+		nodes[id] = n
 	}
 	wasUp := f.up.Swap(true)
 	f.mu.Lock()
@@ -380,6 +394,88 @@ func (f *Fleet) heartbeat(ctx context.Context) {
 	if !wasUp {
 		f.log.Info("fleet store reachable", "node", f.cfg.NodeID, "nodes", len(nodes))
 		f.publishPending(ctx)
+	}
+}
+
+// announce writes this node's record (unless a later incarnation of its
+// id has written one) and adds it to the node set; false: the store is
+// away (recorded).
+func (f *Fleet) announce(ctx context.Context) bool {
+	f.mu.Lock()
+	held := len(f.held)
+	f.mu.Unlock()
+	me := NodeInfo{ID: f.cfg.NodeID, Addr: f.cfg.Advertise, Instance: f.instance, Started: f.started,
+		Seen: time.Now(), Held: held, Available: true, KeyCheck: f.keyCheck, Incarnation: f.incarnation}
+	if f.cfg.CertFingerprint != nil {
+		me.Cert = f.cfg.CertFingerprint()
+	}
+	me.Tunnels = f.srv.Stats().TunnelsActive
+	b, _ := json.Marshal(me)
+	n, err := announceScript.Run(ctx, f.rdb, []string{f.nodeKey(me.ID), f.setKey()}, b,
+		(3 * f.cfg.Heartbeat).Milliseconds(), f.incarnation, me.ID).Int()
+	if err != nil {
+		f.storeDown(err)
+		return false
+	}
+	if n == 0 {
+		f.mu.Lock()
+		first := !f.superseded
+		f.superseded = true
+		f.mu.Unlock()
+		if first {
+			f.log.Error("fleet: a later process runs as this node id (same id and address): this one no longer announces itself; stop it",
+				"node", f.cfg.NodeID, "incarnation", f.incarnation)
+		}
+	}
+	return true
+}
+
+// readNodes reads every node record of the set; members whose record
+// expired are taken out of the set.
+func (f *Fleet) readNodes(ctx context.Context) (map[string]NodeInfo, error) {
+	ids, err := f.rdb.SMembers(ctx, f.setKey()).Result()
+	if err != nil {
+		return nil, err
+	}
+	nodes := make(map[string]NodeInfo, len(ids))
+	if len(ids) == 0 {
+		return nodes, nil
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = f.nodeKey(id)
+	}
+	vals, err := f.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, err
+	}
+	var gone []any
+	for i, v := range vals {
+		s, ok := v.(string)
+		var n NodeInfo
+		if !ok || json.Unmarshal([]byte(s), &n) != nil {
+			gone = append(gone, ids[i])
+			continue
+		}
+		nodes[n.ID] = n
+	}
+	if len(gone) > 0 {
+		f.rdb.SRem(ctx, f.setKey(), gone...)
+	}
+	return nodes, nil
+}
+
+// stranger records a node announcing another mesh key: left out of the
+// node set, logged and counted once per process.
+func (f *Fleet) stranger(n NodeInfo) {
+	f.mu.Lock()
+	seen := f.strangers[n.ID+" "+n.Instance]
+	f.strangers[n.ID+" "+n.Instance] = true
+	f.mu.Unlock()
+	if !seen {
+		f.keyWrong.Inc()
+		f.log.Error("fleet: a node uses another mesh key than this one: refused (it cannot pair with this node); give every node the same --mesh-key-file",
+			"node", f.cfg.NodeID, "other", n.ID, "addr", n.Addr, "key_check", n.KeyCheck, "ours", f.keyCheck)
 	}
 }
 
@@ -439,11 +535,12 @@ func (f *Fleet) Traffic() uint64 { return 0 }
 
 // fleetDocs documents the fleet's metric families.
 var fleetDocs = map[string]relay.MetricDoc{
-	"meetpoint_fleet_placements_total":   {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
-	"meetpoint_fleet_leases_lost_total":  {Type: "counter", Help: "Held keys found taken by another node at renewal."},
-	"meetpoint_fleet_store_errors_total": {Type: "counter", Help: "Failed operations on the fleet's Redis."},
-	"meetpoint_mesh_links_active":        {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
-	"meetpoint_fleet_available":          {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
-	"meetpoint_fleet_nodes":              {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating)."},
-	"meetpoint_fleet_keys_held":          {Type: "gauge", Help: "Pairing keys this node holds in the fleet (waiting clients and tunnels)."},
+	"meetpoint_fleet_placements_total":        {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
+	"meetpoint_fleet_leases_lost_total":       {Type: "counter", Help: "Held keys found taken by another node at renewal."},
+	"meetpoint_fleet_store_errors_total":      {Type: "counter", Help: "Failed operations on the fleet's Redis."},
+	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
+	"meetpoint_fleet_available":               {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
+	"meetpoint_fleet_nodes":                   {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating with this node's mesh key)."},
+	"meetpoint_fleet_mesh_key_mismatch_total": {Type: "counter", Help: "Nodes refused because they announce another mesh key (each process once; on the refused node, its refusal to join)."},
+	"meetpoint_fleet_keys_held":               {Type: "gauge", Help: "Pairing keys this node holds in the fleet (waiting clients and tunnels)."},
 }

@@ -95,6 +95,20 @@ return 1
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
+	// announceScript writes a node's record KEYS[1] (ARGV[1], ttl ARGV[2]
+	// ms) unless the record there has a later incarnation than ARGV[3],
+	// and adds ARGV[4] to the node set KEYS[2] (both keys in the {nodes}
+	// slot): 1 written, 0 superseded.
+	announceScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, n = pcall(cjson.decode, v)
+  if ok and type(n) == 'table' and tonumber(n['inc'] or 0) > tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+`)
 	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1].
 	renewScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
