@@ -102,6 +102,10 @@ type Config struct {
 	// goroutine); up to four times as many more wait for a slot, and
 	// beyond that new TLS clients are refused (limit_tls_handshakes).
 	MaxTLSHandshakes int
+
+	// Keepalive is TCP keepalive and TCP_USER_TIMEOUT on every socket of
+	// the relay (DefaultKeepalive).
+	Keepalive Keepalive
 }
 
 // TLSEnabled reports whether TLS is configured.
@@ -131,6 +135,8 @@ func DefaultConfig() Config {
 
 		TLSHandshakeTimeout: 5 * time.Second,
 		MaxTLSHandshakes:    256,
+
+		Keepalive: DefaultKeepalive(),
 	}
 }
 
@@ -167,6 +173,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
 		}
+	}
+	if err := c.Keepalive.validate(); err != nil {
+		return err
 	}
 	if c.TCPSettle < 0 || c.TCPSettle > time.Second {
 		return fmt.Errorf("tcp-settle: must be between 0 and 1s, got %v", c.TCPSettle)

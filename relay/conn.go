@@ -154,6 +154,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		tr.fd = f.Fd()
+		_ = s.cfg.Keepalive.applyUserTimeout(tr.fd) // an MPTCP client's socket may refuse it: keepalive still holds
 	}
 	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {

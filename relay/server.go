@@ -181,6 +181,9 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
+		if err := s.cfg.Keepalive.applyKeepalive(ln.Fd()); err != nil { // inherited by every accepted socket
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
 		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}
