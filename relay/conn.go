@@ -125,6 +125,7 @@ type conn struct {
 	absent      string                 // a mesh link's answer when nobody waits under its key
 	degraded    bool                   // waiting while the fleet's store is unreachable: only a partner on this node can pair
 	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
+	meshNode    string                 // with mesh: that node's id
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes

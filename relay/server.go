@@ -75,7 +75,10 @@ type Server struct {
 	conns map[*conn]struct{}
 	// tunnels holds every tunnel a forwarder has started and not torn down.
 	tunnels map[*tunnel]struct{}
-	nextID  uint64
+	// meshPeers counts the tracked tunnels that cross the mesh, by the
+	// fleet node at their far end (MeshPeers).
+	meshPeers map[string]int
+	nextID    uint64
 
 	// introspection is the Introspect reply's params, built once from
 	// methods.
@@ -106,7 +109,7 @@ func NewServer(cfg Config) (*Server, error) {
 		reg:     NewShardedRegistry(),
 		stats:   newStats(),
 		conns:   make(map[*conn]struct{}),
-		tunnels: make(map[*tunnel]struct{}),
+		tunnels: make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
 		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),
 		quit:    make(chan struct{}),
@@ -318,13 +321,22 @@ func (s *Server) goodbye(sk loop.Sock, final []byte, linger bool, tk *ticket, r 
 }
 
 func (s *Server) trackTunnel(t *tunnel, add bool) {
+	far := t.farNode()
 	s.mu.Lock()
 	if add {
 		s.nextID++
 		t.id = s.nextID
 		s.tunnels[t] = struct{}{}
-	} else {
+		if far != "" {
+			s.meshPeers[far]++
+		}
+	} else if _, ok := s.tunnels[t]; ok {
 		delete(s.tunnels, t)
+		if far != "" {
+			if s.meshPeers[far]--; s.meshPeers[far] <= 0 {
+				delete(s.meshPeers, far)
+			}
+		}
 	}
 	s.mu.Unlock()
 }

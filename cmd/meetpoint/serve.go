@@ -112,6 +112,8 @@ type serveSettings struct {
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
 	meshKey    string        // --mesh-key-file
+	meshPing   time.Duration // --mesh-ping
+	meshLost   time.Duration // --mesh-lost-after
 	reqStore   bool          // --require-store
 
 	// Secrets given inline, from a configuration file only (configOnly).
@@ -217,6 +219,8 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
 	fs.BoolVar(&o.reqStore, "require-store", false, "refuse to start (exit 1, so that a supervisor retries) while an outside service the relay relies on does not answer: --auth redis://… or webhook:…, --events-redis; without it the relay starts with a warning and reports the service on /readyz")
+	fs.DurationVar(&o.meshPing, "mesh-ping", 2*time.Second, "with --fleet: how often this node pings every other node (liveness, round trip)")
+	fs.DurationVar(&o.meshLost, "mesh-lost-after", 15*time.Second, "with --fleet: end the tunnels that cross to a node that answered no ping this long (close reason far_node_lost)")
 	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
@@ -439,7 +443,10 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 				return fail("advertise %q: want HOST:PORT", v.advertise)
 			}
 		}
-		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key}
+		if v.meshPing <= 0 || v.meshLost < 2*v.meshPing {
+			return fail("mesh-ping must be positive and mesh-lost-after at least twice it, got %v and %v", v.meshPing, v.meshLost)
+		}
+		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key, ping: v.meshPing, lost: v.meshLost}
 	}
 	var apps map[string]string
 	if v.apps != "" {
@@ -612,6 +619,7 @@ func waitStore(rdb redis.UniversalClient, log *slog.Logger, sigs <-chan os.Signa
 type fleetOptions struct {
 	url, nodeID, advertise string
 	key                    []byte
+	ping, lost             time.Duration // --mesh-ping, --mesh-lost-after
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -744,7 +752,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	var fl *fleet.Fleet
 	if o.fleet != nil {
 		fc := fleet.Config{Redis: fleetRedis, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-			MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
+			MeshKey: o.fleet.key, MeshPing: o.fleet.ping, MeshLost: o.fleet.lost, Logger: log, Reach: tp.RegisterMeshClient}
 		if store != nil {
 			fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
 		}

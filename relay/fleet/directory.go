@@ -111,6 +111,6 @@ func (f *Fleet) handleReach(c relay.Conn, req *handshake.Request) {
 	}
 	node, _ := req.Param("node")
 	id, _ := req.Param("identity")
-	c.MarkMesh("via " + node + " (" + id + ")")
+	c.MarkMesh(node, "via "+node+" ("+id+")")
 	f.cfg.Reach(c, req)
 }

@@ -76,6 +76,13 @@ type Config struct {
 	// that other nodes open their mesh links to this one over TLS, pinned
 	// to it. Nil: mesh links to this node are plain TCP.
 	CertFingerprint func() string
+	// MeshPing is how often this node pings every other node over a
+	// control connection (default 2s).
+	MeshPing time.Duration
+	// MeshLost is how long a node may leave every ping unanswered before
+	// the tunnels crossing the mesh to it are ended (far_node_lost;
+	// default 15s).
+	MeshLost time.Duration
 	// Reach, if set, serves Mesh.Reach: another node's TunnelProxy client
 	// for a server registered here (tunnelproxy.Service.RegisterMeshClient).
 	Reach relay.MethodHandler
@@ -116,11 +123,16 @@ type Fleet struct {
 	stop chan struct{}
 	done sync.WaitGroup
 
+	// peers is every other node's liveness (ping.go), by id; guarded by mu.
+	peers       map[string]*peer
+	pings       sync.WaitGroup // pings in flight
+	pingCtx     context.Context
+	cancelPings context.CancelFunc
+
 	set       *metrics.Set
 	placed    [nOutcomes]*metrics.Counter
 	leaseLost *metrics.Counter
 	storeErrs *metrics.Counter
-	linksOpen *metrics.Counter
 	keyWrong  *metrics.Counter
 }
 
@@ -189,6 +201,12 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 2 * time.Second
 	}
+	if cfg.MeshPing <= 0 {
+		cfg.MeshPing = 2 * time.Second
+	}
+	if cfg.MeshLost <= 0 {
+		cfg.MeshLost = 15 * time.Second
+	}
 	if cfg.MaxPlacing <= 0 {
 		cfg.MaxPlacing = 4096
 	}
@@ -200,18 +218,19 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	f := &Fleet{cfg: cfg, rdb: cfg.Redis, srv: srv, log: cfg.Logger, instance: hex.EncodeToString(inst[:]),
 		started: time.Now(), keyCheck: keyCheck(cfg.MeshKey), slots: make(chan struct{}, cfg.MaxPlacing),
 		held: make(map[string]*hold), nodes: make(map[string]NodeInfo), strangers: make(map[string]bool),
-		stop: make(chan struct{}), set: metrics.NewSet()}
+		stop: make(chan struct{}), set: metrics.NewSet(), peers: make(map[string]*peer)}
+	f.pingCtx, f.cancelPings = context.WithCancel(context.Background())
 	for i := range f.placed {
 		f.placed[i] = f.set.NewCounter(fmt.Sprintf(`meetpoint_fleet_placements_total{outcome=%q}`, outcomeNames[i]))
 	}
 	f.leaseLost = f.set.NewCounter(`meetpoint_fleet_leases_lost_total`)
 	f.storeErrs = f.set.NewCounter(`meetpoint_fleet_store_errors_total`)
-	f.linksOpen = f.set.NewCounter(`meetpoint_mesh_links_active`)
 	f.keyWrong = f.set.NewCounter(`meetpoint_fleet_mesh_key_mismatch_total`)
 	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
 	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
 	srv.HandleMethod("Mesh.Join", f.handleJoin)
+	srv.HandleMethod("Mesh.Ping", f.handlePing)
 	if cfg.Reach != nil {
 		srv.HandleMethod("Mesh.Reach", f.handleReach)
 	}
@@ -276,8 +295,9 @@ func (f *Fleet) Start(ctx context.Context) error {
 		}
 	}
 	f.heartbeat(ctx)
-	f.done.Add(1)
+	f.done.Add(2)
 	go f.run()
+	go f.pingLoop()
 	f.log.Info("fleet joined", "node", f.cfg.NodeID, "advertise", f.cfg.Advertise, "nodes", len(f.Nodes()))
 	return nil
 }
@@ -527,7 +547,9 @@ func (f *Fleet) Report(snap *relay.Snapshot) {
 		snap.Fleet.Nodes = append(snap.Fleet.Nodes, relay.FleetNode{ID: n.ID, Addr: n.Addr, Started: n.Started,
 			Seen: n.Seen, Tunnels: n.Tunnels})
 	}
-	snap.Fleet.MeshLinks = f.linksOpen.Get()
+	for _, n := range f.srv.MeshPeers() {
+		snap.Fleet.MeshLinks += uint64(n)
+	}
 }
 
 // Traffic implements relay.Reporter: the bytes are the engine's tunnels'.
@@ -538,7 +560,10 @@ var fleetDocs = map[string]relay.MetricDoc{
 	"meetpoint_fleet_placements_total":        {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
 	"meetpoint_fleet_leases_lost_total":       {Type: "counter", Help: "Held keys found taken by another node at renewal."},
 	"meetpoint_fleet_store_errors_total":      {Type: "counter", Help: "Failed operations on the fleet's Redis."},
-	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Mesh links this node dialled that carry a tunnel now."},
+	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Tunnels of this node that cross the mesh now, by the node at their far end (peer): links this node dialled and links it accepted."},
+	"meetpoint_mesh_dial_failures_total":      {Type: "counter", Help: "Mesh connections to a node (peer) that could not be opened: placements and liveness pings (a refused connection is not counted: the node's host answered)."},
+	"meetpoint_mesh_rtt_seconds":              {Type: "gauge", Help: "Round trip of the last liveness ping answered by a node (peer)."},
+	"meetpoint_mesh_peer_lost_total":          {Type: "counter", Help: "Times a node (peer) answered no liveness ping for the mesh-lost time while tunnels crossed to it: those tunnels were ended (far_node_lost)."},
 	"meetpoint_fleet_available":               {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
 	"meetpoint_fleet_nodes":                   {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating with this node's mesh key)."},
 	"meetpoint_fleet_mesh_key_mismatch_total": {Type: "counter", Help: "Nodes refused because they announce another mesh key (each process once; on the refused node, its refusal to join)."},

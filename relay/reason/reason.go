@@ -42,6 +42,7 @@ const (
 	AccessDenied                   // the access rules do not let this identity do what it asked
 	Fleet                          // the fleet could not place the client (its store or the owner node unreachable)
 	Mesh                           // a node-to-node mesh request refused (bad signature, nobody waiting)
+	FarNodeLost                    // the fleet node at the tunnel's far end stopped answering (a partition, power loss)
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -53,7 +54,7 @@ var names = [Count]string{
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
-	"fleet", "mesh",
+	"fleet", "mesh", "far_node_lost",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".

@@ -1,0 +1,172 @@
+package fleet_test
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/fleet"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// blackhole is a TCP proxy in front of a node's mesh address that a test
+// can freeze: from then on it forwards nothing, either way, and holds new
+// connections without answering, as a partition or a powered-off host
+// does (no FIN, no RST).
+type blackhole struct {
+	ln     net.Listener
+	target atomic.Value // string: the node's address
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newBlackhole(t *testing.T) *blackhole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{ln: ln}
+	t.Cleanup(func() {
+		ln.Close()
+		b.mu.Lock()
+		for _, c := range b.conns {
+			c.Close()
+		}
+		b.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.keep(c)
+			if b.frozen.Load() {
+				continue // held, never answered
+			}
+			up, err := net.Dial("tcp", b.target.Load().(string))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			b.keep(up)
+			go b.pipe(up, c)
+			go b.pipe(c, up)
+		}
+	}()
+	return b
+}
+
+func (b *blackhole) keep(c net.Conn) {
+	b.mu.Lock()
+	b.conns = append(b.conns, c)
+	b.mu.Unlock()
+}
+
+// pipe copies src to dst until either fails; frozen, it stops moving
+// bytes (what it read is dropped) but closes nothing.
+func (b *blackhole) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if b.frozen.Load() {
+			if err != nil {
+				return
+			}
+			continue
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if tc, ok := dst.(*net.TCPConn); ok && errors.Is(err, io.EOF) {
+				tc.CloseWrite()
+			} else {
+				dst.Close()
+			}
+			return
+		}
+	}
+}
+
+func (b *blackhole) addr() string { return b.ln.Addr().String() }
+
+// TestFarNodeLost: two nodes reach each other only through proxies that
+// are then frozen (a partition: nothing is closed, nothing answers). A
+// WebSocket tunnel across them ends at both ends within the mesh-lost
+// time, with the close reason far_node_lost and a WebSocket close code
+// that is not a normal 1000, instead of staying half-open; a tunnel
+// within one node lives on.
+func TestFarNodeLost(t *testing.T) {
+	addr := redisAddr(t)
+	const lost = 3 * time.Second
+	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, lost }
+	pa, pb := newBlackhole(t), newBlackhole(t)
+	a := startNodeWith(t, addr, "lost-a", nil, func(c *fleet.Config) { quick(c); c.Advertise = pa.addr() })
+	pa.target.Store(relaytest.Addr(a.s))
+	b := startNodeWith(t, addr, "lost-b", nil, func(c *fleet.Config) { quick(c); c.Advertise = pb.addr() })
+	pb.target.Store(relaytest.Addr(b.s))
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+
+	first := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(a.s, true), Token: "partition"})
+		if err != nil {
+			t.Error(err)
+		}
+		first <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "partition", "") }, "first client waiting on lost-a")
+	tb, err := dial(t, client.Options{URL: url(b.s, true), Token: "partition"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := <-first
+	if ta == nil {
+		t.FailNow()
+	}
+	exchange(t, ta, tb, 1000)
+	local1, local2 := pairAcross(t, a, a, "partition-local")
+	for _, nd := range []*node{a, b} {
+		other := map[*node]string{a: "lost-b", b: "lost-a"}[nd]
+		relaytest.WaitFor(t, func() bool {
+			return relaytest.Metric(t, nd.s, `meetpoint_mesh_links_active{peer="`+other+`"}`) == 1 &&
+				relaytest.Metric(t, nd.s, `meetpoint_mesh_rtt_seconds{peer="`+other+`"}`) > 0
+		}, nd.id+" counts its mesh link and a ping round trip to "+other)
+	}
+
+	pa.frozen.Store(true)
+	pb.frozen.Store(true)
+	frozen := time.Now()
+	for _, tu := range []*client.Tunnel{ta, tb} {
+		_ = tu.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		_, err := tu.Read(make([]byte, 1))
+		var ce *client.CloseError
+		if !errors.As(err, &ce) || ce.Code == 1000 || !strings.Contains(ce.Reason, "relay node lost") {
+			t.Errorf("a tunnel end across the partition: %v, want a WebSocket close (not 1000) saying the relay node was lost", err)
+		}
+	}
+	took := time.Since(frozen)
+	t.Logf("both ends closed %v after the partition (mesh-lost %v)", took.Round(time.Millisecond), lost)
+	for _, nd := range []*node{a, b} {
+		relaytest.WaitFor(t, func() bool {
+			return relaytest.Metric(t, nd.s, `meetpoint_closes_total{reason="far_node_lost"}`) >= 1
+		}, nd.id+" counts its ends as far_node_lost")
+	}
+	if relaytest.Metric(t, a.s, `meetpoint_mesh_peer_lost_total{peer="lost-b"}`) != 1 ||
+		relaytest.Metric(t, b.s, `meetpoint_mesh_peer_lost_total{peer="lost-a"}`) != 1 {
+		t.Error("the lost peer was not counted on both nodes")
+	}
+	exchange(t, local1, local2, 1000)
+}
+
