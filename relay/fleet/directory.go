@@ -82,6 +82,7 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 		handshake.Str("node", f.cfg.NodeID), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
 	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
+		f.dialFailed(node)
 		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)
 		return nil, handshake.TunnelProxyErrorInternalServerError
 	}

@@ -670,4 +670,7 @@ func TestMeshOverTLS(t *testing.T) {
 	if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="failed"}`) < 1 {
 		t.Error("the pinning failure was not counted as a failed placement")
 	}
+	if relaytest.Metric(t, b.s, `meetpoint_mesh_dial_failures_total{peer="tls-liar"}`) < 1 {
+		t.Error("the pinning failure was not counted as a dial failure to that node")
+	}
 }

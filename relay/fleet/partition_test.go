@@ -169,4 +169,3 @@ func TestFarNodeLost(t *testing.T) {
 	}
 	exchange(t, local1, local2, 1000)
 }
-

@@ -68,6 +68,14 @@ func (f *Fleet) peerOf(id string) *peer {
 	return p
 }
 
+// dialFailed counts a mesh connection to node that could not be made.
+func (f *Fleet) dialFailed(node string) {
+	f.mu.Lock()
+	p := f.peerOf(node)
+	f.mu.Unlock()
+	p.dialFails.Inc()
+}
+
 // pingLoop pings the peers every MeshPing until Close.
 func (f *Fleet) pingLoop() {
 	defer f.done.Done()

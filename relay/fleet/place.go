@@ -125,6 +125,7 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 	case err != nil:
 		h.finish(false, false)
 		f.placed[outFailed].Inc()
+		f.dialFailed(node)
 		f.log.Warn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
 		return relay.Placement{Refuse: reason.Fleet}, false
 	case link != nil:
