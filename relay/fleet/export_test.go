@@ -27,3 +27,8 @@ func Kill(f *Fleet) {
 	f.done.Wait()
 	f.rdb.Close() // releases from now on fail, as they never happen after SIGKILL
 }
+
+// PairKeyName is the Redis key of (token, nonce) in f's fleet.
+func PairKeyName(f *Fleet, token, nonce string) string {
+	return f.pairKey(relay.PairKey{Token: token, Nonce: nonce})
+}

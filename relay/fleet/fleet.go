@@ -134,6 +134,12 @@ type Fleet struct {
 	leaseLost *metrics.Counter
 	storeErrs *metrics.Counter
 	keyWrong  *metrics.Counter
+	// Store loss (a restart without persistence, a failover that lost
+	// writes): the store's epoch as last read, the losses seen and the
+	// keys claimed again.
+	epoch      string
+	storeLoss  *metrics.Counter
+	reasserted *metrics.Counter
 }
 
 // NodeInfo is one node of the set, as its heartbeat describes it.
@@ -226,6 +232,8 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	f.leaseLost = f.set.NewCounter(`meetpoint_fleet_leases_lost_total`)
 	f.storeErrs = f.set.NewCounter(`meetpoint_fleet_store_errors_total`)
 	f.keyWrong = f.set.NewCounter(`meetpoint_fleet_mesh_key_mismatch_total`)
+	f.storeLoss = f.set.NewCounter(`meetpoint_fleet_store_losses_total`)
+	f.reasserted = f.set.NewCounter(`meetpoint_fleet_keys_reasserted_total`)
 	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
 	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
@@ -288,7 +296,7 @@ func (f *Fleet) Start(ctx context.Context) error {
 		if n.KeyCheck != "" && n.KeyCheck != f.keyCheck {
 			// Announce ourselves once, so that the fleet's nodes log the
 			// refusal too, and stay out.
-			f.announce(ctx)
+			_, _ = f.announce(ctx)
 			f.keyWrong.Inc()
 			return fmt.Errorf("fleet: node %s at %s uses another mesh key than this node (key check %s, ours %s): not joining; give every node the same --mesh-key-file",
 				n.ID, n.Addr, n.KeyCheck, f.keyCheck)
@@ -353,6 +361,7 @@ func advertised(a net.Addr) string {
 }
 
 func (f *Fleet) nodeKey(id string) string { return f.cfg.Prefix + "{nodes}:node:" + id }
+func (f *Fleet) epochKey() string         { return f.cfg.Prefix + "{nodes}:epoch" }
 func (f *Fleet) setKey() string           { return f.cfg.Prefix + "{nodes}:set" }
 
 // pairKey is the Redis key of a pairing key: a MAC of the token and nonce
@@ -391,8 +400,15 @@ func (f *Fleet) run() {
 // heartbeat announces the node, reads the node set and, if the store has
 // just come back, publishes the keys held while it was away.
 func (f *Fleet) heartbeat(ctx context.Context) {
-	if !f.announce(ctx) {
+	epoch, ok := f.announce(ctx)
+	if !ok {
 		return
+	}
+	if f.epoch == "" {
+		f.epoch = epoch
+	} else if epoch != f.epoch {
+		f.epoch = epoch
+		f.storeLost(ctx)
 	}
 	all, err := f.readNodes(ctx)
 	if err != nil {
@@ -417,10 +433,25 @@ func (f *Fleet) heartbeat(ctx context.Context) {
 	}
 }
 
+// storeLost claims again every key this node holds: the store has lost
+// its data (its epoch changed). Claims are idempotent: a key still there
+// with this node's value is only renewed, one another node took
+// meanwhile is left to it (counted lost).
+func (f *Fleet) storeLost(ctx context.Context) {
+	f.mu.Lock()
+	n := len(f.held)
+	f.mu.Unlock()
+	f.log.Warn("fleet store lost its data (restarted without persistence, or failed over): claiming this node's keys again",
+		"node", f.cfg.NodeID, "keys", n)
+	f.renew(ctx)
+	f.publishPending(ctx)
+	f.storeLoss.Inc()
+}
+
 // announce writes this node's record (unless a later incarnation of its
-// id has written one) and adds it to the node set; false: the store is
-// away (recorded).
-func (f *Fleet) announce(ctx context.Context) bool {
+// id has written one) and adds it to the node set, and returns the
+// store's epoch; false: the store is away (recorded).
+func (f *Fleet) announce(ctx context.Context) (epoch string, ok bool) {
 	f.mu.Lock()
 	held := len(f.held)
 	f.mu.Unlock()
@@ -431,12 +462,19 @@ func (f *Fleet) announce(ctx context.Context) bool {
 	}
 	me.Tunnels = f.srv.Stats().TunnelsActive
 	b, _ := json.Marshal(me)
-	n, err := announceScript.Run(ctx, f.rdb, []string{f.nodeKey(me.ID), f.setKey()}, b,
-		(3 * f.cfg.Heartbeat).Milliseconds(), f.incarnation, me.ID).Int()
+	var fresh [8]byte
+	_, _ = rand.Read(fresh[:])
+	res, err := announceScript.Run(ctx, f.rdb, []string{f.nodeKey(me.ID), f.setKey(), f.epochKey()}, b,
+		(3 * f.cfg.Heartbeat).Milliseconds(), f.incarnation, me.ID, hex.EncodeToString(fresh[:])).Slice()
+	if err == nil && len(res) != 2 {
+		err = errors.New("announce script: unexpected answer")
+	}
 	if err != nil {
 		f.storeDown(err)
-		return false
+		return "", false
 	}
+	n, _ := res[0].(int64)
+	epoch, _ = res[1].(string)
 	if n == 0 {
 		f.mu.Lock()
 		first := !f.superseded
@@ -447,7 +485,7 @@ func (f *Fleet) announce(ctx context.Context) bool {
 				"node", f.cfg.NodeID, "incarnation", f.incarnation)
 		}
 	}
-	return true
+	return epoch, true
 }
 
 // readNodes reads every node record of the set; members whose record
@@ -559,6 +597,8 @@ func (f *Fleet) Traffic() uint64 { return 0 }
 var fleetDocs = map[string]relay.MetricDoc{
 	"meetpoint_fleet_placements_total":        {Type: "counter", Help: "Clients placed by the fleet, by outcome: new (this node took the key), local, takeover (a dead or empty owner), remote (tunnelled to the owner over a mesh link), refused (third client, duplicate uuid), degraded (store unreachable: paired here only), failed."},
 	"meetpoint_fleet_leases_lost_total":       {Type: "counter", Help: "Held keys found taken by another node at renewal."},
+	"meetpoint_fleet_store_losses_total":      {Type: "counter", Help: "Times the fleet's Redis was found to have lost its data (its epoch changed: a restart without persistence, a failover that lost writes); this node then claimed its keys again."},
+	"meetpoint_fleet_keys_reasserted_total":   {Type: "counter", Help: "Held keys found missing from the store at renewal (or after a store loss) and claimed again under this node."},
 	"meetpoint_fleet_store_errors_total":      {Type: "counter", Help: "Failed operations on the fleet's Redis."},
 	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Tunnels of this node that cross the mesh now, by the node at their far end (peer): links this node dialled and links it accepted."},
 	"meetpoint_mesh_dial_failures_total":      {Type: "counter", Help: "Mesh connections to a node (peer) that could not be opened: placements and liveness pings (a refused connection is not counted: the node's host answered)."},

@@ -263,7 +263,8 @@ func (h *hold) Release() {
 // renewBatch is how many renewals go in one pipeline.
 const renewBatch = 512
 
-// renew extends every key this node holds, in pipelined batches.
+// renew extends every key this node holds, in pipelined batches, and
+// claims again (idempotently) any the store has lost.
 func (f *Fleet) renew(ctx context.Context) {
 	f.mu.Lock()
 	hs := make([]*hold, 0, len(f.held))
@@ -287,12 +288,16 @@ func (f *Fleet) renew(ctx context.Context) {
 			return
 		}
 		for i, c := range cmds {
-			if n, err := c.(interface{ Int() (int, error) }).Int(); err == nil && n == 0 {
-				f.leaseLost.Inc()
-				f.log.Debug("fleet: a held key was taken by another node", "key", batch[i].key)
-			} else if err != nil {
+			n, err := c.(interface{ Int() (int, error) }).Int()
+			switch {
+			case err != nil:
 				f.storeDown(err)
 				return
+			case n == 0:
+				f.leaseLost.Inc()
+				f.log.Debug("fleet: a held key was taken by another node", "key", batch[i].key)
+			case n == 2:
+				f.reasserted.Inc()
 			}
 		}
 	}

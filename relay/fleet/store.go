@@ -97,21 +97,37 @@ return 0
 `)
 	// announceScript writes a node's record KEYS[1] (ARGV[1], ttl ARGV[2]
 	// ms) unless the record there has a later incarnation than ARGV[3],
-	// and adds ARGV[4] to the node set KEYS[2] (both keys in the {nodes}
-	// slot): 1 written, 0 superseded.
+	// and adds ARGV[4] to the node set KEYS[2]; it sets the store's epoch
+	// KEYS[3] to ARGV[5] if it has none (all three keys in the {nodes}
+	// slot): {1 written or 0 superseded, the epoch}.
 	announceScript = redis.NewScript(`
+local e = redis.call('GET', KEYS[3])
+if not e then
+  redis.call('SET', KEYS[3], ARGV[5])
+  e = ARGV[5]
+end
 local v = redis.call('GET', KEYS[1])
 if v then
   local ok, n = pcall(cjson.decode, v)
-  if ok and type(n) == 'table' and tonumber(n['inc'] or 0) > tonumber(ARGV[3]) then return 0 end
+  if ok and type(n) == 'table' and tonumber(n['inc'] or 0) > tonumber(ARGV[3]) then return {0, e} end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[4])
-return 1
+return {1, e}
 `)
-	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1].
+	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1]
+	// (1), claims it again under ARGV[1] if it is gone (2: the store lost
+	// it), and leaves another node's value alone (0).
 	renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
 return 0
 `)
 )

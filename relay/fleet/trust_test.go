@@ -2,11 +2,13 @@ package fleet_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
@@ -111,4 +113,108 @@ func TestRestartedNodeTakesOverItsID(t *testing.T) {
 	relaytest.WaitFor(t, func() bool { return len(other.f.Nodes()) == 2 }, "the witness sees the restarted node")
 	ta, tb := pairAcross(t, again, other, "phoenix-pair")
 	exchange(t, ta, tb, 1000)
+}
+
+// TestStoreLossReasserted: Redis restarts empty (no persistence) while a
+// client waits on one node and a cross-node tunnel lives. Every node sees
+// the store's epoch change and claims its keys again: the waiting client
+// is still found by its partner arriving on another node, a third client
+// of the live tunnel's token is refused (one tunnel per token holds), and
+// no lease is counted lost.
+func TestStoreLossReasserted(t *testing.T) {
+	addr, stop := testutil.Redis(t, 0)
+	// Renewals far apart: what the test sees comes from the store-loss
+	// detection, not from a renewal that happens to follow the restart.
+	long := func(c *fleet.Config) { c.LeaseTTL = time.Minute }
+	a := startNodeWith(t, addr, "loss-a", nil, long)
+	b := startNodeWith(t, addr, "loss-b", nil, long)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	live1, live2 := pairAcross(t, a, b, "loss-live")
+	waiting := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "loss-wait", Name: "waiter"})
+		if err != nil {
+			t.Error(err)
+		}
+		waiting <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "loss-wait", "") }, "a client waiting on loss-a")
+
+	stop()
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	var p int
+	fmt.Sscan(port, &p)
+	testutil.Redis(t, p) // empty: no persistence
+	for _, nd := range []*node{a, b} {
+		relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, nd.s, "meetpoint_fleet_store_losses_total") == 1 },
+			nd.id+" sees the store's data lost and claims its keys again")
+	}
+	if relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total") < 2 {
+		t.Errorf("loss-a claimed %v keys again, want its waiting client's and its tunnel's",
+			relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total"))
+	}
+	// The waiting client's partner, on the other node, finds it.
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "loss-wait", Name: "partner"})
+	if err != nil {
+		t.Fatalf("the waiting client's partner after the store loss: %v", err)
+	}
+	ta := <-waiting
+	if ta == nil || ta.PeerName() != "partner" || tb.PeerName() != "waiter" {
+		t.Fatal("the waiting client was not paired with its partner across nodes")
+	}
+	exchange(t, ta, tb, 1000)
+	// A third client of the live tunnel's token is refused, on either node.
+	if _, err := dial(t, client.Options{URL: url(b.s, false), Token: "loss-live", Timeout: 5 * time.Second}); err == nil {
+		t.Fatal("a third client of a live tunnel's token paired after the store loss")
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, b.s, `meetpoint_closes_total{reason="tunnel_exists"}`) == 1 },
+		"the third client refused as tunnel_exists")
+	exchange(t, live1, live2, 1000)
+	for _, nd := range []*node{a, b} {
+		if n := relaytest.Metric(t, nd.s, "meetpoint_fleet_leases_lost_total"); n != 0 {
+			t.Errorf("%s counted %v leases lost", nd.id, n)
+		}
+	}
+}
+
+// TestMissingKeyReclaimedAtRenewal: a held key that vanished from the
+// store (a failover that lost the write; the store's epoch unchanged) is
+// claimed again at the next renewal, not counted lost, and the waiting
+// client is still found from another node.
+func TestMissingKeyReclaimedAtRenewal(t *testing.T) {
+	addr := redisAddr(t)
+	nodes := startFleet(t, addr, 2, nil)
+	a, b := nodes[0], nodes[1]
+	waiting := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "vanish"})
+		if err != nil {
+			t.Error(err)
+		}
+		waiting <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "vanish", "") }, "a client waiting on node a")
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	key := fleet.PairKeyName(a.f, "vanish", "")
+	if n, err := rdb.Del(context.Background(), key).Result(); n != 1 || err != nil {
+		t.Fatalf("deleting the waiting client's key: %d %v", n, err)
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total") == 1 },
+		"node a claims the vanished key again at renewal")
+	if v, err := rdb.Get(context.Background(), key).Result(); err != nil || !strings.HasPrefix(v, a.id+" ") {
+		t.Errorf("the key after renewal: %q %v, want node a's", v, err)
+	}
+	if n := relaytest.Metric(t, a.s, "meetpoint_fleet_leases_lost_total"); n != 0 {
+		t.Errorf("a vanished key counted as lost %v times", n)
+	}
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "vanish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := <-waiting
+	if ta == nil {
+		t.FailNow()
+	}
+	exchange(t, ta, tb, 100)
 }
