@@ -246,6 +246,7 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	srv.AddReporter(f)
 	srv.AddMetrics(f.set, fleetDocs)
 	srv.AddReadiness("fleet", f.ready)
+	srv.AddReadiness("mesh", f.meshReady)
 	return f, nil
 }
 
@@ -602,6 +603,7 @@ var fleetDocs = map[string]relay.MetricDoc{
 	"meetpoint_fleet_store_errors_total":      {Type: "counter", Help: "Failed operations on the fleet's Redis."},
 	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Tunnels of this node that cross the mesh now, by the node at their far end (peer): links this node dialled and links it accepted."},
 	"meetpoint_mesh_dial_failures_total":      {Type: "counter", Help: "Mesh connections to a node (peer) that could not be opened: placements and liveness pings (a refused connection is not counted: the node's host answered)."},
+	"meetpoint_mesh_peer_reachable":           {Type: "gauge", Help: "1 while a node (peer) answers this node's liveness pings, 0 once it has answered none for the mesh-lost time (a partition between the two)."},
 	"meetpoint_mesh_rtt_seconds":              {Type: "gauge", Help: "Round trip of the last liveness ping answered by a node (peer)."},
 	"meetpoint_mesh_peer_lost_total":          {Type: "counter", Help: "Times a node (peer) answered no liveness ping for the mesh-lost time while tunnels crossed to it: those tunnels were ended (far_node_lost)."},
 	"meetpoint_fleet_available":               {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},

@@ -169,3 +169,62 @@ func TestFarNodeLost(t *testing.T) {
 	}
 	exchange(t, local1, local2, 1000)
 }
+
+// TestMeshOnlyPartition: two nodes that still share Redis but no longer
+// reach each other over the mesh say so (/readyz's mesh part, a gauge per
+// peer), and a client whose key's owner is across the partition is not
+// refused for as long as it lasts: its node takes the key over and the
+// client waits there for a partner that reaches it.
+func TestMeshOnlyPartition(t *testing.T) {
+	addr := redisAddr(t)
+	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, 2*time.Second }
+	pa, pb := newBlackhole(t), newBlackhole(t)
+	a := startNodeWith(t, addr, "cut-a", nil, func(c *fleet.Config) { quick(c); c.Advertise = pa.addr() })
+	pa.target.Store(relaytest.Addr(a.s))
+	b := startNodeWith(t, addr, "cut-b", nil, func(c *fleet.Config) { quick(c); c.Advertise = pb.addr() })
+	pb.target.Store(relaytest.Addr(b.s))
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="cut-a"}`) == 1
+	}, "cut-b reaches cut-a over the mesh")
+
+	pa.frozen.Store(true)
+	pb.frozen.Store(true)
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="cut-a"}`) == 0
+	}, "cut-b sees cut-a unreachable")
+	names, ok, details := b.s.ReadinessParts()
+	for i, n := range names {
+		if n == "mesh" && (ok[i] || !strings.Contains(details[i], "cut-a")) {
+			t.Errorf("readiness during the partition: %v %q, want not ready naming cut-a", ok[i], details[i])
+		}
+	}
+	if len(a.f.Nodes()) != 2 || len(b.f.Nodes()) != 2 {
+		t.Fatal("a node left the node set: the partition is the mesh's only")
+	}
+	go func() { _, _ = dial(t, client.Options{URL: url(a.s, false), Token: "cut", Timeout: 3 * time.Second}) }()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "cut", "") }, "a client waiting on cut-a")
+	// Its partner lands on cut-b: not refused, it waits there...
+	second := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(b.s, false), Token: "cut", Name: "second"})
+		if err != nil {
+			t.Error(err)
+		}
+		second <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(b.f, "cut", "") }, "the partner waiting on cut-b, which took the key over")
+	// ...and the first client, coming back through the balancer to a
+	// node that reaches cut-b, pairs with it.
+	again, err := dial(t, client.Options{URL: url(b.s, false), Token: "cut", Name: "again"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := <-second
+	if tb == nil || tb.PeerName() != "again" {
+		t.Fatal("the partner was not paired on the node that took the key over")
+	}
+	exchange(t, again, tb, 100)
+	if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="takeover"}`) < 1 {
+		t.Error("the key's move was not counted as a takeover")
+	}
+}

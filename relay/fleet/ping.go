@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,12 +62,42 @@ func (f *Fleet) peerOf(id string) *peer {
 		f.set.GetOrCreateGauge(fmt.Sprintf(`meetpoint_mesh_rtt_seconds{peer=%q}`, id), func() float64 {
 			return time.Duration(p.rtt.Load()).Seconds()
 		})
+		f.set.GetOrCreateGauge(fmt.Sprintf(`meetpoint_mesh_peer_reachable{peer=%q}`, id), func() float64 {
+			return b2f(time.Since(time.Unix(0, p.lastOK.Load())) < f.cfg.MeshLost)
+		})
 		f.set.GetOrCreateGauge(fmt.Sprintf(`meetpoint_mesh_links_active{peer=%q}`, id), func() float64 {
 			return float64(f.srv.MeshPeers()[id])
 		})
 		f.peers[id] = p
 	}
 	return p
+}
+
+// unreachable reports whether node has answered no ping for MeshLost
+// (false for a node not pinged yet).
+func (f *Fleet) unreachable(node string) bool {
+	f.mu.Lock()
+	p := f.peers[node]
+	f.mu.Unlock()
+	return p != nil && time.Since(time.Unix(0, p.lastOK.Load())) >= f.cfg.MeshLost
+}
+
+// meshReady is the mesh's part of readiness: not ready while a node of
+// the set (alive in the store) answers no ping over the mesh, naming it.
+func (f *Fleet) meshReady() (bool, string) {
+	var cut []string
+	f.mu.Lock()
+	for id, p := range f.peers {
+		if _, alive := f.nodes[id]; alive && time.Since(time.Unix(0, p.lastOK.Load())) >= f.cfg.MeshLost {
+			cut = append(cut, id)
+		}
+	}
+	f.mu.Unlock()
+	if len(cut) == 0 {
+		return true, "ready"
+	}
+	sort.Strings(cut)
+	return false, "cannot reach node " + strings.Join(cut, ", ") + " over the mesh (alive in the store): its clients and this node's are paired on whichever of the two holds their key"
 }
 
 // dialFailed counts a mesh connection to node that could not be made.
@@ -117,7 +149,8 @@ func (f *Fleet) pingRound() {
 		if !known && tunnels[id] == 0 && !p.pinging.Load() { // gone, and nothing of ours crosses to it
 			p.drop(nil)
 			delete(f.peers, id)
-			for _, m := range []string{"meetpoint_mesh_dial_failures_total", "meetpoint_mesh_peer_lost_total", "meetpoint_mesh_rtt_seconds", "meetpoint_mesh_links_active"} {
+			for _, m := range []string{"meetpoint_mesh_dial_failures_total", "meetpoint_mesh_peer_lost_total", "meetpoint_mesh_rtt_seconds",
+				"meetpoint_mesh_links_active", "meetpoint_mesh_peer_reachable"} {
 				f.set.UnregisterMetric(fmt.Sprintf(`%s{peer=%q}`, m, id))
 			}
 			continue

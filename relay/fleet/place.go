@@ -105,6 +105,15 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		// store) or a dead node's: take it over.
 		return f.takeover(ctx, h, owner)
 	}
+	if f.unreachable(node) {
+		// Alive in the store but silent over the mesh (a partition between
+		// the two): waiting here beats a refusal for as long as the
+		// partition lasts. Its waiting client ends at its alone timeout
+		// and comes back, through the balancer, to a node that reaches
+		// this one.
+		f.log.Info("fleet: owner node unreachable over the mesh: taking its key over", "node", node, "addr", addr)
+		return f.takeover(ctx, h, owner)
+	}
 	link, code, err := f.dial(ctx, addr, node, p)
 	for wait := time.Millisecond; err == nil && code == relay.MeshRetry; wait = min(2*wait, 50*time.Millisecond) {
 		select {
