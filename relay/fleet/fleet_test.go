@@ -36,10 +36,15 @@ func startNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config)) *
 }
 
 // startNodeWith is startNode with the fleet's config changed by fmutate.
+// redisAddr may be a whole --fleet URL (redis+cluster://...).
 func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config), fmutate func(*fleet.Config)) *node {
 	t.Helper()
 	s := relaytest.New(t, mutate)
-	rdb, err := fleet.ParseURL("redis://" + redisAddr + "/0")
+	spec := redisAddr
+	if !strings.Contains(spec, "://") {
+		spec = "redis://" + redisAddr + "/0"
+	}
+	rdb, err := fleet.ParseURL(spec)
 	if err != nil {
 		t.Fatal(err)
 	}

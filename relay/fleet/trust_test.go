@@ -218,3 +218,30 @@ func TestMissingKeyReclaimedAtRenewal(t *testing.T) {
 	}
 	exchange(t, ta, tb, 100)
 }
+
+// TestFleetOnRedisCluster: three nodes on a real 3-master Redis Cluster
+// (every script keeps its keys in one hash slot, or the cluster refuses
+// it): the nodes see each other, pairs meet across nodes whatever slot
+// their key hashes to, a third client is refused, and a held key that
+// vanished is claimed again.
+func TestFleetOnRedisCluster(t *testing.T) {
+	addrs := testutil.RedisCluster(t, 3)
+	spec := "redis+cluster://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+	nodes := startFleet(t, spec, 3, nil)
+	for i := range 6 {
+		a, b := nodes[i%3], nodes[(i+1)%3]
+		tok := fmt.Sprintf("cluster-%d", i)
+		ta, tb := pairAcross(t, a, b, tok)
+		exchange(t, ta, tb, 1000)
+		if i == 0 {
+			if _, err := dial(t, client.Options{URL: url(nodes[2].s, false), Token: tok, Timeout: 5 * time.Second}); err == nil {
+				t.Fatal("a third client paired on the cluster")
+			}
+		}
+	}
+	for _, nd := range nodes {
+		if n := relaytest.Metric(t, nd.s, "meetpoint_fleet_store_errors_total"); n != 0 {
+			t.Errorf("%s: %v store errors on the cluster", nd.id, n)
+		}
+	}
+}
