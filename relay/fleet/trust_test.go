@@ -245,3 +245,52 @@ func TestFleetOnRedisCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetSentinelFailover: two nodes on a Sentinel-managed primary with
+// one replica; the primary is killed while a cross-node tunnel carries
+// data and a client waits. The tunnel never drops, the nodes follow the
+// failover to the promoted replica by themselves, the waiting client is
+// still found from the other node, and new pairs meet across nodes.
+func TestFleetSentinelFailover(t *testing.T) {
+	sentinels, _, kill := testutil.RedisSentinel(t)
+	spec := "redis+sentinel://" + sentinels[0] + "?master_name=mymaster&addr=" + sentinels[1] + "&addr=" + sentinels[2]
+	long := func(c *relay.Config) { c.AloneTimeout = time.Minute }
+	nodes := startFleet(t, spec, 2, long)
+	a, b := nodes[0], nodes[1]
+	live1, live2 := pairAcross(t, a, b, "sentinel-live")
+	waiting := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "sentinel-wait", Name: "waiter", Timeout: time.Minute})
+		if err != nil {
+			t.Error(err)
+		}
+		waiting <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "sentinel-wait", "") }, "a client waiting on node a")
+	// The replica has the waiting client's key before the primary dies.
+	rdb, _ := fleet.ParseURL(spec)
+	defer rdb.Close()
+	relaytest.WaitFor(t, func() bool {
+		return rdb.Exists(context.Background(), fleet.PairKeyName(a.f, "sentinel-wait", "")).Val() == 1
+	}, "the waiting client's key in the store")
+
+	kill()
+	killed := time.Now()
+	relaytest.WaitFor(t, func() bool {
+		m, err := rdb.Do(context.Background(), "ROLE").Slice()
+		return err == nil && len(m) > 0 && m[0] == "master" // the killed primary answers nothing
+	}, "the Sentinels promote the replica")
+	exchange(t, live1, live2, 10_000) // the live tunnel never noticed
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "sentinel-wait", Name: "partner"})
+	if err != nil {
+		t.Fatalf("the waiting client's partner after the failover: %v", err)
+	}
+	ta := <-waiting
+	if ta == nil || ta.PeerName() != "partner" {
+		t.Fatal("the waiting client was not paired with its partner after the failover")
+	}
+	exchange(t, ta, tb, 1000)
+	tc, td := pairAcross(t, b, a, "sentinel-after")
+	exchange(t, tc, td, 1000)
+	t.Logf("pairing across nodes again %v after the primary was killed", time.Since(killed).Round(time.Millisecond))
+}

@@ -1,9 +1,11 @@
 package testutil
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,8 +63,13 @@ func redisWith(t testing.TB, port int, extra ...string) (addr string, stop func(
 // connection only counts while our process still runs: another server
 // may hold the port.
 func startRedis(t testing.TB, bin string, port int, extra ...string) (addr string, stop func(), ok bool) {
+	return runRedis(t, port, exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, extra...)...))
+}
+
+// runRedis starts cmd, a redis-server that will listen on port, and waits
+// as startRedis does.
+func runRedis(t testing.TB, port int, cmd *exec.Cmd) (addr string, stop func(), ok bool) {
 	addr = "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, extra...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -147,4 +154,36 @@ func clusterPort(t testing.TB) int {
 			return p
 		}
 	}
+}
+
+// RedisSentinel starts a Redis primary, one replica of it and three
+// Sentinels watching it under the name "mymaster" (quorum 2, the primary
+// is down after 1 s) for the test. It returns the Sentinels' addresses,
+// the primary's, and a function that kills the primary (a failover
+// follows).
+func RedisSentinel(t testing.TB) (sentinels []string, primary string, kill func()) {
+	t.Helper()
+	primary, kill = Redis(t, 0)
+	_, mport, _ := net.SplitHostPort(primary)
+	redisWith(t, 0, "--replicaof", "127.0.0.1", mport)
+	bin := redisBin(t)
+	for len(sentinels) < 3 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		dir := t.TempDir()
+		conf := filepath.Join(dir, "sentinel.conf")
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\n"+
+			"sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\nsentinel parallel-syncs mymaster 1\n", p, dir, mport)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if a, _, ok := runRedis(t, p, exec.Command(bin, conf, "--sentinel")); ok {
+			sentinels = append(sentinels, a)
+		}
+	}
+	return sentinels, primary, kill
 }
