@@ -1,68 +1,22 @@
 package fleet
 
 import (
-	"fmt"
-	"net/url"
-	"strings"
-	"time"
-
 	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay/redisurl"
 )
 
-// ParseURL reads --fleet into a Redis client:
+// ParseURL reads --fleet into a Redis client (redisurl.Parse):
 //
 //	redis://[USER:PASSWORD@]HOST:PORT/DB        one server (rediss:// for TLS)
 //	redis+cluster://HOST:PORT?addr=HOST2:PORT2  Redis Cluster, seed nodes
 //	redis+sentinel://HOST:PORT?master_name=M&addr=HOST2:PORT2
 //	                                            a Sentinel-managed primary
 //
-// (rediss+cluster://, rediss+sentinel:// for TLS). Other query parameters
-// are go-redis options in snake case (dial_timeout=2s, pool_size=20).
-// Every key the fleet writes is single-key (scripts included) so that a
-// Cluster spreads them; the node set shares one hash slot ({nodes}).
-func ParseURL(spec string) (redis.UniversalClient, error) {
-	u, err := url.Parse(spec)
-	if err != nil {
-		return nil, fmt.Errorf("fleet URL: %v", err)
-	}
-	base, mode, _ := strings.Cut(u.Scheme, "+")
-	if base != "redis" && base != "rediss" {
-		return nil, fmt.Errorf("fleet URL %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", u.Redacted())
-	}
-	u.Scheme = base
-	plain := u.String()
-	timeouts := func(d, r, w *time.Duration) {
-		for _, p := range []*time.Duration{d, r, w} {
-			if *p == 0 {
-				*p = 2 * time.Second
-			}
-		}
-	}
-	switch mode {
-	case "":
-		opt, err := redis.ParseURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewClient(opt), nil
-	case "cluster":
-		opt, err := redis.ParseClusterURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewClusterClient(opt), nil
-	case "sentinel":
-		opt, err := redis.ParseFailoverURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewFailoverClient(opt), nil
-	}
-	return nil, fmt.Errorf("fleet URL %q: unknown mode %q (cluster or sentinel)", u.Redacted(), mode)
-}
+// Every pair key the fleet writes is single-key (scripts included) so
+// that a Cluster spreads them; the node set shares one hash slot
+// ({nodes}).
+func ParseURL(spec string) (redis.UniversalClient, error) { return redisurl.Parse("fleet URL", spec) }
 
 // The scripts. Each touches one key, so it runs on any deployment, and is
 // atomic: two nodes racing for a key are ordered by Redis.

@@ -123,16 +123,19 @@ func RedisCluster(t testing.TB, n int) []string {
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	host, port, _ := net.SplitHostPort(addrs[0])
-	for end := time.Now().Add(Patience); ; time.Sleep(50 * time.Millisecond) {
-		out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").CombinedOutput()
-		if err == nil && strings.Contains(string(out), "cluster_state:ok") {
-			return addrs
-		}
-		if time.Now().After(end) {
-			t.Fatalf("the Redis Cluster did not come up: %s %v", out, err)
+	for _, a := range addrs { // every master must see the whole cluster
+		host, port, _ := net.SplitHostPort(a)
+		for end := time.Now().Add(Patience); ; time.Sleep(50 * time.Millisecond) {
+			out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").CombinedOutput()
+			if err == nil && strings.Contains(string(out), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("the Redis Cluster did not come up on %s: %s %v", a, out, err)
+			}
 		}
 	}
+	return addrs
 }
 
 // clusterPort is a free loopback port whose cluster bus port (+10000) is
