@@ -204,9 +204,10 @@ func TestFleetDiscovery(t *testing.T) {
 	}
 }
 
-// TestServeMeshLivenessFlags: --mesh-ping and --mesh-lost-after reach the
-// fleet (defaults 2s and 15s: a lost node's tunnels end within 17s), and
-// a lost time shorter than two pings is refused.
+// TestServeMeshLivenessFlags: --mesh-ping, --mesh-lost-after and
+// --mesh-source-ips reach the fleet (defaults 2s and 15s: a lost node's
+// tunnels end within 17s); a lost time shorter than two pings and a
+// source that is no IP are refused.
 func TestServeMeshLivenessFlags(t *testing.T) {
 	key := meshKey(t)
 	base := []string{"--listen", "127.0.0.1:0", "--fleet", "redis://127.0.0.1:1/0", "--mesh-key-file", key, "--node-id", "n"}
@@ -215,13 +216,19 @@ func TestServeMeshLivenessFlags(t *testing.T) {
 	if code >= 0 || o.fleet.ping != 2*time.Second || o.fleet.lost != 15*time.Second {
 		t.Fatalf("defaults: code %d %q, fleet %+v", code, stderr.String(), o.fleet)
 	}
-	o, code = parseServeOptions(append(base, "--mesh-ping", "1s", "--mesh-lost-after", "5s"), nil, io.Discard, io.Discard, &stderr)
-	if code >= 0 || o.fleet.ping != time.Second || o.fleet.lost != 5*time.Second {
+	o, code = parseServeOptions(append(base, "--mesh-ping", "1s", "--mesh-lost-after", "5s", "--mesh-source-ips", "127.0.0.2", "--mesh-source-ips", "::1"),
+		nil, io.Discard, io.Discard, &stderr)
+	if code >= 0 || o.fleet.ping != time.Second || o.fleet.lost != 5*time.Second || len(o.fleet.src) != 2 || o.fleet.src[1].String() != "::1" {
 		t.Fatalf("set: code %d %q, fleet %+v", code, stderr.String(), o.fleet)
 	}
 	stderr.Reset()
 	if _, code := parseServeOptions(append(base, "--mesh-ping", "3s", "--mesh-lost-after", "5s"), nil, io.Discard, io.Discard, &stderr); code != 2 ||
 		!strings.Contains(stderr.String(), "mesh-lost-after") {
 		t.Errorf("a lost time under two pings: code %d %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if _, code := parseServeOptions(append(base, "--mesh-source-ips", "eth0"), nil, io.Discard, io.Discard, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "mesh-source-ips") {
+		t.Errorf("a source address that is no IP: code %d %q", code, stderr.String())
 	}
 }

@@ -114,6 +114,7 @@ type serveSettings struct {
 	meshKey    string        // --mesh-key-file
 	meshPing   time.Duration // --mesh-ping
 	meshLost   time.Duration // --mesh-lost-after
+	meshSrc    listFlag      // --mesh-source-ips
 	reqStore   bool          // --require-store
 
 	// Secrets given inline, from a configuration file only (configOnly).
@@ -221,6 +222,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.reqStore, "require-store", false, "refuse to start (exit 1, so that a supervisor retries) while an outside service the relay relies on does not answer: --auth redis://… or webhook:…, --events-redis; without it the relay starts with a warning and reports the service on /readyz")
 	fs.DurationVar(&o.meshPing, "mesh-ping", 2*time.Second, "with --fleet: how often this node pings every other node (liveness, round trip)")
 	fs.DurationVar(&o.meshLost, "mesh-lost-after", 15*time.Second, "with --fleet: end the tunnels that cross to a node that answered no ping this long (close reason far_node_lost)")
+	fs.Var(&o.meshSrc, "mesh-source-ips", "with --fleet: local `IP` addresses to dial mesh links from, in turn (each has its own ~28,000 ports toward one node), repeatable")
 	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
@@ -419,8 +421,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var fl *fleetOptions
 	switch {
-	case v.fleetURL == "" && (v.meshKey != "" || v.nodeID != "" || v.advertise != ""):
-		return fail("node-id, advertise and mesh-key-file need --fleet")
+	case v.fleetURL == "" && (v.meshKey != "" || v.nodeID != "" || v.advertise != "" || len(v.meshSrc.vals) > 0):
+		return fail("node-id, advertise, mesh-key-file and mesh-source-ips need --fleet")
 	case v.fleetURL != "":
 		if v.meshKey == "" {
 			return fail("fleet: --mesh-key-file is required (write one with meetpoint token --gen-key and give every node the same)")
@@ -443,10 +445,18 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 				return fail("advertise %q: want HOST:PORT", v.advertise)
 			}
 		}
+		var src []net.IP
+		for _, s := range v.meshSrc.vals {
+			ip := net.ParseIP(s)
+			if ip == nil {
+				return fail("mesh-source-ips: %q is not an IP address", s)
+			}
+			src = append(src, ip)
+		}
 		if v.meshPing <= 0 || v.meshLost < 2*v.meshPing {
 			return fail("mesh-ping must be positive and mesh-lost-after at least twice it, got %v and %v", v.meshPing, v.meshLost)
 		}
-		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key, ping: v.meshPing, lost: v.meshLost}
+		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key, ping: v.meshPing, lost: v.meshLost, src: src}
 	}
 	var apps map[string]string
 	if v.apps != "" {
@@ -620,6 +630,7 @@ type fleetOptions struct {
 	url, nodeID, advertise string
 	key                    []byte
 	ping, lost             time.Duration // --mesh-ping, --mesh-lost-after
+	src                    []net.IP      // --mesh-source-ips
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -752,7 +763,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	var fl *fleet.Fleet
 	if o.fleet != nil {
 		fc := fleet.Config{Redis: fleetRedis, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-			MeshKey: o.fleet.key, MeshPing: o.fleet.ping, MeshLost: o.fleet.lost, Logger: log, Reach: tp.RegisterMeshClient}
+			MeshKey: o.fleet.key, MeshPing: o.fleet.ping, MeshLost: o.fleet.lost, SourceIPs: o.fleet.src, Logger: log, Reach: tp.RegisterMeshClient}
 		if store != nil {
 			fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
 		}

@@ -83,6 +83,11 @@ type Config struct {
 	// the tunnels crossing the mesh to it are ended (far_node_lost;
 	// default 15s).
 	MeshLost time.Duration
+	// SourceIPs, if set, are the local addresses this node dials mesh
+	// links from, in turn: each (source, owner) pair has its own ~28,000
+	// ephemeral ports, so k addresses carry k times as many tunnels to
+	// one owner. Empty: the kernel's choice.
+	SourceIPs []net.IP
 	// Reach, if set, serves Mesh.Reach: another node's TunnelProxy client
 	// for a server registered here (tunnelproxy.Service.RegisterMeshClient).
 	Reach relay.MethodHandler
@@ -128,6 +133,7 @@ type Fleet struct {
 	pings       sync.WaitGroup // pings in flight
 	pingCtx     context.Context
 	cancelPings context.CancelFunc
+	nextSource  atomic.Uint64 // round robin over SourceIPs
 
 	set       *metrics.Set
 	placed    [nOutcomes]*metrics.Counter

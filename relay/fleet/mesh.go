@@ -221,10 +221,15 @@ func (f *Fleet) pinned(node, pin string) *tls.Config {
 }
 
 // dialer dials mesh connections with the relay's keepalive and
-// TCP_USER_TIMEOUT (relay.Keepalive), as on the sockets it accepts.
+// TCP_USER_TIMEOUT (relay.Keepalive), as on the sockets it accepts, from
+// the next of the source addresses (Config.SourceIPs) if any.
 func (f *Fleet) dialer() *net.Dialer {
 	k := f.srv.Keepalive()
-	return &net.Dialer{KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
+	var local net.Addr
+	if n := len(f.cfg.SourceIPs); n > 0 {
+		local = &net.TCPAddr{IP: f.cfg.SourceIPs[(f.nextSource.Add(1)-1)%uint64(n)]}
+	}
+	return &net.Dialer{LocalAddr: local, KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
 		var err error
 		if cerr := rc.Control(func(fd uintptr) { err = k.Apply(int(fd)) }); cerr != nil {
 			return cerr

@@ -228,3 +228,30 @@ func TestMeshOnlyPartition(t *testing.T) {
 		t.Error("the key's move was not counted as a takeover")
 	}
 }
+
+// TestMeshSourceIPs: a node given several source addresses dials its
+// mesh links from each in turn (each source has its own ephemeral ports
+// toward one owner).
+func TestMeshSourceIPs(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNode(t, addr, "src-a", nil)
+	b := startNodeWith(t, addr, "src-b", nil, func(c *fleet.Config) {
+		c.SourceIPs = []net.IP{net.ParseIP("127.0.0.2"), net.ParseIP("127.0.0.3")}
+	})
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	for i := range 4 {
+		ta, tb := pairAcross(t, a, b, "src-"+string(rune('0'+i)))
+		exchange(t, ta, tb, 10)
+	}
+	from := map[string]bool{}
+	for _, tu := range a.s.Snapshot().Tunnels {
+		for _, c := range []string{tu.A.Address, tu.B.Address} {
+			if strings.HasPrefix(c, "127.0.0.2:") || strings.HasPrefix(c, "127.0.0.3:") {
+				from[c[:len("127.0.0.2")]] = true
+			}
+		}
+	}
+	if !from["127.0.0.2"] || !from["127.0.0.3"] {
+		t.Errorf("the owner saw mesh links from %v, want both source addresses", from)
+	}
+}
