@@ -66,6 +66,18 @@ type Lease interface {
 	Release()
 }
 
+// Watcher is a Lease that wants to know the clients waiting under it:
+// Watch is called once per client that waits on this node under the
+// lease, with a function that places that client again. The fleet calls
+// it when it finds the key held by another node while the client waits
+// (a store that lost the key, a partition that healed): the client leaves
+// this node's registry and is placed as if it had just authenticated, so
+// it meets its partner where the key is now. It does nothing once the
+// client is paired or gone.
+type Watcher interface {
+	Watch(replace func())
+}
+
 // MeshLink is a node-to-node connection that has become the far end of a
 // client's tunnel: the owner node paired it with the waiting partner and
 // sent TunnelEstablished over it.
@@ -123,6 +135,9 @@ func (c *conn) placed(pl Placement) {
 		c.st.Store(uint32(stWaiting))
 		res, partner := c.s.reg.Join(c.key, c)
 		after := c.joinedAs(res, partner, -1)
+		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
+			w.Watch(c.replace)
+		}
 		c.unlock()
 		if after != nil {
 			after()
@@ -140,6 +155,23 @@ func (c *conn) placed(pl Placement) {
 		c.fail(pl.Refuse, ws.StatusPolicyViolation, refusalText(pl.Refuse))
 		c.unlock()
 	}
+}
+
+// replace places c again if it still waits (Watcher).
+func (c *conn) replace() {
+	c.mu.Lock()
+	defer c.unlock()
+	// As a partner's Claim does: whoever moves c out of waiting first wins.
+	if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stPlacing)) {
+		return
+	}
+	c.s.reg.Leave(c.key, c)
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.releaseLease()
+	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
+	c.place()
 }
 
 // refusalText is what a client refused for r is told.

@@ -1,6 +1,10 @@
 package fleet
 
-import "github.com/meetpoint/meetpoint/relay"
+import (
+	"context"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
 
 // Held is how many keys f holds or is placing.
 func Held(f *Fleet) int {
@@ -32,3 +36,6 @@ func Kill(f *Fleet) {
 func PairKeyName(f *Fleet, token, nonce string) string {
 	return f.pairKey(relay.PairKey{Token: token, Nonce: nonce})
 }
+
+// Renew runs f's lease renewal now.
+func Renew(f *Fleet) { f.renew(context.Background()) }

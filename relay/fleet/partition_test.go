@@ -118,15 +118,7 @@ func TestFarNodeLost(t *testing.T) {
 	pb.target.Store(relaytest.Addr(b.s))
 	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
 
-	first := make(chan *client.Tunnel, 1)
-	go func() {
-		tu, err := dial(t, client.Options{URL: url(a.s, true), Token: "partition"})
-		if err != nil {
-			t.Error(err)
-		}
-		first <- tu
-	}()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "partition", "") }, "first client waiting on lost-a")
+	first := waitOn(t, a, client.Options{URL: url(a.s, true), Token: "partition"})
 	tb, err := dial(t, client.Options{URL: url(b.s, true), Token: "partition"})
 	if err != nil {
 		t.Fatal(err)
@@ -204,15 +196,7 @@ func TestMeshOnlyPartition(t *testing.T) {
 	go func() { _, _ = dial(t, client.Options{URL: url(a.s, false), Token: "cut", Timeout: 3 * time.Second}) }()
 	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "cut", "") }, "a client waiting on cut-a")
 	// Its partner lands on cut-b: not refused, it waits there...
-	second := make(chan *client.Tunnel, 1)
-	go func() {
-		tu, err := dial(t, client.Options{URL: url(b.s, false), Token: "cut", Name: "second"})
-		if err != nil {
-			t.Error(err)
-		}
-		second <- tu
-	}()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(b.f, "cut", "") }, "the partner waiting on cut-b, which took the key over")
+	second := waitOn(t, b, client.Options{URL: url(b.s, false), Token: "cut", Name: "second"})
 	// ...and the first client, coming back through the balancer to a
 	// node that reaches cut-b, pairs with it.
 	again, err := dial(t, client.Options{URL: url(b.s, false), Token: "cut", Name: "again"})

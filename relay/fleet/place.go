@@ -24,6 +24,45 @@ type hold struct {
 	refs      int           // placements that carry it (state held)
 	published bool          // in Redis; false: taken while the store was unreachable
 	wait      chan struct{} // placing, releasing: closed when that ends
+	watchers  []func()      // places each client waiting under the key again (relay.Watcher)
+}
+
+// Watch implements relay.Watcher.
+func (h *hold) Watch(replace func()) {
+	h.f.mu.Lock()
+	h.watchers = append(h.watchers, replace)
+	h.f.mu.Unlock()
+}
+
+// lost handles a held key found held by another node: counted; if clients
+// wait under it (no tunnel), the hold is dropped and they are placed
+// again, to meet their partners where the key is now, unless that node is
+// unreachable over the mesh (they would only take the key back).
+func (f *Fleet) lost(ctx context.Context, h *hold) {
+	f.leaseLost.Inc()
+	f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
+	f.mu.Lock()
+	ws := h.watchers
+	if len(ws) == 0 || f.held[h.key] != h {
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	owner, err := f.rdb.Get(ctx, h.key).Result()
+	if node, _ := parseValue(owner); err != nil || node == "" || node == f.cfg.NodeID || f.unreachable(node) {
+		return
+	}
+	f.mu.Lock()
+	if f.held[h.key] == h {
+		delete(f.held, h.key)
+		h.published = false // its release must not touch the new owner's value (it would not: compare-and-delete)
+	}
+	h.watchers = nil
+	f.mu.Unlock()
+	f.replaced.Add(len(ws))
+	for _, w := range ws {
+		go w()
+	}
 }
 
 type holdState uint8
@@ -245,7 +284,9 @@ func (h *hold) Release() {
 		return
 	}
 	if !h.published {
-		delete(f.held, h.key)
+		if f.held[h.key] == h { // not a later hold of the key (lost)
+			delete(f.held, h.key)
+		}
 		f.mu.Unlock()
 		return
 	}
@@ -303,8 +344,7 @@ func (f *Fleet) renew(ctx context.Context) {
 				f.storeDown(err)
 				return
 			case n == 0:
-				f.leaseLost.Inc()
-				f.log.Debug("fleet: a held key was taken by another node", "key", batch[i].key)
+				f.lost(ctx, batch[i])
 			case n == 2:
 				f.reasserted.Inc()
 			}
@@ -339,8 +379,8 @@ func (f *Fleet) publishPending(ctx context.Context) {
 			}
 			continue
 		}
-		// Another node took the key during the outage: both keep their
-		// own clients; they meet nobody across the split.
-		f.leaseLost.Inc()
+		// Another node took the key during the outage: clients waiting
+		// here go to it.
+		f.lost(ctx, h)
 	}
 }

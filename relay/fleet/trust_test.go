@@ -130,15 +130,7 @@ func TestStoreLossReasserted(t *testing.T) {
 	b := startNodeWith(t, addr, "loss-b", nil, long)
 	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
 	live1, live2 := pairAcross(t, a, b, "loss-live")
-	waiting := make(chan *client.Tunnel, 1)
-	go func() {
-		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "loss-wait", Name: "waiter"})
-		if err != nil {
-			t.Error(err)
-		}
-		waiting <- tu
-	}()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "loss-wait", "") }, "a client waiting on loss-a")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "loss-wait", Name: "waiter"})
 
 	stop()
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
@@ -185,15 +177,7 @@ func TestMissingKeyReclaimedAtRenewal(t *testing.T) {
 	addr := redisAddr(t)
 	nodes := startFleet(t, addr, 2, nil)
 	a, b := nodes[0], nodes[1]
-	waiting := make(chan *client.Tunnel, 1)
-	go func() {
-		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "vanish"})
-		if err != nil {
-			t.Error(err)
-		}
-		waiting <- tu
-	}()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "vanish", "") }, "a client waiting on node a")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "vanish"})
 	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
 	defer rdb.Close()
 	key := fleet.PairKeyName(a.f, "vanish", "")
@@ -258,15 +242,7 @@ func TestFleetSentinelFailover(t *testing.T) {
 	nodes := startFleet(t, spec, 2, long)
 	a, b := nodes[0], nodes[1]
 	live1, live2 := pairAcross(t, a, b, "sentinel-live")
-	waiting := make(chan *client.Tunnel, 1)
-	go func() {
-		tu, err := dial(t, client.Options{URL: url(a.s, false), Token: "sentinel-wait", Name: "waiter", Timeout: time.Minute})
-		if err != nil {
-			t.Error(err)
-		}
-		waiting <- tu
-	}()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "sentinel-wait", "") }, "a client waiting on node a")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "sentinel-wait", Name: "waiter", Timeout: time.Minute})
 	// The replica has the waiting client's key before the primary dies.
 	rdb, _ := fleet.ParseURL(spec)
 	defer rdb.Close()
@@ -293,4 +269,48 @@ func TestFleetSentinelFailover(t *testing.T) {
 	tc, td := pairAcross(t, b, a, "sentinel-after")
 	exchange(t, tc, td, 1000)
 	t.Logf("pairing across nodes again %v after the primary was killed", time.Since(killed).Round(time.Millisecond))
+}
+
+// waitOn dials a client that waits on nd (until nd holds its key) and
+// returns where its tunnel will come, once paired (nil: it failed).
+func waitOn(t *testing.T, nd *node, o client.Options) <-chan *client.Tunnel {
+	t.Helper()
+	ch := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, o)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(nd.f, o.Token, o.Nonce) }, "a client waiting on "+nd.id)
+	return ch
+}
+
+// TestWaitingClientReplaced: a client waits on node a; its key vanishes
+// from the store and its partner, arriving on node b before a renews,
+// takes the key and waits there. a's renewal finds the key held by b and
+// places its waiting client again: it joins b over the mesh and the two
+// pair, instead of each waiting alone until its timeout.
+func TestWaitingClientReplaced(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNodeWith(t, addr, "moved-a", nil, func(c *fleet.Config) { c.LeaseTTL = time.Minute }) // renewals only when the test asks
+	b := startNode(t, addr, "moved-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, true), Token: "moved", Name: "waiter"})
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	if n, err := rdb.Del(context.Background(), fleet.PairKeyName(a.f, "moved", "")).Result(); n != 1 || err != nil {
+		t.Fatalf("deleting the waiting client's key: %d %v", n, err)
+	}
+	second := waitOn(t, b, client.Options{URL: url(b.s, false), Token: "moved", Name: "partner"})
+	fleet.Renew(a.f)
+	ta, tb := <-waiting, <-second
+	if ta == nil || tb == nil || ta.PeerName() != "partner" || tb.PeerName() != "waiter" {
+		t.Fatal("the waiting client was not placed again with its partner's node")
+	}
+	exchange(t, ta, tb, 1000)
+	if relaytest.Metric(t, a.s, "meetpoint_fleet_clients_replaced_total") != 1 {
+		t.Error("the move was not counted")
+	}
 }
