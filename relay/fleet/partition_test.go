@@ -23,6 +23,7 @@ type blackhole struct {
 	ln     net.Listener
 	target atomic.Value // string: the node's address
 	frozen atomic.Bool
+	from   atomic.Value // string: a source IP whose connections are frozen (freezeFrom)
 	mu     sync.Mutex
 	conns  []net.Conn
 }
@@ -49,7 +50,7 @@ func newBlackhole(t *testing.T) *blackhole {
 				return
 			}
 			b.keep(c)
-			if b.frozen.Load() {
+			if b.frozen.Load() || b.frozenFor(c) {
 				continue // held, never answered
 			}
 			up, err := net.Dial("tcp", b.target.Load().(string))
@@ -58,11 +59,21 @@ func newBlackhole(t *testing.T) *blackhole {
 				continue
 			}
 			b.keep(up)
-			go b.pipe(up, c)
-			go b.pipe(c, up)
+			go b.pipe(up, c, c)
+			go b.pipe(c, up, c)
 		}
 	}()
 	return b
+}
+
+// freezeFrom freezes the connections from ip, those open and those to
+// come.
+func (b *blackhole) freezeFrom(ip string) { b.from.Store(ip) }
+
+// frozenFor reports whether c comes from the frozen source.
+func (b *blackhole) frozenFor(c net.Conn) bool {
+	ip, _ := b.from.Load().(string)
+	return ip != "" && strings.HasPrefix(c.RemoteAddr().String(), ip+":")
 }
 
 func (b *blackhole) keep(c net.Conn) {
@@ -71,13 +82,14 @@ func (b *blackhole) keep(c net.Conn) {
 	b.mu.Unlock()
 }
 
-// pipe copies src to dst until either fails; frozen, it stops moving
-// bytes (what it read is dropped) but closes nothing.
-func (b *blackhole) pipe(dst, src net.Conn) {
+// pipe copies src to dst until either fails; frozen (all, or the
+// client's source), it stops moving bytes (what it read is dropped) but
+// closes nothing.
+func (b *blackhole) pipe(dst, src, client net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if b.frozen.Load() {
+		if b.frozen.Load() || b.frozenFor(client) {
 			if err != nil {
 				return
 			}
