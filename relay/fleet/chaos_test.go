@@ -139,12 +139,11 @@ func (s *stream) close() {
 
 // chaosRow is one line of the table.
 type chaosRow struct {
-	fault              string
-	tunnels, affected  int
-	recover            time.Duration
-	lost               int64
-	reasons            map[string]int
-	expectedUnaffected bool
+	fault             string
+	tunnels, affected int
+	recover           time.Duration
+	lost              int64
+	reasons           map[string]int
 }
 
 // chaosFleet is three nodes behind freezable proxies (their mesh
