@@ -204,8 +204,8 @@ func TestFleetDiscovery(t *testing.T) {
 	}
 }
 
-// TestServeMeshLivenessFlags: --mesh-ping, --mesh-lost-after and
-// --mesh-source-ips reach the fleet (defaults 2s and 15s: a lost node's
+// TestServeMeshLivenessFlags: --mesh-ping, --mesh-lost-after,
+// --mesh-source-ips and --mesh-tls reach the fleet (defaults 2s and 15s: a lost node's
 // tunnels end within 17s); a lost time shorter than two pings and a
 // source that is no IP are refused.
 func TestServeMeshLivenessFlags(t *testing.T) {
@@ -230,5 +230,17 @@ func TestServeMeshLivenessFlags(t *testing.T) {
 	if _, code := parseServeOptions(append(base, "--mesh-source-ips", "eth0"), nil, io.Discard, io.Discard, &stderr); code != 2 ||
 		!strings.Contains(stderr.String(), "mesh-source-ips") {
 		t.Errorf("a source address that is no IP: code %d %q", code, stderr.String())
+	}
+	// --mesh-tls serves TLS (self-signed here), whose certificate the
+	// other nodes pin (TestMeshOverTLS); not without a fleet, nor with a
+	// client-certificate policy the mesh links could not meet.
+	if o, code := parseServeOptions(append(base, "--mesh-tls"), nil, io.Discard, io.Discard, &stderr); code >= 0 || !o.cfg.TLSEnabled() || o.cfg.TLSOnly {
+		t.Errorf("--mesh-tls: code %d, TLS %v, TLS only %v", code, o.cfg.TLSEnabled(), o.cfg.TLSOnly)
+	}
+	for _, args := range [][]string{{"--listen", "127.0.0.1:0", "--mesh-tls"}, append(base, "--mesh-tls", "--tls-client-ca", key)} {
+		stderr.Reset()
+		if _, code := parseServeOptions(args, nil, io.Discard, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "mesh-tls") {
+			t.Errorf("%v: code %d %q", args, code, stderr.String())
+		}
 	}
 }

@@ -115,6 +115,7 @@ type serveSettings struct {
 	meshPing   time.Duration // --mesh-ping
 	meshLost   time.Duration // --mesh-lost-after
 	meshSrc    listFlag      // --mesh-source-ips
+	meshTLS    bool          // --mesh-tls
 	reqStore   bool          // --require-store
 
 	// Secrets given inline, from a configuration file only (configOnly).
@@ -222,6 +223,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.BoolVar(&o.reqStore, "require-store", false, "refuse to start (exit 1, so that a supervisor retries) while an outside service the relay relies on does not answer: --auth redis://… or webhook:…, --events-redis; without it the relay starts with a warning and reports the service on /readyz")
 	fs.DurationVar(&o.meshPing, "mesh-ping", 2*time.Second, "with --fleet: how often this node pings every other node (liveness, round trip)")
 	fs.DurationVar(&o.meshLost, "mesh-lost-after", 15*time.Second, "with --fleet: end the tunnels that cross to a node that answered no ping this long (close reason far_node_lost)")
+	fs.BoolVar(&o.meshTLS, "mesh-tls", false, "with --fleet: mesh links to this node over TLS, pinned to its certificate: serves TLS on the relay port as --tls does (self-signed without --tls-cert); plaintext clients are still served unless --tls-only")
 	fs.Var(&o.meshSrc, "mesh-source-ips", "with --fleet: local `IP` addresses to dial mesh links from, in turn (each has its own ~28,000 ports toward one node), repeatable")
 	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
@@ -336,6 +338,15 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 	}
 	tlsCfg := v.tlsCfg
+	if v.meshTLS {
+		switch {
+		case v.fleetURL == "":
+			return fail("mesh-tls needs --fleet")
+		case tlsCfg.ClientCA != "" || tlsCfg.ClientFingerprints != "":
+			return fail("mesh-tls: the client-certificate policy (--tls-client-ca, --tls-client-fingerprints) would refuse the mesh links, which present no certificate")
+		}
+		v.tls = true // the node's certificate, announced in its heartbeat, is what the others pin
+	}
 	tlsCfg.CertPEM, tlsCfg.KeyPEM = []byte(v.certPEM), []byte(v.keyPEM)
 	if len(tlsCfg.CertPEM) == 0 {
 		tlsCfg.CertPEM, tlsCfg.KeyPEM = nil, nil
