@@ -121,7 +121,7 @@ func (b *blackhole) addr() string { return b.ln.Addr().String() }
 // within one node lives on.
 func TestFarNodeLost(t *testing.T) {
 	addr := redisAddr(t)
-	const lost = 3 * time.Second
+	const lost = 4 * time.Second
 	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, lost }
 	pa, pb := newBlackhole(t), newBlackhole(t)
 	a := startNodeWith(t, addr, "lost-a", nil, func(c *fleet.Config) { quick(c); c.Advertise = pa.addr() })
@@ -181,7 +181,7 @@ func TestFarNodeLost(t *testing.T) {
 // client waits there for a partner that reaches it.
 func TestMeshOnlyPartition(t *testing.T) {
 	addr := redisAddr(t)
-	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, 2*time.Second }
+	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, 3*time.Second }
 	pa, pb := newBlackhole(t), newBlackhole(t)
 	a := startNodeWith(t, addr, "cut-a", nil, func(c *fleet.Config) { quick(c); c.Advertise = pa.addr() })
 	pa.target.Store(relaytest.Addr(a.s))
