@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test test-under-load interop interop-disco babble-demo bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -30,6 +30,12 @@ test:
 		{ echo "make test: -race needs cgo and a C compiler; install one (e.g. apt-get install gcc)" >&2; exit 1; }
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
 	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
+
+## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
+## cut, a node killed, Redis restarted empty, a Sentinel failover) on
+## three loopback nodes, with the table of docs/fleet.md (about 1 minute)
+fleet-chaos:
+	MEETPOINT_CHAOS=1 $(GO) test -count=1 -run '^TestFleetChaos$$' -v ./relay/fleet/
 
 ## test-under-load: make test while stress-ng keeps 4 CPU hogs running,
 ## RUNS times in a row (default 1); installs stress-ng if missing

@@ -428,7 +428,7 @@ func TestCloseAccounting(t *testing.T) {
 	}
 	fs.SetFleet(refusingFleet{})
 	fs.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
-		c.JoinMesh(req.ID, PairKey{Token: "nobody-here"}, "u", "n", "via test", MeshNotWaiting)
+		c.JoinMesh(req.ID, PairKey{Token: "nobody-here"}, "u", "n", "test", "via test", MeshNotWaiting)
 	})
 	if err := fs.Start(); err != nil {
 		t.Fatal(err)
@@ -447,6 +447,42 @@ func TestCloseAccounting(t *testing.T) {
 			c.Close()
 		}},
 	}, seen)
+
+	// A tunnel across the mesh whose far node is lost: a client waiting
+	// here (its key leased by a fleet) paired with a mesh link from node
+	// "far", then ended by the fleet.
+	lcfg := LoopbackConfig(acceptAll{})
+	lcfg.Logger = testutil.Logger(t)
+	ls, err := NewServer(lcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls.SetFleet(leasingFleet{})
+	ls.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
+		c.JoinMesh(req.ID, PairKey{Token: "ac-far"}, "u-far", "n", "far", "via far", MeshNotWaiting)
+	})
+	if err := ls.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ls.Close() })
+	acRun(t, ls, []acCase{{"far node lost", reason.FarNodeLost, func(t *testing.T, s *Server) {
+		waiting := acAuthed(t, s, "ac-far", newTestUUID())
+		waitFor(t, func() bool { return s.reg.Len() == 1 }, "client waiting")
+		link := acTCP(t, s)
+		hoWrite(link, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"far","time":1,"mac":"00","token":"ac-far","uuid":"u-far","name":"n"}}`+"\n"))
+		waitFor(t, func() bool { return s.MeshPeers()["far"] == 1 }, "the tunnel with node far")
+		if n := s.EndMeshTunnels("far", reason.FarNodeLost, "relay node lost"); n != 1 {
+			t.Errorf("EndMeshTunnels ended %d tunnels, want 1", n)
+		}
+		for _, c := range []net.Conn{waiting, link} {
+			hoReadToClose(t, c, testutil.Patience)
+			c.Close()
+		}
+		waitFor(t, func() bool { return len(s.MeshPeers()) == 0 }, "no tunnel with node far any more")
+	}}}, seen)
+	if n := ls.stats.closes[reason.FarNodeLost].Get(); n != 2 {
+		t.Errorf("far_node_lost counted %d times for one tunnel, want both of its sockets", n)
+	}
 
 	// Shutdown, on a server of its own (it ends the server).
 	ss := startServer(t, func(c *Config) { c.AloneTimeout = time.Minute })
@@ -473,6 +509,15 @@ type refusingFleet struct{}
 func (refusingFleet) Place(context.Context, Placing) Placement {
 	return Placement{Refuse: reason.Fleet}
 }
+
+// leasingFleet places every client on this node.
+type leasingFleet struct{}
+
+func (leasingFleet) Place(context.Context, Placing) Placement { return Placement{Lease: noLease{}} }
+
+type noLease struct{}
+
+func (noLease) Release() {}
 
 // nonceOnly is an Access policy letting anyone pair on nonces starting
 // with prefix, and nothing else.

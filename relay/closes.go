@@ -15,7 +15,7 @@ func closeCode(r reason.Reason) ws.StatusCode {
 		return ws.StatusGoingAway
 	case reason.PreAuthLimit:
 		return ws.StatusMessageTooBig
-	case reason.WebSocket:
+	case reason.WebSocket, reason.FarNodeLost:
 		return ws.StatusInternalServerError
 	}
 	return ws.StatusPolicyViolation

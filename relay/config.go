@@ -117,6 +117,10 @@ type Config struct {
 	// or waiting at once (limit_tls_per_ip beyond it), so that one
 	// address cannot fill the gate for everyone.
 	MaxTLSHandshakesPerIP int
+
+	// Keepalive is TCP keepalive and TCP_USER_TIMEOUT on every socket of
+	// the relay (DefaultKeepalive).
+	Keepalive Keepalive
 }
 
 // TLSEnabled reports whether TLS is configured.
@@ -151,6 +155,7 @@ func DefaultConfig() Config {
 		MaxTLSHandshakes:    256,
 
 		MaxTLSHandshakesPerIP: 64,
+		Keepalive: DefaultKeepalive(),
 	}
 }
 
@@ -188,6 +193,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be positive, got %v", d.name, d.v)
 		}
+	}
+	if err := c.Keepalive.validate(); err != nil {
+		return err
 	}
 	if c.TCPSettle < 0 || c.TCPSettle > time.Second {
 		return fmt.Errorf("tcp-settle: must be between 0 and 1s, got %v", c.TCPSettle)

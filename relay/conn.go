@@ -125,6 +125,7 @@ type conn struct {
 	absent      string                 // a mesh link's answer when nobody waits under its key
 	degraded    bool                   // waiting while the fleet's store is unreachable: only a partner on this node can pair
 	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
+	meshNode    string                 // with mesh: that node's id
 	joined      time.Time
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	target      target // where a claimed connection goes
@@ -154,6 +155,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	tr := &netpollTransport{nc: nc, fd: -1}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		tr.fd = f.Fd()
+		_ = s.cfg.Keepalive.applyUserTimeout(tr.fd) // an MPTCP client's socket may refuse it: keepalive still holds
 	}
 	c := s.newConn(tr, nc.RemoteAddr(), tk)
 	if c == nil {

@@ -64,6 +64,18 @@ type Lease interface {
 	Release()
 }
 
+// Watcher is a Lease that wants to know the clients waiting under it:
+// Watch is called once per client that waits on this node under the
+// lease, with a function that places that client again. The fleet calls
+// it when it finds the key held by another node while the client waits
+// (a store that lost the key, a partition that healed): the client leaves
+// this node's registry and is placed as if it had just authenticated, so
+// it meets its partner where the key is now. It does nothing once the
+// client is paired or gone.
+type Watcher interface {
+	Watch(replace func())
+}
+
 // MeshLink is a node-to-node connection that has become the far end of a
 // client's tunnel: the owner node paired it with the waiting partner and
 // sent TunnelEstablished over it.
@@ -121,6 +133,9 @@ func (c *conn) placed(pl Placement) {
 		c.st.Store(uint32(stWaiting))
 		res, partner := c.s.reg.Join(c.key, c)
 		after := c.joinedAs(res, partner, -1)
+		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
+			w.Watch(c.replace)
+		}
 		c.unlock()
 		if after != nil {
 			after()
@@ -138,6 +153,23 @@ func (c *conn) placed(pl Placement) {
 		c.fail(pl.Refuse, "")
 		c.unlock()
 	}
+}
+
+// replace places c again if it still waits (Watcher).
+func (c *conn) replace() {
+	c.mu.Lock()
+	defer c.unlock()
+	// As a partner's Claim does: whoever moves c out of waiting first wins.
+	if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stPlacing)) {
+		return
+	}
+	c.s.reg.Leave(c.key, c)
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.releaseLease()
+	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
+	c.place()
 }
 
 // joinedAs acts on a registry answer for c (state stWaiting, mu held).
@@ -219,10 +251,10 @@ func (c *conn) leave() {
 // MeshRetry) when nobody waits, MeshTunnelExists, MeshDuplicateUUID. Call
 // it from the Mesh.Join handler only, once the request's signature has
 // been checked.
-func (c Conn) JoinMesh(id int, k PairKey, uuid, name, identity, absent string) {
+func (c Conn) JoinMesh(id int, k PairKey, uuid, name, node, identity, absent string) {
 	cc := c.c
 	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
-	c.MarkMesh(identity)
+	c.MarkMesh(node, identity)
 	cc.s.stats.meshIn.Inc()
 	if cc.timer != nil {
 		cc.timer.Stop()
@@ -250,13 +282,69 @@ func (s *Server) Bridge(h *Handover, l *MeshLink, first []byte) {
 	t.readyLinked(c)
 }
 
-// MarkMesh records that this connection is a mesh link from another node
-// whose request (signature checked) speaks for a client there with
+// MarkMesh records that this connection is a mesh link from another
+// node whose request (signature checked) speaks for a client there with
 // identity: monitors and logs show it as "via NODE (IDENTITY)". Call it
 // from a Mesh.* handler only.
-func (c Conn) MarkMesh(identity string) {
-	c.c.mesh = true
+func (c Conn) MarkMesh(node, identity string) {
+	c.c.mesh, c.c.meshNode = true, node
 	c.c.subject.Store(&identity)
+}
+
+// RefuseMesh answers a mesh request that cannot be trusted (a bad
+// KeepMesh makes this connection a fleet node's control connection
+// (its liveness pings): marked as from node, and exempt from the
+// inactive timeout. Call it from a Mesh.* handler only, once the
+// request's signature has been checked.
+func (c Conn) KeepMesh(node string) {
+	c.MarkMesh(node, "mesh control from "+node)
+	if c.c.timer != nil {
+		c.c.timer.Stop()
+	}
+}
+
+// farNode is the fleet node at the tunnel's far end: the node its mesh
+// link goes to, or comes from ("": no mesh link).
+func (t *tunnel) farNode() string {
+	switch {
+	case t.link != nil:
+		return t.link.Node
+	case t.infoA.node != "":
+		return t.infoA.node
+	}
+	return t.infoB.node
+}
+
+// MeshPeers counts this node's tunnels that cross the mesh, by the fleet
+// node at their far end (links it dialled and links it accepted).
+func (s *Server) MeshPeers() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.meshPeers))
+	for n, c := range s.meshPeers {
+		out[n] = c
+	}
+	return out
+}
+
+// EndMeshTunnels ends every tunnel whose far end is node (the fleet found
+// it lost): both of its sockets are counted under r, and a WebSocket
+// client gets a close with code 1011 and text, not a normal "partner
+// closed". It returns how many tunnels it ended.
+func (s *Server) EndMeshTunnels(node string, r reason.Reason, text string) int {
+	s.mu.Lock()
+	var ts []*tunnel
+	for t := range s.tunnels {
+		if t.farNode() == node {
+			ts = append(ts, t)
+		}
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		l := t.lp
+		l.Do(func() { l.Abort(&t.pair, r, closeCode(r), text) })
+	}
+	return len(ts)
 }
 
 // RefuseMesh answers a mesh request that cannot be trusted (a bad

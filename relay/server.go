@@ -77,7 +77,10 @@ type Server struct {
 	conns map[*conn]struct{}
 	// tunnels holds every tunnel a forwarder has started and not torn down.
 	tunnels map[*tunnel]struct{}
-	nextID  uint64
+	// meshPeers counts the tracked tunnels that cross the mesh, by the
+	// fleet node at their far end (MeshPeers).
+	meshPeers map[string]int
+	nextID    uint64
 
 	// introspection is the Introspect reply's params, built once from
 	// methods.
@@ -108,7 +111,7 @@ func NewServer(cfg Config) (*Server, error) {
 		reg:     NewShardedRegistry(),
 		stats:   newStats(),
 		conns:   make(map[*conn]struct{}),
-		tunnels: make(map[*tunnel]struct{}),
+		tunnels: make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
 		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),
 		quit:    make(chan struct{}),
@@ -184,6 +187,9 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
+		if err := s.cfg.Keepalive.applyKeepalive(ln.Fd()); err != nil { // inherited by every accepted socket
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
 		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}
@@ -322,19 +328,32 @@ func (s *Server) goodbye(sk loop.Sock, final []byte, linger bool, tk *ticket, r 
 	s.pickLoop(sk.Fd()).GoodbyeFrom(sk, final, linger, tk, r)
 }
 
-// registerTunnel gives t its id and lists it (monitors, drain).
+// registerTunnel gives t its id and lists it (monitors, drain, and the
+// count of tunnels per far node of the fleet).
 func (s *Server) registerTunnel(t *tunnel) {
+	far := t.farNode()
 	s.mu.Lock()
 	s.nextID++
 	t.id = s.nextID
 	s.tunnels[t] = struct{}{}
+	if far != "" {
+		s.meshPeers[far]++
+	}
 	s.mu.Unlock()
 }
 
 // unregisterTunnel forgets t.
 func (s *Server) unregisterTunnel(t *tunnel) {
+	far := t.farNode()
 	s.mu.Lock()
-	delete(s.tunnels, t)
+	if _, ok := s.tunnels[t]; ok {
+		delete(s.tunnels, t)
+		if far != "" {
+			if s.meshPeers[far]--; s.meshPeers[far] <= 0 {
+				delete(s.meshPeers, far)
+			}
+		}
+	}
 	s.mu.Unlock()
 }
 

@@ -53,7 +53,7 @@ type FleetInfo struct {
 	Advertise string      `json:"advertise"`
 	Available bool        `json:"available"` // the fleet's store answers
 	Nodes     []FleetNode `json:"nodes"`
-	MeshLinks uint64      `json:"meshLinks"` // mesh links this node dialled that carry a tunnel
+	MeshLinks uint64      `json:"meshLinks"` // tunnels of this node that cross the mesh (links dialled and accepted)
 }
 
 // FleetNode is one node of the fleet's node set.

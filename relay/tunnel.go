@@ -35,6 +35,9 @@ type tunnel struct {
 	// link, set: B is a mesh link to the node where the partner is (the
 	// tunnel has one conn, A).
 	link *MeshLink
+	// lp is the loop forwarding the pair (set before the tunnel is
+	// tracked).
+	lp *loop.Loop
 	// leases are the fleet's holds on key (nil without a fleet), released
 	// once when the key is freed.
 	leases [2]Lease
@@ -56,13 +59,14 @@ type peerInfo struct {
 	connected int64 // unix ns
 	ws        bool
 	identity  string
+	node      string // a mesh link's: the fleet node it comes from
 }
 
 func peerInfoOf(c *conn) peerInfo {
 	p := peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
 		connected: c.created.UnixNano(), ws: c.ws != nil}
 	if c.mesh {
-		p.identity = *c.subject.Load() // "via NODE (IDENTITY)"
+		p.identity, p.node = *c.subject.Load(), c.meshNode // "via NODE (IDENTITY)"
 	} else {
 		p.identity = c.identity().String()
 	}
@@ -179,6 +183,7 @@ func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint
 // startOn starts forwarding on l (the loop goroutine).
 func (t *tunnel) startOn(l *loop.Loop) {
 	t.start = time.Now().UnixNano()
+	t.lp = l
 	st := t.s.stats
 	st.tunnelsActive.Inc()
 	st.tunnelsTotal.Inc()

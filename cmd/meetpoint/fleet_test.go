@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -199,5 +201,46 @@ func TestFleetDiscovery(t *testing.T) {
 	}
 	if len(res) != 1 || string(res[0]) != `"answer to \"0X04B0B\""` {
 		t.Fatalf("a call across nodes returned %s", res)
+	}
+}
+
+// TestServeMeshLivenessFlags: --mesh-ping, --mesh-lost-after,
+// --mesh-source-ips and --mesh-tls reach the fleet (defaults 2s and 15s: a lost node's
+// tunnels end within 17s); a lost time shorter than two pings and a
+// source that is no IP are refused.
+func TestServeMeshLivenessFlags(t *testing.T) {
+	key := meshKey(t)
+	base := []string{"--listen", "127.0.0.1:0", "--fleet", "redis://127.0.0.1:1/0", "--mesh-key-file", key, "--node-id", "n"}
+	var stderr bytes.Buffer
+	o, code := parseServeOptions(base, nil, io.Discard, io.Discard, &stderr)
+	if code >= 0 || o.fleet.ping != 2*time.Second || o.fleet.lost != 15*time.Second {
+		t.Fatalf("defaults: code %d %q, fleet %+v", code, stderr.String(), o.fleet)
+	}
+	o, code = parseServeOptions(append(base, "--mesh-ping", "1s", "--mesh-lost-after", "5s", "--mesh-source-ips", "127.0.0.2", "--mesh-source-ips", "::1"),
+		nil, io.Discard, io.Discard, &stderr)
+	if code >= 0 || o.fleet.ping != time.Second || o.fleet.lost != 5*time.Second || len(o.fleet.src) != 2 || o.fleet.src[1].String() != "::1" {
+		t.Fatalf("set: code %d %q, fleet %+v", code, stderr.String(), o.fleet)
+	}
+	stderr.Reset()
+	if _, code := parseServeOptions(append(base, "--mesh-ping", "3s", "--mesh-lost-after", "5s"), nil, io.Discard, io.Discard, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "mesh-lost-after") {
+		t.Errorf("a lost time under two pings: code %d %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if _, code := parseServeOptions(append(base, "--mesh-source-ips", "eth0"), nil, io.Discard, io.Discard, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "mesh-source-ips") {
+		t.Errorf("a source address that is no IP: code %d %q", code, stderr.String())
+	}
+	// --mesh-tls serves TLS (self-signed here), whose certificate the
+	// other nodes pin (TestMeshOverTLS); not without a fleet, nor with a
+	// client-certificate policy the mesh links could not meet.
+	if o, code := parseServeOptions(append(base, "--mesh-tls"), nil, io.Discard, io.Discard, &stderr); code >= 0 || !o.cfg.TLSEnabled() || o.cfg.TLSOnly {
+		t.Errorf("--mesh-tls: code %d, TLS %v, TLS only %v", code, o.cfg.TLSEnabled(), o.cfg.TLSOnly)
+	}
+	for _, args := range [][]string{{"--listen", "127.0.0.1:0", "--mesh-tls"}, append(base, "--mesh-tls", "--tls-client-ca", key)} {
+		stderr.Reset()
+		if _, code := parseServeOptions(args, nil, io.Discard, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "mesh-tls") {
+			t.Errorf("%v: code %d %q", args, code, stderr.String())
+		}
 	}
 }

@@ -45,6 +45,7 @@ func TestParseServeFlags(t *testing.T) {
 		"--inactive-timeout", "1s", "--alone-timeout", "2s", "--auth-timeout", "3s",
 		"--rpc-timeout", "4s", "--write-stall-timeout", "5s", "--max-buffer", "8192",
 		"--name", "relay-x", "--loops", "3", "--log-level", "debug",
+		"--tcp-keepalive", "11s", "--tcp-keepalive-interval", "2s", "--tcp-keepalive-count", "5", "--tcp-user-timeout", "7s",
 	}
 	var stderr bytes.Buffer
 	cfg, code := parseServe(args, io.Discard, io.Discard, &stderr)
@@ -56,6 +57,7 @@ func TestParseServeFlags(t *testing.T) {
 	want.InactiveTimeout, want.AloneTimeout, want.AuthTimeout = time.Second, 2*time.Second, 3*time.Second
 	want.RPCTimeout, want.WriteStallTimeout = 4*time.Second, 5*time.Second
 	want.MaxBuffer, want.Name, want.Loops = 8192, "relay-x", 3
+	want.Keepalive = relay.Keepalive{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 5, UserTimeout: 7 * time.Second}
 	if !cfg.Logger.Enabled(context.Background(), -4) {
 		t.Fatal("debug level not enabled")
 	}
@@ -86,6 +88,9 @@ func TestParseServeErrors(t *testing.T) {
 		{[]string{"--alone-timeout", "0s"}, "alone-timeout"},
 		{[]string{"--listen", "[fe80::1]:8443"}, "a link-local address needs its interface as a zone, e.g. [fe80::1%eth0]:PORT"},
 		{[]string{"--max-buffer", "10"}, "max-buffer"},
+		{[]string{"--tcp-keepalive-count", "0"}, "tcp-keepalive-count"},
+		{[]string{"--tcp-keepalive-interval", "10ms"}, "tcp-keepalive-interval"},
+		{[]string{"--tcp-user-timeout", "-1s"}, "tcp-user-timeout"},
 		{[]string{"--loops", "-1"}, "loops"},
 		{[]string{"--auth", "bogus"}, "auth"},
 		{[]string{"--auth", "file:/nonexistent/tokens"}, "auth"},

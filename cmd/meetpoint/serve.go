@@ -112,6 +112,10 @@ type serveSettings struct {
 	nodeID     string        // --node-id
 	advertise  string        // --advertise
 	meshKey    string        // --mesh-key-file
+	meshPing   time.Duration // --mesh-ping
+	meshLost   time.Duration // --mesh-lost-after
+	meshSrc    listFlag      // --mesh-source-ips
+	meshTLS    bool          // --mesh-tls
 	reqStore   bool          // --require-store
 
 	// Secrets given inline, from a configuration file only (configOnly).
@@ -132,6 +136,10 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "time allowed to the authenticator")
 	fs.DurationVar(&c.RPCTimeout, "rpc-timeout", c.RPCTimeout, "time allowed to an asynchronous JSON-RPC call")
 	fs.DurationVar(&c.WriteStallTimeout, "write-stall-timeout", c.WriteStallTimeout, "close a tunnel whose receiver accepts nothing for this long")
+	fs.DurationVar(&c.Keepalive.Idle, "tcp-keepalive", c.Keepalive.Idle, "TCP keepalive on every socket (clients, mesh links): first probe after this much silence (0: off)")
+	fs.DurationVar(&c.Keepalive.Interval, "tcp-keepalive-interval", c.Keepalive.Interval, "time between TCP keepalive probes")
+	fs.IntVar(&c.Keepalive.Count, "tcp-keepalive-count", c.Keepalive.Count, "unanswered TCP keepalive probes that end a connection")
+	fs.DurationVar(&c.Keepalive.UserTimeout, "tcp-user-timeout", c.Keepalive.UserTimeout, "end a connection whose sent data stays unacknowledged this long (TCP_USER_TIMEOUT; 0: the kernel's, ~15 min)")
 	fs.IntVar(&c.MaxBuffer, "max-buffer", c.MaxBuffer, "bytes buffered per tunnel direction")
 	fs.BoolVar(&c.WSBinaryOnly, "ws-binary", c.WSBinaryOnly, "send raw TCP peers' bytes to WebSocket clients in BINARY frames only (default: TEXT while valid UTF-8, as nymea's clients need)")
 	fs.DurationVar(&c.TCPSettle, "tcp-settle", c.TCPSettle, "for raw TCP/TLS clients that call RemoteProxy.Hello first (nymea's library): hold their first tunnel bytes this long after TunnelEstablished or the RegisterClient reply (nymea's client parses its whole buffer as one message; 0: off)")
@@ -217,6 +225,10 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's name in the fleet, unique (default: the host name)")
 	fs.StringVar(&o.advertise, "advertise", "", "`HOST:PORT` where the fleet's other nodes reach this one (default: the first --listen, 0.0.0.0 replaced by this host's first address)")
 	fs.BoolVar(&o.reqStore, "require-store", false, "refuse to start (exit 1, so that a supervisor retries) while an outside service the relay relies on does not answer: --auth redis://… or webhook:…, --events-redis; without it the relay starts with a warning and reports the service on /readyz")
+	fs.DurationVar(&o.meshPing, "mesh-ping", 2*time.Second, "with --fleet: how often this node pings every other node (liveness, round trip)")
+	fs.DurationVar(&o.meshLost, "mesh-lost-after", 15*time.Second, "with --fleet: end the tunnels that cross to a node that answered no ping this long (close reason far_node_lost)")
+	fs.BoolVar(&o.meshTLS, "mesh-tls", false, "with --fleet: mesh links to this node over TLS, pinned to its certificate: serves TLS on the relay port as --tls does (self-signed without --tls-cert); plaintext clients are still served unless --tls-only")
+	fs.Var(&o.meshSrc, "mesh-source-ips", "with --fleet: local `IP` addresses to dial mesh links from, in turn (each has its own ~28,000 ports toward one node), repeatable")
 	fs.StringVar(&o.meshKey, "mesh-key-file", "", "hex key `FILE` (meetpoint token --gen-key) shared by the fleet's nodes: signs node-to-node requests")
 	fs.StringVar(&o.routeIDHdr, "route-identity-header", "", "send the client's identity to routed services in this HTTP `HEADER` (e.g. X-Meetpoint-Identity); off by default")
 	fs.StringVar(&o.certPEM, "tls-cert-pem", "", "the TLS certificate (chain) itself, PEM (configuration file only, e.g. --config - on stdin)")
@@ -330,6 +342,15 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 	}
 	tlsCfg := v.tlsCfg
+	if v.meshTLS {
+		switch {
+		case v.fleetURL == "":
+			return fail("mesh-tls needs --fleet")
+		case tlsCfg.ClientCA != "" || tlsCfg.ClientFingerprints != "":
+			return fail("mesh-tls: the client-certificate policy (--tls-client-ca, --tls-client-fingerprints) would refuse the mesh links, which present no certificate")
+		}
+		v.tls = true // the node's certificate, announced in its heartbeat, is what the others pin
+	}
 	tlsCfg.CertPEM, tlsCfg.KeyPEM = []byte(v.certPEM), []byte(v.keyPEM)
 	if len(tlsCfg.CertPEM) == 0 {
 		tlsCfg.CertPEM, tlsCfg.KeyPEM = nil, nil
@@ -415,8 +436,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	var fl *fleetOptions
 	switch {
-	case v.fleetURL == "" && (v.meshKey != "" || v.nodeID != "" || v.advertise != ""):
-		return fail("node-id, advertise and mesh-key-file need --fleet")
+	case v.fleetURL == "" && (v.meshKey != "" || v.nodeID != "" || v.advertise != "" || len(v.meshSrc.vals) > 0):
+		return fail("node-id, advertise, mesh-key-file and mesh-source-ips need --fleet")
 	case v.fleetURL != "":
 		if v.meshKey == "" {
 			return fail("fleet: --mesh-key-file is required (write one with meetpoint token --gen-key and give every node the same)")
@@ -439,7 +460,18 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 				return fail("advertise %q: want HOST:PORT", v.advertise)
 			}
 		}
-		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key}
+		var src []net.IP
+		for _, s := range v.meshSrc.vals {
+			ip := net.ParseIP(s)
+			if ip == nil {
+				return fail("mesh-source-ips: %q is not an IP address", s)
+			}
+			src = append(src, ip)
+		}
+		if v.meshPing <= 0 || v.meshLost < 2*v.meshPing {
+			return fail("mesh-ping must be positive and mesh-lost-after at least twice it, got %v and %v", v.meshPing, v.meshLost)
+		}
+		fl = &fleetOptions{url: v.fleetURL, nodeID: id, advertise: v.advertise, key: key, ping: v.meshPing, lost: v.meshLost, src: src}
 	}
 	var apps map[string]string
 	if v.apps != "" {
@@ -612,6 +644,8 @@ func waitStore(rdb redis.UniversalClient, log *slog.Logger, sigs <-chan os.Signa
 type fleetOptions struct {
 	url, nodeID, advertise string
 	key                    []byte
+	ping, lost             time.Duration // --mesh-ping, --mesh-lost-after
+	src                    []net.IP      // --mesh-source-ips
 }
 
 // limitsReloader re-reads serve's command line and config files and
@@ -744,7 +778,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	var fl *fleet.Fleet
 	if o.fleet != nil {
 		fc := fleet.Config{Redis: fleetRedis, NodeID: o.fleet.nodeID, Advertise: o.fleet.advertise,
-			MeshKey: o.fleet.key, Logger: log, Reach: tp.RegisterMeshClient}
+			MeshKey: o.fleet.key, MeshPing: o.fleet.ping, MeshLost: o.fleet.lost, SourceIPs: o.fleet.src, Logger: log, Reach: tp.RegisterMeshClient}
 		if store != nil {
 			fc.CertFingerprint = store.Fingerprint // mesh links to this node: TLS, pinned
 		}

@@ -35,9 +35,10 @@ var (
 //	hmac:KEYFILE   HMAC tokens signed with the key in KEYFILE (HMACAuth)
 //	webhook:URL    ask an HTTP service (Webhook)
 //	onetime        one-time tokens from an in-process store (OneTime, MemStore)
-//	redis://…      one-time tokens from Redis (OneTime, RedisStore; rediss:// for TLS)
+//	redis://…      one-time tokens from Redis (OneTime, RedisStore; rediss:// for TLS,
+//	               redis+cluster://…, redis+sentinel://… as --fleet)
 func ParseAuth(spec string) (relay.Authenticator, error) {
-	if strings.HasPrefix(spec, "redis://") || strings.HasPrefix(spec, "rediss://") {
+	if strings.HasPrefix(spec, "redis://") || strings.HasPrefix(spec, "rediss://") || strings.HasPrefix(spec, "redis+") || strings.HasPrefix(spec, "rediss+") {
 		store, maxAge, err := ParseRedisAuth(spec)
 		if err != nil {
 			return nil, err // the caller names the setting

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/redisurl"
 )
 
 var _ relay.Authenticator = (*OneTime)(nil)
@@ -273,12 +274,14 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 // partner turns LEFT to 0, so any relay of a fleet admits exactly the two
 // ends of one tunnel (a whole take writes LEFT 0 at once).
 type RedisStore struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
+	what   string // the URL, redacted, for logs
 	prefix string
 }
 
 // ParseRedisAuth reads --auth redis://[:PASSWORD@]HOST:PORT/DB[?prefix=P&max-age=20s]
-// (rediss:// for TLS) into a store and the tokens' max age.
+// (rediss:// for TLS; redis+cluster:// and redis+sentinel:// as --fleet,
+// redisurl.Parse) into a store and the tokens' max age.
 func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	u, err := url.Parse(spec)
 	if err != nil {
@@ -294,12 +297,12 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	q.Del("prefix")
 	q.Del("max-age")
 	u.RawQuery = q.Encode()
-	opt, err := redis.ParseURL(u.String())
+	rdb, err := redisurl.Parse("redis URL", u.String())
 	if err != nil {
-		return nil, 0, fmt.Errorf("redis URL: %v", err)
+		return nil, 0, err
 	}
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
-	return &RedisStore{rdb: redis.NewClient(opt), prefix: prefix}, maxAge, nil
+	what := u.Scheme + "://" + u.Host
+	return &RedisStore{rdb: rdb, what: what, prefix: prefix}, maxAge, nil
 }
 
 // takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take):
@@ -367,4 +370,4 @@ func (r *RedisStore) Close() error { return r.rdb.Close() }
 func (r *RedisStore) Ping(ctx context.Context) error { return r.rdb.Ping(ctx).Err() }
 
 // String names the store for people: its address, never its password.
-func (r *RedisStore) String() string { return "redis://" + r.rdb.Options().Addr }
+func (r *RedisStore) String() string { return r.what }

@@ -245,3 +245,28 @@ func TestOneTimeWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestOneTimeRedisCluster: --auth redis+cluster://… keeps one-time tokens
+// in a real Redis Cluster (every take is one key, so any slot): a token
+// admits its two ends and nothing else.
+func TestOneTimeRedisCluster(t *testing.T) {
+	addrs := testutil.RedisCluster(t, 3)
+	store, _, err := ParseRedisAuth("redis+cluster://" + addrs[0] + "?addr=" + addrs[1] + "&prefix=mp:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if s := store.String(); s != "redis+cluster://"+addrs[0] {
+		t.Errorf("the store is shown as %q", s)
+	}
+	o := NewOneTime(store, 20*time.Second)
+	for i := range 4 { // tokens hash to several slots
+		tok, _, err := Mint(context.Background(), store, "erin", 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs := ends(t, o, tok, "", 3); count(rs, relay.AuthNoError) != 2 || count(rs, relay.AuthFailed) != 1 {
+			t.Fatalf("token %d, three ends at once: %v, want two accepted", i, rs)
+		}
+	}
+}

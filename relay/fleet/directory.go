@@ -82,6 +82,7 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 		handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
 	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
+		f.dialFailed(node)
 		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)
 		return nil, handshake.TunnelProxyErrorInternalServerError
 	}
@@ -111,6 +112,6 @@ func (f *Fleet) handleReach(c relay.Conn, req *handshake.Request) {
 	}
 	node, _ := req.Param("node")
 	id, _ := req.Param("identity")
-	c.MarkMesh("via " + node + " (" + id + ")")
+	c.MarkMesh(node, "via "+node+" ("+id+")")
 	f.cfg.Reach(c, req)
 }

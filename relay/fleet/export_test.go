@@ -1,6 +1,10 @@
 package fleet
 
-import "github.com/meetpoint/meetpoint/relay"
+import (
+	"context"
+
+	"github.com/meetpoint/meetpoint/relay"
+)
 
 // Held is how many keys f holds or is placing.
 func Held(f *Fleet) int {
@@ -27,3 +31,11 @@ func Kill(f *Fleet) {
 	f.done.Wait()
 	f.rdb.Close() // releases from now on fail, as they never happen after SIGKILL
 }
+
+// PairKeyName is the Redis key of (token, nonce) in f's fleet.
+func PairKeyName(f *Fleet, token, nonce string) string {
+	return f.pairKey(relay.PairKey{Token: token, Nonce: nonce})
+}
+
+// Renew runs f's lease renewal now.
+func Renew(f *Fleet) { f.renew(context.Background()) }

@@ -36,10 +36,15 @@ func startNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config)) *
 }
 
 // startNodeWith is startNode with the fleet's config changed by fmutate.
+// redisAddr may be a whole --fleet URL (redis+cluster://...).
 func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config), fmutate func(*fleet.Config)) *node {
 	t.Helper()
 	s := relaytest.New(t, mutate)
-	rdb, err := fleet.ParseURL("redis://" + redisAddr + "/0")
+	spec := redisAddr
+	if !strings.Contains(spec, "://") {
+		spec = "redis://" + redisAddr + "/0"
+	}
+	rdb, err := fleet.ParseURL(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,5 +674,8 @@ func TestMeshOverTLS(t *testing.T) {
 	}
 	if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="failed"}`) < 1 {
 		t.Error("the pinning failure was not counted as a failed placement")
+	}
+	if relaytest.Metric(t, b.s, `meetpoint_mesh_dial_failures_total{peer="tls-liar"}`) < 1 {
+		t.Error("the pinning failure was not counted as a dial failure to that node")
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -115,7 +115,7 @@ func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
 		absent = relay.MeshRetry // its client is joining, or the key being released
 	}
 	f.mu.Unlock()
-	c.JoinMesh(req.ID, k, p("uuid"), p("name"), "via "+p("node")+" ("+p("identity")+")", absent)
+	c.JoinMesh(req.ID, k, p("uuid"), p("name"), p("node"), "via "+p("node")+" ("+p("identity")+")", absent)
 }
 
 // dial opens the mesh link to the owner at addr for the client p. It
@@ -169,8 +169,7 @@ func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loo
 	if err != nil {
 		return nil, nil, err
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := f.dialer().DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -201,20 +200,8 @@ func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loo
 		return nil, nil, err
 	}
 	_ = tc.SetDeadline(time.Time{})
-	conf := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		// The node's certificate may be self-signed: it is pinned to the
-		// SHA-256 the node announces in the store (which the fleet trusts).
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 || certFingerprint(cs.PeerCertificates[0].Raw) != pin {
-				return fmt.Errorf("mesh: node %s's certificate is not the one it announces", node)
-			}
-			return nil
-		},
-	}
 	var line []byte
-	sess, err := loop.ClientTLS(fd, conf, deadline, tc.RemoteAddr(), func(c *tls.Conn) error {
+	sess, err := loop.ClientTLS(fd, f.pinned(node, pin), deadline, tc.RemoteAddr(), func(c *tls.Conn) error {
 		if _, err := c.Write(req); err != nil {
 			return err
 		}
@@ -234,6 +221,41 @@ func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loo
 		return nil, nil, err
 	}
 	return sess, line, nil
+}
+
+// pinned is the TLS configuration of a mesh connection to node, whose
+// certificate's SHA-256 is pin.
+func (f *Fleet) pinned(node, pin string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The node's certificate may be self-signed: it is pinned to the
+		// SHA-256 the node announces in the store (which the fleet trusts).
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || certFingerprint(cs.PeerCertificates[0].Raw) != pin {
+				return fmt.Errorf("mesh: node %s's certificate is not the one it announces", node)
+			}
+			return nil
+		},
+	}
+}
+
+// dialer dials mesh connections with the relay's keepalive and
+// TCP_USER_TIMEOUT (relay.Keepalive), as on the sockets it accepts, from
+// the next of the source addresses (Config.SourceIPs) if any.
+func (f *Fleet) dialer() *net.Dialer {
+	k := f.srv.Keepalive()
+	var local net.Addr
+	if n := len(f.cfg.SourceIPs); n > 0 {
+		local = &net.TCPAddr{IP: f.cfg.SourceIPs[(f.nextSource.Add(1)-1)%uint64(n)]}
+	}
+	return &net.Dialer{LocalAddr: local, KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		if cerr := rc.Control(func(fd uintptr) { err = k.Apply(int(fd)) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
 }
 
 // certOf is the certificate fingerprint node announces ("" : none, plain
@@ -262,8 +284,7 @@ func certFingerprint(der []byte) string {
 
 // link makes a relay.MeshLink of an answered mesh socket.
 func (f *Fleet) link(sock loop.Sock, node, addr string) *relay.MeshLink {
-	f.linksOpen.Inc()
-	return &relay.MeshLink{Sock: sock, Node: node, Addr: addr, Identity: "via " + node, Ender: &linkEnder{f: f}}
+	return &relay.MeshLink{Sock: sock, Node: node, Addr: addr, Identity: "via " + node, Ender: linkEnder{}}
 }
 
 // readLine reads the owner's answer up to and including its newline and
@@ -311,15 +332,9 @@ func readLine(tc *net.TCPConn) ([]byte, error) {
 	return line, err
 }
 
-// linkEnder counts a dialled link's end.
-type linkEnder struct {
-	f    *Fleet
-	done atomic.Bool
-}
+// linkEnder is a dialled link's: the tunnel counts its end
+// (meetpoint_mesh_links_active comes from the server's tunnels).
+type linkEnder struct{}
 
 // End implements reason.Ender.
-func (l *linkEnder) End(reason.Reason) {
-	if l.done.CompareAndSwap(false, true) {
-		l.f.linksOpen.Dec()
-	}
-}
+func (linkEnder) End(reason.Reason) {}

@@ -24,6 +24,45 @@ type hold struct {
 	refs      int           // placements that carry it (state held)
 	published bool          // in Redis; false: taken while the store was unreachable
 	wait      chan struct{} // placing, releasing: closed when that ends
+	watchers  []func()      // places each client waiting under the key again (relay.Watcher)
+}
+
+// Watch implements relay.Watcher.
+func (h *hold) Watch(replace func()) {
+	h.f.mu.Lock()
+	h.watchers = append(h.watchers, replace)
+	h.f.mu.Unlock()
+}
+
+// lost handles a held key found held by another node: counted; if clients
+// wait under it (no tunnel), the hold is dropped and they are placed
+// again, to meet their partners where the key is now, unless that node is
+// unreachable over the mesh (they would only take the key back).
+func (f *Fleet) lost(ctx context.Context, h *hold) {
+	f.leaseLost.Inc()
+	f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
+	f.mu.Lock()
+	ws := h.watchers
+	if len(ws) == 0 || f.held[h.key] != h {
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	owner, err := f.rdb.Get(ctx, h.key).Result()
+	if node, _ := parseValue(owner); err != nil || node == "" || node == f.cfg.NodeID || f.unreachable(node) {
+		return
+	}
+	f.mu.Lock()
+	if f.held[h.key] == h {
+		delete(f.held, h.key)
+		h.published = false // its release must not touch the new owner's value (it would not: compare-and-delete)
+	}
+	h.watchers = nil
+	f.mu.Unlock()
+	f.replaced.Add(len(ws))
+	for _, w := range ws {
+		go w()
+	}
 }
 
 type holdState uint8
@@ -105,6 +144,15 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		// store) or a dead node's: take it over.
 		return f.takeover(ctx, h, owner)
 	}
+	if f.unreachable(node) {
+		// Alive in the store but silent over the mesh (a partition between
+		// the two): waiting here beats a refusal for as long as the
+		// partition lasts. Its waiting client ends at its alone timeout
+		// and comes back, through the balancer, to a node that reaches
+		// this one.
+		f.log.Info("fleet: owner node unreachable over the mesh: taking its key over", "node", node, "addr", addr)
+		return f.takeover(ctx, h, owner)
+	}
 	link, code, err := f.dial(ctx, addr, node, p)
 	for wait := time.Millisecond; err == nil && code == relay.MeshRetry; wait = min(2*wait, 50*time.Millisecond) {
 		select {
@@ -125,6 +173,7 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 	case err != nil:
 		h.finish(false, false)
 		f.placed[outFailed].Inc()
+		f.dialFailed(node)
 		f.log.Warn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
 		return relay.Placement{Refuse: reason.Fleet}, false
 	case link != nil:
@@ -235,7 +284,9 @@ func (h *hold) Release() {
 		return
 	}
 	if !h.published {
-		delete(f.held, h.key)
+		if f.held[h.key] == h { // not a later hold of the key (lost)
+			delete(f.held, h.key)
+		}
 		f.mu.Unlock()
 		return
 	}
@@ -262,7 +313,8 @@ func (h *hold) Release() {
 // renewBatch is how many renewals go in one pipeline.
 const renewBatch = 512
 
-// renew extends every key this node holds, in pipelined batches.
+// renew extends every key this node holds, in pipelined batches, and
+// claims again (idempotently) any the store has lost.
 func (f *Fleet) renew(ctx context.Context) {
 	f.mu.Lock()
 	hs := make([]*hold, 0, len(f.held))
@@ -286,12 +338,15 @@ func (f *Fleet) renew(ctx context.Context) {
 			return
 		}
 		for i, c := range cmds {
-			if n, err := c.(interface{ Int() (int, error) }).Int(); err == nil && n == 0 {
-				f.leaseLost.Inc()
-				f.log.Debug("fleet: a held key was taken by another node", "key", batch[i].key)
-			} else if err != nil {
+			n, err := c.(interface{ Int() (int, error) }).Int()
+			switch {
+			case err != nil:
 				f.storeDown(err)
 				return
+			case n == 0:
+				f.lost(ctx, batch[i])
+			case n == 2:
+				f.reasserted.Inc()
 			}
 		}
 	}
@@ -324,8 +379,8 @@ func (f *Fleet) publishPending(ctx context.Context) {
 			}
 			continue
 		}
-		// Another node took the key during the outage: both keep their
-		// own clients; they meet nobody across the split.
-		f.leaseLost.Inc()
+		// Another node took the key during the outage: clients waiting
+		// here go to it.
+		f.lost(ctx, h)
 	}
 }

@@ -1,68 +1,22 @@
 package fleet
 
 import (
-	"fmt"
-	"net/url"
-	"strings"
-	"time"
-
 	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/relay/redisurl"
 )
 
-// ParseURL reads --fleet into a Redis client:
+// ParseURL reads --fleet into a Redis client (redisurl.Parse):
 //
 //	redis://[USER:PASSWORD@]HOST:PORT/DB        one server (rediss:// for TLS)
 //	redis+cluster://HOST:PORT?addr=HOST2:PORT2  Redis Cluster, seed nodes
 //	redis+sentinel://HOST:PORT?master_name=M&addr=HOST2:PORT2
 //	                                            a Sentinel-managed primary
 //
-// (rediss+cluster://, rediss+sentinel:// for TLS). Other query parameters
-// are go-redis options in snake case (dial_timeout=2s, pool_size=20).
-// Every key the fleet writes is single-key (scripts included) so that a
-// Cluster spreads them; the node set shares one hash slot ({nodes}).
-func ParseURL(spec string) (redis.UniversalClient, error) {
-	u, err := url.Parse(spec)
-	if err != nil {
-		return nil, fmt.Errorf("fleet URL: %v", err)
-	}
-	base, mode, _ := strings.Cut(u.Scheme, "+")
-	if base != "redis" && base != "rediss" {
-		return nil, fmt.Errorf("fleet URL %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", u.Redacted())
-	}
-	u.Scheme = base
-	plain := u.String()
-	timeouts := func(d, r, w *time.Duration) {
-		for _, p := range []*time.Duration{d, r, w} {
-			if *p == 0 {
-				*p = 2 * time.Second
-			}
-		}
-	}
-	switch mode {
-	case "":
-		opt, err := redis.ParseURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewClient(opt), nil
-	case "cluster":
-		opt, err := redis.ParseClusterURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewClusterClient(opt), nil
-	case "sentinel":
-		opt, err := redis.ParseFailoverURL(plain)
-		if err != nil {
-			return nil, fmt.Errorf("fleet URL: %v", err)
-		}
-		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
-		return redis.NewFailoverClient(opt), nil
-	}
-	return nil, fmt.Errorf("fleet URL %q: unknown mode %q (cluster or sentinel)", u.Redacted(), mode)
-}
+// Every pair key the fleet writes is single-key (scripts included) so
+// that a Cluster spreads them; the node set shares one hash slot
+// ({nodes}).
+func ParseURL(spec string) (redis.UniversalClient, error) { return redisurl.Parse("fleet URL", spec) }
 
 // The scripts. Each touches one key, so it runs on any deployment, and is
 // atomic: two nodes racing for a key are ordered by Redis.
@@ -95,9 +49,39 @@ return 1
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
-	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1].
+	// announceScript writes a node's record KEYS[1] (ARGV[1], ttl ARGV[2]
+	// ms) unless the record there has a later incarnation than ARGV[3],
+	// and adds ARGV[4] to the node set KEYS[2]; it sets the store's epoch
+	// KEYS[3] to ARGV[5] if it has none (all three keys in the {nodes}
+	// slot): {1 written or 0 superseded, the epoch}.
+	announceScript = redis.NewScript(`
+local e = redis.call('GET', KEYS[3])
+if not e then
+  redis.call('SET', KEYS[3], ARGV[5])
+  e = ARGV[5]
+end
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, n = pcall(cjson.decode, v)
+  if ok and type(n) == 'table' and tonumber(n['inc'] or 0) > tonumber(ARGV[3]) then return {0, e} end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+return {1, e}
+`)
+	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1]
+	// (1), claims it again under ARGV[1] if it is gone (2: the store lost
+	// it), and leaves another node's value alone (0).
 	renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
 return 0
 `)
 )

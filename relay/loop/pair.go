@@ -601,6 +601,27 @@ func (p *Pair) shutdown(l *Loop) {
 	l.teardown(p)
 }
 
+// Abort ends p at once, on its loop's goroutine (Loop.Do), both ends
+// counted under r: what is queued is not delivered, and a WebSocket end
+// that is not inside a frame gets a close frame with code and text in
+// place of "partner closed". A pair already torn down is left alone.
+func (l *Loop) Abort(p *Pair, r reason.Reason, code ws.StatusCode, text string) {
+	if p.dead {
+		return
+	}
+	for _, e := range []*End{&p.A, &p.B} {
+		if e.WS != nil && !e.broken && !e.midFrame && len(e.out) == 0 {
+			e.WS.CloseSent = false
+			e.Ctrl.Take()
+			e.WS.SendClose(&e.Ctrl, code, text)
+		}
+	}
+	if !p.closing {
+		l.startClose(p, nil, r)
+	}
+	l.teardown(p)
+}
+
 // throttle is a pair direction waiting for Rate tokens.
 type throttle struct {
 	e  *End

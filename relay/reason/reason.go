@@ -44,6 +44,7 @@ const (
 	Mesh                           // a node-to-node mesh request refused (bad signature, nobody waiting)
 	LimitHTTPPerIP                 // the source address (or IPv6 prefix) holds its HTTPMaxConnsPerIP share of HTTP connections
 	LimitTLSPerIP                  // the source address (or IPv6 prefix) holds its MaxTLSHandshakesPerIP share of TLS handshakes
+	FarNodeLost                    // the fleet node at the tunnel's far end stopped answering (a partition, power loss)
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -55,7 +56,7 @@ var names = [Count]string{
 	"duplicate_uuid", "write_stall", "io_error", "shutdown", "tls",
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
-	"fleet", "mesh", "limit_http_per_ip", "limit_tls_per_ip",
+	"fleet", "mesh", "limit_http_per_ip", "limit_tls_per_ip", "far_node_lost",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".

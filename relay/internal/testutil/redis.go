@@ -1,10 +1,13 @@
 package testutil
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -15,6 +18,13 @@ import (
 // MEETPOINT_REQUIRE_REDIS is set (CI), when it fails.
 func Redis(t testing.TB, port int) (addr string, stop func()) {
 	t.Helper()
+	return redisWith(t, port)
+}
+
+// redisBin is redis-server's path; the test skips without it (or fails,
+// with MEETPOINT_REQUIRE_REDIS).
+func redisBin(t testing.TB) string {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("MEETPOINT_REQUIRE_REDIS") != "" {
@@ -22,6 +32,13 @@ func Redis(t testing.TB, port int) (addr string, stop func()) {
 		}
 		t.Skip("no redis-server: apt-get install redis-server to run the Redis tests")
 	}
+	return bin
+}
+
+// redisWith is Redis with extra redis-server arguments.
+func redisWith(t testing.TB, port int, extra ...string) (addr string, stop func()) {
+	t.Helper()
+	bin := redisBin(t)
 	for try := 0; ; try++ {
 		p := port
 		if p == 0 { // a free port; another process may take it first: then again
@@ -32,7 +49,7 @@ func Redis(t testing.TB, port int) (addr string, stop func()) {
 			p = l.Addr().(*net.TCPAddr).Port
 			l.Close()
 		}
-		if addr, stop, ok := startRedis(t, bin, p); ok {
+		if addr, stop, ok := startRedis(t, bin, p, extra...); ok {
 			return addr, stop
 		}
 		if port != 0 || try == 5 {
@@ -45,9 +62,14 @@ func Redis(t testing.TB, port int) (addr string, stop func()) {
 // false if it exited instead (the port was taken) or never answered. A
 // connection only counts while our process still runs: another server
 // may hold the port.
-func startRedis(t testing.TB, bin string, port int) (addr string, stop func(), ok bool) {
+func startRedis(t testing.TB, bin string, port int, extra ...string) (addr string, stop func(), ok bool) {
+	return runRedis(t, port, exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, extra...)...))
+}
+
+// runRedis starts cmd, a redis-server that will listen on port, and waits
+// as startRedis does.
+func runRedis(t testing.TB, port int, cmd *exec.Cmd) (addr string, stop func(), ok bool) {
 	addr = "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -74,4 +96,97 @@ func startRedis(t testing.TB, bin string, port int) (addr string, stop func(), o
 	}
 	stop()
 	return "", nil, false
+}
+
+// RedisCluster starts a Redis Cluster of n masters (no replicas) on
+// loopback for the test (redis-server in cluster mode, joined by
+// redis-cli --cluster create) and returns the masters' addresses once the
+// cluster answers "cluster_state:ok".
+func RedisCluster(t testing.TB, n int) []string {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		redisBin(t) // skips (or fails) the same way without Redis
+		t.Skip("no redis-cli: apt-get install redis-tools to run the Redis Cluster tests")
+	}
+	var addrs []string
+	for len(addrs) < n {
+		p := clusterPort(t)
+		// The cluster bus is the port + 10000: taken, the server exits
+		// and Redis' loop picks no other port, so try another.
+		if a, _, ok := startRedis(t, redisBin(t), p, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000"); ok {
+			addrs = append(addrs, a)
+		}
+	}
+	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, a := range addrs { // every master must see the whole cluster
+		host, port, _ := net.SplitHostPort(a)
+		for end := time.Now().Add(Patience); ; time.Sleep(50 * time.Millisecond) {
+			out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").CombinedOutput()
+			if err == nil && strings.Contains(string(out), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("the Redis Cluster did not come up on %s: %s %v", a, out, err)
+			}
+		}
+	}
+	return addrs
+}
+
+// clusterPort is a free loopback port whose cluster bus port (+10000) is
+// free too.
+func clusterPort(t testing.TB) int {
+	t.Helper()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if p+10000 > 65535 {
+			continue
+		}
+		if b, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000)); err == nil {
+			b.Close()
+			return p
+		}
+	}
+}
+
+// RedisSentinel starts a Redis primary, one replica of it and three
+// Sentinels watching it under the name "mymaster" (quorum 2, the primary
+// is down after 1 s) for the test. It returns the Sentinels' addresses,
+// the primary's, and a function that kills the primary (a failover
+// follows).
+func RedisSentinel(t testing.TB) (sentinels []string, primary string, kill func()) {
+	t.Helper()
+	primary, kill = Redis(t, 0)
+	_, mport, _ := net.SplitHostPort(primary)
+	redisWith(t, 0, "--replicaof", "127.0.0.1", mport)
+	bin := redisBin(t)
+	for len(sentinels) < 3 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		dir := t.TempDir()
+		conf := filepath.Join(dir, "sentinel.conf")
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\n"+
+			"sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\nsentinel parallel-syncs mymaster 1\n", p, dir, mport)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if a, _, ok := runRedis(t, p, exec.Command(bin, conf, "--sentinel")); ok {
+			sentinels = append(sentinels, a)
+		}
+	}
+	return sentinels, primary, kill
 }

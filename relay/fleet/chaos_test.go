@@ -1,0 +1,321 @@
+package fleet_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/fleet"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// The fleet's faults with traffic flowing (make fleet-chaos; not in the
+// default suite): each fault hits a fleet of three nodes while tunnels
+// across and within them stream checksummed bytes both ways; every byte
+// must be delivered, or the tunnel must end at both of its ends with a
+// named reason. A table of the results is printed.
+
+// stream is one tunnel under traffic: both ends write a numbered byte
+// sequence in small chunks and read the other's, checking each byte.
+type stream struct {
+	name    string
+	ends    [2]*client.Tunnel
+	sent    [2]atomic.Int64
+	got     [2]atomic.Int64
+	ended   [2]atomic.Value // string: why the end's reading stopped ("" while it reads)
+	bad     atomic.Bool     // a byte out of sequence
+	stop    chan struct{}
+	writers sync.WaitGroup
+	readers sync.WaitGroup
+}
+
+func seqByte(i int64, side int) byte { return byte(i*7 + int64(side)*131) }
+
+func startStream(name string, a, b *client.Tunnel) *stream {
+	s := &stream{name: name, ends: [2]*client.Tunnel{a, b}, stop: make(chan struct{})}
+	for side := range 2 {
+		s.ended[side].Store("")
+		s.writers.Add(1)
+		go func() {
+			defer s.writers.Done()
+			buf := make([]byte, 512)
+			for {
+				select {
+				case <-s.stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				n := s.sent[side].Load()
+				for i := range buf {
+					buf[i] = seqByte(n+int64(i), side)
+				}
+				if _, err := s.ends[side].Write(buf); err != nil {
+					return
+				}
+				s.sent[side].Add(int64(len(buf)))
+			}
+		}()
+		s.readers.Add(1)
+		go func() {
+			defer s.readers.Done()
+			other := 1 - side
+			buf := make([]byte, 4096)
+			for {
+				n, err := s.ends[side].Read(buf)
+				for i := range n {
+					if buf[i] != seqByte(s.got[side].Load(), other) {
+						s.bad.Store(true)
+					}
+					s.got[side].Add(1)
+				}
+				if err != nil {
+					s.ended[side].Store(why(err))
+					return
+				}
+			}
+		}()
+	}
+	return s
+}
+
+// why names how a tunnel end stopped reading.
+func why(err error) string {
+	var ce *client.CloseError
+	switch {
+	case errors.As(err, &ce):
+		r, _, _ := strings.Cut(ce.Reason, ":")
+		return fmt.Sprintf("WebSocket %d %q", ce.Code, r)
+	case errors.Is(err, io.EOF):
+		return "closed"
+	}
+	return err.Error()
+}
+
+// settle stops the writers and, for a tunnel still up, waits until every
+// byte sent has arrived; it returns the bytes lost (sent, not delivered,
+// on a tunnel that did not end) and whether the tunnel ended at both ends.
+func (s *stream) settle(t *testing.T) (lost int64, endedBoth bool, reasons string) {
+	close(s.stop)
+	s.writers.Wait()
+	deadline := time.Now().Add(relaytest.Patience)
+	for time.Now().Before(deadline) {
+		e0, e1 := s.ended[0].Load().(string), s.ended[1].Load().(string)
+		if e0 != "" && e1 != "" {
+			if e0 == e1 {
+				return 0, true, e0 + " at both"
+			}
+			return 0, true, e0 + " / " + e1
+		}
+		if e0 == "" && e1 == "" && s.got[0].Load() == s.sent[1].Load() && s.got[1].Load() == s.sent[0].Load() {
+			return 0, false, ""
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e0, e1 := s.ended[0].Load().(string), s.ended[1].Load().(string)
+	t.Errorf("tunnel %s neither delivered everything nor ended at both ends: ends %q %q, %d/%d and %d/%d bytes",
+		s.name, e0, e1, s.got[0].Load(), s.sent[1].Load(), s.got[1].Load(), s.sent[0].Load())
+	return s.sent[0].Load() - s.got[1].Load() + s.sent[1].Load() - s.got[0].Load(), false, e0 + " / " + e1
+}
+
+func (s *stream) close() {
+	for _, e := range s.ends {
+		e.Close()
+	}
+	s.readers.Wait()
+}
+
+// chaosRow is one line of the table.
+type chaosRow struct {
+	fault             string
+	tunnels, affected int
+	recover           time.Duration
+	lost              int64
+	reasons           map[string]int
+}
+
+// chaosFleet is three nodes behind freezable proxies (their mesh
+// addresses), node c dialling from 127.0.0.3 so that its own outgoing
+// mesh connections can be frozen too.
+type chaosFleet struct {
+	nodes   []*node
+	proxies []*blackhole
+}
+
+func newChaosFleet(t *testing.T, redisSpec, round string) *chaosFleet {
+	cf := &chaosFleet{}
+	for i, id := range []string{"chaos-a", "chaos-b", "chaos-c"} {
+		p := newBlackhole(t)
+		nd := startNodeWith(t, redisSpec, id, nil, func(c *fleet.Config) {
+			c.Prefix = "meetpoint-" + round + ":" // each round its own fleet
+			c.MeshPing, c.MeshLost, c.Advertise = 500*time.Millisecond, 5*time.Second, p.addr()
+			if i == 2 {
+				c.SourceIPs = []net.IP{net.ParseIP("127.0.0.3")}
+			}
+		})
+		p.target.Store(relaytest.Addr(nd.s))
+		cf.nodes, cf.proxies = append(cf.nodes, nd), append(cf.proxies, p)
+	}
+	relaytest.WaitFor(t, func() bool {
+		for _, nd := range cf.nodes {
+			if len(nd.f.Nodes()) != 3 {
+				return false
+			}
+		}
+		return true
+	}, "every node sees the fleet")
+	return cf
+}
+
+// traffic starts one tunnel per ordered pair of nodes (6 across, 3 within).
+func (cf *chaosFleet) traffic(t *testing.T, tag string) []*stream {
+	var out []*stream
+	for i, a := range cf.nodes {
+		for j, b := range cf.nodes {
+			if j < i {
+				continue
+			}
+			tok := fmt.Sprintf("%s-%d%d", tag, i, j)
+			first := waitOn(t, a, client.Options{URL: url(a.s, true), Token: tok, Timeout: time.Minute})
+			tb, err := dial(t, client.Options{URL: url(b.s, true), Token: tok})
+			if err != nil {
+				t.Fatalf("tunnel %s: %v", tok, err)
+			}
+			ta := <-first
+			if ta == nil {
+				t.FailNow()
+			}
+			out = append(out, startStream(a.id+"↔"+b.id, ta, tb))
+		}
+	}
+	return out
+}
+
+// pairs reports whether a fresh pair meets across two nodes.
+func (cf *chaosFleet) pairs(a, b *node, tok string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ta, tb, err := client.DialPair(ctx, client.Options{URL: url(a.s, false), Token: tok, Timeout: 5 * time.Second},
+		client.Options{URL: url(b.s, false), Token: tok, Timeout: 5 * time.Second})
+	if err != nil {
+		return false
+	}
+	ta.Close()
+	tb.Close()
+	return true
+}
+
+// run applies fault to a fresh round of traffic, waits until the fleet
+// pairs across the given nodes again (recovered), and fills a row.
+func (cf *chaosFleet) run(t *testing.T, name string, fault func(), recovered func(try int) bool) chaosRow {
+	streams := cf.traffic(t, strings.ReplaceAll(name, " ", "-"))
+	time.Sleep(300 * time.Millisecond) // bytes flowing
+	start := time.Now()
+	fault()
+	try := 0
+	for !recovered(try) {
+		try++
+		if time.Since(start) > time.Minute {
+			t.Errorf("%s: the fleet did not recover within a minute", name)
+			break
+		}
+	}
+	row := chaosRow{fault: name, tunnels: len(streams), recover: time.Since(start), reasons: map[string]int{}}
+	time.Sleep(time.Second) // traffic goes on after the recovery
+	for _, s := range streams {
+		lost, ended, reasons := s.settle(t)
+		if s.bad.Load() {
+			t.Errorf("%s: tunnel %s delivered a byte out of sequence", name, s.name)
+		}
+		row.lost += lost
+		if ended {
+			row.affected++
+			row.reasons[reasons]++
+		}
+		s.close()
+	}
+	return row
+}
+
+// quiet is a go-redis logger that logs nothing.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+// TestFleetChaos: the fleet's faults with traffic flowing (MEETPOINT_CHAOS=1,
+// make fleet-chaos).
+func TestFleetChaos(t *testing.T) {
+	if os.Getenv("MEETPOINT_CHAOS") == "" {
+		t.Skip("the fleet's fault table: make fleet-chaos (MEETPOINT_CHAOS=1)")
+	}
+	redis.SetLogger(quiet{}) // go-redis logs every failed dial of a fault
+	var rows []chaosRow
+	addr, stopRedis := testutil.Redis(t, 0)
+
+	cf := newChaosFleet(t, addr, "r1")
+	a, b, c := cf.nodes[0], cf.nodes[1], cf.nodes[2]
+	rows = append(rows, cf.run(t, "mesh cut to one node (Redis reachable)", func() {
+		cf.proxies[2].frozen.Store(true)   // nothing reaches c over the mesh
+		for _, p := range cf.proxies[:2] { // c's own mesh connections to a and b
+			p.freezeFrom("127.0.0.3")
+		}
+	}, func(try int) bool {
+		time.Sleep(200 * time.Millisecond)
+		return !c.f.Available() || (relaytest.Metric(t, a.s, `meetpoint_mesh_peer_reachable{peer="chaos-c"}`) == 0 &&
+			relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="chaos-c"}`) == 0 && cf.pairs(a, b, fmt.Sprintf("cut-%d", try)))
+	}))
+
+	cf = newChaosFleet(t, addr, "r2")
+	a, b, c = cf.nodes[0], cf.nodes[1], cf.nodes[2]
+	rows = append(rows, cf.run(t, "node killed (no goodbye)", func() {
+		fleet.Kill(c.f)
+		c.s.Close()
+	}, func(try int) bool { return cf.pairs(a, b, fmt.Sprintf("kill-%d", try)) }))
+
+	cf = newChaosFleet(t, addr, "r3")
+	a, b = cf.nodes[0], cf.nodes[1]
+	rows = append(rows, cf.run(t, "Redis restarted empty", func() {
+		stopRedis()
+		port := addr[strings.LastIndexByte(addr, ':')+1:]
+		var p int
+		fmt.Sscan(port, &p)
+		testutil.Redis(t, p)
+	}, func(try int) bool {
+		time.Sleep(200 * time.Millisecond)
+		return relaytest.Metric(t, a.s, "meetpoint_fleet_store_losses_total") == 1 && cf.pairs(a, b, fmt.Sprintf("redis-%d", try))
+	}))
+
+	sentinels, _, kill := testutil.RedisSentinel(t)
+	cf = newChaosFleet(t, "redis+sentinel://"+sentinels[0]+"?master_name=mymaster&addr="+sentinels[1]+"&addr="+sentinels[2], "r4")
+	a, b = cf.nodes[0], cf.nodes[1]
+	rows = append(rows, cf.run(t, "Sentinel failover (primary killed)", kill,
+		func(try int) bool { return cf.pairs(a, b, fmt.Sprintf("failover-%d", try)) }))
+
+	var sb strings.Builder
+	w := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "fault\ttunnels\tended (both ends)\thow they ended\ttime to recover\tbytes lost")
+	for _, r := range rows {
+		var how []string
+		for k, n := range r.reasons {
+			how = append(how, fmt.Sprintf("%d× %s", n, k))
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%v\t%d\n", r.fault, r.tunnels, r.affected, strings.Join(how, "; "), r.recover.Round(10*time.Millisecond), r.lost)
+		if r.lost != 0 {
+			t.Errorf("%s: %d bytes lost", r.fault, r.lost)
+		}
+	}
+	w.Flush()
+	fmt.Print(sb.String())
+}

@@ -1,0 +1,316 @@
+package fleet_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/fleet"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+)
+
+// logTail is a logger whose lines a test reads (and prints if it fails).
+func logTail(t testing.TB) (*slog.Logger, *testutil.Tail) {
+	tail := &testutil.Tail{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", tail.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(tail, nil)), tail
+}
+
+// lines counts the lines of tail that contain every one of words.
+func lines(tail *testutil.Tail, words ...string) int {
+	n := 0
+	for l := range strings.Lines(tail.String()) {
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(l, w)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// TestWrongMeshKeyRefusedAtJoin: a node started with another mesh key than
+// the fleet's is refused when it joins: its Start fails with one clear
+// error, the fleet's node logs one error line and counts it, and the
+// stranger never enters the node set (pairing is not split silently).
+func TestWrongMeshKeyRefusedAtJoin(t *testing.T) {
+	addr := redisAddr(t)
+	alog, atail := logTail(t)
+	a := startNodeWith(t, addr, "key-a", nil, func(c *fleet.Config) { c.Logger = alog })
+
+	s := relaytest.New(t, nil)
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	t.Cleanup(func() { rdb.Close() })
+	blog, btail := logTail(t)
+	f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "key-b", MeshKey: []byte("another key, 32 bytes long......"),
+		Heartbeat: testHeartbeat, Logger: blog}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	err = f.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "key-a") || !strings.Contains(err.Error(), "another mesh key") {
+		t.Fatalf("a node with another mesh key joined: Start says %v", err)
+	}
+	if relaytest.Metric(t, s, "meetpoint_fleet_mesh_key_mismatch_total") != 1 {
+		t.Error("the refused node did not count its refusal")
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, a.s, "meetpoint_fleet_mesh_key_mismatch_total") == 1 },
+		"the fleet's node counts the node with another mesh key")
+	if n := lines(atail, "level=ERROR", "another mesh key", "other=key-b"); n != 1 {
+		t.Errorf("the fleet's node logged %d error lines about the stranger, want 1", n)
+	}
+	if strings.Contains(atail.String()+btail.String(), string(meshKey)) {
+		t.Error("a mesh key was logged")
+	}
+	// Another heartbeat or two: still one line, and the stranger is not a node.
+	time.Sleep(2 * testHeartbeat)
+	if n := lines(atail, "level=ERROR", "another mesh key"); n != 1 || len(a.f.Nodes()) != 1 ||
+		relaytest.Metric(t, a.s, "meetpoint_fleet_nodes") != 1 {
+		t.Errorf("after more heartbeats: %d error lines, node set %v", n, a.f.Nodes())
+	}
+}
+
+// TestRestartedNodeTakesOverItsID: a node killed without a goodbye (its
+// record still live in the store) restarts with the same id and address
+// and joins at once, and the dead process's record no longer counts; a
+// node with the same id at another address is still refused.
+func TestRestartedNodeTakesOverItsID(t *testing.T) {
+	addr := redisAddr(t)
+	old := startNode(t, addr, "phoenix", nil)
+	adv := relaytest.Addr(old.s)
+	fleet.Kill(old.f)
+	old.s.Close()
+
+	// Another address under that id: refused while the record lives.
+	s := relaytest.New(t, nil)
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	t.Cleanup(func() { rdb.Close() })
+	f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "phoenix", MeshKey: meshKey, Heartbeat: testHeartbeat, Logger: testutil.Logger(t)}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	if err := f.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "in use by a live node") {
+		t.Fatalf("the same node id at another address: %v, want refused", err)
+	}
+
+	// The same address: taken over at once.
+	again := startNode(t, addr, "phoenix", func(c *relay.Config) { c.Listen = []string{adv} })
+	other := startNode(t, addr, "witness", nil)
+	relaytest.WaitFor(t, func() bool { return len(other.f.Nodes()) == 2 }, "the witness sees the restarted node")
+	ta, tb := pairAcross(t, again, other, "phoenix-pair")
+	exchange(t, ta, tb, 1000)
+}
+
+// TestStoreLossReasserted: Redis restarts empty (no persistence) while a
+// client waits on one node and a cross-node tunnel lives. Every node sees
+// the store's epoch change and claims its keys again: the waiting client
+// is still found by its partner arriving on another node, a third client
+// of the live tunnel's token is refused (one tunnel per token holds), and
+// no lease is counted lost.
+func TestStoreLossReasserted(t *testing.T) {
+	addr, stop := testutil.Redis(t, 0)
+	// Renewals far apart: what the test sees comes from the store-loss
+	// detection, not from a renewal that happens to follow the restart.
+	long := func(c *fleet.Config) { c.LeaseTTL = time.Minute }
+	a := startNodeWith(t, addr, "loss-a", nil, long)
+	b := startNodeWith(t, addr, "loss-b", nil, long)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	live1, live2 := pairAcross(t, a, b, "loss-live")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "loss-wait", Name: "waiter"})
+
+	stop()
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	var p int
+	fmt.Sscan(port, &p)
+	testutil.Redis(t, p) // empty: no persistence
+	for _, nd := range []*node{a, b} {
+		relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, nd.s, "meetpoint_fleet_store_losses_total") == 1 },
+			nd.id+" sees the store's data lost and claims its keys again")
+	}
+	if relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total") < 2 {
+		t.Errorf("loss-a claimed %v keys again, want its waiting client's and its tunnel's",
+			relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total"))
+	}
+	// The waiting client's partner, on the other node, finds it.
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "loss-wait", Name: "partner"})
+	if err != nil {
+		t.Fatalf("the waiting client's partner after the store loss: %v", err)
+	}
+	ta := <-waiting
+	if ta == nil || ta.PeerName() != "partner" || tb.PeerName() != "waiter" {
+		t.Fatal("the waiting client was not paired with its partner across nodes")
+	}
+	exchange(t, ta, tb, 1000)
+	// A third client of the live tunnel's token is refused, on either node.
+	if _, err := dial(t, client.Options{URL: url(b.s, false), Token: "loss-live", Timeout: 5 * time.Second}); err == nil {
+		t.Fatal("a third client of a live tunnel's token paired after the store loss")
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, b.s, `meetpoint_closes_total{reason="tunnel_exists"}`) == 1 },
+		"the third client refused as tunnel_exists")
+	exchange(t, live1, live2, 1000)
+	for _, nd := range []*node{a, b} {
+		if n := relaytest.Metric(t, nd.s, "meetpoint_fleet_leases_lost_total"); n != 0 {
+			t.Errorf("%s counted %v leases lost", nd.id, n)
+		}
+	}
+}
+
+// TestMissingKeyReclaimedAtRenewal: a held key that vanished from the
+// store (a failover that lost the write; the store's epoch unchanged) is
+// claimed again at the next renewal, not counted lost, and the waiting
+// client is still found from another node.
+func TestMissingKeyReclaimedAtRenewal(t *testing.T) {
+	addr := redisAddr(t)
+	nodes := startFleet(t, addr, 2, nil)
+	a, b := nodes[0], nodes[1]
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "vanish"})
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	key := fleet.PairKeyName(a.f, "vanish", "")
+	if n, err := rdb.Del(context.Background(), key).Result(); n != 1 || err != nil {
+		t.Fatalf("deleting the waiting client's key: %d %v", n, err)
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, a.s, "meetpoint_fleet_keys_reasserted_total") == 1 },
+		"node a claims the vanished key again at renewal")
+	if v, err := rdb.Get(context.Background(), key).Result(); err != nil || !strings.HasPrefix(v, a.id+" ") {
+		t.Errorf("the key after renewal: %q %v, want node a's", v, err)
+	}
+	if n := relaytest.Metric(t, a.s, "meetpoint_fleet_leases_lost_total"); n != 0 {
+		t.Errorf("a vanished key counted as lost %v times", n)
+	}
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "vanish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := <-waiting
+	if ta == nil {
+		t.FailNow()
+	}
+	exchange(t, ta, tb, 100)
+}
+
+// TestFleetOnRedisCluster: three nodes on a real 3-master Redis Cluster
+// (every script keeps its keys in one hash slot, or the cluster refuses
+// it): the nodes see each other, pairs meet across nodes whatever slot
+// their key hashes to, a third client is refused, and a held key that
+// vanished is claimed again.
+func TestFleetOnRedisCluster(t *testing.T) {
+	addrs := testutil.RedisCluster(t, 3)
+	spec := "redis+cluster://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+	nodes := startFleet(t, spec, 3, nil)
+	for i := range 6 {
+		a, b := nodes[i%3], nodes[(i+1)%3]
+		tok := fmt.Sprintf("cluster-%d", i)
+		ta, tb := pairAcross(t, a, b, tok)
+		exchange(t, ta, tb, 1000)
+		if i == 0 {
+			if _, err := dial(t, client.Options{URL: url(nodes[2].s, false), Token: tok, Timeout: 5 * time.Second}); err == nil {
+				t.Fatal("a third client paired on the cluster")
+			}
+		}
+	}
+	for _, nd := range nodes {
+		if n := relaytest.Metric(t, nd.s, "meetpoint_fleet_store_errors_total"); n != 0 {
+			t.Errorf("%s: %v store errors on the cluster", nd.id, n)
+		}
+	}
+}
+
+// TestFleetSentinelFailover: two nodes on a Sentinel-managed primary with
+// one replica; the primary is killed while a cross-node tunnel carries
+// data and a client waits. The tunnel never drops, the nodes follow the
+// failover to the promoted replica by themselves, the waiting client is
+// still found from the other node, and new pairs meet across nodes.
+func TestFleetSentinelFailover(t *testing.T) {
+	sentinels, _, kill := testutil.RedisSentinel(t)
+	spec := "redis+sentinel://" + sentinels[0] + "?master_name=mymaster&addr=" + sentinels[1] + "&addr=" + sentinels[2]
+	long := func(c *relay.Config) { c.AloneTimeout = time.Minute }
+	nodes := startFleet(t, spec, 2, long)
+	a, b := nodes[0], nodes[1]
+	live1, live2 := pairAcross(t, a, b, "sentinel-live")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "sentinel-wait", Name: "waiter", Timeout: time.Minute})
+	// The replica has the waiting client's key before the primary dies.
+	rdb, _ := fleet.ParseURL(spec)
+	defer rdb.Close()
+	relaytest.WaitFor(t, func() bool {
+		return rdb.Exists(context.Background(), fleet.PairKeyName(a.f, "sentinel-wait", "")).Val() == 1
+	}, "the waiting client's key in the store")
+
+	kill()
+	killed := time.Now()
+	relaytest.WaitFor(t, func() bool {
+		m, err := rdb.Do(context.Background(), "ROLE").Slice()
+		return err == nil && len(m) > 0 && m[0] == "master" // the killed primary answers nothing
+	}, "the Sentinels promote the replica")
+	exchange(t, live1, live2, 10_000) // the live tunnel never noticed
+	tb, err := dial(t, client.Options{URL: url(b.s, false), Token: "sentinel-wait", Name: "partner"})
+	if err != nil {
+		t.Fatalf("the waiting client's partner after the failover: %v", err)
+	}
+	ta := <-waiting
+	if ta == nil || ta.PeerName() != "partner" {
+		t.Fatal("the waiting client was not paired with its partner after the failover")
+	}
+	exchange(t, ta, tb, 1000)
+	tc, td := pairAcross(t, b, a, "sentinel-after")
+	exchange(t, tc, td, 1000)
+	t.Logf("pairing across nodes again %v after the primary was killed", time.Since(killed).Round(time.Millisecond))
+}
+
+// waitOn dials a client that waits on nd (until nd holds its key) and
+// returns where its tunnel will come, once paired (nil: it failed).
+func waitOn(t *testing.T, nd *node, o client.Options) <-chan *client.Tunnel {
+	t.Helper()
+	ch := make(chan *client.Tunnel, 1)
+	go func() {
+		tu, err := dial(t, o)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- tu
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(nd.f, o.Token, o.Nonce) }, "a client waiting on "+nd.id)
+	return ch
+}
+
+// TestWaitingClientReplaced: a client waits on node a; its key vanishes
+// from the store and its partner, arriving on node b before a renews,
+// takes the key and waits there. a's renewal finds the key held by b and
+// places its waiting client again: it joins b over the mesh and the two
+// pair, instead of each waiting alone until its timeout.
+func TestWaitingClientReplaced(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNodeWith(t, addr, "moved-a", nil, func(c *fleet.Config) { c.LeaseTTL = time.Minute }) // renewals only when the test asks
+	b := startNode(t, addr, "moved-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	waiting := waitOn(t, a, client.Options{URL: url(a.s, true), Token: "moved", Name: "waiter"})
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	if n, err := rdb.Del(context.Background(), fleet.PairKeyName(a.f, "moved", "")).Result(); n != 1 || err != nil {
+		t.Fatalf("deleting the waiting client's key: %d %v", n, err)
+	}
+	second := waitOn(t, b, client.Options{URL: url(b.s, false), Token: "moved", Name: "partner"})
+	fleet.Renew(a.f)
+	ta, tb := <-waiting, <-second
+	if ta == nil || tb == nil || ta.PeerName() != "partner" || tb.PeerName() != "waiter" {
+		t.Fatal("the waiting client was not placed again with its partner's node")
+	}
+	exchange(t, ta, tb, 1000)
+	if relaytest.Metric(t, a.s, "meetpoint_fleet_clients_replaced_total") != 1 {
+		t.Error("the move was not counted")
+	}
+}

@@ -1,0 +1,68 @@
+// Package redisurl reads the Redis URLs of meetpoint's flags (--fleet,
+// --auth redis://…) into go-redis universal clients: one server, a Redis
+// Cluster or a Sentinel-managed primary. It is a leaf: the engine's
+// subsystems share it without importing each other.
+package redisurl
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Parse reads a Redis URL into a client:
+//
+//	redis://[USER:PASSWORD@]HOST:PORT/DB        one server (rediss:// for TLS)
+//	redis+cluster://HOST:PORT?addr=HOST2:PORT2  Redis Cluster, seed nodes
+//	redis+sentinel://HOST:PORT?master_name=M&addr=HOST2:PORT2
+//	                                            a Sentinel-managed primary
+//
+// (rediss+cluster://, rediss+sentinel:// for TLS). Other query parameters
+// are go-redis options in snake case (dial_timeout=2s, pool_size=20).
+// Timeouts not given are 2 s. what names the flag in errors ("fleet URL").
+func Parse(what, spec string) (redis.UniversalClient, error) {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", what, err)
+	}
+	base, mode, _ := strings.Cut(u.Scheme, "+")
+	if base != "redis" && base != "rediss" {
+		return nil, fmt.Errorf("%s %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", what, u.Redacted())
+	}
+	u.Scheme = base
+	plain := u.String()
+	timeouts := func(d, r, w *time.Duration) {
+		for _, p := range []*time.Duration{d, r, w} {
+			if *p == 0 {
+				*p = 2 * time.Second
+			}
+		}
+	}
+	switch mode {
+	case "":
+		opt, err := redis.ParseURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", what, err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewClient(opt), nil
+	case "cluster":
+		opt, err := redis.ParseClusterURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", what, err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewClusterClient(opt), nil
+	case "sentinel":
+		opt, err := redis.ParseFailoverURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", what, err)
+		}
+		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+		return redis.NewFailoverClient(opt), nil
+	}
+	return nil, fmt.Errorf("%s %q: unknown mode %q (cluster or sentinel)", what, u.Redacted(), mode)
+}
