@@ -155,7 +155,7 @@ func DefaultConfig() Config {
 		MaxTLSHandshakes:    256,
 
 		MaxTLSHandshakesPerIP: 64,
-		Keepalive: DefaultKeepalive(),
+		Keepalive:             DefaultKeepalive(),
 	}
 }
 
