@@ -440,7 +440,7 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 		return
 	}
 	if c.upgrade != nil {
-		c.refuseUpgrade(reason, text)
+		c.refuseUpgrade(upgradeStatus(reason), reason, text)
 		return
 	}
 	if c.ws != nil && code != 0 {

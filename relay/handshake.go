@@ -126,9 +126,6 @@ func hasBody(head []byte) bool {
 	return chunked
 }
 
-// unauthorized answers a URL-token upgrade whose token was refused.
-const unauthorized = "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\r\nthe relay refused the token in the URL.\n"
-
 // acceptUpgrade sends a pending URL-token upgrade's 101 (the token was
 // good and nothing refused the connection): the WebSocket exists from
 // now on. Nothing without one pending. Called with mu held.
@@ -139,22 +136,27 @@ func (c *conn) acceptUpgrade() {
 	}
 }
 
-// refuseUpgrade answers a pending URL-token upgrade that is refused after
-// its token was good (an access rule, a bad parameter, shutdown) in HTTP
-// — 403 for access_denied, 503 for shutdown, 400 otherwise — with text as
-// the body: no WebSocket ever existed. Called with mu held.
-func (c *conn) refuseUpgrade(r reason.Reason, text string) {
-	status := "400 Bad Request"
-	switch r {
-	case reason.AccessDenied:
-		status = "403 Forbidden"
-	case reason.Shutdown:
-		status = "503 Service Unavailable"
-	}
+// refuseUpgrade answers a pending URL-token upgrade in HTTP, with text
+// as the body, and closes for r: no WebSocket ever existed. Called with mu
+// held.
+func (c *conn) refuseUpgrade(status string, r reason.Reason, text string) {
 	c.upgrade = nil
 	c.sendRaw(fmt.Appendf(nil, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", status, len(text)+1, text))
 	c.linger = true
 	c.close(r)
+}
+
+// upgradeStatus is the HTTP status of a pending URL-token upgrade refused
+// for r after its token was good (an access rule, a bad parameter,
+// shutdown): 403 for access_denied, 503 for shutdown, 400 otherwise.
+func upgradeStatus(r reason.Reason) string {
+	switch r {
+	case reason.AccessDenied:
+		return "403 Forbidden"
+	case reason.Shutdown:
+		return "503 Service Unavailable"
+	}
+	return "400 Bad Request"
 }
 
 // sendRaw queues bytes for the client as they are (an HTTP response).

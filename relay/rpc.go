@@ -129,10 +129,7 @@ func (s *Server) failedFrom(peer net.Addr) {
 // URL, an HTTP 401 (no WebSocket ever existed). Called with mu held.
 func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 	if c.upgrade != nil {
-		c.upgrade = nil
-		c.sendRaw([]byte(unauthorized))
-		c.linger = true
-		c.close(why)
+		c.refuseUpgrade("401 Unauthorized", why, "the relay refused the token in the URL.")
 		return
 	}
 	c.send(handshake.AppendSuccess(nil, c.authID,
