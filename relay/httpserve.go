@@ -208,14 +208,14 @@ func (t httpHandoff) ready(c *conn) {
 	case c.failed || c.sk == nil || s.handoffs[t.kind] == nil:
 		s.dismiss(c, reason.HTTP, 0, "")
 	default:
-		switch r := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); r {
-		case reason.LimitHTTP:
-			s.log.Debug("HTTP connection refused: too many", "peer", c.peer.String())
-			c.out.B = append(c.out.B[:0], "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
-			s.dismiss(c, r, 0, "")
-		case reason.LimitHTTPPerIP:
-			s.log.Debug("HTTP connection refused: too many from this address", "peer", c.peer.String())
-			c.out.B = append(c.out.B[:0], "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
+		if r := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); r != reason.Count {
+			// Too many handed off (503), or too many from this address (429).
+			status := "503 Service Unavailable"
+			if r == reason.LimitHTTPPerIP {
+				status = "429 Too Many Requests"
+			}
+			s.log.Debug("HTTP connection refused", "reason", r.String(), "peer", c.peer.String())
+			c.out.B = append(c.out.B[:0], "HTTP/1.1 "+status+"\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"...)
 			s.dismiss(c, r, 0, "")
 		}
 	}

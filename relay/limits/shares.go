@@ -48,10 +48,3 @@ func (s *Shares) Give(key netip.Addr) {
 		delete(s.held, key)
 	}
 }
-
-// Held is how many key holds.
-func (s *Shares) Held(key netip.Addr) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.held[key]
-}
