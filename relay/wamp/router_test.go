@@ -476,13 +476,7 @@ func TestPubSub(t *testing.T) {
 // bounded, and the others go on.
 func TestSlowReader(t *testing.T) {
 	_, srv := start(t, Config{MaxQueue: 16})
-	slow := dial(t, srv)
-	slow.join("main")
-	slow.send(mSubscribe, 1, map[string]any{}, "t")
-	slow.expect(mSubscribed)
-	pub := dial(t, srv)
-	pub.join("main")
-	big := strings.Repeat("x", 60<<10)
+	pub, big := slowSubscriber(t, srv)
 	for i := 0; i < 2000; i++ { // 120 MB offered; the slow one reads nothing
 		pub.send(mPublish, i+1, map[string]any{}, "t", []any{big})
 		if relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`) == 1 {
@@ -494,6 +488,21 @@ func TestSlowReader(t *testing.T) {
 	}, "the slow reader closed")
 	pub.send(mPublish, 1, map[string]any{"acknowledge": true}, "t")
 	pub.expect(mPublished) // the publisher is fine
+}
+
+// slowSubscriber joins a session to topic "t" on srv that never reads
+// (its receive buffer 4 KiB) and returns a publisher in the same realm
+// and a 60 KiB event payload.
+func slowSubscriber(t *testing.T, srv *relay.Server) (pub *peer, big string) {
+	t.Helper()
+	slow := dial(t, srv)
+	_ = slow.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	slow.join("main")
+	slow.send(mSubscribe, 1, map[string]any{}, "t")
+	slow.expect(mSubscribed)
+	pub = dial(t, srv)
+	pub.join("main")
+	return pub, strings.Repeat("x", 60<<10)
 }
 
 // TestShutdown: Close says GOODBYE system_shutdown to every session.
@@ -756,14 +765,7 @@ func TestProcKeyUnambiguous(t *testing.T) {
 // large messages (16 MiB) could pile up.
 func TestSlowReaderBytes(t *testing.T) {
 	_, srv := start(t, Config{})
-	slow := dial(t, srv)
-	_ = slow.c.(*net.TCPConn).SetReadBuffer(4 << 10)
-	slow.join("main")
-	slow.send(mSubscribe, 1, map[string]any{}, "t")
-	slow.expect(mSubscribed)
-	pub := dial(t, srv)
-	pub.join("main")
-	big := strings.Repeat("x", 60<<10)
+	pub, big := slowSubscriber(t, srv)
 	closed := func() bool { return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`) == 1 }
 	for i := 0; i < 240 && !closed(); i++ { // 14 MiB at most; acknowledged, so each is queued before the next
 		pub.send(mPublish, i+1, map[string]any{"acknowledge": true}, "t", []any{big})
