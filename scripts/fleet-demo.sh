@@ -43,11 +43,14 @@ wait_port "$REDIS"
 
 step "starting three meetpoint nodes on it"
 PORTS=()
+ADMIN=()
 for n in a b c; do
   p=$(free_port)
   PORTS+=("$p")
+  ap=$(free_port)
+  ADMIN+=("$ap")
   "$MP" serve --listen 127.0.0.1:"$p" --fleet redis://127.0.0.1:"$REDIS"/0 --node-id relay-"$n" \
-    --advertise 127.0.0.1:"$p" --mesh-key-file "$dir/mesh.key" >"$dir/relay-$n.log" 2>&1 &
+    --advertise 127.0.0.1:"$p" --mesh-key-file "$dir/mesh.key" --admin-listen 127.0.0.1:"$ap" >"$dir/relay-$n.log" 2>&1 &
   pids+=($!)
 done
 for p in "${PORTS[@]}"; do wait_port "$p"; done
@@ -98,8 +101,21 @@ grep -q "hello from bob" "$dir/out-a" || ok=0
 grep -q "hello from alice" "$dir/out-b" || ok=0
 echo "alice (raw TCP) received: $(cat "$dir/out-a")"
 echo "bob (WebSocket) received: $(cat "$dir/out-b")"
-cross=$(grep -l 'b="mesh ' "$dir"/relay-*.log 2>/dev/null | xargs -r -n1 basename -s .log | tr '\n' ' ')
-[ -n "$cross" ] && echo "the pair crossed nodes: the mesh link was dialled by ${cross% }"
+# Where did the pair meet? Each node's /metrics (on its admin listener)
+# counts the tunnels that crossed to another node.
+cross=""
+i=0
+for n in a b c; do
+  c=$(python3 -c 'import sys,urllib.request; print(sum(float(l.split()[-1]) for l in urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().splitlines() if l.startswith("meetpoint_cross_node_pairs_total")))' \
+    "http://127.0.0.1:${ADMIN[$i]}/metrics" 2>/dev/null || echo 0)
+  [ "${c%.*}" != 0 ] && cross+="relay-$n "
+  i=$((i + 1))
+done
+if [ -n "$cross" ]; then
+  echo "the pair crossed nodes: cross-node tunnels counted on ${cross% }"
+else
+  echo "both clients landed on one node (HAProxy's choice); they paired there"
+fi
 if [ "$ok" = 1 ]; then
   echo "fleet-demo: OK — two clients paired through HAProxy in front of three nodes"
 else
