@@ -81,24 +81,59 @@ func runMonitor(args []string, stdout, stderr io.Writer) int {
 }
 
 // monitorConn is a request/response connection to a monitor socket.
+// Answers are matched to requests by order only, so after any error
+// (a deadline that struck mid-answer leaves the rest of that answer
+// unread) the connection is dropped and the next fetch dials afresh:
+// a late half-answer is never read as the next one.
 type monitorConn struct {
-	c net.Conn
-	r *bufio.Reader
+	path    string
+	timeout time.Duration // per exchange; 5 s, shorter in tests
+	c    net.Conn // nil after an error, until the next fetch redials
+	r    *bufio.Reader
 }
 
 func dialMonitor(path string) (*monitorConn, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
+	m := &monitorConn{path: path, timeout: 5 * time.Second}
+	if err := m.dial(); err != nil {
 		return nil, err
 	}
-	return &monitorConn{c: c, r: bufio.NewReaderSize(c, 64<<10)}, nil
+	return m, nil
 }
 
-func (m *monitorConn) Close() error { return m.c.Close() }
+func (m *monitorConn) dial() error {
+	c, err := net.DialTimeout("unix", m.path, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	m.c, m.r = c, bufio.NewReaderSize(c, 64<<10)
+	return nil
+}
+
+// Close closes the connection.
+func (m *monitorConn) Close() error {
+	if m.c == nil {
+		return nil
+	}
+	return m.c.Close()
+}
 
 // fetchRaw asks for a status and returns the answer line.
 func (m *monitorConn) fetchRaw() ([]byte, error) {
-	_ = m.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if m.c == nil {
+		if err := m.dial(); err != nil {
+			return nil, err
+		}
+	}
+	line, err := m.exchange()
+	if err != nil {
+		_ = m.c.Close()
+		m.c, m.r = nil, nil
+	}
+	return line, err
+}
+
+func (m *monitorConn) exchange() ([]byte, error) {
+	_ = m.c.SetDeadline(time.Now().Add(m.timeout))
 	if _, err := io.WriteString(m.c, `{"method":"meetpoint.status"}`+"\n"); err != nil {
 		return nil, err
 	}

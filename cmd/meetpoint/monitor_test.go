@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/gdamore/tcell/v2"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/ops"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 func TestMonitorCommandJSON(t *testing.T) {
@@ -142,7 +144,7 @@ func TestMonitorTerminalView(t *testing.T) {
 	defer close(stop)
 
 	var rows []string
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(relaytest.Patience)
 	for {
 		time.Sleep(100 * time.Millisecond)
 		rows = screen.text()
@@ -232,5 +234,64 @@ func TestMonitorFleetLine(t *testing.T) {
 	fl.Available = false
 	if got := fleetLine(fl, nil); !strings.Contains(got, "STORE UNREACHABLE") {
 		t.Errorf("an unreachable store is not shown: %q", got)
+	}
+}
+
+// TestMonitorConnResyncs: an answer that arrives after the client gave up
+// on it must not be read as the answer to the next request. The fake
+// monitor sends half of its first answer, stalls past the client's
+// deadline, then sends the rest; the client's next fetch must dial afresh
+// and parse a whole answer (the old client read the stale tail: "bad
+// status from the relay: invalid character '}'").
+func TestMonitorConnResyncs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fake.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	gaveUp := make(chan struct{})
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn, first bool) {
+				defer c.Close()
+				buf := make([]byte, 512)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+					if first {
+						first = false
+						_, _ = c.Write([]byte(`{"serverName":"stale",`))
+						<-gaveUp
+						_, _ = c.Write([]byte(`"ready":true}` + "\n"))
+						continue
+					}
+					_, _ = c.Write([]byte(`{"serverName":"fresh","ready":true}` + "\n"))
+				}
+			}(c, n == 0)
+		}
+	}()
+	mc, err := dialMonitor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Close()
+	mc.timeout = 100 * time.Millisecond
+	if _, err := mc.fetch(); err == nil {
+		t.Fatal("the first fetch succeeded on half an answer")
+	}
+	close(gaveUp)
+	mc.timeout = relaytest.Patience
+	st, err := mc.fetch()
+	if err != nil {
+		t.Fatalf("the fetch after a timed-out one: %v", err)
+	}
+	if st.Name != "fresh" {
+		t.Fatalf("got the answer of %q, want a fresh one", st.Name)
 	}
 }
