@@ -38,17 +38,30 @@ const lkUpgrade = "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnec
 // lkKinds is the number of kinds of malformed connection lkOne makes.
 const lkKinds = 10
 
+// lkServers are the two relays the leak test talks to: short, the one
+// whose short timeouts end the truncated heads, and patient, whose
+// timeouts are out of reach, for the kinds that must authenticate and
+// pair (on a loaded machine that can take longer than short's 1 s
+// handshake timeout; those kinds end without any timer).
+type lkServers struct{ short, patient *Server }
+
+func (ss lkServers) each(f func(*Server)) { f(ss.short); f(ss.patient) }
+
 // lkOne makes malformed connection number i (its kind is i % lkKinds). It
 // reports whether the server ended it when it should have (kinds the client
 // ends itself always report true).
-func lkOne(addr string, i int, hello []byte) (ok bool, what string) {
+func lkOne(ss lkServers, i int, hello []byte) (ok bool, what string) {
 	r := rand.New(rand.NewPCG(uint64(i), 0x1ea4))
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	addr := hoAddr(ss.short)
+	if kind := i % lkKinds; kind == 8 || kind == 9 {
+		addr = hoAddr(ss.patient)
+	}
+	c, err := net.DialTimeout("tcp", addr, testutil.Patience)
 	if err != nil {
 		return false, "dial: " + err.Error()
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(testutil.Patience))
 	serverCloses := true
 	switch kind := i % lkKinds; kind {
 	case 0: // random bytes
@@ -141,12 +154,12 @@ var lkClientHello []byte
 // lkTunnel pairs c with a second WebSocket client over raw bytes, then c
 // sends a frame with RSV bits set: both must be closed by the relay.
 func lkTunnel(addr string, c net.Conn, i int) (bool, string) {
-	d, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	d, err := net.DialTimeout("tcp", addr, testutil.Patience)
 	if err != nil {
 		return false, "dial: " + err.Error()
 	}
 	defer d.Close()
-	_ = d.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = d.SetDeadline(time.Now().Add(testutil.Patience))
 	token := fmt.Sprintf("leak-tunnel-%d", i)
 	for _, x := range []net.Conn{c, d} {
 		auth := fmt.Sprintf(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"x","token":"%s"}}`, newTestUUID(), token)
@@ -176,8 +189,7 @@ func lkTunnel(addr string, c net.Conn, i int) (bool, string) {
 
 // lkRun makes n malformed connections, lkConcurrency at a time, starting
 // at number from.
-func lkRun(t *testing.T, s *Server, from, n int) {
-	addr := hoAddr(s)
+func lkRun(t *testing.T, ss lkServers, from, n int) {
 	t.Helper()
 	hello := []byte(`{"id":1,"method":"RemoteProxy.Hello"}`)
 	var next atomic.Int64
@@ -194,7 +206,7 @@ func lkRun(t *testing.T, s *Server, from, n int) {
 				if i >= from+n {
 					return
 				}
-				if ok, what := lkOne(addr, i, hello); !ok {
+				if ok, what := lkOne(ss, i, hello); !ok {
 					mu.Lock()
 					failures = append(failures, fmt.Sprintf("connection %d: %s", i, what))
 					mu.Unlock()
@@ -204,8 +216,8 @@ func lkRun(t *testing.T, s *Server, from, n int) {
 	}
 	wg.Wait()
 	if len(failures) > 0 {
-		t.Fatalf("%d of %d connections misbehaved, e.g.:\n%s\nrelay's closes: %v", len(failures), n,
-			strings.Join(failures[:min(10, len(failures))], "\n"), s.Stats().Closes)
+		t.Fatalf("%d of %d connections misbehaved, e.g.:\n%s\nrelays' closes: %v (short timeouts), %v (patient)", len(failures), n,
+			strings.Join(failures[:min(10, len(failures))], "\n"), ss.short.Stats().Closes, ss.patient.Stats().Closes)
 	}
 }
 
@@ -218,21 +230,23 @@ func lkFDs(t testing.TB) int {
 	return len(ents)
 }
 
-// lkIdle waits until the relay holds no connection, tunnel or registry
+// lkIdle waits until the relays hold no connection, tunnel or registry
 // entry.
-func lkIdle(t *testing.T, s *Server) {
+func lkIdle(t *testing.T, ss lkServers) {
 	t.Helper()
-	var st Stats
-	var clients, keys int
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		st = s.Stats()
-		clients, keys = len(s.Snapshot().Clients), s.reg.Len()
-		if st.ConnectionsTCP == 0 && st.ConnectionsWS == 0 && st.TunnelsActive == 0 && clients == 0 && keys == 0 {
-			return
+	ss.each(func(s *Server) {
+		var st Stats
+		var clients, keys int
+		for end := time.Now().Add(testutil.Patience); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			st = s.Stats()
+			clients, keys = len(s.Snapshot().Clients), s.reg.Len()
+			if st.ConnectionsTCP == 0 && st.ConnectionsWS == 0 && st.TunnelsActive == 0 && clients == 0 && keys == 0 {
+				return
+			}
 		}
-	}
-	t.Fatalf("relay not idle: %d TCP and %d WS connections, %d tunnels, %d clients listed, %d registry keys",
-		st.ConnectionsTCP, st.ConnectionsWS, st.TunnelsActive, clients, keys)
+		t.Fatalf("relay not idle: %d TCP and %d WS connections, %d tunnels, %d clients listed, %d registry keys",
+			st.ConnectionsTCP, st.ConnectionsWS, st.TunnelsActive, clients, keys)
+	})
 }
 
 // TestLeakMalformedConnections makes 10,000 malformed connections, 64 at a
@@ -246,47 +260,57 @@ func TestLeakMalformedConnections(t *testing.T) {
 		t.Skip("makes thousands of connections")
 	}
 	// Not parallel: goroutines, descriptors and RSS are process-wide.
-	s := hoServer(t, func(c *Config) {
-		// Short enough to end the truncated heads quickly, long enough
-		// for a loaded -race run to get every request through.
-		c.HandshakeTimeout = time.Second
-		c.InactiveTimeout = 3 * time.Second
-		c.AloneTimeout = 3 * time.Second
-	})
+	ss := lkServers{
+		// Short enough to end the truncated heads quickly.
+		short: hoServer(t, func(c *Config) {
+			c.HandshakeTimeout = time.Second
+			c.InactiveTimeout = 3 * time.Second
+			c.AloneTimeout = 3 * time.Second
+		}),
+		// Out of reach: pairing under load must not race a timer.
+		patient: hoServer(t, func(c *Config) {
+			c.HandshakeTimeout = time.Hour
+			c.InactiveTimeout = time.Hour
+			c.AloneTimeout = time.Hour
+		}),
+	}
 	lkClientHello = hoClientHello(t)
 
 	// Warm up every path (pools, netpoll's workers, forwarders, the heap
 	// and the race detector's shadow memory at this concurrency), then
 	// take the baseline with every client descriptor closed. A leak grows
 	// with the number of connections; the warm-up's cost does not.
-	lkRun(t, s, 0, 2000)
-	lkIdle(t, s)
+	lkRun(t, ss, 0, 2000)
+	lkIdle(t, ss)
 	time.Sleep(200 * time.Millisecond)
 	debug.FreeOSMemory() // RSS then counts what is in use, not what the GC kept
 	baseG, baseFD, baseRSS := runtime.NumGoroutine(), lkFDs(t), testutil.RSS(t)
 
 	n := lkConns()
 	start := time.Now()
-	lkRun(t, s, 1_000_000, n)
+	lkRun(t, ss, 1_000_000, n)
 	elapsed := time.Since(start)
-	lkIdle(t, s)
+	lkIdle(t, ss)
 
 	var g, fds int
 	var rss int64
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for end := time.Now().Add(testutil.Patience); ; time.Sleep(50 * time.Millisecond) {
 		debug.FreeOSMemory()
 		g, fds, rss = runtime.NumGoroutine(), lkFDs(t), testutil.RSS(t)
 		if (g <= baseG+16 && fds <= baseFD+4) || time.Now().After(end) {
 			break
 		}
 	}
-	st := s.Stats()
 	var closes uint64
-	for _, v := range st.Closes {
-		closes += v
-	}
+	all := map[string]uint64{}
+	ss.each(func(s *Server) {
+		for k, v := range s.Stats().Closes {
+			closes += v
+			all[k] += v
+		}
+	})
 	t.Logf("%d malformed connections in %v: goroutines %d → %d, fds %d → %d, RSS %d → %d MiB; closes counted %d %v",
-		n, elapsed.Round(time.Millisecond), baseG, g, baseFD, fds, baseRSS>>20, rss>>20, closes, st.Closes)
+		n, elapsed.Round(time.Millisecond), baseG, g, baseFD, fds, baseRSS>>20, rss>>20, closes, all)
 	if g > baseG+16 {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("goroutines: %d at baseline, %d after %d malformed connections:\n%s", baseG, g, n, buf[:runtime.Stack(buf, true)])
@@ -300,5 +324,5 @@ func TestLeakMalformedConnections(t *testing.T) {
 	if closes < uint64(n) {
 		t.Fatalf("only %d closes counted for %d connections", closes, n)
 	}
-	hoServes(t, s)
+	ss.each(func(s *Server) { hoServes(t, s) })
 }
