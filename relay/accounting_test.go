@@ -484,6 +484,27 @@ func TestCloseAccounting(t *testing.T) {
 		t.Errorf("far_node_lost counted %d times for one tunnel, want both of its sockets", n)
 	}
 
+	// A waiting client whose key moved to a node this one cannot reach
+	// (the fleet calls its Watcher's moved): told to reconnect.
+	mcfg := LoopbackConfig(acceptAll{})
+	mcfg.Logger = testutil.Logger(t)
+	ms, err := NewServer(mcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms.SetFleet(movingFleet{})
+	if err := ms.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ms.Close() })
+	acRun(t, ms, []acCase{{"moved", reason.Moved, func(t *testing.T, s *Server) {
+		c := acAuthed(t, s, "ac-moved", newTestUUID())
+		if got := hoReadToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte("Reconnect")) {
+			t.Errorf("a moved client was told %q, want to reconnect", got)
+		}
+		c.Close()
+	}}}, seen)
+
 	// Shutdown, on a server of its own (it ends the server).
 	ss := startServer(t, func(c *Config) { c.AloneTimeout = time.Minute })
 	waiting := acAuthed(t, ss, "ac-shut", newTestUUID())
@@ -514,6 +535,16 @@ func (refusingFleet) Place(context.Context, Placing) Placement {
 type leasingFleet struct{}
 
 func (leasingFleet) Place(context.Context, Placing) Placement { return Placement{Lease: noLease{}} }
+
+// movingFleet places every client on this node under a lease that at
+// once finds its key moved across a partition (relay.Watcher's moved).
+type movingFleet struct{}
+
+func (movingFleet) Place(context.Context, Placing) Placement { return Placement{Lease: movingLease{}} }
+
+type movingLease struct{ noLease }
+
+func (movingLease) Watch(_, moved func()) { go moved() }
 
 type noLease struct{}
 

@@ -99,6 +99,10 @@ type Handover struct {
 	// Hello reports that the client called RemoteProxy.Hello first, as
 	// nymea's client library always does (see Config.TCPSettle).
 	Hello bool
+	// MeshNode is the fleet node whose client this connection speaks for
+	// (a mesh link, Conn.MarkMesh); "" for a client of this node. A target
+	// that keeps such a connection reports it through MeshSessions.
+	MeshNode string
 
 	c *conn
 }
@@ -108,7 +112,7 @@ type exported struct{ t Target }
 
 func (e exported) ready(c *conn) {
 	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.late, Out: c.out.Take(), Ticket: c.tk,
-		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, c: c})
+		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, MeshNode: c.meshNode, c: c})
 }
 
 // Dismiss ends a handover its target does not keep (its set-up failed, or

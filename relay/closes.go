@@ -11,7 +11,7 @@ import (
 // place that maps reasons to codes. Refusals are policy violations.
 func closeCode(r reason.Reason) ws.StatusCode {
 	switch r {
-	case reason.Shutdown, reason.PartnerClosed:
+	case reason.Shutdown, reason.PartnerClosed, reason.Moved:
 		return ws.StatusGoingAway
 	case reason.PreAuthLimit:
 		return ws.StatusMessageTooBig
@@ -50,6 +50,8 @@ func closeText(r reason.Reason) string {
 		return "Duplicated client UUID."
 	case reason.Fleet, reason.Mesh:
 		return "Relay fleet unavailable"
+	case reason.Moved:
+		return "Reconnect: this token now pairs on a relay node this one cannot reach"
 	}
 	return ""
 }

@@ -124,6 +124,7 @@ type conn struct {
 	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
 	absent      string                 // a mesh link's answer when nobody waits under its key
 	degraded    bool                   // waiting while the fleet's store is unreachable: only a partner on this node can pair
+	replaced    bool                   // placed again after waiting here (Watcher): a failed placement tells it to reconnect
 	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
 	meshNode    string                 // with mesh: that node's id
 	joined      time.Time

@@ -66,14 +66,17 @@ type Lease interface {
 
 // Watcher is a Lease that wants to know the clients waiting under it:
 // Watch is called once per client that waits on this node under the
-// lease, with a function that places that client again. The fleet calls
-// it when it finds the key held by another node while the client waits
-// (a store that lost the key, a partition that healed): the client leaves
+// lease, with two functions for that client. The fleet calls one when it
+// finds the key held by another node while the client waits. replace (a
+// store that lost the key, a partition that healed): the client leaves
 // this node's registry and is placed as if it had just authenticated, so
-// it meets its partner where the key is now. It does nothing once the
-// client is paired or gone.
+// it meets its partner where the key is now. moved (the new holder is
+// across a mesh partition from this node): the client is ended as
+// fleet_moved and told to reconnect, which through a balancer may bring
+// it to a node that reaches its partner, instead of waiting out its alone
+// timeout. Both do nothing once the client is paired or gone.
 type Watcher interface {
-	Watch(replace func())
+	Watch(replace, moved func())
 }
 
 // MeshLink is a node-to-node connection that has become the far end of a
@@ -134,7 +137,7 @@ func (c *conn) placed(pl Placement) {
 		res, partner := c.s.reg.Join(c.key, c)
 		after := c.joinedAs(res, partner, -1)
 		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
-			w.Watch(c.replace)
+			w.Watch(c.replace, c.moved)
 		}
 		c.unlock()
 		if after != nil {
@@ -149,8 +152,15 @@ func (c *conn) placed(pl Placement) {
 		c.wantRelease()
 		c.unlock()
 	default:
+		r := pl.Refuse
+		if c.replaced && (r == reason.Fleet || r == reason.Mesh) {
+			// It waited here until its key moved; the new holder cannot
+			// be reached from here (a partition the pings have not
+			// confirmed yet): a reconnect may land where it can.
+			r = reason.Moved
+		}
 		c.st.Store(uint32(stRPC))
-		c.fail(pl.Refuse, "")
+		c.fail(r, "")
 		c.unlock()
 	}
 }
@@ -168,8 +178,20 @@ func (c *conn) replace() {
 		c.timer.Stop()
 	}
 	c.releaseLease()
+	c.replaced = true
 	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
 	c.place()
+}
+
+// moved ends c if it still waits (Watcher): its key is held by a node
+// this one cannot reach.
+func (c *conn) moved() {
+	c.mu.Lock()
+	if state(c.st.Load()) == stWaiting {
+		c.s.log.Debug("waiting client told to reconnect: its key moved to a node across a mesh partition", "peer", c.peer.String())
+		c.fail(reason.Moved, "")
+	}
+	c.unlock()
 }
 
 // joinedAs acts on a registry answer for c (state stWaiting, mu held).
@@ -315,22 +337,43 @@ func (t *tunnel) farNode() string {
 	return t.infoB.node
 }
 
-// MeshPeers counts this node's tunnels that cross the mesh, by the fleet
-// node at their far end (links it dialled and links it accepted).
+// MeshSessions is a subsystem's sessions that cross the mesh outside the
+// engine's tunnels (a TunnelProxy client reached from another node: its
+// mesh link is a client of a server here). The fleet counts them per far
+// node, as it counts tunnels, and ends them when that node is lost.
+type MeshSessions interface {
+	// MeshPeers adds the sessions to into, by the fleet node at their far
+	// end.
+	MeshPeers(into map[string]int)
+	// EndMesh ends every session whose far end is node, counted under r
+	// (text is for a client that can be told), and returns how many.
+	EndMesh(node string, r reason.Reason, text string) int
+}
+
+// AddMeshSessions makes m's sessions count in MeshPeers and end with
+// EndMeshTunnels. Call it before Start.
+func (s *Server) AddMeshSessions(m MeshSessions) { s.meshSessions = append(s.meshSessions, m) }
+
+// MeshPeers counts this node's tunnels and sessions that cross the mesh,
+// by the fleet node at their far end (links it dialled and links it
+// accepted).
 func (s *Server) MeshPeers() map[string]int {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := make(map[string]int, len(s.meshPeers))
 	for n, c := range s.meshPeers {
 		out[n] = c
 	}
+	s.mu.Unlock()
+	for _, m := range s.meshSessions {
+		m.MeshPeers(out)
+	}
 	return out
 }
 
-// EndMeshTunnels ends every tunnel whose far end is node (the fleet found
-// it lost): both of its sockets are counted under r, and a WebSocket
-// client gets a close with code 1011 and text, not a normal "partner
-// closed". It returns how many tunnels it ended.
+// EndMeshTunnels ends every tunnel (and MeshSessions session) whose far
+// end is node (the fleet found it lost): both of its sockets are counted
+// under r, and a WebSocket client gets a close with code 1011 and text,
+// not a normal "partner closed". It returns how many it ended.
 func (s *Server) EndMeshTunnels(node string, r reason.Reason, text string) int {
 	s.mu.Lock()
 	var ts []*tunnel
@@ -344,7 +387,11 @@ func (s *Server) EndMeshTunnels(node string, r reason.Reason, text string) int {
 		l := t.lp
 		l.Do(func() { l.Abort(&t.pair, r, closeCode(r), text) })
 	}
-	return len(ts)
+	n := len(ts)
+	for _, m := range s.meshSessions {
+		n += m.EndMesh(node, r, text)
+	}
+	return n
 }
 
 // RefuseMesh answers a mesh request that cannot be trusted (a bad

@@ -81,6 +81,9 @@ type Server struct {
 	// fleet node at their far end (MeshPeers).
 	meshPeers map[string]int
 	nextID    uint64
+	// meshSessions are the subsystems' sessions across the mesh
+	// (AddMeshSessions); set before Start, read-only after.
+	meshSessions []MeshSessions
 
 	// introspection is the Introspect reply's params, built once from
 	// methods.

@@ -149,6 +149,7 @@ type Fleet struct {
 	storeLoss  *metrics.Counter
 	reasserted *metrics.Counter
 	replaced   *metrics.Counter
+	moved      *metrics.Counter
 }
 
 // NodeInfo is one node of the set, as its heartbeat describes it.
@@ -245,6 +246,7 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 	f.storeLoss = f.set.NewCounter(`meetpoint_fleet_store_losses_total`)
 	f.reasserted = f.set.NewCounter(`meetpoint_fleet_keys_reasserted_total`)
 	f.replaced = f.set.NewCounter(`meetpoint_fleet_clients_replaced_total`)
+	f.moved = f.set.NewCounter(`meetpoint_fleet_clients_moved_total`)
 	f.set.NewGauge(`meetpoint_fleet_available`, func() float64 { return b2f(f.up.Load()) })
 	f.set.NewGauge(`meetpoint_fleet_nodes`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.nodes)) })
 	f.set.NewGauge(`meetpoint_fleet_keys_held`, func() float64 { f.mu.Lock(); defer f.mu.Unlock(); return float64(len(f.held)) })
@@ -612,6 +614,7 @@ var fleetDocs = map[string]relay.MetricDoc{
 	"meetpoint_fleet_store_losses_total":      {Type: "counter", Help: "Times the fleet's Redis was found to have lost its data (its epoch changed: a restart without persistence, a failover that lost writes); this node then claimed its keys again."},
 	"meetpoint_fleet_keys_reasserted_total":   {Type: "counter", Help: "Held keys found missing from the store at renewal (or after a store loss) and claimed again under this node."},
 	"meetpoint_fleet_clients_replaced_total":  {Type: "counter", Help: "Clients waiting here whose key another node took (a store that lost it, an outage): placed again, to meet their partners on that node."},
+	"meetpoint_fleet_clients_moved_total":     {Type: "counter", Help: "Clients waiting here whose key a node across a mesh partition took: ended as fleet_moved and told to reconnect."},
 	"meetpoint_fleet_store_errors_total":      {Type: "counter", Help: "Failed operations on the fleet's Redis."},
 	"meetpoint_mesh_links_active":             {Type: "gauge", Help: "Tunnels of this node that cross the mesh now, by the node at their far end (peer): links this node dialled and links it accepted."},
 	"meetpoint_mesh_dial_failures_total":      {Type: "counter", Help: "Mesh connections to a node (peer) that could not be opened: placements and liveness pings (a refused connection is not counted: the node's host answered)."},

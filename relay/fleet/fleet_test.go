@@ -539,25 +539,7 @@ func TestTunnelProxyAcrossNodes(t *testing.T) {
 	addr := redisAddr(t)
 	nodes := make([]*node, 3)
 	for i := range nodes {
-		s := relaytest.New(t, nil)
-		tp, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
-		t.Cleanup(func() { rdb.Close() })
-		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: fmt.Sprintf("tp-%d", i), MeshKey: meshKey,
-			Heartbeat: testHeartbeat, LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t), Reach: tp.RegisterMeshClient}, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tp.SetDirectory(f)
-		relaytest.Start(t, s)
-		if err := f.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		nodes[i] = &node{id: fmt.Sprintf("tp-%d", i), s: s, f: f}
+		nodes[i] = startTPNode(t, addr, fmt.Sprintf("tp-%d", i), nil)
 	}
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	serverUUID := "44444444-4444-4444-8444-444444444444"
@@ -607,6 +589,35 @@ func TestTunnelProxyAcrossNodes(t *testing.T) {
 		Name: "app", ServerUUID: "77777777-7777-4777-8777-777777777777", Timeout: 5 * time.Second}); err == nil || !strings.Contains(err.Error(), "ServerNotFound") {
 		t.Errorf("an unknown server: %v, want ServerNotFound", err)
 	}
+}
+
+// startTPNode starts a fleet node that serves the TunnelProxy API
+// fleet-wide; fmutate (if not nil) changes its fleet config.
+func startTPNode(t *testing.T, addr, id string, fmutate func(*fleet.Config)) *node {
+	t.Helper()
+	s := relaytest.New(t, nil)
+	tp, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	t.Cleanup(func() { rdb.Close() })
+	fc := fleet.Config{Redis: rdb, NodeID: id, MeshKey: meshKey,
+		Heartbeat: testHeartbeat, LeaseTTL: 3 * time.Second, Logger: testutil.Logger(t), Reach: tp.RegisterMeshClient}
+	if fmutate != nil {
+		fmutate(&fc)
+	}
+	f, err := fleet.New(fc, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.SetDirectory(f)
+	relaytest.Start(t, s)
+	if err := f.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &node{id: id, s: s, f: f}
 }
 
 // acceptWithin is srv.Accept with a deadline.

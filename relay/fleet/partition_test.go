@@ -1,9 +1,12 @@
 package fleet_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/fleet"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
@@ -178,50 +182,99 @@ func TestFarNodeLost(t *testing.T) {
 // reach each other over the mesh say so (/readyz's mesh part, a gauge per
 // peer), and a client whose key's owner is across the partition is not
 // refused for as long as it lasts: its node takes the key over and the
-// client waits there for a partner that reaches it.
+// client waits there for a partner that reaches it. The client that was
+// waiting on the old owner is told to reconnect (fleet_moved, a close
+// 1001 that says so) instead of waiting out its alone timeout: at once
+// when its node's pings already call the new holder unreachable
+// ("known"), or when its placement there fails ("unconfirmed": its node
+// never judges the peer lost).
 func TestMeshOnlyPartition(t *testing.T) {
 	addr := redisAddr(t)
-	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 200*time.Millisecond, 3*time.Second }
-	pa, pb := newBlackhole(t), newBlackhole(t)
-	a := startNodeWith(t, addr, "cut-a", nil, func(c *fleet.Config) { quick(c); c.Advertise = pa.addr() })
-	pa.target.Store(relaytest.Addr(a.s))
-	b := startNodeWith(t, addr, "cut-b", nil, func(c *fleet.Config) { quick(c); c.Advertise = pb.addr() })
-	pb.target.Store(relaytest.Addr(b.s))
-	relaytest.WaitFor(t, func() bool {
-		return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="cut-a"}`) == 1
-	}, "cut-b reaches cut-a over the mesh")
+	for _, tc := range []struct {
+		name  string
+		aLost time.Duration // cut-a's MeshLost
+		moved float64       // meetpoint_fleet_clients_moved_total on cut-a
+	}{
+		{"known", 3 * time.Second, 1},
+		{"unconfirmed", time.Hour, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			aID, bID := "cut-a-"+tc.name, "cut-b-"+tc.name
+			token := "cut-" + tc.name
+			// Pairing waits out a failed placement (5 s): alone timeouts
+			// out of reach.
+			patient := func(c *relay.Config) { c.AloneTimeout = time.Hour }
+			pa, pb := newBlackhole(t), newBlackhole(t)
+			a := startNodeWith(t, addr, aID, patient, func(c *fleet.Config) {
+				c.MeshPing, c.MeshLost, c.Advertise = 200*time.Millisecond, tc.aLost, pa.addr()
+			})
+			pa.target.Store(relaytest.Addr(a.s))
+			b := startNodeWith(t, addr, bID, patient, func(c *fleet.Config) {
+				c.MeshPing, c.MeshLost, c.Advertise = 200*time.Millisecond, 3*time.Second, pb.addr()
+			})
+			pb.target.Store(relaytest.Addr(b.s))
+			relaytest.WaitFor(t, func() bool {
+				return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="`+aID+`"}`) == 1
+			}, bID+" reaches "+aID+" over the mesh")
 
-	pa.frozen.Store(true)
-	pb.frozen.Store(true)
-	relaytest.WaitFor(t, func() bool {
-		return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="cut-a"}`) == 0
-	}, "cut-b sees cut-a unreachable")
-	names, ok, details := b.s.ReadinessParts()
-	for i, n := range names {
-		if n == "mesh" && (ok[i] || !strings.Contains(details[i], "cut-a")) {
-			t.Errorf("readiness during the partition: %v %q, want not ready naming cut-a", ok[i], details[i])
-		}
-	}
-	if len(a.f.Nodes()) != 2 || len(b.f.Nodes()) != 2 {
-		t.Fatal("a node left the node set: the partition is the mesh's only")
-	}
-	go func() { _, _ = dial(t, client.Options{URL: url(a.s, false), Token: "cut", Timeout: 3 * time.Second}) }()
-	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "cut", "") }, "a client waiting on cut-a")
-	// Its partner lands on cut-b: not refused, it waits there...
-	second := waitOn(t, b, client.Options{URL: url(b.s, false), Token: "cut", Name: "second"})
-	// ...and the first client, coming back through the balancer to a
-	// node that reaches cut-b, pairs with it.
-	again, err := dial(t, client.Options{URL: url(b.s, false), Token: "cut", Name: "again"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := <-second
-	if tb == nil || tb.PeerName() != "again" {
-		t.Fatal("the partner was not paired on the node that took the key over")
-	}
-	exchange(t, again, tb, 100)
-	if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="takeover"}`) < 1 {
-		t.Error("the key's move was not counted as a takeover")
+			pa.frozen.Store(true)
+			pb.frozen.Store(true)
+			relaytest.WaitFor(t, func() bool {
+				return relaytest.Metric(t, b.s, `meetpoint_mesh_peer_reachable{peer="`+aID+`"}`) == 0
+			}, bID+" sees "+aID+" unreachable")
+			if tc.moved == 1 {
+				relaytest.WaitFor(t, func() bool {
+					return relaytest.Metric(t, a.s, `meetpoint_mesh_peer_reachable{peer="`+bID+`"}`) == 0
+				}, aID+" sees "+bID+" unreachable")
+			}
+			names, ok, details := b.s.ReadinessParts()
+			for i, n := range names {
+				if n == "mesh" && (ok[i] || !strings.Contains(details[i], aID)) {
+					t.Errorf("readiness during the partition: %v %q, want not ready naming %s", ok[i], details[i], aID)
+				}
+			}
+			if len(a.f.Nodes()) != 2 || len(b.f.Nodes()) != 2 {
+				t.Fatal("a node left the node set: the partition is the mesh's only")
+			}
+			firstErr := make(chan error, 1)
+			go func() {
+				_, err := dial(t, client.Options{URL: url(a.s, true), Token: token, Timeout: relaytest.Patience})
+				firstErr <- err
+			}()
+			relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, token, "") }, "a client waiting on "+aID)
+			// Its partner lands on cut-b: not refused, it waits there...
+			second := waitOn(t, b, client.Options{URL: url(b.s, false), Token: token, Name: "second"})
+			// ...cut-a finds the key taken (its next renewal) by a node
+			// it cannot reach, and its waiting client is told to
+			// reconnect...
+			err := <-firstErr
+			var ce *client.CloseError
+			if !errors.As(err, &ce) || ce.Code != 1001 || !strings.Contains(ce.Reason, "Reconnect") {
+				t.Fatalf("the client waiting on %s got %v, want a close 1001 telling it to reconnect", aID, err)
+			}
+			relaytest.WaitFor(t, func() error {
+				closes := relaytest.Metric(t, a.s, `meetpoint_closes_total{reason="fleet_moved"}`)
+				moved := relaytest.Metric(t, a.s, `meetpoint_fleet_clients_moved_total`)
+				if closes != 1 || moved != tc.moved {
+					return fmt.Errorf("fleet_moved closes %v, clients moved %v (want 1, %v)", closes, moved, tc.moved)
+				}
+				return nil
+			}, aID+" counts the client it told to reconnect")
+			// ...and, coming back through the balancer to a node that
+			// reaches cut-b, it pairs.
+			again, err := dial(t, client.Options{URL: url(b.s, false), Token: token, Name: "again"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb := <-second
+			if tb == nil || tb.PeerName() != "again" {
+				t.Fatal("the partner was not paired on the node that took the key over")
+			}
+			exchange(t, again, tb, 100)
+			if relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="takeover"}`) < 1 {
+				t.Error("the key's move was not counted as a takeover")
+			}
+		})
 	}
 }
 
@@ -250,4 +303,70 @@ func TestMeshSourceIPs(t *testing.T) {
 	if !from["127.0.0.2"] || !from["127.0.0.3"] {
 		t.Errorf("the owner saw mesh links from %v, want both source addresses", from)
 	}
+}
+
+// TestTunnelProxyFarNodeLost: a TunnelProxy client on one node reaches
+// its server on another over a mesh link; when the two nodes are cut
+// apart (nothing closed, nothing answers), both ends are ended as
+// far_node_lost within the mesh-lost time: the client's tunnel on its
+// node, and on the server's node the mesh link's client, whose server is
+// told ClientDisconnected, instead of holding it until TCP gives up.
+func TestTunnelProxyFarNodeLost(t *testing.T) {
+	addr := redisAddr(t)
+	pa, pb := newBlackhole(t), newBlackhole(t)
+	quick := func(p *blackhole) func(*fleet.Config) {
+		return func(c *fleet.Config) { c.MeshPing, c.MeshLost, c.Advertise = 200*time.Millisecond, 4*time.Second, p.addr() }
+	}
+	a := startTPNode(t, addr, "tplost-a", quick(pa))
+	pa.target.Store(relaytest.Addr(a.s))
+	b := startTPNode(t, addr, "tplost-b", quick(pb))
+	pb.target.Store(relaytest.Addr(b.s))
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+
+	const serverUUID = "88888888-8888-4888-8888-888888888888"
+	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: relaytest.Patience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cl, err := client.DialTPClient(context.Background(), client.TPOptions{URL: url(b.s, true), UUID: "99999999-9999-4999-8999-999999999999",
+		Name: "app", ServerUUID: serverUUID, Timeout: relaytest.Patience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sc, err := acceptWithin(srv, relaytest.Patience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if _, err := io.ReadFull(sc, got); err != nil || string(got) != "ping" {
+		t.Fatalf("server read %q, %v", got, err)
+	}
+	relaytest.WaitFor(t, func() bool {
+		return a.s.MeshPeers()["tplost-b"] == 1 && b.s.MeshPeers()["tplost-a"] == 1
+	}, "each node counts the TunnelProxy session that crosses to the other")
+
+	pa.frozen.Store(true)
+	pb.frozen.Store(true)
+	// The server hears that its client left (ClientDisconnected)...
+	_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if _, err := sc.Read(got); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the server's side of the cut client: %v, want it ended", err)
+	}
+	// ...and the client's tunnel ends on its node.
+	_ = cl.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if _, err := cl.Read(got); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client across the cut: %v, want it ended", err)
+	}
+	for _, nd := range []*node{a, b} {
+		relaytest.WaitFor(t, func() bool {
+			return relaytest.Metric(t, nd.s, `meetpoint_closes_total{reason="far_node_lost"}`) >= 1
+		}, nd.id+" counts its end as far_node_lost")
+	}
+	relaytest.WaitFor(t, func() bool { return a.s.MeshPeers()["tplost-b"] == 0 }, "tplost-a no longer counts the session")
 }

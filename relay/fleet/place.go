@@ -24,20 +24,25 @@ type hold struct {
 	refs      int           // placements that carry it (state held)
 	published bool          // in Redis; false: taken while the store was unreachable
 	wait      chan struct{} // placing, releasing: closed when that ends
-	watchers  []func()      // places each client waiting under the key again (relay.Watcher)
+	watchers  []watcher     // the clients waiting under the key (relay.Watcher)
 }
 
+// watcher is one waiting client's pair of relay.Watcher functions.
+type watcher struct{ replace, moved func() }
+
 // Watch implements relay.Watcher.
-func (h *hold) Watch(replace func()) {
+func (h *hold) Watch(replace, moved func()) {
 	h.f.mu.Lock()
-	h.watchers = append(h.watchers, replace)
+	h.watchers = append(h.watchers, watcher{replace, moved})
 	h.f.mu.Unlock()
 }
 
 // lost handles a held key found held by another node: counted; if clients
 // wait under it (no tunnel), the hold is dropped and they are placed
-// again, to meet their partners where the key is now, unless that node is
-// unreachable over the mesh (they would only take the key back).
+// again, to meet their partners where the key is now — unless that node
+// is unreachable over the mesh: placed again they would only take the
+// key back and split the pair, so they are told to reconnect instead (a
+// balancer may bring them to a node that reaches the new holder).
 func (f *Fleet) lost(ctx context.Context, h *hold) {
 	f.leaseLost.Inc()
 	f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
@@ -49,9 +54,11 @@ func (f *Fleet) lost(ctx context.Context, h *hold) {
 	}
 	f.mu.Unlock()
 	owner, err := f.rdb.Get(ctx, h.key).Result()
-	if node, _ := parseValue(owner); err != nil || node == "" || node == f.cfg.NodeID || f.unreachable(node) {
+	node, _ := parseValue(owner)
+	if err != nil || node == "" || node == f.cfg.NodeID {
 		return
 	}
+	cut := f.unreachable(node)
 	f.mu.Lock()
 	if f.held[h.key] == h {
 		delete(f.held, h.key)
@@ -59,9 +66,18 @@ func (f *Fleet) lost(ctx context.Context, h *hold) {
 	}
 	h.watchers = nil
 	f.mu.Unlock()
+	if cut {
+		f.moved.Add(len(ws))
+		f.log.Info("fleet: clients waiting here told to reconnect: their key moved to a node this one cannot reach",
+			"node", f.cfg.NodeID, "holder", node, "clients", len(ws))
+		for _, w := range ws {
+			go w.moved()
+		}
+		return
+	}
 	f.replaced.Add(len(ws))
 	for _, w := range ws {
-		go w()
+		go w.replace()
 	}
 }
 

@@ -45,6 +45,7 @@ const (
 	LimitHTTPPerIP                 // the source address (or IPv6 prefix) holds its HTTPMaxConnsPerIP share of HTTP connections
 	LimitTLSPerIP                  // the source address (or IPv6 prefix) holds its MaxTLSHandshakesPerIP share of TLS handshakes
 	FarNodeLost                    // the fleet node at the tunnel's far end stopped answering (a partition, power loss)
+	Moved                          // a waiting client's key moved to a fleet node this one cannot reach: told to reconnect
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -57,6 +58,7 @@ var names = [Count]string{
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
 	"fleet", "mesh", "limit_http_per_ip", "limit_tls_per_ip", "far_node_lost",
+	"fleet_moved",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".

@@ -28,7 +28,61 @@ type Directory interface {
 
 // SetDirectory makes s fleet-wide through d. Call it before the server
 // starts.
-func (s *Service) SetDirectory(d Directory) { s.dir = d }
+func (s *Service) SetDirectory(d Directory) {
+	s.dir = d
+	s.srv.AddMeshSessions(s)
+}
+
+// meshCount adds delta to the clients here that node's clients reach
+// over mesh links.
+func (s *Service) meshCount(node string, delta int) {
+	s.meshMu.Lock()
+	if s.meshClients == nil {
+		s.meshClients = make(map[string]int)
+	}
+	if s.meshClients[node] += delta; s.meshClients[node] <= 0 {
+		delete(s.meshClients, node)
+	}
+	s.meshMu.Unlock()
+}
+
+// MeshPeers implements relay.MeshSessions: clients reached from other
+// nodes, by node. (Clients of this node bridged to a server elsewhere are
+// the engine's tunnels: counted there.)
+func (s *Service) MeshPeers(into map[string]int) {
+	s.meshMu.Lock()
+	for n, c := range s.meshClients {
+		into[n] += c
+	}
+	s.meshMu.Unlock()
+}
+
+// EndMesh implements relay.MeshSessions: the clients that node's clients
+// reach over mesh links are dropped for r (their servers are told
+// ClientDisconnected), on each hub's loop.
+func (s *Service) EndMesh(node string, r reason.Reason, _ string) int {
+	s.meshMu.Lock()
+	n := s.meshClients[node]
+	s.meshMu.Unlock()
+	if n == 0 {
+		return 0
+	}
+	for _, h := range s.reg.all() {
+		h.l.Do(func() {
+			for _, c := range h.clients {
+				if c.node == node {
+					h.dropClient(c, true, r)
+				}
+			}
+			for _, c := range h.pending {
+				if c.node == node {
+					h.dropClient(c, false, r)
+				}
+			}
+		})
+	}
+	return n
+}
 
 // dirTimeout bounds a directory call.
 const dirTimeout = 5 * time.Second

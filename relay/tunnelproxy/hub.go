@@ -54,6 +54,8 @@ type tpEnd struct {
 	uuid   string
 	name   string
 	peer   string
+	node   string // clients: the fleet node whose client this mesh link is; "" for a client of this node
+	meshed bool   // counted in the service's meshClients (from addClient until release)
 
 	readable, writable bool
 	closing            bool // no more reads; close once out is written
@@ -145,7 +147,7 @@ func (t hubClient) Ready(ho *relay.Handover) {
 		h.s.srv.Dismiss(ho, ho.Reason, 0, "")
 		return
 	}
-	e.uuid, e.name = t.uuid, t.name
+	e.uuid, e.name, e.node = t.uuid, t.name, ho.MeshNode
 	reply := handshake.AppendSuccess(nil, t.replyID,
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
 	if !h.l.Do(func() { h.addClient(e, reply) }) {
@@ -183,6 +185,10 @@ func (h *hub) start(e *tpEnd, reply []byte) {
 // addClient gives a client its address, tells the server, and starts
 // reading it. reply is the RegisterClient answer (nil if already queued).
 func (h *hub) addClient(e *tpEnd, reply []byte) {
+	if e.node != "" && !e.meshed {
+		e.meshed = true
+		h.s.meshCount(e.node, 1)
+	}
 	if h.dead {
 		h.dropClient(e, false, reason.PartnerClosed)
 		return
@@ -719,6 +725,10 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 // release lets go of e's socket: the rest of its output, a close frame on
 // WebSocket (unless it failed), then a lingering close.
 func (h *hub) release(e *tpEnd, r reason.Reason) {
+	if e.meshed {
+		e.meshed = false
+		h.s.meshCount(e.node, -1)
+	}
 	var final []byte
 	if e.out != nil {
 		final = append(final, e.out.B[e.off:]...)

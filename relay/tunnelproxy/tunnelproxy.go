@@ -108,6 +108,12 @@ type Service struct {
 	reg *registry
 	m   tpMetrics
 	dir Directory // nil: this node only
+
+	// meshMu guards meshClients: the clients here that are mesh links
+	// from other nodes (their clients), by that node; counted from the
+	// hub's addClient to its release of the socket.
+	meshMu      sync.Mutex
+	meshClients map[string]int
 }
 
 // tpMetrics are the service's counters.
