@@ -88,8 +88,8 @@ func runMonitor(args []string, stdout, stderr io.Writer) int {
 type monitorConn struct {
 	path    string
 	timeout time.Duration // per exchange; 5 s, shorter in tests
-	c    net.Conn // nil after an error, until the next fetch redials
-	r    *bufio.Reader
+	c       net.Conn      // nil after an error, until the next fetch redials
+	r       *bufio.Reader
 }
 
 func dialMonitor(path string) (*monitorConn, error) {

@@ -315,7 +315,9 @@ func TestTunnelProxyFarNodeLost(t *testing.T) {
 	addr := redisAddr(t)
 	pa, pb := newBlackhole(t), newBlackhole(t)
 	quick := func(p *blackhole) func(*fleet.Config) {
-		return func(c *fleet.Config) { c.MeshPing, c.MeshLost, c.Advertise = 200*time.Millisecond, 4*time.Second, p.addr() }
+		return func(c *fleet.Config) {
+			c.MeshPing, c.MeshLost, c.Advertise = 200*time.Millisecond, 4*time.Second, p.addr()
+		}
 	}
 	a := startTPNode(t, addr, "tplost-a", quick(pa))
 	pa.target.Store(relaytest.Addr(a.s))
