@@ -239,23 +239,37 @@ func TestCloseAccounting(t *testing.T) {
 	acRun(t, s, main, seen)
 
 	// Replies never read, on a relay that does not end the connection for
-	// inactivity first: the kernel takes megabytes of replies before a
-	// write falls short, and Introspect is only 1.8 KB here.
-	rn := startServer(t, func(c *Config) { c.InactiveTimeout = 30 * time.Second })
+	// inactivity first. Each request earns a 1 MiB reply (Mesh.Ping, which
+	// only a fleet serves, answered by this test's own handler), so a few tiny requests fill every buffer on the way
+	// and a write falls short: no flood of input that a loaded relay
+	// could fall behind on (it once hit the input budget first, counted
+	// as preauth_limit, when Introspects were paced for an idle machine).
+	rcfg := LoopbackConfig(acceptAll{})
+	rcfg.Logger = testutil.Logger(t)
+	rcfg.InactiveTimeout = time.Hour
+	rn, err := NewServer(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 1<<20)
+	rn.HandleMethod("Mesh.Ping", func(c Conn, req *handshake.Request) {
+		c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("pad", big)))
+	})
+	if err := rn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rn.Close() })
 	acRun(t, rn, []acCase{{"replies never read", reason.SlowReader, func(t *testing.T, s *Server) {
 		c := acTCP(t, s)
 		_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
-		req := []byte(`{"id":1,"method":"RemoteProxy.Introspect"}` + "\n")
-		// Small batches, well inside the input budget and paced for the
-		// relay to keep up, each earning 180 KB of replies.
-		batch := []byte(strings.Repeat(string(req), 100))
-		for range 2000 {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			if _, err := c.Write(batch); err != nil {
-				return
+		// 64 MiB of replies at most: more than any socket buffers hold.
+		for i := range 64 {
+			_ = c.SetWriteDeadline(time.Now().Add(testutil.Patience))
+			if _, err := fmt.Fprintf(c, `{"id":%d,"method":"Mesh.Ping","params":{"node":"n","time":1,"mac":"00"}}`+"\n", i); err != nil {
+				return // the relay closed it: counted below
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
+		hoReadToClose(t, c, testutil.Patience)
 	}}}, seen)
 
 	// The timeouts, each on a server where only it is short.
