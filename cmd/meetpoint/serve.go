@@ -194,7 +194,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.Var(&o.routes, "route", "reverse-proxy HTTP under a path prefix to a local service, repeatable (`/PREFIX/=URL`, e.g. /db/=http://127.0.0.1:5984/; /db/=strip:URL drops the prefix)")
 	fs.StringVar(&o.adminKey, "admin-key-file", "", "hex key `FILE` (meetpoint token --gen-key) that lets backends mint one-time tokens with POST /v1/tokens (auth onetime or redis://), publish events, and list TURN allocations (GET /v1/turn/allocations)")
 	fs.BoolVar(&o.events, "events", false, "serve Events.Subscribe: idle connections receive events published with POST /v1/events/{channel} (needs --admin-key-file) or into Redis (--events-redis)")
-	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB); implies --events")
+	fs.StringVar(&o.eventsURL, "events-redis", "", "carry events between relays through this Redis (`URL` redis://HOST:PORT/DB, redis+cluster://HOST:PORT?addr=…, redis+sentinel://HOST:PORT?master_name=M&addr=…); implies --events")
 	fs.BoolVar(&o.groups, "groups", true, "serve the Disco-compatible groups API (POST /group, GET /groups, GET/PATCH/DELETE /groups/{id}; docs/discovery.md), kept under --data-dir (in memory without one)")
 	fs.DurationVar(&o.groupTTL, "group-ttl", 5*time.Minute, "a group's life without an update (PATCH refreshes it)")
 	fs.DurationVar(&o.groupMax, "group-max-ttl", 24*time.Hour, "the longest TTL a group may ask for")

@@ -42,11 +42,13 @@ import (
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/reason"
+	"github.com/meetpoint/meetpoint/relay/redisurl"
 )
 
 // Config is the events section.
 type Config struct {
-	// Redis, if set (redis://HOST:PORT/DB), carries events between relays.
+	// Redis, if set, carries events between relays: a URL of
+	// redisurl.Parse (one server, redis+cluster://, redis+sentinel://).
 	Redis string
 	// Prefix is the Redis channel prefix (default "meetpoint:events:").
 	Prefix string
@@ -63,10 +65,12 @@ type Service struct {
 	cfg    Config
 	seed   maphash.Seed
 	shards [64]shard
-	rdb    *redis.Client
-	dep    *relay.Dependency // rdb's health: /readyz, metrics, one log line per outage
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	rdb    redis.UniversalClient // one server, a Cluster or a Sentinel-managed primary (redisurl)
+	dep    *relay.Dependency     // rdb's health: /readyz, metrics, one log line per outage
+	// subscribed is closed once the node's PSUBSCRIBE is confirmed (Ready).
+	subscribed chan struct{}
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
 
 	subscribers atomic.Int64
 	set         *metrics.Set
@@ -102,13 +106,13 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	if cfg.Redis != "" {
-		opt, err := redis.ParseURL(cfg.Redis)
+		rdb, err := redisurl.Parse("events redis URL", cfg.Redis)
 		if err != nil {
 			cancel()
-			return nil, fmt.Errorf("events redis URL: %v", err)
+			return nil, err
 		}
-		s.rdb = redis.NewClient(opt)
-		s.dep = srv.AddDependency("events_redis", "the events' Redis ("+opt.Addr+")",
+		s.rdb, s.subscribed = rdb, make(chan struct{})
+		s.dep = srv.AddDependency("events_redis", "the events' Redis ("+redisurl.Describe(cfg.Redis)+")",
 			func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() })
 		s.wg.Add(1)
 		go s.listen(ctx)
@@ -254,11 +258,26 @@ func (s *Service) Publish(ctx context.Context, channel string, data []byte) erro
 }
 
 // listen is the node's one Redis subscription; it re-subscribes after an
-// outage by itself (go-redis).
+// outage by itself (go-redis). On a Redis Cluster it is on one node,
+// which receives every node's PUBLISH (the cluster broadcasts them).
 func (s *Service) listen(ctx context.Context) {
 	defer s.wg.Done()
 	ps := s.rdb.PSubscribe(ctx, s.cfg.Prefix+"*")
 	defer ps.Close()
+	// The confirmation first (retried while Redis does not answer: each
+	// try reconnects and subscribes again), then the messages.
+	for {
+		m, err := ps.ReceiveTimeout(ctx, 5*time.Second)
+		if _, ok := m.(*redis.Subscription); ok && err == nil {
+			close(s.subscribed)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 	ch := ps.Channel(redis.WithChannelSize(4096))
 	for {
 		select {
@@ -281,8 +300,16 @@ func (s *Service) Ready(ctx context.Context) error {
 	if s.rdb == nil {
 		return nil
 	}
+	select {
+	case <-s.subscribed:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// After an outage go-redis subscribes again by itself, unannounced:
+	// ask Redis whether a pattern subscription is in place (on every
+	// shard of a Cluster; the one relay in the tests that use it).
 	for {
-		n, err := s.rdb.PubSubNumPat(ctx).Result()
+		n, err := s.patterns(ctx)
 		if err == nil && n > 0 {
 			return nil
 		}
@@ -292,6 +319,21 @@ func (s *Service) Ready(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// patterns counts the pattern subscriptions Redis holds.
+func (s *Service) patterns(ctx context.Context) (int64, error) {
+	cc, ok := s.rdb.(*redis.ClusterClient)
+	if !ok {
+		return s.rdb.PubSubNumPat(ctx).Result()
+	}
+	var n atomic.Int64
+	err := cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+		k, err := c.PubSubNumPat(ctx).Result()
+		n.Add(k)
+		return err
+	})
+	return n.Load(), err
 }
 
 // publishHTTP is POST /v1/events/{channel} (behind the admin key).

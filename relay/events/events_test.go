@@ -41,13 +41,17 @@ func (onlyChannels) Allow(_ *relay.Identity, action, target string) (bool, strin
 func node(t *testing.T, redisAddr string) (*relay.Server, *events.Service) {
 	t.Helper()
 	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
-	ev, err := events.New(s, events.Config{Redis: "redis://" + redisAddr + "/0", AdminKey: "admin-secret"})
+	url := redisAddr // a whole URL (redis+cluster://…), or HOST:PORT
+	if !strings.Contains(url, "://") {
+		url = "redis://" + redisAddr + "/0"
+	}
+	ev, err := events.New(s, events.Config{Redis: url, AdminKey: "admin-secret"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ev.Close() })
 	relaytest.Start(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), relaytest.Patience)
 	defer cancel()
 	if err := ev.Ready(ctx); err != nil {
 		t.Fatal(err)
@@ -222,6 +226,48 @@ func TestEventsAcrossNodes(t *testing.T) {
 	runtime.KeepAlive(subs) // an unreferenced net.Conn is closed by its finalizer
 	runtime.KeepAlive(other)
 	runtime.KeepAlive(slow)
+}
+
+// TestEventsOnRedisHA: --events-redis takes the same URL forms as
+// --fleet: events published on one node reach a subscriber on another
+// through a 3-master Redis Cluster (whose nodes broadcast every PUBLISH)
+// and through a Sentinel-managed primary.
+func TestEventsOnRedisHA(t *testing.T) {
+	t.Run("cluster", func(t *testing.T) {
+		addrs := testutil.RedisCluster(t, 3)
+		eventsBetweenNodes(t, "redis+cluster://"+addrs[0]+"?addr="+addrs[1]+"&addr="+addrs[2])
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		sentinels, _, _ := testutil.RedisSentinel(t)
+		eventsBetweenNodes(t, "redis+sentinel://"+sentinels[0]+"?master_name=mymaster&addr="+sentinels[1]+"&addr="+sentinels[2])
+	})
+}
+
+// eventsBetweenNodes starts two nodes on the Redis of url and checks that
+// events posted to either reach a subscriber of the other.
+func eventsBetweenNodes(t *testing.T, url string) {
+	a, _ := node(t, url)
+	b, _ := node(t, url)
+	for i, pair := range [][2]*relay.Server{{a, b}, {b, a}} {
+		s, reply := subscribe(t, relaytest.Addr(pair[1]), i == 0, "dev-ha")
+		if p, _ := reply["params"].(map[string]any); p["authenticationError"] != "AuthenticationErrorNoError" {
+			t.Fatalf("subscribe: %v", reply)
+		}
+		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(pair[0])+"/v1/events/dev-ha", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			t.Fatalf("publish: %d", resp.StatusCode)
+		}
+		if ch, data := eventOf(s.next(t)); ch != "dev-ha" || data.(map[string]any)["n"] != float64(i) {
+			t.Fatalf("the subscriber on the other node got %s %v", ch, data)
+		}
+		s.c.Close()
+	}
 }
 
 // TestURLSubscribe: ?token=T&channels=a,b on a WebSocket URL subscribes

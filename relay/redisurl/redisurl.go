@@ -66,3 +66,13 @@ func Parse(what, spec string) (redis.UniversalClient, error) {
 	}
 	return nil, fmt.Errorf("%s %q: unknown mode %q (cluster or sentinel)", what, u.Redacted(), mode)
 }
+
+// Describe names the Redis of spec for logs and /readyz: its scheme and
+// first address, never a password or query.
+func Describe(spec string) string {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return "an unparsable URL"
+	}
+	return u.Scheme + "://" + u.Host
+}
