@@ -48,12 +48,16 @@ func (e *Env) startFleet() error {
 		if err != nil {
 			return err
 		}
-		cfg := relayConfig(relayListen(2))
+		cfg := e.inProcessConfig(relayListen(2))
 		srv, err := relay.NewServer(cfg)
 		if err != nil {
 			return err
 		}
-		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: fmt.Sprintf("bench-%s-%c", e.runID, 'a'+i), MeshKey: key, Logger: cfg.Logger}, srv)
+		fc := fleet.Config{Redis: rdb, NodeID: fmt.Sprintf("bench-%s-%c", e.runID, 'a'+i), MeshKey: key, Logger: cfg.Logger}
+		if e.certs != nil {
+			fc.CertFingerprint = e.certs.Fingerprint // mesh links over TLS, pinned (--mesh-tls)
+		}
+		f, err := fleet.New(fc, srv)
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/auth"
 )
 
@@ -85,6 +86,7 @@ type Env struct {
 	mu       sync.Mutex
 	cache    map[string]*Peer // started reference peers (nil: skipped)
 	fleet    *fleetEnv        // --fleet: two relays on one Redis, or nil
+	certs    *certs.Store     // tls, wss transports: the run's certificate, or nil
 }
 
 // newEnv starts the backend listener, the relay and the reference peers.
@@ -98,6 +100,12 @@ func newEnv(opt *Options) (*Env, error) {
 	if err != nil {
 		e.Close()
 		return nil, err
+	}
+	if wantsTLS(opt) {
+		if err := e.startTLS(); err != nil {
+			e.Close()
+			return nil, err
+		}
 	}
 	if err := e.startRelay(); err != nil {
 		e.Close()
@@ -123,6 +131,16 @@ func relayConfig(listen []string) relay.Config {
 	cfg.Limits.ConnRatePerIP = 0
 	cfg.AloneTimeout = 30 * time.Second
 	cfg.InactiveTimeout = 30 * time.Second
+	return cfg
+}
+
+// inProcessConfig is relayConfig for a relay in this process: with the
+// run's certificate when a TLS transport is measured.
+func (e *Env) inProcessConfig(listen []string) relay.Config {
+	cfg := relayConfig(listen)
+	if e.certs != nil {
+		cfg.TLS = e.certs.TLSConfig()
+	}
 	return cfg
 }
 
@@ -156,7 +174,7 @@ func (e *Env) startRelay() error {
 		e.child, e.RelayPID, e.relayURL = c, c.cmd.Process.Pid, c.addrs
 		e.note("meetpoint: relay spawned as a separate process (pid %d)", e.RelayPID)
 	default:
-		srv, err := relay.NewServer(relayConfig(relayListen(4)))
+		srv, err := relay.NewServer(e.inProcessConfig(relayListen(4)))
 		if err != nil {
 			return err
 		}
@@ -204,6 +222,10 @@ func (e *Env) Peers(transports ...string) []*Peer {
 	}
 	if want("meetpoint") {
 		for _, t := range transports {
+			if isTLS(t) && e.Relay == nil {
+				e.skip("meetpoint "+t, "the harness gives TLS only to relays in its own process (not --spawn-relay or --relay-url)")
+				continue
+			}
 			out = append(out, &Peer{Name: "meetpoint", Transport: t, PID: e.RelayPID, env: e})
 		}
 	}
@@ -370,6 +392,9 @@ func (e *Env) Close() {
 	if e.back != nil {
 		e.back.ln.Close()
 	}
+	if e.certs != nil {
+		e.certs.Close()
+	}
 	if e.tmp != "" {
 		os.RemoveAll(e.tmp)
 	}
@@ -394,8 +419,13 @@ func (e *Env) meetpointPair(ctx context.Context, transport string) (End, End, er
 
 // relayURLFor builds the client URL for a transport.
 func relayURLFor(host, transport string) string {
-	if transport == "ws" {
+	switch transport {
+	case "ws":
 		return "ws://" + host + "/"
+	case "wss":
+		return "wss://" + host + "/"
+	case "tls":
+		return "tls://" + host
 	}
 	return "tcp://" + host
 }
@@ -433,10 +463,12 @@ func dialPairOn(ctx context.Context, hostA, hostB, ta, tb, nonce string) (End, E
 	}
 	ch := make(chan res, 1)
 	go func() {
-		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second, LocalIP: sourceFor(host)})
+		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second,
+			LocalIP: sourceFor(host), TLSConfig: clientTLS.Load()})
 		ch <- res{t, err}
 	}()
-	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(hostA, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second, LocalIP: sourceFor(hostA)})
+	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(hostA, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second,
+		LocalIP: sourceFor(hostA), TLSConfig: clientTLS.Load()})
 	r := <-ch
 	if errA != nil || r.err != nil {
 		if a != nil {

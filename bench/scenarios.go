@@ -73,7 +73,7 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 			"wait for TunnelEstablished (latency: until both have it). direct/haproxy/socat: connect and the harness's " +
 			"backend accepting the connection (through the proxy) and reading its 8-byte id."},
 	}
-	for _, p := range e.Peers(transportsOf(o, "tcp", "ws")...) {
+	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
 		cctx, cancel := context.WithTimeout(ctx, o.Duration+30*time.Second)
@@ -145,7 +145,7 @@ func runThroughput(ctx context.Context, e *Env) (*Table, error) {
 		Notes: []string{"Each tunnel: one writer sends messages of the given size back to back (one Write per message; " +
 			"over WebSocket one binary message each), the other end reads and counts. mixed = TCP client → WebSocket client."},
 	}
-	peers := e.Peers(transportsOf(o, "tcp", "ws", "mixed")...)
+	peers := e.Peers(transportsOf(o, "tcp", "ws", "mixed", "tls", "wss")...)
 	for _, k := range o.Parallel {
 		for _, size := range o.Sizes {
 			for _, p := range peers {
@@ -229,7 +229,7 @@ func runLatency(ctx context.Context, e *Env) (*Table, error) {
 		Notes: []string{fmt.Sprintf("One tunnel measured while %d background tunnels of the same peer are idle (held open) "+
 			"or busy (each running its own 64 B ping-pong loop flat out).", o.Background)},
 	}
-	peers := e.Peers(transportsOf(o, "tcp", "ws")...)
+	peers := e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...)
 	for _, bg := range []string{"idle", "busy"} {
 		var direct float64
 		for _, p := range peers {
@@ -388,7 +388,7 @@ func runChurn(ctx context.Context, e *Env) (*Table, error) {
 		Notes: []string{"Start is sampled after a 1 s warm-up churn, end 2 s after the last close. meetpoint counts goroutines " +
 			"(whole harness process when the relay runs in process), haproxy OS threads. socat forks per connection and is left out."},
 	}
-	for _, p := range e.Peers(transportsOf(o, "tcp", "ws")...) {
+	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		if p.PID == 0 || p.Name == "socat" {
 			continue
 		}
