@@ -20,8 +20,8 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay"
-	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/auth"
+	"github.com/meetpoint/meetpoint/relay/certs"
 )
 
 // End is one end of a tunnel: a *client.Tunnel for meetpoint, a TCP

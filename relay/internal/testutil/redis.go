@@ -104,22 +104,32 @@ func runRedis(t testing.TB, port int, cmd *exec.Cmd) (addr string, stop func(), 
 // cluster answers "cluster_state:ok".
 func RedisCluster(t testing.TB, n int) []string {
 	t.Helper()
+	addrs, _ := RedisClusterWith(t, n, 0)
+	return addrs
+}
+
+// RedisClusterWith starts a Redis Cluster of n masters, each with
+// replicas replicas, and returns every server's address (masters and
+// replicas, in no promised order; ask a server its ROLE) and a function
+// per server that kills it.
+func RedisClusterWith(t testing.TB, n, replicas int) (addrs []string, kill []func()) {
+	t.Helper()
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
 		redisBin(t) // skips (or fails) the same way without Redis
 		t.Skip("no redis-cli: apt-get install redis-tools to run the Redis Cluster tests")
 	}
-	var addrs []string
-	for len(addrs) < n {
+	for len(addrs) < n*(1+replicas) {
 		p := clusterPort(t)
 		// The cluster bus is the port + 10000: taken, the server exits
 		// and Redis' loop picks no other port, so try another.
-		if a, _, ok := startRedis(t, redisBin(t), p, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		if a, stop, ok := startRedis(t, redisBin(t), p, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", "2000"); ok {
-			addrs = append(addrs, a)
+			addrs, kill = append(addrs, a), append(kill, stop)
 		}
 	}
-	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...),
+		"--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -135,7 +145,7 @@ func RedisCluster(t testing.TB, n int) []string {
 			}
 		}
 	}
-	return addrs
+	return addrs, kill
 }
 
 // clusterPort is a free loopback port whose cluster bus port (+10000) is
