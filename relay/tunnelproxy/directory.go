@@ -69,16 +69,20 @@ func (s *Service) EndMesh(node string, r reason.Reason, _ string) int {
 	}
 	for _, h := range s.reg.all() {
 		h.l.Do(func() {
-			for _, c := range h.clients {
+			for _, c := range h.clients { // (deleting while ranging is safe)
 				if c.node == node {
 					h.dropClient(c, true, r)
 				}
 			}
-			for _, c := range h.pending {
+			kept := h.pending[:0]
+			for _, c := range h.pending { // not started: the server knows nothing of them
 				if c.node == node {
 					h.dropClient(c, false, r)
+				} else {
+					kept = append(kept, c)
 				}
 			}
+			h.pending = kept
 		})
 	}
 	return n
