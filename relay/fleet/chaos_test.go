@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -250,6 +252,61 @@ func (cf *chaosFleet) run(t *testing.T, name string, fault func(), recovered fun
 	return row
 }
 
+// startHAProxy starts HAProxy in TCP mode, round robin over the nodes,
+// with health checks every 300 ms and a retry on another node when a
+// connection is refused, as an operator would put it in front of a fleet;
+// it returns the balancer's address. The test is skipped without haproxy.
+func startHAProxy(t *testing.T, nodes []*node) string {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy not found: apt-get install haproxy")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := l.Addr().String()
+	l.Close()
+	cfg := "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1m\n  timeout server 1m\n" +
+		"  retries 3\n  option redispatch\nfrontend relay\n  bind " + lb + "\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n"
+	for _, nd := range nodes {
+		cfg += "  server " + nd.id + " " + relaytest.Addr(nd.s) + " check inter 300ms fall 2 rise 1\n"
+	}
+	path := filepath.Join(t.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-db", "-f", path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	relaytest.WaitFor(t, func() bool {
+		c, err := net.Dial("tcp", lb)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "HAProxy listening")
+	return lb
+}
+
+// pairVia reports whether a fresh pair meets through the balancer at lb
+// (a raw-TCP client and a WebSocket client, wherever it sends them).
+func pairVia(lb, tok string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ta, tb, err := client.DialPair(ctx, client.Options{URL: "tcp://" + lb, Token: tok, Timeout: 5 * time.Second},
+		client.Options{URL: "ws://" + lb + "/", Token: tok, Timeout: 5 * time.Second})
+	if err != nil {
+		return false
+	}
+	ta.Close()
+	tb.Close()
+	return true
+}
+
 // redisRole is the ROLE of the Redis server at addr ("master",
 // "slave"), or "" if it does not answer.
 func redisRole(addr string) string {
@@ -316,6 +373,24 @@ func TestFleetChaos(t *testing.T) {
 	a, b = cf.nodes[0], cf.nodes[1]
 	rows = append(rows, cf.run(t, "Sentinel failover (primary killed)", kill,
 		func(try int) bool { return cf.pairs(a, b, fmt.Sprintf("failover-%d", try)) }))
+
+	cf = newChaosFleet(t, addr, "r6")
+	c = cf.nodes[2]
+	lb := startHAProxy(t, cf.nodes)
+	rows = append(rows, cf.run(t, "node killed behind HAProxy (clients reconnect)", func() {
+		fleet.Kill(c.f)
+		c.s.Close()
+	}, func(try int) bool {
+		// Recovered when fresh pairs through the balancer meet again
+		// three times in a row: round robin has then tried every server.
+		for i := range 3 {
+			if !pairVia(lb, fmt.Sprintf("lb-%d-%d", try, i)) {
+				time.Sleep(200 * time.Millisecond)
+				return false
+			}
+		}
+		return true
+	}))
 
 	addrs, kills := testutil.RedisClusterWith(t, 3, 1)
 	cf = newChaosFleet(t, "redis+cluster://"+addrs[0]+"?addr="+strings.Join(addrs[1:], "&addr="), "r5")
