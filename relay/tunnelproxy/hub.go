@@ -738,7 +738,7 @@ func (h *hub) release(e *tpEnd, r reason.Reason) {
 	if rest := e.text.Flush(); len(rest) > 0 && e.ws != nil {
 		final = handshake.AppendFrame(final, ws.OpBinary, true, rest) // the end of a cut character
 	}
-	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall
+	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall || r == reason.FarNodeLost
 	if e.ws != nil && !broken {
 		q := handshake.Queue{B: final}
 		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
