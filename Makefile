@@ -32,8 +32,9 @@ test:
 	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
 
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
-## cut, a node killed, Redis restarted empty, a Sentinel failover) on
-## three loopback nodes, with the table of docs/fleet.md (about 1 minute)
+## cut, a node killed, Redis restarted empty, a Sentinel failover, a node
+## killed behind HAProxy, a Redis Cluster master killed) on three
+## loopback nodes, with the table of docs/fleet.md (about 2 minutes)
 fleet-chaos:
 	MEETPOINT_CHAOS=1 $(GO) test -count=1 -run '^TestFleetChaos$$' -v ./relay/fleet/
 

@@ -260,7 +260,7 @@ func startHAProxy(t *testing.T, nodes []*node) string {
 	t.Helper()
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
-		t.Skip("haproxy not found: apt-get install haproxy")
+		t.Fatal(err) // TestFleetChaos checked first
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -330,6 +330,11 @@ func (quiet) Printf(context.Context, string, ...any) {}
 func TestFleetChaos(t *testing.T) {
 	if os.Getenv("MEETPOINT_CHAOS") == "" {
 		t.Skip("the fleet's fault table: make fleet-chaos (MEETPOINT_CHAOS=1)")
+	}
+	for _, bin := range []string{"haproxy", "redis-cli"} { // here, not half-way through the table
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not found: apt-get install haproxy redis-tools", bin)
+		}
 	}
 	redis.SetLogger(quiet{}) // go-redis logs every failed dial of a fault
 	var rows []chaosRow
