@@ -248,17 +248,21 @@ func TestProgressPiped(t *testing.T) {
 
 // TestTLSTransports: tls and wss rows through the relay and, with a
 // fleet on a local redis-server, across its two nodes (whose mesh links
-// are then TLS too) carry bytes.
+// are then TLS too) carry bytes, and so does HAProxy terminating TLS on
+// both sides.
 func TestTLSTransports(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server not found: apt-get install redis-server")
 	}
 	o := tiny(t, "throughput")
 	o.Transports = []string{"tls", "wss"}
-	o.Peers = []string{"meetpoint", "fleet"}
+	o.Peers = []string{"meetpoint", "fleet", "haproxy"}
 	o.Fleet = "local"
 	_, tab := runTiny(t, o)
 	wantRows(t, tab, "meetpoint tls", "meetpoint wss", "fleet same-node tls", "fleet cross-node tls", "fleet cross-node wss")
+	if _, err := exec.LookPath("haproxy"); err == nil {
+		wantRows(t, tab, "haproxy tls") // the reference: TLS terminated on both sides
+	}
 	for _, r := range tab.Rows {
 		if r.Values["mbps"] <= 0 {
 			t.Errorf("%s %v: no throughput", r.Peer, r.Params)

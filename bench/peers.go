@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +53,8 @@ func (p *Peer) Label() string {
 		return "fleet same-node " + p.Transport
 	case "fleet-cross":
 		return "fleet cross-node " + p.Transport
+	case "haproxy-tls":
+		return "haproxy tls"
 	}
 	return p.Name
 }
@@ -63,6 +67,9 @@ func (p *Peer) Pair(ctx context.Context) (a, b End, err error) {
 	case "fleet-same", "fleet-cross":
 		return p.env.fleetPair(ctx, p.Transport, p.Name == "fleet-cross")
 	}
+	if p.Name == "haproxy-tls" {
+		return p.env.backTLS.pair(ctx, p.front)
+	}
 	return p.env.back.pair(ctx, p.front)
 }
 
@@ -70,23 +77,25 @@ func (p *Peer) Pair(ctx context.Context) (a, b End, err error) {
 // haproxy and socat processes and the relay (in process, spawned or
 // external).
 type Env struct {
-	opt      *Options
-	back     *backend
-	procs    []*exec.Cmd
-	tmp      string
-	Relay    *relay.Server // in-process relay, or nil
-	child    *child        // spawned relay, or nil
-	RelayPID int
-	relayURL []string // host:port of the relay's listeners
-	rr       atomic.Uint64
-	nonce    atomic.Uint64
-	runID    string
-	dir      string // results folder of the run, or ""
-	notes    []string
-	mu       sync.Mutex
-	cache    map[string]*Peer // started reference peers (nil: skipped)
-	fleet    *fleetEnv        // --fleet: two relays on one Redis, or nil
-	certs    *certs.Store     // tls, wss transports: the run's certificate, or nil
+	opt        *Options
+	back       *backend
+	procs      []*exec.Cmd
+	tmp        string
+	Relay      *relay.Server // in-process relay, or nil
+	child      *child        // spawned relay, or nil
+	RelayPID   int
+	relayURL   []string // host:port of the relay's listeners
+	rr         atomic.Uint64
+	nonce      atomic.Uint64
+	runID      string
+	dir        string // results folder of the run, or ""
+	notes      []string
+	mu         sync.Mutex
+	cache      map[string]*Peer // started reference peers (nil: skipped)
+	fleet      *fleetEnv        // --fleet: two relays on one Redis, or nil
+	certs      *certs.Store     // tls, wss transports: the run's certificate, or nil
+	backTLS    *backend         // tls, wss transports: the backend behind haproxy tls, or nil
+	haproxyPEM string           // tls, wss transports: the run's certificate and key for haproxy tls
 }
 
 // newEnv starts the backend listener, the relay and the reference peers.
@@ -214,6 +223,11 @@ func (e *Env) Peers(transports ...string) []*Peer {
 		if p := e.haproxy(); p != nil {
 			out = append(out, p)
 		}
+		if e.backTLS != nil && slices.ContainsFunc(transports, isTLS) {
+			if p := e.haproxyTLS(); p != nil {
+				out = append(out, p)
+			}
+		}
 	}
 	if want("socat") {
 		if p := e.socat(); p != nil {
@@ -241,21 +255,8 @@ func (e *Env) Peers(transports ...string) []*Peer {
 // haproxy starts haproxy once per Env (tcp mode, splice) in front of the
 // backend listener.
 func (e *Env) haproxy() *Peer {
-	if p, ok := e.peerCache("haproxy"); ok {
-		return p
-	}
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		e.skip("haproxy", "not installed (make bench-deps)")
-		return nil
-	}
-	port, err := freePort("127.0.0.1")
-	if err != nil {
-		e.skip("haproxy", err.Error())
-		return nil
-	}
-	front := fmt.Sprintf("127.0.0.1:%d", port)
-	cfg := fmt.Sprintf(`global
+	return e.startHAProxy("haproxy", func(front string) (string, string) {
+		return fmt.Sprintf(`global
     maxconn 7900
     nbthread %d
 defaults
@@ -270,26 +271,48 @@ frontend fe
     default_backend be
 backend be
     server s1 %s maxconn 7900
-`, runtime.NumCPU(), front, e.back.addr)
-	path := filepath.Join(e.tmp, "haproxy.cfg")
+`, runtime.NumCPU(), front, e.back.addr), fmt.Sprintf("tcp mode, option splice-auto, nbthread %d, front %s → backend %s", runtime.NumCPU(), front, e.back.addr)
+	})
+}
+
+// startHAProxy starts haproxy once per Env under name, with the
+// configuration config returns for the front address (and a description
+// for the notes).
+func (e *Env) startHAProxy(name string, config func(front string) (cfg, what string)) *Peer {
+	if p, ok := e.peerCache(name); ok {
+		return p
+	}
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		e.skip(name, "not installed (make bench-deps)")
+		return nil
+	}
+	port, err := freePort("127.0.0.1")
+	if err != nil {
+		e.skip(name, err.Error())
+		return nil
+	}
+	front := fmt.Sprintf("127.0.0.1:%d", port)
+	cfg, what := config(front)
+	path := filepath.Join(e.tmp, name+".cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		e.skip("haproxy", err.Error())
+		e.skip(name, err.Error())
 		return nil
 	}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Stderr = &tailWriter{max: 4096}
 	if err := cmd.Start(); err != nil {
-		e.skip("haproxy", err.Error())
+		e.skip(name, err.Error())
 		return nil
 	}
 	e.procs = append(e.procs, cmd)
 	if err := waitListening(front, 5*time.Second); err != nil {
-		e.skip("haproxy", fmt.Sprintf("did not start: %v %s", err, cmd.Stderr))
+		e.skip(name, fmt.Sprintf("did not start: %v %s", err, cmd.Stderr))
 		return nil
 	}
-	p := &Peer{Name: "haproxy", Transport: "tcp", PID: cmd.Process.Pid, env: e, front: front}
-	e.setPeer("haproxy", p)
-	e.note("haproxy: %s, tcp mode, option splice-auto, nbthread %d, front %s → backend %s", version(bin, "-v"), runtime.NumCPU(), front, e.back.addr)
+	p := &Peer{Name: name, Transport: "tcp", PID: cmd.Process.Pid, env: e, front: front}
+	e.setPeer(name, p)
+	e.note("%s: %s, %s", name, version(bin, "-v"), what)
 	return p
 }
 
@@ -395,6 +418,9 @@ func (e *Env) Close() {
 	if e.certs != nil {
 		e.certs.Close()
 	}
+	if e.backTLS != nil {
+		e.backTLS.ln.Close()
+	}
 	if e.tmp != "" {
 		os.RemoveAll(e.tmp)
 	}
@@ -488,6 +514,7 @@ func dialPairOn(ctx context.Context, hostA, hostB, ta, tb, nonce string) (End, E
 type backend struct {
 	ln      net.Listener
 	addr    string
+	tls     *tls.Config // the client side when the backend serves TLS (haproxy tls), else nil
 	mu      sync.Mutex
 	pending map[uint64]chan net.Conn
 	next    atomic.Uint64
@@ -558,7 +585,13 @@ func (b *backend) pair(ctx context.Context, front string) (End, End, error) {
 		}
 	}
 	var d net.Dialer
-	a, err := d.DialContext(ctx, "tcp", front)
+	var a net.Conn
+	var err error
+	if b.tls != nil {
+		a, err = (&tls.Dialer{NetDialer: &d, Config: b.tls}).DialContext(ctx, "tcp", front)
+	} else {
+		a, err = d.DialContext(ctx, "tcp", front)
+	}
 	if err != nil {
 		cancel()
 		return nil, nil, err
@@ -574,7 +607,7 @@ func (b *backend) pair(ctx context.Context, front string) (End, End, error) {
 	defer t.Stop()
 	select {
 	case c := <-ch:
-		return a.(*net.TCPConn), c.(*net.TCPConn), nil
+		return a, c, nil
 	case <-ctx.Done():
 		a.Close()
 		cancel()

@@ -3,7 +3,11 @@ package bench
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync/atomic"
 
@@ -49,6 +53,51 @@ func (e *Env) startTLS() error {
 	pool := x509.NewCertPool()
 	pool.AddCert(cert.Leaf)
 	clientTLS.Store(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	// The reference for the TLS rows: HAProxy terminating TLS on both
+	// sides (a TLS client in front, a TLS backend behind), as the relay
+	// does for two TLS clients. Its PEM is the certificate and key.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	e.backTLS = &backend{ln: tls.NewListener(ln, st.TLSConfig()), addr: ln.Addr().String(),
+		pending: map[uint64]chan net.Conn{}, tls: clientTLS.Load()}
+	go e.backTLS.serve()
+	pemCert, err := os.ReadFile(cp)
+	if err != nil {
+		return err
+	}
+	pemKey, err := os.ReadFile(kp)
+	if err != nil {
+		return err
+	}
+	e.haproxyPEM = filepath.Join(e.tmp, "haproxy.pem")
+	if err := os.WriteFile(e.haproxyPEM, append(pemCert, pemKey...), 0o600); err != nil {
+		return err
+	}
 	e.note("tls, wss: the relays serve TLS beside plaintext with one self-signed ECDSA certificate; the clients trust it (TLS 1.3, Go's crypto/tls on both sides)")
 	return nil
+}
+
+// haproxyTLS starts haproxy once per Env terminating TLS on both sides:
+// clients connect with TLS, and it connects to a TLS backend (the
+// certificate is not checked there; the clients check it in front).
+func (e *Env) haproxyTLS() *Peer {
+	return e.startHAProxy("haproxy-tls", func(front string) (string, string) {
+		return fmt.Sprintf(`global
+    maxconn 7900
+    nbthread %d
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend fe
+    bind %s ssl crt %s
+    maxconn 7900
+    default_backend be
+backend be
+    server s1 %s ssl verify none maxconn 7900
+`, runtime.NumCPU(), front, e.haproxyPEM, e.backTLS.addr), fmt.Sprintf("tcp mode, TLS terminated on both sides (the run's certificate in front, a TLS backend behind), nbthread %d", runtime.NumCPU())
+	})
 }
