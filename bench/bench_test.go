@@ -113,6 +113,12 @@ func TestSetup(t *testing.T) {
 		if r.Peer != "direct" && r.Values["x_direct"] <= 0 {
 			t.Errorf("%s: no ratio vs direct", r.Peer)
 		}
+		// CPU per tunnel: haproxy's process; never the harness's own
+		// (the relay runs in process here).
+		_, cpu := r.Values["cpu"]
+		if want := r.Peer == "haproxy"; cpu != want {
+			t.Errorf("%s: CPU per tunnel reported %v, want %v", r.Peer, cpu, want)
+		}
 	}
 }
 

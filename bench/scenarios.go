@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -68,14 +69,25 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		Title:  fmt.Sprintf("setup: tunnels per second, %d concurrent dialers, %v per peer", o.SetupConc, o.Duration),
 		Params: []string{},
 		Columns: []Column{{"rate", "tunnels/s", "%.0f"}, {"p50", "p50 µs", "%.0f"}, {"p99", "p99 µs", "%.0f"},
-			{"p999", "p99.9 µs", "%.0f"}, {"errors", "errors", "%.0f"}},
+			{"p999", "p99.9 µs", "%.0f"}, {"errors", "errors", "%.0f"}, {"cpu", "CPU µs/tunnel", "%.0f"}},
 		Notes: []string{"A tunnel is open → paired → closed. meetpoint: both clients connect, send Authenticate and " +
 			"wait for TunnelEstablished (latency: until both have it). direct/haproxy/socat: connect and the harness's " +
-			"backend accepting the connection (through the proxy) and reading its 8-byte id."},
+			"backend accepting the connection (through the proxy) and reading its 8-byte id.",
+			"CPU µs/tunnel: utime + stime of the forwarding process (/proc/PID/stat) over the row, per tunnel: " +
+				"haproxy's own process; meetpoint's only with --spawn-relay (in process it would count the harness's " +
+				"clients too, so it is left out); socat forks per connection and direct has none (–)."},
 	}
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
+		cpuPID := p.PID // whose CPU the row counts: a process of its own only
+		if cpuPID == os.Getpid() || p.Name == "socat" {
+			cpuPID = 0
+		}
+		var cpu0 time.Duration = -1
+		if cpuPID > 0 {
+			cpu0 = procCPU(cpuPID)
+		}
 		cctx, cancel := context.WithTimeout(ctx, o.Duration+30*time.Second)
 		start := time.Now()
 		deadline := start.Add(o.Duration)
@@ -111,10 +123,16 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		for _, x := range hs {
 			h.Merge(x)
 		}
-		r := t.add(p.Label(), map[string]string{}, map[string]float64{
+		vals := map[string]float64{
 			"rate": float64(count.Load()) / el.Seconds(), "p50": us(h, 50), "p99": us(h, 99), "p999": us(h, 99.9),
 			"errors": float64(errs.Load()), "tunnels": float64(count.Load()),
-		})
+		}
+		if cpu0 >= 0 && count.Load() > 0 {
+			if cpu1 := procCPU(cpuPID); cpu1 >= cpu0 {
+				vals["cpu"] = float64((cpu1 - cpu0).Microseconds()) / float64(count.Load())
+			}
+		}
+		r := t.add(p.Label(), map[string]string{}, vals)
 		r.CDF = cdf(h)
 	}
 	t.addRatios("rate")
