@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay/limits"
 )
 
 // Scenarios lists every scenario in the order a suite runs them.
@@ -92,9 +94,17 @@ func Quick() Options {
 		ChurnConc:     16,
 
 		IdleN: []int{1000, 4000}, IdleTransport: "tcp",
-		IdlePerWorker: 4000, IdlePerRelay: 9000, IdleVerify: 100,
+		IdlePerWorker: 4000, IdlePerRelay: MaxPerRelay(), IdleVerify: 100,
 	}
 }
+
+// MaxPerRelay is the most idle tunnels one spawned relay takes: half its
+// own connection limit (limits.DefaultMaxConns, from the open-files
+// limit it inherits from this process; two connections per tunnel), less
+// a margin for the harness's checks, and at most 9,000. With a hard limit
+// of 20,000 open files that is 7,797: a higher count would be refused by
+// the relay itself (limit_conns), not measured.
+func MaxPerRelay() int { return min(9000, limits.DefaultMaxConns()/2-100) }
 
 // Full is the "make bench-full" suite.
 func Full() Options {

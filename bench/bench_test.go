@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meetpoint/meetpoint/relay/limits"
 )
 
 // TestMain lets the test binary act as a child ("bench _child ROLE ...").
@@ -273,5 +275,16 @@ func TestTLSTransports(t *testing.T) {
 		if r.Values["mbps"] <= 0 {
 			t.Errorf("%s %v: no throughput", r.Peer, r.Params)
 		}
+	}
+}
+
+// TestPerRelayFitsTheRelay: bench idle never asks one relay for more
+// tunnels than its own connection limit admits (2 connections each).
+func TestPerRelayFitsTheRelay(t *testing.T) {
+	if n := MaxPerRelay(); n < 1 || 2*n > limits.DefaultMaxConns() {
+		t.Fatalf("MaxPerRelay %d: %d connections, the relay admits %d", n, 2*n, limits.DefaultMaxConns())
+	}
+	if o := Quick(); o.IdlePerRelay > MaxPerRelay() {
+		t.Fatalf("the default per-relay count %d is over %d", o.IdlePerRelay, MaxPerRelay())
 	}
 }

@@ -138,7 +138,7 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	idleN := fs.String("n", joinInts(opt.IdleN), "idle: tunnel counts, one fresh relay each (the slope over them is the per-tunnel cost)")
 	idleTr := fs.String("idle-transport", opt.IdleTransport, "idle: tcp, ws or mixed")
 	perWorker := fs.Int("per-worker", opt.IdlePerWorker, "idle: tunnels per client worker process (≤ 9900: 2 sockets each)")
-	perRelay := fs.Int("per-relay", opt.IdlePerRelay, "idle: tunnels per relay process (≤ 9900: 2 sockets each)")
+	perRelay := fs.Int("per-relay", opt.IdlePerRelay, "idle: tunnels per relay process (at most half the relay's connection limit: 2 sockets each)")
 	verify := fs.Int("verify", opt.IdleVerify, "idle: tunnels sampled to check they still forward")
 	apply := func(o *bench.Options) error {
 		var err error
@@ -174,8 +174,10 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 			return fmt.Errorf("durations must be positive")
 		case o.SetupConc < 1 || o.ChurnConc < 1 || o.LatencySamples < 1 || o.Background < 0:
 			return fmt.Errorf("conc, churn-conc and samples must be at least 1, background at least 0")
-		case o.IdlePerWorker < 1 || o.IdlePerWorker > 9900 || o.IdlePerRelay < 1 || o.IdlePerRelay > 9900:
-			return fmt.Errorf("per-worker and per-relay must be between 1 and 9900")
+		case o.IdlePerWorker < 1 || o.IdlePerWorker > 9900:
+			return fmt.Errorf("per-worker must be between 1 and 9900")
+		case o.IdlePerRelay < 1 || o.IdlePerRelay > bench.MaxPerRelay():
+			return fmt.Errorf("per-relay must be between 1 and %d (half the relay's connection limit under this open-files limit)", bench.MaxPerRelay())
 		case o.RelayPID != 0 && o.RelayURL == "":
 			return fmt.Errorf("relay-pid needs relay-url")
 		}
