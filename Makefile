@@ -33,7 +33,7 @@ test:
 
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
 ## cut, a node killed, Redis restarted empty, a Sentinel failover, a node
-## killed behind HAProxy, a Redis Cluster master killed) on three
+## killed behind HAProxy) on three
 ## loopback nodes, with the table of docs/fleet.md (about 2 minutes)
 fleet-chaos:
 	MEETPOINT_CHAOS=1 $(GO) test -count=1 -run '^TestFleetChaos$$' -v ./relay/fleet/

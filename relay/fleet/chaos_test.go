@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -307,19 +306,6 @@ func pairVia(lb, tok string) bool {
 	return true
 }
 
-// redisRole is the ROLE of the Redis server at addr ("master",
-// "slave"), or "" if it does not answer.
-func redisRole(addr string) string {
-	rdb := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second})
-	defer rdb.Close()
-	v, err := rdb.Do(context.Background(), "ROLE").Slice()
-	if err != nil || len(v) == 0 {
-		return ""
-	}
-	role, _ := v[0].(string)
-	return role
-}
-
 // quiet is a go-redis logger that logs nothing.
 type quiet struct{}
 
@@ -395,30 +381,6 @@ func TestFleetChaos(t *testing.T) {
 			}
 		}
 		return true
-	}))
-
-	addrs, kills := testutil.RedisClusterWith(t, 3, 1)
-	cf = newChaosFleet(t, "redis+cluster://"+addrs[0]+"?addr="+strings.Join(addrs[1:], "&addr="), "r5")
-	a, b = cf.nodes[0], cf.nodes[1]
-	alive := slices.Clone(addrs)
-	rows = append(rows, cf.run(t, "Redis Cluster master killed (replica promoted)", func() {
-		for i, addr := range addrs {
-			if redisRole(addr) == "master" {
-				kills[i]()
-				alive = slices.Delete(alive, i, i+1)
-				return
-			}
-		}
-		t.Fatal("no master in the Redis Cluster")
-	}, func(try int) bool {
-		time.Sleep(200 * time.Millisecond)
-		masters := 0
-		for _, addr := range alive {
-			if redisRole(addr) == "master" {
-				masters++
-			}
-		}
-		return masters == 3 && cf.pairs(a, b, fmt.Sprintf("cluster-%d", try))
 	}))
 
 	var sb strings.Builder
