@@ -67,10 +67,8 @@ type Service struct {
 	shards [64]shard
 	rdb    redis.UniversalClient // one server, a Cluster or a Sentinel-managed primary (redisurl)
 	dep    *relay.Dependency     // rdb's health: /readyz, metrics, one log line per outage
-	// subscribed is closed once the node's PSUBSCRIBE is confirmed (Ready).
-	subscribed chan struct{}
-	stop       context.CancelFunc
-	wg         sync.WaitGroup
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 
 	subscribers atomic.Int64
 	set         *metrics.Set
@@ -111,7 +109,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 			cancel()
 			return nil, err
 		}
-		s.rdb, s.subscribed = rdb, make(chan struct{})
+		s.rdb = rdb
 		s.dep = srv.AddDependency("events_redis", "the events' Redis ("+redisurl.Describe(cfg.Redis)+")",
 			func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() })
 		s.wg.Add(1)
@@ -264,20 +262,6 @@ func (s *Service) listen(ctx context.Context) {
 	defer s.wg.Done()
 	ps := s.rdb.PSubscribe(ctx, s.cfg.Prefix+"*")
 	defer ps.Close()
-	// The confirmation first (retried while Redis does not answer: each
-	// try reconnects and subscribes again), then the messages.
-	for {
-		m, err := ps.ReceiveTimeout(ctx, 5*time.Second)
-		if _, ok := m.(*redis.Subscription); ok && err == nil {
-			close(s.subscribed)
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
 	ch := ps.Channel(redis.WithChannelSize(4096))
 	for {
 		select {
@@ -300,14 +284,10 @@ func (s *Service) Ready(ctx context.Context) error {
 	if s.rdb == nil {
 		return nil
 	}
-	select {
-	case <-s.subscribed:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	// After an outage go-redis subscribes again by itself, unannounced:
-	// ask Redis whether a pattern subscription is in place (on every
-	// shard of a Cluster; the one relay in the tests that use it).
+	// go-redis subscribes (and, after an outage, again) by itself,
+	// unannounced: ask Redis whether a pattern subscription is in place
+	// (on every shard of a Cluster; the one relay in the tests that use
+	// it).
 	for {
 		n, err := s.patterns(ctx)
 		if err == nil && n > 0 {
