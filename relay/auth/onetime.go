@@ -301,8 +301,7 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	what := u.Scheme + "://" + u.Host
-	return &RedisStore{rdb: rdb, what: what, prefix: prefix}, maxAge, nil
+	return &RedisStore{rdb: rdb, what: redisurl.Describe(spec), prefix: prefix}, maxAge, nil
 }
 
 // takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take):
