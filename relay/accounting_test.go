@@ -240,25 +240,19 @@ func TestCloseAccounting(t *testing.T) {
 
 	// Replies never read, on a relay that does not end the connection for
 	// inactivity first. Each request earns a 1 MiB reply (Mesh.Ping, which
-	// only a fleet serves, answered by this test's own handler), so a few tiny requests fill every buffer on the way
-	// and a write falls short: no flood of input that a loaded relay
-	// could fall behind on (it once hit the input budget first, counted
-	// as preauth_limit, when Introspects were paced for an idle machine).
-	rcfg := LoopbackConfig(acceptAll{})
-	rcfg.Logger = testutil.Logger(t)
-	rcfg.InactiveTimeout = time.Hour
-	rn, err := NewServer(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	big := strings.Repeat("x", 1<<20)
-	rn.HandleMethod("Mesh.Ping", func(c Conn, req *handshake.Request) {
-		c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("pad", big)))
+	// only a fleet serves, answered by this test's own handler), so a few
+	// tiny requests fill every buffer on the way and a write falls short:
+	// no flood of input that a loaded relay could fall behind on (it once
+	// hit the input budget first, counted as preauth_limit, when
+	// Introspects were paced for an idle machine).
+	rn := startServerWith(t, func(c *Config) {
+		c.InactiveTimeout = time.Hour
+	}, func(s *Server) {
+		big := strings.Repeat("x", 1<<20)
+		s.HandleMethod("Mesh.Ping", func(c Conn, req *handshake.Request) {
+			c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("pad", big)))
+		})
 	})
-	if err := rn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rn.Close() })
 	acRun(t, rn, []acCase{{"replies never read", reason.SlowReader, func(t *testing.T, s *Server) {
 		c := acTCP(t, s)
 		_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
@@ -434,20 +428,12 @@ func TestCloseAccounting(t *testing.T) {
 
 	// A fleet that cannot place a client; a mesh request for a key nobody
 	// waits under.
-	fcfg := LoopbackConfig(acceptAll{})
-	fcfg.Logger = testutil.Logger(t)
-	fs, err := NewServer(fcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs.SetFleet(refusingFleet{})
-	fs.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
-		c.JoinMesh(req.ID, PairKey{Token: "nobody-here"}, "u", "n", "test", "via test", MeshNotWaiting)
+	fs := startServerWith(t, nil, func(s *Server) {
+		s.SetFleet(refusingFleet{})
+		s.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
+			c.JoinMesh(req.ID, PairKey{Token: "nobody-here"}, "u", "n", "test", "via test", MeshNotWaiting)
+		})
 	})
-	if err := fs.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fs.Close() })
 	acRun(t, fs, []acCase{
 		{"fleet cannot place", reason.Fleet, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "ac-fleet", newTestUUID()), nil)
@@ -465,20 +451,12 @@ func TestCloseAccounting(t *testing.T) {
 	// A tunnel across the mesh whose far node is lost: a client waiting
 	// here (its key leased by a fleet) paired with a mesh link from node
 	// "far", then ended by the fleet.
-	lcfg := LoopbackConfig(acceptAll{})
-	lcfg.Logger = testutil.Logger(t)
-	ls, err := NewServer(lcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls.SetFleet(leasingFleet{})
-	ls.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
-		c.JoinMesh(req.ID, PairKey{Token: "ac-far"}, "u-far", "n", "far", "via far", MeshNotWaiting)
+	ls := startServerWith(t, nil, func(s *Server) {
+		s.SetFleet(leasingFleet{})
+		s.HandleMethod("Mesh.Join", func(c Conn, req *handshake.Request) {
+			c.JoinMesh(req.ID, PairKey{Token: "ac-far"}, "u-far", "n", "far", "via far", MeshNotWaiting)
+		})
 	})
-	if err := ls.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ls.Close() })
 	acRun(t, ls, []acCase{{"far node lost", reason.FarNodeLost, func(t *testing.T, s *Server) {
 		waiting := acAuthed(t, s, "ac-far", newTestUUID())
 		waitFor(t, func() bool { return s.reg.Len() == 1 }, "client waiting")
@@ -500,17 +478,9 @@ func TestCloseAccounting(t *testing.T) {
 
 	// A waiting client whose key moved to a node this one cannot reach
 	// (the fleet calls its Watcher's moved): told to reconnect.
-	mcfg := LoopbackConfig(acceptAll{})
-	mcfg.Logger = testutil.Logger(t)
-	ms, err := NewServer(mcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms.SetFleet(movingFleet{})
-	if err := ms.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ms.Close() })
+	ms := startServerWith(t, nil, func(s *Server) {
+		s.SetFleet(movingFleet{})
+	})
 	acRun(t, ms, []acCase{{"moved", reason.Moved, func(t *testing.T, s *Server) {
 		c := acAuthed(t, s, "ac-moved", newTestUUID())
 		if got := hoReadToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte("Reconnect")) {

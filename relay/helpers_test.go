@@ -22,12 +22,22 @@ func (acceptAll) Authenticate(_ context.Context, _ AuthRequest, done func(AuthRe
 // token; mutate may change the config first.
 func startServer(t testing.TB, mutate func(*Config)) *Server {
 	t.Helper()
+	return startServerWith(t, mutate, nil)
+}
+
+// startServerWith is startServer with before (if not nil) run on the
+// server before it starts: a fleet, method handlers.
+func startServerWith(t testing.TB, mutate func(*Config), before func(*Server)) *Server {
+	t.Helper()
 	cfg := LoopbackConfig(acceptAll{})
 	cfg.Logger = testutil.Logger(t)
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	s, err := NewServer(cfg)
+	if err == nil && before != nil {
+		before(s)
+	}
 	if err == nil {
 		err = s.Start()
 	}
