@@ -59,6 +59,12 @@ func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
 		abr := bufio.NewReader(a)
 		hoWrite(a, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "a")))
 		readLines(abr, a, 1)
+		if dataSegsIn(t, a) == 0 {
+			// a has just received a message: a kernel that fills
+			// tcpi_data_segs_in counts it. qemu-user's TCP_INFO
+			// translation (the arm64 run) copies only older fields.
+			t.Skip("TCP_INFO here has no data_segs_in (qemu-user?): segments cannot be counted")
+		}
 		b := hoDialTCP(t, s)
 		bbr := bufio.NewReader(b)
 		want := uint32(1)
