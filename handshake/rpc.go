@@ -287,7 +287,7 @@ var methods = func() []methodSpec {
 			returns: []returnSpec{{"tunnelProxyError", "$ref:TunnelProxyError"}}},
 		{namespace: "Mesh", name: "Ping", hidden: true,
 			description: "Between the relays of a fleet (meetpoint): a liveness ping from another node (signed with the fleet's mesh key); the connection stays open for the next.",
-			params:      []paramSpec{{"node", typeString, false}, {"time", typeUInt, false}, {"mac", typeString, false}},
+			params:      []paramSpec{{"node", typeString, false}, {"time", typeUInt, false}, {"mac", typeString, false}, {"rid", typeString, true}},
 			returns:     []returnSpec{}},
 		{namespace: "TunnelProxy", name: "Ping",
 			description: "Keep the connection alive. The server answers with the given timestamp.",

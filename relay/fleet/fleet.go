@@ -620,6 +620,8 @@ var fleetDocs = map[string]relay.MetricDoc{
 	"meetpoint_mesh_dial_failures_total":      {Type: "counter", Help: "Mesh connections to a node (peer) that could not be opened: placements and liveness pings (a refused connection is not counted: the node's host answered)."},
 	"meetpoint_mesh_peer_reachable":           {Type: "gauge", Help: "1 while a node (peer) answers this node's liveness pings, 0 once it has answered none for the mesh-lost time (a partition between the two)."},
 	"meetpoint_mesh_rtt_seconds":              {Type: "gauge", Help: "Round trip of the last liveness ping answered by a node (peer)."},
+	"meetpoint_mesh_pings_total":              {Type: "counter", Help: "Liveness pings a node (peer) answered with success."},
+	"meetpoint_mesh_ping_failures_total":      {Type: "counter", Help: "Liveness pings sent to a node (peer) over an open control connection that it refused or did not answer in time (the connection is then dropped and dialled again)."},
 	"meetpoint_mesh_peer_lost_total":          {Type: "counter", Help: "Times a node (peer) answered no liveness ping for the mesh-lost time while tunnels crossed to it: those tunnels were ended (far_node_lost)."},
 	"meetpoint_fleet_available":               {Type: "gauge", Help: "1 while the fleet's Redis answers (cross-node pairing possible)."},
 	"meetpoint_fleet_nodes":                   {Type: "gauge", Help: "Nodes in the fleet's node set (heartbeating with this node's mesh key)."},

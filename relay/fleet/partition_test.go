@@ -372,3 +372,32 @@ func TestTunnelProxyFarNodeLost(t *testing.T) {
 	}
 	relaytest.WaitFor(t, func() bool { return a.s.MeshPeers()["tplost-b"] == 0 }, "tplost-a no longer counts the session")
 }
+
+// TestMeshPingsUnderASecond: liveness pings more often than once a second
+// are all answered. Each ping's signature is unique (its rid): two pings
+// in the same second once signed the same fields, and the node accepting
+// a signature once refused every other ping as a replay.
+func TestMeshPingsUnderASecond(t *testing.T) {
+	addr := redisAddr(t)
+	quick := func(c *fleet.Config) { c.MeshPing, c.MeshLost = 100*time.Millisecond, 30*time.Second }
+	a := startNodeWith(t, addr, "ping-a", nil, quick)
+	b := startNodeWith(t, addr, "ping-b", nil, quick)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	// 20 answered pings at 100 ms span two seconds or more: several pairs
+	// of them fall in the same second.
+	for _, nd := range []*node{a, b} {
+		other := map[*node]string{a: "ping-b", b: "ping-a"}[nd]
+		relaytest.WaitFor(t, func() bool {
+			return relaytest.Metric(t, nd.s, `meetpoint_mesh_pings_total{peer="`+other+`"}`) >= 20
+		}, nd.id+" has 20 pings answered by "+other)
+	}
+	for _, nd := range []*node{a, b} {
+		other := map[*node]string{a: "ping-b", b: "ping-a"}[nd]
+		if n := relaytest.Metric(t, nd.s, `meetpoint_mesh_ping_failures_total{peer="`+other+`"}`); n != 0 {
+			t.Errorf("%s: %v pings to %s failed", nd.id, n, other)
+		}
+		if n := relaytest.Metric(t, nd.s, "meetpoint_mesh_refused_total"); n != 0 {
+			t.Errorf("%s refused %v mesh requests", nd.id, n)
+		}
+	}
+}

@@ -40,6 +40,10 @@ type peer struct {
 	addr string // guarded by f.mu
 	// pinging is set while a ping runs (one at a time per peer).
 	pinging atomic.Bool
+	// noRid: the next ping goes without a rid, as pings did before they
+	// had one (a node of that version forbids the key and answers
+	// bad_request). Flipped by each bad_request answer.
+	noRid atomic.Bool
 	mu      sync.Mutex
 	conn    net.Conn      // the control connection (nil: none)
 	rd      *bufio.Reader // conn's
@@ -49,6 +53,8 @@ type peer struct {
 
 	dialFails *metrics.Counter
 	lostTotal *metrics.Counter
+	pings     *metrics.Counter // answered
+	pingFails *metrics.Counter // sent, and answered with an error or not at all
 }
 
 // peerOf returns the peer id, made if need be. Called with f.mu held.
@@ -57,7 +63,9 @@ func (f *Fleet) peerOf(id string) *peer {
 	if p == nil {
 		p = &peer{id: id,
 			dialFails: f.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_mesh_dial_failures_total{peer=%q}`, id)),
-			lostTotal: f.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_mesh_peer_lost_total{peer=%q}`, id))}
+			lostTotal: f.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_mesh_peer_lost_total{peer=%q}`, id)),
+			pings:     f.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_mesh_pings_total{peer=%q}`, id)),
+			pingFails: f.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_mesh_ping_failures_total{peer=%q}`, id))}
 		p.lastOK.Store(time.Now().UnixNano())
 		f.set.GetOrCreateGauge(fmt.Sprintf(`meetpoint_mesh_rtt_seconds{peer=%q}`, id), func() float64 {
 			return time.Duration(p.rtt.Load()).Seconds()
@@ -150,6 +158,7 @@ func (f *Fleet) pingRound() {
 			p.drop(nil)
 			delete(f.peers, id)
 			for _, m := range []string{"meetpoint_mesh_dial_failures_total", "meetpoint_mesh_peer_lost_total", "meetpoint_mesh_rtt_seconds",
+				"meetpoint_mesh_pings_total", "meetpoint_mesh_ping_failures_total",
 				"meetpoint_mesh_links_active", "meetpoint_mesh_peer_reachable"} {
 				f.set.UnregisterMetric(fmt.Sprintf(`%s{peer=%q}`, m, id))
 			}
@@ -217,13 +226,25 @@ func (f *Fleet) ping(p *peer) {
 		p.conn, p.rd = c, rd
 		p.mu.Unlock()
 	}
-	now := time.Now().Unix()
-	mac := f.sign("Mesh.Ping", f.cfg.NodeID, now)
-	req := handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
-		handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now))
+	// rid makes each ping's signature unique: the owner accepts a
+	// signature once, and two pings in the same second would otherwise
+	// sign the same fields (every other ping refused as a replay with a
+	// mesh ping interval under a second).
+	now, rid := time.Now().Unix(), newRequestID()
+	var req []byte
+	if withRid := !p.noRid.Load(); withRid {
+		mac := f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
+		req = handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
+			handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Int("time", now))
+	} else {
+		mac := f.sign("Mesh.Ping", f.cfg.NodeID, now)
+		req = handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
+			handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now))
+	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	var ans struct {
 		Status string `json:"status"`
+		Error  string `json:"error"`
 	}
 	_, err := c.Write(req)
 	var line []byte
@@ -233,13 +254,21 @@ func (f *Fleet) ping(p *peer) {
 	if err == nil {
 		if err = json.Unmarshal(line, &ans); err == nil && ans.Status != "success" {
 			err = fmt.Errorf("answer %q", line)
+			if ans.Error == "bad_request" {
+				// An older node, or a refusal for another cause (clock
+				// skew): the next ping tries the other form, and the
+				// form an older node answers sticks.
+				p.noRid.Store(!p.noRid.Load())
+			}
 		}
 	}
 	if err != nil {
+		p.pingFails.Inc()
 		f.log.Debug("fleet: mesh ping failed", "peer", p.id, "addr", addr, "error", err)
 		p.drop(c)
 		return
 	}
+	p.pings.Inc()
 	p.rtt.Store(int64(time.Since(start)))
 	p.lastOK.Store(time.Now().UnixNano())
 }
