@@ -32,9 +32,9 @@ test:
 	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
 
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
-## cut, a node killed, Redis restarted empty, a Sentinel failover, a node
-## killed behind HAProxy) on three
-## loopback nodes, with the table of docs/fleet.md (about 2 minutes)
+## cut, a node killed, Redis restarted empty, a Sentinel failover, a Redis
+## Cluster master killed, a node killed behind HAProxy) on three loopback
+## nodes, with the table of docs/fleet.md (about a minute)
 fleet-chaos:
 	MEETPOINT_CHAOS=1 $(GO) test -count=1 -run '^TestFleetChaos$$' -v ./relay/fleet/
 

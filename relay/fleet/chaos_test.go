@@ -205,12 +205,17 @@ func (cf *chaosFleet) traffic(t *testing.T, tag string) []*stream {
 	return out
 }
 
-// pairs reports whether a fresh pair meets across two nodes.
-func (cf *chaosFleet) pairs(a, b *node, tok string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// pairs reports whether a fresh pair meets across two nodes within 5 s.
+func (cf *chaosFleet) pairs(a, b *node, tok string) bool { return cf.pairsWithin(a, b, tok, 5*time.Second) }
+
+// pairsWithin is pairs with the clients' timeout: a shorter one measures a
+// recovery more finely (a pair placed while the store fails waits out its
+// timeout before the next try).
+func (cf *chaosFleet) pairsWithin(a, b *node, tok string, wait time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*wait)
 	defer cancel()
-	ta, tb, err := client.DialPair(ctx, client.Options{URL: url(a.s, false), Token: tok, Timeout: 5 * time.Second},
-		client.Options{URL: url(b.s, false), Token: tok, Timeout: 5 * time.Second})
+	ta, tb, err := client.DialPair(ctx, client.Options{URL: url(a.s, false), Token: tok, Timeout: wait},
+		client.Options{URL: url(b.s, false), Token: tok, Timeout: wait})
 	if err != nil {
 		return false
 	}
@@ -364,6 +369,50 @@ func TestFleetChaos(t *testing.T) {
 	a, b = cf.nodes[0], cf.nodes[1]
 	rows = append(rows, cf.run(t, "Sentinel failover (primary killed)", kill,
 		func(try int) bool { return cf.pairs(a, b, fmt.Sprintf("failover-%d", try)) }))
+
+	cluster, kills := testutil.RedisClusterWith(t, 3, 1)
+	cf = newChaosFleet(t, "redis+cluster://"+cluster[0]+"?addr="+strings.Join(cluster[1:], "&addr="), "r5")
+	a, b = cf.nodes[0], cf.nodes[1]
+	var replica *redis.Client // of the killed master
+	rows = append(rows, cf.run(t, "Redis Cluster: a master killed (its replica takes over)", func() {
+		// The master of the node set's hash slot ({nodes}), which every
+		// node reads and writes each heartbeat.
+		ctx := context.Background()
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster})
+		defer cc.Close()
+		m, err := cc.MasterForKey(ctx, "{nodes}")
+		if err != nil {
+			t.Fatalf("the master of {nodes}: %v", err)
+		}
+		_, port, _ := net.SplitHostPort(m.Options().Addr)
+		victim := -1
+		for i, ad := range cluster {
+			if ad == m.Options().Addr {
+				victim = i
+				continue
+			}
+			c := redis.NewClient(&redis.Options{Addr: ad})
+			if info, err := c.Info(ctx, "replication").Result(); err == nil && strings.Contains(info, "master_port:"+port+"\r\n") {
+				replica = c
+				t.Cleanup(func() { c.Close() })
+			} else {
+				c.Close()
+			}
+		}
+		if victim < 0 || replica == nil {
+			t.Fatalf("the master of {nodes}, %s, or its replica is not one of %v", m.Options().Addr, cluster)
+		}
+		kills[victim]()
+	}, func(try int) bool {
+		// Recovered when the replica serves as master and a fresh pair
+		// meets (a pair whose key is on a surviving master meets even
+		// before the failover, so pairing alone would prove nothing).
+		if role, err := replica.Do(context.Background(), "ROLE").Slice(); err != nil || len(role) == 0 || role[0] != "master" {
+			time.Sleep(100 * time.Millisecond)
+			return false
+		}
+		return cf.pairsWithin(a, b, fmt.Sprintf("cluster-%d", try), time.Second)
+	}))
 
 	cf = newChaosFleet(t, addr, "r6")
 	c = cf.nodes[2]

@@ -124,7 +124,7 @@ func RedisClusterWith(t testing.TB, n, replicas int) (addrs []string, kill []fun
 		// The cluster bus is the port + 10000: taken, the server exits
 		// and Redis' loop picks no other port, so try another.
 		if a, stop, ok := startRedis(t, redisBin(t), p, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000"); ok {
+			"--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0"); ok {
 			addrs, kill = append(addrs, a), append(kill, stop)
 		}
 	}
@@ -133,15 +133,21 @@ func RedisClusterWith(t testing.TB, n, replicas int) (addrs []string, kill []fun
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	for _, a := range addrs { // every master must see the whole cluster
+	// Every server must see the whole cluster, and every replica must have
+	// synchronised with its master: a replica that never has refuses to
+	// fail over ("Disconnected from master for longer than allowed"), so a
+	// master killed before would take its slots down for good.
+	for _, a := range addrs {
 		host, port, _ := net.SplitHostPort(a)
 		for end := time.Now().Add(Patience); ; time.Sleep(50 * time.Millisecond) {
-			out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").CombinedOutput()
-			if err == nil && strings.Contains(string(out), "cluster_state:ok") {
+			info, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").CombinedOutput()
+			repl, rerr := exec.Command(cli, "-h", host, "-p", port, "info", "replication").CombinedOutput()
+			synced := rerr == nil && (strings.Contains(string(repl), "role:master") || strings.Contains(string(repl), "master_link_status:up"))
+			if err == nil && strings.Contains(string(info), "cluster_state:ok") && synced {
 				break
 			}
 			if time.Now().After(end) {
-				t.Fatalf("the Redis Cluster did not come up on %s: %s %v", a, out, err)
+				t.Fatalf("the Redis Cluster did not come up on %s: %s %v\n%s %v", a, info, err, repl, rerr)
 			}
 		}
 	}
