@@ -2,16 +2,12 @@ package fleet_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -29,115 +25,6 @@ import (
 // across and within them stream checksummed bytes both ways; every byte
 // must be delivered, or the tunnel must end at both of its ends with a
 // named reason. A table of the results is printed.
-
-// stream is one tunnel under traffic: both ends write a numbered byte
-// sequence in small chunks and read the other's, checking each byte.
-type stream struct {
-	name    string
-	ends    [2]*client.Tunnel
-	sent    [2]atomic.Int64
-	got     [2]atomic.Int64
-	ended   [2]atomic.Value // string: why the end's reading stopped ("" while it reads)
-	bad     atomic.Bool     // a byte out of sequence
-	stop    chan struct{}
-	writers sync.WaitGroup
-	readers sync.WaitGroup
-}
-
-func seqByte(i int64, side int) byte { return byte(i*7 + int64(side)*131) }
-
-func startStream(name string, a, b *client.Tunnel) *stream {
-	s := &stream{name: name, ends: [2]*client.Tunnel{a, b}, stop: make(chan struct{})}
-	for side := range 2 {
-		s.ended[side].Store("")
-		s.writers.Add(1)
-		go func() {
-			defer s.writers.Done()
-			buf := make([]byte, 512)
-			for {
-				select {
-				case <-s.stop:
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-				n := s.sent[side].Load()
-				for i := range buf {
-					buf[i] = seqByte(n+int64(i), side)
-				}
-				if _, err := s.ends[side].Write(buf); err != nil {
-					return
-				}
-				s.sent[side].Add(int64(len(buf)))
-			}
-		}()
-		s.readers.Add(1)
-		go func() {
-			defer s.readers.Done()
-			other := 1 - side
-			buf := make([]byte, 4096)
-			for {
-				n, err := s.ends[side].Read(buf)
-				for i := range n {
-					if buf[i] != seqByte(s.got[side].Load(), other) {
-						s.bad.Store(true)
-					}
-					s.got[side].Add(1)
-				}
-				if err != nil {
-					s.ended[side].Store(why(err))
-					return
-				}
-			}
-		}()
-	}
-	return s
-}
-
-// why names how a tunnel end stopped reading.
-func why(err error) string {
-	var ce *client.CloseError
-	switch {
-	case errors.As(err, &ce):
-		r, _, _ := strings.Cut(ce.Reason, ":")
-		return fmt.Sprintf("WebSocket %d %q", ce.Code, r)
-	case errors.Is(err, io.EOF):
-		return "closed"
-	}
-	return err.Error()
-}
-
-// settle stops the writers and, for a tunnel still up, waits until every
-// byte sent has arrived; it returns the bytes lost (sent, not delivered,
-// on a tunnel that did not end) and whether the tunnel ended at both ends.
-func (s *stream) settle(t *testing.T) (lost int64, endedBoth bool, reasons string) {
-	close(s.stop)
-	s.writers.Wait()
-	deadline := time.Now().Add(relaytest.Patience)
-	for time.Now().Before(deadline) {
-		e0, e1 := s.ended[0].Load().(string), s.ended[1].Load().(string)
-		if e0 != "" && e1 != "" {
-			if e0 == e1 {
-				return 0, true, e0 + " at both"
-			}
-			return 0, true, e0 + " / " + e1
-		}
-		if e0 == "" && e1 == "" && s.got[0].Load() == s.sent[1].Load() && s.got[1].Load() == s.sent[0].Load() {
-			return 0, false, ""
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	e0, e1 := s.ended[0].Load().(string), s.ended[1].Load().(string)
-	t.Errorf("tunnel %s neither delivered everything nor ended at both ends: ends %q %q, %d/%d and %d/%d bytes",
-		s.name, e0, e1, s.got[0].Load(), s.sent[1].Load(), s.got[1].Load(), s.sent[0].Load())
-	return s.sent[0].Load() - s.got[1].Load() + s.sent[1].Load() - s.got[0].Load(), false, e0 + " / " + e1
-}
-
-func (s *stream) close() {
-	for _, e := range s.ends {
-		e.Close()
-	}
-	s.readers.Wait()
-}
 
 // chaosRow is one line of the table.
 type chaosRow struct {
@@ -182,8 +69,8 @@ func newChaosFleet(t *testing.T, redisSpec, round string) *chaosFleet {
 }
 
 // traffic starts one tunnel per ordered pair of nodes (6 across, 3 within).
-func (cf *chaosFleet) traffic(t *testing.T, tag string) []*stream {
-	var out []*stream
+func (cf *chaosFleet) traffic(t *testing.T, tag string) []*relaytest.Stream {
+	var out []*relaytest.Stream
 	for i, a := range cf.nodes {
 		for j, b := range cf.nodes {
 			if j < i {
@@ -199,7 +86,7 @@ func (cf *chaosFleet) traffic(t *testing.T, tag string) []*stream {
 			if ta == nil {
 				t.FailNow()
 			}
-			out = append(out, startStream(a.id+"↔"+b.id, ta, tb))
+			out = append(out, relaytest.StartStream(a.id+"↔"+b.id, ta, tb))
 		}
 	}
 	return out
@@ -242,16 +129,16 @@ func (cf *chaosFleet) run(t *testing.T, name string, fault func(), recovered fun
 	row := chaosRow{fault: name, tunnels: len(streams), recover: time.Since(start), reasons: map[string]int{}}
 	time.Sleep(time.Second) // traffic goes on after the recovery
 	for _, s := range streams {
-		lost, ended, reasons := s.settle(t)
-		if s.bad.Load() {
-			t.Errorf("%s: tunnel %s delivered a byte out of sequence", name, s.name)
+		lost, ended, reasons := s.Settle(t)
+		if s.Corrupt() {
+			t.Errorf("%s: tunnel %s delivered a byte out of sequence", name, s.Name)
 		}
 		row.lost += lost
 		if ended {
 			row.affected++
 			row.reasons[reasons]++
 		}
-		s.close()
+		s.Close()
 	}
 	return row
 }
