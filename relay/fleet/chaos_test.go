@@ -93,7 +93,9 @@ func (cf *chaosFleet) traffic(t *testing.T, tag string) []*relaytest.Stream {
 }
 
 // pairs reports whether a fresh pair meets across two nodes within 5 s.
-func (cf *chaosFleet) pairs(a, b *node, tok string) bool { return cf.pairsWithin(a, b, tok, 5*time.Second) }
+func (cf *chaosFleet) pairs(a, b *node, tok string) bool {
+	return cf.pairsWithin(a, b, tok, 5*time.Second)
+}
 
 // pairsWithin is pairs with the clients' timeout: a shorter one measures a
 // recovery more finely (a pair placed while the store fails waits out its

@@ -43,13 +43,13 @@ type peer struct {
 	// noRid: the next ping goes without a rid, as pings did before they
 	// had one (a node of that version forbids the key and answers
 	// bad_request). Flipped by each bad_request answer.
-	noRid atomic.Bool
-	mu      sync.Mutex
-	conn    net.Conn      // the control connection (nil: none)
-	rd      *bufio.Reader // conn's
-	lastOK  atomic.Int64  // unix ns of the last answer (or of discovery)
-	rtt     atomic.Int64  // ns, the last ping's round trip
-	lost    bool          // its tunnels were ended for the current silence (ping loop only)
+	noRid  atomic.Bool
+	mu     sync.Mutex
+	conn   net.Conn      // the control connection (nil: none)
+	rd     *bufio.Reader // conn's
+	lastOK atomic.Int64  // unix ns of the last answer (or of discovery)
+	rtt    atomic.Int64  // ns, the last ping's round trip
+	lost   bool          // its tunnels were ended for the current silence (ping loop only)
 
 	dialFails *metrics.Counter
 	lostTotal *metrics.Counter
