@@ -32,8 +32,9 @@ test:
 	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
 
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
-## cut, a node killed, Redis restarted empty, a Sentinel failover, a Redis
-## Cluster master killed, a node killed behind HAProxy) on three loopback
+## cut, a node killed, a node restarted, a node with another mesh key,
+## Redis restarted empty, a Sentinel failover, a Redis Cluster master
+## killed, a node killed behind HAProxy) on three loopback
 ## nodes, with the table of docs/fleet.md, and a mesh cut between node
 ## processes in network namespaces (root; about a minute and a half)
 fleet-chaos:

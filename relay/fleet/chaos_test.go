@@ -39,24 +39,41 @@ type chaosRow struct {
 // addresses), node c dialling from 127.0.0.3 so that its own outgoing
 // mesh connections can be frozen too.
 type chaosFleet struct {
-	nodes   []*node
-	proxies []*blackhole
+	redisSpec, round string
+	nodes            []*node
+	proxies          []*blackhole
 }
 
+// chaosIDs are the three nodes' ids.
+var chaosIDs = []string{"chaos-a", "chaos-b", "chaos-c"}
+
 func newChaosFleet(t *testing.T, redisSpec, round string) *chaosFleet {
-	cf := &chaosFleet{}
-	for i, id := range []string{"chaos-a", "chaos-b", "chaos-c"} {
-		p := newBlackhole(t)
-		nd := startNodeWith(t, redisSpec, id, nil, func(c *fleet.Config) {
-			c.Prefix = "meetpoint-" + round + ":" // each round its own fleet
-			c.MeshPing, c.MeshLost, c.Advertise = 500*time.Millisecond, 5*time.Second, p.addr()
-			if i == 2 {
-				c.SourceIPs = []net.IP{net.ParseIP("127.0.0.3")}
-			}
-		})
-		p.target.Store(relaytest.Addr(nd.s))
-		cf.nodes, cf.proxies = append(cf.nodes, nd), append(cf.proxies, p)
+	cf := &chaosFleet{redisSpec: redisSpec, round: round}
+	for i := range chaosIDs {
+		cf.proxies = append(cf.proxies, newBlackhole(t))
+		cf.nodes = append(cf.nodes, cf.start(t, i))
 	}
+	cf.waitWhole(t)
+	return cf
+}
+
+// start starts node i (its id, and its proxy's address as its advertised
+// one) and points its proxy at it.
+func (cf *chaosFleet) start(t *testing.T, i int) *node {
+	p := cf.proxies[i]
+	nd := startNodeWith(t, cf.redisSpec, chaosIDs[i], nil, func(c *fleet.Config) {
+		c.Prefix = "meetpoint-" + cf.round + ":" // each round its own fleet
+		c.MeshPing, c.MeshLost, c.Advertise = 500*time.Millisecond, 5*time.Second, p.addr()
+		if i == 2 {
+			c.SourceIPs = []net.IP{net.ParseIP("127.0.0.3")}
+		}
+	})
+	p.target.Store(relaytest.Addr(nd.s))
+	return nd
+}
+
+// waitWhole waits until every node sees all three.
+func (cf *chaosFleet) waitWhole(t *testing.T) {
 	relaytest.WaitFor(t, func() bool {
 		for _, nd := range cf.nodes {
 			if len(nd.f.Nodes()) != 3 {
@@ -65,7 +82,6 @@ func newChaosFleet(t *testing.T, redisSpec, round string) *chaosFleet {
 		}
 		return true
 	}, "every node sees the fleet")
-	return cf
 }
 
 // traffic starts one tunnel per ordered pair of nodes (6 across, 3 within).
@@ -239,6 +255,41 @@ func TestFleetChaos(t *testing.T) {
 		fleet.Kill(c.f)
 		c.s.Close()
 	}, func(try int) bool { return cf.pairs(a, b, fmt.Sprintf("kill-%d", try)) }))
+
+	cf = newChaosFleet(t, addr, "r2b")
+	a, c = cf.nodes[0], cf.nodes[2]
+	rows = append(rows, cf.run(t, "node killed and restarted (same id and address)", func() {
+		fleet.Kill(c.f)
+		c.s.Close()
+		cf.nodes[2] = cf.start(t, 2) // takes over its dead predecessor's record at once
+	}, func(try int) bool {
+		return len(a.f.Nodes()) == 3 && cf.pairs(a, cf.nodes[2], fmt.Sprintf("restart-%d", try))
+	}))
+
+	cf = newChaosFleet(t, addr, "r2c")
+	a, b = cf.nodes[0], cf.nodes[1]
+	rows = append(rows, cf.run(t, "a node with another mesh key tries to join", func() {
+		s := relaytest.New(t, nil)
+		rdb, err := fleet.ParseURL("redis://" + addr + "/0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rdb.Close() })
+		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "chaos-stranger", Prefix: "meetpoint-r2c:",
+			MeshKey: []byte("another key, 32 bytes long......"), Logger: testutil.Logger(t)}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relaytest.Start(t, s)
+		if err := f.Start(context.Background()); err == nil {
+			f.Close()
+			t.Error("a node with another mesh key joined the fleet")
+		}
+	}, func(try int) bool {
+		time.Sleep(100 * time.Millisecond)
+		return relaytest.Metric(t, a.s, "meetpoint_fleet_mesh_key_mismatch_total") == 1 && len(a.f.Nodes()) == 3 &&
+			cf.pairs(a, b, fmt.Sprintf("stranger-%d", try))
+	}))
 
 	cf = newChaosFleet(t, addr, "r3")
 	a, b = cf.nodes[0], cf.nodes[1]
