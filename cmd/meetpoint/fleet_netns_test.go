@@ -134,16 +134,7 @@ func (f *nsFleet) metric(t *testing.T, n nsNode, name string) float64 {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			x, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", name, v)
-			}
-			return x
-		}
-	}
-	return -1
+	return relaytest.MetricIn(t, string(b), name)
 }
 
 // cut drops, in the hub, every packet between node i and node j (both

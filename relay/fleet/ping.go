@@ -232,7 +232,7 @@ func (f *Fleet) ping(p *peer) {
 	// mesh ping interval under a second).
 	now, rid := time.Now().Unix(), newRequestID()
 	var req []byte
-	if withRid := !p.noRid.Load(); withRid {
+	if !p.noRid.Load() {
 		mac := f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
 		req = handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
 			handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Int("time", now))

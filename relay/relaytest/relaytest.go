@@ -173,7 +173,14 @@ func Metric(t testing.TB, s *relay.Server, name string) float64 {
 	t.Helper()
 	var b strings.Builder
 	s.WritePrometheus(&b)
-	for _, l := range strings.Split(b.String(), "\n") {
+	return MetricIn(t, b.String(), name)
+}
+
+// MetricIn is Metric over a Prometheus text exposition (what an admin
+// listener's /metrics answered).
+func MetricIn(t testing.TB, text, name string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
