@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -52,12 +51,7 @@ func startNSFleet(t *testing.T) *nsFleet {
 	}
 	id := strconv.Itoa(os.Getpid() % 100000)
 	f := &nsFleet{hub: "mp-hub-" + id}
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Skipf("this machine cannot set up the namespaces (ip %s: %v: %s)", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
+	sh := func(args ...string) { t.Helper(); ipSetup(t, args...) }
 	addNS := func(name string) {
 		sh("netns", "add", name)
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
@@ -157,20 +151,6 @@ func (f *nsFleet) cut(t *testing.T, i, j int) (mend func()) {
 	}
 }
 
-// pairs reports whether a fresh pair meets across nodes a and b.
-func (f *nsFleet) pairs(a, b nsNode, tok string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ta, tb, err := client.DialPair(ctx, client.Options{URL: a.url(), Token: tok, Timeout: 5 * time.Second},
-		client.Options{URL: b.url(), Token: tok, Timeout: 5 * time.Second})
-	if err != nil {
-		return false
-	}
-	ta.Close()
-	tb.Close()
-	return true
-}
-
 // TestFleetChaosNetns: the fleet's mesh cut for real — three node
 // processes in their own network namespaces, node 3's packets to and from
 // nodes 1 and 2 dropped by the router between them (nothing closed,
@@ -207,7 +187,7 @@ func TestFleetChaosNetns(t *testing.T) {
 		return f.metric(t, n1, `meetpoint_mesh_peer_reachable{peer="ns-3"}`) == 0 &&
 			f.metric(t, n2, `meetpoint_mesh_peer_reachable{peer="ns-3"}`) == 0
 	}, "nodes 1 and 2 call node 3 unreachable")
-	for try := 0; !f.pairs(n1, n2, fmt.Sprintf("netns-after-%d", try)); try++ {
+	for try := 0; !relaytest.Meets(n1.url(), n2.url(), fmt.Sprintf("netns-after-%d", try), 5*time.Second); try++ {
 		if time.Since(start) > time.Minute {
 			t.Fatal("nodes 1 and 2 did not pair within a minute of the cut")
 		}

@@ -60,6 +60,16 @@ func (n netns) linkLocal(t *testing.T) string {
 	return ""
 }
 
+// ipSetup runs ip(8) with args to set up a test's namespaces. Setting up
+// is the machine's business: where it refuses (a container without the
+// capability, no veth module), the test skips saying why.
+func ipSetup(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Skipf("this machine cannot set up the namespaces (ip %s: %v: %s)", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+}
+
 // twoNamespaces makes two network namespaces joined by a veth pair, as two
 // machines joined by a cable: no addresses but the kernel's link-local ones.
 func twoNamespaces(t *testing.T) (relayNS, clientNS netns) {
@@ -75,14 +85,7 @@ func twoNamespaces(t *testing.T) (relayNS, clientNS netns) {
 	}
 	id := fmt.Sprintf("%d", os.Getpid()%100000)
 	relayNS, clientNS = netns{"mp-relay-" + id, "mpr" + id}, netns{"mp-client-" + id, "mpc" + id}
-	// Setting up is the machine's business: where it refuses (a container
-	// without the capability, no veth module), the test skips saying why.
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Skipf("this machine cannot set up the namespaces (ip %s: %v: %s)", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
+	sh := func(args ...string) { t.Helper(); ipSetup(t, args...) }
 	for _, n := range []netns{relayNS, clientNS} {
 		sh("netns", "add", n.name)
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.name).Run() })

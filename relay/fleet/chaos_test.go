@@ -53,7 +53,14 @@ func newChaosFleet(t *testing.T, redisSpec, round string) *chaosFleet {
 		cf.proxies = append(cf.proxies, newBlackhole(t))
 		cf.nodes = append(cf.nodes, cf.start(t, i))
 	}
-	cf.waitWhole(t)
+	relaytest.WaitFor(t, func() bool {
+		for _, nd := range cf.nodes {
+			if len(nd.f.Nodes()) != 3 {
+				return false
+			}
+		}
+		return true
+	}, "every node sees the fleet")
 	return cf
 }
 
@@ -70,18 +77,6 @@ func (cf *chaosFleet) start(t *testing.T, i int) *node {
 	})
 	p.target.Store(relaytest.Addr(nd.s))
 	return nd
-}
-
-// waitWhole waits until every node sees all three.
-func (cf *chaosFleet) waitWhole(t *testing.T) {
-	relaytest.WaitFor(t, func() bool {
-		for _, nd := range cf.nodes {
-			if len(nd.f.Nodes()) != 3 {
-				return false
-			}
-		}
-		return true
-	}, "every node sees the fleet")
 }
 
 // traffic starts one tunnel per ordered pair of nodes (6 across, 3 within).
@@ -110,23 +105,7 @@ func (cf *chaosFleet) traffic(t *testing.T, tag string) []*relaytest.Stream {
 
 // pairs reports whether a fresh pair meets across two nodes within 5 s.
 func (cf *chaosFleet) pairs(a, b *node, tok string) bool {
-	return cf.pairsWithin(a, b, tok, 5*time.Second)
-}
-
-// pairsWithin is pairs with the clients' timeout: a shorter one measures a
-// recovery more finely (a pair placed while the store fails waits out its
-// timeout before the next try).
-func (cf *chaosFleet) pairsWithin(a, b *node, tok string, wait time.Duration) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*wait)
-	defer cancel()
-	ta, tb, err := client.DialPair(ctx, client.Options{URL: url(a.s, false), Token: tok, Timeout: wait},
-		client.Options{URL: url(b.s, false), Token: tok, Timeout: wait})
-	if err != nil {
-		return false
-	}
-	ta.Close()
-	tb.Close()
-	return true
+	return relaytest.Meets(url(a.s, false), url(b.s, false), tok, 5*time.Second)
 }
 
 // run applies fault to a fresh round of traffic, waits until the fleet
@@ -204,16 +183,7 @@ func startHAProxy(t *testing.T, nodes []*node) string {
 // pairVia reports whether a fresh pair meets through the balancer at lb
 // (a raw-TCP client and a WebSocket client, wherever it sends them).
 func pairVia(lb, tok string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ta, tb, err := client.DialPair(ctx, client.Options{URL: "tcp://" + lb, Token: tok, Timeout: 5 * time.Second},
-		client.Options{URL: "ws://" + lb + "/", Token: tok, Timeout: 5 * time.Second})
-	if err != nil {
-		return false
-	}
-	ta.Close()
-	tb.Close()
-	return true
+	return relaytest.Meets("tcp://"+lb, "ws://"+lb+"/", tok, 5*time.Second)
 }
 
 // quiet is a go-redis logger that logs nothing.
@@ -269,20 +239,9 @@ func TestFleetChaos(t *testing.T) {
 	cf = newChaosFleet(t, addr, "r2c")
 	a, b = cf.nodes[0], cf.nodes[1]
 	rows = append(rows, cf.run(t, "a node with another mesh key tries to join", func() {
-		s := relaytest.New(t, nil)
-		rdb, err := fleet.ParseURL("redis://" + addr + "/0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rdb.Close() })
-		f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "chaos-stranger", Prefix: "meetpoint-r2c:",
-			MeshKey: []byte("another key, 32 bytes long......"), Logger: testutil.Logger(t)}, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		relaytest.Start(t, s)
-		if err := f.Start(context.Background()); err == nil {
-			f.Close()
+		if _, err := joinNode(t, addr, "chaos-stranger", nil, func(c *fleet.Config) {
+			c.Prefix, c.MeshKey = "meetpoint-r2c:", []byte("another key, 32 bytes long......")
+		}); err == nil {
 			t.Error("a node with another mesh key joined the fleet")
 		}
 	}, func(try int) bool {
@@ -351,7 +310,9 @@ func TestFleetChaos(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 			return false
 		}
-		return cf.pairsWithin(a, b, fmt.Sprintf("cluster-%d", try), time.Second)
+		// A 1 s try: a pair placed while the slot is down waits out its
+		// timeout before the next, so a shorter one measures more finely.
+		return relaytest.Meets(url(a.s, false), url(b.s, false), fmt.Sprintf("cluster-%d", try), time.Second)
 	}))
 
 	cf = newChaosFleet(t, addr, "r6")

@@ -39,6 +39,18 @@ func startNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config)) *
 // redisAddr may be a whole --fleet URL (redis+cluster://...).
 func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config), fmutate func(*fleet.Config)) *node {
 	t.Helper()
+	nd, err := joinNode(t, redisAddr, id, mutate, fmutate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nd
+}
+
+// joinNode is startNodeWith returning the fleet's Start error instead of
+// failing the test (the relay serves either way): for the nodes a fleet
+// must refuse. A node that joined is closed at cleanup.
+func joinNode(t testing.TB, redisAddr, id string, mutate func(*relay.Config), fmutate func(*fleet.Config)) (*node, error) {
+	t.Helper()
 	s := relaytest.New(t, mutate)
 	spec := redisAddr
 	if !strings.Contains(spec, "://") {
@@ -63,10 +75,10 @@ func startNodeWith(t testing.TB, redisAddr, id string, mutate func(*relay.Config
 	}
 	relaytest.Start(t, s)
 	if err := f.Start(context.Background()); err != nil {
-		t.Fatal(err)
+		return &node{id: id, s: s, f: f}, err
 	}
 	t.Cleanup(func() { f.Close() })
-	return &node{id: id, s: s, f: f}
+	return &node{id: id, s: s, f: f}, nil
 }
 
 // testHeartbeat is the fleet tests' heartbeat: quicker than the default

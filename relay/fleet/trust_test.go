@@ -50,21 +50,14 @@ func TestWrongMeshKeyRefusedAtJoin(t *testing.T) {
 	alog, atail := logTail(t)
 	a := startNodeWith(t, addr, "key-a", nil, func(c *fleet.Config) { c.Logger = alog })
 
-	s := relaytest.New(t, nil)
-	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
-	t.Cleanup(func() { rdb.Close() })
 	blog, btail := logTail(t)
-	f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "key-b", MeshKey: []byte("another key, 32 bytes long......"),
-		Heartbeat: testHeartbeat, Logger: blog}, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relaytest.Start(t, s)
-	err = f.Start(context.Background())
+	b, err := joinNode(t, addr, "key-b", nil, func(c *fleet.Config) {
+		c.MeshKey, c.Logger = []byte("another key, 32 bytes long......"), blog
+	})
 	if err == nil || !strings.Contains(err.Error(), "key-a") || !strings.Contains(err.Error(), "another mesh key") {
 		t.Fatalf("a node with another mesh key joined: Start says %v", err)
 	}
-	if relaytest.Metric(t, s, "meetpoint_fleet_mesh_key_mismatch_total") != 1 {
+	if relaytest.Metric(t, b.s, "meetpoint_fleet_mesh_key_mismatch_total") != 1 {
 		t.Error("the refused node did not count its refusal")
 	}
 	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, a.s, "meetpoint_fleet_mesh_key_mismatch_total") == 1 },
@@ -95,15 +88,7 @@ func TestRestartedNodeTakesOverItsID(t *testing.T) {
 	old.s.Close()
 
 	// Another address under that id: refused while the record lives.
-	s := relaytest.New(t, nil)
-	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
-	t.Cleanup(func() { rdb.Close() })
-	f, err := fleet.New(fleet.Config{Redis: rdb, NodeID: "phoenix", MeshKey: meshKey, Heartbeat: testHeartbeat, Logger: testutil.Logger(t)}, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relaytest.Start(t, s)
-	if err := f.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "in use by a live node") {
+	if _, err := joinNode(t, addr, "phoenix", nil, nil); err == nil || !strings.Contains(err.Error(), "in use by a live node") {
 		t.Fatalf("the same node id at another address: %v, want refused", err)
 	}
 

@@ -111,6 +111,22 @@ func Pair(t testing.TB, urlA, urlB, token, nonce string) (*client.Tunnel, *clien
 		client.Options{URL: urlB, Token: token, Nonce: nonce, Name: "bob"})
 }
 
+// Meets reports whether two fresh clients of token, at urlA and urlB, are
+// paired within wait (each client's timeout); the tunnel is closed at once.
+// The fault tests' probe: false is an answer, not a test failure.
+func Meets(urlA, urlB, token string, wait time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*wait)
+	defer cancel()
+	a, b, err := client.DialPair(ctx, client.Options{URL: urlA, Token: token, Timeout: wait},
+		client.Options{URL: urlB, Token: token, Timeout: wait})
+	if err != nil {
+		return false
+	}
+	a.Close()
+	b.Close()
+	return true
+}
+
 // Redis starts a throw-away redis-server for the test and returns its
 // address (the test skips without redis-server, unless
 // MEETPOINT_REQUIRE_REDIS is set).
