@@ -230,17 +230,17 @@ func (f *Fleet) ping(p *peer) {
 	// signature once, and two pings in the same second would otherwise
 	// sign the same fields (every other ping refused as a replay with a
 	// mesh ping interval under a second).
-	now, rid := time.Now().Unix(), newRequestID()
-	var req []byte
-	if !p.noRid.Load() {
-		mac := f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
-		req = handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
-			handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Int("time", now))
+	now := time.Now().Unix()
+	params := []handshake.Field{handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now)}
+	var mac []byte
+	if p.noRid.Load() { // an older node: no request id
+		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now)
 	} else {
-		mac := f.sign("Mesh.Ping", f.cfg.NodeID, now)
-		req = handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("mac", hex.EncodeToString(mac)),
-			handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now))
+		rid := newRequestID()
+		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
+		params = append(params, handshake.Str("rid", rid))
 	}
+	req := handshake.AppendRequest(nil, 1, "Mesh.Ping", append(params, handshake.Str("mac", hex.EncodeToString(mac)))...)
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	var ans struct {
 		Status string `json:"status"`
