@@ -34,9 +34,9 @@ test:
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh
 ## cut, a node killed, a node restarted, a node with another mesh key,
 ## Redis restarted empty, a Sentinel failover, a Redis Cluster master
-## killed, a node killed behind HAProxy) on three loopback
-## nodes, with the table of docs/fleet.md, and a mesh cut between node
-## processes in network namespaces (root; about a minute and a half)
+## killed, a node killed behind HAProxy) on three loopback nodes, and a
+## mesh cut between node processes in network namespaces (root); prints
+## the table of docs/fleet.md (about a minute and a half)
 fleet-chaos:
 	MEETPOINT_CHAOS=1 $(GO) test -p 1 -count=1 -run '^TestFleetChaos(Netns)?$$' -v ./relay/fleet/ ./cmd/meetpoint/
 
