@@ -25,8 +25,8 @@ import (
 // and cmd/meetpoint wires them together.
 
 // Conn is a connection before its tunnel as a JSON-RPC method handler sees
-// it. Handlers run with the connection's lock held, on a netpoll or loop
-// goroutine: they must not block, and c is valid only during the call.
+// it. Handlers run with the connection's lock held, on a loop goroutine or an
+// authenticator's: they must not block, and c is valid only during the call.
 type Conn struct{ c *conn }
 
 // MethodHandler answers one JSON-RPC method before the tunnel.

@@ -91,7 +91,8 @@ type Config struct {
 	HTTPReadHeaderTimeout, HTTPIdleTimeout time.Duration
 	// HTTPMaxBody bounds a request body (larger bodies fail with 413).
 	HTTPMaxBody int64
-	// Loops is the number of netpoll event loops and forwarding loops.
+	// Loops is the number of event loops: each accepts, runs the stages
+	// before the tunnel and forwards tunnels.
 	// 0 means one per CPU.
 	Loops int
 	// Logger receives the relay's logs. nil means slog.Default().

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,12 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
+	"golang.org/x/sys/unix"
 )
 
 // state is where a connection is on its way to a tunnel:
@@ -62,13 +61,15 @@ const (
 	relAsked                 // the transport was asked; released follows
 )
 
-// conn is a connection before its tunnel, on netpoll (plain sockets) or on
-// a forwarding loop (TLS). It costs ~600 B plus netpoll's 4 KiB input page.
+// conn is a connection before its tunnel, on the loop that accepted it
+// (plainTransport) or, after a TLS handshake, on a loop as a TLS session
+// (tlsTransport). It costs ~600 B; input is read into the loop's scratch
+// buffer and only what a stage keeps is copied.
 //
 // Locking: mu guards every field below it and every write to tr.
-// tr.release is never called with mu held (netpoll may run the close
-// callback synchronously, and it takes mu): code decides under mu
-// (wantRelease) and unlock asks the transport. Lock order when two
+// tr.release is never called with mu held (released, which follows it,
+// takes mu): code decides under mu (wantRelease) and unlock asks the
+// transport. Lock order when two
 // connections meet: the completing side's mu, then the registry shard
 // (Join), released, then the waiting side's mu; a waiting connection never
 // takes another connection's lock.
@@ -85,25 +86,23 @@ type conn struct {
 	// under mu.
 	st atomic.Uint32
 
-	mu        sync.Mutex
-	rel       release
-	frozen    bool          // released: the connection belongs to its target or is gone; nothing changes it
-	gone      bool          // released while claimed but before a target was set (pairUp delivers)
-	sk        loop.Sock     // the socket, detached for the target when released while claimed
-	reason    reason.Reason // closing: why; claimed: why the set-up failed, if failed
-	failed    bool          // claimed: the set-up failed (reason says why)
-	linger    bool          // closing: let the client read what we sent before the socket closes
-	skipNL    bool          // claimed by a raw-TCP registration: drop the request's newline
-	hello     bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
-	ws        *handshake.Stream
-	out       handshake.Queue // replies not yet written; kept for the target once claimed
-	in        []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
-	msg       []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
-	late      []byte          // claimed: input that arrived after the claim (≤ lateLimit)
-	lateMax   int             // bound on late when not MaxPreAuth (a hand-off to net/http)
-	lateMsg   bool            // claimed: a WebSocket data frame arrived after the claim
-	streaming bool            // claimed for a hand-off with bytes flowing behind the request head (a body)
-	got       int             // bytes netpoll has handed to onRequest (kept or skipped): what a hand-over checks the kernel against
+	mu      sync.Mutex
+	rel     release
+	frozen  bool          // released: the connection belongs to its target or is gone; nothing changes it
+	gone    bool          // released while claimed but before a target was set (pairUp delivers)
+	sk      loop.Sock     // the socket, detached for the target when released while claimed
+	reason  reason.Reason // closing: why; claimed: why the set-up failed, if failed
+	failed  bool          // claimed: the set-up failed (reason says why)
+	linger  bool          // closing: let the client read what we sent before the socket closes
+	skipNL  bool          // claimed by a raw-TCP registration: drop the request's newline
+	hello   bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
+	ws      *handshake.Stream
+	out     handshake.Queue // replies not yet written; kept for the target once claimed
+	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
+	msg     []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
+	late    []byte          // claimed: input that arrived after the claim (≤ lateLimit)
+	lateMax int             // bound on late when not MaxPreAuth (a hand-off to net/http)
+	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
 
 	timer     *time.Timer // inactive, then alone timeout
 	hsTimer   *time.Timer // handshake timeout
@@ -118,7 +117,6 @@ type conn struct {
 	authed      bool                   // the authenticator accepted key.Token
 	upgrade     []byte                 // a URL-token upgrade's 101 response, sent once the token is good
 	onEnd       func()                 // a subscriber's: called once when the connection ends
-	moving      bool                   // a subscriber leaving netpoll for a loop (released moves it)
 	authThen    func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
@@ -142,51 +140,37 @@ type target interface {
 	ready(c *conn)
 }
 
-type connKey struct{}
-
-func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+// accept takes a connection a loop just accepted: admitted, it becomes a
+// conn on that loop (plainTransport), which owns the socket until the
+// connection ends or is handed to its target. Loop goroutine.
+func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 	s.stats.accepted.Inc()
-	key, r, ok := s.admit(nc.RemoteAddr())
+	key, r, ok := s.admit(peer)
 	if !ok {
 		s.stats.closes[r].Inc()
-		nc.Close()
-		return context.Background()
+		unix.Close(fd)
+		return
 	}
 	tk := s.newTicket(key)
-	tr := &netpollTransport{nc: nc, fd: -1}
-	if f, ok := nc.(interface{ Fd() int }); ok {
-		tr.fd = f.Fd()
-		_ = s.cfg.Keepalive.applyUserTimeout(tr.fd) // an MPTCP client's socket may refuse it: keepalive still holds
-	}
-	c := s.newConn(tr, nc.RemoteAddr(), tk)
+	_ = s.cfg.Keepalive.applyUserTimeout(fd) // an MPTCP client's socket may refuse it: keepalive still holds
+	pt := &plainTransport{l: l, fd: fd, sk: loop.PlainSock(fd)}
+	c := s.newConn(pt, peer, tk)
 	if c == nil {
+		unix.Close(fd)
 		tk.End(reason.Shutdown)
-		nc.Close()
-		return context.Background()
+		return
 	}
-	_ = nc.AddCloseCallback(func(nc netpoll.Connection) error {
-		var left []byte
-		r := nc.Reader()
+	pt.c = c
+	// Edge-triggered: bytes the client sent before the accept are
+	// reported by the first epoll_wait, so nothing is read here.
+	if err := l.Register(fd, pt); err != nil {
+		pt.dropped = true
 		c.mu.Lock()
-		claimed := state(c.st.Load()) == stClaimed
-		streaming := c.streaming && claimed
-		handoff, got := claimed && c.lateMax > 0, c.got // claimed for net/http or STUN (toHandoff)
-		if handoff {                                    // to net/http or STUN: bytes stream in behind the head
-			tr.takeOver() // netpoll reads no more of the socket
-		}
+		c.close(reason.IOError)
+		c.rel = relAsked
 		c.mu.Unlock()
-		if streaming && !(handoff && tr.drained(r, got)) {
-			settleReader(r) // no TCP counters to believe: wait for the buffer to hold still
-		}
-		if n := r.Len(); n > 0 {
-			if p, err := r.Next(n); err == nil {
-				left = p
-			}
-		}
-		c.released(left)
-		return nil
-	})
-	return context.WithValue(context.Background(), connKey{}, c)
+		c.released()
+	}
 }
 
 // newConn creates and tracks a connection; nil if the server is closing.
@@ -218,80 +202,6 @@ func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason, ok bool)
 	return key, r, false
 }
 
-// onRequest is netpoll's handler: it runs on a pooled goroutine when bytes
-// arrive, and must consume all of them (netpoll calls it again while
-// anything is left unread).
-func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
-	c, _ := ctx.Value(connKey{}).(*conn)
-	r := nc.Reader()
-	if c == nil {
-		_ = r.Skip(r.Len())
-		return nc.Close()
-	}
-	c.mu.Lock()
-	n := r.Len()
-	c.got += n
-	take := min(n, c.readBudget())
-	if p, err := r.Next(take); err == nil {
-		c.consume(p)
-	}
-	if rest := n - take; rest > 0 && take+rest <= c.readBudget() {
-		// What was read decided a hand-off to net/http, whose budget is a
-		// whole request body (httpLateMax): the rest is that body.
-		if p, err := r.Next(rest); err == nil {
-			c.consume(p)
-		}
-		take = n
-	}
-	if over := take < n; over {
-		// netpoll reads eagerly and without bound: a client whose unread
-		// input outgrows what any stage before the tunnel accepts is
-		// flooding, and is cut off before netpoll holds more of it. What
-		// fits the budget was read first, so a client that merely sent
-		// something too big hears why (e.g. a 1009 close).
-		_ = r.Skip(r.Len())
-		c.s.log.Debug("input before the tunnel over budget", "peer", c.peer.String())
-		c.fail(reason.PreAuthLimit, "")
-	}
-	_ = r.Release()
-	c.unlock()
-	return nil
-}
-
-// settleReader waits until netpoll's read buffer for a closed connection
-// holds still. netpoll detaches a connection from its poller without
-// waiting for a read the poller is in the middle of, so bytes the client
-// sent right up to the hand-off may land in the buffer after the close
-// callback began — and would be lost with it (seen: a request body cut
-// short, "malformed chunked encoding"). Only hand-offs with bytes flowing
-// wait: at least 2 ms, until two 1 ms looks see no growth, at most 50 ms.
-func settleReader(r netpoll.Reader) {
-	deadline := time.Now().Add(50 * time.Millisecond)
-	last, still := r.Len(), 0
-	for still < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-		if n := r.Len(); n == last {
-			still++
-		} else {
-			last, still = n, 0
-		}
-	}
-}
-
-// readBudget is the most input c may have consumed from netpoll so far:
-// the pre-tunnel budget, or a hand-off's (lateMax). Called with mu held.
-func (c *conn) readBudget() int {
-	if c.lateMax > 0 {
-		return c.lateMax
-	}
-	return c.s.inputBudget()
-}
-
-// inputBudget is the most input a connection may have waiting on netpoll
-// before its tunnel: a WebSocket client's whole HTTP head and first
-// message, with room for frame headers and pings, twice over.
-func (s *Server) inputBudget() int { return 2*(s.cfg.MaxHeader+s.cfg.MaxPreAuth) + 4<<10 }
-
 // consume routes freshly read bytes to the current stage. p is only valid
 // during the call; every stage copies what it keeps, within its budget.
 // Called with mu held.
@@ -314,7 +224,11 @@ func (c *conn) consume(p []byte) {
 
 // unlock writes what the relay owes the client, releases mu, then asks the
 // transport to let go and starts an authenticator if the stage decided so.
-func (c *conn) unlock() {
+func (c *conn) unlock() { c.unlockOn(false) }
+
+// unlockOn is unlock; onLoop says the caller is the loop goroutine of c's
+// transport, which then lets go of the socket at once.
+func (c *conn) unlockOn(onLoop bool) {
 	c.flush()
 	rel := c.rel == relWanted
 	if rel {
@@ -324,7 +238,7 @@ func (c *conn) unlock() {
 	c.authStart = nil
 	c.mu.Unlock()
 	if rel {
-		c.tr.release()
+		c.tr.release(onLoop)
 	}
 	if start != nil {
 		c.startAuth(start)
@@ -522,27 +436,13 @@ func (c *conn) Claim() bool { return c.st.CompareAndSwap(uint32(stWaiting), uint
 // UUID implements Joiner.
 func (c *conn) UUID() string { return c.uuid }
 
-// released runs once the transport has let go of the socket (netpoll: after
-// it stopped polling it, before it closes the descriptor). A claimed
-// connection's socket is detached and the connection handed to its
-// target; any other is finished: closed at once, or passed to a
-// forwarding loop to linger. left is what the transport had read and
-// nobody consumed.
-func (c *conn) released(left []byte) {
+// released runs once the transport has let go of the socket (it is out of
+// its loop's epoll set). A claimed connection's socket is detached and the
+// connection handed to its target; any other is finished: closed at once,
+// or passed to a loop to linger. Never with mu held.
+func (c *conn) released() {
 	c.mu.Lock()
-	if c.rel == relNone && c.rescue(left) { // netpoll hung up on a live socket
-		c.unlock()
-		return
-	}
-	if c.moving && state(c.st.Load()) == stSubscribed {
-		c.moving = false
-		if nt, ok := c.tr.(*netpollTransport); ok && c.toLoop(nt, left) {
-			c.unlock()
-			return
-		}
-	}
 	c.stopTimers()
-	spontaneous := c.rel == relNone // the peer hung up (or the socket failed)
 	c.rel = relAsked
 	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now
 		if c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
@@ -551,12 +451,6 @@ func (c *conn) released(left []byte) {
 		}
 	}
 	if state(c.st.Load()) == stClaimed {
-		if len(left) > 0 {
-			c.consume(left) // pings answered for the target, data recorded as late
-		}
-		if spontaneous && !c.aliveOnNetpoll() {
-			c.setFailed(reason.PeerClosed)
-		}
 		sk, err := c.tr.detach()
 		if err != nil {
 			c.setFailed(reason.IOError)
@@ -576,7 +470,7 @@ func (c *conn) released(left []byte) {
 		c.reason = reason.PeerClosed
 	}
 	c.st.Store(uint32(stDone))
-	reason, linger := c.reason, c.linger && !spontaneous
+	reason, linger := c.reason, c.linger
 	c.frozen = true
 	onEnd := c.onEnd
 	c.onEnd = nil

@@ -32,7 +32,6 @@ func (c *conn) httpHead(p []byte) {
 	}
 	head, rest := c.in[:end], c.in[end:]
 	if !handshake.IsUpgradeRequest(head) || c.s.subprotocolOf(head) {
-		c.streaming = len(rest) > 0 || len(p) > 0 || hasBody(head) // a body follows the head
 		c.toHandoff(handoffHTTP, p)
 		return
 	}
@@ -170,9 +169,11 @@ func (c *conn) sendRaw(b []byte) {
 // httpLateMax bounds what a connection bound for net/http may send before
 // its hand-off completes — a request body streams in right behind its
 // head, as fast as the network goes: room for one whole request of the
-// largest allowed body (HTTPMaxBody), at least 256 KiB. A TLS connection
-// stops being read once claimed (its rest stays in the socket); netpoll
-// reads eagerly until the socket is detached, so plaintext needs the room.
+// largest allowed body (HTTPMaxBody), at least 256 KiB. In practice a
+// connection stops being read once claimed (its rest stays in the socket,
+// readFrom), so what it stashes is what the read that ended the head
+// brought along (at most a loop's 16 KiB scratch); the bound is what a
+// hand-off may be given at most.
 func (s *Server) httpLateMax() int {
 	return max(256<<10, s.cfg.MaxHeader+int(min(s.cfg.HTTPMaxBody, 1<<30))+64<<10)
 }

@@ -50,7 +50,7 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for c := range s.conns {
-			if tr, ok := c.tr.(*netpollTransport); ok && tr.fd >= 0 {
+			if tr, ok := c.tr.(*plainTransport); ok && tr.fd >= 0 {
 				fd = tr.fd
 				return true
 			}
@@ -64,7 +64,7 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Release()
+	defer ln.Close()
 	if err := k.applyKeepalive(ln.Fd()); err != nil {
 		t.Fatal(err)
 	}
@@ -73,16 +73,15 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var ac net.Conn
-	for end := time.Now().Add(testutil.Patience); ac == nil && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		if ac, err = ln.Accept(); err != nil {
+	fd = -1
+	for end := time.Now().Add(testutil.Patience); fd < 0 && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if fd, _, err = unix.Accept4(ln.Fd(), unix.SOCK_CLOEXEC); err != nil && err != unix.EAGAIN {
 			t.Fatal(err)
 		}
 	}
-	if ac == nil {
+	if fd < 0 {
 		t.Fatal("nothing accepted")
 	}
-	fd = ac.(interface{ Fd() int }).Fd()
 	defer unix.Close(fd)
 	if got := sockopts(t, fd); [4]int(got[:4]) != [4]int(want[:4]) {
 		t.Errorf("accepted socket: %v, want the listener's %v", got, want)

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudwego/netpoll"
-
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/loop"
 )
 
 // lcGoroutines waits for the goroutine count to come back to at most base
@@ -27,26 +26,25 @@ func lcGoroutines(t *testing.T, base int) {
 	}
 }
 
-// TestStartFailureUndoes: a Start that fails (here: the second event loop
+// TestStartFailureUndoes: a Start that fails (here: the second loop
 // cannot be created) leaves nothing behind — no goroutine, no bound
 // address, no descriptor (defect 8: forwarders, janitor and listeners kept
 // running).
 func TestStartFailureUndoes(t *testing.T) {
-	netpollInit.Do(func() {}) // netpoll's pollers are process-wide: not ours to count
 	probe := startServer(t, nil)
 	probe.Close()
 	runtime.GC()
 	base, fds := runtime.NumGoroutine(), lkFDs(t)
 
 	calls := 0
-	newEventLoop = func(h netpoll.OnRequest, opts ...netpoll.Option) (netpoll.EventLoop, error) {
+	newLoop = func(cfg loop.Config) (*loop.Loop, error) {
 		calls++
 		if calls == 2 {
 			return nil, errors.New("injected failure")
 		}
-		return netpoll.NewEventLoop(h, opts...)
+		return loop.New(cfg)
 	}
-	defer func() { newEventLoop = netpoll.NewEventLoop }()
+	defer func() { newLoop = loop.New }()
 
 	cfg := DefaultConfig()
 	cfg.Listen = []string{"127.0.0.1:0", "127.0.0.1:0"}
@@ -58,14 +56,14 @@ func TestStartFailureUndoes(t *testing.T) {
 	}
 	if err := s.Start(); err == nil {
 		s.Close()
-		t.Fatal("Start succeeded despite a failing event loop")
+		t.Fatal("Start succeeded despite a failing loop")
 	}
 	lcGoroutines(t, base)
 	if n := lkFDs(t); n > fds {
 		t.Fatalf("%d descriptors open after a failed Start, %d before", n, fds)
 	}
 	// Undone cleanly: the same server starts once the cause is gone.
-	newEventLoop = netpoll.NewEventLoop
+	newLoop = loop.New
 	if err := s.Start(); err != nil {
 		t.Fatalf("Start after a failed one: %v", err)
 	}

@@ -14,12 +14,13 @@ import (
 )
 
 // TestDrainKeepsListenerNumber: a connection that another server accepts
-// while this one drains keeps being served after the drain ends. The drain
-// closes the listening socket at once, but netpoll detaches the listener's
-// number from its poller only when the server closes; a connection that got
-// the number in between used to be detached in its place (whenever both sat
-// on the same poller) and hang. Each round arranges for the other server's
-// accept to get the number.
+// while this one drains keeps being served after the drain ends, even when
+// it got the number the draining listener had. Close takes the listener
+// out of every loop's epoll set before it closes the socket, so no loop
+// removes that number from its set later (under netpoll, which detached
+// the listener's number only when the server closed, such a connection
+// used to be detached in its place and hang). Each round arranges for the
+// other server's accept to get the number.
 func TestDrainKeepsListenerNumber(t *testing.T) {
 	b := startServer(t, nil)
 	baddr := b.Addrs()[0].(*net.TCPAddr)
@@ -48,7 +49,7 @@ func TestDrainKeepsListenerNumber(t *testing.T) {
 		}
 		b.mu.Lock()
 		for c := range b.conns {
-			if tr, ok := c.tr.(*netpollTransport); ok && tr.fd == old {
+			if tr, ok := c.tr.(*plainTransport); ok && tr.fd == old {
 				hit++
 			}
 		}
@@ -64,9 +65,7 @@ func TestDrainKeepsListenerNumber(t *testing.T) {
 			}
 		}
 	}
-	if hit > 0 {
-		t.Errorf("the other server accepted %d connections on a number a draining listener still reserves", hit)
-	}
+	t.Logf("%d connections of the other server got a drained listener's number", hit)
 }
 
 // dialAbove connects to addr from a blocking socket numbered 1000 or more

@@ -40,7 +40,6 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_http_origin_refused_total":    {"counter", "WebSocket upgrades served by net/http (signalling, subsystems) refused (403) for their Origin (--allowed-origins)."},
 	"meetpoint_access_total":                 {"counter", "Access rule decisions, by rule, action and result (bounded by the rules file)."},
 	"meetpoint_authenticated_total":          {"counter", "Clients authenticated, by the kind of their identity (cert, token, anonymous)."},
-	"meetpoint_netpoll_rescued_total":        {"counter", "Live connections netpoll reported hung up, moved to a forwarding loop instead."},
 	"meetpoint_closes_total":                 {"counter", "Connections ended, by reason (every close has exactly one)."},
 	"meetpoint_ready":                        {"gauge", "1 while the relay accepts new clients, 0 while starting, draining or closed."},
 	"meetpoint_dependency_up":                {"gauge", "1 while an outside service the relay relies on (by name: auth_redis, auth_webhook, events_redis) answered last, 0 while it is unreachable."},

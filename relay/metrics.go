@@ -36,7 +36,6 @@ type stats struct {
 	identities        [3]*metrics.Counter // authenticated clients by identity kind (identityKinds)
 	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
-	rescued           *metrics.Counter    // live sockets netpoll hung up on, moved to a loop (rescue.go)
 	meshOut           *metrics.Counter    // clients tunnelled to a partner on another node
 	meshIn            *metrics.Counter    // mesh links paired with a client waiting here
 	meshBad           *metrics.Counter    // mesh requests refused for their signature
@@ -74,7 +73,6 @@ func newStats() *stats {
 	}
 	s.accepted = s.set.NewCounter(`meetpoint_connections_accepted_total`)
 	s.tlsQueued = s.set.NewCounter(`meetpoint_tls_handshakes_queued`)
-	s.rescued = s.set.NewCounter(`meetpoint_netpoll_rescued_total`)
 	s.meshOut = s.set.NewCounter(`meetpoint_cross_node_pairs_total{side="dialled"}`)
 	s.meshIn = s.set.NewCounter(`meetpoint_cross_node_pairs_total{side="owner"}`)
 	s.meshBad = s.set.NewCounter(`meetpoint_mesh_refused_total`)
@@ -107,9 +105,6 @@ type Stats struct {
 	AuthOK, AuthFailed, AuthTimeout uint64
 	Closes                          map[string]uint64
 	ClosesTotal                     uint64 // connections that have ended, whatever the reason
-	// Rescued counts live connections netpoll reported hung up, which the
-	// relay moved to a forwarding loop instead (rescue.go).
-	Rescued uint64
 }
 
 // Stats returns a snapshot of the counters. Cost: one small map allocation.
@@ -122,8 +117,7 @@ func (s *Server) Stats() Stats {
 		SplicedBytes: st.splicedBytes.Get(), BufferedBytes: st.bufferedBytes.Get(),
 		Traffic: s.Traffic(),
 		AuthOK:  st.authOK.Get(), AuthFailed: st.authFail.Get(), AuthTimeout: st.authTimeout.Get(),
-		Closes:  make(map[string]uint64, reason.Count),
-		Rescued: st.rescued.Get(),
+		Closes: make(map[string]uint64, reason.Count),
 	}
 	for r := reason.Reason(0); r < reason.Count; r++ {
 		if v := st.closes[r].Get(); v > 0 {

@@ -1,11 +1,11 @@
-// Package relay is meetpoint's engine: it accepts connections on netpoll
-// event loops, walks each through sniff → handshake → rpc → pair, and hands
-// paired sockets to forwarding loops that move bytes with splice(2) or pooled
-// buffers.
+// Package relay is meetpoint's engine: its event loops (package loop)
+// accept connections, walk each through sniff → handshake → rpc → pair on
+// the loop that accepted it, and forward paired sockets with splice(2) or
+// pooled buffers. A socket has one owner from accept to close.
 //
-// Goroutines: a fixed number of netpoll pollers and forwarding loops. A
-// connection holds a goroutine only while netpoll runs its handler for bytes
-// that just arrived; an idle connection, paired or not, holds none.
+// Goroutines: a fixed number of loops. An idle connection, paired or not,
+// holds none; authenticators, the TLS handshake gate and net/http hand-offs
+// run on goroutines of their own.
 package relay
 
 import (
@@ -18,13 +18,11 @@ import (
 	"net"
 	"net/http"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/cloudwego/netpoll"
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
@@ -40,7 +38,7 @@ type Server struct {
 	reg          Registry
 	fleet        Fleet // nil: one node (SetFleet)
 	stats        *stats
-	loops        []*loop.Loop                // the data plane: tunnels, TLS sessions, TunnelProxy hubs
+	loops        []*loop.Loop                // the data plane: accept, pre-tunnel stages, tunnels, TLS sessions, TunnelProxy hubs
 	tlsGate      *loop.Gate[tlsJob]          // bounds TLS handshakes in flight
 	tlsShares    limits.Shares               // TLS handshakes in flight (running or waiting) per address key
 	httpShares   [handoffKinds]limits.Shares // handed-off connections per kind and address key
@@ -69,11 +67,10 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []*loop.Listener
-	evls      []netpoll.EventLoop // netpoll's event loops, one per listener
 	started   bool
 	closed    bool
-	// conns holds every connection still on its transport (before the
-	// hand-over), so Close can end them and Snapshot can list them.
+	// conns holds every connection still on its transport (before its
+	// tunnel or hand-off), so Close can end them and Snapshot can list them.
 	conns map[*conn]struct{}
 	// tunnels holds every tunnel a forwarder has started and not torn down.
 	tunnels map[*tunnel]struct{}
@@ -146,11 +143,8 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-var netpollInit sync.Once
-
-// newEventLoop is netpoll.NewEventLoop (a variable so a test can make it
-// fail).
-var newEventLoop = netpoll.NewEventLoop
+// newLoop is loop.New (a variable so a test can make it fail).
+var newLoop = loop.New
 
 // Start binds every listen address and starts serving. On any failure it
 // returns the error having undone everything it did: no listener stays
@@ -162,23 +156,16 @@ func (s *Server) Start() (err error) {
 	if s.started || s.closed {
 		return errors.New("relay: server already started")
 	}
-	netpollInit.Do(func() {
-		// netpoll's pollers are process-wide; size them once. Its own log
-		// lines (e.g. a failed detach of a connection refused before it was
-		// registered, which is harmless) go to our log at debug level.
-		_ = netpoll.Configure(netpoll.Config{PollerNum: s.cfg.Loops, LoggerOutput: debugWriter{s.log}})
-	})
 	var (
 		lns   []*loop.Listener
 		loops []*loop.Loop
-		evls  []netpoll.EventLoop
 	)
 	defer func() {
 		if err == nil {
 			return
 		}
-		for _, l := range lns {
-			l.Release()
+		for _, l := range lns { // not served yet: just close them
+			l.Close()
 		}
 		for _, l := range loops { // not running yet: just free them
 			l.Close()
@@ -197,39 +184,22 @@ func (s *Server) Start() (err error) {
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
 		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}
 	for range s.cfg.Loops {
-		l, err := loop.New(lcfg)
+		l, err := newLoop(lcfg)
 		if err != nil {
 			return fmt.Errorf("loop: %w", err)
 		}
 		loops = append(loops, l)
 	}
-	for range lns {
-		evl, err := newEventLoop(s.onRequest,
-			netpoll.WithOnPrepare(s.onPrepare),
-			netpoll.WithWriteTimeout(5*time.Second),
-		)
-		if err != nil {
-			return fmt.Errorf("event loop: %w", err)
-		}
-		evls = append(evls, evl)
-	}
 	// Everything is in place: from here on nothing fails.
 	s.started = true
-	s.loops, s.listeners, s.evls = loops, lns, evls
+	s.loops, s.listeners = loops, lns
 	for _, l := range loops {
 		go l.Run()
 	}
 	go s.janitor()
 	s.startHTTP()
-	for i, ln := range lns {
-		evl := evls[i]
-		go func() {
-			// An error after Close (the loop started late, found the
-			// listener closed) is expected.
-			if err := evl.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && ln.Fd() >= 0 {
-				s.log.Error("serve", "addr", ln.Addr().String(), "err", err)
-			}
-		}()
+	for _, ln := range lns {
+		_ = ln.Serve(loops, s.accept) // not closed yet: it cannot fail
 	}
 	return nil
 }
@@ -268,7 +238,12 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	close(s.quit)
-	evls, lns := s.evls, s.listeners
+	lns := s.listeners
+	s.mu.Unlock()
+	for _, ln := range lns { // no new connections from here on
+		ln.Close()
+	}
+	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -277,16 +252,8 @@ func (s *Server) Close() error {
 	for _, c := range conns {
 		c.shutdown()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	for _, evl := range evls {
-		_ = evl.Shutdown(ctx)
-	}
 	for _, l := range s.loops {
 		l.Stop()
-	}
-	for _, ln := range lns { // netpoll is done with them: free their numbers
-		ln.Release()
 	}
 	if s.httpSrv != nil {
 		s.httpSrv.Close()
@@ -414,12 +381,4 @@ func (s *Server) janitor() {
 			s.lim.Sweep()
 		}
 	}
-}
-
-// debugWriter turns a library's log lines into debug records.
-type debugWriter struct{ log *slog.Logger }
-
-func (w debugWriter) Write(p []byte) (int, error) {
-	w.log.Debug("netpoll", "msg", strings.TrimSpace(string(p)))
-	return len(p), nil
 }

@@ -87,8 +87,8 @@ func (c *conn) refusePlaintext(kind handshake.Kind) {
 	c.close(reason.TLS)
 }
 
-// toTLS claims the connection for a TLS handshake: the socket leaves
-// netpoll and the sniffed bytes (the start of the ClientHello) go with it.
+// toTLS claims the connection for a TLS handshake: the socket leaves its
+// loop and the sniffed bytes (the start of the ClientHello) go with it.
 // Called with mu held.
 func (c *conn) toTLS(p []byte) {
 	if len(c.in)+len(p) > tlsPrefixMax {
@@ -212,9 +212,6 @@ func (c *conn) stashLate(p []byte) {
 		return
 	}
 	c.late = append(c.late, p...)
-	if c.lateMax > 0 {
-		c.streaming = true
-	}
 }
 
 // consumeWS decodes WebSocket frames before the tunnel with the

@@ -1,84 +1,31 @@
 package relay
 
 import (
-	"time"
-
-	"github.com/cloudwego/netpoll"
 	"golang.org/x/sys/unix"
 
 	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
-// transport carries a connection before its tunnel exists: netpoll for
-// plain sockets, a forwarding loop for TLS sessions. When it lets go of the
-// socket it calls conn.released exactly once, never with conn.mu held.
+// transport carries a connection before its tunnel exists, on a loop: a
+// plain socket (plainTransport) or a TLS session (tlsTransport). When it
+// lets go of the socket it calls conn.released exactly once, never with
+// conn.mu held.
 type transport interface {
 	// write sends a prefix of b now, without blocking, and returns its
 	// length: a short count means the client is not reading. Called with
 	// conn.mu held.
 	write(b []byte) (int, error)
 	// release asks the transport to let go of the socket; conn.released
-	// follows, possibly before release returns. Never called with conn.mu
-	// held.
-	release()
+	// follows on the loop's goroutine (at once when onLoop: the caller is
+	// that goroutine). Never called with conn.mu held.
+	release(onLoop bool)
 	// detach takes the socket over from the transport. Only inside
 	// conn.released.
 	detach() (loop.Sock, error)
 	// discard disposes of the socket when it is not taken over.
 	discard()
 }
-
-// netpollTransport is a connection on netpoll. netpoll reads it; the relay
-// writes it directly and without blocking (netpoll's writer would wait,
-// up to its write timeout, on a client that does not read), so netpoll
-// never holds output of ours.
-type netpollTransport struct {
-	nc netpoll.Connection
-	fd int
-	// taken: fd is a descriptor of our own (takeOver), netpoll's number
-	// holds an inert eventfd. Set in the close callback only.
-	taken bool
-}
-
-// takeOver makes the socket unreadable to netpoll before it is handed
-// over, instead of trusting timing: netpoll detaches a connection from
-// its poller before the close callback, but a read its poller already
-// dispatched from the last epoll batch can still happen, and land in
-// netpoll's buffer after the callback took what it held — the client's
-// next bytes lost with that buffer (seen under CPU starvation in the
-// events suite: a POST body 4,406 bytes short, its handler waiting for
-// them). So the callback takes a descriptor of its own and puts an inert
-// eventfd over netpoll's number: a read not yet begun gets EAGAIN from
-// the eventfd, and the socket's bytes wait in the kernel for the new
-// owner; drained waits for one already begun. netpoll's own close
-// callback runs after this one: it waits for a read in progress on the
-// operator and refuses later ones (FDOperator.unused) before it closes its
-// number — the eventfd by then — so no read of netpoll's reaches a number
-// reused by another socket. Cost: three syscalls per hand-over.
-func (t *netpollTransport) takeOver() bool {
-	if t.taken || t.fd < 0 {
-		return t.taken
-	}
-	own, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	ph, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(own)
-		return false
-	}
-	err = unix.Dup3(ph, t.fd, unix.O_CLOEXEC) // netpoll closes the eventfd, not the socket
-	unix.Close(ph)
-	if err != nil {
-		unix.Close(own)
-		return false
-	}
-	t.fd, t.taken = own, true
-	return true
-}
-
-func (t *netpollTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
 
 // writeNow writes a prefix of b to the non-blocking socket fd: all of it,
 // or as much as the socket takes now (a short count, nil error), or an
@@ -104,63 +51,125 @@ func writeNow(fd int, b []byte) (int, error) {
 	return n, nil
 }
 
-func (t *netpollTransport) release() { t.nc.Close() }
+// plainTransport is a plaintext connection before its tunnel, on the
+// epoll set of the loop that accepted it: read by loop l, written from any
+// goroutine holding the conn's lock. It owns fd.
+type plainTransport struct {
+	l       *loop.Loop
+	fd      int
+	sk      loop.Sock // fd, as a Sock (made once: converting per read would allocate)
+	c       *conn
+	dropped bool // loop-owned: removed from the epoll set
+}
 
-// drained waits, after takeOver, until netpoll holds every byte it took
-// from the socket, and reports whether it could tell. The kernel counts
-// the bytes it received (TCP_INFO) and those still queued (FIONREAD):
-// received − queued is what was read from the socket, all of it by
-// netpoll before takeOver; got (handed to onRequest) plus r.Len() (still
-// in netpoll's buffer) must reach it. A read in flight is counted once
-// its goroutine runs again; 2 s at most (then the hand-over goes on with
-// what there is). False when the counters cannot be had or are not
-// believable (fewer bytes received than netpoll handed over): the caller
-// then falls back to waiting for netpoll's buffer to hold still.
-func (t *netpollTransport) drained(r netpoll.Reader, got int) bool {
-	if !t.taken {
+// write sends a prefix of b now, without blocking: a short count means
+// the client is not reading.
+func (t *plainTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
+
+// release removes the connection from its loop, then releases it: at
+// once on the loop goroutine, else through Do.
+func (t *plainTransport) release(onLoop bool) {
+	if onLoop {
+		t.drop(t.l)
+	} else if !t.l.Do(func() { t.drop(t.l) }) {
+		t.c.released()
+	}
+}
+
+func (t *plainTransport) drop(l *loop.Loop) {
+	if t.dropped {
+		return
+	}
+	t.dropped = true
+	l.Unregister(t.fd)
+	t.c.released()
+}
+
+func (t *plainTransport) detach() (loop.Sock, error) { return loop.PlainSock(t.fd), nil }
+func (t *plainTransport) discard()                   { unix.Close(t.fd) }
+
+// Event implements loop.Pollee.
+func (t *plainTransport) Event(l *loop.Loop, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		t.readAll(l)
+	}
+}
+
+func (t *plainTransport) readAll(l *loop.Loop) {
+	if t.c.readFrom(t.sk, l.Scratch(), &t.dropped) {
+		l.Again(t)
+	}
+}
+
+// Resume implements loop.Resumer: go on reading after readTurn.
+func (t *plainTransport) Resume(l *loop.Loop) { t.readAll(l) }
+
+func (t *plainTransport) fail(r reason.Reason) { t.c.ended(r) }
+
+// Stop implements loop.Stopper: the loop is stopping; the connection lets
+// go at once.
+func (t *plainTransport) Stop(l *loop.Loop) {
+	t.c.stopping()
+	t.drop(l)
+}
+
+// readTurn bounds what one connection reads per turn of its loop before
+// the loop serves its other sockets: a client flooding its pre-tunnel
+// stages cannot hold up the tunnels on the same loop.
+const readTurn = 64 << 10
+
+// readFrom feeds c's stages from sk, a socket on c's loop (plainTransport,
+// tlsTransport), until it would block, and reports whether it stopped at
+// readTurn with more to read (the transport then resumes on the loop's
+// next turn). It stops early once dropped, or once c is claimed for a
+// hand-off to net/http — what follows (a request body) then stays in the
+// socket, which goes along whole. A socket that ended (EOF, an error) ends
+// c as peer_closed. Loop goroutine only: a release decided here drops the
+// socket at once (transport.release(true)).
+func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool) (more bool) {
+	c.mu.Lock()
+	handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
+	c.mu.Unlock()
+	for read := 0; !*dropped && !handing; {
+		if read >= readTurn {
+			return true
+		}
+		n, err := sk.Read(buf)
+		if n > 0 {
+			read += n
+			c.mu.Lock()
+			c.consume(buf[:n])
+			handing = state(c.st.Load()) == stClaimed && c.lateMax > 0
+			c.unlockOn(true)
+			continue
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != unix.EAGAIN {
+			c.ended(reason.PeerClosed)
+		}
 		return false
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		q1, err1 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
-		info, err2 := unix.GetsockoptTCPInfo(t.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		q2, err3 := unix.IoctlGetInt(t.fd, unix.SIOCINQ)
-		if err1 != nil || err2 != nil || err3 != nil || int64(info.Bytes_received) < int64(got) {
-			// No counters, or none to trust: a kernel before 4.1, or an
-			// emulator (qemu-user copies 4 bytes of TCP_INFO, leaving
-			// bytes received 0 below what netpoll has already handed over).
-			return false
-		}
-		if q1 == q2 && int64(info.Bytes_received)-int64(q1) <= int64(got+r.Len()) {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return true
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
+	return false
 }
 
-// detach takes a descriptor of our own (the one takeOver took, or a new
-// dup): netpoll closes its own right after the close callback that calls
-// this.
-func (t *netpollTransport) detach() (loop.Sock, error) {
-	if t.taken {
-		t.taken = false // ours now belongs to the caller
-		return loop.PlainSock(t.fd), nil
-	}
-	fd, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	return loop.PlainSock(fd), nil
+// ended ends c after its socket on a loop failed or its client left; a
+// claimed connection's target learns it (conn.close). The socket is done:
+// nothing lingers for a client that will not read.
+func (c *conn) ended(r reason.Reason) {
+	c.mu.Lock()
+	c.linger = false
+	c.close(r)
+	c.unlock()
 }
 
-// discard closes the descriptor takeOver took, if it was not detached;
-// netpoll closes its own.
-func (t *netpollTransport) discard() {
-	if t.taken {
-		t.taken = false
-		unix.Close(t.fd)
-	}
+// stopping ends c at once as its loop stops: a WebSocket client still gets
+// its close frame if the socket takes it. The transport drops it next.
+func (c *conn) stopping() {
+	c.mu.Lock()
+	c.fail(reason.Shutdown, "")
+	c.flush()
+	c.rel = relAsked
+	c.mu.Unlock()
 }

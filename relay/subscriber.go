@@ -8,7 +8,7 @@ import (
 )
 
 // Subscriber is a connection turned into an event subscriber: it stays
-// where it is (idle on netpoll, no goroutine, a pre-tunnel connection's
+// where it is (idle on its loop, no goroutine, a pre-tunnel connection's
 // cost) and is sent notifications from any goroutine. WebSocket pings are
 // still answered; anything else it sends closes it.
 type Subscriber struct{ c *conn }
@@ -24,12 +24,6 @@ func (c Conn) Subscribe(onEnd func()) *Subscriber {
 	cc.timer, cc.hsTimer, cc.authTimer, cc.rpcTimer = nil, nil, nil, nil // idle for hours: let them go
 	cc.onEnd = onEnd
 	cc.st.Store(uint32(stSubscribed))
-	if _, ok := cc.tr.(*netpollTransport); ok {
-		// Idle on a loop, not netpoll: a netpoll connection keeps its
-		// buffers (~10 KiB); a loop's socket costs a map entry.
-		cc.moving = true
-		cc.wantRelease()
-	}
 	return &Subscriber{c: cc}
 }
 

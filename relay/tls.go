@@ -13,7 +13,7 @@ import (
 
 // TLS is served on the same port as plaintext: a connection whose first
 // bytes are a TLS handshake record is claimed for the TLS hand-over
-// (tlsHandoff), leaves netpoll like a paired connection, and does its
+// (tlsHandoff), leaves its loop like a paired connection, and does its
 // handshake on a goroutine of the TLS gate, bounded by TLSHandshakeTimeout
 // (crypto/tls cannot resume a handshake interrupted by "would block").
 // The session then lives on a forwarding loop's epoll set: the loop
@@ -43,10 +43,13 @@ func (t *tlsTransport) write(b []byte) (int, error) {
 	return n, err
 }
 
-// release removes the connection from its loop, then releases it.
-func (t *tlsTransport) release() {
-	if !t.l.Do(func() { t.drop(t.l) }) {
-		t.c.released(nil)
+// release removes the connection from its loop, then releases it: at
+// once on the loop goroutine, else through Do.
+func (t *tlsTransport) release(onLoop bool) {
+	if onLoop {
+		t.drop(t.l)
+	} else if !t.l.Do(func() { t.drop(t.l) }) {
+		t.c.released()
 	}
 }
 
@@ -56,7 +59,7 @@ func (t *tlsTransport) drop(l *loop.Loop) {
 	}
 	t.dropped = true
 	l.Unregister(t.s.Fd())
-	t.c.released(nil)
+	t.c.released()
 }
 
 func (t *tlsTransport) detach() (loop.Sock, error) { return t.s, nil }
@@ -77,7 +80,14 @@ func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
 }
 
 // readAll decrypts what arrived into the conn's stages (conn.readFrom).
-func (t *tlsTransport) readAll(l *loop.Loop) { t.c.readFrom(t.s, l.Scratch(), &t.dropped) }
+func (t *tlsTransport) readAll(l *loop.Loop) {
+	if t.c.readFrom(t.s, l.Scratch(), &t.dropped) {
+		l.Again(t)
+	}
+}
+
+// Resume implements loop.Resumer: go on reading after readTurn.
+func (t *tlsTransport) Resume(l *loop.Loop) { t.readAll(l) }
 
 // fail ends the connection after its socket failed or its client left.
 func (t *tlsTransport) fail(r reason.Reason) { t.c.ended(r) }
@@ -121,7 +131,7 @@ type tlsJob struct {
 	at     time.Time // accept time: the handshake deadline counts from here
 }
 
-// handshakeTLS runs the handshake for a connection that left netpoll, then
+// handshakeTLS runs the handshake for a connection that left its loop, then
 // gives the session to a loop as a new conn.
 func (s *Server) handshakeTLS(j tlsJob) {
 	s.stats.tlsStarted.Inc()
@@ -163,6 +173,6 @@ func (s *Server) handshakeTLS(j tlsJob) {
 		c.close(reason.Shutdown)
 		c.rel = relAsked
 		c.mu.Unlock()
-		c.released(nil)
+		c.released()
 	}
 }

@@ -13,10 +13,8 @@ import (
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
-// A paired tunnel leaves netpoll: netpoll reads eagerly into its own buffers
-// and cannot stop reading a fast sender, so neither splice(2) nor bounded
-// buffering would be possible there. The tunnel's two sockets become a
-// loop.Pair on one of the server's loops, which forwards them (splice
+// A paired tunnel's two sockets leave their pre-tunnel transports and
+// become a loop.Pair on one of the server's loops, which forwards them (splice
 // between plain TCP ends, one pooled chunk per direction otherwise); the
 // tunnel itself keeps what the relay knows of it: its key, its clients,
 // its counters. Kept small: it is most of an idle tunnel's memory.
@@ -135,7 +133,7 @@ func (t *tunnel) ready(c *conn) {
 	if !done {
 		return
 	}
-	t.setup = nil // frees the conns and netpoll's objects behind them
+	t.setup = nil // frees the conns behind it
 	a, b := su.ca, su.cb
 	if t.link != nil {
 		t.readyLinked(a)

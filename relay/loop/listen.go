@@ -1,7 +1,6 @@
 package loop
 
 import (
-	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -11,31 +10,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Listener is a listening socket for netpoll's event loop (it implements
-// netpoll.Listener and net.Listener).
+// Listener is a listening socket whose connections the loops accept.
+// Serve registers it with every loop of a server (EPOLLEXCLUSIVE: a new
+// connection wakes one waiting loop, not all of them); the loop that
+// accepts a connection owns it from then on, so a socket has one owner
+// from accept to close.
 //
-// We do not use netpoll.CreateListener: its Close issues close(2) on the
-// descriptor and then closes the *os.File that holds the same number, and
-// it closes again when called twice. Between those closes another goroutine
-// may have been given that number (an accepted socket, a descriptor dup'ed
-// for a tunnel), which the second close then destroys.
-//
-// netpoll also keeps using the number after our Close: its server detaches
-// the listener from its poller with epoll_ctl(DEL, number) when it shuts
-// down, which may be well after a drain closed the socket, and removes from
-// that poller whatever socket reused the number in between (that connection
-// then never sees its bytes). So Close puts an inert eventfd in the
-// socket's place (dup3), keeping the number occupied, and Release frees it
-// once netpoll is done with the listener.
+// Close unregisters the socket from every loop before it closes the
+// descriptor: no loop ever polls, or removes from its epoll set, a number
+// the kernel has given to another socket.
 type Listener struct {
 	addr net.Addr
 
-	// mu is held shared by Accept and exclusively by Close, so that a
-	// descriptor number is never used after it has been closed.
-	mu     sync.RWMutex
-	fd     int  // the socket; after Close its placeholder; -1 once released
-	closed bool // the socket is closed (fd may still hold the placeholder)
+	mu     sync.Mutex
+	fd     int         // the socket; -1 once closed
+	served []*acceptor // one per loop it is registered with (Serve)
 }
+
+// AcceptFunc takes a freshly accepted, non-blocking socket on loop l (the
+// loop goroutine): it now owns fd. remote is the peer's address.
+type AcceptFunc func(l *Loop, fd int, remote net.Addr)
 
 // Listen binds addr ("host:port", IPv4 or IPv6 literal) and returns a
 // Listener owning a non-blocking descriptor for it.
@@ -86,86 +80,135 @@ func withZone(a net.Addr, asked string) net.Addr {
 	return &c
 }
 
-// Fd implements netpoll.Listener: the descriptor netpoll polls, or -1
-// once closed (an event loop started after Close then fails to register it
-// instead of polling the placeholder).
-func (l *Listener) Fd() int {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return -1
-	}
-	return l.fd
+// Fd is the listening descriptor, or -1 once closed.
+func (ln *Listener) Fd() int {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.fd
 }
 
 // Addr implements net.Listener.
-func (l *Listener) Addr() net.Addr { return l.addr }
+func (ln *Listener) Addr() net.Addr { return ln.addr }
 
-// Close implements net.Listener: it closes the socket (new connections
-// are refused from then on) but keeps its descriptor number occupied by a
-// placeholder until Release. Calls after the first do nothing.
-func (l *Listener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+// Serve starts accepting on each of loops: each registers the socket and
+// passes every connection it accepts to accept on its own goroutine. Call
+// it once, before Close.
+func (ln *Listener) Serve(loops []*Loop, accept AcceptFunc) error {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if ln.fd < 0 {
+		return net.ErrClosed
+	}
+	for _, l := range loops {
+		a := &acceptor{fd: ln.fd, accept: accept, l: l}
+		ln.served = append(ln.served, a)
+		l.Do(func() { a.arm(l) })
+	}
+	return nil
+}
+
+// Close stops accepting: each loop lets go of the socket, then it is
+// closed (connections still in its backlog are reset). Calls after the
+// first do nothing. It waits for the loops, so it must not be called on a
+// loop goroutine.
+func (ln *Listener) Close() error {
+	ln.mu.Lock()
+	fd, served := ln.fd, ln.served
+	ln.fd, ln.served = -1, nil
+	ln.mu.Unlock()
+	if fd < 0 {
 		return nil
 	}
-	l.closed = true
-	ph, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err == nil {
-		err = unix.Dup3(ph, l.fd, unix.O_CLOEXEC) // closes the socket
-		unix.Close(ph)
-		if err == nil {
-			return nil
+	var wg sync.WaitGroup
+	for _, a := range served {
+		wg.Add(1)
+		if !a.l.Do(func() { a.disarm(a.l); wg.Done() }) {
+			wg.Done() // the loop has stopped: its epoll set is gone
 		}
 	}
-	// No placeholder to be had: free the number now.
-	err = unix.Close(l.fd)
-	l.fd = -1
-	return err
+	wg.Wait()
+	return unix.Close(fd)
 }
 
-// Release closes the listener if need be and frees its descriptor number.
-// Call it once netpoll has stopped using the listener (its event loop shut
-// down). Calls after the first do nothing.
-func (l *Listener) Release() {
-	l.Close()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fd >= 0 {
-		unix.Close(l.fd)
-		l.fd = -1
+// acceptBatch bounds the connections one loop accepts per turn, so that a
+// burst of connections does not hold up the loop's established sockets.
+const acceptBatch = 32
+
+// acceptPause is how long a loop stops accepting after accept(2) fails
+// with something other than "nothing pending" (out of descriptors: the
+// connection stays in the backlog, and a level-triggered listener would
+// wake the loop at once, over and over).
+const acceptPause = 100 * time.Millisecond
+
+// acceptor is a Listener on one loop. fd, accept and l are fixed; the
+// rest is loop-owned.
+type acceptor struct {
+	fd     int
+	accept AcceptFunc
+	l      *Loop
+
+	armed  bool // in the loop's epoll set
+	closed bool // the listener is closing: never armed again
+}
+
+// arm adds the listening socket to l's epoll set, level-triggered and
+// exclusive.
+func (a *acceptor) arm(l *Loop) {
+	if a.closed || a.armed {
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(a.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, a.fd, &ev); err != nil {
+		l.log.Error("listener: epoll add", "err", err)
+		return
+	}
+	l.eps[int32(a.fd)] = a
+	a.armed = true
+}
+
+// disarm removes the listening socket from l's epoll set for good.
+func (a *acceptor) disarm(l *Loop) {
+	a.closed = true
+	a.pause(l)
+}
+
+func (a *acceptor) pause(l *Loop) {
+	if a.armed {
+		l.Unregister(a.fd)
+		a.armed = false
 	}
 }
 
-// Accept implements net.Listener for netpoll's accept loop: it returns one
-// connection, or (nil, nil) when none is pending (netpoll's convention for
-// EAGAIN). After Close it also returns (nil, nil): a poller that picked up
-// an event just before the close then does nothing (given an error, netpoll
-// would epoll_ctl the old number). The returned connection's
-// descriptor belongs to netpoll from then on. Cost: one accept4 (the
-// socket inherits the listener's TCP_NODELAY, which netpoll sets only on
-// its own type).
-func (l *Listener) Accept() (net.Conn, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return nil, nil
-	}
-	for {
-		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+// Event implements Pollee: accept up to acceptBatch connections (the
+// listener is level-triggered: any left wake a loop again).
+func (a *acceptor) Event(l *Loop, _ uint32) {
+	for i := 0; i < acceptBatch; {
+		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			return &acceptedConn{fd: fd, local: l.addr, remote: tcpAddrOf(sa)}, nil
-		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			i++
+			a.accept(l, fd, tcpAddrOf(sa))
+		case err == unix.EINTR, err == unix.ECONNABORTED:
 			continue
-		case errors.Is(err, unix.EAGAIN):
-			return nil, nil
+		case err == unix.EAGAIN:
+			return
 		default:
-			return nil, err
+			l.log.Warn("accept failed: pausing the listener", "err", err, "pause", acceptPause)
+			a.pause(l)
+			l.Watch(a, acceptPause)
+			return
 		}
 	}
 }
+
+// Scan implements Scanner: re-arm after a pause.
+func (a *acceptor) Scan(l *Loop, _ time.Time) time.Duration {
+	a.arm(l)
+	return -1
+}
+
+// Stop implements Stopper: the loop is stopping.
+func (a *acceptor) Stop(l *Loop) { a.disarm(l) }
 
 func tcpAddrOf(sa unix.Sockaddr) net.Addr {
 	switch a := sa.(type) {
@@ -183,25 +226,3 @@ func tcpAddrOf(sa unix.Sockaddr) net.Addr {
 	}
 	return &net.TCPAddr{}
 }
-
-// errNotForUse is returned by acceptedConn's I/O methods.
-var errNotForUse = errors.New("relay: accepted socket belongs to netpoll")
-
-// acceptedConn carries a freshly accepted descriptor and its addresses to
-// netpoll, which copies them into its own connection and from then on owns
-// the descriptor. It is not a usable net.Conn: its I/O methods fail, and
-// Close does nothing (netpoll closes the descriptor).
-type acceptedConn struct {
-	fd            int
-	local, remote net.Addr
-}
-
-func (c *acceptedConn) Fd() int                          { return c.fd }
-func (c *acceptedConn) LocalAddr() net.Addr              { return c.local }
-func (c *acceptedConn) RemoteAddr() net.Addr             { return c.remote }
-func (c *acceptedConn) Read([]byte) (int, error)         { return 0, errNotForUse }
-func (c *acceptedConn) Write([]byte) (int, error)        { return 0, errNotForUse }
-func (c *acceptedConn) Close() error                     { return nil }
-func (c *acceptedConn) SetDeadline(time.Time) error      { return errNotForUse }
-func (c *acceptedConn) SetReadDeadline(time.Time) error  { return errNotForUse }
-func (c *acceptedConn) SetWriteDeadline(time.Time) error { return errNotForUse }

@@ -8,20 +8,99 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestListenerClosesOnce: once closed, a listener keeps its old descriptor
-// number occupied (netpoll still epoll_ctl's that number when its loop shuts
-// down: had it been reused, another connection would silently stop being
-// polled) until release, and never touches the number after release (netpoll's
-// own listener closes it a second time, destroying whatever socket got the
-// number: a flaky "both ends EOF" in busy processes).
+// serveOn runs n loops serving l until the test ends; accepted sockets
+// arrive on the channel with the loop that took them.
+func serveOn(t *testing.T, l *Listener, n int) (<-chan accepted, []*Loop) {
+	t.Helper()
+	got := make(chan accepted, 64)
+	var loops []*Loop
+	for range n {
+		lp, err := New(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go lp.Run()
+		t.Cleanup(lp.Stop)
+		loops = append(loops, lp)
+	}
+	if err := l.Serve(loops, func(lp *Loop, fd int, remote net.Addr) {
+		got <- accepted{lp, fd, remote}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got, loops
+}
+
+type accepted struct {
+	l      *Loop
+	fd     int
+	remote net.Addr
+}
+
+// TestListenerAcceptsOnLoops: connections are accepted on the loops that
+// serve the listener, with the peer's address, for IPv4 and IPv6, each
+// socket inheriting TCP_NODELAY from the listener.
+func TestListenerAcceptsOnLoops(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		l, err := Listen(addr)
+		if err != nil {
+			if addr[0] == '[' {
+				t.Logf("no IPv6 loopback: %v", err)
+				continue
+			}
+			t.Fatal(err)
+		}
+		got, loops := serveOn(t, l, 2)
+		for range 8 {
+			d, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var a accepted
+			select {
+			case a = <-got:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: no connection accepted", addr)
+			}
+			if a.l != loops[0] && a.l != loops[1] {
+				t.Fatalf("%s: accepted on a loop that does not serve the listener", addr)
+			}
+			if got, want := a.remote.String(), d.LocalAddr().String(); got != want {
+				t.Errorf("%s: remote = %s, want %s", addr, got, want)
+			}
+			// Set on the listener, inherited: no setsockopt per connection.
+			if v, err := unix.GetsockoptInt(a.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+				t.Errorf("%s: accepted socket's TCP_NODELAY = %d, %v; want it set", addr, v, err)
+			}
+			unix.Close(a.fd)
+			d.Close()
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestListenerClosesOnce: Close takes the socket out of every loop's
+// epoll set, then closes it: new connections are refused, nothing more is
+// accepted, and a second Close does not close the number again (by then
+// another socket may hold it).
 func TestListenerClosesOnce(t *testing.T) {
 	l, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	got, loops := serveOn(t, l, 2)
 	old := l.Fd()
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
+	}
+	for _, lp := range loops {
+		done := make(chan bool)
+		lp.Do(func() { done <- lp.Registered(old) })
+		if <-done {
+			t.Fatalf("descriptor %d still in a loop's epoll set after Close", old)
+		}
 	}
 	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
 		t.Fatal("dial after Close succeeded: the socket still listens")
@@ -29,38 +108,22 @@ func TestListenerClosesOnce(t *testing.T) {
 	if fd := l.Fd(); fd != -1 {
 		t.Fatalf("Fd after Close = %d, want -1", fd)
 	}
-	if c, err := l.Accept(); c != nil || err != nil {
-		t.Fatalf("Accept after Close = %v, %v; want nil, nil", c, err)
-	}
+	// Take the freed number back: the kernel hands out the lowest free
+	// one, so open descriptors until we get it (other goroutines may race).
 	var held []int
 	defer func() {
 		for _, fd := range held {
 			unix.Close(fd)
 		}
 	}()
-	grab := func() int { // the lowest free number, held until the test ends
+	victim := -1
+	for range 64 {
 		fd, err := unix.Dup(0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, fd)
-		return fd
-	}
-	for range 64 {
-		if grab() == old {
-			t.Fatalf("descriptor %d handed out again while the closed listener still reserves it", old)
-		}
-	}
-	if _, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE); err != unix.ENOTSOCK {
-		t.Fatalf("descriptor %d after Close: SO_TYPE err %v, want ENOTSOCK (the placeholder)", old, err)
-	}
-
-	l.Release()
-	// Take the freed number back: the kernel hands out the lowest free
-	// one, so open descriptors until we get it (other goroutines may race).
-	victim := -1
-	for range 64 {
-		if fd := grab(); fd == old {
+		if fd == old {
 			victim = fd
 			break
 		}
@@ -71,50 +134,13 @@ func TestListenerClosesOnce(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	l.Release()
 	if _, err := unix.FcntlInt(uintptr(victim), unix.F_GETFD, 0); err != nil {
-		t.Fatalf("descriptor %d, reused after release, was closed by the listener: %v", victim, err)
+		t.Fatalf("descriptor %d, reused after Close, was closed by the listener: %v", victim, err)
 	}
-}
-
-// TestListenerAccept: Accept reports (nil, nil) when nothing is pending,
-// then the peer's address for IPv4 and IPv6.
-func TestListenerAccept(t *testing.T) {
-	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-		l, err := Listen(addr)
-		if err != nil {
-			if addr[0] == '[' {
-				t.Logf("no IPv6 loopback: %v", err)
-				continue
-			}
-			t.Fatal(err)
-		}
-		if c, err := l.Accept(); c != nil || err != nil {
-			t.Fatalf("%s: Accept with nothing pending = %v, %v", addr, c, err)
-		}
-		d, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c net.Conn
-		for deadline := time.Now().Add(5 * time.Second); c == nil && err == nil && time.Now().Before(deadline); {
-			if c, err = l.Accept(); c == nil && err == nil {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		if c == nil {
-			t.Fatalf("%s: no connection accepted: %v", addr, err)
-		}
-		if got, want := c.RemoteAddr().String(), d.LocalAddr().String(); got != want {
-			t.Errorf("%s: RemoteAddr = %s, want %s", addr, got, want)
-		}
-		// Set on the listener, inherited: no setsockopt per connection.
-		if v, err := unix.GetsockoptInt(c.(*acceptedConn).Fd(), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
-			t.Errorf("%s: accepted socket's TCP_NODELAY = %d, %v; want it set", addr, v, err)
-		}
-		unix.Close(c.(*acceptedConn).Fd())
-		d.Close()
-		l.Close()
+	select {
+	case a := <-got:
+		t.Fatalf("a connection was accepted after Close (fd %d)", a.fd)
+	default:
 	}
 }
 
