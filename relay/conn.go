@@ -126,8 +126,9 @@ type conn struct {
 	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
 	meshNode    string                 // with mesh: that node's id
 	joined      time.Time
-	established []byte // claimed by pairing: this side's TunnelEstablished
-	target      target // where a claimed connection goes
+	established []byte     // claimed by pairing: this side's TunnelEstablished
+	target      target     // where a claimed connection goes
+	on          *loop.Loop // released on this loop's goroutine (nil: elsewhere): its target may start there
 }
 
 // target receives a claimed connection once its transport has let go of
@@ -152,7 +153,9 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 		return
 	}
 	tk := s.newTicket(key)
-	_ = s.cfg.Keepalive.applyUserTimeout(fd) // an MPTCP client's socket may refuse it: keepalive still holds
+	if s.userTimeoutPerConn {
+		_ = s.cfg.Keepalive.applyUserTimeout(fd) // an MPTCP client's socket may refuse it: keepalive still holds
+	}
 	pt := &plainTransport{l: l, fd: fd, sk: loop.PlainSock(fd)}
 	c := s.newConn(pt, peer, tk)
 	if c == nil {
@@ -169,7 +172,7 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 		c.close(reason.IOError)
 		c.rel = relAsked
 		c.mu.Unlock()
-		c.released()
+		c.released(l)
 	}
 }
 
@@ -437,11 +440,13 @@ func (c *conn) Claim() bool { return c.st.CompareAndSwap(uint32(stWaiting), uint
 func (c *conn) UUID() string { return c.uuid }
 
 // released runs once the transport has let go of the socket (it is out of
-// its loop's epoll set). A claimed connection's socket is detached and the
-// connection handed to its target; any other is finished: closed at once,
-// or passed to a loop to linger. Never with mu held.
-func (c *conn) released() {
+// its loop's epoll set), on the goroutine of loop on (nil: not on a loop).
+// A claimed connection's socket is detached and the connection handed to
+// its target; any other is finished: closed at once, or passed to a loop
+// to linger. Never with mu held.
+func (c *conn) released(on *loop.Loop) {
 	c.mu.Lock()
+	c.on = on
 	c.stopTimers()
 	c.rel = relAsked
 	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now

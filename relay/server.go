@@ -44,6 +44,9 @@ type Server struct {
 	httpShares   [handoffKinds]limits.Shares // handed-off connections per kind and address key
 	lim          *limits.Limiter
 	live         *liveSet // every socket the server holds (tickets not ended)
+	// userTimeoutPerConn: a listener refused TCP_USER_TIMEOUT, so each
+	// accepted socket is given it (set by Start).
+	userTimeoutPerConn bool
 	// tunnelRate is Limits.TunnelRate, changeable while running.
 	tunnelRate atomic.Int64
 	quit       chan struct{} // closed by Close
@@ -180,6 +183,10 @@ func (s *Server) Start() (err error) {
 		if err := s.cfg.Keepalive.applyKeepalive(ln.Fd()); err != nil { // inherited by every accepted socket
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
+		// Inherited too where the listener takes it; an MPTCP listener
+		// (Go's default where the kernel has MPTCP) refuses it, and then
+		// each accepted socket gets it.
+		s.userTimeoutPerConn = s.userTimeoutPerConn || s.cfg.Keepalive.applyUserTimeout(ln.Fd()) != nil
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
 		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}

@@ -60,6 +60,7 @@ type plainTransport struct {
 	sk      loop.Sock // fd, as a Sock (made once: converting per read would allocate)
 	c       *conn
 	dropped bool // loop-owned: removed from the epoll set
+	unread  bool // loop-owned: input may be left in the socket with no edge to come for it (readFrom)
 }
 
 // write sends a prefix of b now, without blocking: a short count means
@@ -72,17 +73,16 @@ func (t *plainTransport) release(onLoop bool) {
 	if onLoop {
 		t.drop(t.l)
 	} else if !t.l.Do(func() { t.drop(t.l) }) {
-		t.c.released()
+		t.c.released(nil)
 	}
 }
 
+// drop lets go of the socket on its loop (dropFrom).
 func (t *plainTransport) drop(l *loop.Loop) {
-	if t.dropped {
-		return
+	if !t.dropped {
+		t.dropped = true
+		t.c.dropFrom(l, t.fd, t.unread)
 	}
-	t.dropped = true
-	l.Unregister(t.fd)
-	t.c.released()
 }
 
 func (t *plainTransport) detach() (loop.Sock, error) { return loop.PlainSock(t.fd), nil }
@@ -91,18 +91,19 @@ func (t *plainTransport) discard()                   { unix.Close(t.fd) }
 // Event implements loop.Pollee.
 func (t *plainTransport) Event(l *loop.Loop, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		t.readAll(l)
+		t.read(l, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 	}
 }
 
-func (t *plainTransport) readAll(l *loop.Loop) {
-	if t.c.readFrom(t.sk, l.Scratch(), &t.dropped) {
+// read feeds the conn what arrived (conn.readFrom).
+func (t *plainTransport) read(l *loop.Loop, drain bool) {
+	if t.c.readFrom(t.sk, l.Scratch(), &t.dropped, drain, &t.unread) {
 		l.Again(t)
 	}
 }
 
 // Resume implements loop.Resumer: go on reading after readTurn.
-func (t *plainTransport) Resume(l *loop.Loop) { t.readAll(l) }
+func (t *plainTransport) Resume(l *loop.Loop) { t.read(l, true) }
 
 func (t *plainTransport) fail(r reason.Reason) { t.c.ended(r) }
 
@@ -111,6 +112,28 @@ func (t *plainTransport) fail(r reason.Reason) { t.c.ended(r) }
 func (t *plainTransport) Stop(l *loop.Loop) {
 	t.c.stopping()
 	t.drop(l)
+}
+
+// dropFrom takes fd, c's socket, out of loop l's epoll set and releases c.
+// A socket going to a tunnel stays parked in the set meanwhile, so that a
+// tunnel started on this loop takes it over without a DEL and an ADD
+// (loop.Park); only a tunnel's, as the pair keeps the descriptor as it is
+// (a TLS hand-over or an HTTP hand-off dups it, and an epoll entry lives
+// as long as any descriptor of its socket, so the entry must go first).
+// Loop goroutine.
+func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
+	c.mu.Lock()
+	_, park := c.target.(*tunnel)
+	park = park && state(c.st.Load()) == stClaimed
+	c.mu.Unlock()
+	if !park {
+		l.Unregister(fd)
+		c.released(l)
+		return
+	}
+	l.Park(fd, unread)
+	c.released(l)
+	l.Unpark(fd)
 }
 
 // readTurn bounds what one connection reads per turn of its loop before
@@ -126,10 +149,17 @@ const readTurn = 64 << 10
 // socket, which goes along whole. A socket that ended (EOF, an error) ends
 // c as peer_closed. Loop goroutine only: a release decided here drops the
 // socket at once (transport.release(true)).
-func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool) (more bool) {
+//
+// Unless drain is set, a read shorter than buf ends the turn: the socket's
+// queue was empty at that instant, and on an edge-triggered epoll set what
+// arrives later is a new event, so the read that would find nothing is
+// saved. drain is for a hang-up reported with the event (no further edge
+// comes for it) and for sources that hold bytes outside the socket (TLS).
+func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unread *bool) (more bool) {
 	c.mu.Lock()
 	handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
 	c.mu.Unlock()
+	*unread = drain // a hang-up not yet read, until a read ends the turn
 	for read := 0; !*dropped && !handing; {
 		if read >= readTurn {
 			return true
@@ -137,15 +167,23 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool) (more bool) {
 		n, err := sk.Read(buf)
 		if n > 0 {
 			read += n
+			// If the stage lets go of the socket now (unlockOn), what
+			// the next owner must still read without an edge to come.
+			*unread = drain || n == len(buf)
 			c.mu.Lock()
 			c.consume(buf[:n])
 			handing = state(c.st.Load()) == stClaimed && c.lateMax > 0
 			c.unlockOn(true)
+			if n < len(buf) && !drain {
+				*unread = false
+				return false
+			}
 			continue
 		}
 		if err == unix.EINTR {
 			continue
 		}
+		*unread = false
 		if err != unix.EAGAIN {
 			c.ended(reason.PeerClosed)
 		}

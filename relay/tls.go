@@ -31,6 +31,7 @@ type tlsTransport struct {
 	c       *conn
 	state   tls.ConnectionState
 	dropped bool // loop-owned: removed from the epoll set
+	unread  bool // loop-owned: see plainTransport (a tunnel reads a TLS session at once anyway)
 }
 
 // write encrypts b; the session takes it all or fails (a client that does
@@ -49,7 +50,7 @@ func (t *tlsTransport) release(onLoop bool) {
 	if onLoop {
 		t.drop(t.l)
 	} else if !t.l.Do(func() { t.drop(t.l) }) {
-		t.c.released()
+		t.c.released(nil)
 	}
 }
 
@@ -58,8 +59,7 @@ func (t *tlsTransport) drop(l *loop.Loop) {
 		return
 	}
 	t.dropped = true
-	l.Unregister(t.s.Fd())
-	t.c.released()
+	t.c.dropFrom(l, t.s.Fd(), t.unread)
 }
 
 func (t *tlsTransport) detach() (loop.Sock, error) { return t.s, nil }
@@ -81,7 +81,7 @@ func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
 
 // readAll decrypts what arrived into the conn's stages (conn.readFrom).
 func (t *tlsTransport) readAll(l *loop.Loop) {
-	if t.c.readFrom(t.s, l.Scratch(), &t.dropped) {
+	if t.c.readFrom(t.s, l.Scratch(), &t.dropped, true, &t.unread) {
 		l.Again(t)
 	}
 }
@@ -173,6 +173,6 @@ func (s *Server) handshakeTLS(j tlsJob) {
 		c.close(reason.Shutdown)
 		c.rel = relAsked
 		c.mu.Unlock()
-		c.released()
+		c.released(nil)
 	}
 }

@@ -151,6 +151,10 @@ func (t *tunnel) ready(c *conn) {
 	t.end(&t.pair.A, a, t.s.stats.bytesUp, &t.ab)
 	t.end(&t.pair.B, b, t.s.stats.bytesDn, &t.ba)
 	t.pair.A.Peer, t.pair.B.Peer = t.infoA.address, t.infoB.address
+	if c.on != nil {
+		t.startOn(c.on) // on the loop that let go of the second side: no hop
+		return
+	}
 	t.start0(a.sk.Fd())
 }
 

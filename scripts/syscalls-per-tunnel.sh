@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # syscalls-per-tunnel.sh: the relay's system calls per tunnel on the set-up
 # path (docs/BENCHMARKS.md, "Syscalls per tunnel"). Counted, not timed.
 #
@@ -39,7 +39,7 @@ serve() {
 		sleep 0.1
 	done
 	eval "$@"
-	kill -INT "$pid"
+	pkill -INT -P "$pid" # the relay: strace itself ignores SIGINT while it runs a program
 	wait "$pid" || true
 }
 

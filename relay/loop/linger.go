@@ -28,10 +28,11 @@ func (l *Loop) Goodbye(sk Sock, final []byte, linger bool, end reason.Ender, r r
 // goodbye is Goodbye; hungUp: the client's side is known to be closed
 // (epoll said EPOLLRDHUP or EPOLLHUP), so its input is read to the end at
 // once and the socket closed without shutdown(2) (which fails with
-// ENOTCONN on a socket the client reset) or an epoll entry; only input
-// still arriving sends it on to lingering. registered: the socket is in
-// this loop's epoll set (a pair's end): a lingering close keeps that
-// entry (one EPOLL_CTL_MOD instead of a DEL and an ADD).
+// ENOTCONN on a socket the client reset); only input still arriving sends
+// it on to lingering. registered: the socket is in this loop's epoll set
+// (a pair's end): a lingering close keeps that entry (one EPOLL_CTL_MOD
+// instead of a DEL and an ADD), and a socket closed at once leaves the set
+// with its descriptor (no DEL).
 func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, end reason.Ender, r reason.Reason) {
 	for len(final) > 0 {
 		n, err := sk.Write(final)
@@ -41,23 +42,22 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 		}
 	}
 	flushed := sk.Flush() == nil && len(final) == 0
-	if registered && (!linger || !flushed || l.Stopping() || hungUp) {
-		l.Unregister(sk.Fd()) // closed now or soon: not kept for lingering
-		registered = false
-	}
 	if !linger || !flushed || l.Stopping() {
+		if registered {
+			delete(l.eps, int32(sk.Fd())) // closing the descriptor takes it out of the epoll set (one descriptor per socket)
+		}
 		sk.Close()
 		end.End(r)
 		return
 	}
 	g := &lingerer{sk: sk, end: end, r: r, until: time.Now().Add(LingerTimeout)}
+	if registered {
+		l.eps[int32(sk.Fd())] = g // the entry is the lingerer's from now on
+	}
 	if hungUp && g.drain(l) {
 		return
 	}
 	if unix.Shutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
-		if registered {
-			l.Unregister(sk.Fd())
-		}
 		g.finish(l)
 		return
 	}
@@ -67,9 +67,6 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
 	if err := unix.EpollCtl(l.epfd, op, sk.Fd(), &ev); err != nil {
-		if registered {
-			l.Unregister(sk.Fd())
-		}
 		g.finish(l)
 		return
 	}
@@ -116,11 +113,13 @@ func (g *lingerer) drain(l *Loop) bool {
 	}
 }
 
-// finish closes the socket and tells its owner.
+// finish closes the socket and tells its owner. Closing the descriptor
+// takes it out of the epoll set: the loop's sockets have one descriptor
+// each (never dup'ed), so no epoll_ctl is needed.
 func (g *lingerer) finish(l *Loop) {
-	if _, ok := l.lingering[g]; ok {
-		delete(l.lingering, g)
-		delete(l.eps, int32(g.sk.Fd())) // closing the descriptor removes it from the epoll set
+	delete(l.lingering, g)
+	if fd := int32(g.sk.Fd()); l.eps[fd] == Pollee(g) {
+		delete(l.eps, fd)
 	}
 	g.sk.Close()
 	g.end.End(g.r)

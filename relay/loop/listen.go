@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -130,10 +132,6 @@ func (ln *Listener) Close() error {
 	return unix.Close(fd)
 }
 
-// acceptBatch bounds the connections one loop accepts per turn, so that a
-// burst of connections does not hold up the loop's established sockets.
-const acceptBatch = 32
-
 // acceptPause is how long a loop stops accepting after accept(2) fails
 // with something other than "nothing pending" (out of descriptors: the
 // connection stays in the backlog, and a level-triggered listener would
@@ -179,19 +177,22 @@ func (a *acceptor) pause(l *Loop) {
 	}
 }
 
-// Event implements Pollee: accept up to acceptBatch connections (the
-// listener is level-triggered: any left wake a loop again).
+// Event implements Pollee: accept one connection. The listener is
+// level-triggered, so connections still pending wake a loop again (this
+// one, or another one waiting): an accept per connection and no call that
+// finds nothing, where accepting until EAGAIN costs one wasted accept per
+// wake-up; and a burst of connections is spread over the loops' turns.
 func (a *acceptor) Event(l *Loop, _ uint32) {
-	for i := 0; i < acceptBatch; {
-		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	for {
+		fd, remote, err := accept4(a.fd)
 		switch {
 		case err == nil:
-			i++
-			a.accept(l, fd, tcpAddrOf(sa))
+			a.accept(l, fd, remote)
+			return
 		case err == unix.EINTR, err == unix.ECONNABORTED:
 			continue
 		case err == unix.EAGAIN:
-			return
+			return // another loop took it
 		default:
 			l.log.Warn("accept failed: pausing the listener", "err", err, "pause", acceptPause)
 			a.pause(l)
@@ -199,6 +200,46 @@ func (a *acceptor) Event(l *Loop, _ uint32) {
 			return
 		}
 	}
+}
+
+// accept4 is accept4(2) with SOCK_NONBLOCK|SOCK_CLOEXEC, and the peer's
+// address decoded here: x/sys's Accept4 asks the kernel for the socket's
+// protocol (getsockopt SO_PROTOCOL) on every IPv4 accept.
+func accept4(lfd int) (int, net.Addr, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
+		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, nil, errno
+	}
+	return int(fd), addrOf(&rsa), nil
+}
+
+// addrOf decodes an IPv4 or IPv6 socket address.
+func addrOf(rsa *unix.RawSockaddrAny) net.Addr {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return &net.TCPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(portOf(p.Port))}
+	case unix.AF_INET6:
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		ta := &net.TCPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(portOf(p.Port))}
+		if p.Scope_id != 0 {
+			ta.Zone = strconv.Itoa(int(p.Scope_id))
+			if ifi, err := net.InterfaceByIndex(int(p.Scope_id)); err == nil {
+				ta.Zone = ifi.Name
+			}
+		}
+		return ta
+	}
+	return &net.TCPAddr{}
+}
+
+// portOf is a port in network byte order, as a number.
+func portOf(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // Scan implements Scanner: re-arm after a pause.
@@ -209,20 +250,3 @@ func (a *acceptor) Scan(l *Loop, _ time.Time) time.Duration {
 
 // Stop implements Stopper: the loop is stopping.
 func (a *acceptor) Stop(l *Loop) { a.disarm(l) }
-
-func tcpAddrOf(sa unix.Sockaddr) net.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
-	case *unix.SockaddrInet6:
-		ta := &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
-		if a.ZoneId != 0 {
-			ta.Zone = strconv.Itoa(int(a.ZoneId))
-			if ifi, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil {
-				ta.Zone = ifi.Name
-			}
-		}
-		return ta
-	}
-	return &net.TCPAddr{}
-}

@@ -79,6 +79,11 @@ type Loop struct {
 	mu    sync.Mutex
 	queue []func() // work for the loop goroutine
 	quit  bool     // set once the loop has stopped taking work
+	// awake: the loop is between epoll_waits and looks at queue before
+	// it sleeps again, so Do needs no wake-up write. Set false under mu
+	// (with queue seen empty), true without it (a Do that reads a stale
+	// false merely wakes the loop once for nothing).
+	awake atomic.Bool
 
 	// Owned by the loop goroutine.
 	eps       map[int32]Pollee
@@ -135,7 +140,9 @@ func (l *Loop) Close() {
 }
 
 // Do runs fn on the loop goroutine. It reports false, not running fn, once
-// the loop has stopped taking work.
+// the loop has stopped taking work. Cost: a mutex, and an eventfd write
+// only if the loop is asleep in epoll_wait (not from the loop's own
+// goroutine, nor while it works through a batch of events).
 func (l *Loop) Do(fn func()) bool {
 	l.mu.Lock()
 	if l.quit {
@@ -143,7 +150,9 @@ func (l *Loop) Do(fn func()) bool {
 		return false
 	}
 	l.queue = append(l.queue, fn)
-	l.wake() // under mu: the loop closes evfd only after setting quit under mu
+	if !l.awake.Load() {
+		l.wake() // under mu: the loop closes evfd only after setting quit under mu
+	}
 	l.mu.Unlock()
 	return true
 }
@@ -174,14 +183,69 @@ func (l *Loop) Stop() {
 }
 
 // Register adds fd to the epoll set, edge-triggered for reads and writes;
-// p gets its events.
+// p gets its events. A socket parked on this loop (Park) is taken over
+// without a system call, and p gets the events it missed on the loop's
+// next turn.
 func (l *Loop) Register(fd int, p Pollee) error {
+	if pk, ok := l.eps[int32(fd)].(*parked); ok {
+		l.eps[int32(fd)] = p
+		if pk.events != 0 {
+			l.Again(missed{int32(fd), p, pk.events})
+		}
+		return nil
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return err
 	}
 	l.eps[int32(fd)] = p
 	return nil
+}
+
+// Park keeps fd's epoll entry (as Register made it) while its owner hands
+// the socket on, so that a next owner on this loop takes it over without
+// an EPOLL_CTL_DEL and an EPOLL_CTL_ADD; Unpark ends it. Events in
+// between are kept for that owner; unread says the old owner may have
+// left input in the socket without an edge to come for it. Loop goroutine
+// only, with Unpark in the same turn. The socket must keep its one
+// descriptor meanwhile: an epoll entry lives as long as any descriptor of
+// its socket, so one dup'ed and closed under it would outlive Unpark's
+// DEL (and make a later ADD of the dup fail with EEXIST).
+func (l *Loop) Park(fd int, unread bool) {
+	pk := &parked{}
+	if unread {
+		pk.events = unix.EPOLLIN
+	}
+	l.eps[int32(fd)] = pk
+}
+
+// Unpark ends Park: a socket no owner on this loop took over leaves the
+// epoll set (it may have been closed meanwhile: then the call finds
+// nothing to remove, as its number cannot be in this set again yet).
+func (l *Loop) Unpark(fd int) {
+	if _, ok := l.eps[int32(fd)].(*parked); ok {
+		l.Unregister(fd)
+	}
+}
+
+// parked is the entry of a parked socket: it collects events.
+type parked struct{ events uint32 }
+
+// Event implements Pollee.
+func (pk *parked) Event(_ *Loop, events uint32) { pk.events |= events }
+
+// missed delivers the events a parked socket collected to its new owner.
+type missed struct {
+	fd     int32
+	p      Pollee
+	events uint32
+}
+
+// Resume implements Resumer.
+func (m missed) Resume(l *Loop) {
+	if l.eps[m.fd] == m.p { // not if the owner has let go since
+		m.p.Event(l, m.events)
+	}
 }
 
 // Registered reports whether fd is in the epoll set.
@@ -226,7 +290,12 @@ func (l *Loop) Run() {
 	defer close(l.done)
 	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(l.epfd, events, l.timeout())
+		timeout := l.timeout()
+		if l.sleepy() {
+			timeout = 0 // ran work queued while awake (more may come): poll, do not sleep
+		}
+		n, err := unix.EpollWait(l.epfd, events, timeout)
+		l.awake.Store(true)
 		if err != nil && err != unix.EINTR {
 			l.log.Error("epoll_wait", "err", err)
 			n = 0
@@ -312,6 +381,25 @@ func (l *Loop) scan(now time.Time) {
 			delete(l.scanners, s)
 		}
 	}
+}
+
+// sleepy runs the work queued while the loop was awake and reports true
+// (the loop stays awake), or, with none, marks the loop asleep (Do wakes
+// it from now on) and reports false.
+func (l *Loop) sleepy() bool {
+	l.mu.Lock()
+	q := l.queue
+	if len(q) == 0 {
+		l.awake.Store(false)
+		l.mu.Unlock()
+		return false
+	}
+	l.queue = nil
+	l.mu.Unlock()
+	for _, fn := range q {
+		fn()
+	}
+	return true
 }
 
 func (l *Loop) takeQueue() {
