@@ -257,8 +257,8 @@ func TestNoGoroutinePerIdleConnection(t *testing.T) {
 		snap := s.Snapshot()
 		return len(snap.Tunnels) == tunnels && len(snap.Clients) == alone+silent
 	}, "snapshot lists every tunnel and client")
-	// netpoll's pooled handler goroutines retire shortly after the last
-	// bytes were handled.
+	// Authenticator and handshake goroutines retire shortly after the last
+	// pairing.
 	n := runtime.NumGoroutine()
 	for end := time.Now().Add(3 * time.Second); n > base+32 && time.Now().Before(end); n = runtime.NumGoroutine() {
 		time.Sleep(50 * time.Millisecond)

@@ -276,7 +276,7 @@ func TestLeakMalformedConnections(t *testing.T) {
 	}
 	lkClientHello = hoClientHello(t)
 
-	// Warm up every path (pools, netpoll's workers, forwarders, the heap
+	// Warm up every path (pools, loops, forwarders, the heap
 	// and the race detector's shadow memory at this concurrency), then
 	// take the baseline with every client descriptor closed. A leak grows
 	// with the number of connections; the warm-up's cost does not.

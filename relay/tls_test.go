@@ -376,7 +376,7 @@ func TestTLSIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	waitFor(t, func() bool { return s.Stats().TunnelsActive == 200 }, "200 tunnels")
 	// The test's own client connections hold goroutines only when reading;
 	// crypto/tls on the client side holds none while idle. Handshake and
-	// netpoll handler goroutines retire shortly after the last pairing.
+	// authenticator goroutines retire shortly after the last pairing.
 	deadline := time.Now().Add(testutil.Patience)
 	n := runtime.NumGoroutine()
 	for n > base+20 && time.Now().Before(deadline) {

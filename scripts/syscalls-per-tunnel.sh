@@ -17,9 +17,9 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 command -v strace >/dev/null || { echo "syscalls-per-tunnel: strace is not installed (apt-get install strace)" >&2; exit 1; }
 
-# count FILE: strace's summary as "name calls" lines.
+# count FILE: strace's summary as "name calls errors" lines.
 count() {
-	awk '$1 ~ /^[0-9.]+$/ && NF >= 5 { print $NF, $4 }' "$1"
+	awk '$1 ~ /^[0-9.]+$/ && NF >= 5 { print $NF, $4, (NF >= 6 ? $5 : 0) }' "$1"
 }
 
 # serve NAME CMD...: a relay under strace on a free port while CMD runs
@@ -54,6 +54,7 @@ print(sum(r["values"].get("tunnels", 0) for t in d["tables"] for r in t["rows"] 
 [ "$n" -gt 0 ] || { echo "no tunnels measured:" >&2; cat "$out/bench.txt" >&2; exit 1; }
 count "$out/busy.strace" | sort >"$out/busy"
 count "$out/idle.strace" | sort >"$out/idle"
-echo "# $transport: $n tunnels (one at a time), relay syscalls per tunnel, busy − idle"
-join -a1 -e 0 -o 0,1.2,2.2 "$out/busy" "$out/idle" |
-	awk -v n="$n" '{ d = ($2 - $3) / n; if (d >= 0.05) printf "%-16s %6.1f\n", $1, d }' | sort -k2 -rn
+echo "# $transport: $n tunnels (one at a time), relay syscalls per tunnel, busy − idle (failed calls)"
+join -a1 -e 0 -o 0,1.2,1.3,2.2,2.3 "$out/busy" "$out/idle" |
+	awk -v n="$n" '{ d = ($2 - $4) / n; e = ($3 - $5) / n
+		if (d >= 0.05) printf "%-16s %6.1f (%.1f)\n", $1, d, (e > 0 ? e : 0) }' | sort -k2 -rn
