@@ -116,15 +116,6 @@ func (s *Server) originAllowed(o string) bool {
 	return false
 }
 
-// hasBody reports whether an HTTP request head announces a body.
-func hasBody(head []byte) bool {
-	if v, ok := handshake.HeaderValue(head, "Content-Length"); ok {
-		return strings.TrimSpace(string(v)) != "0"
-	}
-	_, chunked := handshake.HeaderValue(head, "Transfer-Encoding")
-	return chunked
-}
-
 // acceptUpgrade sends a pending URL-token upgrade's 101 (the token was
 // good and nothing refused the connection): the WebSocket exists from
 // now on. Nothing without one pending. Called with mu held.

@@ -105,8 +105,6 @@ func (t *plainTransport) read(l *loop.Loop, drain bool) {
 // Resume implements loop.Resumer: go on reading after readTurn.
 func (t *plainTransport) Resume(l *loop.Loop) { t.read(l, true) }
 
-func (t *plainTransport) fail(r reason.Reason) { t.c.ended(r) }
-
 // Stop implements loop.Stopper: the loop is stopping; the connection lets
 // go at once.
 func (t *plainTransport) Stop(l *loop.Loop) {
