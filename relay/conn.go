@@ -69,10 +69,9 @@ const (
 // Locking: mu guards every field below it and every write to tr.
 // tr.release is never called with mu held (released, which follows it,
 // takes mu): code decides under mu (wantRelease) and unlock asks the
-// transport. Lock order when two
-// connections meet: the completing side's mu, then the registry shard
-// (Join), released, then the waiting side's mu; a waiting connection never
-// takes another connection's lock.
+// transport. Lock order when two connections meet: the completing side's
+// mu, then the registry shard (Join), released, then the waiting side's
+// mu; a waiting connection never takes another connection's lock.
 type conn struct {
 	s       *Server
 	tr      transport
