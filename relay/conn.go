@@ -156,13 +156,12 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 		_ = s.cfg.Keepalive.applyUserTimeout(fd) // an MPTCP client's socket may refuse it: keepalive still holds
 	}
 	pt := &plainTransport{l: l, fd: fd, sk: loop.PlainSock(fd)}
-	c := s.newConn(pt, peer, tk)
+	c := s.newConn(pt, peer, tk, func(c *conn) { pt.c = c })
 	if c == nil {
 		unix.Close(fd)
 		tk.End(reason.Shutdown)
 		return
 	}
-	pt.c = c
 	// Edge-triggered: bytes the client sent before the accept are
 	// reported by the first epoll_wait, so nothing is read here.
 	if err := l.Register(fd, pt); err != nil {
@@ -176,8 +175,12 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 }
 
 // newConn creates and tracks a connection; nil if the server is closing.
-func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket) *conn {
+// bind runs first, before any other goroutine can reach c (its timers,
+// Close): it links the transport to c and sets what differs from a fresh
+// accept.
+func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket, bind func(*conn)) *conn {
 	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), tk: tk}
+	bind(c)
 	if !s.register(c) {
 		return nil
 	}

@@ -54,7 +54,7 @@ func rfConn(t *testing.T) *conn {
 		t.Fatal(err)
 	}
 	tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
-	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk)
+	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {})
 	t.Cleanup(func() {
 		c.mu.Lock()
 		c.stopTimers()

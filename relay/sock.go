@@ -67,13 +67,17 @@ type plainTransport struct {
 // the client is not reading.
 func (t *plainTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
 
-// release removes the connection from its loop, then releases it: at
-// once on the loop goroutine, else through Do.
-func (t *plainTransport) release(onLoop bool) {
+// release removes the connection from its loop, then releases it.
+func (t *plainTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t.drop) }
+
+// releaseVia runs drop, a transport's letting go, on its loop l: at once
+// when onLoop (the caller is l's goroutine), else through Do; if l has
+// stopped, c is released where it is.
+func (c *conn) releaseVia(l *loop.Loop, onLoop bool, drop func(*loop.Loop)) {
 	if onLoop {
-		t.drop(t.l)
-	} else if !t.l.Do(func() { t.drop(t.l) }) {
-		t.c.released(nil)
+		drop(l)
+	} else if !l.Do(func() { drop(l) }) {
+		c.released(nil)
 	}
 }
 

@@ -44,15 +44,8 @@ func (t *tlsTransport) write(b []byte) (int, error) {
 	return n, err
 }
 
-// release removes the connection from its loop, then releases it: at
-// once on the loop goroutine, else through Do.
-func (t *tlsTransport) release(onLoop bool) {
-	if onLoop {
-		t.drop(t.l)
-	} else if !t.l.Do(func() { t.drop(t.l) }) {
-		t.c.released(nil)
-	}
-}
+// release removes the connection from its loop, then releases it.
+func (t *tlsTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t.drop) }
 
 func (t *tlsTransport) drop(l *loop.Loop) {
 	if t.dropped {
@@ -154,14 +147,12 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	}
 	l := s.pickLoop(sess.Fd())
 	tr := &tlsTransport{l: l, s: sess, state: sess.State()}
-	c := s.newConn(tr, j.peer, j.tk)
+	c := s.newConn(tr, j.peer, j.tk, func(c *conn) { tr.c, c.created = c, j.at })
 	if c == nil {
 		sess.Close()
 		j.tk.End(reason.Shutdown)
 		return
 	}
-	c.created = j.at
-	tr.c = c
 	if !l.Do(func() {
 		if err := l.Register(sess.Fd(), tr); err != nil {
 			tr.fail(reason.IOError)
