@@ -218,9 +218,15 @@ func TestFleetChaosNetns(t *testing.T) {
 		s.Close()
 	}
 	for _, n := range []nsNode{n1, n2, n3} { // each ended its own ends of the crossing tunnels
-		if v := f.metric(t, n, `meetpoint_closes_total{reason="far_node_lost"}`); v < 1 {
-			t.Errorf("%s counted %v far_node_lost closes", n.id, v)
-		}
+		// A WebSocket end that got its close frame is counted when its
+		// socket closes: after the client's close (just above), or its
+		// lingering second.
+		relaytest.WaitFor(t, func() error {
+			if v := f.metric(t, n, `meetpoint_closes_total{reason="far_node_lost"}`); v < 1 {
+				return fmt.Errorf("%s counted %v far_node_lost closes", n.id, v)
+			}
+			return nil
+		}, n.id+" to count its far_node_lost closes")
 	}
 	var hows []string
 	for k, v := range how {
