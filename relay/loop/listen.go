@@ -6,7 +6,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -14,7 +13,7 @@ import (
 
 // Listener is a listening socket whose connections the loops accept.
 // Serve registers it with every loop of a server (EPOLLEXCLUSIVE: a new
-// connection wakes one waiting loop, not all of them); the loop that
+// connection wakes one waiting loop, or a few, not all of them); the loop that
 // accepts a connection owns it from then on, so a socket has one owner
 // from accept to close.
 //
@@ -89,7 +88,7 @@ func (ln *Listener) Fd() int {
 	return ln.fd
 }
 
-// Addr implements net.Listener.
+// Addr is the bound address (with its port, when 0 was asked for).
 func (ln *Listener) Addr() net.Addr { return ln.addr }
 
 // Serve starts accepting on each of loops: each registers the socket and
