@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls lint fuzz release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -79,6 +79,12 @@ bench-full: build
 
 bench-deps:
 	apt-get update && apt-get install -y haproxy socat
+
+## syscalls: the relay's system calls per tunnel on the set-up path, TCP
+## and WebSocket (strace -c; docs/BENCHMARKS.md "Set-up floor")
+syscalls: build
+	scripts/syscalls-per-tunnel.sh tcp
+	scripts/syscalls-per-tunnel.sh ws
 
 ## lint: gofmt, go vet, staticcheck and govulncheck (installed into ./bin/tools if missing;
 ## govulncheck is skipped, saying so, when its database (vuln.go.dev) cannot be reached)
