@@ -2,18 +2,18 @@ package loop
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // TestHelperAcceptEMFILE is not a test: with MEETPOINT_EMFILE_HELPER=1 it
@@ -83,7 +83,7 @@ func TestHelperAcceptEMFILE(t *testing.T) {
 func TestAcceptPausesOnEMFILE(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAcceptEMFILE$")
 	cmd.Env = append(os.Environ(), "MEETPOINT_EMFILE_HELPER=1")
-	var stderr lockedBuffer
+	var stderr testutil.Tail // a spinning loop writes far more than it keeps: enough to count
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -139,11 +139,8 @@ func TestAcceptPausesOnEMFILE(t *testing.T) {
 		defer c.Close()
 	}
 	const warning = "accept failed: pausing the listener"
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), warning); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no pause after running out of descriptors; stderr:\n%s", stderr.String())
-		}
-	}
+	testutil.WaitFor(t, func() bool { return strings.Contains(stderr.String(), warning) },
+		"a pause after running out of descriptors")
 	// A loop spinning on the readable listener would warn thousands of
 	// times a second; a pausing one, about ten. Load only slows it.
 	time.Sleep(time.Second)
@@ -155,22 +152,4 @@ func TestAcceptPausesOnEMFILE(t *testing.T) {
 	for got := 0; got < n; {
 		fmt.Sscan(next("accepted "), &got) // the waiting connections, once the pause ends
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
