@@ -48,7 +48,7 @@ type Options struct {
 	// (URL, or "local" for a redis-server of the run's own).
 	Fleet string
 
-	Transports []string      // meetpoint transports: tcp, ws, mixed
+	Transports []string      // meetpoint transports: tcp, ws (TEXT messages of valid UTF-8), wsbin (BINARY messages; throughput only), mixed, tls, wss
 	Duration   time.Duration // per throughput and setup measurement
 
 	SetupConc int   // K concurrent dialers (setup)

@@ -146,6 +146,26 @@ func TestThroughput(t *testing.T) {
 	}
 }
 
+// TestThroughputTextAndBinary: the ws (TEXT) and wsbin (BINARY) rows that
+// docs/BENCHMARKS.md compares, with no CPU column for a relay in the
+// harness's own process (its CPU would count the clients too).
+func TestThroughputTextAndBinary(t *testing.T) {
+	o := tiny(t, "throughput")
+	o.Peers = []string{"meetpoint"}
+	o.Transports = []string{"ws", "wsbin"}
+	o.Sizes, o.Parallel = []int{16 << 10}, []int{1}
+	_, tab := runTiny(t, o)
+	wantRows(t, tab, "meetpoint ws", "meetpoint wsbin")
+	for _, r := range tab.Rows {
+		if r.Values["mbps"] <= 0 {
+			t.Errorf("%s %v: no throughput", r.Peer, r.Params)
+		}
+		if _, ok := r.Values["cpu"]; ok {
+			t.Errorf("%s %v: a CPU figure for a relay in the harness's process", r.Peer, r.Params)
+		}
+	}
+}
+
 func TestLatency(t *testing.T) {
 	rep, tab := runTiny(t, tiny(t, "latency"))
 	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws")...)

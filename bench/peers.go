@@ -446,7 +446,7 @@ func (e *Env) meetpointPair(ctx context.Context, transport string) (End, End, er
 // relayURLFor builds the client URL for a transport.
 func relayURLFor(host, transport string) string {
 	switch transport {
-	case "ws":
+	case "ws", "wsbin":
 		return "ws://" + host + "/"
 	case "wss":
 		return "wss://" + host + "/"
@@ -490,11 +490,11 @@ func dialPairOn(ctx context.Context, hostA, hostB, ta, tb, nonce string) (End, E
 	ch := make(chan res, 1)
 	go func() {
 		t, err := client.Dial(ctx, client.Options{URL: relayURLFor(host, tb), Token: "bench", Nonce: nonce, Name: "b", Timeout: 20 * time.Second,
-			LocalIP: sourceFor(host), TLSConfig: clientTLS.Load()})
+			LocalIP: sourceFor(host), TLSConfig: clientTLS.Load(), Binary: tb == "wsbin"})
 		ch <- res{t, err}
 	}()
 	a, errA := client.Dial(ctx, client.Options{URL: relayURLFor(hostA, ta), Token: "bench", Nonce: nonce, Name: "a", Timeout: 20 * time.Second,
-		LocalIP: sourceFor(hostA), TLSConfig: clientTLS.Load()})
+		LocalIP: sourceFor(hostA), TLSConfig: clientTLS.Load(), Binary: ta == "wsbin"})
 	r := <-ch
 	if errA != nil || r.err != nil {
 		if a != nil {

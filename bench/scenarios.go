@@ -80,10 +80,7 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
-		cpuPID := p.PID // whose CPU the row counts: a process of its own only
-		if cpuPID == os.Getpid() || p.Name == "socat" {
-			cpuPID = 0
-		}
+		cpuPID := ownPID(p)
 		var cpu0 time.Duration = -1
 		if cpuPID > 0 {
 			cpu0 = procCPU(cpuPID)
@@ -159,20 +156,26 @@ func runThroughput(ctx context.Context, e *Env) (*Table, error) {
 	t := &Table{Scenario: "throughput",
 		Title:   fmt.Sprintf("throughput: one direction, MB/s (10^6 B), %v per row", o.Duration),
 		Params:  []string{"size", "tunnels"},
-		Columns: []Column{{"mbps", "MB/s", "%.0f"}},
+		Columns: []Column{{"mbps", "MB/s", "%.0f"}, {"cpu", "CPU µs/MB", "%.0f"}},
 		Notes: []string{"Each tunnel: one writer sends messages of the given size back to back (one Write per message; " +
-			"over WebSocket one binary message each), the other end reads and counts. mixed = TCP client → WebSocket client."},
+			"over WebSocket one message each: TEXT for ws, since the payload is valid UTF-8, BINARY for wsbin), " +
+			"the other end reads and counts. mixed = TCP client → WebSocket client.",
+			"CPU µs/MB: utime + stime of the forwarding process over the measured window, per MB forwarded: haproxy's, " +
+				"meetpoint's only with --spawn-relay (–: in the harness's process, or socat's forks)."},
 	}
-	peers := e.Peers(transportsOf(o, "tcp", "ws", "mixed", "tls", "wss")...)
+	peers := e.Peers(transportsOf(o, "tcp", "ws", "wsbin", "mixed", "tls", "wss")...)
 	for _, k := range o.Parallel {
 		for _, size := range o.Sizes {
 			for _, p := range peers {
-				mbps, err := measureThroughput(ctx, e, p, size, k)
+				mbps, cpu, err := measureThroughput(ctx, e, p, size, k)
 				if err != nil {
 					return nil, fmt.Errorf("%s %s×%d: %w", p.Label(), human(size), k, err)
 				}
-				t.add(p.Label(), map[string]string{"size": human(size), "tunnels": strconv.Itoa(k)},
-					map[string]float64{"mbps": mbps, "size_bytes": float64(size), "k": float64(k)})
+				vals := map[string]float64{"mbps": mbps, "size_bytes": float64(size), "k": float64(k)}
+				if cpu >= 0 {
+					vals["cpu"] = cpu
+				}
+				t.add(p.Label(), map[string]string{"size": human(size), "tunnels": strconv.Itoa(k)}, vals)
 			}
 		}
 	}
@@ -180,11 +183,13 @@ func runThroughput(ctx context.Context, e *Env) (*Table, error) {
 	return t, nil
 }
 
-func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (float64, error) {
+// measureThroughput returns MB/s over the window and the forwarding
+// process's CPU µs per MB in it (-1 where it has no process of its own).
+func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (mbps, cpuPerMB float64, err error) {
 	o := e.opt
 	ps, err := openPairs(ctx, p, k)
 	if err != nil {
-		return 0, err
+		return 0, -1, err
 	}
 	defer closePairs(ps)
 	var got atomic.Int64
@@ -219,12 +224,22 @@ func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (float
 		return fmt.Sprintf("%.0f MB/s", float64(got.Load())/1e6/time.Since(start).Seconds())
 	})
 	time.Sleep(min(o.Duration/5, 300*time.Millisecond)) // warm-up
+	cpuPID, cpu0 := ownPID(p), time.Duration(-1)
+	if cpuPID > 0 {
+		cpu0 = procCPU(cpuPID)
+	}
 	b0, t0 := got.Load(), time.Now()
 	select {
 	case <-time.After(o.Duration):
 	case <-ctx.Done():
 	}
 	b1, t1 := got.Load(), time.Now()
+	cpuPerMB = -1
+	if cpu0 >= 0 && b1 > b0 {
+		if cpu1 := procCPU(cpuPID); cpu1 >= cpu0 {
+			cpuPerMB = float64((cpu1 - cpu0).Microseconds()) / (float64(b1-b0) / 1e6)
+		}
+	}
 	stop()
 	quit.Store(true)
 	for _, pr := range ps {
@@ -232,7 +247,17 @@ func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (float
 		pr[1].SetDeadline(time.Now())
 	}
 	wg.Wait()
-	return float64(b1-b0) / 1e6 / t1.Sub(t0).Seconds(), ctx.Err()
+	return float64(b1-b0) / 1e6 / t1.Sub(t0).Seconds(), cpuPerMB, ctx.Err()
+}
+
+// ownPID is the process whose CPU a row of p counts: the forwarder's own
+// process, or 0 where it has none (in the harness's process; socat forks
+// per connection).
+func ownPID(p *Peer) int {
+	if p.PID == os.Getpid() || p.Name == "socat" {
+		return 0
+	}
+	return p.PID
 }
 
 // ---- latency ----

@@ -125,7 +125,7 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	fleetURL := fs.String("fleet", "", "also measure a fleet of two relays on this Redis (`URL` redis://HOST:PORT/DB, or local: start a redis-server): rows fleet same-node and fleet cross-node (docs/fleet.md)")
 	spawn := fs.Bool("spawn-relay", false, "run the relay as a separate process (default: in this process)")
 	prof := fs.Bool("cpuprofile", false, "write a CPU profile of the relay per scenario (cpu-<scenario>.pprof) into the results folder")
-	transports := fs.String("transports", strings.Join(opt.Transports, ","), "meetpoint transports: tcp,ws,mixed; tls,wss (relays in this process; with --fleet the mesh links are TLS too)")
+	transports := fs.String("transports", strings.Join(opt.Transports, ","), "meetpoint transports: tcp,ws,mixed; wsbin (BINARY WebSocket messages where ws sends TEXT; throughput only); tls,wss (relays in this process; with --fleet the mesh links are TLS too)")
 	dur := fs.Duration("duration", opt.Duration, "time per throughput and setup measurement")
 	conc := fs.Int("conc", opt.SetupConc, "setup: concurrent dialers")
 	sizes := fs.String("sizes", joinInts(opt.Sizes), "throughput: message sizes in bytes")
@@ -149,8 +149,8 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 		}
 		o.Transports = strings.Split(*transports, ",")
 		for _, t := range o.Transports {
-			if t != "tcp" && t != "ws" && t != "mixed" && t != "tls" && t != "wss" {
-				return fmt.Errorf("transports: %q: want tcp, ws, mixed, tls or wss", t)
+			if t != "tcp" && t != "ws" && t != "wsbin" && t != "mixed" && t != "tls" && t != "wss" {
+				return fmt.Errorf("transports: %q: want tcp, ws, wsbin, mixed, tls or wss", t)
 			}
 		}
 		if *idleTr != "tcp" && *idleTr != "ws" && *idleTr != "mixed" {
