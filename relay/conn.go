@@ -52,6 +52,74 @@ const (
 	stDone                    // released: the socket belongs to its next owner, or is closed
 )
 
+// stateNames are the states as logs name them.
+var stateNames = [...]string{"sniff", "http", "rpc", "authing", "placing", "waiting", "subscribed", "claimed", "closing", "done"}
+
+func (st state) String() string {
+	if int(st) < len(stateNames) {
+		return stateNames[st]
+	}
+	return fmt.Sprintf("state(%d)", uint32(st))
+}
+
+// stateSet is a set of states, one bit each.
+type stateSet uint16
+
+func states(sts ...state) (set stateSet) {
+	for _, st := range sts {
+		set |= 1 << st
+	}
+	return set
+}
+
+// moves is the successor table: the states each state may move to. Every
+// move goes through to (under mu) or, out of stWaiting, through cas (a
+// partner's Claim, close, released, replace); a move the table does not
+// list is a bug (badMove). Claimed and done are final: a claimed
+// connection goes to its target as it is.
+var moves = [...]stateSet{
+	stSniff:      states(stHTTP, stRPC, stClaimed, stClosing, stDone),
+	stHTTP:       states(stRPC, stAuthing, stSubscribed, stClaimed, stClosing, stDone),
+	stRPC:        states(stAuthing, stWaiting, stSubscribed, stClaimed, stClosing, stDone),
+	stAuthing:    states(stRPC, stWaiting, stPlacing, stClosing, stDone),
+	stPlacing:    states(stWaiting, stRPC, stClaimed, stClosing, stDone),
+	stWaiting:    states(stClaimed, stPlacing, stRPC, stClosing),
+	stSubscribed: states(stClosing, stDone),
+	stClaimed:    0,
+	stClosing:    states(stDone),
+	stDone:       0,
+}
+
+// canMove reports whether the successor table lets from move to next.
+func canMove(from, next state) bool { return int(from) < len(moves) && moves[from]&(1<<next) != 0 }
+
+// timeout is one stage timeout. In the states stageTimeouts lists it for,
+// it falls due its configured duration after its stage began (deadline).
+type timeout uint8
+
+const (
+	toHandshake timeout = iota // HandshakeTimeout, from since
+	toInactive                 // InactiveTimeout, from since (not for a fleet's control connection)
+	toAuth                     // AuthTimeout, from authAt
+	toRPC                      // RPCTimeout, from authAt
+	toAlone                    // AloneTimeout, from joined
+)
+
+// stageTimeouts are the timeouts that apply in each state; none applies
+// in a state not listed. A connection has one timer, armed (arm) for the
+// earliest of its state's, whenever it moves.
+var stageTimeouts = [...][]timeout{
+	stSniff:   {toHandshake, toInactive},
+	stHTTP:    {toHandshake, toInactive},
+	stRPC:     {toInactive},
+	stAuthing: {toInactive, toAuth, toRPC},
+	stWaiting: {toAlone},
+}
+
+// strictMoves makes badMove panic: the package's tests set it, so that
+// every path they drive is checked against the successor table.
+var strictMoves = false
+
 // release is how far the transport's letting go has got.
 type release uint8
 
@@ -103,10 +171,10 @@ type conn struct {
 	lateMax int             // bound on late when not MaxPreAuth (a hand-off to net/http)
 	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
 
-	timer     *time.Timer // inactive, then alone timeout
-	hsTimer   *time.Timer // handshake timeout
-	authTimer *time.Timer
-	rpcTimer  *time.Timer
+	timer     *time.Timer // the stage timeouts' one timer (arm, expire); nil for a subscriber
+	since     time.Time   // when the handshake and inactive timeouts began: newConn
+	authAt    time.Time   // when Authenticate began (its auth and RPC timeouts)
+	keepMesh  bool        // a fleet node's control connection: no inactive timeout
 	authID    int
 	authStart *AuthRequest // set by rpc, started by unlock
 	notifID   int
@@ -179,14 +247,14 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 // Close): it links the transport to c and sets what differs from a fresh
 // accept.
 func (s *Server) newConn(tr transport, peer net.Addr, tk *ticket, bind func(*conn)) *conn {
-	c := &conn{s: s, tr: tr, peer: peer, created: time.Now(), tk: tk}
+	now := time.Now()
+	c := &conn{s: s, tr: tr, peer: peer, created: now, since: now, tk: tk}
 	bind(c)
 	if !s.register(c) {
 		return nil
 	}
-	c.mu.Lock() // the timers' callbacks take mu: they must see both fields
-	c.timer = time.AfterFunc(s.cfg.InactiveTimeout, c.onInactive)
-	c.hsTimer = time.AfterFunc(s.cfg.HandshakeTimeout, c.onHandshakeTimeout)
+	c.mu.Lock() // the timer's callback takes mu: it must see the field
+	c.arm()
 	c.mu.Unlock()
 	return c
 }
@@ -310,15 +378,15 @@ func (c *conn) close(r reason.Reason) {
 		case stClosing, stDone:
 			return
 		case stWaiting:
-			if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
+			if !c.cas(stWaiting, stClosing) {
 				continue // claimed by a partner just now
 			}
 			c.leave()
 		default:
-			c.st.Store(uint32(stClosing))
+			c.to(stClosing)
 		}
 		c.reason = r
-		c.stopTimers()
+		c.stopTimer()
 		c.wantRelease()
 		return
 	}
@@ -388,37 +456,117 @@ func (c *conn) closingNote(r reason.Reason, text string) []byte {
 		handshake.Str("reason", r.String()), handshake.Str("message", text))
 }
 
-func (c *conn) stopTimers() {
-	for _, t := range []*time.Timer{c.timer, c.hsTimer, c.authTimer, c.rpcTimer} {
-		if t != nil {
-			t.Stop()
+// to moves c to next and arms its timer for next's stage timeouts. Called
+// with mu held.
+func (c *conn) to(next state) {
+	if cur := state(c.st.Load()); !canMove(cur, next) {
+		c.badMove(cur, next)
+	}
+	c.st.Store(uint32(next))
+	c.arm()
+}
+
+// cas moves c from from to next if it is still in from (a partner may
+// claim a waiting connection without mu). It does not arm the timer: a
+// timer set for from finds nothing due (expire) and stops.
+func (c *conn) cas(from, next state) bool {
+	if !canMove(from, next) {
+		c.badMove(from, next)
+	}
+	return c.st.CompareAndSwap(uint32(from), uint32(next))
+}
+
+// badMove reports a move the successor table does not list: a bug in the
+// relay, logged (and made: the connection still ends cleanly), or a panic
+// under the package's tests.
+func (c *conn) badMove(from, next state) {
+	if strictMoves {
+		panic(fmt.Sprintf("relay: conn moves from %v to %v: not in the successor table", from, next))
+	}
+	c.s.log.Error("internal error: a connection made a move its successor table does not list", "from", from.String(), "to", next.String())
+}
+
+// arm sets c's timer for the earliest stage timeout of its state, or
+// stops it where none applies. Called with mu held.
+func (c *conn) arm() {
+	at, _ := c.nextTimeout(state(c.st.Load()))
+	switch {
+	case at.IsZero():
+		c.stopTimer()
+	case c.timer == nil:
+		c.timer = time.AfterFunc(time.Until(at), c.expire)
+	default:
+		c.timer.Reset(time.Until(at))
+	}
+}
+
+// nextTimeout is the earliest stage timeout of st and when it falls due
+// (zero: none applies).
+func (c *conn) nextTimeout(st state) (at time.Time, which timeout) {
+	if int(st) >= len(stageTimeouts) {
+		return at, which
+	}
+	for _, t := range stageTimeouts[st] {
+		if d := c.deadline(t); !d.IsZero() && (at.IsZero() || d.Before(at)) {
+			at, which = d, t
 		}
 	}
+	return at, which
 }
 
-func (c *conn) onHandshakeTimeout() {
+// deadline is when t falls due (zero: not for c).
+func (c *conn) deadline(t timeout) time.Time {
+	cfg := &c.s.cfg
+	switch t {
+	case toHandshake:
+		return c.since.Add(cfg.HandshakeTimeout)
+	case toInactive:
+		if !c.keepMesh {
+			return c.since.Add(cfg.InactiveTimeout)
+		}
+	case toAuth:
+		return c.authAt.Add(cfg.AuthTimeout)
+	case toRPC:
+		return c.authAt.Add(cfg.RPCTimeout)
+	case toAlone:
+		return c.joined.Add(cfg.AloneTimeout)
+	}
+	return time.Time{}
+}
+
+func (c *conn) stopTimer() {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+}
+
+// expire runs when c's timer fires: it ends c for the stage timeout that
+// fell due, or arms the timer again (it was set for a stage c has left).
+func (c *conn) expire() {
 	c.mu.Lock()
-	switch state(c.st.Load()) {
-	case stSniff, stHTTP:
+	at, which := c.nextTimeout(state(c.st.Load()))
+	if at.IsZero() || time.Now().Before(at) {
+		c.arm()
+		c.unlock()
+		return
+	}
+	switch which {
+	case toHandshake:
 		c.s.log.Debug("handshake timeout", "peer", c.peer.String())
 		c.close(reason.HandshakeTimeout)
-	}
-	c.unlock()
-}
-
-func (c *conn) onInactive() {
-	c.mu.Lock()
-	switch state(c.st.Load()) {
-	case stSniff, stHTTP, stRPC, stAuthing:
+	case toInactive:
 		c.s.log.Debug("inactive timeout", "peer", c.peer.String())
 		c.fail(reason.InactiveTimeout, "")
-	}
-	c.unlock()
-}
-
-func (c *conn) onAlone() {
-	c.mu.Lock()
-	if state(c.st.Load()) == stWaiting {
+	case toAuth:
+		c.authResult(AuthTimeout) // unlocks
+		return
+	case toRPC:
+		if c.upgrade != nil {
+			c.refuseAuth(AuthTimeout, reason.RPCTimeout, "")
+		} else {
+			c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
+		}
+	case toAlone:
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
 		text := fmt.Sprintf("No partner arrived within %v", c.s.cfg.AloneTimeout)
 		if c.degraded {
@@ -436,7 +584,7 @@ func (c *conn) shutdown() {
 }
 
 // Claim implements Joiner.
-func (c *conn) Claim() bool { return c.st.CompareAndSwap(uint32(stWaiting), uint32(stClaimed)) }
+func (c *conn) Claim() bool { return c.cas(stWaiting, stClaimed) }
 
 // UUID implements Joiner.
 func (c *conn) UUID() string { return c.uuid }
@@ -449,10 +597,10 @@ func (c *conn) UUID() string { return c.uuid }
 func (c *conn) released(on *loop.Loop) {
 	c.mu.Lock()
 	c.on = on
-	c.stopTimers()
+	c.stopTimer()
 	c.rel = relAsked
 	for state(c.st.Load()) == stWaiting { // not yet claimed: it never will be now
-		if c.st.CompareAndSwap(uint32(stWaiting), uint32(stClosing)) {
+		if c.cas(stWaiting, stClosing) {
 			c.leave()
 			c.reason = reason.PeerClosed
 		}
@@ -476,7 +624,7 @@ func (c *conn) released(on *loop.Loop) {
 	if st := state(c.st.Load()); st != stClosing && st != stDone {
 		c.reason = reason.PeerClosed
 	}
-	c.st.Store(uint32(stDone))
+	c.to(stDone)
 	reason, linger := c.reason, c.linger
 	c.frozen = true
 	onEnd := c.onEnd

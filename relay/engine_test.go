@@ -222,6 +222,7 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(clientsEnv); spec != "" {
 		runClients(spec)
 	}
+	strictMoves = true // every move the tests drive is checked against the successor table
 	os.Exit(m.Run())
 }
 

@@ -65,7 +65,7 @@ func (c *conn) httpHead(p []byte) {
 		return
 	}
 	c.startWebSocket(out)
-	c.st.Store(uint32(stRPC))
+	c.to(stRPC)
 	c.in = nil
 	c.consumeWS(rest)
 	if len(p) > 0 {

@@ -107,7 +107,7 @@ const placeTimeout = 5 * time.Second
 // place asks the fleet where c pairs. Called with mu held, c authenticated
 // and its reply flushed; the answer comes back through placed.
 func (c *conn) place() {
-	c.st.Store(uint32(stPlacing))
+	c.to(stPlacing)
 	p := Placing{Key: c.key, UUID: c.uuid, Name: c.name, Identity: c.identity().String()}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
@@ -133,7 +133,8 @@ func (c *conn) placed(pl Placement) {
 	switch {
 	case pl.Lease != nil:
 		c.lease, c.degraded = pl.Lease, pl.Degraded
-		c.st.Store(uint32(stWaiting))
+		c.joined = time.Now() // the alone timeout counts from here
+		c.to(stWaiting)
 		res, partner := c.s.reg.Join(c.key, c)
 		after := c.joinedAs(res, partner, -1)
 		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
@@ -146,8 +147,7 @@ func (c *conn) placed(pl Placement) {
 	case pl.Link != nil:
 		c.s.stats.meshOut.Inc()
 		t := newMeshTunnel(c, pl.Link, nil)
-		c.stopTimers()
-		c.st.Store(uint32(stClaimed))
+		c.to(stClaimed)
 		c.target = t
 		c.wantRelease()
 		c.unlock()
@@ -159,7 +159,7 @@ func (c *conn) placed(pl Placement) {
 			// confirmed yet): a reconnect may land where it can.
 			r = reason.Moved
 		}
-		c.st.Store(uint32(stRPC))
+		c.to(stRPC)
 		c.fail(r, "")
 		c.unlock()
 	}
@@ -170,13 +170,11 @@ func (c *conn) replace() {
 	c.mu.Lock()
 	defer c.unlock()
 	// As a partner's Claim does: whoever moves c out of waiting first wins.
-	if !c.st.CompareAndSwap(uint32(stWaiting), uint32(stPlacing)) {
+	if !c.cas(stWaiting, stPlacing) {
 		return
 	}
 	c.s.reg.Leave(c.key, c)
-	if c.timer != nil {
-		c.timer.Stop()
-	}
+	c.arm() // placing: no timeout until it waits again
 	c.releaseLease()
 	c.replaced = true
 	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
@@ -200,7 +198,7 @@ func (c *conn) moved() {
 // once c's lock is released (it delivers a partner to its target).
 func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 	refuse := func(r reason.Reason, code string) {
-		c.st.Store(uint32(stRPC)) // not in the registry
+		c.to(stRPC) // not in the registry
 		c.releaseLease()
 		if id >= 0 {
 			c.send(handshake.AppendError(nil, id, code))
@@ -208,8 +206,7 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 		c.fail(r, "")
 	}
 	switch res {
-	case JoinWaiting:
-		c.timer = time.AfterFunc(c.s.cfg.AloneTimeout, c.onAlone)
+	case JoinWaiting: // to(stWaiting) armed the alone timeout
 	case JoinAbsent:
 		refuse(reason.Mesh, c.absent)
 	case JoinFull:
@@ -229,7 +226,7 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 			return func() { p.target.ready(p) }
 		}
 	case JoinPaired:
-		c.st.Store(uint32(stClaimed))
+		c.to(stClaimed)
 		p := partner.(*conn)
 		if t, gone := pairUp(p, c); gone {
 			return func() { t.ready(p) }
@@ -278,11 +275,8 @@ func (c Conn) JoinMesh(id int, k PairKey, uuid, name, node, identity, absent str
 	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
 	c.MarkMesh(node, identity)
 	cc.s.stats.meshIn.Inc()
-	if cc.timer != nil {
-		cc.timer.Stop()
-	}
 	cc.joined = time.Now()
-	cc.st.Store(uint32(stWaiting))
+	cc.to(stWaiting)
 	res, partner := cc.s.reg.JoinExisting(k, cc)
 	cc.absent = absent
 	if after := cc.joinedAs(res, partner, id); after != nil {
@@ -320,9 +314,8 @@ func (c Conn) MarkMesh(node, identity string) {
 // request's signature has been checked.
 func (c Conn) KeepMesh(node string) {
 	c.MarkMesh(node, "mesh control from "+node)
-	if c.c.timer != nil {
-		c.c.timer.Stop()
-	}
+	c.c.keepMesh = true
+	c.c.arm()
 }
 
 // farNode is the fleet node at the tunnel's far end: the node its mesh

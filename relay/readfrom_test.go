@@ -57,7 +57,7 @@ func rfConn(t *testing.T) *conn {
 	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {})
 	t.Cleanup(func() {
 		c.mu.Lock()
-		c.stopTimers()
+		c.stopTimer()
 		c.mu.Unlock()
 		tk.End(reason.Shutdown)
 	})

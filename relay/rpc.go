@@ -47,8 +47,7 @@ func (c *conn) handle(obj []byte) {
 // it (with the bytes that follow the request) once the transport has let
 // go. Called with mu held.
 func (c *conn) claimFor(t target) {
-	c.stopTimers()
-	c.st.Store(uint32(stClaimed))
+	c.to(stClaimed)
 	c.target = t
 	c.skipNL = c.ws == nil
 	c.wantRelease()
@@ -86,12 +85,11 @@ func (c *conn) authenticateParams(id int, uuid, name, token, nonce string) {
 	c.uuid, c.name = uuid, name
 	c.key = PairKey{Token: token, Nonce: nonce}
 	c.authID = id
-	c.st.Store(uint32(stAuthing))
+	c.authAt = time.Now()
+	c.to(stAuthing)
 	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer, Nonce: c.key.Nonce,
 		SetSubject: func(s string) { c.subject.Store(&s) }}
 	c.authStart.ClientCert = c.clientCert()
-	c.authTimer = time.AfterFunc(c.s.cfg.AuthTimeout, func() { c.onAuthResult(AuthTimeout) })
-	c.rpcTimer = time.AfterFunc(c.s.cfg.RPCTimeout, c.onRPCTimeout)
 }
 
 func (c *conn) startAuth(req *AuthRequest) {
@@ -100,18 +98,6 @@ func (c *conn) startAuth(req *AuthRequest) {
 		cancel()
 		c.onAuthResult(r)
 	})
-}
-
-func (c *conn) onRPCTimeout() {
-	c.mu.Lock()
-	if state(c.st.Load()) == stAuthing {
-		if c.upgrade != nil {
-			c.refuseAuth(AuthTimeout, reason.RPCTimeout, "")
-		} else {
-			c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
-		}
-	}
-	c.unlock()
 }
 
 // failedFrom counts a failed authentication (a refused token, a forged
@@ -141,12 +127,15 @@ func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 // either waiting for a partner or completing a pair.
 func (c *conn) onAuthResult(r AuthResult) {
 	c.mu.Lock()
+	c.authResult(r)
+}
+
+// authResult is onAuthResult with mu held; it unlocks.
+func (c *conn) authResult(r AuthResult) {
 	if state(c.st.Load()) != stAuthing {
 		c.unlock() // late answer after a timeout or close: ignored
 		return
 	}
-	c.authTimer.Stop()
-	c.rpcTimer.Stop()
 	// Count (and ban) before replying, so a client that reconnects on the
 	// reply already meets the ban.
 	switch r {
@@ -161,7 +150,7 @@ func (c *conn) onAuthResult(r AuthResult) {
 	if then := c.authThen; then != nil {
 		c.authThen = nil
 		c.authed = r == AuthNoError
-		c.st.Store(uint32(stRPC))
+		c.to(stRPC)
 		if c.upgrade != nil && r != AuthNoError { // a token in the WebSocket URL: 401
 			c.refuseAuth(r, reason.AuthFailed, "")
 			c.unlock()
@@ -218,9 +207,8 @@ func (c *conn) onAuthResult(r AuthResult) {
 		c.unlock()
 		return
 	}
-	c.timer.Stop()
 	c.joined = time.Now()
-	c.st.Store(uint32(stWaiting))
+	c.to(stWaiting)
 	if c.s.fleet != nil {
 		// In a fleet, the local registry answers only for keys it holds;
 		// any other key is placed first.

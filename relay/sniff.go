@@ -51,10 +51,10 @@ func (c *conn) sniff(p []byte) {
 	switch kind {
 	case handshake.KindJSON:
 		c.tk.setKind(kindTCP)
-		c.st.Store(uint32(stRPC))
+		c.to(stRPC)
 		c.consumeJSON(p) // c.in, the sniffed bytes, is the message's start
 	case handshake.KindHTTP:
-		c.st.Store(uint32(stHTTP))
+		c.to(stHTTP)
 		c.httpHead(p)
 	case handshake.KindSTUN:
 		c.toHandoff(handoffSTUN, p)
@@ -97,8 +97,7 @@ func (c *conn) toTLS(p []byte) {
 	}
 	c.late = append(c.in, p...)
 	c.in = nil
-	c.stopTimers()
-	c.st.Store(uint32(stClaimed))
+	c.to(stClaimed)
 	c.target = tlsHandoff{}
 	c.wantRelease()
 }

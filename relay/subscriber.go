@@ -20,10 +20,10 @@ type Subscriber struct{ c *conn }
 func (c Conn) Subscribe(onEnd func()) *Subscriber {
 	cc := c.c
 	cc.acceptUpgrade()
-	cc.stopTimers()
-	cc.timer, cc.hsTimer, cc.authTimer, cc.rpcTimer = nil, nil, nil, nil // idle for hours: let them go
+	cc.stopTimer()
+	cc.timer = nil // idle for hours: let it go (no timeout applies to a subscriber)
 	cc.onEnd = onEnd
-	cc.st.Store(uint32(stSubscribed))
+	cc.to(stSubscribed)
 	return &Subscriber{c: cc}
 }
 
