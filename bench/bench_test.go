@@ -121,6 +121,9 @@ func TestSetup(t *testing.T) {
 		if want := r.Peer == "haproxy"; cpu != want {
 			t.Errorf("%s: CPU per tunnel reported %v, want %v", r.Peer, cpu, want)
 		}
+		if sys, ok := r.Values["sys"]; ok != cpu || sys > r.Values["cpu"] {
+			t.Errorf("%s: sys %v (reported %v) against CPU %v", r.Peer, sys, ok, r.Values["cpu"])
+		}
 	}
 }
 

@@ -69,21 +69,27 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		Title:  fmt.Sprintf("setup: tunnels per second, %d concurrent dialers, %v per peer", o.SetupConc, o.Duration),
 		Params: []string{},
 		Columns: []Column{{"rate", "tunnels/s", "%.0f"}, {"p50", "p50 µs", "%.0f"}, {"p99", "p99 µs", "%.0f"},
-			{"p999", "p99.9 µs", "%.0f"}, {"errors", "errors", "%.0f"}, {"cpu", "CPU µs/tunnel", "%.0f"}},
+			{"p999", "p99.9 µs", "%.0f"}, {"errors", "errors", "%.0f"}, {"cpu", "CPU µs/tunnel", "%.0f"},
+			{"sys", "of which sys", "%.0f"}},
 		Notes: []string{"A tunnel is open → paired → closed. meetpoint: both clients connect, send Authenticate and " +
 			"wait for TunnelEstablished (latency: until both have it). direct/haproxy/socat: connect and the harness's " +
 			"backend accepting the connection (through the proxy) and reading its 8-byte id.",
 			"CPU µs/tunnel: utime + stime of the forwarding process (/proc/PID/stat) over the row, per tunnel: " +
 				"haproxy's own process; meetpoint's only with --spawn-relay (in process it would count the harness's " +
-				"clients too, so it is left out); socat forks per connection and direct has none (–)."},
+				"clients too, so it is left out); socat forks per connection and direct has none (–). " +
+				"Of which sys: the stime part, the kernel's work in the process's system calls (accept, read, write, " +
+				"close: the TCP stack's own cost, which a forwarder pays per connection whatever its code)."},
 	}
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
 		cpuPID := ownPID(p)
-		var cpu0 time.Duration = -1
+		var cpu0, sys0 time.Duration = -1, -1
 		if cpuPID > 0 {
-			cpu0 = procCPU(cpuPID)
+			var user0 time.Duration
+			if user0, sys0 = procTimes(cpuPID); user0 >= 0 {
+				cpu0 = user0 + sys0
+			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, o.Duration+30*time.Second)
 		start := time.Now()
@@ -125,8 +131,9 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 			"errors": float64(errs.Load()), "tunnels": float64(count.Load()),
 		}
 		if cpu0 >= 0 && count.Load() > 0 {
-			if cpu1 := procCPU(cpuPID); cpu1 >= cpu0 {
-				vals["cpu"] = float64((cpu1 - cpu0).Microseconds()) / float64(count.Load())
+			if user1, sys1 := procTimes(cpuPID); user1+sys1 >= cpu0 && sys1 >= sys0 {
+				vals["cpu"] = float64((user1 + sys1 - cpu0).Microseconds()) / float64(count.Load())
+				vals["sys"] = float64((sys1 - sys0).Microseconds()) / float64(count.Load())
 			}
 		}
 		r := t.add(p.Label(), map[string]string{}, vals)

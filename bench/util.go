@@ -198,23 +198,34 @@ func human(n int) string {
 // USER_HZ ticks, 100 per second on Linux: the resolution is 10 ms, so a
 // figure per tunnel needs thousands of tunnels.
 func procCPU(pid int) time.Duration {
+	user, sys := procTimes(pid)
+	if user < 0 {
+		return -1
+	}
+	return user + sys
+}
+
+// procTimes returns procCPU's two parts: user time, and system time (the
+// kernel's work on the process's behalf: its system calls, and the
+// network stack's work done in them). -1, -1 if unknown.
+func procTimes(pid int) (user, sys time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return -1
+		return -1, -1
 	}
 	// The command name (field 2) may hold spaces: count from its ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return -1
+		return -1, -1
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 { // fields 3…15: state … utime stime
-		return -1
+		return -1, -1
 	}
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return -1
+		return -1, -1
 	}
-	return time.Duration(ut+st) * (time.Second / 100)
+	return time.Duration(ut) * (time.Second / 100), time.Duration(st) * (time.Second / 100)
 }
