@@ -122,6 +122,13 @@ type Config struct {
 	// Keepalive is TCP keepalive and TCP_USER_TIMEOUT on every socket of
 	// the relay (DefaultKeepalive).
 	Keepalive Keepalive
+
+	// MultipathTCP makes the listeners Multipath TCP (RFC 8684) where the
+	// kernel has it, for clients that offer it (others get plain TCP from
+	// them too). Off by default: nymea's clients do not offer it, and an
+	// MPTCP listener does not pass TCP_USER_TIMEOUT on to the sockets it
+	// accepts, which then costs a system call per client.
+	MultipathTCP bool
 }
 
 // TLSEnabled reports whether TLS is configured.

@@ -56,9 +56,9 @@ func (k Keepalive) Apply(fd int) error {
 
 // applyKeepalive sets k's keepalive on fd. On a listening socket, Linux
 // passes it on to every socket it accepts (no system call per client).
-// TCP_USER_TIMEOUT is passed on the same way, but Go listens on Multipath
-// TCP where the kernel has it, and an MPTCP listener refuses that option:
-// then each accepted socket gets it (Server.Start tries the listener).
+// TCP_USER_TIMEOUT is passed on the same way, but a Multipath TCP listener
+// (Config.MultipathTCP) refuses that option: then each accepted socket
+// gets it (Server.Start tries the listener).
 func (k Keepalive) applyKeepalive(fd int) error {
 	on := 0
 	if k.Idle > 0 {

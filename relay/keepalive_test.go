@@ -36,8 +36,11 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 	k := Keepalive{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 4, UserTimeout: 9 * time.Second}
 	s := startServer(t, func(c *Config) { c.Keepalive = k })
 	want := [5]int{1, 7, 3, 4, 9000}
-	if got := sockopts(t, s.listeners[0].Fd()); [4]int(got[:4]) != [4]int(want[:4]) {
+	if got := sockopts(t, s.listeners[0].Fd()); got != want {
 		t.Errorf("listener: %v, want %v", got, want)
+	}
+	if s.userTimeoutPerConn {
+		t.Error("a plain TCP listener took TCP_USER_TIMEOUT, yet the server sets it per connection")
 	}
 	// A client's socket on the server: keepalive and TCP_USER_TIMEOUT.
 	cl, err := net.Dial("tcp", s.Addrs()[0].String())
@@ -60,7 +63,7 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 	if got := sockopts(t, fd); got != want {
 		t.Errorf("a client socket on the server: %v, want %v", got, want)
 	}
-	ln, err := loop.Listen("127.0.0.1:0")
+	ln, err := loop.Listen("127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,5 +98,44 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 	cfg.Keepalive.Count = 0
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "tcp-keepalive-count") {
 		t.Errorf("a keepalive count of 0: %v", err)
+	}
+}
+
+// TestMultipathTCPListener: listeners are plain TCP unless MultipathTCP
+// asks otherwise; an MPTCP listener refuses TCP_USER_TIMEOUT, so then
+// each accepted socket gets it, and still has it.
+func TestMultipathTCPListener(t *testing.T) {
+	k := Keepalive{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 4, UserTimeout: 9 * time.Second}
+	s := startServer(t, func(c *Config) { c.Keepalive = k })
+	if p, err := unix.GetsockoptInt(s.listeners[0].Fd(), unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
+		t.Errorf("default listener: protocol %d (%v), want TCP", p, err)
+	}
+	ms := startServer(t, func(c *Config) { c.Keepalive, c.MultipathTCP = k, true })
+	p, err := unix.GetsockoptInt(ms.listeners[0].Fd(), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil || p != unix.IPPROTO_MPTCP {
+		t.Skipf("no Multipath TCP listener here (protocol %d, %v): the kernel has no MPTCP", p, err)
+	}
+	if !ms.userTimeoutPerConn {
+		t.Error("an MPTCP listener, yet TCP_USER_TIMEOUT is not set per connection")
+	}
+	cl, err := net.Dial("tcp", ms.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	fd := -1
+	testutil.WaitFor(t, func() bool {
+		ms.mu.Lock()
+		defer ms.mu.Unlock()
+		for c := range ms.conns {
+			if tr, ok := c.tr.(*plainTransport); ok && tr.fd >= 0 {
+				fd = tr.fd
+				return true
+			}
+		}
+		return false
+	}, "the client's connection on the server")
+	if got := sockopts(t, fd); got[4] != 9000 {
+		t.Errorf("a client socket from an MPTCP listener: %v, want TCP_USER_TIMEOUT 9000 ms", got)
 	}
 }

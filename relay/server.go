@@ -175,7 +175,7 @@ func (s *Server) Start() (err error) {
 		}
 	}()
 	for _, addr := range s.cfg.Listen {
-		ln, err := loop.Listen(addr)
+		ln, err := loop.Listen(addr, s.cfg.MultipathTCP)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
@@ -184,8 +184,8 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		// Inherited too where the listener takes it; an MPTCP listener
-		// (Go's default where the kernel has MPTCP) refuses it, and then
-		// each accepted socket gets it.
+		// (Config.MultipathTCP) refuses it, and then each accepted socket
+		// gets it: a system call per client.
 		s.userTimeoutPerConn = s.userTimeoutPerConn || s.cfg.Keepalive.applyUserTimeout(ln.Fd()) != nil
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,

@@ -139,6 +139,7 @@ func serveFlags() (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&c.Keepalive.Idle, "tcp-keepalive", c.Keepalive.Idle, "TCP keepalive on every socket (clients, mesh links): first probe after this much silence (0: off)")
 	fs.DurationVar(&c.Keepalive.Interval, "tcp-keepalive-interval", c.Keepalive.Interval, "time between TCP keepalive probes")
 	fs.IntVar(&c.Keepalive.Count, "tcp-keepalive-count", c.Keepalive.Count, "unanswered TCP keepalive probes that end a connection")
+	fs.BoolVar(&c.MultipathTCP, "mptcp", c.MultipathTCP, "listen with Multipath TCP where the kernel has it, for clients that offer it (off: plain TCP, and accepted sockets inherit TCP_USER_TIMEOUT without a system call each)")
 	fs.DurationVar(&c.Keepalive.UserTimeout, "tcp-user-timeout", c.Keepalive.UserTimeout, "end a connection whose sent data stays unacknowledged this long (TCP_USER_TIMEOUT; 0: the kernel's, ~15 min)")
 	fs.IntVar(&c.MaxBuffer, "max-buffer", c.MaxBuffer, "bytes buffered per tunnel direction")
 	fs.BoolVar(&c.WSBinaryOnly, "ws-binary", c.WSBinaryOnly, "send raw TCP peers' bytes to WebSocket clients in BINARY frames only (default: TEXT while valid UTF-8, as nymea's clients need)")

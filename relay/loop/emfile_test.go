@@ -27,7 +27,7 @@ func TestHelperAcceptEMFILE(t *testing.T) {
 	if os.Getenv("MEETPOINT_EMFILE_HELPER") != "1" {
 		t.Skip("helper process only")
 	}
-	ln, err := Listen("127.0.0.1:0")
+	ln, err := Listen("127.0.0.1:0", false)
 	if err != nil {
 		fmt.Println("error", err)
 		return

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"context"
 	"net"
 	"strconv"
 	"strings"
@@ -33,9 +34,15 @@ type Listener struct {
 type AcceptFunc func(l *Loop, fd int, remote net.Addr)
 
 // Listen binds addr ("host:port", IPv4 or IPv6 literal) and returns a
-// Listener owning a non-blocking descriptor for it.
-func Listen(addr string) (*Listener, error) {
-	gl, err := net.Listen("tcp", addr)
+// Listener owning a non-blocking descriptor for it: plain TCP, or
+// Multipath TCP with mptcp where the kernel has it (a client that does
+// not offer MPTCP gets plain TCP from such a listener too). An MPTCP
+// listener does not take TCP_USER_TIMEOUT, so the sockets it accepts do
+// not inherit it.
+func Listen(addr string, mptcp bool) (*Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(mptcp) // Go's default is MPTCP where the kernel has it
+	gl, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -42,7 +42,7 @@ type accepted struct {
 // socket inheriting TCP_NODELAY from the listener.
 func TestListenerAcceptsOnLoops(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-		l, err := Listen(addr)
+		l, err := Listen(addr, false)
 		if err != nil {
 			if addr[0] == '[' {
 				t.Logf("no IPv6 loopback: %v", err)
@@ -86,7 +86,7 @@ func TestListenerAcceptsOnLoops(t *testing.T) {
 // accepted, and a second Close does not close the number again (by then
 // another socket may hold it).
 func TestListenerClosesOnce(t *testing.T) {
-	l, err := Listen("127.0.0.1:0")
+	l, err := Listen("127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestListenKeepsZone(t *testing.T) {
 			if !ok || ipn.IP.To4() != nil || !ipn.IP.IsLinkLocalUnicast() {
 				continue
 			}
-			l, err := Listen("[" + ipn.IP.String() + "%" + ifi.Name + "]:0")
+			l, err := Listen("["+ipn.IP.String()+"%"+ifi.Name+"]:0", false)
 			if err != nil {
 				t.Skipf("cannot listen on %s%%%s: %v", ipn.IP, ifi.Name, err)
 			}
