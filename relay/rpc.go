@@ -190,7 +190,8 @@ func (c *conn) authResult(r AuthResult) {
 		c.startWebSocket(c.upgrade)
 		c.upgrade = nil
 	} else {
-		c.send(handshake.AppendSuccess(nil, c.authID,
+		var reply [96]byte // send copies it: built on the stack
+		c.send(handshake.AppendSuccess(reply[:0], c.authID,
 			handshake.Str("authenticationError", r.String())))
 	}
 	// The reply never follows TunnelEstablished: either it is written now,

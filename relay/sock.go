@@ -68,15 +68,19 @@ type plainTransport struct {
 func (t *plainTransport) write(b []byte) (int, error) { return writeNow(t.fd, b) }
 
 // release removes the connection from its loop, then releases it.
-func (t *plainTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t.drop) }
+func (t *plainTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t) }
 
-// releaseVia runs drop, a transport's letting go, on its loop l: at once
-// when onLoop (the caller is l's goroutine), else through Do; if l has
-// stopped, c is released where it is.
-func (c *conn) releaseVia(l *loop.Loop, onLoop bool, drop func(*loop.Loop)) {
+// dropper is a transport that lets go of its socket on its loop.
+type dropper interface{ drop(l *loop.Loop) }
+
+// releaseVia runs d.drop, a transport's letting go, on its loop l: at
+// once when onLoop (the caller is l's goroutine), else through Do; if l
+// has stopped, c is released where it is. (An interface, not a method
+// value: releasing on the loop allocates nothing.)
+func (c *conn) releaseVia(l *loop.Loop, onLoop bool, d dropper) {
 	if onLoop {
-		drop(l)
-	} else if !l.Do(func() { drop(l) }) {
+		d.drop(l)
+	} else if !l.Do(func() { d.drop(l) }) {
 		c.released(nil)
 	}
 }

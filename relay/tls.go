@@ -45,7 +45,7 @@ func (t *tlsTransport) write(b []byte) (int, error) {
 }
 
 // release removes the connection from its loop, then releases it.
-func (t *tlsTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t.drop) }
+func (t *tlsTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t) }
 
 func (t *tlsTransport) drop(l *loop.Loop) {
 	if t.dropped {

@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,10 +102,14 @@ func newTunnel(a, b *conn) *tunnel {
 // established is the TunnelEstablished notification telling c that its
 // partner is name (uuid): the relay's last JSON-RPC message to c.
 func established(c *conn, name, uuid string) []byte {
-	msg := handshake.AppendNotification(nil, c.notifID, "RemoteProxy.TunnelEstablished",
+	var buf [160]byte // built on the stack, copied once at its size
+	msg := handshake.AppendNotification(buf[:0], c.notifID, "RemoteProxy.TunnelEstablished",
 		handshake.Str("name", name), handshake.Str("uuid", uuid))
 	c.notifID++
-	return c.framed(msg)
+	if c.ws != nil {
+		return handshake.AppendFrame(nil, ws.OpText, true, msg)
+	}
+	return bytes.Clone(msg)
 }
 
 // framed is msg as c's transport carries a relay message: a TEXT frame on
@@ -191,9 +198,11 @@ func (t *tunnel) startOn(l *loop.Loop) {
 	st.tunnelsTotal.Inc()
 	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
 	t.s.registerTunnel(t)
-	t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash,
-		"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
-		"splice", t.pair.Splice)
+	if t.s.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost allocations even when not logged
+		t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash,
+			"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
+			"splice", t.pair.Splice)
+	}
 	l.StartPair(&t.pair)
 }
 
@@ -217,8 +226,10 @@ func (t *tunnel) leave() {
 func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
 	t.s.stats.tunnelsActive.Dec()
 	t.s.unregisterTunnel(t)
-	t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
-		"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
+	if t.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
+			"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
+	}
 }
 
 // sentEarly reports whether a claimed legacy client sent data (anything
