@@ -124,6 +124,10 @@ func TestSetup(t *testing.T) {
 		if sys, ok := r.Values["sys"]; ok != cpu || sys > r.Values["cpu"] {
 			t.Errorf("%s: sys %v (reported %v) against CPU %v", r.Peer, sys, ok, r.Values["cpu"])
 		}
+		// The harness's own CPU: where the forwarder is not in its process.
+		if _, ok := r.Values["harness"]; ok != !strings.HasPrefix(r.Peer, "meetpoint") {
+			t.Errorf("%s: harness CPU reported %v", r.Peer, ok)
+		}
 	}
 }
 

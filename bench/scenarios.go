@@ -70,7 +70,7 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		Params: []string{},
 		Columns: []Column{{"rate", "tunnels/s", "%.0f"}, {"p50", "p50 µs", "%.0f"}, {"p99", "p99 µs", "%.0f"},
 			{"p999", "p99.9 µs", "%.0f"}, {"errors", "errors", "%.0f"}, {"cpu", "CPU µs/tunnel", "%.0f"},
-			{"sys", "of which sys", "%.0f"}},
+			{"sys", "of which sys", "%.0f"}, {"harness", "harness CPU µs/tunnel", "%.0f"}},
 		Notes: []string{"A tunnel is open → paired → closed. meetpoint: both clients connect, send Authenticate and " +
 			"wait for TunnelEstablished (latency: until both have it). direct/haproxy/socat: connect and the harness's " +
 			"backend accepting the connection (through the proxy) and reading its 8-byte id.",
@@ -78,7 +78,10 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 				"haproxy's own process; meetpoint's only with --spawn-relay (in process it would count the harness's " +
 				"clients too, so it is left out); socat forks per connection and direct has none (–). " +
 				"Of which sys: the stime part, the kernel's work in the process's system calls (accept, read, write, " +
-				"close: the TCP stack's own cost, which a forwarder pays per connection whatever its code)."},
+				"close: the TCP stack's own cost, which a forwarder pays per connection whatever its code). " +
+				"Harness CPU: the harness process's own (its clients, and the backend for direct/haproxy/socat) per " +
+				"tunnel, where the forwarder is not in it: on a machine whose cores the two share, what the harness " +
+				"spends is what the forwarder cannot."},
 	}
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
@@ -90,6 +93,10 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 			if user0, sys0 = procTimes(cpuPID); user0 >= 0 {
 				cpu0 = user0 + sys0
 			}
+		}
+		self := time.Duration(-1) // the harness's CPU, where the forwarder is not in its process
+		if p.PID != os.Getpid() {
+			self = procCPU(os.Getpid())
 		}
 		cctx, cancel := context.WithTimeout(ctx, o.Duration+30*time.Second)
 		start := time.Now()
@@ -129,6 +136,11 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		vals := map[string]float64{
 			"rate": float64(count.Load()) / el.Seconds(), "p50": us(h, 50), "p99": us(h, 99), "p999": us(h, 99.9),
 			"errors": float64(errs.Load()), "tunnels": float64(count.Load()),
+		}
+		if self >= 0 && count.Load() > 0 {
+			if self1 := procCPU(os.Getpid()); self1 >= self {
+				vals["harness"] = float64((self1 - self).Microseconds()) / float64(count.Load())
+			}
 		}
 		if cpu0 >= 0 && count.Load() > 0 {
 			if user1, sys1 := procTimes(cpuPID); user1+sys1 >= cpu0 && sys1 >= sys0 {
