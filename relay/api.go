@@ -107,12 +107,20 @@ type Handover struct {
 	c *conn
 }
 
+// meshNode is the node a mesh link comes from ("": not a mesh link).
+func meshNode(c *conn) string {
+	if c.isMesh() {
+		return c.fl.node
+	}
+	return ""
+}
+
 // exported adapts a subsystem's Target to the engine's internal one.
 type exported struct{ t Target }
 
 func (e exported) ready(c *conn) {
 	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.late, Out: c.out.Take(), Ticket: c.tk,
-		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, MeshNode: c.meshNode, c: c})
+		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, MeshNode: meshNode(c), c: c})
 }
 
 // Dismiss ends a handover its target does not keep (its set-up failed, or

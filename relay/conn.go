@@ -131,7 +131,7 @@ const (
 
 // conn is a connection before its tunnel, on the loop that accepted it
 // (plainTransport) or, after a TLS handshake, on a loop as a TLS session
-// (tlsTransport). It costs ~600 B; input is read into the loop's scratch
+// (tlsTransport). It costs ~550 B; input is read into the loop's scratch
 // buffer and only what a stage keeps is copied.
 //
 // Locking: mu guards every field below it and every write to tr.
@@ -141,62 +141,93 @@ const (
 // mu, then the registry shard (Join), released, then the waiting side's
 // mu; a waiting connection never takes another connection's lock.
 type conn struct {
+	// Static: set before the connection is reachable (newConn's bind),
+	// read by anyone without a lock.
 	s       *Server
 	tr      transport
 	tk      *ticket
 	peer    net.Addr
-	id      uint64    // set by track
-	created time.Time // accept time
+	id      uint64    // set by register
+	created time.Time // accept time (a TLS session's: its plain connection's)
+	since   time.Time // when the handshake and inactive timeouts began: newConn
 
+	// Shared, atomic.
+	//
 	// st is the state. A partner claims a waiting connection with a CAS
-	// (stWaiting → stClaimed) without mu; every other transition happens
-	// under mu.
-	st atomic.Uint32
+	// (stWaiting → stClaimed) without mu; every other move happens under
+	// mu (to, cas: the successor table).
+	st      atomic.Uint32
+	subject atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
 
-	mu      sync.Mutex
-	rel     release
-	frozen  bool          // released: the connection belongs to its target or is gone; nothing changes it
-	gone    bool          // released while claimed but before a target was set (pairUp delivers)
-	sk      loop.Sock     // the socket, detached for the target when released while claimed
-	reason  reason.Reason // closing: why; claimed: why the set-up failed, if failed
-	failed  bool          // claimed: the set-up failed (reason says why)
-	linger  bool          // closing: let the client read what we sent before the socket closes
-	skipNL  bool          // claimed by a raw-TCP registration: drop the request's newline
-	hello   bool          // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
+	mu sync.Mutex
+
+	// The transport's letting go (under mu).
+	rel    release
+	frozen bool        // released: the connection belongs to its target or is gone; nothing changes it
+	gone   bool        // released while claimed but before a target was set (pairUp delivers)
+	sk     loop.Sock   // the socket, detached for the target when released while claimed
+	on     *loop.Loop  // released on this loop's goroutine (nil: elsewhere): its target may start there
+	timer  *time.Timer // the stage timeouts' one timer (arm, expire); nil for a subscriber
+
+	// How it ends (under mu).
+	reason reason.Reason // closing: why; claimed: why the set-up failed, if failed
+	failed bool          // claimed: the set-up failed (reason says why)
+	linger bool          // closing: let the client read what we sent before the socket closes
+
+	// The wire (under mu).
 	ws      *handshake.Stream
 	out     handshake.Queue // replies not yet written; kept for the target once claimed
 	in      []byte          // unparsed input: first bytes, HTTP head, raw-TCP JSON (≤ budget)
 	msg     []byte          // WebSocket text message being assembled (≤ MaxPreAuth)
-	late    []byte          // claimed: input that arrived after the claim (≤ lateLimit)
-	lateMax int             // bound on late when not MaxPreAuth (a hand-off to net/http)
-	lateMsg bool            // claimed: a WebSocket data frame arrived after the claim
+	upgrade []byte          // a URL-token upgrade's 101 response, sent once the token is good
+	hello   bool            // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
+	notifID int
 
-	timer     *time.Timer // the stage timeouts' one timer (arm, expire); nil for a subscriber
-	since     time.Time   // when the handshake and inactive timeouts began: newConn
-	authAt    time.Time   // when Authenticate began (its auth and RPC timeouts)
-	keepMesh  bool        // a fleet node's control connection: no inactive timeout
-	authID    int
-	authStart *AuthRequest // set by rpc, started by unlock
-	notifID   int
+	// Authentication (under mu).
+	uuid, name string
+	key        PairKey
+	authID     int
+	authAt     time.Time              // when Authenticate began (its auth and RPC timeouts)
+	authStart  *AuthRequest           // set by rpc, started by unlock
+	authThen   func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
+	authed     bool                   // the authenticator accepted key.Token
+	joined     time.Time              // when it joined the registry (its alone timeout)
+	onEnd      func()                 // a subscriber's: called once when the connection ends
 
-	uuid, name  string
-	key         PairKey
-	authed      bool                   // the authenticator accepted key.Token
-	upgrade     []byte                 // a URL-token upgrade's 101 response, sent once the token is good
-	onEnd       func()                 // a subscriber's: called once when the connection ends
-	authThen    func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
-	subject     atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
-	lease       Lease                  // waiting: the fleet's hold on key for this node (nil without a fleet)
-	absent      string                 // a mesh link's answer when nobody waits under its key
-	degraded    bool                   // waiting while the fleet's store is unreachable: only a partner on this node can pair
-	replaced    bool                   // placed again after waiting here (Watcher): a failed placement tells it to reconnect
-	mesh        bool                   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
-	meshNode    string                 // with mesh: that node's id
-	joined      time.Time
-	established []byte     // claimed by pairing: this side's TunnelEstablished
-	target      target     // where a claimed connection goes
-	on          *loop.Loop // released on this loop's goroutine (nil: elsewhere): its target may start there
+	// Claimed (under mu until released, then the target's).
+	target      target // where a claimed connection goes
+	established []byte // claimed by pairing: this side's TunnelEstablished
+	late        []byte // input that arrived after the claim (≤ lateLimit)
+	lateMax     int    // bound on late when not MaxPreAuth (a hand-off to net/http)
+	lateMsg     bool   // a WebSocket data frame arrived after the claim
+	skipNL      bool   // claimed by a raw-TCP registration: drop the request's newline
+
+	fl *fleetRole // in a fleet, or a mesh link (under mu); nil otherwise
 }
+
+// fleetRole is a connection's part in a fleet of relays: made when it is
+// placed (Fleet.Place) or speaks for another node (a mesh link), nil on
+// every other connection.
+type fleetRole struct {
+	lease    Lease  // waiting: the fleet's hold on key for this node
+	absent   string // a mesh link's answer when nobody waits under its key
+	degraded bool   // waiting while the fleet's store is unreachable: only a partner on this node can pair
+	replaced bool   // placed again after waiting here (Watcher): a failed placement tells it to reconnect
+	mesh     bool   // a mesh link from another node (Conn.JoinMesh): subject is its client's identity, as that node logs it
+	node     string // with mesh: that node's id
+	keepMesh bool   // a fleet node's control connection: no inactive timeout
+}
+
+// fleet returns c's fleet part, making it. Called with mu held.
+func (c *conn) fleet() *fleetRole {
+	if c.fl == nil {
+		c.fl = new(fleetRole)
+	}
+	return c.fl
+}
+
+// isMesh reports whether c is a mesh link from another node.
+func (c *conn) isMesh() bool { return c.fl != nil && c.fl.mesh }
 
 // target receives a claimed connection once its transport has let go of
 // it. ready is called exactly once per claimed connection, without c.mu
@@ -447,7 +478,7 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 // {"reason": the metric label, "message": text}. nil for any other
 // connection (WebSocket, TunnelProxy, mesh links, before Authenticate).
 func (c *conn) closingNote(r reason.Reason, text string) []byte {
-	if c.ws != nil || c.joined.IsZero() || c.mesh || text == "" {
+	if c.ws != nil || c.joined.IsZero() || c.isMesh() || text == "" {
 		return nil
 	}
 	id := c.notifID
@@ -521,7 +552,7 @@ func (c *conn) deadline(t timeout) time.Time {
 	case toHandshake:
 		return c.since.Add(cfg.HandshakeTimeout)
 	case toInactive:
-		if !c.keepMesh {
+		if c.fl == nil || !c.fl.keepMesh {
 			return c.since.Add(cfg.InactiveTimeout)
 		}
 	case toAuth:
@@ -569,7 +600,7 @@ func (c *conn) expire() {
 	case toAlone:
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
 		text := fmt.Sprintf("No partner arrived within %v", c.s.cfg.AloneTimeout)
-		if c.degraded {
+		if c.fl != nil && c.fl.degraded {
 			text += " (relay fleet store unreachable: only partners on this relay could pair)"
 		}
 		c.fail(reason.AloneTimeout, text)

@@ -132,7 +132,7 @@ func (c *conn) placed(pl Placement) {
 	}
 	switch {
 	case pl.Lease != nil:
-		c.lease, c.degraded = pl.Lease, pl.Degraded
+		c.fleet().lease, c.fl.degraded = pl.Lease, pl.Degraded
 		c.joined = time.Now() // the alone timeout counts from here
 		c.to(stWaiting)
 		res, partner := c.s.reg.Join(c.key, c)
@@ -153,7 +153,7 @@ func (c *conn) placed(pl Placement) {
 		c.unlock()
 	default:
 		r := pl.Refuse
-		if c.replaced && (r == reason.Fleet || r == reason.Mesh) {
+		if c.fl != nil && c.fl.replaced && (r == reason.Fleet || r == reason.Mesh) {
 			// It waited here until its key moved; the new holder cannot
 			// be reached from here (a partition the pings have not
 			// confirmed yet): a reconnect may land where it can.
@@ -176,7 +176,7 @@ func (c *conn) replace() {
 	c.s.reg.Leave(c.key, c)
 	c.arm() // placing: no timeout until it waits again
 	c.releaseLease()
-	c.replaced = true
+	c.fleet().replaced = true
 	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
 	c.place()
 }
@@ -208,7 +208,11 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 	switch res {
 	case JoinWaiting: // to(stWaiting) armed the alone timeout
 	case JoinAbsent:
-		refuse(reason.Mesh, c.absent)
+		absent := "" // the link's answer (JoinMesh sets it)
+		if c.fl != nil {
+			absent = c.fl.absent
+		}
+		refuse(reason.Mesh, absent)
 	case JoinFull:
 		refuse(reason.TunnelExists, MeshTunnelExists)
 	case JoinDuplicateUUID:
@@ -250,9 +254,9 @@ const (
 // releaseLease gives back c's hold on its key in the fleet, if any.
 // Called with mu held, or on a frozen connection.
 func (c *conn) releaseLease() {
-	if c.lease != nil {
-		c.lease.Release()
-		c.lease = nil
+	if c.fl != nil && c.fl.lease != nil {
+		c.fl.lease.Release()
+		c.fl.lease = nil
 	}
 }
 
@@ -278,7 +282,7 @@ func (c Conn) JoinMesh(id int, k PairKey, uuid, name, node, identity, absent str
 	cc.joined = time.Now()
 	cc.to(stWaiting)
 	res, partner := cc.s.reg.JoinExisting(k, cc)
-	cc.absent = absent
+	cc.fleet().absent = absent
 	if after := cc.joinedAs(res, partner, id); after != nil {
 		go after() // handlers run under the lock; the partner is delivered without it
 	}
@@ -303,7 +307,7 @@ func (s *Server) Bridge(h *Handover, l *MeshLink, first []byte) {
 // identity: monitors and logs show it as "via NODE (IDENTITY)". Call it
 // from a Mesh.* handler only.
 func (c Conn) MarkMesh(node, identity string) {
-	c.c.mesh, c.c.meshNode = true, node
+	c.c.fleet().mesh, c.c.fl.node = true, node
 	c.c.subject.Store(&identity)
 }
 
@@ -314,7 +318,7 @@ func (c Conn) MarkMesh(node, identity string) {
 // request's signature has been checked.
 func (c Conn) KeepMesh(node string) {
 	c.MarkMesh(node, "mesh control from "+node)
-	c.c.keepMesh = true
+	c.c.fleet().keepMesh = true
 	c.c.arm()
 }
 

@@ -189,8 +189,11 @@ func (r *ShardedRegistry) Len() int {
 func pairUp(a, b *conn) (t *tunnel, gone bool) {
 	a.mu.Lock()
 	t = newTunnel(a, b)
-	t.leases = [2]Lease{a.lease, b.lease} // the tunnel holds the key now
-	a.lease, b.lease = nil, nil
+	for i, c := range [2]*conn{a, b} { // the tunnel holds the key now
+		if c.fl != nil {
+			t.leases[i], c.fl.lease = c.fl.lease, nil
+		}
+	}
 	b.s.reg.Paired(b.key, t)
 	a.target, b.target = t, t
 	b.wantRelease()

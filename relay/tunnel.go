@@ -66,8 +66,8 @@ type peerInfo struct {
 func peerInfoOf(c *conn) peerInfo {
 	p := peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
 		connected: c.created.UnixNano(), ws: c.ws != nil}
-	if c.mesh {
-		p.identity, p.node = *c.subject.Load(), c.meshNode // "via NODE (IDENTITY)"
+	if c.isMesh() {
+		p.identity, p.node = *c.subject.Load(), c.fl.node // "via NODE (IDENTITY)"
 	} else {
 		p.identity = c.identity().String()
 	}
