@@ -28,6 +28,25 @@ func sockopts(t *testing.T, fd int) [5]int {
 	return got
 }
 
+// serverSideFD waits for s to hold a plain connection and returns its
+// socket (the test's one client).
+func serverSideFD(t *testing.T, s *Server) int {
+	t.Helper()
+	fd := -1
+	testutil.WaitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for c := range s.conns {
+			if tr, ok := c.tr.(*plainTransport); ok && tr.fd >= 0 {
+				fd = tr.fd
+				return true
+			}
+		}
+		return false
+	}, "the client's connection on the server")
+	return fd
+}
+
 // TestKeepaliveOnEverySocket: the relay's listeners carry the configured
 // keepalive and TCP_USER_TIMEOUT, and a socket accepted from such a
 // listener inherits them (so every client socket has them without a
@@ -48,18 +67,7 @@ func TestKeepaliveOnEverySocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	var fd int
-	testutil.WaitFor(t, func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for c := range s.conns {
-			if tr, ok := c.tr.(*plainTransport); ok && tr.fd >= 0 {
-				fd = tr.fd
-				return true
-			}
-		}
-		return false
-	}, "the client's connection on the server")
+	fd := serverSideFD(t, s)
 	if got := sockopts(t, fd); got != want {
 		t.Errorf("a client socket on the server: %v, want %v", got, want)
 	}
@@ -123,19 +131,7 @@ func TestMultipathTCPListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	fd := -1
-	testutil.WaitFor(t, func() bool {
-		ms.mu.Lock()
-		defer ms.mu.Unlock()
-		for c := range ms.conns {
-			if tr, ok := c.tr.(*plainTransport); ok && tr.fd >= 0 {
-				fd = tr.fd
-				return true
-			}
-		}
-		return false
-	}, "the client's connection on the server")
-	if got := sockopts(t, fd); got[4] != 9000 {
+	if got := sockopts(t, serverSideFD(t, ms)); got[4] != 9000 {
 		t.Errorf("a client socket from an MPTCP listener: %v, want TCP_USER_TIMEOUT 9000 ms", got)
 	}
 }
