@@ -86,17 +86,10 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
-		cpuPID := ownPID(p)
-		var cpu0, sys0 time.Duration = -1, -1
-		if cpuPID > 0 {
-			var user0 time.Duration
-			if user0, sys0 = procTimes(cpuPID); user0 >= 0 {
-				cpu0 = user0 + sys0
-			}
-		}
-		self := time.Duration(-1) // the harness's CPU, where the forwarder is not in its process
+		forwarder := markCPU(ownPID(p))
+		var harness cpuMark // the harness's CPU, where the forwarder is not in its process
 		if p.PID != os.Getpid() {
-			self = procCPU(os.Getpid())
+			harness = markCPU(os.Getpid())
 		}
 		cctx, cancel := context.WithTimeout(ctx, o.Duration+30*time.Second)
 		start := time.Now()
@@ -137,15 +130,13 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 			"rate": float64(count.Load()) / el.Seconds(), "p50": us(h, 50), "p99": us(h, 99), "p999": us(h, 99.9),
 			"errors": float64(errs.Load()), "tunnels": float64(count.Load()),
 		}
-		if self >= 0 && count.Load() > 0 {
-			if self1 := procCPU(os.Getpid()); self1 >= self {
-				vals["harness"] = float64((self1 - self).Microseconds()) / float64(count.Load())
+		if n := float64(count.Load()); n > 0 {
+			if cpu, _, ok := harness.used(); ok {
+				vals["harness"] = float64(cpu.Microseconds()) / n
 			}
-		}
-		if cpu0 >= 0 && count.Load() > 0 {
-			if user1, sys1 := procTimes(cpuPID); user1+sys1 >= cpu0 && sys1 >= sys0 {
-				vals["cpu"] = float64((user1 + sys1 - cpu0).Microseconds()) / float64(count.Load())
-				vals["sys"] = float64((sys1 - sys0).Microseconds()) / float64(count.Load())
+			if cpu, sys, ok := forwarder.used(); ok {
+				vals["cpu"] = float64(cpu.Microseconds()) / n
+				vals["sys"] = float64(sys.Microseconds()) / n
 			}
 		}
 		r := t.add(p.Label(), map[string]string{}, vals)
@@ -243,10 +234,7 @@ func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (mbps,
 		return fmt.Sprintf("%.0f MB/s", float64(got.Load())/1e6/time.Since(start).Seconds())
 	})
 	time.Sleep(min(o.Duration/5, 300*time.Millisecond)) // warm-up
-	cpuPID, cpu0 := ownPID(p), time.Duration(-1)
-	if cpuPID > 0 {
-		cpu0 = procCPU(cpuPID)
-	}
+	forwarder := markCPU(ownPID(p))
 	b0, t0 := got.Load(), time.Now()
 	select {
 	case <-time.After(o.Duration):
@@ -254,10 +242,8 @@ func measureThroughput(ctx context.Context, e *Env, p *Peer, size, k int) (mbps,
 	}
 	b1, t1 := got.Load(), time.Now()
 	cpuPerMB = -1
-	if cpu0 >= 0 && b1 > b0 {
-		if cpu1 := procCPU(cpuPID); cpu1 >= cpu0 {
-			cpuPerMB = float64((cpu1 - cpu0).Microseconds()) / (float64(b1-b0) / 1e6)
-		}
+	if cpu, _, ok := forwarder.used(); ok && b1 > b0 {
+		cpuPerMB = float64(cpu.Microseconds()) / (float64(b1-b0) / 1e6)
 	}
 	stop()
 	quit.Store(true)

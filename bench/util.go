@@ -193,21 +193,46 @@ func human(n int) string {
 	}
 }
 
-// procCPU returns the CPU time pid has used (utime + stime of
-// /proc/PID/stat, all its threads), or -1 if unknown. /proc counts in
+// cpuMark is a process's CPU time at one moment, to measure what it uses
+// from then on (used). The zero mark measures nothing. /proc counts in
 // USER_HZ ticks, 100 per second on Linux: the resolution is 10 ms, so a
 // figure per tunnel needs thousands of tunnels.
-func procCPU(pid int) time.Duration {
-	user, sys := procTimes(pid)
-	if user < 0 {
-		return -1
-	}
-	return user + sys
+type cpuMark struct {
+	pid       int
+	user, sys time.Duration
 }
 
-// procTimes returns procCPU's two parts: user time, and system time (the
-// kernel's work on the process's behalf: its system calls, and the
-// network stack's work done in them). -1, -1 if unknown.
+// markCPU marks pid's CPU time now; nothing for pid ≤ 0 or a process
+// /proc cannot read.
+func markCPU(pid int) cpuMark {
+	if pid <= 0 {
+		return cpuMark{}
+	}
+	user, sys := procTimes(pid)
+	if user < 0 {
+		return cpuMark{}
+	}
+	return cpuMark{pid: pid, user: user, sys: sys}
+}
+
+// used is the CPU time (utime + stime, all threads) the process has used
+// since m, and its system part; ok is false for the zero mark or once
+// /proc no longer reads the process.
+func (m cpuMark) used() (total, sys time.Duration, ok bool) {
+	if m.pid == 0 {
+		return 0, 0, false
+	}
+	user1, sys1 := procTimes(m.pid)
+	if user1 < m.user || sys1 < m.sys {
+		return 0, 0, false
+	}
+	return user1 - m.user + sys1 - m.sys, sys1 - m.sys, true
+}
+
+// procTimes returns the CPU time pid has used from /proc/PID/stat, all
+// its threads, in two parts: user time, and system time (the kernel's
+// work on the process's behalf: its system calls, and the network stack's
+// work done in them). -1, -1 if unknown.
 func procTimes(pid int) (user, sys time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -106,7 +106,7 @@ func established(c *conn, name, uuid string) []byte {
 	msg := handshake.AppendNotification(buf[:0], c.notifID, "RemoteProxy.TunnelEstablished",
 		handshake.Str("name", name), handshake.Str("uuid", uuid))
 	c.notifID++
-	if c.ws != nil {
+	if c.ws != nil { // framed's copy, written out: framed may return msg itself, which would move buf to the heap
 		return handshake.AppendFrame(nil, ws.OpText, true, msg)
 	}
 	return bytes.Clone(msg)
