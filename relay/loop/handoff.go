@@ -109,13 +109,13 @@ func (c *HandedConn) Close() error {
 // (its TLS state is returned too). On error sk is closed.
 func Blocking(sk Sock) (net.Conn, *tls.ConnectionState, error) {
 	if ts, ok := sk.(*TLSSession); ok {
-		tc, err := ts.Blocking()
+		nc, err := ts.Blocking()
 		if err != nil {
 			ts.Close()
 			return nil, nil, err
 		}
 		st := ts.State()
-		return tc, &st, nil
+		return nc, &st, nil
 	}
 	file := os.NewFile(uintptr(sk.Fd()), "handoff")
 	nc, err := net.FileConn(file) // dups the descriptor

@@ -56,6 +56,17 @@ type nbConn struct {
 	// the socket took only part of (the next call is then owed to the
 	// socket, not to the sealing): how the tests see one write per chunk.
 	writes, short int
+	// logging: a handshake's bytes are logged, each direction up to
+	// maxHandshakeLog, for the take-over by the record layer of our own.
+	logging       bool
+	logIn, logOut []byte
+}
+
+// log appends b to *dst, up to maxHandshakeLog.
+func (a *nbConn) log(dst *[]byte, b []byte) {
+	if a.logging && len(*dst) < maxHandshakeLog {
+		*dst = append(*dst, b[:min(len(b), maxHandshakeLog-len(*dst))]...)
+	}
 }
 
 // sealSlack is room for the records' overhead when up to MaxTLSPending of
@@ -71,6 +82,7 @@ var sealBufs = sync.Pool{New: func() any { b := make([]byte, 0, MaxTLSPending+se
 func (a *nbConn) Read(p []byte) (int, error) {
 	if len(a.prefix) > 0 {
 		n := copy(p, a.prefix)
+		a.log(&a.logIn, p[:n])
 		a.prefix = a.prefix[n:]
 		if len(a.prefix) == 0 {
 			a.prefix = nil // don't pin the sniffed ClientHello for the session's life
@@ -78,7 +90,9 @@ func (a *nbConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if a.hs != nil {
-		return a.hs.Read(p)
+		n, err := a.hs.Read(p)
+		a.log(&a.logIn, p[:n])
+		return n, err
 	}
 	n, err := unix.Read(a.fd, p)
 	switch {
@@ -100,7 +114,9 @@ func (a *nbConn) Read(p []byte) (int, error) {
 // when nothing is written before the flush).
 func (a *nbConn) Write(p []byte) (int, error) {
 	if a.hs != nil {
-		return a.hs.Write(p)
+		n, err := a.hs.Write(p)
+		a.log(&a.logOut, p[:n])
+		return n, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -211,35 +227,42 @@ func (a *nbConn) deadline(set func(net.Conn) error) error {
 
 // TLSSession is a TLS session over one socket (the relay's side, or a
 // mesh link's client side), a Sock for the loops once its handshake is done.
+// A server session that negotiated TLS 1.3 under an OwnRecords config runs
+// on the record layer of our own (rl); the others on crypto/tls (tc).
 type TLSSession struct {
-	tc *tls.Conn
+	tc *tls.Conn // crypto/tls's session; nil once rl took over
+	rl *records  // the record layer of our own, or nil
+	st tls.ConnectionState
 	ad *nbConn
 }
 
 // HandshakeTLS runs the server handshake on fd (which it takes over:
 // closed on failure) until deadline, reading prefix (the bytes a sniffer
-// already read) first. It blocks the calling goroutine.
+// already read) first. It blocks the calling goroutine. Under an
+// OwnRecords config a TLS 1.3 session that did not negotiate HTTP/2 moves
+// to the record layer of our own (OwnRecordLayer reports it).
 func HandshakeTLS(fd int, prefix []byte, conf *tls.Config, deadline time.Time, remote net.Addr) (*TLSSession, error) {
-	return handshakeTLS(fd, prefix, func(c net.Conn) *tls.Conn { return tls.Server(c, conf) }, deadline, remote, nil)
+	_, own := conf.KeyLogWriter.(keyLog)
+	return handshakeTLS(fd, prefix, func(c net.Conn) *tls.Conn { return tls.Server(c, conf) }, deadline, remote, nil, own)
 }
 
 // ClientTLS runs a client handshake on fd (taken over: closed on failure)
 // until deadline, then then (nil: nothing) on the blocking connection —
 // e.g. a request and its answer read without reading past it (what the
 // TLS layer has decrypted beyond is kept for the session). It blocks the
-// calling goroutine.
+// calling goroutine. The session stays on crypto/tls.
 func ClientTLS(fd int, conf *tls.Config, deadline time.Time, remote net.Addr, then func(*tls.Conn) error) (*TLSSession, error) {
-	return handshakeTLS(fd, nil, func(c net.Conn) *tls.Conn { return tls.Client(c, conf) }, deadline, remote, then)
+	return handshakeTLS(fd, nil, func(c net.Conn) *tls.Conn { return tls.Client(c, conf) }, deadline, remote, then, false)
 }
 
-func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline time.Time, remote net.Addr, then func(*tls.Conn) error) (*TLSSession, error) {
+func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline time.Time, remote net.Addr, then func(*tls.Conn) error, own bool) (*TLSSession, error) {
 	file := os.NewFile(uintptr(fd), "tls")
 	hs, err := net.FileConn(file) // dups the descriptor
 	file.Close()
 	if err != nil {
 		return nil, err
 	}
-	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, local: hs.LocalAddr(), remote: remote}
+	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, local: hs.LocalAddr(), remote: remote, logging: own}
 	tc := mk(ad)
 	// The socket's deadline bounds the handshake (HandshakeContext would
 	// close the conn from another goroutine when its context ends).
@@ -247,6 +270,10 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	err = tc.Handshake()
 	if err == nil && then != nil {
 		err = then(tc)
+	}
+	var keys *trafficSecrets
+	if own {
+		keys = takeKeys(ad.logIn) // whatever the outcome: the registry keeps nothing
 	}
 	if err == nil {
 		ad.fd, err = DupConn(hs)
@@ -262,11 +289,30 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 		}
 		return nil, err
 	}
-	return &TLSSession{tc: tc, ad: ad}, nil
+	s := &TLSSession{tc: tc, ad: ad}
+	if own {
+		s.st = tc.ConnectionState()
+		if s.st.Version == tls.VersionTLS13 && s.st.NegotiatedProtocol != "h2" && len(ad.logIn) < maxHandshakeLog && len(ad.logOut) < maxHandshakeLog {
+			if rl, err := takeOver(ad.fd, s.st.CipherSuite, keys, ad.logIn, ad.logOut); err == nil {
+				s.rl, s.tc = rl, nil
+			}
+		}
+		ad.logging, ad.logIn, ad.logOut = false, nil, nil
+	}
+	return s, nil
 }
 
+// OwnRecordLayer reports whether the session runs on the record layer of
+// our own (else on crypto/tls).
+func (s *TLSSession) OwnRecordLayer() bool { return s.rl != nil }
+
 // State is the session's TLS state (client certificates, ALPN).
-func (s *TLSSession) State() tls.ConnectionState { return s.tc.ConnectionState() }
+func (s *TLSSession) State() tls.ConnectionState {
+	if s.tc == nil {
+		return s.st
+	}
+	return s.tc.ConnectionState()
+}
 
 // Fd implements Sock.
 func (s *TLSSession) Fd() int { return s.ad.fd }
@@ -275,12 +321,15 @@ func (s *TLSSession) Fd() int { return s.ad.fd }
 const bulkRecord = 1 << 10
 
 // Read implements Sock: decrypted bytes, unix.EAGAIN when none are ready.
-// crypto/tls returns one record's data per call; while records come in
-// bulk (1 KiB and more), Read goes on filling p, so that a chunk read is
+// TLS returns one record's data at a time; while records come in bulk
+// (1 KiB and more), Read goes on filling p, so that a chunk read is
 // written on as one chunk; after a small record (a message: most likely
 // nothing follows yet) it returns rather than try another read. An error
-// after some bytes is returned by the next call (crypto/tls keeps it).
+// after some bytes is returned by the next call.
 func (s *TLSSession) Read(p []byte) (int, error) {
+	if s.rl != nil {
+		return s.rl.Read(p)
+	}
 	n := 0
 	for n < len(p) {
 		m, err := s.tc.Read(p[n:])
@@ -307,6 +356,9 @@ func (s *TLSSession) Read(p []byte) (int, error) {
 // earlier ciphertext is still pending, so at most one call's ciphertext is
 // buffered.
 func (s *TLSSession) Write(p []byte) (int, error) {
+	if s.rl != nil {
+		return s.rl.Write(p)
+	}
 	if err := s.ad.flush(); err != nil {
 		return 0, err
 	}
@@ -329,27 +381,44 @@ func (s *TLSSession) Write(p []byte) (int, error) {
 // keeping what the socket does not take now pending; it fails with
 // ErrTLSPending once more than MaxTLSPending would be pending. Safe from
 // any goroutine.
-func (s *TLSSession) WriteAll(b []byte) (int, error) { return s.tc.Write(b) }
+func (s *TLSSession) WriteAll(b []byte) (int, error) {
+	if s.rl != nil {
+		return s.rl.WriteAll(b)
+	}
+	return s.tc.Write(b)
+}
 
 // Flush implements Sock.
-func (s *TLSSession) Flush() error { return s.ad.flush() }
+func (s *TLSSession) Flush() error {
+	if s.rl != nil {
+		return s.rl.Flush()
+	}
+	return s.ad.flush()
+}
 
-// Close implements Sock. No close_notify is sent (it could block).
+// Close implements Sock. On the record layer of our own a close_notify is
+// sent if the socket takes it at once; crypto/tls's session sends none (it
+// could block).
 func (s *TLSSession) Close() error {
-	_ = s.tc.SetWriteDeadline(time.Now())
+	if s.rl != nil {
+		s.rl.closeNotify()
+		s.rl.free()
+	} else {
+		_ = s.tc.SetWriteDeadline(time.Now())
+	}
 	return s.ad.Close()
 }
 
 // Blocking switches the session back to blocking I/O on Go's poller and
-// returns it as a *tls.Conn, for a library that serves net.Conns
-// (net/http). The loop must no longer hold the descriptor; pending
-// ciphertext is written first. Closing the returned conn closes the
-// socket.
-func (s *TLSSession) Blocking() (*tls.Conn, error) {
+// returns it as a net.Conn (a *tls.Conn on crypto/tls), for a library that
+// serves net.Conns (net/http). The loop must no longer hold the
+// descriptor; pending ciphertext is written first. Closing the returned
+// conn closes the socket.
+func (s *TLSSession) Blocking() (net.Conn, error) {
 	if err := unix.SetNonblock(s.ad.fd, false); err != nil {
 		return nil, err
 	}
-	if err := s.ad.flush(); err != nil {
+	if err := s.Flush(); err != nil {
 		return nil, err
 	}
 	fd, err := Dup(s.ad.fd)
@@ -363,6 +432,47 @@ func (s *TLSSession) Blocking() (*tls.Conn, error) {
 		return nil, err
 	}
 	_ = unix.SetNonblock(s.ad.fd, true)
+	if s.rl != nil {
+		s.rl.wmu.Lock()
+		s.rl.nc = hs
+		s.rl.wmu.Unlock()
+		return &recordConn{s: s, nc: hs}, nil
+	}
 	s.ad.hs = hs
 	return s.tc, nil
 }
+
+// recordConn is a session on the record layer of our own as a blocking
+// net.Conn (after Blocking): one reader and one writer may run at once.
+type recordConn struct {
+	s  *TLSSession
+	nc net.Conn // the blocking socket under it
+}
+
+func (c *recordConn) Read(p []byte) (int, error) { return c.s.rl.Read(p) }
+
+// Write writes all of p, in chunks of MaxTLSPending.
+func (c *recordConn) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := c.s.rl.Write(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Close sends a close_notify if the socket takes it at once, then closes.
+func (c *recordConn) Close() error {
+	c.s.rl.closeNotify() // gives back the write buffer; a reader may still hold the read one
+	c.nc.Close()
+	return unix.Close(c.s.ad.fd)
+}
+
+func (c *recordConn) LocalAddr() net.Addr                { return c.s.ad.local }
+func (c *recordConn) RemoteAddr() net.Addr               { return c.s.ad.remote }
+func (c *recordConn) SetDeadline(t time.Time) error      { return c.nc.SetDeadline(t) }
+func (c *recordConn) SetReadDeadline(t time.Time) error  { return c.nc.SetReadDeadline(t) }
+func (c *recordConn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }

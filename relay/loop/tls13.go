@@ -1,0 +1,595 @@
+package loop
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"sync"
+
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/sys/unix"
+)
+
+// The relay's own TLS 1.3 record layer. crypto/tls runs the handshake;
+// for a server session that negotiated TLS 1.3 the records are then ours:
+// they are read into a pooled buffer that is given back as soon as it
+// holds nothing, and sealed into a pooled buffer given back once written,
+// so an idle session keeps its keys and no buffer (crypto/tls keeps its
+// read buffer for the connection's life: ~100 KB after one burst).
+//
+// The keys come from crypto/tls's key log (Config.KeyLogWriter), which
+// OwnRecords points at an in-memory registry: the secrets never leave the
+// process and are never logged. The bytes the handshake read and wrote are
+// recorded, so that the layer starts exactly where crypto/tls stopped:
+// application records the handshake already read (a client's first
+// message behind its Finished) are opened by the layer, and its write
+// sequence counts the records crypto/tls already sealed with the
+// application key (session tickets).
+//
+// After the take-over the layer handles what TLS 1.3 sends after a
+// handshake: application data, KeyUpdate (answered when the peer asks),
+// close_notify and other alerts. Everything else (a post-handshake
+// message the relay never asked for, a CCS, a fragmented handshake
+// message) ends the session with an error. It re-keys its own direction
+// before AES-GCM's usage limit.
+//
+// Kernel TLS (kTLS) is the next step and is not built: its
+// setsockopt(SOL_TLS, TLS_TX/TLS_RX) takes exactly a direction's state
+// (key, IV, sequence number), so a session whose socket accepts
+// setsockopt(TCP_ULP, "tls") could hand both directions to the kernel at
+// the take-over and keep this layer only for KeyUpdate and alerts. The
+// kernel this was built on has no TLS ULP (ENOENT), so that path could not
+// be tested, and this layer is what every TLS 1.3 session uses.
+
+// TLS record framing.
+const (
+	recHeader    = 5
+	maxPlain     = 1 << 14        // plaintext per record
+	maxCiphertxt = maxPlain + 256 // ciphertext per record (RFC 8446 5.2)
+
+	recCCS       = 20
+	recAlert     = 21
+	recHandshake = 22
+	recAppData   = 23
+
+	hsKeyUpdate      = 24
+	alertCloseNotify = 0
+	alertUserCancel  = 90
+
+	// keyUpdateAfter is the number of records the layer seals under one
+	// key before it re-keys: AES-GCM's limit is 2^24.5 full records
+	// (RFC 8446 5.5).
+	keyUpdateAfter = 1 << 24
+
+	// maxUseless bounds records in a row that carry no application data
+	// (empty records, KeyUpdates): a peer cannot keep a read spinning.
+	maxUseless = 16
+)
+
+var (
+	// ErrTLSRecord is a record that fails to open, is too long or has no
+	// content type: the peer (or something on the path) is broken.
+	ErrTLSRecord = errors.New("tls: bad record")
+	// ErrTLSUnexpected is a record or message TLS 1.3 forbids after the
+	// handshake, or one the relay never asked for.
+	ErrTLSUnexpected = errors.New("tls: unexpected message after the handshake")
+)
+
+// tlsSuite is a TLS 1.3 cipher suite: its AEAD and its hash.
+type tlsSuite struct {
+	keyLen int
+	hash   func() hash.Hash
+	aead   func(key []byte) (cipher.AEAD, error)
+}
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// suiteOf is the suite with IANA id, nil for one the layer does not serve.
+func suiteOf(id uint16) *tlsSuite {
+	switch id {
+	case tls.TLS_AES_128_GCM_SHA256:
+		return &tlsSuite{16, sha256.New, gcm}
+	case tls.TLS_AES_256_GCM_SHA384:
+		return &tlsSuite{32, sha512.New384, gcm}
+	case tls.TLS_CHACHA20_POLY1305_SHA256:
+		return &tlsSuite{32, sha256.New, chacha20poly1305.New}
+	}
+	return nil
+}
+
+// expandLabel is HKDF-Expand-Label (RFC 8446 7.1) with an empty context.
+func expandLabel(h func() hash.Hash, secret []byte, label string, n int) ([]byte, error) {
+	info := make([]byte, 0, 4+6+len(label))
+	info = binary.BigEndian.AppendUint16(info, uint16(n))
+	info = append(info, byte(6+len(label)))
+	info = append(info, "tls13 "...)
+	info = append(info, label...)
+	info = append(info, 0)
+	return hkdf.Expand(h, secret, string(info), n)
+}
+
+// direction is one direction's record protection: the traffic secret, the
+// AEAD and IV derived from it, and the sequence number of the next record.
+type direction struct {
+	suite  *tlsSuite
+	secret []byte
+	aead   cipher.AEAD
+	iv     [12]byte
+	seq    uint64
+}
+
+// setSecret keys d with a traffic secret; the sequence starts at 0.
+func (d *direction) setSecret(s *tlsSuite, secret []byte) error {
+	key, err := expandLabel(s.hash, secret, "key", s.keyLen)
+	if err != nil {
+		return err
+	}
+	iv, err := expandLabel(s.hash, secret, "iv", 12)
+	if err != nil {
+		return err
+	}
+	a, err := s.aead(key)
+	if err != nil {
+		return err
+	}
+	d.suite, d.secret, d.aead, d.seq = s, secret, a, 0
+	copy(d.iv[:], iv)
+	return nil
+}
+
+// update moves d to the next traffic secret (a KeyUpdate).
+func (d *direction) update() error {
+	next, err := expandLabel(d.suite.hash, d.secret, "traffic upd", d.suite.hash().Size())
+	if err != nil {
+		return err
+	}
+	return d.setSecret(d.suite, next)
+}
+
+// nonce is the per-record nonce: the IV XOR the sequence number.
+func (d *direction) nonce() [12]byte {
+	n := d.iv
+	for i := 0; i < 8; i++ {
+		n[4+i] ^= byte(d.seq >> (56 - 8*i))
+	}
+	return n
+}
+
+// open decrypts the record rec (header included) in place and returns its
+// content and inner content type.
+func (d *direction) open(rec []byte) ([]byte, byte, error) {
+	n := d.nonce()
+	pt, err := d.aead.Open(rec[recHeader:recHeader], n[:], rec[recHeader:], rec[:recHeader])
+	if err != nil {
+		return nil, 0, ErrTLSRecord
+	}
+	d.seq++
+	i := len(pt) - 1
+	for i >= 0 && pt[i] == 0 {
+		i--
+	}
+	if i < 0 || i > maxPlain {
+		return nil, 0, ErrTLSRecord
+	}
+	return pt[:i], pt[i], nil
+}
+
+// seal appends p, sealed as one record of content type typ, to dst.
+func (d *direction) seal(dst []byte, typ byte, p []byte) []byte {
+	hdr := len(dst)
+	dst = append(dst, recAppData, 3, 3, 0, 0)
+	body := len(dst)
+	dst = append(dst, p...)
+	dst = append(dst, typ)
+	binary.BigEndian.PutUint16(dst[hdr+3:], uint16(len(dst)-body+d.aead.Overhead()))
+	if cap(dst)-len(dst) < d.aead.Overhead() {
+		dst = append(dst, make([]byte, d.aead.Overhead())...)[:len(dst)]
+	}
+	n := d.nonce()
+	d.seq++
+	return d.aead.Seal(dst[:body], n[:], dst[body:], dst[hdr:body])
+}
+
+// recordBufs hold a session's ciphertext while it is read, and sealed
+// records until they are written: as much as one read or write moves (a
+// chunk, MaxTLSPending) and one more record.
+var recordBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, MaxTLSPending+recHeader+maxCiphertxt+sealSlack)
+	return &b
+}}
+
+func getRecordBuf() *[]byte { return recordBufs.Get().(*[]byte) }
+
+func putRecordBuf(b *[]byte) {
+	if cap(*b) > 2*(MaxTLSPending+sealSlack) {
+		return // grown by a burst of WriteAll: let it go
+	}
+	*b = (*b)[:0]
+	recordBufs.Put(b)
+}
+
+// records is a TLS 1.3 session's record layer over one socket: a
+// non-blocking descriptor driven by a loop, or (after Blocking) a
+// net.Conn on Go's poller.
+type records struct {
+	fd int
+	nc net.Conn // blocking mode: raw I/O through it; nil on a loop
+
+	// Read side: one reader at a time (the loop, or net/http's reader).
+	rd      direction
+	in      *[]byte // pooled, nil when empty: plaintext not yet returned, then ciphertext not yet opened
+	pl, pe  int     // plaintext window in *in
+	raw     int     // ciphertext starts at (*in)[raw:]
+	bulk    bool    // the last record opened was a bulk one (see TLSSession.Read)
+	useless int     // records in a row without application data
+	rerr    error   // sticky: the read side has ended
+
+	wmu sync.Mutex // guards the write side: writes come from any goroutine
+	wr  direction
+	out *[]byte // pooled, nil when empty: sealed records not yet written
+	off int     // written so far of *out
+	// writes counts write(2) calls that moved ciphertext, short those the
+	// socket took only part of (as nbConn's).
+	writes, short int
+	werr          error // sticky: the write side failed
+}
+
+// Read implements Sock: decrypted application data, unix.EAGAIN when none
+// is ready. Like crypto/tls through TLSSession.Read, it goes on filling p
+// while records come in bulk and returns after a small one. An error after
+// some bytes is returned by the next call.
+func (r *records) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if r.pl < r.pe {
+			m := copy(p[n:], (*r.in)[r.pl:r.pe])
+			r.pl += m
+			n += m
+			if r.pl < r.pe || !r.bulk {
+				break
+			}
+			continue
+		}
+		if r.rerr != nil {
+			break
+		}
+		if ok, err := r.next(); err != nil {
+			r.rerr = err
+			break
+		} else if ok {
+			continue
+		}
+		if err := r.fill(); err != nil {
+			var ne net.Error
+			if err == unix.EAGAIN || errors.As(err, &ne) && ne.Timeout() {
+				if n == 0 { // nothing yet (a deadline in blocking mode)
+					r.release()
+					return 0, err
+				}
+				break
+			}
+			r.rerr = err
+			break
+		}
+	}
+	r.release()
+	if n == 0 && r.rerr != nil {
+		return 0, r.rerr
+	}
+	return n, nil
+}
+
+// release gives the read buffer back once it holds nothing, or once the
+// read side has ended (what is left will never be opened; the plaintext
+// window is empty whenever rerr is set).
+func (r *records) release() {
+	if r.in != nil && r.pl == r.pe && (r.raw == len(*r.in) || r.rerr != nil) {
+		putRecordBuf(r.in)
+		r.in, r.pl, r.pe, r.raw = nil, 0, 0, 0
+	}
+}
+
+// fill reads ciphertext behind what is buffered.
+func (r *records) fill() error {
+	if r.in == nil {
+		r.in = getRecordBuf()
+	}
+	b := *r.in
+	if r.pl == r.pe && r.raw > 0 && cap(b)-len(b) < recHeader+maxCiphertxt {
+		// Move a partial record to the front: room for a whole one.
+		m := copy(b, b[r.raw:])
+		b = b[:m]
+		r.pl, r.pe, r.raw = 0, 0, 0
+	}
+	if len(b) == cap(b) {
+		return ErrTLSRecord // cannot happen: a record fits behind the chunk
+	}
+	var n int
+	var err error
+	if r.nc != nil {
+		n, err = r.nc.Read(b[len(b):cap(b)])
+	} else {
+		n, err = unix.Read(r.fd, b[len(b):cap(b)])
+		for err == unix.EINTR {
+			n, err = unix.Read(r.fd, b[len(b):cap(b)])
+		}
+	}
+	if n > 0 {
+		*r.in = b[:len(b)+n]
+		return nil
+	}
+	*r.in = b
+	switch {
+	case err != nil && err != io.EOF:
+		return err
+	case r.raw < len(b):
+		return io.ErrUnexpectedEOF // inside a record
+	default:
+		return io.EOF // no close_notify: the stream ended anyway
+	}
+}
+
+// next opens the next complete record buffered, if any: ok reports that
+// it consumed one (application data is then in the plaintext window).
+func (r *records) next() (ok bool, err error) {
+	if r.in == nil {
+		return false, nil
+	}
+	b := (*r.in)[r.raw:]
+	if len(b) < recHeader {
+		return false, nil
+	}
+	size := int(binary.BigEndian.Uint16(b[3:5]))
+	if size > maxCiphertxt || b[0] != recAppData {
+		if b[0] == recCCS {
+			return false, ErrTLSUnexpected
+		}
+		return false, ErrTLSRecord
+	}
+	if len(b) < recHeader+size {
+		return false, nil
+	}
+	start := r.raw + recHeader
+	r.raw += recHeader + size
+	content, typ, err := r.rd.open(b[:recHeader+size])
+	if err != nil {
+		return false, err
+	}
+	if typ == recAppData && len(content) > 0 {
+		r.pl, r.pe = start, start+len(content)
+		r.bulk = len(content) >= bulkRecord
+		r.useless = 0
+		return true, nil
+	}
+	if r.useless++; r.useless > maxUseless {
+		return false, ErrTLSUnexpected
+	}
+	return true, r.control(typ, content)
+}
+
+// control handles a record that is not application data: a KeyUpdate, an
+// alert; an empty application record is allowed. io.EOF: close_notify.
+func (r *records) control(typ byte, content []byte) error {
+	switch typ {
+	case recAppData:
+		return nil
+	case recAlert:
+		if len(content) != 2 {
+			return ErrTLSRecord
+		}
+		switch content[1] {
+		case alertCloseNotify:
+			return io.EOF
+		case alertUserCancel:
+			return nil
+		}
+		return fmt.Errorf("tls: peer sent alert %d", content[1])
+	case recHandshake:
+		for len(content) > 0 {
+			if len(content) < 4 {
+				return ErrTLSUnexpected // a message split across records
+			}
+			size := int(content[1])<<16 | int(content[2])<<8 | int(content[3])
+			if content[0] != hsKeyUpdate || size != 1 || len(content) != 5 {
+				// Not a KeyUpdate, or one not alone at the end of its
+				// record (RFC 8446 5.1: none may span a key change).
+				return ErrTLSUnexpected
+			}
+			asked := content[4]
+			if asked > 1 {
+				return ErrTLSRecord
+			}
+			if err := r.rd.update(); err != nil {
+				return err
+			}
+			if asked == 1 {
+				r.wmu.Lock()
+				err := r.keyUpdateLocked(false)
+				if err == nil {
+					err = r.flushLocked()
+				}
+				r.wmu.Unlock()
+				if err != nil && err != unix.EAGAIN {
+					return err
+				}
+			}
+			content = content[5:]
+		}
+		return nil
+	}
+	return ErrTLSUnexpected
+}
+
+// keyUpdateLocked seals a KeyUpdate (asking the peer to update too, or
+// not) with the current key, then moves the write side to the next one.
+func (r *records) keyUpdateLocked(ask bool) error {
+	m := []byte{hsKeyUpdate, 0, 0, 1, 0}
+	if ask {
+		m[4] = 1
+	}
+	r.sealLocked(recHandshake, m)
+	return r.wr.update()
+}
+
+// sealLocked appends p to the pending records, in records of at most
+// maxPlain bytes, re-keying first where the key has sealed its share.
+func (r *records) sealLocked(typ byte, p []byte) {
+	if r.out == nil {
+		r.out = getRecordBuf()
+		r.off = 0
+	}
+	for first := true; first || len(p) > 0; first = false {
+		if r.wr.seq >= keyUpdateAfter && typ == recAppData {
+			if err := r.keyUpdateLocked(false); err != nil {
+				r.werr = err
+				return
+			}
+		}
+		m := min(len(p), maxPlain)
+		*r.out = r.wr.seal(*r.out, typ, p[:m])
+		p = p[m:]
+	}
+}
+
+// sealedSize is the ciphertext n bytes of plaintext make.
+func (r *records) sealedSize(n int) int {
+	recs := max(1, (n+maxPlain-1)/maxPlain)
+	return n + recs*(recHeader+1+r.wr.aead.Overhead())
+}
+
+// flushLocked writes pending records; unix.EAGAIN if some remain. In
+// blocking mode it writes them all.
+func (r *records) flushLocked() error {
+	if r.werr != nil {
+		return r.werr
+	}
+	for r.out != nil && r.off < len(*r.out) {
+		b := (*r.out)[r.off:]
+		var n int
+		var err error
+		if r.nc != nil {
+			n, err = r.nc.Write(b)
+		} else {
+			n, err = unix.Write(r.fd, b)
+		}
+		if n > 0 {
+			r.writes++
+			if n < len(b) {
+				r.short++
+			}
+			r.off += n
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return err
+		}
+		if err != nil {
+			r.werr = err
+			return err
+		}
+	}
+	if r.out != nil {
+		putRecordBuf(r.out)
+		r.out, r.off = nil, 0
+	}
+	return nil
+}
+
+// pendingLocked is the sealed ciphertext not yet written.
+func (r *records) pendingLocked() int {
+	if r.out == nil {
+		return 0
+	}
+	return len(*r.out) - r.off
+}
+
+// Write implements Sock: see TLSSession.Write.
+func (r *records) Write(p []byte) (int, error) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if err := r.flushLocked(); err != nil {
+		return 0, err // EAGAIN: the last write is still pending
+	}
+	if len(p) > MaxTLSPending {
+		p = p[:MaxTLSPending]
+	}
+	r.sealLocked(recAppData, p)
+	if err := r.flushLocked(); err != nil && err != unix.EAGAIN {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// WriteAll seals all of b and writes what the socket takes, keeping the
+// rest pending; it fails with ErrTLSPending (and seals nothing) where more
+// than MaxTLSPending would then be pending.
+func (r *records) WriteAll(b []byte) (int, error) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.werr != nil {
+		return 0, r.werr
+	}
+	if r.nc == nil && r.pendingLocked()+r.sealedSize(len(b)) > MaxTLSPending+sealSlack {
+		return 0, ErrTLSPending
+	}
+	r.sealLocked(recAppData, b)
+	if err := r.flushLocked(); err != nil && err != unix.EAGAIN {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Flush implements Sock.
+func (r *records) Flush() error {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	return r.flushLocked()
+}
+
+// closeNotify seals a close_notify and tries one write of what is
+// pending, without waiting.
+func (r *records) closeNotify() {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.werr != nil || r.wr.aead == nil {
+		return
+	}
+	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
+	if r.out != nil {
+		_, _ = unix.Write(r.fd, (*r.out)[r.off:])
+		putRecordBuf(r.out)
+		r.out = nil
+	}
+	r.werr = net.ErrClosed
+}
+
+// free gives back both buffers (the session is closed; no reader runs).
+func (r *records) free() {
+	if r.in != nil {
+		putRecordBuf(r.in)
+		r.in, r.pl, r.pe, r.raw = nil, 0, 0, 0
+	}
+	r.wmu.Lock()
+	if r.out != nil {
+		putRecordBuf(r.out)
+		r.out = nil
+	}
+	r.wmu.Unlock()
+}

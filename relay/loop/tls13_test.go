@@ -1,0 +1,410 @@
+package loop
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+)
+
+// holdConn holds a client's writes once it has read something (the
+// server's first flight) until release: its Finished and its first
+// message then reach the server in one segment, and the server's
+// handshake reads the message along with the Finished.
+type holdConn struct {
+	net.Conn
+	mu      sync.Mutex
+	read    bool
+	held    []byte
+	holding bool
+}
+
+func (c *holdConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.read = c.read || n > 0
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *holdConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holding && c.read {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *holdConn) release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holding = false
+	_, err := c.Conn.Write(c.held)
+	return err
+}
+
+// tlsPair is a server session (HandshakeTLS with conf) and a crypto/tls
+// client with cc; beforeServer runs on the client once its handshake is
+// done, before the server's ends (hold: see holdConn).
+func tlsPair(t *testing.T, conf, cc *tls.Config, hold func(*tls.Conn, *holdConn)) (*TLSSession, *tls.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &holdConn{Conn: nc, holding: hold != nil}
+	c := tls.Client(hc, cc)
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(testutil.Patience))
+	hs := make(chan error, 1)
+	go func() {
+		err := c.Handshake()
+		if err == nil && hold != nil {
+			hold(c, hc)
+			err = hc.release()
+		}
+		hs <- err
+	}()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := DupConn(sc)
+	sc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := HandshakeTLS(fd, nil, conf, time.Now().Add(testutil.Patience), sc.RemoteAddr())
+	if err != nil {
+		t.Fatalf("server handshake: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := <-hs; err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	return s, c, nc
+}
+
+func serverConf(t *testing.T) *tls.Config {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	return OwnRecords(&tls.Config{Certificates: []tls.Certificate{cert}})
+}
+
+// readN reads n bytes from a non-blocking session, waiting for its
+// socket between reads.
+func readN(t *testing.T, s *TLSSession, n int) []byte {
+	t.Helper()
+	got := make([]byte, 0, n)
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(testutil.Patience)
+	for len(got) < n {
+		m, err := s.Read(buf[:min(len(buf), n-len(got))])
+		got = append(got, buf[:m]...)
+		if err == unix.EAGAIN {
+			if time.Now().After(deadline) {
+				t.Fatalf("read %d of %d bytes before the deadline", len(got), n)
+			}
+			pfd := []unix.PollFd{{Fd: int32(s.Fd()), Events: unix.POLLIN}}
+			_, _ = unix.Poll(pfd, 100)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("Read after %d of %d bytes: %v", len(got), n, err)
+		}
+	}
+	return got
+}
+
+// writeAll writes p through a non-blocking session, flushing as its
+// socket drains.
+func writeAll(t *testing.T, s *TLSSession, p []byte) {
+	t.Helper()
+	deadline := time.Now().Add(testutil.Patience)
+	for len(p) > 0 || s.Flush() == unix.EAGAIN {
+		if len(p) > 0 {
+			n, err := s.Write(p)
+			p = p[n:]
+			if err != nil && err != unix.EAGAIN {
+				t.Fatalf("Write: %v", err)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("write did not finish before the deadline")
+		}
+		pfd := []unix.PollFd{{Fd: int32(s.Fd()), Events: unix.POLLOUT}}
+		_, _ = unix.Poll(pfd, 100)
+	}
+}
+
+func pattern(n, seed int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i*seed + i>>10)
+	}
+	return p
+}
+
+// idleHoldsNothing fails if the session's record layer holds a buffer.
+func idleHoldsNothing(t *testing.T, s *TLSSession) {
+	t.Helper()
+	s.rl.wmu.Lock()
+	out := s.rl.out
+	s.rl.wmu.Unlock()
+	if s.rl.in != nil || out != nil {
+		t.Fatalf("an idle session holds a buffer: read %v, write %v", s.rl.in != nil, out != nil)
+	}
+}
+
+// TestOwnRecordsCarryTheSession: a TLS 1.3 server session moves to the
+// record layer of our own, carries 4 MiB each way checksummed, keeps no
+// buffer while idle, and ends at the client's close_notify. crypto/tls
+// picks the suite itself (AES-128-GCM on a CPU with AES): the other two
+// are driven by OpenSSL (TestOwnRecordsOpenSSL).
+func TestOwnRecordsCarryTheSession(t *testing.T) {
+	s, c, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	if !s.OwnRecordLayer() {
+		t.Fatal("a TLS 1.3 session stayed on crypto/tls")
+	}
+	const size = 4 << 20
+	up, down := pattern(size, 7), pattern(size, 13)
+	go func() { _, _ = c.Write(up) }()
+	if got := readN(t, s, size); sha256.Sum256(got) != sha256.Sum256(up) {
+		t.Fatal("client → relay: the bytes differ")
+	}
+	done := make(chan []byte)
+	go func() {
+		got := make([]byte, size)
+		_, _ = io.ReadFull(c, got)
+		done <- got
+	}()
+	writeAll(t, s, down)
+	if got := <-done; sha256.Sum256(got) != sha256.Sum256(down) {
+		t.Fatal("relay → client: the bytes differ")
+	}
+	idleHoldsNothing(t, s)
+	// A small message both ways after the bulk.
+	if _, err := s.WriteAll([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, func() error {
+		_, err := s.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
+		return fmt.Errorf("Read after close_notify: %v", err)
+	}, "io.EOF at the client's close_notify")
+}
+
+// TestOwnRecordsReadWhatTheHandshakeRead: a client's first message that
+// arrived with its Finished (read by crypto/tls's handshake, not opened)
+// is the first thing the session reads.
+func TestOwnRecordsReadWhatTheHandshakeRead(t *testing.T) {
+	msg := []byte(`{"id":1,"method":"Authentication.Authenticate"}`)
+	s, _, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, func(c *tls.Conn, _ *holdConn) {
+		_, _ = c.Write(msg)
+	})
+	if !s.OwnRecordLayer() {
+		t.Fatal("the session stayed on crypto/tls")
+	}
+	if s.rl.in == nil {
+		t.Fatal("the handshake read nothing behind the client's Finished: the test did not reach the carried record")
+	}
+	if got := readN(t, s, len(msg)); !bytes.Equal(got, msg) {
+		t.Fatalf("read %q, want %q", got, msg)
+	}
+	idleHoldsNothing(t, s)
+}
+
+// TestOwnRecordsKeyUpdate: the session asks the client for a KeyUpdate
+// (crypto/tls answers with its own), both directions move to new keys,
+// and data goes on both ways.
+func TestOwnRecordsKeyUpdate(t *testing.T) {
+	s, c, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	if !s.OwnRecordLayer() {
+		t.Fatal("the session stayed on crypto/tls")
+	}
+	rd0, wr0 := bytes.Clone(s.rl.rd.secret), bytes.Clone(s.rl.wr.secret)
+	s.rl.wmu.Lock()
+	err := s.rl.keyUpdateLocked(true)
+	s.rl.wmu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAll(t, s, []byte("after our update"))
+	buf := make([]byte, 16)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "after our update" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	// crypto/tls sent its KeyUpdate while reading; this write follows it.
+	if _, err := c.Write([]byte("after theirs")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, s, 12); string(got) != "after theirs" {
+		t.Fatalf("read %q", got)
+	}
+	if bytes.Equal(s.rl.wr.secret, wr0) || bytes.Equal(s.rl.rd.secret, rd0) {
+		t.Fatalf("a direction kept its key: write updated %v, read updated %v",
+			!bytes.Equal(s.rl.wr.secret, wr0), !bytes.Equal(s.rl.rd.secret, rd0))
+	}
+	// The client's unrequested update (sent by crypto/tls when its own
+	// write key is spent) is taken without an answer.
+	wr1 := bytes.Clone(s.rl.wr.secret)
+	s.rl.rd.seq = 0
+	writeAll(t, s, []byte("x"))
+	if _, err := io.ReadFull(c, buf[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(s.rl.wr.secret, wr1) {
+		t.Fatal("the write key moved without a request")
+	}
+}
+
+// TestOwnRecordsFallBack: TLS 1.2, HTTP/2 and configs without OwnRecords
+// stay on crypto/tls, and work.
+func TestOwnRecordsFallBack(t *testing.T) {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	own := OwnRecords(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
+	for _, tc := range []struct {
+		name     string
+		conf     *tls.Config
+		client   *tls.Config
+		wantOwn  bool
+		wantVers uint16
+	}{
+		{"tls1.3", own, &tls.Config{InsecureSkipVerify: true}, true, tls.VersionTLS13},
+		{"tls1.2", own, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}, false, tls.VersionTLS12},
+		{"h2", own, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}, false, tls.VersionTLS13},
+		{"plain config", &tls.Config{Certificates: []tls.Certificate{cert}}, &tls.Config{InsecureSkipVerify: true}, false, tls.VersionTLS13},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c, _ := tlsPair(t, tc.conf, tc.client, nil)
+			if s.OwnRecordLayer() != tc.wantOwn || s.State().Version != tc.wantVers {
+				t.Fatalf("own record layer %v, version %#x; want %v, %#x", s.OwnRecordLayer(), s.State().Version, tc.wantOwn, tc.wantVers)
+			}
+			go func() { _, _ = c.Write([]byte("hello")) }()
+			if got := readN(t, s, 5); string(got) != "hello" {
+				t.Fatalf("read %q", got)
+			}
+			writeAll(t, s, []byte("world"))
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "world" {
+				t.Fatalf("client read %q, %v", buf, err)
+			}
+		})
+	}
+	n := 0
+	handshakeKeys.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d handshakes' secrets left in the registry", n)
+	}
+}
+
+// TestOwnRecordsRegistryAfterFailure: a handshake that fails after the
+// server logged its secrets (the client refuses the certificate) leaves
+// nothing in the registry.
+func TestOwnRecordsRegistryAfterFailure(t *testing.T) {
+	conf := serverConf(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for i := 0; i < 3; i++ {
+		go func() {
+			nc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				return
+			}
+			c := tls.Client(nc, &tls.Config{ServerName: "elsewhere"}) // verification fails
+			_ = c.SetDeadline(time.Now().Add(testutil.Patience))
+			_ = c.Handshake()
+			c.Close()
+		}()
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := DupConn(sc)
+		sc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, err := HandshakeTLS(fd, nil, conf, time.Now().Add(testutil.Patience), sc.RemoteAddr()); err == nil {
+			s.Close()
+			t.Fatal("the handshake succeeded")
+		}
+	}
+	n := 0
+	handshakeKeys.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d failed handshakes' secrets left in the registry", n)
+	}
+}
+
+// TestOwnRecordsBadRecord: a record that does not open ends the session
+// with ErrTLSRecord, not a panic or a hang.
+func TestOwnRecordsBadRecord(t *testing.T) {
+	s, _, raw := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	if _, err := raw.Write([]byte{recAppData, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, func() error {
+		_, err := s.Read(make([]byte, 100))
+		if errors.Is(err, ErrTLSRecord) {
+			return nil
+		}
+		return fmt.Errorf("Read: %v", err)
+	}, "ErrTLSRecord")
+}
+
+// TestOwnRecordsBlocking: a session handed to a blocking library
+// (Blocking) reads and writes as a net.Conn, with deadlines, and its Close
+// sends a close_notify.
+func TestOwnRecordsBlocking(t *testing.T) {
+	s, c, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	nc, err := s.Blocking()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	var ne net.Error
+	if _, err := nc.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past its deadline: %v; want a timeout", err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(testutil.Patience))
+	up := pattern(300<<10, 3)
+	go func() { _, _ = c.Write(up) }()
+	got := make([]byte, len(up))
+	if _, err := io.ReadFull(nc, got); err != nil || !bytes.Equal(got, up) {
+		t.Fatalf("read %v, equal %v (a timeout must not end the session)", err, bytes.Equal(got, up))
+	}
+	go func() { _, _ = nc.Write(up); nc.Close() }()
+	all, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(all, up) {
+		t.Fatalf("client read %d bytes, %v; want %d and a clean end", len(all), err, len(up))
+	}
+}
