@@ -30,6 +30,7 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_tls_handshakes_started_total": {"counter", "TLS handshakes begun."},
 	"meetpoint_tls_handshakes_total":         {"counter", "TLS handshakes finished, by result."},
 	"meetpoint_tls_handshakes_queued":        {"gauge", "TLS handshakes waiting for a handshake slot."},
+	"meetpoint_tls_sessions_total":           {"counter", "TLS sessions after their handshake, by record layer: own (TLS 1.3, the relay's; no buffer while idle) or crypto_tls (TLS 1.2, HTTP/2)."},
 	"meetpoint_tunnel_throttled_total":       {"counter", "Tunnel reads delayed by the per-tunnel rate limit."},
 	"meetpoint_bans_total":                   {"counter", "Addresses banned for repeated failures."},
 	"meetpoint_http_connections_total":       {"counter", "Connections handed to net/http."},

@@ -25,6 +25,7 @@ type stats struct {
 	pairLatency       *metrics.Histogram
 	tlsStarted        *metrics.Counter // TLS handshakes begun
 	tlsOK, tlsFailed  *metrics.Counter
+	tlsOwn, tlsLib    *metrics.Counter    // sessions on our record layer, on crypto/tls's
 	throttled         *metrics.Counter    // reads delayed by TunnelRate
 	bans              *metrics.Counter    // addresses banned
 	httpConns         *metrics.Counter    // connections handed to net/http
@@ -60,6 +61,8 @@ func newStats() *stats {
 	s.tlsStarted = s.set.NewCounter(`meetpoint_tls_handshakes_started_total`)
 	s.tlsOK = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="ok"}`)
 	s.tlsFailed = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="failed"}`)
+	s.tlsOwn = s.set.NewCounter(`meetpoint_tls_sessions_total{records="own"}`)
+	s.tlsLib = s.set.NewCounter(`meetpoint_tls_sessions_total{records="crypto_tls"}`)
 	s.throttled = s.set.NewCounter(`meetpoint_tunnel_throttled_total`)
 	s.bans = s.set.NewCounter(`meetpoint_bans_total`)
 	s.httpConns = s.set.NewCounter(`meetpoint_http_connections_total`)

@@ -101,11 +101,13 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.TLS != nil && !cfg.TLS.DynamicRecordSizingDisabled {
-		// Each reply leaves in one record, as nymea's do: Go otherwise
-		// starts a connection with ~1 KiB records, and clients that read a
-		// reply in one go (nymea's) get half an Introspect.
-		cfg.TLS = cfg.TLS.Clone()
+	if cfg.TLS != nil {
+		// TLS 1.3 sessions move to the record layer of our own after
+		// their handshake (loop.OwnRecords). Each reply leaves in one
+		// record, as nymea's do: Go otherwise starts a connection with
+		// ~1 KiB records, and clients that read a reply in one go
+		// (nymea's) get half an Introspect.
+		cfg.TLS = loop.OwnRecords(cfg.TLS)
 		cfg.TLS.DynamicRecordSizingDisabled = true
 	}
 	s := &Server{

@@ -137,6 +137,11 @@ func (s *Server) handshakeTLS(j tlsJob) {
 		return
 	}
 	s.stats.tlsOK.Inc()
+	if sess.OwnRecordLayer() {
+		s.stats.tlsOwn.Inc()
+	} else {
+		s.stats.tlsLib.Inc()
+	}
 	if sess.State().NegotiatedProtocol == "h2" { // HTTP/2 is API traffic: straight to net/http
 		j.tk.setKind(kindHTTP)
 		if r := s.handOver(handoffHTTP, sess, nil, j.peer, j.tk); r != reason.Count {

@@ -147,6 +147,26 @@ func TestTLSSamePort(t *testing.T) {
 	if st := s.Stats(); st.SplicedBytes != 0 {
 		t.Fatalf("TLS tunnels must not splice, spliced %d", st.SplicedBytes)
 	}
+	// 10 TLS 1.3 sessions: every one moved to the relay's record layer.
+	if own, lib := s.stats.tlsOwn.Get(), s.stats.tlsLib.Get(); own != 10 || lib != 0 {
+		t.Fatalf("sessions on the own record layer %d, on crypto/tls %d; want 10 and 0", own, lib)
+	}
+}
+
+// TestTLS12StaysOnCryptoTLS: a TLS 1.2 client's session stays on
+// crypto/tls (the own record layer is TLS 1.3 only) and forwards, paired
+// with a TLS 1.3 one, both ways.
+func TestTLS12StaysOnCryptoTLS(t *testing.T) {
+	s, cert, _ := startTLSServer(t, nil)
+	addr := s.Addrs()[0].String()
+	old := clientTLS(cert)
+	old.MaxVersion = tls.VersionTLS12
+	a, b := dialPair(t, client.Options{URL: "tls://" + addr, Token: "v12", TLSConfig: old, Name: "a"},
+		client.Options{URL: "wss://" + addr + "/", Token: "v12", TLSConfig: clientTLS(cert), Name: "b"})
+	exchange(t, a, b, 1<<20)
+	if own, lib := s.stats.tlsOwn.Get(), s.stats.tlsLib.Get(); own != 1 || lib != 1 {
+		t.Fatalf("sessions on the own record layer %d, on crypto/tls %d; want 1 and 1", own, lib)
+	}
 }
 
 func TestTLSMessagesKeepOpcode(t *testing.T) {
