@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/sys/unix"
@@ -84,6 +85,25 @@ var (
 	ErrTLSUnexpected = errors.New("tls: unexpected message after the handshake")
 )
 
+// AlertError is a fatal alert the peer sent (RFC 8446 6): its
+// description code.
+type AlertError byte
+
+func (a AlertError) Error() string { return fmt.Sprintf("tls: peer sent alert %d", byte(a)) }
+
+// TLSFailure reports whether err ended a TLS session for a reason of TLS's
+// own (a record that does not open, a message or alert TLS does not allow
+// there, from either record layer), not an end of the stream or a socket
+// error.
+func TLSFailure(err error) bool {
+	var alert AlertError
+	var hdr tls.RecordHeaderError
+	var op *net.OpError
+	return errors.Is(err, ErrTLSRecord) || errors.Is(err, ErrTLSUnexpected) ||
+		errors.As(err, &alert) || errors.As(err, &hdr) ||
+		errors.As(err, &op) && (op.Op == "remote error" || op.Op == "local error")
+}
+
 // tlsSuite is a TLS 1.3 cipher suite: its AEAD and its hash.
 type tlsSuite struct {
 	keyLen int
@@ -99,15 +119,24 @@ func gcm(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(b)
 }
 
+// The suites the layer serves. All three AEADs add a 16-byte tag.
+var (
+	suiteAES128   = &tlsSuite{16, sha256.New, gcm}
+	suiteAES256   = &tlsSuite{32, sha512.New384, gcm}
+	suiteChaCha20 = &tlsSuite{32, sha256.New, chacha20poly1305.New}
+)
+
+const tagSize = 16
+
 // suiteOf is the suite with IANA id, nil for one the layer does not serve.
 func suiteOf(id uint16) *tlsSuite {
 	switch id {
 	case tls.TLS_AES_128_GCM_SHA256:
-		return &tlsSuite{16, sha256.New, gcm}
+		return suiteAES128
 	case tls.TLS_AES_256_GCM_SHA384:
-		return &tlsSuite{32, sha512.New384, gcm}
+		return suiteAES256
 	case tls.TLS_CHACHA20_POLY1305_SHA256:
-		return &tlsSuite{32, sha256.New, chacha20poly1305.New}
+		return suiteChaCha20
 	}
 	return nil
 }
@@ -124,13 +153,44 @@ func expandLabel(h func() hash.Hash, secret []byte, label string, n int) ([]byte
 }
 
 // direction is one direction's record protection: the traffic secret, the
-// AEAD and IV derived from it, and the sequence number of the next record.
+// key and IV derived from it, the AEAD built from the key, and the
+// sequence number of the next record.
+//
+// The AEAD is most of a session's memory (AES-GCM's key schedule and
+// tables: ~1.3 KB where the key and IV are 44 bytes), so a direction idle
+// for a sweep of idleKeys drops it and builds it again (~0.8 µs) at its
+// next record. Whoever drives the direction holds its lock (records.rmu
+// for reading, records.wmu for writing); the sweep takes it with TryLock.
 type direction struct {
 	suite  *tlsSuite
 	secret []byte
-	aead   cipher.AEAD
+	key    []byte
 	iv     [12]byte
 	seq    uint64
+	aead   cipher.AEAD // nil while dropped (idle)
+	used   bool        // a record went through since the last sweep
+}
+
+// cipher is d's AEAD, built again if an idle sweep dropped it.
+func (d *direction) cipher() (cipher.AEAD, error) {
+	d.used = true
+	if d.aead == nil {
+		a, err := d.suite.aead(d.key)
+		if err != nil {
+			return nil, err
+		}
+		d.aead = a
+	}
+	return d.aead, nil
+}
+
+// idle drops the AEAD of a direction no record went through since the
+// last call.
+func (d *direction) idle() {
+	if !d.used {
+		d.aead = nil
+	}
+	d.used = false
 }
 
 // setSecret keys d with a traffic secret; the sequence starts at 0.
@@ -147,7 +207,7 @@ func (d *direction) setSecret(s *tlsSuite, secret []byte) error {
 	if err != nil {
 		return err
 	}
-	d.suite, d.secret, d.aead, d.seq = s, secret, a, 0
+	d.suite, d.secret, d.key, d.aead, d.seq, d.used = s, secret, key, a, 0, true
 	copy(d.iv[:], iv)
 	return nil
 }
@@ -173,8 +233,12 @@ func (d *direction) nonce() [12]byte {
 // open decrypts the record rec (header included) in place and returns its
 // content and inner content type.
 func (d *direction) open(rec []byte) ([]byte, byte, error) {
+	a, err := d.cipher()
+	if err != nil {
+		return nil, 0, err
+	}
 	n := d.nonce()
-	pt, err := d.aead.Open(rec[recHeader:recHeader], n[:], rec[recHeader:], rec[:recHeader])
+	pt, err := a.Open(rec[recHeader:recHeader], n[:], rec[recHeader:], rec[:recHeader])
 	if err != nil {
 		return nil, 0, ErrTLSRecord
 	}
@@ -190,19 +254,23 @@ func (d *direction) open(rec []byte) ([]byte, byte, error) {
 }
 
 // seal appends p, sealed as one record of content type typ, to dst.
-func (d *direction) seal(dst []byte, typ byte, p []byte) []byte {
+func (d *direction) seal(dst []byte, typ byte, p []byte) ([]byte, error) {
+	a, err := d.cipher()
+	if err != nil {
+		return dst, err
+	}
 	hdr := len(dst)
 	dst = append(dst, recAppData, 3, 3, 0, 0)
 	body := len(dst)
 	dst = append(dst, p...)
 	dst = append(dst, typ)
-	binary.BigEndian.PutUint16(dst[hdr+3:], uint16(len(dst)-body+d.aead.Overhead()))
-	if cap(dst)-len(dst) < d.aead.Overhead() {
-		dst = append(dst, make([]byte, d.aead.Overhead())...)[:len(dst)]
+	binary.BigEndian.PutUint16(dst[hdr+3:], uint16(len(dst)-body+tagSize))
+	if cap(dst)-len(dst) < tagSize {
+		dst = append(dst, make([]byte, tagSize)...)[:len(dst)]
 	}
 	n := d.nonce()
 	d.seq++
-	return d.aead.Seal(dst[:body], n[:], dst[body:], dst[hdr:body])
+	return a.Seal(dst[:body], n[:], dst[body:], dst[hdr:body]), nil
 }
 
 // recordBufs hold a session's ciphertext while it is read, and sealed
@@ -230,7 +298,9 @@ type records struct {
 	fd int
 	nc net.Conn // blocking mode: raw I/O through it; nil on a loop
 
-	// Read side: one reader at a time (the loop, or net/http's reader).
+	// Read side: one reader at a time (the loop, or net/http's reader),
+	// holding rmu (the idle sweep takes it with TryLock).
+	rmu     sync.Mutex
 	rd      direction
 	in      *[]byte // pooled, nil when empty: plaintext not yet returned, then ciphertext not yet opened
 	pl, pe  int     // plaintext window in *in
@@ -254,6 +324,8 @@ type records struct {
 // while records come in bulk and returns after a small one. An error after
 // some bytes is returned by the next call.
 func (r *records) Read(p []byte) (int, error) {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
 	n := 0
 	for n < len(p) {
 		if r.pl < r.pe {
@@ -398,7 +470,7 @@ func (r *records) control(typ byte, content []byte) error {
 		case alertUserCancel:
 			return nil
 		}
-		return fmt.Errorf("tls: peer sent alert %d", content[1])
+		return AlertError(content[1])
 	case recHandshake:
 		for len(content) > 0 {
 			if len(content) < 4 {
@@ -461,7 +533,11 @@ func (r *records) sealLocked(typ byte, p []byte) {
 			}
 		}
 		m := min(len(p), maxPlain)
-		*r.out = r.wr.seal(*r.out, typ, p[:m])
+		var err error
+		if *r.out, err = r.wr.seal(*r.out, typ, p[:m]); err != nil {
+			r.werr = err
+			return
+		}
 		p = p[m:]
 	}
 }
@@ -469,7 +545,7 @@ func (r *records) sealLocked(typ byte, p []byte) {
 // sealedSize is the ciphertext n bytes of plaintext make.
 func (r *records) sealedSize(n int) int {
 	recs := max(1, (n+maxPlain-1)/maxPlain)
-	return n + recs*(recHeader+1+r.wr.aead.Overhead())
+	return n + recs*(recHeader+1+tagSize)
 }
 
 // flushLocked writes pending records; unix.EAGAIN if some remain. In
@@ -564,11 +640,12 @@ func (r *records) Flush() error {
 }
 
 // closeNotify seals a close_notify and tries one write of what is
-// pending, without waiting.
+// pending, without waiting; the session leaves the idle sweep.
 func (r *records) closeNotify() {
+	keyed.Delete(r)
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	if r.werr != nil || r.wr.aead == nil {
+	if r.werr != nil || r.wr.suite == nil {
 		return
 	}
 	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
@@ -582,6 +659,7 @@ func (r *records) closeNotify() {
 
 // free gives back both buffers (the session is closed; no reader runs).
 func (r *records) free() {
+	keyed.Delete(r)
 	if r.in != nil {
 		putRecordBuf(r.in)
 		r.in, r.pl, r.pe, r.raw = nil, 0, 0, 0
@@ -592,4 +670,44 @@ func (r *records) free() {
 		r.out = nil
 	}
 	r.wmu.Unlock()
+}
+
+// idleKeys is the period of the idle sweep: a direction no record went
+// through for one to two periods holds no AEAD.
+const idleKeys = 10 * time.Second
+
+// keyed is the sessions on the record layer of our own, for the idle
+// sweep: one goroutine per process, started with the first session.
+var (
+	keyed     sync.Map // *records → struct{}
+	sweepOnce sync.Once
+)
+
+// sweep adds r to the idle sweep.
+func (r *records) sweep() {
+	keyed.Store(r, struct{}{})
+	sweepOnce.Do(func() {
+		go func() {
+			for range time.Tick(idleKeys) {
+				sweepIdleKeys()
+			}
+		}()
+	})
+}
+
+// sweepIdleKeys drops the AEADs of the directions idle since the last
+// sweep. A direction in use (its lock held) is left for the next one.
+func sweepIdleKeys() {
+	keyed.Range(func(k, _ any) bool {
+		r := k.(*records)
+		if r.rmu.TryLock() {
+			r.rd.idle()
+			r.rmu.Unlock()
+		}
+		if r.wmu.TryLock() {
+			r.wr.idle()
+			r.wmu.Unlock()
+		}
+		return true
+	})
 }

@@ -408,3 +408,74 @@ func TestOwnRecordsBlocking(t *testing.T) {
 		t.Fatalf("client read %d bytes, %v; want %d and a clean end", len(all), err, len(up))
 	}
 }
+
+// TestOwnRecordsIdleKeys: a session no record went through for two idle
+// sweeps holds no AEAD (nor a buffer); its next records, both ways and
+// across a KeyUpdate, build them again. A session in use keeps them.
+func TestOwnRecordsIdleKeys(t *testing.T) {
+	s, c, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	aeads := func() (rd, wr bool) {
+		s.rl.rmu.Lock()
+		rd = s.rl.rd.aead != nil
+		s.rl.rmu.Unlock()
+		s.rl.wmu.Lock()
+		wr = s.rl.wr.aead != nil
+		s.rl.wmu.Unlock()
+		return rd, wr
+	}
+	sweepIdleKeys() // the handshake's use
+	if rd, wr := aeads(); !rd || !wr {
+		t.Fatalf("AEADs after one sweep: read %v, write %v; want both kept", rd, wr)
+	}
+	sweepIdleKeys()
+	if rd, wr := aeads(); rd || wr {
+		t.Fatalf("AEADs after two idle sweeps: read %v, write %v; want none", rd, wr)
+	}
+	idleHoldsNothing(t, s)
+	for round := range 3 {
+		up, down := pattern(100<<10, 3+round), pattern(100<<10, 5+round)
+		go func() { _, _ = c.Write(up) }()
+		if got := readN(t, s, len(up)); !bytes.Equal(got, up) {
+			t.Fatalf("round %d: client → relay differs", round)
+		}
+		done := make(chan []byte)
+		go func() {
+			got := make([]byte, len(down))
+			_, _ = io.ReadFull(c, got)
+			done <- got
+		}()
+		writeAll(t, s, down)
+		if got := <-done; !bytes.Equal(got, down) {
+			t.Fatalf("round %d: relay → client differs", round)
+		}
+		sweepIdleKeys() // used this round: kept
+		if rd, wr := aeads(); !rd || !wr {
+			t.Fatalf("round %d: AEADs of a session in use dropped: read %v, write %v", round, rd, wr)
+		}
+		sweepIdleKeys()
+		if round == 1 {
+			// Key updates both ways while the keys are dropped: ours,
+			// asking for the client's (crypto/tls answers when it reads).
+			s.rl.rmu.Lock()
+			before := bytes.Clone(s.rl.rd.secret)
+			s.rl.rmu.Unlock()
+			s.rl.wmu.Lock()
+			err := s.rl.keyUpdateLocked(true)
+			s.rl.wmu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeAll(t, s, []byte("ours"))
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ours" {
+				t.Fatalf("client read %q, %v", buf, err)
+			}
+			sweepIdleKeys()
+			sweepIdleKeys()
+			go func() { _, _ = c.Write([]byte("after")) }()
+			if got := readN(t, s, 5); string(got) != "after" || bytes.Equal(s.rl.rd.secret, before) {
+				t.Fatalf("after a KeyUpdate on dropped keys: read %q, key updated %v", got, !bytes.Equal(s.rl.rd.secret, before))
+			}
+		}
+	}
+}

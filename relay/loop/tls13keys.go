@@ -171,6 +171,7 @@ func takeOver(fd int, suiteID uint16, ts *trafficSecrets, in, out []byte) (*reco
 		rest = rest[recHeader+size:]
 	}
 	r.wr.seq = app.seq
+	r.sweep()
 	return r, nil
 }
 
