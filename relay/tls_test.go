@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +28,7 @@ import (
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // tlsFiles writes a fresh self-signed server certificate and returns the
@@ -166,6 +168,51 @@ func TestTLS12StaysOnCryptoTLS(t *testing.T) {
 	exchange(t, a, b, 1<<20)
 	if own, lib := s.stats.tlsOwn.Get(), s.stats.tlsLib.Get(); own != 1 || lib != 1 {
 		t.Fatalf("sessions on the own record layer %d, on crypto/tls %d; want 1 and 1", own, lib)
+	}
+}
+
+// TestTLSBadRecordInTunnel: a record that does not open, in a tunnel on
+// the own record layer, ends the tunnel counted as reason tls (not as the
+// peer closing), and the partner sees its end.
+func TestTLSBadRecordInTunnel(t *testing.T) {
+	s, cert, _ := startTLSServer(t, nil)
+	addr := s.Addrs()[0].String()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	a := tls.Client(raw, clientTLS(cert))
+	_ = a.SetDeadline(time.Now().Add(testutil.Patience))
+	if _, err := io.WriteString(a, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"`+newTestUUID()+`","name":"a","token":"bad-record"}}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := client.Dial(context.Background(), client.Options{URL: "tcp://" + addr, Token: "bad-record", Name: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	br := bufio.NewReader(a)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("waiting for TunnelEstablished: %v", err)
+		}
+		if strings.Contains(line, "TunnelEstablished") {
+			break
+		}
+	}
+	// An application-data record of 20 bytes that no key opens.
+	if _, err := raw.Write([]byte{23, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := b.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the partner read data; want the end of the tunnel")
+	}
+	waitFor(t, func() bool { return s.stats.closes[reason.TLS].Get() == 1 }, "one close counted as reason tls")
+	if n := s.stats.closes[reason.PeerClosed].Get(); n != 0 {
+		t.Fatalf("%d closes counted as peer_closed; the bad record is reason tls", n)
 	}
 }
 

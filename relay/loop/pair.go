@@ -361,7 +361,7 @@ func (l *Loop) fill(src, dst *End) bool {
 			}
 			return false
 		default: // 0: EOF; or a reset
-			l.ended(src)
+			l.ended(src, err)
 			return true
 		}
 	}
@@ -385,7 +385,7 @@ func (l *Loop) fill(src, dst *End) bool {
 	default:
 		pool.PutChunk(dst.buf)
 		dst.buf, dst.out = nil, nil
-		l.ended(src)
+		l.ended(src, err)
 		return true
 	}
 	l.cfg.Buffered.Add(n)
@@ -482,16 +482,21 @@ func (l *Loop) wsError(e *End, err error) {
 	l.startClose(e.p, e, reason.WebSocket)
 }
 
-// ended handles the end of what e sends (EOF or reset): its client is
-// gone, so nothing more is sent to it; a WebSocket peer still gets the
-// bytes of a character e's stream stopped in the middle of (BINARY).
-func (l *Loop) ended(e *End) {
+// ended handles the end of what e sends (EOF, a reset, or err: a TLS
+// record that failed, counted as reason.TLS): its client is gone, so
+// nothing more is sent to it; a WebSocket peer still gets the bytes of a
+// character e's stream stopped in the middle of (BINARY).
+func (l *Loop) ended(e *End, err error) {
 	e.eof, e.broken = true, true
 	e.Ctrl.Take()
 	if rest := e.peer.Text.Flush(); len(rest) > 0 && e.peer.WS != nil {
 		e.peer.Ctrl.PushFrame(ws.OpBinary, rest)
 	}
-	l.startClose(e.p, e, reason.PeerClosed)
+	r := reason.PeerClosed
+	if TLSFailure(err) {
+		r = reason.TLS
+	}
+	l.startClose(e.p, e, r)
 }
 
 // startClose stops reading both ends; what is queued is still delivered,

@@ -30,7 +30,7 @@ const (
 	WriteStall                     // receiver accepted nothing for WriteStallTimeout
 	IOError                        // a write or a system call on the socket failed
 	Shutdown                       // server closing
-	TLS                            // TLS handshake failed, timed out, or TLS refused/required
+	TLS                            // TLS handshake failed, timed out, or TLS refused/required; in a tunnel, a record failed or the peer sent an alert
 	LimitConns                     // MaxConns reached
 	LimitConnsPerIP                // MaxConnsPerIP reached for the source address (or IPv6 prefix)
 	LimitRate                      // ConnRatePerIP exceeded
