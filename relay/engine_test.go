@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -22,10 +23,21 @@ import (
 
 // rawTunnel is a minimal raw-TCP legacy client: it authenticates and waits
 // for TunnelEstablished, leaving the socket's buffers under the caller's
-// control. br holds bytes read past the notification.
+// control. br holds bytes read past the notification; w is where the
+// tunnel's bytes are written (the socket, or its TLS session).
 type rawTunnel struct {
 	*net.TCPConn
 	br *bufio.Reader
+	w  io.Writer
+}
+
+// stream is the tunnel's byte stream through the session it was opened
+// on (TLS where MEETPOINT_TEST_CLIENTS_TLS is set).
+func (r *rawTunnel) stream() io.ReadWriter {
+	return struct {
+		io.Reader
+		io.Writer
+	}{r.br, r.w}
 }
 
 func dialRawTunnel(addr, token, nonce, name string, setup func(*net.TCPConn)) (*rawTunnel, error) {
@@ -66,7 +78,7 @@ func dialRawTunnel(addr, token, nonce, name string, setup func(*net.TCPConn)) (*
 		}
 		if bytes.Contains(line, []byte("RemoteProxy.TunnelEstablished")) {
 			_ = tc.SetReadDeadline(time.Time{})
-			return &rawTunnel{tc, br}, nil
+			return &rawTunnel{tc, br, rw}, nil
 		}
 	}
 }
@@ -159,15 +171,21 @@ const clientsEnv = "MEETPOINT_TEST_CLIENTS"
 // TLS tunnels: docs/BENCHMARKS.md).
 const clientsTLSEnv = "MEETPOINT_TEST_CLIENTS_TLS"
 
+// clientsBurstEnv makes every tunnel of those clients carry that many
+// bytes each way once, before they are held idle (memory after traffic).
+const clientsBurstEnv = "MEETPOINT_TEST_CLIENTS_BURST"
+
 // runClients opens tunnels, alone-waiting clients and silent connections
 // against addr, prints "ready" and holds them until stdin closes.
 func runClients(spec string) {
 	var addr string
 	var tunnels, alone, silent int
 	fmt.Sscanf(spec, "%s %d %d %d", &addr, &tunnels, &alone, &silent)
+	burst, _ := strconv.Atoi(os.Getenv(clientsBurstEnv))
 	var mu sync.Mutex
 	var held []net.Conn
 	var failed error
+	pairs := make([][2]*rawTunnel, tunnels)
 	sem := make(chan struct{}, 32)
 	var wg sync.WaitGroup
 	for i := range tunnels {
@@ -185,8 +203,23 @@ func runClients(spec string) {
 					return
 				}
 				held = append(held, c)
+				pairs[i][side] = c
 			}()
 		}
+	}
+	wg.Wait()
+	for i := 0; burst > 0 && failed == nil && i < tunnels; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := burstBothWays(pairs[i][0].stream(), pairs[i][1].stream(), burst); err != nil {
+				mu.Lock()
+				failed = err
+				mu.Unlock()
+			}
+		}()
 	}
 	wg.Wait()
 	for i := range alone {
@@ -216,6 +249,24 @@ func runClients(spec string) {
 		c.Close()
 	}
 	os.Exit(0)
+}
+
+// burstBothWays sends n bytes from a to b and from b to a at once and
+// reads them at the other end.
+func burstBothWays(a, b io.ReadWriter, n int) error {
+	errs := make(chan error, 2)
+	for _, c := range []io.ReadWriter{a, b} {
+		go func() { _, err := c.Write(make([]byte, n)); errs <- err }()
+	}
+	for _, c := range []io.ReadWriter{b, a} {
+		if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+			return err
+		}
+	}
+	if err := <-errs; err != nil {
+		return err
+	}
+	return <-errs
 }
 
 func TestMain(m *testing.M) {
