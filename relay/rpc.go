@@ -55,8 +55,10 @@ func (c *conn) claimFor(t target) {
 
 // clientCert is the verified TLS client certificate, if any.
 func (c *conn) clientCert() *x509.Certificate {
-	if tr, ok := c.tr.(*tlsTransport); ok && len(tr.state.PeerCertificates) > 0 {
-		return tr.state.PeerCertificates[0]
+	if tr, ok := c.tr.(*tlsTransport); ok {
+		if peers := tr.s.State().PeerCertificates; len(peers) > 0 {
+			return peers[0]
+		}
 	}
 	return nil
 }

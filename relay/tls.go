@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"crypto/tls"
 	"errors"
 	"net"
 	"time"
@@ -29,7 +28,6 @@ type tlsTransport struct {
 	l       *loop.Loop
 	s       *loop.TLSSession
 	c       *conn
-	state   tls.ConnectionState
 	dropped bool // loop-owned: removed from the epoll set
 	unread  bool // loop-owned: see plainTransport (a tunnel reads a TLS session at once anyway)
 }
@@ -151,7 +149,7 @@ func (s *Server) handshakeTLS(j tlsJob) {
 		return
 	}
 	l := s.pickLoop(sess.Fd())
-	tr := &tlsTransport{l: l, s: sess, state: sess.State()}
+	tr := &tlsTransport{l: l, s: sess}
 	c := s.newConn(tr, j.peer, j.tk, func(c *conn) { tr.c, c.created = c, j.at })
 	if c == nil {
 		sess.Close()

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -41,10 +42,10 @@ var ErrTLSPending = errors.New("tls: client not reading")
 // hs is set (the handshake, or after Blocking), otherwise the raw
 // non-blocking descriptor.
 type nbConn struct {
-	prefix        []byte   // bytes sniffed before the handshake started
-	hs            net.Conn // blocking phase; nil while a loop drives the session
-	fd            int
-	local, remote net.Addr
+	prefix []byte   // bytes sniffed before the handshake started
+	hs     net.Conn // blocking phase; nil while a loop drives the session
+	fd     int
+	remote net.Addr
 
 	mu      sync.Mutex // guards pending, sealed, seal: tls writes come from any goroutine
 	pending []byte
@@ -202,7 +203,25 @@ func (a *nbConn) Close() error {
 	}
 	return unix.Close(a.fd)
 }
-func (a *nbConn) LocalAddr() net.Addr  { return a.local }
+
+// LocalAddr is the socket's address, asked of the kernel after the
+// handshake (rarely needed; not kept).
+func (a *nbConn) LocalAddr() net.Addr {
+	if a.hs != nil {
+		return a.hs.LocalAddr()
+	}
+	sa, err := unix.Getsockname(a.fd)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+	}
+	return &net.TCPAddr{}
+}
 func (a *nbConn) RemoteAddr() net.Addr { return a.remote }
 
 // Deadlines apply to the blocking phase, each to its own direction: a
@@ -232,8 +251,24 @@ func (a *nbConn) deadline(set func(net.Conn) error) error {
 type TLSSession struct {
 	tc *tls.Conn // crypto/tls's session; nil once rl took over
 	rl *records  // the record layer of our own, or nil
-	st tls.ConnectionState
+	st tlsState  // the handshake's outcome, once rl took over
 	ad *nbConn
+}
+
+// tlsState is what a session on the own record layer keeps of its
+// handshake's tls.ConnectionState: not the exporter's secret, nor the
+// fields TLS 1.3 leaves empty (a ConnectionState is ~0.5 KB).
+type tlsState struct {
+	version, suite, curve uint16
+	resumed               bool
+	alpn, sni             string
+	peers                 []*x509.Certificate
+	chains                [][]*x509.Certificate
+}
+
+func keepState(c tls.ConnectionState) tlsState {
+	return tlsState{c.Version, c.CipherSuite, uint16(c.CurveID), c.DidResume,
+		c.NegotiatedProtocol, c.ServerName, c.PeerCertificates, c.VerifiedChains}
 }
 
 // HandshakeTLS runs the server handshake on fd (which it takes over:
@@ -262,7 +297,7 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	if err != nil {
 		return nil, err
 	}
-	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, local: hs.LocalAddr(), remote: remote, logging: own}
+	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, remote: remote, logging: own}
 	tc := mk(ad)
 	// The socket's deadline bounds the handshake (HandshakeContext would
 	// close the conn from another goroutine when its context ends).
@@ -291,10 +326,10 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	}
 	s := &TLSSession{tc: tc, ad: ad}
 	if own {
-		s.st = tc.ConnectionState()
-		if s.st.Version == tls.VersionTLS13 && s.st.NegotiatedProtocol != "h2" && len(ad.logIn) < maxHandshakeLog && len(ad.logOut) < maxHandshakeLog {
-			if rl, err := takeOver(ad.fd, s.st.CipherSuite, keys, ad.logIn, ad.logOut); err == nil {
-				s.rl, s.tc = rl, nil
+		st := tc.ConnectionState()
+		if st.Version == tls.VersionTLS13 && st.NegotiatedProtocol != "h2" && len(ad.logIn) < maxHandshakeLog && len(ad.logOut) < maxHandshakeLog {
+			if rl, err := takeOver(ad.fd, st.CipherSuite, keys, ad.logIn, ad.logOut); err == nil {
+				s.rl, s.tc, s.st = rl, nil, keepState(st)
 			}
 		}
 		ad.logging, ad.logIn, ad.logOut = false, nil, nil
@@ -306,10 +341,14 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 // our own (else on crypto/tls).
 func (s *TLSSession) OwnRecordLayer() bool { return s.rl != nil }
 
-// State is the session's TLS state (client certificates, ALPN).
+// State is the session's TLS state (client certificates, ALPN). On the
+// own record layer its keying-material exporter is not available.
 func (s *TLSSession) State() tls.ConnectionState {
 	if s.tc == nil {
-		return s.st
+		st := s.st
+		return tls.ConnectionState{Version: st.version, HandshakeComplete: true, DidResume: st.resumed,
+			CipherSuite: st.suite, CurveID: tls.CurveID(st.curve), NegotiatedProtocol: st.alpn,
+			NegotiatedProtocolIsMutual: true, ServerName: st.sni, PeerCertificates: st.peers, VerifiedChains: st.chains}
 	}
 	return s.tc.ConnectionState()
 }
@@ -471,7 +510,7 @@ func (c *recordConn) Close() error {
 	return unix.Close(c.s.ad.fd)
 }
 
-func (c *recordConn) LocalAddr() net.Addr                { return c.s.ad.local }
+func (c *recordConn) LocalAddr() net.Addr                { return c.nc.LocalAddr() }
 func (c *recordConn) RemoteAddr() net.Addr               { return c.s.ad.remote }
 func (c *recordConn) SetDeadline(t time.Time) error      { return c.nc.SetDeadline(t) }
 func (c *recordConn) SetReadDeadline(t time.Time) error  { return c.nc.SetReadDeadline(t) }

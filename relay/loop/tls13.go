@@ -164,7 +164,7 @@ func expandLabel(h func() hash.Hash, secret []byte, label string, n int) ([]byte
 type direction struct {
 	suite  *tlsSuite
 	secret []byte
-	key    []byte
+	key    [32]byte // suite.keyLen of it
 	iv     [12]byte
 	seq    uint64
 	aead   cipher.AEAD // nil while dropped (idle)
@@ -175,7 +175,7 @@ type direction struct {
 func (d *direction) cipher() (cipher.AEAD, error) {
 	d.used = true
 	if d.aead == nil {
-		a, err := d.suite.aead(d.key)
+		a, err := d.suite.aead(d.key[:d.suite.keyLen])
 		if err != nil {
 			return nil, err
 		}
@@ -207,7 +207,8 @@ func (d *direction) setSecret(s *tlsSuite, secret []byte) error {
 	if err != nil {
 		return err
 	}
-	d.suite, d.secret, d.key, d.aead, d.seq, d.used = s, secret, key, a, 0, true
+	d.suite, d.secret, d.aead, d.seq, d.used = s, secret, a, 0, true
+	copy(d.key[:], key)
 	copy(d.iv[:], iv)
 	return nil
 }
