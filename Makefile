@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls lint fuzz release test-arm64 fleet-demo clean
+.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls lint fuzz tls-soak release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -85,6 +85,13 @@ bench-deps:
 syscalls: build
 	scripts/syscalls-per-tunnel.sh tcp
 	scripts/syscalls-per-tunnel.sh ws
+
+## tls-soak: 1 GiB each way, checksummed, between crypto/tls and the own
+## TLS 1.3 record layer, re-keying every 512 records (make test runs the
+## same test with 16 MiB); SOAK=bytes changes the size
+SOAK ?= 1073741824
+tls-soak:
+	MEETPOINT_TLS_SOAK_BYTES=$(SOAK) $(GO) test -count=1 -v -run '^TestOwnRecordsSoak$$' -timeout 30m ./relay/loop/
 
 ## lint: gofmt, go vet, staticcheck and govulncheck (installed into ./bin/tools if missing;
 ## govulncheck is skipped, saying so, when its database (vuln.go.dev) cannot be reached)

@@ -51,6 +51,11 @@ import (
 // kernel this was built on has no TLS ULP (ENOENT), so that path could not
 // be tested, and this layer is what every TLS 1.3 session uses.
 
+// keyUpdateAfter is the number of records the layer seals under one key
+// before it re-keys: AES-GCM's limit is 2^24.5 full records (RFC 8446
+// 5.5). A variable for the soak test, which re-keys often.
+var keyUpdateAfter uint64 = 1 << 24
+
 // TLS record framing.
 const (
 	recHeader    = 5
@@ -65,11 +70,6 @@ const (
 	hsKeyUpdate      = 24
 	alertCloseNotify = 0
 	alertUserCancel  = 90
-
-	// keyUpdateAfter is the number of records the layer seals under one
-	// key before it re-keys: AES-GCM's limit is 2^24.5 full records
-	// (RFC 8446 5.5).
-	keyUpdateAfter = 1 << 24
 
 	// maxUseless bounds records in a row that carry no application data
 	// (empty records, KeyUpdates): a peer cannot keep a read spinning.
