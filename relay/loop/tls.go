@@ -348,7 +348,7 @@ func (s *TLSSession) State() tls.ConnectionState {
 		st := s.st
 		return tls.ConnectionState{Version: st.version, HandshakeComplete: true, DidResume: st.resumed,
 			CipherSuite: st.suite, CurveID: tls.CurveID(st.curve), NegotiatedProtocol: st.alpn,
-			NegotiatedProtocolIsMutual: true, ServerName: st.sni, PeerCertificates: st.peers, VerifiedChains: st.chains}
+			ServerName: st.sni, PeerCertificates: st.peers, VerifiedChains: st.chains}
 	}
 	return s.tc.ConnectionState()
 }

@@ -178,9 +178,17 @@ func idleHoldsNothing(t *testing.T, s *TLSSession) {
 // picks the suite itself (AES-128-GCM on a CPU with AES): the other two
 // are driven by OpenSSL (TestOwnRecordsOpenSSL).
 func TestOwnRecordsCarryTheSession(t *testing.T) {
-	s, c, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	conf := serverConf(t)
+	conf.NextProtos = []string{"meetpoint-test"}
+	s, c, _ := tlsPair(t, conf, &tls.Config{InsecureSkipVerify: true, ServerName: "relay.test", NextProtos: []string{"meetpoint-test"}}, nil)
 	if !s.OwnRecordLayer() {
 		t.Fatal("a TLS 1.3 session stayed on crypto/tls")
+	}
+	// The state kept after the take-over is the handshake's.
+	st, cs := s.State(), c.ConnectionState()
+	if !st.HandshakeComplete || st.Version != tls.VersionTLS13 || st.CipherSuite != cs.CipherSuite ||
+		st.CurveID != cs.CurveID || st.NegotiatedProtocol != "meetpoint-test" || st.ServerName != "relay.test" {
+		t.Fatalf("State after the take-over: %+v; the client saw version %x suite %x curve %v", st, cs.Version, cs.CipherSuite, cs.CurveID)
 	}
 	const size = 4 << 20
 	up, down := pattern(size, 7), pattern(size, 13)
