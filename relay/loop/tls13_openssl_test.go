@@ -113,16 +113,7 @@ func TestOwnRecordsOpenSSL(t *testing.T) {
 			}
 			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 
-			sc, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			fd, err := DupConn(sc)
-			sc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := HandshakeTLS(fd, nil, serverConf(t), time.Now().Add(testutil.Patience), sc.RemoteAddr())
+			s, err := acceptSession(ln, serverConf(t))
 			if err != nil {
 				t.Fatalf("handshake: %v\n%s", err, out.String())
 			}

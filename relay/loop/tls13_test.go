@@ -82,16 +82,7 @@ func tlsPair(t *testing.T, conf, cc *tls.Config, hold func(*tls.Conn, *holdConn)
 		}
 		hs <- err
 	}()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := DupConn(sc)
-	sc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := HandshakeTLS(fd, nil, conf, time.Now().Add(testutil.Patience), sc.RemoteAddr())
+	s, err := acceptSession(ln, conf)
 	if err != nil {
 		t.Fatalf("server handshake: %v", err)
 	}
@@ -100,6 +91,21 @@ func tlsPair(t *testing.T, conf, cc *tls.Config, hold func(*tls.Conn, *holdConn)
 		t.Fatalf("client handshake: %v", err)
 	}
 	return s, c, nc
+}
+
+// acceptSession accepts a connection on ln and runs the server handshake
+// (HandshakeTLS with conf) on it, as the relay does.
+func acceptSession(ln net.Listener, conf *tls.Config) (*TLSSession, error) {
+	sc, err := ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := DupConn(sc)
+	sc.Close()
+	if err != nil {
+		return nil, err
+	}
+	return HandshakeTLS(fd, nil, conf, time.Now().Add(testutil.Patience), sc.RemoteAddr())
 }
 
 func serverConf(t *testing.T) *tls.Config {
@@ -247,6 +253,17 @@ func TestOwnRecordsReadWhatTheHandshakeRead(t *testing.T) {
 	idleHoldsNothing(t, s)
 }
 
+// askKeyUpdate seals a KeyUpdate from s asking the peer for its own
+// (sent with s's next write).
+func askKeyUpdate(t *testing.T, s *TLSSession) {
+	t.Helper()
+	s.rl.wmu.Lock()
+	defer s.rl.wmu.Unlock()
+	if err := s.rl.keyUpdateLocked(true); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestOwnRecordsKeyUpdate: the session asks the client for a KeyUpdate
 // (crypto/tls answers with its own), both directions move to new keys,
 // and data goes on both ways.
@@ -256,12 +273,7 @@ func TestOwnRecordsKeyUpdate(t *testing.T) {
 		t.Fatal("the session stayed on crypto/tls")
 	}
 	rd0, wr0 := bytes.Clone(s.rl.rd.secret), bytes.Clone(s.rl.wr.secret)
-	s.rl.wmu.Lock()
-	err := s.rl.keyUpdateLocked(true)
-	s.rl.wmu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	askKeyUpdate(t, s)
 	writeAll(t, s, []byte("after our update"))
 	buf := make([]byte, 16)
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "after our update" {
@@ -467,12 +479,7 @@ func TestOwnRecordsIdleKeys(t *testing.T) {
 			s.rl.rmu.Lock()
 			before := bytes.Clone(s.rl.rd.secret)
 			s.rl.rmu.Unlock()
-			s.rl.wmu.Lock()
-			err := s.rl.keyUpdateLocked(true)
-			s.rl.wmu.Unlock()
-			if err != nil {
-				t.Fatal(err)
-			}
+			askKeyUpdate(t, s)
 			writeAll(t, s, []byte("ours"))
 			buf := make([]byte, 4)
 			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ours" {
