@@ -364,16 +364,7 @@ func TestOwnRecordsRegistryAfterFailure(t *testing.T) {
 			_ = c.Handshake()
 			c.Close()
 		}()
-		sc, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fd, err := DupConn(sc)
-		sc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s, err := HandshakeTLS(fd, nil, conf, time.Now().Add(testutil.Patience), sc.RemoteAddr()); err == nil {
+		if s, err := acceptSession(ln, conf); err == nil {
 			s.Close()
 			t.Fatal("the handshake succeeded")
 		}
@@ -492,5 +483,29 @@ func TestOwnRecordsIdleKeys(t *testing.T) {
 				t.Fatalf("after a KeyUpdate on dropped keys: read %q, key updated %v", got, !bytes.Equal(s.rl.rd.secret, before))
 			}
 		}
+	}
+}
+
+// TestOwnRecordsResumed: a session resumed from a ticket (a PSK handshake,
+// no certificate) moves to the own record layer too, and carries data.
+func TestOwnRecordsResumed(t *testing.T) {
+	conf := serverConf(t)
+	cc := &tls.Config{InsecureSkipVerify: true, ServerName: "relay.test", // the cache key: each pair listens on its own port
+		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	for i, want := range []bool{false, true} {
+		s, c, _ := tlsPair(t, conf, cc, nil)
+		if !s.OwnRecordLayer() || s.State().DidResume != want {
+			t.Fatalf("connection %d: own record layer %v, resumed %v; want true, %v", i, s.OwnRecordLayer(), s.State().DidResume, want)
+		}
+		writeAll(t, s, []byte("ping"))
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" { // reads the ticket first
+			t.Fatalf("connection %d: client read %q, %v", i, buf, err)
+		}
+		go func() { _, _ = c.Write([]byte("pong")) }()
+		if got := readN(t, s, 4); string(got) != "pong" {
+			t.Fatalf("connection %d: read %q", i, got)
+		}
+		c.Close()
 	}
 }
