@@ -87,7 +87,7 @@ syscalls: build
 	scripts/syscalls-per-tunnel.sh ws
 
 ## tls-soak: 1 GiB each way, checksummed, between crypto/tls and the own
-## TLS 1.3 record layer, re-keying every 512 records (make test runs the
+## TLS 1.3 record layer, re-keying every 64 records (make test runs the
 ## same test with 16 MiB); SOAK=bytes changes the size
 SOAK ?= 1073741824
 tls-soak:
