@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/certs"
 )
 
 // Child processes: the harness re-executes itself ("meetpoint bench _child
@@ -163,9 +164,14 @@ func startServingChild(opt *Options, args ...string) (*child, string, error) {
 	return c, addrs, nil
 }
 
-// spawnRelay starts a relay child listening on nAddrs loopback addresses.
-func spawnRelay(opt *Options, nAddrs int, extra string) (*child, error) {
-	c, addrs, err := startServingChild(opt, "relay", "--listen", strings.Join(relayListen(nAddrs), ","))
+// spawnRelay starts a relay child listening on nAddrs loopback addresses;
+// with a certificate and key (PEM files) it serves TLS beside plaintext.
+func spawnRelay(opt *Options, nAddrs int, tlsCert, tlsKey string) (*child, error) {
+	args := []string{"relay", "--listen", strings.Join(relayListen(nAddrs), ",")}
+	if tlsCert != "" {
+		args = append(args, "--tls-cert", tlsCert, "--tls-key", tlsKey)
+	}
+	c, addrs, err := startServingChild(opt, args...)
 	if err != nil {
 		return nil, fmt.Errorf("spawn relay: %w", err)
 	}
@@ -213,10 +219,21 @@ func ChildMain(args []string) int {
 func childRelay(args []string) error {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "comma-separated addresses")
+	tlsCert := fs.String("tls-cert", "", "serve TLS beside plaintext with this certificate (PEM file)")
+	tlsKey := fs.String("tls-key", "", "and this key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	srv, err := relay.NewServer(relayConfig(strings.Split(*listen, ",")))
+	cfg := relayConfig(strings.Split(*listen, ","))
+	if *tlsCert != "" {
+		st, err := certs.New(certs.Config{Cert: *tlsCert, Key: *tlsKey}, nil)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		cfg.TLS = st.TLSConfig()
+	}
+	srv, err := relay.NewServer(cfg)
 	if err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 	} else {
 		nr := (n + o.IdlePerRelay - 1) / o.IdlePerRelay
 		for i := 0; i < nr; i++ {
-			c, err := spawnRelay(o, 4, "")
+			c, err := spawnRelay(o, 4, "", "")
 			if err != nil {
 				for _, r := range rels {
 					r.c.close()

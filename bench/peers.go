@@ -94,8 +94,10 @@ type Env struct {
 	cache      map[string]*Peer // started reference peers (nil: skipped)
 	fleet      *fleetEnv        // --fleet: two relays on one Redis, or nil
 	certs      *certs.Store     // tls, wss transports: the run's certificate, or nil
-	backTLS    *backend         // tls, wss transports: the backend behind haproxy tls, or nil
-	haproxyPEM string           // tls, wss transports: the run's certificate and key for haproxy tls
+	tlsCert    string           // its PEM files, for a spawned relay
+	tlsKey     string
+	backTLS    *backend // tls, wss transports: the backend behind haproxy tls, or nil
+	haproxyPEM string   // tls, wss transports: the run's certificate and key for haproxy tls
 }
 
 // newEnv starts the backend listener, the relay and the reference peers.
@@ -176,7 +178,7 @@ func (e *Env) startRelay() error {
 		e.RelayPID = e.opt.RelayPID
 		e.note("meetpoint: external relay %s (pid %d)", e.opt.RelayURL, e.opt.RelayPID)
 	case e.opt.SpawnRelay:
-		c, err := spawnRelay(e.opt, 4, "")
+		c, err := spawnRelay(e.opt, 4, e.tlsCert, e.tlsKey)
 		if err != nil {
 			return err
 		}
@@ -236,8 +238,8 @@ func (e *Env) Peers(transports ...string) []*Peer {
 	}
 	if want("meetpoint") {
 		for _, t := range transports {
-			if isTLS(t) && e.Relay == nil {
-				e.skip("meetpoint "+t, "the harness gives TLS only to relays in its own process (not --spawn-relay or --relay-url)")
+			if isTLS(t) && e.Relay == nil && e.child == nil {
+				e.skip("meetpoint "+t, "the harness gives TLS only to the relays it starts (not --relay-url)")
 				continue
 			}
 			out = append(out, &Peer{Name: "meetpoint", Transport: t, PID: e.RelayPID, env: e})

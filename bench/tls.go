@@ -19,8 +19,9 @@ import (
 // certificate per run, and the clients trust exactly it. With --fleet the
 // nodes announce that certificate, so their mesh links are TLS sessions
 // pinned to it (--mesh-tls): a cross-node TLS tunnel is encrypted on every
-// hop. A spawned or external relay gets no certificate from the harness:
-// its TLS rows are skipped with a note.
+// hop. A spawned relay (--spawn-relay) gets the certificate's files; an
+// external one (--relay-url) gets none: its TLS rows are skipped with a
+// note.
 
 // clientTLS is the client side of the run's certificate (nil: no TLS
 // transport asked for). Set once, before any dial.
@@ -49,7 +50,7 @@ func (e *Env) startTLS() error {
 	if err != nil {
 		return err
 	}
-	e.certs = st
+	e.certs, e.tlsCert, e.tlsKey = st, cp, kp
 	pool := x509.NewCertPool()
 	pool.AddCert(cert.Leaf)
 	clientTLS.Store(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
