@@ -222,6 +222,18 @@ func accept4(lfd int) (int, net.Addr, error) {
 	return int(fd), addrOf(&rsa), nil
 }
 
+// localAddrOf is fd's own address (getsockname(2)), decoded as accept4
+// decodes a peer's.
+func localAddrOf(fd int) net.Addr {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	_, _, errno := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	if errno != 0 {
+		return &net.TCPAddr{}
+	}
+	return addrOf(&rsa)
+}
+
 // addrOf decodes an IPv4 or IPv6 socket address.
 func addrOf(rsa *unix.RawSockaddrAny) net.Addr {
 	switch rsa.Addr.Family {

@@ -210,17 +210,7 @@ func (a *nbConn) LocalAddr() net.Addr {
 	if a.hs != nil {
 		return a.hs.LocalAddr()
 	}
-	sa, err := unix.Getsockname(a.fd)
-	if err != nil {
-		return &net.TCPAddr{}
-	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
-	}
-	return &net.TCPAddr{}
+	return localAddrOf(a.fd)
 }
 func (a *nbConn) RemoteAddr() net.Addr { return a.remote }
 

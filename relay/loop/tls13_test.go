@@ -196,6 +196,9 @@ func TestOwnRecordsCarryTheSession(t *testing.T) {
 		st.CurveID != cs.CurveID || st.NegotiatedProtocol != "meetpoint-test" || st.ServerName != "relay.test" {
 		t.Fatalf("State after the take-over: %+v; the client saw version %x suite %x curve %v", st, cs.Version, cs.CipherSuite, cs.CurveID)
 	}
+	if got, want := s.ad.LocalAddr().String(), c.RemoteAddr().String(); got != want {
+		t.Fatalf("the session's local address %s; the client dialled %s", got, want)
+	}
 	const size = 4 << 20
 	up, down := pattern(size, 7), pattern(size, 13)
 	go func() { _, _ = c.Write(up) }()
