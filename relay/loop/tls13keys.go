@@ -136,9 +136,26 @@ func takeOver(fd int, suiteID uint16, ts *trafficSecrets, in, out []byte) (*reco
 	if err := r.wr.setSecret(s, ts.server); err != nil {
 		return nil, err
 	}
+	// Write side: after its handshake-key records (Finished at least),
+	// every record the server wrote opens with its application key;
+	// opening them moves the write sequence past them.
+	rest, n, err := skipHandshakeKey(s, ts.serverHS, out, false)
+	if err != nil || n == 0 {
+		return nil, errTakeOver
+	}
+	for len(rest) > 0 {
+		size, ok := recordSize(rest)
+		if !ok || rest[0] != recAppData {
+			return nil, errTakeOver
+		}
+		if _, _, err := r.wr.open(rest[:recHeader+size]); err != nil {
+			return nil, errTakeOver
+		}
+		rest = rest[recHeader+size:]
+	}
 	// Read side: past the plaintext records, the client's handshake-key
 	// records (its Finished at least) were consumed; the rest is ours.
-	rest, n, err := skipHandshakeKey(s, ts.clientHS, in, true)
+	rest, n, err = skipHandshakeKey(s, ts.clientHS, in, true)
 	if err != nil || n == 0 {
 		return nil, errTakeOver
 	}
@@ -146,31 +163,6 @@ func takeOver(fd int, suiteID uint16, ts *trafficSecrets, in, out []byte) (*reco
 		r.in = getRecordBuf()
 		*r.in = append((*r.in)[:0], rest...)
 	}
-	// Write side: after its handshake-key records (Finished at least),
-	// every record the server wrote opens with its application key.
-	rest, n, err = skipHandshakeKey(s, ts.serverHS, out, false)
-	if err != nil || n == 0 {
-		r.free()
-		return nil, errTakeOver
-	}
-	var app direction
-	if err := app.setSecret(s, ts.server); err != nil {
-		r.free()
-		return nil, err
-	}
-	for len(rest) > 0 {
-		size, ok := recordSize(rest)
-		if !ok || rest[0] != recAppData {
-			r.free()
-			return nil, errTakeOver
-		}
-		if _, _, err := app.open(rest[:recHeader+size]); err != nil {
-			r.free()
-			return nil, errTakeOver
-		}
-		rest = rest[recHeader+size:]
-	}
-	r.wr.seq = app.seq
 	r.sweep()
 	return r, nil
 }
