@@ -142,34 +142,22 @@ func TestOwnRecordsOpenSSL(t *testing.T) {
 			for i := 500; i < 1000; i++ {
 				line(i)
 			}
-			last := fmt.Sprintf("x%05d", 999)
-			if _, err := stdin.Write(sent.Bytes()[:before]); err != nil {
-				t.Fatal(err)
-			}
-			testutil.WaitFor(t, func() error {
-				if !strings.Contains(out.String(), "x00499 ") {
-					return fmt.Errorf("no echo of the lines before the KeyUpdate yet")
+			// send writes p to s_client and waits for want in its output.
+			send := func(p []byte, want, what string) {
+				t.Helper()
+				if _, err := stdin.Write(p); err != nil {
+					t.Fatal(err)
 				}
-				return nil
-			}, "echo before the KeyUpdate")
-			if _, err := io.WriteString(stdin, "K\n"); err != nil {
-				t.Fatal(err)
+				testutil.WaitFor(t, func() error {
+					if !strings.Contains(out.String(), want) {
+						return fmt.Errorf("no %q in s_client's output yet", want)
+					}
+					return nil
+				}, what)
 			}
-			testutil.WaitFor(t, func() error {
-				if !strings.Contains(out.String(), "KEYUPDATE") {
-					return fmt.Errorf("s_client has not sent its KeyUpdate")
-				}
-				return nil
-			}, "s_client's KeyUpdate")
-			if _, err := stdin.Write(sent.Bytes()[before:]); err != nil {
-				t.Fatal(err)
-			}
-			testutil.WaitFor(t, func() error {
-				if !strings.Contains(out.String(), last+" ") {
-					return fmt.Errorf("no echo of the last line yet")
-				}
-				return nil
-			}, "echo after the KeyUpdate")
+			send(sent.Bytes()[:before], "x00499 ", "echo before the KeyUpdate")
+			send([]byte("K\n"), "KEYUPDATE", "s_client's KeyUpdate")
+			send(sent.Bytes()[before:], "x00999 ", "echo after the KeyUpdate")
 			stdin.Close() // s_client sends close_notify and exits
 
 			r := <-done
