@@ -51,9 +51,14 @@ type Options struct {
 	Transports []string      // meetpoint transports: tcp, ws (TEXT messages of valid UTF-8), wsbin (BINARY messages; throughput only), mixed, tls, wss
 	Duration   time.Duration // per throughput and setup measurement
 
-	SetupConc int   // K concurrent dialers (setup)
-	Sizes     []int // message sizes (throughput)
-	Parallel  []int // tunnel counts (throughput)
+	SetupConc int // K concurrent dialers (setup)
+	// SetupClients is what opens the setup scenario's tunnels: "netpoll"
+	// (the fleet of bench/npfleet.go, for tcp, ws and the TCP peers; the
+	// client library for the rest) or "library" (client.Dial and
+	// net.Dialer for every row).
+	SetupClients string
+	Sizes        []int // message sizes (throughput)
+	Parallel     []int // tunnel counts (throughput)
 
 	LatencySamples int           // RTT samples per row
 	LatencyMaxTime time.Duration // stop a row early after this long
@@ -80,11 +85,12 @@ type Options struct {
 func Quick() Options {
 	return Options{
 		Preset: "quick", Scenarios: Scenarios,
-		Transports: []string{"tcp", "ws", "mixed"},
-		Duration:   500 * time.Millisecond,
-		SetupConc:  32,
-		Sizes:      []int{64, 1 << 10, 16 << 10, 64 << 10},
-		Parallel:   []int{1, 8},
+		Transports:   []string{"tcp", "ws", "mixed"},
+		Duration:     500 * time.Millisecond,
+		SetupConc:    32,
+		SetupClients: "netpoll",
+		Sizes:        []int{64, 1 << 10, 16 << 10, 64 << 10},
+		Parallel:     []int{1, 8},
 
 		LatencySamples: 5000,
 		LatencyMaxTime: 3 * time.Second,

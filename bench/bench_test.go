@@ -109,7 +109,7 @@ func TestSetup(t *testing.T) {
 	_, tab := runTiny(t, tiny(t, "setup"))
 	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws")...)
 	for _, r := range tab.Rows {
-		if r.Values["tunnels"] < 1 || r.Values["p50"] <= 0 {
+		if r.Values["tunnels"] < 1 || r.Values["p50"] <= 0 || r.Values["errors"] != 0 {
 			t.Errorf("%s: %v", r.Peer, r.Values)
 		}
 		if r.Peer != "direct" && r.Values["x_direct"] <= 0 {

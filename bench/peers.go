@@ -523,7 +523,7 @@ type backend struct {
 }
 
 func newBackend() (*backend, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listenNoKeepAlive()
 	if err != nil {
 		return nil, err
 	}
@@ -569,8 +569,27 @@ func (b *backend) handshake(c net.Conn) {
 	ch <- c
 }
 
+// listenNoKeepAlive listens on a loopback port for a backend; its sockets
+// get no TCP keep-alive (Go's default sets four options per accepted
+// socket, harness CPU that a loopback connection has no use for).
+func listenNoKeepAlive() (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+}
+
 // pair dials front and waits for the backend to accept the connection.
 func (b *backend) pair(ctx context.Context, front string) (End, End, error) {
+	return b.pairVia(ctx, front, func(ctx context.Context) (net.Conn, error) {
+		if b.tls != nil {
+			return (&tls.Dialer{Config: b.tls}).DialContext(ctx, "tcp", front)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", front)
+	})
+}
+
+// pairVia is pair with the connection to front made by dial.
+func (b *backend) pairVia(ctx context.Context, front string, dial func(context.Context) (net.Conn, error)) (End, End, error) {
 	id := b.next.Add(1)
 	ch := make(chan net.Conn, 1)
 	b.mu.Lock()
@@ -586,14 +605,7 @@ func (b *backend) pair(ctx context.Context, front string) (End, End, error) {
 		default:
 		}
 	}
-	var d net.Dialer
-	var a net.Conn
-	var err error
-	if b.tls != nil {
-		a, err = (&tls.Dialer{NetDialer: &d, Config: b.tls}).DialContext(ctx, "tcp", front)
-	} else {
-		a, err = d.DialContext(ctx, "tcp", front)
-	}
+	a, err := dial(ctx)
 	if err != nil {
 		cancel()
 		return nil, nil, err

@@ -74,6 +74,7 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		Notes: []string{"A tunnel is open → paired → closed. meetpoint: both clients connect, send Authenticate and " +
 			"wait for TunnelEstablished (latency: until both have it). direct/haproxy/socat: connect and the harness's " +
 			"backend accepting the connection (through the proxy) and reading its 8-byte id.",
+			setupClientsNote(o.SetupClients),
 			"CPU µs/tunnel: utime + stime of the forwarding process (/proc/PID/stat) over the row, per tunnel: " +
 				"haproxy's own process; meetpoint's only with --spawn-relay (in process it would count the harness's " +
 				"clients too, so it is left out); socat forks per connection and direct has none (–). " +
@@ -106,14 +107,13 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 				defer wg.Done()
 				for time.Now().Before(deadline) && cctx.Err() == nil {
 					t0 := time.Now()
-					a, b, err := p.Pair(cctx)
+					closeBoth, err := p.openForSetup(cctx, o.SetupClients)
 					if err != nil {
 						errs.Add(1)
 						continue
 					}
 					record(h, time.Since(t0))
-					a.Close()
-					b.Close()
+					closeBoth()
 					count.Add(1)
 				}
 			}(hs[w])

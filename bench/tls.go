@@ -57,7 +57,7 @@ func (e *Env) startTLS() error {
 	// The reference for the TLS rows: HAProxy terminating TLS on both
 	// sides (a TLS client in front, a TLS backend behind), as the relay
 	// does for two TLS clients. Its PEM is the certificate and key.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listenNoKeepAlive()
 	if err != nil {
 		return err
 	}
