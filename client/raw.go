@@ -124,6 +124,9 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 	var nd net.Dialer
 	if local != nil {
 		nd.LocalAddr = &net.TCPAddr{IP: local}
+		if local.To4() != nil {
+			nd.Control = noPortAtBind
+		}
 	}
 	rawURL = escapeZone(rawURL)
 	u, err := url.Parse(rawURL)
