@@ -52,10 +52,11 @@ type Options struct {
 	Duration   time.Duration // per throughput and setup measurement
 
 	SetupConc int // K concurrent dialers (setup)
-	// SetupClients is what opens the setup scenario's tunnels: "netpoll"
-	// (the fleet of bench/npfleet.go, for tcp, ws and the TCP peers; the
-	// client library for the rest) or "library" (client.Dial and
-	// net.Dialer for every row).
+	// SetupClients is what opens the setup scenario's tunnels: "lean"
+	// (bench/clients.go on Go's net, for tcp, ws and the TCP peers; the
+	// client library for the rest), "netpoll" (the same clients on
+	// cloudwego/netpoll) or "library" (client.Dial and net.Dialer for
+	// every row).
 	SetupClients string
 	Sizes        []int // message sizes (throughput)
 	Parallel     []int // tunnel counts (throughput)
@@ -88,7 +89,7 @@ func Quick() Options {
 		Transports:   []string{"tcp", "ws", "mixed"},
 		Duration:     500 * time.Millisecond,
 		SetupConc:    32,
-		SetupClients: "netpoll",
+		SetupClients: "lean",
 		Sizes:        []int{64, 1 << 10, 16 << 10, 64 << 10},
 		Parallel:     []int{1, 8},
 

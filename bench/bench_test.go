@@ -131,6 +131,25 @@ func TestSetup(t *testing.T) {
 	}
 }
 
+// TestSetupOnNetpoll: the lean clients on netpoll open real tunnels
+// through the relay and the direct connection.
+func TestSetupOnNetpoll(t *testing.T) {
+	o := tiny(t, "setup")
+	o.SetupClients = "netpoll"
+	o.Peers = []string{"direct", "meetpoint"}
+	o.Transports = []string{"tcp", "ws"}
+	_, tab := runTiny(t, o)
+	wantRows(t, tab, "direct", "meetpoint tcp", "meetpoint ws")
+	for _, r := range tab.Rows {
+		if r.Values["tunnels"] < 1 || r.Values["errors"] != 0 {
+			t.Errorf("%s: %v", r.Peer, r.Values)
+		}
+	}
+	if !strings.Contains(tab.Markdown(), "--clients netpoll") {
+		t.Errorf("the report does not say which clients opened the tunnels:\n%s", tab.Markdown())
+	}
+}
+
 func TestThroughput(t *testing.T) {
 	rep, tab := runTiny(t, tiny(t, "throughput"))
 	wantRows(t, tab, append(refPeers(), "meetpoint tcp", "meetpoint ws", "meetpoint mixed")...)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha1"
@@ -16,18 +17,26 @@ import (
 	"github.com/cloudwego/netpoll"
 )
 
-// The setup scenario's client fleet on cloudwego/netpoll.
+// The setup scenario's lean clients.
 //
-// netpoll's model fits a fleet of short client connections: every socket
-// sits on netpoll's few poller goroutines, which read eagerly into the
-// connection's own buffer, so a connection costs no goroutine, no 32 KiB
-// bufio reader and no Go-netpoller registration of its own; a waiting
-// worker parks on a channel until its line is there. The relay cannot use
-// it (netpoll's eager reads leave no socket for splice(2), see
-// docs/architecture.md), a load generator can: it only opens, reads a few
-// replies and closes.
+// A set-up benchmark on two shared cores measures the harness as much as
+// the relay: what the clients spend, the relay cannot. client.Dial is the
+// library users get (it decodes every message into a map, reads through
+// a 32 KiB bufio.Reader, runs a timeout goroutine, and net.Dialer sets
+// four keep-alive options per socket), so `bench setup` opens its tunnels
+// with lean clients instead, on one of two socket layers:
 //
-// What a fleet tunnel does on the wire is what client.Dial and
+//   - "lean" (the default): Go's net, no keep-alive, a 4 KiB reader; the
+//     worker goroutine blocks in the runtime's poller.
+//   - "netpoll": cloudwego/netpoll, every socket on its poller goroutines,
+//     which read eagerly into the connection's buffer and wake the worker
+//     waiting for its line. Measured against "lean" in the same runs
+//     (docs/BENCHMARKS.md, "The harness's clients"), it costs the harness
+//     more: its dial registers the socket twice (once to wait for connect,
+//     once for the connection), and every reply is a hop from its poller
+//     to the worker. It stays as the comparison that says so.
+//
+// What a lean tunnel does on the wire is what client.Dial and
 // Tunnel.Close do (so that the relay's CPU per tunnel is comparable with
 // rows measured with the client library): both ends connect (the WebSocket
 // ones upgrade), each sends one Authenticate request and reads lines (TEXT
@@ -36,36 +45,88 @@ import (
 // replies are matched, not decoded: a reply that is not the success the
 // relay sends is an error with its text.
 
-// npDialTimeout bounds one fleet dial, and each read of a reply.
-const npDialTimeout = 20 * time.Second
+// clientTimeout bounds one dial, and the reads of a client's replies.
+const clientTimeout = 20 * time.Second
 
-// npMaxLine bounds a reply line (or WebSocket message) the fleet reads.
-const npMaxLine = 64 << 10
+// clientMaxLine bounds a reply line (or WebSocket message) a client reads:
+// the relay's replies are a few hundred bytes.
+const clientMaxLine = 4 << 10
 
-// npDial connects to host ("ip:port") from local (nil: the kernel's
-// choice) on netpoll, with reads bounded by npDialTimeout.
-func npDial(ctx context.Context, host string, local net.IP) (netpoll.Connection, error) {
-	ap, err := netip.ParseAddrPort(host)
-	if err != nil {
-		return nil, fmt.Errorf("fleet: %q is not ip:port: %w", host, err)
-	}
-	var laddr *netpoll.TCPAddr
-	if local != nil {
-		laddr = &netpoll.TCPAddr{TCPAddr: net.TCPAddr{IP: local}}
-	}
-	raddr := &netpoll.TCPAddr{TCPAddr: *net.TCPAddrFromAddrPort(ap)}
-	ctx, cancel := context.WithTimeout(ctx, npDialTimeout)
-	defer cancel()
-	c, err := netpoll.DialTCP(ctx, "tcp", laddr, raddr)
+// replyReader is what a client reads replies with: netpoll's Reader, or
+// goReader over Go's net. A slice it returns is valid until Release.
+type replyReader interface {
+	Until(delim byte) ([]byte, error)
+	Next(n int) ([]byte, error)
+	Release() error
+}
+
+// clientConn is one lean client's socket and its reader.
+type clientConn struct {
+	net.Conn
+	r replyReader
+}
+
+// goReader is a replyReader on a small bufio.Reader: a slice is valid
+// until the next read (the fleet reads one reply at a time).
+type goReader struct{ *bufio.Reader }
+
+// Until reads up to and including delim; a line longer than the buffer
+// is an error.
+func (g goReader) Until(delim byte) ([]byte, error) { return g.ReadSlice(delim) }
+
+// Next returns the next n bytes.
+func (g goReader) Next(n int) ([]byte, error) {
+	b, err := g.Peek(n)
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadTimeout(npDialTimeout)
+	_, _ = g.Discard(n)
+	return b, nil
+}
+
+// Release does nothing: a slice lives until the next read.
+func (goReader) Release() error { return nil }
+
+// dialClient connects to host ("ip:port") with the fleet's socket layer:
+// Go's net without keep-alive and with a 4 KiB reader, or netpoll
+// (onNetpoll).
+func dialClient(ctx context.Context, host string, onNetpoll bool) (*clientConn, error) {
+	if !onNetpoll {
+		d := net.Dialer{KeepAlive: -1, Timeout: clientTimeout}
+		c, err := d.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return nil, err
+		}
+		c.SetReadDeadline(time.Now().Add(clientTimeout))
+		return &clientConn{Conn: c, r: goReader{bufio.NewReaderSize(c, clientMaxLine)}}, nil
+	}
+	c, err := netpollDial(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	return &clientConn{Conn: c, r: c.Reader()}, nil
+}
+
+// netpollDial connects to host ("ip:port") on netpoll, with reads bounded
+// by clientTimeout.
+func netpollDial(ctx context.Context, host string) (netpoll.Connection, error) {
+	ap, err := netip.ParseAddrPort(host)
+	if err != nil {
+		return nil, fmt.Errorf("setup client: %q is not ip:port: %w", host, err)
+	}
+	raddr := &netpoll.TCPAddr{TCPAddr: *net.TCPAddrFromAddrPort(ap)}
+	ctx, cancel := context.WithTimeout(ctx, clientTimeout)
+	defer cancel()
+	c, err := netpoll.DialTCP(ctx, "tcp", nil, raddr)
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadTimeout(clientTimeout)
 	return c, nil
 }
 
-// npAuthRequest is the Authenticate request of a fleet client, a line.
-func npAuthRequest(name, nonce string) []byte {
+// authRequest is the Authenticate request of a fleet client, a line.
+func authRequest(name, nonce string) []byte {
 	return fmt.Appendf(nil, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"bench","nonce":"%s"}}`+"\n",
 		newUUID(), name, nonce)
 }
@@ -80,27 +141,35 @@ func newUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
-// npEnd is one fleet client: its connection and whether it speaks WebSocket.
-type npEnd struct {
-	c  netpoll.Connection
+// setupClient is one fleet client: its connection and whether it speaks WebSocket.
+type setupClient struct {
+	c  *clientConn
 	ws bool
 }
 
-// npOpenEnd connects to host over transport (tcp or ws) and sends the
-// Authenticate request for nonce; it does not wait for the reply.
-func npOpenEnd(ctx context.Context, host, transport, name, nonce string) (*npEnd, error) {
-	c, err := npDial(ctx, host, sourceFor(host))
+// openSetupClient connects to host over transport (tcp or ws) and sends the
+// Authenticate request for nonce; it does not wait for the reply. It
+// connects from the kernel's choice of address and port, not from one of
+// the 127.0.0.x the other scenarios spread their clients over: a bind
+// before connect(2) picks a port no TIME_WAIT socket holds, a search that
+// slows down run after run as they fill the range (a setup run leaves
+// tens of thousands for 60 s; netpoll's dialer cannot be told
+// IP_BIND_ADDRESS_NO_PORT), where connect(2) picks one for the 4-tuple
+// and reuses TIME_WAIT ports on loopback. Set-up holds only 2 × --conc
+// connections at a time.
+func openSetupClient(ctx context.Context, host, transport, name, nonce string, onNetpoll bool) (*setupClient, error) {
+	c, err := dialClient(ctx, host, onNetpoll)
 	if err != nil {
 		return nil, err
 	}
-	e := &npEnd{c: c, ws: transport == "ws"}
-	req := npAuthRequest(name, nonce)
+	e := &setupClient{c: c, ws: transport == "ws"}
+	req := authRequest(name, nonce)
 	if e.ws {
-		if err := npUpgrade(c, host); err != nil {
+		if err := upgradeWS(c, host); err != nil {
 			c.Close()
 			return nil, err
 		}
-		req = npMasked(0x1, req)
+		req = maskedFrame(0x1, req)
 	}
 	if _, err := c.Write(req); err != nil {
 		c.Close()
@@ -109,9 +178,9 @@ func npOpenEnd(ctx context.Context, host, transport, name, nonce string) (*npEnd
 	return e, nil
 }
 
-// npUpgrade makes the WebSocket upgrade on c and checks the 101 reply and
+// upgradeWS makes the WebSocket upgrade on c and checks the 101 reply and
 // its Sec-WebSocket-Accept (RFC 6455 4.1).
-func npUpgrade(c netpoll.Connection, host string) error {
+func upgradeWS(c *clientConn, host string) error {
 	var key [16]byte
 	binary.LittleEndian.PutUint64(key[:8], rand.Uint64())
 	binary.LittleEndian.PutUint64(key[8:], rand.Uint64())
@@ -123,41 +192,41 @@ func npUpgrade(c netpoll.Connection, host string) error {
 	}
 	sum := sha1.Sum([]byte(k + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	want := base64.StdEncoding.EncodeToString(sum[:])
-	r := c.Reader()
+	r := c.r
 	defer r.Release()
 	status, err := r.Until('\n')
 	if err != nil {
-		return fmt.Errorf("fleet: upgrade: %w", err)
+		return fmt.Errorf("setup client: upgrade: %w", err)
 	}
 	if !bytes.HasPrefix(status, []byte("HTTP/1.1 101 ")) {
-		return fmt.Errorf("fleet: upgrade refused: %q", bytes.TrimSpace(status))
+		return fmt.Errorf("setup client: upgrade refused: %q", bytes.TrimSpace(status))
 	}
 	accepted := false
 	for n := 0; ; n++ {
 		line, err := r.Until('\n')
 		if err != nil {
-			return fmt.Errorf("fleet: upgrade: %w", err)
+			return fmt.Errorf("setup client: upgrade: %w", err)
 		}
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
 			break
 		}
 		if n > 64 {
-			return errors.New("fleet: upgrade: more than 64 header lines")
+			return errors.New("setup client: upgrade: more than 64 header lines")
 		}
 		if name, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(name, []byte("Sec-WebSocket-Accept")) {
 			accepted = string(bytes.TrimSpace(v)) == want
 		}
 	}
 	if !accepted {
-		return errors.New("fleet: upgrade: Sec-WebSocket-Accept missing or wrong")
+		return errors.New("setup client: upgrade: Sec-WebSocket-Accept missing or wrong")
 	}
 	return nil
 }
 
-// npMasked returns one client frame (FIN, opcode op, a random mask) with
+// maskedFrame returns one client frame (FIN, opcode op, a random mask) with
 // payload p.
-func npMasked(op byte, p []byte) []byte {
+func maskedFrame(op byte, p []byte) []byte {
 	f := make([]byte, 0, 14+len(p))
 	f = append(f, 0x80|op)
 	switch n := len(p); {
@@ -179,22 +248,22 @@ func npMasked(op byte, p []byte) []byte {
 	return f
 }
 
-// npMessage calls f with the payload of each message the relay sends (a
+// messages calls f with the payload of each message the relay sends (a
 // line over TCP, a TEXT message over WebSocket; control frames are
 // skipped, a close frame ends it) until f returns done or an error. The
 // payload is valid only during f.
-func (e *npEnd) npMessage(f func(p []byte) (done bool, err error)) error {
-	r := e.c.Reader()
+func (e *setupClient) messages(f func(p []byte) (done bool, err error)) error {
+	r := e.c.r
 	defer r.Release()
 	for {
 		var p []byte
 		var err error
 		if e.ws {
-			p, err = npFrame(r)
+			p, err = readFrame(r)
 		} else {
 			p, err = r.Until('\n')
-			if err == nil && len(p) > npMaxLine {
-				err = fmt.Errorf("fleet: a line of %d bytes", len(p))
+			if err == nil && len(p) > clientMaxLine {
+				err = fmt.Errorf("setup client: a line of %d bytes", len(p))
 			}
 		}
 		if err != nil {
@@ -209,17 +278,17 @@ func (e *npEnd) npMessage(f func(p []byte) (done bool, err error)) error {
 	}
 }
 
-// npFrame reads one server frame: its payload for a TEXT or BINARY frame
+// readFrame reads one server frame: its payload for a TEXT or BINARY frame
 // (FIN set: the relay does not fragment its own messages), nil for ping
 // and pong, and an error for a close frame or a bad header.
-func npFrame(r netpoll.Reader) ([]byte, error) {
+func readFrame(r replyReader) ([]byte, error) {
 	h, err := r.Next(2)
 	if err != nil {
 		return nil, err
 	}
 	op, masked, n := h[0]&0x0f, h[1]&0x80 != 0, uint64(h[1]&0x7f)
 	if masked || h[0]&0x80 == 0 {
-		return nil, fmt.Errorf("fleet: unexpected frame header %#x %#x", h[0], h[1])
+		return nil, fmt.Errorf("setup client: unexpected frame header %#x %#x", h[0], h[1])
 	}
 	switch n {
 	case 126:
@@ -235,8 +304,8 @@ func npFrame(r netpoll.Reader) ([]byte, error) {
 		}
 		n = binary.BigEndian.Uint64(x)
 	}
-	if n > npMaxLine {
-		return nil, fmt.Errorf("fleet: a frame of %d bytes", n)
+	if n > clientMaxLine {
+		return nil, fmt.Errorf("setup client: a frame of %d bytes", n)
 	}
 	p, err := r.Next(int(n))
 	if err != nil {
@@ -246,20 +315,20 @@ func npFrame(r netpoll.Reader) ([]byte, error) {
 	case 0x1, 0x2:
 		return p, nil
 	case 0x8:
-		return nil, fmt.Errorf("fleet: the relay closed: %q", p)
+		return nil, fmt.Errorf("setup client: the relay closed: %q", p)
 	}
 	return nil, nil
 }
 
 // awaitPartner reads the Authenticate reply (it must be a success) and
 // then messages until RemoteProxy.TunnelEstablished.
-func (e *npEnd) awaitPartner() error {
+func (e *setupClient) awaitPartner() error {
 	replied := false
-	return e.npMessage(func(p []byte) (bool, error) {
+	return e.messages(func(p []byte) (bool, error) {
 		switch {
 		case bytes.Contains(p, []byte(`"RemoteProxy.TunnelEstablished"`)):
 			if !replied {
-				return false, errors.New("fleet: TunnelEstablished before the Authenticate reply")
+				return false, errors.New("setup client: TunnelEstablished before the Authenticate reply")
 			}
 			return true, nil
 		case bytes.Contains(p, []byte(`"AuthenticationErrorNoError"`)):
@@ -267,33 +336,33 @@ func (e *npEnd) awaitPartner() error {
 		case bytes.Contains(p, []byte(`"notification"`)) && !bytes.Contains(p, []byte(`"RemoteProxy.Closing"`)):
 			// another notification: not ours to judge
 		default:
-			return false, fmt.Errorf("fleet: the relay said %q", bytes.TrimSpace(p))
+			return false, fmt.Errorf("setup client: the relay said %q", bytes.TrimSpace(p))
 		}
 		return false, nil
 	})
 }
 
-// npCloseFrame is the close frame a fleet client sends before closing, as
+// normalClose is the close frame a fleet client sends before closing, as
 // client.Tunnel.Close does: status 1000, no reason.
-var npCloseFrame = []byte{0x03, 0xe8}
+var normalClose = []byte{0x03, 0xe8}
 
 // Close ends the client as client.Tunnel.Close does.
-func (e *npEnd) Close() error {
+func (e *setupClient) Close() error {
 	if e.ws {
-		_, _ = e.c.Write(npMasked(0x8, npCloseFrame))
+		_, _ = e.c.Write(maskedFrame(0x8, normalClose))
 	}
 	return e.c.Close()
 }
 
-// npMeetpointTunnel opens one tunnel through the relay at host with two
+// openMeetpointTunnel opens one tunnel through the relay at host with two
 // fleet clients (b first, as dialPairOn does) and waits until both are
 // paired. It returns the two clients' closer.
-func npMeetpointTunnel(ctx context.Context, host, transport, nonce string) (func(), error) {
-	b, err := npOpenEnd(ctx, host, transport, "b", nonce)
+func openMeetpointTunnel(ctx context.Context, host, transport, nonce string, onNetpoll bool) (func(), error) {
+	b, err := openSetupClient(ctx, host, transport, "b", nonce, onNetpoll)
 	if err != nil {
 		return nil, err
 	}
-	a, err := npOpenEnd(ctx, host, transport, "a", nonce)
+	a, err := openSetupClient(ctx, host, transport, "a", nonce, onNetpoll)
 	if err != nil {
 		b.Close()
 		return nil, err
@@ -310,10 +379,10 @@ func npMeetpointTunnel(ctx context.Context, host, transport, nonce string) (func
 	return closeBoth, nil
 }
 
-// npServes reports whether the netpoll fleet opens p's setup tunnels:
+// leanServes reports whether lean clients open p's setup tunnels:
 // meetpoint over tcp and ws, and the TCP peers (direct, haproxy, socat).
 // TLS, wss, mixed and the fleet-of-relays peers keep the client library.
-func npServes(p *Peer) bool {
+func leanServes(p *Peer) bool {
 	switch p.Name {
 	case "meetpoint":
 		return p.Transport == "tcp" || p.Transport == "ws"
@@ -323,11 +392,12 @@ func npServes(p *Peer) bool {
 	return false
 }
 
-// openForSetup opens one tunnel through p for the setup scenario, with the
-// netpoll fleet where clients is "netpoll" and it serves p (npServes), and
-// p.Pair otherwise, and returns what closes both ends.
+// openForSetup opens one tunnel through p for the setup scenario, with
+// lean clients on the socket layer clients names ("lean" or "netpoll")
+// where they serve p (leanServes), and p.Pair otherwise ("library"), and
+// returns what closes both ends.
 func (p *Peer) openForSetup(ctx context.Context, clients string) (func(), error) {
-	if clients != "netpoll" || !npServes(p) {
+	if clients == "library" || !leanServes(p) {
 		a, b, err := p.Pair(ctx)
 		if err != nil {
 			return nil, err
@@ -336,10 +406,14 @@ func (p *Peer) openForSetup(ctx context.Context, clients string) (func(), error)
 	}
 	if p.Name == "meetpoint" {
 		nonce := fmt.Sprintf("%s-%d", p.env.runID, p.env.nonce.Add(1))
-		return npMeetpointTunnel(ctx, p.env.relayHost(), p.Transport, nonce)
+		return openMeetpointTunnel(ctx, p.env.relayHost(), p.Transport, nonce, clients == "netpoll")
 	}
 	a, b, err := p.env.back.pairVia(ctx, p.front, func(ctx context.Context) (net.Conn, error) {
-		return npDial(ctx, p.front, nil)
+		c, err := dialClient(ctx, p.front, clients == "netpoll")
+		if err != nil {
+			return nil, err
+		}
+		return c.Conn, nil
 	})
 	if err != nil {
 		return nil, err
@@ -349,10 +423,14 @@ func (p *Peer) openForSetup(ctx context.Context, clients string) (func(), error)
 
 // setupClientsNote says in the report what opened the setup rows' tunnels.
 func setupClientsNote(clients string) string {
-	if clients == "netpoll" {
-		return "Clients (--clients netpoll): the harness's netpoll fleet (bench/npfleet.go: sockets on netpoll's " +
-			"pollers, pre-built requests, replies matched, not decoded) for meetpoint tcp and ws and for direct/haproxy/socat; " +
-			"the client library (client.Dial) for tls, wss, mixed and the fleet-of-relays rows."
+	if clients == "library" {
+		return "Clients (--clients library): client.Dial for meetpoint, net.Dialer for direct/haproxy/socat."
 	}
-	return "Clients (--clients library): client.Dial for meetpoint, net.Dialer for direct/haproxy/socat."
+	layer := "Go's net without keep-alive, a 4 KiB reader"
+	if clients == "netpoll" {
+		layer = "cloudwego/netpoll"
+	}
+	return "Clients (--clients " + clients + "): the harness's lean clients (bench/clients.go: pre-built requests, " +
+		"replies matched, not decoded; on " + layer + ") for meetpoint tcp and ws and for direct/haproxy/socat; " +
+		"the client library (client.Dial) for tls, wss, mixed and the fleet-of-relays rows."
 }

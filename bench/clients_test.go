@@ -34,10 +34,13 @@ func fakeRelay(t *testing.T, serve func(c net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestFleetJudgesReplies: a fleet client is paired only by a successful
-// Authenticate reply followed by TunnelEstablished; anything else is an
-// error that carries the relay's words.
-func TestFleetJudgesReplies(t *testing.T) {
+// layers are the lean clients' socket layers: Go's net, netpoll.
+var layers = map[string]bool{"lean": false, "netpoll": true}
+
+// TestSetupClientJudgesReplies: a lean client is paired only by a
+// successful Authenticate reply followed by TunnelEstablished; anything
+// else is an error that carries the relay's words.
+func TestSetupClientJudgesReplies(t *testing.T) {
 	const ok = `{"id":1,"params":{"authenticationError":"AuthenticationErrorNoError"},"status":"success"}` + "\n"
 	const te = `{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"a","uuid":"x"}}` + "\n"
 	cases := []struct {
@@ -50,34 +53,42 @@ func TestFleetJudgesReplies(t *testing.T) {
 		{"established before the reply", te, "before the Authenticate reply"},
 		{"cut off", ok, "EOF"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got := make(chan string, 1)
-			host := fakeRelay(t, func(c net.Conn) {
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				got <- line
-				c.Write([]byte(tc.reply))
+	for layer, onNetpoll := range layers {
+		for _, tc := range cases {
+			t.Run(layer+"/"+tc.name, func(t *testing.T) {
+				got := make(chan string, 1)
+				host := fakeRelay(t, func(c net.Conn) {
+					line, _ := bufio.NewReader(c).ReadString('\n')
+					got <- line
+					c.Write([]byte(tc.reply))
+				})
+				e, err := openSetupClient(context.Background(), host, "tcp", "b", "n1", onNetpoll)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer e.Close()
+				if line := <-got; !strings.Contains(line, `"method":"Authentication.Authenticate"`) || !strings.Contains(line, `"nonce":"n1"`) {
+					t.Fatalf("request %q", line)
+				}
+				err = e.awaitPartner()
+				if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+					t.Fatalf("awaitPartner: %v, want %q", err, tc.wantErr)
+				}
 			})
-			e, err := npOpenEnd(context.Background(), host, "tcp", "b", "n1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer e.Close()
-			if line := <-got; !strings.Contains(line, `"method":"Authentication.Authenticate"`) || !strings.Contains(line, `"nonce":"n1"`) {
-				t.Fatalf("request %q", line)
-			}
-			err = e.awaitPartner()
-			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Fatalf("awaitPartner: %v, want %q", err, tc.wantErr)
-			}
-		})
+		}
 	}
 }
 
-// TestFleetWebSocket: the fleet's upgrade is checked (a wrong
+// TestSetupClientWebSocket: a lean client's upgrade is checked (a wrong
 // Sec-WebSocket-Accept is refused) and its frames are masked TEXT frames
 // a WebSocket server reads.
-func TestFleetWebSocket(t *testing.T) {
+func TestSetupClientWebSocket(t *testing.T) {
+	for layer, onNetpoll := range layers {
+		t.Run(layer, func(t *testing.T) { testSetupClientWebSocket(t, onNetpoll) })
+	}
+}
+
+func testSetupClientWebSocket(t *testing.T, onNetpoll bool) {
 	closed := make(chan error, 1) // what the server read after the tunnel
 	host := fakeRelay(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -108,7 +119,7 @@ func TestFleetWebSocket(t *testing.T) {
 		}
 		closed <- nil
 	})
-	e, err := npOpenEnd(context.Background(), host, "ws", "b", "n1")
+	e, err := openSetupClient(context.Background(), host, "ws", "b", "n1", onNetpoll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +135,7 @@ func TestFleetWebSocket(t *testing.T) {
 		http.ReadRequest(bufio.NewReader(c))
 		c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n"))
 	})
-	if _, err := npOpenEnd(context.Background(), bad, "ws", "b", "n1"); err == nil || !strings.Contains(err.Error(), "Sec-WebSocket-Accept") {
+	if _, err := openSetupClient(context.Background(), bad, "ws", "b", "n1", onNetpoll); err == nil || !strings.Contains(err.Error(), "Sec-WebSocket-Accept") {
 		t.Fatalf("a wrong accept key: %v", err)
 	}
 }

@@ -128,7 +128,7 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	transports := fs.String("transports", strings.Join(opt.Transports, ","), "meetpoint transports: tcp,ws,mixed; wsbin (BINARY WebSocket messages where ws sends TEXT; throughput only); tls,wss (relays in this process; with --fleet the mesh links are TLS too)")
 	dur := fs.Duration("duration", opt.Duration, "time per throughput and setup measurement")
 	conc := fs.Int("conc", opt.SetupConc, "setup: concurrent dialers")
-	clients := fs.String("clients", opt.SetupClients, "setup: what opens the tunnels: netpoll (a client fleet on cloudwego/netpoll for tcp, ws and the TCP peers) or library (client.Dial and net.Dialer)")
+	clients := fs.String("clients", opt.SetupClients, "setup: what opens the tunnels: lean (lean clients on Go's net for tcp, ws and the TCP peers), netpoll (the same on cloudwego/netpoll) or library (client.Dial and net.Dialer)")
 	sizes := fs.String("sizes", joinInts(opt.Sizes), "throughput: message sizes in bytes")
 	par := fs.String("parallel", joinInts(opt.Parallel), "throughput: tunnel counts")
 	samples := fs.Int("samples", opt.LatencySamples, "latency: RTT samples per row")
@@ -154,8 +154,8 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 				return fmt.Errorf("transports: %q: want tcp, ws, wsbin, mixed, tls or wss", t)
 			}
 		}
-		if *clients != "netpoll" && *clients != "library" {
-			return fmt.Errorf("clients: %q: want netpoll or library", *clients)
+		if *clients != "lean" && *clients != "netpoll" && *clients != "library" {
+			return fmt.Errorf("clients: %q: want lean, netpoll or library", *clients)
 		}
 		o.SetupClients = *clients
 		if *idleTr != "tcp" && *idleTr != "ws" && *idleTr != "mixed" {
