@@ -196,6 +196,7 @@ type conn struct {
 
 	// Claimed (under mu until released, then the target's).
 	target      target // where a claimed connection goes
+	partner     *conn  // claimed by pairUp: the tunnel's other side (dropFrom releases it at once if it shares the loop); nil once dropped
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	late        []byte // input that arrived after the claim (≤ lateLimit)
 	lateMax     int    // bound on late when not MaxPreAuth (a hand-off to net/http)

@@ -196,6 +196,7 @@ func pairUp(a, b *conn) (t *tunnel, gone bool) {
 	}
 	b.s.reg.Paired(b.key, t)
 	a.target, b.target = t, t
+	a.partner, b.partner = b, a
 	b.wantRelease()
 	a.wantRelease()
 	gone = a.gone

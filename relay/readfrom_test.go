@@ -42,6 +42,8 @@ func (idleTransport) write(b []byte) (int, error) { return len(b), nil }
 func (idleTransport) release(bool)                {}
 func (idleTransport) detach() (loop.Sock, error)  { return nil, net.ErrClosed }
 func (idleTransport) discard()                    {}
+func (idleTransport) home() *loop.Loop            { return nil }
+func (idleTransport) drop(*loop.Loop)             {}
 
 // rfConn is a connection in its first stage on a server that is not
 // started.

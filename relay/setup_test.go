@@ -94,3 +94,30 @@ func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
 		t.Errorf("websocket: the reply and TunnelEstablished came in %d segments, want 1", n)
 	}
 }
+
+// TestSetupSameLoopTakesBothEntriesOver: on a relay with one loop, a
+// tunnel's two sockets both stay in the loop's epoll set from accept to
+// forwarding (loop.Park: no EPOLL_CTL_DEL and ADD for either side), and
+// the tunnel forwards both ways.
+func TestSetupSameLoopTakesBothEntriesOver(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Loops = 1 })
+	takenOver := func() uint64 { return s.loops[0].TakenOver() }
+	for i := range 3 {
+		before := takenOver()
+		a, b := pair(t, tcpURL(s), tcpURL(s), "tok", fmt.Sprintf("same-loop-%d", i))
+		for _, d := range [][2]*client.Tunnel{{a, b}, {b, a}} {
+			if _, err := d[0].Write([]byte("ping\n")); err != nil {
+				t.Fatal(err)
+			}
+			d[1].SetDeadline(time.Now().Add(testutil.Patience))
+			if line, err := bufio.NewReader(d[1]).ReadString('\n'); err != nil || line != "ping\n" {
+				t.Fatalf("tunnel %d: read %q, %v", i, line, err)
+			}
+		}
+		if got := takenOver() - before; got != 2 {
+			t.Fatalf("tunnel %d: %d epoll entries taken over, want both sides' (2)", i, got)
+		}
+		a.Close()
+		b.Close()
+	}
+}

@@ -25,6 +25,11 @@ type transport interface {
 	detach() (loop.Sock, error)
 	// discard disposes of the socket when it is not taken over.
 	discard()
+	// home is the loop whose goroutine reads the socket (static).
+	home() *loop.Loop
+	// drop lets go of the socket now; home's goroutine only, and only
+	// once release was asked (a second call does nothing).
+	drop(l *loop.Loop)
 }
 
 // writeNow writes a prefix of b to the non-blocking socket fd: all of it,
@@ -69,6 +74,8 @@ func (t *plainTransport) write(b []byte) (int, error) { return writeNow(t.fd, b)
 
 // release removes the connection from its loop, then releases it.
 func (t *plainTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t) }
+
+func (t *plainTransport) home() *loop.Loop { return t.l }
 
 // dropper is a transport that lets go of its socket on its loop.
 type dropper interface{ drop(l *loop.Loop) }
@@ -126,11 +133,15 @@ func (t *plainTransport) Stop(l *loop.Loop) {
 // (loop.Park); only a tunnel's, as the pair keeps the descriptor as it is
 // (a TLS hand-over or an HTTP hand-off dups it, and an epoll entry lives
 // as long as any descriptor of its socket, so the entry must go first).
-// Loop goroutine.
+// When the tunnel's other side lives on this loop too, its release (queued
+// on the loop by pairUp) runs here, while fd is still parked: the tunnel
+// then starts on this loop with both entries taken over. Loop goroutine.
 func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
 	c.mu.Lock()
 	_, park := c.target.(*tunnel)
 	park = park && state(c.st.Load()) == stClaimed
+	p := c.partner
+	c.partner = nil
 	c.mu.Unlock()
 	if !park {
 		l.Unregister(fd)
@@ -139,6 +150,9 @@ func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
 	}
 	l.Park(fd, unread)
 	c.released(l)
+	if p != nil && p.tr.home() == l {
+		p.tr.drop(l)
+	}
 	l.Unpark(fd)
 }
 

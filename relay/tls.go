@@ -45,6 +45,8 @@ func (t *tlsTransport) write(b []byte) (int, error) {
 // release removes the connection from its loop, then releases it.
 func (t *tlsTransport) release(onLoop bool) { t.c.releaseVia(t.l, onLoop, t) }
 
+func (t *tlsTransport) home() *loop.Loop { return t.l }
+
 func (t *tlsTransport) drop(l *loop.Loop) {
 	if t.dropped {
 		return

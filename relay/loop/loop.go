@@ -85,6 +85,10 @@ type Loop struct {
 	// false merely wakes the loop once for nothing).
 	awake atomic.Bool
 
+	// takenOver counts the sockets Register took over from Park without
+	// an EPOLL_CTL_ADD (TakenOver).
+	takenOver atomic.Uint64
+
 	// Owned by the loop goroutine.
 	eps       map[int32]Pollee
 	scratch   []byte
@@ -188,6 +192,7 @@ func (l *Loop) Stop() {
 // next turn.
 func (l *Loop) Register(fd int, p Pollee) error {
 	if pk, ok := l.eps[int32(fd)].(*parked); ok {
+		l.takenOver.Add(1)
 		l.eps[int32(fd)] = p
 		if pk.events != 0 {
 			l.Again(missed{int32(fd), p, pk.events})
@@ -201,6 +206,10 @@ func (l *Loop) Register(fd int, p Pollee) error {
 	l.eps[int32(fd)] = p
 	return nil
 }
+
+// TakenOver is how many sockets a new owner on this loop took over from
+// Park, each an EPOLL_CTL_DEL and an EPOLL_CTL_ADD saved. Any goroutine.
+func (l *Loop) TakenOver() uint64 { return l.takenOver.Load() }
 
 // Park keeps fd's epoll entry (as Register made it) while its owner hands
 // the socket on, so that a next owner on this loop takes it over without
