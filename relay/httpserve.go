@@ -208,7 +208,7 @@ func (t httpHandoff) ready(c *conn) {
 	case c.failed || c.sk == nil || s.handoffs[t.kind] == nil:
 		s.dismiss(c, reason.HTTP, 0, "")
 	default:
-		if r := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); r != reason.Count {
+		if r, ok := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); !ok {
 			// Too many handed off (503), or too many from this address (429).
 			status := "503 Service Unavailable"
 			if r == reason.LimitHTTPPerIP {
@@ -222,24 +222,24 @@ func (t httpHandoff) ready(c *conn) {
 }
 
 // handOver turns sk into a blocking net.Conn on Go's poller and delivers
-// it, reading prefix first, to the kind's listener. It reports
+// it, reading prefix first, to the kind's listener (ok), and sk and tk are
+// taken care of. Refused (!ok), it leaves sk to the caller and says why:
 // reason.LimitHTTP when HTTPMaxConns connections are handed off already,
-// or reason.LimitHTTPPerIP when the client's address holds its
-// HTTPMaxConnsPerIP of them, leaving sk to the caller; otherwise
-// reason.Count, and sk and tk are taken care of.
-func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, tk *ticket) reason.Reason {
+// reason.LimitHTTPPerIP when the client's address holds its
+// HTTPMaxConnsPerIP of them.
+func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, tk *ticket) (refused reason.Reason, ok bool) {
 	h := s.handoffs[kind]
 	if h.Active.Load() >= int64(s.cfg.HTTPMaxConns) {
-		return reason.LimitHTTP
+		return reason.LimitHTTP, false
 	}
 	if !s.httpShares[kind].Take(tk.key, s.cfg.HTTPMaxConnsPerIP) {
-		return reason.LimitHTTPPerIP
+		return reason.LimitHTTPPerIP, false
 	}
 	tk.handed.Store(int32(kind) + 1) // given back when the ticket ends
 	nc, state, err := loop.Blocking(sk)
 	if err != nil {
-		tk.End(reason.IOError)
-		return reason.Count
+		tk.End(reason.IOError) // taken care of: the ticket ends, Blocking closed sk
+		return 0, true
 	}
 	s.stats.httpConns.Inc()
 	hc := h.Hand(nc, prefix, state, tk)
@@ -257,7 +257,7 @@ func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, 
 		out.Close()
 		s.h2Closed(out)
 	}
-	return reason.Count
+	return 0, true
 }
 
 // h2Closed ends the ticket of an HTTP/2 connection net/http closed.

@@ -144,7 +144,7 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	}
 	if sess.State().NegotiatedProtocol == "h2" { // HTTP/2 is API traffic: straight to net/http
 		j.tk.setKind(kindHTTP)
-		if r := s.handOver(handoffHTTP, sess, nil, j.peer, j.tk); r != reason.Count {
+		if r, ok := s.handOver(handoffHTTP, sess, nil, j.peer, j.tk); !ok {
 			sess.Close()
 			j.tk.End(r)
 		}
