@@ -119,7 +119,7 @@ func meshNode(c *conn) string {
 type exported struct{ t Target }
 
 func (e exported) ready(c *conn) {
-	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.late, Out: c.out.Take(), Ticket: c.tk,
+	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.claim().late, Out: c.out.Take(), Ticket: c.tk,
 		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, MeshNode: meshNode(c), c: c})
 }
 

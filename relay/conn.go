@@ -194,16 +194,40 @@ type conn struct {
 	joined     time.Time              // when it joined the registry (its alone timeout)
 	onEnd      func()                 // a subscriber's: called once when the connection ends
 
-	// Claimed (under mu until released, then the target's).
-	target      target // where a claimed connection goes
+	cl *claimRole // claimed (under mu until released, then the target's); nil before
+	fl *fleetRole // in a fleet, or a mesh link (under mu); nil otherwise
+}
+
+// claimRole is a claimed connection's part: where it goes and what it
+// takes along. Made when a stage claims the connection (claim), nil on a
+// connection that is never claimed (most of those a flood opens).
+type claimRole struct {
+	target      target // where the connection goes
 	partner     *conn  // claimed by pairUp: the tunnel's other side (dropFrom releases it at once if it shares the loop); nil once dropped
 	established []byte // claimed by pairing: this side's TunnelEstablished
 	late        []byte // input that arrived after the claim (≤ lateLimit)
 	lateMax     int    // bound on late when not MaxPreAuth (a hand-off to net/http)
 	lateMsg     bool   // a WebSocket data frame arrived after the claim
 	skipNL      bool   // claimed by a raw-TCP registration: drop the request's newline
+}
 
-	fl *fleetRole // in a fleet, or a mesh link (under mu); nil otherwise
+// claim returns c's claim part, making it. Called with mu held, or by the
+// target once c is released.
+func (c *conn) claim() *claimRole {
+	if c.cl == nil {
+		c.cl = new(claimRole)
+	}
+	return c.cl
+}
+
+// skipsNL reports whether c was claimed by a raw-TCP registration whose
+// request's newline is still to be dropped. Called with mu held.
+func (c *conn) skipsNL() bool { return c.cl != nil && c.cl.skipNL }
+
+// handingOff reports whether c is claimed for a hand-off to net/http: what
+// follows the request (a body) stays in the socket. Called with mu held.
+func (c *conn) handingOff() bool {
+	return c.cl != nil && c.cl.lateMax > 0 && state(c.st.Load()) == stClaimed
 }
 
 // fleetRole is a connection's part in a fleet of relays: made when it is
@@ -234,7 +258,7 @@ func (c *conn) isMesh() bool { return c.fl != nil && c.fl.mesh }
 // it. ready is called exactly once per claimed connection, without c.mu
 // held; c is then frozen: c.sk is the socket (nil if detaching failed),
 // c.failed and c.reason say whether the set-up failed, c.out holds what
-// the relay still owes the client, c.late what the client sent after the
+// the relay still owes the client, c.cl.late what the client sent after the
 // claim. ready owns the socket and the ticket from then on.
 type target interface {
 	ready(c *conn)
@@ -643,7 +667,7 @@ func (c *conn) released(on *loop.Loop) {
 			c.setFailed(reason.IOError)
 		}
 		c.sk = sk
-		t := c.target
+		t := c.claim().target
 		c.gone = t == nil
 		c.frozen = true
 		c.mu.Unlock()

@@ -178,11 +178,12 @@ func (c *conn) toHandoff(kind int, p []byte) {
 		return
 	}
 	c.tk.setKind(kindHTTP)
-	c.late = append(c.in, p...)
+	cl := c.claim()
+	cl.late = append(c.in, p...)
 	c.in = nil
-	c.lateMax = c.s.httpLateMax()
+	cl.lateMax = c.s.httpLateMax()
 	c.claimFor(httpHandoff{kind})
-	c.skipNL = false
+	cl.skipNL = false
 }
 
 // subprotocolOf reports whether an upgrade request names a subprotocol a

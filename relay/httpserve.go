@@ -208,7 +208,7 @@ func (t httpHandoff) ready(c *conn) {
 	case c.failed || c.sk == nil || s.handoffs[t.kind] == nil:
 		s.dismiss(c, reason.HTTP, 0, "")
 	default:
-		if r, ok := s.handOver(t.kind, c.sk, c.late, c.peer, c.tk); !ok {
+		if r, ok := s.handOver(t.kind, c.sk, c.claim().late, c.peer, c.tk); !ok {
 			// Too many handed off (503), or too many from this address (429).
 			status := "503 Service Unavailable"
 			if r == reason.LimitHTTPPerIP {

@@ -148,7 +148,7 @@ func (c *conn) placed(pl Placement) {
 		c.s.stats.meshOut.Inc()
 		t := newMeshTunnel(c, pl.Link, nil)
 		c.to(stClaimed)
-		c.target = t
+		c.claim().target = t
 		c.wantRelease()
 		c.unlock()
 	default:
@@ -222,12 +222,12 @@ func (c *conn) joinedAs(res JoinResult, partner Joiner, id int) (after func()) {
 		p := partner.(*conn)
 		p.mu.Lock()
 		p.releaseLease()
-		p.target = refusal{reason.DuplicateUUID, "Duplicated client UUID."}
+		p.claim().target = refusal{reason.DuplicateUUID, "Duplicated client UUID."}
 		p.wantRelease()
 		gone := p.gone
 		p.unlock()
 		if gone {
-			return func() { p.target.ready(p) }
+			return func() { p.cl.target.ready(p) }
 		}
 	case JoinPaired:
 		c.to(stClaimed)
@@ -411,9 +411,9 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
 		connected: time.Now().UnixNano(), identity: l.Identity}
 	if first == nil {
-		c.established = established(c, l.Name, l.UUID)
+		c.claim().established = established(c, l.Name, l.UUID)
 	} else {
-		c.established = c.framed(first)
+		c.claim().established = c.framed(first)
 	}
 	_, isTLS := c.tr.(*tlsTransport)
 	_, plainLink := l.Sock.(loop.PlainSock)

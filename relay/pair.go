@@ -195,8 +195,9 @@ func pairUp(a, b *conn) (t *tunnel, gone bool) {
 		}
 	}
 	b.s.reg.Paired(b.key, t)
-	a.target, b.target = t, t
-	a.partner, b.partner = b, a
+	ca, cb := a.claim(), b.claim()
+	ca.target, cb.target = t, t
+	ca.partner, cb.partner = b, a
 	b.wantRelease()
 	a.wantRelease()
 	gone = a.gone

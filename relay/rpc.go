@@ -48,8 +48,9 @@ func (c *conn) handle(obj []byte) {
 // go. Called with mu held.
 func (c *conn) claimFor(t target) {
 	c.to(stClaimed)
-	c.target = t
-	c.skipNL = c.ws == nil
+	cl := c.claim()
+	cl.target = t
+	cl.skipNL = c.ws == nil
 	c.wantRelease()
 }
 

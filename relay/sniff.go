@@ -95,10 +95,10 @@ func (c *conn) toTLS(p []byte) {
 		c.close(reason.TLS)
 		return
 	}
-	c.late = append(c.in, p...)
+	c.claim().late = append(c.in, p...)
 	c.in = nil
 	c.to(stClaimed)
-	c.target = tlsHandoff{}
+	c.cl.target = tlsHandoff{}
 	c.wantRelease()
 }
 
@@ -157,7 +157,7 @@ func (c *conn) consumeJSON(p []byte) {
 		}
 		c.handle(obj)
 		rest := buf[n:]
-		if !c.skipNL {
+		if !c.skipsNL() {
 			rest = trimSpace(rest) // whitespace between messages is no data
 		}
 		if inBuf {
@@ -168,8 +168,8 @@ func (c *conn) consumeJSON(p []byte) {
 		} else {
 			p = rest
 		}
-		if c.skipNL && state(c.st.Load()) == stClaimed {
-			c.skipNL = false
+		if c.skipsNL() && state(c.st.Load()) == stClaimed {
+			c.cl.skipNL = false
 			if len(c.in) > 0 && c.in[0] == '\n' {
 				c.in = c.in[:copy(c.in, c.in[1:])]
 			} else if len(c.in) == 0 && len(p) > 0 && p[0] == '\n' {
@@ -185,8 +185,8 @@ func (c *conn) consumeJSON(p []byte) {
 
 // lateLimit bounds what a claimed connection may stash for its target.
 func (c *conn) lateLimit() int {
-	if c.lateMax > 0 {
-		return c.lateMax
+	if c.cl != nil && c.cl.lateMax > 0 {
+		return c.cl.lateMax
 	}
 	return c.s.cfg.MaxPreAuth
 }
@@ -206,11 +206,12 @@ func (c *conn) stashLate(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	if max := c.lateLimit(); len(c.late)+len(p) > max {
+	cl := c.claim()
+	if max := c.lateLimit(); len(cl.late)+len(p) > max {
 		c.setFailed(reason.PreAuthLimit)
 		return
 	}
-	c.late = append(c.late, p...)
+	cl.late = append(cl.late, p...)
 }
 
 // consumeWS decodes WebSocket frames before the tunnel with the
@@ -248,7 +249,7 @@ func (c *conn) consumeWS(p []byte) {
 func (c *conn) wsData(f handshake.Fragment) {
 	switch state(c.st.Load()) {
 	case stClaimed:
-		c.lateMsg = true
+		c.claim().lateMsg = true
 		if f.Kind == handshake.FragPayload {
 			c.stashLate(f.Data)
 		}

@@ -138,10 +138,13 @@ func (t *plainTransport) Stop(l *loop.Loop) {
 // then starts on this loop with both entries taken over. Loop goroutine.
 func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
 	c.mu.Lock()
-	_, park := c.target.(*tunnel)
+	var park bool
+	var p *conn
+	if cl := c.cl; cl != nil {
+		_, park = cl.target.(*tunnel)
+		p, cl.partner = cl.partner, nil
+	}
 	park = park && state(c.st.Load()) == stClaimed
-	p := c.partner
-	c.partner = nil
 	c.mu.Unlock()
 	if !park {
 		l.Unregister(fd)
@@ -177,7 +180,7 @@ const readTurn = 64 << 10
 // comes for it) and for sources that hold bytes outside the socket (TLS).
 func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unread *bool) (more bool) {
 	c.mu.Lock()
-	handing := state(c.st.Load()) == stClaimed && c.lateMax > 0
+	handing := c.handingOff()
 	c.mu.Unlock()
 	*unread = drain // a hang-up not yet read, until a read ends the turn
 	for read := 0; !*dropped && !handing; {
@@ -192,7 +195,7 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unr
 			*unread = drain || n == len(buf)
 			c.mu.Lock()
 			c.consume(buf[:n])
-			handing = state(c.st.Load()) == stClaimed && c.lateMax > 0
+			handing = c.handingOff()
 			c.unlockOn(true)
 			if n < len(buf) && !drain {
 				*unread = false

@@ -112,7 +112,7 @@ func (tlsHandoff) ready(c *conn) {
 		c.tk.End(reason.LimitTLSPerIP)
 		return
 	}
-	c.s.tlsGate.Submit(tlsJob{fd: c.sk.Fd(), prefix: c.late, peer: c.peer, tk: c.tk, at: c.created})
+	c.s.tlsGate.Submit(tlsJob{fd: c.sk.Fd(), prefix: c.claim().late, peer: c.peer, tk: c.tk, at: c.created})
 }
 
 // tlsJob is a TLS handshake to run: the detached socket and its ticket.

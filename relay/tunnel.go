@@ -90,8 +90,8 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 func newTunnel(a, b *conn) *tunnel {
 	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
 	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
-	a.established = established(a, b.name, b.uuid)
-	b.established = established(b, a.name, a.uuid)
+	a.claim().established = established(a, b.name, b.uuid)
+	b.claim().established = established(b, a.name, a.uuid)
 	_, tlsA := a.tr.(*tlsTransport)
 	_, tlsB := b.tr.(*tlsTransport)
 	t.pair.Splice = a.ws == nil && b.ws == nil && !tlsA && !tlsB
@@ -182,7 +182,7 @@ func (t *tunnel) start0(fd int) {
 // then TunnelEstablished), all of it in the pair's first write.
 func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint64) {
 	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
-	e.Ctrl.B = append(c.out.Take(), c.established...)
+	e.Ctrl.B = append(c.out.Take(), c.claim().established...)
 	e.Text.Binary = t.s.cfg.WSBinaryOnly
 	if c.ws == nil && c.hello {
 		e.Settle = t.s.cfg.TCPSettle
@@ -235,10 +235,11 @@ func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
 // sentEarly reports whether a claimed legacy client sent data (anything
 // but whitespace between JSON-RPC messages) before TunnelEstablished.
 func (c *conn) sentEarly() bool {
-	if c.lateMsg || (c.ws != nil && c.ws.InMessage()) {
+	cl := c.claim()
+	if cl.lateMsg || (c.ws != nil && c.ws.InMessage()) {
 		return true
 	}
-	return len(trimSpace(c.late)) > 0
+	return len(trimSpace(cl.late)) > 0
 }
 
 // abandon ends a tunnel whose set-up failed: the key is freed first (a
