@@ -54,9 +54,9 @@ func acTCP(t *testing.T, s *Server) net.Conn {
 func acSendWait(t *testing.T, c net.Conn, b []byte) {
 	t.Helper()
 	if len(b) > 0 {
-		hoWrite(c, b)
+		writeRaw(c, b)
 	}
-	hoReadToClose(t, c, testutil.Patience)
+	readToClose(t, c, testutil.Patience)
 	c.Close() // as a client does on EOF: the relay's lingering close ends
 }
 
@@ -66,7 +66,7 @@ const acAuthReq = `{"id":1,"method":"Authentication.Authenticate","params":{"uui
 func acAuthed(t *testing.T, s *Server, token, uuid string) net.Conn {
 	t.Helper()
 	c := acTCP(t, s)
-	hoWrite(c, fmt.Appendf(nil, acAuthReq, uuid, token))
+	writeRaw(c, fmt.Appendf(nil, acAuthReq, uuid, token))
 	return c
 }
 
@@ -163,8 +163,8 @@ func TestCloseAccounting(t *testing.T) {
 			acSendWait(t, acTCP(t, s), []byte("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
 		}},
 		{"unmasked frame", reason.WebSocket, func(t *testing.T, s *Server) {
-			w := hoDialWS(t, s)
-			w.write(hoFrame(0x81, true, -1, []byte("{}")))
+			w := dialRawWS(t, s)
+			w.write(clientFrame(0x81, true, -1, []byte("{}")))
 			w.expectClose(5*time.Second, true)
 		}},
 		{"unknown method", reason.RPC, func(t *testing.T, s *Server) {
@@ -191,8 +191,8 @@ func TestCloseAccounting(t *testing.T) {
 			a := acAuthed(t, s, "ac-dup", u)
 			time.Sleep(50 * time.Millisecond)
 			b := acAuthed(t, s, "ac-dup", u)
-			hoReadToClose(t, a, testutil.Patience)
-			hoReadToClose(t, b, testutil.Patience)
+			readToClose(t, a, testutil.Patience)
+			readToClose(t, b, testutil.Patience)
 		}},
 		{"receiver resets while data waits for it", reason.IOError, func(t *testing.T, s *Server) {
 			// The sender waits first (the tunnel's a side), so that when the
@@ -230,7 +230,7 @@ func TestCloseAccounting(t *testing.T) {
 			time.Sleep(200 * time.Millisecond) // every buffer on the way full
 			_ = receiver.SetLinger(0)
 			receiver.Close() // RST
-			hoReadToClose(t, sender, testutil.Patience)
+			readToClose(t, sender, testutil.Patience)
 		}},
 		{"bad TLS handshake", reason.TLS, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), append([]byte{0x16, 0x03, 0x01, 0x00, 0x05}, "junk!"...))
@@ -263,7 +263,7 @@ func TestCloseAccounting(t *testing.T) {
 				return // the relay closed it: counted below
 			}
 		}
-		hoReadToClose(t, c, testutil.Patience)
+		readToClose(t, c, testutil.Patience)
 	}}}, seen)
 
 	// The timeouts, each on a server where only it is short.
@@ -306,7 +306,7 @@ func TestCloseAccounting(t *testing.T) {
 					}
 				}
 			}()
-			hoReadToClose(t, sender, testutil.Patience)
+			readToClose(t, sender, testutil.Patience)
 			receiver.Close()
 		}},
 	}, seen)
@@ -365,11 +365,11 @@ func TestCloseAccounting(t *testing.T) {
 	// HTTP connections handed to net/http, bounded.
 	acRun(t, limited(t, func(c *Config) { c.HTTPMaxConns = 1 }), []acCase{{"over HTTPMaxConns", reason.LimitHTTP, func(t *testing.T, s *Server) {
 		held := acTCP(t, s) // a keep-alive connection net/http holds
-		hoWrite(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+		writeRaw(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
 		waitFor(t, func() bool { return s.stats.httpConns.Get() == 1 }, "one HTTP connection handed off")
 		c := acTCP(t, s)
-		hoWrite(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
-		if got := hoReadToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
+		writeRaw(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
+		if got := readToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
 			t.Fatalf("second HTTP connection got %q, want a 503", got)
 		}
 		c.Close()
@@ -378,11 +378,11 @@ func TestCloseAccounting(t *testing.T) {
 
 	acRun(t, limited(t, func(c *Config) { c.HTTPMaxConnsPerIP = 1 }), []acCase{{"over HTTPMaxConnsPerIP", reason.LimitHTTPPerIP, func(t *testing.T, s *Server) {
 		held := acTCP(t, s)
-		hoWrite(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+		writeRaw(held, []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
 		waitFor(t, func() bool { return s.stats.httpConns.Get() == 1 }, "one HTTP connection handed off")
 		c := acTCP(t, s)
-		hoWrite(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
-		if got := hoReadToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 429")) {
+		writeRaw(c, []byte("GET /y HTTP/1.1\r\nHost: x\r\n\r\n"))
+		if got := readToClose(t, c, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 429")) {
 			t.Fatalf("second HTTP connection from the address got %q, want a 429", got)
 		}
 		c.Close()
@@ -395,7 +395,7 @@ func TestCloseAccounting(t *testing.T) {
 	})
 	acRun(t, ts, []acCase{{"over MaxTLSHandshakesPerIP", reason.LimitTLSPerIP, func(t *testing.T, s *Server) {
 		stalled := acTCP(t, s)
-		hoWrite(stalled, []byte{0x16, 0x03, 0x01}) // a ClientHello that never comes
+		writeRaw(stalled, []byte{0x16, 0x03, 0x01}) // a ClientHello that never comes
 		waitFor(t, func() bool { return s.stats.tlsStarted.Get() == 1 }, "one stalled handshake")
 		acSendWait(t, acTCP(t, s), []byte{0x16, 0x03, 0x01})
 		stalled.Close()
@@ -440,8 +440,8 @@ func TestCloseAccounting(t *testing.T) {
 		}},
 		{"mesh join, nobody waiting", reason.Mesh, func(t *testing.T, s *Server) {
 			c := acTCP(t, s)
-			hoWrite(c, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"x","time":1,"mac":"00","token":"t","uuid":"u","name":"n"}}`+"\n"))
-			if got := hoReadToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte(`"error":"not_waiting"`)) {
+			writeRaw(c, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"x","time":1,"mac":"00","token":"t","uuid":"u","name":"n"}}`+"\n"))
+			if got := readToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte(`"error":"not_waiting"`)) {
 				t.Errorf("mesh refusal: got %q", got)
 			}
 			c.Close()
@@ -461,13 +461,13 @@ func TestCloseAccounting(t *testing.T) {
 		waiting := acAuthed(t, s, "ac-far", newTestUUID())
 		waitFor(t, func() bool { return s.reg.Len() == 1 }, "client waiting")
 		link := acTCP(t, s)
-		hoWrite(link, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"far","time":1,"mac":"00","token":"ac-far","uuid":"u-far","name":"n"}}`+"\n"))
+		writeRaw(link, []byte(`{"id":4,"method":"Mesh.Join","params":{"node":"far","time":1,"mac":"00","token":"ac-far","uuid":"u-far","name":"n"}}`+"\n"))
 		waitFor(t, func() bool { return s.MeshPeers()["far"] == 1 }, "the tunnel with node far")
 		if n := s.EndMeshTunnels("far", reason.FarNodeLost, "relay node lost"); n != 1 {
 			t.Errorf("EndMeshTunnels ended %d tunnels, want 1", n)
 		}
 		for _, c := range []net.Conn{waiting, link} {
-			hoReadToClose(t, c, testutil.Patience)
+			readToClose(t, c, testutil.Patience)
 			c.Close()
 		}
 		waitFor(t, func() bool { return len(s.MeshPeers()) == 0 }, "no tunnel with node far any more")
@@ -483,7 +483,7 @@ func TestCloseAccounting(t *testing.T) {
 	})
 	acRun(t, ms, []acCase{{"moved", reason.Moved, func(t *testing.T, s *Server) {
 		c := acAuthed(t, s, "ac-moved", newTestUUID())
-		if got := hoReadToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte("Reconnect")) {
+		if got := readToClose(t, c, testutil.Patience); !bytes.Contains(got, []byte("Reconnect")) {
 			t.Errorf("a moved client was told %q, want to reconnect", got)
 		}
 		c.Close()
@@ -494,7 +494,7 @@ func TestCloseAccounting(t *testing.T) {
 	waiting := acAuthed(t, ss, "ac-shut", newTestUUID())
 	waitFor(t, func() bool { return ss.reg.Len() == 1 }, "client waiting")
 	ss.Close()
-	hoReadToClose(t, waiting, 5*time.Second)
+	readToClose(t, waiting, 5*time.Second)
 	if ss.stats.closes[reason.Shutdown].Get() != 1 {
 		t.Errorf("shutdown counted %d times for one waiting client", ss.stats.closes[reason.Shutdown].Get())
 	}

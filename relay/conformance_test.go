@@ -33,9 +33,9 @@ import (
 
 var cfTokens atomic.Uint64
 
-func cfPair(t testing.TB, s *Server) (*hoWS, *hoWS) {
+func cfPair(t testing.TB, s *Server) (*rawWS, *rawWS) {
 	t.Helper()
-	return hoWSPair(t, s, fmt.Sprintf("conformance-%d", cfTokens.Add(1)))
+	return rawWSPair(t, s, fmt.Sprintf("conformance-%d", cfTokens.Add(1)))
 }
 
 type cfMsg struct {
@@ -52,16 +52,16 @@ func cfBinary(s string) cfMsg { return cfMsg{ws.OpBinary, s} }
 
 // cfRecv is what one side received until the connection ended.
 type cfRecv struct {
-	msgs    []cfMsg  // complete data messages
-	pongs   []string // pong payloads
-	partial []byte   // payload of an unfinished text message
-	closed  hoClose  // how it ended
+	msgs    []cfMsg    // complete data messages
+	pongs   []string   // pong payloads
+	partial []byte     // payload of an unfinished text message
+	closed  rawWSClose // how it ended
 	ended   bool
 }
 
 // cfDrain reads from w until the connection ends (close frame then EOF, or
 // EOF) or until want messages arrived (want < 0: until the end).
-func cfDrain(t testing.TB, w *hoWS, want int, d time.Duration) cfRecv {
+func cfDrain(t testing.TB, w *rawWS, want int, d time.Duration) cfRecv {
 	t.Helper()
 	var r cfRecv
 	var cur []byte
@@ -71,7 +71,7 @@ func cfDrain(t testing.TB, w *hoWS, want int, d time.Duration) cfRecv {
 	for want < 0 || len(r.msgs) < want {
 		h, p, err := w.readFrame(time.Until(end))
 		if err != nil {
-			if hoIsClosed(err) {
+			if isClosed(err) {
 				r.ended = true
 				break
 			}
@@ -90,7 +90,7 @@ func cfDrain(t testing.TB, w *hoWS, want int, d time.Duration) cfRecv {
 				r.closed.reason = string(p[2:])
 			}
 			_ = w.c.SetReadDeadline(time.Now().Add(time.Until(end)))
-			if n, err := w.br.Read(make([]byte, 1)); n > 0 || !hoIsClosed(err) {
+			if n, err := w.br.Read(make([]byte, 1)); n > 0 || !isClosed(err) {
 				t.Fatalf("after close frame: read %d bytes, %v; want the connection closed", n, err)
 			}
 			r.ended = true
@@ -155,7 +155,7 @@ func cfRun(t *testing.T, s *Server, cases []cfCase) {
 	}
 }
 
-func cfPlay(t *testing.T, a, b *hoWS, tc cfCase) {
+func cfPlay(t *testing.T, a, b *rawWS, tc cfCase) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() { // B may have to read before all of it can be written
@@ -255,10 +255,10 @@ func cfPayload(n int, textual bool, seed uint64) []byte {
 }
 
 // fr is a masked client frame.
-func cfFr(op ws.OpCode, fin bool, p string) []byte { return hoF(op, fin, []byte(p)) }
+func cfFr(op ws.OpCode, fin bool, p string) []byte { return maskedFrame(op, fin, []byte(p)) }
 
 func cfClose(code uint16, reason string) []byte {
-	return hoF(ws.OpClose, true, hoClosePayload(code, reason))
+	return maskedFrame(ws.OpClose, true, closePayload(code, reason))
 }
 
 // ---------------------------------------------------------------------------
@@ -267,7 +267,7 @@ func cfClose(code uint16, reason string) []byte {
 // lengths go through intact, in both directions, as one frame each with the
 // same opcode; also with the frame written in small pieces.
 func TestConformance1Framing(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	a, b := cfPair(t, s)
 	for _, op := range []ws.OpCode{ws.OpText, ws.OpBinary} {
 		for i, n := range []int{0, 1, 125, 126, 127, 128, 65535, 65536, 65537, 1 << 20} {
@@ -282,7 +282,7 @@ func TestConformance1Framing(t *testing.T) {
 					done := make(chan struct{})
 					go func() {
 						defer close(done)
-						f := hoF(op, true, p)
+						f := maskedFrame(op, true, p)
 						if chop == 0 {
 							from.write(f)
 							return
@@ -314,7 +314,7 @@ func TestConformance1Framing(t *testing.T) {
 // payload, never forwards pings or pongs, ignores unsolicited pongs and
 // answers a ping in the middle of a fragmented message.
 func TestConformance2Pings(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	p125 := strings.Repeat("\xfe", 125)
 	var tenPings []byte
 	var tenPongs []string
@@ -348,8 +348,8 @@ func TestConformance2Pings(t *testing.T) {
 // a protocol error; what came before it is delivered, what follows is not
 // acted on.
 func TestConformance3ReservedBits(t *testing.T) {
-	s := hoServer(t, nil)
-	rsv := func(b0 byte, rsv byte, p string) []byte { return hoFrame(b0|rsv<<4, false, -1, []byte(p)) }
+	s := shortTimeoutServer(t, nil)
+	rsv := func(b0 byte, rsv byte, p string) []byte { return clientFrame(b0|rsv<<4, false, -1, []byte(p)) }
 	cfRun(t, s, []cfCase{
 		{name: "3.1 text RSV1", send: rsv(0x81, 4, "Hello, world!"), close: 1002},
 		{name: "3.2 RSV2 after a text, then ping", send: cfCat(cfFr(ws.OpText, true, "Hello, world!"), rsv(0x81, 2, "Hello, world!"), cfFr(ws.OpPing, true, "")),
@@ -360,7 +360,7 @@ func TestConformance3ReservedBits(t *testing.T) {
 			chop: 3, msgs: []cfMsg{cfText("Hello, world!")}, close: 1002},
 		{name: "3.5 binary RSV5", send: rsv(0x82, 5, "\x00\xff\xfe"), close: 1002},
 		{name: "3.6 ping RSV6", send: rsv(0x89, 6, "Hello, world!"), close: 1002},
-		{name: "3.7 close RSV7", send: hoFrame(0x88|7<<4, false, -1, hoClosePayload(1000, "")), close: 1002},
+		{name: "3.7 close RSV7", send: clientFrame(0x88|7<<4, false, -1, closePayload(1000, "")), close: 1002},
 		{name: "RSV on a continuation", send: cfCat(cfFr(ws.OpText, false, "a"), rsv(0x80, 4, "b")), close: 1002},
 		{name: "RSV on a pong", send: rsv(0x8a, 1, ""), close: 1002},
 	})
@@ -369,15 +369,15 @@ func TestConformance3ReservedBits(t *testing.T) {
 // TestConformance4Opcodes: reserved opcodes are protocol errors, with or
 // without payload, after a valid message.
 func TestConformance4Opcodes(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	var cases []cfCase
 	for _, op := range []byte{3, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf} {
 		cases = append(cases,
-			cfCase{name: fmt.Sprintf("opcode %d", op), send: hoFrame(0x80|op, false, -1, nil), close: 1002},
+			cfCase{name: fmt.Sprintf("opcode %d", op), send: clientFrame(0x80|op, false, -1, nil), close: 1002},
 			cfCase{name: fmt.Sprintf("opcode %d after text, then ping", op),
-				send: cfCat(cfFr(ws.OpText, true, "Hello"), hoFrame(0x80|op, false, -1, []byte("reserved opcode payload")), cfFr(ws.OpPing, true, "")),
+				send: cfCat(cfFr(ws.OpText, true, "Hello"), clientFrame(0x80|op, false, -1, []byte("reserved opcode payload")), cfFr(ws.OpPing, true, "")),
 				msgs: []cfMsg{cfText("Hello")}, close: 1002},
-			cfCase{name: fmt.Sprintf("opcode %d chopped", op), send: cfCat(cfFr(ws.OpBinary, true, "x"), hoFrame(0x80|op, false, -1, []byte("y"))),
+			cfCase{name: fmt.Sprintf("opcode %d chopped", op), send: cfCat(cfFr(ws.OpBinary, true, "x"), clientFrame(0x80|op, false, -1, []byte("y"))),
 				chop: 1, msgs: []cfMsg{cfBinary("x")}, close: 1002},
 		)
 	}
@@ -388,7 +388,7 @@ func TestConformance4Opcodes(t *testing.T) {
 // are and reassemble intact; control frames may be interleaved; broken
 // fragment sequences are protocol errors.
 func TestConformance5Fragmentation(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	var many []byte
 	var manyWant strings.Builder
 	for i := range 300 {
@@ -462,7 +462,7 @@ const utf8Kosme = "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"
 // invalid UTF-8 closes the sender with 1007 and the partner never receives
 // an invalid text.
 func TestConformance6UTF8(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	valid := []string{
 		"", "Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1-UTF-8!!", utf8Kosme,
 		"\x00", "\xc2\x80", "\xe0\xa0\x80", "\xf0\x90\x80\x80", // first of each length
@@ -547,7 +547,7 @@ func TestConformance6UTF8(t *testing.T) {
 // tunnel (the partner gets 1000); data after it is not forwarded; invalid
 // close payloads are protocol errors.
 func TestConformance7Close(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	cases := []cfCase{
 		{name: "7.1.1 text then close", send: cfCat(cfFr(ws.OpText, true, "Hello World!"), cfClose(1000, "")), msgs: []cfMsg{cfText("Hello World!")}, close: 1000},
 		{name: "7.1.2 close twice", send: cfCat(cfClose(1000, ""), cfClose(1000, "")), close: 1000},
@@ -557,8 +557,8 @@ func TestConformance7Close(t *testing.T) {
 			send: cfCat(cfFr(ws.OpText, false, "fragment1"), cfClose(1000, ""), cfFr(ws.OpContinuation, true, "fragment2")), close: 1000},
 		{name: "7.1.6 large message then close", send: cfCat(cfFr(ws.OpText, true, strings.Repeat("BAsd7&jh23", 26214)), cfClose(1000, ""), cfFr(ws.OpPing, true, "")),
 			msgs: []cfMsg{cfText(strings.Repeat("BAsd7&jh23", 26214))}, close: 1000},
-		{name: "7.3.1 close with an empty payload", send: hoF(ws.OpClose, true, nil), close: 1000},
-		{name: "7.3.2 close with a 1-byte payload", send: hoF(ws.OpClose, true, []byte{0x03}), close: 1002},
+		{name: "7.3.1 close with an empty payload", send: maskedFrame(ws.OpClose, true, nil), close: 1000},
+		{name: "7.3.2 close with a 1-byte payload", send: maskedFrame(ws.OpClose, true, []byte{0x03}), close: 1002},
 		{name: "7.3.3 close 1000 without reason", send: cfClose(1000, ""), close: 1000},
 		{name: "7.3.4 close with a reason", send: cfClose(1000, "Hello World!"), close: 1000},
 		{name: "7.3.5 close with a 123-byte reason", send: cfClose(1000, strings.Repeat("*", 123)), close: 1000},
@@ -608,7 +608,7 @@ func TestConformance7Close(t *testing.T) {
 // TestConformance9ManyMessages: thousands of small messages each way at
 // once arrive complete and in order.
 func TestConformance9ManyMessages(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	a, b := cfPair(t, s)
 	n := 10000
 	if raceEnabled {
@@ -616,7 +616,7 @@ func TestConformance9ManyMessages(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for _, dir := range []struct {
-		from, to *hoWS
+		from, to *rawWS
 		tag      string
 	}{{a, b, "ab"}, {b, a, "ba"}} {
 		wg.Add(2)
@@ -628,7 +628,7 @@ func TestConformance9ManyMessages(t *testing.T) {
 				if i%3 == 0 {
 					op = ws.OpBinary
 				}
-				buf = append(buf, hoF(op, true, []byte(fmt.Sprintf("%s-%d-%s", dir.tag, i, strings.Repeat("x", i%200))))...)
+				buf = append(buf, maskedFrame(op, true, []byte(fmt.Sprintf("%s-%d-%s", dir.tag, i, strings.Repeat("x", i%200))))...)
 				if len(buf) > 16<<10 || i == n-1 {
 					dir.from.write(buf)
 					buf = buf[:0]
@@ -662,7 +662,7 @@ func TestConformance9ManyMessages(t *testing.T) {
 // frames of many sizes, in one write or chopped, arrive intact; the partner
 // echoes them back (Autobahn's echo set-up).
 func TestConformance9LargeMessages(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	a, b := cfPair(t, s)
 	// B echoes every frame back as it is.
 	go func() {
@@ -691,14 +691,14 @@ func TestConformance9LargeMessages(t *testing.T) {
 					p := cfPayload(size, op == ws.OpText, uint64(size+fsize))
 					var send []byte
 					if fsize == 0 {
-						send = hoF(op, true, p)
+						send = maskedFrame(op, true, p)
 					} else {
 						for i := 0; i < size; i += fsize {
 							o := ws.OpContinuation
 							if i == 0 {
 								o = op
 							}
-							send = append(send, hoF(o, i+fsize >= size, p[i:min(i+fsize, size)])...)
+							send = append(send, maskedFrame(o, i+fsize >= size, p[i:min(i+fsize, size)])...)
 						}
 					}
 					go a.write(send)
@@ -712,7 +712,7 @@ func TestConformance9LargeMessages(t *testing.T) {
 	}
 	t.Run("chopped writes", func(t *testing.T) {
 		p := cfPayload(1<<20, true, 9)
-		f := hoF(ws.OpText, true, p)
+		f := maskedFrame(ws.OpText, true, p)
 		go func() {
 			for i := 0; i < len(f); i += 1021 {
 				a.write(f[i:min(i+1021, len(f))])
@@ -731,7 +731,7 @@ func TestConformance9LargeMessages(t *testing.T) {
 func TestConformance9Streaming(t *testing.T) {
 	// Not parallel (none of these tests is, to keep their load off the
 	// timing-sensitive parallel tests of the package): the heap is measured.
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	a, b := cfPair(t, s)
 	const total, fsize = 16 << 20, 64 << 10
 
@@ -774,7 +774,7 @@ func TestConformance9Streaming(t *testing.T) {
 			if i == 0 {
 				op = ws.OpBinary
 			}
-			buf = handshake.AppendFrameMasked(buf[:0], op, i == total/fsize-1, payload, hoMask)
+			buf = handshake.AppendFrameMasked(buf[:0], op, i == total/fsize-1, payload, clientMask)
 			_ = a.c.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := a.c.Write(buf); err != nil {
 				errc <- err

@@ -56,12 +56,12 @@ func TestStageTimeoutsShareOneTimer(t *testing.T) {
 		c.InactiveTimeout = inactive
 	})
 	start := time.Now()
-	nc := wireDial(t, s)
+	nc := dialTCP(t, s)
 	if _, err := io.WriteString(nc, `{"id":1,"method":"RemoteProxy.Hello"}`+"\n"); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(nc)
-	if line := wireLine(t, br); !strings.Contains(line, `"status":"success"`) {
+	if line := readLine(t, br); !strings.Contains(line, `"status":"success"`) {
 		t.Fatalf("Hello: %q", line)
 	}
 	if _, err := io.Copy(io.Discard, br); err != nil { // until the relay closes

@@ -118,7 +118,7 @@ func dtBulk(t *testing.T, a, b *client.Tunnel, n int) {
 	// Nothing more than what was sent arrives.
 	for _, tun := range []*client.Tunnel{a, b} {
 		_ = tun.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		if n, err := tun.Read(make([]byte, 16)); n > 0 || !lgIsTimeout(err) {
+		if n, err := tun.Read(make([]byte, 16)); n > 0 || !isTimeout(err) {
 			t.Fatalf("extra read after the transfer: %d bytes, %v", n, err)
 		}
 	}
@@ -214,13 +214,13 @@ func TestDataWebSocketMessages(t *testing.T) {
 }
 
 // dtRawWSPair pairs two hand-driven WebSocket clients.
-func dtRawWSPair(t *testing.T, s *Server, token string) (*lgWS, *lgWS) {
+func dtRawWSPair(t *testing.T, s *Server, token string) (*checkedWS, *checkedWS) {
 	t.Helper()
-	w1 := lgDialWS(t, s)
+	w1 := dialCheckedWS(t, s)
 	w1.authenticate(token, "", "w1")
-	w2 := lgDialWS(t, s)
+	w2 := dialCheckedWS(t, s)
 	w2.authenticate(token, "", "w2")
-	for _, w := range []*lgWS{w1, w2} {
+	for _, w := range []*checkedWS{w1, w2} {
 		if m := w.readJSON(); m["notification"] != "RemoteProxy.TunnelEstablished" {
 			t.Fatalf("want TunnelEstablished, got %v", m)
 		}
@@ -278,7 +278,7 @@ func TestDataWebSocketFragments(t *testing.T) {
 		}
 	})
 	t.Run("client library reassembles", func(t *testing.T) {
-		w := lgDialWS(t, s)
+		w := dialCheckedWS(t, s)
 		w.authenticate("frag-lib", "", "w")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -335,7 +335,7 @@ func TestDataWebSocketToTCP(t *testing.T) {
 		t.Fatalf("TCP side got %q, want %q", got, want)
 	}
 	_ = b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	if n, err := b.Read(make([]byte, 16)); n > 0 || !lgIsTimeout(err) {
+	if n, err := b.Read(make([]byte, 16)); n > 0 || !isTimeout(err) {
 		t.Fatalf("extra bytes: %d, %v", n, err)
 	}
 	// And TCP bytes reach the WebSocket side as TEXT messages while the

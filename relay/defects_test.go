@@ -120,7 +120,7 @@ func TestDefectClaimedTLSHangsUp(t *testing.T) {
 				if err == nil {
 					continue
 				}
-				if !lgIsTimeout(err) {
+				if !isTimeout(err) {
 					return // closed: paired and then left, or refused
 				}
 				c, err := client.Dial(ctx, client.Options{URL: tcpURL(s), Token: token, Name: "c"})
@@ -267,22 +267,22 @@ func TestFloodsBounded(t *testing.T) {
 		chunk []byte
 	}{
 		{"unterminated JSON string", func(t *testing.T) net.Conn {
-			c := hoDialTCP(t, s)
-			hoWrite(c, unterminated)
+			c := dialTCP(t, s)
+			writeRaw(c, unterminated)
 			return c
 		}, filler},
 		{"endless HTTP header", func(t *testing.T) net.Conn {
-			c := hoDialTCP(t, s)
-			hoWrite(c, endless)
+			c := dialTCP(t, s)
+			writeRaw(c, endless)
 			return c
 		}, []byte("X-Filler: " + string(filler[:1000]) + "\r\n")},
 		{"pings before authentication, never reading", func(t *testing.T) net.Conn {
-			w := hoDialWS(t, s)
+			w := dialRawWS(t, s)
 			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
 			return w.c
 		}, testutil.Pings(512)},
 		{"pings while waiting, never reading", func(t *testing.T) net.Conn {
-			w := hoDialWS(t, s)
+			w := dialRawWS(t, s)
 			w.authenticate("flood-wait", "w")
 			_ = w.c.(*net.TCPConn).SetReadBuffer(4 << 10)
 			return w.c

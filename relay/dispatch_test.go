@@ -260,7 +260,7 @@ func TestDispatchHTTPBounds(t *testing.T) {
 	// The first head over MaxHeader: 431 from the relay.
 	c2 := dpDial(t, s, nil)
 	io.WriteString(c2, "GET /echo HTTP/1.1\r\nHost: r\r\nX-Pad: "+strings.Repeat("a", 9<<10)+"\r\n\r\n")
-	if got := hoReadToClose(t, c2, 5*time.Second); !bytes.HasPrefix(got, []byte("HTTP/1.1 431")) {
+	if got := readToClose(t, c2, 5*time.Second); !bytes.HasPrefix(got, []byte("HTTP/1.1 431")) {
 		t.Fatalf("oversized first head: %q", got[:min(len(got), 60)])
 	}
 	// A second request's head over the bound, on a kept-alive connection:
@@ -286,16 +286,16 @@ func TestDispatchHTTPBounds(t *testing.T) {
 	before := s.stats.closes[reason.LimitHTTP].Get()
 	h3 := dpDial(t, s, nil)
 	io.WriteString(h3, "GET /echo HTTP/1.1\r\nHost: r\r\n\r\n")
-	if got := hoReadToClose(t, h3, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
+	if got := readToClose(t, h3, testutil.Patience); !bytes.HasPrefix(got, []byte("HTTP/1.1 503")) {
 		t.Fatalf("third connection: %q", got)
 	}
 	waitFor(t, func() bool { return s.stats.closes[reason.LimitHTTP].Get() == before+1 }, "limit_http counted")
 	// Idle keep-alive connections are closed after HTTPIdleTimeout.
-	hoReadToClose(t, h1, testutil.Patience) // nothing else would close it
+	readToClose(t, h1, testutil.Patience) // nothing else would close it
 	// A second request whose head never completes: closed after
 	// HTTPReadHeaderTimeout.
 	io.WriteString(h2, "GET /echo HTTP/1.1\r\nHost: r\r\n")
-	hoReadToClose(t, h2, testutil.Patience)
+	readToClose(t, h2, testutil.Patience)
 	waitFor(t, func() bool { return s.stats.connsHTTP.Get() == 0 && s.liveConns() == 0 }, "every HTTP connection ended and accounted")
 }
 

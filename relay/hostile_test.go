@@ -10,9 +10,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,300 +21,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 
-	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
-	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
-
-// ---------------------------------------------------------------------------
-// Helpers shared by hostile_test.go, conformance_test.go and leak_test.go.
-
-// hoServer starts a relay with short timeouts, so that connections left
-// hanging by a test are closed quickly.
-func hoServer(t testing.TB, mutate func(*Config)) *Server {
-	t.Helper()
-	return startServer(t, func(c *Config) {
-		c.InactiveTimeout = 2 * time.Second
-		c.HandshakeTimeout = time.Second
-		c.AloneTimeout = 5 * time.Second
-		if mutate != nil {
-			mutate(c)
-		}
-	})
-}
-
-func hoAddr(s *Server) string { return s.Addrs()[0].String() }
-
-// hoServes asserts that a fresh client is served over WebSocket and TCP.
-func hoServes(t testing.TB, s *Server) {
-	t.Helper()
-	for _, u := range []string{wsURL(s), tcpURL(s)} {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		p, err := client.Hello(ctx, client.Options{URL: u, Timeout: 5 * time.Second})
-		cancel()
-		if err != nil {
-			t.Fatalf("fresh client on %s not served: %v", u, err)
-		}
-		if p["apiVersion"] != APIVersion {
-			t.Fatalf("fresh client on %s: Hello params %v", u, p)
-		}
-	}
-}
-
-// hoIsClosed reports whether a read error means the peer ended the
-// connection (FIN or RST), as opposed to a timeout.
-func hoIsClosed(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
-}
-
-func hoDialTCP(t testing.TB, s *Server) net.Conn {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", hoAddr(s), testutil.Patience)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// hoReadToClose reads c until the server ends the connection (EOF or RST)
-// and returns what was read. It fails if that does not happen within d.
-func hoReadToClose(t testing.TB, c net.Conn, d time.Duration) []byte {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(d))
-	var got []byte
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			if !hoIsClosed(err) {
-				t.Fatalf("connection not closed by the server within %v (read %d bytes: %.200q): %v", d, len(got), got, err)
-			}
-			return got
-		}
-	}
-}
-
-// hoWrite writes b, ignoring errors caused by the server having closed
-// already (the point of most tests).
-func hoWrite(c net.Conn, b []byte) {
-	_ = c.SetWriteDeadline(time.Now().Add(testutil.Patience))
-	_, _ = c.Write(b)
-}
-
-// hoWS is a hand-driven WebSocket client connection.
-type hoWS struct {
-	t  testing.TB
-	c  net.Conn
-	br *bufio.Reader
-}
-
-func hoDialWS(t testing.TB, s *Server) *hoWS {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
-	defer cancel()
-	c, br, _, err := ws.Dialer{}.Dial(ctx, wsURL(s))
-	if err != nil {
-		t.Fatalf("ws dial: %v", err)
-	}
-	if br == nil {
-		br = bufio.NewReaderSize(c, 64<<10)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &hoWS{t: t, c: c, br: br}
-}
-
-var hoMask = [4]byte{0x37, 0xfa, 0x21, 0x3d}
-
-// hoFrame builds a client frame from its first byte (FIN, RSV and opcode
-// bits as they go on the wire) and payload, masked unless unmasked is set.
-// length overrides the declared payload length when >= 0 (the payload is
-// then sent as given, possibly shorter).
-func hoFrame(b0 byte, unmasked bool, length int64, payload []byte) []byte {
-	if length < 0 {
-		length = int64(len(payload))
-	}
-	h := ws.Header{
-		Fin: b0&0x80 != 0, Rsv: b0 >> 4 & 7, OpCode: ws.OpCode(b0 & 0x0f),
-		Masked: !unmasked, Mask: hoMask, Length: length,
-	}
-	out := handshake.AppendHeader(nil, h)
-	out = append(out, payload...)
-	if !unmasked {
-		ws.Cipher(out[len(out)-len(payload):], hoMask, 0)
-	}
-	return out
-}
-
-// hoF is a masked frame with FIN set or not.
-func hoF(op ws.OpCode, fin bool, payload []byte) []byte {
-	return handshake.AppendFrameMasked(nil, op, fin, payload, hoMask)
-}
-
-func hoClosePayload(code uint16, reason string) []byte {
-	return append(binary.BigEndian.AppendUint16(nil, code), reason...)
-}
-
-func (w *hoWS) write(b []byte) { hoWrite(w.c, b) }
-
-func (w *hoWS) send(op ws.OpCode, fin bool, payload []byte) { w.write(hoF(op, fin, payload)) }
-
-// readFrame reads the next frame within d; server frames must be unmasked.
-func (w *hoWS) readFrame(d time.Duration) (ws.Header, []byte, error) {
-	_ = w.c.SetReadDeadline(time.Now().Add(d))
-	h, err := ws.ReadHeader(w.br)
-	if err != nil {
-		return h, nil, err
-	}
-	if h.Masked {
-		return h, nil, errors.New("server frame is masked")
-	}
-	if h.Length > 64<<20 {
-		return h, nil, fmt.Errorf("server frame of %d bytes", h.Length)
-	}
-	p := make([]byte, h.Length)
-	if _, err := io.ReadFull(w.br, p); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return h, nil, err
-	}
-	return h, p, nil
-}
-
-// hoClose is what a connection ended with.
-type hoClose struct {
-	frame  bool // a close frame was received
-	code   ws.StatusCode
-	reason string
-	before [][]byte // data frame payloads received before it
-}
-
-// expectClose reads until the server closes: a close frame followed by the
-// end of the connection, or (when frameOptional) the end of the connection
-// alone. Data frames before it are collected; pongs are skipped.
-func (w *hoWS) expectClose(d time.Duration, frameOptional bool) hoClose {
-	w.t.Helper()
-	var res hoClose
-	end := time.Now().Add(d)
-	for {
-		h, p, err := w.readFrame(time.Until(end))
-		if err != nil {
-			if hoIsClosed(err) && frameOptional {
-				return res
-			}
-			w.t.Fatalf("waiting for a close frame: %v (got %d data frames first)", err, len(res.before))
-		}
-		switch h.OpCode {
-		case ws.OpPong:
-			continue
-		case ws.OpClose:
-			res.frame = true
-			if len(p) >= 2 {
-				res.code = ws.StatusCode(binary.BigEndian.Uint16(p))
-				res.reason = string(p[2:])
-			}
-			// The close frame must be the last thing: the socket ends.
-			_ = w.c.SetReadDeadline(time.Now().Add(d))
-			n, err := w.br.Read(make([]byte, 1))
-			if n > 0 || !hoIsClosed(err) {
-				w.t.Fatalf("after close frame %d: read %d bytes, err %v; want the connection closed", res.code, n, err)
-			}
-			return res
-		default:
-			res.before = append(res.before, p)
-		}
-	}
-}
-
-// expectCode asserts that the server closes with a close frame of code.
-func (w *hoWS) expectCode(code ws.StatusCode) hoClose {
-	w.t.Helper()
-	res := w.expectClose(testutil.Patience, false)
-	if res.code != code {
-		w.t.Fatalf("close code %d (%q), want %d", res.code, res.reason, code)
-	}
-	return res
-}
-
-// readJSON reads one text frame and decodes it.
-func (w *hoWS) readJSON() map[string]any {
-	w.t.Helper()
-	for {
-		h, p, err := w.readFrame(testutil.Patience)
-		if err != nil {
-			w.t.Fatalf("read JSON: %v", err)
-		}
-		if h.OpCode == ws.OpPong {
-			continue
-		}
-		if h.OpCode != ws.OpText || !h.Fin {
-			w.t.Fatalf("want one TEXT frame, got op %d fin %v: %.200q", h.OpCode, h.Fin, p)
-		}
-		var m map[string]any
-		if err := json.Unmarshal(p, &m); err != nil {
-			w.t.Fatalf("decode %q: %v", p, err)
-		}
-		return m
-	}
-}
-
-// authenticate authenticates successfully; the client then waits for its
-// partner.
-func (w *hoWS) authenticate(token, name string) {
-	w.t.Helper()
-	req := fmt.Sprintf(`{"id":7,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`,
-		client.NewUUID(), name, token)
-	w.send(ws.OpText, true, []byte(req+"\n"))
-	m := w.readJSON()
-	p, _ := m["params"].(map[string]any)
-	if m["id"] != float64(7) || p["authenticationError"] != "AuthenticationErrorNoError" {
-		w.t.Fatalf("authenticate reply: %v", m)
-	}
-}
-
-func (w *hoWS) waitTunnel() {
-	w.t.Helper()
-	if m := w.readJSON(); m["notification"] != "RemoteProxy.TunnelEstablished" {
-		w.t.Fatalf("want TunnelEstablished, got %v", m)
-	}
-	_ = w.c.SetDeadline(time.Time{})
-}
-
-// hoWSPair pairs two hand-driven WebSocket clients with raw JSON-RPC over
-// the WebSocket and returns them with the tunnel up.
-func hoWSPair(t testing.TB, s *Server, token string) (*hoWS, *hoWS) {
-	t.Helper()
-	a := hoDialWS(t, s)
-	a.authenticate(token, "a")
-	b := hoDialWS(t, s)
-	b.authenticate(token, "b")
-	a.waitTunnel()
-	b.waitTunnel()
-	return a, b
-}
-
-// hoRPCError asserts that msg is a JSON-RPC error reply whose text contains
-// want.
-func hoRPCError(t testing.TB, msg []byte, want string) {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(bytes.TrimSpace(msg), &m); err != nil {
-		t.Fatalf("error reply %q: %v", msg, err)
-	}
-	text, _ := m["error"].(string)
-	if m["status"] != "error" || !strings.Contains(text, want) {
-		t.Fatalf("reply %s, want an error containing %q", msg, want)
-	}
-}
 
 // ---------------------------------------------------------------------------
 // Sniffing and HTTP.
@@ -325,7 +36,7 @@ func hoRPCError(t testing.TB, msg []byte, want string) {
 // connection and right after a WebSocket upgrade, are answered by a close
 // (never a hang or a panic).
 func TestHostileRandomBytes(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	for seed := uint64(1); seed <= 12; seed++ {
 		r := rand.New(rand.NewPCG(seed, 0x6d70))
 		n := []int{1, 3, 16, 100, 1000, 4096, 20000, 65536}[seed%8]
@@ -337,13 +48,13 @@ func TestHostileRandomBytes(t *testing.T) {
 			junk[0] = '{' // into the JSON-RPC stage
 		}
 		t.Run(fmt.Sprintf("tcp/seed%d/%dB", seed, n), func(t *testing.T) {
-			c := hoDialTCP(t, s)
-			hoWrite(c, junk)
+			c := dialTCP(t, s)
+			writeRaw(c, junk)
 			// Whatever it is, the handshake timeout (1 s) ends it at the latest.
-			hoReadToClose(t, c, 5*time.Second)
+			readToClose(t, c, 5*time.Second)
 		})
 		t.Run(fmt.Sprintf("ws/seed%d/%dB", seed, n), func(t *testing.T) {
-			w := hoDialWS(t, s)
+			w := dialRawWS(t, s)
 			w.write(junk)
 			res := w.expectClose(5*time.Second, true)
 			switch res.code {
@@ -354,13 +65,13 @@ func TestHostileRandomBytes(t *testing.T) {
 			}
 		})
 	}
-	hoServes(t, s)
+	expectServes(t, s)
 }
 
 // TestHostileHTTP covers truncated, oversized and invalid HTTP heads and
 // WebSocket upgrade requests.
 func TestHostileHTTP(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	const key = "dGhlIHNhbXBsZSBub25jZQ=="
 	upgrade := func(method, proto, extra string) string {
 		return method + " / " + proto + "\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + extra + "\r\n"
@@ -391,9 +102,9 @@ func TestHostileHTTP(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := hoDialTCP(t, s)
-			hoWrite(c, []byte(tc.req))
-			got := hoReadToClose(t, c, 5*time.Second)
+			c := dialTCP(t, s)
+			writeRaw(c, []byte(tc.req))
+			got := readToClose(t, c, 5*time.Second)
 			status := ""
 			if f := strings.Fields(string(got)); len(f) > 1 && strings.HasPrefix(f[0], "HTTP/1.1") {
 				status = f[1]
@@ -408,10 +119,10 @@ func TestHostileHTTP(t *testing.T) {
 	}
 
 	t.Run("truncated head then silence", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		start := time.Now()
-		hoWrite(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: webs"))
-		got := hoReadToClose(t, c, 5*time.Second)
+		writeRaw(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: webs"))
+		got := readToClose(t, c, 5*time.Second)
 		if len(got) != 0 {
 			t.Fatalf("truncated head answered with %q", got)
 		}
@@ -420,27 +131,27 @@ func TestHostileHTTP(t *testing.T) {
 		}
 	})
 	t.Run("head trickled byte by byte past the handshake timeout", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		start := time.Now()
 		head := upgrade("GET", "HTTP/1.1", good)
 		for i := 0; i < len(head) && time.Since(start) < 3*time.Second; i++ {
-			hoWrite(c, []byte{head[i]})
+			writeRaw(c, []byte{head[i]})
 			time.Sleep(30 * time.Millisecond)
 		}
 		// Sent slower than the 1 s handshake timeout allows: no 101.
-		got := hoReadToClose(t, c, 5*time.Second)
+		got := readToClose(t, c, 5*time.Second)
 		if bytes.Contains(got, []byte("101")) {
 			t.Fatalf("slowloris head was upgraded: %q", got)
 		}
 	})
 	t.Run("oversized head in pieces", func(t *testing.T) {
-		c := hoDialTCP(t, s)
-		hoWrite(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\n"))
+		c := dialTCP(t, s)
+		writeRaw(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\n"))
 		for range 3 { // 12 KiB > MaxHeader (8 KiB), never terminated
-			hoWrite(c, []byte("X-Pad: "+strings.Repeat("a", 4090)+"\r\n"))
+			writeRaw(c, []byte("X-Pad: "+strings.Repeat("a", 4090)+"\r\n"))
 			time.Sleep(5 * time.Millisecond)
 		}
-		got := hoReadToClose(t, c, 5*time.Second)
+		got := readToClose(t, c, 5*time.Second)
 		if !bytes.HasPrefix(got, []byte("HTTP/1.1 431")) {
 			t.Fatalf("response %.200q, want 431", got)
 		}
@@ -448,9 +159,9 @@ func TestHostileHTTP(t *testing.T) {
 	t.Run("oversized complete upgrade head in one write", func(t *testing.T) {
 		// A head over MaxHeader must be refused even when its end arrives in
 		// the same read as the rest.
-		c := hoDialTCP(t, s)
-		hoWrite(c, []byte(upgrade("GET", "HTTP/1.1", good+"X-Pad: "+strings.Repeat("a", 20<<10)+"\r\n")))
-		got := hoReadToClose(t, c, 5*time.Second)
+		c := dialTCP(t, s)
+		writeRaw(c, []byte(upgrade("GET", "HTTP/1.1", good+"X-Pad: "+strings.Repeat("a", 20<<10)+"\r\n")))
+		got := readToClose(t, c, 5*time.Second)
 		if bytes.HasPrefix(got, []byte("HTTP/1.1 101")) {
 			t.Skip("BUG: a head over MaxHeader is upgraded when its CRLFCRLF arrives in the same read " +
 				"(relay/handshake.go httpHead checks MaxHeader only while the head is incomplete)")
@@ -460,9 +171,9 @@ func TestHostileHTTP(t *testing.T) {
 		}
 	})
 	t.Run("huge head", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		go func() {
-			hoWrite(c, []byte("GET / HTTP/1.1\r\n"))
+			writeRaw(c, []byte("GET / HTTP/1.1\r\n"))
 			line := []byte("X-Pad: " + strings.Repeat("b", 1000) + "\r\n")
 			for range 1024 { // 1 MiB
 				if _, err := c.Write(line); err != nil {
@@ -472,20 +183,20 @@ func TestHostileHTTP(t *testing.T) {
 		}()
 		// The relay closes while the client is still writing: the 431 may be
 		// lost to the reset that causes.
-		got := hoReadToClose(t, c, 5*time.Second)
+		got := readToClose(t, c, 5*time.Second)
 		if len(got) > 0 && !bytes.HasPrefix(got, []byte("HTTP/1.1 431")) {
 			t.Fatalf("response %.200q, want 431", got)
 		}
 	})
-	hoServes(t, s)
+	expectServes(t, s)
 }
 
 // TestHostileTLSWithoutTLS: a TLS client, or a ClientHello followed by
 // garbage, against a relay without TLS is closed without an answer.
 func TestHostileTLSWithoutTLS(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	t.Run("handshake", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		tc := tls.Client(c, &tls.Config{ServerName: "relay", InsecureSkipVerify: true})
 		err := tc.Handshake()
@@ -497,110 +208,89 @@ func TestHostileTLSWithoutTLS(t *testing.T) {
 			t.Fatalf("TLS client not closed: %v", err)
 		}
 	})
-	hello := hoClientHello(t)
+	hello := tlsClientHello(t)
 	t.Run("ClientHello then garbage", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		junk := make([]byte, 3000)
 		r := rand.New(rand.NewPCG(1, 2))
 		for i := range junk {
 			junk[i] = byte(r.Uint32())
 		}
-		hoWrite(c, append(append([]byte{}, hello...), junk...))
-		if got := hoReadToClose(t, c, 5*time.Second); len(got) != 0 {
+		writeRaw(c, append(append([]byte{}, hello...), junk...))
+		if got := readToClose(t, c, 5*time.Second); len(got) != 0 {
 			t.Fatalf("answered %q", got)
 		}
 	})
 	t.Run("record header only", func(t *testing.T) {
-		c := hoDialTCP(t, s)
-		hoWrite(c, []byte{0x16, 0x03, 0x01})
-		if got := hoReadToClose(t, c, 5*time.Second); len(got) != 0 {
+		c := dialTCP(t, s)
+		writeRaw(c, []byte{0x16, 0x03, 0x01})
+		if got := readToClose(t, c, 5*time.Second); len(got) != 0 {
 			t.Fatalf("answered %q", got)
 		}
 	})
 	t.Run("SSLv2-style and bad versions", func(t *testing.T) {
 		for _, p := range [][]byte{{0x16, 0x03, 0x09, 0, 5}, {0x16, 0x02, 0x00}, {0x80, 0x2e, 0x01, 0x03, 0x01}} {
-			c := hoDialTCP(t, s)
-			hoWrite(c, p)
-			if got := hoReadToClose(t, c, 5*time.Second); len(got) != 0 {
+			c := dialTCP(t, s)
+			writeRaw(c, p)
+			if got := readToClose(t, c, 5*time.Second); len(got) != 0 {
 				t.Fatalf("%x answered %q", p, got)
 			}
 		}
 	})
-	hoServes(t, s)
-}
-
-// hoClientHello returns the first TLS record a crypto/tls client sends.
-func hoClientHello(t testing.TB) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	go func() {
-		_ = tls.Client(a, &tls.Config{ServerName: "relay"}).Handshake()
-	}()
-	_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, binary.BigEndian.Uint16(hdr[3:]))
-	if _, err := io.ReadFull(b, rec); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr, rec...)
+	expectServes(t, s)
 }
 
 // ---------------------------------------------------------------------------
 // WebSocket violations, before the tunnel and inside it.
 
-// hoWSViolation is a WebSocket protocol violation and the close code it
+// wsViolation is a WebSocket protocol violation and the close code it
 // must earn.
-type hoWSViolation struct {
+type wsViolation struct {
 	name string
 	send []byte
 	code ws.StatusCode
 }
 
-func hoWSViolations() []hoWSViolation {
+func wsViolations() []wsViolation {
 	hello := []byte(`{"id":1,"method":"RemoteProxy.Hello"}`)
-	v := []hoWSViolation{
-		{"unmasked text", hoFrame(0x81, true, -1, hello), ws.StatusProtocolError},
-		{"unmasked ping", hoFrame(0x89, true, -1, []byte("p")), ws.StatusProtocolError},
-		{"unmasked close", hoFrame(0x88, true, -1, hoClosePayload(1000, "")), ws.StatusProtocolError},
-		{"fragmented ping", hoFrame(0x09, false, -1, []byte("ping")), ws.StatusProtocolError},
-		{"fragmented pong", hoFrame(0x0a, false, -1, nil), ws.StatusProtocolError},
-		{"fragmented close", hoFrame(0x08, false, -1, hoClosePayload(1000, "")), ws.StatusProtocolError},
-		{"ping 126 bytes", hoF(ws.OpPing, true, bytes.Repeat([]byte("p"), 126)), ws.StatusProtocolError},
-		{"pong 65536 bytes", hoFrame(0x8a, false, 65536, nil), ws.StatusProtocolError},
-		{"close 126 bytes", hoF(ws.OpClose, true, append(hoClosePayload(1000, ""), bytes.Repeat([]byte("r"), 124)...)), ws.StatusProtocolError},
-		{"close 1-byte payload", hoF(ws.OpClose, true, []byte{0x03}), ws.StatusProtocolError},
-		{"close reason invalid UTF-8", hoF(ws.OpClose, true, hoClosePayload(1000, "bad \xff\xfe")), ws.StatusInvalidFramePayloadData},
-		{"continuation without message", hoF(ws.OpContinuation, true, []byte("x")), ws.StatusProtocolError},
-		{"unfinished continuation without message", hoF(ws.OpContinuation, false, nil), ws.StatusProtocolError},
-		{"length with MSB set", append([]byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0}, hoMask[:]...), ws.StatusProtocolError},
+	v := []wsViolation{
+		{"unmasked text", clientFrame(0x81, true, -1, hello), ws.StatusProtocolError},
+		{"unmasked ping", clientFrame(0x89, true, -1, []byte("p")), ws.StatusProtocolError},
+		{"unmasked close", clientFrame(0x88, true, -1, closePayload(1000, "")), ws.StatusProtocolError},
+		{"fragmented ping", clientFrame(0x09, false, -1, []byte("ping")), ws.StatusProtocolError},
+		{"fragmented pong", clientFrame(0x0a, false, -1, nil), ws.StatusProtocolError},
+		{"fragmented close", clientFrame(0x08, false, -1, closePayload(1000, "")), ws.StatusProtocolError},
+		{"ping 126 bytes", maskedFrame(ws.OpPing, true, bytes.Repeat([]byte("p"), 126)), ws.StatusProtocolError},
+		{"pong 65536 bytes", clientFrame(0x8a, false, 65536, nil), ws.StatusProtocolError},
+		{"close 126 bytes", maskedFrame(ws.OpClose, true, append(closePayload(1000, ""), bytes.Repeat([]byte("r"), 124)...)), ws.StatusProtocolError},
+		{"close 1-byte payload", maskedFrame(ws.OpClose, true, []byte{0x03}), ws.StatusProtocolError},
+		{"close reason invalid UTF-8", maskedFrame(ws.OpClose, true, closePayload(1000, "bad \xff\xfe")), ws.StatusInvalidFramePayloadData},
+		{"continuation without message", maskedFrame(ws.OpContinuation, true, []byte("x")), ws.StatusProtocolError},
+		{"unfinished continuation without message", maskedFrame(ws.OpContinuation, false, nil), ws.StatusProtocolError},
+		{"length with MSB set", append([]byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0}, clientMask[:]...), ws.StatusProtocolError},
 	}
 	for _, rsv := range []byte{1, 2, 4, 7} {
 		v = append(v,
-			hoWSViolation{fmt.Sprintf("text rsv%d", rsv), hoFrame(0x81|rsv<<4, false, -1, hello), ws.StatusProtocolError},
-			hoWSViolation{fmt.Sprintf("ping rsv%d", rsv), hoFrame(0x89|rsv<<4, false, -1, nil), ws.StatusProtocolError},
-			hoWSViolation{fmt.Sprintf("close rsv%d", rsv), hoFrame(0x88|rsv<<4, false, -1, hoClosePayload(1000, "")), ws.StatusProtocolError})
+			wsViolation{fmt.Sprintf("text rsv%d", rsv), clientFrame(0x81|rsv<<4, false, -1, hello), ws.StatusProtocolError},
+			wsViolation{fmt.Sprintf("ping rsv%d", rsv), clientFrame(0x89|rsv<<4, false, -1, nil), ws.StatusProtocolError},
+			wsViolation{fmt.Sprintf("close rsv%d", rsv), clientFrame(0x88|rsv<<4, false, -1, closePayload(1000, "")), ws.StatusProtocolError})
 	}
 	for _, op := range []byte{3, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf} {
 		v = append(v,
-			hoWSViolation{fmt.Sprintf("opcode %#x", op), hoFrame(0x80|op, false, -1, nil), ws.StatusProtocolError},
-			hoWSViolation{fmt.Sprintf("opcode %#x with payload", op), hoFrame(0x80|op, false, -1, []byte("reserved")), ws.StatusProtocolError},
-			hoWSViolation{fmt.Sprintf("opcode %#x not final", op), hoFrame(op, false, -1, []byte("x")), ws.StatusProtocolError})
+			wsViolation{fmt.Sprintf("opcode %#x", op), clientFrame(0x80|op, false, -1, nil), ws.StatusProtocolError},
+			wsViolation{fmt.Sprintf("opcode %#x with payload", op), clientFrame(0x80|op, false, -1, []byte("reserved")), ws.StatusProtocolError},
+			wsViolation{fmt.Sprintf("opcode %#x not final", op), clientFrame(op, false, -1, []byte("x")), ws.StatusProtocolError})
 	}
 	for _, code := range []uint16{0, 1, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535} {
-		v = append(v, hoWSViolation{fmt.Sprintf("close code %d", code), hoF(ws.OpClose, true, hoClosePayload(code, "")), ws.StatusProtocolError})
+		v = append(v, wsViolation{fmt.Sprintf("close code %d", code), maskedFrame(ws.OpClose, true, closePayload(code, "")), ws.StatusProtocolError})
 	}
 	return v
 }
 
-// hoUTF8Violations are text messages that are not valid UTF-8: 1007.
-func hoUTF8Violations() []hoWSViolation {
-	msg := func(s string) []byte { return hoF(ws.OpText, true, []byte(`{"id":1,"method":"`+s)) }
-	return []hoWSViolation{
+// utf8Violations are text messages that are not valid UTF-8: 1007.
+func utf8Violations() []wsViolation {
+	msg := func(s string) []byte { return maskedFrame(ws.OpText, true, []byte(`{"id":1,"method":"`+s)) }
+	return []wsViolation{
 		{"utf8 0xff", msg("\xff\"}"), ws.StatusInvalidFramePayloadData},
 		{"utf8 overlong", msg("\xc0\xaf\"}"), ws.StatusInvalidFramePayloadData},
 		{"utf8 overlong 3 bytes", msg("\xe0\x80\xaf\"}"), ws.StatusInvalidFramePayloadData},
@@ -608,30 +298,30 @@ func hoUTF8Violations() []hoWSViolation {
 		{"utf8 above U+10FFFF", msg("\xf4\x90\x80\x80\"}"), ws.StatusInvalidFramePayloadData},
 		{"utf8 lone continuation", msg("\x80\"}"), ws.StatusInvalidFramePayloadData},
 		{"utf8 truncated at end", msg("\xce"), ws.StatusInvalidFramePayloadData},
-		{"utf8 invalid in second fragment", append(hoF(ws.OpText, false, []byte("{\"id\":1,\"me\xce")), hoF(ws.OpContinuation, true, []byte("\x20thod\"}"))...), ws.StatusInvalidFramePayloadData},
+		{"utf8 invalid in second fragment", append(maskedFrame(ws.OpText, false, []byte("{\"id\":1,\"me\xce")), maskedFrame(ws.OpContinuation, true, []byte("\x20thod\"}"))...), ws.StatusInvalidFramePayloadData},
 	}
 }
 
 // TestHostileWSBeforeTunnel sends each violation on a fresh, upgraded
 // WebSocket that has not authenticated.
 func TestHostileWSBeforeTunnel(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	hello := []byte(`{"id":1,"method":"RemoteProxy.Hello"}`)
-	cases := append(hoWSViolations(), hoUTF8Violations()...)
+	cases := append(wsViolations(), utf8Violations()...)
 	cases = append(cases,
-		hoWSViolation{"frame over the pre-auth limit", hoFrame(0x81, false, 10<<10+1, nil), ws.StatusMessageTooBig},
-		hoWSViolation{"frame of 1 TiB", hoFrame(0x82, false, 1<<40, nil), ws.StatusMessageTooBig},
-		hoWSViolation{"frame of 2^63-1 bytes", hoFrame(0x81, false, 1<<63-1, nil), ws.StatusMessageTooBig},
-		hoWSViolation{"message over the pre-auth limit in fragments", append(append(
-			hoF(ws.OpText, false, bytes.Repeat([]byte(" "), 4<<10)),
-			hoF(ws.OpContinuation, false, bytes.Repeat([]byte(" "), 4<<10))...),
-			hoF(ws.OpContinuation, true, bytes.Repeat([]byte(" "), 4<<10))...), ws.StatusMessageTooBig},
-		hoWSViolation{"text inside fragmented text", append(hoF(ws.OpText, false, hello[:5]), hoF(ws.OpText, true, hello)...), ws.StatusProtocolError},
-		hoWSViolation{"binary before authentication", hoF(ws.OpBinary, true, []byte{1, 2, 3}), ws.StatusInternalServerError},
+		wsViolation{"frame over the pre-auth limit", clientFrame(0x81, false, 10<<10+1, nil), ws.StatusMessageTooBig},
+		wsViolation{"frame of 1 TiB", clientFrame(0x82, false, 1<<40, nil), ws.StatusMessageTooBig},
+		wsViolation{"frame of 2^63-1 bytes", clientFrame(0x81, false, 1<<63-1, nil), ws.StatusMessageTooBig},
+		wsViolation{"message over the pre-auth limit in fragments", append(append(
+			maskedFrame(ws.OpText, false, bytes.Repeat([]byte(" "), 4<<10)),
+			maskedFrame(ws.OpContinuation, false, bytes.Repeat([]byte(" "), 4<<10))...),
+			maskedFrame(ws.OpContinuation, true, bytes.Repeat([]byte(" "), 4<<10))...), ws.StatusMessageTooBig},
+		wsViolation{"text inside fragmented text", append(maskedFrame(ws.OpText, false, hello[:5]), maskedFrame(ws.OpText, true, hello)...), ws.StatusProtocolError},
+		wsViolation{"binary before authentication", maskedFrame(ws.OpBinary, true, []byte{1, 2, 3}), ws.StatusInternalServerError},
 	)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			w := hoDialWS(t, s)
+			w := dialRawWS(t, s)
 			w.write(tc.send)
 			res := w.expectCode(tc.code)
 			if len(res.before) != 0 {
@@ -640,25 +330,25 @@ func TestHostileWSBeforeTunnel(t *testing.T) {
 		})
 	}
 	t.Run("violation after a valid request", func(t *testing.T) {
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		w.send(ws.OpText, true, hello)
 		if m := w.readJSON(); m["status"] != "success" {
 			t.Fatalf("Hello: %v", m)
 		}
-		w.write(hoFrame(0x81, true, -1, hello))
+		w.write(clientFrame(0x81, true, -1, hello))
 		w.expectCode(ws.StatusProtocolError)
 	})
 	t.Run("violation split byte by byte", func(t *testing.T) {
-		w := hoDialWS(t, s)
-		for _, b := range hoF(ws.OpClose, true, hoClosePayload(1005, "")) {
+		w := dialRawWS(t, s)
+		for _, b := range maskedFrame(ws.OpClose, true, closePayload(1005, "")) {
 			w.write([]byte{b})
 			time.Sleep(2 * time.Millisecond)
 		}
 		w.expectCode(ws.StatusProtocolError)
 	})
 	t.Run("ping inside a fragmented request, and a 125-byte ping byte by byte", func(t *testing.T) {
-		w := hoDialWS(t, s)
-		w.write(cfCat(hoF(ws.OpText, false, hello[:20]), hoF(ws.OpPing, true, []byte("mid")), hoF(ws.OpContinuation, true, hello[20:])))
+		w := dialRawWS(t, s)
+		w.write(cfCat(maskedFrame(ws.OpText, false, hello[:20]), maskedFrame(ws.OpPing, true, []byte("mid")), maskedFrame(ws.OpContinuation, true, hello[20:])))
 		h, p, err := w.readFrame(5 * time.Second)
 		if err != nil || h.OpCode != ws.OpPong || string(p) != "mid" {
 			t.Fatalf("want pong \"mid\", got op %d %q, %v", h.OpCode, p, err)
@@ -667,7 +357,7 @@ func TestHostileWSBeforeTunnel(t *testing.T) {
 			t.Fatalf("fragmented Hello: %v", m)
 		}
 		big := bytes.Repeat([]byte{0xfe}, 125)
-		for _, c := range hoF(ws.OpPing, true, big) {
+		for _, c := range maskedFrame(ws.OpPing, true, big) {
 			w.write([]byte{c})
 		}
 		h, p, err = w.readFrame(5 * time.Second)
@@ -676,27 +366,27 @@ func TestHostileWSBeforeTunnel(t *testing.T) {
 		}
 	})
 	t.Run("violation while waiting for a partner frees the rendezvous", func(t *testing.T) {
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		w.authenticate("hostile-waiting", "w")
-		w.write(hoFrame(0x81, true, -1, hello))
+		w.write(clientFrame(0x81, true, -1, hello))
 		w.expectCode(ws.StatusProtocolError)
-		a, b := hoWSPair(t, s, "hostile-waiting") // they meet each other, not the dead one
+		a, b := rawWSPair(t, s, "hostile-waiting") // they meet each other, not the dead one
 		a.send(ws.OpText, true, []byte("x"))
 		if h, p, err := b.readFrame(5 * time.Second); err != nil || string(p) != "x" {
 			t.Fatalf("new pair: op %d %q, %v", h.OpCode, p, err)
 		}
 	})
 	t.Run("partial frame then silence", func(t *testing.T) {
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		start := time.Now()
-		w.write(hoF(ws.OpText, true, hello)[:3])
+		w.write(maskedFrame(ws.OpText, true, hello)[:3])
 		w.expectCode(ws.StatusPolicyViolation) // the inactive timeout (2 s)
 		if d := time.Since(start); d < time.Second {
 			t.Fatalf("closed after %v", d)
 		}
 	})
 	t.Run("valid controls are answered", func(t *testing.T) {
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		w.send(ws.OpPing, true, []byte("abc"))
 		h, p, err := w.readFrame(5 * time.Second)
 		if err != nil || h.OpCode != ws.OpPong || string(p) != "abc" {
@@ -707,26 +397,26 @@ func TestHostileWSBeforeTunnel(t *testing.T) {
 		if m := w.readJSON(); m["status"] != "success" {
 			t.Fatalf("Hello after unsolicited pong: %v", m)
 		}
-		w.send(ws.OpClose, true, hoClosePayload(4000, "bye"))
+		w.send(ws.OpClose, true, closePayload(4000, "bye"))
 		w.expectCode(4000)
 	})
-	hoServes(t, s)
+	expectServes(t, s)
 }
 
 // TestHostileWSInTunnel sends each violation into a live WS↔WS tunnel: the
 // violator gets the close code and its partner is closed too.
 func TestHostileWSInTunnel(t *testing.T) {
-	s := hoServer(t, nil)
-	cases := append(hoWSViolations(), hoUTF8Violations()...)
+	s := shortTimeoutServer(t, nil)
+	cases := append(wsViolations(), utf8Violations()...)
 	cases = append(cases,
-		hoWSViolation{"binary inside fragmented text", append(hoF(ws.OpText, false, []byte("ab")), hoF(ws.OpBinary, true, []byte("cd"))...), ws.StatusProtocolError},
-		hoWSViolation{"text inside fragmented binary", append(hoF(ws.OpBinary, false, []byte("ab")), hoF(ws.OpText, true, []byte("cd"))...), ws.StatusProtocolError},
-		hoWSViolation{"continuation after final frame", append(hoF(ws.OpText, true, []byte("ab")), hoF(ws.OpContinuation, true, []byte("cd"))...), ws.StatusProtocolError},
-		hoWSViolation{"utf8 invalid split across reads", hoF(ws.OpText, true, []byte("κόσμε\xed\xa0\x80")), ws.StatusInvalidFramePayloadData},
+		wsViolation{"binary inside fragmented text", append(maskedFrame(ws.OpText, false, []byte("ab")), maskedFrame(ws.OpBinary, true, []byte("cd"))...), ws.StatusProtocolError},
+		wsViolation{"text inside fragmented binary", append(maskedFrame(ws.OpBinary, false, []byte("ab")), maskedFrame(ws.OpText, true, []byte("cd"))...), ws.StatusProtocolError},
+		wsViolation{"continuation after final frame", append(maskedFrame(ws.OpText, true, []byte("ab")), maskedFrame(ws.OpContinuation, true, []byte("cd"))...), ws.StatusProtocolError},
+		wsViolation{"utf8 invalid split across reads", maskedFrame(ws.OpText, true, []byte("κόσμε\xed\xa0\x80")), ws.StatusInvalidFramePayloadData},
 	)
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := hoWSPair(t, s, fmt.Sprintf("hostile-tunnel-%d", i))
+			a, b := rawWSPair(t, s, fmt.Sprintf("hostile-tunnel-%d", i))
 			a.send(ws.OpText, true, []byte("before"))
 			h, p, err := b.readFrame(5 * time.Second)
 			if err != nil || h.OpCode != ws.OpText || string(p) != "before" {
@@ -740,11 +430,11 @@ func TestHostileWSInTunnel(t *testing.T) {
 			if pres.frame && pres.code != ws.StatusNormalClosure {
 				t.Fatalf("partner closed with %d (%q)", pres.code, pres.reason)
 			}
-			hoNoInvalidText(t, pres.before)
+			expectValidText(t, pres.before)
 		})
 	}
 	t.Run("tcp partner", func(t *testing.T) {
-		a := hoDialWS(t, s)
+		a := dialRawWS(t, s)
 		a.authenticate("hostile-tcp-partner", "a")
 		type res struct {
 			c   *rawTunnel
@@ -752,7 +442,7 @@ func TestHostileWSInTunnel(t *testing.T) {
 		}
 		ch := make(chan res, 1)
 		go func() {
-			c, err := dialRawTunnel(hoAddr(s), "hostile-tcp-partner", "", "b", nil)
+			c, err := dialRawTunnel(serverAddr(s), "hostile-tcp-partner", "", "b", nil)
 			ch <- res{c, err}
 		}()
 		a.waitTunnel()
@@ -761,16 +451,16 @@ func TestHostileWSInTunnel(t *testing.T) {
 			t.Fatal(r.err)
 		}
 		defer r.c.Close()
-		a.write(hoFrame(0x82|0x40, false, -1, []byte("rsv1")))
+		a.write(clientFrame(0x82|0x40, false, -1, []byte("rsv1")))
 		a.expectCode(ws.StatusProtocolError)
 		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if rest, err := io.ReadAll(r.c.br); err != nil && !hoIsClosed(err) || len(rest) != 0 {
+		if rest, err := io.ReadAll(r.c.br); err != nil && !isClosed(err) || len(rest) != 0 {
 			t.Fatalf("tcp partner: read %q, %v; want EOF", rest, err)
 		}
 	})
 	t.Run("random garbage", func(t *testing.T) {
 		for seed := uint64(1); seed <= 6; seed++ {
-			a, b := hoWSPair(t, s, fmt.Sprintf("hostile-garbage-%d", seed))
+			a, b := rawWSPair(t, s, fmt.Sprintf("hostile-garbage-%d", seed))
 			r := rand.New(rand.NewPCG(seed, 99))
 			junk := make([]byte, 2000)
 			for i := range junk {
@@ -779,16 +469,16 @@ func TestHostileWSInTunnel(t *testing.T) {
 			a.write(junk)
 			a.expectClose(5*time.Second, true)
 			pres := b.expectClose(5*time.Second, true)
-			hoNoInvalidText(t, pres.before)
+			expectValidText(t, pres.before)
 		}
 	})
 	waitFor(t, func() bool { return s.Stats().TunnelsActive == 0 }, "all tunnels closed")
-	hoServes(t, s)
+	expectServes(t, s)
 }
 
-// hoNoInvalidText fails if the text frames a partner received (complete or
+// expectValidText fails if the text frames a partner received (complete or
 // not) are not a valid UTF-8 prefix.
-func hoNoInvalidText(t testing.TB, frames [][]byte) {
+func expectValidText(t testing.TB, frames [][]byte) {
 	t.Helper()
 	var v handshake.UTF8
 	for _, p := range frames {
@@ -805,7 +495,7 @@ func hoNoInvalidText(t testing.TB, frames [][]byte) {
 // transports gets the error reply nymea gives (where one applies) and a
 // close.
 func TestHostileJSON(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	hello := `{"id":1,"method":"RemoteProxy.Hello"`
 	auth := func(params string) string {
 		return `{"id":3,"method":"Authentication.Authenticate","params":` + params + `}`
@@ -850,7 +540,7 @@ func TestHostileJSON(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run("ws/"+tc.name, func(t *testing.T) {
-			w := hoDialWS(t, s)
+			w := dialRawWS(t, s)
 			w.send(ws.OpText, true, []byte(tc.msg))
 			res := w.expectClose(5*time.Second, false)
 			if tc.want != "" && len(res.before) == 0 {
@@ -858,7 +548,7 @@ func TestHostileJSON(t *testing.T) {
 			}
 			for _, p := range res.before {
 				if tc.want != "" {
-					hoRPCError(t, p, tc.want)
+					expectRPCError(t, p, tc.want)
 				} else if !json.Valid(p) {
 					t.Fatalf("reply %q is not JSON", p)
 				}
@@ -868,12 +558,12 @@ func TestHostileJSON(t *testing.T) {
 			}
 		})
 		t.Run("tcp/"+tc.name, func(t *testing.T) {
-			c := hoDialTCP(t, s)
-			hoWrite(c, []byte(tc.msg+"\n"))
-			got := bytes.TrimSpace(hoReadToClose(t, c, 5*time.Second))
+			c := dialTCP(t, s)
+			writeRaw(c, []byte(tc.msg+"\n"))
+			got := bytes.TrimSpace(readToClose(t, c, 5*time.Second))
 			switch {
 			case tc.tcpWant != "":
-				hoRPCError(t, got, tc.tcpWant)
+				expectRPCError(t, got, tc.tcpWant)
 			case len(got) > 0 && !json.Valid(got):
 				t.Fatalf("reply %q is not JSON", got)
 			}
@@ -881,34 +571,34 @@ func TestHostileJSON(t *testing.T) {
 	}
 	t.Run("parse error text as nymea words it", func(t *testing.T) {
 		// "Failed to parse JSON data: <detail>", once, on both transports.
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		w.send(ws.OpText, true, []byte(`{"id":1,"method":}`))
 		res := w.expectClose(5*time.Second, false)
 		if len(res.before) != 1 {
 			t.Fatalf("ws: %d replies", len(res.before))
 		}
-		hoRPCError(t, res.before[0], "Failed to parse JSON data: ")
+		expectRPCError(t, res.before[0], "Failed to parse JSON data: ")
 		if n := bytes.Count(res.before[0], []byte("Failed to parse JSON data")); n != 1 {
 			t.Fatalf("ws: prefix %d times in %s", n, res.before[0])
 		}
-		c := hoDialTCP(t, s)
-		hoWrite(c, []byte(`{"id":1,"method":}`+"\n"))
-		got := bytes.TrimSpace(hoReadToClose(t, c, 5*time.Second))
-		hoRPCError(t, got, "Failed to parse JSON data: ")
+		c := dialTCP(t, s)
+		writeRaw(c, []byte(`{"id":1,"method":}`+"\n"))
+		got := bytes.TrimSpace(readToClose(t, c, 5*time.Second))
+		expectRPCError(t, got, "Failed to parse JSON data: ")
 		if n := bytes.Count(got, []byte("Failed to parse JSON data")); n != 1 {
 			t.Skipf("BUG: raw-TCP parse error reply repeats nymea's prefix (%d times): %s "+
 				"(relay/sniff.go consumeJSON prepends \"Failed to parse JSON data: \" to a NextObject error that already has it)", n, got)
 		}
 	})
 	t.Run("ws/huge message", func(t *testing.T) {
-		w := hoDialWS(t, s)
+		w := dialRawWS(t, s)
 		w.send(ws.OpText, true, []byte(hello+`,"params":{"x":"`+strings.Repeat("a", 64<<10)+`"}}`))
 		w.expectCode(ws.StatusMessageTooBig)
 	})
 	t.Run("tcp/huge unterminated object", func(t *testing.T) {
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		go func() {
-			hoWrite(c, []byte(hello+`,"params":{"x":"`))
+			writeRaw(c, []byte(hello+`,"params":{"x":"`))
 			chunk := []byte(strings.Repeat("a", 4096))
 			for range 256 {
 				if _, err := c.Write(chunk); err != nil {
@@ -916,22 +606,22 @@ func TestHostileJSON(t *testing.T) {
 				}
 			}
 		}()
-		got := hoReadToClose(t, c, 5*time.Second)
+		got := readToClose(t, c, 5*time.Second)
 		if len(got) > 0 {
-			hoRPCError(t, bytes.TrimSpace(got), "")
+			expectRPCError(t, bytes.TrimSpace(got), "")
 		}
 	})
 	t.Run("tcp/huge stream of small valid requests", func(t *testing.T) {
 		// Not an attack on its own: many requests in one write are each
 		// answered (pipelining), until the connection closes on the bad one.
-		c := hoDialTCP(t, s)
+		c := dialTCP(t, s)
 		var req bytes.Buffer
 		for i := range 200 {
 			fmt.Fprintf(&req, `{"id":%d,"method":"RemoteProxy.Hello"}`+"\n", i)
 		}
 		req.WriteString(`{"id":1000,"method":"Nope.Nope"}`)
-		hoWrite(c, req.Bytes())
-		got := hoReadToClose(t, c, 5*time.Second)
+		writeRaw(c, req.Bytes())
+		got := readToClose(t, c, 5*time.Second)
 		if n := bytes.Count(got, []byte(`"status":"success"`)); n != 200 {
 			t.Fatalf("%d success replies, want 200", n)
 		}
@@ -939,26 +629,26 @@ func TestHostileJSON(t *testing.T) {
 			t.Fatalf("no error reply for the bad request: %.300q", got[max(0, len(got)-300):])
 		}
 	})
-	hoServes(t, s)
+	expectServes(t, s)
 }
 
 // ---------------------------------------------------------------------------
 // Log lines.
 
-// hoLog collects a server's log output.
-type hoLog struct {
+// logCollector collects a server's log output.
+type logCollector struct {
 	mu    sync.Mutex
 	lines []string
 }
 
-func (l *hoLog) Write(p []byte) (int, error) {
+func (l *logCollector) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.lines = append(l.lines, strings.Split(strings.TrimRight(string(p), "\n"), "\n")...)
 	return len(p), nil
 }
 
-func (l *hoLog) mark() int {
+func (l *logCollector) mark() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.lines)
@@ -966,7 +656,7 @@ func (l *hoLog) mark() int {
 
 // find waits up to d for a line logged after mark that contains every one
 // of subs.
-func (l *hoLog) find(mark int, d time.Duration, subs ...string) (string, bool) {
+func (l *logCollector) find(mark int, d time.Duration, subs ...string) (string, bool) {
 	for end := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
 		l.mu.Lock()
 		for _, line := range l.lines[min(mark, len(l.lines)):] {
@@ -989,8 +679,8 @@ func (l *hoLog) find(mark int, d time.Duration, subs ...string) (string, bool) {
 // TestHostileLogLines: every refusal of hostile input leaves a log line
 // (at debug level) that says what happened and names the peer.
 func TestHostileLogLines(t *testing.T) {
-	logs := &hoLog{}
-	s := hoServer(t, func(c *Config) {
+	logs := &logCollector{}
+	s := shortTimeoutServer(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	upgradeHead := func(version string) string {
@@ -1012,12 +702,12 @@ func TestHostileLogLines(t *testing.T) {
 			bug: "no log line for an HTTP head over MaxHeader (relay/handshake.go httpHead: 431 written and closed silently)"},
 		{name: "json-rpc error", send: []byte(`{"id":1,"method":}` + "\n"), want: "json-rpc error"},
 		{name: "pre-auth limit", send: []byte(`{"id":1,"x":"` + strings.Repeat("a", 11<<10)), want: "pre-auth"},
-		{name: "websocket violation", ws: true, send: hoFrame(0x81, true, -1, []byte("x")), want: "websocket protocol error"},
-		{name: "websocket frame too big", ws: true, send: hoFrame(0x81, false, 1<<20, nil), want: "websocket protocol error"},
-		{name: "websocket message too big in fragments", ws: true, send: append(hoF(ws.OpText, false, bytes.Repeat([]byte(" "), 6<<10)),
-			hoF(ws.OpContinuation, true, bytes.Repeat([]byte(" "), 6<<10))...), want: "",
+		{name: "websocket violation", ws: true, send: clientFrame(0x81, true, -1, []byte("x")), want: "websocket protocol error"},
+		{name: "websocket frame too big", ws: true, send: clientFrame(0x81, false, 1<<20, nil), want: "websocket protocol error"},
+		{name: "websocket message too big in fragments", ws: true, send: append(maskedFrame(ws.OpText, false, bytes.Repeat([]byte(" "), 6<<10)),
+			maskedFrame(ws.OpContinuation, true, bytes.Repeat([]byte(" "), 6<<10))...), want: "",
 			bug: "no log line when fragments add up to more than MaxPreAuth (relay/sniff.go consumeWS: c.fail(reason.PreAuthLimit, 1009) without a log call)"},
-		{name: "websocket binary before auth", ws: true, send: hoF(ws.OpBinary, true, []byte{1}), want: "",
+		{name: "websocket binary before auth", ws: true, send: maskedFrame(ws.OpBinary, true, []byte{1}), want: "",
 			bug: "no log line for a BINARY message before the tunnel (relay/sniff.go consumeWS: c.fail(reason.WebSocket, 1011) without a log call)"},
 	}
 	for _, tc := range cases {
@@ -1025,14 +715,14 @@ func TestHostileLogLines(t *testing.T) {
 			mark := logs.mark()
 			var c net.Conn
 			if tc.ws {
-				w := hoDialWS(t, s)
+				w := dialRawWS(t, s)
 				c = w.c
 				w.write(tc.send)
 				w.expectClose(5*time.Second, true)
 			} else {
-				c = hoDialTCP(t, s)
-				hoWrite(c, tc.send)
-				hoReadToClose(t, c, 5*time.Second)
+				c = dialTCP(t, s)
+				writeRaw(c, tc.send)
+				readToClose(t, c, 5*time.Second)
 			}
 			peer := c.LocalAddr().String()
 			if line, ok := logs.find(mark, 2*time.Second, peer, tc.want); ok {
@@ -1046,9 +736,9 @@ func TestHostileLogLines(t *testing.T) {
 		})
 	}
 	t.Run("violation in a tunnel", func(t *testing.T) {
-		a, b := hoWSPair(t, s, "hostile-log")
+		a, b := rawWSPair(t, s, "hostile-log")
 		mark := logs.mark()
-		a.write(hoFrame(0x82, true, -1, []byte("x")))
+		a.write(clientFrame(0x82, true, -1, []byte("x")))
 		a.expectCode(ws.StatusProtocolError)
 		b.expectClose(5*time.Second, true)
 		line, ok := logs.find(mark, 2*time.Second, "websocket protocol error in tunnel")
@@ -1067,9 +757,9 @@ func TestHostileLogLines(t *testing.T) {
 // Sec-WebSocket-Extensions, and a frame compressed anyway (RSV1) is a
 // protocol error.
 func TestPermessageDeflateDeclined(t *testing.T) {
-	s := hoServer(t, nil)
-	c := hoDialTCP(t, s)
-	hoWrite(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+	s := shortTimeoutServer(t, nil)
+	c := dialTCP(t, s)
+	writeRaw(c, []byte("GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
 		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"))
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

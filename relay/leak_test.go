@@ -52,9 +52,9 @@ func (ss lkServers) each(f func(*Server)) { f(ss.short); f(ss.patient) }
 // ends itself always report true).
 func lkOne(ss lkServers, i int, hello []byte) (ok bool, what string) {
 	r := rand.New(rand.NewPCG(uint64(i), 0x1ea4))
-	addr := hoAddr(ss.short)
+	addr := serverAddr(ss.short)
 	if kind := i % lkKinds; kind == 8 || kind == 9 {
-		addr = hoAddr(ss.patient)
+		addr = serverAddr(ss.patient)
 	}
 	c, err := net.DialTimeout("tcp", addr, testutil.Patience)
 	if err != nil {
@@ -83,16 +83,16 @@ func lkOne(ss lkServers, i int, hello []byte) (ok bool, what string) {
 		_, _ = c.Write([]byte(heads[r.IntN(len(heads))]))
 	case 2: // WebSocket upgrade and a bad frame in the same write
 		frames := [][]byte{
-			hoFrame(0x81, true, -1, []byte(`{"id":1}`)),                        // unmasked
-			hoFrame(0xc1, false, -1, []byte("rsv")),                            // RSV1
-			hoFrame(0x83, false, -1, nil),                                      // reserved opcode
-			hoF(ws.OpClose, true, hoClosePayload(1005, "")),                    // bad close code
-			hoF(ws.OpText, true, []byte("\xed\xa0\x80")),                       // invalid UTF-8
-			hoFrame(0x82, false, 1<<40, nil),                                   // huge length
-			hoFrame(0x09, false, -1, []byte("fragmented ping")),                // fragmented control
-			hoF(ws.OpBinary, true, []byte{1, 2, 3}),                            // binary before auth
-			hoF(ws.OpText, false, []byte(strings.Repeat(" ", 200))),            // unfinished message, then client goes
-			append(hoF(ws.OpText, true, hello), hoF(ws.OpPing, false, nil)...), // valid request, then violation
+			clientFrame(0x81, true, -1, []byte(`{"id":1}`)),                                    // unmasked
+			clientFrame(0xc1, false, -1, []byte("rsv")),                                        // RSV1
+			clientFrame(0x83, false, -1, nil),                                                  // reserved opcode
+			maskedFrame(ws.OpClose, true, closePayload(1005, "")),                              // bad close code
+			maskedFrame(ws.OpText, true, []byte("\xed\xa0\x80")),                               // invalid UTF-8
+			clientFrame(0x82, false, 1<<40, nil),                                               // huge length
+			clientFrame(0x09, false, -1, []byte("fragmented ping")),                            // fragmented control
+			maskedFrame(ws.OpBinary, true, []byte{1, 2, 3}),                                    // binary before auth
+			maskedFrame(ws.OpText, false, []byte(strings.Repeat(" ", 200))),                    // unfinished message, then client goes
+			append(maskedFrame(ws.OpText, true, hello), maskedFrame(ws.OpPing, false, nil)...), // valid request, then violation
 		}
 		f := frames[r.IntN(len(frames))]
 		_, _ = c.Write(append([]byte(lkUpgrade), f...))
@@ -112,7 +112,7 @@ func lkOne(ss lkServers, i int, hello []byte) (ok bool, what string) {
 	case 4: // bad JSON over WebSocket
 		msgs := []string{`[]`, `{"id":1,"method":}`, `1`, strings.Repeat("[", 3000) + strings.Repeat("]", 3000),
 			`{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":"x"}}`}
-		_, _ = c.Write(append([]byte(lkUpgrade), hoF(ws.OpText, true, []byte(msgs[r.IntN(len(msgs))]))...))
+		_, _ = c.Write(append([]byte(lkUpgrade), maskedFrame(ws.OpText, true, []byte(msgs[r.IntN(len(msgs))]))...))
 	case 5: // silent, or a partial head, then the client leaves
 		if r.IntN(2) == 0 {
 			_, _ = c.Write([]byte("GE"))
@@ -143,7 +143,7 @@ func lkOne(ss lkServers, i int, hello []byte) (ok bool, what string) {
 		return true, ""
 	}
 	_, err = io.Copy(io.Discard, c)
-	if err != nil && !hoIsClosed(err) {
+	if err != nil && !isClosed(err) {
 		return false, fmt.Sprintf("kind %d: not closed by the server: %v", i%lkKinds, err)
 	}
 	return true, ""
@@ -163,7 +163,7 @@ func lkTunnel(addr string, c net.Conn, i int) (bool, string) {
 	token := fmt.Sprintf("leak-tunnel-%d", i)
 	for _, x := range []net.Conn{c, d} {
 		auth := fmt.Sprintf(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"x","token":"%s"}}`, newTestUUID(), token)
-		if _, err := x.Write(append([]byte(lkUpgrade), hoF(ws.OpText, true, []byte(auth))...)); err != nil {
+		if _, err := x.Write(append([]byte(lkUpgrade), maskedFrame(ws.OpText, true, []byte(auth))...)); err != nil {
 			return false, "write: " + err.Error()
 		}
 	}
@@ -178,9 +178,9 @@ func lkTunnel(addr string, c net.Conn, i int) (bool, string) {
 			got = append(got, buf[:n]...)
 		}
 	}
-	_, _ = c.Write(hoFrame(0xa2, false, -1, []byte("rsv2")))
+	_, _ = c.Write(clientFrame(0xa2, false, -1, []byte("rsv2")))
 	for _, x := range []net.Conn{c, d} {
-		if _, err := io.Copy(io.Discard, x); err != nil && !hoIsClosed(err) {
+		if _, err := io.Copy(io.Discard, x); err != nil && !isClosed(err) {
 			return false, "tunnel not closed: " + err.Error()
 		}
 	}
@@ -262,19 +262,19 @@ func TestLeakMalformedConnections(t *testing.T) {
 	// Not parallel: goroutines, descriptors and RSS are process-wide.
 	ss := lkServers{
 		// Short enough to end the truncated heads quickly.
-		short: hoServer(t, func(c *Config) {
+		short: shortTimeoutServer(t, func(c *Config) {
 			c.HandshakeTimeout = time.Second
 			c.InactiveTimeout = 3 * time.Second
 			c.AloneTimeout = 3 * time.Second
 		}),
 		// Out of reach: pairing under load must not race a timer.
-		patient: hoServer(t, func(c *Config) {
+		patient: shortTimeoutServer(t, func(c *Config) {
 			c.HandshakeTimeout = time.Hour
 			c.InactiveTimeout = time.Hour
 			c.AloneTimeout = time.Hour
 		}),
 	}
-	lkClientHello = hoClientHello(t)
+	lkClientHello = tlsClientHello(t)
 
 	// Warm up every path (pools, loops, forwarders, the heap
 	// and the race detector's shadow memory at this concurrency), then
@@ -324,5 +324,5 @@ func TestLeakMalformedConnections(t *testing.T) {
 	if closes < uint64(n) {
 		t.Fatalf("only %d closes counted for %d connections", closes, n)
 	}
-	ss.each(func(s *Server) { hoServes(t, s) })
+	ss.each(func(s *Server) { expectServes(t, s) })
 }

@@ -5,38 +5,36 @@ package relay
 // modelled on nymea-remoteproxy's own test list.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/client"
-	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // ---------------------------------------------------------------------------
-// Helpers
+// The transports these table-driven tests run over (the helpers they use
+// are in helpers_test.go and wire_helpers_test.go).
 
-// lgTransport is one client transport of the table-driven tests.
-type lgTransport struct {
+// clientTransport is one client transport of the table-driven tests.
+type clientTransport struct {
 	name string
 	url  func(*Server) string
 }
 
-var lgTransports = []lgTransport{{"tcp", tcpURL}, {"ws", wsURL}}
+// clientTransports are the transports a single client of these tests uses.
+var clientTransports = []clientTransport{{"tcp", tcpURL}, {"ws", wsURL}}
 
-// lgCombos are the (a, b) transport pairs of a tunnel.
-var lgCombos = []struct {
+// transportPairs are the (a, b) transport pairs of a tunnel.
+var transportPairs = []struct {
 	name string
 	a, b func(*Server) string
 }{
@@ -46,328 +44,15 @@ var lgCombos = []struct {
 	{"ws-tcp", wsURL, tcpURL},
 }
 
-// lgTestAuth is the authenticator of these tests. Tokens starting with
-// "bad" fail; "hang" never answers; "async" answers NoError from another
-// goroutine once gate is closed; "result-N" answers AuthResult(N); every
-// other token is valid.
-type lgTestAuth struct {
-	gate chan struct{}
-}
-
-func (a lgTestAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
-	switch {
-	case strings.HasPrefix(req.Token, "bad"):
-		done(AuthFailed)
-	case strings.HasPrefix(req.Token, "hang"):
-	case strings.HasPrefix(req.Token, "async"):
-		go func() {
-			<-a.gate
-			done(AuthNoError)
-		}()
-	case strings.HasPrefix(req.Token, "result-"):
-		var n int
-		fmt.Sscanf(req.Token, "result-%d", &n)
-		done(AuthResult(n))
-	default:
-		done(AuthNoError)
-	}
-}
-
-// lgServer starts a server with lgTestAuth and timeouts long enough for
-// any pairing under load (a test of a timeout sets it); mutate runs last.
-func lgServer(t testing.TB, mutate func(*Config)) *Server {
-	t.Helper()
-	return startServer(t, func(c *Config) {
-		c.Name = "legacy-test-relay"
-		c.Auth = lgTestAuth{gate: make(chan struct{})}
-		c.InactiveTimeout = 30 * time.Second
-		c.AloneTimeout = 30 * time.Second
-		if mutate != nil {
-			mutate(c)
-		}
-	})
-}
-
-// lgDial opens a JSON-RPC connection with a testutil.Patience deadline.
-func lgDial(t testing.TB, url string) *client.Raw {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
-	defer cancel()
-	r, err := client.DialRaw(ctx, url, nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	t.Cleanup(func() { r.Close() })
-	return r
-}
-
-// lgDecode decodes one JSON object.
-func lgDecode(t testing.TB, p []byte) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(p, &m); err != nil {
-		t.Fatalf("decode %q: %v", p, err)
-	}
-	return m
-}
-
-// lgRecv returns the next JSON message, decoded.
-func lgRecv(t testing.TB, r *client.Raw) map[string]any {
-	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	p, err := r.Recv()
-	if err != nil {
-		t.Fatalf("recv: %v", err)
-	}
-	return lgDecode(t, p)
-}
-
-// lgSend sends a raw JSON-RPC payload.
-func lgSend(t testing.TB, r *client.Raw, p string) {
-	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	if err := r.Send([]byte(p)); err != nil {
-		t.Fatalf("send: %v", err)
-	}
-}
-
-// lgIsClosed reports whether err means the server ended the connection.
-func lgIsClosed(err error) bool {
-	var ce *client.CloseError
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.As(err, &ce) || errors.Is(err, syscall.ECONNRESET)
-}
-
-func lgIsTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// lgExpectClosed asserts that the next thing the server does on r is
-// closing it: no further message, except that a raw-TCP client may first
-// be told why (RemoteProxy.Closing). Over WebSocket the close frame must
-// be followed by the end of the TCP connection. It returns the close
-// frame (nil over TCP).
-func lgExpectClosed(t testing.TB, r *client.Raw) *client.CloseError {
-	t.Helper()
-	ce, _ := lgClosedWhy(t, r)
-	return ce
-}
-
-// lgClosedWhy is lgExpectClosed, also returning why the server said it
-// closed: the close frame's text, or the RemoteProxy.Closing message ("" if
-// it said nothing).
-func lgClosedWhy(t testing.TB, r *client.Raw) (*client.CloseError, string) {
-	t.Helper()
-	why := ""
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	p, err := r.Recv()
-	if err == nil {
-		if m := lgDecode(t, p); m["notification"] == "RemoteProxy.Closing" {
-			params, _ := m["params"].(map[string]any)
-			why, _ = params["message"].(string)
-			p, err = r.Recv()
-		}
-	}
-	if err == nil {
-		t.Fatalf("expected the server to close, got message %s", p)
-	}
-	if !lgIsClosed(err) {
-		t.Fatalf("expected the server to close, got %v", err)
-	}
-	var ce *client.CloseError
-	if !errors.As(err, &ce) {
-		return nil, why
-	}
-	// The close frame was the last thing buffered; the socket must end too.
-	_ = r.Conn().SetReadDeadline(time.Now().Add(testutil.Patience))
-	n, err := r.Conn().Read(make([]byte, 64))
-	if n > 0 || !lgIsClosed(err) {
-		t.Fatalf("after close frame: read %d bytes, err %v; want EOF", n, err)
-	}
-	return ce, ce.Reason
-}
-
-// lgExpectOpen asserts that nothing arrives on r during d (and the
-// connection stays open).
-func lgExpectOpen(t testing.TB, r *client.Raw, d time.Duration) {
-	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(d))
-	p, err := r.Recv()
-	switch {
-	case err == nil:
-		t.Fatalf("expected silence, got %s", p)
-	case !lgIsTimeout(err):
-		t.Fatalf("expected silence, got %v", err)
-	}
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-}
-
-func lgAuthParams(token, nonce, uuid, name string) map[string]any {
-	p := map[string]any{"uuid": uuid, "name": name, "token": token}
-	if nonce != "" {
-		p["nonce"] = nonce
-	}
-	return p
-}
-
-// lgAuthenticate calls Authentication.Authenticate and returns the
-// authenticationError of the (success) reply.
-func lgAuthenticate(t testing.TB, r *client.Raw, params map[string]any) string {
-	t.Helper()
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	m, err := r.Call(11, "Authentication.Authenticate", params)
-	if err != nil {
-		t.Fatalf("authenticate: %v", err)
-	}
-	if m["status"] != "success" || m["id"] != float64(11) {
-		t.Fatalf("authenticate reply %v: want status success, id 11", m)
-	}
-	p, _ := m["params"].(map[string]any)
-	res, _ := p["authenticationError"].(string)
-	if res == "" {
-		t.Fatalf("authenticate reply without authenticationError: %v", m)
-	}
-	return res
-}
-
-// lgWaiting dials url and authenticates successfully; the client is then
-// waiting for its partner.
-func lgWaiting(t testing.TB, url, token, nonce, uuid, name string) *client.Raw {
-	t.Helper()
-	r := lgDial(t, url)
-	if uuid == "" {
-		uuid = client.NewUUID()
-	}
-	if res := lgAuthenticate(t, r, lgAuthParams(token, nonce, uuid, name)); res != "AuthenticationErrorNoError" {
-		t.Fatalf("authenticate: %s", res)
-	}
-	return r
-}
-
-// lgExpectAlone asserts that a waiting client gets no tunnel and is closed
-// by the alone timeout (after at least min since since).
-func lgExpectAlone(t testing.TB, r *client.Raw, since time.Time, atLeast time.Duration) {
-	t.Helper()
-	if _, why := lgClosedWhy(t, r); why != fmt.Sprintf("No partner arrived within %v", atLeast) {
-		t.Errorf("closed saying %q, want the alone timeout (%v)", why, atLeast)
-	}
-	if el := time.Since(since); el < atLeast {
-		t.Fatalf("closed after %v, before the alone timeout %v", el, atLeast)
-	}
-}
-
-// lgDialPair dials a and b concurrently and returns both tunnels.
-func lgDialPair(t testing.TB, a, b client.Options) (*client.Tunnel, *client.Tunnel) {
-	t.Helper()
-	return dialPair(t, a, b)
-}
-
-// lgExchange sends a distinct message each way and checks it arrives.
-func lgExchange(t testing.TB, a, b *client.Tunnel, tag string) {
-	t.Helper()
-	for _, d := range []struct {
-		from, to *client.Tunnel
-		msg      string
-	}{{a, b, tag + ": a to b"}, {b, a, tag + ": b to a"}} {
-		_ = d.from.SetDeadline(time.Now().Add(5 * time.Second))
-		_ = d.to.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := d.from.Write([]byte(d.msg)); err != nil {
-			t.Fatalf("%s: write: %v", tag, err)
-		}
-		buf := make([]byte, len(d.msg))
-		if _, err := io.ReadFull(d.to, buf); err != nil {
-			t.Fatalf("%s: read: %v", tag, err)
-		}
-		if string(buf) != d.msg {
-			t.Fatalf("%s: got %q, want %q", tag, buf, d.msg)
-		}
-	}
-}
-
-// lgExpectTunnelEOF asserts that the tunnel's next read reports the end of
-// the connection within d.
-func lgExpectTunnelEOF(t testing.TB, tun *client.Tunnel, d time.Duration) {
-	t.Helper()
-	_ = tun.SetReadDeadline(time.Now().Add(d))
-	n, err := tun.Read(make([]byte, 256))
-	if n > 0 || !lgIsClosed(err) {
-		t.Fatalf("want EOF within %v, got %d bytes, err %v", d, n, err)
-	}
-}
-
-// lgWS is a hand-driven WebSocket client: it sends and reads single frames.
-type lgWS struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
-}
-
-func lgDialWS(t testing.TB, s *Server) *lgWS {
-	t.Helper()
-	h := hoDialWS(t, s) // one WebSocket dialer for the hand-driven clients
-	return &lgWS{t: t, conn: h.c, br: h.br}
-}
-
-// send writes one masked frame.
-func (w *lgWS) send(op ws.OpCode, fin bool, p []byte) {
-	w.t.Helper()
-	_ = w.conn.SetWriteDeadline(time.Now().Add(testutil.Patience))
-	if err := ws.WriteFrame(w.conn, ws.MaskFrame(ws.NewFrame(op, fin, p))); err != nil {
-		w.t.Fatalf("ws write: %v", err)
-	}
-}
-
-// read returns the next frame from the server, which must be unmasked.
-func (w *lgWS) read() ws.Frame {
-	w.t.Helper()
-	_ = w.conn.SetReadDeadline(time.Now().Add(testutil.Patience))
-	f, err := readFrame(w.br)
-	if err != nil {
-		w.t.Fatalf("ws read: %v", err)
-	}
-	if f.Header.Masked {
-		w.t.Fatalf("server frame is masked")
-	}
-	return f
-}
-
-// readJSON reads one TEXT frame holding one JSON message ending in "\n".
-func (w *lgWS) readJSON() map[string]any {
-	w.t.Helper()
-	f := w.read()
-	if f.Header.OpCode != ws.OpText || !f.Header.Fin {
-		w.t.Fatalf("want a final TEXT frame, got op %v fin %v: %q", f.Header.OpCode, f.Header.Fin, f.Payload)
-	}
-	if !bytes.HasSuffix(f.Payload, []byte("\n")) {
-		w.t.Fatalf("JSON message without trailing newline: %q", f.Payload)
-	}
-	return lgDecode(w.t, f.Payload)
-}
-
-// authenticate authenticates successfully (the client then waits).
-func (w *lgWS) authenticate(token, nonce, name string) {
-	w.t.Helper()
-	b, _ := json.Marshal(map[string]any{"id": 5, "method": "Authentication.Authenticate",
-		"params": lgAuthParams(token, nonce, client.NewUUID(), name)})
-	w.send(ws.OpText, true, append(b, '\n'))
-	m := w.readJSON()
-	p, _ := m["params"].(map[string]any)
-	if m["id"] != float64(5) || p["authenticationError"] != "AuthenticationErrorNoError" {
-		w.t.Fatalf("authenticate reply: %v", m)
-	}
-}
-
 // ---------------------------------------------------------------------------
 // RemoteProxy.Hello and RemoteProxy.Introspect
 
 func TestLegacyHello(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, tr := range lgTransports {
+	s := legacyServer(t, nil)
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			m, err := r.Call(42, "RemoteProxy.Hello", nil)
 			if err != nil {
 				t.Fatal(err)
@@ -406,10 +91,10 @@ func TestLegacyHello(t *testing.T) {
 
 func TestLegacyIntrospect(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, tr := range lgTransports {
+	s := legacyServer(t, nil)
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			m, err := r.Call(3, "RemoteProxy.Introspect", nil)
 			if err != nil {
 				t.Fatal(err)
@@ -471,7 +156,7 @@ func keys(m map[string]any) []string {
 
 func TestLegacyBasicCalls(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
+	s := legacyServer(t, nil)
 	cases := []struct {
 		name string
 		req  string
@@ -501,28 +186,28 @@ func TestLegacyBasicCalls(t *testing.T) {
 		{"authenticate token not a string", `{"id":13,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":5}}`,
 			13, "Invalid params: Invalid value type for key token"},
 	}
-	for _, tr := range lgTransports {
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			t.Run("valid", func(t *testing.T) {
-				r := lgDial(t, tr.url(s))
+				r := dialRPC(t, tr.url(s))
 				for _, req := range []string{
 					`{"id":1,"method":"RemoteProxy.Hello"}`,
 					`{"id":"7","method":"RemoteProxy.Hello","params":{}}`, // lenient id
 					`{"id":2,"method":"RemoteProxy.Introspect"}`,
 				} {
-					lgSend(t, r, req+"\n")
-					m := lgRecv(t, r)
+					sendRPC(t, r, req+"\n")
+					m := recvRPC(t, r)
 					if m["status"] != "success" {
 						t.Fatalf("%s: %v", req, m)
 					}
 				}
-				lgExpectOpen(t, r, 50*time.Millisecond)
+				expectOpen(t, r, 50*time.Millisecond)
 			})
 			for _, c := range cases {
 				t.Run(c.name, func(t *testing.T) {
-					r := lgDial(t, tr.url(s))
-					lgSend(t, r, c.req+"\n")
-					m := lgRecv(t, r)
+					r := dialRPC(t, tr.url(s))
+					sendRPC(t, r, c.req+"\n")
+					m := recvRPC(t, r)
 					if m["status"] != "error" || m["id"] != c.id {
 						t.Errorf("reply %v: want status error, id %v", m, c.id)
 					}
@@ -537,7 +222,7 @@ func TestLegacyBasicCalls(t *testing.T) {
 					if len(m) != 3 {
 						t.Errorf("error reply %v: want exactly error, id, status", m)
 					}
-					lgExpectClosed(t, r)
+					expectClosed(t, r)
 				})
 			}
 		})
@@ -549,87 +234,87 @@ func TestLegacyBasicCalls(t *testing.T) {
 
 func TestLegacyTCPStream(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
+	s := legacyServer(t, nil)
 	hello := func(id int) string { return fmt.Sprintf(`{"id":%d,"method":"RemoteProxy.Hello"}`, id) }
 	expectIDs := func(t *testing.T, r *client.Raw, ids ...int) {
 		t.Helper()
 		for _, id := range ids {
-			m := lgRecv(t, r)
+			m := recvRPC(t, r)
 			if m["status"] != "success" || m["id"] != float64(id) {
 				t.Fatalf("reply %v, want success with id %d", m, id)
 			}
 		}
 	}
 	t.Run("two requests in one write", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
-		lgSend(t, r, hello(1)+"\n"+hello(2)+"\n")
+		r := dialRPC(t, tcpURL(s))
+		sendRPC(t, r, hello(1)+"\n"+hello(2)+"\n")
 		expectIDs(t, r, 1, 2)
-		lgExpectOpen(t, r, 30*time.Millisecond)
+		expectOpen(t, r, 30*time.Millisecond)
 	})
 	t.Run("three requests without newlines", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
-		lgSend(t, r, hello(1)+hello(2)+" \r\n\t"+hello(3))
+		r := dialRPC(t, tcpURL(s))
+		sendRPC(t, r, hello(1)+hello(2)+" \r\n\t"+hello(3))
 		expectIDs(t, r, 1, 2, 3)
 	})
 	t.Run("one request split over writes", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
+		r := dialRPC(t, tcpURL(s))
 		if nc, ok := r.Conn().(*net.TCPConn); ok {
 			_ = nc.SetNoDelay(true)
 		}
 		req := `{"id":9,"method":"Authentication.Authenticate","params":{"name":"sp}lit{\"","token":"split-token","uuid":"` + client.NewUUID() + `"}}` + "\n"
 		for _, part := range []string{req[:1], req[1:20], req[20:40], req[40:45], req[45 : len(req)-3], req[len(req)-3:]} {
-			lgSend(t, r, part)
+			sendRPC(t, r, part)
 			if part != req[len(req)-3:] {
 				// Nothing may be answered before the object is complete
 				// (this also lets each part arrive on its own).
-				lgExpectOpen(t, r, 20*time.Millisecond)
+				expectOpen(t, r, 20*time.Millisecond)
 			}
 		}
-		m := lgRecv(t, r)
+		m := recvRPC(t, r)
 		p, _ := m["params"].(map[string]any)
 		if m["id"] != float64(9) || p["authenticationError"] != "AuthenticationErrorNoError" {
 			t.Fatalf("reply %v", m)
 		}
 	})
 	t.Run("large request under the limit", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
+		r := dialRPC(t, tcpURL(s))
 		name := strings.Repeat("n", 9<<10)
 		req := `{"id":4,"method":"Authentication.Authenticate","params":{"name":"` + name + `","token":"t","uuid":"u"}}`
-		lgSend(t, r, req[:5000])
-		lgExpectOpen(t, r, 20*time.Millisecond)
-		lgSend(t, r, req[5000:])
-		m := lgRecv(t, r)
+		sendRPC(t, r, req[:5000])
+		expectOpen(t, r, 20*time.Millisecond)
+		sendRPC(t, r, req[5000:])
+		m := recvRPC(t, r)
 		if m["id"] != float64(4) || m["status"] != "success" {
 			t.Fatalf("reply %v", m)
 		}
 	})
 	t.Run("unterminated JSON over 10 KiB closes", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
+		r := dialRPC(t, tcpURL(s))
 		big := `{"id":1,"method":"RemoteProxy.Hello","params":{"x":"` + strings.Repeat("a", 11<<10)
 		_ = r.SetDeadline(time.Now().Add(5 * time.Second))
 		// The server may close while we write: a failed write is fine.
 		_ = r.Send([]byte(big))
-		lgExpectClosed(t, r)
+		expectClosed(t, r)
 	})
 	t.Run("unterminated JSON in pieces over 10 KiB closes", func(t *testing.T) {
-		r := lgDial(t, tcpURL(s))
-		lgSend(t, r, `{"id":1,"method":"RemoteProxy.Hello","params":{"x":"`)
+		r := dialRPC(t, tcpURL(s))
+		sendRPC(t, r, `{"id":1,"method":"RemoteProxy.Hello","params":{"x":"`)
 		piece := strings.Repeat("b", 1024)
 		var err error
 		for i := 0; i < 12 && err == nil; i++ {
 			err = r.Send([]byte(piece))
 		}
-		lgExpectClosed(t, r)
+		expectClosed(t, r)
 	})
 }
 
 func TestLegacyWSMessageTooBig(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	r := lgDial(t, wsURL(s))
+	s := legacyServer(t, nil)
+	r := dialRPC(t, wsURL(s))
 	big := `{"id":1,"method":"RemoteProxy.Hello","params":{"x":"` + strings.Repeat("a", 11<<10) + `"}}`
 	_ = r.Send([]byte(big))
-	ce := lgExpectClosed(t, r)
+	ce := expectClosed(t, r)
 	if ce == nil || ce.Code != ws.StatusMessageTooBig {
 		t.Fatalf("close %v, want code %d", ce, ws.StatusMessageTooBig)
 	}
@@ -640,8 +325,8 @@ func TestLegacyWSMessageTooBig(t *testing.T) {
 
 func TestLegacyAuthenticate(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, tr := range lgTransports {
+	s := legacyServer(t, nil)
+	for _, tr := range clientTransports {
 		for _, nonce := range []string{"", "nonce-1"} {
 			name := tr.name + "/no-nonce"
 			if nonce != "" {
@@ -649,32 +334,32 @@ func TestLegacyAuthenticate(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Run("success", func(t *testing.T) {
-					r := lgDial(t, tr.url(s))
-					res := lgAuthenticate(t, r, lgAuthParams("good-"+name, nonce, client.NewUUID(), "n"))
+					r := dialRPC(t, tr.url(s))
+					res := authenticateRPC(t, r, authParams("good-"+name, nonce, client.NewUUID(), "n"))
 					if res != "AuthenticationErrorNoError" {
 						t.Fatalf("got %s", res)
 					}
 					// Authenticated and waiting: the connection stays open.
-					lgExpectOpen(t, r, 50*time.Millisecond)
+					expectOpen(t, r, 50*time.Millisecond)
 				})
 				t.Run("failure", func(t *testing.T) {
-					r := lgDial(t, tr.url(s))
-					res := lgAuthenticate(t, r, lgAuthParams("bad-"+name, nonce, client.NewUUID(), "n"))
+					r := dialRPC(t, tr.url(s))
+					res := authenticateRPC(t, r, authParams("bad-"+name, nonce, client.NewUUID(), "n"))
 					if res != "AuthenticationErrorAuthenticationFailed" {
 						t.Fatalf("got %s", res)
 					}
-					lgExpectClosed(t, r)
+					expectClosed(t, r)
 				})
 				// Every AuthenticationError value goes on the wire as the
 				// authenticator gave it; all but NoError close.
 				for i, want := range AuthResultNames()[1:] {
 					t.Run(want, func(t *testing.T) {
-						r := lgDial(t, tr.url(s))
-						res := lgAuthenticate(t, r, lgAuthParams(fmt.Sprintf("result-%d", i+1), nonce, client.NewUUID(), "n"))
+						r := dialRPC(t, tr.url(s))
+						res := authenticateRPC(t, r, authParams(fmt.Sprintf("result-%d", i+1), nonce, client.NewUUID(), "n"))
 						if res != want {
 							t.Fatalf("got %s, want %s", res, want)
 						}
-						lgExpectClosed(t, r)
+						expectClosed(t, r)
 					})
 				}
 			})
@@ -690,45 +375,45 @@ func TestLegacyAuthenticate(t *testing.T) {
 
 func TestLegacyAuthTimeout(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, func(c *Config) {
+	s := legacyServer(t, func(c *Config) {
 		c.AuthTimeout = 150 * time.Millisecond
 		c.RPCTimeout = time.Hour // only the auth timeout can answer
 	})
-	for _, tr := range lgTransports {
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			start := time.Now()
-			res := lgAuthenticate(t, r, lgAuthParams("hang", "", client.NewUUID(), "n"))
+			res := authenticateRPC(t, r, authParams("hang", "", client.NewUUID(), "n"))
 			if res != "AuthenticationErrorTimeout" {
 				t.Fatalf("got %s", res)
 			}
 			if el := time.Since(start); el < 150*time.Millisecond {
 				t.Errorf("answered after %v, before AuthTimeout (150ms)", el)
 			}
-			lgExpectClosed(t, r)
+			expectClosed(t, r)
 		})
 	}
 }
 
 func TestLegacyRPCTimeout(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, func(c *Config) {
+	s := legacyServer(t, func(c *Config) {
 		c.AuthTimeout = time.Hour // only the RPC timeout can answer
 		c.RPCTimeout = 150 * time.Millisecond
 	})
-	for _, tr := range lgTransports {
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			start := time.Now()
-			lgSend(t, r, `{"id":77,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"hang"}}`+"\n")
-			m := lgRecv(t, r)
+			sendRPC(t, r, `{"id":77,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"hang"}}`+"\n")
+			m := recvRPC(t, r)
 			if m["status"] != "error" || m["id"] != float64(77) || m["error"] != "Command timed out" {
 				t.Fatalf("reply %v, want error \"Command timed out\" with id 77", m)
 			}
 			if el := time.Since(start); el < 150*time.Millisecond {
 				t.Errorf("answered after %v, before RPCTimeout (150ms)", el)
 			}
-			lgExpectClosed(t, r)
+			expectClosed(t, r)
 		})
 	}
 }
@@ -736,31 +421,31 @@ func TestLegacyRPCTimeout(t *testing.T) {
 func TestLegacyAsyncAuthenticator(t *testing.T) {
 	t.Parallel()
 	gate := make(chan struct{})
-	s := lgServer(t, func(c *Config) { c.Auth = lgTestAuth{gate: gate} })
+	s := legacyServer(t, func(c *Config) { c.Auth = legacyTestAuth{gate: gate} })
 	var rs []*client.Raw
-	for _, tr := range lgTransports {
-		r := lgDial(t, tr.url(s))
-		lgSend(t, r, `{"id":21,"method":"Authentication.Authenticate","params":{"uuid":"`+client.NewUUID()+`","name":"n","token":"async-`+tr.name+`"}}`+"\n")
+	for _, tr := range clientTransports {
+		r := dialRPC(t, tr.url(s))
+		sendRPC(t, r, `{"id":21,"method":"Authentication.Authenticate","params":{"uuid":"`+client.NewUUID()+`","name":"n","token":"async-`+tr.name+`"}}`+"\n")
 		rs = append(rs, r)
 	}
 	for _, r := range rs {
-		lgExpectOpen(t, r, 50*time.Millisecond) // the authenticator has not answered
+		expectOpen(t, r, 50*time.Millisecond) // the authenticator has not answered
 	}
 	close(gate)
 	for _, r := range rs {
-		m := lgRecv(t, r)
+		m := recvRPC(t, r)
 		p, _ := m["params"].(map[string]any)
 		if m["id"] != float64(21) || p["authenticationError"] != "AuthenticationErrorNoError" {
 			t.Fatalf("reply %v", m)
 		}
-		lgExpectOpen(t, r, 30*time.Millisecond)
+		expectOpen(t, r, 30*time.Millisecond)
 	}
 	// And an async authentication leads to a working tunnel.
 	gate2 := make(chan struct{})
 	close(gate2)
-	s2 := lgServer(t, func(c *Config) { c.Auth = lgTestAuth{gate: gate2} })
+	s2 := legacyServer(t, func(c *Config) { c.Auth = legacyTestAuth{gate: gate2} })
 	a, b := pair(t, tcpURL(s2), wsURL(s2), "async-pair", "")
-	lgExchange(t, a, b, "async")
+	exchangeTagged(t, a, b, "async")
 }
 
 // ---------------------------------------------------------------------------
@@ -768,45 +453,45 @@ func TestLegacyAsyncAuthenticator(t *testing.T) {
 
 func TestLegacyNoncePairing(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, c := range lgCombos {
+	s := legacyServer(t, nil)
+	for _, c := range transportPairs {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := pair(t, c.a(s), c.b(s), "tok-"+c.name, "nonce-"+c.name)
-			lgExchange(t, a, b, c.name)
+			exchangeTagged(t, a, b, c.name)
 		})
 	}
 	// Clients that must not meet, on a server that sends them away soon.
 	const alone = 500 * time.Millisecond
-	s = lgServer(t, func(c *Config) { c.AloneTimeout = alone })
+	s = legacyServer(t, func(c *Config) { c.AloneTimeout = alone })
 	t.Run("same token different nonce", func(t *testing.T) {
 		start := time.Now()
-		a := lgWaiting(t, tcpURL(s), "tok-dn", "n1", "", "a")
-		b := lgWaiting(t, wsURL(s), "tok-dn", "n2", "", "b")
-		lgExpectAlone(t, a, start, alone)
-		lgExpectAlone(t, b, start, alone)
+		a := dialWaiting(t, tcpURL(s), "tok-dn", "n1", "", "a")
+		b := dialWaiting(t, wsURL(s), "tok-dn", "n2", "", "b")
+		expectAlone(t, a, start, alone)
+		expectAlone(t, b, start, alone)
 	})
 	t.Run("different token same nonce", func(t *testing.T) {
 		start := time.Now()
-		a := lgWaiting(t, tcpURL(s), "tok-x", "same-nonce", "", "a")
-		b := lgWaiting(t, tcpURL(s), "tok-y", "same-nonce", "", "b")
-		lgExpectAlone(t, a, start, alone)
-		lgExpectAlone(t, b, start, alone)
+		a := dialWaiting(t, tcpURL(s), "tok-x", "same-nonce", "", "a")
+		b := dialWaiting(t, tcpURL(s), "tok-y", "same-nonce", "", "b")
+		expectAlone(t, a, start, alone)
+		expectAlone(t, b, start, alone)
 	})
 	t.Run("nonce does not meet no nonce", func(t *testing.T) {
 		for _, order := range []struct{ first, second string }{{"n", ""}, {"", "n"}} {
 			tok := "tok-nn-" + order.first
 			start := time.Now()
-			a := lgWaiting(t, wsURL(s), tok, order.first, "", "a")
-			b := lgWaiting(t, tcpURL(s), tok, order.second, "", "b")
-			lgExpectAlone(t, a, start, alone)
-			lgExpectAlone(t, b, start, alone)
+			a := dialWaiting(t, wsURL(s), tok, order.first, "", "a")
+			b := dialWaiting(t, tcpURL(s), tok, order.second, "", "b")
+			expectAlone(t, a, start, alone)
+			expectAlone(t, b, start, alone)
 		}
 	})
 }
 
 func TestLegacyMultipleNonces(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
+	s := legacyServer(t, nil)
 	type tun struct{ a, b *client.Tunnel }
 	var tuns []tun
 	for i := range 5 {
@@ -853,39 +538,39 @@ func TestLegacyMultipleNonces(t *testing.T) {
 	for i, tn := range tuns {
 		for _, r := range []*client.Tunnel{tn.a, tn.b} {
 			_ = r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			if n, err := r.Read(make([]byte, 64)); n > 0 || !lgIsTimeout(err) {
+			if n, err := r.Read(make([]byte, 64)); n > 0 || !isTimeout(err) {
 				t.Fatalf("tunnel %d: extra read %d, %v", i, n, err)
 			}
 		}
 	}
 	// Closing one tunnel leaves the others working.
 	tuns[2].a.Close()
-	lgExpectTunnelEOF(t, tuns[2].b, 2*time.Second)
+	expectTunnelEOF(t, tuns[2].b, 2*time.Second)
 	for i, tn := range tuns {
 		if i != 2 {
-			lgExchange(t, tn.a, tn.b, fmt.Sprintf("tunnel %d again", i))
+			exchangeTagged(t, tn.a, tn.b, fmt.Sprintf("tunnel %d again", i))
 		}
 	}
 }
 
 func TestLegacyThirdClient(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
+	s := legacyServer(t, nil)
 	for _, nonce := range []string{"", "n3"} {
-		for _, tr := range lgTransports {
+		for _, tr := range clientTransports {
 			t.Run(tr.name+"/nonce="+nonce, func(t *testing.T) {
 				tok := "triple-" + tr.name
 				a, b := pair(t, tcpURL(s), wsURL(s), tok, nonce)
-				c := lgDial(t, tr.url(s))
-				res := lgAuthenticate(t, c, lgAuthParams(tok, nonce, client.NewUUID(), "carol"))
+				c := dialRPC(t, tr.url(s))
+				res := authenticateRPC(t, c, authParams(tok, nonce, client.NewUUID(), "carol"))
 				if res != "AuthenticationErrorNoError" {
 					// nymea authenticates the third client, then closes it.
 					t.Logf("third client: %s", res)
 				}
-				if _, why := lgClosedWhy(t, c); why != "Tunnel already exists" {
+				if _, why := expectClosedWhy(t, c); why != "Tunnel already exists" {
 					t.Errorf("third client closed saying %q, want \"Tunnel already exists\"", why)
 				}
-				lgExchange(t, a, b, "after third")
+				exchangeTagged(t, a, b, "after third")
 			})
 		}
 	}
@@ -893,22 +578,22 @@ func TestLegacyThirdClient(t *testing.T) {
 
 func TestLegacyDuplicateUUID(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, c := range lgCombos {
+	s := legacyServer(t, nil)
+	for _, c := range transportPairs {
 		for _, nonce := range []string{"", "dn"} {
 			t.Run(c.name+"/nonce="+nonce, func(t *testing.T) {
 				uuid := client.NewUUID()
 				tok := "dup-" + c.name + nonce
-				a := lgWaiting(t, c.a(s), tok, nonce, uuid, "a")
-				b := lgWaiting(t, c.b(s), tok, nonce, uuid, "b")
+				a := dialWaiting(t, c.a(s), tok, nonce, uuid, "a")
+				b := dialWaiting(t, c.b(s), tok, nonce, uuid, "b")
 				for _, r := range []*client.Raw{a, b} {
-					if _, why := lgClosedWhy(t, r); why != "Duplicated client UUID." {
+					if _, why := expectClosedWhy(t, r); why != "Duplicated client UUID." {
 						t.Errorf("closed saying %q, want \"Duplicated client UUID.\"", why)
 					}
 				}
 				// The key is free again afterwards.
 				x, y := pair(t, c.a(s), c.b(s), tok, nonce)
-				lgExchange(t, x, y, "after duplicate")
+				exchangeTagged(t, x, y, "after duplicate")
 			})
 		}
 	}
@@ -919,12 +604,12 @@ func TestLegacyDuplicateUUID(t *testing.T) {
 
 func TestLegacyTunnelEstablished(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, c := range lgCombos {
+	s := legacyServer(t, nil)
+	for _, c := range transportPairs {
 		t.Run(c.name, func(t *testing.T) {
 			uA, uB := client.NewUUID(), client.NewUUID()
-			a := lgWaiting(t, c.a(s), "te-"+c.name, "", uA, "alice")
-			b := lgWaiting(t, c.b(s), "te-"+c.name, "", uB, "bob")
+			a := dialWaiting(t, c.a(s), "te-"+c.name, "", uA, "alice")
+			b := dialWaiting(t, c.b(s), "te-"+c.name, "", uB, "bob")
 			for _, d := range []struct {
 				r          *client.Raw
 				name, uuid string
@@ -934,7 +619,7 @@ func TestLegacyTunnelEstablished(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				m := lgDecode(t, p)
+				m := decodeJSON(t, p)
 				if m["notification"] != "RemoteProxy.TunnelEstablished" {
 					t.Fatalf("got %s", p)
 				}
@@ -946,13 +631,13 @@ func TestLegacyTunnelEstablished(t *testing.T) {
 					t.Errorf("params %v, want name %q uuid %q", params, d.name, d.uuid)
 				}
 				// It is the last JSON-RPC message: nothing follows.
-				lgExpectOpen(t, d.r, 30*time.Millisecond)
+				expectOpen(t, d.r, 30*time.Millisecond)
 			}
 		})
 	}
 	t.Run("client library", func(t *testing.T) {
 		uA, uB := client.NewUUID(), client.NewUUID()
-		a, b := lgDialPair(t,
+		a, b := dialPair(t,
 			client.Options{URL: tcpURL(s), Token: "te-lib", Name: "alice", UUID: uA, Timeout: 5 * time.Second},
 			client.Options{URL: wsURL(s), Token: "te-lib", Name: "bob", UUID: uB, Timeout: 5 * time.Second})
 		if a.PeerName() != "bob" || a.PeerUUID() != uB {
@@ -961,7 +646,7 @@ func TestLegacyTunnelEstablished(t *testing.T) {
 		if b.PeerName() != "alice" || b.PeerUUID() != uA {
 			t.Errorf("b sees %q %q, want alice %s", b.PeerName(), b.PeerUUID(), uA)
 		}
-		lgExchange(t, a, b, "lib")
+		exchangeTagged(t, a, b, "lib")
 	})
 }
 
@@ -970,45 +655,45 @@ func TestLegacyTunnelEstablished(t *testing.T) {
 
 func TestLegacyDataBeforeTunnel(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, tr := range lgTransports {
+	s := legacyServer(t, nil)
+	for _, tr := range clientTransports {
 		t.Run(tr.name+"/after reply", func(t *testing.T) {
 			tok := "early-" + tr.name
-			a := lgWaiting(t, tr.url(s), tok, "", "", "a")
-			lgSend(t, a, "early bytes")
-			lgExpectClosed(t, a)
+			a := dialWaiting(t, tr.url(s), tok, "", "", "a")
+			sendRPC(t, a, "early bytes")
+			expectClosed(t, a)
 			// a left the registry: a newcomer waits for a partner of its own
 			// and pairs with the next one.
 			x, y := pair(t, tcpURL(s), tr.url(s), tok, "")
-			lgExchange(t, x, y, "after early")
+			exchangeTagged(t, x, y, "after early")
 		})
 		t.Run(tr.name+"/before reply", func(t *testing.T) {
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			req := `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"` + client.NewUUID() + `","name":"n","token":"early-2-` + tr.name + `"}}` + "\n"
-			lgSend(t, r, req)
-			lgSend(t, r, "{}")
+			sendRPC(t, r, req)
+			sendRPC(t, r, "{}")
 			// The reply may or may not come first; then the connection ends.
 			_ = r.SetDeadline(time.Now().Add(2 * time.Second))
 			for {
 				p, err := r.Recv()
 				if err != nil {
-					if !lgIsClosed(err) {
+					if !isClosed(err) {
 						t.Fatalf("want close, got %v", err)
 					}
 					break
 				}
-				if m := lgDecode(t, p); m["notification"] != nil && m["notification"] != "RemoteProxy.Closing" {
+				if m := decodeJSON(t, p); m["notification"] != nil && m["notification"] != "RemoteProxy.Closing" {
 					t.Fatalf("got %s", p)
 				}
 			}
 		})
 	}
 	t.Run("ws binary after authenticate", func(t *testing.T) {
-		a := lgWaiting(t, wsURL(s), "early-bin", "", "", "a")
+		a := dialWaiting(t, wsURL(s), "early-bin", "", "", "a")
 		if err := a.SendFrame(ws.OpBinary, []byte{1, 2, 3}); err != nil {
 			t.Fatal(err)
 		}
-		lgExpectClosed(t, a)
+		expectClosed(t, a)
 	})
 }
 
@@ -1017,22 +702,22 @@ func TestLegacyDataBeforeTunnel(t *testing.T) {
 
 func TestLegacyDisconnectPropagation(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, c := range lgCombos {
+	s := legacyServer(t, nil)
+	for _, c := range transportPairs {
 		for _, closer := range []string{"a", "b"} {
 			t.Run(c.name+"/"+closer+" closes", func(t *testing.T) {
 				a, b := pair(t, c.a(s), c.b(s), "dc-"+c.name+closer, "")
-				lgExchange(t, a, b, "before")
+				exchangeTagged(t, a, b, "before")
 				x, y := a, b
 				if closer == "b" {
 					x, y = b, a
 				}
 				x.Close()
-				lgExpectTunnelEOF(t, y, 5*time.Second)
+				expectTunnelEOF(t, y, 5*time.Second)
 			})
 		}
 	}
-	for _, c := range lgCombos {
+	for _, c := range transportPairs {
 		t.Run(c.name+"/pending data is delivered before the close", func(t *testing.T) {
 			a, b := pair(t, c.a(s), c.b(s), "dc-pending-"+c.name, "")
 			_, _ = a.Write([]byte("last words"))
@@ -1056,7 +741,7 @@ func TestLegacyDisconnectPropagation(t *testing.T) {
 			}
 			_, err = readFrame(w2.br)
 		}
-		if !lgIsClosed(err) {
+		if !isClosed(err) {
 			t.Fatalf("want EOF, got %v", err)
 		}
 	})
@@ -1067,22 +752,22 @@ func TestLegacyDisconnectPropagation(t *testing.T) {
 // tunnel, not "Tunnel already exists".
 func TestLegacyRepairAfterTunnelClose(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	for _, c := range lgCombos {
+	s := legacyServer(t, nil)
+	for _, c := range transportPairs {
 		t.Run(c.name, func(t *testing.T) {
 			tok := "repair-" + c.name
 			failures := 0
 			const rounds = 20
 			for i := range rounds {
-				a, b, err := lgTryPair(c.a(s), c.b(s), tok)
+				a, b, err := tryPair(c.a(s), c.b(s), tok)
 				if err != nil {
 					failures++
 					t.Logf("round %d: re-pair after the previous tunnel ended: %v", i, err)
 					continue
 				}
-				lgExchange(t, a, b, "repair")
+				exchangeTagged(t, a, b, "repair")
 				a.Close()
-				lgExpectTunnelEOF(t, b, 2*time.Second)
+				expectTunnelEOF(t, b, 2*time.Second)
 				b.Close()
 			}
 			if failures > 0 {
@@ -1095,20 +780,13 @@ func TestLegacyRepairAfterTunnelClose(t *testing.T) {
 	}
 }
 
-// lgTryPair is pair without t.Fatal: it reports a failed pairing.
-func lgTryPair(urlA, urlB, token string) (*client.Tunnel, *client.Tunnel, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
-	defer cancel()
-	return client.DialPair(ctx, client.Options{URL: urlA, Token: token, Name: "a"}, client.Options{URL: urlB, Token: token, Name: "b"})
-}
-
 // ---------------------------------------------------------------------------
 // Timeouts
 
 func TestLegacyInactiveTimeout(t *testing.T) {
 	t.Parallel()
 	const d = time.Second // long enough for dial + Hello on a loaded machine under -race
-	s := lgServer(t, func(c *Config) { c.InactiveTimeout = d })
+	s := legacyServer(t, func(c *Config) { c.InactiveTimeout = d })
 	t.Run("silent tcp", func(t *testing.T) {
 		start := time.Now()
 		c, err := net.Dial("tcp", s.Addrs()[0].String())
@@ -1118,21 +796,21 @@ func TestLegacyInactiveTimeout(t *testing.T) {
 		defer c.Close()
 		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 		n, err := c.Read(make([]byte, 16))
-		if n > 0 || !lgIsClosed(err) {
+		if n > 0 || !isClosed(err) {
 			t.Fatalf("read %d, %v; want EOF", n, err)
 		}
 		if el := time.Since(start); el < d {
 			t.Fatalf("closed after %v, before InactiveTimeout %v", el, d)
 		}
 	})
-	for _, tr := range lgTransports {
+	for _, tr := range clientTransports {
 		t.Run(tr.name+" after hello", func(t *testing.T) {
 			start := time.Now()
-			r := lgDial(t, tr.url(s))
+			r := dialRPC(t, tr.url(s))
 			if m, err := r.Call(1, "RemoteProxy.Hello", nil); err != nil || m["status"] != "success" {
 				t.Fatalf("hello: %v %v", m, err)
 			}
-			lgExpectClosed(t, r)
+			expectClosed(t, r)
 			if el := time.Since(start); el < d {
 				t.Fatalf("closed after %v, before InactiveTimeout %v", el, d)
 			}
@@ -1141,13 +819,13 @@ func TestLegacyInactiveTimeout(t *testing.T) {
 			// The authenticator never answers and its timeouts are long:
 			// the inactive timeout still ends the connection.
 			start := time.Now()
-			r := lgDial(t, tr.url(s))
-			lgSend(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"hang"}}`)
+			r := dialRPC(t, tr.url(s))
+			sendRPC(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"hang"}}`)
 			_ = r.SetDeadline(time.Now().Add(3 * time.Second))
 			for {
 				p, err := r.Recv()
 				if err != nil {
-					if !lgIsClosed(err) {
+					if !isClosed(err) {
 						t.Fatalf("want close, got %v", err)
 					}
 					break
@@ -1166,18 +844,18 @@ func TestLegacyAloneTimeout(t *testing.T) {
 	// Well apart: the check that the inactive timeout no longer applies
 	// ends long before the alone timeout, however late it starts.
 	const inactive, alone = 300 * time.Millisecond, 3 * time.Second
-	s := lgServer(t, func(c *Config) { c.InactiveTimeout = inactive; c.AloneTimeout = alone })
-	for _, tr := range lgTransports {
+	s := legacyServer(t, func(c *Config) { c.InactiveTimeout = inactive; c.AloneTimeout = alone })
+	for _, tr := range clientTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			tok := "alone-" + tr.name
 			start := time.Now()
-			a := lgWaiting(t, tr.url(s), tok, "", "", "a")
+			a := dialWaiting(t, tr.url(s), tok, "", "", "a")
 			// Authenticated: the inactive timeout no longer applies.
-			lgExpectOpen(t, a, inactive+150*time.Millisecond)
-			lgExpectAlone(t, a, start, alone)
+			expectOpen(t, a, inactive+150*time.Millisecond)
+			expectAlone(t, a, start, alone)
 			// The registry forgot it: the next two clients pair.
 			x, y := pair(t, tr.url(s), tcpURL(s), tok, "")
-			lgExchange(t, x, y, "after alone")
+			exchangeTagged(t, x, y, "after alone")
 		})
 	}
 }
@@ -1185,14 +863,14 @@ func TestLegacyAloneTimeout(t *testing.T) {
 func TestLegacyNoTimeoutInTunnel(t *testing.T) {
 	t.Parallel()
 	const d = 2 * time.Second // short, but long enough to pair under load
-	s := lgServer(t, func(c *Config) { c.InactiveTimeout = d; c.AloneTimeout = d })
+	s := legacyServer(t, func(c *Config) { c.InactiveTimeout = d; c.AloneTimeout = d })
 	a, b := pair(t, tcpURL(s), wsURL(s), "no-timeout", "")
 	// Wait past both timeouts, watching that nothing arrives.
 	_ = b.SetReadDeadline(time.Now().Add(3 * d))
-	if n, err := b.Read(make([]byte, 16)); n > 0 || !lgIsTimeout(err) {
+	if n, err := b.Read(make([]byte, 16)); n > 0 || !isTimeout(err) {
 		t.Fatalf("idle tunnel: read %d, %v", n, err)
 	}
-	lgExchange(t, a, b, "idle")
+	exchangeTagged(t, a, b, "idle")
 }
 
 // ---------------------------------------------------------------------------
@@ -1200,8 +878,8 @@ func TestLegacyNoTimeoutInTunnel(t *testing.T) {
 
 func TestLegacyWSBinaryBeforeAuth(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	r := lgDial(t, wsURL(s))
+	s := legacyServer(t, nil)
+	r := dialRPC(t, wsURL(s))
 	if err := r.SendFrame(ws.OpBinary, []byte(`{"id":1,"method":"RemoteProxy.Hello"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -1218,8 +896,8 @@ func TestLegacyWSBinaryBeforeAuth(t *testing.T) {
 
 func TestLegacyWSPing(t *testing.T) {
 	t.Parallel()
-	s := lgServer(t, nil)
-	expectPong := func(t *testing.T, w *lgWS, payload []byte) {
+	s := legacyServer(t, nil)
+	expectPong := func(t *testing.T, w *checkedWS, payload []byte) {
 		t.Helper()
 		f := w.read()
 		if f.Header.OpCode != ws.OpPong || !f.Header.Fin || !bytes.Equal(f.Payload, payload) {
@@ -1227,7 +905,7 @@ func TestLegacyWSPing(t *testing.T) {
 		}
 	}
 	t.Run("before auth", func(t *testing.T) {
-		w := lgDialWS(t, s)
+		w := dialCheckedWS(t, s)
 		for _, p := range [][]byte{[]byte("ping-payload"), {}, bytes.Repeat([]byte{0xff}, 125)} {
 			w.send(ws.OpPing, true, p)
 			expectPong(t, w, p)
@@ -1239,15 +917,15 @@ func TestLegacyWSPing(t *testing.T) {
 		}
 	})
 	t.Run("while waiting", func(t *testing.T) {
-		w := lgDialWS(t, s)
+		w := dialCheckedWS(t, s)
 		w.authenticate("ping-wait", "", "w")
 		w.send(ws.OpPing, true, []byte("waiting"))
 		expectPong(t, w, []byte("waiting"))
 	})
-	for _, peer := range lgTransports {
+	for _, peer := range clientTransports {
 		t.Run("in tunnel with "+peer.name, func(t *testing.T) {
 			tok := "ping-tunnel-" + peer.name
-			w := lgDialWS(t, s)
+			w := dialCheckedWS(t, s)
 			w.authenticate(tok, "", "w")
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -1280,7 +958,7 @@ func TestLegacyWSPing(t *testing.T) {
 			}
 			// Neither ping nor pong reached b.
 			_ = b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			if n, err := b.Read(make([]byte, 16)); n > 0 || !lgIsTimeout(err) {
+			if n, err := b.Read(make([]byte, 16)); n > 0 || !isTimeout(err) {
 				t.Fatalf("b: extra read %d, %v", n, err)
 			}
 		})

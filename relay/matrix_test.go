@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -98,12 +97,12 @@ func (m *mxConn) write(b []byte) error {
 // send sends one message: a masked TEXT frame on WebSocket.
 func (m *mxConn) send(p []byte) error {
 	if m.ws {
-		return m.write(hoF(ws.OpText, true, p))
+		return m.write(maskedFrame(ws.OpText, true, p))
 	}
 	return m.write(p)
 }
 
-func (m *mxConn) ping() error { return m.write(hoF(ws.OpPing, true, []byte("mx"))) }
+func (m *mxConn) ping() error { return m.write(maskedFrame(ws.OpPing, true, []byte("mx"))) }
 
 // recv returns the next message (WebSocket: a data frame's payload, pongs
 // skipped; TCP: a line), or an error once the server ended the connection.
@@ -129,7 +128,7 @@ func (m *mxConn) recv(d time.Duration) ([]byte, error) {
 		case ws.OpPong:
 			continue
 		case ws.OpClose:
-			_ = m.write(hoF(ws.OpClose, true, p)) // complete the handshake
+			_ = m.write(maskedFrame(ws.OpClose, true, p)) // complete the handshake
 			m.done = true
 			return nil, io.EOF
 		}
@@ -142,11 +141,6 @@ func (m *mxConn) ended(err error) error {
 		m.done = true
 	}
 	return err
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // halfClose ends what this client sends (FIN; close_notify on TLS) and

@@ -36,7 +36,7 @@ func dataSegsIn(t *testing.T, c net.Conn) uint32 {
 // said Hello (nymea's, which parses each read as one message) still gets
 // them in two.
 func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
-	s := hoServer(t, nil)
+	s := shortTimeoutServer(t, nil)
 	auth := func(token, name string) string {
 		return fmt.Sprintf(`{"id":7,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`+"\n",
 			client.NewUUID(), name, token)
@@ -55,9 +55,9 @@ func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
 		return got
 	}
 	for _, hello := range []bool{false, true} {
-		a := hoDialTCP(t, s)
+		a := dialTCP(t, s)
 		abr := bufio.NewReader(a)
-		hoWrite(a, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "a")))
+		writeRaw(a, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "a")))
 		readLines(abr, a, 1)
 		if dataSegsIn(t, a) == 0 {
 			// a has just received a message: a kernel that fills
@@ -65,16 +65,16 @@ func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
 			// translation (the arm64 run) copies only older fields.
 			t.Skip("TCP_INFO here has no data_segs_in (qemu-user?): segments cannot be counted")
 		}
-		b := hoDialTCP(t, s)
+		b := dialTCP(t, s)
 		bbr := bufio.NewReader(b)
 		want := uint32(1)
 		if hello {
-			hoWrite(b, []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
+			writeRaw(b, []byte(`{"id":1,"method":"RemoteProxy.Hello"}`+"\n"))
 			readLines(bbr, b, 1)
 			want = 2
 		}
 		before := dataSegsIn(t, b)
-		hoWrite(b, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "b")))
+		writeRaw(b, []byte(auth("seg-tcp-"+fmt.Sprint(hello), "b")))
 		got := readLines(bbr, b, 2)
 		if !strings.Contains(got[0], "AuthenticationErrorNoError") || !strings.Contains(got[1], "TunnelEstablished") {
 			t.Fatalf("hello %v: completing client got %q", hello, got)
@@ -84,9 +84,9 @@ func TestSetupOneWriteForReplyAndEstablished(t *testing.T) {
 		}
 	}
 
-	a := hoDialWS(t, s)
+	a := dialRawWS(t, s)
 	a.authenticate("seg-ws", "a")
-	b := hoDialWS(t, s)
+	b := dialRawWS(t, s)
 	before := dataSegsIn(t, b.c)
 	b.authenticate("seg-ws", "b")
 	b.waitTunnel()

@@ -252,8 +252,8 @@ func TestTLSOnlyRefusesPlaintext(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hoWrite(c, []byte(req))
-		got := string(hoReadToClose(t, c, testutil.Patience))
+		writeRaw(c, []byte(req))
+		got := string(readToClose(t, c, testutil.Patience))
 		c.Close()
 		if !strings.HasPrefix(got, "HTTP/1.1 426 Upgrade Required\r\n") || !strings.HasSuffix(got, "\r\n\r\n"+tlsOnlyText+"\n") {
 			t.Errorf("plaintext HTTP on a TLS-only relay: %q", got)

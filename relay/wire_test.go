@@ -19,44 +19,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
-	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
-
-// wireDial opens a raw TCP connection with a testutil.Patience deadline.
-func wireDial(t *testing.T, s *Server) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", s.Addrs()[0].String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(testutil.Patience))
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// wireLine reads up to and including the next '\n'.
-func wireLine(t *testing.T, br *bufio.Reader) string {
-	t.Helper()
-	line, err := br.ReadString('\n')
-	if err != nil {
-		t.Fatalf("read: %v (got %q)", err, line)
-	}
-	return line
-}
-
-// wireAuth is the Authenticate request nymea's client library sends, and
-// the reply nymea's server gives it.
-func wireAuth(id int, name, uuid, token string) (req, reply string) {
-	n := string(rune('0' + id))
-	return `{"id":` + n + `,"method":"Authentication.Authenticate","params":{"name":"` + name + `","nonce":"","token":"` + token + `","uuid":"` + uuid + `"}}` + "\n",
-		`{"id":` + n + `,"params":{"authenticationError":"AuthenticationErrorNoError"},"status":"success"}` + "\n"
-}
-
-// wireEstablished is the notification a client gets when its partner is
-// name/uuid.
-func wireEstablished(name, uuid string) string {
-	return `{"id":0,"notification":"RemoteProxy.TunnelEstablished","params":{"name":"` + name + `","uuid":"` + uuid + `"}}` + "\n"
-}
 
 // Item 1: bytes from a TCP peer reach a WebSocket peer as TEXT frames
 // (0x81) while they are valid UTF-8, BINARY (0x82) from the first byte
@@ -66,24 +29,24 @@ func TestWireTCPToWebSocketIsText(t *testing.T) {
 	s := startServer(t, nil)
 	uA, uB := client.NewUUID(), client.NewUUID()
 
-	w := lgDialWS(t, s)
-	req, reply := wireAuth(1, "ws", uA, "wire-text")
+	w := dialCheckedWS(t, s)
+	req, reply := nymeaAuth(1, "ws", uA, "wire-text")
 	w.send(ws.OpText, true, []byte(req))
 	if f := w.read(); f.Header.OpCode != ws.OpText || string(f.Payload) != reply {
 		t.Fatalf("ws auth reply: op %v %q", f.Header.OpCode, f.Payload)
 	}
 
-	c := wireDial(t, s)
+	c := dialTCP(t, s)
 	br := bufio.NewReader(c)
-	req, reply = wireAuth(2, "tcp", uB, "wire-text")
+	req, reply = nymeaAuth(2, "tcp", uB, "wire-text")
 	io.WriteString(c, req)
-	if got := wireLine(t, br); got != reply {
+	if got := readLine(t, br); got != reply {
 		t.Fatalf("tcp auth reply %q, want %q", got, reply)
 	}
-	if got := wireLine(t, br); got != wireEstablished("ws", uA) {
+	if got := readLine(t, br); got != nymeaEstablished("ws", uA) {
 		t.Fatalf("tcp side: %q", got)
 	}
-	if f := w.read(); f.Header.OpCode != ws.OpText || string(f.Payload) != wireEstablished("tcp", uB) {
+	if f := w.read(); f.Header.OpCode != ws.OpText || string(f.Payload) != nymeaEstablished("tcp", uB) {
 		t.Fatalf("ws TunnelEstablished: op %v %q", f.Header.OpCode, f.Payload)
 	}
 
@@ -111,10 +74,10 @@ func TestWireTCPToWebSocketIsText(t *testing.T) {
 // at once and a close, not a wait for the inactive timeout.
 func TestWireUnterminatedStringTCP(t *testing.T) {
 	t.Parallel()
-	// No timeout can end it before wireDial's deadline: the close is the
+	// No timeout can end it before dialTCP's deadline: the close is the
 	// parse error's.
 	s := startServer(t, func(c *Config) { c.InactiveTimeout, c.HandshakeTimeout = time.Hour, time.Hour })
-	c := wireDial(t, s)
+	c := dialTCP(t, s)
 	io.WriteString(c, `{"id":42, "method":"RemoteProx}`+"\n")
 	got, err := io.ReadAll(c)
 	if err != nil {
@@ -146,10 +109,10 @@ func TestWireTLSReplyInOneRecord(t *testing.T) {
 		// A first exchange takes the handshake and TLS 1.3's session
 		// tickets off the wire.
 		io.WriteString(tc, `{"id":1,"method":"RemoteProxy.Hello"}`+"\n")
-		wireLine(t, br)
+		readLine(t, br)
 		rc.reset()
 		io.WriteString(tc, `{"id":2,"method":"RemoteProxy.Introspect"}`+"\n")
-		line := wireLine(t, br)
+		line := readLine(t, br)
 		want := string(s.IntrospectReply(2))
 		if line != want {
 			t.Fatalf("Introspect reply differs: %d bytes, want %d", len(line), len(want))
@@ -223,27 +186,27 @@ func TestWireTunnelEstablishedAlone(t *testing.T) {
 	}{{300 * time.Millisecond, true, true}, {0, true, false}, {300 * time.Millisecond, false, false}} {
 		s := startServer(t, func(c *Config) { c.TCPSettle = tc.settle })
 		uA, uB := client.NewUUID(), client.NewUUID()
-		a := wireDial(t, s)
+		a := dialTCP(t, s)
 		abr := bufio.NewReader(a)
 		if tc.hello {
 			io.WriteString(a, `{"id":0,"method":"RemoteProxy.Hello"}`+"\n")
-			if got := wireLine(t, abr); !strings.Contains(got, `"apiVersion"`) {
+			if got := readLine(t, abr); !strings.Contains(got, `"apiVersion"`) {
 				t.Fatalf("hello: %q", got)
 			}
 		}
-		req, reply := wireAuth(1, "a", uA, "wire-settle")
+		req, reply := nymeaAuth(1, "a", uA, "wire-settle")
 		io.WriteString(a, req)
-		if got := wireLine(t, abr); got != reply {
+		if got := readLine(t, abr); got != reply {
 			t.Fatalf("a auth reply %q", got)
 		}
-		b := wireDial(t, s)
+		b := dialTCP(t, s)
 		bbr := bufio.NewReader(b)
-		req, reply = wireAuth(1, "b", uB, "wire-settle")
+		req, reply = nymeaAuth(1, "b", uB, "wire-settle")
 		io.WriteString(b, req)
-		if got := wireLine(t, bbr); got != reply {
+		if got := readLine(t, bbr); got != reply {
 			t.Fatalf("b auth reply %q", got)
 		}
-		if got := wireLine(t, bbr); got != wireEstablished("a", uA) {
+		if got := readLine(t, bbr); got != nymeaEstablished("a", uA) {
 			t.Fatalf("b: %q", got)
 		}
 		io.WriteString(b, "first bytes\n") // at once, as nymea's server side does
@@ -253,7 +216,7 @@ func TestWireTunnelEstablishedAlone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := wireEstablished("b", uB)
+		want := nymeaEstablished("b", uB)
 		if tc.alone {
 			if string(buf[:n]) != want {
 				t.Fatalf("settle %v, hello %v: first read %q, want the notification alone", tc.settle, tc.hello, buf[:n])
