@@ -6,13 +6,9 @@ package relay
 // key, descriptor, goroutine or ticket behind and count the right reasons.
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -21,172 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/meetpoint/meetpoint/pool"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
-
-// mxConn is a hand-driven client: raw TCP, TLS, WebSocket or WebSocket
-// over TLS, stopped and acted on at any step.
-type mxConn struct {
-	// skipUpgradeRequest: the request was already sent (split by the
-	// test); upgrade only reads the response.
-	skipUpgradeRequest bool
-	raw                *net.TCPConn
-	c                  net.Conn // raw, or the TLS session over it
-	br                 *bufio.Reader
-	ws                 bool
-	done               bool // the server ended the connection
-}
-
-// mxDial connects and, for tls/wss, completes the TLS handshake.
-func mxDial(addr, kind string, conf *tls.Config) (*mxConn, error) {
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	m := &mxConn{raw: nc.(*net.TCPConn), c: nc, ws: kind == "ws" || kind == "wss"}
-	if kind == "tls" || kind == "wss" {
-		tc := tls.Client(nc, conf)
-		_ = tc.SetDeadline(time.Now().Add(testutil.Patience))
-		if err := tc.Handshake(); err != nil {
-			nc.Close()
-			return nil, err
-		}
-		_ = tc.SetDeadline(time.Time{})
-		m.c = tc
-	}
-	m.br = bufio.NewReader(m.c)
-	return m, nil
-}
-
-const mxUpgrade = "GET /mx HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-	"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-
-// upgrade performs the WebSocket opening handshake (ws and wss).
-func (m *mxConn) upgrade() error {
-	if !m.ws {
-		return nil
-	}
-	if !m.skipUpgradeRequest {
-		if _, err := m.c.Write([]byte(mxUpgrade)); err != nil {
-			return err
-		}
-	}
-	_ = m.c.SetReadDeadline(time.Now().Add(testutil.Patience))
-	defer m.c.SetReadDeadline(time.Time{})
-	for {
-		line, err := m.br.ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if line == "\r\n" {
-			return nil
-		}
-	}
-}
-
-func (m *mxConn) write(b []byte) error {
-	_ = m.c.SetWriteDeadline(time.Now().Add(testutil.Patience))
-	_, err := m.c.Write(b)
-	return err
-}
-
-// send sends one message: a masked TEXT frame on WebSocket.
-func (m *mxConn) send(p []byte) error {
-	if m.ws {
-		return m.write(maskedFrame(ws.OpText, true, p))
-	}
-	return m.write(p)
-}
-
-func (m *mxConn) ping() error { return m.write(maskedFrame(ws.OpPing, true, []byte("mx"))) }
-
-// recv returns the next message (WebSocket: a data frame's payload, pongs
-// skipped; TCP: a line), or an error once the server ended the connection.
-func (m *mxConn) recv(d time.Duration) ([]byte, error) {
-	_ = m.c.SetReadDeadline(time.Now().Add(d))
-	if !m.ws {
-		line, err := m.br.ReadBytes('\n')
-		if err != nil && len(line) > 0 && !isTimeout(err) {
-			return line, nil
-		}
-		return line, m.ended(err)
-	}
-	for {
-		h, err := ws.ReadHeader(m.br)
-		if err != nil {
-			return nil, m.ended(err)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(m.br, p); err != nil {
-			return nil, m.ended(err)
-		}
-		switch h.OpCode {
-		case ws.OpPong:
-			continue
-		case ws.OpClose:
-			_ = m.write(maskedFrame(ws.OpClose, true, p)) // complete the handshake
-			m.done = true
-			return nil, io.EOF
-		}
-		return p, nil
-	}
-}
-
-func (m *mxConn) ended(err error) error {
-	if err != nil && !isTimeout(err) {
-		m.done = true
-	}
-	return err
-}
-
-// halfClose ends what this client sends (FIN; close_notify on TLS) and
-// keeps reading.
-func (m *mxConn) halfClose() {
-	if tc, ok := m.c.(*tls.Conn); ok {
-		_ = tc.CloseWrite()
-		return
-	}
-	_ = m.raw.CloseWrite()
-}
-
-func (m *mxConn) close() { m.c.Close() }
-
-func mxAuth(token, name string) []byte {
-	return fmt.Appendf(nil, `{"id":2,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`+"\n",
-		newTestUUID(), name, token)
-}
-
-// authed reads until the Authenticate reply (true if NoError).
-func (m *mxConn) authed() bool {
-	for {
-		p, err := m.recv(testutil.Patience)
-		if err != nil {
-			return false
-		}
-		if bytes.Contains(p, []byte("authenticationError")) {
-			return bytes.Contains(p, []byte("NoError"))
-		}
-	}
-}
-
-// tunnel reads until TunnelEstablished (true) or the end.
-func (m *mxConn) tunnel(d time.Duration) bool {
-	end := time.Now().Add(d)
-	for time.Now().Before(end) {
-		p, err := m.recv(time.Until(end))
-		if err != nil {
-			return false
-		}
-		if bytes.Contains(p, []byte("RemoteProxy.TunnelEstablished")) {
-			return true
-		}
-	}
-	return false
-}
 
 // mxStep is where on the way to a tunnel the actor acts.
 type mxStep int
@@ -217,7 +51,7 @@ const (
 
 var mxActionNames = [...]string{"ping", "data", "half-close", "close"}
 
-func (m *mxConn) act(a mxAction) {
+func (m *anyConn) act(a mxAction) {
 	switch a {
 	case mxPing:
 		_ = m.ping()
@@ -275,7 +109,7 @@ type mxOutcome struct {
 // is B), B follows, and both are driven to their end.
 func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (out mxOutcome) {
 	addr := s.Addrs()[0].String()
-	a, err := mxDial(addr, c.kindA, conf)
+	a, err := dialAny(addr, c.kindA, conf)
 	if err != nil {
 		return mxOutcome{problem: "dial A: " + err.Error()}
 	}
@@ -294,16 +128,16 @@ func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (
 		actA()
 		if !actedA { // the rest of what A had started
 			if a.ws {
-				_ = a.write([]byte(mxUpgrade[1:]))
+				_ = a.write([]byte(anyUpgradeRequest[1:]))
 			} else {
 				_ = a.write([]byte(`"id":0,"method":"RemoteProxy.Hello"}` + "\n"))
 			}
 		}
 	case mxHead:
-		_ = a.write([]byte(mxUpgrade[:len(mxUpgrade)/2]))
+		_ = a.write([]byte(anyUpgradeRequest[:len(anyUpgradeRequest)/2]))
 		actA()
 		if !actedA {
-			_ = a.write([]byte(mxUpgrade[len(mxUpgrade)/2:]))
+			_ = a.write([]byte(anyUpgradeRequest[len(anyUpgradeRequest)/2:]))
 		}
 	}
 	if !actedA {
@@ -329,7 +163,7 @@ func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (
 		}
 	}
 	if !actedA {
-		_ = a.send(mxAuth(token, "a"))
+		_ = a.send(authLine(token, "a"))
 		if c.step == mxAuthing {
 			actA()
 		} else if !a.authed() && c.action != mxData {
@@ -340,7 +174,7 @@ func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (
 		}
 	}
 	// B arrives.
-	b, err := mxDial(addr, c.kindB, conf)
+	b, err := dialAny(addr, c.kindB, conf)
 	if err != nil {
 		return mxOutcome{problem: "dial B: " + err.Error()}
 	}
@@ -357,14 +191,14 @@ func (c mxCell) run(s *Server, conf *tls.Config, token string, rng *rand.Rand) (
 			time.Sleep(time.Duration(rng.IntN(400)) * time.Microsecond)
 			actA()
 		}()
-		_ = b.send(mxAuth(token, "b"))
+		_ = b.send(authLine(token, "b"))
 		wg.Wait()
 	case mxHandover:
-		_ = b.send(mxAuth(token, "b"))
+		_ = b.send(authLine(token, "b"))
 		time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
 		b.act(c.action)
 	default:
-		_ = b.send(mxAuth(token, "b"))
+		_ = b.send(authLine(token, "b"))
 	}
 	// Drive both to the end. Cells that must pair wait long; the others
 	// close a client left alone themselves rather than wait for the

@@ -595,3 +595,167 @@ func expectAlone(t testing.TB, r *client.Raw, since time.Time, atLeast time.Dura
 		t.Fatalf("closed after %v, before the alone timeout %v", el, atLeast)
 	}
 }
+
+// ---------------------------------------------------------------------------
+// A hand-driven client of any transport (raw TCP, TLS, WebSocket, WebSocket
+// over TLS) that a test stops and acts on at any step (the matrix tests).
+
+// anyConn is a hand-driven client: raw TCP, TLS, WebSocket or WebSocket
+// over TLS, stopped and acted on at any step.
+type anyConn struct {
+	// skipUpgradeRequest: the request was already sent (split by the
+	// test); upgrade only reads the response.
+	skipUpgradeRequest bool
+	raw                *net.TCPConn
+	c                  net.Conn // raw, or the TLS session over it
+	br                 *bufio.Reader
+	ws                 bool
+	done               bool // the server ended the connection
+}
+
+// dialAny connects and, for tls/wss, completes the TLS handshake.
+func dialAny(addr, kind string, conf *tls.Config) (*anyConn, error) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	m := &anyConn{raw: nc.(*net.TCPConn), c: nc, ws: kind == "ws" || kind == "wss"}
+	if kind == "tls" || kind == "wss" {
+		tc := tls.Client(nc, conf)
+		_ = tc.SetDeadline(time.Now().Add(testutil.Patience))
+		if err := tc.Handshake(); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		_ = tc.SetDeadline(time.Time{})
+		m.c = tc
+	}
+	m.br = bufio.NewReader(m.c)
+	return m, nil
+}
+
+const anyUpgradeRequest = "GET /mx HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+
+// upgrade performs the WebSocket opening handshake (ws and wss).
+func (m *anyConn) upgrade() error {
+	if !m.ws {
+		return nil
+	}
+	if !m.skipUpgradeRequest {
+		if _, err := m.c.Write([]byte(anyUpgradeRequest)); err != nil {
+			return err
+		}
+	}
+	_ = m.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	defer m.c.SetReadDeadline(time.Time{})
+	for {
+		line, err := m.br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line == "\r\n" {
+			return nil
+		}
+	}
+}
+
+func (m *anyConn) write(b []byte) error {
+	_ = m.c.SetWriteDeadline(time.Now().Add(testutil.Patience))
+	_, err := m.c.Write(b)
+	return err
+}
+
+// send sends one message: a masked TEXT frame on WebSocket.
+func (m *anyConn) send(p []byte) error {
+	if m.ws {
+		return m.write(maskedFrame(ws.OpText, true, p))
+	}
+	return m.write(p)
+}
+
+func (m *anyConn) ping() error { return m.write(maskedFrame(ws.OpPing, true, []byte("mx"))) }
+
+// recv returns the next message (WebSocket: a data frame's payload, pongs
+// skipped; TCP: a line), or an error once the server ended the connection.
+func (m *anyConn) recv(d time.Duration) ([]byte, error) {
+	_ = m.c.SetReadDeadline(time.Now().Add(d))
+	if !m.ws {
+		line, err := m.br.ReadBytes('\n')
+		if err != nil && len(line) > 0 && !isTimeout(err) {
+			return line, nil
+		}
+		return line, m.ended(err)
+	}
+	for {
+		h, err := ws.ReadHeader(m.br)
+		if err != nil {
+			return nil, m.ended(err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(m.br, p); err != nil {
+			return nil, m.ended(err)
+		}
+		switch h.OpCode {
+		case ws.OpPong:
+			continue
+		case ws.OpClose:
+			_ = m.write(maskedFrame(ws.OpClose, true, p)) // complete the handshake
+			m.done = true
+			return nil, io.EOF
+		}
+		return p, nil
+	}
+}
+
+func (m *anyConn) ended(err error) error {
+	if err != nil && !isTimeout(err) {
+		m.done = true
+	}
+	return err
+}
+
+// halfClose ends what this client sends (FIN; close_notify on TLS) and
+// keeps reading.
+func (m *anyConn) halfClose() {
+	if tc, ok := m.c.(*tls.Conn); ok {
+		_ = tc.CloseWrite()
+		return
+	}
+	_ = m.raw.CloseWrite()
+}
+
+func (m *anyConn) close() { m.c.Close() }
+
+func authLine(token, name string) []byte {
+	return fmt.Appendf(nil, `{"id":2,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"%s"}}`+"\n",
+		newTestUUID(), name, token)
+}
+
+// authed reads until the Authenticate reply (true if NoError).
+func (m *anyConn) authed() bool {
+	for {
+		p, err := m.recv(testutil.Patience)
+		if err != nil {
+			return false
+		}
+		if bytes.Contains(p, []byte("authenticationError")) {
+			return bytes.Contains(p, []byte("NoError"))
+		}
+	}
+}
+
+// tunnel reads until TunnelEstablished (true) or the end.
+func (m *anyConn) tunnel(d time.Duration) bool {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		p, err := m.recv(time.Until(end))
+		if err != nil {
+			return false
+		}
+		if bytes.Contains(p, []byte("RemoteProxy.TunnelEstablished")) {
+			return true
+		}
+	}
+	return false
+}
