@@ -53,7 +53,8 @@ func (c Conn) Refuse(r reason.Reason, code ws.StatusCode, text string) { c.c.fai
 // request) — always, even if the client hangs up meanwhile. uuid and name
 // are what monitors show of it.
 func (c Conn) Claim(t Target, uuid, name string) {
-	c.c.uuid, c.c.name = uuid, name
+	a := c.c.auth()
+	a.uuid, a.name = uuid, name
 	c.c.claimFor(exported{t})
 }
 

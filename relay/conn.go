@@ -183,19 +183,48 @@ type conn struct {
 	hello   bool            // sent RemoteProxy.Hello before its tunnel or registration (nymea's client library always does)
 	notifID int
 
-	// Authentication (under mu).
+	onEnd func() // a subscriber's: called once when the connection ends (under mu)
+
+	au *authRole  // from its Authenticate on (under mu); nil before (view reads it)
+	cl *claimRole // claimed (under mu until released, then the target's); nil before
+	fl *fleetRole // in a fleet, or a mesh link (under mu); nil otherwise
+}
+
+// authRole is a connection's part from its Authenticate request on (or a
+// URL token's, or a mesh link's identity): who it says it is and where it
+// stands. Nil on a connection that never authenticates (an HTTP request,
+// most of what a flood opens).
+type authRole struct {
 	uuid, name string
 	key        PairKey
-	authID     int
+	authID     int                    // the Authenticate request's id (-1: the URL's token)
 	authAt     time.Time              // when Authenticate began (its auth and RPC timeouts)
 	authStart  *AuthRequest           // set by rpc, started by unlock
 	authThen   func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	authed     bool                   // the authenticator accepted key.Token
 	joined     time.Time              // when it joined the registry (its alone timeout)
-	onEnd      func()                 // a subscriber's: called once when the connection ends
+}
 
-	cl *claimRole // claimed (under mu until released, then the target's); nil before
-	fl *fleetRole // in a fleet, or a mesh link (under mu); nil otherwise
+// auth returns c's authentication part, making it. Called with mu held.
+func (c *conn) auth() *authRole {
+	if c.au == nil {
+		c.au = new(authRole)
+	}
+	return c.au
+}
+
+// noAuth is what view returns for a connection that never authenticated:
+// read, never written.
+var noAuth authRole
+
+// view returns c's authentication part for reading: the zero one where
+// c has none. Called with mu held, or where c's part no longer changes
+// (released, a tunnel's side).
+func (c *conn) view() *authRole {
+	if c.au == nil {
+		return &noAuth
+	}
+	return c.au
 }
 
 // claimRole is a claimed connection's part: where it goes and what it
@@ -363,8 +392,10 @@ func (c *conn) unlockOn(onLoop bool) {
 	if rel {
 		c.rel = relAsked
 	}
-	start := c.authStart
-	c.authStart = nil
+	var start *AuthRequest
+	if c.au != nil {
+		start, c.au.authStart = c.au.authStart, nil
+	}
 	c.mu.Unlock()
 	if rel {
 		c.tr.release(onLoop)
@@ -503,7 +534,7 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 // {"reason": the metric label, "message": text}. nil for any other
 // connection (WebSocket, TunnelProxy, mesh links, before Authenticate).
 func (c *conn) closingNote(r reason.Reason, text string) []byte {
-	if c.ws != nil || c.joined.IsZero() || c.isMesh() || text == "" {
+	if c.ws != nil || c.view().joined.IsZero() || c.isMesh() || text == "" {
 		return nil
 	}
 	id := c.notifID
@@ -581,11 +612,11 @@ func (c *conn) deadline(t timeout) time.Time {
 			return c.since.Add(cfg.InactiveTimeout)
 		}
 	case toAuth:
-		return c.authAt.Add(cfg.AuthTimeout)
+		return c.view().authAt.Add(cfg.AuthTimeout)
 	case toRPC:
-		return c.authAt.Add(cfg.RPCTimeout)
+		return c.view().authAt.Add(cfg.RPCTimeout)
 	case toAlone:
-		return c.joined.Add(cfg.AloneTimeout)
+		return c.view().joined.Add(cfg.AloneTimeout)
 	}
 	return time.Time{}
 }
@@ -620,7 +651,7 @@ func (c *conn) expire() {
 		if c.upgrade != nil {
 			c.refuseAuth(AuthTimeout, reason.RPCTimeout, "")
 		} else {
-			c.rpcFailFor(reason.RPCTimeout, c.authID, "Command timed out")
+			c.rpcFailFor(reason.RPCTimeout, c.view().authID, "Command timed out")
 		}
 	case toAlone:
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
@@ -643,7 +674,7 @@ func (c *conn) shutdown() {
 func (c *conn) Claim() bool { return c.cas(stWaiting, stClaimed) }
 
 // UUID implements Joiner.
-func (c *conn) UUID() string { return c.uuid }
+func (c *conn) UUID() string { return c.view().uuid }
 
 // released runs once the transport has let go of the socket (it is out of
 // its loop's epoll set), on the goroutine of loop on (nil: not on a loop).

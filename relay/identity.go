@@ -134,8 +134,8 @@ func (s *Server) Allow(id Identity, action, target string) bool {
 // registration: its certificate, else anonymous).
 func (c *conn) identity() Identity {
 	sub := ""
-	if c.authed {
-		sub = c.s.tokenSubject(&c.subject, c.key.Token)
+	if a := c.view(); a.authed {
+		sub = c.s.tokenSubject(&c.subject, a.key.Token)
 	}
 	return IdentityOf(c.clientCert(), sub)
 }

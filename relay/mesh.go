@@ -108,7 +108,8 @@ const placeTimeout = 5 * time.Second
 // and its reply flushed; the answer comes back through placed.
 func (c *conn) place() {
 	c.to(stPlacing)
-	p := Placing{Key: c.key, UUID: c.uuid, Name: c.name, Identity: c.identity().String()}
+	a := c.view()
+	p := Placing{Key: a.key, UUID: a.uuid, Name: a.name, Identity: c.identity().String()}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
 		pl := c.s.fleet.Place(ctx, p)
@@ -133,9 +134,9 @@ func (c *conn) placed(pl Placement) {
 	switch {
 	case pl.Lease != nil:
 		c.fleet().lease, c.fl.degraded = pl.Lease, pl.Degraded
-		c.joined = time.Now() // the alone timeout counts from here
+		c.auth().joined = time.Now() // the alone timeout counts from here
 		c.to(stWaiting)
-		res, partner := c.s.reg.Join(c.key, c)
+		res, partner := c.s.reg.Join(c.view().key, c)
 		after := c.joinedAs(res, partner, -1)
 		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
 			w.Watch(c.replace, c.moved)
@@ -173,7 +174,7 @@ func (c *conn) replace() {
 	if !c.cas(stWaiting, stPlacing) {
 		return
 	}
-	c.s.reg.Leave(c.key, c)
+	c.s.reg.Leave(c.view().key, c)
 	c.arm() // placing: no timeout until it waits again
 	c.releaseLease()
 	c.fleet().replaced = true
@@ -262,7 +263,7 @@ func (c *conn) releaseLease() {
 
 // leave takes c out of the registry (it was waiting) and the fleet.
 func (c *conn) leave() {
-	c.s.reg.Leave(c.key, c)
+	c.s.reg.Leave(c.view().key, c)
 	c.releaseLease()
 }
 
@@ -276,10 +277,11 @@ func (c *conn) leave() {
 // been checked.
 func (c Conn) JoinMesh(id int, k PairKey, uuid, name, node, identity, absent string) {
 	cc := c.c
-	cc.uuid, cc.name, cc.key, cc.authed = uuid, name, k, true
+	a := cc.auth()
+	a.uuid, a.name, a.key, a.authed = uuid, name, k, true
 	c.MarkMesh(node, identity)
 	cc.s.stats.meshIn.Inc()
-	cc.joined = time.Now()
+	a.joined = time.Now()
 	cc.to(stWaiting)
 	res, partner := cc.s.reg.JoinExisting(k, cc)
 	cc.fleet().absent = absent
@@ -406,8 +408,9 @@ func (c Conn) RefuseMesh(id int) {
 // naming the partner) is the relay's last message to c. Called with c's
 // lock held, or on a released connection.
 func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
-	t := &tunnel{s: c.s, key: c.key, joined: c.joined.UnixNano(), setup: &tunnelSetup{ca: c}, link: l}
-	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(c.key.Token)
+	a := c.view()
+	t := &tunnel{s: c.s, key: a.key, joined: a.joined.UnixNano(), setup: &tunnelSetup{ca: c}, link: l}
+	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(a.key.Token)
 	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
 		connected: time.Now().UnixNano(), identity: l.Identity}
 	if first == nil {

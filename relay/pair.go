@@ -194,7 +194,7 @@ func pairUp(a, b *conn) (t *tunnel, gone bool) {
 			t.leases[i], c.fl.lease = c.fl.lease, nil
 		}
 	}
-	b.s.reg.Paired(b.key, t)
+	b.s.reg.Paired(b.view().key, t)
 	ca, cb := a.claim(), b.claim()
 	ca.target, cb.target = t, t
 	ca.partner, cb.partner = b, a

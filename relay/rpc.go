@@ -85,14 +85,15 @@ func (c *conn) authenticate(req handshake.Request) {
 // authenticateParams starts authentication (Authenticate's id, or -1 for
 // a token in the WebSocket URL). Called with mu held.
 func (c *conn) authenticateParams(id int, uuid, name, token, nonce string) {
-	c.uuid, c.name = uuid, name
-	c.key = PairKey{Token: token, Nonce: nonce}
-	c.authID = id
-	c.authAt = time.Now()
+	a := c.auth()
+	a.uuid, a.name = uuid, name
+	a.key = PairKey{Token: token, Nonce: nonce}
+	a.authID = id
+	a.authAt = time.Now()
 	c.to(stAuthing)
-	c.authStart = &AuthRequest{Token: c.key.Token, UUID: c.uuid, Name: c.name, Peer: c.peer, Nonce: c.key.Nonce,
+	a.authStart = &AuthRequest{Token: token, UUID: uuid, Name: name, Peer: c.peer, Nonce: nonce,
 		SetSubject: func(s string) { c.subject.Store(&s) }}
-	c.authStart.ClientCert = c.clientCert()
+	a.authStart.ClientCert = c.clientCert()
 }
 
 func (c *conn) startAuth(req *AuthRequest) {
@@ -121,7 +122,7 @@ func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 		c.refuseUpgrade("401 Unauthorized", why, "the relay refused the token in the URL.")
 		return
 	}
-	c.send(handshake.AppendSuccess(nil, c.authID,
+	c.send(handshake.AppendSuccess(nil, c.view().authID,
 		handshake.Str("authenticationError", r.String())))
 	c.fail(why, text)
 }
@@ -150,9 +151,10 @@ func (c *conn) authResult(r AuthResult) {
 		c.s.stats.authFail.Inc()
 		c.s.failedFrom(c.peer)
 	}
-	if then := c.authThen; then != nil {
-		c.authThen = nil
-		c.authed = r == AuthNoError
+	a := c.auth()
+	if then := a.authThen; then != nil {
+		a.authThen = nil
+		a.authed = r == AuthNoError
 		c.to(stRPC)
 		if c.upgrade != nil && r != AuthNoError { // a token in the WebSocket URL: 401
 			c.refuseAuth(r, reason.AuthFailed, "")
@@ -178,10 +180,10 @@ func (c *conn) authResult(r AuthResult) {
 		c.unlock()
 		return
 	}
-	c.authed = true
+	a.authed = true
 	id := c.identity()
 	c.s.stats.identities[identityKindIndex(id.Kind)].Inc()
-	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, c.key.Nonce) {
+	if c.s.cfg.Access != nil && !c.s.Allow(id, ActionPair, a.key.Nonce) {
 		// The token is good but this identity may not pair here: the
 		// same answer as a bad token, counted apart (no ban).
 		c.refuseAuth(AuthFailed, reason.AccessDenied, "")
@@ -194,7 +196,7 @@ func (c *conn) authResult(r AuthResult) {
 		c.upgrade = nil
 	} else {
 		var reply [96]byte // send copies it: built on the stack
-		c.send(handshake.AppendSuccess(reply[:0], c.authID,
+		c.send(handshake.AppendSuccess(reply[:0], a.authID,
 			handshake.Str("authenticationError", r.String())))
 	}
 	// The reply never follows TunnelEstablished: either it is written now,
@@ -211,12 +213,12 @@ func (c *conn) authResult(r AuthResult) {
 		c.unlock()
 		return
 	}
-	c.joined = time.Now()
+	a.joined = time.Now()
 	c.to(stWaiting)
 	if c.s.fleet != nil {
 		// In a fleet, the local registry answers only for keys it holds;
 		// any other key is placed first.
-		res, partner := c.s.reg.JoinExisting(c.key, c)
+		res, partner := c.s.reg.JoinExisting(a.key, c)
 		if res == JoinAbsent {
 			c.place()
 			c.unlock()
@@ -225,7 +227,7 @@ func (c *conn) authResult(r AuthResult) {
 		c.finishJoin(res, partner)
 		return
 	}
-	res, partner := c.s.reg.Join(c.key, c)
+	res, partner := c.s.reg.Join(a.key, c)
 	c.finishJoin(res, partner)
 }
 

@@ -135,8 +135,9 @@ func (c *conn) info() ClientInfo {
 
 // infoLocked is info with mu held.
 func (c *conn) infoLocked() ClientInfo {
-	ci := ClientInfo{ID: c.id, Address: c.peer.String(), Connected: c.created, Name: c.name, UUID: c.uuid,
-		TokenHash: TokenHash(c.key.Token)}
+	a := c.view()
+	ci := ClientInfo{ID: c.id, Address: c.peer.String(), Connected: c.created, Name: a.name, UUID: a.uuid,
+		TokenHash: TokenHash(a.key.Token)}
 	switch transportKind(c.tk.kind.Load()) {
 	case kindWS:
 		ci.Transport = "websocket"
@@ -145,7 +146,7 @@ func (c *conn) infoLocked() ClientInfo {
 	}
 	st := state(c.st.Load())
 	ci.Authenticated = st == stPlacing || st == stWaiting || st == stClaimed || st == stSubscribed
-	if c.authed {
+	if a.authed {
 		ci.Identity = c.identity().String()
 	}
 	return ci

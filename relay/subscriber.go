@@ -68,8 +68,8 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc := c.c
 	cc.authenticateParams(id, "", "", token, "")
-	cc.authStart.Whole = true // not a tunnel's end: no partner's use left
-	cc.authThen = then
+	cc.au.authStart.Whole = true // not a tunnel's end: no partner's use left
+	cc.au.authThen = then
 }
 
 // HandleURLSubscribe routes WebSocket upgrades carrying both a token and
@@ -82,7 +82,7 @@ func (s *Server) HandleURLSubscribe(h func(c Conn, token string, channels []stri
 
 // FromURL reports whether the connection came with its token in the
 // WebSocket URL (it sent no JSON-RPC request, so it expects no reply).
-func (c Conn) FromURL() bool { return c.c.authID == -1 }
+func (c Conn) FromURL() bool { return c.c.view().authID == -1 }
 
 // subscriberSpoke closes a subscriber that sent data: subscribers only
 // listen. Called with mu held.

@@ -64,7 +64,8 @@ type peerInfo struct {
 }
 
 func peerInfoOf(c *conn) peerInfo {
-	p := peerInfo{id: c.id, address: c.peer.String(), name: c.name, uuid: c.uuid,
+	a := c.view()
+	p := peerInfo{id: c.id, address: c.peer.String(), name: a.name, uuid: a.uuid,
 		connected: c.created.UnixNano(), ws: c.ws != nil}
 	if c.isMesh() {
 		p.identity, p.node = *c.subject.Load(), c.fl.node // "via NODE (IDENTITY)"
@@ -88,10 +89,11 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 // newTunnel builds the tunnel of a (waiting) and b (completing). Called
 // with both connections' locks held.
 func newTunnel(a, b *conn) *tunnel {
-	t := &tunnel{s: a.s, key: b.key, joined: b.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
-	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(b.key.Token)
-	a.claim().established = established(a, b.name, b.uuid)
-	b.claim().established = established(b, a.name, a.uuid)
+	av, bv := a.view(), b.view()
+	t := &tunnel{s: a.s, key: bv.key, joined: bv.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
+	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(bv.key.Token)
+	a.claim().established = established(a, bv.name, bv.uuid)
+	b.claim().established = established(b, av.name, av.uuid)
 	_, tlsA := a.tr.(*tlsTransport)
 	_, tlsB := b.tr.(*tlsTransport)
 	t.pair.Splice = a.ws == nil && b.ws == nil && !tlsA && !tlsB
