@@ -15,6 +15,10 @@ import (
 	"time"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/handshake"
 )
 
 // The setup scenario's lean clients.
@@ -128,17 +132,7 @@ func netpollDial(ctx context.Context, host string) (netpoll.Connection, error) {
 // authRequest is the Authenticate request of a fleet client, a line.
 func authRequest(name, nonce string) []byte {
 	return fmt.Appendf(nil, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"%s","name":"%s","token":"bench","nonce":"%s"}}`+"\n",
-		newUUID(), name, nonce)
-}
-
-// newUUID returns a random version 4 UUID in its text form.
-func newUUID() string {
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+		client.NewUUID(), name, nonce)
 }
 
 // setupClient is one fleet client: its connection and whether it speaks WebSocket.
@@ -169,7 +163,7 @@ func openSetupClient(ctx context.Context, host, transport, name, nonce string, o
 			c.Close()
 			return nil, err
 		}
-		req = maskedFrame(0x1, req)
+		req = maskedFrame(ws.OpText, req)
 	}
 	if _, err := c.Write(req); err != nil {
 		c.Close()
@@ -226,26 +220,10 @@ func upgradeWS(c *clientConn, host string) error {
 
 // maskedFrame returns one client frame (FIN, opcode op, a random mask) with
 // payload p.
-func maskedFrame(op byte, p []byte) []byte {
-	f := make([]byte, 0, 14+len(p))
-	f = append(f, 0x80|op)
-	switch n := len(p); {
-	case n < 126:
-		f = append(f, 0x80|byte(n))
-	case n <= 0xffff:
-		f = append(f, 0x80|126)
-		f = binary.BigEndian.AppendUint16(f, uint16(n))
-	default:
-		f = append(f, 0x80|127)
-		f = binary.BigEndian.AppendUint64(f, uint64(n))
-	}
+func maskedFrame(op ws.OpCode, p []byte) []byte {
 	var m [4]byte
 	binary.LittleEndian.PutUint32(m[:], rand.Uint32())
-	f = append(f, m[:]...)
-	for i, b := range p {
-		f = append(f, b^m[i&3])
-	}
-	return f
+	return handshake.AppendFrameMasked(make([]byte, 0, 14+len(p)), op, true, p, m)
 }
 
 // messages calls f with the payload of each message the relay sends (a
@@ -342,14 +320,14 @@ func (e *setupClient) awaitPartner() error {
 	})
 }
 
-// normalClose is the close frame a fleet client sends before closing, as
-// client.Tunnel.Close does: status 1000, no reason.
-var normalClose = []byte{0x03, 0xe8}
+// normalClose is the close frame's payload a fleet client sends before
+// closing, as client.Tunnel.Close does: status 1000, no reason.
+var normalClose = ws.NewCloseFrameBody(ws.StatusNormalClosure, "")
 
 // Close ends the client as client.Tunnel.Close does.
 func (e *setupClient) Close() error {
 	if e.ws {
-		_, _ = e.c.Write(maskedFrame(0x8, normalClose))
+		_, _ = e.c.Write(maskedFrame(ws.OpClose, normalClose))
 	}
 	return e.c.Close()
 }
@@ -405,8 +383,7 @@ func (p *Peer) openForSetup(ctx context.Context, clients string) (func(), error)
 		return func() { a.Close(); b.Close() }, nil
 	}
 	if p.Name == "meetpoint" {
-		nonce := fmt.Sprintf("%s-%d", p.env.runID, p.env.nonce.Add(1))
-		return openMeetpointTunnel(ctx, p.env.relayHost(), p.Transport, nonce, clients == "netpoll")
+		return openMeetpointTunnel(ctx, p.env.relayHost(), p.Transport, p.env.nextNonce(), clients == "netpoll")
 	}
 	a, b, err := p.env.back.pairVia(ctx, p.front, func(ctx context.Context) (net.Conn, error) {
 		c, err := dialClient(ctx, p.front, clients == "netpoll")

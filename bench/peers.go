@@ -437,13 +437,16 @@ func (e *Env) relayHost() string {
 // a fresh nonce) and waits for both to be paired.
 func (e *Env) meetpointPair(ctx context.Context, transport string) (End, End, error) {
 	host := e.relayHost()
-	nonce := fmt.Sprintf("%s-%d", e.runID, e.nonce.Add(1))
+	nonce := e.nextNonce()
 	ta, tb := transport, transport
 	if transport == "mixed" {
 		ta, tb = "tcp", "ws"
 	}
 	return dialPair(ctx, host, ta, tb, nonce)
 }
+
+// nextNonce is a fresh nonce for one tunnel of this run.
+func (e *Env) nextNonce() string { return fmt.Sprintf("%s-%d", e.runID, e.nonce.Add(1)) }
 
 // relayURLFor builds the client URL for a transport.
 func relayURLFor(host, transport string) string {
