@@ -234,15 +234,29 @@ func localAddrOf(fd int) net.Addr {
 	return addrOf(&rsa)
 }
 
-// addrOf decodes an IPv4 or IPv6 socket address.
+// tcpAddr is a *net.TCPAddr with its IP's bytes beside it: one
+// allocation per accepted socket instead of two.
+type tcpAddr struct {
+	a  net.TCPAddr
+	ip [16]byte
+}
+
+// addrOf decodes an IPv4 or IPv6 socket address. Cost: one allocation
+// (and, for an IPv6 address with a zone, the zone's name).
 func addrOf(rsa *unix.RawSockaddrAny) net.Addr {
 	switch rsa.Addr.Family {
 	case unix.AF_INET:
 		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		return &net.TCPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(portOf(p.Port))}
+		x := new(tcpAddr)
+		copy(x.ip[:], p.Addr[:])
+		x.a = net.TCPAddr{IP: x.ip[:4:4], Port: int(portOf(p.Port))}
+		return &x.a
 	case unix.AF_INET6:
 		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-		ta := &net.TCPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(portOf(p.Port))}
+		x := new(tcpAddr)
+		x.ip = p.Addr
+		x.a = net.TCPAddr{IP: x.ip[:16:16], Port: int(portOf(p.Port))}
+		ta := &x.a
 		if p.Scope_id != 0 {
 			ta.Zone = strconv.Itoa(int(p.Scope_id))
 			if ifi, err := net.InterfaceByIndex(int(p.Scope_id)); err == nil {

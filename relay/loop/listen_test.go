@@ -4,6 +4,7 @@ import (
 	"net"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -168,4 +169,42 @@ func TestListenKeepsZone(t *testing.T) {
 		}
 	}
 	t.Skip("no IPv6 link-local address on this machine")
+}
+
+// TestAddrOf decodes accept4's socket addresses (IPv4, IPv6, an IPv6
+// zone given as its number when no interface has it) in one allocation.
+func TestAddrOf(t *testing.T) {
+	var v4 unix.RawSockaddrAny
+	p4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&v4))
+	p4.Family, p4.Addr, p4.Port = unix.AF_INET, [4]byte{127, 0, 0, 9}, 0x3412 // port 0x1234 in network order
+	var v6 unix.RawSockaddrAny
+	p6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&v6))
+	p6.Family, p6.Port = unix.AF_INET6, 0x5000
+	p6.Addr[15] = 1
+	var z6 unix.RawSockaddrAny
+	q6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&z6))
+	*q6 = *p6
+	q6.Addr[0], q6.Addr[1], q6.Scope_id = 0xfe, 0x80, 999999
+	for _, tc := range []struct {
+		rsa  *unix.RawSockaddrAny
+		want string
+	}{
+		{&v4, "127.0.0.9:4660"},
+		{&v6, "[::1]:80"},
+		{&z6, "[fe80::1%999999]:80"},
+		{new(unix.RawSockaddrAny), ":0"},
+	} {
+		if got := addrOf(tc.rsa).String(); got != tc.want {
+			t.Errorf("addrOf = %s, want %s", got, tc.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = addrOf(&v4) }); n != 1 {
+		t.Errorf("addrOf(IPv4): %v allocations, want 1", n)
+	}
+	// The IP does not alias the caller's buffer.
+	a := addrOf(&v4).(*net.TCPAddr)
+	p4.Addr[3] = 10
+	if a.IP.String() != "127.0.0.9" {
+		t.Errorf("addrOf aliases the sockaddr: %s", a.IP)
+	}
 }

@@ -512,3 +512,33 @@ func TestOwnRecordsResumed(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestTLSFailure: TLS's own failures are told from a stream's end and
+// from socket errors, and the plain ends' errors cost no allocation (a
+// plain tunnel's close calls it on every end).
+func TestTLSFailure(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{io.EOF, false},
+		{unix.ECONNRESET, false},
+		{fmt.Errorf("read: %w", unix.EPIPE), false},
+		{AlertError(20), true},
+		{fmt.Errorf("open: %w", ErrTLSRecord), true},
+		{ErrTLSUnexpected, true},
+		{tls.RecordHeaderError{Msg: "bad"}, true},
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, true},
+		{&net.OpError{Op: "read", Err: unix.ECONNRESET}, false},
+	} {
+		if got := TLSFailure(tc.err); got != tc.want {
+			t.Errorf("TLSFailure(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+	for _, err := range []error{nil, io.EOF, unix.ECONNRESET} {
+		if n := testing.AllocsPerRun(100, func() { _ = TLSFailure(err) }); n != 0 {
+			t.Errorf("TLSFailure(%v): %v allocations, want 0", err, n)
+		}
+	}
+}
