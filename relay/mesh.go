@@ -410,8 +410,8 @@ func (c Conn) RefuseMesh(id int) {
 func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 	a := c.view()
 	t := &tunnel{s: c.s, key: a.key, joined: a.joined.UnixNano(), setup: &tunnelSetup{ca: c}, link: l}
-	t.infoA, t.tokenHash = peerInfoOf(c), TokenHash(a.key.Token)
-	t.infoB = peerInfo{address: "mesh " + l.Node + " " + l.Addr, name: l.Name, uuid: l.UUID,
+	t.infoA = peerInfoOf(c)
+	t.infoB = peerInfo{address: meshAddr("mesh " + l.Node + " " + l.Addr), name: l.Name, uuid: l.UUID,
 		connected: time.Now().UnixNano(), identity: l.Identity}
 	if first == nil {
 		c.claim().established = established(c, l.Name, l.UUID)
@@ -448,7 +448,7 @@ func (t *tunnel) readyLinked(a *conn) {
 		a.failed, a.reason = true, reason.DataBeforeTunnel
 	}
 	if a.failed {
-		t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", a.reason.String())
+		t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash(), "reason", a.reason.String())
 		closeLink(t.link, reason.PartnerClosed)
 		t.s.dismissFor(a, reason.PartnerClosed, "")
 		return

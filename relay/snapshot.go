@@ -113,9 +113,9 @@ func (s *Server) Snapshot() Snapshot {
 		snap.Clients = append(snap.Clients, c.info())
 	}
 	for _, t := range tuns {
-		ab, ba := t.ab.Load(), t.ba.Load()
+		ab, ba, tag := t.ab.Load(), t.ba.Load(), t.tokenHash()
 		ti := TunnelInfo{ID: t.id, Started: time.Unix(0, t.start), Splice: t.pair.Splice,
-			A: t.infoA.clientInfo(t.tokenHash, ab, ba), B: t.infoB.clientInfo(t.tokenHash, ba, ab),
+			A: t.infoA.clientInfo(tag, ab, ba), B: t.infoB.clientInfo(tag, ba, ab),
 			BytesAB: ab, BytesBA: ba}
 		snap.Tunnels = append(snap.Tunnels, ti)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,6 @@ type tunnel struct {
 
 	id           uint64        // set by registerTunnel
 	infoA, infoB peerInfo      // for monitors and logs, fixed at set-up
-	tokenHash    string        // TokenHash of the key's token
 	ab, ba       atomic.Uint64 // bytes read from A and from B (read by monitors)
 	// link, set: B is a mesh link to the node where the partner is (the
 	// tunnel has one conn, A).
@@ -51,10 +51,15 @@ type tunnelSetup struct {
 	nready int   // sides handed over (0..2)
 }
 
-// peerInfo is what monitors and logs show of one side of a tunnel.
+// tokenHash is TokenHash of the tunnel's token, made when a monitor or
+// a log line asks (a SHA-256 and a string: not paid by every tunnel).
+func (t *tunnel) tokenHash() string { return TokenHash(t.key.Token) }
+
+// peerInfo is what monitors and logs show of one side of a tunnel. Its
+// address is kept as the socket's (formatted when shown).
 type peerInfo struct {
 	id        uint64
-	address   string
+	address   net.Addr
 	name      string
 	uuid      string
 	connected int64 // unix ns
@@ -65,7 +70,7 @@ type peerInfo struct {
 
 func peerInfoOf(c *conn) peerInfo {
 	a := c.view()
-	p := peerInfo{id: c.id, address: c.peer.String(), name: a.name, uuid: a.uuid,
+	p := peerInfo{id: c.id, address: c.peer, name: a.name, uuid: a.uuid,
 		connected: c.created.UnixNano(), ws: c.ws != nil}
 	if c.isMesh() {
 		p.identity, p.node = *c.subject.Load(), c.fl.node // "via NODE (IDENTITY)"
@@ -81,7 +86,7 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 	if p.ws {
 		tr = "websocket"
 	}
-	return ClientInfo{ID: p.id, Address: p.address, Transport: tr, Connected: time.Unix(0, p.connected),
+	return ClientInfo{ID: p.id, Address: p.address.String(), Transport: tr, Connected: time.Unix(0, p.connected),
 		Authenticated: true, Tunnel: true, Name: p.name, UUID: p.uuid, TokenHash: tokenHash, RxBytes: rx, TxBytes: tx,
 		Identity: p.identity}
 }
@@ -91,7 +96,7 @@ func (p *peerInfo) clientInfo(tokenHash string, rx, tx uint64) ClientInfo {
 func newTunnel(a, b *conn) *tunnel {
 	av, bv := a.view(), b.view()
 	t := &tunnel{s: a.s, key: bv.key, joined: bv.joined.UnixNano(), setup: &tunnelSetup{ca: a, cb: b}}
-	t.infoA, t.infoB, t.tokenHash = peerInfoOf(a), peerInfoOf(b), TokenHash(bv.key.Token)
+	t.infoA, t.infoB = peerInfoOf(a), peerInfoOf(b)
 	a.claim().established = established(a, bv.name, bv.uuid)
 	b.claim().established = established(b, av.name, av.uuid)
 	_, tlsA := a.tr.(*tlsTransport)
@@ -122,6 +127,15 @@ func (c *conn) framed(msg []byte) []byte {
 	}
 	return msg
 }
+
+// meshAddr names a mesh link in a tunnel's peerInfo: "mesh NODE ADDR".
+type meshAddr string
+
+// Network implements net.Addr.
+func (meshAddr) Network() string { return "mesh" }
+
+// String implements net.Addr.
+func (a meshAddr) String() string { return string(a) }
 
 // Claim implements Joiner: a tunnel is never waiting.
 func (t *tunnel) Claim() bool { return false }
@@ -201,8 +215,8 @@ func (t *tunnel) startOn(l *loop.Loop) {
 	st.pairLatency.Update(time.Duration(t.start - t.joined).Seconds())
 	t.s.registerTunnel(t)
 	if t.s.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost allocations even when not logged
-		t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash,
-			"a", t.infoA.address, "b", t.infoB.address, "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
+		t.s.log.Debug("tunnel established", "tunnel", t.id, "token", t.tokenHash(),
+			"a", t.infoA.address.String(), "b", t.infoB.address.String(), "a_identity", t.infoA.identity, "b_identity", t.infoB.identity,
 			"splice", t.pair.Splice)
 	}
 	l.StartPair(&t.pair)
@@ -229,7 +243,7 @@ func (t *tunnel) PairDone(_ *loop.Pair, r reason.Reason) {
 	t.s.stats.tunnelsActive.Dec()
 	t.s.unregisterTunnel(t)
 	if t.s.log.Enabled(context.Background(), slog.LevelDebug) {
-		t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash, "reason", r.String(),
+		t.s.log.Debug("tunnel closed", "tunnel", t.id, "token", t.tokenHash(), "reason", r.String(),
 			"duration", time.Since(time.Unix(0, t.start)).Round(time.Millisecond), "bytes_a_to_b", t.ab.Load(), "bytes_b_to_a", t.ba.Load())
 	}
 }
@@ -253,7 +267,7 @@ func (t *tunnel) abandon(a, b *conn) {
 	if !a.failed {
 		why = b.reason
 	}
-	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash, "reason", why.String())
+	t.s.log.Debug("tunnel set-up abandoned", "token", t.tokenHash(), "reason", why.String())
 	t.leave()
 	for _, c := range []*conn{a, b} {
 		t.s.dismissFor(c, reason.PartnerClosed, "")

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -63,8 +64,9 @@ type End struct {
 	// RX and RXT count bytes read from this end (all pairs, this pair).
 	RX  *metrics.Counter
 	RXT *atomic.Uint64
-	// Peer names the client in logs.
-	Peer string
+	// Peer names the client in logs (nil: unknown); formatted only when
+	// a line is logged.
+	Peer net.Addr
 	// Text frames what a raw TCP peer sends toward this WebSocket end
 	// (TEXT while the stream is valid UTF-8, BINARY from the first byte
 	// that is not; set Text.Binary for BINARY only).
@@ -470,7 +472,11 @@ func (l *Loop) deframe(src, dst *End, b []byte, n int) (int, error) {
 // wsError answers a WebSocket protocol violation by e (or a ping flood
 // past its budget) with the close code it carries and ends the pair.
 func (l *Loop) wsError(e *End, err error) {
-	l.log.Debug("websocket protocol error in tunnel", "peer", e.Peer, "err", err)
+	peer := ""
+	if e.Peer != nil {
+		peer = e.Peer.String()
+	}
+	l.log.Debug("websocket protocol error in tunnel", "peer", peer, "err", err)
 	e.eof = true
 	if err == handshake.ErrQueueFull {
 		e.broken = true
