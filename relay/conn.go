@@ -199,7 +199,7 @@ type authRole struct {
 	key        PairKey
 	authID     int                    // the Authenticate request's id (-1: the URL's token)
 	authAt     time.Time              // when Authenticate began (its auth and RPC timeouts)
-	authStart  *AuthRequest           // set by rpc, started by unlock
+	authStart  bool                   // set by rpc: unlock starts the authenticator
 	authThen   func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	authed     bool                   // the authenticator accepted key.Token
 	joined     time.Time              // when it joined the registry (its alone timeout)
@@ -392,16 +392,18 @@ func (c *conn) unlockOn(onLoop bool) {
 	if rel {
 		c.rel = relAsked
 	}
-	var start *AuthRequest
-	if c.au != nil {
-		start, c.au.authStart = c.au.authStart, nil
+	var req AuthRequest
+	start := c.au != nil && c.au.authStart
+	if start {
+		c.au.authStart = false
+		req = c.authRequest()
 	}
 	c.mu.Unlock()
 	if rel {
 		c.tr.release(onLoop)
 	}
-	if start != nil {
-		c.startAuth(start)
+	if start {
+		c.startAuth(req)
 	}
 }
 

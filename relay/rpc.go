@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/meetpoint/meetpoint/handshake"
@@ -91,17 +92,96 @@ func (c *conn) authenticateParams(id int, uuid, name, token, nonce string) {
 	a.authID = id
 	a.authAt = time.Now()
 	c.to(stAuthing)
-	a.authStart = &AuthRequest{Token: token, UUID: uuid, Name: name, Peer: c.peer, Nonce: nonce,
-		SetSubject: func(s string) { c.subject.Store(&s) }}
-	a.authStart.ClientCert = c.clientCert()
+	a.authStart = true
 }
 
-func (c *conn) startAuth(req *AuthRequest) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.AuthTimeout)
-	c.s.cfg.Auth.Authenticate(ctx, *req, func(r AuthResult) {
-		cancel()
+// authRequest is what the authenticator is asked: the recorded
+// Authenticate, spent whole when a subsystem asked (Conn.Authenticate).
+// Called with mu held.
+func (c *conn) authRequest() AuthRequest {
+	a := c.view()
+	return AuthRequest{Token: a.key.Token, UUID: a.uuid, Name: a.name, Peer: c.peer, Nonce: a.key.Nonce,
+		ClientCert: c.clientCert(), Whole: a.authThen != nil,
+		SetSubject: func(s string) { c.subject.Store(&s) }}
+}
+
+// startAuth asks the authenticator, mu released (it may answer at once).
+func (c *conn) startAuth(req AuthRequest) {
+	ctx := &authCtx{deadline: time.Now().Add(c.s.cfg.AuthTimeout)}
+	c.s.cfg.Auth.Authenticate(ctx, req, func(r AuthResult) {
+		ctx.finish()
 		c.onAuthResult(r)
 	})
+}
+
+// authCtx is the context an Authenticator gets: done at the AuthTimeout
+// deadline, canceled once the authenticator has answered.
+//
+// Cost: one small allocation. The channel and timer of a real context
+// (context.WithDeadline) are made only when the authenticator first asks
+// for Done or Value, which one that answers at once (FileAuth, HMACAuth,
+// Dummy) never does. A context derived from it, or context.AfterFunc on
+// it, finds that real context through Value, as it would a WithDeadline
+// context, so it needs no goroutine of its own.
+type authCtx struct {
+	deadline time.Time // fixed at creation
+
+	mu   sync.Mutex
+	real context.Context    // guarded by mu; nil until Done or Value
+	stop context.CancelFunc // guarded by mu; real's
+	over bool               // guarded by mu; finish ran
+}
+
+// Deadline implements context.Context.
+func (a *authCtx) Deadline() (time.Time, bool) { return a.deadline, true }
+
+// Done implements context.Context; the first call makes the real context.
+func (a *authCtx) Done() <-chan struct{} { return a.made().Done() }
+
+// Value implements context.Context (the relay sets no values); the first
+// call makes the real context, so that children attach to it.
+func (a *authCtx) Value(key any) any { return a.made().Value(key) }
+
+// Err implements context.Context: context.Canceled once the answer came,
+// context.DeadlineExceeded from the deadline on, nil before.
+func (a *authCtx) Err() error {
+	a.mu.Lock()
+	real, over := a.real, a.over
+	a.mu.Unlock()
+	switch {
+	case real != nil:
+		return real.Err()
+	case over:
+		return context.Canceled
+	case !time.Now().Before(a.deadline):
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// made returns the real context, making it on first use (canceled at
+// once if the answer already came).
+func (a *authCtx) made() context.Context {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.real == nil {
+		a.real, a.stop = context.WithDeadline(context.Background(), a.deadline)
+		if a.over {
+			a.stop()
+		}
+	}
+	return a.real
+}
+
+// finish cancels the context: the authenticator has answered.
+func (a *authCtx) finish() {
+	a.mu.Lock()
+	a.over = true
+	stop := a.stop
+	a.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // failedFrom counts a failed authentication (a refused token, a forged

@@ -68,8 +68,7 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc := c.c
 	cc.authenticateParams(id, "", "", token, "")
-	cc.au.authStart.Whole = true // not a tunnel's end: no partner's use left
-	cc.au.authThen = then
+	cc.au.authThen = then // and so the token is spent whole: no partner's use left
 }
 
 // HandleURLSubscribe routes WebSocket upgrades carrying both a token and

@@ -304,11 +304,16 @@ func TestURLSubscribe(t *testing.T) {
 	}
 }
 
-// subjectAuth accepts every token; "sub:NAME" has the subject NAME, any
-// other token none (a file token's anonymous identity).
+// subjectAuth accepts every token a subscriber spends whole
+// (AuthRequest.Whole); "sub:NAME" has the subject NAME, any other token
+// none (a file token's anonymous identity).
 type subjectAuth struct{}
 
 func (subjectAuth) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
+	if !r.Whole { // a subscriber is nobody's partner: its token has no other use left
+		done(relay.AuthFailed)
+		return
+	}
 	if name, ok := strings.CutPrefix(r.Token, "sub:"); ok {
 		r.SetSubject(name)
 	}
