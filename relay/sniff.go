@@ -20,7 +20,9 @@ const tlsPrefixMax = 16<<10 + 5
 // sniff decides from the first bytes which protocol the client speaks: '{'
 // is raw-TCP JSON-RPC, an HTTP request line is WebSocket (or plain HTTP),
 // 0x16 0x03 is TLS. Whitespace before a '{' is dropped, never buffered, and
-// at most sniffMax bytes are kept while undecided. Called with mu held.
+// at most sniffMax bytes are kept while undecided. A JSON client's first
+// read, decided on its own as it almost always is, is parsed where it
+// lies, not copied first. Called with mu held.
 func (c *conn) sniff(p []byte) {
 	if len(c.in) == 0 {
 		p = trimSpace(p)
@@ -28,10 +30,15 @@ func (c *conn) sniff(p []byte) {
 			return
 		}
 	}
-	n := min(len(p), sniffMax-len(c.in))
-	c.in = append(c.in, p[:n]...)
-	p = p[n:]
-	kind := handshake.Sniff(c.in)
+	var kind handshake.Kind
+	if len(c.in) == 0 && handshake.Sniff(p[:min(len(p), sniffMax)]) == handshake.KindJSON {
+		kind = handshake.KindJSON // and all of it is in p
+	} else {
+		n := min(len(p), sniffMax-len(c.in))
+		c.in = append(c.in, p[:n]...)
+		p = p[n:]
+		kind = handshake.Sniff(c.in)
+	}
 	_, inTLS := c.tr.(*tlsTransport)
 	switch {
 	case kind == handshake.KindNeedMore:
@@ -52,7 +59,7 @@ func (c *conn) sniff(p []byte) {
 	case handshake.KindJSON:
 		c.tk.setKind(kindTCP)
 		c.to(stRPC)
-		c.consumeJSON(p) // c.in, the sniffed bytes, is the message's start
+		c.consumeJSON(p) // c.in, the sniffed bytes (if any), is the message's start
 	case handshake.KindHTTP:
 		c.to(stHTTP)
 		c.httpHead(p)
