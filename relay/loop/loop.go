@@ -20,6 +20,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/pool"
 )
 
 // Pollee is what a Loop's epoll set holds for a descriptor.
@@ -53,7 +55,8 @@ type Scanner interface {
 type Config struct {
 	// Log receives the loop's logs.
 	Log *slog.Logger
-	// MaxBuffer is the most bytes buffered per pair direction.
+	// MaxBuffer is the most bytes buffered per pair direction (0: one
+	// pooled chunk; never more, as one chunk holds them).
 	MaxBuffer int
 	// WriteStallTimeout ends a pair whose receiver accepts nothing this
 	// long while data waits for it.
@@ -123,6 +126,9 @@ func New(cfg Config) (*Loop, error) {
 	}
 	if cfg.Rate == nil {
 		cfg.Rate = new(atomic.Int64)
+	}
+	if cfg.MaxBuffer <= 0 { // else every read would ask for nothing and look like an end of stream
+		cfg.MaxBuffer = pool.ChunkSize
 	}
 	for _, c := range []**metrics.Counter{&cfg.Spliced, &cfg.Buffered, &cfg.Throttled} {
 		if *c == nil {

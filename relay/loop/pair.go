@@ -85,6 +85,7 @@ type End struct {
 
 	readable, writable bool // edge-triggered readiness latches
 	hungUp             bool // epoll said the client closed its side (EPOLLRDHUP, EPOLLHUP)
+	plain              bool // Sock is a PlainSock: a short read means the socket is drained
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
 
@@ -130,8 +131,8 @@ func (l *Loop) StartPair(p *Pair) {
 		// A plain socket's input waits in the kernel, and adding it to the
 		// (edge-triggered) epoll set reports it: no read is tried before
 		// that event. A TLS session may hold decrypted input already.
-		_, plain := e.Sock.(PlainSock)
-		e.readable, e.writable = !plain, true
+		_, e.plain = e.Sock.(PlainSock)
+		e.readable, e.writable = !e.plain, true
 	}
 	l.service(p)
 }
@@ -379,6 +380,15 @@ func (l *Loop) fill(src, dst *End) bool {
 	switch {
 	case n > 0:
 		spend(src.bkt, time.Now(), n)
+		// A plain socket that gave less than asked is drained: what
+		// arrives after this read raises a new edge, so no read is spent
+		// on EAGAIN (nginx's edge-triggered reads assume the same). Not
+		// after a hang-up, whose end of stream is not announced again, nor
+		// through TLS, which holds decrypted records. splice(2) cannot
+		// tell: it stops short when the pipe runs out of slots.
+		if src.plain && !src.hungUp && n < limit-wsSlack {
+			src.readable = false
+		}
 	case err == unix.EAGAIN:
 		src.readable = false
 		pool.PutChunk(dst.buf)

@@ -1,0 +1,124 @@
+package loop
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// pairOwner records how a test pair ended.
+type pairOwner chan reason.Reason
+
+func (pairOwner) PairClosing(*Pair, reason.Reason)    {}
+func (o pairOwner) PairDone(_ *Pair, r reason.Reason) { o <- r }
+
+// noEnder ignores a socket's end.
+type noEnder struct{}
+
+func (noEnder) End(reason.Reason) {}
+
+// tcpPair is a loopback TCP connection: the client's side as a net.Conn
+// (closed when the test ends) and the server's as a non-blocking
+// descriptor for a Pair end (the pair closes it).
+func tcpPair(t *testing.T) (net.Conn, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f, err := s.(*net.TCPConn).File() // a duplicate: s's own is closed above
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	return c, fd
+}
+
+// TestBufferedPairShortReads: a buffered pair of plain sockets stops
+// reading an end after a short read (the socket is drained; the next
+// arrival raises a new edge). Nothing is stranded by it: small writes
+// with pauses between them, a burst far over one chunk (full reads, which
+// must go on), more small writes and the half-close all arrive, in order.
+func TestBufferedPairShortReads(t *testing.T) {
+	t.Parallel()
+	l := running(t)
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	done := make(pairOwner, 1)
+	p := &Pair{Owner: done}
+	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
+	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	on(t, l, func() { l.StartPair(p) })
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	var sent bytes.Buffer
+	small := func(n int) {
+		for range n {
+			m := make([]byte, 1+rng.IntN(300))
+			for i := range m {
+				m[i] = byte(rng.Uint32())
+			}
+			sent.Write(m)
+			if _, err := ca.Write(m); err != nil {
+				t.Error(err)
+				return
+			}
+			if rng.IntN(4) == 0 {
+				time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
+			}
+		}
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+		b, _ := io.ReadAll(cb) // to the half-close the pair passes on
+		got <- b
+	}()
+	small(300)
+	burst := make([]byte, 1<<20)
+	for i := range burst {
+		burst[i] = byte(i * 7)
+	}
+	sent.Write(burst)
+	if _, err := ca.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	small(300)
+	_ = ca.(*net.TCPConn).CloseWrite()
+	b := <-got
+	if !bytes.Equal(b, sent.Bytes()) {
+		t.Fatalf("received %d bytes, sent %d (or out of order)", len(b), sent.Len())
+	}
+	ca.Close()
+	select {
+	case <-done:
+	case <-time.After(testutil.Patience):
+		t.Fatal("the pair did not end after both clients left")
+	}
+}
