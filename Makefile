@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls lint fuzz tls-soak release test-arm64 fleet-demo clean
+.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls allocs lint fuzz tls-soak release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -85,6 +85,12 @@ bench-deps:
 syscalls: build
 	scripts/syscalls-per-tunnel.sh tcp
 	scripts/syscalls-per-tunnel.sh ws
+
+## allocs: the relay's heap objects and bytes per tunnel on the set-up path,
+## TCP and WebSocket (its /metrics; docs/BENCHMARKS.md "Allocations per tunnel")
+allocs: build
+	scripts/allocs-per-tunnel.sh tcp
+	scripts/allocs-per-tunnel.sh ws
 
 ## tls-soak: 1 GiB each way, checksummed, between crypto/tls and the own
 ## TLS 1.3 record layer, re-keying every 64 records (make test runs the
