@@ -79,9 +79,10 @@ type Loop struct {
 	stopping   atomic.Bool
 	done       chan struct{}
 
-	mu    sync.Mutex
-	queue []func() // work for the loop goroutine
-	quit  bool     // set once the loop has stopped taking work
+	mu     sync.Mutex
+	queue  []func() // work for the loop goroutine
+	queued []func() // loop goroutine only: the last batch's slice, emptied, for the next queue (run)
+	quit   bool     // set once the loop has stopped taking work
 	// awake: the loop is between epoll_waits and looks at queue before
 	// it sleeps again, so Do needs no wake-up write. Set false under mu
 	// (with queue seen empty), true without it (a Do that reads a stale
@@ -409,23 +410,37 @@ func (l *Loop) sleepy() bool {
 		l.mu.Unlock()
 		return false
 	}
-	l.queue = nil
+	l.queue = l.queued
 	l.mu.Unlock()
-	for _, fn := range q {
-		fn()
-	}
+	l.run(q)
 	return true
 }
 
 func (l *Loop) takeQueue() {
 	l.mu.Lock()
 	q := l.queue
-	l.queue = nil
+	l.queue = l.queued
 	l.mu.Unlock()
+	l.run(q)
+}
+
+// run runs the work taken from queue, then keeps its slice (emptied, so
+// that the closures can be freed) as the next queue's: Do appends without
+// allocating once batches have reached their usual size. A slice grown
+// past maxQueued by a burst is dropped instead.
+func (l *Loop) run(q []func()) {
 	for _, fn := range q {
 		fn()
 	}
+	clear(q)
+	l.queued = nil
+	if cap(q) <= maxQueued {
+		l.queued = q[:0]
+	}
 }
+
+// maxQueued is the largest queue slice a loop keeps between batches.
+const maxQueued = 1024
 
 // shutdown runs the queued work, stops every pollee that is a Stopper
 // (pairs close, WebSocket ends getting a best-effort 1001 close; owners
