@@ -280,6 +280,10 @@ func (c *conn) wsData(f handshake.Fragment) {
 			c.fail(reason.PreAuthLimit, "Message too big")
 			return
 		}
+		if f.MessageEnd && len(c.msg) == 0 { // the whole message in one read, as usual: parsed where it lies
+			c.handle(f.Data)
+			return
+		}
 		c.msg = append(c.msg, f.Data...)
 	}
 	if f.MessageEnd {
