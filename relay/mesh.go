@@ -415,8 +415,8 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 		connected: time.Now().UnixNano(), identity: l.Identity}
 	if first == nil {
 		c.claim().established = established(c, l.Name, l.UUID)
-	} else {
-		c.claim().established = c.framed(first)
+	} else { // a copy of its own: the tunnel's end takes it over (tunnel.end)
+		c.claim().established = append([]byte(nil), c.framed(first)...)
 	}
 	_, isTLS := c.tr.(*tlsTransport)
 	_, plainLink := l.Sock.(loop.PlainSock)

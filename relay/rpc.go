@@ -40,7 +40,8 @@ func (c *conn) handle(obj []byte) {
 			c.rpcFail(req.ID, "No such method")
 			return
 		}
-		h(Conn{c}, &req)
+		r := req // a handler may keep it: only this path moves a request to the heap
+		h(Conn{c}, &r)
 	}
 }
 

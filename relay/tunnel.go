@@ -198,7 +198,11 @@ func (t *tunnel) start0(fd int) {
 // then TunnelEstablished), all of it in the pair's first write.
 func (t *tunnel) end(e *loop.End, c *conn, rx *metrics.Counter, rxT *atomic.Uint64) {
 	e.Sock, e.WS, e.Ender, e.RX, e.RXT = c.sk, c.ws, c.tk, rx, rxT
-	e.Ctrl.B = append(c.out.Take(), c.claim().established...)
+	if out := c.out.Take(); len(out) > 0 { // the completing side's Authenticate reply goes first
+		e.Ctrl.B = append(out, c.claim().established...)
+	} else {
+		e.Ctrl.B = c.claim().established // the notification's own copy: nothing else holds it
+	}
 	e.Text.Binary = t.s.cfg.WSBinaryOnly
 	if c.ws == nil && c.hello {
 		e.Settle = t.s.cfg.TCPSettle
