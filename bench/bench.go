@@ -74,6 +74,16 @@ type Options struct {
 	IdlePerRelay  int    // tunnels per relay process
 	IdleVerify    int    // tunnels checked to still forward
 
+	// PeerCPUs, set, is the CPU list (taskset -c form: "1", "2-3") the
+	// forwarders run on: a spawned relay, HAProxy, socat, a TURN child.
+	// ClientCPUs, set, is the harness's own (its clients and backends,
+	// and the worker processes it starts), for the duration of Run. On a
+	// small machine they keep the clients from delaying the forwarders'
+	// wake-ups. A relay in the harness's process (no --spawn-relay, the
+	// tls and wss transports, the fleet) cannot be pinned apart: PeerCPUs
+	// refuses them.
+	PeerCPUs, ClientCPUs string
+
 	Stdout, Stderr io.Writer // tables; progress and notes (nil: silent)
 	// ChildCommand builds the command that runs "bench _child ARGS..."
 	// (default: this executable); tests point it at the test binary.
@@ -167,11 +177,19 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		}
 		rep.Dir = dir
 	}
+	unpin, err := pinRun(&opt)
+	if err != nil {
+		return nil, err
+	}
+	defer unpin()
 	env, err := newEnv(&opt)
 	if err != nil {
 		return nil, err
 	}
 	defer env.Close()
+	if opt.PeerCPUs != "" || opt.ClientCPUs != "" {
+		env.note("CPUs: forwarders on %s (taskset -c), the harness on %s", orAll(opt.PeerCPUs), orAll(opt.ClientCPUs))
+	}
 	env.dir = dir
 	var failed []string
 	for _, s := range opt.Scenarios {

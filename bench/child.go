@@ -63,6 +63,11 @@ func startChild(opt *Options, args ...string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
+	if role := args[0]; role == "relay" || role == "turn" { // forwarders; workers stay on the harness's CPUs
+		if err := pinCommand(cmd, opt.PeerCPUs); err != nil {
+			return nil, err
+		}
+	}
 	cmd.Env = append(os.Environ(), ChildEnv+"=1")
 	c := &child{cmd: cmd, lines: make(chan string, 64), stderr: &tailWriter{max: 4096}}
 	cmd.Stderr = c.stderr

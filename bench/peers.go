@@ -303,6 +303,10 @@ func (e *Env) startHAProxy(name string, config func(front string) (cfg, what str
 	}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Stderr = &tailWriter{max: 4096}
+	if err := pinCommand(cmd, e.opt.PeerCPUs); err != nil {
+		e.skip(name, err.Error())
+		return nil
+	}
 	if err := cmd.Start(); err != nil {
 		e.skip(name, err.Error())
 		return nil
@@ -337,6 +341,10 @@ func (e *Env) socat() *Peer {
 	cmd := exec.Command(bin, fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096,nodelay", port),
 		"TCP:"+e.back.addr+",nodelay")
 	cmd.Stderr = &tailWriter{max: 4096}
+	if err := pinCommand(cmd, e.opt.PeerCPUs); err != nil {
+		e.skip("socat", err.Error())
+		return nil
+	}
 	if err := cmd.Start(); err != nil {
 		e.skip("socat", err.Error())
 		return nil

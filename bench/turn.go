@@ -74,6 +74,9 @@ func (e *Env) startCoturn() (*turnServer, error) {
 		"--log-file", "stdout", "--no-stdout-log", "--simple-log", "--pidfile", e.tmp+"/coturn.pid")
 	stderr := &tailWriter{max: 4096}
 	cmd.Stdout, cmd.Stderr = io.Discard, stderr
+	if err := pinCommand(cmd, e.opt.PeerCPUs); err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

@@ -124,6 +124,8 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 	relayPID := fs.Int("relay-pid", 0, "pid of the external relay, for RSS, fds and threads")
 	fleetURL := fs.String("fleet", "", "also measure a fleet of two relays on this Redis (`URL` redis://HOST:PORT/DB, or local: start a redis-server): rows fleet same-node and fleet cross-node (docs/fleet.md)")
 	spawn := fs.Bool("spawn-relay", false, "run the relay as a separate process (default: in this process)")
+	peerCPUs := fs.String("peer-cpus", "", "run the forwarders (the spawned relay, haproxy, socat, TURN servers) on these `CPUS` (taskset -c list: 1, 2-3); needs --spawn-relay or --relay-url")
+	clientCPUs := fs.String("client-cpus", "", "run the harness itself (its clients and backends) on these `CPUS`, apart from --peer-cpus")
 	prof := fs.Bool("cpuprofile", false, "write a CPU profile of the relay per scenario (cpu-<scenario>.pprof) into the results folder")
 	transports := fs.String("transports", strings.Join(opt.Transports, ","), "meetpoint transports: tcp,ws,mixed; wsbin (BINARY WebSocket messages where ws sends TEXT; throughput only); tls,wss (relays in this process; with --fleet the mesh links are TLS too)")
 	dur := fs.Duration("duration", opt.Duration, "time per throughput and setup measurement")
@@ -145,6 +147,7 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 		var err error
 		o.Out, o.Plot, o.RelayURL, o.RelayPID, o.SpawnRelay, o.CPUProfile = *out, *plot, *relayURL, *relayPID, *spawn, *prof
 		o.Fleet = *fleetURL
+		o.PeerCPUs, o.ClientCPUs = *peerCPUs, *clientCPUs
 		if *peers != "" {
 			o.Peers = strings.Split(*peers, ",")
 		}
