@@ -105,3 +105,22 @@ func TestReadFromShortReadEndsTurn(t *testing.T) {
 		t.Errorf("draining: more=%v unread=%v after %d bytes; want all 1000 read", more, unread, src.read)
 	}
 }
+
+// TestOwed: a socket let go of with input left tells its next owner so,
+// and the hang-up with it when epoll has reported it (once, to the first
+// owner); nothing when all was read.
+func TestOwed(t *testing.T) {
+	for _, tc := range []struct {
+		unread, hup bool
+		want        uint32
+	}{
+		{false, false, 0},
+		{false, true, 0},
+		{true, false, unix.EPOLLIN},
+		{true, true, unix.EPOLLIN | unix.EPOLLRDHUP},
+	} {
+		if got := owed(tc.unread, tc.hup); got != tc.want {
+			t.Errorf("owed(%v, %v) = %#x, want %#x", tc.unread, tc.hup, got, tc.want)
+		}
+	}
+}

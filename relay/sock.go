@@ -66,6 +66,7 @@ type plainTransport struct {
 	c       *conn
 	dropped bool // loop-owned: removed from the epoll set
 	unread  bool // loop-owned: input may be left in the socket with no edge to come for it (readFrom)
+	hup     bool // loop-owned: epoll reported the client's hang-up, which it reports once
 }
 
 // write sends a prefix of b now, without blocking: a short count means
@@ -92,21 +93,37 @@ func (c *conn) releaseVia(l *loop.Loop, onLoop bool, d dropper) {
 	}
 }
 
+// owed is what the next owner of a socket let go of must be told, as
+// epoll will not say it again: input left behind (unread), and with it
+// the client's hang-up if epoll reported one (hup) — a next owner that
+// stops at a short read would otherwise never read the end of stream.
+func owed(unread, hup bool) uint32 {
+	switch {
+	case !unread:
+		return 0
+	case hup:
+		return unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	return unix.EPOLLIN
+}
+
 // drop lets go of the socket on its loop (dropFrom).
 func (t *plainTransport) drop(l *loop.Loop) {
 	if !t.dropped {
 		t.dropped = true
-		t.c.dropFrom(l, t.fd, t.unread)
+		t.c.dropFrom(l, t.fd, owed(t.unread, t.hup))
 	}
 }
 
 func (t *plainTransport) detach() (loop.Sock, error) { return loop.PlainSock(t.fd), nil }
 func (t *plainTransport) discard()                   { unix.Close(t.fd) }
 
-// Event implements loop.Pollee.
+// Event implements loop.Pollee. A hang-up, an error or urgent data
+// (whose mark stops a read short with more behind it) is read to EAGAIN.
 func (t *plainTransport) Event(l *loop.Loop, events uint32) {
+	t.hup = t.hup || events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		t.read(l, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+		t.read(l, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLPRI) != 0)
 	}
 }
 
@@ -136,7 +153,7 @@ func (t *plainTransport) Stop(l *loop.Loop) {
 // When the tunnel's other side lives on this loop too, its release (queued
 // on the loop by pairUp) runs here, while fd is still parked: the tunnel
 // then starts on this loop with both entries taken over. Loop goroutine.
-func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
+func (c *conn) dropFrom(l *loop.Loop, fd int, owed uint32) {
 	c.mu.Lock()
 	var park bool
 	var p *conn
@@ -151,7 +168,7 @@ func (c *conn) dropFrom(l *loop.Loop, fd int, unread bool) {
 		c.released(l)
 		return
 	}
-	l.Park(fd, unread)
+	l.Park(fd, owed)
 	c.released(l)
 	if p != nil && p.tr.home() == l {
 		p.tr.drop(l)

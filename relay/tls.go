@@ -30,6 +30,7 @@ type tlsTransport struct {
 	c       *conn
 	dropped bool // loop-owned: removed from the epoll set
 	unread  bool // loop-owned: see plainTransport (a tunnel reads a TLS session at once anyway)
+	hup     bool // loop-owned: see plainTransport
 }
 
 // write encrypts b; the session takes it all or fails (a client that does
@@ -52,7 +53,7 @@ func (t *tlsTransport) drop(l *loop.Loop) {
 		return
 	}
 	t.dropped = true
-	t.c.dropFrom(l, t.s.Fd(), t.unread)
+	t.c.dropFrom(l, t.s.Fd(), owed(t.unread, t.hup))
 }
 
 func (t *tlsTransport) detach() (loop.Sock, error) { return t.s, nil }
@@ -61,6 +62,7 @@ func (t *tlsTransport) discard()                   { t.s.Close() }
 // Event implements loop.Pollee: decrypt what arrived and feed the conn's
 // stages.
 func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
+	t.hup = t.hup || events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
 	if events&unix.EPOLLOUT != 0 {
 		if err := t.s.Flush(); err != nil && err != unix.EAGAIN {
 			t.fail(reason.IOError)

@@ -206,7 +206,7 @@ func (l *Loop) Register(fd int, p Pollee) error {
 		}
 		return nil
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return err
 	}
@@ -221,18 +221,15 @@ func (l *Loop) TakenOver() uint64 { return l.takenOver.Load() }
 // Park keeps fd's epoll entry (as Register made it) while its owner hands
 // the socket on, so that a next owner on this loop takes it over without
 // an EPOLL_CTL_DEL and an EPOLL_CTL_ADD; Unpark ends it. Events in
-// between are kept for that owner; unread says the old owner may have
-// left input in the socket without an edge to come for it. Loop goroutine
+// between are kept for that owner, with owed: what the old owner knows
+// epoll will not report again (EPOLLIN: input it left in the socket;
+// EPOLLRDHUP beside it: the client's hang-up, already reported). Loop goroutine
 // only, with Unpark in the same turn. The socket must keep its one
 // descriptor meanwhile: an epoll entry lives as long as any descriptor of
 // its socket, so one dup'ed and closed under it would outlive Unpark's
 // DEL (and make a later ADD of the dup fail with EEXIST).
-func (l *Loop) Park(fd int, unread bool) {
-	pk := &parked{}
-	if unread {
-		pk.events = unix.EPOLLIN
-	}
-	l.eps[int32(fd)] = pk
+func (l *Loop) Park(fd int, owed uint32) {
+	l.eps[int32(fd)] = &parked{events: owed}
 }
 
 // Unpark ends Park: a socket no owner on this loop took over leaves the

@@ -84,7 +84,7 @@ func TestParkHandsEntryOver(t *testing.T) {
 		}
 	})
 	on(t, l, func() {
-		l.Park(fd, false)
+		l.Park(fd, 0)
 		unix.Write(peer, []byte("x")) // arrives while parked
 	})
 	// Give the event time to reach the parked entry (it has no owner to
@@ -103,7 +103,7 @@ func TestParkHandsEntryOver(t *testing.T) {
 		if !l.Registered(fd) {
 			t.Error("the taken-over socket is not registered")
 		}
-		l.Park(fd, false)
+		l.Park(fd, 0)
 		l.Unpark(fd) // nobody took it
 		if l.Registered(fd) {
 			t.Error("a socket parked and not taken over is still registered")
@@ -128,7 +128,7 @@ func TestParkUnreadReportsInput(t *testing.T) {
 		}
 	})
 	on(t, l, func() {
-		l.Park(fd, true)
+		l.Park(fd, unix.EPOLLIN)
 		if err := l.Register(fd, next); err != nil {
 			t.Error(err)
 		}

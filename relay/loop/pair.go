@@ -86,6 +86,7 @@ type End struct {
 	readable, writable bool // edge-triggered readiness latches
 	hungUp             bool // epoll said the client closed its side (EPOLLRDHUP, EPOLLHUP)
 	plain              bool // Sock is a PlainSock: a short read means the socket is drained
+	urgent             bool // epoll reported TCP urgent data (EPOLLPRI), until a read finds nothing
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
 
@@ -147,6 +148,9 @@ func (e *End) Event(l *Loop, events uint32) {
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.hungUp = true
+	}
+	if events&unix.EPOLLPRI != 0 {
+		e.urgent = true
 	}
 	l.service(e.p)
 }
@@ -383,14 +387,16 @@ func (l *Loop) fill(src, dst *End) bool {
 		// A plain socket that gave less than asked is drained: what
 		// arrives after this read raises a new edge, so no read is spent
 		// on EAGAIN (nginx's edge-triggered reads assume the same). Not
-		// after a hang-up, whose end of stream is not announced again, nor
-		// through TLS, which holds decrypted records. splice(2) cannot
-		// tell: it stops short when the pipe runs out of slots.
-		if src.plain && !src.hungUp && n < limit-wsSlack {
+		// after a hang-up, whose end of stream is not announced again;
+		// not while urgent data is pending, as a read stops short at its
+		// mark with the bytes behind it already there; nor through TLS,
+		// which holds decrypted records. splice(2) cannot tell: it stops
+		// short when the pipe runs out of slots.
+		if src.plain && !src.hungUp && !src.urgent && n < limit-wsSlack {
 			src.readable = false
 		}
 	case err == unix.EAGAIN:
-		src.readable = false
+		src.readable, src.urgent = false, false
 		pool.PutChunk(dst.buf)
 		dst.buf, dst.out = nil, nil
 		return false

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -120,5 +121,88 @@ func TestBufferedPairShortReads(t *testing.T) {
 	case <-done:
 	case <-time.After(testutil.Patience):
 		t.Fatal("the pair did not end after both clients left")
+	}
+}
+
+// TestBufferedPairUrgentData: a read stops short at TCP's urgent mark
+// (tcp_recvmsg does not read past it in one call), though the bytes
+// behind it have all arrived and no new edge will come for them: the end
+// goes on reading while epoll reports urgent data (EPOLLPRI). The urgent
+// byte itself is not part of the stream, as before.
+func TestBufferedPairUrgentData(t *testing.T) {
+	t.Parallel()
+	l := running(t)
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	if _, err := ca.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := ca.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.Write(func(fd uintptr) bool {
+		if err := unix.Sendto(int(fd), []byte("X"), unix.MSG_OOB, nil); err != nil {
+			t.Error(err)
+		}
+		return true
+	})
+	if _, err := ca.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, func() error { // all of it acknowledged: in the relay's socket before the pair reads
+		var n int
+		var err error
+		_ = raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if err != nil || n > 0 {
+			return fmt.Errorf("%d bytes not yet acknowledged (%v)", n, err)
+		}
+		return nil
+	}, "the client's bytes delivered")
+	p := &Pair{Owner: make(pairOwner, 1)}
+	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
+	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	on(t, l, func() { l.StartPair(p) })
+	got := make([]byte, 6)
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := io.ReadFull(cb, got); err != nil || string(got) != "abcdef" {
+		t.Fatalf("B received %q (%v), want \"abcdef\"", got, err)
+	}
+}
+
+// TestParkOwedHangUpReachesPair: a socket whose client sent more than
+// one read and then its FIN, parked by an owner that saw the hang-up,
+// is taken over by a pair that reads it all and passes the end of stream
+// on: the hang-up owed with the input makes the pair read past its short
+// read (epoll reports the hang-up once, to the first owner).
+func TestParkOwedHangUpReachesPair(t *testing.T) {
+	t.Parallel()
+	l := running(t)
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	first := make(recorder, 16)
+	on(t, l, func() {
+		if err := l.Register(fa, first); err != nil {
+			t.Error(err)
+		}
+	})
+	sent := bytes.Repeat([]byte("0123456789"), 10_000) // more than one 64 KiB read
+	if _, err := ca.Write(sent); err != nil {
+		t.Fatal(err)
+	}
+	_ = ca.(*net.TCPConn).CloseWrite()
+	wantEvent(t, first, unix.EPOLLRDHUP, "the first owner, for the hang-up")
+	p := &Pair{Owner: make(pairOwner, 1)}
+	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
+	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	on(t, l, func() {
+		l.Park(fa, unix.EPOLLIN|unix.EPOLLRDHUP) // nothing read: all of it owed
+		l.StartPair(p)
+		l.Unpark(fa)
+	})
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	got, err := io.ReadAll(cb)
+	if err != nil || !bytes.Equal(got, sent) {
+		t.Fatalf("B received %d of %d bytes, then %v (want the end of stream)", len(got), len(sent), err)
 	}
 }
