@@ -173,6 +173,9 @@ func TestCloseAccounting(t *testing.T) {
 		{"oversized message", reason.PreAuthLimit, func(t *testing.T, s *Server) {
 			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"x":"`+strings.Repeat("a", 12<<10)))
 		}},
+		{"oversized complete message", reason.PreAuthLimit, func(t *testing.T, s *Server) { // in one write: parsed in place
+			acSendWait(t, acTCP(t, s), []byte(`{"id":1,"method":"RemoteProxy.Hello","params":{"x":"`+strings.Repeat("a", 11<<10)+`"}}`+"\n"))
+		}},
 		{"authentication refused", reason.AuthFailed, func(t *testing.T, s *Server) {
 			acSendWait(t, acAuthed(t, s, "bad", newTestUUID()), nil)
 		}},

@@ -162,6 +162,11 @@ func (c *conn) consumeJSON(p []byte) {
 			}
 			return
 		}
+		if len(obj) > c.s.cfg.MaxPreAuth { // whole in one read or not: the limit does not depend on how it came
+			c.s.log.Debug("pre-auth message limit", "peer", c.peer.String(), "bytes", len(obj))
+			c.close(reason.PreAuthLimit)
+			return
+		}
 		c.handle(obj)
 		rest := buf[n:]
 		if !c.skipsNL() {
