@@ -52,6 +52,35 @@ func TestAuthCtx(t *testing.T) {
 			t.Errorf("Err past the deadline, no Done asked = %v", err)
 		}
 	})
+	t.Run("Err does not change once set", func(t *testing.T) {
+		late := &authCtx{deadline: time.Now().Add(-time.Millisecond)} // answered after the deadline
+		errs := []error{late.Err()}
+		late.finish()
+		errs = append(errs, late.Err())
+		<-late.Done()
+		errs = append(errs, late.Err())
+		for _, err := range errs {
+			if err != context.DeadlineExceeded {
+				t.Errorf("answered after the deadline: Err went %v", errs)
+				break
+			}
+		}
+		early := &authCtx{deadline: time.Now().Add(time.Second)} // answered before it
+		early.finish()
+		errs = []error{early.Err()}
+		for time.Now().Before(early.deadline) { // past the deadline: what must not change Err
+			time.Sleep(10 * time.Millisecond)
+		}
+		errs = append(errs, early.Err())
+		<-early.Done()
+		errs = append(errs, early.Err())
+		for _, err := range errs {
+			if err != context.Canceled {
+				t.Errorf("answered before the deadline: Err went %v", errs)
+				break
+			}
+		}
+	})
 	t.Run("children attach without goroutines", func(t *testing.T) {
 		a := &authCtx{deadline: time.Now().Add(time.Hour)}
 		before := runtime.NumGoroutine()

@@ -128,9 +128,9 @@ type authCtx struct {
 	deadline time.Time // fixed at creation
 
 	mu   sync.Mutex
-	real context.Context    // guarded by mu; nil until Done or Value
+	real context.Context    // guarded by mu; nil until Done or Value, then the only source of Err
 	stop context.CancelFunc // guarded by mu; real's
-	over bool               // guarded by mu; finish ran
+	err  error              // guarded by mu; while real is nil: Err's answer once it is not nil (it never changes after)
 }
 
 // Deadline implements context.Context.
@@ -143,42 +143,48 @@ func (a *authCtx) Done() <-chan struct{} { return a.made().Done() }
 // call makes the real context, so that children attach to it.
 func (a *authCtx) Value(key any) any { return a.made().Value(key) }
 
-// Err implements context.Context: context.Canceled once the answer came,
-// context.DeadlineExceeded from the deadline on, nil before.
+// Err implements context.Context: nil, then context.DeadlineExceeded
+// from the deadline on or context.Canceled once the answer came before
+// it, whichever is first; it does not change after.
 func (a *authCtx) Err() error {
 	a.mu.Lock()
-	real, over := a.real, a.over
-	a.mu.Unlock()
-	switch {
-	case real != nil:
-		return real.Err()
-	case over:
-		return context.Canceled
-	case !time.Now().Before(a.deadline):
-		return context.DeadlineExceeded
+	defer a.mu.Unlock()
+	if a.real != nil {
+		return a.real.Err()
 	}
-	return nil
+	if a.err == nil && !time.Now().Before(a.deadline) {
+		a.err = context.DeadlineExceeded
+	}
+	return a.err
 }
 
-// made returns the real context, making it on first use (canceled at
-// once if the answer already came).
+// made returns the real context, making it on first use: done already,
+// with the same error, if Err has answered one.
 func (a *authCtx) made() context.Context {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.real == nil {
-		a.real, a.stop = context.WithDeadline(context.Background(), a.deadline)
-		if a.over {
+		if a.err == context.Canceled {
+			a.real, a.stop = context.WithCancel(context.Background())
 			a.stop()
+		} else { // DeadlineExceeded: the deadline has passed, so this one is done at once
+			a.real, a.stop = context.WithDeadline(context.Background(), a.deadline)
 		}
 	}
 	return a.real
 }
 
-// finish cancels the context: the authenticator has answered.
+// finish cancels the context: the authenticator has answered (after the
+// deadline it stays DeadlineExceeded).
 func (a *authCtx) finish() {
 	a.mu.Lock()
-	a.over = true
 	stop := a.stop
+	if a.real == nil && a.err == nil {
+		a.err = context.Canceled
+		if !time.Now().Before(a.deadline) {
+			a.err = context.DeadlineExceeded
+		}
+	}
 	a.mu.Unlock()
 	if stop != nil {
 		stop()

@@ -64,7 +64,7 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 // reply); then runs with the answer, the connection's lock held, once —
 // after a timeout too (AuthTimeout). Failures are counted and banned as
 // Authenticate's are; then replies and refuses (Conn.Refuse) or goes on.
-// The token is spent whole (AuthRequest.Whole).
+// The token is spent whole (AuthRequest.Whole). then must not be nil.
 func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc := c.c
 	cc.authenticateParams(id, "", "", token, "")

@@ -16,7 +16,8 @@ transport=${1:-tcp}
 secs=${2:-3}
 bin=${BIN:-bin/meetpoint}
 out=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$out"' EXIT
+pid=
+trap 'kill ${pid:-} 2>/dev/null || true; rm -rf "$out"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rp=$(port)
 ap=$(port)
@@ -36,7 +37,7 @@ scrape() {
 		$1 == "go_memstats_alloc_bytes_total" { b = $2 }
 		$1 == "go_gc_duration_seconds_count" { g = $2 }
 		$1 == "meetpoint_tunnels_total" { t = $2 }
-		END { printf "%d %d %d %d\n", m, b, g, t }'
+		END { printf "%.0f %.0f %.0f %.0f\n", m, b, g, t }'
 }
 url="tcp://127.0.0.1:$rp"
 [ "$transport" = ws ] && url="ws://127.0.0.1:$rp/"
