@@ -61,6 +61,16 @@ func tcpPair(t *testing.T) (net.Conn, int) {
 	return c, fd
 }
 
+// plainPair is a buffered pair of the plain sockets fa and fb; its owner
+// hears the end on the returned channel.
+func plainPair(fa, fb int) (*Pair, pairOwner) {
+	done := make(pairOwner, 1)
+	p := &Pair{Owner: done}
+	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
+	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	return p, done
+}
+
 // TestBufferedPairShortReads: a buffered pair of plain sockets stops
 // reading an end after a short read (the socket is drained; the next
 // arrival raises a new edge). Nothing is stranded by it: small writes
@@ -71,10 +81,7 @@ func TestBufferedPairShortReads(t *testing.T) {
 	l := running(t)
 	ca, fa := tcpPair(t)
 	cb, fb := tcpPair(t)
-	done := make(pairOwner, 1)
-	p := &Pair{Owner: done}
-	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
-	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	p, done := plainPair(fa, fb)
 	on(t, l, func() { l.StartPair(p) })
 
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -159,9 +166,7 @@ func TestBufferedPairUrgentData(t *testing.T) {
 		}
 		return nil
 	}, "the client's bytes delivered")
-	p := &Pair{Owner: make(pairOwner, 1)}
-	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
-	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	p, _ := plainPair(fa, fb)
 	on(t, l, func() { l.StartPair(p) })
 	got := make([]byte, 6)
 	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
@@ -192,9 +197,7 @@ func TestParkOwedHangUpReachesPair(t *testing.T) {
 	}
 	_ = ca.(*net.TCPConn).CloseWrite()
 	wantEvent(t, first, unix.EPOLLRDHUP, "the first owner, for the hang-up")
-	p := &Pair{Owner: make(pairOwner, 1)}
-	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
-	p.B.Sock, p.B.Ender = PlainSock(fb), noEnder{}
+	p, _ := plainPair(fa, fb)
 	on(t, l, func() {
 		l.Park(fa, unix.EPOLLIN|unix.EPOLLRDHUP) // nothing read: all of it owed
 		l.StartPair(p)
