@@ -142,7 +142,7 @@ func TestSetupOnNetpoll(t *testing.T) {
 	wantRows(t, tab, "direct", "meetpoint tcp", "meetpoint ws")
 	for _, r := range tab.Rows {
 		if r.Values["tunnels"] < 1 || r.Values["errors"] != 0 {
-			t.Errorf("%s: %v", r.Peer, r.Values)
+			t.Errorf("%s: %v (%q)", r.Peer, r.Values, tab.Notes)
 		}
 	}
 	if !strings.Contains(tab.Markdown(), "--clients netpoll") {

@@ -86,6 +86,8 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 	}
 	for _, p := range e.Peers(transportsOf(o, "tcp", "ws", "tls", "wss")...) {
 		var count, errs atomic.Int64
+		var firstErr atomic.Pointer[error] // named in the table's notes
+		retried := netpollDialRetries.Load()
 		hs := make([]*hdrhistogram.Histogram, o.SetupConc)
 		forwarder := markCPU(ownPID(p))
 		var harness cpuMark // the harness's CPU, where the forwarder is not in its process
@@ -110,6 +112,7 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 					closeBoth, err := p.openForSetup(cctx, o.SetupClients)
 					if err != nil {
 						errs.Add(1)
+						firstErr.CompareAndSwap(nil, &err)
 						continue
 					}
 					record(h, time.Since(t0))
@@ -141,6 +144,13 @@ func runSetup(ctx context.Context, e *Env) (*Table, error) {
 		}
 		r := t.add(p.Label(), map[string]string{}, vals)
 		r.CDF = cdf(h)
+		if err := firstErr.Load(); err != nil {
+			t.Notes = append(t.Notes, fmt.Sprintf("%s: %d tunnels failed; the first: %v", p.Label(), errs.Load(), *err))
+		}
+		if n := netpollDialRetries.Load() - retried; n > 0 {
+			t.Notes = append(t.Notes, fmt.Sprintf("%s: %d netpoll dials reported a fresh connection closed by peer "+
+				"(cloudwego/netpoll#363) and were retried once", p.Label(), n))
+		}
 	}
 	t.addRatios("rate")
 	return t, nil
