@@ -87,6 +87,7 @@ type End struct {
 	hungUp             bool // epoll said the client closed its side (EPOLLRDHUP, EPOLLHUP)
 	plain              bool // Sock is a PlainSock: a short read means the socket is drained
 	urgent             bool // epoll reported TCP urgent data (EPOLLPRI), until a read finds nothing
+	closed             bool // a WebSocket end whose client sent its close frame: nothing may follow it
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
 
@@ -462,7 +463,7 @@ func (l *Loop) deframe(src, dst *End, b []byte, n int) (int, error) {
 		case handshake.EventMore:
 			return w, nil
 		case handshake.EventClose:
-			src.eof = true
+			src.eof, src.closed = true, true
 			l.startClose(src.p, src, reason.PeerClosed)
 			return w, nil
 		case handshake.EventControl:
@@ -603,7 +604,12 @@ func (l *Loop) teardown(p *Pair) {
 			e.Ender.End(r)
 			continue
 		}
-		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken, e.hungUp, true, e.Ender, r)
+		// A client that sent its close frame is answered and closed at
+		// once: RFC 6455 has the server close the TCP connection first,
+		// nothing may follow the client's close frame (so no unread input
+		// turns the close into a reset), and lingering would only shut a
+		// socket that client has often reset already (ENOTCONN).
+		l.goodbye(e.Sock, e.Ctrl.Take(), !e.broken && !e.closed, e.hungUp, true, e.Ender, r)
 		e.Sock = nil
 	}
 	if p.Owner != nil {

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -208,4 +210,46 @@ func TestParkOwedHangUpReachesPair(t *testing.T) {
 	if err != nil || !bytes.Equal(got, sent) {
 		t.Fatalf("B received %d of %d bytes, then %v (want the end of stream)", len(got), len(sent), err)
 	}
+}
+
+// TestWSCloseFrameClosesAtOnce: a WebSocket end whose client sent its
+// close frame gets the close echo and a FIN, and its socket is closed at
+// once rather than lingering; the plain partner still closes gracefully
+// (FIN, then lingering until its client closes).
+func TestWSCloseFrameClosesAtOnce(t *testing.T) {
+	t.Parallel()
+	l := running(t)
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	p, done := plainPair(fa, fb)
+	p.A.WS = &handshake.Stream{}
+	on(t, l, func() { l.StartPair(p) })
+	closeFrame := handshake.AppendFrameMasked(nil, ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), [4]byte{1, 2, 3, 4})
+	if _, err := ca.Write(closeFrame); err != nil {
+		t.Fatal(err)
+	}
+	_ = ca.SetReadDeadline(time.Now().Add(testutil.Patience))
+	echo, err := io.ReadAll(ca) // the echo, then the relay's FIN (a reset would be an error)
+	if err != nil || len(echo) < 2 || ws.OpCode(echo[0]&0x0f) != ws.OpClose {
+		t.Fatalf("WebSocket client got % x, %v; want a close frame and the end of stream", echo, err)
+	}
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if rest, err := io.ReadAll(cb); err != nil || len(rest) != 0 {
+		t.Fatalf("TCP partner got %q, %v; want the end of stream", rest, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(testutil.Patience):
+		t.Fatal("the pair did not end")
+	}
+	on(t, l, func() {
+		for g := range l.lingering {
+			if g.sk.Fd() == fa {
+				t.Error("the WebSocket end lingers after its client's close frame")
+			}
+		}
+		if len(l.lingering) != 1 {
+			t.Errorf("%d sockets lingering, want the TCP partner's alone", len(l.lingering))
+		}
+	})
 }
