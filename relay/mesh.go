@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"sync/atomic"
 	"time"
@@ -416,10 +415,8 @@ func newMeshTunnel(c *conn, l *MeshLink, first []byte) *tunnel {
 		connected: time.Now().UnixNano(), identity: l.Identity}
 	if first == nil {
 		c.claim().established = established(c, l.Name, l.UUID)
-	} else if c.ws != nil { // framed makes the frame: the tunnel's end takes it over (tunnel.end)
+	} else {
 		c.claim().established = c.framed(first)
-	} else { // the caller's bytes: a copy of its own for the tunnel's end
-		c.claim().established = bytes.Clone(first)
 	}
 	_, isTLS := c.tr.(*tlsTransport)
 	_, plainLink := l.Sock.(loop.PlainSock)

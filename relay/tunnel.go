@@ -113,19 +113,17 @@ func established(c *conn, name, uuid string) []byte {
 	msg := handshake.AppendNotification(buf[:0], c.notifID, "RemoteProxy.TunnelEstablished",
 		handshake.Str("name", name), handshake.Str("uuid", uuid))
 	c.notifID++
-	if c.ws != nil { // framed's copy, written out: framed may return msg itself, which would move buf to the heap
-		return handshake.AppendFrame(nil, ws.OpText, true, msg)
-	}
-	return bytes.Clone(msg)
+	return c.framed(msg)
 }
 
-// framed is msg as c's transport carries a relay message: a TEXT frame on
-// WebSocket, as is on raw TCP.
+// framed is msg as c's transport carries a relay message, in a slice of
+// its own (msg may be on the caller's stack or someone else's): a TEXT
+// frame on WebSocket, a copy on raw TCP.
 func (c *conn) framed(msg []byte) []byte {
 	if c.ws != nil {
 		return handshake.AppendFrame(nil, ws.OpText, true, msg)
 	}
-	return msg
+	return bytes.Clone(msg)
 }
 
 // meshAddr names a mesh link in a tunnel's peerInfo: "mesh NODE ADDR".
