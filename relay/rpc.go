@@ -152,10 +152,21 @@ func (a *authCtx) Err() error {
 	if a.real != nil {
 		return a.real.Err()
 	}
-	if a.err == nil && !time.Now().Before(a.deadline) {
+	a.settle(nil)
+	return a.err
+}
+
+// settle sets Err's answer if it has none: DeadlineExceeded from the
+// deadline on, else otherwise (nil: none yet). Called with mu held,
+// while real is nil.
+func (a *authCtx) settle(otherwise error) {
+	if a.err != nil {
+		return
+	}
+	a.err = otherwise
+	if !time.Now().Before(a.deadline) {
 		a.err = context.DeadlineExceeded
 	}
-	return a.err
 }
 
 // made returns the real context, making it on first use: done already,
@@ -179,11 +190,8 @@ func (a *authCtx) made() context.Context {
 func (a *authCtx) finish() {
 	a.mu.Lock()
 	stop := a.stop
-	if a.real == nil && a.err == nil {
-		a.err = context.Canceled
-		if !time.Now().Before(a.deadline) {
-			a.err = context.DeadlineExceeded
-		}
+	if a.real == nil {
+		a.settle(context.Canceled)
 	}
 	a.mu.Unlock()
 	if stop != nil {
