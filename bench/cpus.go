@@ -78,13 +78,22 @@ func pinCommand(cmd *exec.Cmd, cpus string) error {
 	if cpus == "" {
 		return nil
 	}
-	ts, err := exec.LookPath("taskset")
+	ts, err := taskset()
 	if err != nil {
-		return fmt.Errorf("peer CPUs need taskset (util-linux): %w", err)
+		return err
 	}
 	cmd.Args = append([]string{ts, "-c", cpus, cmd.Path}, cmd.Args[1:]...)
 	cmd.Path = ts
 	return nil
+}
+
+// taskset is taskset(1)'s path.
+func taskset() (string, error) {
+	ts, err := exec.LookPath("taskset")
+	if err != nil {
+		return "", fmt.Errorf("peer CPUs need taskset (util-linux): %w", err)
+	}
+	return ts, nil
 }
 
 // pinRun checks opt's CPU lists and pins the harness to ClientCPUs; the
@@ -95,8 +104,8 @@ func pinRun(opt *Options) (unpin func(), err error) {
 		if _, err := parseCPUs(opt.PeerCPUs); err != nil {
 			return unpin, fmt.Errorf("peer CPUs: %w", err)
 		}
-		if _, err := exec.LookPath("taskset"); err != nil {
-			return unpin, fmt.Errorf("peer CPUs need taskset (util-linux): %w", err)
+		if _, err := taskset(); err != nil {
+			return unpin, err
 		}
 		inProcess := opt.RelayURL == "" && !opt.SpawnRelay && (len(opt.Peers) == 0 || slices.Contains(opt.Peers, "meetpoint"))
 		switch {
