@@ -525,6 +525,10 @@ func paramText(typ paramType, n *ast.Node) (string, bool) {
 		if err != nil {
 			return "", false
 		}
+		// sonic (v1.15.5) includes the whitespace after a number of up to
+		// 16 digits in Raw when digits and whitespace reach 17 bytes, as
+		// in an indented {"timestamp": 1765000000000\n    }.
+		raw = strings.TrimRight(raw, " \t\n\r")
 		if u, err := strconv.ParseUint(raw, 10, 64); err == nil {
 			return strconv.FormatUint(u, 10), true
 		}

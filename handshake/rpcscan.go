@@ -6,16 +6,18 @@ import (
 )
 
 // scanRequest is ParseRequest's fast path for a request as clients write
-// it: {"id":N,"method":"NS.Name","params":{...}} with the keys spelled
-// exactly so and in that order (params may be absent or null), an integer
-// id, strings without escapes, and params that fill the method's template
-// with nothing else. It reports ok=false for anything else — another
-// shape, an error to answer — and ParseRequest then parses the object
-// with sonic, whose result is the reference: FuzzScanRequest checks that
-// every request accepted here is the one sonic gives.
+// it: {"id":N,"method":"NS.Name","params":{...}} with these three keys
+// spelled exactly so and in that order (params may be absent, null or
+// {}; its own keys come in any order), an integer id, strings without
+// escapes, and params that fill the method's template with nothing else.
+// It reports ok=false for anything else — another shape, an error to
+// answer — and ParseRequest then parses the object with sonic, whose
+// result is the reference: FuzzScanRequest checks that every request
+// accepted here is the one sonic gives.
 //
-// Cost: one pass over obj and one allocation (the params' values, copied
-// into one string).
+// Cost: one pass over obj (non-ASCII strings are checked for UTF-8 once
+// more) and at most one allocation (the params' values, copied into one
+// string).
 func scanRequest(obj []byte) (req Request, ok bool) {
 	s := scanner{p: obj}
 	if !s.next('{') || !s.key("id") {
@@ -160,14 +162,14 @@ func (s *scanner) int32() (int, bool) {
 	if !ok || len(d) > 10 {
 		return 0, false
 	}
-	v := 0
+	var v int64 // ten digits fit, whatever int's size
 	for _, c := range d {
-		v = v*10 + int(c-'0')
+		v = v*10 + int64(c-'0')
 	}
 	if neg {
 		v = -v
 	}
-	return v, v >= -1<<31 && v <= 1<<31-1
+	return int(v), v >= -1<<31 && v <= 1<<31-1
 }
 
 // uint reads a UInt param: its canonical decimal digits, within uint64.

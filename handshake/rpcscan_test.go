@@ -44,6 +44,10 @@ func TestScanRequestTakesClientShapes(t *testing.T) {
 		AppendRequest(nil, 9, "Mesh.Join", Str("node", "n"), Int("time", 1765000000), Str("mac", "m"), Str("token", "t"),
 			Str("uuid", "u"), Str("name", ""), Str("rid", "r")),
 		[]byte(`{"id":4,"method":"TunnelProxy.Ping","params":{"timestamp":18446744073709551615}}`),
+		// Qt's QJsonDocument::Indented, a UInt before whitespace (sonic's
+		// Raw kept the whitespace: paramText trims it).
+		[]byte("{\n    \"id\": 3,\n    \"method\": \"TunnelProxy.Ping\",\n    \"params\": {\n        \"timestamp\": 1765000000000\n    }\n}\n"),
+		[]byte(`{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":0                }}`),
 		AppendRequest(nil, 6, "TunnelProxy.RegisterServer", Str("serverName", "s"), Str("serverUuid", "{6ba7b810-9dad-11d1-80b4-00c04fd430c8}")),
 	} {
 		if _, ok := scanChecked(t, in); !ok {
@@ -132,6 +136,7 @@ func TestScanRequestMutations(t *testing.T) {
 		AppendRequest(nil, 12, "Authentication.Authenticate", Str("uuid", "u-1"), Str("name", "Tür"), Str("token", "t"), Str("nonce", "n")),
 		[]byte(`{"id":-3,"method":"TunnelProxy.Ping","params":{"timestamp":90}}`),
 		[]byte(`{"id":0,"method":"RemoteProxy.Hello","params":null}`),
+		[]byte("{\n  \"id\": 7,\n  \"method\": \"TunnelProxy.Ping\",\n  \"params\": {\n    \"timestamp\": 1765000000000\n  }\n}"),
 	}
 	subs := []byte{'"', '\\', '{', '}', '[', ',', ':', ' ', '0', '9', '-', '+', '.', 'e', 'n', 't', 'x', 0, 0x01, 0x7f, 0xc3, 0xff}
 	check := func(in []byte) { scanChecked(t, in) }
@@ -166,5 +171,19 @@ func BenchmarkParseRequest(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// sonic's path reads a UInt followed by whitespace (sonic's Raw keeps the
+// whitespace after a number of up to 16 digits in some lengths), whatever
+// the key order.
+func TestParseRequestUIntBeforeWhitespace(t *testing.T) {
+	in := []byte("{\"method\": \"TunnelProxy.Ping\", \"id\": 3, \"params\": {\"timestamp\": 1765000000000\n    }}")
+	req, err := parseRequest(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := req.Param("timestamp"); v != "1765000000000" {
+		t.Fatalf("timestamp %q", v)
 	}
 }
