@@ -29,6 +29,7 @@ test:
 	@command -v $(or $(CC),cc) >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
 		{ echo "make test: -race needs cgo and a C compiler; install one (e.g. apt-get install gcc)" >&2; exit 1; }
 	$(GO) test -count=1 -run 'NoAlloc' ./...   # allocation counts are only exact without -race
+	$(GO) test -count=1 ./relay/loop/   # its raw read and write (raw_norace.go) are built only without -race
 	$(GO) run ./scripts/gotest -race -count=1 -timeout 8m ./...
 
 ## fleet-chaos: the fleet's faults with traffic flowing (a node's mesh

@@ -57,7 +57,7 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 	if hungUp && g.drain(l) {
 		return
 	}
-	if unix.Shutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
+	if rawShutdown(sk.Fd(), unix.SHUT_WR) != nil { // ENOTCONN: the client reset it already
 		g.finish(l)
 		return
 	}
@@ -101,7 +101,7 @@ func (g *lingerer) Event(l *Loop, events uint32) { g.drain(l) }
 func (g *lingerer) drain(l *Loop) bool {
 	buf := l.Scratch()
 	for {
-		n, err := unix.Read(g.sk.Fd(), buf) // raw bytes, TLS or not: all discarded
+		n, err := rawRead(g.sk.Fd(), buf) // raw bytes, TLS or not: all discarded
 		if n > 0 || err == unix.EINTR {
 			continue
 		}

@@ -117,7 +117,7 @@ func New(cfg Config) (*Loop, error) {
 		return nil, err
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+	if err := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		unix.Close(epfd)
 		unix.Close(evfd)
 		return nil, err
@@ -170,7 +170,7 @@ func (l *Loop) Do(fn func()) bool {
 
 func (l *Loop) wake() {
 	var one = [8]byte{1}
-	_, _ = unix.Write(l.evfd, one[:])
+	_, _ = rawWrite(l.evfd, one[:])
 }
 
 // Stopping reports whether the loop is stopping: sockets it lets go of are
@@ -207,7 +207,7 @@ func (l *Loop) Register(fd int, p Pollee) error {
 		return nil
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return err
 	}
 	l.eps[int32(fd)] = p
@@ -269,7 +269,7 @@ func (l *Loop) Registered(fd int) bool {
 
 // Unregister removes fd from the epoll set (the descriptor stays open).
 func (l *Loop) Unregister(fd int) {
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	_ = rawEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	delete(l.eps, int32(fd))
 }
 
@@ -317,7 +317,7 @@ func (l *Loop) Run() {
 			ev := &events[i]
 			if ev.Fd == int32(l.evfd) {
 				var b [8]byte
-				_, _ = unix.Read(l.evfd, b[:])
+				_, _ = rawRead(l.evfd, b[:])
 				l.takeQueue()
 				continue
 			}

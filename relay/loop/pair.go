@@ -259,7 +259,7 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 			if !dst.writable {
 				return moved, false
 			}
-			n, err := unix.Splice(pp.R, nil, dst.fd, nil, pp.N, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			n, err := rawSplice(pp.R, dst.fd, pp.N, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 			if n > 0 {
 				pp.N -= int(n)
 				moved = true
@@ -353,7 +353,7 @@ func (l *Loop) fill(src, dst *End) bool {
 		if src.quota > 0 {
 			want = min(want, src.quota)
 		}
-		n, err := unix.Splice(src.fd, nil, dst.pipe.W, nil, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		n, err := rawSplice(src.fd, dst.pipe.W, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case n > 0:
 			spend(src.bkt, time.Now(), int(n))

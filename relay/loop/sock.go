@@ -30,14 +30,14 @@ type PlainSock int
 func (s PlainSock) Fd() int { return int(s) }
 
 // Close implements Sock.
-func (s PlainSock) Close() error { return unix.Close(int(s)) }
+func (s PlainSock) Close() error { return rawClose(int(s)) }
 
 // Flush implements Sock: nothing is buffered.
 func (s PlainSock) Flush() error { return nil }
 
 // Read implements Sock.
 func (s PlainSock) Read(p []byte) (int, error) {
-	n, err := unix.Read(int(s), p)
+	n, err := rawRead(int(s), p)
 	switch {
 	case n > 0:
 		return n, nil
@@ -50,7 +50,7 @@ func (s PlainSock) Read(p []byte) (int, error) {
 
 // Write implements Sock.
 func (s PlainSock) Write(p []byte) (int, error) {
-	n, err := unix.Write(int(s), p)
+	n, err := rawWrite(int(s), p)
 	if n < 0 {
 		n = 0
 	}

@@ -1,0 +1,37 @@
+//go:build !race
+
+package loop
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawRead is read(2) through RawSyscall (raw.go); -1 and the errno on
+// failure, as unix.Read.
+func rawRead(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(n), nil
+}
+
+// rawWrite is write(2) through RawSyscall (raw.go); -1 and the errno on
+// failure, as unix.Write.
+func rawWrite(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(n), nil
+}
