@@ -13,7 +13,6 @@ import (
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
-	"golang.org/x/sys/unix"
 )
 
 // state is where a connection is on its way to a tunnel:
@@ -301,7 +300,7 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 	key, r, ok := s.admit(peer)
 	if !ok {
 		s.stats.closes[r].Inc()
-		unix.Close(fd)
+		loop.PlainSock(fd).Close()
 		return
 	}
 	tk := s.newTicket(key)
@@ -311,7 +310,7 @@ func (s *Server) accept(l *loop.Loop, fd int, peer net.Addr) {
 	pt := &plainTransport{l: l, fd: fd, sk: loop.PlainSock(fd)}
 	c := s.newConn(pt, peer, tk, func(c *conn) { pt.c = c })
 	if c == nil {
-		unix.Close(fd)
+		loop.PlainSock(fd).Close()
 		tk.End(reason.Shutdown)
 		return
 	}

@@ -38,7 +38,7 @@ type transport interface {
 func writeNow(fd int, b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
-		m, err := unix.Write(fd, b[n:])
+		m, err := loop.PlainSock(fd).Write(b[n:]) // a raw write (loop/raw.go)
 		if m > 0 {
 			n += m
 		}
@@ -116,7 +116,7 @@ func (t *plainTransport) drop(l *loop.Loop) {
 }
 
 func (t *plainTransport) detach() (loop.Sock, error) { return loop.PlainSock(t.fd), nil }
-func (t *plainTransport) discard()                   { unix.Close(t.fd) }
+func (t *plainTransport) discard()                   { loop.PlainSock(t.fd).Close() }
 
 // Event implements loop.Pollee. A hang-up, an error or urgent data
 // (whose mark stops a read short with more behind it) is read to EAGAIN.
