@@ -95,7 +95,7 @@ func (a *nbConn) Read(p []byte) (int, error) {
 		a.log(&a.logIn, p[:n])
 		return n, err
 	}
-	n, err := unix.Read(a.fd, p)
+	n, err := rawRead(a.fd, p)
 	switch {
 	case n > 0:
 		return n, nil
@@ -131,7 +131,7 @@ func (a *nbConn) Write(p []byte) (int, error) {
 		}
 	} else if len(a.pending) == 0 {
 		for len(p) > 0 {
-			n, err := unix.Write(a.fd, p)
+			n, err := rawWrite(a.fd, p)
 			if n > 0 {
 				a.writes++
 				if n < len(p) {
@@ -165,7 +165,7 @@ func (a *nbConn) flush() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for len(a.pending) > 0 {
-		n, err := unix.Write(a.fd, a.pending)
+		n, err := rawWrite(a.fd, a.pending)
 		if n > 0 {
 			a.writes++
 			if n < len(a.pending) {
@@ -201,7 +201,7 @@ func (a *nbConn) Close() error {
 	if a.hs != nil {
 		a.hs.Close()
 	}
-	return unix.Close(a.fd)
+	return rawClose(a.fd)
 }
 
 // LocalAddr is the socket's address, asked of the kernel after the
@@ -310,7 +310,7 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	}
 	if err != nil {
 		if ad.fd >= 0 {
-			unix.Close(ad.fd)
+			rawClose(ad.fd)
 		}
 		return nil, err
 	}
@@ -497,7 +497,7 @@ func (c *recordConn) Write(p []byte) (int, error) {
 func (c *recordConn) Close() error {
 	c.s.rl.closeNotify() // gives back the write buffer; a reader may still hold the read one
 	c.nc.Close()
-	return unix.Close(c.s.ad.fd)
+	return rawClose(c.s.ad.fd)
 }
 
 func (c *recordConn) LocalAddr() net.Addr                { return c.nc.LocalAddr() }

@@ -404,9 +404,9 @@ func (r *records) fill() error {
 	if r.nc != nil {
 		n, err = r.nc.Read(b[len(b):cap(b)])
 	} else {
-		n, err = unix.Read(r.fd, b[len(b):cap(b)])
+		n, err = rawRead(r.fd, b[len(b):cap(b)])
 		for err == unix.EINTR {
-			n, err = unix.Read(r.fd, b[len(b):cap(b)])
+			n, err = rawRead(r.fd, b[len(b):cap(b)])
 		}
 	}
 	if n > 0 {
@@ -569,7 +569,7 @@ func (r *records) flushLocked() error {
 		if r.nc != nil {
 			n, err = r.nc.Write(b)
 		} else {
-			n, err = unix.Write(r.fd, b)
+			n, err = rawWrite(r.fd, b)
 		}
 		if n > 0 {
 			r.writes++
@@ -658,7 +658,7 @@ func (r *records) closeNotify() {
 	}
 	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
 	if r.out != nil {
-		_, _ = unix.Write(r.fd, (*r.out)[r.off:])
+		_, _ = rawWrite(r.fd, (*r.out)[r.off:])
 		putRecordBuf(r.out)
 		r.out = nil
 	}
