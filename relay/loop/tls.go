@@ -160,12 +160,19 @@ func (a *nbConn) Write(p []byte) (int, error) {
 	return total, nil
 }
 
-// flush writes pending ciphertext; unix.EAGAIN if some remains.
+// flush writes pending ciphertext; unix.EAGAIN if some remains. Handed
+// off (Blocking), it writes all of it through Go's poller, or fails.
 func (a *nbConn) flush() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for len(a.pending) > 0 {
-		n, err := rawWrite(a.fd, a.pending)
+		var n int
+		var err error
+		if a.hs != nil { // handed off (Blocking): through Go's poller
+			n, err = a.hs.Write(a.pending)
+		} else {
+			n, err = rawWrite(a.fd, a.pending)
+		}
 		if n > 0 {
 			a.writes++
 			if n < len(a.pending) {
@@ -441,15 +448,14 @@ func (s *TLSSession) Close() error {
 // Blocking switches the session back to blocking I/O on Go's poller and
 // returns it as a net.Conn (a *tls.Conn on crypto/tls), for a library that
 // serves net.Conns (net/http). The loop must no longer hold the
-// descriptor; pending ciphertext is written first. Closing the returned
-// conn closes the socket.
+// descriptor. Pending ciphertext is written first, through the poller: a
+// client that does not take it within handoffFlushTimeout (10 s) fails
+// the call.
+// Closing the returned conn closes the socket.
+//
+// The descriptor stays non-blocking throughout: the loop's raw writes
+// (raw.go) must never meet a blocking one, which would hold their P.
 func (s *TLSSession) Blocking() (net.Conn, error) {
-	if err := unix.SetNonblock(s.ad.fd, false); err != nil {
-		return nil, err
-	}
-	if err := s.Flush(); err != nil {
-		return nil, err
-	}
 	fd, err := Dup(s.ad.fd)
 	if err != nil {
 		return nil, err
@@ -460,16 +466,34 @@ func (s *TLSSession) Blocking() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	_ = unix.SetNonblock(s.ad.fd, true)
+	_ = hs.SetWriteDeadline(time.Now().Add(handoffFlushTimeout))
 	if s.rl != nil {
 		s.rl.wmu.Lock()
 		s.rl.nc = hs
 		s.rl.wmu.Unlock()
+	} else {
+		s.ad.hs = hs
+	}
+	if err := s.Flush(); err != nil {
+		if s.rl != nil {
+			s.rl.wmu.Lock()
+			s.rl.nc = nil
+			s.rl.wmu.Unlock()
+			hs.Close()
+		}
+		return nil, err // the caller closes s (and hs with it, on crypto/tls)
+	}
+	_ = hs.SetWriteDeadline(time.Time{})
+	if s.rl != nil {
 		return &recordConn{s: s, nc: hs}, nil
 	}
-	s.ad.hs = hs
 	return s.tc, nil
 }
+
+// handoffFlushTimeout bounds how long Blocking waits for a client to take
+// the ciphertext still pending when its session is handed off (a
+// variable for the tests).
+var handoffFlushTimeout = 10 * time.Second
 
 // recordConn is a session on the record layer of our own as a blocking
 // net.Conn (after Blocking): one reader and one writer may run at once.

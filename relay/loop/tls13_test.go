@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -540,5 +542,64 @@ func TestTLSFailure(t *testing.T) {
 		if n := testing.AllocsPerRun(100, func() { _ = TLSFailure(err) }); n != 0 {
 			t.Errorf("TLSFailure(%v): %v allocations, want 0", err, n)
 		}
+	}
+}
+
+// A session handed off with ciphertext pending writes it through Go's
+// poller: while a client that does not read holds the flush up, the
+// runtime can still stop the world (a raw write on a descriptor made
+// blocking held its P, and the GC waited for the client), and the flush
+// gives up at handoffFlushTimeout. Both record layers.
+func TestBlockingFlushesThroughThePoller(t *testing.T) {
+	defer func(d time.Duration) { handoffFlushTimeout = d }(handoffFlushTimeout)
+	handoffFlushTimeout = 300 * time.Millisecond
+	for _, own := range []bool{true, false} {
+		t.Run(map[bool]string{true: "own", false: "crypto_tls"}[own], func(t *testing.T) {
+			conf := serverConf(t)
+			if !own {
+				conf = &tls.Config{Certificates: conf.Certificates}
+			}
+			s, _, _ := tlsPair(t, conf, &tls.Config{InsecureSkipVerify: true}, nil)
+			if (s.rl != nil) != own {
+				t.Fatalf("record layer of our own: %v, want %v", s.rl != nil, own)
+			}
+			// The client reads nothing: write until ciphertext stays
+			// pending even as the kernel grows the sockets' buffers (three
+			// flushes in a row, 100 ms apart, find no room).
+			chunk := make([]byte, 16<<10)
+			for full, rounds := 0, 0; full < 3; rounds++ {
+				if rounds == 200 {
+					t.Fatal("the client's socket never filled")
+				}
+				for {
+					if _, err := s.Write(chunk); err != nil {
+						break
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+				if s.Flush() == unix.EAGAIN {
+					full++
+				} else {
+					full = 0
+				}
+			}
+			done := make(chan error, 1)
+			go func() { _, err := s.Blocking(); done <- err }()
+			gc := make(chan struct{})
+			go func() { runtime.GC(); close(gc) }()
+			select {
+			case <-gc:
+			case <-time.After(testutil.Patience):
+				t.Fatal("the GC could not stop the world while Blocking flushed")
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("Blocking with a client that does not read: %v, want a deadline error", err)
+				}
+			case <-time.After(testutil.Patience):
+				t.Fatal("Blocking did not give up")
+			}
+		})
 	}
 }
