@@ -66,7 +66,7 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 		op = unix.EPOLL_CTL_MOD
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(sk.Fd())}
-	if err := unix.EpollCtl(l.epfd, op, sk.Fd(), &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, op, sk.Fd(), &ev); err != nil {
 		g.finish(l)
 		return
 	}

@@ -162,7 +162,7 @@ func (a *acceptor) arm(l *Loop) {
 		return
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(a.fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, a.fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, a.fd, &ev); err != nil {
 		l.log.Error("listener: epoll add", "err", err)
 		return
 	}
