@@ -184,22 +184,28 @@ func (s *scanner) uint() ([]byte, bool) {
 
 // bool reads true or false and returns it.
 func (s *scanner) bool() ([]byte, bool) {
-	s.space()
-	for _, lit := range [...]string{"true", "false"} {
-		if len(s.p)-s.i >= len(lit) && string(s.p[s.i:s.i+len(lit)]) == lit {
-			s.i += len(lit)
-			return s.p[s.i-len(lit) : s.i], true
+	for _, w := range [...]string{"true", "false"} {
+		if s.literal(w) {
+			return s.p[s.i-len(w) : s.i], true
 		}
 	}
 	return nil, false
 }
 
+// literal consumes the JSON literal w if it comes next.
+func (s *scanner) literal(w string) bool {
+	s.space()
+	if len(s.p)-s.i >= len(w) && string(s.p[s.i:s.i+len(w)]) == w {
+		s.i += len(w)
+		return true
+	}
+	return false
+}
+
 // params reads params: null (none given), or an object whose keys are all
 // in spec's template, each once, with values of their types.
 func (s *scanner) params(spec *methodSpec, vals *[maxParams][]byte) bool {
-	s.space()
-	if len(s.p)-s.i >= 4 && string(s.p[s.i:s.i+4]) == "null" {
-		s.i += 4
+	if s.literal("null") {
 		return true
 	}
 	if !s.next('{') {
