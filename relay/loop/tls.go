@@ -450,8 +450,7 @@ func (s *TLSSession) Close() error {
 // serves net.Conns (net/http). The loop must no longer hold the
 // descriptor. Pending ciphertext is written first, through the poller: a
 // client that does not take it within handoffFlushTimeout (10 s) fails
-// the call.
-// Closing the returned conn closes the socket.
+// the call. Closing the returned conn closes the socket.
 //
 // The descriptor stays non-blocking throughout: the loop's raw writes
 // (raw.go) must never meet a blocking one, which would hold their P.
