@@ -137,12 +137,16 @@ func TestDataTCPSplice(t *testing.T) {
 	a, b := pair(t, tcpURL(s), tcpURL(s), "bulk-tcp", "")
 	const n = 4 << 20
 	dtBulk(t, a, b, n)
+	// Writes of 1 B to 64 KiB: transfers under 16 KiB are read and
+	// written, the bulk ones spliced (loop.TestSplicePairSplicesBulkOnly
+	// has the exact rule); every byte is counted once.
 	st := s.Stats()
-	if st.SplicedBytes < 2*n {
-		t.Errorf("SplicedBytes = %d, want >= %d: the TCP-TCP tunnel did not use splice", st.SplicedBytes, 2*n)
+	t.Logf("spliced %d bytes, buffered %d", st.SplicedBytes, st.BufferedBytes)
+	if st.SplicedBytes < n/2 {
+		t.Errorf("SplicedBytes = %d, want >= %d: the TCP-TCP tunnel did not splice its bulk", st.SplicedBytes, n/2)
 	}
-	if st.BufferedBytes != 0 {
-		t.Errorf("BufferedBytes = %d, want 0 for a TCP-TCP tunnel", st.BufferedBytes)
+	if st.SplicedBytes+st.BufferedBytes != 2*n {
+		t.Errorf("SplicedBytes %d + BufferedBytes %d, want %d forwarded", st.SplicedBytes, st.BufferedBytes, 2*n)
 	}
 }
 

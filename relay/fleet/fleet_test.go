@@ -184,7 +184,9 @@ func TestCrossNodePairs(t *testing.T) {
 			}
 			exchange(t, ta, tb, 200_000)
 			if !mix[0] && !mix[1] {
-				if a.s.Stats().SplicedBytes-splicedA < 400_000 || b.s.Stats().SplicedBytes-splicedB < 400_000 {
+				// One 200 kB write each way: the first read of each
+				// direction is buffered, the bulk after it spliced.
+				if a.s.Stats().SplicedBytes-splicedA < 100_000 || b.s.Stats().SplicedBytes-splicedB < 100_000 {
 					t.Errorf("TCP↔TCP across nodes not spliced on both: owner %d, dialler %d bytes",
 						a.s.Stats().SplicedBytes-splicedA, b.s.Stats().SplicedBytes-splicedB)
 				}

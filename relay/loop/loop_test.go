@@ -19,7 +19,13 @@ func (r recorder) Event(_ *Loop, events uint32) { r <- events }
 // running starts a loop for the test.
 func running(t *testing.T) *Loop {
 	t.Helper()
-	l, err := New(Config{})
+	return runningWith(t, Config{})
+}
+
+// runningWith is running with cfg.
+func runningWith(t *testing.T, cfg Config) *Loop {
+	t.Helper()
+	l, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

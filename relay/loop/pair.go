@@ -28,7 +28,13 @@ import (
 // the pair. Fairness: a busy pair is served at most 16 chunks per turn.
 type Pair struct {
 	A, B End
-	// Splice forwards with splice(2); only when both ends are plain TCP.
+	// Splice lets the pair forward with splice(2); only when both ends
+	// are plain TCP. Each direction splices while its transfers are bulk
+	// (spliceFrom bytes or more) and reads and writes small ones, as
+	// HAProxy's splice-auto does: a read that stops short tells that the
+	// socket is drained, a splice cannot (it stops short when the pipe
+	// runs out of slots), so a small message spliced costs a third system
+	// call, the splice that finds nothing.
 	Splice bool
 	// Owner is told about the pair's end.
 	Owner PairOwner
@@ -97,9 +103,16 @@ type End struct {
 	out        []byte
 	pipe       *pool.Pipe
 	midFrame   bool  // the data stream toward this end is inside a WebSocket frame
+	bulk       bool  // Pair.Splice: the last transfer from this end was bulk, so the next splices (here: in midFrame's padding)
 	stallSince int64 // unix ns since writes were refused with data pending; 0 if not
 	settled    int64 // with Settle: unix ns after which data may follow the relay's messages; 0: not yet started
 }
+
+// spliceFrom is the transfer, in bytes, from which a splice pair's next
+// transfer from the same end splices rather than reads: below it a read
+// and a write (a copy of at most this much) cost less than splice's
+// extra call.
+const spliceFrom = 16 << 10
 
 // ctrlSoft is the control queue length above which an end's input is not
 // read until the queue drains (backpressure on ping floods).
@@ -338,7 +351,7 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 // anything happened (bytes read or the stream ended).
 func (l *Loop) fill(src, dst *End) bool {
 	p := src.p
-	if p.Splice {
+	if p.Splice && src.bulk {
 		if dst.pipe == nil {
 			pp, err := pool.GetPipe()
 			if err != nil {
@@ -357,6 +370,7 @@ func (l *Loop) fill(src, dst *End) bool {
 		switch {
 		case n > 0:
 			spend(src.bkt, time.Now(), int(n))
+			src.bulk = int(n) >= min(spliceFrom, want)
 			dst.pipe.N += int(n)
 			l.cfg.Spliced.Add(int(n))
 			src.count(int(n))
@@ -385,6 +399,7 @@ func (l *Loop) fill(src, dst *End) bool {
 	switch {
 	case n > 0:
 		spend(src.bkt, time.Now(), n)
+		src.bulk = p.Splice && n >= min(spliceFrom, limit-wsSlack)
 		// A plain socket that gave less than asked is drained: what
 		// arrives after this read raises a new edge, so no read is spent
 		// on EAGAIN (nginx's edge-triggered reads assume the same). Not

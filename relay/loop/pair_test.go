@@ -133,6 +133,85 @@ func TestBufferedPairShortReads(t *testing.T) {
 	}
 }
 
+// TestSplicePairSplicesBulkOnly: a splice pair reads and writes small
+// messages (no splice that finds nothing after each) and splices bulk
+// transfers, switching as the traffic does, with every byte in order
+// across the switches. The counters prove which path each phase took.
+func TestSplicePairSplicesBulkOnly(t *testing.T) {
+	t.Parallel()
+	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience}) // the reader may lag under load
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	p, done := plainPair(fa, fb)
+	p.Splice = true
+	on(t, l, func() { l.StartPair(p) })
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	var sent, got bytes.Buffer
+	// send writes m and waits until it has come through: one small
+	// message in flight at a time, so each read takes one message.
+	send := func(m []byte) {
+		t.Helper()
+		sent.Write(m)
+		wrote := make(chan error, 1)
+		go func() { _, err := ca.Write(m); wrote <- err }()
+		n, err := io.CopyN(&got, cb, int64(len(m)))
+		if werr := <-wrote; werr != nil {
+			t.Fatal(werr)
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes sent, a %d-byte message: %d came through: %v", sent.Len(), len(m), n, err)
+		}
+	}
+	smalls := func(n int) (total int) {
+		for range n {
+			m := make([]byte, 1+rng.IntN(300))
+			for i := range m {
+				m[i] = byte(rng.Uint32())
+			}
+			send(m)
+			total += len(m)
+		}
+		return total
+	}
+	spliced, buffered := l.cfg.Spliced.Get, l.cfg.Buffered.Get
+
+	first := smalls(50)
+	if spliced() != 0 || buffered() != uint64(first) {
+		t.Fatalf("small messages: spliced %d, buffered %d; want 0 and %d", spliced(), buffered(), first)
+	}
+	burst := make([]byte, 4<<20)
+	for i := range burst {
+		burst[i] = byte(i * 7)
+	}
+	send(burst)
+	if spliced() == 0 || spliced()+buffered() != uint64(first+len(burst)) {
+		t.Fatalf("after a %d-byte burst: spliced %d, buffered %d; want a splice, and %d bytes in all",
+			len(burst), spliced(), buffered(), first+len(burst))
+	}
+	s0, b0 := spliced(), buffered()
+	last := smalls(50)
+	// The burst's last transfer may make the first small one splice.
+	if spliced()-s0 > 300 || buffered()-b0 < uint64(last-300) {
+		t.Fatalf("small messages after the burst: spliced %d, buffered %d more; want them read",
+			spliced()-s0, buffered()-b0)
+	}
+	if !bytes.Equal(got.Bytes(), sent.Bytes()) {
+		t.Fatalf("received %d bytes, sent %d (or out of order)", got.Len(), sent.Len())
+	}
+	ca.Close()
+	if b, err := io.ReadAll(cb); err != nil || len(b) != 0 {
+		t.Fatalf("after the sender left: %d more bytes, %v; want the end of the stream", len(b), err)
+	}
+	cb.Close()
+	select {
+	case <-done:
+	case <-time.After(testutil.Patience):
+		t.Fatal("the pair did not end after both clients left")
+	}
+}
+
 // TestBufferedPairUrgentData: a read stops short at TCP's urgent mark
 // (tcp_recvmsg does not read past it in one call), though the bytes
 // behind it have all arrived and no new edge will come for them: the end
