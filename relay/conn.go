@@ -167,6 +167,7 @@ type conn struct {
 	sk     loop.Sock   // the socket, detached for the target when released while claimed
 	on     *loop.Loop  // released on this loop's goroutine (nil: elsewhere): its target may start there
 	timer  *time.Timer // the stage timeouts' one timer (arm, expire); nil for a subscriber
+	fires  time.Time   // when timer is set to fire; zero: stopped, or fired
 
 	// How it ends (under mu).
 	reason reason.Reason // closing: why; claimed: why the set-up failed, if failed
@@ -574,18 +575,24 @@ func (c *conn) badMove(from, next state) {
 	c.s.log.Error("internal error: a connection made a move its successor table does not list", "from", from.String(), "to", next.String())
 }
 
-// arm sets c's timer for the earliest stage timeout of its state, or
-// stops it where none applies. Called with mu held.
+// arm makes c's timer fire no later than the earliest stage timeout of
+// its state. A timer already set to fire earlier is left as it is: when
+// it fires, expire finds nothing due and arms it again. So a connection
+// on its way to a tunnel, whose deadlines only move later (handshake,
+// authentication, waiting), sets its timer once and stops it once,
+// instead of resetting it at every stage: each reset takes the runtime's
+// timer lock and re-sorts its heap. Called with mu held.
 func (c *conn) arm() {
 	at, _ := c.nextTimeout(state(c.st.Load()))
 	switch {
-	case at.IsZero():
-		c.stopTimer()
+	case at.IsZero(), !c.fires.IsZero() && !at.Before(c.fires):
+		return
 	case c.timer == nil:
 		c.timer = time.AfterFunc(time.Until(at), c.expire)
 	default:
 		c.timer.Reset(time.Until(at))
 	}
+	c.fires = at
 }
 
 // nextTimeout is the earliest stage timeout of st and when it falls due
@@ -625,6 +632,7 @@ func (c *conn) deadline(t timeout) time.Time {
 func (c *conn) stopTimer() {
 	if c.timer != nil {
 		c.timer.Stop()
+		c.fires = time.Time{}
 	}
 }
 
@@ -632,6 +640,7 @@ func (c *conn) stopTimer() {
 // fell due, or arms the timer again (it was set for a stage c has left).
 func (c *conn) expire() {
 	c.mu.Lock()
+	c.fires = time.Time{}
 	at, which := c.nextTimeout(state(c.st.Load()))
 	if at.IsZero() || time.Now().Before(at) {
 		c.arm()

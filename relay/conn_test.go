@@ -44,6 +44,22 @@ func TestSuccessorTable(t *testing.T) {
 	c.to(stRPC)
 }
 
+// TestStageTimeoutMovesTimerEarlier: the timer is left alone while a
+// stage's timeout falls due after the one it is set for (arm), but one
+// falling due before it moves it earlier: a client waiting alone after a
+// ten-minute handshake timeout is closed when its 300 ms alone timeout
+// falls due.
+func TestStageTimeoutMovesTimerEarlier(t *testing.T) {
+	const alone = 300 * time.Millisecond
+	s := startServer(t, func(c *Config) {
+		c.HandshakeTimeout, c.InactiveTimeout = 10*time.Minute, 10*time.Minute
+		c.AloneTimeout = alone
+	})
+	start := time.Now()
+	r := dialWaiting(t, tcpURL(s), "moves-earlier", "", "", "alone")
+	expectAlone(t, r, start, alone)
+}
+
 // TestStageTimeoutsShareOneTimer: a connection's stage timeouts share one
 // timer, armed again as it moves. The handshake timeout stops applying
 // once the client speaks JSON-RPC (the timer set for it finds nothing due
