@@ -351,7 +351,9 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 // anything happened (bytes read or the stream ended).
 func (l *Loop) fill(src, dst *End) bool {
 	p := src.p
-	if p.Splice && src.bulk {
+	// splice(2) stops at TCP's urgent mark for good (EAGAIN, or 0 after a
+	// FIN, as if the stream had ended): reads get past it.
+	if p.Splice && src.bulk && !src.urgent {
 		if dst.pipe == nil {
 			pp, err := pool.GetPipe()
 			if err != nil {
@@ -362,7 +364,7 @@ func (l *Loop) fill(src, dst *End) bool {
 			}
 			dst.pipe = pp
 		}
-		want := pool.ChunkSize
+		want := min(pool.ChunkSize, l.cfg.MaxBuffer) // the pipe holds no more than a chunk would
 		if src.quota > 0 {
 			want = min(want, src.quota)
 		}
@@ -415,6 +417,10 @@ func (l *Loop) fill(src, dst *End) bool {
 		src.readable, src.urgent = false, false
 		pool.PutChunk(dst.buf)
 		dst.buf, dst.out = nil, nil
+		if dst.pipe != nil && dst.pipe.N == 0 { // left from a splice before this read: an idle pair holds none
+			pool.PutPipe(dst.pipe)
+			dst.pipe = nil
+		}
 		return false
 	default:
 		pool.PutChunk(dst.buf)

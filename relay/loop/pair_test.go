@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/pool"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -212,47 +213,136 @@ func TestSplicePairSplicesBulkOnly(t *testing.T) {
 	}
 }
 
-// TestBufferedPairUrgentData: a read stops short at TCP's urgent mark
+// TestPairUrgentData: a read stops short at TCP's urgent mark
 // (tcp_recvmsg does not read past it in one call), though the bytes
 // behind it have all arrived and no new edge will come for them: the end
-// goes on reading while epoll reports urgent data (EPOLLPRI). The urgent
-// byte itself is not part of the stream, as before.
-func TestBufferedPairUrgentData(t *testing.T) {
+// goes on reading while epoll reports urgent data (EPOLLPRI). A splice
+// stops at the mark for good (EAGAIN, or 0 after a FIN as if the stream
+// had ended), so an end with urgent data pending reads even while its
+// direction splices. The urgent byte itself is not part of the stream,
+// as before.
+func TestPairUrgentData(t *testing.T) {
 	t.Parallel()
-	l := running(t)
+	for _, tc := range []struct {
+		name        string
+		splice, fin bool
+	}{{"buffered", false, false}, {"buffered, then FIN", false, true}, {"splice", true, false}, {"splice, then FIN", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := running(t)
+			ca, fa := tcpPair(t)
+			cb, fb := tcpPair(t)
+			head := []byte("abc")
+			if tc.splice { // a full read, then a bulk splice up to the mark: the direction splices when it meets it
+				head = bytes.Repeat([]byte("h"), pool.ChunkSize+30000)
+			}
+			if _, err := ca.Write(head); err != nil {
+				t.Fatal(err)
+			}
+			raw, err := ca.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = raw.Write(func(fd uintptr) bool {
+				if err := unix.Sendto(int(fd), []byte("X"), unix.MSG_OOB, nil); err != nil {
+					t.Error(err)
+				}
+				return true
+			})
+			if _, err := ca.Write([]byte("def")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.fin {
+				_ = ca.(*net.TCPConn).CloseWrite()
+			}
+			testutil.WaitFor(t, func() error { // all of it acknowledged: in the relay's socket before the pair reads
+				var n int
+				var err error
+				_ = raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+				if err != nil || n > 0 {
+					return fmt.Errorf("%d bytes not yet acknowledged (%v)", n, err)
+				}
+				return nil
+			}, "the client's bytes delivered")
+			p, _ := plainPair(fa, fb)
+			p.Splice = tc.splice
+			on(t, l, func() { l.StartPair(p) })
+			want := append(head, "def"...)
+			got := make([]byte, len(want))
+			_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+			if n, err := io.ReadFull(cb, got); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("B received %d of %d bytes (%v), or not the bytes sent", n, len(want), err)
+			}
+		})
+	}
+}
+
+// TestSplicePairHoldsAtMostMaxBuffer: MaxBuffer bounds what a direction
+// holds on either path: a splice takes no more into its pipe than a read
+// would into its chunk. The receiver stops reading until the relay holds
+// bytes for it, then reads everything.
+func TestSplicePairHoldsAtMostMaxBuffer(t *testing.T) {
+	t.Parallel()
+	const most = 4096
+	l := runningWith(t, Config{MaxBuffer: most, WriteStallTimeout: testutil.Patience})
 	ca, fa := tcpPair(t)
 	cb, fb := tcpPair(t)
-	if _, err := ca.Write([]byte("abc")); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := ca.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = raw.Write(func(fd uintptr) bool {
-		if err := unix.Sendto(int(fd), []byte("X"), unix.MSG_OOB, nil); err != nil {
-			t.Error(err)
-		}
-		return true
-	})
-	if _, err := ca.Write([]byte("def")); err != nil {
-		t.Fatal(err)
-	}
-	testutil.WaitFor(t, func() error { // all of it acknowledged: in the relay's socket before the pair reads
-		var n int
-		var err error
-		_ = raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-		if err != nil || n > 0 {
-			return fmt.Errorf("%d bytes not yet acknowledged (%v)", n, err)
-		}
-		return nil
-	}, "the client's bytes delivered")
 	p, _ := plainPair(fa, fb)
+	p.Splice = true
 	on(t, l, func() { l.StartPair(p) })
-	got := make([]byte, 6)
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	go func() { _, _ = ca.Write(data) }()
+	held, spliced := 0, false
+	testutil.WaitFor(t, func() bool {
+		on(t, l, func() {
+			held, spliced = len(p.B.out), false
+			if p.B.pipe != nil && p.B.pipe.N > 0 {
+				held, spliced = p.B.pipe.N, true
+			}
+		})
+		return held > 0 && spliced
+	}, "the relay to hold spliced bytes for the receiver that does not read")
+	if held > most {
+		t.Errorf("the pipe toward B holds %d bytes, over MaxBuffer (%d)", held, most)
+	}
+	got := make([]byte, len(data))
 	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
-	if _, err := io.ReadFull(cb, got); err != nil || string(got) != "abcdef" {
-		t.Fatalf("B received %q (%v), want \"abcdef\"", got, err)
+	if _, err := io.ReadFull(cb, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B received %v, or not the bytes sent", err)
+	}
+}
+
+// TestSplicePairIdleHoldsNothing: whatever path each transfer took, an
+// idle splice pair keeps neither a pipe nor a chunk (a pipe is two
+// descriptors and up to 64 KiB of kernel memory per direction).
+// Transfers alternate between bulk and small, so that a direction drops
+// out of bulk with its pipe still held and then finds its socket drained
+// on the read path.
+func TestSplicePairIdleHoldsNothing(t *testing.T) {
+	t.Parallel()
+	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience})
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	p, _ := plainPair(fa, fb)
+	p.Splice = true
+	on(t, l, func() { l.StartPair(p) })
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	for _, n := range []int{20000, 5000, 20000, 5000} {
+		m := make([]byte, n)
+		if _, err := ca.Write(m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(cb, m); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, func() bool {
+			held := true
+			on(t, l, func() { held = p.A.pipe != nil || p.B.pipe != nil || p.A.buf != nil || p.B.buf != nil })
+			return !held
+		}, "the idle pair to give its pipes and chunks back")
 	}
 }
 
