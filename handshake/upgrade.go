@@ -2,9 +2,12 @@ package handshake
 
 import (
 	"bytes"
+	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/gobwas/ws"
 )
@@ -76,13 +79,26 @@ var errMalformed = errors.New("handshake: malformed HTTP request")
 // malformed or truncated head.
 // The head is not modified.
 //
-// Cost: 2 allocations per call (the reader/writer handed to ws.Upgrader and
-// its key buffer), plus the growth of dst when it lacks room for the
-// response (about 130 bytes on success).
+// A head in the shape clients send is answered in one pass (fastUpgrade);
+// ws.Upgrader judges every other head, and writes every refusal.
+//
+// Cost: one pass and no allocation but the growth of dst when it lacks
+// room for the response (about 130 bytes on success); through
+// ws.Upgrader, 2 allocations more (the reader/writer handed to it and its
+// key buffer) and a pass of its own.
 func Upgrade(dst []byte, head []byte) (out []byte, ok bool, err error) {
 	if n := HeadEnd(head); n > 0 {
 		head = head[:n]
 	}
+	if out, ok := fastUpgrade(dst, head); ok {
+		return out, true, nil
+	}
+	return upgradeSlow(dst, head)
+}
+
+// upgradeSlow is Upgrade through ws.Upgrader, for a head fastUpgrade
+// leaves to it.
+func upgradeSlow(dst []byte, head []byte) (out []byte, ok bool, err error) {
 	c := headConn{in: head, out: dst}
 	_, err = ws.Upgrader{}.Upgrade(&c)
 	if err == nil {
@@ -100,6 +116,162 @@ func Upgrade(dst []byte, head []byte) (out []byte, ok bool, err error) {
 		c.out = append(c.out, responseBadRequest...)
 	}
 	return c.out, false, err
+}
+
+// The headers fastUpgrade looks for, one bit each.
+const (
+	seenHost = 1 << iota
+	seenUpgrade
+	seenConnection
+	seenVersion
+	seenKey
+	seenAll = seenHost | seenUpgrade | seenConnection | seenVersion | seenKey
+)
+
+// acceptGUID is RFC 6455's GUID, hashed after the key for
+// Sec-WebSocket-Accept.
+const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// upgradeResponse is the 101 response up to Sec-WebSocket-Accept's value,
+// byte for byte ws.Upgrader's.
+const upgradeResponse = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+
+// fastUpgrade appends to dst the 101 response to a complete head in the
+// shape clients send: "GET uri HTTP/1.1", then "Name: value" lines, each
+// ended by CRLF, among them Host, "Upgrade:
+// websocket", a Connection listing the token upgrade, "Sec-WebSocket-Version:
+// 13" and a Sec-WebSocket-Key that is the base64 encoding of 16 bytes,
+// each of these five once (names compared ASCII case-insensitively; other
+// headers ignored, as ws.Upgrader ignores them). ok is false for anything
+// else, for ws.Upgrader to judge: the fast path accepts only heads
+// ws.Upgrader accepts, with the same response (FuzzFastUpgrade). One pass;
+// it allocates only to grow dst.
+func fastUpgrade(dst, head []byte) (out []byte, ok bool) {
+	line, rest, ok := cutLine(head)
+	if !ok {
+		return dst, false
+	}
+	uri, isGet := bytes.CutPrefix(line, []byte("GET "))
+	sp := bytes.IndexByte(uri, ' ')
+	if !isGet || sp < 0 || string(uri[sp+1:]) != "HTTP/1.1" {
+		return dst, false
+	}
+	var seen uint8
+	var key []byte
+	for {
+		if line, rest, ok = cutLine(rest); !ok {
+			return dst, false
+		}
+		if len(line) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return dst, false
+		}
+		name, v := trimSP(line[:colon]), trimSP(line[colon+1:])
+		var bit uint8
+		switch { // the five names differ in length: one comparison per line
+		case len(name) == 4 && asciiFold(name, "Host"):
+			bit = seenHost
+		case len(name) == 7 && asciiFold(name, "Upgrade"):
+			bit, ok = seenUpgrade, asciiFold(v, "websocket")
+		case len(name) == 10 && asciiFold(name, "Connection"):
+			bit, ok = seenConnection, listsUpgrade(v)
+		case len(name) == 21 && asciiFold(name, "Sec-WebSocket-Version"):
+			bit, ok = seenVersion, string(v) == "13"
+		case len(name) == 17 && asciiFold(name, "Sec-WebSocket-Key"):
+			bit, key = seenKey, v
+		default:
+			continue
+		}
+		if !ok || seen&bit != 0 {
+			return dst, false
+		}
+		seen |= bit
+	}
+	if seen != seenAll || len(key) != 24 {
+		return dst, false
+	}
+	var raw [18]byte // what 24 characters decode to, at most
+	if n, err := base64.StdEncoding.Decode(raw[:], key); err != nil || n != 16 {
+		return dst, false
+	}
+	var buf [24 + len(acceptGUID)]byte
+	copy(buf[copy(buf[:], key):], acceptGUID)
+	sum := sha1.Sum(buf[:])
+	dst = slices.Grow(dst, len(upgradeResponse)+28+4) // one allocation, if any
+	dst = append(dst, upgradeResponse...)
+	dst = base64.StdEncoding.AppendEncode(dst, sum[:])
+	return append(dst, "\r\n\r\n"...), true
+}
+
+// cutLine cuts p at its first CR, which must be followed by LF: the line
+// before it and what follows the CRLF. ok is false without one, or with
+// an LF in the line (ws.Upgrader ends a line at a bare LF too).
+func cutLine(p []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(p, '\r')
+	if i < 0 || i+1 == len(p) || p[i+1] != '\n' || bytes.IndexByte(p[:i], '\n') >= 0 {
+		return nil, nil, false
+	}
+	return p[:i], p[i+2:], true
+}
+
+// trimSP is b without leading and trailing spaces and tabs.
+func trimSP(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// asciiFold reports whether b equals s ignoring ASCII case (s is ASCII).
+func asciiFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(s) {
+		if b[i]|0x20 != s[i]|0x20 || (b[i]|0x20 < 'a' || b[i]|0x20 > 'z') && b[i] != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// listsUpgrade reports whether v, a comma-separated list of tokens
+// ("keep-alive, Upgrade"), has the token upgrade. It is false for a list
+// that is not plainly that: an empty element, one that is not a token, or
+// a tab around one (gobwas/httphead's lexer refuses some).
+func listsUpgrade(v []byte) bool {
+	found := false
+	for v != nil {
+		var tok []byte
+		tok, v, _ = bytes.Cut(v, []byte(","))
+		for len(tok) > 0 && tok[0] == ' ' {
+			tok = tok[1:]
+		}
+		for len(tok) > 0 && tok[len(tok)-1] == ' ' {
+			tok = tok[:len(tok)-1]
+		}
+		if len(tok) == 0 {
+			return false
+		}
+		for _, b := range tok {
+			if !isTokenChar(b) {
+				return false
+			}
+		}
+		found = found || asciiFold(tok, "upgrade")
+	}
+	return found
+}
+
+// isTokenChar reports whether b may appear in an HTTP token (RFC 9110).
+func isTokenChar(b byte) bool {
+	return 'a' <= b|0x20 && b|0x20 <= 'z' || '0' <= b && b <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
 }
 
 // IsUpgradeRequest reports whether head has an "Upgrade" header whose value

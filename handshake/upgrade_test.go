@@ -164,8 +164,158 @@ func TestRequestLine(t *testing.T) {
 func TestUpgradeAllocs(t *testing.T) {
 	head := []byte(goodHead)
 	dst := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() { Upgrade(dst, head) }); n != 0 {
+		t.Errorf("Upgrade: %v allocs/op, want none (the fast path)", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { Upgrade(nil, head) }); n != 1 && !raceEnabled {
+		t.Errorf("Upgrade(nil, …): %v allocs/op, want 1 (the response)", n)
+	}
+	head = []byte(strings.Replace(goodHead, "Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n", 1))
 	n := testing.AllocsPerRun(100, func() { Upgrade(dst, head) })
 	if n > 3 { // 2, plus 1 under the race detector
-		t.Errorf("Upgrade: %v allocs/op, want 2", n)
+		t.Errorf("Upgrade through ws.Upgrader: %v allocs/op, want 2", n)
 	}
+}
+
+// clientHeads are upgrade requests as clients send them: each must take
+// the fast path, with ws.Upgrader's response.
+var clientHeads = map[string]string{
+	"RFC 6455 example": goodHead,
+	"Chrome": "GET /?token=x HTTP/1.1\r\nHost: relay.example:8443\r\nConnection: Upgrade\r\nPragma: no-cache\r\n" +
+		"Cache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n" +
+		"Upgrade: websocket\r\nOrigin: https://app.example\r\nSec-WebSocket-Version: 13\r\n" +
+		"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n" +
+		"Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+	"Firefox": "GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n" +
+		"Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n" +
+		"Sec-WebSocket-Version: 13\r\nOrigin: null\r\nSec-WebSocket-Extensions: permessage-deflate\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: keep-alive, Upgrade\r\nSec-Fetch-Dest: empty\r\n" +
+		"Sec-Fetch-Mode: websocket\r\nSec-Fetch-Site: cross-site\r\nPragma: no-cache\r\nCache-Control: no-cache\r\nUpgrade: websocket\r\n\r\n",
+	"Qt (nymea)": "GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\nOrigin: http://127.0.0.1:8443\r\nSec-WebSocket-Version: 13\r\n\r\n",
+	"gobwas/ws": "GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n",
+	"lower case, spaces": "GET /x HTTP/1.1\r\nhost:h\r\nupgrade:  WebSocket \r\nconnection:\tupgrade\r\n" +
+		"sec-websocket-version: 13\r\nsec-websocket-key:AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n",
+}
+
+// TestFastUpgradeClients: the heads clients send take the fast path and
+// get ws.Upgrader's response, byte for byte.
+func TestFastUpgradeClients(t *testing.T) {
+	for name, head := range clientHeads {
+		out, ok := fastUpgrade([]byte("x"), []byte(head))
+		want, wok, err := upgradeSlow([]byte("x"), []byte(head))
+		if !ok || !wok || !bytes.Equal(out, want) {
+			t.Errorf("%s: fast path ok=%v %q; ws.Upgrader ok=%v (%v) %q", name, ok, out, wok, err, want)
+		}
+	}
+}
+
+// TestFastUpgradeLeaves: heads the fast path leaves to ws.Upgrader, which
+// accepts some of them (a repeated Host, HTTP/1.2, a bare LF) and refuses
+// the rest with its own statuses.
+func TestFastUpgradeLeaves(t *testing.T) {
+	g := goodHead
+	for _, head := range []string{
+		strings.Replace(g, "Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n", 1),
+		strings.Replace(g, "HTTP/1.1", "HTTP/1.2", 1),
+		strings.Replace(g, "HTTP/1.1", "HTTP/1.0", 1),
+		strings.Replace(g, "GET", "POST", 1),
+		strings.Replace(g, "Host: server.example.com\r\n", "", 1),
+		strings.Replace(g, "Host: server.example.com\r\n", "Host: server.example.com\n", 1),
+		strings.Replace(g, "websocket", "webſocket", 1), // bytes.EqualFold folds ſ to s; ASCII does not
+		strings.Replace(g, "keep-alive, Upgrade", "keep-alive,, Upgrade", 1),
+		strings.Replace(g, "keep-alive, Upgrade", "keep-alive\t, Upgrade", 1), // ws.Upgrader refuses it
+		strings.Replace(g, "keep-alive, Upgrade", "keep-alive", 1),
+		strings.Replace(g, "13", "8", 1),
+		strings.Replace(g, "dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ", 1),
+		strings.Replace(g, "dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZ===", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\n: no name\r\n\r\n", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\nno colon\r\n\r\n", 1),
+		g[:len(g)-2],
+	} {
+		if out, ok := fastUpgrade(nil, []byte(head)); ok {
+			t.Errorf("fast path took %q: %q", head, out)
+		}
+	}
+}
+
+// TestFastUpgradeMutations: every one-byte deletion, replacement and
+// insertion (of bytes that matter to the grammar) in the client heads:
+// whatever the fast path takes, ws.Upgrader takes too, with the same
+// response.
+func TestFastUpgradeMutations(t *testing.T) {
+	subs := []byte(" \t:,;=\r\n\x00\x7f\x80\xc5Aa0-")
+	check := func(head []byte) {
+		if out, ok := fastUpgrade(nil, head); ok {
+			if want, wok, err := upgradeSlow(nil, head); !wok || !bytes.Equal(out, want) {
+				t.Fatalf("head %q\nfast path: %q\nws.Upgrader: ok=%v %v %q", head, out, wok, err, want)
+			}
+		}
+	}
+	taken := 0
+	for _, h := range clientHeads {
+		for i := range len(h) {
+			check([]byte(h[:i] + h[i+1:]))
+			for _, b := range subs {
+				check([]byte(h[:i] + string(b) + h[i+1:]))
+				check([]byte(h[:i] + string(b) + h[i:]))
+			}
+			if _, ok := fastUpgrade(nil, []byte(h[:i]+"x"+h[i+1:])); ok {
+				taken++
+			}
+		}
+	}
+	if taken == 0 {
+		t.Fatal("no mutation took the fast path: the test checks nothing")
+	}
+}
+
+// FuzzFastUpgrade holds the fast path to ws.Upgrader: a head it accepts
+// ws.Upgrader accepts too, with the same response; dst is extended, not
+// overwritten; the head is not modified.
+func FuzzFastUpgrade(f *testing.F) {
+	for _, h := range clientHeads {
+		f.Add([]byte(h))
+	}
+	f.Add([]byte(strings.Replace(goodHead, "13", "8", 1)))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		if n := HeadEnd(head); n > 0 {
+			head = head[:n]
+		}
+		orig := bytes.Clone(head)
+		out, ok := fastUpgrade([]byte("dst"), head)
+		if !bytes.Equal(head, orig) {
+			t.Fatal("fastUpgrade modified head")
+		}
+		if !ok {
+			if string(out) != "dst" {
+				t.Fatalf("refused, yet dst became %q", out)
+			}
+			return
+		}
+		want, wok, err := upgradeSlow([]byte("dst"), head)
+		if !wok || !bytes.Equal(out, want) {
+			t.Fatalf("fast path: %q\nws.Upgrader: ok=%v %v %q", out, wok, err, want)
+		}
+	})
+}
+
+// BenchmarkUpgrade: the fast path against ws.Upgrader, on a browser's head.
+func BenchmarkUpgrade(b *testing.B) {
+	head := []byte(clientHeads["Firefox"])
+	dst := make([]byte, 0, 256)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			Upgrade(dst, head)
+		}
+	})
+	b.Run("ws.Upgrader", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			upgradeSlow(dst, head)
+		}
+	})
 }
