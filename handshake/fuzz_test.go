@@ -41,8 +41,8 @@ func FuzzUpgrade(f *testing.F) {
 		if ok != (err == nil) {
 			t.Fatalf("ok=%v err=%v", ok, err)
 		}
-		if ok && !bytes.HasPrefix(out, []byte("HTTP/1.1 101")) {
-			t.Fatalf("ok but response %q", out)
+		if ok && (!bytes.HasPrefix(out, []byte("HTTP/1.1 101")) || !acceptOK(head, out)) {
+			t.Fatalf("ok but response %q: not a 101 for a 16-byte key in the head", out)
 		}
 		if !ok && (!bytes.HasPrefix(out, []byte("HTTP/1.1 ")) || bytes.HasPrefix(out, []byte("HTTP/1.1 101"))) {
 			t.Fatalf("failed but response %q", out)

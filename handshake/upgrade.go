@@ -52,10 +52,30 @@ const responseBadRequest = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain
 // base64 encoding of 16 bytes, worded as gobwas/ws words its own.
 const responseBadKey = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 47\r\n\r\nhandshake error: bad \"Sec-WebSocket-Key\" header"
 
-// validKey reports whether head's Sec-WebSocket-Key is the base64 encoding
-// of 16 bytes.
+// validKey reports whether the Sec-WebSocket-Key ws.Upgrader answered is
+// the base64 encoding of 16 bytes. That is the last one in head (it
+// keeps the last), its name and value read as it reads them: lines end at
+// LF, spaces and tabs trimmed, names compared ASCII case-insensitively.
+// Any other reading checks a key ws.Upgrader did not use: a decoy line
+// ("Sec-WebSocket-Key\v: …", which Unicode trimming would match) or the
+// first of two.
 func validKey(head []byte) bool {
-	key, _ := headValue(head, "Sec-WebSocket-Key")
+	var key []byte
+	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
+	for len(lines) > 0 {
+		var line []byte
+		line, lines, _ = bytes.Cut(lines, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break // end of head
+		}
+		if k, v, found := bytes.Cut(line, []byte(":")); found && asciiFold(trimSP(k), "Sec-WebSocket-Key") {
+			key = trimSP(v)
+		}
+	}
+	if len(key) != 24 { // ws.Upgrader refuses any other length; decoding more would overrun raw
+		return false
+	}
 	var raw [18]byte
 	n, err := base64.StdEncoding.Decode(raw[:], key)
 	return err == nil && n == 16
@@ -283,20 +303,20 @@ func IsUpgradeRequest(head []byte) bool {
 	for value != nil {
 		var tok []byte
 		tok, value, _ = bytes.Cut(value, []byte(","))
-		if bytes.EqualFold(bytes.TrimSpace(tok), []byte("websocket")) {
+		if asciiFold(trimSP(tok), "websocket") {
 			return true
 		}
 	}
 	return false
 }
 
-// HeaderValue returns the trimmed value of the first header field of head
-// called name (compared case-insensitively), as a slice of head. It does
-// not allocate.
+// HeaderValue returns the value of the first header field of head called
+// name, as a slice of head: HTTP's grammar, as ws.Upgrader reads it
+// (lines end at LF, spaces and tabs trimmed, names compared ASCII
+// case-insensitively; name is ASCII). It does not allocate.
 func HeaderValue(head []byte, name string) (value []byte, ok bool) { return headValue(head, name) }
 
-// headValue returns the trimmed value of the first header field of head
-// called name (compared case-insensitively).
+// headValue is HeaderValue.
 func headValue(head []byte, name string) (value []byte, ok bool) {
 	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
 	for len(lines) > 0 {
@@ -307,8 +327,8 @@ func headValue(head []byte, name string) (value []byte, ok bool) {
 			break // end of head
 		}
 		k, v, found := bytes.Cut(line, []byte(":"))
-		if found && bytes.EqualFold(bytes.TrimSpace(k), []byte(name)) {
-			return bytes.TrimSpace(v), true
+		if found && asciiFold(trimSP(k), name) {
+			return trimSP(v), true
 		}
 	}
 	return nil, false
@@ -340,13 +360,13 @@ func SubprotocolListed(head []byte, proto string) bool {
 			break
 		}
 		k, v, found := bytes.Cut(line, []byte(":"))
-		if !found || !bytes.EqualFold(bytes.TrimSpace(k), []byte("Sec-WebSocket-Protocol")) {
+		if !found || !asciiFold(trimSP(k), "Sec-WebSocket-Protocol") {
 			continue
 		}
 		for v != nil {
 			var tok []byte
 			tok, v, _ = bytes.Cut(v, []byte(","))
-			if string(bytes.TrimSpace(tok)) == proto {
+			if string(trimSP(tok)) == proto {
 				return true
 			}
 		}

@@ -2,6 +2,8 @@ package handshake
 
 import (
 	"bytes"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -268,6 +270,87 @@ func TestFastUpgradeMutations(t *testing.T) {
 	}
 	if taken == 0 {
 		t.Fatal("no mutation took the fast path: the test checks nothing")
+	}
+}
+
+// acceptOK reports whether a 101 response answers a key of head: its
+// Sec-WebSocket-Accept is the one for some header line's value, which is
+// the base64 encoding of 16 bytes. An oracle apart from both parsers.
+func acceptOK(head, resp []byte) bool {
+	_, accept, found := bytes.Cut(resp, []byte("Sec-WebSocket-Accept: "))
+	accept, _, _ = bytes.Cut(accept, []byte("\r\n"))
+	if !found {
+		return false
+	}
+	for _, line := range bytes.Split(head, []byte("\n")) {
+		_, v, _ := bytes.Cut(line, []byte(":"))
+		k := bytes.Trim(v, " \t\r")
+		raw, err := base64.StdEncoding.DecodeString(string(k))
+		sum := sha1.Sum([]byte(string(k) + acceptGUID))
+		if err == nil && len(raw) == 16 && base64.StdEncoding.EncodeToString(sum[:]) == string(accept) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestUpgradeDecoyKeys: header lines that only Unicode trimming or case
+// folding would read as one of the five names (a vertical tab, a
+// no-break space, the Kelvin sign for K, the long s for s), short and
+// long, before and after the real lines. ws.Upgrader ignores them; so must
+// the fast path and the key check: no panic, the fast path agreeing with
+// ws.Upgrader, and a 101 only for a real 16-byte key.
+func TestUpgradeDecoyKeys(t *testing.T) {
+	names := []string{"Host", "Upgrade", "Connection", "Sec-WebSocket-Version", "Sec-WebSocket-Key"}
+	var decoys []string
+	for _, n := range names {
+		decoys = append(decoys, n+"\v", "\v"+n, n+"\f", n+"\u00a0", "\u0085"+n, n+"\u3000",
+			strings.Replace(n, "k", "\u212a", 1), strings.Replace(n, "K", "\u212a", 1),
+			strings.Replace(n, "s", "\u017f", 1), strings.Replace(n, "S", "\u017f", 1))
+	}
+	good := goodHead[:len(goodHead)-2]
+	cut := strings.Index(good, "\r\n") + 2
+	for _, d := range decoys {
+		for _, v := range []string{"x", strings.Repeat("A", 40), "AQIDBAUGBwgJCgsMDQ4PEA=="} {
+			line := d + ": " + v + "\r\n"
+			for _, head := range []string{
+				good[:cut] + line + good[cut:] + "\r\n",
+				good + line + "\r\n",
+				good[:cut] + "Host: again\r\n" + line + good[cut:] + "\r\n", // past the fast path
+			} {
+				out, ok, err := Upgrade(nil, []byte(head))
+				if fast, fok := fastUpgrade(nil, []byte(head)); fok {
+					if want, wok, werr := upgradeSlow(nil, []byte(head)); !wok || !bytes.Equal(fast, want) {
+						t.Fatalf("head %q\nfast path: %q\nws.Upgrader: ok=%v %v %q", head, fast, wok, werr, want)
+					}
+				}
+				if ok && !acceptOK([]byte(head), out) {
+					t.Fatalf("head %q answered %q: not the accept of a 16-byte key in it", head, out)
+				}
+				if !ok && err == nil {
+					t.Fatalf("head %q refused without an error", head)
+				}
+			}
+		}
+	}
+}
+
+// TestUpgradeChecksTheKeyAnswered: ws.Upgrader answers the last of two
+// keys, so that is the one that must be the encoding of 16 bytes.
+func TestUpgradeChecksTheKeyAnswered(t *testing.T) {
+	good := goodHead[:len(goodHead)-2]
+	for _, tc := range []struct {
+		head string
+		ok   bool
+	}{
+		{good + "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n\r\n", false},
+		{strings.Replace(good, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!", 1) +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", true},
+	} {
+		out, ok, err := Upgrade(nil, []byte(tc.head))
+		if ok != tc.ok || ok && !acceptOK([]byte(tc.head), out) {
+			t.Errorf("head %q: ok=%v (%v) %q, want ok=%v", tc.head, ok, err, out, tc.ok)
+		}
 	}
 }
 

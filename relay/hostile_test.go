@@ -99,6 +99,13 @@ func TestHostileHTTP(t *testing.T) {
 		{"lower-case method", "get / HTTP/1.1\r\nUpgrade: websocket\r\n" + good + "\r\n", []string{""}},
 		{"header without colon", upgrade("GET", "HTTP/1.1", good+"garbage line\r\n"), []string{"400"}},
 		{"binary junk in head", "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\x00\x01\x02\xff\r\n\r\n", []string{"400"}},
+		// A line that only Unicode trimming would read as a key, long, before
+		// the real one (two Hosts: past the fast path): it used to be
+		// decoded into an 18-byte array, and the panic ended the process.
+		{"decoy key line", upgrade("GET", "HTTP/1.1", "Host: again\r\nSec-WebSocket-Key\v: "+strings.Repeat("A", 40)+"\r\n"+good), []string{"101"}},
+		// ws.Upgrader answers the last key: that one is checked.
+		{"two keys, the last bad", upgrade("GET", "HTTP/1.1", good+"Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n"), []string{"400"}},
+		{"two keys, the first bad", upgrade("GET", "HTTP/1.1", "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n"+good), []string{"101"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
