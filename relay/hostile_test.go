@@ -27,6 +27,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // ---------------------------------------------------------------------------
@@ -111,7 +112,7 @@ func TestHostileHTTP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := dialTCP(t, s)
 			writeRaw(c, []byte(tc.req))
-			got := readToClose(t, c, 5*time.Second)
+			got := readToClose(t, c, testutil.Patience) // a 101 is closed by the 2 s inactive timeout
 			status := ""
 			if f := strings.Fields(string(got)); len(f) > 1 && strings.HasPrefix(f[0], "HTTP/1.1") {
 				status = f[1]
