@@ -158,14 +158,14 @@ const upgradeResponse = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\
 
 // fastUpgrade appends to dst the 101 response to a complete head in the
 // shape clients send: "GET uri HTTP/1.1", then "Name: value" lines, each
-// ended by CRLF, among them Host, "Upgrade:
-// websocket", a Connection listing the token upgrade, "Sec-WebSocket-Version:
-// 13" and a Sec-WebSocket-Key that is the base64 encoding of 16 bytes,
-// each of these five once (names compared ASCII case-insensitively; other
-// headers ignored, as ws.Upgrader ignores them). ok is false for anything
-// else, for ws.Upgrader to judge: the fast path accepts only heads
-// ws.Upgrader accepts, with the same response (FuzzFastUpgrade). One pass;
-// it allocates only to grow dst.
+// ended by CRLF, among them Host, "Upgrade: websocket", a Connection
+// listing the token upgrade, "Sec-WebSocket-Version: 13" and a
+// Sec-WebSocket-Key that is the base64 encoding of 16 bytes, each of
+// these five once (names compared ASCII case-insensitively; other headers
+// ignored, as ws.Upgrader ignores them). ok is false for anything else,
+// for ws.Upgrader to judge: the fast path accepts only heads ws.Upgrader
+// accepts, with the same response (FuzzFastUpgrade). One pass; it
+// allocates only to grow dst.
 func fastUpgrade(dst, head []byte) (out []byte, ok bool) {
 	line, rest, ok := cutLine(head)
 	if !ok {
