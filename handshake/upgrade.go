@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"iter"
 	"slices"
 	"strings"
 
@@ -61,16 +62,9 @@ const responseBadKey = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; ch
 // first of two.
 func validKey(head []byte) bool {
 	var key []byte
-	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
-	for len(lines) > 0 {
-		var line []byte
-		line, lines, _ = bytes.Cut(lines, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			break // end of head
-		}
-		if k, v, found := bytes.Cut(line, []byte(":")); found && asciiFold(trimSP(k), "Sec-WebSocket-Key") {
-			key = trimSP(v)
+	for name, v := range headers(head) {
+		if asciiFold(name, "Sec-WebSocket-Key") {
+			key = v
 		}
 	}
 	if len(key) != 24 { // ws.Upgrader refuses any other length; decoding more would overrun raw
@@ -318,20 +312,33 @@ func HeaderValue(head []byte, name string) (value []byte, ok bool) { return head
 
 // headValue is HeaderValue.
 func headValue(head []byte, name string) (value []byte, ok bool) {
-	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
-	for len(lines) > 0 {
-		var line []byte
-		line, lines, _ = bytes.Cut(lines, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			break // end of head
-		}
-		k, v, found := bytes.Cut(line, []byte(":"))
-		if found && asciiFold(trimSP(k), name) {
-			return trimSP(v), true
+	for k, v := range headers(head) {
+		if asciiFold(k, name) {
+			return v, true
 		}
 	}
 	return nil, false
+}
+
+// headers yields head's header fields, from the line after the request
+// line to the blank line, as ws.Upgrader reads them: a line ends at LF
+// (a CR before it dropped), name and value are trimmed of spaces and
+// tabs, and a line without a colon yields nothing. Slices of head.
+func headers(head []byte) iter.Seq2[[]byte, []byte] {
+	return func(yield func(name, value []byte) bool) {
+		_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
+		for len(lines) > 0 {
+			var line []byte
+			line, lines, _ = bytes.Cut(lines, []byte("\n"))
+			line = bytes.TrimSuffix(line, []byte("\r"))
+			if len(line) == 0 {
+				return // end of head
+			}
+			if k, v, found := bytes.Cut(line, []byte(":")); found && !yield(trimSP(k), trimSP(v)) {
+				return
+			}
+		}
+	}
 }
 
 // RequestLine returns the method and path of head's request line
@@ -351,16 +358,8 @@ func RequestLine(head []byte) (method, path []byte, ok bool) {
 // (a comma-separated list, possibly repeated) names proto, compared
 // exactly as RFC 6455 asks. It does not allocate.
 func SubprotocolListed(head []byte, proto string) bool {
-	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
-	for len(lines) > 0 {
-		var line []byte
-		line, lines, _ = bytes.Cut(lines, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			break
-		}
-		k, v, found := bytes.Cut(line, []byte(":"))
-		if !found || !asciiFold(trimSP(k), "Sec-WebSocket-Protocol") {
+	for k, v := range headers(head) {
+		if !asciiFold(k, "Sec-WebSocket-Protocol") {
 			continue
 		}
 		for v != nil {
