@@ -134,6 +134,18 @@ func TestBufferedPairShortReads(t *testing.T) {
 	}
 }
 
+// splicing starts on l a splice pair between two loopback connections
+// and returns their client sides, the pair, and its owner's channel.
+func splicing(t *testing.T, l *Loop) (ca, cb net.Conn, p *Pair, done pairOwner) {
+	t.Helper()
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	p, done = plainPair(fa, fb)
+	p.Splice = true
+	on(t, l, func() { l.StartPair(p) })
+	return ca, cb, p, done
+}
+
 // TestSplicePairSplicesBulkOnly: a splice pair reads and writes small
 // messages (no splice that finds nothing after each) and splices bulk
 // transfers, switching as the traffic does, with every byte in order
@@ -141,11 +153,7 @@ func TestBufferedPairShortReads(t *testing.T) {
 func TestSplicePairSplicesBulkOnly(t *testing.T) {
 	t.Parallel()
 	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience}) // the reader may lag under load
-	ca, fa := tcpPair(t)
-	cb, fb := tcpPair(t)
-	p, done := plainPair(fa, fb)
-	p.Splice = true
-	on(t, l, func() { l.StartPair(p) })
+	ca, cb, _, done := splicing(t, l)
 	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
 
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -285,11 +293,7 @@ func TestSplicePairHoldsAtMostMaxBuffer(t *testing.T) {
 	t.Parallel()
 	const most = 4096
 	l := runningWith(t, Config{MaxBuffer: most, WriteStallTimeout: testutil.Patience})
-	ca, fa := tcpPair(t)
-	cb, fb := tcpPair(t)
-	p, _ := plainPair(fa, fb)
-	p.Splice = true
-	on(t, l, func() { l.StartPair(p) })
+	ca, cb, p, _ := splicing(t, l)
 	data := make([]byte, 8<<20)
 	for i := range data {
 		data[i] = byte(i * 13)
@@ -324,11 +328,7 @@ func TestSplicePairHoldsAtMostMaxBuffer(t *testing.T) {
 func TestSplicePairIdleHoldsNothing(t *testing.T) {
 	t.Parallel()
 	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience})
-	ca, fa := tcpPair(t)
-	cb, fb := tcpPair(t)
-	p, _ := plainPair(fa, fb)
-	p.Splice = true
-	on(t, l, func() { l.StartPair(p) })
+	ca, cb, p, _ := splicing(t, l)
 	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
 	for _, n := range []int{20000, 5000, 20000, 5000} {
 		m := make([]byte, n)
