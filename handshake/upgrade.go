@@ -67,10 +67,16 @@ func validKey(head []byte) bool {
 			key = v
 		}
 	}
-	if len(key) != 24 { // ws.Upgrader refuses any other length; decoding more would overrun raw
+	return isKey(key)
+}
+
+// isKey reports whether key is the base64 encoding of 16 bytes (RFC
+// 6455; ws.Upgrader checks only that it has 24 characters).
+func isKey(key []byte) bool {
+	if len(key) != 24 { // decoding more would overrun raw
 		return false
 	}
-	var raw [18]byte
+	var raw [18]byte // what 24 characters decode to, at most
 	n, err := base64.StdEncoding.Decode(raw[:], key)
 	return err == nil && n == 16
 }
@@ -204,11 +210,7 @@ func fastUpgrade(dst, head []byte) (out []byte, ok bool) {
 		}
 		seen |= bit
 	}
-	if seen != seenAll || len(key) != 24 {
-		return dst, false
-	}
-	var raw [18]byte // what 24 characters decode to, at most
-	if n, err := base64.StdEncoding.Decode(raw[:], key); err != nil || n != 16 {
+	if seen != seenAll || !isKey(key) {
 		return dst, false
 	}
 	var buf [24 + len(acceptGUID)]byte

@@ -8,11 +8,12 @@ import (
 
 // The loop's calls on its non-blocking descriptors go through RawSyscall:
 // none of them can block (the relay sets no SO_LINGER, so a close returns
-// at once, and never makes a descriptor the loop may still write blocking:
-// TLSSession.Blocking hands off through Go's poller), so what Syscall adds — the runtime's bookkeeping around a
-// call that might block, and sysmon taking the P of a call that outlives
-// its 20 µs tick (a loopback write runs the receiver's TCP input) and
-// waking a thread to run it — buys nothing here. 3% less relay CPU per
+// at once, and never makes a descriptor the loop may still write
+// blocking: TLSSession.Blocking hands off through Go's poller), so what
+// Syscall adds — the runtime's bookkeeping around a call that might
+// block, and sysmon taking the P of a call that outlives its 20 µs tick
+// (a loopback write runs the receiver's TCP input) and waking a thread to
+// run it — buys nothing here. 3% less relay CPU per
 // set-up TCP tunnel (docs/BENCHMARKS.md). rawRead and rawWrite are in
 // raw_norace.go, with race-build twins in raw_race.go.
 
