@@ -119,6 +119,11 @@ var stageTimeouts = [...][]timeout{
 // every path they drive is checked against the successor table.
 var strictMoves = false
 
+// strictFaults makes every server's fault barrier raise what it catches
+// again (Server.faultsFatal): the package's tests set it, so that no test
+// passes over a contained bug.
+var strictFaults = false
+
 // release is how far the transport's letting go has got.
 type release uint8
 
@@ -173,6 +178,11 @@ type conn struct {
 	reason reason.Reason // closing: why; claimed: why the set-up failed, if failed
 	failed bool          // claimed: the set-up failed (reason says why)
 	linger bool          // closing: let the client read what we sent before the socket closes
+
+	// calling counts the subsystem calls (callout) in progress on c: one
+	// left behind by a panic tells the fault barrier (contain) that the
+	// panic came through code whose locks it cannot vouch for (under mu).
+	calling uint8
 
 	// The wire (under mu).
 	ws      *handshake.Stream

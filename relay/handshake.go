@@ -58,7 +58,9 @@ func (c *conn) httpHead(p []byte) {
 		c.in = nil
 		c.upgrade = out
 		if ch := q.Get("channels"); ch != "" && c.s.urlSubscribe != nil {
+			c.calling++ // a subsystem's code (callout)
 			c.s.urlSubscribe(Conn{c}, q.Get("token"), strings.Split(ch, ","))
+			c.calling--
 			return
 		}
 		c.authenticateParams(-1, q.Get("uuid"), q.Get("name"), q.Get("token"), q.Get("nonce"))

@@ -40,8 +40,10 @@ func (c *conn) handle(obj []byte) {
 			c.rpcFail(req.ID, "No such method")
 			return
 		}
-		r := req // a handler may keep it: only this path moves a request to the heap
+		r := req    // a handler may keep it: only this path moves a request to the heap
+		c.calling++ // a subsystem's code (callout)
 		h(Conn{c}, &r)
+		c.calling--
 	}
 }
 

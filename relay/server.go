@@ -68,6 +68,13 @@ type Server struct {
 	h2conns      map[*tls.Conn]*loop.HandedConn // HTTP/2 connections handed to net/http
 	draining     atomic.Bool                    // Shutdown has begun
 
+	// The fault barriers' test knobs (feed, pairFault): faultsFatal
+	// raises every panic they catch again (from strictFaults, which the
+	// package's tests set); inputHook, set by a test before Start, runs on
+	// each chunk of a connection's input inside the barrier.
+	faultsFatal bool
+	inputHook   func(p []byte)
+
 	mu        sync.Mutex
 	listeners []*loop.Listener
 	started   bool
@@ -111,12 +118,13 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.TLS.DynamicRecordSizingDisabled = true
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		reg:     NewShardedRegistry(),
-		stats:   newStats(),
-		conns:   make(map[*conn]struct{}),
-		tunnels: make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		reg:         NewShardedRegistry(),
+		stats:       newStats(),
+		conns:       make(map[*conn]struct{}),
+		faultsFatal: strictFaults,
+		tunnels:     make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
 		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),
 		quit:    make(chan struct{}),
@@ -191,7 +199,8 @@ func (s *Server) Start() (err error) {
 		s.userTimeoutPerConn = s.userTimeoutPerConn || s.cfg.Keepalive.applyUserTimeout(ln.Fd()) != nil
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
-		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled}
+		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled,
+		Fault: s.pairFault}
 	for range s.cfg.Loops {
 		l, err := newLoop(lcfg)
 		if err != nil {

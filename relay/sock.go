@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"fmt"
+	"runtime/debug"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/meetpoint/meetpoint/relay/loop"
@@ -211,7 +214,7 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unr
 			// the next owner must still read without an edge to come.
 			*unread = drain || n == len(buf)
 			c.mu.Lock()
-			c.consume(buf[:n])
+			c.feed(buf[:n])
 			handing = c.handingOff()
 			c.unlockOn(true)
 			if n < len(buf) && !drain {
@@ -230,6 +233,75 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unr
 		return false
 	}
 	return false
+}
+
+// feed is consume behind the fault barrier: a panic while consume parses
+// what the client sent and runs its stage ends this connection, as
+// internal_fault, logged with its stack (faulted), instead of ending the
+// process and every tunnel it holds. Called with mu held; returns with it
+// held. Cost: a deferred call per chunk read, no allocation.
+//
+// Why ending only the connection is safe: where consume and what it calls
+// can panic, they hold no lock but c.mu (the registry's shard locks are
+// held only around map operations, or released by defer), and c.mu stays
+// held through the panic, so faulted ends c under its lock and readFrom
+// unlocks it as usual. c's own fields may be half-changed: faulted needs
+// only its state and its transport, and no more input is parsed.
+//
+// Not covered: a subsystem's code called from consume (a method handler,
+// the URL-subscribe handler: c.calling) may hold locks of its own, which a
+// panic would leave locked, hanging every connection that needs them; a
+// restart is better than that, so such a panic is raised again. So is any
+// panic under the package's tests (Server.faultsFatal), and one outside
+// consume (timers, authenticators, tunnels), as today.
+func (c *conn) feed(p []byte) {
+	defer c.contain()
+	if h := c.s.inputHook; h != nil {
+		h(p)
+	}
+	c.consume(p)
+}
+
+// contain is feed's barrier: it recovers a panic and ends c (faulted),
+// or raises it again where ending c alone would not be safe. Deferred
+// by feed, with mu held.
+func (c *conn) contain() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if c.calling > 0 || c.s.faultsFatal {
+		panic(v)
+	}
+	c.faulted(v, debug.Stack())
+}
+
+// faulted ends c after its input made the relay panic: no reply (what
+// was queued may be half-written) and no lingering, the reason Fault, and
+// an error log with the panic and the stack where it happened (the
+// stack's arguments are machine words, never the input's bytes). Called
+// with mu held.
+func (c *conn) faulted(v any, stack []byte) {
+	c.s.log.Error("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on",
+		"peer", c.peer.String(), "state", state(c.st.Load()).String(), "panic", fmt.Sprint(v), "stack", string(stack))
+	c.out.Take()
+	c.in, c.msg = nil, nil
+	c.linger = false
+	c.close(reason.Fault)
+}
+
+// pairFault is the loops' fault barrier's (loop.Config.Fault): a panic
+// while a tunnel forwarded ends that tunnel alone, logged here with the
+// stack where it happened, and each of its ends is counted as
+// internal_fault; under the package's tests it is raised again
+// (faultsFatal).
+func (s *Server) pairFault(v any, stack []byte) bool {
+	if s.faultsFatal {
+		return false
+	}
+	s.log.Error("internal error: the relay panicked while a tunnel forwarded; the tunnel is ended (internal_fault), the relay serves on",
+		"panic", fmt.Sprint(v), "stack", string(stack))
+	return true
 }
 
 // ended ends c after its socket on a loop failed or its client left; a

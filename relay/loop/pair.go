@@ -2,6 +2,7 @@ package loop
 
 import (
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,7 @@ type Pair struct {
 	culprit *End          // the end whose client (or socket) ended the pair; nil: neither
 	dead    bool          // torn down
 	queued  bool          // in the loop's again list
+	calling bool          // in its Owner's code, whose locks the fault barrier cannot vouch for (contain)
 }
 
 // PairOwner is told about a pair's end, on the loop goroutine.
@@ -188,6 +190,7 @@ func (l *Loop) service(p *Pair) {
 	if p.dead {
 		return
 	}
+	defer l.contain(p)
 	for range 16 {
 		m1 := l.pump(&p.A, &p.B)
 		if p.dead {
@@ -208,6 +211,37 @@ func (l *Loop) service(p *Pair) {
 		p.queued = true
 		l.Again(p)
 	}
+}
+
+// contain is service's fault barrier: a panic while the pair forwards —
+// a bug in re-framing, in a TLS record layer, in the pair's bookkeeping —
+// ends this pair at once, both ends counted as reason.Fault, instead of
+// ending the process and every tunnel in it (Config.Fault logs it and
+// decides). Safe because a pair's state belongs to the loop goroutine and
+// takes no lock: nothing is left locked. What is queued may be half-built,
+// so nothing more is sent: both sockets close at once, without lingering
+// or a close frame; buffers and pipe go back (a pipe holding data is
+// closed). Raised again: a panic in the Owner's code (p.calling; it may
+// hold locks of its own) or in teardown (what it left half-done cannot be
+// finished). Deferred by service. Cost: a deferred call per service.
+func (l *Loop) contain(p *Pair) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if p.calling || p.dead || l.cfg.Fault == nil || !l.cfg.Fault(v, debug.Stack()) {
+		panic(v)
+	}
+	for _, e := range []*End{&p.A, &p.B} {
+		e.broken = true
+		e.Ctrl.Take()
+	}
+	if p.closing {
+		p.why, p.culprit = reason.Fault, nil
+	} else {
+		l.startClose(p, nil, reason.Fault)
+	}
+	l.teardown(p)
 }
 
 // idle reports that nothing waits to be written to e (or that nothing can
@@ -553,7 +587,9 @@ func (l *Loop) startClose(p *Pair, culprit *End, r reason.Reason) {
 	}
 	p.closing, p.why, p.culprit = true, r, culprit
 	if p.Owner != nil {
+		p.calling = true
 		p.Owner.PairClosing(p, r)
+		p.calling = false
 	}
 	for _, e := range []*End{&p.A, &p.B} {
 		if e.WS != nil && !e.broken {
@@ -634,7 +670,9 @@ func (l *Loop) teardown(p *Pair) {
 		e.Sock = nil
 	}
 	if p.Owner != nil {
+		p.calling = true
 		p.Owner.PairDone(p, p.why)
+		p.calling = false
 	}
 }
 

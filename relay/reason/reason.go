@@ -46,6 +46,7 @@ const (
 	LimitTLSPerIP                  // the source address (or IPv6 prefix) holds its MaxTLSHandshakesPerIP share of TLS handshakes
 	FarNodeLost                    // the fleet node at the tunnel's far end stopped answering (a partition, power loss)
 	Moved                          // a waiting client's key moved to a fleet node this one cannot reach: told to reconnect
+	Fault                          // a bug: the relay's own code panicked on the connection's input (logged with its stack); the connection alone is ended
 	// Count is the number of reasons (not a reason itself).
 	Count
 )
@@ -58,7 +59,7 @@ var names = [Count]string{
 	"limit_conns", "limit_conns_per_ip", "limit_rate", "banned", "handshake_timeout",
 	"slow_reader", "limit_tls_handshakes", "limit_http", "access_denied",
 	"fleet", "mesh", "limit_http_per_ip", "limit_tls_per_ip", "far_node_lost",
-	"fleet_moved",
+	"fleet_moved", "internal_fault",
 }
 
 // String returns the reason's metric label, e.g. "peer_closed".

@@ -1,0 +1,134 @@
+package loop
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
+)
+
+// faultMark is the input faultySock panics on.
+var faultMark = []byte("fault-me")
+
+// faultySock is a plain socket whose Read panics on input carrying
+// faultMark: a stand-in for a bug on the forwarding path (a TLS record
+// layer, re-framing).
+type faultySock struct{ PlainSock }
+
+func (s faultySock) Read(p []byte) (int, error) {
+	n, err := s.PlainSock.Read(p)
+	if n > 0 && bytes.Contains(p[:n], faultMark) {
+		var short []byte
+		_ = short[n] // index out of range
+	}
+	return n, err
+}
+
+// endRecorder hears how a socket ended.
+type endRecorder chan reason.Reason
+
+func (e endRecorder) End(r reason.Reason) { e <- r }
+
+// TestPairFaultEndsThePair: a panic while a pair forwards ends that pair
+// alone: Config.Fault hears the panic and the stack where it happened,
+// both sockets close, both ends and the owner are told reason.Fault, and
+// another pair on the same loop forwards on.
+func TestPairFaultEndsThePair(t *testing.T) {
+	t.Parallel()
+	faults := make(chan string, 4)
+	l := runningWith(t, Config{Fault: func(v any, stack []byte) bool {
+		faults <- fmt.Sprint(v) + "\n" + string(stack)
+		return true
+	}})
+	ca, fa := tcpPair(t)
+	cb, fb := tcpPair(t)
+	p, done := plainPair(fa, fb)
+	ends := make(endRecorder, 2)
+	p.A.Sock, p.A.Ender, p.B.Ender = faultySock{PlainSock(fa)}, ends, ends
+	on(t, l, func() { l.StartPair(p) })
+	cc, other, _, _ := splicing(t, l)
+
+	roundTrip(t, ca, cb, "before the fault")
+	if _, err := ca.Write(faultMark); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case f := <-faults:
+		if !strings.Contains(f, "index out of range") || !strings.Contains(f, "loop.faultySock.Read") {
+			t.Errorf("the fault was reported without its panic or the stack where it happened:\n%s", f)
+		}
+	case <-time.After(testutil.Patience):
+		t.Fatal("no fault reported")
+	}
+	for _, c := range []net.Conn{ca, cb} {
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		if b, err := io.ReadAll(c); len(b) > 0 || (err != nil && !strings.Contains(err.Error(), "reset")) {
+			t.Errorf("a faulted pair's client read %q, %v; want the end of the stream", b, err)
+		}
+	}
+	for _, ch := range []chan reason.Reason{ends, ends, done} {
+		select {
+		case r := <-ch:
+			if r != reason.Fault {
+				t.Errorf("ended as %v, want %v", r, reason.Fault)
+			}
+		case <-time.After(testutil.Patience):
+			t.Fatal("the faulted pair's ends or owner were not told")
+		}
+	}
+	roundTrip(t, cc, other, "another pair on the loop, after the fault")
+}
+
+// roundTrip sends msg from a to b and checks it arrives.
+func roundTrip(t *testing.T, a, b net.Conn, msg string) {
+	t.Helper()
+	if _, err := a.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.SetReadDeadline(time.Now().Add(testutil.Patience))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != msg {
+		t.Fatalf("%s: got %q, %v", msg, got, err)
+	}
+}
+
+// panickyOwner is a pair owner with a bug in PairClosing.
+type panickyOwner struct{ pairOwner }
+
+func (panickyOwner) PairClosing(*Pair, reason.Reason) { panic("an owner's bug") }
+
+// faultChildEnv makes TestPairFaultInOwnerIsFatal the loop that panics, in
+// a process of its own.
+const faultChildEnv = "MEETPOINT_LOOP_FAULT_CHILD"
+
+// TestPairFaultInOwnerIsFatal: a panic in the pair's owner's code is not
+// contained, even with Config.Fault set — the owner may hold locks of its
+// own — so the process ends, with the panic on stderr. Run in a child
+// process.
+func TestPairFaultInOwnerIsFatal(t *testing.T) {
+	if os.Getenv(faultChildEnv) != "" {
+		l := runningWith(t, Config{Fault: func(any, []byte) bool { return true }})
+		ca, fa := tcpPair(t)
+		_, fb := tcpPair(t)
+		p, done := plainPair(fa, fb)
+		p.Owner = panickyOwner{done}
+		on(t, l, func() { l.StartPair(p) })
+		ca.Close() // the pair closes: PairClosing
+		time.Sleep(testutil.Patience)
+		t.Fatal("the loop contained a panic from the pair's owner")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPairFaultInOwnerIsFatal$")
+	cmd.Env = append(os.Environ(), faultChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil || bytes.Contains(out, []byte("contained a panic")) || !bytes.Contains(out, []byte("panic: an owner's bug")) {
+		t.Fatalf("the child loop did not end with the owner's panic (%v):\n%s", err, out)
+	}
+}
