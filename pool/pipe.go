@@ -58,6 +58,14 @@ func PutPipe(p *Pipe) {
 	p.close()
 }
 
+// DropPipe closes p without pooling it, whatever it holds: for a pipe
+// whose count (N) cannot be trusted. A nil p is ignored.
+func DropPipe(p *Pipe) {
+	if p != nil {
+		p.close()
+	}
+}
+
 // ClosePipes closes every idle pipe, for shutdown and tests. Pipes in use are
 // not affected.
 func ClosePipes() {

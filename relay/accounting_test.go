@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -490,6 +491,13 @@ func TestCloseAccounting(t *testing.T) {
 			t.Errorf("a moved client was told %q, want to reconnect", got)
 		}
 		c.Close()
+	}}}, seen)
+
+	// A bug on a connection's input (injected), contained by the fault
+	// barrier: on a server of its own, whose barrier is on.
+	bugs := faultServer(t, io.Discard, nil)
+	acRun(t, bugs, []acCase{{"internal fault", reason.Fault, func(t *testing.T, s *Server) {
+		acSendWait(t, acTCP(t, s), faultMark)
 	}}}, seen)
 
 	// Shutdown, on a server of its own (it ends the server).

@@ -119,11 +119,6 @@ var stageTimeouts = [...][]timeout{
 // every path they drive is checked against the successor table.
 var strictMoves = false
 
-// strictFaults makes every server's fault barrier raise what it catches
-// again (Server.faultsFatal): the package's tests set it, so that no test
-// passes over a contained bug.
-var strictFaults = false
-
 // release is how far the transport's letting go has got.
 type release uint8
 

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
@@ -274,8 +275,8 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(clientsEnv); spec != "" {
 		runClients(spec)
 	}
-	strictMoves = true  // every move the tests drive is checked against the successor table
-	strictFaults = true // a panic the fault barrier would contain ends the run instead of passing unseen
+	strictMoves = true        // every move the tests drive is checked against the successor table
+	strict.Faults.Store(true) // a panic a fault barrier would contain ends the run instead of passing unseen
 	code := m.Run()
 	if !reflect.ValueOf(noAuth).IsZero() { // view's shared zero part: read, never written
 		fmt.Fprintf(os.Stderr, "relay tests: a path wrote through conn.view(): noAuth is %+v\n", noAuth)

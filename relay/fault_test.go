@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
@@ -34,6 +36,7 @@ func injectFault(p []byte) {
 // faultMark; its log goes to logs as well.
 func faultServer(t *testing.T, logs io.Writer, before func(*Server)) *Server {
 	return startServerWith(t, func(c *Config) {
+		c.Auth = legacyTestAuth{gate: make(chan struct{})} // "hang…" tokens are never answered
 		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}, func(s *Server) {
 		s.faultsFatal = false
@@ -63,7 +66,13 @@ func testutilWriter(t *testing.T) io.Writer {
 // before still forwards, new clients pair, and no socket is left behind.
 func TestFaultEndsOnlyTheConnection(t *testing.T) {
 	logs := &testutil.Tail{}
-	s := faultServer(t, logs, nil)
+	var subscribers atomic.Int32
+	s := faultServer(t, logs, func(s *Server) {
+		s.HandleMethod("TunnelProxy.Ping", func(c Conn, _ *handshake.Request) {
+			subscribers.Add(1)
+			c.Subscribe(func() { subscribers.Add(-1) })
+		})
+	})
 	a, b := pair(t, tcpURL(s), wsURL(s), "tunnel-before", "")
 
 	cases := []struct {
@@ -94,8 +103,26 @@ func TestFaultEndsOnlyTheConnection(t *testing.T) {
 			return w.c
 		}},
 		{"waiting for a partner", func(t *testing.T) io.Reader {
+			keys := s.reg.Len()
 			r := dialWaiting(t, tcpURL(s), "secret-fault-token", "", "", "waiter")
+			waitFor(t, func() bool { return s.reg.Len() == keys+1 }, "the waiter in the registry")
 			writeRaw(r.Conn(), faultMark)
+			waitFor(t, func() bool { return s.reg.Len() == keys }, "the faulted waiter's key given back")
+			return r.Conn()
+		}},
+		{"authenticating", func(t *testing.T) io.Reader {
+			r := dialRPC(t, tcpURL(s))
+			sendRPC(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"hang"}}`)
+			waitFor(t, func() bool { return anyIn(s, stAuthing) }, "the client authenticating")
+			writeRaw(r.Conn(), faultMark)
+			return r.Conn()
+		}},
+		{"subscribed", func(t *testing.T) io.Reader {
+			r := dialRPC(t, tcpURL(s))
+			sendRPC(t, r, `{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5}}`) // subscribes (faultServer's handler)
+			waitFor(t, func() bool { return subscribers.Load() == 1 }, "the client subscribed")
+			writeRaw(r.Conn(), faultMark)
+			waitFor(t, func() bool { return subscribers.Load() == 0 }, "the subscriber's end called")
 			return r.Conn()
 		}},
 	}
@@ -131,31 +158,134 @@ func TestFaultEndsOnlyTheConnection(t *testing.T) {
 	waitFor(t, func() bool { return s.live.count() == 0 }, "every socket closed")
 }
 
+// anyIn reports whether a connection of s is in state st.
+func anyIn(s *Server, st state) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if state(c.st.Load()) == st {
+			return true
+		}
+	}
+	return false
+}
+
 // faultChildEnv makes TestFaultThroughHandlerIsFatal the relay that
-// panics, in a process of its own.
+// panics, in a process of its own; its value names the handler.
 const faultChildEnv = "MEETPOINT_FAULT_CHILD"
 
 // TestFaultThroughHandlerIsFatal: a panic that comes through a subsystem's
-// method handler is not contained — the handler may hold locks of its own,
-// and a relay with a lock left held would hang — so the process ends, with
-// the panic and its stack on stderr. Run in a child process.
+// handler — a JSON-RPC method's, the URL-subscribe one — is not contained:
+// the handler may hold locks of its own, and a relay with a lock left held
+// would hang, so the process ends, with the panic and its stack on stderr.
+// Each runs in a child process.
 func TestFaultThroughHandlerIsFatal(t *testing.T) {
-	if os.Getenv(faultChildEnv) != "" {
+	switch os.Getenv(faultChildEnv) {
+	case "method":
 		s := faultServer(t, io.Discard, func(s *Server) {
 			s.HandleMethod("TunnelProxy.Ping", func(Conn, *handshake.Request) { panic("a handler's bug") })
 		})
 		r := dialRPC(t, tcpURL(s))
 		writeRaw(r.Conn(), []byte(`{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5}}`+"\n"))
 		time.Sleep(testutil.Patience) // the process ends long before, unless the barrier took the panic
-		t.Fatal("the relay contained a panic from a method handler")
+		t.Fatal("the relay contained a panic from a handler")
+	case "url-subscribe":
+		s := faultServer(t, io.Discard, func(s *Server) {
+			s.HandleURLSubscribe(func(Conn, string, []string) { panic("a handler's bug") })
+		})
+		c := dialTCP(t, s)
+		writeRaw(c, []byte("GET /?token=t&channels=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+		time.Sleep(testutil.Patience)
+		t.Fatal("the relay contained a panic from a handler")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFaultThroughHandlerIsFatal$")
-	cmd.Env = append(os.Environ(), faultChildEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	if err == nil || bytes.Contains(out, []byte("contained a panic")) {
-		t.Fatalf("the child relay survived (%v):\n%s", err, out)
+	for _, mode := range []string{"method", "url-subscribe"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestFaultThroughHandlerIsFatal$")
+		cmd.Env = append(os.Environ(), faultChildEnv+"="+mode)
+		out, err := cmd.CombinedOutput()
+		if err == nil || bytes.Contains(out, []byte("contained a panic")) {
+			t.Fatalf("%s: the child relay survived (%v):\n%s", mode, err, out)
+		}
+		if !bytes.Contains(out, []byte("panic: a handler's bug")) || !bytes.Contains(out, []byte("relay.TestFaultThroughHandlerIsFatal")) {
+			t.Fatalf("%s: the child ended without the handler's panic and its stack (%v):\n%s", mode, err, out)
+		}
 	}
-	if !bytes.Contains(out, []byte("panic: a handler's bug")) || !bytes.Contains(out, []byte("relay.TestFaultThroughHandlerIsFatal")) {
-		t.Fatalf("the child ended without the handler's panic and its stack (%v):\n%s", err, out)
+}
+
+// panicky is a socket whose reads panic: a stand-in for a bug in a TLS
+// session's record layer.
+type panicky struct{ endless }
+
+func (*panicky) Read([]byte) (int, error) { panic("a record layer's bug") }
+
+// TestFaultReadingTheSocket: a panic in the socket's Read (a TLS session
+// parses records there, outside consume) ends the connection as
+// internal_fault, with no lock left held.
+func TestFaultReadingTheSocket(t *testing.T) {
+	c := rfConn(t)
+	c.s.faultsFatal = false
+	var dropped, unread bool
+	if more := c.readFrom(&panicky{}, make([]byte, 4096), &dropped, false, &unread); more {
+		t.Fatal("a faulted read asked for more")
 	}
+	if !c.mu.TryLock() {
+		t.Fatal("the connection's lock is held after the fault")
+	}
+	defer c.mu.Unlock()
+	if st := state(c.st.Load()); st != stClosing || c.reason != reason.Fault {
+		t.Fatalf("after the fault: state %v, reason %v; want closing, %v", st, c.reason, reason.Fault)
+	}
+}
+
+// faultySock is a tunnel socket whose reads panic on faultMark.
+type faultySock struct{ loop.Sock }
+
+func (s faultySock) Read(p []byte) (int, error) {
+	n, err := s.Sock.Read(p)
+	if n > 0 {
+		injectFault(p[:n])
+	}
+	return n, err
+}
+
+// TestFaultInATunnel: a panic while a tunnel forwards ends that tunnel
+// alone: both clients see its end, both ends are counted as
+// internal_fault, the log names the tunnel (by token hash, not token) with
+// the stack, the key is free again, and another tunnel forwards on.
+func TestFaultInATunnel(t *testing.T) {
+	logs := &testutil.Tail{}
+	s := faultServer(t, logs, nil)
+	other1, other2 := pair(t, tcpURL(s), wsURL(s), "another-tunnel", "")
+	a, b := pair(t, tcpURL(s), wsURL(s), "secret-tunnel-token", "")
+	exchangeTagged(t, a, b, "before the fault")
+	var tun *tunnel
+	s.mu.Lock()
+	for tu := range s.tunnels {
+		if tu.key.Token == "secret-tunnel-token" {
+			tun = tu
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	tun.lp.Do(func() {
+		tun.pair.A.Sock, tun.pair.B.Sock = faultySock{tun.pair.A.Sock}, faultySock{tun.pair.B.Sock}
+		close(done)
+	})
+	<-done
+	if _, err := a.Write(faultMark); err != nil {
+		t.Fatal(err)
+	}
+	expectTunnelEOF(t, a, testutil.Patience)
+	expectTunnelEOF(t, b, testutil.Patience)
+	waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == 2 }, "both ends counted as internal_fault")
+	log := logs.String()
+	if !strings.Contains(log, "while a tunnel forwarded") || !strings.Contains(log, "relay.injectFault") || !strings.Contains(log, "token="+tun.tokenHash()) {
+		t.Errorf("the fault log lacks the tunnel or the stack:\n%s", log)
+	}
+	if strings.Contains(log, "secret-tunnel-token") {
+		t.Error("the fault log holds a token")
+	}
+	exchangeTagged(t, other1, other2, "the other tunnel, after the fault")
+	c, d := pair(t, tcpURL(s), wsURL(s), "secret-tunnel-token", "")
+	exchangeTagged(t, c, d, "a new tunnel on the faulted one's key")
 }

@@ -256,7 +256,9 @@ const (
 // Called with mu held, or on a frozen connection.
 func (c *conn) releaseLease() {
 	if c.fl != nil && c.fl.lease != nil {
+		c.calling++ // the fleet's code (callout)
 		c.fl.lease.Release()
+		c.calling--
 		c.fl.lease = nil
 	}
 }

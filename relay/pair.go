@@ -236,8 +236,8 @@ func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text stri
 	}
 	if c.failed {
 		r = c.reason
-		if r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.PreAuthLimit {
-			c.sk.Close() // the client is gone or misbehaving: nothing more to say
+		if r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.PreAuthLimit || r == reason.Fault {
+			c.sk.Close() // the client is gone or misbehaving, or the relay faulted on it: nothing more to say
 			c.tk.End(r)
 			return
 		}

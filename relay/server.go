@@ -24,10 +24,12 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // Server is a meetpoint relay. Create it with NewServer, then Start it.
@@ -69,11 +71,12 @@ type Server struct {
 	draining     atomic.Bool                    // Shutdown has begun
 
 	// The fault barriers' test knobs (feed, pairFault): faultsFatal
-	// raises every panic they catch again (from strictFaults, which the
-	// package's tests set); inputHook, set by a test before Start, runs on
+	// raises every panic they catch again (from strict.Faults, which tests
+	// set); inputHook, set by a test before Start, runs on
 	// each chunk of a connection's input inside the barrier.
 	faultsFatal bool
 	inputHook   func(p []byte)
+	faultLogs   rate.Sometimes // which contained panics are logged with their stack (logFault)
 
 	mu        sync.Mutex
 	listeners []*loop.Listener
@@ -123,7 +126,8 @@ func NewServer(cfg Config) (*Server, error) {
 		reg:         NewShardedRegistry(),
 		stats:       newStats(),
 		conns:       make(map[*conn]struct{}),
-		faultsFatal: strictFaults,
+		faultsFatal: strict.Faults.Load(),
+		faultLogs:   rate.Sometimes{First: faultStacks, Interval: time.Minute},
 		tunnels:     make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
 		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"runtime/debug"
 
@@ -207,7 +208,7 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unr
 		if read >= readTurn {
 			return true
 		}
-		n, err := sk.Read(buf)
+		n, err := c.read(sk, buf)
 		if n > 0 {
 			read += n
 			// If the stage lets go of the socket now (unlockOn), what
@@ -227,12 +228,41 @@ func (c *conn) readFrom(sk loop.Sock, buf []byte, dropped *bool, drain bool, unr
 			continue
 		}
 		*unread = false
-		if err != unix.EAGAIN {
+		switch err {
+		case unix.EAGAIN:
+		case errFault:
+			c.ended(reason.Fault)
+		default:
 			c.ended(reason.PeerClosed)
 		}
 		return false
 	}
 	return false
+}
+
+// errFault is what read returns for a read that panicked.
+var errFault = errors.New("relay: internal fault while reading")
+
+// read is sk.Read behind a fault barrier of its own: a TLS session parses
+// the client's records in Read, outside consume and without mu. A panic
+// there ends the connection (readFrom: errFault, the reason Fault), is
+// logged (logFault) and charged to the client's address, as in faulted;
+// the session's own locks are released by defer (loop/tls13.go), so
+// closing it takes them safely. Under the package's tests the panic is
+// raised again (faultsFatal).
+func (c *conn) read(sk loop.Sock, buf []byte) (n int, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if c.s.faultsFatal {
+				panic(v)
+			}
+			c.s.logFault("internal error: the relay panicked reading a connection's socket; the connection is ended (internal_fault), the relay serves on",
+				v, debug.Stack(), "peer", c.peer.String())
+			c.s.failedFrom(c.peer)
+			n, err = 0, errFault
+		}
+	}()
+	return sk.Read(buf)
 }
 
 // feed is consume behind the fault barrier: a panic while consume parses
@@ -277,30 +307,55 @@ func (c *conn) contain() {
 }
 
 // faulted ends c after its input made the relay panic: no reply (what
-// was queued may be half-written) and no lingering, the reason Fault, and
-// an error log with the panic and the stack where it happened (the
-// stack's arguments are machine words, never the input's bytes). Called
-// with mu held.
+// was queued may be half-written), no lingering, no authenticator started
+// for what the same read asked, the reason Fault, and an error log with
+// the panic and the stack where it happened (logFault). The client's
+// address is charged as for a failed authentication: one that keeps
+// finding the bug is banned (AuthFailuresPerIP a minute). Called with mu
+// held.
 func (c *conn) faulted(v any, stack []byte) {
-	c.s.log.Error("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on",
-		"peer", c.peer.String(), "state", state(c.st.Load()).String(), "panic", fmt.Sprint(v), "stack", string(stack))
+	c.s.logFault("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on",
+		v, stack, "peer", c.peer.String(), "state", state(c.st.Load()).String())
 	c.out.Take()
 	c.in, c.msg = nil, nil
 	c.linger = false
+	if c.au != nil {
+		c.au.authStart = false
+	}
 	c.close(reason.Fault)
+	c.s.failedFrom(c.peer)
 }
 
+// logFault logs a contained panic at error level, with attrs, the panic
+// and the stack where it happened (its arguments are machine words, never
+// a connection's bytes). A stack is several KiB: only the first
+// faultStacks carry one, then one a minute (faultLogs), so that a client
+// that found a bug cannot flood the log; meetpoint_closes_total counts
+// them all.
+func (s *Server) logFault(msg string, v any, stack []byte, attrs ...any) {
+	attrs = append(attrs, "panic", fmt.Sprint(v))
+	s.faultLogs.Do(func() { attrs = append(attrs, "stack", string(stack)) })
+	s.log.Error(msg, attrs...)
+}
+
+// faultStacks is how many contained panics are logged with their stack
+// before the log of stacks is limited to one a minute.
+const faultStacks = 10
+
 // pairFault is the loops' fault barrier's (loop.Config.Fault): a panic
-// while a tunnel forwarded ends that tunnel alone, logged here with the
-// stack where it happened, and each of its ends is counted as
-// internal_fault; under the package's tests it is raised again
-// (faultsFatal).
-func (s *Server) pairFault(v any, stack []byte) bool {
+// while tunnel p forwarded ends that tunnel alone, logged here (logFault),
+// and each of its ends is counted as internal_fault; under the package's
+// tests it is raised again (faultsFatal).
+func (s *Server) pairFault(p *loop.Pair, v any, stack []byte) bool {
 	if s.faultsFatal {
 		return false
 	}
-	s.log.Error("internal error: the relay panicked while a tunnel forwarded; the tunnel is ended (internal_fault), the relay serves on",
-		"panic", fmt.Sprint(v), "stack", string(stack))
+	var attrs []any
+	if t, ok := p.Owner.(*tunnel); ok {
+		attrs = append(attrs, "tunnel", t.id, "token", t.tokenHash(), "a", t.infoA.address.String(), "b", t.infoB.address.String())
+	}
+	s.logFault("internal error: the relay panicked while a tunnel forwarded; the tunnel is ended (internal_fault), the relay serves on",
+		v, stack, attrs...)
 	return true
 }
 

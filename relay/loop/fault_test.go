@@ -44,7 +44,7 @@ func (e endRecorder) End(r reason.Reason) { e <- r }
 func TestPairFaultEndsThePair(t *testing.T) {
 	t.Parallel()
 	faults := make(chan string, 4)
-	l := runningWith(t, Config{Fault: func(v any, stack []byte) bool {
+	l := runningWith(t, Config{Fault: func(_ *Pair, v any, stack []byte) bool {
 		faults <- fmt.Sprint(v) + "\n" + string(stack)
 		return true
 	}})
@@ -67,6 +67,12 @@ func TestPairFaultEndsThePair(t *testing.T) {
 		}
 	case <-time.After(testutil.Patience):
 		t.Fatal("no fault reported")
+	}
+	var dead bool
+	var lingering int
+	on(t, l, func() { dead, lingering = p.dead, len(l.lingering) })
+	if !dead || lingering != 0 {
+		t.Errorf("after the fault: pair torn down %v, %d sockets lingering; want it torn down at once, nothing lingering", dead, lingering)
 	}
 	for _, c := range []net.Conn{ca, cb} {
 		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
@@ -115,7 +121,7 @@ const faultChildEnv = "MEETPOINT_LOOP_FAULT_CHILD"
 // process.
 func TestPairFaultInOwnerIsFatal(t *testing.T) {
 	if os.Getenv(faultChildEnv) != "" {
-		l := runningWith(t, Config{Fault: func(any, []byte) bool { return true }})
+		l := runningWith(t, Config{Fault: func(*Pair, any, []byte) bool { return true }})
 		ca, fa := tcpPair(t)
 		_, fb := tcpPair(t)
 		p, done := plainPair(fa, fb)

@@ -68,12 +68,12 @@ type Config struct {
 	// splice(2), bytes forwarded through buffers, and reads delayed by
 	// Rate. Nil counters are replaced by throwaway ones.
 	Spliced, Buffered, Throttled *metrics.Counter
-	// Fault is told of a panic while a pair forwarded (the loop's fault
-	// barrier, Pair): the panic's value and the stack where it happened.
-	// It reports true to have the pair ended (both ends as reason.Fault)
-	// and the loop go on, false to have the panic raised again. Nil: every
-	// panic is raised again.
-	Fault func(v any, stack []byte) bool
+	// Fault is told of a panic while pair p forwarded (the loop's fault
+	// barrier, Loop.contain): the panic's value and the stack where it
+	// happened. It reports true to have p ended (both ends as
+	// reason.Fault) and the loop go on, false to have the panic raised
+	// again. Nil: every panic is raised again.
+	Fault func(p *Pair, v any, stack []byte) bool
 }
 
 // Loop is one event loop. Create it with New, run it with Run on a

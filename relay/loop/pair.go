@@ -220,8 +220,8 @@ func (l *Loop) service(p *Pair) {
 // decides). Safe because a pair's state belongs to the loop goroutine and
 // takes no lock: nothing is left locked. What is queued may be half-built,
 // so nothing more is sent: both sockets close at once, without lingering
-// or a close frame; buffers and pipe go back (a pipe holding data is
-// closed). Raised again: a panic in the Owner's code (p.calling; it may
+// or a close frame; buffers go back, a pipe is closed (its count of what
+// it holds may be off). Raised again: a panic in the Owner's code (p.calling; it may
 // hold locks of its own) or in teardown (what it left half-done cannot be
 // finished). Deferred by service. Cost: a deferred call per service.
 func (l *Loop) contain(p *Pair) {
@@ -229,12 +229,16 @@ func (l *Loop) contain(p *Pair) {
 	if v == nil {
 		return
 	}
-	if p.calling || p.dead || l.cfg.Fault == nil || !l.cfg.Fault(v, debug.Stack()) {
+	if p.calling || p.dead || l.cfg.Fault == nil || !l.cfg.Fault(p, v, debug.Stack()) {
 		panic(v)
 	}
 	for _, e := range []*End{&p.A, &p.B} {
 		e.broken = true
 		e.Ctrl.Take()
+		if e.pipe != nil { // its count may be off: closed, never pooled
+			pool.DropPipe(e.pipe)
+			e.pipe = nil
+		}
 	}
 	if p.closing {
 		p.why, p.culprit = reason.Fault, nil
@@ -405,9 +409,9 @@ func (l *Loop) fill(src, dst *End) bool {
 		n, err := rawSplice(src.fd, dst.pipe.W, want, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case n > 0:
+			dst.pipe.N += int(n) // first: a pipe holding data must never look empty (PutPipe pools an empty one)
 			spend(src.bkt, time.Now(), int(n))
 			src.bulk = int(n) >= min(spliceFrom, want)
-			dst.pipe.N += int(n)
 			l.cfg.Spliced.Add(int(n))
 			src.count(int(n))
 			return true

@@ -498,13 +498,7 @@ func (r *records) control(typ byte, content []byte) error {
 				return err
 			}
 			if asked == 1 {
-				r.wmu.Lock()
-				err := r.keyUpdateLocked(false)
-				if err == nil {
-					err = r.flushLocked()
-				}
-				r.wmu.Unlock()
-				if err != nil && err != unix.EAGAIN {
+				if err := r.answerKeyUpdate(); err != nil && err != unix.EAGAIN {
 					return err
 				}
 			}
@@ -513,6 +507,19 @@ func (r *records) control(typ byte, content []byte) error {
 		return nil
 	}
 	return ErrTLSUnexpected
+}
+
+// answerKeyUpdate sends our KeyUpdate answering the peer's request and
+// flushes it. Its lock is released by defer, as everywhere a pair's read
+// takes one: a panic must not leave it held (the loop's fault barrier
+// closes the session, which takes it).
+func (r *records) answerKeyUpdate() error {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if err := r.keyUpdateLocked(false); err != nil {
+		return err
+	}
+	return r.flushLocked()
 }
 
 // keyUpdateLocked seals a KeyUpdate (asking the peer to update too, or

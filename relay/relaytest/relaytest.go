@@ -17,8 +17,14 @@ import (
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/certs"
+	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
+
+// The tests that use this package run their relays strict: a panic a
+// fault barrier would contain (a closed connection and an error log)
+// ends the test binary instead of passing unseen.
+func init() { strict.Faults.Store(true) }
 
 // New prepares a relay on a free loopback port with the dummy
 // authenticator and two loops; mutate may change the config first.
