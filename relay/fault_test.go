@@ -2,7 +2,9 @@ package relay
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
+	"net"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -288,4 +291,41 @@ func TestFaultInATunnel(t *testing.T) {
 	exchangeTagged(t, other1, other2, "the other tunnel, after the fault")
 	c, d := pair(t, tcpURL(s), wsURL(s), "secret-tunnel-token", "")
 	exchangeTagged(t, c, d, "a new tunnel on the faulted one's key")
+}
+
+// TestFaultInATLSHandshake: a panic in a TLS handshake (here: in the
+// certificate look-up, which runs inside it) ends that connection alone,
+// counted as internal_fault, with no descriptor left open; the next
+// handshake succeeds.
+func TestFaultInATLSHandshake(t *testing.T) {
+	dir := t.TempDir()
+	cp, kp, _ := tlsFiles(t, dir)
+	conf := tlsStore(t, certs.Config{Cert: cp, Key: kp}).TLSConfig().Clone()
+	get, certsOf := conf.GetCertificate, conf.Certificates
+	conf.GetCertificate = func(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if hi.ServerName == "fault.example" {
+			injectFault(faultMark)
+		}
+		if get != nil {
+			return get(hi)
+		}
+		return &certsOf[0], nil
+	}
+	s := startServerWith(t, func(c *Config) { c.TLS = conf }, func(s *Server) { s.faultsFatal = false })
+	dial := func(name string) error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: testutil.Patience}, "tcp", serverAddr(s),
+			&tls.Config{ServerName: name, InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial("fault.example"); err == nil {
+		t.Fatal("the faulted handshake succeeded")
+	}
+	waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == 1 }, "the fault counted as internal_fault")
+	if err := dial("ok.example"); err != nil {
+		t.Fatalf("a handshake after the fault: %v", err)
+	}
+	waitFor(t, func() bool { return s.live.count() == 0 }, "every socket closed")
 }

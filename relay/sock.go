@@ -338,6 +338,20 @@ func (s *Server) logFault(msg string, v any, stack []byte, attrs ...any) {
 	s.log.Error(msg, attrs...)
 }
 
+// ContainFault is for a subsystem's own fault barrier (a TunnelProxy
+// hub's): it reports whether panic v, recovered on a loop goroutine with
+// stack, may be contained — the subsystem then ends what the panic
+// touched and goes on — and logs it as the engine's barriers do, at error
+// level with msg and attrs (logFault). False under test (strict.Faults):
+// the caller raises the panic again.
+func (s *Server) ContainFault(v any, stack []byte, msg string, attrs ...any) bool {
+	if s.faultsFatal {
+		return false
+	}
+	s.logFault(msg, v, stack, attrs...)
+	return true
+}
+
 // faultStacks is how many contained panics are logged with their stack
 // before the log of stacks is limited to one a minute.
 const faultStacks = 10

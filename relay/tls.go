@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -132,6 +133,16 @@ func (s *Server) handshakeTLS(j tlsJob) {
 	s.stats.tlsStarted.Inc()
 	sess, err := loop.HandshakeTLS(j.fd, j.prefix, s.cfg.TLS, j.at.Add(s.cfg.TLSHandshakeTimeout), j.peer)
 	s.tlsShares.Give(j.tk.key)
+	if f := (*loop.Fault)(nil); errors.As(err, &f) { // HandshakeTLS's barrier caught a panic
+		if !s.ContainFault(f.Value, f.Stack, "internal error: the relay panicked in a TLS handshake; the connection is ended (internal_fault), the relay serves on",
+			"peer", j.peer.String()) {
+			panic(fmt.Sprintf("%v\n\nwhere it happened:\n%s", f.Value, f.Stack))
+		}
+		s.stats.tlsFailed.Inc()
+		s.failedFrom(j.peer)
+		j.tk.End(reason.Fault)
+		return
+	}
 	if err != nil {
 		s.log.Debug("TLS handshake failed", "peer", j.peer.String(), "err", err)
 		s.stats.tlsFailed.Inc()

@@ -4,9 +4,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -34,6 +36,16 @@ func (wouldBlock) Temporary() bool { return true }
 // MaxTLSPending bounds ciphertext waiting for a client that does not read:
 // past it a write fails with ErrTLSPending.
 const MaxTLSPending = 64 << 10
+
+// Fault is the error of a call that recovered a panic (HandshakeTLS):
+// the panic's value and the stack where it happened. The caller decides
+// whether to go on without what failed or to raise the panic again.
+type Fault struct {
+	Value any
+	Stack []byte
+}
+
+func (f *Fault) Error() string { return fmt.Sprintf("internal fault: %v", f.Value) }
 
 // ErrTLSPending: the client has not read MaxTLSPending of ciphertext.
 var ErrTLSPending = errors.New("tls: client not reading")
@@ -287,7 +299,12 @@ func ClientTLS(fd int, conf *tls.Config, deadline time.Time, remote net.Addr, th
 	return handshakeTLS(fd, nil, func(c net.Conn) *tls.Conn { return tls.Client(c, conf) }, deadline, remote, then, false)
 }
 
-func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline time.Time, remote net.Addr, then func(*tls.Conn) error, own bool) (*TLSSession, error) {
+// handshakeTLS is HandshakeTLS and ClientTLS. It is a fault barrier: a
+// panic in the handshake or in taking the keys over (our code parsing the
+// client's handshake bytes) closes every descriptor it holds and returns
+// a *Fault for the caller to judge (relay.Server.ContainFault); one that
+// comes through then, the caller's code, is raised again.
+func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline time.Time, remote net.Addr, then func(*tls.Conn) error, own bool) (sess *TLSSession, err error) {
 	file := os.NewFile(uintptr(fd), "tls")
 	hs, err := net.FileConn(file) // dups the descriptor
 	file.Close()
@@ -295,13 +312,30 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 		return nil, err
 	}
 	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, remote: remote, logging: own}
+	inThen := false
+	defer func() {
+		if v := recover(); v != nil {
+			if inThen {
+				panic(v)
+			}
+			if ad.hs != nil {
+				ad.hs.Close()
+			}
+			if ad.fd >= 0 {
+				rawClose(ad.fd)
+			}
+			sess, err = nil, &Fault{Value: v, Stack: debug.Stack()}
+		}
+	}()
 	tc := mk(ad)
 	// The socket's deadline bounds the handshake (HandshakeContext would
 	// close the conn from another goroutine when its context ends).
 	_ = hs.SetDeadline(deadline)
 	err = tc.Handshake()
 	if err == nil && then != nil {
+		inThen = true
 		err = then(tc)
+		inThen = false
 	}
 	var keys *trafficSecrets
 	if own {
@@ -318,6 +352,7 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	if err != nil {
 		if ad.fd >= 0 {
 			rawClose(ad.fd)
+			ad.fd = -1
 		}
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package tunnelproxy
 
 import (
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -223,6 +224,7 @@ type settler struct {
 // Scan implements loop.Scanner.
 func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
 	if h := s.h; !h.dead && h.clients[s.e.addr] == s.e && s.e.joining {
+		defer h.contain()
 		s.e.joining = false
 		h.join(s.e)
 	}
@@ -269,6 +271,7 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 	if h.dead {
 		return
 	}
+	defer h.contain()
 	h.flush(e)
 	if e.server {
 		h.readServer()
@@ -738,7 +741,10 @@ func (h *hub) release(e *tpEnd, r reason.Reason) {
 	if rest := e.text.Flush(); len(rest) > 0 && e.ws != nil {
 		final = handshake.AppendFrame(final, ws.OpBinary, true, rest) // the end of a cut character
 	}
-	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall || r == reason.FarNodeLost
+	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall || r == reason.FarNodeLost || r == reason.Fault
+	if r == reason.Fault {
+		final = nil // it may be half-built: nothing more is sent
+	}
 	if e.ws != nil && !broken {
 		q := handshake.Queue{B: final}
 		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
@@ -756,11 +762,15 @@ func (h *hub) close(r reason.Reason) {
 	}
 	h.dead = true
 	h.s.reg.removeHub(h)
+	cr := reason.PartnerClosed
+	if r == reason.Fault { // every socket of a faulted hub is counted as the fault's
+		cr = r
+	}
 	for _, c := range h.clients {
-		h.dropClient(c, false, reason.PartnerClosed)
+		h.dropClient(c, false, cr)
 	}
 	for _, c := range h.pending {
-		h.dropClient(c, false, reason.PartnerClosed)
+		h.dropClient(c, false, cr)
 	}
 	h.pending, h.waiting = nil, nil
 	if e := h.srv; e != nil && e.sock != nil {
@@ -771,11 +781,36 @@ func (h *hub) close(r reason.Reason) {
 	}
 }
 
+// contain is the hub's fault barrier, deferred by what its loop calls
+// (Event, Resume, the scanners): a panic there — in WebSocket or SLIP
+// framing, a message on address 0, the hub's bookkeeping — ends this hub,
+// its server and every client closed at once with nothing more sent, each
+// counted as internal_fault, instead of ending the process; the relay
+// logs it (relay.Server.ContainFault). Safe because a hub's state belongs
+// to its loop goroutine and the locks its code takes (the registry's,
+// meshMu) are held only around map operations. Raised again: a panic
+// while the hub was closing (h.dead: close's work, the fleet lease's
+// release included, cannot be finished), and under test. Not covered: a
+// hub's start and a client's addition, which run in Loop.Do closures.
+func (h *hub) contain() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if h.dead || !h.s.srv.ContainFault(v, debug.Stack(),
+		"internal error: the relay panicked in a TunnelProxy hub; the hub and its clients are ended (internal_fault), the relay serves on",
+		"server", h.uuid) {
+		panic(v)
+	}
+	h.close(reason.Fault)
+}
+
 // Scan implements loop.Scanner: the dead-server timeout and write stalls.
 func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 	if h.dead {
 		return -1
 	}
+	defer h.contain()
 	stall := int64(h.s.cfg.WriteStallTimeout)
 	if h.held > 0 {
 		h.lastRx = now // the server's silence is ours: it is not read
@@ -808,6 +843,7 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 func (e *tpEnd) Resume(_ *loop.Loop) {
 	e.queued = false
 	if !e.h.dead {
+		defer e.h.contain()
 		e.h.readServer()
 		e.h.wakeWaiting()
 	}
