@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -313,15 +314,19 @@ func TestFaultInATLSHandshake(t *testing.T) {
 	}
 	s := startServerWith(t, func(c *Config) { c.TLS = conf }, func(s *Server) { s.faultsFatal = false })
 	dial := func(name string) error {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: testutil.Patience}, "tcp", serverAddr(s),
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: testutil.Patience, Deadline: time.Now().Add(testutil.Patience)}, "tcp", serverAddr(s),
 			&tls.Config{ServerName: name, InsecureSkipVerify: true})
 		if err == nil {
 			c.Close()
 		}
 		return err
 	}
-	if err := dial("fault.example"); err == nil {
+	var ne net.Error
+	switch err := dial("fault.example"); {
+	case err == nil:
 		t.Fatal("the faulted handshake succeeded")
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("the faulted handshake's socket was left open (%v)", err)
 	}
 	waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == 1 }, "the fault counted as internal_fault")
 	if err := dial("ok.example"); err != nil {

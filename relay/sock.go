@@ -245,10 +245,10 @@ var errFault = errors.New("relay: internal fault while reading")
 
 // read is sk.Read behind a fault barrier of its own: a TLS session parses
 // the client's records in Read, outside consume and without mu. A panic
-// there ends the connection (readFrom: errFault, the reason Fault), is
-// logged (logFault) and charged to the client's address, as in faulted;
-// the session's own locks are released by defer (loop/tls13.go), so
-// closing it takes them safely. Under the package's tests the panic is
+// there ends the connection (readFrom: errFault, the reason Fault) and is
+// logged (logFault), as in faulted; the session is abandoned (it closes
+// sending nothing) and its own locks are released by defer
+// (loop/tls13.go), so closing it takes them safely. Under the package's tests the panic is
 // raised again (faultsFatal).
 func (c *conn) read(sk loop.Sock, buf []byte) (n int, err error) {
 	defer func() {
@@ -258,7 +258,7 @@ func (c *conn) read(sk loop.Sock, buf []byte) (n int, err error) {
 			}
 			c.s.logFault("internal error: the relay panicked reading a connection's socket; the connection is ended (internal_fault), the relay serves on",
 				v, debug.Stack(), "peer", c.peer.String())
-			c.s.failedFrom(c.peer)
+			loop.Abandon(sk) // a session's write state is not to be trusted either: it closes sending nothing
 			n, err = 0, errFault
 		}
 	}()
@@ -309,10 +309,13 @@ func (c *conn) contain() {
 // faulted ends c after its input made the relay panic: no reply (what
 // was queued may be half-written), no lingering, no authenticator started
 // for what the same read asked, the reason Fault, and an error log with
-// the panic and the stack where it happened (logFault). The client's
-// address is charged as for a failed authentication: one that keeps
-// finding the bug is banned (AuthFailuresPerIP a minute). Called with mu
+// the panic and the stack where it happened (logFault). Called with mu
 // held.
+//
+// The client's address is not charged (as a failed authentication is):
+// a fault is the relay's bug, like any bad input it costs one connection
+// and one log line, and a fleet node re-encoding its clients' requests
+// (Mesh.Join) would be banned for an attacker's input.
 func (c *conn) faulted(v any, stack []byte) {
 	c.s.logFault("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on",
 		v, stack, "peer", c.peer.String(), "state", state(c.st.Load()).String())
@@ -323,7 +326,6 @@ func (c *conn) faulted(v any, stack []byte) {
 		c.au.authStart = false
 	}
 	c.close(reason.Fault)
-	c.s.failedFrom(c.peer)
 }
 
 // logFault logs a contained panic at error level, with attrs, the panic

@@ -139,7 +139,6 @@ func (s *Server) handshakeTLS(j tlsJob) {
 			panic(fmt.Sprintf("%v\n\nwhere it happened:\n%s", f.Value, f.Stack))
 		}
 		s.stats.tlsFailed.Inc()
-		s.failedFrom(j.peer)
 		j.tk.End(reason.Fault)
 		return
 	}

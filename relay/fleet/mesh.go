@@ -217,6 +217,12 @@ func (f *Fleet) request(ctx context.Context, node, addr string, req []byte) (loo
 		}
 		return errors.New("mesh answer: too long")
 	})
+	if fault := (*loop.Fault)(nil); errors.As(err, &fault) { // ClientTLS's barrier caught a panic in the handshake
+		if !f.srv.ContainFault(fault.Value, fault.Stack, "internal error: the relay panicked in a mesh link's TLS handshake; the link is not made",
+			"node", node) {
+			panic(fmt.Sprintf("%v\n\nwhere it happened:\n%s", fault.Value, fault.Stack))
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}

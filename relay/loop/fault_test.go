@@ -2,6 +2,8 @@ package loop
 
 import (
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -136,5 +138,119 @@ func TestPairFaultInOwnerIsFatal(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || bytes.Contains(out, []byte("contained a panic")) || !bytes.Contains(out, []byte("panic: an owner's bug")) {
 		t.Fatalf("the child loop did not end with the owner's panic (%v):\n%s", err, out)
+	}
+}
+
+// TestTLSFaultAfterKeysLogged: a panic in a handshake after crypto/tls
+// logged its secrets (here in VerifyConnection) returns a *Fault, closes
+// the socket (the client sees its end, not a timeout) and leaves no
+// secrets in the registry.
+func TestTLSFaultAfterKeysLogged(t *testing.T) {
+	conf := serverConf(t)
+	conf.VerifyConnection = func(tls.ConnectionState) error { panic("a verifier's bug") }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cerr := make(chan error, 1)
+	go func() {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			cerr <- err
+			return
+		}
+		c := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+		_ = c.SetDeadline(time.Now().Add(testutil.Patience))
+		err = c.Handshake()
+		if err == nil {
+			_, err = c.Read(make([]byte, 1))
+		}
+		c.Close()
+		cerr <- err
+	}()
+	s, err := acceptSession(ln, conf)
+	var f *Fault
+	if !errors.As(err, &f) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("got %v, want a *Fault", err)
+	}
+	if !strings.Contains(f.Error(), "a verifier's bug") || !bytes.Contains(f.Stack, []byte("TestTLSFaultAfterKeysLogged")) {
+		t.Errorf("the fault lacks its panic or stack: %v\n%s", f, f.Stack)
+	}
+	err = <-cerr
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Fatal("the client's handshake succeeded")
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("the faulted socket was left open (%v)", err)
+	}
+	n := 0
+	handshakeKeys.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d faulted handshakes' secrets left in the registry", n)
+	}
+}
+
+// TestAbandonSendsNothing: an abandoned TLS session closes without a
+// close_notify (its write state is not trusted after a fault), where a
+// session closed as usual sends one: the client's socket receives fewer
+// bytes before the end (both see the same session tickets first).
+func TestAbandonSendsNothing(t *testing.T) {
+	var got [2]int
+	for i, abandon := range []bool{false, true} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := make(chan net.Conn, 1)
+		go func() {
+			nc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				raw <- nil
+				return
+			}
+			c := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+			_ = c.SetDeadline(time.Now().Add(testutil.Patience))
+			if c.Handshake() != nil {
+				nc.Close()
+				nc = nil
+			}
+			raw <- nc // read below the TLS layer from here on
+		}()
+		s, err := acceptSession(ln, serverConf(t))
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc := <-raw
+		if nc == nil {
+			s.Close()
+			t.Fatal("client handshake failed")
+		}
+		if !s.OwnRecordLayer() {
+			s.Close()
+			nc.Close()
+			t.Skip("the session stayed on crypto/tls, which sends no close_notify anyway")
+		}
+		if abandon {
+			Abandon(s)
+			if _, err := s.Write([]byte("x")); err == nil {
+				t.Error("an abandoned session took a write")
+			}
+		}
+		s.Close()
+		b, err := io.ReadAll(nc)
+		nc.Close()
+		if err != nil {
+			t.Fatalf("abandoned %v: %v", abandon, err)
+		}
+		got[i] = len(b)
+	}
+	if got[1] >= got[0] {
+		t.Fatalf("the client received %d bytes from an abandoned session, %d from one closed as usual: want fewer (no close_notify)", got[1], got[0])
 	}
 }

@@ -219,8 +219,8 @@ func (l *Loop) service(p *Pair) {
 // ending the process and every tunnel in it (Config.Fault logs it and
 // decides). Safe because a pair's state belongs to the loop goroutine and
 // takes no lock: nothing is left locked. What is queued may be half-built,
-// so nothing more is sent: both sockets close at once, without lingering
-// or a close frame; buffers go back, a pipe is closed (its count of what
+// so nothing more is sent: both sockets close at once, without lingering,
+// a close frame or a TLS close_notify (Abandon); buffers go back, a pipe is closed (its count of what
 // it holds may be off). Raised again: a panic in the Owner's code (p.calling; it may
 // hold locks of its own) or in teardown (what it left half-done cannot be
 // finished). Deferred by service. Cost: a deferred call per service.
@@ -235,6 +235,9 @@ func (l *Loop) contain(p *Pair) {
 	for _, e := range []*End{&p.A, &p.B} {
 		e.broken = true
 		e.Ctrl.Take()
+		if e.Sock != nil {
+			Abandon(e.Sock)
+		}
 		if e.pipe != nil { // its count may be off: closed, never pooled
 			pool.DropPipe(e.pipe)
 			e.pipe = nil

@@ -262,6 +262,24 @@ type TLSSession struct {
 	rl *records  // the record layer of our own, or nil
 	st tlsState  // the handshake's outcome, once rl took over
 	ad *nbConn
+	// abandoned: a fault barrier gave up on the session (Abandon): its
+	// write state is not to be trusted, so nothing more is sealed or
+	// sent. Owner's goroutine.
+	abandoned bool
+}
+
+// errAbandoned is what an abandoned session's Write and Flush return.
+var errAbandoned = errors.New("tls: session abandoned after an internal fault")
+
+// Abandon makes sk, given up on by a fault barrier, close without sending
+// anything more: a TLS session seals no record (no close_notify) and
+// flushes nothing, as its write state is not to be trusted after a panic;
+// it still frees what it holds. Other sockets are left as they are.
+// Called by sk's owner before it closes sk.
+func Abandon(sk Sock) {
+	if s, ok := sk.(*TLSSession); ok {
+		s.abandoned = true
+	}
 }
 
 // tlsState is what a session on the own record layer keeps of its
@@ -312,9 +330,16 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 		return nil, err
 	}
 	ad := &nbConn{prefix: prefix, hs: hs, fd: -1, remote: remote, logging: own}
-	inThen := false
+	inThen, taken := false, !own
 	defer func() {
 		if v := recover(); v != nil {
+			if !taken { // the secrets crypto/tls logged must not stay in the registry
+				taken = true
+				func() {
+					defer func() { _ = recover() }()
+					takeKeys(ad.logIn)
+				}()
+			}
 			if inThen {
 				panic(v)
 			}
@@ -339,6 +364,7 @@ func handshakeTLS(fd int, prefix []byte, mk func(net.Conn) *tls.Conn, deadline t
 	}
 	var keys *trafficSecrets
 	if own {
+		taken = true
 		keys = takeKeys(ad.logIn) // whatever the outcome: the registry keeps nothing
 	}
 	if err == nil {
@@ -427,6 +453,9 @@ func (s *TLSSession) Read(p []byte) (int, error) {
 // earlier ciphertext is still pending, so at most one call's ciphertext is
 // buffered.
 func (s *TLSSession) Write(p []byte) (int, error) {
+	if s.abandoned {
+		return 0, errAbandoned
+	}
 	if s.rl != nil {
 		return s.rl.Write(p)
 	}
@@ -461,6 +490,9 @@ func (s *TLSSession) WriteAll(b []byte) (int, error) {
 
 // Flush implements Sock.
 func (s *TLSSession) Flush() error {
+	if s.abandoned {
+		return errAbandoned
+	}
 	if s.rl != nil {
 		return s.rl.Flush()
 	}
@@ -472,7 +504,9 @@ func (s *TLSSession) Flush() error {
 // could block).
 func (s *TLSSession) Close() error {
 	if s.rl != nil {
-		s.rl.closeNotify()
+		if !s.abandoned {
+			s.rl.closeNotify()
+		}
 		s.rl.free()
 	} else {
 		_ = s.tc.SetWriteDeadline(time.Now())

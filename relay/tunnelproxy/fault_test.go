@@ -7,6 +7,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
@@ -32,15 +33,14 @@ func (s faultySock) Read(p []byte) (int, error) {
 // and every client closed, each counted as internal_fault, the server's
 // uuid free again — while another hub on the relay forwards on.
 func TestTPFaultEndsTheHub(t *testing.T) {
-	strict.Faults.Store(false) // this relay contains its faults, as in production
-	s := server(t, nil)
-	strict.Faults.Store(true)
+	s := containing(t)
 	faults := func() float64 { return relaytest.Metric(t, s, `meetpoint_closes_total{reason="internal_fault"}`) }
 
 	su, other := client.NewUUID(), client.NewUUID()
+	cu, cu2 := client.NewUUID(), client.NewUUID()
 	srv := registerServer(t, s, su, false)
-	cli := registerClient(t, s, client.NewUUID(), su, true)
-	cli2 := registerClient(t, s, client.NewUUID(), su, false)
+	cli := registerClient(t, s, cu, su, true)
+	cli2 := registerClient(t, s, cu2, su, false)
 	srv.nextRPC() // ClientConnected
 	srv.nextRPC()
 	osrv := registerServer(t, s, other, true)
@@ -64,14 +64,82 @@ func TestTPFaultEndsTheHub(t *testing.T) {
 	}
 	relaytest.WaitFor(t, func() bool { return faults() == 3 }, "the hub's server and both clients counted as internal_fault")
 	for _, p := range []*tpConn{srv, cli, cli2} {
-		if !p.closedSoon() {
-			t.Fatal("a faulted hub's socket stayed open")
-		}
+		waitClosed(t, p)
 	}
 
 	ocli.sendRaw(ws.OpBinary, []byte("after the fault"))
 	if f, _ := osrv.next(); !bytes.Equal(f[2:], []byte("after the fault")) {
 		t.Fatalf("the other hub's server got %q", f)
 	}
-	registerServer(t, s, su, false) // the faulted hub's uuid is free again
+	registerServer(t, s, su, false) // the faulted hub's uuids are free again
+	registerClient(t, s, cu, su, false)
+	registerClient(t, s, cu2, su, false)
+}
+
+// containing starts a TunnelProxy relay that contains its faults, as in
+// production (the tests' relays are strict: relaytest).
+func containing(t *testing.T) *relay.Server {
+	strict.Faults.Store(false)
+	t.Cleanup(func() { strict.Faults.Store(true) })
+	s := server(t, nil)
+	strict.Faults.Store(true)
+	return s
+}
+
+// waitClosed waits, up to testutil.Patience, for the relay to close p.
+func waitClosed(t *testing.T, p *tpConn) {
+	t.Helper()
+	relaytest.WaitFor(t, func() bool {
+		select {
+		case _, ok := <-p.msgs:
+			return !ok
+		default:
+			return false
+		}
+	}, "the relay closed the socket")
+}
+
+// writePanicSock is a hub socket whose writes panic on mark.
+type writePanicSock struct {
+	loop.Sock
+	mark []byte
+}
+
+func (s writePanicSock) Write(p []byte) (int, error) {
+	if bytes.Contains(p, s.mark) {
+		var short []byte
+		_ = short[len(p)] // index out of range
+	}
+	return s.Sock.Write(p)
+}
+
+// TestTPFaultWhileDroppingAClient: a panic while a hub tells its server
+// that a client left (a write to the server) ends the hub, and the client
+// being dropped is not left half dropped: its uuid is free again and no
+// socket of the hub stays open.
+func TestTPFaultWhileDroppingAClient(t *testing.T) {
+	s := containing(t)
+	su, cu := client.NewUUID(), client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	cli := registerClient(t, s, cu, su, false)
+	srv.nextRPC() // ClientConnected
+	svc := serviceOf(s)
+	svc.reg.mu.Lock()
+	h := svc.reg.hubs[su]
+	svc.reg.mu.Unlock()
+	done := make(chan struct{})
+	h.l.Do(func() {
+		h.srv.sock = writePanicSock{h.srv.sock, []byte("ClientDisconnected")}
+		close(done)
+	})
+	<-done
+	cli.c.Close() // the relay drops the client and tells the server: the write panics
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, s, `meetpoint_closes_total{reason="internal_fault"}`) >= 1
+	}, "the hub faulted")
+	waitClosed(t, srv)
+	su2 := client.NewUUID()
+	registerServer(t, s, su2, false)
+	registerClient(t, s, cu, su2, false) // the dropped client's uuid is free again
+	relaytest.WaitFor(t, func() bool { st := s.Stats(); return st.Accepted-st.ClosesTotal == 2 }, "only the new server and client open")
 }

@@ -233,11 +233,11 @@ func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
 
 // join starts reading client e and tells the server about it.
 func (h *hub) join(e *tpEnd) {
+	h.s.m.clients.Inc() // before: dropClient counts it out
 	if err := h.l.Register(e.fd, e); err != nil {
 		h.dropClient(e, false, reason.IOError)
 		return
 	}
-	h.s.m.clients.Inc()
 	h.notify("TunnelProxy.ClientConnected",
 		handshake.Str("clientName", e.name), handshake.Str("clientUuid", e.uuid),
 		handshake.Str("clientPeerAddress", e.peer), handshake.Int("socketAddress", int64(e.addr)))
@@ -698,29 +698,33 @@ func (h *hub) endDone(e *tpEnd) {
 // ClientDisconnected. What c is still owed goes out first, then (on
 // WebSocket) a close frame, and the socket lingers unless it failed.
 func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
+	// The hub's books and the socket first, the server's notification
+	// last: a panic while telling the server (its fault barrier then
+	// closes the hub, walking clients) must not leave c half dropped —
+	// out of clients but with its socket, ticket and uuid kept.
+	announce := false
 	if h.clients[c.addr] == c && c.addr != 0 {
 		delete(h.clients, c.addr)
-		h.hold(c)      // a client that leaves holds the server up no more
-		if c.joining { // never announced, never counted
-			notify = false
-		} else {
+		h.hold(c)       // a client that leaves holds the server up no more
+		if !c.joining { // a joining client was never announced, never counted
 			h.s.m.clients.Dec()
-		}
-		if notify && !h.dead {
-			h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
-			h.flush(h.srv)
+			announce = notify
 		}
 	}
-	if c.sock == nil {
-		return
+	released := c.sock != nil
+	if released {
+		h.s.reg.release(c.uuid)
+		h.nclients.Add(-1)
+		if h.l.Registered(c.fd) {
+			h.l.Unregister(c.fd)
+		}
+		h.release(c, r)
 	}
-	if h.l.Registered(c.fd) {
-		h.l.Unregister(c.fd)
+	if announce && !h.dead {
+		h.notify("TunnelProxy.ClientDisconnected", handshake.Int("socketAddress", int64(c.addr)))
+		h.flush(h.srv)
 	}
-	h.release(c, r)
-	h.s.reg.release(c.uuid)
-	h.nclients.Add(-1)
-	if h.s.srv.Draining() && h.nclients.Load() == 0 && !h.dead {
+	if released && h.s.srv.Draining() && h.nclients.Load() == 0 && !h.dead {
 		h.close(reason.Shutdown) // draining: the server's last client left
 	}
 }
@@ -738,22 +742,28 @@ func (h *hub) release(e *tpEnd, r reason.Reason) {
 		pool.Put(e.out)
 		e.out, e.off = nil, 0
 	}
-	if rest := e.text.Flush(); len(rest) > 0 && e.ws != nil {
+	if r == reason.Fault {
+		// What is queued may be half-built, and the framer may be what
+		// panicked: nothing more is sent, and the framer is not asked.
+		final = nil
+		e.abandon()
+	} else if rest := e.text.Flush(); len(rest) > 0 && e.ws != nil {
 		final = handshake.AppendFrame(final, ws.OpBinary, true, rest) // the end of a cut character
 	}
 	broken := r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.WriteStall || r == reason.FarNodeLost || r == reason.Fault
-	if r == reason.Fault {
-		final = nil // it may be half-built: nothing more is sent
-	}
 	if e.ws != nil && !broken {
 		q := handshake.Queue{B: final}
 		e.ws.SendClose(&q, ws.StatusGoingAway, "tunnel closed")
 		final = q.B
 	}
-	h.l.Goodbye(e.sock, final, !broken, e.tk, r)
-	e.sock = nil
-	e.closing = true
+	sk := e.sock
+	e.sock, e.closing = nil, true // before Goodbye: a panic in it must not lead to a second close
+	h.l.Goodbye(sk, final, !broken, e.tk, r)
 }
+
+// abandon makes a TLS socket close without sending anything more
+// (loop.Abandon): after a fault its write state is not to be trusted.
+func (e *tpEnd) abandon() { loop.Abandon(e.sock) }
 
 // close ends the hub: every client is closed, then the server.
 func (h *hub) close(r reason.Reason) {
