@@ -14,11 +14,20 @@ import (
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
-// neverAnswers is an authenticator that never answers: a fuzzed client
-// that authenticates stays authenticating, and never pairs (no loop runs).
-type neverAnswers struct{}
+// fuzzAuth answers at once by token: "t" is good (the client waits for
+// a partner it never gets: each input has one connection, and no loop
+// runs), "bad" fails; any other token is never answered (the client
+// stays authenticating).
+type fuzzAuth struct{}
 
-func (neverAnswers) Authenticate(context.Context, AuthRequest, func(AuthResult)) {}
+func (fuzzAuth) Authenticate(_ context.Context, req AuthRequest, done func(AuthResult)) {
+	switch req.Token {
+	case "t":
+		done(AuthNoError)
+	case "bad":
+		done(AuthFailed)
+	}
+}
 
 // chunks is a loop.Sock that reads data in pieces whose sizes come from
 // cuts (1 to 256 bytes each, 8 bits of cuts per piece, cycling), then
@@ -47,11 +56,13 @@ func (s *chunks) Fd() int                     { return -1 }
 // FuzzConnInput feeds a connection before its tunnel arbitrary input, cut
 // into arbitrary reads, through every stage its bytes lead to: sniffing,
 // the HTTP head and the WebSocket upgrade (a token in the URL too),
-// WebSocket frames, JSON-RPC, Authenticate. The whole stage machine, not
+// WebSocket frames, JSON-RPC, Authenticate, waiting for a partner (data
+// before the tunnel). The whole stage machine, not
 // one parser: the key-check crash of 2026-12-07 sat on a path no parser's
 // fuzzer reached. The relay must not panic (the package's tests make the
 // fault barrier raise what it catches), and must hold no more than its
-// budgets: unparsed input, a WebSocket message, queued replies.
+// budgets (unparsed input, a WebSocket message, queued replies), and its
+// registry key goes once it ends.
 func FuzzConnInput(f *testing.F) {
 	hello := `{"id":1,"method":"RemoteProxy.Hello"}` + "\n"
 	auth := `{"id":2,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"t"}}` + "\n"
@@ -71,7 +82,8 @@ func FuzzConnInput(f *testing.F) {
 		f.Add(uint64(0x0123456789abcdef), seed)
 	}
 	cfg := DefaultConfig()
-	cfg.Auth = neverAnswers{}
+	cfg.Auth = fuzzAuth{}
+	cfg.Limits.AuthFailuresPerIP = 0 // no ban: every input starts afresh
 	cfg.Logger = testutil.Discard()
 	s, err := NewServer(cfg)
 	if err != nil {
@@ -95,6 +107,9 @@ func FuzzConnInput(f *testing.F) {
 			c.mu.Unlock()
 			s.unregister(c)
 			tk.End(reason.Shutdown)
+			if n := s.reg.Len(); n != 0 {
+				t.Fatalf("the registry holds %d keys after the connection ended", n)
+			}
 		}()
 		if n, most := len(c.in), max(cfg.MaxPreAuth, cfg.MaxHeader)+1; n > most {
 			t.Fatalf("%d bytes of unparsed input kept, budget %d", n, most)
