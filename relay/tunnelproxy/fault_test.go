@@ -2,11 +2,15 @@ package tunnelproxy
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/gobwas/ws"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/loop"
@@ -142,4 +146,56 @@ func TestTPFaultWhileDroppingAClient(t *testing.T) {
 	registerServer(t, s, su2, false)
 	registerClient(t, s, cu, su2, false) // the dropped client's uuid is free again
 	relaytest.WaitFor(t, func() bool { st := s.Stats(); return st.Accepted-st.ClosesTotal == 2 }, "only the new server and client open")
+}
+
+// injectFault panics on input carrying faultMark (Service.inputHook).
+func injectFault(p []byte) {
+	if bytes.Contains(p, faultMark) {
+		var short []byte
+		_ = short[len(p)] // index out of range
+	}
+}
+
+// TestTPFaultOnHandOver: a panic on the bytes a server or a client sent
+// behind its registration (read when its hub takes it over, in a Loop.Do
+// closure) ends that hub, and the newcomer's socket and uuid with it.
+func TestTPFaultOnHandOver(t *testing.T) {
+	for _, who := range []string{"server", "client"} {
+		t.Run(who, func(t *testing.T) {
+			s := containing(t)
+			serviceOf(s).inputHook = injectFault
+			faults := func() float64 { return relaytest.Metric(t, s, `meetpoint_closes_total{reason="internal_fault"}`) }
+			su, cu := client.NewUUID(), client.NewUUID()
+			var p *tpConn
+			if who == "server" {
+				p = tpDial(t, s, false)
+				req := `{"id":1,"method":"TunnelProxy.RegisterServer","params":{"serverName":"dev","serverUuid":"` + su + `"}}` + "\n"
+				writeAll(t, p, append([]byte(req), handshake.AppendSLIP(nil, 1, faultMark)...))
+			} else {
+				registerServer(t, s, su, false)
+				p = tpDial(t, s, false)
+				req := `{"id":1,"method":"TunnelProxy.RegisterClient","params":{"clientName":"ui","clientUuid":"` + cu + `","serverUuid":"` + su + `"}}` + "\n"
+				writeAll(t, p, append([]byte(req), faultMark...))
+			}
+			relaytest.WaitFor(t, func() bool { return faults() >= 1 }, "the hub faulted")
+			relaytest.WaitFor(t, func() error {
+				_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+				if _, err := p.br.ReadByte(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					return nil // closed
+				}
+				return errors.New("still open")
+			}, "the newcomer's socket closed")
+			registerServer(t, s, su, false) // the uuids are free again
+			registerClient(t, s, cu, su, false)
+			relaytest.WaitFor(t, func() bool { st := s.Stats(); return st.Accepted-st.ClosesTotal == 2 }, "only the new server and client open")
+		})
+	}
+}
+
+// writeAll writes b to p's socket in one write.
+func writeAll(t *testing.T, p *tpConn, b []byte) {
+	t.Helper()
+	if _, err := p.c.Write(b); err != nil {
+		t.Fatal(err)
+	}
 }

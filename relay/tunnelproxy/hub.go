@@ -131,7 +131,10 @@ func (t hubServer) Ready(ho *relay.Handover) {
 	reply := handshake.AppendSuccess(nil, t.replyID, // keys sorted, as nymea's
 		handshake.Bool("slipEnabled", true),
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
-	if !h.l.Do(func() { h.start(e, reply) }) {
+	if !h.l.Do(func() {
+		defer h.contain(e)
+		h.start(e, reply) // reads what the server sent first
+	}) {
 		h.s.reg.removeHub(h)
 		e.sock.Close()
 		e.tk.End(reason.Shutdown)
@@ -151,7 +154,10 @@ func (t hubClient) Ready(ho *relay.Handover) {
 	e.uuid, e.name, e.node = t.uuid, t.name, ho.MeshNode
 	reply := handshake.AppendSuccess(nil, t.replyID,
 		handshake.Str("tunnelProxyError", handshake.TunnelProxyErrorNoError.String()))
-	if !h.l.Do(func() { h.addClient(e, reply) }) {
+	if !h.l.Do(func() {
+		defer h.contain(e)
+		h.addClient(e, reply) // reads what the client sent first
+	}) {
 		// The loop has stopped: the hub's map is not ours to touch.
 		h.s.reg.release(e.uuid)
 		h.nclients.Add(-1)
@@ -224,7 +230,7 @@ type settler struct {
 // Scan implements loop.Scanner.
 func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
 	if h := s.h; !h.dead && h.clients[s.e.addr] == s.e && s.e.joining {
-		defer h.contain()
+		defer h.contain(nil)
 		s.e.joining = false
 		h.join(s.e)
 	}
@@ -271,7 +277,7 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 	if h.dead {
 		return
 	}
-	defer h.contain()
+	defer h.contain(nil)
 	h.flush(e)
 	if e.server {
 		h.readServer()
@@ -610,6 +616,9 @@ func (h *hub) wakeWaiting() {
 // deframe turns WebSocket input from e into payload bytes in place (control
 // frames answered by e's wsStream); plain TCP input is returned as is.
 func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
+	if hook := h.s.inputHook; hook != nil {
+		hook(buf)
+	}
 	if e.ws == nil {
 		return buf
 	}
@@ -792,17 +801,18 @@ func (h *hub) close(r reason.Reason) {
 }
 
 // contain is the hub's fault barrier, deferred by what its loop calls
-// (Event, Resume, the scanners): a panic there — in WebSocket or SLIP
-// framing, a message on address 0, the hub's bookkeeping — ends this hub,
-// its server and every client closed at once with nothing more sent, each
-// counted as internal_fault, instead of ending the process; the relay
-// logs it (relay.Server.ContainFault). Safe because a hub's state belongs
-// to its loop goroutine and the locks its code takes (the registry's,
-// meshMu) are held only around map operations. Raised again: a panic
-// while the hub was closing (h.dead: close's work, the fleet lease's
-// release included, cannot be finished), and under test. Not covered: a
-// hub's start and a client's addition, which run in Loop.Do closures.
-func (h *hub) contain() {
+// (Event, Resume, the scanners, and the hand-overs of a server or a client
+// that join it: extra, which may not be the hub's yet): a panic there —
+// in WebSocket or SLIP framing, a message on address 0, the hub's
+// bookkeeping — ends this hub, its server and every client (extra too)
+// closed at once with nothing more sent, each counted as internal_fault,
+// instead of ending the process; the relay logs it
+// (relay.Server.ContainFault). Safe because a hub's state belongs to its
+// loop goroutine and the locks its code takes (the registry's, meshMu)
+// are held only around map operations. Raised again: a panic while the
+// hub was closing (h.dead: close's work, the fleet lease's release
+// included, cannot be finished), and under test.
+func (h *hub) contain(extra *tpEnd) {
 	v := recover()
 	if v == nil {
 		return
@@ -813,6 +823,16 @@ func (h *hub) contain() {
 		panic(v)
 	}
 	h.close(reason.Fault)
+	if e := extra; e != nil && e.sock != nil { // not yet the hub's: close did not see it
+		if h.l.Registered(e.fd) {
+			h.l.Unregister(e.fd)
+		}
+		h.release(e, reason.Fault)
+		if !e.server { // a server's uuid went with the hub (close)
+			h.s.reg.release(e.uuid)
+			h.nclients.Add(-1)
+		}
+	}
 }
 
 // Scan implements loop.Scanner: the dead-server timeout and write stalls.
@@ -820,7 +840,7 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 	if h.dead {
 		return -1
 	}
-	defer h.contain()
+	defer h.contain(nil)
 	stall := int64(h.s.cfg.WriteStallTimeout)
 	if h.held > 0 {
 		h.lastRx = now // the server's silence is ours: it is not read
@@ -853,7 +873,7 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 func (e *tpEnd) Resume(_ *loop.Loop) {
 	e.queued = false
 	if !e.h.dead {
-		defer e.h.contain()
+		defer e.h.contain(nil)
 		e.h.readServer()
 		e.h.wakeWaiting()
 	}

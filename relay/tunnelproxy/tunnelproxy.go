@@ -114,6 +114,11 @@ type Service struct {
 	// hub's addClient to its release of the socket.
 	meshMu      sync.Mutex
 	meshClients map[string]int
+
+	// inputHook, set by tests before the relay starts, runs on every
+	// chunk a hub reads from its server or a client (deframe), inside
+	// the hub's fault barrier.
+	inputHook func(p []byte)
 }
 
 // tpMetrics are the service's counters.
