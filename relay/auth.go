@@ -78,3 +78,17 @@ type Reloader interface {
 type Authenticator interface {
 	Authenticate(ctx context.Context, req AuthRequest, done func(AuthResult))
 }
+
+// Stateless is implemented by an Authenticator that answers at once from
+// data it never changes (relay/auth's Dummy, FileAuth and HMACAuth): its
+// Authenticate holds no lock and changes no shared state before it calls
+// done, on the caller's goroutine. A panic in it before done (a bug met
+// on one client's token) then ends that connection alone, as
+// internal_fault; a panic in any other authenticator, which may leave a
+// lock of its own held, ends the relay (docs/architecture.md, "Fault
+// barriers").
+type Stateless interface {
+	Authenticator
+	// Stateless marks the promise above; it is never called.
+	Stateless()
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -333,4 +334,111 @@ func TestFaultInATLSHandshake(t *testing.T) {
 		t.Fatalf("a handshake after the fault: %v", err)
 	}
 	waitFor(t, func() bool { return s.live.count() == 0 }, "every socket closed")
+}
+
+// panickyAuth is a Stateless authenticator with a bug: a token carrying
+// faultMark makes it panic before it answers; any other token is good.
+type panickyAuth struct{}
+
+func (panickyAuth) Stateless() {}
+
+func (panickyAuth) Authenticate(_ context.Context, r AuthRequest, done func(AuthResult)) {
+	injectFault([]byte(r.Token))
+	done(AuthNoError)
+}
+
+// statefulAuth is panickyAuth without the Stateless promise: its panic
+// may have left a lock of its own held.
+type statefulAuth struct{}
+
+func (statefulAuth) Authenticate(ctx context.Context, r AuthRequest, done func(AuthResult)) {
+	panickyAuth{}.Authenticate(ctx, r, done)
+}
+
+// panickyAccess is an access policy with a bug: it panics on every
+// question, under the relay's answer to an authenticator.
+type panickyAccess struct{}
+
+func (panickyAccess) Allow(*Identity, string, string) (bool, string) { panic("a policy's bug") }
+
+// TestFaultInAnAuthenticator: a Stateless authenticator's panic on one
+// client's token ends that connection alone — closed, counted as
+// internal_fault, logged with the stack and without the token — while
+// a tunnel made before forwards on and new clients pair.
+func TestFaultInAnAuthenticator(t *testing.T) {
+	logs := &testutil.Tail{}
+	s := startServerWith(t, func(c *Config) {
+		c.Auth = panickyAuth{}
+		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}, func(s *Server) { s.faultsFatal = false })
+	a, b := pair(t, tcpURL(s), wsURL(s), "tunnel-before", "")
+
+	for i, url := range []string{tcpURL(s), wsURL(s)} {
+		r := dialRPC(t, url)
+		sendRPC(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"secret-fault-me"}}`)
+		_ = r.SetDeadline(time.Now().Add(testutil.Patience))
+		if p, err := r.Recv(); err == nil {
+			t.Fatalf("%s: the faulted client got an answer: %s", url, p)
+		} else if !isClosed(err) {
+			t.Fatalf("%s: the faulted connection was not closed: %v", url, err)
+		}
+		waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == uint64(i+1) }, "the fault counted as internal_fault")
+	}
+	if n := s.stats.authOK.Get() + s.stats.authFail.Get(); n != 2 {
+		t.Errorf("%d authentications counted as answered, want the 2 of the tunnel before", n)
+	}
+
+	exchangeTagged(t, a, b, "the tunnel made before the faults")
+	expectServes(t, s)
+	c, d := pair(t, tcpURL(s), wsURL(s), "tunnel-after", "")
+	exchangeTagged(t, c, d, "a tunnel made after the faults")
+
+	log := logs.String()
+	if !strings.Contains(log, "the authenticator panicked") || !strings.Contains(log, "relay.panickyAuth.Authenticate") {
+		t.Errorf("the fault log lacks the authenticator's panic or its stack:\n%s", log)
+	}
+	if strings.Contains(log, "secret-fault-me") {
+		t.Error("the fault log holds a token")
+	}
+	for _, tun := range []io.Closer{a, b, c, d} {
+		tun.Close()
+	}
+	waitFor(t, func() bool { return s.live.count() == 0 }, "every socket closed")
+}
+
+// TestFaultInAnAuthenticatorIsFatal: a panic in an authenticator that
+// did not promise Stateless, or one under the relay's own answer to an
+// authenticator (pairing, the access policy: locks of their own), is not
+// contained. Each runs in a child process.
+func TestFaultInAnAuthenticatorIsFatal(t *testing.T) {
+	mode := os.Getenv(faultChildEnv)
+	if mode != "" {
+		s := startServerWith(t, func(c *Config) {
+			if mode == "stateful" {
+				c.Auth = statefulAuth{}
+			} else {
+				c.Auth = panickyAuth{}
+				c.Access = panickyAccess{}
+			}
+		}, func(s *Server) { s.faultsFatal = false })
+		token := "fault-me" // the authenticator's own panic
+		if mode == "access" {
+			token = "good" // answered: the policy's panic
+		}
+		r := dialRPC(t, tcpURL(s))
+		sendRPC(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"`+token+`"}}`)
+		time.Sleep(testutil.Patience) // the process ends long before, unless the barrier took the panic
+		t.Fatal("the relay contained a panic from an authenticator")
+	}
+	for mode, want := range map[string]string{"stateful": "index out of range", "access": "panic: a policy's bug"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestFaultInAnAuthenticatorIsFatal$")
+		cmd.Env = append(os.Environ(), faultChildEnv+"="+mode)
+		out, err := cmd.CombinedOutput()
+		if err == nil || bytes.Contains(out, []byte("contained a panic")) {
+			t.Fatalf("%s: the child relay survived (%v):\n%s", mode, err, out)
+		}
+		if !bytes.Contains(out, []byte(want)) {
+			t.Fatalf("%s: the child ended without the panic %q (%v):\n%s", mode, want, err, out)
+		}
+	}
 }

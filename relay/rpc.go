@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meetpoint/meetpoint/handshake"
@@ -111,10 +113,35 @@ func (c *conn) authRequest() AuthRequest {
 // startAuth asks the authenticator, mu released (it may answer at once).
 func (c *conn) startAuth(req AuthRequest) {
 	ctx := &authCtx{deadline: time.Now().Add(c.s.cfg.AuthTimeout)}
+	defer c.containAuth(ctx)
 	c.s.cfg.Auth.Authenticate(ctx, req, func(r AuthResult) {
+		ctx.answered.Store(true)
 		ctx.finish()
 		c.onAuthResult(r)
 	})
+}
+
+// containAuth is startAuth's fault barrier (docs/architecture.md, "Fault
+// barriers"): a panic in a Stateless authenticator before it answered
+// ends c as internal_fault. Raised again: a panic in any other
+// authenticator (its locks may be left held), one after the answer (the
+// relay's pairing ran under done, with locks of its own), and any under
+// the package's tests. Deferred by startAuth, mu released.
+func (c *conn) containAuth(ctx *authCtx) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if _, ok := c.s.cfg.Auth.(Stateless); !ok || ctx.answered.Load() || c.s.faultsFatal {
+		panic(v)
+	}
+	stack := debug.Stack()
+	ctx.finish()
+	c.mu.Lock()
+	if state(c.st.Load()) == stAuthing {
+		c.faulted("internal error: the authenticator panicked on a client's token; the connection is ended (internal_fault), the relay serves on", v, stack)
+	}
+	c.unlock()
 }
 
 // authCtx is the context an Authenticator gets: done at the AuthTimeout
@@ -127,7 +154,8 @@ func (c *conn) startAuth(req AuthRequest) {
 // it, finds that real context through Value, as it would a WithDeadline
 // context, so it needs no goroutine of its own.
 type authCtx struct {
-	deadline time.Time // fixed at creation
+	deadline time.Time   // fixed at creation
+	answered atomic.Bool // set when the authenticator calls done (containAuth)
 
 	mu   sync.Mutex
 	real context.Context    // guarded by mu; nil until Done or Value, then the only source of Err

@@ -282,8 +282,9 @@ func (c *conn) read(sk loop.Sock, buf []byte) (n int, err error) {
 // the URL-subscribe handler: c.calling) may hold locks of its own, which a
 // panic would leave locked, hanging every connection that needs them; a
 // restart is better than that, so such a panic is raised again. So is any
-// panic under the package's tests (Server.faultsFatal), and one outside
-// consume (timers, authenticators, tunnels), as today.
+// panic under the package's tests (Server.faultsFatal). Outside consume,
+// an authenticator has its own barrier (containAuth), tunnels theirs
+// (loop.Contain); timers have none.
 func (c *conn) feed(p []byte) {
 	defer c.contain()
 	if h := c.s.inputHook; h != nil {
@@ -303,10 +304,11 @@ func (c *conn) contain() {
 	if c.calling > 0 || c.s.faultsFatal {
 		panic(v)
 	}
-	c.faulted(v, debug.Stack())
+	c.faulted("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
 }
 
-// faulted ends c after its input made the relay panic: no reply (what
+// faulted ends c after its input, or its authenticator, made the relay
+// panic (msg is the log line that says which): no reply (what
 // was queued may be half-written), no lingering, no authenticator started
 // for what the same read asked, the reason Fault, and an error log with
 // the panic and the stack where it happened (logFault). Called with mu
@@ -316,9 +318,8 @@ func (c *conn) contain() {
 // a fault is the relay's bug, like any bad input it costs one connection
 // and one log line, and a fleet node re-encoding its clients' requests
 // (Mesh.Join) would be banned for an attacker's input.
-func (c *conn) faulted(v any, stack []byte) {
-	c.s.logFault("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on",
-		v, stack, "peer", c.peer.String(), "state", state(c.st.Load()).String())
+func (c *conn) faulted(msg string, v any, stack []byte) {
+	c.s.logFault(msg, v, stack, "peer", c.peer.String(), "state", state(c.st.Load()).String())
 	c.out.Take()
 	c.in, c.msg = nil, nil
 	c.linger = false

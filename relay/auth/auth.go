@@ -21,11 +21,11 @@ import (
 )
 
 var (
-	_ relay.Authenticator = Dummy{}
-	_ relay.Authenticator = (*FileAuth)(nil)
-	_ relay.Authenticator = (*HMACAuth)(nil)
-	_ relay.Reloader      = (*FileAuth)(nil)
-	_ relay.Reloader      = (*HMACAuth)(nil)
+	_ relay.Stateless = Dummy{}
+	_ relay.Stateless = (*FileAuth)(nil)
+	_ relay.Stateless = (*HMACAuth)(nil)
+	_ relay.Reloader  = (*FileAuth)(nil)
+	_ relay.Reloader  = (*HMACAuth)(nil)
 )
 
 // ParseAuth builds an Authenticator from a command-line spec:
@@ -73,6 +73,9 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 
 // Dummy accepts every token. It is for tests and trusted networks only.
 type Dummy struct{}
+
+// Stateless implements relay.Stateless: Dummy keeps no state at all.
+func (Dummy) Stateless() {}
 
 // Authenticate calls done(relay.AuthNoError) before returning.
 func (Dummy) Authenticate(_ context.Context, _ relay.AuthRequest, done func(relay.AuthResult)) {
@@ -125,6 +128,10 @@ func (a *FileAuth) Reload() error {
 
 // Len returns the number of distinct tokens loaded.
 func (a *FileAuth) Len() int { return len(*a.tokens.Load()) }
+
+// Stateless implements relay.Stateless: Authenticate reads a token set
+// that Reload replaces whole (an atomic pointer) and never changes.
+func (a *FileAuth) Stateless() {}
 
 // Authenticate calls done before returning: relay.AuthNoError if req.Token is in
 // the file, relay.AuthFailed otherwise.
@@ -261,6 +268,10 @@ func MintHMAC(key []byte, id string, ttl time.Duration, now time.Time) (string, 
 	payload := id + "." + strconv.FormatInt(now.Add(ttl).Unix(), 10)
 	return payload + "." + hmacSign(key, payload), nil
 }
+
+// Stateless implements relay.Stateless: Authenticate reads a key that
+// Reload replaces whole (an atomic pointer) and the clock.
+func (a *HMACAuth) Stateless() {}
 
 // Authenticate calls done before returning: relay.AuthNoError if req.Token is a
 // valid token, relay.AuthFailed otherwise.
