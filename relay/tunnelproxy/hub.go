@@ -173,12 +173,12 @@ func (h *hub) start(e *tpEnd, reply []byte) {
 		return
 	}
 	h.started, h.srv, h.lastRx = true, e, time.Now()
+	h.s.m.servers.Inc() // before: close counts it out
 	if err := h.l.Register(e.fd, e); err != nil {
 		h.close(reason.IOError)
 		return
 	}
 	h.l.Watch(h, time.Second)
-	h.s.m.servers.Inc()
 	h.s.log.Info("tunnelproxy server registered", "server", h.uuid, "name", h.name, "peer", e.peer)
 	h.sendPlain(e, reply)
 	for _, c := range h.pending {
