@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -645,10 +646,16 @@ func (c *conn) stopTimer() {
 // fell due, or arms the timer again (it was set for a stage c has left).
 func (c *conn) expire() {
 	c.mu.Lock()
+	held := true // mu, until expire lets go of it: only then may the barrier end c
+	defer c.containExpire(&held)
+	if h := c.s.timerHook; h != nil {
+		h()
+	}
 	c.fires = time.Time{}
 	at, which := c.nextTimeout(state(c.st.Load()))
 	if at.IsZero() || time.Now().Before(at) {
 		c.arm()
+		held = false
 		c.unlock()
 		return
 	}
@@ -660,6 +667,7 @@ func (c *conn) expire() {
 		c.s.log.Debug("inactive timeout", "peer", c.peer.String())
 		c.fail(reason.InactiveTimeout, "")
 	case toAuth:
+		held = false              // the relay's answer to an authenticator: pairing, a subsystem's then (not contained, as under containAuth)
 		c.authResult(AuthTimeout) // unlocks
 		return
 	case toRPC:
@@ -676,6 +684,28 @@ func (c *conn) expire() {
 		}
 		c.fail(reason.AloneTimeout, text)
 	}
+	held = false
+	c.unlock()
+}
+
+// containExpire is expire's fault barrier (docs/architecture.md, "Fault
+// barriers"): a panic while expire holds mu, in the connection's own
+// stage logic, ends c as internal_fault, as feed's barrier does. Raised
+// again: one once mu is let go (unlock's writes and release, the answer
+// to an authenticator), one through a callout (c.calling), and any under
+// the package's tests. Deferred by expire.
+func (c *conn) containExpire(held *bool) {
+	if !*held {
+		return // no panic, or one this barrier does not vouch for: it goes on up
+	}
+	v := recover()
+	if v == nil {
+		return
+	}
+	if c.calling > 0 || c.s.faultsFatal {
+		panic(v)
+	}
+	c.faulted("internal error: the relay panicked on a connection's stage timeout; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
 	c.unlock()
 }
 

@@ -442,3 +442,52 @@ func TestFaultInAnAuthenticatorIsFatal(t *testing.T) {
 		}
 	}
 }
+
+// TestFaultInATimer: a panic while a connection's stage timer fires, in
+// the connection's own stage logic, ends that connection alone (closed,
+// counted as internal_fault, logged with the stack), and the relay
+// serves on. The timer is fired by hand (expire, as time.AfterFunc
+// would) so that no timeout short enough to reach has to be configured.
+func TestFaultInATimer(t *testing.T) {
+	logs := &testutil.Tail{}
+	var armed atomic.Bool
+	s := faultServer(t, logs, func(s *Server) {
+		s.timerHook = func() {
+			if armed.CompareAndSwap(true, false) {
+				injectFault(faultMark)
+			}
+		}
+	})
+	a, b := pair(t, tcpURL(s), wsURL(s), "tunnel-before", "")
+	c := dialTCP(t, s) // says nothing: sniffing, its handshake timer running
+	waitFor(t, func() bool { return anyIn(s, stSniff) }, "the silent connection accepted")
+	var silent *conn
+	s.mu.Lock()
+	for x := range s.conns {
+		if state(x.st.Load()) == stSniff {
+			silent = x
+		}
+	}
+	s.mu.Unlock()
+	armed.Store(true)
+	silent.expire()
+	if _, err := io.ReadAll(c); err != nil && !isClosed(err) {
+		t.Fatalf("the faulted connection was not closed: %v", err)
+	}
+	waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == 1 }, "the fault counted as internal_fault")
+	if !silent.mu.TryLock() {
+		t.Fatal("the connection's lock is held after the fault")
+	}
+	silent.mu.Unlock()
+
+	exchangeTagged(t, a, b, "the tunnel made before the fault")
+	expectServes(t, s)
+	log := logs.String()
+	if !strings.Contains(log, "stage timeout") || !strings.Contains(log, "relay.(*conn).expire") {
+		t.Errorf("the fault log lacks the timer's panic or its stack:\n%s", log)
+	}
+	for _, tun := range []io.Closer{a, b} {
+		tun.Close()
+	}
+	waitFor(t, func() bool { return s.live.count() == 0 }, "every socket closed")
+}

@@ -73,9 +73,11 @@ type Server struct {
 	// The fault barriers' test knobs (feed, pairFault): faultsFatal
 	// raises every panic they catch again (from strict.Faults, which tests
 	// set); inputHook, set by a test before Start, runs on
-	// each chunk of a connection's input inside the barrier.
+	// each chunk of a connection's input inside the barrier; timerHook
+	// on each firing of a connection's stage timer, inside its barrier.
 	faultsFatal bool
 	inputHook   func(p []byte)
+	timerHook   func()
 	faultLogs   rate.Sometimes // which contained panics are logged with their stack (logFault)
 
 	mu        sync.Mutex

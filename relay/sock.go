@@ -284,7 +284,7 @@ func (c *conn) read(sk loop.Sock, buf []byte) (n int, err error) {
 // restart is better than that, so such a panic is raised again. So is any
 // panic under the package's tests (Server.faultsFatal). Outside consume,
 // an authenticator has its own barrier (containAuth), tunnels theirs
-// (loop.Contain); timers have none.
+// (Loop.contain), the stage timer its own (containExpire).
 func (c *conn) feed(p []byte) {
 	defer c.contain()
 	if h := c.s.inputHook; h != nil {
@@ -307,7 +307,7 @@ func (c *conn) contain() {
 	c.faulted("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
 }
 
-// faulted ends c after its input, or its authenticator, made the relay
+// faulted ends c after its input, its authenticator or its stage timer made the relay
 // panic (msg is the log line that says which): no reply (what
 // was queued may be half-written), no lingering, no authenticator started
 // for what the same read asked, the reason Fault, and an error log with
