@@ -431,11 +431,13 @@ func TestFaultInAnAuthenticatorIsFatal(t *testing.T) {
 		t.Fatal("the relay contained a panic from an authenticator")
 	}
 	for mode, want := range map[string]string{"stateful": "index out of range", "access": "panic: a policy's bug"} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestFaultInAnAuthenticatorIsFatal$")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*testutil.Patience) // a child that hangs fails, and says so
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestFaultInAnAuthenticatorIsFatal$")
 		cmd.Env = append(os.Environ(), faultChildEnv+"="+mode)
 		out, err := cmd.CombinedOutput()
-		if err == nil || bytes.Contains(out, []byte("contained a panic")) {
-			t.Fatalf("%s: the child relay survived (%v):\n%s", mode, err, out)
+		if err == nil || bytes.Contains(out, []byte("contained a panic")) || ctx.Err() != nil {
+			t.Fatalf("%s: the child relay survived or hung (%v):\n%s", mode, err, out)
 		}
 		if !bytes.Contains(out, []byte(want)) {
 			t.Fatalf("%s: the child ended without the panic %q (%v):\n%s", mode, want, err, out)

@@ -138,8 +138,11 @@ func (c *conn) containAuth(ctx *authCtx) {
 	stack := debug.Stack()
 	ctx.finish()
 	c.mu.Lock()
-	if state(c.st.Load()) == stAuthing {
+	if st := state(c.st.Load()); st == stAuthing {
 		c.faulted("internal error: the authenticator panicked on a client's token; the connection is ended (internal_fault), the relay serves on", v, stack)
+	} else { // ended meanwhile (its AuthTimeout, a shutdown): the bug is still told
+		c.s.logFault("internal error: the authenticator panicked on a client's token after the connection had left authentication; the relay serves on",
+			v, stack, "peer", c.peer.String(), "state", st.String())
 	}
 	c.unlock()
 }
