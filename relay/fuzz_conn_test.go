@@ -75,7 +75,10 @@ func (s *chunks) Fd() int                     { return -1 }
 //
 // Not here: a TLS handshake (the gate's goroutine, crypto/tls; the record
 // layer after it has FuzzRecords), a subsystem claiming the socket
-// (TunnelProxy's tests), the HTTP API behind a hand-off (net/http).
+// (TunnelProxy's tests), the HTTP API behind a hand-off (net/http), the
+// stage timers (expire), a socket that refuses writes (slow readers: the
+// transport here takes everything), authenticators that answer late or
+// with a proxy error, and an access policy.
 func FuzzConnInput(f *testing.F) {
 	hello := `{"id":1,"method":"RemoteProxy.Hello"}` + "\n"
 	ping := `{"id":3,"method":"TunnelProxy.Ping","params":{"timestamp":5}}` + "\n"

@@ -12,7 +12,8 @@ import (
 // sends) to the format its doc states, written here a second way: a
 // regular expression for the syntax, the MAC computed with crypto/hmac
 // (sign), the window from the doc. Both must give the same answer for
-// every input, and neither may panic; Subject must not panic either.
+// every input, and neither may panic; Subject must not panic, and a
+// valid token's subject is the id its MAC covers.
 //
 // The fuzzer cannot forge a MAC, so it builds a token from parts and,
 // with signed set, signs the id and expiry itself (the tail then follows
@@ -60,7 +61,10 @@ func FuzzHMACToken(f *testing.F) {
 		if want := hmacSpec(tok, t0); got != want {
 			t.Fatalf("token %q: valid says %v, the format says %v", tok, got, want)
 		}
-		_ = a.Subject(tok)
+		sub := a.Subject(tok)
+		if m := hmacSyntax.FindStringSubmatch(tok); got && sub != m[1] {
+			t.Fatalf("token %q: Subject %q, the id its MAC covers %q", tok, sub, m[1]) // access rules and channels go by it
+		}
 	})
 }
 
