@@ -307,12 +307,12 @@ func (c *conn) contain() {
 	c.faulted("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
 }
 
-// faulted ends c after its input, its authenticator or its stage timer made the relay
-// panic (msg is the log line that says which): no reply (what
-// was queued may be half-written), no lingering, no authenticator started
-// for what the same read asked, the reason Fault, and an error log with
-// the panic and the stack where it happened (logFault). Called with mu
-// held.
+// faulted ends c after its input, its authenticator or its stage timer
+// made the relay panic (msg is the log line that says which): no reply
+// (what was queued may be half-written), no lingering, no authenticator
+// started for what the same read asked, the reason Fault, and an error
+// log with the panic and the stack where it happened (logFault). Called
+// with mu held.
 //
 // The client's address is not charged (as a failed authentication is):
 // a fault is the relay's bug, like any bad input it costs one connection
