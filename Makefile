@@ -9,7 +9,7 @@ FUZZTIME ?= 60s
 ARGS     ?=
 TLS      ?=
 
-.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls allocs lint fuzz tls-soak release test-arm64 fleet-demo clean
+.PHONY: build run test fleet-chaos test-under-load interop interop-disco babble-demo bench bench-full bench-deps syscalls allocs floor lint fuzz tls-soak release test-arm64 fleet-demo clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meetpoint
@@ -92,6 +92,12 @@ syscalls: build
 allocs: build
 	scripts/allocs-per-tunnel.sh tcp
 	scripts/allocs-per-tunnel.sh ws
+
+## floor: issue 28's figures beside their goals (bench setup, latency and
+## TEXT/BINARY throughput three times, syscalls per tunnel), docs/BENCHMARKS.md
+## "Set-up floor"; ARGS: bench flags, e.g. ARGS="--client-cpus 0-7 --peer-cpus 8-9"
+floor: build
+	scripts/setup-floor.sh $(ARGS)
 
 ## tls-soak: 1 GiB each way, checksummed, between crypto/tls and the own
 ## TLS 1.3 record layer, re-keying every 64 records (make test runs the
