@@ -69,6 +69,7 @@ func (s *Service) EndMesh(node string, r reason.Reason, _ string) int {
 	}
 	for _, h := range s.reg.all() {
 		h.l.Do(func() {
+			defer h.contain(nil)          // dropping and telling the server: the event path's work, under its barrier too
 			for _, c := range h.clients { // (deleting while ranging is safe)
 				if c.node == node {
 					h.dropClient(c, true, r)

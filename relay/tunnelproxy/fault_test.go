@@ -15,6 +15,7 @@ import (
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/loop"
+	"github.com/meetpoint/meetpoint/relay/reason"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -205,4 +206,47 @@ func writeAll(t *testing.T, p *tpConn, b []byte) {
 	if _, err := p.c.Write(b); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestTPFaultEndingMeshClients: a panic while a hub drops the clients a
+// lost fleet node reached it through (EndMesh, a Loop.Do closure) and
+// tells their server ends that hub alone, as on the event path: the
+// client's uuid and the node's mesh count are given back, and no socket
+// of the hub stays open.
+func TestTPFaultEndingMeshClients(t *testing.T) {
+	s := containing(t)
+	su, cu := client.NewUUID(), client.NewUUID()
+	srv := registerServer(t, s, su, false)
+	registerClient(t, s, cu, su, false)
+	srv.nextRPC() // ClientConnected
+	svc := serviceOf(s)
+	svc.reg.mu.Lock()
+	h := svc.reg.hubs[su]
+	svc.reg.mu.Unlock()
+	done := make(chan struct{})
+	h.l.Do(func() { // the client stands for one that node "far" reached us through
+		for _, c := range h.clients {
+			c.node, c.meshed = "far", true
+			svc.meshCount("far", 1)
+		}
+		h.srv.sock = writePanicSock{h.srv.sock, []byte("ClientDisconnected")}
+		close(done)
+	})
+	<-done
+	if n := svc.EndMesh("far", reason.FarNodeLost, ""); n != 1 {
+		t.Fatalf("EndMesh counted %d clients of node far, want 1", n)
+	}
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, s, `meetpoint_closes_total{reason="internal_fault"}`) >= 1
+	}, "the hub faulted")
+	waitClosed(t, srv)
+	relaytest.WaitFor(t, func() bool {
+		peers := map[string]int{}
+		svc.MeshPeers(peers)
+		return peers["far"] == 0
+	}, "node far's mesh count given back")
+	su2 := client.NewUUID()
+	registerServer(t, s, su2, false)
+	registerClient(t, s, cu, su2, false) // the dropped client's uuid is free again
+	relaytest.WaitFor(t, func() bool { st := s.Stats(); return st.Accepted-st.ClosesTotal == 2 }, "only the new server and client open")
 }
