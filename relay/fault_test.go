@@ -205,11 +205,13 @@ func TestFaultThroughHandlerIsFatal(t *testing.T) {
 		t.Fatal("the relay contained a panic from a handler")
 	}
 	for _, mode := range []string{"method", "url-subscribe"} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestFaultThroughHandlerIsFatal$")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*testutil.Patience) // a child that hangs fails, and says so
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestFaultThroughHandlerIsFatal$")
 		cmd.Env = append(os.Environ(), faultChildEnv+"="+mode)
 		out, err := cmd.CombinedOutput()
-		if err == nil || bytes.Contains(out, []byte("contained a panic")) {
-			t.Fatalf("%s: the child relay survived (%v):\n%s", mode, err, out)
+		if err == nil || bytes.Contains(out, []byte("contained a panic")) || ctx.Err() != nil {
+			t.Fatalf("%s: the child relay survived or hung (%v):\n%s", mode, err, out)
 		}
 		if !bytes.Contains(out, []byte("panic: a handler's bug")) || !bytes.Contains(out, []byte("relay.TestFaultThroughHandlerIsFatal")) {
 			t.Fatalf("%s: the child ended without the handler's panic and its stack (%v):\n%s", mode, err, out)
