@@ -53,18 +53,11 @@ func TestTPFaultEndsTheHub(t *testing.T) {
 	ocli := registerClient(t, s, client.NewUUID(), other, false)
 	osrv.nextRPC()
 
-	svc := serviceOf(s)
-	svc.reg.mu.Lock()
-	h := svc.reg.hubs[su]
-	svc.reg.mu.Unlock()
-	done := make(chan struct{})
-	h.l.Do(func() {
+	hubOf(t, serviceOf(s), su, func(h *hub) {
 		for _, c := range h.clients {
 			c.sock = faultySock{c.sock}
 		}
-		close(done)
 	})
-	<-done
 	if err := cli2.sendRaw(ws.OpBinary, faultMark); err != nil { // raw TCP: the mark as sent (a WebSocket frame masks it)
 		t.Fatal(err)
 	}
@@ -129,16 +122,9 @@ func TestTPFaultWhileDroppingAClient(t *testing.T) {
 	srv := registerServer(t, s, su, false)
 	cli := registerClient(t, s, cu, su, false)
 	srv.nextRPC() // ClientConnected
-	svc := serviceOf(s)
-	svc.reg.mu.Lock()
-	h := svc.reg.hubs[su]
-	svc.reg.mu.Unlock()
-	done := make(chan struct{})
-	h.l.Do(func() {
+	hubOf(t, serviceOf(s), su, func(h *hub) {
 		h.srv.sock = writePanicSock{h.srv.sock, []byte("ClientDisconnected")}
-		close(done)
 	})
-	<-done
 	cli.c.Close() // the relay drops the client and tells the server: the write panics
 	relaytest.WaitFor(t, func() bool {
 		return relaytest.Metric(t, s, `meetpoint_closes_total{reason="internal_fault"}`) >= 1
@@ -220,19 +206,13 @@ func TestTPFaultEndingMeshClients(t *testing.T) {
 	registerClient(t, s, cu, su, false)
 	srv.nextRPC() // ClientConnected
 	svc := serviceOf(s)
-	svc.reg.mu.Lock()
-	h := svc.reg.hubs[su]
-	svc.reg.mu.Unlock()
-	done := make(chan struct{})
-	h.l.Do(func() { // the client stands for one that node "far" reached us through
+	hubOf(t, svc, su, func(h *hub) { // the client stands for one that node "far" reached us through
 		for _, c := range h.clients {
 			c.node, c.meshed = "far", true
 			svc.meshCount("far", 1)
 		}
 		h.srv.sock = writePanicSock{h.srv.sock, []byte("ClientDisconnected")}
-		close(done)
 	})
-	<-done
 	if n := svc.EndMesh("far", reason.FarNodeLost, ""); n != 1 {
 		t.Fatalf("EndMesh counted %d clients of node far, want 1", n)
 	}

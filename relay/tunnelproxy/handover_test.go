@@ -29,6 +29,20 @@ type ender struct{ ends chan reason.Reason }
 
 func (e ender) End(r reason.Reason) { e.ends <- r }
 
+// expectEnd waits for e's first end and checks its reason; who names the
+// end in failures.
+func (e ender) expectEnd(t *testing.T, want reason.Reason, who string) {
+	t.Helper()
+	select {
+	case r := <-e.ends:
+		if r != want {
+			t.Errorf("%s closed for %v, want %v", who, r, want)
+		}
+	case <-time.After(relaytest.Patience):
+		t.Fatalf("%s's ticket was not ended", who)
+	}
+}
+
 // TestTPServerRegisterFailureGauge: a server whose socket the hub's loop
 // cannot register (start: Register fails) is closed, and
 // meetpoint_tunnelproxy_servers_active does not go below 0 (close counts
@@ -36,21 +50,13 @@ func (e ender) End(r reason.Reason) { e.ends <- r }
 func TestTPServerRegisterFailureGauge(t *testing.T) {
 	s := server(t, nil)
 	svc := serviceOf(s)
-	h := svc.reg.addServer(svc, client.NewUUID(), "dev")
+	su := client.NewUUID()
+	h := svc.reg.addServer(svc, su, "dev")
 	var closes atomic.Int32
 	en := ender{make(chan reason.Reason, 4)}
 	e := &tpEnd{h: h, sock: fakeSock{&closes}, fd: -1, tk: en, server: true, uuid: h.uuid, readable: true, writable: true}
-	done := make(chan struct{})
-	h.l.Do(func() { defer close(done); h.start(e, []byte("{}\n")) })
-	<-done
-	select {
-	case r := <-en.ends:
-		if r != reason.IOError {
-			t.Errorf("closed for %v", r)
-		}
-	case <-time.After(relaytest.Patience):
-		t.Fatal("the server's ticket was not ended")
-	}
+	hubOf(t, svc, su, func(h *hub) { h.start(e, []byte("{}\n")) })
+	en.expectEnd(t, reason.IOError, "the server")
 	if g := relaytest.Metric(t, s, `meetpoint_tunnelproxy_servers_active`); g != 0 {
 		t.Fatalf("meetpoint_tunnelproxy_servers_active = %v after a server whose Register failed, want 0", g)
 	}
@@ -73,21 +79,11 @@ func TestTPContainExtra(t *testing.T) {
 	var closes atomic.Int32
 	en := ender{make(chan reason.Reason, 4)}
 	e := &tpEnd{h: h, sock: fakeSock{&closes}, fd: -1, tk: en, uuid: cu, readable: true, writable: true}
-	done := make(chan struct{})
-	h.l.Do(func() {
-		defer close(done)
+	hubOf(t, svc, su, func(h *hub) {
 		defer h.contain(e)
 		panic("before the hub holds the newcomer")
 	})
-	<-done
-	select {
-	case r := <-en.ends:
-		if r != reason.Fault {
-			t.Errorf("newcomer closed for %v", r)
-		}
-	case <-time.After(relaytest.Patience):
-		t.Fatal("the newcomer's ticket was not ended")
-	}
+	en.expectEnd(t, reason.Fault, "the newcomer")
 	if n := closes.Load(); n != 1 {
 		t.Errorf("newcomer's socket closed %d times", n)
 	}
