@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -698,15 +697,10 @@ func (c *conn) containExpire(held *bool) {
 	if !*held {
 		return // no panic, or one this barrier does not vouch for: it goes on up
 	}
-	v := recover()
-	if v == nil {
-		return
+	if v := recover(); v != nil {
+		c.endFault(v, "internal error: the relay panicked on a connection's stage timeout; the connection is ended (internal_fault), the relay serves on")
+		c.unlock()
 	}
-	if c.calling > 0 || c.s.faultsFatal {
-		panic(v)
-	}
-	c.faulted("internal error: the relay panicked on a connection's stage timeout; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
-	c.unlock()
 }
 
 func (c *conn) shutdown() {

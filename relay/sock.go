@@ -297,14 +297,22 @@ func (c *conn) feed(p []byte) {
 // or raises it again where ending c alone would not be safe. Deferred
 // by feed, with mu held.
 func (c *conn) contain() {
-	v := recover()
-	if v == nil {
-		return
+	if v := recover(); v != nil {
+		c.endFault(v, "internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on")
 	}
+}
+
+// endFault is the rule the barriers around c's own stage logic (contain,
+// containExpire) share for panic v: raised again where it may have come
+// through a subsystem's code (c.calling) or under the package's tests
+// (faultsFatal), otherwise c ends (faulted, msg its log line). Called
+// from the barrier's deferred function, so that the stack it logs is
+// still the panic's; mu held.
+func (c *conn) endFault(v any, msg string) {
 	if c.calling > 0 || c.s.faultsFatal {
 		panic(v)
 	}
-	c.faulted("internal error: the relay panicked on a connection's input; the connection is ended (internal_fault), the relay serves on", v, debug.Stack())
+	c.faulted(msg, v, debug.Stack())
 }
 
 // faulted ends c after its input, its authenticator or its stage timer
