@@ -8,14 +8,12 @@ package relay
 import (
 	"context"
 	"io"
-	"log/slog"
-	"net"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -37,7 +35,7 @@ func (a hookAuth) Authenticate(ctx context.Context, r AuthRequest, done func(Aut
 func authFaultServer(t *testing.T, logs io.Writer, mutate func(*Config), before func(*Server)) *Server {
 	return startServerWith(t, func(c *Config) {
 		c.Auth = panickyAuth{}
-		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = faultLogger(t, logs)
 		if mutate != nil {
 			mutate(c)
 		}
@@ -77,6 +75,31 @@ func expectOnlyFault(t *testing.T, s *Server, faults uint64) {
 	}
 }
 
+// expectSilentClose reads c to its end: closed, having been sent nothing
+// (a faulted connection sends nothing more); who names it in failures.
+func expectSilentClose(t *testing.T, c io.Reader, who string) {
+	t.Helper()
+	got, err := io.ReadAll(c)
+	if err != nil && !isClosed(err) {
+		t.Fatalf("%s: not closed: %v", who, err)
+	}
+	if len(got) > 0 {
+		t.Errorf("%s was sent %q", who, got)
+	}
+}
+
+// expectNoAnswer waits for r's answer: there must be none, only the
+// close; who names it in failures.
+func expectNoAnswer(t *testing.T, r *client.Raw, who string) {
+	t.Helper()
+	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
+	if p, err := r.Recv(); err == nil {
+		t.Fatalf("%s got an answer: %s", who, p)
+	} else if !isClosed(err) {
+		t.Fatalf("%s: not closed: %v", who, err)
+	}
+}
+
 // TestAuthFaultURLToken: a token in the WebSocket URL whose
 // authenticator panics: the connection ends as internal_fault, and the
 // client is sent nothing (no 101, no HTTP error: a faulted connection
@@ -87,13 +110,7 @@ func TestAuthFaultURLToken(t *testing.T) {
 	c := dialTCP(t, s)
 	writeRaw(c, []byte("GET /?token=secret-fault-me&uuid=u&name=n HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
-	got, err := io.ReadAll(c)
-	if err != nil && !isClosed(err) {
-		t.Fatalf("not closed: %v", err)
-	}
-	if len(got) > 0 {
-		t.Errorf("the faulted client was sent %q", got)
-	}
+	expectSilentClose(t, c, "the faulted client")
 	expectOnlyFault(t, s, 1)
 	if !strings.Contains(logs.String(), "the authenticator panicked") {
 		t.Errorf("no fault log:\n%s", logs.String())
@@ -127,24 +144,13 @@ func TestAuthFaultSubsystem(t *testing.T) {
 
 	r := dialRPC(t, tcpURL(s))
 	sendRPC(t, r, `{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5}}`)
-	_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-	if p, err := r.Recv(); err == nil {
-		t.Fatalf("the faulted client got an answer: %s", p)
-	} else if !isClosed(err) {
-		t.Fatalf("not closed: %v", err)
-	}
+	expectNoAnswer(t, r, "the faulted client")
 	expectOnlyFault(t, s, 1)
 
 	c := dialTCP(t, s)
 	writeRaw(c, []byte("GET /?token=secret-fault-me&channels=a,b HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
-	got, err := io.ReadAll(c)
-	if err != nil && !isClosed(err) {
-		t.Fatalf("not closed: %v", err)
-	}
-	if len(got) > 0 {
-		t.Errorf("the faulted URL subscriber was sent %q", got)
-	}
+	expectSilentClose(t, c, "the faulted URL subscriber")
 	expectOnlyFault(t, s, 2)
 	if n := thens.Load(); n != 0 {
 		t.Errorf("then ran %d times after the authenticator panicked", n)
@@ -230,8 +236,7 @@ func TestAuthFaultStrictRaises(t *testing.T) {
 	if !s.faultsFatal {
 		t.Fatal("strict mode is off in the package's tests")
 	}
-	tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
-	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {})
+	c, tk := idleConn(s)
 	defer func() {
 		c.mu.Lock()
 		c.close(reason.Shutdown)
@@ -268,8 +273,7 @@ func TestAuthPanicUnderDoneIsRaised(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.faultsFatal = false
-	tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
-	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {})
+	c, _ := idleConn(s)
 	sk := &chunks{data: []byte(`{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"good"}}` + "\n")}
 	res := make(chan any, 1)
 	go func() {

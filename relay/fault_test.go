@@ -42,7 +42,7 @@ func injectFault(p []byte) {
 func faultServer(t *testing.T, logs io.Writer, before func(*Server)) *Server {
 	return startServerWith(t, func(c *Config) {
 		c.Auth = legacyTestAuth{gate: make(chan struct{})} // "hang…" tokens are never answered
-		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = faultLogger(t, logs)
 	}, func(s *Server) {
 		s.faultsFatal = false
 		s.inputHook = injectFault
@@ -50,6 +50,12 @@ func faultServer(t *testing.T, logs io.Writer, before func(*Server)) *Server {
 			before(s)
 		}
 	})
+}
+
+// faultLogger is a fault test's relay log: to logs, which the test
+// reads, and to the tail printed if it fails (testutilWriter).
+func faultLogger(t *testing.T, logs io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // testutilWriter is where the relay's log goes besides the test's copy:
@@ -369,21 +375,13 @@ func (panickyAccess) Allow(*Identity, string, string) (bool, string) { panic("a 
 // a tunnel made before forwards on and new clients pair.
 func TestFaultInAnAuthenticator(t *testing.T) {
 	logs := &testutil.Tail{}
-	s := startServerWith(t, func(c *Config) {
-		c.Auth = panickyAuth{}
-		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testutilWriter(t)), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}, func(s *Server) { s.faultsFatal = false })
+	s := authFaultServer(t, logs, nil, nil)
 	a, b := pair(t, tcpURL(s), wsURL(s), "tunnel-before", "")
 
 	for i, url := range []string{tcpURL(s), wsURL(s)} {
 		r := dialRPC(t, url)
 		sendRPC(t, r, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"n","token":"secret-fault-me"}}`)
-		_ = r.SetDeadline(time.Now().Add(testutil.Patience))
-		if p, err := r.Recv(); err == nil {
-			t.Fatalf("%s: the faulted client got an answer: %s", url, p)
-		} else if !isClosed(err) {
-			t.Fatalf("%s: the faulted connection was not closed: %v", url, err)
-		}
+		expectNoAnswer(t, r, url+": the faulted client")
 		waitFor(t, func() bool { return s.stats.closes[reason.Fault].Get() == uint64(i+1) }, "the fault counted as internal_fault")
 	}
 	if n := s.stats.authOK.Get() + s.stats.authFail.Get(); n != 2 {
@@ -415,14 +413,13 @@ func TestFaultInAnAuthenticator(t *testing.T) {
 func TestFaultInAnAuthenticatorIsFatal(t *testing.T) {
 	mode := os.Getenv(faultChildEnv)
 	if mode != "" {
-		s := startServerWith(t, func(c *Config) {
+		s := authFaultServer(t, io.Discard, func(c *Config) {
 			if mode == "stateful" {
 				c.Auth = statefulAuth{}
 			} else {
-				c.Auth = panickyAuth{}
 				c.Access = panickyAccess{}
 			}
-		}, func(s *Server) { s.faultsFatal = false })
+		}, nil)
 		token := "fault-me" // the authenticator's own panic
 		if mode == "access" {
 			token = "good" // answered: the policy's panic

@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"net"
-	"net/netip"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -134,11 +132,9 @@ func FuzzConnInput(f *testing.F) {
 			}
 		})
 	})
-	peer := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
 	buf := make([]byte, 16<<10)
 	f.Fuzz(func(t *testing.T, cuts uint64, data []byte) {
-		tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
-		c := s.newConn(idleTransport{}, peer, tk, func(*conn) {})
+		c, tk := idleConn(s)
 		sk := &chunks{data: data, cuts: cuts}
 		var dropped, unread bool
 		for left := -1; len(sk.data) > 0 && len(sk.data) != left; { // until read whole, or left in the socket (a hand-off)

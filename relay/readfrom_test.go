@@ -55,8 +55,7 @@ func rfConn(t *testing.T) *conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
-	c := s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {})
+	c, tk := idleConn(s)
 	t.Cleanup(func() {
 		c.mu.Lock()
 		c.stopTimer()
@@ -64,6 +63,14 @@ func rfConn(t *testing.T) *conn {
 		tk.End(reason.Shutdown)
 	})
 	return c
+}
+
+// idleConn is a connection of s from 127.0.0.1 on no socket
+// (idleTransport), as a loop makes one for an accepted client, for tests
+// that drive readFrom themselves; ending tk ends what it holds.
+func idleConn(s *Server) (*conn, *ticket) {
+	tk := s.newTicket(netip.MustParseAddr("127.0.0.1"))
+	return s.newConn(idleTransport{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}, tk, func(*conn) {}), tk
 }
 
 // TestReadFromYieldsAfterATurn: a client whose input never runs out (here:
