@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Redis starts a throw-away redis-server on 127.0.0.1:port (0: a free
@@ -177,15 +180,23 @@ func clusterPort(t testing.TB) int {
 
 // RedisSentinel starts a Redis primary, one replica of it and three
 // Sentinels watching it under the name "mymaster" (quorum 2, the primary
-// is down after 1 s) for the test. It returns the Sentinels' addresses,
-// the primary's, and a function that kills the primary (a failover
-// follows).
+// is down after 1 s) for the test. It returns once every Sentinel knows
+// the replica, in sync, and the two other Sentinels, so a failover can
+// follow at once: the Sentinels' addresses, the primary's, and a function
+// that kills the primary (a failover follows). If the test fails, the
+// Sentinels' logs are printed.
+//
+// Without that wait a kill soon after start could leave no failover at
+// all: a Sentinel learns of replicas from the primary's INFO, which it
+// asks every 10 s, and a replica connects to its primary up to a second
+// after it starts; a Sentinel that knows no replica never promotes one.
 func RedisSentinel(t testing.TB) (sentinels []string, primary string, kill func()) {
 	t.Helper()
 	primary, kill = Redis(t, 0)
 	_, mport, _ := net.SplitHostPort(primary)
-	redisWith(t, 0, "--replicaof", "127.0.0.1", mport)
+	replica, _ := redisWith(t, 0, "--replicaof", "127.0.0.1", mport)
 	bin := redisBin(t)
+	var logs []string
 	for len(sentinels) < 3 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -195,14 +206,55 @@ func RedisSentinel(t testing.TB) (sentinels []string, primary string, kill func(
 		l.Close()
 		dir := t.TempDir()
 		conf := filepath.Join(dir, "sentinel.conf")
-		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\n"+
-			"sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\nsentinel parallel-syncs mymaster 1\n", p, dir, mport)
+		// failover-timeout bounds how long a Sentinel waits before it
+		// tries again after a split vote (twice it): 5 s keeps a retry
+		// inside a test's patience.
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor mymaster 127.0.0.1 %s 2\n"+
+			"sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\nsentinel parallel-syncs mymaster 1\n",
+			p, dir, filepath.Join(dir, "sentinel.log"), mport)
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if a, _, ok := runRedis(t, p, exec.Command(bin, conf, "--sentinel")); ok {
 			sentinels = append(sentinels, a)
+			logs = append(logs, filepath.Join(dir, "sentinel.log"))
 		}
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for i, f := range logs {
+			b, _ := os.ReadFile(f)
+			t.Logf("sentinel %s log:\n%s", sentinels[i], b)
+		}
+	})
+	WaitFor(t, func() error { return sentinelsReady(sentinels, replica) }, "the Sentinels know the replica and each other")
 	return sentinels, primary, kill
+}
+
+// sentinelsReady says why a failover could not follow yet: the replica is
+// not in sync, or a Sentinel does not know it or the other Sentinels.
+func sentinelsReady(sentinels []string, replica string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r := redis.NewClient(&redis.Options{Addr: replica})
+	defer r.Close()
+	info, err := r.Info(ctx, "replication").Result()
+	if err != nil || !strings.Contains(info, "master_link_status:up") {
+		return fmt.Errorf("replica %s not in sync: %v %q", replica, err, info)
+	}
+	for _, a := range sentinels {
+		s := redis.NewSentinelClient(&redis.Options{Addr: a})
+		defer s.Close()
+		reps, err := s.Replicas(ctx, "mymaster").Result()
+		if err != nil || len(reps) != 1 || reps[0]["flags"] != "slave" || reps[0]["master-link-status"] != "ok" {
+			return fmt.Errorf("sentinel %s: replicas %v %v", a, reps, err)
+		}
+		peers, err := s.Sentinels(ctx, "mymaster").Result()
+		if err != nil || len(peers) != len(sentinels)-1 {
+			return fmt.Errorf("sentinel %s: knows %d other sentinels, want %d (%v)", a, len(peers), len(sentinels)-1, err)
+		}
+	}
+	return nil
 }
