@@ -18,7 +18,9 @@ import (
 // meetpoint:wamp:proc:LEN:REALM:PROC, procKey = the owning node, with a TTL the owner
 // renews), so a procedure is registered once fleet-wide. A CALL for a
 // procedure registered elsewhere is published on the owner's channel
-// (meetpoint:wamp:node:NODE) and its answer on the caller's node's; an
+// (meetpoint:wamp:node:NODE) and its answer on the caller's node's (a
+// CANCEL, or the caller leaving, is sent after it, so that the callee's
+// node ends the invocation then and not at its timeout); an
 // EVENT is published on meetpoint:wamp:events for every node's
 // subscribers. A node that dies leaves its claims to expire (procTTL);
 // calls to it meanwhile time out. While Redis is unreachable the router
@@ -52,8 +54,9 @@ type fleetLink struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
-	mu   sync.Mutex
-	mine map[string]bool // claims this node holds, by key; guarded by mu
+	mu    sync.Mutex
+	mine  map[string]bool     // claims this node holds, by key; guarded by mu
+	locks map[string]*keyLock // a claim's or release's turn on its key; guarded by mu
 
 	forwarded map[string]*metrics.Counter // meetpoint_signal_forwarded_total{result}
 }
@@ -75,7 +78,7 @@ type wire struct {
 }
 
 func newFleetLink(r *Router) (*fleetLink, error) {
-	f := &fleetLink{r: r, rdb: r.cfg.Redis, node: r.cfg.NodeID, mine: map[string]bool{},
+	f := &fleetLink{r: r, rdb: r.cfg.Redis, node: r.cfg.NodeID, mine: map[string]bool{}, locks: map[string]*keyLock{},
 		forwarded: map[string]*metrics.Counter{}}
 	for _, res := range []string{"ok", "error", "no_procedure", "timeout", "canceled"} {
 		f.forwarded[res] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_forwarded_total{result=%q}`, res))
@@ -122,11 +125,44 @@ func (f *fleetLink) op() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.ctx, 2*time.Second)
 }
 
+// keyLock orders the claims and releases of one key on this node.
+type keyLock struct {
+	mu sync.Mutex
+	n  int // holders and waiters; guarded by fleetLink.mu
+}
+
+// lockKey waits for key's turn and returns what gives it up. A claim and
+// a release of one procedure on this node never overlap: a release that
+// ran between a new registration's SETNX (which finds this node's claim
+// and keeps it) and its end would delete the claim the new registration
+// stands on, and leave the procedure registered here with no claim, so
+// that another node could register it too.
+func (f *fleetLink) lockKey(key string) (unlock func()) {
+	f.mu.Lock()
+	l := f.locks[key]
+	if l == nil {
+		l = &keyLock{}
+		f.locks[key] = l
+	}
+	l.n++
+	f.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		f.mu.Lock()
+		if l.n--; l.n == 0 {
+			delete(f.locks, key)
+		}
+		f.mu.Unlock()
+	}
+}
+
 // claim registers proc fleet-wide for this node; an error names the node
 // that has it. With Redis unreachable the claim is node-local until the
 // renewer makes it.
 func (f *fleetLink) claim(realm, proc string) error {
 	key := procKey(realm, proc)
+	defer f.lockKey(key)()
 	ctx, cancel := f.op()
 	defer cancel()
 	ok, err := f.rdb.SetNX(ctx, key, f.node, procTTL).Result()
@@ -145,9 +181,14 @@ func (f *fleetLink) claim(realm, proc string) error {
 	return nil
 }
 
-// release gives up this node's claim of proc.
+// release gives up this node's claim of proc, unless a registration made
+// here since holds proc again (it keeps the claim).
 func (f *fleetLink) release(realm, proc string) {
 	key := procKey(realm, proc)
+	defer f.lockKey(key)()
+	if f.r.registered(realm, proc) {
+		return
+	}
 	f.mu.Lock()
 	delete(f.mine, key)
 	f.mu.Unlock()
@@ -188,7 +229,7 @@ func (f *fleetLink) forward(s *session, req uint64, realm, proc string, timeout 
 		return false
 	}
 	r := f.r
-	c := &call{inv: r.newID(), caller: s, req: req}
+	c := &call{inv: r.newID(), caller: s, req: req, to: owner}
 	r.mu.Lock()
 	if s.calling == nil { // the session ended meanwhile
 		r.mu.Unlock()
@@ -223,6 +264,17 @@ func (f *fleetLink) settleOutbound(id uint64, a *answer, result string) {
 	if ctr := f.forwarded[result]; ctr != nil {
 		ctr.Inc()
 	}
+}
+
+// abandon tells an outbound call's node that its caller no longer waits
+// (a CANCEL, or the caller left), so that the invocation there ends now
+// and not at its timeout: a caller's calls in flight are bounded at the
+// callee's node as they are here.
+func (f *fleetLink) abandon(c *call) {
+	b, _ := json.Marshal(wire{K: "cancel", From: f.node, ID: c.inv})
+	ctx, cancel := f.op()
+	defer cancel()
+	f.rdb.Publish(ctx, nodeChannel+c.to, b)
 }
 
 // answer sends a call's end to the caller's node.
@@ -264,6 +316,13 @@ func (f *fleetLink) receive() {
 			r.mu.Unlock()
 			if reg == nil {
 				f.answer(w.From, w.ID, routerError("no_procedure"))
+			}
+		case "cancel":
+			r.mu.Lock()
+			inv, ok := r.remote[remoteCall{w.From, w.ID}]
+			r.mu.Unlock()
+			if ok {
+				r.settle(inv, "canceled", nil)
 			}
 		case "answer":
 			result := "ok"

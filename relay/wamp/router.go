@@ -98,6 +98,10 @@ type Router struct {
 	realms   map[string]*realm // guarded by mu; a realm lives while it has sessions
 	calls    map[uint64]*call  // guarded by mu; invocations in flight here, by invocation id
 	outbound map[uint64]*call  // guarded by mu; calls sent to another node, by their fleet id
+	// remote finds an invocation here for a caller on another node by
+	// (its node, its fleet id), for the node's CANCEL; guarded by mu.
+	// An entry lives exactly as long as its call's in calls.
+	remote   map[remoteCall]uint64
 	sessions map[*session]bool // guarded by mu
 	closing  bool              // guarded by mu
 	ids      atomic.Uint64     // router-scope ids
@@ -136,7 +140,14 @@ type call struct {
 	caller *session // nil for a caller on another node
 	req    uint64   // the caller's CALL request id, or the remote caller's fleet id
 	from   string   // the remote caller's node
+	to     string   // an outbound call's: the callee's node
 	timer  *time.Timer
+}
+
+// remoteCall names a call made on another node: that node and its fleet id.
+type remoteCall struct {
+	node string
+	id   uint64
 }
 
 // Close reasons (meetpoint_signal_closed_total{reason}) and call results
@@ -177,7 +188,7 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 		cfg.PingEvery = 30 * time.Second
 	}
 	r := &Router{cfg: cfg, log: srv.Logger(), realms: map[string]*realm{}, calls: map[uint64]*call{},
-		outbound: map[uint64]*call{}, sessions: map[*session]bool{}, set: metrics.NewSet(),
+		outbound: map[uint64]*call{}, remote: map[remoteCall]uint64{}, sessions: map[*session]bool{}, set: metrics.NewSet(),
 		closed: map[string]*metrics.Counter{}, results: map[string]*metrics.Counter{}}
 	for _, c := range closeReasons {
 		r.closed[c] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_closed_total{reason=%q}`, c))
@@ -247,11 +258,15 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	up := ws.HTTPUpgrader{Protocol: func(p string) bool { return p == Subprotocol }}
-	conn, _, _, err := up.Upgrade(req, w)
+	conn, rw, _, err := up.Upgrade(req, w)
 	if err != nil {
 		return // the upgrader answered 400
 	}
-	s := &session{r: r, conn: conn, app: app, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
+	var in io.Reader = conn
+	if rw != nil && rw.Reader.Buffered() > 0 { // frames sent behind the request, before the 101
+		in = rw.Reader
+	}
+	s := &session{r: r, conn: conn, in: in, app: app, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
 		regs: map[uint64]*registration{}, subs: map[uint64]*topic{}, invocations: map[uint64]*call{},
 		calling: map[*call]bool{}}
 	var b [8]byte
@@ -284,6 +299,7 @@ type session struct {
 	id   uint64
 	r    *Router
 	conn net.Conn
+	in   io.Reader   // what the reader reads: conn, or first what net/http read past the upgrade request
 	out  chan []byte // bounded: MaxQueue messages, then the session is closed
 	// queued is the bytes in out (added by send, taken by the writer once
 	// written): past MaxQueueBytes the session is closed as too slow.
@@ -403,7 +419,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 func (s *session) reader() {
 	max := int64(s.r.cfg.MaxMessage)
 	ctl := wsutil.ControlFrameHandler(lockedWriter{s}, ws.StateServerSide)
-	rd := &wsutil.Reader{Source: s.conn, State: ws.StateServerSide, CheckUTF8: true,
+	rd := &wsutil.Reader{Source: s.in, State: ws.StateServerSide, CheckUTF8: true,
 		MaxFrameSize: max, MaxMessageSize: max, OnIntermediate: ctl}
 	_ = s.conn.SetReadDeadline(time.Now().Add(s.r.cfg.HelloTimeout))
 	for {
@@ -621,6 +637,14 @@ func (s *session) register(m Message) bool {
 	return true
 }
 
+// registered reports whether a session here has registered proc in realm.
+func (r *Router) registered(realm, proc string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rm := r.realms[realm]
+	return rm != nil && rm.procs[proc] != nil
+}
+
 // dropRegistration removes reg (under r.mu); the caller releases it in
 // the fleet.
 func (r *Router) dropRegistration(reg *registration) {
@@ -664,8 +688,8 @@ func (r *Router) timeoutOf(opts map[string]json.RawMessage) time.Duration {
 // callTimeout is the router's call timeout, or ms milliseconds when that
 // is positive and shorter.
 func (r *Router) callTimeout(ms int64) time.Duration {
-	if d := time.Duration(ms) * time.Millisecond; ms > 0 && d < r.cfg.CallTimeout {
-		return d
+	if ms > 0 && ms < r.cfg.CallTimeout.Milliseconds() { // compared in ms: ms·10⁶ may overflow
+		return time.Duration(ms) * time.Millisecond
 	}
 	return r.cfg.CallTimeout
 }
@@ -712,6 +736,8 @@ func (r *Router) invoke(reg *registration, c *call, timeout time.Duration, args,
 	reg.s.invocations[c.inv] = c
 	if c.caller != nil {
 		c.caller.calling[c] = true
+	} else {
+		r.remote[remoteCall{c.from, c.req}] = c.inv
 	}
 	c.timer = time.AfterFunc(timeout, func() { r.settle(c.inv, "timeout", nil) })
 	reg.s.send(encode(mInvocation, c.inv, reg.id, details, args, kwargs))
@@ -737,6 +763,9 @@ func (r *Router) settle(inv uint64, result string, a *answer) {
 	}
 	delete(r.calls, inv)
 	delete(c.callee.invocations, inv)
+	if c.caller == nil {
+		delete(r.remote, remoteCall{c.from, c.req})
+	}
 	c.timer.Stop()
 	if a == nil {
 		a = routerError(result)
@@ -747,7 +776,7 @@ func (r *Router) settle(inv uint64, result string, a *answer) {
 	}
 	r.mu.Unlock()
 	r.results[result].Inc()
-	if c.caller == nil && r.fleet != nil {
+	if c.caller == nil && r.fleet != nil && result != "canceled" { // canceled: by the caller's node, which has settled it
 		r.fleet.answer(c.from, c.req, a)
 	}
 }
@@ -838,6 +867,7 @@ func (s *session) cancel(m Message) bool {
 		r.settle(found.inv, "canceled", nil)
 	} else if r.fleet != nil {
 		r.fleet.settleOutbound(found.inv, routerError("canceled"), "canceled")
+		r.fleet.abandon(found) // or the callee's node keeps it until its timeout
 	}
 	return true
 }
@@ -963,6 +993,7 @@ func (r *Router) leave(s *session) {
 	delete(r.sessions, s)
 	var procs []string
 	var lost []uint64
+	var dropped []*call // outbound: their nodes are told
 	if s.realm != nil {
 		for _, reg := range s.regs {
 			r.dropRegistration(reg)
@@ -980,6 +1011,7 @@ func (r *Router) leave(s *session) {
 				delete(c.callee.invocations, c.inv)
 			} else {
 				delete(r.outbound, c.inv)
+				dropped = append(dropped, c)
 			}
 			c.timer.Stop()
 		}
@@ -995,6 +1027,9 @@ func (r *Router) leave(s *session) {
 	if r.fleet != nil {
 		for _, p := range procs {
 			r.fleet.release(s.realm.name, p)
+		}
+		for _, c := range dropped {
+			r.fleet.abandon(c)
 		}
 	}
 	why, _ := s.reason.Load().(string)

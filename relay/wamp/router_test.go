@@ -2,10 +2,12 @@ package wamp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -773,5 +775,146 @@ func TestSlowReaderBytes(t *testing.T) {
 	}
 	if !closed() {
 		t.Fatal("240 events of 60 KiB were queued for a subscriber that reads nothing, and it was not closed as slow")
+	}
+}
+
+// TestFleetClaimSurvivesARelease: a session unregisters a procedure while
+// another on the same node registers it. The new registration finds the
+// node's claim still in Redis and keeps it; the release that follows must
+// not delete it, or the procedure is registered here with no claim and
+// another node may register it too. (Before claims and releases of one
+// key took turns, this lost the claim within a few tries.)
+func TestFleetClaimSurvivesARelease(t *testing.T) {
+	addr := relaytest.Redis(t)
+	node := func(name string) (*relay.Server, *redis.Client) {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		_, srv := start(t, Config{Redis: rdb, NodeID: name})
+		return srv, rdb
+	}
+	n1, rdb := node("n1")
+	n2, _ := node("n2")
+	a, b := dial(t, n1), dial(t, n1)
+	a.join("main")
+	b.join("main")
+	key := procKey("main", bob)
+	for try := range 100 {
+		reg := a.register(1, bob)
+		a.send(mUnregister, 2, reg)
+		b.send(mRegister, 3, map[string]any{}, bob) // at once
+		a.expect(mUnregistered)                     // sent after the release
+		m := b.recv()
+		if m.Type != mRegistered { // a still held it: an ERROR
+			continue
+		}
+		if rdb.Exists(t.Context(), key).Val() == 0 {
+			c := dial(t, n2)
+			c.join("main")
+			c.send(mRegister, 1, map[string]any{}, bob)
+			t.Fatalf("try %d: registered on n1 but its claim is gone from Redis; n2's REGISTER answered %s", try, fields(c.recv()))
+		}
+		b.send(mUnregister, 4, id(t, m, 1))
+		b.expect(mUnregistered)
+	}
+}
+
+// TestFleetCancelReachesTheCallee: a CANCEL of a call forwarded to another
+// node (or its caller leaving) ends the invocation there too, so a
+// session's calls in flight are bounded at the callee's node as at its
+// own (MaxPending): a CALL+CANCEL loop does not pile up invocations until
+// CallTimeout. A timeout option too large for nanoseconds is the router's
+// timeout, not an instant one.
+func TestFleetCancelReachesTheCallee(t *testing.T) {
+	addr := relaytest.Redis(t)
+	node := func(name string) (*Router, *relay.Server) {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		return start(t, Config{Redis: rdb, NodeID: name, MaxPending: 4, CallTimeout: time.Hour})
+	}
+	_, n1 := node("n1")
+	r2, n2 := node("n2")
+	callee := dial(t, n2) // reads its invocations, never answers
+	callee.join("main")
+	callee.register(1, "sink")
+	go func() {
+		for {
+			if _, err := callee.next(time.Hour); err != nil {
+				return
+			}
+		}
+	}()
+	held := func() int {
+		r2.mu.Lock()
+		defer r2.mu.Unlock()
+		return len(r2.calls) + len(r2.remote)
+	}
+	caller := dial(t, n1)
+	caller.join("main")
+	for i := 1; i <= 100; i++ {
+		opts := map[string]any{}
+		if i%2 == 1 {
+			opts["timeout"] = int64(9223372036855) // ms: overflows as nanoseconds
+		}
+		caller.send(mCall, i, opts, "sink")
+		caller.send(mCancel, i, map[string]any{})
+		if uri := caller.expectError(mCall, i); uri != errCanceled {
+			t.Fatalf("call %d: %q, want canceled", i, uri)
+		}
+	}
+	relaytest.WaitFor(t, func() error {
+		if n := held(); n != 0 {
+			return fmt.Errorf("%d invocations (and index entries) still held", n)
+		}
+		return nil
+	}, "the callee's node ends every canceled invocation")
+	// The caller leaves with calls in flight: they end at the callee's node.
+	for i := 101; i <= 104; i++ {
+		caller.send(mCall, i, map[string]any{}, "sink")
+	}
+	relaytest.WaitFor(t, func() bool { return held() == 8 }, "four calls in flight at the callee's node")
+	caller.c.Close()
+	relaytest.WaitFor(t, func() error {
+		if n := held(); n != 0 {
+			return fmt.Errorf("%d invocations (and index entries) still held", n)
+		}
+		return nil
+	}, "the callee's node ends the calls of a caller that left")
+}
+
+// TestHelloBehindTheUpgrade: a client that writes its HELLO in the same
+// segment as the upgrade request (RFC 6455 says to wait for the 101; some
+// do not) is served: net/http read the frame past the request head, and
+// the session reads it from there first.
+func TestHelloBehindTheUpgrade(t *testing.T) {
+	_, srv := start(t, Config{})
+	c, err := net.Dial("tcp", relaytest.Addr(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n", Subprotocol)
+	hello, _ := json.Marshal([]any{mHello, "main", map[string]any{"roles": map[string]any{"caller": map[string]any{}}}})
+	if err := wsutil.WriteClientText(&b, hello); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	msg, err := wsutil.ReadServerText(struct {
+		io.Reader
+		io.Writer
+	}{br, c})
+	if err != nil {
+		t.Fatalf("no answer to the HELLO sent behind the upgrade: %v", err)
+	}
+	if m, _ := Parse(msg); m.Type != mWelcome {
+		t.Fatalf("the HELLO sent behind the upgrade answered %s, want WELCOME", msg)
 	}
 }
