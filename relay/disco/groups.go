@@ -365,11 +365,43 @@ func (s *Service) readGroup(w http.ResponseWriter, r *http.Request, scope string
 	case len(g.Peers) > s.cfg.MaxPeers || len(g.GenesisPeers) > s.cfg.MaxPeers:
 		s.fail(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("at most %d peers per list", s.cfg.MaxPeers))
 		return g, false
-	case g.TTL < 0 || time.Duration(g.TTL)*time.Second > s.cfg.MaxTTL:
+	case g.ID != "" && !validID(g.ID):
+		s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("an ID is 1 to %d letters, digits, '-', '_', '.' or '~', and not only dots (or leave it out: the relay makes one)", maxIDLen))
+		return g, false
+	case len(g.AppID) > maxAppIDLen:
+		s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("an AppID is at most %d bytes", maxAppIDLen))
+		return g, false
+	case g.TTL < 0 || g.TTL > int64(s.cfg.MaxTTL/time.Second): // compared in seconds: TTL·10⁹ may overflow
 		s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("TTL must be between 0 and %d seconds", int64(s.cfg.MaxTTL/time.Second)))
 		return g, false
 	}
 	return g, true
+}
+
+// maxIDLen and maxAppIDLen bound a group's ID and AppID. Disco's and
+// Babble's IDs are the relay's own (UUIDs, 36 bytes) and their AppIDs
+// names.
+const (
+	maxIDLen    = 128
+	maxAppIDLen = 256
+)
+
+// validID reports whether id can be a group's ID: URL-unreserved bytes
+// only, so that /groups/{id} reaches it as written, within maxIDLen (the
+// disk store's key limit is far above), and not "." or "..", which a path
+// cannot carry.
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > maxIDLen || strings.Trim(id, ".") == "" {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.', c == '~':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // ttlOf is the group's life.
@@ -524,6 +556,12 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, err)
 		return
 	}
+	if app == "" && len(s.cfg.Apps) > 0 { // registered apps' groups are not listed: not read either
+		if ids, err = s.openIDs(ids, now); err != nil {
+			s.unavailable(w, err)
+			return
+		}
+	}
 	slices.Sort(ids)
 	after := q.Get("after")
 	i, found := slices.BinarySearch(ids, after)
@@ -543,15 +581,37 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 	relay.WriteJSON(w, http.StatusOK, out)
 }
 
+// openIDs is ids without the registered applications' groups (asked of
+// the store by application: ids only, no records).
+func (s *Service) openIDs(ids []string, now time.Time) ([]string, error) {
+	reg := map[string]bool{}
+	for app := range s.cfg.Apps {
+		of, err := s.st.ids(app, now)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range of {
+			reg[id] = true
+		}
+	}
+	return slices.DeleteFunc(ids, func(id string) bool { return reg[id] }), nil
+}
+
 // page reads the groups of ids (sorted) into one page: at most limit
 // groups and PageBytes (at least one group); open leaves out registered
 // applications' groups. full reports that more remain after last. A
 // store failure returns a nil page.
+//
+// Records are read pageBatch at a time, and no more once the page is
+// full, so one request reads at most PageBytes and a batch more.
 func (s *Service) page(ids []string, open bool, limit int, now time.Time) (out map[string]Group, last string, full bool) {
 	out = map[string]Group{}
 	var bytes int64
 	for len(ids) > 0 {
-		chunk := ids[:min(len(ids), limit)]
+		if len(out) == limit {
+			return out, last, true
+		}
+		chunk := ids[:min(len(ids), limit-len(out), pageBatch)]
 		ids = ids[len(chunk):]
 		recs, err := s.st.getMany(chunk)
 		if err != nil {
@@ -565,7 +625,7 @@ func (s *Service) page(ids []string, open bool, limit int, now time.Time) (out m
 			if _, registered := s.cfg.Apps[rec.Group.AppID]; open && registered {
 				continue
 			}
-			if len(out) == limit || (len(out) > 0 && bytes+rec.size > int64(s.cfg.PageBytes)) {
+			if len(out) > 0 && bytes+rec.size > int64(s.cfg.PageBytes) {
 				return out, last, true
 			}
 			out[rec.Group.ID] = rec.Group
@@ -575,6 +635,9 @@ func (s *Service) page(ids []string, open bool, limit int, now time.Time) (out m
 	}
 	return out, last, false
 }
+
+// pageBatch is how many records a listing reads from the store at once.
+const pageBatch = 16
 
 // lookup finds the group of the request's {id}, with its realm checked.
 func (s *Service) lookup(w http.ResponseWriter, r *http.Request) (rec *record, keyed, ok bool) {

@@ -306,6 +306,11 @@ func TestGroupsErrorsAndBounds(t *testing.T) {
 		{`{"Name":`, 400},
 		{`{"Name":"no app"}`, 400},
 		{`{"AppID":"a","TTL":-1}`, 400},
+		{`{"AppID":"a","TTL":9223372037}`, 400}, // seconds: overflows as a Duration
+		{`{"AppID":"a","ID":"a/b"}`, 400},       // no /groups/{id} reaches it
+		{`{"AppID":"a","ID":".."}`, 400},
+		{`{"AppID":"a","ID":"` + strings.Repeat("i", 129) + `"}`, 400},
+		{`{"AppID":"` + strings.Repeat("a", 257) + `"}`, 400},
 		{`{"AppID":"a","Peers":[{},{},{}]}`, 413},
 		{`{"AppID":"a","Name":"` + strings.Repeat("x", 4096) + `"}`, 413},
 	} {
@@ -324,7 +329,7 @@ func TestGroupsErrorsAndBounds(t *testing.T) {
 	if n := len(s.ids()); n != 2 {
 		t.Errorf("%d groups stored, want 2", n)
 	}
-	for name, want := range map[string]float64{`meetpoint_groups_rejected_total{reason="bad_request"}`: 3,
+	for name, want := range map[string]float64{`meetpoint_groups_rejected_total{reason="bad_request"}`: 8,
 		`meetpoint_groups_rejected_total{reason="too_large"}`: 2, `meetpoint_groups_rejected_total{reason="limit"}`: 1, "meetpoint_groups": 2} {
 		if got := relaytest.Metric(t, srv, name); got != want {
 			t.Errorf("/metrics: %s %v, want %v", name, got, want)
@@ -441,4 +446,47 @@ func (s *Service) ids() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// TestGroupsAppCountsFollowTheGroup: an expired group the sweep has not
+// removed yet may be re-created by another application; the group then
+// counts for the new application, not for both. (Counted for both, an
+// anonymous client could push any open application to MaxGroups for good
+// by re-creating its expired groups under another name.) Once every group
+// is gone, no application is counted.
+func TestGroupsAppCountsFollowTheGroup(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	s, base, _ := start(t, Config{MaxGroups: 3, TTL: time.Minute, SweepEvery: time.Hour, nowForTests: clk.now})
+	for i := range 3 {
+		create(t, base, fmt.Sprintf(`{"ID":"g%d","AppID":"victim"}`, i))
+	}
+	clk.add(2 * time.Minute) // expired, not swept
+	for i := range 3 {
+		create(t, base, fmt.Sprintf(`{"ID":"g%d","AppID":"other"}`, i))
+	}
+	create(t, base, `{"AppID":"victim","Name":"mine"}`) // fails (429) if the moved groups still count
+	clk.add(2 * time.Minute)
+	s.sweep()
+	ls := s.st.(*localStore)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if len(ls.groups) != 0 || len(ls.perApp) != 0 || ls.bytes != 0 {
+		t.Fatalf("after every group expired: %d groups, counts %v, %d bytes", len(ls.groups), ls.perApp, ls.bytes)
+	}
+}
+
+// TestGroupsDiskFailureChangesNothing: a group the disk store refuses is
+// answered 503 and not kept in memory either (it would be served until a
+// restart lost it).
+func TestGroupsDiskFailureChangesNothing(t *testing.T) {
+	s, base, srv := start(t, Config{DataDir: t.TempDir()})
+	if err := s.st.(*localStore).db.Close(); err != nil { // every write fails now
+		t.Fatal(err)
+	}
+	if code, _, body := relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","Name":"lost"}`); code != 503 {
+		t.Fatalf("a group the disk refused: %d %s, want 503", code, body)
+	}
+	if n := len(s.ids()); n != 0 || relaytest.Metric(t, srv, "meetpoint_groups") != 0 {
+		t.Fatalf("a group the disk refused is kept in memory (%d groups)", n)
+	}
 }

@@ -162,19 +162,28 @@ func (s *localStore) put(rec, old *record, b bounds, _ time.Time) error {
 	if old != nil {
 		was = old.size
 	}
+	// An expired group not swept yet may be replaced by another
+	// application's: the group then moves between the apps' counts.
+	joins := old == nil || old.Group.AppID != rec.Group.AppID
 	switch {
-	case old == nil && b.perApp > 0 && s.perApp[rec.Group.AppID] >= b.perApp:
+	case joins && b.perApp > 0 && s.perApp[rec.Group.AppID] >= b.perApp:
 		return errLimit
 	case old == nil && b.total > 0 && len(s.groups) >= b.total,
 		b.bytes > 0 && rec.size > was && s.bytes-was+rec.size > b.bytes:
 		return errFull
 	}
-	if old == nil {
+	if err := s.save(id, v); err != nil { // first: a refused write changes nothing
+		return err
+	}
+	if joins {
+		if old != nil {
+			s.leave(old.Group.AppID)
+		}
 		s.perApp[rec.Group.AppID]++
 	}
 	s.groups[id] = rec
 	s.bytes += rec.size - was
-	return s.save(id, v)
+	return nil
 }
 
 func (s *localStore) del(old *record) error {
@@ -192,8 +201,14 @@ func (s *localStore) del(old *record) error {
 func (s *localStore) drop(id string, r *record) {
 	delete(s.groups, id)
 	s.bytes -= r.size
-	if s.perApp[r.Group.AppID]--; s.perApp[r.Group.AppID] <= 0 {
-		delete(s.perApp, r.Group.AppID)
+	s.leave(r.Group.AppID)
+}
+
+// leave counts one group fewer for app (under mu); an app with none is
+// forgotten.
+func (s *localStore) leave(app string) {
+	if s.perApp[app]--; s.perApp[app] <= 0 {
+		delete(s.perApp, app)
 	}
 }
 

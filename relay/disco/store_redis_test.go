@@ -2,6 +2,8 @@ package disco
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -180,5 +182,43 @@ func TestGroupsStoreBounds(t *testing.T) {
 		if _, bytes := st.count(); bytes > 3000 {
 			t.Fatalf("%s: %d bytes counted after deletes and expiry", name, bytes)
 		}
+	}
+}
+
+// TestGroupsListingReadsAPage: an anonymous listing on the fleet's Redis
+// reads what its page holds, not every group: registered applications'
+// groups (not listed without their key) are left out by id before any
+// record is read, and records are read a batch at a time until the page
+// is full. Measured as the bytes Redis sent the node for one request.
+func TestGroupsListingReadsAPage(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: relaytest.Redis(t)})
+	t.Cleanup(func() { rdb.Close() })
+	const key = "0123456789abcdef0123"
+	_, base, _ := start(t, Config{Redis: rdb, Prefix: "page:", Apps: map[string]string{"reg": key}, PageBytes: 64 << 10})
+	big := strings.Repeat("x", 60<<10)
+	for i := range 40 {
+		create(t, base, fmt.Sprintf(`{"ID":"a%04d","AppID":"reg","Name":%q}`, i, big), "Authorization", "Bearer "+key)
+		create(t, base, fmt.Sprintf(`{"ID":"o%04d","AppID":"open","Name":%q}`, i, big))
+	}
+	sent := func() int64 {
+		for l := range strings.SplitSeq(rdb.Info(t.Context(), "stats").Val(), "\r\n") {
+			if v, ok := strings.CutPrefix(l, "total_net_output_bytes:"); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+		t.Fatal("no total_net_output_bytes in INFO stats")
+		return 0
+	}
+	before := sent()
+	code, hdr, body := relaytest.HTTP(t, "GET", base+"/groups?limit=1000", "")
+	read := sent() - before
+	if code != 200 || !strings.Contains(body, "o0000") || strings.Contains(body, "a0000") || hdr.Get("Link") == "" {
+		t.Fatalf("listing: %d, Link %q, %d bytes", code, hdr.Get("Link"), len(body))
+	}
+	// One page (64 KiB: one group, as each is 60 KiB) and a batch more at
+	// most; all 80 groups are 4.8 MB.
+	if bound := int64(64<<10 + pageBatch*61<<10); read > bound {
+		t.Fatalf("one listing of a %d-byte page read %d bytes from Redis, want at most %d", len(body), read, bound)
 	}
 }
