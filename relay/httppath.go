@@ -13,6 +13,7 @@ var (
 	errPathEncodedDot = errors.New("an encoded dot segment (%2E) in the path")
 	errPathDouble     = errors.New("a doubly encoded character in the path")
 	errPathBadChar    = errors.New("a backslash or control character in the path")
+	errPathParamDot   = errors.New("a dot segment with a parameter (..;) in the path")
 	errPathBad        = errors.New("a malformed path")
 )
 
@@ -20,7 +21,8 @@ var (
 // forwarded as: escaped (the request's path as sent) decoded once and
 // cleaned (path.Clean, a trailing slash kept). It refuses what would let a
 // rule and the service behind a route see different paths: an encoded
-// separator, a dot segment written with an encoded dot, a percent sign
+// separator, a dot segment written with an encoded dot or with a path
+// parameter ("..;", a dot segment to servlet containers), a percent sign
 // that still encodes a dot, slash or backslash after decoding (a second
 // decoding upstream would make it one), a backslash (a separator to some
 // servers) and control characters. Cost: one decoding and one cleaning,
@@ -58,6 +60,15 @@ func cleanPath(escaped string) (string, error) {
 		lower := strings.ToLower(p)
 		if strings.Contains(lower, "%2e") || strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(lower, "%25") {
 			return "", errPathDouble
+		}
+	}
+	if strings.IndexByte(p, ';') >= 0 {
+		for seg := range strings.SplitSeq(p, "/") {
+			// Servlet containers (Tomcat, Jetty, Spring) drop ";params"
+			// and resolve the segment that is left: "..;" is "..".
+			if b, _, ok := strings.Cut(seg, ";"); ok && (b == "." || b == "..") {
+				return "", errPathParamDot
+			}
 		}
 	}
 	c := path.Clean(p)

@@ -29,6 +29,11 @@ func TestCleanPath(t *testing.T) {
 		{"/a%0d%0aX: y", "", errPathBadChar},
 		{"/a%zz", "", errPathBad},
 		{"a/b", "", errPathBad},
+		{"/app/..;/secret", "", errPathParamDot},
+		{"/app/..%3B/secret", "", errPathParamDot},
+		{"/app/%2e%2e;x/secret", "", errPathParamDot},
+		{"/app/.;/x", "", errPathParamDot},
+		{"/app/a;b/..c;d", "/app/a;b/..c;d", nil},
 	} {
 		got, err := cleanPath(c.in)
 		if got != c.want || err != c.err {
@@ -41,7 +46,7 @@ func TestCleanPath(t *testing.T) {
 // clean, holds no separator or dot segment another decoding would reveal,
 // and is its own cleaning (a rule and the upstream see the same path).
 func FuzzCleanPath(f *testing.F) {
-	for _, s := range []string{"/", "/a/b/", "/shared/.%2fprivate/x", "/%2e%2e/", "/%252e", "/a//b/../c", "/a%20b", "*", "/\x00"} {
+	for _, s := range []string{"/", "/a/b/", "/shared/.%2fprivate/x", "/%2e%2e/", "/%252e", "/a//b/../c", "/a%20b", "*", "/\x00", "/a/..;/b"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
@@ -50,7 +55,8 @@ func FuzzCleanPath(f *testing.F) {
 			return
 		}
 		if p[0] != '/' || strings.Contains(p, "//") || strings.Contains(p, "/./") || strings.Contains(p, "/../") ||
-			strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..") || strings.ContainsAny(p, "\\\x00") {
+			strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..") || strings.ContainsAny(p, "\\\x00") ||
+			strings.Contains(p, "/.;") || strings.Contains(p, "/..;") {
 			t.Fatalf("cleanPath(%q) = %q: not clean", in, p)
 		}
 		if d, err := url.PathUnescape(p); err == nil && (strings.Count(d, "/") != strings.Count(p, "/") || strings.ContainsAny(d, "\\\x00")) {
