@@ -277,9 +277,17 @@ func TestAccessHTTPAndRoutes(t *testing.T) {
 	for len(w.upstreamSawHeaders) > 0 {
 		<-w.upstreamSawHeaders
 	}
-	get(hc(w.friend), https+"/shared/x", map[string]string{"X-Meetpoint-Identity": "cert:CN=admin"})
-	if h := <-w.upstreamSawHeaders; !strings.HasPrefix(h.Get("X-Meetpoint-Identity"), "cert:CN=friend-phone (sha256:") || len(h.Values("X-Meetpoint-Identity")) != 1 {
+	// Nor another spelling of it: CGI, WSGI, PHP and Rack read X_Id as X-Id.
+	get(hc(w.friend), https+"/shared/x", map[string]string{"X-Meetpoint-Identity": "cert:CN=admin",
+		"X_Meetpoint_Identity": "cert:CN=admin", "x_meetpoint-IDENTITY": "cert:CN=admin"})
+	h := <-w.upstreamSawHeaders
+	if !strings.HasPrefix(h.Get("X-Meetpoint-Identity"), "cert:CN=friend-phone (sha256:") || len(h.Values("X-Meetpoint-Identity")) != 1 {
 		t.Fatalf("upstream saw identity %q", h.Values("X-Meetpoint-Identity"))
+	}
+	for k, v := range h {
+		if k != "X-Meetpoint-Identity" && strings.EqualFold(strings.ReplaceAll(k, "_", "-"), "X-Meetpoint-Identity") {
+			t.Fatalf("upstream saw the client's %s: %q", k, v)
+		}
 	}
 	// A streaming request body (8 MiB in pieces) and a streaming response.
 	pr, pw := io.Pipe()

@@ -90,7 +90,7 @@ func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
 			pr.SetURL(target) // joins target's path with the request's
 			pr.SetXForwarded()
 			if idHeader != "" {
-				pr.Out.Header.Del(idHeader) // never the client's own copy
+				dropSpellings(pr.Out.Header, idHeader) // never the client's own copy
 				pr.Out.Header.Set(idHeader, relay.IdentityOfRequest(pr.In).String())
 			}
 		},
@@ -105,4 +105,16 @@ func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
 		},
 	}
 	return rp
+}
+
+// dropSpellings removes every header that names name, whatever its case
+// and with '_' for '-': CGI, WSGI, PHP and Rack hand X_Id and X-Id to the
+// program as the same variable (HTTP_X_ID), and net/http keeps them
+// apart, so a client's X_Id would pass for the relay's X-Id.
+func dropSpellings(h http.Header, name string) {
+	for k := range h {
+		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), name) {
+			delete(h, k)
+		}
+	}
 }
