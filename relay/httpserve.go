@@ -118,6 +118,14 @@ func (s *Server) httpRoot() http.Handler {
 		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
 			r.TLS = st
 		}
+		if r.Body != http.NoBody && r.ContentLength != 0 {
+			// Bounded and paced whoever reads it: a handler, or net/http,
+			// which reads up to 256 KiB of what a handler left before it
+			// answers (and would wait for it without end).
+			b := &minRateBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody), rc: http.NewResponseController(w), s: s}
+			r.Body = b
+			defer b.leave()
+		}
 		p, err := cleanPath(r.URL.EscapedPath())
 		if err != nil {
 			s.stats.httpBadPath.Inc()
@@ -145,10 +153,6 @@ func (s *Server) httpRoot() http.Handler {
 				}
 			}
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody)
-		if r.Body != http.NoBody && r.ContentLength != 0 {
-			r.Body = &minRateBody{ReadCloser: r.Body, rc: http.NewResponseController(w), s: s}
-		}
 		s.mux.ServeHTTP(w, r)
 	})
 }
@@ -168,16 +172,23 @@ type minRateBody struct {
 	s     *Server
 	start time.Time
 	got   int64
+	ended bool // read to its end or its error
 }
 
-// Read implements io.Reader.
-func (b *minRateBody) Read(p []byte) (int, error) {
+// deadline is when the body's next byte is due: its start (the first
+// read) plus HTTPBodyTimeout plus the time its bytes so far take at
+// HTTPMinBodyRate.
+func (b *minRateBody) deadline() time.Time {
 	cfg := &b.s.cfg
 	if b.start.IsZero() {
 		b.start = time.Now()
 	}
-	allowed := cfg.HTTPBodyTimeout + time.Duration(float64(b.got)/float64(cfg.HTTPMinBodyRate)*float64(time.Second))
-	_ = b.rc.SetReadDeadline(b.start.Add(allowed))
+	return b.start.Add(cfg.HTTPBodyTimeout + time.Duration(float64(b.got)/float64(cfg.HTTPMinBodyRate)*float64(time.Second)))
+}
+
+// Read implements io.Reader.
+func (b *minRateBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(b.deadline())
 	n, err := b.ReadCloser.Read(p)
 	b.got += int64(n)
 	switch {
@@ -187,7 +198,20 @@ func (b *minRateBody) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		_ = b.rc.SetReadDeadline(time.Time{}) // net/http's own deadlines from here
 	}
+	b.ended = err != nil
 	return n, err
+}
+
+// leave runs when the handler returns: a body it did not read to its end
+// keeps its deadline for what net/http reads of it before answering (up
+// to 256 KiB, to reuse the connection), so a client that announced a body
+// and sends nothing is answered and closed after HTTPBodyTimeout, not held
+// for good. (A hijacked connection refuses the deadline: it is not
+// net/http's any more.)
+func (b *minRateBody) leave() {
+	if !b.ended {
+		_ = b.rc.SetReadDeadline(b.deadline())
+	}
 }
 
 // healthCheck reports whether r is a load balancer's health check (GET or

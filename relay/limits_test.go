@@ -325,3 +325,52 @@ func TestTLSHandshakesPerAddress(t *testing.T) {
 	}
 	tc.Close()
 }
+
+// TestHTTPUnreadBodyIsPaced: a body announced and never sent to a handler
+// that does not read it (a health check, a 400 path, a 404, a 405) is
+// paced all the same: net/http reads up to 256 KiB of what a handler
+// left before it answers, and without the body's deadline it would wait
+// for it without end, holding the connection's HTTP slot for good. Each
+// is answered and closed once HTTPBodyTimeout has passed, and the slots
+// are free again.
+func TestHTTPUnreadBodyIsPaced(t *testing.T) {
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	noExempt(&cfg)
+	cfg.HTTPMaxConns, cfg.HTTPMaxConnsPerIP = 4, 2
+	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = 500*time.Millisecond, 1024
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	silent := map[string]string{ // 100 kB announced (under net/http's 256 KiB), one byte sent
+		"HTTP/1.1 200": "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 400": "GET /a%2fb HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 404": "GET /nothing-here HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 405": "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nx",
+	}
+	ips := []string{"127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"}
+	held := map[string]net.Conn{}
+	for want, req := range silent {
+		c := dialFrom(t, s, ips[len(held)])
+		c.Write([]byte(req))
+		held[want] = c
+	}
+	for want, c := range held {
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		got, err := io.ReadAll(c)
+		if !strings.HasPrefix(string(got), want) || err != nil {
+			t.Errorf("%.30q: %.40q %v, want %s… and a close", silent[want], got, err, want)
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return s.handoffs[handoffHTTP].Active.Load() == 0 }, "every HTTP slot free")
+	if got := status(t, s, "127.0.0.3", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); got != "HTTP/1.1 200 OK" {
+		t.Errorf("a health check after: %q, want 200", got)
+	}
+}
