@@ -242,7 +242,9 @@ func (s *Server) AloneTimeout() time.Duration { return s.cfg.AloneTimeout }
 // (e.g. TURN credentials; AuthRequest.Whole: a one-time token is spent
 // whole): it blocks until the answer or ctx ends (then
 // AuthTimeout). The identity is the token's subject, with the request's
-// client certificate if any (cert may be nil).
+// client certificate if any (cert may be nil). A refused token
+// (AuthFailed) counts toward peer's address's ban, as a refused
+// Authenticate does.
 func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, cert *x509.Certificate) (AuthResult, Identity) {
 	var subject atomic.Pointer[string]
 	req := AuthRequest{Token: token, Peer: peer, ClientCert: cert, Whole: true, SetSubject: func(v string) { subject.Store(&v) }}
@@ -255,8 +257,13 @@ func (s *Server) CheckToken(ctx context.Context, token string, peer net.Addr, ce
 		return AuthTimeout, Identity{}
 	}
 	sub := ""
-	if r == AuthNoError {
+	switch r {
+	case AuthNoError:
 		sub = s.tokenSubject(&subject, token)
+	case AuthFailed:
+		if peer != nil {
+			s.failedFrom(peer)
+		}
 	}
 	return r, IdentityOf(cert, sub)
 }

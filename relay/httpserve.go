@@ -79,6 +79,7 @@ func (s *Server) startHTTP() {
 		MaxHeaderBytes:    s.cfg.MaxHeader,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			ctx = context.WithValue(ctx, serverKey{}, s) // for CountAuthFailure
 			if hc, ok := c.(*loop.HandedConn); ok && hc.State != nil {
 				return context.WithValue(ctx, tlsStateKey{}, hc.State)
 			}
@@ -104,6 +105,9 @@ func (s *Server) startHTTP() {
 
 type tlsStateKey struct{}
 
+// serverKey finds the Server that serves a request (CountAuthFailure).
+type serverKey struct{}
+
 // httpRoot is the handler of every handed-off HTTP connection: the TLS
 // state of wrapped connections goes into r.TLS; the path is decoded and
 // cleaned once (cleanPath: a path it refuses is a 400) and everything
@@ -115,6 +119,14 @@ type tlsStateKey struct{}
 func (s *Server) httpRoot() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.stats.httpRequests.Inc()
+		if ip := requestAddr(r); ip.IsValid() && s.lim.Banned(ip) {
+			// Banned while it held this connection (its guesses on
+			// earlier requests): new connections are refused at accept.
+			s.stats.httpBanned.Inc()
+			w.Header().Set("Connection", "close")
+			http.Error(w, "403 forbidden: this address is banned for failed authentications", http.StatusForbidden)
+			return
+		}
 		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
 			r.TLS = st
 		}
@@ -310,11 +322,15 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 
 // RequireBearer serves h only to requests that carry "Authorization:
 // Bearer KEY" (compared in constant time; surrounding spaces of key
-// ignored); the others get 401 with a JSON error.
+// ignored); the others get 401 with a JSON error, and a wrong key counts
+// toward the address's ban (CountAuthFailure).
 func RequireBearer(key string, h http.Handler) http.Handler {
 	want := []byte("Bearer " + strings.TrimSpace(key))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if got := r.Header.Get("Authorization"); subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			if got != "" {
+				CountAuthFailure(r)
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)
 			WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin key is required (Authorization: Bearer KEY)"})
 			return

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"crypto/subtle"
+	"net/http"
 	"net/netip"
 
 	"github.com/meetpoint/meetpoint/relay/limits"
@@ -27,6 +28,31 @@ func (s *Server) SetLimits(lim limits.Limits) error {
 // it, so one host is one client everywhere.
 func (s *Server) ClientKey(ip netip.Addr) (key netip.Addr, exempt bool) {
 	return s.lim.Key(ip.Unmap())
+}
+
+// CountAuthFailure counts a secret that r presented and a handler refused (a
+// wrong token, application key, admin key or owner secret) against the
+// client's address, as a refused Authenticate is: past
+// AuthFailuresPerIP a minute the address is banned for BanTime, its new
+// connections refused at accept and its further requests on the ones it
+// holds answered 403. Handlers that check a secret themselves call it
+// once per refusal; a request with no secret at all is not a guess and
+// is not counted. A request the relay's port did not serve is ignored.
+func CountAuthFailure(r *http.Request) {
+	if s, ok := r.Context().Value(serverKey{}).(*Server); ok {
+		if ip := requestAddr(r); ip.IsValid() {
+			s.authFailedAt(ip)
+		}
+	}
+}
+
+// requestAddr is r's client address (invalid if r has none).
+func requestAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // MatchKey finds which of keys (id → key, e.g. registered applications)

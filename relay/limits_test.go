@@ -374,3 +374,71 @@ func TestHTTPUnreadBodyIsPaced(t *testing.T) {
 		t.Errorf("a health check after: %q, want 200", got)
 	}
 }
+
+// TestAuthFailuresOverHTTP: a wrong secret in an HTTP request (here an
+// admin key, RequireBearer) counts toward the address's ban as a refused
+// Authenticate does: past AuthFailuresPerIP the address is banned, its
+// next request on the connection it holds is answered 403 and closed, and
+// its new connections are refused. A request without a secret is no
+// guess and is not counted; another address is served.
+func TestAuthFailuresOverHTTP(t *testing.T) {
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	noExempt(&cfg)
+	cfg.Limits.AuthFailuresPerIP = 3
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("GET /admin", RequireBearer("right-key", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ask := func(c net.Conn, br *bufio.Reader, key string) *http.Response {
+		t.Helper()
+		req := "GET /admin HTTP/1.1\r\nHost: x\r\n"
+		if key != "" {
+			req += "Authorization: Bearer " + key + "\r\n"
+		}
+		c.Write([]byte(req + "\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp
+	}
+	// No secret at all, many times: never a ban.
+	c := dialFrom(t, s, "127.0.0.4")
+	br := bufio.NewReader(c)
+	for range 10 {
+		if resp := ask(c, br, ""); resp.StatusCode != 401 {
+			t.Fatalf("no key: %d, want 401", resp.StatusCode)
+		}
+	}
+	if resp := ask(c, br, "right-key"); resp.StatusCode != 200 {
+		t.Fatalf("the right key after requests without one: %d, want 200", resp.StatusCode)
+	}
+	// Wrong keys on one kept-alive connection.
+	c = dialFrom(t, s, "127.0.0.2")
+	br = bufio.NewReader(c)
+	for i := range 4 {
+		if resp := ask(c, br, "guess"); resp.StatusCode != 401 {
+			t.Fatalf("guess %d: %d, want 401", i, resp.StatusCode)
+		}
+	}
+	if resp := ask(c, br, "right-key"); resp.StatusCode != 403 || !resp.Close {
+		t.Fatalf("the right key after four guesses, same connection: %d (close %v), want 403 and a close", resp.StatusCode, resp.Close)
+	}
+	if got := status(t, s, "127.0.0.2", "GET /admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer right-key\r\n\r\n"); got != "" {
+		t.Errorf("a new connection from the banned address: %q, want it refused", got)
+	}
+	if got := status(t, s, "127.0.0.3", "GET /admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer right-key\r\n\r\n"); got != "HTTP/1.1 200 OK" {
+		t.Errorf("another address: %q, want 200", got)
+	}
+	if b, h := s.stats.bans.Get(), s.stats.httpBanned.Get(); b != 1 || h != 1 {
+		t.Errorf("bans %d, requests refused as banned %d; want 1, 1", b, h)
+	}
+}

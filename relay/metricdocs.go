@@ -36,6 +36,7 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_http_connections_total":       {"counter", "Connections handed to net/http."},
 	"meetpoint_http_requests_total":          {"counter", "HTTP requests served on the relay port."},
 	"meetpoint_http_denied_total":            {"counter", "HTTP requests on the relay port refused (403) by the access rules."},
+	"meetpoint_http_banned_total":            {"counter", "HTTP requests refused (403) on a connection whose address was banned while it held it (new connections from it are refused at accept)."},
 	"meetpoint_http_bad_path_total":          {"counter", "HTTP requests on the relay port refused (400) for their path: an encoded slash, backslash or dot segment, a dot segment with a parameter (..;), double encoding, a control character."},
 	"meetpoint_http_slow_bodies_total":       {"counter", "HTTP request bodies cut for arriving slower than --http-min-body-rate after --http-body-timeout."},
 	"meetpoint_http_origin_refused_total":    {"counter", "WebSocket upgrades served by net/http (signalling, subsystems) refused (403) for their Origin (--allowed-origins)."},

@@ -34,6 +34,7 @@ type stats struct {
 	httpBadPath       *metrics.Counter    // requests refused for their path (cleanPath)
 	httpOrigin        *metrics.Counter    // net/http upgrades refused for their Origin
 	httpSlowBody      *metrics.Counter    // request bodies cut for arriving slower than HTTPMinBodyRate
+	httpBanned        *metrics.Counter    // requests refused on a connection whose address was banned since
 	identities        [3]*metrics.Counter // authenticated clients by identity kind (identityKinds)
 	accepted          *metrics.Counter    // sockets accepted (admitted or refused)
 	tlsQueued         *metrics.Counter    // TLS handshakes waiting for a slot (gauge)
@@ -71,6 +72,7 @@ func newStats() *stats {
 	s.httpBadPath = s.set.NewCounter(`meetpoint_http_bad_path_total`)
 	s.httpOrigin = s.set.NewCounter(`meetpoint_http_origin_refused_total`)
 	s.httpSlowBody = s.set.NewCounter(`meetpoint_http_slow_bodies_total`)
+	s.httpBanned = s.set.NewCounter(`meetpoint_http_banned_total`)
 	for i, k := range identityKinds {
 		s.identities[i] = s.set.NewCounter(fmt.Sprintf(`meetpoint_authenticated_total{identity=%q}`, k))
 	}

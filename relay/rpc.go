@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -235,8 +236,11 @@ func (a *authCtx) finish() {
 // failedFrom counts a failed authentication (a refused token, a forged
 // mesh request) against peer's address, banning it past
 // AuthFailuresPerIP a minute.
-func (s *Server) failedFrom(peer net.Addr) {
-	if ip := limits.AddrOf(peer); s.lim.AuthFailed(ip) {
+func (s *Server) failedFrom(peer net.Addr) { s.authFailedAt(limits.AddrOf(peer)) }
+
+// authFailedAt counts a failed authentication from ip (failedFrom).
+func (s *Server) authFailedAt(ip netip.Addr) {
+	if s.lim.AuthFailed(ip) {
 		s.stats.bans.Inc()
 		s.log.Warn("address banned after failed authentications", "ip", ip.String(), "for", s.lim.BanTime())
 	}

@@ -305,6 +305,7 @@ func (s *Service) scope(w http.ResponseWriter, r *http.Request) (app string, ok 
 		return "", true
 	}
 	if app, ok = relay.MatchKey(s.cfg.Apps, key); !ok {
+		relay.CountAuthFailure(r)
 		s.fail(w, http.StatusUnauthorized, "unauthorized", "no application has the key in this URL")
 	}
 	return app, ok
@@ -326,6 +327,9 @@ func (s *Service) appAccess(w http.ResponseWriter, r *http.Request, app, scope s
 	}
 	got := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
 	if subtle.ConstantTimeCompare([]byte(got), []byte(key)) != 1 {
+		if got != "" {
+			relay.CountAuthFailure(r)
+		}
 		s.fail(w, http.StatusUnauthorized, "unauthorized", "application "+app+" is registered: its key is required (Authorization: Bearer KEY, or the /app/KEY/ URL)")
 		return false, false
 	}
@@ -419,13 +423,21 @@ func secretHash(secret string) string {
 
 // mayChange reports whether the request may replace, update or delete
 // rec: the app's key; anyone, for an unregistered app's group without
-// OwnerSecrets (as in Disco); else the group's owner secret.
+// OwnerSecrets (as in Disco); else the group's owner secret. A wrong
+// secret counts toward the address's ban.
 func (s *Service) mayChange(r *http.Request, rec *record, keyed bool) bool {
 	if keyed || !s.cfg.OwnerSecrets {
 		return true // a registered app's group was reached with its key (appAccess)
 	}
 	got := r.Header.Get(SecretHeader)
-	return got != "" && subtle.ConstantTimeCompare([]byte(secretHash(got)), []byte(rec.Secret)) == 1
+	if got == "" {
+		return false
+	}
+	if subtle.ConstantTimeCompare([]byte(secretHash(got)), []byte(rec.Secret)) != 1 {
+		relay.CountAuthFailure(r)
+		return false
+	}
+	return true
 }
 
 // mayCreate spends one of the client address's creations.

@@ -3,6 +3,8 @@ package disco
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -488,5 +490,66 @@ func TestGroupsDiskFailureChangesNothing(t *testing.T) {
 	}
 	if n := len(s.ids()); n != 0 || relaytest.Metric(t, srv, "meetpoint_groups") != 0 {
 		t.Fatalf("a group the disk refused is kept in memory (%d groups)", n)
+	}
+}
+
+// TestGroupsKeyGuessesBanned: every secret the groups API refuses — a
+// key in an /app/KEY/ URL, an application's bearer key, a group's owner
+// secret — counts toward the address's ban as a refused relay token
+// does; a request that brings no secret does not.
+func TestGroupsKeyGuessesBanned(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	srv := relaytest.New(t, func(c *relay.Config) {
+		c.Limits.Exempt = nil // 127.0.0.2 is an ordinary client
+		c.Limits.AuthFailuresPerIP = 3
+	})
+	s, err := New(srv, Config{Apps: map[string]string{"reg": key}, OwnerSecrets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	base := "http://" + relaytest.Addr(srv)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}, Timeout: relaytest.Patience}
+	from := func(method, url string, hdr ...string) int { // 0: the connection refused
+		req, _ := http.NewRequest(method, url, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	id := create(t, base, `{"AppID":"open","Name":"mine"}`) // from loopback's 127.0.0.1
+	for range 5 { // no secret: refused, never counted
+		if code := from("DELETE", base+"/groups/"+id); code != 403 && code != 409 {
+			t.Fatalf("a delete without the owner secret: %d", code)
+		}
+	}
+	for _, c := range []struct {
+		method, url string
+		hdr         []string
+	}{
+		{"GET", base + "/app/" + strings.Repeat("x", 20) + "/groups", nil},
+		{"GET", base + "/groups?app-id=reg", []string{"Authorization", "Bearer " + strings.Repeat("y", 20)}},
+		{"DELETE", base + "/groups/" + id, []string{SecretHeader, "not-the-secret"}},
+	} {
+		if code := from(c.method, c.url, c.hdr...); code < 400 {
+			t.Fatalf("%s %s with a wrong secret: %d", c.method, c.url, code)
+		}
+	}
+	if code := from("GET", base+"/groups?app-id=reg", "Authorization", "Bearer "+key); code != 200 {
+		t.Fatalf("the right key after three guesses (the ban is past 3): %d, want 200", code)
+	}
+	from("GET", base+"/groups?app-id=reg", "Authorization", "Bearer "+strings.Repeat("z", 20))
+	if code := from("GET", base+"/groups?app-id=reg", "Authorization", "Bearer "+key); code == 200 {
+		t.Fatal("four wrong secrets from one address: the right key is still served")
+	}
+	if n := relaytest.Metric(t, srv, "meetpoint_bans_total"); n != 1 {
+		t.Errorf("meetpoint_bans_total %v, want 1", n)
 	}
 }

@@ -253,6 +253,17 @@ func (l *Limiter) AuthFailed(ip netip.Addr) bool {
 	return false
 }
 
+// Banned reports whether ip (or its IPv6 prefix) is banned now.
+func (l *Limiter) Banned(ip netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.exempt(ip) {
+		return false
+	}
+	st := l.ips[l.key(ip)]
+	return st != nil && l.now().Before(st.bannedTill)
+}
+
 // Sweep forgets addresses idle for a minute with no connection and no ban.
 func (l *Limiter) Sweep() {
 	l.mu.Lock()

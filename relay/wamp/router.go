@@ -252,6 +252,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if rest, ok := strings.CutPrefix(req.URL.Path, "/app/"); ok {
 		key, _, _ := strings.Cut(rest, "/")
 		if app, ok = relay.MatchKey(r.cfg.Apps, key); !ok {
+			relay.CountAuthFailure(req)
 			r.closed["auth"].Inc()
 			relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "no application has the key in this URL"})
 			return
@@ -266,7 +267,7 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if rw != nil && rw.Reader.Buffered() > 0 { // frames sent behind the request, before the 101
 		in = rw.Reader
 	}
-	s := &session{r: r, conn: conn, in: in, app: app, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
+	s := &session{r: r, conn: conn, in: in, app: app, guessed: func() { relay.CountAuthFailure(req) }, out: make(chan []byte, r.cfg.MaxQueue+2), done: make(chan struct{}), quit: make(chan struct{}),
 		regs: map[uint64]*registration{}, subs: map[uint64]*topic{}, invocations: map[uint64]*call{},
 		calling: map[*call]bool{}}
 	var b [8]byte
@@ -310,6 +311,9 @@ type session struct {
 	quit   chan struct{} // closed when the writer has ended
 
 	app string // the application whose key the upgrade's URL carried: its realm only
+	// guessed counts a wrong ticket toward the client address's ban
+	// (relay.CountAuthFailure of the upgrade request).
+	guessed func()
 
 	// Set once, by the reader, before WELCOME; read by others after.
 	realm     *realm
@@ -552,6 +556,7 @@ func (s *session) establish(m Message) bool {
 	case m.Type == mAuthenticate && s.key != "":
 		var sig string
 		if json.Unmarshal(m.Fields[0], &sig) != nil || subtle.ConstantTimeCompare([]byte(sig), []byte(s.key)) != 1 {
+			s.guessed()
 			return s.abort(errAuthFailed, "auth", "wrong ticket for this realm")
 		}
 		return s.welcome(s.realmName, "ticket", "app")

@@ -918,3 +918,57 @@ func TestHelloBehindTheUpgrade(t *testing.T) {
 		t.Fatalf("the HELLO sent behind the upgrade answered %s, want WELCOME", msg)
 	}
 }
+
+// TestAppKeyGuessesBanned: a wrong ticket and a wrong key in an /app/KEY
+// URL count toward the address's ban as a refused relay token does: past
+// AuthFailuresPerIP the address cannot even bring the right key, and
+// another address can.
+func TestAppKeyGuessesBanned(t *testing.T) {
+	const key = "0123456789abcdef"
+	srv := relaytest.New(t, func(c *relay.Config) {
+		c.Limits.Exempt = nil // 127.0.0.2 is an ordinary client
+		c.Limits.AuthFailuresPerIP = 3
+	})
+	r, err := New(srv, Config{Apps: map[string]string{"chat": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { r.Close(); srv.Close() })
+	dialFrom := func(ip, path string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), relaytest.Patience)
+		defer cancel()
+		d := ws.Dialer{Protocols: []string{Subprotocol}, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext(ctx, network, addr)
+		}}
+		c, _, _, err := d.Dial(ctx, "ws://"+relaytest.Addr(srv)+path)
+		return c, err
+	}
+	for i := range 2 { // wrong tickets
+		c, err := dialFrom("127.0.0.2", "/")
+		if err != nil {
+			t.Fatalf("attempt %d refused: %v", i, err)
+		}
+		p := &peer{t: t, c: c}
+		p.send(mHello, "chat", map[string]any{"authmethods": []string{"ticket"}})
+		p.expect(mChallenge)
+		p.send(mAuthenticate, fmt.Sprintf("guess%011d", i), map[string]any{})
+		p.expect(mAbort)
+		c.Close()
+	}
+	for i := range 2 { // wrong keys in the URL
+		if _, err := dialFrom("127.0.0.2", fmt.Sprintf("/app/guess%011d", i)); err == nil || !strings.Contains(err.Error(), "401") {
+			t.Fatalf("URL guess %d: %v, want 401", i, err)
+		}
+	}
+	if c, err := dialFrom("127.0.0.2", "/app/"+key); err == nil {
+		c.Close()
+		t.Fatal("four wrong keys from one address (a ban past 3): the right key still got in")
+	}
+	c, err := dialFrom("127.0.0.3", "/app/"+key)
+	if err != nil {
+		t.Fatalf("another address with the right key: %v", err)
+	}
+	(&peer{t: t, c: c}).join("chat")
+	c.Close()
+}
