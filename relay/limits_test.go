@@ -442,3 +442,39 @@ func TestAuthFailuresOverHTTP(t *testing.T) {
 		t.Errorf("bans %d, requests refused as banned %d; want 1, 1", b, h)
 	}
 }
+
+// storeDown is an authenticator whose store (Redis, a webhook) cannot be
+// reached: it checks no token and answers ProxyError.
+type storeDown struct{}
+
+func (storeDown) Authenticate(_ context.Context, _ AuthRequest, done func(AuthResult)) {
+	done(AuthProxyError)
+}
+
+// TestAuthOutageIsNoGuess: an authenticator that cannot answer (its store
+// down) refused no token, so its answers count as errors, not toward the
+// address's ban: clients retrying through an outage (or many behind one
+// NAT) are not banned for longer than the outage lasts.
+func TestAuthOutageIsNoGuess(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		noExempt(c)
+		c.Auth = storeDown{}
+		c.Limits.AuthFailuresPerIP = 3
+	})
+	for i := range 6 {
+		c, err := net.Dial("tcp", serverAddr(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"x","token":"good-token","nonce":"n"}}`+"\n")
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if !strings.Contains(line, "AuthenticationErrorProxyError") {
+			t.Fatalf("attempt %d: %q", i, line)
+		}
+	}
+	if b, e, f := s.stats.bans.Get(), s.stats.authError.Get(), s.stats.authFail.Get(); b != 0 || e != 6 || f != 0 {
+		t.Fatalf("after 6 answers from an authenticator that could not check: %d bans, %d errors, %d failures; want 0, 6, 0", b, e, f)
+	}
+}

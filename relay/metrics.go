@@ -22,6 +22,7 @@ type stats struct {
 	bufferedBytes     *metrics.Counter
 	authOK, authFail  *metrics.Counter
 	authTimeout       *metrics.Counter
+	authError         *metrics.Counter // the authenticator could not answer (ProxyError, Aborted, Unknown)
 	pairLatency       *metrics.Histogram
 	tlsStarted        *metrics.Counter // TLS handshakes begun
 	tlsOK, tlsFailed  *metrics.Counter
@@ -58,6 +59,7 @@ func newStats() *stats {
 	s.authOK = s.set.NewCounter(`meetpoint_auth_total{result="ok"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_auth_total{result="failed"}`)
 	s.authTimeout = s.set.NewCounter(`meetpoint_auth_total{result="timeout"}`)
+	s.authError = s.set.NewCounter(`meetpoint_auth_total{result="error"}`)
 	s.pairLatency = s.set.NewHistogram(`meetpoint_pairing_seconds`)
 	s.tlsStarted = s.set.NewCounter(`meetpoint_tls_handshakes_started_total`)
 	s.tlsOK = s.set.NewCounter(`meetpoint_tls_handshakes_total{result="ok"}`)

@@ -279,9 +279,11 @@ func (c *conn) authResult(r AuthResult) {
 		c.s.stats.authOK.Inc()
 	case AuthTimeout:
 		c.s.stats.authTimeout.Inc()
-	default:
+	case AuthFailed: // the token refused: a guess
 		c.s.stats.authFail.Inc()
 		c.s.failedFrom(c.peer)
+	default: // the authenticator could not answer (its store down): no guess
+		c.s.stats.authError.Inc()
 	}
 	a := c.auth()
 	if then := a.authThen; then != nil {

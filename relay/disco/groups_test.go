@@ -525,7 +525,8 @@ func TestGroupsKeyGuessesBanned(t *testing.T) {
 		return resp.StatusCode
 	}
 	id := create(t, base, `{"AppID":"open","Name":"mine"}`) // from loopback's 127.0.0.1
-	for range 5 { // no secret: refused, never counted
+	// No secret: refused, never counted.
+	for range 5 {
 		if code := from("DELETE", base+"/groups/"+id); code != 403 && code != 409 {
 			t.Fatalf("a delete without the owner secret: %d", code)
 		}
