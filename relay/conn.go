@@ -207,6 +207,7 @@ type authRole struct {
 	authStart  bool                   // set by rpc: unlock starts the authenticator
 	authThen   func(Conn, AuthResult) // Conn.Authenticate's: what to do with the answer (instead of pairing)
 	authed     bool                   // the authenticator accepted key.Token
+	banned     bool                   // refused unjudged: the address was banned after it connected
 	joined     time.Time              // when it joined the registry (its alone timeout)
 }
 

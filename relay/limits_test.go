@@ -478,3 +478,56 @@ func TestAuthOutageIsNoGuess(t *testing.T) {
 		t.Fatalf("after 6 answers from an authenticator that could not check: %d bans, %d errors, %d failures; want 0, 6, 0", b, e, f)
 	}
 }
+
+// oneSecret accepts one token, "tok-0077".
+type oneSecret struct{}
+
+func (oneSecret) Authenticate(_ context.Context, r AuthRequest, done func(AuthResult)) {
+	if r.Token == "tok-0077" {
+		done(AuthNoError)
+	} else {
+		done(AuthFailed)
+	}
+}
+
+// TestBanReachesOpenConnections: an address that opened its connections
+// before guessing has its guesses judged only until its ban: the rest,
+// the right token among them, are refused unjudged (closed as banned),
+// and the address is banned once.
+func TestBanReachesOpenConnections(t *testing.T) {
+	const n = 100
+	s := startServer(t, func(c *Config) {
+		noExempt(c)
+		c.Auth = oneSecret{}
+		c.Limits.AuthFailuresPerIP = 5
+	})
+	conns := make([]net.Conn, 0, n)
+	for range n { // all admitted before any guess
+		c, err := net.Dial("tcp", serverAddr(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	waitFor(t, func() bool { return s.Stats().Accepted == n }, "every connection accepted")
+	for i, c := range conns {
+		fmt.Fprintf(c, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u%d","name":"x","token":"tok-%04d","nonce":"n"}}`+"\n", i, i)
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if i == 77 && !strings.Contains(line, "AuthenticationErrorAuthenticationFailed") {
+			t.Errorf("the right token, sent after the address's ban: %q, want refused", line)
+		}
+	}
+	// A guess already being judged on another loop when the ban fell may
+	// still be counted: at most one per loop past the limit.
+	if f := s.stats.authFail.Get(); f > uint64(5+1+s.cfg.Loops) {
+		t.Errorf("%d guesses judged, want at most the limit (5) and one a loop past it", f)
+	}
+	if b := s.stats.bans.Get(); b != 1 {
+		t.Errorf("%d bans, want 1", b)
+	}
+	waitFor(t, func() bool { return s.Stats().Closes["banned"] >= n-6-uint64(s.cfg.Loops) }, "the unjudged closed as banned")
+}

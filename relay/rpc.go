@@ -113,6 +113,15 @@ func (c *conn) authRequest() AuthRequest {
 
 // startAuth asks the authenticator, mu released (it may answer at once).
 func (c *conn) startAuth(req AuthRequest) {
+	if c.s.lim.Banned(limits.AddrOf(req.Peer)) {
+		// Banned since it connected (its guesses on other connections it
+		// opened before): not judged, or an address could open thousands
+		// of connections first and have a guess judged on each.
+		c.mu.Lock()
+		c.auth().banned = true
+		c.authResult(AuthFailed)
+		return
+	}
 	ctx := &authCtx{deadline: time.Now().Add(c.s.cfg.AuthTimeout)}
 	defer c.containAuth(ctx)
 	c.s.cfg.Auth.Authenticate(ctx, req, func(r AuthResult) {
@@ -274,18 +283,19 @@ func (c *conn) authResult(r AuthResult) {
 	}
 	// Count (and ban) before replying, so a client that reconnects on the
 	// reply already meets the ban.
-	switch r {
-	case AuthNoError:
+	a := c.auth()
+	switch {
+	case a.banned: // counted as a close (banned), not judged
+	case r == AuthNoError:
 		c.s.stats.authOK.Inc()
-	case AuthTimeout:
+	case r == AuthTimeout:
 		c.s.stats.authTimeout.Inc()
-	case AuthFailed: // the token refused: a guess
+	case r == AuthFailed: // the token refused: a guess
 		c.s.stats.authFail.Inc()
 		c.s.failedFrom(c.peer)
 	default: // the authenticator could not answer (its store down): no guess
 		c.s.stats.authError.Inc()
 	}
-	a := c.auth()
 	if then := a.authThen; then != nil {
 		a.authThen = nil
 		a.authed = r == AuthNoError
@@ -307,7 +317,10 @@ func (c *conn) authResult(r AuthResult) {
 	}
 	if r != AuthNoError {
 		why := reason.AuthFailed
-		if r == AuthTimeout {
+		switch {
+		case a.banned:
+			why = reason.Banned
+		case r == AuthTimeout:
 			why = reason.AuthTimeout
 		}
 		c.refuseAuth(r, why, "")

@@ -241,6 +241,9 @@ func (l *Limiter) AuthFailed(ip netip.Addr) bool {
 	}
 	now := l.now()
 	st := l.state(l.key(ip), now)
+	if now.Before(st.bannedTill) {
+		return false // banned already: a late answer neither extends the ban nor bans again
+	}
 	if now.Sub(st.failsSince) > time.Minute {
 		st.fails, st.failsSince = 0, now
 	}
