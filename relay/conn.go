@@ -358,10 +358,20 @@ func (s *Server) admit(peer net.Addr) (key netip.Addr, r reason.Reason, ok bool)
 	if ok {
 		return key, r, ok
 	}
-	if r == reason.Banned || r == reason.LimitRate {
+	// A limit reached (max-conns, max-conns-per-ip) is the operator's to
+	// know, but a flood or a reconnect storm meets it thousands of times
+	// a second: a warning now and then, every refusal at debug, every one
+	// counted (meetpoint_closes_total{reason}).
+	warned := false
+	if r != reason.Banned && r != reason.LimitRate {
+		s.limitLogs.Do(func() {
+			warned = true
+			s.log.Warn("connection refused at a limit (refusals are counted in meetpoint_closes_total{reason}; this line comes at most once every 10 s)",
+				"peer", peer.String(), "reason", r.String())
+		})
+	}
+	if !warned {
 		s.log.Debug("connection refused", "peer", peer.String(), "reason", r.String())
-	} else {
-		s.log.Warn("connection refused", "peer", peer.String(), "reason", r.String())
 	}
 	return key, r, false
 }

@@ -531,3 +531,25 @@ func TestBanReachesOpenConnections(t *testing.T) {
 	}
 	waitFor(t, func() bool { return s.Stats().Closes["banned"] >= n-6-uint64(s.cfg.Loops) }, "the unjudged closed as banned")
 }
+
+// TestLimitRefusalsLogBounded: refusals at a connection limit are all
+// counted, but a storm of them is one warning (then one every 10 s), not
+// one line each; each is logged at debug.
+func TestLimitRefusalsLogBounded(t *testing.T) {
+	logs := &testutil.Tail{}
+	s := startServer(t, func(c *Config) {
+		noExempt(c)
+		c.Limits.MaxConnsPerIP = 1
+		c.Logger = faultLogger(t, logs)
+	})
+	dialFrom(t, s, "127.0.0.2") // held: the address's one connection
+	waitFor(t, func() bool { return s.Stats().Accepted == 1 }, "the first connection accepted")
+	for range 50 {
+		dialFrom(t, s, "127.0.0.2").Close()
+	}
+	waitFor(t, func() bool { return s.Stats().Closes["limit_conns_per_ip"] == 50 }, "50 refusals counted")
+	text := logs.String()
+	if w, d := strings.Count(text, "level=WARN msg=\"connection refused at a limit"), strings.Count(text, "level=DEBUG msg=\"connection refused\""); w != 1 || d != 49 {
+		t.Fatalf("50 refusals at a limit logged %d warnings and %d debug lines, want 1 and 49", w, d)
+	}
+}

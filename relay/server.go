@@ -79,6 +79,7 @@ type Server struct {
 	inputHook   func(p []byte)
 	timerHook   func()
 	faultLogs   rate.Sometimes // which contained panics are logged with their stack (logFault)
+	limitLogs   rate.Sometimes // which refusals at a connection limit are logged at warn (admit)
 
 	mu        sync.Mutex
 	listeners []*loop.Listener
@@ -130,6 +131,7 @@ func NewServer(cfg Config) (*Server, error) {
 		conns:       make(map[*conn]struct{}),
 		faultsFatal: strict.Faults.Load(),
 		faultLogs:   rate.Sometimes{First: faultStacks, Interval: time.Minute},
+		limitLogs:   rate.Sometimes{First: 1, Interval: 10 * time.Second},
 		tunnels:     make(map[*tunnel]struct{}), meshPeers: make(map[string]int),
 		lim:     limits.New(cfg.Limits),
 		live:    newLiveSet(),
