@@ -10,6 +10,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/meetpoint/meetpoint/handshake"
+	"github.com/meetpoint/meetpoint/relay/internal/strict"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -115,8 +116,9 @@ var stageTimeouts = [...][]timeout{
 	stWaiting: {toAlone},
 }
 
-// strictMoves makes badMove panic: the package's tests set it, so that
-// every path they drive is checked against the successor table.
+// strictMoves makes badMove panic: the package's tests set it (and
+// strict.Moves, every test built on package relaytest), so that every
+// path they drive is checked against the successor table.
 var strictMoves = false
 
 // release is how far the transport's letting go has got.
@@ -585,7 +587,7 @@ func (c *conn) cas(from, next state) bool {
 // relay, logged (and made: the connection still ends cleanly), or a panic
 // under the package's tests.
 func (c *conn) badMove(from, next state) {
-	if strictMoves {
+	if strictMoves || strict.Moves.Load() {
 		panic(fmt.Sprintf("relay: conn moves from %v to %v: not in the successor table", from, next))
 	}
 	c.s.log.Error("internal error: a connection made a move its successor table does not list", "from", from.String(), "to", next.String())

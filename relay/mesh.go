@@ -108,6 +108,12 @@ const placeTimeout = 5 * time.Second
 // and its reply flushed; the answer comes back through placed.
 func (c *conn) place() {
 	c.to(stPlacing)
+	c.askFleet()
+}
+
+// askFleet asks the fleet where c, placing, goes (placed acts on the
+// answer). Called with mu held.
+func (c *conn) askFleet() {
 	a := c.view()
 	p := Placing{Key: a.key, UUID: a.uuid, Name: a.name, Identity: c.identity().String()}
 	go func() {
@@ -179,7 +185,7 @@ func (c *conn) replace() {
 	c.releaseLease()
 	c.fleet().replaced = true
 	c.s.log.Debug("placing a waiting client again: its key is held by another node now", "peer", c.peer.String())
-	c.place()
+	c.askFleet() // placing already (the compare-and-swap above)
 }
 
 // moved ends c if it still waits (Watcher): its key is held by a node

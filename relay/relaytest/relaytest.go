@@ -22,9 +22,13 @@ import (
 )
 
 // The tests that use this package run their relays strict: a panic a
-// fault barrier would contain (a closed connection and an error log)
-// ends the test binary instead of passing unseen.
-func init() { strict.Faults.Store(true) }
+// fault barrier would contain (a closed connection and an error log), or
+// a connection's move its successor table does not list (an internal
+// error log), ends the test binary instead of passing unseen.
+func init() {
+	strict.Faults.Store(true)
+	strict.Moves.Store(true)
+}
 
 // New prepares a relay on a free loopback port with the dummy
 // authenticator and two loops; mutate may change the config first.
