@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -219,6 +220,14 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 		if _, isBool := v.(bool); secretFlag(f.Name) && f.Value.String() != "" && !isBool { // a switch carries no secret
 			v = "(redacted)"
 		}
+		switch val := v.(type) { // a password in a URL (--fleet redis://:PASSWORD@…, a webhook's user:password@)
+		case string:
+			v = urlPasswords.ReplaceAllString(val, "${1}xxxxx@")
+		case []string:
+			for i := range val {
+				val[i] = urlPasswords.ReplaceAllString(val[i], "${1}xxxxx@")
+			}
+		}
 		_, usage := flag.UnquoteUsage(f)
 		fmt.Fprintf(&buf, "\n# %s\n", strings.ReplaceAll(usage, "\n", "\n# "))
 		enc := toml.NewEncoder(&buf)
@@ -230,6 +239,10 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 	_, err = w.Write(buf.Bytes())
 	return err
 }
+
+// urlPasswords finds the password of a URL's user:password@ in a value
+// (its first group is what comes before it).
+var urlPasswords = regexp.MustCompile(`(://[^/@:\s]*:)[^/@\s]*@`)
 
 // maxStdinConfig bounds a configuration read from stdin.
 const maxStdinConfig = 1 << 20

@@ -252,3 +252,30 @@ func TestPrintConfigShowsEffectiveDefaults(t *testing.T) {
 		t.Fatalf("limit-exempt none: %v", m["limit-exempt"])
 	}
 }
+
+// TestPasswordsInURLsNeverShown: a password in a Redis or webhook URL is
+// not printed by --print-config (inline keys are redacted there too), nor
+// quoted by the error that refuses an unparsable URL at start.
+func TestPasswordsInURLsNeverShown(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "mesh.key")
+	if err := os.WriteFile(key, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, out := printConfig(t, "--fleet", "redis://:S3CRET@127.0.0.1:6379/0", "--mesh-key-file", key,
+		"--auth", "webhook:http://hookuser:PASSW0RD@127.0.0.1:1/check")
+	if strings.Contains(out, "S3CRET") || strings.Contains(out, "PASSW0RD") || !strings.Contains(out, "redis://:xxxxx@127.0.0.1:6379/0") {
+		t.Fatalf("--print-config shows a URL's password, or not the rest of it:\n%s", out)
+	}
+	for _, args := range [][]string{
+		{"--fleet", "redis://:S3CRET@127.0.0.1:badport/0", "--mesh-key-file", key},
+		{"--auth", "redis://:S3CRET@127.0.0.1:badport/0"},
+	} {
+		var stderr lockedBuffer
+		if _, code := parseServeOptions(args, nil, io.Discard, io.Discard, &stderr); code != 2 {
+			t.Fatalf("%v: exit %d, want 2", args, code)
+		}
+		if strings.Contains(stderr.String(), "S3CRET") || !strings.Contains(stderr.String(), "invalid port") {
+			t.Errorf("%s: %s, want the error without the password", args[0], strings.TrimSpace(stderr.String()))
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 // authenticate runs a.Authenticate and returns the result, failing unless
@@ -458,5 +461,46 @@ func TestParseAuth(t *testing.T) {
 		if !strings.Contains(err.Error(), strconv.Quote(spec)) {
 			t.Errorf("ParseAuth(%q): error %q does not name the spec", spec, err)
 		}
+	}
+}
+
+// TestWebhookSecretsNeverShown: credentials in a webhook's URL (its
+// user:password@, a key in its query) are sent but never shown: not in
+// String (the form in log lines and dependency names), not in the outage
+// warning, whose error net/http writes with the whole URL.
+func TestWebhookSecretsNeverShown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	w, err := NewWebhook("http://hookuser:PASSW0RD@" + dead + "/check?key=QUERYKEY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := w.String(); strings.Contains(s, "PASSW0RD") || strings.Contains(s, "QUERYKEY") || strings.Contains(s, "hookuser") {
+		t.Fatalf("String shows a secret: %s", s)
+	}
+	logs := &testutil.Tail{}
+	cfg := relay.LoopbackConfig(Dummy{})
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := relay.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	w.Watch(srv.AddDependency("auth_webhook", "the authentication webhook ("+w.String()+")", w.Probe))
+	res := make(chan relay.AuthResult, 1)
+	w.Authenticate(context.Background(), relay.AuthRequest{Token: "client-token"}, func(r relay.AuthResult) { res <- r })
+	if r := <-res; r != relay.AuthProxyError {
+		t.Fatalf("an unreachable webhook answered %v", r)
+	}
+	testutil.WaitFor(t, func() bool { return strings.Contains(logs.String(), "unreachable") }, "the outage logged")
+	if out := logs.String(); strings.Contains(out, "PASSW0RD") || strings.Contains(out, "QUERYKEY") {
+		t.Fatalf("a webhook secret is in the log:\n%s", out)
+	}
+	if _, err := NewWebhook("ftp://hookuser:PASSW0RD@host/"); err == nil || strings.Contains(err.Error(), "PASSW0RD") {
+		t.Fatalf("a refused URL: %v", err)
 	}
 }

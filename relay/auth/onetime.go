@@ -285,7 +285,7 @@ type RedisStore struct {
 func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	u, err := url.Parse(spec)
 	if err != nil {
-		return nil, 0, fmt.Errorf("redis URL: %v", err)
+		return nil, 0, redisurl.NotAURL("redis URL", err)
 	}
 	q := u.Query()
 	prefix, maxAge := q.Get("prefix"), time.Duration(0)

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -62,11 +61,13 @@ const MaxInFlight = 64
 // maxWebhookAnswer bounds the answer body read.
 const maxWebhookAnswer = 64 << 10
 
-// NewWebhook checks rawURL (http:// or https://, no credentials in it).
+// NewWebhook checks rawURL (http:// or https://). Credentials in it
+// (user:password@, a key in the query) are sent, and never shown: String
+// and the errors it reports leave them out.
 func NewWebhook(rawURL string) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("webhook %q: want an http:// or https:// URL", rawURL)
+		return nil, errors.New("webhook: want an http:// or https:// URL")
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = MaxInFlight
@@ -118,6 +119,9 @@ func (w *Webhook) Authenticate(ctx context.Context, req relay.AuthRequest, done 
 func (w *Webhook) Watch(d *relay.Dependency) { w.dep = d }
 
 func (w *Webhook) report(err error) {
+	if ue, ok := err.(*url.Error); ok { // net/http's: it quotes the whole URL
+		err = &url.Error{Op: ue.Op, URL: w.String(), Err: ue.Err}
+	}
 	if w.dep != nil {
 		w.dep.Report(err)
 	}
@@ -139,10 +143,11 @@ func (w *Webhook) Probe(ctx context.Context) error {
 	return c.Close()
 }
 
-// String is the service's URL without its query (for people, in logs).
+// String is the service's URL without its credentials and query (for
+// people, in logs).
 func (w *Webhook) String() string {
 	u, _ := url.Parse(w.url)
-	u.RawQuery, u.Fragment = "", ""
+	u.RawQuery, u.Fragment, u.User = "", "", nil
 	return u.String()
 }
 

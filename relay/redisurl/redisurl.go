@@ -26,7 +26,7 @@ import (
 func Parse(what, spec string) (redis.UniversalClient, error) {
 	u, err := url.Parse(spec)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", what, err)
+		return nil, NotAURL(what, err)
 	}
 	base, mode, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
@@ -75,4 +75,13 @@ func Describe(spec string) string {
 		return "an unparsable URL"
 	}
 	return u.Scheme + "://" + u.Host
+}
+
+// NotAURL is what's error for a spec url.Parse refused with err, without
+// the spec: url.Error quotes it whole, password included.
+func NotAURL(what string, err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		err = ue.Err
+	}
+	return fmt.Errorf("%s: not a URL: %v", what, err)
 }

@@ -35,10 +35,10 @@ type Route struct {
 func Parse(spec string) (Route, error) {
 	prefix, target, ok := strings.Cut(spec, "=")
 	if !ok || !strings.HasPrefix(prefix, "/") || !strings.HasSuffix(prefix, "/") {
-		return Route{}, fmt.Errorf("route %q: want /PREFIX/=http://HOST:PORT/ (the prefix starts and ends with /)", spec)
+		return Route{}, fmt.Errorf("route %q: want /PREFIX/=http://HOST:PORT/ (the prefix starts and ends with /)", prefix)
 	}
 	if prefix == "/" {
-		return Route{}, fmt.Errorf("route %q: a route for / would hide the relay's own page and endpoints: give a prefix (/app/=…)", spec)
+		return Route{}, fmt.Errorf("route %q: a route for / would hide the relay's own page and endpoints: give a prefix (/app/=…)", prefix)
 	}
 	r := Route{Prefix: prefix}
 	if t, ok := strings.CutPrefix(target, "strip:"); ok {
@@ -46,7 +46,7 @@ func Parse(spec string) (Route, error) {
 	}
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return Route{}, fmt.Errorf("route %q: the target must be an http:// or https:// URL", spec)
+		return Route{}, fmt.Errorf("route %q: the target must be an http:// or https:// URL", prefix) // not the target: it may hold a password
 	}
 	r.Target = u
 	return r, nil
