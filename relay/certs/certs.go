@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/big"
 	"net"
@@ -194,9 +195,17 @@ func (ts *Store) selfSigned() (tls.Certificate, error) {
 	var certPath, keyPath string
 	if d := ts.cfg.DataDir; d != "" {
 		certPath, keyPath = filepath.Join(d, "selfsigned-cert.pem"), filepath.Join(d, "selfsigned-key.pem")
-		if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter) {
+		cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+		switch {
+		case err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter):
 			ts.log.Info("TLS with the kept self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
 			return cert, nil
+		case err == nil:
+			ts.log.Warn("the kept self-signed certificate has expired: a new one replaces it, and clients pinned to the old fingerprint need the new one",
+				"old_sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
+		case !errors.Is(err, fs.ErrNotExist):
+			ts.log.Warn("the kept self-signed certificate cannot be used: a new one replaces it, and clients pinned to the old fingerprint need the new one",
+				"err", err, "file", certPath)
 		}
 	}
 	cert, err := SelfSignedCert([]string{"localhost", "127.0.0.1", "::1"})
@@ -380,14 +389,41 @@ func SelfSignedCert(hosts []string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
-// WriteSelfSigned writes a certificate and key in PEM (key mode 0600).
+// WriteSelfSigned writes a certificate and key in PEM (key mode 0600,
+// certificate 0644), each to a new file renamed over the old, so that a
+// key file left readable by others does not hold the new key, and a crash
+// leaves the old file or the new, never half of one.
 func WriteSelfSigned(cert tls.Certificate, certPath, keyPath string) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644); err != nil {
+	if err := replaceFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644); err != nil {
 		return err
 	}
-	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return replaceFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+}
+
+// replaceFile writes data to a new file beside path, with mode perm, and
+// renames it over path.
+func replaceFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*") // mode 0600 from the start
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a rename: nothing there
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

@@ -5,7 +5,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -13,7 +16,9 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // TestSelfSignedKeptInDataDir: with DataDir the generated certificate is
 // written there (key private to the owner) and reused by the next start,
 // so a client that pinned its fingerprint still connects; without DataDir
-// each start generates a new one; a damaged file is replaced, not fatal.
+// each start generates a new one; a damaged file is replaced, not fatal,
+// with a warning (pinned clients need the new fingerprint), and the new
+// key is private to the owner even where the old file was not.
 func TestSelfSignedKeptInDataDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	start := func(d string) string {
@@ -42,9 +47,25 @@ func TestSelfSignedKeptInDataDir(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "selfsigned-cert.pem"), []byte("damaged"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	replaced := start(dir)
+	keyPath := filepath.Join(dir, "selfsigned-key.pem")
+	if err := os.Chmod(keyPath, 0o644); err != nil { // a careless restore
+		t.Fatal(err)
+	}
+	logs := &testutil.Tail{}
+	st, err := New(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced := st.Fingerprint()
+	st.Close()
 	if replaced == first {
 		t.Fatal("a damaged certificate file was not replaced")
+	}
+	if !strings.Contains(logs.String(), "level=WARN msg=\"the kept self-signed certificate cannot be used") {
+		t.Fatalf("the kept certificate replaced without a warning:\n%s", logs.String())
+	}
+	if fi, err := os.Stat(keyPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the new key's file: %v %v, want mode 0600", fi.Mode().Perm(), err)
 	}
 	if again := start(dir); again != replaced {
 		t.Fatalf("the replacement is not kept: %s then %s", replaced, again)
