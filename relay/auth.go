@@ -68,6 +68,16 @@ type Reloader interface {
 	Reload() error
 }
 
+// StagedReloader is a Reloader that can read its new state without
+// putting it in force: commit does that and cannot fail. A reload of
+// several parts (Server.PrepareReload, meetpoint's SIGHUP) reads every
+// part first and commits them only if none failed, so that a reload is
+// all or nothing.
+type StagedReloader interface {
+	Reloader
+	PrepareReload() (commit func(), err error)
+}
+
 // Authenticator decides whether a token is valid (implementations: package
 // relay/auth).
 //

@@ -11,14 +11,19 @@ import (
 // SetLimits replaces the server's abuse limits while it runs (e.g. on
 // SIGHUP). Connections already admitted stay; new ones meet the new limits.
 func (s *Server) SetLimits(lim limits.Limits) error {
-	c := s.cfg
-	c.Limits = lim
-	if err := c.Validate(); err != nil {
+	if err := s.CheckLimits(lim); err != nil {
 		return err
 	}
 	s.lim.SetLimits(lim)
 	s.tunnelRate.Store(lim.TunnelRate)
 	return nil
+}
+
+// CheckLimits reports whether SetLimits would take lim (nil) or why not.
+func (s *Server) CheckLimits(lim limits.Limits) error {
+	c := s.cfg
+	c.Limits = lim
+	return c.Validate()
 }
 
 // ClientKey is the key under which the per-address limits count ip

@@ -245,14 +245,46 @@ func (s *Server) Addrs() []net.Addr {
 // token file or HMAC key and the access rules. On error the old state
 // stays in force and the errors are returned.
 func (s *Server) Reload() error {
+	commit, err := s.PrepareReload()
+	if err == nil {
+		commit()
+	}
+	return err
+}
+
+// PrepareReload reads the authenticator's and the access rules' files
+// again (those that are Reloaders) without putting them in force: commit
+// does, for all of them at once; on an error nothing changes. A Reloader
+// that cannot stage (not a StagedReloader) reloads at commit, where its
+// error is logged.
+func (s *Server) PrepareReload() (commit func(), err error) {
+	var commits []func()
 	var errs []error
-	if r, ok := s.cfg.Auth.(Reloader); ok {
-		errs = append(errs, r.Reload())
+	for name, p := range map[string]any{"authenticator": s.cfg.Auth, "access rules": s.cfg.Access} {
+		switch r := p.(type) {
+		case StagedReloader:
+			c, err := r.PrepareReload()
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			commits = append(commits, c)
+		case Reloader:
+			commits = append(commits, func() {
+				if err := r.Reload(); err != nil {
+					s.log.Error("reload of the "+name+" failed; it keeps its previous state", "err", err)
+				}
+			})
+		}
 	}
-	if r, ok := s.cfg.Access.(Reloader); ok {
-		errs = append(errs, r.Reload())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
-	return errors.Join(errs...)
+	return func() {
+		for _, c := range commits {
+			c()
+		}
+	}, nil
 }
 
 // Close stops listening and closes every connection and tunnel at once.

@@ -30,7 +30,6 @@ import (
 	"github.com/meetpoint/meetpoint/relay/disco"
 	"github.com/meetpoint/meetpoint/relay/events"
 	"github.com/meetpoint/meetpoint/relay/fleet"
-	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/routes"
 	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
@@ -262,10 +261,18 @@ type serveOptions struct {
 	groups      *disco.Config // nil: no groups API
 	signal      *wamp.Config  // nil: no WAMP router
 	turn        *turn.Config  // nil: no TURN
-	// limits re-reads the command line and config files for SIGHUP; nil
+	// settings is every flag's value as parsed (command line and config
+	// files): what a SIGHUP's re-parse is compared with.
+	settings map[string]string
+	// reparse re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
-	limits func() (limits.Limits, error)
+	reparse func() (serveOptions, error)
 }
+
+// reloadable are the settings a SIGHUP puts in force (the abuse limits);
+// a change to any other is told to need a restart.
+var reloadable = map[string]bool{"max-conns": true, "max-conns-per-ip": true, "conn-rate-per-ip": true,
+	"auth-failures-per-ip": true, "ban-time": true, "tunnel-rate": true, "limit-exempt": true}
 
 // parseServe turns serve's arguments into a validated relay.Config. Logs go
 // to logOut. It returns the exit status to use when serve must stop (see
@@ -317,6 +324,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	if err := applySettings(fs, explicit, ss); err != nil {
 		return fail("%v", err)
 	}
+	settings := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = f.Value.String() })
 	cfg := v.cfg
 	cfg.Listen = v.listen.vals
 	for _, addr := range cfg.Listen {
@@ -588,7 +597,8 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return serveOptions{}, 0
 	}
 	return serveOptions{cfg: cfg, tlsCfg: tlsCfg, tpCfg: tpCfg, adminListen: v.adminListen, monitor: v.monitor, drain: v.drain,
-		warnings: warnings, reqStore: v.reqStore, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg}, -1
+		warnings: warnings, reqStore: v.reqStore, routes: rcfg, adminKey: adminKey, events: evCfg, fleet: fl, groups: gcfg, signal: scfg, turn: tcfg,
+		settings: settings}, -1
 }
 
 // oneLine writes err (several joined, each perhaps already saying the
@@ -649,17 +659,29 @@ type fleetOptions struct {
 	src                    []net.IP      // --mesh-source-ips
 }
 
-// limitsReloader re-reads serve's command line and config files and
-// returns the limits they now give (for SIGHUP).
-func limitsReloader(args []string, stdin *stdinConfig) func() (limits.Limits, error) {
-	return func() (limits.Limits, error) {
+// reparser re-reads serve's command line and config files (for SIGHUP).
+func reparser(args []string, stdin *stdinConfig) func() (serveOptions, error) {
+	return func() (serveOptions, error) {
 		var errb bytes.Buffer
 		again, code := parseServeOptions(args, stdin, io.Discard, io.Discard, &errb)
 		if code >= 0 {
-			return limits.Limits{}, errors.New(strings.TrimSpace(errb.String()))
+			return serveOptions{}, errors.New(strings.TrimSpace(errb.String()))
 		}
-		return again.cfg.Limits, nil
+		return again, nil
 	}
+}
+
+// needRestart names the settings that differ between was and now and
+// that a SIGHUP does not put in force (not reloadable), sorted.
+func needRestart(was, now map[string]string) []string {
+	var names []string
+	for name, v := range now {
+		if !reloadable[name] && was[name] != v {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // runServe runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
@@ -671,7 +693,7 @@ func runServe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return code
 	}
 	relay.Version = version // Hello, the monitor and meetpoint_build_info
-	o.limits = limitsReloader(args, in)
+	o.reparse = reparser(args, in)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -880,22 +902,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	var stopSig os.Signal
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			err := srv.Reload()
-			if store != nil {
-				err = errors.Join(err, store.Reload())
-			}
-			if o.limits != nil {
-				lim, lerr := o.limits()
-				if lerr == nil {
-					lerr = srv.SetLimits(lim)
-				}
-				err = errors.Join(err, lerr)
-			}
-			if err != nil {
-				log.Error("reload failed, keeping the previous state", "err", oneLine(err))
-			} else {
-				log.Info("reloaded: authenticator, access rules, certificate, limits")
-			}
+			reload(o, srv, store, log)
 			continue
 		}
 		stopSig = sig
@@ -934,4 +941,42 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			cancel()
 		}
 	}
+}
+
+// reload is SIGHUP's: every part is read and checked first — the
+// authenticator's and access rules' files, the TLS certificate, the
+// limits from the command line and config files — and put in force only
+// if none failed, so a reload is all or nothing. A changed setting that
+// only a restart puts in force is told.
+func reload(o serveOptions, srv *relay.Server, store *certs.Store, log *slog.Logger) {
+	commitRelay, err := srv.PrepareReload()
+	commitCert := func() {}
+	if store != nil {
+		c, cerr := store.PrepareReload()
+		if cerr == nil {
+			commitCert = c
+		}
+		err = errors.Join(err, cerr)
+	}
+	var again serveOptions
+	if o.reparse != nil {
+		var perr error
+		if again, perr = o.reparse(); perr == nil {
+			perr = srv.CheckLimits(again.cfg.Limits)
+		}
+		err = errors.Join(err, perr)
+	}
+	if err != nil {
+		log.Error("reload failed: nothing changed, the previous state stays in force", "err", oneLine(err))
+		return
+	}
+	commitRelay()
+	commitCert()
+	if o.reparse != nil {
+		_ = srv.SetLimits(again.cfg.Limits) // checked above
+		if names := needRestart(o.settings, again.settings); len(names) > 0 {
+			log.Warn("settings changed that only a restart puts in force; they are not in force", "settings", strings.Join(names, ", "))
+		}
+	}
+	log.Info("reloaded: authenticator, access rules, certificate, limits")
 }

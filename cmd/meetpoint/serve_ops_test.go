@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -72,7 +76,7 @@ func launchServe(t *testing.T, stdin *stdinConfig, args ...string) *testServe {
 	if code != -1 {
 		t.Fatalf("parse: %d %s", code, ts.stderr.String())
 	}
-	o.limits = limitsReloader(args, stdin) // as runServe does
+	o.reparse = reparser(args, stdin) // as runServe does
 	go func() { ts.done <- serveUntilSignal(o, ts.sigs, ts.stderr, func(s serveStarted) { ts.startedCh <- s }) }()
 	t.Cleanup(func() {
 		select {
@@ -342,7 +346,8 @@ func TestServeStartFailures(t *testing.T) {
 }
 
 // TestLimitsReloadFromConfig: SIGHUP's limits come from the config file as
-// it is now; a broken file is an error, not new limits.
+// it is now; a broken file is an error, not new limits; a changed setting
+// that a reload does not put in force is named.
 func TestLimitsReloadFromConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meetpoint.toml")
 	write := func(s string) {
@@ -352,14 +357,18 @@ func TestLimitsReloadFromConfig(t *testing.T) {
 		}
 	}
 	write("max-conns = 5\n")
-	reload := limitsReloader([]string{"--config", path, "--listen", "127.0.0.1:0"}, nil)
-	lim, err := reload()
-	if err != nil || lim.MaxConns != 5 {
-		t.Fatalf("first read: %+v %v", lim, err)
+	reload := reparser([]string{"--config", path, "--listen", "127.0.0.1:0"}, nil)
+	first, err := reload()
+	if err != nil || first.cfg.Limits.MaxConns != 5 {
+		t.Fatalf("first read: %+v %v", first.cfg.Limits, err)
 	}
-	write("max-conns = 7\n")
-	if lim, err = reload(); err != nil || lim.MaxConns != 7 {
-		t.Fatalf("after edit: %+v %v", lim, err)
+	write("max-conns = 7\nname = \"renamed\"\nalone-timeout = \"1m\"\n")
+	again, err := reload()
+	if err != nil || again.cfg.Limits.MaxConns != 7 {
+		t.Fatalf("after edit: %+v %v", again.cfg.Limits, err)
+	}
+	if got := needRestart(first.settings, again.settings); !slices.Equal(got, []string{"alone-timeout", "name"}) {
+		t.Errorf("settings that need a restart: %v, want [alone-timeout name] (max-conns reloads)", got)
 	}
 	write("max-conns = \"many\"\n")
 	if _, err = reload(); err == nil {
@@ -559,5 +568,64 @@ func TestServeAPIErrorsAreJSON(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
 		t.Errorf("a page path: %d %s, want the text 404", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+// TestServeSIGHUPIsAllOrNothing: a reload reads every part before it puts
+// any in force: new tokens and a broken certificate file in one reload
+// change nothing (the old tokens still admit, the new ones do not), and it
+// says so. A changed setting that only a restart puts in force (here the
+// authenticator itself) is named in a warning, not passed over.
+func TestServeSIGHUPIsAllOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	tokens, other := filepath.Join(dir, "tokens"), filepath.Join(dir, "other-tokens")
+	os.WriteFile(tokens, []byte("alpha\n"), 0o600)
+	os.WriteFile(other, []byte("gamma\n"), 0o600)
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	c, err := certs.SelfSignedCert([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteSelfSigned(c, certPath, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "meetpoint.toml")
+	os.WriteFile(conf, []byte("auth = \"file:"+tokens+"\"\n"), 0o644)
+	ts := startServe(t, "--config", conf, "--tls-cert", certPath, "--tls-key", keyPath, "--log-level", "info")
+	admits := func(token string) bool { // the Authenticate reply, on the raw protocol
+		t.Helper()
+		c, err := net.Dial("tcp", ts.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, `{"id":1,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"x","token":%q}}`+"\n", token)
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("no answer to Authenticate: %v", err)
+		}
+		return strings.Contains(line, "AuthenticationErrorNoError")
+	}
+	waitLog := func(what string, n int) {
+		t.Helper()
+		relaytest.WaitFor(t, func() bool { return strings.Count(ts.logs.String(), what) >= n }, "the log: "+what)
+	}
+	os.WriteFile(tokens, []byte("beta\n"), 0o600)               // alpha revoked, beta added…
+	os.WriteFile(certPath, []byte("not a certificate\n"), 0o644) // …and the certificate broken
+	ts.sigs <- syscall.SIGHUP
+	waitLog("reload failed: nothing changed", 1)
+	if !admits("alpha") || admits("beta") {
+		t.Fatal("a failed reload changed the tokens: want alpha admitted and beta refused")
+	}
+	if err := certs.WriteSelfSigned(c, certPath, keyPath); err != nil { // mended
+		t.Fatal(err)
+	}
+	os.WriteFile(conf, []byte("auth = \"file:"+other+"\"\n"), 0o644) // a new authenticator: a restart's
+	ts.sigs <- syscall.SIGHUP
+	waitLog("reloaded:", 1)
+	waitLog(`msg="settings changed that only a restart puts in force; they are not in force" settings=auth`, 1)
+	if !admits("beta") || admits("alpha") || admits("gamma") {
+		t.Fatal("after the reload: want the file's new tokens (beta) in force, and not the new authenticator's (gamma)")
 	}
 }

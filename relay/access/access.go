@@ -80,16 +80,25 @@ func Load(path string) (*Policy, error) {
 
 // Reload re-reads the rules file; on error the rules in force stay.
 func (p *Policy) Reload() error {
+	commit, err := p.PrepareReload()
+	if err == nil {
+		commit()
+	}
+	return err
+}
+
+// PrepareReload implements relay.StagedReloader: it reads and checks the
+// rules file, and commit puts its rules in force.
+func (p *Policy) PrepareReload() (commit func(), err error) {
 	data, err := os.ReadFile(p.path)
 	if err != nil {
-		return fmt.Errorf("access: %w", err)
+		return nil, fmt.Errorf("access: %w", err)
 	}
 	rules, err := Parse(data, p.path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p.rules.Store(&rules)
-	return nil
+	return func() { p.rules.Store(&rules) }, nil
 }
 
 // Rules is the number of rules in force.

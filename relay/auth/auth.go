@@ -109,9 +109,19 @@ func NewFileAuth(path string) (*FileAuth, error) {
 
 // Reload re-reads the token file. On error the previous tokens stay in use.
 func (a *FileAuth) Reload() error {
+	commit, err := a.PrepareReload()
+	if err == nil {
+		commit()
+	}
+	return err
+}
+
+// PrepareReload implements relay.StagedReloader: it reads the token file,
+// and commit puts its tokens in force.
+func (a *FileAuth) PrepareReload() (commit func(), err error) {
 	data, err := os.ReadFile(a.path)
 	if err != nil {
-		return fmt.Errorf("token file: %w", err)
+		return nil, fmt.Errorf("token file: %w", err)
 	}
 	set := tokenSet{}
 	for line := range strings.Lines(string(data)) {
@@ -122,8 +132,7 @@ func (a *FileAuth) Reload() error {
 		h := sha256.Sum256([]byte(line))
 		set[h] = h
 	}
-	a.tokens.Store(&set)
-	return nil
+	return func() { a.tokens.Store(&set) }, nil
 }
 
 // Len returns the number of distinct tokens loaded.
@@ -216,15 +225,24 @@ func NewHMACAuthKey(hexKey string) (*HMACAuth, error) {
 // Reload re-reads the key file (an inline key stays). On error the
 // previous key stays in use.
 func (a *HMACAuth) Reload() error {
+	commit, err := a.PrepareReload()
+	if err == nil {
+		commit()
+	}
+	return err
+}
+
+// PrepareReload implements relay.StagedReloader: it reads the key file
+// (an inline key stays), and commit puts the key in force.
+func (a *HMACAuth) PrepareReload() (commit func(), err error) {
 	if a.path == "" {
-		return nil
+		return func() {}, nil
 	}
 	key, err := LoadHMACKey(a.path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	a.key.Store(&key)
-	return nil
+	return func() { a.key.Store(&key) }, nil
 }
 
 // LoadHMACKey reads a hex-encoded key of at least MinHMACKeyLen bytes from

@@ -173,10 +173,20 @@ func (ts *Store) Fingerprint() string { return CertFingerprint(ts.cert.Load().Ce
 // Reload re-reads the certificate files (SIGHUP); on error the current
 // certificate stays. A self-signed store has nothing to reload.
 func (ts *Store) Reload() error {
-	if ts.cfg.Cert == "" {
-		return nil
+	commit, err := ts.PrepareReload()
+	if err == nil {
+		commit()
 	}
-	return ts.load()
+	return err
+}
+
+// PrepareReload reads the certificate files again, and commit puts them
+// in force (nothing to read without files).
+func (ts *Store) PrepareReload() (commit func(), err error) {
+	if ts.cfg.Cert == "" {
+		return func() {}, nil
+	}
+	return ts.read()
 }
 
 // Close stops watching the files.
@@ -276,20 +286,28 @@ func loadFingerprints(path string) (map[[32]byte]bool, error) {
 
 // load reads the certificate chain and key; on error the current ones stay.
 func (ts *Store) load() error {
+	commit, err := ts.read()
+	if err == nil {
+		commit()
+	}
+	return err
+}
+
+// read reads and checks the certificate; commit puts it in force.
+func (ts *Store) read() (commit func(), err error) {
 	cfg := &ts.cfg
 	var cert tls.Certificate
-	var err error
 	if len(cfg.CertPEM) > 0 {
 		if cert, err = tls.X509KeyPair(cfg.CertPEM, cfg.KeyPEM); err != nil {
-			return fmt.Errorf("tls-cert-pem/tls-key-pem: %w", err)
+			return nil, fmt.Errorf("tls-cert-pem/tls-key-pem: %w", err)
 		}
 	} else if cert, err = tls.LoadX509KeyPair(cfg.Cert, cfg.Key); err != nil {
-		return fmt.Errorf("tls-cert/tls-key: %w", err)
+		return nil, fmt.Errorf("tls-cert/tls-key: %w", err)
 	}
 	if cfg.Chain != "" {
 		chain, err := os.ReadFile(cfg.Chain)
 		if err != nil {
-			return fmt.Errorf("tls-chain: %w", err)
+			return nil, fmt.Errorf("tls-chain: %w", err)
 		}
 		n := 0
 		for block, rest := pem.Decode(chain); block != nil; block, rest = pem.Decode(rest) {
@@ -299,17 +317,19 @@ func (ts *Store) load() error {
 			}
 		}
 		if n == 0 {
-			return fmt.Errorf("tls-chain: no certificate in %s", cfg.Chain)
+			return nil, fmt.Errorf("tls-chain: no certificate in %s", cfg.Chain)
 		}
 	}
 	if cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
-		return fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
+		return nil, fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
 	}
-	ts.cert.Store(&cert)
-	ts.mu.Lock()
-	ts.modTime = ts.filesModTime()
-	ts.mu.Unlock()
-	return nil
+	mod := ts.filesModTime()
+	return func() {
+		ts.cert.Store(&cert)
+		ts.mu.Lock()
+		ts.modTime = mod
+		ts.mu.Unlock()
+	}, nil
 }
 
 func (ts *Store) filesModTime() time.Time {
