@@ -1,8 +1,10 @@
 package tunnelproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"strings"
 	"sync"
@@ -164,5 +166,77 @@ func TestMetricDocs(t *testing.T) {
 		if strings.HasSuffix(fam, "_active") != (d.Type == "gauge") {
 			t.Errorf("%s: type %s", fam, d.Type)
 		}
+	}
+}
+
+// TestTPRegistrationsWaitForTheServer: clients that register with long
+// names while their server reads nothing are answered, but announced
+// (ClientConnected carries the name) only as the server's backlog allows:
+// the relay holds about serverHigh for the server, not every name; the
+// server is not closed as silent while the relay does not read it for its
+// backlog; and once it reads, every client is announced.
+func TestTPRegistrationsWaitForTheServer(t *testing.T) {
+	s := server(t, nil, func(c *Config) {
+		c.ServerTimeout = time.Second
+		c.WriteStallTimeout = 10 * time.Minute // the server reads nothing while 800 clients register
+	})
+	addr := s.Addrs()[0].String()
+	su := client.NewUUID()
+	sc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterServer", "params": map[string]any{"serverName": "s", "serverUuid": su}})
+	sc.Write(append(req, '\n'))
+	br := bufio.NewReader(sc)
+	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+		t.Fatalf("RegisterServer: %q %v", line, err)
+	}
+	// The server reads nothing now: 800 names of 9 KiB (7 MiB) are more
+	// than loopback's socket buffers take.
+	const n = 800
+	name := strings.Repeat("n", 9<<10)
+	var clients []net.Conn
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+		b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
+			"params": map[string]any{"clientName": name, "clientUuid": client.NewUUID(), "serverUuid": su}})
+		c.Write(append(b, '\n'))
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+			t.Fatalf("RegisterClient %d: %.100q %v", len(clients), line, err)
+		}
+	}
+	var pending, joiners int
+	hubOf(t, serviceOf(s), su, func(h *hub) { pending, joiners = h.srv.pending(), len(h.joiners) })
+	if pending > serverHigh+16<<10 || joiners == 0 {
+		t.Fatalf("%d bytes wait for the server (%d clients not announced yet), want about serverHigh (%d) and the rest not announced", pending, joiners, serverHigh)
+	}
+	// Three server timeouts pass with the server not read: it stays.
+	time.Sleep(3 * time.Second)
+	hubOf(t, serviceOf(s), su, func(h *hub) {
+		if h.dead {
+			t.Fatal("the server was closed as silent while the relay held its backlog")
+		}
+	})
+	// The server reads: every client is announced.
+	_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	announced := 0
+	for announced < n {
+		frame, err := br.ReadBytes(0xC0)
+		if err != nil {
+			t.Fatalf("the server read %d announcements, then %v", announced, err)
+		}
+		announced += strings.Count(string(frame), "TunnelProxy.ClientConnected")
 	}
 }

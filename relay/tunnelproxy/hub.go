@@ -31,6 +31,12 @@ type hub struct {
 	next          uint16   // next address to try
 	pending       []*tpEnd // clients handed over before the server started
 	waiting       []*tpEnd // readable clients held back by serverHigh
+	// joiners are registered clients not yet announced because the
+	// server's backlog was at serverHigh: each ClientConnected carries a
+	// name of up to 10 KiB, so announcing every registration whatever the
+	// backlog let anonymous clients queue megabytes for one server. Joined
+	// in order as the backlog drains (wakeWaiting); joining is set.
+	joiners []*tpEnd
 	slip          handshake.SLIPDecoder
 	rpc           handshake.SLIPHold // the server's JSON-RPC message on address 0 being reassembled
 	held          int                // clients whose backlog reached ClientBuffer: the server is not read meanwhile
@@ -60,7 +66,7 @@ type tpEnd struct {
 
 	readable, writable bool
 	closing            bool // no more reads; close once out is written
-	joining            bool // client in h.clients whose server does not know it yet (settle window)
+	joining            bool // client in h.clients whose server does not know it yet (settle window, or in joiners)
 	waiting            bool // in h.waiting
 	queued             bool // in the loop's again list
 	out                *bytebufferpool.ByteBuffer
@@ -237,8 +243,15 @@ func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
 	return -1
 }
 
-// join starts reading client e and tells the server about it.
+// join starts reading client e and tells the server about it, or, while
+// the server's backlog is at serverHigh, queues it in joiners.
 func (h *hub) join(e *tpEnd) {
+	if h.srv.pending() >= serverHigh {
+		e.joining = true
+		h.joiners = append(h.joiners, e)
+		h.flush(e) // its RegisterClient reply goes now
+		return
+	}
 	h.s.m.clients.Inc() // before: dropClient counts it out
 	if err := h.l.Register(e.fd, e); err != nil {
 		h.dropClient(e, false, reason.IOError)
@@ -595,10 +608,19 @@ func (h *hub) readClient(c *tpEnd) {
 // then, so no writable event would come to wake the clients that filled it
 // again.
 func (h *hub) wakeWaiting() {
-	for round := 0; !h.dead && len(h.waiting) > 0 && h.srv.pending() < serverHigh; round++ {
+	for round := 0; !h.dead && (len(h.waiting) > 0 || len(h.joiners) > 0) && h.srv.pending() < serverHigh; round++ {
 		if round == 16 { // fairness: Resume goes on after other sockets of this loop
 			h.revisit(h.srv)
 			return
+		}
+		for len(h.joiners) > 0 && !h.dead && h.srv.pending() < serverHigh {
+			e := h.joiners[0]
+			h.joiners[0] = nil
+			h.joiners = h.joiners[1:]
+			if h.clients[e.addr] == e && e.joining { // not dropped meanwhile
+				e.joining = false
+				h.join(e)
+			}
 		}
 		w := h.waiting
 		h.waiting = nil
@@ -842,8 +864,8 @@ func (h *hub) Scan(_ *loop.Loop, now time.Time) time.Duration {
 	}
 	defer h.contain(nil)
 	stall := int64(h.s.cfg.WriteStallTimeout)
-	if h.held > 0 {
-		h.lastRx = now // the server's silence is ours: it is not read
+	if h.held > 0 || h.srv.pending() >= serverHigh {
+		h.lastRx = now // the server's silence is ours: it is not read (a server that reads nothing is a write stall)
 	}
 	if now.Sub(h.lastRx) > h.s.cfg.ServerTimeout {
 		h.s.log.Debug("tunnelproxy server silent: closed", "server", h.uuid)

@@ -9,7 +9,10 @@
 // loops, so the hub needs no locks. Backpressure policy:
 //   - client → server: a client is read only while less than serverHigh
 //     bytes wait for the server; a slow server slows every client fairly
-//     through TCP flow control.
+//     through TCP flow control. A client that registers meanwhile is
+//     answered but announced (ClientConnected, with its name) only once
+//     the backlog is below serverHigh again, and the server is not timed
+//     out as silent while the relay does not read it for its backlog.
 //   - server → client: the server's data is forwarded as it arrives,
 //     whatever the size of its SLIP frames (only JSON-RPC on address 0 is
 //     held whole, up to Config.MaxMessage). A client whose backlog reaches
