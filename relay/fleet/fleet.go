@@ -300,13 +300,23 @@ func (f *Fleet) Start(ctx context.Context) error {
 			return fmt.Errorf("fleet: node id %q is in use by a live node at %s (last seen %s); give each node its own --node-id",
 				f.cfg.NodeID, other.Addr, other.Seen.Format(time.RFC3339))
 		}
-		// Our own address: nothing else can listen there, so that record
-		// is a dead predecessor's (a crash, a kill -9). This incarnation
-		// takes it over; its keys are taken over as clients come.
+		// Our own address: the record is a dead predecessor's (a crash,
+		// a kill -9) unless another process answers there as this node —
+		// an address given (--advertise, a copied unit) is no proof that
+		// it is ours. This incarnation takes a dead one's over; its keys
+		// are taken over as clients come.
+		if f.liveAt(ctx, other.Addr) {
+			return fmt.Errorf("fleet: node id %q is in use by a live process at %s (it answers there as this node); give each node its own --node-id and --advertise",
+				f.cfg.NodeID, other.Addr)
+		}
 		f.log.Info("fleet: taking over this node id from its previous process at the same address",
 			"node", f.cfg.NodeID, "addr", other.Addr, "incarnation", inc)
 	}
 	for _, n := range nodes {
+		if n.ID != f.cfg.NodeID && n.Addr == f.cfg.Advertise {
+			f.log.Warn("fleet: another node advertises this node's address: mesh links meant for one reach the other; give each node its own --advertise",
+				"node", f.cfg.NodeID, "other", n.ID, "addr", n.Addr)
+		}
 		if n.KeyCheck != "" && n.KeyCheck != f.keyCheck {
 			// Announce ourselves once, so that the fleet's nodes log the
 			// refusal too, and stay out.

@@ -310,5 +310,39 @@ func (f *Fleet) handlePing(c relay.Conn, req *handshake.Request) {
 	}
 	node, _ := req.Param("node")
 	c.KeepMesh(node)
-	c.Reply(handshake.AppendSuccess(nil, req.ID))
+	c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("instance", f.instance)))
+}
+
+// liveAt reports whether a process other than this one answers a Mesh.Ping
+// at addr: one that still runs as this node. Nothing answering (a dead
+// predecessor), or this process itself, is not one; any other answer is,
+// whatever it says.
+func (f *Fleet) liveAt(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := f.dialControl(ctx, f.cfg.NodeID, addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(d)
+	}
+	now, rid := time.Now().Unix(), newRequestID()
+	mac := f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
+	if _, err := c.Write(handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now),
+		handshake.Str("rid", rid), handshake.Str("mac", hex.EncodeToString(mac)))); err != nil {
+		return false
+	}
+	line, err := bufio.NewReaderSize(c, 512).ReadSlice('\n')
+	if err != nil {
+		return false // closed or silent: nothing there runs as a node
+	}
+	var ans struct {
+		Params struct {
+			Instance string `json:"instance"`
+		} `json:"params"`
+	}
+	_ = json.Unmarshal(line, &ans)
+	return ans.Params.Instance != f.instance
 }

@@ -79,11 +79,31 @@ func TestWrongMeshKeyRefusedAtJoin(t *testing.T) {
 // TestRestartedNodeTakesOverItsID: a node killed without a goodbye (its
 // record still live in the store) restarts with the same id and address
 // and joins at once, and the dead process's record no longer counts; a
-// node with the same id at another address is still refused.
+// node with the same id at another address is still refused, and so is
+// one that gives the same address (--advertise) while the first process
+// still runs and answers there. A node that advertises another node's
+// address joins with a warning.
 func TestRestartedNodeTakesOverItsID(t *testing.T) {
 	addr := redisAddr(t)
 	old := startNode(t, addr, "phoenix", nil)
 	adv := relaytest.Addr(old.s)
+	if _, err := joinNode(t, addr, "phoenix", nil, func(c *fleet.Config) { c.Advertise = adv }); err == nil ||
+		!strings.Contains(err.Error(), "in use by a live process") {
+		t.Fatalf("the same node id and address while its process runs: %v, want refused", err)
+	}
+	logs := &testutil.Tail{}
+	copycat, err := joinNode(t, addr, "copycat", nil, func(c *fleet.Config) {
+		c.Advertise = adv
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "another node advertises this node's address") {
+		t.Errorf("a node advertising phoenix's address joined without a warning:\n%s", logs.String())
+	}
+	copycat.f.Close()
+	copycat.s.Close()
 	fleet.Kill(old.f)
 	old.s.Close()
 
