@@ -136,6 +136,10 @@ func (s *Server) httpRoot() http.Handler {
 			// answers (and would wait for it without end).
 			b := &minRateBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody), rc: http.NewResponseController(w), s: s}
 			r.Body = b
+			// Due from now, before any handler runs: a response past
+			// net/http's 2 KiB buffer (or a Flush) makes it read what the
+			// handler left inside the handler's own Write.
+			_ = b.rc.SetReadDeadline(time.Now().Add(s.cfg.HTTPBodyTimeout))
 			defer b.leave()
 		}
 		p, err := cleanPath(r.URL.EscapedPath())

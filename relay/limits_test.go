@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -327,34 +328,38 @@ func TestTLSHandshakesPerAddress(t *testing.T) {
 }
 
 // TestHTTPUnreadBodyIsPaced: a body announced and never sent to a handler
-// that does not read it (a health check, a 400 path, a 404, a 405) is
-// paced all the same: net/http reads up to 256 KiB of what a handler
-// left before it answers, and without the body's deadline it would wait
-// for it without end, holding the connection's HTTP slot for good. Each
-// is answered and closed once HTTPBodyTimeout has passed, and the slots
-// are free again.
+// that does not read it (a health check, a 400 path, a 404, a 405, an
+// answer past net/http's 2 KiB buffer) is paced all the same: net/http
+// reads up to 256 KiB of what a handler left before it answers — after
+// the handler, or inside its Write for a large answer — and without the
+// body's deadline it would wait for it without end, holding the
+// connection's HTTP slot for good. Each is answered and closed once
+// HTTPBodyTimeout has passed, and the slots are free again.
 func TestHTTPUnreadBodyIsPaced(t *testing.T) {
 	cfg := LoopbackConfig(acceptAll{})
 	cfg.Logger = testutil.Logger(t)
 	noExempt(&cfg)
-	cfg.HTTPMaxConns, cfg.HTTPMaxConnsPerIP = 4, 2
+	cfg.HTTPMaxConns, cfg.HTTPMaxConnsPerIP = 5, 2
 	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = 500*time.Millisecond, 1024
 	s, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }))
+	page := strings.Repeat("p", 8<<10) // a page, /metrics, a listing
+	s.Handle("GET /big", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, page) }))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	silent := map[string]string{ // 100 kB announced (under net/http's 256 KiB), one byte sent
-		"HTTP/1.1 200": "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
-		"HTTP/1.1 400": "GET /a%2fb HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
-		"HTTP/1.1 404": "GET /nothing-here HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
-		"HTTP/1.1 405": "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nx",
+		"HTTP/1.1 200":        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 400":        "GET /a%2fb HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 404":        "GET /nothing-here HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"HTTP/1.1 405":        "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nx",
+		"HTTP/1.1 200 OK\r\n": "GET /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
 	}
-	ips := []string{"127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"}
+	ips := []string{"127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3"}
 	held := map[string]net.Conn{}
 	for want, req := range silent {
 		c := dialFrom(t, s, ips[len(held)])
@@ -370,7 +375,7 @@ func TestHTTPUnreadBodyIsPaced(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, func() bool { return s.handoffs[handoffHTTP].Active.Load() == 0 }, "every HTTP slot free")
-	if got := status(t, s, "127.0.0.3", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); got != "HTTP/1.1 200 OK" {
+	if got := status(t, s, "127.0.0.4", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); got != "HTTP/1.1 200 OK" {
 		t.Errorf("a health check after: %q, want 200", got)
 	}
 }
@@ -551,5 +556,27 @@ func TestLimitRefusalsLogBounded(t *testing.T) {
 	text := logs.String()
 	if w, d := strings.Count(text, "level=WARN msg=\"connection refused at a limit"), strings.Count(text, "level=DEBUG msg=\"connection refused\""); w != 1 || d != 49 {
 		t.Fatalf("50 refusals at a limit logged %d warnings and %d debug lines, want 1 and 49", w, d)
+	}
+}
+
+// reloadFails is a Reloader that cannot stage and whose reload fails: an
+// authenticator written against the Reloader interface alone.
+type reloadFails struct{ acceptAll }
+
+func (reloadFails) Reload() error { return errors.New("token store unreadable") }
+
+// TestReloadReportsAPlainReloadersError: a Reloader that cannot stage
+// reloads at once, and its error is the reload's (nothing staged is put
+// in force after it).
+func TestReloadReportsAPlainReloadersError(t *testing.T) {
+	cfg := LoopbackConfig(reloadFails{})
+	cfg.Logger = testutil.Logger(t)
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Reload(); err == nil || !strings.Contains(err.Error(), "token store unreadable") {
+		t.Fatalf("Server.Reload() = %v for an authenticator whose Reload failed, want its error", err)
 	}
 }
