@@ -255,12 +255,14 @@ func (s *Server) Reload() error {
 // PrepareReload reads the authenticator's and the access rules' files
 // again (those that are Reloaders) without putting them in force: commit
 // does, for all of them at once; on an error nothing changes. A Reloader
-// that cannot stage (not a StagedReloader) reloads at commit, where its
-// error is logged.
+// that cannot stage (not a StagedReloader) reloads here, once the staged
+// parts have read without error: its error is returned and nothing staged
+// is put in force, but what it reloaded itself stays.
 func (s *Server) PrepareReload() (commit func(), err error) {
 	var commits []func()
 	var errs []error
-	for name, p := range map[string]any{"authenticator": s.cfg.Auth, "access rules": s.cfg.Access} {
+	var plain []Reloader
+	for _, p := range []any{s.cfg.Auth, s.cfg.Access} {
 		switch r := p.(type) {
 		case StagedReloader:
 			c, err := r.PrepareReload()
@@ -270,11 +272,12 @@ func (s *Server) PrepareReload() (commit func(), err error) {
 			}
 			commits = append(commits, c)
 		case Reloader:
-			commits = append(commits, func() {
-				if err := r.Reload(); err != nil {
-					s.log.Error("reload of the "+name+" failed; it keeps its previous state", "err", err)
-				}
-			})
+			plain = append(plain, r)
+		}
+	}
+	if len(errs) == 0 {
+		for _, r := range plain {
+			errs = append(errs, r.Reload())
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
