@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -184,8 +185,14 @@ func (w *Webhook) ask(ctx context.Context, req relay.AuthRequest) (string, relay
 		w.report(err)
 		return "", relay.AuthProxyError
 	}
-	w.report(nil) // it answered, whatever it said
 	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		// The service failed (or the proxy in front of it cannot reach
+		// it): no token was refused, so no client is charged a guess.
+		w.report(fmt.Errorf("it answered %s", resp.Status))
+		return "", relay.AuthProxyError
+	}
+	w.report(nil) // it answered, whatever it said
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxWebhookAnswer))
 	if err != nil {
 		if ctx.Err() != nil {

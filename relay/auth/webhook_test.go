@@ -56,6 +56,10 @@ func newWebhookServer(t *testing.T) *webhookServer {
 		case tok == "fail":
 			w.WriteHeader(500)
 			json.NewEncoder(w).Encode(map[string]any{"allow": true}) // a 500 never allows, whatever it says
+		case tok == "gone":
+			w.WriteHeader(http.StatusServiceUnavailable) // its proxy cannot reach it
+		case tok == "refuse":
+			w.WriteHeader(http.StatusForbidden)
 		case tok == "junk":
 			w.Write([]byte("{allow: yes"))
 		default:
@@ -102,8 +106,11 @@ func TestWebhook(t *testing.T) {
 	}{
 		{"good-1", relay.AuthNoError, "user-of-good-1"},
 		{"nope", relay.AuthFailed, ""},
-		{"fail", relay.AuthFailed, ""},
+		{"refuse", relay.AuthFailed, ""},
 		{"junk", relay.AuthFailed, ""},
+		// 5xx: the service failed, no token was refused (no ban).
+		{"fail", relay.AuthProxyError, ""},
+		{"gone", relay.AuthProxyError, ""},
 	} {
 		if r, s := ask(t, w, c.token, 5*time.Second); r != c.want || s != c.subject {
 			t.Errorf("%s: %v %q, want %v %q", c.token, r, s, c.want, c.subject)
