@@ -310,13 +310,14 @@ func (f *Fleet) handlePing(c relay.Conn, req *handshake.Request) {
 	}
 	node, _ := req.Param("node")
 	c.KeepMesh(node)
-	c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("instance", f.instance)))
+	c.Reply(handshake.AppendSuccess(nil, req.ID, handshake.Str("node", f.cfg.NodeID), handshake.Str("instance", f.instance)))
 }
 
 // liveAt reports whether a process other than this one answers a Mesh.Ping
-// at addr: one that still runs as this node. Nothing answering (a dead
-// predecessor), or this process itself, is not one; any other answer is,
-// whatever it says.
+// at addr as this node: one that still runs under its id. Nothing
+// answering (a dead predecessor), this process itself, or another node
+// (one that shares the address) is not one; an answer that names no node
+// (an earlier version's) is.
 func (f *Fleet) liveAt(ctx context.Context, addr string) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -340,9 +341,13 @@ func (f *Fleet) liveAt(ctx context.Context, addr string) bool {
 	}
 	var ans struct {
 		Params struct {
-			Instance string `json:"instance"`
+			Node     *string `json:"node"`
+			Instance string  `json:"instance"`
 		} `json:"params"`
 	}
 	_ = json.Unmarshal(line, &ans)
+	if n := ans.Params.Node; n != nil && *n != f.cfg.NodeID {
+		return false
+	}
 	return ans.Params.Instance != f.instance
 }

@@ -319,3 +319,19 @@ func TestWaitingClientReplaced(t *testing.T) {
 		t.Error("the move was not counted")
 	}
 }
+
+// TestRestartBesideANodeSharingItsAddress: a node killed without a
+// goodbye whose --advertise another node shares (a misconfiguration,
+// warned at join) restarts under its id: the other node answers the
+// liveness ping at that address as itself, not as this node.
+func TestRestartBesideANodeSharingItsAddress(t *testing.T) {
+	addr := redisAddr(t)
+	other := startNode(t, addr, "sharer", nil)
+	shared := func(c *fleet.Config) { c.Advertise = relaytest.Addr(other.s) }
+	old := startNodeWith(t, addr, "phoenix", nil, shared)
+	fleet.Kill(old.f) // its record stays until it expires
+	old.s.Close()
+	if _, err := joinNode(t, addr, "phoenix", nil, shared); err != nil {
+		t.Fatalf("restarting after a kill, beside the node sharing its address: %v", err)
+	}
+}
