@@ -493,6 +493,23 @@ func TestGroupsDiskFailureChangesNothing(t *testing.T) {
 	}
 }
 
+// TestGroupsDiskFailureOnDeleteChangesNothing: a delete the disk store
+// refuses is answered 503 and the group stays in memory too (dropped
+// there, it would come back from the disk at the next start).
+func TestGroupsDiskFailureOnDeleteChangesNothing(t *testing.T) {
+	s, base, _ := start(t, Config{DataDir: t.TempDir()})
+	id := create(t, base, `{"AppID":"a","Name":"kept"}`)
+	if err := s.st.(*localStore).db.Close(); err != nil { // every write fails now
+		t.Fatal(err)
+	}
+	if code, _, body := relaytest.HTTP(t, "DELETE", base+"/groups/"+id, ""); code != 503 {
+		t.Fatalf("a delete the disk refused: %d %s, want 503", code, body)
+	}
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 200 {
+		t.Fatalf("after a refused delete the group answers %d, want 200 (memory as the disk)", code)
+	}
+}
+
 // TestGroupsKeyGuessesBanned: every secret the groups API refuses — a
 // key in an /app/KEY/ URL, an application's bearer key, a group's owner
 // secret — counts toward the address's ban as a refused relay token

@@ -193,8 +193,11 @@ func (s *localStore) del(old *record) error {
 	if s.groups[id] != old {
 		return errChanged
 	}
+	if err := s.forget(id); err != nil { // first: a refused delete changes nothing
+		return err
+	}
 	s.drop(id, old)
-	return s.forget(id)
+	return nil
 }
 
 // drop forgets id (under mu).
