@@ -962,6 +962,9 @@ func reload(o serveOptions, srv *relay.Server, store *certs.Store, log *slog.Log
 	if o.reparse != nil {
 		var perr error
 		if again, perr = o.reparse(); perr == nil {
+			// The IPv6 prefix stays: the per-address state (bans included)
+			// is kept under keys it made (a change is named below).
+			again.cfg.Limits.IPv6Prefix = o.cfg.Limits.IPv6Prefix
 			perr = srv.CheckLimits(again.cfg.Limits)
 		}
 		err = errors.Join(err, perr)

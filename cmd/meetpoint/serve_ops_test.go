@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -611,7 +612,7 @@ func TestServeSIGHUPIsAllOrNothing(t *testing.T) {
 		t.Helper()
 		relaytest.WaitFor(t, func() bool { return strings.Count(ts.logs.String(), what) >= n }, "the log: "+what)
 	}
-	os.WriteFile(tokens, []byte("beta\n"), 0o600)               // alpha revoked, beta added…
+	os.WriteFile(tokens, []byte("beta\n"), 0o600)                // alpha revoked, beta added…
 	os.WriteFile(certPath, []byte("not a certificate\n"), 0o644) // …and the certificate broken
 	ts.sigs <- syscall.SIGHUP
 	waitLog("reload failed: nothing changed", 1)
@@ -627,5 +628,25 @@ func TestServeSIGHUPIsAllOrNothing(t *testing.T) {
 	waitLog(`msg="settings changed that only a restart puts in force; they are not in force" settings=auth`, 1)
 	if !admits("beta") || admits("alpha") || admits("gamma") {
 		t.Fatal("after the reload: want the file's new tokens (beta) in force, and not the new authenticator's (gamma)")
+	}
+}
+
+// TestServeSIGHUPKeepsTheIPv6Prefix: a changed --ipv6-prefix is named as
+// needing a restart and is not put in force by a reload: the per-address
+// state, bans included, is kept under the keys the old prefix made.
+func TestServeSIGHUPKeepsTheIPv6Prefix(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "meetpoint.toml")
+	os.WriteFile(conf, []byte("ipv6-prefix = 64\n"), 0o644)
+	ts := startServe(t, "--config", conf, "--log-level", "info")
+	ip := netip.MustParseAddr("2001:db8:0:1::1")
+	before, _ := ts.started.srv.ClientKey(ip)
+	os.WriteFile(conf, []byte("ipv6-prefix = 48\n"), 0o644)
+	ts.sigs <- syscall.SIGHUP
+	relaytest.WaitFor(t, func() bool { return strings.Contains(ts.logs.String(), "reloaded:") }, "the reload")
+	if after, _ := ts.started.srv.ClientKey(ip); after != before {
+		t.Errorf("a reload changed the IPv6 prefix: key %v, then %v", before, after)
+	}
+	if !strings.Contains(ts.logs.String(), `they are not in force" settings=ipv6-prefix`) {
+		t.Errorf("the changed --ipv6-prefix was not named as needing a restart:\n%s", ts.logs.String())
 	}
 }
