@@ -104,7 +104,7 @@ type Router struct {
 	remote   map[remoteCall]uint64
 	sessions map[*session]bool // guarded by mu
 	closing  bool              // guarded by mu
-	ids      atomic.Uint64     // router-scope ids
+	ids      atomic.Uint64     // router-scope ids: from a random start, below maxID for centuries
 	wg       sync.WaitGroup    // session goroutines
 	set      *metrics.Set      //
 	closed   map[string]*metrics.Counter
@@ -190,6 +190,12 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 	r := &Router{cfg: cfg, log: srv.Logger(), realms: map[string]*realm{}, calls: map[uint64]*call{},
 		outbound: map[uint64]*call{}, remote: map[remoteCall]uint64{}, sessions: map[*session]bool{}, set: metrics.NewSet(),
 		closed: map[string]*metrics.Counter{}, results: map[string]*metrics.Counter{}}
+	// Router-scope ids start at random: a node restarted under its fleet
+	// id must not reuse its previous process's call ids, or a late answer
+	// (or a CANCEL) meant for an old call would find a new one.
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	r.ids.Store(binary.BigEndian.Uint64(b[:]) % (maxID / 2))
 	for _, c := range closeReasons {
 		r.closed[c] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_closed_total{reason=%q}`, c))
 	}

@@ -972,3 +972,16 @@ func TestAppKeyGuessesBanned(t *testing.T) {
 	(&peer{t: t, c: c}).join("chat")
 	c.Close()
 }
+
+// TestIDsStartAtRandom: router-scope ids start at random, so a node
+// restarted under its fleet id does not reuse its previous process's call
+// ids (a late answer or CANCEL for an old call would find a new one), and
+// stay within WAMP's id range.
+func TestIDsStartAtRandom(t *testing.T) {
+	a, _ := start(t, Config{})
+	b, _ := start(t, Config{})
+	x, y := a.newID(), b.newID()
+	if x == y || x > maxID || y > maxID || x == 0 || y == 0 {
+		t.Fatalf("two routers' first ids: %d and %d, want different, in 1..2^53", x, y)
+	}
+}
