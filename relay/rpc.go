@@ -301,7 +301,11 @@ func (c *conn) authResult(r AuthResult) {
 		a.authed = r == AuthNoError
 		c.to(stRPC)
 		if c.upgrade != nil && r != AuthNoError { // a token in the WebSocket URL: 401
-			c.refuseAuth(r, reason.AuthFailed, "")
+			why := reason.AuthFailed
+			if a.banned {
+				why = reason.Banned
+			}
+			c.refuseAuth(r, why, "")
 			c.unlock()
 			return
 		}

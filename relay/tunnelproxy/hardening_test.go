@@ -203,20 +203,35 @@ func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for range n {
+	register := func(uuid string) net.Conn {
+		t.Helper()
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		clients = append(clients, c)
 		b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
-			"params": map[string]any{"clientName": name, "clientUuid": client.NewUUID(), "serverUuid": su}})
+			"params": map[string]any{"clientName": name, "clientUuid": uuid, "serverUuid": su}})
 		c.Write(append(b, '\n'))
 		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
 		if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
 			t.Fatalf("RegisterClient %d: %.100q %v", len(clients), line, err)
 		}
+		return c
 	}
+	for range n - 1 {
+		register(client.NewUUID())
+	}
+	// The last waits to be announced; it leaves and comes back under its
+	// uuid: its first registration is seen to end, the uuid is free.
+	again := client.NewUUID()
+	register(again).Close()
+	relaytest.WaitFor(t, func() bool {
+		gone := false
+		hubOf(t, serviceOf(s), su, func(h *hub) { gone = len(h.clients) == n-1 })
+		return gone
+	}, "the waiting client that left dropped")
+	register(again)
 	var pending, joiners int
 	hubOf(t, serviceOf(s), su, func(h *hub) { pending, joiners = h.srv.pending(), len(h.joiners) })
 	if pending > serverHigh+16<<10 || joiners == 0 {

@@ -36,14 +36,14 @@ type hub struct {
 	// name of up to 10 KiB, so announcing every registration whatever the
 	// backlog let anonymous clients queue megabytes for one server. Joined
 	// in order as the backlog drains (wakeWaiting); joining is set.
-	joiners []*tpEnd
-	slip          handshake.SLIPDecoder
-	rpc           handshake.SLIPHold // the server's JSON-RPC message on address 0 being reassembled
-	held          int                // clients whose backlog reached ClientBuffer: the server is not read meanwhile
-	lastRx        time.Time          // server's last byte (dead-server timeout)
-	srvReason     reason.Reason      // why the server is closing once its output is written
-	notifID       int
-	frame         []byte // scratch for one SLIP frame
+	joiners   []*tpEnd
+	slip      handshake.SLIPDecoder
+	rpc       handshake.SLIPHold // the server's JSON-RPC message on address 0 being reassembled
+	held      int                // clients whose backlog reached ClientBuffer: the server is not read meanwhile
+	lastRx    time.Time          // server's last byte (dead-server timeout)
+	srvReason reason.Reason      // why the server is closing once its output is written
+	notifID   int
+	frame     []byte // scratch for one SLIP frame
 }
 
 // clientPause is how much may wait for a client before the relay stops
@@ -246,17 +246,22 @@ func (s settler) Scan(*loop.Loop, time.Time) time.Duration {
 // join starts reading client e and tells the server about it, or, while
 // the server's backlog is at serverHigh, queues it in joiners.
 func (h *hub) join(e *tpEnd) {
+	if !h.l.Registered(e.fd) {
+		if err := h.l.Register(e.fd, e); err != nil {
+			e.joining = true // never announced, never counted
+			h.dropClient(e, false, reason.IOError)
+			return
+		}
+	}
 	if h.srv.pending() >= serverHigh {
+		// Registered, so that a client that leaves while it waits is
+		// dropped (Event) and its uuid freed, but not read.
 		e.joining = true
 		h.joiners = append(h.joiners, e)
 		h.flush(e) // its RegisterClient reply goes now
 		return
 	}
 	h.s.m.clients.Inc() // before: dropClient counts it out
-	if err := h.l.Register(e.fd, e); err != nil {
-		h.dropClient(e, false, reason.IOError)
-		return
-	}
 	h.notify("TunnelProxy.ClientConnected",
 		handshake.Str("clientName", e.name), handshake.Str("clientUuid", e.uuid),
 		handshake.Str("clientPeerAddress", e.peer), handshake.Int("socketAddress", int64(e.addr)))
@@ -291,6 +296,12 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 		return
 	}
 	defer h.contain(nil)
+	if e.joining { // waiting to be announced (joiners): not read, only seen to leave
+		if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			h.dropClient(e, false, reason.PeerClosed)
+		}
+		return
+	}
 	h.flush(e)
 	if e.server {
 		h.readServer()
