@@ -136,10 +136,14 @@ func (s *Server) httpRoot() http.Handler {
 			// answers (and would wait for it without end).
 			b := &minRateBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody), rc: http.NewResponseController(w), s: s}
 			r.Body = b
-			// Due from now, before any handler runs: a response past
-			// net/http's 2 KiB buffer (or a Flush) makes it read what the
-			// handler left inside the handler's own Write.
-			_ = b.rc.SetReadDeadline(time.Now().Add(s.cfg.HTTPBodyTimeout))
+			// HTTP/1: due from now, before any handler runs: a response
+			// past net/http's 2 KiB buffer (or a Flush) makes it read what
+			// the handler left inside the handler's own Write. (HTTP/2
+			// reads no body for a handler: its stream's timer, once set,
+			// would not move for a handler that reads late.)
+			if r.ProtoMajor == 1 {
+				_ = b.rc.SetReadDeadline(time.Now().Add(s.cfg.HTTPBodyTimeout))
+			}
 			defer b.leave()
 		}
 		p, err := cleanPath(r.URL.EscapedPath())

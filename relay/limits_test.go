@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -578,5 +580,70 @@ func TestReloadReportsAPlainReloadersError(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	if err := s.Reload(); err == nil || !strings.Contains(err.Error(), "token store unreadable") {
 		t.Fatalf("Server.Reload() = %v for an authenticator whose Reload failed, want its error", err)
+	}
+}
+
+// TestHTTPBodyReadLate: a handler that reads its body only after work
+// longer than HTTPBodyTimeout, from a client that sends it steadily (20
+// KiB/s, twenty times HTTPMinBodyRate), gets it whole over HTTP/1.1 and
+// HTTP/2 alike: the body's clock starts at the handler's first read (an
+// HTTP/2 stream's timer, once set, would not move for it).
+func TestHTTPBodyReadLate(t *testing.T) {
+	dir := t.TempDir()
+	cp, kp, cert := tlsFiles(t, dir)
+	store := tlsStore(t, certs.Config{Cert: cp, Key: kp})
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	cfg.TLS = store.TLSConfig()
+	noExempt(&cfg)
+	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = 300*time.Millisecond, 1024
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("POST /work", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(800 * time.Millisecond) // e.g. an upstream dial, an auth lookup
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("read %d: %v", len(b), err), 400)
+			return
+		}
+		fmt.Fprintf(w, "got %d", len(b))
+	}))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	conf := clientTLS(cert)
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1.1", true: "http2"}[h2], func(t *testing.T) {
+			tr := &http.Transport{TLSClientConfig: conf.Clone(), ForceAttemptHTTP2: h2}
+			if !h2 {
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			defer tr.CloseIdleConnections()
+			pr, pw := io.Pipe()
+			go func() { // 30 KiB over 1.5 s
+				chunk := bytes.Repeat([]byte("b"), 1024)
+				for range 30 {
+					if _, err := pw.Write(chunk); err != nil {
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				pw.Close()
+			}()
+			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0].String()+"/work", pr)
+			req.ContentLength = 30 << 10
+			resp, err := (&http.Client{Transport: tr, Timeout: testutil.Patience}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "got 30720" {
+				t.Fatalf("%s: a steady 20 KiB/s body read after 800 ms of work: %d %q", resp.Proto, resp.StatusCode, body)
+			}
+		})
 	}
 }

@@ -8,9 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,28 +120,42 @@ func (w *Webhook) Authenticate(ctx context.Context, req relay.AuthRequest, done 
 func (w *Webhook) Watch(d *relay.Dependency) { w.dep = d }
 
 func (w *Webhook) report(err error) {
-	if ue, ok := err.(*url.Error); ok { // net/http's: it quotes the whole URL
-		err = &url.Error{Op: ue.Op, URL: w.String(), Err: ue.Err}
-	}
+	err = w.scrub(err)
 	if w.dep != nil {
 		w.dep.Report(err)
 	}
 }
 
-// Probe checks that the service accepts connections (a TCP connection to
-// its host; no request is made, so no token is checked).
+// Probe checks that the service answers: it POSTs a request with an
+// empty token (which the service refuses) and takes any answer below 500
+// as up. A TCP connection alone is not enough: a proxy in front of a
+// failed service accepts it and answers 503 to every request.
 func (w *Webhook) Probe(ctx context.Context) error {
-	u, _ := url.Parse(w.url)
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, strings.NewReader(`{"token":""}`))
 	if err != nil {
 		return err
 	}
-	return c.Close()
+	hr.Header.Set("Content-Type", "application/json")
+	hr.Header.Set("User-Agent", "meetpoint/"+relay.Version)
+	resp, err := w.client.Do(hr)
+	if err != nil {
+		return w.scrub(err)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxWebhookAnswer))
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("it answered %s", resp.Status)
+	}
+	return nil
+}
+
+// scrub rewrites net/http's error, which quotes the whole URL (its
+// credentials and query too), with String's.
+func (w *Webhook) scrub(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return &url.Error{Op: ue.Op, URL: w.String(), Err: ue.Err}
+	}
+	return err
 }
 
 // String is the service's URL without its credentials and query (for

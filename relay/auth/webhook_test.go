@@ -196,3 +196,27 @@ func TestWebhookNoRedirect(t *testing.T) {
 		t.Fatalf("the token was sent %d times to where a redirect pointed", n)
 	}
 }
+
+// TestWebhookProbeAsksTheService: the probe that decides whether the
+// webhook is up makes a request (an empty token): a service that answers
+// (here refusing) is up; one whose proxy answers 503 to everything is
+// down, though it accepts connections; nothing listening is down.
+func TestWebhookProbeAsksTheService(t *testing.T) {
+	ctx := context.Background()
+	up, _ := NewWebhook(newWebhookServer(t).URL + "/check")
+	if err := up.Probe(ctx); err != nil {
+		t.Errorf("a service that answers: %v, want up", err)
+	}
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "upstream unavailable", http.StatusServiceUnavailable)
+	}))
+	defer failing.Close()
+	proxied, _ := NewWebhook(failing.URL)
+	if err := proxied.Probe(ctx); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("a service answering 503: %v, want down", err)
+	}
+	gone, _ := NewWebhook("http://u:PASSW0RD@127.0.0.1:1/check")
+	if err := gone.Probe(ctx); err == nil || strings.Contains(err.Error(), "PASSW0RD") {
+		t.Errorf("nothing listening: %v, want down, without the URL's password", err)
+	}
+}

@@ -255,3 +255,83 @@ func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 		announced += strings.Count(string(frame), "TunnelProxy.ClientConnected")
 	}
 }
+
+// TestTPQueuedClientThatHalfClosesKeepsItsBytes: a client that registers
+// while its server's backlog is at serverHigh (it waits in joiners),
+// sends its request and shuts its side (shutdown(SHUT_WR), as a one-shot
+// client does) is kept, announced once the backlog drains, and its bytes
+// are delivered, as a joined client's would be.
+func TestTPQueuedClientThatHalfClosesKeepsItsBytes(t *testing.T) {
+	s := server(t, nil, func(c *Config) {
+		c.ServerTimeout = time.Minute
+		c.WriteStallTimeout = 10 * time.Minute
+	})
+	addr := s.Addrs()[0].String()
+	su := client.NewUUID()
+	sc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterServer", "params": map[string]any{"serverName": "s", "serverUuid": su}})
+	sc.Write(append(req, '\n'))
+	br := bufio.NewReader(sc)
+	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+		t.Fatalf("RegisterServer: %q %v", line, err)
+	}
+	register := func(name string) *net.TCPConn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
+			"params": map[string]any{"clientName": name, "clientUuid": client.NewUUID(), "serverUuid": su}})
+		c.Write(append(b, '\n'))
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+			t.Fatalf("RegisterClient %s: %.100q %v", name, line, err)
+		}
+		return c.(*net.TCPConn)
+	}
+	// A filler client sends more than the server (which reads nothing
+	// now) takes: the relay's backlog for it reaches serverHigh.
+	filler := register("filler")
+	go filler.Write(bytes.Repeat([]byte("f"), 8<<20))
+	relaytest.WaitFor(t, func() bool {
+		full := false
+		hubOf(t, serviceOf(s), su, func(h *hub) { full = h.srv.pending() >= serverHigh })
+		return full
+	}, "the server's backlog at serverHigh")
+	q := register("queued-one")
+	var queued bool
+	hubOf(t, serviceOf(s), su, func(h *hub) { queued = len(h.joiners) == 1 })
+	if !queued {
+		t.Fatal("the second client is not waiting in joiners")
+	}
+	q.Write([]byte("HALF-CLOSED-REQUEST"))
+	q.CloseWrite()                     // done sending; it still reads
+	time.Sleep(300 * time.Millisecond) // the loop sees the half-close (a miss passes, it cannot fail)
+	var kept bool
+	hubOf(t, serviceOf(s), su, func(h *hub) { kept = len(h.clients) == 2 })
+	// The server reads now: the queued client should be announced and its
+	// bytes delivered.
+	seen := map[string]bool{}
+	buf := make([]byte, 64<<10)
+	var tail []byte
+	for !(seen["announced"] && seen["data"]) {
+		_ = sc.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		n, err := br.Read(buf)
+		if err != nil {
+			break
+		}
+		chunk := append(tail, buf[:n]...)
+		seen["announced"] = seen["announced"] || bytes.Contains(chunk, []byte("queued-one"))
+		seen["data"] = seen["data"] || bytes.Contains(chunk, []byte("HALF-CLOSED-REQUEST"))
+		tail = append([]byte(nil), chunk[max(0, len(chunk)-64):]...)
+	}
+	if !kept || !seen["announced"] || !seen["data"] {
+		t.Fatalf("a queued client that sent 19 bytes and half-closed: kept while queued %v, announced to the server %v, its bytes delivered %v", kept, seen["announced"], seen["data"])
+	}
+}

@@ -297,7 +297,7 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 	}
 	defer h.contain(nil)
 	if e.joining { // waiting to be announced (joiners): not read, only seen to leave
-		if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		if events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (events&unix.EPOLLRDHUP != 0 && !e.waitingBytes()) {
 			h.dropClient(e, false, reason.PeerClosed)
 		}
 		return
@@ -311,6 +311,15 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 		h.flush(h.srv)
 	}
 	h.wakeWaiting()
+}
+
+// waitingBytes reports whether e's socket holds bytes not read yet (a
+// client that sent its request and then shut its side: it is kept, and
+// the read after it joins sees the end).
+func (e *tpEnd) waitingBytes() bool {
+	var b [1]byte
+	n, _, err := unix.Recvfrom(e.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return err == nil && n > 0
 }
 
 // pending reports bytes waiting to be written to e.
