@@ -317,6 +317,9 @@ func (e *tpEnd) Event(_ *loop.Loop, events uint32) {
 // client that sent its request and then shut its side: it is kept, and
 // the read after it joins sees the end).
 func (e *tpEnd) waitingBytes() bool {
+	if len(e.in) > 0 { // read with its registration, not yet routed
+		return true
+	}
 	var b [1]byte
 	n, _, err := unix.Recvfrom(e.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	return err == nil && n > 0
