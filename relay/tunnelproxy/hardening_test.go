@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -173,8 +174,9 @@ func TestMetricDocs(t *testing.T) {
 // names while their server reads nothing are answered, but announced
 // (ClientConnected carries the name) only as the server's backlog allows:
 // the relay holds about serverHigh for the server, not every name; the
-// server is not closed as silent while the relay does not read it for its
-// backlog; and once it reads, every client is announced.
+// server, pinging all along, is not closed as silent while the relay does
+// not read it for its backlog; and once it reads, every client is
+// announced.
 func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 	s := server(t, nil, func(c *Config) {
 		c.ServerTimeout = time.Second
@@ -193,8 +195,19 @@ func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
 		t.Fatalf("RegisterServer: %q %v", line, err)
 	}
-	// The server reads nothing now: 800 names of 9 KiB (7 MiB) are more
-	// than loopback's socket buffers take.
+	// The server pings all along (a live server; the relay reads its
+	// pings until its backlog stops it reading), and reads nothing until
+	// told: 800 names of 9 KiB (7 MiB) are more than loopback's socket
+	// buffers take.
+	go func() {
+		for i := 2; ; i++ {
+			ping := fmt.Appendf([]byte{0xC0, 0, 0}, `{"id":%d,"method":"TunnelProxy.Ping","params":{"timestamp":1}}`, i)
+			if _, err := sc.Write(append(ping, 0xC0)); err != nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
 	const n = 800
 	name := strings.Repeat("n", 9<<10)
 	var clients []net.Conn
