@@ -551,13 +551,15 @@ func TestLimitRefusalsLogBounded(t *testing.T) {
 	})
 	dialFrom(t, s, "127.0.0.2") // held: the address's one connection
 	waitFor(t, func() bool { return s.Stats().Accepted == 1 }, "the first connection accepted")
+	start := time.Now()
 	for range 50 {
 		dialFrom(t, s, "127.0.0.2").Close()
 	}
 	waitFor(t, func() bool { return s.Stats().Closes["limit_conns_per_ip"] == 50 }, "50 refusals counted")
+	most := 1 + int(time.Since(start)/(10*time.Second)) // one more for each 10 s a slow machine took
 	text := logs.String()
-	if w, d := strings.Count(text, "level=WARN msg=\"connection refused at a limit"), strings.Count(text, "level=DEBUG msg=\"connection refused\""); w != 1 || d != 49 {
-		t.Fatalf("50 refusals at a limit logged %d warnings and %d debug lines, want 1 and 49", w, d)
+	if w, d := strings.Count(text, "level=WARN msg=\"connection refused at a limit"), strings.Count(text, "level=DEBUG msg=\"connection refused\""); w < 1 || w > most || w+d != 50 {
+		t.Fatalf("50 refusals at a limit logged %d warnings and %d debug lines, want 1 (at most %d) and the rest at debug", w, d, most)
 	}
 }
 
