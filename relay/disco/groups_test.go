@@ -3,8 +3,6 @@ package disco
 import (
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -527,19 +525,8 @@ func TestGroupsKeyGuessesBanned(t *testing.T) {
 	relaytest.Start(t, srv)
 	t.Cleanup(func() { srv.Close(); s.Close() })
 	base := "http://" + relaytest.Addr(srv)
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
-	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}, Timeout: relaytest.Patience}
 	from := func(method, url string, hdr ...string) int { // 0: the connection refused
-		req, _ := http.NewRequest(method, url, nil)
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return relaytest.StatusFrom("127.0.0.2", method, url, hdr...)
 	}
 	id := create(t, base, `{"AppID":"open","Name":"mine"}`) // from loopback's 127.0.0.1
 	// No secret: refused, never counted.

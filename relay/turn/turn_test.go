@@ -449,27 +449,10 @@ func TestCredentialsTokenGuessesBanned(t *testing.T) {
 	if n := relaytest.Metric(t, srv, "meetpoint_bans_total"); n != 1 {
 		t.Errorf("meetpoint_bans_total %v after 6 refused tokens (limit 5 a minute), want 1", n)
 	}
-	if code := getFrom(t, url, "127.0.0.2"); code == 200 {
+	if code := relaytest.StatusFrom("127.0.0.2", "GET", url, "Authorization", "Bearer good-token"); code == 200 {
 		t.Error("the guessing address still gets credentials for a good token")
 	}
-	if code := getFrom(t, url, "127.0.0.3"); code != 200 {
+	if code := relaytest.StatusFrom("127.0.0.3", "GET", url, "Authorization", "Bearer good-token"); code != 200 {
 		t.Errorf("another address: %d, want 200", code)
 	}
-}
-
-// getFrom asks url for credentials with a good token from ip: the status,
-// or 0 when the relay refused the connection.
-func getFrom(t *testing.T, url, ip string) int {
-	t.Helper()
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: relaytest.Patience}
-	defer hc.CloseIdleConnections()
-	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Authorization", "Bearer good-token")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }
