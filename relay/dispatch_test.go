@@ -25,17 +25,24 @@ import (
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
+// tlsLoopbackConfig is a loopback relay's config with TLS on its port (a
+// certificate made for the test, the test's logger) and the client
+// configuration that trusts that certificate.
+func tlsLoopbackConfig(t *testing.T) (Config, *tls.Config) {
+	t.Helper()
+	cp, kp, cert := tlsFiles(t, t.TempDir())
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	cfg.TLS = tlsStore(t, certs.Config{Cert: cp, Key: kp}).TLSConfig()
+	return cfg, clientTLS(cert)
+}
+
 // dpServer is a relay with TLS on its port and, registered before Start,
 // an HTTP route, a WebSocket subprotocol ("echo.test") and a STUN
 // listener, as subsystems would register them.
 func dpServer(t *testing.T, mutate func(*Config)) (*Server, *tls.Config, net.Listener) {
 	t.Helper()
-	dir := t.TempDir()
-	cp, kp, cert := tlsFiles(t, dir)
-	store := tlsStore(t, certs.Config{Cert: cp, Key: kp})
-	cfg := LoopbackConfig(acceptAll{})
-	cfg.Logger = testutil.Logger(t)
-	cfg.TLS = store.TLSConfig()
+	cfg, pool := tlsLoopbackConfig(t)
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -76,7 +83,6 @@ func dpServer(t *testing.T, mutate func(*Config)) (*Server, *tls.Config, net.Lis
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	pool := clientTLS(cert)
 	return s, pool, stun
 }
 

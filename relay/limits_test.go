@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
-	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -591,12 +590,7 @@ func TestReloadReportsAPlainReloadersError(t *testing.T) {
 // HTTP/2 alike: the body's clock starts at the handler's first read (an
 // HTTP/2 stream's timer, once set, would not move for it).
 func TestHTTPBodyReadLate(t *testing.T) {
-	dir := t.TempDir()
-	cp, kp, cert := tlsFiles(t, dir)
-	store := tlsStore(t, certs.Config{Cert: cp, Key: kp})
-	cfg := LoopbackConfig(acceptAll{})
-	cfg.Logger = testutil.Logger(t)
-	cfg.TLS = store.TLSConfig()
+	cfg, conf := tlsLoopbackConfig(t)
 	noExempt(&cfg)
 	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = 300*time.Millisecond, 1024
 	s, err := NewServer(cfg)
@@ -616,7 +610,6 @@ func TestHTTPBodyReadLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	conf := clientTLS(cert)
 	for _, h2 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "http1.1", true: "http2"}[h2], func(t *testing.T) {
 			tr := &http.Transport{TLSClientConfig: conf.Clone(), ForceAttemptHTTP2: h2}
