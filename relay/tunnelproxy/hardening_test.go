@@ -182,19 +182,7 @@ func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 		c.ServerTimeout = time.Second
 		c.WriteStallTimeout = 10 * time.Minute // the server reads nothing while 800 clients register
 	})
-	addr := s.Addrs()[0].String()
-	su := client.NewUUID()
-	sc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	req, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterServer", "params": map[string]any{"serverName": "s", "serverUuid": su}})
-	sc.Write(append(req, '\n'))
-	br := bufio.NewReader(sc)
-	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
-		t.Fatalf("RegisterServer: %q %v", line, err)
-	}
+	su, sc, br := rawServer(t, s)
 	// The server pings all along (a live server; the relay reads its
 	// pings until its backlog stops it reading), and reads nothing until
 	// told: 800 names of 9 KiB (7 MiB) are more than loopback's socket
@@ -210,28 +198,7 @@ func TestTPRegistrationsWaitForTheServer(t *testing.T) {
 	}()
 	const n = 800
 	name := strings.Repeat("n", 9<<10)
-	var clients []net.Conn
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-	}()
-	register := func(uuid string) net.Conn {
-		t.Helper()
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, c)
-		b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
-			"params": map[string]any{"clientName": name, "clientUuid": uuid, "serverUuid": su}})
-		c.Write(append(b, '\n'))
-		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
-		if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
-			t.Fatalf("RegisterClient %d: %.100q %v", len(clients), line, err)
-		}
-		return c
-	}
+	register := func(uuid string) net.Conn { return rawClient(t, s, su, name, uuid) }
 	for range n - 1 {
 		register(client.NewUUID())
 	}
@@ -279,35 +246,8 @@ func TestTPQueuedClientThatHalfClosesKeepsItsBytes(t *testing.T) {
 		c.ServerTimeout = time.Minute
 		c.WriteStallTimeout = 10 * time.Minute
 	})
-	addr := s.Addrs()[0].String()
-	su := client.NewUUID()
-	sc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	req, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterServer", "params": map[string]any{"serverName": "s", "serverUuid": su}})
-	sc.Write(append(req, '\n'))
-	br := bufio.NewReader(sc)
-	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
-		t.Fatalf("RegisterServer: %q %v", line, err)
-	}
-	register := func(name string) *net.TCPConn {
-		t.Helper()
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
-			"params": map[string]any{"clientName": name, "clientUuid": client.NewUUID(), "serverUuid": su}})
-		c.Write(append(b, '\n'))
-		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
-		if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
-			t.Fatalf("RegisterClient %s: %.100q %v", name, line, err)
-		}
-		return c.(*net.TCPConn)
-	}
+	su, sc, br := rawServer(t, s)
+	register := func(name string) *net.TCPConn { return rawClient(t, s, su, name, client.NewUUID()) }
 	// A filler client sends more than the server (which reads nothing
 	// now) takes: the relay's backlog for it reaches serverHigh.
 	filler := register("filler")
@@ -347,4 +287,44 @@ func TestTPQueuedClientThatHalfClosesKeepsItsBytes(t *testing.T) {
 	if !kept || !seen["announced"] || !seen["data"] {
 		t.Fatalf("a queued client that sent 19 bytes and half-closed: kept while queued %v, announced to the server %v, its bytes delivered %v", kept, seen["announced"], seen["data"])
 	}
+}
+
+// rawServer registers a TunnelProxy server with s on the plain protocol
+// and returns its uuid, its connection (closed at the test's end) and
+// the reader of what the relay sends it (SLIP frames from here on).
+func rawServer(t *testing.T, s *relay.Server) (su string, sc net.Conn, br *bufio.Reader) {
+	t.Helper()
+	su = client.NewUUID()
+	sc, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Close() })
+	req, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterServer", "params": map[string]any{"serverName": "s", "serverUuid": su}})
+	sc.Write(append(req, '\n'))
+	br = bufio.NewReader(sc)
+	if line, err := br.ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+		t.Fatalf("RegisterServer: %q %v", line, err)
+	}
+	return su, sc, br
+}
+
+// rawClient registers a client named name under uuid with server su on
+// the plain protocol and returns its connection (closed at the test's
+// end) once the relay has answered.
+func rawClient(t *testing.T, s *relay.Server, su, name, uuid string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	b, _ := json.Marshal(map[string]any{"id": 1, "method": "TunnelProxy.RegisterClient",
+		"params": map[string]any{"clientName": name, "clientUuid": uuid, "serverUuid": su}})
+	c.Write(append(b, '\n'))
+	_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if line, err := bufio.NewReader(c).ReadBytes('\n'); err != nil || !strings.Contains(string(line), "TunnelProxyErrorNoError") {
+		t.Fatalf("RegisterClient %.20s: %.100q %v", name, line, err)
+	}
+	return c.(*net.TCPConn)
 }
