@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -131,13 +130,7 @@ func (w *Webhook) report(err error) {
 // as up. A TCP connection alone is not enough: a proxy in front of a
 // failed service accepts it and answers 503 to every request.
 func (w *Webhook) Probe(ctx context.Context) error {
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, strings.NewReader(`{"token":""}`))
-	if err != nil {
-		return err
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("User-Agent", "meetpoint/"+relay.Version)
-	resp, err := w.client.Do(hr)
+	resp, err := w.post(ctx, []byte(`{"token":""}`))
 	if err != nil {
 		return w.scrub(err)
 	}
@@ -147,6 +140,17 @@ func (w *Webhook) Probe(ctx context.Context) error {
 		return fmt.Errorf("it answered %s", resp.Status)
 	}
 	return nil
+}
+
+// post sends body (JSON) to the service: a request and a probe alike.
+func (w *Webhook) post(ctx context.Context, body []byte) (*http.Response, error) {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	hr.Header.Set("User-Agent", "meetpoint/"+relay.Version)
+	return w.client.Do(hr)
 }
 
 // scrub rewrites net/http's error, which quotes the whole URL (its
@@ -185,13 +189,7 @@ func (w *Webhook) ask(ctx context.Context, req relay.AuthRequest) (string, relay
 		peer = req.Peer.String()
 	}
 	body, _ := json.Marshal(map[string]string{"token": req.Token, "uuid": req.UUID, "name": req.Name, "nonce": req.Nonce, "peer": peer})
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
-	if err != nil {
-		return "", relay.AuthProxyError
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("User-Agent", "meetpoint/"+relay.Version)
-	resp, err := w.client.Do(hr)
+	resp, err := w.post(ctx, body)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 			return "", relay.AuthTimeout
