@@ -230,17 +230,7 @@ func (f *Fleet) ping(p *peer) {
 	// signature once, and two pings in the same second would otherwise
 	// sign the same fields (every other ping refused as a replay with a
 	// mesh ping interval under a second).
-	now := time.Now().Unix()
-	params := []handshake.Field{handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now)}
-	var mac []byte
-	if p.noRid.Load() { // an older node: no request id
-		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now)
-	} else {
-		rid := newRequestID()
-		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
-		params = append(params, handshake.Str("rid", rid))
-	}
-	req := handshake.AppendRequest(nil, 1, "Mesh.Ping", append(params, handshake.Str("mac", hex.EncodeToString(mac)))...)
+	req := f.pingRequest(!p.noRid.Load()) // noRid: an older node
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	var ans struct {
 		Status string `json:"status"`
@@ -271,6 +261,22 @@ func (f *Fleet) ping(p *peer) {
 	p.pings.Inc()
 	p.rtt.Store(int64(time.Since(start)))
 	p.lastOK.Store(time.Now().UnixNano())
+}
+
+// pingRequest is a signed Mesh.Ping from this node, with a request id
+// (withRid) or, for a node of an earlier version, without.
+func (f *Fleet) pingRequest(withRid bool) []byte {
+	now := time.Now().Unix()
+	params := []handshake.Field{handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now)}
+	var mac []byte
+	if withRid {
+		rid := newRequestID()
+		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
+		params = append(params, handshake.Str("rid", rid))
+	} else {
+		mac = f.sign("Mesh.Ping", f.cfg.NodeID, now)
+	}
+	return handshake.AppendRequest(nil, 1, "Mesh.Ping", append(params, handshake.Str("mac", hex.EncodeToString(mac)))...)
 }
 
 // drop closes p's control connection if it is c (nil: whichever).
@@ -329,10 +335,7 @@ func (f *Fleet) liveAt(ctx context.Context, addr string) bool {
 	if d, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(d)
 	}
-	now, rid := time.Now().Unix(), newRequestID()
-	mac := f.sign("Mesh.Ping", f.cfg.NodeID, now, rid)
-	if _, err := c.Write(handshake.AppendRequest(nil, 1, "Mesh.Ping", handshake.Str("node", f.cfg.NodeID), handshake.Int("time", now),
-		handshake.Str("rid", rid), handshake.Str("mac", hex.EncodeToString(mac)))); err != nil {
+	if _, err := c.Write(f.pingRequest(true)); err != nil {
 		return false
 	}
 	line, err := bufio.NewReaderSize(c, 512).ReadSlice('\n')
