@@ -734,6 +734,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
 		return 2
 	}
+	if store != nil {
+		srv.AddMetrics(store.Metrics())
+	}
 	// The subsystems, each on the engine's interfaces.
 	tp, err := tunnelproxy.New(srv, o.tpCfg)
 	if err != nil {

@@ -27,6 +27,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/meetpoint/meetpoint/relay"
 )
 
 // Config is the TLS section of a relay's configuration.
@@ -86,16 +90,33 @@ type Store struct {
 	fps      map[[32]byte]bool // allowed client certificate SHA-256 fingerprints
 	conf     *tls.Config
 
+	// now is the clock expiry is judged by (time.Now; tests move it).
+	now func() time.Time
+	// warned is when the expiry goroutine last warned of a close expiry;
+	// only that goroutine reads or writes it.
+	warned time.Time
+
 	mu      sync.Mutex
 	modTime time.Time // of the cert and key files when last loaded
 	stop    chan struct{}
 	closed  bool
+	done    sync.WaitGroup // the watch and expiry goroutines
 }
+
+// Expiry warnings begin ExpiryWarning before a certificate's NotAfter and
+// repeat once a day.
+const ExpiryWarning = 14 * 24 * time.Hour
 
 // New loads the material cfg names (or generates a self-signed
 // certificate) and starts watching the certificate files. It returns nil
 // and no error when cfg enables no TLS.
 func New(cfg Config, log *slog.Logger) (*Store, error) {
+	return newStore(cfg, log, time.Now, time.Hour)
+}
+
+// newStore is New with the clock expiry is judged by and how often it is
+// checked.
+func newStore(cfg Config, log *slog.Logger, now func() time.Time, checkEvery time.Duration) (*Store, error) {
 	if !cfg.Enabled() {
 		return nil, nil
 	}
@@ -108,7 +129,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	ts := &Store{cfg: cfg, log: log, stop: make(chan struct{})}
+	ts := &Store{cfg: cfg, log: log, now: now, stop: make(chan struct{})}
 	switch {
 	case cfg.Cert != "" || len(cfg.CertPEM) > 0:
 		if err := ts.load(); err != nil {
@@ -159,8 +180,9 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		ts.conf.VerifyPeerCertificate = ts.verifyClient
 	}
 	if cfg.Cert != "" {
-		go ts.watch(cfg.WatchInterval)
+		ts.done.Go(func() { ts.watch(cfg.WatchInterval) })
 	}
+	ts.done.Go(func() { ts.expiry(checkEvery) })
 	return ts, nil
 }
 
@@ -169,6 +191,75 @@ func (ts *Store) TLSConfig() *tls.Config { return ts.conf }
 
 // Fingerprint is the SHA-256 of the certificate in force, in hex.
 func (ts *Store) Fingerprint() string { return CertFingerprint(ts.cert.Load().Certificate[0]) }
+
+// NotAfter is when the certificate in force expires (zero if it cannot be
+// parsed).
+func (ts *Store) NotAfter() time.Time {
+	if leaf := ts.cert.Load().Leaf; leaf != nil {
+		return leaf.NotAfter
+	}
+	return time.Time{}
+}
+
+// Metrics is what relay.Server.AddMetrics takes: the expiry of the
+// certificate in force, for an alert well before it.
+func (ts *Store) Metrics() (*metrics.Set, map[string]relay.MetricDoc) {
+	set := metrics.NewSet()
+	set.NewGauge("meetpoint_tls_certificate_expiry_timestamp_seconds", func() float64 { return float64(ts.NotAfter().Unix()) })
+	return set, map[string]relay.MetricDoc{"meetpoint_tls_certificate_expiry_timestamp_seconds": {Type: "gauge",
+		Help: "When the TLS certificate in force expires, in seconds since 1970 (files are reloaded when they change; a self-signed certificate is replaced when it expires)."}}
+}
+
+// expiry checks the certificate's expiry every period until Close.
+func (ts *Store) expiry(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		ts.checkExpiry()
+		select {
+		case <-ts.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkExpiry warns, once a day, of a certificate that expires within
+// ExpiryWarning or has expired. A self-signed certificate that has expired
+// is replaced (and kept in DataDir), as a restart would: clients that
+// verify validity would otherwise be refused for as long as the relay
+// runs, and pinned clients need the new fingerprint either way.
+func (ts *Store) checkExpiry() {
+	now, end := ts.now(), ts.NotAfter()
+	if end.IsZero() {
+		return
+	}
+	if ts.cfg.Cert == "" && len(ts.cfg.CertPEM) == 0 {
+		if !now.Before(end) {
+			cert, err := ts.selfSigned()
+			if err != nil {
+				ts.log.Error("the self-signed certificate has expired and a new one cannot be made; keeping the old one", "err", err)
+				return
+			}
+			ts.cert.Store(&cert)
+			return
+		}
+		if end.Sub(now) < ExpiryWarning && now.Sub(ts.warned) >= 24*time.Hour {
+			ts.warned = now
+			ts.log.Warn("the self-signed certificate expires soon: a new one replaces it then, and clients pinned to the old fingerprint will need the new one",
+				"not_after", end.UTC().Format(time.RFC3339), "sha256", ts.Fingerprint())
+		}
+		return
+	}
+	if end.Sub(now) < ExpiryWarning && now.Sub(ts.warned) >= 24*time.Hour {
+		ts.warned = now
+		msg := "the TLS certificate expires soon: renew it (the relay loads new files by itself or on SIGHUP)"
+		if !now.Before(end) {
+			msg = "the TLS certificate has expired: clients that verify it are refused; renew it (the relay loads new files by itself or on SIGHUP)"
+		}
+		ts.log.Warn(msg, "not_after", end.UTC().Format(time.RFC3339), "sha256", ts.Fingerprint())
+	}
+}
 
 // Reload re-reads the certificate files (SIGHUP); on error the current
 // certificate stays. A self-signed store has nothing to reload.
@@ -189,14 +280,16 @@ func (ts *Store) PrepareReload() (commit func(), err error) {
 	return ts.read()
 }
 
-// Close stops watching the files.
+// Close stops watching the files and the expiry, and returns once they
+// have stopped.
 func (ts *Store) Close() {
 	ts.mu.Lock()
-	defer ts.mu.Unlock()
 	if !ts.closed {
 		ts.closed = true
 		close(ts.stop)
 	}
+	ts.mu.Unlock()
+	ts.done.Wait()
 }
 
 // selfSigned generates the self-signed certificate, or reuses the one kept
@@ -207,7 +300,7 @@ func (ts *Store) selfSigned() (tls.Certificate, error) {
 		certPath, keyPath = filepath.Join(d, "selfsigned-cert.pem"), filepath.Join(d, "selfsigned-key.pem")
 		cert, err := tls.LoadX509KeyPair(certPath, keyPath)
 		switch {
-		case err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter):
+		case err == nil && cert.Leaf != nil && ts.now().Before(cert.Leaf.NotAfter):
 			ts.log.Info("TLS with the kept self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
 			return cert, nil
 		case err == nil:
@@ -320,7 +413,7 @@ func (ts *Store) read() (commit func(), err error) {
 			return nil, fmt.Errorf("tls-chain: no certificate in %s", cfg.Chain)
 		}
 	}
-	if cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
+	if cert.Leaf != nil && ts.now().After(cert.Leaf.NotAfter) {
 		return nil, fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
 	}
 	mod := ts.filesModTime()

@@ -1,12 +1,17 @@
 package certs
 
 import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
@@ -70,4 +75,92 @@ func TestSelfSignedKeptInDataDir(t *testing.T) {
 	if again := start(dir); again != replaced {
 		t.Fatalf("the replacement is not kept: %s then %s", replaced, again)
 	}
+}
+
+// TestCertificateExpiry: a relay that runs past its certificate's expiry
+// says so in advance and again when it has expired; a self-signed
+// certificate that expires while the relay runs is replaced (and the
+// replacement kept), as a restart would replace it, instead of being
+// served expired for as long as the relay runs.
+func TestCertificateExpiry(t *testing.T) {
+	var fake atomic.Int64
+	fake.Store(time.Now().UnixNano())
+	clock := func() time.Time { return time.Unix(0, fake.Load()) }
+	at := func(t time.Time) { fake.Store(t.UnixNano()) }
+
+	t.Run("self-signed", func(t *testing.T) {
+		dir := t.TempDir()
+		logs := &testutil.Tail{}
+		at(time.Now())
+		st, err := newStore(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)), clock, 5*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		first, end := st.Fingerprint(), st.NotAfter()
+		if d := time.Until(end); d < 360*24*time.Hour {
+			t.Fatalf("a new self-signed certificate expires in %v", d)
+		}
+		at(end.Add(-7 * 24 * time.Hour))
+		testutil.WaitFor(t, func() bool {
+			return strings.Contains(logs.String(), "level=WARN msg=\"the self-signed certificate expires soon")
+		},
+			"a warning a week before the self-signed certificate expires")
+		at(end.Add(time.Hour))
+		testutil.WaitFor(t, func() bool { return st.Fingerprint() != first }, "the expired self-signed certificate replaced")
+		at(time.Now()) // the replacement is valid again
+		st.Close()     // no replacement under way while the files are read
+		kept, err := tls.LoadX509KeyPair(filepath.Join(dir, "selfsigned-cert.pem"), filepath.Join(dir, "selfsigned-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fp := CertFingerprint(kept.Certificate[0]); fp == first {
+			t.Fatal("the replacement is not kept in the data dir: a restart would serve the expired certificate's successor anew")
+		}
+		if !strings.Contains(logs.String(), "the kept self-signed certificate has expired") {
+			t.Fatalf("the replacement without a warning:\n%s", logs.String())
+		}
+	})
+
+	t.Run("files", func(t *testing.T) {
+		dir := t.TempDir()
+		certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+		cert, err := SelfSignedCert([]string{"localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteSelfSigned(cert, certPath, keyPath); err != nil {
+			t.Fatal(err)
+		}
+		logs := &testutil.Tail{}
+		at(time.Now())
+		st, err := newStore(Config{Cert: certPath, Key: keyPath}, slog.New(slog.NewTextHandler(logs, nil)), clock, 5*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if !st.NotAfter().Equal(cert.Leaf.NotAfter) {
+			t.Fatalf("NotAfter %v, the certificate's %v", st.NotAfter(), cert.Leaf.NotAfter)
+		}
+		set, docs := st.Metrics()
+		var page bytes.Buffer
+		set.WritePrometheus(&page)
+		want := fmt.Sprintf("meetpoint_tls_certificate_expiry_timestamp_seconds %d\n", cert.Leaf.NotAfter.Unix())
+		if !strings.Contains(page.String(), want) || docs["meetpoint_tls_certificate_expiry_timestamp_seconds"].Help == "" {
+			t.Fatalf("metrics page %q, want %q, documented", page.String(), want)
+		}
+		at(cert.Leaf.NotAfter.Add(-3 * 24 * time.Hour))
+		testutil.WaitFor(t, func() bool {
+			return strings.Contains(logs.String(), "level=WARN msg=\"the TLS certificate expires soon")
+		},
+			"a warning three days before the certificate expires")
+		at(cert.Leaf.NotAfter.Add(2 * 24 * time.Hour))
+		testutil.WaitFor(t, func() bool {
+			return strings.Contains(logs.String(), "level=WARN msg=\"the TLS certificate has expired")
+		},
+			"a warning once the certificate has expired")
+		if st.Fingerprint() != CertFingerprint(cert.Certificate[0]) {
+			t.Fatal("a certificate from files was replaced")
+		}
+	})
 }
