@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meetpoint/meetpoint/relay"
@@ -735,7 +736,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		return 2
 	}
 	if store != nil {
-		srv.AddMetrics(store.Metrics())
+		srv.AddMetrics(certMetrics(store))
 	}
 	// The subsystems, each on the engine's interfaces.
 	tp, err := tunnelproxy.New(srv, o.tpCfg)
@@ -951,6 +952,15 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 // limits from the command line and config files — and put in force only
 // if none failed, so a reload is all or nothing. A changed setting that
 // only a restart puts in force is told.
+// certMetrics exports when the certificate in force expires, for an alert
+// well before it.
+func certMetrics(store *certs.Store) (*metrics.Set, map[string]relay.MetricDoc) {
+	set := metrics.NewSet()
+	set.NewGauge("meetpoint_tls_certificate_expiry_timestamp_seconds", func() float64 { return float64(store.NotAfter().Unix()) })
+	return set, map[string]relay.MetricDoc{"meetpoint_tls_certificate_expiry_timestamp_seconds": {Type: "gauge",
+		Help: "When the TLS certificate in force expires, in seconds since 1970 (files are reloaded when they change; a self-signed certificate is replaced when it expires)."}}
+}
+
 func reload(o serveOptions, srv *relay.Server, store *certs.Store, log *slog.Logger) {
 	commitRelay, err := srv.PrepareReload()
 	commitCert := func() {}

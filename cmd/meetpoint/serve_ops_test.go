@@ -467,7 +467,7 @@ func TestServeStaticTURNUserAndGroupsFlags(t *testing.T) {
 }
 
 // TestServeMetricsDocumented: with every subsystem the command wires
-// (one-time tokens, events, groups, signalling, TunnelProxy, TURN), each
+// (one-time tokens, events, groups, signalling, TunnelProxy, TURN, TLS), each
 // one's families are on /metrics, and every family has # HELP and # TYPE
 // (a subsystem that registers its set without docs fails here).
 func TestServeMetricsDocumented(t *testing.T) {
@@ -476,14 +476,15 @@ func TestServeMetricsDocumented(t *testing.T) {
 		t.Fatal("gen-key")
 	}
 	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--auth", "onetime", "--events", "--admin-key-file", keyFile,
-		"--turn", "--turn-ports", "41100-41200", "--log-level", "error")
+		"--turn", "--turn-ports", "41100-41200", "--tls", "--log-level", "error")
 	code, body := adminGet(t, ts, "/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
 	typeOf := relaytest.CheckMetrics(t, body)
 	for _, fam := range []string{"meetpoint_tunnels_active", "meetpoint_onetime_total", "meetpoint_events_subscribers",
-		"meetpoint_groups", "meetpoint_signal_sessions", "meetpoint_tunnelproxy_servers_active", "meetpoint_turn_allocations_active"} {
+		"meetpoint_groups", "meetpoint_signal_sessions", "meetpoint_tunnelproxy_servers_active", "meetpoint_turn_allocations_active",
+		"meetpoint_tls_certificate_expiry_timestamp_seconds"} {
 		if typeOf[fam] == "" {
 			t.Errorf("no %s on /metrics", fam)
 		}

@@ -27,10 +27,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/VictoriaMetrics/metrics"
-
-	"github.com/meetpoint/meetpoint/relay"
 )
 
 // Config is the TLS section of a relay's configuration.
@@ -193,21 +189,13 @@ func (ts *Store) TLSConfig() *tls.Config { return ts.conf }
 func (ts *Store) Fingerprint() string { return CertFingerprint(ts.cert.Load().Certificate[0]) }
 
 // NotAfter is when the certificate in force expires (zero if it cannot be
-// parsed).
+// parsed): meetpoint serve exports it as
+// meetpoint_tls_certificate_expiry_timestamp_seconds.
 func (ts *Store) NotAfter() time.Time {
 	if leaf := ts.cert.Load().Leaf; leaf != nil {
 		return leaf.NotAfter
 	}
 	return time.Time{}
-}
-
-// Metrics is what relay.Server.AddMetrics takes: the expiry of the
-// certificate in force, for an alert well before it.
-func (ts *Store) Metrics() (*metrics.Set, map[string]relay.MetricDoc) {
-	set := metrics.NewSet()
-	set.NewGauge("meetpoint_tls_certificate_expiry_timestamp_seconds", func() float64 { return float64(ts.NotAfter().Unix()) })
-	return set, map[string]relay.MetricDoc{"meetpoint_tls_certificate_expiry_timestamp_seconds": {Type: "gauge",
-		Help: "When the TLS certificate in force expires, in seconds since 1970 (files are reloaded when they change; a self-signed certificate is replaced when it expires)."}}
 }
 
 // expiry checks the certificate's expiry every period until Close.

@@ -1,9 +1,7 @@
 package certs
 
 import (
-	"bytes"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -141,13 +139,6 @@ func TestCertificateExpiry(t *testing.T) {
 		defer st.Close()
 		if !st.NotAfter().Equal(cert.Leaf.NotAfter) {
 			t.Fatalf("NotAfter %v, the certificate's %v", st.NotAfter(), cert.Leaf.NotAfter)
-		}
-		set, docs := st.Metrics()
-		var page bytes.Buffer
-		set.WritePrometheus(&page)
-		want := fmt.Sprintf("meetpoint_tls_certificate_expiry_timestamp_seconds %d\n", cert.Leaf.NotAfter.Unix())
-		if !strings.Contains(page.String(), want) || docs["meetpoint_tls_certificate_expiry_timestamp_seconds"].Help == "" {
-			t.Fatalf("metrics page %q, want %q, documented", page.String(), want)
 		}
 		at(cert.Leaf.NotAfter.Add(-3 * 24 * time.Hour))
 		testutil.WaitFor(t, func() bool {
