@@ -25,6 +25,7 @@ var engineDocs = map[string]MetricDoc{
 	"meetpoint_mesh_refused_total":           {"counter", "Mesh requests refused for a missing, bad or stale signature."},
 	"meetpoint_tunnel_bytes_total":           {"counter", "Bytes relayed through tunnels, by direction (a = the first client to arrive)."},
 	"meetpoint_forwarded_bytes_total":        {"counter", "Bytes forwarded, by path: splice(2) for TCP↔TCP, buffered otherwise."},
+	"meetpoint_splice_no_pipe_total":         {"counter", "Splices given up because no pipe could be made (the process is out of descriptors): those reads went through buffers."},
 	"meetpoint_auth_total":                   {"counter", "Authentication results."},
 	"meetpoint_pairing_seconds":              {"histogram", "Time a client waited in the registry for its partner (VictoriaMetrics vmrange buckets)."},
 	"meetpoint_tls_handshakes_started_total": {"counter", "TLS handshakes begun."},

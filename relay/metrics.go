@@ -20,6 +20,7 @@ type stats struct {
 	bytesUp, bytesDn  *metrics.Counter // a→b (first to arrive → second) and b→a
 	splicedBytes      *metrics.Counter
 	bufferedBytes     *metrics.Counter
+	noPipe            *metrics.Counter // splices given up for want of a pipe (descriptors exhausted)
 	authOK, authFail  *metrics.Counter
 	authTimeout       *metrics.Counter
 	authError         *metrics.Counter // the authenticator could not answer (ProxyError, Aborted, Unknown)
@@ -56,6 +57,7 @@ func newStats() *stats {
 	s.bytesDn = s.set.NewCounter(`meetpoint_tunnel_bytes_total{direction="b_to_a"}`)
 	s.splicedBytes = s.set.NewCounter(`meetpoint_forwarded_bytes_total{path="splice"}`)
 	s.bufferedBytes = s.set.NewCounter(`meetpoint_forwarded_bytes_total{path="buffered"}`)
+	s.noPipe = s.set.NewCounter(`meetpoint_splice_no_pipe_total`)
 	s.authOK = s.set.NewCounter(`meetpoint_auth_total{result="ok"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_auth_total{result="failed"}`)
 	s.authTimeout = s.set.NewCounter(`meetpoint_auth_total{result="timeout"}`)

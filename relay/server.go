@@ -208,7 +208,7 @@ func (s *Server) Start() (err error) {
 	}
 	lcfg := loop.Config{Log: s.log, MaxBuffer: s.cfg.MaxBuffer, WriteStallTimeout: s.cfg.WriteStallTimeout,
 		Rate: &s.tunnelRate, Spliced: s.stats.splicedBytes, Buffered: s.stats.bufferedBytes, Throttled: s.stats.throttled,
-		Fault: s.pairFault}
+		NoPipe: s.stats.noPipe, Fault: s.pairFault}
 	for range s.cfg.Loops {
 		l, err := newLoop(lcfg)
 		if err != nil {

@@ -71,7 +71,8 @@ const fdHeadroom = 256
 // DefaultMaxConns derives a connection limit from the process's open-files
 // limit (RLIMIT_NOFILE, which Go raises to the hard limit at start): 80% of
 // what is left after fdHeadroom, because a connection holds one descriptor
-// and a busy spliced tunnel borrows a pipe (two more) per direction. With
+// and a busy spliced tunnel borrows a pipe (two more) per direction (one
+// that finds no descriptor for a pipe forwards through a buffer). With
 // no readable limit it is 10000; it is never below 64.
 func DefaultMaxConns() int {
 	var rl unix.Rlimit

@@ -20,6 +20,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/meetpoint/meetpoint/pool"
 )
@@ -68,6 +69,10 @@ type Config struct {
 	// splice(2), bytes forwarded through buffers, and reads delayed by
 	// Rate. Nil counters are replaced by throwaway ones.
 	Spliced, Buffered, Throttled *metrics.Counter
+	// NoPipe counts splices given up for want of a pipe (descriptors
+	// exhausted): those reads went through a buffer instead. Nil: a
+	// throwaway counter.
+	NoPipe *metrics.Counter
 	// Fault is told of a panic while pair p forwarded (the loop's fault
 	// barrier, Loop.contain): the panic's value and the stack where it
 	// happened. It reports true to have p ended (both ends as
@@ -94,6 +99,9 @@ type Loop struct {
 	// (with queue seen empty), true without it (a Do that reads a stale
 	// false merely wakes the loop once for nothing).
 	awake atomic.Bool
+
+	// pipeLogs picks which failures to make a pipe are logged (one in 10 s).
+	pipeLogs rate.Sometimes
 
 	// takenOver counts the sockets Register took over from Park without
 	// an EPOLL_CTL_ADD (TakenOver).
@@ -137,7 +145,7 @@ func New(cfg Config) (*Loop, error) {
 	if cfg.MaxBuffer <= 0 { // else every read would ask for nothing and look like an end of stream
 		cfg.MaxBuffer = pool.ChunkSize
 	}
-	for _, c := range []**metrics.Counter{&cfg.Spliced, &cfg.Buffered, &cfg.Throttled} {
+	for _, c := range []**metrics.Counter{&cfg.Spliced, &cfg.Buffered, &cfg.Throttled, &cfg.NoPipe} {
 		if *c == nil {
 			*c = metrics.NewSet().NewCounter("unused")
 		}
@@ -146,6 +154,7 @@ func New(cfg Config) (*Loop, error) {
 		cfg: cfg, log: cfg.Log, epfd: epfd, evfd: evfd, done: make(chan struct{}),
 		eps: make(map[int32]Pollee), scanners: make(map[Scanner]time.Time),
 		stalled: make(map[*End]struct{}), lingering: make(map[*lingerer]struct{}),
+		pipeLogs: rate.Sometimes{First: 1, Interval: 10 * time.Second},
 	}, nil
 }
 

@@ -388,23 +388,32 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 	return moved, true
 }
 
+// hasPipe gives dst a pipe to splice through if it has none, and reports
+// whether it has one. Without one (the process is out of descriptors) the
+// read goes through a buffer instead: slower, never fatal to the tunnel.
+func (l *Loop) hasPipe(dst *End) bool {
+	if dst.pipe != nil {
+		return true
+	}
+	pp, err := pool.GetPipe()
+	if err != nil {
+		l.cfg.NoPipe.Inc()
+		l.pipeLogs.Do(func() {
+			l.log.Warn("no pipe for splice(2): forwarding through buffers (meetpoint_splice_no_pipe_total)", "err", err)
+		})
+		return false
+	}
+	dst.pipe = pp
+	return true
+}
+
 // fill reads once from src into what waits for dst. It reports whether
 // anything happened (bytes read or the stream ended).
 func (l *Loop) fill(src, dst *End) bool {
 	p := src.p
 	// splice(2) stops at TCP's urgent mark for good (EAGAIN, or 0 after a
 	// FIN, as if the stream had ended): reads get past it.
-	if p.Splice && src.bulk && !src.urgent {
-		if dst.pipe == nil {
-			pp, err := pool.GetPipe()
-			if err != nil {
-				l.log.Error("pipe", "err", err)
-				l.startClose(p, nil, reason.IOError)
-				l.teardown(p)
-				return false
-			}
-			dst.pipe = pp
-		}
+	if p.Splice && src.bulk && !src.urgent && l.hasPipe(dst) {
 		want := min(pool.ChunkSize, l.cfg.MaxBuffer) // the pipe holds no more than a chunk would
 		if src.quota > 0 {
 			want = min(want, src.quota)
