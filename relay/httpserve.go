@@ -119,7 +119,7 @@ type serverKey struct{}
 func (s *Server) httpRoot() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.stats.httpRequests.Inc()
-		if ip := requestAddr(r); ip.IsValid() && s.lim.Banned(ip) {
+		if ip := RequestAddr(r); ip.IsValid() && s.lim.Banned(ip) {
 			// Banned while it held this connection (its guesses on
 			// earlier requests): new connections are refused at accept.
 			s.stats.httpBanned.Inc()

@@ -45,14 +45,15 @@ func (s *Server) ClientKey(ip netip.Addr) (key netip.Addr, exempt bool) {
 // is not counted. A request the relay's port did not serve is ignored.
 func CountAuthFailure(r *http.Request) {
 	if s, ok := r.Context().Value(serverKey{}).(*Server); ok {
-		if ip := requestAddr(r); ip.IsValid() {
+		if ip := RequestAddr(r); ip.IsValid() {
 			s.authFailedAt(ip)
 		}
 	}
 }
 
-// requestAddr is r's client address (invalid if r has none).
-func requestAddr(r *http.Request) netip.Addr {
+// RequestAddr is r's client address, an IPv4-mapped IPv6 address as IPv4
+// (invalid if r has none, as in tests' recorders).
+func RequestAddr(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}

@@ -26,7 +26,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -442,11 +441,11 @@ func (s *Service) mayChange(r *http.Request, rec *record, keyed bool) bool {
 
 // mayCreate spends one of the client address's creations.
 func (s *Service) mayCreate(r *http.Request) bool {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
+	ip := relay.RequestAddr(r)
+	if !ip.IsValid() {
 		return true // not an IP client (tests' recorders)
 	}
-	key, exempt := s.srv.ClientKey(ap.Addr())
+	key, exempt := s.srv.ClientKey(ip)
 	return exempt || s.rates.Allow(key, time.Now())
 }
 
