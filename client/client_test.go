@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -431,5 +432,41 @@ func TestWaitRelay(t *testing.T) {
 			t.Fatalf("%s: with WaitRelay: %v", url, err)
 		}
 		tun.Close()
+	}
+}
+
+// TestCloseWhileWriteBlocked: Close returns while a Write is blocked on a
+// relay that stopped reading (its receive window full), as net.Conn's
+// Close promises, and the blocked Write returns an error. Close once
+// waited for the writer's lock before it set its write deadline, so both
+// hung for as long as the relay kept the connection open.
+func TestCloseWhileWriteBlocked(t *testing.T) {
+	a, b := tcpPair(t) // b: the relay, which never reads
+	a.(*net.TCPConn).SetWriteBuffer(4 << 10)
+	b.(*net.TCPConn).SetReadBuffer(4 << 10)
+	tun := &Tunnel{r: &Raw{conn: a, br: bufio.NewReader(a), isWS: true}}
+	tun.text.Binary = true
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := tun.Write(make([]byte, 64<<20)) // far more than the socket buffers hold
+		wrote <- err
+	}()
+	if _, err := io.ReadFull(b, make([]byte, 1)); err != nil { // the Write has begun: it holds the lock
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- tun.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return while a Write was blocked")
+	}
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the blocked Write succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocked Write did not return after Close")
 	}
 }

@@ -126,16 +126,19 @@ func (t *Tunnel) WriteMessage(op ws.OpCode, p []byte) error {
 }
 
 // Close sends a WebSocket close frame (1000) when the tunnel runs over
-// WebSocket, then closes the connection.
+// WebSocket, then closes the connection. It gives writing up after a
+// second, a Write blocked on a relay that stopped reading with it.
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
 		if t.r.isWS {
+			// The deadline first: a Write blocked on a relay that stopped
+			// reading holds the locks below until its conn.Write fails.
+			t.r.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			t.wmu.Lock()
 			if rest := t.text.Flush(); len(rest) > 0 { // the end of a cut character
 				_ = t.r.writeFrame(ws.OpBinary, rest)
 			}
 			t.wmu.Unlock()
-			t.r.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_ = t.r.writeFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
 		}
 		t.closeErr = t.r.conn.Close()
