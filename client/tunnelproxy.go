@@ -226,6 +226,12 @@ func (s *TPServer) readLoop() {
 		return nil
 	}
 	buf := make([]byte, 32<<10)
+	if !s.r.isWS { // the newline ending the registration reply may come late: it is no SLIP byte
+		if err := s.r.dropNewline(); err != nil {
+			s.fail(err)
+			return
+		}
+	}
 	for {
 		var data []byte
 		if s.r.isWS {

@@ -73,3 +73,62 @@ func TestTPServerTakesHugeFrames(t *testing.T) {
 		t.Fatal("the client's bytes differ")
 	}
 }
+
+// TestTPServerNewlineArrivesLate: the newline ending the relay's
+// RegisterServer reply may reach a TCP server after the reply itself (its
+// own segment, a slow link): it is not part of the SLIP stream. The read
+// loop once fed it to the SLIP decoder as the first byte of the first
+// frame, which then went to address 0x0a00 and was lost with the
+// ClientConnected it carried: Accept never returned.
+func TestTPServerNewlineArrivesLate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // the relay
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := br.ReadBytes('\n'); err != nil { // RegisterServer
+			return
+		}
+		io.WriteString(c, `{"id":1,"params":{"slipEnabled":true,"tunnelProxyError":"TunnelProxyErrorNoError"},"status":"success"}`)
+		// The server's first ping (a SLIP frame) says RegisterTPServer
+		// returned: the reply was read without its newline.
+		if _, err := br.ReadBytes(0xC0); err != nil {
+			return
+		}
+		stream := append([]byte("\n"), handshake.AppendSLIP(nil, 0, []byte(`{"id":0,"notification":"TunnelProxy.ClientConnected","params":{"clientName":"late","clientPeerAddress":"127.0.0.1","clientUuid":"`+NewUUID()+`","socketAddress":5}}`+"\n"))...)
+		stream = handshake.AppendSLIP(stream, 5, []byte("hi"))
+		if _, err := c.Write(stream); err != nil {
+			return
+		}
+		io.Copy(io.Discard, br)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := RegisterTPServer(ctx, TPOptions{URL: "tcp://" + ln.Addr().String(), Name: "device", PingInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	accepted := make(chan *TPConn, 1)
+	go func() {
+		if c, err := s.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	select {
+	case conn := <-accepted:
+		got := make([]byte, 2)
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != "hi" {
+			t.Fatalf("read %q, %v", got, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client the relay announced after a late newline was never accepted")
+	}
+}
