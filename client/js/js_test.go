@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 
 	"github.com/meetpoint/meetpoint/client"
 	meetpointjs "github.com/meetpoint/meetpoint/client/js"
@@ -202,5 +206,77 @@ func TestNPMPackage(t *testing.T) {
 	imp.Dir = app
 	if out, err := imp.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != packs[0].Version {
 		t.Fatalf("import the installed package: %v %q", err, out)
+	}
+}
+
+// TestNodeMalformedRelay: a relay (or something posing as one) that
+// sends JSON that is no object (null, a number) breaks the protocol:
+// pair() and subscribe() reject with "protocol", and a subscription skips
+// such a message. They once read a field of the parsed null inside the
+// WebSocket's message handler; the TypeError escaped it, which kills a
+// Node process (an uncaught exception from an EventTarget listener) and,
+// in a browser, left the promise pending for good.
+func TestNodeMalformedRelay(t *testing.T) {
+	nodeBin := node(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The relay answers each message by the URL's path: /null with null,
+	// /number with 42, /sub with a subscription's success, then null, then
+	// an event.
+	answers := map[string][]string{
+		"/null":   {"null"},
+		"/number": {"42"},
+		"/sub": {`{"id":0,"status":"success","params":{"authenticationError":"AuthenticationErrorNoError","channels":["c"]}}`,
+			"null", `{"id":0,"notification":"Events.Event","params":{"channel":"c","data":"after"}}`},
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var path string
+				u := ws.Upgrader{OnRequest: func(uri []byte) error { path = string(uri); return nil }}
+				if _, err := u.Upgrade(c); err != nil {
+					return
+				}
+				if _, _, err := wsutil.ReadClientData(c); err != nil {
+					return
+				}
+				for _, a := range answers[path] {
+					if err := wsutil.WriteServerText(c, []byte(a+"\n")); err != nil {
+						return
+					}
+				}
+				_, _, _ = wsutil.ReadClientData(c) // until the client goes
+			}()
+		}
+	}()
+	script := `const m = await import("./meetpoint.js");
+const url = "ws://` + ln.Addr().String() + `";
+for (const [what, p] of [
+  ["pair", () => m.pair({url: url + "/null", token: "t", timeout: 5000})],
+  ["pair-number", () => m.pair({url: url + "/number", token: "t", hello: false, timeout: 5000})],
+  ["subscribe", () => m.subscribe({url: url + "/null", token: "t", channels: ["c"], timeout: 5000})],
+]) {
+  try { await p(); console.log(what + ": resolved"); } catch (e) { console.log(what + ": " + e.code); }
+}
+const s = await m.subscribe({url: url + "/sub", token: "t", channels: ["c"], hello: false, timeout: 5000});
+const ev = await new Promise((resolve) => s.addEventListener("event", (e) => resolve(e.detail), { once: true }));
+console.log("event: " + ev.data);
+await s.close();`
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, nodeBin, "--experimental-websocket", "--input-type=module", "-e", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	if got, want := strings.TrimSpace(string(out)), "pair: protocol\npair-number: protocol\nsubscribe: protocol\nevent: after"; got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
 	}
 }

@@ -249,6 +249,7 @@ function open(opts, request, onReply, make = (ws, peer) => new Tunnel(ws, peer))
       try {
         if (typeof ev.data !== "string") throw new Error("binary message before the tunnel");
         msg = JSON.parse(ev.data);
+        if (msg === null || typeof msg !== "object" || Array.isArray(msg)) throw new Error("not a JSON object");
       } catch (e) {
         return fail(new MeetpointError("protocol", `unexpected message from the relay: ${e.message}`));
       }
@@ -341,7 +342,7 @@ export class Subscription extends EventTarget {
     ws.onmessage = (ev) => {
       let m;
       try { m = JSON.parse(ev.data); } catch (_) { return; }
-      if (m.notification !== "Events.Event" || !m.params) return;
+      if (!m || m.notification !== "Events.Event" || !m.params) return;
       const detail = { channel: m.params.channel, data: m.params.data };
       if (this.#listening) this.dispatchEvent(new CustomEvent("event", { detail }));
       else this.#queue.push(detail);
