@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -156,4 +157,35 @@ func FuzzRawFrames(f *testing.F) {
 			t.Fatalf("streamed %q, whole messages %q", streamed, whole)
 		}
 	})
+}
+
+// TestWSReservedBitsAndOpcodes: a frame with an RSV bit set (no extension
+// was negotiated: a permessage-deflate frame, say) or a reserved opcode
+// fails the tunnel, as RFC 6455 (5.2) requires, with nothing of it
+// delivered. The reader once handed such a frame's payload over as tunnel
+// bytes (an RSV bit, opcodes 3 to 7) or skipped it in silence (opcodes 11
+// to 15).
+func TestWSReservedBitsAndOpcodes(t *testing.T) {
+	frame := func(first byte, payload string) []byte {
+		return append([]byte{first, byte(len(payload))}, payload...)
+	}
+	after := handshake.AppendFrame(nil, ws.OpBinary, true, []byte("after"))
+	for name, bad := range map[string][]byte{
+		"rsv1":      frame(0x80|0x40|byte(ws.OpBinary), "deflated?"),
+		"rsv3":      frame(0x80|0x10|byte(ws.OpText), "rsv3"),
+		"opcode 3":  frame(0x80|0x3, "data3"),
+		"opcode 7":  frame(0x80|0x7, "data7"),
+		"opcode 11": frame(0x80|0xB, "ctl11"),
+		"opcode 15": frame(0x80|0xF, "ctl15"),
+	} {
+		stream := append(append([]byte(nil), bad...), after...)
+		tun := &Tunnel{r: &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}}
+		if n, err := tun.Read(make([]byte, 64)); err == nil || errors.Is(err, io.EOF) {
+			t.Errorf("%s: Read gave %d bytes, %v; want a protocol error", name, n, err)
+		}
+		raw := &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}
+		if op, msg, err := raw.readMessage(); err == nil {
+			t.Errorf("%s: readMessage gave %v %q; want a protocol error", name, op, msg)
+		}
+	}
 }

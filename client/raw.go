@@ -353,7 +353,8 @@ func (r *Raw) readHeader() (ws.Header, error) {
 
 // nextFrame reads frames until the header of a data frame: pings are
 // answered, pongs dropped, a close frame answered and returned as
-// *CloseError (later calls return io.EOF).
+// *CloseError (later calls return io.EOF). A frame with an RSV bit or a
+// reserved opcode is an error.
 func (r *Raw) nextFrame() error {
 	if r.closed {
 		return io.EOF
@@ -365,6 +366,14 @@ func (r *Raw) nextFrame() error {
 				err = io.ErrUnexpectedEOF
 			}
 			return err
+		}
+		if h.Rsv != 0 { // we offer no extension (RFC 6455, 5.2)
+			return errors.New("websocket: reserved bits set without an extension")
+		}
+		switch h.OpCode {
+		case ws.OpContinuation, ws.OpText, ws.OpBinary, ws.OpClose, ws.OpPing, ws.OpPong:
+		default:
+			return fmt.Errorf("websocket: reserved opcode %d", h.OpCode)
 		}
 		if h.OpCode.IsControl() {
 			if h.Length > ws.MaxControlFramePayloadSize || !h.Fin {
