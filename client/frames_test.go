@@ -189,3 +189,54 @@ func TestWSReservedBitsAndOpcodes(t *testing.T) {
 		}
 	}
 }
+
+// TestWSTextMustBeUTF8: a TEXT message that is not valid UTF-8 fails the
+// tunnel (RFC 6455, 8.1; the relay never sends one, docs/protocol.md's
+// UTF-8 rule), wherever its frames cut it, and a valid one cut inside a
+// character passes whole. The reader once returned any TEXT payload as
+// it came, so ReadMessage handed out a "text" message that no string
+// could hold.
+func TestWSTextMustBeUTF8(t *testing.T) {
+	frag := func(op ws.OpCode, parts ...string) (out []byte) {
+		for i, p := range parts {
+			if i > 0 {
+				op = ws.OpContinuation
+			}
+			out = handshake.AppendFrame(out, op, i == len(parts)-1, []byte(p))
+		}
+		return out
+	}
+	good := frag(ws.OpText, "h\xc3", "\xa9llo \xe2\x82", "\xac") // "héllo €" cut inside characters
+	binary := frag(ws.OpBinary, "\xff\xfe")                      // not text: anything goes
+	for name, bad := range map[string][]byte{
+		"invalid byte":          frag(ws.OpText, "ok \xff"),
+		"surrogate":             frag(ws.OpText, "\xed\xa0\x80"),
+		"overlong":              frag(ws.OpText, "\xc0\xaf"),
+		"across fragments":      frag(ws.OpText, "ab\xe2", "\x28\xa1"),
+		"ends inside character": frag(ws.OpText, "ab\xe2\x82"),
+	} {
+		stream := append(append(append([]byte(nil), good...), binary...), bad...)
+		raw := &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}
+		if op, msg, err := raw.readMessage(); err != nil || op != ws.OpText || string(msg) != "héllo €" {
+			t.Fatalf("%s: the valid text: %v %q %v", name, op, msg, err)
+		}
+		if op, msg, err := raw.readMessage(); err != nil || op != ws.OpBinary || string(msg) != "\xff\xfe" {
+			t.Fatalf("%s: the binary message: %v %q %v", name, op, msg, err)
+		}
+		if op, msg, err := raw.readMessage(); err == nil {
+			t.Errorf("%s: readMessage gave %v %q; want an error", name, op, msg)
+		}
+		tun := &Tunnel{r: &Raw{conn: sinkConn{}, br: bufio.NewReader(bytes.NewReader(stream)), isWS: true}}
+		var got []byte
+		buf := make([]byte, 2)
+		var err error
+		for err == nil {
+			var n int
+			n, err = tun.Read(buf)
+			got = append(got, buf[:n]...)
+		}
+		if errors.Is(err, io.EOF) || !bytes.HasPrefix(got, []byte("héllo €\xff\xfe")) {
+			t.Errorf("%s: Read gave %q, then %v; want the valid messages, then an error", name, got, err)
+		}
+	}
+}

@@ -61,14 +61,15 @@ type Raw struct {
 // wsIn is the reading side's place in the WebSocket stream: payload is
 // read straight into the caller's buffer, control frames into ctrl.
 type wsIn struct {
-	hdr    bool      // a data frame's header was read; left bytes of its payload remain
-	left   int64     // payload bytes of the current data frame not yet read
-	mask   [4]byte   // the frame's mask, if masked
-	masked bool      //
-	pos    int       // mask offset of the next payload byte
-	fin    bool      // the current frame ends its message
-	op     ws.OpCode // the current message's opcode
-	inMsg  bool      // inside a message: more of it is to come
+	hdr    bool           // a data frame's header was read; left bytes of its payload remain
+	left   int64          // payload bytes of the current data frame not yet read
+	mask   [4]byte        // the frame's mask, if masked
+	masked bool           //
+	pos    int            // mask offset of the next payload byte
+	fin    bool           // the current frame ends its message
+	op     ws.OpCode      // the current message's opcode
+	inMsg  bool           // inside a message: more of it is to come
+	text   handshake.UTF8 // validates the current message when it is TEXT
 	ctrl   [ws.MaxControlFramePayloadSize]byte
 }
 
@@ -413,12 +414,17 @@ func (r *Raw) nextFrame() error {
 			return errors.New("websocket: new message inside a fragmented one")
 		case h.OpCode != ws.OpContinuation:
 			r.in.op = h.OpCode
+			r.in.text.Reset()
 		}
 		r.in.hdr, r.in.inMsg, r.in.fin = true, true, h.Fin
 		r.in.left, r.in.mask, r.in.masked, r.in.pos = h.Length, h.Mask, h.Masked, 0
 		return nil
 	}
 }
+
+// errInvalidUTF8 is returned for a TEXT message that is not valid UTF-8
+// (RFC 6455, 8.1: the relay never sends one).
+var errInvalidUTF8 = errors.New("websocket: invalid UTF-8 in a text message")
 
 // readData reads data message payload straight into p (nothing is
 // allocated): at a frame boundary it reads on to the next data frame's
@@ -443,11 +449,17 @@ func (r *Raw) readData(p []byte) (n int, end bool, err error) {
 		}
 		r.in.pos += n
 		r.in.left -= int64(n)
+		if r.in.op == ws.OpText && !r.in.text.Feed(p[:n]) {
+			return 0, false, errInvalidUTF8
+		}
 	}
 	if r.in.left == 0 {
 		r.in.hdr = false
 		if r.in.fin {
 			r.in.inMsg = false
+			if r.in.op == ws.OpText && !r.in.text.Complete() { // it ends inside a character
+				return 0, false, errInvalidUTF8
+			}
 			return n, true, nil
 		}
 	}
