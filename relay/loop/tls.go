@@ -505,7 +505,7 @@ func (s *TLSSession) Flush() error {
 func (s *TLSSession) Close() error {
 	if s.rl != nil {
 		if !s.abandoned {
-			s.rl.closeNotify()
+			s.rl.closeNotify(true)
 		}
 		s.rl.free()
 	} else {
@@ -586,8 +586,10 @@ func (c *recordConn) Write(p []byte) (int, error) {
 }
 
 // Close sends a close_notify if the socket takes it at once, then closes.
+// A write in flight is not waited for (no close_notify then): closing the
+// socket ends it, as net/http's Server.Close expects.
 func (c *recordConn) Close() error {
-	c.s.rl.closeNotify() // gives back the write buffer; a reader may still hold the read one
+	c.s.rl.closeNotify(false) // gives back the write buffer; a reader may still hold the read one
 	c.nc.Close()
 	return rawClose(c.s.ad.fd)
 }

@@ -655,10 +655,18 @@ func (r *records) Flush() error {
 }
 
 // closeNotify seals a close_notify and tries one write of what is
-// pending, without waiting; the session leaves the idle sweep.
-func (r *records) closeNotify() {
+// pending, without waiting; the session leaves the idle sweep. Unless
+// wait, a write in flight (a blocking one after Blocking, held up by a
+// client that does not read) is not waited for: the session then closes
+// without a close_notify, as crypto/tls's Close does while a Write is in
+// flight, and closing the socket ends that write.
+func (r *records) closeNotify(wait bool) {
 	keyed.Delete(r)
-	r.wmu.Lock()
+	if wait {
+		r.wmu.Lock()
+	} else if !r.wmu.TryLock() {
+		return
+	}
 	defer r.wmu.Unlock()
 	if r.werr != nil || r.wr.suite == nil {
 		return

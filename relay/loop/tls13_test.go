@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -601,5 +602,69 @@ func TestBlockingFlushesThroughThePoller(t *testing.T) {
 				t.Fatal("Blocking did not give up")
 			}
 		})
+	}
+}
+
+// TestOwnRecordsBlockingCloseDuringWrite: a session handed to a blocking
+// library (Blocking) whose write is held up by a client that does not
+// read is closed from another goroutine (net/http's Server.Close, a
+// WebSocket's keep-alive giving up): Close returns without waiting for
+// the write, and the write ends, as crypto/tls's Close does while a Write
+// is in flight.
+func TestOwnRecordsBlockingCloseDuringWrite(t *testing.T) {
+	s, _, raw := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	if !s.OwnRecordLayer() {
+		t.Fatal("the session stayed on crypto/tls")
+	}
+	nc, err := s.Blocking()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written atomic.Int64
+	wrote := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			n, err := nc.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	// The client reads nothing: wait until the write is held up (three
+	// looks in a row, 100 ms apart, see no progress).
+	for last, still, rounds := int64(-1), 0, 0; still < 3; rounds++ {
+		if rounds == 200 {
+			t.Fatal("the client's socket never filled")
+		}
+		select {
+		case err := <-wrote:
+			t.Fatalf("Write to a client that does not read: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if n := written.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- nc.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(testutil.Patience):
+		raw.Close() // the client's reset ends the write, and the hung Close with it
+		t.Fatal("Close waited for a write held up by a client that does not read")
+	}
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the write held up at Close ended without an error")
+		}
+	case <-time.After(testutil.Patience):
+		raw.Close()
+		t.Fatal("the write held up at Close did not end")
 	}
 }
