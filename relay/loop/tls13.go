@@ -321,6 +321,11 @@ type records struct {
 	wr  direction
 	out *[]byte // pooled, nil when empty: sealed records not yet written
 	off int     // written so far of *out
+	// answered: a KeyUpdate answering the peer's request is sealed and no
+	// application data since; further requests need no answer of their
+	// own (RFC 8446 4.6.3), so a peer that asks and does not read cannot
+	// pile answers up.
+	answered bool
 	// writes counts write(2) calls that moved ciphertext, short those the
 	// socket took only part of (as nbConn's).
 	writes, short int
@@ -510,14 +515,18 @@ func (r *records) control(typ byte, content []byte) error {
 }
 
 // answerKeyUpdate sends our KeyUpdate answering the peer's request and
-// flushes it. Its lock is released by defer, as everywhere a pair's read
-// takes one: a panic must not leave it held (the loop's fault barrier
-// closes the session, which takes it).
+// flushes it; one already sealed since our last application data answers
+// this request too. Its lock is released by defer, as everywhere a pair's
+// read takes one: a panic must not leave it held (the loop's fault
+// barrier closes the session, which takes it).
 func (r *records) answerKeyUpdate() error {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	if err := r.keyUpdateLocked(false); err != nil {
-		return err
+	if !r.answered {
+		if err := r.keyUpdateLocked(false); err != nil {
+			return err
+		}
+		r.answered = true
 	}
 	return r.flushLocked()
 }
@@ -539,6 +548,9 @@ func (r *records) sealLocked(typ byte, p []byte) {
 	if r.out == nil {
 		r.out = getRecordBuf()
 		r.off = 0
+	}
+	if typ == recAppData {
+		r.answered = false
 	}
 	for first := true; first || len(p) > 0; first = false {
 		if r.wr.seq >= keyUpdateAfter && typ == recAppData {

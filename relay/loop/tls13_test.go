@@ -668,3 +668,94 @@ func TestOwnRecordsBlockingCloseDuringWrite(t *testing.T) {
 		t.Fatal("the write held up at Close did not end")
 	}
 }
+
+// recordsPair is a record layer over one end of a socket pair (made
+// non-blocking, as a loop's) and the peer's sealing direction, both keyed
+// with the same secret; the peer's end is blocking.
+func recordsPair(t *testing.T) (*records, *direction, int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		t.Fatal(err)
+	}
+	s := suiteOf(tls.TLS_AES_128_GCM_SHA256)
+	secret := bytes.Repeat([]byte{7}, 32)
+	r := &records{fd: fds[0]}
+	peer := &direction{}
+	for _, d := range []*direction{&r.rd, &r.wr, peer} {
+		if err := d.setSecret(s, secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		r.free()
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+	})
+	return r, peer, fds[1]
+}
+
+// TestOwnRecordsKeyUpdateRequestsDoNotPile: a peer that reads nothing and
+// asks for a KeyUpdate before each byte it sends does not make the session
+// buffer an answer per request: one answer, while the session is silent,
+// answers them all (RFC 8446 4.6.3), and what is pending stays within the
+// bound application data is held to (MaxTLSPending).
+func TestOwnRecordsKeyUpdateRequestsDoNotPile(t *testing.T) {
+	r, peer, pfd := recordsPair(t)
+	// The peer reads nothing: the session's writes fill its socket.
+	chunk := make([]byte, 16<<10)
+	for i := 0; ; i++ {
+		if i == 1000 {
+			t.Fatal("the peer's socket never filled")
+		}
+		if _, err := r.Write(chunk); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	const requests = 4000
+	var wire []byte
+	for range requests {
+		wire, _ = peer.seal(wire, recHandshake, []byte{hsKeyUpdate, 0, 0, 1, 1})
+		_ = peer.update()
+		wire, _ = peer.seal(wire, recAppData, []byte{'x'})
+	}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := unix.Write(pfd, wire)
+		sent <- err
+	}()
+	buf := make([]byte, 100)
+	deadline := time.Now().Add(testutil.Patience)
+	for got := 0; got < requests; {
+		n, err := r.Read(buf)
+		got += n
+		if err == unix.EAGAIN {
+			if time.Now().After(deadline) {
+				t.Fatalf("read %d of %d bytes before the deadline", got, requests)
+			}
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(r.fd), Events: unix.POLLIN}}, 100)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("Read after %d bytes: %v", got, err)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	r.wmu.Lock()
+	pending, answered := r.pendingLocked(), !bytes.Equal(r.wr.secret, bytes.Repeat([]byte{7}, 32))
+	r.wmu.Unlock()
+	if !answered {
+		t.Fatal("the session did not answer the requests: its write key never moved")
+	}
+	if pending > MaxTLSPending+sealSlack {
+		t.Fatalf("%d bytes of ciphertext pending for a peer that reads nothing, after %d KeyUpdate requests; application data is held to %d",
+			pending, requests, MaxTLSPending+sealSlack)
+	}
+}
