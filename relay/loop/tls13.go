@@ -239,7 +239,9 @@ func (d *direction) nonce() [12]byte {
 }
 
 // open decrypts the record rec (header included) in place and returns its
-// content and inner content type.
+// content and inner content type. Padding counts towards the record's
+// limit: content, type and padding are at most 2^14 + 1 bytes (RFC 8446
+// 5.4).
 func (d *direction) open(rec []byte) ([]byte, byte, error) {
 	a, err := d.cipher()
 	if err != nil {
@@ -251,11 +253,14 @@ func (d *direction) open(rec []byte) ([]byte, byte, error) {
 		return nil, 0, ErrTLSRecord
 	}
 	d.seq++
+	if len(pt) > maxPlain+1 {
+		return nil, 0, ErrTLSRecord
+	}
 	i := len(pt) - 1
 	for i >= 0 && pt[i] == 0 {
 		i--
 	}
-	if i < 0 || i > maxPlain {
+	if i < 0 {
 		return nil, 0, ErrTLSRecord
 	}
 	return pt[:i], pt[i], nil

@@ -759,3 +759,56 @@ func TestOwnRecordsKeyUpdateRequestsDoNotPile(t *testing.T) {
 			pending, requests, MaxTLSPending+sealSlack)
 	}
 }
+
+// TestOwnRecordsPaddingWithinTheLimit: a record whose content is a full
+// 2^14 bytes and padded past it (its TLSInnerPlaintext over 2^14 + 1
+// bytes, RFC 8446 5.4, though its ciphertext is within 2^14 + 256) ends
+// the session with ErrTLSRecord, as crypto/tls's record_overflow; the
+// same content unpadded, and a short one padded, are read.
+func TestOwnRecordsPaddingWithinTheLimit(t *testing.T) {
+	padded := func(content []byte, pad int) []byte {
+		return append(append(bytes.Clone(content), recAppData), make([]byte, pad)...)
+	}
+	full := pattern(maxPlain, 3)
+	for _, tc := range []struct {
+		name    string
+		inner   []byte // content, content type, padding
+		wantErr bool
+	}{
+		{"full", padded(full, 0), false},
+		{"short padded", padded([]byte("hi"), 200), false},
+		{"full padded", padded(full, 200), true},
+		{"full padded by one", padded(full, 1), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, peer, pfd := recordsPair(t)
+			last := len(tc.inner) - 1 // sealed as the "content type": the inner plaintext is tc.inner
+			wire, _ := peer.seal(nil, tc.inner[last], tc.inner[:last])
+			if _, err := unix.Write(pfd, wire); err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Shutdown(pfd, unix.SHUT_WR)
+			var got []byte
+			var err error
+			buf := make([]byte, 64<<10)
+			for i := 0; err == nil; i++ {
+				if i == 100 {
+					t.Fatal("Read has not ended")
+				}
+				var n int
+				n, err = r.Read(buf)
+				got = append(got, buf[:n]...)
+			}
+			if tc.wantErr {
+				if !errors.Is(err, ErrTLSRecord) || len(got) > 0 {
+					t.Fatalf("read %d bytes, then %v; want none and ErrTLSRecord", len(got), err)
+				}
+				return
+			}
+			want := tc.inner[:bytes.LastIndexByte(tc.inner, recAppData)]
+			if err != io.EOF || !bytes.Equal(got, want) {
+				t.Fatalf("read %d bytes (equal %v), then %v; want %d and io.EOF", len(got), bytes.Equal(got, want), err, len(want))
+			}
+		})
+	}
+}
