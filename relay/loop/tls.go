@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -566,8 +567,9 @@ var handoffFlushTimeout = 10 * time.Second
 // recordConn is a session on the record layer of our own as a blocking
 // net.Conn (after Blocking): one reader and one writer may run at once.
 type recordConn struct {
-	s  *TLSSession
-	nc net.Conn // the blocking socket under it
+	s      *TLSSession
+	nc     net.Conn    // the blocking socket under it
+	closed atomic.Bool // Close ran: a second one closes nothing
 }
 
 func (c *recordConn) Read(p []byte) (int, error) { return c.s.rl.Read(p) }
@@ -587,8 +589,15 @@ func (c *recordConn) Write(p []byte) (int, error) {
 
 // Close sends a close_notify if the socket takes it at once, then closes.
 // A write in flight is not waited for (no close_notify then): closing the
-// socket ends it, as net/http's Server.Close expects.
+// socket ends it, as net/http's Server.Close expects. Only the first call
+// closes anything (net/http closes a connection twice: at Server.Close or
+// a failed write, and as its goroutine ends); the others return
+// net.ErrClosed, as tls.Conn's do: the descriptor's number may be another
+// connection's by then.
 func (c *recordConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return net.ErrClosed
+	}
 	c.s.rl.closeNotify(false) // gives back the write buffer; a reader may still hold the read one
 	c.nc.Close()
 	return rawClose(c.s.ad.fd)

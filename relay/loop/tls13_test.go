@@ -812,3 +812,43 @@ func TestOwnRecordsPaddingWithinTheLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnRecordsBlockingCloseTwice: a session handed to a blocking library
+// is closed twice (net/http closes a connection at Server.Close and again
+// as its serving goroutine ends): the second Close does not close the
+// descriptor number the session had, which by then may be another
+// connection's.
+func TestOwnRecordsBlockingCloseTwice(t *testing.T) {
+	s, _, _ := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+	if !s.OwnRecordLayer() {
+		t.Fatal("the session stayed on crypto/tls")
+	}
+	nc, err := s.Blocking()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := s.Fd()
+	if err := nc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Another connection gets the descriptor number.
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Fatalf("the session's descriptor %d after Close: %v, want EBADF", fd, err)
+	}
+	if err := unix.Dup3(p[0], fd, unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := nc.Close(); err == nil {
+		t.Error("the second Close reported no error")
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the second Close closed descriptor %d, now another's: %v", fd, err)
+	}
+}
