@@ -490,6 +490,9 @@ func (r *records) control(typ byte, content []byte) error {
 		}
 		return AlertError(content[1])
 	case recHandshake:
+		if len(content) == 0 {
+			return ErrTLSUnexpected // RFC 8446 5.4: a handshake record is never empty
+		}
 		for len(content) > 0 {
 			if len(content) < 4 {
 				return ErrTLSUnexpected // a message split across records

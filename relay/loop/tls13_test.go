@@ -852,3 +852,30 @@ func TestOwnRecordsBlockingCloseTwice(t *testing.T) {
 		t.Fatalf("the second Close closed descriptor %d, now another's: %v", fd, err)
 	}
 }
+
+// TestOwnRecordsEmptyHandshakeRecord: a handshake record with no content
+// ends the session with ErrTLSUnexpected (RFC 8446 5.4: unexpected_message,
+// as crypto/tls answers it), before the application data behind it.
+func TestOwnRecordsEmptyHandshakeRecord(t *testing.T) {
+	r, peer, pfd := recordsPair(t)
+	wire, _ := peer.seal(nil, recHandshake, nil)
+	wire, _ = peer.seal(wire, recAppData, []byte("x"))
+	if _, err := unix.Write(pfd, wire); err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.Shutdown(pfd, unix.SHUT_WR)
+	var got []byte
+	var err error
+	buf := make([]byte, 100)
+	for i := 0; err == nil; i++ {
+		if i == 100 {
+			t.Fatal("Read has not ended")
+		}
+		var n int
+		n, err = r.Read(buf)
+		got = append(got, buf[:n]...)
+	}
+	if !errors.Is(err, ErrTLSUnexpected) || len(got) > 0 {
+		t.Fatalf("read %q, then %v; want nothing and ErrTLSUnexpected", got, err)
+	}
+}
