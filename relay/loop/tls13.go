@@ -318,6 +318,7 @@ type records struct {
 	in      *[]byte // pooled, nil when empty: plaintext not yet returned, then ciphertext not yet opened
 	pl, pe  int     // plaintext window in *in
 	raw     int     // ciphertext starts at (*in)[raw:]
+	part    []byte  // while in is nil: what came of a record not yet complete (idleRead)
 	bulk    bool    // the last record opened was a bulk one (see TLSSession.Read)
 	useless int     // records in a row without application data
 	rerr    error   // sticky: the read side has ended
@@ -398,6 +399,10 @@ func (r *records) release() {
 func (r *records) fill() error {
 	if r.in == nil {
 		r.in = getRecordBuf()
+		if r.part != nil {
+			*r.in = append((*r.in)[:0], r.part...)
+			r.part = nil
+		}
 	}
 	b := *r.in
 	if r.pl == r.pe && r.raw > 0 && cap(b)-len(b) < recHeader+maxCiphertxt {
@@ -700,13 +705,17 @@ func (r *records) closeNotify(wait bool) {
 	r.werr = net.ErrClosed
 }
 
-// free gives back both buffers (the session is closed; no reader runs).
+// free gives back both buffers (the session is closed; no reader runs,
+// but a sweep that began before it left may still visit the read side).
 func (r *records) free() {
 	keyed.Delete(r)
+	r.rmu.Lock()
 	if r.in != nil {
 		putRecordBuf(r.in)
 		r.in, r.pl, r.pe, r.raw = nil, 0, 0, 0
 	}
+	r.part = nil
+	r.rmu.Unlock()
 	r.wmu.Lock()
 	if r.out != nil {
 		putRecordBuf(r.out)
@@ -738,13 +747,33 @@ func (r *records) sweep() {
 	})
 }
 
+// idleRead is the sweep's visit of the read side (rmu held): the
+// direction drops its AEAD if idle, and then a read buffer that holds
+// only the start of a record (a peer that stopped mid-record) gives way
+// to a copy of those bytes, so that the session holds no pooled buffer
+// (~88 KiB) for them; fill puts them back in front of what comes next.
+func (r *records) idleRead() {
+	idle := !r.rd.used
+	r.rd.idle()
+	if !idle || r.in == nil || r.pl != r.pe || r.rerr != nil {
+		return
+	}
+	rest := (*r.in)[r.raw:]
+	if _, whole := recordSize(rest); whole || len(rest) >= recHeader+maxCiphertxt {
+		return // a record is waiting for a reader, not for the peer
+	}
+	r.part = append([]byte(nil), rest...)
+	putRecordBuf(r.in)
+	r.in, r.pl, r.pe, r.raw = nil, 0, 0, 0
+}
+
 // sweepIdleKeys drops the AEADs of the directions idle since the last
 // sweep. A direction in use (its lock held) is left for the next one.
 func sweepIdleKeys() {
 	keyed.Range(func(k, _ any) bool {
 		r := k.(*records)
 		if r.rmu.TryLock() {
-			r.rd.idle()
+			r.idleRead()
 			r.rmu.Unlock()
 		}
 		if r.wmu.TryLock() {

@@ -879,3 +879,41 @@ func TestOwnRecordsEmptyHandshakeRecord(t *testing.T) {
 		t.Fatalf("read %q, then %v; want nothing and ErrTLSUnexpected", got, err)
 	}
 }
+
+// TestOwnRecordsIdleMidRecord: a peer that stops in the middle of a record
+// does not pin the session's pooled read buffer (~88 KiB, where the record
+// is a few bytes): once the read side is idle, the sweep keeps what came
+// of the record and gives the buffer back, as an idle session holds none;
+// the rest of the record, when it comes, completes it.
+func TestOwnRecordsIdleMidRecord(t *testing.T) {
+	r, peer, pfd := recordsPair(t)
+	r.sweep()
+	wire, _ := peer.seal(nil, recAppData, []byte("hello"))
+	if _, err := unix.Write(pfd, wire[:9]); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	if n, err := r.Read(buf); err != unix.EAGAIN {
+		t.Fatalf("Read of part of a record: %d, %v; want EAGAIN", n, err)
+	}
+	r.rmu.Lock()
+	held := r.in != nil
+	r.rmu.Unlock()
+	if !held {
+		t.Fatal("the part of a record read is not buffered: the test did not reach its case")
+	}
+	sweepIdleKeys()
+	sweepIdleKeys()
+	r.rmu.Lock()
+	held = r.in != nil
+	r.rmu.Unlock()
+	if held {
+		t.Fatal("an idle session that stopped mid-record holds its pooled read buffer through two idle sweeps")
+	}
+	if _, err := unix.Write(pfd, wire[9:]); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("Read once the record is complete: %q, %v", buf[:n], err)
+	}
+}
