@@ -155,11 +155,11 @@ func (a *nbConn) Write(p []byte) (int, error) {
 			if err == unix.EINTR {
 				continue
 			}
-			if err == unix.EAGAIN || n <= 0 {
-				break
-			}
-			if err != nil {
+			if err != nil && err != unix.EAGAIN {
 				return total - len(p), err
+			}
+			if n <= 0 {
+				break
 			}
 		}
 	}

@@ -38,6 +38,22 @@ func TestNBConnWrite(t *testing.T) {
 	}
 }
 
+// TestNBConnWriteToClosedPeer: a write the socket refuses (the peer has
+// gone: EPIPE) fails at once; it was queued as pending and reported
+// written, the error left for a later flush.
+func TestNBConnWriteToClosedPeer(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fds[1])
+	nb := &nbConn{fd: fds[0]}
+	defer nb.Close()
+	if n, err := nb.Write([]byte("hello")); err == nil || n != 0 || len(nb.pending) != 0 {
+		t.Fatalf("Write to a socket whose peer has gone = %d, %v, %d bytes pending; want 0, EPIPE, none", n, err, len(nb.pending))
+	}
+}
+
 // TestNBConnDeadlinesApart: in the blocking phase a write deadline does
 // not end a read (it once set both, so a TLS WebSocket session that wrote
 // with a 10 s deadline lost its reader after 10 s of silence).
