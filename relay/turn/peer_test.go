@@ -324,3 +324,53 @@ func tcpClient(t *testing.T, s *Service, addr, user, pass string) tcpAllocation 
 	t.Cleanup(func() { a.Close() })
 	return a
 }
+
+// TestTURNPermissionsBounded: one allocation holds permissions for at most
+// MaxPermissions peers (pion keeps a permission and its timer for every
+// address named, so without a bound one allocation grows the relay's
+// memory without end); the one over is refused and counted, a held one
+// is still refreshed, and a new allocation of the same client starts
+// afresh. The peers are public-range addresses the policy allows;
+// nothing is ever sent to them.
+func TestTURNPermissionsBounded(t *testing.T) {
+	s, srv := start(t, Config{})
+	user, pass := Credentials(secret, "mallory", time.Minute, time.Now())
+	peer := func(i int) net.Addr { return &net.UDPAddr{IP: net.IPv4(1, 0, byte(i>>8), byte(i)), Port: 9} }
+	c := client(t, s, user, pass)
+	relayed, err := c.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < MaxPermissions; i += 100 { // 100 peers a request: within one datagram
+		batch := make([]net.Addr, 0, 100)
+		for j := i; j < min(i+100, MaxPermissions); j++ {
+			batch = append(batch, peer(j))
+		}
+		if err := c.CreatePermission(batch...); err != nil {
+			t.Fatalf("permissions %d..%d: %v", i, i+len(batch)-1, err)
+		}
+	}
+	if err := c.CreatePermission(peer(MaxPermissions)); err == nil {
+		t.Errorf("a permission for peer %d granted, want refused (MaxPermissions %d)", MaxPermissions+1, MaxPermissions)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="quota_permission"}`); n != 1 {
+		t.Errorf("quota_permission refusals counted %v, want 1", n)
+	}
+	if err := c.CreatePermission(peer(0)); err != nil {
+		t.Errorf("refreshing a held permission: %v", err)
+	}
+	relayed.Close() // a Refresh with lifetime 0: the allocation is deleted
+	relaytest.WaitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.perms) == 0
+	}, "the allocation's permissions forgotten")
+	relayed, err = c.Allocate() // the same 5-tuple again
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayed.Close()
+	if err := c.CreatePermission(peer(MaxPermissions)); err != nil {
+		t.Errorf("a new allocation's first permission: %v", err)
+	}
+}

@@ -152,10 +152,13 @@ type Service struct {
 	perUsr  map[string]int       // allocations by user; guarded by mu
 	perAddr map[netip.Addr]int   // allocations by client address key; guarded by mu
 	live    map[*allocation]bool // relay sockets open; guarded by mu
+	// perms are each allocation's permitted peers, by its client address
+	// (permKey), from its creation to its deletion; guarded by mu.
+	perms map[string]*permSet
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
-	addrQuotas                  *metrics.Counter
+	addrQuotas, permQuotas      *metrics.Counter
 	authFail, creds             *metrics.Counter
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
@@ -196,11 +199,12 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, perms: map[string]*permSet{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
 	s.addrQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_address"}`)
+	s.permQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_permission"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
 	s.rxBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="from_peers"}`)
@@ -267,8 +271,9 @@ func (s *Service) Start() error {
 		if !v.ok {
 			s.peerRefused[v.class].Inc()
 			s.log.Debug("turn peer refused", "client", client.String(), "peer", ip.String(), "reason", v.class)
+			return false
 		}
-		return v.ok
+		return s.permit(client, ip)
 	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.Writer = io.Discard // pion logs every refused request; the relay counts them
@@ -286,7 +291,8 @@ func (s *Service) Start() error {
 			}
 			return user, key, ok
 		},
-		QuotaHandler: s.quota,
+		QuotaHandler:      s.quota,
+		PermissionTimeout: permissionLife,
 		EventHandler: pturn.EventHandler{
 			OnAuth: func(_, _ net.Addr, _, _, _, _ string, ok bool) {
 				if !ok { // a wrong password
@@ -295,11 +301,17 @@ func (s *Service) Start() error {
 			},
 			OnAllocationCreated: func(client, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
 				s.count(user, client, 1)
+				s.mu.Lock()
+				s.perms[permKey(client)] = &permSet{peers: map[netip.Addr]time.Time{}}
+				s.mu.Unlock()
 				s.allocs.Inc()
 				s.allocsTotal.Inc()
 			},
 			OnAllocationDeleted: func(client, _ net.Addr, _, user, _ string) {
 				s.count(user, client, -1)
+				s.mu.Lock()
+				delete(s.perms, permKey(client))
+				s.mu.Unlock()
 				s.allocs.Dec()
 			},
 		},
@@ -365,6 +377,68 @@ func (s *Service) count(user string, client net.Addr, d int) {
 			delete(s.perAddr, key)
 		}
 	}
+}
+
+// MaxPermissions bounds the peers (distinct IP addresses) one allocation
+// holds permissions for at once; a permission (CreatePermission,
+// ChannelBind, Connect) for one more is refused (403) and counted
+// (quota_permission). pion keeps a permission and its timer for every
+// address a client names, so without a bound one allocation grows the
+// relay's memory without end. A WebRTC client needs one per remote
+// candidate's address: a handful.
+const MaxPermissions = 1000
+
+// permissionLife is how long a permission lives unless refreshed (RFC
+// 8656's 300 s); pion is configured with it and permSet expires by it.
+const permissionLife = 5 * time.Minute
+
+// permSet is one allocation's permitted peers and when each lapses.
+type permSet struct {
+	peers   map[netip.Addr]time.Time
+	soonest time.Time // no permission lapses before it
+}
+
+// permKey is the key of an allocation's permissions: its client's
+// transport address (the 5-tuple of one listener).
+func permKey(client net.Addr) string {
+	return client.Network() + " " + client.String()
+}
+
+// permit grants client's allocation a permission for peer (already judged
+// by the policy) if it holds fewer than MaxPermissions, or one for peer
+// already (a refresh).
+func (s *Service) permit(client net.Addr, peer netip.Addr) bool {
+	peer = peer.Unmap() // pion keys permissions by the IP's text
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := s.perms[permKey(client)]
+	if ps == nil { // the allocation is being deleted
+		return true
+	}
+	if _, ok := ps.peers[peer]; !ok && len(ps.peers) >= MaxPermissions {
+		if !now.Before(ps.soonest) { // some have lapsed: forget them
+			ps.soonest = now.Add(permissionLife)
+			for p, until := range ps.peers {
+				if !now.Before(until) {
+					delete(ps.peers, p)
+				} else if until.Before(ps.soonest) {
+					ps.soonest = until
+				}
+			}
+		}
+		if len(ps.peers) >= MaxPermissions {
+			s.permQuotas.Inc()
+			s.log.Debug("turn permission refused", "client", client.String(), "peer", peer.String(), "reason", "quota_permission")
+			return false
+		}
+	}
+	until := now.Add(permissionLife)
+	if len(ps.peers) == 0 || until.Before(ps.soonest) {
+		ps.soonest = until
+	}
+	ps.peers[peer] = until
+	return true
 }
 
 // Addr is the UDP address TURN listens on (nil before Start).
@@ -470,7 +544,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
