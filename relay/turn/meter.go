@@ -22,7 +22,8 @@ import (
 // meteredGenerator hands pion metered relay sockets.
 type meteredGenerator struct {
 	pturn.RelayAddressGenerator
-	s *Service
+	s   *Service
+	udp bool // the UDP listener's: no TCP allocations (RFC 6062 section 5.1)
 }
 
 func (g meteredGenerator) AllocatePacketConn(c pturn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
@@ -37,12 +38,24 @@ func (g meteredGenerator) AllocatePacketConn(c pturn.AllocateListenerConfig) (ne
 // answers 508).
 var errTCPOff = errors.New("turn: TCP allocations are off (--turn-tcp)")
 
+// errTCPOverUDP refuses an RFC 6062 TCP allocation asked for over UDP
+// (pion answers 508): RFC 6062 wants the control connection TCP or TLS,
+// and pion serves a Connect inline on its one UDP read loop, so a Connect
+// to a peer that never answers (its dial waits out the kernel's SYN
+// retries, about two minutes) would stall TURN and STUN over UDP for
+// every client.
+var errTCPOverUDP = errors.New("turn: TCP allocations need a TCP or TLS control connection")
+
 // AllocateListener makes a TCP allocation's relay listener, if TCP
-// allocations are on.
+// allocations are on and the control connection is TCP or TLS.
 func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
 	if !g.s.cfg.TCPAllocations {
 		g.s.tcpRefused.Inc()
 		return nil, nil, errTCPOff
+	}
+	if g.udp {
+		g.s.tcpOverUDP.Inc()
+		return nil, nil, errTCPOverUDP
 	}
 	return g.RelayAddressGenerator.AllocateListener(c)
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -373,4 +374,60 @@ func TestTURNPermissionsBounded(t *testing.T) {
 	if err := c.CreatePermission(peer(MaxPermissions)); err != nil {
 		t.Errorf("a new allocation's first permission: %v", err)
 	}
+}
+
+// TestTURNNoTCPAllocationOverUDP: with TCPAllocations, an RFC 6062 TCP
+// allocation asked for over UDP is refused (RFC 6062 section 5.1: its
+// control connection is TCP or TLS) and counted; over TCP it is granted.
+// pion serves a Connect inline on its one UDP read loop, so, granted, a
+// Connect to a peer that never answers the SYN held TURN and STUN over
+// UDP for every client while the relay's dial waited out the kernel's
+// retries (about two minutes): the test shows that when it is granted.
+func TestTURNNoTCPAllocationOverUDP(t *testing.T) {
+	s, srv := start(t, Config{TCPAllocations: true, AllowPeers: loopbackPeers, RelayIP: net.ParseIP("127.0.0.9")})
+	user, pass := Credentials(secret, "mallory", time.Minute, time.Now())
+	if a, err := client(t, s, user, pass).AllocateTCP(); err == nil {
+		defer a.Close()
+		t.Error("a TCP allocation over UDP granted")
+		_, _ = a.Connect(silentPeer(t)) // its retransmissions run out: the relay still dials
+		if _, err := client(t, s, user, pass).SendBindingRequest(); err != nil {
+			t.Errorf("another client's STUN binding over UDP while the relay dials for a TCP allocation over UDP: %v", err)
+		}
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="tcp_over_udp"}`); n != 1 {
+		t.Errorf("tcp_over_udp refusals counted %v, want 1", n)
+	}
+	tcpClient(t, s, relaytest.Addr(srv), user, pass) // over a TCP control connection: granted
+}
+
+// silentPeer is a TCP address on loopback whose SYNs go unanswered: a
+// listener with a backlog of 0 whose accept queue is full (nothing
+// accepts), as a peer behind a firewall that drops them.
+func silentPeer(t *testing.T) *net.TCPAddr {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}
+	for range 8 { // fill the queue: a dial that times out found it full
+		c, err := net.DialTimeout("tcp", addr.String(), 500*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Fatal("a listener with a backlog of 0 accepted 8 connections into its queue")
+	return nil
 }

@@ -163,6 +163,7 @@ type Service struct {
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
 	droppedPort, tcpRefused     *metrics.Counter
+	tcpOverUDP                  *metrics.Counter
 	peerRefused                 map[string]*metrics.Counter // by class; static after New
 }
 
@@ -214,6 +215,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.dropped = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="rate"}`)
 	s.droppedPort = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="peer_port"}`)
 	s.tcpRefused = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_allocation"}`)
+	s.tcpOverUDP = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_over_udp"}`)
 	s.peerRefused = map[string]*metrics.Counter{}
 	for _, class := range append([]string{"denied", "own"}, peerClassNames()...) {
 		s.peerRefused["peer_"+class] = s.set.NewCounter(`meetpoint_turn_refused_total{reason="peer_` + class + `"}`)
@@ -262,8 +264,8 @@ func (s *Service) Start() error {
 		own = append(own, ipOf(a).Addr())
 	}
 	s.peers = newPeerPolicy(s.cfg.AllowPeers, s.cfg.DenyPeers, relayAddr, own...)
-	relays := func() pturn.RelayAddressGenerator {
-		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s}
+	relays := func(udp bool) pturn.RelayAddressGenerator {
+		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s, udp}
 	}
 	permit := func(client net.Addr, peer net.IP) bool {
 		ip, _ := netip.AddrFromSlice(peer)
@@ -315,8 +317,8 @@ func (s *Service) Start() error {
 				s.allocs.Dec()
 			},
 		},
-		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays(), PermissionHandler: permit}},
-		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays(), PermissionHandler: permit}},
+		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays(true), PermissionHandler: permit}},
+		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays(false), PermissionHandler: permit}},
 	})
 	if err != nil {
 		pc.Close()
@@ -544,7 +546,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
