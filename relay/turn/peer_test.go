@@ -364,7 +364,7 @@ func TestTURNPermissionsBounded(t *testing.T) {
 	relaytest.WaitFor(t, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.perms) == 0
+		return len(s.held) == 0
 	}, "the allocation's permissions forgotten")
 	relayed, err = c.Allocate() // the same 5-tuple again
 	if err != nil {

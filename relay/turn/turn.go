@@ -152,9 +152,9 @@ type Service struct {
 	perUsr  map[string]int       // allocations by user; guarded by mu
 	perAddr map[netip.Addr]int   // allocations by client address key; guarded by mu
 	live    map[*allocation]bool // relay sockets open; guarded by mu
-	// perms are each allocation's permitted peers, by its client address
-	// (permKey), from its creation to its deletion; guarded by mu.
-	perms map[string]*permSet
+	// held are the allocations, by their client's transport address
+	// (tupleKey), from creation to deletion; guarded by mu.
+	held map[string]*held
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
@@ -200,7 +200,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, perms: map[string]*permSet{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
@@ -302,18 +302,12 @@ func (s *Service) Start() error {
 				}
 			},
 			OnAllocationCreated: func(client, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
-				s.count(user, client, 1)
-				s.mu.Lock()
-				s.perms[permKey(client)] = &permSet{peers: map[netip.Addr]time.Time{}}
-				s.mu.Unlock()
+				s.hold(user, client)
 				s.allocs.Inc()
 				s.allocsTotal.Inc()
 			},
 			OnAllocationDeleted: func(client, _ net.Addr, _, user, _ string) {
-				s.count(user, client, -1)
-				s.mu.Lock()
-				delete(s.perms, permKey(client))
-				s.mu.Unlock()
+				s.release(client)
 				s.allocs.Dec()
 			},
 		},
@@ -366,17 +360,40 @@ func (s *Service) quota(user, _ string, client net.Addr) bool {
 	return true
 }
 
-// count adds d to user's and client's allocations.
-func (s *Service) count(user string, client net.Addr, d int) {
+// hold counts a new allocation against user and client's address, and
+// keeps what it counted under: a reload of --limit-exempt between its
+// creation and its deletion must not leave a count behind.
+func (s *Service) hold(user string, client net.Addr) {
 	key, exempt := s.addrKey(client)
+	h := &held{user: user, key: key, exempt: exempt, peers: map[netip.Addr]time.Time{}}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perUsr[user] += d; s.perUsr[user] <= 0 {
-		delete(s.perUsr, user)
+	if old := s.held[tupleKey(client)]; old != nil { // not deleted (cannot happen): uncount it
+		s.count(old, -1)
 	}
-	if !exempt {
-		if s.perAddr[key] += d; s.perAddr[key] <= 0 {
-			delete(s.perAddr, key)
+	s.held[tupleKey(client)] = h
+	s.count(h, 1)
+}
+
+// release uncounts client's allocation, as it was counted.
+func (s *Service) release(client net.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.held[tupleKey(client)]; h != nil {
+		delete(s.held, tupleKey(client))
+		s.count(h, -1)
+	}
+}
+
+// count adds d to h's user's and client address's allocations. Called
+// with mu held.
+func (s *Service) count(h *held, d int) {
+	if s.perUsr[h.user] += d; s.perUsr[h.user] <= 0 {
+		delete(s.perUsr, h.user)
+	}
+	if !h.exempt {
+		if s.perAddr[h.key] += d; s.perAddr[h.key] <= 0 {
+			delete(s.perAddr, h.key)
 		}
 	}
 }
@@ -391,18 +408,22 @@ func (s *Service) count(user string, client net.Addr, d int) {
 const MaxPermissions = 1000
 
 // permissionLife is how long a permission lives unless refreshed (RFC
-// 8656's 300 s); pion is configured with it and permSet expires by it.
+// 8656's 300 s); pion is configured with it and held expires by it.
 const permissionLife = 5 * time.Minute
 
-// permSet is one allocation's permitted peers and when each lapses.
-type permSet struct {
-	peers   map[netip.Addr]time.Time
-	soonest time.Time // no permission lapses before it
+// held is one allocation: what it is counted under and its permitted
+// peers.
+type held struct {
+	user    string     // its credential's user (perUsr)
+	key     netip.Addr // its client address's key (perAddr, unless exempt)
+	exempt  bool
+	peers   map[netip.Addr]time.Time // permitted peers and when each lapses
+	soonest time.Time                // no permission lapses before it
 }
 
-// permKey is the key of an allocation's permissions: its client's
-// transport address (the 5-tuple of one listener).
-func permKey(client net.Addr) string {
+// tupleKey is the key of an allocation: its client's transport address
+// (with the listener's network, its 5-tuple).
+func tupleKey(client net.Addr) string {
 	return client.Network() + " " + client.String()
 }
 
@@ -414,7 +435,7 @@ func (s *Service) permit(client net.Addr, peer netip.Addr) bool {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ps := s.perms[permKey(client)]
+	ps := s.held[tupleKey(client)]
 	if ps == nil { // the allocation is being deleted
 		return true
 	}

@@ -16,6 +16,7 @@ import (
 	pturn "github.com/pion/turn/v5"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -243,6 +244,48 @@ func TestTURNQuotaPerAddress(t *testing.T) {
 	}
 	if s.addrQuotas.Get() != 2 || s.quotas.Get() != 2 {
 		t.Errorf("refusals counted: quota_address %d, quota %d; want 2 and 2", s.addrQuotas.Get(), s.quotas.Get())
+	}
+}
+
+// TestTURNQuotaPerAddressAcrossReload: an allocation is uncounted as it
+// was counted, whatever --limit-exempt (reloaded on SIGHUP) says by its
+// end. One made while its address counted and deleted while the address
+// was exempt left its count behind: once the exemption went again, the
+// address was refused (486) for allocations it no longer held, until a
+// restart.
+func TestTURNQuotaPerAddressAcrossReload(t *testing.T) {
+	var lim limits.Limits
+	s, srv := startWith(t, Config{MaxPerAddress: 1}, func(c *relay.Config) {
+		c.Limits.Exempt = nil // loopback addresses count as clients'
+		lim = c.Limits
+	})
+	user, pass := Credentials(secret, "carol", time.Minute, time.Now())
+	setExempt := func(p ...netip.Prefix) {
+		t.Helper()
+		l := lim
+		l.Exempt = p
+		if err := srv.SetLimits(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := client(t, s, user, pass)
+	a, err := c.Allocate() // counted: 127.0.0.1 holds its bound, 1
+	if err != nil {
+		t.Fatal(err)
+	}
+	setExempt(netip.MustParsePrefix("127.0.0.0/8"))
+	a.Close() // a Refresh with lifetime 0: deleted while exempt
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, srv, `meetpoint_turn_allocations_active`) == 0
+	}, "the allocation deleted")
+	setExempt()
+	b, err := c.Allocate() // counted again: 127.0.0.1 holds none
+	if err != nil {
+		t.Fatalf("an allocation from an address that holds none (after its exemption came and went): %v", err)
+	}
+	defer b.Close()
+	if n := s.addrQuotas.Get(); n != 0 {
+		t.Errorf("quota_address refusals counted %d, want 0", n)
 	}
 }
 
