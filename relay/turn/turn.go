@@ -153,8 +153,9 @@ type Service struct {
 	perAddr map[netip.Addr]int   // allocations by client address key; guarded by mu
 	live    map[*allocation]bool // relay sockets open; guarded by mu
 	// held are the allocations, by their client's transport address
-	// (tupleKey), from creation to deletion; guarded by mu.
-	held map[string]*held
+	// (tupleKey), from creation to deletion; pending the quotas granted
+	// to allocations pion is making (reserveFor). Guarded by mu.
+	held, pending map[string]*held
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
@@ -200,7 +201,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
@@ -343,12 +344,33 @@ func (s *Service) addrKey(client net.Addr) (netip.Addr, bool) {
 	return s.srv.ClientKey(limits.AddrOf(client))
 }
 
+// reserveFor is how long a granted quota waits for its allocation: pion
+// creates it (binds a relay socket) right after asking, or fails to (no
+// free port, LIFETIME 0) and says nothing.
+const reserveFor = 5 * time.Second
+
 // quota decides on a new allocation: its credential and its client
-// address each under their bound (pion's QuotaHandler).
+// address each under their bound (pion's QuotaHandler). A grant counts at
+// once, as a reservation hold turns into the allocation: pion serves each
+// TCP control connection on its own goroutine, so Allocates on many
+// connections at once all passed a check that only counted allocations
+// already made.
 func (s *Service) quota(user, _ string, client net.Addr) bool {
 	key, exempt := s.addrKey(client)
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for k, h := range s.pending { // reservations that came to nothing
+		if now.Sub(h.at) > reserveFor {
+			delete(s.pending, k)
+			s.count(h, -1)
+		}
+	}
+	k := tupleKey(client)
+	if h := s.pending[k]; h != nil { // this 5-tuple's last one came to nothing
+		delete(s.pending, k)
+		s.count(h, -1)
+	}
 	switch {
 	case s.perUsr[user] >= s.limitOf(user):
 		s.quotas.Inc()
@@ -357,22 +379,35 @@ func (s *Service) quota(user, _ string, client net.Addr) bool {
 		s.addrQuotas.Inc()
 		return false
 	}
+	h := &held{user: user, key: key, exempt: exempt, at: now}
+	s.pending[k] = h
+	s.count(h, 1)
 	return true
 }
 
-// hold counts a new allocation against user and client's address, and
-// keeps what it counted under: a reload of --limit-exempt between its
-// creation and its deletion must not leave a count behind.
+// hold takes a new allocation's reservation (or, none left, counts it
+// against user and client's address afresh), and keeps what it counted
+// under: a reload of --limit-exempt between its creation and its deletion
+// must not leave a count behind.
 func (s *Service) hold(user string, client net.Addr) {
 	key, exempt := s.addrKey(client)
-	h := &held{user: user, key: key, exempt: exempt, peers: map[netip.Addr]time.Time{}}
+	k := tupleKey(client)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old := s.held[tupleKey(client)]; old != nil { // not deleted (cannot happen): uncount it
+	h := s.pending[k]
+	delete(s.pending, k)
+	if h == nil || h.user != user { // swept, or never made
+		if h != nil {
+			s.count(h, -1)
+		}
+		h = &held{user: user, key: key, exempt: exempt}
+		s.count(h, 1)
+	}
+	h.peers = map[netip.Addr]time.Time{}
+	if old := s.held[k]; old != nil { // not deleted (cannot happen): uncount it
 		s.count(old, -1)
 	}
-	s.held[tupleKey(client)] = h
-	s.count(h, 1)
+	s.held[k] = h
 }
 
 // release uncounts client's allocation, as it was counted.
@@ -411,12 +446,13 @@ const MaxPermissions = 1000
 // 8656's 300 s); pion is configured with it and held expires by it.
 const permissionLife = 5 * time.Minute
 
-// held is one allocation: what it is counted under and its permitted
-// peers.
+// held is one allocation (or a quota granted to one being made): what it
+// is counted under and its permitted peers.
 type held struct {
 	user    string     // its credential's user (perUsr)
 	key     netip.Addr // its client address's key (perAddr, unless exempt)
 	exempt  bool
+	at      time.Time                // when its quota was granted (pending)
 	peers   map[netip.Addr]time.Time // permitted peers and when each lapses
 	soonest time.Time                // no permission lapses before it
 }

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -286,6 +288,81 @@ func TestTURNQuotaPerAddressAcrossReload(t *testing.T) {
 	defer b.Close()
 	if n := s.addrQuotas.Get(); n != 0 {
 		t.Errorf("quota_address refusals counted %d, want 0", n)
+	}
+}
+
+// TestTURNQuotaConcurrentAllocates: the bounds hold for Allocates that
+// are in flight together. pion serves each TCP control connection on its
+// own goroutine and asks for the quota before it makes the allocation, so
+// a check that counted only allocations already made let every Allocate
+// between the two through. The test lines them up at the quota decision
+// (it holds the service's lock until all are waiting there, as a loaded
+// relay does by chance), a few times over: 30 Allocates of one user with
+// a bound of 2 were granted up to all 30. Then the same for one address's
+// bound, each connection its own user.
+func TestTURNQuotaConcurrentAllocates(t *testing.T) {
+	s, srv := startWith(t, Config{MaxPerUser: 2, MaxPerAddress: 3},
+		func(c *relay.Config) { c.Limits.Exempt = nil }) // loopback addresses count as clients'
+	const n = 30
+	race := func(user func(i int) string, from string) int {
+		t.Helper()
+		var clients []*pturn.Client
+		for i := range n {
+			tc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).Dial("tcp", relaytest.Addr(srv))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc.Close()
+			u, p := Credentials(secret, user(i), time.Minute, time.Now())
+			clients = append(clients, newStreamClient(t, relaytest.Addr(srv), tc, u, p))
+		}
+		var mu sync.Mutex
+		var granted []net.PacketConn
+		var wg sync.WaitGroup
+		func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for _, c := range clients {
+				wg.Go(func() {
+					if a, err := c.Allocate(); err == nil {
+						mu.Lock()
+						granted = append(granted, a)
+						mu.Unlock()
+					}
+				})
+			}
+			relaytest.WaitFor(t, func() bool { return inQuota() == n }, "every Allocate at the quota decision")
+		}()
+		wg.Wait()
+		for _, a := range granted {
+			a.Close()
+		}
+		relaytest.WaitFor(t, func() bool {
+			return relaytest.Metric(t, srv, `meetpoint_turn_allocations_active`) == 0
+		}, "the allocations deleted")
+		return len(granted)
+	}
+	for round := range 3 {
+		if got := race(func(int) string { return "mallory" }, "127.0.0.2"); got != 2 {
+			t.Fatalf("round %d: %d Allocates of one user at once (bound 2): %d granted", round, n, got)
+		}
+		if got := race(func(i int) string { return fmt.Sprintf("user%d", i) }, "127.0.0.3"); got != 3 {
+			t.Fatalf("round %d: %d Allocates from one address at once (bound 3): %d granted", round, n, got)
+		}
+	}
+	if q, qa := s.quotas.Get(), s.addrQuotas.Get(); q < 3*(n-2) || qa < 3*(n-3) {
+		t.Errorf("refusals counted: quota %d, quota_address %d; want at least %d and %d", q, qa, 3*(n-2), 3*(n-3))
+	}
+}
+
+// inQuota is how many goroutines are in Service.quota.
+func inQuota() int {
+	buf := make([]byte, 1<<20)
+	for {
+		if n := runtime.Stack(buf, true); n < len(buf) {
+			return strings.Count(string(buf[:n]), "turn.(*Service).quota(")
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }
 
