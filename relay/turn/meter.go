@@ -22,8 +22,9 @@ import (
 // meteredGenerator hands pion metered relay sockets.
 type meteredGenerator struct {
 	pturn.RelayAddressGenerator
-	s   *Service
-	udp bool // the UDP listener's: no TCP allocations (RFC 6062 section 5.1)
+	s    *Service
+	udp  bool   // the UDP listener's: no TCP allocations (RFC 6062 section 5.1)
+	bind net.IP // the address relay sockets bind (unspecified: any)
 }
 
 func (g meteredGenerator) AllocatePacketConn(c pturn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
@@ -63,7 +64,10 @@ func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.
 // AllocateConn dials a TCP allocation's peer (a Connect request, whose
 // peer address the permission handler already judged); the relay IP
 // itself is refused here (TURN to TURN is offered over UDP only) unless
-// --turn-allow-peer names it.
+// --turn-allow-peer names it. The connection leaves from the relay port
+// on the address the relay sockets bind, not on the relay IP pion names:
+// that is the address relayed candidates carry, often a NAT's
+// (--turn-relay-ip), which no socket on the host can bind.
 func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, error) {
 	v := g.s.peers.judge(ipOf(c.RemoteAddr).Addr())
 	if v.relays {
@@ -72,6 +76,13 @@ func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, er
 	if !v.ok {
 		g.s.peerRefused[v.class].Inc()
 		return nil, errors.New("turn: peer refused (" + v.class + ")")
+	}
+	if la, ok := c.LocalAddr.(*net.TCPAddr); ok {
+		local := &net.TCPAddr{Port: la.Port} // unspecified: the dial's family's any
+		if !g.bind.IsUnspecified() {
+			local.IP = g.bind
+		}
+		c.LocalAddr = local
 	}
 	return g.RelayAddressGenerator.AllocateConn(c)
 }

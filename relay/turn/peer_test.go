@@ -2,6 +2,7 @@ package turn
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -430,4 +431,40 @@ func silentPeer(t *testing.T) *net.TCPAddr {
 	}
 	t.Fatal("a listener with a backlog of 0 accepted 8 connections into its queue")
 	return nil
+}
+
+// TestTURNTCPConnectBehindNAT: with --turn-relay-ip an address the host
+// does not have (a NAT's or a cloud's public address, what the flag is
+// for), a TCP allocation's Connect reaches its peer and relays both ways:
+// the relay dialled from the relay IP itself, which no socket on the
+// host can bind, so every Connect failed with 447.
+func TestTURNTCPConnectBehindNAT(t *testing.T) {
+	s, srv := start(t, Config{RelayIP: net.ParseIP("192.0.2.1"), TCPAllocations: true, AllowPeers: loopbackPeers})
+	user, pass := Credentials(secret, "alice", time.Minute, time.Now())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo peer
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := tcpClient(t, s, relaytest.Addr(srv), user, pass).Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("Connect through a relay whose relay IP is not the host's: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("through")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len("through"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "through" {
+		t.Fatalf("the echo through the TCP allocation: %q, %v", got, err)
+	}
 }

@@ -266,7 +266,7 @@ func (s *Service) Start() error {
 	}
 	s.peers = newPeerPolicy(s.cfg.AllowPeers, s.cfg.DenyPeers, relayAddr, own...)
 	relays := func(udp bool) pturn.RelayAddressGenerator {
-		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s, udp}
+		return meteredGenerator{&pturn.RelayAddressGeneratorPortRange{RelayAddress: relayIP, Address: bindIP, MinPort: s.cfg.PortMin, MaxPort: s.cfg.PortMax}, s, udp, pc.LocalAddr().(*net.UDPAddr).IP}
 	}
 	permit := func(client net.Addr, peer net.IP) bool {
 		ip, _ := netip.AddrFromSlice(peer)
