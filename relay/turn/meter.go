@@ -77,6 +77,10 @@ func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, er
 		g.s.peerRefused[v.class].Inc()
 		return nil, errors.New("turn: peer refused (" + v.class + ")")
 	}
+	alloc := c.LocalAddr.String() // the allocation's relayed address
+	if !g.s.connOpened(alloc) {
+		return nil, errConnQuota
+	}
 	if la, ok := c.LocalAddr.(*net.TCPAddr); ok {
 		local := &net.TCPAddr{Port: la.Port} // unspecified: the dial's family's any
 		if !g.bind.IsUnspecified() {
@@ -84,7 +88,60 @@ func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, er
 		}
 		c.LocalAddr = local
 	}
-	return g.RelayAddressGenerator.AllocateConn(c)
+	conn, err := g.RelayAddressGenerator.AllocateConn(c)
+	if err != nil {
+		g.s.connClosed(alloc)
+		return nil, err
+	}
+	return &peerConn{Conn: conn, s: g.s, alloc: alloc}, nil
+}
+
+// MaxTCPConnections bounds the peer connections one TCP allocation (RFC
+// 6062) holds at once from its Connect requests; one more is refused
+// (447) and counted (quota_connection). Each holds a descriptor on the
+// relay host, and a Connect to another port of a permitted peer needs no
+// new permission, so without a bound one allocation could take every
+// descriptor the relay has.
+const MaxTCPConnections = 100
+
+// errConnQuota refuses a Connect over MaxTCPConnections.
+var errConnQuota = errors.New("turn: the allocation holds its most TCP connections")
+
+// connOpened counts a new Connect connection of the TCP allocation whose
+// relayed address is alloc, if it holds fewer than MaxTCPConnections.
+func (s *Service) connOpened(alloc string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[alloc] >= MaxTCPConnections {
+		s.connQuotas.Inc()
+		return false
+	}
+	s.conns[alloc]++
+	return true
+}
+
+// connClosed uncounts one of alloc's Connect connections.
+func (s *Service) connClosed(alloc string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[alloc]--; s.conns[alloc] <= 0 {
+		delete(s.conns, alloc)
+	}
+}
+
+// peerConn is a Connect's connection to its peer, uncounted when closed.
+type peerConn struct {
+	net.Conn
+	s      *Service
+	alloc  string
+	closed atomic.Bool
+}
+
+func (c *peerConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.s.connClosed(c.alloc)
+	}
+	return c.Conn.Close()
 }
 
 // allocation is one relay socket's counters.

@@ -468,3 +468,47 @@ func TestTURNTCPConnectBehindNAT(t *testing.T) {
 		t.Fatalf("the echo through the TCP allocation: %q, %v", got, err)
 	}
 }
+
+// TestTURNTCPConnectionsBounded: one TCP allocation holds at most
+// MaxTCPConnections peer connections from its Connects (each a descriptor
+// on the relay host; a Connect to another port of a permitted peer needs
+// no new permission, so nothing else bounded them); one more is refused
+// (447) and counted, and the allocation's end releases its count.
+func TestTURNTCPConnectionsBounded(t *testing.T) {
+	s, srv := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), TCPAllocations: true, AllowPeers: loopbackPeers})
+	user, pass := Credentials(secret, "mallory", time.Minute, time.Now())
+	peer := func() net.Addr { // a port of the peer: the kernel completes the handshake
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln.Addr()
+	}
+	tc, err := net.Dial("tcp", relaytest.Addr(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	a, err := newStreamClient(t, relaytest.Addr(srv), tc, user, pass).AllocateTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxTCPConnections {
+		if _, err := a.Connect(peer()); err != nil {
+			t.Fatalf("Connect %d: %v", i+1, err)
+		}
+	}
+	if _, err := a.Connect(peer()); err == nil {
+		t.Errorf("Connect %d granted, want refused (MaxTCPConnections %d)", MaxTCPConnections+1, MaxTCPConnections)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="quota_connection"}`); n != 1 {
+		t.Errorf("quota_connection refusals counted %v, want 1", n)
+	}
+	tc.Close() // the control connection ends: the allocation and its connections with it
+	relaytest.WaitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns) == 0
+	}, "the allocation's connections uncounted")
+}
