@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sort"
@@ -58,7 +59,121 @@ func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.
 		g.s.tcpOverUDP.Inc()
 		return nil, nil, errTCPOverUDP
 	}
-	return g.RelayAddressGenerator.AllocateListener(c)
+	ln, addr, err := g.RelayAddressGenerator.AllocateListener(c)
+	if err != nil || g.s.cfg.MaxRate <= 0 {
+		return ln, addr, err
+	}
+	r := g.s.newRate()
+	g.s.mu.Lock()
+	g.s.tcpRates[addr.String()] = r
+	g.s.mu.Unlock()
+	return &rateListener{Listener: ln, s: g.s, alloc: addr.String(), r: r}, addr, nil
+}
+
+// A TCP allocation's peer connections (accepted on its relay listener or
+// dialled by its Connects) share its two token buckets (MaxRate, each
+// way), as a UDP allocation's datagrams do; TCP waits for the tokens
+// where UDP drops.
+
+// tcpRate is one TCP allocation's buckets: from its peers and to them.
+type tcpRate struct{ in, out *rate.Limiter }
+
+// newRate makes an allocation's buckets at MaxRate (set).
+func (s *Service) newRate() *tcpRate {
+	r := s.cfg.MaxRate
+	burst := max(int(r/4), 64<<10)
+	return &tcpRate{in: rate.NewLimiter(rate.Limit(r), burst), out: rate.NewLimiter(rate.Limit(r), burst)}
+}
+
+// rateOf is the buckets of the TCP allocation whose relayed address is
+// alloc (nil: no rate).
+func (s *Service) rateOf(alloc string) *tcpRate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tcpRates[alloc]
+}
+
+// rateListener is a TCP allocation's relay listener: the peer
+// connections it accepts are held to the allocation's rate.
+type rateListener struct {
+	net.Listener
+	s     *Service
+	alloc string
+	r     *tcpRate
+}
+
+func (l *rateListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newRateConn(c, l.r), nil
+}
+
+func (l *rateListener) Close() error {
+	l.s.mu.Lock()
+	if l.s.tcpRates[l.alloc] == l.r {
+		delete(l.s.tcpRates, l.alloc)
+	}
+	l.s.mu.Unlock()
+	return l.Listener.Close()
+}
+
+// rateConn is a peer connection of a TCP allocation held to its rate.
+type rateConn struct {
+	net.Conn
+	r      *tcpRate
+	ctx    context.Context // done when the connection closes: no wait outlives it
+	cancel context.CancelFunc
+}
+
+func newRateConn(c net.Conn, r *tcpRate) *rateConn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &rateConn{Conn: c, r: r, ctx: ctx, cancel: cancel}
+}
+
+// wait takes n tokens from l, a burst at a time.
+func (c *rateConn) wait(l *rate.Limiter, n int) error {
+	for n > 0 {
+		k := min(n, l.Burst())
+		if err := l.WaitN(c.ctx, k); err != nil {
+			return net.ErrClosed
+		}
+		n -= k
+	}
+	return nil
+}
+
+// Read reads from the peer within the rate.
+func (c *rateConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if werr := c.wait(c.r.in, n); werr != nil && err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// Write writes to the peer within the rate.
+func (c *rateConn) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		k := min(len(p), c.r.out.Burst())
+		if err := c.wait(c.r.out, k); err != nil {
+			return written, err
+		}
+		n, err := c.Conn.Write(p[:k])
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+	}
+	return written, nil
+}
+
+func (c *rateConn) Close() error {
+	c.cancel()
+	return c.Conn.Close()
 }
 
 // AllocateConn dials a TCP allocation's peer (a Connect request, whose
@@ -92,6 +207,9 @@ func (g meteredGenerator) AllocateConn(c pturn.AllocateConnConfig) (net.Conn, er
 	if err != nil {
 		g.s.connClosed(alloc)
 		return nil, err
+	}
+	if r := g.s.rateOf(alloc); r != nil {
+		conn = newRateConn(conn, r)
 	}
 	return &peerConn{Conn: conn, s: g.s, alloc: alloc}, nil
 }

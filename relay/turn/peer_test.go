@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -511,4 +512,57 @@ func TestTURNTCPConnectionsBounded(t *testing.T) {
 		defer s.mu.Unlock()
 		return len(s.conns) == 0
 	}, "the allocation's connections uncounted")
+}
+
+// TestTURNTCPRate: --turn-max-rate holds a TCP allocation too: 200 KB
+// through one at 20 KB/s each way (a 64 KiB burst) takes over 6 s to
+// reach its peer and come back; it went through at once, whatever the
+// rate (only UDP relay sockets were held to it). Waiting is TCP's drop:
+// nothing is lost.
+func TestTURNTCPRate(t *testing.T) {
+	s, srv := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), TCPAllocations: true, AllowPeers: loopbackPeers, MaxRate: 20000})
+	user, pass := Credentials(secret, "carol", time.Minute, time.Now())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo peer
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	tc, err := net.Dial("tcp", relaytest.Addr(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	a, err := newStreamClient(t, relaytest.Addr(srv), tc, user, pass).AllocateTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := a.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const size = 200_000
+	began := time.Now()
+	go func() { _, _ = c.Write(bytes.Repeat([]byte{7}, size)) }()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	if n, err := io.ReadFull(c, make([]byte, size)); err != nil {
+		t.Fatalf("the echo through the TCP allocation: %d of %d bytes, %v", n, size, err)
+	}
+	if took := time.Since(began); took < 4*time.Second { // (200 KB − 64 KiB) / 20 KB/s ≈ 6.7 s
+		t.Errorf("%d bytes each way through a TCP allocation at 20 KB/s in %v, want over 6 s", size, took)
+	}
+	tc.Close() // the control connection ends: the allocation with it
+	relaytest.WaitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.tcpRates) == 0
+	}, "the allocation's buckets forgotten")
 }

@@ -75,7 +75,8 @@ type Config struct {
 	// CredentialTTL is the life of handed-out credentials (default 1 h).
 	CredentialTTL time.Duration
 	// MaxRate bounds each allocation's relayed bytes per second, each way
-	// (0: unbounded); datagrams over it are dropped and counted.
+	// (0: unbounded); datagrams over it are dropped and counted, a TCP
+	// allocation's peer connections wait.
 	MaxRate int64
 	// Apps are the registered applications (app id → key, --apps): an
 	// app's key is accepted as a bearer token for credentials too, with
@@ -156,7 +157,8 @@ type Service struct {
 	// (tupleKey), from creation to deletion; pending the quotas granted
 	// to allocations pion is making (reserveFor). Guarded by mu.
 	held, pending map[string]*held
-	conns         map[string]int // TCP allocations' Connect connections, by relayed address
+	conns         map[string]int      // TCP allocations' Connect connections, by relayed address
+	tcpRates      map[string]*tcpRate // TCP allocations' buckets (MaxRate), by relayed address
 
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
@@ -203,7 +205,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
