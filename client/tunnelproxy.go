@@ -44,7 +44,21 @@ type TPOptions struct {
 	// could not carry (the relay refused or was unreachable); the local
 	// connection is closed either way.
 	Refused func(local net.Addr, err error)
+	// MaxQueued bounds, in bytes, a registered server's data from one
+	// client that the application has not Read (default
+	// DefaultTPMaxQueued). A client that sends more is disconnected alone
+	// (ErrTPClientSlow), so one stalled reader never holds up the server's
+	// other clients; a server holds at most this much per client.
+	MaxQueued int
 }
+
+// DefaultTPMaxQueued is TPOptions.MaxQueued when it is zero: 1 MiB.
+const DefaultTPMaxQueued = 1 << 20
+
+// ErrTPClientSlow is what a TPConn's Read returns once its client sent
+// more than TPOptions.MaxQueued bytes the application had not read: the
+// server dropped what it held and asked the relay to disconnect the client.
+var ErrTPClientSlow = errors.New("tunnelproxy: client disconnected: slow reader (more than MaxQueued bytes unread)")
 
 func (o TPOptions) options() Options {
 	return Options{URL: o.URL, Timeout: o.Timeout, Verbose: o.Verbose, TLSConfig: o.TLSConfig}
@@ -113,11 +127,14 @@ func orNewUUID(u string) string {
 
 // TPServer is a registered TunnelProxy server (a device): clients reaching
 // it arrive through Accept, each as a TPConn multiplexed over one relay
-// connection with SLIP framing.
+// connection with SLIP framing. One read loop serves them all and never
+// waits for a TPConn's reader: it holds at most TPOptions.MaxQueued unread
+// bytes per client and disconnects a client that sends more.
 type TPServer struct {
-	r      *Raw
-	accept chan *TPConn
-	done   chan struct{}
+	r         *Raw
+	accept    chan *TPConn
+	done      chan struct{}
+	maxQueued int // TPOptions.MaxQueued
 
 	mu     sync.Mutex
 	conns  map[uint16]*TPConn
@@ -133,7 +150,10 @@ func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
 		return nil, err
 	}
 	s := &TPServer{r: r, accept: make(chan *TPConn, 64), done: make(chan struct{}),
-		conns: make(map[uint16]*TPConn), nextID: 100}
+		conns: make(map[uint16]*TPConn), nextID: 100, maxQueued: o.MaxQueued}
+	if s.maxQueued <= 0 {
+		s.maxQueued = DefaultTPMaxQueued
+	}
 	go s.readLoop()
 	every := o.PingInterval
 	if every <= 0 {
@@ -257,7 +277,8 @@ func (s *TPServer) readLoop() {
 }
 
 // data hands a piece of a client's SLIP frame to its TPConn as it
-// arrives: frames are not reassembled, whatever their size.
+// arrives: frames are not reassembled, whatever their size. It does not
+// wait for the TPConn's reader; a dropped client's data is discarded.
 func (s *TPServer) data(addr uint16, p []byte, ev handshake.SLIPEvent) {
 	s.mu.Lock()
 	c := s.conns[addr]
@@ -284,7 +305,7 @@ func (s *TPServer) rpc(payload []byte) {
 	switch m.Notification {
 	case "TunnelProxy.ClientConnected":
 		a, _ := p["socketAddress"].(float64)
-		c := &TPConn{s: s, addr: uint16(a), data: make(chan []byte, 256), closed: make(chan struct{})}
+		c := &TPConn{s: s, addr: uint16(a), ready: make(chan struct{}, 1), closed: make(chan struct{})}
 		c.Name, _ = p["clientName"].(string)
 		c.UUID, _ = p["clientUuid"].(string)
 		c.PeerAddress, _ = p["clientPeerAddress"].(string)
@@ -313,41 +334,110 @@ type TPConn struct {
 	// Name, UUID and PeerAddress come from TunnelProxy.ClientConnected.
 	Name, UUID, PeerAddress string
 
-	s       *TPServer
-	addr    uint16
-	data    chan []byte
-	pending []byte
-	closed  chan struct{}
-	once    sync.Once
+	s      *TPServer
+	addr   uint16
+	ready  chan struct{} // a token once queue grew or err was set
+	closed chan struct{}
+	once   sync.Once
+
+	mu    sync.Mutex
+	queue []byte // delivered, not yet Read: at most s.maxQueued bytes
+	err   error  // ErrTPClientSlow once the client was dropped for it
 }
 
+// deliver queues p for Read; it never waits for Read. Past s.maxQueued
+// unread bytes the client is dropped: its queue is freed, Read returns
+// ErrTPClientSlow and the relay is asked to disconnect it. Costs one copy
+// of p (and, amortized, of the queue as it grows).
 func (c *TPConn) deliver(p []byte) {
-	b := append([]byte(nil), p...)
+	c.mu.Lock()
 	select {
-	case c.data <- b:
 	case <-c.closed:
+		c.mu.Unlock()
+		return
+	default:
+	}
+	if len(c.queue)+len(p) > c.s.maxQueued {
+		c.queue, c.err = nil, ErrTPClientSlow
+		c.mu.Unlock()
+		if c.forget() { // the read loop does not wait on a write for one client
+			go c.s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
+		}
+		return
+	}
+	c.queue = append(c.queue, p...)
+	c.mu.Unlock()
+	c.signal()
+}
+
+// signal wakes a waiting Read.
+func (c *TPConn) signal() {
+	select {
+	case c.ready <- struct{}{}:
+	default:
 	}
 }
 
-func (c *TPConn) end() { c.once.Do(func() { close(c.closed) }) }
+// queuedBytes is how many bytes of the client's data wait for Read.
+func (c *TPConn) queuedBytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
 
-// Read reads what the client sent; io.EOF once it is gone.
+// end marks c closed; it reports whether this call did.
+func (c *TPConn) end() (first bool) {
+	c.once.Do(func() { close(c.closed); first = true })
+	return first
+}
+
+// forget ends c and takes it off its server; false if c had ended.
+func (c *TPConn) forget() bool {
+	if !c.end() {
+		return false
+	}
+	c.s.mu.Lock()
+	if c.s.conns[c.addr] == c {
+		delete(c.s.conns, c.addr)
+	}
+	c.s.mu.Unlock()
+	return true
+}
+
+// Read reads what the client sent; io.EOF once it is gone, ErrTPClientSlow
+// if it was disconnected for sending more than TPOptions.MaxQueued bytes
+// unread (those are lost).
 func (c *TPConn) Read(p []byte) (int, error) {
-	for len(c.pending) == 0 {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if n, err := c.take(p); n > 0 || err != nil {
+			return n, err
+		}
 		select {
-		case b := <-c.data:
-			c.pending = b
-		case <-c.closed:
-			select {
-			case b := <-c.data:
-				c.pending = b
-			default:
-				return 0, io.EOF
+		case <-c.ready:
+		case <-c.closed: // what was delivered before still comes first
+			if n, err := c.take(p); n > 0 || err != nil {
+				return n, err
 			}
+			return 0, io.EOF
 		}
 	}
-	n := copy(p, c.pending)
-	c.pending = c.pending[n:]
+}
+
+// take moves queued bytes into p; an emptied queue frees its memory.
+func (c *TPConn) take(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	n := copy(p, c.queue)
+	c.queue = c.queue[n:]
+	if len(c.queue) == 0 {
+		c.queue = nil
+	}
 	return n, nil
 }
 
@@ -372,15 +462,9 @@ func (c *TPConn) Write(p []byte) (int, error) {
 
 // Close asks the relay to disconnect this client.
 func (c *TPConn) Close() error {
-	select {
-	case <-c.closed:
+	if !c.forget() {
 		return nil
-	default:
 	}
-	c.end()
-	c.s.mu.Lock()
-	delete(c.s.conns, c.addr)
-	c.s.mu.Unlock()
 	return c.s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
 }
 
@@ -409,7 +493,9 @@ func (c *TPConn) SetWriteDeadline(time.Time) error { return nil }
 
 // Bridge serves the TunnelProxy server by connecting every client to
 // localAddr (e.g. a device's web UI on 127.0.0.1:80) and copying both ways.
-// It returns when the server connection ends.
+// It returns when the server connection ends. A client whose local
+// connection takes less than it sends is disconnected once
+// TPOptions.MaxQueued bytes wait (ErrTPClientSlow); the others go on.
 func (s *TPServer) Bridge(localAddr string) error {
 	for {
 		c, err := s.Accept()
