@@ -41,10 +41,31 @@ func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
 	}
 	id := c.notifID
 	c.notifID++
-	c.send(handshake.AppendNotification(nil, id, name, params...))
+	msg := handshake.AppendNotification(nil, id, name, params...)
+	if len(msg)+ws.MaxHeaderSize <= handshake.QueueMax {
+		c.send(msg)
+	} else {
+		c.sendWhole(msg)
+	}
 	ok := state(c.st.Load()) == stSubscribed
 	c.unlock()
 	return ok
+}
+
+// sendWhole queues msg, one notification larger than the queue's bound
+// (an event of up to the publish API's 64 KiB with its envelope), once
+// what was queued before has been written: it is written whole at
+// unlock, or the subscriber is closed as slow_reader (flush), so no more
+// than this one message ever waits. Called with mu held.
+func (c *conn) sendWhole(msg []byte) {
+	c.flush()
+	if state(c.st.Load()) != stSubscribed { // what was queued was not read
+		return
+	}
+	if c.ws != nil {
+		msg = handshake.AppendFrame(nil, ws.OpText, true, msg)
+	}
+	c.out.B = msg
 }
 
 // Close ends the subscription: a WebSocket subscriber gets a close frame
