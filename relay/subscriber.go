@@ -47,6 +47,7 @@ func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
 	} else {
 		c.sendWhole(msg)
 	}
+	c.flush() // now: a notification the socket does not take is not delivered
 	ok := state(c.st.Load()) == stSubscribed
 	c.unlock()
 	return ok

@@ -1,9 +1,11 @@
 package events_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/events"
@@ -42,4 +44,62 @@ func TestEventOfMaxSize(t *testing.T) {
 	if n := s.Stats().Closes["slow_reader"]; n != 0 {
 		t.Fatalf("%d subscribers closed as slow_reader", n)
 	}
+}
+
+// TestDeliverCountsTheEventThatOverflows: the event a subscriber that does
+// not read cannot take — the one that disconnects it as slow_reader — is
+// not counted as delivered: Deliver's count and
+// meetpoint_events_delivered_total are the events the subscriber was sent
+// whole, and meetpoint_events_dropped_total counts the others.
+func TestDeliverCountsTheEventThatOverflows(t *testing.T) {
+	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
+	ev, err := events.New(s, events.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	relaytest.Start(t, s)
+	sb, _ := subscribe(t, relaytest.Addr(s), false, "dev-slow")
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, s, "meetpoint_events_subscribers") == 1 }, "subscribed")
+	data := []byte(`{"pad":"` + strings.Repeat("x", 1000) + `"}`)
+	delivered, tries := 0, 0
+	for ; tries < 100000; tries++ {
+		n := ev.Deliver("dev-slow", data)
+		if n == 0 {
+			break
+		}
+		delivered += n
+	}
+	if tries == 100000 {
+		t.Fatal("the subscriber that does not read was never disconnected")
+	}
+	got := 0
+	_ = sb.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		line, err := sb.br.ReadBytes('\n')
+		if err != nil {
+			break
+		}
+		if ch, _ := eventOf(mustJSON(t, line)); ch == "dev-slow" {
+			got++
+		}
+	}
+	if got != delivered {
+		t.Errorf("Deliver reported %d events delivered, the subscriber received %d whole", delivered, got)
+	}
+	if m := relaytest.Metric(t, s, "meetpoint_events_delivered_total"); int(m) != got {
+		t.Errorf("meetpoint_events_delivered_total = %v, the subscriber received %d", m, got)
+	}
+	if m := relaytest.Metric(t, s, "meetpoint_events_dropped_total"); int(m) != tries+1-got {
+		t.Errorf("meetpoint_events_dropped_total = %v, want %d (of %d events, %d received)", m, tries+1-got, tries+1, got)
+	}
+}
+
+func mustJSON(t *testing.T, line []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatalf("%v: %q", err, line)
+	}
+	return m
 }
