@@ -243,14 +243,17 @@ func (s *Service) Publish(ctx context.Context, channel string, data []byte) erro
 	if !json.Valid(data) {
 		return errors.New("event data must be JSON")
 	}
-	s.published.Inc()
 	if s.rdb != nil {
 		err := s.rdb.Publish(ctx, s.cfg.Prefix+channel, data).Err()
 		if ctx.Err() == nil {
 			s.dep.Report(err)
 		}
+		if err == nil { // a publish the broker did not take is not counted
+			s.published.Inc()
+		}
 		return err
 	}
+	s.published.Inc()
 	s.Deliver(channel, data)
 	return nil
 }

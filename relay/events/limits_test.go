@@ -1,14 +1,19 @@
 package events_test
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/meetpoint/meetpoint/relay"
 	"github.com/meetpoint/meetpoint/relay/events"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -102,4 +107,43 @@ func mustJSON(t *testing.T, line []byte) map[string]any {
 		t.Fatalf("%v: %q", err, line)
 	}
 	return m
+}
+
+// TestPublishFailedIsNotCounted: a publish the broker did not take
+// (Redis unreachable: 503) is not counted in
+// meetpoint_events_published_total; one it took is.
+func TestPublishFailedIsNotCounted(t *testing.T) {
+	raddr, _ := testutil.Redis(t, 0)
+	a, _ := node(t, raddr)
+	post := func() int {
+		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/dev-1", strings.NewReader(`{"x":1}`))
+		req.Header.Set("Authorization", "Bearer admin-secret")
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(); code != 202 {
+		t.Fatalf("publishing: %d", code)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	_ = rdb.ShutdownNoSave(context.Background()).Err()
+	rdb.Close()
+	relaytest.WaitFor(t, func() bool {
+		c, err := net.Dial("tcp", raddr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, "Redis down")
+	for range 3 {
+		if code := post(); code != 503 {
+			t.Fatalf("publishing with Redis down: %d, want 503", code)
+		}
+	}
+	if n := relaytest.Metric(t, a, "meetpoint_events_published_total"); n != 1 {
+		t.Fatalf("meetpoint_events_published_total = %v after one publish taken and three refused (503), want 1", n)
+	}
 }
