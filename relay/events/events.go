@@ -218,6 +218,7 @@ func (s *Service) remove(sub *relay.Subscriber, channels []string) {
 // Deliver sends data (JSON) as an event on channel to this relay's
 // subscribers and returns how many it reached.
 func (s *Service) Deliver(channel string, data []byte) int {
+	data = oneLine(data)
 	sh := s.shard(channel)
 	sh.mu.Lock()
 	subs := make([]*relay.Subscriber, 0, len(sh.subs[channel]))
@@ -235,6 +236,19 @@ func (s *Service) Deliver(channel string, data []byte) int {
 	}
 	s.delivered.Add(n)
 	return n
+}
+
+// oneLine is data (JSON) without the line breaks it may hold between its
+// tokens (pretty-printed): a raw-TCP subscriber reads one event per line.
+func oneLine(data []byte) []byte {
+	if bytes.IndexAny(data, "\r\n") < 0 {
+		return data
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, data) != nil {
+		return data
+	}
+	return b.Bytes()
 }
 
 // Publish sends an event to every relay's subscribers of channel: through

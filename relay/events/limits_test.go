@@ -147,3 +147,36 @@ func TestPublishFailedIsNotCounted(t *testing.T) {
 		t.Fatalf("meetpoint_events_published_total = %v after one publish taken and three refused (503), want 1", n)
 	}
 }
+
+// TestEventIsOneLine: an event whose JSON data is pretty-printed (newlines
+// between its tokens, as jq or json.dumps(indent=2) write it), published
+// over HTTP or straight into Redis, reaches a raw-TCP subscriber as one
+// line (docs/events.md: "one line each over TCP").
+func TestEventIsOneLine(t *testing.T) {
+	raddr := relaytest.Redis(t)
+	a, _ := node(t, raddr)
+	sb, _ := subscribe(t, relaytest.Addr(a), false, "dev-lines")
+	pretty := "{\n  \"connect\": {\n    \"token\": \"T\",\r\n    \"nonce\": \"N\"\n  }\n}\n"
+	req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(a)+"/v1/events/dev-lines", strings.NewReader(pretty))
+	req.Header.Set("Authorization", "Bearer admin-secret")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("publish: %d", resp.StatusCode)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	defer rdb.Close()
+	if err := rdb.Publish(context.Background(), "meetpoint:events:dev-lines", pretty).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, via := range []string{"HTTP", "Redis"} {
+		ch, data := eventOf(sb.next(t))
+		d, _ := data.(map[string]any)
+		if c, _ := d["connect"].(map[string]any); ch != "dev-lines" || c["token"] != "T" || c["nonce"] != "N" {
+			t.Fatalf("the event published over %s: %s %v", via, ch, data)
+		}
+	}
+}
