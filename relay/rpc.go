@@ -306,6 +306,7 @@ func (c *conn) authResult(r AuthResult) {
 				why = reason.Banned
 			}
 			c.refuseAuth(r, why, "")
+			then(Conn{c}, r) // told too (Conn.Authenticate): the 401 is decided, the connection closing
 			c.unlock()
 			return
 		}

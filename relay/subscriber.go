@@ -86,6 +86,8 @@ func (s *Subscriber) Close(r reason.Reason, code ws.StatusCode, text string) {
 // reply); then runs with the answer, the connection's lock held, once —
 // after a timeout too (AuthTimeout). Failures are counted and banned as
 // Authenticate's are; then replies and refuses (Conn.Refuse) or goes on.
+// A refused token in the WebSocket URL has had its 401 when then runs
+// (Conn.FromURL): the connection is closing, then only learns why.
 // The token is spent whole (AuthRequest.Whole). then must not be nil.
 func (c Conn) Authenticate(id int, token string, then func(Conn, AuthResult)) {
 	cc := c.c

@@ -158,8 +158,11 @@ func (s *Service) start(c relay.Conn, id int, token string, channels []string) {
 		}
 	}
 	c.Authenticate(id, token, func(c relay.Conn, r relay.AuthResult) {
-		if r != relay.AuthNoError { // (a URL subscriber got its 401 already)
+		if r != relay.AuthNoError {
 			s.refused.Inc()
+			if c.FromURL() { // it got its 401 already
+				return
+			}
 			c.Reply(handshake.AppendSuccess(nil, id, handshake.Str("authenticationError", r.String())))
 			c.Refuse(reason.AuthFailed, ws.StatusPolicyViolation, "Authentication failed")
 			return

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meetpoint/meetpoint/relay"
@@ -178,5 +179,36 @@ func TestEventIsOneLine(t *testing.T) {
 		if c, _ := d["connect"].(map[string]any); ch != "dev-lines" || c["token"] != "T" || c["nonce"] != "N" {
 			t.Fatalf("the event published over %s: %s %v", via, ch, data)
 		}
+	}
+}
+
+// TestURLSubscribeRefusalsCounted: a URL subscription refused for its
+// token (401) counts in meetpoint_events_subscriptions_refused_total, as
+// one refused for a channel (403) and an Events.Subscribe refused for
+// either do.
+func TestURLSubscribeRefusalsCounted(t *testing.T) {
+	s := relaytest.New(t, func(c *relay.Config) { c.Auth = relaytest.RefuseBad{}; c.Access = onlyChannels{} })
+	ev, err := events.New(s, events.Config{AdminKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/?token=bad&channels=dev-1"); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("a refused token: %v, want a 401", err)
+	}
+	relaytest.WaitFor(t, func() bool { return s.Stats().Closes["auth_failed"] == 1 }, "the refusal closed")
+	if _, _, _, err := ws.Dial(ctx, "ws://"+relaytest.Addr(s)+"/?token=good&channels=secret"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a refused channel: %v, want a 403", err)
+	}
+	relaytest.WaitFor(t, func() bool { return s.Stats().Closes["access_denied"] == 1 }, "the refusal closed")
+	for _, token := range []string{"bad", "good"} {
+		sb, _ := subscribeAs(t, relaytest.Addr(s), false, token, "secret")
+		sb.c.Close()
+	}
+	if n := relaytest.Metric(t, s, "meetpoint_events_subscriptions_refused_total"); n != 4 {
+		t.Fatalf("meetpoint_events_subscriptions_refused_total = %v after 4 refusals (a token and a channel, in the URL and by Events.Subscribe), want 4", n)
 	}
 }
