@@ -24,6 +24,8 @@ package events
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +61,10 @@ type Config struct {
 	MaxEvent int
 }
 
+// readyMark begins the channels (after Prefix) of Ready's probes: the
+// node's subscription takes them for Ready, never as events.
+const readyMark = "\x00ready:"
+
 // Service is the events subsystem of one relay.
 type Service struct {
 	srv    *relay.Server
@@ -69,6 +75,9 @@ type Service struct {
 	dep    *relay.Dependency     // rdb's health: /readyz, metrics, one log line per outage
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
+
+	probeMu sync.Mutex
+	probes  map[string]chan struct{} // Ready's probes in flight, by channel
 
 	subscribers atomic.Int64
 	set         *metrics.Set
@@ -92,7 +101,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.MaxEvent <= 0 {
 		cfg.MaxEvent = 64 << 10
 	}
-	s := &Service{srv: srv, cfg: cfg, seed: maphash.MakeSeed(), set: metrics.NewSet()}
+	s := &Service{srv: srv, cfg: cfg, seed: maphash.MakeSeed(), set: metrics.NewSet(), probes: map[string]chan struct{}{}}
 	for i := range s.shards {
 		s.shards[i].subs = map[string]map[*relay.Subscriber]struct{}{}
 	}
@@ -291,8 +300,12 @@ func (s *Service) listen(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if json.Valid([]byte(m.Payload)) {
-				s.Deliver(strings.TrimPrefix(m.Channel, s.cfg.Prefix), []byte(m.Payload))
+			channel := strings.TrimPrefix(m.Channel, s.cfg.Prefix)
+			switch {
+			case strings.HasPrefix(channel, readyMark): // a node's Ready, never an event
+				s.probed(channel)
+			case json.Valid([]byte(m.Payload)):
+				s.Deliver(channel, []byte(m.Payload))
 			}
 		}
 	}
@@ -305,35 +318,43 @@ func (s *Service) Ready(ctx context.Context) error {
 		return nil
 	}
 	// go-redis subscribes (and, after an outage, again) by itself,
-	// unannounced: ask Redis whether a pattern subscription is in place
-	// (on every shard of a Cluster; the one relay in the tests that use
-	// it).
+	// unannounced, and Redis counts every client's subscriptions alike
+	// (another relay's too): publish a probe until this node's own
+	// subscription brings it back.
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	channel := readyMark + hex.EncodeToString(b[:])
+	got := make(chan struct{}, 1)
+	s.probeMu.Lock()
+	s.probes[channel] = got
+	s.probeMu.Unlock()
+	defer func() {
+		s.probeMu.Lock()
+		delete(s.probes, channel)
+		s.probeMu.Unlock()
+	}()
 	for {
-		n, err := s.patterns(ctx)
-		if err == nil && n > 0 {
-			return nil
-		}
+		_ = s.rdb.Publish(ctx, s.cfg.Prefix+channel, "{}").Err() // Redis down: tried again
 		select {
+		case <-got:
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-// patterns counts the pattern subscriptions Redis holds.
-func (s *Service) patterns(ctx context.Context) (int64, error) {
-	cc, ok := s.rdb.(*redis.ClusterClient)
-	if !ok {
-		return s.rdb.PubSubNumPat(ctx).Result()
+// probed tells Ready that its probe on channel came back.
+func (s *Service) probed(channel string) {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	if got := s.probes[channel]; got != nil {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
 	}
-	var n atomic.Int64
-	err := cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
-		k, err := c.PubSubNumPat(ctx).Result()
-		n.Add(k)
-		return err
-	})
-	return n.Load(), err
 }
 
 // publishHTTP is POST /v1/events/{channel} (behind the admin key).

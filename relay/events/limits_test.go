@@ -212,3 +212,29 @@ func TestURLSubscribeRefusalsCounted(t *testing.T) {
 		t.Fatalf("meetpoint_events_subscriptions_refused_total = %v after 4 refusals (a token and a channel, in the URL and by Events.Subscribe), want 4", n)
 	}
 }
+
+// TestReadyIsThisNodes: Ready waits for this relay's own Redis
+// subscription, not any client's: a relay whose subscription cannot be
+// made (its Redis user may not PSUBSCRIBE) is not ready, though another
+// relay on the same Redis holds one.
+func TestReadyIsThisNodes(t *testing.T) {
+	raddr := relaytest.Redis(t)
+	node(t, raddr) // subscribed: Redis counts its pattern
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	defer rdb.Close()
+	if err := rdb.Do(context.Background(), "ACL", "SETUSER", "nosub", "on", ">pw", "~*", "&*", "+@all", "-psubscribe").Err(); err != nil {
+		t.Fatal(err)
+	}
+	s := relaytest.New(t, nil)
+	ev, err := events.New(s, events.Config{Redis: "redis://nosub:pw@" + raddr + "/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := ev.Ready(ctx); err == nil {
+		t.Fatal("Ready reported a relay without a Redis subscription ready")
+	}
+}
