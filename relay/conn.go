@@ -159,6 +159,10 @@ type conn struct {
 	// mu (to, cas: the successor table).
 	st      atomic.Uint32
 	subject atomic.Pointer[string] // the authenticator's answer to who the client is (AuthRequest.SetSubject)
+	// backlog: a subscriber's notifications wait in out for the socket to
+	// take them (flush); its transport flushes again when the socket is
+	// writable (conn.writable). Set and cleared under mu; read without it.
+	backlog atomic.Bool
 
 	mu sync.Mutex
 
@@ -427,8 +431,11 @@ func (c *conn) unlockOn(onLoop bool) {
 
 // flush writes the queued replies without blocking. A client that has not
 // read what it was sent so far that the socket refuses more is closed as
-// slow_reader: the relay never buffers for it. A claimed connection keeps
-// its queue for the target. Called with mu held.
+// slow_reader: the relay never buffers its replies. A subscriber's
+// notifications are the exception: they wait (backlog) up to the queue's
+// bound (send), as a burst to a reader far away may fill the socket's
+// buffer for a round trip. A claimed connection keeps its queue for the
+// target. Called with mu held.
 func (c *conn) flush() {
 	if c.frozen || c.out.Len() == 0 {
 		return
@@ -439,17 +446,30 @@ func (c *conn) flush() {
 	}
 	n, err := c.tr.write(c.out.B)
 	c.out.Consumed(n)
+	c.backlog.Store(false)
 	switch {
 	case err != nil:
 		c.out.Take()
 		c.linger = false
 		c.close(reason.IOError)
+	case c.out.Len() > 0 && state(c.st.Load()) == stSubscribed:
+		c.backlog.Store(true) // written when the socket is writable (conn.writable)
 	case c.out.Len() > 0:
 		c.s.log.Debug("client does not read its replies", "peer", c.peer.String())
 		c.out.Take()
 		c.linger = false
 		c.close(reason.SlowReader)
 	}
+}
+
+// writable writes a subscriber's backlog (flush): its transport's socket
+// has room again (EPOLLOUT). On the loop's goroutine.
+func (c *conn) writable() {
+	if !c.backlog.Load() {
+		return
+	}
+	c.mu.Lock()
+	c.unlockOn(true) // flushes
 }
 
 // send queues one JSON-RPC message: a TEXT frame on WebSocket, the bytes as

@@ -126,6 +126,9 @@ func (t *plainTransport) discard()                   { loop.PlainSock(t.fd).Clos
 // (whose mark stops a read short with more behind it) is read to EAGAIN.
 func (t *plainTransport) Event(l *loop.Loop, events uint32) {
 	t.hup = t.hup || events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
+	if events&unix.EPOLLOUT != 0 {
+		t.c.writable()
+	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		t.read(l, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLPRI) != 0)
 	}

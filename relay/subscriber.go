@@ -28,9 +28,10 @@ func (c Conn) Subscribe(onEnd func()) *Subscriber {
 }
 
 // Notify queues the notification name(params) for the subscriber and
-// writes what it can at once. It reports false if the subscriber has
-// ended — or ends now because it does not read what it is sent (its
-// queue, handshake.QueueMax, is full: closed as slow_reader, counted).
+// writes what it can at once; the rest waits for the socket to take it.
+// It reports false if the subscriber has ended — or ends now because it
+// does not read what it is sent (its queue, handshake.QueueMax, is full:
+// closed as slow_reader, counted; what waited in the queue is lost).
 // Cost: one notification built; a write when the socket takes it.
 func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
 	c := s.c
@@ -47,7 +48,7 @@ func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
 	} else {
 		c.sendWhole(msg)
 	}
-	c.flush() // now: a notification the socket does not take is not delivered
+	c.flush()
 	ok := state(c.st.Load()) == stSubscribed
 	c.unlock()
 	return ok
@@ -55,12 +56,19 @@ func (s *Subscriber) Notify(name string, params ...handshake.Field) bool {
 
 // sendWhole queues msg, one notification larger than the queue's bound
 // (an event of up to the publish API's 64 KiB with its envelope), once
-// what was queued before has been written: it is written whole at
-// unlock, or the subscriber is closed as slow_reader (flush), so no more
-// than this one message ever waits. Called with mu held.
+// what was queued before has been written; a subscriber with a backlog
+// left is closed as slow_reader. So no more than this one message ever
+// waits (the next one finds the queue full until it is written). Called
+// with mu held.
 func (c *conn) sendWhole(msg []byte) {
 	c.flush()
-	if state(c.st.Load()) != stSubscribed { // what was queued was not read
+	if state(c.st.Load()) != stSubscribed {
+		return
+	}
+	if c.out.Len() > 0 { // what was queued before is not read yet
+		c.out.Take()
+		c.backlog.Store(false)
+		c.close(reason.SlowReader)
 		return
 	}
 	if c.ws != nil {

@@ -69,6 +69,7 @@ func (t *tlsTransport) Event(l *loop.Loop, events uint32) {
 			t.fail(reason.IOError)
 			return
 		}
+		t.c.writable()
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		t.readAll(l)

@@ -398,7 +398,7 @@ func (s *Service) closeAll() {
 // eventDocs documents the events' metric families.
 var eventDocs = map[string]relay.MetricDoc{
 	"meetpoint_events_subscribers":                 {Type: "gauge", Help: "Connections subscribed to events on this relay."},
-	"meetpoint_events_delivered_total":             {Type: "counter", Help: "Events delivered to subscribers of this relay."},
+	"meetpoint_events_delivered_total":             {Type: "counter", Help: "Events handed to subscribers of this relay: written, or waiting in a subscriber's 64 KiB queue (lost if it is then disconnected for not reading)."},
 	"meetpoint_events_dropped_total":               {Type: "counter", Help: "Events not delivered: the subscriber had ended or did not read (and was disconnected)."},
 	"meetpoint_events_published_total":             {Type: "counter", Help: "Events published through this relay (HTTP)."},
 	"meetpoint_events_subscriptions_refused_total": {Type: "counter", Help: "Events.Subscribe refused: bad token or a channel the access rules do not allow."},
