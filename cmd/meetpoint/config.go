@@ -220,12 +220,12 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 		if _, isBool := v.(bool); secretFlag(f.Name) && f.Value.String() != "" && !isBool { // a switch carries no secret
 			v = "(redacted)"
 		}
-		switch val := v.(type) { // a password in a URL (--fleet redis://:PASSWORD@…, a webhook's user:password@)
+		switch val := v.(type) { // credentials in a URL (--fleet redis://:PASSWORD@…, a webhook's user:password@ or key)
 		case string:
-			v = urlPasswords.ReplaceAllString(val, "${1}xxxxx@")
+			v = hideCredentials(val)
 		case []string:
 			for i := range val {
-				val[i] = urlPasswords.ReplaceAllString(val[i], "${1}xxxxx@")
+				val[i] = hideCredentials(val[i])
 			}
 		}
 		_, usage := flag.UnquoteUsage(f)
@@ -243,6 +243,51 @@ func writeConfig(w io.Writer, fs *flag.FlagSet, warnings []string) error {
 // urlPasswords finds the password of a URL's user:password@ in a value
 // (its first group is what comes before it).
 var urlPasswords = regexp.MustCompile(`(://[^/@:\s]*:)[^/@\s]*@`)
+
+// hideCredentials writes xxxxx for the credentials a URL in a value
+// carries (docs/security.md, "Secrets"): the password of its
+// user:password@; every query value of a webhook's URL (its key, whatever
+// its name); and in any other URL the query parameters named for a
+// password, secret, token or key (a Redis URL's password=).
+func hideCredentials(s string) string {
+	s = urlPasswords.ReplaceAllString(s, "${1}xxxxx@")
+	if !strings.Contains(s, "://") {
+		return s
+	}
+	base, query, ok := strings.Cut(s, "?")
+	if !ok {
+		return s
+	}
+	query, frag, hasFrag := strings.Cut(query, "#")
+	webhook := strings.HasPrefix(s, "webhook:")
+	params := strings.Split(query, "&")
+	for i, p := range params {
+		name, _, hasValue := strings.Cut(p, "=")
+		switch {
+		case webhook && !hasValue && p != "":
+			params[i] = "xxxxx"
+		case hasValue && (webhook || secretParam(name)):
+			params[i] = name + "=xxxxx"
+		}
+	}
+	s = base + "?" + strings.Join(params, "&")
+	if hasFrag {
+		s += "#" + frag
+	}
+	return s
+}
+
+// secretParam reports whether a URL query parameter's name says it holds
+// a credential.
+func secretParam(name string) bool {
+	name = strings.ToLower(name)
+	for _, w := range []string{"password", "secret", "token", "key"} {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
 
 // maxStdinConfig bounds a configuration read from stdin.
 const maxStdinConfig = 1 << 20

@@ -279,3 +279,25 @@ func TestPasswordsInURLsNeverShown(t *testing.T) {
 		}
 	}
 }
+
+// TestQueryCredentialsNeverShown: a webhook's key in its query and a
+// Redis password given as a query parameter (redis+sentinel://…?password=,
+// as go-redis reads it) are credentials like user:password@
+// (docs/security.md, "Secrets"): --print-config must not print them.
+func TestQueryCredentialsNeverShown(t *testing.T) {
+	_, out := printConfig(t, "--auth", "webhook:https://auth.example/check?key=QK3Y&code=QC0DE",
+		"--events-redis", "redis+sentinel://127.0.0.1:26379?master_name=mymaster&password=QPASS&sentinel_password=QSPASS")
+	for _, secret := range []string{"QK3Y", "QC0DE", "QPASS", "QSPASS"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("--print-config shows %s", secret)
+		}
+	}
+	for _, kept := range []string{"webhook:https://auth.example/check?", "redis+sentinel://127.0.0.1:26379?", "master_name=mymaster"} {
+		if !strings.Contains(out, kept) {
+			t.Errorf("--print-config leaves out %q", kept)
+		}
+	}
+	if t.Failed() {
+		t.Logf("%s", out)
+	}
+}
