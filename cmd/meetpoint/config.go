@@ -64,6 +64,10 @@ func readTOMLConfig(path string, fs *flag.FlagSet, stdin *stdinConfig) ([]settin
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			if name := strings.ReplaceAll(pe.LastKey, ".", "-"); configOnly[name] {
+				// The parser's message quotes what it read of the value.
+				return nil, fmt.Errorf("config %s: line %d: %s: not a valid TOML value (not shown: key material; write it as a string)", path, pe.Position.Line, name)
+			}
 			return nil, fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)
 		}
 		return nil, fmt.Errorf("config %s: %v", path, err)

@@ -128,3 +128,36 @@ func TestKeyMaterialNotOnTheCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigSyntaxErrorsDoNotQuoteKeyMaterial: an inline key written
+// without its quotes is a TOML syntax error, and the TOML parser's message
+// quotes what it read of the value ("Invalid integer \"0047123\"",
+// "… is out of range for int64"). docs/operations.md promises that errors
+// never quote key material: the error names the line and the setting, not
+// its value. The same mistake in an ordinary setting keeps the parser's
+// message.
+func TestConfigSyntaxErrorsDoNotQuoteKeyMaterial(t *testing.T) {
+	for _, conf := range []string{
+		"auth = \"hmac\"\nhmac-key = 004712345abcdef\n",
+		"auth = \"hmac\"\nhmac-key = 12345678901234567890123456789\n",
+		"[tls]\nkey-pem = 0098765abc\n",
+		"tls-cert-pem = 8675309123456789012345678901\n",
+	} {
+		var errb bytes.Buffer
+		code := run([]string{"serve", "--config", "-"}, strings.NewReader(conf), &bytes.Buffer{}, &errb)
+		if code != 2 || !strings.Contains(errb.String(), "line ") {
+			t.Errorf("stdin %q: exit %d %q, want 2 and the line", conf, code, errb.String())
+		}
+		for _, part := range []string{"0047", "123456789", "98765", "86753"} {
+			if strings.Contains(errb.String(), part) {
+				t.Errorf("stdin %q: the error quotes the key: %q", conf, errb.String())
+				break
+			}
+		}
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"serve", "--config", "-"}, strings.NewReader("max-buffer = 0047\n"), &bytes.Buffer{}, &errb); code != 2 ||
+		!strings.Contains(errb.String(), `"0047"`) {
+		t.Errorf("an ordinary setting: exit %d %q, want the parser's message", code, errb.String())
+	}
+}
