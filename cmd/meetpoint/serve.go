@@ -362,9 +362,11 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		}
 		v.tls = true // the node's certificate, announced in its heartbeat, is what the others pin
 	}
-	tlsCfg.CertPEM, tlsCfg.KeyPEM = []byte(v.certPEM), []byte(v.keyPEM)
-	if len(tlsCfg.CertPEM) == 0 {
-		tlsCfg.CertPEM, tlsCfg.KeyPEM = nil, nil
+	if v.certPEM != "" { // each alone is refused by Validate: both or neither
+		tlsCfg.CertPEM = []byte(v.certPEM)
+	}
+	if v.keyPEM != "" {
+		tlsCfg.KeyPEM = []byte(v.keyPEM)
 	}
 	if v.tls && tlsCfg.Cert == "" && len(tlsCfg.CertPEM) == 0 {
 		tlsCfg.SelfSigned = true

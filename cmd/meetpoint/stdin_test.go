@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -159,5 +160,23 @@ func TestConfigSyntaxErrorsDoNotQuoteKeyMaterial(t *testing.T) {
 	if code := run([]string{"serve", "--config", "-"}, strings.NewReader("max-buffer = 0047\n"), &bytes.Buffer{}, &errb); code != 2 ||
 		!strings.Contains(errb.String(), `"0047"`) {
 		t.Errorf("an ordinary setting: exit %d %q, want the parser's message", code, errb.String())
+	}
+}
+
+// TestInlineKeyWithoutCertificateRefused: tls-key-pem without
+// tls-cert-pem is half of the TLS material, refused like tls-cert-pem
+// alone ("both or neither"), not dropped: serve went on and served
+// plaintext, tokens in the clear, to an operator who had handed it a key.
+func TestInlineKeyWithoutCertificateRefused(t *testing.T) {
+	conf, _, _ := stdinSecrets(t)
+	_, keyPEM, _ := strings.Cut(conf, "tls-key-pem = ")
+	var errb bytes.Buffer
+	_, code := parseServeOptions([]string{"--config", "-"}, &stdinConfig{r: strings.NewReader("tls-key-pem = " + keyPEM)},
+		io.Discard, io.Discard, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "tls-cert-pem/tls-key-pem: both") {
+		t.Fatalf("tls-key-pem alone: exit %d %q, want 2 and both or neither", code, errb.String())
+	}
+	if strings.Contains(errb.String(), "PRIVATE KEY") {
+		t.Fatalf("the error quotes the key: %q", errb.String())
 	}
 }
