@@ -385,3 +385,26 @@ func TestClientUnknownAuthorityHint(t *testing.T) {
 		t.Fatalf("%d %q", code, errb.String())
 	}
 }
+
+// TestTokenRedisBadArgs: a one-time token's user and lifetime are checked
+// before Redis is asked. A missing --user or a --ttl over the hour is a
+// usage error (exit 2, saying which), whatever the state of the Redis: it
+// was reported as "… unreachable" (exit 1) while the Redis was down, which
+// sent the operator to fix the wrong thing.
+func TestTokenRedisBadArgs(t *testing.T) {
+	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", relaytest.FreePort(t))
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--user", ""}, "user"},
+		{[]string{"--user", "u", "--ttl", "2h"}, "ttl"},
+		{[]string{"--user", "u", "--ttl", "-1s"}, "ttl"},
+	} {
+		var errb bytes.Buffer
+		code := run(append([]string{"token", "--redis", dead}, c.args...), nil, io.Discard, &errb)
+		if code != 2 || !strings.Contains(errb.String(), c.want) || strings.Contains(errb.String(), "unreachable") {
+			t.Errorf("token --redis %v: exit %d %q, want 2 and what is wrong with %s", c.args, code, errb.String(), c.want)
+		}
+	}
+}

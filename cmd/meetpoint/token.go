@@ -54,6 +54,10 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if v.redis != "" {
+		if err := auth.CheckMint(v.user, v.ttl); err != nil { // a usage error, whatever the Redis's state
+			fmt.Fprintf(stderr, "meetpoint token: --%v\n", err)
+			return 2
+		}
 		store, _, err := auth.ParseRedisAuth(v.redis)
 		if err != nil {
 			fmt.Fprintf(stderr, "meetpoint token: %v\n", err)

@@ -184,14 +184,23 @@ func (o *OneTime) Metrics() (*metrics.Set, map[string]relay.MetricDoc) {
 		Help: "One-time token checks by result: ok (first end), partner (second end), unknown, expired, replayed, malformed, store_error (the store unreachable)."}}
 }
 
+// CheckMint reports what is wrong with a one-time token's user and ttl,
+// the checks Mint makes before it asks the store.
+func CheckMint(user string, ttl time.Duration) error {
+	if user == "" || len(user) > 256 {
+		return errors.New("user: 1 to 256 characters")
+	}
+	if ttl <= 0 || ttl > time.Hour {
+		return errors.New("ttl: more than 0, at most 1h")
+	}
+	return nil
+}
+
 // Mint makes a new random token for user valid for ttl, stores it and
 // returns it.
 func Mint(ctx context.Context, store TokenStore, user string, ttl time.Duration) (string, time.Time, error) {
-	if user == "" || len(user) > 256 {
-		return "", time.Time{}, errors.New("user: 1 to 256 characters")
-	}
-	if ttl <= 0 || ttl > time.Hour {
-		return "", time.Time{}, errors.New("ttl: more than 0, at most 1h")
+	if err := CheckMint(user, ttl); err != nil {
+		return "", time.Time{}, err
 	}
 	b := make([]byte, 24)
 	if _, err := rand.Read(b); err != nil {
