@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"sync/atomic"
 	"syscall"
 
@@ -83,7 +84,7 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	if !secure && v.fingerprint != "" {
 		// A pin that silently pins nothing would be worse than none.
-		fmt.Fprintf(stderr, "meetpoint client: --fingerprint needs a TLS URL (wss:// or tls://), not %s\n", v.opts.URL)
+		fmt.Fprintf(stderr, "meetpoint client: --fingerprint needs a TLS URL (wss:// or tls://), not %s\n", shownURL(v.opts.URL))
 		return 2
 	}
 	if v.serverUUID != "" {
@@ -211,7 +212,7 @@ func clientFail(stderr io.Writer, err error, o client.Options, waiting bool) int
 func checkURL(raw string) (secure bool, err error) {
 	u, perr := client.ParseURL(raw)
 	bad := func() (bool, error) {
-		return false, fmt.Errorf("--url %q: want ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, tcp://HOST:PORT or tls://HOST:PORT (ssl:// as nymea), e.g. tcp://127.0.0.1:8443", raw)
+		return false, fmt.Errorf("--url %q: want ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, tcp://HOST:PORT or tls://HOST:PORT (ssl:// as nymea), e.g. tcp://127.0.0.1:8443", shownURL(raw))
 	}
 	if perr != nil || u.Host == "" {
 		return bad()
@@ -226,9 +227,20 @@ func checkURL(raw string) (secure bool, err error) {
 			return bad()
 		}
 		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-			return false, fmt.Errorf("--url %q: a %s:// URL is HOST:PORT only, no path or query (the token goes in --token; a token in the URL needs ws:// or wss://)", raw, u.Scheme)
+			return false, fmt.Errorf("--url %q: a %s:// URL is HOST:PORT only, no path or query (the token goes in --token; a token in the URL needs ws:// or wss://)", shownURL(raw), u.Scheme)
 		}
 		return u.Scheme != "tcp", nil
 	}
 	return bad()
+}
+
+// urlTokens finds the value of a token in a URL's query (?token=,
+// ?ws_token=); its first group is what comes before it.
+var urlTokens = regexp.MustCompile(`([?&](?:ws_)?token=)[^&#]*`)
+
+// shownURL is a --url as errors quote it: its token and any password
+// written xxxxx. It works on the text, so that a URL too broken to
+// parse is shown without them too.
+func shownURL(raw string) string {
+	return hideCredentials(urlTokens.ReplaceAllString(raw, "${1}xxxxx"))
 }

@@ -85,3 +85,22 @@ func TestClientTokenInURL(t *testing.T) {
 		t.Errorf("refused URL token: exit %d, %q", code, errb.String())
 	}
 }
+
+// TestClientURLErrorsHideToken: a token in --url (?token=, ?ws_token=) is
+// a credential. The usage errors that refuse such a URL quoted it whole,
+// token included, into whatever collects the client's stderr (a CI log, a
+// journal); they must name the URL with the token left out.
+func TestClientURLErrorsHideToken(t *testing.T) {
+	for _, args := range [][]string{
+		{"--url", "ws://bad host/?token=S3CRET"},
+		{"--url", "ws://127.0.0.1:1/%zz?ws_token=S3CRET"},
+		{"--url", "tcp://127.0.0.1:1/?token=S3CRET"},
+		{"--url", "ws://127.0.0.1:1/?nonce=n&token=S3CRET", "--fingerprint", "ab"},
+	} {
+		var errb bytes.Buffer
+		code := run(append([]string{"client"}, args...), strings.NewReader(""), &bytes.Buffer{}, &errb)
+		if code != 2 || strings.Contains(errb.String(), "S3CRET") || !strings.Contains(errb.String(), "127.0.0.1:1/") && !strings.Contains(errb.String(), "bad host") {
+			t.Errorf("client %v: exit %d %q, want 2 and the URL without its token", args, code, errb.String())
+		}
+	}
+}
