@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"regexp"
@@ -388,7 +389,9 @@ func readNymeaConfig(path string, fs *flag.FlagSet) ([]setting, []string, error)
 			continue
 		}
 		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || ms <= 0 {
+		// Beyond math.MaxInt64/1e6 ms (~292 years) the conversion to a
+		// Duration would wrap around to a tiny or negative timeout.
+		if err != nil || ms <= 0 || ms > math.MaxInt64/int64(time.Millisecond) {
 			return nil, nil, fmt.Errorf("%s: invalid value %q: want a positive number of milliseconds", where("ProxyServer", t.key), v)
 		}
 		add(t.flag, "ProxyServer", t.key, (time.Duration(ms) * time.Millisecond).String())

@@ -301,3 +301,30 @@ func TestQueryCredentialsNeverShown(t *testing.T) {
 		t.Logf("%s", out)
 	}
 }
+
+// TestNymeaTimeoutOverflowRefused: nymea's timeouts are milliseconds, and
+// a value past what a time.Duration holds (2^63 ns, about 292 years: a
+// "never" written as a big number) wrapped around in the conversion:
+// aloneTimeout=18446744073709552 became an alone timeout of 384µs, every
+// waiting client dropped at once, with no error. It must be refused as an
+// invalid value, naming the key.
+func TestNymeaTimeoutOverflowRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "n.conf")
+	for _, v := range []string{"18446744073709552", "9223372036854776", "9223372036854775807"} {
+		if err := os.WriteFile(path, []byte("[ProxyServer]\naloneTimeout="+v+"\n[SSL]\nenabled=false\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fs, _ := serveFlags()
+		ss, _, err := readNymeaConfig(path, fs)
+		if err == nil || !strings.Contains(err.Error(), "[ProxyServer] aloneTimeout") {
+			for _, s := range ss {
+				if s.flag == "alone-timeout" {
+					t.Errorf("aloneTimeout=%s: read as %v, want an error", v, s.values)
+				}
+			}
+			if err != nil {
+				t.Errorf("aloneTimeout=%s: %v, want an error naming the key", v, err)
+			}
+		}
+	}
+}
