@@ -328,3 +328,32 @@ func TestNymeaTimeoutOverflowRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestServeRefusesNaNAndInfinity: the float settings are rates whose
+// checks compare (r > 0, r < 0), and NaN fails every comparison:
+// conn-rate-per-ip = nan (a TOML float) passed validation and turned the
+// per-address connection rate limit off, groups-create-rate = nan let an
+// address create groups without bound. A rate must be a finite number.
+func TestServeRefusesNaNAndInfinity(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f.toml")
+	if err := os.WriteFile(path, []byte("conn-rate-per-ip = nan\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--config", path},
+		{"--conn-rate-per-ip", "NaN"},
+		{"--conn-rate-per-ip", "+Inf"},
+		{"--groups-create-rate", "NaN"},
+		{"--groups-create-rate", "-Inf"},
+	} {
+		var errb bytes.Buffer
+		_, code := parseServeOptions(args, nil, io.Discard, io.Discard, &errb)
+		name := strings.TrimPrefix(args[0], "--")
+		if name == "config" {
+			name = "conn-rate-per-ip"
+		}
+		if code != 2 || !strings.Contains(errb.String(), name) {
+			t.Errorf("%v: exit %d %q, want 2 naming %s", args, code, errb.String(), name)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -327,6 +328,19 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 	}
 	settings := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = f.Value.String() })
+	// The float settings are rates, checked by comparisons that NaN fails
+	// every one of (a NaN rate was no limit at all).
+	var notFinite string
+	fs.VisitAll(func(f *flag.Flag) {
+		if g, ok := f.Value.(flag.Getter); ok && notFinite == "" {
+			if x, ok := g.Get().(float64); ok && (math.IsNaN(x) || math.IsInf(x, 0)) {
+				notFinite = fmt.Sprintf("%s: want a finite number, got %v", f.Name, x)
+			}
+		}
+	})
+	if notFinite != "" {
+		return fail("%s", notFinite)
+	}
 	cfg := v.cfg
 	cfg.Listen = v.listen.vals
 	for _, addr := range cfg.Listen {
