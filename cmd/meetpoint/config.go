@@ -157,7 +157,8 @@ func applySettings(fs *flag.FlagSet, explicit map[string]bool, ss []setting) err
 			return fmt.Errorf("%s: unknown setting", s.where)
 		}
 		if lf, ok := f.Value.(*listFlag); ok {
-			lf.set = false // the file's list replaces the default
+			// The file's list replaces the default, an empty one too.
+			lf.vals, lf.set = nil, true
 		}
 		for _, v := range s.values {
 			if err := fs.Set(s.flag, v); err != nil {

@@ -357,3 +357,27 @@ func TestServeRefusesNaNAndInfinity(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyListInConfigReplacesDefault: a list in a configuration file
+// replaces the flag's default, the empty list too. limit-exempt = []
+// kept the default exemptions (127.0.0.0/8 and ::1): loopback clients,
+// everyone behind a local reverse proxy, stayed outside every
+// per-address limit although the file said none is exempt, and
+// --print-config showed the default back.
+func TestEmptyListInConfigReplacesDefault(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "e.toml")
+	if err := os.WriteFile(path, []byte("limit-exempt = []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	o, code := parseServeOptions([]string{"--config", path}, nil, io.Discard, io.Discard, &errb)
+	if code != -1 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if len(o.cfg.Limits.Exempt) != 0 {
+		t.Errorf("limit-exempt = []: exempt %v, want none", o.cfg.Limits.Exempt)
+	}
+	if m, _ := printConfig(t, "--config", path); !reflect.DeepEqual(m["limit-exempt"], []any{}) {
+		t.Errorf("limit-exempt = []: --print-config says %v", m["limit-exempt"])
+	}
+}
