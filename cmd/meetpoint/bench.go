@@ -150,6 +150,11 @@ func benchFlags(opt bench.Options) (*flag.FlagSet, func(*bench.Options) error) {
 		o.PeerCPUs, o.ClientCPUs = *peerCPUs, *clientCPUs
 		if *peers != "" {
 			o.Peers = strings.Split(*peers, ",")
+			for _, p := range o.Peers { // a name that is no peer would measure nothing, silently
+				if p != "direct" && p != "haproxy" && p != "socat" && p != "meetpoint" && p != "fleet" {
+					return fmt.Errorf("peers: %q: want direct, haproxy, socat, meetpoint or fleet", p)
+				}
+			}
 		}
 		o.Transports = strings.Split(*transports, ",")
 		for _, t := range o.Transports {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meetpoint/meetpoint/bench"
 )
 
 func TestBenchUsageAndBadFlags(t *testing.T) {
@@ -61,5 +63,31 @@ func TestBenchThroughputCLI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(runs[0]), "throughput-k1.svg")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBenchPeersChecked: --peers names the rows to measure. A name that
+// is not a peer (a typo, a space after a comma) matched nothing and was
+// dropped without a word: "--peers haproxy, meetpoint" measured HAProxy
+// alone and wrote a report without the relay's rows, exit 0. The flags
+// are only parsed here; no benchmark runs.
+func TestBenchPeersChecked(t *testing.T) {
+	for _, peers := range []string{"meetpiont", "haproxy, meetpoint", "direct,,meetpoint"} {
+		fs, apply := benchFlags(bench.Quick())
+		if err := fs.Parse([]string{"--peers", peers}); err != nil {
+			t.Fatal(err)
+		}
+		opt := bench.Quick()
+		if err := apply(&opt); err == nil || !strings.Contains(err.Error(), "peers") {
+			t.Errorf("--peers %q: %v (peers %q), want an error", peers, err, opt.Peers)
+		}
+	}
+	fs, apply := benchFlags(bench.Quick())
+	if err := fs.Parse([]string{"--peers", "direct,haproxy,socat,meetpoint,fleet"}); err != nil {
+		t.Fatal(err)
+	}
+	opt := bench.Quick()
+	if err := apply(&opt); err != nil {
+		t.Errorf("every peer: %v", err)
 	}
 }
