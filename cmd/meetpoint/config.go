@@ -74,6 +74,7 @@ func readTOMLConfig(path string, fs *flag.FlagSet, stdin *stdinConfig) ([]settin
 		return nil, fmt.Errorf("config %s: %v", path, err)
 	}
 	var out []setting
+	spelt := map[string]string{} // setting → the key that set it
 	for _, key := range md.Keys() {
 		v, ok := lookupKey(raw, key)
 		if !ok {
@@ -84,6 +85,12 @@ func readTOMLConfig(path string, fs *flag.FlagSet, stdin *stdinConfig) ([]settin
 		}
 		name := strings.Join(key, "-")
 		where := fmt.Sprintf("config %s: %s", path, name)
+		// TOML refuses a key given twice, but tables make several keys of
+		// one setting (tls-only, [tls] only): the later would win unseen.
+		if first, twice := spelt[name]; twice {
+			return nil, fmt.Errorf("%s: set twice, as %s and as %s", where, first, key)
+		}
+		spelt[name] = key.String()
 		f := fs.Lookup(name)
 		if f == nil || fileOnly[name] {
 			return nil, fmt.Errorf("%s: unknown setting (the keys are the serve flag names, see \"meetpoint help serve\")", where)

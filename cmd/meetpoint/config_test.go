@@ -381,3 +381,20 @@ func TestEmptyListInConfigReplacesDefault(t *testing.T) {
 		t.Errorf("limit-exempt = []: --print-config says %v", m["limit-exempt"])
 	}
 }
+
+// TestTOMLSettingTwiceRefused: TOML refuses a key defined twice, but a
+// table joins its keys with "-", so tls-only = true and [tls] only =
+// false are two spellings of one setting that TOML takes as two keys.
+// The later one won without a word (here: plaintext allowed by a file
+// that says tls-only = true). One file must set a setting once.
+func TestTOMLSettingTwiceRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "twice.toml")
+	if err := os.WriteFile(path, []byte("tls-only = true\n\n[tls]\nonly = false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	_, code := parseServeOptions([]string{"--config", path}, nil, io.Discard, io.Discard, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "tls-only") || !strings.Contains(errb.String(), "twice") {
+		t.Fatalf("exit %d %q, want 2 and tls-only set twice", code, errb.String())
+	}
+}
