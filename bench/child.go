@@ -52,6 +52,7 @@ type child struct {
 	errs     atomic.Int64
 	mu       sync.Mutex
 	closed   bool
+	late     int // answers still due to calls that timed out (mu)
 }
 
 func startChild(opt *Options, args ...string) (*child, error) {
@@ -119,19 +120,49 @@ func (c *child) expect(prefix string, timeout time.Duration) (string, error) {
 				return "", errors.New(rest)
 			}
 		case <-t.C:
-			return "", fmt.Errorf("child: no %q within %v", prefix, timeout)
+			return "", noAnswer{prefix, timeout}
 		}
 	}
 }
 
+// noAnswer is expect's error when no line came in time.
+type noAnswer struct {
+	prefix  string
+	timeout time.Duration
+}
+
+func (e noAnswer) Error() string { return fmt.Sprintf("child: no %q within %v", e.prefix, e.timeout) }
+
 // call sends a command and waits for the answer starting with prefix.
+// Every command is answered with one line, matched to it by order only:
+// the answers still due to calls that timed out come first, and are
+// skipped, not taken for this one's.
 func (c *child) call(cmd, prefix string, timeout time.Duration) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, err := fmt.Fprintln(c.in, cmd); err != nil {
 		return "", err
 	}
-	return c.expect(prefix, timeout)
+	deadline := time.Now().Add(timeout)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for c.late > 0 {
+		select {
+		case _, ok := <-c.lines:
+			if !ok {
+				return "", fmt.Errorf("child exited: %s", strings.TrimSpace(c.stderr.String()))
+			}
+			c.late--
+		case <-t.C:
+			c.late++
+			return "", noAnswer{prefix, timeout}
+		}
+	}
+	s, err := c.expect(prefix, time.Until(deadline))
+	if errors.As(err, new(noAnswer)) {
+		c.late++
+	}
+	return s, err
 }
 
 // close ends the child (stdin EOF, then a kill after 10 s).
