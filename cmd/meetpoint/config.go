@@ -328,10 +328,14 @@ func (s *stdinConfig) read() ([]byte, error) {
 	return s.data, s.err
 }
 
-// secretFlag names flags whose values must not be printed.
+// secretFlag names flags whose values must not be printed. A -file flag
+// (turn-secret-file) names where a secret is, which is no secret.
 func secretFlag(name string) bool {
 	if configOnly[name] {
 		return true
+	}
+	if strings.HasSuffix(name, "-file") {
+		return false
 	}
 	for _, s := range []string{"token", "secret", "password"} {
 		if strings.Contains(name, s) {

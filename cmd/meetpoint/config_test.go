@@ -398,3 +398,37 @@ func TestTOMLSettingTwiceRefused(t *testing.T) {
 		t.Fatalf("exit %d %q, want 2 and tls-only set twice", code, errb.String())
 	}
 }
+
+// TestPrintConfigKeepsSecretFilePaths: --print-config's output read back
+// with --config gives the same configuration (docs/operations.md). The
+// TURN secret and password are read from files, and the files' paths
+// are no secret (as admin-key-file's and mesh-key-file's are not), but
+// their names hold "secret" and "password": they were printed as
+// "(redacted)", and the printed configuration failed to start ("open
+// (redacted): no such file or directory").
+func TestPrintConfigKeepsSecretFilePaths(t *testing.T) {
+	dir := t.TempDir()
+	secret, pass := filepath.Join(dir, "turn.secret"), filepath.Join(dir, "turn.pass")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pass, []byte("S3CRETpassw0rd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--turn", "--turn-secret-file", secret, "--turn-user", "u", "--turn-password-file", pass}
+	m, out := printConfig(t, args...)
+	if m["turn-secret-file"] != secret || m["turn-password-file"] != pass {
+		t.Errorf("turn-secret-file %v, turn-password-file %v, want the paths", m["turn-secret-file"], m["turn-password-file"])
+	}
+	if strings.Contains(out, "S3CRET") || strings.Contains(out, strings.Repeat("ab", 32)) {
+		t.Fatalf("--print-config shows what the files hold:\n%s", out)
+	}
+	path := filepath.Join(dir, "printed.toml")
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if _, code := parseServeOptions([]string{"--config", path}, nil, io.Discard, io.Discard, &errb); code != -1 {
+		t.Errorf("the printed configuration read back: exit %d %q", code, errb.String())
+	}
+}
