@@ -50,6 +50,24 @@ type Row struct {
 	CDF [][2]float64 `json:"cdf,omitempty"`
 }
 
+// MarshalJSON leaves out the values that are not finite (a figure
+// divided by a count of zero): JSON has neither NaN nor infinity, and one
+// would fail the whole of results.json.
+func (r *Row) MarshalJSON() ([]byte, error) {
+	type plain Row
+	p := plain(*r)
+	p.Values = make(map[string]float64, len(r.Values))
+	for k, v := range r.Values {
+		if finite(v) {
+			p.Values[k] = v
+		}
+	}
+	return json.Marshal(p)
+}
+
+// finite reports whether v is neither NaN nor infinite.
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
 // Target is one of the figures the relay is held against.
 type Target struct {
 	Name     string  `json:"name"`
@@ -213,6 +231,19 @@ func (r *Report) Table(scenario string) *Table {
 		}
 	}
 	return nil
+}
+
+// MarshalJSON writes a Value that is not finite as null (see Row's).
+func (t Target) MarshalJSON() ([]byte, error) {
+	type plain Target
+	var v any = t.Value
+	if !finite(t.Value) {
+		v = nil
+	}
+	return json.Marshal(struct {
+		plain
+		Value any `json:"value"`
+	}{plain(t), v})
 }
 
 // targets evaluates the figures of the issue against the tables present.
