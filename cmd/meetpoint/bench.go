@@ -56,9 +56,13 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	scenario := args[0]
 	var opt bench.Options
 	full := false
-	for _, a := range args[1:] {
-		if a == "--full" || a == "-full" {
-			full = true
+	for _, a := range args[1:] { // before the flags are parsed: they depend on the sizes
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if name == "full" && a != name {
+			full = !hasVal
+			if b, err := strconv.ParseBool(val); hasVal && err == nil {
+				full = b
+			}
 		}
 	}
 	switch {

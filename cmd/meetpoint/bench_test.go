@@ -91,3 +91,29 @@ func TestBenchPeersChecked(t *testing.T) {
 		t.Errorf("every peer: %v", err)
 	}
 }
+
+// TestBenchFullSpellings: --full=true picks the full suite's sizes as
+// --full does (it was parsed and ignored), and --full=false the quick
+// ones; the sizes show in the defaults -h prints.
+func TestBenchFullSpellings(t *testing.T) {
+	defaults := func(args ...string) string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		if code := runBench(append(args, "-h"), &out, &errb); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errb.String())
+		}
+		return out.String()
+	}
+	quick, full := defaults("idle"), defaults("idle", "--full")
+	if quick == full {
+		t.Fatal("--full shows the same defaults as the quick sizes: the test cannot tell them apart")
+	}
+	for _, spelling := range []string{"--full=true", "-full=1", "-full"} {
+		if got := defaults("idle", spelling); got != full {
+			t.Errorf("%s: not the full sizes", spelling)
+		}
+	}
+	if got := defaults("idle", "--full=false"); got != quick {
+		t.Error("--full=false: not the quick sizes")
+	}
+}
