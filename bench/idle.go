@@ -87,17 +87,26 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 			}
 		}
 	}()
-	rss := func(gc bool) int64 {
+	// rss sums the relays' resident sets; an unreadable one (a wrong
+	// --relay-pid, a relay gone) fails the step rather than skew the sum.
+	rss := func(gc bool) (int64, error) {
 		var sum int64
 		for _, r := range rels {
 			if gc && r.c != nil {
 				r.c.call("gc", "ok", 30*time.Second)
 			}
-			sum += rssBytes(r.pid)
+			v := rssBytes(r.pid)
+			if v < 0 {
+				return 0, fmt.Errorf("idle %d: the resident set of relay pid %d is unreadable", n, r.pid)
+			}
+			sum += v
 		}
-		return sum
+		return sum, nil
 	}
-	rss0 := rss(true)
+	rss0, err := rss(true)
+	if err != nil {
+		return nil, err
+	}
 	nw := (n + o.IdlePerWorker - 1) / o.IdlePerWorker
 	var workers []*child
 	defer func() {
@@ -145,7 +154,10 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 		return nil, ctx.Err()
 	}
 	time.Sleep(2 * time.Second)
-	rss1 := rss(false)
+	rss1, err := rss(false)
+	if err != nil {
+		return nil, err
+	}
 	goroutines := -1.0
 	if rels[0].c != nil {
 		g := 0
@@ -161,7 +173,10 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 			e.note("heap profile: %v", err)
 		}
 	}
-	rss1gc := rss(true)
+	rss1gc, err := rss(true)
+	if err != nil {
+		return nil, err
+	}
 	verified, failed := 0, 0
 	for _, w := range workers {
 		s, err := w.call(fmt.Sprintf("verify %d", max(1, o.IdleVerify/nw)), "verified ", time.Minute)
