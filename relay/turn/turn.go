@@ -97,6 +97,9 @@ type Config struct {
 	TCPAllocations bool
 	// Logger logs; default the relay's.
 	Logger *slog.Logger
+
+	// allocateWithin replaces AllocateWithin (tests).
+	allocateWithin time.Duration
 }
 
 // ParsePorts reads a relay port range "MIN-MAX" (--turn-ports), 1 ≤ MIN ≤
@@ -160,6 +163,10 @@ type Service struct {
 	conns         map[string]int      // TCP allocations' Connect connections, by relayed address
 	tcpRates      map[string]*tcpRate // TCP allocations' buckets (MaxRate), by relayed address
 
+	// allocateWithin is how long a control connection over TCP or TLS may
+	// hold no allocation (AllocateWithin; shorter in tests).
+	allocateWithin time.Duration
+
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
 	addrQuotas, permQuotas      *metrics.Counter
@@ -170,6 +177,7 @@ type Service struct {
 	droppedPort, tcpRefused     *metrics.Counter
 	tcpOverUDP                  *metrics.Counter
 	peerRefused                 map[string]*metrics.Counter // by class; static after New
+	closedCtl                   map[string]*metrics.Counter // control connections closed, by reason; static after New
 }
 
 // New registers GET /v1/turn/credentials on srv; Start listens once the
@@ -202,10 +210,13 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.CredentialTTL <= 0 {
 		cfg.CredentialTTL = time.Hour
 	}
+	if cfg.allocateWithin <= 0 {
+		cfg.allocateWithin = AllocateWithin
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
@@ -225,6 +236,10 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.peerRefused = map[string]*metrics.Counter{}
 	for _, class := range append([]string{"denied", "own"}, peerClassNames()...) {
 		s.peerRefused["peer_"+class] = s.set.NewCounter(`meetpoint_turn_refused_total{reason="peer_` + class + `"}`)
+	}
+	s.closedCtl = map[string]*metrics.Counter{}
+	for _, why := range []string{"no_allocation", "allocation_ended"} {
+		s.closedCtl[why] = s.set.NewCounter(`meetpoint_turn_closed_total{reason="` + why + `"}`)
 	}
 	s.livePorts = make([]atomic.Int32, int(cfg.PortMax)-int(cfg.PortMin)+1)
 	if cfg.MaxRate < 0 {
@@ -318,7 +333,7 @@ func (s *Service) Start() error {
 			},
 		},
 		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays(true), PermissionHandler: permit}},
-		ListenerConfigs:   []pturn.ListenerConfig{{Listener: s.tcp, RelayAddressGenerator: relays(false), PermissionHandler: permit}},
+		ListenerConfigs:   []pturn.ListenerConfig{{Listener: &controlListener{s.tcp, s}, RelayAddressGenerator: relays(false), PermissionHandler: permit}},
 	})
 	if err != nil {
 		pc.Close()
@@ -613,4 +628,5 @@ var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
 	"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate; peer_port: to or from the relay IP at a port that is no allocation's)."},
+	"meetpoint_turn_closed_total":          {Type: "counter", Help: "TURN control connections over TCP and TLS closed by the relay, by reason (no_allocation: none made within AllocateWithin, 60 s, of the connection's start; allocation_ended: none held for AllocateWithin after its allocation expired or was deleted)."},
 }

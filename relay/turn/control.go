@@ -1,0 +1,128 @@
+package turn
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// TURN over TCP and TLS: pion serves each control connection the relay's
+// dispatch table hands over until its client closes it, with no timeout
+// of its own, so a connection that never allocates (or sends half a
+// message and stalls), or whose allocation expired or was deleted, would
+// hold a goroutine and a descriptor for good — up to the relay's
+// per-address bound of handed-off connections from one address. Each is
+// watched instead: one that has held no allocation for AllocateWithin is
+// closed and counted (meetpoint_turn_closed_total, reason no_allocation
+// or allocation_ended), as coturn closes a TCP session that has not
+// allocated within its max-allocate-timeout. An RFC 6062 data connection
+// (a ConnectionBind succeeded on it) is pion's to close with its peer
+// connection, and is no longer watched.
+
+// AllocateWithin is how long a TURN control connection over TCP or TLS
+// may hold no allocation (from its start, or since its allocation ended)
+// before it is closed: the time to make one (coturn's
+// max-allocate-timeout, 60 s).
+const AllocateWithin = 60 * time.Second
+
+// connectionBindOK is the STUN message type of a ConnectionBind success
+// response (RFC 6062: method 0x00b, class success): once written, the
+// connection is a data connection.
+const connectionBindOK = 0x010b
+
+// controlListener is the listener pion serves TURN over TCP and TLS on:
+// its connections are watched.
+type controlListener struct {
+	net.Listener
+	s *Service
+}
+
+func (l *controlListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &controlConn{Conn: c, s: l.s, key: tupleKey(c.RemoteAddr()), last: time.Now()}
+	cc.mu.Lock()
+	cc.t = time.AfterFunc(l.s.watchEvery(), cc.check)
+	cc.mu.Unlock()
+	return cc, nil
+}
+
+// controlConn is a TURN control connection over TCP or TLS, closed when
+// it has held no allocation for the Service's allocateWithin.
+type controlConn struct {
+	net.Conn
+	s    *Service
+	key  string      // its allocation's key (tupleKey)
+	data atomic.Bool // a ConnectionBind succeeded: no longer watched
+
+	mu     sync.Mutex
+	t      *time.Timer // the next check; guarded by mu
+	last   time.Time   // when it was accepted or last seen with an allocation; guarded by mu
+	had    bool        // it has held an allocation; guarded by mu
+	closed bool        // guarded by mu
+}
+
+// check closes c if it has held no allocation for allocateWithin, or
+// looks again later.
+func (c *controlConn) check() {
+	if c.data.Load() {
+		return
+	}
+	now := time.Now()
+	alloc := c.s.hasAllocation(c.key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	switch {
+	case alloc:
+		c.last, c.had = now, true
+	case now.Sub(c.last) >= c.s.allocateWithin:
+		why := "no_allocation"
+		if c.had {
+			why = "allocation_ended"
+		}
+		c.s.closedCtl[why].Inc()
+		c.s.log.Debug("turn connection closed", "client", c.Conn.RemoteAddr().String(), "reason", why)
+		c.closed = true
+		_ = c.Conn.Close() // pion's read fails: it deletes what is left and closes c
+		return
+	}
+	c.t.Reset(c.s.watchEvery())
+}
+
+// Write writes to the client, noting a ConnectionBind success.
+func (c *controlConn) Write(p []byte) (int, error) {
+	if !c.data.Load() && len(p) >= 2 && binary.BigEndian.Uint16(p) == connectionBindOK {
+		c.data.Store(true)
+	}
+	return c.Conn.Write(p)
+}
+
+// Close closes the connection and stops watching it.
+func (c *controlConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.t.Stop()
+	c.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// watchEvery is how often a control connection is looked at: a quarter of
+// allocateWithin, so one is closed within 1.25 × allocateWithin of its
+// last allocation.
+func (s *Service) watchEvery() time.Duration { return s.allocateWithin / 4 }
+
+// hasAllocation says whether the client whose allocation key is key holds
+// an allocation, or a quota granted to one being made.
+func (s *Service) hasAllocation(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.pending[key]
+	return s.held[key] != nil || (h != nil && time.Since(h.at) <= reserveFor)
+}
