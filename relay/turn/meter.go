@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,7 +50,8 @@ var errTCPOff = errors.New("turn: TCP allocations are off (--turn-tcp)")
 var errTCPOverUDP = errors.New("turn: TCP allocations need a TCP or TLS control connection")
 
 // AllocateListener makes a TCP allocation's relay listener, if TCP
-// allocations are on and the control connection is TCP or TLS.
+// allocations are on and the control connection is TCP or TLS, on a port
+// no other TCP allocation listens on (ownPort).
 func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
 	if !g.s.cfg.TCPAllocations {
 		g.s.tcpRefused.Inc()
@@ -59,15 +61,89 @@ func (g meteredGenerator) AllocateListener(c pturn.AllocateListenerConfig) (net.
 		g.s.tcpOverUDP.Inc()
 		return nil, nil, errTCPOverUDP
 	}
-	ln, addr, err := g.RelayAddressGenerator.AllocateListener(c)
-	if err != nil || g.s.cfg.MaxRate <= 0 {
-		return ln, addr, err
+	var (
+		ln   net.Listener
+		addr net.Addr
+		err  error
+	)
+	for range tcpPortTries {
+		if ln, addr, err = g.RelayAddressGenerator.AllocateListener(c); err != nil {
+			break
+		}
+		if pl := g.s.ownPort(ln, addr); pl != nil {
+			ln = pl
+			break
+		}
+		ln, err = nil, errTCPPortBusy // another TCP allocation listens there
+		if c.RequestedPort != 0 {     // EVEN-PORT or a reservation named it: no other will do
+			break
+		}
+	}
+	if err != nil {
+		if errors.Is(err, errTCPPortBusy) {
+			g.s.tcpPortBusy.Inc()
+		}
+		return nil, nil, err
+	}
+	if g.s.cfg.MaxRate <= 0 {
+		return ln, addr, nil
 	}
 	r := g.s.newRate()
 	g.s.mu.Lock()
 	g.s.tcpRates[addr.String()] = r
 	g.s.mu.Unlock()
 	return &rateListener{Listener: ln, s: g.s, alloc: addr.String(), r: r}, addr, nil
+}
+
+// pion's relay listeners (and a Connect's dials from the relay port) set
+// SO_REUSEPORT, so that a TCP allocation's Connects leave from its relayed
+// address while it listens there; the kernel then lets a second TCP
+// allocation listen on the same port, and splits the peers' connections to
+// it between the two, one client's peers reaching another's. So a TCP
+// allocation's listener is kept only on a port no other TCP allocation
+// holds; one that landed on a held port is closed and another tried.
+
+// tcpPortTries is how many relay listeners a TCP allocation tries for a
+// port of its own (pion tries 10 random ports for each).
+const tcpPortTries = 10
+
+// errTCPPortBusy refuses a TCP allocation that found no relay port free of
+// other TCP allocations (pion answers 508).
+var errTCPPortBusy = errors.New("turn: no TCP relay port free of other allocations")
+
+// ownPort claims ln's port for its TCP allocation, or closes ln and says
+// nil when another TCP allocation holds that port.
+func (s *Service) ownPort(ln net.Listener, addr net.Addr) net.Listener {
+	port := int(ipOf(addr).Port())
+	s.mu.Lock()
+	taken := s.tcpPorts[port]
+	if !taken {
+		s.tcpPorts[port] = true
+	}
+	s.mu.Unlock()
+	if taken {
+		_ = ln.Close()
+		return nil
+	}
+	return &portListener{Listener: ln, s: s, port: port}
+}
+
+// portListener is a TCP allocation's relay listener, holding its port
+// until closed.
+type portListener struct {
+	net.Listener
+	s    *Service
+	port int
+	once sync.Once
+}
+
+func (l *portListener) Close() error {
+	l.once.Do(func() {
+		l.s.mu.Lock()
+		delete(l.s.tcpPorts, l.port)
+		l.s.mu.Unlock()
+	})
+	return l.Listener.Close()
 }
 
 // A TCP allocation's peer connections (accepted on its relay listener or

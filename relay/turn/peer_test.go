@@ -566,3 +566,54 @@ func TestTURNTCPRate(t *testing.T) {
 		return len(s.tcpRates) == 0
 	}, "the allocation's buckets forgotten")
 }
+
+// TestTURNTCPAllocationsOwnTheirPort: two TCP allocations never listen on
+// one relay port. pion's relay listeners set SO_REUSEPORT (a Connect
+// leaves from the relayed address while the allocation listens there), so
+// a second TCP allocation whose random port was the first's listened
+// there too, and the kernel split the peers' connections to that address
+// between the two clients. With a one-port range the second is refused
+// (508) and counted; once the first ends, the port is free again.
+func TestTURNTCPAllocationsOwnTheirPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a free port for the range
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	_, srv := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), TCPAllocations: true, AllowPeers: loopbackPeers, PortMin: port, PortMax: port})
+	addr := relaytest.Addr(srv)
+	allocate := func(user string) (*pturn.Client, net.Conn, error) {
+		tc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		u, p := Credentials(secret, user, time.Minute, time.Now())
+		c := newStreamClient(t, addr, tc, u, p)
+		a, err := c.AllocateTCP()
+		if err != nil {
+			return c, tc, err
+		}
+		t.Cleanup(func() { a.Close() })
+		if got := portOf(a.Addr()); got != portOf(ln.Addr()) {
+			t.Fatalf("relayed address %v, want the range's one port %d", a.Addr(), port)
+		}
+		return c, tc, nil
+	}
+	_, first, err := allocate("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := allocate("bob"); err == nil {
+		t.Fatalf("a second TCP allocation listens on port %d, the first's: the kernel splits their peers' connections", port)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="tcp_port"}`); n != 1 {
+		t.Errorf("tcp_port refusals counted %v, want 1", n)
+	}
+	first.Close() // the first allocation ends with its control connection
+	relaytest.WaitFor(t, func() error {
+		_, _, err := allocate("carol")
+		return err
+	}, "a TCP allocation on the port its last holder left")
+}

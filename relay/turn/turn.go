@@ -162,6 +162,7 @@ type Service struct {
 	held, pending map[string]*held
 	conns         map[string]int      // TCP allocations' Connect connections, by relayed address
 	tcpRates      map[string]*tcpRate // TCP allocations' buckets (MaxRate), by relayed address
+	tcpPorts      map[int]bool        // the relay ports TCP allocations listen on
 
 	// allocateWithin is how long a control connection over TCP or TLS may
 	// hold no allocation (AllocateWithin; shorter in tests).
@@ -175,6 +176,7 @@ type Service struct {
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
 	droppedPort, tcpRefused     *metrics.Counter
+	tcpPortBusy                 *metrics.Counter
 	tcpOverUDP                  *metrics.Counter
 	peerRefused                 map[string]*metrics.Counter // by class; static after New
 	closedCtl                   map[string]*metrics.Counter // control connections closed, by reason; static after New
@@ -216,7 +218,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, tcpPorts: map[int]bool{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
@@ -233,6 +235,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.droppedPort = s.set.NewCounter(`meetpoint_turn_dropped_total{reason="peer_port"}`)
 	s.tcpRefused = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_allocation"}`)
 	s.tcpOverUDP = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_over_udp"}`)
+	s.tcpPortBusy = s.set.NewCounter(`meetpoint_turn_refused_total{reason="tcp_port"}`)
 	s.peerRefused = map[string]*metrics.Counter{}
 	for _, class := range append([]string{"denied", "own"}, peerClassNames()...) {
 		s.peerRefused["peer_"+class] = s.set.NewCounter(`meetpoint_turn_refused_total{reason="peer_` + class + `"}`)
@@ -623,7 +626,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
