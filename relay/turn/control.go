@@ -59,6 +59,12 @@ type controlConn struct {
 	key  string      // its allocation's key (tupleKey)
 	data atomic.Bool // a ConnectionBind succeeded: no longer watched
 
+	// in holds what was read from the client and not yet handed to pion;
+	// plain is set once the stream is not framed (a data connection, a
+	// frame pion refuses): then it passes as it comes. Read's alone.
+	in    []byte
+	plain bool
+
 	mu     sync.Mutex
 	t      *time.Timer // the next check; guarded by mu
 	last   time.Time   // when it was accepted or last seen with an allocation; guarded by mu
@@ -94,6 +100,66 @@ func (c *controlConn) check() {
 		return
 	}
 	c.t.Reset(c.s.watchEvery())
+}
+
+// Read hands pion one TURN frame (a STUN message or ChannelData) at a
+// time, looked at first (noteRequest): pion then handles each before it
+// reads again, as it does a datagram. A data connection's bytes, and
+// anything that is no frame, pass as they come.
+func (c *controlConn) Read(p []byte) (int, error) {
+	for {
+		if c.plain || c.data.Load() {
+			c.plain = true
+			if len(c.in) > 0 {
+				n := copy(p, c.in)
+				c.in = c.in[n:]
+				return n, nil
+			}
+			return c.Conn.Read(p)
+		}
+		switch n := frameLen(c.in); {
+		case n < 0 || n > len(p): // pion refuses it and closes the connection
+			c.plain = true
+			continue
+		case n > 0 && n <= len(c.in):
+			c.s.noteRequest(c.key, c.in[:n])
+			copy(p, c.in[:n])
+			c.in = c.in[n:]
+			return n, nil
+		}
+		if len(c.in) == 0 {
+			c.in = nil // the buffer starts afresh, not after what was handed
+		}
+		var buf [2048]byte
+		k, err := c.Conn.Read(buf[:])
+		c.in = append(c.in, buf[:k]...)
+		if err != nil {
+			if len(c.in) > 0 { // what came before the error: pion's to judge
+				c.plain = true
+				continue
+			}
+			return 0, err
+		}
+	}
+}
+
+// frameLen is the length of the TURN frame b starts with, as pion frames
+// a stream: a STUN message or ChannelData (padded to 4 bytes); 0: more
+// is needed to tell; -1: b starts with no frame.
+func frameLen(b []byte) int {
+	switch {
+	case len(b) < 4:
+		return 0
+	case b[0]>>6 == 1: // a channel number, 0x4000–0x7FFF
+		return 4 + (int(binary.BigEndian.Uint16(b[2:4]))+3)&^3
+	case b[0]>>6 != 0:
+		return -1
+	case len(b) < 8:
+		return 0
+	case binary.BigEndian.Uint32(b[4:8]) != stunMagic:
+		return -1
+	}
+	return 20 + int(binary.BigEndian.Uint16(b[2:4]))
 }
 
 // Write writes to the client, noting a ConnectionBind success.

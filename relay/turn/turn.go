@@ -15,6 +15,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha1" //nolint:gosec // the TURN REST scheme is HMAC-SHA1 (coturn's, RFC 8489 long-term credentials)
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -171,6 +172,7 @@ type Service struct {
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
 	addrQuotas, permQuotas      *metrics.Counter
+	chanQuotas                  *metrics.Counter
 	connQuotas                  *metrics.Counter
 	authFail, creds             *metrics.Counter
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
@@ -224,6 +226,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
 	s.addrQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_address"}`)
 	s.permQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_permission"}`)
+	s.chanQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_channel"}`)
 	s.connQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_connection"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
@@ -334,8 +337,14 @@ func (s *Service) Start() error {
 				s.release(client)
 				s.allocs.Dec()
 			},
+			OnChannelCreated: func(client, _ net.Addr, _, _, _ string, _, _ net.Addr, number uint16) {
+				s.channel(client, number, true)
+			},
+			OnChannelDeleted: func(client, _ net.Addr, _, _, _ string, _, _ net.Addr, number uint16) {
+				s.channel(client, number, false)
+			},
 		},
-		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: relays(true), PermissionHandler: permit}},
+		PacketConnConfigs: []pturn.PacketConnConfig{{PacketConn: &requestConn{pc, s}, RelayAddressGenerator: relays(true), PermissionHandler: permit}},
 		ListenerConfigs:   []pturn.ListenerConfig{{Listener: &controlListener{s.tcp, s}, RelayAddressGenerator: relays(false), PermissionHandler: permit}},
 	})
 	if err != nil {
@@ -427,6 +436,7 @@ func (s *Service) hold(user string, client net.Addr) {
 		s.count(h, 1)
 	}
 	h.peers = map[netip.Addr]time.Time{}
+	h.channels = map[uint16]bool{}
 	if old := s.held[k]; old != nil { // not deleted (cannot happen): uncount it
 		s.count(old, -1)
 	}
@@ -465,6 +475,18 @@ func (s *Service) count(h *held, d int) {
 // candidate's address: a handful.
 const MaxPermissions = 1000
 
+// MaxChannels bounds the channels one allocation holds at once; a
+// ChannelBind for one more is refused (pion answers a ChannelBind the
+// permission handler refuses with an authenticated 401) and counted
+// (quota_channel).
+// A channel is a peer's transport address, so binds to one permitted
+// peer IP at port after port pass MaxPermissions, and pion keeps a
+// binding and its timer for each of the 16384 channel numbers (and
+// looks channels up by a linear scan, for every datagram relayed through
+// one). A WebRTC client binds one per remote candidate it uses: a
+// handful.
+const MaxChannels = 1000
+
 // permissionLife is how long a permission lives unless refreshed (RFC
 // 8656's 300 s); pion is configured with it and held expires by it.
 const permissionLife = 5 * time.Minute
@@ -478,6 +500,11 @@ type held struct {
 	at      time.Time                // when its quota was granted (pending)
 	peers   map[netip.Addr]time.Time // permitted peers and when each lapses
 	soonest time.Time                // no permission lapses before it
+	// channels are its channel numbers (pion's events); binding is the
+	// number a ChannelBind being handled names (0: the request being
+	// handled is no ChannelBind), noted as it is read (noteRequest).
+	channels map[uint16]bool
+	binding  uint16
 }
 
 // tupleKey is the key of an allocation: its client's transport address
@@ -497,6 +524,14 @@ func (s *Service) permit(client net.Addr, peer netip.Addr) bool {
 	ps := s.held[tupleKey(client)]
 	if ps == nil { // the allocation is being deleted
 		return true
+	}
+	if ch := ps.binding; ch != 0 { // a ChannelBind: a new channel is within MaxChannels
+		ps.binding = 0
+		if !ps.channels[ch] && len(ps.channels) >= MaxChannels {
+			s.chanQuotas.Inc()
+			s.log.Debug("turn channel refused", "client", client.String(), "peer", peer.String(), "reason", "quota_channel")
+			return false
+		}
 	}
 	if _, ok := ps.peers[peer]; !ok && len(ps.peers) >= MaxPermissions {
 		if !now.Before(ps.soonest) { // some have lapsed: forget them
@@ -626,10 +661,84 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_channel: a ChannelBind for one more channel than an allocation may hold (MaxChannels); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},
 	"meetpoint_turn_dropped_total":         {Type: "counter", Help: "Datagrams dropped by TURN allocations, by reason (rate: over --turn-max-rate; peer_port: to or from the relay IP at a port that is no allocation's)."},
 	"meetpoint_turn_closed_total":          {Type: "counter", Help: "TURN control connections over TCP and TLS closed by the relay, by reason (no_allocation: none made within AllocateWithin, 60 s, of the connection's start; allocation_ended: none held for AllocateWithin after its allocation expired or was deleted)."},
+}
+
+// channel notes that client's allocation made (or lost) a channel.
+func (s *Service) channel(client net.Addr, number uint16, made bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.held[tupleKey(client)]; h != nil {
+		if made {
+			h.channels[number] = true
+		} else {
+			delete(h.channels, number)
+		}
+	}
+}
+
+// STUN request types (class request: the method itself) of the requests
+// that ask the permission handler: which of them pion is handling tells
+// permit whether a ChannelBind asks.
+const (
+	createPermissionRequest = 0x0008
+	channelBindRequest      = 0x0009
+	connectRequest          = 0x000a
+	attrChannelNumber       = 0x000c
+	stunMagic               = 0x2112a442
+)
+
+// noteRequest looks at one TURN frame from the client whose allocation
+// key is key, as pion is about to handle it: a CreatePermission,
+// ChannelBind or Connect request sets what its allocation's binding is
+// (the ChannelBind's channel number, or none). pion handles one client's
+// frames one at a time, in order, so permit sees the request it is asked
+// for. Other frames (ChannelData, Send indications) cost a comparison.
+func (s *Service) noteRequest(key string, b []byte) {
+	if len(b) < 20 || b[0] != 0 || (b[1] != createPermissionRequest && b[1] != channelBindRequest && b[1] != connectRequest) ||
+		binary.BigEndian.Uint32(b[4:8]) != stunMagic {
+		return
+	}
+	var ch uint16
+	if b[1] == channelBindRequest {
+		ch = channelNumber(b)
+	}
+	s.mu.Lock()
+	if h := s.held[key]; h != nil {
+		h.binding = ch
+	}
+	s.mu.Unlock()
+}
+
+// channelNumber is the CHANNEL-NUMBER a STUN message names (0: none).
+func channelNumber(b []byte) uint16 {
+	end := min(len(b), 20+int(binary.BigEndian.Uint16(b[2:4])))
+	for i := 20; i+4 <= end; {
+		typ, n := binary.BigEndian.Uint16(b[i:]), int(binary.BigEndian.Uint16(b[i+2:]))
+		if typ == attrChannelNumber && n >= 2 && i+6 <= end {
+			return binary.BigEndian.Uint16(b[i+4:])
+		}
+		i += 4 + (n+3)&^3
+	}
+	return 0
+}
+
+// requestConn is TURN's UDP socket as pion reads it: each datagram is
+// looked at (noteRequest) before pion handles it.
+type requestConn struct {
+	net.PacketConn
+	s *Service
+}
+
+func (c *requestConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	n, from, err := c.PacketConn.ReadFrom(p)
+	if err == nil && n >= 20 && p[0] == 0 {
+		c.s.noteRequest(tupleKey(from), p[:n])
+	}
+	return n, from, err
 }
