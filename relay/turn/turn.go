@@ -468,7 +468,8 @@ func (s *Service) count(h *held, d int) {
 
 // MaxPermissions bounds the peers (distinct IP addresses) one allocation
 // holds permissions for at once; a permission (CreatePermission,
-// ChannelBind, Connect) for one more is refused (403) and counted
+// ChannelBind, Connect) for one more is refused (403; pion answers a
+// refused ChannelBind with an authenticated 401) and counted
 // (quota_permission). pion keeps a permission and its timer for every
 // address a client names, so without a bound one allocation grows the
 // relay's memory without end. A WebRTC client needs one per remote
