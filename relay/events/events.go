@@ -40,6 +40,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay"
@@ -85,6 +86,9 @@ type Service struct {
 	dropped     *metrics.Counter
 	published   *metrics.Counter
 	refused     *metrics.Counter
+	notJSON     *metrics.Counter // published straight into Redis, not JSON
+	tooLarge    *metrics.Counter // published straight into Redis, over MaxEvent
+	badLogs     rate.Sometimes   // which of those are logged (one in a minute)
 }
 
 type shard struct {
@@ -110,6 +114,9 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.dropped = s.set.NewCounter(`meetpoint_events_dropped_total`)
 	s.published = s.set.NewCounter(`meetpoint_events_published_total`)
 	s.refused = s.set.NewCounter(`meetpoint_events_subscriptions_refused_total`)
+	s.notJSON = s.set.NewCounter(`meetpoint_events_invalid_total{reason="not_json"}`)
+	s.tooLarge = s.set.NewCounter(`meetpoint_events_invalid_total{reason="too_large"}`)
+	s.badLogs = rate.Sometimes{First: 1, Interval: time.Minute}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	if cfg.Redis != "" {
@@ -304,11 +311,26 @@ func (s *Service) listen(ctx context.Context) {
 			switch {
 			case strings.HasPrefix(channel, readyMark): // a node's Ready, never an event
 				s.probed(channel)
-			case json.Valid([]byte(m.Payload)):
+			case len(m.Payload) > s.cfg.MaxEvent: // the HTTP API's bound holds for PUBLISH too: every subscriber would queue it
+				s.invalid(s.tooLarge, channel, "larger than the events' bound (MaxEvent)", len(m.Payload))
+			case !json.Valid([]byte(m.Payload)):
+				s.invalid(s.notJSON, channel, "not JSON", len(m.Payload))
+			default:
 				s.Deliver(channel, []byte(m.Payload))
 			}
 		}
 	}
+}
+
+// invalid counts an event published straight into Redis that is not
+// delivered, and logs one now and then (a backend's bug is otherwise
+// silent).
+func (s *Service) invalid(c *metrics.Counter, channel, why string, size int) {
+	c.Inc()
+	s.badLogs.Do(func() {
+		s.srv.Logger().Warn("events: an event published in Redis is dropped: "+why+" (meetpoint_events_invalid_total)",
+			"channel", channel, "bytes", size, "max", s.cfg.MaxEvent)
+	})
 }
 
 // Ready waits until the node's Redis subscription is in place (tests and
@@ -402,4 +424,5 @@ var eventDocs = map[string]relay.MetricDoc{
 	"meetpoint_events_dropped_total":               {Type: "counter", Help: "Events not delivered: the subscriber had ended or did not read (and was disconnected)."},
 	"meetpoint_events_published_total":             {Type: "counter", Help: "Events published through this relay (HTTP)."},
 	"meetpoint_events_subscriptions_refused_total": {Type: "counter", Help: "Events.Subscribe refused: bad token or a channel the access rules do not allow."},
+	"meetpoint_events_invalid_total":               {Type: "counter", Help: "Events published straight into Redis and dropped, by reason: not_json, too_large (over the events' bound, 64 KiB by default)."},
 }

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -319,4 +321,49 @@ func shrinkRelaySide(t *testing.T, c net.Conn) {
 		}
 	}
 	t.Fatal("the relay's side of the connection not found")
+}
+
+// TestRedisPublishChecked: an event published straight into Redis (not
+// through the HTTP API, which checks it) that is not JSON, or is larger
+// than the events' bound, reaches no subscriber — every subscriber would
+// queue a copy of a 1 MiB one — and is counted and logged; a good one
+// after them arrives.
+func TestRedisPublishChecked(t *testing.T) {
+	raddr, _ := testutil.Redis(t, 0)
+	logs := &testutil.Tail{}
+	s := relaytest.New(t, func(c *relay.Config) {
+		c.Access = onlyChannels{}
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	ev, err := events.New(s, events.Config{Redis: "redis://" + raddr + "/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	relaytest.Start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), relaytest.Patience)
+	defer cancel()
+	if err := ev.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := subscribe(t, relaytest.Addr(s), false, "dev-r")
+	rdb := redis.NewClient(&redis.Options{Addr: raddr})
+	defer rdb.Close()
+	for _, payload := range []string{"not json", `{"big":"` + strings.Repeat("x", 1<<20) + `"}`, `{"ok":1}`} {
+		if err := rdb.Publish(ctx, "meetpoint:events:dev-r", payload).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := sb.next(t)
+	if _, data := eventOf(m); fmt.Sprint(data) != "map[ok:1]" {
+		t.Fatalf("the first event to arrive: %v; want the good one, after the two dropped", m)
+	}
+	for reason, want := range map[string]float64{"not_json": 1, "too_large": 1} {
+		if got := relaytest.Metric(t, s, `meetpoint_events_invalid_total{reason="`+reason+`"}`); got != want {
+			t.Errorf("meetpoint_events_invalid_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
+	if n := strings.Count(logs.String(), "an event published in Redis is dropped"); n != 1 {
+		t.Errorf("%d warnings for two dropped events, want one a minute:\n%s", n, logs.String())
+	}
 }
