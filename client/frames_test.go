@@ -240,3 +240,52 @@ func TestWSTextMustBeUTF8(t *testing.T) {
 		}
 	}
 }
+
+// recConn records what the client writes.
+type recConn struct {
+	sinkConn
+	w bytes.Buffer
+}
+
+func (c *recConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+// TestWSBadCloseFrame: a close frame whose body is malformed (one byte),
+// carries a code no endpoint may send (1005, 1006, 1015, under 1000) or a
+// reason that is not UTF-8 is a protocol error (RFC 6455, 5.5.1 and 7.4):
+// the client answers 1002 and reports an error, where it once read a
+// clean end (a one-byte body) or echoed the forbidden code onto the wire.
+// A good close is echoed and reported as a CloseError.
+func TestWSBadCloseFrame(t *testing.T) {
+	closeFrame := func(body []byte) []byte { return handshake.AppendFrame(nil, ws.OpClose, true, body) }
+	for name, body := range map[string][]byte{
+		"one byte": {0x03},
+		"1005":     ws.NewCloseFrameBody(ws.StatusNoStatusRcvd, ""),
+		"1006":     ws.NewCloseFrameBody(ws.StatusAbnormalClosure, ""),
+		"999":      ws.NewCloseFrameBody(999, ""),
+		"bad utf8": ws.NewCloseFrameBody(ws.StatusNormalClosure, "\xff\xfe"),
+	} {
+		c := &recConn{}
+		raw := &Raw{conn: c, br: bufio.NewReader(bytes.NewReader(closeFrame(body))), isWS: true}
+		_, _, err := raw.readMessage()
+		var ce *CloseError
+		if err == nil || errors.As(err, &ce) {
+			t.Errorf("%s: readMessage = %v; want a protocol error", name, err)
+		}
+		f, ferr := readFrame(&c.w)
+		if ferr != nil || f.Header.OpCode != ws.OpClose {
+			t.Fatalf("%s: the client's answer: %v %v; want a close frame", name, f.Header.OpCode, ferr)
+		}
+		if f.Header.Masked {
+			ws.Cipher(f.Payload, f.Header.Mask, 0)
+		}
+		if code, _ := ws.ParseCloseFrameData(f.Payload); code != ws.StatusProtocolError {
+			t.Errorf("%s: the client closed with %d, want 1002", name, code)
+		}
+	}
+	c := &recConn{}
+	raw := &Raw{conn: c, br: bufio.NewReader(bytes.NewReader(closeFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "bye")))), isWS: true}
+	var ce *CloseError
+	if _, _, err := raw.readMessage(); !errors.As(err, &ce) || ce.Code != ws.StatusGoingAway {
+		t.Fatalf("a good close: %v; want CloseError 1001", err)
+	}
+}

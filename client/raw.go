@@ -398,6 +398,10 @@ func (r *Raw) nextFrame() error {
 			case ws.OpClose:
 				r.closed = true
 				code, reason := ws.ParseCloseFrameData(p)
+				if len(p) == 1 || len(p) > 1 && ws.CheckCloseFrameData(code, reason) != nil { // RFC 6455, 5.5.1 and 7.4
+					_ = r.writeFrame(ws.OpClose, ws.NewCloseFrameBody(ws.StatusProtocolError, ""))
+					return fmt.Errorf("websocket: malformed close frame from the relay (%d bytes)", len(p))
+				}
 				reply := []byte{}
 				if !code.Empty() {
 					reply = ws.NewCloseFrameBody(code, "")
