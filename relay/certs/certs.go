@@ -173,7 +173,7 @@ func newStore(cfg Config, log *slog.Logger, now func() time.Time, checkEvery tim
 	}
 	if ts.clientCA != nil || ts.fps != nil {
 		ts.conf.ClientAuth = tls.RequireAnyClientCert
-		ts.conf.VerifyPeerCertificate = ts.verifyClient
+		ts.conf.VerifyConnection = ts.verifyClient
 	}
 	if cfg.Cert != "" {
 		ts.done.Go(func() { ts.watch(cfg.WatchInterval) })
@@ -316,26 +316,25 @@ func (ts *Store) selfSigned() (tls.Certificate, error) {
 }
 
 // verifyClient admits a client certificate signed by the client CA or whose
-// SHA-256 fingerprint is listed.
-func (ts *Store) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
+// SHA-256 fingerprint is listed. It is the VerifyConnection callback, not
+// VerifyPeerCertificate, because crypto/tls calls the latter on full
+// handshakes only: a resumed session (its ticket good for seven days)
+// would keep a certificate that has since expired.
+func (ts *Store) verifyClient(cs tls.ConnectionState) error {
+	peers := cs.PeerCertificates
+	if len(peers) == 0 {
 		return errors.New("client certificate required")
 	}
-	if ts.fps[sha256.Sum256(raw[0])] {
+	leaf := peers[0]
+	if ts.fps[sha256.Sum256(leaf.Raw)] {
 		return nil
 	}
 	if ts.clientCA != nil {
-		leaf, err := x509.ParseCertificate(raw[0])
-		if err != nil {
-			return err
-		}
 		inter := x509.NewCertPool()
-		for _, r := range raw[1:] {
-			if c, err := x509.ParseCertificate(r); err == nil {
-				inter.AddCert(c)
-			}
+		for _, c := range peers[1:] {
+			inter.AddCert(c)
 		}
-		_, err = leaf.Verify(x509.VerifyOptions{Roots: ts.clientCA, Intermediates: inter,
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: ts.clientCA, Intermediates: inter, CurrentTime: ts.now(),
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err == nil {
 			return nil

@@ -2,6 +2,7 @@ package certs
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"os"
@@ -154,4 +155,86 @@ func TestCertificateExpiry(t *testing.T) {
 			t.Fatal("a certificate from files was replaced")
 		}
 	})
+}
+
+// TestClientCertCheckedOnResumption: a client certificate is judged on
+// every connection, resumed ones included (TLS 1.2 and 1.3). crypto/tls skips
+// VerifyPeerCertificate when a session resumes (and, under
+// RequireAnyClientCert, its own expiry check too), so a client whose
+// CA-signed certificate had expired kept connecting with the session
+// ticket it got while the certificate was valid — for the ticket's seven
+// days — while a full handshake with the same certificate was refused.
+func TestClientCertCheckedOnResumption(t *testing.T) {
+	var fake atomic.Int64
+	fake.Store(time.Now().UnixNano())
+	clock := func() time.Time { return time.Unix(0, fake.Load()) }
+	dir := t.TempDir()
+	ca := testutil.Cert(t, "home CA", nil, true)
+	testutil.WriteCert(t, ca, filepath.Join(dir, "ca.pem"), "")
+	leaf := testutil.Cert(t, "laptop", &ca, false) // valid for an hour
+	st, err := newStore(Config{SelfSigned: true, ClientCA: filepath.Join(dir, "ca.pem")}, quiet(), clock, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", st.TLSConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { // echo one byte
+				defer c.Close()
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err == nil {
+					c.Write(b)
+				}
+			}()
+		}
+	}()
+	roots := x509.NewCertPool()
+	roots.AddCert(st.cert.Load().Leaf)
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		fake.Store(time.Now().UnixNano())
+		cache := tls.NewLRUClientSessionCache(4)
+		// connect reports whether the relay admitted the client, and
+		// whether the session was resumed.
+		connect := func(cache tls.ClientSessionCache) (admitted, resumed bool) {
+			t.Helper()
+			c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MaxVersion: version,
+				Certificates: []tls.Certificate{leaf}, ClientSessionCache: cache})
+			if err != nil {
+				return false, false
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			b := make([]byte, 1)
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				return false, false
+			}
+			if _, err := io.ReadFull(c, b); err != nil { // TLS 1.3: a refusal arrives here
+				return false, false
+			}
+			return true, c.ConnectionState().DidResume
+		}
+		name := tls.VersionName(version)
+		if ok, _ := connect(cache); !ok {
+			t.Fatalf("%s: a valid CA-signed certificate refused", name)
+		}
+		if ok, resumed := connect(cache); !ok || !resumed {
+			t.Fatalf("%s: second connection with the session cache: admitted %v, resumed %v (the test needs resumption)", name, ok, resumed)
+		}
+		fake.Store(leaf.Leaf.NotAfter.Add(time.Minute).UnixNano())
+		if ok, resumed := connect(cache); ok {
+			t.Errorf("%s: an expired client certificate admitted on a resumed session (resumed %v)", name, resumed)
+		}
+		if ok, _ := connect(nil); ok {
+			t.Errorf("%s: an expired client certificate admitted on a full handshake", name)
+		}
+	}
 }
