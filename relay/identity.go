@@ -23,6 +23,10 @@ type Identity struct {
 	// Cert is the verified client certificate (nil without); access rules
 	// check it against their CAs.
 	Cert *x509.Certificate
+	// Intermediates are the certificates the client sent after Cert (nil
+	// without): access rules build Cert's chain to their CAs with them,
+	// as the TLS layer does (--tls-client-ca).
+	Intermediates []*x509.Certificate
 	// TokenSubject is the authenticator's subject for the token, also when
 	// a certificate decides Kind ("" when none or before authentication).
 	TokenSubject string
@@ -77,7 +81,9 @@ func IdentityOf(cert *x509.Certificate, tokenSubject string) Identity {
 // its TLS client certificate, else anonymous.
 func IdentityOfRequest(r *http.Request) Identity {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		return IdentityOf(r.TLS.PeerCertificates[0], "")
+		id := IdentityOf(r.TLS.PeerCertificates[0], "")
+		id.Intermediates = r.TLS.PeerCertificates[1:]
+		return id
 	}
 	return IdentityOf(nil, "")
 }
@@ -137,7 +143,13 @@ func (c *conn) identity() Identity {
 	if a := c.view(); a.authed {
 		sub = c.s.tokenSubject(&c.subject, a.key.Token)
 	}
-	return IdentityOf(c.clientCert(), sub)
+	peers := c.clientCerts()
+	if len(peers) == 0 {
+		return IdentityOf(nil, sub)
+	}
+	id := IdentityOf(peers[0], sub)
+	id.Intermediates = peers[1:]
+	return id
 }
 
 // tokenSubject is who an accepted token names: what the authenticator

@@ -63,10 +63,17 @@ func (c *conn) claimFor(t target) {
 
 // clientCert is the verified TLS client certificate, if any.
 func (c *conn) clientCert() *x509.Certificate {
+	if peers := c.clientCerts(); len(peers) > 0 {
+		return peers[0]
+	}
+	return nil
+}
+
+// clientCerts are the certificates the TLS client sent, its own first
+// (nil without).
+func (c *conn) clientCerts() []*x509.Certificate {
 	if tr, ok := c.tr.(*tlsTransport); ok {
-		if peers := tr.s.State().PeerCertificates; len(peers) > 0 {
-			return peers[0]
-		}
+		return tr.s.State().PeerCertificates
 	}
 	return nil
 }

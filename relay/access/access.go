@@ -299,7 +299,7 @@ func (r *rule) isFor(id *relay.Identity) bool {
 	if r.anonymous && id.Kind != relay.IdentityAnonymous {
 		return false
 	}
-	if len(r.cas) > 0 && !signedBy(id.Cert, r.cas) {
+	if len(r.cas) > 0 && !signedBy(id.Cert, id.Intermediates, r.cas) {
 		return false
 	}
 	if r.fingerprints != nil && !r.fingerprints[id.Fingerprint] {
@@ -314,12 +314,27 @@ func (r *rule) isFor(id *relay.Identity) bool {
 	return true
 }
 
-func signedBy(cert *x509.Certificate, pools []*x509.CertPool) bool {
+// maxIntermediates bounds the client's intermediates a chain is built
+// through: real chains have one or two, and signedBy runs on event loops
+// for each decision, where a client's dozens of look-alike intermediates
+// would cost up to 100 signature checks per CA.
+const maxIntermediates = 4
+
+// signedBy reports whether cert chains to one of pools, through the
+// intermediates the client sent (the first maxIntermediates).
+func signedBy(cert *x509.Certificate, intermediates []*x509.Certificate, pools []*x509.CertPool) bool {
 	if cert == nil {
 		return false
 	}
+	var inter *x509.CertPool
+	if len(intermediates) > 0 {
+		inter = x509.NewCertPool()
+		for _, c := range intermediates[:min(len(intermediates), maxIntermediates)] {
+			inter.AddCert(c)
+		}
+	}
 	for _, p := range pools {
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: p, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: p, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
 			return true
 		}
 	}

@@ -36,7 +36,8 @@ const sharedServer = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // anonymous clients, TunnelProxy, the page and routes to a local service.
 type world struct {
 	s                  *relay.Server
-	home, friend       *tls.Config // client TLS configs with their certificates
+	ca                 tls.Certificate // the home CA, with its key
+	home, friend       *tls.Config     // client TLS configs with their certificates
 	anonymousTLS       *tls.Config
 	hmacKey            []byte
 	upstream           *httptest.Server
@@ -68,7 +69,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	w := &world{hmacKey: make([]byte, 32), upstreamSawHeaders: make(chan http.Header, 16)}
+	w := &world{ca: caCert, hmacKey: make([]byte, 32), upstreamSawHeaders: make(chan http.Header, 16)}
 	rand.Read(w.hmacKey)
 	hm, _ := auth.NewHMACAuthKey(fmt.Sprintf("%x", w.hmacKey))
 	roots := x509.NewCertPool()
@@ -220,6 +221,46 @@ func TestAccessTunnelProxy(t *testing.T) {
 	cl.Close()
 	if _, err := client.DialTPClient(ctx, client.TPOptions{URL: w.tlsURL(), ServerUUID: other, TLSConfig: w.friend}); !forbidden(err) {
 		t.Fatalf("the friend reaches another server: %v, want ForbiddenCall", err)
+	}
+}
+
+// TestAccessIntermediateCA: a certificate the home CA issued through an
+// intermediate (as step-ca and most private CAs issue them), sent with the
+// intermediate, is one of the home CA's for the rules as it is for the TLS
+// layer: "ca: the certificate must chain to it". The rules verified the
+// leaf against the rule's CA without the client's intermediates, so such
+// a device, admitted by --tls-client-ca, was refused every action.
+func TestAccessIntermediateCA(t *testing.T) {
+	w := newWorld(t)
+	inter := relaytest.Cert(t, "home intermediate", &w.ca, true)
+	leaf := relaytest.Cert(t, "tablet", &inter, false)
+	leaf.Certificate = append(leaf.Certificate, inter.Certificate[0]) // the chain the client sends
+	conf := w.anonymousTLS.Clone()
+	conf.Certificates = []tls.Certificate{leaf}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tok, err := auth.MintHMAC(w.hmacKey, "tablet", time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, err := client.DialPair(ctx, client.Options{URL: w.tlsURL(), Token: tok, Nonce: "family", TLSConfig: conf},
+		client.Options{URL: w.tlsURL(), Token: tok, Nonce: "family", TLSConfig: conf, Name: "b"})
+	if err != nil {
+		t.Fatalf("an own device with an intermediate pairs: %v", err)
+	}
+	a.Close()
+	b.Close()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: conf}, Timeout: 10 * time.Second}
+	resp, err := hc.Get("https://" + relaytest.Addr(w.s) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("an own device with an intermediate, /metrics: %d, want 200", resp.StatusCode)
+	}
+	if n := relaytest.Metric(t, w.s, `meetpoint_access_total{rule="own devices",action="pair",result="allow"}`); n != 2 {
+		t.Errorf("own devices' pair allowed %v times, want 2", n)
 	}
 }
 
