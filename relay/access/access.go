@@ -291,11 +291,10 @@ func (p *Policy) Allow(id *relay.Identity, action, target string) (bool, string)
 	return false, "default"
 }
 
-// isFor reports whether every identity condition of r holds for id.
+// isFor reports whether every identity condition of r holds for id (any
+// = true adds none: alone it is for everyone, beside others it does not
+// widen them).
 func (r *rule) isFor(id *relay.Identity) bool {
-	if r.any {
-		return true
-	}
 	if r.anonymous && id.Kind != relay.IdentityAnonymous {
 		return false
 	}

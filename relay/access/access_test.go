@@ -200,3 +200,50 @@ func TestReloadKeepsRulesOnError(t *testing.T) {
 		t.Fatalf("after reload: %v %q", ok, rule)
 	}
 }
+
+// TestAnyWithOtherConditions: "all given must hold" holds for any = true
+// too: a rule that says any = true and also names a certificate is for
+// that certificate only. isFor returned true at any = true before looking
+// at the rest, so such a rule granted its entries to every client,
+// anonymous ones included.
+func TestAnyWithOtherConditions(t *testing.T) {
+	dir := t.TempDir()
+	home, friend := pki(t, dir)
+	fid := relay.IdentityOf(friend, "")
+	rules, err := Parse([]byte(`
+[[rule]]
+name = "friend, whatever the token"
+any = true
+fingerprint = ["`+fid.Fingerprint+`"]
+allow = ["http:/shared/*"]
+
+[[rule]]
+name = "operators"
+any = true
+token-subject = ["ops-*"]
+allow = ["http:/metrics"]
+`), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{}
+	p.rules.Store(&rules)
+	for _, c := range []struct {
+		name   string
+		id     relay.Identity
+		target string
+		ok     bool
+	}{
+		{"the friend", fid, "/shared/x", true},
+		{"the friend with a token", relay.IdentityOf(friend, "bob"), "/shared/x", true},
+		{"anonymous on the friend's rule", relay.IdentityOf(nil, ""), "/shared/x", false},
+		{"another certificate on the friend's rule", relay.IdentityOf(home, ""), "/shared/x", false},
+		{"an operator", relay.IdentityOf(nil, "ops-1"), "/metrics", true},
+		{"another token subject on the operators' rule", relay.IdentityOf(nil, "guest-1"), "/metrics", false},
+		{"anonymous on the operators' rule", relay.IdentityOf(nil, ""), "/metrics", false},
+	} {
+		if ok, rule := p.Allow(&c.id, relay.ActionHTTP, c.target); ok != c.ok {
+			t.Errorf("%s, %s: %v (rule %q), want %v", c.name, c.target, ok, rule, c.ok)
+		}
+	}
+}
