@@ -38,6 +38,7 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
 
@@ -354,21 +355,27 @@ func anyMatch(patterns []string, s string) bool {
 }
 
 // Match reports whether s matches pattern: * is any run of characters
-// (slashes included), ? any one character, everything else itself.
+// (slashes included), ? any one character (a UTF-8 sequence; a byte
+// that is not valid UTF-8 counts as one), everything else itself.
 // Cost: O(len(pattern)·len(s)) at worst, no allocation.
 func Match(pattern, s string) bool {
 	px, sx := 0, 0
 	starP, starS := -1, 0
 	for sx < len(s) {
 		switch {
-		case px < len(pattern) && (pattern[px] == '?' || pattern[px] == s[sx]) && pattern[px] != '*':
+		case px < len(pattern) && pattern[px] == '?': // one character, not one byte
+			_, n := utf8.DecodeRuneInString(s[sx:])
+			px++
+			sx += n
+		case px < len(pattern) && pattern[px] != '*' && pattern[px] == s[sx]:
 			px++
 			sx++
 		case px < len(pattern) && pattern[px] == '*':
 			starP, starS = px, sx
 			px++
 		case starP >= 0:
-			starS++
+			_, n := utf8.DecodeRuneInString(s[starS:]) // the star takes whole characters
+			starS += n
 			px, sx = starP+1, starS
 		default:
 			return false

@@ -247,3 +247,21 @@ allow = ["http:/metrics"]
 		}
 	}
 }
+
+// TestMatchQuestionIsOneCharacter: ? is one character, as the rules
+// promise, not one byte: "guest-?" takes guest-é, and "room-??" (two
+// characters) does not take room-é, one character of two bytes, which it
+// granted.
+func TestMatchQuestionIsOneCharacter(t *testing.T) {
+	for _, c := range []struct {
+		p, s string
+		ok   bool
+	}{
+		{"guest-?", "guest-é", true}, {"room-??", "room-é", false}, {"x?y", "x日y", true}, {"x??y", "x日y", false},
+		{"*?", "é", true}, {"*??", "é", false}, {"a*?b", "a日b", true}, {"?", "\xff", true}, {"??", "日", false},
+	} {
+		if got := Match(c.p, c.s); got != c.ok {
+			t.Errorf("Match(%q, %q) = %v", c.p, c.s, got)
+		}
+	}
+}
