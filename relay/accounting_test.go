@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -554,4 +556,29 @@ func (p nonceOnly) Allow(_ *Identity, action, target string) (bool, string) {
 		return true, "open"
 	}
 	return false, "default"
+}
+
+// TestAccessDeniedLogHidesAppKeys: a refused HTTP request is logged (at
+// debug) with its path, but an application key in it (the groups API's
+// /app/KEY/…, WAMP's /app/KEY) is not: keys are never logged.
+func TestAccessDeniedLogHidesAppKeys(t *testing.T) {
+	logs := &testutil.Tail{}
+	s := startServer(t, func(c *Config) {
+		c.Access = nonceOnly("open-")
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	for _, path := range []string{"/app/SECRETKEY123/groups", "/app/SECRETKEY123"} {
+		resp, err := http.Get("http://" + s.Addrs()[0].String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s: %d, want 403 (the policy allows no HTTP)", path, resp.StatusCode)
+		}
+	}
+	testutil.WaitFor(t, func() bool { return strings.Count(logs.String(), "access denied") >= 2 }, "both refusals logged")
+	if strings.Contains(logs.String(), "SECRETKEY123") || !strings.Contains(logs.String(), "target=/app/(key)/groups") {
+		t.Fatalf("the refusals' log lines:\n%s", logs.String())
+	}
 }

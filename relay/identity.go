@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 )
 
@@ -129,7 +130,7 @@ func (s *Server) Allow(id Identity, action, target string) bool {
 	result := "allow"
 	if !ok {
 		result = "deny"
-		s.log.Debug("access denied", "identity", id.String(), "action", action, "target", target, "rule", rule) // counted; Debug: scanners must not flood the log
+		s.log.Debug("access denied", "identity", id.String(), "action", action, "target", logTarget(action, target), "rule", rule) // counted; Debug: scanners must not flood the log
 	}
 	// Bounded: rules × actions × 2, from the operator's rules file.
 	s.stats.set.GetOrCreateCounter(fmt.Sprintf(`meetpoint_access_total{rule=%q,action=%q,result=%q}`, rule, action, result)).Inc()
@@ -166,3 +167,19 @@ func (s *Server) tokenSubject(set *atomic.Pointer[string], token string) string 
 
 // Identity is the connection's identity (see Identity).
 func (c Conn) Identity() Identity { return c.c.identity() }
+
+// logTarget is target as a log may show it: an HTTP path's segment after
+// "app" is an application key (the groups API's /app/KEY/…, WAMP's
+// /app/KEY), never logged.
+func logTarget(action, target string) string {
+	if action != ActionHTTP {
+		return target
+	}
+	segs := strings.Split(target, "/")
+	for i := 1; i < len(segs); i++ {
+		if segs[i-1] == "app" && segs[i] != "" {
+			segs[i] = "(key)"
+		}
+	}
+	return strings.Join(segs, "/")
+}
