@@ -260,7 +260,7 @@ func (s *Service) Deliver(channel string, data []byte) int {
 // oneLine is data (JSON) without the line breaks it may hold between its
 // tokens (pretty-printed): a raw-TCP subscriber reads one event per line.
 func oneLine(data []byte) []byte {
-	if bytes.IndexAny(data, "\r\n") < 0 {
+	if !bytes.ContainsAny(data, "\r\n") {
 		return data
 	}
 	var b bytes.Buffer
