@@ -41,10 +41,11 @@ type TakeResult int
 
 // Take results.
 const (
-	TakeUnknown  TakeResult = iota // no such token (never minted, or expired in the store)
-	TakeFirst                      // the token's first end
-	TakePartner                    // its one partner: same nonce
-	TakeReplayed                   // used up, or another nonce
+	TakeUnknown   TakeResult = iota // no such token (never minted, or expired in the store)
+	TakeFirst                       // the token's first end
+	TakePartner                     // its one partner: same nonce
+	TakeReplayed                    // used up, or another nonce
+	TakeMalformed                   // the key holds something that is not a token (left as it is)
 )
 
 // DefaultMaxAge is how long a one-time token minted with a "time" is good.
@@ -123,6 +124,10 @@ func (o *OneTime) Authenticate(ctx context.Context, req relay.AuthRequest, done 
 			return
 		case res == TakeReplayed:
 			o.count("replayed")
+			done(relay.AuthFailed)
+			return
+		case res == TakeMalformed:
+			o.count("malformed")
 			done(relay.AuthFailed)
 			return
 		}
@@ -281,7 +286,10 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 // one Lua script (Redis ≥ 6.0): the first end replaces the value with a
 // marker "\x00mp|LEFT|NONCELEN|NONCE" + value under the same TTL, the
 // partner turns LEFT to 0, so any relay of a fleet admits exactly the two
-// ends of one tunnel (a whole take writes LEFT 0 at once).
+// ends of one tunnel (a whole take writes LEFT 0 at once). The key is
+// the client's choice, so the script marks only a token's value (a JSON
+// object naming a "user"): any other key of a shared Redis (the fleet's,
+// another application's, of any type) is TakeMalformed and left as it is.
 type RedisStore struct {
 	rdb    redis.UniversalClient
 	what   string // the URL, redacted, for logs
@@ -314,12 +322,18 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 }
 
 // takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take):
-// {0} unknown, {1, value} first, {2, value} partner, {3} replayed.
+// {0} unknown, {1, value} first, {2, value} partner, {3} replayed, {4}
+// not a token (another type, or a string that is no JSON object with a
+// string "user": untouched).
 var takeScript = redis.NewScript(`
+local ty = redis.call('TYPE', KEYS[1])['ok']
+if ty == 'none' then return {0} end
+if ty ~= 'string' then return {4} end
 local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
 local p = '\0mp|'
 if string.sub(v, 1, 4) ~= p then
+  local ok, t = pcall(cjson.decode, v)
+  if not ok or type(t) ~= 'table' or type(t['user']) ~= 'string' then return {4} end
   local left = '1'
   if ARGV[2] == '1' then left = '0' end
   redis.call('SET', KEYS[1], p .. left .. '|' .. string.len(ARGV[1]) .. '|' .. ARGV[1] .. v, 'KEEPTTL')
@@ -362,6 +376,8 @@ func (r *RedisStore) Take(ctx context.Context, token, nonce string, whole bool) 
 		return val, TakePartner, nil
 	case 3:
 		return nil, TakeReplayed, nil
+	case 4:
+		return nil, TakeMalformed, nil
 	}
 	return nil, TakeUnknown, nil
 }

@@ -270,3 +270,66 @@ func TestOneTimeRedisCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestOneTimeRedisLeavesOtherKeysAlone: the token a client presents names
+// a Redis key, and with no prefix (the default) any key of a Redis shared
+// with the fleet, the groups API or another application. A key that holds
+// no token is not a token: refused (malformed), never rewritten (the
+// marker of a taken token would corrupt the other owner's value), and a
+// key of another type (a set, a hash) is no store outage either — no
+// AuthenticationErrorProxyError, no store_error, which would mark the
+// store down (/readyz) on a client's made-up token and never count
+// toward its ban.
+func TestOneTimeRedisLeavesOtherKeysAlone(t *testing.T) {
+	addr, _ := testutil.Redis(t, 0)
+	store, _, err := ParseRedisAuth("redis://" + addr + "/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	o := NewOneTime(store, 0)
+	ctx := context.Background()
+	others := map[string]string{
+		"meetpoint:{nodes}:node:n1": "10.0.0.1:8443",
+		"meetpoint:{nodes}:epoch":   "7",
+		"app:session":               `{"cart": [1, 2]}`,
+	}
+	for k, v := range others {
+		if err := store.rdb.Set(ctx, k, v, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.rdb.SAdd(ctx, "meetpoint:{nodes}:set", "n1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.rdb.HSet(ctx, "app:user:1", "name", "alice").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range others {
+		if r, _ := ask1(t, o, k, "n"); r != relay.AuthFailed {
+			t.Errorf("token %q (a string key holding no token): %v, want AuthenticationFailed", k, r)
+		}
+		if got, err := store.rdb.Get(ctx, k).Result(); err != nil || got != v {
+			t.Errorf("key %q after a client presented it as a token: %q (%v), want %q untouched", k, got, err, v)
+		}
+	}
+	for _, k := range []string{"meetpoint:{nodes}:set", "app:user:1"} {
+		if r, _ := ask1(t, o, k, "n"); r != relay.AuthFailed {
+			t.Errorf("token %q (a key of another type): %v, want AuthenticationFailed", k, r)
+		}
+	}
+	if n := o.results["store_error"].Get(); n != 0 {
+		t.Errorf("store_error counted %d times for tokens naming other keys: the store answered", n)
+	}
+	if n := o.results["malformed"].Get(); n != uint64(len(others)+2) {
+		t.Errorf("malformed counted %d times, want %d", n, len(others)+2)
+	}
+	// A real token still works: its two ends, then nothing.
+	tok, _, err := Mint(ctx, store, "alice", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := ends(t, o, tok, "n", 3); count(rs, relay.AuthNoError) != 2 || count(rs, relay.AuthFailed) != 1 {
+		t.Fatalf("three ends at once: %v, want two accepted", rs)
+	}
+}
