@@ -504,3 +504,32 @@ func TestWebhookSecretsNeverShown(t *testing.T) {
 		t.Fatalf("a refused URL: %v", err)
 	}
 }
+
+// TestRedisPasswordNeverInParseErrors: a Redis password holding a
+// character a URL gives a meaning to ('/', '#', '?', '%', as base64 and
+// generated passwords do) makes --auth redis://… unparsable, and
+// url.Parse's own message quotes the piece it choked on — the password's
+// beginning (invalid port ":S3CR" after host), or its bad escape. The
+// error refusing the URL says what is wrong without quoting any of it.
+func TestRedisPasswordNeverInParseErrors(t *testing.T) {
+	for _, spec := range []string{
+		"redis://:S3CR/ET@127.0.0.1:6379/0",
+		"redis://:S3CR#ET@127.0.0.1:6379/0",
+		"redis://:S3CR?ET@127.0.0.1:6379/0",
+		"rediss://user:S3CR/ET@127.0.0.1:6379/0",
+		"redis+cluster://:S3CR/ET@127.0.0.1:6379",
+		"redis://:%zzS3CRET@127.0.0.1:6379/0",
+	} {
+		_, err := ParseAuth(spec)
+		if err == nil {
+			t.Errorf("%s: accepted", spec)
+			continue
+		}
+		if strings.Contains(err.Error(), "S3CR") || strings.Contains(err.Error(), "%zz") {
+			t.Errorf("the error refusing a Redis URL quotes its password: %v", err)
+		}
+		if !strings.Contains(err.Error(), "not a URL") {
+			t.Errorf("%s: %v, want it to say the URL does not parse", spec, err)
+		}
+	}
+}

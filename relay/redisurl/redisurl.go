@@ -78,10 +78,16 @@ func Describe(spec string) string {
 }
 
 // NotAURL is what's error for a spec url.Parse refused with err, without
-// the spec: url.Error quotes it whole, password included.
+// the spec: url.Error quotes it whole, password included, and its inner
+// message the piece it choked on (invalid port ":PASSW" after host, for
+// a password holding a '/'), so only the words before that quote stay.
 func NotAURL(what string, err error) error {
 	if ue, ok := err.(*url.Error); ok {
 		err = ue.Err
 	}
-	return fmt.Errorf("%s: not a URL: %v", what, err)
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimSpace(msg[:i]) + " (not quoted: it may be part of a password; percent-encode / # ? % in one)"
+	}
+	return fmt.Errorf("%s: not a URL: %s", what, msg)
 }
