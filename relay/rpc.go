@@ -264,10 +264,20 @@ func (s *Server) authFailedAt(ip netip.Addr) {
 
 // refuseAuth answers a refused authentication and closes: the
 // Authenticate reply with r and a close, or, for a token in the WebSocket
-// URL, an HTTP 401 (no WebSocket ever existed). Called with mu held.
+// URL (no WebSocket ever existed), the HTTP status of why: 401 for a
+// refused token, 403 for one the access rules refuse, 503 when the
+// authenticator could not check it (its store down, no answer in time:
+// no token was refused). Called with mu held.
 func (c *conn) refuseAuth(r AuthResult, why reason.Reason, text string) {
 	if c.upgrade != nil {
-		c.refuseUpgrade("401 Unauthorized", why, "the relay refused the token in the URL.")
+		switch {
+		case why == reason.AccessDenied:
+			c.refuseUpgrade("403 Forbidden", why, "the access rules do not let this client pair here.")
+		case r == AuthFailed:
+			c.refuseUpgrade("401 Unauthorized", why, "the relay refused the token in the URL.")
+		default:
+			c.refuseUpgrade("503 Service Unavailable", why, "the relay could not check the token in the URL now; try again.")
+		}
 		return
 	}
 	c.send(handshake.AppendSuccess(nil, c.view().authID,

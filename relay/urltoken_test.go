@@ -151,3 +151,31 @@ type partnerConn struct {
 
 func (p *partnerConn) Read(b []byte) (int, error) { return p.br.Read(b) }
 func (p *partnerConn) PeerName() string           { return p.peer }
+
+// TestURLTokenRefusalSaysWhy: a token in the WebSocket URL that is not
+// accepted gets the HTTP status of why, as the JSON-RPC client gets its
+// AuthenticationError: 401 only for a refused token; an authenticator that
+// could not check it (its store down: ProxyError; no answer within
+// AuthTimeout) refused no token, 503, and the client may try again; a
+// good token the access rules do not let pair, 403 (docs/security.md).
+func TestURLTokenRefusalSaysWhy(t *testing.T) {
+	down := startServer(t, func(c *Config) { c.Auth = storeDown{} })
+	if _, _, st := urlDial(t, down, "/?token=good-token&nonce=n", nil); st != 503 {
+		t.Errorf("the authenticator's store down: status %d, want 503", st)
+	}
+	slow := startServer(t, func(c *Config) { c.Auth = acAuth{}; c.AuthTimeout = 200 * time.Millisecond })
+	if _, _, st := urlDial(t, slow, "/?token=hang&nonce=n", nil); st != 503 {
+		t.Errorf("the authenticator never answering: status %d, want 503", st)
+	}
+	ruled := startServer(t, func(c *Config) { c.Auth = acAuth{}; c.Access = nonceOnly("open-") })
+	if _, _, st := urlDial(t, ruled, "/?token=good&nonce=closed-1", nil); st != 403 {
+		t.Errorf("a good token the access rules refuse: status %d, want 403", st)
+	}
+	if _, _, st := urlDial(t, ruled, "/?token=bad&nonce=open-1", nil); st != 401 {
+		t.Errorf("a refused token: status %d, want 401", st)
+	}
+	waitFor(t, func() bool {
+		return ruled.Stats().Closes["access_denied"] == 1 && ruled.Stats().Closes["auth_failed"] == 1
+	},
+		"the refusals counted as access_denied and auth_failed")
+}
