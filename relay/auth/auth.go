@@ -270,9 +270,14 @@ func ParseHMACKey(text, where string) ([]byte, error) {
 	return key, nil
 }
 
+// MinTokenTTL is the shortest lifetime MintHMAC and Mint accept: a
+// token's expiry is in whole seconds, rounded down, so a shorter one
+// could be expired when it is handed out.
+const MinTokenTTL = time.Second
+
 // MintHMAC returns a token for id, signed with key, that expires ttl after
 // now, rounded down to the second (see HMACAuth for the format). ttl must be
-// positive and at most MaxHMACTTL.
+// at least MinTokenTTL and at most MaxHMACTTL.
 func MintHMAC(key []byte, id string, ttl time.Duration, now time.Time) (string, error) {
 	if len(key) < MinHMACKeyLen {
 		return "", fmt.Errorf("hmac key: %d bytes, want at least %d", len(key), MinHMACKeyLen)
@@ -280,8 +285,8 @@ func MintHMAC(key []byte, id string, ttl time.Duration, now time.Time) (string, 
 	if !validHMACID(id) {
 		return "", fmt.Errorf("hmac token id %q: want 1 to 64 of [A-Za-z0-9_-]", id)
 	}
-	if ttl <= 0 || ttl > MaxHMACTTL {
-		return "", fmt.Errorf("hmac token ttl %v: want more than 0 and at most %v", ttl, MaxHMACTTL)
+	if ttl < MinTokenTTL || ttl > MaxHMACTTL {
+		return "", fmt.Errorf("hmac token ttl %v: want at least %v and at most %v", ttl, MinTokenTTL, MaxHMACTTL)
 	}
 	payload := id + "." + strconv.FormatInt(now.Add(ttl).Unix(), 10)
 	return payload + "." + hmacSign(key, payload), nil

@@ -40,7 +40,7 @@ func MintHandler(o *OneTime, adminKey string) http.Handler {
 		defer cancel()
 		tok, exp, err := Mint(ctx, o.Store(), req.User, ttl)
 		switch {
-		case err != nil && (req.User == "" || len(req.User) > 256 || ttl <= 0 || ttl > time.Hour):
+		case err != nil && CheckMint(req.User, ttl) != nil:
 			reply(http.StatusBadRequest, map[string]string{"error": err.Error()})
 		case err != nil:
 			reply(http.StatusServiceUnavailable, map[string]string{"error": "the token store is unavailable"})

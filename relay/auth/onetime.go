@@ -195,8 +195,8 @@ func CheckMint(user string, ttl time.Duration) error {
 	if user == "" || len(user) > 256 {
 		return errors.New("user: 1 to 256 characters")
 	}
-	if ttl <= 0 || ttl > time.Hour {
-		return errors.New("ttl: more than 0, at most 1h")
+	if ttl < MinTokenTTL || ttl > time.Hour {
+		return errors.New("ttl: at least 1s, at most 1h")
 	}
 	return nil
 }

@@ -2,9 +2,13 @@ package auth
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -331,5 +335,57 @@ func TestOneTimeRedisLeavesOtherKeysAlone(t *testing.T) {
 	}
 	if rs := ends(t, o, tok, "n", 3); count(rs, relay.AuthNoError) != 2 || count(rs, relay.AuthFailed) != 1 {
 		t.Fatalf("three ends at once: %v, want two accepted", rs)
+	}
+}
+
+// TestMintedTokensAreGoodWhenMinted: both token formats carry their
+// expiry in whole seconds, rounded down, so a ttl under a second made a
+// token already expired when it was handed out (an HMAC token from
+// MintHMAC or `meetpoint token --ttl 500ms`, a one-time token from Mint
+// and POST /v1/tokens, answered 201). A ttl is either refused or gives a
+// token that is good at the moment it is minted.
+func TestMintedTokensAreGoodWhenMinted(t *testing.T) {
+	now := t0.Add(200 * time.Millisecond) // any fraction of a second past t0
+	a := newHMAC(t, &now)
+	for _, ttl := range []time.Duration{time.Nanosecond, 500 * time.Millisecond, 999 * time.Millisecond, time.Second, MaxHMACTTL} {
+		tok, err := MintHMAC(testKey, "dev", ttl, now)
+		if err != nil {
+			continue
+		}
+		if !a.valid(tok, now) {
+			t.Errorf("MintHMAC with ttl %v: a token already expired when minted", ttl)
+		}
+	}
+	store := NewMemStore()
+	o := NewOneTime(store, 0)
+	for _, ttl := range []time.Duration{time.Nanosecond, 500 * time.Millisecond, 5 * time.Second} {
+		tok, exp, err := Mint(context.Background(), store, "alice", ttl)
+		if err != nil {
+			continue
+		}
+		if r, _ := ask1(t, o, tok, "n"); r != relay.AuthNoError {
+			t.Errorf("Mint with ttl %v: %v (expires %v), want a token good at once", ttl, r, exp.Unix())
+		}
+	}
+	srv := httptest.NewServer(MintHandler(o, "adminkey"))
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"user": "alice", "ttl": "1ns"}`))
+	req.Header.Set("Authorization", "Bearer adminkey")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ans struct {
+		Token   string
+		Expires int64
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&ans)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusCreated {
+		if r, _ := ask1(t, o, ans.Token, "n"); r != relay.AuthNoError {
+			t.Errorf(`POST /v1/tokens {"ttl": "1ns"}: 201 with a token that is %v (expires %d)`, r, ans.Expires)
+		}
+	} else if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf(`POST /v1/tokens {"ttl": "1ns"}: %d, want 201 with a good token or 400`, resp.StatusCode)
 	}
 }
