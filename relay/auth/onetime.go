@@ -221,11 +221,17 @@ func Mint(ctx context.Context, store TokenStore, user string, ttl time.Duration)
 }
 
 // MemStore is an in-process TokenStore (one relay, no Redis: `make run`,
-// single-node deployments). Expired tokens are dropped as new ones come.
+// single-node deployments). Expired tokens are dropped as new ones come:
+// Put sweeps them out whenever the store has doubled since the last
+// sweep (amortised O(1) a Put), so it holds about twice the live tokens.
 type MemStore struct {
-	mu     sync.Mutex
-	tokens map[string]*memToken
+	mu      sync.Mutex
+	tokens  map[string]*memToken
+	sweepAt int // Put sweeps expired tokens once len(tokens) reaches it
 }
+
+// memSweepMin is the least size at which MemStore sweeps.
+const memSweepMin = 1024
 
 type memToken struct {
 	val   []byte
@@ -268,12 +274,13 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
-	if len(m.tokens) >= MaxMemTokens {
+	if len(m.tokens) >= max(m.sweepAt, memSweepMin) || len(m.tokens) >= MaxMemTokens {
 		for k, t := range m.tokens {
 			if !now.Before(t.until) {
 				delete(m.tokens, k)
 			}
 		}
+		m.sweepAt = 2 * len(m.tokens)
 		if len(m.tokens) >= MaxMemTokens {
 			return errors.New("one-time token store full")
 		}

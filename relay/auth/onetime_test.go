@@ -389,3 +389,36 @@ func TestMintedTokensAreGoodWhenMinted(t *testing.T) {
 		t.Errorf(`POST /v1/tokens {"ttl": "1ns"}: %d, want 201 with a good token or 400`, resp.StatusCode)
 	}
 }
+
+// TestMemStoreDropsExpiredTokens: "expired tokens are dropped as new ones
+// come" — a relay minting steadily (POST /v1/tokens) keeps about the
+// tokens still alive, not every token it ever minted until MaxMemTokens
+// (a million, hundreds of MB) and then a sweep of all of them under the
+// store's lock.
+func TestMemStoreDropsExpiredTokens(t *testing.T) {
+	m := NewMemStore()
+	ctx := context.Background()
+	const n = 20000
+	for i := range n {
+		// Expired as soon as stored: a day of tokens, minted and used.
+		if err := m.Put(ctx, fmt.Sprintf("old-%d", i), []byte(`{"user":"u","exp":1}`), time.Nanosecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if err := m.Put(ctx, fmt.Sprintf("live-%d", i), []byte(`{"user":"u","exp":1}`), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mu.Lock()
+	held := len(m.tokens)
+	m.mu.Unlock()
+	if held > n/4 {
+		t.Fatalf("the store holds %d tokens after %d expired and 10 live ones were put: expired tokens are kept", held, n)
+	}
+	for i := range 10 {
+		if _, res, _ := m.Take(ctx, fmt.Sprintf("live-%d", i), "", true); res != TakeFirst {
+			t.Fatalf("live token %d: %v, want it kept", i, res)
+		}
+	}
+}
