@@ -63,12 +63,23 @@ func ParseAuth(spec string) (relay.Authenticator, error) {
 	case kind == "webhook" && path != "":
 		a, err = NewWebhook(path)
 	default:
-		return nil, fmt.Errorf("%q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\", \"webhook:URL\", \"onetime\" or \"redis://HOST:PORT/DB\"", spec)
+		return nil, fmt.Errorf("%q: want \"dummy\", \"file:PATH\", \"hmac:KEYFILE\", \"webhook:URL\", \"onetime\" or \"redis://HOST:PORT/DB\"", shownSpec(spec))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%q: %w", spec, err)
+		return nil, fmt.Errorf("%q: %w", shownSpec(spec), err)
 	}
 	return a, nil
+}
+
+// shownSpec is spec as ParseAuth's errors quote it: whole, unless it may
+// hold a URL's credentials (a user:password@, a key in a query or
+// fragment), then only its kind, what comes before the first ':'.
+func shownSpec(spec string) string {
+	if !strings.ContainsAny(spec, "@?#") {
+		return spec
+	}
+	kind, _, _ := strings.Cut(spec, ":")
+	return kind + ":…"
 }
 
 // Dummy accepts every token. It is for tests and trusted networks only.

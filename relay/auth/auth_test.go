@@ -533,3 +533,32 @@ func TestRedisPasswordNeverInParseErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestParseAuthNeverShowsURLSecrets: ParseAuth's errors quote the spec,
+// and a spec may be a URL with credentials (a webhook's user:password@ or
+// key in its query, a Redis password): a webhook URL NewWebhook refuses,
+// or a Redis URL with a typo in its scheme, was quoted whole, password
+// and all, into the error meetpoint serve prints and its journal keeps.
+// The error still names what it refused, without the secret.
+func TestParseAuthNeverShowsURLSecrets(t *testing.T) {
+	for _, c := range []struct{ spec, names string }{
+		{"webhook:ftp://hookuser:PASSW0RD@auth.example/check", "webhook:"},
+		{"webhook:https://hookuser:PASSW0RD@/check", "webhook:"},
+		{"webhook:ftp://auth.example/check?key=PASSW0RD", "webhook:"},
+		{"webhok:https://hookuser:PASSW0RD@auth.example/check", "webhok:"},
+		{"redis:/:PASSW0RD@127.0.0.1:6379/0", "redis:"},
+		{"REDIS://:PASSW0RD@127.0.0.1:6379/0", "REDIS:"},
+	} {
+		a, err := ParseAuth(c.spec)
+		if err == nil {
+			t.Errorf("ParseAuth(%q) = %T, want an error", c.spec, a)
+			continue
+		}
+		if strings.Contains(err.Error(), "PASSW0RD") {
+			t.Errorf("the error refusing an --auth spec shows its secret: %v", err)
+		}
+		if !strings.Contains(err.Error(), c.names) {
+			t.Errorf("%v: does not name the spec refused (%s…)", err, c.names)
+		}
+	}
+}
