@@ -329,13 +329,19 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // RequireBearer serves h only to requests that carry "Authorization:
-// Bearer KEY" (compared in constant time; surrounding spaces of key
-// ignored); the others get 401 with a JSON error, and a wrong key counts
-// toward the address's ban (CountAuthFailure).
+// Bearer KEY" (the scheme in any case; the key compared in constant
+// time, surrounding spaces of key ignored); the others get 401 with a
+// JSON error, and a wrong key counts toward the address's ban
+// (CountAuthFailure).
 func RequireBearer(key string, h http.Handler) http.Handler {
-	want := []byte("Bearer " + strings.TrimSpace(key))
+	want := []byte(strings.TrimSpace(key))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if got := r.Header.Get("Authorization"); subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		got := r.Header.Get("Authorization")
+		// The scheme is case-insensitive (RFC 7235 §2.1): "bearer KEY"
+		// is the right key too. An empty key matches nothing.
+		scheme, cred, _ := strings.Cut(got, " ")
+		if !strings.EqualFold(scheme, "Bearer") || len(want) == 0 ||
+			subtle.ConstantTimeCompare([]byte(strings.TrimSpace(cred)), want) != 1 {
 			if got != "" {
 				CountAuthFailure(r)
 			}

@@ -642,3 +642,48 @@ func TestHTTPBodyReadLate(t *testing.T) {
 		})
 	}
 }
+
+// TestRequireBearerSchemeAnyCase: an HTTP authentication scheme is
+// case-insensitive (RFC 7235 §2.1; RFC 6750's "Bearer" with it), and
+// clients and libraries send "bearer KEY": the right admin key so sent is
+// served — not refused with 401 and counted as a guess toward a ban of
+// the backend's address. A wrong key in any case is still a guess.
+func TestRequireBearerSchemeAnyCase(t *testing.T) {
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	noExempt(&cfg)
+	cfg.Limits.AuthFailuresPerIP = 3
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("GET /admin", RequireBearer("right-key", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	c := dialFrom(t, s, "127.0.0.5")
+	br := bufio.NewReader(c)
+	ask := func(auth string) int {
+		t.Helper()
+		c.Write([]byte("GET /admin HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + "\r\n\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	for _, auth := range []string{"bearer right-key", "BEARER right-key", "Bearer right-key", "bEaReR right-key"} {
+		if code := ask(auth); code != 200 {
+			t.Errorf("%q: %d, want 200", auth, code)
+		}
+	}
+	if code := ask("bearer guess"); code != 401 {
+		t.Errorf("a wrong key: %d, want 401", code)
+	}
+	if b := s.stats.bans.Get(); b != 0 {
+		t.Errorf("%d bans after the right key in four spellings and one guess; want 0", b)
+	}
+}
