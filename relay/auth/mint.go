@@ -12,7 +12,7 @@ import (
 // MintHandler serves POST /v1/tokens on the relay's port for backends that
 // do not speak Redis: with "Authorization: Bearer ADMINKEY" and a body
 // {"user": "alice", "ttl": "20s"} (ttl optional: the authenticator's max
-// age) it mints a one-time token into o's store and answers 201
+// age, at most MaxMintTTL) it mints a one-time token into o's store and answers 201
 // {"token": T, "expires": UNIX_SECONDS}. A wrong or missing key is 401,
 // a bad body 400, the store failing 503. The key is compared in constant
 // time; tokens are never logged.
@@ -27,7 +27,7 @@ func MintHandler(o *OneTime, adminKey string) http.Handler {
 			reply(http.StatusBadRequest, map[string]string{"error": "body: want {\"user\": NAME, \"ttl\": \"20s\"}"})
 			return
 		}
-		ttl := o.MaxAge()
+		ttl := min(o.MaxAge(), MaxMintTTL)
 		if req.TTL != "" {
 			d, err := time.ParseDuration(req.TTL)
 			if err != nil {

@@ -189,13 +189,16 @@ func (o *OneTime) Metrics() (*metrics.Set, map[string]relay.MetricDoc) {
 		Help: "One-time token checks by result: ok (first end), partner (second end), unknown, expired, replayed, malformed, store_error (the store unreachable)."}}
 }
 
+// MaxMintTTL is the longest lifetime of a minted one-time token.
+const MaxMintTTL = time.Hour
+
 // CheckMint reports what is wrong with a one-time token's user and ttl,
 // the checks Mint makes before it asks the store.
 func CheckMint(user string, ttl time.Duration) error {
 	if user == "" || len(user) > 256 {
 		return errors.New("user: 1 to 256 characters")
 	}
-	if ttl < MinTokenTTL || ttl > time.Hour {
+	if ttl < MinTokenTTL || ttl > MaxMintTTL {
 		return errors.New("ttl: at least 1s, at most 1h")
 	}
 	return nil

@@ -422,3 +422,36 @@ func TestMemStoreDropsExpiredTokens(t *testing.T) {
 		}
 	}
 }
+
+// TestMintDefaultTTLWithinBounds: POST /v1/tokens without a ttl mints for
+// the authenticator's max age ("ttl optional"), and max-age may be longer
+// than the hour a minted token may live (a web app's "time" tokens good
+// for 2h): a request with a good body got 400 "ttl: …" for a ttl it never
+// sent. It gets a token good for the longest a minted one may live.
+func TestMintDefaultTTLWithinBounds(t *testing.T) {
+	o := NewOneTime(NewMemStore(), 2*time.Hour)
+	srv := httptest.NewServer(MintHandler(o, "adminkey"))
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"user": "alice"}`))
+	req.Header.Set("Authorization", "Bearer adminkey")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ans struct {
+		Token   string
+		Expires int64
+		Error   string
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&ans)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf(`{"user": "alice"} with max-age 2h: %d %q, want 201`, resp.StatusCode, ans.Error)
+	}
+	if left := time.Until(time.Unix(ans.Expires, 0)); left <= 59*time.Minute || left > time.Hour {
+		t.Errorf("the token expires in %v, want the longest a minted token may live (1h)", left)
+	}
+	if r, s := ask1(t, o, ans.Token, "n"); r != relay.AuthNoError || s != "alice" {
+		t.Errorf("the minted token: %v %q", r, s)
+	}
+}
