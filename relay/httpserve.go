@@ -328,6 +328,17 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// BearerToken is the credential of r's "Authorization: Bearer TOKEN"
+// header, surrounding spaces dropped; "" without one. The scheme is
+// matched in any case (RFC 7235 §2.1: "bearer TOKEN" is the same).
+func BearerToken(r *http.Request) string {
+	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(cred)
+}
+
 // RequireBearer serves h only to requests that carry "Authorization:
 // Bearer KEY" (the scheme in any case; the key compared in constant
 // time, surrounding spaces of key ignored); the others get 401 with a
@@ -336,13 +347,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 func RequireBearer(key string, h http.Handler) http.Handler {
 	want := []byte(strings.TrimSpace(key))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := r.Header.Get("Authorization")
-		// The scheme is case-insensitive (RFC 7235 §2.1): "bearer KEY"
-		// is the right key too. An empty key matches nothing.
-		scheme, cred, _ := strings.Cut(got, " ")
-		if !strings.EqualFold(scheme, "Bearer") || len(want) == 0 ||
-			subtle.ConstantTimeCompare([]byte(strings.TrimSpace(cred)), want) != 1 {
-			if got != "" {
+		// An empty key matches nothing.
+		if len(want) == 0 || subtle.ConstantTimeCompare([]byte(BearerToken(r)), want) != 1 {
+			if r.Header.Get("Authorization") != "" {
 				CountAuthFailure(r)
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint"`)

@@ -324,9 +324,9 @@ func (s *Service) appAccess(w http.ResponseWriter, r *http.Request, app, scope s
 	case !registered:
 		return false, true
 	}
-	got := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+	got := relay.BearerToken(r)
 	if subtle.ConstantTimeCompare([]byte(got), []byte(key)) != 1 {
-		if got != "" {
+		if r.Header.Get("Authorization") != "" {
 			relay.CountAuthFailure(r)
 		}
 		s.fail(w, http.StatusUnauthorized, "unauthorized", "application "+app+" is registered: its key is required (Authorization: Bearer KEY, or the /app/KEY/ URL)")

@@ -356,6 +356,11 @@ func TestGroupsRealms(t *testing.T) {
 	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "Bearer "+key); code != 200 || !strings.Contains(body, id) {
 		t.Errorf("listing with the key: %d %q", code, body)
 	}
+	// The scheme in any case (RFC 7235): "bearer KEY" is the key too,
+	// not a wrong one (which would count toward a ban).
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "bearer "+key); code != 200 || !strings.Contains(body, id) {
+		t.Errorf(`listing with "bearer KEY": %d %q`, code, body)
+	}
 	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups", ""); code != 200 || strings.Contains(body, id) {
 		t.Errorf("the open listing shows a registered app's group: %d %q", code, body)
 	}

@@ -167,16 +167,21 @@ func FreePort(t testing.TB) int {
 }
 
 // RefuseBad accepts every token except those starting with "bad"
-// (AuthenticationFailed): a relay on which tests can be refused on purpose.
+// (AuthenticationFailed) and those starting with "down" (ProxyError: as
+// if the authenticator's store were unreachable): a relay on which tests
+// can be refused on purpose.
 type RefuseBad struct{}
 
 // Authenticate implements relay.Authenticator.
 func (RefuseBad) Authenticate(_ context.Context, r relay.AuthRequest, done func(relay.AuthResult)) {
-	if strings.HasPrefix(r.Token, "bad") {
+	switch {
+	case strings.HasPrefix(r.Token, "bad"):
 		done(relay.AuthFailed)
-		return
+	case strings.HasPrefix(r.Token, "down"):
+		done(relay.AuthProxyError)
+	default:
+		done(relay.AuthNoError)
 	}
-	done(relay.AuthNoError)
 }
 
 // Cert makes a test certificate (see testutil.Cert: a CA, or a leaf for

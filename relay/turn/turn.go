@@ -175,6 +175,7 @@ type Service struct {
 	chanQuotas                  *metrics.Counter
 	connQuotas                  *metrics.Counter
 	authFail, creds             *metrics.Counter
+	authError                   *metrics.Counter // credentials not issued: the authenticator could not check the token
 	rxBytes, txBytes            *metrics.Counter // relayed from and to peers
 	rxPkts, txPkts, dropped     *metrics.Counter
 	droppedPort, tcpRefused     *metrics.Counter
@@ -229,6 +230,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.chanQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_channel"}`)
 	s.connQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_connection"}`)
 	s.authFail = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth"}`)
+	s.authError = s.set.NewCounter(`meetpoint_turn_refused_total{reason="auth_error"}`)
 	s.creds = s.set.NewCounter(`meetpoint_turn_credentials_total`)
 	s.rxBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="from_peers"}`)
 	s.txBytes = s.set.NewCounter(`meetpoint_turn_relayed_bytes_total{dir="to_peers"}`)
@@ -587,8 +589,8 @@ func Credentials(secret []byte, user string, ttl time.Duration, now time.Time) (
 // checked by the relay's authenticator, or a registered application's key
 // (the access rules' "http" action already applied to the path); 200 {"username","password","ttl","uris"}.
 func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
-	token := strings.TrimSpace(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
-	if token == "" || token == r.Header.Get("Authorization") {
+	token := relay.BearerToken(r)
+	if token == "" {
 		s.authFail.Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="meetpoint turn"`)
 		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "a relay token is required (Authorization: Bearer TOKEN)"})
@@ -606,9 +608,16 @@ func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
 	}
 	id := relay.IdentityOfRequest(r)
 	res, tid := s.srv.CheckToken(ctx, token, peer, id.Cert)
-	if res != relay.AuthNoError {
+	switch res {
+	case relay.AuthNoError:
+	case relay.AuthFailed:
 		s.authFail.Inc()
 		relay.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "token refused: " + res.String()})
+		return
+	default: // the authenticator could not check it (its store down, no answer in time): no token was refused
+		s.authError.Inc()
+		w.Header().Set("Retry-After", "5")
+		relay.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the relay could not check the token now (" + res.String() + "); try again"})
 		return
 	}
 	user := tid.Subject
@@ -662,7 +671,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_channel: a ChannelBind for one more channel than an allocation may hold (MaxChannels); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; auth_error: a credentials request whose token the relay's authenticator could not check (its store down, no answer in time: 503); quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_channel: a ChannelBind for one more channel than an allocation may hold (MaxChannels); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},

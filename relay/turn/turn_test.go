@@ -576,3 +576,27 @@ func TestCredentialsTokenGuessesBanned(t *testing.T) {
 		t.Errorf("another address: %d, want 200", code)
 	}
 }
+
+// TestCredentialsSchemeAndOutage: the Bearer scheme is taken in any case
+// (RFC 7235; "bearer TOKEN" once read as no token at all), and a token
+// the authenticator could not check (its store down) gets 503, counted
+// as auth_error: it was not refused, so it is no 401 and no guess.
+func TestCredentialsSchemeAndOutage(t *testing.T) {
+	_, srv := startWith(t, Config{}, func(c *relay.Config) { c.Limits.Exempt = nil })
+	url := "http://" + relaytest.Addr(srv) + "/v1/turn/credentials"
+	if code := relaytest.StatusFrom("127.0.0.2", "GET", url, "Authorization", "bearer good-token"); code != 200 {
+		t.Errorf(`"bearer good-token": %d, want 200`, code)
+	}
+	for i := range 3 {
+		code, hdr, _ := relaytest.HTTPFrom(t, "127.0.0.2", "GET", url, "", "Authorization", fmt.Sprintf("Bearer down-%d", i))
+		if code != 503 || hdr.Get("Retry-After") == "" {
+			t.Fatalf("a token the authenticator could not check: %d (Retry-After %q), want 503 with Retry-After", code, hdr.Get("Retry-After"))
+		}
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="auth_error"}`); n != 3 {
+		t.Errorf(`meetpoint_turn_refused_total{reason="auth_error"} = %v, want 3`, n)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="auth"}`); n > 0 {
+		t.Errorf(`meetpoint_turn_refused_total{reason="auth"} = %v: an outage counted as a refused token`, n)
+	}
+}
