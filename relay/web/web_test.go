@@ -419,3 +419,57 @@ func TestURLTokenInChromium(t *testing.T) {
 		t.Fatalf("a refused URL token in the browser: %q", code)
 	}
 }
+
+// TestPageReceivedFileIsNotActive: a file the partner sends is offered for
+// download as bytes, never as the type the partner claims. The partner
+// (anyone with the token) chooses the type: were the received blob
+// text/html, opening its link in a new tab (middle click) would run the
+// partner's script in the relay's origin, next to whatever else the relay
+// serves there (--route).
+func TestPageReceivedFileIsNotActive(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	b := browser(t)
+	victim, partner := tab(t, b), tab(t, b)
+	const token = "page-file-type"
+	run(t, victim, "the victim pairs",
+		chromedp.Navigate(base+"/#token="+token),
+		chromedp.WaitVisible(chromedp.ID("pair")),
+		chromedp.Click(chromedp.ID("pair")),
+		chromedp.WaitVisible(`//p[@id="state" and contains(., "waiting for a partner")]`),
+	)
+	run(t, partner, "open the page", chromedp.Navigate(base+"/"), chromedp.WaitReady(chromedp.CSS("body")))
+	const payload = `<script>document.title = "ran in " + location.origin</script>`
+	value(t, partner, "the partner sends an HTML file", awaitJS[bool](fmt.Sprintf(`(async () => {
+		const m = await import("/meetpoint.js");
+		const t = await m.pair({ url: "ws://" + location.host + "/", token: %q, name: "partner" });
+		const body = new TextEncoder().encode(%q);
+		t.send(JSON.stringify({ t: "file", name: "report.html", size: body.length, type: "text/html" }));
+		t.send(body);
+		return true;
+	})()`, token, payload)))
+	run(t, victim, "the victim receives the file", chromedp.WaitVisible(chromedp.CSS("a.received-file")))
+	type got struct {
+		Href     string `json:"href"`
+		Download string `json:"download"`
+		Type     string `json:"type"`
+	}
+	g := value(t, victim, "the received file's link", awaitJS[got](`(async () => {
+		const a = document.querySelector("a.received-file");
+		const r = await fetch(a.href);
+		return { href: a.href, download: a.download, type: r.headers.get("content-type") || "" };
+	})()`))
+	if g.Download != "report.html" {
+		t.Errorf("the download is named %q, want the sender's name report.html", g.Download)
+	}
+	if g.Type != "application/octet-stream" {
+		// Show what that means: the link opened in a tab of its own.
+		opened := tab(t, b)
+		ctx, cancel := context.WithTimeout(opened, stepTimeout)
+		defer cancel()
+		title := "(not opened)"
+		if err := chromedp.Do(ctx, chromedp.Navigate(g.Href)); err == nil {
+			title, _ = chromedp.Run(ctx, chromedp.Evaluate[string](`document.title`))
+		}
+		t.Fatalf("the received file is served as %q, not application/octet-stream: opened in a tab, its title is %q", g.Type, title)
+	}
+}

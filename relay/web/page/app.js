@@ -56,7 +56,7 @@ function log(text, cls, node) {
 }
 
 let tunnel = null;
-let incoming = null; // the file being received: {name, size, type, parts, got}
+let incoming = null; // the file being received: {name, size, parts, got}
 
 const reasons = {
   partner_left: "the other tab left",
@@ -108,7 +108,7 @@ function receive(data) {
     let m;
     try { m = JSON.parse(data); } catch (_) { m = { t: "msg", text: data }; }
     if (m.t === "file") {
-      incoming = { name: String(m.name), size: Number(m.size), type: String(m.type || ""), parts: [], got: 0 };
+      incoming = { name: String(m.name), size: Number(m.size), parts: [], got: 0 };
       if (incoming.size === 0) fileDone();
     } else {
       log("them: " + m.text, "them");
@@ -124,7 +124,10 @@ function receive(data) {
 function fileDone() {
   const f = incoming;
   incoming = null;
-  const blob = new Blob(f.parts, { type: f.type });
+  // Bytes only, whatever type the partner claims: a text/html (or SVG…)
+  // blob opened in a tab of its own would run the partner's script in this
+  // page's origin.
+  const blob = new Blob(f.parts, { type: "application/octet-stream" });
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
   a.download = f.name;
