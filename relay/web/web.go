@@ -33,6 +33,14 @@ var pageFS embed.FS
 
 var indexTmpl = template.Must(template.ParseFS(pageFS, "page/index.html"))
 
+// pagePolicy is the page's Content-Security-Policy: its own script and
+// style only (no inline script, no eval), connections to its own origin
+// (/status.json, the WebSocket: CSP 3's 'self' covers ws:// and wss:// of
+// the page's host; blob: for the received files), and no framing by any
+// site (the page has a token field and a Pair button).
+const pagePolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
 // Status is what /status.json answers (and the page shows).
 type Status struct {
 	Name         string `json:"name"`
@@ -67,6 +75,9 @@ func Register(s *relay.Server) {
 			http.Error(w, "page: "+err.Error(), 500)
 			return
 		}
+		h := w.Header()
+		h.Set("Content-Security-Policy", pagePolicy)
+		h.Set("X-Frame-Options", "DENY") // frame-ancestors for browsers without CSP 2
 		serve(w, r, "text/html; charset=utf-8", "no-store", buf.Bytes())
 	}))
 	s.Handle("GET /status.json", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -473,3 +473,39 @@ func TestPageReceivedFileIsNotActive(t *testing.T) {
 		t.Fatalf("the received file is served as %q, not application/octet-stream: opened in a tab, its title is %q", g.Type, title)
 	}
 }
+
+// TestPageSecurityHeaders: the page may not be framed by another site (it
+// has a token field and a Pair button to click through a frame) and runs
+// only the relay's own scripts, so that markup that reaches it (or a blob
+// it creates) cannot run script in the relay's origin.
+func TestPageSecurityHeaders(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		req, _ := http.NewRequest(method, base+"/", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		csp := resp.Header.Get("Content-Security-Policy")
+		directives := map[string]string{}
+		for _, d := range strings.Split(csp, ";") {
+			if f := strings.Fields(d); len(f) > 0 {
+				directives[f[0]] = strings.Join(f[1:], " ")
+			}
+		}
+		for name, want := range map[string]string{
+			"frame-ancestors": "'none'", "script-src": "'self'", "object-src": "'none'", "base-uri": "'none'",
+		} {
+			if got, ok := directives[name]; !ok || got != want {
+				t.Errorf("%s /: Content-Security-Policy %s is %q, want %q (policy %q)", method, name, got, want, csp)
+			}
+		}
+		if got := resp.Header.Get("X-Frame-Options"); got != "DENY" {
+			t.Errorf("%s /: X-Frame-Options %q, want DENY", method, got)
+		}
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("%s /: X-Content-Type-Options %q, want nosniff", method, got)
+		}
+	}
+}
