@@ -509,3 +509,38 @@ func TestPageSecurityHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestPageShowsPartnerTextAsSent: a text message from a partner that is
+// not the page (the JavaScript client, any WebSocket client) is shown as
+// sent, even when it happens to parse as JSON: "42", "null", an object
+// without the page's own fields.
+func TestPageShowsPartnerTextAsSent(t *testing.T) {
+	_, base := relayWithPage(t, false)
+	b := browser(t)
+	page, partner := tab(t, b), tab(t, b)
+	const token = "page-partner-text"
+	run(t, page, "the page pairs",
+		chromedp.Navigate(base+"/#token="+token),
+		chromedp.WaitVisible(chromedp.ID("pair")),
+		chromedp.Click(chromedp.ID("pair")),
+		chromedp.WaitVisible(`//p[@id="state" and contains(., "waiting for a partner")]`),
+	)
+	run(t, partner, "open the page", chromedp.Navigate(base+"/"), chromedp.WaitReady(chromedp.CSS("body")))
+	texts := []string{"42", "null", `{"x":1}`, `"quoted"`, "plain", "last"}
+	js, _ := json.Marshal(texts)
+	value(t, partner, "the partner sends texts", awaitJS[bool](fmt.Sprintf(`(async () => {
+		const m = await import("/meetpoint.js");
+		const t = await m.pair({ url: "ws://" + location.host + "/", token: %q, name: "partner" });
+		for (const s of %s) t.send(s);
+		return true;
+	})()`, token, js)))
+	run(t, page, "the page receives the last one", chromedp.WaitVisible(`//ol[@id="log"]/li[. = "them: last"]`))
+	got := value(t, page, "the page's log", chromedp.Evaluate[[]string](`[...document.querySelectorAll("#log li")].map((li) => li.textContent)`))
+	var want []string
+	for _, s := range texts {
+		want = append(want, "them: "+s)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the page shows\n%q\nwant\n%q", got, want)
+	}
+}

@@ -105,8 +105,11 @@ $("pair-form").addEventListener("submit", async (ev) => {
 
 function receive(data) {
   if (typeof data === "string") {
-    let m;
-    try { m = JSON.parse(data); } catch (_) { m = { t: "msg", text: data }; }
+    // The page's own messages are {t: "msg", text} and {t: "file", …};
+    // any other text (another client's, "42", "null") is shown as sent.
+    let m = null;
+    try { m = JSON.parse(data); } catch (_) {}
+    if (!m || typeof m !== "object" || (m.t !== "msg" && m.t !== "file")) m = { t: "msg", text: data };
     if (m.t === "file") {
       incoming = { name: String(m.name), size: Number(m.size), parts: [], got: 0 };
       if (incoming.size === 0) fileDone();
