@@ -15,6 +15,7 @@ type ClientInfo struct {
 	Connected     time.Time `json:"connected"`
 	Authenticated bool      `json:"authenticated"`
 	Tunnel        bool      `json:"tunnelConnected"`
+	Subscribed    bool      `json:"subscribed,omitempty"` // an events subscriber: authenticated, waiting for no partner
 	Name          string    `json:"name"`
 	UUID          string    `json:"uuid"`
 	TokenHash     string    `json:"tokenHash,omitempty"` // TokenHash of the token; never the token
@@ -146,6 +147,7 @@ func (c *conn) infoLocked() ClientInfo {
 	}
 	st := state(c.st.Load())
 	ci.Authenticated = st == stPlacing || st == stWaiting || st == stClaimed || st == stSubscribed
+	ci.Subscribed = st == stSubscribed
 	if a.authed {
 		ci.Identity = c.identity().String()
 	}

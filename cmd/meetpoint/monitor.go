@@ -313,8 +313,14 @@ func (v *monitorView) lines(height int) []string {
 	for _, h := range st.TPServers {
 		tpClients += len(h.Clients)
 	}
+	waiting := 0
+	for _, c := range st.Clients {
+		if c.Authenticated && !c.Subscribed { // not still authenticating, not an events subscriber
+			waiting++
+		}
+	}
 	add("connections %d (tcp %d, websocket %d)   tunnels %d active, %d total   waiting %d",
-		s.ConnectionsTCP+s.ConnectionsWS, s.ConnectionsTCP, s.ConnectionsWS, s.TunnelsActive, s.TunnelsTotal, len(st.Clients))
+		s.ConnectionsTCP+s.ConnectionsWS, s.ConnectionsTCP, s.ConnectionsWS, s.TunnelsActive, s.TunnelsTotal, waiting)
 	add("tunnelproxy %d servers, %d clients   throughput %s/s   relayed %s (splice %s, buffered %s)",
 		len(st.TPServers), tpClients, humanBytes(float64(st.Throughput)), humanBytes(float64(st.TrafficTotal)),
 		humanBytes(float64(s.SplicedBytes)), humanBytes(float64(s.BufferedBytes)))

@@ -295,3 +295,21 @@ func TestMonitorConnResyncs(t *testing.T) {
 		t.Fatalf("got the answer of %q, want a fresh one", st.Name)
 	}
 }
+
+// TestMonitorWaitingCount: "waiting" counts the clients waiting for their
+// partner, not events subscribers nor connections still authenticating.
+func TestMonitorWaitingCount(t *testing.T) {
+	var st ops.MonitorStatus
+	if err := json.Unmarshal([]byte(`{"serverName":"w","ready":true,"clients":[
+		{"id":1,"authenticated":true,"subscribed":true},
+		{"id":2,"authenticated":true,"name":"alone"},
+		{"id":3,"authenticated":false}]}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	v := &monitorView{interval: time.Second}
+	v.update(st, nil, time.Now())
+	text := strings.Join(v.lines(20), "\n")
+	if !strings.Contains(text, "waiting 1\n") {
+		t.Fatalf("the view does not say waiting 1:\n%s", text)
+	}
+}

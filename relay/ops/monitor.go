@@ -502,7 +502,7 @@ func (m *monitorServer) tunnelProxyStatistic(snap relay.Snapshot, printAll bool)
 		})
 	}
 	for _, c := range snap.Clients {
-		if !c.Authenticated {
+		if !c.Authenticated || c.Subscribed { // an events subscriber waits for no partner
 			continue
 		}
 		waiting++
