@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
@@ -109,8 +110,9 @@ type monitorServer struct {
 // ServeMonitor listens on a unix socket at path and serves monitor clients
 // (see MonitorDetectWindow for the dialects) until the returned Closer is
 // closed or the server is closed. A stale socket file left by a crashed
-// process is replaced; a socket another process still answers on, or a path
-// that is not a socket, is an error. The socket is created mode 0660.
+// process (connecting is refused) is replaced; a socket another process
+// still listens on (answering, busy or hung), or a path that is not a
+// socket, is an error. The socket is created mode 0660.
 //
 // Each monitor client holds two goroutines: monitors are operators, not
 // tunnels.
@@ -122,11 +124,18 @@ func ServeMonitor(s *relay.Server, path string) (io.Closer, error) {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("monitor: %s exists and is not a socket", path)
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
 			c.Close()
 			return nil, fmt.Errorf("monitor: %s is in use by another process", path)
 		}
-		if err := os.Remove(path); err != nil {
+		// Only a refused connection shows nobody listens: a full accept
+		// queue (EAGAIN: a live process, busy or hung) or a socket we may
+		// not connect to (EACCES) may well be in use.
+		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+			return nil, fmt.Errorf("monitor: %s may be in use by another process (connecting: %w)", path, err)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("monitor: removing stale socket: %w", err)
 		}
 	}
