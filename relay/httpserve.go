@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/meetpoint/meetpoint/relay/loop"
 	"github.com/meetpoint/meetpoint/relay/reason"
 )
@@ -80,8 +82,13 @@ func (s *Server) startHTTP() {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			ctx = context.WithValue(ctx, serverKey{}, s) // for CountAuthFailure
-			if hc, ok := c.(*loop.HandedConn); ok && hc.State != nil {
-				return context.WithValue(ctx, tlsStateKey{}, hc.State)
+			pc, ok := c.(*pacedConn)
+			if !ok {
+				return ctx
+			}
+			ctx = context.WithValue(ctx, pacedConnKey{}, pc) // for minRateBody
+			if pc.State != nil {
+				return context.WithValue(ctx, tlsStateKey{}, pc.State)
 			}
 			return ctx
 		},
@@ -104,6 +111,44 @@ func (s *Server) startHTTP() {
 }
 
 type tlsStateKey struct{}
+
+// pacedConnKey finds the pacedConn that carries an HTTP/1 request.
+type pacedConnKey struct{}
+
+// pacedConn is an HTTP/1 connection handed to net/http. While the read
+// deadline in force is a paced request body's (minRateBody) and no
+// handler is reading it, a read that fails for that deadline is net/http
+// reading what the handler left (up to 256 KiB, before it answers): the
+// body is cut for its pace, and counted as a handler's read counts it.
+type pacedConn struct {
+	*loop.HandedConn
+	slow *metrics.Counter
+	due  atomic.Pointer[minRateBody] // the body whose deadline is in force, while no handler reads it
+}
+
+// Read implements net.Conn.
+func (c *pacedConn) Read(p []byte) (int, error) {
+	n, err := c.HandedConn.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if b := c.due.Swap(nil); b != nil {
+			b.cutForPace()
+		}
+	}
+	return n, err
+}
+
+// SetReadDeadline implements net.Conn: a deadline net/http sets (the next
+// request's head, keep-alive idleness) is no body's.
+func (c *pacedConn) SetReadDeadline(t time.Time) error {
+	c.due.Store(nil)
+	return c.HandedConn.SetReadDeadline(t)
+}
+
+// SetDeadline implements net.Conn, as SetReadDeadline.
+func (c *pacedConn) SetDeadline(t time.Time) error {
+	c.due.Store(nil)
+	return c.HandedConn.SetDeadline(t)
+}
 
 // serverKey finds the Server that serves a request (CountAuthFailure).
 type serverKey struct{}
@@ -135,6 +180,9 @@ func (s *Server) httpRoot() http.Handler {
 			// which reads up to 256 KiB of what a handler left before it
 			// answers (and would wait for it without end).
 			b := &minRateBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.cfg.HTTPMaxBody), rc: http.NewResponseController(w), s: s}
+			if r.ProtoMajor == 1 {
+				b.pc, _ = r.Context().Value(pacedConnKey{}).(*pacedConn)
+			}
 			r.Body = b
 			// HTTP/1: due from now, before any handler runs: a response
 			// past net/http's 2 KiB buffer (or a Flush) makes it read what
@@ -142,7 +190,7 @@ func (s *Server) httpRoot() http.Handler {
 			// reads no body for a handler: its stream's timer, once set,
 			// would not move for a handler that reads late.)
 			if r.ProtoMajor == 1 {
-				_ = b.rc.SetReadDeadline(time.Now().Add(s.cfg.HTTPBodyTimeout))
+				b.pace(time.Now().Add(s.cfg.HTTPBodyTimeout))
 			}
 			defer b.leave()
 		}
@@ -189,10 +237,27 @@ var errSlowBody = errors.New("request body too slow (--http-min-body-rate)")
 type minRateBody struct {
 	io.ReadCloser
 	rc    *http.ResponseController
+	pc    *pacedConn // HTTP/1: its connection; nil for HTTP/2
 	s     *Server
 	start time.Time
 	got   int64
-	ended bool // read to its end or its error
+	ended bool        // read to its end or its error
+	cut   atomic.Bool // cut for its pace, and counted
+}
+
+// cutForPace counts the body as cut for its pace, once.
+func (b *minRateBody) cutForPace() {
+	if b.cut.CompareAndSwap(false, true) {
+		b.s.stats.httpSlowBody.Inc()
+	}
+}
+
+// pace sets the body's read deadline, t, for net/http to read it by when
+// no handler is reading it (a read that fails for it counts the body cut).
+func (b *minRateBody) pace(t time.Time) {
+	if b.rc.SetReadDeadline(t) == nil && b.pc != nil {
+		b.pc.due.Store(b)
+	}
 }
 
 // deadline is when the body's next byte is due: its start (the first
@@ -213,10 +278,12 @@ func (b *minRateBody) Read(p []byte) (int, error) {
 	b.got += int64(n)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		b.s.stats.httpSlowBody.Inc()
+		b.cutForPace()
 		err = errSlowBody
 	case err == io.EOF:
 		_ = b.rc.SetReadDeadline(time.Time{}) // net/http's own deadlines from here
+	case err == nil && b.pc != nil:
+		b.pc.due.Store(b) // net/http may read the rest (counted there)
 	}
 	b.ended = err != nil
 	return n, err
@@ -230,7 +297,7 @@ func (b *minRateBody) Read(p []byte) (int, error) {
 // net/http's any more.)
 func (b *minRateBody) leave() {
 	if !b.ended {
-		_ = b.rc.SetReadDeadline(b.deadline())
+		b.pace(b.deadline())
 	}
 }
 
@@ -288,6 +355,9 @@ func (s *Server) handOver(kind int, sk loop.Sock, prefix []byte, peer net.Addr, 
 	s.stats.httpConns.Inc()
 	hc := h.Hand(nc, prefix, state, tk)
 	var out net.Conn = hc
+	if kind == handoffHTTP {
+		out = &pacedConn{HandedConn: hc, slow: s.stats.httpSlowBody}
+	}
 	if kind == handoffHTTP && state != nil && state.NegotiatedProtocol == "h2" {
 		// HTTP/2: net/http must see the *tls.Conn itself to serve it; its
 		// ticket ends when net/http reports it closed.

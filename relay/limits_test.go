@@ -381,6 +381,62 @@ func TestHTTPUnreadBodyIsPaced(t *testing.T) {
 	}
 }
 
+// TestHTTPUnreadSlowBodyCounted: a body cut for its pace while net/http
+// reads it (the handler left it: a health check, a 404, an answer past
+// net/http's 2 KiB buffer) is counted in meetpoint_http_slow_bodies_total
+// as one a handler reads is (docs/security.md: the counter is the
+// refusal's trace), and a body that arrives whole, read or not, is not.
+func TestHTTPUnreadSlowBodyCounted(t *testing.T) {
+	cfg := LoopbackConfig(acceptAll{})
+	cfg.Logger = testutil.Logger(t)
+	cfg.HTTPBodyTimeout, cfg.HTTPMinBodyRate = 500*time.Millisecond, 1024
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }))
+	page := strings.Repeat("p", 8<<10)
+	s.Handle("GET /big", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, page) }))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ask := func(req string) string {
+		t.Helper()
+		c := dialFrom(t, s, "127.0.0.1")
+		defer c.Close()
+		c.Write([]byte(req))
+		_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+		got, _ := io.ReadAll(c)
+		line, _, _ := strings.Cut(string(got), "\r\n")
+		return line
+	}
+	// Whole bodies, left unread by the handler: not slow.
+	for _, req := range []string{
+		"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+		"GET /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+	} {
+		if got := ask(req); got == "" {
+			t.Fatalf("%.30q: no answer", req)
+		}
+	}
+	// Announced and never sent: each cut after HTTPBodyTimeout, each counted.
+	cut := []string{
+		"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"GET /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+		"GET /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx",
+	}
+	for _, req := range cut {
+		if got := ask(req); got == "" {
+			t.Fatalf("%.30q: no answer", req)
+		}
+	}
+	waitFor(t, func() bool { return s.stats.httpSlowBody.Get() >= uint64(len(cut)) }, "every body cut for its pace counted")
+	if got := s.stats.httpSlowBody.Get(); got != uint64(len(cut)) {
+		t.Errorf("meetpoint_http_slow_bodies_total = %d, want %d (the whole bodies are not slow)", got, len(cut))
+	}
+}
+
 // TestAuthFailuresOverHTTP: a wrong secret in an HTTP request (here an
 // admin key, RequireBearer) counts toward the address's ban as a refused
 // Authenticate does: past AuthFailuresPerIP the address is banned, its
