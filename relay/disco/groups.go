@@ -345,7 +345,8 @@ func (s *Service) readGroup(w http.ResponseWriter, r *http.Request, scope string
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		s.fail(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", s.cfg.MaxBody))
+		// The limit that refused it: the relay's --http-max-body may be the smaller.
+		s.fail(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", tooBig.Limit))
 		return g, false
 	case err != nil:
 		s.fail(w, http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())

@@ -563,3 +563,27 @@ func TestGroupsKeyGuessesBanned(t *testing.T) {
 		t.Errorf("meetpoint_bans_total %v, want 1", n)
 	}
 }
+
+// TestGroupsTooLargeNamesTheLimit: a body over the relay's --http-max-body
+// (smaller than the groups API's own MaxBody) is refused 413 with the
+// limit that refused it, not the API's own: the client learns how much
+// it may send.
+func TestGroupsTooLargeNamesTheLimit(t *testing.T) {
+	srv := relaytest.New(t, func(c *relay.Config) { c.HTTPMaxBody = 1000 })
+	s, err := New(srv, Config{MaxBody: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	base := "http://" + relaytest.Addr(srv)
+	body := `{"AppID":"a","Name":"` + strings.Repeat("x", 5000) + `"}`
+	code, _, got := relaytest.HTTP(t, "POST", base+"/group", body)
+	if code != 413 || !strings.Contains(got, "body over 1000 bytes") {
+		t.Errorf("POST of 5 kB under --http-max-body 1000: %d %q, want 413 naming 1000 bytes", code, got)
+	}
+	code, _, got = relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","Name":"`+strings.Repeat("x", 900)+`"}`)
+	if code != 201 {
+		t.Errorf("POST under both limits: %d %q, want 201", code, got)
+	}
+}
