@@ -262,6 +262,7 @@ func (h *hub) join(e *tpEnd) {
 		return
 	}
 	h.s.m.clients.Inc() // before: dropClient counts it out
+	h.s.m.clientsTotal.Inc()
 	h.notify("TunnelProxy.ClientConnected",
 		handshake.Str("clientName", e.name), handshake.Str("clientUuid", e.uuid),
 		handshake.Str("clientPeerAddress", e.peer), handshake.Int("socketAddress", int64(e.addr)))
