@@ -597,13 +597,10 @@ func (h *hub) readClient(c *tpEnd) {
 			}
 			return
 		}
-		var data []byte
 		if len(c.in) > 0 {
-			data, c.in = c.in, nil
-			data = h.deframe(c, data)
-			if len(data) > 0 && !c.closing {
-				h.sendSLIP(c.addr, data)
-			}
+			data := c.in
+			c.in = nil
+			h.fromClient(c, h.deframe(c, data))
 			continue
 		}
 		chunk := pool.GetChunk()
@@ -619,11 +616,19 @@ func (h *hub) readClient(c *tpEnd) {
 		}
 		c.rx += uint64(n)
 		h.s.m.bytes.Add(n)
-		data = h.deframe(c, (*chunk)[:n])
-		if len(data) > 0 && !c.closing {
-			h.sendSLIP(c.addr, data)
-		}
+		h.fromClient(c, h.deframe(c, (*chunk)[:n]))
 		pool.PutChunk(chunk)
+	}
+}
+
+// fromClient sends the server what client c sent, unless deframe dropped
+// c meanwhile (its ClientDisconnected is out). A close frame or a
+// protocol error that ends c in the same read does not hold back the
+// payload that came before it: it goes first, ClientDisconnected once
+// c's close is written (endDone).
+func (h *hub) fromClient(c *tpEnd, data []byte) {
+	if len(data) > 0 && h.clients[c.addr] == c {
+		h.sendSLIP(c.addr, data)
 	}
 }
 
