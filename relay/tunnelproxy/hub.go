@@ -425,11 +425,9 @@ func (h *hub) readServer() {
 			h.revisit(e)
 			return
 		}
-		var data []byte
 		if len(e.in) > 0 {
-			data, e.in = e.in, nil
 			h.lastRx = time.Now()
-			h.feedServer(h.deframe(e, data))
+			h.feedServer(h.early(e))
 			continue
 		}
 		chunk := pool.GetChunk()
@@ -446,8 +444,7 @@ func (h *hub) readServer() {
 		h.lastRx = time.Now()
 		e.rx += uint64(n)
 		h.s.m.bytes.Add(n)
-		data = h.deframe(e, (*chunk)[:n])
-		h.feedServer(data)
+		h.feedServer(h.deframe(e, (*chunk)[:n]))
 		pool.PutChunk(chunk)
 	}
 	h.flush(e)
@@ -598,9 +595,7 @@ func (h *hub) readClient(c *tpEnd) {
 			return
 		}
 		if len(c.in) > 0 {
-			data := c.in
-			c.in = nil
-			h.fromClient(c, h.deframe(c, data))
+			h.fromClient(c, h.early(c))
 			continue
 		}
 		chunk := pool.GetChunk()
@@ -662,6 +657,19 @@ func (h *hub) wakeWaiting() {
 		}
 		h.flush(h.srv)
 	}
+}
+
+// early takes what e sent behind its registration, read with it before
+// the hand-over: raw bytes on TCP, and on WebSocket already the payload of
+// its frames (the engine decoded them with the stream state e.ws goes on
+// from), so it is not decoded again.
+func (h *hub) early(e *tpEnd) []byte {
+	data := e.in
+	e.in = nil
+	if hook := h.s.inputHook; hook != nil {
+		hook(data)
+	}
+	return data
 }
 
 // deframe turns WebSocket input from e into payload bytes in place (control
