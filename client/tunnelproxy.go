@@ -177,21 +177,27 @@ func (s *TPServer) Accept() (*TPConn, error) {
 
 // Close unregisters the server (the relay closes its clients).
 func (s *TPServer) Close() error {
-	s.fail(net.ErrClosed)
-	return s.r.Close()
+	return s.fail(net.ErrClosed)
 }
 
-func (s *TPServer) fail(err error) {
+// fail ends the server for err, once: its clients end and its relay
+// connection is closed, so that the relay unregisters it at once (a
+// connection left open would keep its uuid and its clients, unread, for
+// the relay's dead-server timeout). It returns what closing the
+// connection returned; nil after the first call.
+func (s *TPServer) fail(err error) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.err != nil {
-		return
+		s.mu.Unlock()
+		return nil
 	}
 	s.err = err
 	close(s.done)
 	for _, c := range s.conns {
 		c.end()
 	}
+	s.mu.Unlock()
+	return s.r.Close()
 }
 
 // send writes one SLIP frame to the relay.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,5 +131,51 @@ func TestTPServerNewlineArrivesLate(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client the relay announced after a late newline was never accepted")
+	}
+}
+
+// TestTPServerEndsItsConnectionOnError: once the read loop ends a
+// TPServer for an error (here an address-0 message over its 64 KiB bound,
+// a ClientConnected whose client name is long), the relay connection is
+// closed too. It was left open, still registered: the relay kept the
+// server's uuid and its clients for its dead-server timeout (60 s), with
+// nobody reading, and a new RegisterTPServer with that uuid was refused
+// as AlreadyRegistered meanwhile.
+func TestTPServerEndsItsConnectionOnError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	closed := make(chan error, 1)
+	go func() { // the relay
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := br.ReadBytes('\n'); err != nil { // RegisterServer
+			return
+		}
+		io.WriteString(c, `{"id":1,"params":{"slipEnabled":true,"tunnelProxyError":"TunnelProxyErrorNoError"},"status":"success"}`+"\n")
+		name := strings.Repeat("n", 70<<10)
+		c.Write(handshake.AppendSLIP(nil, 0, []byte(`{"id":0,"notification":"TunnelProxy.ClientConnected","params":{"clientName":"`+name+`","clientPeerAddress":"127.0.0.1","clientUuid":"`+NewUUID()+`","socketAddress":5}}`+"\n")))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, br)
+		closed <- err // nil: the server closed its end
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := RegisterTPServer(ctx, TPOptions{URL: "tcp://" + ln.Addr().String(), Name: "device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Accept(); err == nil {
+		t.Fatal("Accept returned a client from an oversized notification")
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("the server's read loop ended (Accept failed) but its relay connection stayed open: %v", err)
 	}
 }
