@@ -100,6 +100,10 @@ type Handover struct {
 	// Hello reports that the client called RemoteProxy.Hello first, as
 	// nymea's client library always does (see Config.TCPSettle).
 	Hello bool
+	// SkipNL reports a raw-TCP request whose ending newline had not come
+	// by the hand-over: if the next byte from the client is '\n', it is
+	// that newline, no data, and the target drops it.
+	SkipNL bool
 	// MeshNode is the fleet node whose client this connection speaks for
 	// (a mesh link, Conn.MarkMesh); "" for a client of this node. A target
 	// that keeps such a connection reports it through MeshSessions.
@@ -121,7 +125,7 @@ type exported struct{ t Target }
 
 func (e exported) ready(c *conn) {
 	e.t.Ready(&Handover{Sock: c.sk, WS: c.ws, Late: c.claim().late, Out: c.out.Take(), Ticket: c.tk,
-		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, MeshNode: meshNode(c), c: c})
+		Peer: c.peer, Failed: c.failed, Reason: c.reason, Hello: c.hello, SkipNL: c.skipsNL(), MeshNode: meshNode(c), c: c})
 }
 
 // Dismiss ends a handover its target does not keep (its set-up failed, or

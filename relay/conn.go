@@ -390,7 +390,7 @@ func (c *conn) consume(p []byte) {
 	case st >= stClosing:
 		return // ending: nothing more is read
 	case st == stClaimed && c.ws == nil:
-		c.stashLate(p) // raw, as it came: the target decides what it is
+		c.stashLate(dropNL(c, p)) // raw, as it came (but for a late newline ending the request): the target decides what it is
 	case c.ws != nil:
 		c.consumeWS(p)
 	case st == stSniff:

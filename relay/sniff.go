@@ -181,11 +181,16 @@ func (c *conn) consumeJSON(p []byte) {
 			p = rest
 		}
 		if c.skipsNL() && state(c.st.Load()) == stClaimed {
-			c.cl.skipNL = false
-			if len(c.in) > 0 && c.in[0] == '\n' {
-				c.in = c.in[:copy(c.in, c.in[1:])]
-			} else if len(c.in) == 0 && len(p) > 0 && p[0] == '\n' {
-				p = p[1:]
+			// The request's newline is dropped if it is the next byte;
+			// if no byte follows yet, it may come in a later read
+			// (consume), or after the hand-over (Handover.SkipNL).
+			if len(c.in) > 0 {
+				c.cl.skipNL = false
+				if c.in[0] == '\n' {
+					c.in = c.in[:copy(c.in, c.in[1:])]
+				}
+			} else if len(p) > 0 {
+				p = dropNL(c, p)
 			}
 			c.stashLate(c.in)
 			c.stashLate(p)
@@ -193,6 +198,20 @@ func (c *conn) consumeJSON(p []byte) {
 			return
 		}
 	}
+}
+
+// dropNL returns p without its first byte if that is the newline ending
+// the request that claimed c, still awaited (skipsNL); a first byte ends
+// the wait. Called with mu held.
+func dropNL(c *conn, p []byte) []byte {
+	if !c.skipsNL() || len(p) == 0 {
+		return p
+	}
+	c.cl.skipNL = false
+	if p[0] == '\n' {
+		return p[1:]
+	}
+	return p
 }
 
 // lateLimit bounds what a claimed connection may stash for its target.

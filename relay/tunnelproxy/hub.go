@@ -82,6 +82,10 @@ type tpEnd struct {
 	// hello: the client called RemoteProxy.Hello before registering, as
 	// nymea's client library does: it gets the settle window.
 	hello bool
+	// skipNL: the newline ending its raw-TCP registration request had not
+	// come by the hand-over (Handover.SkipNL): a first byte '\n' is that
+	// newline, no SLIP or tunnel data, and is dropped.
+	skipNL bool
 }
 
 // hubServer and hubClient are the hand-over targets of a registering
@@ -106,7 +110,7 @@ func takeOver(h *hub, ho *relay.Handover) *tpEnd {
 		return nil
 	}
 	e := &tpEnd{h: h, sock: ho.Sock, fd: ho.Sock.Fd(), ws: ho.WS, tk: ho.Ticket, peer: hostOf(ho.Peer),
-		in: ho.Late, readable: true, writable: true, hello: ho.Hello}
+		in: ho.Late, readable: true, writable: true, hello: ho.Hello, skipNL: ho.SkipNL && ho.WS == nil}
 	if e.ws != nil {
 		e.ws.Dec.MaxFrame = 0
 	}
@@ -673,12 +677,19 @@ func (h *hub) early(e *tpEnd) []byte {
 }
 
 // deframe turns WebSocket input from e into payload bytes in place (control
-// frames answered by e's wsStream); plain TCP input is returned as is.
+// frames answered by e's wsStream); plain TCP input is returned as is, but
+// for the late newline of e's registration request (skipNL).
 func (h *hub) deframe(e *tpEnd, buf []byte) []byte {
 	if hook := h.s.inputHook; hook != nil {
 		hook(buf)
 	}
 	if e.ws == nil {
+		if e.skipNL && len(buf) > 0 {
+			e.skipNL = false
+			if buf[0] == '\n' {
+				return buf[1:]
+			}
+		}
 		return buf
 	}
 	in, w := buf, 0
