@@ -39,3 +39,6 @@ func PairKeyName(f *Fleet, token, nonce string) string {
 
 // Renew runs f's lease renewal now.
 func Renew(f *Fleet) { f.renew(context.Background()) }
+
+// Instance is f's process instance, as its node record names it.
+func Instance(f *Fleet) string { return f.instance }

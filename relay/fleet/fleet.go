@@ -286,7 +286,7 @@ func (f *Fleet) Start(ctx context.Context) error {
 			return fmt.Errorf("fleet: store: %v", err)
 		}
 	}
-	inc, err := f.rdb.Incr(ctx, f.cfg.Prefix+"{nodes}:inc:"+f.cfg.NodeID).Result()
+	inc, err := f.rdb.Incr(ctx, f.incKey(f.cfg.NodeID)).Result()
 	if err != nil {
 		return fmt.Errorf("fleet: store: %v", err)
 	}
@@ -387,6 +387,7 @@ func advertised(a net.Addr) string {
 func (f *Fleet) nodeKey(id string) string { return f.cfg.Prefix + "{nodes}:node:" + id }
 func (f *Fleet) epochKey() string         { return f.cfg.Prefix + "{nodes}:epoch" }
 func (f *Fleet) setKey() string           { return f.cfg.Prefix + "{nodes}:set" }
+func (f *Fleet) incKey(id string) string  { return f.cfg.Prefix + "{nodes}:inc:" + id }
 
 // pairKey is the Redis key of a pairing key: a MAC of the token and nonce
 // under the mesh key, so the store never holds a token.
@@ -488,7 +489,7 @@ func (f *Fleet) announce(ctx context.Context) (epoch string, ok bool) {
 	b, _ := json.Marshal(me)
 	var fresh [8]byte
 	_, _ = rand.Read(fresh[:])
-	res, err := announceScript.Run(ctx, f.rdb, []string{f.nodeKey(me.ID), f.setKey(), f.epochKey()}, b,
+	res, err := announceScript.Run(ctx, f.rdb, []string{f.nodeKey(me.ID), f.setKey(), f.epochKey(), f.incKey(me.ID)}, b,
 		(3 * f.cfg.Heartbeat).Milliseconds(), f.incarnation, me.ID, hex.EncodeToString(fresh[:])).Slice()
 	if err == nil && len(res) != 2 {
 		err = errors.New("announce script: unexpected answer")

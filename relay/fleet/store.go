@@ -52,13 +52,19 @@ return 0
 	// announceScript writes a node's record KEYS[1] (ARGV[1], ttl ARGV[2]
 	// ms) unless the record there has a later incarnation than ARGV[3],
 	// and adds ARGV[4] to the node set KEYS[2]; it sets the store's epoch
-	// KEYS[3] to ARGV[5] if it has none (all three keys in the {nodes}
-	// slot): {1 written or 0 superseded, the epoch}.
+	// KEYS[3] to ARGV[5] if it has none, and raises the node id's
+	// incarnation counter KEYS[4] to ARGV[3] if it is below (a store that
+	// lost its data lost the counter: the next process of this id must
+	// still count as a later one). All four keys are in the {nodes} slot.
+	// It answers {1 written or 0 superseded, the epoch}.
 	announceScript = redis.NewScript(`
 local e = redis.call('GET', KEYS[3])
 if not e then
   redis.call('SET', KEYS[3], ARGV[5])
   e = ARGV[5]
+end
+if tonumber(redis.call('GET', KEYS[4]) or 0) < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[4], ARGV[3])
 end
 local v = redis.call('GET', KEYS[1])
 if v then

@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -333,5 +334,48 @@ func TestRestartBesideANodeSharingItsAddress(t *testing.T) {
 	old.s.Close()
 	if _, err := joinNode(t, addr, "phoenix", nil, shared); err != nil {
 		t.Fatalf("restarting after a kill, beside the node sharing its address: %v", err)
+	}
+}
+
+// TestRestartAfterStoreLossTakesOverItsID: the store loses its data
+// (here FLUSHALL: a restart without persistence) while a node that has
+// restarted before runs; that node announces itself again, and is then
+// killed and restarted under the same id and address. The restarted
+// process takes its predecessor's place at once, as after any kill: the
+// incarnation counter the store lost must not make it count as an
+// earlier process than its dead predecessor (superseded: it would stop
+// announcing itself and log that another process runs as this node).
+func TestRestartAfterStoreLossTakesOverItsID(t *testing.T) {
+	addr := redisAddr(t)
+	first := startNode(t, addr, "lazarus", nil)
+	adv := relaytest.Addr(first.s)
+	fleet.Kill(first.f)
+	first.s.Close()
+	second := startNode(t, addr, "lazarus", func(c *relay.Config) { c.Listen = []string{adv} }) // incarnation 2
+
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, second.s, "meetpoint_fleet_store_losses_total") == 1 },
+		"the node sees the store's data lost and announces itself again")
+	fleet.Kill(second.f)
+	second.s.Close()
+
+	logs := &testutil.Tail{}
+	third := startNodeWith(t, addr, "lazarus", func(c *relay.Config) { c.Listen = []string{adv} },
+		func(c *fleet.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	var rec fleet.NodeInfo
+	v, err := rdb.Get(ctx, "meetpoint:{nodes}:node:lazarus").Result()
+	if err != nil || json.Unmarshal([]byte(v), &rec) != nil {
+		t.Fatalf("the node's record: %q %v", v, err)
+	}
+	if rec.Instance != fleet.Instance(third.f) {
+		t.Errorf("after its start the node's record is its dead predecessor's (incarnation %d), not the restarted process's", rec.Incarnation)
+	}
+	if strings.Contains(logs.String(), "a later process runs as this node id") {
+		t.Errorf("the restarted process calls itself superseded:\n%s", logs.String())
 	}
 }
