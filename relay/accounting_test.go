@@ -541,7 +541,7 @@ func (movingFleet) Place(context.Context, Placing) Placement { return Placement{
 
 type movingLease struct{ noLease }
 
-func (movingLease) Watch(_, moved func()) { go moved() }
+func (movingLease) Watch(_ func() bool, _, moved func()) { go moved() }
 
 type noLease struct{}
 

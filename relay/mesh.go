@@ -66,7 +66,9 @@ type Lease interface {
 
 // Watcher is a Lease that wants to know the clients waiting under it:
 // Watch is called once per client that waits on this node under the
-// lease, with two functions for that client. The fleet calls one when it
+// lease, with three functions for that client. waiting reports whether
+// the client still waits (not paired, not gone): the fleet forgets the
+// clients that no longer do. The fleet calls replace or moved when it
 // finds the key held by another node while the client waits. replace (a
 // store that lost the key, a partition that healed): the client leaves
 // this node's registry and is placed as if it had just authenticated, so
@@ -76,7 +78,7 @@ type Lease interface {
 // it to a node that reaches its partner, instead of waiting out its alone
 // timeout. Both do nothing once the client is paired or gone.
 type Watcher interface {
-	Watch(replace, moved func())
+	Watch(waiting func() bool, replace, moved func())
 }
 
 // MeshLink is a node-to-node connection that has become the far end of a
@@ -145,7 +147,7 @@ func (c *conn) placed(pl Placement) {
 		res, partner := c.s.reg.Join(c.view().key, c)
 		after := c.joinedAs(res, partner, -1)
 		if w, ok := pl.Lease.(Watcher); ok && res == JoinWaiting {
-			w.Watch(c.replace, c.moved)
+			w.Watch(c.waiting, c.replace, c.moved)
 		}
 		c.unlock()
 		if after != nil {
@@ -171,6 +173,9 @@ func (c *conn) placed(pl Placement) {
 		c.unlock()
 	}
 }
+
+// waiting reports whether c still waits in the registry (Watcher).
+func (c *conn) waiting() bool { return state(c.st.Load()) == stWaiting }
 
 // replace places c again if it still waits (Watcher).
 func (c *conn) replace() {

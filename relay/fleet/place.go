@@ -27,13 +27,16 @@ type hold struct {
 	watchers  []watcher     // the clients waiting under the key (relay.Watcher)
 }
 
-// watcher is one waiting client's pair of relay.Watcher functions.
-type watcher struct{ replace, moved func() }
+// watcher is one waiting client's relay.Watcher functions.
+type watcher struct {
+	waiting        func() bool
+	replace, moved func()
+}
 
 // Watch implements relay.Watcher.
-func (h *hold) Watch(replace, moved func()) {
+func (h *hold) Watch(waiting func() bool, replace, moved func()) {
 	h.f.mu.Lock()
-	h.watchers = append(h.watchers, watcher{replace, moved})
+	h.watchers = append(h.watchers, watcher{waiting, replace, moved})
 	h.f.mu.Unlock()
 }
 
@@ -47,7 +50,15 @@ func (f *Fleet) lost(ctx context.Context, h *hold) {
 	f.leaseLost.Inc()
 	f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
 	f.mu.Lock()
-	ws := h.watchers
+	// Only the clients still waiting: one that waited and then paired
+	// (its key is a tunnel's now) or left is no one to place again.
+	var ws []watcher
+	for _, w := range h.watchers {
+		if w.waiting() {
+			ws = append(ws, w)
+		}
+	}
+	h.watchers = ws
 	if len(ws) == 0 || f.held[h.key] != h {
 		f.mu.Unlock()
 		return

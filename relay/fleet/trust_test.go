@@ -379,3 +379,35 @@ func TestRestartAfterStoreLossTakesOverItsID(t *testing.T) {
 		t.Errorf("the restarted process calls itself superseded:\n%s", logs.String())
 	}
 }
+
+// TestLiveTunnelKeyTakenIsNotReplaced: a tunnel whose first client waited
+// on node a lives when its key is found held by another node at a's
+// renewal. Nobody waits under the key any more: the lease is counted
+// lost, but no client is counted placed again (nor told to reconnect),
+// and a keeps its hold, as for a tunnel whose clients met at once.
+func TestLiveTunnelKeyTakenIsNotReplaced(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNodeWith(t, addr, "taken-a", nil, func(c *fleet.Config) { c.LeaseTTL = time.Minute }) // renewals only when the test asks
+	b := startNode(t, addr, "taken-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	ta, tb := pairAcross(t, a, a, "taken-live") // the first client waited, then its partner came
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	key := fleet.PairKeyName(a.f, "taken-live", "")
+	if err := rdb.Set(context.Background(), key, b.id+" 0123456789abcdef "+relaytest.Addr(b.s), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fleet.Renew(a.f)
+	if n := relaytest.Metric(t, a.s, "meetpoint_fleet_leases_lost_total"); n != 1 {
+		t.Errorf("%v leases counted lost, want 1", n)
+	}
+	for _, m := range []string{"meetpoint_fleet_clients_replaced_total", "meetpoint_fleet_clients_moved_total"} {
+		if n := relaytest.Metric(t, a.s, m); n != 0 {
+			t.Errorf("%s = %v for a tunnel's key: nobody waited under it", m, n)
+		}
+	}
+	if !fleet.HeldKey(a.f, "taken-live", "") {
+		t.Error("node a dropped the hold of its live tunnel's key")
+	}
+	exchange(t, ta, tb, 1000)
+}
