@@ -711,7 +711,7 @@ func (c *conn) expire() {
 	case toAlone:
 		c.s.log.Debug("alone timeout", "peer", c.peer.String())
 		text := fmt.Sprintf("No partner arrived within %v", c.s.cfg.AloneTimeout)
-		if c.fl != nil && c.fl.degraded {
+		if c.stillDegraded() {
 			text += " (relay fleet store unreachable: only partners on this relay could pair)"
 		}
 		c.fail(reason.AloneTimeout, text)

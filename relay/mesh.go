@@ -64,6 +64,35 @@ type Lease interface {
 	Release()
 }
 
+// DegradedLease is a Lease that can tell whether its key is still known
+// to this node only: a lease placed while the fleet's store was
+// unreachable (Placement.Degraded) is published once the store answers
+// again, and from then on a partner on any node finds its client.
+type DegradedLease interface {
+	Lease
+	// Degraded reports whether the key is still missing from the
+	// fleet's store (only a partner on this node can pair).
+	Degraded() bool
+}
+
+// stillDegraded reports whether c, placed while the fleet's store was
+// unreachable, still waits under a lease only this node knows (a lease
+// that cannot tell is taken at its placement's word). Called with mu
+// held.
+func (c *conn) stillDegraded() bool {
+	if c.fl == nil || !c.fl.degraded {
+		return false
+	}
+	d, ok := c.fl.lease.(DegradedLease)
+	if !ok {
+		return true
+	}
+	c.calling++ // the fleet's code (callout)
+	still := d.Degraded()
+	c.calling--
+	return still
+}
+
 // Watcher is a Lease that wants to know the clients waiting under it:
 // Watch is called once per client that waits on this node under the
 // lease, with three functions for that client. waiting reports whether

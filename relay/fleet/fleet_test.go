@@ -704,3 +704,46 @@ func TestMeshOverTLS(t *testing.T) {
 		t.Error("the pinning failure was not counted as a dial failure to that node")
 	}
 }
+
+// TestDegradedClientPublishedAfterOutage: a client arrives while the
+// fleet's store is away (it waits on its node only), the store comes back
+// and the node publishes its key, so a partner on any node could find it
+// from then on. When it then waits out its alone timeout, its close does
+// not blame the store (which answered again and knew its key) for the
+// missing partner.
+func TestDegradedClientPublishedAfterOutage(t *testing.T) {
+	addr, stop := testutil.Redis(t, 0)
+	a := startNode(t, addr, "blip-a", func(c *relay.Config) { c.AloneTimeout = 10 * time.Second })
+	stop()
+	relaytest.WaitFor(t, func() bool { return !a.f.Available() }, "the node sees the store gone")
+	closed := make(chan error, 1)
+	go func() {
+		_, err := dial(t, client.Options{URL: url(a.s, true), Token: "blip"})
+		closed <- err
+	}()
+	relaytest.WaitFor(t, func() bool { return fleet.HeldKey(a.f, "blip", "") }, "the client waiting on its node only")
+
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	var p int
+	fmt.Sscan(port, &p)
+	testutil.Redis(t, p)
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	key := fleet.PairKeyName(a.f, "blip", "")
+	relaytest.WaitFor(t, func() bool {
+		v, err := rdb.Get(context.Background(), key).Result()
+		return err == nil && strings.HasPrefix(v, a.id+" ")
+	}, "the node publishes the waiting client's key once the store is back")
+	select {
+	case err := <-closed:
+		t.Fatalf("the client ended before the test could check its key was published: %v", err)
+	default:
+	}
+	err := <-closed
+	if err == nil || !strings.Contains(err.Error(), "No partner arrived") {
+		t.Fatalf("the lone client: %v, want its alone timeout", err)
+	}
+	if strings.Contains(err.Error(), "store unreachable") {
+		t.Errorf("the lone client's close blames the store, which was back and held its key: %v", err)
+	}
+}

@@ -92,6 +92,15 @@ func (f *Fleet) lost(ctx context.Context, h *hold) {
 	}
 }
 
+// Degraded implements relay.DegradedLease: the key was taken while the
+// store was unreachable and is not in it yet (publishPending puts it
+// there once the store answers again).
+func (h *hold) Degraded() bool {
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	return !h.published
+}
+
 type holdState uint8
 
 const (
