@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,8 +49,8 @@ func (f *Fleet) Register(ctx context.Context, uuid string) (relay.Lease, bool) {
 			h.finish(true, err == nil) // the store away: registered here only
 			return h, true
 		}
-		node, _ := parseValue(owner)
-		if node != f.cfg.NodeID && f.aliveNow(ctx, node) {
+		node, addr := parseValue(owner)
+		if node != f.cfg.NodeID && f.aliveNow(ctx, node) && !f.refused(ctx, addr) {
 			h.finish(false, false)
 			return nil, false // AlreadyRegistered: a live node has it
 		}
@@ -58,6 +59,18 @@ func (f *Fleet) Register(ctx context.Context, uuid string) (relay.Lease, bool) {
 		}
 	}
 	return nil, false
+}
+
+// refused reports whether nothing listens at a node's mesh address (a
+// connection there is refused): its process is gone, whatever its
+// heartbeat still says, as Place finds when it dials an owner.
+func (f *Fleet) refused(ctx context.Context, addr string) bool {
+	c, err := f.dialer().DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}
+	c.Close()
+	return false
 }
 
 // Reach implements tunnelproxy.Directory.

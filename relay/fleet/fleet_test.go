@@ -747,3 +747,36 @@ func TestDegradedClientPublishedAfterOutage(t *testing.T) {
 		t.Errorf("the lone client's close blames the store, which was back and held its key: %v", err)
 	}
 }
+
+// TestTunnelProxyServerAfterNodeKilled: a TunnelProxy server's node is
+// killed (no goodbye: its uuid's key and its heartbeat stay in the store)
+// and the server registers again on another node, as its reconnect
+// through a balancer does. Nothing listens at the dead node's address, so
+// the uuid is taken over at once, as a pair key is; it is not refused as
+// AlreadyRegistered until the dead node's heartbeat expires.
+func TestTunnelProxyServerAfterNodeKilled(t *testing.T) {
+	addr := redisAddr(t)
+	// The dead node's heartbeat outlives the test's steps by far.
+	a := startTPNode(t, addr, "tpk-a", func(c *fleet.Config) { c.Heartbeat = time.Minute })
+	b := startTPNode(t, addr, "tpk-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "node b sees node a")
+	serverUUID := "88888888-8888-4888-8888-888888888888"
+	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fleet.Kill(a.f)
+	a.s.Close()
+	again, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(b.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("the server registering again on another node after its node was killed: %v", err)
+	}
+	defer again.Close()
+	cl, err := client.DialTPClient(context.Background(), client.TPOptions{URL: url(b.s, true), UUID: "99999999-9999-4999-8999-999999999999",
+		Name: "app", ServerUUID: serverUUID, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("a client of the server registered again: %v", err)
+	}
+	cl.Close()
+}
