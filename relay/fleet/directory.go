@@ -94,6 +94,11 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 		handshake.Str("identity", identity), handshake.Str("mac", hex.EncodeToString(mac)),
 		handshake.Str("node", f.cfg.NodeID), handshake.Str("rid", rid), handshake.Str("serverUuid", serverUUID), handshake.Int("time", now))
 	sock, line, err := f.request(ctx, node, addr, req)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		// Nothing listens at the node's address: its process is gone
+		// (its heartbeat has not expired yet), and the server with it.
+		return nil, handshake.TunnelProxyErrorServerNotFound
+	}
 	if err != nil {
 		f.dialFailed(node)
 		f.log.Warn("fleet: TunnelProxy server's node unreachable", "node", node, "addr", addr, "error", err)

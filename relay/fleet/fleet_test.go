@@ -780,3 +780,32 @@ func TestTunnelProxyServerAfterNodeKilled(t *testing.T) {
 	}
 	cl.Close()
 }
+
+// TestTunnelProxyClientOfKilledNode: a client asks for a TunnelProxy
+// server whose node was killed a moment ago (its registration and
+// heartbeat still in the store). Nothing listens there: the server is
+// gone, so the client is told ServerNotFound, as for any unknown server,
+// not InternalServerError, and the refused connection is not counted as
+// a mesh dial failure (the node's host answered).
+func TestTunnelProxyClientOfKilledNode(t *testing.T) {
+	addr := redisAddr(t)
+	a := startTPNode(t, addr, "tpc-a", func(c *fleet.Config) { c.Heartbeat = time.Minute })
+	b := startTPNode(t, addr, "tpc-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "node b sees node a")
+	serverUUID := "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fleet.Kill(a.f)
+	a.s.Close()
+	_, err = client.DialTPClient(context.Background(), client.TPOptions{URL: url(b.s, false), UUID: "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
+		Name: "app", ServerUUID: serverUUID, Timeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "ServerNotFound") {
+		t.Errorf("a client of a server whose node was killed: %v, want ServerNotFound", err)
+	}
+	if n := relaytest.Metric(t, b.s, `meetpoint_mesh_dial_failures_total{peer="tpc-a"}`); n > 0 { // -1: never counted
+		t.Errorf("a refused connection to the dead node counted as %v mesh dial failures", n)
+	}
+}
