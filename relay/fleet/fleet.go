@@ -335,7 +335,7 @@ func (f *Fleet) Start(ctx context.Context) error {
 }
 
 // Close stops the heartbeat, releases every key this node holds and takes
-// the node out of the set. The tunnels themselves end with the server.
+// the node out of the set (unless a later process runs as its id). The tunnels themselves end with the server.
 func (f *Fleet) Close() error {
 	select {
 	case <-f.stop:
@@ -358,8 +358,8 @@ func (f *Fleet) Close() error {
 	for i := range keys {
 		releaseScript.Eval(ctx, pipe, []string{keys[i]}, vals[i])
 	}
-	pipe.Del(ctx, f.nodeKey(f.cfg.NodeID))
-	pipe.SRem(ctx, f.setKey(), f.cfg.NodeID)
+	// Only this process's record: a later one may run as this node id.
+	leaveScript.Eval(ctx, pipe, []string{f.nodeKey(f.cfg.NodeID), f.setKey()}, f.instance, f.cfg.NodeID)
 	_, err := pipe.Exec(ctx)
 	return err
 }

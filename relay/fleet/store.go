@@ -75,6 +75,20 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[4])
 return {1, e}
 `)
+	// leaveScript deletes a node's record KEYS[1] and takes ARGV[2] out
+	// of the node set KEYS[2] (both in the {nodes} slot), unless the
+	// record is another process's than ARGV[1] (a later one took the
+	// node id over): 1 done, 0 left alone.
+	leaveScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, n = pcall(cjson.decode, v)
+  if ok and type(n) == 'table' and n['instance'] ~= ARGV[1] then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+`)
 	// renewScript extends KEYS[1] to ARGV[2] ms if it still holds ARGV[1]
 	// (1), claims it again under ARGV[1] if it is gone (2: the store lost
 	// it), and leaves another node's value alone (0).

@@ -411,3 +411,40 @@ func TestLiveTunnelKeyTakenIsNotReplaced(t *testing.T) {
 	}
 	exchange(t, ta, tb, 1000)
 }
+
+// TestSupersededNodeLeavesItsSuccessorsRecord: a process that a later
+// one took its node id over from (it stopped answering at its address, the
+// later one started there) is then stopped, as its log line asks. Its
+// goodbye takes only itself out of the store: the later process's record
+// and node-set entry stay, so the fleet does not count that live node
+// dead (and take its keys over) until its next heartbeat.
+func TestSupersededNodeLeavesItsSuccessorsRecord(t *testing.T) {
+	addr := redisAddr(t)
+	old := startNode(t, addr, "janus", nil)
+	adv := relaytest.Addr(old.s)
+	old.s.Close() // its relay stops answering; its fleet membership runs on
+	// The successor's own heartbeat comes only at its start here.
+	succ := startNodeWith(t, addr, "janus", func(c *relay.Config) { c.Listen = []string{adv} },
+		func(c *fleet.Config) { c.Heartbeat = time.Minute })
+	old.f.Close()
+
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	ctx := context.Background()
+	var rec fleet.NodeInfo
+	v, err := rdb.Get(ctx, "meetpoint:{nodes}:node:janus").Result()
+	if err != nil || json.Unmarshal([]byte(v), &rec) != nil || rec.Instance != fleet.Instance(succ.f) {
+		t.Errorf("the live process's record after the superseded one left: %q %v", v, err)
+	}
+	if in, err := rdb.SIsMember(ctx, "meetpoint:{nodes}:set", "janus").Result(); err != nil || !in {
+		t.Errorf("the live node is out of the node set after the superseded one left: %v %v", in, err)
+	}
+	// The live process's own goodbye still takes the node out.
+	succ.f.Close()
+	if n, err := rdb.Exists(ctx, "meetpoint:{nodes}:node:janus").Result(); err != nil || n != 0 {
+		t.Errorf("the node's record after its process closed: %d %v", n, err)
+	}
+	if in, err := rdb.SIsMember(ctx, "meetpoint:{nodes}:set", "janus").Result(); err != nil || in {
+		t.Errorf("the node is still in the node set after its process closed: %v %v", in, err)
+	}
+}
