@@ -355,7 +355,6 @@ func (c Conn) MarkMesh(node, identity string) {
 	c.c.subject.Store(&identity)
 }
 
-// RefuseMesh answers a mesh request that cannot be trusted (a bad
 // KeepMesh makes this connection a fleet node's control connection
 // (its liveness pings): marked as from node, and exempt from the
 // inactive timeout. Call it from a Mesh.* handler only, once the
@@ -436,11 +435,16 @@ func (s *Server) EndMeshTunnels(node string, r reason.Reason, text string) int {
 }
 
 // RefuseMesh answers a mesh request that cannot be trusted (a bad
-// signature, a replay) and closes; it counts as a failed authentication
-// of the address, toward its ban.
-func (c Conn) RefuseMesh(id int) {
+// signature, a replay, a time too far from this node's clock) and closes.
+// A guess (the signature did not hold, or a replay) counts as a failed
+// authentication of the address, toward its ban; a request signed with
+// the mesh key that is refused for its time is a node whose clock is off,
+// which its pings would otherwise get banned for ten minutes.
+func (c Conn) RefuseMesh(id int, guess bool) {
 	c.c.s.stats.meshBad.Inc()
-	c.c.s.failedFrom(c.c.peer)
+	if guess {
+		c.c.s.failedFrom(c.c.peer)
+	}
 	c.c.send(handshake.AppendError(nil, id, MeshBadRequest))
 	c.c.failWith(reason.Mesh, 0, "")
 }

@@ -85,3 +85,37 @@ func TestForgedMeshRequests(t *testing.T) {
 		t.Errorf("%d log lines for 4 refused mesh requests within 10 s, want 1:\n%s", lines, tail.String())
 	}
 }
+
+// TestMeshClockSkewIsNoGuess: a mesh request signed with the mesh key
+// but refused for its time (a node whose clock is more than 30 s off) is
+// refused and counted, but not as a failed authentication: a node pings
+// every 2 s, and the ban that counting earned (30 a minute) outlasted the
+// clock's fix by ten minutes.
+func TestMeshClockSkewIsNoGuess(t *testing.T) {
+	n := startNodeWith(t, redisAddr(t), "node-a", func(c *relay.Config) {
+		c.Limits.Exempt = nil // the test's requests come from loopback
+		c.Limits.AuthFailuresPerIP = 3
+	}, nil)
+	for i := range 5 {
+		old := time.Now().Add(-2 * time.Minute).Unix()
+		rid := fmt.Sprintf("skew-%d", i)
+		mac := signJoin(meshKey, "node-b", old, "tok", "", "u", "n", "id", rid)
+		c, err := net.Dial("tcp", relaytest.Addr(n.s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(fmt.Sprintf(`{"id":1,"method":"Mesh.Join","params":{"node":"node-b","time":%d,"mac":%q,"token":"tok","uuid":"u","name":"n","identity":"id","rid":%q}}`+"\n", old, mac, rid)))
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if !strings.Contains(line, relay.MeshBadRequest) {
+			t.Fatalf("request %d, two minutes old: %q, want %s (the node's address banned?)", i+1, line, relay.MeshBadRequest)
+		}
+	}
+	if b := relaytest.Metric(t, n.s, "meetpoint_bans_total"); b > 0 {
+		t.Errorf("meetpoint_bans_total %v after 5 well-signed requests refused for their time, want 0", b)
+	}
+	if r := relaytest.Metric(t, n.s, "meetpoint_mesh_refused_total"); r != 5 {
+		t.Errorf("meetpoint_mesh_refused_total %v, want 5", r)
+	}
+}

@@ -89,7 +89,7 @@ func (f *Fleet) verify(c relay.Conn, req *handshake.Request, fields ...string) b
 			f.log.Warn("fleet: mesh request refused (meetpoint_mesh_refused_total counts them all)", "why", why,
 				"peer", c.Peer().String(), "node", p("node"), "skew", skew.Round(time.Second), "not_logged_since_last", held)
 		}
-		c.RefuseMesh(req.ID)
+		c.RefuseMesh(req.ID, why == "bad signature" || why == "replayed") // well signed, its time off: a node's clock, no guess
 		return false
 	}
 	return true
