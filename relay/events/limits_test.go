@@ -26,17 +26,25 @@ import (
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
+// local starts a relay without Redis serving events with cfg; both end
+// with the test.
+func local(t *testing.T, cfg events.Config) (*relay.Server, *events.Service) {
+	t.Helper()
+	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
+	ev, err := events.New(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ev.Close() })
+	relaytest.Start(t, s)
+	return s, ev
+}
+
 // TestEventOfMaxSize: an event as large as the publish API accepts (64
 // KiB of JSON, answered 202) reaches a subscriber that reads, over raw
 // TCP and WebSocket; it does not disconnect it as slow_reader.
 func TestEventOfMaxSize(t *testing.T) {
-	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
-	ev, err := events.New(s, events.Config{AdminKey: "k"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ev.Close()
-	relaytest.Start(t, s)
+	s, _ := local(t, events.Config{AdminKey: "k"})
 	body := `{"pad":"` + strings.Repeat("x", 64<<10-len(`{"pad":""}`)) + `"}`
 	for _, overWS := range []bool{false, true} {
 		sb, _ := subscribe(t, relaytest.Addr(s), overWS, "dev-big")
@@ -68,13 +76,7 @@ func TestEventOfMaxSize(t *testing.T) {
 // of those are lost with the disconnect), and
 // meetpoint_events_dropped_total counts the others.
 func TestDeliverCountsTheEventThatOverflows(t *testing.T) {
-	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
-	ev, err := events.New(s, events.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ev.Close()
-	relaytest.Start(t, s)
+	s, ev := local(t, events.Config{})
 	sb, _ := subscribe(t, relaytest.Addr(s), false, "dev-slow")
 	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, s, "meetpoint_events_subscribers") == 1 }, "subscribed")
 	data := []byte(`{"pad":"` + strings.Repeat("x", 1000) + `"}`)
@@ -256,13 +258,7 @@ func TestReadyIsThisNodes(t *testing.T) {
 // subscriber whole once it reads; it is not disconnected as slow_reader
 // at the first write the socket takes only part of.
 func TestBurstToAFarSubscriber(t *testing.T) {
-	s := relaytest.New(t, func(c *relay.Config) { c.Access = onlyChannels{} })
-	ev, err := events.New(s, events.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ev.Close()
-	relaytest.Start(t, s)
+	s, ev := local(t, events.Config{})
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
 	}}
