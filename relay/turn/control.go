@@ -61,7 +61,10 @@ type controlConn struct {
 
 	// in holds what was read from the client and not yet handed to pion;
 	// plain is set once the stream is not framed (a data connection, a
-	// frame pion refuses): then it passes as it comes. Read's alone.
+	// frame pion refuses): then it passes as it comes. Guarded by rmu,
+	// which no blocking read holds: pion reads a data connection on a
+	// goroutine of its own while its read loop may still call Read.
+	rmu   sync.Mutex
 	in    []byte
 	plain bool
 
@@ -107,14 +110,17 @@ func (c *controlConn) check() {
 // reads again, as it does a datagram. A data connection's bytes, and
 // anything that is no frame, pass as they come.
 func (c *controlConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
 	for {
 		if c.plain || c.data.Load() {
 			c.plain = true
 			if len(c.in) > 0 {
 				n := copy(p, c.in)
 				c.in = c.in[n:]
+				c.rmu.Unlock()
 				return n, nil
 			}
+			c.rmu.Unlock()
 			return c.Conn.Read(p)
 		}
 		switch n := frameLen(c.in); {
@@ -125,19 +131,23 @@ func (c *controlConn) Read(p []byte) (int, error) {
 			c.s.noteRequest(c.key, c.in[:n])
 			copy(p, c.in[:n])
 			c.in = c.in[n:]
+			c.rmu.Unlock()
 			return n, nil
 		}
 		if len(c.in) == 0 {
 			c.in = nil // the buffer starts afresh, not after what was handed
 		}
+		c.rmu.Unlock()
 		var buf [2048]byte
 		k, err := c.Conn.Read(buf[:])
+		c.rmu.Lock()
 		c.in = append(c.in, buf[:k]...)
 		if err != nil {
 			if len(c.in) > 0 { // what came before the error: pion's to judge
 				c.plain = true
 				continue
 			}
+			c.rmu.Unlock()
 			return 0, err
 		}
 	}
