@@ -280,6 +280,16 @@ func (d *Decoder) InMessage() (ws.OpCode, bool) {
 // is buffered, or its payload has not all arrived. It does not allocate.
 func (d *Decoder) InFrame() bool { return d.nhdr > 0 || d.left > 0 }
 
+// InDataFrame is InFrame for data frames (text, binary, continuation)
+// only: a control frame partly received is not counted. It does not
+// allocate.
+func (d *Decoder) InDataFrame() bool {
+	if d.nhdr > 0 { // the first buffered byte holds the opcode
+		return !ws.OpCode(d.hdr[0] & 0x0f).IsControl()
+	}
+	return d.left > 0 && !d.cur.OpCode.IsControl()
+}
+
 // CheckClosePayload checks the whole payload of a received close frame: it
 // must be empty or hold a valid close code (1000-1003, 1007-1011,
 // 3000-4999; else 1002) followed by a UTF-8 reason (else 1007). A 1-byte

@@ -328,6 +328,26 @@ func TestDecoderInMessage(t *testing.T) {
 	}
 }
 
+// TestDecoderInDataFrame: a data frame partly received (header or
+// payload) counts, a control frame partly received does not.
+func TestDecoderInDataFrame(t *testing.T) {
+	for _, tt := range []struct {
+		op   ws.OpCode
+		want bool
+	}{{ws.OpText, true}, {ws.OpBinary, true}, {ws.OpPing, false}, {ws.OpPong, false}, {ws.OpClose, false}} {
+		fr := cframe(tt.op, true, "\x03\xe8ab")
+		for cut := 1; cut < len(fr); cut++ {
+			var d Decoder
+			if _, _, err := d.Decode(fr[:cut]); err != nil {
+				t.Fatalf("op %d, %d bytes: %v", tt.op, cut, err)
+			}
+			if got := d.InDataFrame(); got != tt.want {
+				t.Errorf("op %d, %d of %d bytes: InDataFrame = %v, want %v", tt.op, cut, len(fr), got, tt.want)
+			}
+		}
+	}
+}
+
 func TestDecoderNoAlloc(t *testing.T) {
 	stream := cat(
 		AppendFrame(nil, ws.OpText, false, []byte("héllo")),

@@ -109,10 +109,11 @@ func (s *Stream) SendClose(q *Queue, code ws.StatusCode, reason string) {
 	q.B = AppendClose(q.B, code, reason)
 }
 
-// InMessage reports whether a data frame or message is partly received.
+// InMessage reports whether a data frame or message is partly received
+// (a control frame partly received is not: it is the Stream's own).
 func (s *Stream) InMessage() bool {
 	_, in := s.Dec.InMessage()
-	return in || s.Dec.InFrame()
+	return in || s.Dec.InDataFrame()
 }
 
 // CloseCodeOf is the close code and reason for an error from Step or

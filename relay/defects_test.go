@@ -298,3 +298,47 @@ func TestFloodsBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestDefectPartialPingAtPairing: a waiting WebSocket client whose ping
+// is only partly read when its partner arrives is paired, and its ping
+// answered once the rest arrives. A ping is a control frame, not data
+// before TunnelEstablished; closing the client as data_before_tunnel
+// broke pairings whenever a keepalive ping straddled two TCP segments at
+// the moment the partner authenticated.
+func TestDefectPartialPingAtPairing(t *testing.T) {
+	s := startServer(t, nil)
+	a := dialRawWS(t, s)
+	a.authenticate("partial-ping", "a")
+	// One whole ping, then the header of a second whose payload has not
+	// been sent: the first one's pong shows the relay has read both.
+	second := maskedFrame(ws.OpPing, true, []byte("tail"))
+	hdr := len(second) - len("tail")
+	a.write(append(maskedFrame(ws.OpPing, true, []byte("head")), second[:hdr]...))
+	if h, p, err := a.readFrame(testutil.Patience); err != nil || h.OpCode != ws.OpPong || string(p) != "head" {
+		t.Fatalf("first ping: got op %d %q, %v; want its pong", h.OpCode, p, err)
+	}
+	type res struct {
+		c   *rawTunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := dialRawTunnel(serverAddr(s), "partial-ping", "", "b", nil)
+		ch <- res{c, err}
+	}()
+	a.waitTunnel()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.c.Close()
+	a.write(second[hdr:])
+	if h, p, err := a.readFrame(testutil.Patience); err != nil || h.OpCode != ws.OpPong || string(p) != "tail" {
+		t.Fatalf("second ping: got op %d %q, %v; want its pong", h.OpCode, p, err)
+	}
+	a.send(ws.OpText, true, []byte("hello\n"))
+	_ = r.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if line, err := r.c.br.ReadString('\n'); err != nil || line != "hello\n" {
+		t.Fatalf("partner read %q, %v", line, err)
+	}
+}
