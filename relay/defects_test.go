@@ -6,6 +6,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -340,5 +341,60 @@ func TestDefectPartialPingAtPairing(t *testing.T) {
 	_ = r.c.SetReadDeadline(time.Now().Add(testutil.Patience))
 	if line, err := r.c.br.ReadString('\n'); err != nil || line != "hello\n" {
 		t.Fatalf("partner read %q, %v", line, err)
+	}
+}
+
+// TestDefectNoCloseInsideAFrame: a WebSocket end that a tunnel leaves in
+// the middle of a frame (its partner sent a frame's header and part of its
+// payload) gets no close frame when the tunnel ends at once — on a write
+// stall of its partner, or at shutdown: written there, the close frame's
+// bytes would be read as more of the partner's payload, bytes the partner
+// never sent. It sees the payload received so far, then the end of the
+// connection.
+func TestDefectNoCloseInsideAFrame(t *testing.T) {
+	for _, how := range []string{"write stall", "shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			s := startServer(t, func(c *Config) { c.WriteStallTimeout = 300 * time.Millisecond })
+			a, b := rawWSPair(t, s, "mid-frame")
+			// A begins a 1000-byte TEXT frame and sends 10 bytes of it.
+			fr := clientFrame(0x81, false, 1000, nil)
+			payload := []byte("0123456789")
+			masked := append([]byte(nil), payload...)
+			ws.Cipher(masked, clientMask, 0)
+			a.write(append(fr, masked...))
+			_ = b.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+			h, err := ws.ReadHeader(b.br)
+			if err != nil || h.OpCode != ws.OpText || h.Length != 1000 {
+				t.Fatalf("partner got header %+v, %v", h, err)
+			}
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(b.br, got); err != nil || string(got) != string(payload) {
+				t.Fatalf("partner got %q, %v", got, err)
+			}
+			switch how {
+			case "write stall":
+				// B sends to A, which never reads: A stalls.
+				_ = a.c.(*net.TCPConn).SetReadBuffer(4 << 10)
+				go func() {
+					chunk := maskedFrame(ws.OpBinary, true, make([]byte, 32<<10))
+					_ = b.c.SetWriteDeadline(time.Now().Add(testutil.Patience))
+					for {
+						if _, err := b.c.Write(chunk); err != nil {
+							return
+						}
+					}
+				}()
+			case "shutdown":
+				s.Close()
+			}
+			_ = b.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+			rest, err := io.ReadAll(b.br)
+			if err != nil && !isClosed(err) {
+				t.Fatalf("partner: %v after %q", err, rest)
+			}
+			if len(rest) > 0 {
+				t.Fatalf("partner got %q inside A's frame after its payload; want the connection's end", rest)
+			}
+		})
 	}
 }

@@ -661,6 +661,12 @@ func (l *Loop) teardown(p *Pair) {
 	}
 	for _, e := range []*End{&p.A, &p.B} {
 		delete(l.stalled, e)
+		// A WebSocket end left inside a frame (or with part of one not
+		// yet written) gets nothing more: its close frame would be read
+		// as more of the frame's payload.
+		if e.WS != nil && (e.midFrame || len(e.out) > 0) {
+			e.Ctrl.Take()
+		}
 		if e.buf != nil {
 			pool.PutChunk(e.buf)
 			e.buf, e.out = nil, nil
