@@ -4,6 +4,7 @@ package relay
 // Each one failed against the code before the fix.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -397,4 +398,35 @@ func TestDefectNoCloseInsideAFrame(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDefectLeaverWithPongsOwed: a WebSocket client that leaves while
+// pongs are owed to it ends its tunnel. Its pongs wait while its partner
+// is inside a frame toward it, and past 1 KiB of them the relay stops
+// reading it (backpressure on ping floods) — it then never read the
+// client's end either: the tunnel, its partner and its key (a client
+// coming back got tunnel_exists) lived on after the client had gone.
+func TestDefectLeaverWithPongsOwed(t *testing.T) {
+	s := startServer(t, nil)
+	a, b := rawWSPair(t, s, "pongs-owed")
+	// B begins a 1000-byte frame toward A and sends 10 bytes of it.
+	b.write(append(clientFrame(0x82, false, 1000, nil), make([]byte, 10)...))
+	_ = a.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if h, err := ws.ReadHeader(a.br); err != nil || h.Length != 1000 {
+		t.Fatalf("A got header %+v, %v", h, err)
+	}
+	// A pings (its pongs must wait for the end of B's frame), then leaves.
+	var pings []byte
+	for range 20 {
+		pings = append(pings, maskedFrame(ws.OpPing, true, bytes.Repeat([]byte("p"), 125))...)
+	}
+	before := s.Stats().Traffic
+	a.write(pings)
+	waitFor(t, func() bool { return s.Stats().Traffic >= before+uint64(len(pings)) }, "the pings read")
+	a.c.Close()
+	_ = b.c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := io.ReadAll(b.br); err != nil && !isClosed(err) {
+		t.Fatalf("partner: %v; want its connection ended after A left", err)
+	}
+	waitFor(t, func() bool { return s.Stats().TunnelsActive == 0 }, "the tunnel ended")
 }

@@ -117,7 +117,8 @@ type End struct {
 const spliceFrom = 16 << 10
 
 // ctrlSoft is the control queue length above which an end's input is not
-// read until the queue drains (backpressure on ping floods).
+// read until the queue drains (backpressure on ping floods), unless the
+// end's client hung up.
 const ctrlSoft = 1 << 10
 
 // wsSlack is the room kept before the read position in a chunk so that
@@ -265,7 +266,11 @@ func (l *Loop) pump(src, dst *End) bool {
 		return moved
 	}
 	p := src.p
-	if p.closing || src.eof || !src.readable || src.Ctrl.Len() > ctrlSoft || src.quota < 0 {
+	// Owed control frames stop reads from src (a ping flood), except once
+	// its client hung up: they may be waiting for the end of a frame toward
+	// src that never comes, and its end must still be read (the queue
+	// stays bounded: past QueueMax src is closed as a slow reader).
+	if p.closing || src.eof || !src.readable || (src.Ctrl.Len() > ctrlSoft && !src.hungUp) || src.quota < 0 {
 		return moved
 	}
 	if dst.Settle > 0 { // until the first data has followed the relay's messages
