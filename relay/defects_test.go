@@ -4,11 +4,13 @@ package relay
 // Each one failed against the code before the fix.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -429,4 +431,44 @@ func TestDefectLeaverWithPongsOwed(t *testing.T) {
 		t.Fatalf("partner: %v; want its connection ended after A left", err)
 	}
 	waitFor(t, func() bool { return s.Stats().TunnelsActive == 0 }, "the tunnel ended")
+}
+
+// TestDefectSettleCountsFromTheNotification: TCPSettle holds a Hello
+// client's partner's first bytes until that long after TunnelEstablished
+// was written (Config.TCPSettle, docs/protocol.md), so bytes that come
+// later pass at once. The window started only when the partner's first
+// bytes arrived, delaying them by the whole window however late they
+// came.
+func TestDefectSettleCountsFromTheNotification(t *testing.T) {
+	const settle = time.Second // the most Config allows
+	s := startServer(t, func(c *Config) { c.TCPSettle = settle })
+	uA, uB := client.NewUUID(), client.NewUUID()
+	a := dialTCP(t, s)
+	abr := bufio.NewReader(a)
+	io.WriteString(a, `{"id":0,"method":"RemoteProxy.Hello"}`+"\n")
+	if got := readLine(t, abr); !strings.Contains(got, `"apiVersion"`) {
+		t.Fatalf("hello: %q", got)
+	}
+	req, reply := nymeaAuth(1, "a", uA, "settle-late")
+	io.WriteString(a, req)
+	if got := readLine(t, abr); got != reply {
+		t.Fatalf("a auth reply %q", got)
+	}
+	b := dialTCP(t, s)
+	bbr := bufio.NewReader(b)
+	req, reply = nymeaAuth(1, "b", uB, "settle-late")
+	io.WriteString(b, req)
+	if got := readLine(t, bbr); got != reply {
+		t.Fatalf("b auth reply %q", got)
+	}
+	if got := readLine(t, abr); got != nymeaEstablished("b", uB) {
+		t.Fatalf("a: %q", got)
+	}
+	time.Sleep(settle + 100*time.Millisecond) // the window has passed: B's bytes come late
+	io.WriteString(b, "late bytes\n")
+	// Well within another window: B's bytes must not be held.
+	_ = a.SetReadDeadline(time.Now().Add(settle / 2))
+	if got, err := abr.ReadString('\n'); err != nil || got != "late bytes\n" {
+		t.Fatalf("a read %q, %v; want B's bytes at once (the settle window was over)", got, err)
+	}
 }

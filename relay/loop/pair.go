@@ -265,6 +265,9 @@ func (l *Loop) pump(src, dst *End) bool {
 	if !empty || src.p.dead {
 		return moved
 	}
+	if dst.Settle > 0 && dst.settled == 0 { // the relay's messages to dst just went out: the window starts
+		dst.settled = time.Now().UnixNano() + int64(dst.Settle)
+	}
 	p := src.p
 	// Owed control frames stop reads from src (a ping flood), except once
 	// its client hung up: they may be waiting for the end of a frame toward
@@ -273,11 +276,8 @@ func (l *Loop) pump(src, dst *End) bool {
 	if p.closing || src.eof || !src.readable || (src.Ctrl.Len() > ctrlSoft && !src.hungUp) || src.quota < 0 {
 		return moved
 	}
-	if dst.Settle > 0 { // until the first data has followed the relay's messages
+	if dst.Settle > 0 { // until the window after the relay's messages is over
 		now := time.Now().UnixNano()
-		if dst.settled == 0 { // they just went out: start the wait
-			dst.settled = now + int64(dst.Settle)
-		}
 		if now < dst.settled {
 			l.hold(src, time.Duration(dst.settled-now))
 			return moved
