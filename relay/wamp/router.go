@@ -223,6 +223,7 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 		r.fleet = fl
 	}
 	srv.HandleWebSocket(Subprotocol, r)
+	srv.OnDrain(r.goodbye)
 	srv.AddMetrics(r.set, signalDocs)
 	r.log.Info("signalling: WAMP router", "subprotocol", Subprotocol, "open_realm", cfg.Realm,
 		"app_realms", len(cfg.Apps), "fleet", cfg.Redis != nil)
@@ -232,17 +233,25 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 // Close says GOODBYE (wamp.close.system_shutdown) to every session and
 // waits for them to end.
 func (r *Router) Close() error {
-	r.mu.Lock()
-	r.closing = true
-	for s := range r.sessions {
-		s.finish(encode(mGoodbye, details, closeShutdown), "shutdown")
-	}
-	r.mu.Unlock()
+	r.goodbye()
 	r.wg.Wait()
 	if r.fleet != nil {
 		r.fleet.close()
 	}
 	return nil
+}
+
+// goodbye says GOODBYE (wamp.close.system_shutdown) to every session and
+// takes no new one, without waiting. The relay's drain runs it: a session
+// holds no tunnel, so it is closed at once, as every connection without
+// one is, instead of holding the drain until its timeout.
+func (r *Router) goodbye() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closing = true
+	for s := range r.sessions {
+		s.finish(encode(mGoodbye, details, closeShutdown), "shutdown")
+	}
 }
 
 // newID is a router-scope id.

@@ -519,6 +519,34 @@ func TestShutdown(t *testing.T) {
 	p.closed()
 }
 
+// TestDrainSaysGoodbye: a session holds no tunnel, so the relay's drain
+// (SIGTERM) says GOODBYE system_shutdown to it at once, as it closes every
+// other connection without a tunnel, instead of keeping it, and the drain
+// with it, until the drain timeout cuts it.
+func TestDrainSaysGoodbye(t *testing.T) {
+	_, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		drained <- srv.Shutdown(ctx)
+	}()
+	if g := p.expect(mGoodbye); str(t, g, 1) != closeShutdown {
+		t.Fatalf("GOODBYE %s", fields(g))
+	}
+	p.closed()
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("drain: %v, want it to end once the session left", err)
+		}
+	case <-time.After(relaytest.Patience):
+		t.Fatal("the drain did not end after the session left")
+	}
+}
+
 // TestFleetCall: two relays sharing one Redis: a procedure registered on
 // one is called from the other (and answered, errors too), registered
 // only once fleet-wide, released when its session leaves; events reach
