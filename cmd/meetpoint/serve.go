@@ -711,10 +711,48 @@ func runServe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	relay.Version = version // Hello, the monitor and meetpoint_build_info
 	o.reparse = reparser(args, in)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	sigs, stop := notifySignals()
+	defer stop()
 	return serveUntilSignal(o, sigs, stderr, nil)
+}
+
+// notifySignals delivers SIGHUP, SIGINT and SIGTERM on one channel without
+// losing a stop signal: signal.Notify drops a signal whose channel is full,
+// and a SIGHUP waiting there (sent during start-up, or during a reload)
+// made a SIGTERM after it be lost, the relay serving on until systemd's
+// SIGKILL. So SIGHUPs wait in a channel of their own (coalesced: a reload
+// re-reads everything), the stop signals in another, and a stop signal is
+// passed on first. stop ends the delivery.
+func notifySignals() (sigs <-chan os.Signal, stop func()) {
+	hup, term := make(chan os.Signal, 1), make(chan os.Signal, 2)
+	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(term, syscall.SIGINT, syscall.SIGTERM)
+	out, done := make(chan os.Signal), make(chan struct{})
+	go func() {
+		for {
+			var sig os.Signal
+			select {
+			case sig = <-term:
+			default:
+				select {
+				case sig = <-term:
+				case sig = <-hup:
+				case <-done:
+					return
+				}
+			}
+			select {
+			case out <- sig:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return out, func() {
+		signal.Stop(hup)
+		signal.Stop(term)
+		close(done)
+	}
 }
 
 // serveStarted is told what serveUntilSignal started (tests use it).

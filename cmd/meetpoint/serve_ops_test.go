@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -649,5 +650,85 @@ func TestServeSIGHUPKeepsTheIPv6Prefix(t *testing.T) {
 	}
 	if !strings.Contains(ts.logs.String(), `they are not in force" settings=ipv6-prefix`) {
 		t.Errorf("the changed --ipv6-prefix was not named as needing a restart:\n%s", ts.logs.String())
+	}
+}
+
+// TestServeStopAfterReloadDuringStart: a SIGHUP (systemctl reload) that
+// arrives while the relay is still starting, followed by a SIGTERM
+// (systemctl stop), must still stop it: the SIGHUP waiting to be handled
+// must not make the SIGTERM be dropped, or the relay serves on until
+// systemd's SIGKILL, without a drain. The relay runs as a process of its
+// own (real signals); its start is held in its dependency check, on a
+// webhook that answers only when the test lets it.
+func TestServeStopAfterReloadDuringStart(t *testing.T) {
+	probed, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(probed) })
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "no", http.StatusForbidden)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hook.Serve(ln)
+	t.Cleanup(func() { hook.Close() })
+	var stderr lockedBuffer
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMain$", "--", "serve", "--listen", "127.0.0.1:0",
+		"--auth", "webhook:http://"+ln.Addr().String()+"/check", "--log-level", "error")
+	cmd.Env = append(os.Environ(), "MEETPOINT_HELPER_MAIN=1")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	select {
+	case <-probed: // starting: signal.Notify is in place, nothing reads signals yet
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("serve exited before its dependency check: %v %s", err, stderr.String())
+	case <-time.After(relaytest.Patience):
+		t.Fatal("serve did not check its webhook")
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	// The SIGTERM follows once the kernel has handed the SIGHUP to the
+	// process (no longer pending), so that it comes second.
+	relaytest.WaitFor(t, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		if err != nil {
+			return false
+		}
+		for l := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(l, "ShdPnd:"); ok {
+				var pending uint64
+				_, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &pending)
+				return err == nil && pending&(1<<(syscall.SIGHUP-1)) == 0
+			}
+		}
+		return false
+	}, "the SIGHUP delivered")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	select {
+	case err := <-exited:
+		exited <- err // for Cleanup
+		if err != nil {
+			t.Fatalf("serve: %v %s", err, stderr.String())
+		}
+	case <-time.After(relaytest.Patience):
+		t.Fatal("SIGTERM after a SIGHUP during start was lost: serve still runs")
 	}
 }
