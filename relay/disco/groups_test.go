@@ -1,9 +1,11 @@
 package disco
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -414,6 +416,37 @@ func TestGroupsTTLAndPersistence(t *testing.T) {
 	relaytest.WaitFor(t, func() bool { return len(s2.ids()) == 0 }, "the restored group expires with its remaining TTL")
 	if code, _, _ := relaytest.HTTP(t, "GET", base2+"/groups/"+long, ""); code != 404 {
 		t.Errorf("expired group after restart: %d, want 404", code)
+	}
+}
+
+// TestGroupsUnreadableFileSetAside: a groups.db that bbolt cannot read
+// (damaged storage, a partial copy) does not keep the relay from starting
+// (serve exits 2 on it, which systemd is told never to restart): the
+// groups are soft state, so the file is set aside as groups.db.corrupt,
+// its bytes kept, and the groups start empty and are kept again.
+func TestGroupsUnreadableFileSetAside(t *testing.T) {
+	dir := t.TempDir()
+	garbage := []byte("not a bbolt database\n")
+	if err := os.WriteFile(filepath.Join(dir, "groups.db"), garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: dir}
+	srv := relaytest.New(t, nil)
+	s, err := New(srv, cfg)
+	if err != nil {
+		t.Fatalf("an unreadable groups.db: %v, want a start without it", err)
+	}
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	if b, err := os.ReadFile(filepath.Join(dir, "groups.db.corrupt")); err != nil || !bytes.Equal(b, garbage) {
+		t.Fatalf("the unreadable file set aside: %q %v", b, err)
+	}
+	id := create(t, "http://"+relaytest.Addr(srv), `{"AppID":"a","Name":"after"}`)
+	srv.Close()
+	s.Close()
+	_, base, _ := start(t, cfg)
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
+		t.Fatalf("a group kept after the file was set aside, after a restart: %d %q", code, body)
 	}
 }
 

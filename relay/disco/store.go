@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // store keeps the groups. Writes are compare-and-set against the record
@@ -72,6 +73,20 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 	}
 	path := filepath.Join(dir, "groups.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch) {
+		// A file bbolt cannot read (damaged storage, a partial copy): the
+		// groups are soft state, minutes of TTL, so it is set aside and the
+		// relay starts without them, as a kept certificate that cannot be
+		// used is replaced, instead of refusing to start (serve's exit 2,
+		// which systemd is told never to restart).
+		aside := path + ".corrupt"
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("groups: %s: %v; setting it aside: %v", path, err, rerr)
+		}
+		log.Warn("groups: the kept groups cannot be read: the file is set aside and the relay starts without them",
+			"err", err.Error(), "file", path, "set_aside", aside)
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("groups: %s: %v (is another relay using this --data-dir?)", path, err)
 	}
