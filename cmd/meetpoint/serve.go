@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -710,6 +711,12 @@ func runServe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return code
 	}
 	relay.Version = version // Hello, the monitor and meetpoint_build_info
+	// A panic that ends the process (one outside the fault barriers) dies
+	// of SIGABRT after its traceback, instead of Go's default exit status
+	// 2: that is the bad-configuration status the systemd unit is told
+	// never to restart on (RestartPreventExitStatus=2), and Restart= is
+	// what brings a crashed relay back.
+	debug.SetTraceback("crash")
 	o.reparse = reparser(args, in)
 	sigs, stop := notifySignals()
 	defer stop()

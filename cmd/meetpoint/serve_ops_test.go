@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
@@ -730,5 +732,55 @@ func TestServeStopAfterReloadDuringStart(t *testing.T) {
 		}
 	case <-time.After(relaytest.Patience):
 		t.Fatal("SIGTERM after a SIGHUP during start was lost: serve still runs")
+	}
+}
+
+// TestServePanicIsNotExit2: a panic that ends serve must not exit with
+// status 2, the bad-configuration status the systemd unit is told never to
+// restart on (RestartPreventExitStatus=2), as Go's runtime does by default:
+// docs/operations.md promises that Restart= brings the process back. The
+// panic here is bbolt's on a groups.db whose freelist page was zeroed
+// (damaged storage), in a process of its own.
+func TestServePanicIsNotExit2(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "groups.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pageSize := db.Info().PageSize
+	db.Close()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt(make([]byte, pageSize), 2*int64(pageSize)) // page 2: a new database's freelist
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMain$", "--", "serve", "--listen", "127.0.0.1:0",
+		"--data-dir", dir, "--log-level", "error")
+	cmd.Env = append(os.Environ(), "MEETPOINT_HELPER_MAIN=1")
+	cmd.Dir = dir // a core file, where core dumps are on, lands there
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(relaytest.Patience):
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatal("serve neither panicked nor exited on a damaged groups.db")
+	}
+	if !strings.Contains(stderr.String(), "panic: ") {
+		t.Fatalf("serve ended without a panic: %s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code == 2 {
+		t.Fatalf("a panic exited with status 2, which systemd is told never to restart")
 	}
 }

@@ -21,7 +21,7 @@ func TestSystemdUnit(t *testing.T) {
 		"CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
 		"SystemCallFilter=@system-service", "SystemCallArchitectures=native",
 		"RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "StateDirectory=meetpoint", "DynamicUser=yes",
-		"--data-dir /var/lib/meetpoint", "StartLimitIntervalSec=0", "Restart=on-failure",
+		"--data-dir /var/lib/meetpoint", "StartLimitIntervalSec=0", "Restart=on-failure", "LimitCORE=0",
 	} {
 		if !strings.Contains(string(unit), "\n"+d) && !strings.Contains(string(unit), " "+d) {
 			t.Errorf("the unit lost %q", d)
