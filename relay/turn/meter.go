@@ -151,19 +151,21 @@ func (l *portListener) Close() error {
 // way), as a UDP allocation's datagrams do; TCP waits for the tokens
 // where UDP drops.
 
-// tcpRate is one TCP allocation's buckets: from its peers and to them.
-type tcpRate struct{ in, out *rate.Limiter }
+// buckets are one allocation's rate buckets: from its peers and to them.
+type buckets struct{ in, out *rate.Limiter }
 
-// newRate makes an allocation's buckets at MaxRate (set).
-func (s *Service) newRate() *tcpRate {
+// newRate makes an allocation's two buckets at MaxRate (set), UDP's or
+// TCP's: a burst of a quarter second, at least 64 KiB (a datagram always
+// fits).
+func (s *Service) newRate() *buckets {
 	r := s.cfg.MaxRate
 	burst := max(int(r/4), 64<<10)
-	return &tcpRate{in: rate.NewLimiter(rate.Limit(r), burst), out: rate.NewLimiter(rate.Limit(r), burst)}
+	return &buckets{in: rate.NewLimiter(rate.Limit(r), burst), out: rate.NewLimiter(rate.Limit(r), burst)}
 }
 
 // rateOf is the buckets of the TCP allocation whose relayed address is
 // alloc (nil: no rate).
-func (s *Service) rateOf(alloc string) *tcpRate {
+func (s *Service) rateOf(alloc string) *buckets {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tcpRates[alloc]
@@ -175,7 +177,7 @@ type rateListener struct {
 	net.Listener
 	s     *Service
 	alloc string
-	r     *tcpRate
+	r     *buckets
 }
 
 func (l *rateListener) Accept() (net.Conn, error) {
@@ -198,12 +200,12 @@ func (l *rateListener) Close() error {
 // rateConn is a peer connection of a TCP allocation held to its rate.
 type rateConn struct {
 	net.Conn
-	r      *tcpRate
+	r      *buckets
 	ctx    context.Context // done when the connection closes: no wait outlives it
 	cancel context.CancelFunc
 }
 
-func newRateConn(c net.Conn, r *tcpRate) *rateConn {
+func newRateConn(c net.Conn, r *buckets) *rateConn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &rateConn{Conn: c, r: r, ctx: ctx, cancel: cancel}
 }
@@ -356,9 +358,9 @@ type allocation struct {
 func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocation {
 	bigBuffers(pc)
 	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), relayAddr: addr, since: time.Now()}
-	if r := s.cfg.MaxRate; r > 0 {
-		burst := max(int(r/4), 64<<10) // a datagram always fits
-		a.in, a.out = rate.NewLimiter(rate.Limit(r), burst), rate.NewLimiter(rate.Limit(r), burst)
+	if s.cfg.MaxRate > 0 {
+		r := s.newRate()
+		a.in, a.out = r.in, r.out
 	}
 	s.mu.Lock()
 	s.live[a] = true

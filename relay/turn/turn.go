@@ -162,7 +162,7 @@ type Service struct {
 	// to allocations pion is making (reserveFor). Guarded by mu.
 	held, pending map[string]*held
 	conns         map[string]int      // TCP allocations' Connect connections, by relayed address
-	tcpRates      map[string]*tcpRate // TCP allocations' buckets (MaxRate), by relayed address
+	tcpRates      map[string]*buckets // TCP allocations' buckets (MaxRate), by relayed address
 	tcpPorts      map[int]bool        // the relay ports TCP allocations listen on
 
 	// allocateWithin is how long a control connection over TCP or TLS may
@@ -221,7 +221,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*tcpRate{}, tcpPorts: map[int]bool{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*buckets{}, tcpPorts: map[int]bool{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
