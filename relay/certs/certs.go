@@ -222,31 +222,28 @@ func (ts *Store) checkExpiry() {
 	if end.IsZero() {
 		return
 	}
-	if ts.cfg.Cert == "" && len(ts.cfg.CertPEM) == 0 {
-		if !now.Before(end) {
-			cert, err := ts.selfSigned()
-			if err != nil {
-				ts.log.Error("the self-signed certificate has expired and a new one cannot be made; keeping the old one", "err", err)
-				return
-			}
-			ts.cert.Store(&cert)
+	selfSigned, expired := ts.cfg.Cert == "" && len(ts.cfg.CertPEM) == 0, !now.Before(end)
+	if selfSigned && expired {
+		cert, err := ts.selfSigned()
+		if err != nil {
+			ts.log.Error("the self-signed certificate has expired and a new one cannot be made; keeping the old one", "err", err)
 			return
 		}
-		if end.Sub(now) < ExpiryWarning && now.Sub(ts.warned) >= 24*time.Hour {
-			ts.warned = now
-			ts.log.Warn("the self-signed certificate expires soon: a new one replaces it then, and clients pinned to the old fingerprint will need the new one",
-				"not_after", end.UTC().Format(time.RFC3339), "sha256", ts.Fingerprint())
-		}
+		ts.cert.Store(&cert)
 		return
 	}
-	if end.Sub(now) < ExpiryWarning && now.Sub(ts.warned) >= 24*time.Hour {
-		ts.warned = now
-		msg := "the TLS certificate expires soon: renew it (the relay loads new files by itself or on SIGHUP)"
-		if !now.Before(end) {
-			msg = "the TLS certificate has expired: clients that verify it are refused; renew it (the relay loads new files by itself or on SIGHUP)"
-		}
-		ts.log.Warn(msg, "not_after", end.UTC().Format(time.RFC3339), "sha256", ts.Fingerprint())
+	if end.Sub(now) >= ExpiryWarning || now.Sub(ts.warned) < 24*time.Hour {
+		return
 	}
+	ts.warned = now
+	msg := "the TLS certificate expires soon: renew it (the relay loads new files by itself or on SIGHUP)"
+	switch {
+	case selfSigned:
+		msg = "the self-signed certificate expires soon: a new one replaces it then, and clients pinned to the old fingerprint will need the new one"
+	case expired:
+		msg = "the TLS certificate has expired: clients that verify it are refused; renew it (the relay loads new files by itself or on SIGHUP)"
+	}
+	ts.log.Warn(msg, "not_after", end.UTC().Format(time.RFC3339), "sha256", ts.Fingerprint())
 }
 
 // Reload re-reads the certificate files (SIGHUP); on error the current
