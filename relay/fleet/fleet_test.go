@@ -748,6 +748,26 @@ func TestDegradedClientPublishedAfterOutage(t *testing.T) {
 	}
 }
 
+// serverOnKilledNode starts two TunnelProxy nodes, PREFIX-a and
+// PREFIX-b, registers server uuid on a and kills a (no goodbye: the
+// uuid's key and a's heartbeat, good for a minute, stay in the store). It
+// returns b.
+func serverOnKilledNode(t *testing.T, prefix, uuid string) *node {
+	t.Helper()
+	addr := redisAddr(t)
+	a := startTPNode(t, addr, prefix+"-a", func(c *fleet.Config) { c.Heartbeat = time.Minute })
+	b := startTPNode(t, addr, prefix+"-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "node b sees node a")
+	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: uuid, Name: "device", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	fleet.Kill(a.f)
+	a.s.Close()
+	return b
+}
+
 // TestTunnelProxyServerAfterNodeKilled: a TunnelProxy server's node is
 // killed (no goodbye: its uuid's key and its heartbeat stay in the store)
 // and the server registers again on another node, as its reconnect
@@ -755,19 +775,8 @@ func TestDegradedClientPublishedAfterOutage(t *testing.T) {
 // the uuid is taken over at once, as a pair key is; it is not refused as
 // AlreadyRegistered until the dead node's heartbeat expires.
 func TestTunnelProxyServerAfterNodeKilled(t *testing.T) {
-	addr := redisAddr(t)
-	// The dead node's heartbeat outlives the test's steps by far.
-	a := startTPNode(t, addr, "tpk-a", func(c *fleet.Config) { c.Heartbeat = time.Minute })
-	b := startTPNode(t, addr, "tpk-b", nil)
-	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "node b sees node a")
-	serverUUID := "88888888-8888-4888-8888-888888888888"
-	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	fleet.Kill(a.f)
-	a.s.Close()
+	const serverUUID = "88888888-8888-4888-8888-888888888888"
+	b := serverOnKilledNode(t, "tpk", serverUUID)
 	again, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(b.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("the server registering again on another node after its node was killed: %v", err)
@@ -788,19 +797,9 @@ func TestTunnelProxyServerAfterNodeKilled(t *testing.T) {
 // not InternalServerError, and the refused connection is not counted as
 // a mesh dial failure (the node's host answered).
 func TestTunnelProxyClientOfKilledNode(t *testing.T) {
-	addr := redisAddr(t)
-	a := startTPNode(t, addr, "tpc-a", func(c *fleet.Config) { c.Heartbeat = time.Minute })
-	b := startTPNode(t, addr, "tpc-b", nil)
-	relaytest.WaitFor(t, func() bool { return len(b.f.Nodes()) == 2 }, "node b sees node a")
-	serverUUID := "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
-	srv, err := client.RegisterTPServer(context.Background(), client.TPOptions{URL: url(a.s, false), UUID: serverUUID, Name: "device", Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	fleet.Kill(a.f)
-	a.s.Close()
-	_, err = client.DialTPClient(context.Background(), client.TPOptions{URL: url(b.s, false), UUID: "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
+	const serverUUID = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+	b := serverOnKilledNode(t, "tpc", serverUUID)
+	_, err := client.DialTPClient(context.Background(), client.TPOptions{URL: url(b.s, false), UUID: "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
 		Name: "app", ServerUUID: serverUUID, Timeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "ServerNotFound") {
 		t.Errorf("a client of a server whose node was killed: %v, want ServerNotFound", err)
