@@ -58,19 +58,7 @@ func TestTURNIdleControlConnectionsClosed(t *testing.T) {
 	defer relayed.Close()
 
 	// A TCP allocation's data connection to an echo peer.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
+	ln := echoPeer(t)
 	d, err := tcpClient(t, s, addr, user, pass).Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -434,6 +434,26 @@ func silentPeer(t *testing.T) *net.TCPAddr {
 	return nil
 }
 
+// echoPeer is a TCP peer on loopback that echoes its first connection;
+// it closes when the test ends.
+func echoPeer(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	return ln
+}
+
 // TestTURNTCPConnectBehindNAT: with --turn-relay-ip an address the host
 // does not have (a NAT's or a cloud's public address, what the flag is
 // for), a TCP allocation's Connect reaches its peer and relays both ways:
@@ -442,19 +462,7 @@ func silentPeer(t *testing.T) *net.TCPAddr {
 func TestTURNTCPConnectBehindNAT(t *testing.T) {
 	s, srv := start(t, Config{RelayIP: net.ParseIP("192.0.2.1"), TCPAllocations: true, AllowPeers: loopbackPeers})
 	user, pass := Credentials(secret, "alice", time.Minute, time.Now())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() { // an echo peer
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
+	ln := echoPeer(t)
 	c, err := tcpClient(t, s, relaytest.Addr(srv), user, pass).Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatalf("Connect through a relay whose relay IP is not the host's: %v", err)
@@ -522,19 +530,7 @@ func TestTURNTCPConnectionsBounded(t *testing.T) {
 func TestTURNTCPRate(t *testing.T) {
 	s, srv := start(t, Config{RelayIP: net.ParseIP("127.0.0.9"), TCPAllocations: true, AllowPeers: loopbackPeers, MaxRate: 20000})
 	user, pass := Credentials(secret, "carol", time.Minute, time.Now())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() { // an echo peer
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
+	ln := echoPeer(t)
 	tc, err := net.Dial("tcp", relaytest.Addr(srv))
 	if err != nil {
 		t.Fatal(err)
