@@ -321,28 +321,14 @@ func TestDefectPartialPingAtPairing(t *testing.T) {
 	if h, p, err := a.readFrame(testutil.Patience); err != nil || h.OpCode != ws.OpPong || string(p) != "head" {
 		t.Fatalf("first ping: got op %d %q, %v; want its pong", h.OpCode, p, err)
 	}
-	type res struct {
-		c   *rawTunnel
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := dialRawTunnel(serverAddr(s), "partial-ping", "", "b", nil)
-		ch <- res{c, err}
-	}()
-	a.waitTunnel()
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	defer r.c.Close()
+	b := a.tcpPartner(s, "partial-ping")
 	a.write(second[hdr:])
 	if h, p, err := a.readFrame(testutil.Patience); err != nil || h.OpCode != ws.OpPong || string(p) != "tail" {
 		t.Fatalf("second ping: got op %d %q, %v; want its pong", h.OpCode, p, err)
 	}
 	a.send(ws.OpText, true, []byte("hello\n"))
-	_ = r.c.SetReadDeadline(time.Now().Add(testutil.Patience))
-	if line, err := r.c.br.ReadString('\n'); err != nil || line != "hello\n" {
+	_ = b.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if line, err := b.br.ReadString('\n'); err != nil || line != "hello\n" {
 		t.Fatalf("partner read %q, %v", line, err)
 	}
 }

@@ -444,25 +444,11 @@ func TestHostileWSInTunnel(t *testing.T) {
 	t.Run("tcp partner", func(t *testing.T) {
 		a := dialRawWS(t, s)
 		a.authenticate("hostile-tcp-partner", "a")
-		type res struct {
-			c   *rawTunnel
-			err error
-		}
-		ch := make(chan res, 1)
-		go func() {
-			c, err := dialRawTunnel(serverAddr(s), "hostile-tcp-partner", "", "b", nil)
-			ch <- res{c, err}
-		}()
-		a.waitTunnel()
-		r := <-ch
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		defer r.c.Close()
+		b := a.tcpPartner(s, "hostile-tcp-partner")
 		a.write(clientFrame(0x82|0x40, false, -1, []byte("rsv1")))
 		a.expectCode(ws.StatusProtocolError)
-		_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if rest, err := io.ReadAll(r.c.br); err != nil && !isClosed(err) || len(rest) != 0 {
+		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if rest, err := io.ReadAll(b.br); err != nil && !isClosed(err) || len(rest) != 0 {
 			t.Fatalf("tcp partner: read %q, %v; want EOF", rest, err)
 		}
 	})

@@ -352,6 +352,29 @@ func (w *rawWS) waitTunnel() {
 	_ = w.c.SetDeadline(time.Time{})
 }
 
+// tcpPartner pairs w, authenticated and waiting under token, with a raw
+// TCP client it dials, and returns that client once w has seen the
+// tunnel; the client closes when the test ends.
+func (w *rawWS) tcpPartner(s *Server, token string) *rawTunnel {
+	w.t.Helper()
+	type res struct {
+		c   *rawTunnel
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := dialRawTunnel(serverAddr(s), token, "", "b", nil)
+		ch <- res{c, err}
+	}()
+	w.waitTunnel()
+	r := <-ch
+	if r.err != nil {
+		w.t.Fatal(r.err)
+	}
+	w.t.Cleanup(func() { r.c.Close() })
+	return r.c
+}
+
 // rawWSPair pairs two hand-driven WebSocket clients with raw JSON-RPC over
 // the WebSocket and returns them with the tunnel up.
 func rawWSPair(t testing.TB, s *Server, token string) (*rawWS, *rawWS) {
