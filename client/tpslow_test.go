@@ -17,13 +17,14 @@ import (
 
 // TestTPServerSlowClientAlone: a TPServer with two clients, one whose TPConn
 // is never read while its remote sends far more than MaxQueued. The server's
-// one read loop once waited for that client's reader (a 256-piece channel,
-// up to 8 MiB): the other client and the relay's notifications stalled
-// with it, and the relay dropped the whole device for the write stall.
-// Now the slow client alone is disconnected — its Read ends with
-// ErrTPClientSlow, its remote is closed by the relay — the server never
-// holds more than the bound for it, and the other client keeps exchanging
-// data both ways, as a client arriving later is still accepted.
+// one read loop once waited for that client's reader without end (a
+// 256-piece channel, up to 8 MiB): the other client and the relay's
+// notifications stalled with it, and the relay dropped the whole device
+// for the write stall. Now the stalled client alone is disconnected after
+// StallTimeout — its Read ends with ErrTPClientSlow, its remote is closed
+// by the relay — the server never holds more than the bound for it, and
+// the other client keeps exchanging data both ways, as a client arriving
+// later is still accepted.
 func TestTPServerSlowClientAlone(t *testing.T) {
 	s := relaytest.New(t, nil)
 	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
@@ -39,7 +40,7 @@ func slowClientAlone(t *testing.T, url string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	su := client.NewUUID()
-	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
+	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device", StallTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,5 +154,78 @@ func slowClientAlone(t *testing.T, url string) {
 	}
 	if m := most.Load(); m > bound {
 		t.Fatalf("the server held %d bytes for the slow client, more than the bound %d", m, bound)
+	}
+}
+
+// TestTPServerSlowReaderKept: a client sends 8 times MaxQueued to a device
+// whose reader takes it slower than it comes but never stops. The server
+// once dropped such a client as soon as its queue passed the bound (so
+// `meetpoint client --serve` lost a 16 MiB upload to nymea's client library
+// whenever its local service lagged); now the server waits for the reader,
+// the relay's flow control slows the sender, and every byte arrives in
+// order while the server holds no more than the bound.
+func TestTPServerSlowReaderKept(t *testing.T) {
+	s := relaytest.New(t, nil)
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	t.Run("tcp", func(t *testing.T) { slowReaderKept(t, relaytest.TCPURL(s)) })
+	t.Run("ws", func(t *testing.T) { slowReaderKept(t, relaytest.WSURL(s)) })
+}
+
+func slowReaderKept(t *testing.T, url string) {
+	const bound = 256 << 10
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	su := client.NewUUID()
+	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device", MaxQueued: bound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	remote, err := client.DialTPClient(ctx, client.TPOptions{URL: url, ServerUUID: su, Name: "uploader"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	c, err := dev.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 8*bound)
+	for i := range want {
+		want[i] = byte(i*7 + i>>11)
+	}
+	sendErr := make(chan error, 1)
+	go func() {
+		_, err := remote.Write(want)
+		sendErr <- err
+	}()
+	var most int
+	got := make([]byte, 0, len(want))
+	buf := make([]byte, 16<<10)
+	for len(got) < len(want) {
+		time.Sleep(2 * time.Millisecond) // slower than the sender: the queue fills
+		if q := client.TPQueued(c); q > most {
+			most = q
+		}
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("the device read %d of %d bytes, then %v", len(got), len(want), err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the device read %d bytes, not what the client sent", len(got))
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatalf("the client's write: %v", err)
+	}
+	if most > bound {
+		t.Fatalf("the server held %d bytes for the client, more than the bound %d", most, bound)
+	}
+	if most < bound/2 {
+		t.Fatalf("the server held at most %d bytes: the reader was never the slower side, the test proves nothing", most)
 	}
 }

@@ -46,19 +46,31 @@ type TPOptions struct {
 	Refused func(local net.Addr, err error)
 	// MaxQueued bounds, in bytes, a registered server's data from one
 	// client that the application has not Read (default
-	// DefaultTPMaxQueued). A client that sends more is disconnected alone
-	// (ErrTPClientSlow), so one stalled reader never holds up the server's
-	// other clients; a server holds at most this much per client.
+	// DefaultTPMaxQueued). While a client's queue is full the server stops
+	// reading the relay (TCP flow control slows the client down, and the
+	// server's other clients wait with it); see StallTimeout.
 	MaxQueued int
+	// StallTimeout is how long a full queue may go without a Read before
+	// its client is disconnected alone (ErrTPClientSlow), so that one
+	// stalled reader holds up the server's other clients this long at
+	// most (default DefaultTPStallTimeout). Keep it under the relay's
+	// write-stall timeout (10 s by default), or the relay drops the whole
+	// server instead.
+	StallTimeout time.Duration
 }
 
 // DefaultTPMaxQueued is TPOptions.MaxQueued when it is zero: 1 MiB.
 const DefaultTPMaxQueued = 1 << 20
 
-// ErrTPClientSlow is what a TPConn's Read returns once its client sent
-// more than TPOptions.MaxQueued bytes the application had not read: the
-// server dropped what it held and asked the relay to disconnect the client.
-var ErrTPClientSlow = errors.New("tunnelproxy: client disconnected: slow reader (more than MaxQueued bytes unread)")
+// DefaultTPStallTimeout is TPOptions.StallTimeout when it is zero: 5 s,
+// half the relay's default write-stall timeout.
+const DefaultTPStallTimeout = 5 * time.Second
+
+// ErrTPClientSlow is what a TPConn's Read returns once its client was
+// disconnected because the application left TPOptions.MaxQueued bytes
+// unread for TPOptions.StallTimeout: the server dropped what it held and
+// asked the relay to disconnect the client.
+var ErrTPClientSlow = errors.New("tunnelproxy: client disconnected: slow reader (MaxQueued bytes unread for StallTimeout)")
 
 func (o TPOptions) options() Options {
 	return Options{URL: o.URL, Timeout: o.Timeout, Verbose: o.Verbose, TLSConfig: o.TLSConfig}
@@ -127,14 +139,16 @@ func orNewUUID(u string) string {
 
 // TPServer is a registered TunnelProxy server (a device): clients reaching
 // it arrive through Accept, each as a TPConn multiplexed over one relay
-// connection with SLIP framing. One read loop serves them all and never
-// waits for a TPConn's reader: it holds at most TPOptions.MaxQueued unread
-// bytes per client and disconnects a client that sends more.
+// connection with SLIP framing. One read loop serves them all: it holds at
+// most TPOptions.MaxQueued unread bytes per client, waits while a client's
+// queue is full, and disconnects a client whose reader took nothing for
+// TPOptions.StallTimeout.
 type TPServer struct {
 	r         *Raw
 	accept    chan *TPConn
 	done      chan struct{}
-	maxQueued int // TPOptions.MaxQueued
+	maxQueued int           // TPOptions.MaxQueued
+	stall     time.Duration // TPOptions.StallTimeout
 
 	mu     sync.Mutex
 	conns  map[uint16]*TPConn
@@ -150,9 +164,12 @@ func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
 		return nil, err
 	}
 	s := &TPServer{r: r, accept: make(chan *TPConn, 64), done: make(chan struct{}),
-		conns: make(map[uint16]*TPConn), nextID: 100, maxQueued: o.MaxQueued}
+		conns: make(map[uint16]*TPConn), nextID: 100, maxQueued: o.MaxQueued, stall: o.StallTimeout}
 	if s.maxQueued <= 0 {
 		s.maxQueued = DefaultTPMaxQueued
+	}
+	if s.stall <= 0 {
+		s.stall = DefaultTPStallTimeout
 	}
 	go s.readLoop()
 	every := o.PingInterval
@@ -311,7 +328,7 @@ func (s *TPServer) rpc(payload []byte) {
 	switch m.Notification {
 	case "TunnelProxy.ClientConnected":
 		a, _ := p["socketAddress"].(float64)
-		c := &TPConn{s: s, addr: uint16(a), ready: make(chan struct{}, 1), closed: make(chan struct{})}
+		c := &TPConn{s: s, addr: uint16(a), ready: make(chan struct{}, 1), took: make(chan struct{}, 1), closed: make(chan struct{})}
 		c.Name, _ = p["clientName"].(string)
 		c.UUID, _ = p["clientUuid"].(string)
 		c.PeerAddress, _ = p["clientPeerAddress"].(string)
@@ -343,6 +360,7 @@ type TPConn struct {
 	s      *TPServer
 	addr   uint16
 	ready  chan struct{} // a token once queue grew or err was set
+	took   chan struct{} // a token once Read took bytes from queue
 	closed chan struct{}
 	once   sync.Once
 
@@ -351,29 +369,58 @@ type TPConn struct {
 	err   error  // ErrTPClientSlow once the client was dropped for it
 }
 
-// deliver queues p for Read; it never waits for Read. Past s.maxQueued
-// unread bytes the client is dropped: its queue is freed, Read returns
-// ErrTPClientSlow and the relay is asked to disconnect it. Costs one copy
-// of p (and, amortized, of the queue as it grows).
+// deliver queues p for Read. While the queue holds s.maxQueued bytes it
+// waits for Read to take some (the server's read loop, and so its other
+// clients, wait with it); after s.stall without a Read the client is
+// dropped: its queue is freed, Read returns ErrTPClientSlow and the relay
+// is asked to disconnect it. Costs one copy of p (and, amortized, of the
+// queue as it grows) and, only when the queue is full, a timer.
 func (c *TPConn) deliver(p []byte) {
-	c.mu.Lock()
-	select {
-	case <-c.closed:
-		c.mu.Unlock()
-		return
-	default:
-	}
-	if len(c.queue)+len(p) > c.s.maxQueued {
-		c.queue, c.err = nil, ErrTPClientSlow
-		c.mu.Unlock()
-		if c.forget() { // the read loop does not wait on a write for one client
-			go c.s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
+	var stall *time.Timer
+	defer func() {
+		if stall != nil {
+			stall.Stop()
 		}
-		return
+	}()
+	for {
+		c.mu.Lock()
+		select {
+		case <-c.closed:
+			c.mu.Unlock()
+			return
+		default:
+		}
+		k := min(len(p), c.s.maxQueued-len(c.queue))
+		c.queue = append(c.queue, p[:k]...)
+		p = p[k:]
+		c.mu.Unlock()
+		if k > 0 {
+			c.signal()
+		}
+		if len(p) == 0 {
+			return
+		}
+		if stall == nil {
+			stall = time.NewTimer(c.s.stall)
+		} else {
+			stall.Reset(c.s.stall) // Read took some: the stall starts again
+		}
+		select {
+		case <-c.took:
+		case <-c.closed:
+			return
+		case <-c.s.done:
+			return
+		case <-stall.C:
+			c.mu.Lock()
+			c.queue, c.err = nil, ErrTPClientSlow
+			c.mu.Unlock()
+			if c.forget() { // the read loop does not wait on a write for one client
+				go c.s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
+			}
+			return
+		}
 	}
-	c.queue = append(c.queue, p...)
-	c.mu.Unlock()
-	c.signal()
 }
 
 // signal wakes a waiting Read.
@@ -411,8 +458,8 @@ func (c *TPConn) forget() bool {
 }
 
 // Read reads what the client sent; io.EOF once it is gone, ErrTPClientSlow
-// if it was disconnected for sending more than TPOptions.MaxQueued bytes
-// unread (those are lost).
+// if it was disconnected because TPOptions.MaxQueued bytes waited unread
+// for TPOptions.StallTimeout (those are lost).
 func (c *TPConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -443,6 +490,12 @@ func (c *TPConn) take(p []byte) (int, error) {
 	c.queue = c.queue[n:]
 	if len(c.queue) == 0 {
 		c.queue = nil
+	}
+	if n > 0 {
+		select { // a full queue's deliver waits for this
+		case c.took <- struct{}{}:
+		default:
+		}
 	}
 	return n, nil
 }
@@ -500,8 +553,10 @@ func (c *TPConn) SetWriteDeadline(time.Time) error { return nil }
 // Bridge serves the TunnelProxy server by connecting every client to
 // localAddr (e.g. a device's web UI on 127.0.0.1:80) and copying both ways.
 // It returns when the server connection ends. A client whose local
-// connection takes less than it sends is disconnected once
-// TPOptions.MaxQueued bytes wait (ErrTPClientSlow); the others go on.
+// connection takes less than it sends is slowed down to its pace; one whose
+// local connection takes nothing for TPOptions.StallTimeout while
+// TPOptions.MaxQueued bytes wait is disconnected (ErrTPClientSlow), and the
+// others go on.
 func (s *TPServer) Bridge(localAddr string) error {
 	for {
 		c, err := s.Accept()
