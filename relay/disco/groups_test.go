@@ -2,6 +2,7 @@ package disco
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -447,6 +448,53 @@ func TestGroupsUnreadableFileSetAside(t *testing.T) {
 	_, base, _ := start(t, cfg)
 	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
 		t.Fatalf("a group kept after the file was set aside, after a restart: %d %q", code, body)
+	}
+}
+
+// TestGroupsDamagedFreelistSetAside: a groups.db whose freelist pages were
+// zeroed (meta checksums do not cover them) made bbolt panic inside Open:
+// the relay died at every start, and systemd restarted it in a loop. Now
+// the panic is taken as a damaged file, which is set aside like any
+// unreadable one.
+func TestGroupsDamagedFreelistSetAside(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir}
+	svc, base, rs := start(t, cfg)
+	create(t, base, `{"AppID":"a","Name":"before"}`)
+	rs.Close()
+	svc.Close()
+	path := filepath.Join(dir, "groups.db")
+	f, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each meta page (0 and 1): a 16-byte page header, then magic,
+	// version, page size, flags (4 bytes each), the root bucket (16
+	// bytes), the freelist's page id.
+	ps := int(binary.LittleEndian.Uint32(f[16+8:]))
+	for m := range 2 {
+		fl := int(binary.LittleEndian.Uint64(f[m*ps+16+32:]))
+		if fl < 2 || (fl+1)*ps > len(f) {
+			t.Fatalf("meta %d names freelist page %d of a %d-byte file", m, fl, len(f))
+		}
+		clear(f[fl*ps : (fl+1)*ps])
+	}
+	if err := os.WriteFile(path, f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv2 := relaytest.New(t, nil)
+	s2, err := New(srv2, cfg)
+	if err != nil {
+		t.Fatalf("a groups.db with a zeroed freelist: %v, want a start without it", err)
+	}
+	relaytest.Start(t, srv2)
+	t.Cleanup(func() { srv2.Close(); s2.Close() })
+	if b, err := os.ReadFile(filepath.Join(dir, "groups.db.corrupt")); err != nil || !bytes.Equal(b, f) {
+		t.Fatalf("the damaged file set aside: %d bytes, %v", len(b), err)
+	}
+	id := create(t, "http://"+relaytest.Addr(srv2), `{"AppID":"a","Name":"after"}`)
+	if code, _, body := relaytest.HTTP(t, "GET", "http://"+relaytest.Addr(srv2)+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
+		t.Fatalf("a group created after the file was set aside: %d %q", code, body)
 	}
 }
 

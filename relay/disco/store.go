@@ -72,8 +72,8 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		return nil, fmt.Errorf("groups: data dir: %v", err)
 	}
 	path := filepath.Join(dir, "groups.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch) {
+	db, err := openBolt(path)
+	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, errDamaged) {
 		// A file bbolt cannot read (damaged storage, a partial copy): the
 		// groups are soft state, minutes of TTL, so it is set aside and the
 		// relay starts without them, as a kept certificate that cannot be
@@ -85,7 +85,7 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		}
 		log.Warn("groups: the kept groups cannot be read: the file is set aside and the relay starts without them",
 			"err", err.Error(), "file", path, "set_aside", aside)
-		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+		db, err = openBolt(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("groups: %s: %v (is another relay using this --data-dir?)", path, err)
@@ -122,6 +122,23 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 	}
 	s.db = db
 	return s, nil
+}
+
+// errDamaged is a groups.db on which bbolt panicked while opening it: a
+// damaged page its checksums do not cover (a zeroed freelist page).
+var errDamaged = errors.New("damaged file (bbolt panicked reading it)")
+
+// openBolt opens path with bbolt, and returns a panic of bbolt's as
+// errDamaged: unrecovered, it would end the process at every start, and
+// systemd would restart it in a loop. Such a panic leaks the descriptor
+// and the mapping bbolt had opened, once per start.
+func openBolt(path string) (db *bolt.DB, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			db, err = nil, fmt.Errorf("%w: %v", errDamaged, p)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 }
 
 func (s *localStore) close() error {
