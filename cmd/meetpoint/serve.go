@@ -924,6 +924,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		if mon, err = ops.ServeMonitor(srv, o.monitor); err != nil {
 			srv.Close()
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			if errors.Is(err, ops.ErrMonitorPath) {
+				return 2 // a bad --monitor: restarting will not fix it
+			}
 			return 1
 		}
 		defer mon.Close()

@@ -107,6 +107,11 @@ type monitorServer struct {
 	lastRate uint64
 }
 
+// ErrMonitorPath is ServeMonitor's error for a path no retry can serve (it
+// is empty, or it names something other than a socket): a configuration
+// error, where a busy socket may be freed.
+var ErrMonitorPath = errors.New("unusable socket path")
+
 // ServeMonitor listens on a unix socket at path and serves monitor clients
 // (see MonitorDetectWindow for the dialects) until the returned Closer is
 // closed or the server is closed. A stale socket file left by a crashed
@@ -118,11 +123,11 @@ type monitorServer struct {
 // tunnels.
 func ServeMonitor(s *relay.Server, path string) (io.Closer, error) {
 	if path == "" {
-		return nil, errors.New("monitor: empty socket path")
+		return nil, fmt.Errorf("monitor: %w: empty socket path", ErrMonitorPath)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("monitor: %s exists and is not a socket", path)
+			return nil, fmt.Errorf("monitor: %w: %s exists and is not a socket", ErrMonitorPath, path)
 		}
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
