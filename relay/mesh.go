@@ -348,11 +348,15 @@ func (s *Server) Bridge(h *Handover, l *MeshLink, first []byte) {
 
 // MarkMesh records that this connection is a mesh link from another
 // node whose request (signature checked) speaks for a client there with
-// identity: monitors and logs show it as "via NODE (IDENTITY)". Call it
-// from a Mesh.* handler only.
+// identity: monitors and logs show it as "via NODE (IDENTITY)". It is
+// taken off its address's per-address count (MaxConnsPerIP), which
+// bounds clients: a node's links to another would otherwise top out
+// there. Call it from a Mesh.* handler only, once the signature was
+// checked.
 func (c Conn) MarkMesh(node, identity string) {
 	c.c.fleet().mesh, c.c.fl.node = true, node
 	c.c.subject.Store(&identity)
+	c.c.tk.unlimit()
 }
 
 // KeepMesh makes this connection a fleet node's control connection

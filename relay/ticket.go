@@ -27,6 +27,16 @@ type ticket struct {
 	// handed is 1 + the hand-off kind whose HTTPMaxConnsPerIP share the
 	// connection holds (handOver), given back by End; 0 for none.
 	handed atomic.Int32
+	// unlimited: off key's per-address count (a mesh link, unlimit); End
+	// gives back its place in the total only.
+	unlimited atomic.Bool
+}
+
+// unlimit takes the socket off its address's per-address count, once.
+func (tk *ticket) unlimit() {
+	if tk != nil && !tk.done.Load() && tk.unlimited.CompareAndSwap(false, true) {
+		tk.s.lim.Unlimit(tk.key)
+	}
 }
 
 // transportKind is what a connection was sniffed to speak.
@@ -65,7 +75,11 @@ func (tk *ticket) End(r reason.Reason) {
 	if k := transportKind(tk.kind.Load()); k != kindNone {
 		st.active(k).Dec()
 	}
-	tk.s.lim.Release(tk.key)
+	if tk.unlimited.Load() {
+		tk.s.lim.Release(netip.Addr{})
+	} else {
+		tk.s.lim.Release(tk.key)
+	}
 	if k := tk.handed.Load(); k > 0 {
 		tk.s.httpShares[k-1].Give(tk.key)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -303,6 +304,62 @@ func TestMeshSourceIPs(t *testing.T) {
 	if !from["127.0.0.2"] || !from["127.0.0.3"] {
 		t.Errorf("the owner saw mesh links from %v, want both source addresses", from)
 	}
+}
+
+// TestMeshLinksNotCountedAsClients: a node's mesh links to another came
+// from one address and counted toward that address's MaxConnsPerIP, as
+// clients do: cross-node tunnels between two nodes topped out at the
+// limit (10,000 by default), the next pair refused. Once its signature is
+// checked, a mesh link (and the control connection) is off the
+// per-address count; a plain connection from the same address is still
+// held to it.
+func TestMeshLinksNotCountedAsClients(t *testing.T) {
+	const perIP, pairs = 2, 5
+	limited := func(c *relay.Config) {
+		// Clients come from 127.0.0.1 (exempt); node b's links from
+		// 127.0.0.3 (not).
+		c.Limits.MaxConnsPerIP = perIP
+		c.Limits.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	}
+	addr := redisAddr(t)
+	a := startNode(t, addr, "lim-a", limited)
+	b := startNodeWith(t, addr, "lim-b", limited, func(c *fleet.Config) { c.SourceIPs = []net.IP{net.ParseIP("127.0.0.3")} })
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	for i := range pairs {
+		ta, tb := pairAcross(t, a, b, fmt.Sprintf("lim-%d", i))
+		exchange(t, ta, tb, 10)
+	}
+	if n := relaytest.Metric(t, a.s, `meetpoint_cross_node_pairs_total{side="owner"}`); n < pairs {
+		t.Fatalf("%d pairs went through the mesh, want %d", int(n), pairs)
+	}
+	// The limit still holds for 127.0.0.3's own connections.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}, Timeout: relaytest.Patience}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range perIP + 1 {
+		c, err := d.Dial("tcp", relaytest.Addr(a.s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		if i < perIP {
+			continue
+		}
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("connection %d from 127.0.0.3 (limit %d) was not refused: %v", i+1, perIP, err)
+		}
+	}
+	relaytest.WaitFor(t, func() error {
+		if n := relaytest.Metric(t, a.s, `meetpoint_closes_total{reason="limit_conns_per_ip"}`); n != 1 {
+			return fmt.Errorf("%v refusals at the per-address limit, want 1", n)
+		}
+		return nil
+	}, "one plain connection refused at the limit")
 }
 
 // TestTunnelProxyFarNodeLost: a TunnelProxy client on one node reaches

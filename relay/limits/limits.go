@@ -232,6 +232,18 @@ func (l *Limiter) Release(key netip.Addr) {
 	}
 }
 
+// Unlimit takes a connection admitted under key off its address's count
+// (it stays in the total): a fleet node's mesh link, once its signature is
+// checked, is no client of that address. Release it with the zero key.
+func (l *Limiter) Unlimit(key netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st := l.ips[key]; key.IsValid() && st != nil && st.conns > 0 {
+		st.conns--
+		st.lastSeen = l.now()
+	}
+}
+
 // AuthFailed records a failed authentication from ip; it reports whether
 // the address (or its IPv6 prefix) is now banned.
 func (l *Limiter) AuthFailed(ip netip.Addr) bool {
