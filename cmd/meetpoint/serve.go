@@ -1011,11 +1011,6 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 	}
 }
 
-// reload is SIGHUP's: every part is read and checked first — the
-// authenticator's and access rules' files, the TLS certificate, the
-// limits from the command line and config files — and put in force only
-// if none failed, so a reload is all or nothing. A changed setting that
-// only a restart puts in force is told.
 // certMetrics exports when the certificate in force expires, for an alert
 // well before it.
 func certMetrics(store *certs.Store) (*metrics.Set, map[string]relay.MetricDoc) {
@@ -1025,6 +1020,11 @@ func certMetrics(store *certs.Store) (*metrics.Set, map[string]relay.MetricDoc) 
 		Help: "When the TLS certificate in force expires, in seconds since 1970 (files are reloaded when they change; a self-signed certificate is replaced when it expires)."}}
 }
 
+// reload is SIGHUP's: every part is read and checked first — the
+// authenticator's and access rules' files, the TLS certificate, the
+// limits from the command line and config files — and put in force only
+// if none failed, so a reload is all or nothing. A changed setting that
+// only a restart puts in force is told.
 func reload(o serveOptions, srv *relay.Server, store *certs.Store, log *slog.Logger) {
 	commitRelay, err := srv.PrepareReload()
 	commitCert := func() {}
