@@ -24,15 +24,19 @@ var _ relay.Authenticator = (*OneTime)(nil)
 
 // TokenStore holds one-time tokens. Take is one atomic step however many
 // relays share the store: the first end of a token takes it (TakeFirst,
-// the token now marked taken for its nonce with one partner left), the
-// one other end presenting it with the same nonce is TakePartner — on any
-// relay — and everything after that, or with another nonce, TakeReplayed.
-// A whole take (a token used outside a tunnel) leaves no partner: it is
+// the token now marked taken for its nonce and uuid with one partner
+// left), the one other end presenting it with the same nonce is
+// TakePartner — on any relay — and everything after that, or with another
+// nonce, TakeReplayed. The first end's uuid (when not empty) taking it
+// again before its partner came is TakeFirst again: a take retried after
+// its answer was lost, or a client reconnecting while it waits, is not
+// its own partner (which would leave its real partner refused). A whole
+// take (a token used outside a tunnel) leaves no partner: it is
 // TakeFirst once and then spent, and a token taken already is
 // TakeReplayed to it. value is the token's value as minted (for its user
 // and age).
 type TokenStore interface {
-	Take(ctx context.Context, token, nonce string, whole bool) (value []byte, res TakeResult, err error)
+	Take(ctx context.Context, token, nonce, uuid string, whole bool) (value []byte, res TakeResult, err error)
 	Put(ctx context.Context, token string, value []byte, ttl time.Duration) error
 }
 
@@ -109,7 +113,7 @@ func (o *OneTime) MaxAge() time.Duration { return o.maxAge }
 // then the token's age.
 func (o *OneTime) Authenticate(ctx context.Context, req relay.AuthRequest, done func(relay.AuthResult)) {
 	go func() {
-		val, res, err := o.store.Take(ctx, req.Token, req.Nonce, req.Whole)
+		val, res, err := o.store.Take(ctx, req.Token, req.Nonce, req.UUID, req.Whole)
 		if o.dep != nil && ctx.Err() == nil {
 			o.dep.Report(err)
 		}
@@ -241,6 +245,7 @@ type memToken struct {
 	until time.Time
 	taken bool   // its first end came
 	nonce string // the first end's
+	uuid  string // the first end's
 	left  int    // partners still admitted (1, then 0)
 }
 
@@ -251,7 +256,7 @@ const MaxMemTokens = 1 << 20
 func NewMemStore() *MemStore { return &MemStore{tokens: map[string]*memToken{}} }
 
 // Take implements TokenStore.
-func (m *MemStore) Take(_ context.Context, token, nonce string, whole bool) ([]byte, TakeResult, error) {
+func (m *MemStore) Take(_ context.Context, token, nonce, uuid string, whole bool) ([]byte, TakeResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t, ok := m.tokens[token]
@@ -260,11 +265,13 @@ func (m *MemStore) Take(_ context.Context, token, nonce string, whole bool) ([]b
 		delete(m.tokens, token)
 		return nil, TakeUnknown, nil
 	case !t.taken:
-		t.taken, t.nonce, t.left = true, nonce, 1
+		t.taken, t.nonce, t.uuid, t.left = true, nonce, uuid, 1
 		if whole {
 			t.left = 0
 		}
 		return t.val, TakeFirst, nil
+	case t.left == 1 && t.nonce == nonce && !whole && uuid != "" && uuid == t.uuid:
+		return t.val, TakeFirst, nil // the first end again
 	case t.left == 1 && t.nonce == nonce && !whole:
 		t.left = 0
 		return t.val, TakePartner, nil
@@ -294,12 +301,14 @@ func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.D
 
 // RedisStore keeps one-time tokens in Redis under Prefix+token. Take is
 // one Lua script (Redis ≥ 6.0): the first end replaces the value with a
-// marker "\x00mp|LEFT|NONCELEN|NONCE" + value under the same TTL, the
-// partner turns LEFT to 0, so any relay of a fleet admits exactly the two
-// ends of one tunnel (a whole take writes LEFT 0 at once). The key is
-// the client's choice, so the script marks only a token's value (a JSON
-// object naming a "user"): any other key of a shared Redis (the fleet's,
-// another application's, of any type) is TakeMalformed and left as it is.
+// marker "\x00mq|LEFT|NONCELEN|UUIDLEN|NONCE UUID" + value under the same
+// TTL, the partner turns LEFT to 0, so any relay of a fleet admits exactly
+// the two ends of one tunnel (a whole take writes LEFT 0 at once). Markers
+// of earlier versions ("\x00mp|LEFT|NONCELEN|NONCE", no uuid) are read
+// too. The key is the client's choice, so the script marks only a token's
+// value (a JSON object naming a "user"): any other key of a shared Redis
+// (the fleet's, another application's, of any type) is TakeMalformed and
+// left as it is.
 type RedisStore struct {
 	rdb    redis.UniversalClient
 	what   string // the URL, redacted, for logs
@@ -331,42 +340,52 @@ func ParseRedisAuth(spec string) (*RedisStore, time.Duration, error) {
 	return &RedisStore{rdb: rdb, what: redisurl.Describe(spec), prefix: prefix}, maxAge, nil
 }
 
-// takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take):
-// {0} unknown, {1, value} first, {2, value} partner, {3} replayed, {4}
-// not a token (another type, or a string that is no JSON object with a
-// string "user": untouched).
+// takeScript is RedisStore.Take (ARGV: nonce, "1" for a whole take,
+// uuid): {0} unknown, {1, value} first (also the first end's uuid again
+// while LEFT is 1), {2, value} partner, {3} replayed, {4} not a token
+// (another type, or a string that is no JSON object with a string "user":
+// untouched).
 var takeScript = redis.NewScript(`
 local ty = redis.call('TYPE', KEYS[1])['ok']
 if ty == 'none' then return {0} end
 if ty ~= 'string' then return {4} end
 local v = redis.call('GET', KEYS[1])
-local p = '\0mp|'
-if string.sub(v, 1, 4) ~= p then
+local head = string.sub(v, 1, 4)
+if head ~= '\0mq|' and head ~= '\0mp|' then
   local ok, t = pcall(cjson.decode, v)
   if not ok or type(t) ~= 'table' or type(t['user']) ~= 'string' then return {4} end
   local left = '1'
   if ARGV[2] == '1' then left = '0' end
-  redis.call('SET', KEYS[1], p .. left .. '|' .. string.len(ARGV[1]) .. '|' .. ARGV[1] .. v, 'KEEPTTL')
+  redis.call('SET', KEYS[1], '\0mq|' .. left .. '|' .. string.len(ARGV[1]) .. '|' .. string.len(ARGV[3]) .. '|' .. ARGV[1] .. ARGV[3] .. v, 'KEEPTTL')
   return {1, v}
 end
-local left, nlen, tail = string.match(string.sub(v, 5), '^(%d)|(%d+)|(.*)$')
+local left, nlen, ulen, tail
+if head == '\0mp|' then
+  left, nlen, tail = string.match(string.sub(v, 5), '^(%d)|(%d+)|(.*)$')
+  ulen = '0'
+else
+  left, nlen, ulen, tail = string.match(string.sub(v, 5), '^(%d)|(%d+)|(%d+)|(.*)$')
+end
 if not left then return {3} end
-local nonce = string.sub(tail, 1, tonumber(nlen))
-local orig = string.sub(tail, tonumber(nlen) + 1)
+nlen, ulen = tonumber(nlen), tonumber(ulen)
+local nonce = string.sub(tail, 1, nlen)
+local uuid = string.sub(tail, nlen + 1, nlen + ulen)
+local orig = string.sub(tail, nlen + ulen + 1)
 if left == '1' and nonce == ARGV[1] and ARGV[2] ~= '1' then
-  redis.call('SET', KEYS[1], p .. '0|' .. nlen .. '|' .. nonce .. orig, 'KEEPTTL')
+  if uuid ~= '' and uuid == ARGV[3] then return {1, orig} end
+  redis.call('SET', KEYS[1], '\0mq|0|' .. nlen .. '|' .. ulen .. '|' .. nonce .. uuid .. orig, 'KEEPTTL')
   return {2, orig}
 end
 return {3}
 `)
 
 // Take implements TokenStore.
-func (r *RedisStore) Take(ctx context.Context, token, nonce string, whole bool) ([]byte, TakeResult, error) {
+func (r *RedisStore) Take(ctx context.Context, token, nonce, uuid string, whole bool) ([]byte, TakeResult, error) {
 	w := "0"
 	if whole {
 		w = "1"
 	}
-	out, err := takeScript.Run(ctx, r.rdb, []string{r.prefix + token}, nonce, w).Slice()
+	out, err := takeScript.Run(ctx, r.rdb, []string{r.prefix + token}, nonce, w, uuid).Slice()
 	if err != nil {
 		return nil, 0, err
 	}

@@ -250,6 +250,70 @@ func TestOneTimeWhole(t *testing.T) {
 	}
 }
 
+// TestOneTimeFirstEndAgain: the first end of a tunnel taking its token
+// again before its partner came — a take retried after its answer was
+// lost, a client reconnecting while it waits — was admitted as its own
+// partner, and the real partner was then refused as a replay. Now the
+// first end's uuid is its own again; the partner (another uuid) is
+// admitted once, then nobody; an end with no uuid is never taken for the
+// first. In memory and in Redis alike, and in Redis also for a token an
+// earlier version marked (no uuid in the marker).
+func TestOneTimeFirstEndAgain(t *testing.T) {
+	stores := map[string]TokenStore{"memory": NewMemStore()}
+	var rs *RedisStore
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		addr, _ := testutil.Redis(t, 0)
+		var err error
+		if rs, _, err = ParseRedisAuth("redis://" + addr + "/0?prefix=ft:"); err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Close()
+		stores["redis"] = rs
+	}
+	ctx := context.Background()
+	const first, partner = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+	for name, store := range stores {
+		tok, _, err := Mint(ctx, store, "frank", 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range []struct {
+			nonce, uuid string
+			want        TakeResult
+		}{
+			{"n", first, TakeFirst},
+			{"n", first, TakeFirst},      // the first end again
+			{"m", first, TakeReplayed},   // another nonce: another tunnel
+			{"n", partner, TakePartner},  // its partner
+			{"n", first, TakeReplayed},   // the tunnel is made: nobody else
+			{"n", partner, TakeReplayed}, //
+		} {
+			if _, res, err := store.Take(ctx, tok, c.nonce, c.uuid, false); err != nil || res != c.want {
+				t.Errorf("%s: take %d (nonce %s, uuid %.8s): %v %v, want %v", name, i+1, c.nonce, c.uuid, res, err, c.want)
+			}
+		}
+		tok, _, _ = Mint(ctx, store, "frank", 20*time.Second)
+		for i, want := range []TakeResult{TakeFirst, TakePartner, TakeReplayed} { // no uuid: as before
+			if _, res, _ := store.Take(ctx, tok, "n", "", false); res != want {
+				t.Errorf("%s: uuid-less take %d: %v, want %v", name, i+1, res, want)
+			}
+		}
+	}
+	if rs == nil {
+		return
+	}
+	// A marker of an earlier version, its first end taken: the partner is
+	// admitted once, and the value comes back whole.
+	val := `{"user":"gail","exp":` + strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10) + `}`
+	rs.rdb.Set(ctx, "ft:old", "\x00mp|1|1|n"+val, time.Minute)
+	for i, want := range []TakeResult{TakePartner, TakeReplayed} {
+		got, res, err := rs.Take(ctx, "old", "n", partner, false)
+		if err != nil || res != want || res == TakePartner && string(got) != val {
+			t.Errorf("an earlier version's marker, take %d: %v %q %v, want %v", i+1, res, got, err, want)
+		}
+	}
+}
+
 // TestOneTimeRedisCluster: --auth redis+cluster://… keeps one-time tokens
 // in a real Redis Cluster (every take is one key, so any slot): a token
 // admits its two ends and nothing else.
@@ -417,7 +481,7 @@ func TestMemStoreDropsExpiredTokens(t *testing.T) {
 		t.Fatalf("the store holds %d tokens after %d expired and 10 live ones were put: expired tokens are kept", held, n)
 	}
 	for i := range 10 {
-		if _, res, _ := m.Take(ctx, fmt.Sprintf("live-%d", i), "", true); res != TakeFirst {
+		if _, res, _ := m.Take(ctx, fmt.Sprintf("live-%d", i), "", "", true); res != TakeFirst {
 			t.Fatalf("live token %d: %v, want it kept", i, res)
 		}
 	}
