@@ -175,7 +175,10 @@ func newNode(t *testing.T, tg *target, pubKey string, id uint32) *node {
 // the meetpoint it starts, with GOMAXPROCS=1, which made 40 of 40 bare
 // allocations succeed where 8 to 11 in 40 hung otherwise), and where a
 // set-up still hangs or fails it abandons it and sets both transports up
-// again (at most three times, saying so), never retrying an assertion.
+// again (at most five times, saying so: on a machine loaded by other work
+// the OS deschedules the writer more often, and three hung set-ups in a
+// row were seen), never retrying an assertion. A set-up that works takes
+// about 3 s; one is abandoned after 20 s.
 func TestWebRTCTransportsOverTURN(t *testing.T) {
 	if !loopbackOnly() {
 		t.Skip("not in a loopback-only network namespace (WebRTC could connect directly): run make interop-disco")
@@ -202,7 +205,7 @@ func TestWebRTCTransportsOverTURN(t *testing.T) {
 			var err error
 			select {
 			case err = <-synced:
-			case <-time.After(30 * time.Second):
+			case <-time.After(20 * time.Second):
 				err = errors.New("the set-up hung (pion/turn v2 lost a reply)")
 			}
 			if err == nil {
@@ -218,8 +221,8 @@ func TestWebRTCTransportsOverTURN(t *testing.T) {
 			}
 			go a.close() // a hung set-up hangs its Close too: abandoned
 			go b.close()
-			if try == 3 {
-				t.Fatalf("Babble's transports did not connect through TURN in 3 set-ups: %v", err)
+			if try == 5 {
+				t.Fatalf("Babble's transports did not connect through TURN in 5 set-ups: %v", err)
 			}
 			t.Logf("set-up %d failed (%v): setting both transports up again", try, err)
 			if tg.meetpoint { // what meetpoint saw, for the record
