@@ -21,7 +21,7 @@ import (
 // from any goroutine.
 type Client struct {
 	conn net.Conn
-	wmu  sync.Mutex
+	wmu  sync.Mutex // serialises writes: requests', answers' and the reader's pongs and close replies
 
 	mu      sync.Mutex
 	next    uint64
@@ -107,9 +107,13 @@ func (c *Client) write(b []byte) error {
 	return wsutil.WriteClientText(c.conn, b)
 }
 
+// read reads the next text message; the control frames before it are
+// answered (pongs, a close reply) under the write lock, as every write is:
+// a frame is written as its header, then its payload, and a pong between
+// them would break the stream.
 func (c *Client) read() (Message, error) {
 	for {
-		b, op, err := wsutil.ReadServerData(c.conn)
+		b, op, err := wsutil.ReadServerData(lockedConn{c})
 		if err != nil {
 			return Message{}, err
 		}
@@ -117,6 +121,17 @@ func (c *Client) read() (Message, error) {
 			return Parse(b)
 		}
 	}
+}
+
+// lockedConn reads the client's connection and writes it under its write
+// lock.
+type lockedConn struct{ c *Client }
+
+func (l lockedConn) Read(p []byte) (int, error) { return l.c.conn.Read(p) }
+func (l lockedConn) Write(p []byte) (int, error) {
+	l.c.wmu.Lock()
+	defer l.c.wmu.Unlock()
+	return l.c.conn.Write(p)
 }
 
 // Close says GOODBYE and closes the connection.

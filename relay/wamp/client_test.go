@@ -1,0 +1,93 @@
+package wamp
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// splitConn is a client's connection that records what the client writes
+// and, once the client has written the header of a text frame (a frame is
+// written as its header, then its payload), holds that write until a pong
+// is written or a while has passed: a pong written from another goroutine
+// without the client's write lock lands inside the frame.
+type splitConn struct {
+	net.Conn // reads: what the test's router side writes
+	mu       sync.Mutex
+	out      bytes.Buffer
+	header   chan struct{} // closed at the first text frame header
+	pong     chan struct{} // closed at the first pong
+	once     [2]sync.Once
+}
+
+func (c *splitConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	c.out.Write(b)
+	c.mu.Unlock()
+	switch {
+	case len(b) > 0 && ws.OpCode(b[0]&0x0f) == ws.OpPong:
+		c.once[1].Do(func() { close(c.pong) })
+	case len(b) > 0 && b[0] == 0x80|byte(ws.OpText) && len(b) <= ws.MaxHeaderSize:
+		c.once[0].Do(func() { close(c.header) })
+		select {
+		case <-c.pong:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	return len(b), nil
+}
+
+// TestClientPongInsideAFrame: the client answers the router's pings (every
+// PingEvery) from its reading goroutine while calls write from theirs;
+// the pong must not land between a frame's header and its payload, which
+// breaks the stream (the router sees a frame it cannot read and drops the
+// session).
+func TestClientPongInsideAFrame(t *testing.T) {
+	cc, sc := net.Pipe()
+	t.Cleanup(func() { cc.Close(); sc.Close() })
+	conn := &splitConn{Conn: cc, header: make(chan struct{}), pong: make(chan struct{})}
+	c := &Client{conn: conn, waiting: map[uint64]chan Message{}, procs: map[uint64]Handler{}, done: make(chan struct{})}
+	go c.loop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go c.Call(ctx, "io.example.p", "an offer")
+	select {
+	case <-conn.header:
+	case <-ctx.Done():
+		t.Fatal("the client wrote no CALL")
+	}
+	if err := wsutil.WriteServerMessage(sc, ws.OpPing, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-conn.pong:
+	case <-ctx.Done():
+		t.Fatal("the client did not answer the ping")
+	}
+	conn.mu.Lock()
+	out := bytes.NewReader(bytes.Clone(conn.out.Bytes()))
+	conn.mu.Unlock()
+	var ops []ws.OpCode
+	for out.Len() > 0 {
+		f, err := ws.ReadFrame(out)
+		if err != nil {
+			t.Fatalf("the client's stream breaks after frames %v: %v", ops, err)
+		}
+		ops = append(ops, f.Header.OpCode)
+		if f.Header.OpCode == ws.OpText {
+			f = ws.UnmaskFrameInPlace(f)
+			if m, err := Parse(f.Payload); err != nil || m.Type != mCall {
+				t.Fatalf("the client's CALL reads as %q (a pong inside it)", f.Payload)
+			}
+		}
+	}
+	if len(ops) != 2 || ops[0] != ws.OpText || ops[1] != ws.OpPong {
+		t.Fatalf("the client wrote frames %v, want a CALL, then a pong", ops)
+	}
+}
