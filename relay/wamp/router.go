@@ -1060,8 +1060,9 @@ func (r *Router) leave(s *session) {
 
 // signalDocs documents the signalling router's metric families.
 var signalDocs = map[string]relay.MetricDoc{
-	"meetpoint_signal_sessions":      {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
-	"meetpoint_signal_registrations": {Type: "gauge", Help: "WAMP procedures registered on this relay."},
-	"meetpoint_signal_closed_total":  {Type: "counter", Help: "WAMP sessions ended, by reason."},
-	"meetpoint_signal_calls_total":   {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
+	"meetpoint_signal_sessions":        {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
+	"meetpoint_signal_registrations":   {Type: "gauge", Help: "WAMP procedures registered on this relay."},
+	"meetpoint_signal_closed_total":    {Type: "counter", Help: "WAMP sessions ended, by reason."},
+	"meetpoint_signal_calls_total":     {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
+	"meetpoint_signal_forwarded_total": {Type: "counter", Help: "WAMP calls this relay's callers made to a callee on another node of the fleet, by result."},
 }

@@ -1013,3 +1013,16 @@ func TestIDsStartAtRandom(t *testing.T) {
 		t.Fatalf("two routers' first ids: %d and %d, want different, in 1..2^53", x, y)
 	}
 }
+
+// TestFleetMetricsDocumented: with a fleet, every signalling family on
+// /metrics has its # HELP text and # TYPE (the forwarded calls' too).
+func TestFleetMetricsDocumented(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: relaytest.Redis(t)})
+	t.Cleanup(func() { rdb.Close() })
+	_, srv := start(t, Config{Redis: rdb, NodeID: "n1"})
+	var b strings.Builder
+	srv.WritePrometheus(&b)
+	if typeOf := relaytest.CheckMetrics(t, b.String()); typeOf["meetpoint_signal_forwarded_total"] != "counter" {
+		t.Errorf("meetpoint_signal_forwarded_total is %q on /metrics, want a counter", typeOf["meetpoint_signal_forwarded_total"])
+	}
+}
