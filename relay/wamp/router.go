@@ -33,6 +33,7 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -472,10 +473,18 @@ func (s *session) reader() {
 	}
 }
 
+// readFailed ends the session after a failed read: bad input (too large,
+// not UTF-8, a frame RFC 6455 forbids) with an ABORT, as bad WAMP; a
+// silence or a connection gone without one.
 func (s *session) readFailed(err error) {
+	var pe ws.ProtocolError
 	switch {
 	case err == wsutil.ErrFrameTooLarge || err == wsutil.ErrMessageTooLarge:
 		s.abort(errProtocolViolation, "too_large", fmt.Sprintf("a message is at most %d bytes", s.r.cfg.MaxMessage))
+	case err == wsutil.ErrInvalidUTF8:
+		s.abort(errProtocolViolation, "protocol", "a wamp.2.json message is UTF-8 text")
+	case errors.As(err, &pe):
+		s.abort(errProtocolViolation, "protocol", "WebSocket: "+string(pe))
 	case isTimeout(err) && s.realm == nil:
 		s.abort(errProtocolViolation, "timeout", "no HELLO in time")
 	case isTimeout(err):

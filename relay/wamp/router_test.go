@@ -1026,3 +1026,42 @@ func TestFleetMetricsDocumented(t *testing.T) {
 		t.Errorf("meetpoint_signal_forwarded_total is %q on /metrics, want a counter", typeOf["meetpoint_signal_forwarded_total"])
 	}
 }
+
+// TestBrokenFramesAborted: WebSocket-level bad input — a text message
+// that is not UTF-8, a client frame without a mask, a continuation with
+// no message begun — gets an ABORT (wamp.error.protocol_violation) and a
+// clean close, counted as a protocol close, as bad WAMP does; not a bare
+// close counted as a client that went away.
+func TestBrokenFramesAborted(t *testing.T) {
+	_, srv := start(t, Config{})
+	frames := map[string]func(c net.Conn) error{
+		"not UTF-8": func(c net.Conn) error { return wsutil.WriteClientText(c, []byte("[6,{},\"\xff\xfe\"]")) },
+		"no mask": func(c net.Conn) error {
+			return ws.WriteFrame(c, ws.NewTextFrame([]byte(`[6,{},"wamp.close.normal"]`)))
+		},
+		"stray continuation": func(c net.Conn) error {
+			return ws.WriteFrame(c, ws.MaskFrameInPlace(ws.NewFrame(ws.OpContinuation, true, []byte("x"))))
+		},
+	}
+	for name, write := range frames {
+		p := dial(t, srv)
+		p.join("main")
+		if err := write(p.c); err != nil {
+			t.Fatal(err)
+		}
+		m, err := p.next(relaytest.Patience)
+		if err != nil {
+			t.Fatalf("%s: no ABORT before the close: %v", name, err)
+		}
+		if m.Type != mAbort || str(t, m, 1) != errProtocolViolation {
+			t.Fatalf("%s: %d %s, want ABORT %s", name, m.Type, fields(m), errProtocolViolation)
+		}
+		p.closed()
+	}
+	relaytest.WaitFor(t, func() error {
+		if n := relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="protocol"}`); n != float64(len(frames)) {
+			return fmt.Errorf("protocol closes counted %v, want %d", n, len(frames))
+		}
+		return nil
+	}, "every broken session counted as a protocol close")
+}
