@@ -731,8 +731,12 @@ func (s *session) call(m Message) bool {
 	opts, err1 := m.Dict(1)
 	proc, err2 := m.URI(2)
 	args, kwargs, err3 := m.Payload(3)
-	if err := cmp.Or(err1, err2, err3); err != nil {
+	if err := cmp.Or(err1, err3); err != nil {
 		s.fail(mCall, req, errProtocolViolation, err.Error())
+		return true
+	}
+	if err2 != nil {
+		s.fail(mCall, req, errInvalidURI, err2.Error())
 		return true
 	}
 	r := s.r
@@ -969,8 +973,12 @@ func (s *session) publish(m Message) bool {
 	opts, err1 := m.Dict(1)
 	uri, err2 := m.URI(2)
 	args, kwargs, err3 := m.Payload(3)
-	if err := cmp.Or(err1, err2, err3); err != nil {
+	if err := cmp.Or(err1, err3); err != nil {
 		s.fail(mPublish, req, errProtocolViolation, err.Error())
+		return true
+	}
+	if err2 != nil {
+		s.fail(mPublish, req, errInvalidURI, err2.Error())
 		return true
 	}
 	var ack bool

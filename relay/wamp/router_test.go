@@ -1065,3 +1065,26 @@ func TestBrokenFramesAborted(t *testing.T) {
 		return nil
 	}, "every broken session counted as a protocol close")
 }
+
+// TestBadURIs: a procedure or topic that is not a URI is
+// wamp.error.invalid_uri whichever message names it (WAMP's error for
+// any URI-based attribute): REGISTER, SUBSCRIBE, CALL and PUBLISH alike.
+func TestBadURIs(t *testing.T) {
+	_, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	for i, msg := range []struct {
+		typ  int
+		send []any
+	}{
+		{mRegister, []any{mRegister, 1, map[string]any{}, "has space"}},
+		{mSubscribe, []any{mSubscribe, 2, map[string]any{}, "has#hash"}},
+		{mCall, []any{mCall, 3, map[string]any{}, "has space", []any{1}}},
+		{mPublish, []any{mPublish, 4, map[string]any{"acknowledge": true}, "has space", []any{1}}},
+	} {
+		p.send(msg.send...)
+		if uri := p.expectError(msg.typ, i+1); uri != errInvalidURI {
+			t.Errorf("message type %d naming a bad URI: %s, want %s", msg.typ, uri, errInvalidURI)
+		}
+	}
+}
