@@ -970,20 +970,30 @@ func (s *session) publish(m Message) bool {
 	if !ok {
 		return false
 	}
-	opts, err1 := m.Dict(1)
+	opts, err := m.Dict(1)
+	if err != nil { // without Options, whether an ERROR is awaited is unknown
+		return s.abort(errProtocolViolation, "protocol", err.Error())
+	}
+	// Only an acknowledged PUBLISH is answered, ERROR included: a
+	// publisher keeps no request for one that is not (autobahn-js takes
+	// an ERROR for an unknown request as a protocol violation).
+	var ack bool
+	_ = json.Unmarshal(opts["acknowledge"], &ack)
 	uri, err2 := m.URI(2)
 	args, kwargs, err3 := m.Payload(3)
-	if err := cmp.Or(err1, err3); err != nil {
-		s.fail(mPublish, req, errProtocolViolation, err.Error())
+	if err3 != nil {
+		if ack {
+			s.fail(mPublish, req, errProtocolViolation, err3.Error())
+		}
 		return true
 	}
 	if err2 != nil {
-		s.fail(mPublish, req, errInvalidURI, err2.Error())
+		if ack {
+			s.fail(mPublish, req, errInvalidURI, err2.Error())
+		}
 		return true
 	}
-	var ack bool
 	excludeMe := true
-	_ = json.Unmarshal(opts["acknowledge"], &ack)
 	if v, ok := opts["exclude_me"]; ok {
 		_ = json.Unmarshal(v, &excludeMe)
 	}

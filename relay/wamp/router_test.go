@@ -354,8 +354,10 @@ func TestBadInput(t *testing.T) {
 		}
 		p.closed()
 	}
-	// Inside a session: an unknown message type, a bad request id.
-	for _, msg := range []string{`[99]`, `[64,"x",{},"p"]`, `[2,1,{}]`} {
+	// Inside a session: an unknown message type, a bad request id, a
+	// PUBLISH whose Options are not a dictionary (whether it awaits an
+	// answer is unknown).
+	for _, msg := range []string{`[99]`, `[64,"x",{},"p"]`, `[2,1,{}]`, `[16,1,"x","t"]`} {
 		p := dial(t, srv)
 		p.join("main")
 		p.raw([]byte(msg))
@@ -1086,5 +1088,22 @@ func TestBadURIs(t *testing.T) {
 		if uri := p.expectError(msg.typ, i+1); uri != errInvalidURI {
 			t.Errorf("message type %d naming a bad URI: %s, want %s", msg.typ, uri, errInvalidURI)
 		}
+	}
+}
+
+// TestPublishErrorOnlyAcknowledged: a PUBLISH the router cannot fulfil is
+// answered with ERROR only when it asked for acknowledge, as WAMP says: a
+// publisher that did not keeps no request for it, and autobahn-js takes an
+// ERROR for a request it does not know as a protocol violation and closes
+// its session.
+func TestPublishErrorOnlyAcknowledged(t *testing.T) {
+	_, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	p.send(mPublish, 1, map[string]any{}, "has space", []any{1})
+	p.send(mPublish, 2, map[string]any{}, "io.example.t", map[string]any{"not": "a list"})
+	p.send(mPublish, 3, map[string]any{"acknowledge": true}, "io.example.t", []any{1})
+	if m := p.recv(); m.Type != mPublished || id(t, m, 0) != 3 {
+		t.Fatalf("after two failed PUBLISHes without acknowledge: %d %s, want PUBLISHED for request 3", m.Type, fields(m))
 	}
 }
