@@ -1033,7 +1033,8 @@ func (r *Router) deliver(name, uri string, pub uint64, skip *session, args, kwar
 
 // leave removes an ended session's state: its registrations (released in
 // the fleet), subscriptions, and calls — a caller waiting on it gets
-// wamp.error.canceled, its own calls are forgotten.
+// wamp.error.canceled, its own calls are forgotten (counted canceled
+// here, as a caller's node's cancel is; told to their nodes elsewhere).
 func (r *Router) leave(s *session) {
 	s.stop("gone")
 	r.mu.Lock()
@@ -1041,6 +1042,7 @@ func (r *Router) leave(s *session) {
 	var procs []string
 	var lost []uint64
 	var dropped []*call // outbound: their nodes are told
+	canceled := 0       // calls to a callee here: ended as canceled
 	if s.realm != nil {
 		for _, reg := range s.regs {
 			r.dropRegistration(reg)
@@ -1056,6 +1058,7 @@ func (r *Router) leave(s *session) {
 			if c.callee != nil {
 				delete(r.calls, c.inv)
 				delete(c.callee.invocations, c.inv)
+				canceled++
 			} else {
 				delete(r.outbound, c.inv)
 				dropped = append(dropped, c)
@@ -1068,6 +1071,7 @@ func (r *Router) leave(s *session) {
 		}
 	}
 	r.mu.Unlock()
+	r.results["canceled"].Add(canceled)
 	for _, inv := range lost {
 		r.settle(inv, "callee_lost", nil)
 	}

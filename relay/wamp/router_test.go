@@ -1107,3 +1107,29 @@ func TestPublishErrorOnlyAcknowledged(t *testing.T) {
 		t.Fatalf("after two failed PUBLISHes without acknowledge: %d %s, want PUBLISHED for request 3", m.Type, fields(m))
 	}
 }
+
+// TestCallerLeavesCounted: a call routed to a callee here whose caller
+// leaves before the answer ends as canceled in
+// meetpoint_signal_calls_total, as it does when the caller is on another
+// node (its node's cancel): every call routed here is counted once.
+func TestCallerLeavesCounted(t *testing.T) {
+	r, srv := start(t, Config{CallTimeout: time.Hour})
+	callee := dial(t, srv)
+	callee.join("main")
+	callee.register(1, bob)
+	caller := dial(t, srv)
+	caller.join("main")
+	caller.send(mCall, 1, map[string]any{}, bob, []any{alice, "offer"})
+	callee.expect(mInvocation)
+	caller.c.Close()
+	relaytest.WaitFor(t, func() error {
+		r.mu.Lock()
+		held := len(r.calls)
+		r.mu.Unlock()
+		n := relaytest.Metric(t, srv, `meetpoint_signal_calls_total{result="canceled"}`)
+		if held != 0 || n != 1 {
+			return fmt.Errorf("%d calls held, counted as canceled %v times, want 0 and 1", held, n)
+		}
+		return nil
+	}, "the call whose caller left ended and counted")
+}
