@@ -72,6 +72,7 @@ type wire struct {
 	Pub       uint64          `json:"pub,omitempty"`
 	TimeoutMs int64           `json:"timeout_ms,omitempty"`
 	Err       string          `json:"err,omitempty"`
+	Result    string          `json:"result,omitempty"` // an answer's: how the call ended at the callee's node (callResults)
 	Details   json.RawMessage `json:"details,omitempty"`
 	Args      json.RawMessage `json:"args,omitempty"`
 	Kwargs    json.RawMessage `json:"kwargs,omitempty"`
@@ -80,7 +81,7 @@ type wire struct {
 func newFleetLink(r *Router) (*fleetLink, error) {
 	f := &fleetLink{r: r, rdb: r.cfg.Redis, node: r.cfg.NodeID, mine: map[string]bool{}, locks: map[string]*keyLock{},
 		forwarded: map[string]*metrics.Counter{}}
-	for _, res := range []string{"ok", "error", "no_procedure", "timeout", "canceled"} {
+	for _, res := range []string{"ok", "error", "no_procedure", "timeout", "canceled", "callee_lost"} {
 		f.forwarded[res] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_forwarded_total{result=%q}`, res))
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
@@ -277,9 +278,10 @@ func (f *fleetLink) abandon(c *call) {
 	f.rdb.Publish(ctx, nodeChannel+c.to, b)
 }
 
-// answer sends a call's end to the caller's node.
-func (f *fleetLink) answer(node string, id uint64, a *answer) {
-	b, _ := json.Marshal(wire{K: "answer", ID: id, Err: a.err, Details: a.details, Args: a.args, Kwargs: a.kwargs})
+// answer sends a call's end to the caller's node, with how it ended
+// (result), which that node counts it by.
+func (f *fleetLink) answer(node string, id uint64, result string, a *answer) {
+	b, _ := json.Marshal(wire{K: "answer", ID: id, Result: result, Err: a.err, Details: a.details, Args: a.args, Kwargs: a.kwargs})
 	ctx, cancel := f.op()
 	defer cancel()
 	f.rdb.Publish(ctx, nodeChannel+node, b)
@@ -315,7 +317,7 @@ func (f *fleetLink) receive() {
 			}
 			r.mu.Unlock()
 			if reg == nil {
-				f.answer(w.From, w.ID, routerError("no_procedure"))
+				f.answer(w.From, w.ID, "no_procedure", routerError("no_procedure"))
 			}
 		case "cancel":
 			r.mu.Lock()
@@ -325,11 +327,14 @@ func (f *fleetLink) receive() {
 				r.settle(inv, "canceled", nil)
 			}
 		case "answer":
-			result := "ok"
-			if w.Err != "" {
-				result = "error"
-				if w.Err == errNoSuchProcedure {
-					result = "no_procedure"
+			result := w.Result
+			if f.forwarded[result] == nil { // a node that does not say
+				result = "ok"
+				if w.Err != "" {
+					result = "error"
+					if w.Err == errNoSuchProcedure {
+						result = "no_procedure"
+					}
 				}
 			}
 			f.settleOutbound(w.ID, &answer{err: w.Err, details: w.Details, args: w.Args, kwargs: w.Kwargs}, result)

@@ -810,7 +810,7 @@ func (r *Router) settle(inv uint64, result string, a *answer) {
 	r.mu.Unlock()
 	r.results[result].Inc()
 	if c.caller == nil && r.fleet != nil && result != "canceled" { // canceled: by the caller's node, which has settled it
-		r.fleet.answer(c.from, c.req, a)
+		r.fleet.answer(c.from, c.req, result, a)
 	}
 }
 

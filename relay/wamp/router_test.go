@@ -1133,3 +1133,48 @@ func TestCallerLeavesCounted(t *testing.T) {
 		return nil
 	}, "the call whose caller left ended and counted")
 }
+
+// TestFleetResultsCounted: a forwarded call is counted at the caller's
+// node by how it ended at the callee's: a callee that leaves is
+// callee_lost (not a callee's error), and a callee's own ERROR is an error
+// whatever its URI (wamp.error.no_such_procedure included, which the Go
+// Client answers for a registration it does not know).
+func TestFleetResultsCounted(t *testing.T) {
+	addr := relaytest.Redis(t)
+	node := func(name string) *relay.Server {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		_, srv := start(t, Config{Redis: rdb, NodeID: name, CallTimeout: time.Hour})
+		return srv
+	}
+	n1, n2 := node("n1"), node("n2")
+	callee := dial(t, n2)
+	callee.join("main")
+	callee.register(1, bob)
+	caller := dial(t, n1)
+	caller.join("main")
+	caller.send(mCall, 1, map[string]any{}, bob, []any{alice, "offer"})
+	inv := callee.expect(mInvocation)
+	callee.send(mError, mInvocation, id(t, inv, 0), map[string]any{}, errNoSuchProcedure)
+	if uri := caller.expectError(mCall, 1); uri != errNoSuchProcedure {
+		t.Fatalf("the callee's error: %q", uri)
+	}
+	caller.send(mCall, 2, map[string]any{}, bob, []any{alice, "offer"})
+	callee.expect(mInvocation)
+	callee.c.Close()
+	if uri := caller.expectError(mCall, 2); uri != errCanceled {
+		t.Fatalf("the callee left: %q", uri)
+	}
+	relaytest.WaitFor(t, func() error {
+		var got []string
+		for _, res := range []string{"ok", "error", "no_procedure", "timeout", "canceled", "callee_lost"} {
+			if n := relaytest.Metric(t, n1, fmt.Sprintf(`meetpoint_signal_forwarded_total{result=%q}`, res)); n != 0 {
+				got = append(got, fmt.Sprintf("%s=%v", res, n))
+			}
+		}
+		if strings.Join(got, " ") != "error=1 callee_lost=1" {
+			return fmt.Errorf("forwarded calls counted %v, want error=1 callee_lost=1", got)
+		}
+		return nil
+	}, "the forwarded calls counted by how they ended")
+}
