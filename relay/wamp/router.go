@@ -392,11 +392,23 @@ func (s *session) writer() {
 	defer close(s.quit)
 	ping := time.NewTicker(s.r.cfg.PingEvery)
 	defer ping.Stop()
+	// write writes a frame; a write that fails ends the session: as slow
+	// where the peer took nothing for the write timeout (it does not
+	// read), else as gone.
 	write := func(op ws.OpCode, p []byte) bool {
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
 		_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		return wsutil.WriteServerMessage(s.conn, op, p) == nil
+		err := wsutil.WriteServerMessage(s.conn, op, p)
+		switch {
+		case err == nil:
+			return true
+		case isTimeout(err):
+			s.stop("slow")
+		default:
+			s.stop("gone")
+		}
+		return false
 	}
 	for {
 		select {
@@ -404,7 +416,6 @@ func (s *session) writer() {
 			return
 		case <-ping.C:
 			if !write(ws.OpPing, nil) {
-				s.stop("gone")
 				return
 			}
 		case msg := <-s.out:
@@ -416,7 +427,6 @@ func (s *session) writer() {
 			ok := write(ws.OpText, msg)
 			s.queued.Add(-int64(len(msg)))
 			if !ok {
-				s.stop("gone")
 				return
 			}
 		}

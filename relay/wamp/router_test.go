@@ -1178,3 +1178,38 @@ func TestFleetResultsCounted(t *testing.T) {
 		return nil
 	}, "the forwarded calls counted by how they ended")
 }
+
+// TestStalledReaderIsSlow: a subscriber that stops reading while less than
+// its queue's bound waits for it is closed once a write to it stalls for
+// the write timeout, and that close is counted as slow (a reader that does
+// not keep up), not as a client gone.
+func TestStalledReaderIsSlow(t *testing.T) {
+	r, srv := start(t, Config{})
+	pub, big := slowSubscriber(t, srv)
+	queued := func() int64 { // the most any session has queued
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var n int64
+		for s := range r.sessions {
+			n = max(n, s.queued.Load())
+		}
+		return n
+	}
+	// Acknowledged, so each event is queued before the next is sent; stop
+	// once one waits behind the one being written (120 KiB of 256 KiB).
+	for i := 0; queued() < int64(2*len(big)); i++ {
+		if i == 1000 {
+			t.Fatal("1000 events of 60 KiB sent to a subscriber that reads nothing, and none waits for it")
+		}
+		pub.send(mPublish, i+1, map[string]any{"acknowledge": true}, "t", []any{big})
+		pub.expect(mPublished)
+	}
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`)+
+			relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="gone"}`) == 1
+	}, "the stalled subscriber closed")
+	if n := relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="slow"}`); n != 1 {
+		t.Fatalf("the stalled subscriber's close counted as slow %v times (gone: %v), want 1", n,
+			relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="gone"}`))
+	}
+}
