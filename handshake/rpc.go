@@ -302,9 +302,10 @@ var methods = func() []methodSpec {
 }()
 
 // decodeAPI parses requests: numbers stay exact, strings are copied out of
-// the caller's buffer, and raw control characters in strings are rejected
-// as encoding/json does.
-var decodeAPI = sonic.Config{UseNumber: true, CopyString: true, ValidateString: true}.Froze()
+// the caller's buffer, raw control characters in strings are rejected as
+// encoding/json does, and "id", "method" and "params" are matched exactly,
+// as nymea's QVariantMap matches them ("ID" is an unknown key, not the id).
+var decodeAPI = sonic.Config{UseNumber: true, CopyString: true, ValidateString: true, CaseSensitive: true}.Froze()
 
 // wireRequest is a request as it is on the wire, decoded in one pass: sonic
 // validates the whole object (what it skips included) while filling it.

@@ -648,3 +648,32 @@ func TestParamsFitTemplate(t *testing.T) {
 		}
 	}
 }
+
+// TestParseRequestKeysCaseSensitive: "id", "method" and "params" are
+// matched exactly, as nymea's QVariantMap does: "ID" is not the id, and a
+// key that differs only in case is an unknown key, ignored.
+func TestParseRequestKeysCaseSensitive(t *testing.T) {
+	for _, tc := range []struct{ in, text string }{
+		{`{"ID":1,"METHOD":"RemoteProxy.Hello"}`, "Error parsing command. Missing 'id'"},
+		{`{"Id":1,"method":"RemoteProxy.Hello"}`, "Error parsing command. Missing 'id'"},
+		{`{"id":1,"Method":"RemoteProxy.Hello"}`, "Error parsing method. Got: ''', Expected: 'Namespace.method'"},
+	} {
+		if _, err := ParseRequest([]byte(tc.in)); err == nil || err.Text != tc.text {
+			t.Errorf("%s: %v, want %q", tc.in, err, tc.text)
+		}
+	}
+	for _, in := range []string{
+		`{"id":1,"method":"RemoteProxy.Hello","Id":"x"}`,
+		`{"id":1,"method":"RemoteProxy.Hello","METHOD":"x"}`,
+		`{"id":1,"method":"TunnelProxy.Ping","params":{"timestamp":5},"Params":{"x":1}}`,
+	} {
+		req, err := ParseRequest([]byte(in))
+		if err != nil || req.ID != 1 {
+			t.Errorf("%s: id %d, %v; want id 1 and no error", in, req.ID, err)
+		}
+	}
+	if _, err := ParseRequest([]byte(`{"id":1,"method":"TunnelProxy.Ping","PARAMS":{"timestamp":5}}`)); err == nil ||
+		err.Text != "Invalid params: Missing key timestamp" {
+		t.Errorf("PARAMS taken for params: %v", err)
+	}
+}

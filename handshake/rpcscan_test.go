@@ -64,7 +64,7 @@ func TestScanRequestLeavesTheRestToSonic(t *testing.T) {
 		`{"id":2147483648,"method":"RemoteProxy.Hello"}`,                 // beyond int32
 		`{"id":01,"method":"RemoteProxy.Hello"}`,                         // invalid JSON
 		`{"method":"RemoteProxy.Hello","id":1}`,                          // another key order
-		`{"ID":1,"method":"RemoteProxy.Hello"}`,                          // sonic matches keys in any case
+		`{"ID":1,"method":"RemoteProxy.Hello"}`,                          // a key in another case: no id
 		`{"id":1,"method":"RemoteProxy.Hello","jsonrpc":"2.0"}`,          // an unknown key
 		`{"id":1,"method":"Remote\u0050roxy.Hello"}`,                     // an escape
 		`{"id":1,"method":"RemoteProxy.Nope"}`,                           // no such method
