@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 var rpcSeeds = []string{
@@ -49,7 +50,7 @@ func FuzzNextObject(f *testing.F) {
 			if obj[0] != '{' || obj[len(obj)-1] != '}' {
 				t.Fatalf("not a delimited object %q", obj)
 			}
-			if _, err := ParseRequest(obj); err == nil && !json.Valid(obj) {
+			if _, err := ParseRequest(obj); err == nil && (!json.Valid(obj) || !utf8.Valid(obj)) {
 				t.Fatalf("ParseRequest accepted invalid JSON %q", obj)
 			}
 			if n < len(obj) {
@@ -81,7 +82,7 @@ func FuzzParseRequest(f *testing.F) {
 		if !found {
 			t.Fatalf("method %q not in the table", req.Method)
 		}
-		if !json.Valid(p) {
+		if !json.Valid(p) || !utf8.Valid(p) { // json.Valid passes any bytes in strings
 			t.Fatalf("accepted invalid JSON %q", p)
 		}
 		for _, prm := range req.Params() {

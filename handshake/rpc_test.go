@@ -677,3 +677,28 @@ func TestParseRequestKeysCaseSensitive(t *testing.T) {
 		t.Errorf("PARAMS taken for params: %v", err)
 	}
 }
+
+// TestParseRequestInvalidUTF8: JSON text must be UTF-8 (RFC 8259); nymea's
+// parser (Qt) refuses a raw byte sequence that is not with "invalid UTF8
+// string", wherever it is, and closes. It is not rewritten to U+FFFD.
+func TestParseRequestInvalidUTF8(t *testing.T) {
+	for _, in := range []string{
+		"{\"id\":1,\"method\":\"Authentication.Authenticate\",\"params\":{\"uuid\":\"u\",\"name\":\"n\",\"token\":\"t\xff\"}}",
+		"{\"method\":\"Authentication.Authenticate\",\"id\":1,\"params\":{\"uuid\":\"\xed\xa0\x80\",\"name\":\"n\",\"token\":\"t\"}}",
+		"{\"id\":1,\"method\":\"TunnelProxy.RegisterClient\",\"params\":{\"clientName\":\"\xc3\",\"clientUuid\":\"a\",\"serverUuid\":\"b\"}}",
+		"{\"id\":1,\"method\":\"RemoteProxy.Hello\",\"x\":\"\xff\"}",
+		"{\"id\":1,\"method\":\"RemoteProxy.Hello\",\"\xc0\xaf\":1}",
+		"{\"id\":1,\"method\":\"Remote\xffProxy.Hello\"}",
+		"[\"\xff\"]",
+	} {
+		_, err := ParseRequest([]byte(in))
+		if err == nil || err.ID != -1 || err.Text != "Failed to parse JSON data: invalid UTF8 string" {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+	// Escaped, the same characters are fine.
+	req, err := ParseRequest([]byte(`{"id":2,"method":"Authentication.Authenticate","params":{"uuid":"u","name":"T\u00fcr","token":"t"}}`))
+	if v, _ := req.Param("name"); err != nil || v != "Tür" {
+		t.Errorf("escaped ü: %q, %v", v, err)
+	}
+}
