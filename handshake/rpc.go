@@ -324,8 +324,9 @@ type wireRequest struct {
 //   - invalid JSON: "Failed to parse JSON data: <sonic's message>", id -1;
 //     valid JSON that is not UTF-8: "Failed to parse JSON data: invalid
 //     UTF8 string" (Qt's words), id -1
-//   - id absent or not an integer (7, 7.0 and "7" are accepted), or valid
-//     JSON that is not an object: "Error parsing command. Missing 'id'", id -1
+//   - id absent or not an integer (7, 7.0 and "7" are accepted, "7.0" is
+//     not), or valid JSON that is not an object: "Error parsing command.
+//     Missing 'id'", id -1
 //   - method absent or not exactly two dot-separated parts:
 //     "Error parsing method. Got: '<m>”, Expected: 'Namespace.method'"
 //     (the doubled quote is nymea's)
@@ -444,8 +445,11 @@ func parseRequest(obj []byte) (Request, *RPCError) {
 	return req, nil
 }
 
-// lenientID reads a JSON-RPC id the way QVariant::toInt does: integers,
-// integral floats and strings holding an integer, all within int32.
+// lenientID reads a JSON-RPC id the way QVariant::toInt does, within
+// int32: numbers that are integers (7, 7.0, 7e0), and strings holding a
+// decimal integer, spaces around it allowed ("7", " 7 "; QString::toLongLong
+// refuses "7.0" and "7e0"). Unlike QVariant::toInt it refuses a fraction
+// (1.5), which Qt would round.
 func lenientID(v any) (int, bool) {
 	var s string
 	switch v := v.(type) {
@@ -454,7 +458,8 @@ func lenientID(v any) (int, bool) {
 	case float64:
 		s = strconv.FormatFloat(v, 'g', -1, 64)
 	case string:
-		s = strings.TrimSpace(v)
+		i, err := strconv.ParseInt(strings.TrimSpace(v), 10, 32)
+		return int(i), err == nil
 	default:
 		return 0, false
 	}

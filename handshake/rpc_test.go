@@ -702,3 +702,20 @@ func TestParseRequestInvalidUTF8(t *testing.T) {
 		t.Errorf("escaped ü: %q, %v", v, err)
 	}
 }
+
+// TestParseRequestStringID: an id given as a string is read as nymea's
+// QVariant::toInt reads a string (QString::toLongLong): a decimal integer,
+// spaces around it allowed. A float or an exponent in a string is no id.
+func TestParseRequestStringID(t *testing.T) {
+	for _, in := range []string{`"7.0"`, `"1e3"`, `"0x1p4"`, `"12.000"`, `"-3E0"`} {
+		req, err := ParseRequest([]byte(`{"id":` + in + `,"method":"RemoteProxy.Hello"}`))
+		if err == nil || err.ID != -1 || err.Text != "Error parsing command. Missing 'id'" {
+			t.Errorf("id %s: read as %d, %v", in, req.ID, err)
+		}
+	}
+	for in, want := range map[string]int{`"7"`: 7, `" -3 "`: -3, `"+5"`: 5, `7.0`: 7, `1e3`: 1000} {
+		if req, err := ParseRequest([]byte(`{"id":` + in + `,"method":"RemoteProxy.Hello"}`)); err != nil || req.ID != want {
+			t.Errorf("id %s: %d, %v; want %d", in, req.ID, err, want)
+		}
+	}
+}
