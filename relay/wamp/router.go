@@ -242,15 +242,20 @@ func (r *Router) Close() error {
 	return nil
 }
 
-// goodbye says GOODBYE (wamp.close.system_shutdown) to every session and
-// takes no new one, without waiting. The relay's drain runs it: a session
-// holds no tunnel, so it is closed at once, as every connection without
-// one is, instead of holding the drain until its timeout.
+// goodbye says GOODBYE (wamp.close.system_shutdown) to every session —
+// ABORT to one not yet welcomed, as WAMP allows only that before WELCOME
+// — and takes no new one, without waiting. The relay's drain runs it: a
+// session holds no tunnel, so it is closed at once, as every connection
+// without one is, instead of holding the drain until its timeout.
 func (r *Router) goodbye() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closing = true
 	for s := range r.sessions {
+		if s.realm == nil { // set under mu, with WELCOME queued
+			s.finish(encode(mAbort, map[string]any{"message": "the router is shutting down"}, closeShutdown), "shutdown")
+			continue
+		}
 		s.finish(encode(mGoodbye, details, closeShutdown), "shutdown")
 	}
 }
@@ -262,8 +267,17 @@ func (r *Router) newID() uint64 { return r.ids.Add(1) }
 // session on it until it ends. An upgrade to /app/KEY (for clients that
 // cannot authenticate, such as Babble's) admits the session to that
 // registered application's realm only; a key no application has is
-// answered 401 before the upgrade.
+// answered 401 before the upgrade. Once the router is closing (the
+// relay's drain), an upgrade is answered 503 before it is made.
 func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	closing := r.closing
+	r.mu.Unlock()
+	if closing {
+		r.closed["shutdown"].Inc()
+		relay.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the relay is shutting down"})
+		return
+	}
 	var app string
 	if rest, ok := strings.CutPrefix(req.URL.Path, "/app/"); ok {
 		key, _, _ := strings.Cut(rest, "/")
@@ -290,8 +304,11 @@ func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	_, _ = rand.Read(b[:])
 	s.id = binary.BigEndian.Uint64(b[:])%maxID + 1 // global scope: random
 	r.mu.Lock()
-	if r.closing {
+	if r.closing { // it began since the check above: ABORT, then close
 		r.mu.Unlock()
+		r.closed["shutdown"].Inc()
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = wsutil.WriteServerText(conn, encode(mAbort, map[string]any{"message": "the router is shutting down"}, closeShutdown))
 		conn.Close()
 		return
 	}
@@ -610,8 +627,10 @@ func (s *session) welcome(name, method, role string) bool {
 	rm.n++
 	s.realm = rm
 	s.key = ""
-	r.mu.Unlock()
 	_ = s.conn.SetReadDeadline(time.Now().Add(3 * r.cfg.PingEvery))
+	// WELCOME is queued under mu with realm set: the drain's goodbye
+	// sees either no realm (ABORT, queued before it) or WELCOME queued.
+	defer r.mu.Unlock()
 	s.send(encode(mWelcome, s.id, map[string]any{
 		"realm": name, "authid": fmt.Sprint(s.id), "authrole": role, "authmethod": method,
 		"roles": map[string]any{

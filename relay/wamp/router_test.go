@@ -1213,3 +1213,51 @@ func TestStalledReaderIsSlow(t *testing.T) {
 			relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="gone"}`))
 	}
 }
+
+// TestDrainRefusesAndAborts: once the drain has begun, an upgrade that
+// still reaches the router (on an HTTP connection kept alive from before)
+// is refused before the upgrade, 503, not switched and then closed bare;
+// and a session that has not been welcomed gets ABORT system_shutdown,
+// not GOODBYE, which WAMP allows only inside an established session.
+func TestDrainRefusesAndAborts(t *testing.T) {
+	_, srv := start(t, Config{Apps: map[string]string{"app": "k"}})
+	// A keep-alive HTTP connection opened before the drain.
+	c, err := net.Dial("tcp", relaytest.Addr(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	_ = c.SetDeadline(time.Now().Add(relaytest.Patience))
+	fmt.Fprintf(c, "GET /nothing-here HTTP/1.1\r\nHost: relay\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// Sessions not yet welcomed: one said nothing, one is challenged.
+	quiet := dial(t, srv)
+	challenged := dial(t, srv)
+	challenged.send(mHello, "app", map[string]any{"authmethods": []string{"ticket"}, "roles": map[string]any{"caller": map[string]any{}}})
+	challenged.expect(mChallenge)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Shutdown(ctx)
+	for _, p := range []*peer{quiet, challenged} {
+		if m := p.recv(); m.Type != mAbort || str(t, m, 1) != closeShutdown {
+			t.Fatalf("a session not yet welcomed got %d %s at the drain, want ABORT %s", m.Type, fields(m), closeShutdown)
+		}
+		p.closed()
+	}
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n", Subprotocol)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("an upgrade during the drain: %v", err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("an upgrade during the drain answered %s, want 503", resp.Status)
+	}
+}
