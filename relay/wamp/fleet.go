@@ -3,6 +3,7 @@ package wamp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -158,23 +159,40 @@ func (f *fleetLink) lockKey(key string) (unlock func()) {
 	}
 }
 
+// errStore is claim's error where the store answered SETNX (the
+// procedure is claimed) but not who holds the claim: the REGISTER is
+// refused, as a claim not known to be this node's is not taken as its.
+var errStore = errors.New("the fleet's store did not say which node holds the procedure; try again")
+
 // claim registers proc fleet-wide for this node; an error names the node
-// that has it. With Redis unreachable the claim is node-local until the
-// renewer makes it.
+// that has it, or is errStore. With Redis unreachable the claim is
+// node-local until the renewer makes it.
 func (f *fleetLink) claim(realm, proc string) error {
 	key := procKey(realm, proc)
 	defer f.lockKey(key)()
 	ctx, cancel := f.op()
 	defer cancel()
-	ok, err := f.rdb.SetNX(ctx, key, f.node, procTTL).Result()
-	if err == nil && !ok {
+	for try := 0; ; try++ {
+		ok, err := f.rdb.SetNX(ctx, key, f.node, procTTL).Result()
+		if err != nil {
+			f.r.log.Warn("signal: fleet store unreachable; registration is local until it returns", "err", err)
+			break
+		}
+		if ok {
+			break
+		}
 		owner, gerr := f.rdb.Get(ctx, key).Result()
-		if gerr == nil && owner != f.node {
+		if gerr == nil && owner == f.node {
+			break
+		}
+		if gerr == nil {
 			return fmt.Errorf("procedure %s is registered on node %s", proc, owner)
 		}
-	}
-	if err != nil {
-		f.r.log.Warn("signal: fleet store unreachable; registration is local until it returns", "err", err)
+		if errors.Is(gerr, redis.Nil) && try == 0 { // the claim lapsed since the SETNX
+			continue
+		}
+		f.r.log.Warn("signal: fleet store failed reading a claim; registration refused", "err", gerr)
+		return errStore
 	}
 	f.mu.Lock()
 	f.mine[key] = true

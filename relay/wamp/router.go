@@ -687,7 +687,11 @@ func (s *session) register(m Message) bool {
 			r.mu.Lock()
 			r.dropRegistration(reg)
 			r.mu.Unlock()
-			s.fail(mRegister, req, errProcedureExists, err.Error())
+			uri := errProcedureExists
+			if errors.Is(err, errStore) {
+				uri = errUnavailable
+			}
+			s.fail(mRegister, req, uri, err.Error())
 			return true
 		}
 	}

@@ -1261,3 +1261,55 @@ func TestDrainRefusesAndAborts(t *testing.T) {
 		t.Fatalf("an upgrade during the drain answered %s, want 503", resp.Status)
 	}
 }
+
+// storeHook lets a test fail or hold one Redis command on the node's
+// client: fail makes a command with that name fail, and hold (when set)
+// is waited on before a command with that name runs.
+type storeHook struct {
+	name string
+	fail bool
+	hold chan struct{}
+}
+
+func (h *storeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *storeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *storeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != h.name {
+			return next(ctx, cmd)
+		}
+		if h.hold != nil {
+			<-h.hold
+		}
+		if h.fail {
+			err := errors.New("store failed (test)")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestFleetClaimStoreErrorNotOwned: a REGISTER whose SETNX finds the
+// procedure claimed and whose GET of the owner then fails is refused: a
+// store error does not make the claim this node's (or the procedure would
+// be registered on two nodes at once).
+func TestFleetClaimStoreErrorNotOwned(t *testing.T) {
+	addr := relaytest.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	if err := rdb.Set(t.Context(), procKey("main", bob), "n9", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.AddHook(&storeHook{name: "get", fail: true})
+	_, srv := start(t, Config{Redis: rdb, NodeID: "n1"})
+	b := dial(t, srv)
+	b.join("main")
+	b.send(mRegister, 1, map[string]any{}, bob)
+	m := b.recv()
+	if m.Type != mError || str(t, m, 3) != errUnavailable {
+		t.Fatalf("REGISTER of a procedure node n9 holds, its owner unreadable: answered %d %s, want ERROR %s", m.Type, fields(m), errUnavailable)
+	}
+}

@@ -200,6 +200,7 @@ const (
 	errCanceled           = "wamp.error.canceled"
 	errTimeout            = "wamp.error.timeout"
 	errLimit              = "meetpoint.error.limit"
+	errUnavailable        = "meetpoint.error.unavailable" // the fleet's store failed: try again
 	closeNormal           = "wamp.close.normal"
 	closeGoodbyeAndOut    = "wamp.close.goodbye_and_out"
 	closeShutdown         = "wamp.close.system_shutdown"
