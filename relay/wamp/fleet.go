@@ -327,7 +327,7 @@ func (f *fleetLink) receive() {
 			timeout := r.callTimeout(w.TimeoutMs)
 			r.mu.Lock()
 			var reg *registration
-			if rm := r.realms[w.Realm]; rm != nil {
+			if rm := r.realms[w.Realm]; rm != nil && rm.procs[w.Proc] != nil && rm.procs[w.Proc].ready {
 				reg = rm.procs[w.Proc]
 			}
 			if reg != nil {

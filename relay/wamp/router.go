@@ -124,6 +124,10 @@ type registration struct {
 	id   uint64
 	proc string
 	s    *session
+	// ready: REGISTERED is queued, and calls may be routed to it (with a
+	// fleet, once its claim succeeded; until then the procedure is held
+	// here but takes no calls). Guarded by Router.mu.
+	ready bool
 }
 
 type topic struct {
@@ -679,7 +683,7 @@ func (s *session) register(m Message) bool {
 		return true
 	}
 	reg := &registration{id: r.newID(), proc: proc, s: s}
-	s.realm.procs[proc] = reg // held while the fleet is asked
+	s.realm.procs[proc] = reg // held, taking no calls, while the fleet is asked
 	s.regs[reg.id] = reg
 	r.mu.Unlock()
 	if r.fleet != nil {
@@ -695,7 +699,10 @@ func (s *session) register(m Message) bool {
 			return true
 		}
 	}
-	s.send(encode(mRegistered, req, reg.id))
+	r.mu.Lock()
+	reg.ready = true
+	s.send(encode(mRegistered, req, reg.id)) // before any INVOCATION for it
+	r.mu.Unlock()
 	return true
 }
 
@@ -781,7 +788,7 @@ func (s *session) call(m Message) bool {
 		s.fail(mCall, req, errLimit, fmt.Sprintf("a session has at most %d calls in flight", r.cfg.MaxPending))
 		return true
 	}
-	if reg := s.realm.procs[proc]; reg != nil {
+	if reg := s.realm.procs[proc]; reg != nil && reg.ready {
 		r.invoke(reg, &call{caller: s, req: req}, timeout, args, kwargs)
 		r.mu.Unlock()
 		return true

@@ -1313,3 +1313,41 @@ func TestFleetClaimStoreErrorNotOwned(t *testing.T) {
 		t.Fatalf("REGISTER of a procedure node n9 holds, its owner unreadable: answered %d %s, want ERROR %s", m.Type, fields(m), errUnavailable)
 	}
 }
+
+// TestFleetRegistrationRoutableOnceClaimed: while a REGISTER's fleet claim
+// is under way the procedure takes no calls: a CALL meanwhile does not
+// reach the session, which must not get an INVOCATION for a registration
+// it was never told of (here the claim fails: another node holds it).
+func TestFleetRegistrationRoutableOnceClaimed(t *testing.T) {
+	addr := relaytest.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	if err := rdb.Set(t.Context(), procKey("main", bob), "n9", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	rdb.AddHook(&storeHook{name: "set", hold: hold}) // SETNX with a TTL is SET … NX
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(hold)
+		}
+	})
+	r, srv := start(t, Config{Redis: rdb, NodeID: "n1"})
+	b := dial(t, srv)
+	b.join("main")
+	b.send(mRegister, 1, map[string]any{}, bob)
+	relaytest.WaitFor(t, func() bool { return r.registered("main", bob) }, "the REGISTER under way")
+	a := dial(t, srv)
+	a.join("main")
+	a.send(mCall, 1, map[string]any{}, bob, []any{alice})
+	answer, aerr := a.next(5 * time.Second)
+	close(hold)
+	released = true
+	if m := b.recv(); m.Type != mError {
+		t.Fatalf("the registering session got %d %s before its REGISTER's answer, want ERROR (node n9 holds the procedure)", m.Type, fields(m))
+	}
+	if aerr != nil || answer.Type != mError || str(t, answer, 3) != errNoSuchProcedure {
+		t.Fatalf("a CALL while the claim was under way: %v %d %s, want ERROR %s", aerr, answer.Type, fields(answer), errNoSuchProcedure)
+	}
+}
