@@ -1,6 +1,7 @@
 package wamp
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -74,6 +75,7 @@ type wire struct {
 	TimeoutMs int64           `json:"timeout_ms,omitempty"`
 	Err       string          `json:"err,omitempty"`
 	Result    string          `json:"result,omitempty"` // an answer's: how the call ended at the callee's node (callResults)
+	Mode      string          `json:"mode,omitempty"`   // a cancel's: skip, kill or killnowait ("": killnowait, its caller answered)
 	Details   json.RawMessage `json:"details,omitempty"`
 	Args      json.RawMessage `json:"args,omitempty"`
 	Kwargs    json.RawMessage `json:"kwargs,omitempty"`
@@ -286,11 +288,12 @@ func (f *fleetLink) settleOutbound(id uint64, a *answer, result string) {
 }
 
 // abandon tells an outbound call's node that its caller no longer waits
-// (a CANCEL, or the caller left), so that the invocation there ends now
-// and not at its timeout: a caller's calls in flight are bounded at the
-// callee's node as they are here.
-func (f *fleetLink) abandon(c *call) {
-	b, _ := json.Marshal(wire{K: "cancel", From: f.node, ID: c.inv})
+// (a CANCEL in mode, or the caller left: killnowait), so that the
+// invocation there ends now and not at its timeout: a caller's calls in
+// flight are bounded at the callee's node as they are here. In kill mode
+// the caller still waits: the callee's node answers once its callee has.
+func (f *fleetLink) abandon(c *call, mode string) {
+	b, _ := json.Marshal(wire{K: "cancel", From: f.node, ID: c.inv, Mode: mode})
 	ctx, cancel := f.op()
 	defer cancel()
 	f.rdb.Publish(ctx, nodeChannel+c.to, b)
@@ -342,7 +345,8 @@ func (f *fleetLink) receive() {
 			inv, ok := r.remote[remoteCall{w.From, w.ID}]
 			r.mu.Unlock()
 			if ok {
-				r.settle(inv, "canceled", nil)
+				mode := cmp.Or(w.Mode, "killnowait")
+				r.cancelInvocation(inv, mode, mode != "kill")
 			}
 		case "answer":
 			result := w.Result

@@ -4,7 +4,9 @@
 // peer CALLs it with [caller-pubkey, offer] and gets [answer] back.
 //
 // It is the WAMP basic profile — sessions in realms, a dealer (REGISTER,
-// CALL, INVOCATION, YIELD, ERROR, CANCEL, call timeouts) and a broker
+// CALL, INVOCATION, YIELD, ERROR, and the advanced call canceling and
+// call timeouts: CANCEL, INTERRUPT to a callee that announced
+// call_canceling) and a broker
 // (SUBSCRIBE, PUBLISH, EVENT) — with meetpoint's rules: realms are
 // applications (a registered application's realm needs its key, WAMP
 // "ticket" authentication; the open realm, "main" by default, needs
@@ -110,6 +112,7 @@ type Router struct {
 	set      *metrics.Set      //
 	closed   map[string]*metrics.Counter
 	results  map[string]*metrics.Counter
+	late     *metrics.Counter // answers to invocations already ended, dropped
 }
 
 // realm is one realm's routing state (guarded by Router.mu).
@@ -147,6 +150,13 @@ type call struct {
 	from   string   // the remote caller's node
 	to     string   // an outbound call's: the callee's node
 	timer  *time.Timer
+	// killing: a CANCEL in kill mode has sent INTERRUPT, and the call
+	// waits for the callee's answer (or its timeout). Guarded by mu.
+	killing bool
+	// abandoned: the remote caller's node has answered its caller (a
+	// CANCEL not in kill mode, or the caller left): it is not told how
+	// the call ended. Guarded by mu.
+	abandoned bool
 }
 
 // remoteCall names a call made on another node: that node and its fleet id.
@@ -207,6 +217,7 @@ func New(srv *relay.Server, cfg Config) (*Router, error) {
 	for _, c := range callResults {
 		r.results[c] = r.set.NewCounter(fmt.Sprintf(`meetpoint_signal_calls_total{result=%q}`, c))
 	}
+	r.late = r.set.NewCounter(`meetpoint_signal_late_answers_total`)
 	r.set.NewGauge(`meetpoint_signal_sessions`, func() float64 { r.mu.Lock(); defer r.mu.Unlock(); return float64(len(r.sessions)) })
 	r.set.NewGauge(`meetpoint_signal_registrations`, func() float64 {
 		r.mu.Lock()
@@ -354,9 +365,12 @@ type session struct {
 
 	// Set once, by the reader, before WELCOME; read by others after.
 	realm     *realm
-	key       string       // the realm's app key while a CHALLENGE is out
-	realmName string       // the realm asked for while a CHALLENGE is out
-	reason    atomic.Value // why it ended: a closeReasons entry, set once
+	key       string // the realm's app key while a CHALLENGE is out
+	realmName string // the realm asked for while a CHALLENGE is out
+	// interrupts: the HELLO announced the callee feature call_canceling;
+	// the session gets INTERRUPT for a call canceled or timed out.
+	interrupts bool
+	reason     atomic.Value // why it ended: a closeReasons entry, set once
 
 	// Guarded by Router.mu.
 	regs        map[uint64]*registration
@@ -585,6 +599,15 @@ func (s *session) establish(m Message) bool {
 		if err != nil {
 			return s.abort(errProtocolViolation, "protocol", err.Error())
 		}
+		var roles struct {
+			Callee struct {
+				Features struct {
+					CallCanceling bool `json:"call_canceling"`
+				} `json:"features"`
+			} `json:"callee"`
+		}
+		_ = json.Unmarshal(d["roles"], &roles)
+		s.interrupts = roles.Callee.Features.CallCanceling
 		if s.app != "" { // the key came in the URL
 			if name != s.app {
 				return s.abort(errNotAuthorized, "auth", fmt.Sprintf("the key in this URL admits realm %s only", s.app))
@@ -840,6 +863,12 @@ func (r *Router) settle(inv uint64, result string, a *answer) {
 		delete(r.remote, remoteCall{c.from, c.req})
 	}
 	c.timer.Stop()
+	switch {
+	case result == "timeout" && !c.killing:
+		c.callee.interrupt(inv, "killnowait")
+	case result == "error" && c.killing: // the callee's answer to INTERRUPT
+		result = "canceled"
+	}
 	if a == nil {
 		a = routerError(result)
 	}
@@ -849,9 +878,47 @@ func (r *Router) settle(inv uint64, result string, a *answer) {
 	}
 	r.mu.Unlock()
 	r.results[result].Inc()
-	if c.caller == nil && r.fleet != nil && result != "canceled" { // canceled: by the caller's node, which has settled it
+	if c.caller == nil && r.fleet != nil && !c.abandoned {
 		r.fleet.answer(c.from, c.req, result, a)
 	}
+}
+
+// interrupt sends INTERRUPT for invocation inv in mode to a callee that
+// announced call_canceling (under r.mu); others get nothing: their late
+// answer is dropped.
+func (s *session) interrupt(inv uint64, mode string) {
+	if s.interrupts {
+		s.send(encode(mInterrupt, inv, map[string]any{"mode": mode}))
+	}
+}
+
+// cancelInvocation ends invocation inv here for its caller's CANCEL in
+// mode (skip, kill, killnowait): a callee that announced call_canceling
+// gets INTERRUPT unless skip; in kill mode the call then waits for the
+// callee's answer (bounded by its timeout), which goes to the caller;
+// otherwise it ends now, canceled, and the callee's late answer is
+// dropped. abandoned: the caller's node has answered its caller already.
+func (r *Router) cancelInvocation(inv uint64, mode string, abandoned bool) {
+	r.mu.Lock()
+	c := r.calls[inv]
+	if c == nil || c.killing {
+		r.mu.Unlock()
+		return
+	}
+	if !c.callee.interrupts {
+		mode = "skip" // WAMP: a callee without call canceling is skipped
+	}
+	if mode != "skip" {
+		c.callee.interrupt(inv, mode)
+	}
+	if mode == "kill" {
+		c.killing = true
+		r.mu.Unlock()
+		return
+	}
+	c.abandoned = abandoned
+	r.mu.Unlock()
+	r.settle(inv, "canceled", nil)
 }
 
 // routerError is the router's answer for a call that did not complete.
@@ -883,9 +950,11 @@ func (s *session) yield(m Message) bool {
 	if err != nil {
 		return s.abort(errProtocolViolation, "protocol", err.Error())
 	}
-	if s.owns(inv) {
-		s.r.settle(inv, "ok", &answer{args: args, kwargs: kwargs})
+	if !s.owns(inv) {
+		s.r.late.Inc() // ended already: timed out, canceled, interrupted
+		return true
 	}
+	s.r.settle(inv, "ok", &answer{args: args, kwargs: kwargs})
 	return true
 }
 
@@ -910,19 +979,33 @@ func (s *session) calleeError(m Message) bool {
 	if err := cmp.Or(err1, err2, err3, err4); err != nil {
 		return s.abort(errProtocolViolation, "protocol", err.Error())
 	}
-	if s.owns(inv) {
-		raw, _ := json.Marshal(d)
-		s.r.settle(inv, "error", &answer{err: uri, details: raw, args: args, kwargs: kwargs})
+	if !s.owns(inv) {
+		s.r.late.Inc()
+		return true
 	}
+	raw, _ := json.Marshal(d)
+	s.r.settle(inv, "error", &answer{err: uri, details: raw, args: args, kwargs: kwargs})
 	return true
 }
 
-// cancel answers CANCEL: the caller gets wamp.error.canceled now; the
-// callee's late answer is dropped.
+// cancel answers CANCEL in its mode (Options.mode, default killnowait,
+// as nexus's): skip answers the caller wamp.error.canceled now and drops
+// the callee's late answer; killnowait does so and sends the callee
+// INTERRUPT; kill sends INTERRUPT and answers the caller with the
+// callee's answer. A callee that did not announce call_canceling is
+// skipped, whatever the mode.
 func (s *session) cancel(m Message) bool {
 	req, ok := s.request(m)
 	if !ok {
 		return false
+	}
+	mode := "killnowait"
+	if opts, err := m.Dict(1); err == nil && opts["mode"] != nil {
+		_ = json.Unmarshal(opts["mode"], &mode)
+	}
+	if mode != "skip" && mode != "kill" && mode != "killnowait" {
+		s.fail(mCancel, req, errInvalidArgument, "CANCEL mode is skip, kill or killnowait")
+		return true
 	}
 	r := s.r
 	r.mu.Lock()
@@ -937,10 +1020,12 @@ func (s *session) cancel(m Message) bool {
 		return true
 	}
 	if found.callee != nil {
-		r.settle(found.inv, "canceled", nil)
+		r.cancelInvocation(found.inv, mode, false)
 	} else if r.fleet != nil {
-		r.fleet.settleOutbound(found.inv, routerError("canceled"), "canceled")
-		r.fleet.abandon(found) // or the callee's node keeps it until its timeout
+		if mode != "kill" { // in kill mode the callee's node answers
+			r.fleet.settleOutbound(found.inv, routerError("canceled"), "canceled")
+		}
+		r.fleet.abandon(found, mode) // or the callee's node keeps it until its timeout
 	}
 	return true
 }
@@ -1098,6 +1183,9 @@ func (r *Router) leave(s *session) {
 			if c.callee != nil {
 				delete(r.calls, c.inv)
 				delete(c.callee.invocations, c.inv)
+				if !c.killing {
+					c.callee.interrupt(c.inv, "killnowait")
+				}
 				canceled++
 			} else {
 				delete(r.outbound, c.inv)
@@ -1120,7 +1208,7 @@ func (r *Router) leave(s *session) {
 			r.fleet.release(s.realm.name, p)
 		}
 		for _, c := range dropped {
-			r.fleet.abandon(c)
+			r.fleet.abandon(c, "killnowait")
 		}
 	}
 	why, _ := s.reason.Load().(string)
@@ -1131,9 +1219,10 @@ func (r *Router) leave(s *session) {
 
 // signalDocs documents the signalling router's metric families.
 var signalDocs = map[string]relay.MetricDoc{
-	"meetpoint_signal_sessions":        {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
-	"meetpoint_signal_registrations":   {Type: "gauge", Help: "WAMP procedures registered on this relay."},
-	"meetpoint_signal_closed_total":    {Type: "counter", Help: "WAMP sessions ended, by reason."},
-	"meetpoint_signal_calls_total":     {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
-	"meetpoint_signal_forwarded_total": {Type: "counter", Help: "WAMP calls this relay's callers made to a callee on another node of the fleet, by result."},
+	"meetpoint_signal_sessions":           {Type: "gauge", Help: "WAMP sessions on this relay (signalling)."},
+	"meetpoint_signal_registrations":      {Type: "gauge", Help: "WAMP procedures registered on this relay."},
+	"meetpoint_signal_closed_total":       {Type: "counter", Help: "WAMP sessions ended, by reason."},
+	"meetpoint_signal_calls_total":        {Type: "counter", Help: "WAMP calls routed by this relay to a callee here, by result."},
+	"meetpoint_signal_forwarded_total":    {Type: "counter", Help: "WAMP calls this relay's callers made to a callee on another node of the fleet, by result."},
+	"meetpoint_signal_late_answers_total": {Type: "counter", Help: "WAMP answers (YIELD, ERROR) from callees to invocations already ended (timed out, canceled, interrupted), dropped."},
 }

@@ -1351,3 +1351,130 @@ func TestFleetRegistrationRoutableOnceClaimed(t *testing.T) {
 		t.Fatalf("a CALL while the claim was under way: %v %d %s, want ERROR %s", aerr, answer.Type, fields(answer), errNoSuchProcedure)
 	}
 }
+
+// joinCanceling says HELLO as a callee that announces call_canceling.
+func (p *peer) joinCanceling(realm string) {
+	p.t.Helper()
+	p.send(mHello, realm, map[string]any{"roles": map[string]any{"caller": map[string]any{},
+		"callee": map[string]any{"features": map[string]any{"call_canceling": true}}}})
+	p.expect(mWelcome)
+}
+
+// expectInterrupt reads an INTERRUPT for invocation inv in mode.
+func (p *peer) expectInterrupt(inv uint64, mode string) {
+	p.t.Helper()
+	m := p.expect(mInterrupt)
+	var opts struct{ Mode string }
+	if id(p.t, m, 0) != inv || len(m.Fields) < 2 || json.Unmarshal(m.Fields[1], &opts) != nil || opts.Mode != mode {
+		p.t.Fatalf("INTERRUPT %s, want invocation %d, mode %s", fields(m), inv, mode)
+	}
+}
+
+// TestCancelInterrupts: the dealer honours call_canceling and call_timeout
+// as WELCOME advertises them: a CANCEL (killnowait by default) or a
+// timeout sends INTERRUPT to a callee that announced call_canceling, and
+// its late answer is dropped and counted; in kill mode the caller gets
+// the callee's answer to the INTERRUPT; skip, or a callee without the
+// feature, gets no INTERRUPT; a caller leaving interrupts its calls.
+func TestCancelInterrupts(t *testing.T) {
+	_, srv := start(t, Config{CallTimeout: time.Hour})
+	b := dial(t, srv)
+	b.joinCanceling("main")
+	b.register(1, "p")
+	c := dial(t, srv) // no call_canceling
+	c.join("main")
+	c.register(1, "q")
+	a := dial(t, srv)
+	a.join("main")
+
+	a.send(mCall, 1, map[string]any{}, "p")
+	inv := id(t, b.expect(mInvocation), 0)
+	a.send(mCancel, 1, map[string]any{})
+	if uri := a.expectError(mCall, 1); uri != errCanceled {
+		t.Fatalf("killnowait: %q", uri)
+	}
+	b.expectInterrupt(inv, "killnowait")
+	b.send(mYield, inv, map[string]any{}, []any{"late"}) // dropped
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, srv, "meetpoint_signal_late_answers_total") == 1 }, "the late YIELD counted")
+
+	a.send(mCall, 2, map[string]any{}, "p")
+	inv = id(t, b.expect(mInvocation), 0)
+	a.send(mCancel, 2, map[string]any{"mode": "kill"})
+	b.expectInterrupt(inv, "kill")
+	b.send(mError, mInvocation, inv, map[string]any{}, errCanceled, []any{"cleaned up"})
+	if m := a.expect(mError); id(t, m, 1) != 2 || str(t, m, 3) != errCanceled || len(m.Fields) < 5 || string(m.Fields[4]) != `["cleaned up"]` {
+		t.Fatalf("kill: the caller got %s, want the callee's ERROR", fields(m))
+	}
+
+	a.send(mCall, 3, map[string]any{"timeout": 100}, "p")
+	inv = id(t, b.expect(mInvocation), 0)
+	if uri := a.expectError(mCall, 3); uri != errTimeout {
+		t.Fatalf("timeout: %q", uri)
+	}
+	b.expectInterrupt(inv, "killnowait")
+
+	a.send(mCall, 4, map[string]any{}, "p")
+	id(t, b.expect(mInvocation), 0)
+	a.send(mCancel, 4, map[string]any{"mode": "skip"})
+	if uri := a.expectError(mCall, 4); uri != errCanceled {
+		t.Fatalf("skip: %q", uri)
+	}
+	a.send(mCall, 5, map[string]any{}, "q")
+	c.expect(mInvocation)
+	a.send(mCancel, 5, map[string]any{"mode": "kill"}) // c cannot be interrupted: skipped
+	if uri := a.expectError(mCall, 5); uri != errCanceled {
+		t.Fatalf("kill on a callee without call_canceling: %q", uri)
+	}
+	a.send(mCancel, 6, map[string]any{"mode": "bogus"})
+	if uri := a.expectError(mCancel, 6); uri != errInvalidArgument {
+		t.Fatalf("a bad mode: %q", uri)
+	}
+	// Neither skipped callee got an INTERRUPT: its next message is the next INVOCATION.
+	a.send(mCall, 7, map[string]any{}, "q")
+	c.expect(mInvocation)
+	a.send(mCall, 8, map[string]any{}, "p")
+	inv = id(t, b.expect(mInvocation), 0)
+
+	a.c.Close() // the caller leaves: its call to b is interrupted
+	b.expectInterrupt(inv, "killnowait")
+}
+
+// TestFleetCancelInterrupts: a CANCEL of a call forwarded to another node
+// interrupts the callee there: killnowait answers the caller at once;
+// kill waits for the callee's answer, carried back across the fleet.
+func TestFleetCancelInterrupts(t *testing.T) {
+	addr := relaytest.Redis(t)
+	node := func(name string) *relay.Server {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { rdb.Close() })
+		_, srv := start(t, Config{Redis: rdb, NodeID: name, CallTimeout: time.Hour})
+		return srv
+	}
+	n1, n2 := node("n1"), node("n2")
+	b := dial(t, n2)
+	b.joinCanceling("main")
+	b.register(1, "p")
+	a := dial(t, n1)
+	a.join("main")
+
+	a.send(mCall, 1, map[string]any{}, "p")
+	inv := id(t, b.expect(mInvocation), 0)
+	a.send(mCancel, 1, map[string]any{"mode": "killnowait"})
+	if uri := a.expectError(mCall, 1); uri != errCanceled {
+		t.Fatalf("killnowait: %q", uri)
+	}
+	b.expectInterrupt(inv, "killnowait")
+
+	a.send(mCall, 2, map[string]any{}, "p")
+	inv = id(t, b.expect(mInvocation), 0)
+	a.send(mCancel, 2, map[string]any{"mode": "kill"})
+	b.expectInterrupt(inv, "kill")
+	b.send(mError, mInvocation, inv, map[string]any{}, errCanceled, []any{"cleaned up"})
+	if m := a.expect(mError); id(t, m, 1) != 2 || str(t, m, 3) != errCanceled || len(m.Fields) < 5 || string(m.Fields[4]) != `["cleaned up"]` {
+		t.Fatalf("kill across nodes: the caller got %s, want the callee's ERROR", fields(m))
+	}
+	relaytest.WaitFor(t, func() bool {
+		return relaytest.Metric(t, n1, `meetpoint_signal_forwarded_total{result="canceled"}`) == 2 &&
+			relaytest.Metric(t, n2, `meetpoint_signal_calls_total{result="canceled"}`) == 2
+	}, "both calls counted canceled on both nodes")
+}

@@ -197,6 +197,7 @@ const (
 	errNoSuchRegistration = "wamp.error.no_such_registration"
 	errNoSuchSubscription = "wamp.error.no_such_subscription"
 	errInvalidURI         = "wamp.error.invalid_uri"
+	errInvalidArgument    = "wamp.error.invalid_argument"
 	errCanceled           = "wamp.error.canceled"
 	errTimeout            = "wamp.error.timeout"
 	errLimit              = "meetpoint.error.limit"
