@@ -2,6 +2,7 @@ package handshake
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -173,6 +174,57 @@ func FuzzUTF8(f *testing.F) {
 		ok = v.Feed(p[cut:]) && ok
 		if got, want := ok && v.Complete(), utf8.Valid(p); got != want {
 			t.Fatalf("UTF8(%q, cut %d) = %v, utf8.Valid = %v", p, cut, got, want)
+		}
+	})
+}
+
+// FuzzParseUUID holds ParseUUID to a regular expression of the same
+// grammar: accepted exactly when it matches (and is not the nil UUID),
+// and then canonical is its lowercase 36-character form.
+func FuzzParseUUID(f *testing.F) {
+	for _, s := range []string{"6ba7b810-9dad-11d1-80b4-00c04fd430c8", "{6BA7B810-9DAD-11D1-80B4-00C04FD430C8}",
+		"00000000-0000-0000-0000-000000000000", "{6ba7b810-9dad-11d1-80b4-00c04fd430c8", "6ba7b8109dad11d180b400c04fd430c8", ""} {
+		f.Add(s)
+	}
+	grammar := regexp.MustCompile(`^(\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$`)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := ParseUUID(s)
+		bare := strings.Trim(s, "{}")
+		want := grammar.MatchString(s) && strings.Trim(bare, "0-") != ""
+		if ok != want {
+			t.Fatalf("ParseUUID(%q) ok = %v, want %v", s, ok, want)
+		}
+		if ok && got != strings.ToLower(bare) {
+			t.Fatalf("ParseUUID(%q) = %q, want %q", s, got, strings.ToLower(bare))
+		}
+		if !ok && got != "" {
+			t.Fatalf("ParseUUID(%q) refused but returned %q", s, got)
+		}
+	})
+}
+
+// FuzzCheckClosePayload: a close payload is empty, or a code RFC 6455
+// lets an endpoint send (1000–1003, 1007–1011, 3000–4999) and a UTF-8
+// reason; anything else is refused, never a panic.
+func FuzzCheckClosePayload(f *testing.F) {
+	for _, s := range []string{"", "\x03", "\x03\xe8", "\x03\xe8bye", "\x03\xed", "\x03\xe8\xff", "\x0b\xb8", "\x13\x88"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		err := CheckClosePayload(p)
+		if len(p) == 0 {
+			if err != nil {
+				t.Fatalf("empty payload: %v", err)
+			}
+			return
+		}
+		code := 0
+		if len(p) >= 2 {
+			code = int(p[0])<<8 | int(p[1])
+		}
+		validCode := code >= 1000 && code <= 1003 || code >= 1007 && code <= 1011 || code >= 3000 && code <= 4999
+		if want := len(p) >= 2 && validCode && utf8.Valid(p[2:]); (err == nil) != want {
+			t.Fatalf("CheckClosePayload(%q) = %v, want accepted %v", p, err, want)
 		}
 	})
 }
