@@ -3,6 +3,7 @@ package wamp
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -75,10 +76,12 @@ func TestClientPongInsideAFrame(t *testing.T) {
 	conn.mu.Unlock()
 	var ops []ws.OpCode
 	for out.Len() > 0 {
-		f, err := ws.ReadFrame(out)
-		if err != nil {
-			t.Fatalf("the client's stream breaks after frames %v: %v", ops, err)
+		h, err := ws.ReadHeader(out)
+		if err != nil || h.Length > int64(out.Len()) {
+			t.Fatalf("the client's stream breaks after frames %v: %v (header %+v)", ops, err, h)
 		}
+		f := ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+		_, _ = io.ReadFull(out, f.Payload)
 		ops = append(ops, f.Header.OpCode)
 		if f.Header.OpCode == ws.OpText {
 			f = ws.UnmaskFrameInPlace(f)
