@@ -1,14 +1,17 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"github.com/meetpoint/meetpoint/relay/loop"
 )
 
@@ -105,4 +108,51 @@ func TestStartAddressInUse(t *testing.T) {
 		t.Fatalf("the first address stayed bound after the failed Start: %v", err)
 	}
 	again.Close()
+}
+
+// TestDrainEndsIdleHTTP: an HTTP/1.1 client that keeps its connection
+// open between requests (a balancer polling /readyz, a metrics scraper)
+// does not hold the drain: Shutdown closes it once it is idle and returns
+// when nothing else is left, as docs/operations.md promises. Without
+// net/http being told of the drain the idle connection stayed until
+// HTTPIdleTimeout (60 s, beyond the default drain timeout of 30 s), so
+// every such drain ran to its timeout and reported that it cut
+// connections.
+func TestDrainEndsIdleHTTP(t *testing.T) {
+	s := startServer(t, nil)
+	c, err := net.Dial("tcp", serverAddr(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Close {
+		t.Fatal("the relay closed the connection after one request: no keep-alive to test")
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v, want nil", err)
+		}
+	case <-time.After(testutil.Patience):
+		t.Fatalf("Shutdown still waits on an idle keep-alive HTTP connection (%d sockets held)", s.liveConns())
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the idle HTTP connection got bytes, want its close")
+	}
 }

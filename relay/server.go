@@ -397,7 +397,8 @@ func (s *Server) Ready() bool {
 }
 
 // Shutdown drains the server: it stops accepting, closes clients that have
-// no tunnel yet and TunnelProxy servers that have no client, then waits
+// no tunnel yet, TunnelProxy servers that have no client and HTTP
+// connections between requests (the others after their request), then waits
 // until every socket the server holds is gone (tunnels ending, TunnelProxy
 // clients leaving; a server whose last client leaves is closed) or ctx is
 // done, and then closes what is left. It returns ctx.Err() if
@@ -419,6 +420,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for _, fn := range s.drainHooks {
 		fn()
+	}
+	if s.httpSrv != nil {
+		// net/http closes its idle connections (a keep-alive client
+		// between requests would otherwise hold the drain until
+		// HTTPIdleTimeout), the others once their request is answered,
+		// and tells HTTP/2 clients GOAWAY. Close ends what is left.
+		go s.httpSrv.Shutdown(ctx)
 	}
 	var err error
 	select {
