@@ -550,8 +550,8 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 	if c.frozen {
 		return
 	}
-	if st := state(c.st.Load()); st >= stClaimed {
-		c.close(reason) // claimed: the target answers the client
+	if st := state(c.st.Load()); st >= stClaimed || st == stWaiting && !c.unwait() {
+		c.close(reason) // claimed (by a partner, perhaps just now): the target answers the client
 		return
 	}
 	if c.upgrade != nil {
@@ -565,6 +565,20 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 	}
 	c.linger = true
 	c.close(reason)
+}
+
+// unwait takes a waiting connection that the relay is about to end out
+// of the registry (and back to stRPC, from which close ends it) before
+// its goodbye is queued: a partner that claimed it after the goodbye was
+// queued would leave it with the target, which says goodbye too (a
+// second RemoteProxy.Closing). False if a partner claimed it first.
+// Called with mu held.
+func (c *conn) unwait() bool {
+	if !c.cas(stWaiting, stRPC) {
+		return false
+	}
+	c.leave()
+	return true
 }
 
 // closingNote is the RemoteProxy.Closing notification telling a raw-TCP

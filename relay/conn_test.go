@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,4 +93,59 @@ func TestStageTimeoutsShareOneTimer(t *testing.T) {
 	if n := s.stats.closes[reason.HandshakeTimeout].Get(); n != 0 {
 		t.Errorf("%d handshake_timeout closes of a connection past its handshake", n)
 	}
+}
+
+// claimsNothing is the completing side of a pairing in
+// TestGoodbyeNotClaimedAway: a Joiner that is never waiting itself.
+type claimsNothing struct{}
+
+func (claimsNothing) Claim() bool  { return false }
+func (claimsNothing) UUID() string { return "partner" }
+
+// TestGoodbyeNotClaimedAway: a waiting raw-TCP client the relay ends (its
+// alone timeout, data before the tunnel, shutdown) is told why once. Its
+// partner claims it without its lock (a CAS, in the registry), so fail
+// takes it out of the registry before it writes the RemoteProxy.Closing
+// notification: either the relay ends it, and the notification is its
+// goodbye, or the partner claimed it first, and its target (the tunnel,
+// which abandons the set-up) says goodbye. fail used to queue the
+// notification while the client was still claimable, and a partner that
+// claimed it in between left the claimed connection carrying it: the
+// target then sent a second one, with another message ("Partner left"
+// after "No partner arrived"). The race is a CAS wide; it is run until a
+// partner has won it many times.
+func TestGoodbyeNotClaimedAway(t *testing.T) {
+	s := startServer(t, nil)
+	key := PairKey{Token: "goodbye-race"}
+	claimed := 0
+	for deadline := time.Now().Add(3 * time.Second); claimed < 200 && time.Now().Before(deadline); {
+		c := &conn{s: s}
+		c.au = &authRole{uuid: "waiting", key: key, joined: time.Now()}
+		c.st.Store(uint32(stWaiting))
+		if res, _ := s.reg.Join(key, c); res != JoinWaiting {
+			t.Fatalf("the waiting client joined as %v", res)
+		}
+		var start atomic.Bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for !start.Load() {
+			}
+			s.reg.Join(key, claimsNothing{}) // claims c if it still waits
+		}()
+		c.mu.Lock()
+		start.Store(true)
+		c.fail(reason.AloneTimeout, "No partner arrived")
+		c.mu.Unlock()
+		<-done
+		s.reg.Leave(key, claimsNothing{})
+		if state(c.st.Load()) != stClaimed {
+			continue
+		}
+		claimed++
+		if c.out.Len() > 0 {
+			t.Fatalf("claimed by its partner, the client still carries the relay's goodbye, which its target adds its own to: %q", c.out.B)
+		}
+	}
+	t.Logf("a partner claimed the client %d times", claimed)
 }
