@@ -95,7 +95,8 @@ type Limiter struct {
 }
 
 // ipState is one source address's (or IPv6 prefix's) history. Kept until
-// idle for a minute so that disconnecting does not reset the rate bucket.
+// idle for a minute, and its rate bucket full, so that disconnecting does
+// not reset the rate bucket.
 type ipState struct {
 	conns      int
 	rate       *rate.Limiter // connection rate bucket; nil without ConnRatePerIP
@@ -280,13 +281,16 @@ func (l *Limiter) Banned(ip netip.Addr) bool {
 	return st != nil && l.now().Before(st.bannedTill)
 }
 
-// Sweep forgets addresses idle for a minute with no connection and no ban.
+// Sweep forgets addresses idle for a minute with no connection, no ban
+// and a full rate bucket (a new one is full: forgetting one that is still
+// refilling, under a rate below one a minute, would lift the rate).
 func (l *Limiter) Sweep() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
 	for ip, st := range l.ips {
-		if st.conns == 0 && now.After(st.bannedTill) && now.Sub(st.lastSeen) > time.Minute {
+		if st.conns == 0 && now.After(st.bannedTill) && now.Sub(st.lastSeen) > time.Minute &&
+			(st.rate == nil || st.rate.TokensAt(now) >= float64(st.rate.Burst())) {
 			delete(l.ips, ip)
 		}
 	}

@@ -179,3 +179,31 @@ func TestRatesForgetFullBuckets(t *testing.T) {
 		t.Fatalf("%d buckets kept after every one refilled, want at most the active one", n)
 	}
 }
+
+// TestSweepKeepsRefillingBucket: Sweep forgets an idle address only once
+// its rate bucket has filled up again, as a new one would be. With a rate
+// under one connection a minute (conn-rate-per-ip 0.01: one per 100 s)
+// the bucket is not full a minute after the last connection closed, and
+// forgetting it then gave the address a full bucket: one connection every
+// minute and a bit, not every 100 s.
+func TestSweepKeepsRefillingBucket(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := New(Limits{ConnRatePerIP: 0.01})
+	l.now = func() time.Time { return now }
+	ip := netip.MustParseAddr("192.0.2.7")
+	key, r, ok := l.Admit(ip)
+	if !ok {
+		t.Fatalf("first connection refused: %v", r)
+	}
+	l.Release(key)
+	now = now.Add(61 * time.Second)
+	l.Sweep()
+	now = now.Add(time.Second)
+	if got := refusal(l.Admit(ip)); got != reason.LimitRate.String() {
+		t.Fatalf("62 s after a connection, at one per 100 s: %s, want %s", got, reason.LimitRate)
+	}
+	now = now.Add(40 * time.Second)
+	if got := refusal(l.Admit(ip)); got != "admitted" {
+		t.Fatalf("102 s after a connection, at one per 100 s: %s", got)
+	}
+}
