@@ -30,6 +30,16 @@ func TestHelperMain(t *testing.T) {
 			break
 		}
 	}
+	if file := os.Getenv("MEETPOINT_HELPER_PANIC_ON"); file != "" {
+		go func() { // TestServePanicIsNotExit2: a panic once serve made file
+			for {
+				if _, err := os.Stat(file); err == nil {
+					panic("the test's panic: " + file + " exists")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
 	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
