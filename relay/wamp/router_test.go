@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1253,12 +1254,16 @@ func TestDrainRefusesAndAborts(t *testing.T) {
 	}
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n", Subprotocol)
+	// The drain also closes idle keep-alive connections (net/http's
+	// Shutdown): the upgrade finds its connection closed, or, where it
+	// came first, is answered 503; never 101.
 	resp, err = http.ReadResponse(br, nil)
-	if err != nil {
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+	case err != nil:
 		t.Fatalf("an upgrade during the drain: %v", err)
-	}
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("an upgrade during the drain answered %s, want 503", resp.Status)
+	case resp.StatusCode != http.StatusServiceUnavailable:
+		t.Fatalf("an upgrade during the drain answered %s, want 503 (or its connection closed)", resp.Status)
 	}
 }
 
