@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,9 @@ func (s *Server) startHTTP() {
 
 type tlsStateKey struct{}
 
+// bodyKey finds a request's minRateBody (RequestBodyError).
+type bodyKey struct{}
+
 // pacedConnKey finds the pacedConn that carries an HTTP/1 request.
 type pacedConnKey struct{}
 
@@ -184,6 +188,7 @@ func (s *Server) httpRoot() http.Handler {
 				b.pc, _ = r.Context().Value(pacedConnKey{}).(*pacedConn)
 			}
 			r.Body = b
+			r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, b)) // for RequestBodyError
 			// HTTP/1: due from now, before any handler runs: a response
 			// past net/http's 2 KiB buffer (or a Flush) makes it read what
 			// the handler left inside the handler's own Write. (HTTP/2
@@ -225,9 +230,25 @@ func (s *Server) httpRoot() http.Handler {
 	})
 }
 
-// errSlowBody is what a handler reads from a request body that arrived
+// ErrSlowBody is what a handler reads from a request body that arrived
 // slower than HTTPMinBodyRate after HTTPBodyTimeout.
-var errSlowBody = errors.New("request body too slow (--http-min-body-rate)")
+var ErrSlowBody = errors.New("request body too slow (--http-min-body-rate)")
+
+// RequestBodyError is the error the relay's bounds on r's body failed a
+// read of it with: an *http.MaxBytesError (over HTTPMaxBody) or
+// ErrSlowBody; nil if they failed none. A handler that does not read the
+// body itself (a reverse proxy's transport does) tells with it the
+// client's fault from its own. A read of the body in progress is waited
+// for (it ends by the body's deadline at the latest).
+func RequestBodyError(r *http.Request) error {
+	b, ok := r.Context().Value(bodyKey{}).(*minRateBody) // r may be a copy whose Body wraps it (httputil.ReverseProxy's)
+	if !ok {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fault
+}
 
 // minRateBody is a request body that must keep arriving: each read's
 // deadline is the body's start plus HTTPBodyTimeout plus the time its
@@ -243,6 +264,10 @@ type minRateBody struct {
 	got   int64
 	ended bool        // read to its end or its error
 	cut   atomic.Bool // cut for its pace, and counted
+	// mu is held by Read, so that RequestBodyError, on another goroutine,
+	// sees the fault of a read that failed as its caller saw it fail.
+	mu    sync.Mutex
+	fault error // a read failed for the relay's bounds (RequestBodyError); under mu
 }
 
 // cutForPace counts the body as cut for its pace, once.
@@ -273,13 +298,19 @@ func (b *minRateBody) deadline() time.Time {
 
 // Read implements io.Reader.
 func (b *minRateBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	_ = b.rc.SetReadDeadline(b.deadline())
 	n, err := b.ReadCloser.Read(p)
 	b.got += int64(n)
+	var tooBig *http.MaxBytesError
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		b.cutForPace()
-		err = errSlowBody
+		err = ErrSlowBody
+		b.fault = err
+	case errors.As(err, &tooBig):
+		b.fault = err
 	case err == io.EOF:
 		_ = b.rc.SetReadDeadline(time.Time{}) // net/http's own deadlines from here
 	case err == nil && b.pc != nil:

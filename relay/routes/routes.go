@@ -96,6 +96,18 @@ func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
 		},
 		FlushInterval: -1, // stream: server-sent events, long polls, large downloads
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			// The relay cut the client's body (its size, its pace): the
+			// client's fault, not the service's, and no warning (any
+			// client could write one a request).
+			var tooBig *http.MaxBytesError
+			switch berr := relay.RequestBodyError(r); {
+			case errors.As(berr, &tooBig):
+				http.Error(w, fmt.Sprintf("413: the request body is over %d bytes (--http-max-body)", tooBig.Limit), http.StatusRequestEntityTooLarge)
+				return
+			case berr != nil:
+				http.Error(w, "408: "+berr.Error(), http.StatusRequestTimeout)
+				return
+			}
 			s.Logger().Warn("route upstream failed", "prefix", rt.Prefix, "target", target.Redacted(), "err", err)
 			status := http.StatusBadGateway
 			if errors.Is(err, http.ErrHandlerTimeout) {
