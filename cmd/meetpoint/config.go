@@ -290,6 +290,22 @@ func hideCredentials(s string) string {
 	return s
 }
 
+// hiddenArgs is a command line as the admin listener shows it
+// (/debug/pprof/cmdline): each argument, or a flag's value after its
+// "=", with the credentials of a URL in it written xxxxx
+// (hideCredentials).
+func hiddenArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if name, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(name, "-") {
+			out[i] = name + "=" + hideCredentials(v)
+		} else {
+			out[i] = hideCredentials(a)
+		}
+	}
+	return out
+}
+
 // secretParam reports whether a URL query parameter's name says it holds
 // a credential.
 func secretParam(name string) bool {

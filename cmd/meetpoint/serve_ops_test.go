@@ -776,3 +776,35 @@ func TestServePanicIsNotExit2(t *testing.T) {
 		t.Fatalf("a panic exited with status 2, which systemd is told never to restart")
 	}
 }
+
+// TestAdminCmdlineHidesCredentials: the admin listener's
+// /debug/pprof/cmdline answers the process's command line, and passwords
+// and keys in URLs given there are "used, never shown"
+// (docs/security.md, "Secrets") as --print-config hides them; the rest
+// of the command line stays readable.
+func TestAdminCmdlineHidesCredentials(t *testing.T) {
+	args := []string{"--admin-listen", "127.0.0.1:0",
+		"--auth", "webhook:http://hookuser:PASSW0RD@127.0.0.1:1/check?key=QK3Y",
+		"--events", "--events-redis=redis://:S3CRET@127.0.0.1:1/0"}
+	saved := os.Args
+	os.Args = append([]string{"meetpoint", "serve", "--listen", "127.0.0.1:0"}, args...) // what pprof reads
+	t.Cleanup(func() { os.Args = saved })
+	ts := startServe(t, args...)
+	code, body := adminGet(t, ts, "/debug/pprof/cmdline")
+	if code != 200 {
+		t.Fatalf("/debug/pprof/cmdline: %d", code)
+	}
+	for _, secret := range []string{"PASSW0RD", "QK3Y", "S3CRET"} {
+		if strings.Contains(body, secret) {
+			t.Errorf("/debug/pprof/cmdline shows %s", secret)
+		}
+	}
+	for _, kept := range []string{"meetpoint\x00serve\x00", "webhook:http://hookuser:xxxxx@127.0.0.1:1/check?", "--events-redis=redis://:xxxxx@127.0.0.1:1/0"} {
+		if !strings.Contains(body, kept) {
+			t.Errorf("/debug/pprof/cmdline leaves out %q", kept)
+		}
+	}
+	if t.Failed() {
+		t.Logf("%q", body)
+	}
+}

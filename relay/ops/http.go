@@ -73,14 +73,20 @@ const notRelayBody = "meetpoint relay: connect with a WebSocket or a raw TCP JSO
 // AdminHandler serves /metrics, /healthz and /readyz as on the relay port,
 // plus the runtime profiler under /debug/pprof/, for a separate admin
 // listener (meetpoint serve --admin-listen): keep that address on loopback
-// or a management network.
-func AdminHandler(s *relay.Server) http.Handler {
+// or a management network. /debug/pprof/cmdline answers cmdline, NUL
+// separated as net/http/pprof's does, not os.Args: the caller gives the
+// command line with the credentials its arguments carry hidden (a
+// password in a Redis or webhook URL is used, never shown).
+func AdminHandler(s *relay.Server, cmdline []string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metricsHandler(s))
 	mux.Handle("/healthz", healthz())
 	mux.Handle("/readyz", readyz(s))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		writeText(w, r, 200, []byte(strings.Join(cmdline, "\x00")))
+	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)

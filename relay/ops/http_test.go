@@ -227,7 +227,7 @@ func TestOpsHTTPEndpoints(t *testing.T) {
 
 func TestOpsAdminHandler(t *testing.T) {
 	s := server(t, nil)
-	hs := httptest.NewServer(AdminHandler(s))
+	hs := httptest.NewServer(AdminHandler(s, nil))
 	defer hs.Close()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(hs.URL + path)
@@ -271,7 +271,7 @@ func TestOpsAdminHandler(t *testing.T) {
 // Shutdown returns as soon as the last tunnel ends by itself.
 func TestOpsDrainTunnelEndsByItself(t *testing.T) {
 	s := server(t, nil)
-	hs := httptest.NewServer(AdminHandler(s))
+	hs := httptest.NewServer(AdminHandler(s, nil))
 	defer hs.Close()
 	a, b := relaytest.Pair(t, relaytest.TCPURL(s), relaytest.WSURL(s), "ops-drain-early", "")
 	opsEcho(t, a, b, "before")
