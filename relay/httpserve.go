@@ -173,7 +173,7 @@ func (s *Server) httpRoot() http.Handler {
 			// earlier requests): new connections are refused at accept.
 			s.stats.httpBanned.Inc()
 			w.Header().Set("Connection", "close")
-			http.Error(w, "403 forbidden: this address is banned for failed authentications", http.StatusForbidden)
+			refuse(w, r.URL.Path, http.StatusForbidden, "403 forbidden: this address is banned for failed authentications")
 			return
 		}
 		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
@@ -202,19 +202,19 @@ func (s *Server) httpRoot() http.Handler {
 		p, err := cleanPath(r.URL.EscapedPath())
 		if err != nil {
 			s.stats.httpBadPath.Inc()
-			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+			refuse(w, r.URL.Path, http.StatusBadRequest, "400 bad request: "+err.Error())
 			return
 		}
 		r.URL.Path, r.URL.RawPath = p, ""
 		if s.cfg.Access != nil && !healthCheck(r) && !s.Allow(IdentityOfRequest(r), ActionHTTP, r.URL.Path) {
 			s.stats.httpDenied.Inc()
-			http.Error(w, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client", http.StatusForbidden)
+			refuse(w, r.URL.Path, http.StatusForbidden, "403 forbidden: the access rules do not allow "+r.URL.Path+" to this client")
 			return
 		}
 		if r.Header.Get("Upgrade") != "" {
 			if !s.originAllowed(r.Header.Get("Origin")) {
 				s.stats.httpOrigin.Inc()
-				http.Error(w, "403 forbidden: this page's origin may not open WebSockets to the relay (--allowed-origins)", http.StatusForbidden)
+				refuse(w, r.URL.Path, http.StatusForbidden, "403 forbidden: this page's origin may not open WebSockets to the relay (--allowed-origins)")
 				return
 			}
 			for _, p := range r.Header.Values("Sec-WebSocket-Protocol") {
@@ -228,6 +228,25 @@ func (s *Server) httpRoot() http.Handler {
 		}
 		s.mux.ServeHTTP(w, r)
 	})
+}
+
+// APIPath reports whether path is under one of the relay's JSON APIs
+// (/v1/…, the groups API), whose errors are JSON whatever the path.
+func APIPath(path string) bool {
+	return strings.HasPrefix(path, "/v1/") || path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") ||
+		strings.HasPrefix(path, "/group/")
+}
+
+// refuse answers a request the relay refuses before any handler (its
+// path, an access rule, a ban, an origin): under the JSON APIs
+// (APIPath) a JSON error, {"error": text}, as their handlers' own are;
+// elsewhere text.
+func refuse(w http.ResponseWriter, path string, status int, text string) {
+	if APIPath(path) {
+		WriteJSON(w, status, map[string]string{"error": text})
+		return
+	}
+	http.Error(w, text, status)
 }
 
 // ErrSlowBody is what a handler reads from a request body that arrived

@@ -44,27 +44,20 @@ func Register(s *relay.Server) {
 		if allow := s.MethodsAt(r.URL.Path); len(allow) > 0 { // served, not with this method
 			w.Header().Set("Allow", strings.Join(allow, ", "))
 			msg := fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))
-			if apiPath(r.URL.Path) {
+			if relay.APIPath(r.URL.Path) {
 				relay.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": msg})
 			} else {
 				writeText(w, r, http.StatusMethodNotAllowed, []byte(msg+"\n"))
 			}
 			return
 		}
-		if apiPath(r.URL.Path) {
+		if relay.APIPath(r.URL.Path) {
 			relay.WriteJSON(w, http.StatusNotFound, map[string]string{
 				"error": fmt.Sprintf("%s %s: not served by this relay (see its --help for the APIs and the flags that turn them on)", r.Method, r.URL.Path)})
 			return
 		}
 		writeText(w, r, 404, []byte(notRelayBody))
 	}))
-}
-
-// apiPath reports whether path is under one of the relay's JSON APIs
-// (/v1/…, the groups API), whose errors are JSON whatever the path.
-func apiPath(path string) bool {
-	return strings.HasPrefix(path, "/v1/") || path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") ||
-		strings.HasPrefix(path, "/group/")
 }
 
 // notRelayBody answers paths nobody serves on the relay port.

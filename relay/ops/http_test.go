@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -452,5 +453,45 @@ func TestReadyzParts(t *testing.T) {
 	partOK.Store(true)
 	if code, _, body := opsGet(t, addr, "GET", "/readyz?strict=1"); code != 200 || body != "ready\nfleet: ready\n" {
 		t.Errorf("/readyz?strict=1 with every part up: %d %q", code, body)
+	}
+}
+
+// denyPaths is an access policy refusing HTTP requests for some paths.
+type denyPaths map[string]bool
+
+func (d denyPaths) Allow(_ *relay.Identity, action, target string) (bool, string) {
+	if action == relay.ActionHTTP && d[target] {
+		return false, "deny"
+	}
+	return true, "allow"
+}
+
+// TestAPIRefusalsAreJSON: under the JSON APIs (/v1/…, /group, /groups…)
+// every error is JSON, {"error": "…"} (docs/operations.md), the relay's
+// own refusals before any handler too — a path it refuses (400) and a
+// path the access rules refuse (403); elsewhere they stay text.
+func TestAPIRefusalsAreJSON(t *testing.T) {
+	s := server(t, func(c *relay.Config) {
+		c.Access = denyPaths{"/v1/tokens": true, "/groups": true, "/metrics": true}
+	})
+	addr := s.Addrs()[0].String()
+	for _, c := range []struct {
+		method, path string
+		code         int
+		json         bool
+	}{
+		{"POST", "/v1/tokens", 403, true},
+		{"GET", "/groups", 403, true},
+		{"GET", "/v1/turn/%2e%2e/credentials", 400, true},
+		{"GET", "/groups/a%2Fb", 400, true},
+		{"GET", "/metrics", 403, false},
+		{"GET", "/page/%2e%2e/x", 400, false},
+	} {
+		code, h, body := opsGet(t, addr, c.method, c.path)
+		var e struct{ Error string }
+		isJSON := h.Get("Content-Type") == "application/json" && json.Unmarshal([]byte(body), &e) == nil && e.Error != ""
+		if code != c.code || isJSON != c.json {
+			t.Errorf("%s %s: %d %s %q, want %d (JSON: %v)", c.method, c.path, code, h.Get("Content-Type"), body, c.code, c.json)
+		}
 	}
 }
