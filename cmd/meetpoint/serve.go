@@ -944,7 +944,7 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 			return 1
 		}
 		adminAddr = ln.Addr()
-		admin = &http.Server{Handler: ops.AdminHandler(srv, hiddenArgs(os.Args)), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		admin = &http.Server{Handler: ops.AdminHandler(srv, hiddenArgs(os.Args)), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: o.cfg.HTTPIdleTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go func() {
 			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener", "err", err)

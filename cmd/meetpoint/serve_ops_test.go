@@ -808,3 +808,31 @@ func TestAdminCmdlineHidesCredentials(t *testing.T) {
 		t.Logf("%q", body)
 	}
 }
+
+// TestAdminIdleConnectionClosed: a keep-alive connection to the admin
+// listener that stays idle is closed after --http-idle-timeout ("close an
+// idle keep-alive HTTP connection after this long"), as on the relay
+// port; it was held, with its goroutine, for as long as the client
+// liked.
+func TestAdminIdleConnectionClosed(t *testing.T) {
+	ts := startServe(t, "--admin-listen", "127.0.0.1:0", "--http-idle-timeout", "300ms")
+	c, err := net.Dial("tcp", ts.started.admin.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle admin connection: %v, want it closed (EOF) after --http-idle-timeout", err)
+	}
+}
