@@ -369,6 +369,9 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 			}
 			return moved, false
 		}
+		// All taken: a TLS session may have just written what it kept
+		// (ciphertext its socket refused before), with no Write to tell.
+		l.progressed(dst)
 		if dst.Ctrl.Len() == 0 {
 			break
 		}

@@ -1,0 +1,137 @@
+package loop
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+)
+
+// tlsEnd is a server session (HandshakeTLS with conf) for a pair end and
+// its crypto/tls client; the pair closes the session, the test the
+// client.
+func tlsEnd(t *testing.T, conf *tls.Config) (*TLSSession, *tls.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+	t.Cleanup(func() { nc.Close() })
+	_ = c.SetDeadline(time.Now().Add(testutil.Patience))
+	hs := make(chan error, 1)
+	go func() { hs <- c.Handshake() }()
+	s, err := acceptSession(ln, conf)
+	if err != nil {
+		t.Fatalf("server handshake: %v", err)
+	}
+	if err := <-hs; err != nil {
+		s.Close()
+		t.Fatalf("client handshake: %v", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return s, c, nc
+}
+
+// tlsPending is the ciphertext s holds that its socket has not taken
+// (loop goroutine, or with the session idle).
+func tlsPending(s *TLSSession) int {
+	if s.rl != nil {
+		s.rl.wmu.Lock()
+		defer s.rl.wmu.Unlock()
+		return s.rl.pendingLocked()
+	}
+	s.ad.mu.Lock()
+	defer s.ad.mu.Unlock()
+	return len(s.ad.pending)
+}
+
+// queued is how many bytes wait in fd's socket: unread (SIOCINQ) or, on
+// the sending side, not yet acknowledged (SIOCOUTQ).
+func queued(t *testing.T, fd int, req uint) int {
+	t.Helper()
+	n, err := unix.IoctlGetInt(fd, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// smallTLSReceiver starts a pair from a plain end (A) to a TLS end (B)
+// whose path has small socket buffers, so that the session keeps
+// ciphertext its socket does not take, and returns A's client, B's
+// client, the session and the pair.
+func smallTLSReceiver(t *testing.T, l *Loop, conf *tls.Config) (net.Conn, *tls.Conn, *TLSSession, *Pair) {
+	t.Helper()
+	ca, fa := tcpPair(t)
+	s, cb, nb := tlsEnd(t, conf)
+	_ = nb.(*net.TCPConn).SetReadBuffer(4 << 10)
+	_ = unix.SetsockoptInt(s.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10)
+	p := &Pair{Owner: make(pairOwner, 1)}
+	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
+	p.B.Sock, p.B.Ender = s, noEnder{}
+	on(t, l, func() { l.StartPair(p) })
+	t.Cleanup(func() { on(t, l, func() { l.Abort(p, 0, 0, "") }) })
+	return ca, cb, s, p
+}
+
+// TestTLSReceiverCaughtUpIsNoStall: a TLS receiver that was slow for a
+// moment and then read everything is not stalled: the write that
+// empties its session's ciphertext (a Flush, once Write had nothing
+// more to seal) stops the write-stall clock. It once left it running,
+// so the tunnel, idle with nothing owed to anyone, was ended as
+// write_stall WriteStallTimeout after the receiver's moment of slowness.
+func TestTLSReceiverCaughtUpIsNoStall(t *testing.T) {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	plain := &tls.Config{Certificates: []tls.Certificate{cert}}
+	t.Run("crypto_tls", func(t *testing.T) { receiverCaughtUpIsNoStall(t, plain) })
+	t.Run("own_records", func(t *testing.T) { receiverCaughtUpIsNoStall(t, OwnRecords(plain)) })
+}
+
+func receiverCaughtUpIsNoStall(t *testing.T, conf *tls.Config) {
+	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience})
+	ca, cb, s, p := smallTLSReceiver(t, l, conf)
+	data := make([]byte, 60000) // one read's worth, more than the path to B holds
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if _, err := ca.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := ca.(*net.TCPConn).SyscallConn()
+	testutil.WaitFor(t, func() bool {
+		sent := false
+		_ = raw.Control(func(fd uintptr) { sent = queued(t, int(fd), unix.SIOCOUTQ) == 0 })
+		stalled := false
+		on(t, l, func() {
+			stalled = sent && queued(t, p.A.fd, unix.SIOCINQ) == 0 && p.B.stallSince != 0 && tlsPending(s) > 0
+		})
+		return stalled
+	}, "the relay to have read all of A's bytes and to hold ciphertext B's socket refused")
+	got := make([]byte, len(data))
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if _, err := io.ReadFull(cb, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B read %v, or not the bytes sent", err)
+	}
+	var since int64
+	testutil.WaitFor(t, func() bool {
+		idle := false
+		on(t, l, func() { idle, since = tlsPending(s) == 0 && p.B.idle(), p.B.stallSince })
+		return idle
+	}, "the relay to have written everything to B")
+	if since != 0 {
+		t.Fatalf("B read everything and nothing waits for it, but its write stall still counts from %v ago",
+			time.Since(time.Unix(0, since)).Round(time.Millisecond))
+	}
+}
