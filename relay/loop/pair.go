@@ -339,6 +339,13 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 			dst.pipe = nil
 		}
 	}
+	// A TLS session writes ciphertext it kept while its Write and Flush
+	// still answer EAGAIN: progress all the same.
+	snd, _ := dst.Sock.(sender)
+	sent := 0
+	if snd != nil {
+		sent = snd.Sent()
+	}
 	for {
 		for len(dst.out) > 0 {
 			if !dst.writable {
@@ -352,7 +359,7 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 			}
 			if err == unix.EAGAIN {
 				dst.writable = false
-				l.stall(dst)
+				l.refused(dst, snd, sent)
 				return moved, false
 			}
 			if err != nil {
@@ -363,7 +370,7 @@ func (l *Loop) flush(dst *End) (moved, empty bool) {
 		if err := dst.Sock.Flush(); err != nil {
 			if err == unix.EAGAIN {
 				dst.writable = false
-				l.stall(dst)
+				l.refused(dst, snd, sent)
 			} else {
 				l.writeFailed(dst, err)
 			}
@@ -628,6 +635,16 @@ func (l *Loop) writeFailed(dst *End, err error) {
 	dst.broken = true
 	l.startClose(dst.p, dst, reason.IOError)
 	l.teardown(dst.p)
+}
+
+// refused notes that e's socket took no more output: a stall, whose
+// clock starts afresh if snd (e's Sock as a sender, or nil) wrote some
+// of the output it kept since it counted sent.
+func (l *Loop) refused(e *End, snd sender, sent int) {
+	if snd != nil && snd.Sent() != sent {
+		l.progressed(e)
+	}
+	l.stall(e)
 }
 
 func (l *Loop) stall(e *End) {

@@ -23,6 +23,14 @@ type Sock interface {
 	Fd() int
 }
 
+// sender is a Sock that keeps output it accepted but its socket has not
+// taken yet (TLS ciphertext): Sent counts its write(2) calls that moved
+// some of it, so that its owner sees a receiver take bytes while Write
+// and Flush still answer unix.EAGAIN.
+type sender interface {
+	Sent() int
+}
+
 // PlainSock is a non-blocking socket descriptor owned by its holder.
 type PlainSock int
 

@@ -76,7 +76,7 @@ func smallTLSReceiver(t *testing.T, l *Loop, conf *tls.Config) (net.Conn, *tls.C
 	t.Helper()
 	ca, fa := tcpPair(t)
 	s, cb, nb := tlsEnd(t, conf)
-	_ = nb.(*net.TCPConn).SetReadBuffer(4 << 10)
+	_ = nb.(*net.TCPConn).SetReadBuffer(32 << 10)
 	_ = unix.SetsockoptInt(s.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10)
 	p := &Pair{Owner: make(pairOwner, 1)}
 	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
@@ -133,5 +133,51 @@ func receiverCaughtUpIsNoStall(t *testing.T, conf *tls.Config) {
 	if since != 0 {
 		t.Fatalf("B read everything and nothing waits for it, but its write stall still counts from %v ago",
 			time.Since(time.Unix(0, since)).Round(time.Millisecond))
+	}
+}
+
+// TestTLSReceiverTakingBytesIsNoStall: a TLS receiver that reads slowly
+// but steadily is not a stalled one. Its session holds up to a chunk of
+// ciphertext the socket has not taken; each time the client makes room,
+// part of it is written — progress, which must restart the write-stall
+// clock as a partial write on a plain socket does. Otherwise a client on
+// a slow link (64 KiB in WriteStallTimeout: 52 kbit/s for the default
+// 10 s) is cut off as write_stall while it reads.
+func TestTLSReceiverTakingBytesIsNoStall(t *testing.T) {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	plain := &tls.Config{Certificates: []tls.Certificate{cert}}
+	t.Run("crypto_tls", func(t *testing.T) { receiverTakingBytesIsNoStall(t, plain) })
+	t.Run("own_records", func(t *testing.T) { receiverTakingBytesIsNoStall(t, OwnRecords(plain)) })
+}
+
+func receiverTakingBytesIsNoStall(t *testing.T, conf *tls.Config) {
+	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience})
+	ca, cb, s, p := smallTLSReceiver(t, l, conf)
+	go func() { _, _ = ca.Write(make([]byte, 1<<20)) }()
+
+	var since int64
+	var sent int
+	state := func() (int64, int) {
+		var at int64
+		var n int
+		on(t, l, func() { at, n = p.B.stallSince, s.Sent() })
+		return at, n
+	}
+	testutil.WaitFor(t, func() bool {
+		since, sent = state()
+		return since != 0
+	}, "the relay to find the TLS receiver's socket full")
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	buf := make([]byte, 2<<10)
+	for range 1 << 20 / len(buf) {
+		if _, err := io.ReadFull(cb, buf); err != nil {
+			t.Fatal(err)
+		}
+		now, n := state()
+		if n > sent && since != 0 && now == since {
+			t.Fatalf("the receiver took ciphertext, but its write stall still counts from %v ago",
+				time.Since(time.Unix(0, since)).Round(time.Millisecond))
+		}
+		since, sent = now, n
 	}
 }

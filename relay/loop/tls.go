@@ -489,6 +489,19 @@ func (s *TLSSession) WriteAll(b []byte) (int, error) {
 	return s.tc.Write(b)
 }
 
+// Sent counts the write(2) calls that moved ciphertext (a loop's stall
+// check sees its client read by it). Any goroutine.
+func (s *TLSSession) Sent() int {
+	if s.rl != nil {
+		s.rl.wmu.Lock()
+		defer s.rl.wmu.Unlock()
+		return s.rl.writes
+	}
+	s.ad.mu.Lock()
+	defer s.ad.mu.Unlock()
+	return s.ad.writes
+}
+
 // Flush implements Sock.
 func (s *TLSSession) Flush() error {
 	if s.abandoned {
