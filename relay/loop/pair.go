@@ -253,9 +253,17 @@ func (l *Loop) contain(p *Pair) {
 }
 
 // idle reports that nothing waits to be written to e (or that nothing can
-// be: its socket is gone).
+// be: its socket is gone), its socket's own output (TLS ciphertext)
+// included: a Write accepted it, but only a Flush delivers it.
 func (e *End) idle() bool {
-	return e.broken || len(e.out) == 0 && e.Ctrl.Len() == 0 && (e.pipe == nil || e.pipe.N == 0)
+	if e.broken {
+		return true
+	}
+	if len(e.out) > 0 || e.Ctrl.Len() > 0 || e.pipe != nil && e.pipe.N > 0 {
+		return false
+	}
+	snd, ok := e.Sock.(sender)
+	return !ok || snd.Pending() == 0
 }
 
 // pump writes what waits for dst and, if that is all written, reads once

@@ -24,11 +24,14 @@ type Sock interface {
 }
 
 // sender is a Sock that keeps output it accepted but its socket has not
-// taken yet (TLS ciphertext): Sent counts its write(2) calls that moved
-// some of it, so that its owner sees a receiver take bytes while Write
-// and Flush still answer unix.EAGAIN.
+// taken yet (TLS ciphertext).
 type sender interface {
+	// Sent counts its write(2) calls that moved some of that output, so
+	// that its owner sees a receiver take bytes while Write and Flush
+	// still answer unix.EAGAIN.
 	Sent() int
+	// Pending is how many bytes of output it keeps.
+	Pending() int
 }
 
 // PlainSock is a non-blocking socket descriptor owned by its holder.

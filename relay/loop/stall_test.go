@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 )
 
@@ -44,19 +46,6 @@ func tlsEnd(t *testing.T, conf *tls.Config) (*TLSSession, *tls.Conn, net.Conn) {
 	return s, c, nc
 }
 
-// tlsPending is the ciphertext s holds that its socket has not taken
-// (loop goroutine, or with the session idle).
-func tlsPending(s *TLSSession) int {
-	if s.rl != nil {
-		s.rl.wmu.Lock()
-		defer s.rl.wmu.Unlock()
-		return s.rl.pendingLocked()
-	}
-	s.ad.mu.Lock()
-	defer s.ad.mu.Unlock()
-	return len(s.ad.pending)
-}
-
 // queued is how many bytes wait in fd's socket: unread (SIOCINQ) or, on
 // the sending side, not yet acknowledged (SIOCOUTQ).
 func queued(t *testing.T, fd int, req uint) int {
@@ -68,6 +57,15 @@ func queued(t *testing.T, fd int, req uint) int {
 	return n
 }
 
+// smallTLS is tlsEnd with small socket buffers on the way to the client.
+func smallTLS(t *testing.T, conf *tls.Config) (*TLSSession, *tls.Conn) {
+	t.Helper()
+	s, c, nc := tlsEnd(t, conf)
+	_ = nc.(*net.TCPConn).SetReadBuffer(32 << 10)
+	_ = unix.SetsockoptInt(s.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10)
+	return s, c
+}
+
 // smallTLSReceiver starts a pair from a plain end (A) to a TLS end (B)
 // whose path has small socket buffers, so that the session keeps
 // ciphertext its socket does not take, and returns A's client, B's
@@ -75,9 +73,7 @@ func queued(t *testing.T, fd int, req uint) int {
 func smallTLSReceiver(t *testing.T, l *Loop, conf *tls.Config) (net.Conn, *tls.Conn, *TLSSession, *Pair) {
 	t.Helper()
 	ca, fa := tcpPair(t)
-	s, cb, nb := tlsEnd(t, conf)
-	_ = nb.(*net.TCPConn).SetReadBuffer(32 << 10)
-	_ = unix.SetsockoptInt(s.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10)
+	s, cb := smallTLS(t, conf)
 	p := &Pair{Owner: make(pairOwner, 1)}
 	p.A.Sock, p.A.Ender = PlainSock(fa), noEnder{}
 	p.B.Sock, p.B.Ender = s, noEnder{}
@@ -115,7 +111,7 @@ func receiverCaughtUpIsNoStall(t *testing.T, conf *tls.Config) {
 		_ = raw.Control(func(fd uintptr) { sent = queued(t, int(fd), unix.SIOCOUTQ) == 0 })
 		stalled := false
 		on(t, l, func() {
-			stalled = sent && queued(t, p.A.fd, unix.SIOCINQ) == 0 && p.B.stallSince != 0 && tlsPending(s) > 0
+			stalled = sent && queued(t, p.A.fd, unix.SIOCINQ) == 0 && p.B.stallSince != 0 && s.Pending() > 0
 		})
 		return stalled
 	}, "the relay to have read all of A's bytes and to hold ciphertext B's socket refused")
@@ -127,7 +123,7 @@ func receiverCaughtUpIsNoStall(t *testing.T, conf *tls.Config) {
 	var since int64
 	testutil.WaitFor(t, func() bool {
 		idle := false
-		on(t, l, func() { idle, since = tlsPending(s) == 0 && p.B.idle(), p.B.stallSince })
+		on(t, l, func() { idle, since = s.Pending() == 0 && p.B.idle(), p.B.stallSince })
 		return idle
 	}, "the relay to have written everything to B")
 	if since != 0 {
@@ -179,5 +175,56 @@ func receiverTakingBytesIsNoStall(t *testing.T, conf *tls.Config) {
 				time.Since(time.Unix(0, since)).Round(time.Millisecond))
 		}
 		since, sent = now, n
+	}
+}
+
+// TestTLSReceiverGetsAllBeforeClose: a pair closing (here: a WebSocket
+// client sent a message and its close frame in one write) delivers what
+// it read to a TLS receiver whole, though the session still keeps some
+// of it as ciphertext its socket has not taken: the pair ends once the
+// session has written it, not once its Write has accepted it. It once
+// closed the socket at once, and the receiver lost the message's end
+// (and read a TLS record cut short).
+func TestTLSReceiverGetsAllBeforeClose(t *testing.T) {
+	cert := testutil.Cert(t, "relay", nil, false, net.IPv4(127, 0, 0, 1))
+	plain := &tls.Config{Certificates: []tls.Certificate{cert}}
+	t.Run("crypto_tls", func(t *testing.T) { receiverGetsAllBeforeClose(t, plain) })
+	t.Run("own_records", func(t *testing.T) { receiverGetsAllBeforeClose(t, OwnRecords(plain)) })
+}
+
+func receiverGetsAllBeforeClose(t *testing.T, conf *tls.Config) {
+	l := runningWith(t, Config{WriteStallTimeout: testutil.Patience})
+	ca, fa := tcpPair(t)
+	s, cb := smallTLS(t, conf)
+	data := make([]byte, 60000) // one read with the close frame, more than the path to B holds
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	mask := [4]byte{1, 2, 3, 4}
+	msg := handshake.AppendFrameMasked(nil, ws.OpBinary, true, data, mask)
+	msg = handshake.AppendFrameMasked(msg, ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), mask)
+	if _, err := ca.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := ca.(*net.TCPConn).SyscallConn()
+	testutil.WaitFor(t, func() bool { // in the relay's socket before the pair reads
+		n := -1
+		_ = raw.Control(func(fd uintptr) { n = queued(t, int(fd), unix.SIOCOUTQ) })
+		return n == 0
+	}, "A's frames delivered to the relay")
+	done := make(pairOwner, 1)
+	p := &Pair{Owner: done}
+	p.A.Sock, p.A.Ender, p.A.WS = PlainSock(fa), noEnder{}, &handshake.Stream{}
+	p.B.Sock, p.B.Ender = s, noEnder{}
+	on(t, l, func() { l.StartPair(p) })
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	got, err := io.ReadAll(cb)
+	if !bytes.Equal(got, data) {
+		t.Fatalf("B read %d of %d bytes, then %v", len(got), len(data), err)
+	}
+	select {
+	case <-done:
+	case <-time.After(testutil.Patience):
+		t.Fatal("the pair did not end")
 	}
 }

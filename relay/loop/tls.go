@@ -502,6 +502,19 @@ func (s *TLSSession) Sent() int {
 	return s.ad.writes
 }
 
+// Pending is the ciphertext the session keeps that its socket has not
+// taken yet. Any goroutine.
+func (s *TLSSession) Pending() int {
+	if s.rl != nil {
+		s.rl.wmu.Lock()
+		defer s.rl.wmu.Unlock()
+		return s.rl.pendingLocked()
+	}
+	s.ad.mu.Lock()
+	defer s.ad.mu.Unlock()
+	return len(s.ad.pending)
+}
+
 // Flush implements Sock.
 func (s *TLSSession) Flush() error {
 	if s.abandoned {
