@@ -98,6 +98,7 @@ type End struct {
 	closed             bool // a WebSocket end whose client sent its close frame: nothing may follow it
 	eof                bool // nothing more is read from this end
 	broken             bool // its socket failed or its client is gone: close without lingering
+	stalled            bool // ended by the write-stall check: counted as write_stall, whoever ended the pair first
 
 	// Outbound. Invariant: buf != nil iff out is non-empty or about to be
 	// filled; pipe != nil only on splice pairs.
@@ -674,7 +675,7 @@ func (l *Loop) scanStalls(now time.Time) {
 	for e := range l.stalled {
 		if now.UnixNano()-e.stallSince >= limit && !e.p.dead {
 			l.log.Debug("write stall", "stalled_for", time.Duration(now.UnixNano()-e.stallSince))
-			e.broken = true // it reads nothing: no lingering
+			e.broken, e.stalled = true, true // it reads nothing: no lingering
 			l.startClose(e.p, e, reason.WriteStall)
 			l.teardown(e.p)
 		}
@@ -711,6 +712,9 @@ func (l *Loop) teardown(p *Pair) {
 		r := reason.PartnerClosed
 		if p.culprit == e || p.culprit == nil {
 			r = p.why
+		}
+		if e.stalled { // what was still owed to it is lost for its not reading
+			r = reason.WriteStall
 		}
 		if e.Sock == nil {
 			e.Ender.End(r)

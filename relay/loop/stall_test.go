@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
 )
 
 // tlsEnd is a server session (HandshakeTLS with conf) for a pair end and
@@ -226,5 +228,95 @@ func receiverGetsAllBeforeClose(t *testing.T, conf *tls.Config) {
 	case <-done:
 	case <-time.After(testutil.Patience):
 		t.Fatal("the pair did not end")
+	}
+}
+
+// enderOf records the reason its socket closed with.
+type enderOf chan reason.Reason
+
+func (e enderOf) End(r reason.Reason) { e <- r }
+
+// smallTCP is a loopback connection whose client's receive buffer and
+// relay side's send buffer are small from the start (so its window is
+// too): the relay's side as a non-blocking descriptor (the pair closes
+// it); the client's is closed when the test ends.
+func smallTCP(t *testing.T) (net.Conn, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<10) })
+	}}
+	c, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := DupConn(s)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	return c, fd
+}
+
+// TestStallAfterSenderLeftCountsWriteStall: a receiver that stops
+// reading is ended as write_stall even when its partner left first (a
+// WebSocket client sent its last message and its close frame in one
+// write): what the relay still held for it is lost for its not reading,
+// not for its partner's leaving. It was counted as partner_closed, so
+// write_stall, the operators' count of receivers that stopped reading,
+// missed those whose sender had finished.
+func TestStallAfterSenderLeftCountsWriteStall(t *testing.T) {
+	t.Parallel()
+	l := runningWith(t, Config{WriteStallTimeout: 200 * time.Millisecond})
+	ca, fa := tcpPair(t)
+	cb, fb := smallTCP(t) // not read until the pair has ended
+	mask := [4]byte{1, 2, 3, 4}
+	const size = 65000 // with the close frame, one read; more than the way to B holds
+	msg := handshake.AppendFrameMasked(nil, ws.OpBinary, true, make([]byte, size), mask)
+	msg = handshake.AppendFrameMasked(msg, ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""), mask)
+	if _, err := ca.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := ca.(*net.TCPConn).SyscallConn()
+	testutil.WaitFor(t, func() bool { // in the relay's socket before the pair reads: one read
+		n := -1
+		_ = raw.Control(func(fd uintptr) { n = queued(t, int(fd), unix.SIOCOUTQ) })
+		return n == 0
+	}, "A's frames delivered to the relay")
+	ea, eb := make(enderOf, 1), make(enderOf, 1)
+	p := &Pair{Owner: make(pairOwner, 1)}
+	p.A.Sock, p.A.Ender, p.A.WS = PlainSock(fa), ea, &handshake.Stream{}
+	p.B.Sock, p.B.Ender = PlainSock(fb), eb
+	on(t, l, func() { l.StartPair(p) })
+	for _, c := range []struct {
+		name string
+		e    enderOf
+		want reason.Reason
+	}{{"A", ea, reason.PeerClosed}, {"B", eb, reason.WriteStall}} {
+		select {
+		case r := <-c.e:
+			if r != c.want {
+				t.Errorf("%s ended as %v, want %v", c.name, r, c.want)
+			}
+		case <-time.After(testutil.Patience):
+			t.Fatalf("%s did not end", c.name)
+		}
+	}
+	_ = cb.SetReadDeadline(time.Now().Add(testutil.Patience))
+	if got, _ := io.Copy(io.Discard, cb); got >= size {
+		t.Fatalf("B's client got all %d bytes: the relay held nothing for it", got)
 	}
 }
