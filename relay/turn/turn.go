@@ -589,6 +589,13 @@ func Credentials(secret []byte, user string, ttl time.Duration, now time.Time) (
 // checked by the relay's authenticator, or a registered application's key
 // (the access rules' "http" action already applied to the path); 200 {"username","password","ttl","uris"}.
 func (s *Service) credentials(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodHead {
+		// net/http routes HEAD to a GET pattern: answered without its
+		// body, it would spend a one-time token on nothing.
+		w.Header().Set("Allow", http.MethodGet)
+		relay.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "HEAD /v1/turn/credentials: GET only (a one-time token would be spent)"})
+		return
+	}
 	token := relay.BearerToken(r)
 	if token == "" {
 		s.authFail.Inc()

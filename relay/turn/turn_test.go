@@ -2,6 +2,7 @@ package turn
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	pturn "github.com/pion/turn/v5"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/auth"
 	"github.com/meetpoint/meetpoint/relay/limits"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
@@ -100,6 +102,32 @@ func clientFrom(t *testing.T, s *Service, ip, user, pass string) *pturn.Client {
 	}
 	t.Cleanup(func() { c.Close(); conn.Close() })
 	return c
+}
+
+// TestTURNCredentialsHeadSpendsNoToken: net/http routes HEAD to the GET
+// pattern, so a HEAD of /v1/turn/credentials took a one-time token and
+// answered 200 without the credentials; the GET after it was refused.
+// HEAD is now 405 (Allow: GET) before the token is looked at.
+func TestTURNCredentialsHeadSpendsNoToken(t *testing.T) {
+	store := auth.NewMemStore()
+	_, srv := startWith(t, Config{PortMin: 40000, PortMax: 40100}, func(c *relay.Config) { c.Auth = auth.NewOneTime(store, 0) })
+	tok, _, err := auth.Mint(context.Background(), store, "hanna", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("HEAD", "http://"+relaytest.Addr(srv)+"/v1/turn/credentials", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+		t.Errorf("HEAD: %s, Allow %q; want 405, Allow GET", resp.Status, resp.Header.Get("Allow"))
+	}
+	if code, cr := getCreds(t, srv, tok); code != 200 || !strings.HasSuffix(cr.Username, ":hanna") {
+		t.Fatalf("GET with the token after a HEAD: %d %+v, want 200 and hanna's credentials", code, cr)
+	}
 }
 
 // TestTURNRelaysWithRESTCredentials: credentials from the relay port (the
