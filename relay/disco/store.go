@@ -72,7 +72,7 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		return nil, fmt.Errorf("groups: data dir: %v", err)
 	}
 	path := filepath.Join(dir, "groups.db")
-	db, err := openBolt(path)
+	db, err := s.load(path, now.UnixMilli())
 	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, errDamaged) {
 		// A file bbolt cannot read (damaged storage, a partial copy): the
 		// groups are soft state, minutes of TTL, so it is set aside and the
@@ -81,16 +81,41 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		// which systemd is told never to restart).
 		aside := path + ".corrupt"
 		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("groups: %s: %v; setting it aside: %v", path, err, rerr)
+			return nil, fmt.Errorf("groups: %v; setting it aside: %v", err, rerr)
 		}
 		log.Warn("groups: the kept groups cannot be read: the file is set aside and the relay starts without them",
 			"err", err.Error(), "file", path, "set_aside", aside)
-		db, err = openBolt(path)
+		db, err = s.load(path, now.UnixMilli())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("groups: %s: %v (is another relay using this --data-dir?)", path, err)
+		return nil, fmt.Errorf("groups: %v", err)
 	}
-	ms := now.UnixMilli()
+	s.db = db
+	return s, nil
+}
+
+// load opens path (openBolt) and reads its groups into s, deleting those
+// expired by ms. A panic of bbolt's while reading (a damaged leaf or branch
+// page: bbolt's checksums cover only the meta pages) is returned as
+// errDamaged, as openBolt returns one while opening, with the database
+// closed and s left empty: unrecovered, it would end the process at every
+// start.
+func (s *localStore) load(path string, ms int64) (db *bolt.DB, err error) {
+	if db, err = openBolt(path); errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%s: %w (is another relay using this --data-dir?)", path, err)
+	} else if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%s: %w: %v", path, errDamaged, p)
+		}
+		if err != nil {
+			db.Close()
+			db = nil
+			s.groups, s.perApp, s.bytes = map[string]*record{}, map[string]int{}, 0
+		}
+	}()
 	err = db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -117,11 +142,9 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		return err
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("groups: %v", err)
+		err = fmt.Errorf("%s: %w", path, err)
 	}
-	s.db = db
-	return s, nil
+	return db, err
 }
 
 // errDamaged is a groups.db on which bbolt panicked while opening it: a
