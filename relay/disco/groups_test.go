@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -720,5 +721,59 @@ func TestGroupsTooLargeNamesTheLimit(t *testing.T) {
 	code, _, got = relaytest.HTTP(t, "POST", base+"/group", `{"AppID":"a","Name":"`+strings.Repeat("x", 900)+`"}`)
 	if code != 201 {
 		t.Errorf("POST under both limits: %d %q, want 201", code, got)
+	}
+}
+
+// TestGroupsSweepKeepsARecreatedGroupOnDisk: the sweep drops an expired
+// group from memory, releases the lock, then deletes it from groups.db;
+// a heartbeat re-POST of that group in between (its client was a little
+// late) creates it afresh, and its write may reach bbolt before the
+// sweep's delete. The delete then erased the new group from disk while it
+// lived on in memory: the next restart lost it. Here the test holds
+// bbolt's writer lock so that the sweep waits in its delete, and writes
+// the re-created group as put does, ahead of it.
+func TestGroupsSweepKeepsARecreatedGroupOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	log := slog.New(slog.DiscardHandler)
+	st, err := openLocal(dir, now, 256, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := Group{ID: "g", AppID: "a"}
+	if err := st.put(&record{Group: g, Expires: now.Add(-time.Second).UnixMilli()}, nil, bounds{}, now); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := st.db.Begin(true) // the sweep's delete waits for it
+	if err != nil {
+		t.Fatal(err)
+	}
+	swept := make(chan struct{})
+	go func() { st.sweep(now); close(swept) }()
+	relaytest.WaitFor(t, func() bool { r, _ := st.get("g"); return r == nil }, "the sweep drops the expired group")
+	// The heartbeat: put finds no group and stores a new one (memory,
+	// and the disk ahead of the sweep's delete).
+	rec := &record{Group: g, Expires: now.Add(time.Hour).UnixMilli()}
+	v, _ := json.Marshal(rec)
+	rec.size = int64(len(v))
+	if err := tx.Bucket(bucket).Put([]byte("g"), v); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	st.groups["g"], st.bytes = rec, st.bytes+rec.size
+	st.perApp["a"]++
+	st.mu.Unlock()
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	<-swept
+	st.close()
+	st2, err := openLocal(dir, now, 256, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.close()
+	if r, _ := st2.get("g"); r == nil {
+		t.Fatal("a group re-created while the sweep deleted its expired predecessor is gone after a restart")
 	}
 }

@@ -195,6 +195,29 @@ func (s *localStore) forget(ids ...string) error {
 	})
 }
 
+// forgetExpired deletes ids from bbolt, in one transaction, those whose
+// stored record expired by ms only: the sweep deletes outside the lock,
+// and a group re-created meanwhile (a late heartbeat) may have reached the
+// disk first. A record that is not JSON is deleted, as openLocal does.
+func (s *localStore) forgetExpired(ms int64, ids []string) error {
+	if s.db == nil || len(ids) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		for _, id := range ids {
+			var r struct{ Expires int64 }
+			if v := b.Get([]byte(id)); v == nil || (json.Unmarshal(v, &r) == nil && r.Expires > ms) {
+				continue
+			}
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 func (s *localStore) get(id string) (*record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -321,7 +344,7 @@ func (s *localStore) sweep(now time.Time) {
 			}
 		}
 		s.mu.Unlock()
-		if err := s.forget(gone...); err != nil {
+		if err := s.forgetExpired(ms, gone); err != nil {
 			s.log.Warn("groups: deleting expired groups", "groups", len(gone), "err", err)
 		}
 	}
