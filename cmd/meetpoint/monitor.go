@@ -48,6 +48,10 @@ func runMonitor(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meetpoint monitor: interval: must be at least 100ms, got %v\n", v.interval)
 		return 2
 	}
+	if v.rows < 0 {
+		fmt.Fprintf(stderr, "meetpoint monitor: top: must be 0 (as many as fit) or more, got %d\n", v.rows)
+		return 2
+	}
 	mc, err := dialMonitor(v.socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "meetpoint monitor: %v\n", err)

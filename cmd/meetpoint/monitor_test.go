@@ -313,3 +313,15 @@ func TestMonitorWaitingCount(t *testing.T) {
 		t.Fatalf("the view does not say waiting 1:\n%s", text)
 	}
 }
+
+// TestMonitorNegativeTopIsBadUsage: --top -1 is bad usage (exit 2, one
+// line naming the flag), as a too short --interval is; it was taken as
+// "as many as fit" (0) and the command went on to dial the socket (exit 1
+// here, where none listens).
+func TestMonitorNegativeTopIsBadUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if code := runMonitor([]string{"--socket", sock, "--top", "-1"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "top") {
+		t.Fatalf("--top -1: exit %d %q, want 2 naming --top", code, errb.String())
+	}
+}
