@@ -443,6 +443,7 @@ func (s *Server) h2Closed(nc net.Conn) {
 // v as JSON, never cached.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff") // its strings may be a client's (a group's name): never HTML
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)

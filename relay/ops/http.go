@@ -77,7 +77,6 @@ func AdminHandler(s *relay.Server, cmdline []string) http.Handler {
 	mux.Handle("/readyz", readyz(s))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Content-Type-Options", "nosniff")
 		writeText(w, r, 200, []byte(strings.Join(cmdline, "\x00")))
 	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -97,6 +96,7 @@ func metricsHandler(s *relay.Server) http.Handler {
 		var buf bytes.Buffer
 		s.WritePrometheus(&buf)
 		w.Header().Set("Content-Type", metricsContentType)
+		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 		if r.Method != http.MethodHead {
@@ -146,6 +146,7 @@ func getOrHead(w http.ResponseWriter, r *http.Request) bool {
 
 func writeText(w http.ResponseWriter, r *http.Request, status int, body []byte) {
 	w.Header().Set("Content-Type", textContentType)
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)

@@ -495,3 +495,18 @@ func TestAPIRefusalsAreJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswersNotSniffed: the relay's JSON and text answers carry
+// X-Content-Type-Options: nosniff, as the page does: their strings may be
+// a client's (a group's name, a path), and a browser that sniffed one as
+// HTML would run it in the relay's origin.
+func TestAnswersNotSniffed(t *testing.T) {
+	s := server(t, nil)
+	addr := s.Addrs()[0].String()
+	for _, path := range []string{"/v1/nothing-here", "/nothing-here", "/healthz", "/readyz", "/metrics"} {
+		code, h, _ := opsGet(t, addr, "GET", path)
+		if h.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("GET %s: %d %s without X-Content-Type-Options: nosniff", path, code, h.Get("Content-Type"))
+		}
+	}
+}
