@@ -848,6 +848,9 @@ func serveUntilSignal(o serveOptions, sigs <-chan os.Signal, stderr io.Writer, s
 		gs, err := disco.New(srv, gc)
 		if err != nil {
 			fmt.Fprintf(stderr, "meetpoint serve: %v\n", err)
+			if errors.Is(err, disco.ErrDataDirBusy) {
+				return 1 // a predecessor still exiting frees it: restart
+			}
 			return 2
 		}
 		defer gs.Close()

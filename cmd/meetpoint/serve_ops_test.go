@@ -24,6 +24,7 @@ import (
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/certs"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // lockedBuffer is a goroutine-safe log sink.
@@ -331,9 +332,16 @@ func TestServeStartFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	lockedDir := t.TempDir() // its groups.db locked, as by a relay still exiting
+	held, err := bolt.Open(filepath.Join(lockedDir, "groups.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
 	// A --monitor path that is not a socket is a bad configuration (exit
 	// 2, which the unit never restarts: it once exited 1, and systemd
-	// restarted the relay in a loop); a busy address may free up (exit 1).
+	// restarted the relay in a loop); a busy address or data directory
+	// may free up (exit 1: groups.db's lock once exited 2).
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -341,6 +349,7 @@ func TestServeStartFailures(t *testing.T) {
 		{[]string{"--monitor", notSock}, 2},
 		{[]string{"--admin-listen", busy.Addr().String()}, 1},
 		{[]string{"--listen", busy.Addr().String()}, 1},
+		{[]string{"--data-dir", lockedDir}, 1},
 	} {
 		args := tc.args
 		var stderr lockedBuffer

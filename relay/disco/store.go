@@ -88,7 +88,7 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 		db, err = s.load(path, now.UnixMilli())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("groups: %v", err)
+		return nil, fmt.Errorf("groups: %w", err)
 	}
 	s.db = db
 	return s, nil
@@ -102,7 +102,7 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 // start.
 func (s *localStore) load(path string, ms int64) (db *bolt.DB, err error) {
 	if db, err = openBolt(path); errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%s: %w (is another relay using this --data-dir?)", path, err)
+		return nil, fmt.Errorf("%s: %w: %w (is another relay using this --data-dir?)", path, ErrDataDirBusy, err)
 	} else if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -146,6 +146,12 @@ func (s *localStore) load(path string, ms int64) (db *bolt.DB, err error) {
 	}
 	return db, err
 }
+
+// ErrDataDirBusy is New's error when another process holds groups.db's
+// lock for longer than New waits (2 s): a relay still shutting down, or a
+// second relay on the same --data-dir. Unlike a bad configuration, it may
+// clear by itself.
+var ErrDataDirBusy = errors.New("locked by another process")
 
 // errDamaged is a groups.db on which bbolt panicked while opening it: a
 // damaged page its checksums do not cover (a zeroed freelist page).
