@@ -249,6 +249,20 @@ func refuse(w http.ResponseWriter, path string, status int, text string) {
 	http.Error(w, text, status)
 }
 
+// BodyStatus is the HTTP status for a failed read of a request body: 413
+// over HTTPMaxBody (or a handler's own http.MaxBytesReader), 408 slower
+// than HTTPMinBodyRate (ErrSlowBody), else 400.
+func BodyStatus(err error) int {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrSlowBody):
+		return http.StatusRequestTimeout
+	}
+	return http.StatusBadRequest
+}
+
 // ErrSlowBody is what a handler reads from a request body that arrived
 // slower than HTTPMinBodyRate after HTTPBodyTimeout.
 var ErrSlowBody = errors.New("request body too slow (--http-min-body-rate)")

@@ -14,7 +14,8 @@ import (
 // {"user": "alice", "ttl": "20s"} (ttl optional: the authenticator's max
 // age, at most MaxMintTTL) it mints a one-time token into o's store and answers 201
 // {"token": T, "expires": UNIX_SECONDS}. A wrong or missing key is 401,
-// a bad body 400, the store failing 503. The key is compared in constant
+// a bad body 400 (413 over --http-max-body, 408 too slow), the store
+// failing 503. The key is compared in constant
 // time; tokens are never logged.
 func MintHandler(o *OneTime, adminKey string) http.Handler {
 	return relay.RequireBearer(adminKey, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -24,6 +25,10 @@ func MintHandler(o *OneTime, adminKey string) http.Handler {
 			TTL  string `json:"ttl"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			if st := relay.BodyStatus(err); st != http.StatusBadRequest { // over --http-max-body, or too slow
+				reply(st, map[string]string{"error": "body: " + err.Error()})
+				return
+			}
 			reply(http.StatusBadRequest, map[string]string{"error": "body: want {\"user\": NAME, \"ttl\": \"20s\"}"})
 			return
 		}

@@ -519,3 +519,30 @@ func TestMintDefaultTTLWithinBounds(t *testing.T) {
 		t.Errorf("the minted token: %v %q", r, s)
 	}
 }
+
+// TestMintBodyTooLargeIs413: a mint request whose body the relay cut at
+// --http-max-body is 413 (it was 400, as for a malformed body).
+func TestMintBodyTooLargeIs413(t *testing.T) {
+	o := NewOneTime(NewMemStore(), 0)
+	srv := httptest.NewServer(http.MaxBytesHandler(MintHandler(o, "adminkey"), 64))
+	defer srv.Close()
+	for _, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"user":"` + strings.Repeat("u", 100) + `"}`, 413},
+		{`{"user":`, 400},
+		{`{"user":"ida"}`, 201},
+	} {
+		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer adminkey")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("minting with a %d-byte body: %d, want %d", len(c.body), resp.StatusCode, c.want)
+		}
+	}
+}

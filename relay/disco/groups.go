@@ -348,8 +348,8 @@ func (s *Service) readGroup(w http.ResponseWriter, r *http.Request, scope string
 		// The limit that refused it: the relay's --http-max-body may be the smaller.
 		s.fail(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", tooBig.Limit))
 		return g, false
-	case err != nil:
-		s.fail(w, http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
+	case err != nil: // 408 for one too slow (--http-min-body-rate)
+		s.fail(w, relay.BodyStatus(err), "bad_request", "reading the body: "+err.Error())
 		return g, false
 	}
 	if err := json.Unmarshal(body, &g); err != nil {

@@ -388,8 +388,15 @@ func (s *Service) publishHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data, err := io.ReadAll(io.LimitReader(r.Body, int64(s.cfg.MaxEvent)+1))
+	status := http.StatusBadRequest
+	switch {
+	case err != nil:
+		status = relay.BodyStatus(err) // 413 over --http-max-body, 408 too slow
+	case len(data) > s.cfg.MaxEvent:
+		status = http.StatusRequestEntityTooLarge
+	}
 	if err != nil || len(data) > s.cfg.MaxEvent || !json.Valid(bytes.TrimSpace(data)) {
-		reply(http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("the body must be JSON of at most %d bytes", s.cfg.MaxEvent)})
+		reply(status, map[string]string{"error": fmt.Sprintf("the body must be JSON of at most %d bytes", s.cfg.MaxEvent)})
 		return
 	}
 	if err := s.Publish(r.Context(), channel, bytes.TrimSpace(data)); err != nil {

@@ -363,3 +363,28 @@ func TestRedisPublishChecked(t *testing.T) {
 		t.Errorf("%d warnings for two dropped events, want one a minute:\n%s", n, logs.String())
 	}
 }
+
+// TestEventOverMaxSizeIs413: a body over the largest event is 413 (it was
+// 400, as for bad JSON): the publisher is told it sent too much, not
+// something malformed.
+func TestEventOverMaxSizeIs413(t *testing.T) {
+	s, _ := local(t, events.Config{AdminKey: "k"})
+	for _, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"pad":"` + strings.Repeat("x", 64<<10) + `"}`, 413},
+		{`{"pad":`, 400},
+	} {
+		req, _ := http.NewRequest("POST", "http://"+relaytest.Addr(s)+"/v1/events/dev-big", strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer k")
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("publishing %d bytes: %d, want %d", len(c.body), resp.StatusCode, c.want)
+		}
+	}
+}
