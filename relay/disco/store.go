@@ -94,28 +94,33 @@ func openLocal(dir string, now time.Time, batch int, log *slog.Logger) (*localSt
 	return s, nil
 }
 
-// load opens path (openBolt) and reads its groups into s, deleting those
-// expired by ms. A panic of bbolt's while reading (a damaged leaf or branch
-// page: bbolt's checksums cover only the meta pages) is returned as
-// errDamaged, as openBolt returns one while opening, with the database
-// closed and s left empty: unrecovered, it would end the process at every
-// start.
+// load opens path and reads its groups into s, deleting those expired by
+// ms. A panic of bbolt's is returned as errDamaged: a damaged page its
+// checksums (the meta pages' only) do not cover, a zeroed freelist page
+// while opening or a damaged leaf or branch page while reading.
+// Unrecovered, it would end the process at every start, and systemd would
+// restart it in a loop. On any error the database is closed (one whose
+// Open panicked leaks the descriptor and mapping bbolt made, once per
+// start) and s is left empty.
 func (s *localStore) load(path string, ms int64) (db *bolt.DB, err error) {
-	if db, err = openBolt(path); errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%s: %w: %w (is another relay using this --data-dir?)", path, ErrDataDirBusy, err)
-	} else if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%s: %w: %v", path, errDamaged, p)
 		}
 		if err != nil {
-			db.Close()
+			if db != nil {
+				db.Close()
+			}
 			db = nil
 			s.groups, s.perApp, s.bytes = map[string]*record{}, map[string]int{}, 0
 		}
 	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%s: %w: %w (is another relay using this --data-dir?)", path, ErrDataDirBusy, err)
+	} else if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -153,22 +158,8 @@ func (s *localStore) load(path string, ms int64) (db *bolt.DB, err error) {
 // clear by itself.
 var ErrDataDirBusy = errors.New("locked by another process")
 
-// errDamaged is a groups.db on which bbolt panicked while opening it: a
-// damaged page its checksums do not cover (a zeroed freelist page).
+// errDamaged is a groups.db on which bbolt panicked (load).
 var errDamaged = errors.New("damaged file (bbolt panicked reading it)")
-
-// openBolt opens path with bbolt, and returns a panic of bbolt's as
-// errDamaged: unrecovered, it would end the process at every start, and
-// systemd would restart it in a loop. Such a panic leaks the descriptor
-// and the mapping bbolt had opened, once per start.
-func openBolt(path string) (db *bolt.DB, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			db, err = nil, fmt.Errorf("%w: %v", errDamaged, p)
-		}
-	}()
-	return bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-}
 
 func (s *localStore) close() error {
 	if s.db != nil {
