@@ -227,6 +227,12 @@ func (l *Limiter) Release(key netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
+	l.uncount(key)
+}
+
+// uncount takes one connection off key's per-address count (none for the
+// zero key). Called with mu held.
+func (l *Limiter) uncount(key netip.Addr) {
 	if st := l.ips[key]; key.IsValid() && st != nil && st.conns > 0 {
 		st.conns--
 		st.lastSeen = l.now()
@@ -239,10 +245,7 @@ func (l *Limiter) Release(key netip.Addr) {
 func (l *Limiter) Unlimit(key netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if st := l.ips[key]; key.IsValid() && st != nil && st.conns > 0 {
-		st.conns--
-		st.lastSeen = l.now()
-	}
+	l.uncount(key)
 }
 
 // AuthFailed records a failed authentication from ip; it reports whether
