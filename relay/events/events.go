@@ -388,14 +388,16 @@ func (s *Service) publishHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data, err := io.ReadAll(io.LimitReader(r.Body, int64(s.cfg.MaxEvent)+1))
-	status := http.StatusBadRequest
+	status := 0
 	switch {
 	case err != nil:
 		status = relay.BodyStatus(err) // 413 over --http-max-body, 408 too slow
 	case len(data) > s.cfg.MaxEvent:
 		status = http.StatusRequestEntityTooLarge
+	case !json.Valid(bytes.TrimSpace(data)):
+		status = http.StatusBadRequest
 	}
-	if err != nil || len(data) > s.cfg.MaxEvent || !json.Valid(bytes.TrimSpace(data)) {
+	if status != 0 {
 		reply(status, map[string]string{"error": fmt.Sprintf("the body must be JSON of at most %d bytes", s.cfg.MaxEvent)})
 		return
 	}
