@@ -36,6 +36,17 @@ func start(t *testing.T, cfg Config) (*Router, *relay.Server) {
 	return r, srv
 }
 
+// startNode starts a fleet node on the Redis at addr: cfg with a client of
+// it (closed when the test ends) as its Redis.
+func startNode(t *testing.T, addr string, cfg Config) (*Router, *relay.Server, *redis.Client) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	cfg.Redis = rdb
+	r, srv := start(t, cfg)
+	return r, srv, rdb
+}
+
 // peer is a minimal WAMP client for the tests (the interop proof against
 // an independent client is the Chromium test with autobahn-js).
 type peer struct {
@@ -557,9 +568,7 @@ func TestDrainSaysGoodbye(t *testing.T) {
 func TestFleetCall(t *testing.T) {
 	addr := relaytest.Redis(t)
 	node := func(name string) *relay.Server {
-		rdb := redis.NewClient(&redis.Options{Addr: addr})
-		t.Cleanup(func() { rdb.Close() })
-		_, srv := start(t, Config{Redis: rdb, NodeID: name})
+		_, srv, _ := startNode(t, addr, Config{NodeID: name})
 		return srv
 	}
 	n1, n2 := node("n1"), node("n2")
@@ -818,9 +827,7 @@ func TestSlowReaderBytes(t *testing.T) {
 func TestFleetClaimSurvivesARelease(t *testing.T) {
 	addr := relaytest.Redis(t)
 	node := func(name string) (*relay.Server, *redis.Client) {
-		rdb := redis.NewClient(&redis.Options{Addr: addr})
-		t.Cleanup(func() { rdb.Close() })
-		_, srv := start(t, Config{Redis: rdb, NodeID: name})
+		_, srv, rdb := startNode(t, addr, Config{NodeID: name})
 		return srv, rdb
 	}
 	n1, rdb := node("n1")
@@ -858,9 +865,8 @@ func TestFleetClaimSurvivesARelease(t *testing.T) {
 func TestFleetCancelReachesTheCallee(t *testing.T) {
 	addr := relaytest.Redis(t)
 	node := func(name string) (*Router, *relay.Server) {
-		rdb := redis.NewClient(&redis.Options{Addr: addr})
-		t.Cleanup(func() { rdb.Close() })
-		return start(t, Config{Redis: rdb, NodeID: name, MaxPending: 4, CallTimeout: time.Hour})
+		r, srv, _ := startNode(t, addr, Config{NodeID: name, MaxPending: 4, CallTimeout: time.Hour})
+		return r, srv
 	}
 	_, n1 := node("n1")
 	r2, n2 := node("n2")
@@ -1143,9 +1149,7 @@ func TestCallerLeavesCounted(t *testing.T) {
 func TestFleetResultsCounted(t *testing.T) {
 	addr := relaytest.Redis(t)
 	node := func(name string) *relay.Server {
-		rdb := redis.NewClient(&redis.Options{Addr: addr})
-		t.Cleanup(func() { rdb.Close() })
-		_, srv := start(t, Config{Redis: rdb, NodeID: name, CallTimeout: time.Hour})
+		_, srv, _ := startNode(t, addr, Config{NodeID: name, CallTimeout: time.Hour})
 		return srv
 	}
 	n1, n2 := node("n1"), node("n2")
@@ -1450,9 +1454,7 @@ func TestCancelInterrupts(t *testing.T) {
 func TestFleetCancelInterrupts(t *testing.T) {
 	addr := relaytest.Redis(t)
 	node := func(name string) *relay.Server {
-		rdb := redis.NewClient(&redis.Options{Addr: addr})
-		t.Cleanup(func() { rdb.Close() })
-		_, srv := start(t, Config{Redis: rdb, NodeID: name, CallTimeout: time.Hour})
+		_, srv, _ := startNode(t, addr, Config{NodeID: name, CallTimeout: time.Hour})
 		return srv
 	}
 	n1, n2 := node("n1"), node("n2")
