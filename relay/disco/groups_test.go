@@ -480,21 +480,30 @@ func TestGroupsDamagedFreelistSetAside(t *testing.T) {
 		}
 		clear(f[fl*ps : (fl+1)*ps])
 	}
-	if err := os.WriteFile(path, f, 0o600); err != nil {
+	startsWithout(t, cfg, f, "a zeroed freelist")
+}
+
+// startsWithout writes damaged as cfg's groups.db and starts a relay on it:
+// it must start, the file set aside whole as groups.db.corrupt, and keep
+// a group created after.
+func startsWithout(t *testing.T, cfg Config, damaged []byte, what string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, "groups.db"), damaged, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv2 := relaytest.New(t, nil)
-	s2, err := New(srv2, cfg)
+	srv := relaytest.New(t, nil)
+	s, err := New(srv, cfg)
 	if err != nil {
-		t.Fatalf("a groups.db with a zeroed freelist: %v, want a start without it", err)
+		t.Fatalf("a groups.db with %s: %v, want a start without it", what, err)
 	}
-	relaytest.Start(t, srv2)
-	t.Cleanup(func() { srv2.Close(); s2.Close() })
-	if b, err := os.ReadFile(filepath.Join(dir, "groups.db.corrupt")); err != nil || !bytes.Equal(b, f) {
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	if b, err := os.ReadFile(filepath.Join(cfg.DataDir, "groups.db.corrupt")); err != nil || !bytes.Equal(b, damaged) {
 		t.Fatalf("the damaged file set aside: %d bytes, %v", len(b), err)
 	}
-	id := create(t, "http://"+relaytest.Addr(srv2), `{"AppID":"a","Name":"after"}`)
-	if code, _, body := relaytest.HTTP(t, "GET", "http://"+relaytest.Addr(srv2)+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
+	base := "http://" + relaytest.Addr(srv)
+	id := create(t, base, `{"AppID":"a","Name":"after"}`)
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
 		t.Fatalf("a group created after the file was set aside: %d %q", code, body)
 	}
 }
@@ -533,24 +542,7 @@ func TestGroupsDamagedLeafSetAside(t *testing.T) {
 	if leaves == 0 {
 		t.Fatalf("no leaf page in a %d-byte groups.db", len(f))
 	}
-	if err := os.WriteFile(path, f, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srv2 := relaytest.New(t, nil)
-	s2, err := New(srv2, cfg)
-	if err != nil {
-		t.Fatalf("a groups.db with damaged leaves: %v, want a start without it", err)
-	}
-	relaytest.Start(t, srv2)
-	t.Cleanup(func() { srv2.Close(); s2.Close() })
-	if b, err := os.ReadFile(filepath.Join(dir, "groups.db.corrupt")); err != nil || !bytes.Equal(b, f) {
-		t.Fatalf("the damaged file set aside: %d bytes, %v", len(b), err)
-	}
-	base2 := "http://" + relaytest.Addr(srv2)
-	id := create(t, base2, `{"AppID":"a","Name":"after"}`)
-	if code, _, body := relaytest.HTTP(t, "GET", base2+"/groups/"+id, ""); code != 200 || !strings.Contains(body, "after") {
-		t.Fatalf("a group created after the file was set aside: %d %q", code, body)
-	}
+	startsWithout(t, cfg, f, "damaged leaves")
 }
 
 // TestLoadApps: the apps file's format and its errors.
