@@ -231,8 +231,17 @@ func (s *Server) httpRoot() http.Handler {
 }
 
 // APIPath reports whether path is under one of the relay's JSON APIs
-// (/v1/…, the groups API), whose errors are JSON whatever the path.
+// (/v1/…, the groups API, also under an application's /app/KEY/ URL),
+// whose errors are JSON whatever the path.
 func APIPath(path string) bool {
+	if rest, ok := strings.CutPrefix(path, "/app/"); ok {
+		key, sub, ok := strings.Cut(rest, "/")
+		if !ok || key == "" {
+			return false
+		}
+		path = "/" + sub
+		return path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") || strings.HasPrefix(path, "/group/")
+	}
 	return strings.HasPrefix(path, "/v1/") || path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") ||
 		strings.HasPrefix(path, "/group/")
 }

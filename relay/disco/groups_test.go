@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/ops"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -194,6 +195,43 @@ func TestGroupsAppURL(t *testing.T) {
 	}
 	if code, _, _ := relaytest.HTTP(t, "DELETE", app+"/groups/"+id, ""); code != 200 {
 		t.Errorf("DELETE through the URL: %d", code)
+	}
+}
+
+// TestGroupsAppURLRefusalsAreJSON: with the relay's catch-all (ops, as
+// serve registers it), a wrong method or an unknown path under
+// /app/KEY/group… is refused in JSON, as the same request without the
+// /app/KEY prefix is: the groups API's clients decode every answer.
+func TestGroupsAppURLRefusalsAreJSON(t *testing.T) {
+	key := "chat-key-0123456789abcdef"
+	srv := relaytest.New(t, nil)
+	s, err := New(srv, Config{Apps: map[string]string{"chat": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops.Register(srv)
+	relaytest.Start(t, srv)
+	t.Cleanup(func() { srv.Close(); s.Close() })
+	base := "http://" + relaytest.Addr(srv)
+	for _, prefix := range []string{"", "/app/" + key} {
+		for _, c := range []struct {
+			method, path string
+			code         int
+		}{
+			{"PUT", "/groups/x", 405},
+			{"POST", "/groups", 405},
+			{"GET", "/groups/x/y", 404},
+		} {
+			code, _, body := relaytest.HTTP(t, c.method, base+prefix+c.path, "")
+			var e struct{ Error string }
+			if code != c.code || json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
+				t.Errorf("%s %s%s: %d %q, want %d with a JSON error", c.method, strings.ReplaceAll(prefix, key, "KEY"), c.path, code, body, c.code)
+			}
+		}
+	}
+	// Elsewhere under /app/ is not the groups API.
+	if code, _, body := relaytest.HTTP(t, "GET", base+"/app/"+key+"/elsewhere", ""); code != 404 || strings.HasPrefix(body, "{") {
+		t.Errorf("GET /app/KEY/elsewhere: %d %q, want a text 404", code, body)
 	}
 }
 
