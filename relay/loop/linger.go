@@ -41,6 +41,9 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 			break
 		}
 	}
+	if n, ok := sk.(closeNotifier); ok && len(final) == 0 {
+		n.sealCloseNotify() // TLS: the close_notify goes before the FIN
+	}
 	flushed := sk.Flush() == nil && len(final) == 0
 	if !linger || !flushed || l.Stopping() {
 		if registered {
@@ -74,6 +77,10 @@ func (l *Loop) goodbye(sk Sock, final []byte, linger, hungUp, registered bool, e
 	l.lingering[g] = struct{}{}
 	g.Event(l, unix.EPOLLIN) // the client may have closed already
 }
+
+// closeNotifier is a Sock whose protocol ends its stream in band before
+// the TCP FIN (a TLS session's close_notify).
+type closeNotifier interface{ sealCloseNotify() }
 
 // GoodbyeFrom is Goodbye from any goroutine; if the loop has stopped the
 // socket is closed at once.

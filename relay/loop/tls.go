@@ -526,9 +526,9 @@ func (s *TLSSession) Flush() error {
 	return s.ad.flush()
 }
 
-// Close implements Sock. On the record layer of our own a close_notify is
-// sent if the socket takes it at once; crypto/tls's session sends none (it
-// could block).
+// Close implements Sock. A close_notify is sent if the socket takes it at
+// once (one non-blocking write; none after Blocking on crypto/tls, where
+// it could block).
 func (s *TLSSession) Close() error {
 	if s.rl != nil {
 		if !s.abandoned {
@@ -536,9 +536,28 @@ func (s *TLSSession) Close() error {
 		}
 		s.rl.free()
 	} else {
+		if s.ad.hs == nil && !s.abandoned {
+			s.sealCloseNotify()
+			_ = s.ad.flush()
+		}
 		_ = s.tc.SetWriteDeadline(time.Now())
 	}
 	return s.ad.Close()
+}
+
+// sealCloseNotify puts a close_notify after what the session was given,
+// for the next Flush to write: its last record (Goodbye sends it before
+// the FIN; OpenSSL 3 clients take a FIN without it for a truncation
+// attack, "unexpected eof while reading"). An abandoned session, or one
+// handed off (Blocking), seals nothing here.
+func (s *TLSSession) sealCloseNotify() {
+	switch {
+	case s.abandoned:
+	case s.rl != nil:
+		s.rl.sealCloseNotify()
+	case s.ad.hs == nil:
+		_ = s.tc.CloseWrite() // into the adapter's pending output: it never blocks
+	}
 }
 
 // Blocking switches the session back to blocking I/O on Go's poller and

@@ -336,6 +336,9 @@ type records struct {
 	// socket took only part of (as nbConn's).
 	writes, short int
 	werr          error // sticky: the write side failed
+	// notified: a close_notify is sealed (sealCloseNotify), the last
+	// record: nothing more is sealed after it.
+	notified bool
 }
 
 // Read implements Sock: decrypted application data, unix.EAGAIN when none
@@ -640,6 +643,9 @@ func (r *records) pendingLocked() int {
 func (r *records) Write(p []byte) (int, error) {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
+	if r.notified {
+		return 0, net.ErrClosed
+	}
 	if err := r.flushLocked(); err != nil {
 		return 0, err // EAGAIN: the last write is still pending
 	}
@@ -661,6 +667,9 @@ func (r *records) WriteAll(b []byte) (int, error) {
 	defer r.wmu.Unlock()
 	if r.werr != nil {
 		return 0, r.werr
+	}
+	if r.notified {
+		return 0, net.ErrClosed
 	}
 	if r.nc == nil && r.pendingLocked()+r.sealedSize(len(b)) > MaxTLSPending+sealSlack {
 		return 0, ErrTLSPending
@@ -696,13 +705,29 @@ func (r *records) closeNotify(wait bool) {
 	if r.werr != nil || r.wr.suite == nil {
 		return
 	}
-	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
+	if !r.notified {
+		r.sealLocked(recAlert, []byte{1, alertCloseNotify})
+	}
 	if r.out != nil {
 		_, _ = rawWrite(r.fd, (*r.out)[r.off:])
 		putRecordBuf(r.out)
 		r.out = nil
 	}
 	r.werr = net.ErrClosed
+}
+
+// sealCloseNotify seals a close_notify after what is pending, for the
+// next Flush to write: the last record of the session (Write and
+// WriteAll fail with net.ErrClosed from then on). Goodbye sends it before
+// the FIN, which closeNotify at Close could only follow.
+func (r *records) sealCloseNotify() {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.werr != nil || r.wr.suite == nil || r.notified {
+		return
+	}
+	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
+	r.notified = true
 }
 
 // free gives back both buffers (the session is closed; no reader runs,
