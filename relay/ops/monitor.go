@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -117,7 +118,8 @@ var ErrMonitorPath = errors.New("unusable socket path")
 // closed or the server is closed. A stale socket file left by a crashed
 // process (connecting is refused) is replaced; a socket another process
 // still listens on (answering, busy or hung), or a path that is not a
-// socket, is an error. The socket is created mode 0660.
+// socket, is an error. The socket is mode 0660 from the moment it exists,
+// whatever the umask (listenPrivate).
 //
 // Each monitor client holds two goroutines: monitors are operators, not
 // tunnels.
@@ -144,13 +146,8 @@ func ServeMonitor(s *relay.Server, path string) (io.Closer, error) {
 			return nil, fmt.Errorf("monitor: removing stale socket: %w", err)
 		}
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := listenPrivate(path)
 	if err != nil {
-		return nil, fmt.Errorf("monitor: %w", err)
-	}
-	ln.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("monitor: %w", err)
 	}
 	m := &monitorServer{s: s, ln: ln, path: path, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}
@@ -161,12 +158,52 @@ func ServeMonitor(s *relay.Server, path string) (io.Closer, error) {
 	return m, nil
 }
 
+// maxSocketPath is the longest path a unix socket is bound at (sun_path,
+// less its terminating NUL).
+const maxSocketPath = 107
+
+// listenPrivate listens on a unix socket at path that is mode 0660 from
+// the moment path exists, whatever the umask: bound under umask alone
+// (0777 under umask 0) and then chmodded, the socket would be open to
+// anyone for a moment, and a connection made then outlives the chmod. So
+// it is bound in a fresh 0700 directory beside path, chmodded there, and
+// hard-linked to path (which fails, as bind does, if path exists). The
+// listener does not unlink path on Close: its own name is the temporary
+// one, removed here. The temporary name is at most 15 bytes longer than
+// path's directory (maxSocketPath).
+func listenPrivate(path string) (*net.UnixListener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".m")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	if len(tmp) > maxSocketPath {
+		return nil, fmt.Errorf("%w: the socket is bound first as %s, longer than a unix socket's %d bytes: use a shorter path", ErrMonitorPath, tmp, maxSocketPath)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
 // Close stops listening, disconnects every monitor client and removes the
 // socket file. It waits for the monitor's goroutines to end.
 func (m *monitorServer) Close() error {
 	m.once.Do(func() {
 		close(m.done)
 		m.ln.Close()
+		os.Remove(m.path)
 		m.mu.Lock()
 		for c := range m.conns {
 			c.Close()
