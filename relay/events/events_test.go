@@ -174,6 +174,13 @@ func TestEventsAcrossNodes(t *testing.T) {
 	if code := post(a, "dev-7", "admin-secret", `not json`); code != 400 {
 		t.Fatalf("not JSON: %d", code)
 	}
+	// A control character in a name: refused, not taken in Redis for a
+	// node's readiness probe (NUL-prefixed) and never delivered.
+	for _, ch := range []string{"%00ready:x", "dev%0A7", "dev%7F"} {
+		if code := post(a, ch, "admin-secret", `{}`); code != 400 {
+			t.Fatalf("channel %s: %d, want 400", ch, code)
+		}
+	}
 	for i := range 5 {
 		if code := post([]*relay.Server{a, b}[i%2], "dev-7", "admin-secret", fmt.Sprintf(`{"n":%d}`, i)); code != 202 {
 			t.Fatalf("publish: %d", code)
