@@ -291,7 +291,7 @@ func (ts *Store) selfSigned() (tls.Certificate, error) {
 		case err == nil:
 			ts.log.Warn("the kept self-signed certificate has expired: a new one replaces it, and clients pinned to the old fingerprint need the new one",
 				"old_sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
-		case !errors.Is(err, fs.ErrNotExist):
+		case !errors.Is(err, fs.ErrNotExist) || exists(certPath) || exists(keyPath): // one of the pair gone is no pair
 			ts.log.Warn("the kept self-signed certificate cannot be used: a new one replaces it, and clients pinned to the old fingerprint need the new one",
 				"err", err, "file", certPath)
 		}
@@ -310,6 +310,12 @@ func (ts *Store) selfSigned() (tls.Certificate, error) {
 	}
 	ts.log.Info("TLS with a generated self-signed certificate", "sha256", CertFingerprint(cert.Certificate[0]), "file", certPath)
 	return cert, nil
+}
+
+// exists reports whether something is at path (a kept file, damaged or not).
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return !errors.Is(err, fs.ErrNotExist)
 }
 
 // verifyClient admits a client certificate signed by the client CA or whose

@@ -238,3 +238,45 @@ func TestClientCertCheckedOnResumption(t *testing.T) {
 		}
 	}
 }
+
+// TestKeptSelfSignedHalfMissing: a kept self-signed pair with one of its
+// two files gone (a restore that skipped key files, a crash between the
+// two writes) cannot be used, and its replacement breaks every client
+// pinned to the old fingerprint, so it is replaced with the warning a
+// damaged pair gets — only a data dir holding neither file (the first
+// start) makes one without a word. The missing file's error counted as
+// "nothing kept" and the pair was replaced with the first start's INFO
+// line alone.
+func TestKeptSelfSignedHalfMissing(t *testing.T) {
+	for _, gone := range []string{"selfsigned-key.pem", "selfsigned-cert.pem"} {
+		t.Run(gone, func(t *testing.T) {
+			dir := t.TempDir()
+			logs := &testutil.Tail{}
+			st, err := New(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := st.Fingerprint()
+			st.Close()
+			if strings.Contains(logs.String(), "level=WARN") {
+				t.Fatalf("the first start, with nothing kept, warned:\n%s", logs.String())
+			}
+			if err := os.Remove(filepath.Join(dir, gone)); err != nil {
+				t.Fatal(err)
+			}
+			logs = &testutil.Tail{}
+			st, err = New(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if st.Fingerprint() == first {
+				t.Fatal("the kept certificate was used without its other half")
+			}
+			warn, _, _ := strings.Cut(logs.String()[max(0, strings.Index(logs.String(), "level=WARN")):], "\n")
+			if !strings.HasPrefix(warn, "level=WARN msg=\"the kept self-signed certificate cannot be used") || !strings.Contains(warn, gone+": no such file") {
+				t.Fatalf("the kept certificate replaced without a warning naming %s:\n%s", gone, logs.String())
+			}
+		})
+	}
+}
