@@ -92,11 +92,11 @@ type Store struct {
 	// only that goroutine reads or writes it.
 	warned time.Time
 
-	mu      sync.Mutex
-	modTime time.Time // of the cert and key files when last loaded
-	stop    chan struct{}
-	closed  bool
-	done    sync.WaitGroup // the watch and expiry goroutines
+	mu     sync.Mutex
+	stamp  filesStamp // of the cert, key and chain files when last loaded
+	stop   chan struct{}
+	closed bool
+	done   sync.WaitGroup // the watch and expiry goroutines
 }
 
 // Expiry warnings begin ExpiryWarning before a certificate's NotAfter and
@@ -406,26 +406,32 @@ func (ts *Store) read() (commit func(), err error) {
 	if cert.Leaf != nil && ts.now().After(cert.Leaf.NotAfter) {
 		return nil, fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
 	}
-	mod := ts.filesModTime()
+	stamp := ts.filesStamp()
 	return func() {
 		ts.cert.Store(&cert)
 		ts.mu.Lock()
-		ts.modTime = mod
+		ts.stamp = stamp
 		ts.mu.Unlock()
 	}, nil
 }
 
-func (ts *Store) filesModTime() time.Time {
-	var latest time.Time
-	for _, p := range []string{ts.cfg.Cert, ts.cfg.Key, ts.cfg.Chain} {
+// filesStamp is what the watch compares: each file's modification time
+// and size (cert, key, chain; zero for one absent), so that any file
+// changing is seen, also one replaced by a file older than another of
+// them (mv keeps its time; a key is made before its certificate).
+type filesStamp [3]struct{ mod, size int64 }
+
+func (ts *Store) filesStamp() filesStamp {
+	var s filesStamp
+	for i, p := range []string{ts.cfg.Cert, ts.cfg.Key, ts.cfg.Chain} {
 		if p == "" {
 			continue
 		}
-		if st, err := os.Stat(p); err == nil && st.ModTime().After(latest) {
-			latest = st.ModTime()
+		if st, err := os.Stat(p); err == nil {
+			s[i].mod, s[i].size = st.ModTime().UnixNano(), st.Size()
 		}
 	}
-	return latest
+	return s
 }
 
 // watch reloads the certificate when its files change.
@@ -439,7 +445,7 @@ func (ts *Store) watch(every time.Duration) {
 		case <-t.C:
 		}
 		ts.mu.Lock()
-		changed := !ts.filesModTime().Equal(ts.modTime)
+		changed := ts.filesStamp() != ts.stamp
 		ts.mu.Unlock()
 		if !changed {
 			continue
@@ -447,7 +453,7 @@ func (ts *Store) watch(every time.Duration) {
 		if err := ts.load(); err != nil {
 			ts.log.Error("certificate changed but cannot be loaded; keeping the old one", "err", err)
 			ts.mu.Lock()
-			ts.modTime = ts.filesModTime() // don't retry until the files change again
+			ts.stamp = ts.filesStamp() // don't retry until the files change again
 			ts.mu.Unlock()
 			continue
 		}

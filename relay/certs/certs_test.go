@@ -280,3 +280,58 @@ func TestKeptSelfSignedHalfMissing(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadAfterHalfReplacedPair: a renewal that moves the new
+// certificate into place before its key (mv keeps each file's time, and
+// a key is made before the CA signs its certificate, so it is the older
+// of the two) is seen half done — a mismatched pair the watch refuses,
+// keeping the old one — and then whole, and the new pair is put in
+// force. The watch judged the files by their newest time alone: the key
+// arriving with an older time left it unchanged, so the relay served the
+// old certificate until a SIGHUP, though the files had changed again.
+func TestReloadAfterHalfReplacedPair(t *testing.T) {
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	old, err := SelfSignedCert([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSelfSigned(old, certPath, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testutil.Tail{}
+	st, err := New(Config{Cert: certPath, Key: keyPath, WatchInterval: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// The renewal, staged beside the files in force: key made first.
+	renewed, err := SelfSignedCert([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCert, newKey := filepath.Join(dir, "new-cert.pem"), filepath.Join(dir, "new-key.pem")
+	if err := WriteSelfSigned(renewed, newCert, newKey); err != nil {
+		t.Fatal(err)
+	}
+	keyMade := time.Now().Add(time.Minute)
+	if err := os.Chtimes(newKey, keyMade, keyMade); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(newCert, keyMade.Add(time.Second), keyMade.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(newCert, certPath); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, func() bool { return strings.Contains(logs.String(), "certificate changed but cannot be loaded") },
+		"the half-replaced pair refused")
+	if st.Fingerprint() != CertFingerprint(old.Certificate[0]) {
+		t.Fatal("a mismatched pair was put in force")
+	}
+	if err := os.Rename(newKey, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	want := CertFingerprint(renewed.Certificate[0])
+	testutil.WaitFor(t, func() bool { return st.Fingerprint() == want }, "the renewed pair in force once its key arrived")
+}
