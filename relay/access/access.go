@@ -13,7 +13,7 @@
 //	allow = ["tunnelproxy-reach:6ba7b810-9dad-11d1-80b4-00c04fd430c8", "http:/shared/*"]
 //	deny = ["http:/shared/private/*"]
 //
-// Whom (all given must hold): ca (a PEM file or a list), fingerprint,
+// Whom (all given must hold; a list given empty holds for nobody): ca (a PEM file or a list), fingerprint,
 // subject (patterns on the certificate subject, e.g. "CN=kitchen-*";
 // only with ca: the patterns apply to certificates that CA signed),
 // token-subject (patterns on the token's subject: an HMAC token's id),
@@ -56,6 +56,8 @@ type Policy struct {
 	rules atomic.Pointer[[]rule]
 }
 
+// rule is a compiled [[rule]]. A condition's list given empty (ca = [],
+// fingerprint = [], …) is non-nil and holds for nobody; nil is not given.
 type rule struct {
 	name         string
 	cas          []*x509.CertPool
@@ -196,6 +198,7 @@ func compile(fr fileRule, i int) (rule, string, error) {
 	case string:
 		cas = []string{v}
 	case []any:
+		r.cas = []*x509.CertPool{} // given, even empty: for no certificate
 		for _, x := range v {
 			s, ok := x.(string)
 			if !ok {
@@ -217,13 +220,13 @@ func compile(fr fileRule, i int) (rule, string, error) {
 		}
 		r.cas = append(r.cas, pool)
 	}
+	if fr.Fingerprint != nil {
+		r.fingerprints = map[string]bool{} // given, even empty: for no certificate
+	}
 	for _, fp := range fr.Fingerprint {
 		b, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(fp), ":", ""))
 		if err != nil || len(b) != 32 {
 			return r, "fingerprint", fmt.Errorf("fingerprint %q: want a SHA-256 in hex (64 digits, colons allowed)", fp)
-		}
-		if r.fingerprints == nil {
-			r.fingerprints = map[string]bool{}
 		}
 		r.fingerprints[hex.EncodeToString(b)] = true
 	}
@@ -232,7 +235,7 @@ func compile(fr fileRule, i int) (rule, string, error) {
 		// one admitted by fingerprint may say CN=kitchen-anything.
 		return r, "subject", errors.New("subject needs ca: a subject is only what a CA vouches for (a self-signed certificate admitted by fingerprint can carry any subject); name the CA whose certificates the patterns are for")
 	}
-	if len(r.cas) == 0 && r.fingerprints == nil && r.subjects == nil && r.tokenSubs == nil && !r.anonymous && !r.any {
+	if r.cas == nil && r.fingerprints == nil && r.subjects == nil && r.tokenSubs == nil && !r.anonymous && !r.any {
 		return r, "name", errors.New("says nobody it is for: give ca, fingerprint, subject, token-subject, anonymous = true or any = true")
 	}
 	var err error
@@ -299,7 +302,7 @@ func (r *rule) isFor(id *relay.Identity) bool {
 	if r.anonymous && id.Kind != relay.IdentityAnonymous {
 		return false
 	}
-	if len(r.cas) > 0 && !signedBy(id.Cert, id.Intermediates, r.cas) {
+	if r.cas != nil && !signedBy(id.Cert, id.Intermediates, r.cas) {
 		return false
 	}
 	if r.fingerprints != nil && !r.fingerprints[id.Fingerprint] {

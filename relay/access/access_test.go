@@ -265,3 +265,56 @@ func TestMatchQuestionIsOneCharacter(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyListIsForNobody: "all given must hold" holds for a list given
+// empty too: a rule whose fingerprint or ca list an operator emptied (to
+// revoke the last device it named) is for no certificate, as an empty
+// subject or token-subject list already was. An empty fingerprint or ca
+// list was read as not given, so the rule's other conditions alone
+// decided: "ca + fingerprint = []" admitted every certificate the CA
+// signed, "fingerprint = [] + token-subject" every token of the subject,
+// certificate or none.
+func TestEmptyListIsForNobody(t *testing.T) {
+	dir := t.TempDir()
+	home, friend := pki(t, dir)
+	ca := filepath.Join(dir, "ca.pem")
+	rules, err := Parse([]byte(`
+[[rule]]
+name = "listed home devices"
+ca = "`+ca+`"
+fingerprint = []
+allow = ["http:/home/*"]
+
+[[rule]]
+name = "guests on listed CAs"
+ca = []
+token-subject = ["guest-*"]
+allow = ["http:/guests/*"]
+
+[[rule]]
+name = "listed friends with a token"
+fingerprint = []
+token-subject = ["friend-*"]
+allow = ["http:/friends/*"]
+`), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{}
+	p.rules.Store(&rules)
+	for _, c := range []struct {
+		name   string
+		id     relay.Identity
+		target string
+	}{
+		{"a home certificate no fingerprint lists", relay.IdentityOf(home, ""), "/home/x"},
+		{"a guest token without a certificate", relay.IdentityOf(nil, "guest-1"), "/guests/x"},
+		{"a guest token with a self-signed certificate", relay.IdentityOf(friend, "guest-1"), "/guests/x"},
+		{"a friend token without a certificate", relay.IdentityOf(nil, "friend-1"), "/friends/x"},
+		{"a friend token with an unlisted certificate", relay.IdentityOf(friend, "friend-1"), "/friends/x"},
+	} {
+		if ok, rule := p.Allow(&c.id, relay.ActionHTTP, c.target); ok {
+			t.Errorf("%s, %s: allowed by rule %q, an empty list in it is for nobody", c.name, c.target, rule)
+		}
+	}
+}
