@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -379,6 +380,7 @@ func (ts *Store) load() error {
 // read reads and checks the certificate; commit puts it in force.
 func (ts *Store) read() (commit func(), err error) {
 	cfg := &ts.cfg
+	stamp := ts.filesStamp() // before reading: a change meanwhile is seen by the watch
 	var cert tls.Certificate
 	if len(cfg.CertPEM) > 0 {
 		if cert, err = tls.X509KeyPair(cfg.CertPEM, cfg.KeyPEM); err != nil {
@@ -406,7 +408,6 @@ func (ts *Store) read() (commit func(), err error) {
 	if cert.Leaf != nil && ts.now().After(cert.Leaf.NotAfter) {
 		return nil, fmt.Errorf("tls-cert: certificate expired on %s", cert.Leaf.NotAfter.Format(time.RFC3339))
 	}
-	stamp := ts.filesStamp()
 	return func() {
 		ts.cert.Store(&cert)
 		ts.mu.Lock()
@@ -415,11 +416,16 @@ func (ts *Store) read() (commit func(), err error) {
 	}, nil
 }
 
-// filesStamp is what the watch compares: each file's modification time
-// and size (cert, key, chain; zero for one absent), so that any file
+// filesStamp is what the watch compares: each file's inode, modification
+// time and size (cert, key, chain; zero for one absent), so that any file
 // changing is seen, also one replaced by a file older than another of
-// them (mv keeps its time; a key is made before its certificate).
-type filesStamp [3]struct{ mod, size int64 }
+// them (mv keeps its time; a key is made before its certificate), or by
+// one of the same size written within the same clock tick (a renewed
+// ECDSA key: its inode differs).
+type filesStamp [3]struct {
+	ino       uint64
+	mod, size int64
+}
 
 func (ts *Store) filesStamp() filesStamp {
 	var s filesStamp
@@ -429,6 +435,9 @@ func (ts *Store) filesStamp() filesStamp {
 		}
 		if st, err := os.Stat(p); err == nil {
 			s[i].mod, s[i].size = st.ModTime().UnixNano(), st.Size()
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+				s[i].ino = uint64(sys.Ino)
+			}
 		}
 	}
 	return s
@@ -444,8 +453,12 @@ func (ts *Store) watch(every time.Duration) {
 			return
 		case <-t.C:
 		}
+		// The stamp is taken before the files are read (here and in
+		// read): a file changing while they are read or refused is seen
+		// at the next look, not counted as seen already.
 		ts.mu.Lock()
-		changed := ts.filesStamp() != ts.stamp
+		now := ts.filesStamp()
+		changed := now != ts.stamp
 		ts.mu.Unlock()
 		if !changed {
 			continue
@@ -453,7 +466,7 @@ func (ts *Store) watch(every time.Duration) {
 		if err := ts.load(); err != nil {
 			ts.log.Error("certificate changed but cannot be loaded; keeping the old one", "err", err)
 			ts.mu.Lock()
-			ts.stamp = ts.filesStamp() // don't retry until the files change again
+			ts.stamp = now // don't retry until the files change again
 			ts.mu.Unlock()
 			continue
 		}

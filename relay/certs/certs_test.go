@@ -335,3 +335,61 @@ func TestReloadAfterHalfReplacedPair(t *testing.T) {
 	want := CertFingerprint(renewed.Certificate[0])
 	testutil.WaitFor(t, func() bool { return st.Fingerprint() == want }, "the renewed pair in force once its key arrived")
 }
+
+// onWrite is an io.Writer (a log's) that runs f, once, on the first line
+// containing match, before the line is taken: what the logging goroutine
+// does next happens after f.
+type onWrite struct {
+	match string
+	f     func()
+	done  atomic.Bool
+}
+
+func (o *onWrite) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), o.match) && o.done.CompareAndSwap(false, true) {
+		o.f()
+	}
+	return len(p), nil
+}
+
+// TestReloadSeesChangeDuringFailedLoad: a file that changes while the
+// watch is refusing a half-replaced pair (here: the key moved in just as
+// the refusal is logged) is seen at the next look. The watch took the
+// files' stamp after the failed load, so a change in that window counted
+// as already seen, and the old certificate stayed in force until a
+// SIGHUP (TestReloadAfterHalfReplacedPair failed this way now and then on
+// a loaded machine).
+func TestReloadSeesChangeDuringFailedLoad(t *testing.T) {
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	old, err := SelfSignedCert([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSelfSigned(old, certPath, keyPath); err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := SelfSignedCert([]string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCert, newKey := filepath.Join(dir, "new-cert.pem"), filepath.Join(dir, "new-key.pem")
+	if err := WriteSelfSigned(renewed, newCert, newKey); err != nil {
+		t.Fatal(err)
+	}
+	moveKey := &onWrite{match: "certificate changed but cannot be loaded", f: func() {
+		if err := os.Rename(newKey, keyPath); err != nil {
+			t.Error(err)
+		}
+	}}
+	st, err := New(Config{Cert: certPath, Key: keyPath, WatchInterval: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(moveKey, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := os.Rename(newCert, certPath); err != nil {
+		t.Fatal(err)
+	}
+	want := CertFingerprint(renewed.Certificate[0])
+	testutil.WaitFor(t, func() bool { return moveKey.done.Load() && st.Fingerprint() == want }, "the renewed pair in force once its key arrived")
+}
