@@ -26,6 +26,39 @@ import (
 // maxMessage bounds one received JSON message or WebSocket message.
 const maxMessage = 16 << 20
 
+// maxUpgradeResponse bounds what a WebSocket dial reads before the
+// upgrade is done (the TLS handshake, the relay's response line and
+// headers, and what it says when it refuses): net/http's
+// DefaultMaxHeaderBytes. The upgrade's reader would otherwise keep an
+// endless header line in memory until the timeout.
+const maxUpgradeResponse = 1 << 20
+
+// errUpgradeTooLong is returned by a WebSocket dial whose relay sent more
+// than maxUpgradeResponse bytes without completing the upgrade.
+var errUpgradeTooLong = fmt.Errorf("websocket upgrade: the relay's response is over %d bytes", maxUpgradeResponse)
+
+// upgradeConn is a dialled connection that reads at most left bytes until
+// the WebSocket upgrade is done (then off is set, before the connection is
+// handed out).
+type upgradeConn struct {
+	net.Conn
+	left int
+	off  bool
+}
+
+// Read reads from the connection, failing once left bytes were read.
+func (c *upgradeConn) Read(p []byte) (int, error) {
+	if c.off {
+		return c.Conn.Read(p)
+	}
+	if c.left <= 0 {
+		return 0, errUpgradeTooLong
+	}
+	n, err := c.Conn.Read(p[:min(len(p), c.left)])
+	c.left -= n
+	return n, err
+}
+
 // CloseError is returned when the server sends a WebSocket close frame.
 type CloseError struct {
 	Code   ws.StatusCode // 0 when the frame carried no status code
@@ -139,8 +172,17 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 		if u.Scheme == "wss" {
 			tlsConf = serverName(tlsConf, u)
 		}
-		var said []byte // the relay's words when it refuses the upgrade
-		d := ws.Dialer{TLSConfig: tlsConf, NetDial: nd.DialContext,
+		var said []byte          // the relay's words when it refuses the upgrade
+		var bounded *upgradeConn // the dialled connection, bounded until upgraded
+		netDial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			bounded = &upgradeConn{Conn: c, left: maxUpgradeResponse}
+			return bounded, nil
+		}
+		d := ws.Dialer{TLSConfig: tlsConf, NetDial: netDial,
 			OnStatusError: func(_ int, _ []byte, resp io.Reader) {
 				if r, err := http.ReadResponse(bufio.NewReader(resp), nil); err == nil && r.ContentLength > 0 {
 					said, _ = io.ReadAll(io.LimitReader(r.Body, min(r.ContentLength, 512)))
@@ -152,6 +194,10 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 				return nil, fmt.Errorf("%w: %s", err, line)
 			}
 			return nil, err
+		}
+		bounded.off = true // br and, over wss://, the TLS connection read through it
+		if conn == bounded {
+			conn = bounded.Conn
 		}
 		if br == nil {
 			br = bufio.NewReaderSize(conn, 32<<10)
