@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -60,4 +61,36 @@ func TestDialBoundsUpgradeResponse(t *testing.T) {
 		t.Fatalf("the client read all %d bytes of an endless header line (err %v)", n, err)
 	}
 	t.Logf("Dial: %v", err)
+}
+
+// TestTCPWriteCountsPartialWrite: over raw TCP a Write cut short by its
+// deadline returns how many bytes went out, as net.Conn asks: a caller
+// resuming after a timeout (or counting what it sent) must not send bytes
+// twice. Write once returned 0 whatever the connection took.
+func TestTCPWriteCountsPartialWrite(t *testing.T) {
+	a, b := tcpPair(t) // b: the relay, not reading yet
+	tun := &Tunnel{r: &Raw{conn: a, br: bufio.NewReader(a)}}
+	type res struct {
+		n   int
+		err error
+	}
+	wrote := make(chan res, 1)
+	go func() {
+		n, err := tun.Write(make([]byte, 64<<20)) // far more than the socket buffers hold
+		wrote <- res{n, err}
+	}()
+	if _, err := io.ReadFull(b, make([]byte, 1)); err != nil { // the Write has begun
+		t.Fatal(err)
+	}
+	tun.SetWriteDeadline(time.Now())
+	w := <-wrote
+	n, err := w.n, w.err
+	if err == nil {
+		t.Fatal("a 64 MiB Write to a relay that does not read did not time out")
+	}
+	tun.Close()
+	got, _ := io.Copy(io.Discard, b)
+	if got++; int64(n) != got {
+		t.Fatalf("Write returned %d (%v); the relay received %d bytes", n, err, got)
+	}
 }

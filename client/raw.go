@@ -244,10 +244,16 @@ func (r *Raw) Send(p []byte) error {
 	if r.isWS {
 		return r.writeFrame(ws.OpText, p)
 	}
+	_, err := r.writeTCP(p)
+	return err
+}
+
+// writeTCP writes p to a raw TCP connection as-is and returns how many
+// bytes of it went out.
+func (r *Raw) writeTCP(p []byte) (int, error) {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	_, err := r.conn.Write(p)
-	return err
+	return r.conn.Write(p)
 }
 
 // SendFrame sends one WebSocket frame (FIN set, masked) with opcode op.

@@ -96,10 +96,7 @@ func normalClose(err error) error {
 // that cannot be UTF-8 on, or BINARY only with Options.Binary.
 func (t *Tunnel) Write(p []byte) (int, error) {
 	if !t.r.isWS {
-		if err := t.r.Send(p); err != nil {
-			return 0, err
-		}
-		return len(p), nil
+		return t.r.writeTCP(p)
 	}
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
