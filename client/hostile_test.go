@@ -7,9 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 )
 
 // TestDialBoundsUpgradeResponse: a relay (or anything at the URL) that
@@ -92,5 +95,39 @@ func TestTCPWriteCountsPartialWrite(t *testing.T) {
 	got, _ := io.Copy(io.Discard, b)
 	if got++; int64(n) != got {
 		t.Fatalf("Write returned %d (%v); the relay received %d bytes", n, err, got)
+	}
+}
+
+// TestWSWriteAfterCutFrame: a Write that its deadline cuts in the middle
+// of a WebSocket frame leaves the frame incomplete on the wire; anything
+// written after it would land inside that frame's payload and the relay
+// would pass the header and bytes of later frames to the partner as data.
+// Later writes (and the reader's pongs) must fail instead. Write once
+// succeeded once the deadline was lifted, corrupting the stream.
+func TestWSWriteAfterCutFrame(t *testing.T) {
+	a, b := tcpPair(t) // b: the relay, not reading yet
+	tun := &Tunnel{r: &Raw{conn: a, br: bufio.NewReader(a), isWS: true}}
+	tun.text.Binary = true
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := tun.Write(make([]byte, 64<<20)) // far more than the socket buffers hold
+		wrote <- err
+	}()
+	if _, err := io.ReadFull(b, make([]byte, 1)); err != nil { // the frame has begun
+		t.Fatal(err)
+	}
+	tun.SetWriteDeadline(time.Now())
+	if err := <-wrote; err == nil {
+		t.Fatal("a 64 MiB Write to a relay that does not read did not time out")
+	}
+	tun.SetWriteDeadline(time.Time{})
+	go io.Copy(io.Discard, b) // the relay reads again
+	if _, err := tun.Write([]byte("hello")); err == nil {
+		t.Fatal("a Write after a cut frame succeeded: its frame went out inside the cut one's payload")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the Write after a cut frame says it timed out (a caller would retry): %v", err)
+	}
+	if err := tun.WriteMessage(ws.OpText, []byte("hello")); err == nil {
+		t.Fatal("a WriteMessage after a cut frame succeeded")
 	}
 }

@@ -89,6 +89,7 @@ type Raw struct {
 
 	in   wsIn   // the reader's place in the WebSocket stream
 	wbuf []byte // frames go out through it (under wmu), wsWriteChunk at most
+	werr error  // under wmu: a frame write failed part-way, so no frame may follow
 }
 
 // wsIn is the reading side's place in the WebSocket stream: payload is
@@ -333,27 +334,41 @@ func (r *Raw) logf(dir, msg string) {
 	fmt.Fprintf(r.verbose, "%s %s\n", dir, msg)
 }
 
+// errFrameCut is what writes return once a frame write failed part-way
+// (a write deadline passed): the relay would read what follows as the cut
+// frame's payload.
+var errFrameCut = errors.New("websocket: an earlier write was cut in the middle of a frame; no more frames can be sent")
+
 // writeFrame sends one masked frame; p is not modified. Header and masked
 // payload are copied into r.wbuf and written from there, wsWriteChunk at a
-// time: once the buffer exists, nothing is allocated.
+// time: once the buffer exists, nothing is allocated. A write failing
+// after part of the frame went out fails every later one (errFrameCut).
 func (r *Raw) writeFrame(op ws.OpCode, p []byte) error {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
+	if r.werr != nil {
+		return r.werr
+	}
 	if r.wbuf == nil {
 		r.wbuf = make([]byte, 0, ws.MaxHeaderSize+wsWriteChunk)
 	}
 	h := ws.Header{Fin: true, OpCode: op, Length: int64(len(p)), Masked: true, Mask: ws.NewMask()}
 	b := handshake.AppendHeader(r.wbuf[:0], h)
-	pos := 0
+	pos, sent := 0, false
 	for {
 		k := min(len(p), cap(b)-len(b))
 		b = append(b, p[:k]...)
 		ws.Cipher(b[len(b)-k:], h.Mask, pos)
 		pos += k
 		p = p[k:]
-		if _, err := r.conn.Write(b); err != nil {
+		n, err := r.conn.Write(b)
+		if err != nil {
+			if sent || n > 0 {
+				r.werr = fmt.Errorf("%w (%v)", errFrameCut, err)
+			}
 			return err
 		}
+		sent = true
 		if len(p) == 0 {
 			return nil
 		}

@@ -17,7 +17,8 @@ import (
 // message payloads as a byte stream; a close frame with code 1000, 1001 or
 // none, or the connection's end, reads as io.EOF, any other close code as
 // *CloseError. After a read deadline expires in the middle of a WebSocket
-// frame the tunnel must be closed.
+// frame the tunnel must be closed; after a write deadline cuts a frame
+// short, every later write fails.
 //
 // One goroutine may read (Read, ReadMessage) while others write.
 type Tunnel struct {
