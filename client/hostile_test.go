@@ -131,3 +131,23 @@ func TestWSWriteAfterCutFrame(t *testing.T) {
 		t.Fatal("a WriteMessage after a cut frame succeeded")
 	}
 }
+
+// TestDialErrorsHideURLToken: a URL that carries its token (?token=,
+// ?ws_token=) and cannot be dialled for its form gives an error without
+// the token: errors are logged, and Options.Token is never printed
+// either. The parse error once quoted the whole URL.
+func TestDialErrorsHideURLToken(t *testing.T) {
+	for _, u := range []string{
+		"ws://relay example:8443/?token=SECRET1&nonce=n",
+		"ws://[::1/?ws_token=SECRET1",
+		"wx://relay:8443/?token=SECRET1",
+	} {
+		_, err := Dial(context.Background(), Options{URL: u, Timeout: 5 * time.Second})
+		if err == nil {
+			t.Fatalf("%s: Dial succeeded", u)
+		}
+		if strings.Contains(err.Error(), "SECRET1") {
+			t.Errorf("%s: the error shows the token: %v", u, err)
+		}
+	}
+}

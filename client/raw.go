@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -166,6 +167,9 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 	rawURL = escapeZone(rawURL)
 	u, err := url.Parse(rawURL)
 	if err != nil {
+		if ue, ok := err.(*url.Error); ok {
+			ue.URL = shownURL(ue.URL)
+		}
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	switch u.Scheme {
@@ -206,7 +210,7 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 		return &Raw{conn: conn, br: br, isWS: true}, nil
 	case "tcp", "tls", "ssl": // ssl:// is nymea's name for tls://
 		if u.Port() == "" {
-			return nil, fmt.Errorf("url %q: port required", rawURL)
+			return nil, fmt.Errorf("url %q: port required", shownURL(rawURL))
 		}
 		conn, err := nd.DialContext(ctx, "tcp", u.Host)
 		if err != nil {
@@ -222,9 +226,17 @@ func dialRaw(ctx context.Context, rawURL string, tlsConf *tls.Config, local net.
 		}
 		return &Raw{conn: conn, br: bufio.NewReaderSize(conn, 32<<10)}, nil
 	default:
-		return nil, fmt.Errorf("url %q: unsupported scheme (want ws, wss, tcp or tls)", rawURL)
+		return nil, fmt.Errorf("url %q: unsupported scheme (want ws, wss, tcp or tls)", shownURL(rawURL))
 	}
 }
+
+// urlToken matches a token in a URL's query, value included.
+var urlToken = regexp.MustCompile(`([?&](?:ws_)?token=)[^&#]*`)
+
+// shownURL is rawURL as errors quote it: a token in its query (?token=,
+// ?ws_token=) written xxxxx. It works on the text, so that a URL too
+// broken to parse is shown without it too.
+func shownURL(rawURL string) string { return urlToken.ReplaceAllString(rawURL, "${1}xxxxx") }
 
 // Conn returns the underlying connection. Bytes already buffered by Recv
 // are not visible through it.
