@@ -13,8 +13,9 @@ import (
 
 // Tunnel is an established tunnel. It implements net.Conn.
 //
-// Over WebSocket, Write sends one binary message per call and Read returns
-// message payloads as a byte stream; a close frame with code 1000, 1001 or
+// Over WebSocket, Write sends at most one message per call (TEXT while the
+// stream is valid UTF-8, then BINARY; BINARY only with Options.Binary: see
+// Write) and Read returns message payloads as a byte stream; a close frame with code 1000, 1001 or
 // none, or the connection's end, reads as io.EOF, any other close code as
 // *CloseError. After a read deadline expires in the middle of a WebSocket
 // frame the tunnel must be closed; after a write deadline cuts a frame
