@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -353,17 +354,29 @@ type allocation struct {
 	rxPkts, txPkts   atomic.Uint64
 	dropped          atomic.Uint64 // over the rate, either way
 	closed           atomic.Bool
+
+	// peers are the peer addresses its client was granted a permission
+	// (or a channel) for, and until when it lasts (Service.permit notes
+	// them): a datagram from any other address is pion's to drop
+	// unrelayed, so it is neither counted nor charged to the rate —
+	// else anyone who knew the relayed address inflated its counters and
+	// drained its bucket, its permitted peers' datagrams then dropped.
+	// Lapsed ones are forgotten as new ones come past MaxPermissions:
+	// the map holds what permit admitted within channelLife. Guarded by
+	// pmu.
+	pmu   sync.RWMutex
+	peers map[netip.Addr]time.Time
 }
 
 func (s *Service) meter(pc net.PacketConn, user string, addr net.Addr) *allocation {
 	bigBuffers(pc)
-	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), relayAddr: addr, since: time.Now()}
+	a := &allocation{PacketConn: pc, s: s, user: user, relay: addr.String(), relayAddr: addr, since: time.Now(), peers: map[netip.Addr]time.Time{}}
 	if s.cfg.MaxRate > 0 {
 		r := s.newRate()
 		a.in, a.out = r.in, r.out
 	}
 	s.mu.Lock()
-	s.live[a] = true
+	s.live[tupleKey(addr)] = a
 	s.mu.Unlock()
 	s.portOpened(addr, 1)
 	return a
@@ -376,8 +389,8 @@ func (a *allocation) ReadFrom(p []byte) (int, net.Addr, error) {
 		if err != nil {
 			return n, from, err
 		}
-		if !a.s.relayPortOK(from) {
-			continue
+		if !a.s.relayPortOK(from) || !a.permits(from) {
+			continue // pion would drop it unrelayed
 		}
 		if a.in != nil && !a.in.AllowN(time.Now(), n) {
 			a.dropped.Add(1)
@@ -416,11 +429,45 @@ func (a *allocation) WriteTo(p []byte, to net.Addr) (int, error) {
 func (a *allocation) Close() error {
 	if a.closed.CompareAndSwap(false, true) {
 		a.s.mu.Lock()
-		delete(a.s.live, a)
+		if k := tupleKey(a.relayAddr); a.s.live[k] == a {
+			delete(a.s.live, k)
+		}
 		a.s.mu.Unlock()
 		a.s.portOpened(a.relayAddr, -1)
 	}
 	return a.PacketConn.Close()
+}
+
+// permitted notes that peer may send to a until (or later, if it already
+// may).
+func (a *allocation) permitted(peer netip.Addr, until time.Time) {
+	now := time.Now()
+	a.pmu.Lock()
+	defer a.pmu.Unlock()
+	if old, ok := a.peers[peer]; ok {
+		if until.After(old) {
+			a.peers[peer] = until
+		}
+		return
+	}
+	if len(a.peers) >= MaxPermissions {
+		for p, u := range a.peers {
+			if !now.Before(u) {
+				delete(a.peers, p)
+			}
+		}
+	}
+	a.peers[peer] = until
+}
+
+// permits says whether pion relays a datagram from peer: its address
+// holds a permission or a channel.
+func (a *allocation) permits(peer net.Addr) bool {
+	ip := ipOf(peer).Addr().Unmap().WithZone("")
+	a.pmu.RLock()
+	until, ok := a.peers[ip]
+	a.pmu.RUnlock()
+	return ok && time.Now().Before(until)
 }
 
 // AllocationInfo is one allocation as GET /v1/turn/allocations lists it.
@@ -439,7 +486,7 @@ type AllocationInfo struct {
 func (s *Service) Allocations() []AllocationInfo {
 	s.mu.Lock()
 	out := make([]AllocationInfo, 0, len(s.live))
-	for a := range s.live {
+	for _, a := range s.live {
 		out = append(out, AllocationInfo{User: a.user, Relay: a.relay, Seconds: int64(time.Since(a.since) / time.Second),
 			RxBytes: a.rxBytes.Load(), TxBytes: a.txBytes.Load(), RxPackets: a.rxPkts.Load(), TxPackets: a.txPkts.Load(),
 			Dropped: a.dropped.Load()})

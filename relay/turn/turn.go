@@ -154,9 +154,9 @@ type Service struct {
 	livePorts []atomic.Int32
 
 	mu      sync.Mutex
-	perUsr  map[string]int       // allocations by user; guarded by mu
-	perAddr map[netip.Addr]int   // allocations by client address key; guarded by mu
-	live    map[*allocation]bool // relay sockets open; guarded by mu
+	perUsr  map[string]int         // allocations by user; guarded by mu
+	perAddr map[netip.Addr]int     // allocations by client address key; guarded by mu
+	live    map[string]*allocation // relay sockets open, by relayed address (tupleKey); guarded by mu
 	// held are the allocations, by their client's transport address
 	// (tupleKey), from creation to deletion; pending the quotas granted
 	// to allocations pion is making (reserveFor). Guarded by mu.
@@ -221,7 +221,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = srv.Logger()
 	}
-	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[*allocation]bool{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*buckets{}, tcpPorts: map[int]bool{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
+	s := &Service{cfg: cfg, srv: srv, log: cfg.Logger, perUsr: make(map[string]int), perAddr: map[netip.Addr]int{}, live: map[string]*allocation{}, held: map[string]*held{}, pending: map[string]*held{}, conns: map[string]int{}, tcpRates: map[string]*buckets{}, tcpPorts: map[int]bool{}, allocateWithin: cfg.allocateWithin, set: metrics.NewSet()}
 	s.allocs = s.set.NewCounter(`meetpoint_turn_allocations_active`)
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
@@ -322,16 +322,17 @@ func (s *Service) Start() error {
 			}
 			return user, key, ok
 		},
-		QuotaHandler:      s.quota,
-		PermissionTimeout: permissionLife,
+		QuotaHandler:       s.quota,
+		PermissionTimeout:  permissionLife,
+		ChannelBindTimeout: channelLife,
 		EventHandler: pturn.EventHandler{
 			OnAuth: func(_, _ net.Addr, _, _, _, _ string, ok bool) {
 				if !ok { // a wrong password
 					s.authFail.Inc()
 				}
 			},
-			OnAllocationCreated: func(client, _ net.Addr, _, user, _ string, _ net.Addr, _ int) {
-				s.hold(user, client)
+			OnAllocationCreated: func(client, _ net.Addr, _, user, _ string, relayed net.Addr, _ int) {
+				s.hold(user, client, relayed)
 				s.allocs.Inc()
 				s.allocsTotal.Inc()
 			},
@@ -422,8 +423,9 @@ func (s *Service) quota(user, _ string, client net.Addr) bool {
 // hold takes a new allocation's reservation (or, none left, counts it
 // against user and client's address afresh), and keeps what it counted
 // under: a reload of --limit-exempt between its creation and its deletion
-// must not leave a count behind.
-func (s *Service) hold(user string, client net.Addr) {
+// must not leave a count behind. relayed is its relayed address: a UDP
+// allocation's relay socket learns its permissions from it.
+func (s *Service) hold(user string, client, relayed net.Addr) {
 	key, exempt := s.addrKey(client)
 	k := tupleKey(client)
 	s.mu.Lock()
@@ -439,6 +441,9 @@ func (s *Service) hold(user string, client net.Addr) {
 	}
 	h.peers = map[netip.Addr]time.Time{}
 	h.channels = map[uint16]bool{}
+	if relayed != nil {
+		h.alloc = s.live[tupleKey(relayed)] // nil: a TCP allocation
+	}
 	if old := s.held[k]; old != nil { // not deleted (cannot happen): uncount it
 		s.count(old, -1)
 	}
@@ -494,6 +499,11 @@ const MaxChannels = 1000
 // 8656's 300 s); pion is configured with it and held expires by it.
 const permissionLife = 5 * time.Minute
 
+// channelLife is how long a channel lives unless refreshed (RFC 8656's
+// 10 minutes); pion is configured with it. It is longer than its peer's
+// permission, and pion relays a bound peer's datagrams without one.
+const channelLife = 10 * time.Minute
+
 // held is one allocation (or a quota granted to one being made): what it
 // is counted under and its permitted peers.
 type held struct {
@@ -508,6 +518,9 @@ type held struct {
 	// handled is no ChannelBind), noted as it is read (noteRequest).
 	channels map[uint16]bool
 	binding  uint16
+	// alloc is a UDP allocation's relay socket (nil for TCP), told of
+	// each permission permit grants.
+	alloc *allocation
 }
 
 // tupleKey is the key of an allocation: its client's transport address
@@ -528,7 +541,8 @@ func (s *Service) permit(client net.Addr, peer netip.Addr) bool {
 	if ps == nil { // the allocation is being deleted
 		return true
 	}
-	if ch := ps.binding; ch != 0 { // a ChannelBind: a new channel is within MaxChannels
+	ch := ps.binding
+	if ch != 0 { // a ChannelBind: a new channel is within MaxChannels
 		ps.binding = 0
 		if !ps.channels[ch] && len(ps.channels) >= MaxChannels {
 			s.chanQuotas.Inc()
@@ -558,6 +572,13 @@ func (s *Service) permit(client net.Addr, peer netip.Addr) bool {
 		ps.soonest = until
 	}
 	ps.peers[peer] = until
+	if ps.alloc != nil {
+		if ch != 0 { // pion relays a channel's datagrams for its life, permission or not
+			ps.alloc.permitted(peer, now.Add(channelLife))
+		} else {
+			ps.alloc.permitted(peer, until)
+		}
+	}
 	return true
 }
 

@@ -628,3 +628,68 @@ func TestCredentialsSchemeAndOutage(t *testing.T) {
 		t.Errorf(`meetpoint_turn_refused_total{reason="auth"} = %v: an outage counted as a refused token`, n)
 	}
 }
+
+// TestTURNUnpermittedPeersNotMetered: datagrams that reach an
+// allocation's relay port from an address it holds no permission for are
+// pion's to drop, unrelayed: they are neither counted as relayed nor
+// charged to the allocation's rate. Counted first, anyone who knew a
+// relayed address (ICE hands it to the other side) inflated its rx
+// counters and, with --turn-max-rate, drained its bucket so that its
+// permitted peer's datagrams were dropped.
+func TestTURNUnpermittedPeersNotMetered(t *testing.T) {
+	s, _ := start(t, Config{MaxRate: 20000, AllowPeers: loopbackPeers})
+	user, pass := Credentials(secret, "dora", time.Minute, time.Now())
+	ra, err := client(t, s, user, pass).Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ra.Close()
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	stranger, err := net.ListenPacket("udp4", "127.0.0.2:0") // permissions are by IP address
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if _, err := ra.WriteTo([]byte("hi"), peer.LocalAddr()); err != nil { // the peer's permission
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{9}, 1000)
+	for i := 0; i < 100; i++ { // 100 KB, past the 64 KiB burst, from no permitted peer
+		if _, err := stranger.WriteTo(chunk, ra.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The relay socket reads in order: once the peer's datagram arrives,
+	// the stranger's have all been read (or lost before it).
+	msg := []byte("from the permitted peer")
+	sent := 0
+	buf := make([]byte, 2000)
+	deadline := time.Now().Add(relaytest.Patience)
+	for {
+		if _, err := peer.WriteTo(msg, ra.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+		_ = ra.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _, err := ra.ReadFrom(buf)
+		if err == nil && bytes.Equal(buf[:n], msg) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the permitted peer's datagram never arrived (%d sent): %v", sent, err)
+		}
+	}
+	list := s.Allocations()
+	if len(list) != 1 {
+		t.Fatalf("allocations: %+v", list)
+	}
+	a := list[0]
+	if a.RxPackets > uint64(sent) || a.RxBytes > uint64(sent*len(msg)) || a.Dropped != 0 || s.dropped.Get() != 0 {
+		t.Fatalf("after 100 datagrams from an unpermitted address and %d from the peer: %+v (dropped metric %d); want only the peer's counted, none dropped",
+			sent, a, s.dropped.Get())
+	}
+}
