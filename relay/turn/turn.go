@@ -172,6 +172,7 @@ type Service struct {
 	set                         *metrics.Set
 	allocs, allocsTotal, quotas *metrics.Counter
 	addrQuotas, permQuotas      *metrics.Counter
+	clientInUse                 *metrics.Counter // an Allocate from a client address that holds one through another relay address
 	chanQuotas                  *metrics.Counter
 	connQuotas                  *metrics.Counter
 	authFail, creds             *metrics.Counter
@@ -226,6 +227,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 	s.allocsTotal = s.set.NewCounter(`meetpoint_turn_allocations_total`)
 	s.quotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota"}`)
 	s.addrQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_address"}`)
+	s.clientInUse = s.set.NewCounter(`meetpoint_turn_refused_total{reason="client_in_use"}`)
 	s.permQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_permission"}`)
 	s.chanQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_channel"}`)
 	s.connQuotas = s.set.NewCounter(`meetpoint_turn_refused_total{reason="quota_connection"}`)
@@ -389,7 +391,13 @@ const reserveFor = 5 * time.Second
 // once, as a reservation hold turns into the allocation: pion serves each
 // TCP control connection on its own goroutine, so Allocates on many
 // connections at once all passed a check that only counted allocations
-// already made.
+// already made. A client transport address holds one allocation: pion
+// names only the client's address to this handler and the permission
+// handler, and the relay keys allocations by it (tupleKey), so a second
+// one from the same address through another of the relay's addresses
+// (TCP to two listen addresses, SO_REUSEADDR) is refused
+// (client_in_use); pion itself refuses one through the same address
+// (437).
 func (s *Service) quota(user, _ string, client net.Addr) bool {
 	key, exempt := s.addrKey(client)
 	now := time.Now()
@@ -402,6 +410,10 @@ func (s *Service) quota(user, _ string, client net.Addr) bool {
 		}
 	}
 	k := tupleKey(client)
+	if s.held[k] != nil {
+		s.clientInUse.Inc()
+		return false
+	}
 	if h := s.pending[k]; h != nil { // this 5-tuple's last one came to nothing
 		delete(s.pending, k)
 		s.count(h, -1)
@@ -699,7 +711,7 @@ func (s *Service) uris(r *http.Request) []string {
 var turnDocs = map[string]relay.MetricDoc{
 	"meetpoint_turn_allocations_active":    {Type: "gauge", Help: "TURN allocations now."},
 	"meetpoint_turn_allocations_total":     {Type: "counter", Help: "TURN allocations made since start."},
-	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; auth_error: a credentials request whose token the relay's authenticator could not check (its store down, no answer in time: 503); quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_channel: a ChannelBind for one more channel than an allocation may hold (MaxChannels); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
+	"meetpoint_turn_refused_total":         {Type: "counter", Help: "TURN requests and credential requests refused, by reason (auth: bad, expired or missing credentials or token; auth_error: a credentials request whose token the relay's authenticator could not check (its store down, no answer in time: 503); quota: a credential's allocations at its bound; quota_address: a client address's allocations at its bound; client_in_use: an Allocate from a client transport address (IP and port) that holds an allocation through another of the relay's addresses; quota_permission: a permission for one more peer than an allocation may hold (MaxPermissions); quota_channel: a ChannelBind for one more channel than an allocation may hold (MaxChannels); quota_connection: a Connect for one more TCP connection than a TCP allocation may hold (MaxTCPConnections); tcp_allocation: an RFC 6062 TCP allocation without --turn-tcp; tcp_over_udp: an RFC 6062 TCP allocation asked for over UDP; tcp_port: a TCP allocation that found no relay port free of other TCP allocations; peer_*: a permission for a peer the policy refuses, by class: loopback, private, shared, link_local, multicast, unspecified, reserved, own (the relay host's addresses), denied (--turn-deny-peer))."},
 	"meetpoint_turn_credentials_total":     {Type: "counter", Help: "TURN credentials handed out by GET /v1/turn/credentials."},
 	"meetpoint_turn_relayed_bytes_total":   {Type: "counter", Help: "Bytes relayed by TURN allocations, from peers and to peers (UDP relay sockets)."},
 	"meetpoint_turn_relayed_packets_total": {Type: "counter", Help: "Datagrams relayed by TURN allocations, from peers and to peers."},

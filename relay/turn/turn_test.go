@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -691,5 +692,68 @@ func TestTURNUnpermittedPeersNotMetered(t *testing.T) {
 	if a.RxPackets > uint64(sent) || a.RxBytes > uint64(sent*len(msg)) || a.Dropped != 0 || s.dropped.Get() != 0 {
 		t.Fatalf("after 100 datagrams from an unpermitted address and %d from the peer: %+v (dropped metric %d); want only the peer's counted, none dropped",
 			sent, a, s.dropped.Get())
+	}
+}
+
+// TestTURNOneAllocationPerClientAddress: a relay listening on two
+// addresses gets TURN over TCP on both, and a client can reach both from
+// one transport address (SO_REUSEADDR). pion tells the quota and
+// permission handlers only the client's address, so the relay keeps one
+// allocation per client transport address: a second, through the
+// relay's other address, is refused and counted (client_in_use). Allowed,
+// its hold uncounted the first, so one address held more allocations
+// than --turn-max-per-address (and deleting the first uncounted the
+// second).
+func TestTURNOneAllocationPerClientAddress(t *testing.T) {
+	s, srv := startWith(t, Config{MaxPerAddress: 2}, func(c *relay.Config) {
+		c.Listen = []string{"127.0.0.1:0", "127.0.0.2:0"}
+		c.Limits.Exempt = nil // loopback addresses count as clients'
+	})
+	addrs := srv.Addrs()
+	if len(addrs) != 2 {
+		t.Fatalf("relay addresses %v, want two", addrs)
+	}
+	user, pass := Credentials(secret, "erin", time.Minute, time.Now())
+	reuse := func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	allocate := func(local *net.TCPAddr, to net.Addr) (*net.TCPAddr, error) {
+		d := net.Dialer{LocalAddr: local, Control: reuse}
+		tc, err := d.Dial("tcp", to.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		a, err := newStreamClient(t, to.String(), tc, user, pass).Allocate()
+		if err == nil {
+			t.Cleanup(func() { a.Close() })
+		}
+		return tc.LocalAddr().(*net.TCPAddr), err
+	}
+	from, err := allocate(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}, addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 1
+	if _, err := allocate(from, addrs[1]); err == nil { // the same client address, the relay's other
+		held++
+	}
+	if _, err := allocate(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}, addrs[0]); err == nil { // another port
+		held++
+	}
+	if held > 2 {
+		s.mu.Lock()
+		n := s.perAddr[netip.MustParseAddr("127.0.0.3")]
+		s.mu.Unlock()
+		t.Fatalf("127.0.0.3 holds %d allocations, over its bound of 2 (per-address count %d)", held, n)
+	}
+	if n := relaytest.Metric(t, srv, `meetpoint_turn_refused_total{reason="client_in_use"}`); n != 1 {
+		t.Errorf("refusals counted as client_in_use: %v, want 1", n)
 	}
 }
