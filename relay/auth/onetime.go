@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -270,14 +271,18 @@ func (m *MemStore) Take(_ context.Context, token, nonce, uuid string, whole bool
 			t.left = 0
 		}
 		return t.val, TakeFirst, nil
-	case t.left == 1 && t.nonce == nonce && !whole && uuid != "" && uuid == t.uuid:
+	case t.left == 1 && same(t.nonce, nonce) && !whole && uuid != "" && same(t.uuid, uuid):
 		return t.val, TakeFirst, nil // the first end again
-	case t.left == 1 && t.nonce == nonce && !whole:
+	case t.left == 1 && same(t.nonce, nonce) && !whole:
 		t.left = 0
 		return t.val, TakePartner, nil
 	}
 	return nil, TakeReplayed, nil
 }
+
+// same compares what a one-time token's ends present in constant time
+// (the nonce decides who is the partner).
+func same(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
 // Put implements TokenStore.
 func (m *MemStore) Put(_ context.Context, token string, value []byte, ttl time.Duration) error {
