@@ -226,9 +226,13 @@ func (ts *Store) checkExpiry() {
 	selfSigned, expired := ts.cfg.Cert == "" && len(ts.cfg.CertPEM) == 0, !now.Before(end)
 	if selfSigned && expired {
 		cert, err := ts.selfSigned()
-		if err != nil {
+		switch {
+		case err != nil && len(cert.Certificate) == 0:
 			ts.log.Error("the self-signed certificate has expired and a new one cannot be made; keeping the old one", "err", err)
 			return
+		case err != nil: // made, not kept: served all the same (the expired one is of no use)
+			ts.log.Error("the self-signed certificate has expired; its replacement cannot be kept in the data dir, so a restart makes another: serving it anyway",
+				"err", err, "sha256", CertFingerprint(cert.Certificate[0]))
 		}
 		ts.cert.Store(&cert)
 		return
@@ -279,7 +283,8 @@ func (ts *Store) Close() {
 }
 
 // selfSigned generates the self-signed certificate, or reuses the one kept
-// in DataDir.
+// in DataDir. Where DataDir cannot keep a new one, the certificate made
+// is returned with the error.
 func (ts *Store) selfSigned() (tls.Certificate, error) {
 	var certPath, keyPath string
 	if d := ts.cfg.DataDir; d != "" {

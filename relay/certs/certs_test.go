@@ -3,6 +3,7 @@ package certs
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -118,6 +119,38 @@ func TestCertificateExpiry(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "the kept self-signed certificate has expired") {
 			t.Fatalf("the replacement without a warning:\n%s", logs.String())
+		}
+	})
+
+	// The data dir cannot keep the replacement (a directory where its
+	// file goes: as a full disk would): the replacement is served all
+	// the same, not the expired certificate, and the log says so.
+	t.Run("self-signed, data dir unwritable", func(t *testing.T) {
+		dir := t.TempDir()
+		logs := &testutil.Tail{}
+		at(time.Now())
+		st, err := newStore(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)), clock, 5*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		first, end := st.Fingerprint(), st.NotAfter()
+		certFile := filepath.Join(dir, "selfsigned-cert.pem")
+		if err := os.Remove(certFile); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(certFile, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		at(end.Add(time.Hour))
+		testutil.WaitFor(t, func() error {
+			if st.Fingerprint() == first || !st.NotAfter().After(end) {
+				return fmt.Errorf("still serving the expired certificate; log:\n%s", logs.String())
+			}
+			return nil
+		}, "a replacement served though the data dir cannot keep it")
+		if !strings.Contains(logs.String(), "cannot be kept") {
+			t.Fatalf("no error saying the replacement cannot be kept:\n%s", logs.String())
 		}
 	})
 
