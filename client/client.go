@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gobwas/ws"
 )
 
 // DefaultTimeout bounds Dial when Options.Timeout is zero.
@@ -139,7 +141,8 @@ func (e *RPCError) Error() string { return "json-rpc error: " + e.Text }
 
 // Dial connects, authenticates and waits for the partner.
 //
-// Errors: *AuthError for a non-NoError authenticationError, *RPCError for a
+// Errors: *AuthError for a non-NoError authenticationError (and, for a
+// token in a WebSocket URL, for the relay's HTTP 401), *RPCError for a
 // JSON-RPC error, ErrTimeout when Options.Timeout passes, *NoPartnerError
 // when the relay closes while we wait for the partner, other errors wrapped
 // with the step that failed ("connect: ...", "authenticate: ...", "wait for
@@ -198,6 +201,10 @@ func Dial(ctx context.Context, o Options) (*Tunnel, error) {
 			return nil
 		}
 	})
+	if se := ws.StatusError(0); inURL && errors.As(err, &se) && se == 401 {
+		// The relay refused the token in the URL: as Authenticate's refusal.
+		return nil, &AuthError{Result: "AuthenticationErrorAuthenticationFailed"}
+	}
 	if err != nil {
 		return nil, err
 	}

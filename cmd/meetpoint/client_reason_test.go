@@ -81,7 +81,7 @@ func TestClientTokenInURL(t *testing.T) {
 	}
 	errb.Reset()
 	code = run([]string{"client", "--url", relaytest.WSURL(s) + "?token=bad"}, strings.NewReader(""), &bytes.Buffer{}, &errb)
-	if code != 1 || !strings.Contains(errb.String(), "401: the relay refused the token in the URL.") {
+	if code != 1 || errb.String() != "meetpoint: authentication failed: AuthenticationErrorAuthenticationFailed\n" {
 		t.Errorf("refused URL token: exit %d, %q", code, errb.String())
 	}
 }
