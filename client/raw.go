@@ -88,9 +88,10 @@ type Raw struct {
 	verbose io.Writer // where Call and Recv print the exchange, or nil
 	secret  string    // masked in verbose output
 
-	in   wsIn   // the reader's place in the WebSocket stream
-	wbuf []byte // frames go out through it (under wmu), wsWriteChunk at most
-	werr error  // under wmu: a frame write failed part-way, so no frame may follow
+	in        wsIn   // the reader's place in the WebSocket stream
+	wbuf      []byte // frames go out through it (under wmu), wsWriteChunk at most
+	werr      error  // under wmu: a frame write failed part-way, so no frame may follow
+	sentClose bool   // under wmu: a close frame was sent, so no frame may follow (RFC 6455, 5.5.1)
 }
 
 // wsIn is the reading side's place in the WebSocket stream: payload is
@@ -351,16 +352,25 @@ func (r *Raw) logf(dir, msg string) {
 // frame's payload.
 var errFrameCut = errors.New("websocket: an earlier write was cut in the middle of a frame; no more frames can be sent")
 
+// errCloseSent is what writes return once a close frame was sent (ours,
+// or the answer to the relay's): RFC 6455 allows nothing after it.
+var errCloseSent = errors.New("websocket: close frame sent; no more frames can be sent")
+
 // writeFrame sends one masked frame; p is not modified. Header and masked
 // payload are copied into r.wbuf and written from there, wsWriteChunk at a
 // time: once the buffer exists, nothing is allocated. A write failing
-// after part of the frame went out fails every later one (errFrameCut).
+// after part of the frame went out fails every later one (errFrameCut);
+// so does a close frame (errCloseSent).
 func (r *Raw) writeFrame(op ws.OpCode, p []byte) error {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	if r.werr != nil {
 		return r.werr
 	}
+	if r.sentClose {
+		return errCloseSent
+	}
+	r.sentClose = op == ws.OpClose
 	if r.wbuf == nil {
 		r.wbuf = make([]byte, 0, ws.MaxHeaderSize+wsWriteChunk)
 	}

@@ -125,7 +125,8 @@ func (t *Tunnel) WriteMessage(op ws.OpCode, p []byte) error {
 }
 
 // Close sends a WebSocket close frame (1000) when the tunnel runs over
-// WebSocket, then closes the connection. It gives writing up after a
+// WebSocket and none was sent yet (Read answers the relay's), then closes
+// the connection. It gives writing up after a
 // second, a Write blocked on a relay that stopped reading with it.
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
