@@ -182,10 +182,14 @@ export class Tunnel extends EventTarget {
     });
   }
 
-  /** Ends the tunnel (the partner sees "partner_left"). */
+  /**
+   * Ends the tunnel (the partner sees "partner_left"). A code WebSocket
+   * refuses (only 1000 and 3000-4999 are allowed) throws, and the tunnel
+   * stays open.
+   */
   close(code = 1000, reason = "") {
+    this.#ws.close(code, reason); // first: if it throws, nothing was closed
     this.#closing = true;
-    this.#ws.close(code, reason);
     return this.closed;
   }
 }

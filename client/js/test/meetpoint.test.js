@@ -60,6 +60,20 @@ test("two clients pair and exchange text and binary both ways", async () => {
   assert.equal((await a.closed).error.code, "closed");
 });
 
+// close() with a code a WebSocket refuses (1001: browsers and Node allow
+// 1000 and 3000-4999 only) throws, and the tunnel stays open: a later
+// departure of the partner is still partner_left, not "closed by this side".
+test("a refused close code leaves the tunnel open and its end reported as it happens", async () => {
+  const tk = token();
+  const [a, b] = await Promise.all([pair({ url: WS, token: tk }), pair({ url: WS, token: tk })]);
+  assert.throws(() => a.close(1001));
+  let got = next(b);
+  a.send("still open");
+  assert.equal(await got, "still open");
+  b.close();
+  assert.equal((await a.closed).error.code, "partner_left");
+});
+
 test("messages sent the moment the tunnel exists are kept until a listener is added", async () => {
   const tk = token();
   const [a, b] = await Promise.all([pair({ url: WS, token: tk }), pair({ url: WS, token: tk })]);
