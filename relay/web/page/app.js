@@ -100,6 +100,10 @@ $("pair-form").addEventListener("submit", async (ev) => {
     $("session").hidden = true;
     $("pair").disabled = false;
     tunnel = null;
+    if (incoming) { // the partner's file ends with its tunnel: a next one starts afresh
+      log(`them: ${incoming.name} interrupted (${incoming.got} of ${incoming.size} bytes)`, "sys");
+      incoming = null;
+    }
   });
 });
 
