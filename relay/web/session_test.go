@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 
 	"github.com/chromedp/chromedp"
@@ -16,7 +17,10 @@ import (
 // session's binary messages were appended to it: a stale file from the
 // last partner, completed with bytes of the new one, was offered for
 // download. A file interrupted by the tunnel's end is now dropped (and
-// said so), and the next session's binary is shown as such.
+// said so), and the next session's binary is shown as such. The files of
+// a session, whose links go when the next session clears the log, are
+// freed with them (their blob URLs revoked): they stayed in memory for
+// as long as the page was open.
 func TestPageNewSessionStartsClean(t *testing.T) {
 	s, base := relayWithPage(t, false)
 	tb := tab(t, browser(t))
@@ -44,6 +48,10 @@ func TestPageNewSessionStartsClean(t *testing.T) {
 	run(t, tb, "open the page", chromedp.Navigate(base+"/#token="+token))
 
 	first := partner()
+	send(first, ws.OpText, `{"t":"file","name":"whole.bin","size":5}`)
+	send(first, ws.OpBinary, "12345")
+	run(t, tb, "the tab gets a whole file", chromedp.WaitVisible(chromedp.CSS("a.received-file")))
+	href := value(t, tb, "its link", chromedp.AttributeValue(chromedp.CSS("a.received-file"), "href")).Value
 	send(first, ws.OpText, `{"t":"file","name":"first.bin","size":100}`)
 	send(first, ws.OpBinary, string(make([]byte, 10)))
 	send(first, ws.OpText, `{"t":"msg","text":"leaving"}`)
@@ -61,4 +69,8 @@ func TestPageNewSessionStartsClean(t *testing.T) {
 	}
 	run(t, tb, "the second session's binary is shown as such",
 		poll(`[...document.querySelectorAll("#log li")].some((li) => li.textContent.includes("them: 90 bytes of binary"))`))
+	kept := value(t, tb, "the first session's file", awaitJS[bool](`fetch(`+strconv.Quote(href)+`).then(() => true, () => false)`))
+	if kept {
+		t.Errorf("the first session's file %s is still held, its link gone with the log", href)
+	}
 }

@@ -57,6 +57,7 @@ function log(text, cls, node) {
 
 let tunnel = null;
 let incoming = null; // the file being received: {name, size, parts, got}
+let fileURLs = []; // blob URLs of the received files linked from the log: revoked when it is cleared
 
 const reasons = {
   partner_left: "the other tab left",
@@ -90,6 +91,8 @@ $("pair-form").addEventListener("submit", async (ev) => {
   }
   setState("paired with " + tunnel.peer.name, "ok");
   $("session").hidden = false;
+  fileURLs.forEach((u) => URL.revokeObjectURL(u));
+  fileURLs = [];
   $("log").replaceChildren();
   tunnel.onmessage = (e) => receive(e.data);
   tunnel.addEventListener("close", (e) => {
@@ -137,6 +140,7 @@ function fileDone() {
   const blob = new Blob(f.parts, { type: "application/octet-stream" });
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
+  fileURLs.push(a.href);
   a.download = f.name;
   a.textContent = "download";
   a.className = "received-file";
