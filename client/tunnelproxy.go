@@ -569,14 +569,16 @@ func (s *TPServer) Bridge(localAddr string) error {
 				c.Close()
 				return
 			}
-			pipe(c, local)
+			pipe(c, local, false)
 		}()
 	}
 }
 
 // ServeTPClients accepts local connections on ln (e.g. from a browser) and
-// carries each to the device o.ServerUUID as its own TunnelProxy client. It
-// returns when ln is closed.
+// carries each to the device o.ServerUUID as its own TunnelProxy client. A
+// local connection that shuts its sending side still gets what the device
+// sends until the device ends the tunnel (TunnelProxy has no half-close:
+// the device does not see that end). It returns when ln is closed.
 func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
 	for {
 		local, err := ln.Accept()
@@ -597,22 +599,33 @@ func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
 				local.Close()
 				return
 			}
-			pipe(tun, local)
+			pipe(tun, local, true)
 		}()
 	}
 }
 
-// pipe copies both ways and closes both ends when either side is done.
-func pipe(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		done <- struct{}{}
+// pipe copies both ways between tun and local, and closes both when
+// either direction ends — except, with waitReply, local's clean end (its
+// FIN: a request then shutdown(SHUT_WR), as nc -N or an HTTP/1.0 client
+// does): TunnelProxy has no half-close to pass it on, so it is not passed
+// on, and what the tunnel sends flows to local until the tunnel ends.
+func pipe(tun, local net.Conn, waitReply bool) {
+	done := make(chan bool, 2) // whether both ends are to be closed
+	go func() {
+		_, err := io.Copy(tun, local)
+		done <- err != nil || !waitReply
+	}()
+	go func() {
+		_, _ = io.Copy(local, tun)
+		done <- true
+	}()
+	left := 2
+	for closeAll := false; !closeAll; left-- {
+		closeAll = <-done
 	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	a.Close()
-	b.Close()
-	<-done
+	tun.Close()
+	local.Close()
+	if left > 0 {
+		<-done
+	}
 }

@@ -1,0 +1,76 @@
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+)
+
+// TestServeTPClientsLocalHalfClose: a local client that sends its request
+// and then shuts its sending side (nc -N, an HTTP/1.0-style client) must
+// still get the reply. ServeTPClients closed the tunnel, and so the local
+// connection, as soon as the local side's FIN was read: the device's
+// reply, sent a moment later, was lost. TunnelProxy has no half-close to
+// pass the FIN on, so it is not passed on: the reply flows until the
+// device ends the tunnel.
+func TestServeTPClientsLocalHalfClose(t *testing.T) {
+	s := relaytest.New(t, nil)
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	for name, url := range map[string]string{"tcp": relaytest.TCPURL(s), "ws": relaytest.WSURL(s)} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			su := client.NewUUID()
+			dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			go func() { // the device: one line in, a moment's work, one line out, then it hangs up
+				for {
+					c, err := dev.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						line, err := bufio.NewReader(c).ReadString('\n')
+						if err != nil {
+							return
+						}
+						time.Sleep(100 * time.Millisecond)
+						io.WriteString(c, "re: "+line)
+					}()
+				}
+			}()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go client.ServeTPClients(ctx, ln, client.TPOptions{URL: url, ServerUUID: su, Name: "local"})
+			local, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer local.Close()
+			local.SetDeadline(time.Now().Add(relaytest.Patience))
+			io.WriteString(local, "hello\n")
+			local.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(local)
+			if string(got) != "re: hello\n" || err != nil {
+				t.Fatalf("after its FIN the local client read %q, %v; want the device's reply", got, err)
+			}
+		})
+	}
+}
