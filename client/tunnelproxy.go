@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -142,10 +143,12 @@ func orNewUUID(u string) string {
 // connection with SLIP framing. One read loop serves them all: it holds at
 // most TPOptions.MaxQueued unread bytes per client, waits while a client's
 // queue is full, and disconnects a client whose reader took nothing for
-// TPOptions.StallTimeout.
+// TPOptions.StallTimeout. At most TPAcceptBacklog clients wait for
+// Accept; one arriving beyond them is disconnected at once (Refused).
 type TPServer struct {
 	r         *Raw
-	accept    chan *TPConn
+	accept    chan *TPConn // TPAcceptBacklog clients at most
+	refused   atomic.Int64 // clients disconnected on arrival: accept was full
 	done      chan struct{}
 	maxQueued int           // TPOptions.MaxQueued
 	stall     time.Duration // TPOptions.StallTimeout
@@ -156,6 +159,12 @@ type TPServer struct {
 	nextID int
 }
 
+// TPAcceptBacklog is how many arrived clients a TPServer keeps for
+// Accept; more are disconnected as they arrive, so that an application
+// that stops calling Accept never holds up the server's read loop (and
+// with it the server's other clients).
+const TPAcceptBacklog = 64
+
 // RegisterTPServer registers o.UUID as a server and starts serving.
 func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
 	r, err := tpRegister(ctx, o, "TunnelProxy.RegisterServer", map[string]any{
@@ -163,7 +172,7 @@ func RegisterTPServer(ctx context.Context, o TPOptions) (*TPServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &TPServer{r: r, accept: make(chan *TPConn, 64), done: make(chan struct{}),
+	s := &TPServer{r: r, accept: make(chan *TPConn, TPAcceptBacklog), done: make(chan struct{}),
 		conns: make(map[uint16]*TPConn), nextID: 100, maxQueued: o.MaxQueued, stall: o.StallTimeout}
 	if s.maxQueued <= 0 {
 		s.maxQueued = DefaultTPMaxQueued
@@ -191,6 +200,10 @@ func (s *TPServer) Accept() (*TPConn, error) {
 		return nil, s.err
 	}
 }
+
+// Refused returns how many clients were disconnected as they arrived
+// because TPAcceptBacklog clients already waited for Accept.
+func (s *TPServer) Refused() int64 { return s.refused.Load() }
 
 // Close unregisters the server (the relay closes its clients).
 func (s *TPServer) Close() error {
@@ -337,7 +350,11 @@ func (s *TPServer) rpc(payload []byte) {
 		s.mu.Unlock()
 		select {
 		case s.accept <- c:
-		case <-s.done:
+		default: // the backlog is full: the read loop must not wait for Accept
+			s.refused.Add(1)
+			if c.forget() {
+				go s.call("TunnelProxy.DisconnectClient", map[string]any{"socketAddress": c.addr})
+			}
 		}
 	case "TunnelProxy.ClientDisconnected":
 		a, _ := p["socketAddress"].(float64)
