@@ -74,3 +74,48 @@ func TestServeTPClientsLocalHalfClose(t *testing.T) {
 		})
 	}
 }
+
+// TestServeTPClientsLocalGoneDeviceSilent: a local client that closes
+// for good (which looks the same as a FIN) while the device waits for
+// input that will never come does not hold its tunnel for ever: it is
+// ended once nothing came from the device for the reply wait, and the
+// device sees its client disconnected.
+func TestServeTPClientsLocalGoneDeviceSilent(t *testing.T) {
+	defer client.SetReplyIdle(300 * time.Millisecond)()
+	s := relaytest.New(t, nil)
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	url := relaytest.TCPURL(s)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	su := client.NewUUID()
+	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go client.ServeTPClients(ctx, ln, client.TPOptions{URL: url, ServerUUID: su, Name: "local"})
+	local, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(local, "hello\n")
+	c, err := dev.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local.Close() // gone for good; the device never answers
+	c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	got, err := io.ReadAll(c)
+	if string(got) != "hello\n" || err != nil {
+		t.Fatalf("the device read %q, %v; want the request, then its client disconnected (EOF)", got, err)
+	}
+}

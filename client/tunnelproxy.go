@@ -594,8 +594,9 @@ func (s *TPServer) Bridge(localAddr string) error {
 // ServeTPClients accepts local connections on ln (e.g. from a browser) and
 // carries each to the device o.ServerUUID as its own TunnelProxy client. A
 // local connection that shuts its sending side still gets what the device
-// sends until the device ends the tunnel (TunnelProxy has no half-close:
-// the device does not see that end). It returns when ln is closed.
+// sends, until the device ends the tunnel or sends nothing for 30 s
+// (TunnelProxy has no half-close: the device does not see that end). It
+// returns when ln is closed.
 func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
 	for {
 		local, err := ln.Accept()
@@ -625,24 +626,63 @@ func ServeTPClients(ctx context.Context, ln net.Listener, o TPOptions) error {
 // either direction ends — except, with waitReply, local's clean end (its
 // FIN: a request then shutdown(SHUT_WR), as nc -N or an HTTP/1.0 client
 // does): TunnelProxy has no half-close to pass it on, so it is not passed
-// on, and what the tunnel sends flows to local until the tunnel ends.
+// on, and what the tunnel sends flows to local while it keeps coming. A
+// FIN looks the same as a client gone for good, so the tunnel is ended
+// once nothing came from it for replyIdle (30 s): a device waiting for input
+// that will never come must not hold it for ever.
 func pipe(tun, local net.Conn, waitReply bool) {
+	var moved atomic.Int64     // bytes from tun to local
 	done := make(chan bool, 2) // whether both ends are to be closed
 	go func() {
 		_, err := io.Copy(tun, local)
 		done <- err != nil || !waitReply
 	}()
 	go func() {
-		_, _ = io.Copy(local, tun)
+		_, _ = io.Copy(countingWriter{local, &moved}, tun)
 		done <- true
 	}()
-	left := 2
-	for closeAll := false; !closeAll; left-- {
-		closeAll = <-done
+	left := 1
+	if !<-done { // local's FIN: wait for the reply while it flows
+		t := time.NewTicker(time.Duration(replyIdle.Load()))
+		last := moved.Load()
+	wait:
+		for {
+			select {
+			case <-done:
+				left--
+				break wait
+			case <-t.C:
+				if n := moved.Load(); n != last {
+					last = n
+					continue
+				}
+				break wait
+			}
+		}
+		t.Stop()
 	}
 	tun.Close()
 	local.Close()
 	if left > 0 {
 		<-done
 	}
+}
+
+// replyIdle is how long ServeTPClients keeps a tunnel after its local
+// client's FIN while nothing comes from the device, in nanoseconds (30 s;
+// tests shorten it).
+var replyIdle atomic.Int64
+
+func init() { replyIdle.Store(int64(30 * time.Second)) }
+
+// countingWriter is w counting the bytes written through it in n.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n.Add(int64(k))
+	return k, err
 }
