@@ -578,6 +578,13 @@ func (h *hub) serverRPC(obj []byte) {
 		return
 	}
 	h.sendSLIP(0, reply)
+	if h.srv.pending() > h.endBudget(h.srv) {
+		// It asks and does not read the answers: one read of requests
+		// (RemoteProxy.Introspect, ~45 bytes, is answered with kilobytes)
+		// would otherwise queue megabytes past serverHigh.
+		h.s.log.Debug("tunnelproxy server does not read its replies", "server", h.uuid)
+		h.endOver(h.srv)
+	}
 }
 
 // closeServer ends the hub for reason once what the server is owed is
