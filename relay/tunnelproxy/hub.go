@@ -44,6 +44,12 @@ type hub struct {
 	srvReason reason.Reason      // why the server is closing once its output is written
 	notifID   int
 	frame     []byte // scratch for one SLIP frame
+
+	// joinersGone counts joiners dropped while they waited (their slots
+	// still in joiners); once they are half of it, joiners is compacted,
+	// so that clients registering and leaving while the server does not
+	// drain its backlog are not kept (each with its name and input).
+	joinersGone int
 }
 
 // clientPause is how much may wait for a client before the relay stops
@@ -795,6 +801,8 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 		if !c.joining { // a joining client was never announced, never counted
 			h.s.m.clients.Dec()
 			announce = notify
+		} else if h.joinersGone++; h.joinersGone*2 >= len(h.joiners) {
+			h.compactJoiners()
 		}
 	}
 	released := c.sock != nil
@@ -813,6 +821,19 @@ func (h *hub) dropClient(c *tpEnd, notify bool, r reason.Reason) {
 	if released && h.s.srv.Draining() && h.nclients.Load() == 0 && !h.dead {
 		h.close(reason.Shutdown) // draining: the server's last client left
 	}
+}
+
+// compactJoiners drops from joiners the clients no longer waiting in
+// h.clients.
+func (h *hub) compactJoiners() {
+	kept := h.joiners[:0]
+	for _, e := range h.joiners {
+		if h.clients[e.addr] == e && e.joining {
+			kept = append(kept, e)
+		}
+	}
+	clear(h.joiners[len(kept):])
+	h.joiners, h.joinersGone = kept, 0
 }
 
 // release lets go of e's socket: the rest of its output, a close frame on
