@@ -22,7 +22,9 @@ import (
 //
 // (rediss+cluster://, rediss+sentinel:// for TLS). Other query parameters
 // are go-redis options in snake case (dial_timeout=2s, pool_size=20).
-// Timeouts not given are 2 s. what names the flag in errors ("fleet URL").
+// Timeouts not given are 2 s. what names the flag in errors ("fleet URL"),
+// which name the URL as Describe does: a password may be in its query
+// (a Sentinel-managed primary's password=) as well as its user:password@.
 func Parse(what, spec string) (redis.UniversalClient, error) {
 	u, err := url.Parse(spec)
 	if err != nil {
@@ -30,7 +32,7 @@ func Parse(what, spec string) (redis.UniversalClient, error) {
 	}
 	base, mode, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
-		return nil, fmt.Errorf("%s %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", what, u.Redacted())
+		return nil, fmt.Errorf("%s %q: want redis://, rediss://, redis+cluster:// or redis+sentinel://", what, Describe(spec))
 	}
 	u.Scheme = base
 	plain := u.String()
@@ -64,7 +66,7 @@ func Parse(what, spec string) (redis.UniversalClient, error) {
 		timeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
 		return redis.NewFailoverClient(opt), nil
 	}
-	return nil, fmt.Errorf("%s %q: unknown mode %q (cluster or sentinel)", what, u.Redacted(), mode)
+	return nil, fmt.Errorf("%s %q: unknown mode %q (cluster or sentinel)", what, Describe(spec), mode)
 }
 
 // Describe names the Redis of spec for logs and /readyz: its scheme and
