@@ -293,8 +293,10 @@ func parseServe(args []string, logOut, stdout, stderr io.Writer) (relay.Config, 
 // stdin supplies `--config -` (nil: none); it is read once, so a SIGHUP
 // re-parse sees the same configuration.
 func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr io.Writer) (serveOptions, int) {
-	fail := func(format string, a ...any) (serveOptions, int) {
-		fmt.Fprintf(stderr, "meetpoint serve: "+format+"\n", a...)
+	var a relay.Authenticator // closed again on failure (discardAuth)
+	fail := func(format string, args ...any) (serveOptions, int) {
+		discardAuth(a)
+		fmt.Fprintf(stderr, "meetpoint serve: "+format+"\n", args...)
 		return serveOptions{}, 2
 	}
 	fs, v := serveFlags()
@@ -415,7 +417,6 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 			return fail("admin-listen: %v", err)
 		}
 	}
-	var a relay.Authenticator
 	var err error
 	switch {
 	case v.hmacKey != "" && v.auth != "hmac":
@@ -474,9 +475,11 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		if err != nil {
 			return fail("mesh-key-file: %v", err)
 		}
-		if _, err := fleet.ParseURL(v.fleetURL); err != nil {
+		rdb, err := fleet.ParseURL(v.fleetURL) // checked here, made again when serving starts
+		if err != nil {
 			return fail("%v", err)
 		}
+		rdb.Close()
 		id := v.nodeID
 		if id == "" {
 			if id, err = os.Hostname(); err != nil || id == "" {
@@ -686,6 +689,17 @@ func reparser(args []string, stdin *stdinConfig) func() (serveOptions, error) {
 			return serveOptions{}, errors.New(strings.TrimSpace(errb.String()))
 		}
 		return again, nil
+	}
+}
+
+// discardAuth closes an authenticator that will not serve (a SIGHUP's
+// re-parse made it, or the parse failed after it): a Redis store's client
+// left open keeps its goroutines and timers for the life of the process.
+func discardAuth(a relay.Authenticator) {
+	if o, ok := a.(*auth.OneTime); ok {
+		if c, ok := o.Store().(io.Closer); ok {
+			c.Close()
+		}
 	}
 }
 
@@ -1042,6 +1056,9 @@ func reload(o serveOptions, srv *relay.Server, store *certs.Store, log *slog.Log
 	if o.reparse != nil {
 		var perr error
 		if again, perr = o.reparse(); perr == nil {
+			// The relay keeps its authenticator (its files are re-read
+			// above): the re-parse's own is never used.
+			discardAuth(again.cfg.Auth)
 			// The IPv6 prefix stays: the per-address state (bans included)
 			// is kept under keys it made (a change is named below).
 			again.cfg.Limits.IPv6Prefix = o.cfg.Limits.IPv6Prefix

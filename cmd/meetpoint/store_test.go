@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -141,5 +143,69 @@ func TestFleetNodeWaitsForStore(t *testing.T) {
 	ts.waitStarted(t)
 	if logs := ts.logs.String(); !strings.Contains(logs, "fleet store reachable: joining the fleet") || !strings.Contains(logs, "fleet joined") {
 		t.Errorf("no line saying the node joined:\n%s", logs)
+	}
+}
+
+// redisGoroutines counts the goroutines of go-redis clients: each client
+// made and never closed leaves its own behind.
+func redisGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "github.com/redis/go-redis/") {
+			count++
+		}
+	}
+	return count
+}
+
+// TestSIGHUPLeavesNoRedisClients: a reload re-parses the command line and
+// config files, which makes a Redis client for --fleet's check and for
+// --auth redis://…: neither is the one the relay runs with, so each is
+// closed again (also when the re-parse fails), or every `systemctl reload` leaves goroutines (and
+// go-redis's timers) behind for the life of the process.
+func TestSIGHUPLeavesNoRedisClients(t *testing.T) {
+	const reloads = 20
+	keyFile := filepath.Join(t.TempDir(), "mesh.key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
+	reparse := reparser([]string{"--listen", "127.0.0.1:0", "--fleet", "redis://127.0.0.1:1/0", "--mesh-key-file", keyFile}, nil)
+	before := redisGoroutines()
+	for range reloads {
+		if _, err := reparse(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := redisGoroutines() - before; n >= reloads {
+		t.Errorf("%d re-parses of --fleet left %d go-redis goroutines behind", reloads, n)
+	}
+	// A re-parse that fails after making the authenticator (a reload that
+	// fails) closes it too.
+	failing := reparser([]string{"--listen", "127.0.0.1:0", "--auth", "redis://127.0.0.1:1/0", "--admin-key-file", keyFile + ".missing"}, nil)
+	before = redisGoroutines()
+	for range reloads {
+		if _, err := failing(); err == nil {
+			t.Fatal("a missing --admin-key-file was accepted")
+		}
+	}
+	if n := redisGoroutines() - before; n >= reloads {
+		t.Errorf("%d failed re-parses with --auth redis://… left %d go-redis goroutines behind", reloads, n)
+	}
+
+	ts := startServe(t, "--auth", "redis://127.0.0.1:1/0", "--log-level", "info")
+	before = redisGoroutines()
+	for i := 1; i <= reloads; i++ {
+		ts.sigs <- syscall.SIGHUP
+		relaytest.WaitFor(t, func() bool { return strings.Count(ts.logs.String(), "reloaded:") >= i }, "the reload")
+	}
+	if n := redisGoroutines() - before; n >= reloads {
+		t.Errorf("%d reloads with --auth redis://… left %d go-redis goroutines behind", reloads, n)
 	}
 }
