@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -265,7 +266,8 @@ type serveOptions struct {
 	signal      *wamp.Config  // nil: no WAMP router
 	turn        *turn.Config  // nil: no TURN
 	// settings is every flag's value as parsed (command line and config
-	// files): what a SIGHUP's re-parse is compared with.
+	// files), with the contents' digest of a file that a restart-only
+	// setting names: what a SIGHUP's re-parse is compared with.
 	settings map[string]string
 	// reparse re-reads the command line and config files for SIGHUP; nil
 	// means limits are not reloaded.
@@ -276,6 +278,11 @@ type serveOptions struct {
 // a change to any other is told to need a restart.
 var reloadable = map[string]bool{"max-conns": true, "max-conns-per-ip": true, "conn-rate-per-ip": true,
 	"auth-failures-per-ip": true, "ban-time": true, "tunnel-rate": true, "limit-exempt": true}
+
+// rereadOnReload are the settings naming a file whose contents a SIGHUP
+// reads again (the others' files are read at start only).
+var rereadOnReload = map[string]bool{"config": true, "nymea-config": true, "access": true,
+	"tls-cert": true, "tls-key": true, "tls-chain": true}
 
 // parseServe turns serve's arguments into a validated relay.Config. Logs go
 // to logOut. It returns the exit status to use when serve must stop (see
@@ -330,7 +337,16 @@ func parseServeOptions(args []string, stdin *stdinConfig, logOut, stdout, stderr
 		return fail("%v", err)
 	}
 	settings := map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = f.Value.String() })
+	fs.VisitAll(func(f *flag.Flag) {
+		settings[f.Name] = f.Value.String()
+		// A file that a restart-only setting names is read at start only:
+		// new contents (a rotated key) change the setting as a new path does.
+		if kind, _ := flag.UnquoteUsage(f); kind == "FILE" && !rereadOnReload[f.Name] && f.Value.String() != "" {
+			if b, err := os.ReadFile(f.Value.String()); err == nil {
+				settings[f.Name] += fmt.Sprintf(" (contents sha256:%x)", sha256.Sum256(b))
+			}
+		}
+	})
 	// The float settings are rates, checked by comparisons that NaN fails
 	// every one of (a NaN rate was no limit at all).
 	var notFinite string

@@ -845,3 +845,26 @@ func TestAdminIdleConnectionClosed(t *testing.T) {
 		t.Fatalf("idle admin connection: %v, want it closed (EOF) after --http-idle-timeout", err)
 	}
 }
+
+// TestServeSIGHUPNamesChangedKeyFiles: a file that a restart-only setting
+// names (--admin-key-file, --tls-client-fingerprints, --mesh-key-file, …)
+// is read at start only. An operator who rotates a leaked admin key, or
+// removes a fingerprint, and runs `systemctl reload` must be told that the
+// new contents are not in force, as for any other setting a restart puts
+// in force: the path staying the same does not make it the same setting.
+func TestServeSIGHUPNamesChangedKeyFiles(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "admin.key")
+	os.WriteFile(key, []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
+	ts := startServe(t, "--events", "--admin-key-file", key, "--log-level", "info")
+	os.WriteFile(key, []byte(strings.Repeat("cd", 32)+"\n"), 0o600) // rotated
+	ts.sigs <- syscall.SIGHUP
+	relaytest.WaitFor(t, func() bool { return strings.Contains(ts.logs.String(), "reloaded:") }, "the reload")
+	if !strings.Contains(ts.logs.String(), `they are not in force" settings=admin-key-file`) {
+		t.Errorf("the rotated --admin-key-file was not named as needing a restart:\n%s", ts.logs.String())
+	}
+	ts.sigs <- syscall.SIGHUP // unchanged since: the same warning, nothing more
+	relaytest.WaitFor(t, func() bool { return strings.Count(ts.logs.String(), "reloaded:") == 2 }, "the second reload")
+	if n := strings.Count(ts.logs.String(), "only a restart puts in force"); n != 2 {
+		t.Errorf("%d restart warnings after two reloads, want 2:\n%s", n, ts.logs.String())
+	}
+}
