@@ -129,13 +129,17 @@ func AddrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// key is ip's limiter key: IPv4 addresses as they are, global IPv6
+// key is ip's limiter key: IPv4 addresses as they are (also in their
+// IPv4-mapped IPv6 form), global IPv6
 // addresses cut to IPv6Prefix bits, link-local IPv6 addresses by their
 // interface (fe80:: with the zone) — a host on the link picks as many
 // fe80:: addresses as it likes, so one key per address would give it as
 // many limits and ban buckets; the link is the unit an operator can
 // name. Called with mu held.
 func (l *Limiter) key(ip netip.Addr) netip.Addr {
+	if ip.Is4In6() { // a dual-stack socket's IPv4 client: its IPv4 address
+		ip = ip.Unmap()
+	}
 	if !ip.Is6() {
 		return ip
 	}
@@ -169,8 +173,9 @@ func (l *Limiter) Key(ip netip.Addr) (key netip.Addr, exempt bool) {
 // exempt reports whether ip is exempt. Called with mu held.
 func (l *Limiter) exempt(ip netip.Addr) bool {
 	ip = ip.WithZone("")
+	v4 := ip.Unmap() // an IPv4 client in IPv6 form is exempt where its IPv4 form is
 	for _, p := range l.lim.Exempt {
-		if p.Contains(ip) {
+		if p.Contains(ip) || p.Contains(v4) {
 			return true
 		}
 	}

@@ -124,6 +124,19 @@ func TestLimiterIPv6Prefix(t *testing.T) {
 	if k, _, _ := v4.Admit(netip.MustParseAddr("192.0.2.7")); k != netip.MustParseAddr("192.0.2.7") {
 		t.Fatalf("IPv4 key %v", k)
 	}
+	// An IPv4 address in IPv6 form (a dual-stack socket's) is that IPv4
+	// address: its own key, not the /64 every IPv4 client would share,
+	// and exempt where its IPv4 form is.
+	if k, _, ok := v4.Admit(netip.MustParseAddr("::ffff:192.0.2.8")); !ok || k != netip.MustParseAddr("192.0.2.8") {
+		t.Fatalf("IPv4-mapped key %v (admitted %v), want 192.0.2.8", k, ok)
+	}
+	if r := refusal(v4.Admit(netip.MustParseAddr("::ffff:192.0.2.7"))); r != reason.LimitConnsPerIP.String() {
+		t.Fatalf("192.0.2.7 again in IPv6 form: %v, want limit_conns_per_ip", r)
+	}
+	mx := New(Limits{MaxConnsPerIP: 1, Exempt: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	if _, exempt := mx.Key(netip.MustParseAddr("::ffff:127.0.0.1")); !exempt {
+		t.Fatal("::ffff:127.0.0.1 not exempt under 127.0.0.1/32")
+	}
 }
 
 // TestDefaultMaxConns: the default connection limit follows the
