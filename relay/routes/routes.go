@@ -8,8 +8,10 @@
 package routes
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -79,9 +81,15 @@ func Register(s *relay.Server, cfg Config) (err error) {
 	return nil
 }
 
+// upstream is the routes' transport to their services: net/http's
+// default one's settings (its dial and TLS handshake timeouts, a variable
+// for the tests).
+var upstream = http.DefaultTransport.(*http.Transport).Clone()
+
 func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
 	target := rt.Target
 	rp := &httputil.ReverseProxy{
+		Transport: upstream,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			if rt.StripPrefix {
 				pr.Out.URL.Path = "/" + strings.TrimPrefix(pr.In.URL.Path, rt.Prefix)
@@ -109,9 +117,9 @@ func proxy(s *relay.Server, rt Route, idHeader string) http.Handler {
 				return
 			}
 			s.Logger().Warn("route upstream failed", "prefix", rt.Prefix, "target", target.Redacted(), "err", err)
-			status := http.StatusBadGateway
-			if errors.Is(err, http.ErrHandlerTimeout) {
-				status = http.StatusGatewayTimeout
+			status := http.StatusBadGateway // it refused, reset or answered nonsense
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+				status = http.StatusGatewayTimeout // it did not answer in time (a dial, a TLS handshake)
 			}
 			http.Error(w, fmt.Sprintf("%d: the service behind %s is not answering", status, rt.Prefix), status)
 		},

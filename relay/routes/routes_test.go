@@ -125,3 +125,51 @@ func TestRouteClientBodyErrors(t *testing.T) {
 		t.Errorf("a client's body made the relay warn:\n%s", logs.String())
 	}
 }
+
+// An upstream that does not answer in time is a 504 (Gateway Timeout),
+// one that refuses the connection a 502: an operator reading the status
+// knows which. Here the TLS handshake with a service that accepts and
+// then says nothing times out.
+func TestRouteUpstreamTimeoutIs504(t *testing.T) {
+	defer func(d time.Duration) { upstream.TLSHandshakeTimeout = d }(upstream.TLSHandshakeTimeout)
+	upstream.TLSHandshakeTimeout = 200 * time.Millisecond
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered, until the test ends
+		}
+	}()
+	refusing, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusingAddr := refusing.Addr().String()
+	refusing.Close() // nothing listens there now
+	s := relaytest.New(t, nil)
+	var rts []Route
+	for _, spec := range []string{"/silent/=https://" + silent.Addr().String() + "/", "/gone/=http://" + refusingAddr + "/"} {
+		rt, err := Parse(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rts = append(rts, rt)
+	}
+	if err := Register(s, Config{Routes: rts}); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Start(t, s)
+	for path, want := range map[string]int{"/silent/x": http.StatusGatewayTimeout, "/gone/x": http.StatusBadGateway} {
+		code, _, body := relaytest.HTTP(t, "GET", "http://"+relaytest.Addr(s)+path, "")
+		if code != want {
+			t.Errorf("GET %s: %d %q, want %d", path, code, body, want)
+		}
+	}
+}
