@@ -95,8 +95,9 @@ var errMalformed = errors.New("handshake: malformed HTTP request")
 // for a Sec-WebSocket-Version other than 13, 405 for a method other than
 // GET, 505 for HTTP/1.0 or other versions below 1.1, and 400 Bad Request for
 // a missing or invalid Host, Upgrade, Connection, Sec-WebSocket-Key (it must
-// be the base64 encoding of 16 bytes) or Sec-WebSocket-Version, and for a
-// malformed or truncated head.
+// be the base64 encoding of 16 bytes) or Sec-WebSocket-Version, for a
+// header name that is not a token (whitespace before its colon, a line
+// folded onto the one before), and for a malformed or truncated head.
 // The head is not modified.
 //
 // A head in the shape clients send is answered in one pass (fastUpgrade);
@@ -122,12 +123,16 @@ func upgradeSlow(dst []byte, head []byte) (out []byte, ok bool, err error) {
 	c := headConn{in: head, out: dst}
 	_, err = ws.Upgrader{}.Upgrade(&c)
 	if err == nil {
-		if validKey(head) {
-			return c.out, true, nil
+		if !validKey(head) {
+			// gobwas/ws checks only the key's length; RFC 6455 asks for the
+			// base64 encoding of 16 bytes.
+			return append(dst, responseBadKey...), false, ws.ErrHandshakeBadSecKey
 		}
-		// gobwas/ws checks only the key's length; RFC 6455 asks for the
-		// base64 encoding of 16 bytes.
-		return append(dst, responseBadKey...), false, ws.ErrHandshakeBadSecKey
+		if !namesAreTokens(head) {
+			// gobwas/ws trims the names it reads.
+			return append(dst, responseBadRequest...), false, errMalformed
+		}
+		return c.out, true, nil
 	}
 	if len(c.out) == len(dst) { // gobwas/ws wrote nothing
 		if _, rejected := err.(*ws.ConnectionRejectedError); !rejected {
@@ -157,8 +162,8 @@ const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 const upgradeResponse = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
 
 // fastUpgrade appends to dst the 101 response to a complete head in the
-// shape clients send: "GET uri HTTP/1.1", then "Name: value" lines, each
-// ended by CRLF, among them Host, "Upgrade: websocket", a Connection
+// shape clients send: "GET uri HTTP/1.1", then "Name: value" lines (the
+// name a token), each ended by CRLF, among them Host, "Upgrade: websocket", a Connection
 // listing the token upgrade, "Sec-WebSocket-Version: 13" and a
 // Sec-WebSocket-Key that is the base64 encoding of 16 bytes, each of
 // these five once (names compared ASCII case-insensitively; other headers
@@ -189,7 +194,10 @@ func fastUpgrade(dst, head []byte) (out []byte, ok bool) {
 		if colon <= 0 {
 			return dst, false
 		}
-		name, v := trimSP(line[:colon]), trimSP(line[colon+1:])
+		name, v := line[:colon], trimSP(line[colon+1:])
+		if !isToken(name) { // whitespace around it too: ws.Upgrader's answer is then a 400
+			return dst, false
+		}
 		var bit uint8
 		switch { // the five names differ in length: one comparison per line
 		case len(name) == 4 && asciiFold(name, "Host"):
@@ -283,6 +291,39 @@ func listsUpgrade(v []byte) bool {
 		found = found || asciiFold(tok, "upgrade")
 	}
 	return found
+}
+
+// namesAreTokens reports whether the name of every header line of head,
+// up to the blank line, is an HTTP token (RFC 9110): not empty, no
+// whitespace before the colon (RFC 9112 5.1 asks for a 400) nor at the
+// start of the line (obs-fold, 5.2), no control character. Lines are read
+// as ws.Upgrader reads them (ending at LF); it refuses a line without a
+// colon itself.
+func namesAreTokens(head []byte) bool {
+	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
+	for len(lines) > 0 {
+		var line []byte
+		line, lines, _ = bytes.Cut(lines, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			return true // end of head
+		}
+		if name, _, _ := bytes.Cut(line, []byte(":")); !isToken(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// isToken reports whether b is an HTTP token (RFC 9110): one or more
+// token characters.
+func isToken(b []byte) bool {
+	for _, c := range b {
+		if !isTokenChar(c) {
+			return false
+		}
+	}
+	return len(b) > 0
 }
 
 // isTokenChar reports whether b may appear in an HTTP token (RFC 9110).

@@ -402,3 +402,27 @@ func BenchmarkUpgrade(b *testing.B) {
 		}
 	})
 }
+
+// TestUpgradeRefusesBadFieldNames: a header line whose name is not an
+// HTTP token is a 400 (RFC 9112 5.1: whitespace between the name and the
+// colon; 5.2: a line that begins with whitespace, obs-fold; RFC 9110 5.1:
+// the name is a token, never empty). ws.Upgrader trims the name and so
+// took "Upgrade : websocket" for Upgrade, as the fast path did, where
+// net/http (and proxies) refuse the request or read another header.
+func TestUpgradeRefusesBadFieldNames(t *testing.T) {
+	g := goodHead
+	for _, head := range []string{
+		strings.Replace(g, "Upgrade: websocket", "Upgrade : websocket", 1),
+		strings.Replace(g, "Host: server", "Host\t: server", 1),
+		strings.Replace(g, "Host: server", " Host: server", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\n\tX-Folded: y\r\n\r\n", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\nX Pad: y\r\n\r\n", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\n: no name\r\n\r\n", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\nX\x00: y\r\n\r\n", 1),
+	} {
+		out, ok, err := Upgrade(nil, []byte(head))
+		if ok || err == nil || !strings.HasPrefix(string(out), "HTTP/1.1 400 ") {
+			t.Errorf("head %q: ok=%v err=%v, answered %q; want a 400", head, ok, err, out)
+		}
+	}
+}
