@@ -53,6 +53,10 @@ const responseBadRequest = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain
 // base64 encoding of 16 bytes, worded as gobwas/ws words its own.
 const responseBadKey = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 47\r\n\r\nhandshake error: bad \"Sec-WebSocket-Key\" header"
 
+// responseBadHost is the response to a request with more than one Host
+// line, worded as gobwas/ws words its own.
+const responseBadHost = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 34\r\n\r\nhandshake error: bad \"Host\" header"
+
 // validKey reports whether the Sec-WebSocket-Key ws.Upgrader answered is
 // the base64 encoding of 16 bytes. That is the last one in head (it
 // keeps the last), its name and value read as it reads them: lines end at
@@ -96,12 +100,15 @@ var errMalformed = errors.New("handshake: malformed HTTP request")
 // GET, 505 for HTTP/1.0 or other versions below 1.1, and 400 Bad Request for
 // a missing or invalid Host, Upgrade, Connection, Sec-WebSocket-Key (it must
 // be the base64 encoding of 16 bytes) or Sec-WebSocket-Version, for a
-// header name that is not a token (whitespace before its colon, a line
-// folded onto the one before), and for a malformed or truncated head.
+// repeated Host, for a header name that is not a token (whitespace before
+// its colon, a line folded onto the one before), and for a malformed or
+// truncated head.
 // The head is not modified.
 //
 // A head in the shape clients send is answered in one pass (fastUpgrade);
-// ws.Upgrader judges every other head, and writes every refusal.
+// ws.Upgrader judges every other head, and writes every refusal but
+// those of what it lets through (a key of 24 characters that does not
+// encode 16 bytes, a name that is not a token, a repeated Host).
 //
 // Cost: one pass and no allocation but the growth of dst when it lacks
 // room for the response (about 130 bytes on success); through
@@ -131,6 +138,11 @@ func upgradeSlow(dst []byte, head []byte) (out []byte, ok bool, err error) {
 		if !namesAreTokens(head) {
 			// gobwas/ws trims the names it reads.
 			return append(dst, responseBadRequest...), false, errMalformed
+		}
+		if !oneHost(head) {
+			// gobwas/ws takes any number of Host lines; RFC 9112 asks
+			// for a 400.
+			return append(dst, responseBadHost...), false, ws.ErrHandshakeBadHost
 		}
 		return c.out, true, nil
 	}
@@ -291,6 +303,17 @@ func listsUpgrade(v []byte) bool {
 		found = found || asciiFold(tok, "upgrade")
 	}
 	return found
+}
+
+// oneHost reports whether head has at most one Host line (RFC 9112 3.2).
+func oneHost(head []byte) bool {
+	n := 0
+	for name := range headers(head) {
+		if asciiFold(name, "Host") {
+			n++
+		}
+	}
+	return n <= 1
 }
 
 // namesAreTokens reports whether the name of every header line of head,

@@ -214,7 +214,7 @@ func TestFastUpgradeClients(t *testing.T) {
 }
 
 // TestFastUpgradeLeaves: heads the fast path leaves to ws.Upgrader, which
-// accepts some of them (a repeated Host, HTTP/1.2, a bare LF) and refuses
+// accepts some of them (HTTP/1.2, a bare LF) and refuses
 // the rest with its own statuses.
 func TestFastUpgradeLeaves(t *testing.T) {
 	g := goodHead
@@ -423,6 +423,23 @@ func TestUpgradeRefusesBadFieldNames(t *testing.T) {
 		out, ok, err := Upgrade(nil, []byte(head))
 		if ok || err == nil || !strings.HasPrefix(string(out), "HTTP/1.1 400 ") {
 			t.Errorf("head %q: ok=%v err=%v, answered %q; want a 400", head, ok, err, out)
+		}
+	}
+}
+
+// TestUpgradeRefusesTwoHosts: a request with more than one Host line is a
+// 400 (RFC 9112 3.2: a server MUST answer it so), as net/http on the same
+// port answers it; ws.Upgrader, which the fast path leaves it to,
+// accepted it.
+func TestUpgradeRefusesTwoHosts(t *testing.T) {
+	g := goodHead
+	for _, head := range []string{
+		strings.Replace(g, "Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n", 1),
+		strings.Replace(g, "\r\n\r\n", "\r\nhost: server.example.com\r\n\r\n", 1),
+	} {
+		out, ok, err := Upgrade(nil, []byte(head))
+		if ok || !errors.Is(err, ws.ErrHandshakeBadHost) || !strings.HasPrefix(string(out), "HTTP/1.1 400 ") {
+			t.Errorf("head %q: ok=%v err=%v, answered %q; want a 400 for Host", head, ok, err, out)
 		}
 	}
 }
