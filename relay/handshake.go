@@ -85,6 +85,7 @@ func (c *conn) startWebSocket(upgrade []byte) {
 
 // urlToken reads the token parameters of a WebSocket upgrade's URL:
 // token (or ws_token), nonce, name, uuid. ok is false without a token.
+// Pairs that do not parse are skipped.
 func urlToken(head []byte) (url.Values, bool) {
 	_, path, ok := handshake.RequestLine(head)
 	if !ok {
@@ -94,10 +95,11 @@ func urlToken(head []byte) (url.Values, bool) {
 	if !found {
 		return nil, false
 	}
-	q, err := url.ParseQuery(string(query))
-	if err != nil {
-		return nil, false
-	}
+	// A pair that does not parse (a bad escape, a semicolon) is skipped,
+	// as net/http skips it: the token beside it still counts, else a
+	// WebSocket nobody authenticated would be upgraded for a client that
+	// waits for TunnelEstablished.
+	q, _ := url.ParseQuery(string(query))
 	if q.Get("token") == "" && q.Get("ws_token") != "" {
 		q.Set("token", q.Get("ws_token"))
 	}

@@ -179,3 +179,16 @@ func TestURLTokenRefusalSaysWhy(t *testing.T) {
 	},
 		"the refusals counted as access_denied and auth_failed")
 }
+
+// TestURLTokenBesideAMalformedPair: a token in the URL is read even when
+// another pair of the query does not parse (a semicolon, which
+// url.ParseQuery refuses, in a tracking parameter): the refused token is
+// a 401, not ignored. Ignoring it upgraded a WebSocket nobody had
+// authenticated, on which the page waited for TunnelEstablished until the
+// inactive timeout closed it, with no word on why.
+func TestURLTokenBesideAMalformedPair(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.Auth = acAuth{} })
+	if _, _, status := urlDial(t, s, "/?token=bad&nonce=n&utm=a;b", nil); status != 401 {
+		t.Fatalf("a refused URL token beside a malformed pair: status %d, want 401", status)
+	}
+}
