@@ -250,6 +250,11 @@ type claimRole struct {
 	lateMax     int    // bound on late when not MaxPreAuth (a hand-off to net/http)
 	lateMsg     bool   // a WebSocket data frame arrived after the claim
 	skipNL      bool   // claimed by a raw-TCP registration: drop the request's newline
+	// failCode and failText: the close frame (code, text) that fail
+	// chose when the set-up failed for it (its first failure), which the
+	// target sends in place of its own (dismiss); 0: none chosen.
+	failCode ws.StatusCode
+	failText string
 }
 
 // claim returns c's claim part, making it. Called with mu held, or by the
@@ -551,7 +556,13 @@ func (c *conn) failWith(reason reason.Reason, code ws.StatusCode, text string) {
 		return
 	}
 	if st := state(c.st.Load()); st >= stClaimed || st == stWaiting && !c.unwait() {
-		c.close(reason) // claimed (by a partner, perhaps just now): the target answers the client
+		// Claimed (by a partner, perhaps just now): the target answers
+		// the client, with this close frame if this is why it fails.
+		if !c.failed && code != 0 && state(c.st.Load()) == stClaimed {
+			cl := c.claim()
+			cl.failCode, cl.failText = code, text
+		}
+		c.close(reason)
 		return
 	}
 	if c.upgrade != nil {

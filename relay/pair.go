@@ -241,8 +241,10 @@ func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text stri
 			c.tk.End(r)
 			return
 		}
-		switch r {
-		case reason.DataBeforeTunnel, reason.Shutdown:
+		switch {
+		case c.cl != nil && c.cl.failCode != 0: // fail chose the close frame (a WebSocket protocol error's code)
+			code, text = c.cl.failCode, c.cl.failText
+		case r == reason.DataBeforeTunnel, r == reason.Shutdown:
 			code, text = closeCode(r), closeText(r)
 		}
 	}
