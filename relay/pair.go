@@ -236,6 +236,13 @@ func (s *Server) dismiss(c *conn, r reason.Reason, code ws.StatusCode, text stri
 	}
 	if c.failed {
 		r = c.reason
+		if r == reason.PeerClosed && c.ws != nil && c.ws.CloseRecv {
+			// The client's close frame: answered (its reply is queued),
+			// then closed at once, as a tunnel's end is (nothing may
+			// follow the client's close frame).
+			s.goodbye(c.sk, c.out.Take(), false, c.tk, r)
+			return
+		}
 		if r == reason.PeerClosed || r == reason.IOError || r == reason.SlowReader || r == reason.PreAuthLimit || r == reason.Fault {
 			c.sk.Close() // the client is gone or misbehaving, or the relay faulted on it: nothing more to say
 			c.tk.End(r)
