@@ -89,7 +89,7 @@ func rcWhileClaimed(t *testing.T, token string, frame []byte) (*rawWS, *rawWS, *
 // any other stage, not told that its partner left (1001 "Partner left"):
 // the partner did not leave, and RFC 6455 has the endpoint that fails a
 // connection for a protocol error say so.
-func TestReviewWSProtocolErrorWhileClaimed(t *testing.T) {
+func TestWSProtocolErrorWhileClaimed(t *testing.T) {
 	bad := maskedFrame(ws.OpText, true, []byte("x"))
 	bad[0] |= 0x40 // RSV1: no extension was negotiated
 	a, b, s := rcWhileClaimed(t, "rc-claimed-bad", bad)
@@ -108,7 +108,7 @@ func TestReviewWSProtocolErrorWhileClaimed(t *testing.T) {
 // it gets the close frame's reply, as at every other stage (RFC 6455: the
 // endpoint answers a close frame with one), not a bare end of the
 // connection, which a browser reports as an unclean close (1006).
-func TestReviewWSCloseWhileClaimed(t *testing.T) {
+func TestWSCloseWhileClaimed(t *testing.T) {
 	a, b, s := rcWhileClaimed(t, "rc-claimed-close", maskedFrame(ws.OpClose, true, closePayload(1000, "bye")))
 	res := a.expectClose(testutil.Patience, true)
 	if !res.frame {
