@@ -285,13 +285,19 @@ func (f *Fleet) takeover(ctx context.Context, h *hold, old string) (relay.Placem
 	return relay.Placement{}, true
 }
 
-// parseValue splits a lease value into its node and mesh address.
+// parseValue splits a lease value into its node and mesh address. The
+// generation and the address hold no space; the node id may (--node-id
+// is free text), so the value is split at its last two spaces.
 func parseValue(v string) (node, addr string) {
-	f := strings.Fields(v)
-	if len(f) != 3 {
+	i := strings.LastIndexByte(v, ' ')
+	if i < 0 {
 		return "", ""
 	}
-	return f[0], f[2]
+	j := strings.LastIndexByte(v[:i], ' ')
+	if j <= 0 || i == j+1 || i == len(v)-1 {
+		return "", ""
+	}
+	return v[:j], v[i+1:]
 }
 
 // aliveNow reports whether node heartbeats: from the node set as last
