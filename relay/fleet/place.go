@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,10 @@ type hold struct {
 	published bool          // in Redis; false: taken while the store was unreachable
 	wait      chan struct{} // placing, releasing: closed when that ends
 	watchers  []watcher     // the clients waiting under the key (relay.Watcher)
+	// taken: the key was found held by another node and counted lost
+	// (leases_lost_total counts a key once, not every renewal that finds
+	// it still taken); cleared when a renewal finds it this node's again.
+	taken atomic.Bool
 }
 
 // watcher is one waiting client's relay.Watcher functions.
@@ -47,8 +52,10 @@ func (h *hold) Watch(waiting func() bool, replace, moved func()) {
 // key back and split the pair, so they are told to reconnect instead (a
 // balancer may bring them to a node that reaches the new holder).
 func (f *Fleet) lost(ctx context.Context, h *hold) {
-	f.leaseLost.Inc()
-	f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
+	if !h.taken.Swap(true) {
+		f.leaseLost.Inc()
+		f.log.Debug("fleet: a held key was taken by another node", "key", h.key)
+	}
 	f.mu.Lock()
 	// Only the clients still waiting: one that waited and then paired
 	// (its key is a tunnel's now) or left is no one to place again.
@@ -389,6 +396,9 @@ func (f *Fleet) renew(ctx context.Context) {
 				f.lost(ctx, batch[i])
 			case n == 2:
 				f.reasserted.Inc()
+				batch[i].taken.Store(false)
+			default:
+				batch[i].taken.Store(false)
 			}
 		}
 	}

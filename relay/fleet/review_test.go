@@ -1,6 +1,10 @@
 package fleet_test
 
 import (
+	"context"
+	"time"
+
+	"github.com/meetpoint/meetpoint/relay/fleet"
 	"testing"
 
 	"github.com/meetpoint/meetpoint/relay/relaytest"
@@ -20,4 +24,29 @@ func TestNodeIDWithSpace(t *testing.T) {
 	if n := relaytest.Metric(t, b.s, `meetpoint_fleet_placements_total{outcome="remote"}`); n != 1 {
 		t.Errorf("remote placements on node b: %v, want 1", n)
 	}
+}
+
+// TestLeaseLostCountedOnce: a live tunnel's key found held by another
+// node is one lease lost, however many renewals find it so afterwards
+// (meetpoint_fleet_leases_lost_total counts held keys found taken, not
+// renewals).
+func TestLeaseLostCountedOnce(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNodeWith(t, addr, "once-a", nil, func(c *fleet.Config) { c.LeaseTTL = time.Minute }) // renewals only when the test asks
+	b := startNode(t, addr, "once-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	ta, tb := pairAcross(t, a, a, "once-live")
+	rdb, _ := fleet.ParseURL("redis://" + addr + "/0")
+	defer rdb.Close()
+	key := fleet.PairKeyName(a.f, "once-live", "")
+	if err := rdb.Set(context.Background(), key, b.id+" 0123456789abcdef "+relaytest.Addr(b.s), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		fleet.Renew(a.f)
+	}
+	if n := relaytest.Metric(t, a.s, "meetpoint_fleet_leases_lost_total"); n != 1 {
+		t.Errorf("meetpoint_fleet_leases_lost_total %v after three renewals of one taken key, want 1", n)
+	}
+	exchange(t, ta, tb, 100)
 }
