@@ -88,6 +88,7 @@ func (f *Fleet) Reach(ctx context.Context, serverUUID, clientUUID, clientName, i
 		return nil, handshake.TunnelProxyErrorServerNotFound // a stale registration
 	}
 	now, rid := time.Now().Unix(), newRequestID()
+	clientName, identity = wireString(clientName), wireString(identity) // as the node reads them
 	mac := f.sign("Mesh.Reach", f.cfg.NodeID, now, serverUUID, clientUUID, clientName, identity, rid)
 	req := handshake.AppendRequest(nil, 1, "Mesh.Reach",
 		handshake.Str("clientName", clientName), handshake.Str("clientUuid", clientUUID),

@@ -13,8 +13,10 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -95,6 +97,27 @@ func (f *Fleet) verify(c relay.Conn, req *handshake.Request, fields ...string) b
 	return true
 }
 
+// wireString is s as a mesh request carries it: JSON text is UTF-8, so
+// each byte of s that is not (a WebSocket URL's %FF) goes as U+FFFD, as
+// handshake.Str writes it. A request is signed over these values, the
+// ones its receiver reads.
+func wireString(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
 // joinFields and reachFields are what Mesh.Join's and Mesh.Reach's
 // signatures cover, besides the method, node and time.
 var (
@@ -123,11 +146,15 @@ func (f *Fleet) handleJoin(c relay.Conn, req *handshake.Request) {
 // an error (the owner could not be reached or answered nonsense).
 func (f *Fleet) dial(ctx context.Context, addr, node string, p relay.Placing) (*relay.MeshLink, string, error) {
 	now, rid := time.Now().Unix(), newRequestID()
-	mac := f.sign("Mesh.Join", f.cfg.NodeID, now, p.Key.Token, p.Key.Nonce, p.UUID, p.Name, p.Identity, rid)
+	// Signed as the owner reads them (a WebSocket URL's parameters may
+	// be bytes that are not UTF-8; JSON carries U+FFFD for them).
+	token, nonce, uuid, name, identity := wireString(p.Key.Token), wireString(p.Key.Nonce), wireString(p.UUID),
+		wireString(p.Name), wireString(p.Identity)
+	mac := f.sign("Mesh.Join", f.cfg.NodeID, now, token, nonce, uuid, name, identity, rid)
 	req := handshake.AppendRequest(nil, 1, "Mesh.Join",
-		handshake.Str("identity", p.Identity), handshake.Str("mac", hex.EncodeToString(mac)),
-		handshake.Str("name", p.Name), handshake.Str("node", f.cfg.NodeID), handshake.Str("nonce", p.Key.Nonce),
-		handshake.Str("rid", rid), handshake.Int("time", now), handshake.Str("token", p.Key.Token), handshake.Str("uuid", p.UUID))
+		handshake.Str("identity", identity), handshake.Str("mac", hex.EncodeToString(mac)),
+		handshake.Str("name", name), handshake.Str("node", f.cfg.NodeID), handshake.Str("nonce", nonce),
+		handshake.Str("rid", rid), handshake.Int("time", now), handshake.Str("token", token), handshake.Str("uuid", uuid))
 	sock, line, err := f.request(ctx, node, addr, req)
 	if err != nil {
 		return nil, "", err

@@ -1,7 +1,14 @@
 package fleet_test
 
 import (
+	"bufio"
+	"io"
+	"strings"
+
 	"context"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/meetpoint/meetpoint/client"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay/fleet"
@@ -49,4 +56,41 @@ func TestLeaseLostCountedOnce(t *testing.T) {
 		t.Errorf("meetpoint_fleet_leases_lost_total %v after three renewals of one taken key, want 1", n)
 	}
 	exchange(t, ta, tb, 100)
+}
+
+// TestCrossNodeNameNotUTF8: a WebSocket client's URL parameters are
+// percent-decoded, so its name may be bytes that are not UTF-8 (%FF).
+// The Mesh.Join that carries it to the owner must still hold its
+// signature: a refusal would fail the pair as "fleet" and count as a
+// forged request from the dialling node's address, toward its ban.
+func TestCrossNodeNameNotUTF8(t *testing.T) {
+	addr := redisAddr(t)
+	a := startNode(t, addr, "utf-a", nil)
+	b := startNode(t, addr, "utf-b", nil)
+	relaytest.WaitFor(t, func() bool { return len(a.f.Nodes()) == 2 && len(b.f.Nodes()) == 2 }, "both nodes see each other")
+	first := waitOn(t, a, client.Options{URL: url(a.s, false), Token: "utf-pair"})
+	ctx, cancel := context.WithTimeout(context.Background(), relaytest.Patience)
+	defer cancel()
+	c, br, _, err := ws.Dialer{}.Dial(ctx, relaytest.WSURL(b.s)+"?token=utf-pair&name=%FF")
+	if err != nil {
+		t.Fatalf("the WebSocket client on node b: %v", err)
+	}
+	defer c.Close()
+	if br == nil {
+		br = bufio.NewReader(c)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+	msg, err := wsutil.ReadServerText(struct {
+		io.Reader
+		io.Writer
+	}{br, c})
+	if err != nil || !strings.Contains(string(msg), "TunnelEstablished") {
+		t.Fatalf("the client named %%FF on node b: %q %v, want TunnelEstablished", msg, err)
+	}
+	if ta := <-first; ta == nil {
+		t.Fatal("the client waiting on node a was not paired")
+	}
+	if n := relaytest.Metric(t, a.s, "meetpoint_mesh_refused_total"); n != 0 {
+		t.Errorf("meetpoint_mesh_refused_total on the owner %v, want 0", n)
+	}
 }
