@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"encoding/binary"
+	"time"
 
 	"github.com/meetpoint/meetpoint/relay"
 )
@@ -42,3 +44,17 @@ func Renew(f *Fleet) { f.renew(context.Background()) }
 
 // Instance is f's process instance, as its node record names it.
 func Instance(f *Fleet) string { return f.instance }
+
+// FillReplays fills f's replay cache with n live signatures that no
+// request carries, as n accepted mesh requests within the last 30 s would.
+func FillReplays(f *Fleet, n int) {
+	now := time.Now()
+	var mac [32]byte
+	for i := range n {
+		binary.BigEndian.PutUint64(mac[:], uint64(i))
+		f.replays.first(mac[:], now.Add(maxSkew), now)
+	}
+}
+
+// MaxReplayEntries is how many signatures the replay cache holds.
+const MaxReplayEntries = maxReplayEntries

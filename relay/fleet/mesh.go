@@ -83,8 +83,13 @@ func (f *Fleet) verify(c relay.Conn, req *handshake.Request, fields ...string) b
 		why = "clock skew"
 	case c.WebSocket():
 		why = "over WebSocket"
-	case !f.replays.first(mac, sent.Add(maxSkew), time.Now()):
-		why = "replayed"
+	default:
+		switch f.replays.first(mac, sent.Add(maxSkew), time.Now()) {
+		case replayed:
+			why = "replayed"
+		case full: // well signed, and new: too many within maxSkew, no guess
+			why = "replay cache full"
+		}
 	}
 	if why != "" {
 		if ok, held := f.refusalLog.allow(time.Now()); ok {

@@ -12,7 +12,9 @@ import (
 // node accepted within the last 2×maxSkew (only nodes holding the mesh key
 // can add one, so legitimate traffic sizes it: 262,144 is 2,000
 // cross-node pairs a second). A node whose cache is full of live entries
-// refuses mesh requests until some expire, rather than forget one.
+// refuses mesh requests until some expire, rather than forget one: well
+// signed and new, they are no guess (not counted toward the sending
+// node's ban).
 const maxReplayEntries = 1 << 18
 
 // replayCache remembers the signatures of the mesh requests a node
@@ -24,9 +26,17 @@ type replayCache struct {
 	seen map[[sha256.Size]byte]time.Time // signature → when it stops mattering
 }
 
-// first records mac, good until until, and reports whether it was new
-// (false: a replay, or the cache is full of live entries).
-func (r *replayCache) first(mac []byte, until, now time.Time) bool {
+// seen is what replayCache.first found.
+type seen uint8
+
+const (
+	fresh    seen = iota // not seen before: recorded
+	replayed             // accepted before, within its validity
+	full                 // not seen, but the cache is full of live entries: not recorded
+)
+
+// first records mac, good until until, and reports whether it was new.
+func (r *replayCache) first(mac []byte, until, now time.Time) seen {
 	var k [sha256.Size]byte
 	copy(k[:], mac)
 	r.mu.Lock()
@@ -35,7 +45,7 @@ func (r *replayCache) first(mac []byte, until, now time.Time) bool {
 		r.seen = map[[sha256.Size]byte]time.Time{}
 	}
 	if t, ok := r.seen[k]; ok && now.Before(t) {
-		return false
+		return replayed
 	}
 	if len(r.seen) >= maxReplayEntries {
 		for s, t := range r.seen {
@@ -44,11 +54,11 @@ func (r *replayCache) first(mac []byte, until, now time.Time) bool {
 			}
 		}
 		if len(r.seen) >= maxReplayEntries {
-			return false
+			return full
 		}
 	}
 	r.seen[k] = until
-	return true
+	return fresh
 }
 
 // newRequestID is a mesh request's random id (signed with it), so that

@@ -2,13 +2,18 @@ package fleet_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"strings"
 
 	"context"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
 	"time"
 
 	"github.com/meetpoint/meetpoint/relay/fleet"
@@ -92,5 +97,41 @@ func TestCrossNodeNameNotUTF8(t *testing.T) {
 	}
 	if n := relaytest.Metric(t, a.s, "meetpoint_mesh_refused_total"); n != 0 {
 		t.Errorf("meetpoint_mesh_refused_total on the owner %v, want 0", n)
+	}
+}
+
+// TestReplayCacheFullIsNoGuess: a node whose replay cache is full (a
+// fleet placing more cross-node tunnels than it holds signatures for in
+// 30 s) refuses well-signed mesh requests, but they are no replays: they
+// must not count as failed authentications of the sending node's address
+// (toward a ban) nor be logged as replays.
+func TestReplayCacheFullIsNoGuess(t *testing.T) {
+	tail := &testutil.Tail{}
+	n := startNodeWith(t, redisAddr(t), "full-a", func(c *relay.Config) {
+		c.Limits.Exempt = nil // the test's requests come from loopback
+		c.Limits.AuthFailuresPerIP = 1
+	}, func(fc *fleet.Config) { fc.Logger = slog.New(slog.NewTextHandler(tail, nil)) })
+	fleet.FillReplays(n.f, fleet.MaxReplayEntries)
+	for i := range 3 {
+		now := time.Now().Unix()
+		rid := fmt.Sprintf("full-%d", i)
+		mac := signJoin(meshKey, "node-b", now, "tok", "", "u", "n", "id", rid)
+		c, err := net.Dial("tcp", relaytest.Addr(n.s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(fmt.Sprintf(`{"id":1,"method":"Mesh.Join","params":{"node":"node-b","time":%d,"mac":%q,"token":"tok","uuid":"u","name":"n","identity":"id","rid":%q}}`+"\n", now, mac, rid)))
+		_ = c.SetReadDeadline(time.Now().Add(relaytest.Patience))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if !strings.Contains(line, relay.MeshBadRequest) {
+			t.Fatalf("request %d with the replay cache full: %q, want %s (the address banned?)", i+1, line, relay.MeshBadRequest)
+		}
+	}
+	if b := relaytest.Metric(t, n.s, "meetpoint_bans_total"); b > 0 {
+		t.Errorf("meetpoint_bans_total %v after well-signed requests refused for a full replay cache, want 0", b)
+	}
+	if strings.Contains(tail.String(), `why=replayed`) {
+		t.Errorf("requests refused for a full replay cache logged as replays:\n%s", tail.String())
 	}
 }
