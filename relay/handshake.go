@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/meetpoint/meetpoint/handshake"
 	"github.com/meetpoint/meetpoint/relay/reason"
@@ -57,6 +58,15 @@ func (c *conn) httpHead(p []byte) {
 		// only once the token is good, else a 401 and no WebSocket.
 		c.in = nil
 		c.upgrade = out
+		for _, k := range []string{"token", "nonce", "uuid"} {
+			if !utf8.ValidString(q.Get(k)) {
+				// JSON-RPC cannot carry such a key (its text is UTF-8), so
+				// neither can a fleet's mesh: refused as the parser refuses
+				// it, not paired on one node and lost across two.
+				c.refuseUpgrade("400 Bad Request", reason.HTTP, "the URL's "+k+" is not UTF-8 once percent-decoded.")
+				return
+			}
+		}
 		if ch := q.Get("channels"); ch != "" && c.s.urlSubscribe != nil {
 			c.calling++ // a subsystem's code (callout)
 			c.s.urlSubscribe(Conn{c}, q.Get("token"), strings.Split(ch, ","))
@@ -85,7 +95,9 @@ func (c *conn) startWebSocket(upgrade []byte) {
 
 // urlToken reads the token parameters of a WebSocket upgrade's URL:
 // token (or ws_token), nonce, name, uuid. ok is false without a token.
-// Pairs that do not parse are skipped.
+// Pairs that do not parse are skipped. A token, nonce or uuid that is not
+// UTF-8 once decoded (%FF) is refused by the caller (400); a name is
+// display text, carried with U+FFFD for such bytes.
 func urlToken(head []byte) (url.Values, bool) {
 	_, path, ok := handshake.RequestLine(head)
 	if !ok {

@@ -192,3 +192,19 @@ func TestURLTokenBesideAMalformedPair(t *testing.T) {
 		t.Fatalf("a refused URL token beside a malformed pair: status %d, want 401", status)
 	}
 }
+
+// TestURLTokenNotUTF8: a token, nonce or uuid in the URL that is not
+// UTF-8 once percent-decoded cannot travel as JSON (not to a fleet's
+// other node either, where the pair was lost): it is refused with a 400
+// before anything is authenticated. A name is display text and passes.
+func TestURLTokenNotUTF8(t *testing.T) {
+	s := startServer(t, nil)
+	for _, q := range []string{"token=%FF%FE", "token=t1&nonce=%C3", "token=t1&uuid=%80"} {
+		if _, _, status := urlDial(t, s, "/?"+q, nil); status != 400 {
+			t.Errorf("?%s: status %d, want 400", q, status)
+		}
+	}
+	if _, _, status := urlDial(t, s, "/?token=t2&name=%FF", nil); status != 101 {
+		t.Errorf("a name that is not UTF-8: status %d, want 101", status)
+	}
+}
