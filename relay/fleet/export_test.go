@@ -58,3 +58,16 @@ func FillReplays(f *Fleet, n int) {
 
 // MaxReplayEntries is how many signatures the replay cache holds.
 const MaxReplayEntries = maxReplayEntries
+
+// FillPlacements takes every placement slot of f, as MaxPlacing
+// placements in flight would, until the returned func gives them back.
+func FillPlacements(f *Fleet) func() {
+	for range cap(f.slots) {
+		f.slots <- struct{}{}
+	}
+	return func() {
+		for range cap(f.slots) {
+			<-f.slots
+		}
+	}
+}

@@ -130,6 +130,7 @@ type Fleet struct {
 
 	replays    replayCache // mesh request signatures accepted, within their validity
 	refusalLog logEvery    // one line per period for refused mesh requests
+	placeLog   logEvery    // one line per period for failed placements
 	// peers is every other node's liveness (ping.go), by id; guarded by mu.
 	peers       map[string]*peer
 	pings       sync.WaitGroup // pings in flight
@@ -235,7 +236,7 @@ func New(cfg Config, srv *relay.Server) (*Fleet, error) {
 		started: time.Now(), keyCheck: keyCheck(cfg.MeshKey), slots: make(chan struct{}, cfg.MaxPlacing),
 		held: make(map[string]*hold), nodes: make(map[string]NodeInfo), strangers: make(map[string]bool),
 		stop: make(chan struct{}), set: metrics.NewSet(), peers: make(map[string]*peer),
-		refusalLog: logEvery{period: 10 * time.Second}}
+		refusalLog: logEvery{period: 10 * time.Second}, placeLog: logEvery{period: 10 * time.Second}}
 	f.pingCtx, f.cancelPings = context.WithCancel(context.Background())
 	for i := range f.placed {
 		f.placed[i] = f.set.NewCounter(fmt.Sprintf(`meetpoint_fleet_placements_total{outcome=%q}`, outcomeNames[i]))

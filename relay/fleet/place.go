@@ -125,7 +125,7 @@ func (f *Fleet) Place(ctx context.Context, p relay.Placing) relay.Placement {
 		defer func() { <-f.slots }()
 	default:
 		f.placed[outFailed].Inc()
-		f.log.Warn("fleet: too many placements in flight", "max", f.cfg.MaxPlacing)
+		f.placeWarn("fleet: too many placements in flight", "max", f.cfg.MaxPlacing)
 		return relay.Placement{Refuse: reason.Fleet}
 	}
 	key := f.pairKey(p.Key)
@@ -217,7 +217,7 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 		h.finish(false, false)
 		f.placed[outFailed].Inc()
 		f.dialFailed(node)
-		f.log.Warn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
+		f.placeWarn("fleet: owner node unreachable", "node", node, "addr", addr, "error", err)
 		return relay.Placement{Refuse: reason.Fleet}, false
 	case link != nil:
 		h.finish(false, false)
@@ -238,7 +238,7 @@ func (f *Fleet) placeNew(ctx context.Context, h *hold, p relay.Placing) (pl rela
 	}
 	h.finish(false, false)
 	f.placed[outFailed].Inc()
-	f.log.Warn("fleet: owner node refused the mesh request", "node", node, "answer", code)
+	f.placeWarn("fleet: owner node refused the mesh request", "node", node, "answer", code)
 	return relay.Placement{Refuse: reason.Fleet}, false
 }
 
@@ -435,4 +435,19 @@ func (f *Fleet) publishPending(ctx context.Context) {
 		// here go to it.
 		f.lost(ctx, h)
 	}
+}
+
+// placeWarn logs a failed placement, one line per period (placeLog) with
+// how many were held back: a partition or a burst of clients fails
+// placements by the thousand, each counted in
+// meetpoint_fleet_placements_total{outcome="failed"}.
+func (f *Fleet) placeWarn(msg string, args ...any) {
+	ok, held := f.placeLog.allow(time.Now())
+	if !ok {
+		return
+	}
+	if held > 0 {
+		args = append(args, "held_back", held)
+	}
+	f.log.Warn(msg+" (failed placements are counted; this line comes at most once every 10 s)", args...)
 }

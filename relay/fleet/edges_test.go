@@ -2,23 +2,23 @@ package fleet_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
-
-	"context"
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
-	"github.com/meetpoint/meetpoint/client"
-	"github.com/meetpoint/meetpoint/relay"
-	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"testing"
 	"time"
 
-	"github.com/meetpoint/meetpoint/relay/fleet"
-	"testing"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/fleet"
+	"github.com/meetpoint/meetpoint/relay/internal/testutil"
+	"github.com/meetpoint/meetpoint/relay/reason"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
@@ -133,5 +133,31 @@ func TestReplayCacheFullIsNoGuess(t *testing.T) {
 	}
 	if strings.Contains(tail.String(), `why=replayed`) {
 		t.Errorf("requests refused for a full replay cache logged as replays:\n%s", tail.String())
+	}
+}
+
+// TestPlacementRefusalsLogOncePerPeriod: under a flood (every placement
+// slot in flight, as a partition or a burst of clients makes it) each
+// refused client is counted, but the warning is one line per period
+// with the number held back, not one line per client.
+func TestPlacementRefusalsLogOncePerPeriod(t *testing.T) {
+	addr := redisAddr(t)
+	logs := &testutil.Tail{}
+	a := startNodeWith(t, addr, "flood-a", nil, func(c *fleet.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	defer fleet.FillPlacements(a.f)()
+	const n = 50
+	for i := range n {
+		p := a.f.Place(context.Background(), relay.Placing{Key: relay.PairKey{Token: fmt.Sprintf("flood-%d", i)}})
+		if p.Refuse != reason.Fleet {
+			t.Fatalf("placement %d with every slot taken: %+v, want refused (fleet)", i, p)
+		}
+	}
+	if got := strings.Count(logs.String(), "too many placements in flight"); got != 1 {
+		t.Fatalf("%d warnings for %d refused placements within one period, want 1:\n%s", got, n, logs.String())
+	}
+	if c := relaytest.Metric(t, a.s, `meetpoint_fleet_placements_total{outcome="failed"}`); c != n {
+		t.Errorf("failed placements counted %v, want %d", c, n)
 	}
 }
