@@ -27,8 +27,12 @@ type Client struct {
 	next    uint64
 	waiting map[uint64]chan Message // request id → its answer
 	procs   map[uint64]Handler      // registration id → handler
-	err     error                   // why the session ended
-	done    chan struct{}
+	// registering is a REGISTER's handler by its request id, until the
+	// reader files it under the registration id at REGISTERED, before
+	// it reads on: an INVOCATION right behind REGISTERED finds it.
+	registering map[uint64]Handler
+	err         error // why the session ended
+	done        chan struct{}
 }
 
 // Handler answers an invocation of a registered procedure with its
@@ -61,7 +65,7 @@ func DialTLS(ctx context.Context, url, realm, ticket string, conf *tls.Config) (
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{conn: conn, waiting: map[uint64]chan Message{}, procs: map[uint64]Handler{}, done: make(chan struct{})}
+	c := newClient(conn)
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(d)
 	}
@@ -99,6 +103,12 @@ func DialTLS(ctx context.Context, url, realm, ticket string, conf *tls.Config) (
 		conn.Close()
 		return nil, fmt.Errorf("wamp: message type %d before WELCOME", m.Type)
 	}
+}
+
+// newClient is a client on conn, its session not yet established.
+func newClient(conn net.Conn) *Client {
+	return &Client{conn: conn, waiting: map[uint64]chan Message{}, procs: map[uint64]Handler{},
+		registering: map[uint64]Handler{}, done: make(chan struct{})}
 }
 
 func (c *Client) write(b []byte) error {
@@ -174,6 +184,12 @@ func (c *Client) loop() {
 			c.mu.Lock()
 			ch := c.waiting[req]
 			delete(c.waiting, req)
+			if h := c.registering[req]; h != nil {
+				if reg, err := m.ID(1); m.Type == mRegistered && err == nil {
+					c.procs[reg] = h
+				}
+				delete(c.registering, req)
+			}
 			c.mu.Unlock()
 			if ch != nil {
 				ch <- m
@@ -256,18 +272,20 @@ func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Me
 
 // Register registers proc with handler h.
 func (c *Client) Register(ctx context.Context, proc string, h Handler) error {
-	m, err := c.request(ctx, func(req uint64) []byte { return encode(mRegister, req, details, proc) })
+	var req uint64
+	_, err := c.request(ctx, func(id uint64) []byte {
+		req = id
+		c.mu.Lock()
+		c.registering[id] = h // filed by the reader at REGISTERED
+		c.mu.Unlock()
+		return encode(mRegister, id, details, proc)
+	})
 	if err != nil {
-		return err
+		c.mu.Lock()
+		delete(c.registering, req)
+		c.mu.Unlock()
 	}
-	reg, err := m.ID(1)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.procs[reg] = h
-	c.mu.Unlock()
-	return nil
+	return err
 }
 
 // Call calls proc with args and returns the result's Arguments.

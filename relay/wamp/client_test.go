@@ -3,6 +3,7 @@ package wamp
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"sync"
@@ -53,7 +54,7 @@ func TestClientPongInsideAFrame(t *testing.T) {
 	cc, sc := net.Pipe()
 	t.Cleanup(func() { cc.Close(); sc.Close() })
 	conn := &splitConn{Conn: cc, header: make(chan struct{}), pong: make(chan struct{})}
-	c := &Client{conn: conn, waiting: map[uint64]chan Message{}, procs: map[uint64]Handler{}, done: make(chan struct{})}
+	c := newClient(conn)
 	go c.loop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -92,5 +93,45 @@ func TestClientPongInsideAFrame(t *testing.T) {
 	}
 	if len(ops) != 2 || ops[0] != ws.OpText || ops[1] != ws.OpPong {
 		t.Fatalf("the client wrote frames %v, want a CALL, then a pong", ops)
+	}
+}
+
+// TestClientInvocationRightAfterRegistered: a router may send an
+// INVOCATION right behind REGISTERED (a caller was waiting for the
+// procedure); the client must route it to the handler just registered,
+// not answer it wamp.error.no_such_procedure because Register has not yet
+// stored its handler.
+func TestClientInvocationRightAfterRegistered(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		cc, sc := net.Pipe()
+		c := newClient(cc)
+		go c.loop()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		registered := make(chan error, 1)
+		go func() {
+			registered <- c.Register(ctx, "io.example.p", func([]json.RawMessage) ([]any, error) { return []any{"answer"}, nil })
+		}()
+		b, err := wsutil.ReadClientText(sc)
+		if m, perr := Parse(b); err != nil || perr != nil || m.Type != mRegister {
+			t.Fatalf("the client's REGISTER: %q %v %v", b, err, perr)
+		}
+		// REGISTERED and an INVOCATION for it, in one write.
+		var both bytes.Buffer
+		_ = wsutil.WriteServerText(&both, encode(mRegistered, 1, 7))
+		_ = wsutil.WriteServerText(&both, encode(mInvocation, 100, 7, details, []any{"offer"}))
+		if _, err := sc.Write(both.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		b, err = wsutil.ReadClientText(sc)
+		m, perr := Parse(b)
+		if err != nil || perr != nil || m.Type != mYield {
+			t.Fatalf("try %d: the client answered an INVOCATION right behind REGISTERED with %s, want YIELD", i, b)
+		}
+		if err := <-registered; err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		cc.Close()
+		sc.Close()
 	}
 }
