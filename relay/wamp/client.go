@@ -235,8 +235,10 @@ func (c *Client) invoked(m Message) {
 }
 
 // request sends a message built with its request id and waits for the
-// answer.
-func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Message, error) {
+// answer. A CALL (call) whose ctx ends first is CANCELed: the router
+// ends it then, and it stops counting among the session's calls in
+// flight there, instead of at its timeout.
+func (c *Client) request(ctx context.Context, call bool, build func(req uint64) []byte) (Message, error) {
 	c.mu.Lock()
 	if c.waiting == nil {
 		c.mu.Unlock()
@@ -266,6 +268,9 @@ func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Me
 		c.mu.Lock()
 		delete(c.waiting, req)
 		c.mu.Unlock()
+		if call {
+			_ = c.write(encode(mCancel, req, details)) // its ERROR (canceled) is dropped
+		}
 		return Message{}, ctx.Err()
 	}
 }
@@ -273,7 +278,7 @@ func (c *Client) request(ctx context.Context, build func(req uint64) []byte) (Me
 // Register registers proc with handler h.
 func (c *Client) Register(ctx context.Context, proc string, h Handler) error {
 	var req uint64
-	_, err := c.request(ctx, func(id uint64) []byte {
+	_, err := c.request(ctx, false, func(id uint64) []byte {
 		req = id
 		c.mu.Lock()
 		c.registering[id] = h // filed by the reader at REGISTERED
@@ -288,7 +293,8 @@ func (c *Client) Register(ctx context.Context, proc string, h Handler) error {
 	return err
 }
 
-// Call calls proc with args and returns the result's Arguments.
+// Call calls proc with args and returns the result's Arguments; a ctx
+// that ends first CANCELs the call at the router.
 func (c *Client) Call(ctx context.Context, proc string, args ...any) ([]json.RawMessage, error) {
 	opts := map[string]any{}
 	if d, ok := ctx.Deadline(); ok {
@@ -297,7 +303,7 @@ func (c *Client) Call(ctx context.Context, proc string, args ...any) ([]json.Raw
 	if args == nil {
 		args = []any{}
 	}
-	m, err := c.request(ctx, func(req uint64) []byte { return encode(mCall, req, opts, proc, args) })
+	m, err := c.request(ctx, true, func(req uint64) []byte { return encode(mCall, req, opts, proc, args) })
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/meetpoint/meetpoint/relay/relaytest"
 )
 
 // splitConn is a client's connection that records what the client writes
@@ -134,4 +137,56 @@ func TestClientInvocationRightAfterRegistered(t *testing.T) {
 		cc.Close()
 		sc.Close()
 	}
+}
+
+// TestClientCallCanceled: a Call whose context ends CANCELs the call at
+// the router, which frees its place among the session's calls in flight
+// (MaxPending) there and then, not at the router's call timeout.
+func TestClientCallCanceled(t *testing.T) {
+	_, srv := start(t, Config{MaxPending: 1, CallTimeout: time.Hour})
+	callee := dial(t, srv)
+	callee.join("main")
+	callee.register(1, "io.example.p")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, relaytest.WSURL(srv), "main", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := c.Call(first, "io.example.p", "one"); done <- err }()
+	callee.expect(mInvocation) // never answered
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled call: %v", err)
+	}
+	type result struct {
+		res []json.RawMessage
+		err error
+	}
+	second := make(chan result, 1)
+	go func() { res, err := c.Call(ctx, "io.example.p", "two"); second <- result{res, err} }()
+	var got result
+	select {
+	case m := <-callee.invoked():
+		callee.send(mYield, id(t, m, 0), map[string]any{}, []any{"two"})
+		got = <-second
+	case got = <-second:
+	}
+	if res, err := got.res, got.err; err != nil || len(res) != 1 || string(res[0]) != `"two"` {
+		t.Fatalf("a call after a canceled one: %s %v (the canceled one still in flight at the router)", res, err)
+	}
+}
+
+// invoked reads the next INVOCATION in the background.
+func (p *peer) invoked() <-chan Message {
+	ch := make(chan Message, 1)
+	go func() {
+		if m, err := p.next(5 * time.Second); err == nil && m.Type == mInvocation {
+			ch <- m
+		}
+	}()
+	return ch
 }
