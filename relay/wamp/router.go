@@ -688,6 +688,10 @@ func (s *session) register(m Message) bool {
 	if !ok {
 		return false
 	}
+	if _, err := m.Dict(1); err != nil {
+		s.fail(mRegister, req, errProtocolViolation, err.Error())
+		return true
+	}
 	proc, err := m.URI(2)
 	if err != nil {
 		s.fail(mRegister, req, errInvalidURI, err.Error())
@@ -1034,6 +1038,10 @@ func (s *session) subscribe(m Message) bool {
 	req, ok := s.request(m)
 	if !ok {
 		return false
+	}
+	if _, err := m.Dict(1); err != nil {
+		s.fail(mSubscribe, req, errProtocolViolation, err.Error())
+		return true
 	}
 	uri, err := m.URI(2)
 	if err != nil {

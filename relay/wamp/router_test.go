@@ -1485,3 +1485,19 @@ func TestFleetCancelInterrupts(t *testing.T) {
 			relaytest.Metric(t, n2, `meetpoint_signal_calls_total{result="canceled"}`) == 2
 	}, "both calls counted canceled on both nodes")
 }
+
+// TestRequestOptionsAreDicts: a REGISTER or SUBSCRIBE whose Options are
+// not a dictionary is refused (wamp.error.protocol_violation), as a
+// CALL's are, not taken as if they were empty.
+func TestRequestOptionsAreDicts(t *testing.T) {
+	_, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	for i, typ := range []int{mRegister, mSubscribe, mCall} {
+		p.send(typ, i+1, "not options", "io.example.x")
+		if m := p.recv(); m.Type != mError || str(t, m, 3) != errProtocolViolation {
+			t.Errorf("message type %d with Options a string: %d %s, want ERROR %s", typ, m.Type, fields(m), errProtocolViolation)
+		}
+	}
+	p.register(4, "io.example.x") // the session goes on
+}
