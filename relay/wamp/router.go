@@ -688,8 +688,13 @@ func (s *session) register(m Message) bool {
 	if !ok {
 		return false
 	}
-	if _, err := m.Dict(1); err != nil {
+	opts, err := m.Dict(1)
+	if err != nil {
 		s.fail(mRegister, req, errProtocolViolation, err.Error())
+		return true
+	}
+	if err := exactMatch(opts); err != nil {
+		s.fail(mRegister, req, errInvalidArgument, err.Error())
 		return true
 	}
 	proc, err := m.URI(2)
@@ -731,6 +736,23 @@ func (s *session) register(m Message) bool {
 	s.send(encode(mRegistered, req, reg.id)) // before any INVOCATION for it
 	r.mu.Unlock()
 	return true
+}
+
+// exactMatch refuses Options asking for a match policy other than exact:
+// the router matches procedures and topics exactly and announces no
+// pattern-based registration or subscription, so a prefix or wildcard
+// REGISTER or SUBSCRIBE taken as exact would never match what its client
+// waits for.
+func exactMatch(opts map[string]json.RawMessage) error {
+	raw, ok := opts["match"]
+	if !ok {
+		return nil
+	}
+	var match string
+	if json.Unmarshal(raw, &match) != nil || match != "exact" {
+		return fmt.Errorf("match %s: this router matches URIs exactly only", raw)
+	}
+	return nil
 }
 
 // registered reports whether a session here has registered proc in realm.
@@ -1039,8 +1061,13 @@ func (s *session) subscribe(m Message) bool {
 	if !ok {
 		return false
 	}
-	if _, err := m.Dict(1); err != nil {
+	opts, err := m.Dict(1)
+	if err != nil {
 		s.fail(mSubscribe, req, errProtocolViolation, err.Error())
+		return true
+	}
+	if err := exactMatch(opts); err != nil {
+		s.fail(mSubscribe, req, errInvalidArgument, err.Error())
 		return true
 	}
 	uri, err := m.URI(2)

@@ -1501,3 +1501,35 @@ func TestRequestOptionsAreDicts(t *testing.T) {
 	}
 	p.register(4, "io.example.x") // the session goes on
 }
+
+// TestPatternMatchRefused: the router matches procedures and topics
+// exactly and does not announce pattern_based_registration or
+// pattern_based_subscription; a REGISTER or SUBSCRIBE asking for prefix
+// or wildcard matching is refused (wamp.error.invalid_argument), not
+// registered or subscribed exactly, which would leave the client waiting
+// for calls and events that never match.
+func TestPatternMatchRefused(t *testing.T) {
+	_, srv := start(t, Config{})
+	p := dial(t, srv)
+	p.join("main")
+	for i, tc := range []struct {
+		typ   int
+		match any
+		uri   string
+	}{
+		{mSubscribe, "prefix", "io.example"},
+		{mSubscribe, "wildcard", "io..peers"},
+		{mRegister, "prefix", "io.example"},
+		{mRegister, "wildcard", "io..offer"},
+		{mRegister, 7, "io.example.q"},
+	} {
+		p.send(tc.typ, i+1, map[string]any{"match": tc.match}, tc.uri)
+		if m := p.recv(); m.Type != mError || str(t, m, 3) != errInvalidArgument {
+			t.Errorf("message type %d with match %v: %d %s, want ERROR %s", tc.typ, tc.match, m.Type, fields(m), errInvalidArgument)
+		}
+	}
+	p.send(mSubscribe, 10, map[string]any{"match": "exact"}, "io.example.t")
+	p.expect(mSubscribed)
+	p.send(mRegister, 11, map[string]any{"match": "exact"}, "io.example.p")
+	p.expect(mRegistered)
+}
