@@ -1153,6 +1153,14 @@ func (s *session) publish(m Message) bool {
 		}
 		return true
 	}
+	for _, o := range audienceOptions {
+		if _, ok := opts[o]; ok {
+			if ack {
+				s.fail(mPublish, req, errOptionNotAllowed, "this broker does not choose subscribers: "+o)
+			}
+			return true
+		}
+	}
 	excludeMe := true
 	if v, ok := opts["exclude_me"]; ok {
 		_ = json.Unmarshal(v, &excludeMe)
@@ -1172,6 +1180,12 @@ func (s *session) publish(m Message) bool {
 	}
 	return true
 }
+
+// audienceOptions are PUBLISH options that choose its subscribers
+// (subscriber black- and whitelisting), which the broker neither
+// implements nor announces: a PUBLISH naming one is refused, as
+// delivering it to every subscriber would reach those it excludes.
+var audienceOptions = []string{"eligible", "exclude", "eligible_authid", "exclude_authid", "eligible_authrole", "exclude_authrole"}
 
 // deliver sends EVENT to this node's subscribers of topic uri in realm
 // name, but skip.

@@ -1533,3 +1533,38 @@ func TestPatternMatchRefused(t *testing.T) {
 	p.send(mRegister, 11, map[string]any{"match": "exact"}, "io.example.p")
 	p.expect(mRegistered)
 }
+
+// TestPublishAudienceRefused: the broker does not implement subscriber
+// black- and whitelisting (and does not announce it); a PUBLISH that
+// names its audience (eligible, exclude and their authid and authrole
+// forms) is refused, not delivered to every subscriber: one meant for a
+// single session would reach all.
+func TestPublishAudienceRefused(t *testing.T) {
+	_, srv := start(t, Config{})
+	sub, pub := dial(t, srv), dial(t, srv)
+	subID := sub.join("main")
+	pubID := pub.join("main")
+	sub.send(mSubscribe, 1, map[string]any{}, "io.example.t")
+	sub.expect(mSubscribed)
+	for i, opt := range []string{"eligible", "exclude", "eligible_authid", "exclude_authid", "eligible_authrole", "exclude_authrole"} {
+		var v any = []uint64{pubID}
+		if opt == "exclude" {
+			v = []uint64{subID}
+		}
+		if strings.HasSuffix(opt, "_authid") {
+			v = []string{fmt.Sprint(pubID)}
+		}
+		if strings.HasSuffix(opt, "_authrole") {
+			v = []string{"nobody"}
+		}
+		pub.send(mPublish, i+1, map[string]any{opt: v, "acknowledge": true}, "io.example.t", []any{"secret"})
+		if m := pub.recv(); m.Type != mError || str(t, m, 3) != errOptionNotAllowed {
+			t.Errorf("PUBLISH with %s: %d %s, want ERROR %s", opt, m.Type, fields(m), errOptionNotAllowed)
+		}
+		pub.send(mPublish, 10+i, map[string]any{opt: v}, "io.example.t", []any{"secret"})
+	}
+	pub.send(mPublish, 20, map[string]any{}, "io.example.t", []any{"for all"})
+	if ev := sub.expect(mEvent); string(ev.Fields[3]) != `["for all"]` {
+		t.Fatalf("the subscriber got %s, meant for another audience", fields(ev))
+	}
+}

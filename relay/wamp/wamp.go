@@ -198,6 +198,7 @@ const (
 	errNoSuchSubscription = "wamp.error.no_such_subscription"
 	errInvalidURI         = "wamp.error.invalid_uri"
 	errInvalidArgument    = "wamp.error.invalid_argument"
+	errOptionNotAllowed   = "wamp.error.option_not_allowed"
 	errCanceled           = "wamp.error.canceled"
 	errTimeout            = "wamp.error.timeout"
 	errLimit              = "meetpoint.error.limit"
