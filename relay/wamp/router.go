@@ -401,13 +401,16 @@ func (s *session) send(msg []byte) {
 	}
 }
 
-// finish queues msg as the session's last and ends it after writing it.
+// finish queues msg (nil: none) as the session's last and ends it after
+// writing what is queued.
 func (s *session) finish(msg []byte, why string) {
 	s.reason.CompareAndSwap(nil, why)
-	select {
-	case s.out <- msg:
-		s.queued.Add(int64(len(msg)))
-	default:
+	if msg != nil {
+		select {
+		case s.out <- msg:
+			s.queued.Add(int64(len(msg)))
+		default:
+		}
 	}
 	select {
 	case s.out <- nil: // the writer closes after what is queued
@@ -556,6 +559,10 @@ func (s *session) handle(b []byte) bool {
 	m, err := Parse(b)
 	if err != nil {
 		return s.abort(errProtocolViolation, "protocol", err.Error())
+	}
+	if m.Type == mAbort { // the client gives up (before WELCOME too): WAMP answers nothing
+		s.finish(nil, "goodbye")
+		return false
 	}
 	if s.realm == nil {
 		return s.establish(m)

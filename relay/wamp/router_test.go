@@ -1568,3 +1568,31 @@ func TestPublishAudienceRefused(t *testing.T) {
 		t.Fatalf("the subscriber got %s, meant for another audience", fields(ev))
 	}
 }
+
+// TestClientAbortEndsQuietly: a client's ABORT (one that cannot answer
+// the ticket CHALLENGE, or that gives up inside its session) ends the
+// session without a reply — WAMP answers nothing to ABORT — and is
+// counted as the client leaving, not as its protocol violation.
+func TestClientAbortEndsQuietly(t *testing.T) {
+	_, srv := start(t, Config{Apps: map[string]string{"chat": "0123456789abcdef0123"}})
+	p := dial(t, srv)
+	p.send(mHello, "chat", map[string]any{"authmethods": []string{"ticket"}})
+	p.expect(mChallenge)
+	p.send(mAbort, map[string]any{"message": "no ticket here"}, "wamp.error.cannot_authenticate")
+	if m, err := p.next(5 * time.Second); err == nil {
+		t.Fatalf("the router answered the client's ABORT with %d %s", m.Type, fields(m))
+	}
+	p = dial(t, srv)
+	p.join("main")
+	p.send(mAbort, map[string]any{}, "wamp.error.protocol_violation")
+	if m, err := p.next(5 * time.Second); err == nil {
+		t.Fatalf("the router answered the client's ABORT in a session with %d %s", m.Type, fields(m))
+	}
+	relaytest.WaitFor(t, func() error {
+		if n := relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="goodbye"}`); n != 2 {
+			return fmt.Errorf("sessions ended by their client counted %v, protocol closes %v", n,
+				relaytest.Metric(t, srv, `meetpoint_signal_closed_total{reason="protocol"}`))
+		}
+		return nil
+	}, "both ABORTs counted as the client leaving")
+}
