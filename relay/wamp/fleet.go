@@ -260,7 +260,7 @@ func (f *fleetLink) forward(s *session, req uint64, realm, proc string, timeout 
 	s.calling[c] = true
 	c.timer = time.AfterFunc(timeout, func() { f.settleOutbound(c.inv, routerError("timeout"), "timeout") })
 	r.mu.Unlock()
-	b, _ := json.Marshal(wire{K: "call", From: f.node, ID: c.inv, Realm: realm, Proc: proc,
+	b := marshal(wire{K: "call", From: f.node, ID: c.inv, Realm: realm, Proc: proc,
 		TimeoutMs: timeout.Milliseconds(), Args: args, Kwargs: kwargs})
 	if n, err := f.rdb.Publish(ctx, nodeChannel+owner, b).Result(); err != nil || n == 0 {
 		f.settleOutbound(c.inv, routerError("no_procedure"), "no_procedure") // its node is gone
@@ -293,7 +293,7 @@ func (f *fleetLink) settleOutbound(id uint64, a *answer, result string) {
 // flight are bounded at the callee's node as they are here. In kill mode
 // the caller still waits: the callee's node answers once its callee has.
 func (f *fleetLink) abandon(c *call, mode string) {
-	b, _ := json.Marshal(wire{K: "cancel", From: f.node, ID: c.inv, Mode: mode})
+	b := marshal(wire{K: "cancel", From: f.node, ID: c.inv, Mode: mode})
 	ctx, cancel := f.op()
 	defer cancel()
 	f.rdb.Publish(ctx, nodeChannel+c.to, b)
@@ -302,7 +302,7 @@ func (f *fleetLink) abandon(c *call, mode string) {
 // answer sends a call's end to the caller's node, with how it ended
 // (result), which that node counts it by.
 func (f *fleetLink) answer(node string, id uint64, result string, a *answer) {
-	b, _ := json.Marshal(wire{K: "answer", ID: id, Result: result, Err: a.err, Details: a.details, Args: a.args, Kwargs: a.kwargs})
+	b := marshal(wire{K: "answer", ID: id, Result: result, Err: a.err, Details: a.details, Args: a.args, Kwargs: a.kwargs})
 	ctx, cancel := f.op()
 	defer cancel()
 	f.rdb.Publish(ctx, nodeChannel+node, b)
@@ -310,7 +310,7 @@ func (f *fleetLink) answer(node string, id uint64, result string, a *answer) {
 
 // publish carries an EVENT to the other nodes' subscribers.
 func (f *fleetLink) publish(realm, topic string, pub uint64, args, kwargs json.RawMessage) {
-	b, _ := json.Marshal(wire{K: "event", From: f.node, Realm: realm, Topic: topic, Pub: pub, Args: args, Kwargs: kwargs})
+	b := marshal(wire{K: "event", From: f.node, Realm: realm, Topic: topic, Pub: pub, Args: args, Kwargs: kwargs})
 	ctx, cancel := f.op()
 	defer cancel()
 	f.rdb.Publish(ctx, eventChannel, b)

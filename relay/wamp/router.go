@@ -1016,7 +1016,7 @@ func (s *session) calleeError(m Message) bool {
 		s.r.late.Inc()
 		return true
 	}
-	raw, _ := json.Marshal(d)
+	raw := marshal(d)
 	s.r.settle(inv, "error", &answer{err: uri, details: raw, args: args, kwargs: kwargs})
 	return true
 }

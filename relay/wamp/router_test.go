@@ -1596,3 +1596,60 @@ func TestClientAbortEndsQuietly(t *testing.T) {
 		return nil
 	}, "both ABORTs counted as the client leaving")
 }
+
+// TestPayloadNotInflated: Arguments and Details travel on as they came;
+// a message the router lets in is not re-encoded larger (HTML-escaped:
+// '<' as \u003c, six bytes for one) on its way out, where one CALL of
+// '<' would overflow the callee's write queue and close it as slow —
+// anyone could disconnect any callee (a Babble peer, by its public key),
+// or every subscriber of a topic, with one message. Across a fleet too.
+func TestPayloadNotInflated(t *testing.T) {
+	_, srv := start(t, Config{})
+	notInflated(t, srv, srv)
+	addr := relaytest.Redis(t)
+	_, n1, _ := startNode(t, addr, Config{NodeID: "n1"})
+	_, n2, _ := startNode(t, addr, Config{NodeID: "n2"})
+	notInflated(t, n1, n2)
+}
+
+// notInflated calls a callee on calleeSrv from callerSrv with arguments
+// of '<', '>' and '&', and sees the INVOCATION, the RESULT and an ERROR's
+// Details arrive no larger than they were sent.
+func notInflated(t *testing.T, calleeSrv, callerSrv *relay.Server) {
+	t.Helper()
+	callee, caller := dial(t, calleeSrv), dial(t, callerSrv)
+	callee.join("main")
+	caller.join("main")
+	callee.register(1, bob)
+	big := strings.Repeat("<>&", 20000) // 60 KB; 360 KB escaped
+	for req := 1; req <= 2; req++ {
+		caller.raw([]byte(fmt.Sprintf(`[48,%d,{},"%s",["%s","%s"]]`, req, bob, alice, big))) // as it is: json.Marshal would escape it
+		inv, err := callee.next(5 * time.Second)
+		if err != nil || inv.Type != mInvocation {
+			t.Fatalf("the callee got no INVOCATION (%v), closed as slow: %v", err,
+				relaytest.Metric(t, calleeSrv, `meetpoint_signal_closed_total{reason="slow"}`))
+		}
+		var args []string
+		if err := json.Unmarshal(inv.Fields[3], &args); err != nil || len(args) != 2 || args[1] != big {
+			t.Fatalf("INVOCATION arguments: %v", err)
+		}
+		if n := len(inv.Fields[3]); n > len(big)+len(alice)+16 {
+			t.Fatalf("INVOCATION arguments grew to %d bytes from %d", n, len(big)+len(alice)+7)
+		}
+		if req == 1 {
+			callee.raw([]byte(fmt.Sprintf(`[70,%d,{},["%s"]]`, id(t, inv, 0), big)))
+			if n := len(caller.expect(mResult).Fields[2]); n > len(big)+16 {
+				t.Fatalf("RESULT arguments grew to %d bytes from %d", n, len(big)+4)
+			}
+			continue
+		}
+		callee.raw([]byte(fmt.Sprintf(`[8,68,%d,{"message":"%s"},"io.babble.processing_offer"]`, id(t, inv, 0), big)))
+		m, err := caller.next(5 * time.Second)
+		if err != nil || m.Type != mError {
+			t.Fatalf("the caller got no ERROR (%v)", err)
+		}
+		if n := len(m.Fields[2]); n > len(big)+16 {
+			t.Fatalf("ERROR details grew to %d bytes from %d", n, len(big)+14)
+		}
+	}
+}

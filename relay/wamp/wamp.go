@@ -1,6 +1,7 @@
 package wamp
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,11 +177,21 @@ func encode(t int, fields ...any) []byte {
 			fields[i] = json.RawMessage("[]")
 		}
 	}
-	b, err := json.Marshal(append([]any{t}, fields...))
-	if err != nil { // only valid JSON reaches here; nil is never sent
+	return marshal(append([]any{t}, fields...)) // only valid JSON reaches here; nil is never sent
+}
+
+// marshal is json.Marshal without its HTML escaping, which rewrites the
+// raw elements it copies too ('<' as \u003c, six bytes for one): a
+// message would leave up to six times the size it came in at, past its
+// receiver's MaxQueueBytes. nil for what does not encode.
+func marshal(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if enc.Encode(v) != nil {
 		return nil
 	}
-	return b
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 // details is an empty Details/Options dictionary.
