@@ -588,7 +588,9 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 	if full {
 		q.Set("after", last)
 		q.Set("limit", strconv.Itoa(limit))
-		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+		// The path as the URL carries it: a key in an /app/{key}/ path
+		// may hold bytes that only escaped stay in the path.
+		w.Header().Set("Link", "<"+r.URL.EscapedPath()+"?"+q.Encode()+`>; rel="next"`)
 	}
 	relay.WriteJSON(w, http.StatusOK, out)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -805,5 +806,34 @@ func TestGroupsSweepKeepsARecreatedGroupOnDisk(t *testing.T) {
 	defer st2.close()
 	if r, _ := st2.get("g"); r == nil {
 		t.Fatal("a group re-created while the sweep deleted its expired predecessor is gone after a restart")
+	}
+}
+
+// TestGroupsLinkKeepsTheURLsEscapes: a listing's Link names the next page
+// with the path as the URL carries it: an application key with a byte a
+// path carries only escaped ('%', '?', '#', '>': the apps file takes any
+// key without spaces) stays escaped, so the Link reaches the application's
+// next page. Unescaped, '?' and '#' cut the path short and '%' makes an
+// escape of what follows: the Link led to a 404.
+func TestGroupsLinkKeepsTheURLsEscapes(t *testing.T) {
+	key := "ab%cd?ef#gh>0123456789"
+	_, base, _ := start(t, Config{Apps: map[string]string{"chat": key}})
+	app := base + "/app/" + url.PathEscape(key)
+	for range 3 {
+		create(t, app, `{"Name":"x"}`)
+	}
+	pages := 0
+	for next := app + "/groups?limit=1"; next != ""; pages++ {
+		code, h, body := relaytest.HTTP(t, "GET", next, "")
+		if code != 200 || pages > 3 {
+			t.Fatalf("page %d (%s): %d %s", pages, next, code, body)
+		}
+		next = ""
+		if l := h.Get("Link"); l != "" {
+			next = base + strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+		}
+	}
+	if pages != 3 {
+		t.Errorf("%d pages of one group, want 3", pages)
 	}
 }
