@@ -552,6 +552,9 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 		if _, ok := s.appAccess(w, r, app, ""); !ok {
 			return
 		}
+	case s.cfg.AppsOnly: // the open listing is unregistered applications' groups
+		s.fail(w, http.StatusForbidden, "forbidden", "this relay serves registered applications only: list one with ?app-id= and its key")
+		return
 	}
 	limit := s.cfg.PageSize
 	if v := q.Get("limit"); v != "" {

@@ -837,3 +837,30 @@ func TestGroupsLinkKeepsTheURLsEscapes(t *testing.T) {
 		t.Errorf("%d pages of one group, want 3", pages)
 	}
 }
+
+// TestGroupsAppsOnlyRefusesTheOpenListing: with AppsOnly, unregistered
+// applications' groups are refused everywhere, the open listing too.
+// Groups kept from before AppsOnly (the data dir, or a fleet's Redis that
+// nodes without it write) were listed to anyone by GET /groups, while
+// reading, updating or deleting each was 403.
+func TestGroupsAppsOnlyRefusesTheOpenListing(t *testing.T) {
+	key := "chat-key-0123456789abcdef"
+	cfg := Config{DataDir: t.TempDir(), Apps: map[string]string{"chat": key}}
+	s, base, srv := start(t, cfg)
+	id := create(t, base, `{"AppID":"stranger","Name":"kept"}`)
+	srv.Close()
+	s.Close()
+	cfg.AppsOnly = true
+	_, base, _ = start(t, cfg)
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups/"+id, ""); code != 403 {
+		t.Fatalf("reading an unregistered app's group with AppsOnly: %d, want 403", code)
+	}
+	for _, hdr := range [][]string{nil, {"Authorization", "Bearer " + key}} {
+		if code, _, body := relaytest.HTTP(t, "GET", base+"/groups", "", hdr...); code != 403 || strings.Contains(body, id) {
+			t.Errorf("the open listing with AppsOnly (%v): %d %q, want 403", hdr, code, body)
+		}
+	}
+	if code, _, _ := relaytest.HTTP(t, "GET", base+"/groups?app-id=chat", "", "Authorization", "Bearer "+key); code != 200 {
+		t.Errorf("a registered app's listing with AppsOnly: %d, want 200", code)
+	}
+}
