@@ -754,14 +754,15 @@ var groupDocs = map[string]relay.MetricDoc{
 	"meetpoint_groups_rejected_total": {Type: "counter", Help: "Groups API requests refused, by reason (full: the relay's bounds on all groups; rate: an address's creations per minute; limit: an application's groups)."},
 }
 
-// LoadApps reads an apps file: one "APP_ID KEY" per line; blank lines and
-// lines starting with # are skipped.
+// LoadApps reads an apps file: one "APP_ID KEY" per line, each app with
+// a key of its own; blank lines and lines starting with # are skipped.
 func LoadApps(path string) (map[string]string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	apps := map[string]string{}
+	keyOf := map[string]string{} // key → app: a URL or a TURN credential finds its app by key alone
 	for i, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -774,7 +775,10 @@ func LoadApps(path string) (map[string]string, error) {
 		if _, dup := apps[f[0]]; dup {
 			return nil, fmt.Errorf("%s:%d: application %s listed twice", path, i+1, f[0])
 		}
-		apps[f[0]] = f[1]
+		if other, dup := keyOf[f[1]]; dup {
+			return nil, fmt.Errorf("%s:%d: application %s has the key of %s: each needs its own", path, i+1, f[0], other)
+		}
+		apps[f[0]], keyOf[f[1]] = f[1], f[0]
 	}
 	return apps, nil
 }

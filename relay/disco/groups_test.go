@@ -605,6 +605,21 @@ func TestLoadApps(t *testing.T) {
 	}
 }
 
+// TestLoadAppsRefusesASharedKey: an application is found by its key alone
+// in an /app/KEY/ URL (groups, signalling) and as a TURN credential, so
+// two applications with one key would be picked between at random (map
+// order) on every request: groups created through the URL went to either
+// application. The apps file refuses it.
+func TestLoadAppsRefusesASharedKey(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "apps")
+	if err := writeFile(p, "chat 0123456789abcdef0123\nboard 0123456789abcdef0123\n"); err != nil {
+		t.Fatal(err)
+	}
+	if apps, err := LoadApps(p); err == nil || !strings.Contains(err.Error(), "apps:2:") {
+		t.Fatalf("two applications with one key: %v %v, want an error naming line 2", apps, err)
+	}
+}
+
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
 
 // ids returns the stored group ids, sorted (tests).
