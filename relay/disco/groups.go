@@ -212,7 +212,7 @@ func New(srv *relay.Server, cfg Config) (*Service, error) {
 		if cfg.Prefix == "" {
 			cfg.Prefix = "meetpoint:"
 		}
-		s.st = &redisStore{rdb: cfg.Redis, prefix: cfg.Prefix}
+		s.st = &redisStore{rdb: cfg.Redis, prefix: cfg.Prefix, batch: cfg.sweepBatch}
 	} else {
 		st, err := openLocal(cfg.DataDir, s.now(), cfg.sweepBatch, s.log)
 		if err != nil {

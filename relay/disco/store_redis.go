@@ -29,6 +29,7 @@ import (
 type redisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
+	batch  int // expired groups a sweep forgets per script
 }
 
 func (s *redisStore) key(id string) string     { return s.prefix + "{groups}:g:" + id }
@@ -82,6 +83,18 @@ redis.call("ZREM", KEYS[3], ARGV[2])
 redis.call("DECRBY", KEYS[5], tonumber(redis.call("HGET", KEYS[4], ARGV[2]) or "0"))
 redis.call("HDEL", KEYS[4], ARGV[2])
 return "ok"`)
+
+// forgetScript: KEYS all, size, bytes; ARGV now (unix ms), batch. It
+// forgets up to batch groups that expired from the fleet-wide index and
+// their bytes (as a write does first) and answers how many.
+var forgetScript = redis.NewScript(`
+local gone = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[2]))
+for _, id in ipairs(gone) do
+	redis.call("DECRBY", KEYS[3], tonumber(redis.call("HGET", KEYS[2], id) or "0"))
+	redis.call("HDEL", KEYS[2], id)
+	redis.call("ZREM", KEYS[1], id)
+end
+return #gone`)
 
 // unreachable wraps a failed Redis operation (the handler answers 503).
 func unreachable(err error) error { return fmt.Errorf("groups: the fleet's Redis: %v", err) }
@@ -190,7 +203,7 @@ func (s *redisStore) getMany(ids []string) ([]*record, error) {
 }
 
 // count is the fleet's live groups and their bytes (the bytes as of the
-// last write, which forgets the expired ones).
+// last write or sweep, each of which forgets the expired ones).
 func (s *redisStore) count() (int, int64) {
 	ctx, cancel := s.op()
 	defer cancel()
@@ -200,5 +213,23 @@ func (s *redisStore) count() (int, int64) {
 	return int(n), b
 }
 
-func (s *redisStore) sweep(time.Time) {} // Redis expires the groups itself
-func (s *redisStore) close() error    { return nil }
+// sweep forgets the groups Redis expired from the fleet-wide index and
+// their bytes, a batch at a time (Redis expires the groups themselves):
+// without it their bytes stayed counted until the next write. An
+// application's index is left to its next write, or to its own expiry.
+func (s *redisStore) sweep(now time.Time) {
+	batch := s.batch
+	if batch <= 0 {
+		batch = 256
+	}
+	for {
+		ctx, cancel := s.op()
+		n, err := forgetScript.Run(ctx, s.rdb, s.allKeys(), now.UnixMilli(), batch).Int()
+		cancel()
+		if err != nil || n < batch {
+			return // unreachable: the next sweep, or write, forgets them
+		}
+	}
+}
+
+func (s *redisStore) close() error { return nil }

@@ -222,3 +222,22 @@ func TestGroupsListingReadsAPage(t *testing.T) {
 		t.Fatalf("one listing of a %d-byte page read %d bytes from Redis, want at most %d", len(body), read, bound)
 	}
 }
+
+// TestGroupsFleetBytesFollowExpiry: meetpoint_groups_bytes is the bytes
+// of the fleet's live groups, as meetpoint_groups is their number. The
+// bytes of groups Redis expired stayed counted until the next write
+// somewhere in the fleet: a quiet fleet reported them for as long as any
+// group lived (the total's expiry is its longest-lived group's).
+func TestGroupsFleetBytesFollowExpiry(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: relaytest.Redis(t)})
+	t.Cleanup(func() { rdb.Close() })
+	_, u, srv := start(t, Config{Redis: rdb, Prefix: "bytes:", SweepEvery: 50 * time.Millisecond})
+	create(t, u, `{"AppID":"a","Name":"long"}`)
+	one := relaytest.Metric(t, srv, "meetpoint_groups_bytes")
+	create(t, u, fmt.Sprintf(`{"AppID":"a","TTL":1,"Name":%q}`, strings.Repeat("x", 1000)))
+	if two := relaytest.Metric(t, srv, "meetpoint_groups_bytes"); two < one+1000 {
+		t.Fatalf("bytes %v with both groups, want over %v", two, one+1000)
+	}
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, srv, "meetpoint_groups") == 1 }, "the 1 s group expired")
+	relaytest.WaitFor(t, func() bool { return relaytest.Metric(t, srv, "meetpoint_groups_bytes") == one }, "the expired group's bytes no longer counted")
+}
