@@ -40,7 +40,8 @@ import (
 // handshake: application data, KeyUpdate (answered when the peer asks),
 // close_notify and other alerts. Everything else (a post-handshake
 // message the relay never asked for, a CCS, a fragmented handshake
-// message) ends the session with an error. It re-keys its own direction
+// message) ends the session with an error, and with the fatal alert
+// crypto/tls would send there. It re-keys its own direction
 // before AES-GCM's usage limit.
 //
 // Kernel TLS (kTLS) is the next step and is not built: its
@@ -71,6 +72,13 @@ const (
 	alertCloseNotify = 0
 	alertUserCancel  = 90
 
+	// The fatal alerts the layer sends when the peer breaks the protocol
+	// (RFC 8446 6.2), as crypto/tls does in the same places.
+	alertUnexpectedMessage = 10
+	alertBadRecordMAC      = 20
+	alertRecordOverflow    = 22
+	alertIllegalParameter  = 47
+
 	// maxUseless bounds records in a row that carry no application data
 	// (empty records, KeyUpdates): a peer cannot keep a read spinning.
 	maxUseless = 16
@@ -83,7 +91,28 @@ var (
 	// ErrTLSUnexpected is a record or message TLS 1.3 forbids after the
 	// handshake, or one the relay never asked for.
 	ErrTLSUnexpected = errors.New("tls: unexpected message after the handshake")
+
+	// The kinds of ErrTLSRecord that call for an alert of their own.
+	errRecordMAC      = fmt.Errorf("%w: bad record MAC", ErrTLSRecord)
+	errRecordOverflow = fmt.Errorf("%w: record overflow", ErrTLSRecord)
+	errKeyUpdateValue = fmt.Errorf("%w: KeyUpdate neither requested nor not", ErrTLSRecord)
 )
+
+// alertFor is the fatal alert a failure of the peer's records calls for;
+// 0 for none (an end of the stream, the peer's own alert, a socket error).
+func alertFor(err error) byte {
+	switch {
+	case err == errRecordMAC:
+		return alertBadRecordMAC
+	case err == errRecordOverflow:
+		return alertRecordOverflow
+	case err == errKeyUpdateValue:
+		return alertIllegalParameter // RFC 8446 4.6.3
+	case errors.Is(err, ErrTLSRecord), errors.Is(err, ErrTLSUnexpected):
+		return alertUnexpectedMessage
+	}
+	return 0
+}
 
 // AlertError is a fatal alert the peer sent (RFC 8446 6): its
 // description code.
@@ -250,11 +279,11 @@ func (d *direction) open(rec []byte) ([]byte, byte, error) {
 	n := d.nonce()
 	pt, err := a.Open(rec[recHeader:recHeader], n[:], rec[recHeader:], rec[:recHeader])
 	if err != nil {
-		return nil, 0, ErrTLSRecord
+		return nil, 0, errRecordMAC
 	}
 	d.seq++
 	if len(pt) > maxPlain+1 {
-		return nil, 0, ErrTLSRecord
+		return nil, 0, errRecordOverflow
 	}
 	i := len(pt) - 1
 	for i >= 0 && pt[i] == 0 {
@@ -336,8 +365,8 @@ type records struct {
 	// socket took only part of (as nbConn's).
 	writes, short int
 	werr          error // sticky: the write side failed
-	// notified: a close_notify is sealed (sealCloseNotify), the last
-	// record: nothing more is sealed after it.
+	// notified: a close_notify (sealCloseNotify) or a fatal alert
+	// (fatal) is sealed, the last record: nothing more is sealed after it.
 	notified bool
 }
 
@@ -364,6 +393,7 @@ func (r *records) Read(p []byte) (int, error) {
 		}
 		if ok, err := r.next(); err != nil {
 			r.rerr = err
+			r.fatal(err)
 			break
 		} else if ok {
 			continue
@@ -453,7 +483,10 @@ func (r *records) next() (ok bool, err error) {
 		return false, nil
 	}
 	size := int(binary.BigEndian.Uint16(b[3:5]))
-	if size > maxCiphertxt || b[0] != recAppData {
+	if size > maxCiphertxt {
+		return false, errRecordOverflow
+	}
+	if b[0] != recAppData {
 		if b[0] == recCCS {
 			return false, ErrTLSUnexpected
 		}
@@ -513,7 +546,7 @@ func (r *records) control(typ byte, content []byte) error {
 			}
 			asked := content[4]
 			if asked > 1 {
-				return ErrTLSRecord
+				return errKeyUpdateValue
 			}
 			if err := r.rd.update(); err != nil {
 				return err
@@ -528,6 +561,27 @@ func (r *records) control(typ byte, content []byte) error {
 		return nil
 	}
 	return ErrTLSUnexpected
+}
+
+// fatal sends the alert that err, a failure of the peer's records, calls
+// for (RFC 8446 6.2), as the session's last record: a close_notify after
+// it (at Close) would tell the peer that what it sent was taken and the
+// session ended cleanly. Nothing for an end of the stream, the peer's own
+// alert or a socket error. Its lock is released by defer (see
+// answerKeyUpdate).
+func (r *records) fatal(err error) {
+	a := alertFor(err)
+	if a == 0 {
+		return
+	}
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.werr != nil || r.notified {
+		return
+	}
+	r.sealLocked(recAlert, []byte{2, a})
+	r.notified = true
+	_ = r.flushLocked()
 }
 
 // answerKeyUpdate sends our KeyUpdate answering the peer's request and

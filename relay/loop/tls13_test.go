@@ -917,3 +917,73 @@ func TestOwnRecordsIdleMidRecord(t *testing.T) {
 		t.Fatalf("Read once the record is complete: %q, %v", buf[:n], err)
 	}
 }
+
+// TestOwnRecordsFatalAlert: a session the client broke (a record that
+// does not open, one too long, a message TLS 1.3 does not allow there) is
+// closed with the fatal alert crypto/tls sends in the same place (RFC 8446
+// 5.2, 6.2), not with a close_notify, which would tell the client that
+// everything it sent was taken and the session ended cleanly.
+func TestOwnRecordsFatalAlert(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		record func(peer *direction) []byte // what the client sends, sealed by peer (its write direction)
+		alert  string                       // what the client reads then
+	}{
+		{"bad MAC", func(*direction) []byte {
+			return []byte{recAppData, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+		}, "bad record MAC"},
+		{"oversized", func(*direction) []byte {
+			return []byte{recAppData, 3, 3, 0x41, 0x01}
+		}, "record overflow"},
+		{"padded past the limit", func(peer *direction) []byte {
+			w, _ := peer.seal(nil, 0, append(pattern(maxPlain, 3), recAppData))
+			return w
+		}, "record overflow"},
+		{"no content type", func(peer *direction) []byte {
+			w, _ := peer.seal(nil, 0, make([]byte, 10))
+			return w
+		}, "unexpected message"},
+		{"CCS", func(*direction) []byte {
+			return []byte{recCCS, 3, 3, 0, 1, 1}
+		}, "unexpected message"},
+		{"session ticket from a client", func(peer *direction) []byte {
+			w, _ := peer.seal(nil, recHandshake, []byte{4, 0, 0, 1, 0})
+			return w
+		}, "unexpected message"},
+		{"bad KeyUpdate", func(peer *direction) []byte {
+			w, _ := peer.seal(nil, recHandshake, []byte{hsKeyUpdate, 0, 0, 1, 2})
+			return w
+		}, "illegal parameter"},
+		{"empty records", func(peer *direction) []byte {
+			var w []byte
+			for range maxUseless + 1 {
+				w, _ = peer.seal(w, recAppData, nil)
+			}
+			return w
+		}, "unexpected message"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c, raw := tlsPair(t, serverConf(t), &tls.Config{InsecureSkipVerify: true}, nil)
+			if !s.OwnRecordLayer() {
+				t.Fatal("the session stayed on crypto/tls")
+			}
+			peer := s.rl.rd // the client's write direction: nothing read from it yet
+			if _, err := raw.Write(tc.record(&peer)); err != nil {
+				t.Fatal(err)
+			}
+			testutil.WaitFor(t, func() error {
+				_, err := s.Read(make([]byte, 100))
+				if TLSFailure(err) {
+					return nil
+				}
+				return fmt.Errorf("Read: %v", err)
+			}, "a TLS failure")
+			s.Close()
+			_, err := c.Read(make([]byte, 100))
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "remote error" || op.Err.Error() != "tls: "+tc.alert {
+				t.Fatalf("the client read %v; want the alert %q", err, tc.alert)
+			}
+		})
+	}
+}
