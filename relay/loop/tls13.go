@@ -78,6 +78,7 @@ const (
 	alertBadRecordMAC      = 20
 	alertRecordOverflow    = 22
 	alertIllegalParameter  = 47
+	alertProtocolVersion   = 70
 
 	// maxUseless bounds records in a row that carry no application data
 	// (empty records, KeyUpdates): a peer cannot keep a read spinning.
@@ -85,8 +86,9 @@ const (
 )
 
 var (
-	// ErrTLSRecord is a record that fails to open, is too long or has no
-	// content type: the peer (or something on the path) is broken.
+	// ErrTLSRecord is a record that fails to open, is too long, has no
+	// content type or a legacy_record_version other than 0x0303: the peer
+	// (or something on the path) is broken.
 	ErrTLSRecord = errors.New("tls: bad record")
 	// ErrTLSUnexpected is a record or message TLS 1.3 forbids after the
 	// handshake, or one the relay never asked for.
@@ -96,6 +98,7 @@ var (
 	errRecordMAC      = fmt.Errorf("%w: bad record MAC", ErrTLSRecord)
 	errRecordOverflow = fmt.Errorf("%w: record overflow", ErrTLSRecord)
 	errKeyUpdateValue = fmt.Errorf("%w: KeyUpdate neither requested nor not", ErrTLSRecord)
+	errRecordVersion  = fmt.Errorf("%w: legacy_record_version not 0x0303", ErrTLSRecord)
 )
 
 // alertFor is the fatal alert a failure of the peer's records calls for;
@@ -108,6 +111,8 @@ func alertFor(err error) byte {
 		return alertRecordOverflow
 	case err == errKeyUpdateValue:
 		return alertIllegalParameter // RFC 8446 4.6.3
+	case err == errRecordVersion:
+		return alertProtocolVersion
 	case errors.Is(err, ErrTLSRecord), errors.Is(err, ErrTLSUnexpected):
 		return alertUnexpectedMessage
 	}
@@ -483,6 +488,11 @@ func (r *records) next() (ok bool, err error) {
 		return false, nil
 	}
 	size := int(binary.BigEndian.Uint16(b[3:5]))
+	if b[1] != 3 || b[2] != 3 {
+		// Every TLS 1.3 record after the ClientHello says TLS 1.2 (RFC
+		// 8446 5.1); crypto/tls and OpenSSL refuse any other.
+		return false, errRecordVersion
+	}
 	if size > maxCiphertxt {
 		return false, errRecordOverflow
 	}

@@ -987,3 +987,58 @@ func TestOwnRecordsFatalAlert(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnRecordsLegacyVersion: a record whose legacy_record_version is not
+// 0x0303 (RFC 8446 5.1: every TLS 1.3 record after the ClientHello's)
+// ends the session with ErrTLSRecord and a protocol_version alert, as
+// crypto/tls and OpenSSL refuse it, even though it opens (the version is
+// authenticated as it came); one with 0x0303 is read.
+func TestOwnRecordsLegacyVersion(t *testing.T) {
+	for _, vers := range [][2]byte{{3, 3}, {3, 1}, {3, 4}} {
+		t.Run(fmt.Sprintf("%x", vers), func(t *testing.T) {
+			r, peer, pfd := recordsPair(t)
+			wire, _ := peer.seal(nil, recAppData, []byte("hello"))
+			// Seal it again under vers: the header is the AEAD's additional data.
+			peer.seq--
+			copy(wire[1:3], vers[:])
+			a, _ := peer.cipher()
+			n := peer.nonce()
+			body := append([]byte("hello"), recAppData)
+			wire = a.Seal(wire[:recHeader], n[:], body, wire[:recHeader])
+			if _, err := unix.Write(pfd, wire); err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Shutdown(pfd, unix.SHUT_WR)
+			var got []byte
+			var err error
+			buf := make([]byte, 100)
+			for i := 0; err == nil; i++ {
+				if i == 100 {
+					t.Fatal("Read has not ended")
+				}
+				var n int
+				n, err = r.Read(buf)
+				got = append(got, buf[:n]...)
+			}
+			if vers == [2]byte{3, 3} {
+				if err != io.EOF || string(got) != "hello" {
+					t.Fatalf("read %q, then %v; want hello and io.EOF", got, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrTLSRecord) || len(got) > 0 {
+				t.Fatalf("read %q, then %v; want nothing and ErrTLSRecord", got, err)
+			}
+			back := &direction{}
+			if err := back.setSecret(r.wr.suite, bytes.Repeat([]byte{7}, 32)); err != nil {
+				t.Fatal(err)
+			}
+			rec := make([]byte, 100)
+			m, _ := unix.Read(pfd, rec)
+			content, typ, err := back.open(rec[:m])
+			if err != nil || typ != recAlert || !bytes.Equal(content, []byte{2, alertProtocolVersion}) {
+				t.Fatalf("the peer read type %d %v, %v; want a fatal protocol_version alert", typ, content, err)
+			}
+		})
+	}
+}
