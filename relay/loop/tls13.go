@@ -517,7 +517,10 @@ func (r *records) next() (ok bool, err error) {
 		r.useless = 0
 		return true, nil
 	}
-	if r.useless++; r.useless > maxUseless {
+	// An alert that ends the session (close_notify, a fatal one) is no
+	// useless record: as crypto/tls, the layer counts those it ignores.
+	ends := typ == recAlert && !(len(content) == 2 && content[1] == alertUserCancel)
+	if r.useless++; r.useless > maxUseless && !ends {
 		return false, ErrTLSUnexpected
 	}
 	return true, r.control(typ, content)

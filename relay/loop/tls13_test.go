@@ -1042,3 +1042,45 @@ func TestOwnRecordsLegacyVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnRecordsEndAfterUselessRecords: an alert that ends the session
+// (close_notify, a fatal one) after as many records without application
+// data as the layer ignores (maxUseless: empty ones, KeyUpdates) ends it
+// as that alert says, as crypto/tls does (it counts only the records it
+// ignores): a clean end is io.EOF, not a TLS failure.
+func TestOwnRecordsEndAfterUselessRecords(t *testing.T) {
+	for _, tc := range []struct {
+		alert byte
+		want  error
+	}{
+		{alertCloseNotify, io.EOF},
+		{40, AlertError(40)}, // handshake_failure
+	} {
+		t.Run(fmt.Sprint(tc.alert), func(t *testing.T) {
+			r, peer, pfd := recordsPair(t)
+			wire, _ := peer.seal(nil, recAppData, []byte("x"))
+			for range maxUseless {
+				wire, _ = peer.seal(wire, recAppData, nil)
+			}
+			wire, _ = peer.seal(wire, recAlert, []byte{1, tc.alert})
+			if _, err := unix.Write(pfd, wire); err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Shutdown(pfd, unix.SHUT_WR)
+			var got []byte
+			var err error
+			buf := make([]byte, 100)
+			for i := 0; err == nil; i++ {
+				if i == 100 {
+					t.Fatal("Read has not ended")
+				}
+				var n int
+				n, err = r.Read(buf)
+				got = append(got, buf[:n]...)
+			}
+			if err != tc.want || string(got) != "x" {
+				t.Fatalf("read %q, then %v; want x, then %v", got, err, tc.want)
+			}
+		})
+	}
+}
