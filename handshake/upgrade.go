@@ -323,14 +323,7 @@ func oneHost(head []byte) bool {
 // as ws.Upgrader reads them (ending at LF); it refuses a line without a
 // colon itself.
 func namesAreTokens(head []byte) bool {
-	_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
-	for len(lines) > 0 {
-		var line []byte
-		line, lines, _ = bytes.Cut(lines, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			return true // end of head
-		}
+	for line := range headerLines(head) {
 		if name, _, _ := bytes.Cut(line, []byte(":")); !isToken(name) {
 			return false
 		}
@@ -392,16 +385,26 @@ func headValue(head []byte, name string) (value []byte, ok bool) {
 // tabs, and a line without a colon yields nothing. Slices of head.
 func headers(head []byte) iter.Seq2[[]byte, []byte] {
 	return func(yield func(name, value []byte) bool) {
+		for line := range headerLines(head) {
+			if k, v, found := bytes.Cut(line, []byte(":")); found && !yield(trimSP(k), trimSP(v)) {
+				return
+			}
+		}
+	}
+}
+
+// headerLines yields head's header lines, from the line after the
+// request line to the blank line, as ws.Upgrader reads them: a line ends
+// at LF, a CR before it dropped. Slices of head.
+func headerLines(head []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
 		_, lines, _ := bytes.Cut(head, []byte("\n")) // skip the request line
 		for len(lines) > 0 {
 			var line []byte
 			line, lines, _ = bytes.Cut(lines, []byte("\n"))
 			line = bytes.TrimSuffix(line, []byte("\r"))
-			if len(line) == 0 {
-				return // end of head
-			}
-			if k, v, found := bytes.Cut(line, []byte(":")); found && !yield(trimSP(k), trimSP(v)) {
-				return
+			if len(line) == 0 || !yield(line) {
+				return // end of head, or the caller's
 			}
 		}
 	}
