@@ -10,7 +10,6 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
-	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
 
 // TestServeTPClientsLocalHalfClose: a local client that sends its request
@@ -21,21 +20,12 @@ import (
 // pass the FIN on, so it is not passed on: the reply flows until the
 // device ends the tunnel.
 func TestServeTPClientsLocalHalfClose(t *testing.T) {
-	s := relaytest.New(t, nil)
-	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
-		t.Fatal(err)
-	}
-	relaytest.Start(t, s)
+	s := tpRelay(t)
 	for name, url := range map[string]string{"tcp": relaytest.TCPURL(s), "ws": relaytest.WSURL(s)} {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			su := client.NewUUID()
-			dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dev.Close()
+			dev, su := tpDevice(t, ctx, url)
 			go func() { // the device: one line in, a moment's work, one line out, then it hangs up
 				for {
 					c, err := dev.Accept()
@@ -82,20 +72,11 @@ func TestServeTPClientsLocalHalfClose(t *testing.T) {
 // device sees its client disconnected.
 func TestServeTPClientsLocalGoneDeviceSilent(t *testing.T) {
 	defer client.SetReplyIdle(300 * time.Millisecond)()
-	s := relaytest.New(t, nil)
-	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
-		t.Fatal(err)
-	}
-	relaytest.Start(t, s)
+	s := tpRelay(t)
 	url := relaytest.TCPURL(s)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	su := client.NewUUID()
-	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev, su := tpDevice(t, ctx, url)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

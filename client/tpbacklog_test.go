@@ -8,7 +8,6 @@ import (
 
 	"github.com/meetpoint/meetpoint/client"
 	"github.com/meetpoint/meetpoint/relay/relaytest"
-	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
 )
 
 // TestTPServerFullBacklog: a TPServer keeps the clients that arrived for
@@ -20,20 +19,11 @@ import (
 // tunnel end; Refused counts it) and the server goes on: the clients
 // kept are accepted later and exchange data.
 func TestTPServerFullBacklog(t *testing.T) {
-	s := relaytest.New(t, nil)
-	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
-		t.Fatal(err)
-	}
-	relaytest.Start(t, s)
+	s := tpRelay(t)
 	url := relaytest.TCPURL(s)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	su := client.NewUUID()
-	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev, su := tpDevice(t, ctx, url)
 	var remotes []*client.Tunnel
 	for range 65 { // nobody calls Accept meanwhile
 		r, err := client.DialTPClient(ctx, client.TPOptions{URL: url, ServerUUID: su})

@@ -1,0 +1,34 @@
+package client_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/meetpoint/meetpoint/client"
+	"github.com/meetpoint/meetpoint/relay"
+	"github.com/meetpoint/meetpoint/relay/relaytest"
+	"github.com/meetpoint/meetpoint/relay/tunnelproxy"
+)
+
+// tpRelay starts a relay serving TunnelProxy.
+func tpRelay(t *testing.T) *relay.Server {
+	t.Helper()
+	s := relaytest.New(t, nil)
+	if _, err := tunnelproxy.New(s, tunnelproxy.DefaultConfig()); err != nil {
+		t.Fatal(err)
+	}
+	return relaytest.Start(t, s)
+}
+
+// tpDevice registers a TunnelProxy server named "device" at url under a
+// fresh uuid (closed at cleanup) and returns it with its uuid.
+func tpDevice(t *testing.T, ctx context.Context, url string) (*client.TPServer, string) {
+	t.Helper()
+	su := client.NewUUID()
+	dev, err := client.RegisterTPServer(ctx, client.TPOptions{URL: url, UUID: su, Name: "device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	return dev, su
+}
