@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -35,8 +36,12 @@ func record(h *hdrhistogram.Histogram, d time.Duration) {
 }
 
 // us returns the value at percentile p (0..100) of a nanosecond histogram
-// in microseconds.
+// in microseconds; NaN (unknown, shown "–") for a histogram with no
+// samples, for which HdrHistogram answers 0.
 func us(h *hdrhistogram.Histogram, p float64) float64 {
+	if h.TotalCount() == 0 {
+		return math.NaN()
+	}
 	return float64(h.ValueAtPercentile(p)) / 1e3
 }
 
