@@ -29,19 +29,15 @@ func runIdle(ctx context.Context, e *Env) (*Table, error) {
 		t.Notes = append(t.Notes, "skipped: an external relay needs --relay-pid for its RSS")
 		return t, nil
 	}
-	var xs, ys, ysgc []float64
 	for _, n := range o.IdleN {
 		row, err := idleStep(ctx, e, n)
 		if err != nil {
 			return nil, fmt.Errorf("%d tunnels: %w", n, err)
 		}
 		t.Rows = append(t.Rows, row)
-		xs = append(xs, float64(n))
-		ys = append(ys, row.Values["rss1"]*(1<<20)-row.Values["rss0"]*(1<<20))
-		ysgc = append(ysgc, row.Values["rss1gc"]*(1<<20)-row.Values["rss0"]*(1<<20))
 	}
-	if len(xs) >= 2 {
-		s, sgc := slope(xs, ys), slope(xs, ysgc)
+	if len(t.Rows) >= 2 {
+		s, sgc := idleSlope(t.Rows, "rss1"), idleSlope(t.Rows, "rss1gc")
 		t.add("meetpoint "+o.IdleTransport, map[string]string{"tunnels": "slope"}, map[string]float64{
 			"per_tunnel": s, "per_tunnel_gc": sgc,
 		})
@@ -204,6 +200,19 @@ func idleStep(ctx context.Context, e *Env, n int) (*Row, error) {
 		delete(row.Values, "goroutines")
 	}
 	return row, nil
+}
+
+// idleSlope is the least-squares slope, in bytes per tunnel, of the
+// relays' RSS growth (the MiB figure rss, less rss0) over the tunnels
+// held in the idle rows: those opened, not those asked for, as each
+// row's own B/tunnel divides by (a failed dial holds no memory).
+func idleSlope(rows []*Row, rss string) float64 {
+	var xs, ys []float64
+	for _, r := range rows {
+		xs = append(xs, r.Values["opened"])
+		ys = append(ys, (r.Values[rss]-r.Values["rss0"])*(1<<20))
+	}
+	return slope(xs, ys)
 }
 
 // slope is the least-squares slope of ys over xs.

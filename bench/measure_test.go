@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,5 +47,45 @@ func TestPercentileValues(t *testing.T) {
 	// the top of the sample's bucket, 42.047 µs.
 	if v := us(one, 99.9); v < 42 || v > 42.064 {
 		t.Errorf("p99.9 of one sample of 42 µs = %v", v)
+	}
+}
+
+// idleRow is an idle step's row: n tunnels asked for, opened of them held,
+// the relays' RSS growing by perTunnel bytes for each held one.
+func idleRow(n, opened int, perTunnel float64) *Row {
+	const mib = 1 << 20
+	rss0 := 10.0
+	grown := float64(opened) * perTunnel / mib
+	return &Row{Peer: "meetpoint tcp", Params: map[string]string{"tunnels": strconv.Itoa(n)},
+		Values: map[string]float64{"rss0": rss0, "rss1": rss0 + grown, "rss1gc": rss0 + grown/2,
+			"opened": float64(opened), "errors": float64(n - opened)}}
+}
+
+// TestIdleSlopeOverHeldTunnels: the slope is the memory per held tunnel,
+// so its x is the tunnels that were held (opened), as each row's own B/tunnel
+// divides by. It was the count asked for: with 1,000 of 4,000 dials
+// failed, 2,000 B per tunnel read as 1,333 B, under the 2,048 B target.
+func TestIdleSlopeOverHeldTunnels(t *testing.T) {
+	rows := []*Row{idleRow(1000, 1000, 2000), idleRow(4000, 3000, 2000)}
+	if s := idleSlope(rows, "rss1"); math.Abs(s-2000) > 1 {
+		t.Errorf("slope = %.1f B/tunnel, want 2000 (over the held tunnels)", s)
+	}
+	if s := idleSlope(rows, "rss1gc"); math.Abs(s-1000) > 1 {
+		t.Errorf("slope after GC = %.1f B/tunnel, want 1000", s)
+	}
+}
+
+// TestSlope pins the least-squares slope: exact on a line, the fitted
+// slope on noisy points, 0 for one x.
+func TestSlope(t *testing.T) {
+	if s := slope([]float64{1000, 2000, 4000}, []float64{5e6, 7e6, 11e6}); math.Abs(s-2000) > 1e-9 {
+		t.Errorf("slope of a line = %v, want 2000", s)
+	}
+	// (0,0) (1,1) (2,1) (3,3): sx=6 sy=5 sxx=14 sxy=12, (4·12−6·5)/(4·14−36) = 0.9.
+	if s := slope([]float64{0, 1, 2, 3}, []float64{0, 1, 1, 3}); math.Abs(s-0.9) > 1e-12 {
+		t.Errorf("fitted slope = %v, want 0.9", s)
+	}
+	if s := slope([]float64{5, 5}, []float64{1, 2}); s != 0 {
+		t.Errorf("slope over one x = %v, want 0", s)
 	}
 }
