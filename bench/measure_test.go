@@ -89,3 +89,17 @@ func TestSlope(t *testing.T) {
 		t.Errorf("slope over one x = %v, want 0", s)
 	}
 }
+
+// TestMarkdownNotFinite: an idle step that held no tunnel divides its RSS
+// growth by 0 opened: per_tunnel is +Inf when the RSS grew (NaN only when
+// it did not). report.md showed "+Inf" B/tunnel where it shows "–" for
+// NaN, as results.json leaves both out.
+func TestMarkdownNotFinite(t *testing.T) {
+	r := idleRow(100, 0, 0)
+	r.Values["rss1"] = r.Values["rss0"] + 1
+	r.Values["per_tunnel"] = (r.Values["rss1"] - r.Values["rss0"]) * (1 << 20) / r.Values["opened"]
+	tab := &Table{Title: "idle", Params: []string{"tunnels"}, Columns: []Column{{"per_tunnel", "B/tunnel", "%.0f"}}, Rows: []*Row{r}}
+	if md := tab.Markdown(); !strings.Contains(md, "| meetpoint tcp | 100 | – |") {
+		t.Errorf("a row of no tunnels renders\n%s\nwant its B/tunnel as –", md)
+	}
+}

@@ -149,7 +149,7 @@ func (t *Table) Markdown() string {
 		}
 		for _, c := range t.Columns {
 			v, ok := r.Values[c.Key]
-			if !ok || math.IsNaN(v) {
+			if !ok || !finite(v) { // unknown, or divided by a count of 0
 				cells = append(cells, "–")
 				continue
 			}
