@@ -2,8 +2,10 @@ package bench
 
 import (
 	"math"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -101,5 +103,61 @@ func TestMarkdownNotFinite(t *testing.T) {
 	tab := &Table{Title: "idle", Params: []string{"tunnels"}, Columns: []Column{{"per_tunnel", "B/tunnel", "%.0f"}}, Rows: []*Row{r}}
 	if md := tab.Markdown(); !strings.Contains(md, "| meetpoint tcp | 100 | – |") {
 		t.Errorf("a row of no tunnels renders\n%s\nwant its B/tunnel as –", md)
+	}
+}
+
+// TestRatiosDirection pins ×direct and ×haproxy: the row's figure over the
+// reference's with the same parameters (0.5× = half direct's MB/s), none
+// where the reference has no row or a figure of 0.
+func TestRatiosDirection(t *testing.T) {
+	tab := &Table{Params: []string{"size"}}
+	p := func(s string) map[string]string { return map[string]string{"size": s} }
+	tab.add("direct", p("64 KiB"), map[string]float64{"mbps": 2000})
+	tab.add("haproxy", p("64 KiB"), map[string]float64{"mbps": 800})
+	mp := tab.add("meetpoint tcp", p("64 KiB"), map[string]float64{"mbps": 1000})
+	lone := tab.add("meetpoint tcp", p("1 KiB"), map[string]float64{"mbps": 100})
+	tab.add("direct", p("16 KiB"), map[string]float64{"mbps": 0})
+	zero := tab.add("meetpoint tcp", p("16 KiB"), map[string]float64{"mbps": 10})
+	tab.addRatios("mbps")
+	if v := mp.Values["x_direct"]; v != 0.5 {
+		t.Errorf("×direct = %v, want 0.5", v)
+	}
+	if v := mp.Values["x_haproxy"]; v != 1.25 {
+		t.Errorf("×haproxy = %v, want 1.25", v)
+	}
+	for _, r := range []*Row{lone, zero} {
+		if _, ok := r.Values["x_direct"]; ok {
+			t.Errorf("a row with no usable direct reference got ×direct %v", r.Values["x_direct"])
+		}
+	}
+}
+
+// TestProcTimes checks the CPU time read from /proc/PID/stat (clock
+// ticks, at USER_HZ) against getrusage's for this process: a wrong tick
+// rate or field would be far off.
+func TestProcTimes(t *testing.T) {
+	var ru syscall.Rusage
+	rusage := func() {
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Spin until this process has used 300 ms of user time (CPU, not wall
+	// time: the machine may be loaded).
+	for rusage(); ru.Utime.Nano() < 300e6; rusage() {
+	}
+	user, sys := procTimes(os.Getpid())
+	rusage()
+	ruUser := time.Duration(ru.Utime.Nano())
+	ruSys := time.Duration(ru.Stime.Nano())
+	const slack = 60 * time.Millisecond // 10 ms ticks, and the time between the two reads
+	if d := ruUser - user; d < -slack || d > slack || user < 200*time.Millisecond {
+		t.Errorf("/proc utime %v, getrusage %v", user, ruUser)
+	}
+	if d := ruSys - sys; d < -slack || d > slack {
+		t.Errorf("/proc stime %v, getrusage %v", sys, ruSys)
+	}
+	if u, s := procTimes(-1); u != -1 || s != -1 {
+		t.Errorf("procTimes of no process = %v, %v; want -1, -1", u, s)
 	}
 }
