@@ -130,6 +130,19 @@ func TestRatiosDirection(t *testing.T) {
 			t.Errorf("a row with no usable direct reference got ×direct %v", r.Values["x_direct"])
 		}
 	}
+	// TLS rows are measured against HAProxy terminating TLS, not plain.
+	tls := &Table{Params: []string{"size"}}
+	tls.add("haproxy", p("64 KiB"), map[string]float64{"mbps": 1000})
+	tls.add("haproxy tls", p("64 KiB"), map[string]float64{"mbps": 500})
+	mt := tls.add("meetpoint tls", p("64 KiB"), map[string]float64{"mbps": 600})
+	mw := tls.add("meetpoint wss", p("64 KiB"), map[string]float64{"mbps": 400})
+	mtcp := tls.add("meetpoint tcp", p("64 KiB"), map[string]float64{"mbps": 1500})
+	tls.addRatios("mbps")
+	for r, want := range map[*Row]float64{mt: 1.2, mw: 0.8, mtcp: 1.5} {
+		if v := r.Values["x_haproxy"]; v != want {
+			t.Errorf("%s ×haproxy = %v, want %v", r.Peer, v, want)
+		}
+	}
 }
 
 // TestProcTimes checks the CPU time read from /proc/PID/stat (clock

@@ -109,11 +109,18 @@ func (t *Table) find(peer string, r *Row) *Row {
 }
 
 // addRatios sets "x_direct" and "x_haproxy": the row's metric over the
-// reference peer's with the same parameters.
+// reference peer's with the same parameters. A TLS row's (meetpoint tls,
+// wss, fleet … tls) HAProxy is haproxy tls, HAProxy terminating TLS on
+// both sides, where the run has it (docs/BENCHMARKS.md).
 func (t *Table) addRatios(metric string) {
 	for _, r := range t.Rows {
 		for _, ref := range []string{"direct", "haproxy"} {
 			o := t.find(ref, r)
+			if ref == "haproxy" && (strings.HasSuffix(r.Peer, " tls") || strings.HasSuffix(r.Peer, " wss")) {
+				if h := t.find("haproxy tls", r); h != nil {
+					o = h
+				}
+			}
 			if o == nil || o.Values[metric] == 0 {
 				continue
 			}
