@@ -236,14 +236,14 @@ func (s *Server) httpRoot() http.Handler {
 func APIPath(path string) bool {
 	if rest, ok := strings.CutPrefix(path, "/app/"); ok {
 		key, sub, ok := strings.Cut(rest, "/")
-		if !ok || key == "" {
-			return false
-		}
-		path = "/" + sub
-		return path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") || strings.HasPrefix(path, "/group/")
+		return ok && key != "" && groupsPath("/"+sub)
 	}
-	return strings.HasPrefix(path, "/v1/") || path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") ||
-		strings.HasPrefix(path, "/group/")
+	return strings.HasPrefix(path, "/v1/") || groupsPath(path)
+}
+
+// groupsPath reports whether path is under the groups API.
+func groupsPath(path string) bool {
+	return path == "/group" || path == "/groups" || strings.HasPrefix(path, "/groups/") || strings.HasPrefix(path, "/group/")
 }
 
 // refuse answers a request the relay refuses before any handler (its
