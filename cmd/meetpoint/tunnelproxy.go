@@ -123,8 +123,15 @@ func runTunnelProxy(ctx context.Context, v *clientSettings, stdin io.Reader, std
 			return tpFail(stderr, err, v)
 		}
 		defer tun.Close()
+		interrupted := context.AfterFunc(ctx, func() { tun.Close() }) // SIGINT, SIGTERM
+		defer interrupted()
 		go io.Copy(tun, stdin)
-		if _, err := io.Copy(stdout, tun); err != nil {
+		_, err = io.Copy(stdout, tun)
+		switch {
+		case ctx.Err() != nil:
+			fmt.Fprintln(stderr, "meetpoint: interrupted")
+			return 130
+		case err != nil:
 			fmt.Fprintf(stderr, "meetpoint: server lost: %v\n", err)
 			return 1
 		}
