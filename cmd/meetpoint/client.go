@@ -93,6 +93,10 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+	if msg := modeConflict(v); msg != "" {
+		fmt.Fprintf(stderr, "meetpoint client: %s\n", msg)
+		return 2
+	}
 	if v.opts.Timeout < 0 {
 		fmt.Fprintln(stderr, "meetpoint client: --timeout must be positive (or 0: wait as long as the relay does)")
 		return 2
@@ -177,6 +181,31 @@ func runClient(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0 // we had said everything; the partner finished
+}
+
+// modeConflict says which flag cannot apply to the mode the flags select
+// (TunnelProxy: --serve or --server-uuid; legacy: neither), or "" when all
+// do: a flag silently ignored would leave the user thinking it took
+// effect, e.g. a --token protecting a TunnelProxy server, which has none.
+func modeConflict(v *clientSettings) string {
+	switch {
+	case v.listen != "" && v.serve != "":
+		return "--listen and --serve: give one (--listen reaches a server, --serve is one)"
+	case v.listen != "" && v.serverUUID == "":
+		return "--listen needs --server-uuid (the TunnelProxy server to carry connections to)"
+	}
+	if v.serve == "" && v.serverUUID == "" {
+		return ""
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"--hello", v.hello}, {"--token", v.opts.Token != ""}, {"--nonce", v.opts.Nonce != ""}, {"--close-on-eof", v.closeOnEOF}} {
+		if f.set {
+			return f.name + " does not go with --serve or --server-uuid (the TunnelProxy modes, which take none of --hello, --token, --nonce, --close-on-eof)"
+		}
+	}
+	return ""
 }
 
 // clientFail prints one line for a failed connection and returns 1; it

@@ -293,6 +293,13 @@ func TestClientCommand(t *testing.T) {
 		{[]string{"client", "--url", url + "?token=x"}, "is HOST:PORT only, no path or query"},
 		{[]string{"client", "--url", url}, "--token is required"},
 		{[]string{"client", "--url", "ws://127.0.0.1:1/?token=x", "--token", "y"}, "a token in --url and --token"},
+		// TunnelProxy flags outside their modes, legacy flags in them.
+		{[]string{"client", "--url", url, "--token", "x", "--listen", "127.0.0.1:0"}, "--listen needs --server-uuid"},
+		{[]string{"client", "--url", url, "--serve", "127.0.0.1:1", "--listen", "127.0.0.1:0"}, "--listen and --serve"},
+		{[]string{"client", "--url", url, "--hello", "--server-uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"}, "--hello does not go with"},
+		{[]string{"client", "--url", url, "--serve", "127.0.0.1:1", "--token", "x"}, "--token does not go with"},
+		{[]string{"client", "--url", url, "--server-uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "--nonce", "n"}, "--nonce does not go with"},
+		{[]string{"client", "--url", url, "--server-uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "--close-on-eof"}, "--close-on-eof does not go with"},
 	} {
 		errb.Reset()
 		if code := run(tc.args, strings.NewReader(""), io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
