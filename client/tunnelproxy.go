@@ -643,20 +643,21 @@ func pipe(tun, local net.Conn, waitReply bool) {
 	}()
 	left := 1
 	if !<-done { // local's FIN: wait for the reply while it flows
-		t := time.NewTicker(time.Duration(replyIdle.Load()))
-		last := moved.Load()
+		idle := time.Duration(replyIdle.Load())
+		t := time.NewTicker(idle / 8) // ends between idle and 9/8 idle after the last byte
+		last, at := moved.Load(), time.Now()
 	wait:
 		for {
 			select {
 			case <-done:
 				left--
 				break wait
-			case <-t.C:
+			case now := <-t.C:
 				if n := moved.Load(); n != last {
-					last = n
-					continue
+					last, at = n, now
+				} else if now.Sub(at) >= idle {
+					break wait
 				}
-				break wait
 			}
 		}
 		t.Stop()
