@@ -88,10 +88,12 @@ type Raw struct {
 	verbose io.Writer // where Call and Recv print the exchange, or nil
 	secret  string    // masked in verbose output
 
-	in        wsIn   // the reader's place in the WebSocket stream
-	wbuf      []byte // frames go out through it (under wmu), wsWriteChunk at most
-	werr      error  // under wmu: a frame write failed part-way, so no frame may follow
-	sentClose bool   // under wmu: a close frame was sent, so no frame may follow (RFC 6455, 5.5.1)
+	in   wsIn   // the reader's place in the WebSocket stream
+	wbuf []byte // frames go out through it (under wmu), wsWriteChunk at most
+	// werr, under wmu: why no frame may follow — a frame write failed
+	// part-way (errFrameCut), or a close frame was sent (errCloseSent,
+	// RFC 6455 5.5.1).
+	werr error
 }
 
 // wsIn is the reading side's place in the WebSocket stream: payload is
@@ -367,10 +369,9 @@ func (r *Raw) writeFrame(op ws.OpCode, p []byte) error {
 	if r.werr != nil {
 		return r.werr
 	}
-	if r.sentClose {
-		return errCloseSent
+	if op == ws.OpClose {
+		r.werr = errCloseSent // for the frames after this one
 	}
-	r.sentClose = op == ws.OpClose
 	if r.wbuf == nil {
 		r.wbuf = make([]byte, 0, ws.MaxHeaderSize+wsWriteChunk)
 	}
