@@ -695,13 +695,7 @@ func (s *session) register(m Message) bool {
 	if !ok {
 		return false
 	}
-	opts, err := m.Dict(1)
-	if err != nil {
-		s.fail(mRegister, req, errProtocolViolation, err.Error())
-		return true
-	}
-	if err := exactMatch(opts); err != nil {
-		s.fail(mRegister, req, errInvalidArgument, err.Error())
+	if !s.exactOptions(m, req) {
 		return true
 	}
 	proc, err := m.URI(2)
@@ -745,21 +739,27 @@ func (s *session) register(m Message) bool {
 	return true
 }
 
-// exactMatch refuses Options asking for a match policy other than exact:
-// the router matches procedures and topics exactly and announces no
-// pattern-based registration or subscription, so a prefix or wildcard
-// REGISTER or SUBSCRIBE taken as exact would never match what its client
-// waits for.
-func exactMatch(opts map[string]json.RawMessage) error {
-	raw, ok := opts["match"]
-	if !ok {
-		return nil
+// exactOptions checks a REGISTER's or SUBSCRIBE's Options (m's second
+// element): a dictionary (else ERROR protocol_violation) asking for no
+// match policy other than exact (else ERROR invalid_argument): the router
+// matches procedures and topics exactly and announces no pattern-based
+// registration or subscription, so a prefix or wildcard one taken as exact
+// would never match what its client waits for. false: it answered req
+// with the ERROR.
+func (s *session) exactOptions(m Message, req uint64) bool {
+	opts, err := m.Dict(1)
+	if err != nil {
+		s.fail(m.Type, req, errProtocolViolation, err.Error())
+		return false
 	}
-	var match string
-	if json.Unmarshal(raw, &match) != nil || match != "exact" {
-		return fmt.Errorf("match %s: this router matches URIs exactly only", raw)
+	if raw, ok := opts["match"]; ok {
+		var match string
+		if json.Unmarshal(raw, &match) != nil || match != "exact" {
+			s.fail(m.Type, req, errInvalidArgument, fmt.Sprintf("match %s: this router matches URIs exactly only", raw))
+			return false
+		}
 	}
-	return nil
+	return true
 }
 
 // registered reports whether a session here has registered proc in realm.
@@ -1068,13 +1068,7 @@ func (s *session) subscribe(m Message) bool {
 	if !ok {
 		return false
 	}
-	opts, err := m.Dict(1)
-	if err != nil {
-		s.fail(mSubscribe, req, errProtocolViolation, err.Error())
-		return true
-	}
-	if err := exactMatch(opts); err != nil {
-		s.fail(mSubscribe, req, errInvalidArgument, err.Error())
+	if !s.exactOptions(m, req) {
 		return true
 	}
 	uri, err := m.URI(2)
