@@ -589,12 +589,21 @@ func (r *records) fatal(err error) {
 	}
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	if r.werr != nil || r.notified {
-		return
+	if r.sealLastLocked(2, a) {
+		_ = r.flushLocked()
 	}
-	r.sealLocked(recAlert, []byte{2, a})
+}
+
+// sealLastLocked seals the alert (level, desc) as the session's last
+// record (notified), unless the write side has failed or a last record is
+// sealed already; it reports whether it sealed it. Called with wmu held.
+func (r *records) sealLastLocked(level, desc byte) bool {
+	if r.werr != nil || r.wr.suite == nil || r.notified {
+		return false
+	}
+	r.sealLocked(recAlert, []byte{level, desc})
 	r.notified = true
-	_ = r.flushLocked()
+	return true
 }
 
 // answerKeyUpdate sends our KeyUpdate answering the peer's request and
@@ -772,9 +781,7 @@ func (r *records) closeNotify(wait bool) {
 	if r.werr != nil || r.wr.suite == nil {
 		return
 	}
-	if !r.notified {
-		r.sealLocked(recAlert, []byte{1, alertCloseNotify})
-	}
+	r.sealLastLocked(1, alertCloseNotify) // none after a fatal alert, nor a second one
 	if r.out != nil {
 		_, _ = rawWrite(r.fd, (*r.out)[r.off:])
 		putRecordBuf(r.out)
@@ -790,11 +797,7 @@ func (r *records) closeNotify(wait bool) {
 func (r *records) sealCloseNotify() {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	if r.werr != nil || r.wr.suite == nil || r.notified {
-		return
-	}
-	r.sealLocked(recAlert, []byte{1, alertCloseNotify})
-	r.notified = true
+	r.sealLastLocked(1, alertCloseNotify)
 }
 
 // free gives back both buffers (the session is closed; no reader runs,
