@@ -43,17 +43,7 @@ func TestServeTPClientsLocalHalfClose(t *testing.T) {
 					}()
 				}
 			}()
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go client.ServeTPClients(ctx, ln, client.TPOptions{URL: url, ServerUUID: su, Name: "local"})
-			local, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer local.Close()
+			local := tpLocal(t, ctx, url, su)
 			local.SetDeadline(time.Now().Add(relaytest.Patience))
 			io.WriteString(local, "hello\n")
 			local.(*net.TCPConn).CloseWrite()
@@ -77,16 +67,7 @@ func TestServeTPClientsLocalGoneDeviceSilent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dev, su := tpDevice(t, ctx, url)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go client.ServeTPClients(ctx, ln, client.TPOptions{URL: url, ServerUUID: su, Name: "local"})
-	local, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	local := tpLocal(t, ctx, url, su)
 	io.WriteString(local, "hello\n")
 	c, err := dev.Accept()
 	if err != nil {

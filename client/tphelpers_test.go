@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"net"
 	"testing"
 
 	"github.com/meetpoint/meetpoint/client"
@@ -31,4 +32,23 @@ func tpDevice(t *testing.T, ctx context.Context, url string) (*client.TPServer, 
 	}
 	t.Cleanup(func() { dev.Close() })
 	return dev, su
+}
+
+// tpLocal serves local connections to the device su at url
+// (ServeTPClients, until ctx ends) and returns one such connection,
+// closed at cleanup.
+func tpLocal(t *testing.T, ctx context.Context, url, su string) net.Conn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go client.ServeTPClients(ctx, ln, client.TPOptions{URL: url, ServerUUID: su, Name: "local"})
+	local, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { local.Close() })
+	return local
 }
