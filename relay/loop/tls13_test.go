@@ -784,21 +784,7 @@ func TestOwnRecordsPaddingWithinTheLimit(t *testing.T) {
 			r, peer, pfd := recordsPair(t)
 			last := len(tc.inner) - 1 // sealed as the "content type": the inner plaintext is tc.inner
 			wire, _ := peer.seal(nil, tc.inner[last], tc.inner[:last])
-			if _, err := unix.Write(pfd, wire); err != nil {
-				t.Fatal(err)
-			}
-			_ = unix.Shutdown(pfd, unix.SHUT_WR)
-			var got []byte
-			var err error
-			buf := make([]byte, 64<<10)
-			for i := 0; err == nil; i++ {
-				if i == 100 {
-					t.Fatal("Read has not ended")
-				}
-				var n int
-				n, err = r.Read(buf)
-				got = append(got, buf[:n]...)
-			}
+			got, err := readToEnd(t, r, pfd, wire)
 			if tc.wantErr {
 				if !errors.Is(err, ErrTLSRecord) || len(got) > 0 {
 					t.Fatalf("read %d bytes, then %v; want none and ErrTLSRecord", len(got), err)
@@ -860,21 +846,7 @@ func TestOwnRecordsEmptyHandshakeRecord(t *testing.T) {
 	r, peer, pfd := recordsPair(t)
 	wire, _ := peer.seal(nil, recHandshake, nil)
 	wire, _ = peer.seal(wire, recAppData, []byte("x"))
-	if _, err := unix.Write(pfd, wire); err != nil {
-		t.Fatal(err)
-	}
-	_ = unix.Shutdown(pfd, unix.SHUT_WR)
-	var got []byte
-	var err error
-	buf := make([]byte, 100)
-	for i := 0; err == nil; i++ {
-		if i == 100 {
-			t.Fatal("Read has not ended")
-		}
-		var n int
-		n, err = r.Read(buf)
-		got = append(got, buf[:n]...)
-	}
+	got, err := readToEnd(t, r, pfd, wire)
 	if !errors.Is(err, ErrTLSUnexpected) || len(got) > 0 {
 		t.Fatalf("read %q, then %v; want nothing and ErrTLSUnexpected", got, err)
 	}
@@ -1005,21 +977,7 @@ func TestOwnRecordsLegacyVersion(t *testing.T) {
 			n := peer.nonce()
 			body := append([]byte("hello"), recAppData)
 			wire = a.Seal(wire[:recHeader], n[:], body, wire[:recHeader])
-			if _, err := unix.Write(pfd, wire); err != nil {
-				t.Fatal(err)
-			}
-			_ = unix.Shutdown(pfd, unix.SHUT_WR)
-			var got []byte
-			var err error
-			buf := make([]byte, 100)
-			for i := 0; err == nil; i++ {
-				if i == 100 {
-					t.Fatal("Read has not ended")
-				}
-				var n int
-				n, err = r.Read(buf)
-				got = append(got, buf[:n]...)
-			}
+			got, err := readToEnd(t, r, pfd, wire)
 			if vers == [2]byte{3, 3} {
 				if err != io.EOF || string(got) != "hello" {
 					t.Fatalf("read %q, then %v; want hello and io.EOF", got, err)
@@ -1063,24 +1021,32 @@ func TestOwnRecordsEndAfterUselessRecords(t *testing.T) {
 				wire, _ = peer.seal(wire, recAppData, nil)
 			}
 			wire, _ = peer.seal(wire, recAlert, []byte{1, tc.alert})
-			if _, err := unix.Write(pfd, wire); err != nil {
-				t.Fatal(err)
-			}
-			_ = unix.Shutdown(pfd, unix.SHUT_WR)
-			var got []byte
-			var err error
-			buf := make([]byte, 100)
-			for i := 0; err == nil; i++ {
-				if i == 100 {
-					t.Fatal("Read has not ended")
-				}
-				var n int
-				n, err = r.Read(buf)
-				got = append(got, buf[:n]...)
-			}
+			got, err := readToEnd(t, r, pfd, wire)
 			if err != tc.want || string(got) != "x" {
 				t.Fatalf("read %q, then %v; want x, then %v", got, err, tc.want)
 			}
 		})
 	}
+}
+
+// readToEnd writes wire to the peer's end pfd, shuts its write side, and
+// reads r until it fails (at most 100 calls): what it read, and why it
+// ended.
+func readToEnd(t *testing.T, r *records, pfd int, wire []byte) ([]byte, error) {
+	t.Helper()
+	if _, err := unix.Write(pfd, wire); err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.Shutdown(pfd, unix.SHUT_WR)
+	var got []byte
+	buf := make([]byte, 64<<10)
+	for range 100 {
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			return got, err
+		}
+	}
+	t.Fatal("Read has not ended")
+	return nil, nil
 }
