@@ -87,16 +87,22 @@ func TestCertificateExpiry(t *testing.T) {
 	fake.Store(time.Now().UnixNano())
 	clock := func() time.Time { return time.Unix(0, fake.Load()) }
 	at := func(t time.Time) { fake.Store(t.UnixNano()) }
-
-	t.Run("self-signed", func(t *testing.T) {
-		dir := t.TempDir()
-		logs := &testutil.Tail{}
+	// selfSigned starts a self-signed store on the fake clock, set to now,
+	// with a data dir of its own, checking expiry every 5 ms.
+	selfSigned := func(t *testing.T) (st *Store, dir string, logs *testutil.Tail) {
+		t.Helper()
+		dir, logs = t.TempDir(), &testutil.Tail{}
 		at(time.Now())
 		st, err := newStore(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)), clock, 5*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer st.Close()
+		t.Cleanup(st.Close)
+		return st, dir, logs
+	}
+
+	t.Run("self-signed", func(t *testing.T) {
+		st, dir, logs := selfSigned(t)
 		first, end := st.Fingerprint(), st.NotAfter()
 		if d := time.Until(end); d < 360*24*time.Hour {
 			t.Fatalf("a new self-signed certificate expires in %v", d)
@@ -126,14 +132,7 @@ func TestCertificateExpiry(t *testing.T) {
 	// file goes: as a full disk would): the replacement is served all
 	// the same, not the expired certificate, and the log says so.
 	t.Run("self-signed, data dir unwritable", func(t *testing.T) {
-		dir := t.TempDir()
-		logs := &testutil.Tail{}
-		at(time.Now())
-		st, err := newStore(Config{SelfSigned: true, DataDir: dir}, slog.New(slog.NewTextHandler(logs, nil)), clock, 5*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
+		st, dir, logs := selfSigned(t)
 		first, end := st.Fingerprint(), st.NotAfter()
 		certFile := filepath.Join(dir, "selfsigned-cert.pem")
 		if err := os.Remove(certFile); err != nil {
